@@ -1,0 +1,41 @@
+# xgate: two commands on a fresh machine — `make demo` and `make test`.
+# Everything else (venv, install, generated code) is set up on the way.
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+
+.PHONY: setup demo test lint typecheck proto bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml requirements.lock
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -c requirements.lock -e '.[dev]'
+	@touch $(STAMP)
+
+# Regenerate protobuf/gRPC code (checked in; tests/unit/test_proto_fresh.py fails when stale).
+proto: setup
+	$(BIN)/python -m grpc_tools.protoc -I. --python_out=. --pyi_out=. --grpc_python_out=. protos/xgate/v1/*.proto
+
+demo: setup
+	FLWR_TELEMETRY_ENABLED=0 $(BIN)/xgate demo
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: setup
+	$(BIN)/mypy xgate gateway nodes crypto policies audit federated
+
+test: setup
+	$(BIN)/ruff check .
+	FLWR_TELEMETRY_ENABLED=0 XGATE_STRICT_LOGS=1 $(BIN)/python -m pytest -n 2 --dist loadfile -q
+
+bench: setup
+	FLWR_TELEMETRY_ENABLED=0 $(BIN)/python -m bench.run_all
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache var run
