@@ -1,0 +1,219 @@
+"""Homomorphic encryption for eligibility checks: the only module that imports TenSEAL.
+
+Scheme: BFV (exact integer arithmetic), N = 8192 slots, a 58-bit batching prime as plaintext
+modulus. Roles:
+
+* the requester generates a key pair (:class:`RequesterKeys`) and ships only the public context;
+* a node encrypts its values for the requested subjects (:meth:`PublicContext.encrypt`);
+* the gateway adds the ciphertexts of a criterion's terms and masks the difference to the
+  threshold with plaintext operations only (:meth:`PublicContext.mask_criterion`);
+* the requester decrypts and keeps only the sign (:meth:`RequesterKeys.decrypt_signs`).
+
+Every byte string arriving from another party goes through a validating loader that raises
+:class:`CryptoError` with a reason; nothing here logs keys or values.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+
+import numpy as np
+import tenseal as ts
+
+from xgate.errors import CryptoError, PayloadTooLarge
+
+HE_PARAMS_ID = "bfv-n8192-t58/1"
+POLY_MODULUS_DEGREE = 8192
+SLOTS = POLY_MODULUS_DEGREE
+# Largest prime p < 2^58 with p = 1 (mod 2N), so the plaintext ring batches into N slots.
+PLAIN_MODULUS = 288230376150876161
+COEFF_MOD_BIT_SIZES = (60, 60, 60, 38)
+# The masked value r*d + s' must stay below t/2 to decode with its sign: r < 2^MASK_BITS and
+# |d| <= MAX_ABS_DIFFERENCE give 2^32 * (2^24 + 1) < 2^57 < t/2.
+MASK_BITS = 32
+MAX_ABS_DIFFERENCE = 2**24
+
+MAX_CONTEXT_BYTES = 2 * 1024 * 1024
+MAX_CIPHERTEXT_BYTES = 1024 * 1024
+
+
+def chunk_count(subjects: int) -> int:
+    """How many slot-packed ciphertexts hold `subjects` values."""
+    return max(1, -(-subjects // SLOTS))
+
+
+def chunks(values: Sequence[int], size: int = SLOTS) -> list[Sequence[int]]:
+    return [values[i : i + size] for i in range(0, max(len(values), 1), size)]
+
+
+@cache
+def _reference_parms_id() -> tuple[int, ...]:
+    reference = _new_secret_context()
+    return tuple(reference.seal_context().data.key_parms_id())
+
+
+def _new_secret_context() -> ts.Context:
+    return ts.context(
+        ts.SCHEME_TYPE.BFV,
+        poly_modulus_degree=POLY_MODULUS_DEGREE,
+        plain_modulus=PLAIN_MODULUS,
+        coeff_mod_bit_sizes=list(COEFF_MOD_BIT_SIZES),
+    )
+
+
+def _check_params(ctx: ts.Context) -> None:
+    # SEAL's parms_id is a hash over scheme, degree, coefficient and plaintext moduli:
+    # equality with our reference pins every parameter the masking bound depends on.
+    if tuple(ctx.seal_context().data.key_parms_id()) != _reference_parms_id():
+        raise CryptoError(f"HE context does not use the federation parameters {HE_PARAMS_ID}")
+
+
+def fingerprint(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+class RequesterKeys:
+    """The requester's BFV key pair. The secret key never leaves this object or its key file."""
+
+    def __init__(self, ctx: ts.Context) -> None:
+        if not ctx.has_secret_key():
+            raise CryptoError("requester keys need a context with a secret key")
+        _check_params(ctx)
+        self._ctx = ctx
+        self._public = self._serialize_public()
+
+    @classmethod
+    def generate(cls) -> RequesterKeys:
+        return cls(_new_secret_context())
+
+    @classmethod
+    def load(cls, path: Path) -> RequesterKeys:
+        try:
+            ctx = ts.context_from(path.read_bytes())
+        except (ValueError, RuntimeError) as exc:
+            raise CryptoError(f"key file {path} is not a TenSEAL context") from exc
+        return cls(ctx)
+
+    def save(self, path: Path) -> None:
+        """Write the secret context to a file readable by its owner only."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        data = self._ctx.serialize(save_secret_key=True, save_galois_keys=False, save_relin_keys=False)
+        tmp = path.with_suffix(".tmp")
+        tmp.touch(mode=0o600)
+        tmp.write_bytes(data)
+        tmp.replace(path)
+
+    def _serialize_public(self) -> bytes:
+        public = self._ctx.copy()
+        public.make_context_public()
+        # No Galois or relinearisation keys: the protocol needs neither, and Galois keys are ~55 MB.
+        return bytes(
+            public.serialize(save_public_key=True, save_secret_key=False, save_galois_keys=False, save_relin_keys=False)
+        )
+
+    @property
+    def public_context(self) -> bytes:
+        return self._public
+
+    @property
+    def key_fingerprint(self) -> str:
+        return fingerprint(self._public)
+
+    def decrypt_signs(self, ciphertext: bytes, count: int) -> np.ndarray:
+        """Decrypt one masked result chunk; True where the criterion holds (masked value >= 0)."""
+        vector = _load_vector(self._ctx, ciphertext, count)
+        decoded = np.asarray(vector.decrypt(), dtype=np.int64)
+        return decoded >= 0
+
+
+@dataclass(frozen=True)
+class Ciphertext:
+    """A validated slot-packed ciphertext bound to its public context."""
+
+    vector: ts.BFVVector
+    count: int
+
+    def serialize(self) -> bytes:
+        return bytes(self.vector.serialize())
+
+
+def _load_vector(ctx: ts.Context, data: bytes, expected_count: int) -> ts.BFVVector:
+    if len(data) > MAX_CIPHERTEXT_BYTES:
+        raise PayloadTooLarge(f"ciphertext of {len(data)} bytes exceeds {MAX_CIPHERTEXT_BYTES}")
+    try:
+        vector = ts.bfv_vector_from(ctx, data)
+    except (ValueError, RuntimeError, TypeError) as exc:
+        raise CryptoError("ciphertext is malformed or not under the requester's HE parameters") from exc
+    if vector.size() != expected_count:
+        raise CryptoError(f"ciphertext holds {vector.size()} slots, expected {expected_count}")
+    for part in vector.ciphertext():
+        # A transparent ciphertext is a plaintext in disguise; a fresh or added one has 2 parts.
+        if part.is_transparent() or part.size() != 2:
+            raise CryptoError("ciphertext is transparent or not a fresh 2-part BFV ciphertext")
+    return vector
+
+
+class PublicContext:
+    """A requester's public context as received by a node or the gateway: validated on load."""
+
+    def __init__(self, data: bytes) -> None:
+        if len(data) > MAX_CONTEXT_BYTES:
+            raise PayloadTooLarge(f"HE public context of {len(data)} bytes exceeds {MAX_CONTEXT_BYTES}")
+        try:
+            ctx = ts.context_from(data)
+        except (ValueError, RuntimeError, TypeError) as exc:
+            raise CryptoError("HE public context is malformed") from exc
+        if ctx.has_secret_key() or not ctx.is_public():
+            raise CryptoError("HE context carries a secret key; send the public context only")
+        if not ctx.has_public_key():
+            raise CryptoError("HE context has no public key")
+        if ctx.has_galois_keys():
+            raise CryptoError("HE context carries Galois keys, which the protocol does not use")
+        _check_params(ctx)
+        self._ctx = ctx
+        self.fingerprint = fingerprint(data)
+
+    def encrypt(self, values: Sequence[int]) -> bytes:
+        """Encrypt up to SLOTS integers into one ciphertext (node side)."""
+        if not 0 < len(values) <= SLOTS:
+            raise CryptoError(f"can encrypt 1..{SLOTS} values per ciphertext, got {len(values)}")
+        return bytes(ts.bfv_vector(self._ctx, [int(v) for v in values]).serialize())
+
+    def load(self, data: bytes, expected_count: int) -> Ciphertext:
+        return Ciphertext(_load_vector(self._ctx, data, expected_count), expected_count)
+
+    def mask_criterion(
+        self,
+        terms: Sequence[Ciphertext],
+        direction: int,
+        threshold: int,
+        r: np.ndarray,
+        s: np.ndarray,
+    ) -> bytes:
+        """Return Enc(r * d + s') with d = direction * (sum(terms) - threshold).
+
+        direction = -1 encodes "sum <= threshold" (d = T - S), +1 encodes "sum >= threshold".
+        With 1 <= r and 0 <= s' < r, the result is >= 0 exactly when d >= 0. s' is added as a
+        fresh encryption so the result is re-randomised rather than a deterministic function of
+        the node ciphertexts.
+        """
+        if not terms:
+            raise CryptoError("a criterion needs at least one term")
+        count = terms[0].count
+        if any(t.count != count for t in terms) or len(r) != count or len(s) != count:
+            raise CryptoError("criterion terms and masks disagree on the number of subjects")
+        if direction not in (-1, 1):
+            raise CryptoError("direction must be -1 (at most) or +1 (at least)")
+        total = terms[0].vector.copy()
+        for term in terms[1:]:
+            total.add_(term.vector)
+        r64 = r.astype(np.int64)
+        # direction*(S - T)*r + s'  ==  (direction*r)*S + (s' - direction*r*T)
+        total.mul_((direction * r64).tolist())
+        offset = s.astype(np.int64) - direction * r64 * np.int64(threshold)
+        total.add_(ts.bfv_vector(self._ctx, offset.tolist()))
+        return bytes(total.serialize())

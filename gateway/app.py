@@ -1,0 +1,160 @@
+"""FastAPI edge of the gateway: authenticate, validate, call the core, map errors."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from gateway.checks import CheckCoordinator
+from gateway.models import CheckRequest, CheckResponse, ProgramView
+from xgate import __version__
+from xgate.errors import XgateError
+from xgate.logging import get_logger
+from xgate.principal import Principal
+
+log = get_logger("xgate.gateway")
+Authenticate = Callable[[Request], Principal | Awaitable[Principal]]
+
+
+class BodyLimit:
+    """Refuse bodies over the limit before they are buffered (Content-Length or streamed)."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        for name, value in scope.get("headers", []):
+            if name == b"content-length" and value.isdigit() and int(value) > self.max_bytes:
+                await _too_large(send, self.max_bytes)
+                return
+        seen = 0
+
+        async def limited() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_bytes:
+                    raise _BodyTooLarge
+            return message
+
+        try:
+            await self.app(scope, limited, send)
+        except _BodyTooLarge:
+            await _too_large(send, self.max_bytes)
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+async def _too_large(send: Send, limit: int) -> None:
+    body = json.dumps({"error": "payload_too_large", "message": f"request body exceeds {limit} bytes"}).encode()
+    await send({"type": "http.response.start", "status": 413, "headers": [(b"content-type", b"application/json")]})
+    await send({"type": "http.response.body", "body": body})
+
+
+def create_app(
+    coordinator: CheckCoordinator,
+    authenticate: Authenticate,
+    max_body_bytes: int = 16 * 1024 * 1024,
+    extra_routers: list[Any] | None = None,
+    on_request: Callable[[Request, int, Principal | None], None] | None = None,
+) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(_: FastAPI):  # type: ignore[no-untyped-def]
+        yield
+        await coordinator.nodes.close()
+
+    app = FastAPI(
+        title="xgate gateway",
+        version=__version__,
+        description="Privacy-preserving cross-agency eligibility checks (BFV) under access policies.",
+        lifespan=lifespan,
+    )
+    app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
+
+    async def principal(request: Request) -> Principal:
+        result = authenticate(request)
+        caller = await result if isinstance(result, Awaitable) else result
+        request.state.principal = caller
+        return caller
+
+    @app.exception_handler(XgateError)
+    async def _xgate_error(request: Request, exc: XgateError) -> JSONResponse:
+        headers = {}
+        if "retry_after_s" in exc.details:
+            headers["Retry-After"] = str(int(exc.details["retry_after_s"]))
+        return JSONResponse(exc.to_public(), status_code=exc.http_status, headers=headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = [
+            {"field": ".".join(str(p) for p in e["loc"] if p != "body"), "problem": e["msg"]} for e in exc.errors()
+        ]
+        first = problems[0] if problems else {"field": "body", "problem": "invalid"}
+        return JSONResponse(
+            {
+                "error": "invalid_input",
+                "message": f"{first['field'] or 'body'}: {first['problem']}",
+                "details": {"problems": problems[:20]},
+            },
+            status_code=400,
+        )
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok", "version": __version__}
+
+    @app.get("/v1/programs", response_model=list[ProgramView])
+    async def programs(caller: Principal = Depends(principal)) -> list[ProgramView]:
+        return [
+            ProgramView(
+                id=p.id,
+                version=p.version,
+                title=p.header.title,
+                purposes=list(p.header.purposes),
+                requester_agencies=list(p.header.requester_agencies),
+                criteria=[
+                    {
+                        "id": c.id,
+                        "kind": c.kind.value,
+                        "description": c.description,
+                        "elements": [t.element for t in c.terms],
+                    }
+                    for c in p.criteria
+                ],
+                sha256=p.sha256,
+            )
+            for p in coordinator.programs.all()
+        ]
+
+    @app.get("/v1/nodes")
+    async def nodes(caller: Principal = Depends(principal)) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for agency in coordinator.nodes.agencies():
+            try:
+                health = await coordinator.nodes.health(agency)
+                out[agency] = {"status": health.status, "version": health.version, "subjects": health.subjects}
+            except XgateError as exc:
+                out[agency] = {"status": "unreachable", "error": exc.message}
+        return out
+
+    @app.post("/v1/checks", response_model=CheckResponse)
+    async def checks(body: CheckRequest, caller: Principal = Depends(principal)) -> CheckResponse:
+        return await coordinator.run(caller, body)
+
+    for router in extra_routers or []:
+        app.include_router(router)
+    return app

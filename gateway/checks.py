@@ -1,0 +1,215 @@
+"""Coordinate one eligibility check: validate, decide, fan out, combine, record.
+
+Pure steps live in gateway/eligibility.py; this module sequences them with the I/O (fan-out,
+policy, budgets, audit) and runs CPU-heavy HE work off the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from crypto.he import SLOTS, PublicContext
+from crypto.masks import epoch_of
+from gateway.eligibility import (
+    CheckScope,
+    CriterionOutcome,
+    build_requests,
+    combine_he,
+    combine_plain,
+    validate_he_response,
+    validate_plain_response,
+)
+from gateway.fanout import NodeDirectory
+from gateway.models import CheckRequest, CheckResponse, CriterionResult
+from policies.programs import Program, ProgramRegistry
+from protos.xgate.v1 import node_pb2
+from xgate.errors import InvalidInput, PayloadTooLarge, PolicyDenied
+from xgate.logging import get_logger
+from xgate.principal import Principal
+
+log = get_logger("xgate.gateway")
+
+
+@dataclass(frozen=True)
+class PolicyOutcome:
+    """What the gateway's policy decision point returned for a check."""
+
+    view: str = "per_criterion"  # per_criterion | overall | cohort
+    policy_ids: tuple[str, ...] = ()
+    policy_set_hash: str = ""
+
+
+class CheckPolicy(Protocol):
+    def authorize_check(self, principal: Principal, program: Program, request: CheckRequest) -> PolicyOutcome: ...
+
+
+class Auditor(Protocol):
+    def record(self, event: dict[str, Any]) -> None: ...
+
+
+def digest_outcomes(outcomes: list[CriterionOutcome]) -> str:
+    h = hashlib.sha256()
+    for outcome in outcomes:
+        h.update(outcome.criterion.encode())
+        for blob in outcome.ciphertexts:
+            h.update(hashlib.sha256(blob).digest())
+        h.update(bytes(outcome.passes))
+    return h.hexdigest()
+
+
+@dataclass
+class CheckCoordinator:
+    programs: ProgramRegistry
+    nodes: NodeDirectory
+    mask_key: bytes
+    deadline_s: float = 30.0
+    max_subjects: int = 100_000
+    allow_plaintext_mode: bool = False
+    policy: CheckPolicy | None = None
+    auditor: Auditor | None = None
+    clock: Callable[[], float] = time.time
+    _inflight: set[str] = field(default_factory=set)
+
+    async def run(self, principal: Principal, request: CheckRequest) -> CheckResponse:
+        t0 = time.perf_counter()
+        timings: dict[str, float] = {}
+        program = self.programs.get(request.program)
+        if request.purpose not in program.header.purposes:
+            raise PolicyDenied(f"purpose '{request.purpose}' is not a purpose of program '{program.id}'")
+        if principal.agency not in program.header.requester_agencies:
+            raise PolicyDenied(f"agency '{principal.agency}' may not request program '{program.id}'")
+        if len(request.pseudonyms) > self.max_subjects:
+            raise PayloadTooLarge(f"{len(request.pseudonyms)} subjects exceed the limit of {self.max_subjects}")
+        if request.mode == "plaintext" and not self.allow_plaintext_mode:
+            raise PolicyDenied("plaintext exchange mode is disabled on this gateway")
+        outcome = (
+            self.policy.authorize_check(principal, program, request) if self.policy is not None else PolicyOutcome()
+        )
+        timings["policy"] = _ms(t0)
+
+        context: PublicContext | None = None
+        context_bytes = b""
+        if request.mode == "he":
+            try:
+                context_bytes = request.context_bytes()
+            except ValueError as exc:
+                raise InvalidInput(str(exc)) from None
+            if not context_bytes:
+                raise InvalidInput("HE mode needs the requester's public_context")
+            context = await asyncio.to_thread(PublicContext, context_bytes)
+        scope = CheckScope(
+            request_id=str(uuid.uuid4()),
+            requester_agency=principal.agency,
+            requester_user=principal.user,
+            requester_role=principal.role,
+            requester_tier=principal.tier,
+            purpose=request.purpose,
+            legal_basis=request.legal_basis,
+            case_id=request.case_id,
+            consent_ref=request.consent_ref,
+            approval_ref=request.approval_ref,
+            policy_set_hash=outcome.policy_set_hash,
+        )
+        mode = node_pb2.EXCHANGE_MODE_HE if context is not None else node_pb2.EXCHANGE_MODE_PLAINTEXT
+        node_requests = build_requests(program, scope, request.pseudonyms, mode, context_bytes)
+        t1 = time.perf_counter()
+        responses = await self.nodes.encrypt_all(node_requests, self.deadline_s)
+        timings["fanout"] = _ms(t1)
+
+        t2 = time.perf_counter()
+        if context is not None:
+            outcomes = await asyncio.to_thread(self._combine_he, program, request, node_requests, responses, context)
+        else:
+            values = {}
+            for agency, response in responses.items():
+                values.update(validate_plain_response(agency, node_requests[agency], response))
+            outcomes = combine_plain(program, values)
+        timings["combine"] = _ms(t2)
+        timings["total"] = _ms(t0)
+
+        result_digest = digest_outcomes(outcomes)
+        nodes_meta = {
+            agency: {
+                "node_audit_index": r.node_audit_index,
+                "node_audit_leaf_hash": r.node_audit_leaf_hash.hex(),
+                "response_sha256": hashlib.sha256(r.SerializeToString(deterministic=True)).hexdigest(),
+            }
+            for agency, r in sorted(responses.items())
+        }
+        if self.auditor is not None:
+            self.auditor.record(
+                {
+                    "kind": "result",
+                    "request_id": scope.request_id,
+                    "program": program.id,
+                    "program_version": program.version,
+                    "program_sha256": program.sha256,
+                    "subjects": list(request.pseudonyms),
+                    "result_sha256": result_digest,
+                    "context_sha256": context.fingerprint if context else "",
+                    "nodes": nodes_meta,
+                    "view": outcome.view,
+                }
+            )
+        log.info(
+            "check_done",
+            request_id=scope.request_id,
+            program=program.id,
+            mode=request.mode,
+            subjects=len(request.pseudonyms),
+            result_sha256=result_digest,
+            ms=timings["total"],
+        )
+        descriptions = {c.id: c.description for c in program.criteria}
+        return CheckResponse(
+            request_id=scope.request_id,
+            program=program.id,
+            program_version=program.version,
+            mode=request.mode,
+            view=outcome.view,  # type: ignore[arg-type]
+            subjects=len(request.pseudonyms),
+            chunk_size=SLOTS,
+            shuffled=False,
+            criteria=[
+                CriterionResult(
+                    criterion=o.criterion,
+                    description=descriptions[o.criterion],
+                    ciphertexts=[_b64(b) for b in o.ciphertexts],
+                    passes=list(o.passes) if not o.ciphertexts else None,
+                )
+                for o in outcomes
+            ],
+            policy={"policy_ids": list(outcome.policy_ids), "policy_set_hash": outcome.policy_set_hash},
+            nodes=nodes_meta,
+            timings_ms=timings,
+        )
+
+    def _combine_he(
+        self,
+        program: Program,
+        request: CheckRequest,
+        node_requests: dict[str, node_pb2.EncryptRequest],
+        responses: dict[str, node_pb2.EncryptResponse],
+        context: PublicContext,
+    ) -> list[CriterionOutcome]:
+        ciphertexts = {}
+        for agency, response in responses.items():
+            ciphertexts.update(validate_he_response(agency, node_requests[agency], response, context))
+        epoch = epoch_of(self.clock(), program.epoch_seconds)
+        return combine_he(program, request.pseudonyms, context, ciphertexts, self.mask_key, epoch)
+
+
+def _ms(since: float) -> float:
+    return round((time.perf_counter() - since) * 1000, 2)
+
+
+def _b64(data: bytes) -> str:
+    import base64
+
+    return base64.b64encode(data).decode("ascii")

@@ -1,0 +1,80 @@
+"""Gateway configuration (TOML), validated at start-up."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from policies.programs import DEFAULT_PROGRAM_DIR
+from xgate.catalogue import DEFAULT_CATALOGUE, AgencyId
+from xgate.tomlfile import load_model
+
+
+class NodeRef(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    address: str = Field(pattern=r"^[^\s:]+:\d{1,5}$")
+
+
+class GatewayTls(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    cert: Path  # gateway certificate (client cert towards nodes, server cert for REST)
+    key: Path
+    ca: Path
+    crl: Path | None = None
+
+
+class GatewaySettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=0, le=65535)
+    catalogue: Path = DEFAULT_CATALOGUE
+    program_dir: Path = DEFAULT_PROGRAM_DIR
+    mask_key_file: Path
+    users_file: Path | None = None
+    audit_db: Path | None = None
+    audit_key: Path | None = None
+    policy_dir: Path | None = None
+    state_dir: Path | None = None  # budgets, consents
+    deadline_seconds: float = Field(default=30.0, gt=0, le=600)
+    max_body_mb: int = Field(default=16, ge=1, le=256)
+    max_subjects: int = Field(default=100_000, ge=1, le=1_000_000)
+    max_message_mb: int = Field(default=64, ge=1, le=512)
+    allow_plaintext_mode: bool = False  # benchmark baseline only
+    insecure: bool = False
+
+
+class GatewayConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    gateway: GatewaySettings
+    nodes: dict[AgencyId, NodeRef] = Field(default_factory=dict)
+    tls: GatewayTls | None = None
+
+
+def load_gateway_config(path: Path) -> GatewayConfig:
+    config, _ = load_model(path, GatewayConfig, "gateway config")
+    base = path.resolve().parent
+    g = config.gateway
+    for field in (
+        "catalogue",
+        "program_dir",
+        "mask_key_file",
+        "users_file",
+        "audit_db",
+        "audit_key",
+        "policy_dir",
+        "state_dir",
+    ):
+        value = getattr(g, field)
+        if value is not None and not value.is_absolute():
+            setattr(g, field, (base / value).resolve())
+    if config.tls is not None:
+        for field in ("cert", "key", "ca", "crl"):
+            value = getattr(config.tls, field)
+            if value is not None and not value.is_absolute():
+                setattr(config.tls, field, (base / value).resolve())
+    return config

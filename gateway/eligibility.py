@@ -1,0 +1,165 @@
+"""The gateway's eligibility core (no I/O): plan the fan-out, validate node answers, combine.
+
+The gateway sees pseudonyms, ciphertexts and sizes. It never holds the HE secret key or the
+pseudonym key, and it derives the masks itself, so neither the nodes nor the requester can
+choose them. In the PLAINTEXT baseline mode the same pipeline runs on raw values, as agencies
+exchange data today; it exists only to measure what HE costs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from crypto.he import HE_PARAMS_ID, SLOTS, Ciphertext, PublicContext, chunk_count
+from crypto.masks import derive_masks
+from policies.programs import Criterion, Program
+from protos.xgate.v1 import node_pb2
+from xgate.errors import NodeProtocolError, XgateError
+
+
+@dataclass(frozen=True)
+class CheckScope:
+    """Who asks and why; copied into every fan-out call."""
+
+    request_id: str
+    requester_agency: str
+    requester_user: str
+    requester_role: str
+    requester_tier: str
+    purpose: str
+    legal_basis: str
+    case_id: str
+    consent_ref: str = ""
+    approval_ref: str = ""
+    policy_set_hash: str = ""
+
+
+@dataclass(frozen=True)
+class CriterionOutcome:
+    criterion: str
+    ciphertexts: tuple[bytes, ...] = ()  # HE mode: masked, one per chunk
+    passes: tuple[bool, ...] = ()  # PLAINTEXT baseline only
+
+
+def build_requests(
+    program: Program,
+    scope: CheckScope,
+    pseudonyms: Sequence[str],
+    mode: int,
+    public_context: bytes,
+) -> dict[str, node_pb2.EncryptRequest]:
+    """One EncryptRequest per agency whose data elements the program reads."""
+    context = node_pb2.RequestContext(
+        request_id=scope.request_id,
+        requester_agency=scope.requester_agency,
+        requester_user=scope.requester_user,
+        requester_role=scope.requester_role,
+        requester_tier=scope.requester_tier,
+        purpose=scope.purpose,
+        legal_basis=scope.legal_basis,
+        case_id=scope.case_id,
+        program_id=program.id,
+        program_version=program.version,
+        consent_ref=scope.consent_ref,
+        approval_ref=scope.approval_ref,
+        policy_set_hash=scope.policy_set_hash,
+    )
+    requests: dict[str, node_pb2.EncryptRequest] = {}
+    for agency, terms in program.elements_by_agency().items():
+        requests[agency] = node_pb2.EncryptRequest(
+            context=context,
+            mode=mode,
+            pseudonyms=list(pseudonyms),
+            elements=[node_pb2.ElementQuery(element=t.element, if_missing=t.if_missing) for t in terms],
+            public_context=public_context if mode == node_pb2.EXCHANGE_MODE_HE else b"",
+            he_params_id=HE_PARAMS_ID if mode == node_pb2.EXCHANGE_MODE_HE else "",
+        )
+    return requests
+
+
+def _check_envelope(agency: str, request: node_pb2.EncryptRequest, response: node_pb2.EncryptResponse) -> None:
+    if response.agency != agency:
+        raise NodeProtocolError(agency, f"answered as agency '{response.agency}'")
+    if response.request_id != request.context.request_id:
+        raise NodeProtocolError(agency, "answered another request")
+    asked = [q.element for q in request.elements]
+    got = [e.element for e in response.elements]
+    if sorted(asked) != sorted(got) or len(set(got)) != len(got):
+        raise NodeProtocolError(agency, "answered for other data elements than asked")
+
+
+def validate_he_response(
+    agency: str,
+    request: node_pb2.EncryptRequest,
+    response: node_pb2.EncryptResponse,
+    context: PublicContext,
+) -> dict[str, list[Ciphertext]]:
+    """Every chunk present, digest-consistent, and a valid ciphertext of the right size."""
+    _check_envelope(agency, request, response)
+    subjects = len(request.pseudonyms)
+    expected = chunk_count(subjects)
+    sizes = [min(SLOTS, subjects - i * SLOTS) for i in range(expected)]
+    out: dict[str, list[Ciphertext]] = {}
+    for element in response.elements:
+        if len(element.ciphertexts) != expected or len(element.ciphertext_sha256) != expected:
+            raise NodeProtocolError(agency, f"sent {len(element.ciphertexts)} chunks for '{element.element}'")
+        loaded = []
+        for blob, digest, size in zip(element.ciphertexts, element.ciphertext_sha256, sizes, strict=True):
+            if hashlib.sha256(blob).digest() != digest:
+                raise NodeProtocolError(agency, f"ciphertext digest mismatch for '{element.element}'")
+            try:
+                loaded.append(context.load(blob, size))
+            except XgateError as exc:
+                raise NodeProtocolError(
+                    agency, f"sent an invalid ciphertext for '{element.element}': {exc.message}"
+                ) from exc
+        out[element.element] = loaded
+    return out
+
+
+def validate_plain_response(
+    agency: str, request: node_pb2.EncryptRequest, response: node_pb2.EncryptResponse
+) -> dict[str, np.ndarray]:
+    _check_envelope(agency, request, response)
+    out: dict[str, np.ndarray] = {}
+    for element in response.elements:
+        if len(element.plain_values) != len(request.pseudonyms):
+            raise NodeProtocolError(agency, f"sent {len(element.plain_values)} values for '{element.element}'")
+        out[element.element] = np.asarray(element.plain_values, dtype=np.int64)
+    return out
+
+
+def combine_he(
+    program: Program,
+    pseudonyms: Sequence[str],
+    context: PublicContext,
+    ciphertexts: Mapping[str, list[Ciphertext]],
+    mask_key: bytes,
+    epoch: int,
+) -> list[CriterionOutcome]:
+    """Per criterion: Enc(r*d + s') per chunk, masks keyed to (program, criterion, epoch, subject)."""
+    outcomes = []
+    for criterion in program.criteria:
+        r, s = derive_masks(mask_key, program.id, criterion.id, epoch, pseudonyms)
+        masked = []
+        for chunk, start in enumerate(range(0, len(pseudonyms), SLOTS)):
+            stop = start + SLOTS
+            terms = [ciphertexts[t.element][chunk] for t in criterion.terms]
+            masked.append(
+                context.mask_criterion(terms, criterion.direction, criterion.bound, r[start:stop], s[start:stop])
+            )
+        outcomes.append(CriterionOutcome(criterion.id, ciphertexts=tuple(masked)))
+    return outcomes
+
+
+def evaluate_plain(criterion: Criterion, values: Mapping[str, np.ndarray]) -> np.ndarray:
+    total = sum((values[t.element] for t in criterion.terms), start=np.zeros_like(next(iter(values.values()))))
+    return total >= criterion.bound if criterion.direction > 0 else total <= criterion.bound
+
+
+def combine_plain(program: Program, values: Mapping[str, np.ndarray]) -> list[CriterionOutcome]:
+    return [CriterionOutcome(c.id, passes=tuple(bool(x) for x in evaluate_plain(c, values))) for c in program.criteria]

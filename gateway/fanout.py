@@ -1,0 +1,92 @@
+"""Concurrent fan-out to agency nodes over gRPC, all-or-nothing, with deadlines."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import grpc
+
+from protos.xgate.v1 import node_pb2, node_pb2_grpc
+from xgate.errors import NodeError, NodeUnavailable
+from xgate.grpc_edge import node_error_from_rpc
+
+
+@dataclass(frozen=True)
+class NodeEndpoint:
+    agency: str
+    address: str
+
+
+class NodeDirectory:
+    """Long-lived channels to every node (one HTTP/2 connection each, reused across checks)."""
+
+    def __init__(
+        self,
+        endpoints: Mapping[str, NodeEndpoint],
+        max_message_mb: int = 64,
+        credentials: Mapping[str, tuple[grpc.ChannelCredentials, str]] | None = None,
+    ) -> None:
+        limit = max_message_mb * 1024 * 1024
+        self._endpoints = dict(endpoints)
+        self._stubs: dict[str, node_pb2_grpc.AgencyNodeStub] = {}
+        self._channels: list[grpc.aio.Channel] = []
+        for agency, endpoint in self._endpoints.items():
+            options: list[tuple[str, object]] = [
+                ("grpc.max_receive_message_length", limit),
+                ("grpc.max_send_message_length", limit),
+            ]
+            if credentials and agency in credentials:
+                creds, target_name = credentials[agency]
+                options.append(("grpc.ssl_target_name_override", target_name))
+                channel = grpc.aio.secure_channel(endpoint.address, creds, options=options)
+            else:
+                channel = grpc.aio.insecure_channel(endpoint.address, options=options)
+            self._channels.append(channel)
+            self._stubs[agency] = node_pb2_grpc.AgencyNodeStub(channel)
+
+    def agencies(self) -> list[str]:
+        return sorted(self._endpoints)
+
+    def stub(self, agency: str) -> node_pb2_grpc.AgencyNodeStub:
+        try:
+            return self._stubs[agency]
+        except KeyError:
+            raise NodeUnavailable(agency, "no node is registered for this agency") from None
+
+    async def close(self) -> None:
+        await asyncio.gather(*(c.close() for c in self._channels))
+
+    async def encrypt_all(
+        self, requests: Mapping[str, node_pb2.EncryptRequest], deadline_s: float
+    ) -> dict[str, node_pb2.EncryptResponse]:
+        """Call every node concurrently; the first failure cancels the rest and is raised."""
+
+        async def one(agency: str, request: node_pb2.EncryptRequest) -> tuple[str, node_pb2.EncryptResponse]:
+            stub = self.stub(agency)
+            try:
+                return agency, await stub.EncryptValues(request, timeout=deadline_s)
+            except grpc.aio.AioRpcError as exc:
+                raise node_error_from_rpc(agency, exc) from None
+
+        tasks = [asyncio.ensure_future(one(a, r)) for a, r in requests.items()]
+        try:
+            results = await asyncio.gather(*tasks)
+        except NodeError:
+            for task in tasks:
+                task.cancel()
+            raise
+        return dict(results)
+
+    async def health(self, agency: str, deadline_s: float = 2.0) -> node_pb2.HealthResponse:
+        try:
+            return await self.stub(agency).Health(node_pb2.HealthRequest(), timeout=deadline_s)
+        except grpc.aio.AioRpcError as exc:
+            raise node_error_from_rpc(agency, exc) from None
+
+    async def describe(self, agency: str, deadline_s: float = 2.0) -> node_pb2.DescribeResponse:
+        try:
+            return await self.stub(agency).Describe(node_pb2.DescribeRequest(), timeout=deadline_s)
+        except grpc.aio.AioRpcError as exc:
+            raise node_error_from_rpc(agency, exc) from None

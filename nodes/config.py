@@ -1,0 +1,73 @@
+"""Agency node configuration (TOML), validated at start-up."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from xgate.catalogue import DEFAULT_CATALOGUE, AgencyId
+from xgate.tomlfile import load_model
+
+
+class TlsConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    cert: Path
+    key: Path
+    ca: Path
+    crl: Path | None = None
+    gateway_agency: str = "gateway"
+
+
+class NodeSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    agency: AgencyId
+    listen: str = Field(default="127.0.0.1:0", pattern=r"^[^\s:]+:\d{1,5}$")
+    store: Path
+    catalogue: Path = DEFAULT_CATALOGUE
+    pseudonym_key_file: Path | None = None
+    column_key_file: Path | None = None
+    audit_db: Path | None = None
+    policy_dir: Path | None = None
+    signing_key: Path | None = None
+    federation_directory: Path | None = None
+    allow_plaintext_mode: bool = False  # benchmark baseline only
+    max_subjects: int = Field(default=100_000, ge=1, le=1_000_000)
+    max_message_mb: int = Field(default=64, ge=1, le=512)
+    workers: int = Field(default=4, ge=1, le=64)
+    insecure: bool = False
+
+
+class NodeConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    node: NodeSettings
+    tls: TlsConfig | None = None
+
+
+def load_node_config(path: Path) -> NodeConfig:
+    config, _ = load_model(path, NodeConfig, "node config")
+    base = path.resolve().parent
+    node = config.node
+    # Relative paths in a config file are relative to that file.
+    for field in (
+        "store",
+        "catalogue",
+        "pseudonym_key_file",
+        "column_key_file",
+        "audit_db",
+        "policy_dir",
+        "signing_key",
+        "federation_directory",
+    ):
+        value = getattr(node, field)
+        if value is not None and not value.is_absolute():
+            setattr(node, field, (base / value).resolve())
+    if config.tls is not None:
+        for field in ("cert", "key", "ca", "crl"):
+            value = getattr(config.tls, field)
+            if value is not None and not value.is_absolute():
+                setattr(config.tls, field, (base / value).resolve())
+    return config

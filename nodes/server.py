@@ -1,0 +1,88 @@
+"""Run an agency node: a gRPC server in its own process over its own store."""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+import threading
+from concurrent import futures
+from pathlib import Path
+
+import grpc
+
+from nodes.config import NodeConfig
+from nodes.service import NodeService
+from nodes.store import NodeStore
+from protos.xgate.v1 import node_pb2, node_pb2_grpc
+from xgate.errors import ConfigError
+from xgate.grpc_edge import call_guarded
+from xgate.logging import get_logger
+
+log = get_logger("xgate.node")
+
+
+class NodeServicer(node_pb2_grpc.AgencyNodeServicer):
+    """Translation only: protobuf in, protobuf out, errors to status codes."""
+
+    def __init__(self, service: NodeService) -> None:
+        self.service = service
+
+    def Health(self, request: node_pb2.HealthRequest, context: grpc.ServicerContext) -> node_pb2.HealthResponse:
+        return call_guarded(context, "Health", self.service.health)
+
+    def Describe(self, request: node_pb2.DescribeRequest, context: grpc.ServicerContext) -> node_pb2.DescribeResponse:
+        return call_guarded(context, "Describe", self.service.describe)
+
+    def EncryptValues(
+        self, request: node_pb2.EncryptRequest, context: grpc.ServicerContext
+    ) -> node_pb2.EncryptResponse:
+        return call_guarded(context, "EncryptValues", lambda: self.service.encrypt_values(request))
+
+
+def build_service(config: NodeConfig) -> NodeService:
+    settings = config.node
+    if not settings.store.exists():
+        raise ConfigError(f"node store {settings.store} does not exist; run `xgate node load` first")
+    store = NodeStore.open(settings.store, read_only=False)
+    return NodeService(
+        agency=settings.agency,
+        store=store,
+        max_subjects=settings.max_subjects,
+        allow_plaintext_mode=settings.allow_plaintext_mode,
+    )
+
+
+def serve(config: NodeConfig, ready_file: Path | None = None) -> None:
+    service = build_service(config)
+    settings = config.node
+    limit = settings.max_message_mb * 1024 * 1024
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=settings.workers),
+        options=[("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit)],
+    )
+    node_pb2_grpc.add_AgencyNodeServicer_to_server(NodeServicer(service), server)
+    if config.tls is None:
+        if not settings.insecure:
+            raise ConfigError("node has no [tls] section; pass --insecure to serve plaintext gRPC (development only)")
+        print("WARNING: serving gRPC WITHOUT TLS (--insecure); development use only", file=sys.stderr)
+        port = server.add_insecure_port(settings.listen)
+    else:
+        from crypto.tls import node_server_credentials
+
+        port = server.add_secure_port(settings.listen, node_server_credentials(config.tls))
+    if port == 0:
+        raise ConfigError(f"cannot listen on {settings.listen}")
+    server.start()
+    announcement = {"event": "ready", "agency": settings.agency, "port": port}
+    log.info("node_ready", agency=settings.agency, port=port)
+    if ready_file is not None:
+        ready_file.write_text(json.dumps(announcement))
+    print(json.dumps(announcement), flush=True)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    stop.wait()
+    server.stop(grace=2).wait()
+    service.store.close()
+    log.info("node_stopped", agency=settings.agency)

@@ -1,0 +1,167 @@
+"""The node's transport-free request handler: validate, decide, look up, range-check, encrypt.
+
+The gRPC servicer only translates; everything a node promises happens here: it answers only
+for data elements it offers, refuses values outside their declared range before encrypting
+(the masking bound depends on it), refuses the plaintext mode unless configured for the
+benchmark, and lets its own policy hook decide before touching data (the provider decides).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from crypto.he import HE_PARAMS_ID, SLOTS, PublicContext, chunks
+from nodes.store import NodeStore
+from protos.xgate.v1 import node_pb2
+from xgate import __version__
+from xgate.errors import InvalidInput, PayloadTooLarge, PolicyDenied
+from xgate.logging import get_logger
+from xgate.pseudonym import validate_pseudonym
+
+log = get_logger("xgate.node")
+
+REQUIRED_CONTEXT = ("request_id", "requester_agency", "purpose", "legal_basis", "case_id", "program_id")
+
+# Hooks a deployment plugs in (policy decision, audit, envelope checks); defaults are no-ops
+# only where the feature is optional, never for validation.
+Authorizer = Callable[[node_pb2.EncryptRequest], None]
+Auditor = Callable[[dict[str, object]], tuple[bytes, int]]
+
+
+@dataclass
+class NodeService:
+    agency: str
+    store: NodeStore
+    max_subjects: int = 100_000
+    allow_plaintext_mode: bool = False
+    authorize: Authorizer | None = None
+    audit: Auditor | None = None
+    _offered: dict[str, tuple[int, int]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.refresh()
+
+    def refresh(self) -> None:
+        self._offered = {s.element.id: (s.element.min, s.element.max) for s in self.store.elements()}
+
+    def health(self) -> node_pb2.HealthResponse:
+        return node_pb2.HealthResponse(
+            agency=self.agency, status="serving", version=__version__, subjects=self.store.subject_count()
+        )
+
+    def describe(self) -> node_pb2.DescribeResponse:
+        elements = [
+            node_pb2.DataElement(
+                id=s.element.id,
+                type=s.element.type.value,
+                unit=s.element.unit,
+                min=s.element.min,
+                max=s.element.max,
+                classification=s.element.classification.value,
+                description=s.element.description,
+                records=s.records,
+            )
+            for s in self.store.elements()
+        ]
+        return node_pb2.DescribeResponse(
+            agency=self.agency,
+            elements=elements,
+            computations=[f"he-encrypt/{HE_PARAMS_ID}", "flower-client/1"],
+            he_params_id=HE_PARAMS_ID,
+        )
+
+    def _validate(self, request: node_pb2.EncryptRequest) -> None:
+        ctx = request.context
+        missing = [name for name in REQUIRED_CONTEXT if not getattr(ctx, name)]
+        if missing:
+            raise InvalidInput(f"request context lacks {', '.join(missing)}")
+        if not request.pseudonyms:
+            raise InvalidInput("request names no subjects")
+        if len(request.pseudonyms) > self.max_subjects:
+            raise PayloadTooLarge(f"{len(request.pseudonyms)} subjects exceed this node's limit {self.max_subjects}")
+        for pseudonym in request.pseudonyms:
+            validate_pseudonym(pseudonym)
+        if len(set(request.pseudonyms)) != len(request.pseudonyms):
+            raise InvalidInput("request repeats a subject")
+        if not request.elements:
+            raise InvalidInput("request names no data elements")
+        names = [q.element for q in request.elements]
+        if len(set(names)) != len(names):
+            raise InvalidInput("request repeats a data element")
+        for query in request.elements:
+            if query.element not in self._offered:
+                raise InvalidInput(f"this node offers no data element '{query.element}'")
+            low, high = self._offered[query.element]
+            if not low <= query.if_missing <= high:
+                raise InvalidInput(f"if_missing for '{query.element}' is outside its range")
+
+    def _values(self, element: str, pseudonyms: Sequence[str], if_missing: int) -> np.ndarray:
+        values = self.store.values_for(element, pseudonyms, if_missing)
+        low, high = self._offered[element]
+        if values.size and (values.min() < low or values.max() > high):
+            # Stored data outside the declared range would break the masking bound: refuse.
+            raise InvalidInput(f"stored values of '{element}' fall outside the declared range; fix the data")
+        return values
+
+    def encrypt_values(self, request: node_pb2.EncryptRequest) -> node_pb2.EncryptResponse:
+        started = time.perf_counter()
+        self._validate(request)
+        if self.authorize is not None:
+            self.authorize(request)
+        pseudonyms = list(request.pseudonyms)
+        response = node_pb2.EncryptResponse(agency=self.agency, request_id=request.context.request_id)
+        if request.mode == node_pb2.EXCHANGE_MODE_PLAINTEXT:
+            if not self.allow_plaintext_mode:
+                raise PolicyDenied("plaintext exchange mode is disabled on this node")
+            for query in request.elements:
+                values = self._values(query.element, pseudonyms, query.if_missing)
+                response.elements.add(element=query.element, plain_values=values.tolist())
+        elif request.mode == node_pb2.EXCHANGE_MODE_HE:
+            if request.he_params_id != HE_PARAMS_ID:
+                raise InvalidInput(f"unsupported HE parameters '{request.he_params_id}', expected {HE_PARAMS_ID}")
+            context = PublicContext(request.public_context)
+            for query in request.elements:
+                values = self._values(query.element, pseudonyms, query.if_missing).tolist()
+                out = response.elements.add(element=query.element)
+                for chunk in chunks(values, SLOTS):
+                    blob = context.encrypt(chunk)
+                    out.ciphertexts.append(blob)
+                    out.ciphertext_sha256.append(hashlib.sha256(blob).digest())
+        else:
+            raise InvalidInput("exchange mode must be HE or PLAINTEXT")
+        if self.audit is not None:
+            leaf, index = self.audit(self._audit_record(request, response))
+            response.node_audit_leaf_hash = leaf
+            response.node_audit_index = index
+        log.info(
+            "encrypt_values",
+            request_id=request.context.request_id,
+            program=request.context.program_id,
+            subjects=len(pseudonyms),
+            elements=len(request.elements),
+            mode=node_pb2.ExchangeMode.Name(request.mode),
+            ms=round((time.perf_counter() - started) * 1000, 1),
+        )
+        return response
+
+    def _audit_record(self, request: node_pb2.EncryptRequest, response: node_pb2.EncryptResponse) -> dict[str, object]:
+        ctx = request.context
+        return {
+            "kind": "node_response",
+            "request_id": ctx.request_id,
+            "actor_agency": ctx.requester_agency,
+            "actor_user": ctx.requester_user,
+            "program": ctx.program_id,
+            "purpose": ctx.purpose,
+            "legal_basis": ctx.legal_basis,
+            "case_id": ctx.case_id,
+            "subjects": list(request.pseudonyms),
+            "elements": [q.element for q in request.elements],
+            "context_sha256": hashlib.sha256(request.public_context).hexdigest(),
+            "response_sha256": [d.hex() for e in response.elements for d in e.ciphertext_sha256],
+        }

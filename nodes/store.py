@@ -1,0 +1,228 @@
+"""An agency node's own data store (SQLite, embedded default).
+
+Values are integers keyed by (data element, pseudonym); national ids are not stored, only the
+federation pseudonym computed at load time. Core-class columns can be sealed at rest with a
+column cipher (AES-256-GCM, see crypto/at_rest.py), whose key never lives beside the store.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from xgate.catalogue import DataElement
+from xgate.errors import InvalidInput, NotFound
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS elements (
+    id TEXT PRIMARY KEY, agency TEXT NOT NULL, type TEXT NOT NULL, unit TEXT NOT NULL,
+    min INTEGER NOT NULL, max INTEGER NOT NULL, classification TEXT NOT NULL,
+    description TEXT NOT NULL, dataset TEXT NOT NULL, sealed INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS element_values (
+    element TEXT NOT NULL, pseudonym TEXT NOT NULL, value,
+    PRIMARY KEY (element, pseudonym)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS datasets (
+    name TEXT PRIMARY KEY, source_sha256 TEXT NOT NULL, rows INTEGER NOT NULL, loaded_at TEXT NOT NULL
+);
+"""
+
+
+class ColumnSealer(Protocol):
+    """What the store needs from an at-rest cipher (crypto.at_rest.ColumnCipher satisfies it)."""
+
+    def encrypt_int(self, value: int, aad: bytes) -> bytes: ...
+
+    def decrypt_int(self, blob: bytes, aad: bytes) -> int: ...
+
+
+def _aad(element: str, pseudonym: str) -> bytes:
+    return f"{element}\x00{pseudonym}".encode()
+
+
+@dataclass(frozen=True)
+class StoredElement:
+    element: DataElement
+    dataset: str
+    records: int
+    sealed: bool
+
+
+class NodeStore:
+    def __init__(self, conn: sqlite3.Connection, path: Path, sealer: ColumnSealer | None) -> None:
+        self._conn = conn
+        self._lock = threading.Lock()
+        self.path = path
+        self._sealer = sealer
+
+    @classmethod
+    def open(cls, path: Path, read_only: bool = False, sealer: ColumnSealer | None = None) -> NodeStore:
+        if read_only:
+            conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)
+        else:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(path, check_same_thread=False)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=FULL")
+            conn.executescript(_SCHEMA)
+        return cls(conn, path, sealer)
+
+    def close(self) -> None:
+        self._conn.close()
+
+    # -- reading -----------------------------------------------------------------------------
+
+    def element_ids(self) -> list[str]:
+        with self._lock:
+            return [r[0] for r in self._conn.execute("SELECT id FROM elements ORDER BY id")]
+
+    def elements(self) -> list[StoredElement]:
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT e.id, e.agency, e.type, e.unit, e.min, e.max, e.classification, e.description,"
+                " e.dataset, e.sealed, (SELECT COUNT(*) FROM element_values v WHERE v.element = e.id)"
+                " FROM elements e ORDER BY e.id"
+            ).fetchall()
+        return [
+            StoredElement(
+                DataElement(
+                    id=r[0],
+                    agency=r[1],
+                    type=r[2],
+                    unit=r[3],
+                    min=r[4],
+                    max=r[5],
+                    classification=r[6],
+                    description=r[7],
+                ),
+                dataset=r[8],
+                records=r[10],
+                sealed=bool(r[9]),
+            )
+            for r in rows
+        ]
+
+    def element(self, element_id: str) -> StoredElement:
+        for stored in self.elements():
+            if stored.element.id == element_id:
+                return stored
+        raise NotFound(f"this node offers no data element '{element_id}'")
+
+    def subject_count(self) -> int:
+        with self._lock:
+            row = self._conn.execute("SELECT COUNT(DISTINCT pseudonym) FROM element_values").fetchone()
+        return int(row[0])
+
+    def pseudonyms(self) -> list[str]:
+        with self._lock:
+            return [r[0] for r in self._conn.execute("SELECT DISTINCT pseudonym FROM element_values ORDER BY 1")]
+
+    def _decode(self, element: str, pseudonym: str, raw: object, sealed: bool) -> int:
+        if sealed:
+            if self._sealer is None:
+                raise InvalidInput(f"element '{element}' is sealed at rest and no column key is configured")
+            assert isinstance(raw, bytes)
+            return self._sealer.decrypt_int(raw, _aad(element, pseudonym))
+        assert isinstance(raw, int)
+        return raw
+
+    def lookup(self, element_id: str, pseudonyms: Sequence[str]) -> dict[str, int]:
+        """Values present for the given pseudonyms (absent subjects are simply missing)."""
+        stored = self.element(element_id)
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT pseudonym, value FROM element_values"
+                " WHERE element = ? AND pseudonym IN (SELECT value FROM json_each(?))",
+                (element_id, json.dumps(list(pseudonyms))),
+            ).fetchall()
+        return {p: self._decode(element_id, p, v, stored.sealed) for p, v in rows}
+
+    def values_for(self, element_id: str, pseudonyms: Sequence[str], if_missing: int) -> np.ndarray:
+        """int64 values in request order, `if_missing` for subjects without a record."""
+        found = self.lookup(element_id, pseudonyms)
+        return np.fromiter((found.get(p, if_missing) for p in pseudonyms), dtype=np.int64, count=len(pseudonyms))
+
+    def matrix(self, elements: Sequence[str], pseudonyms: Sequence[str] | None = None) -> tuple[list[str], np.ndarray]:
+        """Rows = subjects (all known ones, or the given ones), cols = elements; NaN where missing."""
+        subjects = list(pseudonyms) if pseudonyms is not None else self.pseudonyms()
+        index = {p: i for i, p in enumerate(subjects)}
+        out = np.full((len(subjects), len(elements)), np.nan)
+        for j, element_id in enumerate(elements):
+            for p, v in self.lookup(element_id, subjects).items():
+                out[index[p], j] = v
+        return subjects, out
+
+    # -- writing -----------------------------------------------------------------------------
+
+    def replace_dataset(
+        self,
+        dataset: str,
+        source_sha256: str,
+        elements: Sequence[tuple[DataElement, bool]],
+        rows: Iterable[tuple[str, str, int]],
+        loaded_at: str,
+    ) -> int:
+        """Atomically replace every value of the dataset's elements; rows are (element, pseudonym, value)."""
+        sealed = {e.id for e, seal in elements if seal}
+        if sealed and self._sealer is None:
+            raise InvalidInput("core-class elements must be sealed but no column key is configured")
+
+        def encoded() -> Iterable[tuple[str, str, object]]:
+            for element, pseudonym, value in rows:
+                if element in sealed:
+                    assert self._sealer is not None
+                    yield element, pseudonym, self._sealer.encrypt_int(value, _aad(element, pseudonym))
+                else:
+                    yield element, pseudonym, value
+
+        with self._lock, self._conn:
+            for element, _ in elements:
+                self._conn.execute("DELETE FROM element_values WHERE element = ?", (element.id,))
+            self._conn.execute("DELETE FROM elements WHERE dataset = ?", (dataset,))
+            self._conn.executemany(
+                "INSERT OR REPLACE INTO elements VALUES (?,?,?,?,?,?,?,?,?,?)",
+                [
+                    (
+                        e.id,
+                        e.agency,
+                        e.type.value,
+                        e.unit,
+                        e.min,
+                        e.max,
+                        e.classification.value,
+                        e.description,
+                        dataset,
+                        int(seal),
+                    )
+                    for e, seal in elements
+                ],
+            )
+            cursor = self._conn.executemany("INSERT INTO element_values VALUES (?,?,?)", encoded())
+            count = cursor.rowcount
+            self._conn.execute(
+                "INSERT OR REPLACE INTO datasets VALUES (?,?,?,?)", (dataset, source_sha256, count, loaded_at)
+            )
+        return count
+
+    def sealed_rows(self) -> list[tuple[str, str, bytes]]:
+        with self._lock:
+            return self._conn.execute(
+                "SELECT v.element, v.pseudonym, v.value FROM element_values v"
+                " JOIN elements e ON e.id = v.element WHERE e.sealed = 1"
+            ).fetchall()
+
+    def rewrite_sealed(self, rows: Iterable[tuple[str, str, bytes]]) -> None:
+        """Replace sealed blobs in one transaction (used by column-key rotation)."""
+        with self._lock, self._conn:
+            self._conn.executemany(
+                "UPDATE element_values SET value = ? WHERE element = ? AND pseudonym = ?",
+                [(blob, element, pseudonym) for element, pseudonym, blob in rows],
+            )

@@ -1,0 +1,219 @@
+"""Eligibility programs: versioned files of criteria over agency data elements (pure).
+
+A program fixes its thresholds; a request names only the program. Loading checks every
+criterion against the federation catalogue, including the HE masking bound: the largest
+possible |threshold - sum| must stay within MAX_ABS_DIFFERENCE, or the masked sign could wrap.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+
+from crypto.he import MAX_ABS_DIFFERENCE
+from xgate.catalogue import AgencyId, Catalogue, ElementId, ElementType
+from xgate.errors import ConfigError, NotFound
+from xgate.tomlfile import load_model
+
+DEFAULT_PROGRAM_DIR = Path(__file__).resolve().parent / "programs"
+Ident = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{1,63}$")]
+
+
+class CriterionKind(StrEnum):
+    SUM_AT_MOST = "sum_at_most"
+    SUM_AT_LEAST = "sum_at_least"
+    VALUE_AT_MOST = "value_at_most"
+    VALUE_AT_LEAST = "value_at_least"
+    IN_REGISTER = "in_register"
+    NOT_IN_REGISTER = "not_in_register"
+    COUNT_ZERO = "count_zero"
+
+
+class Term(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    element: ElementId
+    if_missing: int = 0
+
+
+class Criterion(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    id: Ident
+    kind: CriterionKind
+    description: str = ""
+    threshold: int | None = None
+    terms: tuple[Term, ...] = Field(min_length=1, max_length=16)
+
+    @model_validator(mode="after")
+    def _shape(self) -> Criterion:
+        needs_threshold = self.kind in _THRESHOLD_KINDS
+        if needs_threshold and self.threshold is None:
+            raise ValueError(f"criterion '{self.id}' of kind {self.kind} needs a threshold")
+        if not needs_threshold and self.threshold is not None:
+            raise ValueError(f"criterion '{self.id}' of kind {self.kind} takes no threshold")
+        if self.kind not in (CriterionKind.SUM_AT_MOST, CriterionKind.SUM_AT_LEAST) and len(self.terms) != 1:
+            raise ValueError(f"criterion '{self.id}' of kind {self.kind} takes exactly one term")
+        return self
+
+    @property
+    def direction(self) -> int:
+        """-1: passes when sum <= bound; +1: passes when sum >= bound."""
+        return +1 if self.kind in _AT_LEAST_KINDS else -1
+
+    @property
+    def bound(self) -> int:
+        """The comparison bound after reducing every kind to `sum <= bound` or `sum >= bound`."""
+        if self.kind is CriterionKind.IN_REGISTER:
+            return 1
+        if self.kind in (CriterionKind.NOT_IN_REGISTER, CriterionKind.COUNT_ZERO):
+            return 0
+        assert self.threshold is not None
+        return self.threshold
+
+    def passes(self, total: int) -> bool:
+        """The plaintext meaning of this criterion (used by the oracle and the baseline)."""
+        return total >= self.bound if self.direction > 0 else total <= self.bound
+
+
+_THRESHOLD_KINDS = {
+    CriterionKind.SUM_AT_MOST,
+    CriterionKind.SUM_AT_LEAST,
+    CriterionKind.VALUE_AT_MOST,
+    CriterionKind.VALUE_AT_LEAST,
+}
+_AT_LEAST_KINDS = {CriterionKind.SUM_AT_LEAST, CriterionKind.VALUE_AT_LEAST, CriterionKind.IN_REGISTER}
+
+
+class ProgramHeader(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    id: Ident
+    version: str = Field(pattern=r"^[0-9A-Za-z.\-]{1,32}$")
+    title: str
+    requester_agencies: tuple[AgencyId, ...] = Field(min_length=1)
+    purposes: tuple[Ident, ...] = Field(min_length=1)
+    epoch_days: int = Field(default=30, ge=1, le=366)
+
+
+class ProgramFile(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    program: ProgramHeader
+    criteria: tuple[Criterion, ...] = Field(min_length=1, max_length=32)
+
+
+@dataclass(frozen=True)
+class Program:
+    """A loaded, catalogue-checked program."""
+
+    header: ProgramHeader
+    criteria: tuple[Criterion, ...]
+    sha256: str
+    source: str
+
+    @property
+    def id(self) -> str:
+        return self.header.id
+
+    @property
+    def version(self) -> str:
+        return self.header.version
+
+    @property
+    def epoch_seconds(self) -> int:
+        return self.header.epoch_days * 86400
+
+    def elements(self) -> list[Term]:
+        """Every distinct (element, if_missing) the program reads, in first-use order."""
+        seen: dict[str, Term] = {}
+        for criterion in self.criteria:
+            for term in criterion.terms:
+                seen.setdefault(term.element, term)
+        return list(seen.values())
+
+    def elements_by_agency(self) -> dict[str, list[Term]]:
+        grouped: dict[str, list[Term]] = {}
+        for term in self.elements():
+            grouped.setdefault(term.element.split(".")[0], []).append(term)
+        return grouped
+
+
+def check_against_catalogue(parsed: ProgramFile, catalogue: Catalogue, source: str) -> None:
+    ids = [c.id for c in parsed.criteria]
+    if len(set(ids)) != len(ids):
+        raise ConfigError(f"program {source}: criterion ids must be unique")
+    missing_defaults: dict[str, int] = {}
+    for criterion in parsed.criteria:
+        low = high = 0
+        for term in criterion.terms:
+            try:
+                element = catalogue.get(term.element)
+            except NotFound as exc:
+                raise ConfigError(f"program {source}: criterion '{criterion.id}': {exc.message}") from exc
+            if not element.min <= term.if_missing <= element.max:
+                raise ConfigError(
+                    f"program {source}: criterion '{criterion.id}': if_missing {term.if_missing} is outside "
+                    f"the range {element.min}..{element.max} of '{term.element}'"
+                )
+            previous = missing_defaults.setdefault(term.element, term.if_missing)
+            if previous != term.if_missing:
+                raise ConfigError(f"program {source}: element '{term.element}' has conflicting if_missing values")
+            registers = (CriterionKind.IN_REGISTER, CriterionKind.NOT_IN_REGISTER)
+            if criterion.kind in registers and element.type is not ElementType.FLAG:
+                raise ConfigError(
+                    f"program {source}: criterion '{criterion.id}' needs a flag element, "
+                    f"'{term.element}' is {element.type}"
+                )
+            if criterion.kind is CriterionKind.COUNT_ZERO and element.min < 0:
+                raise ConfigError(f"program {source}: criterion '{criterion.id}' needs a non-negative count")
+            if element.type is ElementType.CATEGORY:
+                raise ConfigError(f"program {source}: category element '{term.element}' cannot be compared")
+            low += element.min
+            high += element.max
+        worst = max(abs(criterion.bound - low), abs(criterion.bound - high))
+        if worst > MAX_ABS_DIFFERENCE:
+            raise ConfigError(
+                f"program {source}: criterion '{criterion.id}': |threshold - sum| can reach {worst}, "
+                f"above the HE masking bound {MAX_ABS_DIFFERENCE}; narrow the element ranges or split it"
+            )
+
+
+def load_program(path: Path, catalogue: Catalogue) -> Program:
+    parsed, raw = load_model(path, ProgramFile, "program")
+    check_against_catalogue(parsed, catalogue, str(path))
+    return Program(parsed.program, parsed.criteria, hashlib.sha256(raw).hexdigest(), str(path))
+
+
+class ProgramRegistry:
+    """All programs of a directory, keyed by id (one version in force per id)."""
+
+    def __init__(self, programs: dict[str, Program]) -> None:
+        self._programs = programs
+
+    @classmethod
+    def load(cls, directory: Path, catalogue: Catalogue) -> ProgramRegistry:
+        programs: dict[str, Program] = {}
+        files = sorted(directory.glob("*.toml"))
+        if not files:
+            raise ConfigError(f"program directory {directory}: no *.toml program files")
+        for path in files:
+            program = load_program(path, catalogue)
+            if program.id in programs:
+                raise ConfigError(f"program {path}: id '{program.id}' also defined in {programs[program.id].source}")
+            programs[program.id] = program
+        return cls(programs)
+
+    def get(self, program_id: str) -> Program:
+        try:
+            return self._programs[program_id]
+        except KeyError:
+            raise NotFound(f"program '{program_id}' is not defined") from None
+
+    def all(self) -> list[Program]:
+        return [self._programs[k] for k in sorted(self._programs)]

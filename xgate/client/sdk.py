@@ -1,0 +1,182 @@
+"""Requester SDK: pseudonymise, encrypt-context, call the gateway, decrypt signs.
+
+The secret key stays in this process. National ids never leave it either: only pseudonyms are
+sent, and the mapping back to ids is kept locally for the result table.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import numpy as np
+
+from crypto.he import RequesterKeys
+from xgate.errors import CryptoError, InvalidInput, XgateError
+from xgate.pseudonym import Pseudonymiser
+
+
+class GatewayError(XgateError):
+    """An error answered by the gateway, carrying its HTTP status and public body."""
+
+    def __init__(self, status: int, body: dict[str, Any]) -> None:
+        super().__init__(str(body.get("message", f"HTTP {status}")), **body.get("details", {}))
+        self.code = str(body.get("error", "gateway_error"))
+        self.http_status = status
+
+
+@dataclass
+class CheckResult:
+    request_id: str
+    program: str
+    program_version: str
+    view: str
+    subjects: list[str]  # the caller's own identifiers, in request order
+    criteria: list[str]
+    descriptions: dict[str, str]
+    passes: dict[str, np.ndarray]  # criterion -> bool per subject
+    timings_ms: dict[str, float] = field(default_factory=dict)
+    wire_bytes: int = 0
+
+    @property
+    def overall(self) -> np.ndarray:
+        result = np.ones(len(self.subjects), dtype=bool)
+        for criterion in self.criteria:
+            result &= self.passes[criterion]
+        return result
+
+    def rows(self) -> list[dict[str, Any]]:
+        overall = self.overall
+        return [
+            {"subject": s, **{c: bool(self.passes[c][i]) for c in self.criteria}, "eligible": bool(overall[i])}
+            for i, s in enumerate(self.subjects)
+        ]
+
+    def counts(self) -> dict[str, int]:
+        out = {c: int(self.passes[c].sum()) for c in self.criteria}
+        out["eligible"] = int(self.overall.sum())
+        return out
+
+
+class GatewayClient:
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str,
+        pseudonymiser: Pseudonymiser,
+        keys: RequesterKeys | None = None,
+        timeout_s: float = 120.0,
+        verify: str | bool = True,
+        cert: tuple[str, str] | None = None,
+    ) -> None:
+        self._http = httpx.Client(
+            base_url=base_url,
+            headers={"Authorization": f"Bearer {api_key}"},
+            timeout=timeout_s,
+            verify=verify,
+            cert=cert,
+        )
+        self._pseudonymiser = pseudonymiser
+        self._keys = keys
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> GatewayClient:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    @property
+    def keys(self) -> RequesterKeys:
+        if self._keys is None:
+            self._keys = RequesterKeys.generate()
+        return self._keys
+
+    def _call(self, method: str, path: str, **kwargs: Any) -> tuple[dict[str, Any], int]:
+        response = self._http.request(method, path, **kwargs)
+        size = len(response.content) + len(response.request.content or b"")
+        try:
+            body = response.json()
+        except ValueError:
+            body = {"error": "bad_response", "message": response.text[:200]}
+        if response.status_code >= 400:
+            raise GatewayError(response.status_code, body if isinstance(body, dict) else {})
+        return body, size
+
+    def programs(self) -> list[dict[str, Any]]:
+        body, _ = self._call("GET", "/v1/programs")
+        return list(body)  # type: ignore[arg-type]
+
+    def check(
+        self,
+        program: str,
+        subjects: Sequence[str],
+        purpose: str,
+        legal_basis: str,
+        case_id: str,
+        consent_ref: str = "",
+        approval_ref: str = "",
+        mode: str = "he",
+    ) -> CheckResult:
+        """Run one check over national ids (pseudonymised here, never sent)."""
+        if not subjects:
+            raise InvalidInput("no subjects to check")
+        pseudonyms = [self._pseudonymiser.pseudonym(s) for s in subjects]
+        if len(set(pseudonyms)) != len(pseudonyms):
+            raise InvalidInput("the subject list names the same person twice")
+        payload: dict[str, Any] = {
+            "program": program,
+            "purpose": purpose,
+            "legal_basis": legal_basis,
+            "case_id": case_id,
+            "consent_ref": consent_ref,
+            "approval_ref": approval_ref,
+            "mode": mode,
+            "pseudonyms": pseudonyms,
+        }
+        if mode == "he":
+            payload["public_context"] = base64.b64encode(self.keys.public_context).decode("ascii")
+        body, size = self._call("POST", "/v1/checks", json=payload)
+        return self._decode(body, list(subjects), size)
+
+    def _decode(self, body: dict[str, Any], subjects: list[str], size: int) -> CheckResult:
+        count = int(body["subjects"])
+        if count != len(subjects):
+            raise InvalidInput(f"gateway answered for {count} subjects, asked {len(subjects)}")
+        chunk = int(body["chunk_size"])
+        passes: dict[str, np.ndarray] = {}
+        descriptions: dict[str, str] = {}
+        for item in body["criteria"]:
+            name = item["criterion"]
+            descriptions[name] = item.get("description", "")
+            if item.get("passes") is not None:
+                passes[name] = np.asarray(item["passes"], dtype=bool)
+                continue
+            parts = []
+            for i, blob in enumerate(item["ciphertexts"]):
+                try:
+                    raw = base64.b64decode(blob, validate=True)
+                except (binascii.Error, ValueError):
+                    raise CryptoError(f"result ciphertext {i} of '{name}' is not base64") from None
+                parts.append(self.keys.decrypt_signs(raw, min(chunk, count - i * chunk)))
+            passes[name] = np.concatenate(parts) if parts else np.zeros(0, dtype=bool)
+            if len(passes[name]) != count:
+                raise CryptoError(f"result for '{name}' covers {len(passes[name])} subjects, expected {count}")
+        return CheckResult(
+            request_id=body["request_id"],
+            program=body["program"],
+            program_version=body["program_version"],
+            view=body["view"],
+            subjects=subjects,
+            criteria=list(passes),
+            descriptions=descriptions,
+            passes=passes,
+            timings_ms=dict(body.get("timings_ms", {})),
+            wire_bytes=size,
+        )

@@ -1,0 +1,16 @@
+"""The authenticated caller of the REST API, as every decision point sees it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+ROLES = ("caseworker", "analyst", "security_officer", "admin")
+TIERS = ("gold", "silver", "bronze")
+
+
+@dataclass(frozen=True)
+class Principal:
+    user: str
+    agency: str
+    role: str
+    tier: str

@@ -1,0 +1,83 @@
+"""Federation pseudonyms: HMAC-SHA256(federation key, normalised national id), truncated.
+
+Agencies and requester clients hold the federation pseudonym key; the gateway never does, so
+it cannot link a pseudonym back to a person by hashing candidate ids.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import re
+from pathlib import Path
+
+from Crypto.Hash import HMAC, SHA256
+
+from xgate.errors import ConfigError, InvalidInput
+
+PSEUDONYM_KEY_BYTES = 32
+PSEUDONYM_CHARS = 26  # base32 of 128 bits, no padding
+PSEUDONYM_RE = re.compile(r"^[a-z2-7]{26}$")
+_ID_RE = re.compile(r"^[0-9]{17}[0-9X]$")
+_WEIGHTS = (7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2)
+_CHECK = "10X98765432"
+
+
+def id_checksum(first17: str) -> str:
+    """GB 11643-1999 check character of an 18-character resident identity number."""
+    return _CHECK[sum(int(c) * w for c, w in zip(first17, _WEIGHTS, strict=True)) % 11]
+
+
+def normalise_national_id(raw: str) -> str:
+    """Strip spaces, upper-case the check character, and validate format and checksum."""
+    value = raw.replace(" ", "").replace("-", "").strip().upper()
+    if not _ID_RE.match(value):
+        raise InvalidInput("national id must be 17 digits followed by a digit or X")
+    if id_checksum(value[:17]) != value[17]:
+        raise InvalidInput("national id check character does not match (GB 11643)")
+    return value
+
+
+class Pseudonymiser:
+    def __init__(self, key: bytes) -> None:
+        if len(key) != PSEUDONYM_KEY_BYTES:
+            raise ConfigError(f"pseudonym key must be {PSEUDONYM_KEY_BYTES} bytes")
+        self._key = key
+
+    def pseudonym(self, national_id: str) -> str:
+        normalised = normalise_national_id(national_id)
+        digest = HMAC.new(self._key, normalised.encode("ascii"), digestmod=SHA256).digest()[:16]
+        return base64.b32encode(digest).decode("ascii").rstrip("=").lower()
+
+
+def validate_pseudonym(value: str) -> str:
+    if not PSEUDONYM_RE.match(value):
+        raise InvalidInput("pseudonym must be 26 lower-case base32 characters")
+    return value
+
+
+def load_key(path: Path | None = None, env: str = "XGATE_PSEUDONYM_KEY") -> bytes:
+    """Key from a file (raw 32 bytes or 64 hex chars) or, without a path, from an env var (hex)."""
+    if path is not None:
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise ConfigError(f"pseudonym key file {path}: {exc.strerror}") from exc
+        text = data.strip()
+        key = bytes.fromhex(text.decode()) if len(text) == 2 * PSEUDONYM_KEY_BYTES else data
+    else:
+        hex_key = os.environ.get(env)
+        if not hex_key:
+            raise ConfigError(f"no pseudonym key: pass a key file or set {env}")
+        key = bytes.fromhex(hex_key)
+    if len(key) != PSEUDONYM_KEY_BYTES:
+        raise ConfigError(f"pseudonym key must be {PSEUDONYM_KEY_BYTES} bytes")
+    return key
+
+
+def write_key(path: Path, key: bytes | None = None) -> bytes:
+    key = key or os.urandom(PSEUDONYM_KEY_BYTES)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.touch(mode=0o600)
+    path.write_text(key.hex())
+    return key
