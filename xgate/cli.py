@@ -2,18 +2,39 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import typer
 
 from audit.cli import app as audit_app
 from crypto.pki_cli import app as pki_app
 from federated.train_cli import app as train_app
+from nodes.cli import app as node_app
 from policies.policy_cli import app as policy_app
+from xgate.cli_support import fail_on_error
 
 app = typer.Typer(no_args_is_help=True, help="xgate: privacy-preserving cross-agency data exchange gateway")
+app.add_typer(node_app, name="node")
 app.add_typer(audit_app, name="audit")
 app.add_typer(pki_app, name="pki")
 app.add_typer(train_app, name="train")
 app.add_typer(policy_app, name="policy")
+
+
+@app.command("demo-data")
+def demo_data(
+    out: Path = typer.Option(Path("var/demo/data"), "--out", help="directory for CSV extracts and mappings"),
+    people: int = typer.Option(100_000, "--people", min=100, max=2_000_000),
+    applicants: int = typer.Option(1000, "--applicants", min=1),
+    seed: int = typer.Option(20261123, "--seed"),
+) -> None:
+    """Write a seeded synthetic federation: one CSV + mapping per agency, and applicants.csv."""
+    from xgate.synth import generate, write_federation
+
+    with fail_on_error():
+        paths = write_federation(out, generate(people, seed), applicants=min(applicants, people))
+        for name, path in paths.items():
+            typer.echo(f"{name:>14}: {path}")
 
 
 def main() -> None:

@@ -1,0 +1,65 @@
+"""`xgate node ...`: load data into a node store and serve it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from nodes.config import load_node_config
+from nodes.loader import load_file
+from nodes.store import NodeStore
+from xgate.catalogue import load_catalogue
+from xgate.cli_support import fail_on_error
+from xgate.pseudonym import Pseudonymiser, load_key
+
+app = typer.Typer(no_args_is_help=True, help="Agency node: load data, serve the gRPC API")
+
+
+@app.command("load")
+def load(
+    config: Path = typer.Option(..., "--config", help="node config TOML"),
+    data: Path = typer.Option(..., "--data", help="CSV or Parquet extract"),
+    mapping: Path = typer.Option(..., "--mapping", help="mapping TOML naming each column's data element"),
+) -> None:
+    """Validate every row and load the file atomically (any invalid row refuses the whole file)."""
+    with fail_on_error():
+        cfg = load_node_config(config)
+        catalogue, _ = load_catalogue(cfg.node.catalogue)
+        pseudonymiser = Pseudonymiser(load_key(cfg.node.pseudonym_key_file))
+        store = NodeStore.open(cfg.node.store, sealer=_sealer(cfg.node.column_key_file))
+        try:
+            report = load_file(store, data, mapping, catalogue, pseudonymiser)
+        finally:
+            store.close()
+        typer.echo(
+            f"loaded dataset '{report.dataset}': {report.rows} rows, {report.values} values "
+            f"(sha256 {report.source_sha256[:16]}…) into {cfg.node.store}"
+        )
+
+
+@app.command("serve")
+def serve(
+    config: Path = typer.Option(..., "--config", help="node config TOML"),
+    insecure: bool = typer.Option(False, "--insecure", help="serve without TLS (development only)"),
+) -> None:
+    """Serve the node's gRPC API until SIGTERM/SIGINT."""
+    from nodes.server import serve as run
+    from xgate.logging import configure
+
+    with fail_on_error():
+        cfg = load_node_config(config)
+        if insecure:
+            cfg.node.insecure = True
+        configure(f"node:{cfg.node.agency}")
+        run(cfg)
+
+
+def _sealer(path: Path | None):  # type: ignore[no-untyped-def]
+    if path is None:
+        return None
+    from crypto.at_rest import ColumnCipher
+    from crypto.at_rest import load_key as load_column_key
+
+    key, key_id = load_column_key(path)
+    return ColumnCipher(key, key_id)

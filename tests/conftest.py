@@ -1,0 +1,24 @@
+"""Shared fixtures: repository paths and one HE key pair per test session (keygen ~40 ms)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+
+
+@pytest.fixture(scope="session")
+def requester_keys():  # type: ignore[no-untyped-def]
+    from crypto.he import RequesterKeys
+
+    return RequesterKeys.generate()
+
+
+@pytest.fixture(scope="session")
+def public_context(requester_keys):  # type: ignore[no-untyped-def]
+    from crypto.he import PublicContext
+
+    return PublicContext(requester_keys.public_context)

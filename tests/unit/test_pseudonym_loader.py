@@ -1,0 +1,103 @@
+"""Pseudonyms and node loading: bad rows are refused with row numbers, nothing half-loaded."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from nodes.loader import load_file
+from nodes.store import NodeStore
+from xgate.catalogue import load_catalogue
+from xgate.errors import ConfigError, InvalidInput
+from xgate.pseudonym import PSEUDONYM_RE, Pseudonymiser, id_checksum, normalise_national_id
+from xgate.synth import write_mapping
+
+CATALOGUE, _ = load_catalogue()
+PS = Pseudonymiser(b"\x01" * 32)
+
+
+def nid(body17: str) -> str:
+    return body17 + id_checksum(body17)
+
+
+A, B, C = nid("11010119800101001"), nid("11010119900202002"), nid("31010120000303003")
+
+
+@given(st.from_regex(r"[0-9]{17}", fullmatch=True))
+def test_pseudonyms_are_stable_normalised_and_keyed(body):
+    national_id = nid(body)
+    p = PS.pseudonym(national_id)
+    assert PSEUDONYM_RE.match(p)
+    assert PS.pseudonym(" " + national_id.lower() + " ") == p
+    assert Pseudonymiser(b"\x02" * 32).pseudonym(national_id) != p
+
+
+def test_bad_national_ids():
+    with pytest.raises(InvalidInput, match="17 digits"):
+        normalise_national_id("12345")
+    bad_check = A[:17] + ("0" if A[17] != "0" else "1")
+    with pytest.raises(InvalidInput, match="check character"):
+        normalise_national_id(bad_check)
+
+
+def _setup(tmp_path: Path, rows: list[str]) -> tuple[NodeStore, Path, Path]:
+    mapping = tmp_path / "tax.mapping.toml"
+    write_mapping(mapping, "tax")
+    data = tmp_path / "tax.csv"
+    data.write_text("national_id,monthly_income,monthly_wage_income,registered_businesses\n" + "\n".join(rows) + "\n")
+    return NodeStore.open(tmp_path / "tax.sqlite"), data, mapping
+
+
+def test_load_good_file(tmp_path):
+    store, data, mapping = _setup(tmp_path, [f"{A},1000,900,0", f"{B},0,0,2", f"{C},,,0"])
+    report = load_file(store, data, mapping, CATALOGUE, PS)
+    assert report.rows == 3 and report.values == 7  # C has two empty cells
+    values = store.values_for("tax.monthly_income", [PS.pseudonym(A), PS.pseudonym(C), "a" * 26], if_missing=-1)
+    assert values.tolist() == [1000, -1, -1]
+    assert {e.element.id for e in store.elements()} == {
+        "tax.monthly_income",
+        "tax.monthly_wage_income",
+        "tax.registered_businesses",
+    }
+
+
+def test_bad_rows_refuse_whole_file_with_row_numbers(tmp_path):
+    store, data, mapping = _setup(
+        tmp_path,
+        [
+            f"{A},1000,900,0",
+            "12345,1,1,1",  # row 3: bad id
+            f"{B},-4,0,0",  # row 4: out of range
+            f"{C},12.5,0,0",  # row 5: not an integer
+            f"{A},1,1,1",  # row 6: duplicate subject
+        ],
+    )
+    with pytest.raises(InvalidInput) as info:
+        load_file(store, data, mapping, CATALOGUE, PS)
+    message = info.value.message
+    for fragment in ("4 invalid row(s)", "row 3", "row 4", "outside 0..2000000", "row 5", "not an integer", "row 6"):
+        assert fragment in message
+    assert store.element_ids() == []  # nothing loaded
+
+
+def test_missing_column_and_mapping_disagreement(tmp_path):
+    store, data, mapping = _setup(tmp_path, [f"{A},1,1,1"])
+    data.write_text("national_id,monthly_income\n" + f"{A},1\n")
+    with pytest.raises(InvalidInput, match="missing column"):
+        load_file(store, data, mapping, CATALOGUE, PS)
+    mapping.write_text(mapping.read_text().replace("max = 2000000", "max = 9", 1))
+    with pytest.raises(ConfigError, match="disagrees with the catalogue"):
+        load_file(store, data, mapping, CATALOGUE, PS)
+
+
+def test_core_elements_need_a_column_key(tmp_path):
+    mapping = tmp_path / "household.mapping.toml"
+    write_mapping(mapping, "household")
+    data = tmp_path / "household.csv"
+    data.write_text(f"national_id,alive_resident,deceased\n{A},1,0\n")
+    store = NodeStore.open(tmp_path / "h.sqlite")
+    with pytest.raises(InvalidInput, match="no column key"):
+        load_file(store, data, mapping, CATALOGUE, PS)
