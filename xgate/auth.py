@@ -1,0 +1,197 @@
+"""REST authentication for people and tools: API keys mapped to user, agency, role and tier.
+
+A key looks like `xgk_<key_id>_<secret>`: key_id (12 hex digits) is public and selects the
+user record; secret is 32 random bytes (base64url). Only SHA-256 of the whole key is stored
+(users file, JSON, mode 0600), compared in constant time; the key itself is shown once by
+`xgate pki add-user`. Callers send `Authorization: Bearer <key>` or `X-API-Key: <key>`.
+The users file is re-read when it changes, so added/disabled users take effect without restart.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import hashlib
+import hmac
+import json
+import os
+import re
+import secrets
+import threading
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from xgate.errors import ConfigError, InvalidInput, NotFound, PolicyDenied, Unauthenticated
+from xgate.principal import ROLES, TIERS, Principal
+from xgate.ratelimit import RateLimiter
+
+FORMAT = "xgate-users/1"
+_KEY = re.compile(r"^xgk_([0-9a-f]{12})_([A-Za-z0-9_-]{43})$")
+_USER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$")
+_AGENCY = re.compile(r"^[a-z][a-z0-9_]{1,31}$")
+
+
+def _hash(api_key: str) -> str:
+    return hashlib.sha256(api_key.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class UserRecord:
+    user: str
+    agency: str
+    role: str
+    tier: str
+    key_id: str
+    key_sha256: str
+    disabled: bool = False
+
+    def principal(self) -> Principal:
+        return Principal(user=self.user, agency=self.agency, role=self.role, tier=self.tier)
+
+
+def _load(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, ValueError):
+        raise ConfigError(f"users file {path} is unreadable or not JSON") from None
+    if doc.get("format") != FORMAT or not isinstance(doc.get("users"), list):
+        raise ConfigError(f"users file {path} is not in {FORMAT} format")
+    return list(doc["users"])
+
+
+def _save(path: Path, users: list[dict[str, Any]]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        json.dump({"format": FORMAT, "users": users}, fh, indent=2)
+    tmp.replace(path)
+
+
+def add_user(users_file: Path, user: str, agency: str, role: str, tier: str) -> str:
+    """Register a user and return their new API key (the only time it is visible).
+
+    Adding an existing user id issues a new key and disables the old one (key rotation).
+    """
+    if not _USER.match(user):
+        raise InvalidInput("user id must be 1-64 of letters, digits, _ . @ -")
+    if not _AGENCY.match(agency):
+        raise InvalidInput("agency id must match ^[a-z][a-z0-9_]{1,31}$")
+    if role not in ROLES:
+        raise InvalidInput(f"role must be one of {', '.join(ROLES)}")
+    if tier not in TIERS:
+        raise InvalidInput(f"tier must be one of {', '.join(TIERS)}")
+    key_id = secrets.token_hex(6)
+    secret = base64.urlsafe_b64encode(secrets.token_bytes(32)).rstrip(b"=").decode()
+    api_key = f"xgk_{key_id}_{secret}"
+    users = _load(users_file)
+    for u in users:
+        if u["user"] == user:
+            u["disabled"] = True
+    users.append({"user": user, "agency": agency, "role": role, "tier": tier, "key_id": key_id,
+                  "key_sha256": _hash(api_key), "disabled": False,
+                  "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")})
+    _save(users_file, users)
+    return api_key
+
+
+def disable_user(users_file: Path, user: str) -> int:
+    """Disable every key of a user; return how many were active."""
+    users = _load(users_file)
+    hits = [u for u in users if u["user"] == user and not u.get("disabled")]
+    if not hits:
+        raise NotFound(f"no active user '{user}'")
+    for u in hits:
+        u["disabled"] = True
+    _save(users_file, users)
+    return len(hits)
+
+
+def extract_key(headers: Mapping[str, str]) -> str:
+    """The API key from Authorization: Bearer or X-API-Key (header names case-insensitive)."""
+    lower = {k.lower(): v for k, v in headers.items()}
+    auth = lower.get("authorization", "")
+    if auth:
+        scheme, _, token = auth.strip().partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise Unauthenticated("unsupported Authorization scheme (use Bearer)")
+        return token.strip()
+    key = lower.get("x-api-key", "").strip()
+    if not key:
+        raise Unauthenticated("missing API key (Authorization: Bearer <key> or X-API-Key)")
+    return key
+
+
+class Authenticator:
+    """Maps API keys to principals, re-reading the users file when it changes."""
+
+    def __init__(self, users_file: Path | None = None, records: Iterable[UserRecord] = ()) -> None:
+        self.users_file = users_file
+        self._lock = threading.Lock()
+        self._stamp: tuple[float, int] | None = None
+        self._by_key_id: dict[str, UserRecord] = {r.key_id: r for r in records}
+
+    def _refresh(self) -> None:
+        if self.users_file is None:
+            return
+        try:
+            st = self.users_file.stat()
+        except OSError:
+            raise ConfigError(f"users file {self.users_file} is missing") from None
+        stamp = (st.st_mtime, st.st_size)
+        with self._lock:
+            if stamp == self._stamp:
+                return
+            records = {}
+            for u in _load(self.users_file):
+                rec = UserRecord(u["user"], u["agency"], u["role"], u["tier"], u["key_id"], u["key_sha256"],
+                                 bool(u.get("disabled", False)))
+                records[rec.key_id] = rec
+            self._by_key_id, self._stamp = records, stamp
+
+    def authenticate(self, headers: Mapping[str, str]) -> Principal:
+        """Return the caller's Principal or raise Unauthenticated (reason without key material)."""
+        key = extract_key(headers)
+        m = _KEY.match(key)
+        self._refresh()
+        record = self._by_key_id.get(m.group(1)) if m else None
+        # Hash and compare even for malformed/unknown keys so timing does not reveal which failed.
+        expected = record.key_sha256 if record else "0" * 64
+        matches = hmac.compare_digest(_hash(key), expected)
+        if record is None or not matches:
+            raise Unauthenticated("invalid API key")
+        if record.disabled:
+            raise Unauthenticated("API key disabled")
+        return record.principal()
+
+    def __call__(self, request: Any) -> Principal:
+        """Use directly as the gateway's `authenticate(request)` callable (Starlette Request)."""
+        return self.authenticate(request.headers)
+
+
+def fastapi_dependency(authenticator: Authenticator, *, roles: Iterable[str] | None = None,
+                       limiter: RateLimiter | None = None) -> Callable[[Any], Principal]:
+    """FastAPI dependency: authenticate, check role, take a rate-limit token.
+
+        caller: Principal = Depends(fastapi_dependency(auth, roles={"caseworker"}, limiter=rl))
+    """
+    allowed = None if roles is None else frozenset(roles)
+
+    def dependency(request: Any) -> Principal:
+        principal = authenticator.authenticate(request.headers)
+        if allowed is not None and principal.role not in allowed:
+            raise PolicyDenied(f"role '{principal.role}' may not use this endpoint")
+        if limiter is not None:
+            limiter.acquire(principal.user, tier=principal.tier)
+        request.state.principal = principal
+        return principal
+
+    # FastAPI injects the Request when the parameter is annotated with it.
+    from starlette.requests import Request
+
+    dependency.__annotations__["request"] = Request
+    return dependency
