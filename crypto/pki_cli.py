@@ -1,7 +1,138 @@
-"""`xgate pki ...` commands."""
+"""`xgate pki ...` commands: thin wrappers over crypto/pki.py and xgate/auth.py."""
 
 from __future__ import annotations
 
+import datetime as dt
+import json
+from pathlib import Path
+from typing import Annotated
+
 import typer
+from cryptography import x509
+
+from xgate.cli_support import fail_on_error
 
 app = typer.Typer(no_args_is_help=True, help="Federation PKI: CA, certificates, revocation")
+
+CaDir = Annotated[Path, typer.Option("--ca", help="CA directory (holds ca.key.pem: keep it offline)")]
+
+
+@app.command("init")
+def init_cmd(ca: CaDir, name: Annotated[str, typer.Option(help="federation name")] = "xgate federation CA",
+             days: Annotated[int, typer.Option(help="CA validity in days")] = 3650) -> None:
+    """Create the federation CA, an empty CRL and an empty signed directory."""
+    from crypto import pki
+
+    with fail_on_error():
+        created = pki.init_ca(ca, name, days)
+        typer.echo(f"CA '{created.name}' created in {ca} (fingerprint {pki.fingerprint(created.cert)})")
+
+
+@app.command("issue")
+def issue_cmd(
+    ca: CaDir,
+    kind: Annotated[str, typer.Option(help="gateway|node|flower-superlink|flower-supernode|user")],
+    agency: Annotated[str, typer.Option(help="agency id, e.g. tax")],
+    out: Annotated[Path, typer.Option(help="directory for cert/key files")],
+    dns: Annotated[list[str] | None, typer.Option(help="extra DNS SAN (repeatable)")] = None,
+    ip: Annotated[list[str] | None, typer.Option(help="extra IP SAN (repeatable)")] = None,
+    days: Annotated[int, typer.Option(help="validity in days (short-lived by design)")] = 30,
+    address: Annotated[str, typer.Option(help="host:port published in the federation directory")] = "",
+) -> None:
+    """Issue a certificate (+ Ed25519 signing key for gateway/node) and publish it in the directory."""
+    from crypto import pki
+
+    with fail_on_error():
+        issued = pki.issue(ca, kind, agency, out, dns or (), ip or (), days, address)
+        typer.echo(json.dumps({"cert": str(issued.cert_path), "key": str(issued.key_path),
+                               "signing_key": str(issued.signing_key_path) if issued.signing_key_path else None,
+                               "serial": str(issued.serial), "fingerprint": issued.fingerprint,
+                               "key_id": issued.key_id}, indent=2))
+
+
+@app.command("revoke")
+def revoke_cmd(ca: CaDir, serial: Annotated[str, typer.Option(help="certificate serial (decimal)")]) -> None:
+    """Revoke a certificate: re-signs crl.pem and marks its signing key revoked in the directory."""
+    from crypto import pki
+
+    with fail_on_error():
+        path = pki.revoke(ca, serial)
+        typer.echo(f"revoked {serial}; distribute {path} and {ca / pki.DIRECTORY} to every party")
+
+
+@app.command("crl")
+def crl_cmd(ca: CaDir, days: Annotated[int, typer.Option(help="days until next update")] = 7) -> None:
+    """Re-sign the CRL (run at least every `days`; parties refuse a CRL stale beyond its grace)."""
+    from crypto import pki
+
+    with fail_on_error():
+        typer.echo(str(pki.write_crl(pki.load_ca(ca), days=days)))
+
+
+@app.command("set-address")
+def set_address_cmd(ca: CaDir, agency: Annotated[str, typer.Option()], address: Annotated[str, typer.Option()],
+                    kind: Annotated[str, typer.Option()] = "node") -> None:
+    """Publish where a party listens (host:port) in the signed federation directory."""
+    from crypto import pki
+
+    with fail_on_error():
+        pki.set_address(ca, agency, kind, address)
+        typer.echo(f"{kind} of '{agency}' at {address}")
+
+
+@app.command("show")
+def show_cmd(path: Annotated[Path, typer.Argument(help="a certificate PEM, or a CA directory")]) -> None:
+    """Show a certificate's identity and validity, or a CA's issued certificates and directory."""
+    from crypto import pki
+
+    with fail_on_error():
+        if path.is_dir():
+            ca = pki.load_ca(path)
+            directory = pki.load_directory(path / pki.DIRECTORY, ca.cert)
+            crl = pki.load_crl(path / pki.CRL)
+            typer.echo(f"CA: {ca.name}  fingerprint {pki.fingerprint(ca.cert)}  "
+                       f"valid until {ca.cert.not_valid_after_utc:%Y-%m-%d}")
+            typer.echo(f"CRL: {len(list(crl))} revoked, next update {crl.next_update_utc:%Y-%m-%d %H:%M} UTC")
+            for e in directory.entries:
+                state = "REVOKED" if e.revoked else "valid"
+                typer.echo(f"  {e.kind:<17} {e.agency:<16} {state:<8} serial={e.serial} key_id={e.key_id} "
+                           f"address={e.address or '-'}")
+            return
+        cert = pki.load_cert(path)
+        ident = pki.peer_identity(cert)
+        now = dt.datetime.now(dt.UTC)
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        typer.echo(json.dumps({
+            "agency": ident.agency, "kind": ident.kind, "serial": str(ident.serial),
+            "fingerprint": ident.fingerprint, "issuer": cert.issuer.rfc4514_string(),
+            "not_before": cert.not_valid_before_utc.isoformat(), "not_after": cert.not_valid_after_utc.isoformat(),
+            "expired": now > cert.not_valid_after_utc,
+            "dns": san.get_values_for_type(x509.DNSName),
+            "ip": [str(i) for i in san.get_values_for_type(x509.IPAddress)],
+        }, indent=2))
+
+
+@app.command("add-user")
+def add_user_cmd(
+    users: Annotated[Path, typer.Option(help="users file (JSON, only key hashes are stored)")],
+    user: Annotated[str, typer.Option(help="user id")],
+    agency: Annotated[str, typer.Option(help="agency id")],
+    role: Annotated[str, typer.Option(help="caseworker|analyst|security_officer|admin")],
+    tier: Annotated[str, typer.Option(help="gold|silver|bronze")],
+) -> None:
+    """Register a REST user and print their API key ONCE (only its SHA-256 is stored)."""
+    from xgate.auth import add_user
+
+    with fail_on_error():
+        key = add_user(users, user, agency, role, tier)
+        typer.echo(key)
+        typer.secho("store this key now: it cannot be shown again", err=True, fg=typer.colors.YELLOW)
+
+
+@app.command("disable-user")
+def disable_user_cmd(users: Annotated[Path, typer.Option()], user: Annotated[str, typer.Option()]) -> None:
+    """Disable every API key of a user."""
+    from xgate.auth import disable_user
+
+    with fail_on_error():
+        typer.echo(f"disabled {disable_user(users, user)} key(s) of '{user}'")
