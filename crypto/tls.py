@@ -44,10 +44,14 @@ def current_peer() -> PeerIdentity | None:
 class TlsFiles(Protocol):
     """Anything with these attributes (nodes.config.TlsConfig satisfies it)."""
 
-    cert: Path
-    key: Path
-    ca: Path
-    crl: Path | None
+    @property
+    def cert(self) -> Path: ...
+    @property
+    def key(self) -> Path: ...
+    @property
+    def ca(self) -> Path: ...
+    @property
+    def crl(self) -> Path | None: ...
 
 
 @dataclass(frozen=True)
@@ -163,7 +167,7 @@ def _details(exc: XgateError) -> str:
 
 
 def _status(exc: XgateError) -> grpc.StatusCode:
-    return getattr(grpc.StatusCode, exc.grpc_status)  # type: ignore[no-any-return]
+    return getattr(grpc.StatusCode, exc.grpc_status)
 
 
 def _wrap(handler: grpc.RpcMethodHandler, wrap_call: Callable[[Any], Any]) -> grpc.RpcMethodHandler:
@@ -178,7 +182,7 @@ def _wrap(handler: grpc.RpcMethodHandler, wrap_call: Callable[[Any], Any]) -> gr
     raise ConfigError("unsupported gRPC handler")
 
 
-class PeerCheckInterceptor(grpc.ServerInterceptor):
+class PeerCheckInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
     """Sync grpc.server interceptor: refuse RPCs whose mTLS peer fails PeerVerifier."""
 
     def __init__(self, verifier: PeerVerifier) -> None:
@@ -208,7 +212,7 @@ class PeerCheckInterceptor(grpc.ServerInterceptor):
         return _wrap(handler, wrap_call)
 
 
-class AioPeerCheckInterceptor(grpc.aio.ServerInterceptor):
+class AioPeerCheckInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     """grpc.aio server interceptor: refuse RPCs whose mTLS peer fails PeerVerifier."""
 
     def __init__(self, verifier: PeerVerifier) -> None:
@@ -220,7 +224,7 @@ class AioPeerCheckInterceptor(grpc.aio.ServerInterceptor):
     ) -> grpc.RpcMethodHandler:
         handler = await continuation(handler_call_details)
         if handler is None:
-            return None  # type: ignore[unreachable]
+            return None
         method = handler_call_details.method
 
         def wrap_call(behaviour: Callable[..., Any]) -> Callable[..., Any]:
