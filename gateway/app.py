@@ -98,6 +98,11 @@ def create_app(
             headers["Retry-After"] = str(int(exc.details["retry_after_s"]))
         return JSONResponse(exc.to_public(), status_code=exc.http_status, headers=headers)
 
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("request_failed", path=request.url.path)
+        return JSONResponse({"error": "internal_error", "message": "internal error"}, status_code=500)
+
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         problems = [

@@ -44,6 +44,8 @@ class GatewaySettings(BaseModel):
     max_subjects: int = Field(default=100_000, ge=1, le=1_000_000)
     max_message_mb: int = Field(default=64, ge=1, le=512)
     allow_plaintext_mode: bool = False  # benchmark baseline only
+    rate_per_s: float = Field(default=20.0, gt=0, description="sustained REST requests per user per second")
+    rate_burst: float = Field(default=40.0, ge=1)
     insecure: bool = False
 
 

@@ -28,35 +28,41 @@ class NodeDirectory:
         max_message_mb: int = 64,
         credentials: Mapping[str, tuple[grpc.ChannelCredentials, str]] | None = None,
     ) -> None:
-        limit = max_message_mb * 1024 * 1024
         self._endpoints = dict(endpoints)
+        self._limit = max_message_mb * 1024 * 1024
+        self._credentials = dict(credentials or {})
         self._stubs: dict[str, node_pb2_grpc.AgencyNodeStub] = {}
         self._channels: list[grpc.aio.Channel] = []
-        for agency, endpoint in self._endpoints.items():
-            options: list[tuple[str, object]] = [
-                ("grpc.max_receive_message_length", limit),
-                ("grpc.max_send_message_length", limit),
-            ]
-            if credentials and agency in credentials:
-                creds, target_name = credentials[agency]
-                options.append(("grpc.ssl_target_name_override", target_name))
-                channel = grpc.aio.secure_channel(endpoint.address, creds, options=options)
-            else:
-                channel = grpc.aio.insecure_channel(endpoint.address, options=options)
-            self._channels.append(channel)
-            self._stubs[agency] = node_pb2_grpc.AgencyNodeStub(channel)
+
+    def _connect(self, agency: str) -> node_pb2_grpc.AgencyNodeStub:
+        # grpc.aio channels bind to the running event loop, so they are made on first use.
+        endpoint = self._endpoints[agency]
+        options: list[tuple[str, object]] = [
+            ("grpc.max_receive_message_length", self._limit),
+            ("grpc.max_send_message_length", self._limit),
+        ]
+        if agency in self._credentials:
+            creds, target_name = self._credentials[agency]
+            options.append(("grpc.ssl_target_name_override", target_name))
+            channel = grpc.aio.secure_channel(endpoint.address, creds, options=options)
+        else:
+            channel = grpc.aio.insecure_channel(endpoint.address, options=options)
+        self._channels.append(channel)
+        self._stubs[agency] = node_pb2_grpc.AgencyNodeStub(channel)
+        return self._stubs[agency]
 
     def agencies(self) -> list[str]:
         return sorted(self._endpoints)
 
     def stub(self, agency: str) -> node_pb2_grpc.AgencyNodeStub:
-        try:
-            return self._stubs[agency]
-        except KeyError:
-            raise NodeUnavailable(agency, "no node is registered for this agency") from None
+        if agency not in self._endpoints:
+            raise NodeUnavailable(agency, "no node is registered for this agency")
+        return self._stubs.get(agency) or self._connect(agency)
 
     async def close(self) -> None:
         await asyncio.gather(*(c.close() for c in self._channels))
+        self._channels.clear()
+        self._stubs.clear()
 
     async def encrypt_all(
         self, requests: Mapping[str, node_pb2.EncryptRequest], deadline_s: float

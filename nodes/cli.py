@@ -8,7 +8,7 @@ import typer
 
 from nodes.config import load_node_config
 from nodes.loader import load_file
-from nodes.store import NodeStore
+from nodes.store import open_node_store
 from xgate.catalogue import load_catalogue
 from xgate.cli_support import fail_on_error
 from xgate.pseudonym import Pseudonymiser, load_key
@@ -27,7 +27,7 @@ def load(
         cfg = load_node_config(config)
         catalogue, _ = load_catalogue(cfg.node.catalogue)
         pseudonymiser = Pseudonymiser(load_key(cfg.node.pseudonym_key_file))
-        store = NodeStore.open(cfg.node.store, sealer=_sealer(cfg.node.column_key_file))
+        store = open_node_store(cfg.node)
         try:
             report = load_file(store, data, mapping, catalogue, pseudonymiser)
         finally:
@@ -53,13 +53,3 @@ def serve(
             cfg.node.insecure = True
         configure(f"node:{cfg.node.agency}")
         run(cfg)
-
-
-def _sealer(path: Path | None):  # type: ignore[no-untyped-def]
-    if path is None:
-        return None
-    from crypto.at_rest import ColumnCipher
-    from crypto.at_rest import load_key as load_column_key
-
-    key, key_id = load_column_key(path)
-    return ColumnCipher(key, key_id)

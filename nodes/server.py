@@ -13,7 +13,7 @@ import grpc
 
 from nodes.config import NodeConfig
 from nodes.service import NodeService
-from nodes.store import NodeStore
+from nodes.store import open_node_store
 from protos.xgate.v1 import node_pb2, node_pb2_grpc
 from xgate.errors import ConfigError
 from xgate.grpc_edge import call_guarded
@@ -44,7 +44,7 @@ def build_service(config: NodeConfig) -> NodeService:
     settings = config.node
     if not settings.store.exists():
         raise ConfigError(f"node store {settings.store} does not exist; run `xgate node load` first")
-    store = NodeStore.open(settings.store, read_only=False)
+    store = open_node_store(settings)
     return NodeService(
         agency=settings.agency,
         store=store,
@@ -57,8 +57,15 @@ def serve(config: NodeConfig, ready_file: Path | None = None) -> None:
     service = build_service(config)
     settings = config.node
     limit = settings.max_message_mb * 1024 * 1024
+    interceptors = []
+    if config.tls is not None:
+        from crypto.tls import node_interceptors
+
+        # mTLS: only the federation gateway's certificate (checked against the CRL) gets through.
+        interceptors = node_interceptors(config.tls, gateway_agency=config.tls.gateway_agency)
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=settings.workers),
+        interceptors=interceptors,
         options=[("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit)],
     )
     node_pb2_grpc.add_AgencyNodeServicer_to_server(NodeServicer(service), server)
@@ -68,9 +75,9 @@ def serve(config: NodeConfig, ready_file: Path | None = None) -> None:
         print("WARNING: serving gRPC WITHOUT TLS (--insecure); development use only", file=sys.stderr)
         port = server.add_insecure_port(settings.listen)
     else:
-        from crypto.tls import node_server_credentials
+        from crypto.tls import server_credentials
 
-        port = server.add_secure_port(settings.listen, node_server_credentials(config.tls))
+        port = server.add_secure_port(settings.listen, server_credentials(config.tls))
     if port == 0:
         raise ConfigError(f"cannot listen on {settings.listen}")
     server.start()

@@ -13,12 +13,15 @@ import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
 from xgate.catalogue import DataElement
 from xgate.errors import InvalidInput, NotFound
+
+if TYPE_CHECKING:
+    from nodes.config import NodeSettings
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS elements (
@@ -226,3 +229,14 @@ class NodeStore:
                 "UPDATE element_values SET value = ? WHERE element = ? AND pseudonym = ?",
                 [(blob, element, pseudonym) for element, pseudonym, blob in rows],
             )
+
+
+def open_node_store(settings: NodeSettings, read_only: bool = False) -> NodeStore:
+    """Open a node's store with its at-rest column cipher when a column key is configured."""
+    sealer = None
+    if settings.column_key_file is not None:
+        from crypto.at_rest import load_key
+
+        # Refuses a key file inside the store's directory: the key never sits beside the data.
+        sealer = load_key(settings.column_key_file, data_dir=settings.store.parent)
+    return NodeStore.open(settings.store, read_only=read_only, sealer=sealer)

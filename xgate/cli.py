@@ -9,12 +9,16 @@ import typer
 from audit.cli import app as audit_app
 from crypto.pki_cli import app as pki_app
 from federated.train_cli import app as train_app
+from gateway.cli import app as gateway_app
 from nodes.cli import app as node_app
 from policies.policy_cli import app as policy_app
 from xgate.cli_support import fail_on_error
+from xgate.client.cli import check
 
 app = typer.Typer(no_args_is_help=True, help="xgate: privacy-preserving cross-agency data exchange gateway")
 app.add_typer(node_app, name="node")
+app.add_typer(gateway_app, name="gateway")
+app.command("check")(check)
 app.add_typer(audit_app, name="audit")
 app.add_typer(pki_app, name="pki")
 app.add_typer(train_app, name="train")
@@ -35,6 +39,20 @@ def demo_data(
         paths = write_federation(out, generate(people, seed), applicants=min(applicants, people))
         for name, path in paths.items():
             typer.echo(f"{name:>14}: {path}")
+
+
+@app.command("demo")
+def demo(
+    workdir: Path = typer.Option(Path("var/demo"), "--workdir", help="scratch directory (recreated)"),
+    people: int = typer.Option(100_000, "--people", min=1000, max=2_000_000),
+    applicants: int = typer.Option(1000, "--applicants", min=1, max=100_000),
+    keep: bool = typer.Option(False, "--keep", help="keep the generated CSV extracts"),
+) -> None:
+    """Start a five-agency federation on loopback, run the 低保 check end to end, stop everything."""
+    from xgate.demo import run_demo
+
+    with fail_on_error():
+        raise typer.Exit(run_demo(workdir, people=people, applicants=applicants, keep=keep))
 
 
 def main() -> None:

@@ -1,0 +1,52 @@
+"""Connect the gateway core to the deployment's identity, policy and audit components."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fastapi import Request
+
+from gateway.config import GatewayConfig
+from xgate.auth import Authenticator, add_user
+from xgate.errors import ConfigError
+from xgate.principal import Principal
+from xgate.ratelimit import RateLimiter
+
+# The development federation's people: one per role the demo and tests exercise.
+DEV_USERS = {
+    "caseworker": ("cw-zhang", "civil_affairs", "caseworker", "gold"),
+    "caseworker_silver": ("cw-li", "civil_affairs", "caseworker", "silver"),
+    "caseworker_bronze": ("cw-wang", "civil_affairs", "caseworker", "bronze"),
+    "hrss_caseworker": ("cw-chen", "hrss", "caseworker", "gold"),
+    "analyst": ("an-liu", "hrss", "analyst", "gold"),
+    "officer": ("so-zhao", "civil_affairs", "security_officer", "gold"),
+    "admin": ("ad-sun", "civil_affairs", "admin", "gold"),
+}
+
+
+def write_dev_users(path: Path) -> dict[str, str]:
+    """Register the development users; returns {label: api key} (shown once, kept by the caller)."""
+    return {label: add_user(path, *spec) for label, spec in DEV_USERS.items()}
+
+
+class RestAuthenticator:
+    """API key -> Principal, then a per-user token bucket (rate limits apply after identity)."""
+
+    def __init__(self, authenticator: Authenticator, limiter: RateLimiter) -> None:
+        self.authenticator = authenticator
+        self.limiter = limiter
+
+    def __call__(self, request: Request) -> Principal:
+        principal = self.authenticator.authenticate(request.headers)
+        self.limiter.acquire(principal.user, tier=principal.tier)
+        return principal
+
+
+def authenticator_for(config: GatewayConfig) -> RestAuthenticator:
+    settings = config.gateway
+    if settings.users_file is None:
+        raise ConfigError("gateway config names no users_file: every REST caller must authenticate")
+    return RestAuthenticator(
+        Authenticator(settings.users_file),
+        RateLimiter(rate_per_s=settings.rate_per_s, burst=settings.rate_burst),
+    )

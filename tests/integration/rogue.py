@@ -1,0 +1,59 @@
+"""Misbehaving nodes for failure tests: real gRPC servers with valid federation certificates
+that answer slowly, with garbage, or with bytes that are not protobuf at all."""
+
+from __future__ import annotations
+
+import os
+import time
+from concurrent import futures
+from pathlib import Path
+
+import grpc
+
+from crypto import pki
+from crypto.tls import TlsPaths, server_credentials
+from protos.xgate.v1 import node_pb2, node_pb2_grpc
+
+
+class RogueNode(node_pb2_grpc.AgencyNodeServicer):
+    def __init__(self, agency: str, behaviour: str) -> None:
+        self.agency = agency
+        self.behaviour = behaviour
+
+    def EncryptValues(self, request, context):  # noqa: N802
+        if self.behaviour == "slow":
+            time.sleep(10)
+        response = node_pb2.EncryptResponse(agency=self.agency, request_id=request.context.request_id)
+        for query in request.elements:
+            element = response.elements.add(element=query.element)
+            chunks = -(-len(request.pseudonyms) // 8192)
+            for _ in range(chunks):
+                blob = os.urandom(4096) if self.behaviour == "garbage" else b""
+                import hashlib
+
+                element.ciphertexts.append(blob)
+                element.ciphertext_sha256.append(hashlib.sha256(blob).digest())
+        if self.behaviour == "impostor":
+            response.agency = "hrss"
+        return response
+
+
+def _not_protobuf(request: bytes, context: grpc.ServicerContext) -> bytes:
+    return b"\xff\xff\xff\xff this is not a protobuf message"
+
+
+def start_rogue(ca_dir: Path, workdir: Path, agency: str, behaviour: str) -> tuple[grpc.Server, int]:
+    issued = pki.issue(ca_dir, "node", agency, workdir)
+    tls = TlsPaths(cert=issued.cert_path, key=issued.key_path, ca=ca_dir / "ca.cert.pem")
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    if behaviour == "not_protobuf":
+        handler = grpc.method_handlers_generic_handler(
+            "xgate.v1.AgencyNode",
+            {"EncryptValues": grpc.unary_unary_rpc_method_handler(_not_protobuf)},
+        )
+        server.add_generic_rpc_handlers((handler,))
+    else:
+        node_pb2_grpc.add_AgencyNodeServicer_to_server(RogueNode(agency, behaviour), server)
+    port = server.add_secure_port("127.0.0.1:0", server_credentials(tls))
+    server.start()
+    return server, port

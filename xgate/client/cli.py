@@ -1,0 +1,63 @@
+"""`xgate check`: the caseworker's command line."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import typer
+
+from xgate.cli_support import fail_on_error
+
+DEFAULT_KEY_FILE = Path(os.path.expanduser("~/.local/share/xgate/requester.key"))
+
+
+def check(
+    program: str = typer.Option(..., "--program", help="program id, e.g. dibao"),
+    subjects: Path = typer.Option(..., "--subjects", help="CSV with a national_id column"),
+    purpose: str = typer.Option(..., "--purpose"),
+    legal_basis: str = typer.Option(..., "--legal-basis"),
+    case_id: str = typer.Option(..., "--case-id"),
+    gateway: str = typer.Option("https://127.0.0.1:8443", "--gateway", envvar="XGATE_GATEWAY"),
+    api_key: str = typer.Option(..., "--api-key", envvar="XGATE_API_KEY", help="or XGATE_API_KEY"),
+    pseudonym_key: Path = typer.Option(..., "--pseudonym-key", help="federation pseudonym key file"),
+    key_file: Path = typer.Option(
+        DEFAULT_KEY_FILE,
+        "--key-file",
+        help="BFV key pair (created if absent)",
+    ),
+    ca: Path | None = typer.Option(None, "--ca", help="federation CA certificate to verify the gateway"),
+    consent_ref: str = typer.Option("", "--consent-ref"),
+    approval_ref: str = typer.Option("", "--approval-ref"),
+    as_json: bool = typer.Option(False, "--json", help="print JSON instead of a table"),
+) -> None:
+    """Run an eligibility check; ids are pseudonymised and values stay encrypted end to end."""
+    from crypto.he import RequesterKeys
+    from xgate.client.sdk import GatewayClient
+    from xgate.demo import read_subjects
+    from xgate.errors import InvalidInput
+    from xgate.pseudonym import Pseudonymiser, load_key
+
+    with fail_on_error():
+        if not subjects.exists():
+            raise InvalidInput(f"subjects file {subjects} does not exist")
+        ids = read_subjects(subjects)
+        if key_file.exists():
+            keys = RequesterKeys.load(key_file)
+        else:
+            keys = RequesterKeys.generate()
+            keys.save(key_file)
+        client = GatewayClient(
+            gateway, api_key, Pseudonymiser(load_key(pseudonym_key)), keys, verify=str(ca) if ca else True
+        )
+        with client:
+            result = client.check(program, ids, purpose, legal_basis, case_id, consent_ref, approval_ref)
+        if as_json:
+            typer.echo(json.dumps({"request_id": result.request_id, "counts": result.counts(), "rows": result.rows()}))
+            return
+        header = ["subject", *result.criteria, "eligible"]
+        typer.echo("  ".join(header))
+        for row in result.rows():
+            typer.echo("  ".join(str(row[h]) if h == "subject" else ("pass" if row[h] else "FAIL") for h in header))
+        typer.echo(f"request {result.request_id}: {result.counts()}")

@@ -1,0 +1,243 @@
+"""A complete federation on one machine: keys, PKI, synthetic data, node and gateway configs.
+
+Used by `make demo`, the integration tests and the benchmarks, so all three exercise the same
+real processes and real TLS. Every party gets its own directory; secrets the gateway must not
+hold (pseudonym key, column keys) never go into the gateway's directory.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import tomli_w
+
+from xgate.errors import ConfigError
+from xgate.launcher import Supervisor
+from xgate.pseudonym import write_key
+from xgate.synth import AGENCIES, generate, write_federation
+
+CORE_AGENCIES = ("household",)  # agencies whose extracts hold core-class elements (sealed at rest)
+GATEWAY_ID = "gateway"
+
+
+@dataclass
+class DevFederation:
+    root: Path
+    agencies: tuple[str, ...]
+    tls: bool
+    plaintext_baseline: bool = False
+    node_ports: dict[str, int] = field(default_factory=dict)
+    gateway_url: str = ""
+    api_keys: dict[str, str] = field(default_factory=dict)
+
+    # -- layout ----------------------------------------------------------------------------------
+    @property
+    def data_dir(self) -> Path:
+        return self.root / "data"
+
+    @property
+    def pki_dir(self) -> Path:
+        return self.root / "pki"
+
+    @property
+    def pseudonym_key(self) -> Path:
+        return self.root / "client" / "pseudonym.key"
+
+    @property
+    def requester_key(self) -> Path:
+        return self.root / "client" / "requester.key"
+
+    def node_dir(self, agency: str) -> Path:
+        return self.root / "nodes" / agency
+
+    def node_config(self, agency: str) -> Path:
+        return self.node_dir(agency) / "node.toml"
+
+    def column_key(self, agency: str) -> Path:
+        # Outside the node's data directory: the key must never sit beside the store.
+        return self.root / "keys" / f"{agency}.column.key"
+
+    @property
+    def gateway_dir(self) -> Path:
+        return self.root / "gateway"
+
+    @property
+    def gateway_config(self) -> Path:
+        return self.gateway_dir / "gateway.toml"
+
+    @property
+    def applicants(self) -> Path:
+        return self.data_dir / "applicants.csv"
+
+    @property
+    def ca_cert(self) -> Path:
+        return self.pki_dir / "ca" / "ca.cert.pem"
+
+    @property
+    def log_dir(self) -> Path:
+        return self.root / "logs"
+
+
+def _cli(args: Sequence[str]) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "xgate.cli", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "FLWR_TELEMETRY_ENABLED": "0"},
+        check=False,
+    )
+    if result.returncode != 0:
+        raise ConfigError(f"`xgate {' '.join(args[:2])}` failed: {(result.stderr or result.stdout).strip()[-400:]}")
+
+
+def prepare(
+    root: Path,
+    people: int = 100_000,
+    applicants: int = 1000,
+    agencies: Sequence[str] = AGENCIES,
+    tls: bool = True,
+    plaintext_baseline: bool = False,
+    seed: int = 20261123,
+    edit_data: Callable[[Path], None] | None = None,
+) -> DevFederation:
+    """Create keys, PKI, data and node configs, and load every node's store.
+
+    `edit_data` may change the generated extracts before they are loaded (tests plant canaries).
+    """
+    fed = DevFederation(root.resolve(), tuple(agencies), tls, plaintext_baseline)
+    fed.root.mkdir(parents=True, exist_ok=True)
+    write_key(fed.pseudonym_key)
+    write_federation(fed.data_dir, generate(people, seed), applicants=min(applicants, people))
+    if edit_data is not None:
+        edit_data(fed.data_dir)
+    if tls:
+        from crypto import pki
+
+        pki.init_ca(fed.pki_dir / "ca", "xgate dev federation CA")
+        pki.write_crl(pki.load_ca(fed.pki_dir / "ca"))
+        pki.issue(fed.pki_dir / "ca", "gateway", GATEWAY_ID, fed.gateway_dir / "tls")
+    for agency in fed.agencies:
+        _write_node_config(fed, agency)
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        list(pool.map(lambda a: _load_node(fed, a), fed.agencies))
+    return fed
+
+
+def _write_node_config(fed: DevFederation, agency: str) -> None:
+    directory = fed.node_dir(agency)
+    directory.mkdir(parents=True, exist_ok=True)
+    # Agencies share the federation pseudonym key (the gateway never gets it).
+    key_copy = directory / "pseudonym.key"
+    key_copy.write_bytes(fed.pseudonym_key.read_bytes())
+    key_copy.chmod(0o600)
+    node: dict[str, object] = {
+        "agency": agency,
+        "listen": "127.0.0.1:0",
+        "store": "store.sqlite",
+        "pseudonym_key_file": "pseudonym.key",
+        "audit_db": "audit.sqlite",
+        "allow_plaintext_mode": fed.plaintext_baseline,
+        "insecure": not fed.tls,
+    }
+    if agency in CORE_AGENCIES:
+        from crypto.at_rest import generate_key_file
+
+        generate_key_file(fed.column_key(agency))
+        node["column_key_file"] = str(fed.column_key(agency))
+    config: dict[str, object] = {"node": node}
+    if fed.tls:
+        from crypto import pki
+
+        pki.issue(fed.pki_dir / "ca", "node", agency, directory / "tls")
+        config["tls"] = {
+            "cert": f"tls/node-{agency}.cert.pem",
+            "key": f"tls/node-{agency}.key.pem",
+            "ca": str(fed.ca_cert),
+            "crl": str(fed.pki_dir / "ca" / "crl.pem"),
+            "gateway_agency": GATEWAY_ID,
+        }
+    fed.node_config(agency).write_text(tomli_w.dumps(config))
+
+
+def _load_node(fed: DevFederation, agency: str) -> None:
+    _cli(
+        [
+            "node",
+            "load",
+            "--config",
+            str(fed.node_config(agency)),
+            "--data",
+            str(fed.data_dir / f"{agency}.csv"),
+            "--mapping",
+            str(fed.data_dir / f"{agency}.mapping.toml"),
+        ]
+    )
+
+
+def start_nodes(fed: DevFederation, supervisor: Supervisor, agencies: Sequence[str] | None = None) -> None:
+    for agency in agencies or fed.agencies:
+        args = ["node", "serve", "--config", str(fed.node_config(agency))]
+        if not fed.tls:
+            args.append("--insecure")
+        child = supervisor.start(f"node-{agency}", args)
+        fed.node_ports[agency] = child.port
+
+
+def write_gateway_config(
+    fed: DevFederation,
+    node_addresses: dict[str, str] | None = None,
+    config_path: Path | None = None,
+    **overrides: object,
+) -> Path:
+    """Write a gateway config (by default the federation's own; tests write variants beside it)."""
+    from gateway.wiring import write_dev_users
+
+    fed.gateway_dir.mkdir(parents=True, exist_ok=True)
+    mask_key = fed.gateway_dir / "mask.key"
+    if not mask_key.exists():
+        mask_key.touch(mode=0o600)
+        mask_key.write_text(os.urandom(32).hex())
+    if not fed.api_keys:
+        fed.api_keys = write_dev_users(fed.gateway_dir / "users.json")
+    addresses = node_addresses or {a: f"127.0.0.1:{p}" for a, p in fed.node_ports.items()}
+    gateway: dict[str, object] = {
+        "host": "127.0.0.1",
+        "port": 0,
+        "mask_key_file": "mask.key",
+        "users_file": "users.json",
+        "audit_db": "audit.sqlite",
+        "state_dir": "state",
+        "allow_plaintext_mode": fed.plaintext_baseline,
+        "insecure": not fed.tls,
+        **overrides,
+    }
+    config: dict[str, object] = {"gateway": gateway, "nodes": {a: {"address": addr} for a, addr in addresses.items()}}
+    if fed.tls:
+        config["tls"] = {
+            "cert": f"tls/gateway-{GATEWAY_ID}.cert.pem",
+            "key": f"tls/gateway-{GATEWAY_ID}.key.pem",
+            "ca": str(fed.ca_cert),
+            "crl": str(fed.pki_dir / "ca" / "crl.pem"),
+        }
+    path = config_path or fed.gateway_config
+    path.write_text(tomli_w.dumps(config))
+    return path
+
+
+def start_gateway(
+    fed: DevFederation, supervisor: Supervisor, config_path: Path | None = None, name: str = "gateway"
+) -> str:
+    """Start a gateway process; the federation's own one unless another config is given."""
+    args = ["gateway", "serve", "--config", str(config_path or fed.gateway_config)]
+    if not fed.tls:
+        args.append("--insecure")
+    url = str(supervisor.start(name, args).announcement["url"])
+    if config_path is None:
+        fed.gateway_url = url
+    return url
