@@ -1,0 +1,296 @@
+"""The policy decision point: Cedar (cedarpy) over a validated, pre-parsed policy directory.
+
+Load once (`PolicyEngine.load`): schema, policies and entities are parsed into cedarpy handles
+and reused for every decision (re-parsing text per call is what makes naive use slow). Decide
+fails closed: an unknown principal, purpose or resource, a policy evaluation error or any
+exception yields a denial with a reason, never an exception and never an allow.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import cedarpy
+
+from policies import analysis
+from policies.loader import LoadedDirectory, PolicyInfo, UserEntry, load_directory
+from policies.types import (
+    ACTIONS,
+    NO_PERMIT,
+    AccessRequest,
+    BudgetRule,
+    Decision,
+    combine,
+    resource_ref,
+)
+from xgate.errors import ConfigError, InvalidInput, NotFound
+from xgate.logging import get_logger
+
+DEFAULT_POLICY_DIR = Path(__file__).resolve().parent
+FAIL_CLOSED = "policy engine error (fail closed)"
+log = get_logger("xgate.policies")
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    cedar: dict[str, Any] | None  # None: denied before Cedar
+    denial: str = ""
+
+
+def _entities(d: LoadedDirectory) -> list[dict[str, Any]]:
+    def ent(kind: str, ident: str, attrs: dict[str, Any]) -> dict[str, Any]:
+        return {"uid": {"type": kind, "id": ident}, "attrs": attrs, "parents": []}
+
+    out = [ent("User", u.id, {"agency": u.agency, "role": u.role, "tier": u.tier}) for u in d.users.values()]
+    out += [
+        ent("DataElement", e.id, {"agency": e.agency, "classification": e.classification}) for e in d.elements.values()
+    ]
+    out += [ent("Dataset", s.id, {"agency": s.agency, "classification": s.classification}) for s in d.datasets.values()]
+    out += [
+        ent("Program", p.id, {"requester_agencies": list(p.requester_agencies), "purposes": list(p.purposes)})
+        for p in d.programs.values()
+    ]
+    out += [ent("Node", a, {"agency": a}) for a in _agencies(d)]
+    out.append(ent("AuditLog", "federation", {}))
+    return out
+
+
+def _agencies(d: LoadedDirectory) -> list[str]:
+    return sorted({e.agency for e in d.elements.values()} | {u.agency for u in d.users.values()})
+
+
+def _budget_of(info: PolicyInfo) -> BudgetRule | None:
+    raw_max, raw_days = info.annotations.get("budget_max_checks"), info.annotations.get("budget_window_days")
+    if raw_max is None and raw_days is None:
+        return None
+    try:
+        rule = BudgetRule(int(raw_max or ""), int(raw_days or ""), info.id)
+    except ValueError:
+        rule = BudgetRule(0, 0, info.id)
+    if not (1 <= rule.max_checks <= 1_000_000 and 1 <= rule.window_days <= 3660):
+        raise ConfigError(
+            f"policy file {info.file}: line {info.line}: @budget_max_checks and @budget_window_days must both be "
+            "positive integers",
+            file=info.file,
+            line=info.line,
+        )
+    return rule
+
+
+class PolicyEngine:
+    def __init__(self, loaded: LoadedDirectory, clock: Callable[[], datetime] | None = None) -> None:
+        self._d = loaded
+        self._clock = clock or (lambda: datetime.now(UTC))
+        try:
+            self.timezone = ZoneInfo(loaded.settings.engine.timezone)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ConfigError(f"settings: unknown time zone '{loaded.settings.engine.timezone}'") from exc
+        try:
+            self._entities = cedarpy.Entities.from_json_str(json.dumps(_entities(loaded)), loaded.schema)
+        except ValueError as exc:
+            raise ConfigError(f"policy directory {loaded.root}: entities do not match the schema: {exc}") from exc
+        self._budgets = {i.id: b for i in loaded.policies if (b := _budget_of(i)) is not None}
+        self._shapes = [analysis.shape_of(i) for i in loaded.policies]
+
+    @classmethod
+    def load(cls, directory: Path = DEFAULT_POLICY_DIR, clock: Callable[[], datetime] | None = None) -> PolicyEngine:
+        """Validate and load a policy directory; raises ConfigError naming file and line."""
+        return cls(load_directory(Path(directory)), clock)
+
+    # -- facts other modules need -------------------------------------------------------------
+    @property
+    def policy_set_hash(self) -> str:
+        return self._d.sha256
+
+    @property
+    def directory(self) -> Path:
+        return self._d.root
+
+    @property
+    def min_cohort(self) -> int:
+        return self._d.settings.tiers.min_cohort
+
+    @property
+    def policies(self) -> tuple[PolicyInfo, ...]:
+        return self._d.policies
+
+    @property
+    def purposes(self) -> tuple[str, ...]:
+        return tuple(self._d.purposes)
+
+    def principal(self, user: str) -> UserEntry | None:
+        return self._d.users.get(user)
+
+    def epsilon_cap(self, dataset: str) -> float:
+        if dataset not in self._d.datasets:
+            raise NotFound(f"dataset '{dataset}' is not registered")
+        return self._d.datasets[dataset].epsilon_cap
+
+    # -- decisions ------------------------------------------------------------------------------
+    def decide(self, request: AccessRequest) -> Decision:
+        return self.decide_all([request]).items[0]
+
+    def decide_all(self, requests: Sequence[AccessRequest]) -> Decision:
+        """Every request must be allowed. One Cedar batch call; fails closed on any error."""
+        labels = [r.resource for r in requests]
+        try:
+            prepared = [self._prepare(r) for r in requests]
+            batch = [p.cedar for p in prepared if p.cedar is not None]
+            results = iter(cedarpy.is_authorized_batch(batch, self._d.policy_set, self._entities) if batch else [])
+            decisions = [
+                self._decision(next(results)) if p.cedar is not None else self._deny(p.denial) for p in prepared
+            ]
+        except Exception as exc:  # fail closed, whatever broke
+            log.warning("policy_engine_error", error=type(exc).__name__, policy_set_hash=self.policy_set_hash)
+            decisions = [self._deny(FAIL_CLOSED, f"{type(exc).__name__}: {exc}") for _ in requests]
+        combined = combine(decisions, labels, self.policy_set_hash)
+        if not combined.allowed:
+            log.info("policy_denied", requests=len(requests), reasons=list(combined.reasons)[:5])
+        return combined
+
+    def _deny(self, reason: str, error: str = "") -> Decision:
+        return Decision(False, (reason,), (error,) if error else (), self.policy_set_hash)
+
+    def _decision(self, result: cedarpy.AuthzResult) -> Decision:
+        ids = tuple(result.diagnostics.reasons)
+        errors = tuple(result.diagnostics.errors)
+        if errors:  # Cedar skips an erroring policy; an erroring forbid must not turn into an allow
+            return Decision(False, ("policy evaluation error (fail closed)", *ids), errors, self.policy_set_hash)
+        if result.allowed:
+            budgets = [self._budgets[i] for i in ids if i in self._budgets]
+            budget = min(budgets, key=lambda b: b.max_checks) if budgets else None
+            return Decision(True, ids, (), self.policy_set_hash, budget)
+        return Decision(False, ids or (NO_PERMIT,), (), self.policy_set_hash)
+
+    def context_of(self, request: AccessRequest) -> dict[str, Any]:
+        at = request.at if request.at is not None else self._clock()
+        if at.tzinfo is None:
+            raise InvalidInput("request time has no time zone")
+        local = at.astimezone(self.timezone)
+        purpose = self._d.purposes.get(request.purpose)
+        return {
+            "purpose": request.purpose,
+            "consent_required": bool(purpose and purpose.consent_required),
+            "legal_basis": request.legal_basis,
+            "case_id": request.case_id,
+            "consent_ref": request.consent_ref,
+            "consent_valid": bool(request.consent_valid and request.consent_ref),
+            "approval_ref": request.approval_ref,
+            "hour": local.hour,
+            "weekday": local.isoweekday(),
+            "requesting_agency": request.requesting_agency or "",
+            "program": request.program,
+        }
+
+    def _prepare(self, request: AccessRequest) -> _Prepared:
+        if request.action not in ACTIONS:
+            return _Prepared(None, f"unknown action '{request.action}'")
+        try:
+            kind, ident = resource_ref(request.resource)
+        except InvalidInput as exc:
+            return _Prepared(None, exc.message)
+        user = self._d.users.get(request.principal)
+        if user is None:
+            return _Prepared(None, "unknown principal (not in the principals registry)")
+        if request.requesting_agency and request.requesting_agency != user.agency:
+            return _Prepared(None, "requesting agency does not match the principal's registered agency")
+        if request.purpose not in self._d.purposes:
+            return _Prepared(None, f"purpose '{request.purpose}' is not registered")
+        if not self._resource_exists(kind, ident):
+            return _Prepared(None, f"unknown resource {kind}::{ident}")
+        if request.program and request.program not in self._d.programs:
+            return _Prepared(None, f"unknown program '{request.program}'")
+        context = self.context_of(request)
+        context["requesting_agency"] = user.agency
+        return _Prepared(
+            {
+                "principal": {"type": "User", "id": user.id},
+                "action": {"type": "Action", "id": request.action},
+                "resource": {"type": kind, "id": ident},
+                "context": context,
+            }
+        )
+
+    def _resource_exists(self, kind: str, ident: str) -> bool:
+        known: dict[str, Any] = {
+            "DataElement": self._d.elements,
+            "Program": self._d.programs,
+            "Dataset": self._d.datasets,
+            "Node": set(_agencies(self._d)),
+            "AuditLog": {"federation"},
+        }
+        return ident in known[kind]
+
+    # -- analysis -------------------------------------------------------------------------------
+    def resource_attrs(self, kind: str, ident: str) -> dict[str, Any]:
+        if kind == "DataElement" and ident in self._d.elements:
+            e = self._d.elements[ident]
+            return {"agency": e.agency, "classification": e.classification}
+        if kind == "Dataset" and ident in self._d.datasets:
+            s = self._d.datasets[ident]
+            return {"agency": s.agency, "classification": s.classification}
+        if kind == "Node":
+            return {"agency": ident}
+        return {}
+
+    def who_can(self, data_element: str, action: str = "check") -> list[analysis.Grant]:
+        """Every permit that can release `data_element`, its principal constraints, purposes and
+        the registered users who satisfy them. Forbids still apply: see restrictions()."""
+        kind, ident = resource_ref(data_element if "::" in data_element else f"DataElement::{data_element}")
+        if not self._resource_exists(kind, ident):
+            raise NotFound(f"{kind} '{ident}' is not registered")
+        attrs = self.resource_attrs(kind, ident)
+        grants = []
+        for shape in self._shapes:
+            if shape.info.effect != "permit" or not shape.applies_to(action, kind, ident):
+                continue
+            if not analysis.resource_matches(shape, attrs):
+                continue
+            users = tuple(
+                u.id
+                for u in self._d.users.values()
+                if analysis.principal_matches(shape, {"agency": u.agency, "role": u.role, "tier": u.tier})
+            )
+            others = tuple(
+                a.text
+                for a in shape.atoms
+                if not (a.path or "").startswith(("principal.", "resource.")) and a.path != "context.purpose"
+            )
+            grants.append(
+                analysis.Grant(
+                    policy_id=shape.info.id,
+                    principal=shape.constraints("principal"),
+                    actions=shape.actions or ACTIONS,
+                    purposes=analysis.purposes_of(shape),
+                    conditions=others + tuple(f"unless {u}" for u in shape.unless),
+                    principals=users,
+                    source=f"{Path(shape.info.file).relative_to(self._d.root)}:{shape.info.line}",
+                    annotations=shape.info.annotations,
+                )
+            )
+        return grants
+
+    def restrictions(self, resource: str, action: str = "check") -> list[analysis.PolicyShape]:
+        """The forbids that can apply to `resource` (e.g. core data without approval)."""
+        kind, ident = resource_ref(resource if "::" in resource else f"DataElement::{resource}")
+        attrs = self.resource_attrs(kind, ident)
+        return [
+            s
+            for s in self._shapes
+            if s.info.effect == "forbid" and s.applies_to(action, kind, ident) and analysis.resource_matches(s, attrs)
+        ]
+
+    def explain(self, request: AccessRequest) -> str:
+        from policies.explain import explain
+
+        return explain(self, request, self.decide(request))
+
+    @property
+    def shapes(self) -> list[analysis.PolicyShape]:
+        return list(self._shapes)
