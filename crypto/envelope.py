@@ -303,3 +303,39 @@ def verify_message(
 def keyring_from_mapping(keys: Mapping[str, tuple[bytes, str, str]]) -> Keyring:
     """Keyring from {key_id: (public_raw, agency, kind)}."""
     return Keyring(KeyEntry(kid, agency, kind, pub) for kid, (pub, agency, kind) in keys.items())
+
+
+class Envelopes:
+    """One party's signing key + the federation keyring + its replay cache: the four calls edges need.
+
+    Gateway:  digest = env.sign_request(req, "EncryptValues")
+              env.verify_response(resp, "EncryptValues", digest, agency="tax")
+    Node:     env.verify_request(req, "EncryptValues", agency="gateway", kinds={"gateway"})
+              env.sign_response(resp, "EncryptValues", req)
+    """
+
+    def __init__(self, signer: SigningKey, keyring: Keyring, replay_guard: ReplayGuard | None = None,
+                 skew_ms: int = DEFAULT_SKEW_MS, now_ms: Callable[[], int] = _now_ms) -> None:
+        self.signer = signer
+        self.keyring = keyring
+        self.replay_guard = replay_guard or ReplayGuard(skew_ms=skew_ms)
+        self.skew_ms = skew_ms
+        self.now_ms = now_ms
+
+    def sign_request(self, msg: SignedMessage, rpc: str) -> bytes:
+        """Sign an outgoing request; return the digest its response must be bound to."""
+        sign_message(msg, method_name(rpc), self.signer, now_ms=self.now_ms)
+        return request_digest(msg)
+
+    def verify_request(self, msg: SignedMessage, rpc: str, *, agency: str | None = None,
+                       kinds: Iterable[str] | None = None) -> VerifiedEnvelope:
+        return verify_message(msg, method_name(rpc), self.keyring, self.replay_guard, self.now_ms(),
+                              expected_agency=agency, expected_kinds=kinds, skew_ms=self.skew_ms)
+
+    def sign_response(self, msg: SignedMessage, rpc: str, request: SignedMessage) -> None:
+        sign_message(msg, method_name(rpc), self.signer, request_digest(request), now_ms=self.now_ms)
+
+    def verify_response(self, msg: SignedMessage, rpc: str, request_digest: bytes, *,
+                        agency: str | None = None, kinds: Iterable[str] | None = ("node",)) -> VerifiedEnvelope:
+        return verify_message(msg, method_name(rpc), self.keyring, self.replay_guard, self.now_ms(),
+                              request_digest, expected_agency=agency, expected_kinds=kinds, skew_ms=self.skew_ms)

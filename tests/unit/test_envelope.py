@@ -244,3 +244,19 @@ def test_any_body_change_is_refused(extra: bytes, pos: int) -> None:
     ctx[pos] ^= extra[0] or 1
     req.public_context = bytes(ctx)
     _refuse(req, "body changed")
+
+
+def test_envelopes_facade_round_trip_and_cross_agency_refusal() -> None:
+    from crypto.envelope import Envelopes
+
+    gateway, node = Envelopes(GW, RING, now_ms=lambda: T0), Envelopes(TAX, RING, now_ms=lambda: T0)
+    req = _request()
+    digest = gateway.sign_request(req, "EncryptValues")
+    assert node.verify_request(req, "EncryptValues", agency="gateway", kinds={"gateway"}).agency == "gateway"
+    resp = node_pb2.EncryptResponse(agency="tax")
+    node.sign_response(resp, "EncryptValues", req)
+    assert gateway.verify_response(resp, "EncryptValues", digest, agency="tax").agency == "tax"
+    resp2 = node_pb2.EncryptResponse(agency="tax")
+    node.sign_response(resp2, "EncryptValues", req)
+    with pytest.raises(CryptoError, match="another agency"):
+        gateway.verify_response(resp2, "EncryptValues", digest, agency="hrss")
