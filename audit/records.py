@@ -1,0 +1,260 @@
+"""Canonical, versioned audit event records (pure).
+
+A record's canonical JSON (sorted keys, no whitespace, UTF-8, schema "xgate-audit/1") is the Merkle
+leaf data, so the same event always hashes the same. Records carry metadata, pseudonyms and SHA-256
+digests only: validation refuses field names that suggest personal data (national_id, value, income,
+...) and strings that look like a national id, so a careless caller cannot write personal data into
+an append-only log it can never be deleted from.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_serializer, field_validator
+
+from xgate.errors import InvalidInput
+from xgate.logging import FORBIDDEN_KEYS
+from xgate.pseudonym import PSEUDONYM_RE
+
+SCHEMA = "xgate-audit/1"
+KINDS = frozenset(
+    {
+        "request",
+        "policy_decision",
+        "fanout_call",
+        "node_response",
+        "result",
+        "config_change",
+        "admin_action",
+        "audit_read",
+        "consent_change",
+        "checkpoint",
+        "alert",
+    }
+)
+_TRAINING_KIND = re.compile(r"^training_[a-z][a-z0-9_]{0,39}$")
+_SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
+_NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
+# Mainland resident id (18 chars) and mobile numbers, as whole tokens (uuids stay legal).
+_LOOKS_PERSONAL = re.compile(r"(?<![0-9A-Za-z])(\d{17}[\dXx]|1[3-9]\d{9})(?![0-9A-Za-z])")
+PERSONAL_KEYS = FORBIDDEN_KEYS | {
+    "name",
+    "full_name",
+    "address",
+    "phone",
+    "mobile",
+    "email",
+    "birth_date",
+    "date_of_birth",
+    "dob",
+    "salary",
+    "wage",
+    "pension",
+    "amount",
+    "balance",
+    "id_card",
+    "passport",
+    "ssn",
+    "raw",
+    "payload",
+    "body",
+    "plaintext_value",
+}
+MAX_TEXT = 256
+MAX_ITEMS = 100_000
+
+Scalar = str | int | bool | None
+MetaValue = Scalar | tuple[str | int, ...]
+
+
+def now_ms() -> datetime:
+    """Current UTC time at the millisecond precision records keep."""
+    t = datetime.now(UTC)
+    return t.replace(microsecond=t.microsecond // 1000 * 1000)
+
+
+def _check_text(field: str, text: str) -> str:
+    if len(text) > MAX_TEXT:
+        raise ValueError(f"{field} is longer than {MAX_TEXT} characters")
+    if _LOOKS_PERSONAL.search(text):
+        raise ValueError(f"{field} looks like it carries an identity number; log pseudonyms or digests only")
+    return text
+
+
+def _check_key(field: str, key: str) -> None:
+    if not _NAME.match(key):
+        raise ValueError(f"{field} key must match [a-z][a-z0-9_]*")
+    if key in PERSONAL_KEYS or any(part in {"value", "values", "income"} for part in key.split("_")):
+        raise ValueError(f"{field} key '{key}' suggests personal data; log digests or pseudonyms instead")
+
+
+class Actor(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    user: str = Field(min_length=1, max_length=128)
+    agency: str = Field(min_length=1, max_length=64)
+    role: str = Field(min_length=1, max_length=64)
+
+    @field_validator("user", "agency", "role")
+    @classmethod
+    def _text(cls, v: str) -> str:
+        return _check_text("actor", v)
+
+
+class AuditRecord(BaseModel):
+    """One audit event. Construct directly or via ``from_event`` (flat dicts from other packages)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+
+    schema_: Literal["xgate-audit/1"] = Field(default=SCHEMA, alias="schema")
+    kind: str
+    time: datetime = Field(default_factory=now_ms)
+    actor: Actor
+    request_id: str | None = Field(default=None, max_length=128)
+    program: str | None = Field(default=None, max_length=128)
+    purpose: str | None = Field(default=None, max_length=128)
+    legal_basis: str | None = Field(default=None, max_length=256)
+    case_id: str | None = Field(default=None, max_length=128)
+    decision: Literal["allow", "deny"] | None = None
+    policy_ids: tuple[str, ...] = ()
+    policy_set_hash: str | None = None
+    subjects: tuple[str, ...] = Field(default=(), max_length=MAX_ITEMS)
+    digests: dict[str, str | tuple[str, ...]] = Field(default_factory=dict)
+    metadata: dict[str, MetaValue] = Field(default_factory=dict)
+
+    @field_validator("kind")
+    @classmethod
+    def _kind(cls, v: str) -> str:
+        if v not in KINDS and not _TRAINING_KIND.match(v):
+            raise ValueError(f"unknown record kind '{v[:40]}'")
+        return v
+
+    @field_validator("time")
+    @classmethod
+    def _utc(cls, v: datetime) -> datetime:
+        if v.tzinfo is None:
+            raise ValueError("time must be timezone-aware")
+        return v.astimezone(UTC).replace(microsecond=v.microsecond // 1000 * 1000)
+
+    @field_validator("request_id", "program", "purpose", "legal_basis", "case_id")
+    @classmethod
+    def _texts(cls, v: str | None) -> str | None:
+        return None if v is None else _check_text("field", v)
+
+    @field_validator("policy_ids")
+    @classmethod
+    def _policies(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        for p in v:
+            _check_text("policy id", p)
+        return v
+
+    @field_validator("policy_set_hash")
+    @classmethod
+    def _policy_hash(cls, v: str | None) -> str | None:
+        if v is not None and not _SHA256_HEX.match(v):
+            raise ValueError("policy_set_hash must be lowercase sha256 hex")
+        return v
+
+    @field_validator("subjects")
+    @classmethod
+    def _pseudonyms(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        for s in v:
+            if not PSEUDONYM_RE.match(s):
+                raise ValueError("subjects must be pseudonyms (26 base32 characters), never raw identifiers")
+        return v
+
+    @field_validator("digests")
+    @classmethod
+    def _digests(cls, v: dict[str, str | tuple[str, ...]]) -> dict[str, str | tuple[str, ...]]:
+        for key, d in v.items():
+            _check_key("digest", key)
+            for item in (d,) if isinstance(d, str) else d:
+                if not _SHA256_HEX.match(item):
+                    raise ValueError(f"digest '{key}' must be lowercase sha256 hex")
+        return v
+
+    @field_validator("metadata")
+    @classmethod
+    def _metadata(cls, v: dict[str, MetaValue]) -> dict[str, MetaValue]:
+        if len(v) > 64:
+            raise ValueError("metadata has more than 64 keys")
+        for key, item in v.items():
+            _check_key("metadata", key)
+            for x in item if isinstance(item, tuple) else (item,):
+                if isinstance(x, str):
+                    _check_text(f"metadata '{key}'", x)
+        return v
+
+    @field_serializer("time")
+    def _time_out(self, v: datetime) -> str:
+        return v.strftime("%Y-%m-%dT%H:%M:%S.") + f"{v.microsecond // 1000:03d}Z"
+
+    # -- canonical form ----------------------------------------------------------------------
+
+    def canonical(self) -> bytes:
+        """The leaf data: sorted keys, no whitespace, UTF-8, absent optionals omitted."""
+        body = self.model_dump(mode="json", by_alias=True, exclude_none=True)
+        return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+    @property
+    def time_ms(self) -> int:
+        return int(self.time.timestamp() * 1000)
+
+    @classmethod
+    def parse(cls, data: bytes) -> AuditRecord:
+        """Parse leaf data; refuses anything that is not exactly canonical."""
+        try:
+            record = cls.model_validate_json(data)
+        except ValidationError as exc:
+            raise InvalidInput("audit record does not validate", problems=_problems(exc)) from exc
+        if record.canonical() != data:
+            raise InvalidInput("audit record is not in canonical form")
+        return record
+
+    @classmethod
+    def from_event(cls, event: Mapping[str, Any]) -> AuditRecord:
+        """Build a record from a flat event dict, as other packages' audit hooks emit.
+
+        Known fields map directly; ``actor_user/actor_agency/actor_role`` form the actor; keys
+        ending in ``_sha256`` become digests; everything else goes into metadata (validated).
+        """
+        fields: dict[str, Any] = {}
+        digests: dict[str, Any] = dict(event.get("digests", {}))
+        metadata: dict[str, Any] = dict(event.get("metadata", {}))
+        actor = dict(event.get("actor", {}))
+        for key, val in event.items():
+            if key in {"digests", "metadata", "actor"}:
+                continue
+            if key.startswith("actor_"):
+                actor[key[6:]] = val
+            elif key in cls.model_fields or key == "schema":
+                fields[key] = val
+            elif key.endswith("_sha256"):
+                digests[key[:-7]] = val if isinstance(val, str) else tuple(val)
+            else:
+                metadata[key] = tuple(val) if isinstance(val, list | tuple) else val
+        actor.setdefault("role", "service")
+        try:
+            return cls.model_validate({**fields, "actor": actor, "digests": digests, "metadata": metadata})
+        except ValidationError as exc:
+            raise InvalidInput("audit event does not validate", problems=_problems(exc)) from exc
+
+
+def _problems(exc: ValidationError) -> list[str]:
+    # Error text only, never the offending input (it may be personal data).
+    return [f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors(include_input=False)][:10]
+
+
+def coerce(record: AuditRecord | Mapping[str, Any]) -> AuditRecord:
+    return record if isinstance(record, AuditRecord) else AuditRecord.from_event(record)
+
+
+def sha256_hex(data: bytes) -> str:
+    import hashlib
+
+    return hashlib.sha256(data).hexdigest()
