@@ -123,11 +123,14 @@ class RequesterKeys:
     def key_fingerprint(self) -> str:
         return fingerprint(self._public)
 
+    def decrypt_masked(self, ciphertext: bytes, count: int) -> np.ndarray:
+        """The masked values r*d + s' themselves (protocol audits and tests; clients keep only signs)."""
+        vector = _load_vector(self._ctx, ciphertext, count)
+        return np.asarray(vector.decrypt(), dtype=np.int64)
+
     def decrypt_signs(self, ciphertext: bytes, count: int) -> np.ndarray:
         """Decrypt one masked result chunk; True where the criterion holds (masked value >= 0)."""
-        vector = _load_vector(self._ctx, ciphertext, count)
-        decoded = np.asarray(vector.decrypt(), dtype=np.int64)
-        return decoded >= 0
+        return self.decrypt_masked(ciphertext, count) >= 0
 
 
 @dataclass(frozen=True)

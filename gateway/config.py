@@ -24,6 +24,8 @@ class GatewayTls(BaseModel):
     key: Path
     ca: Path
     crl: Path | None = None
+    signing_key: Path  # Ed25519 key for signed envelopes
+    federation_directory: Path  # CA-signed directory binding agencies to their signing keys
 
 
 class GatewaySettings(BaseModel):
@@ -75,7 +77,7 @@ def load_gateway_config(path: Path) -> GatewayConfig:
         if value is not None and not value.is_absolute():
             setattr(g, field, (base / value).resolve())
     if config.tls is not None:
-        for field in ("cert", "key", "ca", "crl"):
+        for field in ("cert", "key", "ca", "crl", "signing_key", "federation_directory"):
             value = getattr(config.tls, field)
             if value is not None and not value.is_absolute():
                 setattr(config.tls, field, (base / value).resolve())

@@ -8,8 +8,9 @@ from dataclasses import dataclass
 
 import grpc
 
+from crypto.envelope import Envelopes
 from protos.xgate.v1 import node_pb2, node_pb2_grpc
-from xgate.errors import NodeError, NodeUnavailable
+from xgate.errors import CryptoError, NodeError, NodeProtocolError, NodeUnavailable
 from xgate.grpc_edge import node_error_from_rpc
 
 
@@ -27,8 +28,10 @@ class NodeDirectory:
         endpoints: Mapping[str, NodeEndpoint],
         max_message_mb: int = 64,
         credentials: Mapping[str, tuple[grpc.ChannelCredentials, str]] | None = None,
+        envelopes: Envelopes | None = None,
     ) -> None:
         self._endpoints = dict(endpoints)
+        self._envelopes = envelopes
         self._limit = max_message_mb * 1024 * 1024
         self._credentials = dict(credentials or {})
         self._stubs: dict[str, node_pb2_grpc.AgencyNodeStub] = {}
@@ -71,10 +74,17 @@ class NodeDirectory:
 
         async def one(agency: str, request: node_pb2.EncryptRequest) -> tuple[str, node_pb2.EncryptResponse]:
             stub = self.stub(agency)
+            digest = self._envelopes.sign_request(request, "EncryptValues") if self._envelopes else b""
             try:
-                return agency, await stub.EncryptValues(request, timeout=deadline_s)
+                response = await stub.EncryptValues(request, timeout=deadline_s)
             except grpc.aio.AioRpcError as exc:
                 raise node_error_from_rpc(agency, exc) from None
+            if self._envelopes is not None:
+                try:
+                    self._envelopes.verify_response(response, "EncryptValues", digest, agency=agency)
+                except CryptoError as exc:
+                    raise NodeProtocolError(agency, f"response envelope refused: {exc.message}") from None
+            return agency, response
 
         tasks = [asyncio.ensure_future(one(a, r)) for a, r in requests.items()]
         try:

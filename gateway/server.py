@@ -43,7 +43,13 @@ def build_app(config: GatewayConfig) -> FastAPI:
     programs = ProgramRegistry.load(settings.program_dir, catalogue)
     endpoints = {agency: NodeEndpoint(agency, ref.address) for agency, ref in config.nodes.items()}
     credentials = None
+    envelopes = None
     if config.tls is not None:
+        from crypto.envelope import Envelopes, SigningKey
+        from crypto.pki import load_directory
+
+        keyring = load_directory(config.tls.federation_directory, config.tls.ca).keyring()
+        envelopes = Envelopes(SigningKey.load(config.tls.signing_key), keyring)
         from crypto.pki import target_name
         from crypto.tls import channel_credentials
 
@@ -52,7 +58,7 @@ def build_app(config: GatewayConfig) -> FastAPI:
         credentials = {agency: (creds, target_name(agency, "node")) for agency in endpoints}
     elif not settings.insecure:
         raise ConfigError("gateway has no [tls] section; pass --insecure for plaintext gRPC (development only)")
-    nodes = NodeDirectory(endpoints, settings.max_message_mb, credentials)
+    nodes = NodeDirectory(endpoints, settings.max_message_mb, credentials, envelopes)
     coordinator = CheckCoordinator(
         programs=programs,
         nodes=nodes,

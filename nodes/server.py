@@ -11,6 +11,7 @@ from pathlib import Path
 
 import grpc
 
+from crypto.envelope import Envelopes
 from nodes.config import NodeConfig
 from nodes.service import NodeService
 from nodes.store import open_node_store
@@ -50,7 +51,23 @@ def build_service(config: NodeConfig) -> NodeService:
         store=store,
         max_subjects=settings.max_subjects,
         allow_plaintext_mode=settings.allow_plaintext_mode,
+        envelopes=envelopes_for(config),
+        gateway_agency=config.tls.gateway_agency if config.tls else "gateway",
     )
+
+
+def envelopes_for(config: NodeConfig) -> Envelopes | None:
+    """Signed envelopes are mandatory with TLS; without TLS (--insecure) there is no PKI to bind keys."""
+    if config.tls is None:
+        return None
+    settings = config.node
+    if settings.signing_key is None or settings.federation_directory is None:
+        raise ConfigError("a TLS node needs signing_key and federation_directory for signed envelopes")
+    from crypto.envelope import SigningKey
+    from crypto.pki import load_directory
+
+    keyring = load_directory(settings.federation_directory, config.tls.ca).keyring()
+    return Envelopes(SigningKey.load(settings.signing_key), keyring)
 
 
 def serve(config: NodeConfig, ready_file: Path | None = None) -> None:

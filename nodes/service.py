@@ -12,6 +12,7 @@ import hashlib
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -22,6 +23,9 @@ from xgate import __version__
 from xgate.errors import InvalidInput, PayloadTooLarge, PolicyDenied
 from xgate.logging import get_logger
 from xgate.pseudonym import validate_pseudonym
+
+if TYPE_CHECKING:
+    from crypto.envelope import Envelopes
 
 log = get_logger("xgate.node")
 
@@ -41,6 +45,8 @@ class NodeService:
     allow_plaintext_mode: bool = False
     authorize: Authorizer | None = None
     audit: Auditor | None = None
+    envelopes: Envelopes | None = None  # signed envelopes (required whenever TLS is on)
+    gateway_agency: str = "gateway"
     _offered: dict[str, tuple[int, int]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -110,6 +116,9 @@ class NodeService:
 
     def encrypt_values(self, request: node_pb2.EncryptRequest) -> node_pb2.EncryptResponse:
         started = time.perf_counter()
+        if self.envelopes is not None:
+            # Before anything else: only the federation gateway's fresh signature gets a node to work.
+            self.envelopes.verify_request(request, "EncryptValues", agency=self.gateway_agency, kinds={"gateway"})
         self._validate(request)
         if self.authorize is not None:
             self.authorize(request)
@@ -138,6 +147,9 @@ class NodeService:
             leaf, index = self.audit(self._audit_record(request, response))
             response.node_audit_leaf_hash = leaf
             response.node_audit_index = index
+        if self.envelopes is not None:
+            # Binds the answer to this request and makes the ciphertext digests non-repudiable.
+            self.envelopes.sign_response(response, "EncryptValues", request)
         log.info(
             "encrypt_values",
             request_id=request.context.request_id,

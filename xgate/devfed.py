@@ -80,6 +80,10 @@ class DevFederation:
         return self.pki_dir / "ca" / "ca.cert.pem"
 
     @property
+    def directory(self) -> Path:
+        return self.pki_dir / "ca" / "federation.json"
+
+    @property
     def log_dir(self) -> Path:
         return self.root / "logs"
 
@@ -162,6 +166,8 @@ def _write_node_config(fed: DevFederation, agency: str) -> None:
             "crl": str(fed.pki_dir / "ca" / "crl.pem"),
             "gateway_agency": GATEWAY_ID,
         }
+        node["signing_key"] = f"tls/node-{agency}.sign.pem"
+        node["federation_directory"] = str(fed.directory)
     fed.node_config(agency).write_text(tomli_w.dumps(config))
 
 
@@ -224,6 +230,8 @@ def write_gateway_config(
             "key": f"tls/gateway-{GATEWAY_ID}.key.pem",
             "ca": str(fed.ca_cert),
             "crl": str(fed.pki_dir / "ca" / "crl.pem"),
+            "signing_key": f"tls/gateway-{GATEWAY_ID}.sign.pem",
+            "federation_directory": str(fed.directory),
         }
     path = config_path or fed.gateway_config
     path.write_text(tomli_w.dumps(config))

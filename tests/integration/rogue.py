@@ -20,7 +20,7 @@ class RogueNode(node_pb2_grpc.AgencyNodeServicer):
         self.agency = agency
         self.behaviour = behaviour
 
-    def EncryptValues(self, request, context):  # noqa: N802
+    def EncryptValues(self, request, context):
         if self.behaviour == "slow":
             time.sleep(10)
         response = node_pb2.EncryptResponse(agency=self.agency, request_id=request.context.request_id)

@@ -35,6 +35,15 @@ def test_pseudonyms_are_stable_normalised_and_keyed(body):
     assert Pseudonymiser(b"\x02" * 32).pseudonym(national_id) != p
 
 
+def test_pseudonym_is_hmac_sha256_as_pycryptodome_computes_it():
+    import base64
+
+    from Crypto.Hash import HMAC, SHA256
+
+    reference = HMAC.new(b"\x01" * 32, A.encode(), digestmod=SHA256).digest()[:16]
+    assert PS.pseudonym(A) == base64.b32encode(reference).decode().rstrip("=").lower()
+
+
 def test_bad_national_ids():
     with pytest.raises(InvalidInput, match="17 digits"):
         normalise_national_id("12345")

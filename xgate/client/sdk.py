@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -73,12 +74,16 @@ class GatewayClient:
         verify: str | bool = True,
         cert: tuple[str, str] | None = None,
     ) -> None:
+        tls: ssl.SSLContext | bool = verify
+        if isinstance(verify, str):
+            tls = ssl.create_default_context(cafile=verify)  # the federation CA, not the system store
+            if cert is not None:
+                tls.load_cert_chain(*cert)
         self._http = httpx.Client(
             base_url=base_url,
             headers={"Authorization": f"Bearer {api_key}"},
             timeout=timeout_s,
-            verify=verify,
-            cert=cert,
+            verify=tls,
         )
         self._pseudonymiser = pseudonymiser
         self._keys = keys
