@@ -79,6 +79,9 @@ class NodeDirectory:
                 response = await stub.EncryptValues(request, timeout=deadline_s)
             except grpc.aio.AioRpcError as exc:
                 raise node_error_from_rpc(agency, exc) from None
+            if not isinstance(response, node_pb2.EncryptResponse):
+                # grpc.aio hands back None when the bytes do not parse as the response message.
+                raise NodeProtocolError(agency, "answered with bytes that are not an EncryptResponse")
             if self._envelopes is not None:
                 try:
                     self._envelopes.verify_response(response, "EncryptValues", digest, agency=agency)

@@ -1,0 +1,86 @@
+"""A check fails as a whole, naming the agency, when one node is down, slow or talks garbage."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.integration.rogue import start_rogue
+from xgate.client.sdk import GatewayClient, GatewayError
+from xgate.demo import read_subjects
+from xgate.devfed import start_gateway, write_gateway_config
+from xgate.pseudonym import Pseudonymiser, load_key
+
+pytestmark = pytest.mark.integration
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _gateway_with_tax_at(federation, tmp_path, name: str, tax_address: str, **overrides) -> str:
+    addresses = {a: f"127.0.0.1:{p}" for a, p in federation.node_ports.items()}
+    addresses["tax"] = tax_address
+    config = write_gateway_config(
+        federation, addresses, config_path=federation.gateway_dir / f"{name}.toml", **overrides
+    )
+    return start_gateway(federation, federation.supervisor, config_path=config, name=name)
+
+
+def _check(federation, url: str, n: int = 20):
+    with (
+        GatewayClient(
+            url,
+            federation.api_keys["caseworker"],
+            Pseudonymiser(load_key(federation.pseudonym_key)),
+            verify=str(federation.ca_cert),
+        ) as client,
+        pytest.raises(GatewayError) as info,
+    ):
+        client.check("dibao", read_subjects(federation.applicants)[:n], "dibao", "LB-1", "case-f")
+    return info.value
+
+
+def test_node_down_is_503_naming_the_agency(federation, tmp_path):
+    url = _gateway_with_tax_at(federation, tmp_path, "gw-down", f"127.0.0.1:{_free_port()}")
+    error = _check(federation, url)
+    assert error.http_status == 503 and error.code == "node_unavailable"
+    assert "tax" in error.message
+
+
+def test_slow_node_is_504_and_no_partial_verdict(federation, tmp_path):
+    server, port = start_rogue(federation.pki_dir / "ca", tmp_path, "tax", "slow")
+    try:
+        url = _gateway_with_tax_at(federation, tmp_path, "gw-slow", f"127.0.0.1:{port}", deadline_seconds=1.5)
+        error = _check(federation, url)
+        assert error.http_status == 504 and error.code == "node_timeout" and "tax" in error.message
+    finally:
+        server.stop(0)
+
+
+@pytest.mark.parametrize(
+    ("behaviour", "fragment"),
+    [
+        ("garbage", "tax"),
+        ("not_protobuf", "tax"),
+        ("impostor", "tax"),
+    ],
+)
+def test_garbage_answers_are_502_naming_the_agency(federation, tmp_path, behaviour, fragment):
+    server, port = start_rogue(federation.pki_dir / "ca", tmp_path, "tax", behaviour)
+    try:
+        url = _gateway_with_tax_at(federation, tmp_path, f"gw-{behaviour}", f"127.0.0.1:{port}")
+        error = _check(federation, url)
+        assert error.http_status == 502, error.message
+        assert fragment in error.message
+        assert "ciphertexts" not in error.message.lower() or "tax" in error.message
+    finally:
+        server.stop(0)
+
+
+def test_gateway_keeps_serving_after_failures(client, federation):
+    result = client.check("dibao", read_subjects(federation.applicants)[:10], "dibao", "LB-1", "case-ok")
+    assert len(result.subjects) == 10
