@@ -112,6 +112,7 @@ class PolicyInfo:
 class Statement:
     text: str
     line: int  # 1-based line of the statement's first token
+    text_line: int  # 1-based line where `text` begins (comments and blank lines before the token included)
 
 
 @dataclass(frozen=True)
@@ -134,7 +135,7 @@ def split_statements(text: str) -> list[Statement]:
     """Split Cedar policy text at top-level ';' (outside strings and // comments)."""
     out: list[Statement] = []
     buf: list[str] = []
-    line, start = 1, 0
+    line, start, begin = 1, 0, 1
     i, n = 0, len(text)
     in_str = False
     while i < n:
@@ -159,13 +160,13 @@ def split_statements(text: str) -> list[Statement]:
             if ch == '"':
                 in_str = True
             elif ch == ";":
-                out.append(Statement("".join(buf), start))
-                buf, start = [], 0
+                out.append(Statement("".join(buf), start, begin))
+                buf, start, begin = [], 0, line
         if ch == "\n":
             line += 1
         i += 1
     if "".join(buf).strip():
-        out.append(Statement("".join(buf), start or line))
+        out.append(Statement("".join(buf), start or line, begin))
     return out
 
 
@@ -191,7 +192,7 @@ def _line_of_token(statement: Statement, message: str) -> int:
         short = token.split("::")[-1].strip('"')
         for offset, text in enumerate(statement.text.split("\n")):
             if short and short in text:
-                return statement.line + offset
+                return statement.text_line + offset
     return statement.line
 
 
@@ -219,8 +220,7 @@ def load_policy_file(path: Path, schema: cedarpy.Schema) -> list[PolicyInfo]:
         try:
             cedarpy.PolicySet.from_str(st.text)
         except ValueError as exc:
-            lead = st.text[: len(st.text) - len(st.text.lstrip())].count("\n")
-            line = locate_parse_error(st.text, st.line - lead, cedarpy.PolicySet.from_str)
+            line = locate_parse_error(st.text, st.text_line, cedarpy.PolicySet.from_str)
             raise ConfigError(
                 f"policy file {path}: line {line}: syntax error: {exc}", file=str(path), line=line
             ) from exc
@@ -232,7 +232,7 @@ def load_policy_file(path: Path, schema: cedarpy.Schema) -> list[PolicyInfo]:
     if not result.validation_passed:
         err = result.errors[0]
         index = int(err.policy_id.removeprefix("policy")) if err.policy_id.startswith("policy") else 0
-        st = statements[min(index, len(statements) - 1)] if statements else Statement("", 1)
+        st = statements[min(index, len(statements) - 1)] if statements else Statement("", 1, 1)
         line = _line_of_token(st, err.error)
         raise ConfigError(
             f"policy file {path}: line {line}: does not match the schema: {err.error}", file=str(path), line=line
