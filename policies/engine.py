@@ -65,6 +65,32 @@ def _agencies(d: LoadedDirectory) -> list[str]:
     return sorted({e.agency for e in d.elements.values()} | {u.agency for u in d.users.values()})
 
 
+def _scope_may_match(shape: analysis.PolicyShape, action: str, kind: str, ident: str) -> bool:
+    act = shape.info.est["action"]
+    if act["op"] == "==" and act["entity"]["id"] != action:
+        return False  # `in` scopes stay: an action group could contain this action
+    res = shape.info.est["resource"]
+    if res["op"] == "==":
+        return bool(res["entity"] == {"type": kind, "id": ident})
+    if res["op"] == "is":
+        return bool(res["entity_type"] == kind)
+    return True  # All, in: keep
+
+
+def _purpose_may_match(shape: analysis.PolicyShape, purpose: str) -> bool:
+    if shape.unless:
+        return True  # keep it simple: never drop a policy with an `unless` clause
+    for atom in shape.atoms:
+        if atom.path is None:
+            return True  # an unrecognised conjunct might raise: keep the policy so the error shows
+        if atom.path == "context.purpose":
+            if atom.op == "==":
+                return bool(atom.operand == purpose)
+            if atom.op == "one_of":
+                return purpose in atom.operand
+    return True
+
+
 def _budget_of(info: PolicyInfo) -> BudgetRule | None:
     raw_max, raw_days = info.annotations.get("budget_max_checks"), info.annotations.get("budget_window_days")
     if raw_max is None and raw_days is None:
@@ -97,6 +123,27 @@ class PolicyEngine:
             raise ConfigError(f"policy directory {loaded.root}: entities do not match the schema: {exc}") from exc
         self._budgets = {i.id: b for i in loaded.policies if (b := _budget_of(i)) is not None}
         self._shapes = [analysis.shape_of(i) for i in loaded.policies]
+        self._slices: dict[tuple[str, str, str, str], cedarpy.PolicySet] = {}
+
+    def _slice(self, action: str, kind: str, ident: str, purpose: str) -> cedarpy.PolicySet:
+        """The policies that can match (action, resource, purpose); same decisions, far less to evaluate.
+
+        Cedar evaluates every policy in the set for every request. A policy whose scope pins another
+        action or resource cannot apply (entities here have no parents), nor can one whose `when`
+        requires another purpose before any conjunct that could raise an error, so both are left
+        out; everything else stays. Built on first use and cached (keys are registered values only).
+        """
+        key = (action, kind, ident, purpose)
+        cached = self._slices.get(key)
+        if cached is None:
+            keep = {
+                s.info.id: s.info.est
+                for s in self._shapes
+                if _scope_may_match(s, action, kind, ident) and _purpose_may_match(s, purpose)
+            }
+            text = json.dumps({"staticPolicies": keep, "templates": {}, "templateLinks": []})
+            cached = self._slices[key] = cedarpy.PolicySet.from_json_str(text)
+        return cached
 
     @classmethod
     def load(cls, directory: Path = DEFAULT_POLICY_DIR, clock: Callable[[], datetime] | None = None) -> PolicyEngine:
@@ -141,10 +188,20 @@ class PolicyEngine:
         labels = [r.resource for r in requests]
         try:
             prepared = [self._prepare(r) for r in requests]
-            batch = [p.cedar for p in prepared if p.cedar is not None]
-            results = iter(cedarpy.is_authorized_batch(batch, self._d.policy_set, self._entities) if batch else [])
+            groups: dict[tuple[str, str, str, str], list[int]] = {}
+            for index, p in enumerate(prepared):
+                if p.cedar is not None:
+                    c = p.cedar
+                    key = (c["action"]["id"], c["resource"]["type"], c["resource"]["id"], c["context"]["purpose"])
+                    groups.setdefault(key, []).append(index)
+            results: dict[int, cedarpy.AuthzResult] = {}
+            for key, indices in groups.items():  # one Cedar batch call per resource
+                batch = [prepared[i].cedar for i in indices]
+                answers = cedarpy.is_authorized_batch(batch, self._slice(*key), self._entities)  # type: ignore[arg-type]
+                results.update(zip(indices, answers, strict=True))
             decisions = [
-                self._decision(next(results)) if p.cedar is not None else self._deny(p.denial) for p in prepared
+                self._decision(results[i]) if p.cedar is not None else self._deny(p.denial)
+                for i, p in enumerate(prepared)
             ]
         except Exception as exc:  # fail closed, whatever broke
             log.warning("policy_engine_error", error=type(exc).__name__, policy_set_hash=self.policy_set_hash)

@@ -353,3 +353,45 @@ def test_explain_points_at_the_failing_condition(engine: PolicyEngine) -> None:
     assert "decision: DENY" in text
     assert "FAIL" in text and "principal.tier = 'bronze'" in text
     assert engine.explain(BASE).count("MATCHED") == 1
+
+
+def test_sliced_policy_sets_decide_like_the_full_set(engine: PolicyEngine) -> None:
+    # The engine evaluates only the policies whose scope can match the resource; that must never
+    # change a decision. Compare against Cedar with the full set over a grid of requests.
+    import itertools
+
+    import cedarpy
+
+    resources = [f"DataElement::{e}" for e in ("tax.monthly_income", "household.deceased", "medical.annual_claims")]
+    resources += ["Program::dibao", "Dataset::medical.claims_2025", "AuditLog::federation", "Node::tax"]
+    users = [
+        "ca-caseworker-silver",
+        "ca-caseworker-bronze",
+        "hrss-caseworker",
+        "medical-analyst",
+        "security-officer",
+        "tax-admin",
+    ]
+    contexts = [
+        {"purpose": "dibao", "legal_basis": "SAR-2014-art-12", "case_id": "C"},
+        {"purpose": "pension_survival", "legal_basis": "SIL-2010-art-17", "case_id": "C", "approval_ref": "AP"},
+        {"purpose": "fraud_detection", "legal_basis": "SIL-2010-art-87"},
+        {"purpose": "security_audit"},
+        {"purpose": "operations"},
+    ]
+    allowed = 0
+    for user, action, resource, ctx in itertools.product(
+        users, ("check", "train", "read_audit", "administer"), resources, contexts
+    ):
+        request = AccessRequest(principal=user, action=action, resource=resource, at=DAYTIME, **ctx)
+        prepared = engine._prepare(request).cedar
+        assert prepared is not None
+        full = cedarpy.is_authorized(prepared, engine._d.policy_set, engine._entities)
+        if full.diagnostics.errors:  # action/resource pairs the schema does not allow
+            assert not engine.decide(request).allowed
+            continue
+        decision = engine.decide(request)
+        assert decision.allowed == full.allowed, request
+        assert set(decision.policy_ids) == set(full.diagnostics.reasons) or not decision.allowed
+        allowed += decision.allowed
+    assert allowed >= 5  # the grid exercises allows, not only denials
