@@ -182,6 +182,8 @@ class AuditLog:
         linger: float = 0.001,
     ) -> AuditLog:
         """Open (creating if needed) the log at ``path``; publish a checkpoint every interval seconds."""
+        if signer is not None and signer.name != origin:
+            raise ConfigError("the log signing key must be named after the log origin", origin=origin)
         p = Path(path)
         p.parent.mkdir(parents=True, exist_ok=True)
         try:

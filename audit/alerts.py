@@ -1,0 +1,166 @@
+"""Alert rules over audit records (pure): bursts, off-hours access, repeated denials, wide probing.
+
+Each rule groups records per user, slides a time window over them and reports one alert per
+contiguous stretch in which the threshold was met, with the entry indices behind it, so an officer
+can pull exactly those entries (and their proofs).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from zoneinfo import ZoneInfo
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from audit.records import AuditRecord
+
+
+class AlertConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    burst_requests: int = Field(default=30, ge=2)
+    burst_window_s: int = Field(default=60, ge=1)
+    office_start_hour: int = Field(default=7, ge=0, le=23)
+    office_end_hour: int = Field(default=20, ge=1, le=24)  # exclusive
+    weekends_off_hours: bool = True
+    timezone: str = "Asia/Shanghai"
+    denials: int = Field(default=5, ge=1)
+    denials_window_s: int = Field(default=600, ge=1)
+    distinct_subjects: int = Field(default=500, ge=2)
+    subjects_window_s: int = Field(default=3600, ge=1)
+    request_kinds: tuple[str, ...] = ("request",)
+
+    @field_validator("timezone")
+    @classmethod
+    def _tz(cls, v: str) -> str:
+        ZoneInfo(v)  # raises for an unknown zone
+        return v
+
+
+@dataclass(frozen=True)
+class Alert:
+    rule: str  # burst | off_hours | repeated_denials | many_subjects
+    user: str
+    agency: str
+    start: datetime
+    end: datetime
+    count: int
+    entry_indices: tuple[int, ...]
+
+    def to_public(self) -> dict[str, object]:
+        return {
+            "rule": self.rule,
+            "user": self.user,
+            "agency": self.agency,
+            "start": self.start.isoformat(),
+            "end": self.end.isoformat(),
+            "count": self.count,
+            "entry_indices": list(self.entry_indices),
+        }
+
+
+Indexed = tuple[int, AuditRecord]
+
+
+def _by_user(entries: Iterable[Indexed], keep: Callable[[AuditRecord], bool]) -> dict[tuple[str, str], list[Indexed]]:
+    out: dict[tuple[str, str], list[Indexed]] = defaultdict(list)
+    for idx, rec in entries:
+        if keep(rec):
+            out[(rec.actor.user, rec.actor.agency)].append((idx, rec))
+    for items in out.values():
+        items.sort(key=lambda x: (x[1].time, x[0]))
+    return out
+
+
+def _windows(
+    rule: str,
+    key: tuple[str, str],
+    items: Sequence[Indexed],
+    window_s: int,
+    measure: Callable[[Sequence[Indexed]], int],
+    threshold: int,
+) -> list[Alert]:
+    """Slide a window ending at each item; merge overlapping windows that meet the threshold."""
+    alerts: list[Alert] = []
+    lo = 0
+    current: list[Indexed] = []  # union of items in consecutive triggering windows
+    for hi in range(len(items)):
+        t = items[hi][1].time
+        while (t - items[lo][1].time).total_seconds() > window_s:
+            lo += 1
+        window = items[lo : hi + 1]
+        if measure(window) >= threshold:
+            seen = {i for i, _ in current}
+            current.extend(x for x in window if x[0] not in seen)
+        elif current:
+            alerts.append(_alert(rule, key, current, measure))
+            current = []
+    if current:
+        alerts.append(_alert(rule, key, current, measure))
+    return alerts
+
+
+def _alert(rule: str, key: tuple[str, str], items: list[Indexed], measure: Callable[[Sequence[Indexed]], int]) -> Alert:
+    items = sorted(items, key=lambda x: (x[1].time, x[0]))
+    return Alert(rule, key[0], key[1], items[0][1].time, items[-1][1].time, measure(items), tuple(i for i, _ in items))
+
+
+def burst(entries: Iterable[Indexed], cfg: AlertConfig) -> list[Alert]:
+    groups = _by_user(entries, lambda r: r.kind in cfg.request_kinds)
+    return [
+        a
+        for key, items in groups.items()
+        for a in _windows("burst", key, items, cfg.burst_window_s, len, cfg.burst_requests)
+    ]
+
+
+def repeated_denials(entries: Iterable[Indexed], cfg: AlertConfig) -> list[Alert]:
+    groups = _by_user(entries, lambda r: r.decision == "deny")
+    return [
+        a
+        for key, items in groups.items()
+        for a in _windows("repeated_denials", key, items, cfg.denials_window_s, len, cfg.denials)
+    ]
+
+
+def many_subjects(entries: Iterable[Indexed], cfg: AlertConfig) -> list[Alert]:
+    def distinct(window: Sequence[Indexed]) -> int:
+        return len({s for _, r in window for s in r.subjects})
+
+    groups = _by_user(entries, lambda r: r.kind in cfg.request_kinds and bool(r.subjects))
+    return [
+        a
+        for key, items in groups.items()
+        for a in _windows("many_subjects", key, items, cfg.subjects_window_s, distinct, cfg.distinct_subjects)
+    ]
+
+
+def is_off_hours(when: datetime, cfg: AlertConfig) -> bool:
+    local = when.astimezone(ZoneInfo(cfg.timezone))
+    if cfg.weekends_off_hours and local.weekday() >= 5:
+        return True
+    return not cfg.office_start_hour <= local.hour < cfg.office_end_hour
+
+
+def off_hours(entries: Iterable[Indexed], cfg: AlertConfig) -> list[Alert]:
+    """One alert per user and local calendar day with any off-hours request."""
+    tz = ZoneInfo(cfg.timezone)
+    days: dict[tuple[str, str, str], list[Indexed]] = defaultdict(list)
+    for idx, rec in entries:
+        if rec.kind in cfg.request_kinds and is_off_hours(rec.time, cfg):
+            days[(rec.actor.user, rec.actor.agency, rec.time.astimezone(tz).date().isoformat())].append((idx, rec))
+    return [_alert("off_hours", (u, a), items, len) for (u, a, _), items in sorted(days.items())]
+
+
+RULES = (burst, off_hours, repeated_denials, many_subjects)
+
+
+def evaluate(entries: Iterable[Indexed], cfg: AlertConfig | None = None) -> list[Alert]:
+    """All rules over (index, record) pairs; alerts ordered by start time."""
+    cfg = cfg or AlertConfig()
+    items = list(entries)
+    alerts = [a for rule in RULES for a in rule(items, cfg)]
+    return sorted(alerts, key=lambda a: (a.start, a.rule, a.user))

@@ -1,0 +1,144 @@
+"""Offline verification of a whole audit database: recompute everything, trust nothing stored.
+
+One streaming pass over the entries recomputes every leaf hash, re-validates every record against
+its index columns and subject index, rebuilds the tree and compares every stored interior node,
+and computes the root at every checkpointed size. Each stored checkpoint must carry a valid log
+signature over exactly that root. Detects a changed byte, a deleted, inserted or reordered entry,
+a truncated tail (checkpoints or nodes beyond the entries) and a rewritten history.
+
+What it cannot detect alone: a history rewritten by someone holding the log signing key, if they
+also re-sign every checkpoint. Pass the witnesses' keys: their cosignatures are over roots the
+attacker cannot make them sign again (see witness.py).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from audit import merkle
+from audit.checkpoints import CosignatureVerifier, EccKey, NoteVerifier, SignedCheckpoint, add_cosignature
+from audit.records import AuditRecord
+from audit.store import connect
+from xgate.errors import IntegrityError, InvalidInput, NotFound
+
+
+@dataclass(frozen=True)
+class LogReport:
+    origin: str
+    size: int
+    root: bytes
+    checkpoints: int
+    latest_checkpoint_size: int
+    unsigned_tail: int  # entries after the latest checkpoint: protected by nothing yet
+    cosignatures_verified: int
+    cosignatures_unknown: int  # from witnesses whose keys were not supplied
+
+
+def _cursor(conn: sqlite3.Connection, sql: str) -> Iterator[Any]:
+    yield from conn.execute(sql)
+
+
+def verify_log(path: Path, public_key: EccKey, *, witnesses: Sequence[CosignatureVerifier] = ()) -> LogReport:
+    """Raise IntegrityError on any inconsistency; return what was verified."""
+    if not Path(path).exists():
+        raise NotFound(f"audit database '{Path(path).name}' does not exist")
+    conn = connect(Path(path), readonly=True)
+    try:
+        return _verify(conn, public_key, witnesses)
+    except sqlite3.DatabaseError as exc:
+        raise IntegrityError("audit database is unreadable or structurally damaged") from exc
+    finally:
+        conn.close()
+
+
+def _verify(conn: sqlite3.Connection, public_key: EccKey, witnesses: Sequence[CosignatureVerifier]) -> LogReport:
+    row = conn.execute("SELECT value FROM meta WHERE key='origin'").fetchone()
+    if row is None:
+        raise IntegrityError("audit database has no origin")
+    origin = row[0]
+    verifier = NoteVerifier(origin, public_key)
+    checkpoints: list[tuple[int, SignedCheckpoint]] = []
+    for cid, size, root, note in conn.execute("SELECT id, size, root, note FROM checkpoints ORDER BY id"):
+        signed = verifier.verify(note)
+        cp = signed.checkpoint
+        if cp.origin != origin or cp.size != size or cp.root != bytes(root):
+            raise IntegrityError("checkpoint row does not match its signed note", checkpoint=cid)
+        checkpoints.append((cid, signed))
+    wanted = {cp.checkpoint.size for _, cp in checkpoints}
+    roots = {0: merkle.EMPTY_ROOT}
+
+    nodes = _cursor(conn, "SELECT level, idx, hash FROM nodes ORDER BY ((idx + 1) << level), level")
+    subjects = _cursor(conn, "SELECT idx, pseudonym FROM entry_subjects ORDER BY idx, pseudonym")
+    pending_subject: tuple[int, str] | None = next(subjects, None)
+    frontier = merkle.Frontier()
+    sql = (
+        "SELECT idx, leaf_hash, data, kind, time_ms, user, agency, program, purpose, decision, request_id "
+        "FROM entries ORDER BY idx"
+    )
+    for idx, leaf, data, *cols in conn.execute(sql):
+        if idx != frontier.size:
+            raise IntegrityError("audit entries are not contiguous (entry deleted or inserted)", index=frontier.size)
+        data = bytes(data)
+        if merkle.leaf_hash(data) != bytes(leaf):
+            raise IntegrityError("audit entry does not match its leaf hash (entry altered)", index=idx)
+        try:
+            rec = AuditRecord.parse(data)
+        except InvalidInput as exc:
+            raise IntegrityError("audit entry is not a valid canonical record", index=idx) from exc
+        a = rec.actor
+        expect = [rec.kind, rec.time_ms, a.user, a.agency, rec.program, rec.purpose, rec.decision, rec.request_id]
+        if list(cols) != expect:
+            raise IntegrityError("audit entry index columns disagree with the record", index=idx)
+        mine = []
+        while pending_subject is not None and pending_subject[0] == idx:
+            mine.append(pending_subject[1])
+            pending_subject = next(subjects, None)
+        if pending_subject is not None and pending_subject[0] < idx:
+            raise IntegrityError("subject index refers to a missing entry", index=pending_subject[0])
+        if mine != sorted(set(rec.subjects)):
+            raise IntegrityError("subject index disagrees with the record", index=idx)
+        for level, i, h in frontier.append(bytes(leaf)):
+            stored = next(nodes, None)
+            if stored is None or (stored[0], stored[1], bytes(stored[2])) != (level, i, h):
+                raise IntegrityError("stored tree node does not match the entries", level=level, node=i)
+        if frontier.size in wanted:
+            roots[frontier.size] = frontier.root()
+    if next(nodes, None) is not None:
+        raise IntegrityError("stored tree nodes extend beyond the entries (log truncated)", size=frontier.size)
+    if pending_subject is not None:
+        raise IntegrityError("subject index refers to a missing entry", index=pending_subject[0])
+
+    by_witness = {w.name: w for w in witnesses}
+    verified = unknown = 0
+    latest = 0
+    for cid, signed in checkpoints:
+        cp = signed.checkpoint
+        if cp.size > frontier.size:
+            raise IntegrityError(
+                "a checkpoint covers more entries than the log holds (log truncated)",
+                checkpoint_size=cp.size,
+                size=frontier.size,
+            )
+        if roots[cp.size] != cp.root:
+            raise IntegrityError("checkpoint root does not match the entries (history rewritten)", size=cp.size)
+        latest = max(latest, cp.size)
+        for witness, line in conn.execute("SELECT witness, line FROM cosignatures WHERE checkpoint_id=?", (cid,)):
+            if witness in by_witness:
+                by_witness[witness].verify(add_cosignature(signed, line))
+                verified += 1
+            else:
+                unknown += 1
+    return LogReport(
+        origin=origin,
+        size=frontier.size,
+        root=frontier.root(),
+        checkpoints=len(checkpoints),
+        latest_checkpoint_size=latest,
+        unsigned_tail=frontier.size - latest,
+        cosignatures_verified=verified,
+        cosignatures_unknown=unknown,
+    )
