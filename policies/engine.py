@@ -8,8 +8,10 @@ exception yields a denial with a reason, never an exception and never an allow.
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -146,9 +148,30 @@ class PolicyEngine:
         return cached
 
     @classmethod
-    def load(cls, directory: Path = DEFAULT_POLICY_DIR, clock: Callable[[], datetime] | None = None) -> PolicyEngine:
-        """Validate and load a policy directory; raises ConfigError naming file and line."""
-        return cls(load_directory(Path(directory)), clock)
+    def load(
+        cls,
+        directory: Path = DEFAULT_POLICY_DIR,
+        clock: Callable[[], datetime] | None = None,
+        principals: Iterable[UserEntry] = (),
+    ) -> PolicyEngine:
+        """Validate and load a policy directory; raises ConfigError naming file and line.
+
+        `principals` adds users from another registry (e.g. the gateway's users file); a user also in
+        principals.toml must carry the same agency, role and tier, or loading fails.
+        """
+        loaded = load_directory(Path(directory))
+        extra = sorted(principals, key=lambda u: u.id)
+        if not extra:
+            return cls(loaded, clock)
+        users = dict(loaded.users)
+        for user in extra:
+            if user.id in users and users[user.id] != user:
+                raise ConfigError(f"principal '{user.id}' differs from its entry in principals.toml")
+            users[user.id] = user
+        # Extra principals change decisions, so they are part of the policy-set hash.
+        canonical = json.dumps([u.model_dump() for u in extra], sort_keys=True).encode()
+        digest = hashlib.sha256(loaded.sha256.encode() + b"\0" + canonical).hexdigest()
+        return cls(dataclasses.replace(loaded, users=users, sha256=digest), clock)
 
     # -- facts other modules need -------------------------------------------------------------
     @property
