@@ -107,7 +107,10 @@ class Atom:
 
 def atom_of(expr: Expr) -> Atom:
     text = render(expr)
-    ((op, arg),) = expr.items() if isinstance(expr, dict) and len(expr) == 1 else ((None, None),)
+    if not (isinstance(expr, dict) and len(expr) == 1):
+        return Atom(text)
+    ((op, arg),) = expr.items()
+    arg = arg if isinstance(arg, dict) else {}
     if op in ("==", "!=", "<", "<=", ">", ">="):
         path, (ok, value) = _path(arg["left"]), _literal(arg["right"])
         if path and ok:

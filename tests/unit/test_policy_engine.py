@@ -395,3 +395,16 @@ def test_sliced_policy_sets_decide_like_the_full_set(engine: PolicyEngine) -> No
         assert set(decision.policy_ids) == set(full.diagnostics.reasons) or not decision.allowed
         allowed += decision.allowed
     assert allowed >= 5  # the grid exercises allows, not only denials
+
+
+def test_extra_principals_from_another_registry(engine: PolicyEngine) -> None:
+    from policies.loader import UserEntry
+
+    extra = UserEntry(id="cw-new", agency="civil_affairs", role="caseworker", tier="silver")
+    merged = PolicyEngine.load(DEFAULT_POLICY_DIR, principals=[extra])
+    assert merged.decide(dataclasses.replace(BASE, principal="cw-new")).allowed
+    assert not engine.decide(dataclasses.replace(BASE, principal="cw-new")).allowed
+    assert merged.policy_set_hash != engine.policy_set_hash
+    clash = UserEntry(id="ca-caseworker-bronze", agency="civil_affairs", role="caseworker", tier="gold")
+    with pytest.raises(ConfigError, match="differs"):
+        PolicyEngine.load(DEFAULT_POLICY_DIR, principals=[clash])
