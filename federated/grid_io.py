@@ -1,0 +1,31 @@
+"""send-and-receive over the Grid's public push/pull API with a short poll interval.
+
+Flower's `Grid.send_and_receive` sleeps 3 s between pulls; xgate's protocols are chatty (one
+round trip per vertical step), so the ServerApp polls every 0.2 s, always with a deadline.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+
+from flwr.app import Message
+from flwr.serverapp import Grid
+
+POLL_S = 0.2
+
+
+def exchange(grid: Grid, messages: Sequence[Message], timeout: float) -> list[Message]:
+    """Push messages and collect the replies that arrive before `timeout` seconds pass."""
+    if not messages:
+        return []
+    pending = set(grid.push_messages(messages))
+    deadline = time.monotonic() + timeout
+    replies: list[Message] = []
+    while pending and time.monotonic() < deadline:
+        got = list(grid.pull_messages(pending))
+        replies.extend(got)
+        pending -= {m.metadata.reply_to_message_id for m in got}
+        if pending:
+            time.sleep(POLL_S)
+    return replies

@@ -1,0 +1,86 @@
+"""Horizontal ClientApp (legacy NumPyClient API, the one SecAgg+ supports in flwr 1.41).
+
+fit: refuse unless this node approved the job; train logistic regression locally from the
+global weights; send the update (delta), L2-clipped for DP when the server asks, then
+validated/clipped/weight-capped by xgate (federated.updates) before `secaggplus_mod` masks it.
+evaluate: per-label score histograms on the node's holdout (no per-subject scores leave).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import numpy as np
+from flwr.app import Context
+from flwr.client import NumPyClient
+from flwr.client.mod import secaggplus_mod
+from flwr.clientapp import ClientApp
+from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
+
+from federated import model, node, updates
+from federated.admission import require_approval
+from federated.jobs import JobSpec, job_from_run_config
+from xgate.logging import get_logger
+
+log = get_logger(__name__)
+
+
+class HorizontalClient(NumPyClient):  # type: ignore[misc]
+    def __init__(self, job: JobSpec, nc: node.NodeConfig, max_weight: int, ledger_check: bool) -> None:
+        self.job, self.nc, self.max_weight = job, nc, max_weight
+        if ledger_check:
+            require_approval(nc.ledger, job)
+        self.data = node.horizontal_data(job, nc)
+
+    def get_parameters(self, config: dict[str, Any]) -> list[np.ndarray]:
+        return [model.lr_init(self.data.x_train.shape[1])]
+
+    def fit(self, parameters: list[np.ndarray], config: dict[str, Any]) -> tuple[list[np.ndarray], int, dict]:
+        w0 = np.asarray(parameters[0], dtype=np.float64)
+        rnd = int(config.get("server_round", 0))
+        w1 = model.lr_train(
+            w0, self.data.x_train, self.data.y_train, epochs=self.job.local_epochs, lr=self.job.learning_rate,
+            batch=self.job.batch_size, l2=self.job.l2, seed=self.job.seed + rnd,
+        )
+        delta = [w1 - w0]
+        dp_clipped = False
+        if KEY_CLIPPING_NORM in config:  # central DP: bound this node's contribution (sensitivity)
+            delta, dp_clipped = updates.l2_clip(delta, float(config[KEY_CLIPPING_NORM]))
+        prepared = updates.prepare_update(
+            delta, [w0.shape], len(self.data.y_train), bound=self.job.update_bound, max_weight=self.max_weight
+        )
+        if prepared.clipped_values or prepared.weight_capped or dp_clipped:
+            log.info(
+                "update_scaled", agency=self.nc.agency, clipped_coordinates=prepared.clipped_values,
+                weight_capped=prepared.weight_capped, dp_clipped=dp_clipped,
+            )
+        return prepared.arrays, prepared.weight, {"agency": self.nc.agency}
+
+    def evaluate(
+        self, parameters: list[np.ndarray], config: dict[str, Any]
+    ) -> tuple[float, int, dict[str, Any]]:
+        w = np.asarray(parameters[0], dtype=np.float64)
+        scores = model.lr_predict(w, self.data.x_test)
+        pos, neg = node.score_histograms(scores, self.data.y_test)
+        metrics = {
+            "agency": self.nc.agency,
+            "hist_pos": json.dumps(pos.tolist()),
+            "hist_neg": json.dumps(neg.tolist()),
+            "train_pos": int(self.data.y_train.sum()),
+            "train_n": len(self.data.y_train),
+        }
+        return model.bce(scores, self.data.y_test), max(len(self.data.y_test), 1), metrics
+
+
+def client_fn(context: Context) -> Any:
+    job = job_from_run_config(dict(context.run_config))
+    nc = node.node_config(dict(context.node_config))
+    max_weight = int(context.run_config.get("max-weight", 1_000_000))
+    ledger_check = bool(context.run_config.get("ledger-check", True))
+    return HorizontalClient(job, nc, max_weight, ledger_check).to_client()
+
+
+# SecAgg+'s mod insists on SecAgg+ stage configs in every train message, so plain jobs use `app`.
+app = ClientApp(client_fn=client_fn)
+secagg_app = ClientApp(client_fn=client_fn, mods=[secaggplus_mod])

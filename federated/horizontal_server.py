@@ -1,0 +1,233 @@
+"""Horizontal ServerApp: FedAvg over model updates, optionally SecAgg+ and central DP.
+
+The legacy workflow API is used because SecAgg+ only exists there in flwr 1.41. Our own fit
+and evaluate workflows replace Flower's plain ones so that every wait has a timeout (Flower's
+default fit workflow waits for replies without one). The strategy receives updates (deltas),
+rejects bad ones with a logged reason (plain mode) or checks the unmasked aggregate (SecAgg+),
+enforces min_nodes, and writes audit events and per-round aggregates into the job directory.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import flwr.compat.common.recorddict_compat as compat
+import numpy as np
+from flwr.app import Context, Message, MessageType
+from flwr.common import Code, EvaluateRes, FitRes, Parameters, ndarrays_to_parameters, parameters_to_ndarrays
+from flwr.server import LegacyContext, ServerConfig, SimpleClientManager
+from flwr.server.client_proxy import ClientProxy
+from flwr.server.strategy import DifferentialPrivacyClientSideFixedClipping, FedAvg
+from flwr.server.workflow import DefaultWorkflow, SecAggPlusWorkflow
+from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD, MAIN_PARAMS_RECORD, Key
+from flwr.serverapp import Grid
+
+from federated import dp, node, updates
+from federated.events import JsonlSink, OnEvent, arrays_sha256, make_event
+from federated.grid_io import exchange
+from federated.jobs import JobSpec
+from xgate.errors import NodeUnavailable
+
+
+class JobFailed(NodeUnavailable):
+    def __init__(self, message: str) -> None:
+        super().__init__("federation", message)
+
+
+class BoundedClientManager(SimpleClientManager):  # type: ignore[misc]
+    """Flower waits up to 24 h for nodes by default; never wait longer than the round timeout."""
+
+    def __init__(self, timeout: float) -> None:
+        super().__init__()
+        self.timeout = timeout
+
+    def wait_for(self, num_clients: int, timeout: int = 86400) -> bool:
+        return bool(super().wait_for(num_clients, timeout=int(min(timeout, self.timeout))))
+
+
+class XgateFedAvg(FedAvg):  # type: ignore[misc]
+    def __init__(self, job: JobSpec, job_dir: Path, emit: OnEvent, max_weight: int) -> None:
+        super().__init__(
+            fraction_fit=1.0, fraction_evaluate=1.0, min_fit_clients=job.min_nodes,
+            min_evaluate_clients=job.min_nodes, min_available_clients=job.min_nodes,
+            on_fit_config_fn=lambda r: {"server_round": r}, accept_failures=True,
+        )
+        self.job, self.job_dir, self.emit, self.max_weight = job, job_dir, emit, max_weight
+        self.current: list[np.ndarray] = []
+        self.released: list[np.ndarray] = []
+        self.curve: list[dict[str, Any]] = []
+        self.final_eval: dict[str, Any] = {}
+
+    def _event(self, name: str, **fields: Any) -> None:
+        self.emit(make_event(self.job.job_id, name, **fields))
+
+    def _fail(self, reason: str) -> None:
+        self._event("job_failed", reason=reason)
+        raise JobFailed(reason)
+
+    def configure_fit(self, server_round: int, parameters: Parameters, client_manager: Any) -> list[Any]:
+        self.current = parameters_to_ndarrays(parameters)
+        instructions = super().configure_fit(server_round, parameters, client_manager)
+        if len(instructions) < self.job.min_nodes:
+            self._fail(
+                f"round {server_round}: only {len(instructions)} nodes available, job needs {self.job.min_nodes}"
+            )
+        return list(instructions)
+
+    def aggregate_fit(
+        self, server_round: int, results: list[tuple[ClientProxy, FitRes]], failures: list[Any]
+    ) -> tuple[Parameters | None, dict[str, Any]]:
+        shapes = [a.shape for a in self.current]
+        for failure in failures:
+            node_id = failure[0].node_id if isinstance(failure, tuple) else None
+            self._event("node_dropped", round=server_round, node_id=node_id, reason=str(failure)[:200])
+        participants = sorted(int(p.node_id) for p, _ in results)
+        if self.job.secagg:
+            mean = parameters_to_ndarrays(results[0][1].parameters) if results else []
+            try:
+                updates.check_aggregate(mean, shapes, bound=self.job.update_bound)
+            except Exception as exc:
+                self._fail(f"round {server_round}: secure aggregate rejected: {exc}")
+        else:
+            accepted = []
+            for proxy, fitres in results:
+                arrays = parameters_to_ndarrays(fitres.parameters)
+                try:
+                    updates.check_update(
+                        arrays, shapes, fitres.num_examples, bound=self.job.update_bound, max_weight=self.max_weight
+                    )
+                except Exception as exc:
+                    self._event("update_rejected", round=server_round, node_id=int(proxy.node_id), reason=str(exc))
+                    participants.remove(int(proxy.node_id))
+                    continue
+                accepted.append((arrays, fitres.num_examples))
+            mean = updates.weighted_mean(accepted) if accepted else []
+        if len(participants) < self.job.min_nodes:
+            self._fail(
+                f"round {server_round}: {len(participants)} usable updates, job needs {self.job.min_nodes} nodes"
+            )
+        digest = arrays_sha256(mean)
+        np.savez(self.job_dir / f"aggregate-round{server_round:03d}.npz", *mean)
+        self._event("round_completed", round=server_round, participants=participants, aggregate_sha256=digest)
+        return ndarrays_to_parameters([c + m for c, m in zip(self.current, mean, strict=True)]), {}
+
+    def configure_evaluate(self, server_round: int, parameters: Parameters, client_manager: Any) -> list[Any]:
+        self.released = parameters_to_ndarrays(parameters)  # after DP noise, if any
+        return list(super().configure_evaluate(server_round, parameters, client_manager))
+
+    def aggregate_evaluate(
+        self, server_round: int, results: list[tuple[ClientProxy, EvaluateRes]], failures: list[Any]
+    ) -> tuple[float | None, dict[str, Any]]:
+        if not results:
+            return None, {}
+        pos = sum(np.array(json.loads(r.metrics["hist_pos"])) for _, r in results)
+        neg = sum(np.array(json.loads(r.metrics["hist_neg"])) for _, r in results)
+        prevalence = sum(int(r.metrics["train_pos"]) for _, r in results) / max(
+            1, sum(int(r.metrics["train_n"]) for _, r in results)
+        )
+        rep = node.histogram_report(np.asarray(pos), np.asarray(neg), threshold=prevalence)
+        loss = sum(r.loss * r.num_examples for _, r in results) / sum(r.num_examples for _, r in results)
+        row = {"round": server_round, "loss": loss, "threshold": prevalence, **rep,
+               "nodes": sorted(str(r.metrics["agency"]) for _, r in results)}
+        self.curve.append(row)
+        self.final_eval = row
+        self._event("round_evaluated", round=server_round, auc=rep["auc"], balanced_accuracy=rep["balanced_accuracy"],
+                    model_sha256=arrays_sha256(self.released))
+        return loss, {}
+
+
+def _send(grid: Grid, context: LegacyContext, kind: str, instructions: list[Any], timeout: float) -> list[Message]:
+    rnd = context.state.config_records[MAIN_CONFIGS_RECORD][Key.CURRENT_ROUND]
+    to_rd = compat.fitins_to_recorddict if kind == MessageType.TRAIN else compat.evaluateins_to_recorddict
+    msgs = [
+        Message(content=to_rd(ins, True), dst_node_id=proxy.node_id, message_type=kind, group_id=str(rnd))
+        for proxy, ins in instructions
+    ]
+    return exchange(grid, msgs, timeout)
+
+
+def _split(replies: list[Message], proxies: dict[int, Any], parse: Any, key: str) -> tuple[list[Any], list[Any]]:
+    results, failures = [], []
+    for msg in replies:
+        proxy = proxies[msg.metadata.src_node_id]
+        if msg.has_content():
+            res = parse(msg.content)
+            (results if res.status.code == Code.OK else failures).append((proxy, res))
+        else:
+            failures.append((proxy, msg.error))
+    answered = {m.metadata.src_node_id for m in replies}
+    failures += [(p, f"no {key} reply before the round timeout") for nid, p in proxies.items() if nid not in answered]
+    return results, failures
+
+
+def make_fit_workflow(timeout: float) -> Any:
+    def fit(grid: Grid, context: LegacyContext) -> None:
+        cfg = context.state.config_records[MAIN_CONFIGS_RECORD]
+        rnd = int(cfg[Key.CURRENT_ROUND])
+        params = compat.arrayrecord_to_parameters(context.state.array_records[MAIN_PARAMS_RECORD], keep_input=True)
+        instructions = context.strategy.configure_fit(rnd, params, context.client_manager)
+        replies = _send(grid, context, MessageType.TRAIN, instructions, timeout)
+        proxies = {p.node_id: p for p, _ in instructions}
+        results, failures = _split(replies, proxies, lambda rd: compat.recorddict_to_fitres(rd, False), "fit")
+        new_params, _ = context.strategy.aggregate_fit(rnd, results, failures)
+        if new_params is not None:
+            context.state.array_records[MAIN_PARAMS_RECORD] = compat.parameters_to_arrayrecord(new_params, True)
+
+    return fit
+
+
+def make_evaluate_workflow(timeout: float) -> Any:
+    def evaluate(grid: Grid, context: LegacyContext) -> None:
+        rnd = int(context.state.config_records[MAIN_CONFIGS_RECORD][Key.CURRENT_ROUND])
+        params = compat.arrayrecord_to_parameters(context.state.array_records[MAIN_PARAMS_RECORD], keep_input=True)
+        instructions = context.strategy.configure_evaluate(rnd, params, context.client_manager)
+        if not instructions:
+            return
+        replies = _send(grid, context, MessageType.EVALUATE, instructions, timeout)
+        proxies = {p.node_id: p for p, _ in instructions}
+        results, failures = _split(replies, proxies, compat.recorddict_to_evaluateres, "evaluate")
+        context.strategy.aggregate_evaluate(rnd, results, failures)
+
+    return evaluate
+
+
+def run_horizontal(grid: Grid, context: Context, job: JobSpec, job_dir: Path) -> None:
+    emit = JsonlSink(job_dir / "server-events.jsonl")
+    max_weight = int(context.run_config.get("max-weight", 1_000_000))
+    strategy = XgateFedAvg(job, job_dir, emit, max_weight)
+    outer: Any = strategy
+    noise = 0.0
+    if job.dp is not None:
+        noise = dp.noise_for_epsilon(job.dp.epsilon, job.rounds, job.dp.delta)
+        # Noise std = z*C/min_nodes: conservative when more nodes take part (sensitivity C/k <= C/min_nodes).
+        outer = DifferentialPrivacyClientSideFixedClipping(strategy, noise, job.dp.clip, job.min_nodes)
+    legacy = LegacyContext(
+        context, config=ServerConfig(num_rounds=job.rounds, round_timeout=job.round_timeout_s), strategy=outer,
+        client_manager=BoundedClientManager(job.round_timeout_s),
+    )
+    fit_wf = (
+        SecAggPlusWorkflow(
+            num_shares=1.0, reconstruction_threshold=0.66, max_weight=float(max_weight),
+            clipping_range=job.update_bound, quantization_range=updates.SECAGG_QUANTIZATION_RANGE,
+            modulus_range=updates.SECAGG_MODULUS_RANGE, timeout=job.round_timeout_s,
+        )
+        if job.secagg
+        else make_fit_workflow(job.round_timeout_s)
+    )
+    DefaultWorkflow(fit_workflow=fit_wf, evaluate_workflow=make_evaluate_workflow(job.round_timeout_s))(grid, legacy)
+    if not strategy.curve:
+        strategy._fail("training finished without a completed, evaluated round")
+    final = compat.arrayrecord_to_parameters(legacy.state.array_records[MAIN_PARAMS_RECORD], keep_input=True)
+    weights = parameters_to_ndarrays(final)
+    np.savez(job_dir / "model.npz", *weights)
+    summary: dict[str, Any] = {"curve": strategy.curve, "evaluation": strategy.final_eval,
+                               "model_sha256": arrays_sha256(weights)}
+    if job.dp is not None:
+        eps = dp.epsilon_spent(noise, job.rounds, job.dp.delta)
+        summary["dp"] = {"epsilon": eps, "delta": job.dp.delta, "noise_multiplier": noise, "clip": job.dp.clip,
+                         "flower_rdp_epsilon": dp.flower_epsilon(noise, job.rounds, job.dp.delta, job.min_nodes)}
+        emit(make_event(job.job_id, "dp_spent", rounds=job.rounds, epsilon=eps, delta=job.dp.delta,
+                        noise_multiplier=noise))
+    (job_dir / "server-summary.json").write_text(json.dumps(summary, indent=1, default=float))

@@ -1,0 +1,116 @@
+"""Federated training job files (TOML), validated at the edge into a frozen pydantic model.
+
+A job names its purpose (checked by every data-owning node's admission), the data elements it
+trains on, who holds the label, and the privacy settings. Everything the ServerApp/ClientApp
+need travels as the Flower run config produced by `JobSpec.run_config()`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tomllib
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator
+
+from xgate.errors import ConfigError, InvalidInput
+
+JobId = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9_\-]{2,63}$")]
+AgencyName = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{1,31}$")]
+ElementName = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{1,31}\.[a-z][a-z0-9_]{1,63}$")]
+
+
+class Mode(StrEnum):
+    HORIZONTAL = "horizontal"
+    VERTICAL = "vertical"
+
+
+class DPSpec(BaseModel):
+    """Central DP with fixed clipping (Gaussian mechanism on the aggregate), client-level."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    epsilon: float = Field(gt=0, le=100)
+    delta: float = Field(gt=0, lt=0.1)
+    clip: float = Field(gt=0, le=100, description="L2 norm bound of one node's model update")
+
+
+class JobSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    job_id: JobId
+    purpose: str = Field(pattern=r"^[a-z][a-z0-9_\-]{2,63}$")
+    mode: Mode
+    features: tuple[ElementName, ...] = Field(min_length=1, max_length=512)
+    label: ElementName
+    label_holder: AgencyName
+    rounds: int = Field(ge=1, le=1000)
+    secagg: bool = True
+    dp: DPSpec | None = None
+    min_nodes: int = Field(default=2, ge=1, le=1000)
+    # Local optimisation (horizontal) / steps per round (vertical).
+    local_epochs: int = Field(default=1, ge=1, le=100)
+    learning_rate: float = Field(default=0.5, gt=0, le=100)
+    batch_size: int = Field(default=256, ge=1, le=1_000_000)
+    l2: float = Field(default=1e-4, ge=0, le=10)
+    embedding_dim: int = Field(default=4, ge=1, le=64)
+    # xgate's own bound on each coordinate of a model update before SecAgg+ (must be <= the
+    # SecAgg+ clipping range, which Flower enforces by silently clipping).
+    update_bound: float = Field(default=1.0, gt=0, le=8.0)
+    # Largest per-node example weight; larger nodes are capped (logged) so SecAgg+'s weight
+    # ratio stays <= 1. None: the runner derives it from the node stores' subject counts.
+    max_weight: int | None = Field(default=None, ge=1, le=10_000_000)
+    round_timeout_s: float = Field(default=120.0, gt=0, le=3600)
+    job_timeout_s: float = Field(default=1800.0, gt=0, le=86400)
+    seed: int = Field(default=0, ge=0, le=2**31 - 1)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> JobSpec:
+        if self.label in self.features:
+            raise ValueError("the label element must not also be a feature")
+        if len(set(self.features)) != len(self.features):
+            raise ValueError("features must be unique")
+        if self.mode is Mode.VERTICAL and self.dp is not None:
+            raise ValueError("differential privacy is implemented for horizontal jobs only")
+        if self.mode is Mode.HORIZONTAL and self.secagg and self.min_nodes < 2:
+            raise ValueError("SecAgg+ needs min_nodes >= 2")
+        return self
+
+    def digest(self) -> str:
+        """SHA-256 of the canonical job (what nodes approve and the audit log records)."""
+        canon = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canon.encode()).hexdigest()
+
+    def run_config(self, job_dir: Path, ledger_check: bool = True) -> dict[str, Any]:
+        """Flat run config for `flwr run --run-config` (scalars only)."""
+        return {
+            "job-json": json.dumps(self.model_dump(mode="json"), sort_keys=True),
+            "job-dir": str(job_dir),
+            "ledger-check": ledger_check,
+        }
+
+
+def parse_job(data: dict[str, Any]) -> JobSpec:
+    try:
+        return JobSpec.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "job"
+        raise InvalidInput(f"invalid job: {where}: {first['msg']}") from None
+
+
+def load_job(path: Path) -> JobSpec:
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"job file '{path}' not found") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"job file '{path}' is not valid TOML: {exc}") from None
+    return parse_job(data)
+
+
+def job_from_run_config(cfg: dict[str, Any]) -> JobSpec:
+    return JobSpec.model_validate_json(str(cfg["job-json"]))

@@ -1,0 +1,103 @@
+"""What a ClientApp knows about its own node: store, agency, ledger and evaluation split.
+
+All of it comes from the SuperNode's `--node-config` (set by the agency's administrator, never
+by the job): store='<sqlite path>' agency='<name>' ledger='<sqlite path>' [holdout='<file>'].
+`holdout` names a node-local file of pseudonyms reserved for evaluation; without it a keyed
+hash of the pseudonym reserves ~20 % (the same rule at every node, so vertical splits agree).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from federated import datasets, model
+from federated.jobs import JobSpec
+from xgate.errors import ConfigError
+
+HOLDOUT_FRACTION = 0.2
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    store: Path
+    agency: str
+    ledger: Path
+    holdout: Path | None
+
+
+def node_config(cfg: Mapping[str, object]) -> NodeConfig:
+    try:
+        store, agency, ledger = Path(str(cfg["store"])), str(cfg["agency"]), Path(str(cfg["ledger"]))
+    except KeyError as exc:
+        raise ConfigError(f"SuperNode node-config lacks '{exc.args[0]}'") from None
+    holdout = Path(str(cfg["holdout"])) if cfg.get("holdout") else None
+    return NodeConfig(store, agency, ledger, holdout)
+
+
+def is_holdout(subjects: Sequence[str], job: JobSpec, holdout: Path | None) -> np.ndarray:
+    if holdout is not None:
+        reserved = set(holdout.read_text(encoding="utf-8").split())
+        return np.fromiter((s in reserved for s in subjects), dtype=bool, count=len(subjects))
+    salt = f"xgate-holdout-{job.seed}:".encode()
+    return np.fromiter(
+        (hashlib.sha256(salt + s.encode()).digest()[0] < 256 * HOLDOUT_FRACTION for s in subjects),
+        dtype=bool,
+        count=len(subjects),
+    )
+
+
+@dataclass(frozen=True)
+class Split:
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+
+
+def horizontal_data(job: JobSpec, nc: NodeConfig) -> Split:
+    """Encoded features and labels of this node's subjects that have a label."""
+    elements = [*job.features, job.label]
+    infos = datasets.element_info(nc.store, elements)
+    subjects, raw = datasets.read_matrix(nc.store, elements)
+    has_label = ~np.isnan(raw[:, -1])
+    subjects = [s for s, keep in zip(subjects, has_label, strict=True) if keep]
+    raw = raw[has_label]
+    x = model.encode(infos[:-1], raw[:, :-1])
+    y = (raw[:, -1] > 0).astype(np.float64)
+    test = is_holdout(subjects, job, nc.holdout)
+    return Split(x[~test], y[~test], x[test], y[test])
+
+
+def held_features(job: JobSpec, nc: NodeConfig) -> list[str]:
+    held = set(datasets.held_elements(nc.store))
+    return [f for f in job.features if f in held]
+
+
+# -- score histograms for federated evaluation ---------------------------------------------------
+
+HIST_BINS = 2400
+LOGIT_RANGE = 12.0
+
+
+def score_histograms(scores: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-label counts of scores in equal bins of the logit over [-12, 12] (monotone in the score)."""
+    p = np.clip(scores, 1e-12, 1 - 1e-12)
+    logit = np.clip(np.log(p / (1 - p)), -LOGIT_RANGE, LOGIT_RANGE - 1e-9)
+    idx = ((logit + LOGIT_RANGE) / (2 * LOGIT_RANGE) * HIST_BINS).astype(np.int64)
+    pos = np.bincount(idx[y > 0], minlength=HIST_BINS)
+    neg = np.bincount(idx[y <= 0], minlength=HIST_BINS)
+    return pos, neg
+
+
+def histogram_report(pos: np.ndarray, neg: np.ndarray, threshold: float) -> dict[str, object]:
+    """AUC, balanced accuracy and confusion matrix from summed histograms (threshold on the score)."""
+    t = np.clip(threshold, 1e-12, 1 - 1e-12)
+    cut = int((np.log(t / (1 - t)) + LOGIT_RANGE) / (2 * LOGIT_RANGE) * HIST_BINS)
+    tp, fn = int(pos[cut:].sum()), int(pos[:cut].sum())
+    fp, tn = int(neg[cut:].sum()), int(neg[:cut].sum())
+    return {"auc": model.auc_from_histograms(pos, neg), **model.counts_report(tp, fp, tn, fn)}

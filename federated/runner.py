@@ -1,0 +1,415 @@
+"""Run a job on a real Flower deployment: one `flower-superlink`, one `flower-supernode` per agency
+node, submission with `flwr run`, status via `flwr ls`, logs via `flwr log`.
+
+Everything binds to 127.0.0.1 on free ephemeral ports. Every process is started in its own
+session (process group) and the whole group is terminated on exit, error or timeout, so the
+SuperExec/ClientApp/ServerApp children Flower spawns never outlive the job.
+
+Transport: `--insecure` for now. TLS is wired by the transport-security work through `Tls`
+(SuperLink cert/key/CA, SuperNode root certificates, CLI root certificates); when given, the
+flags below are emitted instead of `--insecure`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import tomli_w
+
+from federated import datasets
+from federated.admission import Admission, Decision, LedgerAdmission, store_agency_datasets
+from federated.events import JsonlSink, OnEvent, make_event, read_events
+from federated.jobs import JobSpec, Mode
+from federated.results import write_outputs
+from xgate.errors import NodeUnavailable, PolicyDenied
+
+BIN = Path(sys.executable).parent
+_NODE_ID = re.compile(r"SuperNode ID: (\d+)")
+
+
+@dataclass(frozen=True)
+class Tls:
+    ca_cert: Path
+    server_cert: Path
+    server_key: Path
+
+
+@dataclass(frozen=True)
+class NodeSpec:
+    """An agency node: its store and admission ledger stay with it (passed only to its SuperNode)."""
+
+    agency: str
+    store: Path
+    ledger: Path
+    holdout: Path | None = None
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def flwr_env(home: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update({"FLWR_TELEMETRY_ENABLED": "0", "FLWR_HOME": str(home), "PYTHONUNBUFFERED": "1",
+                # SuperExec picks up ClientApp/ServerApp tasks every second by default.
+                "FLWR_SUPEREXEC_TASK_POLL_INTERVAL": "0.2"})
+    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
+    return env
+
+
+@dataclass
+class _Proc:
+    name: str
+    popen: subprocess.Popen[bytes]
+    log_path: Path
+    log_fh: IO[bytes]
+
+
+@dataclass
+class Federation:
+    """The running SuperLink and SuperNodes of one job (context manager; always cleans up)."""
+
+    job_dir: Path
+    tls: Tls | None = None
+    port: int = 0
+    procs: dict[str, _Proc] = field(default_factory=dict)
+    node_ids: dict[int, str] = field(default_factory=dict)
+
+    def __enter__(self) -> Federation:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _spawn(self, name: str, cmd: list[str], home: Path) -> None:
+        home.mkdir(parents=True, exist_ok=True)
+        log_path = self.job_dir / "logs" / f"{name}.log"
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        fh = log_path.open("ab")
+        popen = subprocess.Popen(
+            cmd, stdout=fh, stderr=subprocess.STDOUT, env=flwr_env(home), cwd=self.job_dir, start_new_session=True
+        )
+        self.procs[name] = _Proc(name, popen, log_path, fh)
+
+    def _security(self, server: bool) -> list[str]:
+        if self.tls is None:
+            return ["--insecure"]  # TLS is added by the transport-security work (see module doc)
+        if server:
+            return ["--ssl-ca-certfile", str(self.tls.ca_cert), "--ssl-certfile", str(self.tls.server_cert),
+                    "--ssl-keyfile", str(self.tls.server_key)]
+        return ["--root-certificates", str(self.tls.ca_cert)]
+
+    def start_superlink(self, timeout: float = 60.0) -> None:
+        self.port = free_port()
+        cmd = [str(BIN / "flower-superlink"), *self._security(True), "--isolation", "subprocess",
+               "--host", "127.0.0.1", "--port", str(self.port), "--disable-runtime-dependency-installation"]
+        self._spawn("superlink", cmd, self.job_dir / "flwr-home")
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self._check_alive("superlink")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1):
+                    return
+            except OSError:
+                time.sleep(0.2)
+        raise TimeoutError("SuperLink did not start listening in time")
+
+    def start_node(self, node: NodeSpec) -> None:
+        cfg = f"store='{node.store.resolve()}' agency='{node.agency}' ledger='{node.ledger.resolve()}'"
+        if node.holdout is not None:
+            cfg += f" holdout='{node.holdout.resolve()}'"
+        cmd = [str(BIN / "flower-supernode"), *self._security(False), "--superlink", f"127.0.0.1:{self.port}",
+               "--node-config", cfg, "--host", "127.0.0.1", "--port", str(free_port()),
+               "--max-retries", "5", "--max-wait-time", "60"]
+        self._spawn(f"node-{node.agency}", cmd, self.job_dir / "nodes" / node.agency / "flwr-home")
+
+    def wait_registered(self, agencies: Sequence[str], timeout: float = 60.0) -> dict[int, str]:
+        """Map Flower node ids to agencies once every SuperNode has connected."""
+        deadline = time.monotonic() + timeout
+        pending = set(agencies)
+        while pending and time.monotonic() < deadline:
+            for agency in list(pending):
+                self._check_alive(f"node-{agency}")
+                m = _NODE_ID.search(self.procs[f"node-{agency}"].log_path.read_text(errors="replace"))
+                if m:
+                    self.node_ids[int(m.group(1))] = agency
+                    pending.discard(agency)
+            time.sleep(0.2)
+        if pending:
+            raise TimeoutError(f"SuperNodes did not connect in time: {sorted(pending)}")
+        return dict(self.node_ids)
+
+    def _check_alive(self, name: str) -> None:
+        code = self.procs[name].popen.poll()
+        if code is not None:
+            raise RuntimeError(f"{name} exited with code {code} (see {self.procs[name].log_path})")
+
+    def kill_node(self, agency: str) -> None:
+        """Simulate a node outage (tests): kill the SuperNode and its children."""
+        self._stop(self.procs[f"node-{agency}"], sig=signal.SIGKILL)
+
+    # -- flwr CLI ---------------------------------------------------------------------------
+
+    def write_cli_config(self) -> None:
+        conn: dict[str, Any] = {"address": f"127.0.0.1:{self.port}"}
+        if self.tls is None:
+            conn["insecure"] = True
+        else:
+            conn["root-certificates"] = str(self.tls.ca_cert)
+        cfg = {"superlink": {"default": "xgate", "xgate": conn}}
+        (self.job_dir / "flwr-home" / "config.toml").write_text(tomli_w.dumps(cfg))
+
+    def flwr(self, *args: str, timeout: float = 60.0) -> str:
+        out = subprocess.run(
+            [str(BIN / "flwr"), *args], capture_output=True, text=True, timeout=timeout,
+            env=flwr_env(self.job_dir / "flwr-home"), cwd=self.job_dir, check=False,
+        )
+        if out.returncode != 0:
+            raise RuntimeError(f"flwr {args[0]} failed: {(out.stderr or out.stdout).strip()[-400:]}")
+        return out.stdout
+
+    def submit(self, app_dir: Path) -> int:
+        out = self.flwr("run", str(app_dir), "xgate", "--format", "json", timeout=120)
+        payload = json.loads(out[out.index("{"):])
+        if not payload.get("success"):
+            raise RuntimeError("SuperLink refused the run")
+        return int(payload["run-id"])
+
+    def run_info(self, run_id: int) -> dict[str, Any]:
+        out = self.flwr("ls", "xgate", "--run-id", str(run_id), "--format", "json")
+        data = json.loads(out[out.index("{"):])
+        runs = data.get("runs", [])
+        return dict(runs[0]) if runs else {}
+
+    def logs(self, run_id: int) -> str:
+        try:
+            return self.flwr("log", str(run_id), "xgate", "--show", timeout=30)
+        except (RuntimeError, subprocess.TimeoutExpired) as exc:
+            return f"(logs unavailable: {exc})"
+
+    def stop_run(self, run_id: int) -> None:
+        with contextlib.suppress(RuntimeError, subprocess.TimeoutExpired):
+            self.flwr("stop", str(run_id), "xgate", timeout=30)
+
+    # -- shutdown -----------------------------------------------------------------------------
+
+    def _stop(self, proc: _Proc, sig: int = signal.SIGTERM) -> None:
+        # Signal the whole group we created (SuperExec, ServerApp/ClientApp children), then make sure.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.popen.pid, sig)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.popen.wait(timeout=10)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.popen.pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.popen.wait(timeout=10)
+        if not proc.log_fh.closed:
+            proc.log_fh.close()
+
+    def close(self) -> None:
+        for name in [n for n in self.procs if n != "superlink"] + ["superlink"]:
+            if name in self.procs:
+                self._stop(self.procs[name])
+
+
+def write_app(job: JobSpec, job_dir: Path, *, n_nodes: int, max_weight: int, ledger_check: bool) -> Path:
+    """A Flower App directory (pyproject only: the code is the installed `federated` package)."""
+    app_dir = job_dir / "app"
+    app_dir.mkdir(parents=True, exist_ok=True)
+    if job.mode is Mode.HORIZONTAL:
+        client = "federated.horizontal_client:" + ("secagg_app" if job.secagg else "app")
+    else:
+        client = "federated.vertical_client:app"
+    config = {**job.run_config(job_dir, ledger_check), "nodes": n_nodes, "max-weight": max_weight}
+    pyproject = {
+        "build-system": {"requires": ["hatchling"], "build-backend": "hatchling.build"},
+        "project": {"name": "xgate-job", "version": "1.0.0", "description": "xgate federated job",
+                    "license": "Apache-2.0", "dependencies": []},
+        "tool": {"flwr": {"app": {
+            "publisher": "xgate",
+            "components": {"serverapp": "federated.server_app:app", "clientapp": client},
+            "config": config,
+        }}},
+    }
+    (app_dir / "pyproject.toml").write_text(tomli_w.dumps(pyproject))
+    (app_dir / "README.md").write_text(f"xgate job {job.job_id}\n")
+    return app_dir
+
+
+
+
+# -- one job, end to end -------------------------------------------------------------------------
+
+
+@dataclass
+class JobResult:
+    job_id: str
+    run_id: int | None
+    status: str
+    job_dir: Path
+    evaluation: dict[str, Any] = field(default_factory=dict)
+    epsilon: float | None = None
+    bytes_exchanged: int = 0
+    wall_s: float = 0.0
+    model_sha256: str | None = None
+
+
+def run_job(
+    job: JobSpec,
+    nodes: Sequence[NodeSpec],
+    *,
+    job_dir: Path,
+    admission: Admission | None = None,
+    on_event: OnEvent | None = None,
+    tls: Tls | None = None,
+    progress: Callable[[str], None] | None = None,
+    on_started: Callable[[Federation], None] | None = None,
+) -> JobResult:
+    """Admit, run and report one job; raises PolicyDenied (refused) or NodeUnavailable (failed)."""
+    t0 = time.monotonic()
+    job_dir.mkdir(parents=True, exist_ok=True)
+    sink = JsonlSink(job_dir / "events.jsonl")
+    say = progress or (lambda _line: None)
+
+    def emit(event: dict[str, Any]) -> None:
+        sink(event)
+        if on_event is not None:
+            on_event(event)
+
+    status = Status(job_dir)
+    emit(make_event(job.job_id, "job_submitted", job_digest=job.digest(), purpose=job.purpose, mode=job.mode.value))
+    status.update(state="admission")
+    participants = [n for n in nodes if store_agency_datasets(n.store, job)]
+    decide = admission or default_admission(nodes)
+    decisions = {}
+    for n in participants:
+        d = decide(job, n.agency)
+        decisions[n.agency] = {"approved": d.approved, "reason": d.reason, "epsilon": d.epsilon}
+        emit(make_event(job.job_id, "job_approved" if d.approved else "job_refused", agency=n.agency,
+                        reason=d.reason, epsilon=d.epsilon))
+    refused = {a: d["reason"] for a, d in decisions.items() if not d["approved"]}
+    if refused or len(participants) < job.min_nodes:
+        reason = "; ".join(f"{a}: {r}" for a, r in sorted(refused.items())) or (
+            f"{len(participants)} nodes hold job data, job needs {job.min_nodes}")
+        status.update(state="refused", reason=reason)
+        raise PolicyDenied(f"job '{job.job_id}' refused: {reason}")
+
+    max_weight = job.max_weight or max(len(datasets.pseudonyms(n.store)) for n in participants)
+    app_dir = write_app(job, job_dir, n_nodes=len(participants), max_weight=max_weight, ledger_check=True)
+    result = JobResult(job.job_id, None, "failed", job_dir)
+    offset = 0
+    with Federation(job_dir, tls) as fed:
+        try:
+            say(f"starting SuperLink and {len(participants)} SuperNodes")
+            fed.start_superlink()
+            for n in participants:
+                fed.start_node(n)
+            node_ids = fed.wait_registered([n.agency for n in participants])
+            fed.write_cli_config()
+            if on_started is not None:
+                on_started(fed)
+            result.run_id = fed.submit(app_dir)
+            emit(make_event(job.job_id, "run_started", run_id=result.run_id, nodes=sorted(node_ids.values())))
+            status.update(state="running", run_id=result.run_id)
+            deadline = time.monotonic() + job.job_timeout_s
+            info: dict[str, Any] = {}
+            while True:
+                events, offset = read_events(job_dir / "server-events.jsonl", offset)
+                for ev in events:
+                    if "participants" in ev:
+                        ev["agencies"] = [node_ids.get(p, str(p)) if isinstance(p, int) else p
+                                          for p in ev["participants"]]
+                    if "node_id" in ev and ev["node_id"] is not None:
+                        ev["agency"] = node_ids.get(int(ev["node_id"]), "unknown")
+                    emit(ev)
+                    if ev["event"] in ("round_completed", "round_evaluated"):
+                        say(_progress_line(job, ev))
+                info = fed.run_info(result.run_id)
+                state = str(info.get("status", ""))
+                if state.startswith("finished"):
+                    break
+                if time.monotonic() > deadline:
+                    fed.stop_run(result.run_id)
+                    raise NodeUnavailable("federation", f"job timed out after {job.job_timeout_s:.0f} s")
+                time.sleep(1.0)
+            result.bytes_exchanged = int(info.get("network-traffic", {}).get("total-bytes", 0))
+            (job_dir / "run.log").write_text(fed.logs(result.run_id))
+            events, offset = read_events(job_dir / "server-events.jsonl", offset)
+            for ev in events:
+                emit(ev)
+            if state != "finished:completed":
+                reason = _failure_reason(job_dir) or f"run ended as {state}"
+                raise NodeUnavailable("federation", reason)
+        except Exception as exc:
+            emit(make_event(job.job_id, "job_failed", reason=str(exc)[:300]))
+            status.update(state="failed", reason=str(exc)[:300])
+            raise
+    summary = json.loads((job_dir / "server-summary.json").read_text())
+    result.status, result.wall_s = "completed", time.monotonic() - t0
+    result.evaluation = summary.get("evaluation", {})
+    result.model_sha256 = summary.get("model_sha256")
+    result.epsilon = (summary.get("dp") or {}).get("epsilon")
+    metadata = {
+        "job_id": job.job_id, "job_digest": job.digest(), "job": job.model_dump(mode="json"),
+        "run_id": result.run_id, "decisions": decisions, "model_sha256": result.model_sha256,
+        "data_digests": {n.agency: datasets.store_digest(n.store, [*job.features, job.label]) for n in participants},
+        "dp": summary.get("dp"), "evaluation": result.evaluation, "bytes_exchanged": result.bytes_exchanged,
+        "wall_s": result.wall_s, "model_file": "model.npz",
+    }
+    write_outputs(job_dir, metadata, summary)
+    emit(make_event(job.job_id, "job_completed", model_sha256=result.model_sha256,
+                    auc=result.evaluation.get("auc"), epsilon=result.epsilon))
+    status.update(state="completed", run_id=result.run_id, evaluation=result.evaluation)
+    return result
+
+
+def _progress_line(job: JobSpec, ev: dict[str, Any]) -> str:
+    rnd = int(ev.get("round", 0))
+    bar = "#" * int(20 * rnd / job.rounds)
+    extra = f" auc={ev['auc']:.4f}" if "auc" in ev else ""
+    return f"[{bar:<20}] round {rnd}/{job.rounds} {ev['event']}{extra}"
+
+
+def _failure_reason(job_dir: Path) -> str | None:
+    events, _ = read_events(job_dir / "server-events.jsonl")
+    for ev in reversed(events):
+        if ev["event"] in ("job_failed", "server_error"):
+            return str(ev.get("reason"))
+    return None
+
+
+class Status:
+    """status.json in the job directory (read by `xgate train status`)."""
+
+    def __init__(self, job_dir: Path) -> None:
+        self.path = job_dir / "status.json"
+        self.data: dict[str, Any] = {}
+
+    def update(self, **fields: Any) -> None:
+        self.data.update(fields, updated_at=time.time())
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.data, indent=1, default=str))
+        tmp.replace(self.path)
+
+
+def default_admission(nodes: Sequence[NodeSpec]) -> Admission:
+    by_agency = {n.agency: LedgerAdmission(n.ledger, n.store) for n in nodes}
+
+    def decide(job: JobSpec, agency: str) -> Decision:
+        return by_agency[agency](job, agency)
+
+    return decide

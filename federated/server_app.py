@@ -1,0 +1,31 @@
+"""The one ServerApp of xgate jobs: dispatches on the job's mode (run config `job-json`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from flwr.app import Context
+from flwr.serverapp import Grid, ServerApp
+
+from federated.events import JsonlSink, make_event
+from federated.jobs import Mode, job_from_run_config
+
+app = ServerApp()
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    job = job_from_run_config(dict(context.run_config))
+    job_dir = Path(str(context.run_config["job-dir"]))
+    try:
+        if job.mode is Mode.HORIZONTAL:
+            from federated.horizontal_server import run_horizontal
+
+            run_horizontal(grid, context, job, job_dir)
+        else:
+            from federated.vertical_server import run_vertical
+
+            run_vertical(grid, context, job, job_dir)
+    except Exception as exc:
+        JsonlSink(job_dir / "server-events.jsonl")(make_event(job.job_id, "server_error", reason=str(exc)[:300]))
+        raise

@@ -1,0 +1,169 @@
+"""Vertical ClientApp (Message API): every agency node, the label holder included.
+
+What leaves this node: its pseudonym list (for alignment), the dimension of its encoded
+features, embeddings of aligned batches, and (label holder only) gradients w.r.t. other nodes'
+embeddings, per-step training loss and the final evaluation summary. Raw features, labels and
+model weights never leave; training state lives in a node-local cache next to the ledger.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordDict
+from flwr.clientapp import ClientApp
+
+from federated import datasets, model, node
+from federated.admission import require_approval
+from federated.jobs import JobSpec, job_from_run_config
+from federated.vertical import Bottom, Top, batch_indices, pack_state, unpack_state
+
+app = ClientApp()
+
+
+def _setup(context: Context) -> tuple[JobSpec, node.NodeConfig, Path]:
+    job = job_from_run_config(dict(context.run_config))
+    nc = node.node_config(dict(context.node_config))
+    if bool(context.run_config.get("ledger-check", True)):
+        require_approval(nc.ledger, job)
+    cache = nc.ledger.parent / "fl-cache" / job.job_id
+    cache.mkdir(parents=True, exist_ok=True)
+    return job, nc, cache
+
+
+def _reply(msg: Message, cfg: dict[str, object] | None = None, arrays: dict[str, np.ndarray] | None = None) -> Message:
+    rd = RecordDict({"cfg": ConfigRecord(cfg or {})})  # type: ignore[arg-type]
+    if arrays:
+        rd["arrays"] = ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in arrays.items()})
+    return Message(rd, reply_to=msg)
+
+
+def _load(cache: Path) -> dict[str, np.ndarray]:
+    """Aligned encoded data (written once at setup) plus the current parameters."""
+    out: dict[str, np.ndarray] = {}
+    for name in ("data.npy.npz", "params.npz"):
+        with np.load(cache / name, allow_pickle=False) as data:
+            out.update({k: data[k] for k in data.files})
+    return out
+
+
+def _save(cache: Path, state: dict[str, np.ndarray], *, data: bool = False) -> None:
+    name = "data.npy.npz" if data else "params.npz"
+    tmp = cache / f"tmp-{name}"
+    np.savez(tmp, **state)
+    tmp.replace(cache / name)
+
+
+@app.query("hello")
+def hello(msg: Message, context: Context) -> Message:
+    job, nc, _ = _setup(context)
+    held = node.held_features(job, nc)
+    has_label = job.label in datasets.held_elements(nc.store) and nc.agency == job.label_holder
+    subjects = "\n".join(datasets.pseudonyms(nc.store)).encode() if held or has_label else b""
+    return _reply(msg, {"agency": nc.agency, "features": held, "has_label": has_label, "pseudonyms": subjects})
+
+
+@app.train("align")
+def align(msg: Message, context: Context) -> Message:
+    """Label holder: split the aligned pseudonyms into train/test (its holdout rule) and publish."""
+    job, nc, _ = _setup(context)
+    aligned = bytes(msg.content["cfg"]["aligned"]).decode().split("\n")  # type: ignore[arg-type]
+    test = node.is_holdout(aligned, job, nc.holdout)
+    train = [p for p, t in zip(aligned, test, strict=True) if not t]
+    held_out = [p for p, t in zip(aligned, test, strict=True) if t]
+    return _reply(msg, {"train": "\n".join(train).encode(), "test": "\n".join(held_out).encode()})
+
+
+@app.train("setup")
+def setup(msg: Message, context: Context) -> Message:
+    job, nc, path = _setup(context)
+    cfg = msg.content["cfg"]
+    train = bytes(cfg["train"]).decode().split("\n")  # type: ignore[arg-type]
+    test = bytes(cfg["test"]).decode().split("\n")  # type: ignore[arg-type]
+    feats = node.held_features(job, nc)
+    infos = datasets.element_info(nc.store, feats)
+    _, raw_tr = datasets.read_matrix(nc.store, feats, train)
+    _, raw_te = datasets.read_matrix(nc.store, feats, test)
+    x_tr, x_te = model.encode(infos, raw_tr), model.encode(infos, raw_te)
+    bottom = Bottom.init(x_tr.shape[1], job.embedding_dim, job.seed, nc.agency)
+    data = {"x_train": x_tr.astype(np.float32), "x_test": x_te.astype(np.float32)}
+    state = pack_state("b_", bottom.w, bottom.opt_state)
+    if bool(cfg.get("label_holder", False)):
+        _, lab_tr = datasets.read_matrix(nc.store, [job.label], train)
+        _, lab_te = datasets.read_matrix(nc.store, [job.label], test)
+        if np.isnan(lab_tr).any() or np.isnan(lab_te).any():
+            raise ValueError("aligned subjects without a label")
+        width = int(cfg["width"])  # type: ignore[arg-type]
+        data.update(y_train=(lab_tr[:, 0] > 0).astype(float), y_test=(lab_te[:, 0] > 0).astype(float))
+        state.update(pack_state("t_", np.zeros(width + 1), {}))
+    _save(path, data, data=True)
+    _save(path, state)
+    return _reply(msg, {"dim": int(x_tr.shape[1])})
+
+
+@app.train("step")
+def step(msg: Message, context: Context) -> Message:
+    """Feature node: apply the gradient of batch t-2, return embeddings of batch t.
+
+    Pipelined with the label holder, which works on batch t-1 in the same Flower round, so one
+    message round trip per step; the embeddings of batch t thus miss one update (staleness 1).
+    The last call (`last`) applies the final gradient and returns held-out embeddings instead.
+    """
+    job, _, path = _setup(context)
+    st = _load(path)
+    cfg = msg.content["cfg"]
+    n = len(st["x_train"])
+    bottom = Bottom(*unpack_state("b_", st))
+    t = int(cfg["step"])  # type: ignore[arg-type]
+    if "arrays" in msg.content.array_records:
+        grad = msg.content["arrays"]["grad"].numpy()
+        prev = batch_indices(n, job.batch_size, int(cfg["grad_step"]), job.seed)  # type: ignore[arg-type]
+        bottom.backward(st["x_train"][prev], grad, job.learning_rate, job.l2)
+    out: dict[str, np.ndarray] = {}
+    if bool(cfg.get("last", False)):
+        out["emb"] = bottom.forward(st["x_test"])
+    elif t < job.rounds:
+        out["emb"] = bottom.forward(st["x_train"][batch_indices(n, job.batch_size, t, job.seed)])
+    _save(path, pack_state("b_", bottom.w, bottom.opt_state))
+    return _reply(msg, {"bottom_sha256": hashlib.sha256(bottom.w.tobytes()).hexdigest()}, out)
+
+
+@app.train("top")
+def top(msg: Message, context: Context) -> Message:
+    """Label holder: own bottom + top model step; returns dL/dE for each other node's embedding."""
+    job, nc, path = _setup(context)
+    st = _load(path)
+    t = int(msg.content["cfg"]["step"])  # type: ignore[arg-type]
+    order = [str(a) for a in msg.content["cfg"]["order"]]  # type: ignore[union-attr]
+    n = len(st["x_train"])
+    idx = batch_indices(n, job.batch_size, t, job.seed)
+    bottom, topm = Bottom(*unpack_state("b_", st)), Top(*unpack_state("t_", st))
+    arrays = msg.content["arrays"]
+    embs = [bottom.forward(st["x_train"][idx]) if a == nc.agency else arrays[a].numpy() for a in order]
+    loss, grad_e = topm.step(np.hstack(embs), st["y_train"][idx], job.learning_rate, job.l2)
+    h = job.embedding_dim
+    grads = {a: grad_e[:, i * h : (i + 1) * h] for i, a in enumerate(order)}
+    bottom.backward(st["x_train"][idx], grads.pop(nc.agency), job.learning_rate, job.l2)
+    _save(path, {**pack_state("b_", bottom.w, bottom.opt_state), **pack_state("t_", topm.w, topm.opt_state)})
+    return _reply(msg, {"loss": loss, "batch": len(idx)}, grads)
+
+
+@app.evaluate("top")
+def evaluate_top(msg: Message, context: Context) -> Message:
+    """Label holder: score the held-out aligned rows; only the summary (AUC, counts) leaves."""
+    _, nc, path = _setup(context)
+    st = _load(path)
+    order = [str(a) for a in msg.content["cfg"]["order"]]  # type: ignore[union-attr]
+    bottom, topm = Bottom(*unpack_state("b_", st)), Top(*unpack_state("t_", st))
+    arrays = msg.content["arrays"]
+    embs = [bottom.forward(st["x_test"]) if a == nc.agency else arrays[a].numpy() for a in order]
+    scores = topm.scores(np.hstack(embs))
+    prevalence = float(st["y_train"].mean())
+    rep = model.report(scores, st["y_test"], threshold=prevalence)
+    cm = rep["confusion_matrix"]
+    assert isinstance(cm, dict)
+    return _reply(msg, {"auc": float(rep["auc"]), "balanced_accuracy": float(rep["balanced_accuracy"]),  # type: ignore[arg-type]
+                        "tp": cm["tp"], "fp": cm["fp"], "tn": cm["tn"], "fn": cm["fn"], "threshold": prevalence,
+                        "top_sha256": hashlib.sha256(topm.w.tobytes()).hexdigest()})

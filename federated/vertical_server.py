@@ -1,0 +1,165 @@
+"""Vertical ServerApp (Message API): orchestrates alignment and split learning between nodes.
+
+The server relays, it does not compute on data: it learns pseudonym lists (needed to align;
+the gateway may learn pseudonyms under xgate's threat model), the embeddings and gradients it
+relays, per-step loss and the final evaluation summary. Every send has a timeout; a node
+failing at any point fails the job with a message naming the agency.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordDict
+from flwr.serverapp import Grid
+
+from federated.events import JsonlSink, make_event
+from federated.grid_io import exchange
+from federated.jobs import JobSpec
+from federated.vertical import align
+from xgate.errors import NodeUnavailable
+
+
+class VerticalFailed(NodeUnavailable):
+    pass
+
+
+class _Relay:
+    def __init__(self, grid: Grid, job: JobSpec, emit: JsonlSink) -> None:
+        self.grid, self.job, self.emit = grid, job, emit
+        self.agency: dict[int, str] = {}
+
+    def send(
+        self, kind: str | dict[int, str], per_node: dict[int, tuple[dict[str, Any], dict[str, np.ndarray]]]
+    ) -> dict[int, Message]:
+        kinds = kind if isinstance(kind, dict) else dict.fromkeys(per_node, kind)
+        msgs = []
+        for nid, (cfg, arrays) in per_node.items():
+            rd = RecordDict({"cfg": ConfigRecord(cfg)})
+            if arrays:
+                rd["arrays"] = ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in arrays.items()})
+            msgs.append(Message(rd, dst_node_id=nid, message_type=kinds[nid]))
+        replies = {m.metadata.src_node_id: m for m in exchange(self.grid, msgs, self.job.round_timeout_s)}
+        for nid in per_node:
+            who = self.agency.get(nid, str(nid))
+            if nid not in replies:
+                self.fail(who, f"no reply to '{kinds[nid]}' before the timeout")
+            if replies[nid].has_error():
+                self.fail(who, f"'{kinds[nid]}' failed: {replies[nid].error.reason[:300]}")
+        return replies
+
+    def send_mixed(self, per_node: dict[int, tuple[dict[str, Any], dict[str, np.ndarray]]], label_node: int
+                   ) -> dict[int, Message]:
+        """One Flower round: `train.top` to the label holder, `train.step` to the others."""
+        kinds = {n: "train.top" if n == label_node else "train.step" for n in per_node}
+        return self.send(kinds, per_node)
+
+    def fail(self, agency: str, reason: str) -> None:
+        self.emit(make_event(self.job.job_id, "job_failed", agency=agency, reason=reason))
+        raise VerticalFailed(agency, reason)
+
+
+def _wait_nodes(grid: Grid, n: int, timeout: float) -> list[int]:
+    deadline = time.monotonic() + timeout
+    while True:
+        ids = sorted(grid.get_node_ids())
+        if len(ids) >= n or time.monotonic() > deadline:
+            return ids
+        time.sleep(0.5)
+
+
+def run_vertical(grid: Grid, context: Context, job: JobSpec, job_dir: Path) -> None:
+    emit = JsonlSink(job_dir / "server-events.jsonl")
+    relay = _Relay(grid, job, emit)
+    ids = _wait_nodes(grid, int(context.run_config.get("nodes", job.min_nodes)), job.round_timeout_s)
+    hello = relay.send("query.hello", {nid: ({}, {}) for nid in ids})
+    holders: dict[int, list[str]] = {}
+    label_node = None
+    for nid, m in hello.items():
+        cfg = m.content["cfg"]
+        relay.agency[nid] = str(cfg["agency"])
+        if cfg["features"]:
+            holders[nid] = [str(f) for f in cfg["features"]]  # type: ignore[union-attr]
+        if cfg["has_label"]:
+            label_node = nid
+    if label_node is None:
+        relay.fail(job.label_holder, "label holder is not connected or does not hold the label")
+    assert label_node is not None
+    holders.setdefault(label_node, [])
+    missing = set(job.features) - {f for fs in holders.values() for f in fs}
+    if missing:
+        relay.fail("federation", f"no connected node holds {sorted(missing)}")
+    if len(holders) < job.min_nodes:
+        relay.fail("federation", f"{len(holders)} participating nodes, job needs {job.min_nodes}")
+    parts = sorted(holders)
+    order = [relay.agency[n] for n in parts]
+
+    # Alignment: intersection of pseudonyms; the label holder decides the train/test split.
+    aligned = align([bytes(hello[n].content["cfg"]["pseudonyms"]).decode().split("\n") for n in parts])  # type: ignore[arg-type]
+    if not aligned or aligned == [""]:
+        relay.fail("federation", "the nodes share no subjects")
+    split = relay.send("train.align", {label_node: ({"aligned": "\n".join(aligned).encode()}, {})})[label_node]
+    train_b, test_b = split.content["cfg"]["train"], split.content["cfg"]["test"]
+    emit(make_event(job.job_id, "aligned", subjects=len(aligned), nodes=order,
+                    aligned_sha256=hashlib.sha256("\n".join(aligned).encode()).hexdigest()))
+    width = job.embedding_dim * len(parts)
+    relay.send("train.setup", {n: ({"train": train_b, "test": test_b, "label_holder": n == label_node,
+                                    "width": width}, {}) for n in parts})
+
+    # Pipelined split learning: in Flower round i the feature nodes apply G[i-2] and embed batch i
+    # while the label holder consumes E[i-1] and returns G[i-1]: one message round trip per step.
+    feature_nodes = [n for n in parts if n != label_node]
+    grads: dict[int, dict[int, np.ndarray]] = {}
+    embs: dict[int, dict[int, np.ndarray]] = {}
+    curve: list[dict[str, Any]] = []
+    for i in range(job.rounds + 1):
+        batch: dict[int, tuple[dict[str, Any], dict[str, np.ndarray]]] = {}
+        if i < job.rounds or (i - 2) in grads:
+            for n in feature_nodes:
+                g = grads.get(i - 2, {})
+                batch[n] = ({"step": i, "grad_step": i - 2}, {"grad": g[n]} if n in g else {})
+        if i >= 1:
+            batch[label_node] = ({"step": i - 1, "order": order},
+                                 {relay.agency[n]: e for n, e in embs.pop(i - 1, {}).items()})
+        if not batch:
+            continue
+        replies = relay.send_mixed(batch, label_node)
+        if i < job.rounds and feature_nodes:
+            embs[i] = {n: replies[n].content["arrays"]["emb"].numpy() for n in feature_nodes}
+        if i >= 1:
+            top = replies[label_node]
+            grads[i - 1] = {n: top.content["arrays"][relay.agency[n]].numpy() for n in feature_nodes}
+            loss = float(top.content["cfg"]["loss"])  # type: ignore[arg-type]
+            digest = hashlib.sha256(b"".join(g.tobytes() for g in grads[i - 1].values())).hexdigest()
+            curve.append({"round": i, "loss": loss})
+            emit(make_event(job.job_id, "round_completed", round=i, participants=order, train_loss=loss,
+                            gradients_sha256=digest))
+        grads.pop(i - 2, None)
+    last = job.rounds - 1
+    bottoms = relay.send("train.step", {n: ({"step": job.rounds, "grad_step": last, "last": True},
+                                            {"grad": grads[last][n]}) for n in feature_nodes}) if feature_nodes else {}
+    test_embs = {relay.agency[n]: bottoms[n].content["arrays"]["emb"].numpy() for n in bottoms}
+    ev = relay.send("evaluate.top", {label_node: ({"order": order}, test_embs)})[label_node].content["cfg"]
+    evaluation = {
+        "auc": float(ev["auc"]), "balanced_accuracy": float(ev["balanced_accuracy"]),  # type: ignore[arg-type]
+        "threshold": float(ev["threshold"]),  # type: ignore[arg-type]
+        "confusion_matrix": {k: int(ev[k]) for k in ("tp", "fp", "tn", "fn")},  # type: ignore[call-overload]
+        "n": sum(int(ev[k]) for k in ("tp", "fp", "tn", "fn")),  # type: ignore[call-overload]
+    }
+    part_digests = {relay.agency[n]: str(bottoms[n].content["cfg"]["bottom_sha256"]) for n in bottoms}
+    part_digests["top@" + relay.agency[label_node]] = str(ev["top_sha256"])
+    model_sha = hashlib.sha256(json.dumps(part_digests, sort_keys=True).encode()).hexdigest()
+    curve[-1].update(evaluation)
+    emit(make_event(job.job_id, "round_evaluated", round=job.rounds, auc=evaluation["auc"],
+                    balanced_accuracy=evaluation["balanced_accuracy"], model_sha256=model_sha))
+    # The vertical model stays split across the nodes; the server keeps only its parts' digests.
+    np.savez(job_dir / "model.npz", parts=np.array(sorted(part_digests.items())))
+    summary = {"curve": curve, "evaluation": evaluation, "model_sha256": model_sha, "model_parts": part_digests,
+               "aligned_subjects": len(aligned), "train_subjects": train_b.count(b"\n") + 1,  # type: ignore[union-attr]
+               "nodes": order}
+    (job_dir / "server-summary.json").write_text(json.dumps(summary, indent=1))
