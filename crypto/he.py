@@ -16,6 +16,8 @@ Every byte string arriving from another party goes through a validating loader t
 from __future__ import annotations
 
 import hashlib
+import threading
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cache
@@ -38,6 +40,7 @@ MASK_BITS = 32
 MAX_ABS_DIFFERENCE = 2**24
 
 MAX_CONTEXT_BYTES = 2 * 1024 * 1024
+_CONTEXT_CACHE_SIZE = 16
 MAX_CIPHERTEXT_BYTES = 1024 * 1024
 
 
@@ -135,13 +138,10 @@ class RequesterKeys:
 
 @dataclass(frozen=True)
 class Ciphertext:
-    """A validated slot-packed ciphertext bound to its public context."""
+    """A validated slot-packed ciphertext: its bytes, known to load under the context."""
 
-    vector: ts.BFVVector
+    data: bytes
     count: int
-
-    def serialize(self) -> bytes:
-        return bytes(self.vector.serialize())
 
 
 def _load_vector(ctx: ts.Context, data: bytes, expected_count: int) -> ts.BFVVector:
@@ -158,6 +158,10 @@ def _load_vector(ctx: ts.Context, data: bytes, expected_count: int) -> ts.BFVVec
         if part.is_transparent() or part.size() != 2:
             raise CryptoError("ciphertext is transparent or not a fresh 2-part BFV ciphertext")
     return vector
+
+
+_CACHE_LOCK = threading.Lock()
+_CONTEXT_CACHE: OrderedDict[bytes, PublicContext] = OrderedDict()
 
 
 class PublicContext:
@@ -186,8 +190,26 @@ class PublicContext:
             raise CryptoError(f"can encrypt 1..{SLOTS} values per ciphertext, got {len(values)}")
         return bytes(ts.bfv_vector(self._ctx, [int(v) for v in values]).serialize())
 
+    @classmethod
+    def cached(cls, data: bytes) -> PublicContext:
+        """Validate once per distinct context: requesters reuse key pairs across checks, and
+        deserialising a context costs ~11 ms while hashing it costs ~0.3 ms."""
+        digest = hashlib.sha256(data).digest()
+        with _CACHE_LOCK:
+            hit = _CONTEXT_CACHE.get(digest)
+            if hit is not None:
+                _CONTEXT_CACHE.move_to_end(digest)
+                return hit
+        context = cls(data)
+        with _CACHE_LOCK:
+            _CONTEXT_CACHE[digest] = context
+            while len(_CONTEXT_CACHE) > _CONTEXT_CACHE_SIZE:
+                _CONTEXT_CACHE.popitem(last=False)
+        return context
+
     def load(self, data: bytes, expected_count: int) -> Ciphertext:
-        return Ciphertext(_load_vector(self._ctx, data, expected_count), expected_count)
+        _load_vector(self._ctx, data, expected_count)
+        return Ciphertext(data, expected_count)
 
     def mask_criterion(
         self,
@@ -211,9 +233,10 @@ class PublicContext:
             raise CryptoError("criterion terms and masks disagree on the number of subjects")
         if direction not in (-1, 1):
             raise CryptoError("direction must be -1 (at most) or +1 (at least)")
-        total = terms[0].vector.copy()
+        # Reload from bytes rather than copy(): BFVVector.copy() costs ~13 ms, a reload ~0.2 ms.
+        total = ts.bfv_vector_from(self._ctx, terms[0].data)
         for term in terms[1:]:
-            total.add_(term.vector)
+            total.add_(ts.bfv_vector_from(self._ctx, term.data))
         r64 = r.astype(np.int64)
         # direction*(S - T)*r + s'  ==  (direction*r)*S + (s' - direction*r*T)
         total.mul_((direction * r64).tolist())

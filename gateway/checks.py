@@ -102,7 +102,7 @@ class CheckCoordinator:
                 raise InvalidInput(str(exc)) from None
             if not context_bytes:
                 raise InvalidInput("HE mode needs the requester's public_context")
-            context = await asyncio.to_thread(PublicContext, context_bytes)
+            context = await asyncio.to_thread(PublicContext.cached, context_bytes)
         scope = CheckScope(
             request_id=str(uuid.uuid4()),
             requester_agency=principal.agency,
@@ -186,6 +186,7 @@ class CheckCoordinator:
                 for o in outcomes
             ],
             policy={"policy_ids": list(outcome.policy_ids), "policy_set_hash": outcome.policy_set_hash},
+            node_bytes=sum(node_requests[a].ByteSize() + r.ByteSize() for a, r in responses.items()),
             nodes=nodes_meta,
             timings_ms=timings,
         )

@@ -64,6 +64,7 @@ class CheckResponse(BaseModel):
     criteria: list[CriterionResult]
     policy: dict[str, object] = Field(default_factory=dict)
     nodes: dict[str, dict[str, object]] = Field(default_factory=dict)
+    node_bytes: int = Field(default=0, description="protobuf bytes exchanged with nodes for this check")
     timings_ms: dict[str, float] = Field(default_factory=dict)
 
 

@@ -133,7 +133,7 @@ class NodeService:
         elif request.mode == node_pb2.EXCHANGE_MODE_HE:
             if request.he_params_id != HE_PARAMS_ID:
                 raise InvalidInput(f"unsupported HE parameters '{request.he_params_id}', expected {HE_PARAMS_ID}")
-            context = PublicContext(request.public_context)
+            context = PublicContext.cached(request.public_context)
             for query in request.elements:
                 values = self._values(query.element, pseudonyms, query.if_missing).tolist()
                 out = response.elements.add(element=query.element)

@@ -41,7 +41,8 @@ class CheckResult:
     descriptions: dict[str, str]
     passes: dict[str, np.ndarray]  # criterion -> bool per subject
     timings_ms: dict[str, float] = field(default_factory=dict)
-    wire_bytes: int = 0
+    wire_bytes: int = 0  # client <-> gateway HTTP bodies
+    node_bytes: int = 0  # gateway <-> nodes protobuf messages, as the gateway reports them
 
     @property
     def overall(self) -> np.ndarray:
@@ -184,4 +185,5 @@ class GatewayClient:
             passes=passes,
             timings_ms=dict(body.get("timings_ms", {})),
             wire_bytes=size,
+            node_bytes=int(body.get("node_bytes", 0)),
         )
