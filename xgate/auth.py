@@ -92,9 +92,18 @@ def add_user(users_file: Path, user: str, agency: str, role: str, tier: str) -> 
     for u in users:
         if u["user"] == user:
             u["disabled"] = True
-    users.append({"user": user, "agency": agency, "role": role, "tier": tier, "key_id": key_id,
-                  "key_sha256": _hash(api_key), "disabled": False,
-                  "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")})
+    users.append(
+        {
+            "user": user,
+            "agency": agency,
+            "role": role,
+            "tier": tier,
+            "key_id": key_id,
+            "key_sha256": _hash(api_key),
+            "disabled": False,
+            "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        }
+    )
     _save(users_file, users)
     return api_key
 
@@ -148,8 +157,15 @@ class Authenticator:
                 return
             records = {}
             for u in _load(self.users_file):
-                rec = UserRecord(u["user"], u["agency"], u["role"], u["tier"], u["key_id"], u["key_sha256"],
-                                 bool(u.get("disabled", False)))
+                rec = UserRecord(
+                    u["user"],
+                    u["agency"],
+                    u["role"],
+                    u["tier"],
+                    u["key_id"],
+                    u["key_sha256"],
+                    bool(u.get("disabled", False)),
+                )
                 records[rec.key_id] = rec
             self._by_key_id, self._stamp = records, stamp
 
@@ -173,11 +189,12 @@ class Authenticator:
         return self.authenticate(request.headers)
 
 
-def fastapi_dependency(authenticator: Authenticator, *, roles: Iterable[str] | None = None,
-                       limiter: RateLimiter | None = None) -> Callable[[Any], Principal]:
+def fastapi_dependency(
+    authenticator: Authenticator, *, roles: Iterable[str] | None = None, limiter: RateLimiter | None = None
+) -> Callable[[Any], Principal]:
     """FastAPI dependency: authenticate, check role, take a rate-limit token.
 
-        caller: Principal = Depends(fastapi_dependency(auth, roles={"caseworker"}, limiter=rl))
+    caller: Principal = Depends(fastapi_dependency(auth, roles={"caseworker"}, limiter=rl))
     """
     allowed = None if roles is None else frozenset(roles)
 

@@ -27,8 +27,15 @@ class Limit:
 
 
 class RateLimiter:
-    def __init__(self, rate_per_s: float, burst: float, *, per_tier: Mapping[str, Limit] | None = None,
-                 clock: Callable[[], float] = time.monotonic, max_users: int = 100_000) -> None:
+    def __init__(
+        self,
+        rate_per_s: float,
+        burst: float,
+        *,
+        per_tier: Mapping[str, Limit] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        max_users: int = 100_000,
+    ) -> None:
         self.default = Limit(rate_per_s, burst)
         self.per_tier = dict(per_tier or {})
         self.clock = clock

@@ -45,8 +45,13 @@ def fed(tmp_path_factory: pytest.TempPathFactory) -> Pki:
     node = pki.issue(root / "ca", "node", "tax", root / "tax")
     gw = pki.issue(root / "ca", "gateway", "gateway", root / "gw")
     ca, crl = root / "ca" / pki.CA_CERT, root / "ca" / pki.CRL
-    return Pki(root, ca, crl, tls.TlsPaths(node.cert_path, node.key_path, ca, crl),
-               tls.TlsPaths(gw.cert_path, gw.key_path, ca, crl))
+    return Pki(
+        root,
+        ca,
+        crl,
+        tls.TlsPaths(node.cert_path, node.key_path, ca, crl),
+        tls.TlsPaths(gw.cert_path, gw.key_path, ca, crl),
+    )
 
 
 class Servicer(node_pb2_grpc.AgencyNodeServicer):
@@ -70,8 +75,9 @@ async def _health(channel: grpc.aio.Channel) -> node_pb2.HealthResponse:
         return await node_pb2_grpc.AgencyNodeStub(channel).Health(node_pb2.HealthRequest(), timeout=10)
 
 
-def _refused_then_served(fed: Pki, bad: Callable[[str], grpc.aio.Channel], code: grpc.StatusCode,
-                         verifier: tls.PeerVerifier | None = None) -> str:
+def _refused_then_served(
+    fed: Pki, bad: Callable[[str], grpc.aio.Channel], code: grpc.StatusCode, verifier: tls.PeerVerifier | None = None
+) -> str:
     async def scenario() -> str:
         server, addr = await _serve(fed, verifier)
         try:
@@ -84,6 +90,7 @@ def _refused_then_served(fed: Pki, bad: Callable[[str], grpc.aio.Channel], code:
             return info.value.details() or ""
         finally:
             await server.stop(None)
+
     return asyncio.run(scenario())
 
 
@@ -95,6 +102,7 @@ def test_good_gateway_client_is_served(fed: Pki) -> None:
             assert reply.version == "gateway:gateway"
         finally:
             await server.stop(None)
+
     asyncio.run(scenario())
 
 
@@ -106,38 +114,44 @@ def test_unknown_ca_refused(fed: Pki) -> None:
 
 
 def test_expired_client_cert_refused(fed: Pki) -> None:
-    old = pki.issue(fed.root / "ca", "gateway", "gateway", fed.root / "expired",
-                    days=30, not_before=NOW - dt.timedelta(days=40))
+    old = pki.issue(
+        fed.root / "ca", "gateway", "gateway", fed.root / "expired", days=30, not_before=NOW - dt.timedelta(days=40)
+    )
     _refused_then_served(fed, lambda a: tls.secure_channel(a, "tax", fed.client(old)), grpc.StatusCode.UNAVAILABLE)
 
 
 def test_revoked_client_cert_refused(fed: Pki) -> None:
     victim = pki.issue(fed.root / "ca", "gateway", "gateway", fed.root / "revoked")
     pki.revoke(fed.root / "ca", victim.serial)
-    details = _refused_then_served(fed, lambda a: tls.secure_channel(a, "tax", fed.client(victim)),
-                                   grpc.StatusCode.UNAUTHENTICATED)
+    details = _refused_then_served(
+        fed, lambda a: tls.secure_channel(a, "tax", fed.client(victim)), grpc.StatusCode.UNAUTHENTICATED
+    )
     assert "revoked" in json.loads(details)["message"]
 
 
 def test_cert_of_another_agency_refused(fed: Pki) -> None:
     other = pki.issue(fed.root / "ca", "gateway", "hrss", fed.root / "hrss-gw")
-    details = _refused_then_served(fed, lambda a: tls.secure_channel(a, "tax", fed.client(other)),
-                                   grpc.StatusCode.PERMISSION_DENIED)
+    details = _refused_then_served(
+        fed, lambda a: tls.secure_channel(a, "tax", fed.client(other)), grpc.StatusCode.PERMISSION_DENIED
+    )
     assert "hrss" in details
 
 
 def test_node_cert_as_client_refused_wrong_kind(fed: Pki) -> None:
     peer_node = pki.issue(fed.root / "ca", "node", "police", fed.root / "police")
-    details = _refused_then_served(fed, lambda a: tls.secure_channel(a, "tax", fed.client(peer_node)),
-                                   grpc.StatusCode.PERMISSION_DENIED)
+    details = _refused_then_served(
+        fed, lambda a: tls.secure_channel(a, "tax", fed.client(peer_node)), grpc.StatusCode.PERMISSION_DENIED
+    )
     assert "kind" in details
 
 
 def test_missing_client_cert_refused(fed: Pki) -> None:
     creds = grpc.ssl_channel_credentials(root_certificates=fed.ca.read_bytes())
     _refused_then_served(
-        fed, lambda a: grpc.aio.secure_channel(a, creds, options=tls.channel_options("tax")),
-        grpc.StatusCode.UNAVAILABLE)
+        fed,
+        lambda a: grpc.aio.secure_channel(a, creds, options=tls.channel_options("tax")),
+        grpc.StatusCode.UNAVAILABLE,
+    )
 
 
 def test_plaintext_client_refused(fed: Pki) -> None:
@@ -152,8 +166,9 @@ def test_client_pinning_another_agency_refuses_node(fed: Pki) -> None:
 def test_stale_crl_refuses_every_peer(fed: Pki) -> None:
     later = NOW + dt.timedelta(days=9)  # CRL valid 7 days + 24 h grace; certificates still valid
     verifier = tls.PeerVerifier(fed.ca, fed.crl, {"gateway"}, {"gateway"}, clock=lambda: later)
-    details = _refused_then_served(fed, lambda a: tls.secure_channel(a, "tax", fed.gateway),
-                                   grpc.StatusCode.UNAUTHENTICATED, verifier=verifier)
+    details = _refused_then_served(
+        fed, lambda a: tls.secure_channel(a, "tax", fed.gateway), grpc.StatusCode.UNAUTHENTICATED, verifier=verifier
+    )
     assert "stale" in details
 
 
@@ -167,6 +182,7 @@ def test_verify_server_preflight_checks_agency_and_crl(fed: Pki) -> None:
                 await asyncio.to_thread(tls.verify_server, addr, "hrss", fed.gateway)
         finally:
             await server.stop(None)
+
     asyncio.run(scenario())
 
 
@@ -200,8 +216,7 @@ def test_sync_server_interceptor_refuses_revoked_and_serves_good(tmp_path: Path,
     server.start()
     try:
         addr = f"127.0.0.1:{port}"
-        with tls.secure_channel(addr, "tax", fed.client(victim), aio=False) as ch, \
-                pytest.raises(grpc.RpcError) as info:
+        with tls.secure_channel(addr, "tax", fed.client(victim), aio=False) as ch, pytest.raises(grpc.RpcError) as info:
             node_pb2_grpc.AgencyNodeStub(ch).Health(node_pb2.HealthRequest(), timeout=10)
         assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
         with tls.secure_channel(addr, "tax", fed.gateway, aio=False) as ch:
