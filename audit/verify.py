@@ -38,10 +38,6 @@ class LogReport:
     cosignatures_unknown: int  # from witnesses whose keys were not supplied
 
 
-def _cursor(conn: sqlite3.Connection, sql: str) -> Iterator[Any]:
-    yield from conn.execute(sql)
-
-
 def verify_log(path: Path, public_key: EccKey, *, witnesses: Sequence[CosignatureVerifier] = ()) -> LogReport:
     """Raise IntegrityError on any inconsistency; return what was verified."""
     if not Path(path).exists():
@@ -71,8 +67,8 @@ def _verify(conn: sqlite3.Connection, public_key: EccKey, witnesses: Sequence[Co
     wanted = {cp.checkpoint.size for _, cp in checkpoints}
     roots = {0: merkle.EMPTY_ROOT}
 
-    nodes = _cursor(conn, "SELECT level, idx, hash FROM nodes ORDER BY ((idx + 1) << level), level")
-    subjects = _cursor(conn, "SELECT idx, pseudonym FROM entry_subjects ORDER BY idx, pseudonym")
+    nodes: Iterator[Any] = conn.execute("SELECT level, idx, hash FROM nodes ORDER BY ((idx + 1) << level), level")
+    subjects: Iterator[Any] = conn.execute("SELECT idx, pseudonym FROM entry_subjects ORDER BY idx, pseudonym")
     pending_subject: tuple[int, str] | None = next(subjects, None)
     frontier = merkle.Frontier()
     sql = (
