@@ -75,14 +75,9 @@ def build_audit_router(
         who: Any, route: str, *, kind: str = "audit_read", subjects: tuple[str, ...] = (), **meta: Any
     ) -> None:
         clean = {k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in meta.items() if v is not None}
-        log.append(
-            AuditRecord(
-                kind=kind,
-                actor={"user": str(who.user), "agency": str(who.agency), "role": str(getattr(who, "role", "officer"))},
-                subjects=subjects,
-                metadata={"route": route, **clean},
-            )
-        )
+        actor = {"user": str(who.user), "agency": str(who.agency), "role": str(getattr(who, "role", "officer"))}
+        event = {"kind": kind, "actor": actor, "subjects": subjects, "metadata": {"route": route, **clean}}
+        log.append(AuditRecord.from_event(event))  # InvalidInput (400) if a filter cannot be recorded
 
     @router.get("/v1/audit/entries")
     @_guard
@@ -110,7 +105,7 @@ def build_audit_router(
         size = log.size
         rows = log.entries(**filters, offset=offset, limit=limit)
         subj = (subject,) if subject else ()
-        meta = {k: v for k, v in filters.items() if k != "subject"}
+        meta = {f"filter_{k}": v for k, v in filters.items() if k != "subject"}
         record_read(who, "entries", subjects=subj, offset=offset, returned=len(rows), **meta)
         return {
             "tree_size": size,

@@ -1,0 +1,88 @@
+"""`xgate audit` commands: keygen, verify-log, export, bundle, verify-bundle; exit codes."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from audit.checkpoints import Signer, load_private_key
+from audit.store import AuditLog
+from audit.testing import ORIGIN, record
+from xgate.cli import app
+
+runner = CliRunner()
+
+
+def _setup(tmp_path: Path) -> tuple[Path, Path, Path]:
+    r = runner.invoke(app, ["audit", "keygen", "--out", str(tmp_path / "log")])
+    assert r.exit_code == 0, r.output
+    priv, pub = tmp_path / "log.key.pem", tmp_path / "log.pub.pem"
+    db = tmp_path / "audit.db"
+    with AuditLog.open(db, signer=Signer(ORIGIN, load_private_key(priv)), origin=ORIGIN) as log:
+        log.append_many([record(i, request_id=f"r-{i % 4}") for i in range(20)])
+        log.publish_checkpoint()
+        log.append(record(99, request_id="r-late"))
+    return db, priv, pub
+
+
+def test_keygen_refuses_to_overwrite(tmp_path: Path) -> None:
+    assert runner.invoke(app, ["audit", "keygen", "--out", str(tmp_path / "k")]).exit_code == 0
+    r = runner.invoke(app, ["audit", "keygen", "--out", str(tmp_path / "k")])
+    assert r.exit_code == 1 and "overwrite" in r.output
+
+
+def test_verify_log_ok_then_tampered(tmp_path: Path) -> None:
+    db, _, pub = _setup(tmp_path)
+    r = runner.invoke(app, ["audit", "verify-log", "--db", str(db), "--key", str(pub)])
+    assert r.exit_code == 0 and "OK" in r.output and "21 entries" in r.output and "1 entries not yet" in r.output
+    conn = sqlite3.connect(db)
+    conn.execute("DELETE FROM entries WHERE idx=3")
+    conn.commit()
+    conn.close()
+    r = runner.invoke(app, ["audit", "verify-log", "--db", str(db), "--key", str(pub)])
+    assert r.exit_code == 1 and "FAILED" in r.output
+
+
+def test_verify_log_with_wrong_key_fails(tmp_path: Path) -> None:
+    db, _, _ = _setup(tmp_path)
+    runner.invoke(app, ["audit", "keygen", "--out", str(tmp_path / "other")])
+    r = runner.invoke(app, ["audit", "verify-log", "--db", str(db), "--key", str(tmp_path / "other.pub.pem")])
+    assert r.exit_code == 1 and "not signed" in r.output
+
+
+def test_export(tmp_path: Path) -> None:
+    db, _, _ = _setup(tmp_path)
+    r = runner.invoke(app, ["audit", "export", "--db", str(db), "--out", str(tmp_path / "exp")])
+    assert r.exit_code == 0
+    lines = (tmp_path / "exp" / "entries.jsonl").read_text().splitlines()
+    assert len(lines) == 21 and json.loads(lines[0])["index"] == 0
+    assert json.loads((tmp_path / "exp" / "manifest.json").read_text())["checkpoints"] == 1
+
+
+def test_bundle_and_verify_bundle(tmp_path: Path) -> None:
+    db, priv, pub = _setup(tmp_path)
+    out = tmp_path / "b.json"
+    r = runner.invoke(app, ["audit", "bundle", "r-2", "--db", str(db), "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(app, ["audit", "verify-bundle", str(out), "--key", str(pub)])
+    assert r.exit_code == 0 and "5 entries" in r.output
+    # The late entry is not under any checkpoint: without the signing key the bundle is refused...
+    r = runner.invoke(app, ["audit", "bundle", "r-late", "--db", str(db), "--out", str(out)])
+    assert r.exit_code != 0 and "checkpoint" in r.output
+    # ...with it, a fresh checkpoint is published first.
+    r = runner.invoke(app, ["audit", "bundle", "r-late", "--db", str(db), "--out", str(out), "--sign-key", str(priv)])
+    assert r.exit_code == 0, r.output
+    bundle = json.loads(out.read_text())
+    bundle["entries"][0]["inclusion_proof"][0] = "00" * 32
+    out.write_text(json.dumps(bundle))
+    r = runner.invoke(app, ["audit", "verify-bundle", str(out), "--key", str(pub)])
+    assert r.exit_code == 1 and "FAILED" in r.output
+
+
+def test_unknown_request_is_a_clear_error(tmp_path: Path) -> None:
+    db, _, _ = _setup(tmp_path)
+    r = runner.invoke(app, ["audit", "bundle", "nope", "--db", str(db), "--out", str(tmp_path / "b.json")])
+    assert r.exit_code == 1 and "no audit entries" in r.output
