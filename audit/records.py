@@ -111,7 +111,7 @@ class AuditRecord(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
 
-    schema_: Literal["xgate-audit/1"] = Field(default=SCHEMA, alias="schema")
+    schema_: Literal["xgate-audit/1"] = Field(default="xgate-audit/1", alias="schema")
     kind: str
     time: datetime = Field(default_factory=now_ms)
     actor: Actor

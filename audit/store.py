@@ -152,7 +152,7 @@ class AuditLog:
         self._wconn = connect(path)
         self._wconn.executescript(SCHEMA_SQL)
         self._check_meta()
-        size = self._wconn.execute("SELECT COALESCE(MAX(idx) + 1, 0) FROM entries").fetchone()[0]
+        size = int(self._wconn.execute("SELECT COALESCE(MAX(idx) + 1, 0) FROM entries").fetchone()[0])
         ids = merkle.Frontier.node_ids(size)
         got = fetch_nodes(self._wconn)(ids)
         if len(got) != len(ids):
@@ -276,7 +276,9 @@ class AuditLog:
         if not jobs:
             return
         frontier = self._frontier.copy()
-        entries, nodes, subjects = [], [], []
+        entries: list[tuple[Any, ...]] = []
+        nodes: list[tuple[int, int, bytes]] = []
+        subjects: list[tuple[str, int]] = []
         results: list[list[tuple[int, _Pending]]] = []
         for job in jobs:
             mine = []
@@ -496,7 +498,8 @@ class AuditLog:
         """Entries matching every given filter, oldest first; ``until`` is exclusive."""
         if offset < 0 or not 0 < limit <= MAX_PAGE:
             raise InvalidInput(f"offset must be >= 0 and limit in 1..{MAX_PAGE}")
-        where, args = ["idx < ?"], [self._size]
+        where: list[str] = ["idx < ?"]
+        args: list[Any] = [self._size]
         for col, val in (
             ("agency", agency),
             ("user", user),

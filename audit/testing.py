@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import hashlib
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 from audit.checkpoints import Cosigner, Signer, generate_key
-from audit.records import AuditRecord, now_ms
+from audit.records import Actor, AuditRecord, now_ms
 
 ORIGIN = "test.xgate/audit"
 
@@ -26,7 +26,7 @@ def record(
     user: str = "cw-001",
     agency: str = "civil_affairs",
     request_id: str | None = None,
-    decision: str | None = None,
+    decision: Literal["allow", "deny"] | None = None,
     subjects: tuple[str, ...] | None = None,
     time: datetime | None = None,
     **extra: Any,
@@ -34,7 +34,7 @@ def record(
     return AuditRecord(
         kind=kind,
         time=time or now_ms(),
-        actor={"user": user, "agency": agency, "role": "caseworker"},
+        actor=Actor(user=user, agency=agency, role="caseworker"),
         request_id=request_id or f"req-{i:08d}",
         program="dibao",
         purpose="eligibility",
