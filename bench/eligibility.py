@@ -20,20 +20,23 @@ from pathlib import Path
 from crypto.he import RequesterKeys
 from xgate.client.sdk import GatewayClient
 from xgate.demo import read_subjects
-from xgate.devfed import prepare, start_gateway, start_nodes, write_gateway_config
+from xgate.devfed import DEV_APPROVAL_REF, LEGAL_BASIS, prepare, start_gateway, start_nodes, write_gateway_config
 from xgate.launcher import Supervisor
 from xgate.pseudonym import Pseudonymiser, load_key
 
 RESULTS = Path(__file__).resolve().parent / "results" / "eligibility.json"
+BENCH_BUDGET = 1_000_000
 TARGETS = {"single_applicant_ms": 150.0, "applicant_checks_per_s_at_10000": 5000.0}
 
 
 def _measure(client: GatewayClient, ids: list[str], mode: str, repeats: int) -> dict[str, float]:
-    client.check("dibao", ids, "dibao", "SAR-2014-art-12", "BENCH-WARMUP", mode=mode)
+    client.check("dibao", ids, "dibao", LEGAL_BASIS["dibao"], "BENCH-WARMUP", approval_ref=DEV_APPROVAL_REF, mode=mode)
     times, wire, node_bytes = [], 0, 0
     for i in range(repeats):
         t0 = time.perf_counter()
-        result = client.check("dibao", ids, "dibao", "SAR-2014-art-12", f"BENCH-{i}", mode=mode)
+        result = client.check(
+            "dibao", ids, "dibao", LEGAL_BASIS["dibao"], f"BENCH-{i}", approval_ref=DEV_APPROVAL_REF, mode=mode
+        )
         times.append(time.perf_counter() - t0)
         wire, node_bytes = result.wire_bytes, result.node_bytes
     median = statistics.median(times)
@@ -53,7 +56,15 @@ def run(quick: bool) -> dict[str, object]:
     people = 12_000 if not quick else 3000
     with tempfile.TemporaryDirectory(prefix="xgate-bench-") as tmp:
         t0 = time.perf_counter()
-        fed = prepare(Path(tmp), people=people, applicants=max(batches), tls=True, plaintext_baseline=True)
+        # Repeats re-check the same applicants: probing budgets are raised for this federation only.
+        fed = prepare(
+            Path(tmp),
+            people=people,
+            applicants=max(batches),
+            tls=True,
+            plaintext_baseline=True,
+            budget_max_checks=BENCH_BUDGET,
+        )
         setup_s = time.perf_counter() - t0
         ids_all = read_subjects(fed.applicants)
         keygen_ms = []
@@ -102,6 +113,7 @@ def run(quick: bool) -> dict[str, object]:
         "program": "dibao (3 criteria over 4 agencies)",
         "transport": "HTTPS client->gateway, mTLS gRPC gateway->nodes, signed envelopes",
         "he_params": "BFV N=8192, t=58-bit prime",
+        "policy": f"shipped agreements, gateway + node decisions; probing budgets raised to {BENCH_BUDGET} for repeats",
         "machine": {"cpus": __import__("os").cpu_count(), "python": platform.python_version()},
         "quick": quick,
         "setup_s": round(setup_s, 1),

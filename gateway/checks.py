@@ -88,11 +88,6 @@ class CheckCoordinator:
             raise PayloadTooLarge(f"{len(request.pseudonyms)} subjects exceed the limit of {self.max_subjects}")
         if request.mode == "plaintext" and not self.allow_plaintext_mode:
             raise PolicyDenied("plaintext exchange mode is disabled on this gateway")
-        outcome = (
-            self.policy.authorize_check(principal, program, request) if self.policy is not None else PolicyOutcome()
-        )
-        timings["policy"] = _ms(t0)
-
         context: PublicContext | None = None
         context_bytes = b""
         if request.mode == "he":
@@ -103,6 +98,11 @@ class CheckCoordinator:
             if not context_bytes:
                 raise InvalidInput("HE mode needs the requester's public_context")
             context = await asyncio.to_thread(PublicContext.cached, context_bytes)
+        # Policy last among the gateway's own checks: a malformed request must not spend budget.
+        outcome = (
+            self.policy.authorize_check(principal, program, request) if self.policy is not None else PolicyOutcome()
+        )
+        timings["policy"] = _ms(t0)
         scope = CheckScope(
             request_id=str(uuid.uuid4()),
             requester_agency=principal.agency,

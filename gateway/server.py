@@ -67,9 +67,13 @@ def build_app(config: GatewayConfig) -> FastAPI:
         max_subjects=settings.max_subjects,
         allow_plaintext_mode=settings.allow_plaintext_mode,
     )
-    from gateway.wiring import authenticator_for
+    from gateway.wiring import authenticator_for, policy_for
 
-    return create_app(coordinator, authenticator_for(config), max_body_bytes=settings.max_body_mb * 1024 * 1024)
+    authenticate = authenticator_for(config)
+    coordinator.policy, routers = policy_for(config, authenticate)
+    return create_app(
+        coordinator, authenticate, max_body_bytes=settings.max_body_mb * 1024 * 1024, extra_routers=routers
+    )
 
 
 def serve(config: GatewayConfig) -> None:

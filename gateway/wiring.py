@@ -4,9 +4,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fastapi import Request
+from fastapi import APIRouter, Request
 
 from gateway.config import GatewayConfig
+from gateway.consent_routes import build_consent_router
+from policies.budgets import ProbeBudget
+from policies.consent import ConsentRegistry
+from policies.engine import DEFAULT_POLICY_DIR
+from policies.pdp import CheckAuthorizer
+from policies.reload import PolicyReloader
 from xgate.auth import Authenticator, add_user
 from xgate.errors import ConfigError
 from xgate.principal import Principal
@@ -40,6 +46,17 @@ class RestAuthenticator:
         principal = self.authenticator.authenticate(request.headers)
         self.limiter.acquire(principal.user, tier=principal.tier)
         return principal
+
+
+def policy_for(config: GatewayConfig, authenticate: RestAuthenticator) -> tuple[CheckAuthorizer, list[APIRouter]]:
+    """The gateway's policy decision point (hot-reloaded), probing budgets and consent registry."""
+    settings = config.gateway
+    state = settings.state_dir or settings.mask_key_file.parent / "state"
+    state.mkdir(parents=True, exist_ok=True)
+    reloader = PolicyReloader(settings.policy_dir or DEFAULT_POLICY_DIR).start()
+    consents = ConsentRegistry(state / "consents.sqlite", purposes=reloader.engine.purposes)
+    authorizer = CheckAuthorizer(engine=reloader, budgets=ProbeBudget(state / "budgets.sqlite"), consents=consents)
+    return authorizer, [build_consent_router(consents, authenticate)]
 
 
 def authenticator_for(config: GatewayConfig) -> RestAuthenticator:

@@ -13,6 +13,7 @@ import grpc
 
 from crypto.envelope import Envelopes
 from nodes.config import NodeConfig
+from nodes.policy import node_authorizer
 from nodes.service import NodeService
 from nodes.store import open_node_store
 from protos.xgate.v1 import node_pb2, node_pb2_grpc
@@ -52,6 +53,7 @@ def build_service(config: NodeConfig) -> NodeService:
         max_subjects=settings.max_subjects,
         allow_plaintext_mode=settings.allow_plaintext_mode,
         envelopes=envelopes_for(config),
+        authorize=node_authorizer(settings.agency, settings.policy_dir),
         gateway_agency=config.tls.gateway_agency if config.tls else "gateway",
     )
 

@@ -15,7 +15,15 @@ from nodes.store import open_node_store
 from policies.programs import DEFAULT_PROGRAM_DIR, Program, ProgramRegistry
 from xgate.catalogue import load_catalogue
 from xgate.client.sdk import CheckResult, GatewayClient
-from xgate.devfed import DevFederation, prepare, start_gateway, start_nodes, write_gateway_config
+from xgate.devfed import (
+    DEV_APPROVAL_REF,
+    LEGAL_BASIS,
+    DevFederation,
+    prepare,
+    start_gateway,
+    start_nodes,
+    write_gateway_config,
+)
 from xgate.launcher import Supervisor
 from xgate.pseudonym import Pseudonymiser, load_key
 
@@ -82,6 +90,10 @@ def run_demo(root: Path, people: int = 100_000, applicants: int = 1000, keep: bo
         write_gateway_config(fed)
         url = start_gateway(fed, supervisor)
         _say("2/5", f"started {len(fed.agencies)} agency nodes (gRPC, mTLS) and the gateway at {url}")
+        print(
+            "        policies: shipped Cedar agreements, decided at the gateway and again at every node;\n"
+            "        dev federation only: office-hour windows widened to 24 h so the demo runs at any time"
+        )
         client = GatewayClient(
             url,
             fed.api_keys["caseworker"],
@@ -97,7 +109,12 @@ def run_demo(root: Path, people: int = 100_000, applicants: int = 1000, keep: bo
             )
             t1 = time.perf_counter()
             result = client.check(
-                "dibao", national_ids, purpose="dibao", legal_basis="SAR-2014-art-12", case_id="DEMO-0001"
+                "dibao",
+                national_ids,
+                purpose="dibao",
+                legal_basis=LEGAL_BASIS["dibao"],
+                case_id="DEMO-0001",
+                approval_ref=DEV_APPROVAL_REF,  # household data is core-class: needs an approval
             )
             elapsed = time.perf_counter() - t1
         print_result(result, elapsed)

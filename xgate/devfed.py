@@ -8,6 +8,8 @@ hold (pseudonym key, column keys) never go into the gateway's directory.
 from __future__ import annotations
 
 import os
+import re
+import shutil
 import subprocess
 import sys
 from collections.abc import Callable, Sequence
@@ -22,7 +24,18 @@ from xgate.launcher import Supervisor
 from xgate.pseudonym import write_key
 from xgate.synth import AGENCIES, generate, write_federation
 
-CORE_AGENCIES = ("household",)  # agencies whose extracts hold core-class elements (sealed at rest)
+CORE_AGENCIES = ("household",)
+# Legal basis each shipped program's agreements name (policies/agreements/*.cedar).
+LEGAL_BASIS = {
+    "dibao": "SAR-2014-art-12",
+    "pension_survival": "SIL-2010-art-17",
+    "unemployment_subsidy": "UIR-1999-art-14",
+}
+DEV_APPROVAL_REF = "APPROVAL-DEV-2026-0001"
+_BUDGET = re.compile(r'@budget_max_checks\("\d+"\)')
+_HOURS = re.compile(
+    r"context\.hour >= \d+ && context\.hour < \d+"
+)  # agencies whose extracts hold core-class elements (sealed at rest)
 GATEWAY_ID = "gateway"
 
 
@@ -37,6 +50,10 @@ class DevFederation:
     api_keys: dict[str, str] = field(default_factory=dict)
 
     # -- layout ----------------------------------------------------------------------------------
+    @property
+    def policy_dir(self) -> Path:
+        return self.root / "policies"
+
     @property
     def data_dir(self) -> Path:
         return self.root / "data"
@@ -109,10 +126,12 @@ def prepare(
     plaintext_baseline: bool = False,
     seed: int = 20261123,
     edit_data: Callable[[Path], None] | None = None,
+    budget_max_checks: int | None = None,
 ) -> DevFederation:
     """Create keys, PKI, data and node configs, and load every node's store.
 
-    `edit_data` may change the generated extracts before they are loaded (tests plant canaries).
+    `edit_data` may change the generated extracts before they are loaded (tests plant canaries);
+    `budget_max_checks` raises every agreement's probing budget (benchmarks repeat checks).
     """
     fed = DevFederation(root.resolve(), tuple(agencies), tls, plaintext_baseline)
     fed.root.mkdir(parents=True, exist_ok=True)
@@ -126,11 +145,36 @@ def prepare(
         pki.init_ca(fed.pki_dir / "ca", "xgate dev federation CA")
         pki.write_crl(pki.load_ca(fed.pki_dir / "ca"))
         pki.issue(fed.pki_dir / "ca", "gateway", GATEWAY_ID, fed.gateway_dir / "tls")
+    write_dev_policies(fed.policy_dir, budget_max_checks)
     for agency in fed.agencies:
         _write_node_config(fed, agency)
     with ThreadPoolExecutor(max_workers=2) as pool:
         list(pool.map(lambda a: _load_node(fed, a), fed.agencies))
     return fed
+
+
+def write_dev_policies(target: Path, budget_max_checks: int | None = None) -> int:
+    """Copy the shipped policy set for a development federation, business hours widened to 24 h.
+
+    Agreements limit checks to office hours (Asia/Shanghai); a demo or CI run at night would be
+    refused. Everything else (purposes, legal bases, tiers, budgets, approvals) stays as shipped.
+    Returns how many agreements were widened.
+    """
+    from policies.engine import DEFAULT_POLICY_DIR
+
+    shutil.copytree(
+        DEFAULT_POLICY_DIR, target, ignore=shutil.ignore_patterns("*.py", "__pycache__"), dirs_exist_ok=True
+    )
+    widened = 0
+    for path in (target / "agreements").glob("*.cedar"):
+        text = path.read_text()
+        new = _HOURS.sub("context.hour >= 0 && context.hour < 24", text)
+        if budget_max_checks is not None:
+            new = _BUDGET.sub(f'@budget_max_checks("{budget_max_checks}")', new)
+        if new != text:
+            path.write_text(new)
+            widened += 1
+    return widened
 
 
 def _write_node_config(fed: DevFederation, agency: str) -> None:
@@ -146,6 +190,7 @@ def _write_node_config(fed: DevFederation, agency: str) -> None:
         "store": "store.sqlite",
         "pseudonym_key_file": "pseudonym.key",
         "audit_db": "audit.sqlite",
+        "policy_dir": str(fed.policy_dir),
         "allow_plaintext_mode": fed.plaintext_baseline,
         "insecure": not fed.tls,
     }
@@ -219,6 +264,7 @@ def write_gateway_config(
         "users_file": "users.json",
         "audit_db": "audit.sqlite",
         "state_dir": "state",
+        "policy_dir": str(fed.policy_dir),
         "allow_plaintext_mode": fed.plaintext_baseline,
         "insecure": not fed.tls,
         **overrides,

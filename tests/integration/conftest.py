@@ -16,6 +16,8 @@ from xgate.launcher import Supervisor
 
 PEOPLE = 3000
 APPLICANTS = 300
+# Agreements allow 3 checks per applicant and program per 30 days (probing budget), so tests
+# that run the same program draw disjoint slices of the applicants.
 
 
 @pytest.fixture(scope="session")

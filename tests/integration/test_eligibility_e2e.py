@@ -13,9 +13,11 @@ from policies.programs import DEFAULT_PROGRAM_DIR, ProgramRegistry
 from xgate.catalogue import load_catalogue
 from xgate.client.sdk import GatewayError
 from xgate.demo import oracle, read_subjects
+from xgate.devfed import DEV_APPROVAL_REF, LEGAL_BASIS
 from xgate.pseudonym import id_checksum
 
 pytestmark = pytest.mark.integration
+DIBAO = LEGAL_BASIS["dibao"]
 PROGRAMS = ProgramRegistry.load(DEFAULT_PROGRAM_DIR, load_catalogue()[0])
 
 
@@ -35,14 +37,17 @@ def test_he_verdicts_match_plaintext_oracle(federation, program):
     from xgate.pseudonym import Pseudonymiser, load_key
 
     label = "caseworker" if program == "dibao" else "hrss_caseworker"
-    ids = read_subjects(federation.applicants)
+    ids = read_subjects(federation.applicants)[:150]
     with GatewayClient(
         federation.gateway_url,
         federation.api_keys[label],
         Pseudonymiser(load_key(federation.pseudonym_key)),
         verify=str(federation.ca_cert),
     ) as client:
-        result = client.check(program, ids, purpose=program, legal_basis="LB-1", case_id="case-1")
+        approval = DEV_APPROVAL_REF if program != "unemployment_subsidy" else ""
+        result = client.check(
+            program, ids, purpose=program, legal_basis=LEGAL_BASIS[program], case_id="case-1", approval_ref=approval
+        )
     truth = oracle(federation, PROGRAMS.get(program), ids)
     for criterion, expected in truth.items():
         assert np.array_equal(result.passes[criterion], expected), criterion
@@ -50,18 +55,18 @@ def test_he_verdicts_match_plaintext_oracle(federation, program):
 
 
 def test_plaintext_baseline_agrees_with_he(client, federation):
-    ids = read_subjects(federation.applicants)[:50]
-    he = client.check("dibao", ids, "dibao", "LB-1", "case-2")
-    plain = client.check("dibao", ids, "dibao", "LB-1", "case-2", mode="plaintext")
+    ids = read_subjects(federation.applicants)[150:175]
+    he = client.check("dibao", ids, "dibao", DIBAO, "case-2", approval_ref=DEV_APPROVAL_REF)
+    plain = client.check("dibao", ids, "dibao", DIBAO, "case-2", approval_ref=DEV_APPROVAL_REF, mode="plaintext")
     for criterion in he.criteria:
         assert np.array_equal(he.passes[criterion], plain.passes[criterion])
 
 
 def test_two_chunks_and_unknown_subjects(client, federation):
     """8,300 subjects span two ciphertexts; people unknown to an agency get the program's default."""
-    known = read_subjects(federation.applicants)
+    known = read_subjects(federation.applicants)[175:225]
     ids = known + _random_ids(8300 - len(known), seed=3)
-    result = client.check("dibao", ids, "dibao", "LB-1", "case-3")
+    result = client.check("dibao", ids, "dibao", DIBAO, "case-3", approval_ref=DEV_APPROVAL_REF)
     truth = oracle(federation, PROGRAMS.get("dibao"), ids)
     for criterion, expected in truth.items():
         assert np.array_equal(result.passes[criterion], expected)
@@ -73,8 +78,9 @@ def _payload(client, ids, **change):
     payload = {
         "program": "dibao",
         "purpose": "dibao",
-        "legal_basis": "LB-1",
+        "legal_basis": DIBAO,
         "case_id": "case-4",
+        "approval_ref": DEV_APPROVAL_REF,
         "pseudonyms": [client._pseudonymiser.pseudonym(i) for i in ids],
         "public_context": base64.b64encode(client.keys.public_context).decode(),
     }
@@ -84,7 +90,7 @@ def _payload(client, ids, **change):
 
 def test_repeating_a_check_returns_identical_masked_values(client, federation):
     """Masks are keyed to (program, criterion, epoch, subject): a repeat reveals nothing new."""
-    ids = read_subjects(federation.applicants)[:5]
+    ids = read_subjects(federation.applicants)[225:230]
     first, _ = client._call("POST", "/v1/checks", json=_payload(client, ids))
     second, _ = client._call("POST", "/v1/checks", json=_payload(client, ids))
     for a, b in zip(first["criteria"], second["criteria"], strict=True):
@@ -141,5 +147,5 @@ def test_wrong_agency_may_not_request_program(federation):
         ) as client,
         pytest.raises(GatewayError) as info,
     ):
-        client.check("dibao", read_subjects(federation.applicants)[:3], "dibao", "LB-1", "case-6")
+        client.check("dibao", read_subjects(federation.applicants)[230:233], "dibao", DIBAO, "case-6")
     assert info.value.http_status == 403 and "hrss" in info.value.message

@@ -7,7 +7,7 @@ import pytest
 from tests.integration.rogue import start_rogue
 from xgate.client.sdk import GatewayClient, GatewayError
 from xgate.demo import read_subjects
-from xgate.devfed import start_gateway, write_gateway_config
+from xgate.devfed import DEV_APPROVAL_REF, LEGAL_BASIS, start_gateway, write_gateway_config
 from xgate.pseudonym import Pseudonymiser, load_key
 
 pytestmark = pytest.mark.integration
@@ -30,7 +30,11 @@ def _gateway_with_tax_at(federation, tmp_path, name: str, tax_address: str, **ov
     return start_gateway(federation, federation.supervisor, config_path=config, name=name)
 
 
-def _check(federation, url: str, n: int = 20):
+_SLICES = iter(range(240, 300, 8))  # disjoint applicants per test: probing budgets are real
+
+
+def _check(federation, url: str, n: int = 5):
+    start = next(_SLICES)
     with (
         GatewayClient(
             url,
@@ -40,7 +44,14 @@ def _check(federation, url: str, n: int = 20):
         ) as client,
         pytest.raises(GatewayError) as info,
     ):
-        client.check("dibao", read_subjects(federation.applicants)[:n], "dibao", "LB-1", "case-f")
+        client.check(
+            "dibao",
+            read_subjects(federation.applicants)[start : start + n],
+            "dibao",
+            LEGAL_BASIS["dibao"],
+            "case-f",
+            approval_ref=DEV_APPROVAL_REF,
+        )
     return info.value
 
 
@@ -82,5 +93,7 @@ def test_garbage_answers_are_502_naming_the_agency(federation, tmp_path, behavio
 
 
 def test_gateway_keeps_serving_after_failures(client, federation):
-    result = client.check("dibao", read_subjects(federation.applicants)[:10], "dibao", "LB-1", "case-ok")
-    assert len(result.subjects) == 10
+    start = next(_SLICES)
+    ids = read_subjects(federation.applicants)[start : start + 5]
+    result = client.check("dibao", ids, "dibao", LEGAL_BASIS["dibao"], "case-ok", approval_ref=DEV_APPROVAL_REF)
+    assert len(result.subjects) == 5

@@ -16,7 +16,7 @@ import pytest
 from tests.integration.recording_proxy import RecordingProxy
 from xgate.client.sdk import GatewayClient
 from xgate.demo import read_subjects
-from xgate.devfed import prepare, start_gateway, start_nodes, write_gateway_config
+from xgate.devfed import DEV_APPROVAL_REF, LEGAL_BASIS, prepare, start_gateway, start_nodes, write_gateway_config
 from xgate.launcher import Supervisor
 from xgate.pseudonym import Pseudonymiser, id_checksum, load_key
 
@@ -102,7 +102,9 @@ def _run(fed, mode: str) -> bytes:
     ids = read_subjects(fed.applicants)
     assert ids[-2:] == CANARY_IDS
     with GatewayClient(fed.front_url, fed.api_keys["caseworker"], Pseudonymiser(load_key(fed.pseudonym_key))) as client:
-        result = client.check("dibao", ids, "dibao", "LB-1", f"canary-{mode}", mode=mode)
+        result = client.check(
+            "dibao", ids, "dibao", LEGAL_BASIS["dibao"], f"canary-{mode}", approval_ref=DEV_APPROVAL_REF, mode=mode
+        )
     assert not result.passes["income_within_threshold"][-2:].any()
     wire = b"".join(p.snapshot()[start:] for p, start in zip(fed.proxies, before, strict=True))
     assert len(wire) > 100_000 if mode == "he" else len(wire) > 1000
