@@ -222,24 +222,48 @@ class PublicContext:
         """Return Enc(r * d + s') with d = direction * (sum(terms) - threshold).
 
         direction = -1 encodes "sum <= threshold" (d = T - S), +1 encodes "sum >= threshold".
-        With 1 <= r and 0 <= s' < r, the result is >= 0 exactly when d >= 0. s' is added as a
-        fresh encryption so the result is re-randomised rather than a deterministic function of
-        the node ciphertexts.
+        With 1 <= r and 0 <= s' < r, the result is >= 0 exactly when d >= 0.
         """
-        if not terms:
-            raise CryptoError("a criterion needs at least one term")
-        count = terms[0].count
-        if any(t.count != count for t in terms) or len(r) != count or len(s) != count:
-            raise CryptoError("criterion terms and masks disagree on the number of subjects")
         if direction not in (-1, 1):
             raise CryptoError("direction must be -1 (at most) or +1 (at least)")
-        # Reload from bytes rather than copy(): BFVVector.copy() costs ~13 ms, a reload ~0.2 ms.
-        total = ts.bfv_vector_from(self._ctx, terms[0].data)
-        for term in terms[1:]:
-            total.add_(ts.bfv_vector_from(self._ctx, term.data))
+        if len(r) != len(s):
+            raise CryptoError("criterion terms and masks disagree on the number of subjects")
         r64 = r.astype(np.int64)
         # direction*(S - T)*r + s'  ==  (direction*r)*S + (s' - direction*r*T)
-        total.mul_((direction * r64).tolist())
         offset = s.astype(np.int64) - direction * r64 * np.int64(threshold)
-        total.add_(ts.bfv_vector(self._ctx, offset.tolist()))
-        return bytes(total.serialize())
+        return self.masked_combination([terms], [direction * r64], offset)
+
+    def masked_combination(
+        self, groups: Sequence[Sequence[Ciphertext]], weights: Sequence[np.ndarray], offset: np.ndarray
+    ) -> bytes:
+        """Enc(sum_m weights[m] * sum(groups[m]) + offset), slot-wise, one plaintext product deep.
+
+        Everything the gateway computes is this: a weighted sum of term sums plus a fresh
+        encryption of an offset (which also re-randomises the result). BFV noise allows a single
+        plaintext multiplication by the 32-bit masks, so selections (zero weights) are folded
+        into that one product rather than applied afterwards.
+        """
+        if not groups or len(groups) != len(weights) or any(not g for g in groups):
+            raise CryptoError("a combination needs at least one non-empty group and one weight vector per group")
+        count = groups[0][0].count
+        if any(t.count != count for g in groups for t in g) or any(len(w) != count for w in weights):
+            raise CryptoError("criterion terms and masks disagree on the number of subjects")
+        if len(offset) != count:
+            raise CryptoError("criterion terms and masks disagree on the number of subjects")
+        acc: ts.BFVVector | None = None
+        for group, weight in zip(groups, weights, strict=True):
+            if not np.any(weight):
+                continue  # an all-zero weight contributes nothing (and would give a transparent product)
+            # Reload from bytes rather than copy(): BFVVector.copy() costs ~13 ms, a reload ~0.2 ms.
+            total = ts.bfv_vector_from(self._ctx, group[0].data)
+            for term in group[1:]:
+                total.add_(ts.bfv_vector_from(self._ctx, term.data))
+            total.mul_(weight.astype(np.int64).tolist())
+            if acc is None:
+                acc = total
+            else:
+                acc.add_(total)
+        if acc is None:
+            raise CryptoError("every weight is zero")
+        acc.add_(ts.bfv_vector(self._ctx, offset.astype(np.int64).tolist()))
+        return bytes(acc.serialize())

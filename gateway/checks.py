@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import secrets
 import time
 import uuid
 from collections.abc import Callable
@@ -117,19 +118,29 @@ class CheckCoordinator:
             policy_set_hash=outcome.policy_set_hash,
         )
         mode = node_pb2.EXCHANGE_MODE_HE if context is not None else node_pb2.EXCHANGE_MODE_PLAINTEXT
-        node_requests = build_requests(program, scope, request.pseudonyms, mode, context_bytes)
+        # Cohort view: subjects go out in an order only the gateway knows (and with fresh masks),
+        # so the requester's slots map to no one and cannot be linked across queries.
+        shuffled = outcome.view == "cohort"
+        pseudonyms = list(request.pseudonyms)
+        if shuffled:
+            secrets.SystemRandom().shuffle(pseudonyms)
+        node_requests = build_requests(program, scope, pseudonyms, mode, context_bytes)
         t1 = time.perf_counter()
         responses = await self.nodes.encrypt_all(node_requests, self.deadline_s)
         timings["fanout"] = _ms(t1)
 
         t2 = time.perf_counter()
         if context is not None:
-            outcomes = await asyncio.to_thread(self._combine_he, program, request, node_requests, responses, context)
+            outcomes = await asyncio.to_thread(
+                self._combine_he, program, pseudonyms, node_requests, responses, context, outcome.view
+            )
         else:
             values = {}
             for agency, response in responses.items():
                 values.update(validate_plain_response(agency, node_requests[agency], response))
             outcomes = combine_plain(program, values)
+            if outcome.view != "per_criterion":
+                raise PolicyDenied("the plaintext baseline serves the per-criterion view only")
         timings["combine"] = _ms(t2)
         timings["total"] = _ms(t0)
 
@@ -175,11 +186,11 @@ class CheckCoordinator:
             view=outcome.view,  # type: ignore[arg-type]
             subjects=len(request.pseudonyms),
             chunk_size=SLOTS,
-            shuffled=False,
+            shuffled=shuffled,
             criteria=[
                 CriterionResult(
                     criterion=o.criterion,
-                    description=descriptions[o.criterion],
+                    description=descriptions.get(o.criterion, "one criterion; which one is hidden in this view"),
                     ciphertexts=[_b64(b) for b in o.ciphertexts],
                     passes=list(o.passes) if not o.ciphertexts else None,
                 )
@@ -194,16 +205,18 @@ class CheckCoordinator:
     def _combine_he(
         self,
         program: Program,
-        request: CheckRequest,
+        pseudonyms: list[str],
         node_requests: dict[str, node_pb2.EncryptRequest],
         responses: dict[str, node_pb2.EncryptResponse],
         context: PublicContext,
+        view: str,
     ) -> list[CriterionOutcome]:
         ciphertexts = {}
         for agency, response in responses.items():
             ciphertexts.update(validate_he_response(agency, node_requests[agency], response, context))
-        epoch = epoch_of(self.clock(), program.epoch_seconds)
-        return combine_he(program, request.pseudonyms, context, ciphertexts, self.mask_key, epoch)
+        # Cohort view: a fresh random "epoch" per query, so masked values never repeat across queries.
+        epoch = epoch_of(self.clock(), program.epoch_seconds) if view != "cohort" else secrets.randbits(62)
+        return combine_he(program, pseudonyms, context, ciphertexts, self.mask_key, epoch, hide_order=view == "overall")
 
 
 def _ms(since: float) -> float:

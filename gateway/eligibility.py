@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from crypto.he import HE_PARAMS_ID, SLOTS, Ciphertext, PublicContext, chunk_count
-from crypto.masks import derive_masks
+from crypto.masks import derive_masks, derive_permutations
 from policies.programs import Criterion, Program
 from protos.xgate.v1 import node_pb2
 from xgate.errors import NodeProtocolError, XgateError
@@ -133,6 +133,10 @@ def validate_plain_response(
     return out
 
 
+def _chunk_terms(criterion: Criterion, ciphertexts: Mapping[str, list[Ciphertext]], chunk: int) -> list[Ciphertext]:
+    return [ciphertexts[t.element][chunk] for t in criterion.terms]
+
+
 def combine_he(
     program: Program,
     pseudonyms: Sequence[str],
@@ -140,19 +144,39 @@ def combine_he(
     ciphertexts: Mapping[str, list[Ciphertext]],
     mask_key: bytes,
     epoch: int,
+    hide_order: bool = False,
 ) -> list[CriterionOutcome]:
-    """Per criterion: Enc(r*d + s') per chunk, masks keyed to (program, criterion, epoch, subject)."""
+    """Per criterion: Enc(r*d + s') per chunk, masks keyed to (program, criterion, epoch, subject).
+
+    With `hide_order` (the "overall verdict" view) output position i of subject j holds criterion
+    order[j][i] instead of criterion i: the requester learns the verdict and how many criteria
+    failed, not which. The permutation is folded into the masking product (see masked_combination).
+    """
+    masks = [derive_masks(mask_key, program.id, c.id, epoch, pseudonyms) for c in program.criteria]
+    k = len(program.criteria)
+    order = derive_permutations(mask_key, program.id, epoch, pseudonyms, k) if hide_order and k > 1 else None
     outcomes = []
-    for criterion in program.criteria:
-        r, s = derive_masks(mask_key, program.id, criterion.id, epoch, pseudonyms)
+    for i, criterion in enumerate(program.criteria):
         masked = []
         for chunk, start in enumerate(range(0, len(pseudonyms), SLOTS)):
-            stop = start + SLOTS
-            terms = [ciphertexts[t.element][chunk] for t in criterion.terms]
-            masked.append(
-                context.mask_criterion(terms, criterion.direction, criterion.bound, r[start:stop], s[start:stop])
-            )
-        outcomes.append(CriterionOutcome(criterion.id, ciphertexts=tuple(masked)))
+            window = slice(start, start + SLOTS)
+            if order is None:
+                r, s = masks[i]
+                terms = _chunk_terms(criterion, ciphertexts, chunk)
+                masked.append(context.mask_criterion(terms, criterion.direction, criterion.bound, r[window], s[window]))
+                continue
+            picks = order[window, i]
+            groups, weights = [], []
+            offset = np.zeros(len(picks), dtype=np.int64)
+            for m, other in enumerate(program.criteria):
+                chosen = picks == m
+                r, s = (x[window] for x in masks[m])
+                weights.append(np.where(chosen, other.direction * r, 0))
+                offset += np.where(chosen, s - other.direction * r * np.int64(other.bound), 0)
+                groups.append(_chunk_terms(other, ciphertexts, chunk))
+            masked.append(context.masked_combination(groups, weights, offset))
+        name = criterion.id if order is None else f"position_{i + 1}"
+        outcomes.append(CriterionOutcome(name, ciphertexts=tuple(masked)))
     return outcomes
 
 

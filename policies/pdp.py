@@ -13,10 +13,10 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from policies.budgets import ProbeBudget
-from policies.consent import ConsentRegistry
+from policies.consent import ConsentRegistry, evaluate
 from policies.tiers import view_for
 from policies.types import Decision, check_requests, node_requests
-from xgate.errors import PolicyDenied
+from xgate.errors import NotFound, PolicyDenied
 from xgate.logging import get_logger
 from xgate.principal import Principal
 
@@ -77,6 +77,9 @@ class CheckAuthorizer:
         decision = self.decide_check(principal, program.id, elements, request, now)
         decision.raise_if_denied()
         view = view_for(principal.tier, len(request.pseudonyms), engine.min_cohort)
+        if request.consent_ref:
+            # Validate before spending the probing budget: a refused request must not burn it.
+            self._consent(request, principal.agency, now, consume=False)
         if self.budgets is not None and decision.budget is not None:
             self.budgets.consume(request.pseudonyms, program.id, principal.agency, decision.budget, now)
         if request.consent_ref:
@@ -91,12 +94,19 @@ class CheckAuthorizer:
         )
         return PolicyOutcome(view=view.value, policy_ids=decision.policy_ids, policy_set_hash=decision.policy_set_hash)
 
-    def _consent(self, request: Any, agency: str, now: datetime) -> None:
+    def _consent(self, request: Any, agency: str, now: datetime, consume: bool = True) -> None:
         if self.consents is None:
             raise PolicyDenied("this gateway has no consent registry: consent-based checks are refused")
         if len(request.pseudonyms) != 1:
             raise PolicyDenied("a consent covers one subject: send consent-based checks one subject at a time")
-        self.consents.check(request.consent_ref, request.pseudonyms[0], agency, request.purpose, now)
+        if consume:
+            self.consents.check(request.consent_ref, request.pseudonyms[0], agency, request.purpose, now)
+            return
+        try:
+            record = self.consents.lookup(request.consent_ref)
+        except NotFound:
+            record = None
+        evaluate(record, request.pseudonyms[0], agency, request.purpose, now)
 
 
 def node_decision(

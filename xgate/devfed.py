@@ -30,6 +30,7 @@ LEGAL_BASIS = {
     "dibao": "SAR-2014-art-12",
     "pension_survival": "SIL-2010-art-17",
     "unemployment_subsidy": "UIR-1999-art-14",
+    "income_certificate": "PIPL-2021-art-13-1",
 }
 DEV_APPROVAL_REF = "APPROVAL-DEV-2026-0001"
 _BUDGET = re.compile(r'@budget_max_checks\("\d+"\)')

@@ -336,6 +336,7 @@ def test_who_can_lists_agreements_and_registered_users(engine: PolicyEngine) -> 
         "dibao-tax-monthly-income",
         "unemployment-tax-monthly-income",
         "income-certificate-tax-monthly-income",
+        "target-discovery-tax-monthly-income",
     }
     dibao = grants["dibao-tax-monthly-income"]
     assert dibao.purposes == ("dibao",)

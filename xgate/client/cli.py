@@ -56,8 +56,10 @@ def check(
         if as_json:
             typer.echo(json.dumps({"request_id": result.request_id, "counts": result.counts(), "rows": result.rows()}))
             return
-        header = ["subject", *result.criteria, "eligible"]
-        typer.echo("  ".join(header))
-        for row in result.rows():
-            typer.echo("  ".join(str(row[h]) if h == "subject" else ("pass" if row[h] else "FAIL") for h in header))
-        typer.echo(f"request {result.request_id}: {result.counts()}")
+        if result.view != "cohort":
+            rows = result.rows()
+            header = list(rows[0])
+            typer.echo("  ".join(header))
+            for row in rows:
+                typer.echo("  ".join(str(row[h]) if h == "subject" else ("pass" if row[h] else "FAIL") for h in header))
+        typer.echo(f"request {result.request_id} ({result.view} view): {result.counts()}")

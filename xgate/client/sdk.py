@@ -52,14 +52,23 @@ class CheckResult:
         return result
 
     def rows(self) -> list[dict[str, Any]]:
+        """Per-subject rows, as much as the caller's tier reveals.
+
+        per_criterion (gold): every criterion and the verdict; overall (silver): the verdict only
+        (criteria were permuted per subject by the gateway); cohort (bronze): no rows at all.
+        """
+        if self.view == "cohort":
+            raise InvalidInput("the cohort view has no per-subject results: use counts()")
         overall = self.overall
+        if self.view == "overall":
+            return [{"subject": s, "eligible": bool(overall[i])} for i, s in enumerate(self.subjects)]
         return [
             {"subject": s, **{c: bool(self.passes[c][i]) for c in self.criteria}, "eligible": bool(overall[i])}
             for i, s in enumerate(self.subjects)
         ]
 
     def counts(self) -> dict[str, int]:
-        out = {c: int(self.passes[c].sum()) for c in self.criteria}
+        out = {c: int(self.passes[c].sum()) for c in self.criteria} if self.view != "overall" else {}
         out["eligible"] = int(self.overall.sum())
         return out
 
