@@ -51,10 +51,11 @@ class JobSpec(BaseModel):
     secagg: bool = True
     dp: DPSpec | None = None
     min_nodes: int = Field(default=2, ge=1, le=1000)
-    # Local optimisation (horizontal) / steps per round (vertical).
+    # Horizontal: local SGD epochs/step size/batch per round. Vertical: `rounds` exchange steps of
+    # preconditioned step size `learning_rate` on batches of `batch_size` aligned rows.
     local_epochs: int = Field(default=1, ge=1, le=100)
-    learning_rate: float = Field(default=0.5, gt=0, le=100)
-    batch_size: int = Field(default=256, ge=1, le=1_000_000)
+    learning_rate: float = Field(default=0.0, gt=0, le=100)  # unset: mode default (0.5 / 0.1)
+    batch_size: int = Field(default=0, ge=1, le=10_000_000)  # unset: mode default (256 / all rows)
     l2: float = Field(default=1e-4, ge=0, le=10)
     embedding_dim: int = Field(default=4, ge=1, le=64)
     # xgate's own bound on each coordinate of a model update before SecAgg+ (must be <= the
@@ -66,6 +67,17 @@ class JobSpec(BaseModel):
     round_timeout_s: float = Field(default=120.0, gt=0, le=3600)
     job_timeout_s: float = Field(default=1800.0, gt=0, le=86400)
     seed: int = Field(default=0, ge=0, le=2**31 - 1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _mode_defaults(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            vertical = data.get("mode") == Mode.VERTICAL.value
+            if not data.get("learning_rate"):
+                data = {**data, "learning_rate": 0.1 if vertical else 0.5}
+            if not data.get("batch_size"):
+                data = {**data, "batch_size": 10_000_000 if vertical else 256}
+        return data
 
     @model_validator(mode="after")
     def _consistent(self) -> JobSpec:

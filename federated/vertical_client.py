@@ -18,7 +18,7 @@ from flwr.clientapp import ClientApp
 from federated import datasets, model, node
 from federated.admission import require_approval
 from federated.jobs import JobSpec, job_from_run_config
-from federated.vertical import Bottom, Top, batch_indices, pack_state, unpack_state
+from federated.vertical import RIDGE, Bottom, Top, batch_indices, pack_state, preconditioner, unpack_state
 
 app = ClientApp()
 
@@ -88,7 +88,8 @@ def setup(msg: Message, context: Context) -> Message:
     _, raw_te = datasets.read_matrix(nc.store, feats, test)
     x_tr, x_te = model.encode(infos, raw_tr), model.encode(infos, raw_te)
     bottom = Bottom.init(x_tr.shape[1], job.embedding_dim, job.seed, nc.agency)
-    data = {"x_train": x_tr.astype(np.float32), "x_test": x_te.astype(np.float32)}
+    data = {"x_train": x_tr.astype(np.float32), "x_test": x_te.astype(np.float32),
+            "precond": preconditioner(x_tr, RIDGE)}
     state = pack_state("b_", bottom.w, bottom.opt_state)
     if bool(cfg.get("label_holder", False)):
         _, lab_tr = datasets.read_matrix(nc.store, [job.label], train)
@@ -120,7 +121,7 @@ def step(msg: Message, context: Context) -> Message:
     if "arrays" in msg.content.array_records:
         grad = msg.content["arrays"]["grad"].numpy()
         prev = batch_indices(n, job.batch_size, int(cfg["grad_step"]), job.seed)  # type: ignore[arg-type]
-        bottom.backward(st["x_train"][prev], grad, job.learning_rate, job.l2)
+        bottom.backward(st["x_train"][prev], grad, job.learning_rate, st["precond"])
     out: dict[str, np.ndarray] = {}
     if bool(cfg.get("last", False)):
         out["emb"] = bottom.forward(st["x_test"])
@@ -142,10 +143,10 @@ def top(msg: Message, context: Context) -> Message:
     bottom, topm = Bottom(*unpack_state("b_", st)), Top(*unpack_state("t_", st))
     arrays = msg.content["arrays"]
     embs = [bottom.forward(st["x_train"][idx]) if a == nc.agency else arrays[a].numpy() for a in order]
-    loss, grad_e = topm.step(np.hstack(embs), st["y_train"][idx], job.learning_rate, job.l2)
+    loss, grad_e = topm.step(np.hstack(embs), st["y_train"][idx], job.l2)
     h = job.embedding_dim
     grads = {a: grad_e[:, i * h : (i + 1) * h] for i, a in enumerate(order)}
-    bottom.backward(st["x_train"][idx], grads.pop(nc.agency), job.learning_rate, job.l2)
+    bottom.backward(st["x_train"][idx], grads.pop(nc.agency), job.learning_rate, st["precond"])
     _save(path, {**pack_state("b_", bottom.w, bottom.opt_state), **pack_state("t_", topm.w, topm.opt_state)})
     return _reply(msg, {"loss": loss, "batch": len(idx)}, grads)
 
