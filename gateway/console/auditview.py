@@ -197,9 +197,7 @@ def _iso_ms(ms: int) -> str:
     return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds")
 
 
-def entry_detail(
-    log: AuditLog, conn: sqlite3.Connection, index: int, verifier: NoteVerifier | None
-) -> dict[str, Any]:
+def entry_detail(log: AuditLog, conn: sqlite3.Connection, index: int, verifier: NoteVerifier | None) -> dict[str, Any]:
     """An entry with its raw data, the latest checkpoint, an inclusion proof and the server's verdict.
 
     The proof is built from the stored tree nodes (never from this entry's data), and the server
@@ -248,7 +246,9 @@ def entry_detail(
     checks.append({"name": "checkpoint signature", "ok": sig["ok"], "detail": sig["detail"]})
     try:
         merkle.verify_inclusion(index, size_cp, leaf, proof, cp.checkpoint.root)
-        checks.append({"name": "inclusion", "ok": True, "detail": f"included at {index} under the root of size {size_cp}"})
+        checks.append(
+            {"name": "inclusion", "ok": True, "detail": f"included at {index} under the root of size {size_cp}"}
+        )
     except IntegrityError as exc:
         checks.append({"name": "inclusion", "ok": False, "detail": f"inclusion proof fails: {exc.message}"})
     out["server_verdict"] = _verdict(checks)

@@ -94,8 +94,12 @@ class LogVerification:
         except Exception as exc:  # the thread must always finish with a state
             log.error("console_verify_failed", error=type(exc).__name__)
             result = {"state": "failed", "error": {"code": "internal_error", "message": "verification crashed"}}
-        self._set(**result, phase="done", seconds=round(time.monotonic() - t0, 2),
-                  finished_at=datetime.now(UTC).isoformat(timespec="seconds"))  # fmt: skip
+        self._set(
+            **result,
+            phase="done",
+            seconds=round(time.monotonic() - t0, 2),
+            finished_at=datetime.now(UTC).isoformat(timespec="seconds"),
+        )
         if self.on_finish is not None:
             try:
                 self.on_finish(self.status())

@@ -1,0 +1,137 @@
+// Integrity: checkpoint history with cosignatures, publish a checkpoint, verify the whole log.
+import { api, qs } from "../api.js";
+import { h, clear, badge, timeEl, shortHash, pageHeader, errorBox, loading, table, dl, announce } from "../ui.js";
+
+function sigBadge(v) {
+  if (v.ok === true) return badge("ok", "Verified", v.detail);
+  if (v.ok === false) return badge("bad", "FAILS", v.detail);
+  return badge("neutral", "Not checked", v.detail);
+}
+
+function verifyPanel(status) {
+  const box = h("div", { id: "verify-result" });
+  if (!status || status.state === "idle") {
+    box.append(h("p", { class: "muted" }, "Not run since the gateway started."));
+    return box;
+  }
+  if (status.state === "unavailable") {
+    box.append(h("p", { class: "alert alert-warn" }, status.message));
+    return box;
+  }
+  const total = status.total ?? 0;
+  const scanned = status.scanned ?? 0;
+  if (status.state === "running") {
+    const phase = status.phase === "tree" ? "Rebuilding the tree and checking every checkpoint (audit.verify.verify_log)\u2026"
+      : `Checking entries: ${scanned} of ${total || "?"}`;
+    box.append(
+      h("label", { for: "verify-progress" }, phase),
+      h("progress", { id: "verify-progress", max: total || 1, value: status.phase === "tree" ? total || 1 : scanned }, `${scanned}/${total}`));
+    return box;
+  }
+  if (status.state === "passed") {
+    const r = status.report;
+    box.append(h("p", { class: "verdict-badge" }, badge("ok", "Whole log verified")),
+      dl([["Entries", r.size], ["Root", h("code", { class: "hash" }, r.root)], ["Checkpoints checked", r.checkpoints],
+        ["Unsigned tail", `${r.unsigned_tail} entries after the latest checkpoint`],
+        ["Cosignatures verified", `${r.cosignatures_verified} (${r.cosignatures_unknown} from witnesses whose keys are not configured)`],
+        ["Took", `${status.seconds} s`], ["Started by", `${status.started_by} at ${status.started_at}`]]));
+  } else {
+    const err = status.error || {};
+    const details = Object.entries(err.details || {}).map(([k, v]) => `${k} = ${v}`).join(", ");
+    box.append(h("div", { class: "alert alert-bad", role: "alert" }, h("p", { class: "verdict-badge" }, badge("bad", "Log does NOT verify")),
+      h("p", null, err.message || "verification failed", details ? ` (${details})` : "")));
+    if ((status.altered || []).length) {
+      box.append(h("p", null, `Altered entries found by the scan (${status.altered.length}${status.altered.length >= 200 ? "+" : ""}): `),
+        h("ul", { class: "inline-list", id: "altered-list" }, status.altered.map((i) => h("li", null, h("a", { href: `#/entry/${i}` }, `#${i}`)))));
+    }
+  }
+  return box;
+}
+
+export async function integrityView(main, ctx) {
+  const summary = h("div", { id: "integrity-summary" });
+  const verifyBox = h("div", { "aria-live": "polite" });
+  const history = h("section", { class: "card", "aria-labelledby": "cp-title" }, h("h2", { id: "cp-title" }, "Checkpoint history"), loading());
+  let offset = Number(ctx.params.get("offset") || 0);
+  const limit = 20;
+  let polling = null;
+
+  const showVerify = (status) => { clear(verifyBox).append(verifyPanel(status)); };
+  const poll = async () => {
+    try {
+      const status = await api("/v1/console/verify-log");
+      if (!ctx.isCurrent()) return;
+      showVerify(status);
+      if (status.state === "running") polling = window.setTimeout(poll, 500);
+      else if (status.state === "passed" || status.state === "failed") announce(status.state === "passed" ? "Whole log verified" : "The log does NOT verify");
+    } catch (e) {
+      clear(verifyBox).append(errorBox(e));
+    }
+  };
+  const verifyBtn = h("button", { type: "button", class: "btn btn-primary", id: "verify-log", onclick: async () => {
+    verifyBtn.disabled = true;
+    try {
+      showVerify(await api("/v1/console/verify-log", { method: "POST" }));
+      window.clearTimeout(polling);
+      await poll();
+    } catch (e) {
+      clear(verifyBox).append(errorBox(e));
+    } finally {
+      verifyBtn.disabled = false;
+    }
+  } }, "Verify whole log");
+  const publishBtn = h("button", { type: "button", class: "btn", id: "publish-checkpoint", onclick: async () => {
+    publishBtn.disabled = true;
+    try {
+      const cp = await api("/v1/console/checkpoints", { method: "POST" });
+      announce(`Checkpoint published at tree size ${cp.size}`);
+      await loadHistory();
+    } catch (e) {
+      history.append(errorBox(e));
+    } finally {
+      publishBtn.disabled = false;
+    }
+  } }, "Publish checkpoint now");
+
+  const loadHistory = async () => {
+    try {
+      const data = await api(`/v1/console/checkpoints${qs({ offset, limit })}`);
+      if (!ctx.isCurrent()) return;
+      const latest = data.checkpoints[0];
+      clear(summary).append(h("section", { class: "card stats" },
+        h("div", { class: "stat" }, h("span", { class: "stat-value", id: "tree-size" }, data.tree_size), h("span", { class: "stat-label" }, "entries in the log")),
+        h("div", { class: "stat" }, h("span", { class: "stat-value" }, latest ? latest.size : 0), h("span", { class: "stat-label" }, "covered by the latest signed checkpoint")),
+        h("div", { class: "stat" }, h("span", { class: "stat-value" }, data.tree_size - (latest ? latest.size : 0)), h("span", { class: "stat-label" }, "unsigned tail (not yet protected)")),
+        h("div", { class: "stat" }, h("span", { class: "stat-value" }, data.total), h("span", { class: "stat-label" }, "checkpoints published"))),
+        data.log_key_configured ? null : h("p", { class: "alert alert-warn" }, "The log public key is not configured on this gateway: signatures cannot be checked here."));
+      const rows = data.checkpoints.map((c) => h("tr", null,
+        h("td", { class: "num" }, c.id),
+        h("td", { class: "num" }, c.size),
+        h("td", null, shortHash(c.root, 16)),
+        h("td", { class: "nowrap" }, timeEl(c.published_at)),
+        h("td", null, sigBadge(c.signature)),
+        h("td", null, c.cosignatures.length ? h("ul", { class: "cosigs" }, c.cosignatures.map((s) => h("li", null,
+          h("span", { class: "witness" }, s.witness), " ", sigBadge(s.verified), " ", h("span", { class: "muted" }, s.cosigned_at ? timeEl(s.cosigned_at) : "")))) : h("span", { class: "muted" }, "none"))));
+      const pager = h("div", { class: "pager" }, h("p", null, `Checkpoints ${data.total ? offset + 1 : 0}\u2013${offset + data.checkpoints.length} of ${data.total}`),
+        h("div", { class: "pager-controls" },
+          h("button", { type: "button", class: "btn", disabled: offset === 0, onclick: () => { offset = Math.max(0, offset - limit); loadHistory(); } }, "\u2190 Newer"),
+          h("button", { type: "button", class: "btn", disabled: offset + limit >= data.total, onclick: () => { offset += limit; loadHistory(); } }, "Older \u2192")));
+      clear(history).append(h("h2", { id: "cp-title" }, "Checkpoint history"),
+        h("p", { class: "muted" }, "Signed tree heads (C2SP signed notes) and the cosignatures of agency nodes acting as witnesses, newest first."),
+        pager,
+        table("Checkpoints", ["#", "Tree size", "Root", "Published", "Log signature", "Cosignatures (witnesses)"], rows,
+          { captionHidden: true, empty: "No checkpoint published yet." }));
+    } catch (e) {
+      clear(history).append(errorBox(e));
+    }
+  };
+
+  main.append(pageHeader("Integrity", "Is the log complete and unaltered? Checkpoints, witnesses and a full re-verification.", publishBtn),
+    summary,
+    h("section", { class: "card", "aria-labelledby": "verify-title" },
+      h("h2", { id: "verify-title" }, "Verify the whole log"),
+      h("p", { class: "muted" }, "Recomputes every leaf hash, rebuilds the Merkle tree, compares every stored node and checks every checkpoint signature and root (the same check as ", h("code", null, "xgate audit verify-log"), ")."),
+      h("div", { class: "form-actions" }, verifyBtn), verifyBox),
+    history);
+  await Promise.all([loadHistory(), poll()]);
+}
