@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 from collections.abc import Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -12,6 +14,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from gateway.audit import SERVICE_ACTOR, GatewayAudit
 from gateway.checks import CheckCoordinator
 from gateway.models import CheckRequest, CheckResponse, ProgramView
 from xgate import __version__
@@ -70,12 +73,26 @@ def create_app(
     authenticate: Authenticate,
     max_body_bytes: int = 16 * 1024 * 1024,
     extra_routers: list[Any] | None = None,
-    on_request: Callable[[Request, int, Principal | None], None] | None = None,
+    audit: GatewayAudit | None = None,
+    checkpoint_interval_s: float = 60.0,
+    on_ready: Callable[[], None] | None = None,
 ) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_: FastAPI):  # type: ignore[no-untyped-def]
+        loop_task = None
+        if audit is not None:
+            await audit.record(
+                {**SERVICE_ACTOR, "kind": "config_change", "event": "gateway_started", "version": __version__}
+            )
+            loop_task = asyncio.create_task(audit.run_checkpoints(coordinator.nodes, checkpoint_interval_s))
+        if on_ready is not None:
+            on_ready()  # only now is the gateway ready: its audit log took the start-up entry
         yield
+        if loop_task is not None:
+            loop_task.cancel()
         await coordinator.nodes.close()
+        if audit is not None:
+            audit.close()
 
     app = FastAPI(
         title="xgate gateway",
@@ -85,6 +102,25 @@ def create_app(
     )
     app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
 
+    @app.middleware("http")
+    async def audit_every_request(request: Request, call_next: Any) -> Any:
+        # Outermost: sees refusals (401, 413, 4xx) and errors too. Paths carry at most pseudonyms.
+        started = time.perf_counter()
+        response = await call_next(request)
+        if audit is not None and request.url.path.startswith("/v1/"):
+            try:
+                await audit.record_request(
+                    request.method,
+                    request.url.path,
+                    response.status_code,
+                    (time.perf_counter() - started) * 1000,
+                    getattr(request.state, "principal", None),
+                    getattr(request.state, "error", ""),
+                )
+            except XgateError as exc:  # unrecorded means refused
+                return JSONResponse(exc.to_public(), status_code=503)
+        return response
+
     async def principal(request: Request) -> Principal:
         result = authenticate(request)
         caller = await result if isinstance(result, Awaitable) else result
@@ -93,6 +129,7 @@ def create_app(
 
     @app.exception_handler(XgateError)
     async def _xgate_error(request: Request, exc: XgateError) -> JSONResponse:
+        request.state.error = exc.code
         headers = {}
         if "retry_after_s" in exc.details:
             headers["Retry-After"] = str(int(exc.details["retry_after_s"]))
@@ -105,6 +142,7 @@ def create_app(
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        request.state.error = "invalid_input"
         problems = [
             {"field": ".".join(str(p) for p in e["loc"] if p != "body"), "problem": e["msg"]} for e in exc.errors()
         ]

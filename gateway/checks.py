@@ -30,7 +30,7 @@ from gateway.fanout import NodeDirectory
 from gateway.models import CheckRequest, CheckResponse, CriterionResult
 from policies.programs import Program, ProgramRegistry
 from protos.xgate.v1 import node_pb2
-from xgate.errors import InvalidInput, PayloadTooLarge, PolicyDenied
+from xgate.errors import InvalidInput, NodeError, PayloadTooLarge, PolicyDenied
 from xgate.logging import get_logger
 from xgate.principal import Principal
 
@@ -51,7 +51,7 @@ class CheckPolicy(Protocol):
 
 
 class Auditor(Protocol):
-    def record(self, event: dict[str, Any]) -> None: ...
+    async def record(self, event: dict[str, Any]) -> None: ...
 
 
 def digest_outcomes(outcomes: list[CriterionOutcome]) -> str:
@@ -99,13 +99,46 @@ class CheckCoordinator:
             if not context_bytes:
                 raise InvalidInput("HE mode needs the requester's public_context")
             context = await asyncio.to_thread(PublicContext.cached, context_bytes)
+        request_id = str(uuid.uuid4())
+        actor = {"actor_user": principal.user, "actor_agency": principal.agency, "actor_role": principal.role}
+        about = {
+            "request_id": request_id,
+            "program": program.id,
+            "purpose": request.purpose,
+            "legal_basis": request.legal_basis,
+            "case_id": request.case_id,
+            "subjects": list(request.pseudonyms),
+            **actor,
+        }
         # Policy last among the gateway's own checks: a malformed request must not spend budget.
-        outcome = (
-            self.policy.authorize_check(principal, program, request) if self.policy is not None else PolicyOutcome()
+        try:
+            outcome = (
+                self.policy.authorize_check(principal, program, request) if self.policy is not None else PolicyOutcome()
+            )
+        except PolicyDenied as exc:
+            await self._record(
+                {
+                    **about,
+                    "kind": "policy_decision",
+                    "decision": "deny",
+                    "reason": exc.code,
+                    "policy_set_hash": str(exc.details.get("policy_set_hash", "")) or None,
+                }
+            )
+            raise
+        await self._record(
+            {
+                **about,
+                "kind": "policy_decision",
+                "decision": "allow",
+                "policy_ids": list(outcome.policy_ids),
+                "policy_set_hash": outcome.policy_set_hash or None,
+                "view": outcome.view,
+            }
         )
         timings["policy"] = _ms(t0)
         scope = CheckScope(
-            request_id=str(uuid.uuid4()),
+            request_id=request_id,
             requester_agency=principal.agency,
             requester_user=principal.user,
             requester_role=principal.role,
@@ -126,7 +159,25 @@ class CheckCoordinator:
             secrets.SystemRandom().shuffle(pseudonyms)
         node_requests = build_requests(program, scope, pseudonyms, mode, context_bytes)
         t1 = time.perf_counter()
-        responses = await self.nodes.encrypt_all(node_requests, self.deadline_s)
+        try:
+            responses = await self.nodes.encrypt_all(node_requests, self.deadline_s)
+        except NodeError as exc:
+            await self._record({**about, "kind": "fanout_call", "node": exc.agency, "error": exc.code})
+            raise
+        for agency, response in sorted(responses.items()):
+            # The node's own log entry for this answer: either side can prove what happened.
+            await self._record(
+                {
+                    **actor,
+                    "kind": "node_response",
+                    "request_id": request_id,
+                    "program": program.id,
+                    "node": agency,
+                    "node_audit_index": response.node_audit_index,
+                    "node_entry_sha256": response.node_audit_leaf_hash.hex() or None,
+                    "response_sha256": hashlib.sha256(response.SerializeToString(deterministic=True)).hexdigest(),
+                }
+            )
         timings["fanout"] = _ms(t1)
 
         t2 = time.perf_counter()
@@ -153,21 +204,19 @@ class CheckCoordinator:
             }
             for agency, r in sorted(responses.items())
         }
-        if self.auditor is not None:
-            self.auditor.record(
-                {
-                    "kind": "result",
-                    "request_id": scope.request_id,
-                    "program": program.id,
-                    "program_version": program.version,
-                    "program_sha256": program.sha256,
-                    "subjects": list(request.pseudonyms),
-                    "result_sha256": result_digest,
-                    "context_sha256": context.fingerprint if context else "",
-                    "nodes": nodes_meta,
-                    "view": outcome.view,
-                }
-            )
+        await self._record(
+            {
+                **about,
+                "kind": "result",
+                "program_version": program.version,
+                "program_sha256": program.sha256,
+                "result_sha256": result_digest,
+                "context_sha256": context.fingerprint if context else None,
+                "view": outcome.view,
+                "mode": request.mode,
+                "nodes": tuple(sorted(responses)),
+            }
+        )
         log.info(
             "check_done",
             request_id=scope.request_id,
@@ -201,6 +250,10 @@ class CheckCoordinator:
             nodes=nodes_meta,
             timings_ms=timings,
         )
+
+    async def _record(self, event: dict[str, Any]) -> None:
+        if self.auditor is not None:
+            await self.auditor.record({k: v for k, v in event.items() if v is not None})
 
     def _combine_he(
         self,

@@ -15,6 +15,7 @@ class NodeRef(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     address: str = Field(pattern=r"^[^\s:]+:\d{1,5}$")
+    witness_key: Path | None = None  # the node's cosigning public key: it witnesses our checkpoints
 
 
 class GatewayTls(BaseModel):
@@ -46,6 +47,7 @@ class GatewaySettings(BaseModel):
     max_subjects: int = Field(default=100_000, ge=1, le=1_000_000)
     max_message_mb: int = Field(default=64, ge=1, le=512)
     allow_plaintext_mode: bool = False  # benchmark baseline only
+    checkpoint_interval_s: float = Field(default=60.0, gt=0, le=86400)
     rate_per_s: float = Field(default=20.0, gt=0, description="sustained REST requests per user per second")
     rate_burst: float = Field(default=40.0, ge=1)
     insecure: bool = False
@@ -76,6 +78,9 @@ def load_gateway_config(path: Path) -> GatewayConfig:
         value = getattr(g, field)
         if value is not None and not value.is_absolute():
             setattr(g, field, (base / value).resolve())
+    for ref in config.nodes.values():
+        if ref.witness_key is not None and not ref.witness_key.is_absolute():
+            ref.witness_key = (base / ref.witness_key).resolve()
     if config.tls is not None:
         for field in ("cert", "key", "ca", "crl", "signing_key", "federation_directory"):
             value = getattr(config.tls, field)

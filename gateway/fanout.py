@@ -98,6 +98,25 @@ class NodeDirectory:
             raise
         return dict(results)
 
+    async def cosign(
+        self, agency: str, note: bytes, proof: list[bytes], old_size: int, deadline_s: float = 10.0
+    ) -> node_pb2.CosignResponse:
+        """Ask a node to witness a checkpoint (signed envelope both ways, like every call)."""
+        request = node_pb2.CosignRequest(checkpoint=note, consistency_proof=proof, old_size=old_size)
+        digest = self._envelopes.sign_request(request, "CosignCheckpoint") if self._envelopes else b""
+        try:
+            response = await self.stub(agency).CosignCheckpoint(request, timeout=deadline_s)
+        except grpc.aio.AioRpcError as exc:
+            raise node_error_from_rpc(agency, exc) from None
+        if not isinstance(response, node_pb2.CosignResponse) or response.agency != agency:
+            raise NodeProtocolError(agency, "answered the cosign request with something else")
+        if self._envelopes is not None:
+            try:
+                self._envelopes.verify_response(response, "CosignCheckpoint", digest, agency=agency)
+            except CryptoError as exc:
+                raise NodeProtocolError(agency, f"cosign envelope refused: {exc.message}") from None
+        return response
+
     async def health(self, agency: str, deadline_s: float = 2.0) -> node_pb2.HealthResponse:
         try:
             return await self.stub(agency).Health(node_pb2.HealthRequest(), timeout=deadline_s)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import socket
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import uvicorn
@@ -12,6 +13,8 @@ from fastapi import FastAPI
 
 from crypto.masks import MASK_KEY_BYTES
 from gateway.app import create_app
+from gateway.audit import GatewayAudit, build_witness_router
+from gateway.audit_routes import build_audit_router
 from gateway.checks import CheckCoordinator
 from gateway.config import GatewayConfig
 from gateway.fanout import NodeDirectory, NodeEndpoint
@@ -37,7 +40,7 @@ def load_mask_key(path: Path) -> bytes:
     return key
 
 
-def build_app(config: GatewayConfig) -> FastAPI:
+def build_app(config: GatewayConfig, on_ready: Callable[[], None] | None = None) -> FastAPI:
     settings = config.gateway
     catalogue, _ = load_catalogue(settings.catalogue)
     programs = ProgramRegistry.load(settings.program_dir, catalogue)
@@ -67,17 +70,38 @@ def build_app(config: GatewayConfig) -> FastAPI:
         max_subjects=settings.max_subjects,
         allow_plaintext_mode=settings.allow_plaintext_mode,
     )
-    from gateway.wiring import authenticator_for, policy_for
+    from gateway.wiring import authenticator_for, officer_guard, policy_for
 
     authenticate = authenticator_for(config)
-    coordinator.policy, routers = policy_for(config, authenticate)
-    return create_app(
-        coordinator, authenticate, max_body_bytes=settings.max_body_mb * 1024 * 1024, extra_routers=routers
+    policy, routers = policy_for(config, authenticate)
+    coordinator.policy = policy
+    audit = None
+    if settings.audit_db is not None:
+        if settings.audit_key is None:
+            raise ConfigError("gateway config has audit_db but no audit_key to sign checkpoints")
+        witness_keys = {a: ref.witness_key for a, ref in config.nodes.items() if ref.witness_key is not None}
+        audit = GatewayAudit.open(settings.audit_db, settings.audit_key, witness_keys)
+        coordinator.auditor = audit
+        require_officer = officer_guard(authenticate, policy)
+        routers += [build_audit_router(audit.log, require_officer), build_witness_router(audit, nodes, require_officer)]
+    app = create_app(
+        coordinator,
+        authenticate,
+        max_body_bytes=settings.max_body_mb * 1024 * 1024,
+        extra_routers=routers,
+        audit=audit,
+        checkpoint_interval_s=settings.checkpoint_interval_s,
+        on_ready=on_ready,
     )
+    from gateway.console.routes import mount_console
+
+    mount_console(app, authenticate=authenticate, audit_log=audit.log if audit else None, policy=policy, nodes=nodes,
+                  tls=config.tls, state_dir=settings.state_dir, log_public_key=settings.audit_key,
+                  witnesses=list(audit.witnesses.values()) if audit else ())  # fmt: skip
+    return app
 
 
 def serve(config: GatewayConfig) -> None:
-    app = build_app(config)
     settings = config.gateway
     if config.tls is None:
         print("WARNING: serving the REST API WITHOUT TLS (--insecure); development use only", file=sys.stderr)
@@ -86,6 +110,13 @@ def serve(config: GatewayConfig) -> None:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((settings.host, settings.port))
     port = sock.getsockname()[1]
+    scheme = "https" if config.tls is not None else "http"
+
+    def announce() -> None:
+        print(json.dumps({"event": "ready", "port": port, "url": f"{scheme}://{settings.host}:{port}"}), flush=True)
+        log.info("gateway_ready", port=port)
+
+    app = build_app(config, on_ready=announce)
     ssl_kwargs = {}
     if config.tls is not None:
         ssl_kwargs = {
@@ -93,7 +124,4 @@ def serve(config: GatewayConfig) -> None:
             "ssl_keyfile": str(config.tls.key),
         }
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, **ssl_kwargs))  # type: ignore[arg-type]
-    scheme = "https" if config.tls is not None else "http"
-    print(json.dumps({"event": "ready", "port": port, "url": f"{scheme}://{settings.host}:{port}"}), flush=True)
-    log.info("gateway_ready", port=port)
     server.run(sockets=[sock])

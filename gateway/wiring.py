@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from fastapi import APIRouter, Request
@@ -13,6 +14,7 @@ from policies.consent import ConsentRegistry
 from policies.engine import DEFAULT_POLICY_DIR
 from policies.pdp import CheckAuthorizer
 from policies.reload import PolicyReloader
+from policies.types import AccessRequest
 from xgate.auth import Authenticator, add_user
 from xgate.errors import ConfigError
 from xgate.principal import Principal
@@ -57,6 +59,27 @@ def policy_for(config: GatewayConfig, authenticate: RestAuthenticator) -> tuple[
     consents = ConsentRegistry(state / "consents.sqlite", purposes=reloader.engine.purposes)
     authorizer = CheckAuthorizer(engine=reloader, budgets=ProbeBudget(state / "budgets.sqlite"), consents=consents)
     return authorizer, [build_consent_router(consents, authenticate)]
+
+
+def officer_guard(authenticate: RestAuthenticator, policy: CheckAuthorizer) -> Callable[[Request], Principal]:
+    """Only security officers read the audit log, and only if the policy set says so (read_audit)."""
+
+    def require_officer(request: Request) -> Principal:
+        principal = authenticate(request)
+        request.state.principal = principal
+        engine = policy.engine.engine if hasattr(policy.engine, "engine") else policy.engine
+        engine.decide(
+            AccessRequest(
+                principal=principal.user,
+                action="read_audit",
+                resource="AuditLog::federation",
+                purpose="security_audit",
+                requesting_agency=principal.agency,
+            )
+        ).raise_if_denied()
+        return principal
+
+    return require_officer
 
 
 def authenticator_for(config: GatewayConfig) -> RestAuthenticator:

@@ -30,6 +30,8 @@ class NodeSettings(BaseModel):
     pseudonym_key_file: Path | None = None
     column_key_file: Path | None = None
     audit_db: Path | None = None
+    audit_key: Path | None = None  # signs this node's checkpoints and its cosignatures
+    gateway_audit_key: Path | None = None  # the gateway log's public key: makes this node a witness
     policy_dir: Path | None = None
     signing_key: Path | None = None
     federation_directory: Path | None = None
@@ -58,6 +60,8 @@ def load_node_config(path: Path) -> NodeConfig:
         "pseudonym_key_file",
         "column_key_file",
         "audit_db",
+        "audit_key",
+        "gateway_audit_key",
         "policy_dir",
         "signing_key",
         "federation_directory",

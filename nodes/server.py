@@ -12,6 +12,7 @@ from pathlib import Path
 import grpc
 
 from crypto.envelope import Envelopes
+from nodes.audit import open_node_audit
 from nodes.config import NodeConfig
 from nodes.policy import node_authorizer
 from nodes.service import NodeService
@@ -41,12 +42,18 @@ class NodeServicer(node_pb2_grpc.AgencyNodeServicer):
     ) -> node_pb2.EncryptResponse:
         return call_guarded(context, "EncryptValues", lambda: self.service.encrypt_values(request))
 
+    def CosignCheckpoint(
+        self, request: node_pb2.CosignRequest, context: grpc.ServicerContext
+    ) -> node_pb2.CosignResponse:
+        return call_guarded(context, "CosignCheckpoint", lambda: self.service.cosign(request))
+
 
 def build_service(config: NodeConfig) -> NodeService:
     settings = config.node
     if not settings.store.exists():
         raise ConfigError(f"node store {settings.store} does not exist; run `xgate node load` first")
     store = open_node_store(settings)
+    audit = open_node_audit(settings)
     return NodeService(
         agency=settings.agency,
         store=store,
@@ -54,6 +61,9 @@ def build_service(config: NodeConfig) -> NodeService:
         allow_plaintext_mode=settings.allow_plaintext_mode,
         envelopes=envelopes_for(config),
         authorize=node_authorizer(settings.agency, settings.policy_dir),
+        audit=audit.record if audit else None,
+        cosigner=audit.cosign if audit else None,
+        closers=[audit.close] if audit else [],
         gateway_agency=config.tls.gateway_agency if config.tls else "gateway",
     )
 
@@ -110,5 +120,7 @@ def serve(config: NodeConfig, ready_file: Path | None = None) -> None:
         signal.signal(sig, lambda *_: stop.set())
     stop.wait()
     server.stop(grace=2).wait()
+    for close in service.closers:
+        close()
     service.store.close()
     log.info("node_stopped", agency=settings.agency)

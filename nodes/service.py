@@ -45,6 +45,8 @@ class NodeService:
     allow_plaintext_mode: bool = False
     authorize: Authorizer | None = None
     audit: Auditor | None = None
+    cosigner: Callable[[node_pb2.CosignRequest], node_pb2.CosignResponse] | None = None
+    closers: list[Callable[[], None]] = field(default_factory=list)
     envelopes: Envelopes | None = None  # signed envelopes (required whenever TLS is on)
     gateway_agency: str = "gateway"
     _offered: dict[str, tuple[int, int]] = field(default_factory=dict)
@@ -80,6 +82,17 @@ class NodeService:
             computations=[f"he-encrypt/{HE_PARAMS_ID}", "flower-client/1"],
             he_params_id=HE_PARAMS_ID,
         )
+
+    def cosign(self, request: node_pb2.CosignRequest) -> node_pb2.CosignResponse:
+        """Witness the gateway's checkpoint (envelope first, then the witness's own checks)."""
+        if self.envelopes is not None:
+            self.envelopes.verify_request(request, "CosignCheckpoint", agency=self.gateway_agency, kinds={"gateway"})
+        if self.cosigner is None:
+            raise PolicyDenied("this node does not witness the gateway's log")
+        response = self.cosigner(request)
+        if self.envelopes is not None:
+            self.envelopes.sign_response(response, "CosignCheckpoint", request)
+        return response
 
     def _validate(self, request: node_pb2.EncryptRequest) -> None:
         ctx = request.context
@@ -168,6 +181,7 @@ class NodeService:
             "request_id": ctx.request_id,
             "actor_agency": ctx.requester_agency,
             "actor_user": ctx.requester_user,
+            "actor_role": ctx.requester_role,
             "program": ctx.program_id,
             "purpose": ctx.purpose,
             "legal_basis": ctx.legal_basis,

@@ -147,6 +147,10 @@ def prepare(
         pki.write_crl(pki.load_ca(fed.pki_dir / "ca"))
         pki.issue(fed.pki_dir / "ca", "gateway", GATEWAY_ID, fed.gateway_dir / "tls")
     write_dev_policies(fed.policy_dir, budget_max_checks)
+    from audit import generate_key, save_keypair
+
+    fed.gateway_dir.mkdir(parents=True, exist_ok=True)
+    save_keypair(generate_key(), fed.gateway_dir / "audit")  # signs the gateway log's checkpoints
     for agency in fed.agencies:
         _write_node_config(fed, agency)
     with ThreadPoolExecutor(max_workers=2) as pool:
@@ -191,10 +195,15 @@ def _write_node_config(fed: DevFederation, agency: str) -> None:
         "store": "store.sqlite",
         "pseudonym_key_file": "pseudonym.key",
         "audit_db": "audit.sqlite",
+        "audit_key": "audit.key.pem",
+        "gateway_audit_key": str(fed.gateway_dir / "audit.pub.pem"),  # witnesses the gateway's log
         "policy_dir": str(fed.policy_dir),
         "allow_plaintext_mode": fed.plaintext_baseline,
         "insecure": not fed.tls,
     }
+    from audit import generate_key, save_keypair
+
+    save_keypair(generate_key(), directory / "audit")
     if agency in CORE_AGENCIES:
         from crypto.at_rest import generate_key_file
 
@@ -264,13 +273,18 @@ def write_gateway_config(
         "mask_key_file": "mask.key",
         "users_file": "users.json",
         "audit_db": "audit.sqlite",
+        "audit_key": "audit.key.pem",
+        "checkpoint_interval_s": 30.0,
         "state_dir": "state",
         "policy_dir": str(fed.policy_dir),
         "allow_plaintext_mode": fed.plaintext_baseline,
         "insecure": not fed.tls,
         **overrides,
     }
-    config: dict[str, object] = {"gateway": gateway, "nodes": {a: {"address": addr} for a, addr in addresses.items()}}
+    nodes = {
+        a: {"address": addr, "witness_key": str(fed.node_dir(a) / "audit.pub.pem")} for a, addr in addresses.items()
+    }
+    config: dict[str, object] = {"gateway": gateway, "nodes": nodes}
     if fed.tls:
         config["tls"] = {
             "cert": f"tls/gateway-{GATEWAY_ID}.cert.pem",

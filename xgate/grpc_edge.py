@@ -40,21 +40,24 @@ def node_error_from_rpc(agency: str, exc: grpc.RpcError) -> NodeError:
     """Translate a failed fan-out call into a NodeError naming the agency."""
     code = exc.code() if hasattr(exc, "code") else grpc.StatusCode.UNKNOWN
     detail: Any = exc.details() if hasattr(exc, "details") else ""
+    extra: dict[str, Any] = {}
     try:
-        message = json.loads(detail)["message"]
-    except (TypeError, ValueError, KeyError):
+        body = json.loads(detail)
+        message = body["message"]
+        extra = {k: v for k, v in dict(body.get("details", {})).items() if k != "agency"}
+    except (TypeError, ValueError, KeyError, AttributeError):
         message = str(detail)[:200] if detail else code.name.lower()
     if code == grpc.StatusCode.DEADLINE_EXCEEDED:
         return NodeTimeout(agency, "did not answer before the deadline")
     if code == grpc.StatusCode.UNAVAILABLE:
         return NodeUnavailable(agency, f"unreachable ({message})")
     if code in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED):
-        return NodeRefused(agency, f"refused: {message}")
+        return NodeRefused(agency, f"refused: {message}", **extra)
     if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
-        return NodeRefused(agency, f"refused: {message}")
+        return NodeRefused(agency, f"refused: {message}", **extra)
     if code == grpc.StatusCode.INVALID_ARGUMENT:
-        return NodeProtocolError(agency, f"rejected the request: {message}")
-    return NodeProtocolError(agency, f"failed ({code.name.lower()}): {message}")
+        return NodeProtocolError(agency, f"rejected the request: {message}", **extra)
+    return NodeProtocolError(agency, f"failed ({code.name.lower()}): {message}", **extra)
 
 
 __all__ = ["InvalidInput", "call_guarded", "node_error_from_rpc"]
