@@ -1,0 +1,40 @@
+"""`make bench`: every benchmark in one go, each writing bench/results/<name>.json.
+
+Each benchmark runs in its own process (fresh interpreter, no shared state) and prints its own
+table; a failing benchmark is reported and the others still run. `--quick` for a smoke run.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+BENCHMARKS = [
+    "eligibility",  # HE vs plaintext exchange, end to end
+    "masking_leakage",  # what a masked value reveals
+    "transport_overhead",  # mTLS + signed envelopes vs none
+    "security",  # envelope sign/verify, gRPC RTT
+    "policy",  # Cedar decisions per second
+    "audit",  # durable appends vs plain SQLite, proofs at 1M entries
+    "federated",  # Census-Income: pooled vs single agency vs vertical/horizontal FL
+]
+
+
+def main() -> int:
+    quick = "--quick" in sys.argv[1:]
+    failed = []
+    for name in BENCHMARKS:
+        print(f"\n=== bench.{name} ===", flush=True)
+        started = time.perf_counter()
+        args = [sys.executable, "-m", f"bench.{name}", *(["--quick"] if quick else [])]
+        if subprocess.run(args, check=False).returncode != 0:
+            failed.append(name)
+        print(f"=== bench.{name}: {time.perf_counter() - started:.0f} s ===", flush=True)
+    if failed:
+        print(f"\nfailed: {', '.join(failed)}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
