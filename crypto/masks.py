@@ -50,3 +50,15 @@ def epoch_of(unix_seconds: float, epoch_seconds: int) -> int:
     if epoch_seconds <= 0:
         raise ValueError("epoch length must be positive")
     return int(unix_seconds // epoch_seconds)
+
+
+def derive_permutations(key: bytes, program: str, epoch: int, pseudonyms: Sequence[str], k: int) -> np.ndarray:
+    """One permutation of range(k) per subject (rows), keyed like the masks so repeats agree."""
+    if len(key) != MASK_KEY_BYTES:
+        raise ValueError(f"mask key must be {MASK_KEY_BYTES} bytes")
+    prefix = b"\x00".join((_DOMAIN, b"criteria-order", program.encode(), str(epoch).encode(), b""))
+    rows = np.empty((len(pseudonyms), k), dtype=np.int64)
+    for j, pseudonym in enumerate(pseudonyms):
+        digest = hashlib.blake2b(prefix + pseudonym.encode(), key=key, digest_size=8 * k).digest()
+        rows[j] = np.argsort(np.frombuffer(digest, dtype="<u8"), kind="stable")
+    return rows
