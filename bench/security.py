@@ -61,9 +61,14 @@ def bench_envelope(sizes: dict[str, int], n: int) -> dict[str, Any]:
             verify_message(m, M, ring, ReplayGuard())  # fresh guard: the same nonce is verified n times
 
         ver = _median_ms(verify, n)
-        out[label] = {"bytes": size, "serialise_ms": round(serialise, 4), "sign_ms": round(sign, 4),
-                      "verify_ms": round(ver, 4), "sign_plus_verify_ms": round(sign + ver, 4),
-                      "ratio_to_serialise": round((sign + ver) / serialise, 2) if serialise else None}
+        out[label] = {
+            "bytes": size,
+            "serialise_ms": round(serialise, 4),
+            "sign_ms": round(sign, 4),
+            "verify_ms": round(ver, 4),
+            "sign_plus_verify_ms": round(sign + ver, 4),
+            "ratio_to_serialise": round((sign + ver) / serialise, 2) if serialise else None,
+        }
     return out
 
 
@@ -127,16 +132,19 @@ def bench_grpc(n_small: int, n_large: int) -> dict[str, Any]:
         node = pki.issue(root / "ca", "node", "tax", root / "n")
         gw = pki.issue(root / "ca", "gateway", "gateway", root / "g")
         ca, crl = root / "ca" / pki.CA_CERT, root / "ca" / pki.CRL
-        files = {"node": tls.TlsPaths(node.cert_path, node.key_path, ca, crl),
-                 "gateway": tls.TlsPaths(gw.cert_path, gw.key_path, ca, crl)}
+        files = {
+            "node": tls.TlsPaths(node.cert_path, node.key_path, ca, crl),
+            "gateway": tls.TlsPaths(gw.cert_path, gw.key_path, ca, crl),
+        }
         results: dict[str, dict[str, float]] = {}
         for mode in ("insecure", "mtls", "mtls+envelope"):
             small = asyncio.run(_rtt(mode, files, {"small_1kb": 1024}, n_small))
             large = asyncio.run(_rtt(mode, files, {"large_4mb": 4 * MB}, n_large))
             results[mode] = small | large
     base = results["insecure"]
-    ratios = {mode: {k: round(v / base[k], 2) for k, v in r.items()} for mode, r in results.items()
-              if mode != "insecure"}
+    ratios = {
+        mode: {k: round(v / base[k], 2) for k, v in r.items()} for mode, r in results.items() if mode != "insecure"
+    }
     return {"median_rtt_ms": results, "ratio_to_insecure": ratios}
 
 
@@ -148,8 +156,11 @@ def main() -> None:
     report = {
         "benchmark": "security",
         "quick": args.quick,
-        "machine": {"python": platform.python_version(), "cpu": platform.processor() or platform.machine(),
-                    "grpc": grpc.__version__},
+        "machine": {
+            "python": platform.python_version(),
+            "cpu": platform.processor() or platform.machine(),
+            "grpc": grpc.__version__,
+        },
         "envelope": bench_envelope({"1kb": 1024, "4mb": 4 * MB}, n_env),
         "grpc_loopback": bench_grpc(n_small, n_large),
     }

@@ -173,8 +173,9 @@ def generate_key_file(path: Path, data_dir: Path | None = None) -> str:
     return key_id
 
 
-def rotate(rows: Iterable[tuple[K, bytes, bytes]], old: ColumnCipher | ColumnKeyring,
-           new: ColumnCipher) -> list[tuple[K, bytes]]:
+def rotate(
+    rows: Iterable[tuple[K, bytes, bytes]], old: ColumnCipher | ColumnKeyring, new: ColumnCipher
+) -> list[tuple[K, bytes]]:
     """Re-seal (row key, blob, aad) rows from `old` to `new`; return only the rows that changed.
 
     Blobs already under `new` are verified (not re-sealed), so a re-run after a crash is safe.
@@ -190,8 +191,13 @@ def rotate(rows: Iterable[tuple[K, bytes, bytes]], old: ColumnCipher | ColumnKey
     return changed
 
 
-def rotate_sqlite(conn: sqlite3.Connection, rows: Iterable[tuple[Sequence[Any], bytes, bytes]],
-                  old: ColumnCipher | ColumnKeyring, new: ColumnCipher, update_sql: str) -> int:
+def rotate_sqlite(
+    conn: sqlite3.Connection,
+    rows: Iterable[tuple[Sequence[Any], bytes, bytes]],
+    old: ColumnCipher | ColumnKeyring,
+    new: ColumnCipher,
+    update_sql: str,
+) -> int:
     """Rotate in ONE transaction: all rows move to `new`, or (on any error) none do.
 
     `update_sql` takes the new blob first, then the row key columns, e.g.

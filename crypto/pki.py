@@ -122,17 +122,36 @@ def init_ca(ca_dir: Path, name: str, days: int = 3650, now: dt.datetime | None =
         raise ConfigError(f"a CA already exists in {ca_dir}")
     now = now or _utcnow()
     key = ec.generate_private_key(ec.SECP256R1())
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name),
-                         x509.NameAttribute(NameOID.ORGANIZATION_NAME, "xgate federation")])
+    subject = x509.Name(
+        [
+            x509.NameAttribute(NameOID.COMMON_NAME, name),
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "xgate federation"),
+        ]
+    )
     ski = x509.SubjectKeyIdentifier.from_public_key(key.public_key())
     cert = (
-        x509.CertificateBuilder().subject_name(subject).issuer_name(subject).public_key(key.public_key())
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=days))
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=days))
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
-                                     content_commitment=False, key_encipherment=False, data_encipherment=False,
-                                     key_agreement=False, encipher_only=False, decipher_only=False), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                key_cert_sign=True,
+                crl_sign=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
         .add_extension(ski, critical=False)
         .sign(key, hashes.SHA256())
     )
@@ -214,21 +233,41 @@ def issue(
         sans += [x509.IPAddress(ipaddress.ip_address(i)) for i in ips if i and i != "127.0.0.1"]
     except ValueError:
         raise InvalidInput("not an IP address in --ip") from None
-    usages = [ExtendedKeyUsageOID.CLIENT_AUTH] if kind == "user" else [
-        ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
-    subject = x509.Name([
-        x509.NameAttribute(NameOID.COMMON_NAME, f"{kind}.{agency}"),
-        x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, kind),
-        x509.NameAttribute(NameOID.ORGANIZATION_NAME, agency),
-    ])
+    usages = (
+        [ExtendedKeyUsageOID.CLIENT_AUTH]
+        if kind == "user"
+        else [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
+    )
+    subject = x509.Name(
+        [
+            x509.NameAttribute(NameOID.COMMON_NAME, f"{kind}.{agency}"),
+            x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, kind),
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, agency),
+        ]
+    )
     cert = (
-        x509.CertificateBuilder().subject_name(subject).issuer_name(ca.cert.subject)
-        .public_key(key.public_key()).serial_number(x509.random_serial_number())
-        .not_valid_before(start).not_valid_after(start + dt.timedelta(days=days))
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(ca.cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(start)
+        .not_valid_after(start + dt.timedelta(days=days))
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=False, crl_sign=False,
-                                     content_commitment=False, key_encipherment=False, data_encipherment=False,
-                                     key_agreement=False, encipher_only=False, decipher_only=False), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                key_cert_sign=False,
+                crl_sign=False,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
         .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
         .add_extension(x509.SubjectAlternativeName(sans), critical=False)
         .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca.key.public_key()), critical=False)
@@ -246,16 +285,24 @@ def issue(
         sign_path = out_dir / f"{stem}.sign.pem"
         signer.save(sign_path)
     entries = _index(ca)
-    entries.append({
-        "serial": str(cert.serial_number), "agency": agency, "kind": kind, "fingerprint": fingerprint(cert),
-        "not_after": cert.not_valid_after_utc.isoformat(), "revoked_at": None, "address": address,
-        "key_id": signer.key_id if signer else None,
-        "ed25519_public": base64.b64encode(signer.public_raw).decode() if signer else None,
-    })
+    entries.append(
+        {
+            "serial": str(cert.serial_number),
+            "agency": agency,
+            "kind": kind,
+            "fingerprint": fingerprint(cert),
+            "not_after": cert.not_valid_after_utc.isoformat(),
+            "revoked_at": None,
+            "address": address,
+            "key_id": signer.key_id if signer else None,
+            "ed25519_public": base64.b64encode(signer.public_raw).decode() if signer else None,
+        }
+    )
     _save_index(ca, entries)
     _write_directory(ca, now)
-    return Issued(cert_path, key_path, sign_path, cert.serial_number, fingerprint(cert),
-                  signer.key_id if signer else None)
+    return Issued(
+        cert_path, key_path, sign_path, cert.serial_number, fingerprint(cert), signer.key_id if signer else None
+    )
 
 
 def revoke(ca_dir: Path, serial: int | str, now: dt.datetime | None = None, crl_days: int = 7) -> Path:
@@ -287,13 +334,20 @@ def set_address(ca_dir: Path, agency: str, kind: str, address: str) -> None:
 def write_crl(ca: CA, days: int = 7, now: dt.datetime | None = None) -> Path:
     """(Re)sign crl.pem; relying parties accept it until next_update + their grace period."""
     now = now or _utcnow()
-    builder = (x509.CertificateRevocationListBuilder().issuer_name(ca.cert.subject)
-               .last_update(now).next_update(now + dt.timedelta(days=days)))
+    builder = (
+        x509.CertificateRevocationListBuilder()
+        .issuer_name(ca.cert.subject)
+        .last_update(now)
+        .next_update(now + dt.timedelta(days=days))
+    )
     for e in _index(ca):
         if e["revoked_at"]:
             builder = builder.add_revoked_certificate(
-                x509.RevokedCertificateBuilder().serial_number(int(e["serial"]))
-                .revocation_date(dt.datetime.fromisoformat(e["revoked_at"])).build())
+                x509.RevokedCertificateBuilder()
+                .serial_number(int(e["serial"]))
+                .revocation_date(dt.datetime.fromisoformat(e["revoked_at"]))
+                .build()
+            )
     crl = builder.sign(ca.key, hashes.SHA256())
     path = ca.dir / CRL
     tmp = ca.dir / (CRL + ".tmp")
@@ -312,10 +366,15 @@ def _write_directory(ca: CA, now: dt.datetime) -> None:
         if e["key_id"] or e["kind"] in SIGNING_KINDS:
             latest[(e["agency"], e["kind"])] = e
     body = {
-        "format": "xgate-federation/1", "federation": ca.name, "issued_at": now.isoformat(),
+        "format": "xgate-federation/1",
+        "federation": ca.name,
+        "issued_at": now.isoformat(),
         "entries": [
-            {k: e[k] for k in ("agency", "kind", "address", "serial", "fingerprint", "key_id", "ed25519_public",
-                               "not_after")} | {"revoked": bool(e["revoked_at"])}
+            {
+                k: e[k]
+                for k in ("agency", "kind", "address", "serial", "fingerprint", "key_id", "ed25519_public", "not_after")
+            }
+            | {"revoked": bool(e["revoked_at"])}
             for e in latest.values()
         ],
     }
@@ -352,8 +411,11 @@ class FederationDirectory:
         raise NotFound(f"no {kind} for agency '{agency}' in the federation directory")
 
     def keyring(self) -> Keyring:
-        return Keyring(KeyEntry(e.key_id, e.agency, e.kind, e.ed25519_public, e.revoked)
-                       for e in self.entries if e.key_id and e.ed25519_public)
+        return Keyring(
+            KeyEntry(e.key_id, e.agency, e.kind, e.ed25519_public, e.revoked)
+            for e in self.entries
+            if e.key_id and e.ed25519_public
+        )
 
 
 def load_directory(path: Path, ca_cert: Path | x509.Certificate) -> FederationDirectory:
@@ -372,10 +434,23 @@ def load_directory(path: Path, ca_cert: Path | x509.Certificate) -> FederationDi
         raise CryptoError("federation directory signature does not verify against the CA") from None
     if doc.get("format") != "xgate-federation/1":
         raise CryptoError("unknown federation directory format")
-    return FederationDirectory(doc["federation"], doc["issued_at"], tuple(
-        DirectoryEntry(e["agency"], e["kind"], e["address"], e["serial"], e["fingerprint"], e["key_id"],
-                       base64.b64decode(e["ed25519_public"]) if e["ed25519_public"] else None, e["revoked"])
-        for e in doc["entries"]))
+    return FederationDirectory(
+        doc["federation"],
+        doc["issued_at"],
+        tuple(
+            DirectoryEntry(
+                e["agency"],
+                e["kind"],
+                e["address"],
+                e["serial"],
+                e["fingerprint"],
+                e["key_id"],
+                base64.b64decode(e["ed25519_public"]) if e["ed25519_public"] else None,
+                e["revoked"],
+            )
+            for e in doc["entries"]
+        ),
+    )
 
 
 @dataclass(frozen=True)
@@ -387,8 +462,9 @@ class PeerIdentity:
     not_after: dt.datetime
 
 
-def check_crl(crl: x509.CertificateRevocationList, ca: x509.Certificate, now: dt.datetime,
-              grace: dt.timedelta = DEFAULT_CRL_GRACE) -> None:
+def check_crl(
+    crl: x509.CertificateRevocationList, ca: x509.Certificate, now: dt.datetime, grace: dt.timedelta = DEFAULT_CRL_GRACE
+) -> None:
     """The CRL must be signed by our CA and not older than next_update + grace (fail closed)."""
     pub = ca.public_key()
     if crl.issuer != ca.subject or not crl.is_signature_valid(pub):  # type: ignore[arg-type]
@@ -405,8 +481,8 @@ def peer_identity(cert: x509.Certificate) -> PeerIdentity:
     except x509.ExtensionNotFound:
         raise CryptoError("certificate carries no agency (no subjectAltName)") from None
     uris = san.get_values_for_type(x509.UniformResourceIdentifier)
-    agencies = [u[len(AGENCY_URI):] for u in uris if u.startswith(AGENCY_URI)]
-    kinds = [u[len(ROLE_URI):] for u in uris if u.startswith(ROLE_URI)]
+    agencies = [u[len(AGENCY_URI) :] for u in uris if u.startswith(AGENCY_URI)]
+    kinds = [u[len(ROLE_URI) :] for u in uris if u.startswith(ROLE_URI)]
     if len(agencies) != 1 or len(kinds) != 1:
         raise CryptoError("certificate must carry exactly one agency URI and one role URI")
     org = [a.value for a in cert.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)]

@@ -18,8 +18,11 @@ CaDir = Annotated[Path, typer.Option("--ca", help="CA directory (holds ca.key.pe
 
 
 @app.command("init")
-def init_cmd(ca: CaDir, name: Annotated[str, typer.Option(help="federation name")] = "xgate federation CA",
-             days: Annotated[int, typer.Option(help="CA validity in days")] = 3650) -> None:
+def init_cmd(
+    ca: CaDir,
+    name: Annotated[str, typer.Option(help="federation name")] = "xgate federation CA",
+    days: Annotated[int, typer.Option(help="CA validity in days")] = 3650,
+) -> None:
     """Create the federation CA, an empty CRL and an empty signed directory."""
     from crypto import pki
 
@@ -44,10 +47,19 @@ def issue_cmd(
 
     with fail_on_error():
         issued = pki.issue(ca, kind, agency, out, dns or (), ip or (), days, address)
-        typer.echo(json.dumps({"cert": str(issued.cert_path), "key": str(issued.key_path),
-                               "signing_key": str(issued.signing_key_path) if issued.signing_key_path else None,
-                               "serial": str(issued.serial), "fingerprint": issued.fingerprint,
-                               "key_id": issued.key_id}, indent=2))
+        typer.echo(
+            json.dumps(
+                {
+                    "cert": str(issued.cert_path),
+                    "key": str(issued.key_path),
+                    "signing_key": str(issued.signing_key_path) if issued.signing_key_path else None,
+                    "serial": str(issued.serial),
+                    "fingerprint": issued.fingerprint,
+                    "key_id": issued.key_id,
+                },
+                indent=2,
+            )
+        )
 
 
 @app.command("revoke")
@@ -70,8 +82,12 @@ def crl_cmd(ca: CaDir, days: Annotated[int, typer.Option(help="days until next u
 
 
 @app.command("set-address")
-def set_address_cmd(ca: CaDir, agency: Annotated[str, typer.Option()], address: Annotated[str, typer.Option()],
-                    kind: Annotated[str, typer.Option()] = "node") -> None:
+def set_address_cmd(
+    ca: CaDir,
+    agency: Annotated[str, typer.Option()],
+    address: Annotated[str, typer.Option()],
+    kind: Annotated[str, typer.Option()] = "node",
+) -> None:
     """Publish where a party listens (host:port) in the signed federation directory."""
     from crypto import pki
 
@@ -90,26 +106,39 @@ def show_cmd(path: Annotated[Path, typer.Argument(help="a certificate PEM, or a 
             ca = pki.load_ca(path)
             directory = pki.load_directory(path / pki.DIRECTORY, ca.cert)
             crl = pki.load_crl(path / pki.CRL)
-            typer.echo(f"CA: {ca.name}  fingerprint {pki.fingerprint(ca.cert)}  "
-                       f"valid until {ca.cert.not_valid_after_utc:%Y-%m-%d}")
+            typer.echo(
+                f"CA: {ca.name}  fingerprint {pki.fingerprint(ca.cert)}  "
+                f"valid until {ca.cert.not_valid_after_utc:%Y-%m-%d}"
+            )
             typer.echo(f"CRL: {len(list(crl))} revoked, next update {crl.next_update_utc:%Y-%m-%d %H:%M} UTC")
             for e in directory.entries:
                 state = "REVOKED" if e.revoked else "valid"
-                typer.echo(f"  {e.kind:<17} {e.agency:<16} {state:<8} serial={e.serial} key_id={e.key_id} "
-                           f"address={e.address or '-'}")
+                typer.echo(
+                    f"  {e.kind:<17} {e.agency:<16} {state:<8} serial={e.serial} key_id={e.key_id} "
+                    f"address={e.address or '-'}"
+                )
             return
         cert = pki.load_cert(path)
         ident = pki.peer_identity(cert)
         now = dt.datetime.now(dt.UTC)
         san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-        typer.echo(json.dumps({
-            "agency": ident.agency, "kind": ident.kind, "serial": str(ident.serial),
-            "fingerprint": ident.fingerprint, "issuer": cert.issuer.rfc4514_string(),
-            "not_before": cert.not_valid_before_utc.isoformat(), "not_after": cert.not_valid_after_utc.isoformat(),
-            "expired": now > cert.not_valid_after_utc,
-            "dns": san.get_values_for_type(x509.DNSName),
-            "ip": [str(i) for i in san.get_values_for_type(x509.IPAddress)],
-        }, indent=2))
+        typer.echo(
+            json.dumps(
+                {
+                    "agency": ident.agency,
+                    "kind": ident.kind,
+                    "serial": str(ident.serial),
+                    "fingerprint": ident.fingerprint,
+                    "issuer": cert.issuer.rfc4514_string(),
+                    "not_before": cert.not_valid_before_utc.isoformat(),
+                    "not_after": cert.not_valid_after_utc.isoformat(),
+                    "expired": now > cert.not_valid_after_utc,
+                    "dns": san.get_values_for_type(x509.DNSName),
+                    "ip": [str(i) for i in san.get_values_for_type(x509.IPAddress)],
+                },
+                indent=2,
+            )
+        )
 
 
 @app.command("add-user")

@@ -95,8 +95,15 @@ def channel_options(agency: str, kind: str = "node") -> list[tuple[str, Any]]:
     return [("grpc.ssl_target_name_override", pki.target_name(agency, kind))]
 
 
-def secure_channel(address: str, agency: str, tls: TlsFiles, *, kind: str = "node", aio: bool = True,
-                   options: Iterable[tuple[str, Any]] = ()) -> Any:
+def secure_channel(
+    address: str,
+    agency: str,
+    tls: TlsFiles,
+    *,
+    kind: str = "node",
+    aio: bool = True,
+    options: Iterable[tuple[str, Any]] = (),
+) -> Any:
     """mTLS channel to `agency`'s party at `address` (grpc.aio by default)."""
     opts = channel_options(agency, kind) + list(options)
     factory = grpc.aio.secure_channel if aio else grpc.secure_channel
@@ -110,10 +117,15 @@ class PeerVerifier:
     stale CRL refuses every peer (fail closed). crl=None disables revocation checks (logged).
     """
 
-    def __init__(self, ca: Path, crl: Path | None, allowed_kinds: Iterable[str],
-                 allowed_agencies: Iterable[str] | None = None,
-                 crl_grace: dt.timedelta = pki.DEFAULT_CRL_GRACE,
-                 clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC)) -> None:
+    def __init__(
+        self,
+        ca: Path,
+        crl: Path | None,
+        allowed_kinds: Iterable[str],
+        allowed_agencies: Iterable[str] | None = None,
+        crl_grace: dt.timedelta = pki.DEFAULT_CRL_GRACE,
+        clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
+    ) -> None:
         self.ca = pki.load_cert(_read(ca, "CA certificate"))
         self.crl_path = crl
         self.allowed_kinds = frozenset(allowed_kinds)
@@ -145,8 +157,9 @@ class PeerVerifier:
     def check_pem(self, cert_pem: bytes) -> PeerIdentity:
         """Raise Unauthenticated (bad/unknown/expired/revoked) or PolicyDenied (wrong kind/agency)."""
         try:
-            ident = pki.verify_peer_certificate(cert_pem, self.ca, self._current_crl(), None, None,
-                                                now=self.clock(), crl_grace=self.crl_grace)
+            ident = pki.verify_peer_certificate(
+                cert_pem, self.ca, self._current_crl(), None, None, now=self.clock(), crl_grace=self.crl_grace
+            )
         except CryptoError as exc:
             raise Unauthenticated(f"client certificate refused: {exc.message}") from None
         if ident.kind not in self.allowed_kinds:
@@ -171,14 +184,19 @@ def _status(exc: XgateError) -> grpc.StatusCode:
 
 
 def _wrap(handler: grpc.RpcMethodHandler, wrap_call: Callable[[Any], Any]) -> grpc.RpcMethodHandler:
-    for attr, factory in (("unary_unary", grpc.unary_unary_rpc_method_handler),
-                          ("unary_stream", grpc.unary_stream_rpc_method_handler),
-                          ("stream_unary", grpc.stream_unary_rpc_method_handler),
-                          ("stream_stream", grpc.stream_stream_rpc_method_handler)):
+    for attr, factory in (
+        ("unary_unary", grpc.unary_unary_rpc_method_handler),
+        ("unary_stream", grpc.unary_stream_rpc_method_handler),
+        ("stream_unary", grpc.stream_unary_rpc_method_handler),
+        ("stream_stream", grpc.stream_stream_rpc_method_handler),
+    ):
         behaviour = getattr(handler, attr)
         if behaviour is not None:
-            return factory(wrap_call(behaviour), request_deserializer=handler.request_deserializer,
-                           response_serializer=handler.response_serializer)
+            return factory(
+                wrap_call(behaviour),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
     raise ConfigError("unsupported gRPC handler")
 
 
@@ -188,8 +206,11 @@ class PeerCheckInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
     def __init__(self, verifier: PeerVerifier) -> None:
         self.verifier = verifier
 
-    def intercept_service(self, continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
-                          handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
+    def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler | None:
         handler = continuation(handler_call_details)
         if handler is None:
             return None
@@ -207,6 +228,7 @@ class PeerCheckInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
                     return behaviour(request, context)
                 finally:
                     _current_peer.reset(token)
+
             return checked
 
         return _wrap(handler, wrap_call)
@@ -219,7 +241,8 @@ class AioPeerCheckInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         self.verifier = verifier
 
     async def intercept_service(
-        self, continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
         handler = await continuation(handler_call_details)
@@ -240,6 +263,7 @@ class AioPeerCheckInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                     return await result if hasattr(result, "__await__") else result
                 finally:
                     _current_peer.reset(token)
+
             return checked
 
         return _wrap(handler, wrap_call)
@@ -256,8 +280,15 @@ def node_interceptors(tls: TlsFiles, gateway_agency: str = "gateway", aio: bool 
     return [AioPeerCheckInterceptor(verifier) if aio else PeerCheckInterceptor(verifier)]
 
 
-def verify_server(address: str, agency: str, tls: TlsFiles, *, kind: str = "node", timeout: float = 5.0,
-                  crl_grace: dt.timedelta = pki.DEFAULT_CRL_GRACE) -> PeerIdentity:
+def verify_server(
+    address: str,
+    agency: str,
+    tls: TlsFiles,
+    *,
+    kind: str = "node",
+    timeout: float = 5.0,
+    crl_grace: dt.timedelta = pki.DEFAULT_CRL_GRACE,
+) -> PeerIdentity:
     """Pre-flight TLS handshake to a node: hostname pin, chain, validity, CRL, agency, kind.
 
     Raise Unauthenticated on any failure. Use once per connection set-up (e.g. when the
@@ -270,22 +301,31 @@ def verify_server(address: str, agency: str, tls: TlsFiles, *, kind: str = "node
     ctx.load_cert_chain(str(tls.cert), str(tls.key))
     ctx.set_alpn_protocols(["h2"])
     try:
-        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout) as raw, \
-                ctx.wrap_socket(raw, server_hostname=pki.target_name(agency, kind)) as conn:
+        with (
+            socket.create_connection((host.strip("[]"), int(port)), timeout=timeout) as raw,
+            ctx.wrap_socket(raw, server_hostname=pki.target_name(agency, kind)) as conn,
+        ):
             der = conn.getpeercert(binary_form=True)
     except (OSError, ValueError) as exc:
         raise Unauthenticated(f"TLS handshake with {kind} of '{agency}' failed: {type(exc).__name__}") from None
     if der is None:
         raise Unauthenticated("server presented no certificate")
     try:
-        return pki.verify_peer_certificate(x509.load_der_x509_certificate(der), _read(tls.ca, "CA certificate"),
-                                           tls.crl, agency, kind, crl_grace=crl_grace)
+        return pki.verify_peer_certificate(
+            x509.load_der_x509_certificate(der),
+            _read(tls.ca, "CA certificate"),
+            tls.crl,
+            agency,
+            kind,
+            crl_grace=crl_grace,
+        )
     except CryptoError as exc:
         raise Unauthenticated(f"server certificate refused: {exc.message}") from None
 
 
-def uvicorn_ssl_kwargs(cert: Path, key: Path, ca: Path | None = None,
-                       require_client_cert: bool = False) -> dict[str, Any]:
+def uvicorn_ssl_kwargs(
+    cert: Path, key: Path, ca: Path | None = None, require_client_cert: bool = False
+) -> dict[str, Any]:
     """Keyword arguments for uvicorn.run/Config serving the REST API over TLS (≥1.2)."""
     for p, what in ((cert, "TLS certificate"), (key, "TLS key")):
         _read(p, what)
@@ -300,6 +340,9 @@ def uvicorn_ssl_kwargs(cert: Path, key: Path, ca: Path | None = None,
 
 def warn_insecure(component: str) -> None:
     """The one warning every --insecure mode prints (stderr and log)."""
-    print(f"WARNING: {component} running WITHOUT TLS (--insecure): development use only; "
-          "traffic and credentials travel in plaintext", file=sys.stderr)
+    print(
+        f"WARNING: {component} running WITHOUT TLS (--insecure): development use only; "
+        "traffic and credentials travel in plaintext",
+        file=sys.stderr,
+    )
     log.warning("insecure_mode", component=component)
