@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import grpc
 
 from crypto.envelope import Envelopes
 from protos.xgate.v1 import node_pb2, node_pb2_grpc
-from xgate.errors import CryptoError, NodeError, NodeProtocolError, NodeUnavailable
+from xgate.errors import CryptoError, NodeError, NodeProtocolError, NodeUnavailable, XgateError
 from xgate.grpc_edge import node_error_from_rpc
 
 
@@ -29,9 +30,16 @@ class NodeDirectory:
         max_message_mb: int = 64,
         credentials: Mapping[str, tuple[grpc.ChannelCredentials, str]] | None = None,
         envelopes: Envelopes | None = None,
+        server_check: Callable[[str, str], None] | None = None,
+        recheck_s: float = 60.0,
     ) -> None:
         self._endpoints = dict(endpoints)
         self._envelopes = envelopes
+        # gRPC hides the server's certificate from clients, so revocation (and the agency it
+        # names) is checked by a separate TLS pre-flight, on first use and then periodically.
+        self._server_check = server_check
+        self._recheck_s = recheck_s
+        self._checked: dict[str, float] = {}
         self._limit = max_message_mb * 1024 * 1024
         self._credentials = dict(credentials or {})
         self._stubs: dict[str, node_pb2_grpc.AgencyNodeStub] = {}
@@ -62,6 +70,18 @@ class NodeDirectory:
             raise NodeUnavailable(agency, "no node is registered for this agency")
         return self._stubs.get(agency) or self._connect(agency)
 
+    async def _verify_server(self, agency: str) -> None:
+        if self._server_check is None or time.monotonic() - self._checked.get(agency, -1e9) < self._recheck_s:
+            return
+        try:
+            await asyncio.to_thread(self._server_check, self._endpoints[agency].address, agency)
+        except XgateError as exc:
+            self._checked.pop(agency, None)
+            if "handshake" in exc.message and "failed" in exc.message:
+                raise NodeUnavailable(agency, f"unreachable ({exc.message})") from None
+            raise NodeProtocolError(agency, f"presented an unacceptable certificate: {exc.message}") from None
+        self._checked[agency] = time.monotonic()
+
     async def close(self) -> None:
         await asyncio.gather(*(c.close() for c in self._channels))
         self._channels.clear()
@@ -73,6 +93,7 @@ class NodeDirectory:
         """Call every node concurrently; the first failure cancels the rest and is raised."""
 
         async def one(agency: str, request: node_pb2.EncryptRequest) -> tuple[str, node_pb2.EncryptResponse]:
+            await self._verify_server(agency)
             stub = self.stub(agency)
             digest = self._envelopes.sign_request(request, "EncryptValues") if self._envelopes else b""
             try:
@@ -102,6 +123,7 @@ class NodeDirectory:
         self, agency: str, note: bytes, proof: list[bytes], old_size: int, deadline_s: float = 10.0
     ) -> node_pb2.CosignResponse:
         """Ask a node to witness a checkpoint (signed envelope both ways, like every call)."""
+        await self._verify_server(agency)
         request = node_pb2.CosignRequest(checkpoint=note, consistency_proof=proof, old_size=old_size)
         digest = self._envelopes.sign_request(request, "CosignCheckpoint") if self._envelopes else b""
         try:

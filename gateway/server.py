@@ -61,7 +61,16 @@ def build_app(config: GatewayConfig, on_ready: Callable[[], None] | None = None)
         credentials = {agency: (creds, target_name(agency, "node")) for agency in endpoints}
     elif not settings.insecure:
         raise ConfigError("gateway has no [tls] section; pass --insecure for plaintext gRPC (development only)")
-    nodes = NodeDirectory(endpoints, settings.max_message_mb, credentials, envelopes)
+    server_check = None
+    if config.tls is not None:
+        from crypto.tls import verify_server
+
+        tls = config.tls
+
+        def server_check(address: str, agency: str) -> None:
+            verify_server(address, agency, tls)  # chain, validity, CRL, agency, kind
+
+    nodes = NodeDirectory(endpoints, settings.max_message_mb, credentials, envelopes, server_check)
     coordinator = CheckCoordinator(
         programs=programs,
         nodes=nodes,
