@@ -37,6 +37,7 @@ from tests.integration.negative_helpers import (
     gateway_envelopes,
     health,
     issue_client,
+    node_channel,
     party_signer,
     party_tls,
     pin_gateway_directory,
@@ -71,8 +72,12 @@ class Neg:
     gateway: Envelopes  # the real gateway's signing key + keyring (we act as the gateway)
     gateway_tls: TlsPaths
     tax: str  # address of the shared tax node process
-    context: bytes  # a requester's HE public context
+    keys: RequesterKeys  # a requester's HE key pair (the client side of good checks)
     ids: list[str]  # three applicants' national ids
+
+    @property
+    def context(self) -> bytes:
+        return self.keys.public_context
 
     def request(self, **kwargs: object) -> node_pb2.EncryptRequest:
         return build_request(self.fed, self.context, self.ids, **kwargs)  # type: ignore[arg-type]
@@ -102,7 +107,7 @@ def neg(federation: DevFederation, tmp_path_factory: pytest.TempPathFactory, req
         gateway=gateway_envelopes(federation, directory),
         gateway_tls=party_tls(federation, "gateway", GATEWAY_ID),
         tax=f"127.0.0.1:{federation.node_ports['tax']}",
-        context=requester_keys.public_context,
+        keys=requester_keys,
         ids=read_subjects(federation.applicants)[:3],
     )
 
@@ -132,7 +137,7 @@ def _variant_gateway(
     )
     pin_gateway_directory(config, neg.directory)
     url = start_gateway(neg.fed, supervisor, config_path=config, name=name)
-    wait_until_listening(url)  # the gateway announces "ready" before its socket listens (see report)
+    wait_until_listening(url)  # the gateway announces "ready" before its socket listens (THREAT_MODEL §8)
     return url
 
 
@@ -175,14 +180,8 @@ def limited(neg: Neg) -> Iterator[str]:
 
 
 def _client(neg: Neg, url: str, label: str = "caseworker") -> GatewayClient:
-    keys = RequesterKeys.generate()
-    return GatewayClient(
-        url,
-        neg.fed.api_keys[label],
-        Pseudonymiser(load_key(neg.fed.pseudonym_key)),
-        keys=keys,
-        verify=str(neg.fed.ca_cert),
-    )
+    pseudonymiser = Pseudonymiser(load_key(neg.fed.pseudonym_key))
+    return GatewayClient(url, neg.fed.api_keys[label], pseudonymiser, keys=neg.keys, verify=str(neg.fed.ca_cert))
 
 
 def _good_check(neg: Neg, url: str, label: str = "caseworker", program: str = "dibao") -> None:
@@ -287,8 +286,6 @@ def test_refuses_node_cert_used_as_client(neg: Neg) -> None:
 
 
 def test_refuses_missing_client_cert(neg: Neg) -> None:
-    from tests.integration.negative_helpers import node_channel
-
     request, _ = neg.signed()
     creds = grpc.ssl_channel_credentials(root_certificates=neg.fed.ca_cert.read_bytes())
 
