@@ -272,10 +272,11 @@ def write_gateway_config(
         "port": 0,
         "mask_key_file": "mask.key",
         "users_file": "users.json",
-        "audit_db": "audit.sqlite",
+        # One writer per Merkle log: a variant gateway (tests) gets its own log and state.
+        "audit_db": "audit.sqlite" if config_path is None else f"{config_path.stem}.audit.sqlite",
         "audit_key": "audit.key.pem",
         "checkpoint_interval_s": 30.0,
-        "state_dir": "state",
+        "state_dir": "state" if config_path is None else f"{config_path.stem}.state",
         "policy_dir": str(fed.policy_dir),
         "allow_plaintext_mode": fed.plaintext_baseline,
         "insecure": not fed.tls,
