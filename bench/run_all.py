@@ -31,6 +31,7 @@ def main() -> int:
         if subprocess.run(args, check=False).returncode != 0:
             failed.append(name)
         print(f"=== bench.{name}: {time.perf_counter() - started:.0f} s ===", flush=True)
+    subprocess.run([sys.executable, "-m", "bench.report"], check=False)  # docs/BENCHMARKS.md
     if failed:
         print(f"\nfailed: {', '.join(failed)}", file=sys.stderr)
     return 1 if failed else 0

@@ -1,0 +1,267 @@
+"""Render docs/BENCHMARKS.md from bench/results/*.json (figures are never typed by hand).
+
+Run after `make bench` (which calls this last): python -m bench.report
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+RESULTS = Path(__file__).resolve().parent / "results"
+OUT = Path(__file__).resolve().parents[1] / "docs" / "BENCHMARKS.md"
+
+
+def _load(name: str) -> dict[str, Any] | None:
+    path = RESULTS / f"{name}.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def _table(header: list[str], rows: list[list[Any]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def eligibility(d: dict[str, Any]) -> str:
+    rows = []
+    for b in d["batches"]:
+        he, pt = b["he"], b["plaintext"]
+        rows.append(
+            [
+                f"{b['applicants']:,}",
+                f"{he['median_ms']:.0f}",
+                f"{he['applicant_checks_per_s']:,.0f}",
+                f"{pt['median_ms']:.0f}",
+                f"{pt['applicant_checks_per_s']:,.0f}",
+                f"{b['he_over_plaintext_latency']}×",
+                f"{(he['client_gateway_bytes_per_applicant'] + he['gateway_node_bytes_per_applicant']) / 1000:,.1f} kB",
+                f"{(pt['client_gateway_bytes_per_applicant'] + pt['gateway_node_bytes_per_applicant']):,} B",
+            ]
+        )
+    met = d.get("target_met", {})
+    return "\n\n".join(
+        [
+            f"Program {d['program']}; {d['transport']}; {d['he_params']}. {d.get('policy', '')}. "
+            f"Medians over repeated runs after a warm-up; the requester's BFV key pair is generated once "
+            f"(keygen median {d['requester_keygen_ms_median']} ms) and reused, as the SDK does.",
+            _table(
+                [
+                    "applicants",
+                    "HE ms",
+                    "HE checks/s",
+                    "plaintext ms",
+                    "plaintext checks/s",
+                    "HE/plaintext",
+                    "HE bytes/applicant",
+                    "plaintext bytes/applicant",
+                ],
+                rows,
+            ),
+            f"Targets: single applicant < {d['targets']['single_applicant_ms']:.0f} ms → "
+            f"{'met' if met.get('single_applicant_ms') else 'NOT met'}; ≥ "
+            f"{d['targets']['applicant_checks_per_s_at_10000']:,.0f} applicant-checks/s at 10,000 → "
+            f"{'met' if met.get('applicant_checks_per_s_at_10000') else 'NOT met'}.",
+        ]
+    )
+
+
+def masking(d: dict[str, Any]) -> str:
+    mi = d["mutual_information_bits"]
+    return (
+        f"Information a masked value gives the requester about floor(log2 |T−S|), per observation "
+        f"({d['samples']:,} samples; prior {d['prior_entropy_bits']} bits): **{mi['xgate_log_uniform_r']} bits** "
+        f"with xgate's log-uniform r, {mi['uniform_r']} bits with a uniform r of the same range "
+        f"({d['ratio_uniform_over_xgate']}× less). {d['note']}."
+    )
+
+
+def transport(d: dict[str, Any]) -> str:
+    rows = [
+        [
+            c["case"],
+            c["applicants"],
+            c["secure"]["median_ms"],
+            c["insecure"]["median_ms"],
+            f"{c['ratio_secure_over_insecure']}×",
+            c["overhead_ms"],
+        ]
+        for c in d["cases"]
+    ]
+    return "\n\n".join(
+        [
+            f"Secure: {d['secure']}. Insecure: {d['insecure']}. {d['method']}.",
+            _table(["case", "applicants", "secure ms", "insecure ms", "ratio", "overhead ms"], rows),
+        ]
+    )
+
+
+def security(d: dict[str, Any]) -> str:
+    env = d["envelope"]
+    rtt = d["grpc_loopback"]["median_rtt_ms"]
+    rows = [[k, v["sign_ms"], v["verify_ms"]] for k, v in env.items()]
+    rtt_rows = [[mode, vals.get("small_1kb"), vals.get("large_4mb")] for mode, vals in rtt.items()]
+    return "\n\n".join(
+        [
+            _table(["envelope body", "sign ms", "verify ms"], rows),
+            _table(["gRPC loopback round trip", "1 kB ms", "4 MB ms"], rtt_rows),
+        ]
+    )
+
+
+def policy(d: dict[str, Any]) -> str:
+    rows = []
+    for s in d["sets"]:
+        r = s["decisions_per_s"]
+        rows.append(
+            [
+                s["agreements"],
+                s["policies_total"],
+                f"{r['engine_single_allow']:,}",
+                f"{r['engine_batched_6']:,}",
+                f"{r['cedarpy_policy_text_per_call']:,}",
+                f"{r['baseline_python_dict']:,}",
+            ]
+        )
+    return "\n\n".join(
+        [
+            f"Target: {d['target']}.",
+            _table(
+                [
+                    "agreements",
+                    "policies",
+                    "engine decisions/s",
+                    "batched (6/check)",
+                    "policy text per call",
+                    "baseline: dict lookup",
+                ],
+                rows,
+            ),
+        ]
+    )
+
+
+def audit(d: dict[str, Any]) -> str:
+    a = d["appends"]
+    rows = [
+        [
+            k.replace("_", " "),
+            f"{v.get('auditlog_entries_per_s', '')}",
+            v.get("plain_row_per_txn_entries_per_s", "—"),
+            v.get("plain_batched_500_entries_per_s", "—"),
+        ]
+        for k, v in a.items()
+    ]
+    p = d["proofs"]
+    return "\n\n".join(
+        [
+            f"Durability: {d['durability']}.",
+            _table(
+                [
+                    "writers",
+                    "AuditLog (durable, group commit) entries/s",
+                    "plain SQLite, 1 row/txn",
+                    "plain SQLite, 500 rows/txn",
+                ],
+                rows,
+            ),
+            f"At {p['entries']:,} entries: inclusion proof "
+            f"{p['inclusion_proof_generate']['median_ms']} ms to generate, "
+            f"{p['inclusion_proof_verify']['median_ms']} ms to verify; consistency proof "
+            f"{p['consistency_proof_generate']['median_ms']} ms / {p['consistency_proof_verify']['median_ms']} ms.",
+        ]
+    )
+
+
+def federated(d: dict[str, Any]) -> str:
+    rows = [
+        [
+            "pooled (centralised)",
+            f"{d['pooled']['auc']:.4f}",
+            f"{d['pooled']['balanced_accuracy']:.4f}",
+            f"{d['pooled'].get('wall_s', 0):.1f}",
+            d["pooled"].get("bytes", 0),
+        ]
+    ]
+    for name, r in d.get("single_agency", {}).items():
+        rows.append(
+            [
+                f"single agency: {name}",
+                f"{r['auc']:.4f}",
+                f"{r['balanced_accuracy']:.4f}",
+                f"{r.get('wall_s', 0):.1f}",
+                r.get("bytes", 0),
+            ]
+        )
+    for key, r in d.items():
+        if isinstance(r, dict) and "auc" in r and key not in ("pooled",):
+            rows.append(
+                [
+                    key.replace("_", " "),
+                    f"{r['auc']:.4f}",
+                    f"{r['balanced_accuracy']:.4f}",
+                    f"{r.get('wall_s', 0):.1f}",
+                    f"{r.get('bytes', 0):,}",
+                ]
+            )
+    for key, runs in d.items():
+        if isinstance(runs, dict) and all(isinstance(v, dict) and "auc" in v for v in runs.values()) and runs:
+            if key in ("single_agency",):
+                continue
+            for sub, r in runs.items():
+                rows.append(
+                    [
+                        f"{key.replace('_', ' ')}: {sub}",
+                        f"{r['auc']:.4f}",
+                        f"{r['balanced_accuracy']:.4f}",
+                        f"{r.get('wall_s', 0):.1f}",
+                        f"{r.get('bytes', 0):,}",
+                    ]
+                )
+    head = f"Dataset: {d.get('dataset', '')}; model: {d.get('model', '')}; {d.get('rows', '')} training rows."
+    return "\n\n".join([head, _table(["run", "AUC", "balanced accuracy", "wall s", "bytes exchanged"], rows)])
+
+
+SECTIONS: list[tuple[str, str, Callable[[dict[str, Any]], str]]] = [
+    ("eligibility", "Encrypted eligibility checks vs plaintext exchange (`bench/eligibility.py`)", eligibility),
+    ("masking_leakage", "What a masked value reveals (`bench/masking_leakage.py`)", masking),
+    ("transport_overhead", "mTLS + signed envelopes vs none (`bench/transport_overhead.py`)", transport),
+    ("security", "Envelope and gRPC primitives (`bench/security.py`)", security),
+    ("policy", "Policy decisions (`bench/policy.py`)", policy),
+    ("audit", "Audit log (`bench/audit.py`)", audit),
+    ("federated", "Federated training on Census-Income (`bench/federated.py`)", federated),
+]
+
+
+def render() -> str:
+    parts = [
+        "# Benchmarks",
+        "",
+        "Generated by `python -m bench.report` from `bench/results/*.json` (written by `make bench`). "
+        "All runs on the project's 2-core machines, each compared in the same run with its baseline; "
+        "absolute times on these shared machines are noisy, the ratios less so.",
+    ]
+    for name, title, renderer in SECTIONS:
+        data = _load(name)
+        parts += ["", f"## {title}", ""]
+        if data is None:
+            parts.append(f"_No results yet: run `python -m bench.{name}`._")
+            continue
+        try:
+            parts.append(renderer(data))
+        except (KeyError, TypeError, ValueError) as exc:
+            parts.append(
+                f"_Results present but not renderable ({type(exc).__name__}: {exc}); see `bench/results/{name}.json`._"
+            )
+    return "\n".join(parts) + "\n"
+
+
+def main() -> None:
+    OUT.write_text(render())
+    print(f"wrote {OUT}")
+
+
+if __name__ == "__main__":
+    main()
