@@ -211,7 +211,7 @@ def entry_detail(log: AuditLog, conn: sqlite3.Connection, index: int, verifier: 
     leaf = merkle.leaf_hash(entry.data)
     checks.append(
         {
-            "name": "leaf hash",
+            "name": "Leaf hash",
             "ok": leaf == entry.leaf_hash,
             "detail": "SHA-256(0x00 ‖ data) equals the stored leaf hash"
             if leaf == entry.leaf_hash
@@ -221,7 +221,7 @@ def entry_detail(log: AuditLog, conn: sqlite3.Connection, index: int, verifier: 
     parses = _parses(entry.data)
     checks.append(
         {
-            "name": "record",
+            "name": "Record",
             "ok": parses,
             "detail": "canonical xgate-audit/1 record" if parses else "not a canonical xgate-audit/1 record",
         }
@@ -229,7 +229,7 @@ def entry_detail(log: AuditLog, conn: sqlite3.Connection, index: int, verifier: 
     out["checkpoint"] = None
     out["inclusion_proof"] = None
     if cp is None or cp.checkpoint.size <= index:
-        checks.append({"name": "inclusion", "ok": None, "detail": "no signed checkpoint covers this entry yet"})
+        checks.append({"name": "Inclusion proof", "ok": None, "detail": "no signed checkpoint covers this entry yet"})
         out["server_verdict"] = _verdict(checks, pending=True)
         return out
     size_cp = cp.checkpoint.size
@@ -243,14 +243,14 @@ def entry_detail(log: AuditLog, conn: sqlite3.Connection, index: int, verifier: 
     }
     out["inclusion_proof"] = [h.hex() for h in proof]
     sig = _verify_note(verifier, cp)
-    checks.append({"name": "checkpoint signature", "ok": sig["ok"], "detail": sig["detail"]})
+    checks.append({"name": "Checkpoint signature", "ok": sig["ok"], "detail": sig["detail"]})
     try:
         merkle.verify_inclusion(index, size_cp, leaf, proof, cp.checkpoint.root)
         checks.append(
-            {"name": "inclusion", "ok": True, "detail": f"included at {index} under the root of size {size_cp}"}
+            {"name": "Inclusion proof", "ok": True, "detail": f"included at {index} under the root of size {size_cp}"}
         )
     except IntegrityError as exc:
-        checks.append({"name": "inclusion", "ok": False, "detail": f"inclusion proof fails: {exc.message}"})
+        checks.append({"name": "Inclusion proof", "ok": False, "detail": f"inclusion proof fails: {exc.message}"})
     out["server_verdict"] = _verdict(checks)
     return out
 
@@ -323,7 +323,7 @@ def _summary(index: int, rec: AuditRecord) -> dict[str, Any]:
     }
 
 
-REASON_KEYS = ("reason", "reasons", "error_message", "message", "error", "error_code")
+REASON_KEYS = ("reasons", "message", "reason", "error_message", "error", "error_code")
 
 
 def reason_of(metadata: dict[str, Any]) -> str | None:

@@ -1,6 +1,6 @@
 // Shell of the console: session, navigation (hash routes), page rendering.
 import { api, apiKey, setApiKey, signOut, ApiError } from "./api.js";
-import { h, clear, announce, field } from "./ui.js";
+import { h, clear, announce, field, add, fill } from "./ui.js";
 import { exchangesView, entryView } from "./views/exchanges.js";
 import { integrityView } from "./views/integrity.js";
 import { alertsView } from "./views/alerts.js";
@@ -26,6 +26,7 @@ const TITLES = {
 
 let me = null;
 let renderSeq = 0;
+let navigated = false; // the first render of a page load leaves focus where the browser put it
 
 export function parseHash() {
   const raw = window.location.hash.replace(/^#\/?/, "");
@@ -35,6 +36,7 @@ export function parseHash() {
 }
 
 export function go(section, params, args = []) {
+  navigated = true;
   const q = params ? new URLSearchParams(Object.entries(params).filter(([, v]) => v !== "" && v !== null && v !== undefined)).toString() : "";
   const target = `#/${[section, ...args].join("/")}${q ? `?${q}` : ""}`;
   if (window.location.hash === target) render();
@@ -46,7 +48,7 @@ function renderSession() {
   const nav = document.getElementById("nav");
   if (!me) { nav.hidden = true; return; }
   nav.hidden = false;
-  box.append(
+  add(box, 
     h("span", { class: "who" }, "Signed in as ", h("strong", { id: "who-user" }, me.user)),
     h("span", { class: "role-chip", id: "who-role" }, me.role.replace("_", " ")),
     h("span", { class: "who-agency" }, me.agency),
@@ -63,11 +65,11 @@ function signInView(main, params) {
     ev.preventDefault();
     clear(status);
     const key = keyInput.value.trim();
-    if (!key) { status.append(h("p", { class: "alert alert-bad" }, "Enter your API key.")); return; }
+    if (!key) { add(status, h("p", { class: "alert alert-bad" }, "Enter your API key.")); return; }
     try {
       const who = await api("/v1/console/whoami", { key });
       if (!who.console_allowed) {
-        status.append(h("p", { class: "alert alert-bad" },
+        add(status, h("p", { class: "alert alert-bad" },
           `Signed in as ${who.user} (${who.role}), but the console is for security officers and administrators.`));
         return;
       }
@@ -78,7 +80,7 @@ function signInView(main, params) {
       go(params.get("next") || "exchanges");
     } catch (e) {
       const msg = e instanceof ApiError && e.status === 401 ? "That API key was not accepted." : e.message;
-      status.append(h("p", { class: "alert alert-bad" }, msg));
+      add(status, h("p", { class: "alert alert-bad" }, msg));
     }
   } },
   h("h1", { tabindex: "-1", id: "page-title" }, "Sign in"),
@@ -86,8 +88,8 @@ function signInView(main, params) {
   field("API key", keyInput, "Security officers and administrators only."),
   h("button", { type: "submit", class: "btn btn-primary", id: "sign-in" }, "Sign in"),
   status);
-  main.append(form);
-  if (params.get("expired")) status.append(h("p", { class: "alert alert-warn" }, params.get("expired")));
+  add(main, form);
+  if (params.get("expired")) add(status, h("p", { class: "alert alert-warn" }, params.get("expired")));
   keyInput.focus();
 }
 
@@ -123,19 +125,22 @@ async function render() {
   }
   document.title = `${TITLES[section] || "Exchanges"} \u2014 xgate console`;
   const ctx = { me, args, params, go, isCurrent: () => seq === renderSeq };
-  try {
-    await view(main, ctx);
-  } catch (e) {
-    if (seq === renderSeq) main.append(h("div", { class: "alert alert-bad", role: "alert" }, e.message));
-  }
+  const focusFrom = document.activeElement;
+  const pending = view(main, ctx); // runs synchronously up to its first await: the heading exists now
   // Move focus to the new page's heading so keyboard and screen-reader users land on it.
-  if (seq === renderSeq && document.activeElement && !main.contains(document.activeElement)) {
+  if (navigated && (!focusFrom || !main.contains(focusFrom) || !focusFrom.isConnected)) {
     const title = document.getElementById("page-title");
     if (title) title.focus({ preventScroll: false });
+  }
+  try {
+    await pending;
+  } catch (e) {
+    if (seq === renderSeq) add(main, h("div", { class: "alert alert-bad", role: "alert" }, e.message));
   }
 }
 
 window.addEventListener("hashchange", () => {
+  navigated = true;
   if (window.location.hash.startsWith("#/") || window.location.hash === "") render();
 });
 window.addEventListener("xgate:signed-out", (ev) => {

@@ -24,6 +24,17 @@ function append(el, children) {
   }
 }
 
+// Append children (flattening arrays, skipping null/false): Element.append would print "null".
+export function add(el, ...children) {
+  append(el, children);
+  return el;
+}
+export function fill(el, ...children) {
+  clear(el);
+  append(el, children);
+  return el;
+}
+
 export function clear(el) {
   while (el.firstChild) el.removeChild(el.firstChild);
   return el;
@@ -54,7 +65,7 @@ export function outcomeBadge(record) {
     if (status === 401 || status === 403 || status === 429) return badge("bad", `Refused ${status}`);
     return badge("warn", `Error ${status}`);
   }
-  return badge("neutral", "\u2014 none");
+  return h("span", { class: "muted", title: "no decision or status in this record" }, "\u2014");
 }
 
 export function pad(n, w = 2) { return String(n).padStart(w, "0"); }

@@ -1,7 +1,8 @@
 // Exchanges: the audit log as a searchable, filterable, paged table, and one entry's evidence.
 import { api, qs } from "../api.js";
-import { h, clear, badge, decisionBadge, outcomeBadge, timeEl, shortHash, pageHeader, errorBox, loading, field, select, table, dl, announce } from "../ui.js";
+import { h, clear, badge, decisionBadge, outcomeBadge, timeEl, shortHash, pageHeader, errorBox, loading, field, select, table, dl, announce, add, fill } from "../ui.js";
 import { verifyEntry } from "../merkle.js";
+import { programResources } from "./policies.js";
 
 const FILTERS = ["q", "user", "agency", "program", "purpose", "decision", "kind", "request_id", "since", "until"];
 const KINDS = ["", "request", "policy_decision", "fanout_call", "node_response", "result", "config_change",
@@ -20,6 +21,14 @@ function toLocalInput(iso) {
   return `${d.getFullYear()}-${p(d.getMonth() + 1)}-${p(d.getDate())}T${p(d.getHours())}:${p(d.getMinutes())}`;
 }
 function fromLocalInput(v) { return v ? new Date(v).toISOString() : ""; }
+
+// What an entry is about: the program and purpose, or for a plain request its method and route.
+export function whatOf(r) {
+  const m = r.metadata || {};
+  if (r.program) return [r.program, r.purpose ? h("div", { class: "muted" }, r.purpose) : null];
+  if (m.route) return h("code", { class: "route" }, `${m.method || ""} ${m.route}`.trim());
+  return h("span", { class: "muted" }, "\u2014");
+}
 
 export async function exchangesView(main, ctx) {
   const params = ctx.params;
@@ -55,14 +64,14 @@ export async function exchangesView(main, ctx) {
   };
 
   const load = async () => {
-    clear(results).append(loading());
+    fill(results, loading());
     try {
       const data = await api(`/v1/console/entries${qs({ ...state, offset, limit })}`);
       if (!ctx.isCurrent()) return;
-      clear(results).append(renderResults(data));
+      fill(results, renderResults(data));
       announce(`${data.total}${data.total_capped ? "+" : ""} matching entries`);
     } catch (e) {
-      clear(results).append(errorBox(e));
+      fill(results, errorBox(e));
     }
   };
 
@@ -93,7 +102,7 @@ export async function exchangesView(main, ctx) {
         h("td", { class: "nowrap" }, timeEl(r.time)),
         h("td", null, r.kind || "\u2014"),
         h("td", null, actor.user || "\u2014", h("div", { class: "muted" }, [actor.agency, actor.role].filter(Boolean).join(" \u00b7 "))),
-        h("td", null, r.program || "\u2014", r.purpose ? h("div", { class: "muted" }, r.purpose) : null),
+        h("td", null, whatOf(r)),
         h("td", null, outcomeBadge(r)),
         h("td", { class: "reason" }, e.reason || ""),
         h("td", null, integrityBadge(e)));
@@ -102,7 +111,7 @@ export async function exchangesView(main, ctx) {
     return [
       h("h2", { id: "results-title", class: "visually-hidden" }, "Matching entries"),
       pager(data),
-      table("Audit log entries, newest first", ["Entry", "Time", "Kind", "Actor", "Program / purpose", "Decision", "Reason", "Integrity"], rows,
+      table("Audit log entries, newest first", ["Entry", "Time", "Kind", "Actor", "Program / route", "Outcome", "Reason", "Integrity"], rows,
         { captionHidden: true, empty: "No entries match these filters.", class: "entries" }),
       meta,
     ];
@@ -125,7 +134,7 @@ export async function exchangesView(main, ctx) {
       offset = 0; syncUrl(); load();
     } }, "Reset")));
 
-  main.append(pageHeader("Exchanges", "Every request, decision, node call and result in the audit log. Every read here is itself logged."), form, results);
+  add(main, pageHeader("Exchanges", "Every request, decision, node call and result in the audit log. Every read here is itself logged."), form, results);
   await load();
 }
 
@@ -145,16 +154,16 @@ function verdictPanel(title, id, verdict) {
 
 export async function entryView(main, ctx) {
   const index = Number(ctx.args[0]);
-  main.append(pageHeader(`Entry #${index}`, null,
+  add(main, pageHeader(`Entry #${index}`, null,
     h("a", { href: "#/exchanges", class: "btn" }, "\u2190 All exchanges")));
   const body = h("div", { id: "entry-body" }, loading());
-  main.append(body);
+  add(main, body);
   let entry;
   let logKey = null;
   try {
     [entry, logKey] = await Promise.all([api(`/v1/console/entries/${index}`), api("/v1/console/log-key").catch(() => null)]);
   } catch (e) {
-    clear(body).append(errorBox(e));
+    fill(body, errorBox(e));
     return;
   }
   if (!ctx.isCurrent()) return;
@@ -179,7 +188,7 @@ export async function entryView(main, ctx) {
     actions.push(h("a", { class: "btn", id: "explain-link", href: `#/policies?${p.toString()}` }, "Explain this decision"));
   }
 
-  clear(body).append(
+  fill(body, 
     entry.intact ? null : h("div", { class: "alert alert-bad", role: "alert", id: "tamper-alert" },
       h("strong", null, "This entry has been altered. "), entry.problem || ""),
     h("div", { class: "grid-2" }, browserSlot, serverPanel),
@@ -202,7 +211,7 @@ export async function entryView(main, ctx) {
       h("section", { class: "card", "aria-labelledby": "meta-title" }, h("h2", { id: "meta-title" }, "Metadata"),
         metadata.length ? h("table", { class: "data kv-table" }, h("tbody", null, metadata)) : h("p", { class: "muted" }, "No metadata."))),
     subjects.length ? h("section", { class: "card", "aria-labelledby": "subj-title" },
-      h("h2", { id: "subj-title" }, `Subjects (${(r.subjects || []).length} pseudonyms)`), h("ul", { class: "pseudonyms" }, subjects)) : null,
+      h("h2", { id: "subj-title" }, `Subjects (${(r.subjects || []).length} pseudonym${(r.subjects || []).length === 1 ? "" : "s"})`), h("ul", { class: "pseudonyms" }, subjects)) : null,
     h("section", { class: "card", "aria-labelledby": "proof-title" },
       h("h2", { id: "proof-title" }, "Inclusion proof"),
       entry.checkpoint ? [
@@ -215,11 +224,37 @@ export async function entryView(main, ctx) {
       ] : h("p", null, "No signed checkpoint covers this entry yet. Publish one on the Integrity page."),
       h("details", null, h("summary", null, "Stored record bytes (canonical JSON)"), h("pre", { class: "wrap" }, safeDecode(entry.data_b64)))),
   );
+  if (r.kind === "policy_decision" && r.decision === "deny" && actor.user) {
+    const why = h("section", { class: "card", id: "why-refused", "aria-labelledby": "why-title" },
+      h("h2", { id: "why-title" }, "Why it was refused"), loading("Asking the policy engine\u2026"));
+    body.insertBefore(why, body.children[entry.intact ? 1 : 2]);
+    explainDenial(why, r, actor);
+  }
   // Verify in the browser after the page is shown (WebCrypto is asynchronous).
   const verdict = await verifyEntry(entry, logKey);
   if (!ctx.isCurrent()) return;
-  clear(browserSlot).append(verdictPanel("Verified in this browser", "browser-verdict", verdict));
+  fill(browserSlot, verdictPanel("Verified in this browser", "browser-verdict", verdict));
   announce(verdict.status === "verified" ? `Entry ${index} verified` : `Entry ${index} NOT verified`);
+}
+
+// Re-run the recorded request through the policy engine at the recorded time.
+async function explainDenial(box, r, actor) {
+  try {
+    const resources = await programResources(r.program);
+    const res = await api("/v1/policies/explain", { method: "POST", body: {
+      principal: actor.user, action: "check", resources: resources.length ? resources : [`Program::${r.program}`],
+      context: { purpose: r.purpose || "", legal_basis: r.legal_basis || "", case_id: r.case_id || "", at: r.time, program: r.program || "" },
+    } });
+    const same = res.policy_set_hash === r.policy_set_hash;
+    fill(box, h("h2", { id: "why-title" }, "Why it was refused"),
+      h("p", null, res.allowed ? badge("warn", "The policy in force now would ALLOW this request") : badge("bad", "Denied by policy"),
+        " ", h("span", { class: "muted" }, same ? "Explained under the same policy version as recorded." : "Explained under the policy version in force now, which differs from the recorded one.")),
+      h("ul", { class: "reasons", id: "why-reasons" }, res.reasons.map((x) => h("li", null, x))),
+      h("p", { class: "muted small" }, "The approval reference and consent of the original request are not in the log; a denial that depends on them may differ. "),
+      h("a", { class: "btn", href: document.getElementById("explain-link") ? document.getElementById("explain-link").getAttribute("href") : "#/policies" }, "Full explanation, condition by condition"));
+  } catch (e) {
+    fill(box, h("h2", { id: "why-title" }, "Why it was refused"), errorBox(e));
+  }
 }
 
 function safeDecode(b64) {

@@ -1,6 +1,6 @@
 // Federation: every node's health, data elements offered, certificate expiry, last contact.
 import { api } from "../api.js";
-import { h, clear, badge, timeEl, relTime, pageHeader, errorBox, loading, table } from "../ui.js";
+import { h, clear, badge, timeEl, relTime, pageHeader, errorBox, loading, table, add, fill } from "../ui.js";
 
 function healthBadge(hl) {
   if (!hl) return badge("neutral", "unknown");
@@ -26,12 +26,12 @@ const CLASS_KIND = { core: "bad", important: "warn", general: "neutral" };
 export async function federationView(main, ctx) {
   const body = h("div", { id: "federation-body" }, loading("Asking every node for Health and Describe\u2026"));
   const refresh = h("button", { type: "button", class: "btn", id: "refresh-nodes", onclick: () => ctx.go("federation", { t: Date.now() }) }, "Refresh");
-  main.append(pageHeader("Federation", "Agency nodes as the gateway sees them now (gRPC Health and Describe over mTLS), with certificates from the CA-signed federation directory.", refresh), body);
+  add(main, pageHeader("Federation", "Agency nodes as the gateway sees them now (gRPC Health and Describe over mTLS), with certificates from the CA-signed federation directory.", refresh), body);
   let data;
   try {
     data = await api("/v1/federation/nodes");
   } catch (e) {
-    clear(body).append(errorBox(e));
+    fill(body, errorBox(e));
     return;
   }
   if (!ctx.isCurrent()) return;
@@ -48,7 +48,7 @@ export async function federationView(main, ctx) {
         h("code", null, e.id), " ", badge(CLASS_KIND[e.classification] || "neutral", e.classification || "?")))) : h("span", { class: "muted" }, n.describe_error || "none"),
       n.computations.length ? h("div", { class: "muted small" }, n.computations.join(", ")) : null));
   });
-  clear(body).append(
+  fill(body, 
     h("section", { class: "card stats" },
       h("div", { class: "stat" }, h("span", { class: "stat-value" }, `${serving} / ${data.nodes.length}`), h("span", { class: "stat-label" }, "nodes serving")),
       data.gateway_certificate ? h("div", { class: "stat" }, h("span", { class: "stat-value" }, certBadge(data.gateway_certificate)), h("span", { class: "stat-label" }, "gateway certificate")) : null,

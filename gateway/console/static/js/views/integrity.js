@@ -1,6 +1,6 @@
 // Integrity: checkpoint history with cosignatures, publish a checkpoint, verify the whole log.
 import { api, qs } from "../api.js";
-import { h, clear, badge, timeEl, shortHash, pageHeader, errorBox, loading, table, dl, announce } from "../ui.js";
+import { h, clear, badge, timeEl, shortHash, pageHeader, errorBox, loading, table, dl, announce, add, fill } from "../ui.js";
 
 function sigBadge(v) {
   if (v.ok === true) return badge("ok", "Verified", v.detail);
@@ -11,11 +11,11 @@ function sigBadge(v) {
 function verifyPanel(status) {
   const box = h("div", { id: "verify-result" });
   if (!status || status.state === "idle") {
-    box.append(h("p", { class: "muted" }, "Not run since the gateway started."));
+    add(box, h("p", { class: "muted" }, "Not run since the gateway started."));
     return box;
   }
   if (status.state === "unavailable") {
-    box.append(h("p", { class: "alert alert-warn" }, status.message));
+    add(box, h("p", { class: "alert alert-warn" }, status.message));
     return box;
   }
   const total = status.total ?? 0;
@@ -23,14 +23,14 @@ function verifyPanel(status) {
   if (status.state === "running") {
     const phase = status.phase === "tree" ? "Rebuilding the tree and checking every checkpoint (audit.verify.verify_log)\u2026"
       : `Checking entries: ${scanned} of ${total || "?"}`;
-    box.append(
+    add(box, 
       h("label", { for: "verify-progress" }, phase),
       h("progress", { id: "verify-progress", max: total || 1, value: status.phase === "tree" ? total || 1 : scanned }, `${scanned}/${total}`));
     return box;
   }
   if (status.state === "passed") {
     const r = status.report;
-    box.append(h("p", { class: "verdict-badge" }, badge("ok", "Whole log verified")),
+    add(box, h("p", { class: "verdict-badge" }, badge("ok", "Whole log verified")),
       dl([["Entries", r.size], ["Root", h("code", { class: "hash" }, r.root)], ["Checkpoints checked", r.checkpoints],
         ["Unsigned tail", `${r.unsigned_tail} entries after the latest checkpoint`],
         ["Cosignatures verified", `${r.cosignatures_verified} (${r.cosignatures_unknown} from witnesses whose keys are not configured)`],
@@ -38,10 +38,10 @@ function verifyPanel(status) {
   } else {
     const err = status.error || {};
     const details = Object.entries(err.details || {}).map(([k, v]) => `${k} = ${v}`).join(", ");
-    box.append(h("div", { class: "alert alert-bad", role: "alert" }, h("p", { class: "verdict-badge" }, badge("bad", "Log does NOT verify")),
+    add(box, h("div", { class: "alert alert-bad", role: "alert" }, h("p", { class: "verdict-badge" }, badge("bad", "Log does NOT verify")),
       h("p", null, err.message || "verification failed", details ? ` (${details})` : "")));
     if ((status.altered || []).length) {
-      box.append(h("p", null, `Altered entries found by the scan (${status.altered.length}${status.altered.length >= 200 ? "+" : ""}): `),
+      add(box, h("p", null, `Altered entries found by the scan (${status.altered.length}${status.altered.length >= 200 ? "+" : ""}): `),
         h("ul", { class: "inline-list", id: "altered-list" }, status.altered.map((i) => h("li", null, h("a", { href: `#/entry/${i}` }, `#${i}`)))));
     }
   }
@@ -56,7 +56,7 @@ export async function integrityView(main, ctx) {
   const limit = 20;
   let polling = null;
 
-  const showVerify = (status) => { clear(verifyBox).append(verifyPanel(status)); };
+  const showVerify = (status) => { fill(verifyBox, verifyPanel(status)); };
   const poll = async () => {
     try {
       const status = await api("/v1/console/verify-log");
@@ -65,7 +65,7 @@ export async function integrityView(main, ctx) {
       if (status.state === "running") polling = window.setTimeout(poll, 500);
       else if (status.state === "passed" || status.state === "failed") announce(status.state === "passed" ? "Whole log verified" : "The log does NOT verify");
     } catch (e) {
-      clear(verifyBox).append(errorBox(e));
+      fill(verifyBox, errorBox(e));
     }
   };
   const verifyBtn = h("button", { type: "button", class: "btn btn-primary", id: "verify-log", onclick: async () => {
@@ -75,7 +75,7 @@ export async function integrityView(main, ctx) {
       window.clearTimeout(polling);
       await poll();
     } catch (e) {
-      clear(verifyBox).append(errorBox(e));
+      fill(verifyBox, errorBox(e));
     } finally {
       verifyBtn.disabled = false;
     }
@@ -87,7 +87,7 @@ export async function integrityView(main, ctx) {
       announce(`Checkpoint published at tree size ${cp.size}`);
       await loadHistory();
     } catch (e) {
-      history.append(errorBox(e));
+      add(history, errorBox(e));
     } finally {
       publishBtn.disabled = false;
     }
@@ -98,7 +98,7 @@ export async function integrityView(main, ctx) {
       const data = await api(`/v1/console/checkpoints${qs({ offset, limit })}`);
       if (!ctx.isCurrent()) return;
       const latest = data.checkpoints[0];
-      clear(summary).append(h("section", { class: "card stats" },
+      fill(summary, h("section", { class: "card stats" },
         h("div", { class: "stat" }, h("span", { class: "stat-value", id: "tree-size" }, data.tree_size), h("span", { class: "stat-label" }, "entries in the log")),
         h("div", { class: "stat" }, h("span", { class: "stat-value" }, latest ? latest.size : 0), h("span", { class: "stat-label" }, "covered by the latest signed checkpoint")),
         h("div", { class: "stat" }, h("span", { class: "stat-value" }, data.tree_size - (latest ? latest.size : 0)), h("span", { class: "stat-label" }, "unsigned tail (not yet protected)")),
@@ -116,17 +116,17 @@ export async function integrityView(main, ctx) {
         h("div", { class: "pager-controls" },
           h("button", { type: "button", class: "btn", disabled: offset === 0, onclick: () => { offset = Math.max(0, offset - limit); loadHistory(); } }, "\u2190 Newer"),
           h("button", { type: "button", class: "btn", disabled: offset + limit >= data.total, onclick: () => { offset += limit; loadHistory(); } }, "Older \u2192")));
-      clear(history).append(h("h2", { id: "cp-title" }, "Checkpoint history"),
+      fill(history, h("h2", { id: "cp-title" }, "Checkpoint history"),
         h("p", { class: "muted" }, "Signed tree heads (C2SP signed notes) and the cosignatures of agency nodes acting as witnesses, newest first."),
         pager,
         table("Checkpoints", ["#", "Tree size", "Root", "Published", "Log signature", "Cosignatures (witnesses)"], rows,
           { captionHidden: true, empty: "No checkpoint published yet." }));
     } catch (e) {
-      clear(history).append(errorBox(e));
+      fill(history, errorBox(e));
     }
   };
 
-  main.append(pageHeader("Integrity", "Is the log complete and unaltered? Checkpoints, witnesses and a full re-verification.", publishBtn),
+  add(main, pageHeader("Integrity", "Is the log complete and unaltered? Checkpoints, witnesses and a full re-verification.", publishBtn),
     summary,
     h("section", { class: "card", "aria-labelledby": "verify-title" },
       h("h2", { id: "verify-title" }, "Verify the whole log"),

@@ -1,41 +1,49 @@
 // Policies: the agreements in force, "who can use data element X", "explain this decision".
 import { api, qs } from "../api.js";
-import { h, clear, badge, pageHeader, errorBox, loading, table, select, field, announce } from "../ui.js";
+import { h, clear, badge, pageHeader, errorBox, loading, table, select, field, announce, add, fill } from "../ui.js";
 
 function effectBadge(effect) {
   return effect === "permit" ? badge("ok", "permit") : badge("bad", "forbid");
-}
-function principalText(p) {
-  const entries = Object.entries(p || {});
-  return entries.length ? entries.map(([k, v]) => `${k}: ${v}`).join("; ") : "any principal";
 }
 function budgetText(b) {
   return b ? `${b.max_checks} per subject / ${b.window_days} days` : "\u2014";
 }
 
+function principalLines(p) {
+  const entries = Object.entries(p || {});
+  if (!entries.length) return h("span", { class: "muted" }, "any principal");
+  return h("ul", { class: "lines" }, entries.map(([k, v]) => h("li", null, h("span", { class: "muted" }, `${k}: `), v)));
+}
+
+function conditionsCell(conds) {
+  if (!conds.length) return h("span", { class: "muted" }, "\u2014");
+  return h("details", null, h("summary", null, `${conds.length} condition${conds.length === 1 ? "" : "s"}`),
+    h("ul", { class: "conds" }, conds.map((c) => h("li", null, h("code", null, c)))));
+}
+
 function agreementsSection(data) {
   const permits = data.policies.filter((p) => p.effect === "permit");
   const forbids = data.policies.filter((p) => p.effect === "forbid");
-  const row = (p) => h("tr", null,
-    h("td", null, h("code", null, p.id), h("div", { class: "muted small" }, p.source)),
-    h("td", null, effectBadge(p.effect)),
-    h("td", null, p.agreement || (p.description ? h("span", { class: "muted" }, p.description) : "\u2014"),
-      p.provider ? h("div", { class: "muted" }, `${p.provider} \u2192 ${p.consumer || "?"}`) : null),
-    h("td", null, h("code", null, p.resource)),
-    h("td", null, p.actions.join(", ")),
-    h("td", null, principalText(p.principal)),
-    h("td", null, p.purposes.length ? p.purposes.join(", ") : "any"),
+  const permitRow = (p) => h("tr", null,
+    h("td", null, h("strong", null, p.agreement || p.description || p.id),
+      p.provider ? h("div", null, `${p.provider} \u2192 ${p.consumer || "?"}`) : null,
+      h("div", { class: "policy-id" }, h("code", null, p.id), ` \u00b7 ${p.source}`)),
+    h("td", null, p.actions.join(", "), h("div", null, h("code", null, p.resource))),
+    h("td", null, principalLines(p.principal)),
+    h("td", null, p.purposes.length ? p.purposes.join(", ") : h("span", { class: "muted" }, "any")),
     h("td", null, budgetText(p.budget)),
-    h("td", null, p.conditions.length ? h("details", null, h("summary", null, `${p.conditions.length} conditions`),
-      h("ul", { class: "conds" }, p.conditions.map((c) => h("li", null, h("code", null, c))))) : "\u2014"));
-  const headers = ["Policy", "Effect", "Agreement", "Resource", "Actions", "Principal", "Purposes", "Probing budget", "Conditions"];
+    h("td", null, conditionsCell(p.conditions)));
+  const forbidRow = (p) => h("tr", null,
+    h("td", null, h("strong", null, p.description || p.id), h("div", { class: "policy-id" }, h("code", null, p.id), ` \u00b7 ${p.source}`)),
+    h("td", null, p.actions.join(", "), h("div", null, h("code", null, p.resource))),
+    h("td", null, conditionsCell(p.conditions)));
   return h("section", { class: "card", "aria-labelledby": "agr-title", id: "agreements" },
     h("h2", { id: "agr-title" }, "Agreements in force"),
-    h("p", { class: "muted" }, `${permits.length} permits (one per data-sharing agreement) and ${forbids.length} baseline forbids. Policy version `,
+    h("p", { class: "muted" }, `${permits.length} permits (one per data-sharing agreement) and ${forbids.length} baseline restrictions. Policy version `,
       h("code", { class: "hash", id: "policy-hash", title: data.policy_set_hash }, data.policy_set_hash.slice(0, 16) + "\u2026"), "."),
     data.reload_error ? h("p", { class: "alert alert-warn", role: "alert" }, `The last policy change was rejected and the previous version stays in force: ${data.reload_error}`) : null,
-    table("Permits", headers, permits.map(row), { class: "policies" }),
-    table("Restrictions (forbid overrides permit)", headers, forbids.map(row), { class: "policies" }));
+    table("Permits (deny by default: nothing else is allowed)", ["Agreement", "Grants", "To", "Purposes", "Probing budget", "Conditions"], permits.map(permitRow), { class: "policies" }),
+    table("Restrictions (a matching forbid overrides every permit)", ["Restriction", "Applies to", "Conditions"], forbids.map(forbidRow), { class: "policies" }));
 }
 
 function whoCanSection(data, ctx) {
@@ -46,31 +54,31 @@ function whoCanSection(data, ctx) {
   const out = h("div", { id: "whocan-result", "aria-live": "polite" });
   const form = h("form", { class: "inline-form", onsubmit: async (ev) => {
     ev.preventDefault();
-    clear(out).append(loading());
+    fill(out, loading());
     try {
       const r = await api(`/v1/policies/who-can${qs({ data_element: elementSel.value, action: actionSel.value })}`);
       clear(out);
-      if (!r.grants.length) out.append(h("p", { class: "alert alert-warn" }, `Nobody: no agreement grants ${r.action} on ${r.data_element}.`));
-      out.append(table(`Who can ${r.action} ${r.data_element}`, ["Agreement", "Principal", "Purposes", "Other conditions", "Budget", "Registered users who qualify"],
+      if (!r.grants.length) add(out, h("p", { class: "alert alert-warn" }, `Nobody: no agreement grants ${r.action} on ${r.data_element}.`));
+      add(out, table(`Who can ${r.action} ${r.data_element}`, ["Agreement", "Principal", "Purposes", "Other conditions", "Budget", "Registered users who qualify"],
         r.grants.map((g) => h("tr", null,
           h("td", null, h("code", null, g.policy_id), g.agreement ? h("div", { class: "muted" }, `${g.agreement} (${g.provider} \u2192 ${g.consumer})`) : null),
-          h("td", null, principalText(g.principal)), h("td", null, g.purposes.join(", ") || "any registered purpose"),
+          h("td", null, principalLines(g.principal)), h("td", null, g.purposes.join(", ") || "any registered purpose"),
           h("td", null, g.conditions.length ? h("ul", { class: "conds" }, g.conditions.map((c) => h("li", null, h("code", null, c)))) : "\u2014"),
           h("td", null, budgetText(g.budget)),
           h("td", null, g.registered_users.length ? g.registered_users.join(", ") : h("span", { class: "muted" }, "nobody registered"))))));
       if (r.restrictions.length) {
-        out.append(h("p", { class: "muted" }, "Still subject to: "), h("ul", null, r.restrictions.map((f) => h("li", null, h("code", null, f.policy_id), ` \u2014 ${f.description}`))));
+        add(out, h("p", { class: "muted" }, "Still subject to: "), h("ul", null, r.restrictions.map((f) => h("li", null, h("code", null, f.policy_id), ` \u2014 ${f.description}`))));
       }
       announce(`${r.grants.length} agreements can release ${r.data_element}`);
     } catch (e) {
-      clear(out).append(errorBox(e));
+      fill(out, errorBox(e));
     }
   } }, field("Data element", elementSel), field("Action", actionSel), h("button", { type: "submit", class: "btn btn-primary", id: "whocan-submit" }, "Who can?"));
   return h("section", { class: "card", "aria-labelledby": "whocan-title", id: "who-can" },
     h("h2", { id: "whocan-title" }, "Who can use a data element?"), form, out);
 }
 
-async function programResources(program) {
+export async function programResources(program) {
   if (!program) return [];
   try {
     const programs = await api("/v1/programs");
@@ -101,7 +109,7 @@ function explainSection(data, ctx) {
   const out = h("div", { id: "explain-result", "aria-live": "polite" });
 
   const run = async () => {
-    clear(out).append(loading());
+    fill(out, loading());
     const body = {
       principal: principalSel.value, action: actionSel.value,
       resources: resources.value.split(/\s*\n\s*/).map((x) => x.trim()).filter(Boolean),
@@ -111,10 +119,10 @@ function explainSection(data, ctx) {
     };
     try {
       const r = await api("/v1/policies/explain", { method: "POST", body });
-      clear(out).append(renderExplanation(r));
+      fill(out, renderExplanation(r));
       announce(r.allowed ? "Decision: allow" : "Decision: deny");
     } catch (e) {
-      clear(out).append(errorBox(e));
+      fill(out, errorBox(e));
     }
   };
   const form = h("form", { class: "explain-form", onsubmit: (ev) => { ev.preventDefault(); run(); } },
@@ -164,7 +172,7 @@ function renderExplanation(r) {
 
 export async function policiesView(main, ctx) {
   const body = h("div", null, loading());
-  main.append(pageHeader("Policies", "Access policies in force (Cedar), who may use each data element, and why a decision came out as it did."),
+  add(main, pageHeader("Policies", "Access policies in force (Cedar), who may use each data element, and why a decision came out as it did."),
     h("nav", { class: "toc", "aria-label": "On this page" }, h("a", { href: "#/policies", onclick: (e) => { e.preventDefault(); document.getElementById("agreements").scrollIntoView(); } }, "Agreements"),
       h("a", { href: "#/policies", onclick: (e) => { e.preventDefault(); document.getElementById("who-can").scrollIntoView(); } }, "Who can"),
       h("a", { href: "#/policies", onclick: (e) => { e.preventDefault(); document.getElementById("explain").scrollIntoView(); } }, "Explain")),
@@ -173,9 +181,9 @@ export async function policiesView(main, ctx) {
   try {
     data = await api("/v1/policies/agreements");
   } catch (e) {
-    clear(body).append(errorBox(e));
+    fill(body, errorBox(e));
     return;
   }
   if (!ctx.isCurrent()) return;
-  clear(body).append(agreementsSection(data), whoCanSection(data, ctx), explainSection(data, ctx));
+  fill(body, agreementsSection(data), whoCanSection(data, ctx), explainSection(data, ctx));
 }

@@ -1,6 +1,6 @@
 // Subject lookup: who accessed a pseudonym, when and why (the officer's view of Estonia's Data Tracker).
 import { api, qs } from "../api.js";
-import { h, clear, decisionBadge, outcomeBadge, timeEl, pageHeader, errorBox, loading, table, field } from "../ui.js";
+import { h, clear, decisionBadge, outcomeBadge, timeEl, pageHeader, errorBox, loading, table, field, add, fill } from "../ui.js";
 import { integrityBadge } from "./exchanges.js";
 
 const PSEUDONYM = /^[a-z2-7]{26}$/;
@@ -15,18 +15,18 @@ export async function subjectView(main, ctx) {
   } },
   field("Pseudonym", input, "26 characters a\u2013z, 2\u20137. The gateway never sees national ids: the subject's agency derives the pseudonym."),
   h("button", { type: "submit", class: "btn btn-primary", id: "lookup" }, "Look up"));
-  main.append(pageHeader("Subject lookup", "Who accessed this person's data, when, and why."), form, result);
+  add(main, pageHeader("Subject lookup", "Who accessed this person's data, when, and why."), form, result);
   if (!value) return;
   if (!PSEUDONYM.test(value)) {
-    result.append(h("p", { class: "alert alert-bad", role: "alert" }, "That is not a pseudonym (26 characters a\u2013z and 2\u20137)."));
+    add(result, h("p", { class: "alert alert-bad", role: "alert" }, "That is not a pseudonym (26 characters a\u2013z and 2\u20137)."));
     return;
   }
-  result.append(loading());
+  add(result, loading());
   let data;
   try {
     data = await api(`/v1/console/entries${qs({ subject: value, limit: 200, order: "desc" })}`);
   } catch (e) {
-    clear(result).append(errorBox(e));
+    fill(result, errorBox(e));
     return;
   }
   if (!ctx.isCurrent()) return;
@@ -44,7 +44,7 @@ export async function subjectView(main, ctx) {
       h("td", null, outcomeBadge(r)),
       h("td", null, integrityBadge(e)));
   });
-  clear(result).append(
+  fill(result, 
     h("p", { id: "subject-summary" }, `${data.total}${data.total_capped ? "+" : ""} log entries mention this pseudonym, from ${agencies.size} agenc${agencies.size === 1 ? "y" : "ies"}.`),
     table("Accesses to this subject, newest first", ["Entry", "When", "Who (agency)", "What", "Why (purpose)", "Legal basis / case", "Decision", "Integrity"], rows,
       { empty: "Nobody accessed this pseudonym (in this log).", captionHidden: true }),

@@ -1,12 +1,12 @@
 // Training: federated jobs, their rounds and curves, and the privacy budget spent per dataset.
 import { api } from "../api.js";
-import { h, clear, badge, timeEl, pageHeader, errorBox, loading, table } from "../ui.js";
+import { h, clear, badge, timeEl, pageHeader, errorBox, loading, table, add, fill } from "../ui.js";
 
 const SVG = "http://www.w3.org/2000/svg";
 function s(tag, attrs, ...children) {
   const el = document.createElementNS(SVG, tag);
   for (const [k, v] of Object.entries(attrs || {})) el.setAttribute(k, String(v));
-  for (const c of children) el.append(c instanceof Node ? c : document.createTextNode(String(c)));
+  for (const c of children) add(el, c instanceof Node ? c : document.createTextNode(String(c)));
   return el;
 }
 
@@ -30,16 +30,16 @@ function curveChart(curve, title) {
     s("title", { id: "curve-title" }, title));
   for (let i = 0; i <= 4; i++) {
     const y = T + (i / 4) * (H - T - B);
-    svg.append(s("line", { x1: L, x2: W - R, y1: y, y2: y, class: "grid" }),
+    add(svg, s("line", { x1: L, x2: W - R, y1: y, y2: y, class: "grid" }),
       s("text", { x: L - 8, y: y + 4, "text-anchor": "end", class: "axis" }, (lmax * (1 - i / 4)).toFixed(2)));
-    if (aucs.length) svg.append(s("text", { x: W - R + 8, y: y + 4, class: "axis" }, (1 - i / 8).toFixed(2)));
+    if (aucs.length) add(svg, s("text", { x: W - R + 8, y: y + 4, class: "axis" }, (1 - i / 8).toFixed(2)));
   }
-  for (const r of rounds) svg.append(s("text", { x: x(r), y: H - B + 18, "text-anchor": "middle", class: "axis" }, r));
-  svg.append(s("text", { x: (L + W - R) / 2, y: H - 6, "text-anchor": "middle", class: "axis-label" }, "round"));
+  for (const r of rounds) add(svg, s("text", { x: x(r), y: H - B + 18, "text-anchor": "middle", class: "axis" }, r));
+  add(svg, s("text", { x: (L + W - R) / 2, y: H - 6, "text-anchor": "middle", class: "axis-label" }, "round"));
   const line = (pts, y, cls, marker) => {
     if (!pts.length) return;
-    svg.append(s("polyline", { points: pts.map((p) => `${x(p.round)},${y(p)}`).join(" "), class: cls }));
-    for (const p of pts) svg.append(marker(x(p.round), y(p)));
+    add(svg, s("polyline", { points: pts.map((p) => `${x(p.round)},${y(p)}`).join(" "), class: cls }));
+    for (const p of pts) add(svg, marker(x(p.round), y(p)));
   };
   line(losses, (p) => yl(p.loss), "line-loss", (cx, cy) => s("circle", { cx, cy, r: 4, class: "dot-loss" }));
   line(aucs, (p) => ya(p.auc), "line-auc", (cx, cy) => s("rect", { x: cx - 4, y: cy - 4, width: 8, height: 8, class: "dot-auc" }));
@@ -49,12 +49,12 @@ function curveChart(curve, title) {
 }
 
 async function jobDetail(slot, jobId, ctx) {
-  clear(slot).append(loading());
+  fill(slot, loading());
   let job;
   try {
     job = await api(`/v1/training/jobs/${encodeURIComponent(jobId)}`);
   } catch (e) {
-    clear(slot).append(errorBox(e));
+    fill(slot, errorBox(e));
     return;
   }
   if (!ctx.isCurrent()) return;
@@ -64,7 +64,7 @@ async function jobDetail(slot, jobId, ctx) {
     h("td", { class: "num" }, p.auc !== undefined ? Number(p.auc).toFixed(4) : "\u2014")));
   const events = job.events.slice(-40).reverse().map((e) => h("tr", null, h("td", { class: "nowrap" }, timeEl(e.ts)), h("td", null, e.event),
     h("td", { class: "small" }, Object.entries(e).filter(([k]) => !["ts", "job_id", "event"].includes(k)).map(([k, v]) => `${k}=${typeof v === "object" ? JSON.stringify(v) : v}`).join("  "))));
-  clear(slot).append(h("section", { class: "card", "aria-labelledby": "job-title", id: "job-detail" },
+  fill(slot, h("section", { class: "card", "aria-labelledby": "job-title", id: "job-detail" },
     h("h2", { id: "job-title" }, `Job ${job.job_id} `, stateBadge(job.state)),
     job.reason ? h("p", { class: "alert alert-bad" }, job.reason) : null,
     h("div", { class: "grid-2" },
@@ -77,12 +77,12 @@ async function jobDetail(slot, jobId, ctx) {
 export async function trainingView(main, ctx) {
   const body = h("div", null, loading());
   const detail = h("div", { id: "job-slot" });
-  main.append(pageHeader("Training", "Federated training jobs, their rounds, and the differential-privacy budget spent per dataset."), body, detail);
+  add(main, pageHeader("Training", "Federated training jobs, their rounds, and the differential-privacy budget spent per dataset."), body, detail);
   let data;
   try {
     data = await api("/v1/training/jobs");
   } catch (e) {
-    clear(body).append(errorBox(e));
+    fill(body, errorBox(e));
     return;
   }
   if (!ctx.isCurrent()) return;
@@ -104,7 +104,7 @@ export async function trainingView(main, ctx) {
     h("td", { class: "num" }, j.epsilon ?? "\u2014"),
     h("td", { class: "num" }, j.evaluation && j.evaluation.auc !== undefined ? Number(j.evaluation.auc).toFixed(4) : "\u2014"),
     h("td", null, j.updated_at ? timeEl(new Date(j.updated_at * 1000).toISOString()) : "\u2014")));
-  clear(body).append(
+  fill(body, 
     h("section", { class: "card", "aria-labelledby": "budget-title" }, h("h2", { id: "budget-title" }, "Privacy budget per dataset"),
       table("Privacy budget", ["Dataset", "Owner", "\u03b5 spent (never resets)", "Jobs charged"], budgetRows, { captionHidden: true, empty: "No datasets registered." })),
     h("section", { class: "card", "aria-labelledby": "jobs-title" }, h("h2", { id: "jobs-title" }, "Jobs"),
