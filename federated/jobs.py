@@ -54,7 +54,7 @@ class JobSpec(BaseModel):
     # Horizontal: local SGD epochs/step size/batch per round. Vertical: `rounds` exchange steps of
     # preconditioned step size `learning_rate` on batches of `batch_size` aligned rows.
     local_epochs: int = Field(default=1, ge=1, le=100)
-    learning_rate: float = Field(default=0.0, gt=0, le=100)  # unset: mode default (0.5 / 0.1)
+    learning_rate: float = Field(default=0.0, gt=0, le=100)  # unset: mode default (0.5 / 2.0)
     batch_size: int = Field(default=0, ge=1, le=10_000_000)  # unset: mode default (256 / all rows)
     l2: float = Field(default=1e-4, ge=0, le=10)
     embedding_dim: int = Field(default=4, ge=1, le=64)
@@ -74,7 +74,7 @@ class JobSpec(BaseModel):
         if isinstance(data, dict):
             vertical = data.get("mode") == Mode.VERTICAL.value
             if not data.get("learning_rate"):
-                data = {**data, "learning_rate": 0.1 if vertical else 0.5}
+                data = {**data, "learning_rate": 2.0 if vertical else 0.5}
             if not data.get("batch_size"):
                 data = {**data, "batch_size": 10_000_000 if vertical else 256}
         return data

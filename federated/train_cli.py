@@ -1,7 +1,129 @@
-"""`xgate federated ...` commands."""
+"""`xgate train ...`: submit a federated training job, follow its status and logs."""
 
 from __future__ import annotations
 
+import json
+import sys
+import tomllib
+from pathlib import Path
+from typing import Any
+
 import typer
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from federated.events import read_events
+from federated.jobs import load_job
+from federated.runner import NodeSpec, run_job
+from xgate.errors import XgateError
 
 app = typer.Typer(no_args_is_help=True, help="Federated training jobs")
+
+DEFAULT_ROOT = Path("var/federated")
+
+
+class _Node(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    agency: str
+    store: Path
+    ledger: Path
+    holdout: Path | None = None
+
+
+class _Nodes(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    nodes: list[_Node]
+
+
+def _fail(message: str) -> None:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(1)
+
+
+def _load_nodes(path: Path) -> list[NodeSpec]:
+    try:
+        parsed = _Nodes.model_validate(tomllib.loads(path.read_text(encoding="utf-8")))
+    except FileNotFoundError:
+        _fail(f"nodes file '{path}' not found")
+    except (tomllib.TOMLDecodeError, ValidationError) as exc:
+        _fail(f"nodes file '{path}' is invalid: {str(exc).splitlines()[0]}")
+    return [NodeSpec(n.agency, n.store, n.ledger, n.holdout) for n in parsed.nodes]
+
+
+@app.command()
+def submit(
+    job: Path = typer.Option(..., "--job", help="job TOML file"),
+    nodes: Path = typer.Option(..., "--nodes", help="TOML listing [[nodes]] agency/store/ledger[/holdout]"),
+    root: Path = typer.Option(DEFAULT_ROOT, "--root", help="directory holding job directories"),
+) -> None:
+    """Admit the job at every data-owning node, run it on a local Flower deployment, report."""
+    try:
+        spec = load_job(job)
+        specs = _load_nodes(nodes)
+        job_dir = root / spec.job_id
+        if (job_dir / "status.json").exists():
+            _fail(f"job '{spec.job_id}' already exists in {root}")
+        result = _run_with_progress(spec, specs, job_dir)
+    except XgateError as exc:
+        _fail(exc.message)
+    ev = result.evaluation
+    typer.echo(f"job {result.job_id} completed: AUC {ev.get('auc', float('nan')):.4f}, balanced accuracy "
+               f"{ev.get('balanced_accuracy', float('nan')):.4f}" + (
+                   f", epsilon {result.epsilon:.3g}" if result.epsilon is not None else ""))
+    typer.echo(f"outputs in {result.job_dir} (model.npz, model.json, report.json, curve.png, events.jsonl)")
+
+
+def _run_with_progress(spec: Any, specs: list[NodeSpec], job_dir: Path) -> Any:
+    if not sys.stdout.isatty():
+        return run_job(spec, specs, job_dir=job_dir, progress=lambda line: typer.echo(line))
+    from rich.progress import Progress  # noqa: PLC0415
+
+    with Progress() as bar:
+        task = bar.add_task(f"training {spec.job_id}", total=spec.rounds)
+
+        def on_event(ev: dict[str, Any]) -> None:
+            if ev["event"] == "round_completed":
+                bar.update(task, completed=int(ev["round"]))
+            elif ev["event"] in ("job_refused", "node_dropped", "update_rejected", "job_failed"):
+                bar.console.print(f"{ev['event']}: {ev.get('agency', '')} {ev.get('reason', '')}")
+
+        return run_job(spec, specs, job_dir=job_dir, on_event=on_event)
+
+
+@app.command()
+def status(
+    job_id: str = typer.Argument(None, help="job id (all jobs when omitted)"),
+    root: Path = typer.Option(DEFAULT_ROOT, "--root"),
+) -> None:
+    """State of one job (or all jobs) from its status.json."""
+    dirs = [root / job_id] if job_id else sorted(p for p in root.glob("*") if (p / "status.json").exists())
+    if job_id and not (root / job_id / "status.json").exists():
+        _fail(f"no job '{job_id}' in {root}")
+    for d in dirs:
+        data = json.loads((d / "status.json").read_text())
+        auc = (data.get("evaluation") or {}).get("auc")
+        line = f"{d.name}: {data.get('state')}"
+        if auc is not None:
+            line += f" auc={auc:.4f}"
+        if data.get("reason"):
+            line += f" ({data['reason']})"
+        typer.echo(line)
+
+
+@app.command()
+def logs(
+    job_id: str = typer.Argument(..., help="job id"),
+    root: Path = typer.Option(DEFAULT_ROOT, "--root"),
+    events: bool = typer.Option(False, "--events", help="print the audit events instead of the Flower log"),
+) -> None:
+    """The Flower run log (ServerApp side) or the job's audit events."""
+    d = root / job_id
+    if not d.exists():
+        _fail(f"no job '{job_id}' in {root}")
+    if events:
+        for ev in read_events(d / "events.jsonl")[0]:
+            typer.echo(json.dumps(ev, sort_keys=True))
+        return
+    log = d / "run.log"
+    if not log.exists():
+        _fail(f"job '{job_id}' has no run log yet (see `xgate train status {job_id}`)")
+    typer.echo(log.read_text(errors="replace"))

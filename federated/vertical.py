@@ -50,7 +50,8 @@ class Bottom:
     The update W -= lr * P X1' G / n moves the node's embeddings towards the least-squares
     projection of the received gradient onto what its features can express (a Gauss-Newton-like
     step that needs no extra information from the label holder); plain gradient steps on one-hot
-    census features needed far more Flower rounds than that, this needs ~10.
+    census features needed far more Flower rounds than that, this needs ~10. Gradients arrive
+    normalised by the top model (see Top.step).
     """
 
     w: np.ndarray  # (d_k + 1, h), bias last
@@ -86,8 +87,13 @@ class Top:
     def scores(self, e: np.ndarray) -> np.ndarray:
         return model.sigmoid(e @ self.w[:-1] + self.w[-1])
 
-    def step(self, e: np.ndarray, y: np.ndarray, l2: float, newton_steps: int = 5) -> tuple[float, np.ndarray]:
-        """Refit on a batch; returns (loss, per-sample dL/dE) at the refitted top weights."""
+    def step(
+        self, e: np.ndarray, y: np.ndarray, l2: float, h: int, newton_steps: int = 5
+    ) -> tuple[float, np.ndarray]:
+        """Refit on a batch; returns (loss, per-sample dL/dE) at the refitted top weights, each
+        node's block divided by the squared norm of its top weights t_k. The bottom step then
+        changes the logit by about -lr * (projection of (p - y) on the node's features) whatever
+        the scale of t_k, which keeps a fixed learning rate stable."""
         z = np.hstack([e, np.ones((len(e), 1))])
         reg = np.r_[np.full(len(self.w) - 1, l2), 0.0]
         for _ in range(newton_steps):
@@ -96,7 +102,11 @@ class Top:
             hess = (z * (p * (1 - p))[:, None]).T @ z / len(y) + np.diag(reg + 1e-6)
             self.w = self.w - np.linalg.solve(hess, g)
         p = model.sigmoid(z @ self.w)
-        return model.bce(p, y), np.outer(p - y, self.w[:-1])
+        grad = np.outer(p - y, self.w[:-1])
+        for k in range(0, len(self.w) - 1, h):
+            t = self.w[k : k + h]
+            grad[:, k : k + h] /= max(float(t @ t), 1e-12)
+        return model.bce(p, y), grad
 
 
 def pack_state(prefix: str, w: np.ndarray, st: dict[str, np.ndarray | int]) -> dict[str, np.ndarray]:

@@ -143,7 +143,7 @@ def top(msg: Message, context: Context) -> Message:
     bottom, topm = Bottom(*unpack_state("b_", st)), Top(*unpack_state("t_", st))
     arrays = msg.content["arrays"]
     embs = [bottom.forward(st["x_train"][idx]) if a == nc.agency else arrays[a].numpy() for a in order]
-    loss, grad_e = topm.step(np.hstack(embs), st["y_train"][idx], job.l2)
+    loss, grad_e = topm.step(np.hstack(embs), st["y_train"][idx], job.l2, job.embedding_dim)
     h = job.embedding_dim
     grads = {a: grad_e[:, i * h : (i + 1) * h] for i, a in enumerate(order)}
     bottom.backward(st["x_train"][idx], grads.pop(nc.agency), job.learning_rate, st["precond"])
