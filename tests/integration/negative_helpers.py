@@ -76,7 +76,20 @@ def issue_client(
 
 
 def revoke_in_federation(fed: DevFederation, scratch: Path, serial: int) -> None:
-    """Revoke a scratch-issued serial and publish the CA-signed CRL where the nodes read it."""
+    """Revoke a scratch-issued serial and publish the CA-signed CRL where the nodes read it.
+
+    The scratch index first takes in every entry of the real index, so the published CRL still
+    lists whatever the federation CA revoked meanwhile.
+    """
+    ca = pki.load_ca(scratch)
+    entries = pki._index(ca)
+    by_serial = {e["serial"]: e for e in entries}
+    for real in json.loads((fed.pki_dir / "ca" / pki.INDEX).read_text())["certificates"]:
+        if real["serial"] not in by_serial:
+            entries.append(real)
+        elif real["revoked_at"]:
+            by_serial[real["serial"]]["revoked_at"] = real["revoked_at"]
+    pki._save_index(ca, entries)
     pki.revoke(scratch, serial)
     tmp = fed.pki_dir / "ca" / "crl.pem.neg-tmp"
     shutil.copyfile(scratch / pki.CRL, tmp)
