@@ -118,6 +118,7 @@ def serve(config: GatewayConfig) -> None:
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((settings.host, settings.port))
+    sock.listen(2048)  # accept (queue) connections as soon as "ready" is announced
     port = sock.getsockname()[1]
     scheme = "https" if config.tls is not None else "http"
 

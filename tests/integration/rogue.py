@@ -43,7 +43,13 @@ def _not_protobuf(request: bytes, context: grpc.ServicerContext) -> bytes:
 
 
 def start_rogue(ca_dir: Path, workdir: Path, agency: str, behaviour: str) -> tuple[grpc.Server, int]:
-    issued = pki.issue(ca_dir, "node", agency, workdir)
+    # Issue from a copy of the CA: issuing in the shared one would re-sign the federation
+    # directory with a new key for this agency, changing what later processes trust.
+    import shutil
+
+    ca_copy = workdir / "ca-copy"
+    shutil.copytree(ca_dir, ca_copy, dirs_exist_ok=True)
+    issued = pki.issue(ca_copy, "node", agency, workdir)
     tls = TlsPaths(cert=issued.cert_path, key=issued.key_path, ca=ca_dir / "ca.cert.pem")
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
     if behaviour == "not_protobuf":
