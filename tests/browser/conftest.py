@@ -14,8 +14,7 @@ from typing import Any
 import pytest
 
 from tests.browser.harness import CHROMIUM_ARGS, ConsoleFederation, chromium_works, find_chromium, running_federation
-
-BANNER = "BROWSER TESTS DID NOT RUN"
+from tests.browser.summary import BANNER, pytest_terminal_summary  # noqa: F401 (hook)
 
 
 def _why_not() -> str | None:
@@ -40,15 +39,6 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if item.get_closest_marker("browser") is not None:
             item.add_marker(pytest.mark.skip(reason=_REASON))
-
-
-def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
-    """Say it loudly (runs where this conftest is loaded; under xdist the skip reasons say it too)."""
-    skipped = terminalreporter.stats.get("skipped", [])
-    if _REASON is None and not any(BANNER in str(getattr(r, "longrepr", "")) for r in skipped):
-        return
-    terminalreporter.write_sep("!", BANNER, red=True, bold=True)
-    terminalreporter.write_line(_REASON or BANNER, red=True, bold=True)
 
 
 @pytest.fixture(scope="module")

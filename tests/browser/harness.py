@@ -49,11 +49,12 @@ CHROMIUM_ARGS = [
 def find_chromium() -> str | None:
     """The system Chromium (Debian's `chromium` package); never a downloaded browser."""
     explicit = os.environ.get("XGATE_CHROMIUM")
-    for path in ((explicit,) if explicit else ()) + CHROMIUM_CANDIDATES:
-        if path and Path(path).is_file() and os.access(path, os.X_OK):
+    if explicit:  # authoritative when set (also how a test simulates a machine without Chromium)
+        return explicit if Path(explicit).is_file() and os.access(explicit, os.X_OK) else None
+    for path in CHROMIUM_CANDIDATES:
+        if Path(path).is_file() and os.access(path, os.X_OK):
             return path
-    found = shutil.which("chromium") or shutil.which("chromium-browser")
-    return found
+    return shutil.which("chromium") or shutil.which("chromium-browser")
 
 
 def chromium_works(path: str) -> bool:
