@@ -224,6 +224,26 @@ class Federation:
         for name in [n for n in self.procs if n != "superlink"] + ["superlink"]:
             if name in self.procs:
                 self._stop(self.procs[name])
+        deadline = time.monotonic() + 10
+        while (left := self.leftover_processes()) and time.monotonic() < deadline:
+            for pgid in {g for _, g in left}:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(pgid, signal.SIGKILL)
+            time.sleep(0.2)
+
+    def leftover_processes(self) -> list[tuple[int, int]]:
+        """(pid, pgid) of live (non-zombie) processes still in the groups this federation created."""
+        groups = {p.popen.pid for p in self.procs.values()}
+        out = []
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except (OSError, IndexError):
+                continue
+            state, pgid = fields[0], int(fields[2])
+            if pgid in groups and state not in ("Z", "X"):
+                out.append((int(stat.parent.name), pgid))
+        return out
 
 
 def write_app(job: JobSpec, job_dir: Path, *, n_nodes: int, max_weight: int, ledger_check: bool) -> Path:

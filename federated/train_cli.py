@@ -75,7 +75,7 @@ def submit(
 def _run_with_progress(spec: Any, specs: list[NodeSpec], job_dir: Path) -> Any:
     if not sys.stdout.isatty():
         return run_job(spec, specs, job_dir=job_dir, progress=lambda line: typer.echo(line))
-    from rich.progress import Progress  # noqa: PLC0415
+    from rich.progress import Progress
 
     with Progress() as bar:
         task = bar.add_task(f"training {spec.job_id}", total=spec.rounds)

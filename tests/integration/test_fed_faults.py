@@ -1,0 +1,37 @@
+"""A node drops out mid-run: the job continues while min_nodes remain, and nothing hangs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from federated.jobs import parse_job
+from federated.runner import Federation, run_job
+from tests.integration.test_fed_horizontal import FEATS, assert_no_orphans, make_nodes
+
+pytestmark = pytest.mark.integration
+
+
+def test_node_drop_continues_with_min_nodes(tmp_path: Path) -> None:
+    nodes = make_nodes(tmp_path, [200, 200, 200], seed=5)
+    job = parse_job({"job_id": "it-drop", "purpose": "fraud-model", "mode": "horizontal", "features": FEATS,
+                     "label": "tax.label", "label_holder": "tax", "rounds": 2, "secagg": False, "min_nodes": 2,
+                     "round_timeout_s": 15, "job_timeout_s": 300})
+    feds: list[Federation] = []
+    events: list[dict[str, Any]] = []
+
+    def on_event(ev: dict[str, Any]) -> None:
+        events.append(ev)
+        if ev["event"] == "round_completed" and ev["round"] == 1:
+            feds[0].kill_node("region2")
+
+    res = run_job(job, nodes, job_dir=tmp_path / "job", on_event=on_event, on_started=feds.append)
+    assert res.status == "completed"
+    rounds = {e["round"]: e for e in events if e["event"] == "round_completed"}
+    assert sorted(rounds[1]["agencies"]) == ["region0", "region1", "region2"]
+    assert sorted(rounds[2]["agencies"]) == ["region0", "region1"]
+    dropped = [e for e in events if e["event"] == "node_dropped"]
+    assert dropped and all(e["agency"] == "region2" for e in dropped)
+    assert_no_orphans(feds[0])
