@@ -239,18 +239,20 @@ export async function entryView(main, ctx) {
 
 // Re-run the recorded request through the policy engine at the recorded time.
 async function explainDenial(box, r, actor) {
+  const m = r.metadata || {};
   try {
     const resources = await programResources(r.program);
     const res = await api("/v1/policies/explain", { method: "POST", body: {
       principal: actor.user, action: "check", resources: resources.length ? resources : [`Program::${r.program}`],
-      context: { purpose: r.purpose || "", legal_basis: r.legal_basis || "", case_id: r.case_id || "", at: r.time, program: r.program || "" },
+      context: { purpose: r.purpose || "", legal_basis: r.legal_basis || "", case_id: r.case_id || "", at: r.time, program: r.program || "",
+        approval_ref: m.approval_ref || "", consent_ref: m.consent_ref || "", consent_valid: !!m.consent_ref },
     } });
     const same = res.policy_set_hash === r.policy_set_hash;
     fill(box, h("h2", { id: "why-title" }, "Why it was refused"),
       h("p", null, res.allowed ? badge("warn", "The policy in force now would ALLOW this request") : badge("bad", "Denied by policy"),
         " ", h("span", { class: "muted" }, same ? "Explained under the same policy version as recorded." : "Explained under the policy version in force now, which differs from the recorded one.")),
       h("ul", { class: "reasons", id: "why-reasons" }, res.reasons.map((x) => h("li", null, x))),
-      h("p", { class: "muted small" }, "The approval reference and consent of the original request are not in the log; a denial that depends on them may differ. "),
+      m.approval_ref === undefined ? h("p", { class: "muted small" }, "This record does not carry the request's approval reference or consent, so restrictions that depend on them (core data, consent-based purposes) may appear here although the original request satisfied them.") : null,
       h("a", { class: "btn", href: document.getElementById("explain-link") ? document.getElementById("explain-link").getAttribute("href") : "#/policies" }, "Full explanation, condition by condition"));
   } catch (e) {
     fill(box, h("h2", { id: "why-title" }, "Why it was refused"), errorBox(e));

@@ -34,7 +34,7 @@ function verifyPanel(status) {
       dl([["Entries", r.size], ["Root", h("code", { class: "hash" }, r.root)], ["Checkpoints checked", r.checkpoints],
         ["Unsigned tail", `${r.unsigned_tail} entries after the latest checkpoint`],
         ["Cosignatures verified", `${r.cosignatures_verified} (${r.cosignatures_unknown} from witnesses whose keys are not configured)`],
-        ["Took", `${status.seconds} s`], ["Started by", `${status.started_by} at ${status.started_at}`]]));
+        ["Took", `${status.seconds} s`], ["Started by", [`${status.started_by} at `, timeEl(status.started_at)]]]));
   } else {
     const err = status.error || {};
     const details = Object.entries(err.details || {}).map(([k, v]) => `${k} = ${v}`).join(", ");
@@ -55,6 +55,7 @@ export async function integrityView(main, ctx) {
   let offset = Number(ctx.params.get("offset") || 0);
   const limit = 20;
   let polling = null;
+  let started = false; // refresh the counts once a run started here has finished
 
   const showVerify = (status) => { fill(verifyBox, verifyPanel(status)); };
   const poll = async () => {
@@ -62,8 +63,11 @@ export async function integrityView(main, ctx) {
       const status = await api("/v1/console/verify-log");
       if (!ctx.isCurrent()) return;
       showVerify(status);
-      if (status.state === "running") polling = window.setTimeout(poll, 500);
-      else if (status.state === "passed" || status.state === "failed") announce(status.state === "passed" ? "Whole log verified" : "The log does NOT verify");
+      if (status.state === "running") polling = window.setTimeout(poll, 1000);
+      else if (status.state === "passed" || status.state === "failed") {
+        announce(status.state === "passed" ? "Whole log verified" : "The log does NOT verify");
+        if (started) { started = false; loadHistory(); }
+      }
     } catch (e) {
       fill(verifyBox, errorBox(e));
     }
@@ -72,6 +76,7 @@ export async function integrityView(main, ctx) {
     verifyBtn.disabled = true;
     try {
       showVerify(await api("/v1/console/verify-log", { method: "POST" }));
+      started = true;
       window.clearTimeout(polling);
       await poll();
     } catch (e) {
