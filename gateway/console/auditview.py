@@ -76,7 +76,8 @@ class RawEntry:
 
 
 def _where(size: int, filters: dict[str, Any]) -> tuple[str, list[Any]]:
-    where, args = ["idx < ?"], [size]
+    where: list[str] = ["idx < ?"]
+    args: list[Any] = [size]
     for col in COLUMN_FILTERS:
         if filters.get(col) is not None:
             where.append(f"{col} = ?")

@@ -180,7 +180,7 @@ def build_console_router(state: ConsoleState) -> APIRouter:
         rows, total = auditview.query(
             state.reader(), size, filters, offset=offset, limit=limit, newest_first=order == "desc"
         )
-        meta = {f"filter_{k}": v for k, v in filters.items() if k != "subject"}
+        meta: dict[str, Any] = {f"filter_{k}": v for k, v in filters.items() if k != "subject"}
         _record(
             log,
             who,

@@ -66,7 +66,7 @@ def job_summary(job_dir: Path) -> dict[str, Any]:
     model = _json(job_dir / "model.json") or {}
     report = _json(job_dir / "report.json")
     events = _events(job_dir / "events.jsonl")
-    spec = model.get("job") if isinstance(model.get("job"), dict) else {}
+    spec: dict[str, Any] = model["job"] if isinstance(model.get("job"), dict) else {}
     for ev in events:
         if ev.get("event") == "job_submitted":
             spec = {"purpose": ev.get("purpose"), "mode": ev.get("mode")} | spec
