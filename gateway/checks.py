@@ -81,10 +81,27 @@ class CheckCoordinator:
         t0 = time.perf_counter()
         timings: dict[str, float] = {}
         program = self.programs.get(request.program)
-        if request.purpose not in program.header.purposes:
-            raise PolicyDenied(f"purpose '{request.purpose}' is not a purpose of program '{program.id}'")
-        if principal.agency not in program.header.requester_agencies:
-            raise PolicyDenied(f"agency '{principal.agency}' may not request program '{program.id}'")
+        request_id = str(uuid.uuid4())
+        actor = {"actor_user": principal.user, "actor_agency": principal.agency, "actor_role": principal.role}
+        about = {
+            "request_id": request_id,
+            "program": program.id,
+            "purpose": request.purpose,
+            "legal_basis": request.legal_basis,
+            "case_id": request.case_id,
+            "approval_ref": request.approval_ref or None,
+            "consent_ref": request.consent_ref or None,
+            "subjects": list(request.pseudonyms),
+            **actor,
+        }
+        try:
+            if request.purpose not in program.header.purposes:
+                raise PolicyDenied(f"purpose '{request.purpose}' is not a purpose of program '{program.id}'")
+            if principal.agency not in program.header.requester_agencies:
+                raise PolicyDenied(f"agency '{principal.agency}' may not request program '{program.id}'")
+        except PolicyDenied as exc:
+            await self._record_denial(about, exc)
+            raise
         if len(request.pseudonyms) > self.max_subjects:
             raise PayloadTooLarge(f"{len(request.pseudonyms)} subjects exceed the limit of {self.max_subjects}")
         if request.mode == "plaintext" and not self.allow_plaintext_mode:
@@ -99,32 +116,13 @@ class CheckCoordinator:
             if not context_bytes:
                 raise InvalidInput("HE mode needs the requester's public_context")
             context = await asyncio.to_thread(PublicContext.cached, context_bytes)
-        request_id = str(uuid.uuid4())
-        actor = {"actor_user": principal.user, "actor_agency": principal.agency, "actor_role": principal.role}
-        about = {
-            "request_id": request_id,
-            "program": program.id,
-            "purpose": request.purpose,
-            "legal_basis": request.legal_basis,
-            "case_id": request.case_id,
-            "subjects": list(request.pseudonyms),
-            **actor,
-        }
         # Policy last among the gateway's own checks: a malformed request must not spend budget.
         try:
             outcome = (
                 self.policy.authorize_check(principal, program, request) if self.policy is not None else PolicyOutcome()
             )
         except PolicyDenied as exc:
-            await self._record(
-                {
-                    **about,
-                    "kind": "policy_decision",
-                    "decision": "deny",
-                    "reason": exc.code,
-                    "policy_set_hash": str(exc.details.get("policy_set_hash", "")) or None,
-                }
-            )
+            await self._record_denial(about, exc)
             raise
         await self._record(
             {
@@ -249,6 +247,19 @@ class CheckCoordinator:
             node_bytes=sum(node_requests[a].ByteSize() + r.ByteSize() for a, r in responses.items()),
             nodes=nodes_meta,
             timings_ms=timings,
+        )
+
+    async def _record_denial(self, about: dict[str, Any], exc: PolicyDenied) -> None:
+        reasons = exc.details.get("reasons") or [exc.message]
+        await self._record(
+            {
+                **about,
+                "kind": "policy_decision",
+                "decision": "deny",
+                "reason": exc.code,
+                "reasons": tuple(str(r) for r in reasons),
+                "policy_set_hash": str(exc.details.get("policy_set_hash", "")) or None,
+            }
         )
 
     async def _record(self, event: dict[str, Any]) -> None:

@@ -6,6 +6,10 @@ from pathlib import Path
 
 import pytest
 
+# Loaded here (not only in tests/browser/conftest.py) so the xdist controller prints the loud
+# "BROWSER TESTS DID NOT RUN" banner when Chromium is missing.
+pytest_plugins = ["tests.browser.summary"]
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 
