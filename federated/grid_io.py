@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from typing import Any
 
+import numpy as np
 from flwr.app import Message
 from flwr.serverapp import Grid
 
@@ -29,3 +31,15 @@ def exchange(grid: Grid, messages: Sequence[Message], timeout: float) -> list[Me
         if pending:
             time.sleep(POLL_S)
     return replies
+
+
+def cfg_of(msg: Message) -> dict[str, Any]:
+    """A message's `cfg` ConfigRecord as a plain dict (Flower's value union is too wide to type)."""
+    return dict(msg.content["cfg"]) if "cfg" in msg.content.config_records else {}
+
+
+def arrays_of(msg: Message) -> dict[str, np.ndarray]:
+    """A message's `arrays` ArrayRecord as numpy arrays (empty when absent)."""
+    if "arrays" not in msg.content.array_records:
+        return {}
+    return {k: v.numpy() for k, v in msg.content.array_records["arrays"].items()}

@@ -26,7 +26,7 @@ from xgate.logging import get_logger
 log = get_logger(__name__)
 
 
-class HorizontalClient(NumPyClient):  # type: ignore[misc]
+class HorizontalClient(NumPyClient):
     def __init__(self, job: JobSpec, nc: node.NodeConfig, max_weight: int, ledger_check: bool) -> None:
         self.job, self.nc, self.max_weight = job, nc, max_weight
         if ledger_check:
@@ -36,7 +36,7 @@ class HorizontalClient(NumPyClient):  # type: ignore[misc]
     def get_parameters(self, config: dict[str, Any]) -> list[np.ndarray]:
         return [model.lr_init(self.data.x_train.shape[1])]
 
-    def fit(self, parameters: list[np.ndarray], config: dict[str, Any]) -> tuple[list[np.ndarray], int, dict]:
+    def fit(self, parameters: list[np.ndarray], config: dict[str, Any]) -> tuple[list[np.ndarray], int, dict[str, Any]]:
         w0 = np.asarray(parameters[0], dtype=np.float64)
         rnd = int(config.get("server_round", 0))
         w1 = model.lr_train(

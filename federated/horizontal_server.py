@@ -36,7 +36,7 @@ class JobFailed(NodeUnavailable):
         super().__init__("federation", message)
 
 
-class BoundedClientManager(SimpleClientManager):  # type: ignore[misc]
+class BoundedClientManager(SimpleClientManager):
     """Flower waits up to 24 h for nodes by default; never wait longer than the round timeout."""
 
     def __init__(self, timeout: float) -> None:
@@ -47,7 +47,7 @@ class BoundedClientManager(SimpleClientManager):  # type: ignore[misc]
         return bool(super().wait_for(num_clients, timeout=int(min(timeout, self.timeout))))
 
 
-class XgateFedAvg(FedAvg):  # type: ignore[misc]
+class XgateFedAvg(FedAvg):
     def __init__(self, job: JobSpec, job_dir: Path, emit: OnEvent, max_weight: int) -> None:
         super().__init__(
             fraction_fit=1.0, fraction_evaluate=1.0, min_fit_clients=job.min_nodes,
@@ -122,8 +122,8 @@ class XgateFedAvg(FedAvg):  # type: ignore[misc]
     ) -> tuple[float | None, dict[str, Any]]:
         if not results:
             return None, {}
-        pos = sum(np.array(json.loads(r.metrics["hist_pos"])) for _, r in results)
-        neg = sum(np.array(json.loads(r.metrics["hist_neg"])) for _, r in results)
+        pos = np.sum([json.loads(str(r.metrics["hist_pos"])) for _, r in results], axis=0)
+        neg = np.sum([json.loads(str(r.metrics["hist_neg"])) for _, r in results], axis=0)
         prevalence = sum(int(r.metrics["train_pos"]) for _, r in results) / max(
             1, sum(int(r.metrics["train_n"]) for _, r in results)
         )
@@ -149,7 +149,8 @@ def _send(grid: Grid, context: LegacyContext, kind: str, instructions: list[Any]
 
 
 def _split(replies: list[Message], proxies: dict[int, Any], parse: Any, key: str) -> tuple[list[Any], list[Any]]:
-    results, failures = [], []
+    results: list[Any] = []
+    failures: list[Any] = []
     for msg in replies:
         proxy = proxies[msg.metadata.src_node_id]
         if msg.has_content():
@@ -165,7 +166,7 @@ def _split(replies: list[Message], proxies: dict[int, Any], parse: Any, key: str
 def make_fit_workflow(timeout: float) -> Any:
     def fit(grid: Grid, context: LegacyContext) -> None:
         cfg = context.state.config_records[MAIN_CONFIGS_RECORD]
-        rnd = int(cfg[Key.CURRENT_ROUND])
+        rnd = int(cfg[Key.CURRENT_ROUND])  # type: ignore[arg-type]
         params = compat.arrayrecord_to_parameters(context.state.array_records[MAIN_PARAMS_RECORD], keep_input=True)
         instructions = context.strategy.configure_fit(rnd, params, context.client_manager)
         replies = _send(grid, context, MessageType.TRAIN, instructions, timeout)
@@ -180,7 +181,7 @@ def make_fit_workflow(timeout: float) -> Any:
 
 def make_evaluate_workflow(timeout: float) -> Any:
     def evaluate(grid: Grid, context: LegacyContext) -> None:
-        rnd = int(context.state.config_records[MAIN_CONFIGS_RECORD][Key.CURRENT_ROUND])
+        rnd = int(context.state.config_records[MAIN_CONFIGS_RECORD][Key.CURRENT_ROUND])  # type: ignore[arg-type]
         params = compat.arrayrecord_to_parameters(context.state.array_records[MAIN_PARAMS_RECORD], keep_input=True)
         instructions = context.strategy.configure_evaluate(rnd, params, context.client_manager)
         if not instructions:

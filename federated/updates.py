@@ -85,7 +85,7 @@ def check_aggregate(arrays: Sequence[np.ndarray], shapes: Sequence[tuple[int, ..
 def weighted_mean(updates: Sequence[tuple[Sequence[np.ndarray], int]]) -> list[np.ndarray]:
     """Plain FedAvg aggregate, the reference SecAgg+ must match."""
     total = sum(w for _, w in updates)
-    return [sum(u[i] * w for u, w in updates) / total for i in range(len(updates[0][0]))]
+    return [np.sum([u[i] * w for u, w in updates], axis=0) / total for i in range(len(updates[0][0]))]
 
 
 def quantisation_error_bound(clipping_range: float, n_nodes: int = 1) -> float:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordDict
@@ -17,6 +18,7 @@ from flwr.clientapp import ClientApp
 
 from federated import datasets, model, node
 from federated.admission import require_approval
+from federated.grid_io import arrays_of, cfg_of
 from federated.jobs import JobSpec, job_from_run_config
 from federated.vertical import RIDGE, Bottom, Top, batch_indices, pack_state, preconditioner, unpack_state
 
@@ -33,8 +35,8 @@ def _setup(context: Context) -> tuple[JobSpec, node.NodeConfig, Path]:
     return job, nc, cache
 
 
-def _reply(msg: Message, cfg: dict[str, object] | None = None, arrays: dict[str, np.ndarray] | None = None) -> Message:
-    rd = RecordDict({"cfg": ConfigRecord(cfg or {})})  # type: ignore[arg-type]
+def _reply(msg: Message, cfg: dict[str, Any] | None = None, arrays: dict[str, np.ndarray] | None = None) -> Message:
+    rd = RecordDict({"cfg": ConfigRecord(cfg or {})})
     if arrays:
         rd["arrays"] = ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in arrays.items()})
     return Message(rd, reply_to=msg)
@@ -52,7 +54,7 @@ def _load(cache: Path) -> dict[str, np.ndarray]:
 def _save(cache: Path, state: dict[str, np.ndarray], *, data: bool = False) -> None:
     name = "data.npy.npz" if data else "params.npz"
     tmp = cache / f"tmp-{name}"
-    np.savez(tmp, **state)
+    np.savez(tmp, **state)  # type: ignore[arg-type]
     tmp.replace(cache / name)
 
 
@@ -69,7 +71,7 @@ def hello(msg: Message, context: Context) -> Message:
 def align(msg: Message, context: Context) -> Message:
     """Label holder: split the aligned pseudonyms into train/test (its holdout rule) and publish."""
     job, nc, _ = _setup(context)
-    aligned = bytes(msg.content["cfg"]["aligned"]).decode().split("\n")  # type: ignore[arg-type]
+    aligned = bytes(cfg_of(msg)["aligned"]).decode().split("\n")
     test = node.is_holdout(aligned, job, nc.holdout)
     train = [p for p, t in zip(aligned, test, strict=True) if not t]
     held_out = [p for p, t in zip(aligned, test, strict=True) if t]
@@ -79,9 +81,9 @@ def align(msg: Message, context: Context) -> Message:
 @app.train("setup")
 def setup(msg: Message, context: Context) -> Message:
     job, nc, path = _setup(context)
-    cfg = msg.content["cfg"]
-    train = bytes(cfg["train"]).decode().split("\n")  # type: ignore[arg-type]
-    test = bytes(cfg["test"]).decode().split("\n")  # type: ignore[arg-type]
+    cfg = cfg_of(msg)
+    train = bytes(cfg["train"]).decode().split("\n")
+    test = bytes(cfg["test"]).decode().split("\n")
     feats = node.held_features(job, nc)
     infos = datasets.element_info(nc.store, feats)
     _, raw_tr = datasets.read_matrix(nc.store, feats, train)
@@ -96,7 +98,7 @@ def setup(msg: Message, context: Context) -> Message:
         _, lab_te = datasets.read_matrix(nc.store, [job.label], test)
         if np.isnan(lab_tr).any() or np.isnan(lab_te).any():
             raise ValueError("aligned subjects without a label")
-        width = int(cfg["width"])  # type: ignore[arg-type]
+        width = int(cfg["width"])
         data.update(y_train=(lab_tr[:, 0] > 0).astype(float), y_test=(lab_te[:, 0] > 0).astype(float))
         state.update(pack_state("t_", np.zeros(width + 1), {}))
     _save(path, data, data=True)
@@ -114,13 +116,13 @@ def step(msg: Message, context: Context) -> Message:
     """
     job, _, path = _setup(context)
     st = _load(path)
-    cfg = msg.content["cfg"]
+    cfg = cfg_of(msg)
     n = len(st["x_train"])
     bottom = Bottom(*unpack_state("b_", st))
-    t = int(cfg["step"])  # type: ignore[arg-type]
-    if "arrays" in msg.content.array_records:
-        grad = msg.content["arrays"]["grad"].numpy()
-        prev = batch_indices(n, job.batch_size, int(cfg["grad_step"]), job.seed)  # type: ignore[arg-type]
+    t = int(cfg["step"])
+    if "grad" in (received := arrays_of(msg)):
+        grad = received["grad"]
+        prev = batch_indices(n, job.batch_size, int(cfg["grad_step"]), job.seed)
         bottom.backward(st["x_train"][prev], grad, job.learning_rate, st["precond"])
     out: dict[str, np.ndarray] = {}
     if bool(cfg.get("last", False)):
@@ -136,13 +138,13 @@ def top(msg: Message, context: Context) -> Message:
     """Label holder: own bottom + top model step; returns dL/dE for each other node's embedding."""
     job, nc, path = _setup(context)
     st = _load(path)
-    t = int(msg.content["cfg"]["step"])  # type: ignore[arg-type]
-    order = [str(a) for a in msg.content["cfg"]["order"]]  # type: ignore[union-attr]
+    t = int(cfg_of(msg)["step"])
+    order = [str(a) for a in cfg_of(msg)["order"]]
     n = len(st["x_train"])
     idx = batch_indices(n, job.batch_size, t, job.seed)
     bottom, topm = Bottom(*unpack_state("b_", st)), Top(*unpack_state("t_", st))
-    arrays = msg.content["arrays"]
-    embs = [bottom.forward(st["x_train"][idx]) if a == nc.agency else arrays[a].numpy() for a in order]
+    received = arrays_of(msg)
+    embs = [bottom.forward(st["x_train"][idx]) if a == nc.agency else received[a] for a in order]
     loss, grad_e = topm.step(np.hstack(embs), st["y_train"][idx], job.l2, job.embedding_dim)
     h = job.embedding_dim
     grads = {a: grad_e[:, i * h : (i + 1) * h] for i, a in enumerate(order)}
@@ -156,10 +158,10 @@ def evaluate_top(msg: Message, context: Context) -> Message:
     """Label holder: score the held-out aligned rows; only the summary (AUC, counts) leaves."""
     _, nc, path = _setup(context)
     st = _load(path)
-    order = [str(a) for a in msg.content["cfg"]["order"]]  # type: ignore[union-attr]
+    order = [str(a) for a in cfg_of(msg)["order"]]
     bottom, topm = Bottom(*unpack_state("b_", st)), Top(*unpack_state("t_", st))
-    arrays = msg.content["arrays"]
-    embs = [bottom.forward(st["x_test"]) if a == nc.agency else arrays[a].numpy() for a in order]
+    received = arrays_of(msg)
+    embs = [bottom.forward(st["x_test"]) if a == nc.agency else received[a] for a in order]
     scores = topm.scores(np.hstack(embs))
     prevalence = float(st["y_train"].mean())
     rep = model.report(scores, st["y_test"], threshold=prevalence)

@@ -19,7 +19,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordD
 from flwr.serverapp import Grid
 
 from federated.events import JsonlSink, make_event
-from federated.grid_io import exchange
+from federated.grid_io import arrays_of, cfg_of, exchange
 from federated.jobs import JobSpec
 from federated.vertical import align
 from xgate.errors import NodeUnavailable
@@ -39,10 +39,10 @@ class _Relay:
     ) -> dict[int, Message]:
         kinds = kind if isinstance(kind, dict) else dict.fromkeys(per_node, kind)
         msgs = []
-        for nid, (cfg, arrays) in per_node.items():
-            rd = RecordDict({"cfg": ConfigRecord(cfg)})
-            if arrays:
-                rd["arrays"] = ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in arrays.items()})
+        for nid, (conf, arrs) in per_node.items():
+            rd = RecordDict({"cfg": ConfigRecord(conf)})
+            if arrs:
+                rd["arrays"] = ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in arrs.items()})
             msgs.append(Message(rd, dst_node_id=nid, message_type=kinds[nid]))
         replies = {m.metadata.src_node_id: m for m in exchange(self.grid, msgs, self.job.round_timeout_s)}
         for nid in per_node:
@@ -50,7 +50,7 @@ class _Relay:
             if nid not in replies:
                 self.fail(who, f"no reply to '{kinds[nid]}' before the timeout")
             if replies[nid].has_error():
-                self.fail(who, f"'{kinds[nid]}' failed: {replies[nid].error.reason[:300]}")
+                self.fail(who, f"'{kinds[nid]}' failed: {(replies[nid].error.reason or '')[:300]}")
         return replies
 
     def send_mixed(self, per_node: dict[int, tuple[dict[str, Any], dict[str, np.ndarray]]], label_node: int
@@ -81,10 +81,10 @@ def run_vertical(grid: Grid, context: Context, job: JobSpec, job_dir: Path) -> N
     holders: dict[int, list[str]] = {}
     label_node = None
     for nid, m in hello.items():
-        cfg = m.content["cfg"]
+        cfg = cfg_of(m)
         relay.agency[nid] = str(cfg["agency"])
         if cfg["features"]:
-            holders[nid] = [str(f) for f in cfg["features"]]  # type: ignore[union-attr]
+            holders[nid] = [str(f) for f in cfg["features"]]
         if cfg["has_label"]:
             label_node = nid
     if label_node is None:
@@ -100,11 +100,11 @@ def run_vertical(grid: Grid, context: Context, job: JobSpec, job_dir: Path) -> N
     order = [relay.agency[n] for n in parts]
 
     # Alignment: intersection of pseudonyms; the label holder decides the train/test split.
-    aligned = align([bytes(hello[n].content["cfg"]["pseudonyms"]).decode().split("\n") for n in parts])  # type: ignore[arg-type]
+    aligned = align([bytes(cfg_of(hello[n])["pseudonyms"]).decode().split("\n") for n in parts])
     if not aligned or aligned == [""]:
         relay.fail("federation", "the nodes share no subjects")
     split = relay.send("train.align", {label_node: ({"aligned": "\n".join(aligned).encode()}, {})})[label_node]
-    train_b, test_b = split.content["cfg"]["train"], split.content["cfg"]["test"]
+    train_b, test_b = cfg_of(split)["train"], cfg_of(split)["test"]
     emit(make_event(job.job_id, "aligned", subjects=len(aligned), nodes=order,
                     aligned_sha256=hashlib.sha256("\n".join(aligned).encode()).hexdigest()))
     width = job.embedding_dim * len(parts)
@@ -130,11 +130,11 @@ def run_vertical(grid: Grid, context: Context, job: JobSpec, job_dir: Path) -> N
             continue
         replies = relay.send_mixed(batch, label_node)
         if i < job.rounds and feature_nodes:
-            embs[i] = {n: replies[n].content["arrays"]["emb"].numpy() for n in feature_nodes}
+            embs[i] = {n: arrays_of(replies[n])["emb"] for n in feature_nodes}
         if i >= 1:
             top = replies[label_node]
-            grads[i - 1] = {n: top.content["arrays"][relay.agency[n]].numpy() for n in feature_nodes}
-            loss = float(top.content["cfg"]["loss"])  # type: ignore[arg-type]
+            grads[i - 1] = {n: arrays_of(top)[relay.agency[n]] for n in feature_nodes}
+            loss = float(cfg_of(top)["loss"])
             digest = hashlib.sha256(b"".join(g.tobytes() for g in grads[i - 1].values())).hexdigest()
             curve.append({"round": i, "loss": loss})
             emit(make_event(job.job_id, "round_completed", round=i, participants=order, train_loss=loss,
@@ -143,15 +143,15 @@ def run_vertical(grid: Grid, context: Context, job: JobSpec, job_dir: Path) -> N
     last = job.rounds - 1
     bottoms = relay.send("train.step", {n: ({"step": job.rounds, "grad_step": last, "last": True},
                                             {"grad": grads[last][n]}) for n in feature_nodes}) if feature_nodes else {}
-    test_embs = {relay.agency[n]: bottoms[n].content["arrays"]["emb"].numpy() for n in bottoms}
-    ev = relay.send("evaluate.top", {label_node: ({"order": order}, test_embs)})[label_node].content["cfg"]
+    test_embs = {relay.agency[n]: arrays_of(bottoms[n])["emb"] for n in bottoms}
+    ev = cfg_of(relay.send("evaluate.top", {label_node: ({"order": order}, test_embs)})[label_node])
     evaluation = {
-        "auc": float(ev["auc"]), "balanced_accuracy": float(ev["balanced_accuracy"]),  # type: ignore[arg-type]
-        "threshold": float(ev["threshold"]),  # type: ignore[arg-type]
-        "confusion_matrix": {k: int(ev[k]) for k in ("tp", "fp", "tn", "fn")},  # type: ignore[call-overload]
-        "n": sum(int(ev[k]) for k in ("tp", "fp", "tn", "fn")),  # type: ignore[call-overload]
+        "auc": float(ev["auc"]), "balanced_accuracy": float(ev["balanced_accuracy"]),
+        "threshold": float(ev["threshold"]),
+        "confusion_matrix": {k: int(ev[k]) for k in ("tp", "fp", "tn", "fn")},
+        "n": sum(int(ev[k]) for k in ("tp", "fp", "tn", "fn")),
     }
-    part_digests = {relay.agency[n]: str(bottoms[n].content["cfg"]["bottom_sha256"]) for n in bottoms}
+    part_digests = {relay.agency[n]: str(cfg_of(bottoms[n])["bottom_sha256"]) for n in bottoms}
     part_digests["top@" + relay.agency[label_node]] = str(ev["top_sha256"])
     model_sha = hashlib.sha256(json.dumps(part_digests, sort_keys=True).encode()).hexdigest()
     curve[-1].update(evaluation)
@@ -160,6 +160,6 @@ def run_vertical(grid: Grid, context: Context, job: JobSpec, job_dir: Path) -> N
     # The vertical model stays split across the nodes; the server keeps only its parts' digests.
     np.savez(job_dir / "model.npz", parts=np.array(sorted(part_digests.items())))
     summary = {"curve": curve, "evaluation": evaluation, "model_sha256": model_sha, "model_parts": part_digests,
-               "aligned_subjects": len(aligned), "train_subjects": train_b.count(b"\n") + 1,  # type: ignore[union-attr]
+               "aligned_subjects": len(aligned), "train_subjects": train_b.count(b"\n") + 1,
                "nodes": order}
     (job_dir / "server-summary.json").write_text(json.dumps(summary, indent=1))
