@@ -31,7 +31,14 @@ class HorizontalClient(NumPyClient):
         self.job, self.nc, self.max_weight = job, nc, max_weight
         if ledger_check:
             require_approval(nc.ledger, job)
-        self.data = node.horizontal_data(job, nc)
+        self._data: node.Split | None = None
+
+    @property
+    def data(self) -> node.Split:
+        # Flower builds a client per message (SecAgg+ has 4 per round); read the store only when needed.
+        if self._data is None:
+            self._data = node.horizontal_data(self.job, self.nc)
+        return self._data
 
     def get_parameters(self, config: dict[str, Any]) -> list[np.ndarray]:
         return [model.lr_init(self.data.x_train.shape[1])]
