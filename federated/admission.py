@@ -107,8 +107,15 @@ class LedgerAdmission:
             decision = self._decide(conn, job, affected, eps)
             conn.execute(
                 "INSERT INTO decisions VALUES (?,?,?,?,?,?,?)",
-                (job.job_id, digest, agency, int(decision.approved), decision.reason, decision.epsilon,
-                 datetime.now(UTC).isoformat()),
+                (
+                    job.job_id,
+                    digest,
+                    agency,
+                    int(decision.approved),
+                    decision.reason,
+                    decision.epsilon,
+                    datetime.now(UTC).isoformat(),
+                ),
             )
             if decision.approved and eps > 0:
                 conn.executemany("INSERT INTO spend VALUES (?,?,?)", [(ds, job.job_id, eps) for ds in affected])

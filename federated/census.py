@@ -37,21 +37,55 @@ _COLUMN_NAMES = (
     "weeks_worked_in_year year income_gt_50k"
 )
 COLUMNS = tuple(_COLUMN_NAMES.split())
-NUMERIC = {"age", "wage_per_hour", "capital_gains", "capital_losses", "dividends_from_stocks",
-           "num_persons_worked_for_employer", "weeks_worked_in_year"}
+NUMERIC = {
+    "age",
+    "wage_per_hour",
+    "capital_gains",
+    "capital_losses",
+    "dividends_from_stocks",
+    "num_persons_worked_for_employer",
+    "weeks_worked_in_year",
+}
 AGENCIES: dict[str, tuple[str, ...]] = {
-    "civil": ("age", "sex", "marital_stat", "detailed_household_and_family_stat",
-              "detailed_household_summary_in_household", "family_members_under_18", "race", "hispanic_origin"),
+    "civil": (
+        "age",
+        "sex",
+        "marital_stat",
+        "detailed_household_and_family_stat",
+        "detailed_household_summary_in_household",
+        "family_members_under_18",
+        "race",
+        "hispanic_origin",
+    ),
     "tax": ("capital_gains", "capital_losses", "dividends_from_stocks", "tax_filer_stat"),
-    "labour": ("class_of_worker", "detailed_industry_recode", "detailed_occupation_recode", "major_industry_code",
-               "major_occupation_code", "wage_per_hour", "weeks_worked_in_year", "member_of_a_labor_union",
-               "reason_for_unemployment", "full_or_part_time_employment_stat", "num_persons_worked_for_employer",
-               "own_business_or_self_employed"),
+    "labour": (
+        "class_of_worker",
+        "detailed_industry_recode",
+        "detailed_occupation_recode",
+        "major_industry_code",
+        "major_occupation_code",
+        "wage_per_hour",
+        "weeks_worked_in_year",
+        "member_of_a_labor_union",
+        "reason_for_unemployment",
+        "full_or_part_time_employment_stat",
+        "num_persons_worked_for_employer",
+        "own_business_or_self_employed",
+    ),
     "education": ("education", "enroll_in_edu_inst_last_wk"),
-    "immigration": ("country_of_birth_father", "country_of_birth_mother", "country_of_birth_self", "citizenship",
-                    "migration_code_change_in_msa", "migration_code_change_in_reg", "migration_code_move_within_reg",
-                    "live_in_this_house_1_year_ago", "migration_prev_res_in_sunbelt",
-                    "region_of_previous_residence", "state_of_previous_residence"),
+    "immigration": (
+        "country_of_birth_father",
+        "country_of_birth_mother",
+        "country_of_birth_self",
+        "citizenship",
+        "migration_code_change_in_msa",
+        "migration_code_change_in_reg",
+        "migration_code_move_within_reg",
+        "live_in_this_house_1_year_ago",
+        "migration_prev_res_in_sunbelt",
+        "region_of_previous_residence",
+        "state_of_previous_residence",
+    ),
     "veterans": ("fill_inc_questionnaire_for_veterans_admin", "veterans_benefits"),
 }
 LABEL = "tax.income_gt_50k"

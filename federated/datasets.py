@@ -63,10 +63,7 @@ def _connect_ro(path: Path) -> sqlite3.Connection:
 
 def element_info(path: Path, elements: Sequence[str]) -> list[ElementInfo]:
     with _connect_ro(path) as conn:
-        rows = {
-            r[0]: r
-            for r in conn.execute("SELECT id, type, min, max, sealed FROM elements").fetchall()
-        }
+        rows = {r[0]: r for r in conn.execute("SELECT id, type, min, max, sealed FROM elements").fetchall()}
     out = []
     for e in elements:
         if e not in rows:
@@ -115,9 +112,7 @@ def store_digest(path: Path, elements: Sequence[str]) -> str:
     return hashlib.sha256(repr(rows).encode()).hexdigest()
 
 
-def write_store(
-    path: Path, dataset: str, subjects: Sequence[str], columns: Mapping[str, Column]
-) -> None:
+def write_store(path: Path, dataset: str, subjects: Sequence[str], columns: Mapping[str, Column]) -> None:
     """Write (or replace) one dataset into a node store with the node schema (tests, bench)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     h = hashlib.sha256()
@@ -162,8 +157,13 @@ def synthetic_population(n: int, seed: int = 0) -> tuple[list[str], dict[str, Co
     region = rng.integers(0, 4, n)
     visits = rng.poisson(3, n).clip(0, 100)
     z = (
-        -1.0 + 0.03 * (age - 50) + 0.8 * (np.log1p(income) - 8.0) - 0.004 * (months - 240)
-        + 1.2 * disabled + 0.5 * (region == 2) + 0.15 * (visits - 3)
+        -1.0
+        + 0.03 * (age - 50)
+        + 0.8 * (np.log1p(income) - 8.0)
+        - 0.004 * (months - 240)
+        + 1.2 * disabled
+        + 0.5 * (region == 2)
+        + 0.15 * (visits - 3)
     )
     label = (rng.random(n) < 1 / (1 + np.exp(-z))).astype(np.int64)
     cols = {

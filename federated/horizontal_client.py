@@ -47,8 +47,14 @@ class HorizontalClient(NumPyClient):
         w0 = np.asarray(parameters[0], dtype=np.float64)
         rnd = int(config.get("server_round", 0))
         w1 = model.lr_train(
-            w0, self.data.x_train, self.data.y_train, epochs=self.job.local_epochs, lr=self.job.learning_rate,
-            batch=self.job.batch_size, l2=self.job.l2, seed=self.job.seed + rnd,
+            w0,
+            self.data.x_train,
+            self.data.y_train,
+            epochs=self.job.local_epochs,
+            lr=self.job.learning_rate,
+            batch=self.job.batch_size,
+            l2=self.job.l2,
+            seed=self.job.seed + rnd,
         )
         delta = [w1 - w0]
         dp_clipped = False
@@ -59,14 +65,15 @@ class HorizontalClient(NumPyClient):
         )
         if prepared.clipped_values or prepared.weight_capped or dp_clipped:
             log.info(
-                "update_scaled", agency=self.nc.agency, clipped_coordinates=prepared.clipped_values,
-                weight_capped=prepared.weight_capped, dp_clipped=dp_clipped,
+                "update_scaled",
+                agency=self.nc.agency,
+                clipped_coordinates=prepared.clipped_values,
+                weight_capped=prepared.weight_capped,
+                dp_clipped=dp_clipped,
             )
         return prepared.arrays, prepared.weight, {"agency": self.nc.agency}
 
-    def evaluate(
-        self, parameters: list[np.ndarray], config: dict[str, Any]
-    ) -> tuple[float, int, dict[str, Any]]:
+    def evaluate(self, parameters: list[np.ndarray], config: dict[str, Any]) -> tuple[float, int, dict[str, Any]]:
         w = np.asarray(parameters[0], dtype=np.float64)
         scores = model.lr_predict(w, self.data.x_test)
         pos, neg = node.score_histograms(scores, self.data.y_test)

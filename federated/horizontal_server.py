@@ -50,9 +50,13 @@ class BoundedClientManager(SimpleClientManager):
 class XgateFedAvg(FedAvg):
     def __init__(self, job: JobSpec, job_dir: Path, emit: OnEvent, max_weight: int) -> None:
         super().__init__(
-            fraction_fit=1.0, fraction_evaluate=1.0, min_fit_clients=job.min_nodes,
-            min_evaluate_clients=job.min_nodes, min_available_clients=job.min_nodes,
-            on_fit_config_fn=lambda r: {"server_round": r}, accept_failures=True,
+            fraction_fit=1.0,
+            fraction_evaluate=1.0,
+            min_fit_clients=job.min_nodes,
+            min_evaluate_clients=job.min_nodes,
+            min_available_clients=job.min_nodes,
+            on_fit_config_fn=lambda r: {"server_round": r},
+            accept_failures=True,
         )
         self.job, self.job_dir, self.emit, self.max_weight = job, job_dir, emit, max_weight
         self.current: list[np.ndarray] = []
@@ -129,12 +133,22 @@ class XgateFedAvg(FedAvg):
         )
         rep = node.histogram_report(np.asarray(pos), np.asarray(neg), threshold=prevalence)
         loss = sum(r.loss * r.num_examples for _, r in results) / sum(r.num_examples for _, r in results)
-        row = {"round": server_round, "loss": loss, "threshold": prevalence, **rep,
-               "nodes": sorted(str(r.metrics["agency"]) for _, r in results)}
+        row = {
+            "round": server_round,
+            "loss": loss,
+            "threshold": prevalence,
+            **rep,
+            "nodes": sorted(str(r.metrics["agency"]) for _, r in results),
+        }
         self.curve.append(row)
         self.final_eval = row
-        self._event("round_evaluated", round=server_round, auc=rep["auc"], balanced_accuracy=rep["balanced_accuracy"],
-                    model_sha256=arrays_sha256(self.released))
+        self._event(
+            "round_evaluated",
+            round=server_round,
+            auc=rep["auc"],
+            balanced_accuracy=rep["balanced_accuracy"],
+            model_sha256=arrays_sha256(self.released),
+        )
         return loss, {}
 
 
@@ -205,14 +219,20 @@ def run_horizontal(grid: Grid, context: Context, job: JobSpec, job_dir: Path) ->
         # Noise std = z*C/min_nodes: conservative when more nodes take part (sensitivity C/k <= C/min_nodes).
         outer = DifferentialPrivacyClientSideFixedClipping(strategy, noise, job.dp.clip, job.min_nodes)
     legacy = LegacyContext(
-        context, config=ServerConfig(num_rounds=job.rounds, round_timeout=job.round_timeout_s), strategy=outer,
+        context,
+        config=ServerConfig(num_rounds=job.rounds, round_timeout=job.round_timeout_s),
+        strategy=outer,
         client_manager=BoundedClientManager(job.round_timeout_s),
     )
     fit_wf = (
         SecAggPlusWorkflow(
-            num_shares=1.0, reconstruction_threshold=0.66, max_weight=float(max_weight),
-            clipping_range=job.update_bound, quantization_range=updates.SECAGG_QUANTIZATION_RANGE,
-            modulus_range=updates.SECAGG_MODULUS_RANGE, timeout=job.round_timeout_s,
+            num_shares=1.0,
+            reconstruction_threshold=0.66,
+            max_weight=float(max_weight),
+            clipping_range=job.update_bound,
+            quantization_range=updates.SECAGG_QUANTIZATION_RANGE,
+            modulus_range=updates.SECAGG_MODULUS_RANGE,
+            timeout=job.round_timeout_s,
         )
         if job.secagg
         else make_fit_workflow(job.round_timeout_s)
@@ -223,12 +243,23 @@ def run_horizontal(grid: Grid, context: Context, job: JobSpec, job_dir: Path) ->
     final = compat.arrayrecord_to_parameters(legacy.state.array_records[MAIN_PARAMS_RECORD], keep_input=True)
     weights = parameters_to_ndarrays(final)
     np.savez(job_dir / "model.npz", *weights)
-    summary: dict[str, Any] = {"curve": strategy.curve, "evaluation": strategy.final_eval,
-                               "model_sha256": arrays_sha256(weights)}
+    summary: dict[str, Any] = {
+        "curve": strategy.curve,
+        "evaluation": strategy.final_eval,
+        "model_sha256": arrays_sha256(weights),
+    }
     if job.dp is not None:
         eps = dp.epsilon_spent(noise, job.rounds, job.dp.delta)
-        summary["dp"] = {"epsilon": eps, "delta": job.dp.delta, "noise_multiplier": noise, "clip": job.dp.clip,
-                         "flower_rdp_epsilon": dp.flower_epsilon(noise, job.rounds, job.dp.delta, job.min_nodes)}
-        emit(make_event(job.job_id, "dp_spent", rounds=job.rounds, epsilon=eps, delta=job.dp.delta,
-                        noise_multiplier=noise))
+        summary["dp"] = {
+            "epsilon": eps,
+            "delta": job.dp.delta,
+            "noise_multiplier": noise,
+            "clip": job.dp.clip,
+            "flower_rdp_epsilon": dp.flower_epsilon(noise, job.rounds, job.dp.delta, job.min_nodes),
+        }
+        emit(
+            make_event(
+                job.job_id, "dp_spent", rounds=job.rounds, epsilon=eps, delta=job.dp.delta, noise_multiplier=noise
+            )
+        )
     (job_dir / "server-summary.json").write_text(json.dumps(summary, indent=1, default=float))

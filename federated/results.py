@@ -15,8 +15,12 @@ import matplotlib.pyplot as plt
 def write_outputs(job_dir: Path, metadata: dict[str, Any], summary: dict[str, Any]) -> dict[str, Path]:
     paths = {"metadata": job_dir / "model.json", "report": job_dir / "report.json", "curve": job_dir / "curve.png"}
     paths["metadata"].write_text(json.dumps(metadata, indent=1, sort_keys=True, default=str))
-    report = {"job_id": metadata["job_id"], "evaluation": summary.get("evaluation", {}),
-              "curve": summary.get("curve", []), "dp": summary.get("dp")}
+    report = {
+        "job_id": metadata["job_id"],
+        "evaluation": summary.get("evaluation", {}),
+        "curve": summary.get("curve", []),
+        "dp": summary.get("dp"),
+    }
     paths["report"].write_text(json.dumps(report, indent=1, sort_keys=True, default=float))
     plot_curve(summary.get("curve", []), paths["curve"], title=str(metadata["job_id"]))
     return paths

@@ -64,9 +64,15 @@ def free_port() -> int:
 
 def flwr_env(home: Path) -> dict[str, str]:
     env = dict(os.environ)
-    env.update({"FLWR_TELEMETRY_ENABLED": "0", "FLWR_HOME": str(home), "PYTHONUNBUFFERED": "1",
-                # SuperExec picks up ClientApp/ServerApp tasks every second by default.
-                "FLWR_SUPEREXEC_TASK_POLL_INTERVAL": "0.2"})
+    env.update(
+        {
+            "FLWR_TELEMETRY_ENABLED": "0",
+            "FLWR_HOME": str(home),
+            "PYTHONUNBUFFERED": "1",
+            # SuperExec picks up ClientApp/ServerApp tasks every second by default.
+            "FLWR_SUPEREXEC_TASK_POLL_INTERVAL": "0.2",
+        }
+    )
     env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
     return env
 
@@ -109,14 +115,29 @@ class Federation:
         if self.tls is None:
             return ["--insecure"]  # TLS is added by the transport-security work (see module doc)
         if server:
-            return ["--ssl-ca-certfile", str(self.tls.ca_cert), "--ssl-certfile", str(self.tls.server_cert),
-                    "--ssl-keyfile", str(self.tls.server_key)]
+            return [
+                "--ssl-ca-certfile",
+                str(self.tls.ca_cert),
+                "--ssl-certfile",
+                str(self.tls.server_cert),
+                "--ssl-keyfile",
+                str(self.tls.server_key),
+            ]
         return ["--root-certificates", str(self.tls.ca_cert)]
 
     def start_superlink(self, timeout: float = 60.0) -> None:
         self.port = free_port()
-        cmd = [str(BIN / "flower-superlink"), *self._security(True), "--isolation", "subprocess",
-               "--host", "127.0.0.1", "--port", str(self.port), "--disable-runtime-dependency-installation"]
+        cmd = [
+            str(BIN / "flower-superlink"),
+            *self._security(True),
+            "--isolation",
+            "subprocess",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--disable-runtime-dependency-installation",
+        ]
         self._spawn("superlink", cmd, self.job_dir / "flwr-home")
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -132,9 +153,22 @@ class Federation:
         cfg = f"store='{node.store.resolve()}' agency='{node.agency}' ledger='{node.ledger.resolve()}'"
         if node.holdout is not None:
             cfg += f" holdout='{node.holdout.resolve()}'"
-        cmd = [str(BIN / "flower-supernode"), *self._security(False), "--superlink", f"127.0.0.1:{self.port}",
-               "--node-config", cfg, "--host", "127.0.0.1", "--port", str(free_port()),
-               "--max-retries", "5", "--max-wait-time", "60"]
+        cmd = [
+            str(BIN / "flower-supernode"),
+            *self._security(False),
+            "--superlink",
+            f"127.0.0.1:{self.port}",
+            "--node-config",
+            cfg,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(free_port()),
+            "--max-retries",
+            "5",
+            "--max-wait-time",
+            "60",
+        ]
         self._spawn(f"node-{node.agency}", cmd, self.job_dir / "nodes" / node.agency / "flwr-home")
 
     def wait_registered(self, agencies: Sequence[str], timeout: float = 60.0) -> dict[int, str]:
@@ -175,8 +209,13 @@ class Federation:
 
     def flwr(self, *args: str, timeout: float = 60.0) -> str:
         out = subprocess.run(
-            [str(BIN / "flwr"), *args], capture_output=True, text=True, timeout=timeout,
-            env=flwr_env(self.job_dir / "flwr-home"), cwd=self.job_dir, check=False,
+            [str(BIN / "flwr"), *args],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=flwr_env(self.job_dir / "flwr-home"),
+            cwd=self.job_dir,
+            check=False,
         )
         if out.returncode != 0:
             raise RuntimeError(f"flwr {args[0]} failed: {(out.stderr or out.stdout).strip()[-400:]}")
@@ -184,14 +223,14 @@ class Federation:
 
     def submit(self, app_dir: Path) -> int:
         out = self.flwr("run", str(app_dir), "xgate", "--format", "json", timeout=120)
-        payload = json.loads(out[out.index("{"):])
+        payload = json.loads(out[out.index("{") :])
         if not payload.get("success"):
             raise RuntimeError("SuperLink refused the run")
         return int(payload["run-id"])
 
     def run_info(self, run_id: int) -> dict[str, Any]:
         out = self.flwr("ls", "xgate", "--run-id", str(run_id), "--format", "json")
-        data = json.loads(out[out.index("{"):])
+        data = json.loads(out[out.index("{") :])
         runs = data.get("runs", [])
         return dict(runs[0]) if runs else {}
 
@@ -257,19 +296,26 @@ def write_app(job: JobSpec, job_dir: Path, *, n_nodes: int, max_weight: int, led
     config = {**job.run_config(job_dir, ledger_check), "nodes": n_nodes, "max-weight": max_weight}
     pyproject = {
         "build-system": {"requires": ["hatchling"], "build-backend": "hatchling.build"},
-        "project": {"name": "xgate-job", "version": "1.0.0", "description": "xgate federated job",
-                    "license": "Apache-2.0", "dependencies": []},
-        "tool": {"flwr": {"app": {
-            "publisher": "xgate",
-            "components": {"serverapp": "federated.server_app:app", "clientapp": client},
-            "config": config,
-        }}},
+        "project": {
+            "name": "xgate-job",
+            "version": "1.0.0",
+            "description": "xgate federated job",
+            "license": "Apache-2.0",
+            "dependencies": [],
+        },
+        "tool": {
+            "flwr": {
+                "app": {
+                    "publisher": "xgate",
+                    "components": {"serverapp": "federated.server_app:app", "clientapp": client},
+                    "config": config,
+                }
+            }
+        },
     }
     (app_dir / "pyproject.toml").write_text(tomli_w.dumps(pyproject))
     (app_dir / "README.md").write_text(f"xgate job {job.job_id}\n")
     return app_dir
-
-
 
 
 # -- one job, end to end -------------------------------------------------------------------------
@@ -319,12 +365,20 @@ def run_job(
     for n in participants:
         d = decide(job, n.agency)
         decisions[n.agency] = {"approved": d.approved, "reason": d.reason, "epsilon": d.epsilon}
-        emit(make_event(job.job_id, "job_approved" if d.approved else "job_refused", agency=n.agency,
-                        reason=d.reason, epsilon=d.epsilon))
+        emit(
+            make_event(
+                job.job_id,
+                "job_approved" if d.approved else "job_refused",
+                agency=n.agency,
+                reason=d.reason,
+                epsilon=d.epsilon,
+            )
+        )
     refused = {a: d["reason"] for a, d in decisions.items() if not d["approved"]}
     if refused or len(participants) < job.min_nodes:
         reason = "; ".join(f"{a}: {r}" for a, r in sorted(refused.items())) or (
-            f"{len(participants)} nodes hold job data, job needs {job.min_nodes}")
+            f"{len(participants)} nodes hold job data, job needs {job.min_nodes}"
+        )
         status.update(state="refused", reason=reason)
         raise PolicyDenied(f"job '{job.job_id}' refused: {reason}")
 
@@ -351,8 +405,9 @@ def run_job(
                 events, offset = read_events(job_dir / "server-events.jsonl", offset)
                 for ev in events:
                     if "participants" in ev:
-                        ev["agencies"] = [node_ids.get(p, str(p)) if isinstance(p, int) else p
-                                          for p in ev["participants"]]
+                        ev["agencies"] = [
+                            node_ids.get(p, str(p)) if isinstance(p, int) else p for p in ev["participants"]
+                        ]
                     if "node_id" in ev and ev["node_id"] is not None:
                         ev["agency"] = node_ids.get(int(ev["node_id"]), "unknown")
                     emit(ev)
@@ -384,15 +439,29 @@ def run_job(
     result.model_sha256 = summary.get("model_sha256")
     result.epsilon = (summary.get("dp") or {}).get("epsilon")
     metadata = {
-        "job_id": job.job_id, "job_digest": job.digest(), "job": job.model_dump(mode="json"),
-        "run_id": result.run_id, "decisions": decisions, "model_sha256": result.model_sha256,
+        "job_id": job.job_id,
+        "job_digest": job.digest(),
+        "job": job.model_dump(mode="json"),
+        "run_id": result.run_id,
+        "decisions": decisions,
+        "model_sha256": result.model_sha256,
         "data_digests": {n.agency: datasets.store_digest(n.store, [*job.features, job.label]) for n in participants},
-        "dp": summary.get("dp"), "evaluation": result.evaluation, "bytes_exchanged": result.bytes_exchanged,
-        "wall_s": result.wall_s, "model_file": "model.npz",
+        "dp": summary.get("dp"),
+        "evaluation": result.evaluation,
+        "bytes_exchanged": result.bytes_exchanged,
+        "wall_s": result.wall_s,
+        "model_file": "model.npz",
     }
     write_outputs(job_dir, metadata, summary)
-    emit(make_event(job.job_id, "job_completed", model_sha256=result.model_sha256,
-                    auc=result.evaluation.get("auc"), epsilon=result.epsilon))
+    emit(
+        make_event(
+            job.job_id,
+            "job_completed",
+            model_sha256=result.model_sha256,
+            auc=result.evaluation.get("auc"),
+            epsilon=result.epsilon,
+        )
+    )
     status.update(state="completed", run_id=result.run_id, evaluation=result.evaluation)
     return result
 

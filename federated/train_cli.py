@@ -66,9 +66,11 @@ def submit(
     except XgateError as exc:
         _fail(exc.message)
     ev = result.evaluation
-    typer.echo(f"job {result.job_id} completed: AUC {ev.get('auc', float('nan')):.4f}, balanced accuracy "
-               f"{ev.get('balanced_accuracy', float('nan')):.4f}" + (
-                   f", epsilon {result.epsilon:.3g}" if result.epsilon is not None else ""))
+    typer.echo(
+        f"job {result.job_id} completed: AUC {ev.get('auc', float('nan')):.4f}, balanced accuracy "
+        f"{ev.get('balanced_accuracy', float('nan')):.4f}"
+        + (f", epsilon {result.epsilon:.3g}" if result.epsilon is not None else "")
+    )
     typer.echo(f"outputs in {result.job_dir} (model.npz, model.json, report.json, curve.png, events.jsonl)")
 
 

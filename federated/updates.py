@@ -65,7 +65,11 @@ def prepare_update(
 
 
 def check_update(
-    arrays: Sequence[np.ndarray], shapes: Sequence[tuple[int, ...]], num_examples: int, *, bound: float,
+    arrays: Sequence[np.ndarray],
+    shapes: Sequence[tuple[int, ...]],
+    num_examples: int,
+    *,
+    bound: float,
     max_weight: int,
 ) -> None:
     """Server side (plain aggregation): raise InvalidInput with a reason for a bad update."""

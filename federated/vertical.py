@@ -87,9 +87,7 @@ class Top:
     def scores(self, e: np.ndarray) -> np.ndarray:
         return model.sigmoid(e @ self.w[:-1] + self.w[-1])
 
-    def step(
-        self, e: np.ndarray, y: np.ndarray, l2: float, h: int, newton_steps: int = 5
-    ) -> tuple[float, np.ndarray]:
+    def step(self, e: np.ndarray, y: np.ndarray, l2: float, h: int, newton_steps: int = 5) -> tuple[float, np.ndarray]:
         """Refit on a batch; returns (loss, per-sample dL/dE) at the refitted top weights, each
         node's block divided by the squared norm of its top weights t_k. The bottom step then
         changes the logit by about -lr * (projection of (p - y) on the node's features) whatever
@@ -112,8 +110,9 @@ class Top:
 def pack_state(prefix: str, w: np.ndarray, st: dict[str, np.ndarray | int]) -> dict[str, np.ndarray]:
     out = {f"{prefix}w": w}
     if "m" in st:
-        out.update({f"{prefix}m": np.asarray(st["m"]), f"{prefix}v": np.asarray(st["v"]),
-                    f"{prefix}t": np.asarray(st["t"])})
+        out.update(
+            {f"{prefix}m": np.asarray(st["m"]), f"{prefix}v": np.asarray(st["v"]), f"{prefix}t": np.asarray(st["t"])}
+        )
     return out
 
 

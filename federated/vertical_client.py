@@ -90,8 +90,11 @@ def setup(msg: Message, context: Context) -> Message:
     _, raw_te = datasets.read_matrix(nc.store, feats, test)
     x_tr, x_te = model.encode(infos, raw_tr), model.encode(infos, raw_te)
     bottom = Bottom.init(x_tr.shape[1], job.embedding_dim, job.seed, nc.agency)
-    data = {"x_train": x_tr.astype(np.float32), "x_test": x_te.astype(np.float32),
-            "precond": preconditioner(x_tr, RIDGE)}
+    data = {
+        "x_train": x_tr.astype(np.float32),
+        "x_test": x_te.astype(np.float32),
+        "precond": preconditioner(x_tr, RIDGE),
+    }
     state = pack_state("b_", bottom.w, bottom.opt_state)
     if bool(cfg.get("label_holder", False)):
         _, lab_tr = datasets.read_matrix(nc.store, [job.label], train)
@@ -167,6 +170,16 @@ def evaluate_top(msg: Message, context: Context) -> Message:
     rep = model.report(scores, st["y_test"], threshold=prevalence)
     cm = rep["confusion_matrix"]
     assert isinstance(cm, dict)
-    return _reply(msg, {"auc": float(rep["auc"]), "balanced_accuracy": float(rep["balanced_accuracy"]),  # type: ignore[arg-type]
-                        "tp": cm["tp"], "fp": cm["fp"], "tn": cm["tn"], "fn": cm["fn"], "threshold": prevalence,
-                        "top_sha256": hashlib.sha256(topm.w.tobytes()).hexdigest()})
+    return _reply(
+        msg,
+        {
+            "auc": float(rep["auc"]),
+            "balanced_accuracy": float(rep["balanced_accuracy"]),  # type: ignore[arg-type]
+            "tp": cm["tp"],
+            "fp": cm["fp"],
+            "tn": cm["tn"],
+            "fn": cm["fn"],
+            "threshold": prevalence,
+            "top_sha256": hashlib.sha256(topm.w.tobytes()).hexdigest(),
+        },
+    )

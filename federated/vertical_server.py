@@ -53,8 +53,9 @@ class _Relay:
                 self.fail(who, f"'{kinds[nid]}' failed: {(replies[nid].error.reason or '')[:300]}")
         return replies
 
-    def send_mixed(self, per_node: dict[int, tuple[dict[str, Any], dict[str, np.ndarray]]], label_node: int
-                   ) -> dict[int, Message]:
+    def send_mixed(
+        self, per_node: dict[int, tuple[dict[str, Any], dict[str, np.ndarray]]], label_node: int
+    ) -> dict[int, Message]:
         """One Flower round: `train.top` to the label holder, `train.step` to the others."""
         kinds = {n: "train.top" if n == label_node else "train.step" for n in per_node}
         return self.send(kinds, per_node)
@@ -105,11 +106,20 @@ def run_vertical(grid: Grid, context: Context, job: JobSpec, job_dir: Path) -> N
         relay.fail("federation", "the nodes share no subjects")
     split = relay.send("train.align", {label_node: ({"aligned": "\n".join(aligned).encode()}, {})})[label_node]
     train_b, test_b = cfg_of(split)["train"], cfg_of(split)["test"]
-    emit(make_event(job.job_id, "aligned", subjects=len(aligned), nodes=order,
-                    aligned_sha256=hashlib.sha256("\n".join(aligned).encode()).hexdigest()))
+    emit(
+        make_event(
+            job.job_id,
+            "aligned",
+            subjects=len(aligned),
+            nodes=order,
+            aligned_sha256=hashlib.sha256("\n".join(aligned).encode()).hexdigest(),
+        )
+    )
     width = job.embedding_dim * len(parts)
-    relay.send("train.setup", {n: ({"train": train_b, "test": test_b, "label_holder": n == label_node,
-                                    "width": width}, {}) for n in parts})
+    relay.send(
+        "train.setup",
+        {n: ({"train": train_b, "test": test_b, "label_holder": n == label_node, "width": width}, {}) for n in parts},
+    )
 
     # Pipelined split learning: in Flower round i the feature nodes apply G[i-2] and embed batch i
     # while the label holder consumes E[i-1] and returns G[i-1]: one message round trip per step.
@@ -124,8 +134,10 @@ def run_vertical(grid: Grid, context: Context, job: JobSpec, job_dir: Path) -> N
                 g = grads.get(i - 2, {})
                 batch[n] = ({"step": i, "grad_step": i - 2}, {"grad": g[n]} if n in g else {})
         if i >= 1:
-            batch[label_node] = ({"step": i - 1, "order": order},
-                                 {relay.agency[n]: e for n, e in embs.pop(i - 1, {}).items()})
+            batch[label_node] = (
+                {"step": i - 1, "order": order},
+                {relay.agency[n]: e for n, e in embs.pop(i - 1, {}).items()},
+            )
         if not batch:
             continue
         replies = relay.send_mixed(batch, label_node)
@@ -137,16 +149,29 @@ def run_vertical(grid: Grid, context: Context, job: JobSpec, job_dir: Path) -> N
             loss = float(cfg_of(top)["loss"])
             digest = hashlib.sha256(b"".join(g.tobytes() for g in grads[i - 1].values())).hexdigest()
             curve.append({"round": i, "loss": loss})
-            emit(make_event(job.job_id, "round_completed", round=i, participants=order, train_loss=loss,
-                            gradients_sha256=digest))
+            emit(
+                make_event(
+                    job.job_id, "round_completed", round=i, participants=order, train_loss=loss, gradients_sha256=digest
+                )
+            )
         grads.pop(i - 2, None)
     last = job.rounds - 1
-    bottoms = relay.send("train.step", {n: ({"step": job.rounds, "grad_step": last, "last": True},
-                                            {"grad": grads[last][n]}) for n in feature_nodes}) if feature_nodes else {}
+    bottoms = (
+        relay.send(
+            "train.step",
+            {
+                n: ({"step": job.rounds, "grad_step": last, "last": True}, {"grad": grads[last][n]})
+                for n in feature_nodes
+            },
+        )
+        if feature_nodes
+        else {}
+    )
     test_embs = {relay.agency[n]: arrays_of(bottoms[n])["emb"] for n in bottoms}
     ev = cfg_of(relay.send("evaluate.top", {label_node: ({"order": order}, test_embs)})[label_node])
     evaluation = {
-        "auc": float(ev["auc"]), "balanced_accuracy": float(ev["balanced_accuracy"]),
+        "auc": float(ev["auc"]),
+        "balanced_accuracy": float(ev["balanced_accuracy"]),
         "threshold": float(ev["threshold"]),
         "confusion_matrix": {k: int(ev[k]) for k in ("tp", "fp", "tn", "fn")},
         "n": sum(int(ev[k]) for k in ("tp", "fp", "tn", "fn")),
@@ -155,11 +180,25 @@ def run_vertical(grid: Grid, context: Context, job: JobSpec, job_dir: Path) -> N
     part_digests["top@" + relay.agency[label_node]] = str(ev["top_sha256"])
     model_sha = hashlib.sha256(json.dumps(part_digests, sort_keys=True).encode()).hexdigest()
     curve[-1].update(evaluation)
-    emit(make_event(job.job_id, "round_evaluated", round=job.rounds, auc=evaluation["auc"],
-                    balanced_accuracy=evaluation["balanced_accuracy"], model_sha256=model_sha))
+    emit(
+        make_event(
+            job.job_id,
+            "round_evaluated",
+            round=job.rounds,
+            auc=evaluation["auc"],
+            balanced_accuracy=evaluation["balanced_accuracy"],
+            model_sha256=model_sha,
+        )
+    )
     # The vertical model stays split across the nodes; the server keeps only its parts' digests.
     np.savez(job_dir / "model.npz", parts=np.array(sorted(part_digests.items())))
-    summary = {"curve": curve, "evaluation": evaluation, "model_sha256": model_sha, "model_parts": part_digests,
-               "aligned_subjects": len(aligned), "train_subjects": train_b.count(b"\n") + 1,
-               "nodes": order}
+    summary = {
+        "curve": curve,
+        "evaluation": evaluation,
+        "model_sha256": model_sha,
+        "model_parts": part_digests,
+        "aligned_subjects": len(aligned),
+        "train_subjects": train_b.count(b"\n") + 1,
+        "nodes": order,
+    }
     (job_dir / "server-summary.json").write_text(json.dumps(summary, indent=1))

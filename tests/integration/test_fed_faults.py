@@ -16,9 +16,21 @@ pytestmark = pytest.mark.integration
 
 def test_node_drop_continues_with_min_nodes(tmp_path: Path) -> None:
     nodes = make_nodes(tmp_path, [200, 200, 200], seed=5)
-    job = parse_job({"job_id": "it-drop", "purpose": "fraud-model", "mode": "horizontal", "features": FEATS,
-                     "label": "tax.label", "label_holder": "tax", "rounds": 3, "secagg": False, "min_nodes": 2,
-                     "round_timeout_s": 15, "job_timeout_s": 300})
+    job = parse_job(
+        {
+            "job_id": "it-drop",
+            "purpose": "fraud-model",
+            "mode": "horizontal",
+            "features": FEATS,
+            "label": "tax.label",
+            "label_holder": "tax",
+            "rounds": 3,
+            "secagg": False,
+            "min_nodes": 2,
+            "round_timeout_s": 15,
+            "job_timeout_s": 300,
+        }
+    )
     feds: list[Federation] = []
     events: list[dict[str, Any]] = []
 

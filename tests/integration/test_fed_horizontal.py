@@ -27,8 +27,12 @@ def make_nodes(root: Path, sizes: list[int], seed: int = 1) -> list[NodeSpec]:
         idx = slice(start, start + size)
         start += size
         store = root / f"region{k}" / "store.sqlite"
-        datasets.write_store(store, f"synth_r{k}", subj[idx],
-                             {e: datasets.Column(c.values[idx], c.type, c.min, c.max) for e, c in cols.items()})
+        datasets.write_store(
+            store,
+            f"synth_r{k}",
+            subj[idx],
+            {e: datasets.Column(c.values[idx], c.type, c.min, c.max) for e, c in cols.items()},
+        )
         spec = NodeSpec(f"region{k}", store, root / f"region{k}" / "ledger.sqlite")
         LedgerAdmission(spec.ledger, spec.store).configure(["fraud-model"], {f"synth_r{k}": 10.0})
         nodes.append(spec)
@@ -42,9 +46,22 @@ def assert_no_orphans(fed: Federation) -> None:
 
 def test_secagg_horizontal_end_to_end(tmp_path: Path) -> None:
     nodes = make_nodes(tmp_path, [300, 400, 500])
-    job = parse_job({"job_id": "it-secagg", "purpose": "fraud-model", "mode": "horizontal", "features": FEATS,
-                     "label": "tax.label", "label_holder": "tax", "rounds": 1, "secagg": True, "min_nodes": 2,
-                     "batch_size": 64, "round_timeout_s": 120, "job_timeout_s": 400})
+    job = parse_job(
+        {
+            "job_id": "it-secagg",
+            "purpose": "fraud-model",
+            "mode": "horizontal",
+            "features": FEATS,
+            "label": "tax.label",
+            "label_holder": "tax",
+            "rounds": 1,
+            "secagg": True,
+            "min_nodes": 2,
+            "batch_size": 64,
+            "round_timeout_s": 120,
+            "job_timeout_s": 400,
+        }
+    )
     events: list[dict[str, Any]] = []
     feds: list[Federation] = []
     res = run_job(job, nodes, job_dir=tmp_path / "job", on_event=events.append, on_started=feds.append)
@@ -57,10 +74,21 @@ def test_secagg_horizontal_end_to_end(tmp_path: Path) -> None:
     for n in nodes:
         data = node.horizontal_data(job, node.NodeConfig(n.store, n.agency, n.ledger, None))
         w0 = model.lr_init(data.x_train.shape[1])
-        w1 = model.lr_train(w0, data.x_train, data.y_train, epochs=job.local_epochs, lr=job.learning_rate,
-                            batch=job.batch_size, l2=job.l2, seed=job.seed + 1)
-        prepared.append(updates.prepare_update([w1 - w0], [w0.shape], len(data.y_train), bound=job.update_bound,
-                                               max_weight=max_weight))
+        w1 = model.lr_train(
+            w0,
+            data.x_train,
+            data.y_train,
+            epochs=job.local_epochs,
+            lr=job.learning_rate,
+            batch=job.batch_size,
+            l2=job.l2,
+            seed=job.seed + 1,
+        )
+        prepared.append(
+            updates.prepare_update(
+                [w1 - w0], [w0.shape], len(data.y_train), bound=job.update_bound, max_weight=max_weight
+            )
+        )
     plain = updates.weighted_mean([(p.arrays, p.weight) for p in prepared])[0]
     with np.load(tmp_path / "job" / "aggregate-round001.npz") as agg:
         secure = agg["arr_0"]
@@ -68,8 +96,14 @@ def test_secagg_horizontal_end_to_end(tmp_path: Path) -> None:
     assert np.max(np.abs(secure - plain)) <= updates.quantisation_error_bound(job.update_bound, 3)
 
     kinds = [e["event"] for e in events]
-    for expected in ("job_submitted", "job_approved", "run_started", "round_completed", "round_evaluated",
-                     "job_completed"):
+    for expected in (
+        "job_submitted",
+        "job_approved",
+        "run_started",
+        "round_completed",
+        "round_evaluated",
+        "job_completed",
+    ):
         assert expected in kinds
     done = next(e for e in events if e["event"] == "round_completed")
     assert sorted(done["agencies"]) == ["region0", "region1", "region2"] and len(done["aggregate_sha256"]) == 64

@@ -18,8 +18,11 @@ from tests.integration.test_fed_horizontal import assert_no_orphans
 from xgate.logging import FORBIDDEN_KEYS
 
 pytestmark = pytest.mark.integration
-SPLIT = {"civil": ["civil.age", "civil.disabled", "civil.region"], "tax": ["tax.income", "tax.label"],
-         "hrss": ["hrss.months"]}
+SPLIT = {
+    "civil": ["civil.age", "civil.disabled", "civil.region"],
+    "tax": ["tax.income", "tax.label"],
+    "hrss": ["hrss.months"],
+}
 
 
 def test_vertical_end_to_end(tmp_path: Path) -> None:
@@ -30,16 +33,29 @@ def test_vertical_end_to_end(tmp_path: Path) -> None:
     for agency, els in SPLIT.items():
         lo, hi = windows[agency]
         store = tmp_path / agency / "store.sqlite"
-        datasets.write_store(store, f"synth_{agency}", subj[lo:hi],
-                             {e: datasets.Column(cols[e].values[lo:hi], cols[e].type, cols[e].min, cols[e].max)
-                              for e in els})
+        datasets.write_store(
+            store,
+            f"synth_{agency}",
+            subj[lo:hi],
+            {e: datasets.Column(cols[e].values[lo:hi], cols[e].type, cols[e].min, cols[e].max) for e in els},
+        )
         spec = NodeSpec(agency, store, tmp_path / agency / "ledger.sqlite")
         LedgerAdmission(spec.ledger, spec.store).configure(["fraud-model"], {f"synth_{agency}": 1.0})
         nodes.append(spec)
-    job = parse_job({"job_id": "it-vertical", "purpose": "fraud-model", "mode": "vertical",
-                     "features": ["civil.age", "civil.disabled", "civil.region", "tax.income", "hrss.months"],
-                     "label": "tax.label", "label_holder": "tax", "rounds": 2, "min_nodes": 3,
-                     "round_timeout_s": 120, "job_timeout_s": 400})
+    job = parse_job(
+        {
+            "job_id": "it-vertical",
+            "purpose": "fraud-model",
+            "mode": "vertical",
+            "features": ["civil.age", "civil.disabled", "civil.region", "tax.income", "hrss.months"],
+            "label": "tax.label",
+            "label_holder": "tax",
+            "rounds": 2,
+            "min_nodes": 3,
+            "round_timeout_s": 120,
+            "job_timeout_s": 400,
+        }
+    )
     events: list[dict[str, Any]] = []
     feds: list[Federation] = []
     res = run_job(job, nodes, job_dir=tmp_path / "job", on_event=events.append, on_started=feds.append)

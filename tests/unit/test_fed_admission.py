@@ -26,8 +26,19 @@ FEATS = ["civil.age", "tax.income", "civil.region"]
 
 def _job(job_id: str = "job-1", eps: float | None = 2.0, purpose: str = "fraud-model", **kw: Any) -> Any:
     dp = {"epsilon": eps, "delta": 1e-5, "clip": 1.0} if eps else None
-    return parse_job({"job_id": job_id, "purpose": purpose, "mode": "horizontal", "features": FEATS,
-                      "label": "tax.label", "label_holder": "tax", "rounds": 1, "dp": dp, **kw})
+    return parse_job(
+        {
+            "job_id": job_id,
+            "purpose": purpose,
+            "mode": "horizontal",
+            "features": FEATS,
+            "label": "tax.label",
+            "label_holder": "tax",
+            "rounds": 1,
+            "dp": dp,
+            **kw,
+        }
+    )
 
 
 @pytest.fixture
@@ -86,8 +97,9 @@ def test_clientapp_refuses_unapproved_job(node: NodeSpec) -> None:
 def test_run_job_refused_before_any_process_starts(node: NodeSpec, tmp_path: Path) -> None:
     events: list[dict[str, Any]] = []
     with pytest.raises(PolicyDenied, match="budget"):
-        run_job(_job("too-much", 9.0, min_nodes=1, secagg=False), [node], job_dir=tmp_path / "job",
-                on_event=events.append)
+        run_job(
+            _job("too-much", 9.0, min_nodes=1, secagg=False), [node], job_dir=tmp_path / "job", on_event=events.append
+        )
     assert [e["event"] for e in events] == ["job_submitted", "job_refused"]
     assert not (tmp_path / "job" / "logs").exists()
 
@@ -101,8 +113,10 @@ def test_server_rejects_bad_updates_and_enforces_min_nodes(tmp_path: Path) -> No
     job = _job("srv", None, secagg=False, min_nodes=2)
     strat = XgateFedAvg(job, tmp_path, events.append, max_weight=100)
     strat.current = [np.zeros(3)]
-    good = [(SimpleNamespace(node_id=1), _fitres([np.array([0.1, 0.2, 0.3])], 10)),
-            (SimpleNamespace(node_id=2), _fitres([np.array([0.3, 0.0, -0.3])], 30))]
+    good = [
+        (SimpleNamespace(node_id=1), _fitres([np.array([0.1, 0.2, 0.3])], 10)),
+        (SimpleNamespace(node_id=2), _fitres([np.array([0.3, 0.0, -0.3])], 30)),
+    ]
     bad = (SimpleNamespace(node_id=3), _fitres([np.array([np.nan, 0, 0])], 10))
     params, _ = strat.aggregate_fit(1, [*good, bad], [])
     assert params is not None

@@ -19,8 +19,15 @@ from federated.datasets import ElementInfo
 from federated.jobs import parse_job
 from xgate.errors import InvalidInput
 
-BASE = {"job_id": "job-1", "purpose": "fraud-model", "mode": "horizontal", "features": ["civil.age"],
-        "label": "tax.label", "label_holder": "tax", "rounds": 2}
+BASE = {
+    "job_id": "job-1",
+    "purpose": "fraud-model",
+    "mode": "horizontal",
+    "features": ["civil.age"],
+    "label": "tax.label",
+    "label_holder": "tax",
+    "rounds": 2,
+}
 
 
 def test_job_defaults_and_digest_stable() -> None:
@@ -60,8 +67,12 @@ def test_prepare_update_clips_and_caps() -> None:
 
 @pytest.mark.parametrize(
     ("arrays", "shapes"),
-    [([np.array([np.nan, 0.0])], [(2,)]), ([np.array([np.inf, 0.0])], [(2,)]), ([np.zeros(3)], [(2,)]),
-     ([np.zeros(2), np.zeros(1)], [(2,)])],
+    [
+        ([np.array([np.nan, 0.0])], [(2,)]),
+        ([np.array([np.inf, 0.0])], [(2,)]),
+        ([np.zeros(3)], [(2,)]),
+        ([np.zeros(2), np.zeros(1)], [(2,)]),
+    ],
 )
 def test_bad_updates_rejected(arrays: list[np.ndarray], shapes: list[tuple[int, ...]]) -> None:
     with pytest.raises(InvalidInput):
@@ -105,8 +116,13 @@ def test_secagg_arithmetic_matches_plain_weighted_mean(n_nodes: int, seed: int, 
     rng = np.random.default_rng(seed)
     max_weight = 5000
     prepared = [
-        updates.prepare_update([rng.normal(0, scale, 7), rng.normal(0, scale, (2, 3))], [(7,), (2, 3)],
-                               int(rng.integers(1, 8000)), bound=bound, max_weight=max_weight)
+        updates.prepare_update(
+            [rng.normal(0, scale, 7), rng.normal(0, scale, (2, 3))],
+            [(7,), (2, 3)],
+            int(rng.integers(1, 8000)),
+            bound=bound,
+            max_weight=max_weight,
+        )
         for _ in range(n_nodes)
     ]
     plain = updates.weighted_mean([(p.arrays, p.weight) for p in prepared])
@@ -145,8 +161,12 @@ def test_metrics_and_histograms() -> None:
 
 
 def test_encode_uses_declared_ranges_only() -> None:
-    infos = [ElementInfo("a.x", "int", 0, 100), ElementInfo("a.c", "category", 0, 2), ElementInfo("a.f", "flag", 0, 1),
-             ElementInfo("a.m", "int", 0, 1_000_000)]
+    infos = [
+        ElementInfo("a.x", "int", 0, 100),
+        ElementInfo("a.c", "category", 0, 2),
+        ElementInfo("a.f", "flag", 0, 1),
+        ElementInfo("a.m", "int", 0, 1_000_000),
+    ]
     raw = np.array([[50, 2, 1, 0], [np.nan, 0, 0, 1_000_000]], dtype=float)
     x = model.encode(infos, raw)
     assert x.shape == (2, 1 + 1 + 3 + 1 + 1)  # x, missing flag, one-hot(3), flag, log-scaled money
