@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import tempfile
@@ -114,7 +115,11 @@ def run(quick: bool) -> dict[str, object]:
         "transport": "HTTPS client->gateway, mTLS gRPC gateway->nodes, signed envelopes",
         "he_params": "BFV N=8192, t=58-bit prime",
         "policy": f"shipped agreements, gateway + node decisions; probing budgets raised to {BENCH_BUDGET} for repeats",
-        "machine": {"cpus": __import__("os").cpu_count(), "python": platform.python_version()},
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "load_average_1m_at_end": round(os.getloadavg()[0], 2),  # other work on the shared cores
+        },
         "quick": quick,
         "setup_s": round(setup_s, 1),
         "requester_keygen_ms_median": round(statistics.median(keygen_ms), 1),
