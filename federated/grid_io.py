@@ -17,17 +17,23 @@ from flwr.serverapp import Grid
 POLL_S = 0.2
 
 
-def exchange(grid: Grid, messages: Sequence[Message], timeout: float) -> list[Message]:
-    """Push messages and collect the replies that arrive before `timeout` seconds pass."""
+def exchange(grid: Grid, messages: Sequence[Message], timeout: float) -> dict[int, Message]:
+    """Push messages; return the replies that arrive before `timeout` seconds, keyed by the node
+    each message was sent to (the SuperLink itself answers for unreachable nodes, so the reply's
+    source is not always that node)."""
     if not messages:
-        return []
-    pending = set(grid.push_messages(messages))
+        return {}
+    ids = list(grid.push_messages(messages))
+    dst = {mid: m.metadata.dst_node_id for mid, m in zip(ids, messages, strict=True)}
+    pending = set(ids)
     deadline = time.monotonic() + timeout
-    replies: list[Message] = []
+    replies: dict[int, Message] = {}
     while pending and time.monotonic() < deadline:
-        got = list(grid.pull_messages(pending))
-        replies.extend(got)
-        pending -= {m.metadata.reply_to_message_id for m in got}
+        for reply in grid.pull_messages(pending):
+            mid = reply.metadata.reply_to_message_id
+            if mid in pending:
+                replies[dst[mid]] = reply
+                pending.discard(mid)
         if pending:
             time.sleep(POLL_S)
     return replies

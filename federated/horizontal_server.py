@@ -48,7 +48,7 @@ class BoundedClientManager(SimpleClientManager):
 
 
 class XgateFedAvg(FedAvg):
-    def __init__(self, job: JobSpec, job_dir: Path, emit: OnEvent, max_weight: int) -> None:
+    def __init__(self, job: JobSpec, job_dir: Path, emit: OnEvent, max_weight: int, n_features: int = 0) -> None:
         super().__init__(
             fraction_fit=1.0,
             fraction_evaluate=1.0,
@@ -59,6 +59,9 @@ class XgateFedAvg(FedAvg):
             accept_failures=True,
         )
         self.job, self.job_dir, self.emit, self.max_weight = job, job_dir, emit, max_weight
+        # Initial zeros from the catalogue-derived width: Flower's fallback asks one random node,
+        # without a timeout, which would hang on a node that is already gone.
+        self.initial = ndarrays_to_parameters([np.zeros(n_features + 1)]) if n_features else None
         self.current: list[np.ndarray] = []
         self.released: list[np.ndarray] = []
         self.curve: list[dict[str, Any]] = []
@@ -70,6 +73,9 @@ class XgateFedAvg(FedAvg):
     def _fail(self, reason: str) -> None:
         self._event("job_failed", reason=reason)
         raise JobFailed(reason)
+
+    def initialize_parameters(self, client_manager: Any) -> Parameters | None:
+        return self.initial
 
     def configure_fit(self, server_round: int, parameters: Parameters, client_manager: Any) -> list[Any]:
         self.current = parameters_to_ndarrays(parameters)
@@ -85,8 +91,11 @@ class XgateFedAvg(FedAvg):
     ) -> tuple[Parameters | None, dict[str, Any]]:
         shapes = [a.shape for a in self.current]
         for failure in failures:
-            node_id = failure[0].node_id if isinstance(failure, tuple) else None
-            self._event("node_dropped", round=server_round, node_id=node_id, reason=str(failure)[:200])
+            if isinstance(failure, tuple):
+                node_id, reason = int(failure[0].node_id), str(failure[1])[:200]
+            else:
+                node_id, reason = None, str(failure)[:200]
+            self._event("node_dropped", round=server_round, node_id=node_id, reason=reason)
         participants = sorted(int(p.node_id) for p, _ in results)
         if self.job.secagg:
             mean = parameters_to_ndarrays(results[0][1].parameters) if results else []
@@ -152,7 +161,7 @@ class XgateFedAvg(FedAvg):
         return loss, {}
 
 
-def _send(grid: Grid, context: LegacyContext, kind: str, instructions: list[Any], timeout: float) -> list[Message]:
+def _send(grid: Grid, context: LegacyContext, kind: str, instructions: list[Any], timeout: float) -> dict[int, Message]:
     rnd = context.state.config_records[MAIN_CONFIGS_RECORD][Key.CURRENT_ROUND]
     to_rd = compat.fitins_to_recorddict if kind == MessageType.TRAIN else compat.evaluateins_to_recorddict
     msgs = [
@@ -162,18 +171,18 @@ def _send(grid: Grid, context: LegacyContext, kind: str, instructions: list[Any]
     return exchange(grid, msgs, timeout)
 
 
-def _split(replies: list[Message], proxies: dict[int, Any], parse: Any, key: str) -> tuple[list[Any], list[Any]]:
+def _split(replies: dict[int, Message], proxies: dict[int, Any], parse: Any, key: str) -> tuple[list[Any], list[Any]]:
     results: list[Any] = []
     failures: list[Any] = []
-    for msg in replies:
-        proxy = proxies[msg.metadata.src_node_id]
-        if msg.has_content():
+    for nid, proxy in proxies.items():
+        msg = replies.get(nid)
+        if msg is None:
+            failures.append((proxy, f"no {key} reply before the round timeout"))
+        elif msg.has_content():
             res = parse(msg.content)
             (results if res.status.code == Code.OK else failures).append((proxy, res))
         else:
-            failures.append((proxy, msg.error))
-    answered = {m.metadata.src_node_id for m in replies}
-    failures += [(p, f"no {key} reply before the round timeout") for nid, p in proxies.items() if nid not in answered]
+            failures.append((proxy, f"{key} failed: {(msg.error.reason or '')[:200]}"))
     return results, failures
 
 
@@ -211,7 +220,8 @@ def make_evaluate_workflow(timeout: float) -> Any:
 def run_horizontal(grid: Grid, context: Context, job: JobSpec, job_dir: Path) -> None:
     emit = JsonlSink(job_dir / "server-events.jsonl")
     max_weight = int(context.run_config.get("max-weight", 1_000_000))
-    strategy = XgateFedAvg(job, job_dir, emit, max_weight)
+    n_features = int(context.run_config.get("n-features", 0))
+    strategy = XgateFedAvg(job, job_dir, emit, max_weight, n_features)
     outer: Any = strategy
     noise = 0.0
     if job.dp is not None:

@@ -5,7 +5,8 @@ statistics of the data, so every horizontal node encodes identically without exc
 anything, and a vertical node's encoding reveals nothing about its data distribution:
   flag -> 0/1; category -> one-hot over the declared 0..max codes; int -> log1p when the
   declared range is wide (money, counts), then min-max scaled to [0, 1] by the declared range.
-Missing values become 0 plus a per-element "missing" indicator.
+Missing values encode as the declared minimum (all-zero one-hot for categories). The width is
+thus fixed by the catalogue alone, so the server can initialise the model without asking a node.
 """
 
 from __future__ import annotations
@@ -47,8 +48,6 @@ def encode(infos: Sequence[ElementInfo], raw: np.ndarray) -> np.ndarray:
             if hi - lo > WIDE_RANGE:
                 x, lo, hi = np.log1p(x - lo), 0.0, float(np.log1p(hi - lo))
             blocks.append(((x - lo) / max(hi - lo, 1e-12))[:, None])
-        if missing.any():
-            blocks.append(missing.astype(np.float64)[:, None])
     return np.hstack(blocks) if blocks else np.zeros((raw.shape[0], 0))
 
 

@@ -32,6 +32,7 @@ from federated import datasets
 from federated.admission import Admission, Decision, LedgerAdmission, store_agency_datasets
 from federated.events import JsonlSink, OnEvent, make_event, read_events
 from federated.jobs import JobSpec, Mode
+from federated.model import encoded_width
 from federated.results import write_outputs
 from xgate.errors import NodeUnavailable, PolicyDenied
 
@@ -285,7 +286,9 @@ class Federation:
         return out
 
 
-def write_app(job: JobSpec, job_dir: Path, *, n_nodes: int, max_weight: int, ledger_check: bool) -> Path:
+def write_app(
+    job: JobSpec, job_dir: Path, *, n_nodes: int, max_weight: int, ledger_check: bool, n_features: int = 0
+) -> Path:
     """A Flower App directory (pyproject only: the code is the installed `federated` package)."""
     app_dir = job_dir / "app"
     app_dir.mkdir(parents=True, exist_ok=True)
@@ -293,7 +296,12 @@ def write_app(job: JobSpec, job_dir: Path, *, n_nodes: int, max_weight: int, led
         client = "federated.horizontal_client:" + ("secagg_app" if job.secagg else "app")
     else:
         client = "federated.vertical_client:app"
-    config = {**job.run_config(job_dir, ledger_check), "nodes": n_nodes, "max-weight": max_weight}
+    config = {
+        **job.run_config(job_dir, ledger_check),
+        "nodes": n_nodes,
+        "max-weight": max_weight,
+        "n-features": n_features,
+    }
     pyproject = {
         "build-system": {"requires": ["hatchling"], "build-backend": "hatchling.build"},
         "project": {
@@ -383,7 +391,18 @@ def run_job(
         raise PolicyDenied(f"job '{job.job_id}' refused: {reason}")
 
     max_weight = job.max_weight or max(len(datasets.pseudonyms(n.store)) for n in participants)
-    app_dir = write_app(job, job_dir, n_nodes=len(participants), max_weight=max_weight, ledger_check=True)
+    # Encoded width follows from the catalogue's declared types/ranges (metadata, not data).
+    width = 0
+    if job.mode is Mode.HORIZONTAL:
+        width = sum(encoded_width(i) for i in datasets.element_info(participants[0].store, job.features))
+    app_dir = write_app(
+        job,
+        job_dir,
+        n_nodes=len(participants),
+        max_weight=max_weight,
+        ledger_check=True,
+        n_features=width,
+    )
     result = JobResult(job.job_id, None, "failed", job_dir)
     offset = 0
     with Federation(job_dir, tls) as fed:

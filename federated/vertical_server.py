@@ -44,7 +44,7 @@ class _Relay:
             if arrs:
                 rd["arrays"] = ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in arrs.items()})
             msgs.append(Message(rd, dst_node_id=nid, message_type=kinds[nid]))
-        replies = {m.metadata.src_node_id: m for m in exchange(self.grid, msgs, self.job.round_timeout_s)}
+        replies = exchange(self.grid, msgs, self.job.round_timeout_s)
         for nid in per_node:
             who = self.agency.get(nid, str(nid))
             if nid not in replies:

@@ -1,4 +1,5 @@
-"""A node drops out mid-run: the job continues while min_nodes remain, and nothing hangs."""
+"""A node drops out after the run started: the round completes once its timeout passes with the
+remaining min_nodes, the drop is an audit event, and nothing hangs or outlives the job."""
 
 from __future__ import annotations
 
@@ -24,10 +25,10 @@ def test_node_drop_continues_with_min_nodes(tmp_path: Path) -> None:
             "features": FEATS,
             "label": "tax.label",
             "label_holder": "tax",
-            "rounds": 3,
+            "rounds": 1,
             "secagg": False,
             "min_nodes": 2,
-            "round_timeout_s": 15,
+            "round_timeout_s": 40,
             "job_timeout_s": 300,
         }
     )
@@ -36,15 +37,13 @@ def test_node_drop_continues_with_min_nodes(tmp_path: Path) -> None:
 
     def on_event(ev: dict[str, Any]) -> None:
         events.append(ev)
-        if ev["event"] == "round_completed" and ev["round"] == 1:
+        if ev["event"] == "run_started":  # before any node has answered round 1
             feds[0].kill_node("region2")
 
     res = run_job(job, nodes, job_dir=tmp_path / "job", on_event=on_event, on_started=feds.append)
     assert res.status == "completed"
     rounds = {e["round"]: e for e in events if e["event"] == "round_completed"}
-    assert sorted(rounds[1]["agencies"]) == ["region0", "region1", "region2"]
-    # The runner sees round 1 a little late (it polls), so the drop shows by round 3 at the latest.
-    assert sorted(rounds[3]["agencies"]) == ["region0", "region1"]
+    assert sorted(rounds[1]["agencies"]) == ["region0", "region1"]
     dropped = [e for e in events if e["event"] == "node_dropped"]
     assert dropped and all(e["agency"] == "region2" for e in dropped)
     assert_no_orphans(feds[0])

@@ -169,9 +169,9 @@ def test_encode_uses_declared_ranges_only() -> None:
     ]
     raw = np.array([[50, 2, 1, 0], [np.nan, 0, 0, 1_000_000]], dtype=float)
     x = model.encode(infos, raw)
-    assert x.shape == (2, 1 + 1 + 3 + 1 + 1)  # x, missing flag, one-hot(3), flag, log-scaled money
-    np.testing.assert_allclose(x[0], [0.5, 0, 0, 0, 1, 1, 0])
-    np.testing.assert_allclose(x[1], [0, 1, 1, 0, 0, 0, 1])
+    assert x.shape == (2, 1 + 3 + 1 + 1)  # x, one-hot(3), flag, log-scaled money: fixed by the catalogue
+    np.testing.assert_allclose(x[0], [0.5, 0, 0, 1, 1, 0])
+    np.testing.assert_allclose(x[1], [0, 1, 0, 0, 0, 1])
 
 
 def test_vertical_split_model_matches_pooled_logistic_regression() -> None:
