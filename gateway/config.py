@@ -8,7 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from policies.programs import DEFAULT_PROGRAM_DIR
 from xgate.catalogue import DEFAULT_CATALOGUE, AgencyId
-from xgate.tomlfile import load_model
+from xgate.tomlfile import load_model, resolve_relative
 
 
 class NodeRef(BaseModel):
@@ -64,26 +64,13 @@ class GatewayConfig(BaseModel):
 def load_gateway_config(path: Path) -> GatewayConfig:
     config, _ = load_model(path, GatewayConfig, "gateway config")
     base = path.resolve().parent
-    g = config.gateway
-    for field in (
-        "catalogue",
-        "program_dir",
-        "mask_key_file",
-        "users_file",
-        "audit_db",
-        "audit_key",
-        "policy_dir",
-        "state_dir",
-    ):
-        value = getattr(g, field)
-        if value is not None and not value.is_absolute():
-            setattr(g, field, (base / value).resolve())
+    # Relative paths in a config file are relative to that file.
+    resolve_relative(
+        config.gateway,
+        ("catalogue", "program_dir", "mask_key_file", "users_file", "audit_db", "audit_key", "policy_dir", "state_dir"),
+        base,
+    )
     for ref in config.nodes.values():
-        if ref.witness_key is not None and not ref.witness_key.is_absolute():
-            ref.witness_key = (base / ref.witness_key).resolve()
-    if config.tls is not None:
-        for field in ("cert", "key", "ca", "crl", "signing_key", "federation_directory"):
-            value = getattr(config.tls, field)
-            if value is not None and not value.is_absolute():
-                setattr(config.tls, field, (base / value).resolve())
+        resolve_relative(ref, ("witness_key",), base)
+    resolve_relative(config.tls, ("cert", "key", "ca", "crl", "signing_key", "federation_directory"), base)
     return config

@@ -7,7 +7,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field
 
 from xgate.catalogue import DEFAULT_CATALOGUE, AgencyId
-from xgate.tomlfile import load_model
+from xgate.tomlfile import load_model, resolve_relative
 
 
 class TlsConfig(BaseModel):
@@ -52,26 +52,22 @@ class NodeConfig(BaseModel):
 def load_node_config(path: Path) -> NodeConfig:
     config, _ = load_model(path, NodeConfig, "node config")
     base = path.resolve().parent
-    node = config.node
     # Relative paths in a config file are relative to that file.
-    for field in (
-        "store",
-        "catalogue",
-        "pseudonym_key_file",
-        "column_key_file",
-        "audit_db",
-        "audit_key",
-        "gateway_audit_key",
-        "policy_dir",
-        "signing_key",
-        "federation_directory",
-    ):
-        value = getattr(node, field)
-        if value is not None and not value.is_absolute():
-            setattr(node, field, (base / value).resolve())
-    if config.tls is not None:
-        for field in ("cert", "key", "ca", "crl"):
-            value = getattr(config.tls, field)
-            if value is not None and not value.is_absolute():
-                setattr(config.tls, field, (base / value).resolve())
+    resolve_relative(
+        config.node,
+        (
+            "store",
+            "catalogue",
+            "pseudonym_key_file",
+            "column_key_file",
+            "audit_db",
+            "audit_key",
+            "gateway_audit_key",
+            "policy_dir",
+            "signing_key",
+            "federation_directory",
+        ),
+        base,
+    )
+    resolve_relative(config.tls, ("cert", "key", "ca", "crl"), base)
     return config

@@ -72,3 +72,13 @@ def load_model(path: Path, model: type[M], what: str) -> tuple[M, bytes]:
             line=line,
             field=field,
         ) from exc
+
+
+def resolve_relative(section: BaseModel | None, fields: tuple[str, ...], base: Path) -> None:
+    """Make the named path fields of a config section absolute, relative to the config file's folder."""
+    if section is None:
+        return
+    for name in fields:
+        value = getattr(section, name)
+        if value is not None and not value.is_absolute():
+            setattr(section, name, (base / value).resolve())
