@@ -162,37 +162,53 @@ class PrivacyLedger:
         )
 
     def spend(self, dataset: str, job_id: str, epsilon: float, cap: float) -> LedgerEntry:
-        if not (math.isfinite(epsilon) and epsilon > 0):
-            raise InvalidInput("epsilon must be a positive finite number")
-        if not (math.isfinite(cap) and cap > 0):
-            raise InvalidInput("cap must be a positive finite number")
+        return self.spend_all(job_id, [(dataset, epsilon, cap)])[0]
+
+    def spend_all(self, job_id: str, charges: Sequence[tuple[str, float, float]]) -> list[LedgerEntry]:
+        """Charge one job against several datasets, all or nothing: (dataset, epsilon, cap) each.
+
+        A job touching two datasets must not spend one budget and then be refused on the other.
+        """
         if not job_id or len(job_id) > 128:
             raise InvalidInput("job_id must be 1..128 characters")
-        with immediate(self.path) as conn:
-            prior = conn.execute(
-                "SELECT epsilon FROM spends WHERE dataset = ? AND job_id = ?", (dataset, job_id)
-            ).fetchone()
-            total = float(
-                conn.execute("SELECT COALESCE(SUM(epsilon), 0) FROM spends WHERE dataset = ?", (dataset,)).fetchone()[0]
+        if not charges or len({c[0] for c in charges}) != len(charges):
+            raise InvalidInput("charges must name each dataset once")
+        for _, epsilon, cap in charges:
+            if not (math.isfinite(epsilon) and epsilon > 0):
+                raise InvalidInput("epsilon must be a positive finite number")
+            if not (math.isfinite(cap) and cap > 0):
+                raise InvalidInput("cap must be a positive finite number")
+        entries = []
+        with immediate(self.path) as conn:  # raising rolls back every charge of this job
+            for dataset, epsilon, cap in charges:
+                entries.append(self._charge(conn, dataset, job_id, epsilon, cap))
+        return entries
+
+    @staticmethod
+    def _charge(conn: sqlite3.Connection, dataset: str, job_id: str, epsilon: float, cap: float) -> LedgerEntry:
+        prior = conn.execute(
+            "SELECT epsilon FROM spends WHERE dataset = ? AND job_id = ?", (dataset, job_id)
+        ).fetchone()
+        total = float(
+            conn.execute("SELECT COALESCE(SUM(epsilon), 0) FROM spends WHERE dataset = ?", (dataset,)).fetchone()[0]
+        )
+        if prior is not None:
+            if abs(float(prior[0]) - epsilon) > _EPS_TOLERANCE:
+                raise InvalidInput(f"job '{job_id}' was already recorded with a different epsilon")
+            return LedgerEntry(dataset, job_id, epsilon, total, cap, replayed=True)
+        if total + epsilon > cap + _EPS_TOLERANCE:
+            raise BudgetExhausted(
+                f"privacy budget of dataset '{dataset}' exhausted: spent {total:g} of {cap:g}, job asks {epsilon:g}",
+                dataset=dataset,
+                spent=total,
+                cap=cap,
+                requested=epsilon,
+                resets_at=None,  # a privacy budget never resets
             )
-            if prior is not None:
-                if abs(float(prior[0]) - epsilon) > _EPS_TOLERANCE:
-                    raise InvalidInput(f"job '{job_id}' was already recorded with a different epsilon")
-                return LedgerEntry(dataset, job_id, epsilon, total, cap, replayed=True)
-            if total + epsilon > cap + _EPS_TOLERANCE:
-                raise BudgetExhausted(
-                    f"privacy budget of dataset '{dataset}' exhausted: spent {total:g} of {cap:g}, "
-                    f"job asks {epsilon:g}",
-                    dataset=dataset,
-                    spent=total,
-                    cap=cap,
-                    requested=epsilon,
-                    resets_at=None,  # a privacy budget never resets
-                )
-            conn.execute(
-                "INSERT INTO spends (dataset, job_id, epsilon, at) VALUES (?, ?, ?, ?)",
-                (dataset, job_id, epsilon, datetime.now(UTC).isoformat(timespec="seconds")),
-            )
+        conn.execute(
+            "INSERT INTO spends (dataset, job_id, epsilon, at) VALUES (?, ?, ?, ?)",
+            (dataset, job_id, epsilon, datetime.now(UTC).isoformat(timespec="seconds")),
+        )
         return LedgerEntry(dataset, job_id, epsilon, total + epsilon, cap, replayed=False)
 
     def spent(self, dataset: str) -> float:

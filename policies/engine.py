@@ -202,6 +202,18 @@ class PolicyEngine:
             raise NotFound(f"dataset '{dataset}' is not registered")
         return self._d.datasets[dataset].epsilon_cap
 
+    def training_datasets(self, elements: Iterable[str]) -> tuple[dict[str, tuple[str, ...]], tuple[str, ...]]:
+        """(registered dataset -> those of `elements` it holds, elements no registered dataset holds)."""
+        owner = {e: d.id for d in self._d.datasets.values() for e in d.elements}
+        covered: dict[str, list[str]] = {}
+        unmapped: list[str] = []
+        for element in dict.fromkeys(elements):
+            if element in owner:
+                covered.setdefault(owner[element], []).append(element)
+            else:
+                unmapped.append(element)
+        return {d: tuple(es) for d, es in sorted(covered.items())}, tuple(unmapped)
+
     # -- decisions ------------------------------------------------------------------------------
     def decide(self, request: AccessRequest) -> Decision:
         return self.decide_all([request]).items[0]

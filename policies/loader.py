@@ -70,6 +70,9 @@ class DatasetEntry(_Strict):
     classification: Classification
     epsilon_cap: float = Field(gt=0, le=100)
     description: str = ""
+    # The data elements this dataset holds: how a training job's features/label map to the
+    # Dataset resources the `train` action is decided on (and whose ε budget it spends).
+    elements: tuple[ElementId, ...] = ()
 
 
 class DatasetsFile(_Strict):
@@ -251,6 +254,24 @@ def load_policy_file(path: Path, schema: cedarpy.Schema) -> list[PolicyInfo]:
     return infos
 
 
+def _check_dataset_elements(path: Path, datasets: DatasetsFile, elements: ElementsFile) -> None:
+    """A dataset lists declared elements of its own agency; an element belongs to one dataset at most."""
+    declared = {e.id: e for e in elements.elements}
+    owner: dict[str, str] = {}
+    for d in datasets.datasets:
+        for eid in d.elements:
+            problem = ""
+            if eid not in declared:
+                problem = f"lists data element '{eid}', which data_elements.toml does not declare"
+            elif declared[eid].agency != d.agency:
+                problem = f"lists data element '{eid}' of agency '{declared[eid].agency}'"
+            elif eid in owner:
+                problem = f"lists data element '{eid}', already in dataset '{owner[eid]}'"
+            if problem:
+                raise ConfigError(f"datasets file {path}: dataset '{d.id}' {problem}", file=str(path))
+            owner[eid] = d.id
+
+
 def _load_programs(directory: Path) -> tuple[dict[str, ProgramEntry], list[Path]]:
     """Only each program's header (id, requesting agencies, purposes): criteria are not our business."""
     programs: dict[str, ProgramEntry] = {}
@@ -286,6 +307,7 @@ def load_directory(root: Path) -> LoadedDirectory:
     datasets = load_model(datasets_path, DatasetsFile, "datasets")[0] if datasets_path.exists() else DatasetsFile()
     settings = load_model(settings_path, SettingsFile, "settings")[0] if settings_path.exists() else SettingsFile()
     programs, program_paths = _load_programs(root / "programs")
+    _check_dataset_elements(datasets_path, datasets, elements)
 
     policy_paths = sorted(root.glob("*.cedar")) + sorted((root / "agreements").glob("*.cedar"))
     if not policy_paths:
