@@ -1,38 +1,67 @@
 """Admission of a training job by each data-owning node, with a persistent privacy-budget ledger.
 
 The provider decides: before a run starts every node holding job data must approve the job
-(purpose allowed for its data; the job's epsilon fits the remaining per-dataset budget). The
-default `LedgerAdmission` keeps its policy and ledger in one SQLite file at the node: a decision
-is one IMMEDIATE transaction (atomic, survives restarts), approving the same job twice charges
-once, and the ClientApp refuses to train unless this ledger holds an approval for the job.
-The gateway's policy engine (policies/budgets.py) can replace it through the `Admission` protocol.
+(purpose allowed for its data; the job's epsilon fits the remaining per-dataset budget).
+
+* `PolicyAdmission` (what the gateway uses): the node's own Cedar policy set decides action
+  `train` on the registered datasets its held elements belong to (federated/training_policy.py),
+  and `policies.budgets.PrivacyLedger` in the node's ledger file charges ε, all datasets at once.
+* `LedgerAdmission` (local runs and tests): purposes and ε caps configured in the ledger file.
+
+Both record each decision in the ledger's `decisions` table (survives restarts; a job id is
+decided once, a reused id with another definition is refused), and the ClientApp refuses to
+train unless that table holds an approval of exactly this job (`require_approval`).
 """
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from federated import datasets
 from federated.jobs import JobSpec
-from xgate.errors import PolicyDenied
+from federated.training_policy import budget_charges, decide_training, job_epsilon
+from policies.budgets import PrivacyLedger
+from xgate.errors import BudgetExhausted, PolicyDenied
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS purposes (purpose TEXT PRIMARY KEY);
-CREATE TABLE IF NOT EXISTS caps (dataset TEXT PRIMARY KEY, epsilon_cap REAL NOT NULL);
-CREATE TABLE IF NOT EXISTS settings (name TEXT PRIMARY KEY, setting TEXT NOT NULL);
+__all__ = [
+    "Admission",
+    "Decision",
+    "LedgerAdmission",
+    "PolicyAdmission",
+    "by_agency",
+    "job_epsilon",
+    "require_approval",
+    "store_agency_datasets",
+]
+
+_DECISIONS = """
 CREATE TABLE IF NOT EXISTS decisions (
     job_id TEXT PRIMARY KEY, job_digest TEXT NOT NULL, agency TEXT NOT NULL, approved INTEGER NOT NULL,
     reason TEXT NOT NULL, epsilon REAL NOT NULL, decided_at TEXT NOT NULL
 );
+"""
+_POLICY_DECISIONS = """
+CREATE TABLE IF NOT EXISTS decision_policies (
+    job_id TEXT PRIMARY KEY, policy_ids TEXT NOT NULL, policy_set_hash TEXT NOT NULL, datasets TEXT NOT NULL
+);
+"""
+_SCHEMA = (
+    _DECISIONS
+    + """
+CREATE TABLE IF NOT EXISTS purposes (purpose TEXT PRIMARY KEY);
+CREATE TABLE IF NOT EXISTS caps (dataset TEXT PRIMARY KEY, epsilon_cap REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS settings (name TEXT PRIMARY KEY, setting TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS spend (
     dataset TEXT NOT NULL, job_id TEXT NOT NULL, epsilon REAL NOT NULL, PRIMARY KEY (dataset, job_id)
 );
 """
+)
 
 
 @dataclass(frozen=True)
@@ -40,16 +69,26 @@ class Decision:
     approved: bool
     reason: str
     epsilon: float  # epsilon charged against each of the node's affected datasets
+    # Set by policy-based admission (what the audit log binds the decision to).
+    policy_ids: tuple[str, ...] = ()
+    policy_set_hash: str = ""
+    datasets: tuple[str, ...] = ()
+
+    def audit_fields(self) -> dict[str, Any]:
+        """The policy facts of the decision for its audit event (empty for ledger-only admission)."""
+        out: dict[str, Any] = {}
+        if self.policy_set_hash:
+            out["policy_ids"] = list(self.policy_ids)
+            out["policy_set_hash"] = self.policy_set_hash
+        if self.datasets:
+            out["datasets"] = list(self.datasets)
+        return out
 
 
 class Admission(Protocol):
     """Per-node admission: (job, agency) -> Decision. Must be idempotent per job_id."""
 
     def __call__(self, job: JobSpec, agency: str) -> Decision: ...
-
-
-def job_epsilon(job: JobSpec) -> float:
-    return job.dp.epsilon if job.dp is not None else 0.0
 
 
 class LedgerAdmission:
@@ -159,6 +198,101 @@ class LedgerAdmission:
             )
         finally:
             conn.close()
+
+
+class PolicyAdmission:
+    """Node-side admission under the node's own Cedar policy set and its PrivacyLedger.
+
+    `engine`: the node's PolicyEngine or PolicyReloader; `ledger`: the node's SQLite file holding
+    its decisions and its ε spends (PrivacyLedger's `spends` table); `store`: its node store. The
+    requester is the job's `requester` (set by the gateway from the authenticated caller).
+    """
+
+    def __init__(self, engine: Any, ledger: Path, store: Path) -> None:
+        self.engine = engine
+        self.ledger = ledger
+        self.store = store
+
+    def _connect(self) -> sqlite3.Connection:
+        self.ledger.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(self.ledger, isolation_level=None, timeout=30)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=FULL")
+        conn.executescript(_DECISIONS + _POLICY_DECISIONS)
+        return conn
+
+    def __call__(self, job: JobSpec, agency: str) -> Decision:
+        prior = self._prior(job)
+        if prior is not None:
+            return prior
+        held = set(datasets.held_elements(self.store)) & set(job.elements())
+        verdict = decide_training(self.engine, job, user=job.requester, elements=held)
+        decision = Decision(
+            verdict.allowed,
+            "approved" if verdict.allowed else verdict.reason,
+            0.0,
+            verdict.policy_ids,
+            verdict.policy_set_hash,
+            verdict.datasets,
+        )
+        if verdict.allowed and (charges := budget_charges(self.engine, job, verdict.datasets)):
+            try:  # idempotent per job id: a crash before the decision is recorded charges once
+                PrivacyLedger(self.ledger).spend_all(job.job_id, charges)
+                decision = replace(decision, epsilon=job_epsilon(job))
+            except BudgetExhausted as exc:
+                decision = replace(decision, approved=False, reason=exc.message)
+        return self._record(job, agency, decision)
+
+    def _prior(self, job: JobSpec) -> Decision | None:
+        conn = self._connect()
+        try:
+            row = conn.execute(
+                "SELECT d.job_digest, d.approved, d.reason, d.epsilon, p.policy_ids, p.policy_set_hash, p.datasets"
+                " FROM decisions d LEFT JOIN decision_policies p ON p.job_id = d.job_id WHERE d.job_id = ?",
+                (job.job_id,),
+            ).fetchone()
+        finally:
+            conn.close()
+        if row is None:
+            return None
+        if row[0] != job.digest():
+            return Decision(False, "job id reused with a different job definition", 0.0)
+        ids, digest, sets = (json.loads(row[4]), row[5], json.loads(row[6])) if row[4] is not None else ([], "", [])
+        return Decision(bool(row[1]), str(row[2]), float(row[3]), tuple(ids), str(digest), tuple(sets))
+
+    def _record(self, job: JobSpec, agency: str, d: Decision) -> Decision:
+        conn = self._connect()
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            inserted = conn.execute(
+                "INSERT OR IGNORE INTO decisions VALUES (?,?,?,?,?,?,?)",
+                (job.job_id, job.digest(), agency, int(d.approved), d.reason, d.epsilon, datetime.now(UTC).isoformat()),
+            ).rowcount
+            if inserted:
+                conn.execute(
+                    "INSERT OR REPLACE INTO decision_policies VALUES (?,?,?,?)",
+                    (job.job_id, json.dumps(list(d.policy_ids)), d.policy_set_hash, json.dumps(list(d.datasets))),
+                )
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        finally:
+            conn.close()
+        return d if inserted else (self._prior(job) or d)  # a concurrent decision of the same job won
+
+
+def by_agency(admissions: Mapping[str, Admission]) -> Admission:
+    """One Admission dispatching to each node's own; an agency without one is refused."""
+
+    def decide(job: JobSpec, agency: str) -> Decision:
+        own = admissions.get(agency)
+        if own is None:
+            return Decision(False, f"no admission configured for node '{agency}'", 0.0)
+        return own(job, agency)
+
+    return decide
 
 
 def require_approval(ledger: Path, job: JobSpec) -> None:

@@ -21,6 +21,9 @@ from xgate.errors import ConfigError, InvalidInput
 JobId = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9_\-]{2,63}$")]
 AgencyName = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{1,31}$")]
 ElementName = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{1,31}\.[a-z][a-z0-9_]{1,63}$")]
+# References (legal basis, approval) and user ids: identifiers, never free text (they reach the audit log).
+Reference = Annotated[str, StringConstraints(pattern=r"^([A-Za-z0-9][A-Za-z0-9_.:/\-]{0,127})?$")]
+UserRef = Annotated[str, StringConstraints(pattern=r"^([A-Za-z0-9][A-Za-z0-9_.@\-]{0,127})?$")]
 
 
 class Mode(StrEnum):
@@ -43,6 +46,13 @@ class JobSpec(BaseModel):
 
     job_id: JobId
     purpose: str = Field(pattern=r"^[a-z][a-z0-9_\-]{2,63}$")
+    # Policy context. Empty is allowed for local runs under a node's own ledger; the Cedar
+    # decision points refuse a job without a legal basis (baseline-legal-basis-required).
+    legal_basis: Reference = ""
+    approval_ref: Reference = ""
+    # The registered user the job runs for. Set by the gateway from the authenticated caller,
+    # never taken from a REST body; nodes decide their own policy for this principal.
+    requester: UserRef = ""
     mode: Mode
     features: tuple[ElementName, ...] = Field(min_length=1, max_length=512)
     label: ElementName
@@ -90,6 +100,10 @@ class JobSpec(BaseModel):
         if self.mode is Mode.HORIZONTAL and self.secagg and self.min_nodes < 2:
             raise ValueError("SecAgg+ needs min_nodes >= 2")
         return self
+
+    def elements(self) -> tuple[str, ...]:
+        """Every data element the job reads: its features, then its label."""
+        return (*self.features, self.label)
 
     def digest(self) -> str:
         """SHA-256 of the canonical job (what nodes approve and the audit log records)."""
