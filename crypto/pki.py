@@ -208,11 +208,13 @@ def issue(
     signing_key: bool | None = None,
     now: dt.datetime | None = None,
     not_before: dt.datetime | None = None,
+    loopback: bool = True,
 ) -> Issued:
     """Issue a P-256 certificate (+ an Ed25519 signing key for gateway/node) and publish it.
 
     Writes <kind>-<agency>.cert.pem, .key.pem (0600) and .sign.pem into out_dir, records the
     serial in index.json and re-signs federation.json. `now`/`not_before` exist for tests.
+    loopback=False leaves out the localhost/127.0.0.1 SANs (a certificate only for named hosts).
     """
     _check_ids(agency, kind)
     if not 1 <= days <= 825:
@@ -225,12 +227,12 @@ def issue(
         x509.UniformResourceIdentifier(AGENCY_URI + agency),
         x509.UniformResourceIdentifier(ROLE_URI + kind),
         x509.DNSName(target_name(agency, kind)),
-        x509.DNSName("localhost"),
-        x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
     ]
-    sans += [x509.DNSName(d) for d in dns if d and d != "localhost"]
+    if loopback:
+        sans += [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+    sans += [x509.DNSName(d) for d in dns if d and not (loopback and d == "localhost")]
     try:
-        sans += [x509.IPAddress(ipaddress.ip_address(i)) for i in ips if i and i != "127.0.0.1"]
+        sans += [x509.IPAddress(ipaddress.ip_address(i)) for i in ips if i and not (loopback and i == "127.0.0.1")]
     except ValueError:
         raise InvalidInput("not an IP address in --ip") from None
     usages = (

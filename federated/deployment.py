@@ -1,13 +1,15 @@
 """A real Flower deployment on loopback: one `flower-superlink`, one `flower-supernode` per agency
 node, submission with `flwr run`, status via `flwr ls`, logs via `flwr log`.
 
-Everything binds to 127.0.0.1 on free ephemeral ports. Every process is started in its own
-session (process group) and the whole group is terminated on exit, error or timeout, so the
+The SuperLink binds `host` (127.0.0.1 by default) on a free port. Every process is started in its
+own session (process group) and the whole group is terminated on exit, error or timeout, so the
 SuperExec/ClientApp/ServerApp children Flower spawns never outlive the job.
 
-Transport: `--insecure` for now. TLS is wired by the transport-security work through `Tls`
-(SuperLink cert/key/CA, SuperNode root certificates, CLI root certificates); when given, the
-flags below are emitted instead of `--insecure`.
+Transport (crypto/flower_keys.py): the SuperLink serves its Fleet, Control and Runtime APIs over
+HTTPS with a CA-issued certificate and `--enable-supernode-auth`; each SuperNode's CA-certified
+public key is registered (`flwr supernode register`) before the SuperNode starts, and SuperNodes
+and the `flwr` CLI verify the SuperLink against the CA. Plain HTTP (`--insecure`) happens only
+when a caller passes insecure=True explicitly, and is logged as `flower_insecure`.
 """
 
 from __future__ import annotations
@@ -21,22 +23,23 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
 import tomli_w
 
+from crypto.flower_keys import FlowerSecurity, SuperNodeKey, verify_flower_security
+from xgate.errors import ConfigError
+from xgate.logging import get_logger
+
+log = get_logger(__name__)
 BIN = Path(sys.executable).parent
 _NODE_ID = re.compile(r"SuperNode ID: (\d+)")
 
 
-@dataclass(frozen=True)
-class Tls:
-    ca_cert: Path
-    server_cert: Path
-    server_key: Path
+Tls = FlowerSecurity  # the earlier name, kept for importers
 
 
 @dataclass(frozen=True)
@@ -70,6 +73,62 @@ def flwr_env(home: Path) -> dict[str, str]:
     return env
 
 
+def _check_mode(security: FlowerSecurity | None, insecure: bool) -> None:
+    if security is not None and insecure:
+        raise ConfigError("insecure=True conflicts with the Flower TLS material given")
+    if security is None and not insecure:
+        raise ConfigError("Flower needs TLS material (FlowerSecurity); plain HTTP only with insecure=True")
+
+
+def superlink_flags(security: FlowerSecurity | None, insecure: bool = False) -> list[str]:
+    """One certificate for all SuperLink APIs; only registered SuperNode keys are activated."""
+    _check_mode(security, insecure)
+    if security is None:
+        return ["--insecure"]
+    return [
+        "--ssl-ca-certfile",
+        str(security.ca_cert.resolve()),
+        "--ssl-certfile",
+        str(security.superlink_cert.resolve()),
+        "--ssl-keyfile",
+        str(security.superlink_key.resolve()),
+        "--enable-supernode-auth",
+    ]
+
+
+def supernode_flags(security: FlowerSecurity | None, key: SuperNodeKey | None, insecure: bool = False) -> list[str]:
+    _check_mode(security, insecure)
+    if security is None:
+        return ["--insecure"]
+    if key is None:
+        raise ConfigError("a SuperNode needs its authentication key when the SuperLink requires SuperNode auth")
+    return [
+        "--root-certificates",
+        str(security.ca_cert.resolve()),
+        "--auth-supernode-private-key",
+        str(key.private_key.resolve()),
+    ]
+
+
+def cli_config(address: str, security: FlowerSecurity | None, insecure: bool = False) -> dict[str, Any]:
+    """The `flwr` CLI's config.toml with one SuperLink connection named `xgate`."""
+    _check_mode(security, insecure)
+    conn: dict[str, Any] = {"address": address}
+    if security is None:
+        conn["insecure"] = True
+    else:
+        conn["root-certificates"] = str(security.ca_cert.resolve())
+    return {"superlink": {"default": "xgate", "xgate": conn}}
+
+
+def _json_payload(out: str) -> dict[str, Any]:
+    try:
+        payload = json.loads(out[out.index("{") :])
+    except ValueError:
+        raise RuntimeError(f"flwr printed no JSON: {out.strip()[-200:]}") from None
+    return dict(payload)
+
+
 @dataclass
 class _Proc:
     name: str
@@ -83,13 +142,26 @@ class Federation:
     """The running SuperLink and SuperNodes of one job (context manager; always cleans up)."""
 
     job_dir: Path
-    tls: Tls | None = None
+    security: FlowerSecurity | None = None
     port: int = 0
     procs: dict[str, _Proc] = field(default_factory=dict)
     node_ids: dict[int, str] = field(default_factory=dict)
+    insecure: bool = False
+    host: str = "127.0.0.1"  # where the SuperLink listens and SuperNodes/CLI dial (SuperLink cert SAN)
+    registered: dict[str, int] = field(default_factory=dict)  # agency -> node id from registration
+
+    def __post_init__(self) -> None:
+        _check_mode(self.security, self.insecure)
+        if self.insecure:
+            log.warning("flower_insecure", job_dir=str(self.job_dir), reason="explicit insecure=True")
 
     def __enter__(self) -> Federation:
         return self
+
+    @property
+    def address(self) -> str:
+        dial = "127.0.0.1" if self.host in ("0.0.0.0", "") else self.host  # noqa: S104 (a dial target)
+        return f"{dial}:{self.port}"
 
     def __exit__(self, *exc: object) -> None:
         self.close()
@@ -104,53 +176,80 @@ class Federation:
         )
         self.procs[name] = _Proc(name, popen, log_path, fh)
 
-    def _security(self, server: bool) -> list[str]:
-        if self.tls is None:
-            return ["--insecure"]  # TLS is added by the transport-security work (see module doc)
-        if server:
-            return [
-                "--ssl-ca-certfile",
-                str(self.tls.ca_cert),
-                "--ssl-certfile",
-                str(self.tls.server_cert),
-                "--ssl-keyfile",
-                str(self.tls.server_key),
-            ]
-        return ["--root-certificates", str(self.tls.ca_cert)]
-
     def start_superlink(self, timeout: float = 60.0) -> None:
+        """Start the SuperLink, write the CLI config and register every SuperNode key it should accept."""
+        if self.security is not None:
+            verify_flower_security(self.security)  # fail closed before anything listens
         self.port = free_port()
         cmd = [
             str(BIN / "flower-superlink"),
-            *self._security(True),
+            *superlink_flags(self.security, self.insecure),
             "--isolation",
             "subprocess",
             "--host",
-            "127.0.0.1",
+            self.host,
             "--port",
             str(self.port),
             "--disable-runtime-dependency-installation",
         ]
         self._spawn("superlink", cmd, self.job_dir / "flwr-home")
+        host, port = self.address.rsplit(":", 1)
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        while True:
             self._check_alive("superlink")
             try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=1):
-                    return
+                with socket.create_connection((host, int(port)), timeout=1):
+                    break
             except OSError:
+                if time.monotonic() > deadline:
+                    raise TimeoutError("SuperLink did not start listening in time") from None
                 time.sleep(0.2)
-        raise TimeoutError("SuperLink did not start listening in time")
+        self.write_cli_config()
+        if self.security is not None and self.security.supernode_keys:
+            self.register_nodes(self.security.supernode_keys)
 
-    def start_node(self, node: NodeSpec) -> None:
+    def register_nodes(self, keys: Mapping[str, SuperNodeKey], timeout: float = 60.0) -> dict[str, int]:
+        """`flwr supernode register` each public key (in parallel); the SuperLink activates only these."""
+        running = {
+            agency: subprocess.Popen(
+                [str(BIN / "flwr"), "supernode", "register", str(k.public_key.resolve()), "xgate", "--format", "json"],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                env=flwr_env(self.job_dir / "flwr-home"),
+                cwd=self.job_dir,
+            )
+            for agency, k in keys.items()
+        }
+        failed = []
+        for agency, proc in running.items():
+            try:
+                out, err = proc.communicate(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                out, err = proc.communicate()
+            payload = _json_payload(out) if "{" in out else {}
+            if proc.returncode != 0 or not payload.get("success"):
+                failed.append(f"{agency}: {(payload.get('error-message') or err or out).strip()[-200:]}")
+            else:
+                self.registered[agency] = int(payload["node-id"])
+        if failed:
+            raise RuntimeError("SuperNode registration failed: " + "; ".join(failed))
+        log.info("flower_supernodes_registered", agencies=sorted(keys), job_dir=str(self.job_dir))
+        return dict(self.registered)
+
+    def start_node(self, node: NodeSpec, key: SuperNodeKey | None = None) -> None:
+        """Start a SuperNode; `key` overrides the agency's key in the security material (tests)."""
+        if key is None and self.security is not None:
+            key = self.security.supernode_keys.get(node.agency)
         cfg = f"store='{node.store.resolve()}' agency='{node.agency}' ledger='{node.ledger.resolve()}'"
         if node.holdout is not None:
             cfg += f" holdout='{node.holdout.resolve()}'"
         cmd = [
             str(BIN / "flower-supernode"),
-            *self._security(False),
+            *supernode_flags(self.security, key, self.insecure),
             "--superlink",
-            f"127.0.0.1:{self.port}",
+            self.address,
             "--node-config",
             cfg,
             "--host",
@@ -173,7 +272,10 @@ class Federation:
                 self._check_alive(f"node-{agency}")
                 m = _NODE_ID.search(self.procs[f"node-{agency}"].log_path.read_text(errors="replace"))
                 if m:
-                    self.node_ids[int(m.group(1))] = agency
+                    node_id = int(m.group(1))
+                    if agency in self.registered and self.registered[agency] != node_id:
+                        raise RuntimeError(f"SuperNode of {agency} came up as a node it was not registered as")
+                    self.node_ids[node_id] = agency
                     pending.discard(agency)
             time.sleep(0.2)
         if pending:
@@ -192,12 +294,7 @@ class Federation:
     # -- flwr CLI ---------------------------------------------------------------------------
 
     def write_cli_config(self) -> None:
-        conn: dict[str, Any] = {"address": f"127.0.0.1:{self.port}"}
-        if self.tls is None:
-            conn["insecure"] = True
-        else:
-            conn["root-certificates"] = str(self.tls.ca_cert)
-        cfg = {"superlink": {"default": "xgate", "xgate": conn}}
+        cfg = cli_config(self.address, self.security, self.insecure)
         (self.job_dir / "flwr-home" / "config.toml").write_text(tomli_w.dumps(cfg))
 
     def flwr(self, *args: str, timeout: float = 60.0) -> str:
@@ -212,18 +309,18 @@ class Federation:
         )
         if out.returncode != 0:
             raise RuntimeError(f"flwr {args[0]} failed: {(out.stderr or out.stdout).strip()[-400:]}")
+        # With --format json flwr exits 0 even when it failed (e.g. TLS refused): read its verdict.
+        if "json" in args and _json_payload(out.stdout).get("success") is False:
+            reason = str(_json_payload(out.stdout).get("error-message", "")).strip()
+            raise RuntimeError(f"flwr {args[0]} failed: {reason[-400:]}")
         return out.stdout
 
     def submit(self, app_dir: Path) -> int:
-        out = self.flwr("run", str(app_dir), "xgate", "--format", "json", timeout=120)
-        payload = json.loads(out[out.index("{") :])
-        if not payload.get("success"):
-            raise RuntimeError("SuperLink refused the run")
+        payload = _json_payload(self.flwr("run", str(app_dir), "xgate", "--format", "json", timeout=120))
         return int(payload["run-id"])
 
     def run_info(self, run_id: int) -> dict[str, Any]:
-        out = self.flwr("ls", "xgate", "--run-id", str(run_id), "--format", "json")
-        data = json.loads(out[out.index("{") :])
+        data = _json_payload(self.flwr("ls", "xgate", "--run-id", str(run_id), "--format", "json"))
         runs = data.get("runs", [])
         return dict(runs[0]) if runs else {}
 

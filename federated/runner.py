@@ -1,5 +1,6 @@
 """Run one job end to end: admission, the Flower App, a `Federation` (federated.deployment), events,
-status and outputs. `Federation`, `NodeSpec`, `Tls` and `free_port` are re-exported from here.
+status and outputs. `Federation`, `FlowerSecurity`, `NodeSpec`, `Tls` and `free_port` are re-exported
+from here.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Any
 
 import tomli_w
 
+from crypto.flower_keys import FlowerSecurity, prepare_flower_security
 from federated import datasets
 from federated.admission import Admission, Decision, LedgerAdmission, store_agency_datasets
 from federated.deployment import Federation, NodeSpec, Tls, free_port
@@ -22,7 +24,17 @@ from federated.model import encoded_width
 from federated.results import write_outputs
 from xgate.errors import NodeUnavailable, PolicyDenied
 
-__all__ = ["Federation", "JobResult", "NodeSpec", "Status", "Tls", "free_port", "run_job", "write_app"]
+__all__ = [
+    "Federation",
+    "FlowerSecurity",
+    "JobResult",
+    "NodeSpec",
+    "Status",
+    "Tls",
+    "free_port",
+    "run_job",
+    "write_app",
+]
 
 
 def write_app(
@@ -88,11 +100,18 @@ def run_job(
     job_dir: Path,
     admission: Admission | None = None,
     on_event: OnEvent | None = None,
-    tls: Tls | None = None,
+    security: FlowerSecurity | None = None,
+    insecure: bool = False,
+    ca_dir: Path | None = None,
     progress: Callable[[str], None] | None = None,
     on_started: Callable[[Federation], None] | None = None,
 ) -> JobResult:
-    """Admit, run and report one job; raises PolicyDenied (refused) or NodeUnavailable (failed)."""
+    """Admit, run and report one job; raises PolicyDenied (refused) or NodeUnavailable (failed).
+
+    Flower runs over TLS with SuperNode authentication: `security` if given, else short-lived material
+    issued under job_dir/pki by the CA in `ca_dir` (or an ephemeral job CA). insecure=True (plain
+    HTTP, logged as `flower_insecure`) is for local debugging only.
+    """
     t0 = time.monotonic()
     job_dir.mkdir(parents=True, exist_ok=True)
     sink = JsonlSink(job_dir / "events.jsonl")
@@ -144,7 +163,9 @@ def run_job(
     )
     result = JobResult(job.job_id, None, "failed", job_dir)
     offset = 0
-    with Federation(job_dir, tls) as fed:
+    if security is None and not insecure:
+        security = prepare_flower_security(job_dir / "pki", [n.agency for n in participants], ca_dir=ca_dir)
+    with Federation(job_dir, security, insecure=insecure) as fed:
         try:
             say(f"starting SuperLink and {len(participants)} SuperNodes")
             fed.start_superlink()
