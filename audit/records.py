@@ -37,6 +37,27 @@ KINDS = frozenset(
         "alert",
     }
 )
+# Federated training jobs (gateway/training_audit.py maps the runner's events onto these; request_id
+# is the job id, so one filter returns a job's whole trail). Other `training_*` kinds stay accepted.
+TRAINING_KINDS = frozenset(
+    {
+        "training_job_submitted",  # the gateway accepted a valid job for decision (job digest, purpose)
+        "training_job_approved",  # the gateway's Cedar `train` decision + ε charge (policy ids, set hash)
+        "training_job_refused",  # refused by the gateway's policy/budget, or later by a node (stage)
+        "training_node_approved",  # a data-owning node admitted the job under its own policy/ledger
+        "training_node_refused",
+        "training_run_started",  # Flower run id, node ids
+        "training_aligned",  # vertical: aligned subject count and digest of the aligned list
+        "training_round_completed",  # participants, agencies, aggregate/gradients digest
+        "training_round_evaluated",  # AUC, balanced accuracy, model digest
+        "training_update_rejected",  # a node's update failed the range/shape/NaN checks
+        "training_node_dropped",
+        "training_dp_spent",  # ε, δ, noise multiplier
+        "training_job_completed",  # final model digest
+        "training_job_failed",
+        "training_event",  # any other runner event (its name in metadata.event)
+    }
+)
 _TRAINING_KIND = re.compile(r"^training_[a-z][a-z0-9_]{0,39}$")
 _SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
 _NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
@@ -66,6 +87,8 @@ PERSONAL_KEYS = FORBIDDEN_KEYS | {
     "plaintext_value",
 }
 MAX_TEXT = 256
+# One encoder for every record (json.dumps with options builds a new encoder per call).
+_CANONICAL_JSON = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 MAX_ITEMS = 100_000
 
 Scalar = str | int | bool | None
@@ -192,7 +215,10 @@ class AuditRecord(BaseModel):
 
     @field_serializer("time")
     def _time_out(self, v: datetime) -> str:
-        return v.strftime("%Y-%m-%dT%H:%M:%S.") + f"{v.microsecond // 1000:03d}Z"
+        return (
+            f"{v.year:04d}-{v.month:02d}-{v.day:02d}T{v.hour:02d}:{v.minute:02d}:{v.second:02d}"
+            f".{v.microsecond // 1000:03d}Z"
+        )
 
     # -- canonical form ----------------------------------------------------------------------
 
@@ -208,16 +234,17 @@ class AuditRecord(BaseModel):
             "kind": self.kind,
             "time": self._time_out(self.time),
             "actor": {"agency": a.agency, "role": a.role, "user": a.user},
-            "policy_ids": list(self.policy_ids),
-            "subjects": list(self.subjects),
-            "digests": {k: v if isinstance(v, str) else list(v) for k, v in self.digests.items()},
-            "metadata": {k: list(v) if isinstance(v, tuple) else v for k, v in self.metadata.items()},
+            # json encodes tuples as arrays, so the validated containers go in as they are
+            "policy_ids": self.policy_ids,
+            "subjects": self.subjects,
+            "digests": self.digests,
+            "metadata": self.metadata,
         }
         for key in ("request_id", "program", "purpose", "legal_basis", "case_id", "decision", "policy_set_hash"):
             value = getattr(self, key)
             if value is not None:
                 body[key] = value
-        return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+        return _CANONICAL_JSON.encode(body).encode("utf-8")
 
     @property
     def time_ms(self) -> int:

@@ -32,9 +32,11 @@ from pathlib import Path
 from typing import Any
 
 from audit import merkle
+from audit.db import SCHEMA_SQL, connect
 from audit.records import AuditRecord
-from audit.store import SCHEMA_SQL, AuditLog, _prepare, connect
+from audit.store import AuditLog
 from audit.testing import ORIGIN, log_signer, pseudonym, record
+from audit.writer import prepare
 
 RESULTS = Path(__file__).parent / "results" / "audit.json"
 
@@ -95,7 +97,7 @@ def bench_plain(tmp: Path, recs: list[AuditRecord], n_threads: int, per_thread: 
     def rows(k: int, i: int) -> list[tuple[Any, ...]]:
         out = []
         for j in range(batch):
-            p = _prepare(recs[(k * per_thread * batch + i * batch + j) % len(recs)])
+            p = prepare(recs[(k * per_thread * batch + i * batch + j) % len(recs)])
             with lock:
                 idx = next(counter)
             out.append((idx, p.leaf, p.data, *p.cols))
