@@ -31,7 +31,6 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from crypto import pki
 from xgate.errors import CryptoError
 
-_CURVES = (ec.SECP256R1, ec.SECP384R1, ec.SECP521R1)  # Flower also takes P-192/P-224: we do not
 _AGENCY = re.compile(r"^[a-z][a-z0-9_]{1,31}$")  # as crypto.pki: agency ids also name files here
 
 
@@ -73,11 +72,6 @@ def openssh_public(key: ec.EllipticCurvePublicKey) -> bytes:
     return key.public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH) + b"\n"
 
 
-def _check_curve(key: ec.EllipticCurvePublicKey) -> None:
-    if not isinstance(key.curve, _CURVES):
-        raise CryptoError(f"SuperNode keys must use P-256, P-384 or P-521, not {key.curve.name}")
-
-
 def load_public_key(path: Path) -> ec.EllipticCurvePublicKey:
     """An OpenSSH EC public key as Flower reads it; raise CryptoError otherwise."""
     try:
@@ -86,8 +80,7 @@ def load_public_key(path: Path) -> ec.EllipticCurvePublicKey:
         raise CryptoError("not an OpenSSH public key file") from None
     if not isinstance(key, ec.EllipticCurvePublicKey):
         raise CryptoError("SuperNode keys must be EC keys")
-    _check_curve(key)
-    return key
+    return key  # OpenSSH encodes only P-256/384/521: the weak curves Flower also allows cannot occur
 
 
 def load_private_key(path: Path) -> ec.EllipticCurvePrivateKey:
@@ -98,7 +91,6 @@ def load_private_key(path: Path) -> ec.EllipticCurvePrivateKey:
         raise CryptoError("not an unencrypted OpenSSH private key file") from None
     if not isinstance(key, ec.EllipticCurvePrivateKey):
         raise CryptoError("SuperNode keys must be EC keys")
-    _check_curve(key.public_key())
     return key
 
 

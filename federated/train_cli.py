@@ -11,6 +11,7 @@ from typing import Any
 import typer
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from crypto.pki import CA_KEY
 from federated.events import read_events
 from federated.jobs import load_job
 from federated.runner import NodeSpec, run_job
@@ -54,17 +55,41 @@ def submit(
     job: Path = typer.Option(..., "--job", help="job TOML file"),
     nodes: Path = typer.Option(..., "--nodes", help="TOML listing [[nodes]] agency/store/ledger[/holdout]"),
     root: Path = typer.Option(DEFAULT_ROOT, "--root", help="directory holding job directories"),
+    ca: Path | None = typer.Option(
+        None, "--ca", help="federation CA directory (xgate pki init) issuing the job's Flower TLS material"
+    ),
+    insecure: bool = typer.Option(
+        False, "--insecure", help="DEBUG ONLY: run Flower over plain HTTP without SuperNode authentication"
+    ),
 ) -> None:
-    """Admit the job at every data-owning node, run it on a local Flower deployment, report."""
+    """Admit the job at every data-owning node, run it on a local Flower deployment, report.
+
+    Flower always runs over TLS with SuperNode authentication; its short-lived certificates and keys
+    are issued under the job directory by --ca, or by an ephemeral job CA when --ca is not given.
+    """
+    if insecure and ca is not None:
+        _fail("--insecure and --ca exclude each other")
+    if insecure:
+        typer.echo(
+            "WARNING: --insecure: Flower traffic (model updates, run control) travels unencrypted and any "
+            "process can join as a SuperNode. Never use it outside a local debugging session.",
+            err=True,
+        )
+    if ca is not None and not (ca / CA_KEY).exists():
+        _fail(f"no CA in '{ca}' (create one with `xgate pki init`)")
     try:
         spec = load_job(job)
         specs = _load_nodes(nodes)
         job_dir = root / spec.job_id
         if (job_dir / "status.json").exists():
             _fail(f"job '{spec.job_id}' already exists in {root}")
-        result = _run_with_progress(spec, specs, job_dir)
+        result = _run_with_progress(spec, specs, job_dir, ca_dir=ca, insecure=insecure)
     except XgateError as exc:
         _fail(exc.message)
+    except typer.Exit:  # click's Exit is a RuntimeError: let _fail's exits through untouched
+        raise
+    except (RuntimeError, TimeoutError) as exc:  # the Flower deployment failed (details in the job's logs/)
+        _fail(f"federation failed: {str(exc)[:300]}")
     ev = result.evaluation
     typer.echo(
         f"job {result.job_id} completed: AUC {ev.get('auc', float('nan')):.4f}, balanced accuracy "
@@ -74,9 +99,9 @@ def submit(
     typer.echo(f"outputs in {result.job_dir} (model.npz, model.json, report.json, curve.png, events.jsonl)")
 
 
-def _run_with_progress(spec: Any, specs: list[NodeSpec], job_dir: Path) -> Any:
+def _run_with_progress(spec: Any, specs: list[NodeSpec], job_dir: Path, **transport: Any) -> Any:
     if not sys.stdout.isatty():
-        return run_job(spec, specs, job_dir=job_dir, progress=lambda line: typer.echo(line))
+        return run_job(spec, specs, job_dir=job_dir, progress=lambda line: typer.echo(line), **transport)
     from rich.progress import Progress
 
     with Progress() as bar:
@@ -88,7 +113,7 @@ def _run_with_progress(spec: Any, specs: list[NodeSpec], job_dir: Path) -> Any:
             elif ev["event"] in ("job_refused", "node_dropped", "update_rejected", "job_failed"):
                 bar.console.print(f"{ev['event']}: {ev.get('agency', '')} {ev.get('reason', '')}")
 
-        return run_job(spec, specs, job_dir=job_dir, on_event=on_event)
+        return run_job(spec, specs, job_dir=job_dir, on_event=on_event, **transport)
 
 
 @app.command()
