@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -76,6 +76,7 @@ def create_app(
     audit: GatewayAudit | None = None,
     checkpoint_interval_s: float = 60.0,
     on_ready: Callable[[], None] | None = None,
+    on_shutdown: Sequence[Callable[[], None]] = (),
 ) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_: FastAPI):  # type: ignore[no-untyped-def]
@@ -88,6 +89,8 @@ def create_app(
         if on_ready is not None:
             on_ready()  # only now is the gateway ready: its audit log took the start-up entry
         yield
+        for stop in on_shutdown:  # e.g. a running training job's processes, before the log closes
+            await asyncio.to_thread(stop)
         if loop_task is not None:
             loop_task.cancel()
         await coordinator.nodes.close()

@@ -53,12 +53,35 @@ class GatewaySettings(BaseModel):
     insecure: bool = False
 
 
+class TrainingNodeRef(BaseModel):
+    """A data-owning node's Flower side: its store and ledger go only to its own SuperNode."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    agency: AgencyId
+    store: Path
+    ledger: Path  # the node's admission decisions and ε spends (PrivacyLedger)
+    holdout: Path | None = None
+    policy_dir: Path | None = None  # the node's own policy set; default: the gateway's policy_dir
+
+
+class TrainingSettings(BaseModel):
+    """Federated training through POST /v1/training/jobs (gateway/training_routes.py)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    nodes: list[TrainingNodeRef] = Field(default_factory=list)
+    jobs_dir: Path | None = None  # default <state_dir>/jobs (what the console's Training page reads)
+    ca_dir: Path | None = None  # CA certifying each job's Flower TLS material; default: an ephemeral job CA
+
+
 class GatewayConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     gateway: GatewaySettings
     nodes: dict[AgencyId, NodeRef] = Field(default_factory=dict)
     tls: GatewayTls | None = None
+    training: TrainingSettings | None = None
 
 
 def load_gateway_config(path: Path) -> GatewayConfig:
@@ -73,4 +96,8 @@ def load_gateway_config(path: Path) -> GatewayConfig:
     for ref in config.nodes.values():
         resolve_relative(ref, ("witness_key",), base)
     resolve_relative(config.tls, ("cert", "key", "ca", "crl", "signing_key", "federation_directory"), base)
+    if config.training is not None:
+        resolve_relative(config.training, ("jobs_dir", "ca_dir"), base)
+        for node in config.training.nodes:
+            resolve_relative(node, ("store", "ledger", "holdout", "policy_dir"), base)
     return config

@@ -93,6 +93,10 @@ def build_app(config: GatewayConfig, on_ready: Callable[[], None] | None = None)
         coordinator.auditor = audit
         require_officer = officer_guard(authenticate, policy)
         routers += [build_audit_router(audit.log, require_officer), build_witness_router(audit, nodes, require_officer)]
+    from gateway.wiring import training_for
+
+    training, training_router = training_for(config, authenticate, policy, audit.log if audit else None)
+    routers.append(training_router)
     app = create_app(
         coordinator,
         authenticate,
@@ -101,11 +105,13 @@ def build_app(config: GatewayConfig, on_ready: Callable[[], None] | None = None)
         audit=audit,
         checkpoint_interval_s=settings.checkpoint_interval_s,
         on_ready=on_ready,
+        on_shutdown=[training.close],
     )
     from gateway.console.routes import mount_console
 
     mount_console(app, authenticate=authenticate, audit_log=audit.log if audit else None, policy=policy, nodes=nodes,
                   tls=config.tls, state_dir=settings.state_dir, log_public_key=settings.audit_key,
+                  jobs_dir=training.jobs_dir, privacy_ledger=training.ledger.path,
                   witnesses=list(audit.witnesses.values()) if audit else ())  # fmt: skip
     return app
 

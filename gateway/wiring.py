@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from fastapi import APIRouter, Request
 
@@ -19,6 +20,9 @@ from xgate.auth import Authenticator, add_user
 from xgate.errors import ConfigError
 from xgate.principal import Principal
 from xgate.ratelimit import RateLimiter
+
+if TYPE_CHECKING:
+    from gateway.training_routes import TrainingService
 
 # The development federation's people: one per role the demo and tests exercise.
 DEV_USERS = {
@@ -53,12 +57,45 @@ class RestAuthenticator:
 def policy_for(config: GatewayConfig, authenticate: RestAuthenticator) -> tuple[CheckAuthorizer, list[APIRouter]]:
     """The gateway's policy decision point (hot-reloaded), probing budgets and consent registry."""
     settings = config.gateway
-    state = settings.state_dir or settings.mask_key_file.parent / "state"
+    state = state_dir_of(config)
     state.mkdir(parents=True, exist_ok=True)
     reloader = PolicyReloader(settings.policy_dir or DEFAULT_POLICY_DIR).start()
     consents = ConsentRegistry(state / "consents.sqlite", purposes=reloader.engine.purposes)
     authorizer = CheckAuthorizer(engine=reloader, budgets=ProbeBudget(state / "budgets.sqlite"), consents=consents)
     return authorizer, [build_consent_router(consents, authenticate)]
+
+
+def state_dir_of(config: GatewayConfig) -> Path:
+    settings = config.gateway
+    return settings.state_dir or settings.mask_key_file.parent / "state"
+
+
+def training_for(
+    config: GatewayConfig, authenticate: RestAuthenticator, policy: CheckAuthorizer, audit_log: Any
+) -> tuple[TrainingService, APIRouter]:
+    """POST /v1/training/jobs: the gateway's `train` decision, its ε ledger and the job runner.
+
+    Jobs live in <state_dir>/jobs and ε spends in <state_dir>/privacy.sqlite: where the console's
+    Training page reads them. Without a [training] section the endpoint answers 503.
+    """
+    from gateway.training_routes import TrainingNode, TrainingService, build_training_router
+    from policies.budgets import PrivacyLedger
+
+    state = state_dir_of(config)
+    training = config.training
+    nodes = [
+        TrainingNode(n.agency, n.store, n.ledger, n.holdout, n.policy_dir) for n in (training.nodes if training else [])
+    ]
+    service = TrainingService(
+        policy=policy,
+        ledger=PrivacyLedger(state / "privacy.sqlite"),
+        jobs_dir=(training.jobs_dir if training and training.jobs_dir else state / "jobs"),
+        nodes=nodes,
+        audit_log=audit_log,
+        node_policy_dir=config.gateway.policy_dir,
+        ca_dir=training.ca_dir if training else None,
+    )
+    return service, build_training_router(service, authenticate)
 
 
 def officer_guard(authenticate: RestAuthenticator, policy: CheckAuthorizer) -> Callable[[Request], Principal]:

@@ -1,0 +1,81 @@
+"""Shared by the training tests: a policy set registering synthetic 'medical' elements for training,
+and regional node stores holding them (the synthetic population under medical.* names)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from federated import datasets
+from xgate.devfed import write_dev_policies
+
+# synthetic_population's columns under the medical agency's names (one dataset: medical.claims_2025)
+RENAME = {
+    "civil.age": "medical.age",
+    "tax.income": "medical.claims_total",
+    "hrss.months": "medical.insured_months",
+    "civil.disabled": "medical.disabled",
+    "civil.region": "medical.region",
+    "health.visits": "medical.visits",
+    "tax.label": "medical.fraud_flag",
+}
+FEATURES = [v for k, v in RENAME.items() if k != "tax.label"]
+LABEL = "medical.fraud_flag"
+LEGAL_BASIS = "SIL-2010-art-87"  # what policies/agreements/train-medical-claims.cedar requires
+PURPOSE = "fraud_detection"
+
+
+def write_training_policies(target: Path, cap: float = 3.0) -> Path:
+    """The shipped policy set, plus the synthetic elements in medical.claims_2025 with ε cap `cap`."""
+    write_dev_policies(target)
+    with (target / "data_elements.toml").open("a", encoding="utf-8") as fh:
+        for element in RENAME.values():
+            fh.write(f'\n[[elements]]\nid = "{element}"\nagency = "medical"\nclassification = "important"\n')
+    elements = ", ".join(f'"{e}"' for e in ["medical.annual_claims", "medical.inpatient_days", *RENAME.values()])
+    (target / "datasets.toml").write_text(
+        f'[[datasets]]\nid = "medical.claims_2025"\nagency = "medical"\nclassification = "important"\n'
+        f"epsilon_cap = {cap}\nelements = [{elements}]\n\n"
+        '[[datasets]]\nid = "hrss.contributions_2025"\nagency = "hrss"\nclassification = "important"\n'
+        'epsilon_cap = 8.0\nelements = ["hrss.contribution_months"]\n'
+    )
+    return target
+
+
+def write_region_stores(root: Path, sizes: list[int], seed: int = 11) -> list[tuple[str, Path, Path]]:
+    """(agency, store, ledger) per region: disjoint slices of one synthetic population."""
+    subjects, cols, _ = datasets.synthetic_population(sum(sizes), seed=seed)
+    out, start = [], 0
+    for k, size in enumerate(sizes):
+        part = slice(start, start + size)
+        start += size
+        store = root / f"region{k}" / "store.sqlite"
+        datasets.write_store(
+            store,
+            f"claims_region{k}",
+            subjects[part],
+            {RENAME[e]: datasets.Column(c.values[part], c.type, c.min, c.max) for e, c in cols.items()},
+        )
+        out.append((f"region{k}", store, root / f"region{k}" / "ledger.sqlite"))
+    return out
+
+
+def job_body(job_id: str, epsilon: float | None = None, **overrides: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "job_id": job_id,
+        "purpose": PURPOSE,
+        "legal_basis": LEGAL_BASIS,
+        "mode": "horizontal",
+        "features": FEATURES,
+        "label": LABEL,
+        "label_holder": "medical",
+        "rounds": 1,
+        "secagg": False,
+        "min_nodes": 2,
+        "batch_size": 64,
+        "round_timeout_s": 90,
+        "job_timeout_s": 400,
+    }
+    if epsilon is not None:
+        body["dp"] = {"epsilon": epsilon, "delta": 1e-5, "clip": 1.0}
+    body.update(overrides)
+    return body
