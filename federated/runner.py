@@ -130,7 +130,8 @@ def run_job(
     decisions = {}
     for n in participants:
         d = decide(job, n.agency)
-        decisions[n.agency] = {"approved": d.approved, "reason": d.reason, "epsilon": d.epsilon}
+        # Policy-based admission adds the policy ids, policy-set hash and datasets it decided on.
+        decisions[n.agency] = {"approved": d.approved, "reason": d.reason, "epsilon": d.epsilon, **d.audit_fields()}
         emit(
             make_event(
                 job.job_id,
@@ -138,6 +139,7 @@ def run_job(
                 agency=n.agency,
                 reason=d.reason,
                 epsilon=d.epsilon,
+                **d.audit_fields(),
             )
         )
     refused = {a: d["reason"] for a, d in decisions.items() if not d["approved"]}
