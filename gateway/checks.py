@@ -118,8 +118,11 @@ class CheckCoordinator:
             context = await asyncio.to_thread(PublicContext.cached, context_bytes)
         # Policy last among the gateway's own checks: a malformed request must not spend budget.
         try:
+            # Off the event loop: a large batch's budget transaction must not stall other requests.
             outcome = (
-                self.policy.authorize_check(principal, program, request) if self.policy is not None else PolicyOutcome()
+                await asyncio.to_thread(self.policy.authorize_check, principal, program, request)
+                if self.policy is not None
+                else PolicyOutcome()
             )
         except PolicyDenied as exc:
             await self._record_denial(about, exc)

@@ -11,9 +11,10 @@ Privacy ledger: total ε spent per training dataset, capped; idempotent per job 
 
 from __future__ import annotations
 
+import json
 import math
 import sqlite3
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -32,20 +33,64 @@ class BudgetReceipt:
     window_days: int
 
 
+def charge_windows(
+    history: Mapping[str, Sequence[float]], subjects: Sequence[str], rule: BudgetRule, now: float
+) -> tuple[dict[str, list[float]], list[tuple[str, float]]]:
+    """Pure budget decision for one batch (subjects already de-duplicated).
+
+    ``history`` holds each subject's recorded evaluation times. Returns the new window of every
+    subject (times still inside the window plus ``now``, newest first, at most ``max_checks``),
+    and the subjects already at the cap with the time their oldest counted evaluation expires.
+    A non-empty second list means the whole batch is refused.
+    """
+    cutoff = now - rule.window_seconds
+    windows: dict[str, list[float]] = {}
+    over: list[tuple[str, float]] = []
+    for s in subjects:
+        recent = sorted((t for t in history.get(s, ()) if t > cutoff), reverse=True)
+        if len(recent) >= rule.max_checks:
+            # The max_checks-th most recent evaluation expiring is what frees one slot.
+            over.append((s, recent[rule.max_checks - 1] + rule.window_seconds))
+        else:
+            windows[s] = [now, *recent]
+    return windows, sorted(over)
+
+
 class ProbeBudget:
-    """Per (subject pseudonym, program, requesting agency) evaluation counts in a sliding window."""
+    """Per (subject pseudonym, program, requesting agency) evaluation counts in a sliding window.
+
+    One row per subject and scope holds the times of its evaluations still inside the window (never
+    more than the cap), so a batch costs one read and one upsert per subject however long the
+    history is. Rows whose window has emptied are pruned at most once per hour per scope.
+    """
+
+    PRUNE_EVERY_S = 3600.0
 
     def __init__(self, path: Path | str, clock: Callable[[], datetime] | None = None) -> None:
         self.path = Path(path)
         self._clock = clock or (lambda: datetime.now(UTC))
+        self._pruned: dict[tuple[str, str], float] = {}
         init_db(
             self.path,
             """
-            CREATE TABLE IF NOT EXISTS probes (
-                program TEXT NOT NULL, agency TEXT NOT NULL, subject TEXT NOT NULL, at REAL NOT NULL);
-            CREATE INDEX IF NOT EXISTS probes_key ON probes (program, agency, subject, at);
+            CREATE TABLE IF NOT EXISTS probe_windows (
+                program TEXT NOT NULL, agency TEXT NOT NULL, subject TEXT NOT NULL,
+                times TEXT NOT NULL, last_at REAL NOT NULL,
+                PRIMARY KEY (program, agency, subject)) WITHOUT ROWID;
             """,
         )
+        self._migrate()
+
+    def _migrate(self) -> None:
+        """Fold the one-row-per-evaluation table of earlier versions into per-subject windows."""
+        with immediate(self.path) as conn:
+            if conn.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='probes'").fetchone():
+                conn.execute(
+                    """INSERT OR REPLACE INTO probe_windows
+                       SELECT program, agency, subject, group_concat(at, ','), MAX(at) FROM probes
+                       GROUP BY program, agency, subject"""
+                )
+                conn.execute("DROP TABLE probes")
 
     def consume(
         self,
@@ -60,52 +105,43 @@ class ProbeBudget:
         if not unique:
             raise InvalidInput("no subjects to charge")
         t = (now or self._clock()).timestamp()
-        cutoff = t - rule.window_seconds
         with immediate(self.path) as conn:
-            over = self._over(conn, unique, program, agency, rule, cutoff)
+            history = self._history(conn, unique, program, agency)
+            windows, over = charge_windows(history, unique, rule, t)
             if over:  # raising rolls the transaction back: nothing of this batch is recorded
                 raise self._refusal(over, len(unique), program, agency, rule, t)
-            conn.executemany(
-                "INSERT INTO probes (program, agency, subject, at) VALUES (?, ?, ?, ?)",
-                [(program, agency, s, t) for s in unique],
+            rows = json.dumps([[s, ",".join(map(repr, w)), w[0]] for s, w in windows.items()])
+            conn.execute(
+                """INSERT OR REPLACE INTO probe_windows (program, agency, subject, times, last_at)
+                   SELECT ?, ?, value ->> 0, value ->> 1, value ->> 2 FROM json_each(?)""",
+                (program, agency, rows),
             )
-            # Expired rows can never count again: keep the table small.
-            conn.execute("DELETE FROM probes WHERE program = ? AND agency = ? AND at <= ?", (program, agency, cutoff))
+            if t - self._pruned.get((program, agency), -math.inf) >= self.PRUNE_EVERY_S:
+                self._pruned[(program, agency)] = t
+                conn.execute(
+                    "DELETE FROM probe_windows WHERE program = ? AND agency = ? AND last_at <= ?",
+                    (program, agency, t - rule.window_seconds),
+                )
         return BudgetReceipt(len(unique), rule.max_checks, rule.window_days)
 
     def used(self, subject: str, program: str, agency: str, rule: BudgetRule, now: datetime | None = None) -> int:
         cutoff = (now or self._clock()).timestamp() - rule.window_seconds
         conn = sqlite3.connect(self.path, timeout=30.0)
         try:
-            row = conn.execute(
-                "SELECT COUNT(*) FROM probes WHERE program = ? AND agency = ? AND subject = ? AND at > ?",
-                (program, agency, subject, cutoff),
-            ).fetchone()
+            times = self._history(conn, [subject], program, agency).get(subject, [])
         finally:
             conn.close()
-        return int(row[0])
+        return sum(1 for at in times if at > cutoff)
 
     @staticmethod
-    def _over(
-        conn: sqlite3.Connection, subjects: list[str], program: str, agency: str, rule: BudgetRule, cutoff: float
-    ) -> list[tuple[str, float]]:
-        """(subject, time its budget frees up) for every subject already at the cap."""
-        conn.execute("CREATE TEMP TABLE IF NOT EXISTS batch (subject TEXT PRIMARY KEY)")
-        conn.execute("DELETE FROM batch")
-        conn.executemany("INSERT INTO batch (subject) VALUES (?)", [(s,) for s in subjects])
+    def _history(conn: sqlite3.Connection, subjects: list[str], program: str, agency: str) -> dict[str, list[float]]:
+        # One statement for the whole batch (json_each), not one query per subject.
         rows = conn.execute(
-            """
-            WITH ranked AS (
-                SELECT p.subject, p.at,
-                       ROW_NUMBER() OVER (PARTITION BY p.subject ORDER BY p.at DESC) AS rn
-                FROM probes p JOIN batch b ON b.subject = p.subject
-                WHERE p.program = ? AND p.agency = ? AND p.at > ?)
-            SELECT subject, at FROM ranked WHERE rn = ? ORDER BY subject
-            """,
-            (program, agency, cutoff, rule.max_checks),
+            """SELECT subject, times FROM probe_windows
+               WHERE program = ? AND agency = ? AND subject IN (SELECT value FROM json_each(?))""",
+            (program, agency, json.dumps(subjects)),
         ).fetchall()
-        # The max_checks-th most recent evaluation expiring is what frees one slot.
-        return [(str(s), float(at) + rule.window_seconds) for s, at in rows]
+        return {str(s): [float(x) for x in str(times).split(",")] for s, times in rows}
 
     @staticmethod
     def _refusal(
