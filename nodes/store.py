@@ -55,7 +55,7 @@ def _aad(element: str, pseudonym: str) -> bytes:
 class StoredElement:
     element: DataElement
     dataset: str
-    records: int
+    records: int  # -1 where not counted
     sealed: bool
 
 
@@ -114,10 +114,19 @@ class NodeStore:
         ]
 
     def element(self, element_id: str) -> StoredElement:
-        for stored in self.elements():
-            if stored.element.id == element_id:
-                return stored
-        raise NotFound(f"this node offers no data element '{element_id}'")
+        """One element's metadata (``records`` is not counted here: this runs on every lookup)."""
+        with self._lock:
+            r = self._conn.execute(
+                "SELECT id, agency, type, unit, min, max, classification, description, dataset, sealed"
+                " FROM elements WHERE id = ?",
+                (element_id,),
+            ).fetchone()
+        if r is None:
+            raise NotFound(f"this node offers no data element '{element_id}'")
+        element = DataElement(
+            id=r[0], agency=r[1], type=r[2], unit=r[3], min=r[4], max=r[5], classification=r[6], description=r[7]
+        )
+        return StoredElement(element, dataset=r[8], records=-1, sealed=bool(r[9]))
 
     def subject_count(self) -> int:
         with self._lock:

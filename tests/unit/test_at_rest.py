@@ -201,3 +201,31 @@ def test_rotation_refuses_tampered_blob_before_writing() -> None:
     rows = [(1, old.encrypt_int(1, b"a"), b"a"), (2, old.encrypt_int(2, b"b"), b"wrong-aad")]
     with pytest.raises(CryptoError):
         rotate(rows, old, new)
+
+
+def test_blobs_interoperate_with_pycryptodome_gcm() -> None:
+    """The blob tail is plain AES-256-GCM: pycryptodome opens ours and we open pycryptodome's."""
+    from Crypto.Cipher import AES
+
+    key = bytes(range(32))
+    cipher = ColumnCipher(key, key_id="k1")
+    header = bytes([1, 2]) + b"k1"
+    aad = header + b"\x00" + b"tax.monthly_income|p"
+    blob = cipher.encrypt_int(-1234567, b"tax.monthly_income|p")
+    nonce, ct, tag = blob[len(header) : len(header) + 12], blob[len(header) + 12 : -16], blob[-16:]
+    theirs = AES.new(key, AES.MODE_GCM, nonce=nonce, mac_len=16)
+    theirs.update(aad)
+    assert int.from_bytes(theirs.decrypt_and_verify(ct, tag), "big", signed=True) == -1234567
+
+    nonce = bytes(12)
+    sealer = AES.new(key, AES.MODE_GCM, nonce=nonce, mac_len=16)
+    sealer.update(aad)
+    ct, tag = sealer.encrypt_and_digest((987654).to_bytes(8, "big", signed=True))
+    assert cipher.decrypt_int(header + nonce + ct + tag, b"tax.monthly_income|p") == 987654
+
+
+def test_truncated_blob_is_refused() -> None:
+    cipher = ColumnCipher(bytes(32), key_id="k1")
+    blob = cipher.encrypt_int(5, b"a")
+    with pytest.raises(CryptoError):
+        cipher.decrypt_int(blob[:-1], b"a")
