@@ -105,8 +105,12 @@ def run_job(
     ca_dir: Path | None = None,
     progress: Callable[[str], None] | None = None,
     on_started: Callable[[Federation], None] | None = None,
+    on_federation: Callable[[Federation], None] | None = None,
 ) -> JobResult:
     """Admit, run and report one job; raises PolicyDenied (refused) or NodeUnavailable (failed).
+
+    `on_federation` receives the Federation before any process starts (a host that must be able to
+    stop the job at any moment, e.g. the gateway at shutdown); `on_started` once nodes registered.
 
     Flower runs over TLS with SuperNode authentication: `security` if given, else short-lived material
     issued under job_dir/pki by the CA in `ca_dir` (or an ephemeral job CA). insecure=True (plain
@@ -168,6 +172,8 @@ def run_job(
     if security is None and not insecure:
         security = prepare_flower_security(job_dir / "pki", [n.agency for n in participants], ca_dir=ca_dir)
     with Federation(job_dir, security, insecure=insecure) as fed:
+        if on_federation is not None:
+            on_federation(fed)
         try:
             say(f"starting SuperLink and {len(participants)} SuperNodes")
             fed.start_superlink()

@@ -13,9 +13,13 @@ GET /v1/training/jobs/{id}/status answers the job's requester, security officers
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import json
+import os
+import signal
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -259,10 +263,12 @@ class TrainingService:
             if record is not None:
                 self._append(record)
 
-        def started(federation: Any) -> None:
-            self._federation = federation
-            if self._closing:
-                federation.close()
+        def created(federation: Any) -> None:
+            with self._lock:
+                self._federation = federation
+                closing = self._closing
+            if closing:  # shut down before the federation existed: stop it before anything runs
+                raise TrainingUnavailable("the gateway is shutting down")
 
         extra = {"ca_dir": self.ca_dir} if self.ca_dir is not None else {}
         try:
@@ -272,7 +278,7 @@ class TrainingService:
                 job_dir=job_dir,
                 admission=admit,
                 on_event=on_event,
-                on_started=started,
+                on_federation=created,
                 **extra,
             )
         except PolicyDenied as exc:  # a node refused: nothing ran
@@ -336,14 +342,31 @@ class TrainingService:
         return self._active
 
     def close(self, timeout_s: float = 30.0) -> None:
-        """Stop a running job's processes (gateway shutdown); the worker records the failure."""
+        """Stop a running job's processes (gateway shutdown); the worker records the failure.
+
+        The process supervisor allows a few seconds before it kills the gateway, and Flower's
+        processes live in their own sessions (they would outlive it): kill every group at once,
+        then let the federation sweep what is left.
+        """
         with self._lock:
             self._closing = True
             federation, thread = self._federation, self._thread
         if federation is not None:
+            deadline = time.monotonic() + 4.0
+            while True:  # also catches a process spawned while the first kill was under way
+                kill_groups(federation)
+                if thread is None or not thread.is_alive() or time.monotonic() > deadline:
+                    break
+                thread.join(0.2)
             federation.close()
         if thread is not None:
             thread.join(timeout_s)
+
+
+def kill_groups(federation: Any) -> None:
+    for proc in list(getattr(federation, "procs", {}).values()):
+        with contextlib.suppress(ProcessLookupError, PermissionError, AttributeError):
+            os.killpg(proc.popen.pid, signal.SIGKILL)
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:

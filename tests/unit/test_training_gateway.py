@@ -7,6 +7,7 @@ import json
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -22,7 +23,7 @@ from gateway.training_routes import TrainingNode, TrainingService, build_trainin
 from policies.budgets import PrivacyLedger
 from policies.engine import PolicyEngine
 from tests.unit.training_support import job_body, write_region_stores, write_training_policies
-from xgate.errors import PolicyDenied, Unauthenticated, XgateError
+from xgate.errors import NodeUnavailable, PolicyDenied, Unauthenticated, XgateError
 from xgate.principal import Principal
 
 USERS = {
@@ -54,10 +55,16 @@ class FakeRunner:
     def __init__(self) -> None:
         self.gate = threading.Event()
         self.done = threading.Event()
+        self.federation = SimpleNamespace(procs={}, closed=0, close=self._closed)
+
+    def _closed(self) -> None:
+        self.federation.closed += 1
+        self.gate.set()  # processes gone: the run ends
 
     def __call__(self, job: JobSpec, nodes: list[Any], *, job_dir: Path, admission: Any, on_event: Any,
-                 on_started: Any) -> None:  # fmt: skip
+                 on_federation: Any) -> None:  # fmt: skip
         try:
+            on_federation(self.federation)
             on_event(make_event(job.job_id, "job_submitted", job_digest=job.digest()))
             refused = []
             for n in nodes:
@@ -71,6 +78,8 @@ class FakeRunner:
             on_event(make_event(job.job_id, "round_completed", round=1, participants=[11, 12],
                                 agencies=["region0", "region1"], aggregate_sha256=HEX))  # fmt: skip
             assert self.gate.wait(20)
+            if self.federation.closed:
+                raise NodeUnavailable("federation", "processes stopped")
             on_event(make_event(job.job_id, "job_completed", model_sha256=HEX, auc=0.75, epsilon=None))
             (job_dir / "status.json").write_text(json.dumps({"state": "completed", "evaluation": {"auc": 0.75}}))
         finally:
@@ -201,6 +210,22 @@ def test_node_refusal_is_recorded_and_ends_the_job(env: Any, tmp_path: Path) -> 
     assert last.metadata["stage"] == "node_admission" and "exhausted" in str(last.metadata["reason"])
 
 
+def test_shutdown_stops_the_running_job_and_records_it(env: Any) -> None:
+    client, service, log, runner = env
+    assert post(client, "analyst", job_body("sd-1")).status_code == 202
+    for _ in range(200):  # until the job is 'running' (its processes exist)
+        if "training_round_completed" in log.kinds("sd-1"):
+            break
+        threading.Event().wait(0.05)
+    service.close(timeout_s=10)
+    assert runner.federation.closed == 1 and runner.done.is_set() and service.active is None
+    status = client.get("/v1/training/jobs/sd-1/status", headers={"x-user": "analyst"}).json()
+    assert status["state"] == "failed" and "processes stopped" in status["reason"]
+    assert log.kinds("sd-1")[-1] == "training_job_failed"
+    busy = post(client, "analyst", job_body("sd-2"))  # a closing gateway takes no new job
+    assert busy.status_code == 409
+
+
 def test_unconfigured_gateway_answers_503(tmp_path: Path) -> None:
     service = TrainingService(policy=None, ledger=PrivacyLedger(tmp_path / "l"), jobs_dir=tmp_path, nodes=[],
                               audit_log=None)  # fmt: skip
@@ -269,3 +294,23 @@ def test_decisions_carry_policy_facts_and_personal_data_never_lands() -> None:
     assert leaky is not None and leaky.metadata["dropped_fields"] == 4
     assert "income" not in leaky.metadata and leaky.metadata["reason"] == "[redacted]"
     assert b"11010519491231002X" not in leaky.canonical()
+
+
+def test_cli_gateway_submission_arguments(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from typer.testing import CliRunner
+
+    from federated.train_cli import app
+
+    monkeypatch.delenv("XGATE_API_KEY", raising=False)
+    job = tmp_path / "job.toml"
+    job.write_text('job_id = "cli-1"\n')
+    runner = CliRunner()
+    url = ["--gateway", "http://127.0.0.1:9"]
+    res = runner.invoke(app, ["submit", "--job", str(job), *url, "--nodes", str(job)])
+    assert res.exit_code == 1 and "drop --nodes" in res.output
+    res = runner.invoke(app, ["submit", "--job", str(job), *url])
+    assert res.exit_code == 1 and "--api-key" in res.output
+    res = runner.invoke(app, ["submit", "--job", str(job), *url, "--api-key", "k"])
+    assert res.exit_code == 1 and "invalid job" in res.output  # validated locally before any request
+    res = runner.invoke(app, ["submit", "--job", str(job)])
+    assert res.exit_code == 1 and "--nodes is required" in res.output
