@@ -53,7 +53,9 @@ def _load_nodes(path: Path) -> list[NodeSpec]:
 @app.command()
 def submit(
     job: Path = typer.Option(..., "--job", help="job TOML file"),
-    nodes: Path = typer.Option(..., "--nodes", help="TOML listing [[nodes]] agency/store/ledger[/holdout]"),
+    nodes: Path | None = typer.Option(
+        None, "--nodes", help="local run: TOML listing [[nodes]] agency/store/ledger[/holdout]"
+    ),
     root: Path = typer.Option(DEFAULT_ROOT, "--root", help="directory holding job directories"),
     ca: Path | None = typer.Option(
         None, "--ca", help="federation CA directory (xgate pki init) issuing the job's Flower TLS material"
@@ -61,12 +63,24 @@ def submit(
     insecure: bool = typer.Option(
         False, "--insecure", help="DEBUG ONLY: run Flower over plain HTTP without SuperNode authentication"
     ),
+    gateway: str | None = typer.Option(
+        None, "--gateway", help="submit through the gateway's REST API (POST /v1/training/jobs) instead"
+    ),
+    api_key: str | None = typer.Option(None, "--api-key", envvar="XGATE_API_KEY", help="with --gateway"),
+    gateway_ca: Path | None = typer.Option(None, "--gateway-ca", help="CA certificate verifying the gateway"),
+    wait: bool = typer.Option(True, "--wait/--no-wait", help="with --gateway: follow the job until it ends"),
 ) -> None:
     """Admit the job at every data-owning node, run it on a local Flower deployment, report.
 
     Flower always runs over TLS with SuperNode authentication; its short-lived certificates and keys
     are issued under the job directory by --ca, or by an ephemeral job CA when --ca is not given.
     """
+    if gateway is not None:
+        _submit_through_gateway(job, gateway, api_key, gateway_ca, wait, local=(nodes, ca, insecure))
+        return
+    if nodes is None:
+        _fail("--nodes is required for a local run (or submit with --gateway URL)")
+        return
     if insecure and ca is not None:
         _fail("--insecure and --ca exclude each other")
     if insecure:
@@ -97,6 +111,24 @@ def submit(
         + (f", epsilon {result.epsilon:.3g}" if result.epsilon is not None else "")
     )
     typer.echo(f"outputs in {result.job_dir} (model.npz, model.json, report.json, curve.png, events.jsonl)")
+
+
+def _submit_through_gateway(
+    job: Path, gateway: str, api_key: str | None, ca_cert: Path | None, wait: bool, local: tuple[Any, ...]
+) -> None:
+    from federated.train_remote import submit_remote
+
+    if any(local):
+        _fail("--gateway runs the job on the gateway's own nodes: drop --nodes, --ca and --insecure")
+    if not api_key:
+        _fail("--gateway needs --api-key (or XGATE_API_KEY)")
+    try:
+        final = submit_remote(job, gateway, str(api_key), ca_cert=ca_cert, wait=wait, say=typer.echo)
+    except XgateError as exc:
+        _fail(exc.message)
+    if wait:
+        ev = final.get("evaluation") or {}
+        typer.echo(f"job {final.get('job_id')} completed: AUC {ev.get('auc', float('nan')):.4f}")
 
 
 def _run_with_progress(spec: Any, specs: list[NodeSpec], job_dir: Path, **transport: Any) -> Any:

@@ -9,7 +9,8 @@ from __future__ import annotations
 import base64
 import binascii
 import ssl
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -78,7 +79,7 @@ class GatewayClient:
         self,
         base_url: str,
         api_key: str,
-        pseudonymiser: Pseudonymiser,
+        pseudonymiser: Pseudonymiser | None = None,  # checks need it; training jobs do not
         keys: RequesterKeys | None = None,
         timeout_s: float = 120.0,
         verify: str | bool = True,
@@ -142,6 +143,8 @@ class GatewayClient:
         """Run one check over national ids (pseudonymised here, never sent)."""
         if not subjects:
             raise InvalidInput("no subjects to check")
+        if self._pseudonymiser is None:
+            raise InvalidInput("this client has no pseudonym key: checks need one")
         pseudonyms = [self._pseudonymiser.pseudonym(s) for s in subjects]
         if len(set(pseudonyms)) != len(pseudonyms):
             raise InvalidInput("the subject list names the same person twice")
@@ -159,6 +162,37 @@ class GatewayClient:
             payload["public_context"] = base64.b64encode(self.keys.public_context).decode("ascii")
         body, size = self._call("POST", "/v1/checks", json=payload)
         return self._decode(body, list(subjects), size)
+
+    # -- federated training --------------------------------------------------------------------
+    def submit_training_job(self, job: Mapping[str, Any]) -> dict[str, Any]:
+        """POST /v1/training/jobs; returns {job_id, state, status_url, decision} (202) or raises GatewayError."""
+        body, _ = self._call("POST", "/v1/training/jobs", json=dict(job))
+        return body
+
+    def training_job_status(self, job_id: str) -> dict[str, Any]:
+        body, _ = self._call("GET", f"/v1/training/jobs/{job_id}/status")
+        return body
+
+    def wait_training_job(
+        self,
+        job_id: str,
+        timeout_s: float = 3600.0,
+        poll_s: float = 2.0,
+        on_status: Callable[[dict[str, Any]], None] | None = None,
+    ) -> dict[str, Any]:
+        """Poll the job's status until it is completed, failed or refused (returned, not raised)."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            status = self.training_job_status(job_id)
+            if on_status is not None:
+                on_status(status)
+            if status.get("state") in ("completed", "failed", "refused"):
+                return status
+            if time.monotonic() > deadline:
+                raise GatewayError(
+                    504, {"error": "timeout", "message": f"job '{job_id}' still running after {timeout_s:.0f} s"}
+                )
+            time.sleep(poll_s)
 
     def _decode(self, body: dict[str, Any], subjects: list[str], size: int) -> CheckResult:
         count = int(body["subjects"])

@@ -1,0 +1,170 @@
+"""POST /v1/training/jobs over real processes: a gateway on loopback with two regional training
+nodes; `xgate train submit --gateway` runs a small DP job (real SuperLink/SuperNodes, synthetic
+data) while the refusals are exercised, then the officer API shows the job's audit trail and
+`xgate audit verify-log` passes."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+import tomli_w
+
+from audit import generate_key, save_keypair
+from gateway.wiring import write_dev_users
+from tests.unit.training_support import job_body, write_region_stores, write_training_policies
+from xgate.client.sdk import GatewayClient, GatewayError
+from xgate.launcher import Supervisor
+
+pytestmark = pytest.mark.integration
+
+
+@dataclass
+class Gateway:
+    url: str
+    keys: dict[str, str]
+    root: Path
+
+    def client(self, label: str) -> GatewayClient:
+        return GatewayClient(self.url, self.keys[label])
+
+
+@pytest.fixture(scope="module")
+def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+    root = tmp_path_factory.mktemp("training-gateway")
+    policies = write_training_policies(root / "policies", cap=3.0)
+    nodes = write_region_stores(root / "nodes", [250, 250])
+    gw = root / "gateway"
+    gw.mkdir()
+    (gw / "mask.key").write_text(os.urandom(32).hex())
+    keys = write_dev_users(gw / "users.json")
+    save_keypair(generate_key(), gw / "audit")
+    config = {
+        "gateway": {
+            "host": "127.0.0.1",
+            "port": 0,
+            "mask_key_file": "mask.key",
+            "users_file": "users.json",
+            "audit_db": "audit.sqlite",
+            "audit_key": "audit.key.pem",
+            "state_dir": "state",
+            "policy_dir": str(policies),
+            "insecure": True,
+            "rate_per_s": 50.0,
+            "rate_burst": 100.0,
+        },
+        "training": {"nodes": [{"agency": a, "store": str(s), "ledger": str(led)} for a, s, led in nodes]},
+    }
+    (gw / "gateway.toml").write_text(tomli_w.dumps(config))
+    with Supervisor(log_dir=root / "logs") as supervisor:
+        child = supervisor.start("gateway", ["gateway", "serve", "--config", str(gw / "gateway.toml"), "--insecure"])
+        yield Gateway(str(child.announcement["url"]), keys, root)
+
+
+def refusal(client: GatewayClient, body: dict[str, object]) -> GatewayError:
+    with client, pytest.raises(GatewayError) as err:
+        client.submit_training_job(body)
+    return err.value
+
+
+def test_refusals(gateway: Gateway) -> None:
+    r = httpx.post(f"{gateway.url}/v1/training/jobs", json=job_body("neg-0"))
+    assert r.status_code == 401
+    err = refusal(gateway.client("caseworker"), job_body("neg-1"))
+    assert err.http_status == 403 and "no permit matched" in err.message
+    err = refusal(gateway.client("analyst"), job_body("neg-2", purpose="dibao"))
+    assert err.http_status == 403 and "Dataset::medical.claims_2025" in err.message
+    err = refusal(gateway.client("analyst"), job_body("neg-3", legal_basis="SAR-2014-art-12"))
+    assert err.http_status == 403 and "no permit matched" in err.message
+    err = refusal(gateway.client("analyst"), job_body("neg-4", epsilon=5.0))  # cap 3
+    assert err.http_status == 429 and err.code == "budget_exhausted" and "exhausted" in err.message
+    body = job_body("neg-5")
+    del body["legal_basis"]
+    err = refusal(gateway.client("analyst"), body)
+    assert err.http_status == 400 and err.message.startswith("legal_basis")
+    err = refusal(gateway.client("analyst"), job_body("neg-6", rounds="many"))
+    assert err.http_status == 400 and err.message.startswith("rounds")
+
+
+def test_job_through_the_gateway_is_audited(gateway: Gateway, tmp_path: Path) -> None:
+    job_file = tmp_path / "job.toml"
+    job_file.write_text(tomli_w.dumps(job_body("it-gw-1", epsilon=1.0)))
+    cli = subprocess.Popen(
+        [sys.executable, "-m", "xgate.cli", "train", "submit", "--job", str(job_file), "--gateway", gateway.url],
+        env={**os.environ, "XGATE_API_KEY": gateway.keys["analyst"]},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        with gateway.client("analyst") as analyst:
+            deadline = time.monotonic() + 60
+            while True:  # the CLI's submission has been accepted
+                try:
+                    status = analyst.training_job_status("it-gw-1")
+                    break
+                except GatewayError as exc:
+                    assert exc.http_status == 404 and time.monotonic() < deadline
+                    time.sleep(0.5)
+            if status["state"] not in ("completed", "failed", "refused"):
+                err = refusal(gateway.client("analyst"), job_body("it-gw-2"))
+                assert err.http_status == 409 and err.code == "training_busy"
+            output, _ = cli.communicate(timeout=600)
+            assert cli.returncode == 0, output
+            assert "accepted by the gateway" in output and "completed: AUC" in output
+            final = analyst.training_job_status("it-gw-1")
+        assert final["state"] == "completed" and final["rounds_done"] == 1
+        assert final["gateway_decision"]["policy_ids"] == ["train-medical-claims"] and final["model_sha256"]
+        assert {a: d["approved"] for a, d in final["decisions"].items()} == {"region0": True, "region1": True}
+        # ε already spent: 1.0 of 3.0; another 2.5 would exceed the cap
+        err = refusal(gateway.client("analyst"), job_body("it-gw-3", epsilon=2.5))
+        assert err.http_status == 429
+    finally:
+        if cli.poll() is None:
+            cli.kill()
+            cli.wait(10)
+
+    officer = {"Authorization": f"Bearer {gateway.keys['officer']}"}
+    entries = httpx.get(
+        f"{gateway.url}/v1/audit/entries", params={"request_id": "it-gw-1", "limit": 1000}, headers=officer
+    ).json()["entries"]
+    kinds = [e["record"]["kind"] for e in entries]
+    for expected in (
+        "training_job_submitted", "training_job_approved", "training_node_approved", "training_run_started",
+        "training_round_completed", "training_round_evaluated", "training_dp_spent", "training_job_completed",
+    ):  # fmt: skip
+        assert expected in kinds, kinds
+    assert kinds.index("training_job_submitted") < kinds.index("training_job_approved") < kinds.index(
+        "training_round_completed"
+    ) < kinds.index("training_job_completed")
+    approved = next(e["record"] for e in entries if e["record"]["kind"] == "training_job_approved")
+    assert approved["decision"] == "allow" and approved["policy_ids"] == ["train-medical-claims"]
+    assert len(approved["policy_set_hash"]) == 64 and approved["actor"]["user"] == "an-liu"
+    done = next(e["record"] for e in entries if e["record"]["kind"] == "training_job_completed")
+    assert done["digests"]["model"] == final["model_sha256"]
+    rounds = httpx.get(
+        f"{gateway.url}/v1/audit/entries", params={"kind": "training_round_completed"}, headers=officer
+    ).json()["entries"]
+    assert [e["record"]["request_id"] for e in rounds] == ["it-gw-1"]
+    assert sorted(rounds[0]["record"]["metadata"]["agencies"]) == ["region0", "region1"]
+    refused = httpx.get(
+        f"{gateway.url}/v1/audit/entries", params={"kind": "training_job_refused"}, headers=officer
+    ).json()["entries"]
+    assert {e["record"]["metadata"]["stage"] for e in refused} >= {"policy", "budget", "capacity"}
+
+    published = httpx.post(f"{gateway.url}/v1/audit/checkpoints/cosign", headers=officer)
+    assert published.status_code == 200
+    gw = gateway.root / "gateway"
+    verify = subprocess.run(
+        [sys.executable, "-m", "xgate.cli", "audit", "verify-log", "--db", str(gw / "audit.sqlite"),
+         "--key", str(gw / "audit.pub.pem")],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert verify.returncode == 0, verify.stdout + verify.stderr
