@@ -182,9 +182,19 @@ def build_audit_router(
             "accesses": [
                 {"index": e.index, "agency": e.record.actor.agency, "role": e.record.actor.role}
                 | {k: v for k, v in _entry_view(e)["record"].items() if k in keep}
+                | {"outcome": _outcome(e)}
                 for e in rows
             ],
         }
+
+    def _outcome(e: Entry) -> str:
+        """What became of the exchange: its result entry (same request id) names no subjects itself."""
+        rec = e.record
+        if rec.decision == "deny":
+            return "refused"
+        if rec.kind != "policy_decision" or rec.request_id is None:
+            return rec.kind
+        return "answered" if log.entries(request_id=rec.request_id, kind="result", limit=1) else "not answered"
 
     @router.get("/v1/audit/alerts")
     @_guard

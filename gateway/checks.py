@@ -11,7 +11,7 @@ import hashlib
 import secrets
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -205,9 +205,13 @@ class CheckCoordinator:
             }
             for agency, r in sorted(responses.items())
         }
+        # The policy_decision entry of this request lists the subjects; the result binds to that
+        # exact list by digest instead of indexing 10,000 pseudonyms a second time.
         await self._record(
             {
-                **about,
+                **{k: v for k, v in about.items() if k != "subjects"},
+                "subjects_sha256": subjects_digest(request.pseudonyms),
+                "subject_count": len(request.pseudonyms),
                 "kind": "result",
                 "program_version": program.version,
                 "program_sha256": program.sha256,
@@ -284,6 +288,11 @@ class CheckCoordinator:
         # Cohort view: a fresh random "epoch" per query, so masked values never repeat across queries.
         epoch = epoch_of(self.clock(), program.epoch_seconds) if view != "cohort" else secrets.randbits(62)
         return combine_he(program, pseudonyms, context, ciphertexts, self.mask_key, epoch, hide_order=view == "overall")
+
+
+def subjects_digest(pseudonyms: Sequence[str]) -> str:
+    """SHA-256 over the pseudonyms in request order, one per line."""
+    return hashlib.sha256("\n".join(pseudonyms).encode("ascii")).hexdigest()
 
 
 def _ms(since: float) -> float:

@@ -10,6 +10,7 @@ import sys
 import httpx
 import pytest
 
+from gateway.checks import subjects_digest
 from xgate.client.sdk import GatewayClient
 from xgate.devfed import DEV_APPROVAL_REF, LEGAL_BASIS
 from xgate.pseudonym import Pseudonymiser, load_key
@@ -90,7 +91,12 @@ def test_check_is_logged_on_both_sides_and_cosigned(federation, tmp_path):
                 assert tables, "node audit database is empty"
             assert len(record["digests"]["node_entry"]) == 64
         accesses = officer.get(f"/v1/subjects/{pseudonym}/accesses").json()["accesses"]
-        assert any(a.get("request_id") == result.request_id and a["kind"] == "result" for a in accesses)
+        mine = [a for a in accesses if a.get("request_id") == result.request_id]
+        assert [(a["kind"], a["decision"], a["outcome"]) for a in mine] == [("policy_decision", "allow", "answered")]
+        result_entry = next(e["record"] for e in entries if e["record"]["kind"] == "result")
+        assert result_entry["subjects"] == []  # bound by digest to the decision entry's list instead
+        decision_entry = next(e["record"] for e in entries if e["record"]["kind"] == "policy_decision")
+        assert result_entry["digests"]["subjects"] == subjects_digest(decision_entry["subjects"])
 
         cosigned = officer.post("/v1/audit/checkpoints/cosign").json()
         assert set(cosigned["cosigned_by"]) == set(federation.agencies) and cosigned["refused"] == {}
