@@ -75,10 +75,11 @@ def envelopes_for(config: NodeConfig) -> Envelopes | None:
     settings = config.node
     if settings.signing_key is None or settings.federation_directory is None:
         raise ConfigError("a TLS node needs signing_key and federation_directory for signed envelopes")
+    from crypto.directory import DirectoryKeyring
     from crypto.envelope import SigningKey
-    from crypto.pki import load_directory
 
-    keyring = load_directory(settings.federation_directory, config.tls.ca).keyring()
+    # Re-read when the CA re-issues federation.json (revocations, new parties): no restart needed.
+    keyring = DirectoryKeyring(settings.federation_directory, config.tls.ca)
     return Envelopes(SigningKey.load(settings.signing_key), keyring)
 
 
