@@ -12,6 +12,7 @@ import typer
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from crypto.pki import CA_KEY
+from federated.admission import Admission, LedgerAdmission, PolicyAdmission, by_agency
 from federated.events import read_events
 from federated.jobs import load_job
 from federated.runner import NodeSpec, run_job
@@ -28,6 +29,9 @@ class _Node(BaseModel):
     store: Path
     ledger: Path
     holdout: Path | None = None
+    # The node's own policy set: admission by Cedar `train` + PrivacyLedger (PolicyAdmission) instead
+    # of the purposes/caps configured in its ledger file (LedgerAdmission).
+    policy_dir: Path | None = None
 
 
 class _Nodes(BaseModel):
@@ -40,14 +44,30 @@ def _fail(message: str) -> None:
     raise typer.Exit(1)
 
 
-def _load_nodes(path: Path) -> list[NodeSpec]:
+def _parse_nodes(path: Path) -> list[_Node]:
     try:
         parsed = _Nodes.model_validate(tomllib.loads(path.read_text(encoding="utf-8")))
     except FileNotFoundError:
         _fail(f"nodes file '{path}' not found")
     except (tomllib.TOMLDecodeError, ValidationError) as exc:
         _fail(f"nodes file '{path}' is invalid: {str(exc).splitlines()[0]}")
-    return [NodeSpec(n.agency, n.store, n.ledger, n.holdout) for n in parsed.nodes]
+    return parsed.nodes
+
+
+def _admission(nodes: list[_Node]) -> Admission | None:
+    """Per node: PolicyAdmission under its policy_dir, else LedgerAdmission; None if no node has one."""
+    if not any(n.policy_dir for n in nodes):
+        return None
+    from policies.engine import PolicyEngine
+
+    return by_agency(
+        {
+            n.agency: PolicyAdmission(PolicyEngine.load(n.policy_dir), n.ledger, n.store)
+            if n.policy_dir
+            else LedgerAdmission(n.ledger, n.store)
+            for n in nodes
+        }
+    )
 
 
 @app.command()
@@ -93,11 +113,12 @@ def submit(
         _fail(f"no CA in '{ca}' (create one with `xgate pki init`)")
     try:
         spec = load_job(job)
-        specs = _load_nodes(nodes)
+        parsed = _parse_nodes(nodes)
+        specs = [NodeSpec(n.agency, n.store, n.ledger, n.holdout) for n in parsed]
         job_dir = root / spec.job_id
         if (job_dir / "status.json").exists():
             _fail(f"job '{spec.job_id}' already exists in {root}")
-        result = _run_with_progress(spec, specs, job_dir, ca_dir=ca, insecure=insecure)
+        result = _run_with_progress(spec, specs, job_dir, ca_dir=ca, insecure=insecure, admission=_admission(parsed))
     except XgateError as exc:
         _fail(exc.message)
     except typer.Exit:  # click's Exit is a RuntimeError: let _fail's exits through untouched

@@ -22,7 +22,7 @@ from xgate.principal import Principal
 from xgate.ratelimit import RateLimiter
 
 if TYPE_CHECKING:
-    from gateway.training_routes import TrainingService
+    from gateway.training_service import TrainingService
 
 # The development federation's people: one per role the demo and tests exercise.
 DEV_USERS = {

@@ -314,3 +314,23 @@ def test_cli_gateway_submission_arguments(tmp_path: Path, monkeypatch: pytest.Mo
     assert res.exit_code == 1 and "invalid job" in res.output  # validated locally before any request
     res = runner.invoke(app, ["submit", "--job", str(job)])
     assert res.exit_code == 1 and "--nodes is required" in res.output
+
+
+def test_cli_local_nodes_admit_under_their_policy_dir(tmp_path: Path) -> None:
+    import tomli_w
+    from typer.testing import CliRunner
+
+    from federated.train_cli import app
+
+    policies = write_training_policies(tmp_path / "policies", cap=3.0)
+    nodes = write_region_stores(tmp_path, [40, 40])
+    nodes_file = tmp_path / "nodes.toml"
+    nodes_file.write_text(
+        tomli_w.dumps({"nodes": [{"agency": a, "store": str(s), "ledger": str(led), "policy_dir": str(policies)}
+                                 for a, s, led in nodes]})
+    )  # fmt: skip
+    job = tmp_path / "job.toml"
+    job.write_text(tomli_w.dumps({**job_body("cli-local", epsilon=5.0), "requester": "an-liu"}))
+    res = CliRunner().invoke(app, ["submit", "--job", str(job), "--nodes", str(nodes_file), "--root", str(tmp_path)])
+    assert res.exit_code == 1 and "refused" in res.output and "exhausted" in res.output  # ε 5 > cap 3
+    assert not (tmp_path / "cli-local" / "logs").exists()  # refused before any process started
