@@ -90,7 +90,8 @@ def bundle_cmd(
         origin = conn.execute("SELECT value FROM meta WHERE key='origin'").fetchone()[0]
         conn.close()
         signer = Signer(origin, load_private_key(sign_key)) if sign_key else None
-        with AuditLog.open(db, signer=signer, origin=origin) as log:
+        # Without a signing key only read: a running gateway may be writing this log.
+        with AuditLog.open(db, signer=signer, origin=origin, writer="thread" if signer else "none") as log:
             bundle = build_bundle(log, request_id, publish=signer is not None)
         write_bundle(bundle, out)
         typer.echo(f"wrote {len(bundle['entries'])} entries proven to checkpoint {bundle['origin']} to {out}")

@@ -6,7 +6,10 @@ Leaves live in ``entries`` (with the columns officers filter on), every complete
 
 from __future__ import annotations
 
+import fcntl
+import os
 import sqlite3
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +18,7 @@ from typing import Any
 from audit import merkle
 from audit.checkpoints import SignedCheckpoint, add_cosignature, parse_signed_note
 from audit.records import AuditRecord
-from xgate.errors import IntegrityError, InvalidInput
+from xgate.errors import ConfigError, IntegrityError, InvalidInput
 
 MAX_PAGE = 1000
 
@@ -57,6 +60,26 @@ def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
         conn.execute("PRAGMA synchronous=FULL")  # a commit is on disk before it is acknowledged
     conn.execute("PRAGMA busy_timeout=10000")
     return conn
+
+
+def acquire_writer_lock(path: Path, wait_s: float = 10.0) -> int:
+    """Take the log's single-writer lock (``<db>.writer.lock``, flock); returns the fd holding it.
+
+    Two writers would each extend their own idea of the tree. A writer that just died (SIGKILL of
+    the gateway while its writer process finishes its last batch) releases the lock within moments,
+    so we wait up to ``wait_s`` before refusing.
+    """
+    fd = os.open(f"{path}.writer.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return fd
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                os.close(fd)
+                raise ConfigError("another process is writing this audit log") from None
+            time.sleep(0.05)
 
 
 def fetch_nodes(conn: sqlite3.Connection) -> merkle.FetchNodes:

@@ -9,13 +9,14 @@ lookups and never rehash the log. Readers use their own per-thread connections (
 from __future__ import annotations
 
 import asyncio
+import os
 import sqlite3
 import threading
 import weakref
 from collections.abc import Iterable, Mapping
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from audit import merkle
 from audit.checkpoints import Checkpoint, CosignatureVerifier, SignedCheckpoint, Signer, add_cosignature
@@ -23,6 +24,7 @@ from audit.db import (
     MAX_PAGE,
     SCHEMA_SQL,
     Entry,
+    acquire_writer_lock,
     connect,
     entry_from_row,
     fetch_nodes,
@@ -31,11 +33,13 @@ from audit.db import (
 )
 from audit.records import AuditRecord, now_ms
 from audit.writer import AppendReceipt, AuditUnavailable, GroupCommitWriter, LoopBatcher, prepare
+from audit.writer_process import ProcessWriter
 from xgate.errors import ConfigError, InvalidInput, NotFound, XgateError
 from xgate.logging import get_logger
 
 log = get_logger("xgate.audit")
 DEFAULT_ORIGIN = "xgate.local/audit"
+WriterKind = Literal["process", "thread", "none"]
 
 __all__ = ["DEFAULT_ORIGIN", "MAX_PAGE", "AppendReceipt", "AuditLog", "AuditUnavailable", "Entry", "connect"]
 
@@ -43,22 +47,38 @@ __all__ = ["DEFAULT_ORIGIN", "MAX_PAGE", "AppendReceipt", "AuditLog", "AuditUnav
 class AuditLog:
     """Append-only audit log. Thread-safe; use ``AuditLog.open`` and ``close`` (or ``with``)."""
 
-    def __init__(self, path: Path, origin: str, signer: Signer | None, max_batch: int, linger: float) -> None:
+    def __init__(
+        self, path: Path, origin: str, signer: Signer | None, max_batch: int, linger: float, writer: WriterKind
+    ) -> None:
         self.path = path
         self.origin = origin
         self.signer = signer
         conn = connect(path)
+        lock_fd = -1
         try:
             conn.executescript(SCHEMA_SQL)
             self._check_meta(conn)
-            frontier = load_frontier(conn)
+            if writer == "thread":
+                lock_fd = acquire_writer_lock(path)  # the process writer's child takes it itself
+            frontier = load_frontier(conn)  # refuses a database with missing tree nodes before anything starts
         except BaseException:
             conn.close()
+            if lock_fd >= 0:
+                os.close(lock_fd)
             raise
-        self._writer = GroupCommitWriter(conn, frontier, max_batch, linger)
+        self._writer: GroupCommitWriter | ProcessWriter | _NoWriter
+        if writer == "process":
+            conn.close()
+            self._writer = ProcessWriter(path, max_batch, linger)
+        elif writer == "none":
+            conn.close()
+            self._writer = _NoWriter(frontier.size)
+        else:
+            self._writer = GroupCommitWriter(conn, frontier, max_batch, linger, lock_fd=lock_fd)
         self._local = threading.local()
         self._readers: list[sqlite3.Connection] = []
         self._readers_lock = threading.Lock()
+        self._checkpoint_lock = threading.Lock()
         self._batchers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, LoopBatcher] = weakref.WeakKeyDictionary()
         self._stop_timer = threading.Event()
         self._timer: threading.Thread | None = None
@@ -73,14 +93,21 @@ class AuditLog:
         checkpoint_interval: float | None = None,
         max_batch: int = 4096,
         linger: float = 0.001,
+        writer: WriterKind = "thread",
     ) -> AuditLog:
-        """Open (creating if needed) the log at ``path``; publish a checkpoint every interval seconds."""
+        """Open (creating if needed) the log at ``path``; publish a checkpoint every interval seconds.
+
+        ``writer="thread"`` commits on a thread of this process; ``"process"`` in a child process
+        with the same guarantees, so commits and hashing run on another core than the producers
+        (the gateway's choice: it appends several entries per request under load); ``"none"``
+        reads a snapshot of the log as it is now (tools reading beside a running writer).
+        """
         if signer is not None and signer.name != origin:
             raise ConfigError("the log signing key must be named after the log origin", origin=origin)
         p = Path(path)
         p.parent.mkdir(parents=True, exist_ok=True)
         try:
-            self = cls(p, origin, signer, max_batch, linger)
+            self = cls(p, origin, signer, max_batch, linger, writer)
         except sqlite3.Error as exc:
             raise ConfigError(f"cannot open audit log '{p.name}'") from exc
         if checkpoint_interval is not None:
@@ -147,20 +174,18 @@ class AuditLog:
         if signer is None:
             raise ConfigError("audit log has no signing key; cannot publish checkpoints")
 
-        def op(conn: sqlite3.Connection, frontier: merkle.Frontier) -> SignedCheckpoint:
-            row = conn.execute("SELECT id, note, size FROM checkpoints ORDER BY id DESC LIMIT 1").fetchone()
-            if row is not None and row[2] == frontier.size and not force:
-                return with_cosignatures(conn, row)
-            signed = signer.sign(Checkpoint(self.origin, frontier.size, frontier.root()))
-            conn.execute(
-                "INSERT INTO checkpoints(size, root, note, time_ms) VALUES(?,?,?,?)",
-                (frontier.size, frontier.root(), signed.text(), int(now_ms().timestamp() * 1000)),
-            )
-            log.info("audit_checkpoint", origin=self.origin, size=frontier.size, root=frontier.root().hex())
-            return signed
-
-        result: SignedCheckpoint = self._writer.op(op).result()
-        return result
+        with self._checkpoint_lock:  # one publisher at a time: no duplicate checkpoints of one size
+            size = self.size
+            reader = self._reader()
+            row = reader.execute("SELECT id, note, size FROM checkpoints ORDER BY id DESC LIMIT 1").fetchone()
+            if row is not None and row[2] == size and not force:
+                return with_cosignatures(reader, row)
+            root = self.root(size)  # from stored nodes: every acknowledged entry is committed
+            signed = signer.sign(Checkpoint(self.origin, size, root))
+            sql = "INSERT INTO checkpoints(size, root, note, time_ms) VALUES(?,?,?,?)"
+            self._writer.execute([(sql, (size, root, signed.text(), int(now_ms().timestamp() * 1000)))]).result()
+        log.info("audit_checkpoint", origin=self.origin, size=size, root=root.hex())
+        return signed
 
     def start_checkpointing(self, interval: float) -> None:
         if self.signer is None:
@@ -187,13 +212,8 @@ class AuditLog:
             verifier.verify(merged)
         row = self._reader().execute("SELECT MAX(id) FROM checkpoints WHERE size=?", (size,)).fetchone()
 
-        def op(conn: sqlite3.Connection, _: merkle.Frontier) -> None:
-            conn.execute(
-                "INSERT OR REPLACE INTO cosignatures VALUES(?,?,?,?)",
-                (row[0], sig.name, sig.text(), int(now_ms().timestamp() * 1000)),
-            )
-
-        self._writer.op(op).result()
+        sql = "INSERT OR REPLACE INTO cosignatures VALUES(?,?,?,?)"
+        self._writer.execute([(sql, (row[0], sig.name, sig.text(), int(now_ms().timestamp() * 1000)))]).result()
         return self.checkpoint_at(size)
 
     def latest_checkpoint(self) -> SignedCheckpoint | None:
@@ -245,7 +265,7 @@ class AuditLog:
     @property
     def size(self) -> int:
         """Number of committed entries."""
-        return self._writer.frontier.size
+        return self._writer.size
 
     def root(self, size: int | None = None) -> bytes:
         size = self.size if size is None else size
@@ -322,3 +342,20 @@ class AuditLog:
         sql = f"SELECT idx, leaf_hash, data FROM entries WHERE {' AND '.join(where)} ORDER BY idx LIMIT ? OFFSET ?"  # noqa: S608 (fixed column names)
         rows = self._reader().execute(sql, (*args, limit, offset)).fetchall()
         return [entry_from_row(r) for r in rows]
+
+
+class _NoWriter:
+    """The writer of a log opened with ``writer="none"``: a fixed size, every write refused."""
+
+    closed = False
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+
+    def appends(self, pendings: Any) -> Any:
+        raise ConfigError("audit log opened read-only")
+
+    execute = appends
+
+    def close(self) -> None:
+        self.closed = True

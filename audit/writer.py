@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import hashlib
+import os
 import queue
 import sqlite3
 import threading
@@ -19,7 +20,7 @@ import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from audit import merkle
 from audit.records import AuditRecord, coerce
@@ -29,6 +30,8 @@ from xgate.logging import get_logger
 log = get_logger("xgate.audit")
 
 Op = Callable[[sqlite3.Connection, merkle.Frontier], Any]
+Statements = list[tuple[str, tuple[Any, ...]]]  # SQL run in one transaction after queued appends
+
 
 class AuditUnavailable(XgateError):
     """The audit write failed; the action it records must fail too (fail closed)."""
@@ -82,8 +85,11 @@ LOOP_CHUNK = 128
 class GroupCommitWriter:
     """Owns the write connection and the tree frontier; everything that writes goes through it."""
 
-    def __init__(self, conn: sqlite3.Connection, frontier: merkle.Frontier, max_batch: int, linger: float) -> None:
+    def __init__(
+        self, conn: sqlite3.Connection, frontier: merkle.Frontier, max_batch: int, linger: float, lock_fd: int = -1
+    ) -> None:
         self._conn = conn
+        self._lock_fd = lock_fd  # the single-writer lock (audit/db.py), released on close
         self.frontier = frontier  # replaced (never mutated) after each commit
         self._max_batch = max_batch
         self._linger = linger
@@ -107,6 +113,20 @@ class GroupCommitWriter:
         """Run ``op`` in its own transaction on the writer thread (after everything queued before)."""
         return self._submit(_Job(Future(), op=op))
 
+    def execute(self, statements: Statements) -> Future[None]:
+        """Run SQL statements (checkpoints, cosignatures) in one transaction on the writer thread."""
+
+        def run(conn: sqlite3.Connection, _: merkle.Frontier) -> None:
+            for sql, params in statements:
+                conn.execute(sql, params)
+
+        return self.op(run)
+
+    @property
+    def size(self) -> int:
+        """Entries committed and acknowledged so far."""
+        return self.frontier.size
+
     def close(self) -> None:
         if self.closed:
             return
@@ -114,6 +134,8 @@ class GroupCommitWriter:
         self._queue.put(_STOP)
         self._thread.join()
         self._conn.close()
+        if self._lock_fd >= 0:
+            os.close(self._lock_fd)
 
     def _run(self) -> None:
         stop = False
@@ -220,6 +242,12 @@ def _placeholders(width: int) -> str:
     return "(" + ",".join("?" * width) + ")"
 
 
+class BatchWriter(Protocol):
+    """What a LoopBatcher needs: GroupCommitWriter here, or ProcessWriter (audit/writer_process.py)."""
+
+    def appends(self, pendings: list[Prepared]) -> Future[list[AppendReceipt]]: ...
+
+
 class LoopBatcher:
     """Collects one event loop's appends into one writer job per loop iteration.
 
@@ -228,7 +256,7 @@ class LoopBatcher:
     writer's per-row SQLite calls then queue for the GIL behind the loop.
     """
 
-    def __init__(self, writer: GroupCommitWriter, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, writer: BatchWriter, loop: asyncio.AbstractEventLoop) -> None:
         self._writer = writer
         self._loop = loop
         self._items: list[tuple[Prepared, asyncio.Future[AppendReceipt]]] = []

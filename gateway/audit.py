@@ -17,6 +17,7 @@ import grpc
 from fastapi import APIRouter, Request
 
 from audit import AuditLog, CosignatureVerifier, Signer, load_private_key, load_public_key
+from audit.store import WriterKind
 from gateway.fanout import NodeDirectory
 from xgate.errors import IntegrityError, XgateError
 from xgate.logging import get_logger
@@ -33,9 +34,9 @@ class GatewayAudit:
     witnessed: dict[str, int] = field(default_factory=dict)  # agency -> size it last cosigned
 
     @classmethod
-    def open(cls, db: Path, key: Path, witness_keys: dict[str, Path]) -> GatewayAudit:
+    def open(cls, db: Path, key: Path, witness_keys: dict[str, Path], writer: WriterKind = "process") -> GatewayAudit:
         signer = Signer(GATEWAY_LOG_ORIGIN, load_private_key(key))
-        audit_log = AuditLog.open(db, signer=signer, origin=GATEWAY_LOG_ORIGIN)
+        audit_log = AuditLog.open(db, signer=signer, origin=GATEWAY_LOG_ORIGIN, writer=writer)
         verifiers = {
             agency: CosignatureVerifier(f"xgate.node.{agency}/witness", load_public_key(path))
             for agency, path in witness_keys.items()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -48,6 +49,8 @@ class GatewaySettings(BaseModel):
     max_message_mb: int = Field(default=64, ge=1, le=512)
     allow_plaintext_mode: bool = False  # benchmark baseline only
     checkpoint_interval_s: float = Field(default=60.0, gt=0, le=86400)
+    # "process": the audit log commits in a child process, on another core than request handling.
+    audit_writer: Literal["process", "thread"] = "process"
     rate_per_s: float = Field(default=20.0, gt=0, description="sustained REST requests per user per second")
     rate_burst: float = Field(default=40.0, ge=1)
     insecure: bool = False

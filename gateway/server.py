@@ -89,7 +89,7 @@ def build_app(config: GatewayConfig, on_ready: Callable[[], None] | None = None)
         if settings.audit_key is None:
             raise ConfigError("gateway config has audit_db but no audit_key to sign checkpoints")
         witness_keys = {a: ref.witness_key for a, ref in config.nodes.items() if ref.witness_key is not None}
-        audit = GatewayAudit.open(settings.audit_db, settings.audit_key, witness_keys)
+        audit = GatewayAudit.open(settings.audit_db, settings.audit_key, witness_keys, settings.audit_writer)
         coordinator.auditor = audit
         require_officer = officer_guard(authenticate, policy)
         routers += [build_audit_router(audit.log, require_officer), build_witness_router(audit, nodes, require_officer)]

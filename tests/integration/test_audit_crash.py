@@ -26,8 +26,9 @@ CHILD = textwrap.dedent(
     from audit.store import AuditLog
     from audit.testing import record
 
-    db, key, origin = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
-    log = AuditLog.open(db, signer=Signer(origin, load_private_key(key)), origin=origin, checkpoint_interval=0.05)
+    db, key, origin, kind = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3], sys.argv[4]
+    signer = Signer(origin, load_private_key(key))
+    log = AuditLog.open(db, signer=signer, origin=origin, checkpoint_interval=0.05, writer=kind)
     out = threading.Lock()
 
     def writer(k):
@@ -54,12 +55,15 @@ def _collect(lines: list[bytes], acked: dict[int, str]) -> None:
 
 
 @pytest.mark.integration
-def test_acknowledged_appends_survive_sigkill(tmp_path: Path) -> None:
+@pytest.mark.parametrize("writer", ["thread", "process"])
+def test_acknowledged_appends_survive_sigkill(tmp_path: Path, writer: str) -> None:
+    """With writer="process" only the producing process is killed: its writer child must notice,
+    finish and release the log (the reopen below waits for the single-writer lock)."""
     priv, pub = save_keypair(generate_key(), tmp_path / "log")
     db = tmp_path / "audit.db"
     env = {**os.environ, "XGATE_STRICT_LOGS": "1"}
     proc = subprocess.Popen(
-        [sys.executable, "-c", CHILD, str(db), str(priv), ORIGIN],
+        [sys.executable, "-c", CHILD, str(db), str(priv), ORIGIN, writer],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         env=env,

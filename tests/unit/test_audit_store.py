@@ -23,9 +23,9 @@ def signer():  # type: ignore[no-untyped-def]
     return log_signer()
 
 
-@pytest.fixture
-def log(tmp_path: Path, signer) -> Iterator[AuditLog]:  # type: ignore[no-untyped-def]
-    lg = AuditLog.open(tmp_path / "audit.db", signer=signer, origin=ORIGIN)
+@pytest.fixture(params=["thread", "process"])
+def log(tmp_path: Path, signer, request: pytest.FixtureRequest) -> Iterator[AuditLog]:  # type: ignore[no-untyped-def]
+    lg = AuditLog.open(tmp_path / "audit.db", signer=signer, origin=ORIGIN, writer=request.param)
     try:
         yield lg
     finally:
@@ -150,12 +150,13 @@ def test_filters(log: AuditLog) -> None:
         log.entries(limit=5000)
 
 
-def test_reopen_keeps_tree_and_continues(tmp_path: Path, signer) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize(("first", "second"), [("thread", "process"), ("process", "thread")])
+def test_reopen_keeps_tree_and_continues(tmp_path: Path, signer, first: str, second: str) -> None:  # type: ignore[no-untyped-def]
     path = tmp_path / "a.db"
-    with AuditLog.open(path, signer=signer, origin=ORIGIN) as lg:
+    with AuditLog.open(path, signer=signer, origin=ORIGIN, writer=first) as lg:  # type: ignore[arg-type]
         lg.append_many([record(i) for i in range(13)])
         root13 = lg.root()
-    with AuditLog.open(path, signer=signer, origin=ORIGIN) as lg:
+    with AuditLog.open(path, signer=signer, origin=ORIGIN, writer=second) as lg:  # type: ignore[arg-type]
         assert lg.size == 13 and lg.root() == root13
         lg.append(record(99))
         merkle.verify_consistency(13, 14, root13, lg.root(), lg.consistency_proof(13))
@@ -218,3 +219,41 @@ def test_cosignatures_are_stored_and_verified(log: AuditLog) -> None:
     other = witness_cosigner("witness.other.example")
     with pytest.raises(Exception, match="not cosigned"):
         log.add_cosignature(1, line, other.verifier())
+
+
+@pytest.mark.parametrize("writer", ["thread", "process"])
+def test_a_second_writer_is_refused_while_one_is_open(tmp_path: Path, writer: str) -> None:
+    path = tmp_path / "a.db"
+    with AuditLog.open(path, origin=ORIGIN, writer=writer):  # type: ignore[arg-type]
+        with pytest.raises(ConfigError, match="another process is writing"):
+            AuditLog.open(path, origin=ORIGIN, writer="thread")
+        with AuditLog.open(path, origin=ORIGIN, writer="none") as reader:  # readers are always welcome
+            assert reader.size == 0
+            with pytest.raises(ConfigError, match="read-only"):
+                reader.append(record(1))
+    with AuditLog.open(path, origin=ORIGIN, writer="thread") as lg:  # the lock went with the writer
+        lg.append(record(1))
+
+
+def test_writer_process_death_fails_closed(tmp_path: Path) -> None:
+    from audit.writer import AuditUnavailable
+
+    lg = AuditLog.open(tmp_path / "a.db", origin=ORIGIN, writer="process")
+    try:
+        lg.append(record(1))
+        lg._writer._proc.kill()  # type: ignore[union-attr]
+        lg._writer._proc.wait()  # type: ignore[union-attr]
+        deadline = time.monotonic() + 10
+        while not lg._writer._broken and time.monotonic() < deadline:  # type: ignore[union-attr]
+            time.sleep(0.01)
+        with pytest.raises(AuditUnavailable):
+            lg.append(record(2))
+
+        async def later() -> None:
+            await lg.append_async(record(3))
+
+        with pytest.raises(AuditUnavailable):
+            asyncio.run(later())
+        assert lg.size == 1 and lg.entry(0).record.request_id == record(1).request_id
+    finally:
+        lg.close()
