@@ -149,6 +149,7 @@ def audit(d: dict[str, Any]) -> str:
         [
             k.replace("_", " "),
             f"{v.get('auditlog_entries_per_s', '')}",
+            f"{v.get('auditlog_process_writer_entries_per_s', '—')}",
             v.get("plain_row_per_txn_entries_per_s", "—"),
             v.get("plain_batched_500_entries_per_s", "—"),
         ]
@@ -161,7 +162,8 @@ def audit(d: dict[str, Any]) -> str:
             _table(
                 [
                     "writers",
-                    "AuditLog (durable, group commit) entries/s",
+                    "AuditLog, writer thread (entries/s)",
+                    "AuditLog, writer process (gateway default)",
                     "plain SQLite, 1 row/txn",
                     "plain SQLite, 500 rows/txn",
                 ],
