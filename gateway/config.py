@@ -53,6 +53,8 @@ class GatewaySettings(BaseModel):
     audit_writer: Literal["process", "thread"] = "process"
     rate_per_s: float = Field(default=20.0, gt=0, description="sustained REST requests per user per second")
     rate_burst: float = Field(default=40.0, ge=1)
+    failed_auth_per_s: float = Field(default=1.0, gt=0, description="failed authentications per address per second")
+    failed_auth_burst: float = Field(default=20.0, ge=1)
     insecure: bool = False
 
 

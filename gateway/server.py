@@ -48,10 +48,11 @@ def build_app(config: GatewayConfig, on_ready: Callable[[], None] | None = None)
     credentials = None
     envelopes = None
     if config.tls is not None:
+        from crypto.directory import DirectoryKeyring
         from crypto.envelope import Envelopes, SigningKey
-        from crypto.pki import load_directory
 
-        keyring = load_directory(config.tls.federation_directory, config.tls.ca).keyring()
+        # Re-read when the CA re-issues federation.json (revocations, new nodes): no restart needed.
+        keyring = DirectoryKeyring(config.tls.federation_directory, config.tls.ca)
         envelopes = Envelopes(SigningKey.load(config.tls.signing_key), keyring)
         from crypto.pki import target_name
         from crypto.tls import channel_credentials

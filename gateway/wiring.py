@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -17,7 +18,7 @@ from policies.pdp import CheckAuthorizer
 from policies.reload import PolicyReloader
 from policies.types import AccessRequest
 from xgate.auth import Authenticator, add_user
-from xgate.errors import ConfigError
+from xgate.errors import BudgetExhausted, ConfigError, Unauthenticated
 from xgate.principal import Principal
 from xgate.ratelimit import RateLimiter
 
@@ -42,14 +43,32 @@ def write_dev_users(path: Path) -> dict[str, str]:
 
 
 class RestAuthenticator:
-    """API key -> Principal, then a per-user token bucket (rate limits apply after identity)."""
+    """API key -> Principal, then a per-user token bucket (rate limits apply after identity).
 
-    def __init__(self, authenticator: Authenticator, limiter: RateLimiter) -> None:
+    Failed authentications are charged to the caller's address in a second bucket: an address
+    that keeps presenting bad keys is answered 429 before any key is checked (guessing keys at
+    line rate is not possible), while other addresses and authenticated users are unaffected.
+    """
+
+    def __init__(self, authenticator: Authenticator, limiter: RateLimiter, failures: RateLimiter | None = None) -> None:
         self.authenticator = authenticator
         self.limiter = limiter
+        self.failures = failures or RateLimiter(rate_per_s=1.0, burst=20)
 
     def __call__(self, request: Request) -> Principal:
-        principal = self.authenticator.authenticate(request.headers)
+        address = f"address:{request.client.host if request.client else 'unknown'}"
+        try:
+            self.failures.ensure_available(address)
+        except BudgetExhausted as exc:
+            raise BudgetExhausted(
+                "too many failed authentications from this address", retry_after_s=exc.details["retry_after_s"]
+            ) from None
+        try:
+            principal = self.authenticator.authenticate(request.headers)
+        except Unauthenticated:
+            with contextlib.suppress(BudgetExhausted):  # this attempt is refused with 401 either way
+                self.failures.acquire(address)
+            raise
         self.limiter.acquire(principal.user, tier=principal.tier)
         return principal
 
@@ -126,4 +145,5 @@ def authenticator_for(config: GatewayConfig) -> RestAuthenticator:
     return RestAuthenticator(
         Authenticator(settings.users_file),
         RateLimiter(rate_per_s=settings.rate_per_s, burst=settings.rate_burst),
+        RateLimiter(rate_per_s=settings.failed_auth_per_s, burst=settings.failed_auth_burst),
     )

@@ -52,6 +52,17 @@ class RateLimiter:
             if tokens + (now - last) * lim.rate_per_s >= lim.burst:
                 del self._buckets[user]
 
+    def ensure_available(self, user: str, tier: str | None = None) -> None:
+        """Raise BudgetExhausted if ``user`` has less than one token left; consumes nothing."""
+        lim = self._limit(tier)
+        now = self.clock()
+        with self._lock:
+            tokens, last, _ = self._buckets.get(user, (lim.burst, now, lim))
+        tokens = min(lim.burst, tokens + (now - last) * lim.rate_per_s)
+        if tokens < 1:
+            retry = (1 - tokens) / lim.rate_per_s
+            raise BudgetExhausted("rate limit exceeded", retry_after_s=math.ceil(retry * 1000) / 1000)
+
     def acquire(self, user: str, cost: float = 1.0, tier: str | None = None) -> None:
         """Take `cost` tokens from the user's bucket or raise BudgetExhausted(retry_after_s=...)."""
         lim = self._limit(tier)

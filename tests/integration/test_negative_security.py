@@ -686,6 +686,26 @@ def test_refuses_rate_limit_exceeded(neg: Neg, limited: str) -> None:
     _good_check(neg, limited)  # other users are not affected
 
 
+def test_refuses_key_guessing_from_one_address(neg: Neg) -> None:
+    """Bad API keys from one address: 401 up to the burst, then 429 before any key is checked,
+    even for a valid key from that address, until the address's bucket refills."""
+    addresses = {a: f"127.0.0.1:{p}" for a, p in neg.fed.node_ports.items()}
+    with Supervisor(log_dir=neg.fed.log_dir) as supervisor:
+        url = _variant_gateway(
+            neg, supervisor, "gw-neg-guessing", addresses, failed_auth_per_s=0.001, failed_auth_burst=3
+        )
+        with _http(neg, url) as http:
+            for _ in range(3):
+                response = http.get("/v1/programs", headers={"Authorization": "Bearer xg_guess_0000000000000000"})
+                _assert_http_error(response, 401, "unauthenticated", "")
+            response = http.get("/v1/programs", headers={"Authorization": "Bearer xg_guess_0000000000000001"})
+            _assert_http_error(response, 429, "budget_exhausted", "too many failed authentications")
+            assert int(response.headers["Retry-After"]) > 0
+            held = http.get("/v1/programs", headers=_bearer(neg, "caseworker"))
+            _assert_http_error(held, 429, "budget_exhausted", "too many failed authentications")
+            assert http.get("/healthz").status_code == 200  # the unauthenticated liveness probe still answers
+
+
 def test_refuses_plaintext_mode_at_gateway_when_disabled(neg: Neg, limited: str) -> None:
     error = _refused_check(neg, limited, "caseworker_silver", mode="plaintext")
     assert (error.http_status, error.code) == (403, "policy_denied")

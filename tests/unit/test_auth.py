@@ -177,3 +177,17 @@ def test_rate_limit_memory_bounded() -> None:
         rl.acquire("c")
     clock[0] += 1.0  # a and b have refilled: their buckets can be forgotten
     rl.acquire("c")
+
+
+def test_ensure_available_checks_without_consuming() -> None:
+    clock = [0.0]
+    rl = RateLimiter(1.0, 2, clock=lambda: clock[0])
+    for _ in range(5):
+        rl.ensure_available("a")  # never consumes
+    rl.acquire("a")
+    rl.acquire("a")
+    with pytest.raises(BudgetExhausted) as info:
+        rl.ensure_available("a")
+    assert info.value.details["retry_after_s"] == 1.0
+    clock[0] = 1.0
+    rl.ensure_available("a")
