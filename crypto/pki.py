@@ -43,12 +43,12 @@ from crypto.peers import (  # noqa: F401
     DEFAULT_CRL_GRACE,
     ROLE_URI,
     PeerIdentity,
-    utcnow,
     check_crl,
     fingerprint,
     load_cert,
     load_crl,
     peer_identity,
+    utcnow,
     verify_peer_certificate,
 )
 from xgate.errors import ConfigError, CryptoError, InvalidInput, NotFound
