@@ -238,7 +238,8 @@ def main() -> None:
         "appends": appends,
         "proofs": proofs,
     }
-    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+    path = RESULTS if not args.quick else RESULTS.with_name("audit-quick.json")  # a smoke run never replaces figures
+    path.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
 
 
