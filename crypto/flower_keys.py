@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
-import os
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -29,6 +28,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from crypto import pki
+from crypto.peers import PeerIdentity, load_cert, verify_peer_certificate
 from xgate.errors import CryptoError
 
 _AGENCY = re.compile(r"^[a-z][a-z0-9_]{1,31}$")  # as crypto.pki: agency ids also name files here
@@ -53,13 +53,6 @@ class FlowerSecurity:
     superlink_key: Path
     supernode_keys: Mapping[str, SuperNodeKey] = field(default_factory=dict)
     crl: Path | None = None  # checked before use; None skips revocation (ephemeral job CA)
-
-
-def _write_private(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(data)
 
 
 def openssh_private(key: ec.EllipticCurvePrivateKey) -> bytes:
@@ -96,7 +89,7 @@ def load_private_key(path: Path) -> ec.EllipticCurvePrivateKey:
 
 def _save_pair(key: ec.EllipticCurvePrivateKey, out_dir: Path, agency: str) -> tuple[Path, Path]:
     priv, pub = out_dir / f"supernode-{agency}.ssh.key", out_dir / f"supernode-{agency}.ssh.pub"
-    _write_private(priv, openssh_private(key))
+    pki.write_private(priv, openssh_private(key))
     pub.write_bytes(openssh_public(key.public_key()))
     return priv, pub
 
@@ -127,8 +120,8 @@ def verify_supernode_key(
     from this CA and certifies exactly this public key; raise CryptoError naming what failed."""
     if key.certificate is None:
         raise CryptoError(f"SuperNode key of agency '{key.agency}' has no certificate")
-    cert = pki.load_cert(key.certificate)
-    pki.verify_peer_certificate(cert, ca_cert, crl, key.agency, "flower-supernode", now=now)
+    cert = load_cert(key.certificate)
+    verify_peer_certificate(cert, ca_cert, crl, key.agency, "flower-supernode", now=now)
     public = load_public_key(key.public_key)
     if cert.public_key() != public:
         raise CryptoError(f"SuperNode public key of agency '{key.agency}' does not match its certificate")
@@ -136,8 +129,8 @@ def verify_supernode_key(
 
 def verify_superlink_cert(
     cert_path: Path, ca_cert: Path, crl: Path | None = None, now: dt.datetime | None = None
-) -> pki.PeerIdentity:
-    return pki.verify_peer_certificate(pki.load_cert(cert_path), ca_cert, crl, None, "flower-superlink", now=now)
+) -> PeerIdentity:
+    return verify_peer_certificate(load_cert(cert_path), ca_cert, crl, None, "flower-superlink", now=now)
 
 
 def host_sans(hosts: Iterable[str]) -> tuple[list[str], list[str]]:

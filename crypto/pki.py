@@ -38,7 +38,7 @@ from crypto.envelope import KeyEntry, Keyring, SigningKey
 
 # Certificate loading and peer verification live in crypto/peers.py; re-exported here so that
 # `pki.<name>` keeps working for callers.
-from crypto.peers import (  # noqa: F401
+from crypto.peers import (
     AGENCY_URI,
     DEFAULT_CRL_GRACE,
     ROLE_URI,
@@ -52,6 +52,42 @@ from crypto.peers import (  # noqa: F401
     verify_peer_certificate,
 )
 from xgate.errors import ConfigError, CryptoError, InvalidInput, NotFound
+
+__all__ = [
+    "AGENCY_URI",
+    "CA",
+    "CA_CERT",
+    "CA_KEY",
+    "CRL",
+    "DEFAULT_CRL_GRACE",
+    "DIRECTORY",
+    "INDEX",
+    "KINDS",
+    "ROLE_URI",
+    "SIGNING_KINDS",
+    "DirectoryEntry",
+    "FederationDirectory",
+    "Issued",
+    "Kind",
+    "PeerIdentity",
+    "check_crl",
+    "dns_label",
+    "fingerprint",
+    "init_ca",
+    "issue",
+    "load_ca",
+    "load_cert",
+    "load_crl",
+    "load_directory",
+    "peer_identity",
+    "revoke",
+    "set_address",
+    "target_name",
+    "utcnow",
+    "verify_peer_certificate",
+    "write_crl",
+    "write_private",
+]
 
 Kind = Literal["gateway", "node", "flower-superlink", "flower-supernode", "user"]
 KINDS: tuple[str, ...] = get_args(Kind)
@@ -77,7 +113,8 @@ def _check_ids(agency: str, kind: str) -> None:
         raise InvalidInput(f"kind must be one of {', '.join(KINDS)}", kind=kind[:40])
 
 
-def _write_private(path: Path, data: bytes) -> None:
+def write_private(path: Path, data: bytes) -> None:
+    """Write a secret file readable by its owner only (mode 0600 from creation, never wider)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as fh:
@@ -141,7 +178,7 @@ def init_ca(ca_dir: Path, name: str, days: int = 3650, now: dt.datetime | None =
         .sign(key, hashes.SHA256())
     )
     ca_dir.mkdir(parents=True, exist_ok=True)
-    _write_private(ca_dir / CA_KEY, _pem_key(key))
+    write_private(ca_dir / CA_KEY, _pem_key(key))
     (ca_dir / CA_CERT).write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     (ca_dir / INDEX).write_text(json.dumps({"certificates": []}, indent=2))
     ca = CA(ca_dir, cert, key)
@@ -262,7 +299,7 @@ def issue(
     )
     stem = f"{kind}-{agency}"
     cert_path, key_path = out_dir / f"{stem}.cert.pem", out_dir / f"{stem}.key.pem"
-    _write_private(key_path, _pem_key(key))
+    write_private(key_path, _pem_key(key))
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     sign_path: Path | None = None
     signer: SigningKey | None = None

@@ -99,12 +99,7 @@ class LedgerAdmission:
         self.store = store
 
     def _connect(self) -> sqlite3.Connection:
-        self.ledger.parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(self.ledger, isolation_level=None, timeout=30)
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=FULL")
-        conn.executescript(_SCHEMA)
-        return conn
+        return _open_ledger(self.ledger, _SCHEMA)
 
     def configure(
         self, purposes: Iterable[str], epsilon_caps: Mapping[str, float], *, allow_non_dp: bool = True
@@ -214,12 +209,7 @@ class PolicyAdmission:
         self.store = store
 
     def _connect(self) -> sqlite3.Connection:
-        self.ledger.parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(self.ledger, isolation_level=None, timeout=30)
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=FULL")
-        conn.executescript(_DECISIONS + _POLICY_DECISIONS)
-        return conn
+        return _open_ledger(self.ledger, _DECISIONS + _POLICY_DECISIONS)
 
     def __call__(self, job: JobSpec, agency: str) -> Decision:
         prior = self._prior(job)
@@ -309,3 +299,13 @@ def store_agency_datasets(store: Path, job: JobSpec) -> list[str]:
     """Which of the job's elements this node holds (used to decide which nodes must approve)."""
     held = set(datasets.held_elements(store))
     return sorted(held & (set(job.features) | {job.label}))
+
+
+def _open_ledger(path: Path, schema: str) -> sqlite3.Connection:
+    """A node's admission ledger: durable commits (a decision or ε spend survives a crash)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    conn = sqlite3.connect(path, isolation_level=None, timeout=30)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=FULL")
+    conn.executescript(schema)
+    return conn
