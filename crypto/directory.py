@@ -19,7 +19,7 @@ from cryptography import x509
 
 from crypto.envelope import KeyEntry, Keyring
 from crypto.pki import FederationDirectory, load_directory
-from xgate.errors import ConfigError, CryptoError
+from xgate.errors import ConfigError, CryptoError, EnvelopeRejected
 from xgate.logging import get_logger
 
 log = get_logger("xgate.crypto.directory")
@@ -99,7 +99,7 @@ class DirectoryKeyring(Keyring):
         try:
             return self._current.verifier(key_id)
         except KeyError:  # the directory changed between get() and here and dropped the key
-            raise CryptoError("signing key is no longer in the federation directory", key_id=key_id) from None
+            raise EnvelopeRejected("signing key is no longer in the federation directory", key_id=key_id) from None
 
     def __len__(self) -> int:
         return len(self._current)

@@ -34,7 +34,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from crypto.replay import DEFAULT_SKEW_MS, ReplayGuard
-from xgate.errors import ConfigError, CryptoError
+from xgate.errors import ConfigError, CryptoError, EnvelopeRejected
 
 VERSION = "xgate-envelope/1"
 ALG = "ed25519"
@@ -208,7 +208,7 @@ def body_digest(msg: SignedMessage) -> bytes:
 def request_digest(msg: SignedMessage) -> bytes:
     """The digest a response must carry in request_sha256: covers the request's whole signed envelope."""
     if not msg.HasField("envelope") or not msg.envelope.signature:
-        raise CryptoError("message has no signed envelope")
+        raise EnvelopeRejected("message has no signed envelope")
     env = msg.envelope
     return hashlib.sha256(_REQUEST_DOMAIN + _canonical(env) + _lp(bytes(env.signature))).digest()
 
@@ -255,46 +255,46 @@ def verify_message(
     expected_kinds: Iterable[str] | None = None,
     skew_ms: int = DEFAULT_SKEW_MS,
 ) -> VerifiedEnvelope:
-    """Verify msg.envelope or raise CryptoError naming the reason (see module docstring for order).
+    """Verify msg.envelope or raise EnvelopeRejected naming the reason (see module docstring for order).
 
     Pass expected_request_digest when verifying a response; requests must not carry one.
     replay_guard=None skips the nonce check (only for re-verifying stored evidence offline).
     """
     now = _now_ms() if now_ms is None else now_ms
     if not msg.HasField("envelope"):
-        raise CryptoError("missing envelope")
+        raise EnvelopeRejected("missing envelope")
     env = msg.envelope
     if env.version != VERSION:
-        raise CryptoError("unsupported envelope version", version=env.version[:40])
+        raise EnvelopeRejected("unsupported envelope version", version=env.version[:40])
     if env.alg != ALG:
-        raise CryptoError("algorithm not allowed", alg=env.alg[:40])
+        raise EnvelopeRejected("algorithm not allowed", alg=env.alg[:40])
     if env.method != method:
-        raise CryptoError("method mismatch: envelope was signed for another RPC", method=env.method[:120])
+        raise EnvelopeRejected("method mismatch: envelope was signed for another RPC", method=env.method[:120])
     entry = keyring.get(env.key_id)
     if entry is None:
-        raise CryptoError("unknown key id", key_id=env.key_id[:64])
+        raise EnvelopeRejected("unknown key id", key_id=env.key_id[:64])
     if entry.revoked:
-        raise CryptoError("signing key revoked", key_id=entry.key_id)
+        raise EnvelopeRejected("signing key revoked", key_id=entry.key_id)
     if expected_agency is not None and entry.agency != expected_agency:
-        raise CryptoError("signer belongs to another agency", key_id=entry.key_id, agency=entry.agency)
+        raise EnvelopeRejected("signer belongs to another agency", key_id=entry.key_id, agency=entry.agency)
     if expected_kinds is not None and entry.kind not in set(expected_kinds):
-        raise CryptoError("signer is not allowed to send this message", key_id=entry.key_id, kind=entry.kind)
+        raise EnvelopeRejected("signer is not allowed to send this message", key_id=entry.key_id, kind=entry.kind)
     if len(env.nonce) != NONCE_BYTES:
-        raise CryptoError("nonce must be 16 bytes")
+        raise EnvelopeRejected("nonce must be 16 bytes")
     if abs(now - env.timestamp_ms) > skew_ms:
-        raise CryptoError("timestamp outside the allowed clock skew", skew_ms=skew_ms)
+        raise EnvelopeRejected("timestamp outside the allowed clock skew", skew_ms=skew_ms)
     try:
         keyring.verifier(entry.key_id).verify(bytes(env.signature), _canonical(env))
     except (InvalidSignature, ValueError):
-        raise CryptoError("bad signature", key_id=entry.key_id) from None
+        raise EnvelopeRejected("bad signature", key_id=entry.key_id) from None
     if not hmac.compare_digest(body_digest(msg), bytes(env.body_sha256)):
-        raise CryptoError("body changed after signing (digest mismatch)", key_id=entry.key_id)
+        raise EnvelopeRejected("body changed after signing (digest mismatch)", key_id=entry.key_id)
     bound = bytes(env.request_sha256)
     if expected_request_digest is None:
         if bound:
-            raise CryptoError("request carries a request binding: responses cannot be replayed as requests")
+            raise EnvelopeRejected("request carries a request binding: responses cannot be replayed as requests")
     elif not hmac.compare_digest(bound, expected_request_digest):
-        raise CryptoError("response bound to another request", key_id=entry.key_id)
+        raise EnvelopeRejected("response bound to another request", key_id=entry.key_id)
     if replay_guard is not None:
         replay_guard.check_and_record(entry.key_id, bytes(env.nonce), env.timestamp_ms, now)
     return VerifiedEnvelope(

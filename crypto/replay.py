@@ -11,7 +11,7 @@ from __future__ import annotations
 import heapq
 import threading
 
-from xgate.errors import CryptoError
+from xgate.errors import EnvelopeRejected
 
 DEFAULT_SKEW_MS = 5 * 60 * 1000
 
@@ -38,7 +38,7 @@ class ReplayGuard:
             self._expiry.pop((key_id, nonce), None)
 
     def check_and_record(self, key_id: str, nonce: bytes, timestamp_ms: int, now_ms: int) -> None:
-        """Record the nonce; raise CryptoError if it was seen before or the cache is full.
+        """Record the nonce; raise EnvelopeRejected if it was seen before or the cache is full.
 
         Call only after the signature verified, so forged envelopes cannot fill the cache.
         """
@@ -47,8 +47,8 @@ class ReplayGuard:
         with self._lock:
             self._purge(now_ms)
             if entry in self._expiry:
-                raise CryptoError("replayed nonce: this envelope was already accepted", key_id=key_id)
+                raise EnvelopeRejected("replayed nonce: this envelope was already accepted", key_id=key_id)
             if len(self._expiry) >= self.max_entries:
-                raise CryptoError("replay cache full: refusing until older nonces expire")
+                raise EnvelopeRejected("replay cache full: refusing until older nonces expire")
             self._expiry[entry] = expires
             heapq.heappush(self._heap, (expires, key_id, entry[1]))

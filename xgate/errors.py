@@ -88,6 +88,14 @@ class CryptoError(XgateError):
     grpc_status = "INVALID_ARGUMENT"
 
 
+class EnvelopeRejected(CryptoError):
+    """A signed envelope failed verification (signature, key, freshness, replay, binding): the
+    message is not authenticated, so gRPC UNAUTHENTICATED / HTTP 401 rather than a bad argument."""
+
+    http_status = 401
+    grpc_status = "UNAUTHENTICATED"
+
+
 class IntegrityError(XgateError):
     """Stored or received evidence (audit log, proof, checkpoint) does not verify."""
 
