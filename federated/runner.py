@@ -188,8 +188,10 @@ def run_job(
             status.update(state="running", run_id=result.run_id)
             deadline = time.monotonic() + job.job_timeout_s
             info: dict[str, Any] = {}
+            next_status, terminal = 0.0, False
             while True:
                 events, offset = read_events(job_dir / "server-events.jsonl", offset)
+                terminal = terminal or any(ev["event"] in TERMINAL_EVENTS for ev in events)
                 for ev in events:
                     if "participants" in ev:
                         ev["agencies"] = [
@@ -200,14 +202,20 @@ def run_job(
                     emit(ev)
                     if ev["event"] in ("round_completed", "round_evaluated"):
                         say(_progress_line(job, ev))
-                info = fed.run_info(result.run_id)
-                state = str(info.get("status", ""))
-                if state.startswith("finished"):
-                    break
-                if time.monotonic() > deadline:
+                now = time.monotonic()
+                ending = terminal or (job_dir / "server-summary.json").exists()
+                if now >= next_status:
+                    info = fed.run_info(result.run_id)
+                    state = str(info.get("status", ""))
+                    if state.startswith("finished"):
+                        break
+                    next_status = now + (1.0 if ending else STATUS_POLL_S)
+                elif ending:
+                    next_status = min(next_status, now + 1.0)
+                if now > deadline:
                     fed.stop_run(result.run_id)
                     raise NodeUnavailable("federation", f"job timed out after {job.job_timeout_s:.0f} s")
-                time.sleep(1.0)
+                time.sleep(0.5)
             result.bytes_exchanged = int(info.get("network-traffic", {}).get("total-bytes", 0))
             (job_dir / "run.log").write_text(fed.logs(result.run_id))
             events, offset = read_events(job_dir / "server-events.jsonl", offset)
@@ -258,6 +266,12 @@ def _progress_line(job: JobSpec, ev: dict[str, Any]) -> str:
     bar = "#" * int(20 * rnd / job.rounds)
     extra = f" auc={ev['auc']:.4f}" if "auc" in ev else ""
     return f"[{bar:<20}] round {rnd}/{job.rounds} {ev['event']}{extra}"
+
+
+# `flwr ls` is a fresh Python process (1-2 s of CPU): the ServerApp's own event file says when the run
+# ends, so the SuperLink is asked only then, or every STATUS_POLL_S in case the ServerApp died silently.
+STATUS_POLL_S = 10.0
+TERMINAL_EVENTS = ("job_failed", "server_error")
 
 
 def _failure_reason(job_dir: Path) -> str | None:
