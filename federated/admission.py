@@ -285,6 +285,34 @@ def by_agency(admissions: Mapping[str, Admission]) -> Admission:
     return decide
 
 
+def admit_at_node(job: JobSpec, agency: str, ledger: Path, store: Path, policy_dir: Path | None) -> None:
+    """ClientApp guard at the node's own site: decide now if nothing was decided, then require approval.
+
+    A node with a policy directory runs its own Cedar `train` decision and charges its own ε ledger
+    (PolicyAdmission, idempotent per job) the first time it sees the job, so admission holds even
+    when nobody decided for it beforehand (a SuperNode on another machine). Without one, the
+    decision must already be in its ledger.
+    """
+    if policy_dir is not None and not _decided(ledger, job):
+        from policies.engine import PolicyEngine
+
+        decision = PolicyAdmission(PolicyEngine.load(policy_dir), ledger, store)(job, agency)
+        if not decision.approved:
+            raise PolicyDenied(f"node '{agency}' refused job '{job.job_id}': {decision.reason}")
+    require_approval(ledger, job)
+
+
+def _decided(ledger: Path, job: JobSpec) -> bool:
+    if not ledger.exists():
+        return False
+    with sqlite3.connect(f"file:{ledger}?mode=ro", uri=True) as conn:
+        try:
+            row = conn.execute("SELECT 1 FROM decisions WHERE job_id = ?", (job.job_id,)).fetchone()
+        except sqlite3.OperationalError:  # a ledger without a decisions table has decided nothing
+            return False
+    return row is not None
+
+
 def require_approval(ledger: Path, job: JobSpec) -> None:
     """ClientApp guard: raise PolicyDenied unless this node's ledger approved exactly this job."""
     if not ledger.exists():

@@ -50,6 +50,7 @@ class NodeSpec:
     store: Path
     ledger: Path
     holdout: Path | None = None
+    policy_dir: Path | None = None  # given: the node's ClientApp decides admission itself at its site
 
 
 def free_port() -> int:
@@ -245,6 +246,8 @@ class Federation:
         cfg = f"store='{node.store.resolve()}' agency='{node.agency}' ledger='{node.ledger.resolve()}'"
         if node.holdout is not None:
             cfg += f" holdout='{node.holdout.resolve()}'"
+        if node.policy_dir is not None:
+            cfg += f" policy_dir='{node.policy_dir.resolve()}'"
         cmd = [
             str(BIN / "flower-supernode"),
             *supernode_flags(self.security, key, self.insecure),

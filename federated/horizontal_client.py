@@ -19,7 +19,7 @@ from flwr.clientapp import ClientApp
 from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
 
 from federated import model, node, updates
-from federated.admission import require_approval
+from federated.admission import admit_at_node
 from federated.jobs import JobSpec, job_from_run_config
 from xgate.logging import get_logger
 
@@ -30,7 +30,7 @@ class HorizontalClient(NumPyClient):
     def __init__(self, job: JobSpec, nc: node.NodeConfig, max_weight: int, ledger_check: bool) -> None:
         self.job, self.nc, self.max_weight = job, nc, max_weight
         if ledger_check:
-            require_approval(nc.ledger, job)
+            admit_at_node(job, nc.agency, nc.ledger, nc.store, nc.policy_dir)
         self._data: node.Split | None = None
 
     @property

@@ -28,6 +28,7 @@ class NodeConfig:
     agency: str
     ledger: Path
     holdout: Path | None
+    policy_dir: Path | None = None  # set: this node decides admission itself (Cedar + ε ledger)
 
 
 def node_config(cfg: Mapping[str, object]) -> NodeConfig:
@@ -36,7 +37,8 @@ def node_config(cfg: Mapping[str, object]) -> NodeConfig:
     except KeyError as exc:
         raise ConfigError(f"SuperNode node-config lacks '{exc.args[0]}'") from None
     holdout = Path(str(cfg["holdout"])) if cfg.get("holdout") else None
-    return NodeConfig(store, agency, ledger, holdout)
+    policy_dir = Path(str(cfg["policy_dir"])) if cfg.get("policy_dir") else None
+    return NodeConfig(store, agency, ledger, holdout, policy_dir)
 
 
 def is_holdout(subjects: Sequence[str], job: JobSpec, holdout: Path | None) -> np.ndarray:

@@ -114,7 +114,7 @@ def submit(
     try:
         spec = load_job(job)
         parsed = _parse_nodes(nodes)
-        specs = [NodeSpec(n.agency, n.store, n.ledger, n.holdout) for n in parsed]
+        specs = [NodeSpec(n.agency, n.store, n.ledger, n.holdout, n.policy_dir) for n in parsed]
         job_dir = root / spec.job_id
         if (job_dir / "status.json").exists():
             _fail(f"job '{spec.job_id}' already exists in {root}")

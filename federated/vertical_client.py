@@ -17,7 +17,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordD
 from flwr.clientapp import ClientApp
 
 from federated import datasets, model, node
-from federated.admission import require_approval
+from federated.admission import admit_at_node
 from federated.grid_io import arrays_of, cfg_of
 from federated.jobs import JobSpec, job_from_run_config
 from federated.vertical import RIDGE, Bottom, Top, batch_indices, pack_state, preconditioner, unpack_state
@@ -29,7 +29,7 @@ def _setup(context: Context) -> tuple[JobSpec, node.NodeConfig, Path]:
     job = job_from_run_config(dict(context.run_config))
     nc = node.node_config(dict(context.node_config))
     if bool(context.run_config.get("ledger-check", True)):
-        require_approval(nc.ledger, job)
+        admit_at_node(job, nc.agency, nc.ledger, nc.store, nc.policy_dir)
     cache = nc.ledger.parent / "fl-cache" / job.job_id
     cache.mkdir(parents=True, exist_ok=True)
     return job, nc, cache

@@ -90,7 +90,7 @@ class TrainingNode:
     policy_dir: Path | None = None
 
     def spec(self) -> NodeSpec:
-        return NodeSpec(self.agency, self.store, self.ledger, self.holdout)
+        return NodeSpec(self.agency, self.store, self.ledger, self.holdout, self.policy_dir)
 
 
 Runner = Callable[..., Any]

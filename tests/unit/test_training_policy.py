@@ -218,3 +218,18 @@ def test_policy_admission_refusals(engine: PolicyEngine, tmp_path: Path) -> None
     assert "unknown principal" in adm(job("pj4", requester="ghost"), agency).reason
     dispatch = by_agency({agency: adm})
     assert not dispatch(job("pj5"), "elsewhere").approved and dispatch(job("pj5"), agency).approved
+
+
+def test_node_decides_at_its_own_site_when_nobody_decided_before(policy_dir: Path, tmp_path: Path) -> None:
+    """The ClientApp guard (admit_at_node): a SuperNode started elsewhere, with only its own policy
+    directory and ledger, runs the Cedar decision and charges ε itself, once."""
+    from federated.admission import admit_at_node
+
+    (agency, store, ledger), *_ = write_region_stores(tmp_path, [60])
+    admit_at_node(job("site-1", 1.0), agency, ledger, store, policy_dir)
+    admit_at_node(job("site-1", 1.0), agency, ledger, store, policy_dir)  # already decided: not charged again
+    assert PrivacyLedger(ledger).spent("medical.claims_2025") == 1.0
+    with pytest.raises(PolicyDenied, match="no permit matched"):
+        admit_at_node(job("site-2", purpose="dibao"), agency, ledger, store, policy_dir)
+    with pytest.raises(PolicyDenied, match="not approved"):
+        admit_at_node(job("site-3"), agency, tmp_path / "other-ledger.sqlite", store, None)  # nothing decided
