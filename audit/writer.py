@@ -79,7 +79,7 @@ class _Job:
 
 
 _STOP = object()
-LOOP_CHUNK = 128
+LOOP_CHUNK = 32
 
 
 class GroupCommitWriter:
