@@ -172,6 +172,9 @@ def test_node_refuses_what_the_gateway_allowed(federation, tmp_path):
     shutil.copytree(federation.policy_dir, strict)
     (strict / "agreements" / "dibao-tax-monthly-income.cedar").unlink()
     config_text = federation.node_config("tax").read_text().replace(str(federation.policy_dir), str(strict))
+    # A second tax node process needs its own audit log: one writer per log (audit/db.py lock).
+    config_text = config_text.replace('"audit.sqlite"', '"audit-strict.sqlite"')
+    assert "audit-strict.sqlite" in config_text
     strict_config = federation.node_dir("tax") / "node-strict.toml"
     strict_config.write_text(config_text)
     child = federation.supervisor.start("node-tax-strict", ["node", "serve", "--config", str(strict_config)])
