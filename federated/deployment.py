@@ -172,8 +172,10 @@ class Federation:
         log_path = self.job_dir / "logs" / f"{name}.log"
         log_path.parent.mkdir(parents=True, exist_ok=True)
         fh = log_path.open("ab")
+        # Own session: stopped as a group with its children. orphan_guard: dies with us, even on SIGKILL.
+        guarded = [sys.executable, "-m", "federated.orphan_guard", str(os.getpid()), *cmd]
         popen = subprocess.Popen(
-            cmd, stdout=fh, stderr=subprocess.STDOUT, env=flwr_env(home), cwd=self.job_dir, start_new_session=True
+            guarded, stdout=fh, stderr=subprocess.STDOUT, env=flwr_env(home), cwd=self.job_dir, start_new_session=True
         )
         self.procs[name] = _Proc(name, popen, log_path, fh)
 
