@@ -233,12 +233,12 @@ def _insert_rows(conn: sqlite3.Connection, table: str, width: int, rows: list[tu
     per = _MAX_VARIABLES // width
     for start in range(0, len(rows), per):
         chunk = rows[start : start + per]
-        values = ",".join([_placeholders(width)] * len(chunk))
+        values = ",".join([_row_params(width)] * len(chunk))
         conn.execute(f"INSERT INTO {table} VALUES {values}", [v for row in chunk for v in row])  # noqa: S608 (fixed names)
 
 
 @functools.cache
-def _placeholders(width: int) -> str:
+def _row_params(width: int) -> str:
     return "(" + ",".join("?" * width) + ")"
 
 
