@@ -1,9 +1,11 @@
 """AuditLog: the append-only Merkle log over SQLite (RFC 6962/9162), with durable group commit.
 
-Writes go through one ``GroupCommitWriter`` (audit/writer.py): an append is acknowledged only
-after its batch is committed to disk. Every complete subtree hash is stored when it is completed
-(table ``nodes``; leaves live in ``entries``, see audit/db.py), so roots and proofs need O(log n)
-lookups and never rehash the log. Readers use their own per-thread connections (WAL).
+Writes go through one group-commit writer, on a thread of this process (audit/writer.py) or in a
+child process (audit/writer_process.py); either way an append is acknowledged only after its batch
+is committed to disk, and one lock file keeps a log to one writer. Every complete subtree hash is
+stored when it is completed (table ``nodes``; leaves live in ``entries``, see audit/db.py), so
+roots and proofs need O(log n) lookups and never rehash the log. Readers use their own per-thread
+connections (WAL).
 """
 
 from __future__ import annotations
