@@ -1,7 +1,8 @@
 """The audit log's SQLite layout and the row-level helpers its writer and readers share.
 
 Leaves live in ``entries`` (with the columns officers filter on), every completed subtree hash in
-``nodes``, the subject index in ``entry_subjects``; checkpoints and their cosignatures beside them.
+``nodes``, the lookup index by pseudonym and request id in ``entry_subjects`` and ``entry_requests``
+(maintained behind the appends, see audit/index.py); checkpoints and their cosignatures beside them.
 """
 
 from __future__ import annotations
@@ -28,12 +29,13 @@ CREATE TABLE IF NOT EXISTS entries(
   idx INTEGER PRIMARY KEY, leaf_hash BLOB NOT NULL, data BLOB NOT NULL,
   kind TEXT NOT NULL, time_ms INTEGER NOT NULL, user TEXT NOT NULL, agency TEXT NOT NULL,
   program TEXT, purpose TEXT, decision TEXT, request_id TEXT);
-CREATE INDEX IF NOT EXISTS entries_request ON entries(request_id) WHERE request_id IS NOT NULL;
 CREATE INDEX IF NOT EXISTS entries_user ON entries(user, idx);
 CREATE INDEX IF NOT EXISTS entries_agency ON entries(agency, idx);
 CREATE INDEX IF NOT EXISTS entries_time ON entries(time_ms);
 CREATE TABLE IF NOT EXISTS entry_subjects(pseudonym TEXT NOT NULL, idx INTEGER NOT NULL,
   PRIMARY KEY(pseudonym, idx)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS entry_requests(request_id TEXT NOT NULL, idx INTEGER NOT NULL,
+  PRIMARY KEY(request_id, idx)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS nodes(level INTEGER NOT NULL, idx INTEGER NOT NULL, hash BLOB NOT NULL,
   PRIMARY KEY(level, idx)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS checkpoints(id INTEGER PRIMARY KEY, size INTEGER NOT NULL, root BLOB NOT NULL,

@@ -20,7 +20,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 
-from audit import merkle
+from audit import index, merkle
 from audit.checkpoints import Checkpoint, CosignatureVerifier, SignedCheckpoint, Signer, add_cosignature
 from audit.db import (
     MAX_PAGE,
@@ -76,7 +76,12 @@ class AuditLog:
             conn.close()
             self._writer = _NoWriter(frontier.size)
         else:
-            self._writer = GroupCommitWriter(conn, frontier, max_batch, linger, lock_fd=lock_fd)
+            try:
+                self._writer = GroupCommitWriter(conn, frontier, max_batch, linger, lock_fd=lock_fd)
+            except BaseException:
+                conn.close()
+                os.close(lock_fd)
+                raise
         self._local = threading.local()
         self._readers: list[sqlite3.Connection] = []
         self._readers_lock = threading.Lock()
@@ -327,14 +332,16 @@ class AuditLog:
             ("purpose", purpose),
             ("decision", decision),
             ("kind", kind),
-            ("request_id", request_id),
         ):
             if val is not None:
                 where.append(f"{col} = ?")
                 args.append(val)
         if subject is not None:
-            where.append("idx IN (SELECT idx FROM entry_subjects WHERE pseudonym = ?)")
-            args.append(subject)
+            where.append(index.SUBJECT_MATCH)
+            args += [subject, subject]
+        if request_id is not None:
+            where.append(index.REQUEST_MATCH)
+            args += [request_id, request_id]
         if since is not None:
             where.append("time_ms >= ?")
             args.append(int(since.timestamp() * 1000))

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from audit import merkle
+from audit import index, merkle
 from audit.checkpoints import CosignatureVerifier, EccKey, NoteVerifier, SignedCheckpoint, add_cosignature
 from audit.records import AuditRecord
 from audit.store import connect
@@ -44,6 +44,7 @@ def verify_log(path: Path, public_key: EccKey, *, witnesses: Sequence[Cosignatur
         raise NotFound(f"audit database '{Path(path).name}' does not exist")
     conn = connect(Path(path), readonly=True)
     try:
+        conn.execute("BEGIN")  # one snapshot, even beside a running writer
         return _verify(conn, public_key, witnesses)
     except sqlite3.DatabaseError as exc:
         raise IntegrityError("audit database is unreadable or structurally damaged") from exc
@@ -68,8 +69,11 @@ def _verify(conn: sqlite3.Connection, public_key: EccKey, witnesses: Sequence[Co
     roots = {0: merkle.EMPTY_ROOT}
 
     nodes: Iterator[Any] = conn.execute("SELECT level, idx, hash FROM nodes ORDER BY ((idx + 1) << level), level")
-    subjects: Iterator[Any] = conn.execute("SELECT idx, pseudonym FROM entry_subjects ORDER BY idx, pseudonym")
-    pending_subject: tuple[int, str] | None = next(subjects, None)
+    size = int(conn.execute("SELECT COALESCE(MAX(idx) + 1, 0) FROM entries").fetchone()[0])
+    upto = index.read_upto(conn)
+    # No mark: a log from before the index moved behind the appends (subjects indexed with every entry).
+    subjects = _LookupRows(conn, "entry_subjects", size if upto is None else upto)
+    requests = _LookupRows(conn, "entry_requests", 0 if upto is None else upto)
     frontier = merkle.Frontier()
     sql = (
         "SELECT idx, leaf_hash, data, kind, time_ms, user, agency, program, purpose, decision, request_id "
@@ -89,14 +93,8 @@ def _verify(conn: sqlite3.Connection, public_key: EccKey, witnesses: Sequence[Co
         expect = [rec.kind, rec.time_ms, a.user, a.agency, rec.program, rec.purpose, rec.decision, rec.request_id]
         if list(cols) != expect:
             raise IntegrityError("audit entry index columns disagree with the record", index=idx)
-        mine = []
-        while pending_subject is not None and pending_subject[0] == idx:
-            mine.append(pending_subject[1])
-            pending_subject = next(subjects, None)
-        if pending_subject is not None and pending_subject[0] < idx:
-            raise IntegrityError("subject index refers to a missing entry", index=pending_subject[0])
-        if mine != sorted(set(rec.subjects)):
-            raise IntegrityError("subject index disagrees with the record", index=idx)
+        subjects.check(idx, rec.subjects)
+        requests.check(idx, () if rec.request_id is None else (rec.request_id,))
         for level, i, h in frontier.append(bytes(leaf)):
             stored = next(nodes, None)
             if stored is None or (stored[0], stored[1], bytes(stored[2])) != (level, i, h):
@@ -105,8 +103,8 @@ def _verify(conn: sqlite3.Connection, public_key: EccKey, witnesses: Sequence[Co
             roots[frontier.size] = frontier.root()
     if next(nodes, None) is not None:
         raise IntegrityError("stored tree nodes extend beyond the entries (log truncated)", size=frontier.size)
-    if pending_subject is not None:
-        raise IntegrityError("subject index refers to a missing entry", index=pending_subject[0])
+    subjects.check_end()
+    requests.check_end()
 
     by_witness = {w.name: w for w in witnesses}
     verified = unknown = 0
@@ -138,3 +136,29 @@ def _verify(conn: sqlite3.Connection, public_key: EccKey, witnesses: Sequence[Co
         cosignatures_verified=verified,
         cosignatures_unknown=unknown,
     )
+
+
+class _LookupRows:
+    """One lookup table's rows, consumed in entry order: below the index mark they must list
+    exactly the entry's keys; above it (not indexed yet) there must be none."""
+
+    def __init__(self, conn: sqlite3.Connection, table: str, upto: int) -> None:
+        self.name = "subject index" if table == "entry_subjects" else "request index"
+        has_table = conn.execute("SELECT 1 FROM sqlite_master WHERE name=?", (table,)).fetchone()
+        self._rows: Iterator[Any] = index.indexed_rows(conn, table) if has_table else iter(())
+        self._next: tuple[int, str] | None = next(self._rows, None)
+        self._upto = upto
+
+    def check(self, idx: int, keys: Sequence[str]) -> None:
+        mine = []
+        while self._next is not None and self._next[0] == idx:
+            mine.append(self._next[1])
+            self._next = next(self._rows, None)
+        if self._next is not None and self._next[0] < idx:
+            raise IntegrityError(f"{self.name} refers to a missing entry", index=self._next[0])
+        if mine != (sorted(set(keys)) if idx < self._upto else []):
+            raise IntegrityError(f"{self.name} disagrees with the record", index=idx)
+
+    def check_end(self) -> None:
+        if self._next is not None:
+            raise IntegrityError(f"{self.name} refers to a missing entry", index=self._next[0])

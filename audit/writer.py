@@ -2,7 +2,8 @@
 
 Callers validate, canonicalise and hash their records (``prepare``) and queue them; the writer
 commits everything queued in one transaction (WAL, synchronous=FULL, so a commit is on disk) and
-only then acknowledges. While one batch fsyncs the next one gathers, so throughput grows with
+only then acknowledges. The lookup index by pseudonym and request id follows in later, larger
+transactions (audit/index.py). While one batch fsyncs the next one gathers, so throughput grows with
 concurrency instead of being capped at one fsync per entry. Other writes (checkpoints,
 cosignatures) run on the same thread as ``Op`` callables, so the tree never changes under them.
 """
@@ -22,7 +23,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from audit import merkle
+from audit import index, merkle
 from audit.records import AuditRecord, coerce
 from xgate.errors import ConfigError, XgateError
 from xgate.logging import get_logger
@@ -60,6 +61,10 @@ class Prepared:
     cols: tuple[Any, ...]
     subjects: tuple[str, ...]
 
+    @property
+    def request_id(self) -> str | None:
+        return self.cols[7]  # type: ignore[no-any-return]
+
 
 def prepare(record: AuditRecord | Mapping[str, Any]) -> Prepared:
     rec = coerce(record)
@@ -94,6 +99,7 @@ class GroupCommitWriter:
         self._max_batch = max_batch
         self._linger = linger
         self._last_batch = 1
+        self._index = index.catch_up(conn, frontier.size, _insert_rows)
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self.closed = False
         self._thread = threading.Thread(target=self._run, name="audit-writer", daemon=True)
@@ -140,8 +146,15 @@ class GroupCommitWriter:
     def _run(self) -> None:
         stop = False
         while not stop:
-            jobs = [self._queue.get()]
-            n = len(jobs[0].pendings) if jobs[0] is not _STOP else 0
+            backlog = self._index.end > self._index.upto
+            try:
+                # With lookup rows waiting, a pause in appends is the moment to index them.
+                first = self._queue.get(timeout=index.IDLE_S) if backlog else self._queue.get()
+            except queue.Empty:
+                self._flush_index()
+                continue
+            jobs = [first]
+            n = len(first.pendings) if first is not _STOP else 0
             deadline = time.monotonic() + self._linger
             while n < self._max_batch:
                 try:
@@ -166,6 +179,14 @@ class GroupCommitWriter:
             for job in jobs:
                 if job.op is not None:
                     self._run_op(job)
+            if stop or self._index.pending_rows >= index.BACKLOG_ROWS:
+                self._flush_index()
+
+    def _flush_index(self) -> None:
+        try:
+            self._index.flush(self._conn, _insert_rows)
+        except sqlite3.Error as exc:  # entries stay durable and findable (readers scan the tail)
+            log.error("audit_index_failed", error=type(exc).__name__, backlog=self._index.pending_rows)
 
     def _commit_appends(self, jobs: list[_Job]) -> None:
         if not jobs:
@@ -173,7 +194,8 @@ class GroupCommitWriter:
         frontier = self.frontier.copy()
         entries: list[tuple[Any, ...]] = []
         nodes: list[tuple[int, int, bytes]] = []
-        subjects: list[tuple[str, int]] = []
+        subjects: list[index.Row] = []
+        requests: list[index.Row] = []
         first = frontier.size
         for job in jobs:
             for p in job.pendings:
@@ -181,13 +203,14 @@ class GroupCommitWriter:
                 entries.append((idx, p.leaf, p.data, *p.cols))
                 if p.subjects:
                     subjects.extend([(s, idx) for s in p.subjects])
+                if p.request_id is not None:
+                    requests.append((p.request_id, idx))
                 nodes.extend(frontier.append(p.leaf))
         conn = self._conn
         try:
             conn.execute("BEGIN IMMEDIATE")
             _insert_rows(conn, "entries", 11, entries)
             _insert_rows(conn, "nodes", 3, nodes)
-            _insert_rows(conn, "entry_subjects", 2, subjects)
             conn.execute("COMMIT")
         except sqlite3.Error as exc:
             if conn.in_transaction:
@@ -197,6 +220,7 @@ class GroupCommitWriter:
                 job.future.set_exception(AuditUnavailable("audit log write failed"))
             return
         self.frontier = frontier
+        self._index.add(subjects, requests, frontier.size)
         size, root = frontier.size, frontier.root()
         idx = first
         for job in jobs:

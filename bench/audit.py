@@ -28,6 +28,7 @@ import statistics
 import tempfile
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
@@ -46,8 +47,15 @@ RESULTS = Path(__file__).parent / "results" / "audit.json"
 def _records(n: int) -> list[AuditRecord]:
     base = record(0)
     subjects = [pseudonym(i) for i in range(min(n, 5000))]
+    rng = random.Random(n)
     return [
-        base.model_copy(update={"request_id": f"req-{i:08d}", "subjects": (subjects[i % len(subjects)],)})
+        # Request ids are UUIDs at the gateway: random keys, as in production.
+        base.model_copy(
+            update={
+                "request_id": str(uuid.UUID(int=rng.getrandbits(128), version=4)),
+                "subjects": (subjects[i % len(subjects)],),
+            }
+        )
         for i in range(n)
     ]
 

@@ -82,6 +82,20 @@ def test_subject_index_row_removed(built: dict[str, Any]) -> None:
         verify_log(built["path"], built["pub"])
 
 
+def test_request_index_row_moved(built: dict[str, Any]) -> None:
+    # Hiding an entry from a request's evidence bundle by re-pointing its request index row.
+    _sql(built["path"], "UPDATE entry_requests SET idx=6 WHERE idx=3")
+    with pytest.raises(IntegrityError, match="request index"):
+        verify_log(built["path"], built["pub"])
+
+
+def test_index_row_beyond_the_index_mark(built: dict[str, Any]) -> None:
+    # Rows above the mark would be invisible to lookups (readers scan the entries there instead).
+    _sql(built["path"], f"UPDATE meta SET value='{N - 5}' WHERE key='indexed_upto'")
+    with pytest.raises(IntegrityError, match="index disagrees"):
+        verify_log(built["path"], built["pub"])
+
+
 def test_deleted_entry(built: dict[str, Any]) -> None:
     _sql(built["path"], "DELETE FROM entries WHERE idx=12")
     with pytest.raises(IntegrityError, match="contiguous"):
@@ -97,13 +111,21 @@ def test_reordered_entries(built: dict[str, Any]) -> None:
         "UPDATE entry_subjects SET idx=-1 WHERE idx=4",
         "UPDATE entry_subjects SET idx=4 WHERE idx=5",
         "UPDATE entry_subjects SET idx=5 WHERE idx=-1",
+        "UPDATE entry_requests SET idx=-1 WHERE idx=4",
+        "UPDATE entry_requests SET idx=4 WHERE idx=5",
+        "UPDATE entry_requests SET idx=5 WHERE idx=-1",
     )
     with pytest.raises(IntegrityError, match="tree node"):
         verify_log(built["path"], built["pub"])
 
 
 def test_truncated_tail(built: dict[str, Any]) -> None:
-    _sql(built["path"], f"DELETE FROM entries WHERE idx >= {N - 3}", f"DELETE FROM entry_subjects WHERE idx >= {N - 3}")
+    _sql(
+        built["path"],
+        f"DELETE FROM entries WHERE idx >= {N - 3}",
+        f"DELETE FROM entry_subjects WHERE idx >= {N - 3}",
+        f"DELETE FROM entry_requests WHERE idx >= {N - 3}",
+    )
     with pytest.raises(IntegrityError, match="truncated"):
         verify_log(built["path"], built["pub"])
 
@@ -116,6 +138,8 @@ def test_truncated_tail_with_nodes_and_checkpoint_removed_too(built: dict[str, A
         built["path"],
         f"DELETE FROM entries WHERE idx >= {keep}",
         f"DELETE FROM entry_subjects WHERE idx >= {keep}",
+        f"DELETE FROM entry_requests WHERE idx >= {keep}",
+        f"UPDATE meta SET value='{keep}' WHERE key='indexed_upto'",
         f"DELETE FROM nodes WHERE ((idx + 1) << level) > {keep}",
         f"DELETE FROM checkpoints WHERE size > {keep}",
     )
