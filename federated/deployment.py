@@ -31,6 +31,7 @@ from typing import IO, Any
 import tomli_w
 
 from crypto.flower_keys import FlowerSecurity, SuperNodeKey, verify_flower_security
+from federated.node import NodeConfig, node_config_arg
 from xgate.errors import ConfigError
 from xgate.logging import get_logger
 
@@ -183,7 +184,7 @@ class Federation:
         """Start the SuperLink, write the CLI config and register every SuperNode key it should accept."""
         if self.security is not None:
             verify_flower_security(self.security)  # fail closed before anything listens
-        self.port = free_port()
+        self.port = self.port or free_port()  # a fixed port when SuperNodes elsewhere dial it
         cmd = [
             str(BIN / "flower-superlink"),
             *superlink_flags(self.security, self.insecure),
@@ -245,11 +246,7 @@ class Federation:
         """Start a SuperNode; `key` overrides the agency's key in the security material (tests)."""
         if key is None and self.security is not None:
             key = self.security.supernode_keys.get(node.agency)
-        cfg = f"store='{node.store.resolve()}' agency='{node.agency}' ledger='{node.ledger.resolve()}'"
-        if node.holdout is not None:
-            cfg += f" holdout='{node.holdout.resolve()}'"
-        if node.policy_dir is not None:
-            cfg += f" policy_dir='{node.policy_dir.resolve()}'"
+        cfg = node_config_arg(NodeConfig(node.store, node.agency, node.ledger, node.holdout, node.policy_dir))
         cmd = [
             str(BIN / "flower-supernode"),
             *supernode_flags(self.security, key, self.insecure),

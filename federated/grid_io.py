@@ -7,7 +7,7 @@ round trip per vertical step), so the ServerApp polls every 0.2 s, always with a
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -37,6 +37,13 @@ def exchange(grid: Grid, messages: Sequence[Message], timeout: float) -> dict[in
         if pending:
             time.sleep(POLL_S)
     return replies
+
+
+def allowed_nodes(run_config: Mapping[str, Any]) -> set[int] | None:
+    """The node ids a run may use (run config `node-ids`, set when the SuperLink outlives the job and
+    other agencies' SuperNodes are online too); None: every connected node."""
+    ids = str(run_config.get("node-ids", "")).strip()
+    return {int(i) for i in ids.split(",")} if ids else None
 
 
 def cfg_of(msg: Message) -> dict[str, Any]:

@@ -18,17 +18,20 @@ from flwr.client.mod import secaggplus_mod
 from flwr.clientapp import ClientApp
 from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
 
-from federated import model, node, updates
+from federated import datasets, model, node, updates
 from federated.admission import admit_at_node
 from federated.jobs import JobSpec, job_from_run_config
+from xgate.errors import InvalidInput
 from xgate.logging import get_logger
 
 log = get_logger(__name__)
 
 
 class HorizontalClient(NumPyClient):
-    def __init__(self, job: JobSpec, nc: node.NodeConfig, max_weight: int, ledger_check: bool) -> None:
-        self.job, self.nc, self.max_weight = job, nc, max_weight
+    def __init__(
+        self, job: JobSpec, nc: node.NodeConfig, max_weight: int, ledger_check: bool, n_features: int = 0
+    ) -> None:
+        self.job, self.nc, self.max_weight, self.n_features = job, nc, max_weight, n_features
         if ledger_check:
             admit_at_node(job, nc.agency, nc.ledger, nc.store, nc.policy_dir)
         self._data: node.Split | None = None
@@ -37,7 +40,14 @@ class HorizontalClient(NumPyClient):
     def data(self) -> node.Split:
         # Flower builds a client per message (SecAgg+ has 4 per round); read the store only when needed.
         if self._data is None:
-            self._data = node.horizontal_data(self.job, self.nc)
+            data = node.horizontal_data(self.job, self.nc)
+            width = data.x_train.shape[1]
+            if self.n_features and width != self.n_features:  # the coordinator sized the model from its catalogue
+                raise InvalidInput(
+                    f"node '{self.nc.agency}' encodes the job's features into {width} columns, the coordinator"
+                    f" expects {self.n_features}: its catalogue and this node's element declarations differ"
+                )
+            self._data = data
         return self._data
 
     def get_parameters(self, config: dict[str, Any]) -> list[np.ndarray]:
@@ -83,6 +93,8 @@ class HorizontalClient(NumPyClient):
             "hist_neg": json.dumps(neg.tolist()),
             "train_pos": int(self.data.y_train.sum()),
             "train_n": len(self.data.y_train),
+            # The node attests what it trained on (the coordinator may have no access to the store).
+            "data_sha256": datasets.store_digest(self.nc.store, self.job.elements()),
         }
         return model.bce(scores, self.data.y_test), max(len(self.data.y_test), 1), metrics
 
@@ -92,7 +104,8 @@ def client_fn(context: Context) -> Any:
     nc = node.node_config(dict(context.node_config))
     max_weight = int(context.run_config.get("max-weight", 1_000_000))
     ledger_check = bool(context.run_config.get("ledger-check", True))
-    return HorizontalClient(job, nc, max_weight, ledger_check).to_client()
+    n_features = int(context.run_config.get("n-features", 0))
+    return HorizontalClient(job, nc, max_weight, ledger_check, n_features).to_client()
 
 
 # SecAgg+'s mod insists on SecAgg+ stage configs in every train message, so plain jobs use `app`.

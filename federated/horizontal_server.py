@@ -26,7 +26,7 @@ from flwr.serverapp import Grid
 
 from federated import dp, node, updates
 from federated.events import JsonlSink, OnEvent, arrays_sha256, make_event
-from federated.grid_io import exchange
+from federated.grid_io import allowed_nodes, exchange
 from federated.jobs import JobSpec
 from xgate.errors import NodeUnavailable
 
@@ -37,11 +37,21 @@ class JobFailed(NodeUnavailable):
 
 
 class BoundedClientManager(SimpleClientManager):
-    """Flower waits up to 24 h for nodes by default; never wait longer than the round timeout."""
+    """Flower waits up to 24 h for nodes by default; never wait longer than the round timeout.
 
-    def __init__(self, timeout: float) -> None:
+    `allowed`: the job's node ids. Other online nodes (a long-lived SuperLink serves every agency)
+    are acknowledged to Flower's node updater, which fails on a refusal, but never sampled.
+    """
+
+    def __init__(self, timeout: float, allowed: set[int] | None = None) -> None:
         super().__init__()
         self.timeout = timeout
+        self.allowed = allowed
+
+    def register(self, client: ClientProxy) -> bool:
+        if self.allowed is not None and int(client.node_id) not in self.allowed:
+            return True
+        return bool(super().register(client))
 
     def wait_for(self, num_clients: int, timeout: int = 86400) -> bool:
         return bool(super().wait_for(num_clients, timeout=int(min(timeout, self.timeout))))
@@ -66,6 +76,7 @@ class XgateFedAvg(FedAvg):
         self.released: list[np.ndarray] = []
         self.curve: list[dict[str, Any]] = []
         self.final_eval: dict[str, Any] = {}
+        self.data_digests: dict[str, dict[str, str]] = {}  # node id -> what the node attests it trained on
 
     def _event(self, name: str, **fields: Any) -> None:
         self.emit(make_event(self.job.job_id, name, **fields))
@@ -141,6 +152,12 @@ class XgateFedAvg(FedAvg):
             1, sum(int(r.metrics["train_n"]) for _, r in results)
         )
         rep = node.histogram_report(np.asarray(pos), np.asarray(neg), threshold=prevalence)
+        for proxy, r in results:
+            if "data_sha256" in r.metrics:
+                self.data_digests[str(proxy.node_id)] = {
+                    "agency": str(r.metrics["agency"]),
+                    "data_sha256": str(r.metrics["data_sha256"]),
+                }
         loss = sum(r.loss * r.num_examples for _, r in results) / sum(r.num_examples for _, r in results)
         row = {
             "round": server_round,
@@ -232,7 +249,7 @@ def run_horizontal(grid: Grid, context: Context, job: JobSpec, job_dir: Path) ->
         context,
         config=ServerConfig(num_rounds=job.rounds, round_timeout=job.round_timeout_s),
         strategy=outer,
-        client_manager=BoundedClientManager(job.round_timeout_s),
+        client_manager=BoundedClientManager(job.round_timeout_s, allowed_nodes(context.run_config)),
     )
     fit_wf = (
         SecAggPlusWorkflow(
@@ -257,6 +274,7 @@ def run_horizontal(grid: Grid, context: Context, job: JobSpec, job_dir: Path) ->
         "curve": strategy.curve,
         "evaluation": strategy.final_eval,
         "model_sha256": arrays_sha256(weights),
+        "data_digests": strategy.data_digests,
     }
     if job.dp is not None:
         eps = dp.epsilon_spent(noise, job.rounds, job.dp.delta)

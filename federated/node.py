@@ -1,7 +1,8 @@
 """What a ClientApp knows about its own node: store, agency, ledger and evaluation split.
 
 All of it comes from the SuperNode's `--node-config` (set by the agency's administrator, never
-by the job): store='<sqlite path>' agency='<name>' ledger='<sqlite path>' [holdout='<file>'].
+by the job): store='<sqlite path>' agency='<name>' ledger='<sqlite path>' [holdout='<file>']
+[policy_dir='<dir>'] (built by `node_config_arg`).
 `holdout` names a node-local file of pseudonyms reserved for evaluation; without it a keyed
 hash of the pseudonym reserves ~20 % (the same rule at every node, so vertical splits agree).
 """
@@ -39,6 +40,30 @@ def node_config(cfg: Mapping[str, object]) -> NodeConfig:
     holdout = Path(str(cfg["holdout"])) if cfg.get("holdout") else None
     policy_dir = Path(str(cfg["policy_dir"])) if cfg.get("policy_dir") else None
     return NodeConfig(store, agency, ledger, holdout, policy_dir)
+
+
+def node_config_arg(nc: NodeConfig) -> str:
+    """`flower-supernode --node-config` for this node: what `node_config` reads back in the ClientApp.
+
+    Values are TOML literal strings (Flower parses `key='value'` pairs as TOML), so a path may hold
+    spaces but no single quote or control character; such a path is refused, never mangled.
+    """
+    pairs: list[tuple[str, str | Path | None]] = [
+        ("store", nc.store),
+        ("agency", nc.agency),
+        ("ledger", nc.ledger),
+        ("holdout", nc.holdout),
+        ("policy_dir", nc.policy_dir),
+    ]
+    parts = []
+    for name, value in pairs:
+        if value is None:
+            continue
+        text = str(value.resolve()) if isinstance(value, Path) else value
+        if "'" in text or any(ord(c) < 32 or ord(c) == 127 for c in text):  # TOML literal string rules
+            raise ConfigError(f"SuperNode node-config '{name}' must not contain quotes or control characters")
+        parts.append(f"{name}='{text}'")
+    return " ".join(parts)
 
 
 def is_holdout(subjects: Sequence[str], job: JobSpec, holdout: Path | None) -> np.ndarray:

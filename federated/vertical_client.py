@@ -64,7 +64,11 @@ def hello(msg: Message, context: Context) -> Message:
     held = node.held_features(job, nc)
     has_label = job.label in datasets.held_elements(nc.store) and nc.agency == job.label_holder
     subjects = "\n".join(datasets.pseudonyms(nc.store)).encode() if held or has_label else b""
-    return _reply(msg, {"agency": nc.agency, "features": held, "has_label": has_label, "pseudonyms": subjects})
+    digest = datasets.store_digest(nc.store, job.elements())  # attested: the coordinator may not see the store
+    return _reply(
+        msg,
+        {"agency": nc.agency, "features": held, "has_label": has_label, "pseudonyms": subjects, "data_sha256": digest},
+    )
 
 
 @app.train("align")

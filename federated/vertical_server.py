@@ -19,7 +19,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordD
 from flwr.serverapp import Grid
 
 from federated.events import JsonlSink, make_event
-from federated.grid_io import arrays_of, cfg_of, exchange
+from federated.grid_io import allowed_nodes, arrays_of, cfg_of, exchange
 from federated.jobs import JobSpec
 from federated.vertical import align
 from xgate.errors import NodeUnavailable
@@ -65,10 +65,10 @@ class _Relay:
         raise VerticalFailed(agency, reason)
 
 
-def _wait_nodes(grid: Grid, n: int, timeout: float) -> list[int]:
+def _wait_nodes(grid: Grid, n: int, timeout: float, allowed: set[int] | None = None) -> list[int]:
     deadline = time.monotonic() + timeout
     while True:
-        ids = sorted(grid.get_node_ids())
+        ids = sorted(i for i in grid.get_node_ids() if allowed is None or i in allowed)
         if len(ids) >= n or time.monotonic() > deadline:
             return ids
         time.sleep(0.5)
@@ -77,7 +77,8 @@ def _wait_nodes(grid: Grid, n: int, timeout: float) -> list[int]:
 def run_vertical(grid: Grid, context: Context, job: JobSpec, job_dir: Path) -> None:
     emit = JsonlSink(job_dir / "server-events.jsonl")
     relay = _Relay(grid, job, emit)
-    ids = _wait_nodes(grid, int(context.run_config.get("nodes", job.min_nodes)), job.round_timeout_s)
+    wanted = int(context.run_config.get("nodes", job.min_nodes))
+    ids = _wait_nodes(grid, wanted, job.round_timeout_s, allowed_nodes(context.run_config))
     hello = relay.send("query.hello", {nid: ({}, {}) for nid in ids})
     holders: dict[int, list[str]] = {}
     label_node = None
@@ -200,5 +201,9 @@ def run_vertical(grid: Grid, context: Context, job: JobSpec, job_dir: Path) -> N
         "aligned_subjects": len(aligned),
         "train_subjects": train_b.count(b"\n") + 1,
         "nodes": order,
+        "data_digests": {
+            str(n): {"agency": relay.agency[n], "data_sha256": str(cfg_of(hello[n]).get("data_sha256", ""))}
+            for n in parts
+        },
     }
     (job_dir / "server-summary.json").write_text(json.dumps(summary, indent=1))
