@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import tomli_w
 
@@ -22,7 +22,11 @@ from federated.events import JsonlSink, OnEvent, make_event, read_events
 from federated.jobs import JobSpec, Mode
 from federated.model import encoded_width
 from federated.results import write_outputs
-from xgate.errors import NodeUnavailable, PolicyDenied
+
+if TYPE_CHECKING:
+    from federated.remote import RemoteNode
+    from federated.remote_runner import RemoteMode
+from xgate.errors import ConfigError, NodeUnavailable, PolicyDenied
 
 __all__ = [
     "Federation",
@@ -38,9 +42,19 @@ __all__ = [
 
 
 def write_app(
-    job: JobSpec, job_dir: Path, *, n_nodes: int, max_weight: int, ledger_check: bool, n_features: int = 0
+    job: JobSpec,
+    job_dir: Path,
+    *,
+    n_nodes: int,
+    max_weight: int,
+    ledger_check: bool,
+    n_features: int = 0,
+    node_ids: Sequence[int] = (),
 ) -> Path:
-    """A Flower App directory (pyproject only: the code is the installed `federated` package)."""
+    """A Flower App directory (pyproject only: the code is the installed `federated` package).
+
+    `node_ids`: the only nodes the ServerApp may use (a SuperLink shared by several jobs has others).
+    """
     app_dir = job_dir / "app"
     app_dir.mkdir(parents=True, exist_ok=True)
     if job.mode is Mode.HORIZONTAL:
@@ -52,6 +66,7 @@ def write_app(
         "nodes": n_nodes,
         "max-weight": max_weight,
         "n-features": n_features,
+        "node-ids": ",".join(str(i) for i in sorted(node_ids)),  # a string: node ids are unsigned 64-bit
     }
     pyproject = {
         "build-system": {"requires": ["hatchling"], "build-backend": "hatchling.build"},
@@ -95,7 +110,7 @@ class JobResult:
 
 def run_job(
     job: JobSpec,
-    nodes: Sequence[NodeSpec],
+    nodes: Sequence[NodeSpec] | Sequence[RemoteNode],
     *,
     job_dir: Path,
     admission: Admission | None = None,
@@ -106,6 +121,7 @@ def run_job(
     progress: Callable[[str], None] | None = None,
     on_started: Callable[[Federation], None] | None = None,
     on_federation: Callable[[Federation], None] | None = None,
+    remote: RemoteMode | None = None,
 ) -> JobResult:
     """Admit, run and report one job; raises PolicyDenied (refused) or NodeUnavailable (failed).
 
@@ -115,22 +131,27 @@ def run_job(
     Flower runs over TLS with SuperNode authentication: `security` if given, else short-lived material
     issued under job_dir/pki by the CA in `ca_dir` (or an ephemeral job CA). insecure=True (plain
     HTTP, logged as `flower_insecure`) is for local debugging only.
+
+    `remote` (federated/remote_runner.py): the agencies run their own SuperNodes on their own hosts
+    (`xgate node supernode`); `nodes` are then `RemoteNode`s (agency + registered public key), the
+    job runs on `remote.link`'s SuperLink, and admission happens at each node (no `admission` here).
     """
+    if remote is not None:
+        from federated.remote_runner import run_remote_job
+
+        if admission is not None or security is not None or insecure or ca_dir is not None:
+            raise ConfigError("remote nodes decide admission themselves on the link's own TLS material")
+        remote_nodes = cast(Sequence["RemoteNode"], nodes)
+        return run_remote_job(
+            job, remote_nodes, job_dir=job_dir, remote=remote, on_event=on_event, progress=progress,
+            on_started=on_started, on_federation=on_federation,
+        )  # fmt: skip
     t0 = time.monotonic()
-    job_dir.mkdir(parents=True, exist_ok=True)
-    sink = JsonlSink(job_dir / "events.jsonl")
+    emit, status = start_job(job, job_dir, on_event)
     say = progress or (lambda _line: None)
-
-    def emit(event: dict[str, Any]) -> None:
-        sink(event)
-        if on_event is not None:
-            on_event(event)
-
-    status = Status(job_dir)
-    emit(make_event(job.job_id, "job_submitted", job_digest=job.digest(), purpose=job.purpose, mode=job.mode.value))
-    status.update(state="admission")
-    participants = [n for n in nodes if store_agency_datasets(n.store, job)]
-    decide = admission or default_admission(nodes)
+    local = cast(Sequence[NodeSpec], nodes)
+    participants = [n for n in local if store_agency_datasets(n.store, job)]
+    decide = admission or default_admission(local)
     decisions = {}
     for n in participants:
         d = decide(job, n.agency)
@@ -168,7 +189,6 @@ def run_job(
         n_features=width,
     )
     result = JobResult(job.job_id, None, "failed", job_dir)
-    offset = 0
     if security is None and not insecure:
         security = prepare_flower_security(job_dir / "pki", [n.agency for n in participants], ca_dir=ca_dir)
     with Federation(job_dir, security, insecure=insecure) as fed:
@@ -183,51 +203,99 @@ def run_job(
             fed.write_cli_config()
             if on_started is not None:
                 on_started(fed)
-            result.run_id = fed.submit(app_dir)
-            emit(make_event(job.job_id, "run_started", run_id=result.run_id, nodes=sorted(node_ids.values())))
-            status.update(state="running", run_id=result.run_id)
-            deadline = time.monotonic() + job.job_timeout_s
-            info: dict[str, Any] = {}
-            next_status, terminal = 0.0, False
-            while True:
-                events, offset = read_events(job_dir / "server-events.jsonl", offset)
-                terminal = terminal or any(ev["event"] in TERMINAL_EVENTS for ev in events)
-                for ev in events:
-                    if "participants" in ev:
-                        ev["agencies"] = [
-                            node_ids.get(p, str(p)) if isinstance(p, int) else p for p in ev["participants"]
-                        ]
-                    if "node_id" in ev and ev["node_id"] is not None:
-                        ev["agency"] = node_ids.get(int(ev["node_id"]), "unknown")
-                    emit(ev)
-                    if ev["event"] in ("round_completed", "round_evaluated"):
-                        say(_progress_line(job, ev))
-                now = time.monotonic()
-                ending = terminal or (job_dir / "server-summary.json").exists()
-                if now >= next_status:
-                    info = fed.run_info(result.run_id)
-                    state = str(info.get("status", ""))
-                    if state.startswith("finished"):
-                        break
-                    next_status = now + (1.0 if ending else STATUS_POLL_S)
-                elif ending:
-                    next_status = min(next_status, now + 1.0)
-                if now > deadline:
-                    fed.stop_run(result.run_id)
-                    raise NodeUnavailable("federation", f"job timed out after {job.job_timeout_s:.0f} s")
-                time.sleep(0.5)
-            result.bytes_exchanged = int(info.get("network-traffic", {}).get("total-bytes", 0))
-            (job_dir / "run.log").write_text(fed.logs(result.run_id))
-            events, offset = read_events(job_dir / "server-events.jsonl", offset)
-            for ev in events:
-                emit(ev)
-            if state != "finished:completed":
-                reason = _failure_reason(job_dir) or f"run ended as {state}"
-                raise NodeUnavailable("federation", reason)
+            follow_run(fed, job, app_dir, node_ids, result, emit, status, say)
         except Exception as exc:
             emit(make_event(job.job_id, "job_failed", reason=str(exc)[:300]))
             status.update(state="failed", reason=str(exc)[:300])
             raise
+    digests = {n.agency: datasets.store_digest(n.store, [*job.features, job.label]) for n in participants}
+    return finish(job, result, t0, decisions, digests, emit, status)
+
+
+def start_job(job: JobSpec, job_dir: Path, on_event: OnEvent | None) -> tuple[OnEvent, Status]:
+    """The job's event sink (events.jsonl, then `on_event`) and status file; records `job_submitted`."""
+    job_dir.mkdir(parents=True, exist_ok=True)
+    sink = JsonlSink(job_dir / "events.jsonl")
+
+    def emit(event: dict[str, Any]) -> None:
+        sink(event)
+        if on_event is not None:
+            on_event(event)
+
+    status = Status(job_dir)
+    emit(make_event(job.job_id, "job_submitted", job_digest=job.digest(), purpose=job.purpose, mode=job.mode.value))
+    status.update(state="admission")
+    return emit, status
+
+
+def follow_run(
+    fed: Federation,
+    job: JobSpec,
+    app_dir: Path,
+    node_ids: Mapping[int, str],
+    result: JobResult,
+    emit: OnEvent,
+    status: Status,
+    say: Callable[[str], None],
+) -> None:
+    """Submit the App, relay the ServerApp's events (node ids -> agencies) until the run ends.
+
+    Raises NodeUnavailable when the run fails or exceeds the job timeout (the run is then stopped).
+    """
+    job_dir, offset = result.job_dir, 0
+    result.run_id = fed.submit(app_dir)
+    emit(make_event(job.job_id, "run_started", run_id=result.run_id, nodes=sorted(node_ids.values())))
+    status.update(state="running", run_id=result.run_id)
+    deadline = time.monotonic() + job.job_timeout_s
+    info: dict[str, Any] = {}
+    next_status, terminal, state = 0.0, False, ""
+    while True:
+        events, offset = read_events(job_dir / "server-events.jsonl", offset)
+        terminal = terminal or any(ev["event"] in TERMINAL_EVENTS for ev in events)
+        for ev in events:
+            if "participants" in ev:
+                ev["agencies"] = [node_ids.get(p, str(p)) if isinstance(p, int) else p for p in ev["participants"]]
+            if "node_id" in ev and ev["node_id"] is not None:
+                ev["agency"] = node_ids.get(int(ev["node_id"]), "unknown")
+            emit(ev)
+            if ev["event"] in ("round_completed", "round_evaluated"):
+                say(_progress_line(job, ev))
+        now = time.monotonic()
+        ending = terminal or (job_dir / "server-summary.json").exists()
+        if now >= next_status:
+            info = fed.run_info(result.run_id)
+            state = str(info.get("status", ""))
+            if state.startswith("finished"):
+                break
+            next_status = now + (1.0 if ending else STATUS_POLL_S)
+        elif ending:
+            next_status = min(next_status, now + 1.0)
+        if now > deadline:
+            fed.stop_run(result.run_id)
+            raise NodeUnavailable("federation", f"job timed out after {job.job_timeout_s:.0f} s")
+        time.sleep(0.5)
+    result.bytes_exchanged = int(info.get("network-traffic", {}).get("total-bytes", 0))
+    (job_dir / "run.log").write_text(fed.logs(result.run_id))
+    events, offset = read_events(job_dir / "server-events.jsonl", offset)
+    for ev in events:
+        emit(ev)
+    if state != "finished:completed":
+        reason = _failure_reason(job_dir) or f"run ended as {state}"
+        raise NodeUnavailable("federation", reason)
+
+
+def finish(
+    job: JobSpec,
+    result: JobResult,
+    t0: float,
+    decisions: dict[str, Any],
+    data_digests: Mapping[str, str],
+    emit: OnEvent,
+    status: Status,
+    **extra: Any,
+) -> JobResult:
+    """Model metadata, report and curve from the ServerApp's summary; `job_completed`."""
+    job_dir = result.job_dir
     summary = json.loads((job_dir / "server-summary.json").read_text())
     result.status, result.wall_s = "completed", time.monotonic() - t0
     result.evaluation = summary.get("evaluation", {})
@@ -240,12 +308,13 @@ def run_job(
         "run_id": result.run_id,
         "decisions": decisions,
         "model_sha256": result.model_sha256,
-        "data_digests": {n.agency: datasets.store_digest(n.store, [*job.features, job.label]) for n in participants},
+        "data_digests": dict(data_digests),
         "dp": summary.get("dp"),
         "evaluation": result.evaluation,
         "bytes_exchanged": result.bytes_exchanged,
         "wall_s": result.wall_s,
         "model_file": "model.npz",
+        **extra,
     }
     write_outputs(job_dir, metadata, summary)
     emit(

@@ -1,0 +1,196 @@
+"""The coordinator's side of a deployment across machines: a SuperLink on a fixed address that
+agencies' own SuperNodes (`xgate node supernode`, federated/supernode_site.py) dial.
+
+The coordinator knows each agency only by its CA-certified SuperNode public key. It registers
+that key (`flwr supernode register`, which returns the node id), so node id -> agency comes from
+the registration, never from anything a node says; it learns that a node is connected from
+`flwr supernode list`. It never opens a node's store or ledger.
+
+Lifetime (measured with flwr 1.41, see docs/FEDERATED.md "Deployment across machines"): a
+SuperNode keeps retrying while its SuperLink is away, but a *new* SuperLink process (fresh state,
+key registered again under a new node id) answers its next call with 401 and the SuperNode
+exits. So the link is long-lived (one per gateway process, jobs submitted to it), and the
+node-side wrapper restarts `flower-supernode` whenever it exits, which rejoins a restarted link.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from crypto.flower_keys import FlowerSecurity, SuperNodeKey, load_public_key, verify_supernode_key
+from federated.datasets import ElementInfo
+from federated.deployment import Federation
+from federated.model import encoded_width
+from xgate.catalogue import Catalogue
+from xgate.errors import ConfigError, IntegrityError, NodeProtocolError, NodeUnavailable, NotFound
+from xgate.logging import get_logger
+
+log = get_logger(__name__)
+ONLINE = "online"
+
+
+@dataclass(frozen=True)
+class RemoteNode:
+    """An agency whose SuperNode runs on its own host: the coordinator holds only its public key."""
+
+    agency: str
+    public_key: Path  # OpenSSH public key line, what `flwr supernode register` reads
+    certificate: Path | None = None  # its `flower-supernode` certificate: checked before registration
+    datasets: tuple[str, ...] = ()  # registered training datasets it serves; () = takes part in every job
+
+    def key(self) -> SuperNodeKey:
+        # The private key never leaves the agency: registration and verification read the public side only.
+        return SuperNodeKey(self.agency, Path(os.devnull), self.public_key, self.certificate)
+
+
+def select_participants(nodes: Sequence[RemoteNode], job_datasets: Sequence[str] | None) -> list[RemoteNode]:
+    """The nodes a job needs: those serving one of the job's registered datasets (or serving any)."""
+    if job_datasets is None:
+        return list(nodes)
+    wanted = set(job_datasets)
+    return [n for n in nodes if not n.datasets or wanted & set(n.datasets)]
+
+
+def catalogue_width(catalogue: Catalogue, features: Sequence[str]) -> int:
+    """Encoded model width from the catalogue's declared types and ranges (what every node encodes)."""
+    infos = []
+    for feature in features:
+        try:
+            element = catalogue.get(feature)
+        except NotFound:
+            raise ConfigError(
+                f"feature '{feature}' is not in the federation catalogue: the coordinator cannot size the model"
+            ) from None
+        infos.append(ElementInfo(element.id, element.type.value, element.min, element.max))
+    return sum(encoded_width(i) for i in infos)
+
+
+def parse_supernode_list(out: str) -> dict[int, str]:
+    """node id -> status ("registered", "online", "offline", "unregistered") from
+    `flwr supernode list <federation> --format json`: {"success": true, "nodes": [{"node-id": "<uint64 as
+    string>", "status": ..., "owner-name", "created-at", "online-at", "online-elapsed", "offline-at",
+    "deleted-at"}]}."""
+    try:
+        payload = json.loads(out[out.index("{") :])
+        if payload.get("success") is False:
+            raise NodeProtocolError("federation", f"flwr supernode list failed: {payload.get('error-message', '')}")
+        return {int(n["node-id"]): str(n["status"]) for n in payload["nodes"]}
+    except (ValueError, KeyError, TypeError, AttributeError):
+        raise NodeProtocolError("federation", "flwr supernode list printed no node list") from None
+
+
+def attested_digests(summary: Mapping[str, Any], node_ids: Mapping[int, str]) -> dict[str, str]:
+    """agency -> data digest, as each node reported it in its ClientApp replies (ServerApp summary).
+
+    The agency is the one its node id was registered for; a node claiming another agency, or a node
+    that is not part of the job, is an integrity failure.
+    """
+    out: dict[str, str] = {}
+    for node_id, entry in dict(summary.get("data_digests") or {}).items():
+        agency = node_ids.get(int(node_id))
+        if agency is None:
+            raise IntegrityError(f"node {node_id} is not part of this job but reported data")
+        if str(entry.get("agency")) != agency:
+            raise IntegrityError(f"the node registered for agency '{agency}' reports agency '{entry.get('agency')}'")
+        out[agency] = str(entry["data_sha256"])
+    return out
+
+
+def _check_port_free(host: str, port: int) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            raise ConfigError(f"SuperLink address {host}:{port} is already in use") from None
+
+
+class RemoteLink:
+    """A SuperLink on a fixed host:port serving SuperNodes on other hosts; jobs are submitted to it.
+
+    `security`: its TLS material (the SuperLink certificate must name the address the agencies dial,
+    and 127.0.0.1, which the coordinator's own `flwr` CLI dials). Context manager: closing stops the
+    SuperLink and every process in its group.
+    """
+
+    def __init__(self, state_dir: Path, security: FlowerSecurity, host: str, port: int) -> None:
+        if not 0 < port < 65536:
+            raise ConfigError("a remote SuperLink needs a fixed port (1-65535): the agencies' SuperNodes dial it")
+        self.fed = Federation(state_dir, replace(security, supernode_keys={}), host=host, port=port)
+        self._public: dict[str, bytes] = {}
+
+    def __enter__(self) -> RemoteLink:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def address(self) -> str:
+        return f"{self.fed.host}:{self.fed.port}"
+
+    def start(self, timeout: float = 60.0) -> RemoteLink:
+        self.fed.job_dir.mkdir(parents=True, exist_ok=True)
+        _check_port_free(self.fed.host, self.fed.port)
+        self.fed.start_superlink(timeout)
+        log.info("flower_remote_superlink_started", address=self.address)
+        return self
+
+    def register(self, nodes: Sequence[RemoteNode]) -> dict[str, int]:
+        """agency -> node id; keys not yet registered are checked (certificate, if any) and registered."""
+        security = self.fed.security
+        assert security is not None  # RemoteLink never runs insecure
+        new: dict[str, SuperNodeKey] = {}
+        for n in nodes:
+            public = n.public_key.read_bytes() if n.public_key.is_file() else b""
+            if n.agency in self.fed.registered:
+                if public != self._public[n.agency]:
+                    raise ConfigError(f"SuperNode key of agency '{n.agency}' changed: restart the SuperLink to rotate")
+                continue
+            if n.certificate is not None:
+                verify_supernode_key(n.key(), security.ca_cert, security.crl)  # CryptoError names what failed
+            else:
+                load_public_key(n.public_key)  # pinned by configuration; still must be a key Flower reads
+            new[n.agency] = n.key()
+            self._public[n.agency] = public
+        if new:
+            try:
+                self.fed.register_nodes(new)
+            except RuntimeError as exc:
+                raise NodeUnavailable("federation", str(exc)[:300]) from None
+        return {n.agency: self.fed.registered[n.agency] for n in nodes}
+
+    def statuses(self) -> dict[int, str]:
+        return parse_supernode_list(self.fed.flwr("supernode", "list", "xgate", "--format", "json"))
+
+    def wait_online(self, node_ids: Mapping[int, str], timeout: float, poll_s: float = 2.0) -> None:
+        """Return once every node id is online; NodeUnavailable naming the agencies that are not.
+
+        Each look is a `flwr` CLI process (~1 s of CPU), hence the 2 s poll."""
+        deadline = time.monotonic() + timeout
+        while True:
+            statuses = self.statuses()
+            missing = {a: statuses.get(i, "unknown") for i, a in node_ids.items() if statuses.get(i) != ONLINE}
+            if not missing:
+                return
+            if time.monotonic() >= deadline:
+                why = {"registered": "registered, never connected", "offline": "connected before, now offline"}
+                names = ", ".join(f"{a} ({why.get(s, s)})" for a, s in sorted(missing.items()))
+                raise NodeUnavailable(
+                    "federation", f"SuperNodes not online after {timeout:.0f} s: {names}", missing=sorted(missing)
+                )
+            time.sleep(poll_s)
+
+    def close(self) -> None:
+        self.fed.close()
+        log.info("flower_remote_superlink_stopped", address=self.address)
+
+    def leftover_processes(self) -> list[tuple[int, int]]:
+        return self.fed.leftover_processes()
