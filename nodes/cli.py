@@ -53,3 +53,15 @@ def serve(
             cfg.node.insecure = True
         configure(f"node:{cfg.node.agency}")
         run(cfg)
+
+
+@app.command("supernode")
+def supernode(config: Path = typer.Option(..., "--config", help="node config TOML with a training table")) -> None:
+    """Run this agency's Flower SuperNode against the gateway's SuperLink until SIGTERM/SIGINT."""
+    from federated.supernode_site import run_supernode, site_from_config
+    from xgate.logging import configure
+
+    with fail_on_error():
+        site = site_from_config(load_node_config(config))
+        configure(f"supernode:{site.agency}")
+        raise typer.Exit(run_supernode(site))

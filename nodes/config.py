@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from xgate.catalogue import DEFAULT_CATALOGUE, AgencyId
 from xgate.tomlfile import load_model, resolve_relative
@@ -42,11 +42,37 @@ class NodeSettings(BaseModel):
     insecure: bool = False
 
 
+class NodeTrainingSettings(BaseModel):
+    """`[training]`: this agency's Flower SuperNode (`xgate node supernode`), dialling the gateway's
+    SuperLink with its CA-certified key; it trains on `[node].store` and decides admission itself."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    superlink: str = Field(pattern=r"^[^\s:]+:\d{1,5}$")  # host:port of the gateway's SuperLink
+    ca_cert: Path  # the federation CA: the SuperLink's certificate must chain to it
+    supernode_key: Path  # OpenSSH EC private key (0600), registered at the gateway by its public key
+    supernode_cert: Path | None = None  # given: the key must be certified by ca_cert for this agency
+    crl: Path | None = None  # checked with supernode_cert
+    ledger: Path  # this node's admission decisions and ε spends
+    holdout: Path | None = None  # pseudonyms reserved for evaluation
+    policy_dir: Path | None = None  # this node's policy set; default [node].policy_dir; one is required
+    state_dir: Path | None = None  # Flower's home (FLWR_HOME); default: next to the ledger
+
+
 class NodeConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     node: NodeSettings
     tls: TlsConfig | None = None
+    training: NodeTrainingSettings | None = None
+
+    @model_validator(mode="after")
+    def _training_policy(self) -> NodeConfig:
+        if self.training is not None and self.training.policy_dir is None and self.node.policy_dir is None:
+            raise ValueError(
+                "[training] needs policy_dir (or [node].policy_dir): a remote node decides admission itself"
+            )
+        return self
 
 
 def load_node_config(path: Path) -> NodeConfig:
@@ -70,4 +96,9 @@ def load_node_config(path: Path) -> NodeConfig:
         base,
     )
     resolve_relative(config.tls, ("cert", "key", "ca", "crl"), base)
+    resolve_relative(
+        config.training,
+        ("ca_cert", "supernode_key", "supernode_cert", "crl", "ledger", "holdout", "policy_dir", "state_dir"),
+        base,
+    )
     return config
