@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from policies.programs import DEFAULT_PROGRAM_DIR
 from xgate.catalogue import DEFAULT_CATALOGUE, AgencyId
@@ -59,15 +59,34 @@ class GatewaySettings(BaseModel):
 
 
 class TrainingNodeRef(BaseModel):
-    """A data-owning node's Flower side: its store and ledger go only to its own SuperNode."""
+    """A data-owning node's Flower side.
+
+    Local (the gateway host starts its SuperNode; store and ledger go only to it): `store`, `ledger`.
+    Remote (the agency runs `xgate node supernode` on its own host): `public_key` (+ `certificate`);
+    the gateway never sees its store, ledger or policy set.
+    """
 
     model_config = ConfigDict(extra="forbid")
 
     agency: AgencyId
-    store: Path
-    ledger: Path  # the node's admission decisions and ε spends (PrivacyLedger)
+    store: Path | None = None
+    ledger: Path | None = None  # the node's admission decisions and ε spends (PrivacyLedger)
     holdout: Path | None = None
     policy_dir: Path | None = None  # the node's own policy set; default: the gateway's policy_dir
+    public_key: Path | None = None  # remote: its SuperNode's OpenSSH public key (registered with the SuperLink)
+    certificate: Path | None = None  # remote: the CA's flower-supernode certificate of that key (checked)
+    datasets: list[str] = Field(default_factory=list)  # remote: registered datasets it serves; [] = every job
+
+    @model_validator(mode="after")
+    def _one_mode(self) -> TrainingNodeRef:
+        if self.public_key is None:
+            if self.store is None or self.ledger is None:
+                raise ValueError("a training node needs store and ledger (local) or public_key (remote)")
+            if self.certificate is not None or self.datasets:
+                raise ValueError("certificate and datasets describe a remote node (public_key)")
+        elif any(v is not None for v in (self.store, self.ledger, self.holdout, self.policy_dir)):
+            raise ValueError("a remote node (public_key) keeps store, ledger, holdout and policy_dir at its own site")
+        return self
 
 
 class TrainingSettings(BaseModel):
@@ -78,6 +97,34 @@ class TrainingSettings(BaseModel):
     nodes: list[TrainingNodeRef] = Field(default_factory=list)
     jobs_dir: Path | None = None  # default <state_dir>/jobs (what the console's Training page reads)
     ca_dir: Path | None = None  # CA certifying each job's Flower TLS material; default: an ephemeral job CA
+    # Remote mode (superlink_port set): agencies run their own SuperNodes, which dial this SuperLink.
+    superlink_host: str | None = None  # bind address, e.g. 0.0.0.0
+    superlink_port: int | None = Field(default=None, ge=1, le=65535)
+    superlink_cert: Path | None = None  # flower-superlink certificate: the name agencies dial, and 127.0.0.1
+    superlink_key: Path | None = None
+    ca_cert: Path | None = None  # the federation CA (SuperNode certificates are checked against it)
+    crl: Path | None = None
+    max_weight: int | None = Field(default=None, ge=1, le=10_000_000)  # SecAgg+ weight bound if a job names none
+    connect_timeout_s: float = Field(default=120.0, gt=0, le=3600)  # for a job's SuperNodes to be online
+
+    @model_validator(mode="after")
+    def _mode(self) -> TrainingSettings:
+        remote = [n.agency for n in self.nodes if n.public_key is not None]
+        if self.superlink_port is None:
+            if remote:
+                raise ValueError(f"nodes {remote} have public_key: remote training needs superlink_host/superlink_port")
+            return self
+        missing = [
+            f for f in ("superlink_host", "superlink_cert", "superlink_key", "ca_cert") if getattr(self, f) is None
+        ]
+        if missing:
+            raise ValueError(f"remote training (superlink_port) needs {', '.join(missing)}")
+        local = [n.agency for n in self.nodes if n.public_key is None]
+        if local:
+            raise ValueError(f"remote training: nodes {local} need public_key (their SuperNodes run at their sites)")
+        if self.ca_dir is not None:
+            raise ValueError("ca_dir issues per-job material for local runs; remote training uses superlink_cert")
+        return self
 
 
 class GatewayConfig(BaseModel):
@@ -102,7 +149,9 @@ def load_gateway_config(path: Path) -> GatewayConfig:
         resolve_relative(ref, ("witness_key",), base)
     resolve_relative(config.tls, ("cert", "key", "ca", "crl", "signing_key", "federation_directory"), base)
     if config.training is not None:
-        resolve_relative(config.training, ("jobs_dir", "ca_dir"), base)
+        resolve_relative(
+            config.training, ("jobs_dir", "ca_dir", "superlink_cert", "superlink_key", "ca_cert", "crl"), base
+        )
         for node in config.training.nodes:
-            resolve_relative(node, ("store", "ledger", "holdout", "policy_dir"), base)
+            resolve_relative(node, ("store", "ledger", "holdout", "policy_dir", "public_key", "certificate"), base)
     return config

@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 from pydantic import Field, ValidationError
 
@@ -33,6 +33,10 @@ from policies.budgets import PrivacyLedger
 from xgate.errors import BudgetExhausted, InvalidInput, NotFound, PolicyDenied, XgateError
 from xgate.logging import get_logger
 from xgate.principal import Principal
+
+if TYPE_CHECKING:
+    from federated.remote_runner import RemoteTraining
+    from gateway.config import TrainingSettings
 
 log = get_logger("xgate.gateway.training")
 OFFICER_ROLES = ("security_officer", "admin")
@@ -117,6 +121,7 @@ class TrainingService:
         ca_dir: Path | None = None,
         runner: Runner = _default_runner,
         node_admission: Callable[[TrainingNode], Admission] | None = None,
+        remote: RemoteTraining | None = None,
     ) -> None:
         self.policy = policy  # PolicyEngine | PolicyReloader | CheckAuthorizer
         self.ledger = ledger
@@ -132,10 +137,13 @@ class TrainingService:
         self._thread: threading.Thread | None = None
         self._federation: Any = None
         self._closing = False
+        self.remote = remote  # agencies' own SuperNodes dial its long-lived SuperLink (no node files here)
+        if remote is not None:
+            remote.start_in_background()  # up before the first job, so the SuperNodes have joined by then
 
     # -- submission ----------------------------------------------------------------------------
     def submit(self, who: Principal, body: Any) -> dict[str, Any]:
-        if not self.nodes:
+        if not self.nodes and self.remote is None:
             raise TrainingUnavailable("this gateway has no [training] nodes configured")
         job = parse_request(body, who)
         actor = actor_of(who.user, who.agency, who.role)
@@ -206,7 +214,10 @@ class TrainingService:
             _write_json(job_dir / "status.json", {"state": "queued", "updated_at": datetime.now(UTC).timestamp()})
             self._active = job.job_id
             self._thread = threading.Thread(
-                target=self._run, args=(job, actor, job_dir), name=f"training-{job.job_id}", daemon=True
+                target=self._run,
+                args=(job, actor, job_dir, verdict.datasets),
+                name=f"training-{job.job_id}",
+                daemon=True,
             )
             self._thread.start()
         log.info("training_job_accepted", job_id=job.job_id, user=who.user, datasets=list(verdict.datasets))
@@ -236,7 +247,7 @@ class TrainingService:
         directory = node.policy_dir or self.node_policy_dir or DEFAULT_POLICY_DIR
         return PolicyAdmission(PolicyEngine.load(directory), node.ledger, node.store)
 
-    def _run(self, job: JobSpec, actor: Actor, job_dir: Path) -> None:
+    def _run(self, job: JobSpec, actor: Actor, job_dir: Path, job_datasets: Sequence[str] = ()) -> None:
         decided: dict[str, Decision] = {}
         terminal: list[str] = []
         inner = by_agency({n.agency: self.node_admission(n) for n in self.nodes})
@@ -262,17 +273,14 @@ class TrainingService:
             if closing:  # shut down before the federation existed: stop it before anything runs
                 raise TrainingUnavailable("the gateway is shutting down")
 
-        extra = {"ca_dir": self.ca_dir} if self.ca_dir is not None else {}
+        extra: dict[str, Any] = {"ca_dir": self.ca_dir} if self.ca_dir is not None else {}
         try:
-            self.runner(
-                job,
-                [n.spec() for n in self.nodes],
-                job_dir=job_dir,
-                admission=admit,
-                on_event=on_event,
-                on_federation=created,
-                **extra,
-            )
+            if self.remote is not None:  # admission at each node's own site, after the gateway's decision
+                nodes: list[Any] = self.remote.participants(job_datasets)
+                extra = {"remote": self.remote.mode()}
+            else:
+                nodes, extra["admission"] = [n.spec() for n in self.nodes], admit
+            self.runner(job, nodes, job_dir=job_dir, on_event=on_event, on_federation=created, **extra)
         except PolicyDenied as exc:  # a node refused: nothing ran
             self._after_failure(job, actor, job_dir, "refused", exc.message, decided)
         except Exception as exc:
@@ -353,6 +361,32 @@ class TrainingService:
             federation.close()
         if thread is not None:
             thread.join(timeout_s)
+        if self.remote is not None:
+            self.remote.close()
+
+
+def remote_training(training: TrainingSettings | None, catalogue: Path, state_dir: Path) -> RemoteTraining | None:
+    """The gateway's remote training mode from its [training] settings; None in local mode."""
+    if training is None or training.superlink_port is None:
+        return None
+    from crypto.flower_keys import FlowerSecurity
+    from federated.remote import RemoteNode
+    from federated.remote_runner import RemoteTraining
+    from xgate.catalogue import load_catalogue
+
+    assert training.ca_cert and training.superlink_cert and training.superlink_key and training.superlink_host
+    return RemoteTraining(
+        state_dir=state_dir / "superlink",
+        security=FlowerSecurity(training.ca_cert, training.superlink_cert, training.superlink_key, crl=training.crl),
+        host=training.superlink_host,
+        port=training.superlink_port,
+        nodes=[
+            RemoteNode(n.agency, n.public_key, n.certificate, tuple(n.datasets)) for n in training.nodes if n.public_key
+        ],
+        catalogue=load_catalogue(catalogue)[0],
+        max_weight=training.max_weight,
+        connect_timeout_s=training.connect_timeout_s,
+    )
 
 
 def kill_groups(federation: Any) -> None:
