@@ -1,0 +1,271 @@
+"""Deployment across machines, on loopback: each agency runs `xgate node supernode --config node.toml`
+(its own process, its own store, key and policy set); the coordinator's long-lived SuperLink
+(federated.remote.RemoteLink, fixed port) knows only their CA-certified public keys.
+
+One SuperLink serves every test of the module (Flower's normal deployment: jobs are submitted to a
+running SuperLink); the last test replaces it with a new SuperLink process on the same port and
+the running SuperNode wrappers rejoin it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import tomllib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import tomli_w
+
+from crypto import flower_keys as fk
+from crypto import pki
+from federated import datasets
+from federated.admission import require_approval
+from federated.deployment import free_port
+from federated.jobs import JobSpec
+from federated.remote import RemoteLink, RemoteNode
+from federated.remote_runner import RemoteMode
+from federated.runner import run_job
+from tests.unit.training_support import RENAME, job_body, write_region_stores, write_training_policies
+from xgate.catalogue import Catalogue, DataElement
+from xgate.errors import NodeUnavailable
+
+pytestmark = pytest.mark.integration
+RUNNING = ["region0", "region1"]  # their SuperNodes run from the start
+SILENT = "region2"  # registered at the coordinator, its SuperNode never starts
+IMPOSTOR = "region3"  # its SuperNode runs with a key the coordinator never registered
+
+
+def synthetic_catalogue() -> Catalogue:
+    """The federation catalogue's declaration of the synthetic elements (as nodes loaded them)."""
+    _, cols, _ = datasets.synthetic_population(1)
+    elements = []
+    for old, new in RENAME.items():
+        c = cols[old]
+        cats = tuple(f"c{i}" for i in range(c.max + 1)) if c.type == "category" else ()  # type: ignore[operator]
+        elements.append(
+            DataElement(
+                id=new,
+                agency="medical",
+                type=c.type,
+                unit="unit",
+                min=c.min,
+                max=c.max,
+                classification="important",
+                categories=cats,
+            )
+        )
+    return Catalogue(elements=tuple(elements))
+
+
+@dataclass
+class Site:
+    agency: str
+    config: Path
+    store: Path
+    ledger: Path
+    node: RemoteNode  # what the coordinator is configured with
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def log(self) -> Path:
+        return self.config.parent / "supernode.log"
+
+
+@dataclass
+class World:
+    root: Path
+    security: fk.FlowerSecurity
+    port: int
+    link: RemoteLink
+    sites: dict[str, Site] = field(default_factory=dict)
+
+    def nodes(self, *agencies: str) -> list[RemoteNode]:
+        return [self.sites[a].node for a in agencies]
+
+    def mode(self, connect_timeout_s: float = 60.0) -> RemoteMode:
+        return RemoteMode(self.link, synthetic_catalogue(), max_weight=400, connect_timeout_s=connect_timeout_s)
+
+
+def write_node_toml(root: Path, agency: str, store: Path, ledger: Path, port: int, **training: Any) -> Path:
+    cfg = {
+        "node": {"agency": agency, "store": os.path.relpath(store, root)},
+        "training": {"superlink": f"127.0.0.1:{port}", "ledger": os.path.relpath(ledger, root), **training},
+    }
+    path = root / "node.toml"
+    path.write_text(tomli_w.dumps(cfg))
+    return path
+
+
+def start_site(site: Site) -> None:
+    fh = site.log.open("ab")
+    site.proc = subprocess.Popen(
+        [sys.executable, "-m", "xgate.cli", "node", "supernode", "--config", str(site.config)],
+        stdout=fh, stderr=subprocess.STDOUT, env={**os.environ, "FLWR_TELEMETRY_ENABLED": "0"},
+    )  # fmt: skip
+    fh.close()
+
+
+def flower_processes(root: Path) -> list[int]:
+    """Live processes started for this module: every Flower process gets its FLWR_HOME under root."""
+    out = []
+    for env in Path("/proc").glob("[0-9]*/environ"):
+        try:
+            if f"FLWR_HOME={root}".encode() in env.read_bytes():
+                state = (env.parent / "stat").read_text().rsplit(")", 1)[1].split()[0]
+                if state not in ("Z", "X"):
+                    out.append(int(env.parent.name))
+        except OSError:
+            continue
+    return out
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    root = tmp_path_factory.mktemp("fedremote")
+    ca = root / "ca"
+    pki.init_ca(ca, "test federation CA")
+    link_pki = pki.issue(ca, "flower-superlink", "gateway", root / "link-pki", days=1)  # SAN 127.0.0.1
+    security = fk.FlowerSecurity(ca / pki.CA_CERT, link_pki.cert_path, link_pki.key_path, crl=ca / pki.CRL)
+    policies = write_training_policies(root / "policies")
+    port = free_port()
+    w = World(root, security, port, RemoteLink(root / "link", security, "127.0.0.1", port))
+    stores = write_region_stores(root / "sites", [250, 300, 60, 60])
+    for agency, store, ledger in stores:
+        key = fk.certify_supernode_key(ca, agency, store.parent / "keys", days=1)
+        run_key, run_cert = key.private_key, key.certificate
+        if agency == IMPOSTOR:  # a certified key of its own, which the coordinator was never given
+            other = fk.certify_supernode_key(ca, agency, store.parent / "other-keys", days=1)
+            run_key, run_cert = other.private_key, other.certificate
+        config = write_node_toml(
+            store.parent, agency, store, ledger, port,
+            ca_cert=str(security.ca_cert), supernode_key=str(run_key), supernode_cert=str(run_cert),
+            crl=str(security.crl), policy_dir=str(policies),
+        )  # fmt: skip
+        w.sites[agency] = Site(agency, config, store, ledger, RemoteNode(agency, key.public_key, key.certificate))
+    try:
+        w.link.start()
+        w.link.register(w.nodes(*RUNNING, SILENT, IMPOSTOR))
+        for agency in RUNNING:
+            start_site(w.sites[agency])
+        yield w
+    finally:
+        for site in w.sites.values():
+            if site.proc is not None and site.proc.poll() is None:
+                site.proc.send_signal(signal.SIGTERM)
+        for site in w.sites.values():
+            if site.proc is not None:
+                try:
+                    site.proc.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    site.proc.kill()
+        w.link.close()
+    assert w.link.leftover_processes() == []
+    deadline = time.monotonic() + 10
+    while flower_processes(root) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert flower_processes(root) == [], "a Flower process outlived its wrapper or the SuperLink"
+    # Wrappers exit cleanly on SIGTERM (forwarded to the SuperNode's process group).
+    assert all(s.proc.returncode == 0 for s in w.sites.values() if s.proc is not None)
+
+
+def remote_job(job_id: str, **overrides: Any) -> JobSpec:
+    body = {**job_body(job_id, **overrides), "requester": "an-liu"}  # an hrss analyst (train-medical-claims)
+    return JobSpec.model_validate(body)
+
+
+def test_secagg_job_on_agencies_own_supernodes(world: World) -> None:
+    job = remote_job("it-remote-1", secagg=True, min_nodes=2, round_timeout_s=60, job_timeout_s=240)
+    events: list[dict[str, Any]] = []
+    res = run_job(job, world.nodes(*RUNNING), job_dir=world.root / "job1", remote=world.mode(), on_event=events.append)
+    assert res.status == "completed" and res.model_sha256 and 0.0 <= res.evaluation["auc"] <= 1.0
+
+    registered = world.link.fed.registered
+    run = next(e for e in events if e["event"] == "run_started")
+    assert run["nodes"] == RUNNING
+    done = next(e for e in events if e["event"] == "round_completed")
+    assert sorted(done["participants"]) == sorted(registered[a] for a in RUNNING)
+    assert sorted(done["agencies"]) == RUNNING
+    # No coordinator-side admission: each node decided itself and recorded it in its own ledger.
+    assert not [e for e in events if e["event"] in ("job_approved", "job_refused")]
+    for agency in RUNNING:
+        require_approval(world.sites[agency].ledger, job)
+
+    meta = json.loads((world.root / "job1" / "model.json").read_text())
+    assert meta["data_digests_source"] == "node" and meta["decisions"] == {}
+    assert meta["data_digests"] == {
+        a: datasets.store_digest(world.sites[a].store, job.elements()) for a in RUNNING
+    }  # what each node attested equals its store's digest
+    assert len(set(meta["data_digests"].values())) == len(RUNNING)
+    config = json.loads(json.dumps(meta["job"]))
+    assert config["job_id"] == "it-remote-1"
+
+
+def test_supernodes_that_never_join_are_named(world: World) -> None:
+    """SILENT is registered but its SuperNode never starts; IMPOSTOR's SuperNode runs, with a key the
+    coordinator never registered, so the SuperLink refuses it. One job needs both (and region0)."""
+    impostor = world.sites[IMPOSTOR]
+    start_site(impostor)
+    job = remote_job("it-remote-2", min_nodes=2)
+    with pytest.raises(NodeUnavailable) as err:
+        run_job(job, world.nodes("region0", SILENT, IMPOSTOR), job_dir=world.root / "job2", remote=world.mode(8.0))
+    assert err.value.details["missing"] == [SILENT, IMPOSTOR]  # region0 is online
+    assert f"{SILENT} (registered, never connected), {IMPOSTOR} (registered, never connected)" in err.value.message
+    status = json.loads((world.root / "job2" / "status.json").read_text())
+    assert status["state"] == "failed" and SILENT in status["reason"] and IMPOSTOR in status["reason"]
+    assert not (world.root / "job2" / "app").exists()  # nothing was submitted
+
+    # The impostor did try: the SuperLink refused its key, and its wrapper keeps retrying.
+    link_log = world.link.fed.procs["superlink"].log_path
+    deadline = time.monotonic() + 90
+    while "No SuperNode found with the given public key" not in link_log.read_text(errors="replace"):
+        assert time.monotonic() < deadline, "the SuperLink never saw the impostor's key"
+        time.sleep(0.5)
+    assert world.link.statuses()[world.link.fed.registered[IMPOSTOR]] == "registered"  # never activated
+    assert impostor.proc is not None and impostor.proc.poll() is None
+    impostor.proc.send_signal(signal.SIGTERM)  # forwarded to its SuperNode's process group
+    assert impostor.proc.wait(timeout=30) == 0
+    wrapper_log = impostor.log.read_text(errors="replace")
+    assert "Exit Code: 305" in wrapper_log and "supernode_exited" in wrapper_log  # refused, restarted
+    assert "supernode_stopped" in wrapper_log
+
+
+def test_supernode_rejoins_a_restarted_superlink(world: World) -> None:
+    stopped = world.sites["region1"].proc
+    assert stopped is not None
+    stopped.send_signal(signal.SIGTERM)  # one wrapper is enough to watch (spares the shared CPUs)
+    assert stopped.wait(timeout=30) == 0
+    world.link.close()
+    assert world.link.leftover_processes() == []
+    # A new SuperLink process on the same address, fresh state: region0's key gets a new node id.
+    old_id = world.link.fed.registered["region0"]
+    world.link = RemoteLink(world.root / "link2", world.security, "127.0.0.1", world.port).start()
+    ids = world.link.register(world.nodes("region0"))
+    assert ids["region0"] != old_id
+    world.link.wait_online({ids["region0"]: "region0"}, timeout=90)
+    proc = world.sites["region0"].proc
+    assert proc is not None and proc.poll() is None
+    log = world.sites["region0"].log.read_text(errors="replace")
+    assert "supernode_exited" in log and log.count("supernode_started") >= 2  # 401 for the old id, restarted
+
+
+def test_bad_training_table_exits_with_one_line(world: World, tmp_path: Path) -> None:
+    """The real command, as an agency would run it (more refusals: tests/unit/test_supernode_site.py)."""
+    cfg = tomllib.loads(world.sites["region0"].config.read_text())
+    cfg["node"]["store"] = str(world.sites["region0"].store)
+    cfg["training"].update(ledger=str(world.sites["region0"].ledger), supernode_key=str(tmp_path / "missing.key"))
+    (tmp_path / "node.toml").write_text(tomli_w.dumps(cfg))
+    out = subprocess.run(
+        [sys.executable, "-m", "xgate.cli", "node", "supernode", "--config", str(tmp_path / "node.toml")],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert out.returncode != 0
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: [training] supernode_key: file not found"), out.stderr
