@@ -145,6 +145,8 @@ class TrainingService:
     def submit(self, who: Principal, body: Any) -> dict[str, Any]:
         if not self.nodes and self.remote is None:
             raise TrainingUnavailable("this gateway has no [training] nodes configured")
+        if self.remote is None and any(n.store is None for n in self.nodes):  # remote nodes, local service
+            raise TrainingUnavailable("[training] nodes are remote (public_key) but remote training is not wired")
         job = parse_request(body, who)
         actor = actor_of(who.user, who.agency, who.role)
         with self._lock:  # decisions, charges and the job slot are serialised

@@ -8,6 +8,8 @@ import threading
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from federated.jobs import JobSpec
 from federated.remote import RemoteNode, select_participants
 from gateway.config import TrainingSettings
@@ -96,3 +98,20 @@ def test_remote_training_from_settings(tmp_path: Path) -> None:
     assert remote.state_dir == tmp_path / "superlink" and remote.security.crl is None
     assert remote_training(TrainingSettings(), Path("policies/catalogue.toml"), tmp_path) is None
     assert remote_training(None, Path("policies/catalogue.toml"), tmp_path) is None
+
+
+def test_remote_nodes_without_remote_mode_are_refused_clearly(tmp_path: Path) -> None:
+    """What a gateway built without `remote=` does with remote [training] nodes: 503, nothing runs."""
+    from gateway.training_service import TrainingNode, TrainingUnavailable
+
+    service = TrainingService(
+        policy=PolicyEngine.load(write_training_policies(tmp_path / "policies")),
+        ledger=PrivacyLedger(tmp_path / "privacy.sqlite"),
+        jobs_dir=tmp_path / "jobs",
+        nodes=[TrainingNode("region0", None, None)],  # type: ignore[arg-type]  # as wiring builds them today
+        audit_log=None,
+        runner=lambda *a, **k: None,
+    )
+    with pytest.raises(TrainingUnavailable, match="remote training is not wired"):
+        service.submit(ANALYST, job_body("rm-2"))
+    assert not (tmp_path / "jobs").exists()
