@@ -68,9 +68,9 @@ class ProcessWriter:
     def size(self) -> int:
         return self._size
 
-    def appends(self, pendings: list[Prepared]) -> Future[list[AppendReceipt]]:
+    def appends(self, pendings: list[Prepared], gather: bool = True) -> Future[list[AppendReceipt]]:
         payload = [(p.data, p.leaf, p.cols, p.subjects) for p in pendings]
-        return self._send("append", payload, pendings)
+        return self._send("append" if gather else "append_now", payload, pendings)
 
     def execute(self, statements: Statements) -> Future[None]:
         return self._send("exec", statements, None)
@@ -176,9 +176,9 @@ def serve(to_child: Connection, from_child: Connection, path: Path, max_batch: i
             break  # parent gone: commit what was queued, then exit
         if kind == "close":
             break
-        if kind == "append":
+        if kind in ("append", "append_now"):
             pendings = [Prepared(data, leaf, "", tuple(cols), tuple(subj)) for data, leaf, cols, subj in payload]
-            writer.appends(pendings).add_done_callback(on_done(seq, True))
+            writer.appends(pendings, gather=kind == "append").add_done_callback(on_done(seq, True))
         elif kind == "exec":
             writer.execute(payload).add_done_callback(on_done(seq, False))
     writer.close()
