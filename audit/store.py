@@ -361,7 +361,7 @@ class _NoWriter:
     def __init__(self, size: int) -> None:
         self.size = size
 
-    def appends(self, pendings: Any) -> Any:
+    def appends(self, pendings: Any, gather: bool = True) -> Any:
         raise ConfigError("audit log opened read-only")
 
     execute = appends
