@@ -72,6 +72,9 @@ def flwr_env(home: Path) -> dict[str, str]:
         }
     )
     env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
+    # Set to 1, these make flower-superlink also open legacy gRPC Control/Fleet servers on 0.0.0.0.
+    for legacy in ("FLWR_INTERNAL_GRPC_CONTROL_API", "FLWR_INTERNAL_GRPC_FLEET_API"):
+        env.pop(legacy, None)
     return env
 
 
@@ -168,7 +171,8 @@ class Federation:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _spawn(self, name: str, cmd: list[str], home: Path) -> None:
+    def spawn(self, name: str, cmd: list[str], home: Path) -> None:
+        """Start `cmd` as this federation's process `name` (stopped by close(), seen by leftover_processes())."""
         home.mkdir(parents=True, exist_ok=True)
         log_path = self.job_dir / "logs" / f"{name}.log"
         log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -196,7 +200,7 @@ class Federation:
             str(self.port),
             "--disable-runtime-dependency-installation",
         ]
-        self._spawn("superlink", cmd, self.job_dir / "flwr-home")
+        self.spawn("superlink", cmd, self.job_dir / "flwr-home")
         host, port = self.address.rsplit(":", 1)
         deadline = time.monotonic() + timeout
         while True:
@@ -263,7 +267,7 @@ class Federation:
             "--max-wait-time",
             "60",
         ]
-        self._spawn(f"node-{node.agency}", cmd, self.job_dir / "nodes" / node.agency / "flwr-home")
+        self.spawn(f"node-{node.agency}", cmd, self.job_dir / "nodes" / node.agency / "flwr-home")
 
     def wait_registered(self, agencies: Sequence[str], timeout: float = 60.0) -> dict[int, str]:
         """Map Flower node ids to agencies once every SuperNode has connected."""

@@ -11,6 +11,12 @@ SuperNode keeps retrying while its SuperLink is away, but a *new* SuperLink proc
 key registered again under a new node id) answers its next call with 401 and the SuperNode
 exits. So the link is long-lived (one per gateway process, jobs submitted to it), and the
 node-side wrapper restarts `flower-supernode` whenever it exits, which rejoins a restarted link.
+
+Exposure: Flower serves its Fleet, Control and Runtime APIs on one port, the latter two without
+authentication. So the SuperLink binds 127.0.0.1 on a free port (the coordinator's own `flwr` CLI
+and ServerApps reach it there) and the agencies dial the Fleet gate
+(`federated.fleet_gate_server`, its own process next to the SuperLink), which serves the public
+address with the SuperLink's certificate and forwards Fleet API calls only.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import sys
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -27,6 +34,7 @@ from typing import Any
 from crypto.flower_keys import FlowerSecurity, SuperNodeKey, load_public_key, verify_supernode_key
 from federated.datasets import ElementInfo
 from federated.deployment import Federation
+from federated.fleet_gate import DEFAULT_MAX_BODY
 from federated.model import encoded_width
 from xgate.catalogue import Catalogue
 from xgate.errors import ConfigError, IntegrityError, NodeProtocolError, NodeUnavailable, NotFound
@@ -34,6 +42,8 @@ from xgate.logging import get_logger
 
 log = get_logger(__name__)
 ONLINE = "online"
+GATE = "fleet-gate"  # its process name in the Federation (logs/fleet-gate.log)
+INTERNAL_HOST = "127.0.0.1"  # where the SuperLink itself listens in remote mode
 
 
 @dataclass(frozen=True)
@@ -103,6 +113,10 @@ def attested_digests(summary: Mapping[str, Any], node_ids: Mapping[int, str]) ->
     return out
 
 
+def _dial(host: str) -> str:
+    return "127.0.0.1" if host in ("0.0.0.0", "") else host  # noqa: S104 (a bind-all address is dialled on loopback)
+
+
 def _check_port_free(host: str, port: int) -> None:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -113,17 +127,23 @@ def _check_port_free(host: str, port: int) -> None:
 
 
 class RemoteLink:
-    """A SuperLink on a fixed host:port serving SuperNodes on other hosts; jobs are submitted to it.
+    """A SuperLink serving SuperNodes on other hosts through the Fleet gate on a fixed host:port;
+    jobs are submitted to it.
 
     `security`: its TLS material (the SuperLink certificate must name the address the agencies dial,
-    and 127.0.0.1, which the coordinator's own `flwr` CLI dials). Context manager: closing stops the
-    SuperLink and every process in its group.
+    and 127.0.0.1, which the gate and the coordinator's own `flwr` CLI dial). `max_body_bytes`
+    bounds one Fleet request at the gate. Context manager: closing stops the gate, the SuperLink
+    and every process in their groups.
     """
 
-    def __init__(self, state_dir: Path, security: FlowerSecurity, host: str, port: int) -> None:
+    def __init__(
+        self, state_dir: Path, security: FlowerSecurity, host: str, port: int, *, max_body_bytes: int = DEFAULT_MAX_BODY
+    ) -> None:
         if not 0 < port < 65536:
             raise ConfigError("a remote SuperLink needs a fixed port (1-65535): the agencies' SuperNodes dial it")
-        self.fed = Federation(state_dir, replace(security, supernode_keys={}), host=host, port=port)
+        self.host, self.port, self.max_body_bytes = host, port, max_body_bytes
+        # The SuperLink on loopback (a free port at start): its Control and Runtime APIs stay on this host.
+        self.fed = Federation(state_dir, replace(security, supernode_keys={}), host=INTERNAL_HOST)
         self._public: dict[str, bytes] = {}
 
     def __enter__(self) -> RemoteLink:
@@ -134,14 +154,58 @@ class RemoteLink:
 
     @property
     def address(self) -> str:
-        return f"{self.fed.host}:{self.fed.port}"
+        """The public address (the gate) the agencies' SuperNodes dial."""
+        return f"{self.host}:{self.port}"
 
     def start(self, timeout: float = 60.0) -> RemoteLink:
         self.fed.job_dir.mkdir(parents=True, exist_ok=True)
-        _check_port_free(self.fed.host, self.fed.port)
+        _check_port_free(self.host, self.port)
         self.fed.start_superlink(timeout)
-        log.info("flower_remote_superlink_started", address=self.address)
+        self._start_gate(timeout)
+        log.info("flower_remote_superlink_started", address=self.address, superlink=self.fed.address)
         return self
+
+    def _start_gate(self, timeout: float) -> None:
+        """The Fleet gate on the public address, once the SuperLink listens; returns once it listens."""
+        security = self.fed.security
+        assert security is not None  # RemoteLink never runs insecure
+        cmd = [
+            sys.executable,
+            "-m",
+            "federated.fleet_gate_server",
+            "--host",
+            self.host,
+            "--port",
+            str(self.port),
+            "--upstream-port",
+            str(self.fed.port),
+            "--ca",
+            str(security.ca_cert.resolve()),
+            "--cert",
+            str(security.superlink_cert.resolve()),
+            "--key",
+            str(security.superlink_key.resolve()),
+            "--max-body-bytes",
+            str(self.max_body_bytes),
+        ]
+        self.fed.spawn(GATE, cmd, self.fed.job_dir / GATE)
+        proc = self.fed.procs[GATE]
+        deadline = time.monotonic() + timeout
+        while True:
+            if proc.popen.poll() is not None:
+                raise RuntimeError(f"{GATE} exited with code {proc.popen.returncode} (see {proc.log_path})")
+            try:
+                with socket.create_connection((_dial(self.host), self.port), timeout=1):
+                    return
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise TimeoutError("the Fleet gate did not start listening in time") from None
+                time.sleep(0.2)
+
+    def running(self) -> bool:
+        """Both the SuperLink and its gate are alive."""
+        procs = self.fed.procs
+        return all(name in procs and procs[name].popen.poll() is None for name in ("superlink", GATE))
 
     def register(self, nodes: Sequence[RemoteNode]) -> dict[str, int]:
         """agency -> node id; keys not yet registered are checked (certificate, if any) and registered."""
@@ -189,7 +253,7 @@ class RemoteLink:
             time.sleep(poll_s)
 
     def close(self) -> None:
-        self.fed.close()
+        self.fed.close()  # the gate first, then the SuperLink (Federation stops "superlink" last)
         log.info("flower_remote_superlink_stopped", address=self.address)
 
     def leftover_processes(self) -> list[tuple[int, int]]:

@@ -113,8 +113,9 @@ def run_remote_job(
 
 
 class RemoteTraining:
-    """A coordinator's remote mode for its whole lifetime: one SuperLink on a fixed address, started
-    once (and again if it died), every configured node's key registered, jobs submitted to it.
+    """A coordinator's remote mode for its whole lifetime: one SuperLink behind its Fleet gate on a
+    fixed address, started once (and again if either died), every configured node's key registered,
+    jobs submitted to it.
 
     Thread-safe; `close()` stops the SuperLink and its process group (gateway shutdown).
     """
@@ -144,7 +145,7 @@ class RemoteTraining:
             if self._closed:
                 raise ConfigError("remote training is shut down")
             link = self._link
-            if link is not None and link.fed.procs["superlink"].popen.poll() is None:
+            if link is not None and link.running():
                 return link
             if link is not None:  # died under us: a new process, a fresh registration
                 link.close()

@@ -1,6 +1,8 @@
 """Deployment across machines, on loopback: each agency runs `xgate node supernode --config node.toml`
 (its own process, its own store, key and policy set); the coordinator's long-lived SuperLink
-(federated.remote.RemoteLink, fixed port) knows only their CA-certified public keys.
+(federated.remote.RemoteLink) knows only their CA-certified public keys. The SuperLink listens on
+127.0.0.1 on a port of its own; the agencies dial the Fleet gate on the fixed port, which forwards
+Fleet API calls only (what else reaches it from outside: test_control_api_is_not_reachable_from_outside).
 
 One SuperLink serves every test of the module (Flower's normal deployment: jobs are submitted to a
 running SuperLink); the last test replaces it with a new SuperLink process on the same port and
@@ -12,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -21,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import tomli_w
 
@@ -28,9 +32,9 @@ from crypto import flower_keys as fk
 from crypto import pki
 from federated import datasets
 from federated.admission import require_approval
-from federated.deployment import free_port
+from federated.deployment import BIN, flwr_env, free_port
 from federated.jobs import JobSpec
-from federated.remote import RemoteLink, RemoteNode
+from federated.remote import GATE, RemoteLink, RemoteNode
 from federated.remote_runner import RemoteMode
 from federated.runner import run_job
 from tests.unit.training_support import RENAME, job_body, write_region_stores, write_training_policies
@@ -206,6 +210,65 @@ def test_secagg_job_on_agencies_own_supernodes(world: World) -> None:
     assert len(set(meta["data_digests"].values())) == len(RUNNING)
     config = json.loads(json.dumps(meta["job"]))
     assert config["job_id"] == "it-remote-1"
+
+    # All of it went through the gate: the SuperLink listens elsewhere, and the gate saw each node arrive.
+    assert world.link.fed.address != world.link.address == f"127.0.0.1:{world.port}"
+    gate = [json.loads(line) for line in gate_log(world).splitlines() if line.startswith("{")]
+    arrivals = {e["node"] for e in gate if e["event"] == "fleet_gate_forwarded" and e["status"] == 200}
+    assert len(arrivals) == len(RUNNING) and "-" not in arrivals  # activate-node, one key digest per node
+
+
+def gate_log(world: World) -> str:
+    return world.link.fed.procs[GATE].log_path.read_text(errors="replace")
+
+
+def outside_cli(home: Path, address: str, ca: Path, *args: str) -> dict[str, Any]:
+    """The `flwr` CLI as an agency host could run it: the gate's address and the federation CA."""
+    home.mkdir(parents=True, exist_ok=True)
+    conn = {"address": address, "root-certificates": str(ca)}
+    (home / "config.toml").write_text(tomli_w.dumps({"superlink": {"default": "xgate", "xgate": conn}}))
+    out = subprocess.run(
+        [str(BIN / "flwr"), *args, "xgate", "--format", "json"],
+        capture_output=True, text=True, timeout=60, env=flwr_env(home), check=False,
+    )  # fmt: skip
+    return dict(json.loads(out.stdout[out.stdout.index("{") :]))
+
+
+def test_control_api_is_not_reachable_from_outside(world: World) -> None:
+    """From the gate's address, with the CA every agency holds: no Control or Runtime API call reaches
+    the SuperLink (refused at the gate, logged), nothing gets registered; Fleet calls still need a key."""
+    link_log = world.link.fed.procs["superlink"].log_path
+    nodes_before = world.link.statuses()
+    calls_before = link_log.read_text(errors="replace").count('"POST /v1/control/')
+    intruder = fk.generate_supernode_key(world.root / "intruder", "intruder")  # a valid key nobody registered
+    home = world.root / "outside-cli"
+    register = outside_cli(home, world.link.address, world.security.ca_cert, "supernode", "register",
+                           str(intruder.public_key))  # fmt: skip
+    assert register["success"] is False and "404 Not Found" in str(register["error-message"])
+    listing = outside_cli(home, world.link.address, world.security.ca_cert, "ls")
+    assert listing["success"] is False and "404 Not Found" in str(listing["error-message"])
+
+    with httpx.Client(verify=ssl.create_default_context(cafile=str(world.security.ca_cert)), timeout=30) as http:
+        base = f"https://{world.link.address}"
+        for path in (
+            "/v1/control/list-runs",
+            "/v1/control/start-run",
+            "/v1/runtime/acquire-task",
+            "//v1/control/list-nodes",
+        ):
+            res = http.post(base + path, content=b"\x00", headers={"content-type": "application/protobuf"})
+            assert res.status_code == 404, path
+        assert http.get(base + "/docs").status_code == 404
+        assert http.get(base + "/v1/fleet/pull-messages").status_code == 405
+        # A Fleet path passes the gate, and the SuperLink's own SuperNode authentication refuses it.
+        res = http.post(base + "/v1/fleet/pull-messages", content=b"", headers={"content-type": "application/protobuf"})
+        assert res.status_code == 401 and "Invalid SuperNode authentication" in res.text
+
+    refused = [json.loads(line) for line in gate_log(world).splitlines() if "fleet_gate_refused" in line]
+    assert {e["path"] for e in refused} >= {"/v1/control/register-node", "/v1/control/list-runs", "/docs"}
+    assert link_log.read_text(errors="replace").count('"POST /v1/control/') == calls_before
+    assert "/docs" not in link_log.read_text(errors="replace")
+    assert world.link.statuses() == nodes_before  # the intruder's key was not registered
 
 
 def test_supernodes_that_never_join_are_named(world: World) -> None:
