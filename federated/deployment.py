@@ -32,6 +32,7 @@ import tomli_w
 
 from crypto.flower_keys import FlowerSecurity, SuperNodeKey, verify_flower_security
 from federated.node import NodeConfig, node_config_arg
+from federated.orphan_guard import popen_guarded
 from xgate.errors import ConfigError
 from xgate.logging import get_logger
 
@@ -178,9 +179,8 @@ class Federation:
         log_path.parent.mkdir(parents=True, exist_ok=True)
         fh = log_path.open("ab")
         # Own session: stopped as a group with its children. orphan_guard: dies with us, even on SIGKILL.
-        guarded = [sys.executable, "-m", "federated.orphan_guard", str(os.getpid()), *cmd]
-        popen = subprocess.Popen(
-            guarded, stdout=fh, stderr=subprocess.STDOUT, env=flwr_env(home), cwd=self.job_dir, start_new_session=True
+        popen = popen_guarded(
+            cmd, stdout=fh, stderr=subprocess.STDOUT, env=flwr_env(home), cwd=self.job_dir, start_new_session=True
         )
         self.procs[name] = _Proc(name, popen, log_path, fh)
 

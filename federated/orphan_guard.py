@@ -4,15 +4,24 @@ Flower's processes run in their own session so the runner can stop each one with
 group. If the runner itself is killed with SIGKILL (a gateway killed hard), nothing would stop them:
 this wrapper asks the kernel to send the child SIGTERM when its parent dies, then execs the real
 command (same pid, so the runner still manages it as before). Usage:
-``python -m federated.orphan_guard PARENT_PID COMMAND [ARGS...]``.
+``python -m federated.orphan_guard PARENT_PID COMMAND [ARGS...]``, or ``popen_guarded`` below.
+
+The kernel's "parent" is the *thread* that forked: a SuperLink started from a short-lived thread
+(a gateway starting its remote-mode SuperLink in the background) would get SIGTERM as soon as that
+thread ended. So ``popen_guarded`` forks from one thread that lives as long as the process.
 """
 
 from __future__ import annotations
 
 import ctypes
 import os
+import queue
 import signal
+import subprocess
 import sys
+import threading
+from concurrent.futures import Future
+from typing import Any
 
 PR_SET_PDEATHSIG = 1
 
@@ -26,6 +35,32 @@ def main(argv: list[str]) -> None:
         if os.getppid() != parent:  # the parent died before the request took effect
             sys.exit(1)
     os.execv(command[0], command)  # noqa: S606 (our own Flower command line, no shell)
+
+
+_requests: queue.SimpleQueue[tuple[list[str], dict[str, Any], Future[subprocess.Popen[bytes]]]] = queue.SimpleQueue()
+_spawner: threading.Thread | None = None
+_spawner_lock = threading.Lock()
+
+
+def _spawn_forever() -> None:
+    while True:
+        cmd, kwargs, done = _requests.get()
+        try:
+            done.set_result(subprocess.Popen(cmd, **kwargs))
+        except BaseException as exc:  # reported to the caller
+            done.set_exception(exc)
+
+
+def popen_guarded(cmd: list[str], **kwargs: Any) -> subprocess.Popen[bytes]:
+    """``subprocess.Popen`` of ``cmd`` under this guard, forked from the process-lifetime thread."""
+    global _spawner
+    with _spawner_lock:
+        if _spawner is None or not _spawner.is_alive():
+            _spawner = threading.Thread(target=_spawn_forever, name="flower-spawner", daemon=True)
+            _spawner.start()
+    done: Future[subprocess.Popen[bytes]] = Future()
+    _requests.put(([sys.executable, "-m", "federated.orphan_guard", str(os.getpid()), *cmd], kwargs, done))
+    return done.result()
 
 
 if __name__ == "__main__":
