@@ -26,6 +26,7 @@ from pathlib import Path
 from crypto.flower_keys import FlowerSecurity
 from federated.deployment import Federation
 from federated.events import OnEvent, make_event
+from federated.fleet_gate import DEFAULT_MAX_BODY
 from federated.jobs import JobSpec, Mode
 from federated.remote import RemoteLink, RemoteNode, attested_digests, catalogue_width, select_participants
 from federated.runner import JobResult, finish, follow_run, start_job, write_app
@@ -131,8 +132,10 @@ class RemoteTraining:
         catalogue: Catalogue,
         max_weight: int | None = None,
         connect_timeout_s: float = 120.0,
+        max_body_bytes: int = DEFAULT_MAX_BODY,
     ) -> None:
         self.state_dir, self.security, self.host, self.port = state_dir, security, host, port
+        self.max_body_bytes = max_body_bytes  # the Fleet gate's bound on one request body
         self.nodes = list(nodes)
         self.catalogue, self.max_weight, self.connect_timeout_s = catalogue, max_weight, connect_timeout_s
         self._lock = threading.Lock()
@@ -149,7 +152,9 @@ class RemoteTraining:
                 return link
             if link is not None:  # died under us: a new process, a fresh registration
                 link.close()
-            self._link = RemoteLink(self.state_dir, self.security, self.host, self.port)
+            self._link = RemoteLink(
+                self.state_dir, self.security, self.host, self.port, max_body_bytes=self.max_body_bytes
+            )
             try:
                 self._link.start()
                 self._link.register(self.nodes)

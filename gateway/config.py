@@ -106,6 +106,7 @@ class TrainingSettings(BaseModel):
     crl: Path | None = None
     max_weight: int | None = Field(default=None, ge=1, le=10_000_000)  # SecAgg+ weight bound if a job names none
     connect_timeout_s: float = Field(default=120.0, gt=0, le=3600)  # for a job's SuperNodes to be online
+    fleet_max_body_mb: int = Field(default=64, ge=1, le=4096)  # the Fleet gate's bound on one request body
 
     @model_validator(mode="after")
     def _mode(self) -> TrainingSettings:

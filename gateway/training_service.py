@@ -388,6 +388,7 @@ def remote_training(training: TrainingSettings | None, catalogue: Path, state_di
         catalogue=load_catalogue(catalogue)[0],
         max_weight=training.max_weight,
         connect_timeout_s=training.connect_timeout_s,
+        max_body_bytes=training.fleet_max_body_mb * 1024 * 1024,
     )
 
 

@@ -95,16 +95,23 @@ def training_for(
     """POST /v1/training/jobs: the gateway's `train` decision, its ε ledger and the job runner.
 
     Jobs live in <state_dir>/jobs and ε spends in <state_dir>/privacy.sqlite: where the console's
-    Training page reads them. Without a [training] section the endpoint answers 503.
+    Training page reads them. Without a [training] section the endpoint answers 503. With
+    `superlink_port` set (remote mode) the gateway runs a long-lived SuperLink that the agencies'
+    own SuperNodes dial (`xgate node supernode`).
     """
     from gateway.training_routes import TrainingNode, TrainingService, build_training_router
+    from gateway.training_service import remote_training
     from policies.budgets import PrivacyLedger
 
     state = state_dir_of(config)
     training = config.training
-    nodes = [
-        TrainingNode(n.agency, n.store, n.ledger, n.holdout, n.policy_dir) for n in (training.nodes if training else [])
-    ]
+    # Remote mode: the agencies run their own SuperNodes; the gateway holds only their public keys.
+    remote = remote_training(training, config.gateway.catalogue, state)
+    nodes = []
+    if remote is None and training is not None:
+        for n in training.nodes:
+            assert n.store is not None and n.ledger is not None  # local nodes, checked by the config loader
+            nodes.append(TrainingNode(n.agency, n.store, n.ledger, n.holdout, n.policy_dir))
     service = TrainingService(
         policy=policy,
         ledger=PrivacyLedger(state / "privacy.sqlite"),
@@ -113,6 +120,7 @@ def training_for(
         audit_log=audit_log,
         node_policy_dir=config.gateway.policy_dir,
         ca_dir=training.ca_dir if training else None,
+        remote=remote,
     )
     return service, build_training_router(service, authenticate)
 

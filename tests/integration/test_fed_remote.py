@@ -12,7 +12,6 @@ the running SuperNode wrappers rejoin it.
 from __future__ import annotations
 
 import json
-import os
 import signal
 import ssl
 import subprocess
@@ -37,50 +36,14 @@ from federated.jobs import JobSpec
 from federated.remote import GATE, RemoteLink, RemoteNode
 from federated.remote_runner import RemoteMode
 from federated.runner import run_job
-from tests.unit.training_support import RENAME, job_body, write_region_stores, write_training_policies
-from xgate.catalogue import Catalogue, DataElement
+from tests.integration.remote_support import Site, flower_processes, start_site, synthetic_catalogue, write_node_toml
+from tests.unit.training_support import job_body, write_region_stores, write_training_policies
 from xgate.errors import NodeUnavailable
 
 pytestmark = pytest.mark.integration
 RUNNING = ["region0", "region1"]  # their SuperNodes run from the start
 SILENT = "region2"  # registered at the coordinator, its SuperNode never starts
 IMPOSTOR = "region3"  # its SuperNode runs with a key the coordinator never registered
-
-
-def synthetic_catalogue() -> Catalogue:
-    """The federation catalogue's declaration of the synthetic elements (as nodes loaded them)."""
-    _, cols, _ = datasets.synthetic_population(1)
-    elements = []
-    for old, new in RENAME.items():
-        c = cols[old]
-        cats = tuple(f"c{i}" for i in range(c.max + 1)) if c.type == "category" else ()  # type: ignore[operator]
-        elements.append(
-            DataElement(
-                id=new,
-                agency="medical",
-                type=c.type,
-                unit="unit",
-                min=c.min,
-                max=c.max,
-                classification="important",
-                categories=cats,
-            )
-        )
-    return Catalogue(elements=tuple(elements))
-
-
-@dataclass
-class Site:
-    agency: str
-    config: Path
-    store: Path
-    ledger: Path
-    node: RemoteNode  # what the coordinator is configured with
-    proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def log(self) -> Path:
-        return self.config.parent / "supernode.log"
 
 
 @dataclass
@@ -96,39 +59,6 @@ class World:
 
     def mode(self, connect_timeout_s: float = 60.0) -> RemoteMode:
         return RemoteMode(self.link, synthetic_catalogue(), max_weight=400, connect_timeout_s=connect_timeout_s)
-
-
-def write_node_toml(root: Path, agency: str, store: Path, ledger: Path, port: int, **training: Any) -> Path:
-    cfg = {
-        "node": {"agency": agency, "store": os.path.relpath(store, root)},
-        "training": {"superlink": f"127.0.0.1:{port}", "ledger": os.path.relpath(ledger, root), **training},
-    }
-    path = root / "node.toml"
-    path.write_text(tomli_w.dumps(cfg))
-    return path
-
-
-def start_site(site: Site) -> None:
-    fh = site.log.open("ab")
-    site.proc = subprocess.Popen(
-        [sys.executable, "-m", "xgate.cli", "node", "supernode", "--config", str(site.config)],
-        stdout=fh, stderr=subprocess.STDOUT, env={**os.environ, "FLWR_TELEMETRY_ENABLED": "0"},
-    )  # fmt: skip
-    fh.close()
-
-
-def flower_processes(root: Path) -> list[int]:
-    """Live processes started for this module: every Flower process gets its FLWR_HOME under root."""
-    out = []
-    for env in Path("/proc").glob("[0-9]*/environ"):
-        try:
-            if f"FLWR_HOME={root}".encode() in env.read_bytes():
-                state = (env.parent / "stat").read_text().rsplit(")", 1)[1].split()[0]
-                if state not in ("Z", "X"):
-                    out.append(int(env.parent.name))
-        except OSError:
-            continue
-    return out
 
 
 @pytest.fixture(scope="module")
