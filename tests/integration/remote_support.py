@@ -86,8 +86,6 @@ def flower_processes(root: Path) -> list[int]:
     return out
 
 
-
-
 def write_catalogue(path: Path) -> Path:
     """The shipped catalogue plus the synthetic training elements (what a gateway sizes models from)."""
     lines = [DEFAULT_CATALOGUE.read_text(encoding="utf-8")]
