@@ -37,7 +37,7 @@ from federated.remote import GATE, RemoteLink, RemoteNode
 from federated.remote_runner import RemoteMode
 from federated.runner import run_job
 from tests.integration.remote_support import Site, flower_processes, start_site, synthetic_catalogue, write_node_toml
-from tests.unit.training_support import job_body, write_region_stores, write_training_policies
+from tests.unit.training_support import RENAME, job_body, write_region_stores, write_training_policies
 from xgate.errors import NodeUnavailable
 
 pytestmark = pytest.mark.integration
@@ -228,6 +228,50 @@ def test_supernodes_that_never_join_are_named(world: World) -> None:
     wrapper_log = impostor.log.read_text(errors="replace")
     assert "Exit Code: 305" in wrapper_log and "supernode_exited" in wrapper_log  # refused, restarted
     assert "supernode_stopped" in wrapper_log
+
+
+def test_vertical_job_on_agencies_own_supernodes(world: World) -> None:
+    """Vertical split learning across two more agencies' own SuperNodes: same people, different
+    columns; the label stays at region4. Aligned by pseudonym at the nodes, digests node-attested."""
+    subjects, cols, _ = datasets.synthetic_population(500, seed=5)
+    split = {
+        "region4": ["civil.age", "civil.disabled", "civil.region", "tax.label"],
+        "region5": ["tax.income", "hrss.months", "health.visits"],
+    }
+    windows = {"region4": (0, 450), "region5": (50, 500)}  # 400 people in common
+    security = world.security
+    ca = security.ca_cert.parent
+    for agency, elements in split.items():
+        lo, hi = windows[agency]
+        store = world.root / "sites" / agency / "store.sqlite"
+        part = {e: cols[e] for e in elements}
+        columns = {RENAME[e]: datasets.Column(c.values[lo:hi], c.type, c.min, c.max) for e, c in part.items()}
+        datasets.write_store(store, f"claims_{agency}", subjects[lo:hi], columns)
+        key = fk.certify_supernode_key(ca, agency, store.parent / "keys", days=1)
+        ledger = store.parent / "ledger.sqlite"
+        config = write_node_toml(
+            store.parent, agency, store, ledger, world.port,
+            ca_cert=str(security.ca_cert), supernode_key=str(key.private_key), supernode_cert=str(key.certificate),
+            crl=str(security.crl), policy_dir=str(world.root / "policies"),
+        )  # fmt: skip
+        world.sites[agency] = Site(agency, config, store, ledger, RemoteNode(agency, key.public_key, key.certificate))
+        start_site(world.sites[agency])
+    job = remote_job("it-remote-v", mode="vertical", label_holder="region4", rounds=1, min_nodes=2)
+    events: list[dict[str, Any]] = []
+    res = run_job(job, world.nodes(*split), job_dir=world.root / "jobv", remote=world.mode(), on_event=events.append)
+    assert res.status == "completed" and res.model_sha256
+    aligned = next(e for e in events if e["event"] == "aligned")
+    assert aligned["subjects"] == 400 and sorted(aligned["nodes"]) == sorted(split)
+    summary = json.loads((world.root / "jobv" / "server-summary.json").read_text())
+    assert set(summary["model_parts"]) == {"region5", "top@region4"}  # the model stays split
+    meta = json.loads((world.root / "jobv" / "model.json").read_text())
+    assert meta["data_digests"] == {a: datasets.store_digest(world.sites[a].store, job.elements()) for a in split}
+    for agency in split:
+        require_approval(world.sites[agency].ledger, job)  # each node admitted the job itself
+        proc = world.sites[agency].proc
+        assert proc is not None
+        proc.send_signal(signal.SIGTERM)  # spare the shared CPUs for the tests that follow
+        assert proc.wait(timeout=30) == 0
 
 
 def test_supernode_rejoins_a_restarted_superlink(world: World) -> None:

@@ -17,9 +17,7 @@ import httpx
 import pytest
 import tomli_w
 
-from audit import generate_key, save_keypair
-from gateway.wiring import write_dev_users
-from tests.unit.training_support import job_body, write_region_stores, write_training_policies
+from tests.unit.training_support import job_body, prepare_gateway_dir, write_region_stores, write_training_policies
 from xgate.client.sdk import GatewayClient, GatewayError
 from xgate.launcher import Supervisor
 
@@ -42,24 +40,9 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     policies = write_training_policies(root / "policies", cap=3.0)
     nodes = write_region_stores(root / "nodes", [250, 250])
     gw = root / "gateway"
-    gw.mkdir()
-    (gw / "mask.key").write_text(os.urandom(32).hex())
-    keys = write_dev_users(gw / "users.json")
-    save_keypair(generate_key(), gw / "audit")
+    keys, section = prepare_gateway_dir(gw, policies)
     config = {
-        "gateway": {
-            "host": "127.0.0.1",
-            "port": 0,
-            "mask_key_file": "mask.key",
-            "users_file": "users.json",
-            "audit_db": "audit.sqlite",
-            "audit_key": "audit.key.pem",
-            "state_dir": "state",
-            "policy_dir": str(policies),
-            "insecure": True,
-            "rate_per_s": 50.0,
-            "rate_burst": 100.0,
-        },
+        "gateway": section,
         "training": {"nodes": [{"agency": a, "store": str(s), "ledger": str(led)} for a, s, led in nodes]},
     }
     (gw / "gateway.toml").write_text(tomli_w.dumps(config))

@@ -6,7 +6,6 @@ shows the run, and the gateway's state holds no agency store."""
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import time
@@ -18,16 +17,14 @@ import httpx
 import pytest
 import tomli_w
 
-from audit import generate_key, save_keypair
 from crypto import flower_keys as fk
 from crypto import pki
 from federated.admission import require_approval
 from federated.deployment import free_port
 from federated.jobs import JobSpec
 from federated.remote import RemoteNode
-from gateway.wiring import write_dev_users
 from tests.integration.remote_support import Site, flower_processes, start_site, write_catalogue, write_node_toml
-from tests.unit.training_support import job_body, write_region_stores, write_training_policies
+from tests.unit.training_support import job_body, prepare_gateway_dir, write_region_stores, write_training_policies
 from xgate.client.sdk import GatewayClient, GatewayError
 from xgate.launcher import Supervisor
 
@@ -53,9 +50,7 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
     policies = write_training_policies(root / "policies", cap=3.0)
     gate_port = free_port()
     gw = root / "gateway"
-    (gw / "mask.key").write_text(os.urandom(32).hex())
-    keys = write_dev_users(gw / "users.json")
-    save_keypair(generate_key(), gw / "audit")
+    keys, section = prepare_gateway_dir(gw, policies, catalogue=str(write_catalogue(gw / "catalogue.toml")))
     nodes, sites = [], {}
     for agency, store, ledger in write_region_stores(root / "sites", [250, 250]):
         key = fk.certify_supernode_key(ca, agency, store.parent / "keys", days=1)
@@ -68,20 +63,7 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
         # The gateway is configured with the public key and certificate only: no store, no ledger.
         nodes.append({"agency": agency, "public_key": str(key.public_key), "certificate": str(key.certificate)})
     config = {
-        "gateway": {
-            "host": "127.0.0.1",
-            "port": 0,
-            "mask_key_file": "mask.key",
-            "users_file": "users.json",
-            "audit_db": "audit.sqlite",
-            "audit_key": "audit.key.pem",
-            "state_dir": "state",
-            "policy_dir": str(policies),
-            "catalogue": str(write_catalogue(gw / "catalogue.toml")),
-            "insecure": True,
-            "rate_per_s": 50.0,
-            "rate_burst": 100.0,
-        },
+        "gateway": section,
         "training": {
             "superlink_host": "127.0.0.1",
             "superlink_port": gate_port,

@@ -3,6 +3,7 @@ and regional node stores holding them (the synthetic population under medical.* 
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -79,3 +80,30 @@ def job_body(job_id: str, epsilon: float | None = None, **overrides: Any) -> dic
         body["dp"] = {"epsilon": epsilon, "delta": 1e-5, "clip": 1.0}
     body.update(overrides)
     return body
+
+
+def prepare_gateway_dir(gw: Path, policies: Path, **overrides: Any) -> tuple[dict[str, str], dict[str, Any]]:
+    """A development gateway's files in `gw` (mask key, users, audit key): its API keys and the
+    [gateway] section of its config (plain HTTP on loopback, generous rate limits for tests)."""
+    from audit import generate_key, save_keypair
+    from gateway.wiring import write_dev_users
+
+    gw.mkdir(parents=True, exist_ok=True)
+    (gw / "mask.key").write_text(os.urandom(32).hex())
+    keys = write_dev_users(gw / "users.json")
+    save_keypair(generate_key(), gw / "audit")
+    section: dict[str, Any] = {
+        "host": "127.0.0.1",
+        "port": 0,
+        "mask_key_file": "mask.key",
+        "users_file": "users.json",
+        "audit_db": "audit.sqlite",
+        "audit_key": "audit.key.pem",
+        "state_dir": "state",
+        "policy_dir": str(policies),
+        "insecure": True,
+        "rate_per_s": 50.0,
+        "rate_burst": 100.0,
+        **overrides,
+    }
+    return keys, section
