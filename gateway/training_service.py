@@ -36,7 +36,6 @@ from xgate.principal import Principal
 
 if TYPE_CHECKING:
     from federated.remote_runner import RemoteTraining
-    from gateway.config import TrainingSettings
 
 log = get_logger("xgate.gateway.training")
 OFFICER_ROLES = ("security_officer", "admin")
@@ -365,31 +364,6 @@ class TrainingService:
             thread.join(timeout_s)
         if self.remote is not None:
             self.remote.close()
-
-
-def remote_training(training: TrainingSettings | None, catalogue: Path, state_dir: Path) -> RemoteTraining | None:
-    """The gateway's remote training mode from its [training] settings; None in local mode."""
-    if training is None or training.superlink_port is None:
-        return None
-    from crypto.flower_keys import FlowerSecurity
-    from federated.remote import RemoteNode
-    from federated.remote_runner import RemoteTraining
-    from xgate.catalogue import load_catalogue
-
-    assert training.ca_cert and training.superlink_cert and training.superlink_key and training.superlink_host
-    return RemoteTraining(
-        state_dir=state_dir / "superlink",
-        security=FlowerSecurity(training.ca_cert, training.superlink_cert, training.superlink_key, crl=training.crl),
-        host=training.superlink_host,
-        port=training.superlink_port,
-        nodes=[
-            RemoteNode(n.agency, n.public_key, n.certificate, tuple(n.datasets)) for n in training.nodes if n.public_key
-        ],
-        catalogue=load_catalogue(catalogue)[0],
-        max_weight=training.max_weight,
-        connect_timeout_s=training.connect_timeout_s,
-        max_body_bytes=training.fleet_max_body_mb * 1024 * 1024,
-    )
 
 
 def kill_groups(federation: Any) -> None:

@@ -99,8 +99,8 @@ def training_for(
     `superlink_port` set (remote mode) the gateway runs a long-lived SuperLink that the agencies'
     own SuperNodes dial (`xgate node supernode`).
     """
+    from gateway.training_remote import remote_training
     from gateway.training_routes import TrainingNode, TrainingService, build_training_router
-    from gateway.training_service import remote_training
     from policies.budgets import PrivacyLedger
 
     state = state_dir_of(config)

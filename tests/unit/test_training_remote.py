@@ -13,7 +13,8 @@ import pytest
 from federated.jobs import JobSpec
 from federated.remote import RemoteNode, select_participants
 from gateway.config import TrainingSettings
-from gateway.training_service import TrainingService, remote_training
+from gateway.training_remote import remote_training
+from gateway.training_service import TrainingService
 from policies.budgets import PrivacyLedger
 from policies.engine import PolicyEngine
 from tests.unit.training_support import job_body, write_training_policies
