@@ -27,9 +27,3 @@ def public_context(requester_keys):  # type: ignore[no-untyped-def]
 
     return PublicContext(requester_keys.public_context)
 
-
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Long files first. `make test` runs `-n 2 --dist loadfile`: xdist hands whole files to the two
-    workers in collection order, so long integration files collected last left one worker running
-    them alone for minutes at the end. A stable sort keeps every file's own order intact."""
-    items.sort(key=lambda item: 0 if item.path.parent.name in ("integration", "browser") else 1)
