@@ -26,4 +26,3 @@ def public_context(requester_keys):  # type: ignore[no-untyped-def]
     from crypto.he import PublicContext
 
     return PublicContext(requester_keys.public_context)
-
