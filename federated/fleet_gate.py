@@ -99,7 +99,8 @@ def body_refusal(content_length: Sequence[str], chunked: bool, limit: int) -> tu
     one is refused before anything is read, and one over `limit` too."""
     if chunked or not content_length:
         return 411, "Content-Length required"
-    if len(set(content_length)) != 1 or not content_length[0].isdigit():
+    # ASCII digits only: str.isdigit() also accepts '²' or Arabic-Indic digits, which int() refuses.
+    if len(set(content_length)) != 1 or not (content_length[0].isascii() and content_length[0].isdigit()):
         return 400, "invalid Content-Length"
     if int(content_length[0]) > limit:
         return 413, f"request body over {limit} bytes"

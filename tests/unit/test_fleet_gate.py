@@ -140,7 +140,7 @@ def test_body_needs_one_declared_length_within_the_limit() -> None:
     assert body_refusal(["11"], False, 10) == (413, "request body over 10 bytes")
     assert body_refusal([], False, 10) == (411, "Content-Length required")
     assert body_refusal(["5"], True, 10) == (411, "Content-Length required")
-    for bad in (["-1"], ["1e3"], [" 5"], ["5", "6"], ["0x10"]):
+    for bad in (["-1"], ["1e3"], [" 5"], ["5", "6"], ["0x10"], ["\xb2"], ["\u0661\u0662"], ["\uff15"]):
         assert body_refusal(bad, False, 10) == (400, "invalid Content-Length"), bad
     assert body_refusal(["5", "5"], False, 10) is None  # repeated identical values (RFC 9110 §8.6)
 
