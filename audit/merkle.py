@@ -253,7 +253,7 @@ def verify_inclusion(index: int, size: int, leaf: bytes, proof: Sequence[bytes],
         raise IntegrityError("inclusion proof does not lead to the root", index=index, size=size)
 
 
-def verify_consistency(old: int, new: int, old_root: bytes, new_root: bytes, proof: Sequence[bytes]) -> None:
+def verify_consistency(old: int, new: int, old_root: bytes, new_root: bytes, proof: Sequence[bytes]) -> None:  # noqa: C901  # RFC 9162 2.1.4.2, step by step as the RFC writes it
     """Raise IntegrityError unless the tree of ``new`` leaves extends the tree of ``old`` leaves."""
     _check_size("old size", old)
     _check_size("new size", new)

@@ -52,7 +52,7 @@ def verify_log(path: Path, public_key: EccKey, *, witnesses: Sequence[Cosignatur
         conn.close()
 
 
-def _verify(conn: sqlite3.Connection, public_key: EccKey, witnesses: Sequence[CosignatureVerifier]) -> LogReport:
+def _verify(conn: sqlite3.Connection, public_key: EccKey, witnesses: Sequence[CosignatureVerifier]) -> LogReport:  # noqa: C901  # one pass over the log, each check a named step
     row = conn.execute("SELECT value FROM meta WHERE key='origin'").fetchone()
     if row is None:
         raise IntegrityError("audit database has no origin")

@@ -246,7 +246,7 @@ class GroupCommitWriter:
             conn.execute("BEGIN IMMEDIATE")
             result = job.op(conn, self.frontier)
             conn.execute("COMMIT")
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001  # any failure rolls back and reaches the waiting appenders
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             job.future.set_exception(exc if isinstance(exc, XgateError) else AuditUnavailable("audit log write failed"))

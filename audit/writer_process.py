@@ -146,7 +146,7 @@ def serve(to_child: Connection, from_child: Connection, path: Path, max_batch: i
         lock_fd = acquire_writer_lock(path)
         conn = connect(path)
         writer = GroupCommitWriter(conn, load_frontier(conn), max_batch, linger, lock_fd=lock_fd)
-    except Exception as exc:  # reported to the parent, which refuses to open the log
+    except Exception as exc:  # noqa: BLE001 # reported to the parent, which refuses to open the log
         from_child.send(("fail", exc.message if isinstance(exc, XgateError) else type(exc).__name__))
         return
     send_lock = threading.Lock()

@@ -18,11 +18,11 @@ import tempfile
 import time
 from pathlib import Path
 
+from app.devfed import DEV_APPROVAL_REF, LEGAL_BASIS, prepare, start_gateway, start_nodes, write_gateway_config
+from app.launcher import Supervisor
+from client.sdk import GatewayClient
+from client.subjects import read_subjects
 from crypto.he import RequesterKeys
-from xgate.client.sdk import GatewayClient
-from xgate.demo import read_subjects
-from xgate.devfed import DEV_APPROVAL_REF, LEGAL_BASIS, prepare, start_gateway, start_nodes, write_gateway_config
-from xgate.launcher import Supervisor
 from xgate.pseudonym import Pseudonymiser, load_key
 
 RESULTS = Path(__file__).resolve().parent / "results" / "eligibility.json"

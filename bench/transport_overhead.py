@@ -31,10 +31,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from crypto.he import RequesterKeys
-from xgate.client.sdk import CheckResult, GatewayClient
-from xgate.demo import read_subjects
-from xgate.devfed import (
+from app.devfed import (
     DEV_APPROVAL_REF,
     LEGAL_BASIS,
     DevFederation,
@@ -43,7 +40,10 @@ from xgate.devfed import (
     start_nodes,
     write_gateway_config,
 )
-from xgate.launcher import Supervisor
+from app.launcher import Supervisor
+from client.sdk import CheckResult, GatewayClient
+from client.subjects import read_subjects
+from crypto.he import RequesterKeys
 from xgate.pseudonym import Pseudonymiser, id_checksum, load_key
 
 RESULTS = Path(__file__).resolve().parent / "results" / "transport_overhead.json"

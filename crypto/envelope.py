@@ -243,7 +243,8 @@ def sign_message(
     env.signature = signer.sign(_canonical(env))
 
 
-def verify_message(
+# each refusal a separate, named check
+def verify_message(  # noqa: C901
     msg: SignedMessage,
     method: str,
     keyring: Keyring,

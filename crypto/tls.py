@@ -20,7 +20,7 @@ import threading
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import grpc
 from cryptography import x509
@@ -175,15 +175,21 @@ class PeerVerifier:
         return self.check_pem(certs[0])
 
 
+def _auth_context(context: grpc.ServicerContext | grpc.aio.ServicerContext[Any, Any]) -> Mapping[str, Iterable[bytes]]:
+    # grpc returns a list of values per key; types-grpcio declares a single bytes value.
+    return cast("Mapping[str, Iterable[bytes]]", context.auth_context())
+
+
 def _details(exc: XgateError) -> str:
     return json.dumps(exc.to_public())
 
 
 def _status(exc: XgateError) -> grpc.StatusCode:
-    return getattr(grpc.StatusCode, exc.grpc_status)
+    status: grpc.StatusCode = getattr(grpc.StatusCode, exc.grpc_status)
+    return status
 
 
-def _wrap(handler: grpc.RpcMethodHandler, wrap_call: Callable[[Any], Any]) -> grpc.RpcMethodHandler:
+def _wrap(handler: grpc.RpcMethodHandler[Any, Any], wrap_call: Callable[[Any], Any]) -> grpc.RpcMethodHandler[Any, Any]:
     for attr, factory in (
         ("unary_unary", grpc.unary_unary_rpc_method_handler),
         ("unary_stream", grpc.unary_stream_rpc_method_handler),
@@ -200,7 +206,7 @@ def _wrap(handler: grpc.RpcMethodHandler, wrap_call: Callable[[Any], Any]) -> gr
     raise ConfigError("unsupported gRPC handler")
 
 
-class PeerCheckInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
+class PeerCheckInterceptor(grpc.ServerInterceptor):
     """Sync grpc.server interceptor: refuse RPCs whose mTLS peer fails PeerVerifier."""
 
     def __init__(self, verifier: PeerVerifier) -> None:
@@ -208,9 +214,9 @@ class PeerCheckInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
 
     def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
+        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler[Any, Any] | None],
         handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler | None:
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
         handler = continuation(handler_call_details)
         if handler is None:
             return None
@@ -219,7 +225,7 @@ class PeerCheckInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
         def wrap_call(behaviour: Callable[[Any, grpc.ServicerContext], Any]) -> Callable[..., Any]:
             def checked(request: Any, context: grpc.ServicerContext) -> Any:
                 try:
-                    peer = self.verifier.check_auth_context(context.auth_context())
+                    peer = self.verifier.check_auth_context(_auth_context(context))
                 except XgateError as exc:
                     log.warning("peer_refused", method=method, error=exc.code, reason=exc.message)
                     context.abort(_status(exc), _details(exc))
@@ -234,7 +240,7 @@ class PeerCheckInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
         return _wrap(handler, wrap_call)
 
 
-class AioPeerCheckInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+class AioPeerCheckInterceptor(grpc.aio.ServerInterceptor):
     """grpc.aio server interceptor: refuse RPCs whose mTLS peer fails PeerVerifier."""
 
     def __init__(self, verifier: PeerVerifier) -> None:
@@ -242,9 +248,9 @@ class AioPeerCheckInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
 
     async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]],
         handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
         handler = await continuation(handler_call_details)
         if handler is None:
             return None
@@ -253,7 +259,7 @@ class AioPeerCheckInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         def wrap_call(behaviour: Callable[..., Any]) -> Callable[..., Any]:
             async def checked(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
                 try:
-                    peer = self.verifier.check_auth_context(context.auth_context())
+                    peer = self.verifier.check_auth_context(_auth_context(context))
                 except XgateError as exc:
                     log.warning("peer_refused", method=method, error=exc.code, reason=exc.message)
                     await context.abort(_status(exc), _details(exc))
@@ -340,7 +346,7 @@ def uvicorn_ssl_kwargs(
 
 def warn_insecure(component: str) -> None:
     """The one warning every --insecure mode prints (stderr and log)."""
-    print(
+    print(  # noqa: T201  # a warning for the operator's terminal, beside the log
         f"WARNING: {component} running WITHOUT TLS (--insecure): development use only; "
         "traffic and credentials travel in plaintext",
         file=sys.stderr,

@@ -47,7 +47,7 @@ def _spawn_forever() -> None:
         cmd, kwargs, done = _requests.get()
         try:
             done.set_result(subprocess.Popen(cmd, **kwargs))
-        except BaseException as exc:  # reported to the caller
+        except BaseException as exc:  # noqa: BLE001 # reported to the caller
             done.set_exception(exc)
 
 

@@ -36,7 +36,7 @@ from federated.datasets import ElementInfo
 from federated.deployment import Federation
 from federated.fleet_gate import DEFAULT_MAX_BODY
 from federated.model import encoded_width
-from xgate.catalogue import Catalogue
+from policies.catalogue import Catalogue
 from xgate.errors import ConfigError, IntegrityError, NodeProtocolError, NodeUnavailable, NotFound
 from xgate.logging import get_logger
 

@@ -30,7 +30,7 @@ from federated.fleet_gate import DEFAULT_MAX_BODY
 from federated.jobs import JobSpec, Mode
 from federated.remote import RemoteLink, RemoteNode, attested_digests, catalogue_width, select_participants
 from federated.runner import JobResult, finish, follow_run, start_job, write_app
-from xgate.catalogue import Catalogue
+from policies.catalogue import Catalogue
 from xgate.errors import ConfigError, PolicyDenied
 from xgate.logging import get_logger
 
@@ -170,7 +170,7 @@ class RemoteTraining:
         def start() -> None:
             try:
                 self.ensure_started()
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001  # the health loop must survive; next tick retries
                 log.warning("flower_remote_superlink_unavailable", reason=str(exc)[:200])
 
         threading.Thread(target=start, name="remote-superlink", daemon=True).start()

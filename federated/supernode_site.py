@@ -32,7 +32,6 @@ from crypto.peers import load_cert, verify_peer_certificate
 from federated.deployment import BIN, flwr_env, free_port, supernode_flags
 from federated.node import NodeConfig as ClientNodeConfig
 from federated.node import node_config_arg
-from nodes.config import NodeConfig
 from xgate.errors import ConfigError, CryptoError
 from xgate.logging import get_logger
 
@@ -43,7 +42,7 @@ STEADY_S = 60.0  # a SuperNode that ran this long resets the backoff
 
 @dataclass(frozen=True)
 class SupernodeSite:
-    """What `flower-supernode` is started with; validated by `site_from_config`."""
+    """What `flower-supernode` is started with; validated by `nodes.supernode.site_from_config`."""
 
     agency: str
     superlink: str
@@ -53,7 +52,7 @@ class SupernodeSite:
     home: Path
 
 
-def _file(path: Path, what: str) -> Path:
+def require_file(path: Path, what: str) -> Path:
     if not path.is_file():
         raise ConfigError(f"[training] {what}: file not found: {path}")
     return path
@@ -62,7 +61,7 @@ def _file(path: Path, what: str) -> Path:
 def check_supernode_key(key: Path, agency: str, ca_cert: Path, cert: Path | None, crl: Path | None) -> None:
     """The key is an unencrypted OpenSSH EC key only its owner can read; with `cert`, the CA certified
     exactly this key for this agency (valid, not expired, not revoked). ConfigError names the problem."""
-    _file(key, "supernode_key")
+    require_file(key, "supernode_key")
     if os.stat(key).st_mode & (stat.S_IRWXG | stat.S_IRWXO):
         raise ConfigError(f"[training] supernode_key: {key} is readable by others (chmod 600)")
     try:
@@ -72,37 +71,12 @@ def check_supernode_key(key: Path, agency: str, ca_cert: Path, cert: Path | None
     if cert is None:
         return
     try:
-        certificate = load_cert(_file(cert, "supernode_cert"))
+        certificate = load_cert(require_file(cert, "supernode_cert"))
         verify_peer_certificate(certificate, ca_cert, crl, agency, "flower-supernode")
     except CryptoError as exc:
         raise ConfigError(f"[training] supernode_cert does not verify against ca_cert: {exc.message}") from None
     if certificate.public_key() != private.public_key():
         raise ConfigError("[training] supernode_cert certifies another key than supernode_key")
-
-
-def site_from_config(cfg: NodeConfig) -> SupernodeSite:
-    """Validate the node's `[training]` table; ConfigError (one line, naming the field) otherwise."""
-    t = cfg.training
-    if t is None:
-        raise ConfigError("node config has no [training] table (superlink, ca_cert, supernode_key, ledger, policy_dir)")
-    host, port = t.superlink.rsplit(":", 1)
-    if not 0 < int(port) < 65536:
-        raise ConfigError(f"[training] superlink: port {port} is out of range")
-    _file(t.ca_cert, "ca_cert")
-    if t.crl is not None:
-        _file(t.crl, "crl")
-    if t.holdout is not None:
-        _file(t.holdout, "holdout")
-    check_supernode_key(t.supernode_key, cfg.node.agency, t.ca_cert, t.supernode_cert, t.crl)
-    policy_dir = t.policy_dir or cfg.node.policy_dir
-    if policy_dir is None or not policy_dir.is_dir():
-        raise ConfigError(f"[training] policy_dir: not a directory: {policy_dir}")
-    if not cfg.node.store.is_file():
-        raise ConfigError(f"[node] store: file not found: {cfg.node.store}")
-    client = ClientNodeConfig(cfg.node.store, cfg.node.agency, t.ledger, t.holdout, policy_dir)
-    node_config_arg(client)  # refuses paths Flower's --node-config cannot carry
-    home = t.state_dir or t.ledger.parent / "flwr-supernode"
-    return SupernodeSite(cfg.node.agency, f"{host}:{port}", t.ca_cert, t.supernode_key, client, home)
 
 
 def supernode_command(site: SupernodeSite, runtime_port: int) -> list[str]:

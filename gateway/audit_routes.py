@@ -55,7 +55,8 @@ def _checkpoint_view(cp: Any) -> dict[str, Any]:
     }
 
 
-def build_audit_router(
+# to split into routes/*.py (issue 12 item 5)
+def build_audit_router(  # noqa: C901
     log: AuditLog,
     require_officer: Callable[[Request], Any],
     *,

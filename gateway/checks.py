@@ -1,6 +1,6 @@
 """Coordinate one eligibility check: validate, decide, fan out, combine, record.
 
-Pure steps live in gateway/eligibility.py; this module sequences them with the I/O (fan-out,
+Pure steps live in exchange/eligibility.py; this module sequences them with the I/O (fan-out,
 policy, budgets, audit) and runs CPU-heavy HE work off the event loop.
 """
 
@@ -17,7 +17,7 @@ from typing import Any, Protocol
 
 from crypto.he import SLOTS, PublicContext
 from crypto.masks import epoch_of
-from gateway.eligibility import (
+from exchange.eligibility import (
     CheckScope,
     CriterionOutcome,
     build_requests,

@@ -7,8 +7,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from policies.catalogue import DEFAULT_CATALOGUE, AgencyId
 from policies.programs import DEFAULT_PROGRAM_DIR
-from xgate.catalogue import DEFAULT_CATALOGUE, AgencyId
 from xgate.tomlfile import load_model, resolve_relative
 
 

@@ -59,7 +59,7 @@ class NodeDirectory:
         else:
             channel = grpc.aio.insecure_channel(endpoint.address, options=options)
         self._channels.append(channel)
-        self._stubs[agency] = node_pb2_grpc.AgencyNodeStub(channel)
+        self._stubs[agency] = node_pb2_grpc.AgencyNodeStub(channel)  # type: ignore[no-untyped-call]  # generated, untyped
         return self._stubs[agency]
 
     def agencies(self) -> list[str]:
@@ -141,12 +141,18 @@ class NodeDirectory:
 
     async def health(self, agency: str, deadline_s: float = 2.0) -> node_pb2.HealthResponse:
         try:
-            return await self.stub(agency).Health(node_pb2.HealthRequest(), timeout=deadline_s)
+            response: node_pb2.HealthResponse = await self.stub(agency).Health(
+                node_pb2.HealthRequest(), timeout=deadline_s
+            )
+            return response
         except grpc.aio.AioRpcError as exc:
             raise node_error_from_rpc(agency, exc) from None
 
     async def describe(self, agency: str, deadline_s: float = 2.0) -> node_pb2.DescribeResponse:
         try:
-            return await self.stub(agency).Describe(node_pb2.DescribeRequest(), timeout=deadline_s)
+            described: node_pb2.DescribeResponse = await self.stub(agency).Describe(
+                node_pb2.DescribeRequest(), timeout=deadline_s
+            )
+            return described
         except grpc.aio.AioRpcError as exc:
             raise node_error_from_rpc(agency, exc) from None

@@ -18,8 +18,8 @@ from gateway.audit_routes import build_audit_router
 from gateway.checks import CheckCoordinator
 from gateway.config import GatewayConfig
 from gateway.fanout import NodeDirectory, NodeEndpoint
+from policies.catalogue import load_catalogue
 from policies.programs import ProgramRegistry
-from xgate.catalogue import load_catalogue
 from xgate.errors import ConfigError
 from xgate.logging import get_logger
 
@@ -120,7 +120,7 @@ def build_app(config: GatewayConfig, on_ready: Callable[[], None] | None = None)
 def serve(config: GatewayConfig) -> None:
     settings = config.gateway
     if config.tls is None:
-        print("WARNING: serving the REST API WITHOUT TLS (--insecure); development use only", file=sys.stderr)
+        print("WARNING: serving the REST API WITHOUT TLS (--insecure); development use only", file=sys.stderr)  # noqa: T201  # operator warning on stderr
     # Bind first so an ephemeral port (0) can be announced before serving.
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -130,7 +130,7 @@ def serve(config: GatewayConfig) -> None:
     scheme = "https" if config.tls is not None else "http"
 
     def announce() -> None:
-        print(json.dumps({"event": "ready", "port": port, "url": f"{scheme}://{settings.host}:{port}"}), flush=True)
+        print(json.dumps({"event": "ready", "port": port, "url": f"{scheme}://{settings.host}:{port}"}), flush=True)  # noqa: T201  # the readiness line the launcher reads
         log.info("gateway_ready", port=port)
 
     app = build_app(config, on_ready=announce)

@@ -84,7 +84,7 @@ def job_fields(job: JobSpec, actor: Actor) -> dict[str, Any]:
 def _build(fields: dict[str, Any], metadata: dict[str, Any]) -> AuditRecord:
     try:
         return AuditRecord(**fields, metadata=metadata)
-    except Exception:
+    except Exception:  # noqa: BLE001  # see below: keep the entry, drop the free text
         # A value the schema refuses (e.g. a reason that looks like an identity number): keep the
         # entry, drop the free text rather than lose the event.
         redacted = {k: ("[redacted]" if isinstance(v, str) else v) for k, v in metadata.items()}

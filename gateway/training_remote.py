@@ -17,7 +17,7 @@ def remote_training(training: TrainingSettings | None, catalogue: Path, state_di
     from crypto.flower_keys import FlowerSecurity
     from federated.remote import RemoteNode
     from federated.remote_runner import RemoteTraining
-    from xgate.catalogue import load_catalogue
+    from policies.catalogue import load_catalogue
 
     assert training.ca_cert and training.superlink_cert and training.superlink_key and training.superlink_host
     return RemoteTraining(

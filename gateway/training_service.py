@@ -284,7 +284,7 @@ class TrainingService:
             self.runner(job, nodes, job_dir=job_dir, on_event=on_event, on_federation=created, **extra)
         except PolicyDenied as exc:  # a node refused: nothing ran
             self._after_failure(job, actor, job_dir, "refused", exc.message, decided)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001  # a job's failure is recorded, never raised into the worker
             reason = exc.message if isinstance(exc, XgateError) else f"{type(exc).__name__}: {exc}"
             log.warning("training_job_failed", job_id=job.job_id, reason=reason[:200])
             if not terminal:

@@ -9,18 +9,18 @@ from typing import TYPE_CHECKING, Any
 
 from fastapi import APIRouter, Request
 
+from gateway.auth import Authenticator, add_user
 from gateway.config import GatewayConfig
 from gateway.consent_routes import build_consent_router
+from gateway.ratelimit import RateLimiter
 from policies.budgets import ProbeBudget
 from policies.consent import ConsentRegistry
 from policies.engine import DEFAULT_POLICY_DIR
 from policies.pdp import CheckAuthorizer
 from policies.reload import PolicyReloader
 from policies.types import AccessRequest
-from xgate.auth import Authenticator, add_user
 from xgate.errors import BudgetExhausted, ConfigError, Unauthenticated
 from xgate.principal import Principal
-from xgate.ratelimit import RateLimiter
 
 if TYPE_CHECKING:
     from gateway.training_service import TrainingService

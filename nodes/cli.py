@@ -9,7 +9,7 @@ import typer
 from nodes.config import load_node_config
 from nodes.loader import load_file
 from nodes.store import open_node_store
-from xgate.catalogue import load_catalogue
+from policies.catalogue import load_catalogue
 from xgate.cli_support import fail_on_error
 from xgate.pseudonym import Pseudonymiser, load_key
 
@@ -58,7 +58,8 @@ def serve(
 @app.command("supernode")
 def supernode(config: Path = typer.Option(..., "--config", help="node config TOML with a training table")) -> None:
     """Run this agency's Flower SuperNode against the gateway's SuperLink until SIGTERM/SIGINT."""
-    from federated.supernode_site import run_supernode, site_from_config
+    from federated.supernode_site import run_supernode
+    from nodes.supernode import site_from_config
     from xgate.logging import configure
 
     with fail_on_error():

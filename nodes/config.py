@@ -6,7 +6,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from xgate.catalogue import DEFAULT_CATALOGUE, AgencyId
+from policies.catalogue import DEFAULT_CATALOGUE, AgencyId
 from xgate.tomlfile import load_model, resolve_relative
 
 

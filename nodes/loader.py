@@ -18,7 +18,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field
 
 from nodes.store import NodeStore
-from xgate.catalogue import AgencyId, Catalogue, Classification, DataElement, ElementId, ElementType
+from policies.catalogue import AgencyId, Catalogue, Classification, DataElement, ElementId, ElementType
 from xgate.errors import ConfigError, InvalidInput, NotFound
 from xgate.pseudonym import Pseudonymiser
 from xgate.tomlfile import load_model

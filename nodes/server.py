@@ -98,11 +98,11 @@ def serve(config: NodeConfig, ready_file: Path | None = None) -> None:
         interceptors=interceptors,
         options=[("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit)],
     )
-    node_pb2_grpc.add_AgencyNodeServicer_to_server(NodeServicer(service), server)
+    node_pb2_grpc.add_AgencyNodeServicer_to_server(NodeServicer(service), server)  # type: ignore[no-untyped-call]  # generated
     if config.tls is None:
         if not settings.insecure:
             raise ConfigError("node has no [tls] section; pass --insecure to serve plaintext gRPC (development only)")
-        print("WARNING: serving gRPC WITHOUT TLS (--insecure); development use only", file=sys.stderr)
+        print("WARNING: serving gRPC WITHOUT TLS (--insecure); development use only", file=sys.stderr)  # noqa: T201  # operator warning on stderr
         port = server.add_insecure_port(settings.listen)
     else:
         from crypto.tls import server_credentials
@@ -115,7 +115,7 @@ def serve(config: NodeConfig, ready_file: Path | None = None) -> None:
     log.info("node_ready", agency=settings.agency, port=port)
     if ready_file is not None:
         ready_file.write_text(json.dumps(announcement))
-    print(json.dumps(announcement), flush=True)
+    print(json.dumps(announcement), flush=True)  # noqa: T201  # the readiness line the launcher reads
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())

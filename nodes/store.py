@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
-from xgate.catalogue import DataElement
+from policies.catalogue import DataElement
 from xgate.errors import InvalidInput, NotFound
 
 if TYPE_CHECKING:

@@ -238,7 +238,7 @@ class PolicyEngine:
                 self._decision(results[i]) if p.cedar is not None else self._deny(p.denial)
                 for i, p in enumerate(prepared)
             ]
-        except Exception as exc:  # fail closed, whatever broke
+        except Exception as exc:  # noqa: BLE001 # fail closed, whatever broke
             log.warning("policy_engine_error", error=type(exc).__name__, policy_set_hash=self.policy_set_hash)
             decisions = [self._deny(FAIL_CLOSED, f"{type(exc).__name__}: {exc}") for _ in requests]
         combined = combine(decisions, labels, self.policy_set_hash)

@@ -16,7 +16,7 @@ from typing import Annotated
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 from crypto.he import MAX_ABS_DIFFERENCE
-from xgate.catalogue import AgencyId, Catalogue, ElementId, ElementType
+from policies.catalogue import AgencyId, Catalogue, ElementId, ElementType
 from xgate.errors import ConfigError, NotFound
 from xgate.tomlfile import load_model
 

@@ -78,7 +78,7 @@ class PolicyReloader:
                 self.last_error = exc.message
                 log.warning("policy_reload_rejected", error=exc.message, in_force=self.version)
                 return False
-            except Exception as exc:  # never let a bad file kill the watcher or the old engine
+            except Exception as exc:  # noqa: BLE001 # never let a bad file kill the watcher or the old engine
                 self.last_error = f"{type(exc).__name__}: {exc}"
                 log.warning("policy_reload_rejected", error=self.last_error, in_force=self.version)
                 return False

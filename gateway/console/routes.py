@@ -105,7 +105,7 @@ def _record(
     )
 
 
-def build_console_router(state: ConsoleState) -> APIRouter:
+def build_console_router(state: ConsoleState) -> APIRouter:  # noqa: C901  # to split into routes/*.py (issue 12 item 5)
     router = APIRouter(tags=["console"])
 
     async def caller(request: Request) -> Principal:

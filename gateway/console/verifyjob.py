@@ -91,7 +91,7 @@ class LogVerification:
             result = {"state": "passed", "report": asdict(report) | {"root": report.root.hex()}}
         except XgateError as exc:
             result = {"state": "failed", "error": {"code": exc.code, "message": exc.message, "details": exc.details}}
-        except Exception as exc:  # the thread must always finish with a state
+        except Exception as exc:  # noqa: BLE001 # the thread must always finish with a state
             log.error("console_verify_failed", error=type(exc).__name__)
             result = {"state": "failed", "error": {"code": "internal_error", "message": "verification crashed"}}
         self._set(

@@ -21,7 +21,7 @@ from typing import Any
 
 import httpx
 
-from xgate.devfed import (
+from app.devfed import (
     DEV_APPROVAL_REF,
     LEGAL_BASIS,
     DevFederation,
@@ -30,7 +30,7 @@ from xgate.devfed import (
     start_nodes,
     write_gateway_config,
 )
-from xgate.launcher import Supervisor
+from app.launcher import Supervisor
 
 CHROMIUM_CANDIDATES = ("/usr/bin/chromium", "/usr/bin/chromium-browser", "/usr/lib/chromium/chromium")
 CHROMIUM_ARGS = [
@@ -92,7 +92,7 @@ class ConsoleFederation:
         return out
 
     def client(self, label: str = "caseworker") -> Any:
-        from xgate.client.sdk import GatewayClient
+        from client.sdk import GatewayClient
         from xgate.pseudonym import Pseudonymiser, load_key
 
         return GatewayClient(self.url, self.fed.api_keys[label], Pseudonymiser(load_key(self.fed.pseudonym_key)),
@@ -111,7 +111,7 @@ class ConsoleFederation:
 
     def refused_check(self, *, legal_basis: str = "SAR-2014-art-99", purpose: str = "dibao", case: str = "C-X") -> int:
         """A check the policy refuses; returns the HTTP status (403 expected)."""
-        from xgate.client.sdk import GatewayError
+        from client.sdk import GatewayError
 
         with self.client() as c:
             try:

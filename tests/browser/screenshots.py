@@ -19,8 +19,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from app.devfed import DEV_APPROVAL_REF, LEGAL_BASIS
 from tests.browser.harness import CHROMIUM_ARGS, ConsoleFederation, find_chromium, running_federation, sign_in
-from xgate.devfed import DEV_APPROVAL_REF, LEGAL_BASIS
 
 VIEWPORT = {"width": 1440, "height": 900}
 JOB_FILES = ("status.json", "events.jsonl", "report.json", "model.json")

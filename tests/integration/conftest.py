@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from xgate.devfed import DevFederation, prepare, start_gateway, start_nodes, write_gateway_config
-from xgate.launcher import Supervisor
+from app.devfed import DevFederation, prepare, start_gateway, start_nodes, write_gateway_config
+from app.launcher import Supervisor
 
 PEOPLE = 3000
 APPLICANTS = 300
@@ -38,7 +38,7 @@ def federation(prepared: DevFederation) -> Iterator[DevFederation]:
 
 @pytest.fixture()
 def client(federation: DevFederation):  # type: ignore[no-untyped-def]
-    from xgate.client.sdk import GatewayClient
+    from client.sdk import GatewayClient
     from xgate.pseudonym import Pseudonymiser, load_key
 
     with GatewayClient(

@@ -24,11 +24,11 @@ import grpc
 import tenseal as ts
 import tomli_w
 
+from app.devfed import DEV_APPROVAL_REF, GATEWAY_ID, LEGAL_BASIS, DevFederation
 from crypto import pki
 from crypto.envelope import Envelopes, SigningKey, request_digest, sign_message
 from crypto.tls import TlsPaths, channel_options, server_credentials
 from protos.xgate.v1 import node_pb2, node_pb2_grpc
-from xgate.devfed import DEV_APPROVAL_REF, GATEWAY_ID, LEGAL_BASIS, DevFederation
 from xgate.pseudonym import Pseudonymiser, id_checksum, load_key
 
 ENCRYPT = "/xgate.v1.AgencyNode/EncryptValues"

@@ -13,8 +13,8 @@ import tomli_w
 
 from federated import datasets
 from federated.remote import RemoteNode
+from policies.catalogue import DEFAULT_CATALOGUE, Catalogue, DataElement
 from tests.unit.training_support import RENAME
-from xgate.catalogue import DEFAULT_CATALOGUE, Catalogue, DataElement
 
 
 def synthetic_catalogue() -> Catalogue:
@@ -66,7 +66,7 @@ def write_node_toml(root: Path, agency: str, store: Path, ledger: Path, port: in
 def start_site(site: Site) -> None:
     fh = site.log.open("ab")
     site.proc = subprocess.Popen(
-        [sys.executable, "-m", "xgate.cli", "node", "supernode", "--config", str(site.config)],
+        [sys.executable, "-m", "app.cli", "node", "supernode", "--config", str(site.config)],
         stdout=fh, stderr=subprocess.STDOUT, env={**os.environ, "FLWR_TELEMETRY_ENABLED": "0"},
     )  # fmt: skip
     fh.close()

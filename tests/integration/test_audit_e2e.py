@@ -10,9 +10,9 @@ import sys
 import httpx
 import pytest
 
+from app.devfed import DEV_APPROVAL_REF, LEGAL_BASIS
+from client.sdk import GatewayClient
 from gateway.checks import subjects_digest
-from xgate.client.sdk import GatewayClient
-from xgate.devfed import DEV_APPROVAL_REF, LEGAL_BASIS
 from xgate.pseudonym import Pseudonymiser, load_key
 
 pytestmark = pytest.mark.integration
@@ -104,7 +104,7 @@ def test_check_is_logged_on_both_sides_and_cosigned(federation, tmp_path):
         assert set(again["cosigned_by"]) == set(federation.agencies) and again["size"] > cosigned["size"]
 
     db, pub = federation.gateway_dir / "audit.sqlite", federation.gateway_dir / "audit.pub.pem"
-    cli = [sys.executable, "-m", "xgate.cli", "audit"]
+    cli = [sys.executable, "-m", "app.cli", "audit"]
     verified = subprocess.run([*cli, "verify-log", "--db", str(db), "--key", str(pub)], capture_output=True, text=True)
     assert verified.returncode == 0, verified.stderr + verified.stdout
     bundle = tmp_path / "bundle.json"

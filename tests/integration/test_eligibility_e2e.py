@@ -9,11 +9,12 @@ import httpx
 import numpy as np
 import pytest
 
+from app.demo import oracle
+from app.devfed import DEV_APPROVAL_REF, LEGAL_BASIS
+from client.sdk import GatewayError
+from client.subjects import read_subjects
+from policies.catalogue import load_catalogue
 from policies.programs import DEFAULT_PROGRAM_DIR, ProgramRegistry
-from xgate.catalogue import load_catalogue
-from xgate.client.sdk import GatewayError
-from xgate.demo import oracle, read_subjects
-from xgate.devfed import DEV_APPROVAL_REF, LEGAL_BASIS
 from xgate.pseudonym import id_checksum
 
 pytestmark = pytest.mark.integration
@@ -33,7 +34,7 @@ def _random_ids(n: int, seed: int) -> list[str]:
 
 @pytest.mark.parametrize("program", ["dibao", "pension_survival", "unemployment_subsidy"])
 def test_he_verdicts_match_plaintext_oracle(federation, program):
-    from xgate.client.sdk import GatewayClient
+    from client.sdk import GatewayClient
     from xgate.pseudonym import Pseudonymiser, load_key
 
     label = "caseworker" if program == "dibao" else "hrss_caseworker"
@@ -135,7 +136,7 @@ def test_unauthenticated_and_malformed_bodies(federation):
 
 
 def test_wrong_agency_may_not_request_program(federation):
-    from xgate.client.sdk import GatewayClient
+    from client.sdk import GatewayClient
     from xgate.pseudonym import Pseudonymiser, load_key
 
     with (

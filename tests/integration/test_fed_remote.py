@@ -300,7 +300,7 @@ def test_bad_training_table_exits_with_one_line(world: World, tmp_path: Path) ->
     cfg["training"].update(ledger=str(world.sites["region0"].ledger), supernode_key=str(tmp_path / "missing.key"))
     (tmp_path / "node.toml").write_text(tomli_w.dumps(cfg))
     out = subprocess.run(
-        [sys.executable, "-m", "xgate.cli", "node", "supernode", "--config", str(tmp_path / "node.toml")],
+        [sys.executable, "-m", "app.cli", "node", "supernode", "--config", str(tmp_path / "node.toml")],
         capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
     assert out.returncode != 0

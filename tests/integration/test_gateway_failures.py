@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
+from app.devfed import DEV_APPROVAL_REF, LEGAL_BASIS, start_gateway, write_gateway_config
+from client.sdk import GatewayClient, GatewayError
+from client.subjects import read_subjects
 from tests.integration.rogue import start_rogue
-from xgate.client.sdk import GatewayClient, GatewayError
-from xgate.demo import read_subjects
-from xgate.devfed import DEV_APPROVAL_REF, LEGAL_BASIS, start_gateway, write_gateway_config
 from xgate.pseudonym import Pseudonymiser, load_key
 
 pytestmark = pytest.mark.integration

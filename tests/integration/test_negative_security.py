@@ -22,10 +22,16 @@ import httpx
 import pytest
 import tenseal as ts
 
+from app.devfed import DEV_APPROVAL_REF, GATEWAY_ID, LEGAL_BASIS, DevFederation, start_gateway, write_gateway_config
+from app.launcher import Supervisor
+from client.sdk import GatewayClient, GatewayError
+from client.subjects import read_subjects
 from crypto import pki
 from crypto.envelope import Envelopes, SigningKey, method_name, sign_message
 from crypto.he import RequesterKeys
 from crypto.tls import TlsPaths
+from gateway.auth import add_user, disable_user
+from policies.catalogue import load_catalogue
 from policies.programs import DEFAULT_PROGRAM_DIR, ProgramRegistry
 from protos.xgate.v1 import node_pb2
 from tests.integration.negative_helpers import (
@@ -49,12 +55,6 @@ from tests.integration.negative_helpers import (
     wait_until_listening,
     write_variant_node_config,
 )
-from xgate.auth import add_user, disable_user
-from xgate.catalogue import load_catalogue
-from xgate.client.sdk import GatewayClient, GatewayError
-from xgate.demo import read_subjects
-from xgate.devfed import DEV_APPROVAL_REF, GATEWAY_ID, LEGAL_BASIS, DevFederation, start_gateway, write_gateway_config
-from xgate.launcher import Supervisor
 from xgate.pseudonym import Pseudonymiser, load_key
 
 pytestmark = pytest.mark.integration

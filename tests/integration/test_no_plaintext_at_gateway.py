@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 
+from app.devfed import DEV_APPROVAL_REF, LEGAL_BASIS, prepare, start_gateway, start_nodes, write_gateway_config
+from app.launcher import Supervisor
+from client.sdk import GatewayClient
+from client.subjects import read_subjects
 from tests.integration.recording_proxy import RecordingProxy
-from xgate.client.sdk import GatewayClient
-from xgate.demo import read_subjects
-from xgate.devfed import DEV_APPROVAL_REF, LEGAL_BASIS, prepare, start_gateway, start_nodes, write_gateway_config
-from xgate.launcher import Supervisor
 from xgate.pseudonym import Pseudonymiser, id_checksum, load_key
 
 pytestmark = pytest.mark.integration

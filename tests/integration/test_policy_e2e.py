@@ -9,11 +9,11 @@ import httpx
 import numpy as np
 import pytest
 
+from app.demo import oracle
+from app.devfed import DEV_APPROVAL_REF, LEGAL_BASIS, start_gateway, write_gateway_config
+from client.sdk import GatewayClient, GatewayError
+from policies.catalogue import load_catalogue
 from policies.programs import DEFAULT_PROGRAM_DIR, ProgramRegistry
-from xgate.catalogue import load_catalogue
-from xgate.client.sdk import GatewayClient, GatewayError
-from xgate.demo import oracle
-from xgate.devfed import DEV_APPROVAL_REF, LEGAL_BASIS, start_gateway, write_gateway_config
 from xgate.errors import InvalidInput
 from xgate.pseudonym import Pseudonymiser, load_key
 
@@ -166,7 +166,7 @@ def test_consent_is_required_honoured_and_revocable(federation):
 
 def test_node_refuses_what_the_gateway_allowed(federation, tmp_path):
     """The provider decides: a tax node whose own policy lacks the dibao agreement refuses."""
-    from xgate.devfed import DevFederation
+    from app.devfed import DevFederation
 
     strict = tmp_path / "strict-policies"
     shutil.copytree(federation.policy_dir, strict)

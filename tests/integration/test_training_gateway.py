@@ -17,9 +17,9 @@ import httpx
 import pytest
 import tomli_w
 
+from app.launcher import Supervisor
+from client.sdk import GatewayClient, GatewayError
 from tests.unit.training_support import job_body, prepare_gateway_dir, write_region_stores, write_training_policies
-from xgate.client.sdk import GatewayClient, GatewayError
-from xgate.launcher import Supervisor
 
 pytestmark = pytest.mark.integration
 
@@ -80,7 +80,7 @@ def test_job_through_the_gateway_is_audited(gateway: Gateway, tmp_path: Path) ->
     job_file = tmp_path / "job.toml"
     job_file.write_text(tomli_w.dumps(job_body("it-gw-1", epsilon=1.0)))
     cli = subprocess.Popen(
-        [sys.executable, "-m", "xgate.cli", "train", "submit", "--job", str(job_file), "--gateway", gateway.url],
+        [sys.executable, "-m", "app.cli", "train", "submit", "--job", str(job_file), "--gateway", gateway.url],
         env={**os.environ, "XGATE_API_KEY": gateway.keys["analyst"]},
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -124,9 +124,12 @@ def test_job_through_the_gateway_is_audited(gateway: Gateway, tmp_path: Path) ->
         "training_round_completed", "training_round_evaluated", "training_dp_spent", "training_job_completed",
     ):  # fmt: skip
         assert expected in kinds, kinds
-    assert kinds.index("training_job_submitted") < kinds.index("training_job_approved") < kinds.index(
-        "training_round_completed"
-    ) < kinds.index("training_job_completed")
+    assert (
+        kinds.index("training_job_submitted")
+        < kinds.index("training_job_approved")
+        < kinds.index("training_round_completed")
+        < kinds.index("training_job_completed")
+    )
     approved = next(e["record"] for e in entries if e["record"]["kind"] == "training_job_approved")
     assert approved["decision"] == "allow" and approved["policy_ids"] == ["train-medical-claims"]
     assert len(approved["policy_set_hash"]) == 64 and approved["actor"]["user"] == "an-liu"
@@ -146,7 +149,7 @@ def test_job_through_the_gateway_is_audited(gateway: Gateway, tmp_path: Path) ->
     assert published.status_code == 200
     gw = gateway.root / "gateway"
     verify = subprocess.run(
-        [sys.executable, "-m", "xgate.cli", "audit", "verify-log", "--db", str(gw / "audit.sqlite"),
+        [sys.executable, "-m", "app.cli", "audit", "verify-log", "--db", str(gw / "audit.sqlite"),
          "--key", str(gw / "audit.pub.pem")],
         capture_output=True, text=True, timeout=120, check=False,
     )  # fmt: skip

@@ -17,6 +17,8 @@ import httpx
 import pytest
 import tomli_w
 
+from app.launcher import Supervisor
+from client.sdk import GatewayClient, GatewayError
 from crypto import flower_keys as fk
 from crypto import pki
 from federated.admission import require_approval
@@ -25,8 +27,6 @@ from federated.jobs import JobSpec
 from federated.remote import RemoteNode
 from tests.integration.remote_support import Site, flower_processes, start_site, write_catalogue, write_node_toml
 from tests.unit.training_support import job_body, prepare_gateway_dir, write_region_stores, write_training_policies
-from xgate.client.sdk import GatewayClient, GatewayError
-from xgate.launcher import Supervisor
 
 pytestmark = pytest.mark.integration
 AGENCIES = ["region0", "region1"]

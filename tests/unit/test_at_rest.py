@@ -140,15 +140,18 @@ def _db(cipher: ColumnCipher, n: int) -> sqlite3.Connection:
     conn = sqlite3.connect(":memory:")
     conn.execute("CREATE TABLE v (element TEXT, pseudonym TEXT, value BLOB, PRIMARY KEY (element, pseudonym))")
     with conn:
-        conn.executemany("INSERT INTO v VALUES (?, ?, ?)",
-                         [("e.x", f"p{i}", cipher.encrypt_int(i * 100 - 7, f"e.x\x00p{i}".encode()))
-                          for i in range(n)])
+        conn.executemany(
+            "INSERT INTO v VALUES (?, ?, ?)",
+            [("e.x", f"p{i}", cipher.encrypt_int(i * 100 - 7, f"e.x\x00p{i}".encode())) for i in range(n)],
+        )
     return conn
 
 
 def _rows(conn: sqlite3.Connection) -> list[tuple[tuple[str, str], bytes, bytes]]:
-    return [((e, p), blob, f"{e}\x00{p}".encode())
-            for e, p, blob in conn.execute("SELECT element, pseudonym, value FROM v ORDER BY pseudonym")]
+    return [
+        ((e, p), blob, f"{e}\x00{p}".encode())
+        for e, p, blob in conn.execute("SELECT element, pseudonym, value FROM v ORDER BY pseudonym")
+    ]
 
 
 UPDATE = "UPDATE v SET value = ? WHERE element = ? AND pseudonym = ?"

@@ -8,10 +8,10 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
+from app.cli import app
 from audit.checkpoints import Signer, load_private_key
 from audit.store import AuditLog
 from audit.testing import ORIGIN, record
-from xgate.cli import app
 
 runner = CliRunner()
 

@@ -11,10 +11,10 @@ from fastapi import Depends, FastAPI
 from fastapi.responses import JSONResponse
 from fastapi.testclient import TestClient
 
-from xgate.auth import Authenticator, add_user, disable_user, fastapi_dependency
+from gateway.auth import Authenticator, add_user, disable_user, fastapi_dependency
+from gateway.ratelimit import Limit, RateLimiter
 from xgate.errors import BudgetExhausted, InvalidInput, Unauthenticated, XgateError
 from xgate.principal import Principal
-from xgate.ratelimit import Limit, RateLimiter
 
 
 @pytest.fixture
@@ -84,8 +84,9 @@ def test_new_key_for_same_user_disables_old(users: tuple[Path, str]) -> None:
         auth.authenticate({"X-API-Key": old})
 
 
-@pytest.mark.parametrize("field,value", [("role", "root"), ("tier", "platinum"), ("agency", "Tax Bureau"),
-                                         ("user", "bad user!")])
+@pytest.mark.parametrize(
+    "field,value", [("role", "root"), ("tier", "platinum"), ("agency", "Tax Bureau"), ("user", "bad user!")]
+)
 def test_add_user_refuses_bad_fields(tmp_path: Path, field: str, value: str) -> None:
     args = {"user": "bob", "agency": "tax", "role": "analyst", "tier": "bronze"} | {field: value}
     with pytest.raises(InvalidInput):

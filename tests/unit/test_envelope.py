@@ -56,15 +56,15 @@ def _refuse(msg, match: str, **kw) -> None:
 
 
 def test_request_verifies_and_names_signer() -> None:
-    v = verify_message(_signed(), M, RING, ReplayGuard(), now_ms=T0, expected_agency="gateway",
-                       expected_kinds={"gateway"})
+    v = verify_message(
+        _signed(), M, RING, ReplayGuard(), now_ms=T0, expected_agency="gateway", expected_kinds={"gateway"}
+    )
     assert (v.agency, v.kind, v.key_id) == ("gateway", "gateway", GW.key_id)
 
 
 def test_response_bound_to_its_request_verifies() -> None:
     req = _signed()
-    v = verify_message(_response(req), M, RING, ReplayGuard(), now_ms=T0,
-                       expected_request_digest=request_digest(req))
+    v = verify_message(_response(req), M, RING, ReplayGuard(), now_ms=T0, expected_request_digest=request_digest(req))
     assert v.agency == "tax"
 
 

@@ -11,6 +11,7 @@ import pytest
 from flwr.common import Code, FitRes, Status, ndarrays_to_parameters
 from typer.testing import CliRunner
 
+from app.train_cli import app
 from federated import datasets
 from federated.admission import LedgerAdmission, require_approval
 from federated.horizontal_client import HorizontalClient
@@ -18,7 +19,6 @@ from federated.horizontal_server import JobFailed, XgateFedAvg
 from federated.jobs import parse_job
 from federated.node import NodeConfig
 from federated.runner import NodeSpec, run_job
-from federated.train_cli import app
 from xgate.errors import PolicyDenied
 
 FEATS = ["civil.age", "tax.income", "civil.region"]

@@ -27,7 +27,7 @@ from federated.remote import (
 from federated.remote_runner import RemoteMode, job_shape
 from federated.runner import run_job
 from gateway.config import TrainingSettings
-from xgate.catalogue import Catalogue, DataElement
+from policies.catalogue import Catalogue, DataElement
 from xgate.errors import ConfigError, IntegrityError, NodeProtocolError
 
 # -- --node-config -------------------------------------------------------------------------------

@@ -17,10 +17,10 @@ from flwr.supercore.primitives.asymmetric import public_key_to_bytes, sign_messa
 from structlog.testing import capture_logs
 from typer.testing import CliRunner
 
+from app.train_cli import app
 from crypto import flower_keys as fk
 from crypto import pki
 from federated.deployment import Federation, cli_config, superlink_flags, supernode_flags
-from federated.train_cli import app
 from xgate.errors import ConfigError, CryptoError
 
 

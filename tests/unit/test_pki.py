@@ -25,8 +25,14 @@ def ca_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return d
 
 
-def _verify(cert: Path, ca_dir: Path, agency: str | None = "tax", kind: str | None = "node",
-            now: dt.datetime | None = None, crl: object = "default") -> pki.PeerIdentity:
+def _verify(
+    cert: Path,
+    ca_dir: Path,
+    agency: str | None = "tax",
+    kind: str | None = "node",
+    now: dt.datetime | None = None,
+    crl: object = "default",
+) -> pki.PeerIdentity:
     crl_arg = ca_dir / pki.CRL if crl == "default" else crl
     return pki.verify_peer_certificate(cert.read_bytes(), ca_dir / pki.CA_CERT, crl_arg, agency, kind, now=now)
 
@@ -106,10 +112,16 @@ def test_refuse_crl_from_another_ca(ca_dir: Path, tmp_path: Path) -> None:
 def test_refuse_cert_without_agency_uri(ca_dir: Path) -> None:
     ca = pki.load_ca(ca_dir)
     key = ec.generate_private_key(ec.SECP256R1())
-    cert = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "x")]))
-            .issuer_name(ca.cert.subject).public_key(key.public_key()).serial_number(7)
-            .not_valid_before(NOW - dt.timedelta(hours=1)).not_valid_after(NOW + dt.timedelta(days=1))
-            .sign(ca.key, hashes.SHA256()))
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "x")]))
+        .issuer_name(ca.cert.subject)
+        .public_key(key.public_key())
+        .serial_number(7)
+        .not_valid_before(NOW - dt.timedelta(hours=1))
+        .not_valid_after(NOW + dt.timedelta(days=1))
+        .sign(ca.key, hashes.SHA256())
+    )
     with pytest.raises(CryptoError, match="no subjectAltName"):
         pki.verify_peer_certificate(cert, ca.cert, None, None, None)
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
-from crypto.pki_cli import app
-from xgate.auth import Authenticator
+from app.pki_cli import app
+from gateway.auth import Authenticator
 
 runner = CliRunner()
 
@@ -22,8 +22,21 @@ def _ok(*args: str) -> str:
 def test_init_issue_revoke_show(tmp_path: Path) -> None:
     ca = str(tmp_path / "ca")
     _ok("init", "--ca", ca, "--name", "T")
-    issued = json.loads(_ok("issue", "--ca", ca, "--kind", "node", "--agency", "tax", "--out",
-                            str(tmp_path / "tax"), "--address", "127.0.0.1:7001"))
+    issued = json.loads(
+        _ok(
+            "issue",
+            "--ca",
+            ca,
+            "--kind",
+            "node",
+            "--agency",
+            "tax",
+            "--out",
+            str(tmp_path / "tax"),
+            "--address",
+            "127.0.0.1:7001",
+        )
+    )
     shown = json.loads(_ok("show", issued["cert"]))
     assert (shown["agency"], shown["kind"], shown["serial"]) == ("tax", "node", issued["serial"])
     _ok("revoke", "--ca", ca, "--serial", issued["serial"])
@@ -32,18 +45,21 @@ def test_init_issue_revoke_show(tmp_path: Path) -> None:
 
 
 def test_errors_are_one_line_and_nonzero(tmp_path: Path) -> None:
-    result = runner.invoke(app, ["issue", "--ca", str(tmp_path / "none"), "--kind", "node", "--agency", "tax",
-                                 "--out", str(tmp_path)])
+    result = runner.invoke(
+        app, ["issue", "--ca", str(tmp_path / "none"), "--kind", "node", "--agency", "tax", "--out", str(tmp_path)]
+    )
     assert result.exit_code != 0
     assert "xgate pki init" in result.output and "Traceback" not in result.output
 
 
 def test_add_user_prints_key_once(tmp_path: Path) -> None:
     users = tmp_path / "users.json"
-    key = _ok("add-user", "--users", str(users), "--user", "bob", "--agency", "tax", "--role", "analyst",
-              "--tier", "bronze").strip()
+    key = _ok(
+        "add-user", "--users", str(users), "--user", "bob", "--agency", "tax", "--role", "analyst", "--tier", "bronze"
+    ).strip()
     assert key.startswith("xgk_") and key not in users.read_text()
     assert Authenticator(users).authenticate({"X-API-Key": key}).role == "analyst"
-    result = runner.invoke(app, ["add-user", "--users", str(users), "--user", "bob", "--agency", "tax",
-                                 "--role", "root", "--tier", "gold"])
+    result = runner.invoke(
+        app, ["add-user", "--users", str(users), "--user", "bob", "--agency", "tax", "--role", "root", "--tier", "gold"]
+    )
     assert result.exit_code == 1 and "role must be one of" in result.output

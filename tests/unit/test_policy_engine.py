@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
+from policies.catalogue import load_catalogue
 from policies.engine import DEFAULT_POLICY_DIR, FAIL_CLOSED, PolicyEngine
 from policies.loader import split_statements
 from policies.types import NO_PERMIT, AccessRequest, check_requests, node_requests
 from tests.unit.test_policy_support import DAYTIME, DIBAO_ELEMENTS, NIGHT, copy_policies
-from xgate.catalogue import load_catalogue
 from xgate.errors import ConfigError, PolicyDenied
 
 

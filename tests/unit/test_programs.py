@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from policies.catalogue import load_catalogue
 from policies.programs import DEFAULT_PROGRAM_DIR, CriterionKind, ProgramRegistry, load_program
-from xgate.catalogue import load_catalogue
 from xgate.errors import ConfigError, NotFound
 
 CATALOGUE, _ = load_catalogue()

@@ -8,12 +8,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from app.synth import write_mapping
 from nodes.loader import load_file
 from nodes.store import NodeStore
-from xgate.catalogue import load_catalogue
+from policies.catalogue import load_catalogue
 from xgate.errors import ConfigError, InvalidInput
 from xgate.pseudonym import PSEUDONYM_RE, Pseudonymiser, id_checksum, normalise_national_id
-from xgate.synth import write_mapping
 
 CATALOGUE, _ = load_catalogue()
 PS = Pseudonymiser(b"\x01" * 32)

@@ -18,9 +18,10 @@ from crypto import flower_keys as fk
 from crypto import pki
 from federated import datasets, supernode_site
 from federated.node import node_config
-from federated.supernode_site import next_backoff, run_supernode, site_from_config, supernode_command
+from federated.supernode_site import next_backoff, run_supernode, supernode_command
 from nodes.cli import app
 from nodes.config import load_node_config
+from nodes.supernode import site_from_config
 from xgate.errors import ConfigError
 
 

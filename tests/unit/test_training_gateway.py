@@ -299,7 +299,7 @@ def test_decisions_carry_policy_facts_and_personal_data_never_lands() -> None:
 def test_cli_gateway_submission_arguments(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from typer.testing import CliRunner
 
-    from federated.train_cli import app
+    from app.train_cli import app
 
     monkeypatch.delenv("XGATE_API_KEY", raising=False)
     job = tmp_path / "job.toml"
@@ -320,7 +320,7 @@ def test_cli_local_nodes_admit_under_their_policy_dir(tmp_path: Path) -> None:
     import tomli_w
     from typer.testing import CliRunner
 
-    from federated.train_cli import app
+    from app.train_cli import app
 
     policies = write_training_policies(tmp_path / "policies", cap=3.0)
     nodes = write_region_stores(tmp_path, [40, 40])

@@ -6,9 +6,9 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.eligibility import combine_he, combine_plain
+from exchange.eligibility import combine_he, combine_plain
+from policies.catalogue import load_catalogue
 from policies.programs import DEFAULT_PROGRAM_DIR, ProgramRegistry
-from xgate.catalogue import load_catalogue
 
 DIBAO = ProgramRegistry.load(DEFAULT_PROGRAM_DIR, load_catalogue()[0]).get("dibao")
 KEY = b"\x07" * 32

@@ -7,8 +7,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from app.devfed import write_dev_policies
 from federated import datasets
-from xgate.devfed import write_dev_policies
 
 # synthetic_population's columns under the medical agency's names (one dataset: medical.claims_2025)
 RENAME = {

@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_vali
 from xgate.errors import ConfigError, NotFound
 from xgate.tomlfile import load_model
 
-DEFAULT_CATALOGUE = Path(__file__).resolve().parents[1] / "policies" / "catalogue.toml"
+DEFAULT_CATALOGUE = Path(__file__).resolve().parent / "catalogue.toml"
 
 AgencyId = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{1,31}$")]
 ElementId = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{1,31}\.[a-z][a-z0-9_]{1,63}$")]

@@ -19,10 +19,10 @@ from pathlib import Path
 
 import tomli_w
 
+from app.launcher import Supervisor
+from app.synth import AGENCIES, generate, write_federation
 from xgate.errors import ConfigError
-from xgate.launcher import Supervisor
 from xgate.pseudonym import write_key
-from xgate.synth import AGENCIES, generate, write_federation
 
 CORE_AGENCIES = ("household",)
 # Legal basis each shipped program's agreements name (policies/agreements/*.cedar).
@@ -108,7 +108,7 @@ class DevFederation:
 
 def _cli(args: Sequence[str]) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "xgate.cli", *args],
+        [sys.executable, "-m", "app.cli", *args],
         capture_output=True,
         text=True,
         env={**os.environ, "FLWR_TELEMETRY_ENABLED": "0"},

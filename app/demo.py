@@ -2,20 +2,13 @@
 
 from __future__ import annotations
 
-import csv
 import shutil
 import time
 from pathlib import Path
 
 import numpy as np
 
-from gateway.eligibility import evaluate_plain
-from nodes.config import load_node_config
-from nodes.store import open_node_store
-from policies.programs import DEFAULT_PROGRAM_DIR, Program, ProgramRegistry
-from xgate.catalogue import load_catalogue
-from xgate.client.sdk import CheckResult, GatewayClient
-from xgate.devfed import (
+from app.devfed import (
     DEV_APPROVAL_REF,
     LEGAL_BASIS,
     DevFederation,
@@ -24,17 +17,19 @@ from xgate.devfed import (
     start_nodes,
     write_gateway_config,
 )
-from xgate.launcher import Supervisor
+from app.launcher import Supervisor
+from client.sdk import CheckResult, GatewayClient
+from client.subjects import read_subjects
+from exchange.eligibility import evaluate_plain
+from nodes.config import load_node_config
+from nodes.store import open_node_store
+from policies.catalogue import load_catalogue
+from policies.programs import DEFAULT_PROGRAM_DIR, Program, ProgramRegistry
 from xgate.pseudonym import Pseudonymiser, load_key
 
 
 def _say(step: str, text: str) -> None:
     print(f"  [{step}] {text}", flush=True)
-
-
-def read_subjects(path: Path) -> list[str]:
-    with path.open(newline="") as handle:
-        return [row["national_id"] for row in csv.DictReader(handle)]
 
 
 def oracle(fed: DevFederation, program: Program, national_ids: list[str]) -> dict[str, np.ndarray]:

@@ -23,9 +23,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from gateway.ratelimit import RateLimiter
 from xgate.errors import ConfigError, InvalidInput, NotFound, PolicyDenied, Unauthenticated
 from xgate.principal import ROLES, TIERS, Principal
-from xgate.ratelimit import RateLimiter
 
 FORMAT = "xgate-users/1"
 _KEY = re.compile(r"^xgk_([0-9a-f]{12})_([A-Za-z0-9_-]{43})$")

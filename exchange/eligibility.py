@@ -49,7 +49,7 @@ def build_requests(
     program: Program,
     scope: CheckScope,
     pseudonyms: Sequence[str],
-    mode: int,
+    mode: node_pb2.ExchangeMode,
     public_context: bytes,
 ) -> dict[str, node_pb2.EncryptRequest]:
     """One EncryptRequest per agency whose data elements the program reads."""

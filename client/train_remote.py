@@ -11,8 +11,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from client.sdk import GatewayClient
 from federated.jobs import load_job
-from xgate.client.sdk import GatewayClient
 from xgate.errors import PolicyDenied, XgateError
 
 

@@ -6,14 +6,14 @@ from pathlib import Path
 
 import typer
 
+from app.pki_cli import app as pki_app
+from app.train_cli import app as train_app
 from audit.cli import app as audit_app
-from crypto.pki_cli import app as pki_app
-from federated.train_cli import app as train_app
+from client.cli import check
 from gateway.cli import app as gateway_app
 from nodes.cli import app as node_app
 from policies.policy_cli import app as policy_app
 from xgate.cli_support import fail_on_error
-from xgate.client.cli import check
 
 app = typer.Typer(no_args_is_help=True, help="xgate: privacy-preserving cross-agency data exchange gateway")
 app.add_typer(node_app, name="node")
@@ -33,7 +33,7 @@ def demo_data(
     seed: int = typer.Option(20261123, "--seed"),
 ) -> None:
     """Write a seeded synthetic federation: one CSV + mapping per agency, and applicants.csv."""
-    from xgate.synth import generate, write_federation
+    from app.synth import generate, write_federation
 
     with fail_on_error():
         paths = write_federation(out, generate(people, seed), applicants=min(applicants, people))
@@ -49,7 +49,7 @@ def demo(
     keep: bool = typer.Option(False, "--keep", help="keep the generated CSV extracts"),
 ) -> None:
     """Start a five-agency federation on loopback, run the 低保 check end to end, stop everything."""
-    from xgate.demo import run_demo
+    from app.demo import run_demo
 
     with fail_on_error():
         raise typer.Exit(run_demo(workdir, people=people, applicants=applicants, keep=keep))

@@ -137,7 +137,7 @@ def submit(
 def _submit_through_gateway(
     job: Path, gateway: str, api_key: str | None, ca_cert: Path | None, wait: bool, local: tuple[Any, ...]
 ) -> None:
-    from federated.train_remote import submit_remote
+    from client.train_remote import submit_remote
 
     if any(local):
         _fail("--gateway runs the job on the gateway's own nodes: drop --nodes, --ca and --insecure")

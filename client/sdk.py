@@ -85,7 +85,7 @@ class GatewayClient:
         verify: str | bool = True,
         cert: tuple[str, str] | None = None,
     ) -> None:
-        tls: ssl.SSLContext | bool = verify
+        tls: ssl.SSLContext | bool = verify if isinstance(verify, bool) else True
         if isinstance(verify, str):
             tls = ssl.create_default_context(cafile=verify)  # the federation CA, not the system store
             if cert is not None:

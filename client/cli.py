@@ -33,9 +33,9 @@ def check(
     as_json: bool = typer.Option(False, "--json", help="print JSON instead of a table"),
 ) -> None:
     """Run an eligibility check; ids are pseudonymised and values stay encrypted end to end."""
+    from client.sdk import GatewayClient
+    from client.subjects import read_subjects
     from crypto.he import RequesterKeys
-    from xgate.client.sdk import GatewayClient
-    from xgate.demo import read_subjects
     from xgate.errors import InvalidInput
     from xgate.pseudonym import Pseudonymiser, load_key
 

@@ -1,4 +1,4 @@
-"""`xgate pki ...` commands: thin wrappers over crypto/pki.py and xgate/auth.py."""
+"""`xgate pki ...` commands: thin wrappers over crypto/pki.py and gateway/auth.py."""
 
 from __future__ import annotations
 
@@ -150,7 +150,7 @@ def add_user_cmd(
     tier: Annotated[str, typer.Option(help="gold|silver|bronze")],
 ) -> None:
     """Register a REST user and print their API key ONCE (only its SHA-256 is stored)."""
-    from xgate.auth import add_user
+    from gateway.auth import add_user
 
     with fail_on_error():
         key = add_user(users, user, agency, role, tier)
@@ -161,7 +161,7 @@ def add_user_cmd(
 @app.command("disable-user")
 def disable_user_cmd(users: Annotated[Path, typer.Option()], user: Annotated[str, typer.Option()]) -> None:
     """Disable every API key of a user."""
-    from xgate.auth import disable_user
+    from gateway.auth import disable_user
 
     with fail_on_error():
         typer.echo(f"disabled {disable_user(users, user)} key(s) of '{user}'")

@@ -78,7 +78,7 @@ class Supervisor:
             log_path = self.log_dir / f"{name}.log"
             stderr = log_path.open("ab")
         proc = subprocess.Popen(
-            [sys.executable, "-m", "xgate.cli", *args],
+            [sys.executable, "-m", "app.cli", *args],
             stdout=subprocess.PIPE,
             stderr=stderr,
             env=full_env,
