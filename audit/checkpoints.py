@@ -13,7 +13,6 @@ is that party at each agency node.
 from __future__ import annotations
 
 import base64
-import binascii
 import hashlib
 import os
 import struct
@@ -130,7 +129,7 @@ def parse_checkpoint_body(body: str) -> Checkpoint:
         raise IntegrityError("checkpoint size is not a canonical decimal")
     try:
         root = base64.b64decode(root_s, validate=True)
-    except binascii.Error as exc:
+    except ValueError as exc:  # binascii.Error, or a non-ASCII character
         raise IntegrityError("checkpoint root is not base64") from exc
     if len(root) != HASH_SIZE or base64.b64encode(root).decode() != root_s:
         raise IntegrityError("checkpoint root is not a canonical 32-byte hash")
@@ -152,10 +151,12 @@ def parse_signed_note(text: str) -> SignedCheckpoint:
         name, _, b64 = line[len(SIG_PREFIX) :].partition(" ")
         try:
             raw = base64.b64decode(b64, validate=True)
-        except binascii.Error as exc:
+        except ValueError as exc:  # binascii.Error, or a non-ASCII character
             raise IntegrityError("signature is not base64") from exc
         if not name or len(raw) < 5 or " " in b64:
             raise IntegrityError("malformed signature line")
+        if base64.b64encode(raw).decode() != b64:  # unused low bits set: one signature, several texts
+            raise IntegrityError("signature is not canonical base64")
         sigs.append(SignatureLine(name, raw[:4], raw[4:]))
     if not sigs:
         raise IntegrityError("note carries no signatures")

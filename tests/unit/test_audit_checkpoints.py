@@ -74,6 +74,9 @@ def test_tampered_note_is_rejected(signer: Signer, mutate) -> None:  # type: ign
         "origin\n1\n" + base64.b64encode(ROOT).decode() + "\n\n- a AAAAAAA=\n",
         "origin\n1\n" + base64.b64encode(ROOT).decode() + "\n\n\u2014 a !!!\n",
         "origin\r\n1\n" + base64.b64encode(ROOT).decode() + "\n\n\u2014 a AAAAAAA=\n",
+        # non-ASCII base64 used to escape as a bare ValueError (found by tests/unit/test_golden_formats.py)
+        "origin\n1\n" + base64.b64encode(ROOT).decode() + "\n\n\u2014 a AAAA\u00e9AA=\n",
+        "origin\n1\n\u00e9" + base64.b64encode(ROOT).decode()[1:] + "\n\n\u2014 a AAAAAAA=\n",
     ],
 )
 def test_malformed_notes_are_rejected(text: str) -> None:
