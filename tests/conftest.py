@@ -11,7 +11,7 @@ import pytest
 pytest_plugins = ["tests.browser.summary"]
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
+VECTORS = REPO / "tests" / "vectors"  # test vectors and golden files: see tests/vectors/SOURCES.md
 
 
 @pytest.fixture(scope="session")

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from tests.browser.harness import ConsoleFederation, sign_in
-from tests.conftest import SHARED
+from tests.conftest import VECTORS
 
 pytestmark = [pytest.mark.browser, pytest.mark.integration]
 
@@ -166,7 +166,7 @@ def test_federation_policies_and_training_pages(page: Any, console_fed: ConsoleF
 
 
 def test_browser_merkle_verifier_passes_the_rfc6962_vectors(page: Any, console_fed: ConsoleFederation) -> None:
-    probes = json.loads((SHARED / "testdata" / "rfc6962_vectors.json").read_text())["inclusion_probes"]
+    probes = json.loads((VECTORS / "rfc6962_vectors.json").read_text())["inclusion_probes"]
     page.goto(f"{console_fed.url}/console/")
     results = page.evaluate(
         """async (probes) => {

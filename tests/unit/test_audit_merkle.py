@@ -13,12 +13,12 @@ from hypothesis import strategies as st
 from audit import merkle
 from xgate.errors import IntegrityError
 
-VECTORS = Path(__file__).resolve().parents[2].parent / "shared" / "testdata" / "rfc6962_vectors.json"
+VECTORS = Path(__file__).resolve().parents[1] / "vectors" / "rfc6962_vectors.json"
 
 
 def _load() -> dict[str, Any]:
     if not VECTORS.exists():
-        pytest.fail(f"conformance vectors missing: expected {VECTORS} (shared/ beside the repo checkout)")
+        pytest.fail(f"conformance vectors missing: expected {VECTORS} (tests/vectors/, see SOURCES.md)")
     return json.loads(VECTORS.read_text())
 
 
