@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -150,7 +151,7 @@ def main() -> None:
     GOLDEN.mkdir(exist_ok=True)
     for name, data in outputs().items():
         (GOLDEN / name).write_bytes(data)
-        print(f"wrote {GOLDEN / name} ({len(data)} bytes)")
+        sys.stdout.write(f"wrote {GOLDEN / name} ({len(data)} bytes)\n")
 
 
 if __name__ == "__main__":
