@@ -31,6 +31,7 @@ FORMAT = "xgate-users/1"
 _KEY = re.compile(r"^xgk_([0-9a-f]{12})_([A-Za-z0-9_-]{43})$")
 _USER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$")
 _AGENCY = re.compile(r"^[a-z][a-z0-9_]{1,31}$")
+_KEY_HEADERS = frozenset({"authorization", "x-api-key"})
 
 
 def _hash(api_key: str) -> str:
@@ -121,8 +122,19 @@ def disable_user(users_file: Path, user: str) -> int:
 
 
 def extract_key(headers: Mapping[str, str]) -> str:
-    """The API key from Authorization: Bearer or X-API-Key (header names case-insensitive)."""
-    lower = {k.lower(): v for k, v in headers.items()}
+    """The API key from Authorization: Bearer or X-API-Key (header names case-insensitive).
+
+    A request carrying the key twice (two Authorization or X-API-Key headers, or both) is a 400:
+    silently choosing one would let a proxy and the gateway disagree on who is calling.
+    """
+    lower: dict[str, str] = {}
+    for name, value in headers.items():  # Starlette's Headers.items() keeps repeated headers
+        name = name.lower()
+        if name in lower and name in _KEY_HEADERS:
+            raise InvalidInput(f"the {name} header is repeated; send exactly one API key")
+        lower[name] = value
+    if "authorization" in lower and "x-api-key" in lower:
+        raise InvalidInput("both Authorization and X-API-Key are present; send exactly one API key")
     auth = lower.get("authorization", "")
     if auth:
         scheme, _, token = auth.strip().partition(" ")
@@ -133,6 +145,15 @@ def extract_key(headers: Mapping[str, str]) -> str:
     if not key:
         raise Unauthenticated("missing API key (Authorization: Bearer <key> or X-API-Key)")
     return key
+
+
+def presented_key_id(headers: Mapping[str, str]) -> str | None:
+    """The public key id of a well-formed presented key (failure accounting), else None."""
+    try:
+        m = _KEY.match(extract_key(headers))
+    except (Unauthenticated, InvalidInput):
+        return None
+    return m.group(1) if m else None
 
 
 class Authenticator:

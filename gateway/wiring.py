@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fastapi import APIRouter, Request
 
-from gateway.auth import Authenticator, add_user
+from gateway.auth import Authenticator, add_user, presented_key_id
 from gateway.config import GatewayConfig
 from gateway.consent_routes import build_consent_router
 from gateway.ratelimit import RateLimiter
@@ -45,9 +44,12 @@ def write_dev_users(path: Path) -> dict[str, str]:
 class RestAuthenticator:
     """API key -> Principal, then a per-user token bucket (rate limits apply after identity).
 
-    Failed authentications are charged to the caller's address in a second bucket: an address
-    that keeps presenting bad keys is answered 429 before any key is checked (guessing keys at
-    line rate is not possible), while other addresses and authenticated users are unaffected.
+    The key is always checked first: a valid key is never refused because of anybody else's
+    failures (behind an ingress every caller shares one address). Failed authentications are
+    charged to two buckets, the caller's address and the presented key id (the public half of
+    a well-formed key); once either is empty, further failures are answered 429 instead of 401.
+    The secret half has 256 bits, so the limit is about cost and noise, not guessability, and
+    a key's owner keeps working while someone hammers their key id or their ingress.
     """
 
     def __init__(self, authenticator: Authenticator, limiter: RateLimiter, failures: RateLimiter | None = None) -> None:
@@ -56,21 +58,31 @@ class RestAuthenticator:
         self.failures = failures or RateLimiter(rate_per_s=1.0, burst=20)
 
     def __call__(self, request: Request) -> Principal:
-        address = f"address:{request.client.host if request.client else 'unknown'}"
-        try:
-            self.failures.ensure_available(address)
-        except BudgetExhausted as exc:
-            raise BudgetExhausted(
-                "too many failed authentications from this address", retry_after_s=exc.details["retry_after_s"]
-            ) from None
         try:
             principal = self.authenticator.authenticate(request.headers)
         except Unauthenticated:
-            with contextlib.suppress(BudgetExhausted):  # this attempt is refused with 401 either way
-                self.failures.acquire(address)
+            self._charge_failure(request)
             raise
         self.limiter.acquire(principal.user, tier=principal.tier)
         return principal
+
+    def _charge_failure(self, request: Request) -> None:
+        """Charge a failed authentication; raise 429 if the address or key id has none left."""
+        buckets = {"address": f"address:{request.client.host if request.client else 'unknown'}"}
+        key_id = presented_key_id(request.headers)
+        if key_id is not None:
+            buckets["key id"] = f"key:{key_id}"
+        refused: BudgetExhausted | None = None
+        which = ""
+        for label, bucket in buckets.items():
+            try:
+                self.failures.acquire(bucket)
+            except BudgetExhausted as exc:
+                refused, which = refused or exc, which or label
+        if refused is not None:
+            raise BudgetExhausted(
+                f"too many failed authentications for this {which}", retry_after_s=refused.details["retry_after_s"]
+            ) from None
 
 
 def policy_for(config: GatewayConfig, authenticate: RestAuthenticator) -> tuple[CheckAuthorizer, list[APIRouter]]:

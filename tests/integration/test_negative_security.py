@@ -687,8 +687,8 @@ def test_refuses_rate_limit_exceeded(neg: Neg, limited: str) -> None:
 
 
 def test_refuses_key_guessing_from_one_address(neg: Neg) -> None:
-    """Bad API keys from one address: 401 up to the burst, then 429 before any key is checked,
-    even for a valid key from that address, until the address's bucket refills."""
+    """Bad API keys from one address: 401 up to the burst, then 429 for further bad keys, while a
+    valid key from that same address is still served (tests/integration/test_auth_attack.py)."""
     addresses = {a: f"127.0.0.1:{p}" for a, p in neg.fed.node_ports.items()}
     with Supervisor(log_dir=neg.fed.log_dir) as supervisor:
         url = _variant_gateway(
@@ -701,8 +701,7 @@ def test_refuses_key_guessing_from_one_address(neg: Neg) -> None:
             response = http.get("/v1/programs", headers={"Authorization": "Bearer xg_guess_0000000000000001"})
             _assert_http_error(response, 429, "budget_exhausted", "too many failed authentications")
             assert int(response.headers["Retry-After"]) > 0
-            held = http.get("/v1/programs", headers=_bearer(neg, "caseworker"))
-            _assert_http_error(held, 429, "budget_exhausted", "too many failed authentications")
+            assert http.get("/v1/programs", headers=_bearer(neg, "caseworker")).status_code == 200
             assert http.get("/healthz").status_code == 200  # the unauthenticated liveness probe still answers
 
 
