@@ -165,7 +165,7 @@ def write_dev_policies(target: Path, budget_max_checks: int | None = None) -> in
     refused. Everything else (purposes, legal bases, tiers, budgets, approvals) stays as shipped.
     Returns how many agreements were widened.
     """
-    from policies.engine import DEFAULT_POLICY_DIR
+    from policies.decision import DEFAULT_POLICY_DIR
 
     shutil.copytree(
         DEFAULT_POLICY_DIR, target, ignore=shutil.ignore_patterns("*.py", "__pycache__"), dirs_exist_ok=True

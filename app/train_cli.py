@@ -58,7 +58,7 @@ def _admission(nodes: list[_Node]) -> Admission | None:
     """Per node: PolicyAdmission under its policy_dir, else LedgerAdmission; None if no node has one."""
     if not any(n.policy_dir for n in nodes):
         return None
-    from policies.engine import PolicyEngine
+    from policies.decision import PolicyEngine
 
     return by_agency(
         {

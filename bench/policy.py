@@ -26,7 +26,7 @@ from typing import Any
 
 import cedarpy
 
-from policies.engine import DEFAULT_POLICY_DIR, PolicyEngine
+from policies.decision import DEFAULT_POLICY_DIR, PolicyEngine
 from policies.types import AccessRequest, check_requests
 
 RESULTS = Path(__file__).parent / "results" / "policy.json"

@@ -294,7 +294,7 @@ def admit_at_node(job: JobSpec, agency: str, ledger: Path, store: Path, policy_d
     decision must already be in its ledger.
     """
     if policy_dir is not None and not _decided(ledger, job):
-        from policies.engine import PolicyEngine
+        from policies.decision import PolicyEngine
 
         decision = PolicyAdmission(PolicyEngine.load(policy_dir), ledger, store)(job, agency)
         if not decision.approved:

@@ -29,21 +29,13 @@ from exchange.eligibility import (
 from gateway.fanout import NodeDirectory
 from gateway.models import CheckRequest, CheckResponse, CriterionResult
 from policies.programs import Program, ProgramRegistry
+from policies.types import PolicyOutcome
 from protos.xgate.v1 import node_pb2
 from xgate.errors import InvalidInput, NodeError, PayloadTooLarge, PolicyDenied
 from xgate.logging import get_logger
 from xgate.principal import Principal
 
 log = get_logger("xgate.gateway")
-
-
-@dataclass(frozen=True)
-class PolicyOutcome:
-    """What the gateway's policy decision point returned for a check."""
-
-    view: str = "per_criterion"  # per_criterion | overall | cohort
-    policy_ids: tuple[str, ...] = ()
-    policy_set_hash: str = ""
 
 
 class CheckPolicy(Protocol):

@@ -243,7 +243,7 @@ class TrainingService:
 
     # -- the worker --------------------------------------------------------------------------------
     def _policy_admission(self, node: TrainingNode) -> Admission:
-        from policies.engine import DEFAULT_POLICY_DIR, PolicyEngine
+        from policies.decision import DEFAULT_POLICY_DIR, PolicyEngine
 
         directory = node.policy_dir or self.node_policy_dir or DEFAULT_POLICY_DIR
         return PolicyAdmission(PolicyEngine.load(directory), node.ledger, node.store)

@@ -14,8 +14,7 @@ from gateway.consent_routes import build_consent_router
 from gateway.ratelimit import RateLimiter
 from policies.budgets import ProbeBudget
 from policies.consent import ConsentRegistry
-from policies.engine import DEFAULT_POLICY_DIR
-from policies.pdp import CheckAuthorizer
+from policies.decision import DEFAULT_POLICY_DIR, CheckAuthorizer
 from policies.reload import PolicyReloader
 from policies.types import AccessRequest
 from xgate.errors import BudgetExhausted, ConfigError, Unauthenticated

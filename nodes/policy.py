@@ -5,8 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from nodes.service import Authorizer
-from policies.engine import DEFAULT_POLICY_DIR
-from policies.pdp import node_decision
+from policies.decision import DEFAULT_POLICY_DIR, node_decision
 from policies.reload import PolicyReloader
 from protos.xgate.v1 import node_pb2
 

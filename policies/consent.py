@@ -1,9 +1,9 @@
 """Consent registry: a data subject authorises one agency, one purpose, one period (DEPA-style).
 
 `evaluate` is the pure rule (unknown/expired/revoked/wrong subject/agency/purpose/uses
-exhausted → PolicyDenied with a clear reason); `ConsentRegistry` stores artefacts in SQLite and
-consumes one use per successful `check` inside a write transaction, so a one-time consent cannot
-be used twice even by concurrent callers.
+exhausted → PolicyDenied with a clear reason); `ConsentRegistry` stores artefacts in SQLite,
+`verify`s a use without consuming it, and consumes one use per successful `check` inside a write
+transaction, so a one-time consent cannot be used twice even by concurrent callers.
 """
 
 from __future__ import annotations
@@ -163,6 +163,17 @@ class ConsentRegistry:
                 "UPDATE consents SET revoked_at = ? WHERE ref = ? AND revoked_at IS NULL", (at.isoformat(), ref)
             )
         return self.lookup(ref)
+
+    def verify(self, ref: str, subject: str, agency: str, purpose: str, now: datetime) -> None:
+        """Raise PolicyDenied unless the consent would cover this use now; consumes nothing.
+
+        The gateway calls this before spending the probing budget, so a refused request burns none.
+        """
+        try:
+            record: ConsentRecord | None = self.lookup(ref)
+        except NotFound:
+            record = None
+        evaluate(record, subject, agency, purpose, now)
 
     def check(self, ref: str, subject: str, agency: str, purpose: str, now: datetime | None = None) -> ConsentRecord:
         """Consume one use of the consent for (subject, agency, purpose), or raise PolicyDenied."""

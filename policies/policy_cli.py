@@ -9,7 +9,8 @@ from typing import Any
 
 import typer
 
-from policies.engine import DEFAULT_POLICY_DIR, PolicyEngine
+from policies import introspect
+from policies.decision import DEFAULT_POLICY_DIR, PolicyEngine
 from policies.types import AccessRequest
 from xgate.cli_support import fail_on_error
 from xgate.errors import InvalidInput
@@ -70,7 +71,7 @@ def explain(
     with fail_on_error():
         engine = PolicyEngine.load(directory)
         request = AccessRequest(principal=principal, action=action, resource=resource, **_parse_context(context))
-        typer.echo(engine.explain(request))
+        typer.echo(introspect.explain(engine, request))
         if not engine.decide(request).allowed:
             raise typer.Exit(1)
 
@@ -84,7 +85,7 @@ def who_can(
     """List the agreements that can release a data element, to whom and for which purposes."""
     with fail_on_error():
         engine = PolicyEngine.load(directory)
-        grants = engine.who_can(data_element, action)
+        grants = introspect.who_can(engine, data_element, action)
         if not grants:
             typer.echo(f"nobody: no permit grants '{action}' on {data_element}")
         for g in grants:
@@ -101,7 +102,7 @@ def who_can(
                 a = g.annotations
                 typer.echo(f"  budget:     {a['budget_max_checks']} per subject per {a['budget_window_days']} days")
             typer.echo(f"  registered: {', '.join(g.principals) or '(no registered user qualifies)'}")
-        forbids = engine.restrictions(data_element, action)
+        forbids = introspect.restrictions(engine, data_element, action)
         if forbids:
             typer.echo("restrictions (forbid overrides permit):")
             for f in forbids:

@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
 
-from policies.engine import DEFAULT_POLICY_DIR, PolicyEngine
+from policies.decision import DEFAULT_POLICY_DIR, PolicyEngine
 from policies.types import AccessRequest, Decision
 from xgate.errors import ConfigError
 from xgate.logging import get_logger

@@ -1,8 +1,10 @@
 """The policy decision point's vocabulary: requests in, decisions out (pure, no I/O).
 
 Callers (gateway before fan-out, each node for its own elements) build `AccessRequest`s, hand
-them to `PolicyEngine.decide` / `decide_all`, and act on `Decision.allowed`. A decision names the
-policies that determined it and the hash of the policy set, so the audit record can bind them.
+them to `PolicyEngine.decide` / `decide_all` (policies/decision.py), and act on `Decision.allowed`.
+A decision names the policies that determined it and the hash of the policy set, so the audit
+record can bind them. A whole check is authorised by `CheckAuthorizer.authorize_check`, which
+reads a `CheckContext` and returns a `PolicyOutcome` (the view the caller may see).
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Protocol
 
 from xgate.errors import InvalidInput, PolicyDenied
 
@@ -93,6 +96,32 @@ class Decision:
                 reasons=list(self.reasons),
                 policy_set_hash=self.policy_set_hash,
             )
+
+
+@dataclass(frozen=True)
+class PolicyOutcome:
+    """What the gateway's policy decision point returned for a check."""
+
+    view: str = "per_criterion"  # per_criterion | overall | cohort
+    policy_ids: tuple[str, ...] = ()
+    policy_set_hash: str = ""
+
+
+class CheckContext(Protocol):
+    """What the decision point reads of one check request (the gateway's request model has these)."""
+
+    @property
+    def purpose(self) -> str: ...
+    @property
+    def legal_basis(self) -> str: ...
+    @property
+    def case_id(self) -> str: ...
+    @property
+    def consent_ref(self) -> str: ...
+    @property
+    def approval_ref(self) -> str: ...
+    @property
+    def pseudonyms(self) -> Sequence[str]: ...
 
 
 def combine(decisions: Sequence[Decision], labels: Sequence[str], policy_set_hash: str) -> Decision:

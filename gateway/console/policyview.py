@@ -11,8 +11,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from policies import introspect
 from policies.analysis import purposes_of
-from policies.engine import PolicyEngine
+from policies.decision import PolicyEngine
 from policies.loader import ElementsFile, PurposesFile, UsersFile
 from policies.types import ACTIONS, AccessRequest, resource_ref
 from xgate.errors import ConfigError, InvalidInput
@@ -84,8 +85,8 @@ def agreements(engine: PolicyEngine) -> list[dict[str, Any]]:
 
 
 def who_can(engine: PolicyEngine, data_element: str, action: str) -> dict[str, Any]:
-    grants = engine.who_can(data_element, action)
-    forbids = engine.restrictions(data_element, action)
+    grants = introspect.who_can(engine, data_element, action)
+    forbids = introspect.restrictions(engine, data_element, action)
     return {
         "data_element": data_element,
         "action": action,
@@ -176,7 +177,7 @@ def explain(engine: PolicyEngine, requests: list[AccessRequest]) -> dict[str, An
                 "reasons": list(decision.reasons),
                 "errors": list(decision.errors),
                 "policies": _conditions(engine, request, decision.reasons),
-                "text": engine.explain(request),
+                "text": introspect.explain(engine, request),
             }
         )
     user = engine.principal(requests[0].principal)

@@ -26,7 +26,7 @@ from audit.store import AuditLog
 from audit.testing import pseudonym, record
 from gateway.console.routes import CSP, ConsoleState, mount_console
 from policies.budgets import PrivacyLedger
-from policies.engine import DEFAULT_POLICY_DIR, PolicyEngine
+from policies.decision import DEFAULT_POLICY_DIR, PolicyEngine
 from xgate.errors import NodeUnavailable, Unauthenticated, XgateError
 from xgate.principal import Principal
 

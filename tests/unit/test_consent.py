@@ -200,3 +200,18 @@ def test_routes_refuse_bad_input(client: TestClient) -> None:
     assert missing.status_code == 404 and missing.json()["error"] == "not_found"
     assert client.get("/v1/consents/whatever", headers=headers).status_code == 404
     assert client.post("/v1/consents", json=BODY).status_code == 401
+
+
+def test_verify_refuses_like_check_but_consumes_nothing(registry: ConsentRegistry) -> None:
+    ref = _register(registry, max_uses=1)
+    at = T0 + timedelta(hours=1)
+    registry.verify(ref, SUBJECT, "civil_affairs", "income_certificate", at)
+    registry.verify(ref, SUBJECT, "civil_affairs", "income_certificate", at)
+    assert registry.lookup(ref).uses == 0
+    with pytest.raises(PolicyDenied, match="does not cover this subject"):
+        registry.verify(ref, OTHER, "civil_affairs", "income_certificate", at)
+    with pytest.raises(PolicyDenied, match="unknown consent reference"):
+        registry.verify("cns_" + "x" * 22, SUBJECT, "civil_affairs", "income_certificate", at)
+    registry.check(ref, SUBJECT, "civil_affairs", "income_certificate", at)
+    with pytest.raises(PolicyDenied, match="one-time consent already used"):
+        registry.verify(ref, SUBJECT, "civil_affairs", "income_certificate", at)

@@ -10,8 +10,7 @@ import pytest
 from gateway.models import CheckRequest
 from policies.budgets import ProbeBudget
 from policies.consent import ConsentRegistry
-from policies.engine import DEFAULT_POLICY_DIR, PolicyEngine
-from policies.pdp import CheckAuthorizer, node_decision
+from policies.decision import DEFAULT_POLICY_DIR, CheckAuthorizer, PolicyEngine, node_decision
 from tests.unit.test_budgets import pseudo
 from tests.unit.test_policy_support import DAYTIME, DIBAO_ELEMENTS
 from xgate.errors import BudgetExhausted, PolicyDenied
@@ -143,3 +142,37 @@ def test_node_decides_only_its_own_elements(engine: PolicyEngine) -> None:
     household = node_decision(engine, node_agency="household", **common)  # type: ignore[arg-type]
     assert not household.allowed  # core data: the node refuses without an approval reference
     assert not node_decision(engine, node_agency="medical", **common).allowed  # type: ignore[arg-type]
+
+
+class _Ports:
+    """Fake budget and consent ports recording the order of calls; `refuse` makes verify refuse."""
+
+    def __init__(self, refuse: bool = False) -> None:
+        self.calls: list[str] = []
+        self.refuse = refuse
+
+    def consume(self, subjects: object, program: str, agency: str, rule: object, now: object = None) -> None:
+        self.calls.append("budget")
+
+    def verify(self, ref: str, subject: str, agency: str, purpose: str, now: object) -> None:
+        self.calls.append("verify")
+        if self.refuse:
+            raise PolicyDenied("consent refused: expired")
+
+    def check(self, ref: str, subject: str, agency: str, purpose: str, now: object = None) -> None:
+        self.calls.append("consume consent")
+
+
+def test_consent_is_verified_before_the_budget_is_spent_and_consumed_after(engine: PolicyEngine) -> None:
+    ports = _Ports()
+    pdp = CheckAuthorizer(engine, budgets=ports, consents=ports, clock=lambda: DAYTIME)
+    pdp.authorize_check(GOLD, DIBAO, _request(n=1, consent_ref="cns_" + "a" * 22))
+    assert ports.calls == ["verify", "budget", "consume consent"]
+
+
+def test_a_refused_consent_spends_no_budget(engine: PolicyEngine) -> None:
+    ports = _Ports(refuse=True)
+    pdp = CheckAuthorizer(engine, budgets=ports, consents=ports, clock=lambda: DAYTIME)
+    with pytest.raises(PolicyDenied, match="expired"):
+        pdp.authorize_check(GOLD, DIBAO, _request(n=1, consent_ref="cns_" + "a" * 22))
+    assert ports.calls == ["verify"]

@@ -6,7 +6,7 @@ import shutil
 from datetime import UTC, datetime
 from pathlib import Path
 
-from policies.engine import DEFAULT_POLICY_DIR
+from policies.decision import DEFAULT_POLICY_DIR
 
 # 11:00 in Asia/Shanghai on a Monday: inside every agreement's business hours.
 DAYTIME = datetime(2026, 3, 2, 3, 0, tzinfo=UTC)

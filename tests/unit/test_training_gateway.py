@@ -21,7 +21,7 @@ from federated.jobs import JobSpec, parse_job
 from gateway.training_audit import EVENT_KINDS, actor_of, record_for_event
 from gateway.training_routes import TrainingNode, TrainingService, build_training_router
 from policies.budgets import PrivacyLedger
-from policies.engine import PolicyEngine
+from policies.decision import PolicyEngine
 from tests.unit.training_support import job_body, write_region_stores, write_training_policies
 from xgate.errors import NodeUnavailable, PolicyDenied, Unauthenticated, XgateError
 from xgate.principal import Principal

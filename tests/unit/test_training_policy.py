@@ -13,7 +13,7 @@ from federated.jobs import JobSpec, parse_job
 from federated.training_policy import budget_charges, charge, decide_training
 from gateway.training_routes import parse_request
 from policies.budgets import PrivacyLedger
-from policies.engine import PolicyEngine
+from policies.decision import PolicyEngine
 from tests.unit.training_support import FEATURES, LABEL, job_body, write_region_stores, write_training_policies
 from xgate.errors import BudgetExhausted, ConfigError, InvalidInput, PolicyDenied
 from xgate.principal import Principal

@@ -16,7 +16,7 @@ from gateway.config import TrainingSettings
 from gateway.training_remote import remote_training
 from gateway.training_service import TrainingService
 from policies.budgets import PrivacyLedger
-from policies.engine import PolicyEngine
+from policies.decision import PolicyEngine
 from tests.unit.training_support import job_body, write_training_policies
 from xgate.principal import Principal
 

@@ -1,9 +1,18 @@
-"""The policy decision point: Cedar (cedarpy) over a validated, pre-parsed policy directory.
+"""The policy decision point: Cedar (cedarpy) evaluation and the two places that call it.
 
-Load once (`PolicyEngine.load`): schema, policies and entities are parsed into cedarpy handles
-and reused for every decision (re-parsing text per call is what makes naive use slow). Decide
-fails closed: an unknown principal, purpose or resource, a policy evaluation error or any
-exception yields a denial with a reason, never an exception and never an allow.
+- `PolicyEngine` holds one validated policy directory (read by policies/loader.py) as pre-parsed
+  cedarpy handles reused for every decision (re-parsing text per call is what makes naive use
+  slow). `decide` / `decide_all` fail closed: an unknown principal, purpose or resource, a policy
+  evaluation error or any exception yields a denial with a reason, never an exception and never
+  an allow.
+- `CheckAuthorizer.authorize_check` is the gateway's decision before fan-out: the policy decision
+  over the program and every element it reads, then the probing budget, then consent, then the
+  tier's view. Budgets and consents are ports (policies/budgets.py and policies/consent.py
+  implement them), so this module itself reads no file and opens no database.
+- `node_decision` is what a data-owning node re-evaluates for its own elements (X-Road: the
+  provider decides).
+
+Explaining a decision and asking who can read an element is introspection (policies/introspect.py).
 """
 
 from __future__ import annotations
@@ -15,28 +24,49 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import cedarpy
 
 from policies import analysis
-from policies.loader import LoadedDirectory, PolicyInfo, UserEntry, load_directory
+from policies.loader import DEFAULT_POLICY_DIR, LoadedDirectory, PolicyInfo, UserEntry, load_directory
+from policies.tiers import view_for
 from policies.types import (
     ACTIONS,
     NO_PERMIT,
     AccessRequest,
     BudgetRule,
+    CheckContext,
     Decision,
+    PolicyOutcome,
+    check_requests,
     combine,
+    node_requests,
     resource_ref,
 )
-from xgate.errors import ConfigError, InvalidInput, NotFound
+from xgate.errors import ConfigError, InvalidInput, NotFound, PolicyDenied
 from xgate.logging import get_logger
+from xgate.principal import Principal
 
-DEFAULT_POLICY_DIR = Path(__file__).resolve().parent
+if TYPE_CHECKING:
+    from policies.programs import Program  # typing only: programs pulls in crypto.he
+
+__all__ = [
+    "DEFAULT_POLICY_DIR",
+    "FAIL_CLOSED",
+    "BudgetPort",
+    "CheckAuthorizer",
+    "ConsentPort",
+    "EngineSource",
+    "PolicyEngine",
+    "current",
+    "node_decision",
+]
+
 FAIL_CLOSED = "policy engine error (fail closed)"
 log = get_logger("xgate.policies")
+log_pdp = get_logger("xgate.policies.pdp")
 
 
 @dataclass(frozen=True)
@@ -194,6 +224,11 @@ class PolicyEngine:
     def purposes(self) -> tuple[str, ...]:
         return tuple(self._d.purposes)
 
+    @property
+    def users(self) -> tuple[UserEntry, ...]:
+        """Every registered principal (principals.toml plus any added at load)."""
+        return tuple(self._d.users.values())
+
     def principal(self, user: str) -> UserEntry | None:
         return self._d.users.get(user)
 
@@ -294,7 +329,7 @@ class PolicyEngine:
             return _Prepared(None, "requesting agency does not match the principal's registered agency")
         if request.purpose not in self._d.purposes:
             return _Prepared(None, f"purpose '{request.purpose}' is not registered")
-        if not self._resource_exists(kind, ident):
+        if not self.resource_exists(kind, ident):
             return _Prepared(None, f"unknown resource {kind}::{ident}")
         if request.program and request.program not in self._d.programs:
             return _Prepared(None, f"unknown program '{request.program}'")
@@ -309,7 +344,7 @@ class PolicyEngine:
             }
         )
 
-    def _resource_exists(self, kind: str, ident: str) -> bool:
+    def resource_exists(self, kind: str, ident: str) -> bool:
         known: dict[str, Any] = {
             "DataElement": self._d.elements,
             "Program": self._d.programs,
@@ -319,7 +354,7 @@ class PolicyEngine:
         }
         return ident in known[kind]
 
-    # -- analysis -------------------------------------------------------------------------------
+    # -- facts for introspection (policies/introspect.py) ---------------------------------------
     def resource_attrs(self, kind: str, ident: str) -> dict[str, Any]:
         if kind == "DataElement" and ident in self._d.elements:
             e = self._d.elements[ident]
@@ -331,58 +366,152 @@ class PolicyEngine:
             return {"agency": ident}
         return {}
 
-    def who_can(self, data_element: str, action: str = "check") -> list[analysis.Grant]:
-        """Every permit that can release `data_element`, its principal constraints, purposes and
-        the registered users who satisfy them. Forbids still apply: see restrictions()."""
-        kind, ident = resource_ref(data_element if "::" in data_element else f"DataElement::{data_element}")
-        if not self._resource_exists(kind, ident):
-            raise NotFound(f"{kind} '{ident}' is not registered")
-        attrs = self.resource_attrs(kind, ident)
-        grants = []
-        for shape in self._shapes:
-            if shape.info.effect != "permit" or not shape.applies_to(action, kind, ident):
-                continue
-            if not analysis.resource_matches(shape, attrs):
-                continue
-            users = tuple(
-                u.id
-                for u in self._d.users.values()
-                if analysis.principal_matches(shape, {"agency": u.agency, "role": u.role, "tier": u.tier})
-            )
-            others = tuple(
-                a.text
-                for a in shape.atoms
-                if not (a.path or "").startswith(("principal.", "resource.")) and a.path != "context.purpose"
-            )
-            grants.append(
-                analysis.Grant(
-                    policy_id=shape.info.id,
-                    principal=shape.constraints("principal"),
-                    actions=shape.actions or ACTIONS,
-                    purposes=analysis.purposes_of(shape),
-                    conditions=others + tuple(f"unless {u}" for u in shape.unless),
-                    principals=users,
-                    source=f"{Path(shape.info.file).relative_to(self._d.root)}:{shape.info.line}",
-                    annotations=shape.info.annotations,
-                )
-            )
-        return grants
-
-    def restrictions(self, resource: str, action: str = "check") -> list[analysis.PolicyShape]:
-        """The forbids that can apply to `resource` (e.g. core data without approval)."""
-        kind, ident = resource_ref(resource if "::" in resource else f"DataElement::{resource}")
-        attrs = self.resource_attrs(kind, ident)
-        return [
-            s
-            for s in self._shapes
-            if s.info.effect == "forbid" and s.applies_to(action, kind, ident) and analysis.resource_matches(s, attrs)
-        ]
-
-    def explain(self, request: AccessRequest) -> str:
-        from policies.explain import explain
-
-        return explain(self, request, self.decide(request))
-
     @property
     def shapes(self) -> list[analysis.PolicyShape]:
+        """Every policy's static shape (policies/analysis.py), in load order."""
         return list(self._shapes)
+
+
+# -- the gateway's and the nodes' decision points -----------------------------------------------
+
+
+class EngineSource(Protocol):
+    """Something holding the policy version in force (policies/reload.py's PolicyReloader)."""
+
+    @property
+    def engine(self) -> PolicyEngine: ...
+
+
+def current(source: PolicyEngine | EngineSource) -> PolicyEngine:
+    """A PolicyEngine itself, or the version in force of a reloader."""
+    return source if isinstance(source, PolicyEngine) else source.engine
+
+
+class BudgetPort(Protocol):
+    """The probing budget (policies/budgets.py ProbeBudget): refuses with BudgetExhausted."""
+
+    def consume(
+        self, subjects: Sequence[str], program: str, agency: str, rule: BudgetRule, now: datetime | None = None
+    ) -> object: ...
+
+
+class ConsentPort(Protocol):
+    """The consent registry (policies/consent.py ConsentRegistry): refuses with PolicyDenied."""
+
+    def verify(self, ref: str, subject: str, agency: str, purpose: str, now: datetime) -> None: ...
+
+    def check(self, ref: str, subject: str, agency: str, purpose: str, now: datetime | None = None) -> object: ...
+
+
+@dataclass
+class CheckAuthorizer:
+    """The gateway's decision point for a check (implements gateway.checks.CheckPolicy)."""
+
+    engine: PolicyEngine | EngineSource
+    budgets: BudgetPort | None = None
+    consents: ConsentPort | None = None
+    clock: Callable[[], datetime] = lambda: datetime.now(UTC)
+
+    def decide_check(
+        self, principal: Principal, program: str, elements: Iterable[str], request: CheckContext, now: datetime
+    ) -> Decision:
+        """Policy only (no budget, no consent use): for previews and for tests."""
+        engine = current(self.engine)
+        registered = engine.principal(principal.user)
+        if registered is not None and (registered.agency, registered.role, registered.tier) != (
+            principal.agency,
+            principal.role,
+            principal.tier,
+        ):
+            return Decision(False, ("authenticated identity does not match the principals registry",),
+                            policy_set_hash=engine.policy_set_hash)  # fmt: skip
+        requests = check_requests(
+            user=principal.user,
+            agency=principal.agency,
+            program=program,
+            elements=elements,
+            purpose=request.purpose,
+            legal_basis=request.legal_basis,
+            case_id=request.case_id,
+            consent_ref=request.consent_ref,
+            consent_valid=bool(request.consent_ref),  # verified (and consumed) below, after policy and budget
+            approval_ref=request.approval_ref,
+            at=now,
+        )
+        return engine.decide_all(requests)
+
+    def authorize_check(self, principal: Principal, program: Program, request: CheckContext) -> PolicyOutcome:
+        """gateway.checks.CheckPolicy: raises PolicyDenied / BudgetExhausted, else the outcome."""
+        now = self.clock()
+        engine = current(self.engine)
+        elements = [term.element for term in program.elements()]
+        decision = self.decide_check(principal, program.id, elements, request, now)
+        decision.raise_if_denied()
+        view = view_for(principal.tier, len(request.pseudonyms), engine.min_cohort)
+        if request.consent_ref:
+            # Validate before spending the probing budget: a refused request must not burn it.
+            self._consent(request, principal.agency, now, consume=False)
+        if self.budgets is not None and decision.budget is not None:
+            self.budgets.consume(request.pseudonyms, program.id, principal.agency, decision.budget, now)
+        if request.consent_ref:
+            self._consent(request, principal.agency, now)
+        log_pdp.info(
+            "check_authorized",
+            user=principal.user,
+            program=program.id,
+            subjects=len(request.pseudonyms),
+            view=view.value,
+            policy_set_hash=decision.policy_set_hash,
+        )
+        return PolicyOutcome(view=view.value, policy_ids=decision.policy_ids, policy_set_hash=decision.policy_set_hash)
+
+    def _consent(self, request: CheckContext, agency: str, now: datetime, consume: bool = True) -> None:
+        if self.consents is None:
+            raise PolicyDenied("this gateway has no consent registry: consent-based checks are refused")
+        if len(request.pseudonyms) != 1:
+            raise PolicyDenied("a consent covers one subject: send consent-based checks one subject at a time")
+        if consume:
+            self.consents.check(request.consent_ref, request.pseudonyms[0], agency, request.purpose, now)
+        else:
+            self.consents.verify(request.consent_ref, request.pseudonyms[0], agency, request.purpose, now)
+
+
+def node_decision(
+    engine: PolicyEngine | EngineSource,
+    *,
+    node_agency: str,
+    user: str,
+    requesting_agency: str,
+    program: str,
+    elements: Iterable[str],
+    purpose: str,
+    legal_basis: str,
+    case_id: str,
+    consent_ref: str = "",
+    approval_ref: str = "",
+    at: datetime | None = None,
+) -> Decision:
+    """A node's own decision over the elements it holds (the elements of other agencies are ignored).
+
+    Consent was verified and consumed by the gateway; the node treats a present consent_ref as
+    valid (a node holding the registry can `ConsentRegistry.verify` it without consuming).
+    """
+    requests = check_requests(
+        user=user,
+        agency=requesting_agency,
+        program=program,
+        elements=elements,
+        purpose=purpose,
+        legal_basis=legal_basis,
+        case_id=case_id,
+        consent_ref=consent_ref,
+        consent_valid=bool(consent_ref),
+        approval_ref=approval_ref,
+        at=at,
+    )
+    own = node_requests(node_agency, requests)
+    engine_now = current(engine)
+    if not own:
+        reason = f"request reads no data element of '{node_agency}'"
+        return Decision(False, (reason,), policy_set_hash=engine_now.policy_set_hash)
+    return engine_now.decide_all(own)
