@@ -20,18 +20,11 @@ from pathlib import Path
 
 from audit.checkpoints import CosignatureVerifier, Cosigner, EccKey, NoteVerifier, SignedCheckpoint
 from audit.merkle import verify_consistency
-from xgate.errors import IntegrityError, InvalidInput
+from xgate.errors import IntegrityError
+from xgate.errors import WitnessConflict as WitnessConflict  # re-exported: raised here
 from xgate.logging import get_logger
 
 log = get_logger("xgate.audit.witness")
-
-
-class WitnessConflict(InvalidInput):
-    """The caller's proof starts from a size the witness has not cosigned; retry from details.witness_size."""
-
-    code = "witness_conflict"
-    http_status = 409
-    grpc_status = "FAILED_PRECONDITION"
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,7 @@ from typing import Any, Protocol
 
 from audit import index, merkle
 from audit.records import AuditRecord, coerce
+from xgate.errors import AuditUnavailable as AuditUnavailable  # re-exported: raised here
 from xgate.errors import ConfigError, XgateError
 from xgate.logging import get_logger
 
@@ -32,14 +33,6 @@ log = get_logger("xgate.audit")
 
 Op = Callable[[sqlite3.Connection, merkle.Frontier], Any]
 Statements = list[tuple[str, tuple[Any, ...]]]  # SQL run in one transaction after queued appends
-
-
-class AuditUnavailable(XgateError):
-    """The audit write failed; the action it records must fail too (fail closed)."""
-
-    code = "audit_unavailable"
-    http_status = 503
-    grpc_status = "UNAVAILABLE"
 
 
 @dataclass(frozen=True)

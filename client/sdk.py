@@ -18,17 +18,9 @@ import httpx
 import numpy as np
 
 from crypto.he import RequesterKeys
-from xgate.errors import CryptoError, InvalidInput, XgateError
+from xgate.errors import CryptoError, InvalidInput
+from xgate.errors import GatewayError as GatewayError  # re-exported: the SDK's callers catch it
 from xgate.pseudonym import Pseudonymiser
-
-
-class GatewayError(XgateError):
-    """An error answered by the gateway, carrying its HTTP status and public body."""
-
-    def __init__(self, status: int, body: dict[str, Any]) -> None:
-        super().__init__(str(body.get("message", f"HTTP {status}")), **body.get("details", {}))
-        self.code = str(body.get("error", "gateway_error"))
-        self.http_status = status
 
 
 @dataclass

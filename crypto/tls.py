@@ -27,7 +27,15 @@ from cryptography import x509
 
 from crypto import pki
 from crypto.pki import PeerIdentity
-from xgate.errors import ConfigError, CryptoError, PolicyDenied, Unauthenticated, XgateError
+from xgate.errors import (
+    ConfigError,
+    CryptoError,
+    NodeUnavailable,
+    PolicyDenied,
+    TlsHandshakeFailed,
+    Unauthenticated,
+    XgateError,
+)
 from xgate.logging import get_logger
 
 log = get_logger("xgate.tls")
@@ -297,8 +305,10 @@ def verify_server(
 ) -> PeerIdentity:
     """Pre-flight TLS handshake to a node: hostname pin, chain, validity, CRL, agency, kind.
 
-    Raise Unauthenticated on any failure. Use once per connection set-up (e.g. when the
-    gateway opens its channel to a node), since gRPC hides the server certificate.
+    Raise NodeUnavailable when nothing answers, TlsHandshakeFailed when the handshake fails (chain,
+    name pin, protocol: typed from ssl.SSLError, no text matching), Unauthenticated when the
+    certificate it presented is refused afterwards (CRL, agency, kind). Use once per connection
+    set-up (e.g. when the gateway opens its channel to a node), since gRPC hides the server certificate.
     """
     host, _, port = address.rpartition(":")
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
@@ -312,8 +322,10 @@ def verify_server(
             ctx.wrap_socket(raw, server_hostname=pki.target_name(agency, kind)) as conn,
         ):
             der = conn.getpeercert(binary_form=True)
+    except ssl.SSLError as exc:  # an OSError subclass: before the generic case
+        raise TlsHandshakeFailed(agency, f"TLS handshake with the {kind} failed: {type(exc).__name__}") from None
     except (OSError, ValueError) as exc:
-        raise Unauthenticated(f"TLS handshake with {kind} of '{agency}' failed: {type(exc).__name__}") from None
+        raise NodeUnavailable(agency, f"unreachable: {type(exc).__name__}") from None
     if der is None:
         raise Unauthenticated("server presented no certificate")
     try:

@@ -28,12 +28,7 @@ from federated import dp, node, updates
 from federated.events import JsonlSink, OnEvent, arrays_sha256, make_event
 from federated.grid_io import allowed_nodes, exchange
 from federated.jobs import JobSpec
-from xgate.errors import NodeUnavailable
-
-
-class JobFailed(NodeUnavailable):
-    def __init__(self, message: str) -> None:
-        super().__init__("federation", message)
+from xgate.errors import JobFailed as JobFailed  # re-exported: raised here
 
 
 class BoundedClientManager(SimpleClientManager):

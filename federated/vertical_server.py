@@ -22,11 +22,7 @@ from federated.events import JsonlSink, make_event
 from federated.grid_io import allowed_nodes, arrays_of, cfg_of, exchange
 from federated.jobs import JobSpec
 from federated.vertical import align
-from xgate.errors import NodeUnavailable
-
-
-class VerticalFailed(NodeUnavailable):
-    pass
+from xgate.errors import VerticalFailed as VerticalFailed  # re-exported: raised here
 
 
 class _Relay:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import math
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -19,7 +18,7 @@ from gateway.audit import SERVICE_ACTOR, GatewayAudit
 from gateway.checks import CheckCoordinator
 from gateway.models import CheckRequest, CheckResponse, ProgramView
 from xgate import __version__
-from xgate.errors import XgateError
+from xgate.errors import XgateError, http_headers
 from xgate.logging import get_logger
 from xgate.principal import Principal
 
@@ -67,11 +66,6 @@ async def _too_large(send: Send, limit: int) -> None:
     body = json.dumps({"error": "payload_too_large", "message": f"request body exceeds {limit} bytes"}).encode()
     await send({"type": "http.response.start", "status": 413, "headers": [(b"content-type", b"application/json")]})
     await send({"type": "http.response.body", "body": body})
-
-
-def retry_after_header(seconds: float) -> str:
-    """Whole seconds, rounded up and at least 1: `Retry-After: 0` would invite an instant retry."""
-    return str(max(1, math.ceil(seconds)))
 
 
 # to split into routes/*.py (issue 12 item 5)
@@ -140,10 +134,7 @@ def create_app(  # noqa: C901
     @app.exception_handler(XgateError)
     async def _xgate_error(request: Request, exc: XgateError) -> JSONResponse:
         request.state.error = exc.code
-        headers = {}
-        if "retry_after_s" in exc.details:
-            headers["Retry-After"] = retry_after_header(float(exc.details["retry_after_s"]))
-        return JSONResponse(exc.to_public(), status_code=exc.http_status, headers=headers)
+        return JSONResponse(exc.to_public(), status_code=exc.http_status, headers=http_headers(exc))
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

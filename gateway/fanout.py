@@ -75,10 +75,11 @@ class NodeDirectory:
             return
         try:
             await asyncio.to_thread(self._server_check, self._endpoints[agency].address, agency)
+        except NodeError:  # unreachable, or TlsHandshakeFailed: typed by the pre-flight itself
+            self._checked.pop(agency, None)
+            raise
         except XgateError as exc:
             self._checked.pop(agency, None)
-            if "handshake" in exc.message and "failed" in exc.message:
-                raise NodeUnavailable(agency, f"unreachable ({exc.message})") from None
             raise NodeProtocolError(agency, f"presented an unacceptable certificate: {exc.message}") from None
         self._checked[agency] = time.monotonic()
 

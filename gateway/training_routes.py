@@ -31,7 +31,7 @@ from gateway.training_service import (
     TrainingUnavailable,
     parse_request,
 )
-from xgate.errors import InvalidInput, XgateError
+from xgate.errors import InvalidInput, XgateError, http_headers
 from xgate.principal import Principal
 
 __all__ = [
@@ -48,7 +48,7 @@ __all__ = [
 def _error(request: Request, exc: XgateError) -> JSONResponse:
     """The public JSON body (also when the router is mounted without the app's handlers)."""
     request.state.error = exc.code
-    headers = {"Retry-After": str(int(exc.details["retry_after_s"]))} if "retry_after_s" in exc.details else {}
+    headers = http_headers(exc)
     return JSONResponse(exc.to_public(), status_code=exc.http_status, headers=headers)
 
 

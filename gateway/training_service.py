@@ -31,6 +31,9 @@ from federated.training_policy import charge, decide_training, job_epsilon, unwr
 from gateway.training_audit import actor_of, decision_record, record_for_event, submitted_record
 from policies.budgets import PrivacyLedger
 from xgate.errors import BudgetExhausted, InvalidInput, NotFound, PolicyDenied, XgateError
+from xgate.errors import JobExists as JobExists  # re-exported: raised here
+from xgate.errors import TrainingBusy as TrainingBusy
+from xgate.errors import TrainingUnavailable as TrainingUnavailable
 from xgate.logging import get_logger
 from xgate.principal import Principal
 
@@ -40,24 +43,6 @@ if TYPE_CHECKING:
 log = get_logger("xgate.gateway.training")
 OFFICER_ROLES = ("security_officer", "admin")
 TERMINAL = ("completed", "failed", "refused")
-
-
-class TrainingBusy(XgateError):
-    code = "training_busy"
-    http_status = 409
-    grpc_status = "RESOURCE_EXHAUSTED"
-
-
-class JobExists(XgateError):
-    code = "job_exists"
-    http_status = 409
-    grpc_status = "ALREADY_EXISTS"
-
-
-class TrainingUnavailable(XgateError):
-    code = "training_unavailable"
-    http_status = 503
-    grpc_status = "UNAVAILABLE"
 
 
 class TrainingRequest(JobSpec):

@@ -1,13 +1,50 @@
-"""One error hierarchy for all of xgate.
+"""One error hierarchy for all of xgate: every error class xgate raises on purpose lives here.
 
-Pure modules raise these; the edges (FastAPI routes, gRPC servicers, CLI) map them to
-HTTP status codes, gRPC status codes and exit codes via the class attributes, so the mapping
-lives in exactly one place. Messages are public: they must never carry another agency's
-values, national ids or key material — name the field, the agency or the rule instead.
+Pure modules raise these; the edges (FastAPI routes, gRPC servicers, CLI) map them to HTTP
+status codes, gRPC status codes and exit codes via the class attributes, so the mapping lives in
+exactly one place (tests/unit/test_error_tree.py holds the whole table). Messages are public:
+they must never carry another agency's values, national ids or key material — name the field,
+the agency or the rule instead.
+
+The tree, with (public code, HTTP status, gRPC status):
+
+    XgateError                 internal_error        500  INTERNAL
+    ├── InvalidInput           invalid_input         400  INVALID_ARGUMENT
+    │   ├── PayloadTooLarge    payload_too_large     413  RESOURCE_EXHAUSTED
+    │   └── WitnessConflict    witness_conflict      409  FAILED_PRECONDITION
+    ├── ConfigError            config_error          500  FAILED_PRECONDITION
+    ├── NotFound               not_found             404  NOT_FOUND
+    ├── Unauthenticated        unauthenticated       401  UNAUTHENTICATED
+    ├── PolicyDenied           policy_denied         403  PERMISSION_DENIED
+    │   └── BudgetExhausted    budget_exhausted      429  RESOURCE_EXHAUSTED  (+ Retry-After)
+    ├── CryptoError            crypto_error          400  INVALID_ARGUMENT
+    │   └── EnvelopeRejected   crypto_error          401  UNAUTHENTICATED
+    ├── IntegrityError         integrity_error       409  DATA_LOSS
+    ├── AuditUnavailable       audit_unavailable     503  UNAVAILABLE
+    ├── AuditUnconfigured      audit_unconfigured    503  UNAVAILABLE
+    ├── TrainingBusy           training_busy         409  RESOURCE_EXHAUSTED  (+ Retry-After)
+    ├── JobExists              job_exists            409  ALREADY_EXISTS
+    ├── TrainingUnavailable    training_unavailable  503  UNAVAILABLE
+    ├── GatewayError           gateway_error         502  UNKNOWN    client side: an instance carries
+    │                                                                the gateway's own code and status
+    └── NodeError              node_error            502  UNAVAILABLE         (names the agency)
+        ├── NodeUnavailable    node_unavailable      503  UNAVAILABLE
+        │   ├── TlsHandshakeFailed tls_handshake_failed 503 UNAVAILABLE
+        │   ├── VerticalFailed node_unavailable      503  UNAVAILABLE
+        │   └── JobFailed      node_unavailable      503  UNAVAILABLE         (agency 'federation')
+        ├── NodeTimeout        node_timeout          504  DEADLINE_EXCEEDED
+        ├── NodeProtocolError  node_bad_response     502  UNAVAILABLE
+        ├── NodeRefused        node_refused          403  PERMISSION_DENIED
+        ├── NodePayloadTooLarge node_payload_too_large 413 RESOURCE_EXHAUSTED
+        └── NodeRateLimited    node_rate_limited     429  RESOURCE_EXHAUSTED  (+ Retry-After)
+
+A node's answer reaches the REST caller faithfully (xgate/grpc_edge.node_error_from_rpc): its
+413 stays a 413, its 429 stays a 429 with Retry-After (whole seconds, rounded up, at least 1).
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 
@@ -42,6 +79,14 @@ class PayloadTooLarge(InvalidInput):
     code = "payload_too_large"
     http_status = 413
     grpc_status = "RESOURCE_EXHAUSTED"
+
+
+class WitnessConflict(InvalidInput):
+    """The caller's proof starts from a size the witness has not cosigned; retry from details.witness_size."""
+
+    code = "witness_conflict"
+    http_status = 409
+    grpc_status = "FAILED_PRECONDITION"
 
 
 class ConfigError(XgateError):
@@ -104,6 +149,55 @@ class IntegrityError(XgateError):
     grpc_status = "DATA_LOSS"
 
 
+class AuditUnavailable(XgateError):
+    """The audit write failed; the action it records must fail too (fail closed)."""
+
+    code = "audit_unavailable"
+    http_status = 503
+    grpc_status = "UNAVAILABLE"
+
+
+class AuditUnconfigured(XgateError):
+    """An audit read was asked of a gateway that keeps no audit log."""
+
+    code = "audit_unconfigured"
+    http_status = 503
+    grpc_status = "UNAVAILABLE"
+
+
+class TrainingBusy(XgateError):
+    """A training job is already running (one at a time); details.retry_after_s says when to retry."""
+
+    code = "training_busy"
+    http_status = 409
+    grpc_status = "RESOURCE_EXHAUSTED"
+
+
+class JobExists(XgateError):
+    code = "job_exists"
+    http_status = 409
+    grpc_status = "ALREADY_EXISTS"
+
+
+class TrainingUnavailable(XgateError):
+    code = "training_unavailable"
+    http_status = 503
+    grpc_status = "UNAVAILABLE"
+
+
+class GatewayError(XgateError):
+    """Client side: an error the gateway answered, carrying its HTTP status and public body."""
+
+    code = "gateway_error"
+    http_status = 502
+    grpc_status = "UNKNOWN"
+
+    def __init__(self, status: int, body: dict[str, Any]) -> None:
+        super().__init__(str(body.get("message", f"HTTP {status}")), **body.get("details", {}))
+        self.code = str(body.get("error", "gateway_error"))
+        self.http_status = status
+
+
 class NodeError(XgateError):
     """A data node could not serve a fan-out call; always names the agency."""
 
@@ -140,3 +234,74 @@ class NodeRefused(NodeError):
     code = "node_refused"
     http_status = 403
     grpc_status = "PERMISSION_DENIED"
+
+
+class NodePayloadTooLarge(NodeError):
+    """The node (or the gRPC message limit) refused the size of the request or its answer."""
+
+    code = "node_payload_too_large"
+    http_status = 413
+    grpc_status = "RESOURCE_EXHAUSTED"
+
+
+class NodeRateLimited(NodeError):
+    """The node is over its rate or load limit; details.retry_after_s says when to retry."""
+
+    code = "node_rate_limited"
+    http_status = 429
+    grpc_status = "RESOURCE_EXHAUSTED"
+
+
+class TlsHandshakeFailed(NodeUnavailable):
+    """The TLS handshake with the node failed (certificate chain, name pin, protocol): no channel."""
+
+    code = "tls_handshake_failed"
+
+
+class VerticalFailed(NodeUnavailable):
+    """A vertical (split-learning) training round lost a node."""
+
+
+class JobFailed(NodeUnavailable):
+    """A federated training job could not run (too few nodes, a round failed)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__("federation", message)
+
+
+def all_error_classes() -> list[type[XgateError]]:
+    """Every class of the tree in this module, base first (depth first, in definition order)."""
+    out: list[type[XgateError]] = []
+    stack: list[type[XgateError]] = [XgateError]
+    while stack:
+        cls = stack.pop()
+        out.append(cls)
+        stack.extend(c for c in reversed(cls.__subclasses__()) if c.__module__ == __name__)
+    return out
+
+
+def http_status_of(code: str) -> int | None:
+    """The HTTP status of the class whose public code is `code` (None for an unknown code)."""
+    for cls in all_error_classes():
+        if cls.code == code:
+            return cls.http_status
+    return None
+
+
+def retry_after_seconds(details: dict[str, Any]) -> int | None:
+    """The Retry-After value for an error's details: whole seconds, rounded up, at least 1."""
+    if "retry_after_s" not in details:
+        return None
+    try:
+        seconds = float(details["retry_after_s"])
+    except (TypeError, ValueError):
+        return 1
+    if not math.isfinite(seconds):
+        return 1
+    return max(1, math.ceil(seconds))
+
+
+def http_headers(exc: XgateError) -> dict[str, str]:
+    """The HTTP headers an error answer carries (Retry-After for 429/409-busy answers)."""
+    retry = retry_after_seconds(exc.details)
+    return {"Retry-After": str(retry)} if retry is not None else {}

@@ -29,7 +29,7 @@ from gateway.console import auditview, policyview, training
 from gateway.console.federation import ContactLog, NodeProbe, gateway_certificate, load_certificates, node_statuses
 from gateway.console.verifyjob import LogVerification
 from policies.types import AUDIT_LOG, AccessRequest
-from xgate.errors import ConfigError, InvalidInput, PolicyDenied, XgateError
+from xgate.errors import AuditUnconfigured, ConfigError, InvalidInput, PolicyDenied
 from xgate.principal import Principal
 from xgate.pseudonym import PSEUDONYM_RE
 
@@ -39,12 +39,6 @@ CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
     "font-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
 )
-
-
-class AuditUnconfigured(XgateError):
-    code = "audit_unconfigured"
-    http_status = 503
-    grpc_status = "UNAVAILABLE"
 
 
 @dataclass

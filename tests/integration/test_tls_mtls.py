@@ -20,7 +20,7 @@ import pytest
 
 from crypto import pki, tls
 from protos.xgate.v1 import node_pb2, node_pb2_grpc
-from xgate.errors import Unauthenticated
+from xgate.errors import TlsHandshakeFailed, Unauthenticated
 
 pytestmark = pytest.mark.integration
 NOW = dt.datetime.now(dt.UTC)
@@ -178,8 +178,9 @@ def test_verify_server_preflight_checks_agency_and_crl(fed: Pki) -> None:
         try:
             ident = await asyncio.to_thread(tls.verify_server, addr, "tax", fed.gateway)
             assert (ident.agency, ident.kind) == ("tax", "node")
-            with pytest.raises(Unauthenticated):
+            with pytest.raises(TlsHandshakeFailed) as info:  # the name pin fails inside the handshake
                 await asyncio.to_thread(tls.verify_server, addr, "hrss", fed.gateway)
+            assert info.value.agency == "hrss" and info.value.http_status == 503
         finally:
             await server.stop(None)
 
