@@ -27,9 +27,9 @@ from crypto.flower_keys import FlowerSecurity
 from federated.deployment import Federation
 from federated.events import OnEvent, make_event
 from federated.fleet_gate import DEFAULT_MAX_BODY
+from federated.job_run import JobResult, finish, follow_run, start_job, write_app
 from federated.jobs import JobSpec, Mode
 from federated.remote import RemoteLink, RemoteNode, attested_digests, catalogue_width, select_participants
-from federated.runner import JobResult, finish, follow_run, start_job, write_app
 from policies.catalogue import Catalogue
 from xgate.errors import ConfigError, PolicyDenied
 from xgate.logging import get_logger

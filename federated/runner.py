@@ -1,32 +1,29 @@
 """Run one job end to end: admission, the Flower App, a `Federation` (federated.deployment), events,
-status and outputs. `Federation`, `FlowerSecurity`, `NodeSpec`, `Tls` and `free_port` are re-exported
-from here.
+status and outputs (the shared steps are in federated/job_run.py). `Federation`, `FlowerSecurity`,
+`JobResult`, `NodeSpec`, `Status`, `Tls`, `free_port` and `write_app` are re-exported from here.
+A job on remote SuperNodes is handed to federated/remote_runner.py.
 """
 
 from __future__ import annotations
 
-import json
 import time
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
-
-import tomli_w
+from typing import TYPE_CHECKING, cast
 
 from crypto.flower_keys import FlowerSecurity, prepare_flower_security
 from federated import datasets
 from federated.admission import Admission, Decision, LedgerAdmission, store_agency_datasets
 from federated.deployment import Federation, NodeSpec, Tls, free_port
-from federated.events import JsonlSink, OnEvent, make_event, read_events
+from federated.events import OnEvent, make_event
+from federated.job_run import JobResult, Status, finish, follow_run, start_job, write_app
 from federated.jobs import JobSpec, Mode
 from federated.model import encoded_width
-from federated.results import write_outputs
 
 if TYPE_CHECKING:
     from federated.remote import RemoteNode
     from federated.remote_runner import RemoteMode
-from xgate.errors import ConfigError, NodeUnavailable, PolicyDenied
+from xgate.errors import ConfigError, PolicyDenied
 
 __all__ = [
     "Federation",
@@ -41,71 +38,7 @@ __all__ = [
 ]
 
 
-def write_app(
-    job: JobSpec,
-    job_dir: Path,
-    *,
-    n_nodes: int,
-    max_weight: int,
-    ledger_check: bool,
-    n_features: int = 0,
-    node_ids: Sequence[int] = (),
-) -> Path:
-    """A Flower App directory (pyproject only: the code is the installed `federated` package).
-
-    `node_ids`: the only nodes the ServerApp may use (a SuperLink shared by several jobs has others).
-    """
-    app_dir = job_dir / "app"
-    app_dir.mkdir(parents=True, exist_ok=True)
-    if job.mode is Mode.HORIZONTAL:
-        client = "federated.horizontal_client:" + ("secagg_app" if job.secagg else "app")
-    else:
-        client = "federated.vertical_client:app"
-    config = {
-        **job.run_config(job_dir, ledger_check),
-        "nodes": n_nodes,
-        "max-weight": max_weight,
-        "n-features": n_features,
-        "node-ids": ",".join(str(i) for i in sorted(node_ids)),  # a string: node ids are unsigned 64-bit
-    }
-    pyproject = {
-        "build-system": {"requires": ["hatchling"], "build-backend": "hatchling.build"},
-        "project": {
-            "name": "xgate-job",
-            "version": "1.0.0",
-            "description": "xgate federated job",
-            "license": "Apache-2.0",
-            "dependencies": [],
-        },
-        "tool": {
-            "flwr": {
-                "app": {
-                    "publisher": "xgate",
-                    "components": {"serverapp": "federated.server_app:app", "clientapp": client},
-                    "config": config,
-                }
-            }
-        },
-    }
-    (app_dir / "pyproject.toml").write_text(tomli_w.dumps(pyproject))
-    (app_dir / "README.md").write_text(f"xgate job {job.job_id}\n")
-    return app_dir
-
-
 # -- one job, end to end -------------------------------------------------------------------------
-
-
-@dataclass
-class JobResult:
-    job_id: str
-    run_id: int | None
-    status: str
-    job_dir: Path
-    evaluation: dict[str, Any] = field(default_factory=dict)
-    epsilon: float | None = None
-    bytes_exchanged: int = 0
-    wall_s: float = 0.0
-    model_sha256: str | None = None
 
 
 def run_job(
@@ -210,159 +143,6 @@ def run_job(
             raise
     digests = {n.agency: datasets.store_digest(n.store, [*job.features, job.label]) for n in participants}
     return finish(job, result, t0, decisions, digests, emit, status)
-
-
-def start_job(job: JobSpec, job_dir: Path, on_event: OnEvent | None) -> tuple[OnEvent, Status]:
-    """The job's event sink (events.jsonl, then `on_event`) and status file; records `job_submitted`."""
-    job_dir.mkdir(parents=True, exist_ok=True)
-    sink = JsonlSink(job_dir / "events.jsonl")
-
-    def emit(event: dict[str, Any]) -> None:
-        sink(event)
-        if on_event is not None:
-            on_event(event)
-
-    status = Status(job_dir)
-    emit(make_event(job.job_id, "job_submitted", job_digest=job.digest(), purpose=job.purpose, mode=job.mode.value))
-    status.update(state="admission")
-    return emit, status
-
-
-def follow_run(
-    fed: Federation,
-    job: JobSpec,
-    app_dir: Path,
-    node_ids: Mapping[int, str],
-    result: JobResult,
-    emit: OnEvent,
-    status: Status,
-    say: Callable[[str], None],
-) -> None:
-    """Submit the App, relay the ServerApp's events (node ids -> agencies) until the run ends.
-
-    Raises NodeUnavailable when the run fails or exceeds the job timeout (the run is then stopped).
-    """
-    job_dir, offset = result.job_dir, 0
-    result.run_id = fed.submit(app_dir)
-    emit(make_event(job.job_id, "run_started", run_id=result.run_id, nodes=sorted(node_ids.values())))
-    status.update(state="running", run_id=result.run_id)
-    deadline = time.monotonic() + job.job_timeout_s
-    info: dict[str, Any] = {}
-    next_status, terminal, state = 0.0, False, ""
-    while True:
-        events, offset = read_events(job_dir / "server-events.jsonl", offset)
-        terminal = terminal or any(ev["event"] in TERMINAL_EVENTS for ev in events)
-        for ev in events:
-            if "participants" in ev:
-                ev["agencies"] = [node_ids.get(p, str(p)) if isinstance(p, int) else p for p in ev["participants"]]
-            if "node_id" in ev and ev["node_id"] is not None:
-                ev["agency"] = node_ids.get(int(ev["node_id"]), "unknown")
-            emit(ev)
-            if ev["event"] in ("round_completed", "round_evaluated"):
-                say(_progress_line(job, ev))
-        now = time.monotonic()
-        ending = terminal or (job_dir / "server-summary.json").exists()
-        if now >= next_status:
-            info = fed.run_info(result.run_id)
-            state = str(info.get("status", ""))
-            if state.startswith("finished"):
-                break
-            next_status = now + (1.0 if ending else STATUS_POLL_S)
-        elif ending:
-            next_status = min(next_status, now + 1.0)
-        if now > deadline:
-            fed.stop_run(result.run_id)
-            raise NodeUnavailable("federation", f"job timed out after {job.job_timeout_s:.0f} s")
-        time.sleep(0.5)
-    result.bytes_exchanged = int(info.get("network-traffic", {}).get("total-bytes", 0))
-    (job_dir / "run.log").write_text(fed.logs(result.run_id))
-    events, offset = read_events(job_dir / "server-events.jsonl", offset)
-    for ev in events:
-        emit(ev)
-    if state != "finished:completed":
-        reason = _failure_reason(job_dir) or f"run ended as {state}"
-        raise NodeUnavailable("federation", reason)
-
-
-def finish(
-    job: JobSpec,
-    result: JobResult,
-    t0: float,
-    decisions: dict[str, Any],
-    data_digests: Mapping[str, str],
-    emit: OnEvent,
-    status: Status,
-    **extra: Any,
-) -> JobResult:
-    """Model metadata, report and curve from the ServerApp's summary; `job_completed`."""
-    job_dir = result.job_dir
-    summary = json.loads((job_dir / "server-summary.json").read_text())
-    result.status, result.wall_s = "completed", time.monotonic() - t0
-    result.evaluation = summary.get("evaluation", {})
-    result.model_sha256 = summary.get("model_sha256")
-    result.epsilon = (summary.get("dp") or {}).get("epsilon")
-    metadata = {
-        "job_id": job.job_id,
-        "job_digest": job.digest(),
-        "job": job.model_dump(mode="json"),
-        "run_id": result.run_id,
-        "decisions": decisions,
-        "model_sha256": result.model_sha256,
-        "data_digests": dict(data_digests),
-        "dp": summary.get("dp"),
-        "evaluation": result.evaluation,
-        "bytes_exchanged": result.bytes_exchanged,
-        "wall_s": result.wall_s,
-        "model_file": "model.npz",
-        **extra,
-    }
-    write_outputs(job_dir, metadata, summary)
-    emit(
-        make_event(
-            job.job_id,
-            "job_completed",
-            model_sha256=result.model_sha256,
-            auc=result.evaluation.get("auc"),
-            epsilon=result.epsilon,
-        )
-    )
-    status.update(state="completed", run_id=result.run_id, evaluation=result.evaluation)
-    return result
-
-
-def _progress_line(job: JobSpec, ev: dict[str, Any]) -> str:
-    rnd = int(ev.get("round", 0))
-    bar = "#" * int(20 * rnd / job.rounds)
-    extra = f" auc={ev['auc']:.4f}" if "auc" in ev else ""
-    return f"[{bar:<20}] round {rnd}/{job.rounds} {ev['event']}{extra}"
-
-
-# `flwr ls` is a fresh Python process (1-2 s of CPU): the ServerApp's own event file says when the run
-# ends, so the SuperLink is asked only then, or every STATUS_POLL_S in case the ServerApp died silently.
-STATUS_POLL_S = 10.0
-TERMINAL_EVENTS = ("job_failed", "server_error")
-
-
-def _failure_reason(job_dir: Path) -> str | None:
-    events, _ = read_events(job_dir / "server-events.jsonl")
-    for ev in reversed(events):
-        if ev["event"] in ("job_failed", "server_error"):
-            return str(ev.get("reason"))
-    return None
-
-
-class Status:
-    """status.json in the job directory (read by `xgate train status`)."""
-
-    def __init__(self, job_dir: Path) -> None:
-        self.path = job_dir / "status.json"
-        self.data: dict[str, Any] = {}
-
-    def update(self, **fields: Any) -> None:
-        self.data.update(fields, updated_at=time.time())
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.data, indent=1, default=str))
-        tmp.replace(self.path)
 
 
 def default_admission(nodes: Sequence[NodeSpec]) -> Admission:
