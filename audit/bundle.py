@@ -19,6 +19,7 @@ from typing import Any
 
 from audit import merkle
 from audit.checkpoints import CosignatureVerifier, EccKey, NoteVerifier, SignedCheckpoint, parse_signed_note
+from audit.quorum import Quorum
 from audit.records import AuditRecord
 from audit.store import MAX_PAGE, AuditLog, Entry
 from xgate.errors import ConfigError, IntegrityError, InvalidInput, NotFound
@@ -92,21 +93,22 @@ def verify_bundle(
     public_key: EccKey,
     *,
     witnesses: Sequence[CosignatureVerifier] = (),
+    quorum: int | None = None,
     origin: str | None = None,
 ) -> BundleReport:
     """Raise IntegrityError unless every entry is proven into a checkpoint signed by ``public_key``
-    for ``origin`` (default: the bundle's own) and cosigned by every given witness."""
+    for ``origin`` (default: the bundle's own) and cosigned by at least ``quorum`` of the given
+    witnesses (default: all of them; the rule `verify-log` applies too, audit/quorum.py)."""
+    rule = Quorum.of(witnesses, quorum)
     try:
-        return _verify(bundle, public_key, witnesses, origin)
+        return _verify(bundle, public_key, rule, origin)
     except (KeyError, TypeError, ValueError, binascii.Error) as exc:
         if isinstance(exc, IntegrityError | InvalidInput):
             raise
         raise IntegrityError("bundle is malformed") from exc
 
 
-def _verify(
-    bundle: dict[str, Any], public_key: EccKey, witnesses: Sequence[CosignatureVerifier], origin: str | None
-) -> BundleReport:
+def _verify(bundle: dict[str, Any], public_key: EccKey, rule: Quorum, origin: str | None) -> BundleReport:
     if bundle.get("format") != BUNDLE_FORMAT:
         raise IntegrityError("not an xgate audit bundle (unknown format)")
     note = bundle["checkpoint"]
@@ -115,8 +117,7 @@ def _verify(
     cp = signed.checkpoint
     if bundle["origin"] != cp.origin:
         raise IntegrityError("bundle origin does not match its checkpoint")
-    for w in witnesses:
-        w.verify(signed)
+    cosigned_by = rule.check(signed, "the bundle's checkpoint")
     request_id = bundle["request_id"]
     items = bundle["entries"]
     if not isinstance(items, list) or not items:
@@ -141,4 +142,4 @@ def _verify(
             raise IntegrityError("readable copy of a bundle entry differs from the signed data", index=index)
         proof = merkle.hashes_from_hex(item["inclusion_proof"])
         merkle.verify_inclusion(index, cp.size, leaf, proof, cp.root)
-    return BundleReport(request_id, len(items), cp.size, cp.root, tuple(w.name for w in witnesses))
+    return BundleReport(request_id, len(items), cp.size, cp.root, cosigned_by)

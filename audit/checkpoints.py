@@ -16,6 +16,7 @@ import base64
 import hashlib
 import os
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -78,6 +79,43 @@ def key_id(name: str, alg: int, public: bytes) -> bytes:
     return hashlib.sha256(name.encode() + b"\n" + bytes([alg]) + public).digest()[:4]
 
 
+def vkey(name: str, alg: int, public: bytes) -> str:
+    """A verifier key in Go's note format (C2SP signed-note): ``<name>+<hex key id>+<base64(alg || pubkey)>``.
+
+    ``alg`` 0x01 for the log's Ed25519 signatures (what ``note.NewVerifier`` takes), 0x04 for a
+    witness's tlog-cosignature/v1 key.
+    """
+    _check_name(name)
+    if len(public) != 32:
+        raise CryptoError("an Ed25519 public key has 32 bytes")
+    encoded = base64.b64encode(bytes([alg]) + public).decode()
+    return f"{name}+{key_id(name, alg, public).hex()}+{encoded}"
+
+
+def parse_vkey(text: str) -> tuple[str, int, bytes]:
+    """(name, algorithm, public key) from a verifier key; refuses a key id that does not match."""
+    name, sep1, rest = text.strip().partition("+")
+    hex_id, sep2, b64 = rest.partition("+")
+    try:
+        raw = base64.b64decode(b64, validate=True)
+        kid = bytes.fromhex(hex_id)
+    except (binascii.Error, ValueError) as exc:
+        raise CryptoError("verifier key is not <name>+<key id>+<base64 key>") from exc
+    if not (sep1 and sep2) or len(hex_id) != 8 or len(raw) != 33 or raw[0] not in (ALG_ED25519, ALG_COSIGNATURE_V1):
+        raise CryptoError("verifier key is not <name>+<key id>+<base64 Ed25519 key>")
+    _check_name(name)
+    if key_id(name, raw[0], raw[1:]) != kid:
+        raise CryptoError("verifier key id does not match its name and key")
+    return name, raw[0], raw[1:]
+
+
+def public_from_raw(public: bytes) -> EccKey:
+    try:
+        return eddsa.import_public_key(public)
+    except (ValueError, IndexError, TypeError) as exc:
+        raise CryptoError("not an Ed25519 public key") from exc
+
+
 def _check_name(name: str) -> str:
     if not name or any(c.isspace() for c in name) or "+" in name:
         raise CryptoError("key name must be non-empty, without spaces or '+'")
@@ -136,8 +174,8 @@ def parse_checkpoint_body(body: str) -> Checkpoint:
     return Checkpoint(origin, int(size_s), root, tuple(lines[3:]))
 
 
-def parse_signed_note(text: str) -> SignedCheckpoint:
-    """Parse a signed checkpoint note; does not verify signatures."""
+def split_note(text: str) -> tuple[str, tuple[SignatureLine, ...]]:
+    """A signed note's text (with its final newline) and its signature lines; verifies nothing."""
     if len(text.encode()) > MAX_NOTE_BYTES or "\r" in text:
         raise IntegrityError("note is too large or contains carriage returns")
     split = text.rfind("\n\n")
@@ -160,7 +198,13 @@ def parse_signed_note(text: str) -> SignedCheckpoint:
         sigs.append(SignatureLine(name, raw[:4], raw[4:]))
     if not sigs:
         raise IntegrityError("note carries no signatures")
-    return SignedCheckpoint(parse_checkpoint_body(body), tuple(sigs))
+    return body, tuple(sigs)
+
+
+def parse_signed_note(text: str) -> SignedCheckpoint:
+    """Parse a signed checkpoint note; does not verify signatures."""
+    body, sigs = split_note(text)
+    return SignedCheckpoint(parse_checkpoint_body(body), sigs)
 
 
 # -- signing and verification ----------------------------------------------------------------
@@ -240,6 +284,14 @@ class CosignatureVerifier:
 
     def verify(self, note: str | SignedCheckpoint) -> int:
         """Raise IntegrityError unless this witness cosigned the note; return the cosignature time."""
+        ts = self.cosigned_at(note)
+        if ts is None:
+            raise IntegrityError("checkpoint is not cosigned by the expected witness", witness=self.name)
+        return ts
+
+    def cosigned_at(self, note: str | SignedCheckpoint) -> int | None:
+        """The time of this witness's cosignature on the note, None if it carries none;
+        IntegrityError if it carries one that does not verify."""
         signed = parse_signed_note(note) if isinstance(note, str) else note
         for sig in signed.signatures:
             if sig.name == self.name and sig.key_id == self.key_id:
@@ -253,7 +305,7 @@ class CosignatureVerifier:
                 except ValueError as exc:
                     raise IntegrityError("cosignature does not verify", witness=self.name) from exc
                 return int(ts)
-        raise IntegrityError("checkpoint is not cosigned by the expected witness", witness=self.name)
+        return None
 
 
 def add_cosignature(note: str | SignedCheckpoint, line: str | SignatureLine) -> SignedCheckpoint:
@@ -266,3 +318,49 @@ def add_cosignature(note: str | SignedCheckpoint, line: str | SignatureLine) -> 
         line = parsed[0]
     kept = tuple(s for s in signed.signatures if (s.name, s.key_id) != (line.name, line.key_id))
     return replace(signed, signatures=(*kept, line))
+
+
+@dataclass(frozen=True)
+class OpenedNote:
+    text: str  # the note text (what the signatures cover)
+    verified_by: tuple[str, ...]  # names of the known keys whose signatures verified
+    unknown: tuple[str, ...]  # names on signature lines from keys not given
+
+
+def open_note(note: str, vkeys: Sequence[str]) -> OpenedNote:
+    """Go's ``note.Open`` semantics (any note, not only checkpoints) over verifier keys of type
+    0x01 (Ed25519) and 0x04 (cosignature/v1).
+
+    Lines whose (name, key id) match a given key must verify (else the whole note is refused);
+    lines from other keys are ignored; at least one known signature must verify. Cosignatures are
+    checked as C2SP tlog-cosignature: over ``cosignature/v1\\ntime <t>\\n`` and the note text.
+    """
+    body, signatures = split_note(note)
+    known: dict[tuple[str, bytes], tuple[int, EccKey]] = {}
+    for text in vkeys:
+        name, alg, public = parse_vkey(text)
+        known[(name, key_id(name, alg, public))] = (alg, public_from_raw(public))
+    verified: list[str] = []
+    unknown: list[str] = []
+    for sig in signatures:
+        entry = known.get((sig.name, sig.key_id))
+        if entry is None:
+            unknown.append(sig.name)
+            continue
+        alg, pub = entry
+        message, raw = body.encode(), sig.signature
+        if alg == ALG_COSIGNATURE_V1:
+            if len(raw) != 8 + 64:
+                raise IntegrityError("malformed cosignature", signer=sig.name)
+            (ts,) = struct.unpack(">Q", raw[:8])
+            if ts >= 1 << 63:
+                raise IntegrityError("cosignature timestamp out of range", signer=sig.name)
+            message, raw = _cosigned_message(body, ts), raw[8:]
+        try:
+            eddsa.new(pub, "rfc8032").verify(message, raw)
+        except ValueError as exc:
+            raise IntegrityError("a signature from a known key does not verify", signer=sig.name) from exc
+        verified.append(sig.name)
+    if not verified:
+        raise IntegrityError("no signature from a known key on the note")
+    return OpenedNote(body, tuple(verified), tuple(unknown))

@@ -17,7 +17,13 @@ app = typer.Typer(no_args_is_help=True, help="Tamper-evident audit log: verify, 
 DB = typer.Option(..., "--db", help="audit SQLite database", exists=True, dir_okay=False)
 KEY = typer.Option(..., "--key", help="log public key (PEM)", exists=True, dir_okay=False)
 WITNESS = typer.Option(
-    None, "--witness", help="witness cosigning key as NAME=PUBKEY.pem (repeatable); its cosignature is then required"
+    None,
+    "--witness",
+    help="witness cosigning key as NAME=PUBKEY.pem (repeatable); the checkpoint must then carry "
+    "cosignatures from --quorum of them",
+)
+QUORUM = typer.Option(
+    None, "--quorum", min=1, help="how many of the named witnesses must have cosigned (default: all named)"
 )
 
 
@@ -41,24 +47,53 @@ def _failed(what: str, exc: IntegrityError | CryptoError) -> None:
 
 
 @app.command("verify-log")
-def verify_log_cmd(db: Path = DB, key: Path = KEY, witness: list[str] | None = WITNESS) -> None:
-    """Recompute the whole tree and check every stored node and checkpoint."""
+def verify_log_cmd(
+    db: Path = DB,
+    key: Path = KEY,
+    witness: list[str] | None = WITNESS,
+    quorum: int | None = QUORUM,
+    checkpoint: list[Path] | None = typer.Option(
+        None,
+        "--checkpoint",
+        exists=True,
+        dir_okay=False,
+        help="a signed checkpoint note you hold from earlier (repeatable): the log must contain it, "
+        "and with --witness it must carry the quorum of cosignatures too",
+    ),
+) -> None:
+    """Recompute the whole tree and check every stored node and checkpoint (and the witness quorum)."""
     from audit.checkpoints import load_public_key
     from audit.verify import verify_log
 
     with fail_on_error():
         pub = load_public_key(key)
+        notes = [_read_note(p) for p in checkpoint or []]
         try:
-            report = verify_log(db, pub, witnesses=_witnesses(witness))
+            report = verify_log(db, pub, witnesses=_witnesses(witness), quorum=quorum, named=notes)
         except (IntegrityError, CryptoError) as exc:
             _failed("audit log does not verify", exc)
+        quorum_text = (
+            f"; latest checkpoint cosigned by {len(report.cosigned_by)} of the {report.quorum} witnesses "
+            f"required ({', '.join(report.cosigned_by)})"
+            if report.quorum
+            else "; no witnesses named: a history re-signed with the log key would pass (name them with --witness)"
+        )
         typer.echo(
             f"OK: {report.origin}: {report.size} entries, root {report.root.hex()}; "
             f"{report.checkpoints} checkpoints verified (latest at size {report.latest_checkpoint_size}, "
             f"{report.unsigned_tail} entries not yet checkpointed); "
             f"{report.cosignatures_verified} cosignatures verified, "
             f"{report.cosignatures_unknown} from unknown witnesses"
+            + (f"; {report.named_checkpoints} named checkpoints found in the log" if report.named_checkpoints else "")
+            + quorum_text
         )
+
+
+def _read_note(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CryptoError(f"cannot read checkpoint note '{path.name}'") from exc
 
 
 @app.command("export")
@@ -102,15 +137,16 @@ def verify_bundle_cmd(
     file: Path = typer.Argument(..., exists=True, dir_okay=False),
     key: Path = KEY,
     witness: list[str] | None = WITNESS,
+    quorum: int | None = QUORUM,
 ) -> None:
-    """Verify an evidence bundle offline."""
+    """Verify an evidence bundle offline (with --witness: the same quorum rule as verify-log)."""
     from audit.bundle import read_bundle, verify_bundle
     from audit.checkpoints import load_public_key
 
     with fail_on_error():
         pub = load_public_key(key)
         try:
-            report = verify_bundle(read_bundle(file), pub, witnesses=_witnesses(witness))
+            report = verify_bundle(read_bundle(file), pub, witnesses=_witnesses(witness), quorum=quorum)
         except (IntegrityError, CryptoError) as exc:
             _failed("bundle does not verify", exc)
         typer.echo(
@@ -133,3 +169,223 @@ def keygen_cmd(
         except FileExistsError as exc:
             raise CryptoError("refusing to overwrite an existing private key") from exc
         typer.echo(f"private key: {priv} (keep secret)\npublic key:  {pub}")
+
+
+@app.command("vkey")
+def vkey_cmd(
+    key: Path = KEY,
+    name: str | None = typer.Option(None, "--name", help="key name (default: the log origin read from --db)"),
+    db: Path | None = typer.Option(None, "--db", help="audit database whose origin names the key", dir_okay=False),
+    cosigner: bool = typer.Option(False, "--cosigner", help="a witness key: cosignature/v1 type (0x04)"),
+) -> None:
+    """Print a verifier key in Go's note format (C2SP signed-note): NAME+KEYID+BASE64(TYPE||KEY)."""
+    from audit.checkpoints import ALG_COSIGNATURE_V1, ALG_ED25519, load_public_key, raw_public, vkey
+    from audit.store import connect
+
+    with fail_on_error():
+        if name is None:
+            if db is None:
+                raise CryptoError("give --name, or --db to take the name from the log's origin")
+            conn = connect(db, readonly=True)
+            try:
+                row = conn.execute("SELECT value FROM meta WHERE key='origin'").fetchone()
+            finally:
+                conn.close()
+            if row is None:
+                raise CryptoError("the audit database has no origin")
+            name = str(row[0])
+        alg = ALG_COSIGNATURE_V1 if cosigner else ALG_ED25519
+        typer.echo(vkey(name, alg, raw_public(load_public_key(key))))
+
+
+FORMAT = typer.Option("table", "--format", help="table, json or csv")
+TZ = typer.Option("Asia/Shanghai", "--tz", help="time zone for times given without one (and 'today')")
+
+
+def _subject(subject_id: str | None, pseudonym: str | None, pseudonym_key: Path | None) -> str | None:
+    """The subject's pseudonym; a national id is pseudonymised here, with the officer's key."""
+    from xgate.errors import InvalidInput
+    from xgate.pseudonym import Pseudonymiser, load_key, validate_pseudonym
+
+    if subject_id is not None and pseudonym is not None:
+        raise InvalidInput("give --subject-id or --pseudonym, not both")
+    if subject_id is not None:
+        return Pseudonymiser(load_key(pseudonym_key)).pseudonym(subject_id)  # key from file or env
+    return validate_pseudonym(pseudonym) if pseudonym is not None else None
+
+
+SUBJECT_ID = typer.Option(
+    None,
+    "--subject-id",
+    help="national id, pseudonymised here with the federation key (--pseudonym-key or "
+    "XGATE_PSEUDONYM_KEY); neither leaves this machine",
+)
+PSEUDONYM = typer.Option(None, "--pseudonym", help="subject pseudonym (26 base32 characters)")
+PSEUDONYM_KEY = typer.Option(None, "--pseudonym-key", help="federation pseudonym key file", dir_okay=False)
+
+
+@app.command("query")
+def query_cmd(
+    db: Path | None = typer.Option(None, "--db", help="audit SQLite database (read-only)", dir_okay=False),
+    gateway: str | None = typer.Option(
+        None, "--gateway", help="gateway URL: ask its REST API (API key in XGATE_API_KEY)"
+    ),
+    ca: Path | None = typer.Option(None, "--ca", help="CA certificate for the gateway's TLS", dir_okay=False),
+    subject_id: str | None = SUBJECT_ID,
+    pseudonym: str | None = PSEUDONYM,
+    pseudonym_key: Path | None = PSEUDONYM_KEY,
+    user: str | None = typer.Option(None, "--user"),
+    agency: str | None = typer.Option(None, "--agency"),
+    program: str | None = typer.Option(None, "--program"),
+    purpose: str | None = typer.Option(None, "--purpose"),
+    kind: str | None = typer.Option(None, "--kind", help="record kind (request, policy_decision, result, ...)"),
+    decision: str | None = typer.Option(None, "--decision", help="allow or deny"),
+    request_id: str | None = typer.Option(None, "--request-id", help="everything about one request"),
+    refused: bool = typer.Option(False, "--refused", help="requests answered with a refusal (4xx)"),
+    status: int | None = typer.Option(None, "--status", help="requests answered with this HTTP status"),
+    since: str | None = typer.Option(None, "--since", help="from (ISO 8601, 'today', 'yesterday')"),
+    until: str | None = typer.Option(None, "--until", help="until, exclusive"),
+    limit: int = typer.Option(1000, "--limit", min=1, max=100_000, help="at most this many rows"),
+    fmt: str = FORMAT,
+    tz: str = TZ,
+) -> None:
+    """Who did what: entries matching every filter given, as a table, JSON or CSV.
+
+    With --subject-id/--pseudonym it answers "who accessed this person in this period and why":
+    one row per access with user, agency, program, purpose, legal basis and outcome.
+    """
+    from audit.query import ACCESS_COLUMNS, ROW_COLUMNS, Filters, parse_when, render
+    from xgate.errors import InvalidInput
+
+    with fail_on_error():
+        if fmt not in ("table", "json", "csv"):
+            raise InvalidInput("--format must be table, json or csv")
+        if (db is None) == (gateway is None):
+            raise InvalidInput("give exactly one of --db (a database file) or --gateway (the REST API)")
+        subject = _subject(subject_id, pseudonym, pseudonym_key)
+        filters = Filters(
+            subject=subject, user=user, agency=agency, program=program, purpose=purpose, kind=kind,
+            decision=decision, request_id=request_id, status=status, refused=refused,
+            since=parse_when(since, tz) if since else None, until=parse_when(until, tz) if until else None,
+        )  # fmt: skip
+        accesses = subject is not None and filters.active().keys() <= {"subject", "since", "until"}
+        if db is not None:
+            rows = _query_db(db, filters, accesses, limit)
+        else:
+            assert gateway is not None
+            rows = _query_gateway(gateway, ca, filters, accesses, limit)
+        typer.echo(render(rows, ACCESS_COLUMNS if accesses else ROW_COLUMNS, fmt), nl=False)  # type: ignore[arg-type]
+
+
+def _query_db(db: Path, filters: object, accesses: bool, limit: int) -> list[dict[str, object]]:
+    from audit.query import Filters, access, find_all, row
+    from audit.store import AuditLog, connect
+
+    assert isinstance(filters, Filters)
+    conn = connect(db, readonly=True)
+    try:
+        origin = conn.execute("SELECT value FROM meta WHERE key='origin'").fetchone()[0]
+    finally:
+        conn.close()
+    with AuditLog.open(db, origin=origin, writer="none") as log:
+        found = find_all(log, filters, cap=limit)
+        return [access(log, e) if accesses else row(e) for e in found]
+
+
+def _query_gateway(url: str, ca: Path | None, filters: object, accesses: bool, limit: int) -> list[dict[str, object]]:
+    import os
+
+    import httpx
+
+    from audit.query import Filters
+    from xgate.errors import ConfigError, InvalidInput, XgateError
+
+    assert isinstance(filters, Filters)
+    api_key = os.environ.get("XGATE_API_KEY")
+    if not api_key:
+        raise ConfigError("set XGATE_API_KEY to the officer's API key")
+    params = filters.active()
+    subject = params.pop("subject", None)
+    path = f"/v1/subjects/{subject}/accesses" if accesses else "/v1/audit/entries"
+    if subject is not None and not accesses:
+        params["subject"] = subject
+    params = {k: ("true" if v is True else v) for k, v in params.items()}
+    out: list[dict[str, object]] = []
+    with httpx.Client(
+        base_url=url, headers={"Authorization": f"Bearer {api_key}"}, verify=str(ca) if ca else True, timeout=60
+    ) as client:
+        offset: int | None = 0
+        while offset is not None and len(out) < limit:
+            try:
+                resp = client.get(path, params={**params, "offset": offset, "limit": min(1000, limit - len(out))})
+            except httpx.HTTPError as exc:
+                raise ConfigError(f"cannot reach the gateway: {type(exc).__name__}") from None
+            if resp.status_code != 200:
+                body = resp.json() if resp.headers.get("content-type", "").startswith("application/json") else {}
+                err = XgateError(
+                    f"gateway answered {resp.status_code}: {body.get('message', resp.reason_phrase)}",
+                    request_id=resp.headers.get("x-request-id"),
+                )
+                raise (InvalidInput(err.message, **err.details) if resp.status_code < 500 else err)
+            page = resp.json()
+            if accesses:
+                out += page["accesses"]
+            else:
+                from audit.query import row_from_view
+
+                out += [row_from_view(v) for v in page["entries"]]
+            offset = page.get("next_offset")
+    return out[:limit]
+
+
+@app.command("report")
+def report_cmd(
+    db: Path = DB,
+    key: Path = KEY,
+    out: Path = typer.Option(..., "--out", help="HTML file to write"),
+    subject_id: str | None = SUBJECT_ID,
+    pseudonym: str | None = PSEUDONYM,
+    pseudonym_key: Path | None = PSEUDONYM_KEY,
+    since: str | None = typer.Option(None, "--since", help="from (ISO 8601, 'today', 'yesterday')"),
+    until: str | None = typer.Option(None, "--until", help="until, exclusive"),
+    witness: list[str] | None = WITNESS,
+    quorum: int | None = QUORUM,
+    tz: str = TZ,
+) -> None:
+    """An access report for one person (HTML): who, when, which agency, program, purpose, legal
+    basis and outcome, each access proven into a verified checkpoint, for the person who asked."""
+    from datetime import UTC, datetime
+
+    from audit.checkpoints import load_public_key
+    from audit.query import parse_when
+    from audit.report import build_report, mask_national_id, render_html
+    from audit.store import AuditLog, connect
+    from xgate.errors import InvalidInput
+    from xgate.pseudonym import normalise_national_id
+
+    with fail_on_error():
+        subject = _subject(subject_id, pseudonym, pseudonym_key)
+        if subject is None:
+            raise InvalidInput("give --subject-id (national id) or --pseudonym")
+        label = mask_national_id(normalise_national_id(subject_id)) if subject_id else None
+        pub = load_public_key(key)
+        conn = connect(db, readonly=True)
+        try:
+            origin = conn.execute("SELECT value FROM meta WHERE key='origin'").fetchone()[0]
+        finally:
+            conn.close()
+        with AuditLog.open(db, origin=origin, writer="none") as log:
+            try:
+                report = build_report(
+                    log, subject, pub,
+                    since=parse_when(since, tz) if since else None, until=parse_when(until, tz) if until else None,
+                    generated=datetime.now(UTC), subject_label=label,
+                    witnesses=_witnesses(witness), quorum=quorum, timezone=tz,
+                )  # fmt: skip
+            except (IntegrityError, CryptoError) as exc:
+                _failed("the evidence for this report does not verify", exc)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(render_html(report), encoding="utf-8")
+        typer.echo(
+            f"wrote {out}: {len(report.rows)} accesses, proven into checkpoint {report.checkpoint.checkpoint.size}"
+        )

@@ -1,4 +1,9 @@
-"""Export an audit database to plain files (JSON Lines) for archiving or third-party tools."""
+"""Export an audit database to plain files (JSON Lines) for archiving or third-party tools.
+
+Each exported checkpoint is one signed note carrying the log signature and every witness
+cosignature (C2SP tlog-cosignature lines inside the note), so Go's ``note.Open`` with the log's
+and the witnesses' verifier keys (``xgate audit vkey``) checks all of them at once.
+"""
 
 from __future__ import annotations
 
@@ -7,12 +12,14 @@ import json
 from pathlib import Path
 from typing import Any
 
+from audit.db import with_cosignatures
 from audit.store import connect
 from xgate.errors import NotFound
 
 
 def export_log(db: Path, out: Path) -> dict[str, Any]:
-    """Write entries.jsonl (index, leaf hash, canonical data), checkpoints.jsonl and manifest.json."""
+    """Write entries.jsonl (index, leaf hash, canonical data), checkpoints.jsonl (one full signed
+    note per checkpoint), ``checkpoint`` (the newest note alone) and manifest.json."""
     if not db.exists():
         raise NotFound(f"audit database '{db.name}' does not exist")
     out.mkdir(parents=True, exist_ok=True)
@@ -26,11 +33,21 @@ def export_log(db: Path, out: Path) -> dict[str, Any]:
                 fh.write(json.dumps(row, sort_keys=True) + "\n")
                 size += 1
         count = 0
+        latest = ""
         with open(out / "checkpoints.jsonl", "w", encoding="utf-8") as fh:
-            for cid, note, time_ms in conn.execute("SELECT id, note, time_ms FROM checkpoints ORDER BY id"):
-                lines = [r[0] for r in conn.execute("SELECT line FROM cosignatures WHERE checkpoint_id=?", (cid,))]
-                fh.write(json.dumps({"note": note, "cosignatures": lines, "time_ms": time_ms}, sort_keys=True) + "\n")
+            for cid, note, time_ms in conn.execute("SELECT id, note, time_ms FROM checkpoints ORDER BY id").fetchall():
+                signed = with_cosignatures(conn, (cid, note))
+                row = {
+                    "note": signed.text(),
+                    "size": signed.checkpoint.size,
+                    "signers": [s.name for s in signed.signatures],
+                    "time_ms": time_ms,
+                }
+                fh.write(json.dumps(row, sort_keys=True, ensure_ascii=False) + "\n")
                 count += 1
+                latest = signed.text()
+        if latest:  # the newest checkpoint as a plain note file, as Go tools read it
+            (out / "checkpoint").write_text(latest, encoding="utf-8")
     finally:
         conn.close()
     manifest = {"format": "xgate-audit-export/1", "origin": origin, "size": size, "checkpoints": count}

@@ -42,6 +42,7 @@ from xgate.logging import get_logger
 log = get_logger("xgate.audit")
 DEFAULT_ORIGIN = "xgate.local/audit"
 WriterKind = Literal["process", "thread", "none"]
+_STATUS = "json_extract(CAST(data AS TEXT), '$.metadata.status')"  # request entries' HTTP status
 
 __all__ = ["DEFAULT_ORIGIN", "MAX_PAGE", "AppendReceipt", "AuditLog", "AuditUnavailable", "Entry", "connect"]
 
@@ -317,10 +318,16 @@ class AuditLog:
         request_id: str | None = None,
         since: datetime | None = None,
         until: datetime | None = None,
+        status: int | None = None,
+        refused: bool = False,
         offset: int = 0,
         limit: int = 100,
     ) -> list[Entry]:
-        """Entries matching every given filter, oldest first; ``until`` is exclusive."""
+        """Entries matching every given filter, oldest first; ``until`` is exclusive.
+
+        ``status``: `request` entries answered with that HTTP status; ``refused``: `request`
+        entries answered 4xx (a refusal: bad input, no identity, policy, budget, size).
+        """
         if offset < 0 or not 0 < limit <= MAX_PAGE:
             raise InvalidInput(f"offset must be >= 0 and limit in 1..{MAX_PAGE}")
         where: list[str] = ["idx < ?"]
@@ -348,6 +355,11 @@ class AuditLog:
         if until is not None:
             where.append("time_ms < ?")
             args.append(int(until.timestamp() * 1000))
+        if status is not None:
+            where.append(f"kind = 'request' AND {_STATUS} = ?")
+            args.append(status)
+        if refused:
+            where.append(f"kind = 'request' AND {_STATUS} BETWEEN 400 AND 499")
         sql = f"SELECT idx, leaf_hash, data FROM entries WHERE {' AND '.join(where)} ORDER BY idx LIMIT ? OFFSET ?"  # noqa: S608 (fixed column names)
         rows = self._reader().execute(sql, (*args, limit, offset)).fetchall()
         return [entry_from_row(r) for r in rows]

@@ -7,8 +7,11 @@ signature over exactly that root. Detects a changed byte, a deleted, inserted or
 a truncated tail (checkpoints or nodes beyond the entries) and a rewritten history.
 
 What it cannot detect alone: a history rewritten by someone holding the log signing key, if they
-also re-sign every checkpoint. Pass the witnesses' keys: their cosignatures are over roots the
-attacker cannot make them sign again (see witness.py).
+also re-sign every checkpoint, or a tail cut off together with the newer checkpoints. Pass the
+witnesses' keys: the latest checkpoint must then carry cosignatures from a quorum of them
+(audit/quorum.py), over roots the attacker cannot make them sign again (see witness.py); and pass
+any checkpoint you hold from earlier (a note a witness or a colleague gave you): the log must
+contain it, root for root.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from typing import Any
 
 from audit import index, merkle
 from audit.checkpoints import CosignatureVerifier, EccKey, NoteVerifier, SignedCheckpoint, add_cosignature
+from audit.quorum import Quorum
 from audit.records import AuditRecord
 from audit.store import connect
 from xgate.errors import IntegrityError, InvalidInput, NotFound
@@ -36,23 +40,41 @@ class LogReport:
     unsigned_tail: int  # entries after the latest checkpoint: protected by nothing yet
     cosignatures_verified: int
     cosignatures_unknown: int  # from witnesses whose keys were not supplied
+    cosigned_by: tuple[str, ...] = ()  # the named witnesses whose cosignature on the latest checkpoint verified
+    quorum: int = 0
+    named_checkpoints: int = 0  # checkpoints the officer supplied, each found in the log
 
 
-def verify_log(path: Path, public_key: EccKey, *, witnesses: Sequence[CosignatureVerifier] = ()) -> LogReport:
-    """Raise IntegrityError on any inconsistency; return what was verified."""
+def verify_log(
+    path: Path,
+    public_key: EccKey,
+    *,
+    witnesses: Sequence[CosignatureVerifier] = (),
+    quorum: int | None = None,
+    named: Sequence[str] = (),
+) -> LogReport:
+    """Raise IntegrityError on any inconsistency; return what was verified.
+
+    With ``witnesses``, the latest checkpoint and every note in ``named`` must carry valid
+    cosignatures from at least ``quorum`` of them (default: all); every ``named`` note must be
+    signed by the log key and be a checkpoint of this log (its size within the log, its root the
+    log's root at that size).
+    """
+    rule = Quorum.of(witnesses, quorum)
     if not Path(path).exists():
         raise NotFound(f"audit database '{Path(path).name}' does not exist")
     conn = connect(Path(path), readonly=True)
     try:
         conn.execute("BEGIN")  # one snapshot, even beside a running writer
-        return _verify(conn, public_key, witnesses)
+        return _verify(conn, public_key, rule, named)
     except sqlite3.DatabaseError as exc:
         raise IntegrityError("audit database is unreadable or structurally damaged") from exc
     finally:
         conn.close()
 
 
-def _verify(conn: sqlite3.Connection, public_key: EccKey, witnesses: Sequence[CosignatureVerifier]) -> LogReport:  # noqa: C901  # one pass over the log, each check a named step
+def _verify(conn: sqlite3.Connection, public_key: EccKey, rule: Quorum, named_notes: Sequence[str]) -> LogReport:  # noqa: C901  # one pass over the log, each check a named step
+    witnesses = rule.witnesses
     row = conn.execute("SELECT value FROM meta WHERE key='origin'").fetchone()
     if row is None:
         raise IntegrityError("audit database has no origin")
@@ -65,7 +87,12 @@ def _verify(conn: sqlite3.Connection, public_key: EccKey, witnesses: Sequence[Co
         if cp.origin != origin or cp.size != size or cp.root != bytes(root):
             raise IntegrityError("checkpoint row does not match its signed note", checkpoint=cid)
         checkpoints.append((cid, signed))
-    wanted = {cp.checkpoint.size for _, cp in checkpoints}
+    named = [verifier.verify(note) for note in named_notes]
+    for signed in named:
+        if signed.checkpoint.origin != origin:
+            raise IntegrityError("a named checkpoint belongs to another log", origin=signed.checkpoint.origin)
+        rule.check(signed, "the named checkpoint")
+    wanted = {cp.checkpoint.size for _, cp in checkpoints} | {s.checkpoint.size for s in named}
     roots = {0: merkle.EMPTY_ROOT}
 
     nodes: Iterator[Any] = conn.execute("SELECT level, idx, hash FROM nodes ORDER BY ((idx + 1) << level), level")
@@ -106,9 +133,23 @@ def _verify(conn: sqlite3.Connection, public_key: EccKey, witnesses: Sequence[Co
     subjects.check_end()
     requests.check_end()
 
+    for signed in named:
+        cp = signed.checkpoint
+        if cp.size > frontier.size:
+            raise IntegrityError(
+                f"the named checkpoint at size {cp.size} is beyond the log's {frontier.size} entries (log truncated)",
+                checkpoint_size=cp.size,
+                size=frontier.size,
+            )
+        if roots[cp.size] != cp.root:
+            raise IntegrityError(
+                f"the named checkpoint at size {cp.size} has another root than the log (history rewritten or forked)",
+                size=cp.size,
+            )
     by_witness = {w.name: w for w in witnesses}
     verified = unknown = 0
     latest = 0
+    latest_signed: SignedCheckpoint | None = None
     for cid, signed in checkpoints:
         cp = signed.checkpoint
         if cp.size > frontier.size:
@@ -119,13 +160,25 @@ def _verify(conn: sqlite3.Connection, public_key: EccKey, witnesses: Sequence[Co
             )
         if roots[cp.size] != cp.root:
             raise IntegrityError("checkpoint root does not match the entries (history rewritten)", size=cp.size)
-        latest = max(latest, cp.size)
         for witness, line in conn.execute("SELECT witness, line FROM cosignatures WHERE checkpoint_id=?", (cid,)):
+            signed = add_cosignature(signed, line)
             if witness in by_witness:
-                by_witness[witness].verify(add_cosignature(signed, line))
+                by_witness[witness].verify(signed)
                 verified += 1
             else:
                 unknown += 1
+        if cp.size >= latest:
+            latest, latest_signed = cp.size, signed
+    cosigned_by: tuple[str, ...] = ()
+    if witnesses:
+        if latest_signed is None:
+            if frontier.size:
+                raise IntegrityError(
+                    "the log has no checkpoint for the named witnesses to have cosigned",
+                    missing=[w.name for w in witnesses],
+                )
+        else:
+            cosigned_by = rule.check(latest_signed, "the latest checkpoint")
     return LogReport(
         origin=origin,
         size=frontier.size,
@@ -135,6 +188,9 @@ def _verify(conn: sqlite3.Connection, public_key: EccKey, witnesses: Sequence[Co
         unsigned_tail=frontier.size - latest,
         cosignatures_verified=verified,
         cosignatures_unknown=unknown,
+        cosigned_by=cosigned_by,
+        quorum=rule.k,
+        named_checkpoints=len(named),
     )
 
 
