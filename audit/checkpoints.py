@@ -99,7 +99,7 @@ def parse_vkey(text: str) -> tuple[str, int, bytes]:
     try:
         raw = base64.b64decode(b64, validate=True)
         kid = bytes.fromhex(hex_id)
-    except (binascii.Error, ValueError) as exc:
+    except ValueError as exc:  # binascii.Error is a ValueError
         raise CryptoError("verifier key is not <name>+<key id>+<base64 key>") from exc
     if not (sep1 and sep2) or len(hex_id) != 8 or len(raw) != 33 or raw[0] not in (ALG_ED25519, ALG_COSIGNATURE_V1):
         raise CryptoError("verifier key is not <name>+<key id>+<base64 Ed25519 key>")
