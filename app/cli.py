@@ -6,6 +6,7 @@ from pathlib import Path
 
 import typer
 
+from app.deploy_cli import config_app, gateway_init, keys_app, node_init, policy_init
 from app.pki_cli import app as pki_app
 from app.train_cli import app as train_app
 from audit.cli import app as audit_app
@@ -23,6 +24,11 @@ app.add_typer(audit_app, name="audit")
 app.add_typer(pki_app, name="pki")
 app.add_typer(train_app, name="train")
 app.add_typer(policy_app, name="policy")
+app.add_typer(config_app, name="config")
+app.add_typer(keys_app, name="keys")
+node_app.command("init")(node_init)
+gateway_app.command("init")(gateway_init)
+policy_app.command("init")(policy_init)
 
 
 @app.command("demo-data")

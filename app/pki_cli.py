@@ -148,11 +148,19 @@ def add_user_cmd(
     agency: Annotated[str, typer.Option(help="agency id")],
     role: Annotated[str, typer.Option(help="caseworker|analyst|security_officer|admin")],
     tier: Annotated[str, typer.Option(help="gold|silver|bronze")],
+    principals: Annotated[
+        Path | None,
+        typer.Option(help="the policy set's principals.toml: register the user there too (the engine reads it)"),
+    ] = None,
 ) -> None:
     """Register a REST user and print their API key ONCE (only its SHA-256 is stored)."""
     from gateway.auth import add_user
 
     with fail_on_error():
+        if principals is not None:
+            from app.principals import register_principal
+
+            register_principal(principals, user, agency, role, tier)
         key = add_user(users, user, agency, role, tier)
         typer.echo(key)
         typer.secho("store this key now: it cannot be shown again", err=True, fg=typer.colors.YELLOW)

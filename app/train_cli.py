@@ -74,7 +74,7 @@ def _admission(nodes: list[_Node]) -> Admission | None:
 def submit(
     job: Path = typer.Option(..., "--job", help="job TOML file"),
     nodes: Path | None = typer.Option(
-        None, "--nodes", help="local run: TOML listing [[nodes]] agency/store/ledger[/holdout]"
+        None, "--nodes", help=r"local run: TOML listing \[\[nodes]] agency/store/ledger (+ holdout)"
     ),
     root: Path = typer.Option(DEFAULT_ROOT, "--root", help="directory holding job directories"),
     ca: Path | None = typer.Option(

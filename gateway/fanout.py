@@ -71,6 +71,8 @@ class NodeDirectory:
         return self._stubs.get(agency) or self._connect(agency)
 
     async def _verify_server(self, agency: str) -> None:
+        if agency not in self._endpoints:
+            raise NodeUnavailable(agency, "no node is registered for this agency (no [nodes] entry)")
         if self._server_check is None or time.monotonic() - self._checked.get(agency, -1e9) < self._recheck_s:
             return
         try:

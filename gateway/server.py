@@ -118,6 +118,9 @@ def build_app(config: GatewayConfig, on_ready: Callable[[], None] | None = None)
 
 
 def serve(config: GatewayConfig) -> None:
+    from gateway.preflight import gateway_problems
+
+    gateway_problems(config).raise_if_any("gateway config")
     settings = config.gateway
     if config.tls is None:
         print("WARNING: serving the REST API WITHOUT TLS (--insecure); development use only", file=sys.stderr)  # noqa: T201  # operator warning on stderr

@@ -24,7 +24,8 @@ class NodeSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     agency: AgencyId
-    listen: str = Field(default="127.0.0.1:0", pattern=r"^[^\s:]+:\d{1,5}$")
+    # host:port to bind; unset: the address the CA published for this node in federation.json
+    listen: str | None = Field(default=None, pattern=r"^[^\s:]+:\d{1,5}$")
     store: Path
     catalogue: Path = DEFAULT_CATALOGUE
     pseudonym_key_file: Path | None = None

@@ -84,8 +84,12 @@ def envelopes_for(config: NodeConfig) -> Envelopes | None:
 
 
 def serve(config: NodeConfig, ready_file: Path | None = None) -> None:
+    from nodes.preflight import listen_address, node_problems
+
+    node_problems(config).raise_if_any(f"node config of '{config.node.agency}'")
     service = build_service(config)
     settings = config.node
+    listen, listen_source = listen_address(config)
     limit = settings.max_message_mb * 1024 * 1024
     interceptors = []
     if config.tls is not None:
@@ -103,16 +107,16 @@ def serve(config: NodeConfig, ready_file: Path | None = None) -> None:
         if not settings.insecure:
             raise ConfigError("node has no [tls] section; pass --insecure to serve plaintext gRPC (development only)")
         print("WARNING: serving gRPC WITHOUT TLS (--insecure); development use only", file=sys.stderr)  # noqa: T201  # operator warning on stderr
-        port = server.add_insecure_port(settings.listen)
+        port = server.add_insecure_port(listen)
     else:
         from crypto.tls import server_credentials
 
-        port = server.add_secure_port(settings.listen, server_credentials(config.tls))
+        port = server.add_secure_port(listen, server_credentials(config.tls))
     if port == 0:
-        raise ConfigError(f"cannot listen on {settings.listen}")
+        raise ConfigError(f"cannot listen on {listen} ({listen_source}); set [node].listen to a local address")
     server.start()
-    announcement = {"event": "ready", "agency": settings.agency, "port": port}
-    log.info("node_ready", agency=settings.agency, port=port)
+    announcement = {"event": "ready", "agency": settings.agency, "port": port, "listen": listen}
+    log.info("node_ready", agency=settings.agency, port=port, listen=listen, listen_source=listen_source)
     if ready_file is not None:
         ready_file.write_text(json.dumps(announcement))
     print(json.dumps(announcement), flush=True)  # noqa: T201  # the readiness line the launcher reads

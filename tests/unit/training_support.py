@@ -89,6 +89,7 @@ def prepare_gateway_dir(gw: Path, policies: Path, **overrides: Any) -> tuple[dic
     from gateway.wiring import write_dev_users
 
     gw.mkdir(parents=True, exist_ok=True)
+    (gw / "mask.key").touch(mode=0o600)  # a secret: `gateway serve` refuses a group-readable one
     (gw / "mask.key").write_text(os.urandom(32).hex())
     keys = write_dev_users(gw / "users.json")
     save_keypair(generate_key(), gw / "audit")

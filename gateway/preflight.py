@@ -1,0 +1,92 @@
+"""What `xgate config check` finds wrong in a gateway config; `xgate gateway serve` refuses to start on any."""
+
+from __future__ import annotations
+
+from crypto.preflight import Problems, address_ok, certificate_ok, directory_ok, file_ok, signing_key_ok
+from gateway.config import GatewayConfig
+from xgate.errors import XgateError
+
+
+def gateway_problems(config: GatewayConfig) -> Problems:
+    p = Problems()
+    s = config.gateway
+    training_nodes = config.training.nodes if config.training is not None else []
+    if not config.nodes and not training_nodes:
+        p.add(
+            "[nodes] is empty: the gateway would have no agency to ask; add [nodes.<agency>] address = "
+            '"host:port" per agency (`xgate gateway init` writes them from federation.json)'
+        )
+    for agency, ref in config.nodes.items():
+        address_ok(p, f"nodes.{agency}.address", ref.address)
+        if ref.witness_key is not None:
+            file_ok(p, f"nodes.{agency}.witness_key", ref.witness_key)
+    address_ok(p, "gateway.host/port", f"{s.host}:{s.port}")
+    file_ok(p, "gateway.catalogue", s.catalogue)
+    file_ok(p, "gateway.program_dir", s.program_dir, is_dir=True)
+    if file_ok(p, "gateway.mask_key_file", s.mask_key_file, secret=True):
+        from gateway.server import load_mask_key
+
+        try:
+            load_mask_key(s.mask_key_file)
+        except XgateError as exc:
+            p.add(f"gateway.mask_key_file = {s.mask_key_file}: {exc.message}")
+    if s.users_file is not None:
+        file_ok(p, "gateway.users_file", s.users_file, secret=True)
+    else:
+        p.add("gateway.users_file is not set: no REST user could authenticate (`xgate pki add-user`)")
+    if s.policy_dir is not None:
+        file_ok(p, "gateway.policy_dir", s.policy_dir, is_dir=True)
+    if s.state_dir is not None and not s.state_dir.exists():
+        file_ok(p, "gateway.state_dir (its parent)", s.state_dir.parent, is_dir=True)
+    if s.audit_db is not None:
+        file_ok(p, "gateway.audit_db (its directory)", s.audit_db.parent, is_dir=True)
+        if s.audit_key is None:
+            p.add("gateway.audit_db is set but gateway.audit_key is not (`xgate keys audit --out PREFIX`)")
+        else:
+            file_ok(p, "gateway.audit_key", s.audit_key, secret=True)
+    tls = config.tls
+    if tls is None:
+        if not s.insecure:
+            p.add("no [tls] table: the gateway serves only over TLS (`--insecure` is for development only)")
+    else:
+        _tls_problems(p, config)
+    if config.training is not None:
+        _training_problems(p, config)
+    return p
+
+
+def _tls_problems(p: Problems, config: GatewayConfig) -> None:
+    tls = config.tls
+    if tls is None:
+        return
+    certificate_ok(p, "tls", tls.cert, tls.key, tls.ca, tls.crl, None, "gateway")
+    if tls.crl is None:
+        p.add("tls.crl is not set: revocation would not be checked")
+    if not directory_ok(p, "tls.federation_directory", tls.federation_directory, tls.ca):
+        return
+    from crypto.peers import load_cert, peer_identity
+    from crypto.pki import load_directory
+
+    try:
+        agency = peer_identity(load_cert(tls.cert)).agency
+    except XgateError:
+        return  # reported by certificate_ok
+    signing_key_ok(p, "tls.signing_key", tls.signing_key, tls.federation_directory, tls.ca, agency, "gateway")
+    listed = {(e.agency, e.kind) for e in load_directory(tls.federation_directory, tls.ca).entries}
+    for node in config.nodes:
+        if (node, "node") not in listed:
+            p.add(f"nodes.{node}: the federation directory lists no node certificate for '{node}'")
+
+
+def _training_problems(p: Problems, config: GatewayConfig) -> None:
+    t = config.training
+    if t is None:
+        return
+    if t.superlink_port is not None:
+        certificate_ok(p, "training.superlink", t.superlink_cert, t.superlink_key, t.ca_cert, t.crl, None,
+                       "flower-superlink")  # fmt: skip
+    for node in t.nodes:
+        for key, path in (("public_key", node.public_key), ("certificate", node.certificate), ("store", node.store),
+                          ("ledger", node.ledger), ("holdout", node.holdout)):  # fmt: skip
+            if path is not None and not (key == "ledger" and not path.exists()):
+                file_ok(p, f"training.nodes[{node.agency}].{key}", path)
