@@ -173,3 +173,61 @@ def disable_user_cmd(users: Annotated[Path, typer.Option()], user: Annotated[str
 
     with fail_on_error():
         typer.echo(f"disabled {disable_user(users, user)} key(s) of '{user}'")
+
+
+@app.command("request")
+def request_cmd(
+    kind: Annotated[str, typer.Option(help="gateway|node|flower-superlink|flower-supernode|user")],
+    agency: Annotated[str, typer.Option(help="this party's agency id")],
+    out: Annotated[Path, typer.Option(help="this party's tls/ directory (keys stay here)")],
+    dns: Annotated[list[str] | None, typer.Option(help="DNS name to certify (repeatable)")] = None,
+    ip: Annotated[list[str] | None, typer.Option(help="IP address to certify (repeatable)")] = None,
+) -> None:
+    """Make this party's private keys (0600, never sent anywhere) and a certificate request for the CA."""
+    from crypto.csr import request
+
+    with fail_on_error():
+        made = request(kind, agency, out, dns or (), ip or ())
+        note = " (renewal: new keys wait as *.next until `pki install`)" if made.renewal else ""
+        typer.echo(f"{made.csr_path}: send this request to the CA{note}")
+
+
+@app.command("sign")
+def sign_cmd(
+    ca: CaDir,
+    request_file: Annotated[Path, typer.Option("--request", help="the party's .csr.pem")],
+    kind: Annotated[str, typer.Option(help="the kind you expect this request to be for")],
+    agency: Annotated[str, typer.Option(help="the agency you expect this request to be for")],
+    out: Annotated[Path, typer.Option(help="directory for the certificate")],
+    days: Annotated[int, typer.Option(help="validity in days (short-lived by design)")] = 30,
+    address: Annotated[str, typer.Option(help="host:port published in the federation directory")] = "",
+) -> None:
+    """Check a certificate request (agency, kind, signatures) and issue it; re-signs federation.json."""
+    from crypto.csr import sign_request
+
+    with fail_on_error():
+        signed = sign_request(ca, request_file, out, kind=kind, agency=agency, days=days, address=address)
+        names = ", ".join([*signed.dns, *signed.ips]) or "no extra names"
+        typer.echo(
+            f"{signed.cert_path}: {kind} of '{agency}' serial {signed.serial} ({names})"
+            + (f", signing key {signed.key_id}" if signed.key_id else "")
+            + f"; send it back with {ca / 'ca.cert.pem'}, {ca / 'crl.pem'} and {ca / 'federation.json'}"
+        )
+
+
+@app.command("install")
+def install_cmd(
+    cert: Annotated[Path, typer.Option(help="the certificate the CA sent back")],
+    out: Annotated[Path, typer.Option(help="this party's tls/ directory (where `pki request` left the keys)")],
+    ca_cert: Annotated[Path, typer.Option("--ca-cert", help="the federation CA certificate")],
+    directory: Annotated[
+        Path | None, typer.Option(help="the distributed federation.json: a renewal waits until it lists the new key")
+    ] = None,
+) -> None:
+    """Check a certificate against the CA and this party's own key, and put it (and a renewal's keys) in place."""
+    from crypto.csr import install
+
+    with fail_on_error():
+        done = install(cert, out, ca_cert, directory)
+        what = "renewed: new keys in force (running services switch within a second)" if done.renewed else "installed"
+        typer.echo(f"{done.cert_path}: {what}" + (f"; signing key {done.key_id}" if done.key_id else ""))

@@ -17,7 +17,7 @@ from typing import Any
 
 from cryptography import x509
 
-from crypto.envelope import KeyEntry, Keyring
+from crypto.envelope import KeyEntry, Keyring, SigningKey
 from crypto.pki import FederationDirectory, load_directory
 from xgate.errors import ConfigError, CryptoError, EnvelopeRejected
 from xgate.logging import get_logger
@@ -112,3 +112,58 @@ def _newer(fresh: FederationDirectory, current: FederationDirectory) -> bool:
         ) >= dt.datetime.fromisoformat(current.issued_at)
     except ValueError:
         return False
+
+
+class SigningKeyFile(SigningKey):
+    """A party's signing key that follows its file: `xgate pki install` of a renewal takes effect
+    within ``check_every_s`` without a restart. A replacement that does not load is refused and
+    logged; the key in force stays."""
+
+    def __init__(self, path: Path, *, check_every_s: float = 1.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self.path = path
+        self.check_every_s = check_every_s
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._stamp = _stamp(path)
+        self._key_in_force = SigningKey.load(path)
+        self._next_check = clock() + check_every_s
+        first = self._key_in_force
+        super().__init__(first._key, first.agency, first.kind)
+
+    def current(self) -> SigningKey:
+        now = self._clock()
+        if now >= self._next_check:
+            with self._lock:
+                if now >= self._next_check:
+                    self._next_check = now + self.check_every_s
+                    self._reload()
+        return self._key_in_force
+
+    def _reload(self) -> None:
+        try:
+            stamp = _stamp(self.path)
+        except ConfigError:
+            log.error("signing_key_missing", kept_key_id=self._key_in_force.key_id)
+            return
+        if stamp == self._stamp:
+            return
+        self._stamp = stamp
+        try:
+            fresh = SigningKey.load(self.path)
+        except ConfigError as exc:
+            log.error("signing_key_refused", error=exc.code, kept_key_id=self._key_in_force.key_id)
+            return
+        log.info("signing_key_reloaded", key_id=fresh.key_id, previous_key_id=self._key_in_force.key_id)
+        self._key_in_force = fresh
+        SigningKey.__init__(self, fresh._key, fresh.agency, fresh.kind)  # what readers of .key_id see
+
+    def sign(self, data: bytes) -> bytes:
+        return self.current().sign(data)
+
+
+def _stamp(path: Path) -> tuple[int, int]:
+    try:
+        st = path.stat()
+    except OSError:
+        raise ConfigError(f"signing key {path} is missing") from None
+    return st.st_mtime_ns, st.st_size

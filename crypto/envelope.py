@@ -88,6 +88,10 @@ class SigningKey:
     def sign(self, data: bytes) -> bytes:
         return self._key.sign(data)
 
+    def current(self) -> SigningKey:
+        """The key to sign the next message with (a key file that is re-read returns its newest)."""
+        return self
+
     def save(self, path: Path) -> None:
         """PEM (PKCS#8) with the owner in a header line; file mode 0600."""
         pem = self._key.private_bytes(
@@ -229,6 +233,7 @@ def sign_message(
     """Fill msg.envelope. Responses pass request_digest(request) to bind themselves to it."""
     if request_digest is not None and len(request_digest) != 32:
         raise CryptoError("request digest must be 32 bytes")
+    signer = signer.current()  # one key for key id and signature, even if the file is renewed meanwhile
     digest = body_digest(msg)
     msg.ClearField("envelope")
     env = msg.envelope

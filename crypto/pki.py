@@ -34,7 +34,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from crypto.envelope import KeyEntry, Keyring, SigningKey
+from crypto.envelope import KeyEntry, Keyring, SigningKey, key_id_for
 
 # Certificate loading and peer verification live in crypto/peers.py; re-exported here so that
 # `pki.<name>` keeps working for callers.
@@ -237,14 +237,49 @@ def issue(
     Writes <kind>-<agency>.cert.pem, .key.pem (0600) and .sign.pem into out_dir, records the
     serial in index.json and re-signs federation.json. `now`/`not_before` exist for tests.
     loopback=False leaves out the localhost/127.0.0.1 SANs (a certificate only for named hosts).
+    The CA generates the private keys here: for parties on other hosts use `request` (the party)
+    -> `sign_request` (the CA) -> `install` (the party), so that no private key travels.
     """
     _check_ids(agency, kind)
-    if not 1 <= days <= 825:
-        raise InvalidInput("days must be between 1 and 825")
+    _check_days(days)
     ca = load_ca(ca_dir)
     now = now or utcnow()
-    start = not_before or now - dt.timedelta(minutes=5)
     key = ec.generate_private_key(ec.SECP256R1())
+    cert = _certificate(ca, kind, agency, key.public_key(), dns, ips, days, not_before or now - dt.timedelta(minutes=5),
+                        loopback)  # fmt: skip
+    stem = f"{kind}-{agency}"
+    cert_path, key_path = out_dir / f"{stem}.cert.pem", out_dir / f"{stem}.key.pem"
+    write_private(key_path, _pem_key(key))
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    sign_path: Path | None = None
+    signer: SigningKey | None = None
+    wants_signer = (kind in SIGNING_KINDS) if signing_key is None else signing_key
+    if wants_signer:
+        signer = SigningKey.generate(agency, kind)
+        sign_path = out_dir / f"{stem}.sign.pem"
+        signer.save(sign_path)
+    _record(ca, cert, agency, kind, address, signer.public_raw if signer else None, now)
+    return Issued(
+        cert_path, key_path, sign_path, cert.serial_number, fingerprint(cert), signer.key_id if signer else None
+    )
+
+
+def _check_days(days: int) -> None:
+    if not 1 <= days <= 825:
+        raise InvalidInput("days must be between 1 and 825")
+
+
+def _certificate(
+    ca: CA,
+    kind: str,
+    agency: str,
+    public_key: ec.EllipticCurvePublicKey,
+    dns: Iterable[str],
+    ips: Iterable[str],
+    days: int,
+    start: dt.datetime,
+    loopback: bool,
+) -> x509.Certificate:
     sans: list[x509.GeneralName] = [
         x509.UniformResourceIdentifier(AGENCY_URI + agency),
         x509.UniformResourceIdentifier(ROLE_URI + kind),
@@ -262,18 +297,11 @@ def issue(
         if kind == "user"
         else [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
     )
-    subject = x509.Name(
-        [
-            x509.NameAttribute(NameOID.COMMON_NAME, f"{kind}.{agency}"),
-            x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, kind),
-            x509.NameAttribute(NameOID.ORGANIZATION_NAME, agency),
-        ]
-    )
-    cert = (
+    return (
         x509.CertificateBuilder()
-        .subject_name(subject)
+        .subject_name(_subject(kind, agency))
         .issuer_name(ca.cert.subject)
-        .public_key(key.public_key())
+        .public_key(public_key)
         .serial_number(x509.random_serial_number())
         .not_valid_before(start)
         .not_valid_after(start + dt.timedelta(days=days))
@@ -297,18 +325,25 @@ def issue(
         .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca.key.public_key()), critical=False)
         .sign(ca.key, hashes.SHA256())
     )
-    stem = f"{kind}-{agency}"
-    cert_path, key_path = out_dir / f"{stem}.cert.pem", out_dir / f"{stem}.key.pem"
-    write_private(key_path, _pem_key(key))
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    sign_path: Path | None = None
-    signer: SigningKey | None = None
-    wants_signer = (kind in SIGNING_KINDS) if signing_key is None else signing_key
-    if wants_signer:
-        signer = SigningKey.generate(agency, kind)
-        sign_path = out_dir / f"{stem}.sign.pem"
-        signer.save(sign_path)
+
+
+def _subject(kind: str, agency: str) -> x509.Name:
+    return x509.Name(
+        [
+            x509.NameAttribute(NameOID.COMMON_NAME, f"{kind}.{agency}"),
+            x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, kind),
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, agency),
+        ]
+    )
+
+
+def _record(ca: CA, cert: x509.Certificate, agency: str, kind: str, address: str, ed25519_public: bytes | None,
+            now: dt.datetime) -> None:  # fmt: skip
+    """Record an issued certificate in index.json and re-sign the directory."""
     entries = _index(ca)
+    if not address:  # a renewal keeps the address the directory publishes
+        address = next((e["address"] for e in reversed(entries) if e["agency"] == agency and e["kind"] == kind
+                        and e["address"]), "")  # fmt: skip
     entries.append(
         {
             "serial": str(cert.serial_number),
@@ -318,15 +353,12 @@ def issue(
             "not_after": cert.not_valid_after_utc.isoformat(),
             "revoked_at": None,
             "address": address,
-            "key_id": signer.key_id if signer else None,
-            "ed25519_public": base64.b64encode(signer.public_raw).decode() if signer else None,
+            "key_id": key_id_for(ed25519_public) if ed25519_public else None,
+            "ed25519_public": base64.b64encode(ed25519_public).decode() if ed25519_public else None,
         }
     )
     _save_index(ca, entries)
     _write_directory(ca, now)
-    return Issued(
-        cert_path, key_path, sign_path, cert.serial_number, fingerprint(cert), signer.key_id if signer else None
-    )
 
 
 def revoke(ca_dir: Path, serial: int | str, now: dt.datetime | None = None, crl_days: int = 7) -> Path:
@@ -386,9 +418,13 @@ def _canonical_json(obj: Any) -> bytes:
 
 def _write_directory(ca: CA, now: dt.datetime) -> None:
     latest: dict[tuple[str, str], dict[str, Any]] = {}
+    previous: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for e in _index(ca):  # newest certificate per (agency, kind) wins; revoked ones stay listed as revoked
         if e["key_id"] or e["kind"] in SIGNING_KINDS:
-            latest[(e["agency"], e["kind"])] = e
+            key = (e["agency"], e["kind"])
+            if key in latest:
+                previous.setdefault(key, []).append(latest[key])
+            latest[key] = e
     body = {
         "format": "xgate-federation/1",
         "federation": ca.name,
@@ -399,13 +435,29 @@ def _write_directory(ca: CA, now: dt.datetime) -> None:
                 for k in ("agency", "kind", "address", "serial", "fingerprint", "key_id", "ed25519_public", "not_after")
             }
             | {"revoked": bool(e["revoked_at"])}
-            for e in latest.values()
+            | _previous_keys(previous.get(key, []), now)
+            for key, e in latest.items()
         ],
     }
     sig = ca.key.sign(_canonical_json(body), ec.ECDSA(hashes.SHA256()))
     tmp = ca.dir / (DIRECTORY + ".tmp")
     tmp.write_text(json.dumps(body | {"signature": base64.b64encode(sig).decode()}, indent=2))
     tmp.replace(ca.dir / DIRECTORY)
+
+
+def _previous_keys(older: list[dict[str, Any]], now: dt.datetime) -> dict[str, Any]:
+    """Signing keys of a party's earlier certificates that are neither revoked nor expired.
+
+    They stay valid beside the renewed key until their certificate runs out, so a renewal takes
+    effect without restarting anyone: the party switches keys when it installs the new one, and
+    verifiers accept both meanwhile. Revoking the old serial ends this at once.
+    """
+    keys = [
+        {"key_id": e["key_id"], "ed25519_public": e["ed25519_public"], "not_after": e["not_after"]}
+        for e in older
+        if e["key_id"] and not e["revoked_at"] and dt.datetime.fromisoformat(e["not_after"]) > now
+    ]
+    return {"previous_keys": keys} if keys else {}
 
 
 @dataclass(frozen=True)
@@ -418,6 +470,7 @@ class DirectoryEntry:
     key_id: str | None
     ed25519_public: bytes | None
     revoked: bool
+    previous_keys: tuple[tuple[str, bytes, str], ...] = ()  # (key id, Ed25519 public, not_after): renewal overlap
 
 
 @dataclass(frozen=True)
@@ -434,12 +487,22 @@ class FederationDirectory:
                 return e
         raise NotFound(f"no {kind} for agency '{agency}' in the federation directory")
 
-    def keyring(self) -> Keyring:
-        return Keyring(
+    def keyring(self, now: dt.datetime | None = None) -> Keyring:
+        """Every valid signing key: each party's current one, and its earlier ones until they expire."""
+        now = now or utcnow()
+        current = [
             KeyEntry(e.key_id, e.agency, e.kind, e.ed25519_public, e.revoked)
             for e in self.entries
             if e.key_id and e.ed25519_public
-        )
+        ]
+        earlier = [
+            KeyEntry(key_id, e.agency, e.kind, public)
+            for e in self.entries
+            if not e.revoked
+            for key_id, public, not_after in e.previous_keys
+            if dt.datetime.fromisoformat(not_after) > now
+        ]
+        return Keyring([*earlier, *current])
 
 
 def load_directory(path: Path, ca_cert: Path | x509.Certificate) -> FederationDirectory:
@@ -471,6 +534,10 @@ def load_directory(path: Path, ca_cert: Path | x509.Certificate) -> FederationDi
                 e["key_id"],
                 base64.b64decode(e["ed25519_public"]) if e["ed25519_public"] else None,
                 e["revoked"],
+                tuple(
+                    (p["key_id"], base64.b64decode(p["ed25519_public"]), p["not_after"])
+                    for p in e.get("previous_keys", ())
+                ),
             )
             for e in doc["entries"]
         ),

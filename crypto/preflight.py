@@ -76,7 +76,8 @@ def address_ok(problems: Problems, key: str, address: str) -> bool:
     return True
 
 
-def _private_public(path: Path) -> object | None:
+def private_key_public(path: Path) -> object | None:
+    """The public half of a PEM (PKCS#8) or OpenSSH private key file; None if it is neither."""
     data = path.read_bytes()
     try:
         return serialization.load_pem_private_key(data, password=None).public_key()
@@ -114,7 +115,7 @@ def certificate_ok(
     except XgateError as exc:
         problems.add(f"{prefix}.cert = {cert}: {exc.message}")
         return False
-    if key is not None and _private_public(key) != load_cert(cert).public_key():
+    if key is not None and private_key_public(key) != load_cert(cert).public_key():
         problems.add(f"{prefix}.key = {key}: does not match the certificate {cert.name}")
         return False
     return crl_ok

@@ -89,6 +89,40 @@ def server_credentials(tls: TlsFiles) -> grpc.ServerCredentials:
 node_server_credentials = server_credentials  # name the node server imports
 
 
+def reloading_server_credentials(tls: TlsFiles) -> grpc.ServerCredentials:
+    """Like server_credentials, but a renewed certificate and key (`xgate pki install`) serve the
+    next handshake without a restart. gRPC asks the fetcher before each handshake; it answers
+    with new material only when the files changed and the new key matches the new certificate
+    (mid-install states are skipped), else None (keep what is in force)."""
+
+    def material() -> grpc.ServerCertificateConfiguration:
+        return grpc.ssl_server_certificate_configuration(
+            [(_read(tls.key, "TLS key"), _read(tls.cert, "TLS certificate"))],
+            root_certificates=_read(tls.ca, "CA certificate"),
+        )
+
+    def stamp() -> tuple[int, ...]:
+        return tuple(x for p in (tls.cert, tls.key, tls.ca) for x in (p.stat().st_mtime_ns, p.stat().st_size))
+
+    state = {"stamp": stamp()}
+
+    def fetch() -> grpc.ServerCertificateConfiguration | None:
+        from crypto.preflight import private_key_public
+
+        try:
+            now = stamp()
+            if now == state["stamp"] or private_key_public(tls.key) != pki.load_cert(tls.cert).public_key():
+                return None
+            fresh = material()
+        except (OSError, ConfigError, CryptoError):
+            return None
+        state["stamp"] = now
+        log.info("tls_material_reloaded", cert=tls.cert.name)
+        return fresh
+
+    return grpc.dynamic_ssl_server_credentials(material(), fetch, require_client_authentication=True)  # type: ignore[arg-type]  # gRPC documents None as "no change"; the stub does not
+
+
 def channel_credentials(tls: TlsFiles) -> grpc.ChannelCredentials:
     """Client credentials: trust only the federation CA, present our own certificate."""
     return grpc.ssl_channel_credentials(

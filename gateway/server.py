@@ -48,12 +48,12 @@ def build_app(config: GatewayConfig, on_ready: Callable[[], None] | None = None)
     credentials = None
     envelopes = None
     if config.tls is not None:
-        from crypto.directory import DirectoryKeyring
-        from crypto.envelope import Envelopes, SigningKey
+        from crypto.directory import DirectoryKeyring, SigningKeyFile
+        from crypto.envelope import Envelopes
 
         # Re-read when the CA re-issues federation.json (revocations, new nodes): no restart needed.
         keyring = DirectoryKeyring(config.tls.federation_directory, config.tls.ca)
-        envelopes = Envelopes(SigningKey.load(config.tls.signing_key), keyring)
+        envelopes = Envelopes(SigningKeyFile(config.tls.signing_key), keyring)  # follows renewals
         from crypto.pki import target_name
         from crypto.tls import channel_credentials
 

@@ -75,12 +75,11 @@ def envelopes_for(config: NodeConfig) -> Envelopes | None:
     settings = config.node
     if settings.signing_key is None or settings.federation_directory is None:
         raise ConfigError("a TLS node needs signing_key and federation_directory for signed envelopes")
-    from crypto.directory import DirectoryKeyring
-    from crypto.envelope import SigningKey
+    from crypto.directory import DirectoryKeyring, SigningKeyFile
 
     # Re-read when the CA re-issues federation.json (revocations, new parties): no restart needed.
     keyring = DirectoryKeyring(settings.federation_directory, config.tls.ca)
-    return Envelopes(SigningKey.load(settings.signing_key), keyring)
+    return Envelopes(SigningKeyFile(settings.signing_key), keyring)  # follows `xgate pki install`
 
 
 def serve(config: NodeConfig, ready_file: Path | None = None) -> None:
@@ -109,9 +108,10 @@ def serve(config: NodeConfig, ready_file: Path | None = None) -> None:
         print("WARNING: serving gRPC WITHOUT TLS (--insecure); development use only", file=sys.stderr)  # noqa: T201  # operator warning on stderr
         port = server.add_insecure_port(listen)
     else:
-        from crypto.tls import server_credentials
+        from crypto.tls import reloading_server_credentials
 
-        port = server.add_secure_port(listen, server_credentials(config.tls))
+        # A renewed certificate (`xgate pki install`) serves the next handshake: no restart.
+        port = server.add_secure_port(listen, reloading_server_credentials(config.tls))
     if port == 0:
         raise ConfigError(f"cannot listen on {listen} ({listen_source}); set [node].listen to a local address")
     server.start()
