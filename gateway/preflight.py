@@ -2,9 +2,26 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+from crypto.masks import MASK_KEY_BYTES
 from crypto.preflight import Problems, address_ok, certificate_ok, directory_ok, file_ok, signing_key_ok
 from gateway.config import GatewayConfig
-from xgate.errors import XgateError
+from xgate.errors import ConfigError, XgateError
+
+
+def load_mask_key(path: Path) -> bytes:
+    try:
+        text = path.read_text().strip()
+    except OSError as exc:
+        raise ConfigError(f"mask key file {path}: {exc.strerror}") from exc
+    try:
+        key = bytes.fromhex(text)
+    except ValueError:
+        raise ConfigError(f"mask key file {path}: expected {2 * MASK_KEY_BYTES} hex characters") from None
+    if len(key) != MASK_KEY_BYTES:
+        raise ConfigError(f"mask key file {path}: expected {MASK_KEY_BYTES} bytes")
+    return key
 
 
 def gateway_problems(config: GatewayConfig) -> Problems:
@@ -24,8 +41,6 @@ def gateway_problems(config: GatewayConfig) -> Problems:
     file_ok(p, "gateway.catalogue", s.catalogue)
     file_ok(p, "gateway.program_dir", s.program_dir, is_dir=True)
     if file_ok(p, "gateway.mask_key_file", s.mask_key_file, secret=True):
-        from gateway.server import load_mask_key
-
         try:
             load_mask_key(s.mask_key_file)
         except XgateError as exc:

@@ -6,38 +6,23 @@ import json
 import socket
 import sys
 from collections.abc import Callable
-from pathlib import Path
 
 import uvicorn
 from fastapi import FastAPI
 
-from crypto.masks import MASK_KEY_BYTES
 from gateway.app import create_app
 from gateway.audit import GatewayAudit, build_witness_router
 from gateway.audit_routes import build_audit_router
 from gateway.checks import CheckCoordinator
 from gateway.config import GatewayConfig
 from gateway.fanout import NodeDirectory, NodeEndpoint
+from gateway.preflight import gateway_problems, load_mask_key
 from policies.catalogue import load_catalogue
 from policies.programs import ProgramRegistry
 from xgate.errors import ConfigError
 from xgate.logging import get_logger
 
 log = get_logger("xgate.gateway")
-
-
-def load_mask_key(path: Path) -> bytes:
-    try:
-        text = path.read_text().strip()
-    except OSError as exc:
-        raise ConfigError(f"mask key file {path}: {exc.strerror}") from exc
-    try:
-        key = bytes.fromhex(text)
-    except ValueError:
-        raise ConfigError(f"mask key file {path}: expected {2 * MASK_KEY_BYTES} hex characters") from None
-    if len(key) != MASK_KEY_BYTES:
-        raise ConfigError(f"mask key file {path}: expected {MASK_KEY_BYTES} bytes")
-    return key
 
 
 def build_app(config: GatewayConfig, on_ready: Callable[[], None] | None = None) -> FastAPI:
@@ -118,8 +103,6 @@ def build_app(config: GatewayConfig, on_ready: Callable[[], None] | None = None)
 
 
 def serve(config: GatewayConfig) -> None:
-    from gateway.preflight import gateway_problems
-
     gateway_problems(config).raise_if_any("gateway config")
     settings = config.gateway
     if config.tls is None:
