@@ -129,7 +129,7 @@ def audit_key_cmd(
 def _timezone(policy_dir: Path | None) -> str:
     import tomllib
 
-    from policies.engine import DEFAULT_POLICY_DIR
+    from policies.loader import DEFAULT_POLICY_DIR
 
     settings = (policy_dir or DEFAULT_POLICY_DIR) / "settings.toml"
     try:
@@ -312,7 +312,7 @@ def policy_init(
         else:
             import shutil
 
-            from policies.engine import DEFAULT_POLICY_DIR
+            from policies.loader import DEFAULT_POLICY_DIR
 
             shutil.copytree(DEFAULT_POLICY_DIR, out, ignore=shutil.ignore_patterns("*.py", "__pycache__"))
             note = "office hours as shipped"
