@@ -1,4 +1,4 @@
-"""`xgate policy ...` commands: validate, explain, who-can (thin wrappers over PolicyEngine)."""
+"""`xgate policy ...`: validate, explain, who-can (thin wrappers over policies.decision and policies.introspect)."""
 
 from __future__ import annotations
 

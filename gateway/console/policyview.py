@@ -1,7 +1,7 @@
 """The Policies page's data (pure over a PolicyEngine): agreements in force, who-can, explain.
 
-Decisions are always Cedar's (engine.decide_all); this module only lays out the engine's own
-static analysis (policies.analysis) as JSON for the browser.
+Decisions are always Cedar's (engine.decide_all); this module only lays out the policy set's
+introspection (policies.introspect, policies.analysis) as JSON for the browser.
 """
 
 from __future__ import annotations
