@@ -1,4 +1,8 @@
-"""REST request/response models: the validation edge for everything a caller sends."""
+"""REST request/response models: the validation edge for everything a caller sends.
+
+`to_domain` / `from_domain` translate the check's REST models to and from the domain types the
+check service takes and returns (exchange/types.py); nothing below the REST edge sees pydantic.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +12,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from exchange import types as domain
+from xgate.errors import InvalidInput
 from xgate.pseudonym import PSEUDONYM_RE
 
 Mode = Literal["he", "plaintext"]
@@ -66,6 +72,59 @@ class CheckResponse(BaseModel):
     nodes: dict[str, dict[str, object]] = Field(default_factory=dict)
     node_bytes: int = Field(default=0, description="protobuf bytes exchanged with nodes for this check")
     timings_ms: dict[str, float] = Field(default_factory=dict)
+
+
+def to_domain(body: CheckRequest) -> domain.CheckRequest:
+    """The REST body as the check service's request (public_context decoded: a bad one is a 400)."""
+    try:
+        context = body.context_bytes()
+    except ValueError as exc:
+        raise InvalidInput(str(exc)) from None
+    return domain.CheckRequest(
+        program=body.program,
+        purpose=body.purpose,
+        legal_basis=body.legal_basis,
+        case_id=body.case_id,
+        pseudonyms=tuple(body.pseudonyms),
+        mode=body.mode,
+        public_context=context if body.mode == "he" else b"",
+        consent_ref=body.consent_ref,
+        approval_ref=body.approval_ref,
+    )
+
+
+def from_domain(outcome: domain.CheckOutcome) -> CheckResponse:
+    """The check service's outcome as the REST answer (ciphertexts in base64)."""
+    return CheckResponse(
+        request_id=outcome.request_id,
+        program=outcome.program,
+        program_version=outcome.program_version,
+        mode=outcome.mode,
+        view=outcome.view,
+        subjects=outcome.subjects,
+        chunk_size=outcome.chunk_size,
+        shuffled=outcome.shuffled,
+        criteria=[
+            CriterionResult(
+                criterion=c.criterion,
+                description=c.description,
+                ciphertexts=[base64.b64encode(b).decode("ascii") for b in c.ciphertexts],
+                passes=list(c.passes) if c.passes is not None else None,
+            )
+            for c in outcome.criteria
+        ],
+        policy={"policy_ids": list(outcome.policy_ids), "policy_set_hash": outcome.policy_set_hash},
+        node_bytes=outcome.node_bytes,
+        nodes={
+            agency: {
+                "node_audit_index": r.node_audit_index,
+                "node_audit_leaf_hash": r.node_audit_leaf_hash,
+                "response_sha256": r.response_sha256,
+            }
+            for agency, r in outcome.nodes.items()
+        },
+        timings_ms=dict(outcome.timings_ms),
+    )
 
 
 class ProgramView(BaseModel):

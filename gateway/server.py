@@ -10,6 +10,7 @@ from collections.abc import Callable
 import uvicorn
 from fastapi import FastAPI
 
+from exchange.service import CheckService
 from gateway.app import create_app
 from gateway.audit import GatewayAudit, build_witness_router
 from gateway.audit_routes import build_audit_router
@@ -57,7 +58,7 @@ def build_app(config: GatewayConfig, on_ready: Callable[[], None] | None = None)
             verify_server(address, agency, tls)  # chain, validity, CRL, agency, kind
 
     nodes = NodeDirectory(endpoints, settings.max_message_mb, credentials, envelopes, server_check)
-    coordinator = CheckCoordinator(
+    service = CheckService(
         programs=programs,
         nodes=nodes,
         mask_key=load_mask_key(settings.mask_key_file),
@@ -65,18 +66,19 @@ def build_app(config: GatewayConfig, on_ready: Callable[[], None] | None = None)
         max_subjects=settings.max_subjects,
         allow_plaintext_mode=settings.allow_plaintext_mode,
     )
+    coordinator = CheckCoordinator(service, nodes)
     from gateway.wiring import authenticator_for, officer_guard, policy_for
 
     authenticate = authenticator_for(config)
     policy, routers = policy_for(config, authenticate)
-    coordinator.policy = policy
+    service.policy = policy
     audit = None
     if settings.audit_db is not None:
         if settings.audit_key is None:
             raise ConfigError("gateway config has audit_db but no audit_key to sign checkpoints")
         witness_keys = {a: ref.witness_key for a, ref in config.nodes.items() if ref.witness_key is not None}
         audit = GatewayAudit.open(settings.audit_db, settings.audit_key, witness_keys, settings.audit_writer)
-        coordinator.auditor = audit
+        service.auditor = audit
         require_officer = officer_guard(authenticate, policy)
         routers += [build_audit_router(audit.log, require_officer), build_witness_router(audit, nodes, require_officer)]
     from gateway.wiring import training_for

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from crypto.he import HE_PARAMS_ID, SLOTS, PublicContext, chunks
+from exchange.events import node_served
 from nodes.store import NodeStore
 from protos.xgate.v1 import node_pb2
 from xgate import __version__
@@ -157,7 +158,7 @@ class NodeService:
         else:
             raise InvalidInput("exchange mode must be HE or PLAINTEXT")
         if self.audit is not None:
-            leaf, index = self.audit(self._audit_record(request, response))
+            leaf, index = self.audit(node_served(request, response))
             response.node_audit_leaf_hash = leaf
             response.node_audit_index = index
         if self.envelopes is not None:
@@ -173,21 +174,3 @@ class NodeService:
             ms=round((time.perf_counter() - started) * 1000, 1),
         )
         return response
-
-    def _audit_record(self, request: node_pb2.EncryptRequest, response: node_pb2.EncryptResponse) -> dict[str, object]:
-        ctx = request.context
-        return {
-            "kind": "node_response",
-            "request_id": ctx.request_id,
-            "actor_agency": ctx.requester_agency,
-            "actor_user": ctx.requester_user,
-            "actor_role": ctx.requester_role,
-            "program": ctx.program_id,
-            "purpose": ctx.purpose,
-            "legal_basis": ctx.legal_basis,
-            "case_id": ctx.case_id,
-            "subjects": list(request.pseudonyms),
-            "elements": [q.element for q in request.elements],
-            "context_sha256": hashlib.sha256(request.public_context).hexdigest(),
-            "response_sha256": [d.hex() for e in response.elements for d in e.ciphertext_sha256],
-        }

@@ -405,7 +405,7 @@ class ConsentPort(Protocol):
 
 @dataclass
 class CheckAuthorizer:
-    """The gateway's decision point for a check (implements gateway.checks.CheckPolicy)."""
+    """The gateway's decision point for a check (implements exchange.service.CheckPolicy)."""
 
     engine: PolicyEngine | EngineSource
     budgets: BudgetPort | None = None
@@ -441,7 +441,7 @@ class CheckAuthorizer:
         return engine.decide_all(requests)
 
     def authorize_check(self, principal: Principal, program: Program, request: CheckContext) -> PolicyOutcome:
-        """gateway.checks.CheckPolicy: raises PolicyDenied / BudgetExhausted, else the outcome."""
+        """exchange.service.CheckPolicy: raises PolicyDenied / BudgetExhausted, else the outcome."""
         now = self.clock()
         engine = current(self.engine)
         elements = [term.element for term in program.elements()]

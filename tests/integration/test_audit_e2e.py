@@ -12,7 +12,7 @@ import pytest
 
 from app.devfed import DEV_APPROVAL_REF, LEGAL_BASIS
 from client.sdk import GatewayClient
-from gateway.checks import subjects_digest
+from exchange.events import subjects_digest
 from xgate.pseudonym import Pseudonymiser, load_key
 
 pytestmark = pytest.mark.integration

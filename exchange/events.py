@@ -1,0 +1,174 @@
+"""The audit events of one check, built without I/O: what the gateway and each node append.
+
+Every builder returns the dict the audit log stores (audit/records.py validates kinds and
+fields); `None` values are dropped, so an absent optional field is absent, not null. The
+gateway's events of one check, in order:
+
+    policy_decision (allow | deny)  - the subjects, purpose, legal basis, the policies that decided
+    fanout_call                     - only when a node failed: which agency, which error code
+    node_response (one per node)    - the node's own audit index and entry hash, the answer's digest
+    result                          - digests of the subjects, the program, the result, the context
+
+A node appends its own `node_response` (`node_served`) before it answers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from exchange.eligibility import CriterionOutcome
+from exchange.types import CheckRequest, NodeReceipt
+from policies.programs import Program
+from policies.types import PolicyOutcome
+from protos.xgate.v1 import node_pb2
+from xgate.errors import NodeError, PolicyDenied
+from xgate.principal import Principal
+
+Event = dict[str, Any]
+
+
+def _clean(event: Mapping[str, Any]) -> Event:
+    return {k: v for k, v in event.items() if v is not None}
+
+
+def actor(principal: Principal) -> Event:
+    return {"actor_user": principal.user, "actor_agency": principal.agency, "actor_role": principal.role}
+
+
+def about_check(request_id: str, program: Program, request: CheckRequest, principal: Principal) -> Event:
+    """The fields every gateway event of one check shares (the decision entry lists the subjects)."""
+    return {
+        "request_id": request_id,
+        "program": program.id,
+        "purpose": request.purpose,
+        "legal_basis": request.legal_basis,
+        "case_id": request.case_id,
+        "approval_ref": request.approval_ref or None,
+        "consent_ref": request.consent_ref or None,
+        "subjects": list(request.pseudonyms),
+        **actor(principal),
+    }
+
+
+def policy_allowed(about: Mapping[str, Any], outcome: PolicyOutcome) -> Event:
+    return _clean(
+        {
+            **about,
+            "kind": "policy_decision",
+            "decision": "allow",
+            "policy_ids": list(outcome.policy_ids),
+            "policy_set_hash": outcome.policy_set_hash or None,
+            "view": outcome.view,
+        }
+    )
+
+
+def policy_denied(about: Mapping[str, Any], exc: PolicyDenied) -> Event:
+    reasons = exc.details.get("reasons") or [exc.message]
+    return _clean(
+        {
+            **about,
+            "kind": "policy_decision",
+            "decision": "deny",
+            "reason": exc.code,
+            "reasons": tuple(str(r) for r in reasons),
+            "policy_set_hash": str(exc.details.get("policy_set_hash", "")) or None,
+        }
+    )
+
+
+def fanout_failed(about: Mapping[str, Any], exc: NodeError) -> Event:
+    return _clean({**about, "kind": "fanout_call", "node": exc.agency, "error": exc.code})
+
+
+def node_answered(principal: Principal, request_id: str, program: Program, agency: str, receipt: NodeReceipt) -> Event:
+    """The gateway's record of one node's answer, bound to the node's own log entry."""
+    return _clean(
+        {
+            **actor(principal),
+            "kind": "node_response",
+            "request_id": request_id,
+            "program": program.id,
+            "node": agency,
+            "node_audit_index": receipt.node_audit_index,
+            "node_entry_sha256": receipt.node_audit_leaf_hash or None,
+            "response_sha256": receipt.response_sha256,
+        }
+    )
+
+
+def check_result(
+    about: Mapping[str, Any],
+    request: CheckRequest,
+    program: Program,
+    *,
+    result_sha256: str,
+    context_sha256: str | None,
+    view: str,
+    nodes: Iterable[str],
+) -> Event:
+    """The result binds to the decision entry's subject list by digest (not a second full list)."""
+    return _clean(
+        {
+            **{k: v for k, v in about.items() if k != "subjects"},
+            "subjects_sha256": subjects_digest(request.pseudonyms),
+            "subject_count": len(request.pseudonyms),
+            "kind": "result",
+            "program_version": program.version,
+            "program_sha256": program.sha256,
+            "result_sha256": result_sha256,
+            "context_sha256": context_sha256,
+            "view": view,
+            "mode": request.mode,
+            "nodes": tuple(sorted(nodes)),
+        }
+    )
+
+
+def node_served(request: node_pb2.EncryptRequest, response: node_pb2.EncryptResponse) -> Event:
+    """A node's own entry for an answer it is about to send (nodes/service.py)."""
+    ctx = request.context
+    return {
+        "kind": "node_response",
+        "request_id": ctx.request_id,
+        "actor_agency": ctx.requester_agency,
+        "actor_user": ctx.requester_user,
+        "actor_role": ctx.requester_role,
+        "program": ctx.program_id,
+        "purpose": ctx.purpose,
+        "legal_basis": ctx.legal_basis,
+        "case_id": ctx.case_id,
+        "subjects": list(request.pseudonyms),
+        "elements": [q.element for q in request.elements],
+        "context_sha256": hashlib.sha256(request.public_context).hexdigest(),
+        "response_sha256": [d.hex() for e in response.elements for d in e.ciphertext_sha256],
+    }
+
+
+def receipt_of(response: node_pb2.EncryptResponse) -> NodeReceipt:
+    return NodeReceipt(
+        node_audit_index=response.node_audit_index,
+        node_audit_leaf_hash=response.node_audit_leaf_hash.hex(),
+        response_sha256=message_sha256(response),
+    )
+
+
+def message_sha256(message: node_pb2.EncryptResponse) -> str:
+    return hashlib.sha256(message.SerializeToString(deterministic=True)).hexdigest()
+
+
+def subjects_digest(pseudonyms: Sequence[str]) -> str:
+    """SHA-256 over the pseudonyms in request order, one per line."""
+    return hashlib.sha256("\n".join(pseudonyms).encode("ascii")).hexdigest()
+
+
+def digest_outcomes(outcomes: Iterable[CriterionOutcome]) -> str:
+    h = hashlib.sha256()
+    for outcome in outcomes:
+        h.update(outcome.criterion.encode())
+        for blob in outcome.ciphertexts:
+            h.update(hashlib.sha256(blob).digest())
+        h.update(bytes(outcome.passes))
+    return h.hexdigest()

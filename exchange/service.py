@@ -1,0 +1,310 @@
+"""The check service: one eligibility check from a domain request to a domain outcome.
+
+It sequences the pure steps of exchange/eligibility.py and the audit events of
+exchange/events.py with the ports it is given, and knows nothing of REST, gRPC or SQLite:
+
+    nodes      NodeClient   fan-out to the agencies' nodes, all or nothing (gateway/fanout.py)
+    policy     CheckPolicy  decision + probing budget + consent + the tier's view
+                            (policies/decision.py CheckAuthorizer; the budget is its BudgetPort)
+    auditor    Auditor      appends an event durably before the step it records completes
+    clock      Clock        wall-clock seconds (the masks' epoch)
+    randomness Randomness   request ids, the cohort view's shuffle and fresh epochs
+
+Order of refusals: the program's purposes and requesters, the batch size, the exchange mode,
+the HE context, and the policy decision last (a malformed request must not spend budget).
+Any node failure fails the whole check with an error naming the agency; no partial verdict.
+CPU-heavy steps (loading the HE context, combining and masking) run off the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from crypto.he import SLOTS, PublicContext
+from crypto.masks import epoch_of
+from exchange import events
+from exchange.eligibility import (
+    CheckScope,
+    CriterionOutcome,
+    build_requests,
+    combine_he,
+    combine_plain,
+    validate_he_response,
+    validate_plain_response,
+)
+from exchange.types import VIEWS, CheckOutcome, CheckRequest, CriterionVerdict, NodeReceipt, View
+from policies.programs import Program, ProgramRegistry
+from policies.types import CheckContext, PolicyOutcome
+from protos.xgate.v1 import node_pb2
+from xgate.errors import ConfigError, InvalidInput, NodeError, PayloadTooLarge, PolicyDenied
+from xgate.logging import get_logger
+from xgate.principal import Principal
+
+log = get_logger("xgate.exchange.service")
+
+Clock = Callable[[], float]
+HIDDEN = "one criterion; which one is hidden in this view"
+
+
+class NodeClient(Protocol):
+    """Calls every node concurrently; the first failure cancels the rest and is raised (NodeError)."""
+
+    async def encrypt_all(
+        self, requests: Mapping[str, node_pb2.EncryptRequest], deadline_s: float
+    ) -> dict[str, node_pb2.EncryptResponse]: ...
+
+
+class CheckPolicy(Protocol):
+    """Raises PolicyDenied / BudgetExhausted, else says which view the caller gets."""
+
+    def authorize_check(self, principal: Principal, program: Program, request: CheckContext) -> PolicyOutcome: ...
+
+
+class Auditor(Protocol):
+    async def record(self, event: dict[str, Any]) -> None: ...
+
+
+class Randomness(Protocol):
+    def request_id(self) -> str: ...
+
+    def shuffle(self, items: list[str]) -> None: ...
+
+    def epoch(self) -> int:
+        """A fresh random mask epoch (cohort view: masked values never repeat across queries)."""
+        ...
+
+
+class SystemRandomness:
+    """The production randomness: uuid4 ids, the OS CSPRNG for shuffles and epochs."""
+
+    def request_id(self) -> str:
+        return str(uuid.uuid4())
+
+    def shuffle(self, items: list[str]) -> None:
+        secrets.SystemRandom().shuffle(items)
+
+    def epoch(self) -> int:
+        return secrets.randbits(62)
+
+
+class AllowAll:
+    """The policy port of a gateway without a policy set (development): per-criterion view."""
+
+    def authorize_check(self, principal: Principal, program: Program, request: CheckContext) -> PolicyOutcome:
+        return PolicyOutcome()
+
+
+@dataclass
+class CheckService:
+    programs: ProgramRegistry
+    nodes: NodeClient
+    mask_key: bytes
+    policy: CheckPolicy | None = None
+    auditor: Auditor | None = None
+    deadline_s: float = 30.0
+    max_subjects: int = 100_000
+    allow_plaintext_mode: bool = False
+    clock: Clock = time.time
+    randomness: Randomness | None = None
+    timer: Clock = time.perf_counter
+
+    async def run(self, principal: Principal, request: CheckRequest) -> CheckOutcome:
+        t0 = self.timer()
+        timings: dict[str, float] = {}
+        rng = self.randomness or SystemRandomness()
+        program = self.programs.get(request.program)
+        request_id = rng.request_id()
+        about = events.about_check(request_id, program, request, principal)
+        try:
+            _check_program(program, principal, request)
+        except PolicyDenied as exc:
+            await self._record(events.policy_denied(about, exc))
+            raise
+        context = await self._context(request)
+        # Policy last among the gateway's own checks: a malformed request must not spend budget.
+        try:
+            # Off the event loop: a large batch's budget transaction must not stall other requests.
+            outcome = await asyncio.to_thread((self.policy or AllowAll()).authorize_check, principal, program, request)
+        except PolicyDenied as exc:
+            await self._record(events.policy_denied(about, exc))
+            raise
+        view = _view(outcome)
+        await self._record(events.policy_allowed(about, outcome))
+        timings["policy"] = self._ms(t0)
+
+        # Cohort view: subjects go out in an order only the gateway knows (and with fresh masks),
+        # so the requester's slots map to no one and cannot be linked across queries.
+        shuffled = view == "cohort"
+        pseudonyms = list(request.pseudonyms)
+        if shuffled:
+            rng.shuffle(pseudonyms)
+        mode = node_pb2.EXCHANGE_MODE_HE if context is not None else node_pb2.EXCHANGE_MODE_PLAINTEXT
+        scope = _scope(request_id, principal, request, outcome)
+        node_requests = build_requests(program, scope, pseudonyms, mode, request.public_context)
+        t1 = self.timer()
+        try:
+            responses = await self.nodes.encrypt_all(node_requests, self.deadline_s)
+        except NodeError as exc:
+            await self._record(events.fanout_failed(about, exc))
+            raise
+        receipts = {agency: events.receipt_of(r) for agency, r in sorted(responses.items())}
+        # The node's own log entry for each answer: either side can prove what happened. Appended
+        # together (one group commit, in agency order), not one fsync after another.
+        await asyncio.gather(
+            *(
+                self._record(events.node_answered(principal, request_id, program, agency, receipt))
+                for agency, receipt in receipts.items()
+            )
+        )
+        timings["fanout"] = self._ms(t1)
+
+        t2 = self.timer()
+        if context is not None:
+            epoch = epoch_of(self.clock(), program.epoch_seconds) if view != "cohort" else rng.epoch()
+            outcomes = await asyncio.to_thread(
+                _combine_he, program, pseudonyms, node_requests, responses, context, self.mask_key, epoch, view
+            )
+        else:
+            outcomes = _combine_plain(program, node_requests, responses, view)
+        timings["combine"] = self._ms(t2)
+        timings["total"] = self._ms(t0)
+
+        result_sha256 = events.digest_outcomes(outcomes)
+        await self._record(
+            events.check_result(
+                about,
+                request,
+                program,
+                result_sha256=result_sha256,
+                context_sha256=context.fingerprint if context else None,
+                view=view,
+                nodes=responses,
+            )
+        )
+        log.info(
+            "check_done",
+            request_id=request_id,
+            program=program.id,
+            mode=request.mode,
+            subjects=len(request.pseudonyms),
+            result_sha256=result_sha256,
+            ms=timings["total"],
+        )
+        return CheckOutcome(
+            request_id=request_id,
+            program=program.id,
+            program_version=program.version,
+            mode=request.mode,
+            view=view,
+            subjects=len(request.pseudonyms),
+            chunk_size=SLOTS,
+            shuffled=shuffled,
+            criteria=verdicts(program, outcomes),
+            policy_ids=tuple(outcome.policy_ids),
+            policy_set_hash=outcome.policy_set_hash,
+            nodes=receipts,
+            node_bytes=sum(node_requests[a].ByteSize() + r.ByteSize() for a, r in responses.items()),
+            timings_ms=timings,
+        )
+
+    async def _context(self, request: CheckRequest) -> PublicContext | None:
+        if len(request.pseudonyms) > self.max_subjects:
+            raise PayloadTooLarge(f"{len(request.pseudonyms)} subjects exceed the limit of {self.max_subjects}")
+        if request.mode == "plaintext":
+            if not self.allow_plaintext_mode:
+                raise PolicyDenied("plaintext exchange mode is disabled on this gateway")
+            return None
+        if request.mode != "he":
+            raise InvalidInput("mode must be 'he' or 'plaintext'")
+        if not request.public_context:
+            raise InvalidInput("HE mode needs the requester's public_context")
+        return await asyncio.to_thread(PublicContext.cached, request.public_context)
+
+    async def _record(self, event: dict[str, Any]) -> None:
+        if self.auditor is not None:
+            await self.auditor.record(event)
+
+    def _ms(self, since: float) -> float:
+        return round((self.timer() - since) * 1000, 2)
+
+
+def _check_program(program: Program, principal: Principal, request: CheckRequest) -> None:
+    if request.purpose not in program.header.purposes:
+        raise PolicyDenied(f"purpose '{request.purpose}' is not a purpose of program '{program.id}'")
+    if principal.agency not in program.header.requester_agencies:
+        raise PolicyDenied(f"agency '{principal.agency}' may not request program '{program.id}'")
+
+
+def _view(outcome: PolicyOutcome) -> View:
+    if outcome.view not in VIEWS:
+        raise ConfigError(f"the decision point returned an unknown view '{outcome.view}'")
+    return outcome.view
+
+
+def _scope(request_id: str, principal: Principal, request: CheckRequest, outcome: PolicyOutcome) -> CheckScope:
+    return CheckScope(
+        request_id=request_id,
+        requester_agency=principal.agency,
+        requester_user=principal.user,
+        requester_role=principal.role,
+        requester_tier=principal.tier,
+        purpose=request.purpose,
+        legal_basis=request.legal_basis,
+        case_id=request.case_id,
+        consent_ref=request.consent_ref,
+        approval_ref=request.approval_ref,
+        policy_set_hash=outcome.policy_set_hash,
+    )
+
+
+def _combine_he(
+    program: Program,
+    pseudonyms: list[str],
+    node_requests: Mapping[str, node_pb2.EncryptRequest],
+    responses: Mapping[str, node_pb2.EncryptResponse],
+    context: PublicContext,
+    mask_key: bytes,
+    epoch: int,
+    view: View,
+) -> list[CriterionOutcome]:
+    ciphertexts = {}
+    for agency, response in responses.items():
+        ciphertexts.update(validate_he_response(agency, node_requests[agency], response, context))
+    return combine_he(program, pseudonyms, context, ciphertexts, mask_key, epoch, hide_order=view == "overall")
+
+
+def _combine_plain(
+    program: Program,
+    node_requests: Mapping[str, node_pb2.EncryptRequest],
+    responses: Mapping[str, node_pb2.EncryptResponse],
+    view: View,
+) -> list[CriterionOutcome]:
+    values = {}
+    for agency, response in responses.items():
+        values.update(validate_plain_response(agency, node_requests[agency], response))
+    if view != "per_criterion":
+        raise PolicyDenied("the plaintext baseline serves the per-criterion view only")
+    return combine_plain(program, values)
+
+
+def verdicts(program: Program, outcomes: Sequence[CriterionOutcome]) -> tuple[CriterionVerdict, ...]:
+    """The caller's view of each outcome: a hidden-order view names no criterion."""
+    descriptions = {c.id: c.description for c in program.criteria}
+    return tuple(
+        CriterionVerdict(
+            criterion=o.criterion,
+            description=descriptions.get(o.criterion, HIDDEN),
+            ciphertexts=o.ciphertexts,
+            passes=o.passes if not o.ciphertexts else None,
+        )
+        for o in outcomes
+    )
+
+
+__all__ = ["AllowAll", "Auditor", "CheckPolicy", "CheckService", "NodeClient", "NodeReceipt", "Randomness"]

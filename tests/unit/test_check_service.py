@@ -1,0 +1,413 @@
+"""exchange/service.py CheckService with fakes for every port: node client, policy, budgets,
+auditor, clock, randomness. Domain types in and out; no REST, no gRPC, no processes.
+
+Each failure path shows what the check did NOT do: no fan-out after a refusal, no budget spent
+on a malformed request, no partial verdict and no result entry after a node failure.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import pytest
+
+from crypto.he import SLOTS, PublicContext, chunks
+from exchange.service import CheckService
+from exchange.types import CheckOutcome, CheckRequest
+from policies.catalogue import load_catalogue
+from policies.decision import DEFAULT_POLICY_DIR, CheckAuthorizer, PolicyEngine
+from policies.programs import ProgramRegistry
+from policies.types import BudgetRule, CheckContext, PolicyOutcome
+from protos.xgate.v1 import node_pb2
+from tests.unit.test_policy_support import DAYTIME
+from xgate.errors import (
+    BudgetExhausted,
+    InvalidInput,
+    NodeProtocolError,
+    NodeTimeout,
+    NodeUnavailable,
+    PayloadTooLarge,
+    PolicyDenied,
+)
+from xgate.principal import Principal
+
+PROGRAM_DIR = DEFAULT_POLICY_DIR / "programs"
+GOLD = Principal("ca-caseworker-gold", "civil_affairs", "caseworker", "gold")
+MASK_KEY = b"\x42" * 32
+
+
+def pseudo(i: int) -> str:
+    alphabet = "abcdefghijklmnopqrstuvwxyz234567"
+    return "".join(alphabet[(i >> (5 * k)) % 32] for k in range(26))
+
+
+@pytest.fixture(scope="module")
+def programs() -> ProgramRegistry:
+    catalogue, _ = load_catalogue()
+    return ProgramRegistry.load(PROGRAM_DIR, catalogue)
+
+
+SUBJECTS = tuple(pseudo(i) for i in range(6))
+# Per element, per subject: chosen so that every dibao criterion passes for some and fails for others.
+VALUES: dict[str, list[int]] = {
+    "tax.monthly_income": [0, 800, 1200, 300, 0, 1100],
+    "hrss.monthly_pension": [500, 0, 0, 900, 1100, 0],
+    "civil_affairs.monthly_benefits": [100, 0, 0, 0, 1, 0],
+    "household.alive_resident": [1, 1, 1, 0, 1, 1],
+    "tax.registered_businesses": [0, 0, 0, 0, 0, 2],
+}
+
+
+def oracle(program: Any, subjects: tuple[str, ...]) -> dict[str, list[bool]]:
+    index = {p: i for i, p in enumerate(SUBJECTS)}
+    out = {}
+    for criterion in program.criteria:
+        totals = [sum(VALUES[t.element][index[p]] for t in criterion.terms) for p in subjects]
+        out[criterion.id] = [criterion.passes(total) for total in totals]
+    return out
+
+
+@dataclass
+class FakeNodes:
+    """The fan-out port: answers like honest nodes unless told to fail or garble."""
+
+    fail: Exception | None = None
+    garble: Any = None  # callable(agency, response) -> None, edits one answer
+    calls: list[tuple[dict[str, node_pb2.EncryptRequest], float]] = field(default_factory=list)
+    delay_s: float = 0.0
+
+    async def encrypt_all(
+        self, requests: Mapping[str, node_pb2.EncryptRequest], deadline_s: float
+    ) -> dict[str, node_pb2.EncryptResponse]:
+        self.calls.append((dict(requests), deadline_s))
+        if self.delay_s:
+            await asyncio.sleep(self.delay_s)
+        if self.fail is not None:
+            raise self.fail
+        out = {}
+        for index, (agency, request) in enumerate(sorted(requests.items())):
+            response = node_pb2.EncryptResponse(agency=agency, request_id=request.context.request_id)
+            rows = {p: i for i, p in enumerate(SUBJECTS)}
+            for query in request.elements:
+                values = [VALUES[query.element][rows[p]] for p in request.pseudonyms]
+                element = response.elements.add(element=query.element)
+                if request.mode == node_pb2.EXCHANGE_MODE_PLAINTEXT:
+                    element.plain_values.extend(values)
+                    continue
+                context = PublicContext.cached(request.public_context)
+                for chunk in chunks(values, SLOTS):
+                    blob = context.encrypt(chunk)
+                    element.ciphertexts.append(blob)
+                    element.ciphertext_sha256.append(hashlib.sha256(blob).digest())
+            response.node_audit_index = 100 + index
+            response.node_audit_leaf_hash = bytes([index]) * 32
+            if self.garble is not None:
+                self.garble(agency, response)
+            out[agency] = response
+        return out
+
+
+@dataclass
+class FakePolicy:
+    outcome: PolicyOutcome = field(default_factory=lambda: PolicyOutcome("per_criterion", ("p-1",), "hash-1"))
+    refuse: Exception | None = None
+    asked: list[CheckContext] = field(default_factory=list)
+
+    def authorize_check(self, principal: Principal, program: Any, request: CheckContext) -> PolicyOutcome:
+        self.asked.append(request)
+        if self.refuse is not None:
+            raise self.refuse
+        return self.outcome
+
+
+@dataclass
+class FakeAuditor:
+    events: list[dict[str, Any]] = field(default_factory=list)
+
+    async def record(self, event: dict[str, Any]) -> None:
+        self.events.append(event)
+
+    def kinds(self) -> list[str]:
+        return [e["kind"] for e in self.events]
+
+
+class FixedRandomness:
+    def __init__(self) -> None:
+        self.epochs = 0
+
+    def request_id(self) -> str:
+        return "req-fixed"
+
+    def shuffle(self, items: list[str]) -> None:
+        items.reverse()
+
+    def epoch(self) -> int:
+        self.epochs += 1
+        return 12345
+
+
+def _service(programs: ProgramRegistry, **kw: Any) -> tuple[CheckService, FakeNodes, FakePolicy, FakeAuditor]:
+    nodes = kw.pop("nodes", FakeNodes())
+    policy = kw.pop("policy", FakePolicy())
+    auditor = FakeAuditor()
+    kw.setdefault("allow_plaintext_mode", True)
+    service = CheckService(
+        programs=programs,
+        nodes=nodes,
+        mask_key=MASK_KEY,
+        policy=policy,
+        auditor=auditor,
+        clock=lambda: 1_780_000_000.0,
+        randomness=kw.pop("randomness", FixedRandomness()),
+        **kw,
+    )
+    return service, nodes, policy, auditor
+
+
+def _request(**kw: Any) -> CheckRequest:
+    fields: dict[str, Any] = dict(
+        program="dibao",
+        purpose="dibao",
+        legal_basis="SAR-2014-art-12",
+        case_id="C-1",
+        approval_ref="AP-1",
+        mode="plaintext",
+        pseudonyms=SUBJECTS,
+    )
+    fields.update(kw)
+    return CheckRequest(**fields)
+
+
+def run(service: CheckService, request: CheckRequest, principal: Principal = GOLD) -> CheckOutcome:
+    return asyncio.run(service.run(principal, request))
+
+
+def test_plaintext_check_agrees_with_the_oracle_and_logs_every_step(programs: ProgramRegistry) -> None:
+    service, nodes, policy, auditor = _service(programs)
+    outcome = run(service, _request())
+    assert isinstance(outcome, CheckOutcome) and outcome.request_id == "req-fixed"
+    expected = oracle(programs.get("dibao"), SUBJECTS)
+    assert {c.criterion: list(c.passes or ()) for c in outcome.criteria} == expected
+    assert any(not all(v) for v in expected.values()) and any(any(v) for v in expected.values())
+    assert (outcome.view, outcome.shuffled, outcome.policy_ids, outcome.policy_set_hash) == (
+        "per_criterion", False, ("p-1",), "hash-1")  # fmt: skip
+    [(requests, deadline)] = nodes.calls
+    assert sorted(requests) == ["civil_affairs", "household", "hrss", "tax"] and deadline == service.deadline_s
+    assert auditor.kinds() == ["policy_decision"] + ["node_response"] * 4 + ["result"]
+    decision, *answers, result = auditor.events
+    assert decision["decision"] == "allow" and decision["subjects"] == list(SUBJECTS)
+    assert [a["node"] for a in answers] == ["civil_affairs", "household", "hrss", "tax"]
+    assert outcome.nodes["tax"].node_audit_index == 103 and answers[3]["node_audit_index"] == 103
+    assert answers[3]["response_sha256"] == outcome.nodes["tax"].response_sha256
+    assert "subjects" not in result and result["subject_count"] == 6 and result["nodes"] == tuple(sorted(requests))
+    assert "approval_ref" in decision and "consent_ref" not in decision  # empty optional fields are dropped
+    assert set(outcome.timings_ms) == {"policy", "fanout", "combine", "total"}
+    assert len(policy.asked) == 1 and policy.asked[0].pseudonyms == SUBJECTS
+
+
+def test_he_check_masks_and_the_requester_decrypts_the_oracle(programs: ProgramRegistry, requester_keys: Any) -> None:
+    service, _, _, auditor = _service(programs)
+    outcome = run(service, _request(mode="he", public_context=requester_keys.public_context))
+    expected = oracle(programs.get("dibao"), SUBJECTS)
+    for verdict in outcome.criteria:
+        assert verdict.passes is None and len(verdict.ciphertexts) == 1
+        signs = requester_keys.decrypt_signs(verdict.ciphertexts[0], len(SUBJECTS))
+        assert list(signs) == expected[verdict.criterion], verdict.criterion
+        masked = requester_keys.decrypt_masked(verdict.ciphertexts[0], len(SUBJECTS))
+        assert not set(masked.tolist()) & {0, 1, -1}  # masked: no raw differences leak
+    assert auditor.events[-1]["context_sha256"] == PublicContext(requester_keys.public_context).fingerprint
+
+
+def test_cohort_view_shuffles_subjects_and_uses_a_fresh_epoch(programs: ProgramRegistry, requester_keys: Any) -> None:
+    rng = FixedRandomness()
+    policy = FakePolicy(PolicyOutcome("cohort", ("p-2",), "hash-2"))
+    service, nodes, _, _ = _service(programs, policy=policy, randomness=rng)
+    outcome = run(service, _request(mode="he", public_context=requester_keys.public_context))
+    assert outcome.shuffled and outcome.view == "cohort" and rng.epochs == 1
+    [(requests, _)] = nodes.calls
+    assert list(requests["tax"].pseudonyms) == list(reversed(SUBJECTS))  # the order only the gateway knows
+    expected = oracle(programs.get("dibao"), tuple(reversed(SUBJECTS)))
+    for verdict in outcome.criteria:
+        signs = requester_keys.decrypt_signs(verdict.ciphertexts[0], len(SUBJECTS))
+        assert list(signs) == expected[verdict.criterion]
+
+
+def test_policy_denied_is_logged_and_nothing_is_asked_of_the_nodes(programs: ProgramRegistry) -> None:
+    refusal = PolicyDenied("access denied: no permit", reasons=["no permit matched"], policy_set_hash="h")
+    service, nodes, _, auditor = _service(programs, policy=FakePolicy(refuse=refusal))
+    with pytest.raises(PolicyDenied, match="no permit"):
+        run(service, _request())
+    assert nodes.calls == []
+    [denial] = auditor.events
+    assert (denial["kind"], denial["decision"], denial["reasons"], denial["policy_set_hash"]) == (
+        "policy_decision", "deny", ("no permit matched",), "h")  # fmt: skip
+
+
+def test_purpose_and_requester_are_checked_before_the_decision_point(programs: ProgramRegistry) -> None:
+    service, nodes, policy, auditor = _service(programs)
+    with pytest.raises(PolicyDenied, match="not a purpose of program 'dibao'"):
+        run(service, _request(purpose="marketing"))
+    with pytest.raises(PolicyDenied, match="agency 'tax' may not request"):
+        run(service, _request(), Principal("tax-clerk", "tax", "caseworker", "gold"))
+    assert policy.asked == [] and nodes.calls == []
+    assert [e["decision"] for e in auditor.events] == ["deny", "deny"]
+
+
+class RefusingBudget:
+    """The probing-budget port of the real decision point, already used up for these subjects."""
+
+    def __init__(self) -> None:
+        self.asked: list[BudgetRule] = []
+
+    def consume(
+        self, subjects: Any, program: str, agency: str, rule: BudgetRule, now: datetime | None = None
+    ) -> object:
+        self.asked.append(rule)
+        raise BudgetExhausted("probing budget exhausted for 6 subjects", retry_after_s=3600, rule=rule.policy_id)
+
+
+def test_budget_exhausted_through_the_real_decision_point(programs: ProgramRegistry) -> None:
+    budgets = RefusingBudget()
+    authorizer = CheckAuthorizer(PolicyEngine.load(DEFAULT_POLICY_DIR), budgets=budgets, clock=lambda: DAYTIME)
+    service, nodes, _, auditor = _service(programs, policy=authorizer)
+    with pytest.raises(BudgetExhausted) as info:
+        run(service, _request())
+    assert info.value.http_status == 429 and info.value.details["retry_after_s"] == 3600
+    assert len(budgets.asked) == 1 and nodes.calls == []
+    [denial] = auditor.events
+    assert denial["decision"] == "deny" and denial["reason"] == "budget_exhausted"
+
+
+def test_malformed_requests_spend_no_budget(programs: ProgramRegistry) -> None:
+    service, nodes, policy, _ = _service(programs, max_subjects=5)
+    with pytest.raises(PayloadTooLarge, match="6 subjects exceed the limit of 5"):
+        run(service, _request())
+    with pytest.raises(InvalidInput, match="needs the requester's public_context"):
+        run(service, _request(mode="he", pseudonyms=SUBJECTS[:2]))
+    service.allow_plaintext_mode = False
+    service.max_subjects = 100
+    with pytest.raises(PolicyDenied, match="plaintext exchange mode is disabled"):
+        run(service, _request())
+    assert policy.asked == [] and nodes.calls == []
+
+
+def test_a_node_down_fails_the_whole_check_naming_the_agency(programs: ProgramRegistry) -> None:
+    nodes = FakeNodes(fail=NodeUnavailable("hrss", "unreachable (connection refused)"))
+    service, _, _, auditor = _service(programs, nodes=nodes)
+    with pytest.raises(NodeUnavailable, match="agency 'hrss'") as info:
+        run(service, _request())
+    assert info.value.http_status == 503
+    assert auditor.kinds() == ["policy_decision", "fanout_call"]  # no node_response, no result
+    assert (auditor.events[1]["node"], auditor.events[1]["error"]) == ("hrss", "node_unavailable")
+
+
+def test_a_node_past_the_deadline_fails_the_check(programs: ProgramRegistry) -> None:
+    nodes = FakeNodes(fail=NodeTimeout("household", "did not answer before the deadline"))
+    service, _, _, auditor = _service(programs, nodes=nodes, deadline_s=0.25)
+    with pytest.raises(NodeTimeout, match="agency 'household'"):
+        run(service, _request())
+    assert nodes.calls[0][1] == 0.25  # the service hands its deadline to the fan-out
+    assert auditor.kinds() == ["policy_decision", "fanout_call"]
+
+
+def _wrong_request_id(agency: str, response: node_pb2.EncryptResponse) -> None:
+    if agency == "tax":
+        response.request_id = "another-request"
+
+
+def _impersonates(agency: str, response: node_pb2.EncryptResponse) -> None:
+    if agency == "hrss":
+        response.agency = "tax"
+
+
+def _short_values(agency: str, response: node_pb2.EncryptResponse) -> None:
+    if agency == "household":
+        del response.elements[0].plain_values[-1]
+
+
+def _other_element(agency: str, response: node_pb2.EncryptResponse) -> None:
+    if agency == "civil_affairs":
+        response.elements[0].element = "civil_affairs.other"
+
+
+@pytest.mark.parametrize(
+    ("garble", "agency", "match"),
+    [
+        (_wrong_request_id, "tax", "answered another request"),
+        (_impersonates, "hrss", "answered as agency 'tax'"),
+        (_short_values, "household", "sent 5 values"),
+        (_other_element, "civil_affairs", "other data elements than asked"),
+    ],
+)
+def test_a_garbled_answer_fails_the_check_without_a_verdict(
+    programs: ProgramRegistry, garble: Any, agency: str, match: str
+) -> None:
+    service, _, _, auditor = _service(programs, nodes=FakeNodes(garble=garble))
+    with pytest.raises(NodeProtocolError, match=match) as info:
+        run(service, _request())
+    assert info.value.agency == agency and info.value.http_status == 502
+    assert "result" not in auditor.kinds()
+
+
+def _bad_ciphertext(agency: str, response: node_pb2.EncryptResponse) -> None:
+    if agency == "tax":
+        blob = b"\x00" * 64
+        response.elements[0].ciphertexts[0] = blob
+        response.elements[0].ciphertext_sha256[0] = hashlib.sha256(blob).digest()
+
+
+def _bad_digest(agency: str, response: node_pb2.EncryptResponse) -> None:
+    if agency == "hrss":
+        response.elements[0].ciphertext_sha256[0] = b"\x00" * 32
+
+
+@pytest.mark.parametrize(
+    ("garble", "agency", "match"),
+    [(_bad_ciphertext, "tax", "invalid ciphertext"), (_bad_digest, "hrss", "digest mismatch")],
+)
+def test_a_garbled_ciphertext_fails_the_check(
+    programs: ProgramRegistry, requester_keys: Any, garble: Any, agency: str, match: str
+) -> None:
+    service, _, _, auditor = _service(programs, nodes=FakeNodes(garble=garble))
+    with pytest.raises(NodeProtocolError, match=match) as info:
+        run(service, _request(mode="he", public_context=requester_keys.public_context))
+    assert info.value.agency == agency and "result" not in auditor.kinds()
+
+
+def test_plaintext_baseline_serves_the_per_criterion_view_only(programs: ProgramRegistry) -> None:
+    policy = FakePolicy(PolicyOutcome("overall", (), ""))
+    service, _, _, auditor = _service(programs, policy=policy)
+    with pytest.raises(PolicyDenied, match="per-criterion view only"):
+        run(service, _request())
+    assert "result" not in auditor.kinds()
+
+
+def test_rest_translation_round_trip() -> None:
+    from gateway.models import CheckRequest as RestRequest
+    from gateway.models import from_domain, to_domain
+
+    body = RestRequest(
+        program="dibao", purpose="dibao", legal_basis="L-1", case_id="C-1", pseudonyms=list(SUBJECTS[:2]),
+        public_context=base64.b64encode(b"ctx").decode(),
+    )  # fmt: skip
+    request = to_domain(body)
+    assert request.public_context == b"ctx" and request.pseudonyms == SUBJECTS[:2] and request.mode == "he"
+    with pytest.raises(InvalidInput, match="not valid base64"):
+        to_domain(body.model_copy(update={"public_context": "%%%"}))
+    from exchange.types import CriterionVerdict, NodeReceipt
+
+    outcome = CheckOutcome(
+        request_id="r", program="dibao", program_version="1", mode="he", view="overall", subjects=2,
+        chunk_size=SLOTS, shuffled=False, criteria=(CriterionVerdict("position_1", "hidden", (b"\x01\x02",)),),
+        policy_ids=("p",), policy_set_hash="h", nodes={"tax": NodeReceipt(1, "ab", "cd")}, node_bytes=9,
+    )  # fmt: skip
+    rest = from_domain(outcome)
+    assert rest.criteria[0].ciphertexts == [base64.b64encode(b"\x01\x02").decode()] and rest.criteria[0].passes is None
+    assert rest.nodes["tax"] == {"node_audit_index": 1, "node_audit_leaf_hash": "ab", "response_sha256": "cd"}
+    assert rest.policy == {"policy_ids": ["p"], "policy_set_hash": "h"}
