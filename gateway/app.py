@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -12,8 +11,8 @@ from typing import Any
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from gateway.admission_control import AdmissionController, AdmissionMiddleware, AdmissionSettings
 from gateway.audit import SERVICE_ACTOR, GatewayAudit
 from gateway.checks import CheckCoordinator
 from gateway.models import CheckRequest, CheckResponse, ProgramView
@@ -26,48 +25,6 @@ log = get_logger("xgate.gateway")
 Authenticate = Callable[[Request], Principal | Awaitable[Principal]]
 
 
-class BodyLimit:
-    """Refuse bodies over the limit before they are buffered (Content-Length or streamed)."""
-
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
-        self.app = app
-        self.max_bytes = max_bytes
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        for name, value in scope.get("headers", []):
-            if name == b"content-length" and value.isdigit() and int(value) > self.max_bytes:
-                await _too_large(send, self.max_bytes)
-                return
-        seen = 0
-
-        async def limited() -> Message:
-            nonlocal seen
-            message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > self.max_bytes:
-                    raise _BodyTooLarge
-            return message
-
-        try:
-            await self.app(scope, limited, send)
-        except _BodyTooLarge:
-            await _too_large(send, self.max_bytes)
-
-
-class _BodyTooLarge(Exception):
-    pass
-
-
-async def _too_large(send: Send, limit: int) -> None:
-    body = json.dumps({"error": "payload_too_large", "message": f"request body exceeds {limit} bytes"}).encode()
-    await send({"type": "http.response.start", "status": 413, "headers": [(b"content-type", b"application/json")]})
-    await send({"type": "http.response.body", "body": body})
-
-
 # to split into routes/*.py (issue 12 item 5)
 def create_app(  # noqa: C901
     coordinator: CheckCoordinator,
@@ -78,7 +35,11 @@ def create_app(  # noqa: C901
     checkpoint_interval_s: float = 60.0,
     on_ready: Callable[[], None] | None = None,
     on_shutdown: Sequence[Callable[[], None]] = (),
+    admission: AdmissionSettings | None = None,
 ) -> FastAPI:
+    admission = admission or AdmissionSettings()
+    slots = AdmissionController(admission)
+
     @asynccontextmanager
     async def lifespan(_: FastAPI):  # type: ignore[no-untyped-def]
         loop_task = None
@@ -104,7 +65,8 @@ def create_app(  # noqa: C901
         description="Privacy-preserving cross-agency eligibility checks (BFV) under access policies.",
         lifespan=lifespan,
     )
-    app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
+    # Inside the audit middleware below, so its refusals (408, 413, 503, 504) are recorded too.
+    app.add_middleware(AdmissionMiddleware, settings=admission, max_body_bytes=max_body_bytes)
 
     @app.middleware("http")
     async def audit_every_request(request: Request, call_next: Any) -> Any:
@@ -196,8 +158,9 @@ def create_app(  # noqa: C901
         return out
 
     @app.post("/v1/checks", response_model=CheckResponse)
-    async def checks(body: CheckRequest, caller: Principal = Depends(principal)) -> CheckResponse:
-        return await coordinator.run(caller, body)
+    async def checks(request: Request, body: CheckRequest, caller: Principal = Depends(principal)) -> CheckResponse:
+        async with slots.slot(caller.agency, caller.user, getattr(request.state, "body_bytes", 0)):
+            return await coordinator.run(caller, body)
 
     for router in extra_routers or []:
         app.include_router(router)

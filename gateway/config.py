@@ -7,6 +7,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from gateway.admission_control import AdmissionSettings
 from policies.catalogue import DEFAULT_CATALOGUE, AgencyId
 from policies.programs import DEFAULT_PROGRAM_DIR
 from xgate.tomlfile import load_model, resolve_relative
@@ -56,6 +57,8 @@ class GatewaySettings(BaseModel):
     failed_auth_per_s: float = Field(default=1.0, gt=0, description="failed authentications per address per second")
     failed_auth_burst: float = Field(default=20.0, ge=1)
     insecure: bool = False
+    # Overload control: checks in flight, queue bounds and fair shares, body and request deadlines.
+    admission: AdmissionSettings = Field(default_factory=AdmissionSettings)
 
 
 class TrainingNodeRef(BaseModel):

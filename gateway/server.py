@@ -93,6 +93,7 @@ def build_app(config: GatewayConfig, on_ready: Callable[[], None] | None = None)
         audit=audit,
         checkpoint_interval_s=settings.checkpoint_interval_s,
         on_ready=on_ready,
+        admission=settings.admission,
         on_shutdown=[training.close],
     )
     from gateway.console.routes import mount_console

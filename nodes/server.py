@@ -40,7 +40,9 @@ class NodeServicer(node_pb2_grpc.AgencyNodeServicer):
     def EncryptValues(
         self, request: node_pb2.EncryptRequest, context: grpc.ServicerContext
     ) -> node_pb2.EncryptResponse:
-        return call_guarded(context, "EncryptValues", lambda: self.service.encrypt_values(request))
+        return call_guarded(
+            context, "EncryptValues", lambda: self.service.encrypt_values(request, lambda: not context.is_active())
+        )
 
     def CosignCheckpoint(
         self, request: node_pb2.CosignRequest, context: grpc.ServicerContext

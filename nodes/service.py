@@ -21,7 +21,7 @@ from exchange.events import node_served
 from nodes.store import NodeStore
 from protos.xgate.v1 import node_pb2
 from xgate import __version__
-from xgate.errors import InvalidInput, PayloadTooLarge, PolicyDenied
+from xgate.errors import InvalidInput, PayloadTooLarge, PolicyDenied, RequestCancelled
 from xgate.logging import get_logger
 from xgate.pseudonym import validate_pseudonym
 
@@ -128,12 +128,23 @@ class NodeService:
             raise InvalidInput(f"stored values of '{element}' fall outside the declared range; fix the data")
         return values
 
-    def encrypt_values(self, request: node_pb2.EncryptRequest) -> node_pb2.EncryptResponse:
+    def encrypt_values(
+        self, request: node_pb2.EncryptRequest, cancelled: Callable[[], bool] | None = None
+    ) -> node_pb2.EncryptResponse:
+        """`cancelled()` says the caller has gone (gRPC cancellation or deadline): the node then
+        stops between ciphertexts instead of finishing work nobody will read."""
         started = time.perf_counter()
+
+        def stop_if_cancelled() -> None:
+            if cancelled is not None and cancelled():
+                log.info("encrypt_cancelled", request_id=request.context.request_id)
+                raise RequestCancelled("the gateway cancelled this request")
+
         if self.envelopes is not None:
             # Before anything else: only the federation gateway's fresh signature gets a node to work.
             self.envelopes.verify_request(request, "EncryptValues", agency=self.gateway_agency, kinds={"gateway"})
         self._validate(request)
+        stop_if_cancelled()
         if self.authorize is not None:
             self.authorize(request)
         pseudonyms = list(request.pseudonyms)
@@ -152,11 +163,13 @@ class NodeService:
                 values = self._values(query.element, pseudonyms, query.if_missing).tolist()
                 out = response.elements.add(element=query.element)
                 for chunk in chunks(values, SLOTS):
+                    stop_if_cancelled()
                     blob = context.encrypt(chunk)
                     out.ciphertexts.append(blob)
                     out.ciphertext_sha256.append(hashlib.sha256(blob).digest())
         else:
             raise InvalidInput("exchange mode must be HE or PLAINTEXT")
+        stop_if_cancelled()
         if self.audit is not None:
             leaf, index = self.audit(node_served(request, response))
             response.node_audit_leaf_hash = leaf

@@ -11,7 +11,8 @@ The tree, with (public code, HTTP status, gRPC status):
     XgateError                 internal_error        500  INTERNAL
     ├── InvalidInput           invalid_input         400  INVALID_ARGUMENT
     │   ├── PayloadTooLarge    payload_too_large     413  RESOURCE_EXHAUSTED
-    │   └── WitnessConflict    witness_conflict      409  FAILED_PRECONDITION
+    │   ├── WitnessConflict    witness_conflict      409  FAILED_PRECONDITION
+    │   └── RequestTimeout     request_timeout       408  DEADLINE_EXCEEDED   (body not received in time)
     ├── ConfigError            config_error          500  FAILED_PRECONDITION
     ├── NotFound               not_found             404  NOT_FOUND
     ├── Unauthenticated        unauthenticated       401  UNAUTHENTICATED
@@ -25,6 +26,9 @@ The tree, with (public code, HTTP status, gRPC status):
     ├── TrainingBusy           training_busy         409  RESOURCE_EXHAUSTED  (+ Retry-After)
     ├── JobExists              job_exists            409  ALREADY_EXISTS
     ├── TrainingUnavailable    training_unavailable  503  UNAVAILABLE
+    ├── Overloaded             overloaded            503  UNAVAILABLE  (+ Retry-After)
+    ├── DeadlineExceeded       deadline_exceeded     504  DEADLINE_EXCEEDED
+    ├── RequestCancelled       cancelled             499  CANCELLED    (the caller went away)
     ├── GatewayError           gateway_error         502  UNKNOWN    client side: an instance carries
     │                                                                the gateway's own code and status
     └── NodeError              node_error            502  UNAVAILABLE         (names the agency)
@@ -267,6 +271,40 @@ class JobFailed(NodeUnavailable):
 
     def __init__(self, message: str) -> None:
         super().__init__("federation", message)
+
+
+class Overloaded(XgateError):
+    """The gateway's bounded queue (count, bytes or a requester's fair share) is full: retry later.
+
+    Always carries `retry_after_s`; the REST edge sends it as a whole-second Retry-After (>= 1)."""
+
+    code = "overloaded"
+    http_status = 503
+    grpc_status = "UNAVAILABLE"
+
+
+class DeadlineExceeded(XgateError):
+    """The request's own deadline passed before it was answered; its work was cancelled."""
+
+    code = "deadline_exceeded"
+    http_status = 504
+    grpc_status = "DEADLINE_EXCEEDED"
+
+
+class RequestTimeout(InvalidInput):
+    """The request body did not arrive within the read deadline (slow or lying Content-Length)."""
+
+    code = "request_timeout"
+    http_status = 408
+    grpc_status = "DEADLINE_EXCEEDED"
+
+
+class RequestCancelled(XgateError):
+    """The caller went away (client disconnect, cancelled RPC); the work was abandoned."""
+
+    code = "cancelled"
+    http_status = 499  # nginx's "client closed request": only ever seen in logs, the client is gone
+    grpc_status = "CANCELLED"
 
 
 def all_error_classes() -> list[type[XgateError]]:

@@ -54,6 +54,10 @@ TABLE: dict[str, tuple[str, int, str]] = {
     "NodeRefused": ("node_refused", 403, "PERMISSION_DENIED"),
     "NodePayloadTooLarge": ("node_payload_too_large", 413, "RESOURCE_EXHAUSTED"),
     "NodeRateLimited": ("node_rate_limited", 429, "RESOURCE_EXHAUSTED"),
+    "Overloaded": ("overloaded", 503, "UNAVAILABLE"),
+    "DeadlineExceeded": ("deadline_exceeded", 504, "DEADLINE_EXCEEDED"),
+    "RequestTimeout": ("request_timeout", 408, "DEADLINE_EXCEEDED"),
+    "RequestCancelled": ("cancelled", 499, "CANCELLED"),
 }
 
 

@@ -1,0 +1,440 @@
+"""Overload control for the gateway process: bounded work, bounded queue, bounded bodies.
+
+Two parts, kept apart so each can be reasoned about (and rebased) on its own:
+
+* `AdmissionController`, the limiter core (no I/O): at most `max_inflight_checks` checks run at
+  once; up to `max_queued_checks` more wait, bounded as well by the bytes of their request bodies
+  and by a fair share per requesting user and per agency. Waiting checks are dispatched round
+  robin over agencies and, within an agency, over users, so one busy office cannot starve
+  another. Anything beyond the bounds is refused at once with `Overloaded` (HTTP 503) and a
+  `retry_after_s` estimated from the queue length and the recent service time.
+* `AdmissionMiddleware`, the thin ASGI edge: reads request bodies itself with a streaming byte
+  limit (413), a read deadline (408: a slow body or a Content-Length larger than what is sent)
+  and a process-wide budget of body bytes held at once (503). Supervised routes (POST
+  /v1/checks) then run under a deadline (`request_deadline_s`, or shorter with the caller's
+  `X-Request-Timeout` header) and a disconnect watch: when the client goes away or the deadline
+  passes the handler task is cancelled, which cancels its gRPC calls, so the nodes stop too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import time
+from collections import Counter, OrderedDict, deque
+from collections.abc import AsyncIterator, Callable, Iterable
+from contextlib import asynccontextmanager, suppress
+from dataclasses import dataclass, field
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from xgate.errors import (
+    DeadlineExceeded,
+    InvalidInput,
+    Overloaded,
+    PayloadTooLarge,
+    RequestCancelled,
+    RequestTimeout,
+    XgateError,
+    http_headers,
+)
+from xgate.logging import get_logger
+
+log = get_logger("xgate.gateway")
+
+TIMEOUT_HEADER = b"x-request-timeout"
+MB = 1024 * 1024
+
+
+class AdmissionSettings(BaseModel):
+    """`[gateway.admission]` in the gateway config (docs/SECURITY.md, "Overload control")."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_inflight_checks: int = Field(default=8, ge=1, le=4096, description="checks computing at once")
+    max_queued_checks: int = Field(default=32, ge=0, le=100_000, description="checks waiting for a slot")
+    max_queued_per_user: int = Field(default=8, ge=1, le=100_000, description="one user's share of the queue")
+    max_queued_per_agency: int = Field(default=16, ge=1, le=100_000, description="one agency's share")
+    max_queued_mb: int = Field(default=128, ge=1, le=65_536, description="request bytes of waiting checks")
+    max_buffered_mb: int = Field(default=256, ge=1, le=65_536, description="request bodies held at once")
+    body_read_timeout_s: float = Field(default=15.0, gt=0, le=600, description="to receive a whole body")
+    request_deadline_s: float = Field(default=60.0, gt=0, le=3600, description="longest a check may take")
+
+    @model_validator(mode="after")
+    def _shares(self) -> AdmissionSettings:
+        if self.max_buffered_mb < self.max_queued_mb:
+            raise ValueError("max_buffered_mb must be at least max_queued_mb (queued bodies are buffered)")
+        return self
+
+
+# ---------------------------------------------------------------------------------------------
+# The limiter core
+# ---------------------------------------------------------------------------------------------
+@dataclass(eq=False)
+class _Waiter:
+    agency: str
+    user: str
+    nbytes: int
+    future: asyncio.Future[None]
+    granted: bool = False
+
+
+@dataclass
+class AdmissionController:
+    settings: AdmissionSettings
+    clock: Callable[[], float] = time.monotonic
+    service_s: float = 1.0  # moving average of one check's service time (Retry-After estimates)
+    _inflight: int = 0
+    _queued: int = 0
+    _queued_bytes: int = 0
+    _per_user: Counter[tuple[str, str]] = field(default_factory=Counter)
+    _per_agency: Counter[str] = field(default_factory=Counter)
+    # agency -> user -> waiters; both levels in round-robin order (front is served next)
+    _queues: OrderedDict[str, OrderedDict[str, deque[_Waiter]]] = field(default_factory=OrderedDict)
+
+    @property
+    def inflight(self) -> int:
+        return self._inflight
+
+    @property
+    def queued(self) -> int:
+        return self._queued
+
+    def retry_after_s(self) -> float:
+        """Whole seconds until a retry has a fair chance: the queue ahead drained at the recent pace."""
+        ahead = self._queued + self._inflight + 1
+        return float(min(60, max(1, math.ceil(ahead * self.service_s / self.settings.max_inflight_checks))))
+
+    def _refuse(self, why: str) -> Overloaded:
+        return Overloaded(f"the gateway is overloaded: {why}; retry later", retry_after_s=self.retry_after_s())
+
+    def _check_room(self, agency: str, user: str, nbytes: int) -> None:
+        s = self.settings
+        if self._queued >= s.max_queued_checks:
+            raise self._refuse(f"{self._inflight} checks running and {self._queued} waiting")
+        if self._queued_bytes + nbytes > s.max_queued_mb * MB:
+            raise self._refuse("the waiting checks' request bytes are at their limit")
+        if self._per_agency[agency] >= s.max_queued_per_agency:
+            raise self._refuse(f"agency '{agency}' has its full share of the queue waiting")
+        if self._per_user[(agency, user)] >= s.max_queued_per_user:
+            raise self._refuse("this user has their full share of the queue waiting")
+
+    async def acquire(self, agency: str, user: str, nbytes: int = 0) -> None:
+        """Take a slot now, or wait in the fair queue, or raise Overloaded at once."""
+        if self._inflight < self.settings.max_inflight_checks and self._queued == 0:
+            self._inflight += 1
+            return
+        self._check_room(agency, user, nbytes)
+        waiter = _Waiter(agency, user, nbytes, asyncio.get_running_loop().create_future())
+        self._queues.setdefault(agency, OrderedDict()).setdefault(user, deque()).append(waiter)
+        self._queued += 1
+        self._queued_bytes += nbytes
+        self._per_agency[agency] += 1
+        self._per_user[(agency, user)] += 1
+        try:
+            await waiter.future
+        except asyncio.CancelledError:
+            if waiter.granted:  # granted and cancelled in the same tick: hand the slot on
+                self.release(None)
+            else:
+                self._unqueue(waiter)
+            raise
+
+    def release(self, service_s: float | None) -> None:
+        """Give a slot back (with the time it was held, to keep the estimate current)."""
+        if service_s is not None:
+            self.service_s = 0.8 * self.service_s + 0.2 * max(service_s, 0.001)
+        self._inflight -= 1
+        self._dispatch()
+
+    @asynccontextmanager
+    async def slot(self, agency: str, user: str, nbytes: int = 0) -> AsyncIterator[None]:
+        await self.acquire(agency, user, nbytes)
+        started = self.clock()
+        try:
+            yield
+        finally:
+            self.release(self.clock() - started)
+
+    def _dispatch(self) -> None:
+        while self._inflight < self.settings.max_inflight_checks and self._queues:
+            agency, users = next(iter(self._queues.items()))
+            user, waiters = next(iter(users.items()))
+            waiter = waiters.popleft()
+            self._forget(waiter)
+            users.move_to_end(user)  # round robin: this user goes behind the agency's others
+            self._queues.move_to_end(agency)  # and this agency behind the other agencies
+            self._drop_empty(agency, user)
+            if waiter.future.done():  # cancelled while waiting; its task will not take the slot
+                continue
+            waiter.granted = True
+            self._inflight += 1
+            waiter.future.set_result(None)
+
+    def _unqueue(self, waiter: _Waiter) -> None:
+        waiters = self._queues.get(waiter.agency, OrderedDict()).get(waiter.user)
+        if waiters is not None and waiter in waiters:
+            waiters.remove(waiter)
+            self._forget(waiter)
+            self._drop_empty(waiter.agency, waiter.user)
+
+    def _forget(self, waiter: _Waiter) -> None:
+        self._queued -= 1
+        self._queued_bytes -= waiter.nbytes
+        self._per_agency[waiter.agency] -= 1
+        self._per_user[(waiter.agency, waiter.user)] -= 1
+        if not self._per_agency[waiter.agency]:
+            del self._per_agency[waiter.agency]
+        if not self._per_user[(waiter.agency, waiter.user)]:
+            del self._per_user[(waiter.agency, waiter.user)]
+
+    def _drop_empty(self, agency: str, user: str) -> None:
+        users = self._queues.get(agency)
+        if users is None:
+            return
+        if user in users and not users[user]:
+            del users[user]
+        if not users:
+            del self._queues[agency]
+
+
+class ByteBudget:
+    """Bytes of request bodies the process holds at once (being read, waiting or running)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.held = 0
+
+    def take(self, nbytes: int) -> None:
+        if self.held + nbytes > self.limit:
+            raise Overloaded(
+                "the gateway is overloaded: request bodies in progress are at their byte limit; retry later",
+                retry_after_s=1.0,
+            )
+        self.held += nbytes
+
+    def give(self, nbytes: int) -> None:
+        self.held -= nbytes
+
+
+# ---------------------------------------------------------------------------------------------
+# The ASGI edge
+# ---------------------------------------------------------------------------------------------
+def error_body(exc: XgateError) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+    """Status, headers and JSON body of an error, in the gateway's one error shape."""
+    headers = [(b"content-type", b"application/json")]
+    headers += [(name.lower().encode(), value.encode()) for name, value in http_headers(exc).items()]
+    return exc.http_status, headers, json.dumps(exc.to_public()).encode()
+
+
+async def send_error(send: Send, exc: XgateError, on_error: Callable[[XgateError], None] | None = None) -> None:
+    if on_error is not None:
+        on_error(exc)
+    status, headers, body = error_body(exc)
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+class _Refused(Exception):
+    def __init__(self, error: XgateError) -> None:
+        self.error = error
+
+
+class _Gone(Exception):
+    """The client disconnected while sending its body."""
+
+
+class AdmissionMiddleware:
+    """Read bodies under limits and deadlines; supervise the heavy routes (see module docstring)."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        settings: AdmissionSettings,
+        max_body_bytes: int,
+        supervised: Iterable[tuple[str, str]] = (("POST", "/v1/checks"),),
+    ) -> None:
+        self.app = app
+        self.settings = settings
+        self.max_body_bytes = max_body_bytes
+        self.budget = ByteBudget(settings.max_buffered_mb * MB)
+        self.supervised = frozenset(supervised)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.monotonic()
+        headers = dict(scope.get("headers", []))  # the last of a repeated header; h11 refuses two lengths
+        supervised = (scope["method"], scope["path"]) in self.supervised
+        try:
+            declared = self._declared_length(headers)
+        except XgateError as exc:
+            await send_error(send, exc, _mark(scope))
+            return
+        has_body = declared is None or declared > 0  # None: chunked, length unknown
+        if not has_body and not supervised:
+            await self.app(scope, receive, send)
+            return
+        reserved = declared or 0
+        try:
+            self.budget.take(reserved)
+        except XgateError as exc:
+            await send_error(send, exc, _mark(scope))
+            return
+        try:
+            try:
+                body, extra = await self._read_body(receive, declared) if has_body else (b"", 0)
+            except _Refused as refused:
+                await send_error(send, refused.error, _mark(scope))
+                return
+            except _Gone:
+                return
+            reserved += extra
+            scope.setdefault("state", {})["body_bytes"] = len(body)
+            gone = asyncio.Event()
+            replay = _replay(body, gone)
+            if supervised:
+                await self._supervise(scope, replay, send, receive, gone, started, headers)
+            else:
+                await self.app(scope, replay, send)
+        finally:
+            self.budget.give(reserved)
+
+    def _declared_length(self, headers: dict[bytes, bytes]) -> int | None:
+        if b"transfer-encoding" in headers:
+            return None
+        raw = headers.get(b"content-length")
+        if raw is None:
+            return 0
+        if not raw.isdigit() or not raw.isascii():
+            raise InvalidInput("Content-Length is not a whole number")
+        declared = int(raw)
+        if declared > self.max_body_bytes:
+            raise PayloadTooLarge(f"request body exceeds {self.max_body_bytes} bytes")
+        return declared
+
+    async def _read_body(self, receive: Receive, declared: int | None) -> tuple[bytes, int]:
+        """The whole body within the read deadline; returns it and the bytes reserved beyond `declared`."""
+        parts: list[bytes] = []
+        seen = 0
+        extra = 0
+        try:
+            async with asyncio.timeout(self.settings.body_read_timeout_s):
+                while True:
+                    message = await receive()
+                    if message["type"] == "http.disconnect":
+                        raise _Gone
+                    chunk = message.get("body", b"")
+                    seen += len(chunk)
+                    if seen > self.max_body_bytes:
+                        raise _Refused(PayloadTooLarge(f"request body exceeds {self.max_body_bytes} bytes"))
+                    if declared is None:  # streamed: reserve as it arrives
+                        try:
+                            self.budget.take(len(chunk))
+                        except XgateError as exc:
+                            raise _Refused(exc) from None
+                        extra += len(chunk)
+                    parts.append(chunk)
+                    if not message.get("more_body", False):
+                        break
+        except TimeoutError:
+            self.budget.give(extra)
+            raise _Refused(
+                RequestTimeout(f"request body not received within {self.settings.body_read_timeout_s:g} s")
+            ) from None
+        except (_Refused, _Gone):
+            self.budget.give(extra)
+            raise
+        return b"".join(parts), extra
+
+    def _deadline_s(self, headers: dict[bytes, bytes]) -> float:
+        deadline = self.settings.request_deadline_s
+        raw = headers.get(TIMEOUT_HEADER)
+        if raw is not None:
+            try:
+                asked = float(raw.decode("ascii"))
+            except (UnicodeDecodeError, ValueError):
+                raise InvalidInput("X-Request-Timeout must be a number of seconds") from None
+            if not 0 < asked <= 3600 or math.isnan(asked):
+                raise InvalidInput("X-Request-Timeout must be between 0 and 3600 seconds")
+            deadline = min(deadline, asked)
+        return deadline
+
+    async def _supervise(  # the ASGI triple plus the supervision state
+        self,
+        scope: Scope,
+        replay: Receive,
+        send: Send,
+        receive: Receive,
+        gone: asyncio.Event,
+        started: float,
+        headers: dict[bytes, bytes],
+    ) -> None:
+        try:
+            deadline = self._deadline_s(headers)
+        except XgateError as exc:
+            await send_error(send, exc, _mark(scope))
+            return
+        responded = False
+
+        async def tracked_send(message: Message) -> None:
+            nonlocal responded
+            if message["type"] == "http.response.start":
+                responded = True
+            await send(message)
+
+        async def watch() -> None:
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            gone.set()
+
+        handler = asyncio.ensure_future(self.app(scope, replay, tracked_send))
+        watcher = asyncio.ensure_future(watch())
+        remaining = max(0.0, deadline - (time.monotonic() - started))
+        try:
+            await asyncio.wait({handler, watcher}, timeout=remaining, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            watcher.cancel()
+            with suppress(asyncio.CancelledError):
+                await watcher
+        if handler.done():
+            handler.result()
+            return
+        handler.cancel()
+        with suppress(asyncio.CancelledError):
+            await handler
+        if gone.is_set():
+            error: XgateError = RequestCancelled("the client disconnected; the check was cancelled")
+            log.info("check_abandoned", reason="client_gone", path=scope["path"])
+        else:
+            error = DeadlineExceeded(f"the request's deadline of {deadline:g} s passed; the check was cancelled")
+            log.info("check_abandoned", reason="deadline", path=scope["path"], deadline_s=deadline)
+        if not responded:
+            await send_error(send, error, _mark(scope))
+
+
+def _replay(body: bytes, gone: asyncio.Event) -> Receive:
+    """Hand the buffered body to the app once, then report a disconnect only when one happens."""
+    delivered = False
+
+    async def receive() -> Message:
+        nonlocal delivered
+        if not delivered:
+            delivered = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        await gone.wait()
+        return {"type": "http.disconnect"}
+
+    return receive
+
+
+def _mark(scope: Scope) -> Callable[[XgateError], None]:
+    """Leave the error code where the audit middleware reads it (request.state.error)."""
+
+    def mark(exc: XgateError) -> None:
+        scope.setdefault("state", {})["error"] = exc.code
+
+    return mark

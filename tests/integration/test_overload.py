@@ -1,0 +1,265 @@
+"""Overload control over a real gateway process (issue 17 item 1): every refusal path.
+
+A "hold" tax node (a real gRPC server with a federation certificate) keeps each EncryptValues
+call open until the gateway cancels it and records what it saw, so the tests can fill the
+gateway's slots and queue deterministically and observe cancellation reaching the node.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import socket
+import ssl
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from app.devfed import DEV_APPROVAL_REF, LEGAL_BASIS, DevFederation, start_gateway, write_gateway_config
+from crypto.he import RequesterKeys
+from tests.integration.negative_helpers import fresh_ids, wait_until_listening
+from tests.integration.rogue import RogueNode, start_rogue
+from xgate.pseudonym import Pseudonymiser, load_key
+
+pytestmark = pytest.mark.integration
+
+
+def _variant(fed: DevFederation, name: str, tax_address: str | None = None, **overrides: object) -> str:
+    addresses = {a: f"127.0.0.1:{p}" for a, p in fed.node_ports.items()}
+    if tax_address is not None:
+        addresses["tax"] = tax_address
+    config = write_gateway_config(fed, addresses, config_path=fed.gateway_dir / f"{name}.toml", **overrides)
+    url = start_gateway(fed, fed.supervisor, config_path=config, name=name)  # type: ignore[attr-defined]
+    wait_until_listening(url)
+    return url
+
+
+@pytest.fixture(scope="module")
+def hold_node(federation: DevFederation, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[RogueNode, int]]:
+    node = RogueNode("tax", "hold")
+    server, port = start_rogue(federation.pki_dir / "ca", tmp_path_factory.mktemp("hold"), "tax", "hold", node, 16)
+    yield node, port
+    server.stop(0)
+
+
+@pytest.fixture(scope="module")
+def held(federation: DevFederation, hold_node: tuple[RogueNode, int]) -> str:
+    """One check computing at a time, two waiting, one of them per user."""
+    admission = {
+        "max_inflight_checks": 1,
+        "max_queued_checks": 2,
+        "max_queued_per_user": 1,
+        "max_queued_per_agency": 2,
+        "request_deadline_s": 30.0,
+    }
+    return _variant(federation, "gw-overload-held", f"127.0.0.1:{hold_node[1]}", admission=admission)
+
+
+@pytest.fixture(scope="module")
+def bodies(federation: DevFederation) -> str:
+    """1 MB bodies, 1 MB of bodies held at once, 1 s to receive a body."""
+    admission = {"max_buffered_mb": 1, "max_queued_mb": 1, "body_read_timeout_s": 1.0}
+    return _variant(federation, "gw-overload-bodies", max_body_mb=1, admission=admission)
+
+
+@pytest.fixture(scope="module")
+def payload(federation: DevFederation, requester_keys: RequesterKeys) -> dict[str, object]:
+    return {
+        "program": "dibao",
+        "purpose": "dibao",
+        "legal_basis": LEGAL_BASIS["dibao"],
+        "case_id": "overload",
+        "approval_ref": DEV_APPROVAL_REF,
+        "pseudonyms": [],
+        "public_context": base64.b64encode(requester_keys.public_context).decode(),
+    }
+
+
+def _body(fed: DevFederation, payload: dict[str, object]) -> dict[str, object]:
+    pseudonymiser = Pseudonymiser(load_key(fed.pseudonym_key))
+    return {**payload, "pseudonyms": [pseudonymiser.pseudonym(i) for i in fresh_ids(2)]}
+
+
+def _verify(fed: DevFederation) -> ssl.SSLContext:
+    return ssl.create_default_context(cafile=str(fed.ca_cert))
+
+
+def _auth(fed: DevFederation, label: str, **extra: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {fed.api_keys[label]}", **extra}
+
+
+async def _until(condition, timeout_s: float = 10.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.02)
+
+
+def test_queue_full_and_fair_share_are_immediate_503s_with_retry_after(
+    held: str, federation: DevFederation, hold_node: tuple[RogueNode, int], payload: dict[str, object]
+) -> None:
+    node, _ = hold_node
+
+    async def scenario() -> None:
+        async with httpx.AsyncClient(base_url=held, verify=_verify(federation), timeout=30) as http:
+
+            def post(label: str, timeout: str = "6") -> asyncio.Task[httpx.Response]:
+                headers = _auth(federation, label, **{"X-Request-Timeout": timeout})
+                return asyncio.ensure_future(http.post("/v1/checks", json=_body(federation, payload), headers=headers))
+
+            before = len(node.started)
+            running = post("caseworker")  # takes the only slot; the hold node keeps it busy
+            await _until(lambda: len(node.started) > before)
+            queued_own = post("caseworker")  # the user's one queue place
+            await asyncio.sleep(0.3)
+            t0 = time.monotonic()
+            over_share = await http.post(
+                "/v1/checks", json=_body(federation, payload), headers=_auth(federation, "caseworker")
+            )
+            queued_other = post("caseworker_silver")  # another user still gets a fair place
+            await asyncio.sleep(0.3)
+            full = await http.post(
+                "/v1/checks", json=_body(federation, payload), headers=_auth(federation, "caseworker_bronze")
+            )
+            refused_in = time.monotonic() - t0
+            for response, fragment in ((over_share, "this user has their full share"), (full, "waiting")):
+                assert response.status_code == 503, response.text
+                body = response.json()
+                assert body["error"] == "overloaded" and fragment in body["message"], body
+                assert int(response.headers["Retry-After"]) >= 1
+                assert body["details"]["retry_after_s"] >= 1
+            assert refused_in < 2.0  # refused at once, not after waiting
+            results = await asyncio.gather(running, queued_own, queued_other)
+            assert [r.status_code for r in results].count(504) >= 2, [r.text[:200] for r in results]
+            assert results[0].json()["error"] == "deadline_exceeded"
+
+    asyncio.run(scenario())
+    assert node.cancelled  # the gateway cancelled the held node calls: the node stopped
+
+
+def test_client_gone_cancels_the_check_at_the_node(
+    held: str, federation: DevFederation, hold_node: tuple[RogueNode, int], payload: dict[str, object]
+) -> None:
+    node, _ = hold_node
+
+    async def scenario() -> None:
+        started, cancelled = len(node.started), len(node.cancelled)
+        async with httpx.AsyncClient(base_url=held, verify=_verify(federation), timeout=1.5) as http:
+            with pytest.raises(httpx.ReadTimeout):  # the caseworker gives up and closes the connection
+                await http.post("/v1/checks", json=_body(federation, payload), headers=_auth(federation, "caseworker"))
+        assert len(node.started) == started + 1
+        await _until(lambda: len(node.cancelled) > cancelled, timeout_s=5)
+        # The slot came back: the next check reaches the node instead of waiting behind a ghost.
+        async with httpx.AsyncClient(base_url=held, verify=_verify(federation), timeout=30) as http:
+            headers = _auth(federation, "caseworker", **{"X-Request-Timeout": "1"})
+            response = await http.post("/v1/checks", json=_body(federation, payload), headers=headers)
+        assert response.status_code == 504 and response.json()["error"] == "deadline_exceeded"
+        assert len(node.started) == started + 2
+
+    asyncio.run(scenario())
+
+
+def test_deadline_passed_is_504_and_cancels_the_node_call(
+    held: str, federation: DevFederation, hold_node: tuple[RogueNode, int], payload: dict[str, object]
+) -> None:
+    node, _ = hold_node
+    cancelled = len(node.cancelled)
+    with httpx.Client(base_url=held, verify=_verify(federation), timeout=30) as http:
+        t0 = time.monotonic()
+        response = http.post(
+            "/v1/checks",
+            json=_body(federation, payload),
+            headers=_auth(federation, "caseworker", **{"X-Request-Timeout": "1.5"}),
+        )
+        elapsed = time.monotonic() - t0
+    assert response.status_code == 504, response.text
+    assert response.json()["error"] == "deadline_exceeded" and "1.5 s" in response.json()["message"]
+    assert 1.4 < elapsed < 5
+    deadline = time.monotonic() + 5
+    while len(node.cancelled) == cancelled and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert len(node.cancelled) > cancelled
+
+
+@pytest.mark.parametrize("value", ["soon", "0", "-1", "nan", "99999"])
+def test_bad_request_timeout_header_is_400(
+    held: str, federation: DevFederation, payload: dict[str, object], value: str
+) -> None:
+    with httpx.Client(base_url=held, verify=_verify(federation), timeout=30) as http:
+        response = http.post(
+            "/v1/checks",
+            json=_body(federation, payload),
+            headers=_auth(federation, "caseworker", **{"X-Request-Timeout": value}),
+        )
+    assert response.status_code == 400 and response.json()["error"] == "invalid_input"
+    assert "X-Request-Timeout" in response.json()["message"]
+
+
+def test_oversized_streamed_body_is_413(bodies: str, federation: DevFederation) -> None:
+    def chunks() -> Iterator[bytes]:  # no Content-Length: the limit must hold while streaming
+        for _ in range(40):
+            yield b" " * 32768
+
+    with httpx.Client(base_url=bodies, verify=_verify(federation), timeout=30) as http:
+        response = http.post(
+            "/v1/checks",
+            content=chunks(),
+            headers=_auth(federation, "caseworker", **{"Content-Type": "application/json"}),
+        )
+        assert response.status_code == 413 and response.json()["error"] == "payload_too_large"
+        assert http.get("/healthz").status_code == 200
+
+
+def _raw(url: str, ca: Path) -> ssl.SSLSocket:
+    host, port = url.rsplit("//", 1)[1].rsplit(":", 1)
+    context = ssl.create_default_context(cafile=str(ca))
+    return context.wrap_socket(socket.create_connection((host, int(port)), timeout=10), server_hostname=host)
+
+
+def _status_of(sock: ssl.SSLSocket) -> tuple[int, bytes]:
+    data = b""
+    while b"\r\n\r\n" not in data or not data.rstrip().endswith((b"}", b"0")):  # headers, then the body
+        chunk = sock.recv(4096)
+        if not chunk:
+            break
+        data += chunk
+    return int(data.split(b" ", 2)[1]), data
+
+
+@pytest.mark.parametrize("sent", [10, 0], ids=["slow-body", "lying-content-length"])
+def test_slow_or_lying_body_is_cut_by_the_read_deadline(bodies: str, federation: DevFederation, sent: int) -> None:
+    """Attack: a slowloris body (or a Content-Length larger than what is sent) would hold a
+    connection, a task and the declared bytes for ever; the read deadline cuts it with 408."""
+    with _raw(bodies, federation.ca_cert) as sock:
+        head = "POST /v1/checks HTTP/1.1\r\nHost: gw\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n"
+        sock.sendall(head.encode() + b"{" * sent)
+        t0 = time.monotonic()
+        status, data = _status_of(sock)
+        elapsed = time.monotonic() - t0
+    assert status == 408, data[:300]
+    assert b"request_timeout" in data
+    assert 0.8 < elapsed < 5
+
+
+def test_bytes_held_at_once_are_bounded(bodies: str, federation: DevFederation) -> None:
+    """While one caller holds 0.9 MB of declared body, another 0.2 MB body is refused at once."""
+    with _raw(bodies, federation.ca_cert) as sock:
+        head = (
+            "POST /v1/checks HTTP/1.1\r\nHost: gw\r\nContent-Type: application/json\r\nContent-Length: 900000\r\n\r\n"
+        )
+        sock.sendall(head.encode() + b"{")
+        time.sleep(0.2)
+        with httpx.Client(base_url=bodies, verify=_verify(federation), timeout=30) as http:
+            t0 = time.monotonic()
+            response = http.post(
+                "/v1/checks",
+                content=b" " * 200_000,
+                headers=_auth(federation, "caseworker", **{"Content-Type": "application/json"}),
+            )
+            assert time.monotonic() - t0 < 1.0
+        assert response.status_code == 503 and response.json()["error"] == "overloaded", response.text
+        assert int(response.headers["Retry-After"]) >= 1
+        assert _status_of(sock)[0] == 408  # the slow one is cut by its own deadline
