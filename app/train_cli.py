@@ -115,9 +115,8 @@ def submit(
         spec = load_job(job)
         parsed = _parse_nodes(nodes)
         specs = [NodeSpec(n.agency, n.store, n.ledger, n.holdout, n.policy_dir) for n in parsed]
-        job_dir = root / spec.job_id
-        if (job_dir / "status.json").exists():
-            _fail(f"job '{spec.job_id}' already exists in {root}")
+        job_dir = root.resolve() / spec.job_id  # Flower's processes run elsewhere: absolute paths only
+        _check_resubmission(job_dir, spec.job_id, root)
         result = _run_with_progress(spec, specs, job_dir, ca_dir=ca, insecure=insecure, admission=_admission(parsed))
     except XgateError as exc:
         _fail(exc.message)
@@ -132,6 +131,20 @@ def submit(
         + (f", epsilon {result.epsilon:.3g}" if result.epsilon is not None else "")
     )
     typer.echo(f"outputs in {result.job_dir} (model.npz, model.json, report.json, curve.png, events.jsonl)")
+
+
+def _check_resubmission(job_dir: Path, job_id: str, root: Path) -> None:
+    """A job id that was refused or failed may be submitted again (each node decides it again if the
+    job or its policy changed); one that is running or completed may not."""
+    status_file = job_dir / "status.json"
+    if not status_file.exists():
+        return
+    try:
+        state = json.loads(status_file.read_text()).get("state")
+    except (OSError, ValueError):
+        state = None
+    if state not in ("refused", "failed"):
+        _fail(f"job '{job_id}' already exists in {root} (state {state}); choose another job id")
 
 
 def _submit_through_gateway(
@@ -207,3 +220,95 @@ def logs(
     if not log.exists():
         _fail(f"job '{job_id}' has no run log yet (see `xgate train status {job_id}`)")
     typer.echo(log.read_text(errors="replace"))
+
+
+@app.command()
+def allow(
+    ledger: Path = typer.Option(..., "--ledger", help="the node's admission ledger (created if absent)"),
+    store: Path = typer.Option(..., "--store", help="the node's store (its datasets get --default-cap)"),
+    purpose: list[str] = typer.Option(..., "--purpose", help="a purpose this node admits (repeatable)"),
+    cap: list[str] = typer.Option(
+        [], "--cap", help="DATASET=EPSILON: privacy budget of one dataset over all jobs (repeatable)"
+    ),
+    default_cap: float | None = typer.Option(
+        None, "--default-cap", min=0.0, help="budget for every dataset in the store without its own --cap"
+    ),
+    dp_only: bool = typer.Option(False, "--dp-only", help="refuse jobs without differential privacy"),
+) -> None:
+    """Configure a node's admission for local runs (LedgerAdmission): purposes and ε caps.
+
+    Replaces the node's previous purposes and caps (an administrator's action); spends stay. A job id
+    decided under the earlier settings is decided again when resubmitted. A node listed with
+    `policy_dir` in the nodes file is admitted by its Cedar policy set instead.
+    """
+    try:
+        caps = _parse_caps(cap)
+        held = _store_datasets(store)
+        unknown = sorted(set(caps) - set(held))
+        if unknown:
+            _fail(f"--cap names dataset(s) not in {store}: {', '.join(unknown)} (it holds {', '.join(held) or 'none'})")
+        if default_cap is not None:
+            caps = {**{ds: default_cap for ds in held}, **caps}
+        LedgerAdmission(ledger, store).configure(purpose, caps, allow_non_dp=not dp_only)
+    except XgateError as exc:
+        _fail(exc.message)
+    shown = ", ".join(f"{ds}={eps:g}" for ds, eps in sorted(caps.items())) or "none"
+    typer.echo(f"node ledger {ledger}: purposes {', '.join(purpose)}; epsilon caps {shown}")
+
+
+def _parse_caps(items: list[str]) -> dict[str, float]:
+    caps: dict[str, float] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        try:
+            eps = float(value)
+        except ValueError:
+            eps = -1.0
+        if not sep or not name or not eps >= 0 or eps == float("inf"):
+            _fail(f"--cap '{item}' must be DATASET=EPSILON with EPSILON >= 0")
+        caps[name] = eps
+    return caps
+
+
+def _store_datasets(store: Path) -> list[str]:
+    import sqlite3
+
+    if not store.exists():
+        _fail(f"node store '{store}' does not exist (load data with `xgate node load` first)")
+    with sqlite3.connect(f"file:{store}?mode=ro", uri=True) as conn:
+        try:
+            return [r[0] for r in conn.execute("SELECT DISTINCT dataset FROM elements ORDER BY 1")]
+        except sqlite3.DatabaseError:
+            _fail(f"'{store}' is not a node store")
+    return []
+
+
+@app.command()
+def split(
+    config: Path = typer.Option(..., "--config", help="the node's config TOML (its pseudonym key)"),
+    data: Path = typer.Option(..., "--data", help="the CSV/Parquet extract holding the subjects"),
+    id_column: str = typer.Option(..., "--id-column", help="column of national ids"),
+    out: Path = typer.Option(..., "--out", help="holdout file to write (one pseudonym a line)"),
+    fraction: float = typer.Option(0.2, "--fraction", min=0.01, max=0.9, help="share reserved for evaluation"),
+    seed: int = typer.Option(0, "--seed", min=0, help="changes which subjects are drawn"),
+    column: str | None = typer.Option(
+        None, "--column", help="instead of drawing: reserve the rows whose COLUMN equals --value"
+    ),
+    value: str | None = typer.Option(None, "--value", help="with --column"),
+) -> None:
+    """Write a reproducible evaluation holdout as pseudonyms, computed at the node with its own key.
+
+    Drawn: a subject is reserved when SHA-256(seed, its pseudonym) falls below the fraction, so the
+    same ids, key and seed give the same holdout at any node. By column: the rows whose column holds
+    --value (e.g. an existing train/test flag). National ids never leave the node; the file lists
+    pseudonyms only, sorted. Name the file as `holdout` of the node (nodes file or [training]).
+    """
+    from app.holdout import write_holdout
+
+    if (column is None) != (value is None):
+        _fail("--column and --value go together")
+    try:
+        report = write_holdout(config, data, id_column, out, fraction=fraction, seed=seed, column=column, value=value)
+    except XgateError as exc:
+        _fail(exc.message)
+    typer.echo(f"holdout {out}: {report[0]} of {report[1]} subjects reserved for evaluation")

@@ -8,13 +8,18 @@ The provider decides: before a run starts every node holding job data must appro
   and `policies.budgets.PrivacyLedger` in the node's ledger file charges ε, all datasets at once.
 * `LedgerAdmission` (local runs and tests): purposes and ε caps configured in the ledger file.
 
-Both record each decision in the ledger's `decisions` table (survives restarts; a job id is
-decided once, a reused id with another definition is refused), and the ClientApp refuses to
-train unless that table holds an approval of exactly this job (`require_approval`).
+Both record each decision in the ledger's `decisions` table (survives restarts). A job id is
+decided once per (job definition, node policy): the same job under the same policy gets the
+recorded decision back, while a resubmission whose definition changed, or whose node policy
+changed since (the ledger's purposes/caps, or the Cedar policy-set hash), is decided again and the
+new decision says why (`Decision.redecided`, in its audit fields). A re-decided job that is
+approved is charged again (its earlier definition may have run). The ClientApp refuses to train
+unless that table holds an approval of exactly this job (`require_approval`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sqlite3
 from collections.abc import Iterable, Mapping
@@ -25,7 +30,7 @@ from typing import Any, Protocol
 
 from federated import datasets
 from federated.jobs import JobSpec
-from federated.training_policy import budget_charges, decide_training, job_epsilon
+from federated.training_policy import budget_charges, decide_training, job_epsilon, unwrap_engine
 from policies.budgets import PrivacyLedger
 from xgate.errors import BudgetExhausted, PolicyDenied
 
@@ -60,8 +65,11 @@ CREATE TABLE IF NOT EXISTS settings (name TEXT PRIMARY KEY, setting TEXT NOT NUL
 CREATE TABLE IF NOT EXISTS spend (
     dataset TEXT NOT NULL, job_id TEXT NOT NULL, epsilon REAL NOT NULL, PRIMARY KEY (dataset, job_id)
 );
+CREATE TABLE IF NOT EXISTS decision_basis (job_id TEXT PRIMARY KEY, basis TEXT NOT NULL);
 """
 )
+JOB_CHANGED = "job definition changed"
+POLICY_CHANGED = "node policy changed"
 
 
 @dataclass(frozen=True)
@@ -73,10 +81,12 @@ class Decision:
     policy_ids: tuple[str, ...] = ()
     policy_set_hash: str = ""
     datasets: tuple[str, ...] = ()
+    # Set when an earlier decision of this job id was replaced: why (JOB_CHANGED or POLICY_CHANGED).
+    redecided: str = ""
 
     def audit_fields(self) -> dict[str, Any]:
         """The policy facts of the decision for its audit event (empty for ledger-only admission)."""
-        out: dict[str, Any] = {}
+        out: dict[str, Any] = {"redecided": self.redecided} if self.redecided else {}
         if self.policy_set_hash:
             out["policy_ids"] = list(self.policy_ids)
             out["policy_set_hash"] = self.policy_set_hash
@@ -130,17 +140,22 @@ class LedgerAdmission:
         conn = self._connect()
         try:
             conn.execute("BEGIN IMMEDIATE")
+            basis = self._basis(conn)
             prior = conn.execute(
-                "SELECT job_digest, approved, reason, epsilon FROM decisions WHERE job_id = ?", (job.job_id,)
+                "SELECT d.job_digest, d.approved, d.reason, d.epsilon, b.basis FROM decisions d"
+                " LEFT JOIN decision_basis b ON b.job_id = d.job_id WHERE d.job_id = ?",
+                (job.job_id,),
             ).fetchone()
+            redecided = ""
             if prior is not None:
-                conn.execute("COMMIT")
-                if prior[0] != digest:
-                    return Decision(False, "job id reused with a different job definition", 0.0)
-                return Decision(bool(prior[1]), str(prior[2]), float(prior[3]))
-            decision = self._decide(conn, job, affected, eps)
+                if prior[0] == digest and prior[4] == basis:
+                    conn.execute("COMMIT")
+                    return Decision(bool(prior[1]), str(prior[2]), float(prior[3]))
+                redecided = JOB_CHANGED if prior[0] != digest else POLICY_CHANGED
+            decision = replace(self._decide(conn, job, affected, eps), redecided=redecided)
+            conn.execute("INSERT OR REPLACE INTO decision_basis VALUES (?, ?)", (job.job_id, basis))
             conn.execute(
-                "INSERT INTO decisions VALUES (?,?,?,?,?,?,?)",
+                "INSERT OR REPLACE INTO decisions VALUES (?,?,?,?,?,?,?)",
                 (
                     job.job_id,
                     digest,
@@ -152,7 +167,11 @@ class LedgerAdmission:
                 ),
             )
             if decision.approved and eps > 0:
-                conn.executemany("INSERT INTO spend VALUES (?,?,?)", [(ds, job.job_id, eps) for ds in affected])
+                conn.executemany(  # a re-decided job adds to what its earlier definition was charged
+                    "INSERT INTO spend VALUES (?,?,?) ON CONFLICT (dataset, job_id)"
+                    " DO UPDATE SET epsilon = epsilon + excluded.epsilon",
+                    [(ds, job.job_id, eps) for ds in affected],
+                )
             conn.execute("COMMIT")
             return decision
         except BaseException:
@@ -163,7 +182,16 @@ class LedgerAdmission:
             conn.close()
 
     @staticmethod
-    def _decide(conn: sqlite3.Connection, job: JobSpec, affected: list[str], eps: float) -> Decision:
+    def _basis(conn: sqlite3.Connection) -> str:
+        """Digest of the node's configured training policy (purposes, caps, settings)."""
+        policy = [
+            sorted(r[0] for r in conn.execute("SELECT purpose FROM purposes")),
+            sorted(conn.execute("SELECT dataset, epsilon_cap FROM caps").fetchall()),
+            sorted(conn.execute("SELECT name, setting FROM settings").fetchall()),
+        ]
+        return hashlib.sha256(json.dumps(policy).encode()).hexdigest()
+
+    def _decide(self, conn: sqlite3.Connection, job: JobSpec, affected: list[str], eps: float) -> Decision:
         if not affected:
             return Decision(False, "node holds none of the job's data elements", 0.0)
         allowed = {r[0] for r in conn.execute("SELECT purpose FROM purposes")}
@@ -213,8 +241,13 @@ class PolicyAdmission:
 
     def __call__(self, job: JobSpec, agency: str) -> Decision:
         prior = self._prior(job)
+        policy_hash = str(unwrap_engine(self.engine).policy_set_hash)
+        redecided = ""
         if prior is not None:
-            return prior
+            decided, digest = prior
+            if digest == job.digest() and (decided.policy_set_hash or policy_hash) == policy_hash:
+                return decided
+            redecided = JOB_CHANGED if digest != job.digest() else POLICY_CHANGED
         held = set(datasets.held_elements(self.store)) & set(job.elements())
         verdict = decide_training(self.engine, job, user=job.requester, elements=held)
         decision = Decision(
@@ -224,16 +257,21 @@ class PolicyAdmission:
             verdict.policy_ids,
             verdict.policy_set_hash,
             verdict.datasets,
+            redecided,
         )
         if verdict.allowed and (charges := budget_charges(self.engine, job, verdict.datasets)):
-            try:  # idempotent per job id: a crash before the decision is recorded charges once
-                PrivacyLedger(self.ledger).spend_all(job.job_id, charges)
+            # Idempotent per charge key: a crash before the decision is recorded charges once; the same
+            # definition re-decided under a changed policy is not charged twice, a changed one is.
+            key = job.job_id if redecided != JOB_CHANGED else f"{job.job_id}~{job.digest()[:16]}"
+            try:
+                PrivacyLedger(self.ledger).spend_all(key, charges)
                 decision = replace(decision, epsilon=job_epsilon(job))
             except BudgetExhausted as exc:
                 decision = replace(decision, approved=False, reason=exc.message)
         return self._record(job, agency, decision)
 
-    def _prior(self, job: JobSpec) -> Decision | None:
+    def _prior(self, job: JobSpec) -> tuple[Decision, str] | None:
+        """The recorded decision of this job id and the digest of the job it decided."""
         conn = self._connect()
         try:
             row = conn.execute(
@@ -245,17 +283,17 @@ class PolicyAdmission:
             conn.close()
         if row is None:
             return None
-        if row[0] != job.digest():
-            return Decision(False, "job id reused with a different job definition", 0.0)
         ids, digest, sets = (json.loads(row[4]), row[5], json.loads(row[6])) if row[4] is not None else ([], "", [])
-        return Decision(bool(row[1]), str(row[2]), float(row[3]), tuple(ids), str(digest), tuple(sets))
+        decided = Decision(bool(row[1]), str(row[2]), float(row[3]), tuple(ids), str(digest), tuple(sets))
+        return decided, str(row[0])
 
     def _record(self, job: JobSpec, agency: str, d: Decision) -> Decision:
         conn = self._connect()
+        verb = "INSERT OR REPLACE" if d.redecided else "INSERT OR IGNORE"
         try:
             conn.execute("BEGIN IMMEDIATE")
             inserted = conn.execute(
-                "INSERT OR IGNORE INTO decisions VALUES (?,?,?,?,?,?,?)",
+                f"{verb} INTO decisions VALUES (?,?,?,?,?,?,?)",
                 (job.job_id, job.digest(), agency, int(d.approved), d.reason, d.epsilon, datetime.now(UTC).isoformat()),
             ).rowcount
             if inserted:
@@ -270,7 +308,10 @@ class PolicyAdmission:
             raise
         finally:
             conn.close()
-        return d if inserted else (self._prior(job) or d)  # a concurrent decision of the same job won
+        if inserted:
+            return d
+        won = self._prior(job)  # a concurrent decision of the same job won
+        return d if won is None else won[0]
 
 
 def by_agency(admissions: Mapping[str, Admission]) -> Admission:
@@ -307,10 +348,10 @@ def _decided(ledger: Path, job: JobSpec) -> bool:
         return False
     with sqlite3.connect(f"file:{ledger}?mode=ro", uri=True) as conn:
         try:
-            row = conn.execute("SELECT 1 FROM decisions WHERE job_id = ?", (job.job_id,)).fetchone()
+            row = conn.execute("SELECT job_digest FROM decisions WHERE job_id = ?", (job.job_id,)).fetchone()
         except sqlite3.OperationalError:  # a ledger without a decisions table has decided nothing
             return False
-    return row is not None
+    return row is not None and row[0] == job.digest()  # a changed definition is decided again
 
 
 def require_approval(ledger: Path, job: JobSpec) -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from nodes.config import load_node_config
-from nodes.loader import load_file
+from nodes.loader import parse_file, store_parsed
 from nodes.store import open_node_store
 from policies.catalogue import load_catalogue
 from xgate.cli_support import fail_on_error
@@ -22,16 +22,27 @@ def load(
     data: Path = typer.Option(..., "--data", help="CSV or Parquet extract"),
     mapping: Path = typer.Option(..., "--mapping", help="mapping TOML naming each column's data element"),
 ) -> None:
-    """Validate every row and load the file atomically (any invalid row refuses the whole file)."""
+    """Validate every row and load the file atomically (any invalid row refuses the whole file).
+
+    The file is validated before the store is opened, and a store this command created is removed
+    again if storing fails: a refused load leaves no store behind.
+    """
     with fail_on_error():
         cfg = load_node_config(config)
         catalogue, _ = load_catalogue(cfg.node.catalogue)
         pseudonymiser = Pseudonymiser(load_key(cfg.node.pseudonym_key_file))
+        parsed = parse_file(data, mapping, catalogue, pseudonymiser)
+        created = not cfg.node.store.exists()
         store = open_node_store(cfg.node)
         try:
-            report = load_file(store, data, mapping, catalogue, pseudonymiser)
-        finally:
+            report = store_parsed(store, parsed)
+        except BaseException:
             store.close()
+            if created:
+                for suffix in ("", "-wal", "-shm", "-journal"):
+                    cfg.node.store.with_name(cfg.node.store.name + suffix).unlink(missing_ok=True)
+            raise
+        store.close()
         typer.echo(
             f"loaded dataset '{report.dataset}': {report.rows} rows, {report.values} values "
             f"(sha256 {report.source_sha256[:16]}…) into {cfg.node.store}"

@@ -2,8 +2,13 @@
 
 The mapping names, per column, the data element it feeds and that element's type, unit, range
 and classification; these must agree with the federation catalogue. Every row is validated and
-a file with any invalid row is refused as a whole, listing row numbers: nothing is silently
-dropped and a half-loaded dataset never serves a check.
+a file with any invalid row is refused as a whole, listing row numbers (one count per row, however
+many of its cells are wrong): nothing is silently dropped and a half-loaded dataset never serves a
+check. A `category` column may hold the catalogue's category labels (mapped to their codes, in the
+catalogue's order) or the codes themselves; a label the catalogue does not list is refused.
+
+`parse_file` validates the whole file without touching any store, so a refused file leaves no
+store behind (`xgate node load` opens the store only after parsing succeeded).
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from xgate.pseudonym import Pseudonymiser
 from xgate.tomlfile import load_model
 
 MAX_REPORTED_ERRORS = 50
+MAX_UNKNOWN_LABELS = 10
 
 
 class DatasetHeader(BaseModel):
@@ -82,7 +88,7 @@ def load_mapping(path: Path, catalogue: Catalogue) -> tuple[Mapping, list[DataEl
     return mapping, elements
 
 
-def _rows(path: Path) -> Iterator[tuple[int, dict[str, str]]]:
+def read_rows(path: Path) -> Iterator[tuple[int, dict[str, str]]]:
     """(row number as a person counts it, with the header as row 1, cells as text)."""
     if path.suffix.lower() == ".parquet":
         import pyarrow.parquet as pq
@@ -96,12 +102,36 @@ def _rows(path: Path) -> Iterator[tuple[int, dict[str, str]]]:
             yield i, {k: (v or "") for k, v in record.items() if k is not None}
 
 
-def _parse(col: ColumnMapping, cell: str) -> int | None:
+def _category_codes(element: DataElement) -> dict[str, int]:
+    """Label -> code, exact and case-folded (a label differing only in case from two is ambiguous)."""
+    codes = {label: i for i, label in enumerate(element.categories)}
+    folded: dict[str, int] = {}
+    clashes: set[str] = set()
+    for label, i in codes.items():
+        key = label.casefold()
+        if key in folded:
+            clashes.add(key)
+        folded[key] = i
+    for key in clashes:
+        del folded[key]
+    return {**{k: v for k, v in folded.items() if k not in codes}, **codes}
+
+
+class _UnknownLabel(ValueError):
+    pass
+
+
+def _parse(col: ColumnMapping, cell: str, codes: dict[str, int] | None = None) -> int | None:
     text = cell.strip()
     if not text:
         if col.required:
             raise ValueError(f"column '{col.column}' is required")
         return None
+    if codes is not None and not _is_int(text):
+        code = codes.get(text, codes.get(text.casefold()))
+        if code is None:
+            raise _UnknownLabel(f"column '{col.column}' holds a label that is not one of the catalogue's categories")
+        return code
     try:
         value = int(text)
     except ValueError:
@@ -111,18 +141,41 @@ def _parse(col: ColumnMapping, cell: str) -> int | None:
     return value
 
 
-def load_file(
-    store: NodeStore, source: Path, mapping_path: Path, catalogue: Catalogue, pseudonymiser: Pseudonymiser
-) -> LoadReport:
+def _is_int(text: str) -> bool:
+    try:
+        int(text)
+    except ValueError:
+        return False
+    return True
+
+
+@dataclass(frozen=True)
+class ParsedDataset:
+    """A validated file, ready for `NodeStore.replace_dataset` (values are (element, pseudonym, value))."""
+
+    name: str
+    elements: list[DataElement]
+    values: list[tuple[str, str, int]]
+    rows: int
+    source_sha256: str
+
+
+def parse_file(source: Path, mapping_path: Path, catalogue: Catalogue, pseudonymiser: Pseudonymiser) -> ParsedDataset:
+    """Validate every row of the file; raise InvalidInput naming the invalid rows (nothing is stored)."""
     mapping, elements = load_mapping(mapping_path, catalogue)
     if not source.exists():
         raise InvalidInput(f"data file {source} does not exist")
+    codes = {
+        col.column: _category_codes(el) if el.type is ElementType.CATEGORY and el.categories else None
+        for col, el in zip(mapping.columns, elements, strict=True)
+    }
     errors: list[str] = []
+    unknown: set[str] = set()
     values: list[tuple[str, str, int]] = []
     seen: set[str] = set()
     rows = 0
     first = True
-    for rownum, record in _rows(source):
+    for rownum, record in read_rows(source):
         if first:
             wanted = [mapping.dataset.subject_column] + [c.column for c in mapping.columns]
             absent = [c for c in wanted if c not in record]
@@ -139,25 +192,46 @@ def load_file(
             errors.append(f"row {rownum}: duplicate subject")
             continue
         seen.add(pseudonym)
+        problems: list[str] = []
+        row_values: list[tuple[str, str, int]] = []
         for col in mapping.columns:
             try:
-                value = _parse(col, record[col.column])
+                value = _parse(col, record[col.column], codes[col.column])
             except ValueError as exc:
-                errors.append(f"row {rownum}: {exc}")
+                problems.append(str(exc))
+                if isinstance(exc, _UnknownLabel) and len(unknown) < MAX_UNKNOWN_LABELS:
+                    unknown.add(f"{col.column}={record[col.column].strip()[:40]!r}")
                 continue
             if value is not None:
-                values.append((col.element, pseudonym, value))
+                row_values.append((col.element, pseudonym, value))
+        if problems:
+            errors.append(f"row {rownum}: {', '.join(problems)}")  # one entry per row, all its problems
+        else:
+            values.extend(row_values)
     if errors:
         shown = "; ".join(errors[:MAX_REPORTED_ERRORS])
         more = f" (and {len(errors) - MAX_REPORTED_ERRORS} more)" if len(errors) > MAX_REPORTED_ERRORS else ""
+        labels = f"; unknown labels: {', '.join(sorted(unknown))}" if unknown else ""
         raise InvalidInput(
-            f"{source}: {len(errors)} invalid row(s), nothing loaded: {shown}{more}", invalid_rows=len(errors)
+            f"{source}: {len(errors)} invalid row(s) of {rows}, nothing loaded: {shown}{more}{labels}",
+            invalid_rows=len(errors),
         )
     if rows == 0:
         raise InvalidInput(f"{source}: no data rows")
     digest = hashlib.sha256(source.read_bytes()).hexdigest()
-    with_seal = [(e, e.classification is Classification.CORE) for e in elements]
+    return ParsedDataset(mapping.dataset.name, elements, values, rows, digest)
+
+
+def store_parsed(store: NodeStore, parsed: ParsedDataset) -> LoadReport:
+    """Replace the dataset in the store, atomically (core-class columns sealed)."""
+    with_seal = [(e, e.classification is Classification.CORE) for e in parsed.elements]
     count = store.replace_dataset(
-        mapping.dataset.name, digest, with_seal, values, datetime.now(UTC).isoformat(timespec="seconds")
+        parsed.name, parsed.source_sha256, with_seal, parsed.values, datetime.now(UTC).isoformat(timespec="seconds")
     )
-    return LoadReport(mapping.dataset.name, rows, count, digest)
+    return LoadReport(parsed.name, parsed.rows, count, parsed.source_sha256)
+
+
+def load_file(
+    store: NodeStore, source: Path, mapping_path: Path, catalogue: Catalogue, pseudonymiser: Pseudonymiser
+) -> LoadReport:
+    return store_parsed(store, parse_file(source, mapping_path, catalogue, pseudonymiser))

@@ -13,7 +13,7 @@ import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
@@ -59,6 +59,16 @@ class StoredElement:
     sealed: bool
 
 
+def _element(r: Sequence[Any]) -> DataElement:
+    """An element from its stored row. The store keeps category codes, not labels (the catalogue
+    has them): a category element's labels are its codes here."""
+    categories = tuple(str(i) for i in range(int(r[4]), int(r[5]) + 1)) if r[2] == "category" else ()
+    return DataElement(
+        id=r[0], agency=r[1], type=r[2], unit=r[3], min=r[4], max=r[5], classification=r[6], description=r[7],
+        categories=categories,
+    )  # fmt: skip
+
+
 class NodeStore:
     def __init__(self, conn: sqlite3.Connection, path: Path, sealer: ColumnSealer | None) -> None:
         self._conn = conn
@@ -96,16 +106,7 @@ class NodeStore:
             ).fetchall()
         return [
             StoredElement(
-                DataElement(
-                    id=r[0],
-                    agency=r[1],
-                    type=r[2],
-                    unit=r[3],
-                    min=r[4],
-                    max=r[5],
-                    classification=r[6],
-                    description=r[7],
-                ),
+                _element(r),
                 dataset=r[8],
                 records=r[10],
                 sealed=bool(r[9]),
@@ -123,10 +124,7 @@ class NodeStore:
             ).fetchone()
         if r is None:
             raise NotFound(f"this node offers no data element '{element_id}'")
-        element = DataElement(
-            id=r[0], agency=r[1], type=r[2], unit=r[3], min=r[4], max=r[5], classification=r[6], description=r[7]
-        )
-        return StoredElement(element, dataset=r[8], records=-1, sealed=bool(r[9]))
+        return StoredElement(_element(r), dataset=r[8], records=-1, sealed=bool(r[9]))
 
     def subject_count(self) -> int:
         with self._lock:

@@ -75,12 +75,14 @@ def test_refusals(node: NodeSpec, job: Any, reason: str) -> None:
     assert not d.approved and reason in d.reason
 
 
-def test_non_dp_jobs_can_be_forbidden_and_job_ids_not_reused(node: NodeSpec) -> None:
+def test_non_dp_jobs_can_be_forbidden_and_reused_job_ids_decided_again(node: NodeSpec) -> None:
     adm = LedgerAdmission(node.ledger, node.store)
     adm.configure(["fraud-model"], {"synth": 5.0}, allow_non_dp=False)
     assert not adm(_job("job-9", None), "region0").approved
     assert adm(_job("job-10", 1.0), "region0").approved
-    assert not adm(_job("job-10", 1.0, rounds=2), "region0").approved  # same id, other definition
+    again = adm(_job("job-10", 1.0, rounds=2), "region0")  # same id, other definition: decided again
+    assert again.approved and again.redecided == "job definition changed"
+    assert adm.spent("synth") == pytest.approx(2.0)  # and charged again
 
 
 def test_clientapp_refuses_unapproved_job(node: NodeSpec) -> None:

@@ -202,8 +202,11 @@ def test_policy_admission_charges_once_survives_restart_and_refuses_over_cap(
     with pytest.raises(PolicyDenied):
         require_approval(ledger, job("dp-2", 1.5))
     assert restarted(job("plain", None), agency).approved  # no DP: Cedar alone decides
+    # The same id with another definition is decided again, and charged again: over the cap here.
     reused = restarted(job("dp-1", 2.0, rounds=3), agency)
-    assert not reused.approved and "reused" in reused.reason
+    assert not reused.approved and "exhausted" in reused.reason and reused.redecided == "job definition changed"
+    assert restarted(job("plain2", None, rounds=3), agency).approved
+    assert restarted(job("dp-0", 1.0), agency).approved  # within the cap: 2 + 1
 
 
 def test_policy_admission_refusals(engine: PolicyEngine, tmp_path: Path) -> None:

@@ -1,0 +1,67 @@
+"""The "bring your own CSV" walkthrough of docs/FEDERATED.md, run as written: from the CSV extracts
+shipped in tests/data/byo to a trained vertical model and its report, through `xgate` commands
+only (each a real `python -m app.cli` process; real SuperLink/SuperNode processes)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.integration
+ROOT = Path(__file__).resolve().parents[2]
+MARKER = "<!-- byo-walkthrough"
+
+
+def walkthrough_commands() -> list[str]:
+    text = (ROOT / "docs" / "FEDERATED.md").read_text(encoding="utf-8")
+    after = text[text.index(MARKER) :]
+    block = re.search(r"```sh\n(.*?)```", after, re.S)
+    assert block is not None, "the walkthrough's sh block is missing"
+    return [line for line in block.group(1).splitlines() if line.strip()]
+
+
+def _run(line: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "FLWR_TELEMETRY_ENABLED": "0",
+        "XGATE_PY": sys.executable,
+    }
+    script = f'set -euo pipefail\nxgate() {{ "$XGATE_PY" -m app.cli "$@"; }}\n{line}\n'
+    return subprocess.run(
+        ["bash", "-c", script], cwd=cwd, env=env, capture_output=True, text=True, timeout=280, check=False
+    )
+
+
+@pytest.mark.timeout(600)
+def test_walkthrough_from_csv_to_model(tmp_path: Path) -> None:
+    work = tmp_path / "my-federation"
+    shutil.copytree(ROOT / "tests" / "data" / "byo", work, ignore=shutil.ignore_patterns("*.py"))
+    commands = walkthrough_commands()
+    assert any(c.startswith("xgate train submit") for c in commands)
+    outputs = {}
+    for line in commands:
+        res = _run(line, work)
+        assert res.returncode == 0, f"{line}\n{res.stdout}\n{res.stderr}"
+        outputs[line.split("#")[0].strip()] = res.stdout
+    loads = [out for cmd, out in outputs.items() if cmd.startswith("xgate node load")]
+    assert "600 rows" in loads[0] and "560 rows" in loads[1]  # text categories accepted
+    holdout = (work / "tax" / "holdout.txt").read_text().split()
+    assert 80 < len(holdout) < 200 and holdout == sorted(holdout)
+    assert "110101" not in (work / "tax" / "holdout.txt").read_text()  # pseudonyms, never ids
+    report = json.loads((work / "jobs" / "late-filing-1" / "report.json").read_text())
+    assert report["evaluation"]["auc"] > 0.6
+    assert (work / "jobs" / "late-filing-1" / "model.npz").exists()
+    assert "completed" in next(out for cmd, out in outputs.items() if cmd.startswith("xgate train status"))
+    events = [json.loads(x) for x in (work / "jobs" / "late-filing-1" / "events.jsonl").read_text().splitlines()]
+    approved = {e["agency"] for e in events if e["event"] == "job_approved"}
+    assert approved == {"civil", "tax"}
+    aligned = next(e for e in events if e["event"] == "aligned")
+    assert aligned["subjects"] == 560
