@@ -41,6 +41,45 @@ class DPSpec(BaseModel):
     clip: float = Field(gt=0, le=100, description="L2 norm bound of one node's model update")
 
 
+class Method(StrEnum):
+    """How one feature is encoded (federated/model.py `encode`)."""
+
+    STANDARDISE = "standardise"  # (x - mean) / sd over the node's training rows (vertical only)
+    MINMAX = "minmax"  # scaled to [0, 1] by the catalogue's declared range
+    LOG = "log"  # log1p of the offset from the declared minimum, scaled to [0, 1]
+    ONEHOT = "onehot"  # one column per declared code (categories, flags, small int ranges)
+    BUCKETS = "buckets"  # one-hot of the bucket between the job's edges
+
+
+MAX_ONEHOT_CODES = 256
+MAX_BUCKET_EDGES = 64
+
+
+class Encoding(BaseModel):
+    """One feature's encoding: a method (a plain string in the job file), and edges for buckets."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    method: Method
+    edges: tuple[float, ...] = ()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_string(cls, data: Any) -> Any:
+        return {"method": data} if isinstance(data, str) else data
+
+    @model_validator(mode="after")
+    def _edges(self) -> Encoding:
+        if self.method is Method.BUCKETS:
+            if not 1 <= len(self.edges) <= MAX_BUCKET_EDGES:
+                raise ValueError(f"buckets need 1..{MAX_BUCKET_EDGES} edges")
+            if any(b <= a for a, b in zip(self.edges, self.edges[1:], strict=False)):
+                raise ValueError("bucket edges must be strictly increasing")
+        elif self.edges:
+            raise ValueError(f"edges apply to buckets only, not {self.method.value}")
+        return self
+
+
 class JobSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -77,6 +116,9 @@ class JobSpec(BaseModel):
     round_timeout_s: float = Field(default=120.0, gt=0, le=3600)
     job_timeout_s: float = Field(default=1800.0, gt=0, le=86400)
     seed: int = Field(default=0, ge=0, le=2**31 - 1)
+    # Per-feature encoding; a feature not named gets the catalogue's default for its type
+    # (category/flag: one-hot/0-1; int: log when the declared range is wide, else min-max).
+    encodings: dict[ElementName, Encoding] = Field(default_factory=dict)
 
     @model_validator(mode="before")
     @classmethod
@@ -99,6 +141,13 @@ class JobSpec(BaseModel):
             raise ValueError("differential privacy is implemented for horizontal jobs only")
         if self.mode is Mode.HORIZONTAL and self.secagg and self.min_nodes < 2:
             raise ValueError("SecAgg+ needs min_nodes >= 2")
+        if stray := sorted(set(self.encodings) - set(self.features)):
+            raise ValueError(f"encodings name element(s) that are not features: {', '.join(stray)}")
+        if self.mode is Mode.HORIZONTAL and any(e.method is Method.STANDARDISE for e in self.encodings.values()):
+            raise ValueError(
+                "standardise needs the data's mean and spread, which horizontal nodes would have to pool; "
+                "it is available in vertical jobs (each node over its own column): use minmax or log here"
+            )
         return self
 
     def elements(self) -> tuple[str, ...]:
@@ -106,8 +155,12 @@ class JobSpec(BaseModel):
         return (*self.features, self.label)
 
     def digest(self) -> str:
-        """SHA-256 of the canonical job (what nodes approve and the audit log records)."""
-        canon = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        """SHA-256 of the canonical job (what nodes approve and the audit log records).
+
+        A job without encodings digests as before encodings existed (recorded decisions stay valid).
+        """
+        dumped = self.model_dump(mode="json", exclude=set() if self.encodings else {"encodings"})
+        canon = json.dumps(dumped, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canon.encode()).hexdigest()
 
     def run_config(self, job_dir: Path, ledger_check: bool = True) -> dict[str, Any]:

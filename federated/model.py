@@ -1,54 +1,121 @@
 """Pure numpy models and metrics: feature encoding, logistic regression, vertical split model.
 
-Feature encoding uses only the catalogue's declared type and range of each element, never
-statistics of the data, so every horizontal node encodes identically without exchanging
-anything, and a vertical node's encoding reveals nothing about its data distribution:
-  flag -> 0/1; category -> one-hot over the declared 0..max codes; int -> log1p when the
-  declared range is wide (money, counts), then min-max scaled to [0, 1] by the declared range.
-Missing values encode as the declared minimum (all-zero one-hot for categories). The width is
-thus fixed by the catalogue alone, so the server can initialise the model without asking a node.
+Feature encoding follows each feature's method (`Encoding` in the job file) over the catalogue's
+declared type and range. Catalogue defaults, used when the job names none:
+  flag -> 0/1; category -> one-hot over the declared 0..max codes; int -> log when the declared
+  range is wide (money, counts), else min-max scaled to [0, 1] by the declared range.
+Other methods: `minmax`, `log` (log1p of the offset from the declared minimum, scaled to [0, 1]),
+`onehot` (flags and int ranges of at most 256 codes), `buckets` (one-hot of the interval between
+the job's edges). These use declared metadata only, so every horizontal node encodes identically
+without exchanging anything and the width is fixed by the catalogue and the job: the server can
+initialise the model without asking a node. `standardise` ((x - mean) / sd) needs statistics of
+the data: in a vertical job each node computes them over its own training rows (`fit_stats`) and
+they never leave it; horizontal jobs refuse it (jobs.py).
+Missing values encode as the declared minimum (the mean for standardise; all-zero one-hot).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from federated.datasets import ElementInfo
+from federated.jobs import MAX_ONEHOT_CODES, Encoding, Method
+from xgate.errors import InvalidInput
 
-WIDE_RANGE = 1000  # ints whose declared span exceeds this are log-scaled
+WIDE_RANGE = 1000  # ints whose declared span exceeds this are log-scaled by default
 
 
-def encoded_width(info: ElementInfo) -> int:
+def default_encoding(info: ElementInfo) -> Encoding:
     if info.type == "category":
+        return Encoding(method=Method.ONEHOT)
+    if info.type == "flag":
+        return Encoding(method=Method.MINMAX)
+    return Encoding(method=Method.LOG if info.max - info.min > WIDE_RANGE else Method.MINMAX)
+
+
+def resolve(infos: Sequence[ElementInfo], chosen: Mapping[str, Encoding] | None = None) -> list[Encoding]:
+    """Each feature's encoding: the job's choice, else the catalogue default; refuses misfits."""
+    out = []
+    for info in infos:
+        enc = (chosen or {}).get(info.id) or default_encoding(info)
+        if info.type == "category" and enc.method is not Method.ONEHOT:
+            raise InvalidInput(f"feature '{info.id}' is a category: only onehot encodes it")
+        if info.type == "flag" and enc.method not in (Method.MINMAX, Method.ONEHOT):
+            raise InvalidInput(f"feature '{info.id}' is a flag: minmax (0/1) or onehot")
+        if enc.method is Method.ONEHOT and info.max - info.min + 1 > MAX_ONEHOT_CODES:
+            raise InvalidInput(
+                f"feature '{info.id}' spans {info.max - info.min + 1} codes: onehot takes at most "
+                f"{MAX_ONEHOT_CODES} (use buckets)"
+            )
+        out.append(enc)
+    return out
+
+
+def encoded_width(info: ElementInfo, enc: Encoding | None = None) -> int:
+    enc = enc or default_encoding(info)
+    if enc.method is Method.ONEHOT:
         return info.max - info.min + 1
+    if enc.method is Method.BUCKETS:
+        return len(enc.edges) + 1
     return 1
 
 
-def encode(infos: Sequence[ElementInfo], raw: np.ndarray) -> np.ndarray:
+Stats = dict[str, tuple[float, float]]  # element id -> (mean, sd) for standardised features
+
+
+def fit_stats(infos: Sequence[ElementInfo], encs: Sequence[Encoding], raw: np.ndarray) -> Stats:
+    """Mean and sd of each standardised feature over these rows (missing values ignored)."""
+    stats: Stats = {}
+    for j, (info, enc) in enumerate(zip(infos, encs, strict=True)):
+        if enc.method is Method.STANDARDISE:
+            col = raw[:, j][~np.isnan(raw[:, j])]
+            mean = float(col.mean()) if len(col) else 0.0
+            sd = float(col.std()) if len(col) > 1 else 0.0
+            stats[info.id] = (mean, sd if sd > 1e-12 else 1.0)
+    return stats
+
+
+def encode(
+    infos: Sequence[ElementInfo],
+    raw: np.ndarray,
+    encs: Sequence[Encoding] | None = None,
+    stats: Stats | None = None,
+) -> np.ndarray:
     """Encode a (subjects x elements) raw matrix (NaN = missing) into float64 features."""
+    encs = list(encs) if encs is not None else resolve(infos)
     blocks: list[np.ndarray] = []
-    for j, info in enumerate(infos):
+    for j, (info, enc) in enumerate(zip(infos, encs, strict=True)):
         col = raw[:, j]
         missing = np.isnan(col)
-        x = np.where(missing, info.min, col)
-        if info.type == "category":
-            codes = np.clip(x.astype(np.int64) - info.min, 0, info.max - info.min)
-            onehot = np.zeros((len(x), info.max - info.min + 1))
-            onehot[np.arange(len(x)), codes] = 1.0
-            onehot[missing] = 0.0
-            blocks.append(onehot)
-        elif info.type == "flag":
-            blocks.append(np.clip(x, 0, 1)[:, None])
+        x = np.clip(np.where(missing, info.min, col), info.min, info.max)
+        lo, hi = float(info.min), float(info.max)
+        if enc.method is Method.ONEHOT:
+            codes = (x.astype(np.int64) - info.min).clip(0, info.max - info.min)
+            blocks.append(_onehot(codes, info.max - info.min + 1, missing))
+        elif enc.method is Method.BUCKETS:
+            codes = np.searchsorted(np.asarray(enc.edges), x, side="right")
+            blocks.append(_onehot(codes, len(enc.edges) + 1, missing))
+        elif enc.method is Method.STANDARDISE:
+            if stats is None or info.id not in stats:
+                raise InvalidInput(f"feature '{info.id}' is standardised but its statistics were not computed")
+            mean, sd = stats[info.id]
+            blocks.append(np.where(missing, 0.0, (x - mean) / sd)[:, None])
+        elif enc.method is Method.LOG:
+            x, hi = np.log1p(x - lo), float(np.log1p(hi - lo))
+            blocks.append((x / max(hi, 1e-12))[:, None])
         else:
-            lo, hi = float(info.min), float(info.max)
-            x = np.clip(x, lo, hi)
-            if hi - lo > WIDE_RANGE:
-                x, lo, hi = np.log1p(x - lo), 0.0, float(np.log1p(hi - lo))
             blocks.append(((x - lo) / max(hi - lo, 1e-12))[:, None])
     return np.hstack(blocks) if blocks else np.zeros((raw.shape[0], 0))
+
+
+def _onehot(codes: np.ndarray, width: int, missing: np.ndarray) -> np.ndarray:
+    out = np.zeros((len(codes), width))
+    out[np.arange(len(codes)), codes] = 1.0
+    out[missing] = 0.0
+    return out
 
 
 def sigmoid(z: np.ndarray) -> np.ndarray:

@@ -94,7 +94,8 @@ def horizontal_data(job: JobSpec, nc: NodeConfig) -> Split:
     has_label = ~np.isnan(raw[:, -1])
     subjects = [s for s, keep in zip(subjects, has_label, strict=True) if keep]
     raw = raw[has_label]
-    x = model.encode(infos[:-1], raw[:, :-1])
+    # Horizontal encodings use declared metadata only (standardise is refused for horizontal jobs).
+    x = model.encode(infos[:-1], raw[:, :-1], model.resolve(infos[:-1], job.encodings))
     y = (raw[:, -1] > 0).astype(np.float64)
     test = is_holdout(subjects, job, nc.holdout)
     return Split(x[~test], y[~test], x[test], y[test])

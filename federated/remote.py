@@ -35,7 +35,8 @@ from crypto.flower_keys import FlowerSecurity, SuperNodeKey, load_public_key, ve
 from federated.datasets import ElementInfo
 from federated.deployment import Federation
 from federated.fleet_gate import DEFAULT_MAX_BODY
-from federated.model import encoded_width
+from federated.jobs import Encoding
+from federated.model import encoded_width, resolve
 from policies.catalogue import Catalogue
 from xgate.errors import ConfigError, IntegrityError, NodeProtocolError, NodeUnavailable, NotFound
 from xgate.logging import get_logger
@@ -68,7 +69,9 @@ def select_participants(nodes: Sequence[RemoteNode], job_datasets: Sequence[str]
     return [n for n in nodes if not n.datasets or wanted & set(n.datasets)]
 
 
-def catalogue_width(catalogue: Catalogue, features: Sequence[str]) -> int:
+def catalogue_width(
+    catalogue: Catalogue, features: Sequence[str], encodings: Mapping[str, Encoding] | None = None
+) -> int:
     """Encoded model width from the catalogue's declared types and ranges (what every node encodes)."""
     infos = []
     for feature in features:
@@ -79,7 +82,7 @@ def catalogue_width(catalogue: Catalogue, features: Sequence[str]) -> int:
                 f"feature '{feature}' is not in the federation catalogue: the coordinator cannot size the model"
             ) from None
         infos.append(ElementInfo(element.id, element.type.value, element.min, element.max))
-    return sum(encoded_width(i) for i in infos)
+    return sum(encoded_width(i, e) for i, e in zip(infos, resolve(infos, encodings), strict=True))
 
 
 def parse_supernode_list(out: str) -> dict[int, str]:

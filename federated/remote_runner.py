@@ -57,7 +57,7 @@ def job_shape(job: JobSpec, remote: RemoteMode) -> tuple[int, int]:
             "a horizontal job on remote nodes needs max_weight (in the job or the training config):"
             " the coordinator cannot count the nodes' subjects"
         )
-    return catalogue_width(remote.catalogue, job.features), max_weight
+    return catalogue_width(remote.catalogue, job.features, job.encodings), max_weight
 
 
 def run_remote_job(

@@ -18,7 +18,7 @@ from federated.deployment import Federation, NodeSpec, Tls, free_port
 from federated.events import OnEvent, make_event
 from federated.job_run import JobResult, Status, finish, follow_run, start_job, write_app
 from federated.jobs import JobSpec, Mode
-from federated.model import encoded_width
+from federated.model import encoded_width, resolve
 
 if TYPE_CHECKING:
     from federated.remote import RemoteNode
@@ -79,6 +79,9 @@ def run_job(
             job, remote_nodes, job_dir=job_dir, remote=remote, on_event=on_event, progress=progress,
             on_started=on_started, on_federation=on_federation,
         )  # fmt: skip
+    for n in cast(Sequence[NodeSpec], nodes):  # the job's encodings fit each node's elements: an invalid
+        held = set(datasets.held_elements(n.store)) & set(job.features)  # job, refused before it is recorded
+        resolve(datasets.element_info(n.store, [f for f in job.features if f in held]), job.encodings)
     t0 = time.monotonic()
     emit, status = start_job(job, job_dir, on_event)
     say = progress or (lambda _line: None)
@@ -112,7 +115,8 @@ def run_job(
     # Encoded width follows from the catalogue's declared types/ranges (metadata, not data).
     width = 0
     if job.mode is Mode.HORIZONTAL:
-        width = sum(encoded_width(i) for i in datasets.element_info(participants[0].store, job.features))
+        infos = datasets.element_info(participants[0].store, job.features)
+        width = sum(encoded_width(i, e) for i, e in zip(infos, resolve(infos, job.encodings), strict=True))
     app_dir = write_app(
         job,
         job_dir,

@@ -92,7 +92,10 @@ def setup(msg: Message, context: Context) -> Message:
     infos = datasets.element_info(nc.store, feats)
     _, raw_tr = datasets.read_matrix(nc.store, feats, train)
     _, raw_te = datasets.read_matrix(nc.store, feats, test)
-    x_tr, x_te = model.encode(infos, raw_tr), model.encode(infos, raw_te)
+    # Standardisation statistics come from this node's own training rows and never leave it.
+    encs = model.resolve(infos, job.encodings)
+    stats = model.fit_stats(infos, encs, raw_tr)
+    x_tr, x_te = model.encode(infos, raw_tr, encs, stats), model.encode(infos, raw_te, encs, stats)
     bottom = Bottom.init(x_tr.shape[1], job.embedding_dim, job.seed, nc.agency)
     data = {
         "x_train": x_tr.astype(np.float32),

@@ -1,0 +1,115 @@
+"""Per-job feature encodings: parsing, catalogue defaults, refusals, and each method's arithmetic."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from federated import datasets, model
+from federated.datasets import ElementInfo
+from federated.jobs import Encoding, Method, parse_job
+from federated.runner import NodeSpec, run_job
+from xgate.errors import InvalidInput
+
+BASE: dict[str, Any] = {
+    "job_id": "enc-1",
+    "purpose": "fraud-model",
+    "mode": "vertical",
+    "features": ["civil.age", "civil.region", "tax.income"],
+    "label": "tax.label",
+    "label_holder": "tax",
+    "rounds": 1,
+}
+AGE = ElementInfo("civil.age", "int", 0, 130)
+REGION = ElementInfo("civil.region", "category", 0, 3)
+FLAG = ElementInfo("civil.disabled", "flag", 0, 1)
+INCOME = ElementInfo("tax.income", "int", 0, 2_000_000)
+
+
+def test_job_file_forms_and_digest_of_a_job_without_encodings() -> None:
+    job = parse_job(
+        {**BASE, "encodings": {"civil.age": "standardise", "tax.income": {"method": "buckets", "edges": [10, 1e4]}}}
+    )
+    assert job.encodings["civil.age"] == Encoding(method=Method.STANDARDISE)
+    assert job.encodings["tax.income"].edges == (10.0, 10_000.0)
+    plain = parse_job(BASE)
+    dumped = {k: v for k, v in plain.model_dump(mode="json").items() if k != "encodings"}
+    canon = json.dumps(dumped, sort_keys=True, separators=(",", ":")).encode()
+    assert plain.digest() == hashlib.sha256(canon).hexdigest()  # decisions recorded before encodings stay valid
+    assert job.digest() != plain.digest()
+
+
+@pytest.mark.parametrize(
+    ("encodings", "mode", "message"),
+    [
+        ({"civil.sex": "minmax"}, "vertical", "not features"),
+        ({"civil.age": "cubic"}, "vertical", "encodings.civil.age"),
+        ({"civil.age": {"method": "buckets", "edges": []}}, "vertical", "edges"),
+        ({"civil.age": {"method": "buckets", "edges": [5, 5]}}, "vertical", "increasing"),
+        ({"civil.age": {"method": "minmax", "edges": [5]}}, "vertical", "buckets only"),
+        ({"civil.age": "standardise"}, "horizontal", "standardise"),
+    ],
+)
+def test_invalid_encodings_refused(encodings: dict[str, Any], mode: str, message: str) -> None:
+    with pytest.raises(InvalidInput, match=message):
+        parse_job({**BASE, "mode": mode, "encodings": encodings})
+
+
+def test_defaults_follow_the_catalogue_and_misfits_are_refused() -> None:
+    assert [e.method for e in model.resolve([AGE, REGION, FLAG, INCOME])] == [
+        Method.MINMAX,
+        Method.ONEHOT,
+        Method.MINMAX,
+        Method.LOG,
+    ]
+    with pytest.raises(InvalidInput, match="only onehot"):
+        model.resolve([REGION], {"civil.region": Encoding(method=Method.MINMAX)})
+    with pytest.raises(InvalidInput, match="flag"):
+        model.resolve([FLAG], {"civil.disabled": Encoding(method=Method.LOG)})
+    with pytest.raises(InvalidInput, match="at most 256"):
+        model.resolve([INCOME], {"tax.income": Encoding(method=Method.ONEHOT)})
+
+
+def test_each_method_encodes_as_documented() -> None:
+    raw = np.array([[20, 100], [40, 0], [60, np.nan], [np.nan, 1_000_000]], dtype=float)
+    infos = [AGE, INCOME]
+    std = [Encoding(method=Method.STANDARDISE), Encoding(method=Method.BUCKETS, edges=(50, 500))]
+    stats = model.fit_stats(infos, std, raw)
+    assert stats["civil.age"] == pytest.approx((40.0, np.std([20, 40, 60])))
+    x = model.encode(infos, raw, std, stats)
+    assert x.shape == (4, 1 + 3) == (4, sum(model.encoded_width(i, e) for i, e in zip(infos, std, strict=True)))
+    np.testing.assert_allclose(x[:3, 0], [-1.2247449, 0, 1.2247449], rtol=1e-6)
+    assert x[3, 0] == 0.0  # missing: the mean
+    np.testing.assert_array_equal(x[:, 1:], [[0, 1, 0], [1, 0, 0], [0, 0, 0], [0, 0, 1]])  # missing: all zero
+    with pytest.raises(InvalidInput, match="statistics"):
+        model.encode(infos, raw, std)
+    mm = model.encode([INCOME], raw[:, 1:], [Encoding(method=Method.MINMAX)])
+    lg = model.encode([INCOME], raw[:, 1:], [Encoding(method=Method.LOG)])
+    assert mm[0, 0] == pytest.approx(100 / 2e6) and lg[0, 0] == pytest.approx(np.log1p(100) / np.log1p(2e6))
+    oh = model.encode([AGE], np.array([[3.0]]), [Encoding(method=Method.ONEHOT)])
+    assert oh.shape == (1, 131) and oh[0, 3] == 1.0
+
+
+def test_run_job_refuses_an_encoding_that_does_not_fit_before_recording_anything(tmp_path: Path) -> None:
+    subj, cols, _ = datasets.synthetic_population(50, seed=1)
+    store = tmp_path / "store.sqlite"
+    datasets.write_store(store, "s", subj, {e: cols[e] for e in ["civil.age", "civil.region", "tax.label"]})
+    job = parse_job(
+        {
+            **BASE,
+            "mode": "horizontal",
+            "features": ["civil.age", "civil.region"],
+            "secagg": False,
+            "min_nodes": 1,
+            "encodings": {"civil.region": "log"},
+        }
+    )
+    events: list[dict[str, Any]] = []
+    with pytest.raises(InvalidInput, match="only onehot"):
+        run_job(job, [NodeSpec("r0", store, tmp_path / "l.sqlite")], job_dir=tmp_path / "j", on_event=events.append)
+    assert events == [] and not (tmp_path / "j").exists()
