@@ -8,13 +8,11 @@ Checkpoints are published periodically and cosigned by every node acting as a wi
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import grpc
-from fastapi import APIRouter, Request
 
 from audit import AuditLog, CosignatureVerifier, Signer, load_private_key, load_public_key
 from audit.store import WriterKind
@@ -119,28 +117,3 @@ class GatewayAudit:
 
     def close(self) -> None:
         self.log.close()
-
-
-def build_witness_router(
-    audit: GatewayAudit, nodes: NodeDirectory, require_officer: Callable[[Request], Any]
-) -> APIRouter:
-    """POST /v1/audit/checkpoints/cosign: publish a checkpoint now and collect the nodes' cosignatures."""
-    router = APIRouter(tags=["audit"])
-
-    @router.post("/v1/audit/checkpoints/cosign")
-    async def cosign_now(request: Request) -> dict[str, Any]:
-        who = require_officer(request)
-        outcome = await audit.publish_and_cosign(nodes)
-        await audit.record(
-            {
-                "kind": "admin_action",
-                "actor_user": who.user,
-                "actor_agency": who.agency,
-                "actor_role": who.role,
-                "action": "publish_and_cosign",
-                "tree_size": outcome["size"],
-            }
-        )
-        return outcome
-
-    return router

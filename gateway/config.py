@@ -93,7 +93,7 @@ class TrainingNodeRef(BaseModel):
 
 
 class TrainingSettings(BaseModel):
-    """Federated training through POST /v1/training/jobs (gateway/training_routes.py)."""
+    """Federated training through POST /v1/training/jobs (gateway/routes/training.py)."""
 
     model_config = ConfigDict(extra="forbid")
 

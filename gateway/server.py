@@ -12,12 +12,12 @@ from fastapi import FastAPI
 
 from exchange.service import CheckService
 from gateway.app import create_app
-from gateway.audit import GatewayAudit, build_witness_router
-from gateway.audit_routes import build_audit_router
+from gateway.audit import GatewayAudit
 from gateway.checks import CheckCoordinator
 from gateway.config import GatewayConfig
 from gateway.fanout import NodeDirectory, NodeEndpoint
 from gateway.preflight import gateway_problems, load_mask_key
+from gateway.services import Services, public_key_of
 from policies.catalogue import load_catalogue
 from policies.programs import ProgramRegistry
 from xgate.errors import ConfigError
@@ -67,10 +67,10 @@ def build_app(config: GatewayConfig, on_ready: Callable[[], None] | None = None)
         allow_plaintext_mode=settings.allow_plaintext_mode,
     )
     coordinator = CheckCoordinator(service, nodes)
-    from gateway.wiring import authenticator_for, officer_guard, policy_for
+    from gateway.wiring import authenticator_for, policy_for, training_for
 
     authenticate = authenticator_for(config)
-    policy, routers = policy_for(config, authenticate)
+    policy, consents = policy_for(config)
     service.policy = policy
     audit = None
     if settings.audit_db is not None:
@@ -79,30 +79,31 @@ def build_app(config: GatewayConfig, on_ready: Callable[[], None] | None = None)
         witness_keys = {a: ref.witness_key for a, ref in config.nodes.items() if ref.witness_key is not None}
         audit = GatewayAudit.open(settings.audit_db, settings.audit_key, witness_keys, settings.audit_writer)
         service.auditor = audit
-        require_officer = officer_guard(authenticate, policy)
-        routers += [build_audit_router(audit.log, require_officer), build_witness_router(audit, nodes, require_officer)]
-    from gateway.wiring import training_for
-
-    training, training_router = training_for(config, authenticate, policy, audit.log if audit else None)
-    routers.append(training_router)
-    app = create_app(
-        coordinator,
-        authenticate,
-        max_body_bytes=settings.max_body_mb * 1024 * 1024,
-        extra_routers=routers,
+    training = training_for(config, policy, audit.log if audit else None)
+    services = Services(
+        authenticate=authenticate,
+        coordinator=coordinator,
+        policy=policy,
         audit=audit,
+        consents=consents,
+        training=training,
+        nodes=nodes,
+        public_key=public_key_of(settings.audit_key) if audit else None,
+        witnesses=list(audit.witnesses.values()) if audit else (),
+        federation_directory=config.tls.federation_directory if config.tls else None,
+        ca_cert=config.tls.ca if config.tls else None,
+        gateway_cert=config.tls.cert if config.tls else None,
+        jobs_dir=training.jobs_dir,
+        privacy_ledger=training.ledger.path,
+    )
+    return create_app(
+        services,
+        max_body_bytes=settings.max_body_mb * 1024 * 1024,
         checkpoint_interval_s=settings.checkpoint_interval_s,
         on_ready=on_ready,
         admission=settings.admission,
         on_shutdown=[training.close],
     )
-    from gateway.console.routes import mount_console
-
-    mount_console(app, authenticate=authenticate, audit_log=audit.log if audit else None, policy=policy, nodes=nodes,
-                  tls=config.tls, state_dir=settings.state_dir, log_public_key=settings.audit_key,
-                  jobs_dir=training.jobs_dir, privacy_ledger=training.ledger.path,
-                  witnesses=list(audit.witnesses.values()) if audit else ())  # fmt: skip
-    return app
 
 
 def serve(config: GatewayConfig) -> None:

@@ -4,7 +4,7 @@ Validation (pydantic, errors naming the field), the gateway's Cedar `train` deci
 registered dataset the job reads, the ε charge on the gateway's PrivacyLedger (all datasets or
 none), one job at a time, `federated.runner.run_job` in a daemon worker thread with node-side
 PolicyAdmission, and every step and runner event appended to the audit log. The REST edge is
-gateway/training_routes.py.
+gateway/routes/training.py.
 """
 
 from __future__ import annotations

@@ -2,21 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from fastapi import APIRouter, Request
+from fastapi import Request
 
 from gateway.auth import Authenticator, add_user, presented_key_id
 from gateway.config import GatewayConfig
-from gateway.consent_routes import build_consent_router
 from gateway.ratelimit import RateLimiter
 from policies.budgets import ProbeBudget
 from policies.consent import ConsentRegistry
 from policies.decision import DEFAULT_POLICY_DIR, CheckAuthorizer
 from policies.reload import PolicyReloader
-from policies.types import AccessRequest
 from xgate.errors import BudgetExhausted, ConfigError, Unauthenticated
 from xgate.principal import Principal
 
@@ -84,7 +81,7 @@ class RestAuthenticator:
             ) from None
 
 
-def policy_for(config: GatewayConfig, authenticate: RestAuthenticator) -> tuple[CheckAuthorizer, list[APIRouter]]:
+def policy_for(config: GatewayConfig) -> tuple[CheckAuthorizer, ConsentRegistry]:
     """The gateway's policy decision point (hot-reloaded), probing budgets and consent registry."""
     settings = config.gateway
     state = state_dir_of(config)
@@ -92,7 +89,7 @@ def policy_for(config: GatewayConfig, authenticate: RestAuthenticator) -> tuple[
     reloader = PolicyReloader(settings.policy_dir or DEFAULT_POLICY_DIR).start()
     consents = ConsentRegistry(state / "consents.sqlite", purposes=reloader.engine.purposes)
     authorizer = CheckAuthorizer(engine=reloader, budgets=ProbeBudget(state / "budgets.sqlite"), consents=consents)
-    return authorizer, [build_consent_router(consents, authenticate)]
+    return authorizer, consents
 
 
 def state_dir_of(config: GatewayConfig) -> Path:
@@ -100,9 +97,7 @@ def state_dir_of(config: GatewayConfig) -> Path:
     return settings.state_dir or settings.mask_key_file.parent / "state"
 
 
-def training_for(
-    config: GatewayConfig, authenticate: RestAuthenticator, policy: CheckAuthorizer, audit_log: Any
-) -> tuple[TrainingService, APIRouter]:
+def training_for(config: GatewayConfig, policy: CheckAuthorizer, audit_log: Any) -> TrainingService:
     """POST /v1/training/jobs: the gateway's `train` decision, its ε ledger and the job runner.
 
     Jobs live in <state_dir>/jobs and ε spends in <state_dir>/privacy.sqlite: where the console's
@@ -111,7 +106,7 @@ def training_for(
     own SuperNodes dial (`xgate node supernode`).
     """
     from gateway.training_remote import remote_training
-    from gateway.training_routes import TrainingNode, TrainingService, build_training_router
+    from gateway.training_service import TrainingNode, TrainingService
     from policies.budgets import PrivacyLedger
 
     state = state_dir_of(config)
@@ -123,7 +118,7 @@ def training_for(
         for n in training.nodes:
             assert n.store is not None and n.ledger is not None  # local nodes, checked by the config loader
             nodes.append(TrainingNode(n.agency, n.store, n.ledger, n.holdout, n.policy_dir))
-    service = TrainingService(
+    return TrainingService(
         policy=policy,
         ledger=PrivacyLedger(state / "privacy.sqlite"),
         jobs_dir=(training.jobs_dir if training and training.jobs_dir else state / "jobs"),
@@ -133,28 +128,6 @@ def training_for(
         ca_dir=training.ca_dir if training else None,
         remote=remote,
     )
-    return service, build_training_router(service, authenticate)
-
-
-def officer_guard(authenticate: RestAuthenticator, policy: CheckAuthorizer) -> Callable[[Request], Principal]:
-    """Only security officers read the audit log, and only if the policy set says so (read_audit)."""
-
-    def require_officer(request: Request) -> Principal:
-        principal = authenticate(request)
-        request.state.principal = principal
-        engine = policy.engine.engine if hasattr(policy.engine, "engine") else policy.engine
-        engine.decide(
-            AccessRequest(
-                principal=principal.user,
-                action="read_audit",
-                resource="AuditLog::federation",
-                purpose="security_audit",
-                requesting_agency=principal.agency,
-            )
-        ).raise_if_denied()
-        return principal
-
-    return require_officer
 
 
 def authenticator_for(config: GatewayConfig) -> RestAuthenticator:

@@ -1,4 +1,4 @@
 """Security-officer and operator console: static pages served by the gateway plus their JSON API.
 
-`gateway.console.routes.mount_console(app, ...)` mounts both; see docs/CONSOLE.md.
+Its routes live with every other resource in gateway/routes/ (the pages: routes/console.py); see docs/CONSOLE.md.
 """

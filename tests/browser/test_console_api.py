@@ -16,18 +16,18 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi import Request
 from fastapi.testclient import TestClient
 
 from audit.checkpoints import Cosigner, Signer, generate_key
 from audit.store import AuditLog
 from audit.testing import pseudonym, record
-from gateway.console.routes import CSP, ConsoleState, mount_console
+from gateway.app import create_app
+from gateway.routes.console import CSP
+from gateway.services import Services
 from policies.budgets import PrivacyLedger
 from policies.decision import DEFAULT_POLICY_DIR, PolicyEngine
-from xgate.errors import NodeUnavailable, Unauthenticated, XgateError
+from xgate.errors import NodeUnavailable, Unauthenticated
 from xgate.principal import Principal
 
 ORIGIN = "xgate.gateway/audit"
@@ -72,7 +72,7 @@ class FakeNodes:
 class Env:
     client: TestClient
     log: AuditLog
-    state: ConsoleState
+    state: Services
     tmp: Path
 
     def get(self, path: str, who: str = "officer", **kw: Any) -> Any:
@@ -104,21 +104,12 @@ def env(tmp_path: Path, engine: PolicyEngine) -> Iterator[Env]:
     cp = log.publish_checkpoint()
     log.add_cosignature(cp.checkpoint.size, witness.cosign(cp.checkpoint, int(time.time())).text())
     log.append(record(99))  # after the checkpoint: the unsigned tail
-    app = FastAPI()
-
-    @app.exception_handler(XgateError)
-    async def _err(_: Request, exc: XgateError) -> JSONResponse:
-        return JSONResponse(exc.to_public(), status_code=exc.http_status)
-
-    @app.exception_handler(RequestValidationError)
-    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
-        return JSONResponse({"error": "invalid_input", "message": "invalid"}, status_code=400)  # as gateway/app.py
-
-    state = mount_console(app, authenticate=authenticate, audit_log=log, policy=engine, nodes=FakeNodes(),
-                          state_dir=tmp_path / "state", log_public_key=key.public_key(),
-                          witnesses=[witness.verifier()])  # fmt: skip
+    state = tmp_path / "state"
+    services = Services(authenticate=authenticate, audit_log=log, policy=engine, nodes=FakeNodes(),
+                        jobs_dir=state / "jobs", privacy_ledger=state / "privacy.sqlite",
+                        public_key=key.public_key(), witnesses=[witness.verifier()])  # fmt: skip
     try:
-        yield Env(TestClient(app), log, state, tmp_path)
+        yield Env(TestClient(create_app(services)), log, services, tmp_path)
     finally:
         log.close()
 
@@ -217,7 +208,7 @@ def test_verify_whole_log_passes_then_fails_listing_every_altered_entry(env: Env
     assert bad["state"] == "failed" and bad["altered"] == [1, 4]
     assert bad["error"]["details"]["index"] == 1 and "altered" in bad["error"]["message"]
     results = [e.record.metadata for e in env.log.entries(kind="admin_action", limit=100)]
-    assert {m.get("result") for m in results if m["route"] == "console_verify_log_result"} == {"passed", "failed"}
+    assert {m.get("result") for m in results if m["route"] == "verify_log_result"} == {"passed", "failed"}
 
 
 def test_verify_whole_log_needs_the_log_key(env: Env) -> None:
@@ -323,7 +314,7 @@ def test_static_console_is_served_with_a_strict_csp(env: Env) -> None:
     assert r.headers["content-security-policy"] == CSP and "unsafe-inline" not in CSP
     assert r.headers["x-frame-options"] == "DENY"
     assert env.client.get("/console/js/merkle.js").headers["content-type"].startswith("text/javascript")
-    assert env.client.get("/console/../gateway/console/routes.py").status_code == 404
+    assert env.client.get("/console/../routes/console.py").status_code == 404
 
 
 def test_without_chromium_the_browser_tests_say_loudly_that_they_did_not_run() -> None:

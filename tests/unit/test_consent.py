@@ -7,10 +7,11 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from fastapi import FastAPI, Request
+from fastapi import Request
 from fastapi.testclient import TestClient
 
-from gateway.consent_routes import build_consent_router
+from gateway.app import create_app
+from gateway.services import Services
 from policies.consent import ConsentRegistry
 from xgate.errors import InvalidInput, NotFound, PolicyDenied, Unauthenticated
 from xgate.principal import Principal
@@ -153,9 +154,8 @@ def _authenticate(request: Request) -> Principal:
 
 @pytest.fixture
 def client(registry: ConsentRegistry) -> TestClient:
-    app = FastAPI()
-    app.include_router(build_consent_router(registry, _authenticate, clock=lambda: T0 + timedelta(hours=1)))
-    return TestClient(app)
+    services = Services(authenticate=_authenticate, consents=registry, clock=lambda: T0 + timedelta(hours=1))
+    return TestClient(create_app(services))
 
 
 BODY = {

@@ -233,6 +233,7 @@ def test_the_rest_edge_answers_with_the_node_status_and_retry_after() -> None:
     from fastapi import FastAPI
 
     from gateway.app import create_app
+    from gateway.services import Services
 
     raised: list[XgateError] = []
 
@@ -240,7 +241,7 @@ def test_the_rest_edge_answers_with_the_node_status_and_retry_after() -> None:
         async def run(self, principal: Any, request: Any) -> Any:
             raise raised[-1]
 
-    app: FastAPI = create_app(_FakeCoordinator(Failing()), authenticate=_principal)  # type: ignore[arg-type]
+    app: FastAPI = create_app(Services(authenticate=_principal, coordinator=_FakeCoordinator(Failing())))  # type: ignore[arg-type]
     body = {
         "program": "dibao",
         "purpose": "eligibility",

@@ -11,19 +11,20 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi import Request
 from fastapi.testclient import TestClient
 
 from audit.records import TRAINING_KINDS, AuditRecord
 from federated.events import make_event
 from federated.jobs import JobSpec, parse_job
+from gateway.app import create_app
+from gateway.services import Services
 from gateway.training_audit import EVENT_KINDS, actor_of, record_for_event
-from gateway.training_routes import TrainingNode, TrainingService, build_training_router
+from gateway.training_service import TrainingNode, TrainingService
 from policies.budgets import PrivacyLedger
 from policies.decision import PolicyEngine
 from tests.unit.training_support import job_body, write_region_stores, write_training_policies
-from xgate.errors import NodeUnavailable, PolicyDenied, Unauthenticated, XgateError
+from xgate.errors import NodeUnavailable, PolicyDenied, Unauthenticated
 from xgate.principal import Principal
 
 USERS = {
@@ -107,13 +108,7 @@ def env(tmp_path: Path) -> Iterator[tuple[TestClient, TrainingService, Log, Fake
             raise Unauthenticated("missing or unknown API key")
         return who
 
-    app = FastAPI()
-
-    @app.exception_handler(XgateError)
-    async def _err(request: Request, exc: XgateError) -> JSONResponse:
-        return JSONResponse(exc.to_public(), status_code=exc.http_status)
-
-    app.include_router(build_training_router(service, authenticate))
+    app = create_app(Services(authenticate=authenticate, training=service))
     with TestClient(app) as client:
         yield client, service, log, runner
     runner.gate.set()
@@ -229,8 +224,7 @@ def test_shutdown_stops_the_running_job_and_records_it(env: Any) -> None:
 def test_unconfigured_gateway_answers_503(tmp_path: Path) -> None:
     service = TrainingService(policy=None, ledger=PrivacyLedger(tmp_path / "l"), jobs_dir=tmp_path, nodes=[],
                               audit_log=None)  # fmt: skip
-    app = FastAPI()
-    app.include_router(build_training_router(service, lambda request: USERS["analyst"]))
+    app = create_app(Services(authenticate=lambda request: USERS["analyst"], training=service))
     with TestClient(app) as client:
         assert post(client, "analyst", job_body("u-1")).status_code == 503
 

@@ -11,7 +11,7 @@ import pytest
 from federated.admission import PolicyAdmission, by_agency, require_approval
 from federated.jobs import JobSpec, parse_job
 from federated.training_policy import budget_charges, charge, decide_training
-from gateway.training_routes import parse_request
+from gateway.training_service import parse_request
 from policies.budgets import PrivacyLedger
 from policies.decision import PolicyEngine
 from tests.unit.training_support import FEATURES, LABEL, job_body, write_region_stores, write_training_policies

@@ -1,0 +1,62 @@
+"""Federated training jobs: an analyst submits one; its requester follows it; officers see them all.
+
+POST /v1/training/jobs validates the job, decides Cedar action `train` on every registered dataset
+the job reads (purpose, legal basis, approval reference), charges the job's ε to the gateway's
+PrivacyLedger (all datasets or none), then runs `federated.runner.run_job` in a worker thread:
+never on the event loop, one job at a time (a second submission meanwhile is 409). Each
+data-owning node then admits the job under its own policy set and ledger
+(federated.admission.PolicyAdmission). Every step and every runner event is appended to the
+gateway's audit log (gateway/training_audit.py).
+
+GET /v1/training/jobs/{id}/status answers the job's requester, security officers and admins;
+GET /v1/training/jobs[/{id}] is the operators' view (curves, privacy budgets).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
+
+from gateway.console import training as jobs_view
+from gateway.deps import Caller, Engine, Officer, ServicesDep, Training
+from gateway.training_service import TrainingRequest
+from xgate.errors import InvalidInput
+
+router = APIRouter(tags=["training"])
+_BODY_SCHEMA = TrainingRequest.model_json_schema(ref_template="#/components/schemas/{model}")
+_BODY_DOC = {"requestBody": {"required": True, "content": {"application/json": {"schema": _BODY_SCHEMA}}}}
+
+
+@router.post("/v1/training/jobs", status_code=202, openapi_extra=_BODY_DOC)
+async def submit(request: Request, who: Caller, service: Training) -> JSONResponse:
+    # The body is read only after authentication; Cedar, SQLite and the audit log's durable
+    # append run in the thread pool, never on the event loop.
+    try:
+        body = json.loads(await request.body() or b"null")
+    except ValueError:
+        raise InvalidInput("body: not valid JSON") from None
+    accepted = await run_in_threadpool(service.submit, who, body)
+    return JSONResponse(accepted, status_code=202, headers={"Location": accepted["status_url"]})
+
+
+@router.get("/v1/training/jobs/{job_id}/status")
+async def status(job_id: str, who: Caller, service: Training) -> Any:
+    return await run_in_threadpool(service.status, who, job_id)
+
+
+@router.get("/v1/training/jobs")
+def jobs(who: Officer, services: ServicesDep, engine: Engine) -> dict[str, Any]:
+    return {
+        "jobs": jobs_view.list_jobs(services.jobs_dir),
+        "budgets": jobs_view.privacy_budgets(engine.directory, services.privacy_ledger),
+        "jobs_dir_configured": services.jobs_dir is not None and services.jobs_dir.is_dir(),
+    }
+
+
+@router.get("/v1/training/jobs/{job_id}")
+def job(job_id: str, who: Officer, services: ServicesDep) -> dict[str, Any]:
+    return jobs_view.job_detail(services.jobs_dir, job_id)
