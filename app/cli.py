@@ -16,7 +16,11 @@ from nodes.cli import app as node_app
 from policies.policy_cli import app as policy_app
 from xgate.cli_support import fail_on_error
 
-app = typer.Typer(no_args_is_help=True, help="xgate: privacy-preserving cross-agency data exchange gateway")
+app = typer.Typer(
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+    help="xgate: privacy-preserving cross-agency data exchange gateway",
+)
 app.add_typer(node_app, name="node")
 app.add_typer(gateway_app, name="gateway")
 app.command("check")(check)

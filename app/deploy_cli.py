@@ -24,8 +24,16 @@ import typer
 from xgate.cli_support import fail_on_error
 from xgate.errors import ConfigError, XgateError
 
-config_app = typer.Typer(no_args_is_help=True, help="Service configuration: check a config and its files")
-keys_app = typer.Typer(no_args_is_help=True, help="Secret keys, each written with mode 0600 and never overwritten")
+config_app = typer.Typer(
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+    help="Service configuration: check a config and its files",
+)
+keys_app = typer.Typer(
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+    help="Secret keys, each written with mode 0600 and never overwritten",
+)
 
 Home = Annotated[Path, typer.Option("--home", help="this party's directory (config, tls/, ca/, keys/, data/)")]
 

@@ -1,7 +1,9 @@
 """Start and stop xgate processes (nodes, gateway) on loopback: used by the demo, tests and benches.
 
 Each child announces readiness with one JSON line on stdout ({"event": "ready", "port": N});
-we wait for it with a deadline and always reap children, so nothing is left running.
+we wait for it with a deadline and always reap children, so nothing is left running. Should the
+process that started them die without reaping them (SIGKILL, an interrupted test run), each child
+still dies with it: it runs under federated/orphan_guard.py (the kernel's parent-death signal).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from federated.orphan_guard import popen_guarded
 from xgate.errors import ConfigError
 
 
@@ -68,8 +71,14 @@ class Supervisor:
         self.log_dir = log_dir
 
     def start(
-        self, name: str, args: Sequence[str], env: dict[str, str] | None = None, timeout_s: float = 60.0
+        self,
+        name: str,
+        args: Sequence[str],
+        env: dict[str, str] | None = None,
+        timeout_s: float = 60.0,
+        module: str = "app.cli",
     ) -> Child:
+        """Start `python -m <module> <args>` and wait for its readiness line (`module`: the xgate CLI)."""
         full_env = {**os.environ, "FLWR_TELEMETRY_ENABLED": "0", "PYTHONUNBUFFERED": "1", **(env or {})}
         log_path = None
         stderr: Any = subprocess.DEVNULL
@@ -77,8 +86,9 @@ class Supervisor:
             self.log_dir.mkdir(parents=True, exist_ok=True)
             log_path = self.log_dir / f"{name}.log"
             stderr = log_path.open("ab")
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "app.cli", *args],
+        # Its own session (a terminal's Ctrl-C is ours to forward), and SIGTERM when we die.
+        proc = popen_guarded(
+            [sys.executable, "-m", module, *args],
             stdout=subprocess.PIPE,
             stderr=stderr,
             env=full_env,

@@ -12,7 +12,9 @@ from cryptography import x509
 
 from xgate.cli_support import fail_on_error
 
-app = typer.Typer(no_args_is_help=True, help="Federation PKI: CA, certificates, revocation")
+app = typer.Typer(
+    no_args_is_help=True, pretty_exceptions_show_locals=False, help="Federation PKI: CA, certificates, revocation"
+)
 
 CaDir = Annotated[Path, typer.Option("--ca", help="CA directory (holds ca.key.pem: keep it offline)")]
 

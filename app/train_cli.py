@@ -18,7 +18,7 @@ from federated.jobs import load_job
 from federated.runner import NodeSpec, run_job
 from xgate.errors import XgateError
 
-app = typer.Typer(no_args_is_help=True, help="Federated training jobs")
+app = typer.Typer(no_args_is_help=True, pretty_exceptions_show_locals=False, help="Federated training jobs")
 
 DEFAULT_ROOT = Path("var/federated")
 

@@ -12,7 +12,11 @@ from audit.checkpoints import CosignatureVerifier
 from xgate.cli_support import fail_on_error
 from xgate.errors import CryptoError, IntegrityError
 
-app = typer.Typer(no_args_is_help=True, help="Tamper-evident audit log: verify, export, evidence bundles")
+app = typer.Typer(
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+    help="Tamper-evident audit log: verify, export, evidence bundles",
+)
 
 DB = typer.Option(..., "--db", help="audit SQLite database", exists=True, dir_okay=False)
 KEY = typer.Option(..., "--key", help="log public key (PEM)", exists=True, dir_okay=False)

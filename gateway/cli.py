@@ -8,7 +8,11 @@ import typer
 
 from xgate.cli_support import fail_on_error
 
-app = typer.Typer(no_args_is_help=True, help="Gateway: REST API, fan-out to nodes, HE combination")
+app = typer.Typer(
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+    help="Gateway: REST API, fan-out to nodes, HE combination",
+)
 
 
 @app.command("serve")

@@ -13,7 +13,9 @@ from policies.catalogue import load_catalogue
 from xgate.cli_support import fail_on_error
 from xgate.pseudonym import Pseudonymiser, load_key
 
-app = typer.Typer(no_args_is_help=True, help="Agency node: load data, serve the gRPC API")
+app = typer.Typer(
+    no_args_is_help=True, pretty_exceptions_show_locals=False, help="Agency node: load data, serve the gRPC API"
+)
 
 
 @app.command("load")

@@ -15,7 +15,9 @@ from policies.types import AccessRequest
 from xgate.cli_support import fail_on_error
 from xgate.errors import InvalidInput
 
-app = typer.Typer(no_args_is_help=True, help="Access policies: validate, explain, who-can")
+app = typer.Typer(
+    no_args_is_help=True, pretty_exceptions_show_locals=False, help="Access policies: validate, explain, who-can"
+)
 
 _CONTEXT_KEYS = {
     "purpose",
