@@ -1,8 +1,8 @@
-"""The REST side of one eligibility check: REST model -> domain request -> check service -> REST model.
+"""The gateway's check wiring: the check service and the node directory it fans out through.
 
 The check itself (validate, decide, fan out, combine, record) is exchange/service.py, which takes
-and returns domain types; this adapter only translates (gateway/models.py) and holds the node
-directory the app also uses for health, checkpoints and shutdown.
+and returns domain types; the route (gateway/routes/checks.py) translates REST <-> domain. The
+node directory is kept here too because the app also uses it for health, checkpoints and shutdown.
 """
 
 from __future__ import annotations
@@ -11,9 +11,7 @@ from dataclasses import dataclass
 
 from exchange.service import CheckService
 from gateway.fanout import NodeDirectory
-from gateway.models import CheckRequest, CheckResponse, from_domain, to_domain
 from policies.programs import ProgramRegistry
-from xgate.principal import Principal
 
 
 @dataclass
@@ -24,6 +22,3 @@ class CheckCoordinator:
     @property
     def programs(self) -> ProgramRegistry:
         return self.service.programs
-
-    async def run(self, principal: Principal, body: CheckRequest) -> CheckResponse:
-        return from_domain(await self.service.run(principal, to_domain(body)))

@@ -274,6 +274,6 @@ def _principal(request: Any) -> Any:
 
 class _FakeCoordinator:
     def __init__(self, inner: Any) -> None:
-        self.run = inner.run
+        self.service = inner
         self.nodes = None
         self.programs = None
