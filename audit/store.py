@@ -162,6 +162,13 @@ class AuditLog:
             return []
         return self._writer.appends(pendings).result()
 
+    def ping(self, timeout: float = 2.0) -> None:
+        """One round trip through the writer (thread or process) and an (empty) commit; raises when the
+        writer is closed, lost or does not answer within `timeout` (the gateway's /readyz)."""
+        if self._writer.closed:
+            raise AuditUnavailable("the audit writer is closed")
+        self._writer.execute([]).result(timeout)
+
     def close(self) -> None:
         if self._writer.closed:
             return

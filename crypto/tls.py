@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextvars
 import datetime as dt
+import errno
 import json
 import socket
 import ssl
@@ -359,7 +360,7 @@ def verify_server(
     except ssl.SSLError as exc:  # an OSError subclass: before the generic case
         raise TlsHandshakeFailed(agency, f"TLS handshake with the {kind} failed: {type(exc).__name__}") from None
     except (OSError, ValueError) as exc:
-        raise NodeUnavailable(agency, f"unreachable: {type(exc).__name__}") from None
+        raise NodeUnavailable(agency, f"unreachable: {os_reason(exc)}") from None
     if der is None:
         raise Unauthenticated("server presented no certificate")
     try:
@@ -373,6 +374,15 @@ def verify_server(
         )
     except CryptoError as exc:
         raise Unauthenticated(f"server certificate refused: {exc.message}") from None
+
+
+def os_reason(exc: BaseException) -> str:
+    """An OS error as an operator reads it: class, errno (number and name) and text, never a bare OSError."""
+    number = getattr(exc, "errno", None)
+    text = getattr(exc, "strerror", None) or str(exc) or "no detail"
+    if isinstance(number, int):
+        return f"{type(exc).__name__} [errno {number} {errno.errorcode.get(number, '?')}] {text}"
+    return f"{type(exc).__name__}: {text}"
 
 
 def uvicorn_ssl_kwargs(

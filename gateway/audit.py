@@ -8,6 +8,7 @@ Checkpoints are published periodically and cosigned by every node acting as a wi
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ import grpc
 from audit import AuditLog, CosignatureVerifier, Signer, load_private_key, load_public_key
 from audit.store import WriterKind
 from gateway.fanout import NodeDirectory
+from xgate import metrics
 from xgate.errors import IntegrityError, XgateError
 from xgate.logging import get_logger
 
@@ -41,8 +43,16 @@ class GatewayAudit:
         }
         return cls(audit_log, verifiers)
 
+    pending: int = 0  # appends waiting for their commit (xgate_audit_queue_depth)
+
     async def record(self, event: dict[str, Any]) -> None:
-        await self.log.append_async(event)
+        self.pending += 1
+        t0 = time.perf_counter()
+        try:
+            await self.log.append_async(event)
+        finally:
+            self.pending -= 1
+            metrics.AUDIT_APPEND_SECONDS.observe(time.perf_counter() - t0)
 
     async def record_request(self, method: str, route: str, status: int, ms: float, who: Any, error: str) -> None:
         event: dict[str, Any] = {

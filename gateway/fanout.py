@@ -11,8 +11,12 @@ import grpc
 
 from crypto.envelope import Envelopes
 from protos.xgate.v1 import node_pb2, node_pb2_grpc
+from xgate import metrics
 from xgate.errors import CryptoError, NodeError, NodeProtocolError, NodeUnavailable, XgateError
 from xgate.grpc_edge import node_error_from_rpc
+from xgate.logging import get_logger
+
+log = get_logger("xgate.gateway.fanout")
 
 
 @dataclass(frozen=True)
@@ -44,6 +48,22 @@ class NodeDirectory:
         self._credentials = dict(credentials or {})
         self._stubs: dict[str, node_pb2_grpc.AgencyNodeStub] = {}
         self._channels: list[grpc.aio.Channel] = []
+        self._down_since: dict[str, float] = {}  # agency -> when its failures began (service log, metrics)
+
+    def _failed(self, agency: str, exc: XgateError) -> None:
+        """Service log + metrics for a failed node call: each failure counted, the first one logged
+        as `node_failed` with its reason (gRPC status text, errno and text for OS errors)."""
+        metrics.NODE_ERRORS.labels(agency, exc.code).inc()
+        metrics.NODE_UP.labels(agency).set(0)
+        if agency not in self._down_since:
+            self._down_since[agency] = time.monotonic()
+            log.warning("node_failed", agency=agency, error=exc.code, reason=exc.message)
+
+    def _succeeded(self, agency: str) -> None:
+        metrics.NODE_UP.labels(agency).set(1)
+        since = self._down_since.pop(agency, None)
+        if since is not None:
+            log.info("node_recovered", agency=agency, down_s=round(time.monotonic() - since, 1))
 
     def _connect(self, agency: str) -> node_pb2_grpc.AgencyNodeStub:
         # grpc.aio channels bind to the running event loop, so they are made on first use.
@@ -113,7 +133,16 @@ class NodeDirectory:
                     raise NodeProtocolError(agency, f"response envelope refused: {exc.message}") from None
             return agency, response
 
-        tasks = [asyncio.ensure_future(one(a, r)) for a, r in requests.items()]
+        async def observed(agency: str, request: node_pb2.EncryptRequest) -> tuple[str, node_pb2.EncryptResponse]:
+            try:
+                answer = await one(agency, request)
+            except NodeError as exc:
+                self._failed(agency, exc)
+                raise
+            self._succeeded(agency)
+            return answer
+
+        tasks = [asyncio.ensure_future(observed(a, r)) for a, r in requests.items()]
         try:
             results = await asyncio.gather(*tasks)
         except NodeError:
@@ -147,9 +176,12 @@ class NodeDirectory:
             response: node_pb2.HealthResponse = await self.stub(agency).Health(
                 node_pb2.HealthRequest(), timeout=deadline_s
             )
-            return response
         except grpc.aio.AioRpcError as exc:
-            raise node_error_from_rpc(agency, exc) from None
+            error = node_error_from_rpc(agency, exc)
+            self._failed(agency, error)
+            raise error from None
+        self._succeeded(agency)
+        return response
 
     async def describe(self, agency: str, deadline_s: float = 2.0) -> node_pb2.DescribeResponse:
         try:

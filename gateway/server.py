@@ -13,9 +13,9 @@ from fastapi import FastAPI
 from exchange.service import CheckService
 from gateway.app import create_app
 from gateway.audit import GatewayAudit
-from gateway.checks import CheckCoordinator
 from gateway.config import GatewayConfig
 from gateway.fanout import NodeDirectory, NodeEndpoint
+from gateway.metered import MeteredCheckCoordinator
 from gateway.preflight import gateway_problems, load_mask_key
 from gateway.services import Services, public_key_of
 from policies.catalogue import load_catalogue
@@ -66,7 +66,7 @@ def build_app(config: GatewayConfig, on_ready: Callable[[], None] | None = None)
         max_subjects=settings.max_subjects,
         allow_plaintext_mode=settings.allow_plaintext_mode,
     )
-    coordinator = CheckCoordinator(service, nodes)
+    coordinator = MeteredCheckCoordinator(service, nodes)  # counts checks for /metrics
     from gateway.wiring import authenticator_for, policy_for, training_for
 
     authenticate = authenticator_for(config)
@@ -80,6 +80,13 @@ def build_app(config: GatewayConfig, on_ready: Callable[[], None] | None = None)
         audit = GatewayAudit.open(settings.audit_db, settings.audit_key, witness_keys, settings.audit_writer)
         service.auditor = audit
     training = training_for(config, policy, audit.log if audit else None)
+    if config.tls is not None:
+        from xgate.metrics import watch_expiry
+
+        certs = {"gateway": config.tls.cert}
+        if config.training is not None and config.training.superlink_cert is not None:
+            certs["flower-superlink"] = config.training.superlink_cert
+        watch_expiry(certs, config.tls.crl)
     services = Services(
         authenticate=authenticate,
         coordinator=coordinator,
@@ -92,6 +99,7 @@ def build_app(config: GatewayConfig, on_ready: Callable[[], None] | None = None)
         witnesses=list(audit.witnesses.values()) if audit else (),
         federation_directory=config.tls.federation_directory if config.tls else None,
         ca_cert=config.tls.ca if config.tls else None,
+        crl=config.tls.crl if config.tls else None,
         gateway_cert=config.tls.cert if config.tls else None,
         jobs_dir=training.jobs_dir,
         privacy_ledger=training.ledger.path,

@@ -57,6 +57,7 @@ class Services:
     witnesses: Sequence[CosignatureVerifier] = ()
     federation_directory: Path | None = None
     ca_cert: Path | None = None
+    crl: Path | None = None  # the CRL in force (/readyz: fresh?)
     gateway_cert: Path | None = None
     jobs_dir: Path | None = None
     privacy_ledger: Path | None = None

@@ -26,6 +26,8 @@ class NodeSettings(BaseModel):
     agency: AgencyId
     # host:port to bind; unset: the address the CA published for this node in federation.json
     listen: str | None = Field(default=None, pattern=r"^[^\s:]+:\d{1,5}$")
+    # host:port of a small HTTP server with /metrics (Prometheus) and /healthz; unset: none
+    metrics_listen: str | None = Field(default=None, pattern=r"^[^\s:]*:\d{1,5}$")
     store: Path
     catalogue: Path = DEFAULT_CATALOGUE
     pseudonym_key_file: Path | None = None

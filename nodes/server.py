@@ -6,8 +6,11 @@ import json
 import signal
 import sys
 import threading
+import time
+from collections.abc import Callable
 from concurrent import futures
 from pathlib import Path
+from typing import TypeVar
 
 import grpc
 
@@ -18,11 +21,13 @@ from nodes.policy import node_authorizer
 from nodes.service import NodeService
 from nodes.store import open_node_store
 from protos.xgate.v1 import node_pb2, node_pb2_grpc
-from xgate.errors import ConfigError
+from xgate import metrics
+from xgate.errors import ConfigError, XgateError
 from xgate.grpc_edge import call_guarded
 from xgate.logging import get_logger
 
 log = get_logger("xgate.node")
+T = TypeVar("T")
 
 
 class NodeServicer(node_pb2_grpc.AgencyNodeServicer):
@@ -32,22 +37,46 @@ class NodeServicer(node_pb2_grpc.AgencyNodeServicer):
         self.service = service
 
     def Health(self, request: node_pb2.HealthRequest, context: grpc.ServicerContext) -> node_pb2.HealthResponse:
-        return call_guarded(context, "Health", self.service.health)
+        return call_guarded(context, "Health", _metered("Health", self.service.health))
 
     def Describe(self, request: node_pb2.DescribeRequest, context: grpc.ServicerContext) -> node_pb2.DescribeResponse:
-        return call_guarded(context, "Describe", self.service.describe)
+        return call_guarded(context, "Describe", _metered("Describe", self.service.describe))
 
     def EncryptValues(
         self, request: node_pb2.EncryptRequest, context: grpc.ServicerContext
     ) -> node_pb2.EncryptResponse:
         return call_guarded(
-            context, "EncryptValues", lambda: self.service.encrypt_values(request, lambda: not context.is_active())
+            context,
+            "EncryptValues",
+            _metered("EncryptValues", lambda: self.service.encrypt_values(request, lambda: not context.is_active())),
         )
 
     def CosignCheckpoint(
         self, request: node_pb2.CosignRequest, context: grpc.ServicerContext
     ) -> node_pb2.CosignResponse:
-        return call_guarded(context, "CosignCheckpoint", lambda: self.service.cosign(request))
+        return call_guarded(
+            context, "CosignCheckpoint", _metered("CosignCheckpoint", lambda: self.service.cosign(request))
+        )
+
+
+def _metered(rpc: str, handler: Callable[[], T]) -> Callable[[], T]:
+    """Count the call by outcome (ok or the error code) and time it (xgate_node_request*)."""
+
+    def run() -> T:
+        t0 = time.perf_counter()
+        outcome = "internal_error"
+        try:
+            result = handler()
+            outcome = "ok"
+            return result
+        except XgateError as exc:
+            outcome = exc.code
+            raise
+        finally:
+            metrics.NODE_REQUESTS.labels(rpc, outcome).inc()
+            metrics.NODE_REQUEST_SECONDS.labels(rpc).observe(time.perf_counter() - t0)
+
+    return run
 
 
 def build_service(config: NodeConfig) -> NodeService:
@@ -84,6 +113,24 @@ def envelopes_for(config: NodeConfig) -> Envelopes | None:
     return Envelopes(SigningKeyFile(settings.signing_key), keyring)  # follows `xgate pki install`
 
 
+def _start_metrics(config: NodeConfig, service: NodeService, address: str) -> None:
+    """/metrics and /healthz on [node].metrics_listen (plain HTTP: no data, only counts and states)."""
+    settings = config.node
+    if config.tls is not None:
+        metrics.watch_expiry({"node": config.tls.cert}, config.tls.crl)
+
+    def health() -> tuple[bool, dict[str, object]]:
+        try:
+            answer = service.health()
+        except XgateError as exc:
+            return False, {"status": "failing", "agency": settings.agency, "error": exc.code}
+        return True, {"status": answer.status, "agency": settings.agency, "subjects": answer.subjects}
+
+    server = metrics.serve_metrics(address, health)
+    log.info("node_metrics_listening", agency=settings.agency, address=address,
+             port=server.server_address[1])  # fmt: skip
+
+
 def serve(config: NodeConfig, ready_file: Path | None = None) -> None:
     from nodes.preflight import listen_address, node_problems
 
@@ -117,6 +164,8 @@ def serve(config: NodeConfig, ready_file: Path | None = None) -> None:
     if port == 0:
         raise ConfigError(f"cannot listen on {listen} ({listen_source}); set [node].listen to a local address")
     server.start()
+    if settings.metrics_listen:
+        _start_metrics(config, service, settings.metrics_listen)
     announcement = {"event": "ready", "agency": settings.agency, "port": port, "listen": listen}
     log.info("node_ready", agency=settings.agency, port=port, listen=listen, listen_source=listen_source)
     if ready_file is not None:

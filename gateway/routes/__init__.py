@@ -6,10 +6,23 @@ what they need through the Annotated dependencies of gateway/deps.py.
 
 from fastapi import APIRouter
 
-from gateway.routes import audit, checks, consents, console, health, nodes, policies, programs, subjects, training
+from gateway.routes import (
+    audit,
+    checks,
+    consents,
+    console,
+    health,
+    nodes,
+    ops,
+    policies,
+    programs,
+    subjects,
+    training,
+)
 
 ROUTERS: tuple[APIRouter, ...] = (
     health.router,
+    ops.router,
     programs.router,
     nodes.router,
     checks.router,
