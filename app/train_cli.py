@@ -6,17 +6,19 @@ import json
 import sys
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from crypto.pki import CA_KEY
-from federated.admission import Admission, LedgerAdmission, PolicyAdmission, by_agency
 from federated.events import read_events
 from federated.jobs import load_job
-from federated.runner import NodeSpec, run_job
 from xgate.errors import XgateError
+
+if TYPE_CHECKING:  # imported where used: the runner pulls in Flower and matplotlib (~2 s per `xgate` call)
+    from federated.admission import Admission
+    from federated.runner import NodeSpec
 
 app = typer.Typer(no_args_is_help=True, pretty_exceptions_show_locals=False, help="Federated training jobs")
 
@@ -58,6 +60,7 @@ def _admission(nodes: list[_Node]) -> Admission | None:
     """Per node: PolicyAdmission under its policy_dir, else LedgerAdmission; None if no node has one."""
     if not any(n.policy_dir for n in nodes):
         return None
+    from federated.admission import LedgerAdmission, PolicyAdmission, by_agency
     from policies.decision import PolicyEngine
 
     return by_agency(
@@ -112,6 +115,8 @@ def submit(
     if ca is not None and not (ca / CA_KEY).exists():
         _fail(f"no CA in '{ca}' (create one with `xgate pki init`)")
     try:
+        from federated.runner import NodeSpec
+
         spec = load_job(job)
         parsed = _parse_nodes(nodes)
         specs = [NodeSpec(n.agency, n.store, n.ledger, n.holdout, n.policy_dir) for n in parsed]
@@ -166,6 +171,8 @@ def _submit_through_gateway(
 
 
 def _run_with_progress(spec: Any, specs: list[NodeSpec], job_dir: Path, **transport: Any) -> Any:
+    from federated.runner import run_job
+
     if not sys.stdout.isatty():
         return run_job(spec, specs, job_dir=job_dir, progress=lambda line: typer.echo(line), **transport)
     from rich.progress import Progress
