@@ -248,6 +248,8 @@ def allow(
     decided under the earlier settings is decided again when resubmitted. A node listed with
     `policy_dir` in the nodes file is admitted by its Cedar policy set instead.
     """
+    from federated.admission import LedgerAdmission
+
     try:
         caps = _parse_caps(cap)
         held = _store_datasets(store)
