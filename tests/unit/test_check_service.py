@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from audit.records import AuditRecord
 from crypto.he import SLOTS, PublicContext, chunks
 from exchange.service import CheckService
 from exchange.types import CheckOutcome, CheckRequest
@@ -40,6 +41,7 @@ from xgate.principal import Principal
 PROGRAM_DIR = DEFAULT_POLICY_DIR / "programs"
 GOLD = Principal("ca-caseworker-gold", "civil_affairs", "caseworker", "gold")
 MASK_KEY = b"\x42" * 32
+HASH_1, HASH_2 = "a1" * 32, "b2" * 32  # policy set hashes (sha256 hex)
 
 
 def pseudo(i: int) -> str:
@@ -115,7 +117,7 @@ class FakeNodes:
 
 @dataclass
 class FakePolicy:
-    outcome: PolicyOutcome = field(default_factory=lambda: PolicyOutcome("per_criterion", ("p-1",), "hash-1"))
+    outcome: PolicyOutcome = field(default_factory=lambda: PolicyOutcome("per_criterion", ("p-1",), HASH_1))
     refuse: Exception | None = None
     asked: list[CheckContext] = field(default_factory=list)
 
@@ -128,9 +130,12 @@ class FakePolicy:
 
 @dataclass
 class FakeAuditor:
+    """Keeps the events; each must be a record the real audit log accepts (audit/records.py)."""
+
     events: list[dict[str, Any]] = field(default_factory=list)
 
     async def record(self, event: dict[str, Any]) -> None:
+        AuditRecord.from_event(event)  # refuses unknown kinds, personal data, malformed fields
         self.events.append(event)
 
     def kinds(self) -> list[str]:
@@ -196,7 +201,7 @@ def test_plaintext_check_agrees_with_the_oracle_and_logs_every_step(programs: Pr
     assert {c.criterion: list(c.passes or ()) for c in outcome.criteria} == expected
     assert any(not all(v) for v in expected.values()) and any(any(v) for v in expected.values())
     assert (outcome.view, outcome.shuffled, outcome.policy_ids, outcome.policy_set_hash) == (
-        "per_criterion", False, ("p-1",), "hash-1")  # fmt: skip
+        "per_criterion", False, ("p-1",), HASH_1)  # fmt: skip
     [(requests, deadline)] = nodes.calls
     assert sorted(requests) == ["civil_affairs", "household", "hrss", "tax"] and deadline == service.deadline_s
     assert auditor.kinds() == ["policy_decision"] + ["node_response"] * 4 + ["result"]
@@ -226,7 +231,7 @@ def test_he_check_masks_and_the_requester_decrypts_the_oracle(programs: ProgramR
 
 def test_cohort_view_shuffles_subjects_and_uses_a_fresh_epoch(programs: ProgramRegistry, requester_keys: Any) -> None:
     rng = FixedRandomness()
-    policy = FakePolicy(PolicyOutcome("cohort", ("p-2",), "hash-2"))
+    policy = FakePolicy(PolicyOutcome("cohort", ("p-2",), HASH_1))
     service, nodes, _, _ = _service(programs, policy=policy, randomness=rng)
     outcome = run(service, _request(mode="he", public_context=requester_keys.public_context))
     assert outcome.shuffled and outcome.view == "cohort" and rng.epochs == 1
@@ -239,14 +244,14 @@ def test_cohort_view_shuffles_subjects_and_uses_a_fresh_epoch(programs: ProgramR
 
 
 def test_policy_denied_is_logged_and_nothing_is_asked_of_the_nodes(programs: ProgramRegistry) -> None:
-    refusal = PolicyDenied("access denied: no permit", reasons=["no permit matched"], policy_set_hash="h")
+    refusal = PolicyDenied("access denied: no permit", reasons=["no permit matched"], policy_set_hash=HASH_2)
     service, nodes, _, auditor = _service(programs, policy=FakePolicy(refuse=refusal))
     with pytest.raises(PolicyDenied, match="no permit"):
         run(service, _request())
     assert nodes.calls == []
     [denial] = auditor.events
     assert (denial["kind"], denial["decision"], denial["reasons"], denial["policy_set_hash"]) == (
-        "policy_decision", "deny", ("no permit matched",), "h")  # fmt: skip
+        "policy_decision", "deny", ("no permit matched",), HASH_2)  # fmt: skip
 
 
 def test_purpose_and_requester_are_checked_before_the_decision_point(programs: ProgramRegistry) -> None:

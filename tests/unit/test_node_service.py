@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from audit.records import AuditRecord
 from crypto.envelope import Envelopes, Keyring, SigningKey
 from crypto.he import HE_PARAMS_ID, SLOTS
 from nodes.service import NodeService
@@ -73,6 +74,7 @@ class Audit:
         self.events: list[dict[str, object]] = []
 
     def __call__(self, event: dict[str, object]) -> tuple[bytes, int]:
+        AuditRecord.from_event(event)  # a record the node's real audit log accepts
         self.events.append(event)
         return b"\x07" * 32, len(self.events) - 1
 
