@@ -364,6 +364,63 @@ def require_approval(ledger: Path, job: JobSpec) -> None:
         raise PolicyDenied(f"node has not approved job '{job.job_id}'")
 
 
+_DP_RELEASES = """
+CREATE TABLE IF NOT EXISTS dp_releases (
+    job_id TEXT PRIMARY KEY, job_digest TEXT NOT NULL, epsilon REAL NOT NULL, delta REAL NOT NULL,
+    noise_multiplier REAL NOT NULL, sample_rate REAL NOT NULL, steps INTEGER NOT NULL, recorded_at TEXT NOT NULL
+);
+"""
+
+
+def record_dp_plan(
+    ledger: Path, job: JobSpec, *, epsilon: float, noise_multiplier: float, sample_rate: float, steps: int
+) -> None:
+    """Before a node's first DP-SGD step: what its accountant says the job spends, in its ledger.
+
+    Refuses (PolicyDenied) unless the ledger approved exactly this job with record-level DP and the
+    accounted epsilon stays within the job's, which admission charged against the dataset's cap.
+    """
+    require_approval(ledger, job)
+    if job.dp is None or epsilon > job.dp.epsilon * (1 + 1e-9):
+        allowed = job.dp.epsilon if job.dp is not None else 0.0
+        raise PolicyDenied(f"accounted epsilon {epsilon:.4g} exceeds the {allowed:g} approved for job '{job.job_id}'")
+    conn = _open_ledger(ledger, _DP_RELEASES)
+    try:
+        conn.execute(
+            "INSERT OR REPLACE INTO dp_releases VALUES (?,?,?,?,?,?,?,?)",
+            (
+                job.job_id,
+                job.digest(),
+                epsilon,
+                job.dp.delta,
+                noise_multiplier,
+                sample_rate,
+                steps,
+                datetime.now(UTC).isoformat(),
+            ),
+        )
+    finally:
+        conn.close()
+
+
+def dp_release(ledger: Path, job_id: str) -> dict[str, Any] | None:
+    """The node's recorded DP-SGD accounting of a job, if any."""
+    if not ledger.exists():
+        return None
+    with sqlite3.connect(f"file:{ledger}?mode=ro", uri=True) as conn:
+        try:
+            row = conn.execute(
+                "SELECT epsilon, delta, noise_multiplier, sample_rate, steps FROM dp_releases WHERE job_id = ?",
+                (job_id,),
+            ).fetchone()
+        except sqlite3.OperationalError:
+            return None
+    if row is None:
+        return None
+    keys = ("epsilon", "delta", "noise_multiplier", "sample_rate", "steps")
+    return dict(zip(keys, row, strict=True))
+
+
 def store_agency_datasets(store: Path, job: JobSpec) -> list[str]:
     """Which of the job's elements this node holds (used to decide which nodes must approve)."""
     held = set(datasets.held_elements(store))

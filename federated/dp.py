@@ -5,7 +5,7 @@ standard deviation z*C/m (Flower's DifferentialPrivacy*FixedClipping wrappers). 
 takes part in every round, so there is no sampling amplification: a round is the Gaussian
 mechanism with noise multiplier z, whose Renyi DP at order a is a/(2 z^2) (Mironov 2017);
 T rounds compose additively, and (a, rho)-RDP implies (rho + log(1/delta)/(a-1), delta)-DP.
-Flower's own RdpAccountant needs the optional `dp-accounting` package; when it is installed,
+Flower's own RdpAccountant runs on the `dp-accounting` package (a dependency since record-level DP);
 `epsilon_spent` cross-checks against it (`flower_epsilon`). The unit is client-level DP: the
 neighbouring datasets differ by one whole node's data.
 """

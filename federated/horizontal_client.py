@@ -1,7 +1,9 @@
 """Horizontal ClientApp (legacy NumPyClient API, the one SecAgg+ supports in flwr 1.41).
 
 fit: refuse unless this node approved the job; train logistic regression locally from the
-global weights; send the update (delta), L2-clipped for DP when the server asks, then
+global weights (with DP-SGD for record-level DP, its accounting recorded in the node's ledger
+first: federated/dp_sgd.py); send the update (delta), L2-clipped for node-level DP when the
+server asks, then
 validated/clipped/weight-capped by xgate (federated.updates) before `secaggplus_mod` masks it.
 evaluate: per-label score histograms on the node's holdout (no per-subject scores leave).
 """
@@ -18,9 +20,9 @@ from flwr.client.mod import secaggplus_mod
 from flwr.clientapp import ClientApp
 from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
 
-from federated import datasets, model, node, updates
-from federated.admission import admit_at_node
-from federated.jobs import JobSpec, job_from_run_config
+from federated import datasets, dp_sgd, model, node, updates
+from federated.admission import admit_at_node, record_dp_plan
+from federated.jobs import DPUnit, JobSpec, job_from_run_config
 from xgate.errors import InvalidInput
 from xgate.logging import get_logger
 
@@ -50,22 +52,52 @@ class HorizontalClient(NumPyClient):
             self._data = data
         return self._data
 
+    @property
+    def record_dp(self) -> bool:
+        return self.job.dp is not None and self.job.dp.unit is DPUnit.RECORD
+
+    def dp_plan(self) -> dp_sgd.Plan:
+        """This node's DP-SGD schedule, calibrated to the job's epsilon for its own dataset size."""
+        dp = self.job.dp
+        assert dp is not None
+        return dp_sgd.plan(
+            dp.epsilon,
+            dp.delta,
+            dp.clip,
+            n=len(self.data.y_train),
+            batch=self.job.batch_size,
+            rounds=self.job.rounds,
+            local_epochs=self.job.local_epochs,
+        )
+
     def get_parameters(self, config: dict[str, Any]) -> list[np.ndarray]:
         return [model.lr_init(self.data.x_train.shape[1])]
 
     def fit(self, parameters: list[np.ndarray], config: dict[str, Any]) -> tuple[list[np.ndarray], int, dict[str, Any]]:
         w0 = np.asarray(parameters[0], dtype=np.float64)
         rnd = int(config.get("server_round", 0))
-        w1 = model.lr_train(
-            w0,
-            self.data.x_train,
-            self.data.y_train,
-            epochs=self.job.local_epochs,
-            lr=self.job.learning_rate,
-            batch=self.job.batch_size,
-            l2=self.job.l2,
-            seed=self.job.seed + rnd,
-        )
+        if self.record_dp:
+            plan = self.dp_plan()
+            record_dp_plan(
+                self.nc.ledger,
+                self.job,
+                epsilon=plan.epsilon,
+                noise_multiplier=plan.sigma,
+                sample_rate=plan.sample_rate,
+                steps=plan.steps,
+            )
+            w1 = dp_sgd.train(w0, self.data.x_train, self.data.y_train, plan, lr=self.job.learning_rate, l2=self.job.l2)
+        else:
+            w1 = model.lr_train(
+                w0,
+                self.data.x_train,
+                self.data.y_train,
+                epochs=self.job.local_epochs,
+                lr=self.job.learning_rate,
+                batch=self.job.batch_size,
+                l2=self.job.l2,
+                seed=self.job.seed + rnd,
+            )
         delta = [w1 - w0]
         dp_clipped = False
         if KEY_CLIPPING_NORM in config:  # central DP: bound this node's contribution (sensitivity)
@@ -95,6 +127,7 @@ class HorizontalClient(NumPyClient):
             "train_n": len(self.data.y_train),
             # The node attests what it trained on (the coordinator may have no access to the store).
             "data_sha256": datasets.store_digest(self.nc.store, self.job.elements()),
+            **(self.dp_plan().as_metrics() if self.record_dp else {}),
         }
         return model.bce(scores, self.data.y_test), max(len(self.data.y_test), 1), metrics
 

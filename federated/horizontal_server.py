@@ -27,7 +27,7 @@ from flwr.serverapp import Grid
 from federated import dp, node, updates
 from federated.events import JsonlSink, OnEvent, arrays_sha256, make_event
 from federated.grid_io import allowed_nodes, exchange
-from federated.jobs import JobSpec
+from federated.jobs import DPUnit, JobSpec
 from xgate.errors import JobFailed as JobFailed  # re-exported: raised here
 
 
@@ -72,6 +72,7 @@ class XgateFedAvg(FedAvg):
         self.curve: list[dict[str, Any]] = []
         self.final_eval: dict[str, Any] = {}
         self.data_digests: dict[str, dict[str, str]] = {}  # node id -> what the node attests it trained on
+        self.dp_nodes: dict[str, dict[str, Any]] = {}  # agency -> its DP-SGD accounting (record-level DP)
 
     def _event(self, name: str, **fields: Any) -> None:
         self.emit(make_event(self.job.job_id, name, **fields))
@@ -148,6 +149,10 @@ class XgateFedAvg(FedAvg):
         )
         rep = node.histogram_report(np.asarray(pos), np.asarray(neg), threshold=prevalence)
         for proxy, r in results:
+            if "dp_epsilon" in r.metrics:  # record-level DP: the node's own accountant
+                self.dp_nodes[str(r.metrics["agency"])] = {
+                    k: r.metrics[k] for k in ("dp_epsilon", "dp_sigma", "dp_sample_rate", "dp_steps")
+                }
             if "data_sha256" in r.metrics:
                 self.data_digests[str(proxy.node_id)] = {
                     "agency": str(r.metrics["agency"]),
@@ -236,7 +241,7 @@ def run_horizontal(grid: Grid, context: Context, job: JobSpec, job_dir: Path) ->
     strategy = XgateFedAvg(job, job_dir, emit, max_weight, n_features)
     outer: Any = strategy
     noise = 0.0
-    if job.dp is not None:
+    if job.dp is not None and job.dp.unit is DPUnit.NODE:
         noise = dp.noise_for_epsilon(job.dp.epsilon, job.rounds, job.dp.delta)
         # Noise std = z*C/min_nodes: conservative when more nodes take part (sensitivity C/k <= C/min_nodes).
         outer = DifferentialPrivacyClientSideFixedClipping(strategy, noise, job.dp.clip, job.min_nodes)
@@ -271,7 +276,18 @@ def run_horizontal(grid: Grid, context: Context, job: JobSpec, job_dir: Path) ->
         "model_sha256": arrays_sha256(weights),
         "data_digests": strategy.data_digests,
     }
-    if job.dp is not None:
+    if job.dp is not None and job.dp.unit is DPUnit.RECORD:
+        # Each node's accountant (DP-SGD at the node): the job's epsilon bounds every node's dataset.
+        eps = max((float(n["dp_epsilon"]) for n in strategy.dp_nodes.values()), default=0.0)
+        summary["dp"] = {
+            "unit": "record",
+            "epsilon": eps,
+            "delta": job.dp.delta,
+            "clip": job.dp.clip,
+            "nodes": strategy.dp_nodes,
+        }
+        emit(make_event(job.job_id, "dp_spent", rounds=job.rounds, epsilon=eps, delta=job.dp.delta, unit="record"))
+    elif job.dp is not None:
         eps = dp.epsilon_spent(noise, job.rounds, job.dp.delta)
         summary["dp"] = {
             "epsilon": eps,

@@ -31,14 +31,25 @@ class Mode(StrEnum):
     VERTICAL = "vertical"
 
 
+class DPUnit(StrEnum):
+    NODE = "node"  # central DP on the aggregate: neighbouring datasets differ by one node's data
+    RECORD = "record"  # DP-SGD at every node: neighbouring datasets differ by one person's record
+
+
 class DPSpec(BaseModel):
-    """Central DP with fixed clipping (Gaussian mechanism on the aggregate), client-level."""
+    """Differential privacy of a job, at the unit it protects.
+
+    node: central DP with fixed clipping (Gaussian mechanism on the aggregate); `clip` bounds one
+    node's update. record: DP-SGD at each node (federated/dp_sgd.py); `clip` bounds one example's
+    gradient, and each node's accountant keeps its dataset's epsilon within `epsilon`.
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     epsilon: float = Field(gt=0, le=100)
     delta: float = Field(gt=0, lt=0.1)
-    clip: float = Field(gt=0, le=100, description="L2 norm bound of one node's model update")
+    clip: float = Field(gt=0, le=100, description="L2 norm bound of one node's update / one example's gradient")
+    unit: DPUnit = DPUnit.NODE
 
 
 class Method(StrEnum):
@@ -157,9 +168,11 @@ class JobSpec(BaseModel):
     def digest(self) -> str:
         """SHA-256 of the canonical job (what nodes approve and the audit log records).
 
-        A job without encodings digests as before encodings existed (recorded decisions stay valid).
+        A job without encodings (or with node-level DP) digests as before those fields existed.
         """
         dumped = self.model_dump(mode="json", exclude=set() if self.encodings else {"encodings"})
+        if self.dp is not None and self.dp.unit is DPUnit.NODE:
+            del dumped["dp"]["unit"]  # as before the unit existed: recorded decisions stay valid
         canon = json.dumps(dumped, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canon.encode()).hexdigest()
 

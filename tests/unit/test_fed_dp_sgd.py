@@ -1,0 +1,131 @@
+"""Record-level DP-SGD at a node: accounting (dp-accounting), calibration, per-example clipping,
+unpredictable noise, and the node ledger's record of what it spends."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import dp_accounting
+import numpy as np
+import pytest
+from dp_accounting.pld import PLDAccountant
+
+from federated import datasets, dp_sgd, model
+from federated.admission import LedgerAdmission, dp_release, record_dp_plan
+from federated.jobs import DPUnit, parse_job
+from xgate.errors import PolicyDenied
+
+
+def _job(unit: str = "record", eps: float = 2.0, **kw: Any) -> Any:
+    return parse_job(
+        {
+            "job_id": "dp-rec",
+            "purpose": "fraud-model",
+            "mode": "horizontal",
+            "features": ["civil.age", "tax.income"],
+            "label": "tax.label",
+            "label_holder": "tax",
+            "rounds": 3,
+            "secagg": False,
+            "min_nodes": 1,
+            "dp": {"epsilon": eps, "delta": 1e-6, "clip": 1.0, "unit": unit},
+            **kw,
+        }
+    )
+
+
+def test_calibration_is_tight_and_an_independent_accountant_agrees() -> None:
+    for eps, q, steps in ((1.0, 0.01, 1000), (4.0, 0.05, 300), (8.0, 1.0, 10)):
+        sigma = dp_sgd.calibrate(eps, 1e-6, q, steps)
+        spent = dp_sgd.accountant_epsilon(sigma, q, steps, 1e-6)
+        assert eps * 0.99 < spent <= eps  # within the target, and not wastefully below it
+        assert dp_sgd.accountant_epsilon(sigma * 0.98, q, steps, 1e-6) > eps  # smaller noise would overspend
+        pld = PLDAccountant()  # privacy loss distributions: a tighter, independent analysis
+        pld.compose(dp_accounting.PoissonSampledDpEvent(q, dp_accounting.GaussianDpEvent(sigma)), steps)
+        assert pld.get_epsilon(1e-6) <= spent * 1.01
+
+
+def test_plan_follows_each_node_dataset() -> None:
+    small = dp_sgd.plan(1.0, 1e-6, 1.0, n=1000, batch=100, rounds=5, local_epochs=2)
+    large = dp_sgd.plan(1.0, 1e-6, 1.0, n=100_000, batch=100, rounds=5, local_epochs=2)
+    assert small.sample_rate == 0.1 and small.steps_per_round == 20 and small.steps == 100
+    assert large.sigma < small.sigma and large.epsilon <= 1.0 and small.epsilon <= 1.0
+    with pytest.raises(ValueError, match="no training rows"):
+        dp_sgd.plan(1.0, 1e-6, 1.0, n=0, batch=10, rounds=1, local_epochs=1)
+
+
+def _data(n: int = 400) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(0)
+    x = rng.random((n, 3))
+    y = (x[:, 0] + 0.3 * rng.standard_normal(n) > 0.5).astype(float)
+    return x, y
+
+
+def test_one_record_moves_the_model_by_at_most_lr_clip_over_batch() -> None:
+    """The attack: add one extreme record and look at the change it makes. Without per-example
+    clipping (plain SGD) it dominates the update; DP-SGD's clipping bounds its influence."""
+    x, y = _data()
+    outlier_x, outlier_y = np.full((1, 3), 1e6), np.zeros(1)
+    xs, ys = np.vstack([x, outlier_x]), np.concatenate([y, outlier_y])
+    w0 = np.zeros(4)
+    plain = model.lr_train(w0, xs, ys, epochs=1, lr=0.5, batch=len(ys), l2=0, seed=0)
+    plain_without = model.lr_train(w0, x, y, epochs=1, lr=0.5, batch=len(y), l2=0, seed=0)
+    assert np.linalg.norm(plain - plain_without) > 100  # the record is plainly visible
+    p = dp_sgd.Plan(sigma=0.0, sample_rate=1.0, steps_per_round=1, steps=1, epsilon=0, delta=1e-6, clip=1.0)
+    with_it = dp_sgd.train(w0, xs, ys, p, lr=0.5, l2=0, rng=np.random.default_rng(1))
+    without = dp_sgd.train(w0, x, y, dataclasses.replace(p), lr=0.5, l2=0, rng=np.random.default_rng(1))
+    # All rows sampled (q = 1): |S/n - (S + c)/(n + 1)| <= 2 clip / (n + 1) with |S| <= n clip, |c| <= clip.
+    change = np.linalg.norm(with_it - without)
+    assert 0 < change <= 0.5 * 2 * 1.0 / len(ys) + 1e-12
+
+
+def test_noise_is_unpredictable_and_calibrated() -> None:
+    x, y = _data()
+    p = dp_sgd.plan(1.0, 1e-6, 1.0, n=len(y), batch=50, rounds=1, local_epochs=1)
+    a = dp_sgd.train(np.zeros(4), x, y, p, lr=0.5, l2=0)
+    b = dp_sgd.train(np.zeros(4), x, y, p, lr=0.5, l2=0)
+    assert not np.allclose(a, b)  # OS entropy, not the job's public seed
+    # With nothing to learn (every label 0.5 = the initial prediction: zero gradients), one step is
+    # pure noise of sd lr * sigma * clip / expected batch per coordinate.
+    one = dataclasses.replace(p, steps_per_round=1)
+    half = np.full(len(y), 0.5)
+    draws = np.array([dp_sgd.train(np.zeros(4), x, half, one, lr=1, l2=0) for _ in range(400)])
+    assert draws.std() == pytest.approx(p.sigma * p.clip / (p.sample_rate * len(y)), rel=0.1)
+
+
+def test_job_unit_and_digest() -> None:
+    assert _job().dp.unit is DPUnit.RECORD
+    node_level = _job("node")
+    dumped = node_level.model_dump(mode="json", exclude={"encodings"})
+    del dumped["dp"]["unit"]
+    canon = json.dumps(dumped, sort_keys=True, separators=(",", ":")).encode()
+    assert node_level.digest() == hashlib.sha256(canon).hexdigest()  # unchanged for node-level jobs
+    assert _job().digest() != node_level.digest()
+
+
+def test_node_ledger_records_the_accounted_epsilon_and_refuses_more(tmp_path: Path) -> None:
+    subj, cols, _ = datasets.synthetic_population(50, seed=2)
+    store, ledger = tmp_path / "s.sqlite", tmp_path / "l.sqlite"
+    datasets.write_store(store, "synth", subj, {e: cols[e] for e in ["civil.age", "tax.income", "tax.label"]})
+    job = _job()
+    with pytest.raises(PolicyDenied, match=r"not approved|no admission ledger"):
+        record_dp_plan(ledger, job, epsilon=1.0, noise_multiplier=2.0, sample_rate=0.1, steps=30)
+    adm = LedgerAdmission(ledger, store)
+    adm.configure(["fraud-model"], {"synth": 3.0})
+    assert adm(job, "r0").approved and adm.spent("synth") == 2.0  # charged against the cap
+    with pytest.raises(PolicyDenied, match="exceeds"):
+        record_dp_plan(ledger, job, epsilon=2.5, noise_multiplier=0.5, sample_rate=0.1, steps=30)
+    assert dp_release(ledger, job.job_id) is None
+    record_dp_plan(ledger, job, epsilon=1.99, noise_multiplier=2.0, sample_rate=0.1, steps=30)
+    assert dp_release(ledger, job.job_id) == {
+        "epsilon": 1.99,
+        "delta": 1e-6,
+        "noise_multiplier": 2.0,
+        "sample_rate": 0.1,
+        "steps": 30,
+    }
+    assert not adm(_job(eps=1.5, job_id="dp-2"), "r0").approved  # 2 + 1.5 > 3: the cap holds
