@@ -1,27 +1,27 @@
-"""The check coordinator, counted: checks by program and outcome, latency, policy refusals (/metrics)."""
+"""The check service, counted: checks by program and outcome, latency, policy refusals (/metrics)."""
 
 from __future__ import annotations
 
 import time
 
-from gateway.checks import CheckCoordinator
-from gateway.models import CheckRequest, CheckResponse
+from exchange.service import CheckService
+from exchange.types import CheckOutcome, CheckRequest
 from xgate import metrics
 from xgate.errors import BudgetExhausted, PolicyDenied, XgateError
 from xgate.principal import Principal
 
 
-class MeteredCheckCoordinator(CheckCoordinator):
-    async def run(self, principal: Principal, body: CheckRequest) -> CheckResponse:
+class MeteredCheckService(CheckService):
+    async def run(self, principal: Principal, request: CheckRequest) -> CheckOutcome:
         t0 = time.perf_counter()
         try:
-            self.programs.get(body.program)
-            program = body.program
+            self.programs.get(request.program)
+            program = request.program
         except XgateError:
             program = "unknown"  # never a caller-chosen label value
         outcome = "ok"
         try:
-            return await super().run(principal, body)
+            return await super().run(principal, request)
         except XgateError as exc:
             outcome = exc.code
             if isinstance(exc, BudgetExhausted):

@@ -10,12 +10,12 @@ from collections.abc import Callable
 import uvicorn
 from fastapi import FastAPI
 
-from exchange.service import CheckService
 from gateway.app import create_app
 from gateway.audit import GatewayAudit
+from gateway.checks import CheckCoordinator
 from gateway.config import GatewayConfig
 from gateway.fanout import NodeDirectory, NodeEndpoint
-from gateway.metered import MeteredCheckCoordinator
+from gateway.metered import MeteredCheckService
 from gateway.preflight import gateway_problems, load_mask_key
 from gateway.services import Services, public_key_of
 from policies.catalogue import load_catalogue
@@ -58,7 +58,7 @@ def build_app(config: GatewayConfig, on_ready: Callable[[], None] | None = None)
             verify_server(address, agency, tls)  # chain, validity, CRL, agency, kind
 
     nodes = NodeDirectory(endpoints, settings.max_message_mb, credentials, envelopes, server_check)
-    service = CheckService(
+    service = MeteredCheckService(  # counts checks for /metrics
         programs=programs,
         nodes=nodes,
         mask_key=load_mask_key(settings.mask_key_file),
@@ -66,7 +66,7 @@ def build_app(config: GatewayConfig, on_ready: Callable[[], None] | None = None)
         max_subjects=settings.max_subjects,
         allow_plaintext_mode=settings.allow_plaintext_mode,
     )
-    coordinator = MeteredCheckCoordinator(service, nodes)  # counts checks for /metrics
+    coordinator = CheckCoordinator(service, nodes)
     from gateway.wiring import authenticator_for, policy_for, training_for
 
     authenticate = authenticator_for(config)
