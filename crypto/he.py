@@ -16,6 +16,7 @@ Every byte string arriving from another party goes through a validating loader t
 from __future__ import annotations
 
 import hashlib
+import os
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -25,6 +26,9 @@ from pathlib import Path
 
 import numpy as np
 import tenseal as ts
+import tenseal.sealapi as sealapi
+from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+from google.protobuf.message import Message
 
 from xgate.errors import CryptoError, PayloadTooLarge
 
@@ -34,10 +38,16 @@ SLOTS = POLY_MODULUS_DEGREE
 # Largest prime p < 2^58 with p = 1 (mod 2N), so the plaintext ring batches into N slots.
 PLAIN_MODULUS = 288230376150876161
 COEFF_MOD_BIT_SIZES = (60, 60, 60, 38)
-# The masked value r*d + s' must stay below t/2 to decode with its sign: r < 2^MASK_BITS and
-# |d| <= MAX_ABS_DIFFERENCE give 2^32 * (2^24 + 1) < 2^57 < t/2.
-MASK_BITS = 32
+# The masked value r*d + s' must stay below t/2 to decode with its sign: crypto.masks bounds r
+# by (t/2 - 1) / (D + 1) for a criterion whose |d| is at most D <= MAX_ABS_DIFFERENCE.
 MAX_ABS_DIFFERENCE = 2**24
+# Noise flooding (see PublicContext.flood): each result ciphertext gets an encryption of zero whose
+# noise is multiplied by a random full-size plaintext and then by a sparse random plaintext with
+# FLOOD_TERMS coefficients below 2^FLOOD_BITS. Measured with the secret key (tests): a masked result
+# keeps ~51 of its 114 fresh noise-budget bits; the flood term's noise is ~2^43 times larger than
+# that and leaves ~9 bits, so decryption stays exact.
+FLOOD_BITS = 40
+FLOOD_TERMS = 64
 
 MAX_CONTEXT_BYTES = 2 * 1024 * 1024
 _CONTEXT_CACHE_SIZE = 16
@@ -160,6 +170,38 @@ def _load_vector(ctx: ts.Context, data: bytes, expected_count: int) -> ts.BFVVec
     return vector
 
 
+def centered(values: np.ndarray | Sequence[int]) -> list[int]:
+    """Integers reduced to their representative in (-t/2, t/2]: what the plaintext slots hold."""
+    half = PLAIN_MODULUS // 2
+    out = []
+    for value in values:
+        x = int(value) % PLAIN_MODULUS
+        out.append(x - PLAIN_MODULUS if x > half else x)
+    return out
+
+
+@cache
+def _vector_proto() -> type[Message]:
+    """TenSEAL's BFVVectorProto (tenseal/proto/tensors.proto: sizes = 1, ciphertexts = 2).
+
+    TenSEAL ships the .proto but no Python module for it; the flood term is built over all N slots
+    and re-labelled with the result's slot count, which only this message carries.
+    """
+    fdp = descriptor_pb2.FileDescriptorProto(name="xgate_tenseal_tensors.proto", package="xgate_tenseal")
+    fdp.syntax = "proto3"
+    msg = fdp.message_type.add(name="BFVVectorProto")
+    repeated = descriptor_pb2.FieldDescriptorProto.LABEL_REPEATED
+    msg.field.add(name="sizes", number=1, type=descriptor_pb2.FieldDescriptorProto.TYPE_UINT32, label=repeated)
+    msg.field.add(name="ciphertexts", number=2, type=descriptor_pb2.FieldDescriptorProto.TYPE_BYTES, label=repeated)
+    pool = descriptor_pool.DescriptorPool()
+    pool.Add(fdp)
+    return message_factory.GetMessageClass(pool.FindMessageTypeByName("xgate_tenseal.BFVVectorProto"))
+
+
+def _random_words(n: int) -> np.ndarray:
+    return np.frombuffer(os.urandom(8 * n), dtype="<u8")
+
+
 _CACHE_LOCK = threading.Lock()
 _CONTEXT_CACHE: OrderedDict[bytes, PublicContext] = OrderedDict()
 
@@ -183,6 +225,7 @@ class PublicContext:
         _check_params(ctx)
         self._ctx = ctx
         self.fingerprint = fingerprint(data)
+        self._encoder = sealapi.BatchEncoder(ctx.seal_context().data)
 
     def encrypt(self, values: Sequence[int]) -> bytes:
         """Encrypt up to SLOTS integers into one ciphertext (node side)."""
@@ -218,6 +261,7 @@ class PublicContext:
         threshold: int,
         r: np.ndarray,
         s: np.ndarray,
+        flood: bool = True,
     ) -> bytes:
         """Return Enc(r * d + s') with d = direction * (sum(terms) - threshold).
 
@@ -229,19 +273,25 @@ class PublicContext:
         if len(r) != len(s):
             raise CryptoError("criterion terms and masks disagree on the number of subjects")
         r64 = r.astype(np.int64)
-        # direction*(S - T)*r + s'  ==  (direction*r)*S + (s' - direction*r*T)
-        offset = s.astype(np.int64) - direction * r64 * np.int64(threshold)
-        return self.masked_combination([terms], [direction * r64], offset)
+        # direction*(S - T)*r + s'  ==  (direction*r)*S + (s' - direction*r*T), the offset in Python
+        # integers: r*T can exceed 64 bits when r is large (small spans) and T is large.
+        offset = s.astype(object) - direction * r.astype(object) * int(threshold)
+        return self.masked_combination([terms], [direction * r64], offset, flood=flood)
 
     def masked_combination(
-        self, groups: Sequence[Sequence[Ciphertext]], weights: Sequence[np.ndarray], offset: np.ndarray
+        self,
+        groups: Sequence[Sequence[Ciphertext]],
+        weights: Sequence[np.ndarray],
+        offset: np.ndarray,
+        flood: bool = True,
     ) -> bytes:
         """Enc(sum_m weights[m] * sum(groups[m]) + offset), slot-wise, one plaintext product deep.
 
         Everything the gateway computes is this: a weighted sum of term sums plus a fresh
-        encryption of an offset (which also re-randomises the result). BFV noise allows a single
-        plaintext multiplication by the 32-bit masks, so selections (zero weights) are folded
-        into that one product rather than applied afterwards.
+        encryption of an offset (which also re-randomises the result) and a flood term (see
+        `flood`; `flood=False` only for tests that measure what it hides). BFV noise allows a
+        single plaintext multiplication by the masks, so selections (zero weights) are folded into
+        that one product rather than applied afterwards.
         """
         if not groups or len(groups) != len(weights) or any(not g for g in groups):
             raise CryptoError("a combination needs at least one non-empty group and one weight vector per group")
@@ -265,5 +315,36 @@ class PublicContext:
                 acc.add_(total)
         if acc is None:
             raise CryptoError("every weight is zero")
-        acc.add_(ts.bfv_vector(self._ctx, offset.astype(np.int64).tolist()))
+        acc.add_(ts.bfv_vector(self._ctx, centered(offset)))
+        if flood:
+            acc.add_(self.flood(count))
         return bytes(acc.serialize())
+
+    def flood(self, count: int) -> ts.BFVVector:
+        """A fresh encryption of zero in `count` slots whose noise swamps a masked result's.
+
+        Enc(0) is multiplied by a plaintext with uniformly random slots (full-size coefficients,
+        like the mask product itself) and then by a sparse plaintext polynomial with FLOOD_TERMS
+        random coefficients of up to FLOOD_BITS bits. Multiplying a zero keeps it zero; the noise
+        becomes a sum of many independent products, ~2^43 times the noise of the masked result,
+        so the result's noise no longer depends measurably on r, s' or the inputs. The
+        randomness comes from os.urandom and is never stored.
+        """
+        if not 0 < count <= SLOTS:
+            raise CryptoError(f"can flood 1..{SLOTS} slots, got {count}")
+        t = np.uint64(PLAIN_MODULUS)
+        zero = ts.bfv_vector(self._ctx, [0] * SLOTS)
+        zero.mul_((_random_words(SLOTS) % t).astype(np.int64).tolist())
+        positions = np.unique(_random_words(FLOOD_TERMS) % np.uint64(POLY_MODULUS_DEGREE))
+        magnitudes = _random_words(len(positions)) % np.uint64(1 << FLOOD_BITS) + np.uint64(1)
+        negative = (_random_words(len(positions)) & np.uint64(1)).astype(bool)
+        coefficients = np.where(negative, t - magnitudes, magnitudes)
+        # SEAL's plaintext syntax: hexadecimal coefficients, highest degree first.
+        terms = sorted(zip(positions.tolist(), coefficients.tolist()), reverse=True)
+        small = sealapi.Plaintext(" + ".join(f"{c:X}x^{p}" if p else f"{c:X}" for p, c in terms))
+        zero.mul_(self._encoder.decode_int64(small))
+        proto = _vector_proto()()
+        proto.ParseFromString(zero.serialize())
+        del proto.sizes[:]  # type: ignore[attr-defined]
+        proto.sizes.append(count)  # type: ignore[attr-defined]
+        return ts.bfv_vector_from(self._ctx, proto.SerializeToString())

@@ -1,48 +1,102 @@
 """Per-subject masks for the sign-only comparison (pure, no I/O).
 
-The gateway turns a criterion's difference d into v = r*d + s' with 1 <= r < 2^32 and
-0 <= s' < r, so the requester learns sign(v) = sign(d) and as little as we can manage of |d|:
+The gateway turns a criterion's difference d into v = r*d + s' with r >= 2^MIN_MASK_LOG2 and
+0 <= s' < r, so the requester learns sign(v) = sign(d) exactly, and as little as a linear mask
+allows about |d|:
 
-* r and s' come from a keyed PRF (BLAKE2b with the gateway's mask key, RFC 7693) over
-  (program, criterion, epoch, pseudonym). Re-asking the same question in the same epoch yields
-  the same v, so repeating a query reveals nothing new; a new epoch draws fresh masks, and the
-  probing budget bounds how many epochs an attacker sees.
-* r is log-uniform over [1, 2^32) rather than uniform: log2|v| = log2 r + log2|d| (+ small),
-  and with log2 r spread over 32 bits while log2|d| <= 24, most observations are consistent with
-  every possible magnitude of d. docs/PROTOCOL.md quantifies what remains.
+* **Keyed to the question, not the program.** r and s' come from a keyed PRF (BLAKE2b with the
+  gateway's mask key, RFC 7693) over (question, epoch, pseudonym), where the question is what is
+  compared: the terms with their defaults, the direction and the threshold (see
+  `policies.programs.Criterion.question`). Two programs asking the same question in the same epoch
+  give the same v, so neither a repeat nor a second program yields a fresh sample.
+* **Range fitted to the criterion.** r < r_max(D) = floor((t/2 - 1) / (D + 1)) where D bounds
+  |d| over the declared element ranges, so |v| < t/2 never wraps; registers (D = 1) get up to
+  2^MAX_MASK_LOG2, a 2.3-million-CNY income sum about 2^35.8. Every criterion's |v| then reaches
+  the same order of magnitude, so in the overall (silver) view a large |v| no longer singles out
+  the income criterion.
+* **Shape: no exact reveals.** With s' < r, a value |v| below the smallest possible r is
+  consistent with one difference only (v in [0, r_min) means d = 0; v in [-r_min, 0) means d = -1),
+  whatever r_min is, so a hard lower bound alone does not help: what counts is how much of r's
+  distribution lies near its bottom, P(exact) = E[r_min / r]. log2 r is drawn on [lo, hi] with a
+  density rising as x^RAMP_POWER over the lower RAMP_FRACTION of the range and flat above it: the
+  bottom carries almost no mass (0 exact reveals in 10^6 at the thresholds, bench/privacy.py),
+  while the flat top still spreads log2|v| over ~10+ bits. A flat log-uniform r (the earlier
+  design) leaks less about |d| (0.51 against ~0.9 bits) but pins d exactly for ~5 % of subjects
+  at the threshold; docs/PROTOCOL.md states the floor and why 0.1 bits is out of reach.
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Sequence
 
 import numpy as np
 
-from crypto.he import MASK_BITS
+from crypto.he import MAX_ABS_DIFFERENCE, PLAIN_MODULUS
 
 MASK_KEY_BYTES = 32
-_DOMAIN = b"xgate-mask/1"
+_DOMAIN = b"xgate-mask/2"
+MIN_MASK_LOG2 = 4  # r >= 16
+# s' = (64 random bits) mod r is biased by at most r / 2^64 <= 2^-16 below this cap.
+MAX_MASK_LOG2 = 48
+RAMP_FRACTION = 0.7
+RAMP_POWER = 10
+_HALF_T = PLAIN_MODULUS // 2
+
+
+def mask_bound(max_abs_difference: int) -> int:
+    """The exclusive upper bound on r for a criterion with |d| <= max_abs_difference (no wrap)."""
+    if not 1 <= max_abs_difference <= MAX_ABS_DIFFERENCE:
+        raise ValueError(f"max |d| must be within 1..{MAX_ABS_DIFFERENCE}")
+    # |v| <= r*(D+1) - 1 < t/2 for r < r_max.
+    return min(1 << MAX_MASK_LOG2, (_HALF_T - 1) // (max_abs_difference + 1))
+
+
+def mask_log2_range(max_abs_difference: int) -> tuple[float, float]:
+    return float(MIN_MASK_LOG2), math.log2(mask_bound(max_abs_difference))
+
+
+def ramp_quantile(u: np.ndarray) -> np.ndarray:
+    """Inverse CDF on [0, 1] of the density proportional to min(1, x / RAMP_FRACTION)^RAMP_POWER."""
+    rho, k = RAMP_FRACTION, RAMP_POWER
+    ramp_mass = rho / (k + 1)
+    total = ramp_mass + (1 - rho)
+    z = np.asarray(u, dtype=np.float64) * total
+    low = rho * np.power(np.clip(z / ramp_mass, 0.0, 1.0), 1.0 / (k + 1))
+    return np.where(z < ramp_mass, low, rho + (z - ramp_mass))
+
+
+def masks_from_words(words: np.ndarray, max_abs_difference: int) -> tuple[np.ndarray, np.ndarray]:
+    """(r, s') from two uniform 64-bit words per subject (rows); shared by the PRF and the benchmarks."""
+    lo, hi = mask_log2_range(max_abs_difference)
+    bound = mask_bound(max_abs_difference)
+    # u in [0, 1) from the top 53 bits (exactly representable as float64).
+    u = (words[:, 0] >> np.uint64(11)).astype(np.float64) / float(1 << 53)
+    r = np.floor(np.exp2(lo + (hi - lo) * ramp_quantile(u))).astype(np.int64)
+    r = np.clip(r, 1 << MIN_MASK_LOG2, bound - 1)
+    s = (words[:, 1] % r.astype(np.uint64)).astype(np.int64)
+    return r, s
 
 
 def derive_masks(
-    key: bytes, program: str, criterion: str, epoch: int, pseudonyms: Sequence[str]
+    key: bytes,
+    question: str,
+    epoch: int,
+    pseudonyms: Sequence[str],
+    max_abs_difference: int = MAX_ABS_DIFFERENCE,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Return (r, s') as int64 arrays, one entry per pseudonym, in the given order."""
     if len(key) != MASK_KEY_BYTES:
         raise ValueError(f"mask key must be {MASK_KEY_BYTES} bytes")
-    prefix = b"\x00".join((_DOMAIN, program.encode(), criterion.encode(), str(epoch).encode(), b""))
+    prefix = b"\x00".join(
+        (_DOMAIN, question.encode(), str(max_abs_difference).encode(), str(epoch).encode(), b"")
+    )
     raw = bytearray()
     for pseudonym in pseudonyms:
         raw += hashlib.blake2b(prefix + pseudonym.encode(), key=key, digest_size=16).digest()
     words = np.frombuffer(bytes(raw), dtype="<u8").reshape(-1, 2) if raw else np.zeros((0, 2), np.uint64)
-    # u in [0, 1) from the top 53 bits (exactly representable as float64).
-    u = (words[:, 0] >> np.uint64(11)).astype(np.float64) / float(1 << 53)
-    r = np.floor(np.exp2(u * MASK_BITS)).astype(np.int64)
-    r = np.clip(r, 1, (1 << MASK_BITS) - 1)
-    # s' uniform in [0, r): 64 random bits mod r has bias below 2^-32.
-    s = (words[:, 1] % r.astype(np.uint64)).astype(np.int64)
-    return r, s
+    return masks_from_words(words, max_abs_difference)
 
 
 def epoch_of(unix_seconds: float, epoch_seconds: int) -> int:

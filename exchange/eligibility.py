@@ -146,13 +146,18 @@ def combine_he(
     epoch: int,
     hide_order: bool = False,
 ) -> list[CriterionOutcome]:
-    """Per criterion: Enc(r*d + s') per chunk, masks keyed to (program, criterion, epoch, subject).
+    """Per criterion: Enc(r*d + s') per chunk, masks keyed to (question, epoch, subject).
+
+    The question is what the criterion compares (Criterion.question), not the program: two
+    programs asking it in the same epoch get the same masked values, never a fresh sample.
 
     With `hide_order` (the "overall verdict" view) output position i of subject j holds criterion
     order[j][i] instead of criterion i: the requester learns the verdict and how many criteria
     failed, not which. The permutation is folded into the masking product (see masked_combination).
     """
-    masks = [derive_masks(mask_key, program.id, c.id, epoch, pseudonyms) for c in program.criteria]
+    masks = [
+        derive_masks(mask_key, c.question, epoch, pseudonyms, program.span(i)) for i, c in enumerate(program.criteria)
+    ]
     k = len(program.criteria)
     order = derive_permutations(mask_key, program.id, epoch, pseudonyms, k) if hide_order and k > 1 else None
     outcomes = []
@@ -167,12 +172,12 @@ def combine_he(
                 continue
             picks = order[window, i]
             groups, weights = [], []
-            offset = np.zeros(len(picks), dtype=np.int64)
+            offset = np.zeros(len(picks), dtype=object)  # Python integers: r*bound may pass 64 bits
             for m, other in enumerate(program.criteria):
                 chosen = picks == m
                 r, s = (x[window] for x in masks[m])
                 weights.append(np.where(chosen, other.direction * r, 0))
-                offset += np.where(chosen, s - other.direction * r * np.int64(other.bound), 0)
+                offset += np.where(chosen, s.astype(object) - other.direction * r.astype(object) * other.bound, 0)
                 groups.append(_chunk_terms(other, ciphertexts, chunk))
             masked.append(context.masked_combination(groups, weights, offset))
         name = criterion.id if order is None else f"position_{i + 1}"

@@ -8,6 +8,7 @@ possible |threshold - sum| must stay within MAX_ABS_DIFFERENCE, or the masked si
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -76,6 +77,16 @@ class Criterion(BaseModel):
         assert self.threshold is not None
         return self.threshold
 
+    @property
+    def question(self) -> str:
+        """What is compared, independent of the program asking: the masks are keyed to this.
+
+        Two criteria with the same terms (and defaults), direction and bound compute the same
+        comparison, so they get the same masks and a second program adds no fresh sample.
+        """
+        terms = ",".join(sorted(f"{t.element}={t.if_missing}" for t in self.terms))
+        return f"{'ge' if self.direction > 0 else 'le'}:{self.bound}:{terms}"
+
     def passes(self, total: int) -> bool:
         """The plaintext meaning of this criterion (used by the oracle and the baseline)."""
         return total >= self.bound if self.direction > 0 else total <= self.bound
@@ -116,6 +127,12 @@ class Program:
     criteria: tuple[Criterion, ...]
     sha256: str
     source: str
+    # Per criterion: the largest |threshold - sum| over the declared element ranges (>= 1); the
+    # masks' range is fitted to it (crypto.masks.mask_bound).
+    spans: tuple[int, ...] = ()
+
+    def span(self, index: int) -> int:
+        return self.spans[index] if self.spans else MAX_ABS_DIFFERENCE
 
     @property
     def id(self) -> str:
@@ -144,7 +161,9 @@ class Program:
         return grouped
 
 
-def check_against_catalogue(parsed: ProgramFile, catalogue: Catalogue, source: str) -> None:
+def check_against_catalogue(parsed: ProgramFile, catalogue: Catalogue, source: str) -> tuple[int, ...]:
+    """Raise ConfigError unless every criterion fits the catalogue; return each criterion's span."""
+    spans: list[int] = []
     ids = [c.id for c in parsed.criteria]
     if len(set(ids)) != len(ids):
         raise ConfigError(f"program {source}: criterion ids must be unique")
@@ -182,12 +201,27 @@ def check_against_catalogue(parsed: ProgramFile, catalogue: Catalogue, source: s
                 f"program {source}: criterion '{criterion.id}': |threshold - sum| can reach {worst}, "
                 f"above the HE masking bound {MAX_ABS_DIFFERENCE}; narrow the element ranges or split it"
             )
+        spans.append(max(1, worst))
+    return tuple(spans)
 
 
 def load_program(path: Path, catalogue: Catalogue) -> Program:
     parsed, raw = load_model(path, ProgramFile, "program")
-    check_against_catalogue(parsed, catalogue, str(path))
-    return Program(parsed.program, parsed.criteria, hashlib.sha256(raw).hexdigest(), str(path))
+    spans = check_against_catalogue(parsed, catalogue, str(path))
+    return Program(parsed.program, parsed.criteria, hashlib.sha256(raw).hexdigest(), str(path), spans)
+
+
+def _check_shared_questions(programs: Iterable[Program]) -> None:
+    """Programs asking the same question must share its masking epoch, or each would draw fresh masks."""
+    seen: dict[str, tuple[int, str]] = {}
+    for program in programs:
+        for criterion in program.criteria:
+            days, where = seen.setdefault(criterion.question, (program.header.epoch_days, program.source))
+            if days != program.header.epoch_days:
+                raise ConfigError(
+                    f"program {program.source}: criterion '{criterion.id}' asks the same question as a criterion of "
+                    f"{where} with epoch_days {days}; programs asking one question must use the same epoch_days"
+                )
 
 
 class ProgramRegistry:
@@ -207,6 +241,7 @@ class ProgramRegistry:
             if program.id in programs:
                 raise ConfigError(f"program {path}: id '{program.id}' also defined in {programs[program.id].source}")
             programs[program.id] = program
+        _check_shared_questions(programs.values())
         return cls(programs)
 
     def get(self, program_id: str) -> Program:

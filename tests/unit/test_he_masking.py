@@ -7,8 +7,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from crypto.he import MASK_BITS, MAX_ABS_DIFFERENCE, SLOTS, PublicContext, RequesterKeys, chunk_count, chunks
-from crypto.masks import MASK_KEY_BYTES, derive_masks, epoch_of
+from crypto.he import MAX_ABS_DIFFERENCE, PLAIN_MODULUS, SLOTS, PublicContext, RequesterKeys, chunk_count, chunks
+from crypto.masks import MASK_KEY_BYTES, MIN_MASK_LOG2, derive_masks, epoch_of, mask_bound
 from xgate.errors import CryptoError, PayloadTooLarge
 
 KEY = bytes(range(MASK_KEY_BYTES))
@@ -21,7 +21,7 @@ def _pseudonyms(n: int) -> list[str]:
 def _masked_signs(keys: RequesterKeys, ctx: PublicContext, terms, direction: int, bound: int, epoch: int = 1):
     count = len(terms[0])
     cts = [ctx.load(ctx.encrypt(list(t)), count) for t in terms]
-    r, s = derive_masks(KEY, "prog", "crit", epoch, _pseudonyms(count))
+    r, s = derive_masks(KEY, "le:0:prog.crit=0", epoch, _pseudonyms(count))
     blob = ctx.mask_criterion(cts, direction, bound, r, s)
     return keys.decrypt_signs(blob, count)
 
@@ -59,36 +59,51 @@ def test_random_sums_decide_like_plaintext(requester_keys, public_context, value
     assert list(got) == [(t >= bound) if direction > 0 else (t <= bound) for t in totals]
 
 
-@settings(max_examples=300)
+@settings(max_examples=400)
 @given(
-    d=st.integers(-MAX_ABS_DIFFERENCE, MAX_ABS_DIFFERENCE),
+    span=st.integers(1, MAX_ABS_DIFFERENCE),
+    fraction=st.fractions(-1, 1),
     pseudonym=st.text("abcdefgh234567", min_size=26, max_size=26),
 )
-def test_masked_value_sign_equals_difference_sign_and_fits_plaintext_space(d, pseudonym):
-    r, s = derive_masks(KEY, "p", "c", 3, [pseudonym])
+def test_masked_value_sign_equals_difference_sign_and_fits_plaintext_space(span, fraction, pseudonym):
+    d = int(fraction * span)
+    r, s = derive_masks(KEY, "le:0:p.c=0", 3, [pseudonym], span)
     v = int(r[0]) * d + int(s[0])
     assert (v >= 0) == (d >= 0)
-    assert abs(v) < 2**57  # below t/2 for the 58-bit plaintext modulus: never wraps
+    assert abs(v) < PLAIN_MODULUS // 2  # never wraps, whatever the criterion's span
+
+
+@pytest.mark.parametrize("span", [1, 708, 2_298_900, MAX_ABS_DIFFERENCE])
+def test_worst_case_masked_values_do_not_wrap(span):
+    r = mask_bound(span) - 1
+    assert r * span + (r - 1) < PLAIN_MODULUS // 2
+    assert -r * span >= -(PLAIN_MODULUS // 2)
 
 
 def test_masks_are_deterministic_per_epoch_and_fresh_across_epochs():
     ps = _pseudonyms(500)
-    r1, s1 = derive_masks(KEY, "dibao", "income", 7, ps)
-    r2, s2 = derive_masks(KEY, "dibao", "income", 7, ps)
-    r3, _ = derive_masks(KEY, "dibao", "income", 8, ps)
-    r4, _ = derive_masks(KEY, "dibao", "other", 7, ps)
+    r1, s1 = derive_masks(KEY, "le:1100:tax.monthly_income=0", 7, ps, 2_000_000)
+    r2, s2 = derive_masks(KEY, "le:1100:tax.monthly_income=0", 7, ps, 2_000_000)
+    r3, _ = derive_masks(KEY, "le:1100:tax.monthly_income=0", 8, ps, 2_000_000)
+    r4, _ = derive_masks(KEY, "le:1200:tax.monthly_income=0", 7, ps, 2_000_000)
     assert np.array_equal(r1, r2) and np.array_equal(s1, s2)
     assert (r1 != r3).mean() > 0.9 and (r1 != r4).mean() > 0.9
-    assert r1.min() >= 1 and r1.max() < 2**MASK_BITS
+    assert r1.min() >= 2**MIN_MASK_LOG2 and r1.max() < mask_bound(2_000_000)
     assert (s1 >= 0).all() and (s1 < r1).all()
 
 
-def test_mask_multiplier_is_spread_over_all_magnitudes():
-    r, _ = derive_masks(KEY, "p", "c", 1, _pseudonyms(4000))
-    bits = np.floor(np.log2(r))
-    # log-uniform: every bit length 0..31 is drawn, none dominates
-    counts = np.bincount(bits.astype(int), minlength=MASK_BITS)
-    assert (counts > 0).all() and counts.max() < 4000 * 0.08
+def test_mask_multiplier_keeps_away_from_its_lower_bound_and_spreads_over_the_top():
+    span = 2_298_900
+    r, _ = derive_masks(KEY, "le:1100:x.y=0", 1, _pseudonyms(20_000), span)
+    bits = np.log2(r)
+    lo, hi = MIN_MASK_LOG2, np.log2(mask_bound(span))
+    # P(exact reveal at the threshold) = E[r_min / r]: the bottom of the range carries almost nothing
+    assert np.mean(2.0**MIN_MASK_LOG2 / r) < 1e-6
+    assert np.mean(bits < lo + 0.3 * (hi - lo)) < 1e-3
+    # ... while the top 30 % of the range (~9.5 bits) is flat: every bit length there is drawn evenly
+    top = np.floor(bits[bits >= lo + 0.7 * (hi - lo)]).astype(int)
+    counts = np.bincount(top - top.min())[1:-1]
+    assert len(counts) >= 7 and counts.min() > 0.7 * counts.max()
 
 
 def test_epoch_of():
