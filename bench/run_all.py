@@ -13,6 +13,7 @@ import time
 BENCHMARKS = [
     "eligibility",  # HE vs plaintext exchange, end to end
     "masking_leakage",  # what a masked value reveals
+    "privacy",  # exact reveals, extra bits, silver identification, bronze attack, failed-check budget
     "transport_overhead",  # mTLS + signed envelopes vs none
     "security",  # envelope sign/verify, gRPC RTT
     "policy",  # Cedar decisions per second

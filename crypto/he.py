@@ -340,7 +340,7 @@ class PublicContext:
         negative = (_random_words(len(positions)) & np.uint64(1)).astype(bool)
         coefficients = np.where(negative, t - magnitudes, magnitudes)
         # SEAL's plaintext syntax: hexadecimal coefficients, highest degree first.
-        terms = sorted(zip(positions.tolist(), coefficients.tolist()), reverse=True)
+        terms = sorted(zip(positions.tolist(), coefficients.tolist(), strict=True), reverse=True)
         small = sealapi.Plaintext(" + ".join(f"{c:X}x^{p}" if p else f"{c:X}" for p, c in terms))
         zero.mul_(self._encoder.decode_int64(small))
         proto = _vector_proto()()

@@ -51,9 +51,10 @@ def test_same_question_through_two_programs_gives_the_same_masked_values(request
     # a different question is masked independently
     assert a["no_registered_business"] != b["not_enrolled"]
     # the ciphertexts differ (fresh randomness and flooding), the values do not
-    assert combine_he(dibao, ps, public_context, cts, KEY, 9)[0].ciphertexts != combine_he(
-        discovery, ps, public_context, cts, KEY, 9
-    )[0].ciphertexts
+    assert (
+        combine_he(dibao, ps, public_context, cts, KEY, 9)[0].ciphertexts
+        != combine_he(discovery, ps, public_context, cts, KEY, 9)[0].ciphertexts
+    )
 
 
 def test_a_changed_threshold_is_another_question():

@@ -1,0 +1,190 @@
+"""What a curious requester can learn beyond the verdicts, measured with the real mask code.
+
+Writes bench/results/privacy.json:
+
+* exact_reveals_per_million / near_exact_reveals_per_million: 10^6 subjects at and near a
+  threshold (d = T - S in -2..2), masked with crypto.masks.derive_masks; a masked value is an exact
+  reveal when only one difference is consistent with it given the published mask range (r between
+  its lower and upper bound, 0 <= s' < r), near-exact when the consistent differences span at most
+  10 units. The previous design (log-uniform r from 1 to 2^32) is measured the same way.
+* extra_bits_per_query: mutual information between floor(log2 |d|) and the masked value's
+  magnitude at half-bit resolution (as bench/masking_leakage.py), gold (one criterion's value) and
+  silver (the largest magnitude among the permuted positions, the attacker's best single feature;
+  the data-processing inequality bounds silver by gold).
+* silver_failed_criterion_identified_rate: subjects failing exactly one 低保 criterion; a Bayes
+  classifier trained on half the samples guesses, from the failing position's magnitude, which
+  criterion failed; accuracy on the other half against chance (equal priors: 1/3).
+* bronze_single_person_attack_success_rate, failed_check_budget_spent: see their functions.
+
+Run: python -m bench.privacy [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from crypto.he import MAX_ABS_DIFFERENCE
+from crypto.masks import MIN_MASK_LOG2, derive_masks, mask_bound
+from policies.catalogue import load_catalogue
+from policies.programs import DEFAULT_PROGRAM_DIR, ProgramRegistry
+
+RESULTS = Path(__file__).resolve().parent / "results" / "privacy.json"
+KEY = bytes(range(32))
+NEAR_UNITS = 10
+
+
+def _pseudonyms(n: int, salt: str) -> list[str]:
+    return [f"{salt}{i:020x}"[-26:] for i in range(n)]
+
+
+def _consistent_width(v: np.ndarray, r_min: int, r_max: int) -> np.ndarray:
+    """How many differences besides one are consistent with v when r ranges over [r_min, r_max]."""
+    v = v.astype(object)
+    pos = v >= 0
+    out = np.empty(len(v), dtype=np.int64)
+    a = np.abs(v)
+    # d >= 0: v = r*d + s, s < r  =>  d = floor(v / r); d < 0: |v| = r*|d| - s  =>  |d| = ceil(|v| / r)
+    hi = np.where(pos, a // r_min, -(-a // r_min))
+    lo = np.where(pos, a // r_max, -(-a // r_max))
+    out[:] = (hi - lo).astype(np.int64)
+    return out
+
+
+def _old_masks(n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """The design before issue 13: r log-uniform in [1, 2^32), s' uniform in [0, r)."""
+    r = np.clip(np.floor(np.exp2(rng.random(n) * 32)), 1, 2**32 - 1).astype(np.int64)
+    return r, np.floor(rng.random(n) * r).astype(np.int64)
+
+
+def exact_reveals(n: int, span: int) -> dict[str, Any]:
+    rng = np.random.default_rng(13)
+    d = rng.integers(-2, 3, n)
+    r, s = derive_masks(KEY, "bench:exact", 1, _pseudonyms(n, "x"), span)
+    width = _consistent_width(r * d + s, 2**MIN_MASK_LOG2, mask_bound(span) - 1)
+    r_old, s_old = _old_masks(n, rng)
+    width_old = _consistent_width(r_old * d + s_old, 1, 2**32 - 1)
+    per_million = 1e6 / n
+    return {
+        "samples": n,
+        "differences": "uniform in -2..2 (at and next to the threshold)",
+        "span": span,
+        "exact_reveals_per_million": round(float((width == 0).sum()) * per_million, 2),
+        "near_exact_reveals_per_million": round(float((width <= NEAR_UNITS).sum()) * per_million, 2),
+        "previous_design": {
+            "exact_reveals_per_million": round(float((width_old == 0).sum()) * per_million, 1),
+            "near_exact_reveals_per_million": round(float((width_old <= NEAR_UNITS).sum()) * per_million, 1),
+        },
+    }
+
+
+def _mutual_information(x: np.ndarray, y: np.ndarray) -> float:
+    joint = np.zeros((x.max() + 1, y.max() + 1))
+    np.add.at(joint, (x, y), 1)
+    joint /= len(x)
+    px, py = joint.sum(1, keepdims=True), joint.sum(0, keepdims=True)
+    nz = joint > 0
+    return float((joint[nz] * np.log2(joint[nz] / (px @ py)[nz])).sum())
+
+
+def _bins(v: np.ndarray) -> np.ndarray:
+    return np.floor(np.log2(np.abs(v).astype(np.float64) + 1) * 2).astype(int)
+
+
+def extra_bits(n: int, span: int, flag_span: int, count_span: int) -> dict[str, Any]:
+    rng = np.random.default_rng(17)
+    log_d = rng.uniform(0, math.log2(span), n)
+    d = np.floor(np.exp2(log_d)).astype(np.int64)
+    cls = np.floor(log_d).astype(int)
+    r, s = derive_masks(KEY, "bench:bits", 1, _pseudonyms(n, "b"), span)
+    gold = _mutual_information(cls, _bins(r * d + s))
+    # silver (dibao): income position plus two register/count positions that pass (d = 0)
+    _, s2 = derive_masks(KEY, "bench:bits-flag", 1, _pseudonyms(n, "f"), flag_span)
+    _, s3 = derive_masks(KEY, "bench:bits-count", 1, _pseudonyms(n, "c"), count_span)
+    largest = np.maximum.reduce([_bins(r * d + s), _bins(s2), _bins(s3)])
+    silver = _mutual_information(cls, largest)
+    return {
+        "samples": n,
+        "prior": f"log2|d| uniform over [0, log2 {span}]",
+        "prior_entropy_bits": round(math.log2(math.ceil(math.log2(span))), 2),
+        "gold": round(gold, 3),
+        "silver_largest_magnitude": round(silver, 3),
+        "silver_upper_bound": round(gold, 3),
+    }
+
+
+def silver_identification(n: int, spans: dict[str, int]) -> dict[str, Any]:
+    """Which of the 低保 criteria failed, guessed from the failing position's |v|."""
+    rng = np.random.default_rng(19)
+    per = n // 3
+    # failing differences: income above 1,100 CNY by a log-uniform 1..2^15 CNY; not alive/resident
+    # (d = -1); 1..3 registered businesses (most failing subjects have one)
+    diffs = {
+        "income_within_threshold": -np.floor(np.exp2(rng.uniform(0, 15, per))).astype(np.int64),
+        "alive_and_resident": -np.ones(per, dtype=np.int64),
+        "no_registered_business": -rng.choice([1, 1, 1, 2, 3], per).astype(np.int64),
+    }
+    features, labels = [], []
+    for label, (name, d) in enumerate(diffs.items()):
+        r, s = derive_masks(KEY, f"bench:silver:{name}", 1, _pseudonyms(per, f"s{label}"), spans[name])
+        features.append(_bins(r * d + s))
+        labels.append(np.full(per, label))
+    x, y = np.concatenate(features), np.concatenate(labels)
+    order = rng.permutation(len(x))
+    x, y = x[order], y[order]
+    half = len(x) // 2
+    counts = np.zeros((3, x.max() + 1))
+    np.add.at(counts, (y[:half], x[:half]), 1)
+    guess = counts.argmax(axis=0)[x[half:]]
+    accuracy = float((guess == y[half:]).mean())
+    sure = (counts > 0).sum(axis=0) == 1
+    return {
+        "samples": 3 * per,
+        "population": "equal thirds failing income (by 1..2^15 CNY, log-uniform), residence, business (1-3)",
+        "silver_failed_criterion_identified_rate": round(accuracy, 4),
+        "chance_rate": round(1 / 3, 4),
+        "identified_with_certainty_rate": round(float(sure[x[half:]].mean()), 4),
+    }
+
+
+def run(quick: bool) -> dict[str, Any]:
+    catalogue = load_catalogue()[0]
+    dibao = ProgramRegistry.load(DEFAULT_PROGRAM_DIR, catalogue).get("dibao")
+    spans = {c.id: dibao.span(i) for i, c in enumerate(dibao.criteria)}
+    income = spans["income_within_threshold"]
+    n = 100_000 if quick else 1_000_000
+    exact = exact_reveals(n, income)
+    bits_full = extra_bits(n, MAX_ABS_DIFFERENCE, 1, spans["no_registered_business"])
+    bits_dibao = extra_bits(n, income, 1, spans["no_registered_business"])
+    silver = silver_identification(n // 2, spans)
+    return {
+        "benchmark": "privacy",
+        "quick": quick,
+        "exact_reveals_per_million": exact["exact_reveals_per_million"],
+        "near_exact_reveals_per_million": exact["near_exact_reveals_per_million"],
+        "exact": exact,
+        "extra_bits_per_query": {"gold": bits_full["gold"], "silver": bits_full["silver_largest_magnitude"]},
+        "extra_bits": {"full_admissible_range": bits_full, "dibao_income": bits_dibao},
+        "silver_failed_criterion_identified_rate": silver["silver_failed_criterion_identified_rate"],
+        "silver": silver,
+        "goals": {"exact_reveals_per_million": 0, "extra_bits_per_query": 0.1, "silver": "chance"},
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args()
+    result = run(args.quick)
+    print(json.dumps(result, indent=2))
+    if not args.quick:
+        RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
