@@ -14,7 +14,9 @@ Writes bench/results/privacy.json:
 * silver_failed_criterion_identified_rate: subjects failing exactly one 低保 criterion; a Bayes
   classifier trained on half the samples guesses, from the failing position's magnitude, which
   criterion failed; accuracy on the other half against chance (equal priors: 1/3).
-* bronze_single_person_attack_success_rate, failed_check_budget_spent: see their functions.
+* bronze_single_person_attack_success_rate (and the epsilon it should respect): see
+  bronze_single_person; failed_check_budget_spent: evaluations charged after failed checks run
+  through the real decision point, budget store and check service (must be 0).
 
 Run: python -m bench.privacy [--quick]
 """
@@ -152,6 +154,116 @@ def silver_identification(n: int, spans: dict[str, int]) -> dict[str, Any]:
     }
 
 
+class _FailingNodes:
+    """A fan-out port that fails the way real ones do: node down, late, refusing."""
+
+    def __init__(self, failure: Exception) -> None:
+        self.failure = failure
+
+    async def encrypt_all(self, requests: Any, deadline_s: float) -> dict[str, Any]:
+        raise self.failure
+
+
+def failed_check_budget(attempts: int) -> dict[str, Any]:
+    """Real decision point, SQLite budget and check service; every check fails at the fan-out."""
+    import asyncio
+    import contextlib
+    import tempfile
+    from datetime import UTC, datetime, timedelta
+
+    from exchange.service import CheckService
+    from exchange.types import CheckRequest
+    from policies.budgets import ProbeBudget
+    from policies.decision import DEFAULT_POLICY_DIR, CheckAuthorizer, PolicyEngine
+    from policies.types import BudgetRule
+    from xgate.errors import NodeError, NodeRefused, NodeTimeout, NodeUnavailable
+    from xgate.principal import Principal
+
+    daytime = datetime(2026, 3, 2, 3, 0, tzinfo=UTC)  # 11:00 in Asia/Shanghai, inside the agreements' hours
+    engine = PolicyEngine.load(DEFAULT_POLICY_DIR)
+    programs = ProgramRegistry.load(DEFAULT_POLICY_DIR / "programs", load_catalogue()[0])
+    gold = Principal("ca-caseworker-gold", "civil_affairs", "caseworker", "gold")
+    subjects = tuple(_pseudonyms(6, "f"))
+    request = CheckRequest("dibao", "dibao", "SAR-2014-art-12", "C-1", subjects, mode="plaintext", approval_ref="AP-1")
+    failures = [
+        NodeUnavailable("hrss", "unreachable"),
+        NodeTimeout("household", "late"),
+        NodeRefused("tax", "refused"),
+    ]
+    with tempfile.TemporaryDirectory() as tmp:
+        budgets = ProbeBudget(Path(tmp) / "b.db")
+        for i in range(attempts):
+            service = CheckService(
+                programs=programs,
+                nodes=_FailingNodes(failures[i % len(failures)]),
+                mask_key=KEY,
+                policy=CheckAuthorizer(engine, budgets=budgets, clock=lambda: daytime),
+                allow_plaintext_mode=True,
+                clock=lambda: daytime.timestamp(),
+            )
+            with contextlib.suppress(NodeError):
+                asyncio.run(service.run(gold, request))
+        rule = BudgetRule(max_checks=3, window_days=30, policy_id="")
+        spent = sum(budgets.used(s, "dibao", "civil_affairs", rule, daytime + timedelta(seconds=1)) for s in subjects)
+    return {"failed_checks": attempts, "subjects": len(subjects), "evaluations_charged": spent}
+
+
+def bronze_single_person(trials: int) -> dict[str, Any]:
+    """The fake-member attack on the cohort view as it stands: the victim plus 9 made-up people.
+
+    Unknown pseudonyms get the program's if_missing values, so every fake slot has the same,
+    predictable pattern of criterion outcomes; one shuffle for all criteria keeps a slot's
+    outcomes together, so a modified client reading the slots finds the victim's pattern. Success:
+    the attacker names the victim's outcome on the income criterion correctly.
+    """
+    rng = np.random.default_rng(23)
+    fake = (True, False, True)  # income 0 <= 1100, not alive/resident (0), no business (0)
+    success = 0
+    for _ in range(trials):
+        victim = (bool(rng.random() < 0.3), bool(rng.random() < 0.95), bool(rng.random() < 0.9))
+        slots = [fake] * 9 + [victim]
+        rng.shuffle(slots)
+        odd = [s for s in slots if s != fake]
+        guess = odd[0][0] if odd else fake[0]  # every slot alike: the victim's pattern is the fakes'
+        success += guess == victim[0]
+    return {
+        "trials": trials,
+        "cohort": "victim + 9 unknown pseudonyms",
+        "bronze_single_person_attack_success_rate": round(success / trials, 4),
+        "epsilon": None,
+        "note": "no noise on cohort counts yet (issue 13 item 3 not built): the attack always succeeds",
+    }
+
+
+def flooding_cost(repeats: int) -> dict[str, Any]:
+    """The gateway's combine step for one 低保 check with and without noise flooding, interleaved."""
+    import statistics
+    import time
+
+    from crypto.he import PublicContext, RequesterKeys
+    from exchange.eligibility import combine_he
+
+    dibao = ProgramRegistry.load(DEFAULT_PROGRAM_DIR, load_catalogue()[0]).get("dibao")
+    context = PublicContext(RequesterKeys.generate().public_context)
+    out: dict[str, Any] = {"repeats": repeats}
+    for n in (1, 4096):
+        ps = _pseudonyms(n, "t")
+        cts = {t.element: [context.load(context.encrypt([0] * n), n)] for t in dibao.elements()}
+        times: dict[bool, list[float]] = {True: [], False: []}
+        for _ in range(repeats):
+            for flood in (False, True):
+                t0 = time.perf_counter()
+                combine_he(dibao, ps, context, cts, KEY, 1, flood=flood)
+                times[flood].append((time.perf_counter() - t0) * 1000)
+        off, on = statistics.median(times[False]), statistics.median(times[True])
+        out[f"applicants_{n}"] = {
+            "combine_ms_without_flooding": round(off, 1),
+            "combine_ms_with_flooding": round(on, 1),
+            "flooding_ms": round(on - off, 1),
+        }
+    return out
+
+
 def run(quick: bool) -> dict[str, Any]:
     catalogue = load_catalogue()[0]
     dibao = ProgramRegistry.load(DEFAULT_PROGRAM_DIR, catalogue).get("dibao")
@@ -162,6 +274,9 @@ def run(quick: bool) -> dict[str, Any]:
     bits_full = extra_bits(n, MAX_ABS_DIFFERENCE, 1, spans["no_registered_business"])
     bits_dibao = extra_bits(n, income, 1, spans["no_registered_business"])
     silver = silver_identification(n // 2, spans)
+    budget = failed_check_budget(9 if quick else 30)
+    bronze = bronze_single_person(1000 if quick else 10_000)
+    flooding = flooding_cost(3 if quick else 15)
     return {
         "benchmark": "privacy",
         "quick": quick,
@@ -172,7 +287,19 @@ def run(quick: bool) -> dict[str, Any]:
         "extra_bits": {"full_admissible_range": bits_full, "dibao_income": bits_dibao},
         "silver_failed_criterion_identified_rate": silver["silver_failed_criterion_identified_rate"],
         "silver": silver,
-        "goals": {"exact_reveals_per_million": 0, "extra_bits_per_query": 0.1, "silver": "chance"},
+        "bronze_single_person_attack_success_rate": bronze["bronze_single_person_attack_success_rate"],
+        "bronze_epsilon": bronze["epsilon"],
+        "bronze": bronze,
+        "failed_check_budget_spent": budget["evaluations_charged"],
+        "failed_checks": budget,
+        "noise_flooding_cost": flooding,
+        "goals": {
+            "exact_reveals_per_million": 0,
+            "extra_bits_per_query": 0.1,
+            "silver": "chance",
+            "failed_check_budget_spent": 0,
+            "bronze_single_person_attack_success_rate": "within what epsilon allows",
+        },
     }
 
 

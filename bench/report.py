@@ -105,6 +105,17 @@ def privacy(d: dict[str, Any]) -> str:
     for key in ("bronze_single_person_attack_success_rate", "failed_check_budget_spent"):
         if key in d:
             rows.append([key.replace("_", " "), d[key], "", d["goals"].get(key, "")])
+    flood = d.get("noise_flooding_cost")
+    if flood:
+        one, many = flood["applicants_1"], flood["applicants_4096"]
+        rows.append(
+            [
+                "noise flooding, gateway CPU ms per 低保 check (1 / 4,096 applicants; built during the fan-out)",
+                f"{one['flooding_ms']} / {many['flooding_ms']}",
+                "0",
+                "",
+            ]
+        )
     return "\n\n".join(
         [
             f"Real mask code, {exact['samples']:,} simulated subjects; bits as `bench/masking_leakage.py` measures "

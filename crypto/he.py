@@ -202,6 +202,20 @@ def _random_words(n: int) -> np.ndarray:
     return np.frombuffer(os.urandom(8 * n), dtype="<u8")
 
 
+class FloodTerm:
+    """One prepared flood term (an encryption of zero with large noise) for one result; used once."""
+
+    def __init__(self, vector: ts.BFVVector, count: int) -> None:
+        self._vector: ts.BFVVector | None = vector
+        self.count = count
+
+    def take(self) -> ts.BFVVector:
+        vector, self._vector = self._vector, None
+        if vector is None:
+            raise CryptoError("a flood term is used once")
+        return vector
+
+
 _CACHE_LOCK = threading.Lock()
 _CONTEXT_CACHE: OrderedDict[bytes, PublicContext] = OrderedDict()
 
@@ -261,7 +275,7 @@ class PublicContext:
         threshold: int,
         r: np.ndarray,
         s: np.ndarray,
-        flood: bool = True,
+        flood: bool | FloodTerm = True,
     ) -> bytes:
         """Return Enc(r * d + s') with d = direction * (sum(terms) - threshold).
 
@@ -283,7 +297,7 @@ class PublicContext:
         groups: Sequence[Sequence[Ciphertext]],
         weights: Sequence[np.ndarray],
         offset: np.ndarray,
-        flood: bool = True,
+        flood: bool | FloodTerm = True,
     ) -> bytes:
         """Enc(sum_m weights[m] * sum(groups[m]) + offset), slot-wise, one plaintext product deep.
 
@@ -316,9 +330,18 @@ class PublicContext:
         if acc is None:
             raise CryptoError("every weight is zero")
         acc.add_(ts.bfv_vector(self._ctx, centered(offset)))
-        if flood:
+        if isinstance(flood, FloodTerm):
+            if flood.count != count:
+                raise CryptoError("flood term and result disagree on the number of subjects")
+            acc.add_(flood.take())
+        elif flood:
             acc.add_(self.flood(count))
         return bytes(acc.serialize())
+
+    def flood_terms(self, counts: Sequence[int]) -> list[FloodTerm]:
+        """Flood terms for result ciphertexts of these slot counts, ahead of time: they depend on
+        nothing but the requester's public key, so the gateway builds them during the fan-out."""
+        return [FloodTerm(self.flood(count), count) for count in counts]
 
     def flood(self, count: int) -> ts.BFVVector:
         """A fresh encryption of zero in `count` slots whose noise swamps a masked result's.

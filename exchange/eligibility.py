@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from crypto.he import HE_PARAMS_ID, SLOTS, Ciphertext, PublicContext, chunk_count
+from crypto.he import HE_PARAMS_ID, SLOTS, Ciphertext, FloodTerm, PublicContext, chunk_count
 from crypto.masks import derive_masks, derive_permutations
 from policies.programs import Criterion, Program
 from protos.xgate.v1 import node_pb2
@@ -145,6 +145,8 @@ def combine_he(
     mask_key: bytes,
     epoch: int,
     hide_order: bool = False,
+    flood: bool = True,
+    floods: Sequence[FloodTerm] | None = None,
 ) -> list[CriterionOutcome]:
     """Per criterion: Enc(r*d + s') per chunk, masks keyed to (question, epoch, subject).
 
@@ -154,6 +156,9 @@ def combine_he(
     With `hide_order` (the "overall verdict" view) output position i of subject j holds criterion
     order[j][i] instead of criterion i: the requester learns the verdict and how many criteria
     failed, not which. The permutation is folded into the masking product (see masked_combination).
+    `floods` are flood terms prepared ahead (see flood_counts), one per result ciphertext in
+    criterion-major, chunk-minor order; without them each result is flooded here.
+    `flood=False` skips noise flooding: only for measuring what flooding costs (bench/privacy.py).
     """
     masks = [
         derive_masks(mask_key, c.question, epoch, pseudonyms, program.span(i)) for i, c in enumerate(program.criteria)
@@ -161,14 +166,22 @@ def combine_he(
     k = len(program.criteria)
     order = derive_permutations(mask_key, program.id, epoch, pseudonyms, k) if hide_order and k > 1 else None
     outcomes = []
+    prepared = iter(floods) if floods is not None else None
+    if floods is not None and len(floods) != len(flood_counts(program, len(pseudonyms))):
+        raise ValueError("one prepared flood term per result ciphertext")
     for i, criterion in enumerate(program.criteria):
         masked = []
         for chunk, start in enumerate(range(0, len(pseudonyms), SLOTS)):
             window = slice(start, start + SLOTS)
+            noise: bool | FloodTerm = next(prepared) if prepared is not None else flood
             if order is None:
                 r, s = masks[i]
                 terms = _chunk_terms(criterion, ciphertexts, chunk)
-                masked.append(context.mask_criterion(terms, criterion.direction, criterion.bound, r[window], s[window]))
+                masked.append(
+                    context.mask_criterion(
+                        terms, criterion.direction, criterion.bound, r[window], s[window], flood=noise
+                    )
+                )
                 continue
             picks = order[window, i]
             groups, weights = [], []
@@ -179,10 +192,16 @@ def combine_he(
                 weights.append(np.where(chosen, other.direction * r, 0))
                 offset += np.where(chosen, s.astype(object) - other.direction * r.astype(object) * other.bound, 0)
                 groups.append(_chunk_terms(other, ciphertexts, chunk))
-            masked.append(context.masked_combination(groups, weights, offset))
+            masked.append(context.masked_combination(groups, weights, offset, flood=noise))
         name = criterion.id if order is None else f"position_{i + 1}"
         outcomes.append(CriterionOutcome(name, ciphertexts=tuple(masked)))
     return outcomes
+
+
+def flood_counts(program: Program, subjects: int) -> list[int]:
+    """Slot counts of a check's result ciphertexts, in the order combine_he consumes flood terms."""
+    sizes = [min(SLOTS, subjects - start) for start in range(0, subjects, SLOTS)]
+    return [size for _ in program.criteria for size in sizes]
 
 
 def evaluate_plain(criterion: Criterion, values: Mapping[str, np.ndarray]) -> np.ndarray:

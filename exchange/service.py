@@ -19,6 +19,7 @@ CPU-heavy steps (loading the HE context, combining and masking) run off the even
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import secrets
 import time
 import uuid
@@ -26,7 +27,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from crypto.he import SLOTS, PublicContext
+from crypto.he import SLOTS, FloodTerm, PublicContext
 from crypto.masks import epoch_of
 from exchange import events
 from exchange.eligibility import (
@@ -35,6 +36,7 @@ from exchange.eligibility import (
     build_requests,
     combine_he,
     combine_plain,
+    flood_counts,
     validate_he_response,
     validate_plain_response,
 )
@@ -134,6 +136,29 @@ class CheckService:
         except PolicyDenied as exc:
             await self._record(events.policy_denied(about, exc))
             raise
+        # Budget and consent uses are reserved now and charged only for an answer: any failure from
+        # here on (node down or refusing, timeout, a gateway error, cancellation) releases them.
+        try:
+            result = await self._answer(principal, request, program, request_id, about, context, outcome, timings, t0)
+        except BaseException:
+            await _settle(outcome.charge.release)
+            raise
+        await asyncio.to_thread(outcome.charge.commit)
+        return result
+
+    async def _answer(
+        self,
+        principal: Principal,
+        request: CheckRequest,
+        program: Program,
+        request_id: str,
+        about: dict[str, Any],
+        context: PublicContext | None,
+        outcome: PolicyOutcome,
+        timings: dict[str, float],
+        t0: float,
+    ) -> CheckOutcome:
+        rng = self.randomness or SystemRandomness()
         view = _view(outcome)
         await self._record(events.policy_allowed(about, outcome))
         timings["policy"] = self._ms(t0)
@@ -148,6 +173,14 @@ class CheckService:
         scope = _scope(request_id, principal, request, outcome)
         node_requests = build_requests(program, scope, pseudonyms, mode, request.public_context)
         t1 = self.timer()
+        # Noise-flooding terms depend only on the requester's key: build them while the nodes work.
+        floods = (
+            asyncio.ensure_future(
+                asyncio.to_thread(context.flood_terms, flood_counts(program, len(request.pseudonyms)))
+            )
+            if context is not None
+            else None
+        )
         try:
             responses = await self.nodes.encrypt_all(node_requests, self.deadline_s)
         except NodeError as exc:
@@ -167,8 +200,18 @@ class CheckService:
         t2 = self.timer()
         if context is not None:
             epoch = epoch_of(self.clock(), program.epoch_seconds) if view != "cohort" else rng.epoch()
+            prepared = await floods if floods is not None else None
             outcomes = await asyncio.to_thread(
-                _combine_he, program, pseudonyms, node_requests, responses, context, self.mask_key, epoch, view
+                _combine_he,
+                program,
+                pseudonyms,
+                node_requests,
+                responses,
+                context,
+                self.mask_key,
+                epoch,
+                view,
+                prepared,
             )
         else:
             outcomes = _combine_plain(program, node_requests, responses, view)
@@ -234,6 +277,13 @@ class CheckService:
         return round((self.timer() - since) * 1000, 2)
 
 
+async def _settle(release: Callable[[], None]) -> None:
+    """Release a check's reservations off the event loop, even when the check is being cancelled."""
+    task = asyncio.ensure_future(asyncio.to_thread(release))
+    with contextlib.suppress(asyncio.CancelledError):  # the shielded release still completes in its thread
+        await asyncio.shield(task)
+
+
 def _check_program(program: Program, principal: Principal, request: CheckRequest) -> None:
     if request.purpose not in program.header.purposes:
         raise PolicyDenied(f"purpose '{request.purpose}' is not a purpose of program '{program.id}'")
@@ -272,11 +322,14 @@ def _combine_he(
     mask_key: bytes,
     epoch: int,
     view: View,
+    floods: Sequence[FloodTerm] | None = None,
 ) -> list[CriterionOutcome]:
     ciphertexts = {}
     for agency, response in responses.items():
         ciphertexts.update(validate_he_response(agency, node_requests[agency], response, context))
-    return combine_he(program, pseudonyms, context, ciphertexts, mask_key, epoch, hide_order=view == "overall")
+    return combine_he(
+        program, pseudonyms, context, ciphertexts, mask_key, epoch, hide_order=view == "overall", floods=floods
+    )
 
 
 def _combine_plain(

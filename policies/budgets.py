@@ -6,6 +6,13 @@ all-or-nothing: inside one `BEGIN IMMEDIATE` transaction we count every subject'
 evaluations and either record one more for each or refuse the whole batch, so concurrent callers
 can never push anyone over the cap.
 
+Charged only for answers: `reserve` records the batch's evaluations exactly like `consume`
+(counted against the cap at once, so concurrent callers can never push anyone over it) and
+returns a reservation id; `commit` makes it final when the check was answered; `release`
+removes those evaluations again when the check failed for a reason that is not the requester's
+(node down, timeout, gateway error, a refusal further on). A reservation never committed nor
+released (the gateway died mid-check) stays counted: the conservative side.
+
 Privacy ledger: total ε spent per training dataset, capped; idempotent per job id.
 """
 
@@ -13,6 +20,7 @@ from __future__ import annotations
 
 import json
 import math
+import secrets
 import sqlite3
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -22,6 +30,9 @@ from pathlib import Path
 from policies.sqlite_tx import immediate, init_db
 from policies.types import BudgetRule
 from xgate.errors import BudgetExhausted, InvalidInput
+from xgate.logging import get_logger
+
+log = get_logger("xgate.policies.budgets")
 
 SAMPLE = 3  # how many over-budget pseudonyms a refusal names (counts are always complete)
 
@@ -31,6 +42,25 @@ class BudgetReceipt:
     subjects: int
     max_checks: int
     window_days: int
+    reservation: str = ""  # set by ProbeBudget.reserve: commit or release it
+
+
+def release_windows(
+    history: Mapping[str, Sequence[float]], subjects: Sequence[str], at: float
+) -> dict[str, list[float]]:
+    """Pure: each subject's window with one evaluation recorded at `at` taken out again.
+
+    Evaluations at one instant are interchangeable for counting, so removing any one of them
+    releases exactly one. A subject without such an entry (its window was rewritten meanwhile)
+    is left as it is.
+    """
+    out: dict[str, list[float]] = {}
+    for s in subjects:
+        times = list(history.get(s, ()))
+        if at in times:
+            times.remove(at)
+        out[s] = times
+    return out
 
 
 def charge_windows(
@@ -77,6 +107,9 @@ class ProbeBudget:
                 program TEXT NOT NULL, agency TEXT NOT NULL, subject TEXT NOT NULL,
                 times TEXT NOT NULL, last_at REAL NOT NULL,
                 PRIMARY KEY (program, agency, subject)) WITHOUT ROWID;
+            CREATE TABLE IF NOT EXISTS probe_reservations (
+                id TEXT PRIMARY KEY, program TEXT NOT NULL, agency TEXT NOT NULL, at REAL NOT NULL,
+                subjects TEXT NOT NULL);
             """,
         )
         self._migrate()
@@ -101,6 +134,75 @@ class ProbeBudget:
         now: datetime | None = None,
     ) -> BudgetReceipt:
         """Record one evaluation per subject, or refuse the whole batch with BudgetExhausted."""
+        return self._charge(subjects, program, agency, rule, now, reserve=False)
+
+    def reserve(
+        self,
+        subjects: Sequence[str],
+        program: str,
+        agency: str,
+        rule: BudgetRule,
+        now: datetime | None = None,
+    ) -> BudgetReceipt:
+        """Like `consume`, but revocable: the receipt names a reservation to commit or release."""
+        return self._charge(subjects, program, agency, rule, now, reserve=True)
+
+    def commit(self, reservation: str) -> bool:
+        """Make a reservation final (the check was answered). False if it was not pending."""
+        with immediate(self.path) as conn:
+            return conn.execute("DELETE FROM probe_reservations WHERE id = ?", (reservation,)).rowcount == 1
+
+    def release(self, reservation: str) -> bool:
+        """Give a pending reservation's evaluations back. False if it was not pending (idempotent)
+        or could not be released (a storage error: the reservation then stays counted, the
+        conservative side, and the check's own error is what the caller sees)."""
+        try:
+            return self._release(reservation)
+        except sqlite3.Error as exc:
+            log.warning("budget_release_failed", error=type(exc).__name__)
+            return False
+
+    def _release(self, reservation: str) -> bool:
+        with immediate(self.path) as conn:
+            row = conn.execute(
+                "SELECT program, agency, at, subjects FROM probe_reservations WHERE id = ?", (reservation,)
+            ).fetchone()
+            if row is None:
+                return False
+            program, agency, at, subjects = str(row[0]), str(row[1]), float(row[2]), json.loads(row[3])
+            windows = release_windows(self._history(conn, subjects, program, agency), subjects, at)
+            rows = json.dumps([[s, ",".join(map(repr, w)), max(w)] for s, w in windows.items() if w])
+            conn.execute(
+                """INSERT OR REPLACE INTO probe_windows (program, agency, subject, times, last_at)
+                   SELECT ?, ?, value ->> 0, value ->> 1, value ->> 2 FROM json_each(?)""",
+                (program, agency, rows),
+            )
+            emptied = json.dumps([s for s, w in windows.items() if not w])
+            conn.execute(
+                """DELETE FROM probe_windows WHERE program = ? AND agency = ?
+                   AND subject IN (SELECT value FROM json_each(?))""",
+                (program, agency, emptied),
+            )
+            conn.execute("DELETE FROM probe_reservations WHERE id = ?", (reservation,))
+        return True
+
+    def pending(self) -> int:
+        """How many reservations are neither committed nor released."""
+        conn = sqlite3.connect(self.path, timeout=30.0)
+        try:
+            return int(conn.execute("SELECT COUNT(*) FROM probe_reservations").fetchone()[0])
+        finally:
+            conn.close()
+
+    def _charge(
+        self,
+        subjects: Sequence[str],
+        program: str,
+        agency: str,
+        rule: BudgetRule,
+        now: datetime | None,
+        reserve: bool,
+    ) -> BudgetReceipt:
         unique = list(dict.fromkeys(subjects))
         if not unique:
             raise InvalidInput("no subjects to charge")
@@ -116,13 +218,22 @@ class ProbeBudget:
                    SELECT ?, ?, value ->> 0, value ->> 1, value ->> 2 FROM json_each(?)""",
                 (program, agency, rows),
             )
+            reservation = ""
+            if reserve:
+                reservation = "rsv_" + secrets.token_urlsafe(16)
+                conn.execute(
+                    "INSERT INTO probe_reservations (id, program, agency, at, subjects) VALUES (?, ?, ?, ?, ?)",
+                    (reservation, program, agency, t, json.dumps(unique)),
+                )
             if t - self._pruned.get((program, agency), -math.inf) >= self.PRUNE_EVERY_S:
                 self._pruned[(program, agency)] = t
                 conn.execute(
                     "DELETE FROM probe_windows WHERE program = ? AND agency = ? AND last_at <= ?",
                     (program, agency, t - rule.window_seconds),
                 )
-        return BudgetReceipt(len(unique), rule.max_checks, rule.window_days)
+                # a reservation older than the window can no longer be told from its evaluations
+                conn.execute("DELETE FROM probe_reservations WHERE at <= ?", (t - rule.window_seconds,))
+        return BudgetReceipt(len(unique), rule.max_checks, rule.window_days, reservation)
 
     def used(self, subject: str, program: str, agency: str, rule: BudgetRule, now: datetime | None = None) -> int:
         cutoff = (now or self._clock()).timestamp() - rule.window_seconds

@@ -18,6 +18,9 @@ from pathlib import Path
 
 from policies.sqlite_tx import immediate, init_db
 from xgate.errors import InvalidInput, NotFound, PolicyDenied
+from xgate.logging import get_logger
+
+log = get_logger("xgate.policies.consent")
 
 REF_RE = re.compile(r"^cns_[A-Za-z0-9_\-]{22}$")
 
@@ -99,6 +102,8 @@ class ConsentRegistry:
                 revoked_at TEXT, created_at TEXT NOT NULL);
             CREATE TABLE IF NOT EXISTS consent_uses (ref TEXT NOT NULL, at TEXT NOT NULL);
             CREATE INDEX IF NOT EXISTS consent_uses_ref ON consent_uses (ref, at);
+            CREATE TABLE IF NOT EXISTS consent_reservations (
+                id TEXT PRIMARY KEY, ref TEXT NOT NULL, at TEXT NOT NULL);
             """,
         )
 
@@ -177,6 +182,47 @@ class ConsentRegistry:
 
     def check(self, ref: str, subject: str, agency: str, purpose: str, now: datetime | None = None) -> ConsentRecord:
         """Consume one use of the consent for (subject, agency, purpose), or raise PolicyDenied."""
+        self._use(ref, subject, agency, purpose, now, reservation=None)
+        return self.lookup(ref)
+
+    def reserve(self, ref: str, subject: str, agency: str, purpose: str, now: datetime | None = None) -> str:
+        """Take one use now (so concurrent callers cannot share it) and return a reservation id:
+        `commit` it when the check was answered, `release` it when the check failed for a reason
+        that is not the requester's. A one-time consent is therefore used only by an answer."""
+        reservation = "crs_" + secrets.token_urlsafe(16)
+        self._use(ref, subject, agency, purpose, now, reservation=reservation)
+        return reservation
+
+    def commit(self, reservation: str) -> bool:
+        with immediate(self.path) as conn:
+            return conn.execute("DELETE FROM consent_reservations WHERE id = ?", (reservation,)).rowcount == 1
+
+    def release(self, reservation: str) -> bool:
+        """Give the reserved use back (idempotent: False if it was not pending, or on a storage
+        error, which leaves the use taken: the conservative side)."""
+        try:
+            return self._release(reservation)
+        except sqlite3.Error as exc:
+            log.warning("consent_release_failed", error=type(exc).__name__)
+            return False
+
+    def _release(self, reservation: str) -> bool:
+        with immediate(self.path) as conn:
+            row = conn.execute("SELECT ref, at FROM consent_reservations WHERE id = ?", (reservation,)).fetchone()
+            if row is None:
+                return False
+            conn.execute("UPDATE consents SET uses = uses - 1 WHERE ref = ? AND uses > 0", (row[0],))
+            conn.execute(
+                "DELETE FROM consent_uses WHERE rowid = "
+                "(SELECT rowid FROM consent_uses WHERE ref = ? AND at = ? LIMIT 1)",
+                (row[0], row[1]),
+            )
+            conn.execute("DELETE FROM consent_reservations WHERE id = ?", (reservation,))
+        return True
+
+    def _use(
+        self, ref: str, subject: str, agency: str, purpose: str, now: datetime | None, reservation: str | None
+    ) -> None:
         at = _aware(now, "now") if now is not None else datetime.now(UTC)
         with immediate(self.path) as conn:
             record = self._get(conn, ref)
@@ -191,7 +237,11 @@ class ConsentRegistry:
             evaluate(record, subject, agency, purpose, at, window)
             conn.execute("UPDATE consents SET uses = uses + 1 WHERE ref = ?", (ref,))
             conn.execute("INSERT INTO consent_uses (ref, at) VALUES (?, ?)", (ref, at.isoformat()))
-        return self.lookup(ref)
+            if reservation is not None:
+                conn.execute(
+                    "INSERT INTO consent_reservations (id, ref, at) VALUES (?, ?, ?)",
+                    (reservation, ref, at.isoformat()),
+                )
 
     @staticmethod
     def _get(conn: sqlite3.Connection, ref: str) -> ConsentRecord | None:

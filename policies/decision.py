@@ -60,6 +60,7 @@ __all__ = [
     "ConsentPort",
     "EngineSource",
     "PolicyEngine",
+    "Reservations",
     "current",
     "node_decision",
 ]
@@ -388,11 +389,19 @@ def current(source: PolicyEngine | EngineSource) -> PolicyEngine:
 
 
 class BudgetPort(Protocol):
-    """The probing budget (policies/budgets.py ProbeBudget): refuses with BudgetExhausted."""
+    """The probing budget (policies/budgets.py ProbeBudget): refuses with BudgetExhausted.
 
-    def consume(
+    `reserve` counts the batch at once (atomic against concurrent callers) and returns a receipt
+    whose `reservation` is then committed (answered) or released (failed).
+    """
+
+    def reserve(
         self, subjects: Sequence[str], program: str, agency: str, rule: BudgetRule, now: datetime | None = None
-    ) -> object: ...
+    ) -> Any: ...
+
+    def commit(self, reservation: str) -> bool: ...
+
+    def release(self, reservation: str) -> bool: ...
 
 
 class ConsentPort(Protocol):
@@ -400,7 +409,33 @@ class ConsentPort(Protocol):
 
     def verify(self, ref: str, subject: str, agency: str, purpose: str, now: datetime) -> None: ...
 
-    def check(self, ref: str, subject: str, agency: str, purpose: str, now: datetime | None = None) -> object: ...
+    def reserve(self, ref: str, subject: str, agency: str, purpose: str, now: datetime | None = None) -> str: ...
+
+    def commit(self, reservation: str) -> bool: ...
+
+    def release(self, reservation: str) -> bool: ...
+
+
+@dataclass
+class Reservations:
+    """A check's reserved probing budget and consent use (policies.types.Charge)."""
+
+    budgets: BudgetPort | None = None
+    budget_reservation: str = ""
+    consents: ConsentPort | None = None
+    consent_reservation: str = ""
+
+    def commit(self) -> None:
+        if self.budgets is not None and self.budget_reservation:
+            self.budgets.commit(self.budget_reservation)
+        if self.consents is not None and self.consent_reservation:
+            self.consents.commit(self.consent_reservation)
+
+    def release(self) -> None:
+        if self.consents is not None and self.consent_reservation:
+            self.consents.release(self.consent_reservation)
+        if self.budgets is not None and self.budget_reservation:
+            self.budgets.release(self.budget_reservation)
 
 
 @dataclass
@@ -449,12 +484,19 @@ class CheckAuthorizer:
         decision.raise_if_denied()
         view = view_for(principal.tier, len(request.pseudonyms), engine.min_cohort)
         if request.consent_ref:
-            # Validate before spending the probing budget: a refused request must not burn it.
+            # Validate before reserving the probing budget: a refused request must not hold it.
             self._consent(request, principal.agency, now, consume=False)
+        charge = Reservations()
         if self.budgets is not None and decision.budget is not None:
-            self.budgets.consume(request.pseudonyms, program.id, principal.agency, decision.budget, now)
+            receipt = self.budgets.reserve(request.pseudonyms, program.id, principal.agency, decision.budget, now)
+            charge.budgets, charge.budget_reservation = self.budgets, str(receipt.reservation)
         if request.consent_ref:
-            self._consent(request, principal.agency, now)
+            try:
+                charge.consent_reservation = self._consent(request, principal.agency, now)
+                charge.consents = self.consents
+            except BaseException:
+                charge.release()  # the consent refused after all (a concurrent use): give the budget back
+                raise
         log_pdp.info(
             "check_authorized",
             user=principal.user,
@@ -463,17 +505,20 @@ class CheckAuthorizer:
             view=view.value,
             policy_set_hash=decision.policy_set_hash,
         )
-        return PolicyOutcome(view=view.value, policy_ids=decision.policy_ids, policy_set_hash=decision.policy_set_hash)
+        return PolicyOutcome(
+            view=view.value, policy_ids=decision.policy_ids, policy_set_hash=decision.policy_set_hash, charge=charge
+        )
 
-    def _consent(self, request: CheckContext, agency: str, now: datetime, consume: bool = True) -> None:
+    def _consent(self, request: CheckContext, agency: str, now: datetime, consume: bool = True) -> str:
+        """Verify the consent (consume=False) or reserve one use of it (returns the reservation)."""
         if self.consents is None:
             raise PolicyDenied("this gateway has no consent registry: consent-based checks are refused")
         if len(request.pseudonyms) != 1:
             raise PolicyDenied("a consent covers one subject: send consent-based checks one subject at a time")
         if consume:
-            self.consents.check(request.consent_ref, request.pseudonyms[0], agency, request.purpose, now)
-        else:
-            self.consents.verify(request.consent_ref, request.pseudonyms[0], agency, request.purpose, now)
+            return self.consents.reserve(request.consent_ref, request.pseudonyms[0], agency, request.purpose, now)
+        self.consents.verify(request.consent_ref, request.pseudonyms[0], agency, request.purpose, now)
+        return ""
 
 
 def node_decision(

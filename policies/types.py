@@ -98,6 +98,30 @@ class Decision:
             )
 
 
+class Charge(Protocol):
+    """What a check holds of budgets and consent uses until it is answered (or fails).
+
+    The decision point reserves before the fan-out; the check service commits when the check is
+    answered and releases when it fails for any reason (the requester then learned nothing), so
+    only answers are ever charged. Both are idempotent.
+    """
+
+    def commit(self) -> None: ...
+
+    def release(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class NoCharge:
+    """Nothing reserved (no budget rule, no consent, or no decision point)."""
+
+    def commit(self) -> None:
+        return None
+
+    def release(self) -> None:
+        return None
+
+
 @dataclass(frozen=True)
 class PolicyOutcome:
     """What the gateway's policy decision point returned for a check."""
@@ -105,6 +129,7 @@ class PolicyOutcome:
     view: str = "per_criterion"  # per_criterion | overall | cohort
     policy_ids: tuple[str, ...] = ()
     policy_set_hash: str = ""
+    charge: Charge = field(default_factory=NoCharge)
 
 
 class CheckContext(Protocol):

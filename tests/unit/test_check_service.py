@@ -270,11 +270,17 @@ class RefusingBudget:
     def __init__(self) -> None:
         self.asked: list[BudgetRule] = []
 
-    def consume(
+    def reserve(
         self, subjects: Any, program: str, agency: str, rule: BudgetRule, now: datetime | None = None
     ) -> object:
         self.asked.append(rule)
         raise BudgetExhausted("probing budget exhausted for 6 subjects", retry_after_s=3600, rule=rule.policy_id)
+
+    def commit(self, reservation: str) -> bool:
+        raise AssertionError("nothing was reserved")
+
+    def release(self, reservation: str) -> bool:
+        raise AssertionError("nothing was reserved")
 
 
 def test_budget_exhausted_through_the_real_decision_point(programs: ProgramRegistry) -> None:

@@ -145,34 +145,77 @@ def test_node_decides_only_its_own_elements(engine: PolicyEngine) -> None:
 
 
 class _Ports:
-    """Fake budget and consent ports recording the order of calls; `refuse` makes verify refuse."""
+    """Fake budget and consent ports recording the order of calls; `refuse` makes verify refuse,
+    `race` makes the consent reservation refuse (a concurrent use took it after verify)."""
 
-    def __init__(self, refuse: bool = False) -> None:
+    def __init__(self, refuse: bool = False, race: bool = False) -> None:
         self.calls: list[str] = []
         self.refuse = refuse
-
-    def consume(self, subjects: object, program: str, agency: str, rule: object, now: object = None) -> None:
-        self.calls.append("budget")
+        self.race = race
+        self.budget = _BudgetFake(self.calls)
 
     def verify(self, ref: str, subject: str, agency: str, purpose: str, now: object) -> None:
         self.calls.append("verify")
         if self.refuse:
             raise PolicyDenied("consent refused: expired")
 
-    def check(self, ref: str, subject: str, agency: str, purpose: str, now: object = None) -> None:
-        self.calls.append("consume consent")
+    def reserve(self, ref: str, subject: str, agency: str, purpose: str, now: object = None) -> str:
+        self.calls.append("reserve consent")
+        if self.race:
+            raise PolicyDenied("consent refused: one-time consent already used")
+        return "crs_1"
+
+    def commit(self, reservation: str) -> bool:
+        self.calls.append(f"commit {reservation}")
+        return True
+
+    def release(self, reservation: str) -> bool:
+        self.calls.append(f"release {reservation}")
+        return True
 
 
-def test_consent_is_verified_before_the_budget_is_spent_and_consumed_after(engine: PolicyEngine) -> None:
+class _BudgetFake:
+    def __init__(self, calls: list[str]) -> None:
+        self.calls = calls
+
+    def reserve(self, subjects: object, program: str, agency: str, rule: object, now: object = None) -> object:
+        self.calls.append("reserve budget")
+        from policies.budgets import BudgetReceipt
+
+        return BudgetReceipt(1, 3, 30, reservation="rsv_1")
+
+    def commit(self, reservation: str) -> bool:
+        self.calls.append(f"commit {reservation}")
+        return True
+
+    def release(self, reservation: str) -> bool:
+        self.calls.append(f"release {reservation}")
+        return True
+
+
+def test_consent_is_verified_before_the_budget_is_reserved_and_reserved_after(engine: PolicyEngine) -> None:
     ports = _Ports()
-    pdp = CheckAuthorizer(engine, budgets=ports, consents=ports, clock=lambda: DAYTIME)
-    pdp.authorize_check(GOLD, DIBAO, _request(n=1, consent_ref="cns_" + "a" * 22))
-    assert ports.calls == ["verify", "budget", "consume consent"]
+    pdp = CheckAuthorizer(engine, budgets=ports.budget, consents=ports, clock=lambda: DAYTIME)
+    outcome = pdp.authorize_check(GOLD, DIBAO, _request(n=1, consent_ref="cns_" + "a" * 22))
+    assert ports.calls == ["verify", "reserve budget", "reserve consent"]
+    outcome.charge.commit()
+    assert ports.calls[3:] == ["commit rsv_1", "commit crs_1"]
+    ports.calls.clear()
+    outcome.charge.release()
+    assert ports.calls == ["release crs_1", "release rsv_1"]
+
+
+def test_a_consent_lost_to_a_concurrent_use_gives_the_budget_back(engine: PolicyEngine) -> None:
+    ports = _Ports(race=True)
+    pdp = CheckAuthorizer(engine, budgets=ports.budget, consents=ports, clock=lambda: DAYTIME)
+    with pytest.raises(PolicyDenied, match="one-time consent already used"):
+        pdp.authorize_check(GOLD, DIBAO, _request(n=1, consent_ref="cns_" + "a" * 22))
+    assert ports.calls == ["verify", "reserve budget", "reserve consent", "release rsv_1"]
 
 
 def test_a_refused_consent_spends_no_budget(engine: PolicyEngine) -> None:
     ports = _Ports(refuse=True)
-    pdp = CheckAuthorizer(engine, budgets=ports, consents=ports, clock=lambda: DAYTIME)
+    pdp = CheckAuthorizer(engine, budgets=ports.budget, consents=ports, clock=lambda: DAYTIME)
     with pytest.raises(PolicyDenied, match="expired"):
         pdp.authorize_check(GOLD, DIBAO, _request(n=1, consent_ref="cns_" + "a" * 22))
     assert ports.calls == ["verify"]

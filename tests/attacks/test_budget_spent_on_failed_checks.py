@@ -1,0 +1,152 @@
+"""Attack (issue 13, item 6): burn someone's probing budget (or a one-time consent) with checks
+that fail, or rely on failures costing the requester nothing in a budget sense while wearing
+the subject's allowance down for everyone else.
+
+The budget used to be charged before the fan-out and never refunded: three attempts that failed
+with a node down used up the 30-day budget. Now the decision point reserves, the check service
+commits only when the check is answered and releases on any failure (node down, timeout, node
+refusal, a malformed answer, the requester going away). This runs the real decision point, the
+real SQLite budget and consent registry, and the check service with a fan-out that fails.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from exchange.service import CheckService
+from policies.budgets import ProbeBudget
+from policies.catalogue import load_catalogue
+from policies.consent import ConsentRegistry
+from policies.decision import DEFAULT_POLICY_DIR, CheckAuthorizer, PolicyEngine
+from policies.programs import ProgramRegistry
+from policies.types import BudgetRule, PolicyOutcome
+from tests.unit.test_check_service import (
+    GOLD,
+    MASK_KEY,
+    SUBJECTS,
+    FakeAuditor,
+    FakeNodes,
+    FixedRandomness,
+    _impersonates,
+    _request,
+)
+from tests.unit.test_policy_support import DAYTIME
+from xgate.errors import BudgetExhausted, NodeError, NodeRefused, NodeTimeout, NodeUnavailable, PolicyDenied
+
+
+@pytest.fixture(scope="module")
+def programs() -> ProgramRegistry:
+    return ProgramRegistry.load(DEFAULT_POLICY_DIR / "programs", load_catalogue()[0])
+
+
+RULE = BudgetRule(max_checks=3, window_days=30, policy_id="")
+FAILURES = [
+    NodeUnavailable("hrss", "unreachable (connection refused)"),
+    NodeTimeout("household", "did not answer before the deadline"),
+    NodeRefused("tax", "refused by its policy"),
+]
+
+
+def _service(programs, budgets: ProbeBudget, consents: ConsentRegistry | None, nodes: FakeNodes) -> CheckService:
+    engine = PolicyEngine.load(DEFAULT_POLICY_DIR)
+    policy = CheckAuthorizer(engine, budgets=budgets, consents=consents, clock=lambda: DAYTIME)
+    return CheckService(
+        programs=programs,
+        nodes=nodes,
+        mask_key=MASK_KEY,
+        policy=policy,
+        auditor=FakeAuditor(),
+        allow_plaintext_mode=True,
+        clock=lambda: DAYTIME.timestamp(),
+        randomness=FixedRandomness(),
+    )
+
+
+def _used(budgets: ProbeBudget, subject: str) -> int:
+    return budgets.used(subject, "dibao", "civil_affairs", RULE, DAYTIME + timedelta(minutes=1))
+
+
+def test_failed_checks_spend_no_budget(programs, tmp_path: Path) -> None:
+    budgets = ProbeBudget(tmp_path / "b.db")
+    for failure in FAILURES * 3:  # nine failures: three times the cap
+        with pytest.raises(NodeError):
+            asyncio.run(_service(programs, budgets, None, FakeNodes(fail=failure)).run(GOLD, _request()))
+    garbled = FakeNodes(garble=_impersonates)  # answered, but malformed: a gateway-side failure
+    with pytest.raises(NodeError):
+        asyncio.run(_service(programs, budgets, None, garbled).run(GOLD, _request()))
+    assert all(_used(budgets, s) == 0 for s in SUBJECTS) and budgets.pending() == 0
+    asyncio.run(_service(programs, budgets, None, FakeNodes()).run(GOLD, _request()))
+    assert all(_used(budgets, s) == 1 for s in SUBJECTS) and budgets.pending() == 0
+
+
+def test_a_check_abandoned_mid_fanout_spends_no_budget(programs, tmp_path: Path) -> None:
+    budgets = ProbeBudget(tmp_path / "b.db")
+    service = _service(programs, budgets, None, FakeNodes(delay_s=5.0))
+
+    async def abandon() -> None:
+        task = asyncio.create_task(service.run(GOLD, _request()))
+        await asyncio.sleep(0.3)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await asyncio.sleep(0.3)  # the shielded release finishes in its thread
+
+    asyncio.run(abandon())
+    assert all(_used(budgets, s) == 0 for s in SUBJECTS) and budgets.pending() == 0
+
+
+def test_answered_checks_still_hit_the_cap(programs, tmp_path: Path) -> None:
+    budgets = ProbeBudget(tmp_path / "b.db")
+    for _ in range(3):
+        asyncio.run(_service(programs, budgets, None, FakeNodes()).run(GOLD, _request()))
+    with pytest.raises(BudgetExhausted):
+        asyncio.run(_service(programs, budgets, None, FakeNodes()).run(GOLD, _request()))
+
+
+def test_a_one_time_consent_survives_failed_checks(programs, tmp_path: Path) -> None:
+    consents = ConsentRegistry(tmp_path / "c.db", purposes={"income_certificate"})
+    subject = SUBJECTS[0]
+    ref = consents.register(
+        subject, "civil_affairs", "income_certificate", DAYTIME - timedelta(days=1), DAYTIME + timedelta(days=1), 1
+    )
+    budgets = ProbeBudget(tmp_path / "b.db")
+    request = _request(
+        program="income_certificate",
+        purpose="income_certificate",
+        legal_basis="PIPL-2021-art-13-1",
+        pseudonyms=(subject,),
+        consent_ref=ref,
+    )
+    for failure in FAILURES:
+        with pytest.raises(NodeError):
+            asyncio.run(_service(programs, budgets, consents, FakeNodes(fail=failure)).run(GOLD, request))
+    assert consents.lookup(ref).uses == 0
+    asyncio.run(_service(programs, budgets, consents, FakeNodes()).run(GOLD, request))
+    assert consents.lookup(ref).uses == 1
+    with pytest.raises(PolicyDenied, match="one-time consent already used"):
+        asyncio.run(_service(programs, budgets, consents, FakeNodes()).run(GOLD, request))
+
+
+class _ChargeUpFront:
+    """Positive control: the replaced behaviour (consume before the fan-out, never refund)."""
+
+    def __init__(self, budgets: ProbeBudget) -> None:
+        self.budgets = budgets
+
+    def authorize_check(self, principal, program, request) -> PolicyOutcome:
+        self.budgets.consume(request.pseudonyms, program.id, principal.agency, RULE, DAYTIME)
+        return PolicyOutcome()
+
+
+def test_charging_up_front_lets_failures_burn_the_budget(programs, tmp_path: Path) -> None:
+    budgets = ProbeBudget(tmp_path / "b.db")
+    service = _service(programs, budgets, None, FakeNodes(fail=FAILURES[0]))
+    service.policy = _ChargeUpFront(budgets)
+    for _ in range(3):
+        with pytest.raises(NodeUnavailable):
+            asyncio.run(service.run(GOLD, _request()))
+    assert all(_used(budgets, s) == 3 for s in SUBJECTS)
