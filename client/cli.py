@@ -5,12 +5,34 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import typer
 
 from xgate.cli_support import fail_on_error
 
+if TYPE_CHECKING:
+    from client.sdk import CheckResult
+
 DEFAULT_KEY_FILE = Path(os.path.expanduser("~/.local/share/xgate/requester.key"))
+
+
+def result_json(result: CheckResult) -> dict[str, Any]:
+    """What `xgate check --json` prints: counts for every view, per-subject rows where the view has them.
+
+    The cohort (bronze) view has counts only; asking it for rows used to fail after the check had
+    been answered (and charged), losing the counts.
+    """
+    out: dict[str, Any] = {
+        "request_id": result.request_id,
+        "program": result.program,
+        "view": result.view,
+        "subjects": len(result.subjects),
+        "counts": result.counts(),
+    }
+    if result.view != "cohort":
+        out["rows"] = result.rows()
+    return out
 
 
 def check(
@@ -54,7 +76,7 @@ def check(
         with client:
             result = client.check(program, ids, purpose, legal_basis, case_id, consent_ref, approval_ref)
         if as_json:
-            typer.echo(json.dumps({"request_id": result.request_id, "counts": result.counts(), "rows": result.rows()}))
+            typer.echo(json.dumps(result_json(result)))
             return
         if result.view != "cohort":
             rows = result.rows()
