@@ -8,7 +8,7 @@ import pytest
 
 # Loaded here (not only in tests/browser/conftest.py) so the xdist controller prints the loud
 # "BROWSER TESTS DID NOT RUN" banner when Chromium is missing.
-pytest_plugins = ["tests.browser.summary"]
+pytest_plugins = ["tests.browser.summary", "tests.pg_summary"]
 
 REPO = Path(__file__).resolve().parents[1]
 VECTORS = REPO / "tests" / "vectors"  # test vectors and golden files: see tests/vectors/SOURCES.md
@@ -26,3 +26,14 @@ def public_context(requester_keys):  # type: ignore[no-untyped-def]
     from crypto.he import PublicContext
 
     return PublicContext(requester_keys.public_context)
+
+
+@pytest.fixture(scope="session")
+def pg_url():  # type: ignore[no-untyped-def]
+    """A fresh PostgreSQL database for this test session (tests/postgres.py); loud skip without a server."""
+    from tests.postgres import PG_BANNER, fresh_database
+
+    with fresh_database() as url:
+        if url is None:
+            pytest.skip(f"{PG_BANNER}: no PostgreSQL server on 127.0.0.1:5432 and no initdb/pg_ctl installed")
+        yield url

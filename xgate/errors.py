@@ -22,6 +22,7 @@ The tree, with (public code, HTTP status, gRPC status):
     │   └── EnvelopeRejected   crypto_error          401  UNAUTHENTICATED
     ├── IntegrityError         integrity_error       409  DATA_LOSS
     ├── AuditUnavailable       audit_unavailable     503  UNAVAILABLE
+    ├── StoreUnavailable       store_unavailable     503  UNAVAILABLE  (shared-state database away)
     ├── AuditUnconfigured      audit_unconfigured    503  UNAVAILABLE
     ├── TrainingBusy           training_busy         409  RESOURCE_EXHAUSTED  (+ Retry-After)
     ├── JobExists              job_exists            409  ALREADY_EXISTS
@@ -157,6 +158,14 @@ class AuditUnavailable(XgateError):
     """The audit write failed; the action it records must fail too (fail closed)."""
 
     code = "audit_unavailable"
+    http_status = 503
+    grpc_status = "UNAVAILABLE"
+
+
+class StoreUnavailable(XgateError):
+    """The gateway's shared-state database (SQLite file or PostgreSQL) cannot be reached: refuse, retry later."""
+
+    code = "store_unavailable"
     http_status = 503
     grpc_status = "UNAVAILABLE"
 

@@ -40,6 +40,7 @@ TABLE: dict[str, tuple[str, int, str]] = {
     "IntegrityError": ("integrity_error", 409, "DATA_LOSS"),
     "AuditUnavailable": ("audit_unavailable", 503, "UNAVAILABLE"),
     "AuditUnconfigured": ("audit_unconfigured", 503, "UNAVAILABLE"),
+    "StoreUnavailable": ("store_unavailable", 503, "UNAVAILABLE"),
     "TrainingBusy": ("training_busy", 409, "RESOURCE_EXHAUSTED"),
     "JobExists": ("job_exists", 409, "ALREADY_EXISTS"),
     "TrainingUnavailable": ("training_unavailable", 503, "UNAVAILABLE"),
