@@ -8,7 +8,7 @@ import pytest
 
 # Loaded here (not only in tests/browser/conftest.py) so the xdist controller prints the loud
 # "BROWSER TESTS DID NOT RUN" banner when Chromium is missing.
-pytest_plugins = ["tests.browser.summary", "tests.pg_summary"]
+pytest_plugins = ["tests.browser.summary", "tests.pg_summary", "tests.deploy.summary"]
 
 REPO = Path(__file__).resolve().parents[1]
 VECTORS = REPO / "tests" / "vectors"  # test vectors and golden files: see tests/vectors/SOURCES.md

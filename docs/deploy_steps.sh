@@ -1,0 +1,78 @@
+# xgate: a federation across hosts, every command in order.
+#
+# This file is the single source of README.md's "Deploying across machines" block (everything below
+# the first blank line; tests/unit/test_deploy_steps.py checks they are equal) and of
+# tests/deploy/test_deploy_netns.py, which runs it as written: each host in its own network
+# namespace, holding only its own files, reaching the others by name.
+#
+# `# @ HOST` says where the commands under it run; `# @ HOST service` starts a long-running service.
+# HOST `agency` stands for each agency's node host: run the block once per agency with
+# AGENCY and NODE set (tax tax.xgate.test, hrss hrss.xgate.test, civil_affairs civil-affairs.xgate.test,
+# household household.xgate.test); `ca for each agency` likewise on the CA host.
+# ----------------------------------------------------------------------------------------------
+
+# @ ca
+# The federation operator: CA (keep ca/ offline), the policy set, the pseudonym key, users.
+xgate pki init --ca ca --name "Example federation CA"
+xgate policy init --out policies --all-day   # trial: office hours widened to 24 h; omit --all-day in production
+xgate keys pseudonym --out pseudonym.key     # the one shared secret: agencies and requester clients, never the gateway
+xgate pki add-user --users users.json --principals policies/principals.toml --user cw-zhou --agency civil_affairs --role caseworker --tier gold > cw-zhou.apikey
+xgate demo-data --out extracts --people 20000 --applicants 300   # trial: synthetic extracts; agencies bring their own
+mkdir -p requests issued
+
+# @ gateway
+# The gateway host makes its own keys; only the request travels.
+mkdir -p ca keys data
+xgate pki request --kind gateway --agency gateway --out tls --dns gw.xgate.test
+scp tls/gateway-gateway.csr.pem ca:requests/
+
+# @ agency
+# Each agency's node host: its own keys, a commented config, a request for the CA.
+xgate pki request --kind node --agency $AGENCY --out tls --dns $NODE
+xgate node init --home . --agency $AGENCY --column-key
+xgate keys column --out keys/column.key --data-dir data
+xgate keys audit --out keys/audit
+scp tls/node-$AGENCY.csr.pem ca:requests/
+
+# @ ca
+xgate pki sign --ca ca --request requests/gateway-gateway.csr.pem --kind gateway --agency gateway --out issued
+
+# @ ca for each agency
+xgate pki sign --ca ca --request requests/node-$AGENCY.csr.pem --kind node --agency $AGENCY --address $NODE:7443 --out issued
+
+# @ ca for each agency
+# Distribute: CA-signed files, the certificate, the policy set, the pseudonym key, the extract.
+scp ca/ca.cert.pem ca/crl.pem ca/federation.json $NODE:ca/
+scp issued/node-$AGENCY.cert.pem extracts/$AGENCY.csv extracts/$AGENCY.mapping.toml $NODE:
+scp pseudonym.key $NODE:keys/
+scp -r policies $NODE:
+
+# @ ca
+scp ca/ca.cert.pem ca/crl.pem ca/federation.json gw.xgate.test:ca/
+scp issued/gateway-gateway.cert.pem gw.xgate.test:
+scp users.json gw.xgate.test:keys/
+scp -r policies gw.xgate.test:
+scp ca/ca.cert.pem pseudonym.key cw-zhou.apikey extracts/applicants.csv client.xgate.test:
+
+# @ agency
+xgate pki install --cert node-$AGENCY.cert.pem --out tls --ca-cert ca/ca.cert.pem --directory ca/federation.json
+xgate node load --config node.toml --data $AGENCY.csv --mapping $AGENCY.mapping.toml
+xgate config check node.toml
+
+# @ agency service
+# Listens on $NODE:7443, the address federation.json publishes (packaging/systemd/xgate-node.service).
+xgate node serve --config node.toml
+
+# @ gateway
+xgate pki install --cert gateway-gateway.cert.pem --out tls --ca-cert ca/ca.cert.pem --directory ca/federation.json
+xgate gateway init --home . --listen 0.0.0.0:8443   # one [nodes.<agency>] per node in federation.json
+xgate keys mask --out keys/mask.key
+xgate keys audit --out keys/audit
+xgate config check gateway.toml
+
+# @ gateway service
+xgate gateway serve --config gateway.toml
+
+# @ client
+# A caseworker: the 低保 check for every applicant (ids are pseudonymised here, values stay encrypted).
+XGATE_API_KEY=$(cat cw-zhou.apikey) xgate check --program dibao --subjects applicants.csv --purpose dibao --legal-basis SAR-2014-art-12 --case-id C-2026-001 --approval-ref AP-2026-17 --gateway https://gw.xgate.test:8443 --ca ca.cert.pem --pseudonym-key pseudonym.key --key-file requester.key

@@ -1,0 +1,37 @@
+"""README's deployment commands are docs/deploy_steps.sh, which tests/deploy/ runs: the docs cannot drift."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.deploy import steps
+
+
+def test_readme_block_is_the_steps_file() -> None:
+    assert steps.readme_section() == steps.readme_block(), (
+        "README.md's deployment block differs from docs/deploy_steps.sh; "
+        "paste the output of `python -m tests.deploy.steps` between the deploy-steps markers"
+    )
+
+
+def test_steps_cover_a_deployment_from_pki_init_to_a_check() -> None:
+    blocks = steps.parse()
+    flat = [(b.host, c) for b in blocks for c in b.commands]
+    assert flat[0] == ("ca", 'xgate pki init --ca ca --name "Example federation CA"')
+    assert flat[-1][0] == "client" and " xgate check --program dibao " in flat[-1][1]
+    assert "--approval-ref" in flat[-1][1]
+    services = [(b.host, b.commands) for b in blocks if b.service]
+    assert services == [
+        ("agency", ["xgate node serve --config node.toml"]),
+        ("gateway", ["xgate gateway serve --config gateway.toml"]),
+    ]
+    # Private keys never travel: no copied path names a key file other than the shared pseudonym key.
+    copied = [c for _, c in flat if c.startswith("scp ")]
+    assert copied and not [c for c in copied if ".key.pem" in c or "sign.pem" in c or "mask.key" in c]
+
+
+def test_parse_refuses_unknown_hosts() -> None:
+    with pytest.raises(ValueError, match="unknown host"):
+        steps.parse("header\n\n# @ laptop\nxgate demo\n")
+    with pytest.raises(ValueError, match="before the first"):
+        steps.parse("header\n\nxgate demo\n")
