@@ -16,30 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-SCP_SHIM = """#!/usr/bin/env bash
-# Test stand-in for scp between the hosts' directories: `host:path` is <host dir>/path.
-# Like scp it needs the destination directory to exist, and keeps file modes (cp -p).
-set -euo pipefail
-flags=()
-while [[ "${1:-}" == -* ]]; do flags+=("$1"); shift; done
-args=("$@")
-dest="${args[-1]}"
-unset 'args[-1]'
-map() {
-  if [[ "$1" == *:* ]]; then
-    local host="${1%%:*}" path="${1#*:}" dir
-    dir=$(awk -F= -v h="$host" '$1 == h {print $2}' "$XGATE_DEPLOY_HOSTS")
-    [[ -n "$dir" ]] || { echo "scp: unknown host $host" >&2; exit 1; }
-    printf '%s/%s' "$dir" "$path"
-  else
-    printf '%s' "$1"
-  fi
-}
-target=$(map "$dest")
-for src in "${args[@]}"; do
-  cp -p "${flags[@]/-r/-R}" "$(map "$src")" "$target"
-done
-"""
+SCP_SHIM = REPO / "packaging" / "scp-local"  # the same stand-in the compose setup uses
 
 
 def available() -> str | None:
@@ -105,7 +82,7 @@ class Network:
         _ip("link", "set", self._bridge, "up")
         bin_dir = self.root / "bin"
         bin_dir.mkdir(parents=True, exist_ok=True)
-        (bin_dir / "scp").write_text(SCP_SHIM)
+        shutil.copy(SCP_SHIM, bin_dir / "scp")
         (bin_dir / "scp").chmod(0o755)
         for i, (name, fqdn) in enumerate(names.items(), start=10):
             home = self.root / name
