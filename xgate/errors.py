@@ -22,6 +22,7 @@ The tree, with (public code, HTTP status, gRPC status):
     │   └── EnvelopeRejected   crypto_error          401  UNAUTHENTICATED
     ├── IntegrityError         integrity_error       409  DATA_LOSS
     ├── AuditUnavailable       audit_unavailable     503  UNAVAILABLE
+    │   └── AuditLogCompromised audit_log_compromised 503 UNAVAILABLE  (details.reason: truncated|forked|...)
     ├── StoreUnavailable       store_unavailable     503  UNAVAILABLE  (shared-state database away)
     ├── AuditUnconfigured      audit_unconfigured    503  UNAVAILABLE
     ├── TrainingBusy           training_busy         409  RESOURCE_EXHAUSTED  (+ Retry-After)
@@ -158,6 +159,15 @@ class AuditUnavailable(XgateError):
     """The audit write failed; the action it records must fail too (fail closed)."""
 
     code = "audit_unavailable"
+    http_status = 503
+    grpc_status = "UNAVAILABLE"
+
+
+class AuditLogCompromised(AuditUnavailable):
+    """The gateway's audit log disagrees with what was signed or witnessed (truncated, forked, re-signed
+    with another key): the gateway signs nothing more and refuses the actions it would have to record."""
+
+    code = "audit_log_compromised"
     http_status = 503
     grpc_status = "UNAVAILABLE"
 

@@ -39,6 +39,7 @@ TABLE: dict[str, tuple[str, int, str]] = {
     "EnvelopeRejected": ("crypto_error", 401, "UNAUTHENTICATED"),
     "IntegrityError": ("integrity_error", 409, "DATA_LOSS"),
     "AuditUnavailable": ("audit_unavailable", 503, "UNAVAILABLE"),
+    "AuditLogCompromised": ("audit_log_compromised", 503, "UNAVAILABLE"),
     "AuditUnconfigured": ("audit_unconfigured", 503, "UNAVAILABLE"),
     "StoreUnavailable": ("store_unavailable", 503, "UNAVAILABLE"),
     "TrainingBusy": ("training_busy", 409, "RESOURCE_EXHAUSTED"),
