@@ -254,9 +254,17 @@ def write_gateway_config(
     fed: DevFederation,
     node_addresses: dict[str, str] | None = None,
     config_path: Path | None = None,
+    witnesses: bool | None = None,
     **overrides: object,
 ) -> Path:
-    """Write a gateway config (by default the federation's own; tests write variants beside it)."""
+    """Write a gateway config (by default the federation's own; tests write variants beside it).
+
+    The nodes witness one gateway log: the federation's own gateway names them as witnesses, a
+    variant (its own log) does not unless ``witnesses`` says so — to the witnesses, a second log
+    under the same key is a fork, and that gateway would rightly refuse to sign.
+    """
+    if witnesses is None:
+        witnesses = config_path is None
     from gateway.wiring import write_dev_users
 
     fed.gateway_dir.mkdir(parents=True, exist_ok=True)
@@ -282,9 +290,10 @@ def write_gateway_config(
         "insecure": not fed.tls,
         **overrides,
     }
-    nodes = {
-        a: {"address": addr, "witness_key": str(fed.node_dir(a) / "audit.pub.pem")} for a, addr in addresses.items()
-    }
+    nodes: dict[str, dict[str, str]] = {a: {"address": addr} for a, addr in addresses.items()}
+    if witnesses:
+        for a in addresses:
+            nodes[a]["witness_key"] = str(fed.node_dir(a) / "audit.pub.pem")
     config: dict[str, object] = {"gateway": gateway, "nodes": nodes}
     if fed.tls:
         config["tls"] = {

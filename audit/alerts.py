@@ -1,4 +1,5 @@
-"""Alert rules over audit records (pure): bursts, off-hours access, repeated denials, wide probing.
+"""Alert rules over audit records (pure): bursts, off-hours access, repeated denials, wide probing,
+and the alerts a service recorded itself (kind "alert", e.g. the gateway's log-integrity alarm).
 
 Each rule groups records per user, slides a time window over them and reports one alert per
 contiguous stretch in which the threshold was met, with the entry indices behind it, so an officer
@@ -52,9 +53,12 @@ class Alert:
     end: datetime
     count: int
     entry_indices: tuple[int, ...]
+    reason: str = ""  # recorded alerts: what happened (e.g. truncated, forked)
+    summary: str = ""
 
     def to_public(self) -> dict[str, object]:
-        return {
+        extra = {"reason": self.reason, "summary": self.summary} if self.reason or self.summary else {}
+        return extra | {
             "rule": self.rule,
             "user": self.user,
             "agency": self.agency,
@@ -158,7 +162,30 @@ def off_hours(entries: Iterable[Indexed], cfg: AlertConfig) -> list[Alert]:
     return [_alert("off_hours", (u, a), items, len) for (u, a, _), items in sorted(days.items())]
 
 
-RULES = (burst, off_hours, repeated_denials, many_subjects)
+def recorded(entries: Iterable[Indexed], cfg: AlertConfig) -> list[Alert]:
+    """Alerts a service appended itself (kind "alert"): one each, with its rule, reason and summary."""
+    out = []
+    for idx, rec in entries:
+        if rec.kind != "alert":
+            continue
+        meta = rec.metadata
+        out.append(
+            Alert(
+                str(meta.get("rule", "alert")),
+                rec.actor.user,
+                rec.actor.agency,
+                rec.time,
+                rec.time,
+                1,
+                (idx,),
+                reason=str(meta.get("reason", "")),
+                summary=str(meta.get("summary", "")),
+            )
+        )
+    return out
+
+
+RULES = (burst, off_hours, repeated_denials, many_subjects, recorded)
 
 
 def evaluate(entries: Iterable[Indexed], cfg: AlertConfig | None = None) -> list[Alert]:

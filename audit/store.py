@@ -15,7 +15,7 @@ import os
 import sqlite3
 import threading
 import weakref
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -90,6 +90,8 @@ class AuditLog:
         self._batchers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, LoopBatcher] = weakref.WeakKeyDictionary()
         self._stop_timer = threading.Event()
         self._timer: threading.Thread | None = None
+        # Called before every checkpoint is signed; raises to refuse (set by the log's owner).
+        self.before_signing: Callable[[], None] | None = None
 
     @classmethod
     def open(
@@ -190,6 +192,8 @@ class AuditLog:
             raise ConfigError("audit log has no signing key; cannot publish checkpoints")
 
         with self._checkpoint_lock:  # one publisher at a time: no duplicate checkpoints of one size
+            if self.before_signing is not None:
+                self.before_signing()  # e.g. the gateway's check of its history (audit/integrity.py)
             size = self.size
             reader = self._reader()
             row = reader.execute("SELECT id, note, size FROM checkpoints ORDER BY id DESC LIMIT 1").fetchone()

@@ -31,6 +31,7 @@ log = get_logger("xgate.audit.witness")
 class WitnessState:
     size: int
     root: bytes
+    line: str = ""  # the cosignature line it returned for that checkpoint (empty in older state files)
 
 
 class Witness:
@@ -78,10 +79,13 @@ class Witness:
                         "checkpoint is smaller than one already cosigned (truncated log)",
                         size=cp.size,
                         witnessed=prev.size,
+                        reason="truncated",
                     )
                 if cp.size == prev.size:
                     if cp.root != prev.root:
-                        raise IntegrityError("checkpoint root differs at a witnessed size (forked log)", size=cp.size)
+                        raise IntegrityError(
+                            "checkpoint root differs at a witnessed size (forked log)", size=cp.size, reason="forked"
+                        )
                 else:
                     try:
                         verify_consistency(prev.size, cp.size, prev.root, cp.root, proof)
@@ -90,10 +94,12 @@ class Witness:
                             "checkpoint does not extend the witnessed one (forked log)",
                             size=cp.size,
                             witnessed=prev.size,
+                            reason="forked",
                         ) from exc
             line = self.cosigner.cosign(cp, int(time.time()) if now is None else now)
-            self._save(WitnessState(cp.size, cp.root))
-            self._state = WitnessState(cp.size, cp.root)
+            state = WitnessState(cp.size, cp.root, line.text())
+            self._save(state)
+            self._state = state
         log.info("witness_cosigned", origin=cp.origin, size=cp.size, witness=self.name)
         return line.text()
 
@@ -104,7 +110,7 @@ class Witness:
             raw = json.loads(self.state_file.read_text())
             if raw["origin"] != self.origin:
                 raise IntegrityError("witness state file belongs to another log")
-            return WitnessState(int(raw["size"]), bytes.fromhex(raw["root"]))
+            return WitnessState(int(raw["size"]), bytes.fromhex(raw["root"]), str(raw.get("line", "")))
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise IntegrityError("witness state file is unreadable") from exc
 
@@ -114,7 +120,7 @@ class Witness:
         self.state_file.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.state_file.with_suffix(self.state_file.suffix + ".tmp")
         with open(tmp, "w") as fh:
-            json.dump({"origin": self.origin, "size": state.size, "root": state.root.hex()}, fh)
+            json.dump({"origin": self.origin, "size": state.size, "root": state.root.hex(), "line": state.line}, fh)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, self.state_file)

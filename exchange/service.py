@@ -116,12 +116,13 @@ class CheckService:
     randomness: Randomness | None = None
     timer: Clock = time.perf_counter
 
-    async def run(self, principal: Principal, request: CheckRequest) -> CheckOutcome:
+    async def run(self, principal: Principal, request: CheckRequest, request_id: str | None = None) -> CheckOutcome:
+        """``request_id``: the edge's id for this request, so every entry about it carries one id."""
         t0 = self.timer()
         timings: dict[str, float] = {}
         rng = self.randomness or SystemRandomness()
         program = self.programs.get(request.program)
-        request_id = rng.request_id()
+        request_id = request_id or rng.request_id()
         about = events.about_check(request_id, program, request, principal)
         try:
             _check_program(program, principal, request)

@@ -222,17 +222,23 @@ class ByteBudget:
 # ---------------------------------------------------------------------------------------------
 # The ASGI edge
 # ---------------------------------------------------------------------------------------------
-def error_body(exc: XgateError) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
-    """Status, headers and JSON body of an error, in the gateway's one error shape."""
+def error_body(exc: XgateError, request_id: str | None = None) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+    """Status, headers and JSON body of an error, in the gateway's one error shape (with the
+    request id the caller can quote, when the audit middleware gave the request one)."""
     headers = [(b"content-type", b"application/json")]
     headers += [(name.lower().encode(), value.encode()) for name, value in http_headers(exc).items()]
-    return exc.http_status, headers, json.dumps(exc.to_public()).encode()
+    body = exc.to_public()
+    if request_id is not None:
+        body["request_id"] = request_id
+    return exc.http_status, headers, json.dumps(body).encode()
 
 
-async def send_error(send: Send, exc: XgateError, on_error: Callable[[XgateError], None] | None = None) -> None:
+async def send_error(
+    send: Send, exc: XgateError, on_error: Callable[[XgateError], None] | None = None, request_id: str | None = None
+) -> None:
     if on_error is not None:
         on_error(exc)
-    status, headers, body = error_body(exc)
+    status, headers, body = error_body(exc, request_id)
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 
@@ -272,7 +278,7 @@ class AdmissionMiddleware:
         try:
             declared = self._declared_length(headers)
         except XgateError as exc:
-            await send_error(send, exc, _mark(scope))
+            await send_error(send, exc, _mark(scope), _request_id(scope))
             return
         has_body = declared is None or declared > 0  # None: chunked, length unknown
         if not has_body and not supervised:
@@ -282,13 +288,13 @@ class AdmissionMiddleware:
         try:
             self.budget.take(reserved)
         except XgateError as exc:
-            await send_error(send, exc, _mark(scope))
+            await send_error(send, exc, _mark(scope), _request_id(scope))
             return
         try:
             try:
                 body, extra = await self._read_body(receive, declared) if has_body else (b"", 0)
             except _Refused as refused:
-                await send_error(send, refused.error, _mark(scope))
+                await send_error(send, refused.error, _mark(scope), _request_id(scope))
                 return
             except _Gone:
                 return
@@ -376,7 +382,7 @@ class AdmissionMiddleware:
         try:
             deadline = self._deadline_s(headers)
         except XgateError as exc:
-            await send_error(send, exc, _mark(scope))
+            await send_error(send, exc, _mark(scope), _request_id(scope))
             return
         responded = False
 
@@ -413,7 +419,7 @@ class AdmissionMiddleware:
             error = DeadlineExceeded(f"the request's deadline of {deadline:g} s passed; the check was cancelled")
             log.info("check_abandoned", reason="deadline", path=scope["path"], deadline_s=deadline)
         if not responded:
-            await send_error(send, error, _mark(scope))
+            await send_error(send, error, _mark(scope), _request_id(scope))
 
 
 def _replay(body: bytes, gone: asyncio.Event) -> Receive:
@@ -429,6 +435,12 @@ def _replay(body: bytes, gone: asyncio.Event) -> Receive:
         return {"type": "http.disconnect"}
 
     return receive
+
+
+def _request_id(scope: Scope) -> str | None:
+    """The id the audit middleware (outside this one) gave the request."""
+    value = scope.get("state", {}).get("request_id")
+    return value if isinstance(value, str) else None
 
 
 def _mark(scope: Scope) -> Callable[[XgateError], None]:

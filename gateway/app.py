@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
+import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
@@ -18,7 +20,7 @@ from gateway.routes import ROUTERS
 from gateway.routes.console import mount_static
 from gateway.services import Services
 from xgate import __version__
-from xgate.errors import XgateError, http_headers
+from xgate.errors import AuditLogCompromised, InvalidInput, XgateError, http_headers
 from xgate.logging import get_logger
 
 log = get_logger("xgate.gateway")
@@ -65,6 +67,11 @@ def _lifespan(
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         loop_task = None
         if audit is not None:
+            if coordinator is not None:  # before appending anything: the log as found, against
+                # what it signed and what its witnesses cosigned (recorded and alerted if damaged;
+                # actions are then refused by the middleware below)
+                with contextlib.suppress(AuditLogCompromised):
+                    await audit.verify_history(coordinator.nodes, deadline_s=3.0)
             await audit.record(
                 {**SERVICE_ACTOR, "kind": "config_change", "event": "gateway_started", "version": __version__}
             )
@@ -85,24 +92,53 @@ def _lifespan(
     return lifespan
 
 
+def error_response(request: Request, exc: XgateError, status: int | None = None) -> JSONResponse:
+    """An error's public body with the request id the caller can quote (also in X-Request-Id)."""
+    body = exc.to_public()
+    request_id = getattr(request.state, "request_id", None)
+    if request_id is not None:
+        body["request_id"] = request_id
+    return JSONResponse(body, status_code=status or exc.http_status, headers=http_headers(exc))
+
+
+def _is_action(method: str, path: str) -> bool:
+    """What a compromised audit log refuses: every change under /v1/ except the officers' audit routes."""
+    return method not in ("GET", "HEAD", "OPTIONS") and path.startswith("/v1/") and not path.startswith("/v1/audit/")
+
+
 def _audit_every_request(app: FastAPI, audit: GatewayAudit | None) -> None:
     @app.middleware("http")
     async def audit_every_request(request: Request, call_next: Any) -> Any:
-        # Outermost: sees refusals (401, 413, 4xx) and errors too. Paths carry at most pseudonyms.
+        # Outermost: sees refusals (401, 413, 4xx) and errors (500) too. Paths carry at most pseudonyms.
+        # Every response carries the request id (X-Request-Id, and in error bodies); every entry
+        # about the request records it, the `request` entry included.
         started = time.perf_counter()
-        response = await call_next(request)
-        if audit is not None and request.url.path.startswith("/v1/"):
+        request_id = request.state.request_id = str(uuid.uuid4())
+        path = request.url.path
+        if audit is not None and audit.compromised is not None and _is_action(request.method, path):
+            request.state.error = audit.compromised.code  # a damaged log records no new actions
+            response: Any = error_response(request, audit.compromised)
+        else:
+            try:
+                response = await call_next(request)
+            except Exception:  # what the 500 handler would answer, but recorded like every request
+                log.exception("request_failed", path=path, request_id=request_id)
+                request.state.error = "internal_error"
+                response = error_response(request, XgateError("internal error"))
+        if audit is not None and path.startswith("/v1/"):
             try:
                 await audit.record_request(
                     request.method,
-                    request.url.path,
+                    path,
                     response.status_code,
                     (time.perf_counter() - started) * 1000,
                     getattr(request.state, "principal", None),
                     getattr(request.state, "error", ""),
+                    request_id,
                 )
             except XgateError as exc:  # unrecorded means refused
-                return JSONResponse(exc.to_public(), status_code=503)
+                response = error_response(request, exc, status=503)
+        response.headers["X-Request-Id"] = request_id
         return response
 
 
@@ -110,12 +146,12 @@ def _error_handlers(app: FastAPI) -> None:
     @app.exception_handler(XgateError)
     async def _xgate_error(request: Request, exc: XgateError) -> JSONResponse:
         request.state.error = exc.code
-        return JSONResponse(exc.to_public(), status_code=exc.http_status, headers=http_headers(exc))
+        return error_response(request, exc)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("request_failed", path=request.url.path)
-        return JSONResponse({"error": "internal_error", "message": "internal error"}, status_code=500)
+        return error_response(request, XgateError("internal error"))
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -124,11 +160,5 @@ def _error_handlers(app: FastAPI) -> None:
             {"field": ".".join(str(p) for p in e["loc"] if p != "body"), "problem": e["msg"]} for e in exc.errors()
         ]
         first = problems[0] if problems else {"field": "body", "problem": "invalid"}
-        return JSONResponse(
-            {
-                "error": "invalid_input",
-                "message": f"{first['field'] or 'body'}: {first['problem']}",
-                "details": {"problems": problems[:20]},
-            },
-            status_code=400,
-        )
+        message = f"{first['field'] or 'body'}: {first['problem']}"
+        return error_response(request, InvalidInput(message, problems=problems[:20]))

@@ -2,7 +2,9 @@
 
 Appends are durable before the action they record completes (AuditLog acknowledges after the
 group commit); if the log cannot be written, the request fails (503) rather than go unrecorded.
-Checkpoints are published periodically and cosigned by every node acting as a witness.
+Checkpoints are published when the tree has grown and cosigned by every node acting as a
+witness; before anything is signed the gateway checks its log against its own last checkpoint and
+what the witnesses last cosigned (audit/integrity.py), and refuses to sign a damaged history.
 """
 
 from __future__ import annotations
@@ -15,11 +17,12 @@ from typing import Any
 
 import grpc
 
-from audit import AuditLog, CosignatureVerifier, Signer, load_private_key, load_public_key
+from audit import AppendReceipt, AuditLog, CosignatureVerifier, Signer, load_private_key, load_public_key
+from audit.integrity import WitnessView, check_own_checkpoint, check_witness_view
 from audit.store import WriterKind
 from gateway.fanout import NodeDirectory
 from xgate import metrics
-from xgate.errors import IntegrityError, XgateError
+from xgate.errors import AuditLogCompromised, IntegrityError, NodeTimeout, NodeUnavailable, XgateError
 from xgate.logging import get_logger
 
 log = get_logger("xgate.gateway.audit")
@@ -32,6 +35,13 @@ class GatewayAudit:
     log: AuditLog
     witnesses: dict[str, CosignatureVerifier] = field(default_factory=dict)  # agency -> its cosigning key
     witnessed: dict[str, int] = field(default_factory=dict)  # agency -> size it last cosigned
+    # Set once the log disagrees with what was signed or witnessed: nothing more is signed, actions
+    # are refused (503) until an operator restores the log; reads still work.
+    compromised: AuditLogCompromised | None = None
+    _idle_size: int = -1  # log size right after our last checkpoint entry: nothing new since
+
+    def __post_init__(self) -> None:
+        self.log.before_signing = self._before_signing
 
     @classmethod
     def open(cls, db: Path, key: Path, witness_keys: dict[str, Path], writer: WriterKind = "process") -> GatewayAudit:
@@ -54,12 +64,15 @@ class GatewayAudit:
             self.pending -= 1
             metrics.AUDIT_APPEND_SECONDS.observe(time.perf_counter() - t0)
 
-    async def record_request(self, method: str, route: str, status: int, ms: float, who: Any, error: str) -> None:
+    async def record_request(
+        self, method: str, route: str, status: int, ms: float, who: Any, error: str, request_id: str | None = None
+    ) -> None:
         event: dict[str, Any] = {
             "kind": "request",
             "actor_user": getattr(who, "user", "anonymous"),
             "actor_agency": getattr(who, "agency", "unknown"),
             "actor_role": getattr(who, "role", "unauthenticated"),
+            "request_id": request_id,
             "method": method,
             "route": route,
             "status": status,
@@ -69,8 +82,86 @@ class GatewayAudit:
             event["error"] = error
         await self.record(event)
 
+    # -- verify before signing (audit/integrity.py) ---------------------------------------------
+
+    def _before_signing(self) -> None:
+        """Every signature the log makes passes here first (AuditLog.before_signing)."""
+        if self.compromised is not None:
+            raise self.compromised
+        signer = self.log.signer
+        assert signer is not None
+        check_own_checkpoint(self.log, signer.verifier())  # raises AuditLogCompromised
+
+    async def verify_history(self, nodes: NodeDirectory, deadline_s: float = 5.0) -> dict[str, Any]:
+        """Check the log against its last signed checkpoint and what each witness last cosigned.
+
+        Witnesses that cannot be asked are listed, not trusted: the check is as good as the
+        witnesses that answer. On a disagreement the gateway is marked compromised (alert, log
+        line) and AuditLogCompromised is raised.
+        """
+        if self.compromised is not None:
+            raise self.compromised
+        unreachable: dict[str, str] = {}
+        try:
+            await asyncio.to_thread(self._before_signing)
+            views = await asyncio.gather(*(self._witness_view(nodes, a, deadline_s) for a in self.witnesses))
+            for agency, view in zip(self.witnesses, views, strict=True):
+                if isinstance(view, str):
+                    unreachable[agency] = view
+                    continue
+                try:
+                    await asyncio.to_thread(check_witness_view, self.log, view, self.witnesses[agency])
+                except AuditLogCompromised:
+                    raise
+                except IntegrityError as exc:
+                    unreachable[agency] = exc.message
+                    continue
+                self.witnessed[agency] = view.size  # consistency proofs start from here
+        except AuditLogCompromised as exc:
+            await self._compromise(exc)
+            raise
+        if unreachable:
+            log.warning("audit_witnesses_unchecked", agencies=sorted(unreachable))
+        return {"witnesses_checked": sorted(set(self.witnesses) - set(unreachable)), "unchecked": unreachable}
+
+    async def _witness_view(self, nodes: NodeDirectory, agency: str, deadline_s: float) -> WitnessView | str:
+        try:
+            state = await nodes.cosign(agency, b"", [], 0, deadline_s, state_only=True)
+        except (XgateError, grpc.RpcError) as exc:
+            return exc.message if isinstance(exc, XgateError) else "unreachable"
+        return WitnessView(agency, int(state.size), bytes(state.root), state.cosignature.decode(errors="replace"))
+
+    async def _compromise(self, exc: AuditLogCompromised) -> None:
+        """Stop signing, say so in the service log, and raise an alert entry with the reason."""
+        first = self.compromised is None
+        self.compromised = exc
+        if not first:
+            return
+        reason = str(exc.details.get("reason", "inconsistent"))
+        log.error("audit_log_compromised", reason=reason, message=exc.message)
+        alert = {
+            **SERVICE_ACTOR,
+            "kind": "alert",
+            "rule": INTEGRITY_RULE,
+            "reason": reason,
+            "summary": exc.message[:256],
+        }
+        if "agency" in exc.details:
+            alert["witness"] = str(exc.details["agency"])
+        try:
+            await self.record(alert)
+        except XgateError as write_error:  # the log may be beyond writing; the service log has it
+            log.error("audit_alert_unrecorded", error=write_error.code)
+
+    # -- checkpoints and cosignatures ------------------------------------------------------------
+
     async def publish_and_cosign(self, nodes: NodeDirectory) -> dict[str, Any]:
-        """Publish a checkpoint and collect a cosignature from every witness node."""
+        """Verify the history, publish a checkpoint and collect a cosignature from every witness.
+
+        A witness that refuses because the checkpoint is smaller than what it cosigned, or does not
+        extend it, is reported with that reason (truncated / forked) and marks the log compromised.
+        """
+        await self.verify_history(nodes)
         checkpoint = await asyncio.to_thread(self.log.publish_checkpoint, force=True)
         size = checkpoint.checkpoint.size
         outcome: dict[str, Any] = {
@@ -79,6 +170,7 @@ class GatewayAudit:
             "cosigned_by": [],
             "refused": {},
         }
+        found: AuditLogCompromised | None = None
         for agency, verifier in self.witnesses.items():
             try:
                 line, cosigned = await self._cosign(nodes, agency, size)
@@ -86,10 +178,16 @@ class GatewayAudit:
                 self.witnessed[agency] = cosigned
                 outcome["cosigned_by"].append(agency)
             except (XgateError, grpc.RpcError) as exc:
-                reason = exc.message if isinstance(exc, XgateError) else str(exc)
-                outcome["refused"][agency] = reason
-                log.warning("cosign_refused", agency=agency, size=size, reason=reason)
-        await self.record(
+                refusal = _refusal(exc)
+                outcome["refused"][agency] = refusal
+                log.warning("cosign_refused", agency=agency, size=size, **refusal)
+                if refusal["reason"] in ("truncated", "forked") and found is None:
+                    found = AuditLogCompromised(
+                        f"witness '{agency}' refused to cosign: {refusal['message']}",
+                        reason=refusal["reason"],
+                        agency=agency,
+                    )
+        receipt: AppendReceipt = await self.log.append_async(
             {
                 **SERVICE_ACTOR,
                 "kind": "checkpoint",
@@ -98,11 +196,19 @@ class GatewayAudit:
                 "refused_by": tuple(sorted(outcome["refused"])),
             }
         )
+        self._idle_size = receipt.index + 1
+        if found is not None:
+            await self._compromise(found)
         return outcome
 
     async def _cosign(self, nodes: NodeDirectory, agency: str, size: int) -> tuple[str, int]:
         old = self.witnessed.get(agency, 0)
         for _ in range(2):  # a restarted gateway learns the witness's real size from its refusal
+            if old > size:
+                raise AuditLogCompromised(
+                    f"agency '{agency}' cosigned {old} entries, more than the log's {size} (log truncated)",
+                    reason="truncated",
+                )
             note, proof = await asyncio.to_thread(self.log.witness_request, old)
             try:
                 response = await nodes.cosign(agency, note.encode(), proof, old)
@@ -118,8 +224,11 @@ class GatewayAudit:
         raise IntegrityError(f"agency '{agency}' keeps disagreeing about the last cosigned size")
 
     async def run_checkpoints(self, nodes: NodeDirectory, interval_s: float) -> None:
+        """Every interval, a checkpoint if the tree has grown (not for our own checkpoint entry alone)."""
         while True:
             await asyncio.sleep(interval_s)
+            if self.compromised is not None or self.log.size == self._idle_size:
+                continue
             try:
                 await self.publish_and_cosign(nodes)
             except XgateError as exc:
@@ -127,3 +236,25 @@ class GatewayAudit:
 
     def close(self) -> None:
         self.log.close()
+
+
+INTEGRITY_RULE = "log_integrity"
+
+
+def _refusal(exc: XgateError | grpc.RpcError) -> dict[str, str]:
+    """A witness's refusal as what it is: truncated, forked, unreachable or refused (other)."""
+    if not isinstance(exc, XgateError):
+        return {"reason": "unreachable", "message": str(exc)[:200]}
+    reason = str(exc.details.get("reason", ""))
+    if reason not in ("truncated", "forked", "resigned"):
+        text = exc.message
+        reason = (
+            "truncated"
+            if "truncated" in text
+            else "forked"
+            if "forked" in text or "does not extend" in text
+            else "unreachable"
+            if isinstance(exc, NodeUnavailable | NodeTimeout)
+            else "refused"
+        )
+    return {"reason": reason, "message": exc.message}

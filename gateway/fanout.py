@@ -152,11 +152,21 @@ class NodeDirectory:
         return dict(results)
 
     async def cosign(
-        self, agency: str, note: bytes, proof: list[bytes], old_size: int, deadline_s: float = 10.0
+        self,
+        agency: str,
+        note: bytes,
+        proof: list[bytes],
+        old_size: int,
+        deadline_s: float = 10.0,
+        *,
+        state_only: bool = False,
     ) -> node_pb2.CosignResponse:
-        """Ask a node to witness a checkpoint (signed envelope both ways, like every call)."""
+        """Ask a node to witness a checkpoint (signed envelope both ways, like every call); with
+        ``state_only``, only what it last cosigned (size, root, its cosignature line)."""
         await self._verify_server(agency)
-        request = node_pb2.CosignRequest(checkpoint=note, consistency_proof=proof, old_size=old_size)
+        request = node_pb2.CosignRequest(
+            checkpoint=note, consistency_proof=proof, old_size=old_size, state_only=state_only
+        )
         digest = self._envelopes.sign_request(request, "CosignCheckpoint") if self._envelopes else b""
         try:
             response = await self.stub(agency).CosignCheckpoint(request, timeout=deadline_s)

@@ -39,6 +39,15 @@ class NodeAudit:
     def cosign(self, request: node_pb2.CosignRequest) -> node_pb2.CosignResponse:
         if self.witness is None:
             raise ConfigError("this node is not configured as a witness (no gateway_audit_key)")
+        if request.state_only:  # what this witness last cosigned: the gateway checks its log against it
+            known = self.witness.state
+            return node_pb2.CosignResponse(
+                agency=self.agency,
+                cosignature=known.line.encode() if known else b"",
+                key_id=self.witness.cosigner.key_id.hex(),
+                size=known.size if known else 0,
+                root=known.root if known else b"",
+            )
         line = self.witness.cosign(
             request.checkpoint.decode("utf-8", errors="strict"),
             list(request.consistency_proof),
@@ -50,6 +59,7 @@ class NodeAudit:
             cosignature=line.encode(),
             key_id=self.witness.cosigner.key_id.hex(),
             size=state.size if state else 0,
+            root=state.root if state else b"",
         )
 
     def close(self) -> None:

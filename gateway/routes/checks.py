@@ -19,4 +19,5 @@ async def checks(
     request: Request, body: CheckRequest, caller: Caller, coordinator: Coordinator, slots: Admission
 ) -> CheckResponse:
     async with slots.slot(caller.agency, caller.user, getattr(request.state, "body_bytes", 0)):
-        return from_domain(await coordinator.service.run(caller, to_domain(body)))
+        request_id = getattr(request.state, "request_id", None)  # the id the response carries
+        return from_domain(await coordinator.service.run(caller, to_domain(body), request_id))

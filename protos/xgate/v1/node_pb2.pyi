@@ -175,30 +175,34 @@ class EncryptResponse(_message.Message):
     def __init__(self, agency: _Optional[str] = ..., request_id: _Optional[str] = ..., elements: _Optional[_Iterable[_Union[ElementValues, _Mapping]]] = ..., node_audit_leaf_hash: _Optional[bytes] = ..., node_audit_index: _Optional[int] = ..., envelope: _Optional[_Union[Envelope, _Mapping]] = ...) -> None: ...
 
 class CosignRequest(_message.Message):
-    __slots__ = ("checkpoint", "consistency_proof", "old_size", "envelope")
+    __slots__ = ("checkpoint", "consistency_proof", "old_size", "state_only", "envelope")
     CHECKPOINT_FIELD_NUMBER: _ClassVar[int]
     CONSISTENCY_PROOF_FIELD_NUMBER: _ClassVar[int]
     OLD_SIZE_FIELD_NUMBER: _ClassVar[int]
+    STATE_ONLY_FIELD_NUMBER: _ClassVar[int]
     ENVELOPE_FIELD_NUMBER: _ClassVar[int]
     checkpoint: bytes
     consistency_proof: _containers.RepeatedScalarFieldContainer[bytes]
     old_size: int
+    state_only: bool
     envelope: Envelope
-    def __init__(self, checkpoint: _Optional[bytes] = ..., consistency_proof: _Optional[_Iterable[bytes]] = ..., old_size: _Optional[int] = ..., envelope: _Optional[_Union[Envelope, _Mapping]] = ...) -> None: ...
+    def __init__(self, checkpoint: _Optional[bytes] = ..., consistency_proof: _Optional[_Iterable[bytes]] = ..., old_size: _Optional[int] = ..., state_only: _Optional[bool] = ..., envelope: _Optional[_Union[Envelope, _Mapping]] = ...) -> None: ...
 
 class CosignResponse(_message.Message):
-    __slots__ = ("agency", "cosignature", "key_id", "size", "envelope")
+    __slots__ = ("agency", "cosignature", "key_id", "size", "root", "envelope")
     AGENCY_FIELD_NUMBER: _ClassVar[int]
     COSIGNATURE_FIELD_NUMBER: _ClassVar[int]
     KEY_ID_FIELD_NUMBER: _ClassVar[int]
     SIZE_FIELD_NUMBER: _ClassVar[int]
+    ROOT_FIELD_NUMBER: _ClassVar[int]
     ENVELOPE_FIELD_NUMBER: _ClassVar[int]
     agency: str
     cosignature: bytes
     key_id: str
     size: int
+    root: bytes
     envelope: Envelope
-    def __init__(self, agency: _Optional[str] = ..., cosignature: _Optional[bytes] = ..., key_id: _Optional[str] = ..., size: _Optional[int] = ..., envelope: _Optional[_Union[Envelope, _Mapping]] = ...) -> None: ...
+    def __init__(self, agency: _Optional[str] = ..., cosignature: _Optional[bytes] = ..., key_id: _Optional[str] = ..., size: _Optional[int] = ..., root: _Optional[bytes] = ..., envelope: _Optional[_Union[Envelope, _Mapping]] = ...) -> None: ...
 
 class TrainingRequest(_message.Message):
     __slots__ = ("context", "job_id", "dataset", "elements", "epsilon", "delta", "rounds", "envelope")

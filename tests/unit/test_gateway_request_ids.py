@@ -1,0 +1,122 @@
+"""One id finds everything about one request (issue 14 items 3 and 5): every response, refusals and
+500s included, carries X-Request-Id (and the id in its error body), and the `request` entry records
+it; a gateway whose log is compromised refuses actions with 503 but still answers reads."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi import FastAPI, Request
+from fastapi.testclient import TestClient
+
+from audit.checkpoints import generate_key, save_keypair
+from gateway.app import create_app
+from gateway.audit import GatewayAudit
+from gateway.services import Services
+from xgate.errors import AuditLogCompromised, PolicyDenied, Unauthenticated
+from xgate.principal import Principal
+
+BODY = {
+    "program": "dibao",
+    "purpose": "eligibility",
+    "legal_basis": "reg:1",
+    "case_id": "c1",
+    "mode": "plaintext",
+    "pseudonyms": ["a" * 26],
+}
+
+
+class Nodes:
+    def agencies(self) -> list[str]:
+        return []
+
+    async def close(self) -> None:
+        return None
+
+
+class Coordinator:
+    def __init__(self) -> None:
+        self.nodes = Nodes()
+        self.programs = None
+        self.service = self
+        self.fail: Exception | None = None
+        self.seen: list[str | None] = []
+
+    async def run(self, principal: Principal, request: Any, request_id: str | None = None) -> Any:
+        self.seen.append(request_id)
+        assert self.fail is not None
+        raise self.fail
+
+
+def authenticate(request: Request) -> Principal:
+    if request.headers.get("authorization") != "Bearer good":
+        raise Unauthenticated("missing or unknown API key")
+    return Principal(user="cw-001", agency="civil_affairs", role="caseworker", tier="gold")
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> Iterator[tuple[TestClient, GatewayAudit, Coordinator]]:
+    save_keypair(generate_key(), tmp_path / "gw")
+    audit = GatewayAudit.open(tmp_path / "audit.sqlite", tmp_path / "gw.key.pem", {}, writer="thread")
+    coordinator = Coordinator()
+    services = Services(authenticate=authenticate, coordinator=coordinator, audit=audit)  # type: ignore[arg-type]
+    app: FastAPI = create_app(services, max_body_bytes=1000)
+    with TestClient(app, raise_server_exceptions=False) as client:
+        yield client, audit, coordinator
+
+
+def _request_entry(audit: GatewayAudit, request_id: str) -> dict[str, Any]:
+    (entry,) = audit.log.entries(request_id=request_id, kind="request", limit=10)
+    return {"status": entry.record.metadata["status"], "error": entry.record.metadata.get("error"),
+            "user": entry.record.actor.user}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("how", "status", "error", "user"),
+    [
+        ("500", 500, "internal_error", "cw-001"),
+        ("403", 403, "policy_denied", "cw-001"),
+        ("401", 401, "unauthenticated", "anonymous"),
+        ("400", 400, "invalid_input", "cw-001"),
+        ("413", 413, "payload_too_large", "anonymous"),
+    ],
+)
+def test_every_refusal_and_error_carries_a_request_id_the_log_records(
+    env: tuple[TestClient, GatewayAudit, Coordinator], how: str, status: int, error: str | None, user: str
+) -> None:
+    client, audit, coordinator = env
+    headers = {"Authorization": "Bearer good" if how != "401" else "Bearer bad"}
+    coordinator.fail = RuntimeError("boom") if how == "500" else PolicyDenied("no permit for this purpose")
+    if how == "400":
+        r = client.post("/v1/checks", json={"program": "dibao"}, headers=headers)
+    elif how == "413":
+        r = client.post("/v1/checks", content=b"x" * 2000, headers=headers)
+    else:
+        r = client.post("/v1/checks", json=BODY, headers=headers)
+    assert r.status_code == status, r.text
+    request_id = r.headers["X-Request-Id"]
+    assert r.json()["request_id"] == request_id  # the caseworker can quote it
+    assert "boom" not in r.text and "Traceback" not in r.text
+    assert _request_entry(audit, request_id) == {"status": status, "error": error, "user": user}
+    if how in ("500", "403"):
+        assert coordinator.seen[-1] == request_id  # the check's own entries carry the same id
+
+
+def test_successful_responses_carry_it_too(env: tuple[TestClient, GatewayAudit, Coordinator]) -> None:
+    client, _, _ = env
+    r = client.get("/healthz")
+    assert r.status_code == 200 and len(r.headers["X-Request-Id"]) == 36
+
+
+def test_a_compromised_log_refuses_actions_but_answers_reads(env: tuple[TestClient, GatewayAudit, Coordinator]) -> None:
+    client, audit, coordinator = env
+    audit.compromised = AuditLogCompromised("the audit log is truncated", reason="truncated")
+    coordinator.fail = AssertionError("must not run")
+    r = client.post("/v1/checks", json=BODY, headers={"Authorization": "Bearer good"})
+    assert r.status_code == 503 and r.json()["error"] == "audit_log_compromised"
+    assert r.json()["details"]["reason"] == "truncated" and coordinator.seen == []
+    assert _request_entry(audit, r.headers["X-Request-Id"])["error"] == "audit_log_compromised"
+    assert client.get("/healthz").status_code == 200
