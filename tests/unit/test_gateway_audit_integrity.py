@@ -196,7 +196,7 @@ def test_history_rewritten_with_the_real_key_is_caught_by_the_witnesses(
         log.publish_checkpoint()
     a = _open(tmp_path, keys, db="fork.sqlite")
     try:
-        with pytest.raises(AuditLogCompromised, match=r"differs from the one witness .* cosigned \\(log forked\\)"):
+        with pytest.raises(AuditLogCompromised, match=r"differs from the one witness .* cosigned \(log forked\)"):
             asyncio.run(a.verify_history(nodes))  # type: ignore[arg-type]
         assert a.compromised is not None and a.compromised.details["reason"] == "forked"
     finally:
