@@ -15,7 +15,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from gateway.admission_control import AdmissionController, AdmissionMiddleware, AdmissionSettings
-from gateway.audit import SERVICE_ACTOR, GatewayAudit
+from gateway.audit import REQUEST_ID, SERVICE_ACTOR, GatewayAudit
 from gateway.routes import ROUTERS
 from gateway.routes.console import mount_static
 from gateway.services import Services
@@ -119,12 +119,15 @@ def _audit_every_request(app: FastAPI, audit: GatewayAudit | None) -> None:
             request.state.error = audit.compromised.code  # a damaged log records no new actions
             response: Any = error_response(request, audit.compromised)
         else:
+            token = REQUEST_ID.set(request_id)  # entries recorded while serving it carry it
             try:
                 response = await call_next(request)
             except Exception:  # what the 500 handler would answer, but recorded like every request
                 log.exception("request_failed", path=path, request_id=request_id)
                 request.state.error = "internal_error"
                 response = error_response(request, XgateError("internal error"))
+            finally:
+                REQUEST_ID.reset(token)
         if audit is not None and path.startswith("/v1/"):
             try:
                 await audit.record_request(

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,9 @@ from xgate.errors import AuditLogCompromised, IntegrityError, NodeTimeout, NodeU
 from xgate.logging import get_logger
 
 log = get_logger("xgate.gateway.audit")
+# The id of the REST request being served (set by the app's middleware): entries recorded while
+# serving it carry it unless they name their own (a training job's entries carry the job id).
+REQUEST_ID: ContextVar[str | None] = ContextVar("xgate_request_id", default=None)
 GATEWAY_LOG_ORIGIN = "xgate.gateway/audit"
 SERVICE_ACTOR = {"actor_user": "gateway", "actor_agency": "gateway", "actor_role": "service"}
 
@@ -56,6 +60,8 @@ class GatewayAudit:
     pending: int = 0  # appends waiting for their commit (xgate_audit_queue_depth)
 
     async def record(self, event: dict[str, Any]) -> None:
+        if event.get("request_id") is None and (request_id := REQUEST_ID.get()) is not None:
+            event = {**event, "request_id": request_id}
         self.pending += 1
         t0 = time.perf_counter()
         try:

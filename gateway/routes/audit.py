@@ -12,12 +12,13 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query
 
 from audit.alerts import evaluate
+from audit.query import Filters, find
 from audit.records import AuditRecord
 from audit.store import MAX_PAGE, AuditLog, Entry
+from gateway.audit import REQUEST_ID
 from gateway.deps import AuditLogDep, Auditor, ServicesDep
-from xgate.errors import AuditUnconfigured, InvalidInput
+from xgate.errors import AuditUnconfigured
 from xgate.principal import Principal
-from xgate.pseudonym import PSEUDONYM_RE
 
 router = APIRouter(tags=["audit"])
 Offset = Annotated[int, Query(ge=0)]
@@ -27,11 +28,17 @@ Limit = Annotated[int, Query(ge=1, le=MAX_PAGE)]
 def record_read(
     log: AuditLog, who: Principal, route: str, *, kind: str = "audit_read", subjects: tuple[str, ...] = (), **meta: Any
 ) -> None:
-    """Append who read what; raises InvalidInput (400) if a filter cannot be recorded."""
+    """Append who read what, under the request's id; raises InvalidInput (400) if a filter cannot be recorded."""
     clean = {k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in meta.items() if v is not None}
     actor = {"user": str(who.user), "agency": str(who.agency), "role": str(who.role)}
-    event = {"kind": kind, "actor": actor, "subjects": subjects, "metadata": {"route": route, **clean}}
+    event: dict[str, Any] = {"kind": kind, "actor": actor, "subjects": subjects, "metadata": {"route": route, **clean}}
+    event["request_id"] = REQUEST_ID.get()
     log.append(AuditRecord.from_event(event))
+
+
+def aware(value: datetime | None) -> datetime | None:
+    """A time given without a zone is UTC (as it always was here)."""
+    return value.replace(tzinfo=UTC) if value is not None and value.tzinfo is None else value
 
 
 def entry_view(e: Entry) -> dict[str, Any]:
@@ -64,21 +71,21 @@ def list_entries(
     subject: str | None = None,
     kind: str | None = None,
     request_id: str | None = None,
+    status: Annotated[int | None, Query(ge=100, le=599, description="`request` entries answered so")] = None,
+    refused: Annotated[bool, Query(description="`request` entries answered with a refusal (4xx)")] = False,
     since: datetime | None = None,
     until: datetime | None = None,
     offset: Offset = 0,
     limit: Limit = 100,
 ) -> dict[str, Any]:
-    if subject is not None and not PSEUDONYM_RE.match(subject):
-        raise InvalidInput("subject must be a pseudonym")
-    filters: dict[str, Any] = dict(
+    filters = Filters(
         agency=agency, user=user, program=program, purpose=purpose, decision=decision, subject=subject,
-        kind=kind, request_id=request_id, since=since, until=until,
+        kind=kind, request_id=request_id, status=status, refused=refused, since=aware(since), until=aware(until),
     )  # fmt: skip
     size = log.size
-    rows = log.entries(**filters, offset=offset, limit=limit)
+    rows = find(log, filters, offset=offset, limit=limit)
     subj = (subject,) if subject else ()
-    meta = {f"filter_{k}": v for k, v in filters.items() if k != "subject"}
+    meta = {f"filter_{k}": v for k, v in filters.active().items() if k != "subject"}
     record_read(log, who, "entries", subjects=subj, offset=offset, returned=len(rows), **meta)
     return {
         "tree_size": size,

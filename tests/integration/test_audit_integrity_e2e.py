@@ -153,3 +153,44 @@ def test_gateway_stops_within_five_seconds_of_sigterm(federation, tmp_path: Path
             took = time.monotonic() - started
         assert child.process.returncode is not None
     assert took < 5.0, f"gateway took {took:.1f} s to stop after SIGTERM"
+
+
+def test_officer_answers_both_questions_with_one_command_each(federation, client, tmp_path: Path) -> None:
+    """'Who accessed this person, when and why?' and 'every refused request today', from the CLI
+    against the running gateway; the national id is pseudonymised on the officer's machine."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    person = read_subjects(federation.applicants)[292]
+    result = client.check("dibao", [person], "dibao", LEGAL_BASIS["dibao"], "who-1", approval_ref=DEV_APPROVAL_REF)
+    with httpx.Client(
+        base_url=federation.gateway_url, verify=ssl.create_default_context(cafile=federation.ca_cert)
+    ) as anon:
+        refused = anon.get("/v1/programs")  # no API key: 401, with an id the caller can quote
+    assert refused.status_code == 401 and refused.json()["request_id"] == refused.headers["X-Request-Id"]
+    env = {**os.environ, "XGATE_API_KEY": federation.api_keys["officer"]}
+    base = [sys.executable, "-m", "app.cli", "audit", "query", "--gateway", federation.gateway_url,
+            "--ca", str(federation.ca_cert), "--format", "json"]  # fmt: skip
+    who = subprocess.run(
+        [*base, "--subject-id", person, "--pseudonym-key", str(federation.pseudonym_key), "--since", "today"],
+        capture_output=True, text=True, env=env, timeout=120,
+    )  # fmt: skip
+    assert who.returncode == 0, who.stderr
+    rows = json.loads(who.stdout)
+    mine = [r for r in rows if r["request_id"] == result.request_id]
+    assert [(r["user"], r["agency"], r["purpose"], r["legal_basis"], r["outcome"]) for r in mine] == [
+        ("cw-zhang", "civil_affairs", "dibao", LEGAL_BASIS["dibao"], "answered")
+    ]
+    today = subprocess.run(
+        [*base, "--refused", "--since", "today"], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert today.returncode == 0, today.stderr
+    refusals = {r["request_id"]: r for r in json.loads(today.stdout)}
+    assert refusals[refused.headers["X-Request-Id"]]["status"] == 401
+    assert all(400 <= r["status"] <= 499 for r in refusals.values())
+    # The national id never reached the gateway: not in its audit log, not in its service log.
+    for db in federation.gateway_dir.glob("audit.sqlite*"):  # the database and its WAL
+        assert person.encode() not in db.read_bytes()
+    assert person not in (federation.log_dir / "gateway.log").read_text()

@@ -167,3 +167,61 @@ def test_report_refuses_evidence_that_does_not_verify(setup: dict[str, Any]) -> 
          "--pseudonym", setup["pa"]],
     )  # fmt: skip
     assert r.exit_code == 1 and "does not verify" in r.output and not (setup["tmp"] / "x.html").exists()
+
+
+# -- the same filters on the REST API ------------------------------------------------------------
+
+
+@pytest.fixture
+def rest(setup: dict[str, Any]) -> Any:
+    from fastapi import Request
+    from fastapi.testclient import TestClient
+
+    from gateway.app import create_app
+    from gateway.services import Services
+    from xgate.principal import Principal
+
+    class Decision:
+        def raise_if_denied(self) -> None:
+            return None
+
+    class Engine:
+        def decide(self, request: Any) -> Decision:
+            return Decision()
+
+    def officer(request: Request) -> Principal:
+        return Principal("so-1", "audit_office", "security_officer", "gold")
+
+    log = AuditLog.open(setup["db"], origin=ORIGIN)
+    client = TestClient(create_app(Services(authenticate=officer, policy=Engine(), audit_log=log)))
+    yield client, log
+    log.close()
+
+
+def test_rest_filters_refused_and_status(rest: Any) -> None:
+    client, log = rest
+    day = {"since": "2026-03-04T00:00:00+08:00", "until": "2026-03-05T00:00:00+08:00"}
+    r = client.get("/v1/audit/entries", params={"refused": "true", **day})
+    assert r.status_code == 200, r.text
+    assert [e["record"]["request_id"] for e in r.json()["entries"]] == ["r2", "r3", "r4"]
+    r = client.get("/v1/audit/entries", params={"status": 401})
+    assert [e["record"]["actor"]["user"] for e in r.json()["entries"]] == ["anonymous"]
+    assert client.get("/v1/audit/entries", params={"status": 99}).status_code == 400
+    # The read itself is on record, under the id the response carries, with its filters.
+    (read,) = log.entries(request_id=r.headers["X-Request-Id"], limit=10)
+    assert read.record.kind == "audit_read" and read.record.metadata["filter_status"] == 401
+
+
+def test_rest_subject_accesses_name_the_user_and_take_a_period(rest: Any, setup: dict[str, Any]) -> None:
+    client, _ = rest
+    r = client.get(f"/v1/subjects/{setup['pa']}/accesses", params={"since": "2026-03-04", "until": "2026-03-05"})
+    assert r.status_code == 200, r.text
+    rows = r.json()["accesses"]
+    assert [(a["user"], a["agency"], a["legal_basis"], a["outcome"]) for a in rows] == [
+        ("cw-zhang", "civil_affairs", "SAR-2014-art-12", "answered"),
+        ("cw-li", "civil_affairs", "SAR-2014-art-12", "refused"),
+    ]
+    everything = client.get(f"/v1/subjects/{setup['pa']}/accesses").json()["accesses"]
+    assert [a["user"] for a in everything][:3] == ["cw-zhang", "cw-li", "cw-chen"]
+    bad = client.get(f"/v1/subjects/{setup['pa']}/accesses", params={"since": "2026-03-05", "until": "2026-03-04"})
+    assert bad.status_code == 400 and "later than since" in bad.json()["message"] and bad.json()["request_id"]
