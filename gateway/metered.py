@@ -12,7 +12,7 @@ from xgate.principal import Principal
 
 
 class MeteredCheckService(CheckService):
-    async def run(self, principal: Principal, request: CheckRequest) -> CheckOutcome:
+    async def run(self, principal: Principal, request: CheckRequest, request_id: str | None = None) -> CheckOutcome:
         t0 = time.perf_counter()
         try:
             self.programs.get(request.program)
@@ -21,7 +21,7 @@ class MeteredCheckService(CheckService):
             program = "unknown"  # never a caller-chosen label value
         outcome = "ok"
         try:
-            return await super().run(principal, request)
+            return await super().run(principal, request, request_id)
         except XgateError as exc:
             outcome = exc.code
             if isinstance(exc, BudgetExhausted):
