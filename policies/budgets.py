@@ -29,7 +29,8 @@ from pathlib import Path
 
 from policies.sqlite_tx import immediate, init_db
 from policies.types import BudgetRule
-from xgate.errors import BudgetExhausted, InvalidInput
+from xgate.db import Database, Migration, SqliteDatabase, Tx, migrate, require_current
+from xgate.errors import BudgetExhausted, InvalidInput, StoreUnavailable
 from xgate.logging import get_logger
 
 log = get_logger("xgate.policies.budgets")
@@ -86,44 +87,84 @@ def charge_windows(
     return windows, sorted(over)
 
 
-class ProbeBudget:
-    """Per (subject pseudonym, program, requesting agency) evaluation counts in a sliding window.
-
-    One row per subject and scope holds the times of its evaluations still inside the window (never
-    more than the cap), so a batch costs one read and one upsert per subject however long the
-    history is. Rows whose window has emptied are pruned at most once per hour per scope.
-    """
-
-    PRUNE_EVERY_S = 3600.0
-
-    def __init__(self, path: Path | str, clock: Callable[[], datetime] | None = None) -> None:
-        self.path = Path(path)
-        self._clock = clock or (lambda: datetime.now(UTC))
-        self._pruned: dict[tuple[str, str], float] = {}
-        init_db(
-            self.path,
-            """
+BUDGET_MIGRATIONS = (
+    Migration(
+        "probe_budget",
+        1,
+        sqlite="""
             CREATE TABLE IF NOT EXISTS probe_windows (
                 program TEXT NOT NULL, agency TEXT NOT NULL, subject TEXT NOT NULL,
                 times TEXT NOT NULL, last_at REAL NOT NULL,
                 PRIMARY KEY (program, agency, subject)) WITHOUT ROWID;
             CREATE TABLE IF NOT EXISTS probe_reservations (
                 id TEXT PRIMARY KEY, program TEXT NOT NULL, agency TEXT NOT NULL, at REAL NOT NULL,
-                subjects TEXT NOT NULL);
-            """,
-        )
-        self._migrate()
+                subjects TEXT NOT NULL)
+        """,
+        postgresql="""
+            CREATE TABLE IF NOT EXISTS probe_windows (
+                program TEXT NOT NULL, agency TEXT NOT NULL, subject TEXT NOT NULL,
+                times TEXT NOT NULL, last_at DOUBLE PRECISION NOT NULL,
+                PRIMARY KEY (program, agency, subject));
+            CREATE TABLE IF NOT EXISTS probe_reservations (
+                id TEXT PRIMARY KEY, program TEXT NOT NULL, agency TEXT NOT NULL, at DOUBLE PRECISION NOT NULL,
+                subjects TEXT NOT NULL)
+        """,
+    ),
+)
 
-    def _migrate(self) -> None:
-        """Fold the one-row-per-evaluation table of earlier versions into per-subject windows."""
-        with immediate(self.path) as conn:
-            if conn.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='probes'").fetchone():
-                conn.execute(
+# A JSON array parameter as rows, per dialect: subjects (text) and (subject, times, last_at) triples.
+_SUBJECTS = {
+    "sqlite": "SELECT value FROM json_each(?)",
+    "postgresql": "SELECT jsonb_array_elements_text(CAST(? AS jsonb))",
+}
+_WINDOW_ROWS = {
+    "sqlite": "SELECT ?, ?, value ->> 0, value ->> 1, value ->> 2 FROM json_each(?) WHERE true",
+    "postgresql": "SELECT ?, ?, value ->> 0, value ->> 1, CAST(value ->> 2 AS DOUBLE PRECISION)"
+    " FROM jsonb_array_elements(CAST(? AS jsonb)) AS value",
+}
+
+
+class ProbeBudget:
+    """Per (subject pseudonym, program, requesting agency) evaluation counts in a sliding window.
+
+    One row per subject and scope holds the times of its evaluations still inside the window (never
+    more than the cap), so a batch costs one read and one upsert per subject however long the
+    history is. Rows whose window has emptied are pruned at most once per hour per scope.
+
+    Storage: a SQLite file (embedded default; its schema is applied at open) or a shared
+    `Database` (PostgreSQL, replicated mode; `xgate gateway migrate` applies the schema). A charge
+    locks every subject of its batch (xgate/db.py lock keys), so replicas charging the same
+    subject serialise on it and nobody is ever pushed over the cap.
+    """
+
+    PRUNE_EVERY_S = 3600.0
+
+    def __init__(self, store: Path | str | Database, clock: Callable[[], datetime] | None = None) -> None:
+        self.db: Database
+        if isinstance(store, (str, Path)):
+            self.db = SqliteDatabase(store)
+            migrate(self.db, BUDGET_MIGRATIONS)
+            self._fold_legacy_table()
+        else:
+            self.db = store
+            require_current(self.db, BUDGET_MIGRATIONS)
+        self._clock = clock or (lambda: datetime.now(UTC))
+        self._pruned: dict[tuple[str, str], float] = {}
+
+    def _fold_legacy_table(self) -> None:
+        """Fold the one-row-per-evaluation table of earlier (SQLite-only) versions into windows."""
+        with self.db.transaction() as tx:
+            if tx.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='probes'").fetchone():
+                tx.execute(
                     """INSERT OR REPLACE INTO probe_windows
                        SELECT program, agency, subject, group_concat(at, ','), MAX(at) FROM probes
                        GROUP BY program, agency, subject"""
                 )
-                conn.execute("DROP TABLE probes")
+                tx.execute("DROP TABLE probes")
+
+    @staticmethod
+    def _locks(program: str, agency: str, subjects: Sequence[str]) -> list[str]:
+        return [f"budget/{program}/{agency}/{s}" for s in subjects]
 
     def consume(
         self,
@@ -149,8 +190,8 @@ class ProbeBudget:
 
     def commit(self, reservation: str) -> bool:
         """Make a reservation final (the check was answered). False if it was not pending."""
-        with immediate(self.path) as conn:
-            return conn.execute("DELETE FROM probe_reservations WHERE id = ?", (reservation,)).rowcount == 1
+        with self.db.transaction() as tx:
+            return tx.execute("DELETE FROM probe_reservations WHERE id = ?", (reservation,)).rowcount == 1
 
     def release(self, reservation: str) -> bool:
         """Give a pending reservation's evaluations back. False if it was not pending (idempotent)
@@ -158,41 +199,37 @@ class ProbeBudget:
         conservative side, and the check's own error is what the caller sees)."""
         try:
             return self._release(reservation)
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, StoreUnavailable) as exc:
             log.warning("budget_release_failed", error=type(exc).__name__)
             return False
 
     def _release(self, reservation: str) -> bool:
-        with immediate(self.path) as conn:
-            row = conn.execute(
-                "SELECT program, agency, at, subjects FROM probe_reservations WHERE id = ?", (reservation,)
+        with self.db.read() as tx:
+            row = tx.execute(
+                "SELECT program, agency, subjects FROM probe_reservations WHERE id = ?", (reservation,)
             ).fetchone()
-            if row is None:
+        if row is None:
+            return False
+        program, agency, subjects = str(row[0]), str(row[1]), list(json.loads(row[2]))
+        with self.db.transaction(lock=self._locks(program, agency, subjects)) as tx:
+            row = tx.execute("SELECT at FROM probe_reservations WHERE id = ?", (reservation,)).fetchone()
+            if row is None:  # committed or released meanwhile, by this process or another
                 return False
-            program, agency, at, subjects = str(row[0]), str(row[1]), float(row[2]), json.loads(row[3])
-            windows = release_windows(self._history(conn, subjects, program, agency), subjects, at)
-            rows = json.dumps([[s, ",".join(map(repr, w)), max(w)] for s, w in windows.items() if w])
-            conn.execute(
-                """INSERT OR REPLACE INTO probe_windows (program, agency, subject, times, last_at)
-                   SELECT ?, ?, value ->> 0, value ->> 1, value ->> 2 FROM json_each(?)""",
-                (program, agency, rows),
-            )
+            at = float(row[0])
+            windows = release_windows(self._history(tx, subjects, program, agency), subjects, at)
+            self._write_windows(tx, program, agency, {s: w for s, w in windows.items() if w})
             emptied = json.dumps([s for s, w in windows.items() if not w])
-            conn.execute(
-                """DELETE FROM probe_windows WHERE program = ? AND agency = ?
-                   AND subject IN (SELECT value FROM json_each(?))""",
+            tx.execute(
+                f"DELETE FROM probe_windows WHERE program = ? AND agency = ? AND subject IN ({_SUBJECTS[tx.dialect]})",
                 (program, agency, emptied),
             )
-            conn.execute("DELETE FROM probe_reservations WHERE id = ?", (reservation,))
+            tx.execute("DELETE FROM probe_reservations WHERE id = ?", (reservation,))
         return True
 
     def pending(self) -> int:
         """How many reservations are neither committed nor released."""
-        conn = sqlite3.connect(self.path, timeout=30.0)
-        try:
-            return int(conn.execute("SELECT COUNT(*) FROM probe_reservations").fetchone()[0])
-        finally:
-            conn.close()
+        with self.db.read() as tx:
+            return int(tx.execute("SELECT COUNT(*) FROM probe_reservations").fetchone()[0])
 
     def _charge(
         self,
@@ -207,49 +244,53 @@ class ProbeBudget:
         if not unique:
             raise InvalidInput("no subjects to charge")
         t = (now or self._clock()).timestamp()
-        with immediate(self.path) as conn:
-            history = self._history(conn, unique, program, agency)
+        with self.db.transaction(lock=self._locks(program, agency, unique)) as tx:
+            history = self._history(tx, unique, program, agency)
             windows, over = charge_windows(history, unique, rule, t)
             if over:  # raising rolls the transaction back: nothing of this batch is recorded
                 raise self._refusal(over, len(unique), program, agency, rule, t)
-            rows = json.dumps([[s, ",".join(map(repr, w)), w[0]] for s, w in windows.items()])
-            conn.execute(
-                """INSERT OR REPLACE INTO probe_windows (program, agency, subject, times, last_at)
-                   SELECT ?, ?, value ->> 0, value ->> 1, value ->> 2 FROM json_each(?)""",
-                (program, agency, rows),
-            )
+            self._write_windows(tx, program, agency, windows)
             reservation = ""
             if reserve:
                 reservation = "rsv_" + secrets.token_urlsafe(16)
-                conn.execute(
+                tx.execute(
                     "INSERT INTO probe_reservations (id, program, agency, at, subjects) VALUES (?, ?, ?, ?, ?)",
                     (reservation, program, agency, t, json.dumps(unique)),
                 )
             if t - self._pruned.get((program, agency), -math.inf) >= self.PRUNE_EVERY_S:
                 self._pruned[(program, agency)] = t
-                conn.execute(
+                # Only windows that are wholly past the cutoff: no lock is needed to drop them.
+                tx.execute(
                     "DELETE FROM probe_windows WHERE program = ? AND agency = ? AND last_at <= ?",
                     (program, agency, t - rule.window_seconds),
                 )
                 # a reservation older than the window can no longer be told from its evaluations
-                conn.execute("DELETE FROM probe_reservations WHERE at <= ?", (t - rule.window_seconds,))
+                tx.execute("DELETE FROM probe_reservations WHERE at <= ?", (t - rule.window_seconds,))
         return BudgetReceipt(len(unique), rule.max_checks, rule.window_days, reservation)
+
+    @staticmethod
+    def _write_windows(tx: Tx, program: str, agency: str, windows: Mapping[str, Sequence[float]]) -> None:
+        if not windows:
+            return
+        rows = json.dumps([[s, ",".join(map(repr, w)), max(w)] for s, w in windows.items()])
+        tx.execute(
+            f"""INSERT INTO probe_windows (program, agency, subject, times, last_at) {_WINDOW_ROWS[tx.dialect]}
+                ON CONFLICT (program, agency, subject) DO UPDATE SET times = excluded.times, last_at = excluded.last_at""",
+            (program, agency, rows),
+        )
 
     def used(self, subject: str, program: str, agency: str, rule: BudgetRule, now: datetime | None = None) -> int:
         cutoff = (now or self._clock()).timestamp() - rule.window_seconds
-        conn = sqlite3.connect(self.path, timeout=30.0)
-        try:
-            times = self._history(conn, [subject], program, agency).get(subject, [])
-        finally:
-            conn.close()
+        with self.db.read() as tx:
+            times = self._history(tx, [subject], program, agency).get(subject, [])
         return sum(1 for at in times if at > cutoff)
 
     @staticmethod
-    def _history(conn: sqlite3.Connection, subjects: list[str], program: str, agency: str) -> dict[str, list[float]]:
-        # One statement for the whole batch (json_each), not one query per subject.
-        rows = conn.execute(
-            """SELECT subject, times FROM probe_windows
-               WHERE program = ? AND agency = ? AND subject IN (SELECT value FROM json_each(?))""",
+    def _history(tx: Tx, subjects: list[str], program: str, agency: str) -> dict[str, list[float]]:
+        # One statement for the whole batch (a JSON array parameter), not one query per subject.
+        rows = tx.execute(
+            f"""SELECT subject, times FROM probe_windows
+               WHERE program = ? AND agency = ? AND subject IN ({_SUBJECTS[tx.dialect]})""",
             (program, agency, json.dumps(subjects)),
         ).fetchall()
         return {str(s): [float(x) for x in str(times).split(",")] for s, times in rows}
