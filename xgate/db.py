@@ -163,7 +163,6 @@ def lock_stripes(keys: Sequence[str]) -> list[int]:
     return sorted({zlib.crc32(k.encode()) % LOCK_STRIPES for k in keys})
 
 
-
 def _to_psycopg(sql: str) -> str:
     """`?` placeholders to psycopg's `%s`; a literal `%` must be doubled for psycopg."""
     return sql.replace("%", "%%").replace("?", "%s")
