@@ -112,7 +112,8 @@ BUDGET_MIGRATIONS = (
     ),
 )
 
-# A JSON array parameter as rows, per dialect: subjects (text) and (subject, times, last_at) triples.
+# Batches travel as one JSON array parameter; the statements differ only in how each dialect
+# turns it into rows (subjects as text; (subject, times, last_at) triples).
 _SUBJECTS = {
     "sqlite": "SELECT value FROM json_each(?)",
     "postgresql": "SELECT jsonb_array_elements_text(CAST(? AS jsonb))",
@@ -121,6 +122,20 @@ _WINDOW_ROWS = {
     "sqlite": "SELECT ?, ?, value ->> 0, value ->> 1, value ->> 2 FROM json_each(?) WHERE true",
     "postgresql": "SELECT ?, ?, value ->> 0, value ->> 1, CAST(value ->> 2 AS DOUBLE PRECISION)"
     " FROM jsonb_array_elements(CAST(? AS jsonb)) AS value",
+}
+_SELECT_WINDOWS = {
+    d: "SELECT subject, times FROM probe_windows WHERE program = ? AND agency = ? AND subject IN (" + rows + ")"  # noqa: S608  # constant fragments, no input
+    for d, rows in _SUBJECTS.items()
+}
+_DELETE_WINDOWS = {
+    d: "DELETE FROM probe_windows WHERE program = ? AND agency = ? AND subject IN (" + rows + ")"  # noqa: S608
+    for d, rows in _SUBJECTS.items()
+}
+_UPSERT_WINDOWS = {
+    d: "INSERT INTO probe_windows (program, agency, subject, times, last_at) "
+    + rows
+    + " ON CONFLICT (program, agency, subject) DO UPDATE SET times = excluded.times, last_at = excluded.last_at"
+    for d, rows in _WINDOW_ROWS.items()
 }
 
 
@@ -191,7 +206,7 @@ class ProbeBudget:
     def commit(self, reservation: str) -> bool:
         """Make a reservation final (the check was answered). False if it was not pending."""
         with self.db.transaction() as tx:
-            return tx.execute("DELETE FROM probe_reservations WHERE id = ?", (reservation,)).rowcount == 1
+            return bool(tx.execute("DELETE FROM probe_reservations WHERE id = ?", (reservation,)).rowcount == 1)
 
     def release(self, reservation: str) -> bool:
         """Give a pending reservation's evaluations back. False if it was not pending (idempotent)
@@ -220,7 +235,7 @@ class ProbeBudget:
             self._write_windows(tx, program, agency, {s: w for s, w in windows.items() if w})
             emptied = json.dumps([s for s, w in windows.items() if not w])
             tx.execute(
-                f"DELETE FROM probe_windows WHERE program = ? AND agency = ? AND subject IN ({_SUBJECTS[tx.dialect]})",
+                _DELETE_WINDOWS[tx.dialect],
                 (program, agency, emptied),
             )
             tx.execute("DELETE FROM probe_reservations WHERE id = ?", (reservation,))
@@ -274,8 +289,7 @@ class ProbeBudget:
             return
         rows = json.dumps([[s, ",".join(map(repr, w)), max(w)] for s, w in windows.items()])
         tx.execute(
-            f"""INSERT INTO probe_windows (program, agency, subject, times, last_at) {_WINDOW_ROWS[tx.dialect]}
-                ON CONFLICT (program, agency, subject) DO UPDATE SET times = excluded.times, last_at = excluded.last_at""",
+            _UPSERT_WINDOWS[tx.dialect],
             (program, agency, rows),
         )
 
@@ -289,8 +303,7 @@ class ProbeBudget:
     def _history(tx: Tx, subjects: list[str], program: str, agency: str) -> dict[str, list[float]]:
         # One statement for the whole batch (a JSON array parameter), not one query per subject.
         rows = tx.execute(
-            f"""SELECT subject, times FROM probe_windows
-               WHERE program = ? AND agency = ? AND subject IN ({_SUBJECTS[tx.dialect]})""",
+            _SELECT_WINDOWS[tx.dialect],
             (program, agency, json.dumps(subjects)),
         ).fetchall()
         return {str(s): [float(x) for x in str(times).split(",")] for s, times in rows}
