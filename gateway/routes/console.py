@@ -134,7 +134,12 @@ def checkpoints(
     items, total = auditview.checkpoint_history(_reader(log), verifier, witnesses, offset=offset, limit=limit)
     record_read(log, who, "console_checkpoints", offset=offset, returned=len(items))
     configured = {"log_key_configured": services.public_key is not None, "witnesses_configured": sorted(witnesses)}
-    return {"tree_size": log.size, "total": total, "offset": offset, "checkpoints": items, **configured}
+    broken = services.audit.compromised if services.audit is not None else None
+    state: dict[str, Any] = {"compromised": broken is not None}
+    if broken is not None:  # the gateway found its log damaged and stopped signing (audit/integrity.py)
+        state |= {"reason": str(broken.details.get("reason", "")), "message": broken.message}
+    return {"tree_size": log.size, "total": total, "offset": offset, "checkpoints": items, "log_state": state,
+            **configured}  # fmt: skip
 
 
 @router.post("/v1/console/checkpoints")

@@ -8,7 +8,9 @@ const RULES = {
   burst: ["warn", "Burst of requests", "Unusually many requests by one user within a minute"],
   off_hours: ["warn", "Off-hours access", "Requests outside office hours or at weekends"],
   many_subjects: ["bad", "Wide probing", "Requests about unusually many distinct people"],
+  log_integrity: ["bad", "Audit log damaged", "The gateway found its audit log truncated, forked or re-signed, stopped signing and refuses checks"],
 };
+const REASONS = { truncated: "Truncated", forked: "Forked", resigned: "Re-signed with another key" };
 const WINDOWS = [["1", "Last 24 hours"], ["7", "Last 7 days"], ["30", "Last 30 days"]];
 
 export async function alertsView(main, ctx) {
@@ -46,6 +48,7 @@ export async function alertsView(main, ctx) {
       h("div", { class: "alert-head" },
         h("h2", { id: `alert-${i}` }, badge(kind, label), " ", h("span", { class: "alert-who" }, `${a.user} (${a.agency})`)),
         h("p", { class: "muted" }, explain)),
+      a.reason ? h("p", { class: "alert-reason" }, badge("bad", REASONS[a.reason] || a.reason), " ", a.summary || "") : null,
       h("p", null, `${a.count} ${a.rule === "many_subjects" ? "distinct subjects" : "entries"} from `, timeEl(a.start), " to ", timeEl(a.end), "."),
       table(`Entries behind this alert`, ["Entry", "Time", "Kind", "Program", "Decision", "Reason"], rows, { captionHidden: false }),
       a.entries_truncated ? h("p", { class: "muted" }, `Showing the first ${a.entries.length} of ${a.entry_indices.length} entries.`) : null));

@@ -8,6 +8,18 @@ function sigBadge(v) {
   return badge("neutral", "Not checked", v.detail);
 }
 
+const REFUSAL = { truncated: "truncated", forked: "forked", resigned: "re-signed with another key", unreachable: "unreachable", refused: "refused" };
+
+function cosignPanel(outcome) {
+  const rows = [
+    ...outcome.cosigned_by.map((a) => h("tr", null, h("td", null, a), h("td", null, badge("ok", "Cosigned")), h("td", null, ""))),
+    ...Object.entries(outcome.refused).map(([a, r]) => h("tr", { dataset: { reason: r.reason } }, h("td", null, a),
+      h("td", null, badge(r.reason === "unreachable" ? "warn" : "bad", REFUSAL[r.reason] || r.reason)), h("td", { class: "reason" }, r.message))),
+  ];
+  return h("div", null, h("p", null, `Checkpoint at tree size ${outcome.size}: `),
+    table("Witnesses", ["Agency", "Answer", "Why"], rows, { captionHidden: true, empty: "No witnesses configured." }));
+}
+
 function verifyPanel(status) {
   const box = h("div", { id: "verify-result" });
   if (!status || status.state === "idle") {
@@ -97,6 +109,18 @@ export async function integrityView(main, ctx) {
       publishBtn.disabled = false;
     }
   } }, "Publish checkpoint now");
+  const cosignBox = h("div", { id: "cosign-result", "aria-live": "polite" });
+  const cosignBtn = h("button", { type: "button", class: "btn", id: "cosign-checkpoint", onclick: async () => {
+    cosignBtn.disabled = true;
+    try {
+      fill(cosignBox, cosignPanel(await api("/v1/audit/checkpoints/cosign", { method: "POST" })));
+      await loadHistory();
+    } catch (e) {
+      fill(cosignBox, errorBox(e));
+    } finally {
+      cosignBtn.disabled = false;
+    }
+  } }, "Publish and ask the witnesses");
 
   const loadHistory = async () => {
     try {
@@ -108,7 +132,10 @@ export async function integrityView(main, ctx) {
         h("div", { class: "stat" }, h("span", { class: "stat-value" }, latest ? latest.size : 0), h("span", { class: "stat-label" }, "covered by the latest signed checkpoint")),
         h("div", { class: "stat" }, h("span", { class: "stat-value" }, data.tree_size - (latest ? latest.size : 0)), h("span", { class: "stat-label" }, "unsigned tail (not yet protected)")),
         h("div", { class: "stat" }, h("span", { class: "stat-value" }, data.total), h("span", { class: "stat-label" }, "checkpoints published"))),
-        data.log_key_configured ? null : h("p", { class: "alert alert-warn" }, "The log public key is not configured on this gateway: signatures cannot be checked here."));
+        data.log_key_configured ? null : h("p", { class: "alert alert-warn" }, "The log public key is not configured on this gateway: signatures cannot be checked here."),
+        data.log_state && data.log_state.compromised ? h("div", { class: "alert alert-bad", role: "alert", id: "log-compromised" },
+          h("p", { class: "verdict-badge" }, badge("bad", `Audit log ${REFUSAL[data.log_state.reason] || data.log_state.reason}`)),
+          h("p", null, data.log_state.message, ". The gateway signs nothing more and refuses checks until the log is restored.")) : null);
       const rows = data.checkpoints.map((c) => h("tr", null,
         h("td", { class: "num" }, c.id),
         h("td", { class: "num" }, c.size),
@@ -133,6 +160,10 @@ export async function integrityView(main, ctx) {
 
   add(main, pageHeader("Integrity", "Is the log complete and unaltered? Checkpoints, witnesses and a full re-verification.", publishBtn),
     summary,
+    h("section", { class: "card", "aria-labelledby": "cosign-title" },
+      h("h2", { id: "cosign-title" }, "Witnesses"),
+      h("p", { class: "muted" }, "Publish a checkpoint and ask every agency node to cosign it. A witness refuses a log that is smaller than, or does not extend, what it cosigned before; its answer is shown as it is."),
+      h("div", { class: "form-actions" }, cosignBtn), cosignBox),
     h("section", { class: "card", "aria-labelledby": "verify-title" },
       h("h2", { id: "verify-title" }, "Verify the whole log"),
       h("p", { class: "muted" }, "Recomputes every leaf hash, rebuilds the Merkle tree, compares every stored node and checks every checkpoint signature and root (the same check as ", h("code", null, "xgate audit verify-log"), ")."),
