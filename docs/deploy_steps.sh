@@ -6,6 +6,7 @@
 # namespace, holding only its own files, reaching the others by name.
 #
 # `# @ HOST` says where the commands under it run; `# @ HOST service` starts a long-running service.
+# The last blocks renew every node's certificate and keys while all services keep running.
 # HOST `agency` stands for each agency's node host: run the block once per agency with
 # AGENCY and NODE set (tax tax.xgate.test, hrss hrss.xgate.test, civil_affairs civil-affairs.xgate.test,
 # household household.xgate.test); `ca for each agency` likewise on the CA host.
@@ -75,4 +76,25 @@ xgate gateway serve --config gateway.toml
 
 # @ client
 # A caseworker: the 低保 check for every applicant (ids are pseudonymised here, values stay encrypted).
+XGATE_API_KEY=$(cat cw-zhou.apikey) xgate check --program dibao --subjects applicants.csv --purpose dibao --legal-basis SAR-2014-art-12 --case-id C-2026-001 --approval-ref AP-2026-17 --gateway https://gw.xgate.test:8443 --ca ca.cert.pem --pseudonym-key pseudonym.key --key-file requester.key
+
+# @ agency
+# Renewal (certificates live 30 days), while everything keeps running: new keys wait as *.next.
+xgate pki request --kind node --agency $AGENCY --out tls --dns $NODE
+scp tls/node-$AGENCY.csr.pem ca:requests/
+
+# @ ca for each agency
+xgate pki sign --ca ca --request requests/node-$AGENCY.csr.pem --kind node --agency $AGENCY --out issued
+scp ca/federation.json $NODE:ca/
+scp issued/node-$AGENCY.cert.pem $NODE:
+
+# @ ca
+# The directory lists the new signing keys and, until they expire, the previous ones.
+scp ca/federation.json gw.xgate.test:ca/
+
+# @ agency
+# Running services switch to the new keys and certificate within a second: no restart.
+xgate pki install --cert node-$AGENCY.cert.pem --out tls --ca-cert ca/ca.cert.pem --directory ca/federation.json
+
+# @ client
 XGATE_API_KEY=$(cat cw-zhou.apikey) xgate check --program dibao --subjects applicants.csv --purpose dibao --legal-basis SAR-2014-art-12 --case-id C-2026-001 --approval-ref AP-2026-17 --gateway https://gw.xgate.test:8443 --ca ca.cert.pem --pseudonym-key pseudonym.key --key-file requester.key

@@ -2,7 +2,8 @@
 
 Runs docs/deploy_steps.sh (copied into the image) block by block, each host being a directory of the
 `fed` volume (/fed/<host>) and `scp` a local copy between them (packaging/scp-local); service blocks
-and the client's check are left to compose (`docker compose up`, then `docker compose run client`).
+and everything from the client's check on are left to compose (`docker compose up`, then
+`docker compose run client`).
 Idempotent: a finished setup leaves /fed/.done and is not repeated.
 """
 
@@ -47,7 +48,9 @@ def main() -> int:
     for host in HOSTS:
         (FED / host).mkdir(exist_ok=True)
     for host, flag, body in blocks(STEPS.read_text()):
-        if flag == "service" or host == "client":
+        if host == "client":
+            break  # the check, and what follows it (renewal), is for a running federation
+        if flag == "service":
             continue
         runs = AGENCIES.items() if host == "agency" or flag == "for each agency" else [(None, None)]
         for agency, fqdn in runs:
