@@ -157,3 +157,18 @@ def test_renewal_takes_effect_without_restarts(ca: Path, tmp_path: Path) -> None
     clock[0] += 2
     assert gateway_keyring.get(old_id) is None
     assert accepted()
+
+
+def test_superlink_certificate_by_request(ca: Path, tmp_path: Path) -> None:
+    """FEDERATED.md's commands: the gateway requests its SuperLink certificate with the name agencies
+    dial and the loopback names its own flwr CLI dials; the CA certifies exactly those."""
+    from crypto import flower_keys as fk
+
+    made = csr.request("flower-superlink", "gateway", tmp_path / "tls", dns=["gw.example.gov", "localhost"],
+                       ips=["127.0.0.1"])  # fmt: skip
+    assert made.signing_key_path is None  # no envelope key for a SuperLink
+    signed = csr.sign_request(ca, made.csr_path, tmp_path / "out", kind="flower-superlink", agency="gateway")
+    done = csr.install(signed.cert_path, tmp_path / "tls", ca / pki.CA_CERT)
+    ident = fk.verify_superlink_cert(done.cert_path, ca / pki.CA_CERT, ca / pki.CRL)
+    assert ident.agency == "gateway" and set(signed.dns) == {"gw.example.gov", "localhost"}
+    assert signed.ips == ["127.0.0.1"]
