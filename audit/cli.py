@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -266,6 +267,8 @@ def query_cmd(
             raise InvalidInput("--format must be table, json or csv")
         if (db is None) == (gateway is None):
             raise InvalidInput("give exactly one of --db (a database file) or --gateway (the REST API)")
+        if db is not None and not db.is_file():
+            raise InvalidInput(f"audit database '{db.name}' does not exist")
         subject = _subject(subject_id, pseudonym, pseudonym_key)
         filters = Filters(
             subject=subject, user=user, agency=agency, program=program, purpose=purpose, kind=kind,
@@ -296,18 +299,43 @@ def _query_db(db: Path, filters: object, accesses: bool, limit: int) -> list[dic
         return [access(log, e) if accesses else row(e) for e in found]
 
 
-def _query_gateway(url: str, ca: Path | None, filters: object, accesses: bool, limit: int) -> list[dict[str, object]]:
+def _gateway(url: str, ca: Path | None) -> Any:
+    """An HTTPS client for the gateway's REST API with the officer's key (XGATE_API_KEY)."""
     import os
 
     import httpx
 
-    from audit.query import Filters
-    from xgate.errors import ConfigError, InvalidInput, XgateError
+    from xgate.errors import ConfigError
 
-    assert isinstance(filters, Filters)
     api_key = os.environ.get("XGATE_API_KEY")
     if not api_key:
         raise ConfigError("set XGATE_API_KEY to the officer's API key")
+    return httpx.Client(
+        base_url=url, headers={"Authorization": f"Bearer {api_key}"}, verify=str(ca) if ca else True, timeout=60
+    )
+
+
+def _get(client: Any, path: str, params: dict[str, Any] | None = None) -> Any:
+    import httpx
+
+    from xgate.errors import ConfigError, InvalidInput, XgateError
+
+    try:
+        resp = client.get(path, params=params or {})
+    except httpx.HTTPError as exc:
+        raise ConfigError(f"cannot reach the gateway: {type(exc).__name__}") from None
+    if resp.status_code != 200:
+        body = resp.json() if resp.headers.get("content-type", "").startswith("application/json") else {}
+        message = f"gateway answered {resp.status_code}: {body.get('message', resp.reason_phrase)}"
+        rid = resp.headers.get("x-request-id")
+        raise InvalidInput(message, request_id=rid) if resp.status_code < 500 else XgateError(message, request_id=rid)
+    return resp.json()
+
+
+def _query_gateway(url: str, ca: Path | None, filters: object, accesses: bool, limit: int) -> list[dict[str, object]]:
+    from audit.query import Filters, row_from_view
+
+    assert isinstance(filters, Filters)
     params = filters.active()
     subject = params.pop("subject", None)
     path = f"/v1/subjects/{subject}/accesses" if accesses else "/v1/audit/entries"
@@ -315,37 +343,44 @@ def _query_gateway(url: str, ca: Path | None, filters: object, accesses: bool, l
         params["subject"] = subject
     params = {k: ("true" if v is True else v) for k, v in params.items()}
     out: list[dict[str, object]] = []
-    with httpx.Client(
-        base_url=url, headers={"Authorization": f"Bearer {api_key}"}, verify=str(ca) if ca else True, timeout=60
-    ) as client:
+    with _gateway(url, ca) as client:
         offset: int | None = 0
         while offset is not None and len(out) < limit:
-            try:
-                resp = client.get(path, params={**params, "offset": offset, "limit": min(1000, limit - len(out))})
-            except httpx.HTTPError as exc:
-                raise ConfigError(f"cannot reach the gateway: {type(exc).__name__}") from None
-            if resp.status_code != 200:
-                body = resp.json() if resp.headers.get("content-type", "").startswith("application/json") else {}
-                err = XgateError(
-                    f"gateway answered {resp.status_code}: {body.get('message', resp.reason_phrase)}",
-                    request_id=resp.headers.get("x-request-id"),
-                )
-                raise (InvalidInput(err.message, **err.details) if resp.status_code < 500 else err)
-            page = resp.json()
-            if accesses:
-                out += page["accesses"]
-            else:
-                from audit.query import row_from_view
-
-                out += [row_from_view(v) for v in page["entries"]]
+            page = _get(client, path, {**params, "offset": offset, "limit": min(1000, limit - len(out))})
+            out += page["accesses"] if accesses else [row_from_view(v) for v in page["entries"]]
             offset = page.get("next_offset")
     return out[:limit]
 
 
+def _report_views(url: str, ca: Path | None, subject: str, since: Any, until: Any) -> tuple[list[Any], dict[str, Any]]:
+    """The entries naming the subject and each request's result entries, each with its proof."""
+    from audit.report import REPORT_CAP
+
+    period = {k: v.isoformat() for k, v in (("since", since), ("until", until)) if v is not None}
+    decisions: list[Any] = []
+    results: dict[str, Any] = {}
+    with _gateway(url, ca) as client:
+        offset: int | None = 0
+        while offset is not None and len(decisions) < REPORT_CAP:
+            page = _get(client, f"/v1/subjects/{subject}/accesses", {**period, "offset": offset, "limit": 1000})
+            for access in page["accesses"]:
+                decisions.append(_get(client, f"/v1/audit/entries/{access['index']}"))
+                rid = access.get("request_id")
+                if access.get("kind") == "policy_decision" and rid and rid not in results:
+                    found = _get(client, "/v1/audit/entries", {"request_id": rid, "kind": "result", "limit": 1000})
+                    results[rid] = [_get(client, f"/v1/audit/entries/{e['index']}") for e in found["entries"]]
+            offset = page.get("next_offset")
+    return decisions, results
+
+
 @app.command("report")
 def report_cmd(
-    db: Path = DB,
     key: Path = KEY,
+    db: Path | None = typer.Option(None, "--db", help="audit SQLite database (read-only)", dir_okay=False),
+    gateway: str | None = typer.Option(
+        None, "--gateway", help="gateway URL: fetch entries and proofs over REST and verify them here"
+    ),
+    ca: Path | None = typer.Option(None, "--ca", help="CA certificate for the gateway's TLS", dir_okay=False),
     out: Path = typer.Option(..., "--out", help="HTML file to write"),
     subject_id: str | None = SUBJECT_ID,
     pseudonym: str | None = PSEUDONYM,
@@ -360,9 +395,9 @@ def report_cmd(
     basis and outcome, each access proven into a verified checkpoint, for the person who asked."""
     from datetime import UTC, datetime
 
-    from audit.checkpoints import load_public_key
+    from audit.checkpoints import load_public_key, parse_signed_note
     from audit.query import parse_when
-    from audit.report import build_report, mask_national_id, render_html
+    from audit.report import build_report, mask_national_id, render_html, report_from_views
     from audit.store import AuditLog, connect
     from xgate.errors import InvalidInput
     from xgate.pseudonym import normalise_national_id
@@ -371,23 +406,36 @@ def report_cmd(
         subject = _subject(subject_id, pseudonym, pseudonym_key)
         if subject is None:
             raise InvalidInput("give --subject-id (national id) or --pseudonym")
+        if (db is None) == (gateway is None):
+            raise InvalidInput("give exactly one of --db (a database file) or --gateway (the REST API)")
+        if db is not None and not db.is_file():
+            raise InvalidInput(f"audit database '{db.name}' does not exist")
         label = mask_national_id(normalise_national_id(subject_id)) if subject_id else None
         pub = load_public_key(key)
-        conn = connect(db, readonly=True)
+        start, end = (parse_when(since, tz) if since else None), (parse_when(until, tz) if until else None)
+        common: dict[str, Any] = dict(
+            since=start, until=end, generated=datetime.now(UTC), subject_label=label,
+            witnesses=_witnesses(witness), quorum=quorum, timezone=tz,
+        )  # fmt: skip
         try:
-            origin = conn.execute("SELECT value FROM meta WHERE key='origin'").fetchone()[0]
-        finally:
-            conn.close()
-        with AuditLog.open(db, origin=origin, writer="none") as log:
-            try:
-                report = build_report(
-                    log, subject, pub,
-                    since=parse_when(since, tz) if since else None, until=parse_when(until, tz) if until else None,
-                    generated=datetime.now(UTC), subject_label=label,
-                    witnesses=_witnesses(witness), quorum=quorum, timezone=tz,
-                )  # fmt: skip
-            except (IntegrityError, CryptoError) as exc:
-                _failed("the evidence for this report does not verify", exc)
+            if gateway is not None:
+                decisions, results = _report_views(gateway, ca, subject, start, end)
+                notes = [d["checkpoint"]["note"] for d in decisions if d.get("checkpoint")]
+                if not notes:
+                    raise IntegrityError("no checkpoint covers these entries yet; publish one and ask again")
+                origin = parse_signed_note(notes[0]).checkpoint.origin
+                report = report_from_views(origin, pub, decisions, results, pseudonym=subject, **common)
+            else:
+                assert db is not None
+                conn = connect(db, readonly=True)
+                try:
+                    origin = conn.execute("SELECT value FROM meta WHERE key='origin'").fetchone()[0]
+                finally:
+                    conn.close()
+                with AuditLog.open(db, origin=origin, writer="none") as log:
+                    report = build_report(log, subject, pub, **common)
+        except (IntegrityError, CryptoError) as exc:
+            _failed("the evidence for this report does not verify", exc)
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(render_html(report), encoding="utf-8")
         typer.echo(

@@ -5,7 +5,10 @@ legal basis, outcome), and for each row the evidence it rests on: the audit entr
 proofs into one signed (and cosigned) checkpoint, verified before the page is written. A report
 whose evidence does not verify is not written at all.
 
-Pure: ``build_report`` reads an open AuditLog, ``render_html`` returns the page as text.
+``build_report`` reads an open AuditLog (a database file); ``report_from_views`` builds the same
+report from what the gateway's REST API answered, trusting none of it: every record is re-hashed,
+every proof checked against a checkpoint note verified with the log key held by the officer.
+``render_html`` returns the page as text.
 """
 
 from __future__ import annotations
@@ -20,8 +23,9 @@ from audit import merkle
 from audit.checkpoints import CosignatureVerifier, EccKey, NoteVerifier, SignedCheckpoint
 from audit.query import Filters, find_all, outcome
 from audit.quorum import Quorum
+from audit.records import AuditRecord
 from audit.store import MAX_PAGE, AuditLog, Entry
-from xgate.errors import IntegrityError
+from xgate.errors import IntegrityError, InvalidInput
 
 REPORT_CAP = 10_000  # accesses per report
 
@@ -138,6 +142,88 @@ def _evidence(log: AuditLog, entry: Entry, size: int, root: bytes) -> Evidence:
     proof = log.inclusion_proof(entry.index, size)
     merkle.verify_inclusion(entry.index, size, merkle.leaf_hash(entry.data), proof, root)
     return Evidence(entry.index, entry.record.kind, entry.leaf_hash.hex(), tuple(h.hex() for h in proof))
+
+
+def report_from_views(
+    origin: str,
+    public_key: EccKey,
+    decisions: Sequence[dict[str, object]],
+    results: dict[str, list[dict[str, object]]],
+    *,
+    pseudonym: str,
+    since: datetime | None,
+    until: datetime | None,
+    generated: datetime,
+    subject_label: str | None = None,
+    witnesses: Sequence[CosignatureVerifier] = (),
+    quorum: int | None = None,
+    timezone: str = "Asia/Shanghai",
+) -> SubjectReport:
+    """The report from REST views (``GET /v1/audit/entries/{index}``: record, leaf hash, checkpoint
+    note, inclusion proof): ``decisions`` the entries naming the subject, ``results`` each request's
+    result entries. Rows are built from the verified records, never from a server's summary."""
+    rule = Quorum.of(witnesses, quorum)
+    verifier = NoteVerifier(origin, public_key)
+    notes: dict[int, SignedCheckpoint] = {}
+    rows: list[AccessRow] = []
+    for view in decisions:
+        rec, ev = _verified(view, verifier, notes)
+        if pseudonym not in rec.subjects:
+            raise IntegrityError("an entry listed as an access does not name the subject", index=view.get("index"))
+        related = [(rec, ev)]
+        if rec.kind == "policy_decision" and rec.request_id is not None:
+            for r in results.get(rec.request_id, []):
+                r_rec, r_ev = _verified(r, verifier, notes)
+                if r_rec.request_id != rec.request_id or r_rec.kind != "result":
+                    raise IntegrityError("a result entry belongs to another request", index=r.get("index"))
+                related.append((r_rec, r_ev))
+        answered = len(related) > 1
+        outcome = "refused" if rec.decision == "deny" else ("answered" if answered else "not answered")
+        if rec.kind != "policy_decision" and rec.decision is None:
+            outcome = rec.kind
+        rows.append(
+            AccessRow(
+                time=rec.time, user=rec.actor.user, agency=rec.actor.agency, role=rec.actor.role,
+                program=rec.program or "", purpose=rec.purpose or "", legal_basis=rec.legal_basis or "",
+                case_id=rec.case_id or "", outcome=outcome, request_id=rec.request_id or "",
+                evidence=tuple(e for _, e in related if e is not None), sealed=all(e is not None for _, e in related),
+            )
+        )  # fmt: skip
+    if not notes:
+        raise IntegrityError("no checkpoint covers these entries yet; publish one and ask again")
+    signed = notes[max(notes)]
+    cosigned_by = rule.check(signed, "the latest checkpoint") if witnesses else ()
+    return SubjectReport(
+        subject_label=subject_label or pseudonym, pseudonym=pseudonym, since=since, until=until,
+        generated=generated, origin=origin, checkpoint=signed, cosigned_by=cosigned_by,
+        rows=tuple(sorted(rows, key=lambda r: r.time)), timezone=timezone,
+    )  # fmt: skip
+
+
+def _verified(
+    view: dict[str, object], verifier: NoteVerifier, notes: dict[int, SignedCheckpoint]
+) -> tuple[AuditRecord, Evidence | None]:
+    """The record of one REST entry view, its leaf hash recomputed and its proof checked (None: not
+    yet under a checkpoint)."""
+    try:
+        index = int(view["index"])  # type: ignore[call-overload]
+        record = AuditRecord.model_validate(view["record"])
+        leaf = merkle.leaf_hash(record.canonical())
+        if leaf.hex() != view["leaf_hash"]:
+            raise IntegrityError("an entry's record does not hash to its leaf hash (altered)", index=index)
+        proof_hex = view.get("inclusion_proof")
+        checkpoint = view.get("checkpoint")
+        if proof_hex is None or not isinstance(checkpoint, dict):
+            return record, None
+        signed = verifier.verify(str(checkpoint["note"]))
+        notes.setdefault(signed.checkpoint.size, signed)
+        if notes[signed.checkpoint.size].checkpoint.root != signed.checkpoint.root:
+            raise IntegrityError("two checkpoints of one size with different roots (forked log)")
+        proof = merkle.hashes_from_hex(proof_hex)  # type: ignore[arg-type]
+        merkle.verify_inclusion(index, signed.checkpoint.size, leaf, proof, signed.checkpoint.root)
+    except (KeyError, TypeError, ValueError, InvalidInput) as exc:
+        raise IntegrityError("the gateway's answer is not a valid audit entry view") from exc
+    return record, Evidence(index, record.kind, leaf.hex(), tuple(h.hex() for h in proof))
 
 
 _OUTCOME_TEXT = {

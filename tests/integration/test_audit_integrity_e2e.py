@@ -190,6 +190,20 @@ def test_officer_answers_both_questions_with_one_command_each(federation, client
     refusals = {r["request_id"]: r for r in json.loads(today.stdout)}
     assert refusals[refused.headers["X-Request-Id"]]["status"] == 401
     assert all(400 <= r["status"] <= 499 for r in refusals.values())
+    # The person's report, built from what the gateway answers and verified here with the log key.
+    with _http(federation, federation.gateway_url, "officer") as officer:
+        assert officer.post("/v1/audit/checkpoints/cosign").status_code == 200
+    page = tmp_path / "report.html"
+    report = subprocess.run(
+        [sys.executable, "-m", "app.cli", "audit", "report", "--gateway", federation.gateway_url,
+         "--ca", str(federation.ca_cert), "--key", str(federation.gateway_dir / "audit.pub.pem"),
+         "--subject-id", person, "--pseudonym-key", str(federation.pseudonym_key), "--since", "today",
+         "--out", str(page)],
+        capture_output=True, text=True, env=env, timeout=120,
+    )  # fmt: skip
+    assert report.returncode == 0, report.stderr + report.stdout
+    html = page.read_text()
+    assert "cw-zhang" in html and "proof verified" in html and person not in html
     # The national id never reached the gateway: not in its audit log, not in its service log.
     for db in federation.gateway_dir.glob("audit.sqlite*"):  # the database and its WAL
         assert person.encode() not in db.read_bytes()

@@ -225,3 +225,48 @@ def test_rest_subject_accesses_name_the_user_and_take_a_period(rest: Any, setup:
     assert [a["user"] for a in everything][:3] == ["cw-zhang", "cw-li", "cw-chen"]
     bad = client.get(f"/v1/subjects/{setup['pa']}/accesses", params={"since": "2026-03-05", "until": "2026-03-04"})
     assert bad.status_code == 400 and "later than since" in bad.json()["message"] and bad.json()["request_id"]
+
+
+def test_report_from_the_rest_api_trusts_nothing_it_is_told(rest: Any, setup: dict[str, Any]) -> None:
+    """The report built from REST views re-hashes every record and checks every proof with the
+    officer's copy of the log key: an altered record, a forged proof or another key is refused."""
+    import copy
+
+    from audit.checkpoints import load_public_key
+    from audit.report import report_from_views
+    from xgate.errors import IntegrityError
+
+    client, _ = rest
+    accesses = client.get(f"/v1/subjects/{setup['pa']}/accesses").json()["accesses"]
+    decisions = [client.get(f"/v1/audit/entries/{a['index']}").json() for a in accesses]
+    results = {
+        a["request_id"]: [
+            client.get(f"/v1/audit/entries/{e['index']}").json()
+            for e in client.get("/v1/audit/entries", params={"request_id": a["request_id"], "kind": "result"}).json()[
+                "entries"
+            ]
+        ]
+        for a in accesses
+    }
+    pub = load_public_key(setup["pub"])
+    kw: dict[str, Any] = {"pseudonym": setup["pa"], "since": None, "until": None, "generated": T0}
+    report = report_from_views(ORIGIN, pub, decisions, results, **kw)
+    assert [(r.user, r.outcome, r.sealed) for r in report.rows] == [
+        ("cw-zhang", "answered", True),
+        ("cw-li", "refused", True),
+        ("cw-chen", "not answered", True),
+    ]
+    altered = copy.deepcopy(decisions)
+    altered[1]["record"]["legal_basis"] = "SAR-2014-art-99"  # a nicer-looking reason
+    with pytest.raises(IntegrityError, match="leaf hash"):
+        report_from_views(ORIGIN, pub, altered, results, **kw)
+    forged = copy.deepcopy(decisions)
+    forged[0]["inclusion_proof"][0] = "00" * 32
+    with pytest.raises(IntegrityError):
+        report_from_views(ORIGIN, pub, forged, results, **kw)
+    with pytest.raises(IntegrityError, match="not signed by the expected log key"):
+        report_from_views(ORIGIN, generate_key().public_key(), decisions, results, **kw)
+    other = copy.deepcopy(decisions)
+    other[0]["record"]["subjects"] = [setup["pb"]]  # an entry about someone else, passed off as this one
+    with pytest.raises(IntegrityError):
+        report_from_views(ORIGIN, pub, other, results, **kw)
