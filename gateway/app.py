@@ -138,6 +138,7 @@ def _audit_every_request(app: FastAPI, audit: GatewayAudit | None) -> None:
                     getattr(request.state, "principal", None),
                     getattr(request.state, "error", ""),
                     request_id,
+                    getattr(request.state, "audit_extra", None),
                 )
             except XgateError as exc:  # unrecorded means refused
                 response = error_response(request, exc, status=503)

@@ -30,6 +30,9 @@ log = get_logger("xgate.gateway.audit")
 # The id of the REST request being served (set by the app's middleware): entries recorded while
 # serving it carry it unless they name their own (a training job's entries carry the job id).
 REQUEST_ID: ContextVar[str | None] = ContextVar("xgate_request_id", default=None)
+# The SHA-256 of the check's Idempotency-Key while it is answered (gateway/routes/checks.py): its
+# entries note the key's digest, never the key.
+IDEMPOTENCY_KEY_SHA256: ContextVar[str | None] = ContextVar("xgate_idempotency_key_sha256", default=None)
 GATEWAY_LOG_ORIGIN = "xgate.gateway/audit"
 SERVICE_ACTOR = {"actor_user": "gateway", "actor_agency": "gateway", "actor_role": "service"}
 
@@ -62,6 +65,8 @@ class GatewayAudit:
     async def record(self, event: dict[str, Any]) -> None:
         if event.get("request_id") is None and (request_id := REQUEST_ID.get()) is not None:
             event = {**event, "request_id": request_id}
+        if (key_sha256 := IDEMPOTENCY_KEY_SHA256.get()) is not None and "idempotency_key_sha256" not in event:
+            event = {**event, "idempotency_key_sha256": key_sha256}
         self.pending += 1
         t0 = time.perf_counter()
         try:
@@ -71,8 +76,17 @@ class GatewayAudit:
             metrics.AUDIT_APPEND_SECONDS.observe(time.perf_counter() - t0)
 
     async def record_request(
-        self, method: str, route: str, status: int, ms: float, who: Any, error: str, request_id: str | None = None
+        self,
+        method: str,
+        route: str,
+        status: int,
+        ms: float,
+        who: Any,
+        error: str,
+        request_id: str | None = None,
+        extra: dict[str, Any] | None = None,
     ) -> None:
+        """``extra``: what the route noted for this request's entry (e.g. an idempotency key's digest)."""
         event: dict[str, Any] = {
             "kind": "request",
             "actor_user": getattr(who, "user", "anonymous"),
@@ -86,7 +100,7 @@ class GatewayAudit:
         }
         if error:
             event["error"] = error
-        await self.record(event)
+        await self.record({**(extra or {}), **event})
 
     # -- verify before signing (audit/integrity.py) ---------------------------------------------
 

@@ -45,6 +45,9 @@ class GatewaySettings(BaseModel):
     policy_dir: Path | None = None
     state_dir: Path | None = None  # budgets, consents
     deadline_seconds: float = Field(default=30.0, gt=0, le=600)
+    idempotency_ttl_hours: float = Field(
+        default=24.0, gt=0, le=720, description="how long a check's answer is kept for retries with its Idempotency-Key"
+    )
     max_body_mb: int = Field(default=16, ge=1, le=256)
     max_subjects: int = Field(default=100_000, ge=1, le=1_000_000)
     max_message_mb: int = Field(default=64, ge=1, le=512)

@@ -17,6 +17,7 @@ from fastapi import Depends, Request
 from audit.store import AuditLog
 from gateway.admission_control import AdmissionController
 from gateway.checks import CheckCoordinator
+from gateway.idempotency import IdempotencyStore
 from gateway.services import Services
 from gateway.training_service import TrainingService
 from policies.consent import ConsentRegistry
@@ -130,3 +131,11 @@ async def get_admission(services: ServicesDep) -> AdmissionController:
 
 
 Admission = Annotated[AdmissionController, Depends(get_admission)]
+
+
+async def get_idempotency(services: ServicesDep) -> IdempotencyStore | None:
+    """None on an app assembled without one (build_app always has one): keys are then not enforced."""
+    return services.idempotency
+
+
+Idempotency = Annotated[IdempotencyStore | None, Depends(get_idempotency)]

@@ -69,7 +69,7 @@ def build_app(config: GatewayConfig, on_ready: Callable[[], None] | None = None)
         allow_plaintext_mode=settings.allow_plaintext_mode,
     )
     coordinator = CheckCoordinator(service, nodes)
-    from gateway.wiring import authenticator_for, policy_for, training_for
+    from gateway.wiring import authenticator_for, idempotency_for, policy_for, training_for
 
     authenticate = authenticator_for(config)
     policy, consents = policy_for(config)
@@ -105,6 +105,7 @@ def build_app(config: GatewayConfig, on_ready: Callable[[], None] | None = None)
         gateway_cert=config.tls.cert if config.tls else None,
         jobs_dir=training.jobs_dir,
         privacy_ledger=training.ledger.path,
+        idempotency=idempotency_for(config),
     )
     return create_app(
         services,

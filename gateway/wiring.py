@@ -9,6 +9,7 @@ from fastapi import Request
 
 from gateway.auth import Authenticator, add_user, presented_key_id
 from gateway.config import GatewayConfig
+from gateway.idempotency import IdempotencyStore
 from gateway.ratelimit import RateLimiter
 from policies.budgets import ProbeBudget
 from policies.consent import ConsentRegistry
@@ -90,6 +91,20 @@ def policy_for(config: GatewayConfig) -> tuple[CheckAuthorizer, ConsentRegistry]
     consents = ConsentRegistry(state / "consents.sqlite", purposes=reloader.engine.purposes)
     authorizer = CheckAuthorizer(engine=reloader, budgets=ProbeBudget(state / "budgets.sqlite"), consents=consents)
     return authorizer, consents
+
+
+def idempotency_for(config: GatewayConfig) -> IdempotencyStore:
+    """POST /v1/checks Idempotency-Key claims and answers: <state_dir>/idempotency.sqlite.
+
+    A claim older than the longest a check may take (the request deadline, or the fan-out
+    deadline if longer, plus a margin) is treated as abandoned by a dead process."""
+    settings = config.gateway
+    state = state_dir_of(config)
+    state.mkdir(parents=True, exist_ok=True)
+    longest = max(settings.deadline_seconds, settings.admission.request_deadline_s)
+    return IdempotencyStore(
+        state / "idempotency.sqlite", ttl_s=settings.idempotency_ttl_hours * 3600, stale_after_s=longest + 30
+    )
 
 
 def state_dir_of(config: GatewayConfig) -> Path:

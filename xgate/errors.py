@@ -12,6 +12,8 @@ The tree, with (public code, HTTP status, gRPC status):
     ├── InvalidInput           invalid_input         400  INVALID_ARGUMENT
     │   ├── PayloadTooLarge    payload_too_large     413  RESOURCE_EXHAUSTED
     │   ├── WitnessConflict    witness_conflict      409  FAILED_PRECONDITION
+    │   ├── IdempotencyKeyInvalid invalid_idempotency_key 400 INVALID_ARGUMENT
+    │   ├── IdempotencyKeyReused idempotency_key_reused 422 INVALID_ARGUMENT  (same key, another body)
     │   └── RequestTimeout     request_timeout       408  DEADLINE_EXCEEDED   (body not received in time)
     ├── ConfigError            config_error          500  FAILED_PRECONDITION
     ├── NotFound               not_found             404  NOT_FOUND
@@ -29,6 +31,7 @@ The tree, with (public code, HTTP status, gRPC status):
     ├── JobExists              job_exists            409  ALREADY_EXISTS
     ├── TrainingUnavailable    training_unavailable  503  UNAVAILABLE
     ├── Overloaded             overloaded            503  UNAVAILABLE  (+ Retry-After)
+    ├── IdempotencyInProgress  idempotency_in_progress 409 ABORTED    (+ Retry-After; same key still running)
     ├── DeadlineExceeded       deadline_exceeded     504  DEADLINE_EXCEEDED
     ├── RequestCancelled       cancelled             499  CANCELLED    (the caller went away)
     ├── GatewayError           gateway_error         502  UNKNOWN    client side: an instance carries
@@ -93,6 +96,22 @@ class WitnessConflict(InvalidInput):
     code = "witness_conflict"
     http_status = 409
     grpc_status = "FAILED_PRECONDITION"
+
+
+class IdempotencyKeyInvalid(InvalidInput):
+    """The Idempotency-Key header is not 1..255 printable ASCII characters."""
+
+    code = "invalid_idempotency_key"
+    http_status = 400
+    grpc_status = "INVALID_ARGUMENT"
+
+
+class IdempotencyKeyReused(InvalidInput):
+    """The caller's idempotency key already named a request with another body."""
+
+    code = "idempotency_key_reused"
+    http_status = 422
+    grpc_status = "INVALID_ARGUMENT"
 
 
 class ConfigError(XgateError):
@@ -300,6 +319,16 @@ class Overloaded(XgateError):
     code = "overloaded"
     http_status = 503
     grpc_status = "UNAVAILABLE"
+
+
+class IdempotencyInProgress(XgateError):
+    """A request with the same idempotency key is still being answered (here or on another replica).
+
+    Always carries `retry_after_s`; the REST edge sends it as Retry-After."""
+
+    code = "idempotency_in_progress"
+    http_status = 409
+    grpc_status = "ABORTED"
 
 
 class DeadlineExceeded(XgateError):

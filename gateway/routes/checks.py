@@ -2,22 +2,97 @@
 
 The route translates the REST body to the domain request, calls the check service
 (exchange/service.py) and translates its outcome back (gateway/models.py to_domain / from_domain).
+
+With an `Idempotency-Key` header (gateway/idempotency.py) a retried check is answered once: the
+same key and body get the stored answer back (`Idempotent-Replayed: true`) without a new charge or
+computation; while the first attempt runs, 409 with Retry-After; another body, 422. A failed
+check drops its claim, so a retry computes afresh.
 """
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+import asyncio
+import contextlib
 
-from gateway.deps import Admission, Caller, Coordinator
+from fastapi import APIRouter, Request, Response
+
+from gateway.audit import IDEMPOTENCY_KEY_SHA256
+from gateway.deps import Admission, Caller, Coordinator, Idempotency
+from gateway.idempotency import (
+    HEADER,
+    REPLAYED_HEADER,
+    Claim,
+    IdempotencyStore,
+    Replay,
+    key_digest,
+    request_digest,
+    validate_key,
+)
 from gateway.models import CheckRequest, CheckResponse, from_domain, to_domain
+from xgate.logging import get_logger
 
+log = get_logger("xgate.gateway.routes.checks")
 router = APIRouter(tags=["checks"])
+ROUTE = "POST /v1/checks"
 
 
-@router.post("/v1/checks")
+@router.post(
+    "/v1/checks",
+    response_model=CheckResponse,
+    responses={
+        409: {"description": "a check with this Idempotency-Key is still running (Retry-After)"},
+        422: {"description": "this Idempotency-Key was used for a different request"},
+    },
+)
 async def checks(
-    request: Request, body: CheckRequest, caller: Caller, coordinator: Coordinator, slots: Admission
-) -> CheckResponse:
-    async with slots.slot(caller.agency, caller.user, getattr(request.state, "body_bytes", 0)):
-        request_id = getattr(request.state, "request_id", None)  # the id the response carries
-        return from_domain(await coordinator.service.run(caller, to_domain(body), request_id))
+    request: Request,
+    body: CheckRequest,
+    caller: Caller,
+    coordinator: Coordinator,
+    slots: Admission,
+    idempotency: Idempotency,
+) -> Response:
+    key = request.headers.get(HEADER)
+    if key is not None:
+        validate_key(key)
+    claim: Claim | None = None
+    if key is not None and idempotency is not None:
+        owner = f"{caller.agency}/{caller.user}"
+        digest = request_digest(ROUTE, body.model_dump(mode="json"))
+        found = await asyncio.to_thread(idempotency.begin, owner, key, digest)
+        if isinstance(found, Replay):
+            digest = key_digest(key)
+            request.state.audit_extra = {"idempotency_key_sha256": digest, "idempotent_replayed": True}
+            log.info("check_replayed", key_sha256=digest)
+            return Response(
+                found.body, status_code=found.status, media_type="application/json", headers={REPLAYED_HEADER: "true"}
+            )
+        claim = found
+        request.state.audit_extra = {"idempotency_key_sha256": claim.key_sha256}
+    token = IDEMPOTENCY_KEY_SHA256.set(claim.key_sha256 if claim is not None else None)
+    try:
+        async with slots.slot(caller.agency, caller.user, getattr(request.state, "body_bytes", 0)):
+            request_id = getattr(request.state, "request_id", None)  # the id the response carries
+            outcome = await coordinator.service.run(caller, to_domain(body), request_id)
+        answer = from_domain(outcome).model_dump_json().encode()
+    except BaseException:
+        if claim is not None and idempotency is not None:
+            await _settle(idempotency, claim)  # failed: a retry with this key computes afresh
+        raise
+    finally:
+        IDEMPOTENCY_KEY_SHA256.reset(token)
+    if claim is not None and idempotency is not None:
+        try:
+            await asyncio.to_thread(idempotency.complete, claim, 200, answer)
+        # Any storage failure (either driver): the answer stands, it was charged; a retry with the key
+        # gets 409 until the claim goes stale, then recomputes.
+        except Exception as exc:  # noqa: BLE001
+            log.warning("idempotency_store_failed", key_sha256=claim.key_sha256, error=type(exc).__name__)
+    return Response(answer, media_type="application/json")
+
+
+async def _settle(store: IdempotencyStore, claim: Claim) -> None:
+    """Drop the claim off the event loop, even when the request is being cancelled."""
+    task = asyncio.ensure_future(asyncio.to_thread(store.release, claim))
+    with contextlib.suppress(Exception, asyncio.CancelledError):  # a failed release: the claim goes stale
+        await asyncio.shield(task)
