@@ -60,6 +60,11 @@ class DevFederation:
         return self.root / "data"
 
     @property
+    def consent_manager_key(self) -> Path:
+        """The dev consent manager's signing key (registered in the policy set's consent_managers.toml)."""
+        return self.root / "consent_manager" / "signing.key"
+
+    @property
     def pki_dir(self) -> Path:
         return self.root / "pki"
 
@@ -147,6 +152,7 @@ def prepare(
         pki.write_crl(pki.load_ca(fed.pki_dir / "ca"))
         pki.issue(fed.pki_dir / "ca", "gateway", GATEWAY_ID, fed.gateway_dir / "tls")
     write_dev_policies(fed.policy_dir, budget_max_checks)
+    write_dev_consent_manager(fed.consent_manager_key, fed.policy_dir)
     from audit import generate_key, save_keypair
 
     fed.gateway_dir.mkdir(parents=True, exist_ok=True)
@@ -156,6 +162,21 @@ def prepare(
     with ThreadPoolExecutor(max_workers=2) as pool:
         list(pool.map(lambda a: _load_node(fed, a), fed.agencies))
     return fed
+
+
+def write_dev_consent_manager(key_file: Path, policy_dir: Path) -> None:
+    """A consent manager ("mydata", the dev user cm-mydata) with its key registered in the policy set."""
+    import base64
+
+    from crypto.envelope import SigningKey
+
+    key = SigningKey.generate("mydata", "consent_manager")
+    key.save(key_file)
+    public = base64.b64encode(key.public_raw).decode()
+    (policy_dir / "consent_managers.toml").write_text(
+        "# consent managers acting for data subjects (dev federation)\n"
+        f'[[consent_manager]]\nname = "mydata"\npublic_key = "{public}"\n'
+    )
 
 
 def write_dev_policies(target: Path, budget_max_checks: int | None = None) -> int:

@@ -36,6 +36,7 @@ class CheckScope:
     consent_ref: str = ""
     approval_ref: str = ""
     policy_set_hash: str = ""
+    consent_artefact: str = ""
 
 
 @dataclass(frozen=True)
@@ -67,6 +68,7 @@ def build_requests(
         consent_ref=scope.consent_ref,
         approval_ref=scope.approval_ref,
         policy_set_hash=scope.policy_set_hash,
+        consent_artefact=scope.consent_artefact,
     )
     requests: dict[str, node_pb2.EncryptRequest] = {}
     for agency, terms in program.elements_by_agency().items():

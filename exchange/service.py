@@ -311,6 +311,7 @@ def _scope(request_id: str, principal: Principal, request: CheckRequest, outcome
         consent_ref=request.consent_ref,
         approval_ref=request.approval_ref,
         policy_set_hash=outcome.policy_set_hash,
+        consent_artefact=outcome.consent_artefact,
     )
 
 

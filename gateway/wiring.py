@@ -12,7 +12,7 @@ from gateway.config import GatewayConfig
 from gateway.idempotency import IdempotencyStore
 from gateway.ratelimit import RateLimiter
 from policies.budgets import ProbeBudget
-from policies.consent import ConsentRegistry
+from policies.consent import ConsentManagers, ConsentRegistry
 from policies.decision import DEFAULT_POLICY_DIR, CheckAuthorizer
 from policies.reload import PolicyReloader
 from xgate.errors import BudgetExhausted, ConfigError, Unauthenticated
@@ -30,6 +30,8 @@ DEV_USERS = {
     "analyst": ("an-liu", "hrss", "analyst", "gold"),
     "officer": ("so-zhao", "civil_affairs", "security_officer", "gold"),
     "admin": ("ad-sun", "civil_affairs", "admin", "gold"),
+    # the consent manager acting for data subjects; its signing key is in consent_managers.toml
+    "consent_manager": ("cm-mydata", "mydata", "consent_manager", "bronze"),
 }
 
 
@@ -87,8 +89,11 @@ def policy_for(config: GatewayConfig) -> tuple[CheckAuthorizer, ConsentRegistry]
     settings = config.gateway
     state = state_dir_of(config)
     state.mkdir(parents=True, exist_ok=True)
-    reloader = PolicyReloader(settings.policy_dir or DEFAULT_POLICY_DIR).start()
-    consents = ConsentRegistry(state / "consents.sqlite", purposes=reloader.engine.purposes)
+    policy_dir = settings.policy_dir or DEFAULT_POLICY_DIR
+    reloader = PolicyReloader(policy_dir).start()
+    consents = ConsentRegistry(
+        state / "consents.sqlite", purposes=reloader.engine.purposes, managers=ConsentManagers(policy_dir)
+    )
     authorizer = CheckAuthorizer(engine=reloader, budgets=ProbeBudget(state / "budgets.sqlite"), consents=consents)
     return authorizer, consents
 

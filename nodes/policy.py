@@ -2,20 +2,48 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 
 from nodes.service import Authorizer
+from policies.consent import ConsentManagers, check_artefact
 from policies.decision import DEFAULT_POLICY_DIR, node_decision
 from policies.reload import PolicyReloader
 from protos.xgate.v1 import node_pb2
+from xgate.errors import PolicyDenied
 
 
-def node_authorizer(agency: str, policy_dir: Path | None) -> Authorizer:
+def verify_consent(request: node_pb2.EncryptRequest, managers: ConsentManagers, clock: Callable[[], datetime]) -> None:
+    """The provider checks the consent itself: signed by a registered manager, in scope now."""
+    ctx = request.context
+    if not ctx.consent_ref:
+        return
+    if len(request.pseudonyms) != 1:
+        raise PolicyDenied("a consent covers one subject: consent-based requests name exactly one")
+    check_artefact(
+        ctx.consent_artefact,
+        managers.current(),
+        ref=ctx.consent_ref,
+        subject=request.pseudonyms[0],
+        agency=ctx.requester_agency,
+        purpose=ctx.purpose,
+        program=ctx.program_id,
+        now=clock(),
+    )
+
+
+def node_authorizer(
+    agency: str, policy_dir: Path | None, clock: Callable[[], datetime] = lambda: datetime.now(UTC)
+) -> Authorizer:
     """Refuse (PolicyDenied, with the policies' reasons) unless this node's policy allows."""
-    reloader = PolicyReloader(policy_dir or DEFAULT_POLICY_DIR).start()
+    directory = policy_dir or DEFAULT_POLICY_DIR
+    reloader = PolicyReloader(directory).start()
+    managers = ConsentManagers(directory)
 
     def authorize(request: node_pb2.EncryptRequest) -> None:
         ctx = request.context
+        verify_consent(request, managers, clock)
         node_decision(
             reloader,
             node_agency=agency,

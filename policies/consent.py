@@ -1,5 +1,12 @@
 """Consent registry: a data subject authorises one agency, one purpose, one period (DEPA-style).
 
+Consent comes from the data subject, not the requester: the gateway accepts only consent
+artefacts signed by a registered consent manager acting for the subject (`register_signed`,
+crypto/artefacts.py; the managers' public keys are in the policy directory's
+`consent_managers.toml`), naming the subject, the requesting agency, the purpose, the programs,
+the validity and the number of uses. The gateway checks the artefact's scope at every use, and
+each node verifies the signed artefact again before it answers (`check_artefact`).
+
 `evaluate` is the pure rule (unknown/expired/revoked/wrong subject/agency/purpose/uses
 exhausted → PolicyDenied with a clear reason); `ConsentRegistry` stores artefacts in SQLite,
 `verify`s a use without consuming it, and consumes one use per successful `check` inside a write
@@ -8,16 +15,22 @@ transaction, so a one-time consent cannot be used twice even by concurrent calle
 
 from __future__ import annotations
 
+import json
 import re
 import secrets
 import sqlite3
-from collections.abc import Collection
+import tomllib
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Annotated
 
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator
+
+from crypto.artefacts import Signer, verify_artefact
 from policies.sqlite_tx import immediate, init_db
-from xgate.errors import InvalidInput, NotFound, PolicyDenied
+from xgate.errors import ConfigError, CryptoError, InvalidInput, NotFound, PolicyDenied
 from xgate.logging import get_logger
 
 log = get_logger("xgate.policies.consent")
@@ -39,10 +52,127 @@ class ConsentRecord:
     uses: int
     revoked_at: datetime | None
     created_at: datetime
+    programs: tuple[str, ...] = ()  # signed artefacts name the programs; () = any program of the purpose
+    issuer: str = ""  # the consent manager that signed it
+    artefact: str = ""  # the signed artefact, forwarded to the nodes
 
     @property
     def one_time(self) -> bool:
         return self.max_uses == 1
+
+
+CONSENT_MANAGERS_FILE = "consent_managers.toml"
+_Ident = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{1,63}$")]
+
+
+class ConsentBody(BaseModel):
+    """What a consent manager signs for a data subject (crypto/artefacts.py, xgate-consent/1)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    ref: str = Field(pattern=REF_RE.pattern)
+    subject: str = Field(pattern=r"^[a-z2-7]{26}$", description="the subject's pseudonym, never a national id")
+    agency: _Ident = Field(description="the requesting agency the subject authorises")
+    purpose: _Ident
+    programs: tuple[_Ident, ...] = Field(min_length=1, max_length=16)
+    valid_from: AwareDatetime
+    valid_until: AwareDatetime
+    max_uses: int | None = Field(default=None, ge=1, le=10_000)
+
+    @model_validator(mode="after")
+    def _period(self) -> ConsentBody:
+        if self.valid_until <= self.valid_from:
+            raise ValueError("valid_until must be after valid_from")
+        return self
+
+
+def parse_artefact(text: str, managers: Mapping[str, Signer]) -> tuple[Signer, ConsentBody]:
+    """Verify the signature against the registered consent managers, then the body's shape."""
+    if not managers:
+        raise PolicyDenied("no consent manager is registered: consent artefacts cannot be accepted")
+    try:
+        signer, body = verify_artefact(text, managers)
+    except CryptoError as exc:
+        raise PolicyDenied(f"consent artefact refused: {exc.message}") from None
+    try:
+        return signer, ConsentBody.model_validate(body)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(x) for x in first["loc"]) or "body"
+        raise InvalidInput(f"consent artefact: {where}: {first['msg']}") from None
+
+
+def check_artefact(
+    text: str,
+    managers: Mapping[str, Signer],
+    *,
+    ref: str,
+    subject: str,
+    agency: str,
+    purpose: str,
+    program: str,
+    now: datetime,
+) -> None:
+    """A node's check of a consent it was sent: signed by a registered manager and in scope now.
+
+    Uses and revocation live in the gateway's registry; the node checks what the subject signed.
+    """
+    if not text:
+        raise PolicyDenied("consent refused: the request carries no signed consent artefact")
+    _, body = parse_artefact(text, managers)
+    if body.ref != ref:
+        raise PolicyDenied("consent refused: the artefact is for another consent reference")
+    if not body.valid_from <= now < body.valid_until:
+        raise PolicyDenied("consent refused: outside the artefact's validity")
+    if body.subject != subject:
+        raise PolicyDenied("consent refused: does not cover this subject")
+    if body.agency != agency:
+        raise PolicyDenied(f"consent refused: given to another agency, not '{agency}'")
+    if body.purpose != purpose:
+        raise PolicyDenied(f"consent refused: given for another purpose, not '{purpose}'")
+    if program not in body.programs:
+        raise PolicyDenied(f"consent refused: does not cover program '{program}'")
+
+
+class ConsentManagers:
+    """The registered consent managers of a policy directory, re-read when the file changes."""
+
+    def __init__(self, policy_dir: Path) -> None:
+        self.path = policy_dir / CONSENT_MANAGERS_FILE
+        self._seen: tuple[float, int] | None = None
+        self._managers: dict[str, Signer] = {}
+
+    def current(self) -> dict[str, Signer]:
+        try:
+            stat = self.path.stat()
+            mark: tuple[float, int] | None = (stat.st_mtime, stat.st_size)
+        except FileNotFoundError:
+            mark = None
+        if mark != self._seen:
+            self._managers = load_consent_managers(self.path.parent)
+            self._seen = mark
+        return self._managers
+
+
+def load_consent_managers(policy_dir: Path) -> dict[str, Signer]:
+    """The registered consent managers (`consent_managers.toml`: [[consent_manager]] name, public_key)."""
+    path = policy_dir / CONSENT_MANAGERS_FILE
+    if not path.exists():
+        return {}
+    try:
+        data = tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    out: dict[str, Signer] = {}
+    for i, entry in enumerate(data.get("consent_manager", [])):
+        if not isinstance(entry, dict) or set(entry) != {"name", "public_key"}:
+            raise ConfigError(f"{path}: consent_manager #{i + 1} needs exactly name and public_key")
+        try:
+            signer = Signer.of(str(entry["name"]), str(entry["public_key"]))
+        except CryptoError as exc:
+            raise ConfigError(f"{path}: {exc.message}") from None
+        out[signer.key_id] = signer
+    return out
 
 
 def evaluate(
@@ -52,6 +182,7 @@ def evaluate(
     purpose: str,
     now: datetime,
     uses_in_window: int = 0,
+    program: str | None = None,
 ) -> None:
     """Raise PolicyDenied unless the consent covers this use right now (pure)."""
     if record is None:
@@ -68,6 +199,8 @@ def evaluate(
         raise PolicyDenied(f"consent refused: given to another agency, not '{agency}'", consent_ref=record.ref)
     if purpose != record.purpose:
         raise PolicyDenied(f"consent refused: given for another purpose, not '{purpose}'", consent_ref=record.ref)
+    if program is not None and record.programs and program not in record.programs:
+        raise PolicyDenied(f"consent refused: does not cover program '{program}'", consent_ref=record.ref)
     if record.max_uses is not None and record.uses >= record.max_uses:
         what = "one-time consent already used" if record.one_time else f"all {record.max_uses} uses consumed"
         raise PolicyDenied(f"consent refused: {what}", consent_ref=record.ref)
@@ -89,9 +222,15 @@ def _ts(value: str | None) -> datetime | None:
 
 
 class ConsentRegistry:
-    def __init__(self, path: Path | str, purposes: Collection[str] | None = None) -> None:
+    def __init__(
+        self,
+        path: Path | str,
+        purposes: Collection[str] | None = None,
+        managers: ConsentManagers | Mapping[str, Signer] | None = None,
+    ) -> None:
         self.path = Path(path)
         self.purposes = frozenset(purposes) if purposes is not None else None
+        self._managers = managers
         init_db(
             self.path,
             """
@@ -106,6 +245,69 @@ class ConsentRegistry:
                 id TEXT PRIMARY KEY, ref TEXT NOT NULL, at TEXT NOT NULL);
             """,
         )
+        with immediate(self.path) as conn:  # databases of earlier versions gain the artefact columns
+            have = {str(row[1]) for row in conn.execute("PRAGMA table_info(consents)")}
+            for column in ("programs", "issuer", "artefact"):
+                if column not in have:
+                    conn.execute(f"ALTER TABLE consents ADD COLUMN {column} TEXT NOT NULL DEFAULT ''")
+
+    def managers(self) -> Mapping[str, Signer]:
+        if isinstance(self._managers, ConsentManagers):
+            return self._managers.current()
+        return self._managers or {}
+
+    def register_signed(self, artefact: str, issuer: str | None = None) -> ConsentRecord:
+        """Store a consent artefact signed by a registered consent manager; its `ref` is its reference.
+
+        This is how consents enter the gateway: a requester cannot sign one, so it cannot create one.
+        `issuer`: the consent manager registering it, whose own key must have signed it.
+        """
+        signer, body = parse_artefact(artefact, self.managers())
+        if issuer is not None and signer.name != issuer:
+            raise PolicyDenied("consent artefact refused: signed by another consent manager's key")
+        if self.purposes is not None and body.purpose not in self.purposes:
+            raise InvalidInput(f"purpose '{body.purpose}' is not registered")
+        with immediate(self.path) as conn:
+            if conn.execute("SELECT 1 FROM consents WHERE ref = ?", (body.ref,)).fetchone():
+                raise InvalidInput(f"consent {body.ref} is already registered")
+            conn.execute(
+                "INSERT INTO consents (ref, subject, agency, purpose, valid_from, valid_until, max_uses, "
+                "created_at, programs, issuer, artefact) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    body.ref,
+                    body.subject,
+                    body.agency,
+                    body.purpose,
+                    body.valid_from.astimezone(UTC).isoformat(),
+                    body.valid_until.astimezone(UTC).isoformat(),
+                    body.max_uses,
+                    datetime.now(UTC).isoformat(),
+                    json.dumps(list(body.programs)),
+                    signer.name,
+                    artefact,
+                ),
+            )
+        return self.lookup(body.ref)
+
+    def artefact(self, ref: str) -> str:
+        """The signed artefact of a consent ('' for one registered without a signature)."""
+        return self.lookup(ref).artefact
+
+    def issued_by(self, issuer: str, subject: str | None = None) -> list[ConsentRecord]:
+        """The consents a consent manager registered (optionally for one subject), newest first."""
+        conn = sqlite3.connect(self.path, timeout=30.0)
+        try:
+            refs = [
+                str(r[0])
+                for r in conn.execute(
+                    "SELECT ref FROM consents WHERE issuer = ? AND (? IS NULL OR subject = ?) "
+                    "ORDER BY created_at DESC LIMIT 1000",
+                    (issuer, subject, subject),
+                )
+            ]
+            return [r for r in (self._get(conn, ref) for ref in refs) if r is not None]
+        finally:
+            conn.close()
 
     def register(
         self,
@@ -169,7 +371,9 @@ class ConsentRegistry:
             )
         return self.lookup(ref)
 
-    def verify(self, ref: str, subject: str, agency: str, purpose: str, now: datetime) -> None:
+    def verify(
+        self, ref: str, subject: str, agency: str, purpose: str, now: datetime, program: str | None = None
+    ) -> None:
         """Raise PolicyDenied unless the consent would cover this use now; consumes nothing.
 
         The gateway calls this before spending the probing budget, so a refused request burns none.
@@ -178,19 +382,27 @@ class ConsentRegistry:
             record: ConsentRecord | None = self.lookup(ref)
         except NotFound:
             record = None
-        evaluate(record, subject, agency, purpose, now)
+        evaluate(record, subject, agency, purpose, now, program=program)
 
     def check(self, ref: str, subject: str, agency: str, purpose: str, now: datetime | None = None) -> ConsentRecord:
         """Consume one use of the consent for (subject, agency, purpose), or raise PolicyDenied."""
         self._use(ref, subject, agency, purpose, now, reservation=None)
         return self.lookup(ref)
 
-    def reserve(self, ref: str, subject: str, agency: str, purpose: str, now: datetime | None = None) -> str:
+    def reserve(
+        self,
+        ref: str,
+        subject: str,
+        agency: str,
+        purpose: str,
+        now: datetime | None = None,
+        program: str | None = None,
+    ) -> str:
         """Take one use now (so concurrent callers cannot share it) and return a reservation id:
         `commit` it when the check was answered, `release` it when the check failed for a reason
         that is not the requester's. A one-time consent is therefore used only by an answer."""
         reservation = "crs_" + secrets.token_urlsafe(16)
-        self._use(ref, subject, agency, purpose, now, reservation=reservation)
+        self._use(ref, subject, agency, purpose, now, reservation=reservation, program=program)
         return reservation
 
     def commit(self, reservation: str) -> bool:
@@ -221,7 +433,14 @@ class ConsentRegistry:
         return True
 
     def _use(
-        self, ref: str, subject: str, agency: str, purpose: str, now: datetime | None, reservation: str | None
+        self,
+        ref: str,
+        subject: str,
+        agency: str,
+        purpose: str,
+        now: datetime | None,
+        reservation: str | None,
+        program: str | None = None,
     ) -> None:
         at = _aware(now, "now") if now is not None else datetime.now(UTC)
         with immediate(self.path) as conn:
@@ -234,7 +453,7 @@ class ConsentRegistry:
                         0
                     ]
                 )
-            evaluate(record, subject, agency, purpose, at, window)
+            evaluate(record, subject, agency, purpose, at, window, program=program)
             conn.execute("UPDATE consents SET uses = uses + 1 WHERE ref = ?", (ref,))
             conn.execute("INSERT INTO consent_uses (ref, at) VALUES (?, ?)", (ref, at.isoformat()))
             if reservation is not None:
@@ -249,7 +468,7 @@ class ConsentRegistry:
             return None
         row = conn.execute(
             "SELECT ref, subject, agency, purpose, valid_from, valid_until, max_uses, frequency_uses, "
-            "frequency_days, uses, revoked_at, created_at FROM consents WHERE ref = ?",
+            "frequency_days, uses, revoked_at, created_at, programs, issuer, artefact FROM consents WHERE ref = ?",
             (ref,),
         ).fetchone()
         if row is None:
@@ -267,4 +486,7 @@ class ConsentRegistry:
             uses=int(row[9]),
             revoked_at=_ts(row[10]),
             created_at=datetime.fromisoformat(row[11]),
+            programs=tuple(json.loads(row[12])) if row[12] else (),
+            issuer=str(row[13]),
+            artefact=str(row[14]),
         )

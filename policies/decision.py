@@ -407,9 +407,21 @@ class BudgetPort(Protocol):
 class ConsentPort(Protocol):
     """The consent registry (policies/consent.py ConsentRegistry): refuses with PolicyDenied."""
 
-    def verify(self, ref: str, subject: str, agency: str, purpose: str, now: datetime) -> None: ...
+    def verify(
+        self, ref: str, subject: str, agency: str, purpose: str, now: datetime, program: str | None = None
+    ) -> None: ...
 
-    def reserve(self, ref: str, subject: str, agency: str, purpose: str, now: datetime | None = None) -> str: ...
+    def reserve(
+        self,
+        ref: str,
+        subject: str,
+        agency: str,
+        purpose: str,
+        now: datetime | None = None,
+        program: str | None = None,
+    ) -> str: ...
+
+    def artefact(self, ref: str) -> str: ...
 
     def commit(self, reservation: str) -> bool: ...
 
@@ -485,14 +497,14 @@ class CheckAuthorizer:
         view = view_for(principal.tier, len(request.pseudonyms), engine.min_cohort)
         if request.consent_ref:
             # Validate before reserving the probing budget: a refused request must not hold it.
-            self._consent(request, principal.agency, now, consume=False)
+            self._consent(request, principal.agency, now, program.id, consume=False)
         charge = Reservations()
         if self.budgets is not None and decision.budget is not None:
             receipt = self.budgets.reserve(request.pseudonyms, program.id, principal.agency, decision.budget, now)
             charge.budgets, charge.budget_reservation = self.budgets, str(receipt.reservation)
         if request.consent_ref:
             try:
-                charge.consent_reservation = self._consent(request, principal.agency, now)
+                charge.consent_reservation = self._consent(request, principal.agency, now, program.id)
                 charge.consents = self.consents
             except BaseException:
                 charge.release()  # the consent refused after all (a concurrent use): give the budget back
@@ -505,19 +517,25 @@ class CheckAuthorizer:
             view=view.value,
             policy_set_hash=decision.policy_set_hash,
         )
+        artefact = self.consents.artefact(request.consent_ref) if request.consent_ref and self.consents else ""
         return PolicyOutcome(
-            view=view.value, policy_ids=decision.policy_ids, policy_set_hash=decision.policy_set_hash, charge=charge
+            view=view.value,
+            policy_ids=decision.policy_ids,
+            policy_set_hash=decision.policy_set_hash,
+            charge=charge,
+            consent_artefact=artefact,
         )
 
-    def _consent(self, request: CheckContext, agency: str, now: datetime, consume: bool = True) -> str:
+    def _consent(self, request: CheckContext, agency: str, now: datetime, program: str, consume: bool = True) -> str:
         """Verify the consent (consume=False) or reserve one use of it (returns the reservation)."""
         if self.consents is None:
             raise PolicyDenied("this gateway has no consent registry: consent-based checks are refused")
         if len(request.pseudonyms) != 1:
             raise PolicyDenied("a consent covers one subject: send consent-based checks one subject at a time")
+        subject = request.pseudonyms[0]
         if consume:
-            return self.consents.reserve(request.consent_ref, request.pseudonyms[0], agency, request.purpose, now)
-        self.consents.verify(request.consent_ref, request.pseudonyms[0], agency, request.purpose, now)
+            return self.consents.reserve(request.consent_ref, subject, agency, request.purpose, now, program=program)
+        self.consents.verify(request.consent_ref, subject, agency, request.purpose, now, program=program)
         return ""
 
 

@@ -130,6 +130,7 @@ class PolicyOutcome:
     policy_ids: tuple[str, ...] = ()
     policy_set_hash: str = ""
     charge: Charge = field(default_factory=NoCharge)
+    consent_artefact: str = ""  # the signed consent the nodes verify again (empty without consent)
 
 
 class CheckContext(Protocol):

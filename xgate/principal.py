@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-ROLES = ("caseworker", "analyst", "security_officer", "admin")
+# consent_manager: the service acting for data subjects (registers and revokes signed consents)
+ROLES = ("caseworker", "analyst", "security_officer", "admin", "consent_manager")
 TIERS = ("gold", "silver", "bronze")
 
 

@@ -1,21 +1,28 @@
 """REST edge of the consent registry: register, read and revoke consent artefacts.
 
-Who may do what: any authenticated principal may record a consent the subject gave (the
-citizen-service desk of the authorised agency, in practice); only the authorised agency, an
-admin or a security officer may read one; only the authorised agency or an admin may revoke.
+Consent comes from the data subject, not the requester. Who may do what:
+
+* register (POST): only a consent manager (role `consent_manager`), and only an artefact signed
+  with a consent manager key registered in the policy directory (`consent_managers.toml`). A
+  caseworker, analyst or officer gets 403: requesters never create consents.
+* read one (GET by reference): the authorised agency (status only, by the reference it holds),
+  admins, security officers, consent managers.
+* list (GET ?subject=): a consent manager, the consents it registered.
+* revoke (DELETE): the consent manager that registered it (acting for the subject), or an admin.
 """
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from typing import Literal
 
 from fastapi import APIRouter
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field
 
 from gateway.deps import Caller, Consents, ServicesDep
 from policies.consent import REF_RE, ConsentRecord, ConsentRegistry
-from xgate.errors import NotFound, PolicyDenied
+from xgate.errors import InvalidInput, NotFound, PolicyDenied
 from xgate.principal import Principal
 
 _IDENT = r"^[a-z][a-z0-9_]{1,63}$"
@@ -31,19 +38,9 @@ class Frequency(BaseModel):
 class ConsentCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    subject: str = Field(pattern=r"^[a-z2-7]{26}$", description="subject pseudonym (never a national id)")
-    agency: str = Field(pattern=_IDENT, description="the agency the subject authorises")
-    purpose: str = Field(pattern=_IDENT)
-    valid_from: AwareDatetime
-    valid_until: AwareDatetime
-    max_uses: int | None = Field(default=None, ge=1, le=10_000, description="1 = one-time consent")
-    frequency: Frequency | None = None
-
-    @model_validator(mode="after")
-    def _period(self) -> ConsentCreate:
-        if self.valid_until <= self.valid_from:
-            raise ValueError("valid_until must be after valid_from")
-        return self
+    artefact: str = Field(
+        min_length=2, max_length=16 * 1024, description="xgate-consent/1 JSON signed by a registered consent manager"
+    )
 
 
 class ConsentView(BaseModel):
@@ -58,6 +55,8 @@ class ConsentView(BaseModel):
     uses: int
     revoked_at: datetime | None
     status: Literal["active", "not_yet_valid", "expired", "revoked", "used_up"]
+    programs: list[str] = []
+    issuer: str = ""
 
 
 def view_of(record: ConsentRecord, now: datetime) -> ConsentView:
@@ -88,18 +87,35 @@ def view_of(record: ConsentRecord, now: datetime) -> ConsentView:
         uses=record.uses,
         revoked_at=record.revoked_at,
         status=status,  # type: ignore[arg-type]
+        programs=list(record.programs),
+        issuer=record.issuer,
     )
 
 
 router = APIRouter(prefix="/v1/consents", tags=["consents"])
 
 
+MANAGER = "consent_manager"
+
+
 def _check_access(principal: Principal, record: ConsentRecord, revoke: bool) -> None:
-    if principal.agency == record.agency or principal.role == "admin":
+    if principal.role == "admin":
         return
-    if not revoke and principal.role == "security_officer":
+    if revoke:
+        if principal.role == MANAGER and principal.agency == record.issuer:
+            return
+        raise PolicyDenied("revoking a consent is reserved to the consent manager acting for the subject")
+    if principal.agency == record.agency or principal.role in ("security_officer", MANAGER):
         return
-    raise PolicyDenied(f"{'revoking' if revoke else 'reading'} this consent is reserved to the authorised agency")
+    raise PolicyDenied("reading this consent is reserved to the authorised agency")
+
+
+def _manager(principal: Principal) -> None:
+    if principal.role not in (MANAGER, "admin"):
+        raise PolicyDenied(
+            "consents come from the data subject: only a consent manager registers them, "
+            f"role '{principal.role}' may only read a consent's status by its reference"
+        )
 
 
 def _lookup(registry: ConsentRegistry, ref: str) -> ConsentRecord:
@@ -110,16 +126,20 @@ def _lookup(registry: ConsentRegistry, ref: str) -> ConsentRecord:
 
 @router.post("", status_code=201)
 async def create(body: ConsentCreate, caller: Caller, registry: Consents, services: ServicesDep) -> ConsentView:
-    ref = registry.register(
-        subject=body.subject,
-        agency=body.agency,
-        purpose=body.purpose,
-        valid_from=body.valid_from,
-        valid_until=body.valid_until,
-        max_uses=body.max_uses,
-        frequency=(body.frequency.uses, body.frequency.per_days) if body.frequency else None,
-    )
-    return view_of(registry.lookup(ref), services.clock())
+    _manager(caller)
+    record = registry.register_signed(body.artefact, issuer=caller.agency if caller.role == MANAGER else None)
+    return view_of(record, services.clock())
+
+
+@router.get("")
+async def listing(
+    caller: Caller, registry: Consents, services: ServicesDep, subject: str | None = None
+) -> list[ConsentView]:
+    _manager(caller)
+    if subject is not None and not re.fullmatch(r"[a-z2-7]{26}", subject):
+        raise InvalidInput("subject must be a 26-character pseudonym")
+    now = services.clock()
+    return [view_of(r, now) for r in registry.issued_by(caller.agency, subject)]
 
 
 @router.get("/{ref}")

@@ -116,8 +116,13 @@ def test_probing_budget_is_exhausted_after_three_checks_and_says_when_it_resets(
 
 
 def test_consent_is_required_honoured_and_revocable(federation):
+    """The consent manager signs and registers; the caseworker cannot create one; nodes verify."""
+    from crypto.artefacts import sign_artefact
+    from crypto.envelope import SigningKey
+
     national_id = _ids(federation, 100, 1)
-    headers = {"Authorization": f"Bearer {federation.api_keys['caseworker']}"}
+    caseworker = {"Authorization": f"Bearer {federation.api_keys['caseworker']}"}
+    manager = {"Authorization": f"Bearer {federation.api_keys['consent_manager']}"}
     with _client(federation, "caseworker") as client:
         pseudonym = client._pseudonymiser.pseudonym(national_id[0])
         with pytest.raises(GatewayError) as info:
@@ -126,21 +131,24 @@ def test_consent_is_required_honoured_and_revocable(federation):
             )
         assert info.value.http_status == 403 and "consent" in info.value.message
         now = datetime.now(UTC)
+        body = {
+            "ref": "cns_" + "e2e" + "x" * 19,
+            "subject": pseudonym,
+            "agency": "civil_affairs",
+            "purpose": "income_certificate",
+            "programs": ["income_certificate"],
+            "valid_from": (now - timedelta(minutes=1)).isoformat(),
+            "valid_until": (now + timedelta(days=30)).isoformat(),
+            "max_uses": 2,
+        }
+        artefact = sign_artefact(body, SigningKey.load(federation.consent_manager_key))
         with httpx.Client(base_url=federation.gateway_url, verify=client._http._transport._pool._ssl_context) as http:
-            created = http.post(
-                "/v1/consents",
-                headers=headers,
-                json={
-                    "subject": pseudonym,
-                    "agency": "civil_affairs",
-                    "purpose": "income_certificate",
-                    "valid_from": (now - timedelta(minutes=1)).isoformat(),
-                    "valid_until": (now + timedelta(days=30)).isoformat(),
-                    "max_uses": 2,
-                },
-            )
-            assert created.status_code in (200, 201), created.text
+            refused = http.post("/v1/consents", headers=caseworker, json={"artefact": artefact})
+            assert refused.status_code == 403, refused.text  # requesters never create consents
+            created = http.post("/v1/consents", headers=manager, json={"artefact": artefact})
+            assert created.status_code == 201, created.text
             ref = created.json()["ref"]
+            assert http.get(f"/v1/consents/{ref}", headers=caseworker).json()["status"] == "active"
             result = client.check(
                 "income_certificate",
                 national_id,
@@ -151,7 +159,8 @@ def test_consent_is_required_honoured_and_revocable(federation):
             )
             truth = oracle(federation, PROGRAMS.get("income_certificate"), national_id)
             assert result.passes["income_below_certificate_line"][0] == truth["income_below_certificate_line"][0]
-            assert http.delete(f"/v1/consents/{ref}", headers=headers).status_code in (200, 204)
+            assert http.delete(f"/v1/consents/{ref}", headers=caseworker).status_code == 403
+            assert http.delete(f"/v1/consents/{ref}", headers=manager).status_code == 200
             with pytest.raises(GatewayError) as info:
                 client.check(
                     "income_certificate",
@@ -188,3 +197,45 @@ def test_node_refuses_what_the_gateway_allowed(federation, tmp_path):
     error = info.value
     assert error.http_status == 403 and error.code == "node_refused"
     assert "tax" in error.message and "no permit" in error.message
+
+
+def test_consent_cli_grants_lists_and_revokes_for_the_subject(federation, tmp_path):
+    """`xgate consent grant/list/revoke` with the consent manager's key, against the running gateway."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from app.cli import app
+
+    runner = CliRunner()
+    national_id = _ids(federation, 101, 1)[0]
+    common = ["--gateway", federation.gateway_url, "--ca", str(federation.ca_cert)]
+    env = {"XGATE_API_KEY": federation.api_keys["consent_manager"]}
+    key = tmp_path / "unregistered.key"
+    made = runner.invoke(app, ["consent", "keygen", "--name", "mydata", "--out", str(key)])
+    assert made.exit_code == 0 and "[[consent_manager]]" in made.output and key.stat().st_mode & 0o077 == 0
+    grant = [
+        "consent", "grant", "--subject-id", national_id, "--pseudonym-key", str(federation.pseudonym_key),
+        "--agency", "civil_affairs", "--purpose", "income_certificate", "--program", "income_certificate",
+        "--days", "7", "--max-uses", "1", *common,
+    ]  # fmt: skip
+    refused = runner.invoke(app, [*grant, "--key", str(key)], env=env)  # a key not in consent_managers.toml
+    assert refused.exit_code == 1 and "not signed by a registered signer" in refused.output
+    as_caseworker = runner.invoke(
+        app,
+        [*grant, "--key", str(federation.consent_manager_key)],
+        env={"XGATE_API_KEY": federation.api_keys["caseworker"]},
+    )
+    assert as_caseworker.exit_code == 1 and "only a consent manager" in as_caseworker.output
+    granted = runner.invoke(app, [*grant, "--key", str(federation.consent_manager_key)], env=env)
+    assert granted.exit_code == 0, granted.output
+    view = json.loads(granted.output)
+    assert view["status"] == "active" and view["max_uses"] == 1 and national_id not in granted.output
+    listed = runner.invoke(
+        app,
+        ["consent", "list", "--subject-id", national_id, "--pseudonym-key", str(federation.pseudonym_key), *common],
+        env=env,
+    )
+    assert listed.exit_code == 0 and [json.loads(x)["ref"] for x in listed.output.splitlines()] == [view["ref"]]
+    revoked = runner.invoke(app, ["consent", "revoke", view["ref"], *common], env=env)
+    assert revoked.exit_code == 0 and json.loads(revoked.output)["status"] == "revoked"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import secrets
 import threading
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -10,6 +12,8 @@ import pytest
 from fastapi import Request
 from fastapi.testclient import TestClient
 
+from crypto.artefacts import Signer, sign_artefact
+from crypto.envelope import SigningKey
 from gateway.app import create_app
 from gateway.services import Services
 from policies.consent import ConsentRegistry
@@ -138,10 +142,15 @@ def test_register_validation(registry: ConsentRegistry) -> None:
 
 # -- REST routes ----------------------------------------------------------------------------------
 
+CM_KEY = SigningKey.generate("mydata", "consent_manager")
+OTHER_CM_KEY = SigningKey.generate("othercm", "consent_manager")
+MANAGERS = {k.key_id: Signer.of(k.agency, base64.b64encode(k.public_raw).decode()) for k in (CM_KEY, OTHER_CM_KEY)}
+
 USERS = {
     "ca": Principal("ca-caseworker-gold", "civil_affairs", "caseworker", "gold"),
     "tax": Principal("tax-caseworker", "tax", "caseworker", "silver"),
     "sec": Principal("security-officer", "household", "security_officer", "gold"),
+    "cm": Principal("mydata-service", "mydata", "consent_manager", "bronze"),
 }
 
 
@@ -153,53 +162,81 @@ def _authenticate(request: Request) -> Principal:
 
 
 @pytest.fixture
-def client(registry: ConsentRegistry) -> TestClient:
-    services = Services(authenticate=_authenticate, consents=registry, clock=lambda: T0 + timedelta(hours=1))
+def signed_registry(tmp_path: Path) -> ConsentRegistry:
+    return ConsentRegistry(tmp_path / "s.db", purposes={"income_certificate", "dibao"}, managers=MANAGERS)
+
+
+@pytest.fixture
+def client(signed_registry: ConsentRegistry) -> TestClient:
+    services = Services(authenticate=_authenticate, consents=signed_registry, clock=lambda: T0 + timedelta(hours=1))
     return TestClient(create_app(services))
 
 
-BODY = {
-    "subject": SUBJECT,
-    "agency": "civil_affairs",
-    "purpose": "income_certificate",
-    "valid_from": T0.isoformat(),
-    "valid_until": (T0 + timedelta(days=30)).isoformat(),
-    "max_uses": 1,
-}
+def artefact(key: SigningKey = CM_KEY, **change: object) -> dict[str, str]:
+    body: dict[str, object] = {
+        "ref": "cns_" + secrets.token_urlsafe(16),
+        "subject": SUBJECT,
+        "agency": "civil_affairs",
+        "purpose": "income_certificate",
+        "programs": ["income_certificate"],
+        "valid_from": T0.isoformat(),
+        "valid_until": (T0 + timedelta(days=30)).isoformat(),
+        "max_uses": 1,
+    }
+    body.update(change)
+    return {"artefact": sign_artefact(body, key)}
 
 
 def test_routes_create_read_revoke(client: TestClient) -> None:
-    created = client.post("/v1/consents", json=BODY, headers={"x-test-user": "ca"})
+    created = client.post("/v1/consents", json=artefact(), headers={"x-test-user": "cm"})
     assert created.status_code == 201, created.text
     ref = created.json()["ref"]
-    assert created.json()["status"] == "active"
+    assert created.json()["status"] == "active" and created.json()["issuer"] == "mydata"
+    assert created.json()["programs"] == ["income_certificate"]
 
     read = client.get(f"/v1/consents/{ref}", headers={"x-test-user": "sec"})
     assert read.status_code == 200 and read.json()["max_uses"] == 1
-
+    assert client.get(f"/v1/consents/{ref}", headers={"x-test-user": "ca"}).status_code == 200  # status by ref
     assert client.get(f"/v1/consents/{ref}", headers={"x-test-user": "tax"}).status_code == 403
-    assert client.delete(f"/v1/consents/{ref}", headers={"x-test-user": "sec"}).status_code == 403
-    revoked = client.delete(f"/v1/consents/{ref}", headers={"x-test-user": "ca"})
+    listed = client.get("/v1/consents", params={"subject": SUBJECT}, headers={"x-test-user": "cm"})
+    assert listed.status_code == 200 and [v["ref"] for v in listed.json()] == [ref]
+
+    for who in ("sec", "ca"):  # the requesting agency cannot revoke for the subject either
+        assert client.delete(f"/v1/consents/{ref}", headers={"x-test-user": who}).status_code == 403
+    revoked = client.delete(f"/v1/consents/{ref}", headers={"x-test-user": "cm"})
     assert revoked.status_code == 200 and revoked.json()["status"] == "revoked"
 
 
 def test_routes_refuse_bad_input(client: TestClient) -> None:
-    headers = {"x-test-user": "ca"}
+    headers = {"x-test-user": "cm"}
     for change in (
         {"subject": "110101199003077777"},  # a national id is not a pseudonym
         {"valid_until": T0.isoformat()},
         {"valid_from": "2026-03-02T03:00:00"},  # no time zone
         {"max_uses": 0},
+        {"programs": []},
         {"unexpected": 1},
     ):
-        r = client.post("/v1/consents", json={**BODY, **change}, headers=headers)
-        assert 400 <= r.status_code < 500, change
-    r = client.post("/v1/consents", json={**BODY, "purpose": "curiosity"}, headers=headers)
-    assert r.status_code == 400 and r.json()["error"] == "invalid_input"
+        r = client.post("/v1/consents", json=artefact(**change), headers=headers)
+        assert r.status_code == 400 and r.json()["error"] == "invalid_input", (change, r.text)
+    r = client.post("/v1/consents", json=artefact(purpose="curiosity"), headers=headers)
+    assert r.status_code == 400 and "not registered" in r.json()["message"]
+    assert client.post("/v1/consents", json={"artefact": "{}"}, headers=headers).status_code == 403
+    assert client.post("/v1/consents", json={"subject": SUBJECT}, headers=headers).status_code == 400
     missing = client.get("/v1/consents/cns_" + "z" * 22, headers=headers)
     assert missing.status_code == 404 and missing.json()["error"] == "not_found"
     assert client.get("/v1/consents/whatever", headers=headers).status_code == 404
-    assert client.post("/v1/consents", json=BODY).status_code == 401
+    assert client.get("/v1/consents", params={"subject": "x"}, headers=headers).status_code == 400
+    assert client.post("/v1/consents", json=artefact()).status_code == 401
+
+
+def test_signed_consent_is_checked_for_its_program(signed_registry: ConsentRegistry) -> None:
+    record = signed_registry.register_signed(artefact()["artefact"])
+    at = T0 + timedelta(hours=1)
+    signed_registry.verify(record.ref, SUBJECT, "civil_affairs", "income_certificate", at, program="income_certificate")
+    with pytest.raises(PolicyDenied, match="does not cover program 'dibao'"):
+        signed_registry.verify(record.ref, SUBJECT, "civil_affairs", "income_certificate", at, program="dibao")
+    assert signed_registry.artefact(record.ref).startswith("{")
 
 
 def test_verify_refuses_like_check_but_consumes_nothing(registry: ConsentRegistry) -> None:
@@ -215,3 +252,24 @@ def test_verify_refuses_like_check_but_consumes_nothing(registry: ConsentRegistr
     registry.check(ref, SUBJECT, "civil_affairs", "income_certificate", at)
     with pytest.raises(PolicyDenied, match="one-time consent already used"):
         registry.verify(ref, SUBJECT, "civil_affairs", "income_certificate", at)
+
+
+def test_consent_managers_file_is_validated_and_reread(tmp_path: Path) -> None:
+    from policies.consent import ConsentManagers, load_consent_managers
+    from xgate.errors import ConfigError
+
+    assert load_consent_managers(tmp_path) == {}
+    managers = ConsentManagers(tmp_path)
+    assert managers.current() == {}
+    path = tmp_path / "consent_managers.toml"
+    public = base64.b64encode(CM_KEY.public_raw).decode()
+    path.write_text(f'[[consent_manager]]\nname = "mydata"\npublic_key = "{public}"\n')
+    assert list(managers.current()) == [CM_KEY.key_id]  # picked up without a restart
+    for bad, reason in (
+        ('[[consent_manager]]\nname = "x"\n', "exactly name and public_key"),
+        ('[[consent_manager]]\nname = "x"\npublic_key = "bm90IGEga2V5"\n', "not a base64 Ed25519 public key"),
+        ("[[consent_manager]\n", "consent_managers.toml"),
+    ):
+        path.write_text(bad)
+        with pytest.raises(ConfigError, match=reason):
+            load_consent_managers(tmp_path)

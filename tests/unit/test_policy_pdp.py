@@ -123,7 +123,7 @@ def test_consent_based_check(engine: PolicyEngine, tmp_path: Path) -> None:
     ref = consents.register(subject, "civil_affairs", "income_certificate", DAYTIME, DAYTIME + timedelta(days=1), 1)
     consents.check(ref, subject, "civil_affairs", "income_certificate", DAYTIME)
     with pytest.raises(PolicyDenied, match="one-time consent already used"):
-        pdp._consent(req(consent_ref=ref), "civil_affairs", DAYTIME)
+        pdp._consent(req(consent_ref=ref), "civil_affairs", DAYTIME, "income_certificate")
 
 
 def test_node_decides_only_its_own_elements(engine: PolicyEngine) -> None:
@@ -154,12 +154,14 @@ class _Ports:
         self.race = race
         self.budget = _BudgetFake(self.calls)
 
-    def verify(self, ref: str, subject: str, agency: str, purpose: str, now: object) -> None:
+    def verify(self, ref: str, subject: str, agency: str, purpose: str, now: object, program: object = None) -> None:
         self.calls.append("verify")
         if self.refuse:
             raise PolicyDenied("consent refused: expired")
 
-    def reserve(self, ref: str, subject: str, agency: str, purpose: str, now: object = None) -> str:
+    def reserve(
+        self, ref: str, subject: str, agency: str, purpose: str, now: object = None, program: object = None
+    ) -> str:
         self.calls.append("reserve consent")
         if self.race:
             raise PolicyDenied("consent refused: one-time consent already used")
@@ -172,6 +174,9 @@ class _Ports:
     def release(self, reservation: str) -> bool:
         self.calls.append(f"release {reservation}")
         return True
+
+    def artefact(self, ref: str) -> str:
+        return '{"signed": "artefact"}'
 
 
 class _BudgetFake:
@@ -198,6 +203,7 @@ def test_consent_is_verified_before_the_budget_is_reserved_and_reserved_after(en
     pdp = CheckAuthorizer(engine, budgets=ports.budget, consents=ports, clock=lambda: DAYTIME)
     outcome = pdp.authorize_check(GOLD, DIBAO, _request(n=1, consent_ref="cns_" + "a" * 22))
     assert ports.calls == ["verify", "reserve budget", "reserve consent"]
+    assert outcome.consent_artefact == '{"signed": "artefact"}'  # forwarded to the nodes
     outcome.charge.commit()
     assert ports.calls[3:] == ["commit rsv_1", "commit crs_1"]
     ports.calls.clear()
