@@ -125,3 +125,14 @@ def test_vkey_command(tmp_path: Path) -> None:
     assert r.exit_code == 0 and parse_vkey(r.output.strip()) == ("w.tax", ALG_COSIGNATURE_V1, raw_public(key))
     r = runner.invoke(app, ["audit", "vkey", "--key", str(pub)])
     assert r.exit_code == 1 and "--name" in r.output
+
+
+def test_the_golden_checkpoint_opens_with_vkeys_as_go_would() -> None:
+    """tests/vectors/golden/checkpoint.note (signed and cosigned) through note.Open's rules,
+    with verifier keys made from the raw keys in keys.json."""
+    golden = VECTORS.parent / "golden"
+    keys = json.loads((golden / "keys.json").read_text())["checkpoint"]
+    log = vkey(keys["log"]["name"], ALG_ED25519, bytes.fromhex(keys["log"]["public_key"]))
+    witness = vkey(keys["witness"]["name"], ALG_COSIGNATURE_V1, bytes.fromhex(keys["witness"]["public_key"]))
+    note = (golden / "checkpoint.note").read_text()
+    assert open_note(note, [log, witness]).verified_by == (keys["log"]["name"], keys["witness"]["name"])
