@@ -213,20 +213,63 @@ def status(
 def logs(
     job_id: str = typer.Argument(..., help="job id"),
     root: Path = typer.Option(DEFAULT_ROOT, "--root"),
-    events: bool = typer.Option(False, "--events", help="print the audit events instead of the Flower log"),
+    events: bool = typer.Option(False, "--events", help="print the audit events as JSON lines instead"),
+    flower: bool = typer.Option(False, "--flower", help="print Flower's own run log (once the run ended)"),
 ) -> None:
-    """The Flower run log (ServerApp side) or the job's audit events."""
+    """The job's progress so far (each node's admission, rounds, outcome), its audit events, or
+    Flower's run log."""
     d = root / job_id
     if not d.exists():
         _fail(f"no job '{job_id}' in {root}")
+    recorded = read_events(d / "events.jsonl")[0]
     if events:
-        for ev in read_events(d / "events.jsonl")[0]:
+        for ev in recorded:
             typer.echo(json.dumps(ev, sort_keys=True))
         return
-    log = d / "run.log"
-    if not log.exists():
-        _fail(f"job '{job_id}' has no run log yet (see `xgate train status {job_id}`)")
-    typer.echo(log.read_text(errors="replace"))
+    if flower:
+        log = d / "run.log"
+        if not log.exists():
+            _fail(f"job '{job_id}' has no Flower run log yet (see `xgate train logs {job_id}`)")
+        typer.echo(log.read_text(errors="replace"))
+        return
+    for line in progress_lines(recorded):
+        typer.echo(line)
+
+
+def progress_lines(recorded: list[dict[str, Any]]) -> list[str]:
+    """One readable line per event that tells the job's progress (no values, no ids of people)."""
+    out = []
+    for ev in recorded:
+        name, who = ev.get("event"), ev.get("agency", "")
+        when = str(ev.get("ts", ""))[11:19]
+        if name == "job_submitted":
+            text = f"submitted ({ev.get('mode')}, purpose {ev.get('purpose')})"
+        elif name in ("job_approved", "job_refused"):
+            again = f", decided again: {ev['redecided']}" if ev.get("redecided") else ""
+            verdict = "approved" if name == "job_approved" else f"refused: {ev.get('reason')}"
+            text = f"admission at {who}: {verdict} (epsilon {ev.get('epsilon', 0):g}{again})"
+        elif name == "run_started":
+            text = f"run {ev.get('run_id')} started on {', '.join(ev.get('nodes', []))}"
+        elif name == "aligned":
+            text = f"aligned {ev.get('subjects')} subjects across {', '.join(ev.get('nodes', []))}"
+        elif name == "round_completed":
+            text = f"round {ev.get('round')} completed ({', '.join(ev.get('agencies', []))})"
+        elif name == "round_evaluated":
+            text = f"round {ev.get('round')} evaluated: AUC {float(ev.get('auc', float('nan'))):.4f}"
+        elif name in ("node_dropped", "update_rejected"):
+            text = f"round {ev.get('round')}: {name.replace('_', ' ')} at {who} {ev.get('reason', '')}".rstrip()
+        elif name == "dp_spent":
+            text = f"differential privacy: epsilon {float(ev.get('epsilon', 0)):.4g} (delta {ev.get('delta')})"
+        elif name == "job_completed":
+            text = (
+                f"completed: AUC {float(ev.get('auc') or float('nan')):.4f}, model {str(ev.get('model_sha256'))[:16]}"
+            )
+        elif name == "job_failed":
+            text = f"failed{' at ' + who if who else ''}: {ev.get('reason')}"
+        else:
+            continue
+        out.append(f"{when} {text}")
+    return out
 
 
 @app.command()

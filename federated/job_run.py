@@ -89,16 +89,31 @@ class JobResult:
     model_sha256: str | None = None
 
 
-def start_job(job: JobSpec, job_dir: Path, on_event: OnEvent | None) -> tuple[OnEvent, Status]:
-    """The job's event sink (events.jsonl, then `on_event`) and status file; records `job_submitted`."""
+class JobEvents:
+    """The job's event sink (events.jsonl, then `on_event`); records a job's failure once."""
+
+    def __init__(self, job: JobSpec, job_dir: Path, on_event: OnEvent | None) -> None:
+        self.job, self.sink, self.on_event = job, JsonlSink(job_dir / "events.jsonl"), on_event
+        self.failed = False
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        self.failed = self.failed or event.get("event") == "job_failed"
+        self.sink(event)
+        if self.on_event is not None:
+            self.on_event(event)
+
+    def fail(self, exc: BaseException) -> None:
+        """`job_failed` for this exception, unless the ServerApp's own `job_failed` was already relayed."""
+        if not self.failed:
+            agency = {"agency": exc.agency} if isinstance(exc, NodeUnavailable) else {}
+            reason = exc.message if isinstance(exc, NodeUnavailable) else str(exc)
+            self(make_event(self.job.job_id, "job_failed", reason=reason[:300], **agency))
+
+
+def start_job(job: JobSpec, job_dir: Path, on_event: OnEvent | None) -> tuple[JobEvents, Status]:
+    """The job's event sink and status file; records `job_submitted`."""
     job_dir.mkdir(parents=True, exist_ok=True)
-    sink = JsonlSink(job_dir / "events.jsonl")
-
-    def emit(event: dict[str, Any]) -> None:
-        sink(event)
-        if on_event is not None:
-            on_event(event)
-
+    emit = JobEvents(job, job_dir, on_event)
     status = Status(job_dir)
     emit(make_event(job.job_id, "job_submitted", job_digest=job.digest(), purpose=job.purpose, mode=job.mode.value))
     status.update(state="admission")
@@ -157,8 +172,8 @@ def follow_run(
     for ev in events:
         emit(ev)
     if state != "finished:completed":
-        reason = _failure_reason(job_dir) or f"run ended as {state}"
-        raise NodeUnavailable("federation", reason)
+        reason, agency = _failure(job_dir, node_ids)
+        raise NodeUnavailable(agency, reason or f"run ended as {state}")
 
 
 def finish(
@@ -220,12 +235,25 @@ STATUS_POLL_S = 10.0
 TERMINAL_EVENTS = ("job_failed", "server_error")
 
 
-def _failure_reason(job_dir: Path) -> str | None:
+def _failure(job_dir: Path, node_ids: Mapping[int, str]) -> tuple[str | None, str]:
+    """(reason, agency) of a failed run: the agency the ServerApp named, else the agencies whose
+    node dropped out or whose update was rejected in the failing round, else "federation"."""
     events, _ = read_events(job_dir / "server-events.jsonl")
-    for ev in reversed(events):
-        if ev["event"] in ("job_failed", "server_error"):
-            return str(ev.get("reason"))
-    return None
+    failed = next((ev for ev in reversed(events) if ev["event"] in ("job_failed", "server_error")), None)
+    if failed is None:
+        return None, "federation"
+    if failed.get("agency"):
+        return str(failed.get("reason")), str(failed["agency"])
+    rnd = max((int(ev.get("round", 0)) for ev in events), default=0)
+    culprits = sorted(
+        {
+            node_ids.get(int(ev["node_id"]), str(ev["node_id"]))
+            for ev in events
+            if ev["event"] in ("node_dropped", "update_rejected") and ev.get("node_id") is not None
+            and int(ev.get("round", 0)) == rnd
+        }
+    )  # fmt: skip
+    return str(failed.get("reason")), ", ".join(culprits) or "federation"
 
 
 class Status:

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from crypto.flower_keys import FlowerSecurity
 from federated.deployment import Federation
-from federated.events import OnEvent, make_event
+from federated.events import OnEvent
 from federated.fleet_gate import DEFAULT_MAX_BODY
 from federated.job_run import JobResult, finish, follow_run, start_job, write_app
 from federated.jobs import JobSpec, Mode
@@ -84,10 +84,11 @@ def run_remote_job(
         status.update(state="refused", reason=reason)
         raise PolicyDenied(f"job '{job.job_id}' refused: {reason}")
     result = JobResult(job.job_id, None, "failed", job_dir)
+    status.update(state="starting")  # waiting for the agencies' SuperNodes
     link = remote.link
-    if on_federation is not None:
-        on_federation(link.fed)
     try:
+        if on_federation is not None:
+            on_federation(link.fed)
         width, max_weight = job_shape(job, remote)
         registered = link.register(nodes)
         node_ids = {registered[n.agency]: n.agency for n in nodes}
@@ -107,7 +108,7 @@ def run_remote_job(
         follow_run(link.fed, job, app_dir, node_ids, result, emit, status, say)
         digests = attested_digests(json.loads((job_dir / "server-summary.json").read_text()), node_ids)
     except Exception as exc:
-        emit(make_event(job.job_id, "job_failed", reason=str(exc)[:300]))
+        emit.fail(exc)  # once: a failure the ServerApp reported is already recorded
         status.update(state="failed", reason=str(exc)[:300])
         raise
     return finish(job, result, t0, {}, digests, emit, status, admission=ADMISSION, data_digests_source="node")

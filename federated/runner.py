@@ -126,12 +126,13 @@ def run_job(
         n_features=width,
     )
     result = JobResult(job.job_id, None, "failed", job_dir)
+    status.update(state="starting", decisions=decisions)  # admitted; Flower processes starting
     if security is None and not insecure:
         security = prepare_flower_security(job_dir / "pki", [n.agency for n in participants], ca_dir=ca_dir)
     with Federation(job_dir, security, insecure=insecure) as fed:
-        if on_federation is not None:
-            on_federation(fed)
         try:
+            if on_federation is not None:
+                on_federation(fed)
             say(f"starting SuperLink and {len(participants)} SuperNodes")
             fed.start_superlink()
             for n in participants:
@@ -142,7 +143,7 @@ def run_job(
                 on_started(fed)
             follow_run(fed, job, app_dir, node_ids, result, emit, status, say)
         except Exception as exc:
-            emit(make_event(job.job_id, "job_failed", reason=str(exc)[:300]))
+            emit.fail(exc)  # once: a failure the ServerApp reported is already recorded
             status.update(state="failed", reason=str(exc)[:300])
             raise
     digests = {n.agency: datasets.store_digest(n.store, [*job.features, job.label]) for n in participants}

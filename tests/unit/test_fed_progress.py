@@ -1,0 +1,108 @@
+"""Job progress as an analyst sees it: `status` moves to `starting` once admitted, a failed job is
+recorded once naming the agency that failed, `xgate train logs` shows each node's admission and
+the rounds."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner
+
+from app.train_cli import app, progress_lines
+from federated import datasets
+from federated.admission import LedgerAdmission
+from federated.events import JsonlSink, make_event
+from federated.job_run import JobEvents, _failure
+from federated.jobs import parse_job
+from federated.runner import NodeSpec, run_job
+from xgate.errors import NodeUnavailable
+
+FEATS = ["civil.age", "tax.income"]
+
+
+def _job(**kw: Any) -> Any:
+    return parse_job(
+        {
+            "job_id": "prog-1",
+            "purpose": "fraud-model",
+            "mode": "horizontal",
+            "features": FEATS,
+            "label": "tax.label",
+            "label_holder": "tax",
+            "rounds": 2,
+            "secagg": False,
+            "min_nodes": 1,
+            **kw,
+        }
+    )
+
+
+def test_a_failure_is_recorded_once_naming_the_agency(tmp_path: Path) -> None:
+    seen: list[dict[str, Any]] = []
+    emit = JobEvents(_job(), tmp_path, seen.append)
+    emit(make_event("prog-1", "job_failed", agency="tax", reason="round 1: node lost"))  # relayed from the server
+    emit.fail(NodeUnavailable("tax", "round 1: node lost"))
+    assert [e["event"] for e in seen] == ["job_failed"]
+    other: list[dict[str, Any]] = []
+    JobEvents(_job(), tmp_path, other.append).fail(NodeUnavailable("civil", "SuperNode did not start"))
+    assert other[0]["agency"] == "civil" and "did not start" in other[0]["reason"]
+
+
+def test_failure_names_the_dropped_agencies_of_the_failing_round(tmp_path: Path) -> None:
+    sink = JsonlSink(tmp_path / "server-events.jsonl")
+    assert _failure(tmp_path, {}) == (None, "federation")
+    sink(make_event("j", "node_dropped", round=1, node_id=11))
+    sink(make_event("j", "round_completed", round=1))
+    sink(make_event("j", "node_dropped", round=2, node_id=12))
+    sink(make_event("j", "update_rejected", round=2, node_id=13, reason="NaN"))
+    sink(make_event("j", "job_failed", round=2, reason="round 2: 1 usable updates, job needs 2 nodes"))
+    reason, agency = _failure(tmp_path, {11: "region0", 12: "region1", 13: "region2"})
+    assert agency == "region1, region2" and "usable updates" in str(reason)
+    sink(make_event("j", "job_failed", agency="tax", reason="tax did not answer"))
+    assert _failure(tmp_path, {})[1] == "tax"
+
+
+def test_status_says_starting_once_admitted_and_the_failure_is_recorded_once(tmp_path: Path) -> None:
+    subj, cols, _ = datasets.synthetic_population(60, seed=4)
+    store = tmp_path / "s.sqlite"
+    datasets.write_store(store, "synth", subj, {e: cols[e] for e in [*FEATS, "tax.label"]})
+    node = NodeSpec("region0", store, tmp_path / "l.sqlite")
+    LedgerAdmission(node.ledger, node.store).configure(["fraud-model"], {"synth": 1.0})
+    states: list[str] = []
+    events: list[dict[str, Any]] = []
+
+    def on_federation(_fed: Any) -> None:  # before any Flower process starts
+        states.append(json.loads((tmp_path / "job" / "status.json").read_text())["state"])
+        raise NodeUnavailable("region0", "SuperNode could not start")
+
+    with pytest.raises(NodeUnavailable):
+        run_job(_job(), [node], job_dir=tmp_path / "job", on_event=events.append, on_federation=on_federation,
+                insecure=True)  # fmt: skip
+    assert states == ["starting"]
+    failed = [e for e in events if e["event"] == "job_failed"]
+    assert len(failed) == 1 and failed[0]["agency"] == "region0"
+    assert json.loads((tmp_path / "job" / "status.json").read_text())["state"] == "failed"
+
+
+def test_logs_show_admission_rounds_and_outcome(tmp_path: Path) -> None:
+    d = tmp_path / "prog-1"
+    sink = JsonlSink(d / "events.jsonl")
+    sink(make_event("prog-1", "job_submitted", mode="vertical", purpose="fraud-model"))
+    sink(make_event("prog-1", "job_approved", agency="civil", epsilon=0.0, reason="approved"))
+    sink(make_event("prog-1", "job_refused", agency="tax", epsilon=0.0, reason="purpose not allowed",
+                    redecided="node policy changed"))  # fmt: skip
+    sink(make_event("prog-1", "round_completed", round=1, agencies=["civil", "tax"]))
+    sink(make_event("prog-1", "round_evaluated", round=1, auc=0.8123))
+    sink(make_event("prog-1", "job_failed", agency="tax", reason="tax did not answer"))
+    lines = progress_lines(json.loads(f"[{','.join((d / 'events.jsonl').read_text().splitlines())}]"))
+    text = "\n".join(lines)
+    assert "admission at civil: approved" in text and "admission at tax: refused: purpose not allowed" in text
+    assert "decided again: node policy changed" in text and "round 1 completed (civil, tax)" in text
+    assert "AUC 0.8123" in text and "failed at tax: tax did not answer" in text
+    res = CliRunner().invoke(app, ["logs", "prog-1", "--root", str(tmp_path)])
+    assert res.exit_code == 0 and res.output.count("\n") == len(lines)
+    res = CliRunner().invoke(app, ["logs", "prog-1", "--root", str(tmp_path), "--flower"])
+    assert res.exit_code == 1 and "no Flower run log yet" in res.output
