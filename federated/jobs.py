@@ -130,6 +130,9 @@ class JobSpec(BaseModel):
     # Per-feature encoding; a feature not named gets the catalogue's default for its type
     # (category/flag: one-hot/0-1; int: log when the declared range is wide, else min-max).
     encodings: dict[ElementName, Encoding] = Field(default_factory=dict)
+    # Vertical only: epsilon of randomized response on the training labels at the label holder
+    # (federated/label_dp.py): protects each label from the feature nodes and the coordinator.
+    label_dp: float | None = Field(default=None, gt=0, le=20)
 
     @model_validator(mode="before")
     @classmethod
@@ -152,6 +155,8 @@ class JobSpec(BaseModel):
             raise ValueError("differential privacy is implemented for horizontal jobs only")
         if self.mode is Mode.HORIZONTAL and self.secagg and self.min_nodes < 2:
             raise ValueError("SecAgg+ needs min_nodes >= 2")
+        if self.label_dp is not None and self.mode is not Mode.VERTICAL:
+            raise ValueError("label_dp protects the label holder's labels in vertical jobs; use dp here")
         if stray := sorted(set(self.encodings) - set(self.features)):
             raise ValueError(f"encodings name element(s) that are not features: {', '.join(stray)}")
         if self.mode is Mode.HORIZONTAL and any(e.method is Method.STANDARDISE for e in self.encodings.values()):
@@ -168,9 +173,11 @@ class JobSpec(BaseModel):
     def digest(self) -> str:
         """SHA-256 of the canonical job (what nodes approve and the audit log records).
 
-        A job without encodings (or with node-level DP) digests as before those fields existed.
+        A job without encodings or label DP (or with node-level DP) digests as before those fields existed.
         """
         dumped = self.model_dump(mode="json", exclude=set() if self.encodings else {"encodings"})
+        if self.label_dp is None:
+            del dumped["label_dp"]
         if self.dp is not None and self.dp.unit is DPUnit.NODE:
             del dumped["dp"]["unit"]  # as before the unit existed: recorded decisions stay valid
         canon = json.dumps(dumped, sort_keys=True, separators=(",", ":"))

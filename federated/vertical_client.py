@@ -2,13 +2,16 @@
 
 What leaves this node: its pseudonym list (for alignment), the dimension of its encoded
 features, embeddings of aligned batches, and (label holder only) gradients w.r.t. other nodes'
-embeddings, per-step training loss and the final evaluation summary. Raw features, labels and
+embeddings, per-step training loss and the final evaluation summary. With `label_dp` the label
+holder trains on randomized-response labels (federated/label_dp.py), so its gradients and losses
+are label-DP. Raw features, labels and
 model weights never leave; training state lives in a node-local cache next to the ledger.
 """
 
 from __future__ import annotations
 
 import hashlib
+import secrets
 from pathlib import Path
 from typing import Any, cast
 
@@ -16,7 +19,7 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from flwr.clientapp import ClientApp
 
-from federated import datasets, model, node
+from federated import datasets, label_dp, model, node
 from federated.admission import admit_at_node
 from federated.grid_io import arrays_of, cfg_of
 from federated.jobs import JobSpec, job_from_run_config
@@ -109,11 +112,20 @@ def setup(msg: Message, context: Context) -> Message:
         if np.isnan(lab_tr).any() or np.isnan(lab_te).any():
             raise ValueError("aligned subjects without a label")
         width = int(cfg["width"])
-        data.update(y_train=(lab_tr[:, 0] > 0).astype(float), y_test=(lab_te[:, 0] > 0).astype(float))
+        data.update(y_train=training_labels(job, lab_tr[:, 0] > 0), y_test=(lab_te[:, 0] > 0).astype(float))
         state.update(pack_state("t_", np.zeros(width + 1), {}))
     _save(path, data, data=True)
     _save(path, state)
     return _reply(msg, {"dim": int(x_tr.shape[1])})
+
+
+def training_labels(job: JobSpec, y: np.ndarray) -> np.ndarray:
+    """The labels the label holder trains on: randomized response under `label_dp`, drawn once per
+    job from OS entropy (everything sent later derives from these), else the true labels."""
+    y = np.asarray(y, dtype=np.float64)
+    if job.label_dp is None:
+        return y
+    return label_dp.randomized_response(y, job.label_dp, np.random.default_rng(secrets.randbits(128)))
 
 
 @app.train("step")

@@ -18,6 +18,7 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from flwr.serverapp import Grid
 
+from federated import label_dp
 from federated.events import JsonlSink, make_event
 from federated.grid_io import allowed_nodes, arrays_of, cfg_of, exchange
 from federated.jobs import JobSpec
@@ -197,6 +198,17 @@ def run_vertical(grid: Grid, context: Context, job: JobSpec, job_dir: Path) -> N
         "aligned_subjects": len(aligned),
         "train_subjects": train_b.count(b"\n") + 1,
         "nodes": order,
+        **(
+            {
+                "label_dp": {
+                    "epsilon": job.label_dp,
+                    "flip_probability": label_dp.flip_probability(job.label_dp),
+                    "label_inference_bound": label_dp.attack_bound(job.label_dp),
+                }
+            }
+            if job.label_dp is not None
+            else {}
+        ),
         "data_digests": {
             str(n): {"agency": relay.agency[n], "data_sha256": str(cfg_of(hello[n]).get("data_sha256", ""))}
             for n in parts

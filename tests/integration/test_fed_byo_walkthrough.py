@@ -36,11 +36,11 @@ def _run(line: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     }
     script = f'set -euo pipefail\nxgate() {{ "$XGATE_PY" -m app.cli "$@"; }}\n{line}\n'
     return subprocess.run(
-        ["bash", "-c", script], cwd=cwd, env=env, capture_output=True, text=True, timeout=280, check=False
+        ["bash", "-c", script], cwd=cwd, env=env, capture_output=True, text=True, timeout=600, check=False
     )
 
 
-@pytest.mark.timeout(600)
+@pytest.mark.timeout(900)
 def test_walkthrough_from_csv_to_model(tmp_path: Path) -> None:
     work = tmp_path / "my-federation"
     shutil.copytree(ROOT / "tests" / "data" / "byo", work, ignore=shutil.ignore_patterns("*.py"))
@@ -59,6 +59,8 @@ def test_walkthrough_from_csv_to_model(tmp_path: Path) -> None:
     report = json.loads((work / "jobs" / "late-filing-1" / "report.json").read_text())
     assert report["evaluation"]["auc"] > 0.6
     assert (work / "jobs" / "late-filing-1" / "model.npz").exists()
+    summary = json.loads((work / "jobs" / "late-filing-1" / "server-summary.json").read_text())
+    assert summary["label_dp"]["epsilon"] == 2.0
     assert "completed" in next(out for cmd, out in outputs.items() if cmd.startswith("xgate train status"))
     events = [json.loads(x) for x in (work / "jobs" / "late-filing-1" / "events.jsonl").read_text().splitlines()]
     approved = {e["agency"] for e in events if e["event"] == "job_approved"}
