@@ -10,6 +10,7 @@ what the witnesses last cosigned (audit/integrity.py), and refuses to sign a dam
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -46,6 +47,8 @@ class GatewayAudit:
     # are refused (503) until an operator restores the log; reads still work.
     compromised: AuditLogCompromised | None = None
     _idle_size: int = -1  # log size right after our last checkpoint entry: nothing new since
+    _alerted: bool = False
+    _compromise_lock: threading.Lock = field(default_factory=threading.Lock)
 
     def __post_init__(self) -> None:
         self.log.before_signing = self._before_signing
@@ -105,12 +108,17 @@ class GatewayAudit:
     # -- verify before signing (audit/integrity.py) ---------------------------------------------
 
     def _before_signing(self) -> None:
-        """Every signature the log makes passes here first (AuditLog.before_signing)."""
+        """Every signature the log makes passes here first (AuditLog.before_signing; runs on a
+        worker thread, never on the event loop). A failure marks the log compromised at once."""
         if self.compromised is not None:
             raise self.compromised
         signer = self.log.signer
         assert signer is not None
-        check_own_checkpoint(self.log, signer.verifier())  # raises AuditLogCompromised
+        try:
+            check_own_checkpoint(self.log, signer.verifier())
+        except AuditLogCompromised as exc:
+            self._mark_compromised(exc)
+            raise
 
     async def verify_history(self, nodes: NodeDirectory, deadline_s: float = 5.0) -> dict[str, Any]:
         """Check the log against its last signed checkpoint and what each witness last cosigned.
@@ -138,7 +146,7 @@ class GatewayAudit:
                     continue
                 self.witnessed[agency] = view.size  # consistency proofs start from here
         except AuditLogCompromised as exc:
-            await self._compromise(exc)
+            await asyncio.to_thread(self._mark_compromised, exc)
             raise
         if unreachable:
             log.warning("audit_witnesses_unchecked", agencies=sorted(unreachable))
@@ -151,12 +159,14 @@ class GatewayAudit:
             return exc.message if isinstance(exc, XgateError) else "unreachable"
         return WitnessView(agency, int(state.size), bytes(state.root), state.cosignature.decode(errors="replace"))
 
-    async def _compromise(self, exc: AuditLogCompromised) -> None:
-        """Stop signing, say so in the service log, and raise an alert entry with the reason."""
-        first = self.compromised is None
-        self.compromised = exc
-        if not first:
-            return
+    def _mark_compromised(self, exc: AuditLogCompromised) -> None:
+        """Stop signing, say so in the service log, and append an alert entry with the reason
+        (blocking: called on a worker thread)."""
+        with self._compromise_lock:
+            if self.compromised is not None and self._alerted:
+                return
+            self.compromised = exc
+            self._alerted = True
         reason = str(exc.details.get("reason", "inconsistent"))
         log.error("audit_log_compromised", reason=reason, message=exc.message)
         alert = {
@@ -169,9 +179,12 @@ class GatewayAudit:
         if "agency" in exc.details:
             alert["witness"] = str(exc.details["agency"])
         try:
-            await self.record(alert)
+            self.log.append(alert)
         except XgateError as write_error:  # the log may be beyond writing; the service log has it
             log.error("audit_alert_unrecorded", error=write_error.code)
+
+    async def _compromise(self, exc: AuditLogCompromised) -> None:
+        await asyncio.to_thread(self._mark_compromised, exc)
 
     # -- checkpoints and cosignatures ------------------------------------------------------------
 

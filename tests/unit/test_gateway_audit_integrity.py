@@ -264,3 +264,28 @@ def test_a_node_tells_what_it_last_cosigned_without_cosigning(tmp_path: Path, ke
             check_witness_view(log, other, tax)
         assert Checkpoint(GATEWAY_LOG_ORIGIN, 9, state.root).body() in note
     assert witness.state.size == 9  # state queries never move the witness
+
+
+def test_damage_found_by_any_signing_path_marks_the_log_at_once(
+    tmp_path: Path, keys: dict[str, Any], nodes: FakeNodes
+) -> None:
+    """The running gateway's log is re-signed underneath it (its checkpoints replaced by another
+    key's): the next signature asked for, here an officer's plain publish, is refused, and the
+    alert is raised right then, not at the next periodic check."""
+    a = _open(tmp_path, keys)
+    try:
+        _fill(a, 5)
+        asyncio.run(a.publish_and_cosign(nodes))  # type: ignore[arg-type]
+        forger = Signer(GATEWAY_LOG_ORIGIN, generate_key())
+        latest = a.log.latest_checkpoint()
+        assert latest is not None
+        with sqlite3.connect(tmp_path / "audit.sqlite") as conn:
+            conn.execute("UPDATE checkpoints SET note=?", (forger.sign(latest.checkpoint).text(),))
+        with pytest.raises(AuditLogCompromised, match="not signed by this gateway's key"):
+            a.log.publish_checkpoint()
+        assert a.compromised is not None and [m["reason"] for m in _alerts(a.log)] == ["resigned"]
+        with pytest.raises(AuditLogCompromised):  # and stays refused, with one alert
+            a.log.publish_checkpoint()
+        assert len(_alerts(a.log)) == 1
+    finally:
+        a.close()
