@@ -29,8 +29,8 @@ from typing import Annotated
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator
 
 from crypto.artefacts import Signer, verify_artefact
-from policies.sqlite_tx import immediate, init_db
-from xgate.errors import ConfigError, CryptoError, InvalidInput, NotFound, PolicyDenied
+from xgate.db import Database, Migration, SqliteDatabase, Tx, migrate, require_current
+from xgate.errors import ConfigError, CryptoError, InvalidInput, NotFound, PolicyDenied, StoreUnavailable
 from xgate.logging import get_logger
 
 log = get_logger("xgate.policies.consent")
@@ -221,35 +221,60 @@ def _ts(value: str | None) -> datetime | None:
     return datetime.fromisoformat(value) if value else None
 
 
+_CONSENT_DDL = """
+    CREATE TABLE IF NOT EXISTS consents (
+        ref TEXT PRIMARY KEY, subject TEXT NOT NULL, agency TEXT NOT NULL, purpose TEXT NOT NULL,
+        valid_from TEXT NOT NULL, valid_until TEXT NOT NULL, max_uses INTEGER,
+        frequency_uses INTEGER, frequency_days INTEGER, uses INTEGER NOT NULL DEFAULT 0,
+        revoked_at TEXT, created_at TEXT NOT NULL,
+        programs TEXT NOT NULL DEFAULT '', issuer TEXT NOT NULL DEFAULT '', artefact TEXT NOT NULL DEFAULT '');
+    CREATE TABLE IF NOT EXISTS consent_uses (ref TEXT NOT NULL, at TEXT NOT NULL);
+    CREATE INDEX IF NOT EXISTS consent_uses_ref ON consent_uses (ref, at);
+    CREATE TABLE IF NOT EXISTS consent_reservations (
+        id TEXT PRIMARY KEY, ref TEXT NOT NULL, at TEXT NOT NULL)
+"""
+CONSENT_MIGRATIONS = (Migration("consent_registry", 1, sqlite=_CONSENT_DDL, postgresql=_CONSENT_DDL),)
+
+# Give back exactly one recorded use (uses at one instant are interchangeable): by rowid in SQLite, ctid in PostgreSQL.
+_DELETE_ONE_USE = {
+    "sqlite": "DELETE FROM consent_uses WHERE rowid = "
+    "(SELECT rowid FROM consent_uses WHERE ref = ? AND at = ? LIMIT 1)",
+    "postgresql": "DELETE FROM consent_uses WHERE ctid = "
+    "(SELECT ctid FROM consent_uses WHERE ref = ? AND at = ? LIMIT 1)",
+}
+
+
 class ConsentRegistry:
+    """Consents in a SQLite file (embedded default) or the replicas' shared `Database` (PostgreSQL).
+
+    Every use locks its consent (xgate/db.py lock keys), so a one-time consent raced through several
+    gateway replicas is used exactly once.
+    """
+
     def __init__(
         self,
-        path: Path | str,
+        store: Path | str | Database,
         purposes: Collection[str] | None = None,
         managers: ConsentManagers | Mapping[str, Signer] | None = None,
     ) -> None:
-        self.path = Path(path)
+        self.db: Database
+        if isinstance(store, (str, Path)):
+            self.db = SqliteDatabase(store)
+            migrate(self.db, CONSENT_MIGRATIONS)
+            self._add_artefact_columns()
+        else:
+            self.db = store
+            require_current(self.db, CONSENT_MIGRATIONS)
         self.purposes = frozenset(purposes) if purposes is not None else None
         self._managers = managers
-        init_db(
-            self.path,
-            """
-            CREATE TABLE IF NOT EXISTS consents (
-                ref TEXT PRIMARY KEY, subject TEXT NOT NULL, agency TEXT NOT NULL, purpose TEXT NOT NULL,
-                valid_from TEXT NOT NULL, valid_until TEXT NOT NULL, max_uses INTEGER,
-                frequency_uses INTEGER, frequency_days INTEGER, uses INTEGER NOT NULL DEFAULT 0,
-                revoked_at TEXT, created_at TEXT NOT NULL);
-            CREATE TABLE IF NOT EXISTS consent_uses (ref TEXT NOT NULL, at TEXT NOT NULL);
-            CREATE INDEX IF NOT EXISTS consent_uses_ref ON consent_uses (ref, at);
-            CREATE TABLE IF NOT EXISTS consent_reservations (
-                id TEXT PRIMARY KEY, ref TEXT NOT NULL, at TEXT NOT NULL);
-            """,
-        )
-        with immediate(self.path) as conn:  # databases of earlier versions gain the artefact columns
-            have = {str(row[1]) for row in conn.execute("PRAGMA table_info(consents)")}
+
+    def _add_artefact_columns(self) -> None:
+        """SQLite files of earlier versions gain the artefact columns."""
+        with self.db.transaction() as tx:
+            have = {str(row[1]) for row in tx.execute("PRAGMA table_info(consents)").fetchall()}
             for column in ("programs", "issuer", "artefact"):
                 if column not in have:
-                    conn.execute(f"ALTER TABLE consents ADD COLUMN {column} TEXT NOT NULL DEFAULT ''")
+                    tx.execute(f"ALTER TABLE consents ADD COLUMN {column} TEXT NOT NULL DEFAULT ''")
 
     def managers(self) -> Mapping[str, Signer]:
         if isinstance(self._managers, ConsentManagers):
@@ -267,10 +292,10 @@ class ConsentRegistry:
             raise PolicyDenied("consent artefact refused: signed by another consent manager's key")
         if self.purposes is not None and body.purpose not in self.purposes:
             raise InvalidInput(f"purpose '{body.purpose}' is not registered")
-        with immediate(self.path) as conn:
-            if conn.execute("SELECT 1 FROM consents WHERE ref = ?", (body.ref,)).fetchone():
+        with self.db.transaction(lock=[f"consent/{body.ref}"]) as tx:
+            if tx.execute("SELECT 1 FROM consents WHERE ref = ?", (body.ref,)).fetchone():
                 raise InvalidInput(f"consent {body.ref} is already registered")
-            conn.execute(
+            tx.execute(
                 "INSERT INTO consents (ref, subject, agency, purpose, valid_from, valid_until, max_uses, "
                 "created_at, programs, issuer, artefact) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
@@ -295,19 +320,16 @@ class ConsentRegistry:
 
     def issued_by(self, issuer: str, subject: str | None = None) -> list[ConsentRecord]:
         """The consents a consent manager registered (optionally for one subject), newest first."""
-        conn = sqlite3.connect(self.path, timeout=30.0)
-        try:
+        with self.db.read() as tx:
             refs = [
                 str(r[0])
-                for r in conn.execute(
-                    "SELECT ref FROM consents WHERE issuer = ? AND (? IS NULL OR subject = ?) "
+                for r in tx.execute(
+                    "SELECT ref FROM consents WHERE issuer = ? AND (CAST(? AS TEXT) IS NULL OR subject = ?) "
                     "ORDER BY created_at DESC LIMIT 1000",
                     (issuer, subject, subject),
-                )
+                ).fetchall()
             ]
-            return [r for r in (self._get(conn, ref) for ref in refs) if r is not None]
-        finally:
-            conn.close()
+            return [r for r in (self._get(tx, ref) for ref in refs) if r is not None]
 
     def register(
         self,
@@ -331,8 +353,8 @@ class ConsentRegistry:
             raise InvalidInput("frequency needs at least 1 use per at least 1 day")
         ref = "cns_" + secrets.token_urlsafe(16)
         freq_uses, freq_days = frequency if frequency is not None else (None, None)
-        with immediate(self.path) as conn:
-            conn.execute(
+        with self.db.transaction() as tx:
+            tx.execute(
                 "INSERT INTO consents (ref, subject, agency, purpose, valid_from, valid_until, max_uses, "
                 "frequency_uses, frequency_days, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
@@ -351,11 +373,8 @@ class ConsentRegistry:
         return ref
 
     def lookup(self, ref: str) -> ConsentRecord:
-        conn = sqlite3.connect(self.path, timeout=30.0)
-        try:
-            record = self._get(conn, ref)
-        finally:
-            conn.close()
+        with self.db.read() as tx:
+            record = self._get(tx, ref)
         if record is None:
             raise NotFound("no such consent")
         return record
@@ -363,12 +382,10 @@ class ConsentRegistry:
     def revoke(self, ref: str, now: datetime | None = None) -> ConsentRecord:
         """Revoke (idempotent: a second revoke keeps the first time)."""
         at = _aware(now, "now") if now is not None else datetime.now(UTC)
-        with immediate(self.path) as conn:
-            if self._get(conn, ref) is None:
+        with self.db.transaction(lock=[f"consent/{ref}"]) as tx:
+            if self._get(tx, ref) is None:
                 raise NotFound("no such consent")
-            conn.execute(
-                "UPDATE consents SET revoked_at = ? WHERE ref = ? AND revoked_at IS NULL", (at.isoformat(), ref)
-            )
+            tx.execute("UPDATE consents SET revoked_at = ? WHERE ref = ? AND revoked_at IS NULL", (at.isoformat(), ref))
         return self.lookup(ref)
 
     def verify(
@@ -406,30 +423,30 @@ class ConsentRegistry:
         return reservation
 
     def commit(self, reservation: str) -> bool:
-        with immediate(self.path) as conn:
-            return conn.execute("DELETE FROM consent_reservations WHERE id = ?", (reservation,)).rowcount == 1
+        with self.db.transaction() as tx:
+            return bool(tx.execute("DELETE FROM consent_reservations WHERE id = ?", (reservation,)).rowcount == 1)
 
     def release(self, reservation: str) -> bool:
         """Give the reserved use back (idempotent: False if it was not pending, or on a storage
         error, which leaves the use taken: the conservative side)."""
         try:
             return self._release(reservation)
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, StoreUnavailable) as exc:
             log.warning("consent_release_failed", error=type(exc).__name__)
             return False
 
     def _release(self, reservation: str) -> bool:
-        with immediate(self.path) as conn:
-            row = conn.execute("SELECT ref, at FROM consent_reservations WHERE id = ?", (reservation,)).fetchone()
-            if row is None:
+        with self.db.read() as tx:
+            found = tx.execute("SELECT ref FROM consent_reservations WHERE id = ?", (reservation,)).fetchone()
+        if found is None:
+            return False
+        with self.db.transaction(lock=[f"consent/{found[0]}"]) as tx:
+            row = tx.execute("SELECT ref, at FROM consent_reservations WHERE id = ?", (reservation,)).fetchone()
+            if row is None:  # committed or released meanwhile, here or on another replica
                 return False
-            conn.execute("UPDATE consents SET uses = uses - 1 WHERE ref = ? AND uses > 0", (row[0],))
-            conn.execute(
-                "DELETE FROM consent_uses WHERE rowid = "
-                "(SELECT rowid FROM consent_uses WHERE ref = ? AND at = ? LIMIT 1)",
-                (row[0], row[1]),
-            )
-            conn.execute("DELETE FROM consent_reservations WHERE id = ?", (reservation,))
+            tx.execute("UPDATE consents SET uses = uses - 1 WHERE ref = ? AND uses > 0", (row[0],))
+            tx.execute(_DELETE_ONE_USE[tx.dialect], (row[0], row[1]))
+            tx.execute("DELETE FROM consent_reservations WHERE id = ?", (reservation,))
         return True
 
     def _use(
@@ -443,30 +460,27 @@ class ConsentRegistry:
         program: str | None = None,
     ) -> None:
         at = _aware(now, "now") if now is not None else datetime.now(UTC)
-        with immediate(self.path) as conn:
-            record = self._get(conn, ref)
+        with self.db.transaction(lock=[f"consent/{ref}"]) as tx:
+            record = self._get(tx, ref)
             window = 0
             if record is not None and record.frequency_days is not None:
                 since = (at - timedelta(days=record.frequency_days)).isoformat()
-                window = int(
-                    conn.execute("SELECT COUNT(*) FROM consent_uses WHERE ref = ? AND at > ?", (ref, since)).fetchone()[
-                        0
-                    ]
-                )
+                counted = tx.execute("SELECT COUNT(*) FROM consent_uses WHERE ref = ? AND at > ?", (ref, since))
+                window = int(counted.fetchone()[0])
             evaluate(record, subject, agency, purpose, at, window, program=program)
-            conn.execute("UPDATE consents SET uses = uses + 1 WHERE ref = ?", (ref,))
-            conn.execute("INSERT INTO consent_uses (ref, at) VALUES (?, ?)", (ref, at.isoformat()))
+            tx.execute("UPDATE consents SET uses = uses + 1 WHERE ref = ?", (ref,))
+            tx.execute("INSERT INTO consent_uses (ref, at) VALUES (?, ?)", (ref, at.isoformat()))
             if reservation is not None:
-                conn.execute(
+                tx.execute(
                     "INSERT INTO consent_reservations (id, ref, at) VALUES (?, ?, ?)",
                     (reservation, ref, at.isoformat()),
                 )
 
     @staticmethod
-    def _get(conn: sqlite3.Connection, ref: str) -> ConsentRecord | None:
+    def _get(tx: Tx, ref: str) -> ConsentRecord | None:
         if not REF_RE.match(ref):
             return None
-        row = conn.execute(
+        row = tx.execute(
             "SELECT ref, subject, agency, purpose, valid_from, valid_until, max_uses, frequency_uses, "
             "frequency_days, uses, revoked_at, created_at, programs, issuer, artefact FROM consents WHERE ref = ?",
             (ref,),
