@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gateway.ratelimit import RateLimiter
+from gateway.ratelimit import Limiter
 from xgate.errors import ConfigError, InvalidInput, NotFound, PolicyDenied, Unauthenticated
 from xgate.principal import ROLES, TIERS, Principal
 
@@ -211,7 +211,7 @@ class Authenticator:
 
 
 def fastapi_dependency(
-    authenticator: Authenticator, *, roles: Iterable[str] | None = None, limiter: RateLimiter | None = None
+    authenticator: Authenticator, *, roles: Iterable[str] | None = None, limiter: Limiter | None = None
 ) -> Callable[[Any], Principal]:
     """FastAPI dependency: authenticate, check role, take a rate-limit token.
 

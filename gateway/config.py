@@ -43,7 +43,10 @@ class GatewaySettings(BaseModel):
     audit_db: Path | None = None
     audit_key: Path | None = None
     policy_dir: Path | None = None
-    state_dir: Path | None = None  # budgets, consents
+    state_dir: Path | None = None  # budgets, consents (embedded mode)
+    # Replicated mode: a PostgreSQL URL shared by every gateway process (budgets, consents, rate limits).
+    database: str | None = Field(default=None, pattern=r"^postgres(ql)?://")
+    database_pool_size: int = Field(default=8, ge=1, le=100)
     deadline_seconds: float = Field(default=30.0, gt=0, le=600)
     idempotency_ttl_hours: float = Field(
         default=24.0, gt=0, le=720, description="how long a check's answer is kept for retries with its Idempotency-Key"

@@ -10,7 +10,8 @@ from fastapi import Request
 from gateway.auth import Authenticator, add_user, presented_key_id
 from gateway.config import GatewayConfig
 from gateway.idempotency import IdempotencyStore
-from gateway.ratelimit import RateLimiter
+from gateway.ratelimit import Limiter, RateLimiter, SharedRateLimiter
+from gateway.state import shared_database
 from policies.budgets import ProbeBudget
 from policies.consent import ConsentManagers, ConsentRegistry
 from policies.decision import DEFAULT_POLICY_DIR, CheckAuthorizer
@@ -51,10 +52,10 @@ class RestAuthenticator:
     a key's owner keeps working while someone hammers their key id or their ingress.
     """
 
-    def __init__(self, authenticator: Authenticator, limiter: RateLimiter, failures: RateLimiter | None = None) -> None:
+    def __init__(self, authenticator: Authenticator, limiter: Limiter, failures: Limiter | None = None) -> None:
         self.authenticator = authenticator
         self.limiter = limiter
-        self.failures = failures or RateLimiter(rate_per_s=1.0, burst=20)
+        self.failures: Limiter = failures or RateLimiter(rate_per_s=1.0, burst=20)
 
     def __call__(self, request: Request) -> Principal:
         try:
@@ -91,15 +92,18 @@ def policy_for(config: GatewayConfig) -> tuple[CheckAuthorizer, ConsentRegistry]
     state.mkdir(parents=True, exist_ok=True)
     policy_dir = settings.policy_dir or DEFAULT_POLICY_DIR
     reloader = PolicyReloader(policy_dir).start()
+    shared = shared_database(config)
     consents = ConsentRegistry(
-        state / "consents.sqlite", purposes=reloader.engine.purposes, managers=ConsentManagers(policy_dir)
+        shared or state / "consents.sqlite", purposes=reloader.engine.purposes, managers=ConsentManagers(policy_dir)
     )
-    authorizer = CheckAuthorizer(engine=reloader, budgets=ProbeBudget(state / "budgets.sqlite"), consents=consents)
+    budgets = ProbeBudget(shared or state / "budgets.sqlite")
+    authorizer = CheckAuthorizer(engine=reloader, budgets=budgets, consents=consents)
     return authorizer, consents
 
 
 def idempotency_for(config: GatewayConfig) -> IdempotencyStore:
-    """POST /v1/checks Idempotency-Key claims and answers: <state_dir>/idempotency.sqlite.
+    """POST /v1/checks Idempotency-Key claims and answers: <state_dir>/idempotency.sqlite, or the
+    replicas' shared database, where a claim made on one replica is seen by all.
 
     A claim older than the longest a check may take (the request deadline, or the fan-out
     deadline if longer, plus a margin) is treated as abandoned by a dead process."""
@@ -108,7 +112,9 @@ def idempotency_for(config: GatewayConfig) -> IdempotencyStore:
     state.mkdir(parents=True, exist_ok=True)
     longest = max(settings.deadline_seconds, settings.admission.request_deadline_s)
     return IdempotencyStore(
-        state / "idempotency.sqlite", ttl_s=settings.idempotency_ttl_hours * 3600, stale_after_s=longest + 30
+        shared_database(config) or state / "idempotency.sqlite",
+        ttl_s=settings.idempotency_ttl_hours * 3600,
+        stale_after_s=longest + 30,
     )
 
 
@@ -154,6 +160,15 @@ def authenticator_for(config: GatewayConfig) -> RestAuthenticator:
     settings = config.gateway
     if settings.users_file is None:
         raise ConfigError("gateway config names no users_file: every REST caller must authenticate")
+    shared = shared_database(config)
+    if shared is not None:  # replicas share every bucket: N gateways do not multiply anyone's allowance
+        return RestAuthenticator(
+            Authenticator(settings.users_file),
+            SharedRateLimiter(shared, rate_per_s=settings.rate_per_s, burst=settings.rate_burst, namespace="rest"),
+            SharedRateLimiter(
+                shared, rate_per_s=settings.failed_auth_per_s, burst=settings.failed_auth_burst, namespace="failed-auth"
+            ),
+        )
     return RestAuthenticator(
         Authenticator(settings.users_file),
         RateLimiter(rate_per_s=settings.rate_per_s, burst=settings.rate_burst),

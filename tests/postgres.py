@@ -43,43 +43,73 @@ def _pg_bin() -> Path | None:
     return Path(found).parent if found else None
 
 
+class ThrowawayServer:
+    """A PostgreSQL cluster of the test's own (initdb in a temporary directory, Unix socket only).
+
+    `stop()` and `start()` let a test take the database away from running gateways and bring it
+    back, without touching the machine's server that other tests use.
+    """
+
+    def __init__(self, pg_bin: Path) -> None:
+        self.pg_bin = pg_bin
+        self.root = Path(tempfile.mkdtemp(prefix="xgate-pg-"))
+        self.data, self.sock, self.log = self.root / "data", self.root / "sock", self.root / "server.log"
+        self.sock.mkdir()
+        self.run_as: list[str] = []
+        if os.geteuid() == 0:  # PostgreSQL refuses to run as root: hand the directory to `postgres`
+            shutil.chown(self.root, "postgres")
+            shutil.chown(self.sock, "postgres")
+            self.run_as = ["runuser", "-u", "postgres", "--"]
+        subprocess.run(
+            [*self.run_as, str(pg_bin / "initdb"), "-D", str(self.data), "-U", "postgres", "-A", "trust"],
+            check=True, capture_output=True, timeout=120,
+        )  # fmt: skip
+
+    @property
+    def url(self) -> str:
+        return f"postgresql://postgres@/postgres?host={self.sock}"
+
+    def _ctl(self, *args: str) -> None:
+        # The server must not inherit our pipes, or waiting for pg_ctl's output never ends: -l, DEVNULL.
+        subprocess.run([*self.run_as, str(self.pg_bin / "pg_ctl"), "-D", str(self.data), *args],
+                       check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=60)  # fmt: skip
+
+    def start(self) -> None:
+        opts = f"-c listen_addresses='' -c unix_socket_directories={self.sock} -c fsync=off"
+        self._ctl("-l", str(self.log), "-o", opts, "-w", "start")
+
+    def stop(self) -> None:
+        self._ctl("-m", "fast", "-w", "stop")
+
+    def destroy(self) -> None:
+        with contextlib.suppress(subprocess.SubprocessError):
+            self._ctl("-m", "immediate", "-w", "stop")
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
 @contextlib.contextmanager
 def _throwaway_server(pg_bin: Path) -> Iterator[str]:
-    """initdb + pg_ctl in a temporary directory; Unix socket only (listen_addresses='')."""
-    root = Path(tempfile.mkdtemp(prefix="xgate-pg-"))
-    data, sock = root / "data", root / "sock"
-    sock.mkdir()
-    run_as: list[str] = []
-    if os.geteuid() == 0:  # PostgreSQL refuses to run as root: hand the directory to `postgres`
-        shutil.chown(root, "postgres")
-        shutil.chown(sock, "postgres")
-        run_as = ["runuser", "-u", "postgres", "--"]
-    subprocess.run(
-        [*run_as, str(pg_bin / "initdb"), "-D", str(data), "-U", "postgres", "-A", "trust"],
-        check=True,
-        capture_output=True,
-        timeout=120,
-    )
-    opts = f"-c listen_addresses='' -c unix_socket_directories={sock} -c fsync=off"
-    # -l: the server must not inherit our pipes, or waiting for pg_ctl's output never ends.
-    log = root / "server.log"
-    subprocess.run(
-        [*run_as, str(pg_bin / "pg_ctl"), "-D", str(data), "-l", str(log), "-o", opts, "-w", "start"],
-        check=True,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        timeout=60,
-    )
+    server = ThrowawayServer(pg_bin)
     try:
-        yield f"postgresql://postgres@/postgres?host={sock}"
+        server.start()
+        yield server.url
     finally:
-        subprocess.run(
-            [*run_as, str(pg_bin / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            timeout=60,
-        )
-        shutil.rmtree(root, ignore_errors=True)
+        server.destroy()
+
+
+@contextlib.contextmanager
+def own_server() -> Iterator[ThrowawayServer | None]:
+    """A started throwaway cluster (None where no PostgreSQL binaries are installed)."""
+    pg_bin = _pg_bin()
+    if pg_bin is None:
+        yield None
+        return
+    server = ThrowawayServer(pg_bin)
+    try:
+        server.start()
+        yield server
+    finally:
+        server.destroy()
 
 
 def _with_db(url: str, dbname: str) -> str:

@@ -1,0 +1,42 @@
+"""Where the gateway's shared state lives: SQLite files (embedded default) or one PostgreSQL database.
+
+With `[gateway] database = "postgresql://…"` every replica opens the same database: probing
+budgets, consents, rate limits and failed-authentication counters are then exact across any
+number of gateway processes on any hosts. The schema is applied by `xgate gateway migrate`, never
+implicitly: a replica started on a schema behind its code refuses to start and says so. Without
+`database`, each store is a SQLite file under `state_dir`, created at start, as before.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+
+from gateway.config import GatewayConfig
+from gateway.idempotency import IDEMPOTENCY_MIGRATIONS
+from gateway.ratelimit import RATE_LIMIT_MIGRATIONS
+from policies.budgets import BUDGET_MIGRATIONS
+from policies.consent import CONSENT_MIGRATIONS
+from xgate.db import Migration, PostgresDatabase, migrate
+
+GATEWAY_MIGRATIONS: tuple[Migration, ...] = (
+    *BUDGET_MIGRATIONS,
+    *CONSENT_MIGRATIONS,
+    *RATE_LIMIT_MIGRATIONS,
+    *IDEMPOTENCY_MIGRATIONS,
+)
+
+
+def shared_database(config: GatewayConfig) -> PostgresDatabase | None:
+    """The replicas' database (one pool per process, whoever asks), or None in the embedded mode."""
+    url = config.gateway.database
+    return _pool(url, config.gateway.database_pool_size) if url else None
+
+
+@functools.cache
+def _pool(url: str, size: int) -> PostgresDatabase:
+    return PostgresDatabase(url, max_size=size)
+
+
+def apply_migrations(db: PostgresDatabase, migrations: Sequence[Migration] = GATEWAY_MIGRATIONS) -> list[Migration]:
+    return migrate(db, migrations)
