@@ -86,8 +86,11 @@ def submit(
     insecure: bool = typer.Option(
         False, "--insecure", help="DEBUG ONLY: run Flower over plain HTTP without SuperNode authentication"
     ),
-    gateway: str | None = typer.Option(
-        None, "--gateway", help="submit through the gateway's REST API (POST /v1/training/jobs) instead"
+    gateway: list[str] | None = typer.Option(
+        None,
+        "--gateway",
+        help="submit through the gateway's REST API (POST /v1/training/jobs) instead;"
+        " repeat for replicas (the next is tried when one cannot be reached)",
     ),
     api_key: str | None = typer.Option(None, "--api-key", envvar="XGATE_API_KEY", help="with --gateway"),
     gateway_ca: Path | None = typer.Option(None, "--gateway-ca", help="CA certificate verifying the gateway"),
@@ -98,7 +101,7 @@ def submit(
     Flower always runs over TLS with SuperNode authentication; its short-lived certificates and keys
     are issued under the job directory by --ca, or by an ephemeral job CA when --ca is not given.
     """
-    if gateway is not None:
+    if gateway:
         _submit_through_gateway(job, gateway, api_key, gateway_ca, wait, local=(nodes, ca, insecure))
         return
     if nodes is None:
@@ -153,7 +156,7 @@ def _check_resubmission(job_dir: Path, job_id: str, root: Path) -> None:
 
 
 def _submit_through_gateway(
-    job: Path, gateway: str, api_key: str | None, ca_cert: Path | None, wait: bool, local: tuple[Any, ...]
+    job: Path, gateway: list[str], api_key: str | None, ca_cert: Path | None, wait: bool, local: tuple[Any, ...]
 ) -> None:
     from client.train_remote import submit_remote
 

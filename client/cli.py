@@ -41,7 +41,13 @@ def check(
     purpose: str = typer.Option(..., "--purpose"),
     legal_basis: str = typer.Option(..., "--legal-basis"),
     case_id: str = typer.Option(..., "--case-id"),
-    gateway: str = typer.Option("https://127.0.0.1:8443", "--gateway", envvar="XGATE_GATEWAY"),
+    gateway: list[str] = typer.Option(
+        ["https://127.0.0.1:8443"],
+        "--gateway",
+        envvar="XGATE_GATEWAY",
+        help="gateway URL; repeat for replicas (a check that gets no answer is retried on the next,"
+        " never charged twice); XGATE_GATEWAY may list several, space-separated",
+    ),
     api_key: str = typer.Option(..., "--api-key", envvar="XGATE_API_KEY", help="or XGATE_API_KEY"),
     pseudonym_key: Path = typer.Option(..., "--pseudonym-key", help="federation pseudonym key file"),
     key_file: Path = typer.Option(

@@ -2,17 +2,28 @@
 
 The secret key stays in this process. National ids never leave it either: only pseudonyms are
 sent, and the mapping back to ids is kept locally for the result table.
+
+Several gateways (replicas of one federation) may be given: a request that could not be
+answered (connection refused or lost, timeout, 502/503/504, 429, or 409 while the same check is
+still running elsewhere) is retried on the next one, a bounded number of times, with jittered
+exponential backoff that honours Retry-After up to a cap. Each check carries a fresh
+`Idempotency-Key` (uuid4) reused for its retries, so the gateways answer it once: a retry is
+neither charged nor computed twice (docs/PROTOCOL.md, "Retries and idempotency keys"). Refusals
+(other 4xx) are never retried.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import email.utils
+import random
 import ssl
 import time
+import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import httpx
 import numpy as np
@@ -20,7 +31,17 @@ import numpy as np
 from crypto.he import RequesterKeys
 from xgate.errors import CryptoError, InvalidInput
 from xgate.errors import GatewayError as GatewayError  # re-exported: the SDK's callers catch it
+from xgate.logging import get_logger
 from xgate.pseudonym import Pseudonymiser
+
+log = get_logger("xgate.client.sdk")
+
+RETRY_STATUSES = frozenset({429, 502, 503, 504})  # not answered: another gateway (or later) may answer
+IN_PROGRESS = "idempotency_in_progress"  # 409: the same check is still running on some gateway
+# idempotent: GETs and checks (Idempotency-Key), retried on every condition above;
+# unsent: other POSTs, moved to the next gateway only when the request never reached one;
+# none: one attempt on the gateway that answered last (state that lives on that gateway).
+Retry = Literal["idempotent", "unsent", "none"]
 
 
 @dataclass
@@ -36,6 +57,9 @@ class CheckResult:
     timings_ms: dict[str, float] = field(default_factory=dict)
     wire_bytes: int = 0  # client <-> gateway HTTP bodies
     node_bytes: int = 0  # gateway <-> nodes protobuf messages, as the gateway reports them
+    gateway: str = ""  # the base URL that answered
+    attempts: int = 1  # requests sent for this check (retries included)
+    replayed: bool = False  # the answer was the gateway's stored one (Idempotent-Replayed)
 
     @property
     def overall(self) -> np.ndarray:
@@ -69,27 +93,56 @@ class CheckResult:
 class GatewayClient:
     def __init__(
         self,
-        base_url: str,
+        base_url: str | Sequence[str],
         api_key: str,
         pseudonymiser: Pseudonymiser | None = None,  # checks need it; training jobs do not
         keys: RequesterKeys | None = None,
         timeout_s: float = 120.0,
         verify: str | bool = True,
         cert: tuple[str, str] | None = None,
+        *,
+        max_attempts: int = 4,
+        backoff_s: float = 0.2,
+        retry_after_cap_s: float = 10.0,
+        sleep: Callable[[float], None] = time.sleep,
+        jitter: Callable[[], float] = random.random,
     ) -> None:
+        """``base_url``: one gateway or several replicas of one federation (tried in order, then
+        sticking to the one that answered). ``max_attempts`` bounds the requests per call;
+        a Retry-After beyond ``retry_after_cap_s`` is not waited for (the error is raised)."""
+        urls = [base_url] if isinstance(base_url, str) else list(base_url)
+        if not urls or not all(isinstance(u, str) and u.strip() for u in urls):
+            raise InvalidInput("at least one gateway URL is needed")
+        if len(set(urls)) != len(urls):
+            raise InvalidInput("a gateway URL is listed twice")
+        if max_attempts < 1:
+            raise InvalidInput("max_attempts must be at least 1")
+        self.urls = [u.strip().rstrip("/") for u in urls]
+        self.max_attempts = max_attempts
+        self.backoff_s = backoff_s
+        self.retry_after_cap_s = retry_after_cap_s
+        self._sleep = sleep
+        self._jitter = jitter
+        self._current = 0  # the gateway that answered last
         tls: ssl.SSLContext | bool = verify if isinstance(verify, bool) else True
         if isinstance(verify, str):
             tls = ssl.create_default_context(cafile=verify)  # the federation CA, not the system store
             if cert is not None:
                 tls.load_cert_chain(*cert)
         self._http = httpx.Client(
-            base_url=base_url,
             headers={"Authorization": f"Bearer {api_key}"},
             timeout=timeout_s,
             verify=tls,
         )
         self._pseudonymiser = pseudonymiser
         self._keys = keys
+        self.last_attempts = 0  # requests the last call sent
+        self.last_replayed = False
+
+    @property
+    def url(self) -> str:
+        """The gateway that answered last (the first one before any call)."""
+        return self.urls[self._current]
 
     def close(self) -> None:
         self._http.close()
@@ -106,16 +159,67 @@ class GatewayClient:
             self._keys = RequesterKeys.generate()
         return self._keys
 
-    def _call(self, method: str, path: str, **kwargs: Any) -> tuple[dict[str, Any], int]:
-        response = self._http.request(method, path, **kwargs)
-        size = len(response.content) + len(response.request.content or b"")
-        try:
-            body = response.json()
-        except ValueError:
-            body = {"error": "bad_response", "message": response.text[:200]}
-        if response.status_code >= 400:
-            raise GatewayError(response.status_code, body if isinstance(body, dict) else {})
-        return body, size
+    def _call(
+        self,
+        method: str,
+        path: str,
+        *,
+        retry: Retry = "idempotent",
+        headers: Mapping[str, str] | None = None,
+        **kwargs: Any,
+    ) -> tuple[dict[str, Any], int]:
+        index = self._current
+        attempts = self.max_attempts if retry != "none" else 1
+        wait = 0.0
+        failure: GatewayError | None = None
+        for attempt in range(1, attempts + 1):
+            if attempt > 1:
+                index = (index + 1) % len(self.urls)  # the next gateway (the same one if there is one)
+                self._sleep(max(wait, self._backoff(attempt)))
+            url = self.urls[index]
+            self.last_attempts = attempt
+            try:
+                response = self._http.request(method, url + path, headers=headers, **kwargs)
+            except httpx.TransportError as exc:
+                unsent = isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout)
+                failure = GatewayError(
+                    503,
+                    {
+                        "error": "gateway_unreachable",
+                        "message": f"no answer from the gateway at {url}: {type(exc).__name__}",
+                    },
+                )
+                log.warning("gateway_attempt_failed", url=url, attempt=attempt, error=type(exc).__name__)
+                if retry == "idempotent" or (retry == "unsent" and unsent):
+                    wait = 0.0
+                    continue
+                raise failure from None
+            size = len(response.content) + len(response.request.content or b"")
+            try:
+                body = response.json()
+            except ValueError:
+                body = {"error": "bad_response", "message": response.text[:200]}
+            if response.status_code < 400:
+                self._current = index
+                self.last_replayed = response.headers.get("Idempotent-Replayed") == "true"
+                return body, size
+            failure = GatewayError(response.status_code, body if isinstance(body, dict) else {})
+            if retry != "idempotent" or not _retryable(response.status_code, failure.code):
+                raise failure
+            after = _retry_after(response.headers.get("Retry-After"))
+            if after is not None and after > self.retry_after_cap_s:
+                raise failure  # e.g. a probing budget that resets in days: not worth waiting for
+            wait = after or 0.0
+            log.warning(
+                "gateway_attempt_failed", url=url, attempt=attempt, status=response.status_code, error=failure.code
+            )
+        assert failure is not None
+        raise failure
+
+    def _backoff(self, attempt: int) -> float:
+        """Jittered exponential backoff before attempt ``attempt`` (>= 2): half to all of base * 2^(n-2)."""
+        base = min(self.retry_after_cap_s, self.backoff_s * 2.0 ** (attempt - 2))
+        return base * (0.5 + 0.5 * self._jitter())
 
     def programs(self) -> list[dict[str, Any]]:
         body, _ = self._call("GET", "/v1/programs")
@@ -152,17 +256,22 @@ class GatewayClient:
         }
         if mode == "he":
             payload["public_context"] = base64.b64encode(self.keys.public_context).decode("ascii")
-        body, size = self._call("POST", "/v1/checks", json=payload)
-        return self._decode(body, list(subjects), size)
+        # One key for this check and all its retries: the gateways answer it once.
+        key = {"Idempotency-Key": str(uuid.uuid4())}
+        body, size = self._call("POST", "/v1/checks", json=payload, headers=key)
+        result = self._decode(body, list(subjects), size)
+        result.gateway, result.attempts, result.replayed = self.url, self.last_attempts, self.last_replayed
+        return result
 
     # -- federated training --------------------------------------------------------------------
     def submit_training_job(self, job: Mapping[str, Any]) -> dict[str, Any]:
         """POST /v1/training/jobs; returns {job_id, state, status_url, decision} (202) or raises GatewayError."""
-        body, _ = self._call("POST", "/v1/training/jobs", json=dict(job))
+        # Not idempotent across gateways: moved on only when no gateway received it.
+        body, _ = self._call("POST", "/v1/training/jobs", json=dict(job), retry="unsent")
         return body
 
     def training_job_status(self, job_id: str) -> dict[str, Any]:
-        body, _ = self._call("GET", f"/v1/training/jobs/{job_id}/status")
+        body, _ = self._call("GET", f"/v1/training/jobs/{job_id}/status", retry="none")  # where it runs
         return body
 
     def wait_training_job(
@@ -222,3 +331,22 @@ class GatewayClient:
             wire_bytes=size,
             node_bytes=int(body.get("node_bytes", 0)),
         )
+
+
+def _retryable(status: int, code: str) -> bool:
+    return status in RETRY_STATUSES or (status == 409 and code == IN_PROGRESS)
+
+
+def _retry_after(value: str | None) -> float | None:
+    """Retry-After in seconds (delta-seconds or an HTTP date); None when absent or unreadable."""
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, float(when.timestamp()) - time.time())

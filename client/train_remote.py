@@ -7,7 +7,7 @@ records every step on its audit log; this side only sends the job file and polls
 from __future__ import annotations
 
 import tomllib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +18,7 @@ from xgate.errors import PolicyDenied, XgateError
 
 def submit_remote(
     job_file: Path,
-    gateway: str,
+    gateway: str | Sequence[str],
     api_key: str,
     *,
     ca_cert: Path | None = None,
@@ -26,7 +26,9 @@ def submit_remote(
     say: Callable[[str], None] = print,
     poll_s: float = 2.0,
 ) -> dict[str, Any]:
-    """Returns the final status (or the 202 answer with wait=False); raises XgateError on refusal/failure."""
+    """Returns the final status (or the 202 answer with wait=False); raises XgateError on refusal/failure.
+
+    Several gateways: the job goes to the first that can be reached and is followed there."""
     load_job(job_file)  # local validation first: a clear message before any request
     body = tomllib.loads(job_file.read_text(encoding="utf-8"))
     with GatewayClient(gateway, api_key, verify=str(ca_cert) if ca_cert else True) as client:
@@ -36,7 +38,7 @@ def submit_remote(
             f"job {accepted['job_id']} accepted by the gateway (policies {', '.join(decision.get('policy_ids', []))};"
             f" datasets {', '.join(decision.get('datasets', []))}; epsilon {decision.get('epsilon', 0):g})"
         )
-        say(f"status: {gateway.rstrip('/')}{accepted['status_url']}")
+        say(f"status: {client.url}{accepted['status_url']}")
         if not wait:
             return accepted
         seen = {"rounds_done": -1, "state": ""}
