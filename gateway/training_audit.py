@@ -148,8 +148,9 @@ def _time(value: Any) -> datetime | None:
     return parsed if parsed.tzinfo is not None else None
 
 
-def submitted_record(job: JobSpec, actor: Actor) -> AuditRecord:
-    """The gateway accepted a valid job for decision."""
+def submitted_record(job: JobSpec, actor: Actor, http_request_id: str | None = None) -> AuditRecord:
+    """The gateway accepted a valid job for decision (``http_request_id``: the REST request that
+    submitted it, linking that request's `request` entry to the job id every job entry carries)."""
     metadata: dict[str, Any] = {
         "mode": job.mode.value,
         "rounds": job.rounds,
@@ -161,6 +162,8 @@ def submitted_record(job: JobSpec, actor: Actor) -> AuditRecord:
     }
     if job.approval_ref:
         metadata["approval_ref"] = job.approval_ref
+    if http_request_id is not None:
+        metadata["http_request_id"] = http_request_id
     fields = job_fields(job, actor) | {"kind": "training_job_submitted", "digests": {"job": job.digest()}}
     return _build(fields, metadata)
 

@@ -28,6 +28,7 @@ from federated.admission import Admission, Decision, PolicyAdmission, by_agency
 from federated.deployment import NodeSpec
 from federated.jobs import JobSpec, Reference
 from federated.training_policy import charge, decide_training, job_epsilon, unwrap_engine
+from gateway.audit import REQUEST_ID
 from gateway.training_audit import actor_of, decision_record, record_for_event, submitted_record
 from policies.budgets import PrivacyLedger
 from xgate.errors import BudgetExhausted, InvalidInput, NotFound, PolicyDenied, XgateError
@@ -134,7 +135,7 @@ class TrainingService:
         job = parse_request(body, who)
         actor = actor_of(who.user, who.agency, who.role)
         with self._lock:  # decisions, charges and the job slot are serialised
-            self._append(submitted_record(job, actor))
+            self._append(submitted_record(job, actor, REQUEST_ID.get()))
             engine = unwrap_engine(self.policy)
             if self._active is not None or self._closing:
                 self._refuse(job, actor, "capacity", "another training job is running", engine.policy_set_hash)

@@ -156,6 +156,9 @@ def test_accepted_job_runs_in_the_background(env: Any) -> None:
     accepted = r.json()
     assert accepted["status_url"] == "/v1/training/jobs/ok-1/status" == r.headers["location"]
     assert accepted["decision"]["policy_ids"] == ["train-medical-claims"] and accepted["decision"]["epsilon"] == 2.0
+    # The job's entries carry its job id; its submission names the REST request id the caller got.
+    (submitted,) = [x for x in log.records if x.kind == "training_job_submitted" and x.request_id == "ok-1"]
+    assert submitted.metadata["http_request_id"] == r.headers["x-request-id"]
 
     busy = post(client, "medical", job_body("ok-2"))  # one job at a time
     assert busy.status_code == 409 and busy.json()["error"] == "training_busy" and busy.headers["retry-after"]
