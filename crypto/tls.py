@@ -18,6 +18,7 @@ import socket
 import ssl
 import sys
 import threading
+import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -131,6 +132,37 @@ def channel_credentials(tls: TlsFiles) -> grpc.ChannelCredentials:
         private_key=_read(tls.key, "TLS key"),
         certificate_chain=_read(tls.cert, "TLS certificate"),
     )
+
+
+class TlsFileWatch:
+    """Notices when a certificate/key pair was renewed (`xgate pki install`): `changed()` is True once
+    per renewal, and only when the new key matches the new certificate (a mid-install state is not a
+    change yet). Looks at the files (stat) at most once per `check_every_s`."""
+
+    def __init__(self, cert: Path, key: Path, check_every_s: float = 1.0) -> None:
+        self.cert, self.key, self.check_every_s = cert, key, check_every_s
+        self._stamp = self._read_stamp()
+        self._next = time.monotonic() + check_every_s
+
+    def _read_stamp(self) -> tuple[int, ...]:
+        return tuple(x for p in (self.cert, self.key) for x in (p.stat().st_mtime_ns, p.stat().st_size))
+
+    def changed(self) -> bool:
+        now = time.monotonic()
+        if now < self._next:
+            return False
+        self._next = now + self.check_every_s
+        from crypto.preflight import private_key_public
+
+        try:
+            stamp = self._read_stamp()
+            if stamp == self._stamp or private_key_public(self.key) != pki.load_cert(self.cert).public_key():
+                return False
+        except (OSError, ConfigError, CryptoError):
+            return False
+        self._stamp = stamp
+        log.info("tls_material_reloaded", cert=self.cert.name)
+        return True
 
 
 def channel_options(agency: str, kind: str = "node") -> list[tuple[str, Any]]:

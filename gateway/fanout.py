@@ -36,8 +36,12 @@ class NodeDirectory:
         envelopes: Envelopes | None = None,
         server_check: Callable[[str, str], None] | None = None,
         recheck_s: float = 60.0,
+        renewed: Callable[[], Mapping[str, tuple[grpc.ChannelCredentials, str]] | None] | None = None,
     ) -> None:
         self._endpoints = dict(endpoints)
+        # Called before connecting: new credentials after our certificate was renewed, else None.
+        self._renewed = renewed
+        self._retired: list[grpc.aio.Channel] = []
         self._envelopes = envelopes
         # gRPC hides the server's certificate from clients, so revocation (and the agency it
         # names) is checked by a separate TLS pre-flight, on first use and then periodically.
@@ -88,7 +92,20 @@ class NodeDirectory:
     def stub(self, agency: str) -> node_pb2_grpc.AgencyNodeStub:
         if agency not in self._endpoints:
             raise NodeUnavailable(agency, "no node is registered for this agency")
+        self._maybe_renew()
         return self._stubs.get(agency) or self._connect(agency)
+
+    def _maybe_renew(self) -> None:
+        """After `xgate pki install` renewed our certificate: new channels with it from now on; calls in
+        flight finish on the old channels, which are closed with the directory."""
+        fresh = self._renewed() if self._renewed is not None else None
+        if fresh is None:
+            return
+        self._credentials = dict(fresh)
+        self._retired += self._channels
+        self._channels = []
+        self._stubs.clear()
+        log.info("node_channels_renewed", agencies=len(self._credentials))
 
     async def _verify_server(self, agency: str) -> None:
         if agency not in self._endpoints:
@@ -106,8 +123,9 @@ class NodeDirectory:
         self._checked[agency] = time.monotonic()
 
     async def close(self) -> None:
-        await asyncio.gather(*(c.close() for c in self._channels))
+        await asyncio.gather(*(c.close() for c in [*self._channels, *self._retired]))
         self._channels.clear()
+        self._retired.clear()
         self._stubs.clear()
 
     async def encrypt_all(

@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
+import ssl
 import sys
 from collections.abc import Callable
 from typing import Any
 
+import grpc
 import uvicorn
 from fastapi import FastAPI
 
 from gateway.app import create_app
 from gateway.audit import GatewayAudit
 from gateway.checks import CheckCoordinator
-from gateway.config import GatewayConfig
+from gateway.config import GatewayConfig, GatewayTls
 from gateway.fanout import NodeDirectory, NodeEndpoint
 from gateway.metered import MeteredCheckService
 from gateway.preflight import gateway_problems, load_mask_key
@@ -26,6 +29,36 @@ from xgate.logging import get_logger
 
 log = get_logger("xgate.gateway")
 GRACEFUL_SHUTDOWN_S = 3
+
+
+def _renewed_credentials(
+    tls: GatewayTls, agencies: list[str]
+) -> Callable[[], dict[str, tuple[grpc.ChannelCredentials, str]] | None]:
+    """New client credentials towards the nodes once our certificate was renewed, else None."""
+    from crypto.pki import target_name
+    from crypto.tls import TlsFileWatch, channel_credentials
+
+    watch = TlsFileWatch(tls.cert, tls.key)
+
+    def renewed() -> dict[str, tuple[grpc.ChannelCredentials, str]] | None:
+        if not watch.changed():
+            return None
+        creds = channel_credentials(tls)
+        return {agency: (creds, target_name(agency, "node")) for agency in agencies}
+
+    return renewed
+
+
+async def _follow_rest_certificate(context: ssl.SSLContext, tls: GatewayTls) -> None:
+    """Serve new TLS handshakes with a renewed REST certificate (`xgate pki install`): the context's
+    certificate is replaced in the event loop's thread, between handshakes; no restart."""
+    from crypto.tls import TlsFileWatch
+
+    watch = TlsFileWatch(tls.cert, tls.key)
+    while True:
+        await asyncio.sleep(1.0)
+        if watch.changed():
+            context.load_cert_chain(str(tls.cert), str(tls.key))
 
 
 def build_app(config: GatewayConfig, on_ready: Callable[[], None] | None = None) -> FastAPI:
@@ -59,7 +92,10 @@ def build_app(config: GatewayConfig, on_ready: Callable[[], None] | None = None)
         def server_check(address: str, agency: str) -> None:
             verify_server(address, agency, tls)  # chain, validity, CRL, agency, kind
 
-    nodes = NodeDirectory(endpoints, settings.max_message_mb, credentials, envelopes, server_check)
+    renewed = None
+    if config.tls is not None:
+        renewed = _renewed_credentials(config.tls, list(endpoints))
+    nodes = NodeDirectory(endpoints, settings.max_message_mb, credentials, envelopes, server_check, renewed=renewed)
     service = MeteredCheckService(  # counts checks for /metrics
         programs=programs,
         nodes=nodes,
@@ -134,7 +170,15 @@ def serve(config: GatewayConfig) -> None:
         print(json.dumps({"event": "ready", "port": port, "url": f"{scheme}://{settings.host}:{port}"}), flush=True)  # noqa: T201  # the readiness line the launcher reads
         log.info("gateway_ready", port=port)
 
-    app = build_app(config, on_ready=announce)
+    tasks: list[asyncio.Task[None]] = []  # held: the loop keeps only weak references to tasks
+
+    def ready() -> None:
+        announce()
+        if uvicorn_config.ssl is not None and config.tls is not None:
+            follow = _follow_rest_certificate(uvicorn_config.ssl, config.tls)
+            tasks.append(asyncio.get_running_loop().create_task(follow))
+
+    app = build_app(config, on_ready=ready)
     ssl_kwargs = {}
     if config.tls is not None:
         ssl_kwargs = {
@@ -144,5 +188,7 @@ def serve(config: GatewayConfig) -> None:
     # A kept-alive TLS connection would hold a graceful shutdown for the TLS close timeout (30 s):
     # requests in flight get GRACEFUL_SHUTDOWN_S, then the app shuts down (within 5 s of SIGTERM).
     config_kwargs: dict[str, Any] = {"timeout_graceful_shutdown": GRACEFUL_SHUTDOWN_S, **ssl_kwargs}
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, **config_kwargs))
+    uvicorn_config = uvicorn.Config(app, log_level="warning", access_log=False, **config_kwargs)
+    uvicorn_config.load()  # the SSL context exists now, so a renewal can replace its certificate later
+    server = uvicorn.Server(uvicorn_config)
     server.run(sockets=[sock])
