@@ -217,7 +217,7 @@ def node_config_text(home: Path, agency: str, *, column_key: bool, gateway_audit
     return "\n".join(lines) + "\n"
 
 
-def gateway_config_text(home: Path, listen: str, agencies: list[tuple[str, str]]) -> str:
+def gateway_config_text(home: Path, listen: str, agencies: list[tuple[str, str]], superlink: str | None = None) -> str:
     policy_dir = home / "policies"
     tz = _timezone(policy_dir if policy_dir.is_dir() else None)
     host, _, port = listen.rpartition(":")
@@ -248,6 +248,29 @@ def gateway_config_text(home: Path, listen: str, agencies: list[tuple[str, str]]
     ]
     for agency, address in agencies:
         lines += [f"[nodes.{agency}]", f'address = "{address}"', ""]
+    if superlink:
+        host, _, port = superlink.rpartition(":")
+        lines += [
+            "# Training across machines: one SuperLink behind the Fleet gate; each agency runs",
+            "# `xgate node supernode` and is known here only by its SuperNode public key and certificate",
+            "# (tls/ of the agency: supernode-<agency>.ssh.pub, flower-supernode-<agency>.cert.pem).",
+            "[training]",
+            f'superlink_host = "{host}"',
+            f"superlink_port = {int(port)}",
+            'superlink_cert = "tls/flower-superlink-gateway.cert.pem"  # `pki request --kind flower-superlink`',
+            'superlink_key = "tls/flower-superlink-gateway.key.pem"',
+            'ca_cert = "ca/ca.cert.pem"',
+            'crl = "ca/crl.pem"',
+            "",
+        ]
+        for agency, _ in agencies:
+            lines += [
+                "[[training.nodes]]",
+                f'agency = "{agency}"',
+                f'public_key = "training/supernode-{agency}.ssh.pub"',
+                f'certificate = "training/flower-supernode-{agency}.cert.pem"',
+                "",
+            ]
     return "\n".join(lines)
 
 
@@ -282,6 +305,9 @@ def node_init(
 def gateway_init(
     home: Home,
     listen: Annotated[str, typer.Option("--listen", help="REST address host:port")] = "0.0.0.0:8443",
+    superlink: Annotated[
+        str | None, typer.Option("--superlink", help="host:port of the Fleet gate: add [training] (remote mode)")
+    ] = None,
     force: Annotated[bool, typer.Option("--force")] = False,
 ) -> None:
     """Write <home>/gateway.toml with one [nodes.<agency>] per node published in ca/federation.json."""
@@ -298,7 +324,7 @@ def gateway_init(
                 + ": the CA signs each node with --address host:port (or `xgate pki set-address`)"
             )
         path = home / "gateway.toml"
-        _write_new(path, gateway_config_text(home, listen, agencies), force)
+        _write_new(path, gateway_config_text(home, listen, agencies, superlink), force)
         typer.echo(f"{path}: written with nodes {', '.join(a for a, _ in agencies)}; next `xgate config check {path}`")
 
 

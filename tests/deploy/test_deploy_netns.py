@@ -31,7 +31,8 @@ from tests.deploy import netns
 from tests.deploy.steps import AGENCIES, Block, parse
 from tests.deploy.summary import BANNER
 
-pytestmark = pytest.mark.deploy
+# ~2 min on an idle 2-core box, up to ~5 under a full parallel suite: above the suite's 300 s default.
+pytestmark = [pytest.mark.deploy, pytest.mark.timeout(900)]
 REASON = netns.available()
 READY_S = 120.0
 NAMES = {"ca": "ca", "gateway": "gw.xgate.test", **AGENCIES, "client": "client.xgate.test"}

@@ -173,3 +173,24 @@ def test_every_help_page_renders() -> None:
         result = runner.invoke(app, [*path, "--help"])
         assert result.exit_code == 0, (path, result.output, result.exception)
     assert "[[nodes]]" in runner.invoke(app, ["train", "submit", "--help"]).output
+
+
+def test_init_writes_the_training_side(federation: Path) -> None:
+    """`--superlink` adds [training] on both sides; the check names the SuperNode files still missing."""
+    from gateway.config import load_gateway_config
+    from nodes.config import load_node_config
+
+    code, out = xgate("gateway", "init", "--home", str(federation / "gw"), "--listen", "127.0.0.1:0",
+                      "--superlink", "0.0.0.0:9092", "--force")  # fmt: skip
+    assert code == 0, out
+    config = load_gateway_config(federation / "gw/gateway.toml")
+    assert config.training is not None and config.training.superlink_port == 9092
+    assert [n.agency for n in config.training.nodes] == ["tax"]
+    code, out = xgate("config", "check", str(federation / "gw/gateway.toml"))
+    assert code == 1
+    assert "training.superlink.cert" in out and "training.nodes[tax].public_key" in out
+    code, out = xgate("node", "init", "--home", str(federation / "tax"), "--agency", "tax",
+                      "--superlink", "gw.example.test:9092", "--force")  # fmt: skip
+    assert code == 0, out
+    node = load_node_config(federation / "tax/node.toml")
+    assert node.training is not None and node.training.superlink == "gw.example.test:9092"
