@@ -153,8 +153,12 @@ class GatewayAudit:
         return {"witnesses_checked": sorted(set(self.witnesses) - set(unreachable)), "unchecked": unreachable}
 
     async def _witness_view(self, nodes: NodeDirectory, agency: str, deadline_s: float) -> WitnessView | str:
-        try:
-            state = await nodes.cosign(agency, b"", [], 0, deadline_s, state_only=True)
+        try:  # bounded as a whole (the TLS pre-flight included): a black-holed node delays nothing long
+            state = await asyncio.wait_for(
+                nodes.cosign(agency, b"", [], 0, deadline_s, state_only=True), deadline_s + 1
+            )
+        except TimeoutError:
+            return "no answer within the deadline"
         except (XgateError, grpc.RpcError) as exc:
             return exc.message if isinstance(exc, XgateError) else "unreachable"
         return WitnessView(agency, int(state.size), bytes(state.root), state.cosignature.decode(errors="replace"))

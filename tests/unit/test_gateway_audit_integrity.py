@@ -30,12 +30,15 @@ class FakeNodes:
         self.witnesses = witnesses
         self.down: set[str] = set()
         self.state_down: set[str] = set()
+        self.hang: set[str] = set()
 
     async def cosign(
         self, agency: str, note: bytes, proof: list[bytes], old_size: int, deadline_s: float = 10.0, *,
         state_only: bool = False,
     ) -> Any:  # fmt: skip
         w = self.witnesses[agency]
+        if agency in self.hang:
+            await asyncio.sleep(3600)
         if agency in self.down or (state_only and agency in self.state_down):
             raise NodeUnavailable(agency, "unreachable (connection refused)")
         if state_only:
@@ -289,3 +292,17 @@ def test_damage_found_by_any_signing_path_marks_the_log_at_once(
         assert len(_alerts(a.log)) == 1
     finally:
         a.close()
+
+
+def test_a_witness_that_never_answers_delays_the_check_by_the_deadline_only(
+    audit: GatewayAudit, nodes: FakeNodes
+) -> None:
+    import time
+
+    _fill(audit, 4)
+    nodes.hang = {"hrss"}
+    started = time.monotonic()
+    out = asyncio.run(audit.verify_history(nodes, deadline_s=0.2))  # type: ignore[arg-type]
+    assert time.monotonic() - started < 3.0  # bounded by the deadline (+1 s), not by the node
+    assert out["unchecked"] == {"hrss": "no answer within the deadline"}
+    assert out["witnesses_checked"] == ["civil_affairs", "tax"] and audit.compromised is None
