@@ -1,16 +1,19 @@
 """Vertical ClientApp (Message API): every agency node, the label holder included.
 
-What leaves this node: its pseudonym list (for alignment), the dimension of its encoded
-features, embeddings of aligned batches, and (label holder only) gradients w.r.t. other nodes'
-embeddings, per-step training loss and the final evaluation summary. With `label_dp` the label
-holder trains on randomized-response labels (federated/label_dp.py), so its gradients and losses
-are label-DP. Raw features, labels and
-model weights never leave; training state lives in a node-local cache next to the ledger.
+What leaves this node: its pseudonyms hashed and blinded with its secret job key, and other
+nodes' blinded lists blinded once more (private set intersection, federated/psi.py: nobody learns
+another node's pseudonyms; the coordinator learns set and intersection sizes), the dimension of
+its encoded features, embeddings of aligned batches, and (label holder only) gradients w.r.t.
+other nodes' embeddings, per-step training loss and the final evaluation summary. With
+`label_dp` the label holder trains on randomized-response labels (federated/label_dp.py), so its
+gradients and losses are label-DP. Raw features, labels and model weights never leave; training
+state (and the job's PSI key) lives in a node-local cache next to the ledger.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
 import secrets
 from pathlib import Path
 from typing import Any, cast
@@ -19,7 +22,7 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from flwr.clientapp import ClientApp
 
-from federated import datasets, label_dp, model, node
+from federated import datasets, label_dp, model, node, psi
 from federated.admission import admit_at_node
 from federated.grid_io import arrays_of, cfg_of
 from federated.jobs import JobSpec, job_from_run_config
@@ -63,34 +66,67 @@ def _save(cache: Path, state: dict[str, np.ndarray], *, data: bool = False) -> N
 
 @app.query("hello")
 def hello(msg: Message, context: Context) -> Message:
-    job, nc, _ = _setup(context)
+    """What this node offers, and its pseudonyms hashed and blinded with a fresh job key (PSI)."""
+    job, nc, cache = _setup(context)
     held = node.held_features(job, nc)
     has_label = job.label in datasets.held_elements(nc.store) and nc.agency == job.label_holder
-    subjects = "\n".join(datasets.pseudonyms(nc.store)).encode() if held or has_label else b""
+    tags = b""
+    if held or has_label:
+        order = datasets.pseudonyms(nc.store)
+        secrets.SystemRandom().shuffle(order)  # list positions reveal nothing about the pseudonyms
+        key = psi.new_key()
+        _write_private(cache / "psi.key", key)
+        (cache / "psi-order.txt").write_text("\n".join(order))
+        tags = psi.first_tags(key, job.job_id, order)
     digest = datasets.store_digest(nc.store, job.elements())  # attested: the coordinator may not see the store
     return _reply(
-        msg,
-        {"agency": nc.agency, "features": held, "has_label": has_label, "pseudonyms": subjects, "data_sha256": digest},
+        msg, {"agency": nc.agency, "features": held, "has_label": has_label, "tags": tags, "data_sha256": digest}
     )
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(data)
+
+
+@app.train("blind")
+def blind(msg: Message, context: Context) -> Message:
+    """PSI: apply this node's job key to another node's blinded list (order kept)."""
+    _, _, cache = _setup(context)
+    return _reply(msg, {"tags": psi.blind((cache / "psi.key").read_bytes(), bytes(cfg_of(msg)["tags"]))})
+
+
+def _pseudonyms_of(cache: Path, own: bytes, tags: bytes) -> list[str]:
+    """Map fully blinded tags to this node's pseudonyms through its own list (same order as sent)."""
+    order = (cache / "psi-order.txt").read_text().split("\n")
+    mine = dict(zip(psi.split(own), order, strict=True))
+    try:
+        return [mine[t] for t in psi.split(tags)]
+    except KeyError:
+        raise ValueError("an aligned tag is not one of this node's subjects") from None
 
 
 @app.train("align")
 def align(msg: Message, context: Context) -> Message:
-    """Label holder: split the aligned pseudonyms into train/test (its holdout rule) and publish."""
-    job, nc, _ = _setup(context)
-    aligned = bytes(cfg_of(msg)["aligned"]).decode().split("\n")
+    """Label holder: split the aligned subjects into train/test (its holdout rule), as tags."""
+    job, nc, cache = _setup(context)
+    cfg = cfg_of(msg)
+    aligned_tags = bytes(cfg["aligned"])
+    aligned = _pseudonyms_of(cache, bytes(cfg["own"]), aligned_tags)
     test = node.is_holdout(aligned, job, nc.holdout)
-    train = [p for p, t in zip(aligned, test, strict=True) if not t]
-    held_out = [p for p, t in zip(aligned, test, strict=True) if t]
-    return _reply(msg, {"train": "\n".join(train).encode(), "test": "\n".join(held_out).encode()})
+    tags = psi.split(aligned_tags)
+    train = b"".join(t for t, held_out in zip(tags, test, strict=True) if not held_out)
+    held = b"".join(t for t, held_out in zip(tags, test, strict=True) if held_out)
+    return _reply(msg, {"train": train, "test": held})
 
 
 @app.train("setup")
 def setup(msg: Message, context: Context) -> Message:
     job, nc, path = _setup(context)
     cfg = cfg_of(msg)
-    train = bytes(cfg["train"]).decode().split("\n")
-    test = bytes(cfg["test"]).decode().split("\n")
+    train = _pseudonyms_of(path, bytes(cfg["own"]), bytes(cfg["train"]))
+    test = _pseudonyms_of(path, bytes(cfg["own"]), bytes(cfg["test"]))
     feats = node.held_features(job, nc)
     infos = datasets.element_info(nc.store, feats)
     _, raw_tr = datasets.read_matrix(nc.store, feats, train)

@@ -18,11 +18,10 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from flwr.serverapp import Grid
 
-from federated import label_dp
+from federated import label_dp, psi
 from federated.events import JsonlSink, make_event
 from federated.grid_io import allowed_nodes, arrays_of, cfg_of, exchange
 from federated.jobs import JobSpec
-from federated.vertical import align
 from xgate.errors import VerticalFailed as VerticalFailed  # re-exported: raised here
 
 
@@ -71,6 +70,19 @@ def _wait_nodes(grid: Grid, n: int, timeout: float, allowed: set[int] | None = N
         time.sleep(0.5)
 
 
+def _blind_everywhere(relay: _Relay, parts: list[int], lists: dict[int, bytes]) -> dict[int, bytes]:
+    """K-1 hops: at hop h, node parts[(j + h) % K] blinds the list of node parts[j]; afterwards every
+    list carries all K keys. One message per node per hop, all nodes in parallel."""
+    k = len(parts)
+    for hop in range(1, k):
+        holder = {parts[(j + hop) % k]: parts[j] for j in range(k)}  # who blinds whose list
+        replies = relay.send("train.blind", {m: ({"tags": lists[owner]}, {}) for m, owner in holder.items()})
+        lists = {owner: bytes(cfg_of(replies[m])["tags"]) for m, owner in holder.items()}
+        if any(len(lists[n]) % psi.TAG_BYTES for n in parts):
+            relay.fail("federation", "a node returned a malformed blinded list")
+    return lists
+
+
 def run_vertical(grid: Grid, context: Context, job: JobSpec, job_dir: Path) -> None:
     emit = JsonlSink(job_dir / "server-events.jsonl")
     relay = _Relay(grid, job, emit)
@@ -98,25 +110,33 @@ def run_vertical(grid: Grid, context: Context, job: JobSpec, job_dir: Path) -> N
     parts = sorted(holders)
     order = [relay.agency[n] for n in parts]
 
-    # Alignment: intersection of pseudonyms; the label holder decides the train/test split.
-    aligned = align([bytes(cfg_of(hello[n])["pseudonyms"]).decode().split("\n") for n in parts])
-    if not aligned or aligned == [""]:
+    # Alignment by private set intersection (federated/psi.py): every blinded list passes through
+    # every other node; the coordinator compares fully blinded tags only. The label holder then
+    # decides the train/test split, as tags.
+    full = _blind_everywhere(relay, parts, {n: bytes(cfg_of(hello[n])["tags"]) for n in parts})
+    aligned = psi.intersect([full[n] for n in parts])
+    if not aligned:
         relay.fail("federation", "the nodes share no subjects")
-    split = relay.send("train.align", {label_node: ({"aligned": "\n".join(aligned).encode()}, {})})[label_node]
-    train_b, test_b = cfg_of(split)["train"], cfg_of(split)["test"]
+    aligned_b = b"".join(aligned)
+    split = relay.send("train.align", {label_node: ({"aligned": aligned_b, "own": full[label_node]}, {})})[label_node]
+    train_b, test_b = bytes(cfg_of(split)["train"]), bytes(cfg_of(split)["test"])
     emit(
         make_event(
             job.job_id,
             "aligned",
             subjects=len(aligned),
             nodes=order,
-            aligned_sha256=hashlib.sha256("\n".join(aligned).encode()).hexdigest(),
+            aligned_sha256=hashlib.sha256(aligned_b).hexdigest(),
+            psi=True,
         )
     )
     width = job.embedding_dim * len(parts)
     relay.send(
         "train.setup",
-        {n: ({"train": train_b, "test": test_b, "label_holder": n == label_node, "width": width}, {}) for n in parts},
+        {
+            n: ({"train": train_b, "test": test_b, "own": full[n], "label_holder": n == label_node, "width": width}, {})
+            for n in parts
+        },
     )
 
     # Pipelined split learning: in Flower round i the feature nodes apply G[i-2] and embed batch i
@@ -196,7 +216,7 @@ def run_vertical(grid: Grid, context: Context, job: JobSpec, job_dir: Path) -> N
         "model_sha256": model_sha,
         "model_parts": part_digests,
         "aligned_subjects": len(aligned),
-        "train_subjects": train_b.count(b"\n") + 1,
+        "train_subjects": len(train_b) // psi.TAG_BYTES,
         "nodes": order,
         **(
             {
