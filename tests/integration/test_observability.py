@@ -154,3 +154,39 @@ def test_readiness_metrics_and_node_failure_logs(federation, tmp_path: Path) -> 
     assert _metric(node_text, "xgate_node_requests_total", rpc="EncryptValues", outcome="ok") >= 1
     assert _metric(node_text, "xgate_certificate_expiry_timestamp_seconds", name="node") > time.time()
     link.down()
+
+
+def _children(pid: int) -> list[int]:
+    found: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        found += [int(c) for c in (task / "children").read_text().split()]
+    return found
+
+
+def test_readyz_says_not_ready_when_the_audit_writer_is_gone(federation, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Before /readyz, /healthz said ok while every request failed with audit_unavailable."""
+    import os
+    import signal
+
+    addresses = {a: f"127.0.0.1:{p}" for a, p in federation.node_ports.items()}
+    config = write_gateway_config(federation, addresses, config_path=federation.gateway_dir / "gw-noaudit.toml")
+    supervisor = federation.supervisor
+    url = start_gateway(federation, supervisor, config_path=config, name="gw-noaudit")
+    gateway = next(c for c in supervisor.children if c.name == "gw-noaudit")
+    verify = ssl.create_default_context(cafile=str(federation.ca_cert))
+    deadline = time.monotonic() + 30
+    while (ready := httpx.get(f"{url}/readyz", verify=verify, timeout=20)).status_code != 200:
+        assert time.monotonic() < deadline, ready.json()
+        time.sleep(0.5)
+    writers = _children(gateway.process.pid)  # the audit writer process (audit_writer = "process")
+    assert writers, "the gateway has no audit writer process"
+    for pid in writers:
+        os.kill(pid, signal.SIGKILL)  # a process this test's gateway started
+    deadline = time.monotonic() + 30
+    while (ready := httpx.get(f"{url}/readyz", verify=verify, timeout=20)).status_code != 503:
+        assert time.monotonic() < deadline, ready.json()
+        time.sleep(0.5)
+    audit = ready.json()["checks"]["audit"]
+    assert audit["ok"] is False and audit["error"]
+    assert httpx.get(f"{url}/healthz", verify=verify, timeout=10).status_code == 200  # liveness only
+    supervisor.stop(gateway)
