@@ -7,7 +7,9 @@ A gateway of its own (own state: budgets, idempotency store, audit log) in the s
   first answer byte for byte with `Idempotent-Replayed: true`;
 * the key reused for another body, and a malformed key, are refused and charge nothing;
 * the SDK given a dead gateway (a closed port) first and the live one second completes on the
-  second, charging each subject once.
+  second, charging each subject once;
+* two replicas on one PostgreSQL database (`pg_url`): the check answered by one and retried on the
+  other is replayed there, computed once and charged once in the shared budget.
 """
 
 from __future__ import annotations
@@ -137,3 +139,78 @@ def test_the_sdk_given_a_dead_gateway_first_completes_on_the_second(federation, 
     assert _results(federation, gateway) == computed + 1
     pseudonyms = [pseudo.pseudonym(i) for i in ids]
     assert _charges(federation, pseudonyms) == dict.fromkeys(pseudonyms, 1)
+
+
+# -- two replicas on one PostgreSQL database: the retry lands on the other replica ------------------
+
+
+def _as_url(conninfo: str) -> str:
+    """The gateway config takes a postgresql:// URL; the fixture gives a conninfo."""
+    from urllib.parse import quote
+
+    from psycopg.conninfo import conninfo_to_dict
+
+    d = {k: str(v) for k, v in conninfo_to_dict(conninfo).items()}
+    user, db, host, port = d.get("user", "postgres"), d.get("dbname", "postgres"), d.get("host", ""), d.get("port")
+    if host.startswith("/"):  # a Unix socket directory (a throwaway server)
+        return f"postgresql://{quote(user)}@/{quote(db)}?host={quote(host)}"
+    return f"postgresql://{quote(user)}@{host or '127.0.0.1'}{':' + port if port else ''}/{quote(db)}"
+
+
+@pytest.fixture(scope="module")
+def replicas(federation, pg_url: str) -> dict[str, str]:  # type: ignore[no-untyped-def]
+    import subprocess
+    import sys
+
+    configs = {
+        name: write_gateway_config(
+            federation, config_path=federation.gateway_dir / f"idem-{name}.toml", database=_as_url(pg_url)
+        )
+        for name in ("a", "b")
+    }
+    migrated = subprocess.run(
+        [sys.executable, "-m", "app.cli", "gateway", "migrate", "--config", str(configs["a"])],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert migrated.returncode == 0, migrated.stderr
+    supervisor = federation.supervisor
+    return {name: start_gateway(federation, supervisor, config_path=path, name=f"idem-{name}")
+            for name, path in configs.items()}  # fmt: skip
+
+
+def test_a_check_retried_on_the_other_replica_is_replayed_and_charged_once(federation, replicas, pg_url) -> None:  # type: ignore[no-untyped-def]
+    import psycopg
+
+    payload = _payload(federation, read_subjects(federation.applicants)[108:111], case_id="case-replicas")
+    headers = {"Authorization": f"Bearer {federation.api_keys['caseworker']}", "Idempotency-Key": str(uuid.uuid4())}
+    with httpx.Client(verify=_tls(federation), timeout=120) as http:
+        first = http.post(f"{replicas['a']}/v1/checks", json=payload, headers=headers)
+        assert first.status_code == 200, first.text
+        retried = http.post(f"{replicas['b']}/v1/checks", json=payload, headers=headers)
+        assert retried.status_code == 200, retried.text
+        assert retried.headers["Idempotent-Replayed"] == "true" and retried.content == first.content
+        other = http.post(f"{replicas['b']}/v1/checks", json={**payload, "case_id": "case-x"}, headers=headers)
+        assert other.status_code == 422 and other.json()["error"] == "idempotency_key_reused"
+    with psycopg.connect(pg_url) as db:
+        rows = dict(
+            db.execute(
+                "SELECT subject, times FROM probe_windows WHERE program = 'dibao' AND subject = ANY(%s)",
+                (payload["pseudonyms"],),
+            ).fetchall()
+        )
+    assert {s: len(t.split(",")) for s, t in rows.items()} == dict.fromkeys(payload["pseudonyms"], 1)
+    # Computed once, by a: a result entry for the first request, none for the retry (b would record
+    # one under the retry's request id had it computed again).
+    with httpx.Client(
+        verify=_tls(federation), headers={"Authorization": f"Bearer {federation.api_keys['officer']}"}
+    ) as officer:
+        on_a = officer.get(
+            f"{replicas['a']}/v1/audit/entries",
+            params={"kind": "result", "request_id": first.headers["X-Request-Id"], "limit": 100},
+        )
+        on_b = officer.get(
+            f"{replicas['b']}/v1/audit/entries",
+            params={"kind": "result", "request_id": retried.headers["X-Request-Id"], "limit": 100},
+        )
+    assert on_a.status_code == on_b.status_code == 200, (on_a.text, on_b.text)
+    assert len(on_a.json()["entries"]) == 1 and on_b.json()["entries"] == []
