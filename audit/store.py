@@ -44,7 +44,17 @@ DEFAULT_ORIGIN = "xgate.local/audit"
 WriterKind = Literal["process", "thread", "none"]
 _STATUS = "json_extract(CAST(data AS TEXT), '$.metadata.status')"  # request entries' HTTP status
 
-__all__ = ["DEFAULT_ORIGIN", "MAX_PAGE", "AppendReceipt", "AuditLog", "AuditUnavailable", "Entry", "connect"]
+__all__ = [
+    "DEFAULT_ORIGIN",
+    "MAX_PAGE",
+    "AppendReceipt",
+    "AuditLog",
+    "AuditUnavailable",
+    "Entry",
+    "check_page",
+    "connect",
+    "filter_clause",
+]
 
 
 class AuditLog:
@@ -309,6 +319,10 @@ class AuditLog:
         if not 0 <= size <= self.size:
             raise NotFound("tree size is beyond the log", size=size, log_size=self.size)
 
+    def read_connection(self) -> sqlite3.Connection:
+        """This thread's read connection to the log (for audit/read.py; closed with the log)."""
+        return self._reader()
+
     def entry(self, index: int) -> Entry:
         sql = "SELECT idx, leaf_hash, data FROM entries WHERE idx=? AND idx<?"
         row = self._reader().execute(sql, (index, self.size)).fetchone()
@@ -339,41 +353,57 @@ class AuditLog:
         ``status``: `request` entries answered with that HTTP status; ``refused``: `request`
         entries answered 4xx (a refusal: bad input, no identity, policy, budget, size).
         """
-        if offset < 0 or not 0 < limit <= MAX_PAGE:
-            raise InvalidInput(f"offset must be >= 0 and limit in 1..{MAX_PAGE}")
-        where: list[str] = ["idx < ?"]
-        args: list[Any] = [self.size]
-        for col, val in (
-            ("agency", agency),
-            ("user", user),
-            ("program", program),
-            ("purpose", purpose),
-            ("decision", decision),
-            ("kind", kind),
-        ):
-            if val is not None:
-                where.append(f"{col} = ?")
-                args.append(val)
-        if subject is not None:
-            where.append(index.SUBJECT_MATCH)
-            args += [subject, subject]
-        if request_id is not None:
-            where.append(index.REQUEST_MATCH)
-            args += [request_id, request_id]
-        if since is not None:
-            where.append("time_ms >= ?")
-            args.append(int(since.timestamp() * 1000))
-        if until is not None:
-            where.append("time_ms < ?")
-            args.append(int(until.timestamp() * 1000))
-        if status is not None:
-            where.append(f"kind = 'request' AND {_STATUS} = ?")
-            args.append(status)
-        if refused:
-            where.append(f"kind = 'request' AND {_STATUS} BETWEEN 400 AND 499")
-        sql = f"SELECT idx, leaf_hash, data FROM entries WHERE {' AND '.join(where)} ORDER BY idx LIMIT ? OFFSET ?"  # noqa: S608 (fixed column names)
+        check_page(offset, limit)
+        filters = {"agency": agency, "user": user, "program": program, "purpose": purpose, "decision": decision,
+                   "subject": subject, "kind": kind, "request_id": request_id, "since": since, "until": until,
+                   "status": status, "refused": refused}  # fmt: skip
+        clause, args = filter_clause(self.size, filters)
+        sql = f"SELECT idx, leaf_hash, data FROM entries WHERE {clause} ORDER BY idx LIMIT ? OFFSET ?"  # noqa: S608 (fixed column names)
         rows = self._reader().execute(sql, (*args, limit, offset)).fetchall()
         return [entry_from_row(r) for r in rows]
+
+
+def check_page(offset: int, limit: int) -> None:
+    if offset < 0 or not 0 < limit <= MAX_PAGE:
+        raise InvalidInput(f"offset must be >= 0 and limit in 1..{MAX_PAGE}")
+
+
+_COLUMNS = ("agency", "user", "program", "purpose", "decision", "kind")
+
+
+def filter_clause(size: int, filters: Mapping[str, Any]) -> tuple[str, list[Any]]:
+    """The SQL condition on ``entries`` for the officer's filters (audit.query.Filters' fields, plus
+    ``text``: a substring of the stored record), within the first ``size`` entries.
+
+    The one place filters become SQL: ``AuditLog.entries`` and the tamper-tolerant reads of
+    audit/read.py both use it. Subject and request id use the lag-safe match of audit/index.py
+    (the index below its mark, a scan of the entries above it), so nothing is missed while the
+    index catches up. ``since`` is inclusive, ``until`` exclusive; ``status``/``refused`` select
+    `request` entries answered with that HTTP status / with a 4xx.
+    """
+    where: list[str] = ["idx < ?"]
+    args: list[Any] = [size]
+    for col in _COLUMNS:
+        if filters.get(col) is not None:
+            where.append(f"{col} = ?")
+            args.append(filters[col])
+    for key, match in (("subject", index.SUBJECT_MATCH), ("request_id", index.REQUEST_MATCH)):
+        if filters.get(key) is not None:
+            where.append(match)
+            args += [filters[key], filters[key]]
+    for key, op in (("since", ">="), ("until", "<")):
+        if filters.get(key) is not None:
+            where.append(f"time_ms {op} ?")
+            args.append(int(filters[key].timestamp() * 1000))
+    if filters.get("status") is not None:
+        where.append(f"kind = 'request' AND {_STATUS} = ?")
+        args.append(filters["status"])
+    if filters.get("refused"):
+        where.append(f"kind = 'request' AND {_STATUS} BETWEEN 400 AND 499")
+    if filters.get("text"):
+        where.append("instr(CAST(data AS TEXT), ?) > 0")
+        args.append(str(filters["text"]))
+    return " AND ".join(where), args
 
 
 class _NoWriter:

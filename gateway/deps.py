@@ -14,8 +14,11 @@ from typing import Annotated, Any
 
 from fastapi import Depends, Request
 
+from audit.checkpoints import NoteVerifier
+from audit.read import AuditReader
 from audit.store import AuditLog
 from gateway.admission_control import AdmissionController
+from gateway.audit import REQUEST_ID
 from gateway.checks import CheckCoordinator
 from gateway.idempotency import IdempotencyStore
 from gateway.services import Services
@@ -95,6 +98,14 @@ async def get_audit_log(services: ServicesDep) -> AuditLog:
 
 
 AuditLogDep = Annotated[AuditLog, Depends(get_audit_log)]
+
+
+async def get_audit_reader(log: AuditLogDep, services: ServicesDep) -> AuditReader:
+    verifier = None if services.public_key is None else NoteVerifier(log.origin, services.public_key)
+    return AuditReader(log, verifier, services.witnesses, request_id=REQUEST_ID.get())
+
+
+Reader = Annotated[AuditReader, Depends(get_audit_reader)]
 
 
 async def get_coordinator(services: ServicesDep) -> CheckCoordinator:

@@ -121,16 +121,26 @@ def gateway_certificate(cert_path: Path | None) -> dict[str, Any] | None:
     return info.view(datetime.now(UTC))
 
 
-async def _node(nodes: NodeProbe, agency: str, contacts: ContactLog) -> dict[str, Any]:
-    health_t = asyncio.ensure_future(nodes.health(agency))
-    describe_t = asyncio.ensure_future(nodes.describe(agency))
-    out: dict[str, Any] = {"agency": agency}
+async def _health(nodes: NodeProbe, agency: str, contacts: ContactLog) -> dict[str, Any]:
     try:
-        h = await health_t
-        out["health"] = {"status": h.status or "unknown", "version": h.version, "subjects": int(h.subjects)}
-        contacts.seen(agency)
+        h = await nodes.health(agency)
     except XgateError as exc:
-        out["health"] = {"status": "unreachable", "error": exc.message}
+        return {"status": "unreachable", "error": exc.message}
+    contacts.seen(agency)
+    return {"status": h.status or "unknown", "version": h.version, "subjects": int(h.subjects)}
+
+
+async def node_health(nodes: NodeProbe, contacts: ContactLog) -> list[dict[str, Any]]:
+    """Each node's health only (what any authenticated caller may see), probed concurrently."""
+    agencies = nodes.agencies()
+    found = await asyncio.gather(*(_health(nodes, a, contacts) for a in agencies))
+    return [{"agency": a, "health": h} for a, h in zip(agencies, found, strict=True)]
+
+
+async def _node(nodes: NodeProbe, agency: str, contacts: ContactLog) -> dict[str, Any]:
+    health_t = asyncio.ensure_future(_health(nodes, agency, contacts))
+    describe_t = asyncio.ensure_future(nodes.describe(agency))
+    out: dict[str, Any] = {"agency": agency, "health": await health_t}
     try:
         d = await describe_t
         out["elements"] = [

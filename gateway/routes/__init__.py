@@ -1,7 +1,8 @@
 """The gateway's REST resources, one module each (the FastAPI project template's layout).
 
-Each module has a module-level ``router``; gateway/app.py includes them all. Handlers take
-what they need through the Annotated dependencies of gateway/deps.py.
+One URL per resource; each module has a module-level ``router`` and gateway/app.py includes
+them all (plus the console's static pages, routes/console.py). Handlers take what they need
+through the Annotated dependencies of gateway/deps.py.
 """
 
 from fastapi import APIRouter
@@ -10,7 +11,6 @@ from gateway.routes import (
     audit,
     checks,
     consents,
-    console,
     health,
     nodes,
     ops,
@@ -18,11 +18,13 @@ from gateway.routes import (
     programs,
     subjects,
     training,
+    whoami,
 )
 
 ROUTERS: tuple[APIRouter, ...] = (
     health.router,
     ops.router,
+    whoami.router,
     programs.router,
     nodes.router,
     checks.router,
@@ -31,5 +33,4 @@ ROUTERS: tuple[APIRouter, ...] = (
     subjects.router,
     policies.router,
     training.router,
-    console.router,
 )

@@ -1,39 +1,31 @@
-"""The audit log for security officers: entries, checkpoints, proofs, alerts (all logic in audit/).
+"""The audit log for security officers and the console: entries, checkpoints, proofs, alerts, verification.
 
-Every read of the log is itself appended (kind "audit_read") before the answer leaves, so who
-looked at what is as tamper-evident as the events themselves; if that append fails, the read fails.
+Thin: every read goes through audit/read.py (``mode=strict``, the default, fails a read that
+meets an altered entry with 409; ``mode=tolerant`` shows every stored row marked intact or
+altered, as the console does). Every read of the log is itself appended (kind "audit_read")
+before the answer leaves, so who looked at what is as tamper-evident as the events themselves;
+if that append fails, the read fails.
 """
 
 from __future__ import annotations
 
+import base64
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Depends, Query
 
-from audit.alerts import evaluate
-from audit.query import Filters, find
-from audit.records import AuditRecord
-from audit.store import MAX_PAGE, AuditLog, Entry
-from gateway.audit import REQUEST_ID
-from gateway.deps import AuditLogDep, Auditor, ServicesDep
-from xgate.errors import AuditUnconfigured
-from xgate.principal import Principal
+from audit.checkpoints import ALG_ED25519, key_id, raw_public
+from audit.query import Filters
+from audit.read import COUNT_CAP, Mode, checkpoint_view
+from audit.store import MAX_PAGE
+from gateway.deps import AuditLogDep, Auditor, Reader, ServicesDep
+from xgate.errors import AuditUnconfigured, ConfigError
 
-router = APIRouter(tags=["audit"])
+router = APIRouter(prefix="/v1/audit", tags=["audit"])
 Offset = Annotated[int, Query(ge=0)]
 Limit = Annotated[int, Query(ge=1, le=MAX_PAGE)]
-
-
-def record_read(
-    log: AuditLog, who: Principal, route: str, *, kind: str = "audit_read", subjects: tuple[str, ...] = (), **meta: Any
-) -> None:
-    """Append who read what, under the request's id; raises InvalidInput (400) if a filter cannot be recorded."""
-    clean = {k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in meta.items() if v is not None}
-    actor = {"user": str(who.user), "agency": str(who.agency), "role": str(who.role)}
-    event: dict[str, Any] = {"kind": kind, "actor": actor, "subjects": subjects, "metadata": {"route": route, **clean}}
-    event["request_id"] = REQUEST_ID.get()
-    log.append(AuditRecord.from_event(event))
+ModeQuery = Annotated[Mode, Query(description="strict: fail on an altered entry (409); tolerant: mark it")]
 
 
 def aware(value: datetime | None) -> datetime | None:
@@ -41,87 +33,94 @@ def aware(value: datetime | None) -> datetime | None:
     return value.replace(tzinfo=UTC) if value is not None and value.tzinfo is None else value
 
 
-def entry_view(e: Entry) -> dict[str, Any]:
-    return {
-        "index": e.index,
-        "leaf_hash": e.leaf_hash.hex(),
-        "record": e.record.model_dump(mode="json", by_alias=True, exclude_none=True),
-    }
-
-
-def _checkpoint_view(cp: Any) -> dict[str, Any]:
-    return {
-        "origin": cp.checkpoint.origin,
-        "size": cp.checkpoint.size,
-        "root": cp.checkpoint.root.hex(),
-        "note": cp.text(),
-        "signers": [s.name for s in cp.signatures],
-    }
-
-
-@router.get("/v1/audit/entries")
-def list_entries(
-    who: Auditor,
-    log: AuditLogDep,
+async def entry_filters(
     agency: str | None = None,
     user: str | None = None,
     program: str | None = None,
     purpose: str | None = None,
-    decision: Annotated[str | None, Query(pattern="^(allow|deny)$")] = None,
-    subject: str | None = None,
+    decision: Annotated[Literal["allow", "deny"] | None, Query()] = None,
+    subject: Annotated[str | None, Query(description="a subject pseudonym (26 base32 characters)")] = None,
     kind: str | None = None,
     request_id: str | None = None,
     status: Annotated[int | None, Query(ge=100, le=599, description="`request` entries answered so")] = None,
     refused: Annotated[bool, Query(description="`request` entries answered with a refusal (4xx)")] = False,
     since: datetime | None = None,
     until: datetime | None = None,
+) -> Filters:
+    """The officer's filters from the query string (validated by audit.query.Filters)."""
+    return Filters(subject=subject, user=user, agency=agency, program=program, purpose=purpose, kind=kind,
+                   decision=decision, request_id=request_id, status=status, refused=refused, since=aware(since),
+                   until=aware(until))  # fmt: skip
+
+
+EntryFilters = Annotated[Filters, Depends(entry_filters)]
+
+
+@router.get("/entries")
+def list_entries(
+    who: Auditor,
+    reader: Reader,
+    filters: EntryFilters,
+    q: Annotated[str | None, Query(max_length=128, description="text the stored record contains")] = None,
+    order: Literal["asc", "desc"] = "asc",
+    mode: ModeQuery = "strict",
     offset: Offset = 0,
     limit: Limit = 100,
 ) -> dict[str, Any]:
-    filters = Filters(
-        agency=agency, user=user, program=program, purpose=purpose, decision=decision, subject=subject,
-        kind=kind, request_id=request_id, status=status, refused=refused, since=aware(since), until=aware(until),
-    )  # fmt: skip
-    size = log.size
-    rows = find(log, filters, offset=offset, limit=limit)
-    subj = (subject,) if subject else ()
+    page = reader.page(filters, text=q or None, offset=offset, limit=limit, newest_first=order == "desc", mode=mode)
     meta = {f"filter_{k}": v for k, v in filters.active().items() if k != "subject"}
-    record_read(log, who, "entries", subjects=subj, offset=offset, returned=len(rows), **meta)
+    subjects = (filters.subject,) if filters.subject else ()
+    n = len(page.entries)
+    reader.record_read(who, "entries", subjects=subjects, offset=offset, returned=n, filter_q=q or None, **meta)
+    cp = reader.log.latest_checkpoint()
     return {
-        "tree_size": size,
+        "tree_size": page.tree_size,
+        "checkpoint_size": cp.checkpoint.size if cp else 0,
+        "total": page.total,
+        "total_capped": page.total >= COUNT_CAP,
         "offset": offset,
         "limit": limit,
-        "next_offset": offset + len(rows) if len(rows) == limit else None,
-        "entries": [entry_view(e) for e in rows],
+        "next_offset": offset + n if n == limit else None,
+        "entries": [e.view() for e in page.entries],
     }
 
 
-@router.get("/v1/audit/entries/{index}")
-def get_entry(index: int, who: Auditor, log: AuditLogDep) -> dict[str, Any]:
-    entry = log.entry(index)
-    cp = log.latest_checkpoint()
-    proof = None
-    if cp is not None and cp.checkpoint.size > index:
-        proof = [h.hex() for h in log.inclusion_proof(index, cp.checkpoint.size)]
-    record_read(log, who, "entry", index=index)
-    return {**entry_view(entry), "checkpoint": _checkpoint_view(cp) if cp else None, "inclusion_proof": proof}
+@router.get("/entries/{index}")
+def get_entry(index: int, who: Auditor, reader: Reader, mode: ModeQuery = "strict") -> dict[str, Any]:
+    detail = reader.entry(index, mode=mode)
+    reader.record_read(who, "entry", index=index, verdict=detail["server_verdict"]["status"])
+    return detail
 
 
-@router.get("/v1/audit/checkpoints")
-def list_checkpoints(who: Auditor, log: AuditLogDep, offset: Offset = 0, limit: Limit = 20) -> dict[str, Any]:
-    cps = log.checkpoints(offset=offset, limit=limit)
-    record_read(log, who, "checkpoints", offset=offset, returned=len(cps))
-    return {"tree_size": log.size, "checkpoints": [_checkpoint_view(c) for c in cps]}
+@router.get("/checkpoints")
+def list_checkpoints(
+    who: Auditor, reader: Reader, services: ServicesDep, offset: Offset = 0, limit: Limit = 20
+) -> dict[str, Any]:
+    items, total = reader.checkpoints(offset=offset, limit=limit)
+    reader.record_read(who, "checkpoints", offset=offset, returned=len(items))
+    broken = services.audit.compromised if services.audit is not None else None
+    state: dict[str, Any] = {"compromised": broken is not None}
+    if broken is not None:  # the gateway found its log damaged and stopped signing (audit/integrity.py)
+        state |= {"reason": str(broken.details.get("reason", "")), "message": broken.message}
+    return {
+        "tree_size": reader.log.size,
+        "total": total,
+        "offset": offset,
+        "checkpoints": items,
+        "log_state": state,
+        "log_key_configured": services.public_key is not None,
+        "witnesses_configured": sorted(reader.witnesses),
+    }
 
 
-@router.post("/v1/audit/checkpoints")
-def publish_checkpoint(who: Auditor, log: AuditLogDep) -> dict[str, Any]:
-    cp = log.publish_checkpoint()
-    record_read(log, who, "publish_checkpoint", kind="admin_action", size=cp.checkpoint.size)
-    return _checkpoint_view(cp)
+@router.post("/checkpoints")
+def publish_checkpoint(who: Auditor, reader: Reader) -> dict[str, Any]:
+    cp = reader.log.publish_checkpoint()
+    reader.record_read(who, "publish_checkpoint", kind="admin_action", size=cp.checkpoint.size)
+    return checkpoint_view(cp)
 
 
-@router.post("/v1/audit/checkpoints/cosign")
+@router.post("/checkpoints/cosign")
 async def cosign_now(who: Auditor, services: ServicesDep) -> dict[str, Any]:
     """Publish a checkpoint now and collect the nodes' cosignatures."""
     audit, coordinator = services.audit, services.coordinator
@@ -133,43 +132,67 @@ async def cosign_now(who: Auditor, services: ServicesDep) -> dict[str, Any]:
     return outcome
 
 
-@router.get("/v1/audit/proofs/inclusion")
+@router.get("/proofs/inclusion")
 def inclusion(
-    who: Auditor, log: AuditLogDep, index: Annotated[int, Query(ge=0)], size: Annotated[int, Query(ge=1)]
+    who: Auditor, reader: Reader, index: Annotated[int, Query(ge=0)], size: Annotated[int, Query(ge=1)]
 ) -> dict[str, Any]:
+    log = reader.log
     proof = log.inclusion_proof(index, size)
     leaf = log.entry(index).leaf_hash
-    record_read(log, who, "proof_inclusion", index=index, size=size)
+    reader.record_read(who, "proof_inclusion", index=index, size=size)
     return {"index": index, "size": size, "leaf_hash": leaf.hex(), "root": log.root(size).hex(),
             "proof": [h.hex() for h in proof]}  # fmt: skip
 
 
-@router.get("/v1/audit/proofs/consistency")
+@router.get("/proofs/consistency")
 def consistency(
-    who: Auditor, log: AuditLogDep, old: Annotated[int, Query(ge=1)], new: Annotated[int, Query(ge=1)]
+    who: Auditor, reader: Reader, old: Annotated[int, Query(ge=1)], new: Annotated[int, Query(ge=1)]
 ) -> dict[str, Any]:
+    log = reader.log
     proof = log.consistency_proof(old, new)
-    record_read(log, who, "proof_consistency", old=old, new=new)
+    reader.record_read(who, "proof_consistency", old=old, new=new)
     return {"old": old, "new": new, "old_root": log.root(old).hex(), "new_root": log.root(new).hex(),
             "proof": [h.hex() for h in proof]}  # fmt: skip
 
 
-@router.get("/v1/audit/alerts")
+@router.get("/alerts")
 def alerts(
     who: Auditor,
-    log: AuditLogDep,
+    reader: Reader,
     services: ServicesDep,
     since: Annotated[datetime | None, Query(description="default: 24 hours ago")] = None,
     until: datetime | None = None,
+    mode: ModeQuery = "strict",
 ) -> dict[str, Any]:
-    since = since or datetime.now(UTC) - timedelta(days=1)
-    cap = services.alert_scan_limit
-    items: list[tuple[int, AuditRecord]] = []
-    while len(items) < cap:
-        page = log.entries(since=since, until=until, offset=len(items), limit=MAX_PAGE)
-        items.extend((e.index, e.record) for e in page)
-        if len(page) < MAX_PAGE:
-            break
-    found = evaluate(items, services.alert_config)
-    record_read(log, who, "alerts", since=since, until=until, scanned=len(items), returned=len(found))
-    return {"scanned": len(items), "truncated": len(items) >= cap, "alerts": [a.to_public() for a in found]}
+    since, until = aware(since) or datetime.now(UTC) - timedelta(days=1), aware(until)
+    found = reader.alerts(since, until, services.alert_config, services.alert_scan_limit, mode=mode)
+    returned = len(found["alerts"])
+    reader.record_read(who, "alerts", since=since, until=until, scanned=found["scanned"], returned=returned)
+    return found | {"since": since.isoformat(), "until": until.isoformat() if until else None}
+
+
+@router.get("/log-key")
+def log_key(who: Auditor, log: AuditLogDep, services: ServicesDep) -> dict[str, Any]:
+    """The log's public key, for checking checkpoint signatures in the browser. Compare its
+    key id with the one your federation published: a key served by the gateway proves nothing alone."""
+    if services.public_key is None:
+        return {"origin": log.origin, "public_key_b64": None, "key_id_hex": None}
+    raw = raw_public(services.public_key)
+    return {"origin": log.origin, "public_key_b64": base64.b64encode(raw).decode(),
+            "key_id_hex": key_id(log.origin, ALG_ED25519, raw).hex()}  # fmt: skip
+
+
+@router.post("/verify-log")
+def verify_start(who: Auditor, reader: Reader, services: ServicesDep) -> dict[str, Any]:
+    """Start a whole-log verification in the background (one at a time); poll with GET."""
+    if services.verification is None:
+        raise ConfigError("the log public key is not configured: the whole log cannot be verified here")
+    reader.record_read(who, "verify_log", kind="admin_action")
+    return services.verification.start(who.user)
+
+
+@router.get("/verify-log")
+def verify_status(who: Auditor, log: AuditLogDep, services: ServicesDep) -> dict[str, Any]:
+    if services.verification is None:
+        return {"state": "unavailable", "message": "the log public key is not configured on this gateway"}
+    return services.verification.status()

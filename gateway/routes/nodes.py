@@ -1,4 +1,6 @@
-"""The agencies' nodes: health for every caller; the operator's view (descriptions, certificates)."""
+"""GET /v1/nodes: the agencies' nodes. Every caller sees each node's health; security officers and
+administrators also see what it describes (elements, computations), its certificate from the
+signed federation directory and when the gateway last reached it."""
 
 from __future__ import annotations
 
@@ -7,33 +9,24 @@ from typing import Any
 
 from fastapi import APIRouter
 
-from gateway.console.federation import gateway_certificate, load_certificates, node_statuses
-from gateway.deps import Caller, Coordinator, Officer, ServicesDep
-from xgate.errors import XgateError
+from gateway.console.federation import gateway_certificate, load_certificates, node_health, node_statuses
+from gateway.deps import OFFICER_ROLES, Caller, ServicesDep
 
 router = APIRouter(tags=["nodes"])
 
 
 @router.get("/v1/nodes")
-async def nodes(caller: Caller, coordinator: Coordinator) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for agency in coordinator.nodes.agencies():
-        try:
-            health = await coordinator.nodes.health(agency)
-            out[agency] = {"status": health.status, "version": health.version, "subjects": health.subjects}
-        except XgateError as exc:
-            out[agency] = {"status": "unreachable", "error": exc.message}
-    return out
-
-
-@router.get("/v1/federation/nodes")
-async def federation_nodes(who: Officer, services: ServicesDep) -> dict[str, Any]:
-    certs, cert_note = load_certificates(services.federation_directory, services.ca_cert)
+async def nodes(who: Caller, services: ServicesDep) -> dict[str, Any]:
     probe = services.nodes
+    checked_at = datetime.now(UTC).isoformat(timespec="seconds")
+    if who.role not in OFFICER_ROLES:
+        found = await node_health(probe, services.contacts) if probe is not None else []
+        return {"nodes": found, "checked_at": checked_at}
+    certs, cert_note = load_certificates(services.federation_directory, services.ca_cert)
     found = await node_statuses(probe, services.contacts, certs) if probe is not None else []
     return {
         "nodes": found,
         "certificates_note": cert_note or None,
         "gateway_certificate": gateway_certificate(services.gateway_cert),
-        "checked_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "checked_at": checked_at,
     }

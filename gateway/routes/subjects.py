@@ -1,4 +1,4 @@
-"""GET /v1/subjects/{pseudonym}/accesses: who accessed one subject's data in a period, why, and what came of it."""
+"""GET /v1/subjects/{pseudonym}/accesses: who accessed one subject's data, when, why, and what came of it."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from fastapi import APIRouter, Query
 
 from audit.query import Filters, subject_accesses
 from audit.store import MAX_PAGE
-from gateway.deps import AuditLogDep, Auditor
-from gateway.routes.audit import aware, record_read
+from gateway.deps import Auditor, Reader
+from gateway.routes.audit import aware
 
 router = APIRouter(tags=["subjects"])
 
@@ -19,7 +19,7 @@ router = APIRouter(tags=["subjects"])
 def accesses(
     pseudonym: str,
     who: Auditor,
-    log: AuditLogDep,
+    reader: Reader,
     since: datetime | None = None,
     until: Annotated[datetime | None, Query(description="exclusive")] = None,
     offset: Annotated[int, Query(ge=0)] = 0,
@@ -28,9 +28,9 @@ def accesses(
     """One row per access (user, agency, role, program, purpose, legal basis, case, decision,
     outcome, request id); the pseudonym is computed by the officer's own tools, never here."""
     period = Filters(subject=pseudonym, since=aware(since), until=aware(until))  # validates all three
-    rows = subject_accesses(log, pseudonym, since=period.since, until=period.until, offset=offset, limit=limit)
-    record_read(
-        log, who, "subject_accesses", subjects=(pseudonym,), offset=offset, returned=len(rows),
+    rows = subject_accesses(reader.log, pseudonym, since=period.since, until=period.until, offset=offset, limit=limit)
+    reader.record_read(
+        who, "subject_accesses", subjects=(pseudonym,), offset=offset, returned=len(rows),
         filter_since=period.since, filter_until=period.until,
     )  # fmt: skip
     return {

@@ -86,9 +86,13 @@ def run(out: Path, jobs_from: list[Path]) -> None:
             page.wait_for_selector("table.entries tbody tr")
             shoot(page, out, "exchanges")
             with cf.http() as h:
-                allowed = h.get("/v1/console/entries", params={"kind": "policy_decision", "decision": "allow"})
+                allowed = h.get(
+                    "/v1/audit/entries", params={"kind": "policy_decision", "decision": "allow", "order": "desc"}
+                )
                 index = allowed.json()["entries"][-1]["index"]
-                denied = h.get("/v1/console/entries", params={"kind": "policy_decision", "decision": "deny"})
+                denied = h.get(
+                    "/v1/audit/entries", params={"kind": "policy_decision", "decision": "deny", "order": "desc"}
+                )
                 denied_index = denied.json()["entries"][0]["index"]
             page.goto(f"{cf.url}/console/#/entry/{index}")
             page.wait_for_selector("#browser-verdict .verdict-badge")

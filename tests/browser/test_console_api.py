@@ -19,6 +19,7 @@ import pytest
 from fastapi import Request
 from fastapi.testclient import TestClient
 
+from audit import index as audit_index
 from audit.checkpoints import Cosigner, Signer, generate_key
 from audit.store import AuditLog
 from audit.testing import pseudonym, record
@@ -36,10 +37,12 @@ USERS = {
     "admin": Principal("ad-sun", "civil_affairs", "admin", "gold"),
     "caseworker": Principal("cw-zhang", "civil_affairs", "caseworker", "gold"),
 }
-AUDIT_ROUTES = ["/v1/console/entries", "/v1/console/entries/0", "/v1/console/checkpoints", "/v1/console/alerts",
-                "/v1/console/verify-log", "/v1/console/log-key"]  # fmt: skip
-OTHER_ROUTES = ["/v1/federation/nodes", "/v1/policies/agreements", "/v1/training/jobs",
+AUDIT_ROUTES = ["/v1/audit/entries?mode=tolerant", "/v1/audit/entries/0?mode=tolerant", "/v1/audit/checkpoints",
+                "/v1/audit/alerts?mode=tolerant", "/v1/audit/verify-log", "/v1/audit/log-key"]  # fmt: skip
+OTHER_ROUTES = ["/v1/policies/agreements", "/v1/training/jobs",
                 "/v1/policies/who-can?data_element=tax.monthly_income"]  # fmt: skip
+TOLERANT = {"mode": "tolerant"}
+CONSOLE = {"mode": "tolerant", "order": "desc"}  # what the console's pages ask for
 
 
 def authenticate(request: Request) -> Principal:
@@ -135,21 +138,49 @@ def test_admins_may_use_the_operator_pages(env: Env, route: str) -> None:
 
 
 def test_whoami_names_the_caller_and_whether_the_console_is_open_to_them(env: Env) -> None:
-    assert env.get("/v1/console/whoami").json()["console_allowed"] is True
-    who = env.get("/v1/console/whoami", who="caseworker").json()
+    assert env.get("/v1/whoami").json()["console_allowed"] is True
+    who = env.get("/v1/whoami", who="caseworker").json()
     assert (who["user"], who["role"], who["console_allowed"]) == ("cw-zhang", "caseworker", False)
 
 
 def test_entries_filter_page_and_record_the_read(env: Env) -> None:
-    r = env.get("/v1/console/entries", params={"decision": "deny", "limit": 2}).json()
+    r = env.get("/v1/audit/entries", params={**CONSOLE, "decision": "deny", "limit": 2}).json()
     assert r["total"] == 5 and len(r["entries"]) == 2 and r["tree_size"] == 12
     assert all(e["record"]["decision"] == "deny" and e["reason"] == "policy_denied" for e in r["entries"])
     assert [e["index"] for e in r["entries"]] == [10, 9]  # newest first
-    assert env.get("/v1/console/entries", params={"q": "req-00000003"}).json()["total"] == 1
+    assert env.get("/v1/audit/entries", params={**CONSOLE, "q": "req-00000003"}).json()["total"] == 1
     subject = pseudonym(3)
-    assert [e["index"] for e in env.get("/v1/console/entries", params={"subject": subject}).json()["entries"]] == [3]
+    assert [
+        e["index"] for e in env.get("/v1/audit/entries", params={**CONSOLE, "subject": subject}).json()["entries"]
+    ] == [3]
     read = env.log.entries(kind="audit_read", limit=10)[-1].record
-    assert read.metadata["route"] == "console_entries" and read.subjects == (subject,)
+    assert read.metadata["route"] == "entries" and read.subjects == (subject,)
+
+
+def test_subject_filter_finds_entries_the_lookup_index_has_not_reached(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Regression: the console's own SQL read only the lookup index and missed fresh entries."""
+    monkeypatch.setattr(audit_index, "IDLE_S", 3600.0)  # the writer never idles long enough to index
+    fresh, first = [record(40 + i) for i in range(3)], env.log.size
+    env.log.append_many(fresh)
+    conn = sqlite3.connect(env.log.path)
+    upto = int(conn.execute("SELECT value FROM meta WHERE key='indexed_upto'").fetchone()[0])
+    conn.close()
+    assert upto <= first  # the index lags: the fresh entries are above its mark
+    for i, rec in enumerate(fresh):
+        subject, index = pseudonym(40 + i), first + i
+        for mode in ("tolerant", "strict"):
+            # (each read names the subject too: the officer's audit_read entries are left out by kind)
+            r = env.get("/v1/audit/entries", params={"mode": mode, "subject": subject, "kind": rec.kind}).json()
+            assert [e["index"] for e in r["entries"]] == [index] and r["total"] == 1
+        by_request = env.get("/v1/audit/entries", params={**CONSOLE, "request_id": rec.request_id}).json()
+        assert [e["index"] for e in by_request["entries"]] == [index]
+
+
+def test_one_url_per_resource_the_console_copies_are_gone(env: Env) -> None:
+    for old in ("/v1/console/entries", "/v1/console/whoami", "/v1/console/checkpoints", "/v1/federation/nodes"):
+        assert env.get(old).status_code == 404
 
 
 @pytest.mark.parametrize(
@@ -158,44 +189,44 @@ def test_entries_filter_page_and_record_the_read(env: Env) -> None:
      {"q": "personal id 110101199003071234"}],
 )  # fmt: skip
 def test_entries_refuse_bad_filters(env: Env, params: dict[str, Any]) -> None:
-    assert env.get("/v1/console/entries", params=params).status_code == 400
+    assert env.get("/v1/audit/entries", params={**CONSOLE, **params}).status_code == 400
 
 
 def test_entry_detail_verdicts_verified_pending_and_altered(env: Env) -> None:
-    ok = env.get("/v1/console/entries/2").json()
+    ok = env.get("/v1/audit/entries/2", params=TOLERANT).json()
     assert ok["server_verdict"]["status"] == "verified" and ok["intact"]
     assert ok["checkpoint"]["size"] == 11 and len(ok["inclusion_proof"]) > 0 and ok["data_b64"]
-    assert env.get("/v1/console/entries/11").json()["server_verdict"]["status"] == "pending"
-    assert env.get("/v1/console/entries/10000").status_code == 404
+    assert env.get("/v1/audit/entries/11", params=TOLERANT).json()["server_verdict"]["status"] == "pending"
+    assert env.get("/v1/audit/entries/10000", params=TOLERANT).status_code == 404
     env.tamper(2)
-    bad = env.get("/v1/console/entries/2").json()
+    bad = env.get("/v1/audit/entries/2", params=TOLERANT).json()
     assert bad["server_verdict"]["status"] == "not_verified" and not bad["intact"]
     failed = {c["name"] for c in bad["server_verdict"]["checks"] if c["ok"] is False}
     assert failed == {"Leaf hash", "Inclusion proof"}
     assert bad["record"]["actor"]["user"] == "cw-00X"  # shown as stored, flagged
-    listing = env.get("/v1/console/entries", params={"order": "asc", "limit": 5}).json()["entries"]
+    listing = env.get("/v1/audit/entries", params={**CONSOLE, "order": "asc", "limit": 5}).json()["entries"]
     assert [e["intact"] for e in listing] == [True, True, False, True, True]  # the page still loads
 
 
 def test_log_key_is_served_for_browser_signature_checks(env: Env) -> None:
-    k = env.get("/v1/console/log-key").json()
+    k = env.get("/v1/audit/log-key").json()
     assert k["origin"] == ORIGIN and len(k["key_id_hex"]) == 8 and k["public_key_b64"]
 
 
 def test_checkpoint_history_verifies_signatures_and_cosignatures(env: Env) -> None:
-    r = env.get("/v1/console/checkpoints").json()
+    r = env.get("/v1/audit/checkpoints").json()
     (cp,) = r["checkpoints"]
     assert cp["size"] == 11 and cp["signature"]["ok"] is True
     assert [(c["witness"], c["verified"]["ok"]) for c in cp["cosignatures"]] == [("xgate.node.tax/witness", True)]
     env.state.witnesses = ()
-    assert env.get("/v1/console/checkpoints").json()["checkpoints"][0]["cosignatures"][0]["verified"]["ok"] is None
+    assert env.get("/v1/audit/checkpoints").json()["checkpoints"][0]["cosignatures"][0]["verified"]["ok"] is None
 
 
 def _verify(env: Env) -> dict[str, Any]:
-    assert env.post("/v1/console/verify-log").status_code == 200
+    assert env.post("/v1/audit/verify-log").status_code == 200
     assert env.state.verification is not None
     env.state.verification.wait(60)
-    status: dict[str, Any] = env.get("/v1/console/verify-log").json()
+    status: dict[str, Any] = env.get("/v1/audit/verify-log").json()
     return status
 
 
@@ -213,21 +244,31 @@ def test_verify_whole_log_passes_then_fails_listing_every_altered_entry(env: Env
 
 def test_verify_whole_log_needs_the_log_key(env: Env) -> None:
     env.state.verification = None
-    r = env.post("/v1/console/verify-log")
+    r = env.post("/v1/audit/verify-log")
     assert r.status_code == 500 and "public key" in r.json()["message"]
-    assert env.get("/v1/console/verify-log").json()["state"] == "unavailable"
+    assert env.get("/v1/audit/verify-log").json()["state"] == "unavailable"
 
 
 def test_alerts_show_the_entries_behind_them_and_skip_altered_ones(env: Env) -> None:
-    (alert,) = [a for a in env.get("/v1/console/alerts").json()["alerts"] if a["rule"] == "repeated_denials"]
+    (alert,) = [
+        a for a in env.get("/v1/audit/alerts", params=TOLERANT).json()["alerts"] if a["rule"] == "repeated_denials"
+    ]
     assert alert["user"] == "cw-001" and [e["index"] for e in alert["entries"]] == [6, 7, 8, 9, 10]
     env.tamper(7)
-    r = env.get("/v1/console/alerts").json()
+    r = env.get("/v1/audit/alerts", params=TOLERANT).json()
     assert r["altered"] == [7] and not [a for a in r["alerts"] if a["rule"] == "repeated_denials"]
 
 
+def test_nodes_show_callers_health_only_and_officers_everything(env: Env) -> None:
+    r = env.get("/v1/nodes", who="caseworker").json()
+    nodes = {n["agency"]: n for n in r["nodes"]}
+    assert nodes["tax"] == {"agency": "tax", "health": {"status": "serving", "version": "0.1.0", "subjects": 42}}
+    assert nodes["medical"]["health"]["status"] == "unreachable" and "certificates_note" not in r
+    assert env.client.get("/v1/nodes").status_code == 401
+
+
 def test_federation_shows_health_elements_and_an_unreachable_node(env: Env) -> None:
-    r = env.get("/v1/federation/nodes").json()
+    r = env.get("/v1/nodes").json()
     nodes = {n["agency"]: n for n in r["nodes"]}
     assert nodes["tax"]["health"]["status"] == "serving" and nodes["tax"]["last_contact"]
     assert nodes["tax"]["elements"][0]["id"] == "tax.monthly_income"
@@ -242,12 +283,12 @@ def test_certificates_come_from_the_signed_directory_only(env: Env, tmp_path: Pa
     pki.init_ca(ca, "test CA")
     pki.issue(ca, "node", "tax", tmp_path / "out", days=10)
     env.state.federation_directory, env.state.ca_cert = ca / "federation.json", ca / "ca.cert.pem"
-    cert = {n["agency"]: n for n in env.get("/v1/federation/nodes").json()["nodes"]}["tax"]["certificate"]
+    cert = {n["agency"]: n for n in env.get("/v1/nodes").json()["nodes"]}["tax"]["certificate"]
     assert cert["status"] == "expiring" and 9 < cert["days_left"] <= 10
     doc = json.loads((ca / "federation.json").read_text())
     doc["entries"][0]["not_after"] = "2099-01-01T00:00:00+00:00"  # a forged expiry breaks the CA signature
     (ca / "federation.json").write_text(json.dumps(doc))
-    r = env.get("/v1/federation/nodes").json()
+    r = env.get("/v1/nodes").json()
     assert "refused" in r["certificates_note"] and r["nodes"][1]["certificate"] is None
 
 

@@ -19,7 +19,7 @@ pytestmark = [pytest.mark.browser, pytest.mark.integration]
 
 def _first_index(cf: ConsoleFederation, **filters: str) -> int:
     with cf.http() as h:
-        r = h.get("/v1/console/entries", params={**filters, "limit": 1})
+        r = h.get("/v1/audit/entries", params={**filters, "limit": 1, "order": "desc"})
         r.raise_for_status()
         return int(r.json()["entries"][0]["index"])
 

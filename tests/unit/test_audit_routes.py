@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -140,3 +141,32 @@ def test_alerts(env: tuple[TestClient, AuditLog]) -> None:
     rules = {(a["rule"], a["user"]) for a in body["alerts"]}
     assert ("repeated_denials", "mallory") in rules
     assert _reads(log)[-1]["route"] == "alerts"
+
+
+def test_strict_reads_refuse_an_altered_entry_tolerant_reads_mark_it(env: tuple[TestClient, AuditLog]) -> None:
+    client, log = env
+    conn = sqlite3.connect(log.path)
+    conn.execute("UPDATE entries SET data = CAST(REPLACE(CAST(data AS TEXT), 'bob', 'eve') AS BLOB) WHERE idx = 2")
+    conn.commit()
+    conn.close()
+    strict = client.get("/v1/audit/entries", params={"limit": 5})
+    assert strict.status_code == 409 and strict.json()["error"] == "integrity_error"
+    assert client.get("/v1/audit/entries/2").status_code == 409
+    tolerant = client.get("/v1/audit/entries", params={"limit": 5, "mode": "tolerant"}).json()["entries"]
+    assert [e["intact"] for e in tolerant] == [True, True, False, True, True]
+    assert tolerant[2]["record"]["actor"]["user"] == "eve" and "altered" in tolerant[2]["problem"]
+    detail = client.get("/v1/audit/entries/2", params={"mode": "tolerant"}).json()
+    assert detail["server_verdict"]["status"] != "verified" and not detail["intact"]
+    assert client.get("/v1/audit/entries", params={"mode": "lenient"}).status_code == 400
+
+
+def test_request_filters_status_and_refused(env: tuple[TestClient, AuditLog]) -> None:
+    client, log = env
+    for status in (200, 403, 429, 503):
+        log.append({"kind": "request", "actor_user": "cw-1", "actor_agency": "a", "actor_role": "caseworker",
+                    "method": "GET", "route": "/v1/programs", "status": status})  # fmt: skip
+    refused = client.get("/v1/audit/entries", params={"refused": "true"}).json()["entries"]
+    assert [e["record"]["metadata"]["status"] for e in refused] == [403, 429]
+    only = client.get("/v1/audit/entries", params={"status": 503}).json()["entries"]
+    assert [e["record"]["metadata"]["status"] for e in only] == [503]
+    assert client.get("/v1/audit/entries", params={"status": 42}).status_code == 400

@@ -67,7 +67,7 @@ function signInView(main, params) {
     const key = keyInput.value.trim();
     if (!key) { add(status, h("p", { class: "alert alert-bad" }, "Enter your API key.")); return; }
     try {
-      const who = await api("/v1/console/whoami", { key });
+      const who = await api("/v1/whoami", { key });
       if (!who.console_allowed) {
         add(status, h("p", { class: "alert alert-bad" },
           `Signed in as ${who.user} (${who.role}), but the console is for security officers and administrators.`));
@@ -96,7 +96,7 @@ function signInView(main, params) {
 async function ensureSession() {
   if (me || !apiKey()) return me;
   try {
-    me = await api("/v1/console/whoami");
+    me = await api("/v1/whoami");
     if (!me.console_allowed) { signOut(); me = null; }
   } catch (_) {
     me = null;

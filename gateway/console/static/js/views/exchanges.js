@@ -66,7 +66,7 @@ export async function exchangesView(main, ctx) {
   const load = async () => {
     fill(results, loading());
     try {
-      const data = await api(`/v1/console/entries${qs({ ...state, offset, limit })}`);
+      const data = await api(`/v1/audit/entries${qs({ ...state, offset, limit, order: "desc", mode: "tolerant" })}`);
       if (!ctx.isCurrent()) return;
       fill(results, renderResults(data));
       announce(`${data.total}${data.total_capped ? "+" : ""} matching entries`);
@@ -161,7 +161,7 @@ export async function entryView(main, ctx) {
   let entry;
   let logKey = null;
   try {
-    [entry, logKey] = await Promise.all([api(`/v1/console/entries/${index}`), api("/v1/console/log-key").catch(() => null)]);
+    [entry, logKey] = await Promise.all([api(`/v1/audit/entries/${index}?mode=tolerant`), api("/v1/audit/log-key").catch(() => null)]);
   } catch (e) {
     fill(body, errorBox(e));
     return;

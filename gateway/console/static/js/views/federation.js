@@ -29,7 +29,7 @@ export async function federationView(main, ctx) {
   add(main, pageHeader("Federation", "Agency nodes as the gateway sees them now (gRPC Health and Describe over mTLS), with certificates from the CA-signed federation directory.", refresh), body);
   let data;
   try {
-    data = await api("/v1/federation/nodes");
+    data = await api("/v1/nodes");
   } catch (e) {
     fill(body, errorBox(e));
     return;

@@ -72,7 +72,7 @@ export async function integrityView(main, ctx) {
   const showVerify = (status) => { fill(verifyBox, verifyPanel(status)); };
   const poll = async () => {
     try {
-      const status = await api("/v1/console/verify-log");
+      const status = await api("/v1/audit/verify-log");
       if (!ctx.isCurrent()) return;
       showVerify(status);
       if (status.state === "running") polling = window.setTimeout(poll, 1000);
@@ -87,7 +87,7 @@ export async function integrityView(main, ctx) {
   const verifyBtn = h("button", { type: "button", class: "btn btn-primary", id: "verify-log", onclick: async () => {
     verifyBtn.disabled = true;
     try {
-      showVerify(await api("/v1/console/verify-log", { method: "POST" }));
+      showVerify(await api("/v1/audit/verify-log", { method: "POST" }));
       started = true;
       window.clearTimeout(polling);
       await poll();
@@ -100,7 +100,7 @@ export async function integrityView(main, ctx) {
   const publishBtn = h("button", { type: "button", class: "btn", id: "publish-checkpoint", onclick: async () => {
     publishBtn.disabled = true;
     try {
-      const cp = await api("/v1/console/checkpoints", { method: "POST" });
+      const cp = await api("/v1/audit/checkpoints", { method: "POST" });
       announce(`Checkpoint published at tree size ${cp.size}`);
       await loadHistory();
     } catch (e) {
@@ -124,7 +124,7 @@ export async function integrityView(main, ctx) {
 
   const loadHistory = async () => {
     try {
-      const data = await api(`/v1/console/checkpoints${qs({ offset, limit })}`);
+      const data = await api(`/v1/audit/checkpoints${qs({ offset, limit })}`);
       if (!ctx.isCurrent()) return;
       const latest = data.checkpoints[0];
       fill(summary, h("section", { class: "card stats" },

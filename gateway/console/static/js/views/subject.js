@@ -24,7 +24,7 @@ export async function subjectView(main, ctx) {
   add(result, loading());
   let data;
   try {
-    data = await api(`/v1/console/entries${qs({ subject: value, limit: 200, order: "desc" })}`);
+    data = await api(`/v1/audit/entries${qs({ subject: value, limit: 200, order: "desc", mode: "tolerant" })}`);
   } catch (e) {
     fill(result, errorBox(e));
     return;
