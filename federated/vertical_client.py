@@ -155,6 +155,15 @@ def setup(msg: Message, context: Context) -> Message:
     return _reply(msg, {"dim": int(x_tr.shape[1])})
 
 
+def _wire(x: np.ndarray) -> np.ndarray:
+    """Embeddings and gradients travel as float32 (half the bytes of float64; computed in float64)."""
+    return np.asarray(x, dtype=np.float32)
+
+
+def _unwire(x: np.ndarray) -> np.ndarray:
+    return np.asarray(x, dtype=np.float64)
+
+
 def training_labels(job: JobSpec, y: np.ndarray) -> np.ndarray:
     """The labels the label holder trains on: randomized response under `label_dp`, drawn once per
     job from OS entropy (everything sent later derives from these), else the true labels."""
@@ -179,14 +188,14 @@ def step(msg: Message, context: Context) -> Message:
     bottom = Bottom(*unpack_state("b_", st))
     t = int(cfg["step"])
     if "grad" in (received := arrays_of(msg)):
-        grad = received["grad"]
+        grad = np.asarray(received["grad"], dtype=np.float64)
         prev = batch_indices(n, job.batch_size, int(cfg["grad_step"]), job.seed)
         bottom.backward(st["x_train"][prev], grad, job.learning_rate, st["precond"])
     out: dict[str, np.ndarray] = {}
     if bool(cfg.get("last", False)):
-        out["emb"] = bottom.forward(st["x_test"])
+        out["emb"] = _wire(bottom.forward(st["x_test"]))
     elif t < job.rounds:
-        out["emb"] = bottom.forward(st["x_train"][batch_indices(n, job.batch_size, t, job.seed)])
+        out["emb"] = _wire(bottom.forward(st["x_train"][batch_indices(n, job.batch_size, t, job.seed)]))
     _save(path, pack_state("b_", bottom.w, bottom.opt_state))
     return _reply(msg, {"bottom_sha256": hashlib.sha256(bottom.w.tobytes()).hexdigest()}, out)
 
@@ -202,13 +211,13 @@ def top(msg: Message, context: Context) -> Message:
     idx = batch_indices(n, job.batch_size, t, job.seed)
     bottom, topm = Bottom(*unpack_state("b_", st)), Top(*unpack_state("t_", st))
     received = arrays_of(msg)
-    embs = [bottom.forward(st["x_train"][idx]) if a == nc.agency else received[a] for a in order]
+    embs = [bottom.forward(st["x_train"][idx]) if a == nc.agency else _unwire(received[a]) for a in order]
     loss, grad_e = topm.step(np.hstack(embs), st["y_train"][idx], job.l2, job.embedding_dim)
     h = job.embedding_dim
     grads = {a: grad_e[:, i * h : (i + 1) * h] for i, a in enumerate(order)}
     bottom.backward(st["x_train"][idx], grads.pop(nc.agency), job.learning_rate, st["precond"])
     _save(path, {**pack_state("b_", bottom.w, bottom.opt_state), **pack_state("t_", topm.w, topm.opt_state)})
-    return _reply(msg, {"loss": loss, "batch": len(idx)}, grads)
+    return _reply(msg, {"loss": loss, "batch": len(idx)}, {a: _wire(g) for a, g in grads.items()})
 
 
 @app.evaluate("top")
@@ -219,7 +228,7 @@ def evaluate_top(msg: Message, context: Context) -> Message:
     order = [str(a) for a in cfg_of(msg)["order"]]
     bottom, topm = Bottom(*unpack_state("b_", st)), Top(*unpack_state("t_", st))
     received = arrays_of(msg)
-    embs = [bottom.forward(st["x_test"]) if a == nc.agency else received[a] for a in order]
+    embs = [bottom.forward(st["x_test"]) if a == nc.agency else _unwire(received[a]) for a in order]
     scores = topm.scores(np.hstack(embs))
     prevalence = float(st["y_train"].mean())
     rep = model.report(scores, st["y_test"], threshold=prevalence)
