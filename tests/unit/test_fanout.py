@@ -116,8 +116,10 @@ def test_a_node_past_the_deadline_fails_the_check_in_time() -> None:
 
 def test_one_failing_node_cancels_the_others_and_fails_the_whole_check() -> None:
     cancelled = asyncio.Event()
+    tax_running = asyncio.Event()
 
     async def hanging(request: node_pb2.EncryptRequest, context: grpc.aio.ServicerContext) -> Any:
+        tax_running.set()
         try:
             await asyncio.sleep(30)
         except asyncio.CancelledError:
@@ -126,6 +128,9 @@ def test_one_failing_node_cancels_the_others_and_fails_the_whole_check() -> None
         return answer("tax", request)
 
     async def refusing(request: node_pb2.EncryptRequest, context: grpc.aio.ServicerContext) -> Any:
+        # Refuse only once tax's call is running: a call cancelled before it reached its node has
+        # nothing to cancel there, and the test would wait for a cancellation that cannot come.
+        await asyncio.wait_for(tax_running.wait(), 20)
         await context.abort(grpc.StatusCode.PERMISSION_DENIED, '{"error": "policy_denied", "message": "no permit"}')
 
     async def scenario() -> None:
