@@ -18,9 +18,10 @@ from __future__ import annotations
 import base64
 import json
 import struct
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, Literal
 
 from audit import merkle
@@ -28,7 +29,7 @@ from audit.alerts import AlertConfig, evaluate
 from audit.checkpoints import CosignatureVerifier, NoteVerifier, SignedCheckpoint, add_cosignature, parse_signed_note
 from audit.query import Filters
 from audit.records import AuditRecord
-from audit.store import MAX_PAGE, AuditLog, check_page, filter_clause
+from audit.store import MAX_PAGE, AuditLog, check_page, connect, filter_clause
 from xgate.errors import IntegrityError, InvalidInput, NotFound, XgateError
 
 Mode = Literal["strict", "tolerant"]
@@ -264,6 +265,30 @@ class AuditReader:
         }
         event["request_id"] = self.request_id
         self.log.append(AuditRecord.from_event(event))
+
+
+@dataclass(frozen=True)
+class ScanStep:
+    total: int  # entries in the database when the scan began
+    scanned: int  # entries checked so far
+    altered: list[int]  # indices in this step whose data fails its leaf hash or is not a record
+
+
+def scan_entries(db_path: Path, chunk: int = 2000) -> Iterator[ScanStep]:
+    """Every stored entry of a database re-hashed and re-parsed, one step per ``chunk`` entries, on
+    its own read-only connection (for a background whole-log check that reports progress and lists
+    *every* altered entry; audit.verify.verify_log stays the authoritative verdict)."""
+    conn = connect(db_path, readonly=True)
+    try:
+        total = int(conn.execute("SELECT COUNT(*) FROM entries").fetchone()[0])
+        sql = "SELECT idx, leaf_hash, data FROM entries WHERE idx > ? ORDER BY idx LIMIT ?"
+        last, scanned = -1, 0
+        yield ScanStep(total, 0, [])
+        while rows := [RawEntry(int(r[0]), bytes(r[1]), bytes(r[2])) for r in conn.execute(sql, (last, chunk))]:
+            last, scanned = rows[-1].index, scanned + len(rows)
+            yield ScanStep(total, scanned, [e.index for e in rows if e.problem() is not None])
+    finally:
+        conn.close()
 
 
 def checkpoint_view(cp: SignedCheckpoint) -> dict[str, Any]:

@@ -17,12 +17,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from audit import merkle
 from audit.checkpoints import CosignatureVerifier, EccKey
-from audit.records import AuditRecord
-from audit.store import connect
+from audit.read import scan_entries
 from audit.verify import verify_log
-from xgate.errors import ConfigError, InvalidInput, XgateError
+from xgate.errors import ConfigError, XgateError
 from xgate.logging import get_logger
 
 log = get_logger("xgate.console")
@@ -107,34 +105,9 @@ class LogVerification:
                 log.error("console_verify_record_failed", error=exc.code)
 
     def _scan(self) -> None:
-        conn = connect(self.db_path, readonly=True)
-        try:
-            total = int(conn.execute("SELECT COUNT(*) FROM entries").fetchone()[0])
-            self._set(total=total)
-            last, scanned = -1, 0
-            while True:
-                rows = conn.execute(
-                    "SELECT idx, leaf_hash, data FROM entries WHERE idx > ? ORDER BY idx LIMIT ?", (last, CHUNK)
-                ).fetchall()
-                if not rows:
-                    break
-                bad = []
-                for idx, leaf, data in rows:
-                    if merkle.leaf_hash(bytes(data)) != bytes(leaf) or not _parses(bytes(data)):
-                        bad.append(int(idx))
-                last = int(rows[-1][0])
-                scanned += len(rows)
-                with self._lock:
-                    self._state["scanned"] = scanned
-                    listed = self._state["altered"]
-                    listed.extend(bad[: max(0, MAX_LISTED - len(listed))])
-        finally:
-            conn.close()
-
-
-def _parses(data: bytes) -> bool:
-    try:
-        AuditRecord.parse(data)
-    except InvalidInput:
-        return False
-    return True
+        for step in scan_entries(self.db_path, CHUNK):
+            with self._lock:
+                self._state["total"] = step.total
+                self._state["scanned"] = step.scanned
+                listed = self._state["altered"]
+                listed.extend(step.altered[: max(0, MAX_LISTED - len(listed))])
