@@ -5,7 +5,8 @@ sent, and the mapping back to ids is kept locally for the result table.
 
 Several gateways (replicas of one federation) may be given: a request that could not be
 answered (connection refused or lost, timeout, 502/503/504, 429, or 409 while the same check is
-still running elsewhere) is retried on the next one, a bounded number of times, with jittered
+still running elsewhere; not an agency node's failure, which every replica would meet alike) is
+retried on the next one, a bounded number of times, with jittered
 exponential backoff that honours Retry-After up to a cap. Each check carries a fresh
 `Idempotency-Key` (uuid4) reused for its retries, so the gateways answer it once: a retry is
 neither charged nor computed twice (docs/PROTOCOL.md, "Retries and idempotency keys"). Refusals
@@ -334,6 +335,10 @@ class GatewayClient:
 
 
 def _retryable(status: int, code: str) -> bool:
+    """Unanswered by this gateway. An agency node's failure (`node_*`: down, late, garbage, its own
+    rate limit) is not: every replica reaches the same node, so the error names it and is final."""
+    if code.startswith("node_") or code == "tls_handshake_failed":
+        return False
     return status in RETRY_STATUSES or (status == 409 and code == IN_PROGRESS)
 
 

@@ -83,13 +83,14 @@ def test_a_dead_first_gateway_is_skipped_with_the_same_key_and_the_next_check_st
         httpx.ConnectTimeout("slow connect"),
         httpx.ReadTimeout("no answer"),
         httpx.RemoteProtocolError("connection dropped mid-answer"),
-        lambda r: refusal(502, "node_bad_response"),
+        lambda r: httpx.Response(502, text="<html>bad gateway</html>"),  # a load balancer's own 502
         lambda r: refusal(503, "overloaded", "1"),
+        lambda r: refusal(503, "store_unavailable"),
         lambda r: refusal(504, "deadline_exceeded"),
         lambda r: refusal(429, "budget_exhausted", "2"),
         lambda r: refusal(409, "idempotency_in_progress", "1"),
     ],
-    ids=["connect-timeout", "read-timeout", "dropped", "502", "503", "504", "429", "409-in-progress"],
+    ids=["connect-timeout", "read-timeout", "dropped", "502", "503", "503-store", "504", "429", "409-in-progress"],
 )
 def test_unanswered_attempts_are_retried_on_the_next_gateway(failure: Any) -> None:
     gw = Gateways(a=[failure])
@@ -109,6 +110,11 @@ def test_unanswered_attempts_are_retried_on_the_next_gateway(failure: Any) -> No
         (413, "payload_too_large"),
         (422, "idempotency_key_reused"),
         (500, "internal_error"),
+        (502, "node_bad_response"),  # an agency node's failure: every replica reaches the same node
+        (503, "node_unavailable"),
+        (503, "tls_handshake_failed"),
+        (504, "node_timeout"),
+        (429, "node_rate_limited"),
     ],
 )
 def test_refusals_are_never_retried(status: int, error: str) -> None:
