@@ -61,10 +61,9 @@ async def _follow_rest_certificate(context: ssl.SSLContext, tls: GatewayTls) -> 
             context.load_cert_chain(str(tls.cert), str(tls.key))
 
 
-def build_app(config: GatewayConfig, on_ready: Callable[[], None] | None = None) -> FastAPI:
+def node_directory(config: GatewayConfig) -> NodeDirectory:
+    """The gateway's clients of the agencies' nodes: pinned mTLS, signed envelopes and renewal, or plaintext."""
     settings = config.gateway
-    catalogue, _ = load_catalogue(settings.catalogue)
-    programs = ProgramRegistry.load(settings.program_dir, catalogue)
     endpoints = {agency: NodeEndpoint(agency, ref.address) for agency, ref in config.nodes.items()}
     credentials = None
     envelopes = None
@@ -95,7 +94,14 @@ def build_app(config: GatewayConfig, on_ready: Callable[[], None] | None = None)
     renewed = None
     if config.tls is not None:
         renewed = _renewed_credentials(config.tls, list(endpoints))
-    nodes = NodeDirectory(endpoints, settings.max_message_mb, credentials, envelopes, server_check, renewed=renewed)
+    return NodeDirectory(endpoints, settings.max_message_mb, credentials, envelopes, server_check, renewed=renewed)
+
+
+def build_app(config: GatewayConfig, on_ready: Callable[[], None] | None = None) -> FastAPI:
+    settings = config.gateway
+    catalogue, _ = load_catalogue(settings.catalogue)
+    programs = ProgramRegistry.load(settings.program_dir, catalogue)
+    nodes = node_directory(config)
     service = MeteredCheckService(  # counts checks for /metrics
         programs=programs,
         nodes=nodes,
