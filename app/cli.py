@@ -10,6 +10,7 @@ from app.deploy_cli import config_app, gateway_init, keys_app, node_init, policy
 from app.pki_cli import app as pki_app
 from app.train_cli import app as train_app
 from audit.cli import app as audit_app
+from client.approval_cli import app as approval_app
 from client.cli import check
 from client.consent_cli import app as consent_app
 from gateway.cli import app as gateway_app
@@ -26,6 +27,7 @@ app.add_typer(node_app, name="node")
 app.add_typer(gateway_app, name="gateway")
 app.command("check")(check)
 app.add_typer(consent_app, name="consent")
+app.add_typer(approval_app, name="approval")
 app.add_typer(audit_app, name="audit")
 app.add_typer(pki_app, name="pki")
 app.add_typer(train_app, name="train")

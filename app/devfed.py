@@ -32,7 +32,13 @@ LEGAL_BASIS = {
     "unemployment_subsidy": "UIR-1999-art-14",
     "income_certificate": "PIPL-2021-art-13-1",
 }
-DEV_APPROVAL_REF = "APPROVAL-DEV-2026-0001"
+# The development federation's one approval (registered at every dev gateway's start, see
+# register_dev_approval): signed by the dev approver ap-wu of the federation data office for both
+# requesting agencies, every shipped program and every case id (empty case-id prefix), at most
+# DEV_APPROVAL_SUBJECTS subjects, valid a year. A real deployment's approvals name their cases.
+DEV_APPROVAL_REF = "apr_dev-federation-0000001"
+DEV_APPROVER = "ap-wu"
+DEV_APPROVAL_SUBJECTS = 10_000_000
 _BUDGET = re.compile(r'@budget_max_checks\("\d+"\)')
 _HOURS = re.compile(
     r"context\.hour >= \d+ && context\.hour < \d+"
@@ -63,6 +69,16 @@ class DevFederation:
     def consent_manager_key(self) -> Path:
         """The dev consent manager's signing key (registered in the policy set's consent_managers.toml)."""
         return self.root / "consent_manager" / "signing.key"
+
+    @property
+    def approver_key(self) -> Path:
+        """The dev approver's signing key (registered in the policy set's approvers.toml)."""
+        return self.root / "approver" / "signing.key"
+
+    @property
+    def dev_approval(self) -> Path:
+        """The dev approval artefact (xgate-approval/1), registered at each dev gateway's start."""
+        return self.root / "approver" / "dev_approval.json"
 
     @property
     def pki_dir(self) -> Path:
@@ -153,6 +169,7 @@ def prepare(
         pki.issue(fed.pki_dir / "ca", "gateway", GATEWAY_ID, fed.gateway_dir / "tls")
     write_dev_policies(fed.policy_dir, budget_max_checks)
     write_dev_consent_manager(fed.consent_manager_key, fed.policy_dir)
+    write_dev_approver(fed.approver_key, fed.policy_dir, fed.dev_approval)
     from audit import generate_key, save_keypair
 
     fed.gateway_dir.mkdir(parents=True, exist_ok=True)
@@ -177,6 +194,54 @@ def write_dev_consent_manager(key_file: Path, policy_dir: Path) -> None:
         "# consent managers acting for data subjects (dev federation)\n"
         f'[[consent_manager]]\nname = "mydata"\npublic_key = "{public}"\n'
     )
+
+
+def write_dev_approver(key_file: Path, policy_dir: Path, approval_file: Path) -> None:
+    """The dev approver (user ap-wu) in approvers.toml, and the dev approval it signs (DEV_APPROVAL_REF)."""
+    import base64
+    from datetime import UTC, datetime, timedelta
+
+    from client.approval_cli import approval_body
+    from crypto.artefacts import sign_artefact
+    from crypto.envelope import SigningKey
+    from policies.approvals import APPROVAL_FORMAT
+
+    key = SigningKey.generate(DEV_APPROVER, "approver")
+    key.save(key_file)
+    public = base64.b64encode(key.public_raw).decode()
+    (policy_dir / "approvers.toml").write_text(
+        "# approvers whose signed approvals the gateway and the nodes accept (dev federation)\n"
+        f'[[approver]]\nname = "{DEV_APPROVER}"\nagencies = ["civil_affairs", "hrss"]\npublic_key = "{public}"\n'
+    )
+    body = approval_body(
+        ref=DEV_APPROVAL_REF,
+        approver=DEV_APPROVER,
+        approver_role="data_protection_officer",
+        agencies=("civil_affairs", "hrss"),
+        programs=sorted(p.stem for p in (policy_dir / "programs").glob("*.toml")),
+        valid_from=datetime.now(UTC) - timedelta(days=1),
+        days=366,
+        case_id_prefix="",
+        max_subjects=DEV_APPROVAL_SUBJECTS,
+    )
+    approval_file.write_text(sign_artefact(body, key, fmt=APPROVAL_FORMAT))
+
+
+def register_dev_approval(fed: DevFederation, url: str) -> None:
+    """Register the dev approval at a started gateway as its approver would (POST /v1/approvals)."""
+    import httpx
+
+    if not fed.dev_approval.exists() or "approver" not in fed.api_keys:
+        return
+    response = httpx.post(
+        f"{url}/v1/approvals",
+        json={"artefact": fed.dev_approval.read_text()},
+        headers={"Authorization": f"Bearer {fed.api_keys['approver']}"},
+        verify=str(fed.ca_cert) if fed.tls else False,
+        timeout=30.0,
+    )
+    if response.status_code != 201 and "already registered" not in response.text:
+        raise ConfigError(f"registering the dev approval failed: {response.status_code} {response.text[:300]}")
 
 
 def write_dev_policies(target: Path, budget_max_checks: int | None = None) -> int:
@@ -338,6 +403,7 @@ def start_gateway(
     if not fed.tls:
         args.append("--insecure")
     url = str(supervisor.start(name, args).announcement["url"])
+    register_dev_approval(fed, url)
     if config_path is None:
         fed.gateway_url = url
     return url

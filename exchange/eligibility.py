@@ -37,6 +37,7 @@ class CheckScope:
     approval_ref: str = ""
     policy_set_hash: str = ""
     consent_artefact: str = ""
+    approval_artefact: str = ""
 
 
 @dataclass(frozen=True)
@@ -69,6 +70,7 @@ def build_requests(
         approval_ref=scope.approval_ref,
         policy_set_hash=scope.policy_set_hash,
         consent_artefact=scope.consent_artefact,
+        approval_artefact=scope.approval_artefact,
     )
     requests: dict[str, node_pb2.EncryptRequest] = {}
     for agency, terms in program.elements_by_agency().items():

@@ -312,6 +312,7 @@ def _scope(request_id: str, principal: Principal, request: CheckRequest, outcome
         approval_ref=request.approval_ref,
         policy_set_hash=outcome.policy_set_hash,
         consent_artefact=outcome.consent_artefact,
+        approval_artefact=outcome.approval_artefact,
     )
 
 

@@ -23,6 +23,7 @@ from gateway.checks import CheckCoordinator
 from gateway.idempotency import IdempotencyStore
 from gateway.services import Services
 from gateway.training_service import TrainingService
+from policies.approvals import ApprovalRegistry
 from policies.consent import ConsentRegistry
 from policies.types import AUDIT_LOG, AccessRequest
 from xgate.errors import AuditUnconfigured, ConfigError, PolicyDenied, TrainingUnavailable
@@ -124,6 +125,15 @@ async def get_consents(services: ServicesDep) -> ConsentRegistry:
 
 
 Consents = Annotated[ConsentRegistry, Depends(get_consents)]
+
+
+async def get_approvals(services: ServicesDep) -> ApprovalRegistry:
+    if services.approvals is None:
+        raise ConfigError("this gateway has no approval registry")
+    return services.approvals
+
+
+Approvals = Annotated[ApprovalRegistry, Depends(get_approvals)]
 
 
 async def get_training(services: ServicesDep) -> TrainingService:

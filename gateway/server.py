@@ -112,6 +112,7 @@ def build_app(config: GatewayConfig, on_ready: Callable[[], None] | None = None)
     )
     coordinator = CheckCoordinator(service, nodes)
     from gateway.wiring import authenticator_for, idempotency_for, policy_for, training_for
+    from policies.approvals import ApprovalRegistry
 
     authenticate = authenticator_for(config)
     policy, consents = policy_for(config)
@@ -137,6 +138,7 @@ def build_app(config: GatewayConfig, on_ready: Callable[[], None] | None = None)
         policy=policy,
         audit=audit,
         consents=consents,
+        approvals=policy.approvals if isinstance(policy.approvals, ApprovalRegistry) else None,
         training=training,
         nodes=nodes,
         public_key=public_key_of(settings.audit_key) if audit else None,

@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from gateway.checks import CheckCoordinator
     from gateway.idempotency import IdempotencyStore
     from gateway.training_service import TrainingService
+    from policies.approvals import ApprovalRegistry
     from policies.consent import ConsentRegistry
 
 Authenticate = Callable[[Request], Principal | Awaitable[Principal]]
@@ -51,6 +52,7 @@ class Services:
     audit: GatewayAudit | None = None  # the gateway's own writer side (request log, cosigning)
     audit_log: AuditLog | None = None
     consents: ConsentRegistry | None = None
+    approvals: ApprovalRegistry | None = None
     training: TrainingService | None = None
     nodes: NodeProbe | None = None
     clock: Callable[[], datetime] = _now

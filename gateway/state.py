@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from gateway.config import GatewayConfig
 from gateway.idempotency import IDEMPOTENCY_MIGRATIONS
 from gateway.ratelimit import RATE_LIMIT_MIGRATIONS
+from policies.approvals import APPROVAL_MIGRATIONS
 from policies.budgets import BUDGET_MIGRATIONS
 from policies.consent import CONSENT_MIGRATIONS
 from xgate.db import Migration, PostgresDatabase, migrate
@@ -22,6 +23,7 @@ from xgate.db import Migration, PostgresDatabase, migrate
 GATEWAY_MIGRATIONS: tuple[Migration, ...] = (
     *BUDGET_MIGRATIONS,
     *CONSENT_MIGRATIONS,
+    *APPROVAL_MIGRATIONS,
     *RATE_LIMIT_MIGRATIONS,
     *IDEMPOTENCY_MIGRATIONS,
 )

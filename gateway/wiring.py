@@ -12,6 +12,7 @@ from gateway.config import GatewayConfig
 from gateway.idempotency import IdempotencyStore
 from gateway.ratelimit import Limiter, RateLimiter, SharedRateLimiter
 from gateway.state import shared_database
+from policies.approvals import ApprovalRegistry, Approvers
 from policies.budgets import ProbeBudget
 from policies.consent import ConsentManagers, ConsentRegistry
 from policies.decision import DEFAULT_POLICY_DIR, CheckAuthorizer
@@ -33,6 +34,8 @@ DEV_USERS = {
     "admin": ("ad-sun", "civil_affairs", "admin", "gold"),
     # the consent manager acting for data subjects; its signing key is in consent_managers.toml
     "consent_manager": ("cm-mydata", "mydata", "consent_manager", "bronze"),
+    # the federation data office's approver (its key is in approvers.toml): registers approvals
+    "approver": ("ap-wu", "data_office", "approver", "bronze"),
 }
 
 
@@ -86,7 +89,7 @@ class RestAuthenticator:
 
 
 def policy_for(config: GatewayConfig) -> tuple[CheckAuthorizer, ConsentRegistry]:
-    """The gateway's policy decision point (hot-reloaded), probing budgets and consent registry."""
+    """The gateway's policy decision point (hot-reloaded), probing budgets, consent and approval registries."""
     settings = config.gateway
     state = state_dir_of(config)
     state.mkdir(parents=True, exist_ok=True)
@@ -97,7 +100,8 @@ def policy_for(config: GatewayConfig) -> tuple[CheckAuthorizer, ConsentRegistry]
         shared or state / "consents.sqlite", purposes=reloader.engine.purposes, managers=ConsentManagers(policy_dir)
     )
     budgets = ProbeBudget(shared or state / "budgets.sqlite")
-    authorizer = CheckAuthorizer(engine=reloader, budgets=budgets, consents=consents)
+    approvals = ApprovalRegistry(shared or state / "approvals.sqlite", approvers=Approvers(policy_dir))
+    authorizer = CheckAuthorizer(engine=reloader, budgets=budgets, consents=consents, approvals=approvals)
     return authorizer, consents
 
 

@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from nodes.service import Authorizer
+from policies.approvals import Approvers, check_approval_artefact
 from policies.consent import ConsentManagers, check_artefact
 from policies.decision import DEFAULT_POLICY_DIR, node_decision
 from policies.reload import PolicyReloader
@@ -33,6 +34,27 @@ def verify_consent(request: node_pb2.EncryptRequest, managers: ConsentManagers, 
     )
 
 
+def verify_approval(request: node_pb2.EncryptRequest, approvers: Approvers, clock: Callable[[], datetime]) -> None:
+    """The provider checks a named approval itself: signed by a registered approver, in scope now.
+
+    Every node checks an approval_ref it is sent; the baseline policy makes one necessary for
+    core-class data, so the nodes holding core-class data always check one.
+    """
+    ctx = request.context
+    if not ctx.approval_ref:
+        return
+    check_approval_artefact(
+        ctx.approval_artefact,
+        approvers.current(),
+        ref=ctx.approval_ref,
+        agency=ctx.requester_agency,
+        program=ctx.program_id,
+        case_id=ctx.case_id,
+        subjects=list(request.pseudonyms),
+        now=clock(),
+    )
+
+
 def node_authorizer(
     agency: str, policy_dir: Path | None, clock: Callable[[], datetime] = lambda: datetime.now(UTC)
 ) -> Authorizer:
@@ -40,10 +62,12 @@ def node_authorizer(
     directory = policy_dir or DEFAULT_POLICY_DIR
     reloader = PolicyReloader(directory).start()
     managers = ConsentManagers(directory)
+    approvers = Approvers(directory)
 
     def authorize(request: node_pb2.EncryptRequest) -> None:
         ctx = request.context
         verify_consent(request, managers, clock)
+        verify_approval(request, approvers, clock)
         node_decision(
             reloader,
             node_agency=agency,

@@ -55,6 +55,7 @@ if TYPE_CHECKING:
 __all__ = [
     "DEFAULT_POLICY_DIR",
     "FAIL_CLOSED",
+    "ApprovalPort",
     "BudgetPort",
     "CheckAuthorizer",
     "ConsentPort",
@@ -428,22 +429,46 @@ class ConsentPort(Protocol):
     def release(self, reservation: str) -> bool: ...
 
 
+class ApprovalPort(Protocol):
+    """The approval registry (policies/approvals.py ApprovalRegistry): refuses with PolicyDenied."""
+
+    def verify(
+        self, ref: str, *, agency: str, program: str, case_id: str, subjects: Sequence[str], now: datetime
+    ) -> None: ...
+
+    def reserve(
+        self, ref: str, *, agency: str, program: str, case_id: str, subjects: Sequence[str], now: datetime
+    ) -> str: ...
+
+    def artefact(self, ref: str) -> str: ...
+
+    def commit(self, reservation: str) -> bool: ...
+
+    def release(self, reservation: str) -> bool: ...
+
+
 @dataclass
 class Reservations:
-    """A check's reserved probing budget and consent use (policies.types.Charge)."""
+    """A check's reserved probing budget, consent use and approval subjects (policies.types.Charge)."""
 
     budgets: BudgetPort | None = None
     budget_reservation: str = ""
     consents: ConsentPort | None = None
     consent_reservation: str = ""
+    approvals: ApprovalPort | None = None
+    approval_reservation: str = ""
 
     def commit(self) -> None:
         if self.budgets is not None and self.budget_reservation:
             self.budgets.commit(self.budget_reservation)
         if self.consents is not None and self.consent_reservation:
             self.consents.commit(self.consent_reservation)
+        if self.approvals is not None and self.approval_reservation:
+            self.approvals.commit(self.approval_reservation)
 
     def release(self) -> None:
+        if self.approvals is not None and self.approval_reservation:
+            self.approvals.release(self.approval_reservation)
         if self.consents is not None and self.consent_reservation:
             self.consents.release(self.consent_reservation)
         if self.budgets is not None and self.budget_reservation:
@@ -457,6 +482,7 @@ class CheckAuthorizer:
     engine: PolicyEngine | EngineSource
     budgets: BudgetPort | None = None
     consents: ConsentPort | None = None
+    approvals: ApprovalPort | None = None
     clock: Callable[[], datetime] = lambda: datetime.now(UTC)
 
     def decide_check(
@@ -498,6 +524,8 @@ class CheckAuthorizer:
         if request.consent_ref:
             # Validate before reserving the probing budget: a refused request must not hold it.
             self._consent(request, principal.agency, now, program.id, consume=False)
+        if request.approval_ref:
+            self._approval(request, principal.agency, now, program.id, consume=False)
         charge = Reservations()
         if self.budgets is not None and decision.budget is not None:
             receipt = self.budgets.reserve(request.pseudonyms, program.id, principal.agency, decision.budget, now)
@@ -509,6 +537,13 @@ class CheckAuthorizer:
             except BaseException:
                 charge.release()  # the consent refused after all (a concurrent use): give the budget back
                 raise
+        if request.approval_ref:
+            try:
+                charge.approval_reservation = self._approval(request, principal.agency, now, program.id)
+                charge.approvals = self.approvals
+            except BaseException:
+                charge.release()  # the approval's subjects ran out meanwhile: give everything back
+                raise
         log_pdp.info(
             "check_authorized",
             user=principal.user,
@@ -518,13 +553,27 @@ class CheckAuthorizer:
             policy_set_hash=decision.policy_set_hash,
         )
         artefact = self.consents.artefact(request.consent_ref) if request.consent_ref and self.consents else ""
+        approval = self.approvals.artefact(request.approval_ref) if request.approval_ref and self.approvals else ""
         return PolicyOutcome(
             view=view.value,
             policy_ids=decision.policy_ids,
             policy_set_hash=decision.policy_set_hash,
             charge=charge,
             consent_artefact=artefact,
+            approval_artefact=approval,
         )
+
+    def _approval(self, request: CheckContext, agency: str, now: datetime, program: str, consume: bool = True) -> str:
+        """Verify the approval (consume=False) or reserve its subjects (returns the reservation, '' if uncounted)."""
+        if self.approvals is None:
+            raise PolicyDenied("this gateway has no approval registry: checks naming an approval_ref are refused")
+        ref, case_id, subjects = request.approval_ref, request.case_id, request.pseudonyms
+        if consume:
+            return self.approvals.reserve(
+                ref, agency=agency, program=program, case_id=case_id, subjects=subjects, now=now
+            )
+        self.approvals.verify(ref, agency=agency, program=program, case_id=case_id, subjects=subjects, now=now)
+        return ""
 
     def _consent(self, request: CheckContext, agency: str, now: datetime, program: str, consume: bool = True) -> str:
         """Verify the consent (consume=False) or reserve one use of it (returns the reservation)."""

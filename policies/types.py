@@ -131,6 +131,7 @@ class PolicyOutcome:
     policy_set_hash: str = ""
     charge: Charge = field(default_factory=NoCharge)
     consent_artefact: str = ""  # the signed consent the nodes verify again (empty without consent)
+    approval_artefact: str = ""  # the approver's signed approval the nodes verify again (empty without one)
 
 
 class CheckContext(Protocol):

@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 # consent_manager: the service acting for data subjects (registers and revokes signed consents)
-ROLES = ("caseworker", "analyst", "security_officer", "admin", "consent_manager")
+# approver: signs and registers approvals for its own agency's cases (approvers.toml holds its key)
+ROLES = ("caseworker", "analyst", "security_officer", "admin", "consent_manager", "approver")
 TIERS = ("gold", "silver", "bronze")
 
 

@@ -8,6 +8,7 @@ through the Annotated dependencies of gateway/deps.py.
 from fastapi import APIRouter
 
 from gateway.routes import (
+    approvals,
     audit,
     checks,
     consents,
@@ -29,6 +30,7 @@ ROUTERS: tuple[APIRouter, ...] = (
     nodes.router,
     checks.router,
     consents.router,
+    approvals.router,
     audit.router,
     subjects.router,
     policies.router,

@@ -12,6 +12,7 @@ real SQLite budget and consent registry, and the check service with a fan-out th
 from __future__ import annotations
 
 import asyncio
+import tempfile
 from datetime import timedelta
 from pathlib import Path
 
@@ -24,6 +25,7 @@ from policies.consent import ConsentRegistry
 from policies.decision import DEFAULT_POLICY_DIR, CheckAuthorizer, PolicyEngine
 from policies.programs import ProgramRegistry
 from policies.types import BudgetRule, PolicyOutcome
+from tests.unit.test_approvals import STANDING_REF, standing_registry
 from tests.unit.test_check_service import (
     GOLD,
     MASK_KEY,
@@ -43,6 +45,7 @@ def programs() -> ProgramRegistry:
     return ProgramRegistry.load(DEFAULT_POLICY_DIR / "programs", load_catalogue()[0])
 
 
+APPROVALS = standing_registry(Path(tempfile.mkdtemp(prefix="xgate-attack-")) / "approvals.db")
 RULE = BudgetRule(max_checks=3, window_days=30, policy_id="")
 FAILURES = [
     NodeUnavailable("hrss", "unreachable (connection refused)"),
@@ -53,7 +56,7 @@ FAILURES = [
 
 def _service(programs, budgets: ProbeBudget, consents: ConsentRegistry | None, nodes: FakeNodes) -> CheckService:
     engine = PolicyEngine.load(DEFAULT_POLICY_DIR)
-    policy = CheckAuthorizer(engine, budgets=budgets, consents=consents, clock=lambda: DAYTIME)
+    policy = CheckAuthorizer(engine, budgets=budgets, consents=consents, approvals=APPROVALS, clock=lambda: DAYTIME)
     return CheckService(
         programs=programs,
         nodes=nodes,
@@ -72,6 +75,7 @@ def _used(budgets: ProbeBudget, subject: str) -> int:
 
 def test_failed_checks_spend_no_budget(programs, tmp_path: Path) -> None:
     budgets = ProbeBudget(tmp_path / "b.db")
+    approved_before = APPROVALS.lookup(STANDING_REF).uses
     for failure in FAILURES * 3:  # nine failures: three times the cap
         with pytest.raises(NodeError):
             asyncio.run(_service(programs, budgets, None, FakeNodes(fail=failure)).run(GOLD, _request()))
@@ -79,8 +83,10 @@ def test_failed_checks_spend_no_budget(programs, tmp_path: Path) -> None:
     with pytest.raises(NodeError):
         asyncio.run(_service(programs, budgets, None, garbled).run(GOLD, _request()))
     assert all(_used(budgets, s) == 0 for s in SUBJECTS) and budgets.pending() == 0
+    assert APPROVALS.lookup(STANDING_REF).uses == approved_before  # nor a count-scoped approval's subjects
     asyncio.run(_service(programs, budgets, None, FakeNodes()).run(GOLD, _request()))
     assert all(_used(budgets, s) == 1 for s in SUBJECTS) and budgets.pending() == 0
+    assert APPROVALS.lookup(STANDING_REF).uses == approved_before + len(SUBJECTS)
 
 
 def test_a_check_abandoned_mid_fanout_spends_no_budget(programs, tmp_path: Path) -> None:

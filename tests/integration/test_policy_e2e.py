@@ -239,3 +239,49 @@ def test_consent_cli_grants_lists_and_revokes_for_the_subject(federation, tmp_pa
     assert listed.exit_code == 0 and [json.loads(x)["ref"] for x in listed.output.splitlines()] == [view["ref"]]
     revoked = runner.invoke(app, ["consent", "revoke", view["ref"], *common], env=env)
     assert revoked.exit_code == 0 and json.loads(revoked.output)["status"] == "revoked"
+
+
+def test_approval_cli_and_the_gateway_refuse_self_issued_approvals(federation, tmp_path):
+    """`xgate approval grant/list/revoke` with the approver's key; free text and spent or revoked approvals refused."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from app.cli import app
+
+    runner = CliRunner()
+    common = ["--gateway", federation.gateway_url, "--ca", str(federation.ca_cert)]
+    env = {"XGATE_API_KEY": federation.api_keys["approver"]}
+    ids = _ids(federation, 130, 3)
+    with _client(federation, "caseworker") as client, pytest.raises(GatewayError) as info:
+        client.check("dibao", ids[:1], "dibao", DIBAO, "apr-e2e", approval_ref="I-APPROVE-MYSELF")
+    assert info.value.http_status == 403 and "'I-APPROVE-MYSELF' names no registered approval" in info.value.message
+    rogue = tmp_path / "rogue.key"
+    made = runner.invoke(
+        app, ["approval", "keygen", "--name", "ap-wu", "--agency", "civil_affairs", "--out", str(rogue)]
+    )
+    assert made.exit_code == 0 and "[[approver]]" in made.output
+    grant = ["approval", "grant", "--agency", "civil_affairs", "--program", "dibao", "--case-id", "apr-e2e",
+             "--max-subjects", "2", "--days", "7", *common]  # fmt: skip
+    refused = runner.invoke(app, [*grant, "--key", str(rogue)], env=env)  # a key not in approvers.toml
+    assert refused.exit_code == 1 and "not signed by a registered signer" in refused.output
+    as_caseworker = runner.invoke(
+        app, [*grant, "--key", str(federation.approver_key)], env={"XGATE_API_KEY": federation.api_keys["caseworker"]}
+    )
+    assert as_caseworker.exit_code == 1 and "registered by their approver" in as_caseworker.output
+    granted = runner.invoke(app, [*grant, "--key", str(federation.approver_key)], env=env)
+    assert granted.exit_code == 0, granted.output
+    ref = json.loads(granted.output)["ref"]
+    with _client(federation, "caseworker") as client:
+        result = client.check("dibao", ids[:2], "dibao", DIBAO, "apr-e2e", approval_ref=ref)
+        assert result.criteria  # answered, under the registered approval
+        with pytest.raises(GatewayError) as spent:
+            client.check("dibao", ids[2:], "dibao", DIBAO, "apr-e2e", approval_ref=ref)
+        assert spent.value.http_status == 403 and "used up" in spent.value.message
+        with pytest.raises(GatewayError) as other_case:
+            client.check("dibao", ids[2:], "dibao", DIBAO, "apr-other", approval_ref=ref)
+        assert "does not cover case 'apr-other'" in other_case.value.message
+    listed = runner.invoke(app, ["approval", "list", *common], env=env)
+    assert listed.exit_code == 0 and ref in listed.output and DEV_APPROVAL_REF in listed.output
+    revoked = runner.invoke(app, ["approval", "revoke", ref, *common], env=env)
+    assert revoked.exit_code == 0 and json.loads(revoked.output)["status"] == "revoked"

@@ -13,6 +13,7 @@ import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -26,6 +27,7 @@ from policies.decision import DEFAULT_POLICY_DIR, CheckAuthorizer, PolicyEngine
 from policies.programs import ProgramRegistry
 from policies.types import BudgetRule, CheckContext, PolicyOutcome
 from protos.xgate.v1 import node_pb2
+from tests.unit.test_approvals import STANDING_REF, standing_registry
 from tests.unit.test_policy_support import DAYTIME
 from xgate.errors import (
     BudgetExhausted,
@@ -181,7 +183,7 @@ def _request(**kw: Any) -> CheckRequest:
         purpose="dibao",
         legal_basis="SAR-2014-art-12",
         case_id="C-1",
-        approval_ref="AP-1",
+        approval_ref=STANDING_REF,
         mode="plaintext",
         pseudonyms=SUBJECTS,
     )
@@ -283,12 +285,15 @@ class RefusingBudget:
         raise AssertionError("nothing was reserved")
 
 
-def test_budget_exhausted_through_the_real_decision_point(programs: ProgramRegistry) -> None:
+def test_budget_exhausted_through_the_real_decision_point(programs: ProgramRegistry, tmp_path: Path) -> None:
     budgets = RefusingBudget()
-    authorizer = CheckAuthorizer(PolicyEngine.load(DEFAULT_POLICY_DIR), budgets=budgets, clock=lambda: DAYTIME)
+    approvals = standing_registry(tmp_path / "approvals.db")
+    authorizer = CheckAuthorizer(
+        PolicyEngine.load(DEFAULT_POLICY_DIR), budgets=budgets, approvals=approvals, clock=lambda: DAYTIME
+    )
     service, nodes, _, auditor = _service(programs, policy=authorizer)
     with pytest.raises(BudgetExhausted) as info:
-        run(service, _request())
+        run(service, _request(approval_ref=STANDING_REF))
     assert info.value.http_status == 429 and info.value.details["retry_after_s"] == 3600
     assert len(budgets.asked) == 1 and nodes.calls == []
     [denial] = auditor.events

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tempfile
 from datetime import timedelta
 from pathlib import Path
 
@@ -11,6 +12,7 @@ from gateway.models import CheckRequest
 from policies.budgets import ProbeBudget
 from policies.consent import ConsentRegistry
 from policies.decision import DEFAULT_POLICY_DIR, CheckAuthorizer, PolicyEngine, node_decision
+from tests.unit.test_approvals import STANDING_REF, standing_registry
 from tests.unit.test_budgets import pseudo
 from tests.unit.test_policy_support import DAYTIME, DIBAO_ELEMENTS
 from xgate.errors import BudgetExhausted, PolicyDenied
@@ -43,12 +45,15 @@ def _request(n: int = 3, **kw: object) -> CheckRequest:
         purpose="dibao",
         legal_basis="SAR-2014-art-12",
         case_id="C-1",
-        approval_ref="AP-1",
+        approval_ref=STANDING_REF,
         mode="plaintext",
         pseudonyms=[pseudo(i) for i in range(n)],
     )
     fields.update(kw)
     return CheckRequest(**fields)  # type: ignore[arg-type]
+
+
+APPROVALS = standing_registry(Path(tempfile.mkdtemp(prefix="xgate-pdp-")) / "approvals.db")
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +63,7 @@ def engine() -> PolicyEngine:
 
 def test_gold_caseworker_gets_per_criterion_view_and_budget_is_charged(engine: PolicyEngine, tmp_path: Path) -> None:
     budget = ProbeBudget(tmp_path / "b.db")
-    pdp = CheckAuthorizer(engine, budgets=budget, clock=lambda: DAYTIME)
+    pdp = CheckAuthorizer(engine, budgets=budget, approvals=APPROVALS, clock=lambda: DAYTIME)
     outcome = pdp.authorize_check(GOLD, DIBAO, _request())
     assert outcome.view == "per_criterion"
     assert "dibao-household-alive-resident" in outcome.policy_ids
@@ -71,7 +76,7 @@ def test_gold_caseworker_gets_per_criterion_view_and_budget_is_charged(engine: P
 
 
 def test_denials(engine: PolicyEngine) -> None:
-    pdp = CheckAuthorizer(engine, clock=lambda: DAYTIME)
+    pdp = CheckAuthorizer(engine, approvals=APPROVALS, clock=lambda: DAYTIME)
     with pytest.raises(PolicyDenied, match="baseline-core-needs-approval"):
         pdp.authorize_check(GOLD, DIBAO, _request(approval_ref=""))
     with pytest.raises(PolicyDenied, match="no permit matched"):
@@ -92,7 +97,7 @@ def test_silver_overall_and_bronze_cohort_rules(engine: PolicyEngine, tmp_path: 
     for name in ("dibao-tax-monthly-income.cedar", "dibao-hrss-monthly-pension.cedar"):
         f = root / "agreements" / name
         f.write_text(f.read_text().replace('["gold", "silver"]', '["gold", "silver", "bronze"]'))
-    pdp = CheckAuthorizer(PolicyEngine.load(root), clock=lambda: DAYTIME)
+    pdp = CheckAuthorizer(PolicyEngine.load(root), approvals=APPROVALS, clock=lambda: DAYTIME)
     silver = Principal("ca-caseworker-silver", "civil_affairs", "caseworker", "silver")
     assert pdp.authorize_check(silver, INCOME_ONLY, _request()).view == "overall"
     assert pdp.authorize_check(BRONZE, INCOME_ONLY, _request(n=10)).view == "cohort"
@@ -102,7 +107,7 @@ def test_silver_overall_and_bronze_cohort_rules(engine: PolicyEngine, tmp_path: 
 
 def test_consent_based_check(engine: PolicyEngine, tmp_path: Path) -> None:
     consents = ConsentRegistry(tmp_path / "c.db")
-    pdp = CheckAuthorizer(engine, consents=consents, clock=lambda: DAYTIME)
+    pdp = CheckAuthorizer(engine, consents=consents, approvals=APPROVALS, clock=lambda: DAYTIME)
     program = _Program("dibao", ["tax.monthly_income"])  # the program-level permit needs a program id
     subject = pseudo(0)  # the subject _request(n=1) sends
     base = dict(purpose="income_certificate", legal_basis="PIPL-2021-art-13-1", approval_ref="", n=1)
@@ -200,7 +205,7 @@ class _BudgetFake:
 
 def test_consent_is_verified_before_the_budget_is_reserved_and_reserved_after(engine: PolicyEngine) -> None:
     ports = _Ports()
-    pdp = CheckAuthorizer(engine, budgets=ports.budget, consents=ports, clock=lambda: DAYTIME)
+    pdp = CheckAuthorizer(engine, budgets=ports.budget, consents=ports, approvals=APPROVALS, clock=lambda: DAYTIME)
     outcome = pdp.authorize_check(GOLD, DIBAO, _request(n=1, consent_ref="cns_" + "a" * 22))
     assert ports.calls == ["verify", "reserve budget", "reserve consent"]
     assert outcome.consent_artefact == '{"signed": "artefact"}'  # forwarded to the nodes
@@ -213,7 +218,7 @@ def test_consent_is_verified_before_the_budget_is_reserved_and_reserved_after(en
 
 def test_a_consent_lost_to_a_concurrent_use_gives_the_budget_back(engine: PolicyEngine) -> None:
     ports = _Ports(race=True)
-    pdp = CheckAuthorizer(engine, budgets=ports.budget, consents=ports, clock=lambda: DAYTIME)
+    pdp = CheckAuthorizer(engine, budgets=ports.budget, consents=ports, approvals=APPROVALS, clock=lambda: DAYTIME)
     with pytest.raises(PolicyDenied, match="one-time consent already used"):
         pdp.authorize_check(GOLD, DIBAO, _request(n=1, consent_ref="cns_" + "a" * 22))
     assert ports.calls == ["verify", "reserve budget", "reserve consent", "release rsv_1"]
@@ -221,7 +226,7 @@ def test_a_consent_lost_to_a_concurrent_use_gives_the_budget_back(engine: Policy
 
 def test_a_refused_consent_spends_no_budget(engine: PolicyEngine) -> None:
     ports = _Ports(refuse=True)
-    pdp = CheckAuthorizer(engine, budgets=ports.budget, consents=ports, clock=lambda: DAYTIME)
+    pdp = CheckAuthorizer(engine, budgets=ports.budget, consents=ports, approvals=APPROVALS, clock=lambda: DAYTIME)
     with pytest.raises(PolicyDenied, match="expired"):
         pdp.authorize_check(GOLD, DIBAO, _request(n=1, consent_ref="cns_" + "a" * 22))
     assert ports.calls == ["verify"]

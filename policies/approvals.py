@@ -1,0 +1,396 @@
+"""Approvals: a registered approver's signed authorisation for a case, checked at every use.
+
+Core-class data needs an approval (policies/baseline.cedar). An approval is not a free-text
+reference the requester types: it is an artefact signed by an approver whose Ed25519 key is
+registered in the policy directory's `approvers.toml` (crypto/artefacts.py, format
+`xgate-approval/1`), registered at the gateway by that approver (role `approver`), and named by
+its reference (`apr_` + 22 characters) in a check's `approval_ref`. The body names:
+
+* the approver (its user id, as in approvers.toml) and its official role (e.g. `case_supervisor`);
+* the requesting agencies it approves for (each one the approver is registered for in
+  approvers.toml: an agency's own approver, or a federation data office approving for several);
+* the programs and the case: exact `case_ids`, or a `case_id_prefix` (a standing approval for a
+  series of cases, e.g. "DB-2026-"; the empty prefix covers every case of the programs and is
+  what the development federation registers, app/devfed.py);
+* the scope: a list of subject pseudonyms, or a maximum number of subjects (`max_subjects`,
+  charged per subject like consent uses: reserved before the fan-out, committed for an answer,
+  released when the check fails for a reason that is not the requester's);
+* validity (valid_from, valid_until).
+
+`evaluate` is the pure rule; `check_approval_artefact` is a node's own check of the signed
+artefact it was forwarded (scope and validity: uses and revocation live at the gateway);
+`ApprovalRegistry` stores approvals (SQLite or the replicas' shared database) and charges
+count-scoped ones atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets
+import sqlite3
+import tomllib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator
+
+from crypto.artefacts import Signer, verify_artefact
+from xgate.db import Database, Migration, SqliteDatabase, Tx, migrate, require_current
+from xgate.errors import ConfigError, CryptoError, InvalidInput, NotFound, PolicyDenied, StoreUnavailable
+from xgate.logging import get_logger
+
+log = get_logger("xgate.policies.approvals")
+
+APPROVAL_FORMAT = "xgate-approval/1"
+APPROVERS_FILE = "approvers.toml"
+REF_RE = re.compile(r"^apr_[A-Za-z0-9_\-]{22}$")
+MAX_SUBJECTS = 10_000_000
+_Ident = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{1,63}$")]
+_Pseudonym = Annotated[str, StringConstraints(pattern=r"^[a-z2-7]{26}$")]
+_CaseId = Annotated[str, StringConstraints(min_length=1, max_length=128)]
+
+
+def new_ref() -> str:
+    return "apr_" + secrets.token_urlsafe(16)
+
+
+class ApprovalBody(BaseModel):
+    """What an approver signs (crypto/artefacts.py, xgate-approval/1)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    ref: str = Field(pattern=REF_RE.pattern)
+    approver: str = Field(min_length=2, max_length=64, description="the approver's user id (approvers.toml name)")
+    approver_role: _Ident = Field(description="the approver's official role, e.g. case_supervisor")
+    agencies: tuple[_Ident, ...] = Field(
+        min_length=1, max_length=16, description="the requesting agencies it approves for (the approver's own)"
+    )
+    programs: tuple[_Ident, ...] = Field(min_length=1, max_length=16)
+    case_ids: tuple[_CaseId, ...] | None = Field(default=None, min_length=1, max_length=1000)
+    case_id_prefix: str | None = Field(default=None, max_length=128)
+    subjects: tuple[_Pseudonym, ...] | None = Field(default=None, min_length=1, max_length=10_000)
+    max_subjects: int | None = Field(default=None, ge=1, le=MAX_SUBJECTS)
+    valid_from: AwareDatetime
+    valid_until: AwareDatetime
+
+    @model_validator(mode="after")
+    def _scope(self) -> ApprovalBody:
+        if (self.case_ids is None) == (self.case_id_prefix is None):
+            raise ValueError("name exactly one of case_ids and case_id_prefix")
+        if (self.subjects is None) == (self.max_subjects is None):
+            raise ValueError("name exactly one of subjects and max_subjects")
+        if self.valid_until <= self.valid_from:
+            raise ValueError("valid_until must be after valid_from")
+        return self
+
+    def covers_case(self, case_id: str) -> bool:
+        if self.case_ids is not None:
+            return case_id in self.case_ids
+        return case_id.startswith(self.case_id_prefix or "")
+
+
+@dataclass(frozen=True)
+class Approver:
+    """A registered approver: its signing key, and the requesting agencies it may approve for."""
+
+    signer: Signer
+    agencies: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class ApprovalRecord:
+    body: ApprovalBody
+    artefact: str
+    uses: int  # subjects charged so far (count-scoped approvals)
+    revoked_at: datetime | None
+    created_at: datetime
+
+    @property
+    def ref(self) -> str:
+        return self.body.ref
+
+
+def load_approvers(policy_dir: Path) -> dict[str, Approver]:
+    """The registered approvers (`approvers.toml`: [[approver]] name, agencies, public_key), by key id."""
+    path = policy_dir / APPROVERS_FILE
+    if not path.exists():
+        return {}
+    try:
+        data = tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    out: dict[str, Approver] = {}
+    for i, entry in enumerate(data.get("approver", [])):
+        if not isinstance(entry, dict) or set(entry) != {"name", "agencies", "public_key"}:
+            raise ConfigError(f"{path}: approver #{i + 1} needs exactly name, agencies and public_key")
+        agencies = entry["agencies"]
+        if not isinstance(agencies, list) or not agencies or not all(isinstance(a, str) for a in agencies):
+            raise ConfigError(f"{path}: approver #{i + 1}: agencies must be a non-empty list of agency ids")
+        try:
+            signer = Signer.of(str(entry["name"]), str(entry["public_key"]))
+        except CryptoError as exc:
+            raise ConfigError(f"{path}: {exc.message}") from None
+        out[signer.key_id] = Approver(signer, tuple(agencies))
+    return out
+
+
+class Approvers:
+    """The registered approvers of a policy directory, re-read when the file changes."""
+
+    def __init__(self, policy_dir: Path) -> None:
+        self.path = policy_dir / APPROVERS_FILE
+        self._seen: tuple[float, int] | None = None
+        self._approvers: dict[str, Approver] = {}
+
+    def current(self) -> dict[str, Approver]:
+        try:
+            stat = self.path.stat()
+            mark: tuple[float, int] | None = (stat.st_mtime, stat.st_size)
+        except FileNotFoundError:
+            mark = None
+        if mark != self._seen:
+            self._approvers = load_approvers(self.path.parent)
+            self._seen = mark
+        return self._approvers
+
+
+def parse_approval(text: str, approvers: Mapping[str, Approver]) -> tuple[Approver, ApprovalBody]:
+    """Verify the signature against the registered approvers, then the body's shape and signer."""
+    if not approvers:
+        raise PolicyDenied("no approver is registered: approvals cannot be accepted")
+    try:
+        signer, raw = verify_artefact(text, {k: a.signer for k, a in approvers.items()}, fmt=APPROVAL_FORMAT)
+    except CryptoError as exc:
+        raise PolicyDenied(f"approval refused: {exc.message}") from None
+    try:
+        body = ApprovalBody.model_validate(raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(x) for x in first["loc"]) or "body"
+        raise InvalidInput(f"approval artefact: {where}: {first['msg']}") from None
+    approver = approvers[signer.key_id]
+    if body.approver != signer.name:
+        raise PolicyDenied("approval refused: the body names another approver than its signer")
+    if not set(body.agencies) <= set(approver.agencies):
+        raise PolicyDenied("approval refused: names an agency its approver is not registered to approve for")
+    return approver, body
+
+
+def in_scope(
+    body: ApprovalBody, *, agency: str, program: str, case_id: str, subjects: Sequence[str], now: datetime
+) -> None:
+    """Raise PolicyDenied unless the signed scope covers this request (no counting, no revocation)."""
+    ref = body.ref
+    if not body.valid_from <= now:
+        raise PolicyDenied(f"approval {ref} is not yet valid", approval_ref=ref)
+    if now >= body.valid_until:
+        raise PolicyDenied(f"approval {ref} has expired", approval_ref=ref)
+    if agency not in body.agencies:
+        raise PolicyDenied(f"approval {ref} was given to another agency, not '{agency}'", approval_ref=ref)
+    if program not in body.programs:
+        raise PolicyDenied(f"approval {ref} does not cover program '{program}'", approval_ref=ref)
+    if not body.covers_case(case_id):
+        raise PolicyDenied(f"approval {ref} does not cover case '{case_id}'", approval_ref=ref)
+    if body.subjects is not None and not set(subjects) <= set(body.subjects):
+        raise PolicyDenied(f"approval {ref} does not cover every subject of this check", approval_ref=ref)
+    if body.max_subjects is not None and len(subjects) > body.max_subjects:
+        raise PolicyDenied(f"approval {ref} covers at most {body.max_subjects} subjects", approval_ref=ref)
+
+
+def evaluate(
+    record: ApprovalRecord | None,
+    ref: str,
+    *,
+    agency: str,
+    program: str,
+    case_id: str,
+    subjects: Sequence[str],
+    now: datetime,
+) -> None:
+    """Raise PolicyDenied unless the registered approval `ref` covers this request now (pure)."""
+    if record is None:
+        shown = ref if len(ref) <= 64 else ref[:61] + "..."
+        raise PolicyDenied(
+            f"approval_ref '{shown}' names no registered approval: an approval is registered by its approver "
+            "(xgate approval grant), never typed by the requester"
+        )
+    if record.revoked_at is not None and record.revoked_at <= now:
+        raise PolicyDenied(f"approval {ref} was revoked by its approver", approval_ref=ref)
+    in_scope(record.body, agency=agency, program=program, case_id=case_id, subjects=subjects, now=now)
+    limit = record.body.max_subjects
+    if limit is not None and record.uses + len(subjects) > limit:
+        raise PolicyDenied(
+            f"approval {ref}: its {limit} subjects are used up ({record.uses} checked)", approval_ref=ref
+        )
+
+
+def check_approval_artefact(
+    text: str,
+    approvers: Mapping[str, Approver],
+    *,
+    ref: str,
+    agency: str,
+    program: str,
+    case_id: str,
+    subjects: Sequence[str],
+    now: datetime,
+) -> None:
+    """A node's check of the approval it was forwarded: signed by a registered approver, in scope now."""
+    if not text:
+        raise PolicyDenied("approval refused: the request carries no signed approval artefact")
+    _, body = parse_approval(text, approvers)
+    if body.ref != ref:
+        raise PolicyDenied("approval refused: the artefact is for another approval reference")
+    in_scope(body, agency=agency, program=program, case_id=case_id, subjects=subjects, now=now)
+
+
+_DDL = """
+    CREATE TABLE IF NOT EXISTS approvals (
+        ref TEXT PRIMARY KEY, approver TEXT NOT NULL, agencies TEXT NOT NULL, artefact TEXT NOT NULL,
+        uses INTEGER NOT NULL DEFAULT 0, revoked_at TEXT, created_at TEXT NOT NULL);
+    CREATE TABLE IF NOT EXISTS approval_reservations (
+        id TEXT PRIMARY KEY, ref TEXT NOT NULL, subjects INTEGER NOT NULL)
+"""
+APPROVAL_MIGRATIONS = (Migration("approval_registry", 1, sqlite=_DDL, postgresql=_DDL),)
+
+
+class ApprovalRegistry:
+    """Approvals in a SQLite file (embedded default) or the replicas' shared `Database`."""
+
+    def __init__(self, store: Path | str | Database, approvers: Approvers | Mapping[str, Approver] | None = None):
+        self.db: Database
+        if isinstance(store, (str, Path)):
+            self.db = SqliteDatabase(store)
+            migrate(self.db, APPROVAL_MIGRATIONS)
+        else:
+            self.db = store
+            require_current(self.db, APPROVAL_MIGRATIONS)
+        self._approvers = approvers
+
+    def approvers(self) -> Mapping[str, Approver]:
+        if isinstance(self._approvers, Approvers):
+            return self._approvers.current()
+        return self._approvers or {}
+
+    def register_signed(self, artefact: str, approver: str | None = None) -> ApprovalRecord:
+        """Store an approval signed by a registered approver; `approver`: the registering user,
+        whose own key must have signed it."""
+        signer, body = parse_approval(artefact, self.approvers())
+        if approver is not None and signer.signer.name != approver:
+            raise PolicyDenied("approval refused: signed by another approver's key")
+        with self.db.transaction(lock=[f"approval/{body.ref}"]) as tx:
+            if tx.execute("SELECT 1 FROM approvals WHERE ref = ?", (body.ref,)).fetchone():
+                raise InvalidInput(f"approval {body.ref} is already registered")
+            tx.execute(
+                "INSERT INTO approvals (ref, approver, agencies, artefact, created_at) VALUES (?, ?, ?, ?, ?)",
+                (body.ref, body.approver, ",".join(body.agencies), artefact, datetime.now(UTC).isoformat()),
+            )
+        return self.lookup(body.ref)
+
+    def lookup(self, ref: str) -> ApprovalRecord:
+        with self.db.read() as tx:
+            record = self._get(tx, ref)
+        if record is None:
+            raise NotFound("no such approval")
+        return record
+
+    def _find(self, ref: str) -> ApprovalRecord | None:
+        try:
+            return self.lookup(ref)
+        except NotFound:
+            return None
+
+    def issued_by(self, approver: str) -> list[ApprovalRecord]:
+        with self.db.read() as tx:
+            refs = [
+                str(r[0])
+                for r in tx.execute(
+                    "SELECT ref FROM approvals WHERE approver = ? ORDER BY created_at DESC LIMIT 1000", (approver,)
+                ).fetchall()
+            ]
+            return [r for r in (self._get(tx, ref) for ref in refs) if r is not None]
+
+    def revoke(self, ref: str, now: datetime | None = None) -> ApprovalRecord:
+        at = (now or datetime.now(UTC)).astimezone(UTC)
+        with self.db.transaction(lock=[f"approval/{ref}"]) as tx:
+            if self._get(tx, ref) is None:
+                raise NotFound("no such approval")
+            tx.execute(
+                "UPDATE approvals SET revoked_at = ? WHERE ref = ? AND revoked_at IS NULL", (at.isoformat(), ref)
+            )
+        return self.lookup(ref)
+
+    def artefact(self, ref: str) -> str:
+        return self.lookup(ref).artefact
+
+    def verify(
+        self, ref: str, *, agency: str, program: str, case_id: str, subjects: Sequence[str], now: datetime
+    ) -> None:
+        """Raise PolicyDenied unless the approval covers this request now; charges nothing."""
+        record = self._find(ref)
+        evaluate(record, ref, agency=agency, program=program, case_id=case_id, subjects=subjects, now=now)
+
+    def reserve(
+        self, ref: str, *, agency: str, program: str, case_id: str, subjects: Sequence[str], now: datetime
+    ) -> str:
+        """Verify and, for a count-scoped approval, take len(subjects) now; returns a reservation id
+        ('' when nothing is counted) to `commit` for an answer or `release` for a failure."""
+        with self.db.transaction(lock=[f"approval/{ref}"]) as tx:
+            record = self._get(tx, ref)
+            evaluate(record, ref, agency=agency, program=program, case_id=case_id, subjects=subjects, now=now)
+            assert record is not None  # evaluate refuses None
+            if record.body.max_subjects is None:
+                return ""
+            reservation = "ars_" + secrets.token_urlsafe(16)
+            tx.execute("UPDATE approvals SET uses = uses + ? WHERE ref = ?", (len(subjects), ref))
+            tx.execute(
+                "INSERT INTO approval_reservations (id, ref, subjects) VALUES (?, ?, ?)",
+                (reservation, ref, len(subjects)),
+            )
+        return reservation
+
+    def commit(self, reservation: str) -> bool:
+        with self.db.transaction() as tx:
+            return bool(tx.execute("DELETE FROM approval_reservations WHERE id = ?", (reservation,)).rowcount == 1)
+
+    def release(self, reservation: str) -> bool:
+        """Give the reserved subjects back (idempotent; a storage error keeps them taken)."""
+        try:
+            with self.db.read() as tx:
+                found = tx.execute("SELECT ref FROM approval_reservations WHERE id = ?", (reservation,)).fetchone()
+            if found is None:
+                return False
+            with self.db.transaction(lock=[f"approval/{found[0]}"]) as tx:
+                row = tx.execute(
+                    "SELECT ref, subjects FROM approval_reservations WHERE id = ?", (reservation,)
+                ).fetchone()
+                if row is None:
+                    return False
+                tx.execute("UPDATE approvals SET uses = uses - ? WHERE ref = ? AND uses >= ?", (row[1], row[0], row[1]))
+                tx.execute("DELETE FROM approval_reservations WHERE id = ?", (reservation,))
+            return True
+        except (sqlite3.Error, StoreUnavailable) as exc:
+            log.warning("approval_release_failed", error=type(exc).__name__)
+            return False
+
+    @staticmethod
+    def _get(tx: Tx, ref: str) -> ApprovalRecord | None:
+        if not REF_RE.match(ref):
+            return None
+        row = tx.execute(
+            "SELECT artefact, uses, revoked_at, created_at FROM approvals WHERE ref = ?", (ref,)
+        ).fetchone()
+        if row is None:
+            return None
+        outer = json.loads(str(row[0]))
+        return ApprovalRecord(
+            body=ApprovalBody.model_validate(outer["body"]),
+            artefact=str(row[0]),
+            uses=int(row[1]),
+            revoked_at=datetime.fromisoformat(row[2]) if row[2] else None,
+            created_at=datetime.fromisoformat(row[3]),
+        )
