@@ -261,6 +261,12 @@ def progress_lines(recorded: list[dict[str, Any]]) -> list[str]:
             text = f"round {ev.get('round')} evaluated: AUC {float(ev.get('auc', float('nan'))):.4f}"
         elif name in ("node_dropped", "update_rejected"):
             text = f"round {ev.get('round')}: {name.replace('_', ' ')} at {who} {ev.get('reason', '')}".rstrip()
+        elif name == "secagg_round":
+            done = "unmasked" if ev.get("unmasked") else "NOT unmasked"
+            text = (
+                f"round {ev.get('round')}: secure aggregation {done}: {ev.get('masked_vectors')} masked updates, "
+                f"{ev.get('shares')} shares per secret, threshold {ev.get('threshold')}"
+            )
         elif name == "dp_spent":
             text = f"differential privacy: epsilon {float(ev.get('epsilon', 0)):.4g} (delta {ev.get('delta')})"
         elif name == "job_completed":

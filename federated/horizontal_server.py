@@ -234,6 +234,62 @@ def make_evaluate_workflow(timeout: float) -> Any:
     return evaluate
 
 
+class RecordedSecAggPlus(SecAggPlusWorkflow):
+    """Flower's SecAgg+ workflow, recording per round what its own state says happened: a
+    `secagg_round` event (evidence, not the configuration echoed) with the round, whether the
+    aggregate was unmasked, the nodes sampled, the masked vectors collected, the shares each
+    secret was split into, the reconstruction threshold and the nodes whose shares unmasked it;
+    `secagg_halted` naming the stage when a stage stops the protocol."""
+
+    def __init__(self, emit: OnEvent, job_id: str, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._emit, self._job_id, self._masked = emit, job_id, 0
+
+    @staticmethod
+    def _round(context: LegacyContext) -> int:
+        return int(context.state.config_records[MAIN_CONFIGS_RECORD][Key.CURRENT_ROUND])  # type: ignore[arg-type]
+
+    def _halted(self, stage: str, context: LegacyContext, state: Any) -> None:
+        self._emit(make_event(self._job_id, "secagg_halted", round=self._round(context), stage=stage,
+                              active=len(state.active_node_ids), threshold=state.threshold))  # fmt: skip
+
+    def setup_stage(self, grid: Grid, context: LegacyContext, state: Any) -> bool:
+        ok = bool(super().setup_stage(grid, context, state))
+        if not ok:
+            self._halted("setup", context, state)
+        return ok
+
+    def share_keys_stage(self, grid: Grid, context: LegacyContext, state: Any) -> bool:
+        ok = bool(super().share_keys_stage(grid, context, state))
+        if not ok:
+            self._halted("share_keys", context, state)
+        return ok
+
+    def collect_masked_vectors_stage(self, grid: Grid, context: LegacyContext, state: Any) -> bool:
+        ok = bool(super().collect_masked_vectors_stage(grid, context, state))
+        self._masked = len(state.active_node_ids)
+        if not ok:
+            self._halted("collect_masked_vectors", context, state)
+        return ok
+
+    def unmask_stage(self, grid: Grid, context: LegacyContext, state: Any) -> bool:
+        ok = bool(super().unmask_stage(grid, context, state))
+        self._emit(
+            make_event(
+                self._job_id,
+                "secagg_round",
+                round=self._round(context),
+                unmasked=ok,
+                sampled=len(state.sampled_node_ids),
+                masked_vectors=self._masked,
+                shares=state.num_shares,
+                threshold=state.threshold,
+                share_holders=len(state.active_node_ids),
+            )
+        )
+        return ok
+
+
 def run_horizontal(grid: Grid, context: Context, job: JobSpec, job_dir: Path) -> None:
     emit = JsonlSink(job_dir / "server-events.jsonl")
     max_weight = int(context.run_config.get("max-weight", 1_000_000))
@@ -252,7 +308,9 @@ def run_horizontal(grid: Grid, context: Context, job: JobSpec, job_dir: Path) ->
         client_manager=BoundedClientManager(job.round_timeout_s, allowed_nodes(context.run_config)),
     )
     fit_wf = (
-        SecAggPlusWorkflow(
+        RecordedSecAggPlus(
+            emit,
+            job.job_id,
             num_shares=1.0,
             reconstruction_threshold=0.66,
             max_weight=float(max_weight),

@@ -59,3 +59,9 @@ def test_record_level_dp_horizontal_secagg(tmp_path: Path) -> None:
     assert spent["unit"] == "record" and spent["epsilon"] <= 2.0
     assert res.epsilon is not None and res.epsilon <= 2.0
     assert res.evaluation["auc"] > 0.55
+    # Evidence that secure aggregation ran, from SecAgg+'s own state, each round.
+    secagg = [e for e in events if e["event"] == "secagg_round"]
+    assert [e["round"] for e in secagg] == [1, 2]
+    for e in secagg:
+        assert e["unmasked"] and e["sampled"] == e["masked_vectors"] == e["share_holders"] == 2
+        assert e["shares"] == 2 and e["threshold"] == 2
