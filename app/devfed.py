@@ -25,6 +25,8 @@ from xgate.errors import ConfigError
 from xgate.pseudonym import write_key
 
 CORE_AGENCIES = ("household",)
+# The register of people (every registered person has a record there): checks bronze cohort members.
+REGISTER_AGENCIES = ("household",)
 # Legal basis each shipped program's agreements name (policies/agreements/*.cedar).
 LEGAL_BASIS = {
     "dibao": "SAR-2014-art-12",
@@ -286,6 +288,7 @@ def _write_node_config(fed: DevFederation, agency: str) -> None:
         "policy_dir": str(fed.policy_dir),
         "allow_plaintext_mode": fed.plaintext_baseline,
         "insecure": not fed.tls,
+        "civil_register": agency in REGISTER_AGENCIES,
     }
     from audit import generate_key, save_keypair
 

@@ -103,7 +103,8 @@ def generate(n: int = 100_000, seed: int = 20261123) -> Population:
         "tax": rng.random(n) < np.where(employed | (businesses > 0), 0.98, 0.6),
         "hrss": retired | (contribution > 0) | (rng.random(n) < 0.5),
         "civil_affairs": low_income | (rng.random(n) < 0.1),
-        "household": rng.random(n) < 0.985,
+        # the household register knows every registered person (same draw: other columns unchanged)
+        "household": rng.random(n) < 1.0,
         "medical": rng.random(n) < 0.9,
     }
     columns = {

@@ -184,7 +184,10 @@ def failed_check_budget(attempts: int) -> dict[str, Any]:
     programs = ProgramRegistry.load(DEFAULT_POLICY_DIR / "programs", load_catalogue()[0])
     gold = Principal("ca-caseworker-gold", "civil_affairs", "caseworker", "gold")
     subjects = tuple(_pseudonyms(6, "f"))
-    request = CheckRequest("dibao", "dibao", "SAR-2014-art-12", "C-1", subjects, mode="plaintext", approval_ref="AP-1")
+    approvals, approval_ref = _bench_approval(daytime)
+    request = CheckRequest(
+        "dibao", "dibao", "SAR-2014-art-12", "C-1", subjects, mode="plaintext", approval_ref=approval_ref
+    )
     failures = [
         NodeUnavailable("hrss", "unreachable"),
         NodeTimeout("household", "late"),
@@ -197,7 +200,7 @@ def failed_check_budget(attempts: int) -> dict[str, Any]:
                 programs=programs,
                 nodes=_FailingNodes(failures[i % len(failures)]),
                 mask_key=KEY,
-                policy=CheckAuthorizer(engine, budgets=budgets, clock=lambda: daytime),
+                policy=CheckAuthorizer(engine, budgets=budgets, approvals=approvals, clock=lambda: daytime),
                 allow_plaintext_mode=True,
                 clock=lambda: daytime.timestamp(),
             )
@@ -208,30 +211,159 @@ def failed_check_budget(attempts: int) -> dict[str, Any]:
     return {"failed_checks": attempts, "subjects": len(subjects), "evaluations_charged": spent}
 
 
-def bronze_single_person(trials: int) -> dict[str, Any]:
-    """The fake-member attack on the cohort view as it stands: the victim plus 9 made-up people.
+def _bench_approval(now: Any) -> tuple[Any, str]:
+    """An approval registry (in a temporary file) holding one signed approval for dibao case C-1."""
+    import base64
+    import tempfile
+    from datetime import timedelta
 
-    Unknown pseudonyms get the program's if_missing values, so every fake slot has the same,
-    predictable pattern of criterion outcomes; one shuffle for all criteria keeps a slot's
-    outcomes together, so a modified client reading the slots finds the victim's pattern. Success:
-    the attacker names the victim's outcome on the income criterion correctly.
+    from crypto.artefacts import Signer, sign_artefact
+    from crypto.envelope import SigningKey
+    from policies.approvals import APPROVAL_FORMAT, ApprovalRegistry, Approver, new_ref
+
+    key = SigningKey.generate("ap-bench", "approver")
+    signer = Signer.of("ap-bench", base64.b64encode(key.public_raw).decode())
+    registry = ApprovalRegistry(
+        Path(tempfile.mkdtemp(prefix="xgate-bench-")) / "approvals.db",
+        approvers={key.key_id: Approver(signer, ("civil_affairs",))},
+    )
+    ref = new_ref()
+    body = {
+        "ref": ref, "approver": "ap-bench", "approver_role": "case_supervisor", "agencies": ["civil_affairs"],
+        "programs": ["dibao"], "case_ids": ["C-1"], "max_subjects": 1_000_000,
+        "valid_from": (now - timedelta(days=1)).isoformat(), "valid_until": (now + timedelta(days=30)).isoformat(),
+    }  # fmt: skip
+    registry.register_signed(sign_artefact(body, key, fmt=APPROVAL_FORMAT))
+    return registry, ref
+
+
+def _register_node(people: int, civil_register: bool, seed: int, tmp: Path) -> tuple[Any, list[str], dict[str, int]]:
+    """A real household-register node (NodeService over a NodeStore) holding `people` registered people."""
+    from nodes.service import NodeService
+    from nodes.store import NodeStore
+    from policies.catalogue import DataElement
+
+    rng = np.random.default_rng(seed)
+    registered = [_random_pseudonym(rng) for _ in range(people)]
+    alive = {p: int(rng.random() < 0.9) for p in registered}
+    element = DataElement(
+        id="household.alive_resident", agency="household", type="flag", unit="flag", min=0, max=1,
+        classification="important",
+    )  # fmt: skip
+    store = NodeStore.open(tmp / f"register-{civil_register}.sqlite")
+    rows = [(element.id, p, v) for p, v in alive.items()]
+    store.replace_dataset("household_register", "0" * 64, [(element, False)], rows, "2026-03-01T00:00:00+00:00")
+    node = NodeService(agency="household", store=store, allow_plaintext_mode=True, civil_register=civil_register)
+    return node, registered, alive
+
+
+def _bronze_request(subjects: list[str], request_id: str) -> Any:
+    from protos.xgate.v1 import node_pb2
+
+    context = node_pb2.RequestContext(
+        request_id=request_id, requester_agency="civil_affairs", requester_user="cw-wang",
+        requester_role="caseworker", requester_tier="bronze", purpose="target_discovery",
+        legal_basis="SAR-2014-art-12", case_id="C-1", program_id="target_discovery",
+    )  # fmt: skip
+    return node_pb2.EncryptRequest(
+        context=context,
+        mode=node_pb2.EXCHANGE_MODE_PLAINTEXT,
+        pseudonyms=subjects,
+        elements=[node_pb2.ElementQuery(element="household.alive_resident", if_missing=0)],
+    )
+
+
+def fake_member_attack(trials: int, civil_register: bool, seed: int = 23) -> dict[str, Any]:
+    """The fake-member attack against a real register node: the victim plus 9 made-up people.
+
+    Made-up pseudonyms (never registered) get the if_missing default (0 = not alive/resident), so
+    every fake slot is predictable and the victim's slot is the odd one out. Success: the answer
+    names the victim's value (the attacker reads the one non-default slot, or, all slots alike,
+    the default). A refused cohort yields nothing, so it counts as failure. The attacker's
+    no-answer baseline (guessing the majority value) is reported beside it.
     """
-    rng = np.random.default_rng(23)
-    fake = (True, False, True)  # income 0 <= 1100, not alive/resident (0), no business (0)
-    success = 0
-    for _ in range(trials):
-        victim = (bool(rng.random() < 0.3), bool(rng.random() < 0.95), bool(rng.random() < 0.9))
-        slots = [fake] * 9 + [victim]
-        rng.shuffle(slots)
-        odd = [s for s in slots if s != fake]
-        guess = odd[0][0] if odd else fake[0]  # every slot alike: the victim's pattern is the fakes'
-        success += guess == victim[0]
+    import tempfile
+
+    from xgate.errors import PolicyDenied
+
+    rng = np.random.default_rng(seed)
+    answered = success = 0
+    with tempfile.TemporaryDirectory() as tmp:
+        node, registered, alive = _register_node(200, civil_register, seed + 1_000, Path(tmp))  # its own stream
+        for t in range(trials):
+            victim = registered[int(rng.integers(len(registered)))]
+            fakes = [_random_pseudonym(rng) for _ in range(9)]
+            cohort = [*fakes, victim]
+            rng.shuffle(cohort)
+            try:
+                response = node.encrypt_values(_bronze_request(cohort, f"fake-{t}"))
+            except PolicyDenied:
+                continue
+            answered += 1
+            slots = list(response.elements[0].plain_values)
+            odd = [v for v in slots if v != 0]
+            guess = odd[0] if odd else 0
+            success += guess == alive[victim]
+        node.store.close()
+    prior = max(np.mean(list(alive.values())), 1 - np.mean(list(alive.values())))
     return {
         "trials": trials,
-        "cohort": "victim + 9 unknown pseudonyms",
-        "bronze_single_person_attack_success_rate": round(success / trials, 4),
+        "answered": answered,
+        "success_rate": round(success / trials, 4),
+        "majority_guess_baseline": round(float(prior), 4),
+    }
+
+
+def differencing_attack(trials: int, seed: int = 29) -> dict[str, Any]:
+    """Two cohorts of registered people differing in the victim: the counts' difference is the
+    victim's value (no noise on cohort counts). Run against a real register node."""
+    import tempfile
+
+    rng = np.random.default_rng(seed)
+    success = 0
+    with tempfile.TemporaryDirectory() as tmp:
+        node, registered, alive = _register_node(200, True, seed + 1_000, Path(tmp))
+        for t in range(trials):
+            picks = rng.choice(len(registered), 11, replace=False)
+            victim, others = registered[int(picks[0])], [registered[int(i)] for i in picks[1:]]
+            with_victim = node.encrypt_values(_bronze_request([*others[:9], victim], f"diff-a-{t}"))
+            without = node.encrypt_values(_bronze_request(others[:10], f"diff-b-{t}"))
+            # the attacker knows the tenth other person's value (e.g. asked about them at gold)
+            diff = sum(with_victim.elements[0].plain_values) - sum(without.elements[0].plain_values)
+            success += (diff + alive[others[9]]) == alive[victim]
+        node.store.close()
+    return {"trials": trials, "success_rate": round(success / trials, 4)}
+
+
+def _random_pseudonym(rng: np.random.Generator) -> str:
+    alphabet = "abcdefghijklmnopqrstuvwxyz234567"
+    return "".join(alphabet[int(i)] for i in rng.integers(0, 32, 26))
+
+
+def bronze_single_person(trials: int) -> dict[str, Any]:
+    """The bronze tier against one person, measured on a real register node (nodes/service.py).
+
+    fake-member: refused since cohort members must be registered people (`civil_register`);
+    the positive control runs the same attack against a node that does not check membership.
+    two-cohort differencing: still succeeds (exact counts, no noise: issue 13 item 3's DP part is open).
+    """
+    protected = fake_member_attack(trials, civil_register=True)
+    unprotected = fake_member_attack(trials, civil_register=False)
+    differencing = differencing_attack(max(trials // 10, 50))
+    return {
+        "trials": trials,
+        "cohort": "victim + 9 made-up pseudonyms, against a register node",
+        "bronze_single_person_attack_success_rate": protected["success_rate"],
+        "fake_member": protected,
+        "fake_member_without_member_check": unprotected,
+        "two_cohort_differencing_attack_success_rate": differencing["success_rate"],
+        "differencing": differencing,
         "epsilon": None,
-        "note": "no noise on cohort counts yet (issue 13 item 3 not built): the attack always succeeds",
+        "note": (
+            "fake members are refused by the register node at bronze; no calibrated noise on cohort counts "
+            "(counts are decrypted by the requester itself, so no party can add noise after the fact; "
+            "see docs/PROTOCOL.md), so two cohorts differing in one person still reveal that person"
+        ),
     }
 
 
@@ -289,6 +421,7 @@ def run(quick: bool) -> dict[str, Any]:
         "silver": silver,
         "bronze_single_person_attack_success_rate": bronze["bronze_single_person_attack_success_rate"],
         "bronze_epsilon": bronze["epsilon"],
+        "two_cohort_differencing_attack_success_rate": bronze["two_cohort_differencing_attack_success_rate"],
         "bronze": bronze,
         "failed_check_budget_spent": budget["evaluations_charged"],
         "failed_checks": budget,
@@ -299,6 +432,7 @@ def run(quick: bool) -> dict[str, Any]:
             "silver": "chance",
             "failed_check_budget_spent": 0,
             "bronze_single_person_attack_success_rate": "within what epsilon allows",
+            "two_cohort_differencing_attack_success_rate": "within what epsilon allows",
         },
     }
 

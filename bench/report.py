@@ -105,6 +105,15 @@ def privacy(d: dict[str, Any]) -> str:
     for key in ("bronze_single_person_attack_success_rate", "failed_check_budget_spent"):
         if key in d:
             rows.append([key.replace("_", " "), d[key], "", d["goals"].get(key, "")])
+        if key == "bronze_single_person_attack_success_rate" and "two_cohort_differencing_attack_success_rate" in d:
+            rows.append(
+                [
+                    "bronze two-cohort differencing attack success rate (open: no noise on counts)",
+                    d["two_cohort_differencing_attack_success_rate"],
+                    "",
+                    d["goals"].get("two_cohort_differencing_attack_success_rate", ""),
+                ]
+            )
     flood = d.get("noise_flooding_cost")
     if flood:
         one, many = flood["applicants_1"], flood["applicants_4096"]

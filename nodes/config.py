@@ -39,6 +39,9 @@ class NodeSettings(BaseModel):
     signing_key: Path | None = None
     federation_directory: Path | None = None
     allow_plaintext_mode: bool = False  # benchmark baseline only
+    # this store lists every registered person (household register): bronze cohorts naming anyone
+    # else are refused (docs/PROTOCOL.md "Views")
+    civil_register: bool = False
     max_subjects: int = Field(default=100_000, ge=1, le=1_000_000)
     max_message_mb: int = Field(default=64, ge=1, le=512)
     workers: int = Field(default=4, ge=1, le=64)

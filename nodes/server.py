@@ -89,6 +89,7 @@ def build_service(config: NodeConfig) -> NodeService:
         agency=settings.agency,
         store=store,
         max_subjects=settings.max_subjects,
+        civil_register=settings.civil_register,
         allow_plaintext_mode=settings.allow_plaintext_mode,
         envelopes=envelopes_for(config),
         authorize=node_authorizer(settings.agency, settings.policy_dir),

@@ -50,6 +50,9 @@ class NodeService:
     closers: list[Callable[[], None]] = field(default_factory=list)
     envelopes: Envelopes | None = None  # signed envelopes (required whenever TLS is on)
     gateway_agency: str = "gateway"
+    # This store is the federation's register of people (the household/civil register): at the
+    # bronze (cohort) tier it refuses a cohort naming anyone it does not know, without saying whom.
+    civil_register: bool = False
     _offered: dict[str, tuple[int, int]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -128,6 +131,12 @@ class NodeService:
             raise InvalidInput(f"stored values of '{element}' fall outside the declared range; fix the data")
         return values
 
+    def _verify_members(self, pseudonyms: Sequence[str]) -> None:
+        """Cohort members must be registered people: made-up members would carry predictable defaults."""
+        if self.store.known(pseudonyms) != len(pseudonyms):
+            log.info("cohort_unknown_member", subjects=len(pseudonyms))
+            raise PolicyDenied("cohort refused: not every member is a person known to the civil register")
+
     def encrypt_values(
         self, request: node_pb2.EncryptRequest, cancelled: Callable[[], bool] | None = None
     ) -> node_pb2.EncryptResponse:
@@ -148,6 +157,8 @@ class NodeService:
         if self.authorize is not None:
             self.authorize(request)
         pseudonyms = list(request.pseudonyms)
+        if self.civil_register and request.context.requester_tier == "bronze":
+            self._verify_members(pseudonyms)
         response = node_pb2.EncryptResponse(agency=self.agency, request_id=request.context.request_id)
         if request.mode == node_pb2.EXCHANGE_MODE_PLAINTEXT:
             if not self.allow_plaintext_mode:

@@ -131,6 +131,16 @@ class NodeStore:
             row = self._conn.execute("SELECT COUNT(DISTINCT pseudonym) FROM element_values").fetchone()
         return int(row[0])
 
+    def known(self, pseudonyms: Sequence[str]) -> int:
+        """How many of the given pseudonyms this store holds any value for."""
+        with self._lock:
+            row = self._conn.execute(
+                "SELECT COUNT(DISTINCT pseudonym) FROM element_values"
+                " WHERE pseudonym IN (SELECT value FROM json_each(?))",
+                (json.dumps(list(pseudonyms)),),
+            ).fetchone()
+        return int(row[0])
+
     def pseudonyms(self) -> list[str]:
         with self._lock:
             return [r[0] for r in self._conn.execute("SELECT DISTINCT pseudonym FROM element_values ORDER BY 1")]

@@ -79,6 +79,23 @@ def test_bronze_tier_sees_cohort_counts_only(federation):
     assert info.value.http_status == 403 and "cohort" in info.value.message
 
 
+def test_bronze_cohort_with_a_made_up_member_is_refused(federation):
+    """The fake-member attack end to end: 9 registered people and one made-up (valid checksum) id."""
+    from xgate.pseudonym import id_checksum
+
+    body = "43990000000000077"
+    made_up = body + id_checksum(body)
+    with _client(federation, "caseworker_bronze") as client, pytest.raises(GatewayError) as info:
+        client.check(
+            "target_discovery", [*_ids(federation, 76, 9), made_up], "target_discovery", DIBAO, "pol-4",
+            approval_ref=DEV_APPROVAL_REF,
+        )  # fmt: skip
+    assert info.value.http_status == 403 and "not every member is a person known to the civil register" in (
+        info.value.message
+    )
+    assert "household" in info.value.message
+
+
 def test_bronze_tier_may_not_run_dibao_at_all(federation):
     with _client(federation, "caseworker_bronze") as client, pytest.raises(GatewayError) as info:
         client.check("dibao", _ids(federation, 75, 12), "dibao", DIBAO, "pol-3b", approval_ref=DEV_APPROVAL_REF)
