@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from app.deploy_cli import config_app, gateway_init, keys_app, node_init, policy_init
+from app.deploy_cli import config_app, gateway_init, keys_app, node_init, policy_init, policy_install, policy_publish
 from app.pki_cli import app as pki_app
 from app.train_cli import app as train_app
 from audit.cli import app as audit_app
@@ -37,6 +37,8 @@ app.add_typer(keys_app, name="keys")
 node_app.command("init")(node_init)
 gateway_app.command("init")(gateway_init)
 policy_app.command("init")(policy_init)
+policy_app.command("publish")(policy_publish)
+policy_app.command("install")(policy_install)
 
 
 @app.command("demo-data")

@@ -194,6 +194,7 @@ def node_config_text(home: Path, agency: str, *, column_key: bool, gateway_audit
         "# The policy set this node decides under. Office-hour windows in agreements are local time in",
         f"# the time zone of its settings.toml (now: {tz}).",
         'policy_dir = "policies"',
+        "signed_policies = true  # start only on a CA-signed bundle: `xgate policy install --into policies`",
         "",
         "[tls]",
         f'cert = "tls/node-{agency}.cert.pem"',
@@ -235,6 +236,7 @@ def gateway_config_text(home: Path, listen: str, agencies: list[tuple[str, str]]
         'state_dir = "data/state"           # probing budgets, consents, training jobs',
         "# Office-hour windows in agreements are local time in settings.toml's time zone (now: " + tz + ").",
         'policy_dir = "policies"',
+        "signed_policies = true  # start only on a CA-signed bundle: `xgate policy install --into policies`",
         "",
         "[tls]",
         'cert = "tls/gateway-gateway.cert.pem"',
@@ -351,3 +353,32 @@ def policy_init(
             shutil.copytree(DEFAULT_POLICY_DIR, out, ignore=shutil.ignore_patterns("*.py", "__pycache__"))
             note = "office hours as shipped"
         typer.echo(f"{out}: policy set ({note}; hours are local time in {_timezone(out)})")
+
+
+def policy_publish(
+    ca: Annotated[Path, typer.Option("--ca", help="CA directory (its key signs the bundle)")],
+    policies: Annotated[Path, typer.Option("--policies", help="the federation's policy set")],
+    version: Annotated[int, typer.Option("--version", help="bundle version: higher than every earlier one")],
+    out: Annotated[Path, typer.Option("--out", help="bundle file to write (one JSON file)")],
+) -> None:
+    """Sign the policy set as a versioned bundle for every party (`xgate policy install`)."""
+    from crypto import pki
+    from crypto.policy_bundle import publish
+
+    with fail_on_error():
+        body = publish(pki.load_ca(ca).key, policies, version, out)
+        typer.echo(f"{out}: policy bundle version {version}, {len(body['files'])} files, signed by the CA")
+
+
+def policy_install(
+    bundle: Annotated[Path, typer.Option("--bundle", help="the bundle the federation operator published")],
+    ca_cert: Annotated[Path, typer.Option("--ca-cert", help="the federation CA certificate")],
+    into: Annotated[Path, typer.Option("--into", help="this party's policy directory")],
+) -> None:
+    """Verify a bundle (CA signature, every file's digest) and install it; refuse an older or unsigned one.
+    Running services pick up the new policy set without a restart."""
+    from crypto.policy_bundle import install
+
+    with fail_on_error():
+        done = install(bundle, ca_cert, into)
+        typer.echo(f"{into}: policy bundle version {done.version} ({done.files} files, issued {done.issued_at})")

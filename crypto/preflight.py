@@ -160,3 +160,18 @@ def signing_key_ok(problems: Problems, key: str, path: Path | None, directory: P
         )
         return False
     return True
+
+
+def policy_bundle_ok(problems: Problems, key: str, policy_dir: Path | None, ca: Path | None) -> bool:
+    """`signed_policies = true`: the policy directory holds an unaltered, CA-signed bundle."""
+    from crypto.policy_bundle import verify_installed
+
+    if policy_dir is None or ca is None:
+        problems.add(f"{key}: signed_policies needs a policy_dir and the CA certificate ([tls].ca)")
+        return False
+    try:
+        verify_installed(policy_dir, ca)
+    except XgateError as exc:
+        problems.add(f"{key} = {policy_dir}: {exc.message}")
+        return False
+    return True

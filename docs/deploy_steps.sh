@@ -18,6 +18,7 @@ xgate pki init --ca ca --name "Example federation CA"
 xgate policy init --out policies --all-day   # trial: office hours widened to 24 h; omit --all-day in production
 xgate keys pseudonym --out pseudonym.key     # the one shared secret: agencies and requester clients, never the gateway
 xgate pki add-user --users users.json --principals policies/principals.toml --user cw-zhou --agency civil_affairs --role caseworker --tier gold > cw-zhou.apikey
+xgate policy publish --ca ca --policies policies --version 1 --out policies-v1.json   # CA-signed, versioned
 xgate demo-data --out extracts --people 20000 --applicants 300   # trial: synthetic extracts; agencies bring their own
 mkdir -p requests issued
 
@@ -42,21 +43,20 @@ xgate pki sign --ca ca --request requests/gateway-gateway.csr.pem --kind gateway
 xgate pki sign --ca ca --request requests/node-$AGENCY.csr.pem --kind node --agency $AGENCY --address $NODE:7443 --out issued
 
 # @ ca for each agency
-# Distribute: CA-signed files, the certificate, the policy set, the pseudonym key, the extract.
+# Distribute: CA-signed files, the certificate, the policy bundle, the pseudonym key, the extract.
 scp ca/ca.cert.pem ca/crl.pem ca/federation.json $NODE:ca/
-scp issued/node-$AGENCY.cert.pem extracts/$AGENCY.csv extracts/$AGENCY.mapping.toml $NODE:
+scp issued/node-$AGENCY.cert.pem policies-v1.json extracts/$AGENCY.csv extracts/$AGENCY.mapping.toml $NODE:
 scp pseudonym.key $NODE:keys/
-scp -r policies $NODE:
 
 # @ ca
 scp ca/ca.cert.pem ca/crl.pem ca/federation.json gw.xgate.test:ca/
-scp issued/gateway-gateway.cert.pem gw.xgate.test:
+scp issued/gateway-gateway.cert.pem policies-v1.json gw.xgate.test:
 scp users.json gw.xgate.test:keys/
-scp -r policies gw.xgate.test:
 scp ca/ca.cert.pem pseudonym.key cw-zhou.apikey extracts/applicants.csv client.xgate.test:
 
 # @ agency
 xgate pki install --cert node-$AGENCY.cert.pem --out tls --ca-cert ca/ca.cert.pem --directory ca/federation.json
+xgate policy install --bundle policies-v1.json --ca-cert ca/ca.cert.pem --into policies   # refuses unsigned or older
 xgate node load --config node.toml --data $AGENCY.csv --mapping $AGENCY.mapping.toml
 xgate config check node.toml
 
@@ -66,6 +66,7 @@ xgate node serve --config node.toml
 
 # @ gateway
 xgate pki install --cert gateway-gateway.cert.pem --out tls --ca-cert ca/ca.cert.pem --directory ca/federation.json
+xgate policy install --bundle policies-v1.json --ca-cert ca/ca.cert.pem --into policies
 xgate gateway init --home . --listen 0.0.0.0:8443   # one [nodes.<agency>] per node in federation.json
 xgate keys mask --out keys/mask.key
 xgate keys audit --out keys/audit

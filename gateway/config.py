@@ -43,6 +43,7 @@ class GatewaySettings(BaseModel):
     audit_db: Path | None = None
     audit_key: Path | None = None
     policy_dir: Path | None = None
+    signed_policies: bool = False  # start only on a CA-signed policy bundle (`xgate policy install`)
     state_dir: Path | None = None  # budgets, consents (embedded mode)
     # Replicated mode: a PostgreSQL URL shared by every gateway process (budgets, consents, rate limits).
     database: str | None = Field(default=None, pattern=r"^postgres(ql)?://")

@@ -5,7 +5,15 @@ from __future__ import annotations
 from pathlib import Path
 
 from crypto.masks import MASK_KEY_BYTES
-from crypto.preflight import Problems, address_ok, certificate_ok, directory_ok, file_ok, signing_key_ok
+from crypto.preflight import (
+    Problems,
+    address_ok,
+    certificate_ok,
+    directory_ok,
+    file_ok,
+    policy_bundle_ok,
+    signing_key_ok,
+)
 from gateway.config import GatewayConfig
 from xgate.errors import ConfigError, XgateError
 
@@ -51,6 +59,8 @@ def gateway_problems(config: GatewayConfig) -> Problems:
         p.add("gateway.users_file is not set: no REST user could authenticate (`xgate pki add-user`)")
     if s.policy_dir is not None:
         file_ok(p, "gateway.policy_dir", s.policy_dir, is_dir=True)
+    if s.signed_policies:
+        policy_bundle_ok(p, "gateway.policy_dir", s.policy_dir, config.tls.ca if config.tls else None)
     if s.state_dir is not None and not s.state_dir.exists():
         file_ok(p, "gateway.state_dir (its parent)", s.state_dir.parent, is_dir=True)
     if s.audit_db is not None:

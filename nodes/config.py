@@ -36,6 +36,7 @@ class NodeSettings(BaseModel):
     audit_key: Path | None = None  # signs this node's checkpoints and its cosignatures
     gateway_audit_key: Path | None = None  # the gateway log's public key: makes this node a witness
     policy_dir: Path | None = None
+    signed_policies: bool = False  # start only on a CA-signed policy bundle (`xgate policy install`)
     signing_key: Path | None = None
     federation_directory: Path | None = None
     allow_plaintext_mode: bool = False  # benchmark baseline only

@@ -9,7 +9,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from crypto.preflight import Problems, address_ok, certificate_ok, directory_ok, file_ok, signing_key_ok
+from crypto.preflight import (
+    Problems,
+    address_ok,
+    certificate_ok,
+    directory_ok,
+    file_ok,
+    policy_bundle_ok,
+    signing_key_ok,
+)
 from nodes.config import NodeConfig
 from xgate.errors import XgateError
 
@@ -44,6 +52,8 @@ def node_problems(config: NodeConfig, *, for_serve: bool = True) -> Problems:
     file_ok(p, "node.catalogue", s.catalogue)
     if s.policy_dir is not None:
         file_ok(p, "node.policy_dir", s.policy_dir, is_dir=True)
+    if s.signed_policies:
+        policy_bundle_ok(p, "node.policy_dir", s.policy_dir, config.tls.ca if config.tls else None)
     for key, path in (("node.pseudonym_key_file", s.pseudonym_key_file), ("node.column_key_file", s.column_key_file),
                       ("node.audit_key", s.audit_key)):  # fmt: skip
         if path is not None:
@@ -54,6 +64,16 @@ def node_problems(config: NodeConfig, *, for_serve: bool = True) -> Problems:
         file_ok(p, "node.audit_db (its directory)", s.audit_db.parent, is_dir=True)
         if s.audit_key is None:
             p.add("node.audit_db is set but node.audit_key is not: nothing could sign this node's checkpoints")
+    _tls_problems(p, config)
+    address, source = listen_address(config)
+    address_ok(p, f"listen ({source})", address)
+    if config.training is not None:
+        _training_problems(p, config)
+    return p
+
+
+def _tls_problems(p: Problems, config: NodeConfig) -> None:
+    s = config.node
     tls = config.tls
     if tls is None:
         if not s.insecure:
@@ -67,11 +87,6 @@ def node_problems(config: NodeConfig, *, for_serve: bool = True) -> Problems:
         else:
             if directory_ok(p, "node.federation_directory", s.federation_directory, tls.ca):
                 signing_key_ok(p, "node.signing_key", s.signing_key, s.federation_directory, tls.ca, s.agency, "node")
-    address, source = listen_address(config)
-    address_ok(p, f"listen ({source})", address)
-    if config.training is not None:
-        _training_problems(p, config)
-    return p
 
 
 def _training_problems(p: Problems, config: NodeConfig) -> None:

@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 
 from app.cli import app
 from crypto import pki
+from crypto.policy_bundle import install, publish
 
 REPO = Path(__file__).resolve().parents[2]
 runner = CliRunner()
@@ -45,19 +46,24 @@ def federation(tmp_path: Path) -> Path:
     pki.init_ca(ca, "test CA")
     pki.issue(ca, "node", "tax", tmp_path / "tax" / "tls", address="127.0.0.1:7443")
     pki.issue(ca, "gateway", "gateway", tmp_path / "gw" / "tls")
+    # The operator registers the user in the policy set, then publishes it (as docs/deploy_steps.sh).
+    shutil.copytree(REPO / "policies", tmp_path / "set", ignore=shutil.ignore_patterns("*.py", "__pycache__"))
+    code, out = xgate("pki", "add-user", "--users", str(tmp_path / "users.json"), "--user", "cw-new",
+                      "--agency", "civil_affairs", "--role", "caseworker", "--tier", "gold",
+                      "--principals", str(tmp_path / "set/principals.toml"))  # fmt: skip
+    assert code == 0, out
+    bundle = tmp_path / "policies-v1.json"
+    publish(pki.load_ca(ca).key, tmp_path / "set", 1, bundle)
     for home in ("tax", "gw"):
         _distribute(ca, tmp_path / home)
-        shutil.copytree(REPO / "policies", tmp_path / home / "policies", ignore=shutil.ignore_patterns("*.py"))
+        install(bundle, ca / pki.CA_CERT, tmp_path / home / "policies")
     assert xgate("node", "init", "--home", str(tmp_path / "tax"), "--agency", "tax")[0] == 0
     assert xgate("keys", "pseudonym", "--out", str(tmp_path / "tax/keys/pseudonym.key"))[0] == 0
     assert xgate("keys", "audit", "--out", str(tmp_path / "tax/keys/audit"))[0] == 0
     assert xgate("gateway", "init", "--home", str(tmp_path / "gw"), "--listen", "127.0.0.1:0")[0] == 0
     assert xgate("keys", "mask", "--out", str(tmp_path / "gw/keys/mask.key"))[0] == 0
     assert xgate("keys", "audit", "--out", str(tmp_path / "gw/keys/audit"))[0] == 0
-    code, out = xgate("pki", "add-user", "--users", str(tmp_path / "gw/keys/users.json"), "--user", "cw-new",
-                      "--agency", "civil_affairs", "--role", "caseworker", "--tier", "gold",
-                      "--principals", str(tmp_path / "gw/policies/principals.toml"))  # fmt: skip
-    assert code == 0, out
+    shutil.copy2(tmp_path / "users.json", tmp_path / "gw/keys/users.json")  # keeps its 0600 mode
     return tmp_path
 
 
@@ -144,13 +150,13 @@ def test_keys_are_owner_only_and_never_overwritten(tmp_path: Path) -> None:
 def test_add_user_registers_the_principal_in_one_step(federation: Path) -> None:
     from policies.loader import UsersFile, load_model
 
-    users, _ = load_model(federation / "gw/policies/principals.toml", UsersFile, "principals")
+    users, _ = load_model(federation / "gw/policies/principals.toml", UsersFile, "principals")  # as installed
     assert [(u.agency, u.role, u.tier) for u in users.users if u.id == "cw-new"] == [
         ("civil_affairs", "caseworker", "gold")
     ]
     code, out = xgate("pki", "add-user", "--users", str(federation / "gw/keys/users.json"), "--user", "cw-new",
                       "--agency", "nowhere!", "--role", "caseworker", "--tier", "gold",
-                      "--principals", str(federation / "gw/policies/principals.toml"))  # fmt: skip
+                      "--principals", str(federation / "set/principals.toml"))  # fmt: skip
     assert code == 2 and "agency" in out
 
 
@@ -194,3 +200,16 @@ def test_init_writes_the_training_side(federation: Path) -> None:
     assert code == 0, out
     node = load_node_config(federation / "tax/node.toml")
     assert node.training is not None and node.training.superlink == "gw.example.test:9092"
+
+
+def test_signed_policies_require_an_installed_bundle(federation: Path) -> None:
+    """init writes signed_policies = true: a policy set edited after install does not start."""
+    node = federation / "tax/node.toml"
+    assert "signed_policies = true" in node.read_text()
+    agreement = next((federation / "tax/policies/agreements").glob("*.cedar"))
+    agreement.write_text(agreement.read_text().replace("context.hour >= 8", "context.hour >= 0"))
+    code, out = xgate("config", "check", str(node), "--before-load")
+    assert code == 1 and f"policy file agreements/{agreement.name} differs from bundle version 1" in out
+    from policies.decision import PolicyEngine
+
+    assert PolicyEngine.load(federation / "gw/policies") is not None  # the manifest beside the set is ignored
