@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from gateway.api_contract import error_document
 from xgate.errors import (
     DeadlineExceeded,
     InvalidInput,
@@ -222,23 +223,16 @@ class ByteBudget:
 # ---------------------------------------------------------------------------------------------
 # The ASGI edge
 # ---------------------------------------------------------------------------------------------
-def error_body(exc: XgateError, request_id: str | None = None) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
-    """Status, headers and JSON body of an error, in the gateway's one error shape (with the
-    request id the caller can quote, when the audit middleware gave the request one)."""
+def error_body(scope: Scope, exc: XgateError) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+    """Status, headers and JSON body of an error, in the gateway's one error shape."""
     headers = [(b"content-type", b"application/json")]
     headers += [(name.lower().encode(), value.encode()) for name, value in http_headers(exc).items()]
-    body = exc.to_public()
-    if request_id is not None:
-        body["request_id"] = request_id
-    return exc.http_status, headers, json.dumps(body).encode()
+    return exc.http_status, headers, json.dumps(error_document(scope, exc.code, exc.message, exc.details)).encode()
 
 
-async def send_error(
-    send: Send, exc: XgateError, on_error: Callable[[XgateError], None] | None = None, request_id: str | None = None
-) -> None:
-    if on_error is not None:
-        on_error(exc)
-    status, headers, body = error_body(exc, request_id)
+async def send_error(scope: Scope, send: Send, exc: XgateError) -> None:
+    scope.setdefault("state", {})["error"] = exc.code  # where the audit middleware reads it
+    status, headers, body = error_body(scope, exc)
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 
@@ -278,7 +272,7 @@ class AdmissionMiddleware:
         try:
             declared = self._declared_length(headers)
         except XgateError as exc:
-            await send_error(send, exc, _mark(scope), _request_id(scope))
+            await send_error(scope, send, exc)
             return
         has_body = declared is None or declared > 0  # None: chunked, length unknown
         if not has_body and not supervised:
@@ -288,13 +282,13 @@ class AdmissionMiddleware:
         try:
             self.budget.take(reserved)
         except XgateError as exc:
-            await send_error(send, exc, _mark(scope), _request_id(scope))
+            await send_error(scope, send, exc)
             return
         try:
             try:
                 body, extra = await self._read_body(receive, declared) if has_body else (b"", 0)
             except _Refused as refused:
-                await send_error(send, refused.error, _mark(scope), _request_id(scope))
+                await send_error(scope, send, refused.error)
                 return
             except _Gone:
                 return
@@ -382,7 +376,7 @@ class AdmissionMiddleware:
         try:
             deadline = self._deadline_s(headers)
         except XgateError as exc:
-            await send_error(send, exc, _mark(scope), _request_id(scope))
+            await send_error(scope, send, exc)
             return
         responded = False
 
@@ -406,8 +400,8 @@ class AdmissionMiddleware:
             watcher.cancel()
             with suppress(asyncio.CancelledError):
                 await watcher
-        if handler.done():
-            handler.result()
+        if handler.done() or (responded and not gone.is_set()):
+            await handler  # answered, or answering: a response in flight is finished, never cut
             return
         handler.cancel()
         with suppress(asyncio.CancelledError):
@@ -419,7 +413,7 @@ class AdmissionMiddleware:
             error = DeadlineExceeded(f"the request's deadline of {deadline:g} s passed; the check was cancelled")
             log.info("check_abandoned", reason="deadline", path=scope["path"], deadline_s=deadline)
         if not responded:
-            await send_error(send, error, _mark(scope), _request_id(scope))
+            await send_error(scope, send, error)
 
 
 def _replay(body: bytes, gone: asyncio.Event) -> Receive:
@@ -435,18 +429,3 @@ def _replay(body: bytes, gone: asyncio.Event) -> Receive:
         return {"type": "http.disconnect"}
 
     return receive
-
-
-def _request_id(scope: Scope) -> str | None:
-    """The id the audit middleware (outside this one) gave the request."""
-    value = scope.get("state", {}).get("request_id")
-    return value if isinstance(value, str) else None
-
-
-def _mark(scope: Scope) -> Callable[[XgateError], None]:
-    """Leave the error code where the audit middleware reads it (request.state.error)."""
-
-    def mark(exc: XgateError) -> None:
-        scope.setdefault("state", {})["error"] = exc.code
-
-    return mark

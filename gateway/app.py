@@ -5,22 +5,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from gateway.admission_control import AdmissionController, AdmissionMiddleware, AdmissionSettings
+from gateway.api_contract import ContractMiddleware, contract_openapi, install_error_handlers, request_id_of
 from gateway.audit import REQUEST_ID, SERVICE_ACTOR, GatewayAudit
 from gateway.routes import ROUTERS
 from gateway.routes.console import mount_static
 from gateway.services import Services
 from xgate import __version__
-from xgate.errors import AuditLogCompromised, InvalidInput, XgateError, http_headers
+from xgate.errors import AuditLogCompromised, XgateError, http_headers
 from xgate.logging import get_logger
 
 log = get_logger("xgate.gateway")
@@ -48,7 +47,9 @@ def create_app(
     # Inside the audit middleware below, so its refusals (408, 413, 503, 504) are recorded too.
     app.add_middleware(AdmissionMiddleware, settings=admission, max_body_bytes=max_body_bytes)
     _audit_every_request(app, services.audit)
-    _error_handlers(app)
+    app.add_middleware(ContractMiddleware)  # outermost: the request id, int64 range, the one error shape
+    app.openapi = contract_openapi(app)  # type: ignore[method-assign]
+    install_error_handlers(app)  # one error shape with a request id (gateway/api_contract.py)
     for router in ROUTERS:
         app.include_router(router)
     mount_static(app)
@@ -113,7 +114,7 @@ def _audit_every_request(app: FastAPI, audit: GatewayAudit | None) -> None:
         # Every response carries the request id (X-Request-Id, and in error bodies); every entry
         # about the request records it, the `request` entry included.
         started = time.perf_counter()
-        request_id = request.state.request_id = str(uuid.uuid4())
+        request_id = request_id_of(request.scope)  # given by ContractMiddleware (outside this one)
         path = request.url.path
         if audit is not None and audit.compromised is not None and _is_action(request.method, path):
             request.state.error = audit.compromised.code  # a damaged log records no new actions
@@ -144,25 +145,3 @@ def _audit_every_request(app: FastAPI, audit: GatewayAudit | None) -> None:
                 response = error_response(request, exc, status=503)
         response.headers["X-Request-Id"] = request_id
         return response
-
-
-def _error_handlers(app: FastAPI) -> None:
-    @app.exception_handler(XgateError)
-    async def _xgate_error(request: Request, exc: XgateError) -> JSONResponse:
-        request.state.error = exc.code
-        return error_response(request, exc)
-
-    @app.exception_handler(Exception)
-    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-        log.exception("request_failed", path=request.url.path)
-        return error_response(request, XgateError("internal error"))
-
-    @app.exception_handler(RequestValidationError)
-    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
-        request.state.error = "invalid_input"
-        problems = [
-            {"field": ".".join(str(p) for p in e["loc"] if p != "body"), "problem": e["msg"]} for e in exc.errors()
-        ]
-        first = problems[0] if problems else {"field": "body", "problem": "invalid"}
-        message = f"{first['field'] or 'body'}: {first['problem']}"
-        return error_response(request, InvalidInput(message, problems=problems[:20]))
