@@ -15,7 +15,7 @@ import sqlite3
 from typing import Any
 
 from fastapi import APIRouter, Response
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, PlainTextResponse
 
 from gateway.deps import ServicesDep
 from gateway.services import Services
@@ -77,7 +77,7 @@ async def readyz(services: ServicesDep) -> JSONResponse:
                         status_code=200 if ready else 503)  # fmt: skip
 
 
-@router.get("/metrics")
+@router.get("/metrics", response_class=PlainTextResponse)  # documented as text/plain (Prometheus text format)
 async def prometheus(services: ServicesDep) -> Response:
     metrics.AUDIT_QUEUE_DEPTH.set(services.audit.pending if services.audit is not None else 0)
     body, content_type = metrics.exposition()

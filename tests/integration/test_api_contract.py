@@ -116,7 +116,7 @@ def test_errors_built_by_routers_get_the_request_id_too(contract_gateway: str, f
 def _schemathesis(url: str, ca: Path, key: str | None, report: Path, config: Path) -> dict[str, object]:
     exe = Path(sys.executable).parent / "schemathesis"
     args = [str(exe), "--config-file", str(config), "run", f"{url}/openapi.json", "--tls-verify", str(ca)]
-    args += ["--checks", CHECKS + (",ignored_auth" if key else ""), "--max-examples", "5", "--seed", "20261202"]
+    args += ["--checks", CHECKS + (",ignored_auth" if key else ""), "--max-examples", "3", "--seed", "20261202"]
     args += ["--phases", "examples,coverage,fuzzing", "--workers", "1", "--no-shrink", "--request-timeout", "20"]
     args += ["--report", "json", "--report-json-path", str(report)]
     if key is not None:
@@ -142,4 +142,4 @@ def test_schemathesis_finds_no_server_error_and_no_schema_mismatch(
     assert result["errors"] == [], result["output"]
     assert result["failures"] == [], result["output"]
     cases = result["test_cases"]
-    assert isinstance(cases, dict) and cases["generated"] >= 60
+    assert isinstance(cases, dict) and cases["generated"] >= 40
