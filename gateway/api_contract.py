@@ -217,8 +217,9 @@ _DESCRIPTIONS = {
     403: "Refused by role or policy",
     404: "No such resource",
     408: "Request body not received within the read deadline",
-    409: "Conflict (integrity, a job that exists or a busy runner)",
+    409: "Conflict (integrity, a job that exists, a busy runner, an Idempotency-Key still running)",
     413: "Request body or batch too large",
+    422: "Idempotency-Key reused with another request body",
     429: "Rate limit, failed-authentication limit or probing budget exhausted (Retry-After)",
     500: "Internal error",
     502: "A node answered with something malformed or unverifiable",
@@ -243,7 +244,7 @@ def _statuses(path: str, method: str, operation: dict[str, Any]) -> set[int]:
     if path.startswith(("/v1/checks", "/v1/nodes", "/v1/audit/checkpoints", "/v1/console/checkpoints")):
         out |= {502, 503, 504, 404}
     if path.startswith("/v1/checks"):
-        out |= {404, 413}
+        out |= {404, 409, 413, 422}  # 409/422: Idempotency-Key still running / reused with another body
     if path.startswith(("/v1/training", "/v1/audit", "/v1/console", "/v1/consents", "/v1/subjects", "/v1/policies")):
         out |= {404, 409}
     return out
@@ -309,12 +310,16 @@ def rewrite_openapi(doc: dict[str, Any]) -> dict[str, Any]:
             if not isinstance(operation, dict) or method not in {"get", "post", "put", "patch", "delete"}:
                 continue
             responses = operation.setdefault("responses", {})
-            responses.pop("422", None)
+            if "HTTPValidationError" in json.dumps(responses.get("422", {})):
+                del responses["422"]  # FastAPI's validation answer: ours is a 400
             for status in sorted(_statuses(path, method, operation)):
                 response: dict[str, Any] = {"description": _DESCRIPTIONS[status], "content": error_content}
                 if status in (429, 503):
                     response["headers"] = {"Retry-After": _RETRY_AFTER}
                 responses.setdefault(str(status), response)
+            for status, response in responses.items():  # a route's own error entries get the shape too
+                if status[:1] in "45" and isinstance(response, dict):
+                    response.setdefault("content", error_content)
             if path.startswith("/v1/"):
                 operation["security"] = [{"bearerApiKey": []}, {"headerApiKey": []}]
             if path == "/v1/checks" and method == "post":
