@@ -25,6 +25,7 @@ import time
 from collections import Counter, OrderedDict, deque
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager, suppress
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -46,6 +47,9 @@ from xgate.logging import get_logger
 log = get_logger("xgate.gateway")
 
 TIMEOUT_HEADER = b"x-request-timeout"
+# When the request being served must be answered (loop time), set by the middleware for the
+# handler task it starts: a check that could not be served before it is refused at admission.
+REQUEST_DEADLINE: ContextVar[float | None] = ContextVar("xgate_request_deadline", default=None)
 MB = 1024 * 1024
 
 
@@ -122,12 +126,21 @@ class AdmissionController:
         if self._per_user[(agency, user)] >= s.max_queued_per_user:
             raise self._refuse("this user has their full share of the queue waiting")
 
+    def expected_wait_s(self) -> float:
+        """How long a check queued now would wait, at the recent pace."""
+        return (self._queued + 1) * self.service_s / self.settings.max_inflight_checks
+
     async def acquire(self, agency: str, user: str, nbytes: int = 0) -> None:
         """Take a slot now, or wait in the fair queue, or raise Overloaded at once."""
         if self._inflight < self.settings.max_inflight_checks and self._queued == 0:
             self._inflight += 1
             return
         self._check_room(agency, user, nbytes)
+        deadline = REQUEST_DEADLINE.get()
+        if deadline is not None:
+            left = deadline - asyncio.get_running_loop().time()
+            if self.expected_wait_s() + self.service_s > left:  # it would time out waiting: say so now
+                raise self._refuse(f"a check queued now would not be answered within its {max(left, 0):.1f} s deadline")
         waiter = _Waiter(agency, user, nbytes, asyncio.get_running_loop().create_future())
         self._queues.setdefault(agency, OrderedDict()).setdefault(user, deque()).append(waiter)
         self._queued += 1
@@ -391,7 +404,11 @@ class AdmissionMiddleware:
                 pass
             gone.set()
 
-        handler = asyncio.ensure_future(self.app(scope, replay, tracked_send))
+        token = REQUEST_DEADLINE.set(asyncio.get_running_loop().time() + deadline - (time.monotonic() - started))
+        try:
+            handler = asyncio.ensure_future(self.app(scope, replay, tracked_send))  # copies the context
+        finally:
+            REQUEST_DEADLINE.reset(token)
         watcher = asyncio.ensure_future(watch())
         remaining = max(0.0, deadline - (time.monotonic() - started))
         try:

@@ -183,3 +183,25 @@ def test_node_stops_encrypting_when_its_call_is_cancelled(tmp_path: Path) -> Non
     assert len(polls) == 3  # stopped before the second element's ciphertext
     answered = service.encrypt_values(request, lambda: False)
     assert [len(e.ciphertexts) for e in answered.elements] == [1, 1]
+
+
+def test_a_check_that_would_outwait_its_deadline_is_refused_at_once() -> None:
+    """Without this, a check queued behind too much work waits its whole deadline and then fails."""
+    from gateway.admission_control import REQUEST_DEADLINE
+
+    async def scenario() -> None:
+        ctl = AdmissionController(_settings(), service_s=2.0)  # recent checks took 2 s each
+        await ctl.acquire("a", "u1")
+        loop = asyncio.get_running_loop()
+        REQUEST_DEADLINE.set(loop.time() + 3.0)  # 2 s of waiting + 2 s of service > 3 s
+        with pytest.raises(Overloaded, match="deadline"):
+            await ctl.acquire("a", "u2")
+        assert ctl.queued == 0
+        REQUEST_DEADLINE.set(loop.time() + 10.0)  # room enough: it waits in the queue
+        waiting = asyncio.create_task(ctl.acquire("a", "u3"))
+        await asyncio.sleep(0)
+        assert ctl.queued == 1
+        ctl.release(2.0)
+        await waiting
+
+    asyncio.run(scenario())

@@ -1,0 +1,443 @@
+"""Load: 1 to 1,000 concurrent clients against a federation of real processes (issue 17 item 5).
+
+A federation of real processes (app.devfed: five nodes, the gateway and its audit writer, mTLS,
+signed envelopes) answers single-applicant HE checks of the 低保 program. At each concurrency
+level every client loops for the level's duration: it sends a check with a client deadline
+(`X-Request-Timeout`, and its own timeout a little beyond), waits `Retry-After` when refused and
+sends again. Per level: answered, refused (503/429), client timeouts (no answer within the
+client's deadline), other errors, goodput (answered checks per second), latency percentiles of
+answered and of refused requests, and the peak RSS of the gateway's processes (sampled from
+/proc). `at_1000` compares the 1,000-client level with the best level.
+
+`single_check_bytes` is what one single-applicant check moves on the wire today (client <->
+gateway bodies + gateway <-> node protobuf). `single_check_ms_county_link` is measured from a
+network namespace this benchmark creates (veth pair, 10.200.7.0/24, `tc netem` 20 Mbit/s and
+40 ms round trip), removed on exit; it is null, with the reason, when namespaces cannot be made.
+
+The federation set-up and a level are functions (`federation`, `run_level`) so other benchmarks
+(PostgreSQL replicas, issue 18) can reuse them. Run: python -m bench.load [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import contextlib
+import json
+import os
+import platform
+import shutil
+import ssl
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from app.devfed import DEV_APPROVAL_REF, LEGAL_BASIS, DevFederation, prepare, start_nodes, write_gateway_config
+from app.launcher import Supervisor
+from client.subjects import read_subjects
+from crypto.he import RequesterKeys
+from xgate.pseudonym import Pseudonymiser, load_key
+
+RESULTS = Path(__file__).resolve().parent / "results" / "load.json"
+LEVELS = (1, 10, 100, 1000)
+CLIENT_DEADLINE_S = 10.0  # what a caseworker's client waits for one answer
+REFUSAL_GOAL_S = 2.0  # a refusal must come at once, never after waiting
+NETNS = "xgate-county"
+VETH_HOST, VETH_NS = "xgv-host", "xgv-county"
+HOST_IP, NS_IP = "10.200.7.1", "10.200.7.2"
+
+
+# ---------------------------------------------------------------------------------------------
+# Federation (reusable)
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class Running:
+    fed: DevFederation
+    url: str
+    gateway_pid: int
+    keys: RequesterKeys
+    body: bytes  # one single-applicant check request, JSON
+
+
+@contextlib.contextmanager
+def federation(
+    root: Path, people: int = 3000, applicants: int = 200, host: str = "127.0.0.1", **gateway: object
+) -> Iterator[Running]:
+    """Nodes + one gateway (its config `gateway` overrides merged in), ready for checks."""
+    fed = prepare(root, people=people, applicants=applicants, tls=True, budget_max_checks=1_000_000)
+    with Supervisor(log_dir=fed.log_dir) as supervisor:
+        start_nodes(fed, supervisor)
+        overrides: dict[str, Any] = {"rate_per_s": 100_000.0, "rate_burst": 100_000.0, "host": host, **gateway}
+        write_gateway_config(fed, **overrides)
+        child = supervisor.start("gateway", ["gateway", "serve", "--config", str(fed.gateway_config)])
+        fed.gateway_url = str(child.announcement["url"])
+        keys = RequesterKeys.generate()
+        pseudonymiser = Pseudonymiser(load_key(fed.pseudonym_key))
+        subject = read_subjects(fed.applicants)[0]
+        body = json.dumps(
+            {
+                "program": "dibao",
+                "purpose": "dibao",
+                "legal_basis": LEGAL_BASIS["dibao"],
+                "case_id": "LOAD",
+                "approval_ref": DEV_APPROVAL_REF,
+                "pseudonyms": [pseudonymiser.pseudonym(subject)],
+                "public_context": base64.b64encode(keys.public_context).decode(),
+            }
+        ).encode()
+        yield Running(fed, fed.gateway_url, child.process.pid, keys, body)
+
+
+def process_tree(pid: int) -> list[int]:
+    pids, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        pids.append(current)
+        with contextlib.suppress(OSError):
+            for task in os.listdir(f"/proc/{current}/task"):
+                children = Path(f"/proc/{current}/task/{task}/children").read_text().split()
+                todo.extend(int(c) for c in children)
+    return pids
+
+
+def rss_mb(pids: list[int]) -> float:
+    total = 0
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+    return total / 1024
+
+
+class RssSampler:
+    """Peak RSS (MB) of a process and its children while the level runs."""
+
+    def __init__(self, pid: int, every_s: float = 0.2) -> None:
+        self.pid, self.every_s, self.peak = pid, every_s, 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, rss_mb(process_tree(self.pid)))
+            self._stop.wait(self.every_s)
+
+    def __enter__(self) -> RssSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+# ---------------------------------------------------------------------------------------------
+# One level
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class Tally:
+    answered: list[float] = field(default_factory=list)  # seconds per answered check
+    refused: list[float] = field(default_factory=list)  # seconds until a 503/429 came back
+    timeouts: int = 0
+    errors: dict[str, int] = field(default_factory=dict)
+
+
+async def _client(http: httpx.AsyncClient, body: bytes, headers: dict[str, str], stop_at: float, tally: Tally) -> None:
+    while time.monotonic() < stop_at:
+        t0 = time.monotonic()
+        try:
+            response = await http.post("/v1/checks", content=body, headers=headers)
+        except httpx.TimeoutException:
+            tally.timeouts += 1
+            continue
+        except httpx.HTTPError as exc:
+            name = type(exc).__name__
+            tally.errors[name] = tally.errors.get(name, 0) + 1
+            await asyncio.sleep(0.5)
+            continue
+        elapsed = time.monotonic() - t0
+        if response.status_code == 200:
+            tally.answered.append(elapsed)
+        elif response.status_code in (429, 503):
+            tally.refused.append(elapsed)
+            retry = float(response.headers.get("Retry-After", "1"))
+            await asyncio.sleep(min(retry, max(0.0, stop_at - time.monotonic())))
+        else:
+            key = f"http_{response.status_code}"
+            tally.errors[key] = tally.errors.get(key, 0) + 1
+            await asyncio.sleep(0.5)
+
+
+def _pct(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000, 1)
+
+
+async def _level(url: str, ca: Path, key: str, body: bytes, concurrency: int, duration_s: float) -> Tally:
+    tally = Tally()
+    verify = ssl.create_default_context(cafile=str(ca))
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    timeout = httpx.Timeout(CLIENT_DEADLINE_S + 1.0, connect=CLIENT_DEADLINE_S)
+    headers = {
+        "Authorization": f"Bearer {key}",
+        "Content-Type": "application/json",
+        "X-Request-Timeout": str(CLIENT_DEADLINE_S),
+    }
+    async with httpx.AsyncClient(base_url=url, verify=verify, limits=limits, timeout=timeout) as http:
+        stop_at = time.monotonic() + duration_s
+        await asyncio.gather(*(_client(http, body, headers, stop_at, tally) for _ in range(concurrency)))
+    return tally
+
+
+def run_level(running: Running, concurrency: int, duration_s: float, key_label: str = "caseworker") -> dict[str, Any]:
+    """`concurrency` clients for `duration_s` against the running gateway; the level's figures."""
+    started = time.monotonic()
+    with RssSampler(running.gateway_pid) as rss:
+        tally = asyncio.run(
+            _level(
+                running.url, running.fed.ca_cert, running.fed.api_keys[key_label], running.body, concurrency, duration_s
+            )
+        )
+    wall = time.monotonic() - started
+    return {
+        "concurrency": concurrency,
+        "duration_s": round(wall, 1),
+        "answered": len(tally.answered),
+        "refused": len(tally.refused),
+        "client_timeouts": tally.timeouts,
+        "errors": tally.errors,
+        "goodput_per_s": round(len(tally.answered) / wall, 2),
+        "answered_ms": {
+            "p50": _pct(tally.answered, 0.5),
+            "p95": _pct(tally.answered, 0.95),
+            "p99": _pct(tally.answered, 0.99),
+        },
+        "refused_ms": {
+            "p50": _pct(tally.refused, 0.5),
+            "p99": _pct(tally.refused, 0.99),
+            "max": _pct(tally.refused, 1.0),
+        },
+        "gateway_rss_max_mb": round(rss.peak, 1),
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# Single check: bytes, and latency over a county office's link
+# ---------------------------------------------------------------------------------------------
+def single_check_bytes(running: Running) -> dict[str, int]:
+    from client.sdk import GatewayClient
+
+    pseudonymiser = Pseudonymiser(load_key(running.fed.pseudonym_key))
+    ids = read_subjects(running.fed.applicants)[:1]
+    with GatewayClient(
+        running.url, running.fed.api_keys["caseworker"], pseudonymiser, running.keys, verify=str(running.fed.ca_cert)
+    ) as client:
+        result = client.check("dibao", ids, "dibao", LEGAL_BASIS["dibao"], "LOAD-BYTES", approval_ref=DEV_APPROVAL_REF)
+    return {
+        "client_gateway": result.wire_bytes,
+        "gateway_nodes": result.node_bytes,
+        "total": result.wire_bytes + result.node_bytes,
+    }
+
+
+def start_relay(listen: tuple[str, int], target: tuple[str, int]) -> threading.Thread:
+    """A TCP relay in a daemon thread (the gateway stays on loopback; TLS passes through it)."""
+    ready = threading.Event()
+
+    async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(OSError):
+            while chunk := await reader.read(65536):
+                writer.write(chunk)
+                await writer.drain()
+        writer.close()
+
+    async def handle(client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
+        server_r, server_w = await asyncio.open_connection(*target)
+        await asyncio.gather(pipe(client_r, server_w), pipe(server_r, client_w))
+
+    async def serve() -> None:
+        server = await asyncio.start_server(handle, *listen)
+        ready.set()
+        async with server:
+            await server.serve_forever()
+
+    thread = threading.Thread(target=lambda: asyncio.run(serve()), daemon=True)
+    thread.start()
+    if not ready.wait(10):
+        raise RuntimeError(f"relay on {listen} did not start")
+    return thread
+
+
+def _sh(*args: str) -> None:
+    subprocess.run(args, check=True, capture_output=True)
+
+
+@contextlib.contextmanager
+def county_link() -> Iterator[None]:
+    """A namespace behind a veth pair shaped to 20 Mbit/s and 40 ms round trip (20 ms each way)."""
+    _teardown()
+    try:
+        _sh("ip", "netns", "add", NETNS)
+        _sh("ip", "link", "add", VETH_HOST, "type", "veth", "peer", "name", VETH_NS)
+        _sh("ip", "link", "set", VETH_NS, "netns", NETNS)
+        _sh("ip", "addr", "add", f"{HOST_IP}/24", "dev", VETH_HOST)
+        _sh("ip", "link", "set", VETH_HOST, "up")
+        _sh("ip", "netns", "exec", NETNS, "ip", "addr", "add", f"{NS_IP}/24", "dev", VETH_NS)
+        _sh("ip", "netns", "exec", NETNS, "ip", "link", "set", VETH_NS, "up")
+        _sh("ip", "netns", "exec", NETNS, "ip", "link", "set", "lo", "up")
+        for ns, dev in ((None, VETH_HOST), (NETNS, VETH_NS)):
+            prefix = ["ip", "netns", "exec", ns] if ns else []
+            _sh(*prefix, "tc", "qdisc", "add", "dev", dev, "root", "netem", "delay", "20ms", "rate", "20mbit")
+        yield
+    finally:
+        _teardown()
+
+
+def _teardown() -> None:
+    subprocess.run(["ip", "link", "del", VETH_HOST], capture_output=True, check=False)
+    subprocess.run(["ip", "netns", "del", NETNS], capture_output=True, check=False)
+
+
+def county_check_ms(running: Running, workdir: Path, repeats: int = 5) -> dict[str, Any]:
+    """Median of single-applicant checks run from inside the county namespace."""
+    if shutil.which("ip") is None or shutil.which("tc") is None:
+        return {"ms": None, "reason": "ip/tc not installed"}
+    keys_file = workdir / "requester.secret"
+    running.keys.save(keys_file)
+    port = int(running.url.rsplit(":", 1)[1])
+    args = {
+        "port": port,
+        "key": running.fed.api_keys["caseworker"],
+        "pseudonym_key": str(running.fed.pseudonym_key),
+        "requester": str(keys_file),
+        "ca": str(running.fed.ca_cert),
+        "subject": read_subjects(running.fed.applicants)[1],
+        "repeats": repeats,
+    }
+    try:
+        with county_link():
+            start_relay((HOST_IP, port), ("127.0.0.1", port))  # the link's end of the gateway
+            done = subprocess.run(
+                ["ip", "netns", "exec", NETNS, sys.executable, "-m", "bench.load", "--county-client", json.dumps(args)],
+                capture_output=True,
+                text=True,
+                timeout=300,
+                check=False,
+                env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+            )
+    except (subprocess.CalledProcessError, OSError) as exc:
+        return {"ms": None, "reason": f"cannot build the namespace: {exc}"}
+    if done.returncode != 0:
+        return {"ms": None, "reason": done.stderr.strip()[-400:]}
+    return dict(json.loads(done.stdout.strip().splitlines()[-1]))
+
+
+def _county_client(raw: str) -> None:
+    """Inside the namespace: a caseworker's client. It dials 127.0.0.1 (the name the gateway's
+    certificate carries) where a relay forwards over the shaped link to the gateway's host."""
+    from client.sdk import GatewayClient
+
+    args = json.loads(raw)
+    port = int(args["port"])
+    start_relay(("127.0.0.1", port), (HOST_IP, port))
+    pseudonymiser = Pseudonymiser(load_key(Path(args["pseudonym_key"])))
+    keys = RequesterKeys.load(Path(args["requester"]))
+    times = []
+    with GatewayClient(f"https://127.0.0.1:{port}", args["key"], pseudonymiser, keys, verify=args["ca"]) as client:
+        for i in range(int(args["repeats"]) + 1):
+            t0 = time.perf_counter()
+            client.check(
+                "dibao", [args["subject"]], "dibao", LEGAL_BASIS["dibao"], f"COUNTY-{i}", approval_ref=DEV_APPROVAL_REF
+            )
+            if i:  # the first one opens the connection and warms caches
+                times.append((time.perf_counter() - t0) * 1000)
+    print(json.dumps({"ms": round(statistics.median(times), 1), "min_ms": round(min(times), 1), "repeats": len(times)}))
+
+
+# ---------------------------------------------------------------------------------------------
+def run(quick: bool) -> dict[str, Any]:
+    levels = (1, 10, 100) if quick else LEVELS
+    duration = {1: 15.0, 10: 20.0, 100: 25.0, 1000: 30.0} if not quick else {1: 5.0, 10: 5.0, 100: 8.0}
+    with tempfile.TemporaryDirectory(prefix="xgate-load-") as tmp, federation(Path(tmp) / "fed") as running:
+        rows = []
+        for level in levels:
+            rows.append(run_level(running, level, duration[level]))
+            r = rows[-1]
+            print(
+                f"{level:>5} clients: {r['answered']:>5} answered, {r['refused']:>6} refused, "
+                f"{r['client_timeouts']:>4} timeouts, goodput {r['goodput_per_s']:>6}/s, "
+                f"p50 {r['answered_ms']['p50']} ms, p99 {r['answered_ms']['p99']} ms, "
+                f"gateway RSS {r['gateway_rss_max_mb']} MB",
+                flush=True,
+            )
+        single_bytes = single_check_bytes(running)
+        county = county_check_ms(running, Path(tmp)) if not quick else {"ms": None, "reason": "--quick"}
+        settings = json.loads(json.dumps(_admission_settings(running)))
+    best = max(r["goodput_per_s"] for r in rows)
+    top = next((r for r in rows if r["concurrency"] == 1000), None)
+    return {
+        "benchmark": "load",
+        "federation": "5 nodes + gateway (real processes), mTLS gRPC, signed envelopes; 低保, 1 applicant per check",
+        "client": f"httpx async, deadline {CLIENT_DEADLINE_S:g} s (X-Request-Timeout), honours Retry-After",
+        "admission": settings,
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "load_average_1m_at_end": round(os.getloadavg()[0], 2),
+        },
+        "quick": quick,
+        "levels": rows,
+        "at_1000": (
+            {
+                "client_timeouts": top["client_timeouts"],
+                "goodput_ratio_to_peak": round(top["goodput_per_s"] / best, 3) if best else None,
+                "gateway_rss_max_mb": top["gateway_rss_max_mb"],
+                "refused_ms_max": top["refused_ms"]["max"],
+            }
+            if top
+            else None
+        ),
+        "single_check_bytes": single_bytes,
+        "single_check_ms_county_link": county.get("ms"),
+        "county_link": {"rate": "20 Mbit/s", "rtt_ms": 40, **county},
+        "goals": {"client_timeouts_at_1000": 0, "goodput_ratio_to_peak": 0.8, "gateway_rss_max_mb": 2048,
+                  "refusal_s": REFUSAL_GOAL_S, "single_check_bytes": 1_000_000, "single_check_ms_county_link": 500},
+    }  # fmt: skip
+
+
+def _admission_settings(running: Running) -> dict[str, Any]:
+    from gateway.config import load_gateway_config
+
+    return load_gateway_config(running.fed.gateway_config).gateway.admission.model_dump()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="levels 1, 10, 100 only, short (smoke run)")
+    parser.add_argument("--county-client", help=argparse.SUPPRESS)  # the client inside the namespace
+    args = parser.parse_args()
+    if args.county_client:
+        _county_client(args.county_client)
+        return
+    result = run(args.quick)
+    out = RESULTS.with_name("load.quick.json") if args.quick else RESULTS
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
