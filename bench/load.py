@@ -11,8 +11,9 @@ answered and of refused requests, and the peak RSS of the gateway's processes (s
 
 `single_check_bytes` is what one single-applicant check moves on the wire today (client <->
 gateway bodies + gateway <-> node protobuf). `single_check_ms_county_link` is measured from a
-network namespace this benchmark creates (veth pair, 10.200.7.0/24, `tc netem` 20 Mbit/s and
-40 ms round trip), removed on exit; it is null, with the reason, when namespaces cannot be made.
+network namespace this benchmark creates (veth pair, 10.200.7.0/24, 20 Mbit/s and 40 ms round
+trip: `tc netem`, or where the kernel lacks netem `tc tbf` for the rate and the relay for the
+delay), removed on exit; it is null, with the reason, when namespaces cannot be made.
 
 The federation set-up and a level are functions (`federation`, `run_level`) so other benchmarks
 (PostgreSQL replicas, issue 18) can reuse them. Run: python -m bench.load [--quick]
@@ -55,6 +56,9 @@ REFUSAL_GOAL_S = 2.0  # a refusal must come at once, never after waiting
 NETNS = "xgate-county"
 VETH_HOST, VETH_NS = "xgv-host", "xgv-county"
 HOST_IP, NS_IP = "10.200.7.1", "10.200.7.2"
+ONE_WAY_S = 0.020  # 40 ms round trip
+TBF = ["tbf", "rate", "20mbit", "burst", "32kbit", "latency", "400ms"]
+LINK: dict[str, str] = {}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -157,8 +161,9 @@ async def _client(http: httpx.AsyncClient, body: bytes, headers: dict[str, str],
     while time.monotonic() < stop_at:
         t0 = time.monotonic()
         try:
-            response = await http.post("/v1/checks", content=body, headers=headers)
-        except httpx.TimeoutException:
+            async with asyncio.timeout(CLIENT_DEADLINE_S + 1.0):  # the whole exchange, upload included
+                response = await http.post("/v1/checks", content=body, headers=headers)
+        except (TimeoutError, httpx.TimeoutException):
             tally.timeouts += 1
             continue
         except httpx.HTTPError as exc:
@@ -253,16 +258,32 @@ def single_check_bytes(running: Running) -> dict[str, int]:
     }
 
 
-def start_relay(listen: tuple[str, int], target: tuple[str, int]) -> threading.Thread:
-    """A TCP relay in a daemon thread (the gateway stays on loopback; TLS passes through it)."""
+def start_relay(listen: tuple[str, int], target: tuple[str, int], delay_s: float = 0.0) -> threading.Thread:
+    """A TCP relay in a daemon thread (the gateway stays on loopback; TLS passes through it).
+    With `delay_s`, every byte is held that long in each direction (order kept): a link's latency."""
     ready = threading.Event()
 
     async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        with contextlib.suppress(OSError):
-            while chunk := await reader.read(65536):
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue()
+
+        async def deliver() -> None:
+            while True:
+                due, chunk = await queue.get()
+                await asyncio.sleep(max(0.0, due - loop.time()))
+                if not chunk:
+                    writer.close()
+                    return
                 writer.write(chunk)
                 await writer.drain()
-        writer.close()
+
+        sender = asyncio.ensure_future(deliver())
+        with contextlib.suppress(OSError):
+            while chunk := await reader.read(65536):
+                queue.put_nowait((loop.time() + delay_s, chunk))
+        queue.put_nowait((loop.time() + delay_s, b""))
+        with contextlib.suppress(OSError):
+            await sender
 
     async def handle(client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
         server_r, server_w = await asyncio.open_connection(*target)
@@ -300,7 +321,15 @@ def county_link() -> Iterator[None]:
         _sh("ip", "netns", "exec", NETNS, "ip", "link", "set", "lo", "up")
         for ns, dev in ((None, VETH_HOST), (NETNS, VETH_NS)):
             prefix = ["ip", "netns", "exec", ns] if ns else []
-            _sh(*prefix, "tc", "qdisc", "add", "dev", dev, "root", "netem", "delay", "20ms", "rate", "20mbit")
+            shape = ["netem", "delay", f"{ONE_WAY_S * 1000:g}ms", "rate", "20mbit"]
+            if subprocess.run(
+                [*prefix, "tc", "qdisc", "add", "dev", dev, "root", *shape], capture_output=True
+            ).returncode:
+                # This kernel has no netem: the rate by a token bucket, the delay by the relay.
+                _sh(*prefix, "tc", "qdisc", "add", "dev", dev, "root", *TBF)
+                LINK["emulation"] = "tc tbf 20 Mbit/s on the veth pair; 20 ms each way added by the relay (no netem)"
+            else:
+                LINK["emulation"] = "tc netem 20 ms + 20 Mbit/s on each end of the veth pair"
         yield
     finally:
         _teardown()
@@ -329,7 +358,9 @@ def county_check_ms(running: Running, workdir: Path, repeats: int = 5) -> dict[s
     }
     try:
         with county_link():
-            start_relay((HOST_IP, port), ("127.0.0.1", port))  # the link's end of the gateway
+            # The link's end of the gateway; it adds the one-way delays when netem could not.
+            delay = ONE_WAY_S if "relay" in LINK.get("emulation", "") else 0.0
+            start_relay((HOST_IP, port), ("127.0.0.1", port), delay_s=delay)
             done = subprocess.run(
                 ["ip", "netns", "exec", NETNS, sys.executable, "-m", "bench.load", "--county-client", json.dumps(args)],
                 capture_output=True,
@@ -342,7 +373,7 @@ def county_check_ms(running: Running, workdir: Path, repeats: int = 5) -> dict[s
         return {"ms": None, "reason": f"cannot build the namespace: {exc}"}
     if done.returncode != 0:
         return {"ms": None, "reason": done.stderr.strip()[-400:]}
-    return dict(json.loads(done.stdout.strip().splitlines()[-1]))
+    return {**json.loads(done.stdout.strip().splitlines()[-1]), **LINK}
 
 
 def _county_client(raw: str) -> None:

@@ -283,6 +283,64 @@ def federated(d: dict[str, Any]) -> str:
     return "\n\n".join([head, _table(["run", "AUC", "balanced accuracy", "wall s", "bytes exchanged"], rows)])
 
 
+def load(d: dict[str, Any]) -> str:
+    def ms(v: Any) -> str:
+        return "–" if v is None else f"{v:,.0f}"
+
+    rows = [
+        [
+            f"{r['concurrency']:,}",
+            f"{r['answered']:,}",
+            f"{r['refused']:,}",
+            f"{r['client_timeouts']:,}",
+            ", ".join(f"{k} {v}" for k, v in sorted(r["errors"].items())) or "0",
+            f"{r['goodput_per_s']:.2f}",
+            f"{ms(r['answered_ms']['p50'])} / {ms(r['answered_ms']['p95'])} / {ms(r['answered_ms']['p99'])}",
+            ms(r["refused_ms"]["max"]),
+            f"{r['gateway_rss_max_mb']:,.0f}",
+        ]
+        for r in d["levels"]
+    ]
+    top, goals, county = d.get("at_1000") or {}, d["goals"], d.get("county_link", {})
+    single = d["single_check_bytes"]
+    county_ms = d.get("single_check_ms_county_link")
+    county_text = f"{county_ms:,.0f} ms" if county_ms is not None else f"not measured ({county.get('reason', '')})"
+    lines = [
+        f"{d['federation']}. Clients: {d['client']}. Admission: at most "
+        f"{d['admission']['max_inflight_checks']} checks in flight, {d['admission']['max_queued_checks']} waiting "
+        f"(`[gateway.admission]`). Load average at the end: {d['machine']['load_average_1m_at_end']} "
+        f"on {d['machine']['cpus']} cores shared with other work.",
+        _table(
+            [
+                "clients",
+                "answered",
+                "refused (503/429)",
+                "client timeouts",
+                "other errors",
+                "goodput /s",
+                "answered p50 / p95 / p99 ms",
+                "slowest refusal ms",
+                "gateway RSS max MB",
+            ],
+            rows,
+        ),
+        (
+            f"At 1,000 clients: {top.get('client_timeouts')} client timeouts "
+            f"(goal {goals['client_timeouts_at_1000']}), "
+            f"goodput {top.get('goodput_ratio_to_peak')} of the best level (goal ≥ {goals['goodput_ratio_to_peak']}), "
+            f"gateway RSS {top.get('gateway_rss_max_mb')} MB (goal ≤ {goals['gateway_rss_max_mb']} MB), "
+            f"slowest refusal {top.get('refused_ms_max')} ms (goal ≤ {goals['refusal_s'] * 1000:.0f} ms)."
+            if top
+            else "The 1,000-client level was not run (--quick)."
+        ),
+        f"One single-applicant check moves {single['total']:,} bytes ({single['client_gateway']:,} client↔gateway, "
+        f"{single['gateway_nodes']:,} gateway↔nodes; goal ≤ {goals['single_check_bytes']:,}). Over a county "
+        f"office's link ({county.get('rate')}, {county.get('rtt_ms')} ms round trip, `tc netem` in a namespace): "
+        f"{county_text} (goal < {goals['single_check_ms_county_link']} ms).",
+    ]
+    return "\n\n".join(lines)
+
+
 SECTIONS: list[tuple[str, str, Callable[[dict[str, Any]], str]]] = [
     ("eligibility", "Encrypted eligibility checks vs plaintext exchange (`bench/eligibility.py`)", eligibility),
     ("masking_leakage", "What a masked value reveals (`bench/masking_leakage.py`)", masking),
@@ -292,6 +350,7 @@ SECTIONS: list[tuple[str, str, Callable[[dict[str, Any]], str]]] = [
     ("policy", "Policy decisions (`bench/policy.py`)", policy),
     ("audit", "Audit log (`bench/audit.py`)", audit),
     ("federated", "Federated training on Census-Income (`bench/federated.py`)", federated),
+    ("load", "Under load: 1 to 1,000 concurrent clients (`bench/load.py`)", load),
 ]
 
 

@@ -126,6 +126,16 @@ class AdmissionController:
         if self._per_user[(agency, user)] >= s.max_queued_per_user:
             raise self._refuse("this user has their full share of the queue waiting")
 
+    def refuse_early(self, deadline_s: float) -> None:
+        """Before a body is read: refuse at once what could not even be queued (the queue is full,
+        or the wait would outlast `deadline_s`), so an overloaded gateway spends nothing on it."""
+        if self._inflight < self.settings.max_inflight_checks:
+            return
+        if self._queued >= self.settings.max_queued_checks:
+            raise self._refuse(f"{self._inflight} checks running and {self._queued} waiting")
+        if self.expected_wait_s() + self.service_s > deadline_s:
+            raise self._refuse(f"a check queued now would not be answered within its {deadline_s:.1f} s deadline")
+
     def expected_wait_s(self) -> float:
         """How long a check queued now would wait, at the recent pace."""
         return (self._queued + 1) * self.service_s / self.settings.max_inflight_checks
@@ -268,8 +278,10 @@ class AdmissionMiddleware:
         settings: AdmissionSettings,
         max_body_bytes: int,
         supervised: Iterable[tuple[str, str]] = (("POST", "/v1/checks"),),
+        controller: AdmissionController | None = None,
     ) -> None:
         self.app = app
+        self.controller = controller
         self.settings = settings
         self.max_body_bytes = max_body_bytes
         self.budget = ByteBudget(settings.max_buffered_mb * MB)
@@ -287,6 +299,12 @@ class AdmissionMiddleware:
         except XgateError as exc:
             await send_error(scope, send, exc)
             return
+        if supervised and self.controller is not None:
+            try:
+                self.controller.refuse_early(self._deadline_s(headers))
+            except XgateError as exc:  # Overloaded, or a malformed X-Request-Timeout
+                await send_error(scope, send, exc)
+                return
         has_body = declared is None or declared > 0  # None: chunked, length unknown
         if not has_body and not supervised:
             await self.app(scope, receive, send)

@@ -45,7 +45,9 @@ def create_app(
     )
     app.state.services = services
     # Inside the audit middleware below, so its refusals (408, 413, 503, 504) are recorded too.
-    app.add_middleware(AdmissionMiddleware, settings=admission, max_body_bytes=max_body_bytes)
+    app.add_middleware(
+        AdmissionMiddleware, settings=admission, max_body_bytes=max_body_bytes, controller=services.admission
+    )
     _audit_every_request(app, services.audit)
     app.add_middleware(ContractMiddleware)  # outermost: the request id, int64 range, the one error shape
     app.openapi = contract_openapi(app)  # type: ignore[method-assign]
