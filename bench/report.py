@@ -329,14 +329,19 @@ def load(d: dict[str, Any]) -> str:
             f"(goal {goals['client_timeouts_at_1000']}), "
             f"goodput {top.get('goodput_ratio_to_peak')} of the best level (goal ≥ {goals['goodput_ratio_to_peak']}), "
             f"gateway RSS {top.get('gateway_rss_max_mb')} MB (goal ≤ {goals['gateway_rss_max_mb']} MB), "
-            f"slowest refusal {top.get('refused_ms_max')} ms (goal ≤ {goals['refusal_s'] * 1000:.0f} ms)."
+            f"slowest refusal {ms(top.get('refused_ms_max'))} ms (goal ≤ {goals['refusal_s'] * 1000:.0f} ms)."
             if top
             else "The 1,000-client level was not run (--quick)."
         ),
         f"One single-applicant check moves {single['total']:,} bytes ({single['client_gateway']:,} client↔gateway, "
         f"{single['gateway_nodes']:,} gateway↔nodes; goal ≤ {goals['single_check_bytes']:,}). Over a county "
-        f"office's link ({county.get('rate')}, {county.get('rtt_ms')} ms round trip, `tc netem` in a namespace): "
-        f"{county_text} (goal < {goals['single_check_ms_county_link']} ms).",
+        f"office's link ({county.get('rate')}, {county.get('rtt_ms')} ms round trip, from a network namespace: "
+        f"{county.get('emulation', 'not built')}): {county_text} (goal < {goals['single_check_ms_county_link']} ms).",
+        "Reading the figures: every check request still carries the requester's public HE context "
+        "(registering it once, issue 17 item 2, is not built yet), so each client uploads most of the "
+        "client↔gateway bytes above with every check and the gateway parses them; an HTTP/1.1 client writes "
+        "the whole body before it reads an early 503, so under heavy load refusals reach clients late and "
+        "clients time out instead. Admission keeps the gateway's own memory bounded (RSS column).",
     ]
     return "\n\n".join(lines)
 
