@@ -100,6 +100,7 @@ def grant(
     pseudonym_key: Path | None = typer.Option(None, "--pseudonym-key", help="federation pseudonym key file"),
     role: str = typer.Option("case_supervisor", "--role", help="the approver's official role"),
     days: int = typer.Option(30, "--days", min=1, max=3660),
+    ref_only: bool = typer.Option(False, "--ref-only", help="print only the reference (for scripts)"),
     gateway: str = GATEWAY,
     api_key: str = API_KEY,
     ca: Path | None = CA,
@@ -139,7 +140,7 @@ def grant(
         with _client(gateway, api_key, ca) as http:
             artefact = sign_artefact(body, signer, fmt=APPROVAL_FORMAT)
             view = _answer(http.post("/v1/approvals", json={"artefact": artefact}))
-        typer.echo(json.dumps(view))
+        typer.echo(view["ref"] if ref_only else json.dumps(view))
 
 
 @app.command("list")

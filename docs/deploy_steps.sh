@@ -18,9 +18,18 @@ xgate pki init --ca ca --name "Example federation CA"
 xgate policy init --out policies --all-day   # trial: office hours widened to 24 h; omit --all-day in production
 xgate keys pseudonym --out pseudonym.key     # the one shared secret: agencies and requester clients, never the gateway
 xgate pki add-user --users users.json --principals policies/principals.toml --user cw-zhou --agency civil_affairs --role caseworker --tier gold > cw-zhou.apikey
-xgate policy publish --ca ca --policies policies --version 1 --out policies-v1.json   # CA-signed, versioned
+xgate pki add-user --users users.json --user ap-qian --agency civil_affairs --role approver --tier bronze > ap-qian.apikey
 xgate demo-data --out extracts --people 20000 --applicants 300   # trial: synthetic extracts; agencies bring their own
 mkdir -p requests issued
+
+# @ client
+# The approver at civil affairs makes its signing key; only the public half travels, into the policy set.
+xgate approval keygen --name ap-qian --agency civil_affairs --out ap-qian.key > approver.toml
+scp approver.toml ca:requests/
+
+# @ ca
+cat requests/approver.toml >> policies/approvers.toml   # approvals signed by ap-qian's key are accepted
+xgate policy publish --ca ca --policies policies --version 1 --out policies-v1.json   # CA-signed, versioned
 
 # @ gateway
 # The gateway host makes its own keys; only the request travels.
@@ -52,7 +61,7 @@ scp pseudonym.key $NODE:keys/
 scp ca/ca.cert.pem ca/crl.pem ca/federation.json gw.xgate.test:ca/
 scp issued/gateway-gateway.cert.pem policies-v1.json gw.xgate.test:
 scp users.json gw.xgate.test:keys/
-scp ca/ca.cert.pem pseudonym.key cw-zhou.apikey extracts/applicants.csv client.xgate.test:
+scp ca/ca.cert.pem pseudonym.key cw-zhou.apikey ap-qian.apikey extracts/applicants.csv client.xgate.test:
 
 # @ agency
 xgate pki install --cert node-$AGENCY.cert.pem --out tls --ca-cert ca/ca.cert.pem --directory ca/federation.json
@@ -76,8 +85,10 @@ xgate config check gateway.toml
 xgate gateway serve --config gateway.toml
 
 # @ client
+# The approver approves the 2026 低保 cases (household data is core-class: a check needs a registered approval).
+XGATE_API_KEY=$(cat ap-qian.apikey) xgate approval grant --key ap-qian.key --agency civil_affairs --program dibao --case-id-prefix C-2026- --max-subjects 5000 --days 30 --ref-only --gateway https://gw.xgate.test:8443 --ca ca.cert.pem > approval.ref
 # A caseworker: the 低保 check for every applicant (ids are pseudonymised here, values stay encrypted).
-XGATE_API_KEY=$(cat cw-zhou.apikey) xgate check --program dibao --subjects applicants.csv --purpose dibao --legal-basis SAR-2014-art-12 --case-id C-2026-001 --approval-ref AP-2026-17 --gateway https://gw.xgate.test:8443 --ca ca.cert.pem --pseudonym-key pseudonym.key --key-file requester.key
+XGATE_API_KEY=$(cat cw-zhou.apikey) xgate check --program dibao --subjects applicants.csv --purpose dibao --legal-basis SAR-2014-art-12 --case-id C-2026-001 --approval-ref $(cat approval.ref) --gateway https://gw.xgate.test:8443 --ca ca.cert.pem --pseudonym-key pseudonym.key --key-file requester.key
 
 # @ agency
 # Renewal (certificates live 30 days), while everything keeps running: new keys wait as *.next.
@@ -98,4 +109,4 @@ scp ca/federation.json gw.xgate.test:ca/
 xgate pki install --cert node-$AGENCY.cert.pem --out tls --ca-cert ca/ca.cert.pem --directory ca/federation.json
 
 # @ client
-XGATE_API_KEY=$(cat cw-zhou.apikey) xgate check --program dibao --subjects applicants.csv --purpose dibao --legal-basis SAR-2014-art-12 --case-id C-2026-001 --approval-ref AP-2026-17 --gateway https://gw.xgate.test:8443 --ca ca.cert.pem --pseudonym-key pseudonym.key --key-file requester.key
+XGATE_API_KEY=$(cat cw-zhou.apikey) xgate check --program dibao --subjects applicants.csv --purpose dibao --legal-basis SAR-2014-art-12 --case-id C-2026-001 --approval-ref $(cat approval.ref) --gateway https://gw.xgate.test:8443 --ca ca.cert.pem --pseudonym-key pseudonym.key --key-file requester.key

@@ -38,8 +38,8 @@ READY_S = 120.0
 NAMES = {"ca": "ca", "gateway": "gw.xgate.test", **AGENCIES, "client": "client.xgate.test"}
 CHECK = (
     "XGATE_API_KEY=$(cat cw-zhou.apikey) xgate check --program dibao --subjects {subjects} --purpose dibao "
-    "--legal-basis SAR-2014-art-12 --case-id {case} --approval-ref AP-2026-17 --gateway https://gw.xgate.test:8443 "
-    "--ca ca.cert.pem --pseudonym-key pseudonym.key --key-file requester.key"
+    "--legal-basis SAR-2014-art-12 --case-id {case} --approval-ref $(cat approval.ref) "
+    "--gateway https://gw.xgate.test:8443 --ca ca.cert.pem --pseudonym-key pseudonym.key --key-file requester.key"
 )
 
 
