@@ -92,15 +92,17 @@ def weighted_mean(updates: Sequence[tuple[Sequence[np.ndarray], int]]) -> list[n
     return [np.sum([u[i] * w for u, w in updates], axis=0) / total for i in range(len(updates[0][0]))]
 
 
-def quantisation_error_bound(clipping_range: float, n_nodes: int = 1) -> float:
+def quantisation_error_bound(clipping_range: float, n_nodes: int = 1, total_ratio: float = 1.0) -> float:
     """Upper bound of SecAgg+'s per-value error on the weighted mean (rounding of values and ratios).
 
     Each value is rounded to a grid of step 2*c/Q (error <= c/Q per node, c = clipping range,
     Q = quantisation range) and each weight ratio to 1/Q; the weighted mean keeps the
     per-node error, plus the relative error of the ratio rounding times the value bound c.
+    The server divides the masked sum by the total weight ratio (sum of weight/max_weight), so
+    both errors grow by 1/total_ratio when the nodes' weights are small against max_weight.
     """
     q = SECAGG_QUANTIZATION_RANGE
-    return n_nodes * (clipping_range / q) * 4 + clipping_range * n_nodes / q * 4
+    return (n_nodes * (clipping_range / q) * 4 + clipping_range * n_nodes / q * 4) / total_ratio
 
 
 def l2_clip(delta: Sequence[np.ndarray], clip: float) -> tuple[list[np.ndarray], bool]:
