@@ -181,6 +181,8 @@ def node_config_text(home: Path, agency: str, *, column_key: bool, gateway_audit
     else:
         lines.append('# column_key_file = "keys/column.key"      # needed for core-class data (`xgate keys column`)')
     lines += [
+        "# civil_register = true  # this store lists every registered person (the household register):",
+        "#                        # bronze cohorts naming anyone it does not know are refused",
         'audit_db = "data/audit.sqlite"              # this node\'s own audit log',
         'audit_key = "keys/audit.key.pem"            # `xgate keys audit --out keys/audit`: signs checkpoints',
     ]
