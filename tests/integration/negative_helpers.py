@@ -204,6 +204,7 @@ def build_request(
         program_id="dibao",
         program_version="2026.1",
         approval_ref=DEV_APPROVAL_REF,
+        approval_artefact=fed.dev_approval.read_text(),  # forwarded as the gateway forwards it
     )
     return node_pb2.EncryptRequest(
         context=context,
