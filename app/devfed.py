@@ -399,14 +399,23 @@ def write_gateway_config(
 
 
 def start_gateway(
-    fed: DevFederation, supervisor: Supervisor, config_path: Path | None = None, name: str = "gateway"
+    fed: DevFederation,
+    supervisor: Supervisor,
+    config_path: Path | None = None,
+    name: str = "gateway",
+    register_approval: bool = True,
 ) -> str:
-    """Start a gateway process; the federation's own one unless another config is given."""
+    """Start a gateway process; the federation's own one unless another config is given.
+
+    `register_approval=False` for a gateway that must refuse every action (a damaged audit log):
+    registering the dev approval is itself an action it rightly refuses.
+    """
     args = ["gateway", "serve", "--config", str(config_path or fed.gateway_config)]
     if not fed.tls:
         args.append("--insecure")
     url = str(supervisor.start(name, args).announcement["url"])
-    register_dev_approval(fed, url)
+    if register_approval:
+        register_dev_approval(fed, url)
     if config_path is None:
         fed.gateway_url = url
     return url

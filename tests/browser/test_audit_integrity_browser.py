@@ -69,7 +69,7 @@ def test_a_gateway_on_a_truncated_log_says_so(page: Any, cf: ConsoleFederation, 
         cf.fed, config_path=cf.fed.gateway_dir / "gw-cut.toml", witnesses=True, audit_db=str(copy),
         state_dir=str(tmp_path / "state"),
     )  # fmt: skip
-    url = start_gateway(cf.fed, cf.supervisor, config_path=config, name="gw-cut")
+    url = start_gateway(cf.fed, cf.supervisor, config_path=config, name="gw-cut", register_approval=False)
     _sign_in(page, cf, url)
     page.get_by_role("link", name="Integrity").click()
     banner = page.locator("#log-compromised")
