@@ -39,6 +39,7 @@ from typing import Annotated
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator
 
 from crypto.artefacts import Signer, verify_artefact
+from policies.watched import WatchedFile
 from xgate.db import Database, Migration, SqliteDatabase, Tx, migrate, require_current
 from xgate.errors import ConfigError, CryptoError, InvalidInput, NotFound, PolicyDenied, StoreUnavailable
 from xgate.logging import get_logger
@@ -138,24 +139,11 @@ def load_approvers(policy_dir: Path) -> dict[str, Approver]:
     return out
 
 
-class Approvers:
+class Approvers(WatchedFile[dict[str, Approver]]):
     """The registered approvers of a policy directory, re-read when the file changes."""
 
     def __init__(self, policy_dir: Path) -> None:
-        self.path = policy_dir / APPROVERS_FILE
-        self._seen: tuple[float, int] | None = None
-        self._approvers: dict[str, Approver] = {}
-
-    def current(self) -> dict[str, Approver]:
-        try:
-            stat = self.path.stat()
-            mark: tuple[float, int] | None = (stat.st_mtime, stat.st_size)
-        except FileNotFoundError:
-            mark = None
-        if mark != self._seen:
-            self._approvers = load_approvers(self.path.parent)
-            self._seen = mark
-        return self._approvers
+        super().__init__(policy_dir / APPROVERS_FILE, lambda path: load_approvers(path.parent))
 
 
 def parse_approval(text: str, approvers: Mapping[str, Approver]) -> tuple[Approver, ApprovalBody]:

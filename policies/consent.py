@@ -29,6 +29,7 @@ from typing import Annotated
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator
 
 from crypto.artefacts import Signer, verify_artefact
+from policies.watched import WatchedFile
 from xgate.db import Database, Migration, SqliteDatabase, Tx, migrate, require_current
 from xgate.errors import ConfigError, CryptoError, InvalidInput, NotFound, PolicyDenied, StoreUnavailable
 from xgate.logging import get_logger
@@ -134,24 +135,11 @@ def check_artefact(
         raise PolicyDenied(f"consent refused: does not cover program '{program}'")
 
 
-class ConsentManagers:
+class ConsentManagers(WatchedFile[dict[str, Signer]]):
     """The registered consent managers of a policy directory, re-read when the file changes."""
 
     def __init__(self, policy_dir: Path) -> None:
-        self.path = policy_dir / CONSENT_MANAGERS_FILE
-        self._seen: tuple[float, int] | None = None
-        self._managers: dict[str, Signer] = {}
-
-    def current(self) -> dict[str, Signer]:
-        try:
-            stat = self.path.stat()
-            mark: tuple[float, int] | None = (stat.st_mtime, stat.st_size)
-        except FileNotFoundError:
-            mark = None
-        if mark != self._seen:
-            self._managers = load_consent_managers(self.path.parent)
-            self._seen = mark
-        return self._managers
+        super().__init__(policy_dir / CONSENT_MANAGERS_FILE, lambda path: load_consent_managers(path.parent))
 
 
 def load_consent_managers(policy_dir: Path) -> dict[str, Signer]:
