@@ -7,7 +7,6 @@ and its console says so on the Integrity page and as an alert.
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,6 +14,7 @@ from typing import Any
 import pytest
 
 from app.devfed import start_gateway, write_gateway_config
+from tests.audit_tamper import truncated_copy
 from tests.browser.harness import ConsoleFederation, running_federation
 
 pytestmark = [pytest.mark.browser, pytest.mark.integration]
@@ -51,20 +51,7 @@ def test_a_gateway_on_a_truncated_log_says_so(page: Any, cf: ConsoleFederation, 
     with cf.http() as officer:
         size = officer.post("/v1/audit/checkpoints/cosign").json()["size"]
     copy = tmp_path / "cut.audit.sqlite"
-    with sqlite3.connect(f"file:{cf.audit_db()}?mode=ro", uri=True) as src, sqlite3.connect(copy) as dst:
-        src.backup(dst)
-    keep = size // 2
-    with sqlite3.connect(copy) as conn:
-        for stmt in (
-            f"DELETE FROM entries WHERE idx >= {keep}",
-            f"DELETE FROM entry_subjects WHERE idx >= {keep}",
-            f"DELETE FROM entry_requests WHERE idx >= {keep}",
-            f"UPDATE meta SET value='{keep}' WHERE key='indexed_upto'",
-            f"DELETE FROM nodes WHERE ((idx + 1) << level) > {keep}",
-            f"DELETE FROM cosignatures WHERE checkpoint_id IN (SELECT id FROM checkpoints WHERE size > {keep})",
-            f"DELETE FROM checkpoints WHERE size > {keep}",
-        ):
-            conn.execute(stmt)
+    truncated_copy(cf.audit_db(), copy, keep=size // 2)
     config = write_gateway_config(
         cf.fed, config_path=cf.fed.gateway_dir / "gw-cut.toml", witnesses=True, audit_db=str(copy),
         state_dir=str(tmp_path / "state"),

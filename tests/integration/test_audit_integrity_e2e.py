@@ -24,6 +24,7 @@ from audit.store import AuditLog
 from audit.testing import record
 from client.subjects import read_subjects
 from gateway.audit import GATEWAY_LOG_ORIGIN
+from tests.audit_tamper import truncated_copy
 
 pytestmark = pytest.mark.integration
 
@@ -40,23 +41,6 @@ def _http(federation, url: str, label: str) -> httpx.Client:
 def _checkpoints(db: Path) -> int:
     with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
         return int(conn.execute("SELECT COUNT(*) FROM checkpoints").fetchone()[0])
-
-
-def _truncated_copy(src: Path, dst: Path, keep: int) -> None:
-    """A consistent copy of the live log, then a careful cut: entries, nodes, newer checkpoints."""
-    with sqlite3.connect(f"file:{src}?mode=ro", uri=True) as source, sqlite3.connect(dst) as target:
-        source.backup(target)
-    with sqlite3.connect(dst) as conn:
-        for stmt in (
-            f"DELETE FROM entries WHERE idx >= {keep}",
-            f"DELETE FROM entry_subjects WHERE idx >= {keep}",
-            f"DELETE FROM entry_requests WHERE idx >= {keep}",
-            f"UPDATE meta SET value='{keep}' WHERE key='indexed_upto'",
-            f"DELETE FROM nodes WHERE ((idx + 1) << level) > {keep}",
-            f"DELETE FROM cosignatures WHERE checkpoint_id IN (SELECT id FROM checkpoints WHERE size > {keep})",
-            f"DELETE FROM checkpoints WHERE size > {keep}",
-        ):
-            conn.execute(stmt)
 
 
 def _variant(federation, supervisor: Supervisor, tmp_path: Path, name: str, db: Path) -> str:
@@ -115,7 +99,7 @@ def test_gateway_started_on_a_truncated_log_refuses_to_sign(federation, tmp_path
         assert set(cosigned["cosigned_by"]) == set(federation.agencies), cosigned
         assert cosigned["size"] >= 6
     copy = tmp_path / "truncated.audit.sqlite"
-    _truncated_copy(federation.gateway_dir / "audit.sqlite", copy, keep=cosigned["size"] // 2)
+    truncated_copy(federation.gateway_dir / "audit.sqlite", copy, keep=cosigned["size"] // 2)
     with Supervisor(log_dir=tmp_path) as supervisor:
         url = _variant(federation, supervisor, tmp_path, "gw-truncated", copy)
         _assert_refuses(federation, url, copy, "truncated")

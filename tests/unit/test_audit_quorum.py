@@ -25,6 +25,7 @@ from audit.store import AuditLog
 from audit.testing import ORIGIN, record
 from audit.verify import verify_log
 from audit.witness import Witness
+from tests.audit_tamper import truncate_log
 from xgate.errors import IntegrityError, InvalidInput
 
 N = 40
@@ -188,17 +189,7 @@ def test_resigned_history_without_cosignatures_fails_on_the_command_line(world: 
 
 
 def _truncate_to_cp1(path: Path) -> None:
-    keep = N // 2
-    _sql(
-        path,
-        f"DELETE FROM entries WHERE idx >= {keep}",
-        f"DELETE FROM entry_subjects WHERE idx >= {keep}",
-        f"DELETE FROM entry_requests WHERE idx >= {keep}",
-        f"UPDATE meta SET value='{keep}' WHERE key='indexed_upto'",
-        f"DELETE FROM nodes WHERE ((idx + 1) << level) > {keep}",
-        f"DELETE FROM cosignatures WHERE checkpoint_id IN (SELECT id FROM checkpoints WHERE size > {keep})",
-        f"DELETE FROM checkpoints WHERE size > {keep}",
-    )
+    truncate_log(path, N // 2)
 
 
 def test_truncated_with_newer_checkpoints_deleted_is_caught_by_a_named_checkpoint(world: dict[str, Any]) -> None:

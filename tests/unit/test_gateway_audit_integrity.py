@@ -20,6 +20,7 @@ from audit.store import AuditLog
 from audit.testing import record
 from audit.witness import Witness
 from gateway.audit import GATEWAY_LOG_ORIGIN, INTEGRITY_RULE, GatewayAudit
+from tests.audit_tamper import truncate_log
 from xgate.errors import AuditLogCompromised, NodeProtocolError, NodeUnavailable, XgateError
 
 AGENCIES = ("tax", "hrss", "civil_affairs")
@@ -122,20 +123,6 @@ def test_honest_log_is_cosigned_and_idle_gateway_appends_no_checkpoints(audit: G
     assert len(audit.log.entries(kind="checkpoint", limit=100)) == before + 1
 
 
-def _truncate(db: Path, keep: int) -> None:
-    with sqlite3.connect(db) as conn:
-        for stmt in (
-            f"DELETE FROM entries WHERE idx >= {keep}",
-            f"DELETE FROM entry_subjects WHERE idx >= {keep}",
-            f"DELETE FROM entry_requests WHERE idx >= {keep}",
-            f"UPDATE meta SET value='{keep}' WHERE key='indexed_upto'",
-            f"DELETE FROM nodes WHERE ((idx + 1) << level) > {keep}",
-            f"DELETE FROM cosignatures WHERE checkpoint_id IN (SELECT id FROM checkpoints WHERE size > {keep})",
-            f"DELETE FROM checkpoints WHERE size > {keep}",
-        ):
-            conn.execute(stmt)
-
-
 def _cosigned_twice(tmp_path: Path, keys: dict[str, Any], nodes: FakeNodes) -> tuple[int, int]:
     a = _open(tmp_path, keys)
     _fill(a, 10)
@@ -150,7 +137,7 @@ def test_truncated_log_with_newer_checkpoints_deleted_is_refused_at_start(
     tmp_path: Path, keys: dict[str, Any], nodes: FakeNodes
 ) -> None:
     first, second = _cosigned_twice(tmp_path, keys, nodes)
-    _truncate(tmp_path / "audit.sqlite", first)  # cut back to the older checkpoint, newer ones gone
+    truncate_log(tmp_path / "audit.sqlite", first)  # cut back to the older checkpoint, newer ones gone
     signed_before = _checkpoints(tmp_path / "audit.sqlite")
     a = _open(tmp_path, keys)
     try:
@@ -208,7 +195,7 @@ def test_history_rewritten_with_the_real_key_is_caught_by_the_witnesses(
 
 def test_witness_refusals_are_reported_as_what_they_are(tmp_path: Path, keys: dict[str, Any], nodes: FakeNodes) -> None:
     first, _ = _cosigned_twice(tmp_path, keys, nodes)
-    _truncate(tmp_path / "audit.sqlite", first)
+    truncate_log(tmp_path / "audit.sqlite", first)
     nodes.state_down = set(AGENCIES)  # the witnesses cannot be asked beforehand...
     nodes.down = {"civil_affairs"}
     a = _open(tmp_path, keys)
