@@ -4,6 +4,8 @@
     xgate approval grant  --key ap.key --agency civil_affairs --program dibao --case-id DB-2026-0042 \\
                           --max-subjects 50 --days 30 [--role case_supervisor]
     xgate approval grant  ... --subject-id <national id> --pseudonym-key k    # a subject-list scope instead
+    xgate approval grant  --key ap.key --agency hrss --dataset medical.claims_2025 --case-id-prefix job- \
+                          --days 30                                 # a training approval (job ids as cases)
     xgate approval list
     xgate approval revoke apr_...
 
@@ -42,6 +44,7 @@ def approval_body(
     agencies: Sequence[str],
     programs: Sequence[str],
     valid_from: datetime,
+    datasets: Sequence[str] = (),
     days: int,
     case_ids: Sequence[str] = (),
     case_id_prefix: str | None = None,
@@ -58,6 +61,8 @@ def approval_body(
         "valid_from": valid_from.isoformat(),
         "valid_until": (valid_from + timedelta(days=days)).isoformat(),
     }
+    if datasets:
+        body["datasets"] = list(datasets)
     if case_ids:
         body["case_ids"] = list(case_ids)
     if case_id_prefix is not None:
@@ -92,7 +97,8 @@ def keygen(
 def grant(
     key: Path = typer.Option(..., "--key", help="the approver's signing key"),
     agency: list[str] = typer.Option(..., "--agency", help="requesting agency approved for (repeatable)"),
-    program: list[str] = typer.Option(..., "--program", help="program(s) approved (repeatable)"),
+    program: list[str] = typer.Option([], "--program", help="program(s) approved for checks (repeatable)"),
+    dataset: list[str] = typer.Option([], "--dataset", help="training dataset(s) approved for jobs (repeatable)"),
     case_id: list[str] = typer.Option([], "--case-id", help="case id approved (repeatable)"),
     case_id_prefix: str | None = typer.Option(None, "--case-id-prefix", help="instead: every case id with this prefix"),
     max_subjects: int | None = typer.Option(None, "--max-subjects", min=1, help="scope: at most this many subjects"),
@@ -126,6 +132,7 @@ def grant(
             approver_role=role,
             agencies=agency,
             programs=program,
+            datasets=dataset,
             valid_from=datetime.now(UTC),
             days=days,
             case_ids=case_id,

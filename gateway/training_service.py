@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, Protocol
 
 from pydantic import Field, ValidationError
 
@@ -44,6 +44,14 @@ if TYPE_CHECKING:
 log = get_logger("xgate.gateway.training")
 OFFICER_ROLES = ("security_officer", "admin")
 TERMINAL = ("completed", "failed", "refused")
+
+
+class TrainingApprovals(Protocol):
+    """The approval registry's training check (policies/approvals.py ApprovalRegistry)."""
+
+    def verify_training(
+        self, ref: str, *, agency: str, datasets: Sequence[str], job_id: str, now: datetime
+    ) -> None: ...
 
 
 class TrainingRequest(JobSpec):
@@ -107,6 +115,7 @@ class TrainingService:
         runner: Runner = _default_runner,
         node_admission: Callable[[TrainingNode], Admission] | None = None,
         remote: RemoteTraining | None = None,
+        approvals: TrainingApprovals | None = None,
     ) -> None:
         self.policy = policy  # PolicyEngine | PolicyReloader | CheckAuthorizer
         self.ledger = ledger
@@ -122,6 +131,7 @@ class TrainingService:
         self._thread: threading.Thread | None = None
         self._federation: Any = None
         self._closing = False
+        self.approvals = approvals
         self.remote = remote  # agencies' own SuperNodes dial its long-lived SuperLink (no node files here)
         if remote is not None:
             remote.start_in_background()  # up before the first job, so the SuperNodes have joined by then
@@ -166,6 +176,7 @@ class TrainingService:
                     )
                 )  # fmt: skip
                 verdict.raise_if_denied()
+            self._verify_approval(job, actor, who, verdict.datasets, verdict.policy_set_hash)
             try:
                 charge(self.ledger, engine, job, verdict.datasets)
             except BudgetExhausted as exc:
@@ -214,6 +225,22 @@ class TrainingService:
             "status_url": f"/v1/training/jobs/{job.job_id}/status",
             "decision": submission["decision"],
         }
+
+    def _verify_approval(
+        self, job: JobSpec, actor: Actor, who: Principal, datasets: Sequence[str], policy_set_hash: str
+    ) -> None:
+        """A named approval_ref must be a registered, signed approval covering this job: never free text."""
+        if not job.approval_ref:
+            return
+        try:
+            if self.approvals is None:
+                raise PolicyDenied("this gateway has no approval registry: jobs naming an approval_ref are refused")
+            self.approvals.verify_training(
+                job.approval_ref, agency=who.agency, datasets=datasets, job_id=job.job_id, now=datetime.now(UTC)
+            )
+        except PolicyDenied as exc:
+            self._refuse(job, actor, "approval", exc.message, policy_set_hash)
+            raise
 
     def _refuse(self, job: JobSpec, actor: Actor, stage: str, reason: str, policy_set_hash: str) -> None:
         self._append(

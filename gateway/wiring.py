@@ -157,6 +157,7 @@ def training_for(config: GatewayConfig, policy: CheckAuthorizer, audit_log: Any)
         node_policy_dir=config.gateway.policy_dir,
         ca_dir=training.ca_dir if training else None,
         remote=remote,
+        approvals=policy.approvals,
     )
 
 

@@ -52,6 +52,7 @@ REF_RE = re.compile(r"^apr_[A-Za-z0-9_\-]{22}$")
 MAX_SUBJECTS = 10_000_000
 _Ident = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{1,63}$")]
 _Pseudonym = Annotated[str, StringConstraints(pattern=r"^[a-z2-7]{26}$")]
+_DatasetId = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,63}(\.[a-z0-9_]{1,63})?$")]
 _CaseId = Annotated[str, StringConstraints(min_length=1, max_length=128)]
 
 
@@ -70,7 +71,10 @@ class ApprovalBody(BaseModel):
     agencies: tuple[_Ident, ...] = Field(
         min_length=1, max_length=16, description="the requesting agencies it approves for (the approver's own)"
     )
-    programs: tuple[_Ident, ...] = Field(min_length=1, max_length=16)
+    programs: tuple[_Ident, ...] = Field(default=(), max_length=16, description="eligibility programs (checks)")
+    datasets: tuple[_DatasetId, ...] = Field(
+        default=(), max_length=64, description="registered training datasets a job may read (training)"
+    )
     case_ids: tuple[_CaseId, ...] | None = Field(default=None, min_length=1, max_length=1000)
     case_id_prefix: str | None = Field(default=None, max_length=128)
     subjects: tuple[_Pseudonym, ...] | None = Field(default=None, min_length=1, max_length=10_000)
@@ -80,10 +84,16 @@ class ApprovalBody(BaseModel):
 
     @model_validator(mode="after")
     def _scope(self) -> ApprovalBody:
+        if not self.programs and not self.datasets:
+            raise ValueError("name at least one program (checks) or dataset (training)")
         if (self.case_ids is None) == (self.case_id_prefix is None):
             raise ValueError("name exactly one of case_ids and case_id_prefix")
-        if (self.subjects is None) == (self.max_subjects is None):
+        # Subjects scope a check; a training job reads whole registered datasets, so a
+        # training-only approval names no subject scope.
+        if self.programs and (self.subjects is None) == (self.max_subjects is None):
             raise ValueError("name exactly one of subjects and max_subjects")
+        if not self.programs and (self.subjects is not None or self.max_subjects is not None):
+            raise ValueError("a training-only approval (no program) takes no subjects or max_subjects")
         if self.valid_until <= self.valid_from:
             raise ValueError("valid_until must be after valid_from")
         return self
@@ -173,12 +183,7 @@ def in_scope(
 ) -> None:
     """Raise PolicyDenied unless the signed scope covers this request (no counting, no revocation)."""
     ref = body.ref
-    if not body.valid_from <= now:
-        raise PolicyDenied(f"approval {ref} is not yet valid", approval_ref=ref)
-    if now >= body.valid_until:
-        raise PolicyDenied(f"approval {ref} has expired", approval_ref=ref)
-    if agency not in body.agencies:
-        raise PolicyDenied(f"approval {ref} was given to another agency, not '{agency}'", approval_ref=ref)
+    _validity(body, agency, now)
     if program not in body.programs:
         raise PolicyDenied(f"approval {ref} does not cover program '{program}'", approval_ref=ref)
     if not body.covers_case(case_id):
@@ -187,6 +192,47 @@ def in_scope(
         raise PolicyDenied(f"approval {ref} does not cover every subject of this check", approval_ref=ref)
     if body.max_subjects is not None and len(subjects) > body.max_subjects:
         raise PolicyDenied(f"approval {ref} covers at most {body.max_subjects} subjects", approval_ref=ref)
+
+
+def _validity(body: ApprovalBody, agency: str, now: datetime) -> None:
+    ref = body.ref
+    if not body.valid_from <= now:
+        raise PolicyDenied(f"approval {ref} is not yet valid", approval_ref=ref)
+    if now >= body.valid_until:
+        raise PolicyDenied(f"approval {ref} has expired", approval_ref=ref)
+    if agency not in body.agencies:
+        raise PolicyDenied(f"approval {ref} was given to another agency, not '{agency}'", approval_ref=ref)
+
+
+def in_training_scope(body: ApprovalBody, *, agency: str, datasets: Sequence[str], job_id: str, now: datetime) -> None:
+    """Raise PolicyDenied unless the signed scope covers this training job: its datasets, its id
+    (the approval's case ids or case-id prefix name jobs), the agency, now."""
+    ref = body.ref
+    _validity(body, agency, now)
+    uncovered = sorted(set(datasets) - set(body.datasets))
+    if uncovered:
+        raise PolicyDenied(f"approval {ref} does not cover dataset '{uncovered[0]}'", approval_ref=ref)
+    if not body.covers_case(job_id):
+        raise PolicyDenied(f"approval {ref} does not cover training job '{job_id}'", approval_ref=ref)
+
+
+def _registered(record: ApprovalRecord | None, ref: str, now: datetime) -> ApprovalRecord:
+    if record is None:
+        shown = ref if len(ref) <= 64 else ref[:61] + "..."
+        raise PolicyDenied(
+            f"approval_ref '{shown}' names no registered approval: an approval is registered by its approver "
+            "(xgate approval grant), never typed by the requester"
+        )
+    if record.revoked_at is not None and record.revoked_at <= now:
+        raise PolicyDenied(f"approval {ref} was revoked by its approver", approval_ref=ref)
+    return record
+
+
+def evaluate_training(
+    record: ApprovalRecord | None, ref: str, *, agency: str, datasets: Sequence[str], job_id: str, now: datetime
+) -> None:
+    """Raise PolicyDenied unless the registered approval `ref` covers this training job now (pure)."""
+    in_training_scope(_registered(record, ref, now).body, agency=agency, datasets=datasets, job_id=job_id, now=now)
 
 
 def evaluate(
@@ -200,14 +246,7 @@ def evaluate(
     now: datetime,
 ) -> None:
     """Raise PolicyDenied unless the registered approval `ref` covers this request now (pure)."""
-    if record is None:
-        shown = ref if len(ref) <= 64 else ref[:61] + "..."
-        raise PolicyDenied(
-            f"approval_ref '{shown}' names no registered approval: an approval is registered by its approver "
-            "(xgate approval grant), never typed by the requester"
-        )
-    if record.revoked_at is not None and record.revoked_at <= now:
-        raise PolicyDenied(f"approval {ref} was revoked by its approver", approval_ref=ref)
+    record = _registered(record, ref, now)
     in_scope(record.body, agency=agency, program=program, case_id=case_id, subjects=subjects, now=now)
     limit = record.body.max_subjects
     if limit is not None and record.uses + len(subjects) > limit:
@@ -321,6 +360,10 @@ class ApprovalRegistry:
         """Raise PolicyDenied unless the approval covers this request now; charges nothing."""
         record = self._find(ref)
         evaluate(record, ref, agency=agency, program=program, case_id=case_id, subjects=subjects, now=now)
+
+    def verify_training(self, ref: str, *, agency: str, datasets: Sequence[str], job_id: str, now: datetime) -> None:
+        """Raise PolicyDenied unless the approval covers this training job now."""
+        evaluate_training(self._find(ref), ref, agency=agency, datasets=datasets, job_id=job_id, now=now)
 
     def reserve(
         self, ref: str, *, agency: str, program: str, case_id: str, subjects: Sequence[str], now: datetime

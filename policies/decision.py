@@ -436,6 +436,10 @@ class ApprovalPort(Protocol):
         self, ref: str, *, agency: str, program: str, case_id: str, subjects: Sequence[str], now: datetime
     ) -> None: ...
 
+    def verify_training(
+        self, ref: str, *, agency: str, datasets: Sequence[str], job_id: str, now: datetime
+    ) -> None: ...
+
     def reserve(
         self, ref: str, *, agency: str, program: str, case_id: str, subjects: Sequence[str], now: datetime
     ) -> str: ...

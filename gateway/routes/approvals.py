@@ -39,6 +39,7 @@ class ApprovalView(BaseModel):
     approver_role: str
     agencies: list[str]
     programs: list[str]
+    datasets: list[str] = []  # training datasets (a training approval names no program)
     case_ids: list[str] | None
     case_id_prefix: str | None
     subjects: int | None  # how many subjects a subject-list approval names (never the list)
@@ -68,6 +69,7 @@ def view_of(record: ApprovalRecord, now: datetime) -> ApprovalView:
         approver_role=body.approver_role,
         agencies=list(body.agencies),
         programs=list(body.programs),
+        datasets=list(body.datasets),
         case_ids=list(body.case_ids) if body.case_ids is not None else None,
         case_id_prefix=body.case_id_prefix,
         subjects=len(body.subjects) if body.subjects is not None else None,

@@ -289,3 +289,44 @@ def test_routes_register_read_list_revoke(client: TestClient) -> None:
     revoked = client.delete(f"/v1/approvals/{ref}", headers=ap)
     assert revoked.status_code == 200 and revoked.json()["status"] == "revoked"
     assert client.get("/v1/approvals/nonsense", headers=ap).status_code == 404
+
+
+def test_training_approval_scope_rules() -> None:
+    from policies.approvals import ApprovalBody, evaluate_training, parse_approval
+
+    def body(**change: Any) -> ApprovalBody:
+        return parse_approval(approval(**change), APPROVERS)[1]
+
+    training = {"programs": [], "datasets": ["medical.claims_2025"], "max_subjects": None, "case_ids": ["job-1"]}
+    scoped = body(**training)
+    with pytest.raises(InvalidInput, match="at least one program"):
+        body(**{**training, "datasets": []})
+    with pytest.raises(InvalidInput, match="takes no subjects"):
+        body(**{**training, "max_subjects": 3})
+    with pytest.raises(PolicyDenied, match="names no registered approval"):
+        evaluate_training(None, "free text", agency="civil_affairs", datasets=[], job_id="job-1", now=NOW)
+    with pytest.raises(PolicyDenied, match="does not cover training job"):
+        from policies.approvals import in_training_scope
+
+        in_training_scope(scoped, agency="civil_affairs", datasets=["medical.claims_2025"], job_id="job-2", now=NOW)
+    with pytest.raises(PolicyDenied, match="does not cover program"):  # a training approval opens no check
+        from policies.approvals import in_scope
+
+        in_scope(scoped, agency="civil_affairs", program="dibao", case_id="job-1", subjects=[SUBJECT], now=NOW)
+
+
+def test_cli_training_approval_body_validates() -> None:
+    from client.approval_cli import approval_body
+    from policies.approvals import ApprovalBody
+
+    made = approval_body(
+        ref=new_ref(), approver="ap-hrss", approver_role="data_office", agencies=["hrss"], programs=[],
+        datasets=["medical.claims_2025"], valid_from=T0, days=30, case_id_prefix="job-",
+    )  # fmt: skip
+    body = ApprovalBody.model_validate(made)
+    assert body.datasets == ("medical.claims_2025",) and body.programs == () and body.max_subjects is None
+    check = approval_body(
+        ref=new_ref(), approver="ap-hrss", approver_role="x", agencies=["hrss"], programs=["dibao"],
+        valid_from=T0, days=1, case_ids=["C-1"], max_subjects=1,
+    )  # fmt: skip
+    assert "datasets" not in check  # a check approval's body is unchanged
