@@ -8,7 +8,8 @@ the signed manifest (files' digests, no contents) as `.bundle.json` in the polic
 `verify_installed` checks that manifest again and that every file still has its signed digest, so a
 service configured with `signed_policies = true` starts only on an unaltered, CA-signed policy set
 (`xgate config check`). Parties re-read their policy directory when it changes (policies/reload.py),
-so installing a newer bundle takes effect without a restart.
+verifying it again with `verify_installed` and taking only a newer version, so installing a newer
+bundle takes effect without a restart and anything else written there is refused.
 """
 
 from __future__ import annotations
@@ -74,6 +75,11 @@ class Installed:
     version: int
     issued_at: str
     files: int
+    digests: tuple[tuple[str, str], ...] = ()  # (relative path, SHA-256) of every signed file
+
+    def digest(self, name: str) -> str | None:
+        """The signed SHA-256 of the policy file `name` (relative path), None when the bundle has none."""
+        return dict(self.digests).get(name)
 
 
 def _verified(doc: dict[str, Any], ca_cert: Path) -> dict[str, Any]:
@@ -152,4 +158,6 @@ def verify_installed(policy_dir: Path, ca_cert: Path) -> Installed:
     extra = sorted(set(present) - set(body["files"]))
     if extra:
         raise CryptoError(f"policy files not in bundle version {body['version']}: {', '.join(extra[:5])}")
-    return Installed(int(body["version"]), str(body["issued_at"]), len(body["files"]))
+    return Installed(
+        int(body["version"]), str(body["issued_at"]), len(body["files"]), tuple(sorted(body["files"].items()))
+    )

@@ -94,13 +94,18 @@ def policy_for(config: GatewayConfig) -> tuple[CheckAuthorizer, ConsentRegistry]
     state = state_dir_of(config)
     state.mkdir(parents=True, exist_ok=True)
     policy_dir = settings.policy_dir or DEFAULT_POLICY_DIR
-    reloader = PolicyReloader(policy_dir).start()
+    # signed_policies: the start and every reload take only a CA-signed bundle, each reload a newer one
+    signed_by = config.tls.ca if settings.signed_policies and config.tls else None
+    reloader = PolicyReloader(policy_dir, ca_cert=signed_by).start()
+    bundle = (lambda: reloader.bundle) if signed_by is not None else None
     shared = shared_database(config)
     consents = ConsentRegistry(
-        shared or state / "consents.sqlite", purposes=reloader.engine.purposes, managers=ConsentManagers(policy_dir)
+        shared or state / "consents.sqlite",
+        purposes=reloader.engine.purposes,
+        managers=ConsentManagers(policy_dir, bundle),
     )
     budgets = ProbeBudget(shared or state / "budgets.sqlite")
-    approvals = ApprovalRegistry(shared or state / "approvals.sqlite", approvers=Approvers(policy_dir))
+    approvals = ApprovalRegistry(shared or state / "approvals.sqlite", approvers=Approvers(policy_dir, bundle))
     authorizer = CheckAuthorizer(engine=reloader, budgets=budgets, consents=consents, approvals=approvals)
     return authorizer, consents
 

@@ -56,13 +56,20 @@ def verify_approval(request: node_pb2.EncryptRequest, approvers: Approvers, cloc
 
 
 def node_authorizer(
-    agency: str, policy_dir: Path | None, clock: Callable[[], datetime] = lambda: datetime.now(UTC)
+    agency: str,
+    policy_dir: Path | None,
+    clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    signed_by: Path | None = None,
 ) -> Authorizer:
-    """Refuse (PolicyDenied, with the policies' reasons) unless this node's policy allows."""
+    """Refuse (PolicyDenied, with the policies' reasons) unless this node's policy allows.
+
+    signed_by: the federation CA certificate (`signed_policies = true`): the policy set, its reloads
+    and the signer registries are taken only from a CA-signed bundle, each reload a newer one."""
     directory = policy_dir or DEFAULT_POLICY_DIR
-    reloader = PolicyReloader(directory).start()
-    managers = ConsentManagers(directory)
-    approvers = Approvers(directory)
+    reloader = PolicyReloader(directory, ca_cert=signed_by).start()
+    bundle = (lambda: reloader.bundle) if signed_by is not None else None
+    managers = ConsentManagers(directory, bundle)
+    approvers = Approvers(directory, bundle)
 
     def authorize(request: node_pb2.EncryptRequest) -> None:
         ctx = request.context

@@ -92,7 +92,11 @@ def build_service(config: NodeConfig) -> NodeService:
         civil_register=settings.civil_register,
         allow_plaintext_mode=settings.allow_plaintext_mode,
         envelopes=envelopes_for(config),
-        authorize=node_authorizer(settings.agency, settings.policy_dir),
+        authorize=node_authorizer(
+            settings.agency,
+            settings.policy_dir,
+            signed_by=config.tls.ca if settings.signed_policies and config.tls else None,
+        ),
         audit=audit.record if audit else None,
         cosigner=audit.cosign if audit else None,
         closers=[audit.close] if audit else [],

@@ -30,7 +30,7 @@ import re
 import secrets
 import sqlite3
 import tomllib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -39,6 +39,7 @@ from typing import Annotated
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator
 
 from crypto.artefacts import Signer, verify_artefact
+from crypto.policy_bundle import Installed
 from policies.watched import WatchedFile
 from xgate.db import Database, Migration, SqliteDatabase, Tx, migrate, require_current
 from xgate.errors import ConfigError, CryptoError, InvalidInput, NotFound, PolicyDenied, StoreUnavailable
@@ -152,8 +153,9 @@ def load_approvers(policy_dir: Path) -> dict[str, Approver]:
 class Approvers(WatchedFile[dict[str, Approver]]):
     """The registered approvers of a policy directory, re-read when the file changes."""
 
-    def __init__(self, policy_dir: Path) -> None:
-        super().__init__(policy_dir / APPROVERS_FILE, lambda path: load_approvers(path.parent))
+    def __init__(self, policy_dir: Path, bundle: Callable[[], Installed | None] | None = None) -> None:
+        # bundle: the signed policy bundle in force (signed mode): only the file it signed is loaded
+        super().__init__(policy_dir / APPROVERS_FILE, lambda path: load_approvers(path.parent), bundle)
 
 
 def parse_approval(text: str, approvers: Mapping[str, Approver]) -> tuple[Approver, ApprovalBody]:

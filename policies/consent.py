@@ -20,7 +20,7 @@ import re
 import secrets
 import sqlite3
 import tomllib
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -29,6 +29,7 @@ from typing import Annotated
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator
 
 from crypto.artefacts import Signer, verify_artefact
+from crypto.policy_bundle import Installed
 from policies.watched import WatchedFile
 from xgate.db import Database, Migration, SqliteDatabase, Tx, migrate, require_current
 from xgate.errors import ConfigError, CryptoError, InvalidInput, NotFound, PolicyDenied, StoreUnavailable
@@ -138,8 +139,9 @@ def check_artefact(
 class ConsentManagers(WatchedFile[dict[str, Signer]]):
     """The registered consent managers of a policy directory, re-read when the file changes."""
 
-    def __init__(self, policy_dir: Path) -> None:
-        super().__init__(policy_dir / CONSENT_MANAGERS_FILE, lambda path: load_consent_managers(path.parent))
+    def __init__(self, policy_dir: Path, bundle: Callable[[], Installed | None] | None = None) -> None:
+        # bundle: the signed policy bundle in force (signed mode): only the file it signed is loaded
+        super().__init__(policy_dir / CONSENT_MANAGERS_FILE, lambda path: load_consent_managers(path.parent), bundle)
 
 
 def load_consent_managers(policy_dir: Path) -> dict[str, Signer]:

@@ -3,31 +3,73 @@
 The registries of signers (consent managers, approvers) are edited by the federation operator
 while the gateway and the nodes run; each read compares the file's (mtime, size) with the last
 load, so a change takes effect at the next request without a restart or a watcher thread.
+
+Signed mode (`bundle` given: the signed policy bundle in force, from the service's PolicyReloader):
+a version of the file is loaded only when its SHA-256 is the one that bundle signed. A file edited on
+disk, or a newer bundle's file before the reloader has verified that bundle, is refused
+(`policy_file_rejected`) and the value loaded before stays in force; with no value yet, the read
+fails (ConfigError) rather than trust an unsigned file.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Generic, TypeVar
 
+from crypto.policy_bundle import Installed
+from xgate.errors import ConfigError
+from xgate.logging import get_logger
+
 T = TypeVar("T")
+log = get_logger("xgate.policies.watched")
+Mark = tuple[float, int, int] | None
 
 
 class WatchedFile(Generic[T]):
-    def __init__(self, path: Path, load: Callable[[Path], T]) -> None:
+    def __init__(
+        self, path: Path, load: Callable[[Path], T], bundle: Callable[[], Installed | None] | None = None
+    ) -> None:
         self.path = path
         self._load = load
-        self._seen: tuple[float, int] | None = None
+        self._bundle = bundle
+        self._seen: Mark = None
         self._value: T | None = None
 
-    def current(self) -> T:
+    def _mark(self) -> Mark:
+        signed = self._bundle() if self._bundle is not None else None
         try:
             stat = self.path.stat()
-            mark: tuple[float, int] | None = (stat.st_mtime, stat.st_size)
         except FileNotFoundError:
-            mark = None  # absent: the loader decides what that means (an empty registry)
+            return None  # absent: the loader decides what that means (an empty registry)
+        return (stat.st_mtime, stat.st_size, signed.version if signed is not None else 0)
+
+    def _signed_digest_differs(self) -> str | None:
+        """Signed mode: why the file as it stands is not the one the bundle in force signed (None: it is)."""
+        signed = self._bundle() if self._bundle is not None else None
+        if signed is None:
+            return None
+        try:
+            actual: str | None = hashlib.sha256(self.path.read_bytes()).hexdigest()
+        except FileNotFoundError:
+            actual = None
+        if actual == signed.digest(self.path.name):
+            return None
+        return f"{self.path.name} differs from the signed policy bundle version {signed.version} in force"
+
+    def current(self) -> T:
+        mark = self._mark()
         if self._value is None or mark != self._seen:
-            self._value = self._load(self.path)
             self._seen = mark
+            why = self._signed_digest_differs()
+            if why is None:
+                value = self._load(self.path)
+                why = self._signed_digest_differs()  # the file did not change while it was read
+                if why is None:
+                    self._value = value
+                    return value
+            log.warning("policy_file_rejected", file=str(self.path), error=why, kept_previous=self._value is not None)
+            if self._value is None:  # nothing trusted loaded yet: every read looks again
+                raise ConfigError(f"{why}: refusing to use it")
         return self._value
