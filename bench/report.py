@@ -346,10 +346,58 @@ def load(d: dict[str, Any]) -> str:
     return "\n\n".join(lines)
 
 
+def sign_comparison(d: dict[str, Any]) -> str:
+    c = d["comparison"]
+    per = c["per_comparison"]
+    rows = [
+        [
+            r["subjects"],
+            r["comparisons"],
+            f"{r['today_cpu_ms']:,.1f}",
+            f"{r['sign_only_cpu_ms']:,.1f}",
+            f"×{r['cpu_ratio']:,}",
+            r["today_megabytes"],
+            r["sign_only_megabytes"],
+            f"×{r['bytes_ratio']}",
+            f"+{r['extra_round_trips']}",
+        ]
+        for r in d["side_by_side"]
+    ]
+    return "\n\n".join(
+        [
+            f"One secure comparison ({c['bit_length']}-bit inputs, Paillier {c['paillier_bits']}, DGK "
+            f"{c['dgk_n_bits']}; TNO MPC Lab's `tno.mpc.protocols.secure_comparison`): gateway "
+            f"{per['gateway_ms']} ms, requester {per['requester_ms']} ms, {per['bytes'] / 1000:.1f} kB on the wire "
+            f"({c['samples']} comparisons, {c['wrong_results']} wrong; key generation {c['key_generation_s']} s). "
+            "A sign-only 低保 check needs two per subject and criterion (the blinding wraps modulo BFV's t), "
+            "on top of today's masked results, which the requester still decrypts to get its inputs:",
+            _table(
+                [
+                    "subjects",
+                    "comparisons",
+                    "today CPU ms",
+                    "sign-only CPU ms",
+                    "ratio",
+                    "today MB",
+                    "sign-only MB",
+                    "ratio",
+                    "round trips",
+                ],
+                rows,
+            ),
+        ]
+    )
+
+
 SECTIONS: list[tuple[str, str, Callable[[dict[str, Any]], str]]] = [
     ("eligibility", "Encrypted eligibility checks vs plaintext exchange (`bench/eligibility.py`)", eligibility),
     ("masking_leakage", "What a masked value reveals (`bench/masking_leakage.py`)", masking),
     ("privacy", "What a curious requester learns (`bench/privacy.py`)", privacy),
+    (
+        "sign_comparison",
+        "What revealing the sign alone would cost (`bench/sign_comparison.py`)",
+        sign_comparison,
+    ),
     ("transport_overhead", "mTLS + signed envelopes vs none (`bench/transport_overhead.py`)", transport),
     ("security", "Envelope and gRPC primitives (`bench/security.py`)", security),
     ("policy", "Policy decisions (`bench/policy.py`)", policy),

@@ -14,6 +14,7 @@ BENCHMARKS = [
     "eligibility",  # HE vs plaintext exchange, end to end
     "masking_leakage",  # what a masked value reveals
     "privacy",  # exact reveals, extra bits, silver identification, bronze attack, failed-check budget
+    "sign_comparison",  # what a sign-only result (secure comparison) would cost against today's masks
     "transport_overhead",  # mTLS + signed envelopes vs none
     "security",  # envelope sign/verify, gRPC RTT
     "policy",  # Cedar decisions per second
