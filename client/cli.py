@@ -21,17 +21,29 @@ def result_json(result: CheckResult) -> dict[str, Any]:
     """What `xgate check --json` prints: counts for every view, per-subject rows where the view has them.
 
     The cohort (bronze) view has counts only; asking it for rows used to fail after the check had
-    been answered (and charged), losing the counts.
+    been answered (and charged), losing the counts. Its counts are randomized (docs/PROTOCOL.md,
+    "cohort"): per criterion the debiased estimate, its 95 % interval and the noisy count, with the
+    epsilon this query spent.
     """
     out: dict[str, Any] = {
         "request_id": result.request_id,
         "program": result.program,
         "view": result.view,
         "subjects": len(result.subjects),
-        "counts": result.counts(),
     }
-    if result.view != "cohort":
-        out["rows"] = result.rows()
+    if result.view == "cohort":
+        out["counts"] = {
+            criterion: {
+                "estimate": round(count.estimate, 2),
+                "ci95": [round(x, 2) for x in count.interval(0.95)],
+                "noisy_count": count.noisy_count,
+            }
+            for criterion, count in result.cohort_counts().items()
+        }
+        out["privacy"] = dict(result.privacy)
+        return out
+    out["counts"] = result.counts()
+    out["rows"] = result.rows()
     return out
 
 
@@ -90,4 +102,7 @@ def check(
             typer.echo("  ".join(header))
             for row in rows:
                 typer.echo("  ".join(str(row[h]) if h == "subject" else ("pass" if row[h] else "FAIL") for h in header))
-        typer.echo(f"request {result.request_id} ({result.view} view): {result.counts()}")
+        counts = result_json(result)["counts"] if result.view == "cohort" else result.counts()
+        typer.echo(f"request {result.request_id} ({result.view} view): {counts}")
+        if result.view == "cohort":
+            typer.echo(f"epsilon spent by this query: {result.privacy.get('epsilon_per_query', 0):g}")

@@ -30,6 +30,7 @@ import httpx
 import numpy as np
 
 from crypto.he import RequesterKeys
+from exchange.cohort import CohortCount, debias
 from xgate.errors import CryptoError, InvalidInput
 from xgate.errors import GatewayError as GatewayError  # re-exported: the SDK's callers catch it
 from xgate.logging import get_logger
@@ -61,6 +62,9 @@ class CheckResult:
     gateway: str = ""  # the base URL that answered
     attempts: int = 1  # requests sent for this check (retries included)
     replayed: bool = False  # the answer was the gateway's stored one (Idempotent-Replayed)
+    # cohort view: the gateway's randomized response (epsilon_per_criterion, flip_probability,
+    # epsilon_per_query, period_spent, period_cap), needed to debias the counts
+    privacy: dict[str, float] = field(default_factory=dict)
 
     @property
     def overall(self) -> np.ndarray:
@@ -86,9 +90,24 @@ class CheckResult:
         ]
 
     def counts(self) -> dict[str, int]:
+        """Passing subjects per criterion and overall; in the cohort view the *noisy* count per
+        criterion (slots are flipped at random and shuffled per criterion, so there is no overall
+        count): use cohort_counts() for the debiased estimates."""
+        if self.view == "cohort":
+            return {c: int(self.passes[c].sum()) for c in self.criteria}
         out = {c: int(self.passes[c].sum()) for c in self.criteria} if self.view != "overall" else {}
         out["eligible"] = int(self.overall.sum())
         return out
+
+    def cohort_counts(self) -> dict[str, CohortCount]:
+        """Cohort view: per criterion the noisy count, its unbiased estimate and standard error."""
+        if self.view != "cohort":
+            raise InvalidInput("only the cohort view has noisy counts: use counts()")
+        p = self.privacy.get("flip_probability")
+        if p is None:
+            raise CryptoError("the gateway's cohort answer does not state its flip probability")
+        n = len(self.subjects)
+        return {c: debias(int(self.passes[c].sum()), n, float(p)) for c in self.criteria}
 
 
 class GatewayClient:
@@ -331,6 +350,7 @@ class GatewayClient:
             timings_ms=dict(body.get("timings_ms", {})),
             wire_bytes=size,
             node_bytes=int(body.get("node_bytes", 0)),
+            privacy={k: float(v) for k, v in (body.get("privacy") or {}).items() if v is not None},
         )
 
 

@@ -16,7 +16,8 @@ import numpy as np
 
 from crypto.he import HE_PARAMS_ID, SLOTS, Ciphertext, FloodTerm, PublicContext, chunk_count
 from crypto.masks import derive_masks, derive_permutations
-from policies.programs import Criterion, Program
+from exchange.cohort import flip_masks
+from policies.programs import Criterion, Program, Term
 from protos.xgate.v1 import node_pb2
 from xgate.errors import NodeProtocolError, XgateError
 
@@ -47,15 +48,8 @@ class CriterionOutcome:
     passes: tuple[bool, ...] = ()  # PLAINTEXT baseline only
 
 
-def build_requests(
-    program: Program,
-    scope: CheckScope,
-    pseudonyms: Sequence[str],
-    mode: node_pb2.ExchangeMode,
-    public_context: bytes,
-) -> dict[str, node_pb2.EncryptRequest]:
-    """One EncryptRequest per agency whose data elements the program reads."""
-    context = node_pb2.RequestContext(
+def _request_context(program: Program, scope: CheckScope) -> node_pb2.RequestContext:
+    return node_pb2.RequestContext(
         request_id=scope.request_id,
         requester_agency=scope.requester_agency,
         requester_user=scope.requester_user,
@@ -72,9 +66,17 @@ def build_requests(
         consent_artefact=scope.consent_artefact,
         approval_artefact=scope.approval_artefact,
     )
-    requests: dict[str, node_pb2.EncryptRequest] = {}
-    for agency, terms in program.elements_by_agency().items():
-        requests[agency] = node_pb2.EncryptRequest(
+
+
+def _requests_for(
+    grouped: Mapping[str, Sequence[Term]],
+    context: node_pb2.RequestContext,
+    pseudonyms: Sequence[str],
+    mode: node_pb2.ExchangeMode,
+    public_context: bytes,
+) -> dict[str, node_pb2.EncryptRequest]:
+    return {
+        agency: node_pb2.EncryptRequest(
             context=context,
             mode=mode,
             pseudonyms=list(pseudonyms),
@@ -82,7 +84,47 @@ def build_requests(
             public_context=public_context if mode == node_pb2.EXCHANGE_MODE_HE else b"",
             he_params_id=HE_PARAMS_ID if mode == node_pb2.EXCHANGE_MODE_HE else "",
         )
-    return requests
+        for agency, terms in grouped.items()
+    }
+
+
+def build_requests(
+    program: Program,
+    scope: CheckScope,
+    pseudonyms: Sequence[str],
+    mode: node_pb2.ExchangeMode,
+    public_context: bytes,
+) -> dict[str, node_pb2.EncryptRequest]:
+    """One EncryptRequest per agency whose data elements the program reads."""
+    return _requests_for(
+        program.elements_by_agency(), _request_context(program, scope), pseudonyms, mode, public_context
+    )
+
+
+def build_cohort_requests(
+    program: Program,
+    scope: CheckScope,
+    orders: Sequence[Sequence[str]],
+    public_context: bytes,
+) -> list[dict[str, node_pb2.EncryptRequest]]:
+    """The cohort view's fan-out: per criterion, one EncryptRequest per agency holding one of its
+    terms, with the subjects in that criterion's own order (only the gateway knows the orders).
+
+    Slot j of one criterion and slot j of another then belong to unrelated people: no slot
+    links a person's verdicts across criteria. An element read by two criteria is encrypted
+    once per criterion; the shipped programs read each element once, so the nodes encrypt as
+    much as before and only the number of calls grows (one per criterion and agency).
+    """
+    if len(orders) != len(program.criteria):
+        raise ValueError("one subject order per criterion")
+    context = _request_context(program, scope)
+    plans = []
+    for criterion, order in zip(program.criteria, orders, strict=True):
+        grouped: dict[str, list[Term]] = {}
+        for term in criterion.terms:
+            grouped.setdefault(term.element.split(".")[0], []).append(term)
+        plans.append(_requests_for(grouped, context, order, node_pb2.EXCHANGE_MODE_HE, public_context))
+    return plans
 
 
 def _check_envelope(agency: str, request: node_pb2.EncryptRequest, response: node_pb2.EncryptResponse) -> None:
@@ -199,6 +241,44 @@ def combine_he(
             masked.append(context.masked_combination(groups, weights, offset, flood=noise))
         name = criterion.id if order is None else f"position_{i + 1}"
         outcomes.append(CriterionOutcome(name, ciphertexts=tuple(masked)))
+    return outcomes
+
+
+def combine_cohort_he(
+    program: Program,
+    orders: Sequence[Sequence[str]],
+    context: PublicContext,
+    ciphertexts: Sequence[Mapping[str, list[Ciphertext]]],
+    mask_key: bytes,
+    epoch: int,
+    flips: Sequence[np.ndarray],
+    floods: Sequence[FloodTerm] | None = None,
+) -> list[CriterionOutcome]:
+    """The cohort view: criterion i's slots in orders[i], each slot's sign flipped where flips[i] says.
+
+    `ciphertexts[i]` holds criterion i's terms as the nodes encrypted them in orders[i]; the masks
+    are derived for that order (a fresh `epoch` per query), and a flipped slot masks the negated
+    comparison (exchange/cohort.py flip_masks), so its decrypted sign is the opposite verdict.
+    """
+    n = len(orders[0]) if orders else 0
+    if not (len(orders) == len(ciphertexts) == len(flips) == len(program.criteria)):
+        raise ValueError("one order, one set of ciphertexts and one flip vector per criterion")
+    if any(len(o) != n for o in orders) or any(len(f) != n for f in flips):
+        raise ValueError("every criterion's order and flips cover the same subjects")
+    if floods is not None and len(floods) != len(flood_counts(program, n)):
+        raise ValueError("one prepared flood term per result ciphertext")
+    prepared = iter(floods) if floods is not None else None
+    outcomes = []
+    for i, criterion in enumerate(program.criteria):
+        r, s = derive_masks(mask_key, criterion.question, epoch, orders[i], program.span(i))
+        weight, offset = flip_masks(criterion.direction, criterion.bound, r, s, flips[i])
+        masked = []
+        for chunk, start in enumerate(range(0, n, SLOTS)):
+            window = slice(start, start + SLOTS)
+            noise: bool | FloodTerm = next(prepared) if prepared is not None else True
+            terms = _chunk_terms(criterion, ciphertexts[i], chunk)
+            masked.append(context.masked_combination([terms], [weight[window]], offset[window], flood=noise))
+        outcomes.append(CriterionOutcome(criterion.id, ciphertexts=tuple(masked)))
     return outcomes
 
 

@@ -83,8 +83,16 @@ def fanout_failed(about: Mapping[str, Any], exc: NodeError) -> Event:
     return _clean({**about, "kind": "fanout_call", "node": exc.agency, "error": exc.code})
 
 
-def node_answered(principal: Principal, request_id: str, program: Program, agency: str, receipt: NodeReceipt) -> Event:
-    """The gateway's record of one node's answer, bound to the node's own log entry."""
+def node_answered(
+    principal: Principal,
+    request_id: str,
+    program: Program,
+    agency: str,
+    receipt: NodeReceipt,
+    criterion: str | None = None,
+) -> Event:
+    """The gateway's record of one node's answer, bound to the node's own log entry (the cohort
+    view asks a node once per criterion: `criterion` says which answer this is)."""
     return _clean(
         {
             **actor(principal),
@@ -92,6 +100,7 @@ def node_answered(principal: Principal, request_id: str, program: Program, agenc
             "request_id": request_id,
             "program": program.id,
             "node": agency,
+            "criterion": criterion,
             "node_audit_index": receipt.node_audit_index,
             "node_entry_sha256": receipt.node_audit_leaf_hash or None,
             "response_sha256": receipt.response_sha256,
@@ -108,8 +117,11 @@ def check_result(
     context_sha256: str | None,
     view: str,
     nodes: Iterable[str],
+    epsilon: float | None = None,
 ) -> Event:
-    """The result binds to the decision entry's subject list by digest (not a second full list)."""
+    """The result binds to the decision entry's subject list by digest (not a second full list).
+
+    `epsilon`: the cohort view's privacy spend for this query (a number, no personal data)."""
     return _clean(
         {
             **{k: v for k, v in about.items() if k != "subjects"},
@@ -123,6 +135,8 @@ def check_result(
             "view": view,
             "mode": request.mode,
             "nodes": tuple(sorted(nodes)),
+            # audit metadata holds no floats: the decimal text, e.g. "3" or "0.15"
+            "epsilon": f"{epsilon:g}" if epsilon is not None else None,
         }
     )
 

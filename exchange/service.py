@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import secrets
 import time
 import uuid
@@ -27,22 +28,27 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+import numpy as np
+
 from crypto.he import SLOTS, FloodTerm, PublicContext
 from crypto.masks import epoch_of
 from exchange import events
+from exchange.cohort import epsilon_per_query, flip_probability
 from exchange.eligibility import (
     CheckScope,
     CriterionOutcome,
+    build_cohort_requests,
     build_requests,
+    combine_cohort_he,
     combine_he,
     combine_plain,
     flood_counts,
     validate_he_response,
     validate_plain_response,
 )
-from exchange.types import VIEWS, CheckOutcome, CheckRequest, CriterionVerdict, NodeReceipt, View
+from exchange.types import VIEWS, CheckOutcome, CheckRequest, CohortPrivacy, CriterionVerdict, NodeReceipt, View
 from policies.programs import Program, ProgramRegistry
-from policies.types import CheckContext, PolicyOutcome
+from policies.types import DEFAULT_COHORT_EPSILON, CheckContext, PolicyOutcome
 from protos.xgate.v1 import node_pb2
 from xgate.errors import ConfigError, InvalidInput, NodeError, PayloadTooLarge, PolicyDenied
 from xgate.logging import get_logger
@@ -81,6 +87,10 @@ class Randomness(Protocol):
         """A fresh random mask epoch (cohort view: masked values never repeat across queries)."""
         ...
 
+    def flips(self, n: int, p: float) -> np.ndarray:
+        """n independent booleans, each True with probability p (cohort view: randomized response)."""
+        ...
+
 
 class SystemRandomness:
     """The production randomness: uuid4 ids, the OS CSPRNG for shuffles and epochs."""
@@ -93,6 +103,11 @@ class SystemRandomness:
 
     def epoch(self) -> int:
         return secrets.randbits(62)
+
+    def flips(self, n: int, p: float) -> np.ndarray:
+        # 53-bit uniforms from the OS CSPRNG (exact in float64), compared with p.
+        words = np.frombuffer(os.urandom(8 * n), dtype="<u8") >> np.uint64(11)
+        return np.asarray(words.astype(np.float64) < p * float(1 << 53), dtype=bool)
 
 
 class AllowAll:
@@ -164,15 +179,17 @@ class CheckService:
         await self._record(events.policy_allowed(about, outcome))
         timings["policy"] = self._ms(t0)
 
-        # Cohort view: subjects go out in an order only the gateway knows (and with fresh masks),
-        # so the requester's slots map to no one and cannot be linked across queries.
-        shuffled = view == "cohort"
-        pseudonyms = list(request.pseudonyms)
-        if shuffled:
-            rng.shuffle(pseudonyms)
         mode = node_pb2.EXCHANGE_MODE_HE if context is not None else node_pb2.EXCHANGE_MODE_PLAINTEXT
         scope = _scope(request_id, principal, request, outcome)
-        node_requests = build_requests(program, scope, pseudonyms, mode, request.public_context)
+        cohort = _CohortPlan.draw(program, request, outcome, rng) if view == "cohort" and context else None
+        pseudonyms = list(request.pseudonyms)
+        if cohort is not None:
+            # Cohort view: each criterion's subjects go out in their own order only the gateway
+            # knows (and with fresh masks), so slots map to no one, are not linked across criteria
+            # or queries, and each slot's sign is flipped with the randomized-response probability.
+            plans = build_cohort_requests(program, scope, cohort.orders, request.public_context)
+        else:
+            plans = [build_requests(program, scope, pseudonyms, mode, request.public_context)]
         t1 = self.timer()
         # Noise-flooding terms depend only on the requester's key: build them while the nodes work.
         floods = (
@@ -183,31 +200,41 @@ class CheckService:
             else None
         )
         try:
-            responses = await self.nodes.encrypt_all(node_requests, self.deadline_s)
+            answers = await self._fan_out(plans)
         except NodeError as exc:
             await self._record(events.fanout_failed(about, exc))
             raise
-        receipts = {agency: events.receipt_of(r) for agency, r in sorted(responses.items())}
+        # Keyed by agency, or in the cohort view (one answer per criterion) by agency/criterion.
+        answered = [
+            (agency, program.criteria[i].id if cohort is not None else None, events.receipt_of(r))
+            for i, responses in enumerate(answers)
+            for agency, r in sorted(responses.items())
+        ]
+        receipts = {(f"{a}/{c}" if c else a): receipt for a, c, receipt in answered}
         # The node's own log entry for each answer: either side can prove what happened. Appended
         # together (one group commit, in agency order), not one fsync after another.
         await asyncio.gather(
             *(
-                self._record(events.node_answered(principal, request_id, program, agency, receipt))
-                for agency, receipt in receipts.items()
+                self._record(events.node_answered(principal, request_id, program, a, receipt, c))
+                for a, c, receipt in answered
             )
         )
         timings["fanout"] = self._ms(t1)
 
         t2 = self.timer()
-        if context is not None:
+        prepared = await floods if floods is not None else None
+        if cohort is not None and context is not None:
+            outcomes = await asyncio.to_thread(
+                _combine_cohort, program, cohort, plans, answers, context, self.mask_key, rng.epoch(), prepared
+            )
+        elif context is not None:
             epoch = epoch_of(self.clock(), program.epoch_seconds) if view != "cohort" else rng.epoch()
-            prepared = await floods if floods is not None else None
             outcomes = await asyncio.to_thread(
                 _combine_he,
                 program,
                 pseudonyms,
-                node_requests,
-                responses,
+                plans[0],
+                answers[0],
                 context,
                 self.mask_key,
                 epoch,
@@ -215,7 +242,7 @@ class CheckService:
                 prepared,
             )
         else:
-            outcomes = _combine_plain(program, node_requests, responses, view)
+            outcomes = _combine_plain(program, plans[0], answers[0], view)
         timings["combine"] = self._ms(t2)
         timings["total"] = self._ms(t0)
 
@@ -228,7 +255,8 @@ class CheckService:
                 result_sha256=result_sha256,
                 context_sha256=context.fingerprint if context else None,
                 view=view,
-                nodes=responses,
+                nodes={agency for responses in answers for agency in responses},
+                epsilon=cohort.privacy.epsilon_per_query if cohort is not None else None,
             )
         )
         log.info(
@@ -248,14 +276,33 @@ class CheckService:
             view=view,
             subjects=len(request.pseudonyms),
             chunk_size=SLOTS,
-            shuffled=shuffled,
+            shuffled=view == "cohort",
             criteria=verdicts(program, outcomes),
             policy_ids=tuple(outcome.policy_ids),
             policy_set_hash=outcome.policy_set_hash,
             nodes=receipts,
-            node_bytes=sum(node_requests[a].ByteSize() + r.ByteSize() for a, r in responses.items()),
+            node_bytes=sum(
+                plan[a].ByteSize() + r.ByteSize()
+                for plan, responses in zip(plans, answers, strict=True)
+                for a, r in responses.items()
+            ),
             timings_ms=timings,
+            privacy=cohort.privacy if cohort is not None else None,
         )
+
+    async def _fan_out(
+        self, plans: Sequence[Mapping[str, node_pb2.EncryptRequest]]
+    ) -> list[dict[str, node_pb2.EncryptResponse]]:
+        """Every plan concurrently (the cohort view has one per criterion); all or nothing."""
+        if len(plans) == 1:
+            return [await self.nodes.encrypt_all(plans[0], self.deadline_s)]
+        tasks = [asyncio.ensure_future(self.nodes.encrypt_all(plan, self.deadline_s)) for plan in plans]
+        try:
+            return list(await asyncio.gather(*tasks))
+        except BaseException:
+            for task in tasks:
+                task.cancel()
+            raise
 
     async def _context(self, request: CheckRequest) -> PublicContext | None:
         if len(request.pseudonyms) > self.max_subjects:
@@ -314,6 +361,54 @@ def _scope(request_id: str, principal: Principal, request: CheckRequest, outcome
         consent_artefact=outcome.consent_artefact,
         approval_artefact=outcome.approval_artefact,
     )
+
+
+@dataclass(frozen=True)
+class _CohortPlan:
+    """The cohort view's secrets for one query: per criterion a subject order and the slots to flip."""
+
+    orders: tuple[tuple[str, ...], ...]
+    flips: tuple[np.ndarray, ...]
+    privacy: CohortPrivacy
+
+    @classmethod
+    def draw(cls, program: Program, request: CheckRequest, outcome: PolicyOutcome, rng: Randomness) -> _CohortPlan:
+        spend = outcome.privacy
+        eps = spend.epsilon_per_criterion if spend is not None else DEFAULT_COHORT_EPSILON
+        p = flip_probability(eps)
+        orders = []
+        for _ in program.criteria:
+            order = list(request.pseudonyms)
+            rng.shuffle(order)
+            orders.append(tuple(order))
+        k, n = len(program.criteria), len(request.pseudonyms)
+        privacy = CohortPrivacy(
+            epsilon_per_criterion=eps,
+            flip_probability=p,
+            epsilon_per_query=epsilon_per_query(eps, k),
+            period_spent=spend.spent if spend is not None else None,
+            period_cap=spend.cap if spend is not None else None,
+        )
+        return cls(tuple(orders), tuple(rng.flips(n, p) for _ in range(k)), privacy)
+
+
+def _combine_cohort(
+    program: Program,
+    cohort: _CohortPlan,
+    plans: Sequence[Mapping[str, node_pb2.EncryptRequest]],
+    answers: Sequence[Mapping[str, node_pb2.EncryptResponse]],
+    context: PublicContext,
+    mask_key: bytes,
+    epoch: int,
+    floods: Sequence[FloodTerm] | None,
+) -> list[CriterionOutcome]:
+    ciphertexts = []
+    for plan, responses in zip(plans, answers, strict=True):
+        loaded = {}
+        for agency, response in responses.items():
+            loaded.update(validate_he_response(agency, plan[agency], response, context))
+        ciphertexts.append(loaded)
+    return combine_cohort_he(program, cohort.orders, context, ciphertexts, mask_key, epoch, cohort.flips, floods)
 
 
 def _combine_he(

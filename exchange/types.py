@@ -51,6 +51,17 @@ class NodeReceipt:
 
 
 @dataclass(frozen=True)
+class CohortPrivacy:
+    """The cohort view's noise, as the requester needs it to debias the counts (exchange/cohort.py)."""
+
+    epsilon_per_criterion: float
+    flip_probability: float
+    epsilon_per_query: float
+    period_spent: float | None = None  # the (agency, program) budget this period, this query included
+    period_cap: float | None = None
+
+
+@dataclass(frozen=True)
 class CheckOutcome:
     request_id: str
     program: str
@@ -66,3 +77,4 @@ class CheckOutcome:
     nodes: Mapping[str, NodeReceipt] = field(default_factory=dict)
     node_bytes: int = 0  # protobuf bytes exchanged with the nodes for this check
     timings_ms: Mapping[str, float] = field(default_factory=dict)
+    privacy: CohortPrivacy | None = None  # cohort view only

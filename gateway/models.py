@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -72,6 +73,11 @@ class CheckResponse(BaseModel):
     nodes: dict[str, dict[str, object]] = Field(default_factory=dict)
     node_bytes: int = Field(default=0, description="protobuf bytes exchanged with nodes for this check")
     timings_ms: dict[str, float] = Field(default_factory=dict)
+    privacy: dict[str, float | None] | None = Field(
+        default=None,
+        description="cohort view: the randomized response applied to every slot (epsilon_per_criterion,"
+        " flip_probability, epsilon_per_query) and the (agency, program) budget this period (period_spent, period_cap)",
+    )
 
 
 def to_domain(body: CheckRequest) -> domain.CheckRequest:
@@ -124,6 +130,7 @@ def from_domain(outcome: domain.CheckOutcome) -> CheckResponse:
             for agency, r in outcome.nodes.items()
         },
         timings_ms=dict(outcome.timings_ms),
+        privacy=dataclasses.asdict(outcome.privacy) if outcome.privacy is not None else None,
     )
 
 

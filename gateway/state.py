@@ -1,7 +1,7 @@
 """Where the gateway's shared state lives: SQLite files (embedded default) or one PostgreSQL database.
 
 With `[gateway] database = "postgresql://…"` every replica opens the same database: probing
-budgets, consents, rate limits and failed-authentication counters are then exact across any
+budgets, the cohort view's ε budgets, consents, rate limits and failed-authentication counters are then exact across any
 number of gateway processes on any hosts. The schema is applied by `xgate gateway migrate`, never
 implicitly: a replica started on a schema behind its code refuses to start and says so. Without
 `database`, each store is a SQLite file under `state_dir`, created at start, as before.
@@ -16,12 +16,13 @@ from gateway.config import GatewayConfig
 from gateway.idempotency import IDEMPOTENCY_MIGRATIONS
 from gateway.ratelimit import RATE_LIMIT_MIGRATIONS
 from policies.approvals import APPROVAL_MIGRATIONS
-from policies.budgets import BUDGET_MIGRATIONS
+from policies.budgets import BUDGET_MIGRATIONS, COHORT_PRIVACY_MIGRATIONS
 from policies.consent import CONSENT_MIGRATIONS
 from xgate.db import Migration, PostgresDatabase, migrate
 
 GATEWAY_MIGRATIONS: tuple[Migration, ...] = (
     *BUDGET_MIGRATIONS,
+    *COHORT_PRIVACY_MIGRATIONS,
     *CONSENT_MIGRATIONS,
     *APPROVAL_MIGRATIONS,
     *RATE_LIMIT_MIGRATIONS,

@@ -13,7 +13,7 @@ from gateway.idempotency import IdempotencyStore
 from gateway.ratelimit import Limiter, RateLimiter, SharedRateLimiter
 from gateway.state import shared_database
 from policies.approvals import ApprovalRegistry, Approvers
-from policies.budgets import ProbeBudget
+from policies.budgets import CohortPrivacyBudget, ProbeBudget
 from policies.consent import ConsentManagers, ConsentRegistry
 from policies.decision import DEFAULT_POLICY_DIR, CheckAuthorizer
 from policies.reload import PolicyReloader
@@ -89,7 +89,7 @@ class RestAuthenticator:
 
 
 def policy_for(config: GatewayConfig) -> tuple[CheckAuthorizer, ConsentRegistry]:
-    """The gateway's policy decision point (hot-reloaded), probing budgets, consent and approval registries."""
+    """The gateway's policy decision point (hot-reloaded), probing and ε budgets, consent and approval registries."""
     settings = config.gateway
     state = state_dir_of(config)
     state.mkdir(parents=True, exist_ok=True)
@@ -106,7 +106,10 @@ def policy_for(config: GatewayConfig) -> tuple[CheckAuthorizer, ConsentRegistry]
     )
     budgets = ProbeBudget(shared or state / "budgets.sqlite")
     approvals = ApprovalRegistry(shared or state / "approvals.sqlite", approvers=Approvers(policy_dir, bundle))
-    authorizer = CheckAuthorizer(engine=reloader, budgets=budgets, consents=consents, approvals=approvals)
+    privacy = CohortPrivacyBudget(shared or state / "cohort_epsilon.sqlite")
+    authorizer = CheckAuthorizer(
+        engine=reloader, budgets=budgets, consents=consents, approvals=approvals, privacy=privacy
+    )
     return authorizer, consents
 
 

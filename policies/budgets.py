@@ -28,7 +28,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from policies.sqlite_tx import immediate, init_db
-from policies.types import BudgetRule
+from policies.types import BudgetRule, EpsilonReceipt
 from xgate.db import Database, Migration, SqliteDatabase, Tx, migrate, require_current
 from xgate.errors import BudgetExhausted, InvalidInput, StoreUnavailable
 from xgate.logging import get_logger
@@ -419,3 +419,154 @@ class PrivacyLedger:
         finally:
             conn.close()
         return float(row[0])
+
+
+COHORT_PRIVACY_MIGRATIONS = (
+    Migration(
+        "cohort_privacy",
+        1,
+        sqlite="""
+            CREATE TABLE IF NOT EXISTS cohort_epsilon (
+                program TEXT NOT NULL, agency TEXT NOT NULL, period INTEGER NOT NULL, spent REAL NOT NULL,
+                PRIMARY KEY (program, agency, period)) WITHOUT ROWID;
+            CREATE TABLE IF NOT EXISTS cohort_epsilon_reservations (
+                id TEXT PRIMARY KEY, program TEXT NOT NULL, agency TEXT NOT NULL, period INTEGER NOT NULL,
+                epsilon REAL NOT NULL)
+        """,
+        postgresql="""
+            CREATE TABLE IF NOT EXISTS cohort_epsilon (
+                program TEXT NOT NULL, agency TEXT NOT NULL, period BIGINT NOT NULL,
+                spent DOUBLE PRECISION NOT NULL, PRIMARY KEY (program, agency, period));
+            CREATE TABLE IF NOT EXISTS cohort_epsilon_reservations (
+                id TEXT PRIMARY KEY, program TEXT NOT NULL, agency TEXT NOT NULL, period BIGINT NOT NULL,
+                epsilon DOUBLE PRECISION NOT NULL)
+        """,
+    ),
+)
+
+
+class CohortPrivacyBudget:
+    """The cohort (bronze) view's ε budget per (program, requesting agency) and period (the program's epoch).
+
+    Each cohort query spends ε per criterion times its criteria (exchange/cohort.py). Like the
+    probing budget it is reserved before the fan-out (refused when the period's cap would be
+    passed), committed when the check is answered and released when it fails for a reason that is
+    not the requester's; a reservation never settled stays spent (the conservative side). Atomic
+    under concurrency: SQLite's write lock, or on PostgreSQL an advisory lock on the scope.
+    """
+
+    def __init__(self, store: Path | str | Database) -> None:
+        self.db: Database
+        if isinstance(store, (str, Path)):
+            self.db = SqliteDatabase(store)
+            migrate(self.db, COHORT_PRIVACY_MIGRATIONS)
+        else:
+            self.db = store
+            require_current(self.db, COHORT_PRIVACY_MIGRATIONS)
+
+    @staticmethod
+    def _lock(program: str, agency: str) -> list[str]:
+        return [f"epsilon/{program}/{agency}"]
+
+    def reserve(
+        self,
+        program: str,
+        agency: str,
+        period: int,
+        epsilon: float,
+        cap: float,
+        renews: tuple[float, float] | None = None,
+    ) -> EpsilonReceipt:
+        """Hold `epsilon` of the period's `cap`, or refuse with BudgetExhausted (nothing recorded).
+
+        `renews`: (now, when the next period starts) in Unix seconds, for the refusal's Retry-After."""
+        if not (math.isfinite(epsilon) and epsilon > 0 and math.isfinite(cap) and cap > 0):
+            raise InvalidInput("epsilon and its cap must be positive finite numbers")
+        with self.db.transaction(lock=self._lock(program, agency)) as tx:
+            spent = self._spent(tx, program, agency, period)
+            if spent + epsilon > cap + _EPS_TOLERANCE:
+                timing = {}
+                if renews is not None:
+                    now, at = renews
+                    timing = {
+                        "resets_at": datetime.fromtimestamp(at, UTC).isoformat(timespec="seconds"),
+                        "retry_after_s": max(1, math.ceil(at - now)),
+                    }
+                raise BudgetExhausted(
+                    f"privacy budget exhausted: agency '{agency}' has spent epsilon {spent:g} of {cap:g} for "
+                    f"program '{program}' this period and a cohort query needs {epsilon:g}; the budget renews "
+                    "with the program's next epoch",
+                    program=program,
+                    agency=agency,
+                    spent=spent,
+                    cap=cap,
+                    requested=epsilon,
+                    period=period,
+                    **timing,
+                )
+            tx.execute(
+                "INSERT INTO cohort_epsilon (program, agency, period, spent) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (program, agency, period) DO UPDATE SET spent = cohort_epsilon.spent + excluded.spent",
+                (program, agency, period, epsilon),
+            )
+            reservation = "eps_" + secrets.token_urlsafe(16)
+            tx.execute(
+                "INSERT INTO cohort_epsilon_reservations (id, program, agency, period, epsilon) VALUES (?, ?, ?, ?, ?)",
+                (reservation, program, agency, period, epsilon),
+            )
+        return EpsilonReceipt(epsilon, spent + epsilon, cap, period, reservation)
+
+    def commit(self, reservation: str) -> bool:
+        """The query was answered: its ε stays spent. False if it was not pending."""
+        with self.db.transaction() as tx:
+            deleted = tx.execute("DELETE FROM cohort_epsilon_reservations WHERE id = ?", (reservation,))
+            return bool(deleted.rowcount == 1)
+
+    def release(self, reservation: str) -> bool:
+        """The query failed, not by the requester's doing: give its ε back. False if not pending or
+        if storage failed (the ε then stays spent, the conservative side)."""
+        try:
+            return self._release(reservation)
+        except (sqlite3.Error, StoreUnavailable) as exc:
+            log.warning("epsilon_release_failed", error=type(exc).__name__)
+            return False
+
+    def _release(self, reservation: str) -> bool:
+        with self.db.read() as tx:
+            row = tx.execute(
+                "SELECT program, agency FROM cohort_epsilon_reservations WHERE id = ?", (reservation,)
+            ).fetchone()
+        if row is None:
+            return False
+        program, agency = str(row[0]), str(row[1])
+        with self.db.transaction(lock=self._lock(program, agency)) as tx:
+            row = tx.execute(
+                "SELECT period, epsilon FROM cohort_epsilon_reservations WHERE id = ?", (reservation,)
+            ).fetchone()
+            if row is None:  # committed or released meanwhile
+                return False
+            tx.execute(
+                "UPDATE cohort_epsilon SET spent = MAX(spent - ?, 0) WHERE program = ? AND agency = ? AND period = ?"
+                if tx.dialect == "sqlite"
+                else "UPDATE cohort_epsilon SET spent = GREATEST(spent - ?, 0) "
+                "WHERE program = ? AND agency = ? AND period = ?",
+                (float(row[1]), program, agency, int(row[0])),
+            )
+            tx.execute("DELETE FROM cohort_epsilon_reservations WHERE id = ?", (reservation,))
+        return True
+
+    def spent(self, program: str, agency: str, period: int) -> float:
+        with self.db.read() as tx:
+            return self._spent(tx, program, agency, period)
+
+    def pending(self) -> int:
+        with self.db.read() as tx:
+            return int(tx.execute("SELECT COUNT(*) FROM cohort_epsilon_reservations").fetchone()[0])
+
+    @staticmethod
+    def _spent(tx: Tx, program: str, agency: str, period: int) -> float:
+        row = tx.execute(
+            "SELECT spent FROM cohort_epsilon WHERE program = ? AND agency = ? AND period = ?",
+            (program, agency, period),
+        ).fetchone()
+        return float(row[0]) if row is not None else 0.0

@@ -31,7 +31,7 @@ import cedarpy
 
 from policies import analysis
 from policies.loader import DEFAULT_POLICY_DIR, LoadedDirectory, PolicyInfo, UserEntry, load_directory
-from policies.tiers import view_for
+from policies.tiers import View, view_for
 from policies.types import (
     ACTIONS,
     NO_PERMIT,
@@ -39,7 +39,9 @@ from policies.types import (
     BudgetRule,
     CheckContext,
     Decision,
+    EpsilonReceipt,
     PolicyOutcome,
+    PrivacySpend,
     check_requests,
     combine,
     node_requests,
@@ -217,6 +219,13 @@ class PolicyEngine:
     @property
     def min_cohort(self) -> int:
         return self._d.settings.tiers.min_cohort
+
+    def cohort_epsilon(self, program: Program) -> tuple[float, float]:
+        """Bronze: (eps per criterion and query, eps per agency, program and period); the program's own
+        values win over policies/settings.toml [tiers]."""
+        tiers, header = self._d.settings.tiers, program.header
+        per_criterion = header.bronze_epsilon_per_criterion or tiers.bronze_epsilon_per_criterion
+        return per_criterion, header.bronze_epsilon_per_period or tiers.bronze_epsilon_per_period
 
     @property
     def policies(self) -> tuple[PolicyInfo, ...]:
@@ -451,12 +460,32 @@ class ApprovalPort(Protocol):
     def release(self, reservation: str) -> bool: ...
 
 
+class PrivacyPort(Protocol):
+    """The cohort view's ε budget (policies/budgets.py CohortPrivacyBudget): refuses with BudgetExhausted."""
+
+    def reserve(
+        self,
+        program: str,
+        agency: str,
+        period: int,
+        epsilon: float,
+        cap: float,
+        renews: tuple[float, float] | None = None,
+    ) -> EpsilonReceipt: ...
+
+    def commit(self, reservation: str) -> bool: ...
+
+    def release(self, reservation: str) -> bool: ...
+
+
 @dataclass
 class Reservations:
-    """A check's reserved probing budget, consent use and approval subjects (policies.types.Charge)."""
+    """A check's reserved probing budget, ε, consent use and approval subjects (policies.types.Charge)."""
 
     budgets: BudgetPort | None = None
     budget_reservation: str = ""
+    privacy: PrivacyPort | None = None
+    privacy_reservation: str = ""
     consents: ConsentPort | None = None
     consent_reservation: str = ""
     approvals: ApprovalPort | None = None
@@ -465,6 +494,8 @@ class Reservations:
     def commit(self) -> None:
         if self.budgets is not None and self.budget_reservation:
             self.budgets.commit(self.budget_reservation)
+        if self.privacy is not None and self.privacy_reservation:
+            self.privacy.commit(self.privacy_reservation)
         if self.consents is not None and self.consent_reservation:
             self.consents.commit(self.consent_reservation)
         if self.approvals is not None and self.approval_reservation:
@@ -477,6 +508,8 @@ class Reservations:
             self.consents.release(self.consent_reservation)
         if self.budgets is not None and self.budget_reservation:
             self.budgets.release(self.budget_reservation)
+        if self.privacy is not None and self.privacy_reservation:
+            self.privacy.release(self.privacy_reservation)
 
 
 @dataclass
@@ -487,6 +520,7 @@ class CheckAuthorizer:
     budgets: BudgetPort | None = None
     consents: ConsentPort | None = None
     approvals: ApprovalPort | None = None
+    privacy: PrivacyPort | None = None
     clock: Callable[[], datetime] = lambda: datetime.now(UTC)
 
     def decide_check(
@@ -534,6 +568,13 @@ class CheckAuthorizer:
         if self.budgets is not None and decision.budget is not None:
             receipt = self.budgets.reserve(request.pseudonyms, program.id, principal.agency, decision.budget, now)
             charge.budgets, charge.budget_reservation = self.budgets, str(receipt.reservation)
+        spend = None
+        if view is View.COHORT:
+            try:
+                spend = self._epsilon(engine, program, principal.agency, now, charge)
+            except BaseException:
+                charge.release()  # the ε budget refused: give the probing budget back
+                raise
         if request.consent_ref:
             try:
                 charge.consent_reservation = self._consent(request, principal.agency, now, program.id)
@@ -565,7 +606,22 @@ class CheckAuthorizer:
             charge=charge,
             consent_artefact=artefact,
             approval_artefact=approval,
+            privacy=spend,
         )
+
+    def _epsilon(
+        self, engine: PolicyEngine, program: Program, agency: str, now: datetime, charge: Reservations
+    ) -> PrivacySpend:
+        """Reserve this cohort query's ε (per criterion times criteria) in the period's budget."""
+        per_criterion, cap = engine.cohort_epsilon(program)
+        epsilon = per_criterion * len(program.criteria)
+        period = int(now.timestamp() // program.epoch_seconds)  # the program's epoch (crypto.masks.epoch_of)
+        if self.privacy is None:
+            return PrivacySpend(per_criterion, epsilon, epsilon, cap, period)  # no ledger (tests, previews)
+        renews = (now.timestamp(), float((period + 1) * program.epoch_seconds))
+        receipt = self.privacy.reserve(program.id, agency, period, epsilon, cap, renews)
+        charge.privacy, charge.privacy_reservation = self.privacy, receipt.reservation
+        return PrivacySpend(per_criterion, epsilon, receipt.spent, cap, period)
 
     def _approval(self, request: CheckContext, agency: str, now: datetime, program: str, consume: bool = True) -> str:
         """Verify the approval (consume=False) or reserve its subjects (returns the reservation, '' if uncounted)."""

@@ -18,6 +18,7 @@ from typing import Annotated, Any, Literal
 import cedarpy
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
+from policies.types import DEFAULT_COHORT_EPSILON, DEFAULT_COHORT_EPSILON_PER_PERIOD
 from xgate.errors import ConfigError
 from xgate.tomlfile import load_model
 
@@ -87,6 +88,10 @@ class EngineSettings(_Strict):
 
 class TierSettings(_Strict):
     min_cohort: int = Field(default=10, ge=1, le=1_000_000)
+    # bronze (cohort view): randomized response per slot, eps per criterion and query, and the
+    # eps each requesting agency may spend per program and period (the program's epoch)
+    bronze_epsilon_per_criterion: float = Field(default=DEFAULT_COHORT_EPSILON, gt=0, le=20)
+    bronze_epsilon_per_period: float = Field(default=DEFAULT_COHORT_EPSILON_PER_PERIOD, gt=0, le=1_000_000)
 
 
 class SettingsFile(_Strict):

@@ -110,6 +110,10 @@ class ProgramHeader(BaseModel):
     requester_agencies: tuple[AgencyId, ...] = Field(min_length=1)
     purposes: tuple[Ident, ...] = Field(min_length=1)
     epoch_days: int = Field(default=30, ge=1, le=366)
+    # bronze (cohort view) overrides of policies/settings.toml [tiers]: eps per criterion and query,
+    # and per (requesting agency, program) and epoch
+    bronze_epsilon_per_criterion: float | None = Field(default=None, gt=0, le=20)
+    bronze_epsilon_per_period: float | None = Field(default=None, gt=0, le=1_000_000)
 
 
 class ProgramFile(BaseModel):

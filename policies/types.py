@@ -122,6 +122,32 @@ class NoCharge:
         return None
 
 
+DEFAULT_COHORT_EPSILON = 1.0  # bronze: eps per criterion and query (randomized response, exchange/cohort.py)
+DEFAULT_COHORT_EPSILON_PER_PERIOD = 30.0  # bronze: eps per (requesting agency, program) per program epoch
+
+
+@dataclass(frozen=True)
+class EpsilonReceipt:
+    """A cohort query's ε held in its period's budget (policies/budgets.py CohortPrivacyBudget)."""
+
+    epsilon: float
+    spent: float  # in the period, this reservation included
+    cap: float
+    period: int
+    reservation: str
+
+
+@dataclass(frozen=True)
+class PrivacySpend:
+    """What one cohort (bronze) query spends of its (requesting agency, program) privacy budget."""
+
+    epsilon_per_criterion: float
+    epsilon: float  # this query: epsilon_per_criterion times the number of criteria
+    spent: float  # in this period, this query included
+    cap: float  # per period
+    period: int  # the program's epoch number the budget belongs to
+
+
 @dataclass(frozen=True)
 class PolicyOutcome:
     """What the gateway's policy decision point returned for a check."""
@@ -132,6 +158,7 @@ class PolicyOutcome:
     charge: Charge = field(default_factory=NoCharge)
     consent_artefact: str = ""  # the signed consent the nodes verify again (empty without consent)
     approval_artefact: str = ""  # the approver's signed approval the nodes verify again (empty without one)
+    privacy: PrivacySpend | None = None  # cohort view: the epsilon reserved for this query
 
 
 class CheckContext(Protocol):

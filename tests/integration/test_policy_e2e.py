@@ -53,8 +53,18 @@ def test_silver_tier_sees_only_the_overall_verdict(federation):
     assert all(name.startswith("position_") for name in result.criteria)  # criteria are anonymous
 
 
+def _plausible(count, true_count: int) -> bool:
+    """The noisy count is one the randomized response gives the true count with probability >= 1e-6
+    (its exact distribution), and the true count lies within 5 standard errors of the estimate."""
+    from exchange.cohort import noisy_count_pmf
+
+    pmf = noisy_count_pmf(true_count, count.subjects, count.flip_probability)
+    return pmf[count.noisy_count] >= 1e-6 and abs(count.estimate - true_count) <= 5 * count.standard_error
+
+
 def test_bronze_tier_sees_cohort_counts_only(federation):
-    """Target discovery: a bronze caseworker learns how many in a cohort look eligible, not who."""
+    """Target discovery: a bronze caseworker learns how many in a cohort look eligible (per
+    criterion, randomized per slot and debiased), not who."""
     ids = _ids(federation, 40, 30)
     with _client(federation, "caseworker_bronze") as client:
         result = client.check(
@@ -63,10 +73,12 @@ def test_bronze_tier_sees_cohort_counts_only(federation):
         with pytest.raises(InvalidInput, match="cohort"):
             result.rows()
         truth = oracle(federation, PROGRAMS.get("target_discovery"), ids)
-        counts = result.counts()
+        counts = result.cohort_counts()
+        assert set(counts) == set(truth)  # per criterion; no overall count (slots shuffled per criterion)
         for criterion, passes in truth.items():
-            assert counts[criterion] == int(passes.sum())
-        assert counts["eligible"] == int(np.logical_and.reduce(list(truth.values())).sum())
+            assert _plausible(counts[criterion], int(passes.sum())), criterion
+        assert result.privacy["epsilon_per_query"] == pytest.approx(1.0 * len(truth))  # the default
+        assert result.privacy["period_spent"] >= result.privacy["epsilon_per_query"]
         with pytest.raises(GatewayError) as info:
             client.check(
                 "target_discovery",
@@ -77,6 +89,46 @@ def test_bronze_tier_sees_cohort_counts_only(federation):
                 approval_ref=DEV_APPROVAL_REF,
             )
     assert info.value.http_status == 403 and "cohort" in info.value.message
+
+
+def test_bronze_counts_are_randomized_and_the_epsilon_budget_refuses_when_spent(federation, tmp_path):
+    """A gateway whose settings give bronze little ε per criterion (slots flipped almost half the
+    time) and a period budget of two queries: the counts are randomized end to end, two queries are
+    answered, the third is refused (429, with when the budget renews) and spends nothing."""
+    policies = tmp_path / "eps-policies"
+    shutil.copytree(federation.policy_dir, policies)
+    settings = policies / "settings.toml"
+    settings.write_text(
+        settings.read_text().replace(
+            "[tiers]\n", "[tiers]\nbronze_epsilon_per_criterion = 0.05\nbronze_epsilon_per_period = 0.3\n"
+        )
+    )
+    assert "bronze_epsilon_per_period = 0.3" in settings.read_text()
+    config = write_gateway_config(
+        federation, config_path=federation.gateway_dir / "gw-eps.toml", policy_dir=str(policies)
+    )
+    url = start_gateway(federation, federation.supervisor, config_path=config, name="gw-eps")
+    program = PROGRAMS.get("target_discovery")
+    exact = 0
+    with _client(federation, "caseworker_bronze", url) as client:
+        for q in range(2):
+            ids = _ids(federation, 500 + 20 * q, 20)
+            result = client.check("target_discovery", ids, "target_discovery", DIBAO, f"eps-{q}",
+                                  approval_ref=DEV_APPROVAL_REF)  # fmt: skip
+            truth = oracle(federation, program, ids)
+            counts = result.cohort_counts()
+            for criterion, passes in truth.items():
+                assert _plausible(counts[criterion], int(passes.sum())), criterion
+                exact += counts[criterion].noisy_count == int(passes.sum())
+            assert result.privacy["epsilon_per_query"] == pytest.approx(0.05 * len(truth))
+            assert result.privacy["period_spent"] == pytest.approx(0.05 * len(truth) * (q + 1))
+        # with p = 0.4875 each noisy count equals the truth with probability <= 0.18: all six, < 4e-5
+        assert exact < 2 * len(program.criteria)
+        with pytest.raises(GatewayError) as info:
+            client.check("target_discovery", _ids(federation, 560, 20), "target_discovery", DIBAO, "eps-2",
+                         approval_ref=DEV_APPROVAL_REF)  # fmt: skip
+    assert info.value.http_status == 429 and info.value.code == "budget_exhausted"
+    assert "privacy budget exhausted" in info.value.message and "civil_affairs" in info.value.message
 
 
 def test_bronze_cohort_with_a_made_up_member_is_refused(federation):

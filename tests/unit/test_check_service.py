@@ -145,8 +145,10 @@ class FakeAuditor:
 
 
 class FixedRandomness:
-    def __init__(self) -> None:
+    def __init__(self, flip: bool = False) -> None:
         self.epochs = 0
+        self.flip = flip  # cohort view: flip every slot (True) or none
+        self.flip_calls: list[tuple[int, float]] = []
 
     def request_id(self) -> str:
         return "req-fixed"
@@ -157,6 +159,12 @@ class FixedRandomness:
     def epoch(self) -> int:
         self.epochs += 1
         return 12345
+
+    def flips(self, n: int, p: float) -> Any:
+        import numpy as np
+
+        self.flip_calls.append((n, p))
+        return np.full(n, self.flip, dtype=bool)
 
 
 def _service(programs: ProgramRegistry, **kw: Any) -> tuple[CheckService, FakeNodes, FakePolicy, FakeAuditor]:
@@ -234,15 +242,43 @@ def test_he_check_masks_and_the_requester_decrypts_the_oracle(programs: ProgramR
 def test_cohort_view_shuffles_subjects_and_uses_a_fresh_epoch(programs: ProgramRegistry, requester_keys: Any) -> None:
     rng = FixedRandomness()
     policy = FakePolicy(PolicyOutcome("cohort", ("p-2",), HASH_1))
-    service, nodes, _, _ = _service(programs, policy=policy, randomness=rng)
+    service, nodes, _, auditor = _service(programs, policy=policy, randomness=rng)
     outcome = run(service, _request(mode="he", public_context=requester_keys.public_context))
     assert outcome.shuffled and outcome.view == "cohort" and rng.epochs == 1
-    [(requests, _)] = nodes.calls
-    assert list(requests["tax"].pseudonyms) == list(reversed(SUBJECTS))  # the order only the gateway knows
-    expected = oracle(programs.get("dibao"), tuple(reversed(SUBJECTS)))
+    dibao = programs.get("dibao")
+    # one fan-out per criterion, each with only that criterion's elements, in its own order
+    assert len(nodes.calls) == len(dibao.criteria)
+    for (requests, _), criterion in zip(nodes.calls, dibao.criteria, strict=True):
+        asked = sorted(q.element for r in requests.values() for q in r.elements)
+        assert asked == sorted(t.element for t in criterion.terms)
+        for request in requests.values():
+            assert list(request.pseudonyms) == list(reversed(SUBJECTS))  # the order only the gateway knows
+    expected = oracle(dibao, tuple(reversed(SUBJECTS)))
     for verdict in outcome.criteria:
         signs = requester_keys.decrypt_signs(verdict.ciphertexts[0], len(SUBJECTS))
         assert list(signs) == expected[verdict.criterion]
+    # randomized response with the default epsilon per criterion, drawn once per criterion
+    assert outcome.privacy is not None and outcome.privacy.epsilon_per_query == 1.0 * len(dibao.criteria)
+    assert rng.flip_calls == [(len(SUBJECTS), outcome.privacy.flip_probability)] * len(dibao.criteria)
+    answers = [e for e in auditor.events if e["kind"] == "node_response"]
+    assert {(a["node"], a["criterion"]) for a in answers} == {
+        (t.element.split(".")[0], c.id) for c in dibao.criteria for t in c.terms
+    }
+    assert auditor.events[-1]["epsilon"] == f"{outcome.privacy.epsilon_per_query:g}" == "3"
+
+
+def test_cohort_view_flipped_slots_decrypt_to_the_opposite_verdict_exactly(
+    programs: ProgramRegistry, requester_keys: Any
+) -> None:
+    """Randomized response at the gateway: a flipped slot's sign is the exact opposite verdict,
+    also at the +-1-unit boundaries (incomes summing to 1100 = the threshold and to 1101 in VALUES)."""
+    rng = FixedRandomness(flip=True)
+    service, _, _, _ = _service(programs, policy=FakePolicy(PolicyOutcome("cohort", ("p-2",), HASH_1)), randomness=rng)
+    outcome = run(service, _request(mode="he", public_context=requester_keys.public_context))
+    expected = oracle(programs.get("dibao"), tuple(reversed(SUBJECTS)))
+    for verdict in outcome.criteria:
+        signs = requester_keys.decrypt_signs(verdict.ciphertexts[0], len(SUBJECTS))
+        assert [not x for x in signs] == expected[verdict.criterion]
 
 
 def test_policy_denied_is_logged_and_nothing_is_asked_of_the_nodes(programs: ProgramRegistry) -> None:

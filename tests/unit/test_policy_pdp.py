@@ -26,8 +26,14 @@ class _Term:
 
 class _Program:
     def __init__(self, pid: str, elements: list[str]) -> None:
+        from types import SimpleNamespace
+
         self.id = pid
         self._elements = elements
+        # what the cohort view's epsilon reservation reads: no program overrides, one criterion per element
+        self.header = SimpleNamespace(bronze_epsilon_per_criterion=None, bronze_epsilon_per_period=None)
+        self.criteria = elements
+        self.epoch_seconds = 30 * 86400
 
     def elements(self) -> list[_Term]:
         return [_Term(e) for e in self._elements]
