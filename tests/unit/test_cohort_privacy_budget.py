@@ -186,3 +186,45 @@ def test_the_decision_point_reserves_epsilon_for_bronze_only_and_refuses_when_sp
     assert ledger.spent(program.id, "civil_affairs", period) == pytest.approx(per_query * answered)
     gold = Principal("ca-caseworker-gold", "civil_affairs", "caseworker", "gold")
     assert pdp.authorize_check(gold, program, Ask(2000)).privacy is None
+
+
+def test_a_bronze_check_that_fails_at_the_nodes_spends_no_epsilon(tmp_path: Path, requester_keys: object) -> None:
+    """Through the real check service: a node down releases the query's ε; an answer commits it."""
+    import asyncio
+
+    from bench.privacy import _FailingNodes
+    from exchange.service import CheckService
+    from exchange.types import CheckRequest
+    from policies.catalogue import load_catalogue
+    from policies.decision import DEFAULT_POLICY_DIR, CheckAuthorizer, PolicyEngine
+    from policies.programs import ProgramRegistry
+    from tests.unit.test_approvals import STANDING_REF, standing_registry
+    from tests.unit.test_budgets import pseudo
+    from tests.unit.test_policy_support import DAYTIME
+    from xgate.errors import NodeUnavailable
+    from xgate.principal import Principal
+
+    programs = ProgramRegistry.load(DEFAULT_POLICY_DIR / "programs", load_catalogue()[0])
+    program = programs.get("target_discovery")
+    ledger = CohortPrivacyBudget(tmp_path / "eps.sqlite")
+    pdp = CheckAuthorizer(
+        PolicyEngine.load(DEFAULT_POLICY_DIR),
+        approvals=standing_registry(tmp_path / "a.db"),
+        privacy=ledger,
+        clock=lambda: DAYTIME,
+    )
+    service = CheckService(
+        programs=programs, nodes=_FailingNodes(NodeUnavailable("household", "unreachable")), mask_key=b"\x01" * 32,
+        policy=pdp,
+    )  # fmt: skip
+    request = CheckRequest(
+        "target_discovery", "target_discovery", "SAR-2014-art-12", "C-1", tuple(pseudo(i) for i in range(10)),
+        public_context=requester_keys.public_context,  # type: ignore[attr-defined]
+        approval_ref=STANDING_REF,
+    )  # fmt: skip
+    bronze = Principal("ca-caseworker-bronze", "civil_affairs", "caseworker", "bronze")
+    for _ in range(3):
+        with pytest.raises(NodeUnavailable):
+            asyncio.run(service.run(bronze, request))
+    period = int(DAYTIME.timestamp() // program.epoch_seconds)
+    assert ledger.spent(program.id, "civil_affairs", period) == 0.0 and ledger.pending() == 0
