@@ -364,6 +364,8 @@ def write_gateway_config(
     if not fed.api_keys:
         fed.api_keys = write_dev_users(fed.gateway_dir / "users.json")
     addresses = node_addresses or {a: f"127.0.0.1:{p}" for a, p in fed.node_ports.items()}
+    if "replica" in overrides and "audit_key" not in overrides and config_path is not None:
+        overrides["audit_key"] = replica_audit_key(fed, config_path.stem)  # each replica signs its own log
     gateway: dict[str, object] = {
         "host": "127.0.0.1",
         "port": 0,
@@ -396,6 +398,16 @@ def write_gateway_config(
     path = config_path or fed.gateway_config
     path.write_text(tomli_w.dumps(config))
     return path
+
+
+def replica_audit_key(fed: DevFederation, stem: str) -> str:
+    """`<stem>.audit.key.pem` (and `.pub.pem`) beside the gateway's files, created once."""
+    from audit.checkpoints import generate_key, save_keypair
+
+    prefix = fed.gateway_dir / f"{stem}.audit"
+    if not Path(f"{prefix}.key.pem").exists():
+        save_keypair(generate_key(), prefix)
+    return f"{stem}.audit.key.pem"
 
 
 def start_gateway(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from cryptography import x509
@@ -143,9 +143,24 @@ def show_cmd(path: Annotated[Path, typer.Argument(help="a certificate PEM, or a 
         )
 
 
+def _user_store(users: Path | None, database: str | None) -> Any:
+    """The replicas' shared database (gateway/user_store.py) or None for a users file; exactly one."""
+    from xgate.errors import InvalidInput
+
+    if (users is None) == (database is None):
+        raise InvalidInput("give exactly one of --users (a users file) and --database (the replicas' PostgreSQL URL)")
+    if database is None:
+        return None
+    from gateway.user_store import UserStore
+    from xgate.db import PostgresDatabase, is_postgres_url
+
+    if not is_postgres_url(database):
+        raise InvalidInput("--database must be a postgresql:// URL (the replicas' [gateway] database)")
+    return UserStore(PostgresDatabase(database, max_size=1))
+
+
 @app.command("add-user")
 def add_user_cmd(
-    users: Annotated[Path, typer.Option(help="users file (JSON, only key hashes are stored)")],
     user: Annotated[str, typer.Option(help="user id")],
     agency: Annotated[str, typer.Option(help="agency id")],
     role: Annotated[str, typer.Option(help="caseworker|analyst|security_officer|admin")],
@@ -154,27 +169,46 @@ def add_user_cmd(
         Path | None,
         typer.Option(help="the policy set's principals.toml: register the user there too (the engine reads it)"),
     ] = None,
+    users: Annotated[Path | None, typer.Option(help="users file (JSON, only key hashes are stored)")] = None,
+    database: Annotated[
+        str | None, typer.Option(help="instead of --users: the replicas' PostgreSQL URL ([gateway] database)")
+    ] = None,
 ) -> None:
     """Register a REST user and print their API key ONCE (only its SHA-256 is stored)."""
     from gateway.auth import add_user
 
     with fail_on_error():
+        store = _user_store(users, database)
         if principals is not None:
             from app.principals import register_principal
 
             register_principal(principals, user, agency, role, tier)
-        key = add_user(users, user, agency, role, tier)
+        if store is not None:
+            key = store.add(user, agency, role, tier)
+        else:
+            assert users is not None
+            key = add_user(users, user, agency, role, tier)
         typer.echo(key)
         typer.secho("store this key now: it cannot be shown again", err=True, fg=typer.colors.YELLOW)
 
 
 @app.command("disable-user")
-def disable_user_cmd(users: Annotated[Path, typer.Option()], user: Annotated[str, typer.Option()]) -> None:
+def disable_user_cmd(
+    user: Annotated[str, typer.Option()],
+    users: Annotated[Path | None, typer.Option(help="users file")] = None,
+    database: Annotated[str | None, typer.Option(help="instead of --users: the replicas' PostgreSQL URL")] = None,
+) -> None:
     """Disable every API key of a user."""
     from gateway.auth import disable_user
 
     with fail_on_error():
-        typer.echo(f"disabled {disable_user(users, user)} key(s) of '{user}'")
+        store = _user_store(users, database)
+        if store is not None:
+            count = store.disable(user)
+        else:
+            assert users is not None
+            count = disable_user(users, user)
+        typer.echo(f"disabled {count} key(s) of '{user}'")
 
 
 @app.command("request")

@@ -94,6 +94,56 @@ def verify_log_cmd(
         )
 
 
+@app.command("verify-federation")
+def verify_federation_cmd(
+    manifest: Path = typer.Option(
+        ...,
+        "--manifest",
+        exists=True,
+        dir_okay=False,
+        help="the federation manifest (GET /v1/audit/federation, xgate-audit-federation/1)",
+    ),
+    log: list[str] = typer.Option(
+        ..., "--log", help="a replica's log as AUDIT_DB=PUBKEY.pem (repeatable; every log of the manifest)"
+    ),
+    witness: list[str] | None = WITNESS,
+    quorum: int | None = QUORUM,
+    entries_out: Path | None = typer.Option(
+        None, "--entries-out", help="write the verified entries of all logs, merge-sorted by time, as JSON lines"
+    ),
+) -> None:
+    """Verify the gateway replicas' logs as the federation's one log (docs/AUDIT.md "Replicas")."""
+    from audit.checkpoints import load_public_key
+    from audit.federation import merged_entries, parse_manifest, verify_federation
+
+    with fail_on_error():
+        listed = parse_manifest(manifest.read_bytes())
+        given: list[tuple[Path, Any]] = []
+        for spec in log:
+            db, sep, key = spec.partition("=")
+            if not sep or not db or not key:
+                raise CryptoError("--log must be AUDIT_DB=PUBKEY.pem")
+            given.append((Path(db), load_public_key(Path(key))))
+        try:
+            report = verify_federation(listed, given, witnesses=_witnesses(witness), quorum=quorum)
+        except (IntegrityError, CryptoError) as exc:
+            _failed("the federation's audit log does not verify", exc)
+        if entries_out is not None:
+            with entries_out.open("w", encoding="utf-8") as fh:
+                for entry in merged_entries(report.sizes()):
+                    fh.write(json.dumps(entry.view(), sort_keys=True) + "\n")
+        for r in report.logs:
+            typer.echo(
+                f"OK: {r.origin}: {r.size} entries, {r.checkpoints} checkpoints "
+                f"(latest at size {r.latest_checkpoint_size}, {r.unsigned_tail} not yet checkpointed)"
+                + (f", cosigned by {', '.join(r.cosigned_by)}" if r.quorum else "")
+            )
+        typer.echo(
+            f"OK: federation: {len(report.logs)} logs, {report.entries} entries, every log of the manifest verified"
+            + ("" if witness else "; no witnesses named: a history re-signed with a log key would pass")
+        )
+
+
 def _read_note(path: Path) -> str:
     try:
         return path.read_text(encoding="utf-8")

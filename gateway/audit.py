@@ -22,6 +22,7 @@ import grpc
 from audit import AppendReceipt, AuditLog, CosignatureVerifier, Signer, load_private_key, load_public_key
 from audit.integrity import WitnessView, check_own_checkpoint, check_witness_view
 from audit.store import WriterKind
+from gateway.audit_registry import AuditLogRegistry
 from gateway.fanout import NodeDirectory
 from xgate import metrics
 from xgate.errors import AuditLogCompromised, IntegrityError, NodeTimeout, NodeUnavailable, XgateError
@@ -35,6 +36,13 @@ REQUEST_ID: ContextVar[str | None] = ContextVar("xgate_request_id", default=None
 # entries note the key's digest, never the key.
 IDEMPOTENCY_KEY_SHA256: ContextVar[str | None] = ContextVar("xgate_idempotency_key_sha256", default=None)
 GATEWAY_LOG_ORIGIN = "xgate.gateway/audit"
+
+
+def gateway_log_origin(replica: str | None) -> str:
+    """A replica's own log (`[gateway] replica`); a lone gateway keeps the historical origin."""
+    return GATEWAY_LOG_ORIGIN if replica is None else f"xgate.gateway.{replica}/audit"
+
+
 SERVICE_ACTOR = {"actor_user": "gateway", "actor_agency": "gateway", "actor_role": "service"}
 
 
@@ -49,19 +57,34 @@ class GatewayAudit:
     _idle_size: int = -1  # log size right after our last checkpoint entry: nothing new since
     _alerted: bool = False
     _compromise_lock: threading.Lock = field(default_factory=threading.Lock)
+    # The federation manifest (gateway/audit_registry.py): where each published checkpoint is recorded.
+    registry: AuditLogRegistry | None = None
 
     def __post_init__(self) -> None:
         self.log.before_signing = self._before_signing
 
     @classmethod
-    def open(cls, db: Path, key: Path, witness_keys: dict[str, Path], writer: WriterKind = "process") -> GatewayAudit:
-        signer = Signer(GATEWAY_LOG_ORIGIN, load_private_key(key))
-        audit_log = AuditLog.open(db, signer=signer, origin=GATEWAY_LOG_ORIGIN, writer=writer)
+    def open(
+        cls,
+        db: Path,
+        key: Path,
+        witness_keys: dict[str, Path],
+        writer: WriterKind = "process",
+        *,
+        replica: str | None = None,
+        registry: AuditLogRegistry | None = None,
+    ) -> GatewayAudit:
+        """With a ``registry``, the log is registered in the federation manifest before anything is written."""
+        origin = gateway_log_origin(replica)
+        private = load_private_key(key)
+        if registry is not None:
+            registry.register(origin, replica or "gateway", private.public_key())
+        audit_log = AuditLog.open(db, signer=Signer(origin, private), origin=origin, writer=writer)
         verifiers = {
             agency: CosignatureVerifier(f"xgate.node.{agency}/witness", load_public_key(path))
             for agency, path in witness_keys.items()
         }
-        return cls(audit_log, verifiers)
+        return cls(audit_log, verifiers, registry=registry)
 
     pending: int = 0  # appends waiting for their commit (xgate_audit_queue_depth)
 
@@ -155,7 +178,7 @@ class GatewayAudit:
     async def _witness_view(self, nodes: NodeDirectory, agency: str, deadline_s: float) -> WitnessView | str:
         try:  # bounded as a whole (the TLS pre-flight included): a black-holed node delays nothing long
             state = await asyncio.wait_for(
-                nodes.cosign(agency, b"", [], 0, deadline_s, state_only=True), deadline_s + 1
+                nodes.cosign(agency, self.log.origin.encode(), [], 0, deadline_s, state_only=True), deadline_s + 1
             )
         except TimeoutError:
             return "no answer within the deadline"
@@ -234,6 +257,9 @@ class GatewayAudit:
             }
         )
         self._idle_size = receipt.index + 1
+        if self.registry is not None:  # the manifest's copy: a log cut back below it no longer verifies
+            latest = await asyncio.to_thread(self.log.checkpoint_at, size)
+            await asyncio.to_thread(self.registry.record_checkpoint, self.log.origin, size, latest.text())
         if found is not None:
             await self._compromise(found)
         return outcome

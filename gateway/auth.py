@@ -18,10 +18,11 @@ import os
 import re
 import secrets
 import threading
+import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from gateway.ratelimit import Limiter
 from xgate.errors import ConfigError, InvalidInput, NotFound, PolicyDenied, Unauthenticated
@@ -73,11 +74,8 @@ def _save(path: Path, users: list[dict[str, Any]]) -> None:
     tmp.replace(path)
 
 
-def add_user(users_file: Path, user: str, agency: str, role: str, tier: str) -> str:
-    """Register a user and return their new API key (the only time it is visible).
-
-    Adding an existing user id issues a new key and disables the old one (key rotation).
-    """
+def new_user(user: str, agency: str, role: str, tier: str) -> tuple[str, dict[str, Any]]:
+    """A validated user record with a fresh API key: (the key, shown once; the record, its hash only)."""
     if not _USER.match(user):
         raise InvalidInput("user id must be 1-64 of letters, digits, _ . @ -")
     if not _AGENCY.match(agency):
@@ -89,24 +87,36 @@ def add_user(users_file: Path, user: str, agency: str, role: str, tier: str) -> 
     key_id = secrets.token_hex(6)
     secret = base64.urlsafe_b64encode(secrets.token_bytes(32)).rstrip(b"=").decode()
     api_key = f"xgk_{key_id}_{secret}"
+    return api_key, {
+        "user": user,
+        "agency": agency,
+        "role": role,
+        "tier": tier,
+        "key_id": key_id,
+        "key_sha256": _hash(api_key),
+        "disabled": False,
+        "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+    }
+
+
+def add_user(users_file: Path, user: str, agency: str, role: str, tier: str) -> str:
+    """Register a user and return their new API key (the only time it is visible).
+
+    Adding an existing user id issues a new key and disables the old one (key rotation).
+    """
+    api_key, rec = new_user(user, agency, role, tier)
     users = _load(users_file)
     for u in users:
         if u["user"] == user:
             u["disabled"] = True
-    users.append(
-        {
-            "user": user,
-            "agency": agency,
-            "role": role,
-            "tier": tier,
-            "key_id": key_id,
-            "key_sha256": _hash(api_key),
-            "disabled": False,
-            "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        }
-    )
+    users.append(rec)
     _save(users_file, users)
     return api_key
+
+
+def load_users(users_file: Path) -> list[dict[str, Any]]:
+    """The records of a users file (ConfigError if unreadable)."""
+    return _load(users_file)
 
 
 def disable_user(users_file: Path, user: str) -> int:
@@ -156,14 +166,45 @@ def presented_key_id(headers: Mapping[str, str]) -> str | None:
     return m.group(1) if m else None
 
 
-class Authenticator:
-    """Maps API keys to principals, re-reading the users file when it changes."""
+class UserLookup(Protocol):
+    """Where users live when they are not in a file: the replicas' shared database (gateway/user_store.py)."""
 
-    def __init__(self, users_file: Path | None = None, records: Iterable[UserRecord] = ()) -> None:
+    def lookup(self, key_id: str) -> UserRecord | None: ...
+
+
+class Authenticator:
+    """Maps API keys to principals, re-reading the users file when it changes, or asking a
+    shared user store (replicated mode), whose answers are kept for ``store_ttl_s``."""
+
+    def __init__(
+        self,
+        users_file: Path | None = None,
+        records: Iterable[UserRecord] = (),
+        *,
+        store: UserLookup | None = None,
+        store_ttl_s: float = 2.0,
+    ) -> None:
         self.users_file = users_file
+        self.store = store
+        self.store_ttl_s = store_ttl_s
+        self._cache: dict[str, tuple[float, UserRecord | None]] = {}
         self._lock = threading.Lock()
         self._stamp: tuple[float, int] | None = None
         self._by_key_id: dict[str, UserRecord] = {r.key_id: r for r in records}
+
+    def _record(self, key_id: str) -> UserRecord | None:
+        if self.store is None:
+            self._refresh()
+            return self._by_key_id.get(key_id)
+        now = time.monotonic()
+        hit = self._cache.get(key_id)
+        if hit is not None and now - hit[0] < self.store_ttl_s:
+            return hit[1]
+        found = self.store.lookup(key_id)
+        if len(self._cache) > 10_000:  # unknown key ids must not grow it without bound
+            self._cache.clear()
+        self._cache[key_id] = (now, found)
+        return found
 
     def _refresh(self) -> None:
         if self.users_file is None:
@@ -194,8 +235,7 @@ class Authenticator:
         """Return the caller's Principal or raise Unauthenticated (reason without key material)."""
         key = extract_key(headers)
         m = _KEY.match(key)
-        self._refresh()
-        record = self._by_key_id.get(m.group(1)) if m else None
+        record = self._record(m.group(1)) if m else None
         # Hash and compare even for malformed/unknown keys so timing does not reveal which failed.
         expected = record.key_sha256 if record else "0" * 64
         matches = hmac.compare_digest(_hash(key), expected)

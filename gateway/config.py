@@ -48,6 +48,9 @@ class GatewaySettings(BaseModel):
     # Replicated mode: a PostgreSQL URL shared by every gateway process (budgets, consents, rate limits).
     database: str | None = Field(default=None, pattern=r"^postgres(ql)?://")
     database_pool_size: int = Field(default=8, ge=1, le=100)
+    # This replica's name: its audit log is `xgate.gateway.<replica>/audit`, with its own audit_db and
+    # audit_key (docs/AUDIT.md "Replicas"); required with `database` and an audit log.
+    replica: str | None = Field(default=None, pattern=r"^[a-z0-9][a-z0-9-]{0,31}$")
     deadline_seconds: float = Field(default=30.0, gt=0, le=600)
     idempotency_ttl_hours: float = Field(
         default=24.0, gt=0, le=720, description="how long a check's answer is kept for retries with its Idempotency-Key"
@@ -66,6 +69,15 @@ class GatewaySettings(BaseModel):
     insecure: bool = False
     # Overload control: checks in flight, queue bounds and fair shares, body and request deadlines.
     admission: AdmissionSettings = Field(default_factory=AdmissionSettings)
+
+    @model_validator(mode="after")
+    def _replica_named(self) -> GatewaySettings:
+        if self.database is not None and self.audit_db is not None and self.replica is None:
+            raise ValueError(
+                "replicated mode (database) with an audit log needs [gateway] replica: "
+                "each replica writes its own log under its own name and audit_key"
+            )
+        return self
 
 
 class TrainingNodeRef(BaseModel):

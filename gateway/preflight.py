@@ -14,7 +14,7 @@ from crypto.preflight import (
     policy_bundle_ok,
     signing_key_ok,
 )
-from gateway.config import GatewayConfig
+from gateway.config import GatewayConfig, GatewaySettings
 from xgate.errors import ConfigError, XgateError
 
 
@@ -30,6 +30,13 @@ def load_mask_key(path: Path) -> bytes:
     if len(key) != MASK_KEY_BYTES:
         raise ConfigError(f"mask key file {path}: expected {MASK_KEY_BYTES} bytes")
     return key
+
+
+def _users_ok(p: Problems, s: GatewaySettings) -> None:
+    if s.users_file is not None:
+        file_ok(p, "gateway.users_file", s.users_file, secret=True)
+    elif s.database is None:  # replicated mode: users live in the shared database (gateway/user_store.py)
+        p.add("gateway.users_file is not set: no REST user could authenticate (`xgate pki add-user`)")
 
 
 def gateway_problems(config: GatewayConfig) -> Problems:
@@ -53,10 +60,7 @@ def gateway_problems(config: GatewayConfig) -> Problems:
             load_mask_key(s.mask_key_file)
         except XgateError as exc:
             p.add(f"gateway.mask_key_file = {s.mask_key_file}: {exc.message}")
-    if s.users_file is not None:
-        file_ok(p, "gateway.users_file", s.users_file, secret=True)
-    else:
-        p.add("gateway.users_file is not set: no REST user could authenticate (`xgate pki add-user`)")
+    _users_ok(p, s)
     if s.policy_dir is not None:
         file_ok(p, "gateway.policy_dir", s.policy_dir, is_dir=True)
     if s.signed_policies:

@@ -122,7 +122,19 @@ def build_app(config: GatewayConfig, on_ready: Callable[[], None] | None = None)
         if settings.audit_key is None:
             raise ConfigError("gateway config has audit_db but no audit_key to sign checkpoints")
         witness_keys = {a: ref.witness_key for a, ref in config.nodes.items() if ref.witness_key is not None}
-        audit = GatewayAudit.open(settings.audit_db, settings.audit_key, witness_keys, settings.audit_writer)
+        from gateway.audit_registry import AuditLogRegistry
+        from gateway.state import shared_database
+        from gateway.wiring import state_dir_of
+
+        registry = AuditLogRegistry(shared_database(config) or state_dir_of(config) / "audit_logs.sqlite")
+        audit = GatewayAudit.open(
+            settings.audit_db,
+            settings.audit_key,
+            witness_keys,
+            settings.audit_writer,
+            replica=settings.replica,
+            registry=registry,
+        )
         service.auditor = audit
     training = training_for(config, policy, audit.log if audit else None)
     if config.tls is not None:

@@ -30,6 +30,7 @@ from federated.jobs import JobSpec, Reference
 from federated.training_policy import charge, decide_training, job_epsilon, unwrap_engine
 from gateway.audit import REQUEST_ID
 from gateway.training_audit import actor_of, decision_record, record_for_event, submitted_record
+from gateway.training_jobs import TrainingJobStore, summary_of
 from policies.budgets import PrivacyLedger
 from xgate.errors import BudgetExhausted, InvalidInput, NotFound, PolicyDenied, XgateError
 from xgate.errors import JobExists as JobExists  # re-exported: raised here
@@ -116,6 +117,7 @@ class TrainingService:
         node_admission: Callable[[TrainingNode], Admission] | None = None,
         remote: RemoteTraining | None = None,
         approvals: TrainingApprovals | None = None,
+        jobs: TrainingJobStore | None = None,
     ) -> None:
         self.policy = policy  # PolicyEngine | PolicyReloader | CheckAuthorizer
         self.ledger = ledger
@@ -132,6 +134,7 @@ class TrainingService:
         self._federation: Any = None
         self._closing = False
         self.approvals = approvals
+        self.jobs = jobs  # every replica's jobs (gateway/training_jobs.py): ids unique, records visible everywhere
         self.remote = remote  # agencies' own SuperNodes dial its long-lived SuperLink (no node files here)
         if remote is not None:
             remote.start_in_background()  # up before the first job, so the SuperNodes have joined by then
@@ -154,7 +157,7 @@ class TrainingService:
                     retry_after_s=30,
                 )
             job_dir = self.jobs_dir / job.job_id
-            if job_dir.exists():
+            if job_dir.exists() or (self.jobs is not None and self.jobs.get(job.job_id) is not None):
                 self._refuse(job, actor, "capacity", "job id already used", engine.policy_set_hash)
                 raise JobExists(f"job id '{job.job_id}' is already used on this gateway")
             registered = engine.principal(who.user)
@@ -177,9 +180,25 @@ class TrainingService:
                 )  # fmt: skip
                 verdict.raise_if_denied()
             self._verify_approval(job, actor, who, verdict.datasets, verdict.policy_set_hash)
+            submission = {
+                "job": job.model_dump(mode="json"),
+                "job_digest": job.digest(),
+                "requester": {"user": who.user, "agency": who.agency, "role": who.role},
+                "submitted_at": datetime.now(UTC).isoformat(timespec="seconds"),
+                "decision": {
+                    "policy_ids": list(verdict.policy_ids),
+                    "policy_set_hash": verdict.policy_set_hash,
+                    "datasets": list(verdict.datasets),
+                    "epsilon": job_epsilon(job),
+                },
+            }
+            if self.jobs is not None:  # one id, one job, across every replica (JobExists otherwise)
+                self.jobs.claim(job.job_id, who.user, submission)
             try:
                 charge(self.ledger, engine, job, verdict.datasets)
             except BudgetExhausted as exc:
+                if self.jobs is not None:
+                    self.jobs.update(job.job_id, {"job_id": job.job_id, "state": "refused", "reason": exc.message}, [])
                 self._append(
                     decision_record(
                         job, actor, allowed=False, stage="budget", reasons=(exc.message,),
@@ -196,18 +215,6 @@ class TrainingService:
                 )
             )  # fmt: skip
             job_dir.mkdir(parents=True)
-            submission = {
-                "job": job.model_dump(mode="json"),
-                "job_digest": job.digest(),
-                "requester": {"user": who.user, "agency": who.agency, "role": who.role},
-                "submitted_at": datetime.now(UTC).isoformat(timespec="seconds"),
-                "decision": {
-                    "policy_ids": list(verdict.policy_ids),
-                    "policy_set_hash": verdict.policy_set_hash,
-                    "datasets": list(verdict.datasets),
-                    "epsilon": job_epsilon(job),
-                },
-            }
             _write_json(job_dir / "submission.json", submission)
             _write_json(job_dir / "status.json", {"state": "queued", "updated_at": datetime.now(UTC).timestamp()})
             self._active = job.job_id
@@ -279,6 +286,7 @@ class TrainingService:
             record = record_for_event(event, job, actor)
             if record is not None:
                 self._append(record)
+            self._mirror(job.job_id, job_dir)
 
         def created(federation: Any) -> None:
             with self._lock:
@@ -303,9 +311,24 @@ class TrainingService:
             if not terminal:
                 self._after_failure(job, actor, job_dir, "failed", reason, decided)
         finally:
+            self._mirror(job.job_id, job_dir)
             with self._lock:
                 self._active = None
                 self._federation = None
+
+    def _mirror(self, job_id: str, job_dir: Path) -> None:
+        """The job's summary and latest events into the shared record (best effort: a job is never
+        failed because the record lags; the next event or the job's end writes it again)."""
+        if self.jobs is None:
+            return
+        from gateway.console.training import job_detail
+
+        try:
+            detail = job_detail(job_dir.parent, job_id)
+            events = detail.pop("events")
+            self.jobs.update(job_id, detail, events)
+        except XgateError as exc:
+            log.warning("training_job_record_lags", job_id=job_id, error=exc.code)
 
     def _after_failure(
         self, job: JobSpec, actor: Actor, job_dir: Path, state: str, reason: str, decided: dict[str, Decision]
@@ -337,12 +360,18 @@ class TrainingService:
         from gateway.console.training import JOB_ID, job_summary
 
         job_dir = self.jobs_dir / job_id
-        if not JOB_ID.match(job_id) or not (job_dir / "submission.json").exists():
+        if not JOB_ID.match(job_id):
             raise NotFound("no such training job")
-        submission = _read_json(job_dir / "submission.json")
+        if (job_dir / "submission.json").exists():
+            submission, summary = _read_json(job_dir / "submission.json"), None
+        else:  # accepted by another replica: its shared record
+            stored = self.jobs.get(job_id) if self.jobs is not None else None
+            if stored is None:
+                raise NotFound("no such training job")
+            submission, summary = stored["submission"], summary_of(stored)
         if who.role not in OFFICER_ROLES and submission.get("requester", {}).get("user") != who.user:
             raise PolicyDenied("only the job's requester, security officers and administrators see its status")
-        summary = job_summary(job_dir)
+        summary = summary or job_summary(job_dir)
         return {
             **summary,
             "rounds": submission.get("job", {}).get("rounds"),

@@ -138,11 +138,13 @@ def state_dir_of(config: GatewayConfig) -> Path:
 def training_for(config: GatewayConfig, policy: CheckAuthorizer, audit_log: Any) -> TrainingService:
     """POST /v1/training/jobs: the gateway's `train` decision, its ε ledger and the job runner.
 
-    Jobs live in <state_dir>/jobs and ε spends in <state_dir>/privacy.sqlite: where the console's
-    Training page reads them. Without a [training] section the endpoint answers 503. With
-    `superlink_port` set (remote mode) the gateway runs a long-lived SuperLink that the agencies'
-    own SuperNodes dial (`xgate node supernode`).
+    Jobs run in <state_dir>/jobs and ε spends in <state_dir>/privacy.sqlite: where the console's
+    Training page reads them; each job's record (id, decision, summary) is also in the state store
+    (gateway/training_jobs.py), shared by every replica in replicated mode. Without a [training]
+    section the endpoint answers 503. With `superlink_port` set (remote mode) the gateway runs a
+    long-lived SuperLink that the agencies' own SuperNodes dial (`xgate node supernode`).
     """
+    from gateway.training_jobs import TrainingJobStore
     from gateway.training_remote import remote_training
     from gateway.training_service import TrainingNode, TrainingService
     from policies.budgets import PrivacyLedger
@@ -166,17 +168,26 @@ def training_for(config: GatewayConfig, policy: CheckAuthorizer, audit_log: Any)
         ca_dir=training.ca_dir if training else None,
         remote=remote,
         approvals=policy.approvals,
+        jobs=TrainingJobStore(
+            shared_database(config) or state / "training_jobs.sqlite", replica=config.gateway.replica or "gateway"
+        ),
     )
 
 
 def authenticator_for(config: GatewayConfig) -> RestAuthenticator:
     settings = config.gateway
-    if settings.users_file is None:
-        raise ConfigError("gateway config names no users_file: every REST caller must authenticate")
     shared = shared_database(config)
-    if shared is not None:  # replicas share every bucket: N gateways do not multiply anyone's allowance
+    if settings.users_file is None and shared is None:
+        raise ConfigError("gateway config names no users_file: every REST caller must authenticate")
+    if shared is not None:  # replicas share users and every bucket: N gateways do not multiply anyone's allowance
+        from gateway.auth import load_users
+        from gateway.user_store import UserStore
+
+        users = UserStore(shared)
+        if settings.users_file is not None and settings.users_file.exists():
+            users.import_records(load_users(settings.users_file))
         return RestAuthenticator(
-            Authenticator(settings.users_file),
+            Authenticator(store=users),
             SharedRateLimiter(shared, rate_per_s=settings.rate_per_s, burst=settings.rate_burst, namespace="rest"),
             SharedRateLimiter(
                 shared, rate_per_s=settings.failed_auth_per_s, burst=settings.failed_auth_burst, namespace="failed-auth"

@@ -7,7 +7,7 @@ node cosigns the gateway's checkpoints only after checking they extend what it c
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from audit import AuditLog, NoteVerifier, Signer, Witness, load_private_key, load_public_key
@@ -22,6 +22,11 @@ def node_log_origin(agency: str) -> str:
     return f"xgate.node.{agency}/audit"
 
 
+def replica_log_origin(replica: str) -> str:
+    """A gateway replica's own log (gateway/audit.py gateway_log_origin)."""
+    return f"xgate.gateway.{replica}/audit"
+
+
 def witness_name(agency: str) -> str:
     return f"xgate.node.{agency}/witness"
 
@@ -31,33 +36,46 @@ class NodeAudit:
     log: AuditLog
     witness: Witness | None
     agency: str
+    # Gateway replicas (`gateway_replica_keys`): one witness state per replica log, by origin.
+    replica_witnesses: dict[str, Witness] = field(default_factory=dict)
 
     def record(self, event: dict[str, object]) -> tuple[bytes, int]:
         receipt = self.log.append(event)  # durable before the answer leaves
         return receipt.leaf_hash, receipt.index
 
+    def _witness_for(self, request: node_pb2.CosignRequest) -> Witness:
+        """The witness of the log the request is about: the note's origin line (a state query
+        carries the origin alone; none: the gateway's historical single log)."""
+        first = request.checkpoint.split(b"\n", 1)[0].decode("utf-8", errors="replace")
+        if first in self.replica_witnesses:
+            return self.replica_witnesses[first]
+        if self.witness is None or (first and first != self.witness.origin):
+            raise ConfigError(f"this node does not witness the log '{first[:80]}'")
+        return self.witness
+
     def cosign(self, request: node_pb2.CosignRequest) -> node_pb2.CosignResponse:
-        if self.witness is None:
+        if self.witness is None and not self.replica_witnesses:
             raise ConfigError("this node is not configured as a witness (no gateway_audit_key)")
+        witness = self._witness_for(request)
         if request.state_only:  # what this witness last cosigned: the gateway checks its log against it
-            known = self.witness.state
+            known = witness.state
             return node_pb2.CosignResponse(
                 agency=self.agency,
                 cosignature=known.line.encode() if known else b"",
-                key_id=self.witness.cosigner.key_id.hex(),
+                key_id=witness.cosigner.key_id.hex(),
                 size=known.size if known else 0,
                 root=known.root if known else b"",
             )
-        line = self.witness.cosign(
+        line = witness.cosign(
             request.checkpoint.decode("utf-8", errors="strict"),
             list(request.consistency_proof),
             old_size=request.old_size,
         )
-        state = self.witness.state
+        state = witness.state
         return node_pb2.CosignResponse(
             agency=self.agency,
             cosignature=line.encode(),
-            key_id=self.witness.cosigner.key_id.hex(),
+            key_id=witness.cosigner.key_id.hex(),
             size=state.size if state else 0,
             root=state.root if state else b"",
         )
@@ -83,4 +101,14 @@ def open_node_audit(settings: NodeSettings) -> NodeAudit | None:
             GATEWAY_LOG_ORIGIN,
             Path(str(settings.audit_db) + ".witness.json"),
         )
-    return NodeAudit(log, witness, settings.agency)
+    replicas = {}
+    for replica, pub in sorted(settings.gateway_replica_keys.items()):
+        origin = replica_log_origin(replica)
+        replicas[origin] = Witness(
+            witness_name(settings.agency),
+            key,
+            NoteVerifier(origin, load_public_key(pub)),
+            origin,
+            Path(f"{settings.audit_db}.witness.{replica}.json"),  # one state per witnessed log
+        )
+    return NodeAudit(log, witness, settings.agency, replicas)

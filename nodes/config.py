@@ -35,6 +35,8 @@ class NodeSettings(BaseModel):
     audit_db: Path | None = None
     audit_key: Path | None = None  # signs this node's checkpoints and its cosignatures
     gateway_audit_key: Path | None = None  # the gateway log's public key: makes this node a witness
+    # gateway replicas: replica name -> its log's public key; this node witnesses each replica's log
+    gateway_replica_keys: dict[str, Path] = Field(default_factory=dict)
     policy_dir: Path | None = None
     signed_policies: bool = False  # start only on a CA-signed policy bundle (`xgate policy install`)
     signing_key: Path | None = None
@@ -102,6 +104,9 @@ def load_node_config(path: Path) -> NodeConfig:
         ),
         base,
     )
+    config.node.gateway_replica_keys = {
+        name: path if path.is_absolute() else base / path for name, path in config.node.gateway_replica_keys.items()
+    }
     resolve_relative(config.tls, ("cert", "key", "ca", "crl"), base)
     resolve_relative(
         config.training,

@@ -139,3 +139,16 @@ def fresh_database() -> Iterator[str | None]:
         finally:
             with psycopg.connect(admin, autocommit=True) as conn:
                 conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def as_url(conninfo: str) -> str:
+    """A postgresql:// URL (what the gateway config and the CLI take) for the fixture's conninfo."""
+    from urllib.parse import quote
+
+    from psycopg.conninfo import conninfo_to_dict
+
+    d = {k: str(v) for k, v in conninfo_to_dict(conninfo).items()}
+    user, db, host, port = d.get("user", "postgres"), d.get("dbname", "postgres"), d.get("host", ""), d.get("port")
+    if host.startswith("/"):  # a Unix socket directory (a throwaway server)
+        return f"postgresql://{quote(user)}@/{quote(db)}?host={quote(host)}"
+    return f"postgresql://{quote(user)}@{host or '127.0.0.1'}{':' + port if port else ''}/{quote(db)}"

@@ -114,10 +114,24 @@ def list_checkpoints(
 
 
 @router.post("/checkpoints")
-def publish_checkpoint(who: Auditor, reader: Reader) -> dict[str, Any]:
+def publish_checkpoint(who: Auditor, reader: Reader, services: ServicesDep) -> dict[str, Any]:
     cp = reader.log.publish_checkpoint()
+    if services.audit is not None and services.audit.registry is not None:
+        services.audit.registry.record_checkpoint(reader.log.origin, cp.checkpoint.size, cp.text())
     reader.record_read(who, "publish_checkpoint", kind="admin_action", size=cp.checkpoint.size)
     return checkpoint_view(cp)
+
+
+@router.get("/federation")
+def federation_manifest(who: Auditor, reader: Reader, services: ServicesDep) -> dict[str, Any]:
+    """The federation manifest (`xgate-audit-federation/1`): every gateway replica's log, its key and
+    latest checkpoint, for `xgate audit verify-federation`. Compare the keys with the ones your
+    federation published: the manifest lives in the replicas' database and proves nothing alone."""
+    if services.audit is None or services.audit.registry is None:
+        raise AuditUnconfigured("this gateway has no audit log configured (gateway.audit_db)")
+    manifest = services.audit.registry.manifest()
+    reader.record_read(who, "federation", returned=len(manifest["logs"]))
+    return manifest | {"this_log": reader.log.origin}
 
 
 @router.post("/checkpoints/cosign")

@@ -23,8 +23,9 @@ from starlette.concurrency import run_in_threadpool
 
 from gateway.console import training as jobs_view
 from gateway.deps import Caller, Engine, Officer, ServicesDep, Training
+from gateway.training_jobs import summary_of
 from gateway.training_service import TrainingRequest
-from xgate.errors import InvalidInput
+from xgate.errors import InvalidInput, NotFound
 
 router = APIRouter(tags=["training"])
 _BODY_SCHEMA = TrainingRequest.model_json_schema(ref_template="#/components/schemas/{model}")
@@ -51,7 +52,7 @@ async def status(job_id: str, who: Caller, service: Training) -> Any:
 @router.get("/v1/training/jobs")
 def jobs(who: Officer, services: ServicesDep, engine: Engine) -> dict[str, Any]:
     return {
-        "jobs": jobs_view.list_jobs(services.jobs_dir),
+        "jobs": _with_other_replicas(jobs_view.list_jobs(services.jobs_dir), services),
         "budgets": jobs_view.privacy_budgets(engine.directory, services.privacy_ledger),
         "jobs_dir_configured": services.jobs_dir is not None and services.jobs_dir.is_dir(),
     }
@@ -59,4 +60,22 @@ def jobs(who: Officer, services: ServicesDep, engine: Engine) -> dict[str, Any]:
 
 @router.get("/v1/training/jobs/{job_id}")
 def job(job_id: str, who: Officer, services: ServicesDep) -> dict[str, Any]:
-    return jobs_view.job_detail(services.jobs_dir, job_id)
+    try:
+        return jobs_view.job_detail(services.jobs_dir, job_id)
+    except NotFound:
+        stored = services.training.jobs.get(job_id) if services.training and services.training.jobs else None
+        if stored is None:
+            raise
+        return summary_of(stored) | {"events": stored["events"]}
+
+
+def _with_other_replicas(local: list[dict[str, Any]], services: Any) -> list[dict[str, Any]]:
+    """Jobs that ran here (their directories) and those other replicas accepted (gateway/training_jobs.py)."""
+    store = services.training.jobs if services.training is not None else None
+    if store is None:
+        return local
+    seen = {j["job_id"] for j in local}
+    others = [summary_of(r) for r in store.recent(jobs_view.MAX_JOBS) if r["job_id"] not in seen]
+    for summary in others:
+        summary.pop("decisions", None)
+    return local + others

@@ -29,6 +29,7 @@ from app.devfed import DEV_APPROVAL_REF, LEGAL_BASIS, start_gateway, write_gatew
 from client.sdk import GatewayClient
 from client.subjects import read_subjects
 from crypto.he import RequesterKeys
+from tests.postgres import as_url
 from xgate.pseudonym import Pseudonymiser, load_key
 
 pytestmark = pytest.mark.integration
@@ -144,19 +145,6 @@ def test_the_sdk_given_a_dead_gateway_first_completes_on_the_second(federation, 
 # -- two replicas on one PostgreSQL database: the retry lands on the other replica ------------------
 
 
-def _as_url(conninfo: str) -> str:
-    """The gateway config takes a postgresql:// URL; the fixture gives a conninfo."""
-    from urllib.parse import quote
-
-    from psycopg.conninfo import conninfo_to_dict
-
-    d = {k: str(v) for k, v in conninfo_to_dict(conninfo).items()}
-    user, db, host, port = d.get("user", "postgres"), d.get("dbname", "postgres"), d.get("host", ""), d.get("port")
-    if host.startswith("/"):  # a Unix socket directory (a throwaway server)
-        return f"postgresql://{quote(user)}@/{quote(db)}?host={quote(host)}"
-    return f"postgresql://{quote(user)}@{host or '127.0.0.1'}{':' + port if port else ''}/{quote(db)}"
-
-
 @pytest.fixture(scope="module")
 def replicas(federation, pg_url: str) -> dict[str, str]:  # type: ignore[no-untyped-def]
     import subprocess
@@ -164,7 +152,10 @@ def replicas(federation, pg_url: str) -> dict[str, str]:  # type: ignore[no-unty
 
     configs = {
         name: write_gateway_config(
-            federation, config_path=federation.gateway_dir / f"idem-{name}.toml", database=_as_url(pg_url)
+            federation,
+            config_path=federation.gateway_dir / f"idem-{name}.toml",
+            database=as_url(pg_url),
+            replica=name,
         )
         for name in ("a", "b")
     }
