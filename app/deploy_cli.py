@@ -146,6 +146,43 @@ def _timezone(policy_dir: Path | None) -> str:
         return "Asia/Shanghai (the default)"
 
 
+def _training_datasets(policy_dir: Path | None) -> dict[str, list[str]] | None:
+    """agency -> ids of the datasets registered for training in the policy set (None: no readable set)."""
+    import tomllib
+
+    if policy_dir is None:
+        return None
+    try:
+        entries = tomllib.loads((policy_dir / "datasets.toml").read_text()).get("datasets", [])
+    except (OSError, tomllib.TOMLDecodeError):
+        return None
+    out: dict[str, list[str]] = {}
+    for entry in entries:
+        if isinstance(entry, dict) and "agency" in entry and "id" in entry:
+            out.setdefault(str(entry["agency"]), []).append(str(entry["id"]))
+    return out
+
+
+def _training_nodes(agencies: list[tuple[str, str]], served: dict[str, list[str]] | None) -> list[str]:
+    """[[training.nodes]] per agency serving a training dataset (every agency when the set is unknown)."""
+    lines: list[str] = []
+    for agency, _ in agencies:
+        table = [
+            "[[training.nodes]]",
+            f'agency = "{agency}"',
+            f'public_key = "training/supernode-{agency}.ssh.pub"',
+            f'certificate = "training/flower-supernode-{agency}.cert.pem"',
+        ]
+        if served is None:
+            lines += [*table, ""]
+        elif served.get(agency):
+            ids = ", ".join(f'"{d}"' for d in served[agency])
+            lines += [*table, f"datasets = [{ids}]                 # it takes part in jobs reading these", ""]
+        else:  # a node with no datasets listed would take part in every job, and refuse it
+            lines += [f"# {agency}: serves no dataset registered for training (policies/datasets.toml)", ""]
+    return lines
+
+
 def _published(home: Path, agency: str, kind: str) -> str:
     from crypto.pki import load_directory
 
@@ -267,14 +304,7 @@ def gateway_config_text(home: Path, listen: str, agencies: list[tuple[str, str]]
             'crl = "ca/crl.pem"',
             "",
         ]
-        for agency, _ in agencies:
-            lines += [
-                "[[training.nodes]]",
-                f'agency = "{agency}"',
-                f'public_key = "training/supernode-{agency}.ssh.pub"',
-                f'certificate = "training/flower-supernode-{agency}.cert.pem"',
-                "",
-            ]
+        lines += _training_nodes(agencies, _training_datasets(policy_dir if policy_dir.is_dir() else None))
     return "\n".join(lines)
 
 

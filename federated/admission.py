@@ -32,7 +32,7 @@ from federated import datasets
 from federated.jobs import JobSpec
 from federated.training_policy import budget_charges, decide_training, job_epsilon, unwrap_engine
 from policies.budgets import PrivacyLedger
-from xgate.errors import BudgetExhausted, PolicyDenied
+from xgate.errors import BudgetExhausted, PolicyDenied, XgateError
 
 __all__ = [
     "Admission",
@@ -326,17 +326,29 @@ def by_agency(admissions: Mapping[str, Admission]) -> Admission:
     return decide
 
 
-def admit_at_node(job: JobSpec, agency: str, ledger: Path, store: Path, policy_dir: Path | None) -> None:
+def admit_at_node(
+    job: JobSpec, agency: str, ledger: Path, store: Path, policy_dir: Path | None, policy_ca: Path | None = None
+) -> None:
     """ClientApp guard at the node's own site: decide now if nothing was decided, then require approval.
 
     A node with a policy directory runs its own Cedar `train` decision and charges its own ε ledger
     (PolicyAdmission, idempotent per job) the first time it sees the job, so admission holds even
     when nobody decided for it beforehand (a SuperNode on another machine). Without one, the
-    decision must already be in its ledger.
+    decision must already be in its ledger. With `policy_ca` (the node's `signed_policies`), the
+    policy directory is verified as the CA-signed bundle first, as at the node's start: a set edited
+    on disk refuses the job rather than decide under it.
     """
     if policy_dir is not None and not _decided(ledger, job):
         from policies.decision import PolicyEngine
 
+        if policy_ca is not None:
+            from crypto.policy_bundle import verify_installed
+
+            try:
+                verify_installed(policy_dir, policy_ca)
+            except XgateError as exc:
+                why = f"its policy set is not the signed bundle: {exc.message}"
+                raise PolicyDenied(f"node '{agency}' refused job '{job.job_id}': {why}") from None
         decision = PolicyAdmission(PolicyEngine.load(policy_dir), ledger, store)(job, agency)
         if not decision.approved:
             raise PolicyDenied(f"node '{agency}' refused job '{job.job_id}': {decision.reason}")

@@ -35,7 +35,7 @@ class HorizontalClient(NumPyClient):
     ) -> None:
         self.job, self.nc, self.max_weight, self.n_features = job, nc, max_weight, n_features
         if ledger_check:
-            admit_at_node(job, nc.agency, nc.ledger, nc.store, nc.policy_dir)
+            admit_at_node(job, nc.agency, nc.ledger, nc.store, nc.policy_dir, nc.policy_ca)
         self._data: node.Split | None = None
 
     @property

@@ -30,6 +30,7 @@ class NodeConfig:
     ledger: Path
     holdout: Path | None
     policy_dir: Path | None = None  # set: this node decides admission itself (Cedar + ε ledger)
+    policy_ca: Path | None = None  # set: policy_dir must hold a bundle signed by this CA (signed_policies)
 
 
 def node_config(cfg: Mapping[str, object]) -> NodeConfig:
@@ -39,7 +40,8 @@ def node_config(cfg: Mapping[str, object]) -> NodeConfig:
         raise ConfigError(f"SuperNode node-config lacks '{exc.args[0]}'") from None
     holdout = Path(str(cfg["holdout"])) if cfg.get("holdout") else None
     policy_dir = Path(str(cfg["policy_dir"])) if cfg.get("policy_dir") else None
-    return NodeConfig(store, agency, ledger, holdout, policy_dir)
+    policy_ca = Path(str(cfg["policy_ca"])) if cfg.get("policy_ca") else None
+    return NodeConfig(store, agency, ledger, holdout, policy_dir, policy_ca)
 
 
 def node_config_arg(nc: NodeConfig) -> str:
@@ -54,6 +56,7 @@ def node_config_arg(nc: NodeConfig) -> str:
         ("ledger", nc.ledger),
         ("holdout", nc.holdout),
         ("policy_dir", nc.policy_dir),
+        ("policy_ca", nc.policy_ca),
     ]
     parts = []
     for name, value in pairs:

@@ -35,7 +35,7 @@ def _setup(context: Context) -> tuple[JobSpec, node.NodeConfig, Path]:
     job = job_from_run_config(dict(context.run_config))
     nc = node.node_config(dict(context.node_config))
     if bool(context.run_config.get("ledger-check", True)):
-        admit_at_node(job, nc.agency, nc.ledger, nc.store, nc.policy_dir)
+        admit_at_node(job, nc.agency, nc.ledger, nc.store, nc.policy_dir, nc.policy_ca)
     cache = nc.ledger.parent / "fl-cache" / job.job_id
     cache.mkdir(parents=True, exist_ok=True)
     return job, nc, cache

@@ -32,7 +32,9 @@ def site_from_config(cfg: NodeConfig) -> SupernodeSite:
         raise ConfigError(f"[training] policy_dir: not a directory: {policy_dir}")
     if not cfg.node.store.is_file():
         raise ConfigError(f"[node] store: file not found: {cfg.node.store}")
-    client = ClientNodeConfig(cfg.node.store, cfg.node.agency, t.ledger, t.holdout, policy_dir)
+    # signed_policies: each job's admission verifies the CA-signed bundle, as the node's start does
+    policy_ca = t.ca_cert if cfg.node.signed_policies else None
+    client = ClientNodeConfig(cfg.node.store, cfg.node.agency, t.ledger, t.holdout, policy_dir, policy_ca)
     node_config_arg(client)  # refuses paths Flower's --node-config cannot carry
     home = t.state_dir or t.ledger.parent / "flwr-supernode"
     return SupernodeSite(cfg.node.agency, f"{host}:{port}", t.ca_cert, t.supernode_key, client, home)

@@ -22,16 +22,18 @@ FED = Path(os.environ.get("XGATE_FED", "/fed"))
 AGENCIES = {"tax": "tax.xgate.test", "hrss": "hrss.xgate.test",
             "civil_affairs": "civil-affairs.xgate.test", "household": "household.xgate.test"}  # fmt: skip
 HOSTS = {"ca": "ca", "gateway": "gw.xgate.test", **AGENCIES, "client": "client.xgate.test"}
-HEADER = re.compile(r"^# @ (\w+)( service| for each agency)?\s*$")
+HEADER = re.compile(r"^# @ (\w+)( service| for each agency)?(?: \(only ([\w, ]+)\))?\s*$")
 
 
-def blocks(text: str) -> list[tuple[str, str, str]]:
-    found: list[tuple[str, str, str]] = []
+def blocks(text: str) -> list[tuple[str, str, tuple[str, ...], str]]:
+    """(host, flag, only these agencies (() = all), body) per `# @ HOST[ flag][ (only a, b)]` block."""
+    found: list[tuple[str, str, tuple[str, ...], str]] = []
     for part in re.split(r"(?m)^(?=# @ )", text.split("\n\n", 1)[1]):
         head, _, body = part.partition("\n")
         match = HEADER.match(head)
         if match:
-            found.append((match.group(1), (match.group(2) or "").strip(), body))
+            only = tuple(a.strip() for a in (match.group(3) or "").split(",") if a.strip())
+            found.append((match.group(1), (match.group(2) or "").strip(), only, body))
     return found
 
 
@@ -47,12 +49,13 @@ def main() -> int:
     env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "XGATE_DEPLOY_HOSTS": str(FED / ".hosts")}
     for host in HOSTS:
         (FED / host).mkdir(exist_ok=True)
-    for host, flag, body in blocks(STEPS.read_text()):
+    for host, flag, only, body in blocks(STEPS.read_text()):
         if host == "client" and "xgate check" in body:
             break  # the check, and what follows it (renewal), is for a running federation
         if flag == "service":
             continue
-        runs = AGENCIES.items() if host == "agency" or flag == "for each agency" else [(None, None)]
+        each = [(a, fqdn) for a, fqdn in AGENCIES.items() if not only or a in only]
+        runs = each if host == "agency" or flag == "for each agency" else [(None, None)]
         for agency, fqdn in runs:
             where = FED / (agency if host == "agency" and agency else host)
             extra = {"AGENCY": agency, "NODE": fqdn} if agency else {}

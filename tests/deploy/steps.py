@@ -21,7 +21,8 @@ AGENCIES = {
     "civil_affairs": "civil-affairs.xgate.test",
     "household": "household.xgate.test",
 }
-_HEADER = re.compile(r"^# @ (\w+)( service| for each agency)?\s*$")
+# `# @ HOST[ service| for each agency][ (only a, b)]`
+_HEADER = re.compile(r"^# @ (\w+)( service| for each agency)?(?: \(only ([\w, ]+)\))?\s*$")
 
 
 @dataclass(frozen=True)
@@ -30,6 +31,12 @@ class Block:
     service: bool  # a long-running service (started, then waited for)
     per_agency: bool  # run once per agency with AGENCY and NODE set
     script: str  # the lines as written (comments included)
+    only: tuple[str, ...] = ()  # per agency: only these agencies (`(only tax, hrss)`); () = every agency
+
+    @property
+    def agencies(self) -> dict[str, str]:
+        """agency -> node host name of the runs of a per-agency block."""
+        return {a: fqdn for a, fqdn in AGENCIES.items() if not self.only or a in self.only}
 
     @property
     def commands(self) -> list[str]:
@@ -44,12 +51,13 @@ def readme_block(text: str | None = None) -> str:
 
 def parse(text: str | None = None) -> list[Block]:
     blocks: list[Block] = []
-    current: tuple[str, bool, bool] | None = None
+    current: tuple[str, bool, bool, tuple[str, ...]] | None = None
     lines: list[str] = []
 
     def flush() -> None:
         if current is not None:
-            blocks.append(Block(current[0], current[1], current[2], "\n".join(lines).strip("\n") + "\n"))
+            script = "\n".join(lines).strip("\n") + "\n"
+            blocks.append(Block(current[0], current[1], current[2], script, current[3]))
 
     for line in readme_block(text).splitlines():
         match = _HEADER.match(line)
@@ -58,7 +66,13 @@ def parse(text: str | None = None) -> list[Block]:
             host, flag = match.group(1), (match.group(2) or "").strip()
             if host not in HOSTS:
                 raise ValueError(f"unknown host '{host}' in {STEPS.name}")
-            current, lines = (host, flag == "service", host == "agency" or flag == "for each agency"), []
+            only = tuple(a.strip() for a in (match.group(3) or "").split(",") if a.strip())
+            if set(only) - set(AGENCIES):
+                raise ValueError(f"unknown agency in '{line}' in {STEPS.name}")
+            per_agency = host == "agency" or flag == "for each agency"
+            if only and not per_agency:
+                raise ValueError(f"'(only ...)' on a block that is not per agency: '{line}'")
+            current, lines = (host, flag == "service", per_agency, only), []
             continue
         if current is None and line.strip():
             raise ValueError(f"command before the first `# @ HOST` line: {line!r}")

@@ -191,7 +191,16 @@ def test_init_writes_the_training_side(federation: Path) -> None:
     assert code == 0, out
     config = load_gateway_config(federation / "gw/gateway.toml")
     assert config.training is not None and config.training.superlink_port == 9092
-    assert [n.agency for n in config.training.nodes] == ["tax"]
+    # The shipped set registers no tax dataset for training: tax would refuse every job, so it is left out.
+    assert config.training.nodes == []
+    assert "# tax: serves no dataset registered for training" in (federation / "gw/gateway.toml").read_text()
+    datasets = federation / "gw/policies/datasets.toml"  # what init reads (the check below verifies the set)
+    datasets.write_text(datasets.read_text() + '\n[[datasets]]\nid = "tax.income_2025"\nagency = "tax"\n')
+    code, out = xgate("gateway", "init", "--home", str(federation / "gw"), "--listen", "127.0.0.1:0",
+                      "--superlink", "0.0.0.0:9092", "--force")  # fmt: skip
+    config = load_gateway_config(federation / "gw/gateway.toml")
+    assert config.training is not None
+    assert [(n.agency, n.datasets) for n in config.training.nodes] == [("tax", ["tax.income_2025"])]
     code, out = xgate("config", "check", str(federation / "gw/gateway.toml"))
     assert code == 1
     assert "training.superlink.cert" in out and "training.nodes[tax].public_key" in out

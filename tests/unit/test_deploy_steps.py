@@ -20,14 +20,19 @@ def test_steps_cover_a_deployment_from_pki_init_to_a_check() -> None:
     assert flat[0] == ("ca", 'xgate pki init --ca ca --name "Example federation CA"')
     assert flat[-1][0] == "client" and " xgate check --program dibao " in flat[-1][1]
     assert "--approval-ref" in flat[-1][1]
-    services = [(b.host, b.commands) for b in blocks if b.service]
+    services = [(b.host, b.commands, tuple(b.agencies) if b.per_agency else ()) for b in blocks if b.service]
     assert services == [
-        ("agency", ["xgate node serve --config node.toml"]),
-        ("gateway", ["xgate gateway serve --config gateway.toml"]),
+        ("agency", ["xgate node serve --config node.toml"], tuple(steps.AGENCIES)),
+        ("gateway", ["xgate gateway serve --config gateway.toml"], ()),
+        ("agency", ["xgate node supernode --config node.toml"], ("tax", "hrss")),  # the training datasets' agencies
     ]
+    # ... and a remote training job submitted by the client, before the renewal and the check after it.
+    submit = "XGATE_API_KEY=$(cat an-hrss.apikey) xgate train submit "
+    assert any(h == "client" and c.startswith(submit) for h, c in flat)
     # Private keys never travel: no copied path names a key file other than the shared pseudonym key.
     copied = [c for _, c in flat if c.startswith("scp ")]
-    assert copied and not [c for c in copied if ".key.pem" in c or "sign.pem" in c or "mask.key" in c]
+    secret = (".key.pem", "sign.pem", "mask.key", ".ssh.key")
+    assert copied and not [c for c in copied if any(s in c for s in secret)]
 
 
 def test_parse_refuses_unknown_hosts() -> None:
@@ -35,3 +40,9 @@ def test_parse_refuses_unknown_hosts() -> None:
         steps.parse("header\n\n# @ laptop\nxgate demo\n")
     with pytest.raises(ValueError, match="before the first"):
         steps.parse("header\n\nxgate demo\n")
+    with pytest.raises(ValueError, match="unknown agency"):
+        steps.parse("header\n\n# @ agency (only tax, medicine)\nxgate demo\n")
+    with pytest.raises(ValueError, match="not per agency"):
+        steps.parse("header\n\n# @ gateway (only tax)\nxgate demo\n")
+    (only,) = steps.parse("header\n\n# @ ca for each agency (only hrss)\nxgate demo\n")
+    assert only.per_agency and list(only.agencies) == ["hrss"]

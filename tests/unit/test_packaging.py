@@ -3,6 +3,14 @@
 Where a container engine answers, the image is built and started; here docker is client-only, so
 that test says loudly that it did not run. The unit files are verified with `systemd-analyze verify`
 when it is installed (loudly skipped otherwise).
+
+Tried on these machines (issue 15): Debian's podman 4.3.1 runs a container only with runc (crun:
+"setrlimit RLIMIT_NOFILE: Operation not permitted", then "cgroups in hybrid mode not supported"),
+`--cgroup-manager=cgroupfs`, `default_ulimits = []` and vfs storage; no container registry resolves
+(docker.io, quay.io: "no such host"), so the only base image is a debootstrapped Debian bookworm
+imported with `podman import`. Building packaging/Dockerfile on it with vfs (every layer a full copy)
+had not reached the `pip install` step after 11 minutes under the shared load and was stopped: no
+image was built here, so this test keeps its loud skip.
 """
 
 from __future__ import annotations
@@ -121,9 +129,10 @@ def test_compose_setup_reads_the_same_steps() -> None:
     assert spec is not None and spec.loader is not None
     setup = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(setup)
-    ours = [(b.host, b.script.strip()) for b in parse()]
+    ours = [(b.host, b.script.strip(), b.only) for b in parse()]
     theirs = [
-        (host, body.strip()) for host, _flag, body in setup.blocks((REPO / "docs" / "deploy_steps.sh").read_text())
+        (host, body.strip(), only)
+        for host, _flag, only, body in setup.blocks((REPO / "docs" / "deploy_steps.sh").read_text())
     ]
     assert theirs == ours
     assert setup.AGENCIES == AGENCIES

@@ -236,3 +236,26 @@ def test_node_decides_at_its_own_site_when_nobody_decided_before(policy_dir: Pat
         admit_at_node(job("site-2", purpose="dibao"), agency, ledger, store, policy_dir)
     with pytest.raises(PolicyDenied, match="not approved"):
         admit_at_node(job("site-3"), agency, tmp_path / "other-ledger.sqlite", store, None)  # nothing decided
+
+
+def test_signed_node_refuses_a_job_under_an_edited_policy_set(policy_dir: Path, tmp_path: Path) -> None:
+    """`signed_policies`: a SuperNode's admission verifies the CA-signed bundle before deciding; a train
+    agreement widened on disk after install refuses the job instead of deciding under it."""
+    from crypto import pki
+    from crypto.policy_bundle import install, publish
+    from federated.admission import admit_at_node
+
+    pki.init_ca(tmp_path / "ca", "test CA")
+    ca_cert = tmp_path / "ca" / pki.CA_CERT
+    publish(pki.load_ca(tmp_path / "ca").key, policy_dir, 1, tmp_path / "v1.json")
+    installed = tmp_path / "installed"
+    install(tmp_path / "v1.json", ca_cert, installed)
+    (agency, store, ledger), *_ = write_region_stores(tmp_path / "site", [60])
+    admit_at_node(job("signed-1"), agency, ledger, store, installed, ca_cert)  # the signed set: admitted
+    agreement = installed / "agreements" / "train-medical-claims.cedar"
+    agreement.write_text(agreement.read_text().replace('"fraud_detection"', '"dibao"'))
+    with pytest.raises(PolicyDenied, match="its policy set is not the signed bundle: policy file agreements/train"):
+        admit_at_node(job("signed-2", purpose="dibao"), agency, ledger, store, installed, ca_cert)
+    with pytest.raises(PolicyDenied, match="not approved"):
+        require_approval(ledger, job("signed-2", purpose="dibao"))  # nothing was recorded for it
+    admit_at_node(job("signed-3", purpose="dibao"), agency, tmp_path / "l2.sqlite", store, installed)  # unsigned mode
