@@ -98,12 +98,11 @@ def test_bronze_counts_are_randomized_and_the_epsilon_budget_refuses_when_spent(
     policies = tmp_path / "eps-policies"
     shutil.copytree(federation.policy_dir, policies)
     settings = policies / "settings.toml"
-    settings.write_text(
-        settings.read_text().replace(
-            "[tiers]\n", "[tiers]\nbronze_epsilon_per_criterion = 0.05\nbronze_epsilon_per_period = 0.3\n"
-        )
-    )
+    text = settings.read_text()
+    text = text.replace("bronze_epsilon_per_criterion = 1.0", "bronze_epsilon_per_criterion = 0.05")
+    settings.write_text(text.replace("bronze_epsilon_per_period = 30.0", "bronze_epsilon_per_period = 0.3"))
     assert "bronze_epsilon_per_period = 0.3" in settings.read_text()
+    assert "bronze_epsilon_per_criterion = 0.05" in settings.read_text()
     config = write_gateway_config(
         federation, config_path=federation.gateway_dir / "gw-eps.toml", policy_dir=str(policies)
     )
