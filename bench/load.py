@@ -15,8 +15,17 @@ network namespace this benchmark creates (veth pair, 10.200.7.0/24, 20 Mbit/s an
 trip: `tc netem`, or where the kernel lacks netem `tc tbf` for the rate and the relay for the
 delay), removed on exit; it is null, with the reason, when namespaces cannot be made.
 
+**Replicas** (issue 18): after the single gateway's levels, that gateway is stopped and two
+gateway replicas on PostgreSQL (`[gateway] database`, each with its own audit log) serve the same
+levels, the clients spread over them (client i talks to replica i mod 2). The PostgreSQL database
+is a fresh one on the server at `--database` (default: $XGATE_TEST_PG or the development server),
+dropped at the end. `replicas_2_speedup` is the best goodput of two replicas over the best of one.
+Every level records where the machine's CPU went (`cpu`: seconds per second of the nodes, the
+gateway processes, PostgreSQL and this client, against the machine's cores), so a speedup
+below 2 says what it was limited by (`replicas_2_limited_by`).
+
 The federation set-up and a level are functions (`federation`, `run_level`) so other benchmarks
-(PostgreSQL replicas, issue 18) can reuse them. Run: python -m bench.load [--quick]
+can reuse them. Run: python -m bench.load [--quick] [--database URL]
 """
 
 from __future__ import annotations
@@ -43,7 +52,15 @@ from typing import Any
 
 import httpx
 
-from app.devfed import DEV_APPROVAL_REF, LEGAL_BASIS, DevFederation, prepare, start_nodes, write_gateway_config
+from app.devfed import (
+    DEV_APPROVAL_REF,
+    LEGAL_BASIS,
+    DevFederation,
+    prepare,
+    register_dev_approval,
+    start_nodes,
+    write_gateway_config,
+)
 from app.launcher import Supervisor
 from client.subjects import read_subjects
 from crypto.he import RequesterKeys
@@ -71,6 +88,9 @@ class Running:
     gateway_pid: int
     keys: RequesterKeys
     body: bytes  # one single-applicant check request, JSON
+    supervisor: Supervisor | None = None
+    urls: list[str] = field(default_factory=list)  # replicas: the clients spread over them
+    gateway_pids: list[int] = field(default_factory=list)
 
 
 @contextlib.contextmanager
@@ -85,6 +105,7 @@ def federation(
         write_gateway_config(fed, **overrides)
         child = supervisor.start("gateway", ["gateway", "serve", "--config", str(fed.gateway_config)])
         fed.gateway_url = str(child.announcement["url"])
+        register_dev_approval(fed, fed.gateway_url)  # checks name a registered approval
         keys = RequesterKeys.generate()
         pseudonymiser = Pseudonymiser(load_key(fed.pseudonym_key))
         subject = read_subjects(fed.applicants)[0]
@@ -99,7 +120,9 @@ def federation(
                 "public_context": base64.b64encode(keys.public_context).decode(),
             }
         ).encode()
-        yield Running(fed, fed.gateway_url, child.process.pid, keys, body)
+        yield Running(
+            fed, fed.gateway_url, child.process.pid, keys, body, supervisor, [fed.gateway_url], [child.process.pid]
+        )
 
 
 def process_tree(pid: int) -> list[int]:
@@ -191,7 +214,7 @@ def _pct(values: list[float], q: float) -> float | None:
     return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000, 1)
 
 
-async def _level(url: str, ca: Path, key: str, body: bytes, concurrency: int, duration_s: float) -> Tally:
+async def _level(urls: list[str], ca: Path, key: str, body: bytes, concurrency: int, duration_s: float) -> Tally:
     tally = Tally()
     verify = ssl.create_default_context(cafile=str(ca))
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
@@ -201,22 +224,37 @@ async def _level(url: str, ca: Path, key: str, body: bytes, concurrency: int, du
         "Content-Type": "application/json",
         "X-Request-Timeout": str(CLIENT_DEADLINE_S),
     }
-    async with httpx.AsyncClient(base_url=url, verify=verify, limits=limits, timeout=timeout) as http:
+    async with contextlib.AsyncExitStack() as stack:
+        https = [
+            await stack.enter_async_context(
+                httpx.AsyncClient(base_url=url, verify=verify, limits=limits, timeout=timeout)
+            )
+            for url in urls
+        ]
         stop_at = time.monotonic() + duration_s
-        await asyncio.gather(*(_client(http, body, headers, stop_at, tally) for _ in range(concurrency)))
+        # Client-side spreading: client i talks to gateway i mod n.
+        await asyncio.gather(
+            *(_client(https[i % len(https)], body, headers, stop_at, tally) for i in range(concurrency))
+        )
     return tally
 
 
 def run_level(running: Running, concurrency: int, duration_s: float, key_label: str = "caseworker") -> dict[str, Any]:
     """`concurrency` clients for `duration_s` against the running gateway; the level's figures."""
     started = time.monotonic()
-    with RssSampler(running.gateway_pid) as rss:
+    urls = running.urls or [running.url]
+    pids = running.gateway_pids or [running.gateway_pid]
+    groups = _cpu_groups(running)
+    cpu_before = {name: cpu_seconds(p) for name, p in groups.items()}
+    machine_before = machine_cpu()
+    with contextlib.ExitStack() as stack:
+        samplers = [stack.enter_context(RssSampler(pid)) for pid in pids]
         tally = asyncio.run(
-            _level(
-                running.url, running.fed.ca_cert, running.fed.api_keys[key_label], running.body, concurrency, duration_s
-            )
+            _level(urls, running.fed.ca_cert, running.fed.api_keys[key_label], running.body, concurrency, duration_s)
         )
     wall = time.monotonic() - started
+    cpu = {name: round((cpu_seconds(p) - cpu_before[name]) / wall, 2) for name, p in groups.items()}
+    machine_busy, machine_total = (a - b for a, b in zip(machine_cpu(), machine_before, strict=True))
     return {
         "concurrency": concurrency,
         "duration_s": round(wall, 1),
@@ -235,8 +273,104 @@ def run_level(running: Running, concurrency: int, duration_s: float, key_label: 
             "p99": _pct(tally.refused, 0.99),
             "max": _pct(tally.refused, 1.0),
         },
-        "gateway_rss_max_mb": round(rss.peak, 1),
+        "gateway_rss_max_mb": round(sum(r.peak for r in samplers), 1),
+        "cpu": {
+            **cpu,
+            "busy_of_cores": round(sum(cpu.values()) / (os.cpu_count() or 1), 2),
+            # everything on the machine (other work included), from /proc/stat
+            "machine_busy_of_cores": round(machine_busy / machine_total, 2) if machine_total else None,
+        },
     }
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU seconds of these processes so far (/proc/<pid>/stat)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for pid in pids:
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of stat)
+    return total / tick
+
+
+def machine_cpu() -> tuple[int, int]:
+    """(busy, total) jiffies of all cores since boot (/proc/stat), idle and iowait counted as not busy."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    total = sum(fields[:8])  # user nice system idle iowait irq softirq steal
+    return total - fields[3] - fields[4], total
+
+
+def _postgres_pids() -> list[int]:
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                if (entry / "comm").read_text().strip() == "postgres":
+                    pids.append(int(entry.name))
+    return pids
+
+
+def _cpu_groups(running: Running) -> dict[str, list[int]]:
+    """Where the CPU goes during a level: nodes, gateways (with their audit writers), PostgreSQL, the client."""
+    gateways = [p for pid in (running.gateway_pids or [running.gateway_pid]) for p in process_tree(pid)]
+    nodes: list[int] = []
+    if running.supervisor is not None:
+        for child in running.supervisor.children:
+            if child.name.startswith("node") or child.name in running.fed.agencies:
+                nodes.extend(process_tree(child.process.pid))
+    return {"nodes": nodes, "gateways": gateways, "postgres": _postgres_pids(), "client": [os.getpid()]}
+
+
+# ---------------------------------------------------------------------------------------------
+# Two replicas on PostgreSQL
+# ---------------------------------------------------------------------------------------------
+@contextlib.contextmanager
+def postgres_database(admin_url: str) -> Iterator[str]:
+    """A fresh database on the server at `admin_url` (a postgresql:// URL), dropped afterwards."""
+    import secrets
+    from urllib.parse import urlsplit, urlunsplit
+
+    import psycopg
+
+    name = f"xgate_bench_{secrets.token_hex(4)}"
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield urlunsplit(urlsplit(admin_url)._replace(path=f"/{name}"))
+    finally:
+        with psycopg.connect(admin_url, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def start_replicas(running: Running, database_url: str, n: int = 2) -> Running:
+    """Stop the single gateway; start `n` replicas on the database (migrated first). Same nodes."""
+    from app.devfed import start_gateway
+
+    supervisor = running.supervisor
+    assert supervisor is not None
+    for child in [c for c in supervisor.children if c.name == "gateway"]:
+        supervisor.stop(child)
+    overrides: dict[str, Any] = {"rate_per_s": 100_000.0, "rate_burst": 100_000.0, "host": "127.0.0.1"}
+    configs = [
+        write_gateway_config(
+            running.fed,
+            config_path=running.fed.gateway_dir / f"bench-replica-{k}.toml",
+            database=database_url,
+            replica=f"r{k}",
+            **overrides,
+        )
+        for k in range(n)
+    ]
+    subprocess.run(
+        [sys.executable, "-m", "app.cli", "gateway", "migrate", "--config", str(configs[0])],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    urls = [start_gateway(running.fed, supervisor, config_path=c, name=f"replica-{k}") for k, c in enumerate(configs)]
+    pids = [c.process.pid for c in supervisor.children if c.name.startswith("replica-")]
+    return Running(running.fed, urls[0], pids[0], running.keys, running.body, supervisor, urls, pids)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -399,25 +533,58 @@ def _county_client(raw: str) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-def run(quick: bool) -> dict[str, Any]:
+def _levels(running: Running, levels: tuple[int, ...], duration: dict[int, float], label: str) -> list[dict[str, Any]]:
+    rows = []
+    for level in levels:
+        rows.append(run_level(running, level, duration[level]))
+        r = rows[-1]
+        print(
+            f"{label}: {level:>5} clients: {r['answered']:>5} answered, {r['refused']:>6} refused, "
+            f"{r['client_timeouts']:>4} timeouts, goodput {r['goodput_per_s']:>6}/s, "
+            f"p50 {r['answered_ms']['p50']} ms, p99 {r['answered_ms']['p99']} ms, "
+            f"gateway RSS {r['gateway_rss_max_mb']} MB, cpu {r['cpu']}",
+            flush=True,
+        )
+    return rows
+
+
+def limited_by(rows: list[dict[str, Any]]) -> str:
+    """What the best level of a run was short of: the machine's cores, and who used them."""
+    peak = max(rows, key=lambda r: r["goodput_per_s"])
+    cpu = peak["cpu"]
+    cores = os.cpu_count() or 1
+    ours = {k: v for k, v in cpu.items() if k not in ("busy_of_cores", "machine_busy_of_cores")}
+    users = ", ".join(f"{k} {v:.2f}" for k, v in sorted(ours.items(), key=lambda kv: -kv[1]))
+    machine = cpu.get("machine_busy_of_cores") or 0.0
+    where = f"at the best level ({peak['concurrency']} clients; CPU seconds per second: {users})"
+    if machine >= 0.85 and cpu["busy_of_cores"] < 0.6 * machine:
+        return (
+            f"the machine's CPU, taken by other work: {machine:.0%} of {cores} cores busy, this benchmark's "
+            f"processes {cpu['busy_of_cores']:.0%} {where}; measure on a quiet machine"
+        )
+    if machine >= 0.85:
+        return (
+            f"the machine's CPU: {machine:.0%} of {cores} cores busy, this benchmark's processes "
+            f"{cpu['busy_of_cores']:.0%} {where}; a second gateway process adds no core, it shares "
+            "the same ones with the nodes, PostgreSQL and the client"
+        )
+    return f"not the CPU ({machine:.0%} of {cores} cores busy {where}): admission limits and waits"
+
+
+def run(quick: bool, database: str) -> dict[str, Any]:
     levels = (1, 10, 100) if quick else LEVELS
     duration = {1: 15.0, 10: 20.0, 100: 25.0, 1000: 30.0} if not quick else {1: 5.0, 10: 5.0, 100: 8.0}
     with tempfile.TemporaryDirectory(prefix="xgate-load-") as tmp, federation(Path(tmp) / "fed") as running:
-        rows = []
-        for level in levels:
-            rows.append(run_level(running, level, duration[level]))
-            r = rows[-1]
-            print(
-                f"{level:>5} clients: {r['answered']:>5} answered, {r['refused']:>6} refused, "
-                f"{r['client_timeouts']:>4} timeouts, goodput {r['goodput_per_s']:>6}/s, "
-                f"p50 {r['answered_ms']['p50']} ms, p99 {r['answered_ms']['p99']} ms, "
-                f"gateway RSS {r['gateway_rss_max_mb']} MB",
-                flush=True,
-            )
+        rows = _levels(running, levels, duration, "1 gateway")
         single_bytes = single_check_bytes(running)
         county = county_check_ms(running, Path(tmp)) if not quick else {"ms": None, "reason": "--quick"}
         settings = json.loads(json.dumps(_admission_settings(running)))
+        with postgres_database(database) as url:
+            replicas = start_replicas(running, url)
+            replica_rows = _levels(replicas, levels, duration, "2 replicas")
     best = max(r["goodput_per_s"] for r in rows)
+    best_replicas = max(r["goodput_per_s"] for r in replica_rows)
+    speedup = round(best_replicas / best, 2) if best else None
     top = next((r for r in rows if r["concurrency"] == 1000), None)
     return {
         "benchmark": "load",
@@ -441,11 +608,23 @@ def run(quick: bool) -> dict[str, Any]:
             if top
             else None
         ),
+        "replicas_2": {
+            "setup": "two gateway replicas on one PostgreSQL database (fresh, on the server at --database), "
+            "each with its own audit log; the single gateway stopped; clients spread i mod 2; same nodes",
+            "levels": replica_rows,
+        },
+        "replicas_2_speedup": speedup,
+        "replicas_2_speedup_by_level": {
+            str(a["concurrency"]): round(b["goodput_per_s"] / a["goodput_per_s"], 2) if a["goodput_per_s"] else None
+            for a, b in zip(rows, replica_rows, strict=True)
+        },
+        "replicas_2_limited_by": {"one_gateway": limited_by(rows), "two_replicas": limited_by(replica_rows)},
         "single_check_bytes": single_bytes,
         "single_check_ms_county_link": county.get("ms"),
         "county_link": {"rate": "20 Mbit/s", "rtt_ms": 40, **county},
         "goals": {"client_timeouts_at_1000": 0, "goodput_ratio_to_peak": 0.8, "gateway_rss_max_mb": 2048,
-                  "refusal_s": REFUSAL_GOAL_S, "single_check_bytes": 1_000_000, "single_check_ms_county_link": 500},
+                  "refusal_s": REFUSAL_GOAL_S, "single_check_bytes": 1_000_000, "single_check_ms_county_link": 500,
+                  "replicas_2_speedup": 1.5},
     }  # fmt: skip
 
 
@@ -458,13 +637,18 @@ def _admission_settings(running: Running) -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="levels 1, 10, 100 only, short (smoke run)")
+    parser.add_argument(
+        "--database",
+        default=os.environ.get("XGATE_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test"),
+        help="PostgreSQL server (a postgresql:// URL) where the replicas' database is created and dropped",
+    )
     parser.add_argument("--county-client", help=argparse.SUPPRESS)  # the client inside the namespace
     args = parser.parse_args()
     if args.county_client:
         _county_client(args.county_client)
         return
-    result = run(args.quick)
-    out = RESULTS.with_name("load.quick.json") if args.quick else RESULTS
+    result = run(args.quick, args.database)
+    out = RESULTS.with_name("load-quick.json") if args.quick else RESULTS
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
     print(f"wrote {out}")

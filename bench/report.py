@@ -335,11 +335,13 @@ def federated(d: dict[str, Any]) -> str:
     return "\n\n".join([head, _table(["run", "AUC", "balanced accuracy", "wall s", "bytes exchanged"], rows)])
 
 
-def load(d: dict[str, Any]) -> str:
-    def ms(v: Any) -> str:
-        return "–" if v is None else f"{v:,.0f}"
+def _ms(v: Any) -> str:
+    return "–" if v is None else f"{v:,.0f}"
 
-    rows = [
+
+def _load_rows(levels: list[dict[str, Any]]) -> list[list[str]]:
+    ms = _ms
+    return [
         [
             f"{r['concurrency']:,}",
             f"{r['answered']:,}",
@@ -351,8 +353,40 @@ def load(d: dict[str, Any]) -> str:
             ms(r["refused_ms"]["max"]),
             f"{r['gateway_rss_max_mb']:,.0f}",
         ]
-        for r in d["levels"]
+        for r in levels
     ]
+
+
+LOAD_HEADER = [
+    "clients",
+    "answered",
+    "refused (503/429)",
+    "client timeouts",
+    "other errors",
+    "goodput /s",
+    "answered p50 / p95 / p99 ms",
+    "slowest refusal ms",
+    "gateway RSS max MB",
+]
+
+
+def _replicas(d: dict[str, Any]) -> list[str]:
+    if "replicas_2" not in d:
+        return []
+    limited = d.get("replicas_2_limited_by", {})
+    return [
+        f"Two replicas: {d['replicas_2']['setup']}.",
+        _table(LOAD_HEADER, _load_rows(d["replicas_2"]["levels"])),
+        f"Two replicas against one (best goodput): **{d['replicas_2_speedup']}×** "
+        f"(goal ≥ {d['goals'].get('replicas_2_speedup', 1.5)}×; by level: "
+        + ", ".join(f"{k} clients {v}×" for k, v in d.get("replicas_2_speedup_by_level", {}).items())
+        + f"). Limited by — one gateway: {limited.get('one_gateway')}; two replicas: {limited.get('two_replicas')}.",
+    ]
+
+
+def load(d: dict[str, Any]) -> str:
+    ms = _ms
+    rows = _load_rows(d["levels"])
     top, goals, county = d.get("at_1000") or {}, d["goals"], d.get("county_link", {})
     single = d["single_check_bytes"]
     county_ms = d.get("single_check_ms_county_link")
@@ -362,20 +396,7 @@ def load(d: dict[str, Any]) -> str:
         f"{d['admission']['max_inflight_checks']} checks in flight, {d['admission']['max_queued_checks']} waiting "
         f"(`[gateway.admission]`). Load average at the end: {d['machine']['load_average_1m_at_end']} "
         f"on {d['machine']['cpus']} cores shared with other work.",
-        _table(
-            [
-                "clients",
-                "answered",
-                "refused (503/429)",
-                "client timeouts",
-                "other errors",
-                "goodput /s",
-                "answered p50 / p95 / p99 ms",
-                "slowest refusal ms",
-                "gateway RSS max MB",
-            ],
-            rows,
-        ),
+        _table(LOAD_HEADER, rows),
         (
             f"At 1,000 clients: {top.get('client_timeouts')} client timeouts "
             f"(goal {goals['client_timeouts_at_1000']}), "
@@ -394,8 +415,31 @@ def load(d: dict[str, Any]) -> str:
         "client↔gateway bytes above with every check and the gateway parses them; an HTTP/1.1 client writes "
         "the whole body before it reads an early 503, so under heavy load refusals reach clients late and "
         "clients time out instead. Admission keeps the gateway's own memory bounded (RSS column).",
+        *_replicas(d),
     ]
     return "\n\n".join(lines)
+
+
+def audit_federation(d: dict[str, Any]) -> str:
+    rows = [
+        [name, f"{r['processes']}", f"{r['appends_per_s']:,}", f"{r['latency_ms_p50']}", f"{r['latency_ms_p99']}"]
+        for name, r in (
+            ("one process (baseline)", d["one_process"]),
+            ("two replicas, one log each (built)", d["per_replica_logs"]),
+            (
+                "two processes, one log sequenced in PostgreSQL (not built; an upper bound for it)",
+                d["postgres_sequence"],
+            ),
+        )
+    ]
+    return "\n\n".join(
+        [
+            f"{d['tasks_per_process']} asyncio appenders per process, durable appends; "
+            f"{d['machine']['cpus']} cores. Per-replica logs {d['per_replica_vs_one']}× one process; "
+            f'one PostgreSQL-sequenced log {d["postgres_sequence_vs_one"]}× (docs/AUDIT.md "Replicas").',
+            _table(["configuration", "processes", "appends/s", "p50 ms", "p99 ms"], rows),
+        ]
+    )
 
 
 def sign_comparison(d: dict[str, Any]) -> str:
@@ -456,6 +500,11 @@ SECTIONS: list[tuple[str, str, Callable[[dict[str, Any]], str]]] = [
     ("audit", "Audit log (`bench/audit.py`)", audit),
     ("federated", "Federated training on Census-Income (`bench/federated.py`)", federated),
     ("load", "Under load: 1 to 1,000 concurrent clients (`bench/load.py`)", load),
+    (
+        "audit_federation",
+        "The federation's audit log with two replicas (`bench/audit_federation.py`)",
+        audit_federation,
+    ),
 ]
 
 

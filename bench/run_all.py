@@ -19,6 +19,7 @@ BENCHMARKS = [
     "security",  # envelope sign/verify, gRPC RTT
     "policy",  # Cedar decisions per second
     "audit",  # durable appends vs plain SQLite, proofs at 1M entries
+    "audit_federation",  # two replicas: one log each (built) vs one log sequenced in PostgreSQL
     "federated",  # Census-Income: pooled vs single agency vs vertical/horizontal FL
     "load",  # 1 to 1,000 concurrent clients: overload control, goodput, gateway memory, county link
 ]
