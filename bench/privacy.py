@@ -525,6 +525,7 @@ def bronze_single_person(trials: int, epsilon: float = DEFAULT_COHORT_EPSILON) -
     exact = differencing_attack_rr(max(trials // 20, 100), None)
     magnitude = magnitude_attack(max(trials * 20, 20_000), epsilon)
     clipped = magnitude_attack(max(trials * 20, 20_000), epsilon, clip=True)
+    by_epsilon = {f"{eps:g}": magnitude_attack(max(trials * 20, 20_000), eps, seed=47) for eps in (0.5, 1.0, 2.0, 3.0)}
     return {
         "trials": trials,
         "bronze_epsilon_per_criterion": epsilon,
@@ -536,6 +537,10 @@ def bronze_single_person(trials: int, epsilon: float = DEFAULT_COHORT_EPSILON) -
         "two_cohort_differencing_without_randomized_response": exact,
         "two_cohort_differencing_node_counts": differencing_attack(max(trials // 10, 50)),
         "magnitude_aware": magnitude,
+        "magnitude_aware_by_epsilon": {
+            eps: {k: m[k] for k in ("magnitude_aware_success_rate", "sign_only_success_rate", "bound")}
+            for eps, m in by_epsilon.items()
+        },
         "magnitude_aware_if_terms_were_clipped_at_the_threshold": {
             **clipped,
             "note": "not built: simulated (terms clipped at threshold + 1 before summing, the mask range "

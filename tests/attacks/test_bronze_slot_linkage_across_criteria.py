@@ -20,8 +20,9 @@ from policies.types import PolicyOutcome
 
 
 def test_slot_linkage_across_criteria_is_at_chance() -> None:
+    """Orders come from the OS CSPRNG (not seeded): 4.5 standard errors keep false alarms near 1e-5."""
     measured = slot_linkage(2000, cohort=10)
-    assert abs(measured["same_person_rate"] - measured["chance_rate"]) <= measured["margin_3_sigma"]
+    assert abs(measured["same_person_rate"] - measured["chance_rate"]) <= 1.5 * measured["margin_3_sigma"]
 
 
 def test_each_criterion_goes_to_the_nodes_in_its_own_order() -> None:
