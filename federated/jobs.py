@@ -40,8 +40,10 @@ class DPSpec(BaseModel):
     """Differential privacy of a job, at the unit it protects.
 
     node: central DP with fixed clipping (Gaussian mechanism on the aggregate); `clip` bounds one
-    node's update. record: DP-SGD at each node (federated/dp_sgd.py); `clip` bounds one example's
-    gradient, and each node's accountant keeps its dataset's epsilon within `epsilon`.
+    node's update (horizontal only). record: DP-SGD at each node (federated/dp_sgd.py); `clip`
+    bounds one example's gradient, and each node's accountant keeps its dataset's epsilon within
+    `epsilon`. In a vertical job, record DP protects the feature nodes' embeddings and bottom
+    updates (federated/vertical_dp.py); `clip` bounds one embedding row and one update term.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -151,8 +153,11 @@ class JobSpec(BaseModel):
             raise ValueError("the label element must not also be a feature")
         if len(set(self.features)) != len(self.features):
             raise ValueError("features must be unique")
-        if self.mode is Mode.VERTICAL and self.dp is not None:
-            raise ValueError("differential privacy is implemented for horizontal jobs only")
+        if self.mode is Mode.VERTICAL and self.dp is not None and self.dp.unit is not DPUnit.RECORD:
+            raise ValueError(
+                'vertical jobs support record-level DP only (dp.unit = "record"): node-level DP protects'
+                " one node's whole update, which vertical nodes do not aggregate"
+            )
         if self.mode is Mode.HORIZONTAL and self.secagg and self.min_nodes < 2:
             raise ValueError("SecAgg+ needs min_nodes >= 2")
         if self.label_dp is not None and self.mode is not Mode.VERTICAL:

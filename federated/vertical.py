@@ -69,6 +69,10 @@ class Bottom:
     def backward(self, x: np.ndarray, grad_e: np.ndarray, lr: float, precond: np.ndarray) -> None:
         """grad_e: per-sample dL/dE (rows of the batch)."""
         g = np.vstack([x.T @ grad_e, grad_e.sum(axis=0, keepdims=True)]) / len(x)
+        self.apply(g, lr, precond)
+
+    def apply(self, g: np.ndarray, lr: float, precond: np.ndarray) -> None:
+        """One preconditioned step along g = dL/dW (d + 1, h), bias last (record-level DP: noisy g)."""
         self.w = self.w - lr * (precond @ g)
 
 

@@ -6,8 +6,10 @@ another node's pseudonyms; the coordinator learns set and intersection sizes), t
 its encoded features, embeddings of aligned batches, and (label holder only) gradients w.r.t.
 other nodes' embeddings, per-step training loss and the final evaluation summary. With
 `label_dp` the label holder trains on randomized-response labels (federated/label_dp.py), so its
-gradients and losses are label-DP. Raw features, labels and model weights never leave; training
-state (and the job's PSI key) lives in a node-local cache next to the ledger.
+gradients and losses are label-DP. With record-level `dp`, a feature node's training embeddings
+and bottom updates are clipped per record and noised (federated/vertical_dp.py), its accountant's
+epsilon recorded in its ledger before its first release. Raw features, labels and model weights
+never leave; training state (and the job's PSI key) lives in a node-local cache next to the ledger.
 """
 
 from __future__ import annotations
@@ -22,10 +24,10 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from flwr.clientapp import ClientApp
 
-from federated import datasets, label_dp, model, node, psi
-from federated.admission import admit_at_node
+from federated import datasets, label_dp, model, node, psi, vertical_dp
+from federated.admission import admit_at_node, record_dp_plan
 from federated.grid_io import arrays_of, cfg_of
-from federated.jobs import JobSpec, job_from_run_config
+from federated.jobs import DPUnit, JobSpec, job_from_run_config
 from federated.vertical import RIDGE, Bottom, Top, batch_indices, pack_state, preconditioner, unpack_state
 
 app = ClientApp()
@@ -139,10 +141,27 @@ def setup(msg: Message, context: Context) -> Message:
     data = {
         "x_train": x_tr.astype(np.float32),
         "x_test": x_te.astype(np.float32),
-        "precond": preconditioner(x_tr, RIDGE),
+        "raw_features": np.asarray(len(feats)),
     }
     state = pack_state("b_", bottom.w, bottom.opt_state)
-    if bool(cfg.get("label_holder", False)):
+    metrics: dict[str, Any] = {}
+    label_holder = bool(cfg.get("label_holder", False))
+    if private_releases(job, label_holder):
+        plan = dp_plan(job, len(train), len(feats))
+        # The accountant's epsilon goes into the node's ledger before its first release.
+        record_dp_plan(
+            nc.ledger,
+            job,
+            epsilon=plan.epsilon,
+            noise_multiplier=plan.noise_multiplier,
+            sample_rate=1.0,
+            steps=plan.releases,
+        )
+        data["precond"] = vertical_dp.private_preconditioner(x_tr, plan)
+        metrics = {"agency": nc.agency, **plan.as_metrics()}
+    else:
+        data["precond"] = preconditioner(x_tr, RIDGE)
+    if label_holder:
         _, lab_tr = datasets.read_matrix(nc.store, [job.label], train)
         _, lab_te = datasets.read_matrix(nc.store, [job.label], test)
         if np.isnan(lab_tr).any() or np.isnan(lab_te).any():
@@ -152,7 +171,26 @@ def setup(msg: Message, context: Context) -> Message:
         state.update(pack_state("t_", np.zeros(width + 1), {}))
     _save(path, data, data=True)
     _save(path, state)
-    return _reply(msg, {"dim": int(x_tr.shape[1])})
+    return _reply(msg, {"dim": int(x_tr.shape[1]), **metrics})
+
+
+def private_releases(job: JobSpec, label_holder: bool) -> bool:
+    """Whether this node's embeddings and updates are record-level DP: a feature node of a DP job."""
+    return job.dp is not None and job.dp.unit is DPUnit.RECORD and not label_holder
+
+
+def dp_plan(job: JobSpec, n_train: int, raw_features: int) -> vertical_dp.Plan:
+    """This feature node's noise for the job, calibrated to the job's epsilon over its releases."""
+    assert job.dp is not None
+    return vertical_dp.plan(
+        job.dp.epsilon,
+        job.dp.delta,
+        job.dp.clip,
+        n=n_train,
+        batch=job.batch_size,
+        rounds=job.rounds,
+        raw_features=raw_features,
+    )
 
 
 def _wire(x: np.ndarray) -> np.ndarray:
@@ -187,15 +225,22 @@ def step(msg: Message, context: Context) -> Message:
     n = len(st["x_train"])
     bottom = Bottom(*unpack_state("b_", st))
     t = int(cfg["step"])
+    plan = dp_plan(job, n, int(st["raw_features"])) if private_releases(job, False) else None
     if "grad" in (received := arrays_of(msg)):
         grad = np.asarray(received["grad"], dtype=np.float64)
-        prev = batch_indices(n, job.batch_size, int(cfg["grad_step"]), job.seed)
-        bottom.backward(st["x_train"][prev], grad, job.learning_rate, st["precond"])
+        x_prev = st["x_train"][batch_indices(n, job.batch_size, int(cfg["grad_step"]), job.seed)]
+        if plan is None:
+            bottom.backward(x_prev, grad, job.learning_rate, st["precond"])
+        else:
+            bottom.apply(vertical_dp.private_update(x_prev, grad, plan), job.learning_rate, st["precond"])
     out: dict[str, np.ndarray] = {}
     if bool(cfg.get("last", False)):
-        out["emb"] = _wire(bottom.forward(st["x_test"]))
+        # Held-out rows are never trained on: their embeddings are clipped as in training, not noised.
+        e_test = bottom.forward(st["x_test"])
+        out["emb"] = _wire(e_test if plan is None else vertical_dp.clip_rows(e_test, plan.clip))
     elif t < job.rounds:
-        out["emb"] = _wire(bottom.forward(st["x_train"][batch_indices(n, job.batch_size, t, job.seed)]))
+        e = bottom.forward(st["x_train"][batch_indices(n, job.batch_size, t, job.seed)])
+        out["emb"] = _wire(e if plan is None else vertical_dp.private_embeddings(e, plan))
     _save(path, pack_state("b_", bottom.w, bottom.opt_state))
     return _reply(msg, {"bottom_sha256": hashlib.sha256(bottom.w.tobytes()).hexdigest()}, out)
 

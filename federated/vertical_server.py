@@ -2,7 +2,9 @@
 
 The server relays, it does not compute on data: it learns pseudonym lists (needed to align;
 the gateway may learn pseudonyms under xgate's threat model), the embeddings and gradients it
-relays, per-step loss and the final evaluation summary. Every send has a timeout; a node
+relays, per-step loss and the final evaluation summary; with record-level DP the feature nodes'
+embeddings arrive clipped and noised (federated/vertical_dp.py) and their setup replies carry
+their accountants' epsilon, which the summary reports. Every send has a timeout; a node
 failing at any point fails the job with a message naming the agency.
 """
 
@@ -83,6 +85,18 @@ def _blind_everywhere(relay: _Relay, parts: list[int], lists: dict[int, bytes]) 
     return lists
 
 
+def _dp_summary(job: JobSpec, relay: _Relay, setup: dict[int, Message]) -> dict[str, Any]:
+    """`dp` of the summary (and the `dp_spent` event): each feature node's own accountant
+    (federated/vertical_dp.py), as its setup reply reported it; nothing for a job without DP."""
+    if job.dp is None:
+        return {}
+    keys = ("dp_epsilon", "dp_sigma", "dp_sample_rate", "dp_steps")
+    nodes = {relay.agency[n]: {k: cfg_of(m)[k] for k in keys} for n, m in setup.items() if "dp_epsilon" in cfg_of(m)}
+    eps = max((float(v["dp_epsilon"]) for v in nodes.values()), default=0.0)
+    relay.emit(make_event(job.job_id, "dp_spent", rounds=job.rounds, epsilon=eps, delta=job.dp.delta, unit="record"))
+    return {"dp": {"unit": "record", "epsilon": eps, "delta": job.dp.delta, "clip": job.dp.clip, "nodes": nodes}}
+
+
 def run_vertical(grid: Grid, context: Context, job: JobSpec, job_dir: Path) -> None:
     emit = JsonlSink(job_dir / "server-events.jsonl")
     relay = _Relay(grid, job, emit)
@@ -131,7 +145,7 @@ def run_vertical(grid: Grid, context: Context, job: JobSpec, job_dir: Path) -> N
         )
     )
     width = job.embedding_dim * len(parts)
-    relay.send(
+    setup = relay.send(
         "train.setup",
         {
             n: ({"train": train_b, "test": test_b, "own": full[n], "label_holder": n == label_node, "width": width}, {})
@@ -234,4 +248,5 @@ def run_vertical(grid: Grid, context: Context, job: JobSpec, job_dir: Path) -> N
             for n in parts
         },
     }
+    summary.update(_dp_summary(job, relay, setup))
     (job_dir / "server-summary.json").write_text(json.dumps(summary, indent=1))

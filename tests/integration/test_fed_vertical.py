@@ -25,7 +25,8 @@ SPLIT = {
 }
 
 
-def test_vertical_end_to_end(tmp_path: Path) -> None:
+def make_vertical_nodes(tmp_path: Path, cap: float = 1.0) -> list[NodeSpec]:
+    """Three agencies over 1200 synthetic subjects, 1000 of them held by all three; ε cap `cap` each."""
     subj, cols, _ = datasets.synthetic_population(1200, seed=7)
     # Each agency knows a different (overlapping) part of the population: 1000 subjects in common.
     windows = {"civil": (0, 1100), "tax": (100, 1200), "hrss": (50, 1150)}
@@ -40,8 +41,13 @@ def test_vertical_end_to_end(tmp_path: Path) -> None:
             {e: datasets.Column(cols[e].values[lo:hi], cols[e].type, cols[e].min, cols[e].max) for e in els},
         )
         spec = NodeSpec(agency, store, tmp_path / agency / "ledger.sqlite")
-        LedgerAdmission(spec.ledger, spec.store).configure(["fraud-model"], {f"synth_{agency}": 1.0})
+        LedgerAdmission(spec.ledger, spec.store).configure(["fraud-model"], {f"synth_{agency}": cap})
         nodes.append(spec)
+    return nodes
+
+
+def test_vertical_end_to_end(tmp_path: Path) -> None:
+    nodes = make_vertical_nodes(tmp_path)
     job = parse_job(
         {
             "job_id": "it-vertical",
