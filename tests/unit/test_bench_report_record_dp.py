@@ -1,0 +1,50 @@
+"""bench/report.py renders the record-level DP / vertical / label-inference subsection of
+docs/BENCHMARKS.md from bench/results/federated.json: the committed document is what the
+committed results render to, so the next `make bench` cannot drop or contradict it."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+from bench import report
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _results() -> dict[str, Any]:
+    data: dict[str, Any] = json.loads((ROOT / "bench" / "results" / "federated.json").read_text())
+    return data
+
+
+def test_rendering_the_current_results_reproduces_the_section() -> None:
+    section = report.record_dp(_results())
+    doc = (ROOT / "docs" / "BENCHMARKS.md").read_text()
+    assert section.startswith("### Record-level DP, vertical, label inference")
+    assert section in doc
+    assert report.federated(_results()) in doc  # the table and the subsection, in place
+    assert "0.9304" in section and "region3 σ=4.194" in section  # figures come from the JSON
+
+
+def test_vertical_dp_runs_render_when_present() -> None:
+    d = copy.deepcopy(_results())
+    r = d["record_dp"]
+    r["vertical"].update(nodes=6, alignment="psi", wire="float32")
+    r["vertical_job"] = {"rounds": 6, "learning_rate": 3.0, "clip": 1.0, "delta": 1e-6}
+    for i, e in enumerate(("1", "4", "8")):
+        r[f"vertical_dp_eps{e}"] = {
+            "auc": 0.8 + i / 100,
+            "epsilon": float(e) * 0.999,
+            "wall_s": 100.0 + i,
+            "bytes": 1000 + i,
+            "nodes": {
+                "civil": {"dp_epsilon": float(e) * 0.999, "dp_sigma": 9.0 - i, "dp_sample_rate": 1.0, "dp_steps": 13}
+            },
+        }
+    section = report.record_dp(d)
+    assert "| vertical record-level DP ε = 4 | 0.8100 |" in section
+    assert "Vertical ε = 8: per-feature-node noise multipliers civil σ=7.000 (13 releases, ε=7.9920)" in section
+    assert "Vertical at ε = 1 / 4 / 8: 0.8000 / 0.8100 / 0.8200" in section
+    assert "before PSI alignment" not in section and "6 agency nodes" in section
