@@ -228,3 +228,27 @@ def test_a_bronze_check_that_fails_at_the_nodes_spends_no_epsilon(tmp_path: Path
             asyncio.run(service.run(bronze, request))
     period = int(DAYTIME.timestamp() // program.epoch_seconds)
     assert ledger.spent(program.id, "civil_affairs", period) == 0.0 and ledger.pending() == 0
+
+
+def test_epsilon_settings_defaults_program_overrides_and_refusals(tmp_path: Path) -> None:
+    """settings.toml [tiers] gives the defaults; a program's [program] overrides them; nonsense is
+    refused when the policy set loads (a clear error naming the setting)."""
+    import dataclasses
+
+    from policies.catalogue import load_catalogue
+    from policies.decision import DEFAULT_POLICY_DIR, PolicyEngine
+    from policies.programs import ProgramRegistry
+    from policies.types import DEFAULT_COHORT_EPSILON, DEFAULT_COHORT_EPSILON_PER_PERIOD
+    from tests.unit.test_policy_support import copy_policies
+
+    program = ProgramRegistry.load(DEFAULT_POLICY_DIR / "programs", load_catalogue()[0]).get("target_discovery")
+    engine = PolicyEngine.load(DEFAULT_POLICY_DIR)
+    assert engine.cohort_epsilon(program) == (DEFAULT_COHORT_EPSILON, DEFAULT_COHORT_EPSILON_PER_PERIOD)
+    header = program.header.model_copy(update={"bronze_epsilon_per_criterion": 0.25, "bronze_epsilon_per_period": 2.0})
+    assert engine.cohort_epsilon(dataclasses.replace(program, header=header)) == (0.25, 2.0)
+    for bad in ("bronze_epsilon_per_criterion = 0", "bronze_epsilon_per_criterion = 50.0"):
+        root = copy_policies(tmp_path / f"p-{len(list(tmp_path.iterdir()))}")
+        settings = root / "settings.toml"
+        settings.write_text(settings.read_text().replace("bronze_epsilon_per_criterion = 1.0", bad))
+        with pytest.raises(ConfigError, match="bronze_epsilon_per_criterion"):
+            PolicyEngine.load(root)
