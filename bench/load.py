@@ -9,8 +9,10 @@ client's deadline), other errors, goodput (answered checks per second), latency 
 answered and of refused requests, and the peak RSS of the gateway's processes (sampled from
 /proc). `at_1000` compares the 1,000-client level with the best level.
 
-`single_check_bytes` is what one single-applicant check moves on the wire today (client <->
-gateway bodies + gateway <-> node protobuf). `single_check_ms_county_link` is measured from a
+`single_check_bytes` is what one single-applicant check moves on the wire (client <-> gateway
+bodies + gateway <-> node protobuf) once the requester's context is registered and the nodes hold
+it; `single_check_bytes_first` is the first check of a fresh key (the 404 `context_unknown`, the
+registration, the check, and each node's context transfer). `single_check_ms_county_link` is measured from a
 network namespace this benchmark creates (veth pair, 10.200.7.0/24, 20 Mbit/s and 40 ms round
 trip: `tc netem`, or where the kernel lacks netem `tc tbf` for the rate and the relay for the
 delay), removed on exit; it is null, with the reason, when namespaces cannot be made.
@@ -25,7 +27,7 @@ gateway processes, PostgreSQL and this client, against the machine's cores), so 
 below 2 says what it was limited by (`replicas_2_limited_by`).
 
 The federation set-up and a level are functions (`federation`, `run_level`) so other benchmarks
-can reuse them. Run: python -m bench.load [--quick] [--database URL]
+can reuse them. Run: python -m bench.load [--quick | --single] [--database URL]
 """
 
 from __future__ import annotations
@@ -105,8 +107,9 @@ def federation(
         write_gateway_config(fed, **overrides)
         child = supervisor.start("gateway", ["gateway", "serve", "--config", str(fed.gateway_config)])
         fed.gateway_url = str(child.announcement["url"])
-        register_dev_approval(fed, fed.gateway_url)  # checks name a registered approval
+        register_dev_approval(fed, fed.gateway_url)  # the approval DEV_APPROVAL_REF names, as its approver would
         keys = RequesterKeys.generate()
+        fingerprint = register_context(fed, keys)
         pseudonymiser = Pseudonymiser(load_key(fed.pseudonym_key))
         subject = read_subjects(fed.applicants)[0]
         body = json.dumps(
@@ -117,12 +120,22 @@ def federation(
                 "case_id": "LOAD",
                 "approval_ref": DEV_APPROVAL_REF,
                 "pseudonyms": [pseudonymiser.pseudonym(subject)],
-                "public_context": base64.b64encode(keys.public_context).decode(),
+                "context_fingerprint": fingerprint,
             }
         ).encode()
         yield Running(
             fed, fed.gateway_url, child.process.pid, keys, body, supervisor, [fed.gateway_url], [child.process.pid]
         )
+
+
+def register_context(fed: DevFederation, keys: RequesterKeys) -> str:
+    """POST /v1/contexts once for the load clients' key; their checks name the fingerprint."""
+    data = {"public_context": base64.b64encode(keys.public_context).decode()}
+    headers = {"Authorization": f"Bearer {fed.api_keys['caseworker']}"}
+    tls = ssl.create_default_context(cafile=str(fed.ca_cert))
+    answer = httpx.post(f"{fed.gateway_url}/v1/contexts", json=data, headers=headers, verify=tls, timeout=60)
+    answer.raise_for_status()
+    return str(answer.json()["fingerprint"])
 
 
 def process_tree(pid: int) -> list[int]:
@@ -376,20 +389,27 @@ def start_replicas(running: Running, database_url: str, n: int = 2) -> Running:
 # ---------------------------------------------------------------------------------------------
 # Single check: bytes, and latency over a county office's link
 # ---------------------------------------------------------------------------------------------
-def single_check_bytes(running: Running) -> dict[str, int]:
+def single_check_bytes(running: Running) -> dict[str, dict[str, int]]:
+    """Bytes of a fresh key's first single-applicant check and of the next one (context registered)."""
     from client.sdk import GatewayClient
 
     pseudonymiser = Pseudonymiser(load_key(running.fed.pseudonym_key))
     ids = read_subjects(running.fed.applicants)[:1]
+    out: dict[str, dict[str, int]] = {}
     with GatewayClient(
-        running.url, running.fed.api_keys["caseworker"], pseudonymiser, running.keys, verify=str(running.fed.ca_cert)
-    ) as client:
-        result = client.check("dibao", ids, "dibao", LEGAL_BASIS["dibao"], "LOAD-BYTES", approval_ref=DEV_APPROVAL_REF)
-    return {
-        "client_gateway": result.wire_bytes,
-        "gateway_nodes": result.node_bytes,
-        "total": result.wire_bytes + result.node_bytes,
-    }
+        running.url, running.fed.api_keys["caseworker"], pseudonymiser, RequesterKeys.generate(),
+        verify=str(running.fed.ca_cert),
+    ) as client:  # fmt: skip
+        for label in ("first", "after_registration"):
+            result = client.check(
+                "dibao", ids, "dibao", LEGAL_BASIS["dibao"], f"LOAD-BYTES-{label}", approval_ref=DEV_APPROVAL_REF
+            )
+            out[label] = {
+                "client_gateway": result.wire_bytes,
+                "gateway_nodes": result.node_bytes,
+                "total": result.wire_bytes + result.node_bytes,
+            }
+    return out
 
 
 def start_relay(listen: tuple[str, int], target: tuple[str, int], delay_s: float = 0.0) -> threading.Thread:
@@ -619,12 +639,31 @@ def run(quick: bool, database: str) -> dict[str, Any]:
             for a, b in zip(rows, replica_rows, strict=True)
         },
         "replicas_2_limited_by": {"one_gateway": limited_by(rows), "two_replicas": limited_by(replica_rows)},
-        "single_check_bytes": single_bytes,
+        "single_check_bytes": single_bytes["after_registration"],
+        "single_check_bytes_first": single_bytes["first"],
         "single_check_ms_county_link": county.get("ms"),
         "county_link": {"rate": "20 Mbit/s", "rtt_ms": 40, **county},
         "goals": {"client_timeouts_at_1000": 0, "goodput_ratio_to_peak": 0.8, "gateway_rss_max_mb": 2048,
                   "refusal_s": REFUSAL_GOAL_S, "single_check_bytes": 1_000_000, "single_check_ms_county_link": 500,
                   "replicas_2_speedup": 1.5},
+    }  # fmt: skip
+
+
+def run_single() -> dict[str, Any]:
+    """Only the single-check figures (bytes, county link): a quick run beside the full benchmark."""
+    with tempfile.TemporaryDirectory(prefix="xgate-load-") as tmp, federation(Path(tmp) / "fed") as running:
+        single_bytes = single_check_bytes(running)
+        county = county_check_ms(running, Path(tmp))
+    return {
+        "benchmark": "load (single check only)",
+        "federation": "5 nodes + gateway (real processes), mTLS gRPC, signed envelopes; 低保, 1 applicant",
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
+                    "load_average_1m_at_end": round(os.getloadavg()[0], 2)},
+        "single_check_bytes": single_bytes["after_registration"],
+        "single_check_bytes_first": single_bytes["first"],
+        "single_check_ms_county_link": county.get("ms"),
+        "county_link": {"rate": "20 Mbit/s", "rtt_ms": 40, **county},
+        "goals": {"single_check_bytes": 1_000_000, "single_check_ms_county_link": 500},
     }  # fmt: skip
 
 
@@ -642,10 +681,20 @@ def main() -> None:
         default=os.environ.get("XGATE_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test"),
         help="PostgreSQL server (a postgresql:// URL) where the replicas' database is created and dropped",
     )
+    parser.add_argument("--single", action="store_true", help="only the single-check bytes and county-link latency")
     parser.add_argument("--county-client", help=argparse.SUPPRESS)  # the client inside the namespace
     args = parser.parse_args()
     if args.county_client:
         _county_client(args.county_client)
+        return
+    if args.single:
+        single = run_single()
+        out = RESULTS.with_name("load.single.json")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(single, indent=2, ensure_ascii=False) + "\n")
+        print(json.dumps({k: single[k] for k in ("single_check_bytes", "single_check_bytes_first",
+                                                 "single_check_ms_county_link")}))  # fmt: skip
+        print(f"wrote {out}")
         return
     result = run(args.quick, args.database)
     out = RESULTS.with_name("load-quick.json") if args.quick else RESULTS

@@ -164,7 +164,7 @@ class _FailingNodes:
     def __init__(self, failure: Exception) -> None:
         self.failure = failure
 
-    async def encrypt_all(self, requests: Any, deadline_s: float) -> dict[str, Any]:
+    async def encrypt_all(self, requests: Any, deadline_s: float, public_context: bytes = b"") -> dict[str, Any]:
         raise self.failure
 
 

@@ -1,6 +1,10 @@
 """Requester SDK: pseudonymise, encrypt-context, call the gateway, decrypt signs.
 
-The secret key stays in this process. National ids never leave it either: only pseudonyms are
+The secret key stays in this process. Its public context (~0.5 MB) is registered with the gateway
+once (`POST /v1/contexts`) and checks name it by fingerprint (`sha256:` of its bytes, computed
+here); a gateway that does not know the fingerprint (first use of a key, expired, another
+federation or an unshared replica) answers 404 `context_unknown`, and the check registers the
+context and is sent again, transparently. National ids never leave it either: only pseudonyms are
 sent, and the mapping back to ids is kept locally for the result table.
 
 Several gateways (replicas of one federation) may be given: a request that could not be
@@ -29,7 +33,7 @@ from typing import Any, Literal
 import httpx
 import numpy as np
 
-from crypto.he import RequesterKeys
+from crypto.he import RequesterKeys, context_fingerprint
 from exchange.cohort import CohortCount, debias
 from xgate.errors import CryptoError, InvalidInput
 from xgate.errors import GatewayError as GatewayError  # re-exported: the SDK's callers catch it
@@ -158,6 +162,8 @@ class GatewayClient:
         self._keys = keys
         self.last_attempts = 0  # requests the last call sent
         self.last_replayed = False
+        self.context_registrations = 0  # POST /v1/contexts this client sent
+        self.last_request_bytes = 0  # HTTP body bytes of the last request and its answer
 
     @property
     def url(self) -> str:
@@ -215,6 +221,7 @@ class GatewayClient:
                     continue
                 raise failure from None
             size = len(response.content) + len(response.request.content or b"")
+            self.last_request_bytes = size
             try:
                 body = response.json()
             except ValueError:
@@ -240,6 +247,16 @@ class GatewayClient:
         """Jittered exponential backoff before attempt ``attempt`` (>= 2): half to all of base * 2^(n-2)."""
         base = min(self.retry_after_cap_s, self.backoff_s * 2.0 ** (attempt - 2))
         return base * (0.5 + 0.5 * self._jitter())
+
+    def register_context(self) -> tuple[str, int]:
+        """Register this client's public HE context (idempotent); returns its fingerprint and the bytes moved."""
+        data = base64.b64encode(self.keys.public_context).decode("ascii")
+        body, size = self._call("POST", "/v1/contexts", json={"public_context": data})
+        self.context_registrations += 1
+        fingerprint = str(body.get("fingerprint", ""))
+        if fingerprint != context_fingerprint(self.keys.public_context):
+            raise CryptoError("the gateway registered the context under another fingerprint")
+        return fingerprint, size
 
     def programs(self) -> list[dict[str, Any]]:
         body, _ = self._call("GET", "/v1/programs")
@@ -274,12 +291,21 @@ class GatewayClient:
             "mode": mode,
             "pseudonyms": pseudonyms,
         }
+        extra = 0
         if mode == "he":
-            payload["public_context"] = base64.b64encode(self.keys.public_context).decode("ascii")
+            payload["context_fingerprint"] = context_fingerprint(self.keys.public_context)
         # One key for this check and all its retries: the gateways answer it once.
         key = {"Idempotency-Key": str(uuid.uuid4())}
-        body, size = self._call("POST", "/v1/checks", json=payload, headers=key)
-        result = self._decode(body, list(subjects), size)
+        try:
+            body, size = self._call("POST", "/v1/checks", json=payload, headers=key)
+        except GatewayError as exc:
+            if mode != "he" or exc.code != "context_unknown":
+                raise
+            extra = self.last_request_bytes
+            _, registered = self.register_context()
+            body, size = self._call("POST", "/v1/checks", json=payload, headers=key)
+            extra += registered
+        result = self._decode(body, list(subjects), size + extra)
         result.gateway, result.attempts, result.replayed = self.url, self.last_attempts, self.last_replayed
         return result
 
@@ -315,6 +341,20 @@ class GatewayClient:
                 )
             time.sleep(poll_s)
 
+    def _packed_signs(self, body: dict[str, Any], count: int) -> np.ndarray | None:
+        """A small batch's one shared result ciphertext, decrypted to signs (one slot block per criterion)."""
+        packed = body.get("packed_ciphertexts") or []
+        if not packed:
+            return None
+        if len(packed) != 1:
+            raise CryptoError(f"a packed answer holds one ciphertext, got {len(packed)}")
+        try:
+            raw = base64.b64decode(packed[0], validate=True)
+        except (binascii.Error, ValueError):
+            raise CryptoError("the packed result ciphertext is not base64") from None
+        blocks = sum(1 for item in body["criteria"] if item.get("block") is not None)
+        return self.keys.decrypt_signs(raw, count * blocks)
+
     def _decode(self, body: dict[str, Any], subjects: list[str], size: int) -> CheckResult:
         count = int(body["subjects"])
         if count != len(subjects):
@@ -322,11 +362,18 @@ class GatewayClient:
         chunk = int(body["chunk_size"])
         passes: dict[str, np.ndarray] = {}
         descriptions: dict[str, str] = {}
+        shared = self._packed_signs(body, count)
         for item in body["criteria"]:
             name = item["criterion"]
             descriptions[name] = item.get("description", "")
             if item.get("passes") is not None:
                 passes[name] = np.asarray(item["passes"], dtype=bool)
+                continue
+            if item.get("block") is not None:
+                block = int(item["block"])
+                if shared is None or not 0 <= block < len(shared) // max(count, 1):
+                    raise CryptoError(f"result for '{name}' names slot block {block}, which the answer does not hold")
+                passes[name] = shared[block * count : (block + 1) * count]
                 continue
             parts = []
             for i, blob in enumerate(item["ciphertexts"]):

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -52,6 +53,8 @@ FLOOD_TERMS = 64
 MAX_CONTEXT_BYTES = 2 * 1024 * 1024
 _CONTEXT_CACHE_SIZE = 16
 MAX_CIPHERTEXT_BYTES = 1024 * 1024
+# Result ciphertexts are modulus-switched this many levels down before they leave the gateway.
+RESULT_LEVELS_DROPPED = 1
 
 
 def chunk_count(subjects: int) -> int:
@@ -87,6 +90,21 @@ def _check_params(ctx: ts.Context) -> None:
 
 def fingerprint(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+CONTEXT_FINGERPRINT_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
+
+
+def context_fingerprint(data: bytes) -> str:
+    """How a registered public context is named (POST /v1/contexts, checks, node requests)."""
+    return f"sha256:{fingerprint(data)}"
+
+
+def parse_context_fingerprint(value: str) -> bytes:
+    """The SHA-256 digest a context fingerprint names; CryptoError when it is not `sha256:<64 hex>`."""
+    if not CONTEXT_FINGERPRINT_RE.match(value):
+        raise CryptoError("context fingerprint must be 'sha256:' followed by 64 lower-case hex digits")
+    return bytes.fromhex(value[7:])
 
 
 class RequesterKeys:
@@ -198,6 +216,18 @@ def _vector_proto() -> type[Message]:
     return message_factory.GetMessageClass(pool.FindMessageTypeByName("xgate_tenseal.BFVVectorProto"))
 
 
+def _save_ciphertext(part: sealapi.Ciphertext) -> bytes:
+    """SEAL's own serialisation of one ciphertext (TenSEAL binds `save` to a path only): written to
+    an anonymous in-memory file and read back."""
+    fd = os.memfd_create("xgate-ciphertext", os.MFD_CLOEXEC)
+    try:
+        part.save(f"/proc/self/fd/{fd}")
+        size = os.fstat(fd).st_size
+        return os.pread(fd, size, 0)
+    finally:
+        os.close(fd)
+
+
 def _random_words(n: int) -> np.ndarray:
     return np.frombuffer(os.urandom(8 * n), dtype="<u8")
 
@@ -238,8 +268,12 @@ class PublicContext:
             raise CryptoError("HE context carries Galois keys, which the protocol does not use")
         _check_params(ctx)
         self._ctx = ctx
+        self.data = data
         self.fingerprint = fingerprint(data)
+        self.ref = f"sha256:{self.fingerprint}"
         self._encoder = sealapi.BatchEncoder(ctx.seal_context().data)
+        self._evaluator = sealapi.Evaluator(ctx.seal_context().data)
+        self._top = ctx.seal_context().data.first_parms_id()
 
     def encrypt(self, values: Sequence[int]) -> bytes:
         """Encrypt up to SLOTS integers into one ciphertext (node side)."""
@@ -264,8 +298,22 @@ class PublicContext:
                 _CONTEXT_CACHE.popitem(last=False)
         return context
 
+    @classmethod
+    def known(cls, ref: str) -> PublicContext | None:
+        """The context cached under this fingerprint (a bounded LRU, per process), or None."""
+        digest = parse_context_fingerprint(ref)
+        with _CACHE_LOCK:
+            hit = _CONTEXT_CACHE.get(digest)
+            if hit is not None:
+                _CONTEXT_CACHE.move_to_end(digest)
+            return hit
+
     def load(self, data: bytes, expected_count: int) -> Ciphertext:
-        _load_vector(self._ctx, data, expected_count)
+        """A node's fresh ciphertext: valid, of the right size, at the top modulus level (the
+        masking product needs all of its noise budget)."""
+        vector = _load_vector(self._ctx, data, expected_count)
+        if any(part.parms_id() != self._top for part in vector.ciphertext()):
+            raise CryptoError("ciphertext is not at the top modulus level")
         return Ciphertext(data, expected_count)
 
     def mask_criterion(
@@ -336,7 +384,29 @@ class PublicContext:
             acc.add_(flood.take())
         elif flood:
             acc.add_(self.flood(count))
-        return bytes(acc.serialize())
+        return self.switched(acc)
+
+    def switched(self, vector: ts.BFVVector) -> bytes:
+        """The result serialised one modulus level down (RESULT_LEVELS_DROPPED): 2 of its 3 primes.
+
+        Measured with the secret key (tests/unit/test_result_size.py): a flooded result keeps its ~9
+        bits of noise budget after one switch and decrypts exactly; a second switch (to the last
+        60-bit prime against a 58-bit plaintext modulus) leaves none. 393 kB -> 262 kB per result.
+        SEAL's compressed serialisation (zstd, TenSEAL's default) gains nothing here: the
+        coefficients are uniformly random.
+        """
+        proto = _vector_proto()()
+        proto.ParseFromString(vector.serialize())
+        parts = []
+        for part in vector.ciphertext():
+            lower = sealapi.Ciphertext()
+            for _ in range(RESULT_LEVELS_DROPPED):
+                self._evaluator.mod_switch_to_next(part, lower)
+                part = lower
+            parts.append(_save_ciphertext(lower))
+        del proto.ciphertexts[:]  # type: ignore[attr-defined]
+        proto.ciphertexts.extend(parts)  # type: ignore[attr-defined]
+        return bytes(proto.SerializeToString())
 
     def flood_terms(self, counts: Sequence[int]) -> list[FloodTerm]:
         """Flood terms for result ciphertexts of these slot counts, ahead of time: they depend on

@@ -46,6 +46,7 @@ class CriterionOutcome:
     criterion: str
     ciphertexts: tuple[bytes, ...] = ()  # HE mode: masked, one per chunk
     passes: tuple[bool, ...] = ()  # PLAINTEXT baseline only
+    block: int | None = None  # packed HE result: this criterion's slot block in the one shared ciphertext
 
 
 def _request_context(program: Program, scope: CheckScope) -> node_pb2.RequestContext:
@@ -73,7 +74,8 @@ def _requests_for(
     context: node_pb2.RequestContext,
     pseudonyms: Sequence[str],
     mode: node_pb2.ExchangeMode,
-    public_context: bytes,
+    context_fingerprint: str,
+    replicas: int = 0,
 ) -> dict[str, node_pb2.EncryptRequest]:
     return {
         agency: node_pb2.EncryptRequest(
@@ -81,8 +83,9 @@ def _requests_for(
             mode=mode,
             pseudonyms=list(pseudonyms),
             elements=[node_pb2.ElementQuery(element=t.element, if_missing=t.if_missing) for t in terms],
-            public_context=public_context if mode == node_pb2.EXCHANGE_MODE_HE else b"",
             he_params_id=HE_PARAMS_ID if mode == node_pb2.EXCHANGE_MODE_HE else "",
+            context_fingerprint=context_fingerprint if mode == node_pb2.EXCHANGE_MODE_HE else "",
+            replicas=replicas if mode == node_pb2.EXCHANGE_MODE_HE else 0,
         )
         for agency, terms in grouped.items()
     }
@@ -93,19 +96,21 @@ def build_requests(
     scope: CheckScope,
     pseudonyms: Sequence[str],
     mode: node_pb2.ExchangeMode,
-    public_context: bytes,
+    context_fingerprint: str,
+    replicas: int = 0,
 ) -> dict[str, node_pb2.EncryptRequest]:
-    """One EncryptRequest per agency whose data elements the program reads."""
-    return _requests_for(
-        program.elements_by_agency(), _request_context(program, scope), pseudonyms, mode, public_context
-    )
+    """One EncryptRequest per agency whose data elements the program reads. HE requests name the
+    requester's context by fingerprint only; the fan-out attaches its bytes for a node that asks.
+    `replicas`: a small batch's values repeated once per criterion (see combine_he_packed)."""
+    context = _request_context(program, scope)
+    return _requests_for(program.elements_by_agency(), context, pseudonyms, mode, context_fingerprint, replicas)
 
 
 def build_cohort_requests(
     program: Program,
     scope: CheckScope,
     orders: Sequence[Sequence[str]],
-    public_context: bytes,
+    context_fingerprint: str,
 ) -> list[dict[str, node_pb2.EncryptRequest]]:
     """The cohort view's fan-out: per criterion, one EncryptRequest per agency holding one of its
     terms, with the subjects in that criterion's own order (only the gateway knows the orders).
@@ -123,7 +128,7 @@ def build_cohort_requests(
         grouped: dict[str, list[Term]] = {}
         for term in criterion.terms:
             grouped.setdefault(term.element.split(".")[0], []).append(term)
-        plans.append(_requests_for(grouped, context, order, node_pb2.EXCHANGE_MODE_HE, public_context))
+        plans.append(_requests_for(grouped, context, order, node_pb2.EXCHANGE_MODE_HE, context_fingerprint))
     return plans
 
 
@@ -146,7 +151,7 @@ def validate_he_response(
 ) -> dict[str, list[Ciphertext]]:
     """Every chunk present, digest-consistent, and a valid ciphertext of the right size."""
     _check_envelope(agency, request, response)
-    subjects = len(request.pseudonyms)
+    subjects = len(request.pseudonyms) * max(1, request.replicas)
     expected = chunk_count(subjects)
     sizes = [min(SLOTS, subjects - i * SLOTS) for i in range(expected)]
     out: dict[str, list[Ciphertext]] = {}
@@ -282,8 +287,62 @@ def combine_cohort_he(
     return outcomes
 
 
-def flood_counts(program: Program, subjects: int) -> list[int]:
+def packing(program: Program, subjects: int) -> int:
+    """How many slot blocks a small batch packs into one result ciphertext (one per criterion),
+    or 0 when the batch is too large for that (or there is one criterion): then one result
+    ciphertext per criterion and chunk (combine_he)."""
+    k = len(program.criteria)
+    return k if k > 1 and subjects * k <= SLOTS else 0
+
+
+def combine_he_packed(
+    program: Program,
+    pseudonyms: Sequence[str],
+    context: PublicContext,
+    ciphertexts: Mapping[str, list[Ciphertext]],
+    mask_key: bytes,
+    epoch: int,
+    hide_order: bool = False,
+    flood: bool | FloodTerm = True,
+) -> tuple[list[CriterionOutcome], bytes]:
+    """combine_he for a small batch, all criteria in ONE result ciphertext.
+
+    The nodes sent each element's values repeated once per criterion (`replicas`), so slot block
+    b holds every subject's values. Block b of the result is Enc(r*d + s') of criterion b (or, with
+    `hide_order`, subject j's block b holds criterion order[j][b]): the same masks, the same single
+    plaintext product (masked_combination), k times fewer result bytes. Returns the outcomes
+    (each naming its block, no ciphertexts of its own) and the shared ciphertext.
+    """
+    n, k = len(pseudonyms), len(program.criteria)
+    if packing(program, n) != k:
+        raise ValueError("this batch does not pack into one ciphertext")
+    masks = [
+        derive_masks(mask_key, c.question, epoch, pseudonyms, program.span(i)) for i, c in enumerate(program.criteria)
+    ]
+    order = derive_permutations(mask_key, program.id, epoch, pseudonyms, k) if hide_order else None
+    groups, weights = [], []
+    offset = np.zeros(n * k, dtype=object)  # Python integers: r*bound may pass 64 bits
+    for m, criterion in enumerate(program.criteria):
+        r, s = masks[m]
+        weight = np.zeros(n * k, dtype=np.int64)
+        for b in range(k):
+            chosen = order[:, b] == m if order is not None else np.full(n, b == m)
+            block = slice(b * n, (b + 1) * n)
+            weight[block] = np.where(chosen, criterion.direction * r, 0)
+            offset[block] += np.where(
+                chosen, s.astype(object) - criterion.direction * r.astype(object) * criterion.bound, 0
+            )
+        weights.append(weight)
+        groups.append([ciphertexts[t.element][0] for t in criterion.terms])
+    packed = context.masked_combination(groups, weights, offset, flood=flood)
+    names = [c.id if order is None else f"position_{b + 1}" for b, c in enumerate(program.criteria)]
+    return [CriterionOutcome(name, block=b) for b, name in enumerate(names)], packed
+
+
+def flood_counts(program: Program, subjects: int, packed: bool = False) -> list[int]:
     """Slot counts of a check's result ciphertexts, in the order combine_he consumes flood terms."""
+    if packed:
+        return [subjects * len(program.criteria)]
     sizes = [min(SLOTS, subjects - start) for start in range(0, subjects, SLOTS)]
     return [size for _ in program.criteria for size in sizes]
 

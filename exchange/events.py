@@ -178,11 +178,17 @@ def subjects_digest(pseudonyms: Sequence[str]) -> str:
     return hashlib.sha256("\n".join(pseudonyms).encode("ascii")).hexdigest()
 
 
-def digest_outcomes(outcomes: Iterable[CriterionOutcome]) -> str:
+def digest_outcomes(outcomes: Iterable[CriterionOutcome], packed: bytes = b"") -> str:
+    """SHA-256 over what the requester gets: per criterion its name and ciphertext digests (or
+    verdicts), and a packed batch's one shared ciphertext (with each criterion's block)."""
     h = hashlib.sha256()
     for outcome in outcomes:
         h.update(outcome.criterion.encode())
         for blob in outcome.ciphertexts:
             h.update(hashlib.sha256(blob).digest())
         h.update(bytes(outcome.passes))
+        if outcome.block is not None:
+            h.update(b"block:%d" % outcome.block)
+    if packed:
+        h.update(b"packed:" + hashlib.sha256(packed).digest())
     return h.hexdigest()

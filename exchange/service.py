@@ -24,7 +24,7 @@ import os
 import secrets
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -41,8 +41,10 @@ from exchange.eligibility import (
     build_requests,
     combine_cohort_he,
     combine_he,
+    combine_he_packed,
     combine_plain,
     flood_counts,
+    packing,
     validate_he_response,
     validate_plain_response,
 )
@@ -61,10 +63,16 @@ HIDDEN = "one criterion; which one is hidden in this view"
 
 
 class NodeClient(Protocol):
-    """Calls every node concurrently; the first failure cancels the rest and is raised (NodeError)."""
+    """Calls every node concurrently; the first failure cancels the rest and is raised (NodeError).
+
+    `public_context`: the bytes behind the requests' context_fingerprint, sent only to a node that
+    does not hold them; `requests[agency]` is then replaced by the request that node answered."""
 
     async def encrypt_all(
-        self, requests: Mapping[str, node_pb2.EncryptRequest], deadline_s: float
+        self,
+        requests: MutableMapping[str, node_pb2.EncryptRequest],
+        deadline_s: float,
+        public_context: bytes = b"",
     ) -> dict[str, node_pb2.EncryptResponse]: ...
 
 
@@ -183,24 +191,28 @@ class CheckService:
         scope = _scope(request_id, principal, request, outcome)
         cohort = _CohortPlan.draw(program, request, outcome, rng) if view == "cohort" and context else None
         pseudonyms = list(request.pseudonyms)
+        ref = context.ref if context is not None else ""
+        blocks = 0
         if cohort is not None:
             # Cohort view: each criterion's subjects go out in their own order only the gateway
             # knows (and with fresh masks), so slots map to no one, are not linked across criteria
             # or queries, and each slot's sign is flipped with the randomized-response probability.
-            plans = build_cohort_requests(program, scope, cohort.orders, request.public_context)
+            plans = build_cohort_requests(program, scope, cohort.orders, ref)
         else:
-            plans = [build_requests(program, scope, pseudonyms, mode, request.public_context)]
+            # A small batch packs every criterion's result into one ciphertext (the nodes repeat values).
+            blocks = packing(program, len(pseudonyms)) if context is not None else 0
+            plans = [build_requests(program, scope, pseudonyms, mode, ref, replicas=blocks)]
         t1 = self.timer()
         # Noise-flooding terms depend only on the requester's key: build them while the nodes work.
         floods = (
             asyncio.ensure_future(
-                asyncio.to_thread(context.flood_terms, flood_counts(program, len(request.pseudonyms)))
+                asyncio.to_thread(context.flood_terms, flood_counts(program, len(request.pseudonyms), bool(blocks)))
             )
             if context is not None
             else None
         )
         try:
-            answers = await self._fan_out(plans)
+            answers = await self._fan_out(plans, context.data if context is not None else b"")
         except NodeError as exc:
             await self._record(events.fanout_failed(about, exc))
             raise
@@ -223,13 +235,14 @@ class CheckService:
 
         t2 = self.timer()
         prepared = await floods if floods is not None else None
+        packed = b""
         if cohort is not None and context is not None:
             outcomes = await asyncio.to_thread(
                 _combine_cohort, program, cohort, plans, answers, context, self.mask_key, rng.epoch(), prepared
             )
         elif context is not None:
             epoch = epoch_of(self.clock(), program.epoch_seconds) if view != "cohort" else rng.epoch()
-            outcomes = await asyncio.to_thread(
+            outcomes, packed = await asyncio.to_thread(
                 _combine_he,
                 program,
                 pseudonyms,
@@ -246,7 +259,7 @@ class CheckService:
         timings["combine"] = self._ms(t2)
         timings["total"] = self._ms(t0)
 
-        result_sha256 = events.digest_outcomes(outcomes)
+        result_sha256 = events.digest_outcomes(outcomes, packed)
         await self._record(
             events.check_result(
                 about,
@@ -278,6 +291,7 @@ class CheckService:
             chunk_size=SLOTS,
             shuffled=view == "cohort",
             criteria=verdicts(program, outcomes),
+            packed=(packed,) if packed else (),
             policy_ids=tuple(outcome.policy_ids),
             policy_set_hash=outcome.policy_set_hash,
             nodes=receipts,
@@ -291,12 +305,13 @@ class CheckService:
         )
 
     async def _fan_out(
-        self, plans: Sequence[Mapping[str, node_pb2.EncryptRequest]]
+        self, plans: Sequence[dict[str, node_pb2.EncryptRequest]], public_context: bytes
     ) -> list[dict[str, node_pb2.EncryptResponse]]:
-        """Every plan concurrently (the cohort view has one per criterion); all or nothing."""
+        """Every plan concurrently (the cohort view has one per criterion); all or nothing.
+        `public_context`: sent only to a node that does not hold the plans' context fingerprint."""
         if len(plans) == 1:
-            return [await self.nodes.encrypt_all(plans[0], self.deadline_s)]
-        tasks = [asyncio.ensure_future(self.nodes.encrypt_all(plan, self.deadline_s)) for plan in plans]
+            return [await self.nodes.encrypt_all(plans[0], self.deadline_s, public_context)]
+        tasks = [asyncio.ensure_future(self.nodes.encrypt_all(plan, self.deadline_s, public_context)) for plan in plans]
         try:
             return list(await asyncio.gather(*tasks))
         except BaseException:
@@ -314,7 +329,7 @@ class CheckService:
         if request.mode != "he":
             raise InvalidInput("mode must be 'he' or 'plaintext'")
         if not request.public_context:
-            raise InvalidInput("HE mode needs the requester's public_context")
+            raise InvalidInput("HE mode needs the requester's context_fingerprint (or an inline public_context)")
         return await asyncio.to_thread(PublicContext.cached, request.public_context)
 
     async def _record(self, event: dict[str, Any]) -> None:
@@ -421,13 +436,16 @@ def _combine_he(
     epoch: int,
     view: View,
     floods: Sequence[FloodTerm] | None = None,
-) -> list[CriterionOutcome]:
+) -> tuple[list[CriterionOutcome], bytes]:
+    """The criteria's outcomes, and the one shared ciphertext when the batch was packed (else b"")."""
     ciphertexts = {}
     for agency, response in responses.items():
         ciphertexts.update(validate_he_response(agency, node_requests[agency], response, context))
-    return combine_he(
-        program, pseudonyms, context, ciphertexts, mask_key, epoch, hide_order=view == "overall", floods=floods
-    )
+    hide_order = view == "overall"
+    if any(r.replicas > 1 for r in node_requests.values()):
+        flood: bool | FloodTerm = floods[0] if floods else True
+        return combine_he_packed(program, pseudonyms, context, ciphertexts, mask_key, epoch, hide_order, flood)
+    return combine_he(program, pseudonyms, context, ciphertexts, mask_key, epoch, hide_order, floods=floods), b""
 
 
 def _combine_plain(
@@ -452,7 +470,8 @@ def verdicts(program: Program, outcomes: Sequence[CriterionOutcome]) -> tuple[Cr
             criterion=o.criterion,
             description=descriptions.get(o.criterion, HIDDEN),
             ciphertexts=o.ciphertexts,
-            passes=o.passes if not o.ciphertexts else None,
+            passes=o.passes if not o.ciphertexts and o.block is None else None,
+            block=o.block,
         )
         for o in outcomes
     )

@@ -27,6 +27,7 @@ class CheckRequest:
     pseudonyms: tuple[str, ...]
     mode: Mode = "he"
     public_context: bytes = b""  # the requester's TenSEAL public context (HE mode)
+    context_fingerprint: str = ""  # "sha256:<hex>" when the caller named a registered context
     consent_ref: str = ""
     approval_ref: str = ""
 
@@ -39,6 +40,7 @@ class CriterionVerdict:
     description: str
     ciphertexts: tuple[bytes, ...] = ()  # one masked BFV ciphertext per chunk of SLOTS subjects
     passes: tuple[bool, ...] | None = None  # PLAINTEXT baseline only
+    block: int | None = None  # packed HE result: slots [block*subjects, (block+1)*subjects) of CheckOutcome.packed
 
 
 @dataclass(frozen=True)
@@ -78,3 +80,4 @@ class CheckOutcome:
     node_bytes: int = 0  # protobuf bytes exchanged with the nodes for this check
     timings_ms: Mapping[str, float] = field(default_factory=dict)
     privacy: CohortPrivacy | None = None  # cohort view only
+    packed: tuple[bytes, ...] = ()  # small HE batches: every criterion's result in one ciphertext

@@ -55,6 +55,12 @@ class GatewaySettings(BaseModel):
     idempotency_ttl_hours: float = Field(
         default=24.0, gt=0, le=720, description="how long a check's answer is kept for retries with its Idempotency-Key"
     )
+    context_ttl_days: float = Field(
+        default=30.0, gt=0, le=366, description="a registered HE context lapses this long after its last registration"
+    )
+    contexts_per_user: int = Field(
+        default=8, ge=1, le=1000, description="registered HE contexts kept per user (the oldest is dropped)"
+    )
     max_body_mb: int = Field(default=16, ge=1, le=256)
     max_subjects: int = Field(default=100_000, ge=1, le=1_000_000)
     max_message_mb: int = Field(default=64, ge=1, le=512)

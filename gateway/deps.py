@@ -20,13 +20,14 @@ from audit.store import AuditLog
 from gateway.admission_control import AdmissionController
 from gateway.audit import REQUEST_ID
 from gateway.checks import CheckCoordinator
+from gateway.contexts import ContextStore
 from gateway.idempotency import IdempotencyStore
 from gateway.services import Services
 from gateway.training_service import TrainingService
 from policies.approvals import ApprovalRegistry
 from policies.consent import ConsentRegistry
 from policies.types import AUDIT_LOG, AccessRequest
-from xgate.errors import AuditUnconfigured, ConfigError, PolicyDenied, TrainingUnavailable
+from xgate.errors import AuditUnconfigured, ConfigError, PolicyDenied, StoreUnavailable, TrainingUnavailable
 from xgate.principal import Principal
 
 OFFICER_ROLES = ("security_officer", "admin")  # the console's operator pages
@@ -160,3 +161,13 @@ async def get_idempotency(services: ServicesDep) -> IdempotencyStore | None:
 
 
 Idempotency = Annotated[IdempotencyStore | None, Depends(get_idempotency)]
+
+
+async def get_contexts(services: ServicesDep) -> ContextStore:
+    """The registered HE contexts (build_app always has a store; an app assembled without one refuses)."""
+    if services.contexts is None:
+        raise StoreUnavailable("this gateway keeps no HE context store")
+    return services.contexts
+
+
+Contexts = Annotated[ContextStore, Depends(get_contexts)]

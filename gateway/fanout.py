@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, MutableMapping
 from dataclasses import dataclass
 
 import grpc
@@ -13,7 +13,7 @@ from crypto.envelope import Envelopes
 from protos.xgate.v1 import node_pb2, node_pb2_grpc
 from xgate import metrics
 from xgate.errors import CryptoError, NodeError, NodeProtocolError, NodeUnavailable, XgateError
-from xgate.grpc_edge import node_error_from_rpc
+from xgate.grpc_edge import is_context_unknown, node_error_from_rpc
 from xgate.logging import get_logger
 
 log = get_logger("xgate.gateway.fanout")
@@ -129,18 +129,35 @@ class NodeDirectory:
         self._stubs.clear()
 
     async def encrypt_all(
-        self, requests: Mapping[str, node_pb2.EncryptRequest], deadline_s: float
+        self,
+        requests: MutableMapping[str, node_pb2.EncryptRequest],
+        deadline_s: float,
+        public_context: bytes = b"",
     ) -> dict[str, node_pb2.EncryptResponse]:
-        """Call every node concurrently; the first failure cancels the rest and is raised."""
+        """Call every node concurrently; the first failure cancels the rest and is raised.
+
+        A request naming its HE context by fingerprint alone goes out without the context's bytes;
+        a node that does not hold them (first use, evicted, restarted) answers `context_unknown`
+        and gets the request once more with `public_context` attached. `requests[agency]` is then
+        replaced by the request that node answered (what was sent, for byte counts and receipts)."""
+        loop = asyncio.get_running_loop()
+        until = loop.time() + deadline_s
 
         async def one(agency: str, request: node_pb2.EncryptRequest) -> tuple[str, node_pb2.EncryptResponse]:
             await self._verify_server(agency)
             stub = self.stub(agency)
-            digest = self._envelopes.sign_request(request, "EncryptValues") if self._envelopes else b""
-            try:
-                response = await stub.EncryptValues(request, timeout=deadline_s)
-            except grpc.aio.AioRpcError as exc:
-                raise node_error_from_rpc(agency, exc) from None
+            while True:
+                digest = self._envelopes.sign_request(request, "EncryptValues") if self._envelopes else b""
+                try:
+                    response = await stub.EncryptValues(request, timeout=max(0.001, until - loop.time()))
+                except grpc.aio.AioRpcError as exc:
+                    if public_context and not request.public_context and is_context_unknown(exc):
+                        request = _with_context(request, public_context)
+                        requests[agency] = request
+                        log.info("context_sent", agency=agency, context=request.context_fingerprint)
+                        continue
+                    raise node_error_from_rpc(agency, exc) from None
+                break
             if not isinstance(response, node_pb2.EncryptResponse):
                 # grpc.aio hands back None when the bytes do not parse as the response message.
                 raise NodeProtocolError(agency, "answered with bytes that are not an EncryptResponse")
@@ -219,3 +236,12 @@ class NodeDirectory:
             return described
         except grpc.aio.AioRpcError as exc:
             raise node_error_from_rpc(agency, exc) from None
+
+
+def _with_context(request: node_pb2.EncryptRequest, public_context: bytes) -> node_pb2.EncryptRequest:
+    """The same request with the context's bytes attached (signed afresh when sent)."""
+    fresh = node_pb2.EncryptRequest()
+    fresh.CopyFrom(request)
+    fresh.ClearField("envelope")
+    fresh.public_context = public_context
+    return fresh

@@ -13,11 +13,39 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from crypto.he import MAX_CONTEXT_BYTES
 from exchange import types as domain
 from xgate.errors import InvalidInput
 from xgate.pseudonym import PSEUDONYM_RE
 
 Mode = Literal["he", "plaintext"]
+MAX_CONTEXT_B64 = 4 * (-(-MAX_CONTEXT_BYTES // 3))
+
+
+def _decode_context(value: str) -> bytes:
+    try:
+        return base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError("public_context is not valid base64") from None
+
+
+class ContextRegistration(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    # Bounded by the gateway's body limit; above MAX_CONTEXT_BYTES decoded, a 413 (gateway/contexts.py).
+    public_context: str = Field(min_length=1, description="base64 TenSEAL BFV public context (no secret key)")
+
+    def context_bytes(self) -> bytes:
+        try:
+            return _decode_context(self.public_context)
+        except ValueError as exc:
+            raise InvalidInput(str(exc)) from None
+
+
+class ContextRegistered(BaseModel):
+    fingerprint: str = Field(description="sha256:<hex> of the context's bytes: what checks name")
+    expires_at: float = Field(description="Unix time after which the registration lapses (register again)")
+    bytes: int | None = Field(default=None, description="size of the registered context (POST only)")
 
 
 class CheckRequest(BaseModel):
@@ -31,7 +59,16 @@ class CheckRequest(BaseModel):
     approval_ref: str = Field(default="", max_length=128)
     mode: Mode = "he"
     pseudonyms: list[str] = Field(min_length=1)
-    public_context: str = Field(default="", description="base64 TenSEAL public context (HE mode)")
+    context_fingerprint: str = Field(
+        default="",
+        pattern=r"^(sha256:[0-9a-f]{64})?$",
+        description="HE mode: the fingerprint POST /v1/contexts returned for the requester's public context",
+    )
+    public_context: str = Field(
+        default="",
+        max_length=MAX_CONTEXT_B64,
+        description="deprecated: the base64 public context inline (~0.66 MB per check); use context_fingerprint",
+    )
 
     @field_validator("pseudonyms")
     @classmethod
@@ -44,10 +81,7 @@ class CheckRequest(BaseModel):
         return value
 
     def context_bytes(self) -> bytes:
-        try:
-            return base64.b64decode(self.public_context, validate=True)
-        except (binascii.Error, ValueError):
-            raise ValueError("public_context is not valid base64") from None
+        return _decode_context(self.public_context)
 
 
 class CriterionResult(BaseModel):
@@ -55,6 +89,11 @@ class CriterionResult(BaseModel):
     description: str
     ciphertexts: list[str] = Field(default_factory=list, description="base64 masked BFV ciphertexts, one per chunk")
     passes: list[bool] | None = Field(default=None, description="plaintext baseline only")
+    block: int | None = Field(
+        default=None,
+        description="small HE batches: this criterion's values are slots [block*subjects, (block+1)*subjects) "
+        "of packed_ciphertexts[0] (ciphertexts is then empty)",
+    )
 
 
 class CheckResponse(BaseModel):
@@ -69,6 +108,10 @@ class CheckResponse(BaseModel):
         description="true when slot order was permuted (cohort view): slots no longer map to subjects"
     )
     criteria: list[CriterionResult]
+    packed_ciphertexts: list[str] = Field(
+        default_factory=list,
+        description="small HE batches: one base64 masked BFV ciphertext holding every criterion, one slot block each",
+    )
     policy: dict[str, object] = Field(default_factory=dict)
     nodes: dict[str, dict[str, object]] = Field(default_factory=dict)
     node_bytes: int = Field(default=0, description="protobuf bytes exchanged with nodes for this check")
@@ -80,10 +123,13 @@ class CheckResponse(BaseModel):
     )
 
 
-def to_domain(body: CheckRequest) -> domain.CheckRequest:
-    """The REST body as the check service's request (public_context decoded: a bad one is a 400)."""
+def to_domain(body: CheckRequest, registered: bytes = b"") -> domain.CheckRequest:
+    """The REST body as the check service's request. `registered`: the bytes the gateway holds for
+    body.context_fingerprint; otherwise the inline public_context is decoded (a bad one is a 400)."""
+    if body.context_fingerprint and body.public_context:
+        raise InvalidInput("give context_fingerprint or public_context, not both")
     try:
-        context = body.context_bytes()
+        context = registered if body.context_fingerprint else body.context_bytes()
     except ValueError as exc:
         raise InvalidInput(str(exc)) from None
     return domain.CheckRequest(
@@ -94,6 +140,7 @@ def to_domain(body: CheckRequest) -> domain.CheckRequest:
         pseudonyms=tuple(body.pseudonyms),
         mode=body.mode,
         public_context=context if body.mode == "he" else b"",
+        context_fingerprint=body.context_fingerprint if body.mode == "he" else "",
         consent_ref=body.consent_ref,
         approval_ref=body.approval_ref,
     )
@@ -116,9 +163,11 @@ def from_domain(outcome: domain.CheckOutcome) -> CheckResponse:
                 description=c.description,
                 ciphertexts=[base64.b64encode(b).decode("ascii") for b in c.ciphertexts],
                 passes=list(c.passes) if c.passes is not None else None,
+                block=c.block,
             )
             for c in outcome.criteria
         ],
+        packed_ciphertexts=[base64.b64encode(b).decode("ascii") for b in outcome.packed],
         policy={"policy_ids": list(outcome.policy_ids), "policy_set_hash": outcome.policy_set_hash},
         node_bytes=outcome.node_bytes,
         nodes={

@@ -111,7 +111,7 @@ def build_app(config: GatewayConfig, on_ready: Callable[[], None] | None = None)
         allow_plaintext_mode=settings.allow_plaintext_mode,
     )
     coordinator = CheckCoordinator(service, nodes)
-    from gateway.wiring import authenticator_for, idempotency_for, policy_for, training_for
+    from gateway.wiring import authenticator_for, contexts_for, idempotency_for, policy_for, training_for
     from policies.approvals import ApprovalRegistry
 
     authenticate = authenticator_for(config)
@@ -162,6 +162,7 @@ def build_app(config: GatewayConfig, on_ready: Callable[[], None] | None = None)
         jobs_dir=training.jobs_dir,
         privacy_ledger=training.ledger.path,
         idempotency=idempotency_for(config),
+        contexts=contexts_for(config),
     )
     return create_app(
         services,

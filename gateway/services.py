@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from gateway.admission_control import AdmissionController
     from gateway.audit import GatewayAudit
     from gateway.checks import CheckCoordinator
+    from gateway.contexts import ContextStore
     from gateway.idempotency import IdempotencyStore
     from gateway.training_service import TrainingService
     from policies.approvals import ApprovalRegistry
@@ -70,6 +71,7 @@ class Services:
     verification: LogVerification | None = None
     admission: AdmissionController | None = None  # set by create_app from its AdmissionSettings
     idempotency: IdempotencyStore | None = None  # POST /v1/checks Idempotency-Key (gateway/idempotency.py)
+    contexts: ContextStore | None = None  # registered HE public contexts (gateway/contexts.py)
 
     def __post_init__(self) -> None:
         if self.audit is not None and self.audit_log is None:

@@ -1,8 +1,8 @@
 """Where the gateway's shared state lives: SQLite files (embedded default) or one PostgreSQL database.
 
 With `[gateway] database = "postgresql://…"` every replica opens the same database: probing
-budgets, the cohort view's ε budgets, consents, rate limits and failed-authentication counters
-are then exact across any number of gateway processes on any hosts, and REST users
+budgets, the cohort view's ε budgets, consents, rate limits, failed-authentication counters and
+registered HE contexts are then exact across any number of gateway processes on any hosts, and REST users
 (gateway/user_store.py), training jobs (gateway/training_jobs.py) and the audit logs' federation
 manifest (gateway/audit_registry.py) are the same for all of them. The schema is applied by
 `xgate gateway migrate`, never implicitly: a replica started on a schema behind its code refuses
@@ -17,6 +17,7 @@ from collections.abc import Sequence
 
 from gateway.audit_registry import AUDIT_REGISTRY_MIGRATIONS
 from gateway.config import GatewayConfig
+from gateway.contexts import CONTEXT_MIGRATIONS
 from gateway.idempotency import IDEMPOTENCY_MIGRATIONS
 from gateway.ratelimit import RATE_LIMIT_MIGRATIONS
 from gateway.training_jobs import TRAINING_JOB_MIGRATIONS
@@ -36,6 +37,7 @@ GATEWAY_MIGRATIONS: tuple[Migration, ...] = (
     *AUDIT_REGISTRY_MIGRATIONS,
     *USER_MIGRATIONS,
     *TRAINING_JOB_MIGRATIONS,
+    *CONTEXT_MIGRATIONS,
 )
 
 

@@ -9,6 +9,7 @@ from fastapi import Request
 
 from gateway.auth import Authenticator, add_user, presented_key_id
 from gateway.config import GatewayConfig
+from gateway.contexts import ContextStore
 from gateway.idempotency import IdempotencyStore
 from gateway.ratelimit import Limiter, RateLimiter, SharedRateLimiter
 from gateway.state import shared_database
@@ -127,6 +128,19 @@ def idempotency_for(config: GatewayConfig) -> IdempotencyStore:
         shared_database(config) or state / "idempotency.sqlite",
         ttl_s=settings.idempotency_ttl_hours * 3600,
         stale_after_s=longest + 30,
+    )
+
+
+def contexts_for(config: GatewayConfig) -> ContextStore:
+    """Registered HE public contexts: <state_dir>/contexts.sqlite, or the replicas' shared database
+    (a context registered through one replica is found by every other)."""
+    settings = config.gateway
+    state = state_dir_of(config)
+    state.mkdir(parents=True, exist_ok=True)
+    return ContextStore(
+        shared_database(config) or state / "contexts.sqlite",
+        ttl_s=settings.context_ttl_days * 86400,
+        max_per_owner=settings.contexts_per_user,
     )
 
 

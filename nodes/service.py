@@ -16,12 +16,12 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from crypto.he import HE_PARAMS_ID, SLOTS, PublicContext, chunks
+from crypto.he import HE_PARAMS_ID, SLOTS, PublicContext, chunks, context_fingerprint
 from exchange.events import node_served
 from nodes.store import NodeStore
 from protos.xgate.v1 import node_pb2
 from xgate import __version__
-from xgate.errors import InvalidInput, PayloadTooLarge, PolicyDenied, RequestCancelled
+from xgate.errors import ContextUnknown, CryptoError, InvalidInput, PayloadTooLarge, PolicyDenied, RequestCancelled
 from xgate.logging import get_logger
 from xgate.pseudonym import validate_pseudonym
 
@@ -98,6 +98,26 @@ class NodeService:
             self.envelopes.sign_response(response, "CosignCheckpoint", request)
         return response
 
+    def _context(self, request: node_pb2.EncryptRequest) -> PublicContext:
+        """The requester's public context: from the request's bytes (checked against its
+        fingerprint, then cached), or from this process's cache by fingerprint alone; else
+        ContextUnknown, and the gateway sends the bytes (a restarted node asks again)."""
+        if request.he_params_id != HE_PARAMS_ID:
+            raise InvalidInput(f"unsupported HE parameters '{request.he_params_id}', expected {HE_PARAMS_ID}")
+        ref = request.context_fingerprint
+        if request.public_context:
+            if ref and context_fingerprint(request.public_context) != ref:
+                raise CryptoError("public_context does not match its context_fingerprint")
+            context = PublicContext.cached(request.public_context)
+            log.info("context_received", context=context.ref, bytes=len(request.public_context))
+            return context
+        if not ref:
+            raise InvalidInput("HE mode needs the requester's public_context or its context_fingerprint")
+        known = PublicContext.known(ref)
+        if known is None:
+            raise ContextUnknown("this node does not hold that HE context: send its bytes", context_fingerprint=ref)
+        return known
+
     def _validate(self, request: node_pb2.EncryptRequest) -> None:
         ctx = request.context
         missing = [name for name in REQUIRED_CONTEXT if not getattr(ctx, name)]
@@ -111,6 +131,10 @@ class NodeService:
             validate_pseudonym(pseudonym)
         if len(set(request.pseudonyms)) != len(request.pseudonyms):
             raise InvalidInput("request repeats a subject")
+        if request.replicas > 1 and len(request.pseudonyms) * request.replicas > SLOTS:
+            raise InvalidInput(
+                f"{request.replicas} replicas of {len(request.pseudonyms)} subjects exceed {SLOTS} slots"
+            )
         if not request.elements:
             raise InvalidInput("request names no data elements")
         names = [q.element for q in request.elements]
@@ -153,6 +177,8 @@ class NodeService:
             # Before anything else: only the federation gateway's fresh signature gets a node to work.
             self.envelopes.verify_request(request, "EncryptValues", agency=self.gateway_agency, kinds={"gateway"})
         self._validate(request)
+        # Before the policy: a context this node does not hold is asked for, not decided on.
+        context = self._context(request) if request.mode == node_pb2.EXCHANGE_MODE_HE else None
         stop_if_cancelled()
         if self.authorize is not None:
             self.authorize(request)
@@ -166,12 +192,10 @@ class NodeService:
             for query in request.elements:
                 values = self._values(query.element, pseudonyms, query.if_missing)
                 response.elements.add(element=query.element, plain_values=values.tolist())
-        elif request.mode == node_pb2.EXCHANGE_MODE_HE:
-            if request.he_params_id != HE_PARAMS_ID:
-                raise InvalidInput(f"unsupported HE parameters '{request.he_params_id}', expected {HE_PARAMS_ID}")
-            context = PublicContext.cached(request.public_context)
+        elif context is not None:
+            copies = max(1, request.replicas)  # small batches: one slot block per criterion
             for query in request.elements:
-                values = self._values(query.element, pseudonyms, query.if_missing).tolist()
+                values = self._values(query.element, pseudonyms, query.if_missing).tolist() * copies
                 out = response.elements.add(element=query.element)
                 for chunk in chunks(values, SLOTS):
                     stop_if_cancelled()

@@ -17,6 +17,7 @@ The tree, with (public code, HTTP status, gRPC status):
     │   └── RequestTimeout     request_timeout       408  DEADLINE_EXCEEDED   (body not received in time)
     ├── ConfigError            config_error          500  FAILED_PRECONDITION
     ├── NotFound               not_found             404  NOT_FOUND
+    │   └── ContextUnknown     context_unknown       404  NOT_FOUND    (register the HE context: POST /v1/contexts)
     ├── Unauthenticated        unauthenticated       401  UNAUTHENTICATED
     ├── PolicyDenied           policy_denied         403  PERMISSION_DENIED
     │   └── BudgetExhausted    budget_exhausted      429  RESOURCE_EXHAUSTED  (+ Retry-After)
@@ -124,6 +125,15 @@ class ConfigError(XgateError):
 
 class NotFound(XgateError):
     code = "not_found"
+    http_status = 404
+    grpc_status = "NOT_FOUND"
+
+
+class ContextUnknown(NotFound):
+    """A check names an HE context fingerprint the gateway (or a node) does not hold: register it
+    (POST /v1/contexts) or, between gateway and node, send its bytes."""
+
+    code = "context_unknown"
     http_status = 404
     grpc_status = "NOT_FOUND"
 

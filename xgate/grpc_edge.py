@@ -67,6 +67,17 @@ def is_tls_handshake_failure(code: grpc.StatusCode, details: str) -> bool:
     return any(fragment in text for fragment in _TLS_FAILURE_TEXT)
 
 
+def is_context_unknown(exc: grpc.RpcError) -> bool:
+    """A node answered that it does not hold the check's HE context (NOT_FOUND, `context_unknown`)."""
+    code = exc.code() if hasattr(exc, "code") else None
+    if code != grpc.StatusCode.NOT_FOUND:
+        return False
+    try:
+        return bool(json.loads(exc.details() or "").get("error") == "context_unknown")
+    except (TypeError, ValueError, AttributeError):
+        return False
+
+
 def node_error_from_rpc(agency: str, exc: grpc.RpcError) -> NodeError:
     """Translate a failed fan-out call into a NodeError naming the agency, keeping the node's status."""
     code = exc.code() if hasattr(exc, "code") else grpc.StatusCode.UNKNOWN

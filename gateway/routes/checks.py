@@ -17,7 +17,7 @@ import contextlib
 from fastapi import APIRouter, Request, Response
 
 from gateway.audit import IDEMPOTENCY_KEY_SHA256
-from gateway.deps import Admission, Caller, Coordinator, Idempotency
+from gateway.deps import Admission, Caller, Coordinator, Idempotency, ServicesDep
 from gateway.idempotency import (
     HEADER,
     REPLAYED_HEADER,
@@ -29,6 +29,7 @@ from gateway.idempotency import (
     validate_key,
 )
 from gateway.models import CheckRequest, CheckResponse, from_domain, to_domain
+from xgate.errors import ContextUnknown
 from xgate.logging import get_logger
 
 log = get_logger("xgate.gateway.routes.checks")
@@ -51,6 +52,7 @@ async def checks(
     coordinator: Coordinator,
     slots: Admission,
     idempotency: Idempotency,
+    services: ServicesDep,
 ) -> Response:
     key = request.headers.get(HEADER)
     if key is not None:
@@ -73,7 +75,8 @@ async def checks(
     try:
         async with slots.slot(caller.agency, caller.user, getattr(request.state, "body_bytes", 0)):
             request_id = getattr(request.state, "request_id", None)  # the id the response carries
-            outcome = await coordinator.service.run(caller, to_domain(body), request_id)
+            registered = await _registered(services, caller.agency, caller.user, body)
+            outcome = await coordinator.service.run(caller, to_domain(body, registered), request_id)
         answer = from_domain(outcome).model_dump_json().encode()
     except BaseException:
         if claim is not None and idempotency is not None:
@@ -89,6 +92,15 @@ async def checks(
         except Exception as exc:  # noqa: BLE001
             log.warning("idempotency_store_failed", key_sha256=claim.key_sha256, error=type(exc).__name__)
     return Response(answer, media_type="application/json")
+
+
+async def _registered(services: ServicesDep, agency: str, user: str, body: CheckRequest) -> bytes:
+    """The registered context a HE check names (ContextUnknown, 404, when the caller holds none)."""
+    if body.mode != "he" or not body.context_fingerprint:
+        return b""
+    if services.contexts is None:
+        raise ContextUnknown("this gateway keeps no registered HE contexts: send public_context inline")
+    return await asyncio.to_thread(services.contexts.get, f"{agency}/{user}", body.context_fingerprint)
 
 
 async def _settle(store: IdempotencyStore, claim: Claim) -> None:

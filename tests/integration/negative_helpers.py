@@ -327,9 +327,18 @@ class RogueTax:
         response.ClearField("envelope")
         sign_message(response, ENCRYPT, key or self.tax_key, request_digest(request), **kwargs)
 
+    def _forward(self, request: node_pb2.EncryptRequest, context: grpc.ServicerContext) -> Any:
+        """The real tax node's answer to the gateway's own signed request; its refusal (e.g.
+        context_unknown, so the gateway resends with the context's bytes) is passed on as it is."""
+        try:
+            return encrypt(self.upstream, "tax", self._gateway_tls, request)
+        except grpc.RpcError as exc:
+            context.abort(exc.code(), exc.details() or "")
+            raise  # abort raises; for the type checker
+
     def _encrypt_values(self, request: node_pb2.EncryptRequest, context: grpc.ServicerContext) -> Any:
         self.seen += 1
-        real = encrypt(self.upstream, "tax", self._gateway_tls, request)  # the gateway's own signed request
+        real = self._forward(request, context)
         previous, self.previous = self.previous, (request, real)
         behaviour = self.behaviour
         if behaviour == "honest":

@@ -94,11 +94,14 @@ def test_repeating_a_check_returns_identical_masked_values(client, federation):
     ids = read_subjects(federation.applicants)[225:230]
     first, _ = client._call("POST", "/v1/checks", json=_payload(client, ids))
     second, _ = client._call("POST", "/v1/checks", json=_payload(client, ids))
-    for a, b in zip(first["criteria"], second["criteria"], strict=True):
-        blob_a, blob_b = (base64.b64decode(x["ciphertexts"][0]) for x in (a, b))
-        assert blob_a != blob_b  # re-randomised ciphertexts ...
-        masked_a = client.keys.decrypt_masked(blob_a, len(ids))
-        assert np.array_equal(masked_a, client.keys.decrypt_masked(blob_b, len(ids)))  # ... same masked values
+    # A small batch: every criterion in one packed ciphertext (one slot block each).
+    assert len(first["packed_ciphertexts"]) == len(second["packed_ciphertexts"]) == 1
+    assert [c["block"] for c in first["criteria"]] == list(range(len(first["criteria"])))
+    blob_a, blob_b = (base64.b64decode(x["packed_ciphertexts"][0]) for x in (first, second))
+    assert blob_a != blob_b  # re-randomised ciphertexts ...
+    slots = len(ids) * len(first["criteria"])
+    masked_a = client.keys.decrypt_masked(blob_a, slots)
+    assert np.array_equal(masked_a, client.keys.decrypt_masked(blob_b, slots))  # ... same masked values
 
 
 @pytest.mark.parametrize(

@@ -87,7 +87,7 @@ class FakeNodes:
     delay_s: float = 0.0
 
     async def encrypt_all(
-        self, requests: Mapping[str, node_pb2.EncryptRequest], deadline_s: float
+        self, requests: Mapping[str, node_pb2.EncryptRequest], deadline_s: float, public_context: bytes = b""
     ) -> dict[str, node_pb2.EncryptResponse]:
         self.calls.append((dict(requests), deadline_s))
         if self.delay_s:
@@ -99,12 +99,12 @@ class FakeNodes:
             response = node_pb2.EncryptResponse(agency=agency, request_id=request.context.request_id)
             rows = {p: i for i, p in enumerate(SUBJECTS)}
             for query in request.elements:
-                values = [VALUES[query.element][rows[p]] for p in request.pseudonyms]
+                values = [VALUES[query.element][rows[p]] for p in request.pseudonyms] * max(1, request.replicas)
                 element = response.elements.add(element=query.element)
                 if request.mode == node_pb2.EXCHANGE_MODE_PLAINTEXT:
                     element.plain_values.extend(values)
                     continue
-                context = PublicContext.cached(request.public_context)
+                context = PublicContext.cached(request.public_context or public_context)
                 for chunk in chunks(values, SLOTS):
                     blob = context.encrypt(chunk)
                     element.ciphertexts.append(blob)
@@ -226,17 +226,29 @@ def test_plaintext_check_agrees_with_the_oracle_and_logs_every_step(programs: Pr
     assert len(policy.asked) == 1 and policy.asked[0].pseudonyms == SUBJECTS
 
 
+def _signs(keys: Any, outcome: Any, n: int) -> dict[str, list[bool]]:
+    """Per criterion, the requester's decrypted signs (one packed ciphertext or one per criterion)."""
+    if outcome.packed:
+        shared = keys.decrypt_signs(outcome.packed[0], n * len(outcome.criteria))
+        return {v.criterion: list(shared[v.block * n : (v.block + 1) * n]) for v in outcome.criteria}
+    return {v.criterion: list(keys.decrypt_signs(v.ciphertexts[0], n)) for v in outcome.criteria}
+
+
 def test_he_check_masks_and_the_requester_decrypts_the_oracle(programs: ProgramRegistry, requester_keys: Any) -> None:
-    service, _, _, auditor = _service(programs)
+    service, nodes, _, auditor = _service(programs)
     outcome = run(service, _request(mode="he", public_context=requester_keys.public_context))
     expected = oracle(programs.get("dibao"), SUBJECTS)
-    for verdict in outcome.criteria:
-        assert verdict.passes is None and len(verdict.ciphertexts) == 1
-        signs = requester_keys.decrypt_signs(verdict.ciphertexts[0], len(SUBJECTS))
-        assert list(signs) == expected[verdict.criterion], verdict.criterion
-        masked = requester_keys.decrypt_masked(verdict.ciphertexts[0], len(SUBJECTS))
-        assert not set(masked.tolist()) & {0, 1, -1}  # masked: no raw differences leak
+    # A small batch: every criterion in one ciphertext, one slot block each.
+    assert len(outcome.packed) == 1 and [v.block for v in outcome.criteria] == [0, 1, 2]
+    assert all(v.passes is None and not v.ciphertexts for v in outcome.criteria)
+    assert _signs(requester_keys, outcome, len(SUBJECTS)) == expected
+    masked = requester_keys.decrypt_masked(outcome.packed[0], 3 * len(SUBJECTS))
+    assert not set(masked.tolist()) & {0, 1, -1}  # masked: no raw differences leak
     assert auditor.events[-1]["context_sha256"] == PublicContext(requester_keys.public_context).fingerprint
+    # The nodes get the context's fingerprint, never its bytes (the fan-out attaches them on request).
+    [(requests, _)] = nodes.calls
+    ref = PublicContext(requester_keys.public_context).ref
+    assert all(r.context_fingerprint == ref and not r.public_context for r in requests.values())
 
 
 def test_cohort_view_shuffles_subjects_and_uses_a_fresh_epoch(programs: ProgramRegistry, requester_keys: Any) -> None:
@@ -340,7 +352,7 @@ def test_malformed_requests_spend_no_budget(programs: ProgramRegistry) -> None:
     service, nodes, policy, _ = _service(programs, max_subjects=5)
     with pytest.raises(PayloadTooLarge, match="6 subjects exceed the limit of 5"):
         run(service, _request())
-    with pytest.raises(InvalidInput, match="needs the requester's public_context"):
+    with pytest.raises(InvalidInput, match="needs the requester's context_fingerprint"):
         run(service, _request(mode="he", pseudonyms=SUBJECTS[:2]))
     service.allow_plaintext_mode = False
     service.max_subjects = 100

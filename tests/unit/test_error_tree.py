@@ -32,6 +32,7 @@ TABLE: dict[str, tuple[str, int, str]] = {
     "WitnessConflict": ("witness_conflict", 409, "FAILED_PRECONDITION"),
     "ConfigError": ("config_error", 500, "FAILED_PRECONDITION"),
     "NotFound": ("not_found", 404, "NOT_FOUND"),
+    "ContextUnknown": ("context_unknown", 404, "NOT_FOUND"),
     "Unauthenticated": ("unauthenticated", 401, "UNAUTHENTICATED"),
     "PolicyDenied": ("policy_denied", 403, "PERMISSION_DENIED"),
     "BudgetExhausted": ("budget_exhausted", 429, "RESOURCE_EXHAUSTED"),

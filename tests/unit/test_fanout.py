@@ -278,3 +278,32 @@ def test_a_node_with_another_agencys_certificate_is_a_typed_tls_failure(tmp_path
             await server.stop(None)
 
     asyncio.run(scenario())
+
+
+def test_a_node_that_does_not_hold_the_context_gets_its_bytes_once_in_a_resent_request() -> None:
+    import json
+
+    context = b"ctx-bytes"
+    seen: list[tuple[str, bytes]] = []
+
+    async def node(request: node_pb2.EncryptRequest, context_: grpc.aio.ServicerContext) -> Any:
+        seen.append((request.context_fingerprint, request.public_context))
+        if not request.public_context:
+            body = {"error": "context_unknown", "message": "send its bytes"}
+            await context_.abort(grpc.StatusCode.NOT_FOUND, json.dumps(body))
+        return answer("tax", request)
+
+    async def scenario() -> None:
+        async with aio_nodes({"tax": node}) as directory:
+            requests = requests_for("tax")
+            requests["tax"].context_fingerprint = "sha256:" + "ab" * 32
+            answers = await directory.encrypt_all(requests, deadline_s=5, public_context=context)
+            assert answers["tax"].agency == "tax"
+            assert requests["tax"].public_context == context  # the request the node answered
+            # Without bytes to send, context_unknown is the node's error, named.
+            bare = requests_for("tax")
+            with pytest.raises(NodeProtocolError, match="tax"):
+                await directory.encrypt_all(bare, deadline_s=5)
+
+    asyncio.run(scenario())
+    assert seen[:2] == [("sha256:" + "ab" * 32, b""), ("sha256:" + "ab" * 32, context)]

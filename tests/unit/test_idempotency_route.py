@@ -131,7 +131,9 @@ def test_the_same_key_with_another_body_is_refused_and_not_run(env: Env) -> None
 def test_a_key_still_running_elsewhere_is_refused_409_with_retry_after(env: Env) -> None:
     client, service, store, _ = env
     # Another replica (same shared store) claimed this key and is still computing.
-    digest = request_digest(ROUTE, {**BODY, "consent_ref": "", "approval_ref": "", "public_context": ""})
+    digest = request_digest(
+        ROUTE, {**BODY, "consent_ref": "", "approval_ref": "", "context_fingerprint": "", "public_context": ""}
+    )
     claim = store.begin("civil_affairs/cw-001", KEY, digest)
     assert isinstance(claim, Claim)
     r = _post(client)

@@ -271,3 +271,61 @@ def test_health_and_describe_report_without_values() -> None:
     described = node.describe()
     assert sorted(e.id for e in described.elements) == [INCOME, BUSINESSES]
     assert described.he_params_id == HE_PARAMS_ID and store.reads == []
+
+
+def test_a_context_named_by_fingerprint_alone_is_asked_for_until_its_bytes_came(requester_keys: Any) -> None:
+    from crypto.he import RequesterKeys, context_fingerprint
+    from xgate.errors import ContextUnknown
+
+    node, store, audit = _node()
+    fresh = RequesterKeys.generate()  # in no process cache yet
+    ref = context_fingerprint(fresh.public_context)
+    by_name = _request(mode=node_pb2.EXCHANGE_MODE_HE)
+    by_name.context_fingerprint = ref
+    with pytest.raises(ContextUnknown) as info:
+        node.encrypt_values(by_name)
+    assert info.value.grpc_status == "NOT_FOUND" and info.value.details["context_fingerprint"] == ref
+    assert store.reads == [] and audit.events == []
+    with_bytes = _request(mode=node_pb2.EXCHANGE_MODE_HE, public_context=fresh.public_context)
+    with_bytes.context_fingerprint = ref
+    node.encrypt_values(with_bytes)
+    answer = node.encrypt_values(by_name)  # cached by fingerprint now
+    assert fresh.decrypt_masked(answer.elements[0].ciphertexts[0], len(SUBJECTS)).tolist()[:2] == [0, 500]
+
+
+def test_bytes_that_do_not_match_their_fingerprint_are_refused(requester_keys: Any) -> None:
+    """Context substitution: the bytes sent must hash to the fingerprint the check names."""
+    from crypto.he import RequesterKeys, context_fingerprint
+
+    node, store, audit = _node()
+    request = _request(mode=node_pb2.EXCHANGE_MODE_HE, public_context=RequesterKeys.generate().public_context)
+    request.context_fingerprint = context_fingerprint(requester_keys.public_context)
+    with pytest.raises(CryptoError, match="does not match its context_fingerprint"):
+        node.encrypt_values(request)
+    assert store.reads == [] and audit.events == []
+
+
+def test_he_mode_without_any_context_is_refused() -> None:
+    node, store, audit = _node()
+    with pytest.raises(InvalidInput, match="public_context or its context_fingerprint"):
+        node.encrypt_values(_request(mode=node_pb2.EXCHANGE_MODE_HE))
+    assert store.reads == [] and audit.events == []
+
+
+def test_replicas_repeat_each_subjects_values_in_one_ciphertext(requester_keys: Any) -> None:
+    node, _, _ = _node()
+    request = _request(mode=node_pb2.EXCHANGE_MODE_HE, public_context=requester_keys.public_context)
+    request.replicas = 3
+    [element] = node.encrypt_values(request).elements
+    assert len(element.ciphertexts) == 1
+    values = requester_keys.decrypt_masked(element.ciphertexts[0], 3 * len(SUBJECTS)).tolist()
+    assert values == [0, 500, 1000, 1500, 2000] * 3
+
+
+def test_replicas_beyond_the_slots_are_refused_before_any_read(requester_keys: Any) -> None:
+    node, store, audit = _node()
+    request = _request(mode=node_pb2.EXCHANGE_MODE_HE, public_context=requester_keys.public_context)
+    request.replicas = SLOTS
+    with pytest.raises(InvalidInput, match="replicas"):
+        node.encrypt_values(request)
+    assert store.reads == [] and audit.events == []

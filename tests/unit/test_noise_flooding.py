@@ -39,11 +39,15 @@ def _two_inputs(seed: int) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndar
 
 
 def test_without_flooding_the_noise_tells_the_masks_apart(requester_keys, public_context):
-    """The attack the flood stops: the secret-key holder reads r's size off the noise budget."""
+    """The attack the flood stops: the secret-key holder reads r's size off the noise budget.
+
+    Results leave one modulus level down (PublicContext.switched), which caps the budget of a
+    result masked with r = 1 at ~54 bits: the gap to a large-r result shrinks from ~50 bits to ~3,
+    but it is the same in every sample, so it still tells the masks apart without the flood."""
     small, large = _two_inputs(1)
     a = [_budget(requester_keys, _masked(public_context, *small, flood=False)) for _ in range(4)]
     b = [_budget(requester_keys, _masked(public_context, *large, flood=False)) for _ in range(4)]
-    assert min(a) - max(b) >= 20
+    assert min(a) - max(b) >= 2
 
 
 def test_with_flooding_the_noise_budget_does_not_depend_on_inputs_or_masks(requester_keys, public_context):

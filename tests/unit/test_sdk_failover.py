@@ -220,3 +220,50 @@ def _closed_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def test_an_he_check_names_its_context_by_fingerprint_and_registers_it_once_on_context_unknown(
+    requester_keys: Any,
+) -> None:
+    import json
+
+    from crypto.he import context_fingerprint
+
+    ref = context_fingerprint(requester_keys.public_context)
+    bodies: list[tuple[str, dict[str, Any]]] = []
+
+    def record(step: Script) -> Script:
+        def wrapped(request: httpx.Request) -> httpx.Response:
+            bodies.append((request.url.path, json.loads(request.content)))
+            return step(request)
+
+        return wrapped
+
+    def registered(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, json={"fingerprint": ref, "expires_at": 1.0, "bytes": 1})
+
+    def plain(request: httpx.Request) -> httpx.Response:  # the HE answer's shape is not under test here
+        return answer(request)
+
+    gw = Gateways(a=[record(lambda r: refusal(404, "context_unknown")), record(registered), record(plain),
+                     record(plain)])  # fmt: skip
+    with gw.client(A, keys=requester_keys) as client:
+        client.check("dibao", [ALICE], "eligibility", "reg:1", "case-1")
+        client.check("dibao", [ALICE], "eligibility", "reg:1", "case-2")
+        assert client.context_registrations == 1
+    paths = [p for p, _ in bodies]
+    assert paths == ["/v1/checks", "/v1/contexts", "/v1/checks", "/v1/checks"]
+    checks = [b for p, b in bodies if p == "/v1/checks"]
+    assert all(b["context_fingerprint"] == ref and "public_context" not in b for b in checks)
+    assert gw.seen[0][1] == gw.seen[2][1]  # the resent check keeps its Idempotency-Key
+
+
+def test_a_context_registered_under_another_fingerprint_is_refused(requester_keys: Any) -> None:
+    from xgate.errors import CryptoError
+
+    def wrong(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, json={"fingerprint": "sha256:" + "0" * 64, "expires_at": 1.0})
+
+    gw = Gateways(a=[wrong])
+    with gw.client(A, keys=requester_keys) as client, pytest.raises(CryptoError, match="another fingerprint"):
+        client.register_context()

@@ -133,13 +133,15 @@ class ElementQuery(_message.Message):
     def __init__(self, element: _Optional[str] = ..., if_missing: _Optional[int] = ...) -> None: ...
 
 class EncryptRequest(_message.Message):
-    __slots__ = ("context", "mode", "pseudonyms", "elements", "public_context", "he_params_id", "envelope")
+    __slots__ = ("context", "mode", "pseudonyms", "elements", "public_context", "he_params_id", "context_fingerprint", "replicas", "envelope")
     CONTEXT_FIELD_NUMBER: _ClassVar[int]
     MODE_FIELD_NUMBER: _ClassVar[int]
     PSEUDONYMS_FIELD_NUMBER: _ClassVar[int]
     ELEMENTS_FIELD_NUMBER: _ClassVar[int]
     PUBLIC_CONTEXT_FIELD_NUMBER: _ClassVar[int]
     HE_PARAMS_ID_FIELD_NUMBER: _ClassVar[int]
+    CONTEXT_FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
+    REPLICAS_FIELD_NUMBER: _ClassVar[int]
     ENVELOPE_FIELD_NUMBER: _ClassVar[int]
     context: RequestContext
     mode: ExchangeMode
@@ -147,8 +149,10 @@ class EncryptRequest(_message.Message):
     elements: _containers.RepeatedCompositeFieldContainer[ElementQuery]
     public_context: bytes
     he_params_id: str
+    context_fingerprint: str
+    replicas: int
     envelope: Envelope
-    def __init__(self, context: _Optional[_Union[RequestContext, _Mapping]] = ..., mode: _Optional[_Union[ExchangeMode, str]] = ..., pseudonyms: _Optional[_Iterable[str]] = ..., elements: _Optional[_Iterable[_Union[ElementQuery, _Mapping]]] = ..., public_context: _Optional[bytes] = ..., he_params_id: _Optional[str] = ..., envelope: _Optional[_Union[Envelope, _Mapping]] = ...) -> None: ...
+    def __init__(self, context: _Optional[_Union[RequestContext, _Mapping]] = ..., mode: _Optional[_Union[ExchangeMode, str]] = ..., pseudonyms: _Optional[_Iterable[str]] = ..., elements: _Optional[_Iterable[_Union[ElementQuery, _Mapping]]] = ..., public_context: _Optional[bytes] = ..., he_params_id: _Optional[str] = ..., context_fingerprint: _Optional[str] = ..., replicas: _Optional[int] = ..., envelope: _Optional[_Union[Envelope, _Mapping]] = ...) -> None: ...
 
 class ElementValues(_message.Message):
     __slots__ = ("element", "ciphertexts", "plain_values", "ciphertext_sha256")
