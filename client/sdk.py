@@ -296,17 +296,19 @@ class GatewayClient:
             payload["context_fingerprint"] = context_fingerprint(self.keys.public_context)
         # One key for this check and all its retries: the gateways answer it once.
         key = {"Idempotency-Key": str(uuid.uuid4())}
+        earlier = 0  # check requests sent before the context was registered
         try:
             body, size = self._call("POST", "/v1/checks", json=payload, headers=key)
         except GatewayError as exc:
             if mode != "he" or exc.code != "context_unknown":
                 raise
-            extra = self.last_request_bytes
+            extra, earlier = self.last_request_bytes, self.last_attempts
             _, registered = self.register_context()
             body, size = self._call("POST", "/v1/checks", json=payload, headers=key)
             extra += registered
         result = self._decode(body, list(subjects), size + extra)
-        result.gateway, result.attempts, result.replayed = self.url, self.last_attempts, self.last_replayed
+        result.gateway, result.replayed = self.url, self.last_replayed
+        result.attempts = earlier + self.last_attempts
         return result
 
     # -- federated training --------------------------------------------------------------------

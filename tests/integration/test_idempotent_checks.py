@@ -128,9 +128,12 @@ def test_the_sdk_given_a_dead_gateway_first_completes_on_the_second(federation, 
     ids = read_subjects(federation.applicants)[104:108]
     dead = f"https://127.0.0.1:{_closed_port()}"
     pseudo = Pseudonymiser(load_key(federation.pseudonym_key))
+    keys = RequesterKeys.generate()
+    with GatewayClient(gateway, federation.api_keys["caseworker"], pseudo, keys, verify=str(federation.ca_cert)) as c:
+        c.register_context()  # registered beforehand: the check below is one request per gateway tried
     computed = _results(federation, gateway)
     with GatewayClient(
-        [dead, gateway], federation.api_keys["caseworker"], pseudo, verify=str(federation.ca_cert), backoff_s=0.05
+        [dead, gateway], federation.api_keys["caseworker"], pseudo, keys, verify=str(federation.ca_cert), backoff_s=0.05
     ) as client:
         result = client.check(
             "dibao", ids, "dibao", LEGAL_BASIS["dibao"], "case-failover", approval_ref=DEV_APPROVAL_REF

@@ -248,9 +248,10 @@ def test_an_he_check_names_its_context_by_fingerprint_and_registers_it_once_on_c
     gw = Gateways(a=[record(lambda r: refusal(404, "context_unknown")), record(registered), record(plain),
                      record(plain)])  # fmt: skip
     with gw.client(A, keys=requester_keys) as client:
-        client.check("dibao", [ALICE], "eligibility", "reg:1", "case-1")
-        client.check("dibao", [ALICE], "eligibility", "reg:1", "case-2")
+        first = client.check("dibao", [ALICE], "eligibility", "reg:1", "case-1")
+        second = client.check("dibao", [ALICE], "eligibility", "reg:1", "case-2")
         assert client.context_registrations == 1
+        assert (first.attempts, second.attempts) == (2, 1)  # the check requests each one sent
     paths = [p for p, _ in bodies]
     assert paths == ["/v1/checks", "/v1/contexts", "/v1/checks", "/v1/checks"]
     checks = [b for p, b in bodies if p == "/v1/checks"]
