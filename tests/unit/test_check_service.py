@@ -265,6 +265,8 @@ def test_cohort_view_shuffles_subjects_and_uses_a_fresh_epoch(programs: ProgramR
         assert asked == sorted(t.element for t in criterion.terms)
         for request in requests.values():
             assert list(request.pseudonyms) == list(reversed(SUBJECTS))  # the order only the gateway knows
+            assert request.replicas == 0  # never packed: a shared ciphertext would line a person's criteria up
+    assert not outcome.packed
     expected = oracle(dibao, tuple(reversed(SUBJECTS)))
     for verdict in outcome.criteria:
         signs = requester_keys.decrypt_signs(verdict.ciphertexts[0], len(SUBJECTS))
