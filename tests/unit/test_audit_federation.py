@@ -200,3 +200,25 @@ def test_a_node_witnesses_each_replica_log_under_its_own_state(tmp_path: Path) -
         note = log.publish_checkpoint().text().encode()
     with pytest.raises(XgateError):
         node.cosign(node_pb2.CosignRequest(checkpoint=note, old_size=4))
+
+
+def test_replicated_mode_with_an_audit_log_needs_a_replica_name(tmp_path: Path) -> None:
+    from pydantic import ValidationError
+
+    from gateway.config import GatewaySettings
+
+    base = {"mask_key_file": tmp_path / "mask.key", "database": "postgresql://db/x", "audit_db": tmp_path / "a.sqlite"}
+    with pytest.raises(ValidationError, match=r"needs \[gateway\] replica"):
+        GatewaySettings(**base)
+    assert GatewaySettings(**base, replica="a").replica == "a"
+    with pytest.raises(ValidationError, match="replica"):
+        GatewaySettings(**base, replica="A b")  # a name goes into the log's origin: refused, not escaped
+
+
+def test_verify_federation_refuses_a_malformed_log_argument(federation: Any, tmp_path: Path) -> None:
+    from audit.cli import app
+
+    manifest, _ = federation
+    (tmp_path / "m.json").write_text(json.dumps(manifest_document(manifest)))
+    result = CliRunner().invoke(app, ["verify-federation", "--manifest", str(tmp_path / "m.json"), "--log", "a.sqlite"])
+    assert result.exit_code != 0 and "--log must be AUDIT_DB=PUBKEY.pem" in result.output
