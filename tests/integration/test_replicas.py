@@ -1,8 +1,8 @@
 """Two gateway processes on one PostgreSQL database, over real processes (issue 18).
 
-The replicas share the worker's five nodes; their budgets, consents and rate limits live in a
-PostgreSQL cluster of this test's own (tests/postgres.py `own_server`), so the test can take the
-database away and bring it back without disturbing the machine's server:
+The replicas share the worker's five nodes; their budgets, consents, rate limits and registered
+HE contexts live in a PostgreSQL cluster of this test's own (tests/postgres.py `own_server`), so
+the test can take the database away and bring it back without disturbing the machine's server:
 
 * a replica refuses to start on a schema that `xgate gateway migrate` has not brought up to date;
 * the same subjects raced through both replicas are never charged past the probing budget;
@@ -10,6 +10,7 @@ database away and bring it back without disturbing the machine's server:
   or a 500) and they recover by themselves once it is back;
 * one replica killed: the other keeps answering;
 * a user added once (`xgate pki add-user --database`) is known to both replicas, and disabled on both;
+* an HE context registered through one replica serves checks through the other;
 * the federation's audit log (one log per replica, audit/federation.py): the officer's
   verification covers entries from both replicas and verifies; an altered entry in either
   replica's log, or a replica's log left out, fails it; with one replica killed under load, the
@@ -244,6 +245,27 @@ def test_a_user_added_once_is_known_to_every_replica(
     assert disabled.returncode == 0 and "disabled 1 key(s)" in disabled.stdout
     time.sleep(2.5)  # a replica keeps an answer for two seconds
     assert [whoami(url).status_code for url in replicas.values()] == [401, 401]
+
+
+def test_a_context_registered_through_one_replica_serves_checks_through_the_other(
+    federation: DevFederation, replicas: dict[str, str]
+) -> None:
+    from crypto.he import RequesterKeys
+
+    keys = RequesterKeys.generate()
+    pseudo = Pseudonymiser(load_key(federation.pseudonym_key))
+    with GatewayClient(replicas["a"], federation.api_keys["caseworker"], pseudo, keys,
+                       verify=str(federation.ca_cert)) as first:  # fmt: skip
+        fingerprint, _ = first.register_context()
+    headers = {"Authorization": f"Bearer {federation.api_keys['caseworker']}"}
+    found = httpx.get(f"{replicas['b']}/v1/contexts/{fingerprint}", headers=headers,
+                      verify=str(federation.ca_cert), timeout=10)  # fmt: skip
+    assert found.status_code == 200 and found.json()["fingerprint"] == fingerprint, found.text
+    with GatewayClient(replicas["b"], federation.api_keys["caseworker"], pseudo, keys,
+                       verify=str(federation.ca_cert)) as second:  # fmt: skip
+        result = second.check("dibao", read_subjects(federation.applicants)[288:289], "dibao", DIBAO,
+                              "case-ctx-replica", approval_ref=DEV_APPROVAL_REF)  # fmt: skip
+        assert second.context_registrations == 0 and len(result.rows()) == 1
 
 
 @pytest.mark.timeout(600)  # the cut-off check's claim is abandoned only after a check's longest run
