@@ -169,8 +169,14 @@ def _submit_through_gateway(
     except XgateError as exc:
         _fail(exc.message)
     if wait:
-        ev = final.get("evaluation") or {}
-        typer.echo(f"job {final.get('job_id')} completed: AUC {ev.get('auc', float('nan')):.4f}")
+        typer.echo(f"job {final.get('job_id')} completed: AUC {_auc_text((final.get('evaluation') or {}).get('auc'))}")
+
+
+def _auc_text(auc: object) -> str:
+    """The AUC as reported; the REST answer carries null when it is undefined (NaN at the gateway)."""
+    if isinstance(auc, int | float) and auc == auc:  # not NaN
+        return f"{auc:.4f}"
+    return "n/a (the held-out rows hold one class only)"
 
 
 def _run_with_progress(spec: Any, specs: list[NodeSpec], job_dir: Path, **transport: Any) -> Any:

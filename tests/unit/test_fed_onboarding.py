@@ -185,3 +185,12 @@ def test_submit_accepts_a_refused_job_id_again_but_not_a_completed_one(fed: Path
     status.write_text(json.dumps({"state": "refused"}))
     res = _invoke(*args)  # accepted for a new decision (which fails here: the nodes' stores do not exist)
     assert res.exit_code == 1 and "already exists" not in res.output and "does not exist" in res.output
+
+
+def test_submit_through_a_gateway_reports_an_undefined_auc_without_a_traceback() -> None:
+    """A held-out split with one class only has no AUC: the gateway answers null (NaN), which
+    `train submit --gateway` printed as a TypeError traceback."""
+    from app.train_cli import _auc_text
+
+    assert _auc_text(0.85436) == "0.8544"
+    assert _auc_text(None) == _auc_text(float("nan")) == "n/a (the held-out rows hold one class only)"
