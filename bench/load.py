@@ -128,12 +128,12 @@ def federation(
         )
 
 
-def register_context(fed: DevFederation, keys: RequesterKeys) -> str:
+def register_context(fed: DevFederation, keys: RequesterKeys, url: str | None = None) -> str:
     """POST /v1/contexts once for the load clients' key; their checks name the fingerprint."""
     data = {"public_context": base64.b64encode(keys.public_context).decode()}
     headers = {"Authorization": f"Bearer {fed.api_keys['caseworker']}"}
     tls = ssl.create_default_context(cafile=str(fed.ca_cert))
-    answer = httpx.post(f"{fed.gateway_url}/v1/contexts", json=data, headers=headers, verify=tls, timeout=60)
+    answer = httpx.post(f"{url or fed.gateway_url}/v1/contexts", json=data, headers=headers, verify=tls, timeout=60)
     answer.raise_for_status()
     return str(answer.json()["fingerprint"])
 
@@ -382,6 +382,9 @@ def start_replicas(running: Running, database_url: str, n: int = 2) -> Running:
         timeout=120,
     )
     urls = [start_gateway(running.fed, supervisor, config_path=c, name=f"replica-{k}") for k, c in enumerate(configs)]
+    # The replicas' shared database starts empty (start_gateway registered the dev approval): the
+    # clients' context is registered once, through one replica, as a client would (same fingerprint).
+    register_context(running.fed, running.keys, urls[0])
     pids = [c.process.pid for c in supervisor.children if c.name.startswith("replica-")]
     return Running(running.fed, urls[0], pids[0], running.keys, running.body, supervisor, urls, pids)
 

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
@@ -21,6 +22,8 @@ from gateway.services import Services
 from xgate import __version__
 from xgate.errors import AuditLogCompromised, XgateError, http_headers
 from xgate.logging import get_logger
+
+THREAD_POOL_SIZE = 32  # the checks in flight (admission caps them) plus room for short store calls
 
 log = get_logger("xgate.gateway")
 
@@ -68,6 +71,12 @@ def _lifespan(
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        # asyncio.to_thread's default pool has cpu_count + 4 threads (6 here): the HE combine of
+        # the checks in flight would take them all and queue every short store call (idempotency
+        # claim, policy decision, budget commit, audit) behind the long ones.
+        # (The loop shuts its default executor down when it closes.)
+        pool = ThreadPoolExecutor(max_workers=THREAD_POOL_SIZE, thread_name_prefix="xgate-gw")
+        asyncio.get_running_loop().set_default_executor(pool)
         loop_task = None
         if audit is not None:
             if coordinator is not None:  # before appending anything: the log as found, against

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Awaitable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -56,12 +58,22 @@ class RestAuthenticator:
     a key's owner keeps working while someone hammers their key id or their ingress.
     """
 
-    def __init__(self, authenticator: Authenticator, limiter: Limiter, failures: Limiter | None = None) -> None:
+    def __init__(
+        self, authenticator: Authenticator, limiter: Limiter, failures: Limiter | None = None, *, offload: bool = False
+    ) -> None:
         self.authenticator = authenticator
         self.limiter = limiter
         self.failures: Limiter = failures or RateLimiter(rate_per_s=1.0, burst=20)
+        # Replicas look users and buckets up in PostgreSQL: that round trip must not stall the
+        # event loop every other request (and every refusal) is waiting on.
+        self.offload = offload
 
-    def __call__(self, request: Request) -> Principal:
+    def __call__(self, request: Request) -> Principal | Awaitable[Principal]:
+        if self.offload:
+            return asyncio.to_thread(self.authenticate, request)
+        return self.authenticate(request)
+
+    def authenticate(self, request: Request) -> Principal:
         try:
             principal = self.authenticator.authenticate(request.headers)
         except Unauthenticated:
@@ -206,6 +218,7 @@ def authenticator_for(config: GatewayConfig) -> RestAuthenticator:
             SharedRateLimiter(
                 shared, rate_per_s=settings.failed_auth_per_s, burst=settings.failed_auth_burst, namespace="failed-auth"
             ),
+            offload=True,
         )
     return RestAuthenticator(
         Authenticator(settings.users_file),

@@ -196,3 +196,37 @@ def test_ensure_available_checks_without_consuming() -> None:
     assert info.value.details["retry_after_s"] == 1.0
     clock[0] = 1.0
     rl.ensure_available("a")
+
+
+def test_rest_authenticator_offloads_store_lookups_from_the_event_loop(users: tuple[Path, str]) -> None:
+    """Replicas (users and buckets in PostgreSQL) authenticate in a worker thread, never on the loop."""
+    import asyncio
+    import threading
+    from types import SimpleNamespace
+
+    from gateway.ratelimit import RateLimiter
+    from gateway.wiring import RestAuthenticator
+
+    seen: list[str] = []
+
+    class Recording(RateLimiter):
+        def acquire(self, user: str, cost: float = 1.0, tier: str | None = None) -> None:
+            seen.append(threading.current_thread().name)
+            super().acquire(user, cost, tier=tier)
+
+    request = SimpleNamespace(headers={"Authorization": f"Bearer {users[1]}"}, client=None)
+    inline = RestAuthenticator(Authenticator(users[0]), Recording(rate_per_s=10, burst=10))
+    offloaded = RestAuthenticator(Authenticator(users[0]), Recording(rate_per_s=10, burst=10), offload=True)
+
+    async def call(auth: RestAuthenticator) -> str:
+        result = auth(request)  # type: ignore[arg-type]
+        who = await result if asyncio.iscoroutine(result) else result
+        return who.user  # type: ignore[union-attr]
+
+    async def both() -> tuple[str, str]:
+        return await call(inline), await call(offloaded)
+
+    inline_user, offloaded_user = asyncio.run(both())
+    assert inline_user == offloaded_user != ""
+    loop_thread = threading.current_thread().name
+    assert seen[0] == loop_thread and seen[1] != loop_thread
