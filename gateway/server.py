@@ -160,7 +160,7 @@ def build_app(config: GatewayConfig, on_ready: Callable[[], None] | None = None)
         crl=config.tls.crl if config.tls else None,
         gateway_cert=config.tls.cert if config.tls else None,
         jobs_dir=training.jobs_dir,
-        privacy_ledger=training.ledger.path,
+        privacy_ledger=training.ledger,
         idempotency=idempotency_for(config),
         contexts=contexts_for(config),
     )

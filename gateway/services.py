@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from gateway.idempotency import IdempotencyStore
     from gateway.training_service import TrainingService
     from policies.approvals import ApprovalRegistry
+    from policies.budgets import PrivacyLedger
     from policies.consent import ConsentRegistry
 
 Authenticate = Callable[[Request], Principal | Awaitable[Principal]]
@@ -64,7 +65,7 @@ class Services:
     crl: Path | None = None  # the CRL in force (/readyz: fresh?)
     gateway_cert: Path | None = None
     jobs_dir: Path | None = None
-    privacy_ledger: Path | None = None
+    privacy_ledger: PrivacyLedger | Path | None = None  # the gateway's ε ledger (or its SQLite file)
     alert_config: AlertConfig = field(default_factory=AlertConfig)
     alert_scan_limit: int = 20_000
     contacts: ContactLog = field(default_factory=ContactLog)

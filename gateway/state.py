@@ -23,13 +23,14 @@ from gateway.ratelimit import RATE_LIMIT_MIGRATIONS
 from gateway.training_jobs import TRAINING_JOB_MIGRATIONS
 from gateway.user_store import USER_MIGRATIONS
 from policies.approvals import APPROVAL_MIGRATIONS
-from policies.budgets import BUDGET_MIGRATIONS, COHORT_PRIVACY_MIGRATIONS
+from policies.budgets import BUDGET_MIGRATIONS, COHORT_PRIVACY_MIGRATIONS, PRIVACY_LEDGER_MIGRATIONS
 from policies.consent import CONSENT_MIGRATIONS
 from xgate.db import Migration, PostgresDatabase, migrate
 
 GATEWAY_MIGRATIONS: tuple[Migration, ...] = (
     *BUDGET_MIGRATIONS,
     *COHORT_PRIVACY_MIGRATIONS,
+    *PRIVACY_LEDGER_MIGRATIONS,
     *CONSENT_MIGRATIONS,
     *APPROVAL_MIGRATIONS,
     *RATE_LIMIT_MIGRATIONS,

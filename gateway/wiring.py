@@ -164,7 +164,8 @@ def state_dir_of(config: GatewayConfig) -> Path:
 def training_for(config: GatewayConfig, policy: CheckAuthorizer, audit_log: Any) -> TrainingService:
     """POST /v1/training/jobs: the gateway's `train` decision, its ε ledger and the job runner.
 
-    Jobs run in <state_dir>/jobs and ε spends in <state_dir>/privacy.sqlite: where the console's
+    Jobs run in <state_dir>/jobs and ε spends in <state_dir>/privacy.sqlite (replicas: the shared
+    database): where the console's
     Training page reads them; each job's record (id, decision, summary) is also in the state store
     (gateway/training_jobs.py), shared by every replica in replicated mode. Without a [training]
     section the endpoint answers 503. With `superlink_port` set (remote mode) the gateway runs a
@@ -186,7 +187,8 @@ def training_for(config: GatewayConfig, policy: CheckAuthorizer, audit_log: Any)
             nodes.append(TrainingNode(n.agency, n.store, n.ledger, n.holdout, n.policy_dir))
     return TrainingService(
         policy=policy,
-        ledger=PrivacyLedger(state / "privacy.sqlite"),
+        # Replicas charge one ledger: a dataset's ε cap holds across them, not per replica.
+        ledger=PrivacyLedger(shared_database(config) or state / "privacy.sqlite"),
         jobs_dir=(training.jobs_dir if training and training.jobs_dir else state / "jobs"),
         nodes=nodes,
         audit_log=audit_log,

@@ -27,7 +27,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from policies.sqlite_tx import immediate, init_db
 from policies.types import BudgetRule, EpsilonReceipt
 from xgate.db import Database, Migration, SqliteDatabase, Tx, migrate, require_current
 from xgate.errors import BudgetExhausted, InvalidInput, StoreUnavailable
@@ -348,19 +347,45 @@ class LedgerEntry:
 _EPS_TOLERANCE = 1e-9
 
 
-class PrivacyLedger:
-    """Total differential-privacy ε spent per dataset across training jobs."""
+_SPENDS_DDL = """
+    CREATE TABLE IF NOT EXISTS spends (
+        dataset TEXT NOT NULL, job_id TEXT NOT NULL, epsilon {real} NOT NULL, at TEXT NOT NULL,
+        PRIMARY KEY (dataset, job_id));
+"""
+# PostgreSQL's REAL is 4 bytes: an ε sum near a cap must not lose precision there.
+PRIVACY_LEDGER_MIGRATIONS = (
+    Migration(
+        "privacy_ledger",
+        1,
+        sqlite=_SPENDS_DDL.format(real="REAL"),
+        postgresql=_SPENDS_DDL.format(real="DOUBLE PRECISION"),
+    ),
+)
 
-    def __init__(self, path: Path | str) -> None:
-        self.path = Path(path)
-        init_db(
-            self.path,
-            """
-            CREATE TABLE IF NOT EXISTS spends (
-                dataset TEXT NOT NULL, job_id TEXT NOT NULL, epsilon REAL NOT NULL, at TEXT NOT NULL,
-                PRIMARY KEY (dataset, job_id));
-            """,
-        )
+
+@dataclass(frozen=True)
+class Spend:
+    dataset: str
+    job_id: str
+    epsilon: float
+    at: str
+
+
+class PrivacyLedger:
+    """Total differential-privacy ε spent per dataset across training jobs: a SQLite file (a node's
+    ledger, the embedded gateway) or the replicas' shared database, where every replica charges
+    the same totals (a dataset's cap holds across replicas, not per replica)."""
+
+    def __init__(self, store: Path | str | Database) -> None:
+        self.db: Database
+        self.path: Path | None = None
+        if isinstance(store, (str, Path)):
+            self.path = Path(store)
+            self.db = SqliteDatabase(self.path)
+            migrate(self.db, PRIVACY_LEDGER_MIGRATIONS)
+        else:
+            self.db = store
+            require_current(self.db, PRIVACY_LEDGER_MIGRATIONS)
 
     def spend(self, dataset: str, job_id: str, epsilon: float, cap: float) -> LedgerEntry:
         return self.spend_all(job_id, [(dataset, epsilon, cap)])[0]
@@ -380,18 +405,17 @@ class PrivacyLedger:
             if not (math.isfinite(cap) and cap > 0):
                 raise InvalidInput("cap must be a positive finite number")
         entries = []
-        with immediate(self.path) as conn:  # raising rolls back every charge of this job
+        # Locked per dataset: two replicas charging one dataset serialise; raising rolls back every charge.
+        with self.db.transaction(lock=[f"privacy/{c[0]}" for c in charges]) as tx:
             for dataset, epsilon, cap in charges:
-                entries.append(self._charge(conn, dataset, job_id, epsilon, cap))
+                entries.append(self._charge(tx, dataset, job_id, epsilon, cap))
         return entries
 
     @staticmethod
-    def _charge(conn: sqlite3.Connection, dataset: str, job_id: str, epsilon: float, cap: float) -> LedgerEntry:
-        prior = conn.execute(
-            "SELECT epsilon FROM spends WHERE dataset = ? AND job_id = ?", (dataset, job_id)
-        ).fetchone()
+    def _charge(tx: Tx, dataset: str, job_id: str, epsilon: float, cap: float) -> LedgerEntry:
+        prior = tx.execute("SELECT epsilon FROM spends WHERE dataset = ? AND job_id = ?", (dataset, job_id)).fetchone()
         total = float(
-            conn.execute("SELECT COALESCE(SUM(epsilon), 0) FROM spends WHERE dataset = ?", (dataset,)).fetchone()[0]
+            tx.execute("SELECT COALESCE(SUM(epsilon), 0) FROM spends WHERE dataset = ?", (dataset,)).fetchone()[0]
         )
         if prior is not None:
             if abs(float(prior[0]) - epsilon) > _EPS_TOLERANCE:
@@ -406,19 +430,22 @@ class PrivacyLedger:
                 requested=epsilon,
                 resets_at=None,  # a privacy budget never resets
             )
-        conn.execute(
+        tx.execute(
             "INSERT INTO spends (dataset, job_id, epsilon, at) VALUES (?, ?, ?, ?)",
             (dataset, job_id, epsilon, datetime.now(UTC).isoformat(timespec="seconds")),
         )
         return LedgerEntry(dataset, job_id, epsilon, total + epsilon, cap, replayed=False)
 
     def spent(self, dataset: str) -> float:
-        conn = sqlite3.connect(self.path, timeout=30.0)
-        try:
-            row = conn.execute("SELECT COALESCE(SUM(epsilon), 0) FROM spends WHERE dataset = ?", (dataset,)).fetchone()
-        finally:
-            conn.close()
+        with self.db.read() as tx:
+            row = tx.execute("SELECT COALESCE(SUM(epsilon), 0) FROM spends WHERE dataset = ?", (dataset,)).fetchone()
         return float(row[0])
+
+    def spends(self) -> list[Spend]:
+        """Every charge, oldest first (the console's Training page)."""
+        with self.db.read() as tx:
+            rows = tx.execute("SELECT dataset, job_id, epsilon, at FROM spends ORDER BY at, dataset, job_id").fetchall()
+        return [Spend(str(d), str(j), float(e), str(a)) for d, j, e, a in rows]
 
 
 COHORT_PRIVACY_MIGRATIONS = (

@@ -13,8 +13,9 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
+from policies.budgets import PrivacyLedger
 from policies.loader import DatasetsFile
-from xgate.errors import ConfigError, NotFound
+from xgate.errors import ConfigError, NotFound, StoreUnavailable
 from xgate.tomlfile import load_model
 
 JOB_ID = re.compile(r"^[a-z0-9][a-z0-9_\-]{2,63}$")
@@ -123,24 +124,34 @@ def job_detail(jobs_dir: Path | None, job_id: str) -> dict[str, Any]:
     return job_summary(job_dir) | {"events": events[-300:]}
 
 
-def privacy_budgets(policy_dir: Path, ledger: Path | None) -> list[dict[str, Any]]:
+def _spends(ledger: PrivacyLedger | Path | None) -> list[tuple[str, str, float, str]]:
+    """The ledger's charges; a ledger file not there yet, or unreadable, shows none."""
+    if isinstance(ledger, PrivacyLedger):
+        try:
+            return [(s.dataset, s.job_id, s.epsilon, s.at) for s in ledger.spends()]
+        except StoreUnavailable:
+            return []
+    if ledger is None or not ledger.exists():
+        return []
+    conn = sqlite3.connect(f"file:{ledger}?mode=ro", uri=True, timeout=5)
+    try:
+        rows = conn.execute("SELECT dataset, job_id, epsilon, at FROM spends ORDER BY at").fetchall()
+        return [(str(d), str(j), float(e), str(a)) for d, j, e, a in rows]
+    except sqlite3.Error:
+        return []
+    finally:
+        conn.close()
+
+
+def privacy_budgets(policy_dir: Path, ledger: PrivacyLedger | Path | None) -> list[dict[str, Any]]:
     """Per registered dataset: ε cap (policies/datasets.toml), ε spent and by which jobs (ledger)."""
     try:
         datasets = load_model(policy_dir / "datasets.toml", DatasetsFile, "datasets")[0].datasets
     except ConfigError:
         datasets = ()
     spends: dict[str, list[dict[str, Any]]] = {}
-    if ledger is not None and ledger.exists():
-        conn = sqlite3.connect(f"file:{ledger}?mode=ro", uri=True, timeout=5)
-        try:
-            for dataset, job_id, epsilon, at in conn.execute(
-                "SELECT dataset, job_id, epsilon, at FROM spends ORDER BY at"
-            ):
-                spends.setdefault(dataset, []).append({"job_id": job_id, "epsilon": float(epsilon), "at": at})
-        except sqlite3.Error:
-            pass
-        finally:
-            conn.close()
+    for dataset, job_id, epsilon, at in _spends(ledger):
+        spends.setdefault(dataset, []).append({"job_id": job_id, "epsilon": epsilon, "at": at})
     out = []
     for d in datasets:
         items = spends.pop(d.id, [])
