@@ -14,20 +14,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fastapi import Request
 from fastapi.testclient import TestClient
 
-from gateway.app import create_app
-from gateway.services import Services
-from gateway.training_service import TrainingNode, TrainingService
+from gateway.training_service import TrainingService
 from policies.approvals import ApprovalRegistry
 from policies.budgets import PrivacyLedger
-from policies.decision import PolicyEngine
 from tests.unit.test_approvals import APPROVER_KEY, APPROVERS, HRSS_APPROVER_KEY, approval
-from tests.unit.test_training_gateway import USERS, FakeRunner, Log, post
-from tests.unit.training_support import job_body, write_region_stores, write_training_policies
-from xgate.errors import Unauthenticated
-from xgate.principal import Principal
+from tests.unit.test_training_gateway import Log, post, training_env
+from tests.unit.training_support import job_body
 
 DATASET = "medical.claims_2025"
 NOW = datetime.now(UTC)
@@ -50,31 +44,9 @@ def training_approval(key: Any = HRSS_APPROVER_KEY, **change: Any) -> str:
 
 @pytest.fixture
 def env(tmp_path: Path) -> Iterator[tuple[TestClient, TrainingService, Log, ApprovalRegistry]]:
-    policies = write_training_policies(tmp_path / "policies", cap=3.0)
-    nodes = [TrainingNode(a, s, ledger) for a, s, ledger in write_region_stores(tmp_path, [60, 60])]
-    log, runner = Log(), FakeRunner()
     registry = ApprovalRegistry(tmp_path / "approvals.sqlite", approvers=APPROVERS)
-    service = TrainingService(
-        policy=PolicyEngine.load(policies),
-        ledger=PrivacyLedger(tmp_path / "state" / "privacy.sqlite"),
-        jobs_dir=tmp_path / "state" / "jobs",
-        nodes=nodes,
-        audit_log=log,
-        node_policy_dir=policies,
-        runner=runner,
-        approvals=registry,
-    )
-
-    def authenticate(request: Request) -> Principal:
-        who = USERS.get(request.headers.get("x-user", ""))
-        if who is None:
-            raise Unauthenticated("missing or unknown API key")
-        return who
-
-    with TestClient(create_app(Services(authenticate=authenticate, training=service))) as client:
+    with training_env(tmp_path, approvals=registry) as (client, service, log, _):
         yield client, service, log, registry
-    runner.gate.set()
-    service.close()
 
 
 def _submit(client: TestClient, job_id: str, ref: str) -> Any:

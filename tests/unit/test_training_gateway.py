@@ -3,6 +3,7 @@ stand-in runner (real node-side PolicyAdmission), status access, and event -> au
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 from collections.abc import Iterator
@@ -87,12 +88,13 @@ class FakeRunner:
             self.done.set()
 
 
-@pytest.fixture
-def env(tmp_path: Path) -> Iterator[tuple[TestClient, TrainingService, Log, FakeRunner]]:
+@contextlib.contextmanager
+def training_env(tmp_path: Path, **service: Any) -> Iterator[tuple[TestClient, TrainingService, Log, FakeRunner]]:
+    """A TrainingService (two regional stores, cap 3.0) behind the REST app; `service` adds arguments."""
     policies = write_training_policies(tmp_path / "policies", cap=3.0)
     nodes = [TrainingNode(a, s, ledger) for a, s, ledger in write_region_stores(tmp_path, [60, 60])]
     log, runner = Log(), FakeRunner()
-    service = TrainingService(
+    training = TrainingService(
         policy=PolicyEngine.load(policies),
         ledger=PrivacyLedger(tmp_path / "state" / "privacy.sqlite"),
         jobs_dir=tmp_path / "state" / "jobs",
@@ -100,6 +102,7 @@ def env(tmp_path: Path) -> Iterator[tuple[TestClient, TrainingService, Log, Fake
         audit_log=log,
         node_policy_dir=policies,
         runner=runner,
+        **service,
     )
 
     def authenticate(request: Request) -> Principal:
@@ -108,11 +111,17 @@ def env(tmp_path: Path) -> Iterator[tuple[TestClient, TrainingService, Log, Fake
             raise Unauthenticated("missing or unknown API key")
         return who
 
-    app = create_app(Services(authenticate=authenticate, training=service))
+    app = create_app(Services(authenticate=authenticate, training=training))
     with TestClient(app) as client:
-        yield client, service, log, runner
+        yield client, training, log, runner
     runner.gate.set()
-    service.close()
+    training.close()
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> Iterator[tuple[TestClient, TrainingService, Log, FakeRunner]]:
+    with training_env(tmp_path) as made:
+        yield made
 
 
 def post(client: TestClient, user: str | None, body: Any) -> Any:
