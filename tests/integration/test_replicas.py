@@ -66,6 +66,10 @@ def replicas(federation: DevFederation, database: ThrowawayServer) -> Iterator[d
             config_path=federation.gateway_dir / f"replica-{name}.toml",
             database=database.url,
             replica=name,
+            # A killed replica's idempotency claims are taken over after the longest a check may run
+            # plus 30 s: short deadlines keep the kill test's wait for them near 45 s, not 90 s.
+            deadline_seconds=15.0,
+            admission={"request_deadline_s": 15.0},
         )
         for name in ("a", "b")
     }
