@@ -20,6 +20,7 @@ import subprocess
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 PG_BANNER = "REPLICATED (POSTGRESQL) TESTS DID NOT RUN"
 DEFAULT_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/test"
@@ -152,3 +153,12 @@ def as_url(conninfo: str) -> str:
     if host.startswith("/"):  # a Unix socket directory (a throwaway server)
         return f"postgresql://{quote(user)}@/{quote(db)}?host={quote(host)}"
     return f"postgresql://{quote(user)}@{host or '127.0.0.1'}{':' + port if port else ''}/{quote(db)}"
+
+
+def reset_component(db: Any, component: str, *tables: str) -> None:
+    """Forget one store's tables and its migration record in a shared test database, so the next
+    `migrate` (or `require_current`) sees it as never installed (tests share one database per run)."""
+    with db.transaction() as tx:
+        tx.execute(f"DROP TABLE IF EXISTS {', '.join(tables)}")
+        tx.execute("CREATE TABLE IF NOT EXISTS xgate_schema (component TEXT NOT NULL, version INTEGER NOT NULL)")
+        tx.execute("DELETE FROM xgate_schema WHERE component = ?", (component,))

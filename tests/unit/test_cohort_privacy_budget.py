@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from policies.budgets import COHORT_PRIVACY_MIGRATIONS, CohortPrivacyBudget
+from tests.postgres import reset_component
 from xgate.db import PostgresDatabase, migrate
 from xgate.errors import BudgetExhausted, ConfigError, InvalidInput
 
@@ -25,10 +26,7 @@ def sqlite_ledger(tmp_path: Path) -> CohortPrivacyBudget:
 @pytest.fixture
 def pg_ledgers(pg_url: str) -> Iterator[tuple[CohortPrivacyBudget, CohortPrivacyBudget]]:
     a, b = PostgresDatabase(pg_url, max_size=6), PostgresDatabase(pg_url, max_size=6)
-    with a.transaction() as tx:
-        tx.execute("DROP TABLE IF EXISTS cohort_epsilon, cohort_epsilon_reservations")
-        tx.execute("CREATE TABLE IF NOT EXISTS xgate_schema (component TEXT NOT NULL, version INTEGER NOT NULL)")
-        tx.execute("DELETE FROM xgate_schema WHERE component = 'cohort_privacy'")
+    reset_component(a, "cohort_privacy", "cohort_epsilon", "cohort_epsilon_reservations")
     migrate(a, COHORT_PRIVACY_MIGRATIONS)
     try:
         yield CohortPrivacyBudget(a), CohortPrivacyBudget(b)
@@ -128,10 +126,7 @@ def test_concurrent_reservations_on_two_postgres_replicas_never_pass_the_cap(
 def test_replicated_mode_refuses_an_unmigrated_epsilon_schema(pg_url: str) -> None:
     db = PostgresDatabase(pg_url)
     try:
-        with db.transaction() as tx:
-            tx.execute("DROP TABLE IF EXISTS cohort_epsilon, cohort_epsilon_reservations")
-            tx.execute("CREATE TABLE IF NOT EXISTS xgate_schema (component TEXT NOT NULL, version INTEGER NOT NULL)")
-            tx.execute("DELETE FROM xgate_schema WHERE component = 'cohort_privacy'")
+        reset_component(db, "cohort_privacy", "cohort_epsilon", "cohort_epsilon_reservations")
         with pytest.raises(ConfigError, match=r"cohort_privacy v1 pending"):
             CohortPrivacyBudget(db)
     finally:

@@ -13,21 +13,15 @@ from pathlib import Path
 import pytest
 
 from policies.budgets import PRIVACY_LEDGER_MIGRATIONS, PrivacyLedger
+from tests.postgres import reset_component
 from xgate.db import PostgresDatabase, migrate
 from xgate.errors import BudgetExhausted, ConfigError
-
-
-def _fresh(db: PostgresDatabase) -> None:
-    with db.transaction() as tx:
-        tx.execute("DROP TABLE IF EXISTS spends")
-        tx.execute("CREATE TABLE IF NOT EXISTS xgate_schema (component TEXT, version INTEGER)")
-        tx.execute("DELETE FROM xgate_schema WHERE component = 'privacy_ledger'")
 
 
 def test_two_replicas_racing_one_dataset_never_spend_past_its_cap(pg_url: str) -> None:
     a, b = PostgresDatabase(pg_url, max_size=4), PostgresDatabase(pg_url, max_size=4)
     try:
-        _fresh(a)
+        reset_component(a, "privacy_ledger", "spends")
         migrate(a, PRIVACY_LEDGER_MIGRATIONS)
         ledgers = [PrivacyLedger(a), PrivacyLedger(b)]
         accepted: list[str] = []
@@ -62,7 +56,7 @@ def test_two_replicas_racing_one_dataset_never_spend_past_its_cap(pg_url: str) -
 def test_a_replica_refuses_to_start_on_an_unmigrated_ledger(pg_url: str) -> None:
     db = PostgresDatabase(pg_url, max_size=2)
     try:
-        _fresh(db)
+        reset_component(db, "privacy_ledger", "spends")
         with pytest.raises(ConfigError, match="xgate gateway migrate"):
             PrivacyLedger(db)
     finally:

@@ -20,6 +20,7 @@ from gateway.training_jobs import TRAINING_JOB_MIGRATIONS, TrainingJobStore
 from gateway.training_service import TrainingNode, TrainingService
 from policies.budgets import PrivacyLedger
 from policies.decision import PolicyEngine
+from tests.postgres import reset_component
 from tests.unit.test_training_gateway import USERS, FakeRunner, Log, post
 from tests.unit.training_support import job_body, write_region_stores, write_training_policies
 from xgate.db import PostgresDatabase, migrate
@@ -101,10 +102,7 @@ def test_a_job_accepted_by_one_replica_is_visible_through_the_other(two_replicas
 def test_two_replicas_claiming_one_job_id_at_once_get_one_winner(pg_url: str) -> None:
     a, b = PostgresDatabase(pg_url, max_size=4), PostgresDatabase(pg_url, max_size=4)
     try:
-        with a.transaction() as tx:
-            tx.execute("DROP TABLE IF EXISTS training_jobs")
-            tx.execute("CREATE TABLE IF NOT EXISTS xgate_schema (component TEXT, version INTEGER)")
-            tx.execute("DELETE FROM xgate_schema WHERE component = 'training_jobs'")
+        reset_component(a, "training_jobs", "training_jobs")
         migrate(a, TRAINING_JOB_MIGRATIONS)
         stores = [TrainingJobStore(a, "a"), TrainingJobStore(b, "b")]
         won: list[str] = []

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from gateway.auth import Authenticator, add_user, load_users
 from gateway.user_store import USER_MIGRATIONS, UserStore
-from tests.postgres import as_url
+from tests.postgres import as_url, reset_component
 from xgate.db import PostgresDatabase, migrate
 from xgate.errors import ConfigError, InvalidInput, NotFound, Unauthenticated
 
@@ -24,10 +24,7 @@ def _bearer(key: str) -> dict[str, str]:
 @pytest.fixture
 def two_replicas(pg_url: str) -> Iterator[tuple[UserStore, UserStore]]:
     a, b = PostgresDatabase(pg_url, max_size=2), PostgresDatabase(pg_url, max_size=2)
-    with a.transaction() as tx:
-        tx.execute("DROP TABLE IF EXISTS api_users")
-        tx.execute("CREATE TABLE IF NOT EXISTS xgate_schema (component TEXT, version INTEGER)")
-        tx.execute("DELETE FROM xgate_schema WHERE component = 'api_users'")
+    reset_component(a, "api_users", "api_users")
     migrate(a, USER_MIGRATIONS)
     try:
         yield UserStore(a), UserStore(b)
@@ -55,10 +52,7 @@ def test_a_user_added_through_one_replica_is_known_to_the_other(two_replicas: tu
 def test_replicated_mode_refuses_a_user_table_that_was_not_migrated(pg_url: str) -> None:
     db = PostgresDatabase(pg_url)
     try:
-        with db.transaction() as tx:
-            tx.execute("DROP TABLE IF EXISTS api_users")
-            tx.execute("CREATE TABLE IF NOT EXISTS xgate_schema (component TEXT, version INTEGER)")
-            tx.execute("DELETE FROM xgate_schema WHERE component = 'api_users'")
+        reset_component(db, "api_users", "api_users")
         with pytest.raises(ConfigError, match="api_users v1 pending"):
             UserStore(db)
     finally:
