@@ -71,6 +71,7 @@ from xgate.pseudonym import Pseudonymiser, load_key
 RESULTS = Path(__file__).resolve().parent / "results" / "load.json"
 LEVELS = (1, 10, 100, 1000)
 CLIENT_DEADLINE_S = 10.0  # what a caseworker's client waits for one answer
+CLIENTS_PER_PROCESS = 250
 REFUSAL_GOAL_S = 2.0  # a refusal must come at once, never after waiting
 NETNS = "xgate-county"
 VETH_HOST, VETH_NS = "xgv-host", "xgv-county"
@@ -252,24 +253,86 @@ async def _level(urls: list[str], ca: Path, key: str, body: bytes, concurrency: 
     return tally
 
 
-def run_level(running: Running, concurrency: int, duration_s: float, key_label: str = "caseworker") -> dict[str, Any]:
-    """`concurrency` clients for `duration_s` against the running gateway; the level's figures."""
+def client_processes(concurrency: int) -> int:
+    """Load-generating processes for a level: one asyncio process drives about 250 TLS clients
+    before it becomes the bottleneck itself (at 1,000 in one process it used a whole core and its
+    own queueing showed up as client timeouts)."""
+    return max(1, min(4, -(-concurrency // CLIENTS_PER_PROCESS)))
+
+
+def _run_clients(
+    urls: list[str], ca: Path, key: str, body: bytes, concurrency: int, duration_s: float, procs: int
+) -> Tally:
+    """The level's clients, in this process or spread over `procs` child processes."""
+    if procs == 1:
+        return asyncio.run(_level(urls, ca, key, body, concurrency, duration_s))
+    shares = [concurrency // procs + (1 if i < concurrency % procs else 0) for i in range(procs)]
+    children = []
+    for share in shares:
+        spec = {"urls": urls, "ca": str(ca), "key": key, "body": base64.b64encode(body).decode(),
+                "concurrency": share, "duration_s": duration_s}  # fmt: skip
+        children.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "bench.load", "--level-worker"],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                text=True,
+            )
+        )
+        assert children[-1].stdin is not None
+        children[-1].stdin.write(json.dumps(spec))
+        children[-1].stdin.close()
+    tally = Tally()
+    for child in children:
+        out, _ = child.communicate(timeout=duration_s + 120)
+        if child.returncode != 0:
+            raise RuntimeError(f"a load client process failed with exit code {child.returncode}")
+        part = json.loads(out)
+        tally.answered += part["answered"]
+        tally.refused += part["refused"]
+        tally.timeouts += part["timeouts"]
+        for name, n in part["errors"].items():
+            tally.errors[name] = tally.errors.get(name, 0) + n
+    return tally
+
+
+def _level_worker() -> None:
+    """One load client process (--level-worker): its share of a level's clients; the tally as JSON."""
+    spec = json.loads(sys.stdin.read())
+    tally = asyncio.run(
+        _level(spec["urls"], Path(spec["ca"]), spec["key"], base64.b64decode(spec["body"]),
+               int(spec["concurrency"]), float(spec["duration_s"]))
+    )  # fmt: skip
+    print(json.dumps({"answered": tally.answered, "refused": tally.refused, "timeouts": tally.timeouts,
+                      "errors": tally.errors}))  # fmt: skip
+
+
+def run_level(
+    running: Running, concurrency: int, duration_s: float, key_label: str = "caseworker", processes: int | None = None
+) -> dict[str, Any]:
+    """`concurrency` clients for `duration_s` against the running gateway; the level's figures.
+    `processes`: load client processes (default `client_processes(concurrency)`)."""
+    procs = processes or client_processes(concurrency)
     started = time.monotonic()
     urls = running.urls or [running.url]
     pids = running.gateway_pids or [running.gateway_pid]
     groups = _cpu_groups(running)
-    cpu_before = {name: cpu_seconds(p) for name, p in groups.items()}
+    cpu_before = {name: cpu_seconds(p, children=name == "client") for name, p in groups.items()}
     machine_before = machine_cpu()
     with contextlib.ExitStack() as stack:
         samplers = [stack.enter_context(RssSampler(pid)) for pid in pids]
-        tally = asyncio.run(
-            _level(urls, running.fed.ca_cert, running.fed.api_keys[key_label], running.body, concurrency, duration_s)
+        tally = _run_clients(
+            urls, running.fed.ca_cert, running.fed.api_keys[key_label], running.body, concurrency, duration_s, procs
         )
     wall = time.monotonic() - started
-    cpu = {name: round((cpu_seconds(p) - cpu_before[name]) / wall, 2) for name, p in groups.items()}
+    cpu = {
+        name: round((cpu_seconds(p, children=name == "client") - cpu_before[name]) / wall, 2)
+        for name, p in groups.items()
+    }
     machine_busy, machine_total = (a - b for a, b in zip(machine_cpu(), machine_before, strict=True))
     return {
         "concurrency": concurrency,
+        "client_processes": procs,
         "duration_s": round(wall, 1),
         "answered": len(tally.answered),
         "refused": len(tally.refused),
@@ -296,14 +359,17 @@ def run_level(running: Running, concurrency: int, duration_s: float, key_label: 
     }
 
 
-def cpu_seconds(pids: list[int]) -> float:
-    """User + system CPU seconds of these processes so far (/proc/<pid>/stat)."""
+def cpu_seconds(pids: list[int], children: bool = False) -> float:
+    """User + system CPU seconds of these processes so far (/proc/<pid>/stat); with `children`,
+    also of their children that have been waited for (the load client processes)."""
     tick = os.sysconf("SC_CLK_TCK")
     total = 0
     for pid in pids:
         with contextlib.suppress(OSError, ValueError, IndexError):
             fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
             total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of stat)
+            if children:
+                total += int(fields[13]) + int(fields[14])  # cutime, cstime
     return total / tick
 
 
@@ -556,10 +622,12 @@ def _county_client(raw: str) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-def _levels(running: Running, levels: tuple[int, ...], duration: dict[int, float], label: str) -> list[dict[str, Any]]:
+def _levels(
+    running: Running, levels: tuple[int, ...], duration: dict[int, float], label: str, processes: int | None = None
+) -> list[dict[str, Any]]:
     rows = []
     for level in levels:
-        rows.append(run_level(running, level, duration[level]))
+        rows.append(run_level(running, level, duration[level], processes=processes))
         r = rows[-1]
         print(
             f"{label}: {level:>5} clients: {r['answered']:>5} answered, {r['refused']:>6} refused, "
@@ -612,7 +680,8 @@ def run(quick: bool, database: str) -> dict[str, Any]:
     return {
         "benchmark": "load",
         "federation": "5 nodes + gateway (real processes), mTLS gRPC, signed envelopes; 低保, 1 applicant per check",
-        "client": f"httpx async, deadline {CLIENT_DEADLINE_S:g} s (X-Request-Timeout), honours Retry-After",
+        "client": f"httpx async, deadline {CLIENT_DEADLINE_S:g} s (X-Request-Timeout), honours Retry-After; "
+        f"up to {CLIENTS_PER_PROCESS} clients per load process (`client_processes` per level)",
         "admission": settings,
         "machine": {
             "cpus": os.cpu_count(),
@@ -670,6 +739,25 @@ def run_single() -> dict[str, Any]:
     }  # fmt: skip
 
 
+def run_partial(levels: tuple[int, ...]) -> dict[str, Any]:
+    """Only the given levels against one gateway (a look at one level beside the full benchmark)."""
+    duration = {1: 15.0, 10: 20.0, 100: 25.0, 1000: 30.0}
+    with tempfile.TemporaryDirectory(prefix="xgate-load-") as tmp, federation(Path(tmp) / "fed") as running:
+        rows = _levels(running, levels, {level: duration.get(level, 30.0) for level in levels}, "1 gateway")
+        # The baseline beside it: each level that takes several load processes, driven from one.
+        one = tuple(level for level in levels if client_processes(level) > 1)
+        baseline = _levels(running, one, {level: duration.get(level, 30.0) for level in one}, "1 load process", 1)
+        settings = json.loads(json.dumps(_admission_settings(running)))
+    return {
+        "benchmark": "load (partial: one gateway, chosen levels; baseline: the same levels from one load process)",
+        "baseline_one_load_process": baseline,
+        "admission": settings,
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
+                    "load_average_1m_at_end": round(os.getloadavg()[0], 2)},
+        "levels": rows,
+    }  # fmt: skip
+
+
 def _admission_settings(running: Running) -> dict[str, Any]:
     from gateway.config import load_gateway_config
 
@@ -686,7 +774,12 @@ def main() -> None:
     )
     parser.add_argument("--single", action="store_true", help="only the single-check bytes and county-link latency")
     parser.add_argument("--county-client", help=argparse.SUPPRESS)  # the client inside the namespace
+    parser.add_argument("--level-worker", action="store_true", help=argparse.SUPPRESS)  # one load client process
+    parser.add_argument("--levels", help="comma-separated concurrency levels of one gateway only (a partial run)")
     args = parser.parse_args()
+    if args.level_worker:
+        _level_worker()
+        return
     if args.county_client:
         _county_client(args.county_client)
         return
@@ -697,6 +790,13 @@ def main() -> None:
         out.write_text(json.dumps(single, indent=2, ensure_ascii=False) + "\n")
         print(json.dumps({k: single[k] for k in ("single_check_bytes", "single_check_bytes_first",
                                                  "single_check_ms_county_link")}))  # fmt: skip
+        print(f"wrote {out}")
+        return
+    if args.levels:
+        partial = run_partial(tuple(int(x) for x in args.levels.split(",")))
+        out = RESULTS.with_name("load.partial.json")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(partial, indent=2, ensure_ascii=False) + "\n")
         print(f"wrote {out}")
         return
     result = run(args.quick, args.database)

@@ -23,9 +23,7 @@ import math
 import secrets
 from dataclasses import dataclass
 
-import dp_accounting
 import numpy as np
-from dp_accounting.rdp import RdpAccountant
 
 from federated import model
 
@@ -36,6 +34,11 @@ def accountant_epsilon(sigma: float, q: float, steps: int, delta: float) -> floa
     """epsilon of `steps` Poisson(q)-subsampled Gaussian steps with noise multiplier sigma (RDP)."""
     if steps <= 0:
         return 0.0
+    # Imported here: dp-accounting pulls in scipy.stats (about 1-2 s), and Flower starts a fresh
+    # ClientApp process for every message, most of which never account anything.
+    import dp_accounting
+    from dp_accounting.rdp import RdpAccountant
+
     accountant = RdpAccountant()
     accountant.compose(dp_accounting.PoissonSampledDpEvent(q, dp_accounting.GaussianDpEvent(sigma)), steps)
     return float(accountant.get_epsilon(delta))

@@ -37,3 +37,12 @@ def pg_url():  # type: ignore[no-untyped-def]
         if url is None:
             pytest.skip(f"{PG_BANNER}: no PostgreSQL server on 127.0.0.1:5432 and no initdb/pg_ctl installed")
         yield url
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Slow files first (a stable sort, so each file's tests stay together and in order).
+
+    xdist's `--dist loadfile` hands out files in collection order; a file of minute-long Flower jobs
+    handed out last would run alone while the other workers idle, so those go out first.
+    """
+    items.sort(key=lambda item: 0 if item.get_closest_marker("slow") else 1)

@@ -15,7 +15,8 @@ from federated.jobs import parse_job
 from federated.runner import Federation, run_job
 from tests.integration.test_fed_horizontal import FEATS, assert_no_orphans, make_nodes
 
-pytestmark = pytest.mark.integration
+# Minutes of Flower processes; on a loaded 2-core CI box a job has taken over 300 s (the default).
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(900)]
 
 
 def test_record_level_dp_horizontal_secagg(tmp_path: Path) -> None:
@@ -29,7 +30,7 @@ def test_record_level_dp_horizontal_secagg(tmp_path: Path) -> None:
             "features": FEATS,
             "label": "tax.label",
             "label_holder": "tax",
-            "rounds": 2,
+            "rounds": 1,
             "secagg": True,
             "min_nodes": 2,
             "batch_size": 64,
@@ -59,9 +60,10 @@ def test_record_level_dp_horizontal_secagg(tmp_path: Path) -> None:
     assert spent["unit"] == "record" and spent["epsilon"] <= 2.0
     assert res.epsilon is not None and res.epsilon <= 2.0
     assert res.evaluation["auc"] > 0.55
-    # Evidence that secure aggregation ran, from SecAgg+'s own state, each round.
+    # Evidence that secure aggregation ran, from SecAgg+'s own state (one round: a Flower round is
+    # about a minute of the suite; the accounting over several rounds is unit-tested).
     secagg = [e for e in events if e["event"] == "secagg_round"]
-    assert [e["round"] for e in secagg] == [1, 2]
+    assert [e["round"] for e in secagg] == [1]
     for e in secagg:
         assert e["unmasked"] and e["sampled"] == e["masked_vectors"] == e["share_holders"] == 2
         assert e["shares"] == 2 and e["threshold"] == 2

@@ -16,7 +16,8 @@ from federated.jobs import parse_job
 from federated.runner import Federation, NodeSpec, run_job
 from xgate.logging import FORBIDDEN_KEYS
 
-pytestmark = pytest.mark.integration
+# Minutes of Flower processes; on a loaded 2-core CI box a job has taken over 300 s (the default).
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(900)]
 FEATS = ["civil.age", "tax.income", "hrss.months", "civil.disabled", "civil.region", "health.visits"]
 
 

@@ -21,7 +21,8 @@ from app.launcher import Supervisor
 from client.sdk import GatewayClient, GatewayError
 from tests.unit.training_support import job_body, prepare_gateway_dir, write_region_stores, write_training_policies
 
-pytestmark = pytest.mark.integration
+# Minutes of Flower processes; on a loaded 2-core CI box a job has taken over 300 s (the default).
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(900)]
 
 
 @dataclass

@@ -28,7 +28,8 @@ from federated.remote import RemoteNode
 from tests.integration.remote_support import Site, flower_processes, start_site, write_catalogue, write_node_toml
 from tests.unit.training_support import job_body, prepare_gateway_dir, write_region_stores, write_training_policies
 
-pytestmark = pytest.mark.integration
+# Minutes of Flower processes; on a loaded 2-core CI box a job has taken over 300 s (the default).
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(900)]
 AGENCIES = ["region0", "region1"]
 
 
