@@ -7,7 +7,10 @@ level every client loops for the level's duration: it sends a check with a clien
 sends again. Per level: answered, refused (503/429), client timeouts (no answer within the
 client's deadline), other errors, goodput (answered checks per second), latency percentiles of
 answered and of refused requests, and the peak RSS of the gateway's processes (sampled from
-/proc). `at_1000` compares the 1,000-client level with the best level.
+/proc). `at_1000` compares the 1,000-client level with the best level. A level of more than 250
+clients is driven from several load processes (`client_processes`; one Python process driving
+1,000 TLS clients is itself the bottleneck); `--levels 100,1000` runs chosen levels of one gateway
+with the same levels from one load process beside them (`load.partial.json`).
 
 `single_check_bytes` is what one single-applicant check moves on the wire (client <-> gateway
 bodies + gateway <-> node protobuf) once the requester's context is registered and the nodes hold
@@ -284,8 +287,9 @@ def _run_clients(
         children[-1].stdin.close()
     tally = Tally()
     for child in children:
-        out, _ = child.communicate(timeout=duration_s + 120)
-        if child.returncode != 0:
+        assert child.stdout is not None
+        out = child.stdout.read()  # the tally, printed when the child's share of the level ends
+        if child.wait(timeout=120) != 0:
             raise RuntimeError(f"a load client process failed with exit code {child.returncode}")
         part = json.loads(out)
         tally.answered += part["answered"]
