@@ -65,21 +65,22 @@ class Network:
     subnet: int = field(default_factory=_free_subnet)
     hosts: dict[str, Host] = field(default_factory=dict)
     services: list[subprocess.Popen[bytes]] = field(default_factory=list)
-    _bridge: str = ""
+    _switch: str = ""
     _made_netns: list[str] = field(default_factory=list)
-    _made_links: list[str] = field(default_factory=list)
-
-    @property
-    def bridge_ip(self) -> str:
-        return f"10.231.{self.subnet}.1"
 
     def build(self, names: dict[str, str]) -> None:
-        """names: host -> fully qualified name; "ca" gets a directory but no namespace."""
-        self._bridge = f"xd{self.tag}br"
-        _ip("link", "add", self._bridge, "type", "bridge")
-        self._made_links.append(self._bridge)
-        _ip("addr", "add", f"{self.bridge_ip}/24", "dev", self._bridge)
-        _ip("link", "set", self._bridge, "up")
+        """names: host -> fully qualified name; "ca" gets a directory but no namespace.
+
+        The bridge and every host's outer veth end live in a namespace of their own (the switch),
+        so this machine's own namespace sees no new link or address: a browser on this machine
+        (Chromium aborts navigations with ERR_NETWORK_CHANGED on any address change) and other
+        tests are undisturbed while the federation is built and its links go down and up.
+        """
+        self._switch = f"xd{self.tag}-switch"[:15]
+        _ip("netns", "add", self._switch)
+        self._made_netns.append(self._switch)
+        _ip("-n", self._switch, "link", "add", "name", "bridge0", "type", "bridge")
+        _ip("-n", self._switch, "link", "set", "bridge0", "up")
         bin_dir = self.root / "bin"
         bin_dir.mkdir(parents=True, exist_ok=True)
         shutil.copy(SCP_SHIM, bin_dir / "scp")
@@ -90,13 +91,12 @@ class Network:
             if name == "ca":
                 self.hosts[name] = Host(name, fqdn, "", None, home)
                 continue
-            ns, outer, inner = f"xd{self.tag}-{name}"[:15], f"xd{self.tag}{i}h", f"xd{self.tag}{i}p"
+            ns, outer, inner = f"xd{self.tag}-{name}"[:15], f"h{i}", f"xd{self.tag}{i}p"
             _ip("netns", "add", ns)
             self._made_netns.append(ns)
-            _ip("link", "add", outer, "type", "veth", "peer", "name", inner)
-            self._made_links.append(outer)
-            _ip("link", "set", inner, "netns", ns)
-            _ip("link", "set", outer, "master", self._bridge, "up")
+            # Made inside the switch, the inner end moved straight to the host: never in ours.
+            _ip("-n", self._switch, "link", "add", "name", outer, "type", "veth", "peer", "name", inner, "netns", ns)
+            _ip("-n", self._switch, "link", "set", outer, "master", "bridge0", "up")
             address = f"10.231.{self.subnet}.{i}"
             _ip("-n", ns, "addr", "add", f"{address}/24", "dev", inner)
             _ip("-n", ns, "link", "set", inner, "up")
@@ -142,7 +142,7 @@ class Network:
         return proc
 
     def link(self, host: str, up: bool) -> None:
-        _ip("link", "set", self.hosts[host].veth, "up" if up else "down")
+        _ip("-n", self._switch, "link", "set", self.hosts[host].veth, "up" if up else "down")
 
     def close(self) -> list[str]:
         """Stop our services, delete our namespaces, links and /etc/netns entries; return what failed."""
@@ -156,13 +156,11 @@ class Network:
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait(timeout=10)
-        for ns in self._made_netns:
+        for ns in reversed(self._made_netns):  # the hosts, then the switch (its bridge and veths go with it)
             result = subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True, check=False)
             for pid in result.stdout.split():
                 os.kill(int(pid), signal.SIGKILL)  # anything left inside our own namespace
             if subprocess.run(["ip", "netns", "del", ns], capture_output=True, check=False).returncode != 0:
                 problems.append(f"netns {ns}")
             shutil.rmtree(Path("/etc/netns") / ns, ignore_errors=True)
-        for link in reversed(self._made_links):
-            subprocess.run(["ip", "link", "del", link], capture_output=True, check=False)
         return problems
