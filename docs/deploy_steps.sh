@@ -20,7 +20,7 @@ xgate policy init --out policies --all-day   # trial: office hours widened to 24
 xgate keys pseudonym --out pseudonym.key     # the one shared secret: agencies and requester clients, never the gateway
 xgate pki add-user --users users.json --principals policies/principals.toml --user cw-zhou --agency civil_affairs --role caseworker --tier gold > cw-zhou.apikey
 xgate pki add-user --users users.json --user ap-qian --agency civil_affairs --role approver --tier bronze > ap-qian.apikey
-xgate demo-data --out extracts --people 4000 --applicants 300   # trial: synthetic extracts; agencies bring their own
+xgate demo-data --out extracts --people 20000 --applicants 300   # trial: synthetic extracts; agencies bring their own
 mkdir -p requests issued
 
 # @ ca
