@@ -108,19 +108,26 @@ def test_honest_log_is_cosigned_and_idle_gateway_appends_no_checkpoints(audit: G
     out = asyncio.run(audit.publish_and_cosign(nodes))  # type: ignore[arg-type]
     assert out["cosigned_by"] == list(AGENCIES) and out["refused"] == {} and audit.compromised is None
 
+    def checkpoints() -> int:
+        return len(audit.log.entries(kind="checkpoint", limit=100))
+
     async def run_loop(seconds: float, grow: bool) -> None:
         task = asyncio.create_task(audit.run_checkpoints(nodes, 0.05))  # type: ignore[arg-type]
         if grow:
             await asyncio.sleep(0.1)
             await audit.record({"kind": "request", "actor_user": "u", "actor_agency": "a"})
+            # Wait for the checkpoint (a loaded machine may take several intervals), then run on.
+            deadline = asyncio.get_running_loop().time() + 20
+            while checkpoints() == before and asyncio.get_running_loop().time() < deadline:
+                await asyncio.sleep(0.05)
         await asyncio.sleep(seconds)
         task.cancel()
 
-    before = len(audit.log.entries(kind="checkpoint", limit=100))
+    before = checkpoints()
     asyncio.run(run_loop(0.5, grow=False))  # ten intervals, nothing new: no checkpoint entry
-    assert len(audit.log.entries(kind="checkpoint", limit=100)) == before
-    asyncio.run(run_loop(0.5, grow=True))  # one new entry: exactly one more checkpoint
-    assert len(audit.log.entries(kind="checkpoint", limit=100)) == before + 1
+    assert checkpoints() == before
+    asyncio.run(run_loop(0.5, grow=True))  # one new entry: exactly one more checkpoint, ten intervals on
+    assert checkpoints() == before + 1
 
 
 def _cosigned_twice(tmp_path: Path, keys: dict[str, Any], nodes: FakeNodes) -> tuple[int, int]:
