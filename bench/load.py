@@ -9,8 +9,9 @@ client's deadline), other errors, goodput (answered checks per second), latency 
 answered and of refused requests, and the peak RSS of the gateway's processes (sampled from
 /proc). `at_1000` compares the 1,000-client level with the best level. A level of more than 250
 clients is driven from several load processes (`client_processes`; one Python process driving
-1,000 TLS clients is itself the bottleneck); `--levels 100,1000` runs chosen levels of one gateway
-with the same levels from one load process beside them (`load.partial.json`).
+1,000 TLS clients is itself the bottleneck); `--levels 100,1000` runs chosen levels of a gateway
+with its HE in worker processes and, beside it in the same run, of one with `he_workers = 0` (HE in
+the gateway's threads, where TenSEAL holds the GIL) (`load.partial.json`).
 
 `single_check_bytes` is what one single-applicant check moves on the wire (client <-> gateway
 bodies + gateway <-> node protobuf) once the requester's context is registered and the nodes hold
@@ -73,6 +74,7 @@ from xgate.pseudonym import Pseudonymiser, load_key
 
 RESULTS = Path(__file__).resolve().parent / "results" / "load.json"
 LEVELS = (1, 10, 100, 1000)
+LEVEL_DURATION_S = {1: 15.0, 10: 20.0, 100: 25.0, 1000: 30.0}
 CLIENT_DEADLINE_S = 10.0  # what a caseworker's client waits for one answer
 CLIENTS_PER_PROCESS = 250
 REFUSAL_GOAL_S = 2.0  # a refusal must come at once, never after waiting
@@ -321,7 +323,7 @@ def run_level(
     urls = running.urls or [running.url]
     pids = running.gateway_pids or [running.gateway_pid]
     groups = _cpu_groups(running)
-    cpu_before = {name: cpu_seconds(p, children=name == "client") for name, p in groups.items()}
+    cpu_before = {(name, pid): cpu_seconds([pid], children=name == "client") for name, p in groups.items() for pid in p}
     machine_before = machine_cpu()
     with contextlib.ExitStack() as stack:
         samplers = [stack.enter_context(RssSampler(pid)) for pid in pids]
@@ -329,8 +331,13 @@ def run_level(
             urls, running.fed.ca_cert, running.fed.api_keys[key_label], running.body, concurrency, duration_s, procs
         )
     wall = time.monotonic() - started
+    # Processes started during the level (the gateway's HE workers start on demand) count from birth.
+    groups = _cpu_groups(running)
     cpu = {
-        name: round((cpu_seconds(p, children=name == "client") - cpu_before[name]) / wall, 2)
+        name: round(
+            sum(cpu_seconds([pid], children=name == "client") - cpu_before.get((name, pid), 0.0) for pid in p) / wall,
+            2,
+        )
         for name, p in groups.items()
     }
     machine_busy, machine_total = (a - b for a, b in zip(machine_cpu(), machine_before, strict=True))
@@ -395,7 +402,8 @@ def _postgres_pids() -> list[int]:
 
 
 def _cpu_groups(running: Running) -> dict[str, list[int]]:
-    """Where the CPU goes during a level: nodes, gateways (with their audit writers), PostgreSQL, the client."""
+    """Where the CPU goes during a level: nodes, gateways (with their audit writers and HE workers),
+    PostgreSQL, the client."""
     gateways = [p for pid in (running.gateway_pids or [running.gateway_pid]) for p in process_tree(pid)]
     nodes: list[int] = []
     if running.supervisor is not None:
@@ -668,7 +676,7 @@ def limited_by(rows: list[dict[str, Any]]) -> str:
 
 def run(quick: bool, database: str) -> dict[str, Any]:
     levels = (1, 10, 100) if quick else LEVELS
-    duration = {1: 15.0, 10: 20.0, 100: 25.0, 1000: 30.0} if not quick else {1: 5.0, 10: 5.0, 100: 8.0}
+    duration = LEVEL_DURATION_S if not quick else {1: 5.0, 10: 5.0, 100: 8.0}
     with tempfile.TemporaryDirectory(prefix="xgate-load-") as tmp, federation(Path(tmp) / "fed") as running:
         rows = _levels(running, levels, duration, "1 gateway")
         single_bytes = single_check_bytes(running)
@@ -744,21 +752,26 @@ def run_single() -> dict[str, Any]:
 
 
 def run_partial(levels: tuple[int, ...]) -> dict[str, Any]:
-    """Only the given levels against one gateway (a look at one level beside the full benchmark)."""
-    duration = {1: 15.0, 10: 20.0, 100: 25.0, 1000: 30.0}
-    with tempfile.TemporaryDirectory(prefix="xgate-load-") as tmp, federation(Path(tmp) / "fed") as running:
-        rows = _levels(running, levels, {level: duration.get(level, 30.0) for level in levels}, "1 gateway")
-        # The baseline beside it: each level that takes several load processes, driven from one.
-        one = tuple(level for level in levels if client_processes(level) > 1)
-        baseline = _levels(running, one, {level: duration.get(level, 30.0) for level in one}, "1 load process", 1)
-        settings = json.loads(json.dumps(_admission_settings(running)))
+    """Only the given levels, side by side: the gateway as configured (HE in worker processes) and
+    the same gateway with `he_workers = 0` (HE in its own threads, as before), in one run."""
+    from gateway.he_workers import default_workers
+
+    duration = {level: LEVEL_DURATION_S.get(level, 30.0) for level in levels}
+    runs = []
+    for label, workers in (("HE in worker processes", default_workers()), ("HE in the gateway's threads", 0)):
+        with (
+            tempfile.TemporaryDirectory(prefix="xgate-load-") as tmp,
+            federation(Path(tmp) / "fed", he_workers=workers) as running,
+        ):
+            rows = _levels(running, levels, duration, label)
+            settings = json.loads(json.dumps(_admission_settings(running)))
+        runs.append({"gateway": label, "he_workers": workers, "levels": rows})
     return {
-        "benchmark": "load (partial: one gateway, chosen levels; baseline: the same levels from one load process)",
-        "baseline_one_load_process": baseline,
+        "benchmark": "load (partial: chosen levels; HE in worker processes against HE in the gateway's threads)",
         "admission": settings,
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
                     "load_average_1m_at_end": round(os.getloadavg()[0], 2)},
-        "levels": rows,
+        "runs": runs,
     }  # fmt: skip
 
 

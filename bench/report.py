@@ -688,38 +688,41 @@ def _timeout_share(r: dict[str, Any]) -> float:
 
 
 def load_partial(d: dict[str, Any]) -> str:
-    """The chosen levels driven from several load processes, beside the same levels from one."""
-    both = [(r, "") for r in d["levels"]] + [(r, " (baseline)") for r in d["baseline_one_load_process"]]
-    header = ["load processes", *LOAD_HEADER, "CPU cores: client / gateway / nodes, machine busy"]
+    """The chosen levels of a gateway with its HE in worker processes, beside one with it in threads."""
+    header = ["gateway (HE workers)", *LOAD_HEADER, "refusal p50 ms", "CPU cores: client / gateway / nodes, busy"]
     rows = [
         [
-            f"{r['client_processes']}{label}",
+            f"{run['gateway']} ({run['he_workers']})",
             *_load_rows([r])[0],
+            _ms(r["refused_ms"]["p50"]),
             f"{r['cpu']['client']} / {r['cpu']['gateways']} / {r['cpu']['nodes']}, "
             f"{r['cpu']['machine_busy_of_cores']:.0%} of {d['machine']['cpus']}",
         ]
-        for r, label in both
+        for run in d["runs"]
+        for r in run["levels"]
     ]
+    workers, threads = d["runs"]
+    by_level = {r["concurrency"]: r for r in threads["levels"]}
+
+    def versus(r: dict[str, Any]) -> str:
+        t = by_level[r["concurrency"]]
+        return (
+            f"{r['concurrency']:,} clients: goodput {r['goodput_per_s']:.2f}/s against {t['goodput_per_s']:.2f}/s, "
+            f"{_timeout_share(r):.0%} of requests timed out against {_timeout_share(t):.0%}, half the refusals "
+            f"within {_ms(r['refused_ms']['p50'])} ms against {_ms(t['refused_ms']['p50'])} ms"
+        )
+
+    compared = [versus(r) for r in workers["levels"] if r["concurrency"] in by_level]
     return "\n\n".join(
         [
-            "The same gateway and nodes as above, the levels driven from several load-generating processes "
-            "(at most 250 clients each) and then, in the same run, from one process (how `load.json` was "
-            f"measured). Load average at the end: {d['machine']['load_average_1m_at_end']} on "
-            f"{d['machine']['cpus']} cores.",
+            "The same federation twice in one run: the gateway as configured, its checks' HE arithmetic in "
+            "worker processes (`[gateway] he_workers`, gateway/he_workers.py), then with `he_workers = 0`, the "
+            "arithmetic in the gateway's own threads as before. TenSEAL holds the GIL for each operation, so in "
+            "threads it stalls the event loop that admits and refuses requests. Levels above 250 clients are "
+            f"driven from several load processes. Load average at the end: {d['machine']['load_average_1m_at_end']} "
+            f"on {d['machine']['cpus']} cores.",
             _table(header, rows),
-            "Reading the figures: "
-            + "; ".join(
-                f"{r['concurrency']:,} clients from {r['client_processes']} process(es): "
-                f"{r['answered']:,} answered, {_timeout_share(r):.0%} of requests timed out"
-                for r, _ in both
-                if r["concurrency"] >= 1000
-            )
-            + ". One Python process driving 1,000 TLS clients takes a whole core, and its own queueing counts "
-            "as client timeouts; spread over processes the clients get more answers, but on these 2-core "
-            "machines the load generator then takes nearly a core itself and the machine is saturated, so "
-            "the goal (no timeouts at 1,000) is not shown here. In a py-spy profile of this level the gateway's "
-            "event loop was a third busy and its worker threads waited on durable SQLite commits (four per "
-            "check: approval and budget, reserved then committed).",
+            "Workers against threads: " + "; ".join(compared) + ".",
         ]
     )
 

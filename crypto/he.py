@@ -233,17 +233,18 @@ def _random_words(n: int) -> np.ndarray:
 
 
 class FloodTerm:
-    """One prepared flood term (an encryption of zero with large noise) for one result; used once."""
+    """One prepared flood term (an encryption of zero with large noise) for one result; used once.
+    Held serialised, so it can be prepared in one process and used in another."""
 
-    def __init__(self, vector: ts.BFVVector, count: int) -> None:
-        self._vector: ts.BFVVector | None = vector
+    def __init__(self, data: bytes, count: int) -> None:
+        self._data: bytes | None = data
         self.count = count
 
-    def take(self) -> ts.BFVVector:
-        vector, self._vector = self._vector, None
-        if vector is None:
+    def take(self) -> bytes:
+        data, self._data = self._data, None
+        if data is None:
             raise CryptoError("a flood term is used once")
-        return vector
+        return data
 
 
 _CACHE_LOCK = threading.Lock()
@@ -381,7 +382,7 @@ class PublicContext:
         if isinstance(flood, FloodTerm):
             if flood.count != count:
                 raise CryptoError("flood term and result disagree on the number of subjects")
-            acc.add_(flood.take())
+            acc.add_(ts.bfv_vector_from(self._ctx, flood.take()))
         elif flood:
             acc.add_(self.flood(count))
         return self.switched(acc)
@@ -411,9 +412,13 @@ class PublicContext:
     def flood_terms(self, counts: Sequence[int]) -> list[FloodTerm]:
         """Flood terms for result ciphertexts of these slot counts, ahead of time: they depend on
         nothing but the requester's public key, so the gateway builds them during the fan-out."""
-        return [FloodTerm(self.flood(count), count) for count in counts]
+        return [FloodTerm(self.flood_bytes(count), count) for count in counts]
 
     def flood(self, count: int) -> ts.BFVVector:
+        """A fresh flood term (see `flood_bytes`), loaded."""
+        return ts.bfv_vector_from(self._ctx, self.flood_bytes(count))
+
+    def flood_bytes(self, count: int) -> bytes:
         """A fresh encryption of zero in `count` slots whose noise swamps a masked result's.
 
         Enc(0) is multiplied by a plaintext with uniformly random slots (full-size coefficients,
@@ -440,4 +445,4 @@ class PublicContext:
         proto.ParseFromString(zero.serialize())
         del proto.sizes[:]  # type: ignore[attr-defined]
         proto.sizes.append(count)  # type: ignore[attr-defined]
-        return ts.bfv_vector_from(self._ctx, proto.SerializeToString())
+        return bytes(proto.SerializeToString())

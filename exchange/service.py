@@ -9,11 +9,13 @@ exchange/events.py with the ports it is given, and knows nothing of REST, gRPC o
     auditor    Auditor      appends an event durably before the step it records completes
     clock      Clock        wall-clock seconds (the masks' epoch)
     randomness Randomness   request ids, the cohort view's shuffle and fresh epochs
+    compute    HeCompute    where the HE arithmetic runs (inline threads, or worker processes)
 
 Order of refusals: the program's purposes and requesters, the batch size, the exchange mode,
 the HE context, and the policy decision last (a malformed request must not spend budget).
 Any node failure fails the whole check with an error naming the agency; no partial verdict.
-CPU-heavy steps (loading the HE context, combining and masking) run off the event loop.
+CPU-heavy steps run off the event loop: loading the HE context in a thread, flooding, combining
+and masking in the `compute` port (exchange/he_compute.py; worker processes in the gateway).
 """
 
 from __future__ import annotations
@@ -25,12 +27,12 @@ import secrets
 import time
 import uuid
 from collections.abc import Callable, Mapping, MutableMapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
 
-from crypto.he import SLOTS, FloodTerm, PublicContext
+from crypto.he import SLOTS, PublicContext
 from crypto.masks import epoch_of
 from exchange import events
 from exchange.cohort import epsilon_per_query, flip_probability
@@ -39,15 +41,12 @@ from exchange.eligibility import (
     CriterionOutcome,
     build_cohort_requests,
     build_requests,
-    combine_cohort_he,
-    combine_he,
-    combine_he_packed,
     combine_plain,
     flood_counts,
     packing,
-    validate_he_response,
     validate_plain_response,
 )
+from exchange.he_compute import CohortSecrets, CombineJob, HeCompute, InlineHeCompute
 from exchange.types import VIEWS, CheckOutcome, CheckRequest, CohortPrivacy, CriterionVerdict, NodeReceipt, View
 from policies.programs import Program, ProgramRegistry
 from policies.types import DEFAULT_COHORT_EPSILON, CheckContext, PolicyOutcome
@@ -138,6 +137,7 @@ class CheckService:
     clock: Clock = time.time
     randomness: Randomness | None = None
     timer: Clock = time.perf_counter
+    compute: HeCompute = field(default_factory=InlineHeCompute)
 
     async def run(self, principal: Principal, request: CheckRequest, request_id: str | None = None) -> CheckOutcome:
         """``request_id``: the edge's id for this request, so every entry about it carries one id."""
@@ -206,15 +206,18 @@ class CheckService:
         # Noise-flooding terms depend only on the requester's key: build them while the nodes work.
         floods = (
             asyncio.ensure_future(
-                asyncio.to_thread(context.flood_terms, flood_counts(program, len(request.pseudonyms), bool(blocks)))
+                self.compute.floods(context.data, flood_counts(program, len(request.pseudonyms), bool(blocks)))
             )
             if context is not None
             else None
         )
         try:
             answers = await self._fan_out(plans, context.data if context is not None else b"")
-        except NodeError as exc:
-            await self._record(events.fanout_failed(about, exc))
+        except BaseException as exc:
+            if floods is not None:
+                floods.cancel()
+            if isinstance(exc, NodeError):
+                await self._record(events.fanout_failed(about, exc))
             raise
         # Keyed by agency, or in the cohort view (one answer per criterion) by agency/criterion.
         answered = [
@@ -236,24 +239,21 @@ class CheckService:
         t2 = self.timer()
         prepared = await floods if floods is not None else None
         packed = b""
-        if cohort is not None and context is not None:
-            outcomes = await asyncio.to_thread(
-                _combine_cohort, program, cohort, plans, answers, context, self.mask_key, rng.epoch(), prepared
+        if context is not None:
+            epoch = rng.epoch() if view == "cohort" else epoch_of(self.clock(), program.epoch_seconds)
+            job = CombineJob(
+                program=program,
+                context_data=context.data,
+                mask_key=self.mask_key,
+                epoch=epoch,
+                plans=tuple(plans),
+                answers=tuple(answers),
+                pseudonyms=tuple(pseudonyms),
+                view=view,
+                cohort=cohort.secrets if cohort is not None else None,
+                floods=tuple(prepared) if prepared is not None else None,
             )
-        elif context is not None:
-            epoch = epoch_of(self.clock(), program.epoch_seconds) if view != "cohort" else rng.epoch()
-            outcomes, packed = await asyncio.to_thread(
-                _combine_he,
-                program,
-                pseudonyms,
-                plans[0],
-                answers[0],
-                context,
-                self.mask_key,
-                epoch,
-                view,
-                prepared,
-            )
+            outcomes, packed = await self.compute.combine(job)
         else:
             outcomes = _combine_plain(program, plans[0], answers[0], view)
         timings["combine"] = self._ms(t2)
@@ -382,9 +382,12 @@ def _scope(request_id: str, principal: Principal, request: CheckRequest, outcome
 class _CohortPlan:
     """The cohort view's secrets for one query: per criterion a subject order and the slots to flip."""
 
-    orders: tuple[tuple[str, ...], ...]
-    flips: tuple[np.ndarray, ...]
+    secrets: CohortSecrets
     privacy: CohortPrivacy
+
+    @property
+    def orders(self) -> tuple[tuple[str, ...], ...]:
+        return self.secrets.orders
 
     @classmethod
     def draw(cls, program: Program, request: CheckRequest, outcome: PolicyOutcome, rng: Randomness) -> _CohortPlan:
@@ -404,48 +407,7 @@ class _CohortPlan:
             period_spent=spend.spent if spend is not None else None,
             period_cap=spend.cap if spend is not None else None,
         )
-        return cls(tuple(orders), tuple(rng.flips(n, p) for _ in range(k)), privacy)
-
-
-def _combine_cohort(
-    program: Program,
-    cohort: _CohortPlan,
-    plans: Sequence[Mapping[str, node_pb2.EncryptRequest]],
-    answers: Sequence[Mapping[str, node_pb2.EncryptResponse]],
-    context: PublicContext,
-    mask_key: bytes,
-    epoch: int,
-    floods: Sequence[FloodTerm] | None,
-) -> list[CriterionOutcome]:
-    ciphertexts = []
-    for plan, responses in zip(plans, answers, strict=True):
-        loaded = {}
-        for agency, response in responses.items():
-            loaded.update(validate_he_response(agency, plan[agency], response, context))
-        ciphertexts.append(loaded)
-    return combine_cohort_he(program, cohort.orders, context, ciphertexts, mask_key, epoch, cohort.flips, floods)
-
-
-def _combine_he(
-    program: Program,
-    pseudonyms: list[str],
-    node_requests: Mapping[str, node_pb2.EncryptRequest],
-    responses: Mapping[str, node_pb2.EncryptResponse],
-    context: PublicContext,
-    mask_key: bytes,
-    epoch: int,
-    view: View,
-    floods: Sequence[FloodTerm] | None = None,
-) -> tuple[list[CriterionOutcome], bytes]:
-    """The criteria's outcomes, and the one shared ciphertext when the batch was packed (else b"")."""
-    ciphertexts = {}
-    for agency, response in responses.items():
-        ciphertexts.update(validate_he_response(agency, node_requests[agency], response, context))
-    hide_order = view == "overall"
-    if any(r.replicas > 1 for r in node_requests.values()):
-        flood: bool | FloodTerm = floods[0] if floods else True
-        return combine_he_packed(program, pseudonyms, context, ciphertexts, mask_key, epoch, hide_order, flood)
-    return combine_he(program, pseudonyms, context, ciphertexts, mask_key, epoch, hide_order, floods=floods), b""
+        return cls(CohortSecrets(tuple(orders), tuple(rng.flips(n, p) for _ in range(k))), privacy)
 
 
 def _combine_plain(

@@ -6,8 +6,10 @@ Two parts, kept apart so each can be reasoned about (and rebased) on its own:
   once; up to `max_queued_checks` more wait, bounded as well by the bytes of their request bodies
   and by a fair share per requesting user and per agency. Waiting checks are dispatched round
   robin over agencies and, within an agency, over users, so one busy office cannot starve
-  another. Anything beyond the bounds is refused at once with `Overloaded` (HTTP 503) and a
-  `retry_after_s` estimated from the queue length and the recent service time.
+  another. Anything beyond the bounds is refused at once with `Overloaded` (HTTP 503), and a
+  waiting check that gets no slot within `max_queue_wait_s` is refused then. `retry_after_s` is
+  estimated from the queue length and the recent service time, and grows while far more clients
+  are refused than served (see `_roll_window`), with jitter.
 * `AdmissionMiddleware`, the thin ASGI edge: reads request bodies itself with a streaming byte
   limit (413), a read deadline (408: a slow body or a Content-Length larger than what is sent)
   and a process-wide budget of body bytes held at once (503). Supervised routes (POST
@@ -21,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import random
 import time
 from collections import Counter, OrderedDict, deque
 from collections.abc import AsyncIterator, Callable, Iterable
@@ -64,6 +67,9 @@ class AdmissionSettings(BaseModel):
     max_queued_per_agency: int = Field(default=16, ge=1, le=100_000, description="one agency's share")
     max_queued_mb: int = Field(default=128, ge=1, le=65_536, description="request bytes of waiting checks")
     max_buffered_mb: int = Field(default=256, ge=1, le=65_536, description="request bodies held at once")
+    max_queue_wait_s: float = Field(
+        default=2.0, gt=0, le=600, description="longest a check waits for a slot; then it is refused (503)"
+    )
     body_read_timeout_s: float = Field(default=15.0, gt=0, le=600, description="to receive a whole body")
     request_deadline_s: float = Field(default=60.0, gt=0, le=3600, description="longest a check may take")
 
@@ -86,11 +92,21 @@ class _Waiter:
     granted: bool = False
 
 
+PACE_WINDOW_S = 5.0  # refusals and completions are counted per window of this length
+MAX_RETRY_AFTER_S = 60.0
+
+
 @dataclass
 class AdmissionController:
     settings: AdmissionSettings
     clock: Callable[[], float] = time.monotonic
     service_s: float = 1.0  # moving average of one check's service time (Retry-After estimates)
+    jitter: Callable[[], float] = field(default=lambda: random.uniform(0.8, 1.2))  # spreads retries
+    # Retry-After under contention: grows while refusals outnumber twice the completions.
+    contention_retry_s: float = 1.0
+    _window_started: float | None = None
+    _refused_in_window: int = 0
+    _served_in_window: int = 0
     _inflight: int = 0
     _queued: int = 0
     _queued_bytes: int = 0
@@ -108,11 +124,33 @@ class AdmissionController:
         return self._queued
 
     def retry_after_s(self) -> float:
-        """Whole seconds until a retry has a fair chance: the queue ahead drained at the recent pace."""
+        """Whole seconds until a retry has a fair chance: the queue ahead drained at the recent pace,
+        or longer while many more clients are refused than served (`contention_retry_s`), with
+        jitter so that clients refused together do not come back together."""
         ahead = self._queued + self._inflight + 1
-        return float(min(60, max(1, math.ceil(ahead * self.service_s / self.settings.max_inflight_checks))))
+        drained = ahead * self.service_s / self.settings.max_inflight_checks
+        wait = max(drained, self.contention_retry_s) * self.jitter()
+        return float(min(MAX_RETRY_AFTER_S, max(1, math.ceil(wait))))
+
+    def _roll_window(self) -> None:
+        """Each window: scale the contention Retry-After by refusals / (2 x completions), at most
+        x4 or /4 per window. Refused clients come back every Retry-After, so it settles where
+        about twice as many come back as are served: enough to keep every slot busy, without a
+        storm of refusals that costs the machine more than the checks do."""
+        now = self.clock()
+        if self._window_started is None:
+            self._window_started = now
+            return
+        if now - self._window_started < PACE_WINDOW_S:
+            return
+        ratio = self._refused_in_window / (2 * max(1, self._served_in_window))
+        scaled = self.contention_retry_s * min(4.0, max(0.25, ratio))
+        self.contention_retry_s = min(MAX_RETRY_AFTER_S, max(1.0, scaled))
+        self._window_started, self._refused_in_window, self._served_in_window = now, 0, 0
 
     def _refuse(self, why: str) -> Overloaded:
+        self._roll_window()
+        self._refused_in_window += 1
         return Overloaded(f"the gateway is overloaded: {why}; retry later", retry_after_s=self.retry_after_s())
 
     def _check_room(self, agency: str, user: str, nbytes: int) -> None:
@@ -135,6 +173,8 @@ class AdmissionController:
             raise self._refuse(f"{self._inflight} checks running and {self._queued} waiting")
         if self.expected_wait_s() + self.service_s > deadline_s:
             raise self._refuse(f"a check queued now would not be answered within its {deadline_s:.1f} s deadline")
+        if self.expected_wait_s() > self.settings.max_queue_wait_s:
+            raise self._refuse(f"a check queued now would wait more than {self.settings.max_queue_wait_s:g} s")
 
     def expected_wait_s(self) -> float:
         """How long a check queued now would wait, at the recent pace."""
@@ -146,17 +186,26 @@ class AdmissionController:
             self._inflight += 1
             return
         self._check_room(agency, user, nbytes)
+        if self.expected_wait_s() > self.settings.max_queue_wait_s:
+            raise self._refuse(f"a check queued now would wait more than {self.settings.max_queue_wait_s:g} s")
         deadline = REQUEST_DEADLINE.get()
         if deadline is not None:
             left = deadline - asyncio.get_running_loop().time()
             if self.expected_wait_s() + self.service_s > left:  # it would time out waiting: say so now
                 raise self._refuse(f"a check queued now would not be answered within its {max(left, 0):.1f} s deadline")
-        waiter = _Waiter(agency, user, nbytes, asyncio.get_running_loop().create_future())
+        # A queued check is refused when no slot came in time: the refusal comes within
+        # max_queue_wait_s, never at the end of the caller's deadline.
+        wait_s = self.settings.max_queue_wait_s
+        if deadline is not None:
+            wait_s = min(wait_s, deadline - asyncio.get_running_loop().time() - self.service_s)
+        loop = asyncio.get_running_loop()
+        waiter = _Waiter(agency, user, nbytes, loop.create_future())
         self._queues.setdefault(agency, OrderedDict()).setdefault(user, deque()).append(waiter)
         self._queued += 1
         self._queued_bytes += nbytes
         self._per_agency[agency] += 1
         self._per_user[(agency, user)] += 1
+        expiry = loop.call_later(max(0.0, wait_s), self._expire, waiter, wait_s)
         try:
             await waiter.future
         except asyncio.CancelledError:
@@ -165,11 +214,22 @@ class AdmissionController:
             else:
                 self._unqueue(waiter)
             raise
+        finally:
+            expiry.cancel()
+
+    def _expire(self, waiter: _Waiter, wait_s: float) -> None:
+        if waiter.future.done():
+            return
+        self._unqueue(waiter)
+        why = f"no slot came free within {max(wait_s, 0):.3g} s of waiting (in time for the request's deadline)"
+        waiter.future.set_exception(self._refuse(why))
 
     def release(self, service_s: float | None) -> None:
         """Give a slot back (with the time it was held, to keep the estimate current)."""
         if service_s is not None:
             self.service_s = 0.8 * self.service_s + 0.2 * max(service_s, 0.001)
+            self._roll_window()
+            self._served_in_window += 1
         self._inflight -= 1
         self._dispatch()
 

@@ -65,6 +65,13 @@ class GatewaySettings(BaseModel):
     max_subjects: int = Field(default=100_000, ge=1, le=1_000_000)
     max_message_mb: int = Field(default=64, ge=1, le=512)
     allow_plaintext_mode: bool = False  # benchmark baseline only
+    he_workers: int | None = Field(
+        default=None,
+        ge=0,
+        le=64,
+        description="processes for the checks' HE arithmetic; 0: the gateway's own threads (stalls its "
+        "event loop under load); default: one per core, at most 4",
+    )
     checkpoint_interval_s: float = Field(default=60.0, gt=0, le=86400)
     # "process": the audit log commits in a child process, on another core than request handling.
     audit_writer: Literal["process", "thread"] = "process"

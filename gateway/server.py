@@ -19,6 +19,7 @@ from gateway.audit import GatewayAudit
 from gateway.checks import CheckCoordinator
 from gateway.config import GatewayConfig, GatewayTls
 from gateway.fanout import NodeDirectory, NodeEndpoint
+from gateway.he_workers import ProcessHeCompute, default_workers
 from gateway.metered import MeteredCheckService
 from gateway.preflight import gateway_problems, load_mask_key
 from gateway.services import Services, public_key_of
@@ -110,6 +111,12 @@ def build_app(config: GatewayConfig, on_ready: Callable[[], None] | None = None)
         max_subjects=settings.max_subjects,
         allow_plaintext_mode=settings.allow_plaintext_mode,
     )
+    # HE flooding and combining in worker processes: TenSEAL holds the GIL, and in threads it
+    # starved the event loop that admits and refuses requests (gateway/he_workers.py).
+    workers = default_workers() if settings.he_workers is None else settings.he_workers
+    compute = ProcessHeCompute(workers) if workers else None
+    if compute is not None:
+        service.compute = compute
     coordinator = CheckCoordinator(service, nodes)
     from gateway.wiring import authenticator_for, contexts_for, idempotency_for, policy_for, training_for
     from policies.approvals import ApprovalRegistry
@@ -170,7 +177,7 @@ def build_app(config: GatewayConfig, on_ready: Callable[[], None] | None = None)
         checkpoint_interval_s=settings.checkpoint_interval_s,
         on_ready=on_ready,
         admission=settings.admission,
-        on_shutdown=[training.close],
+        on_shutdown=[training.close] + ([compute.close] if compute is not None else []),
     )
 
 

@@ -27,6 +27,7 @@ The tree, with (public code, HTTP status, gRPC status):
     ├── AuditUnavailable       audit_unavailable     503  UNAVAILABLE
     │   └── AuditLogCompromised audit_log_compromised 503 UNAVAILABLE  (details.reason: truncated|forked|...)
     ├── StoreUnavailable       store_unavailable     503  UNAVAILABLE  (shared-state database away)
+    ├── ComputeUnavailable     compute_unavailable   503  UNAVAILABLE  (an HE worker process stopped)
     ├── AuditUnconfigured      audit_unconfigured    503  UNAVAILABLE
     ├── TrainingBusy           training_busy         409  RESOURCE_EXHAUSTED  (+ Retry-After)
     ├── JobExists              job_exists            409  ALREADY_EXISTS
@@ -70,11 +71,23 @@ class XgateError(Exception):
         self.message = message
         self.details = details
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Errors cross process boundaries (the gateway's HE workers): rebuilt from their state, since
+        # subclasses' constructors take other arguments than Exception.args.
+        return (_restore, (type(self), self.message, self.__dict__.copy()))
+
     def to_public(self) -> dict[str, Any]:
         body: dict[str, Any] = {"error": self.code, "message": self.message}
         if self.details:
             body["details"] = self.details
         return body
+
+
+def _restore(cls: type[XgateError], message: str, state: dict[str, Any]) -> XgateError:
+    error = cls.__new__(cls)
+    Exception.__init__(error, message)
+    error.__dict__.update(state)
+    return error
 
 
 class InvalidInput(XgateError):
@@ -205,6 +218,14 @@ class StoreUnavailable(XgateError):
     """The gateway's shared-state database (SQLite file or PostgreSQL) cannot be reached: refuse, retry later."""
 
     code = "store_unavailable"
+    http_status = 503
+    grpc_status = "UNAVAILABLE"
+
+
+class ComputeUnavailable(XgateError):
+    """A gateway HE worker process stopped while holding a check (killed, out of memory): retry later."""
+
+    code = "compute_unavailable"
     http_status = 503
     grpc_status = "UNAVAILABLE"
 

@@ -54,8 +54,16 @@ def held(federation: DevFederation, hold_node: tuple[RogueNode, int]) -> str:
         "max_queued_per_user": 1,
         "max_queued_per_agency": 2,
         "request_deadline_s": 30.0,
+        "max_queue_wait_s": 30.0,  # queued checks wait until their deadline (test_queue_wait_... tests the bound)
     }
     return _variant(federation, "gw-overload-held", f"127.0.0.1:{hold_node[1]}", admission=admission)
+
+
+@pytest.fixture(scope="module")
+def short_wait(federation: DevFederation, hold_node: tuple[RogueNode, int]) -> str:
+    """One check computing at a time; a waiting check is refused after 1 s without a slot."""
+    admission = {"max_inflight_checks": 1, "max_queued_checks": 4, "max_queue_wait_s": 1.0}
+    return _variant(federation, "gw-overload-wait", f"127.0.0.1:{hold_node[1]}", admission=admission)
 
 
 @pytest.fixture(scope="module")
@@ -133,11 +141,44 @@ def test_queue_full_and_fair_share_are_immediate_503s_with_retry_after(
                 assert body["details"]["retry_after_s"] >= 1
             assert refused_in < 2.0  # refused at once, not after waiting
             results = await asyncio.gather(running, queued_own, queued_other)
-            assert [r.status_code for r in results].count(504) >= 2, [r.text[:200] for r in results]
+            assert [r.status_code for r in results] == [504, 503, 503], [r.text[:200] for r in results]
             assert results[0].json()["error"] == "deadline_exceeded"
+            # The queued checks got no slot in time for their 6 s deadline: refused before it, not cut at it.
+            for queued in results[1:]:
+                assert queued.json()["error"] == "overloaded" and "no slot came free" in queued.json()["message"]
 
     asyncio.run(scenario())
+    deadline = time.monotonic() + 5
+    while not node.cancelled and time.monotonic() < deadline:  # the cancellation reaches the node a moment later
+        time.sleep(0.05)
     assert node.cancelled  # the gateway cancelled the held node calls: the node stopped
+
+
+def test_a_check_that_waits_too_long_for_a_slot_is_refused_then_not_at_its_deadline(
+    short_wait: str, federation: DevFederation, hold_node: tuple[RogueNode, int], payload: dict[str, object]
+) -> None:
+    """Attack: a gateway whose queue lets checks wait until their deadline makes every client
+    under overload wait its whole deadline for nothing. The bound: refused within max_queue_wait_s."""
+    node, _ = hold_node
+
+    async def scenario() -> None:
+        async with httpx.AsyncClient(base_url=short_wait, verify=_verify(federation), timeout=30) as http:
+            headers = _auth(federation, "caseworker", **{"X-Request-Timeout": "8"})
+            before = len(node.started)
+            running = asyncio.ensure_future(http.post("/v1/checks", json=_body(federation, payload), headers=headers))
+            await _until(lambda: len(node.started) > before)  # the hold node keeps the only slot busy
+            t0 = time.monotonic()
+            waited = await http.post(
+                "/v1/checks", json=_body(federation, payload), headers=_auth(federation, "caseworker_silver")
+            )
+            elapsed = time.monotonic() - t0
+            assert waited.status_code == 503, waited.text
+            assert waited.json()["error"] == "overloaded" and "within 1 s" in waited.json()["message"]
+            assert int(waited.headers["Retry-After"]) >= 1
+            assert 0.9 < elapsed < 4.0  # after its second of waiting, long before the 8 s deadline
+            assert (await running).status_code == 504
+
+    asyncio.run(scenario())
 
 
 def test_client_gone_cancels_the_check_at_the_node(

@@ -25,8 +25,9 @@ def _settings(**change: object) -> AdmissionSettings:
         "max_queued_checks": 10,
         "max_queued_per_user": 10,
         "max_queued_per_agency": 10,
+        "max_queue_wait_s": 600,  # these tests hold slots for as long as they like
     }
-    return AdmissionSettings(**(base | change))
+    return AdmissionSettings.model_validate(base | change)
 
 
 async def _queue(ctl: AdmissionController, order: list[str], agency: str, user: str) -> None:
@@ -205,3 +206,46 @@ def test_a_check_that_would_outwait_its_deadline_is_refused_at_once() -> None:
         await waiting
 
     asyncio.run(scenario())
+
+
+def test_a_waiting_check_is_refused_after_max_queue_wait_and_leaves_the_queue() -> None:
+    async def scenario() -> None:
+        ctl = AdmissionController(_settings(max_queue_wait_s=0.05), service_s=0.001)
+        await ctl.acquire("a", "holder")
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        with pytest.raises(Overloaded, match=r"no slot came free within 0\.05 s") as info:
+            await ctl.acquire("a", "u")
+        assert 0.04 < loop.time() - t0 < 1.0 and ctl.queued == 0 and ctl.inflight == 1
+        assert info.value.details["retry_after_s"] >= 1
+        ctl.release(0.001)
+        await ctl.acquire("a", "u")  # the slot is free again: granted at once
+        assert ctl.inflight == 1
+
+    asyncio.run(scenario())
+
+
+def test_retry_after_grows_while_refusals_outnumber_completions_and_falls_back_after() -> None:
+    """Attack: 1,000 clients refused with Retry-After 1 come back every second, and answering the
+    refusals costs more than the checks. Retry-After scales with refusals / (2 x completions)."""
+    now = [0.0]
+    ctl = AdmissionController(_settings(max_queued_checks=0), clock=lambda: now[0], service_s=0.5, jitter=lambda: 1.0)
+
+    def window(refusals: int, served: int) -> float:
+        for _ in range(refusals):
+            with pytest.raises(Overloaded):
+                ctl.refuse_early(10.0)  # every slot busy and no queue: refused
+        for _ in range(served):
+            ctl._inflight += 1  # a check that was admitted and now completes
+            ctl.release(0.5)
+        now[0] += 5.0
+        return ctl.contention_retry_s
+
+    ctl._inflight = ctl.settings.max_inflight_checks  # every slot busy: refusals from here
+    window(1, 0)  # opens the first window
+    # A window's counts apply at the first event after it closes, so each figure lags one window.
+    grown = [window(400, 10) for _ in range(5)]
+    assert grown == [1.0, 4.0, 16.0, 60.0, 60.0]  # x min(4, 400 / 20) per window, capped at 60 s
+    assert ctl.retry_after_s() == 60.0
+    fallen = [window(0, 10) for _ in range(5)]
+    assert fallen[-1] == 1.0 and fallen == sorted(fallen, reverse=True)

@@ -43,6 +43,7 @@ TABLE: dict[str, tuple[str, int, str]] = {
     "AuditLogCompromised": ("audit_log_compromised", 503, "UNAVAILABLE"),
     "AuditUnconfigured": ("audit_unconfigured", 503, "UNAVAILABLE"),
     "StoreUnavailable": ("store_unavailable", 503, "UNAVAILABLE"),
+    "ComputeUnavailable": ("compute_unavailable", 503, "UNAVAILABLE"),
     "TrainingBusy": ("training_busy", 409, "RESOURCE_EXHAUSTED"),
     "JobExists": ("job_exists", 409, "ALREADY_EXISTS"),
     "TrainingUnavailable": ("training_unavailable", 503, "UNAVAILABLE"),

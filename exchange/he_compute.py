@@ -1,0 +1,111 @@
+"""Where a check's homomorphic arithmetic runs: the port, the job it is given, and the inline runner.
+
+TenSEAL holds the GIL for the whole of each operation (measured: a thread multiplying BFV vectors
+left a pure-Python loop in another thread 19 % of its speed). Run in the gateway's threads, the HE
+combine of the checks in flight starved its event loop: under 1,000 clients a refusal took 6 s to
+go out. So the arithmetic is a picklable job (`CombineJob`) handed to an `HeCompute`: inline
+(`InlineHeCompute`, threads, for unit tests and tools) or in worker processes
+(gateway/he_workers.py), where the event loop only moves bytes.
+
+A job carries the requester's public context as bytes; a worker validates it once per distinct
+context (`PublicContext.cached`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+from crypto.he import FloodTerm, PublicContext
+from exchange.eligibility import (
+    CriterionOutcome,
+    combine_cohort_he,
+    combine_he,
+    combine_he_packed,
+    validate_he_response,
+)
+from exchange.types import View
+from policies.programs import Program
+from protos.xgate.v1 import node_pb2
+
+
+@dataclass(frozen=True)
+class CohortSecrets:
+    """The cohort view's per-criterion subject orders and the slots whose sign is flipped."""
+
+    orders: tuple[tuple[str, ...], ...]
+    flips: tuple[np.ndarray, ...]
+
+
+@dataclass(frozen=True)
+class CombineJob:
+    """Everything the combine step needs, nothing that cannot cross a process boundary.
+
+    `plans`/`answers`: per fan-out (one, or one per criterion in the cohort view) the request sent
+    to each agency and its answer. `floods`: flood terms prepared during the fan-out, or None to
+    flood inside the combine.
+    """
+
+    program: Program
+    context_data: bytes
+    mask_key: bytes
+    epoch: int
+    plans: tuple[Mapping[str, node_pb2.EncryptRequest], ...]
+    answers: tuple[Mapping[str, node_pb2.EncryptResponse], ...]
+    pseudonyms: tuple[str, ...] = ()
+    view: View = "per_criterion"
+    cohort: CohortSecrets | None = None
+    floods: tuple[FloodTerm, ...] | None = None
+
+
+def combine(job: CombineJob) -> tuple[list[CriterionOutcome], bytes]:
+    """The criteria's masked outcomes, and the one shared ciphertext when the batch was packed (else b"").
+    Every node answer is validated against its request first (sizes, counts, parameters)."""
+    context = PublicContext.cached(job.context_data)
+    loaded = []
+    for plan, responses in zip(job.plans, job.answers, strict=True):
+        ciphertexts = {}
+        for agency, response in responses.items():
+            ciphertexts.update(validate_he_response(agency, plan[agency], response, context))
+        loaded.append(ciphertexts)
+    floods = list(job.floods) if job.floods is not None else None
+    if job.cohort is not None:
+        outcomes = combine_cohort_he(
+            job.program, job.cohort.orders, context, loaded, job.mask_key, job.epoch, job.cohort.flips, floods
+        )
+        return outcomes, b""
+    (ciphertexts,) = loaded
+    args = (job.program, list(job.pseudonyms), context, ciphertexts, job.mask_key, job.epoch, job.view == "overall")
+    if any(r.replicas > 1 for r in job.plans[0].values()):
+        return combine_he_packed(*args, flood=floods[0] if floods else True)
+    return combine_he(*args, floods=floods), b""
+
+
+def prepare_floods(context_data: bytes, counts: Sequence[int]) -> list[FloodTerm]:
+    """Flood terms for result ciphertexts of these slot counts (they depend on the public key only)."""
+    return PublicContext.cached(context_data).flood_terms(counts)
+
+
+class HeCompute(Protocol):
+    """Runs a check's HE steps somewhere other than the event loop."""
+
+    async def floods(self, context_data: bytes, counts: Sequence[int]) -> list[FloodTerm]: ...
+
+    async def combine(self, job: CombineJob) -> tuple[list[CriterionOutcome], bytes]: ...
+
+
+class InlineHeCompute:
+    """In this process's threads: fine where nothing else waits on the event loop (tests, tools)."""
+
+    async def floods(self, context_data: bytes, counts: Sequence[int]) -> list[FloodTerm]:
+        return await asyncio.to_thread(prepare_floods, context_data, counts)
+
+    async def combine(self, job: CombineJob) -> tuple[list[CriterionOutcome], bytes]:
+        return await asyncio.to_thread(combine, job)
+
+
+__all__ = ["CohortSecrets", "CombineJob", "HeCompute", "InlineHeCompute", "combine", "prepare_floods"]
