@@ -92,6 +92,7 @@ class _Waiter:
     granted: bool = False
 
 
+REFUSAL_MARGIN_S = 1.0  # a queued check is refused at least this long before its deadline
 PACE_WINDOW_S = 5.0  # refusals and completions are counted per window of this length
 MAX_RETRY_AFTER_S = 60.0
 
@@ -196,8 +197,8 @@ class AdmissionController:
         # A queued check is refused when no slot came in time: the refusal comes within
         # max_queue_wait_s, never at the end of the caller's deadline.
         wait_s = self.settings.max_queue_wait_s
-        if deadline is not None:
-            wait_s = min(wait_s, deadline - asyncio.get_running_loop().time() - self.service_s)
+        if deadline is not None:  # leave room to serve it, and at least a second for the refusal to get out
+            wait_s = min(wait_s, deadline - asyncio.get_running_loop().time() - max(self.service_s, REFUSAL_MARGIN_S))
         loop = asyncio.get_running_loop()
         waiter = _Waiter(agency, user, nbytes, loop.create_future())
         self._queues.setdefault(agency, OrderedDict()).setdefault(user, deque()).append(waiter)

@@ -8,10 +8,10 @@ import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.admission_control import AdmissionController, AdmissionMiddleware, AdmissionSettings
 from gateway.api_contract import ContractMiddleware, contract_openapi, install_error_handlers, request_id_of
@@ -51,7 +51,7 @@ def create_app(
     app.add_middleware(
         AdmissionMiddleware, settings=admission, max_body_bytes=max_body_bytes, controller=services.admission
     )
-    _audit_every_request(app, services.audit)
+    app.add_middleware(AuditEveryRequest, audit=services.audit)
     app.add_middleware(ContractMiddleware)  # outermost: the request id, int64 range, the one error shape
     app.openapi = contract_openapi(app)  # type: ignore[method-assign]
     install_error_handlers(app)  # one error shape with a request id (gateway/api_contract.py)
@@ -118,41 +118,78 @@ def _is_action(method: str, path: str) -> bool:
     return method not in ("GET", "HEAD", "OPTIONS") and path.startswith("/v1/") and not path.startswith("/v1/audit/")
 
 
-def _audit_every_request(app: FastAPI, audit: GatewayAudit | None) -> None:
-    @app.middleware("http")
-    async def audit_every_request(request: Request, call_next: Any) -> Any:
-        # Outermost: sees refusals (401, 413, 4xx) and errors (500) too. Paths carry at most pseudonyms.
-        # Every response carries the request id (X-Request-Id, and in error bodies); every entry
-        # about the request records it, the `request` entry included.
+class AuditEveryRequest:
+    """Records every /v1/ request in the audit log before its answer goes out: unrecorded means
+    refused (503). Sees refusals (401, 413, 4xx) and errors (500) too; paths carry at most
+    pseudonyms. Every entry recorded while serving a request carries its id (REQUEST_ID).
+
+    Plain ASGI rather than Starlette's BaseHTTPMiddleware: that one runs each request in anyio task
+    groups whose cancellation is re-delivered on every turn of the event loop until the request's
+    tasks unwind; under 1,000 clients that took a fifth of the loop (py-spy). The answer to a /v1/
+    request is held until its entry is written (answers there are JSON); others stream through.
+    """
+
+    def __init__(self, app: ASGIApp, audit: GatewayAudit | None) -> None:
+        self.app = app
+        self.audit = audit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
         started = time.perf_counter()
-        request_id = request_id_of(request.scope)  # given by ContractMiddleware (outside this one)
-        path = request.url.path
-        if audit is not None and audit.compromised is not None and _is_action(request.method, path):
-            request.state.error = audit.compromised.code  # a damaged log records no new actions
-            response: Any = error_response(request, audit.compromised)
+        request_id = request_id_of(scope)  # given by ContractMiddleware (outside this one)
+        path, method = scope["path"], scope["method"]
+        state = scope.setdefault("state", {})
+        audit = self.audit
+        held: list[Message] = []
+        status = 500
+        answered = False
+
+        async def hold(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            held.append(message)
+
+        async def forward(message: Message) -> None:
+            nonlocal answered
+            answered = answered or message["type"] == "http.response.start"
+            await send(message)
+
+        audited = audit is not None and path.startswith("/v1/")
+        out = hold if audited else forward
+        if audit is not None and audit.compromised is not None and _is_action(method, path):
+            state["error"] = audit.compromised.code  # a damaged log records no new actions
+            await error_response(Request(scope), audit.compromised)(scope, receive, out)
         else:
-            token = REQUEST_ID.set(request_id)  # entries recorded while serving it carry it
+            token = REQUEST_ID.set(request_id)
             try:
-                response = await call_next(request)
+                await self.app(scope, receive, out)
             except Exception:  # what the 500 handler would answer, but recorded like every request
+                if answered:
+                    raise
                 log.exception("request_failed", path=path, request_id=request_id)
-                request.state.error = "internal_error"
-                response = error_response(request, XgateError("internal error"))
+                state["error"] = "internal_error"
+                held.clear()
+                await error_response(Request(scope), XgateError("internal error"))(scope, receive, out)
             finally:
                 REQUEST_ID.reset(token)
-        if audit is not None and path.startswith("/v1/"):
-            try:
-                await audit.record_request(
-                    request.method,
-                    path,
-                    response.status_code,
-                    (time.perf_counter() - started) * 1000,
-                    getattr(request.state, "principal", None),
-                    getattr(request.state, "error", ""),
-                    request_id,
-                    getattr(request.state, "audit_extra", None),
-                )
-            except XgateError as exc:  # unrecorded means refused
-                response = error_response(request, exc, status=503)
-        response.headers["X-Request-Id"] = request_id
-        return response
+        if not audited or audit is None:
+            return
+        try:
+            await audit.record_request(
+                method,
+                path,
+                status,
+                (time.perf_counter() - started) * 1000,
+                state.get("principal"),
+                state.get("error", ""),
+                request_id,
+                state.get("audit_extra"),
+            )
+        except XgateError as exc:  # unrecorded means refused
+            held.clear()
+            await error_response(Request(scope), exc, status=503)(scope, receive, hold)
+        for message in held:
+            await send(message)

@@ -119,15 +119,15 @@ def test_queue_full_and_fair_share_are_immediate_503s_with_retry_after(
                 return asyncio.ensure_future(http.post("/v1/checks", json=_body(federation, payload), headers=headers))
 
             before = len(node.started)
-            running = post("caseworker")  # takes the only slot; the hold node keeps it busy
+            running = post("caseworker", "10")  # takes the only slot; the hold node keeps it busy
             await _until(lambda: len(node.started) > before)
-            queued_own = post("caseworker")  # the user's one queue place
+            queued_own = post("caseworker", "4")  # the user's one queue place
             await asyncio.sleep(0.3)
             t0 = time.monotonic()
             over_share = await http.post(
                 "/v1/checks", json=_body(federation, payload), headers=_auth(federation, "caseworker")
             )
-            queued_other = post("caseworker_silver")  # another user still gets a fair place
+            queued_other = post("caseworker_silver", "4")  # another user still gets a fair place
             await asyncio.sleep(0.3)
             full = await http.post(
                 "/v1/checks", json=_body(federation, payload), headers=_auth(federation, "caseworker_bronze")
@@ -143,7 +143,7 @@ def test_queue_full_and_fair_share_are_immediate_503s_with_retry_after(
             results = await asyncio.gather(running, queued_own, queued_other)
             assert [r.status_code for r in results] == [504, 503, 503], [r.text[:200] for r in results]
             assert results[0].json()["error"] == "deadline_exceeded"
-            # The queued checks got no slot in time for their 6 s deadline: refused before it, not cut at it.
+            # The queued checks got no slot in time for their 4 s deadline: refused before it, not cut at it.
             for queued in results[1:]:
                 assert queued.json()["error"] == "overloaded" and "no slot came free" in queued.json()["message"]
 
