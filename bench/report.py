@@ -566,20 +566,44 @@ def load(d: dict[str, Any]) -> str:
             else "The 1,000-client level was not run (--quick)."
         ),
         _single_check(d),
-        (
-            "Reading the figures: every check request of this run still carried the requester's public HE "
-            "context (it predates registering the context once, issue 17 item 2), so each client uploaded most "
-            "of the client↔gateway bytes above with every check and the gateway parsed them; "
-            if "single_check_bytes_first" not in d
-            else "Reading the figures: checks name the requester's registered context by fingerprint, so after "
-            "the first no context bytes travel; "
-        )
-        + "an HTTP/1.1 client writes the whole body before it reads an early 503, so under heavy load refusals "
-        "reach clients late and clients time out instead. Admission keeps the gateway's own memory bounded "
-        "(RSS column).",
+        _load_reading(d),
         *_replicas(d),
     ]
     return "\n\n".join(lines)
+
+
+def _load_reading(d: dict[str, Any]) -> str:
+    """What the load figures say, from the figures: context bytes, where the CPU went at 1,000
+    clients, and when the requests that timed out were sent."""
+    parts = [
+        "Reading the figures: checks name the requester's registered context by fingerprint, so after the "
+        "first no context bytes travel."
+        if "single_check_bytes_first" in d
+        else "Reading the figures: every check request of this run still carried the requester's public HE "
+        "context (it predates registering the context once, issue 17 item 2)."
+    ]
+    top = next((r for r in d["levels"] if r["concurrency"] == 1000), None)
+    if top is not None:
+        cpu = top["cpu"]
+        parts.append(
+            f"At 1,000 clients the machine was {cpu['machine_busy_of_cores']:.0%} busy (CPU cores per second: "
+            f"gateway {cpu['gateways']}, nodes {cpu['nodes']}, load clients {cpu['client']}); the load clients "
+            f"share the federation's {d['machine']['cpus']} cores, so a late answer or refusal is late for want "
+            "of a core."
+        )
+        sent = top.get("client_timeouts_by_sent_s")
+        if sent and top["client_timeouts"]:
+            when = ", ".join(f"{span} s: {n}" for span, n in sent.items())
+            parts.append(f"Timed-out requests by when they were sent (seconds into the level): {when}.")
+        slowest = top.get("refused_ms_max_by_sent_s")
+        if slowest:
+            parts.append(
+                f"The slowest refusal of a request sent in the level's first 5 s, when all 1,000 clients open "
+                f"their TLS connections at once, took {_ms(slowest['0-5'])} ms; of one sent after, "
+                f"{_ms(slowest['5+'])} ms."
+            )
+    parts.append("Admission keeps the gateway's own memory bounded (RSS column).")
+    return " ".join(parts)
 
 
 def audit_federation(d: dict[str, Any]) -> str:
@@ -718,9 +742,9 @@ def load_partial(d: dict[str, Any]) -> str:
             "The same federation twice in one run: the gateway as configured, its checks' HE arithmetic in "
             "worker processes (`[gateway] he_workers`, gateway/he_workers.py), then with `he_workers = 0`, the "
             "arithmetic in the gateway's own threads as before. TenSEAL holds the GIL for each operation, so in "
-            "threads it stalls the event loop that admits and refuses requests. Levels above 250 clients are "
-            f"driven from several load processes. Load average at the end: {d['machine']['load_average_1m_at_end']} "
-            f"on {d['machine']['cpus']} cores.",
+            "threads it stalls the event loop that admits and refuses requests. The load clients are aiohttp, "
+            "levels above 250 clients driven from several load processes. "
+            f"Load average at the end: {d['machine']['load_average_1m_at_end']} on {d['machine']['cpus']} cores.",
             _table(header, rows),
             "Workers against threads: " + "; ".join(compared) + ".",
         ]
@@ -748,7 +772,11 @@ SECTIONS: list[tuple[str, str, Callable[[dict[str, Any]], str]]] = [
         audit_federation,
     ),
     ("load.single", "One check on a county office's link (`bench/load.py --single`)", load_single),
-    ("load.partial", "1,000 clients from several load processes (`bench/load.py --levels 100,1000`)", load_partial),
+    (
+        "load.partial",
+        "HE in worker processes against HE in the gateway's threads (`bench/load.py --levels 100,1000`)",
+        load_partial,
+    ),
 ]
 
 

@@ -46,3 +46,13 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     handed out last would run alone while the other workers idle, so those go out first.
     """
     items.sort(key=lambda item: 0 if item.get_closest_marker("slow") else 1)
+
+
+@pytest.fixture(scope="session")
+def programs():  # type: ignore[no-untyped-def]
+    """The shipped programs, checked against the shipped catalogue."""
+    from policies.catalogue import load_catalogue
+    from policies.decision import DEFAULT_POLICY_DIR
+    from policies.programs import ProgramRegistry
+
+    return ProgramRegistry.load(DEFAULT_POLICY_DIR / "programs", load_catalogue()[0])

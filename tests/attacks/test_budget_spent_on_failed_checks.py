@@ -20,10 +20,8 @@ import pytest
 
 from exchange.service import CheckService
 from policies.budgets import ProbeBudget
-from policies.catalogue import load_catalogue
 from policies.consent import ConsentRegistry
 from policies.decision import DEFAULT_POLICY_DIR, CheckAuthorizer, PolicyEngine
-from policies.programs import ProgramRegistry
 from policies.types import BudgetRule, PolicyOutcome
 from tests.unit.test_approvals import STANDING_REF, standing_registry
 from tests.unit.test_check_service import (
@@ -38,12 +36,6 @@ from tests.unit.test_check_service import (
 )
 from tests.unit.test_policy_support import DAYTIME
 from xgate.errors import BudgetExhausted, NodeError, NodeRefused, NodeTimeout, NodeUnavailable, PolicyDenied
-
-
-@pytest.fixture(scope="module")
-def programs() -> ProgramRegistry:
-    return ProgramRegistry.load(DEFAULT_POLICY_DIR / "programs", load_catalogue()[0])
-
 
 APPROVALS = standing_registry(Path(tempfile.mkdtemp(prefix="xgate-attack-")) / "approvals.db")
 RULE = BudgetRule(max_checks=3, window_days=30, policy_id="")

@@ -22,12 +22,10 @@ import pytest
 
 from exchange.service import CheckService
 from gateway.he_workers import ProcessHeCompute
-from policies.catalogue import load_catalogue
 from policies.programs import ProgramRegistry
 from policies.types import PolicyOutcome
 from tests.unit.test_check_service import (
     HASH_1,
-    PROGRAM_DIR,
     SUBJECTS,
     FakeNodes,
     FakePolicy,
@@ -39,11 +37,6 @@ from tests.unit.test_check_service import (
     run,
 )
 from xgate.errors import ComputeUnavailable, NodeProtocolError
-
-
-@pytest.fixture(scope="module")
-def programs() -> ProgramRegistry:
-    return ProgramRegistry.load(PROGRAM_DIR, load_catalogue()[0])
 
 
 @pytest.fixture(scope="module")

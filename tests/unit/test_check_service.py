@@ -22,7 +22,6 @@ from audit.records import AuditRecord
 from crypto.he import SLOTS, PublicContext, chunks
 from exchange.service import CheckService
 from exchange.types import CheckOutcome, CheckRequest
-from policies.catalogue import load_catalogue
 from policies.decision import DEFAULT_POLICY_DIR, CheckAuthorizer, PolicyEngine
 from policies.programs import ProgramRegistry
 from policies.types import BudgetRule, CheckContext, PolicyOutcome
@@ -49,12 +48,6 @@ HASH_1, HASH_2 = "a1" * 32, "b2" * 32  # policy set hashes (sha256 hex)
 def pseudo(i: int) -> str:
     alphabet = "abcdefghijklmnopqrstuvwxyz234567"
     return "".join(alphabet[(i >> (5 * k)) % 32] for k in range(26))
-
-
-@pytest.fixture(scope="module")
-def programs() -> ProgramRegistry:
-    catalogue, _ = load_catalogue()
-    return ProgramRegistry.load(PROGRAM_DIR, catalogue)
 
 
 SUBJECTS = tuple(pseudo(i) for i in range(6))
