@@ -93,7 +93,7 @@ class _Waiter:
 
 
 REFUSAL_MARGIN_S = 1.0  # a queued check is refused at least this long before its deadline
-PACE_WINDOW_S = 5.0  # refusals and completions are counted per window of this length
+PACE_WINDOW_S = 2.0  # refusals and completions are counted per window of this length (5 s adapted too slowly)
 MAX_RETRY_AFTER_S = 60.0
 
 
