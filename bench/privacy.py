@@ -489,9 +489,9 @@ def slot_linkage(trials: int, cohort: int = 10) -> dict[str, Any]:
     same = pairs = 0
     for _ in range(trials):
         plan = _CohortPlan.draw(program, request, PolicyOutcome("cohort"), SystemRandomness())
-        for a in range(len(plan.orders)):
-            for b in range(a + 1, len(plan.orders)):
-                same += sum(x == y for x, y in zip(plan.orders[a], plan.orders[b], strict=True))
+        for a in range(len(plan.secrets.orders)):
+            for b in range(a + 1, len(plan.secrets.orders)):
+                same += sum(x == y for x, y in zip(plan.secrets.orders[a], plan.secrets.orders[b], strict=True))
                 pairs += cohort
     rate = same / pairs
     return {

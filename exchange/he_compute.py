@@ -97,6 +97,8 @@ class HeCompute(Protocol):
 
     async def combine(self, job: CombineJob) -> tuple[list[CriterionOutcome], bytes]: ...
 
+    def close(self) -> None: ...
+
 
 class InlineHeCompute:
     """In this process's threads: fine where nothing else waits on the event loop (tests, tools)."""
@@ -106,6 +108,9 @@ class InlineHeCompute:
 
     async def combine(self, job: CombineJob) -> tuple[list[CriterionOutcome], bytes]:
         return await asyncio.to_thread(combine, job)
+
+    def close(self) -> None:
+        """Nothing is held between jobs."""
 
 
 __all__ = ["CohortSecrets", "CombineJob", "HeCompute", "InlineHeCompute", "combine", "prepare_floods"]

@@ -197,7 +197,7 @@ class CheckService:
             # Cohort view: each criterion's subjects go out in their own order only the gateway
             # knows (and with fresh masks), so slots map to no one, are not linked across criteria
             # or queries, and each slot's sign is flipped with the randomized-response probability.
-            plans = build_cohort_requests(program, scope, cohort.orders, ref)
+            plans = build_cohort_requests(program, scope, cohort.secrets.orders, ref)
         else:
             # A small batch packs every criterion's result into one ciphertext (the nodes repeat values).
             blocks = packing(program, len(pseudonyms)) if context is not None else 0
@@ -384,10 +384,6 @@ class _CohortPlan:
 
     secrets: CohortSecrets
     privacy: CohortPrivacy
-
-    @property
-    def orders(self) -> tuple[tuple[str, ...], ...]:
-        return self.secrets.orders
 
     @classmethod
     def draw(cls, program: Program, request: CheckRequest, outcome: PolicyOutcome, rng: Randomness) -> _CohortPlan:

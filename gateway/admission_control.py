@@ -172,9 +172,14 @@ class AdmissionController:
             return
         if self._queued >= self.settings.max_queued_checks:
             raise self._refuse(f"{self._inflight} checks running and {self._queued} waiting")
-        if self.expected_wait_s() + self.service_s > deadline_s:
-            raise self._refuse(f"a check queued now would not be answered within its {deadline_s:.1f} s deadline")
-        if self.expected_wait_s() > self.settings.max_queue_wait_s:
+        self._refuse_if_late(deadline_s)
+
+    def _refuse_if_late(self, left_s: float | None) -> None:
+        """Refuse now what would wait past its deadline (`left_s` from now) or past max_queue_wait_s."""
+        wait = self.expected_wait_s()
+        if left_s is not None and wait + self.service_s > left_s:  # it would time out waiting: say so now
+            raise self._refuse(f"a check queued now would not be answered within its {max(left_s, 0):.1f} s deadline")
+        if wait > self.settings.max_queue_wait_s:
             raise self._refuse(f"a check queued now would wait more than {self.settings.max_queue_wait_s:g} s")
 
     def expected_wait_s(self) -> float:
@@ -187,19 +192,15 @@ class AdmissionController:
             self._inflight += 1
             return
         self._check_room(agency, user, nbytes)
-        if self.expected_wait_s() > self.settings.max_queue_wait_s:
-            raise self._refuse(f"a check queued now would wait more than {self.settings.max_queue_wait_s:g} s")
+        loop = asyncio.get_running_loop()
         deadline = REQUEST_DEADLINE.get()
-        if deadline is not None:
-            left = deadline - asyncio.get_running_loop().time()
-            if self.expected_wait_s() + self.service_s > left:  # it would time out waiting: say so now
-                raise self._refuse(f"a check queued now would not be answered within its {max(left, 0):.1f} s deadline")
+        left = deadline - loop.time() if deadline is not None else None
+        self._refuse_if_late(left)
         # A queued check is refused when no slot came in time: the refusal comes within
         # max_queue_wait_s, never at the end of the caller's deadline.
         wait_s = self.settings.max_queue_wait_s
-        if deadline is not None:  # leave room to serve it, and at least a second for the refusal to get out
-            wait_s = min(wait_s, deadline - asyncio.get_running_loop().time() - max(self.service_s, REFUSAL_MARGIN_S))
-        loop = asyncio.get_running_loop()
+        if left is not None:  # leave room to serve it, and at least a second for the refusal to get out
+            wait_s = min(wait_s, left - max(self.service_s, REFUSAL_MARGIN_S))
         waiter = _Waiter(agency, user, nbytes, loop.create_future())
         self._queues.setdefault(agency, OrderedDict()).setdefault(user, deque()).append(waiter)
         self._queued += 1

@@ -14,6 +14,7 @@ import grpc
 import uvicorn
 from fastapi import FastAPI
 
+from exchange.he_compute import HeCompute, InlineHeCompute
 from gateway.app import create_app
 from gateway.audit import GatewayAudit
 from gateway.checks import CheckCoordinator
@@ -103,6 +104,10 @@ def build_app(config: GatewayConfig, on_ready: Callable[[], None] | None = None)
     catalogue, _ = load_catalogue(settings.catalogue)
     programs = ProgramRegistry.load(settings.program_dir, catalogue)
     nodes = node_directory(config)
+    # HE flooding and combining in worker processes: TenSEAL holds the GIL, and in threads it
+    # starved the event loop that admits and refuses requests (gateway/he_workers.py).
+    workers = default_workers() if settings.he_workers is None else settings.he_workers
+    compute: HeCompute = ProcessHeCompute(workers) if workers else InlineHeCompute()
     service = MeteredCheckService(  # counts checks for /metrics
         programs=programs,
         nodes=nodes,
@@ -110,13 +115,8 @@ def build_app(config: GatewayConfig, on_ready: Callable[[], None] | None = None)
         deadline_s=settings.deadline_seconds,
         max_subjects=settings.max_subjects,
         allow_plaintext_mode=settings.allow_plaintext_mode,
+        compute=compute,
     )
-    # HE flooding and combining in worker processes: TenSEAL holds the GIL, and in threads it
-    # starved the event loop that admits and refuses requests (gateway/he_workers.py).
-    workers = default_workers() if settings.he_workers is None else settings.he_workers
-    compute = ProcessHeCompute(workers) if workers else None
-    if compute is not None:
-        service.compute = compute
     coordinator = CheckCoordinator(service, nodes)
     from gateway.wiring import authenticator_for, contexts_for, idempotency_for, policy_for, training_for
     from policies.approvals import ApprovalRegistry
@@ -177,7 +177,7 @@ def build_app(config: GatewayConfig, on_ready: Callable[[], None] | None = None)
         checkpoint_interval_s=settings.checkpoint_interval_s,
         on_ready=on_ready,
         admission=settings.admission,
-        on_shutdown=[training.close] + ([compute.close] if compute is not None else []),
+        on_shutdown=[training.close, compute.close],
     )
 
 

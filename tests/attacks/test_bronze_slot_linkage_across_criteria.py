@@ -31,9 +31,9 @@ def test_each_criterion_goes_to_the_nodes_in_its_own_order() -> None:
     request = CheckRequest("target_discovery", "target_discovery", "x", "c", subjects)
     plan = _CohortPlan.draw(program, request, PolicyOutcome("cohort"), SystemRandomness())
     scope = CheckScope("r-1", "civil_affairs", "u", "caseworker", "bronze", "target_discovery", "x", "c")
-    plans = build_cohort_requests(program, scope, plan.orders, b"ctx")
+    plans = build_cohort_requests(program, scope, plan.secrets.orders, b"ctx")
     assert len(plans) == len(program.criteria)
-    for criterion, order, requests in zip(program.criteria, plan.orders, plans, strict=True):
+    for criterion, order, requests in zip(program.criteria, plan.secrets.orders, plans, strict=True):
         assert sorted(order) == sorted(subjects)
         assert {q.element for r in requests.values() for q in r.elements} == {t.element for t in criterion.terms}
         assert all(list(r.pseudonyms) == list(order) for r in requests.values())
