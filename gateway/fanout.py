@@ -18,6 +18,9 @@ from xgate.logging import get_logger
 
 log = get_logger("xgate.gateway.fanout")
 
+# (first, longest) wait in ms before the channel dials a node that refused it again.
+RECONNECT_BACKOFF_MS = (250, 1000)
+
 
 @dataclass(frozen=True)
 class NodeEndpoint:
@@ -75,6 +78,12 @@ class NodeDirectory:
         options: list[tuple[str, object]] = [
             ("grpc.max_receive_message_length", self._limit),
             ("grpc.max_send_message_length", self._limit),
+            # gRPC's default reconnect backoff grows to 120 s: a node restarted after a few failed
+            # calls would stay "unreachable" long after it is back. Agencies are few, so retrying
+            # their address every second at most costs nothing.
+            ("grpc.initial_reconnect_backoff_ms", RECONNECT_BACKOFF_MS[0]),
+            ("grpc.min_reconnect_backoff_ms", RECONNECT_BACKOFF_MS[0]),
+            ("grpc.max_reconnect_backoff_ms", RECONNECT_BACKOFF_MS[1]),
         ]
         if agency in self._credentials:
             creds, target_name = self._credentials[agency]

@@ -9,9 +9,11 @@ gateway and gateway to nodes, which is counted both in bytes and in the nodes' o
 
 from __future__ import annotations
 
+import time
 import tomllib
 from pathlib import Path
 
+import httpx
 import pytest
 import tomli_w
 
@@ -59,6 +61,16 @@ def _restart(federation: DevFederation, agency: str) -> None:
     variant: Path = federation.node_config(agency).with_name("node-restarted.toml")
     variant.write_bytes(tomli_w.dumps(config).encode())
     supervisor.start(name, ["node", "serve", "--config", str(variant)])
+    _wait_until_the_gateway_reaches_every_node(federation)
+
+
+def _wait_until_the_gateway_reaches_every_node(federation: DevFederation, timeout_s: float = 20.0) -> None:
+    """The node is up once it printed its readiness line; the gateway's channel to it redials on its
+    own backoff (at most 1 s apart), so wait for /readyz, which calls every node through it."""
+    deadline = time.monotonic() + timeout_s
+    while httpx.get(f"{federation.gateway_url}/readyz", verify=str(federation.ca_cert), timeout=10).status_code != 200:
+        assert time.monotonic() < deadline, "the gateway did not reach the restarted node"
+        time.sleep(0.2)
 
 
 def test_context_goes_over_the_wire_once_and_again_after_a_node_restart(federation: DevFederation) -> None:
