@@ -1,6 +1,8 @@
 """Horizontal ClientApp (legacy NumPyClient API, the one SecAgg+ supports in flwr 1.41).
 
-fit: refuse unless this node approved the job; train logistic regression locally from the
+fit: refuse unless this node approved the job; in a job that standardises, the first train
+message is the statistics round (this node's moment vector, federated/pooled_stats.py) and the
+pooled statistics come with every later message; train logistic regression locally from the
 global weights (with DP-SGD for record-level DP, its accounting recorded in the node's ledger
 first: federated/dp_sgd.py); send the update (delta), L2-clipped for node-level DP when the
 server asks, then
@@ -20,9 +22,9 @@ from flwr.client.mod import secaggplus_mod
 from flwr.clientapp import ClientApp
 from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
 
-from federated import datasets, dp_sgd, model, node, updates
+from federated import datasets, dp_sgd, model, node, pooled_stats, updates
 from federated.admission import admit_at_node, record_dp_plan
-from federated.jobs import DPUnit, JobSpec, job_from_run_config
+from federated.jobs import DPUnit, JobSpec, Method, job_from_run_config
 from xgate.errors import InvalidInput
 from xgate.logging import get_logger
 
@@ -38,11 +40,16 @@ class HorizontalClient(NumPyClient):
             admit_at_node(job, nc.agency, nc.ledger, nc.store, nc.policy_dir, nc.policy_ca)
         self._data: node.Split | None = None
 
-    @property
-    def data(self) -> node.Split:
+    def data(self, config: dict[str, Any]) -> node.Split:
         # Flower builds a client per message (SecAgg+ has 4 per round); read the store only when needed.
         if self._data is None:
-            data = node.horizontal_data(self.job, self.nc)
+            stats = None
+            if any(e.method is Method.STANDARDISE for e in self.job.encodings.values()):
+                rows = node.labelled_rows(self.job, self.nc)
+                stats = pooled_stats.stats_from_config(
+                    str(config.get(pooled_stats.CONFIG_KEY, "{}")), rows.infos, rows.encodings
+                )
+            data = node.horizontal_data(self.job, self.nc, stats)
             width = data.x_train.shape[1]
             if self.n_features and width != self.n_features:  # the coordinator sized the model from its catalogue
                 raise InvalidInput(
@@ -56,7 +63,7 @@ class HorizontalClient(NumPyClient):
     def record_dp(self) -> bool:
         return self.job.dp is not None and self.job.dp.unit is DPUnit.RECORD
 
-    def dp_plan(self) -> dp_sgd.Plan:
+    def dp_plan(self, config: dict[str, Any]) -> dp_sgd.Plan:
         """This node's DP-SGD schedule, calibrated to the job's epsilon for its own dataset size."""
         dp = self.job.dp
         assert dp is not None
@@ -64,20 +71,36 @@ class HorizontalClient(NumPyClient):
             dp.epsilon,
             dp.delta,
             dp.clip,
-            n=len(self.data.y_train),
+            n=len(self.data(config).y_train),
             batch=self.job.batch_size,
             rounds=self.job.rounds,
             local_epochs=self.job.local_epochs,
         )
 
     def get_parameters(self, config: dict[str, Any]) -> list[np.ndarray]:
-        return [model.lr_init(self.data.x_train.shape[1])]
+        rows = node.labelled_rows(self.job, self.nc)
+        return [model.lr_init(sum(model.encoded_width(i, e) for i, e in zip(rows.infos, rows.encodings, strict=True)))]
+
+    def pool_statistics(self) -> tuple[list[np.ndarray], int, dict[str, Any]]:
+        """The statistics round: this node's moment vector, weighted by its training rows; SecAgg+
+        (when the job uses it) masks it like a model update, so only the pooled sum is opened."""
+        rows = node.labelled_rows(self.job, self.nc)
+        train_n = int((~rows.test).sum())
+        log.info(
+            "statistics_pooled",
+            agency=self.nc.agency,
+            features=len(pooled_stats.standardised(rows.infos, rows.encodings)),
+        )
+        return [rows.train_moments()], max(1, min(train_n, self.max_weight)), {"agency": self.nc.agency}
 
     def fit(self, parameters: list[np.ndarray], config: dict[str, Any]) -> tuple[list[np.ndarray], int, dict[str, Any]]:
+        if config.get(pooled_stats.PHASE_KEY) == pooled_stats.STATISTICS_PHASE:
+            return self.pool_statistics()
         w0 = np.asarray(parameters[0], dtype=np.float64)
         rnd = int(config.get("server_round", 0))
+        data = self.data(config)
         if self.record_dp:
-            plan = self.dp_plan()
+            plan = self.dp_plan(config)
             record_dp_plan(
                 self.nc.ledger,
                 self.job,
@@ -86,12 +109,12 @@ class HorizontalClient(NumPyClient):
                 sample_rate=plan.sample_rate,
                 steps=plan.steps,
             )
-            w1 = dp_sgd.train(w0, self.data.x_train, self.data.y_train, plan, lr=self.job.learning_rate, l2=self.job.l2)
+            w1 = dp_sgd.train(w0, data.x_train, data.y_train, plan, lr=self.job.learning_rate, l2=self.job.l2)
         else:
             w1 = model.lr_train(
                 w0,
-                self.data.x_train,
-                self.data.y_train,
+                data.x_train,
+                data.y_train,
                 epochs=self.job.local_epochs,
                 lr=self.job.learning_rate,
                 batch=self.job.batch_size,
@@ -103,7 +126,7 @@ class HorizontalClient(NumPyClient):
         if KEY_CLIPPING_NORM in config:  # central DP: bound this node's contribution (sensitivity)
             delta, dp_clipped = updates.l2_clip(delta, float(config[KEY_CLIPPING_NORM]))
         prepared = updates.prepare_update(
-            delta, [w0.shape], len(self.data.y_train), bound=self.job.update_bound, max_weight=self.max_weight
+            delta, [w0.shape], len(data.y_train), bound=self.job.update_bound, max_weight=self.max_weight
         )
         if prepared.clipped_values or prepared.weight_capped or dp_clipped:
             log.info(
@@ -117,19 +140,20 @@ class HorizontalClient(NumPyClient):
 
     def evaluate(self, parameters: list[np.ndarray], config: dict[str, Any]) -> tuple[float, int, dict[str, Any]]:
         w = np.asarray(parameters[0], dtype=np.float64)
-        scores = model.lr_predict(w, self.data.x_test)
-        pos, neg = node.score_histograms(scores, self.data.y_test)
+        data = self.data(config)
+        scores = model.lr_predict(w, data.x_test)
+        pos, neg = node.score_histograms(scores, data.y_test)
         metrics = {
             "agency": self.nc.agency,
             "hist_pos": json.dumps(pos.tolist()),
             "hist_neg": json.dumps(neg.tolist()),
-            "train_pos": int(self.data.y_train.sum()),
-            "train_n": len(self.data.y_train),
+            "train_pos": int(data.y_train.sum()),
+            "train_n": len(data.y_train),
             # The node attests what it trained on (the coordinator may have no access to the store).
             "data_sha256": datasets.store_digest(self.nc.store, self.job.elements()),
-            **(self.dp_plan().as_metrics() if self.record_dp else {}),
+            **(self.dp_plan(config).as_metrics() if self.record_dp else {}),
         }
-        return model.bce(scores, self.data.y_test), max(len(self.data.y_test), 1), metrics
+        return model.bce(scores, data.y_test), max(len(data.y_test), 1), metrics
 
 
 def client_fn(context: Context) -> Any:

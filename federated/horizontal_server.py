@@ -5,6 +5,8 @@ and evaluate workflows replace Flower's plain ones so that every wait has a time
 default fit workflow waits for replies without one). The strategy receives updates (deltas),
 rejects bad ones with a logged reason (plain mode) or checks the unmasked aggregate (SecAgg+),
 enforces min_nodes, and writes audit events and per-round aggregates into the job directory.
+A job that standardises a feature first runs a statistics round of its own (StatisticsRound):
+the pooled means and spreads, by the same aggregation, go with every later message.
 """
 
 from __future__ import annotations
@@ -24,10 +26,13 @@ from flwr.server.workflow import DefaultWorkflow, SecAggPlusWorkflow
 from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD, MAIN_PARAMS_RECORD, Key
 from flwr.serverapp import Grid
 
-from federated import dp, node, updates
+from federated import dp, node, pooled_stats, updates
+from federated.datasets import ElementInfo
 from federated.events import JsonlSink, OnEvent, arrays_sha256, make_event
 from federated.grid_io import allowed_nodes, exchange
 from federated.jobs import DPUnit, JobSpec
+from federated.model import Stats, resolve
+from xgate.errors import InvalidInput
 from xgate.errors import JobFailed as JobFailed  # re-exported: raised here
 
 
@@ -52,6 +57,110 @@ class BoundedClientManager(SimpleClientManager):
         return bool(super().wait_for(num_clients, timeout=int(min(timeout, self.timeout))))
 
 
+def _fail(emit: OnEvent, job_id: str, reason: str) -> None:
+    emit(make_event(job_id, "job_failed", reason=reason))
+    raise JobFailed(reason)
+
+
+class StatisticsRound(FedAvg):
+    """The round before training in a job that standardises: every node sends its moment vector
+    (federated/pooled_stats.py) as it would a model update, so under SecAgg+ only the pooled sum is
+    opened, and the pooled means and spreads go to every node with each later message."""
+
+    def __init__(self, job: JobSpec, emit: OnEvent, max_weight: int, infos: list[ElementInfo]) -> None:
+        super().__init__(
+            fraction_fit=1.0,
+            fraction_evaluate=0.0,
+            min_fit_clients=job.min_nodes,
+            min_evaluate_clients=0,
+            min_available_clients=job.min_nodes,
+            on_fit_config_fn=lambda r: {pooled_stats.PHASE_KEY: pooled_stats.STATISTICS_PHASE},
+            accept_failures=True,
+        )
+        self.job, self.emit, self.max_weight = job, emit, max_weight
+        self.infos, self.encodings = infos, resolve(infos, job.encodings)
+        self.features = [i.id for i in pooled_stats.standardised(infos, self.encodings)]
+        self.width = pooled_stats.MOMENTS * len(self.features)
+        self.stats: Stats = {}
+
+    def initialize_parameters(self, client_manager: Any) -> Parameters | None:
+        return ndarrays_to_parameters([np.zeros(self.width)])
+
+    def configure_fit(self, server_round: int, parameters: Parameters, client_manager: Any) -> list[Any]:
+        instructions = list(super().configure_fit(server_round, parameters, client_manager))
+        if len(instructions) < self.job.min_nodes:
+            _fail(self.emit, self.job.job_id, f"statistics round: only {len(instructions)} nodes available, "
+                  f"job needs {self.job.min_nodes}")  # fmt: skip
+        return instructions
+
+    def aggregate_fit(
+        self, server_round: int, results: list[tuple[ClientProxy, FitRes]], failures: list[Any]
+    ) -> tuple[Parameters | None, dict[str, Any]]:
+        participants = sorted(int(p.node_id) for p, _ in results)
+        if self.job.secagg:  # SecAgg+ put the unmasked weighted mean into every result
+            pooled = parameters_to_ndarrays(results[0][1].parameters)[0] if results else np.zeros(0)
+        else:
+            accepted = []
+            for proxy, fitres in results:
+                vector = parameters_to_ndarrays(fitres.parameters)
+                try:
+                    updates.check_update(
+                        vector, [(self.width,)], fitres.num_examples, bound=1.0, max_weight=self.max_weight
+                    )
+                except Exception as exc:  # noqa: BLE001  # a malformed moment vector drops that node
+                    self.emit(
+                        make_event(
+                            self.job.job_id, "update_rejected", round=0, node_id=int(proxy.node_id), reason=str(exc)
+                        )
+                    )
+                    participants.remove(int(proxy.node_id))
+                    continue
+                accepted.append((vector, fitres.num_examples))
+            pooled = updates.weighted_mean(accepted)[0] if accepted else np.zeros(0)
+        if len(participants) < self.job.min_nodes:
+            _fail(self.emit, self.job.job_id, f"statistics round: {len(participants)} usable moment vectors, "
+                  f"job needs {self.job.min_nodes} nodes")  # fmt: skip
+        try:
+            self.stats = pooled_stats.pooled_stats(self.infos, self.encodings, pooled)
+        except InvalidInput as exc:
+            _fail(self.emit, self.job.job_id, f"statistics round: {exc.message}")
+        self.emit(make_event(self.job.job_id, "statistics_pooled", participants=participants, features=self.features,
+                             secure_aggregation=self.job.secagg))  # fmt: skip
+        return None, {}
+
+
+def pool_statistics(grid: Grid, context: Context, job: JobSpec, emit: OnEvent, max_weight: int) -> Stats:
+    """Run the statistics round (one Flower round of its own, before training's) and return its stats."""
+    infos = pooled_stats.infos_from_config(str(context.run_config.get("feature-infos", "[]")))
+    strategy = StatisticsRound(job, emit, max_weight, infos)
+    legacy = LegacyContext(
+        context,
+        config=ServerConfig(num_rounds=1, round_timeout=job.round_timeout_s),
+        strategy=strategy,
+        client_manager=BoundedClientManager(job.round_timeout_s, allowed_nodes(context.run_config)),
+    )
+    fit_wf = (
+        RecordedSecAggPlus(
+            emit,
+            job.job_id,
+            phase=pooled_stats.STATISTICS_PHASE,
+            num_shares=1.0,
+            reconstruction_threshold=0.66,
+            max_weight=float(max_weight),
+            clipping_range=pooled_stats.STATS_CLIPPING_RANGE,
+            quantization_range=pooled_stats.STATS_QUANTIZATION_RANGE,
+            modulus_range=pooled_stats.STATS_MODULUS_RANGE,
+            timeout=job.round_timeout_s,
+        )
+        if job.secagg
+        else make_fit_workflow(job.round_timeout_s)
+    )
+    DefaultWorkflow(fit_workflow=fit_wf, evaluate_workflow=lambda grid, context: None)(grid, legacy)
+    if not strategy.stats:
+        _fail(emit, job.job_id, "the statistics round ended without pooled statistics")
+    return strategy.stats
+
+
 class XgateFedAvg(FedAvg):
     def __init__(self, job: JobSpec, job_dir: Path, emit: OnEvent, max_weight: int, n_features: int = 0) -> None:
         super().__init__(
@@ -60,10 +169,12 @@ class XgateFedAvg(FedAvg):
             min_fit_clients=job.min_nodes,
             min_evaluate_clients=job.min_nodes,
             min_available_clients=job.min_nodes,
-            on_fit_config_fn=lambda r: {"server_round": r},
+            on_fit_config_fn=lambda r: {"server_round": r, **self.shared_config},
+            on_evaluate_config_fn=lambda r: dict(self.shared_config),
             accept_failures=True,
         )
         self.job, self.job_dir, self.emit, self.max_weight = job, job_dir, emit, max_weight
+        self.shared_config: dict[str, Any] = {}  # with every train and evaluate message (pooled statistics)
         # Initial zeros from the catalogue-derived width: Flower's fallback asks one random node,
         # without a timeout, which would hang on a node that is already gone.
         self.initial = ndarrays_to_parameters([np.zeros(n_features + 1)]) if n_features else None
@@ -78,8 +189,7 @@ class XgateFedAvg(FedAvg):
         self.emit(make_event(self.job.job_id, name, **fields))
 
     def _fail(self, reason: str) -> None:
-        self._event("job_failed", reason=reason)
-        raise JobFailed(reason)
+        _fail(self.emit, self.job.job_id, reason)
 
     def initialize_parameters(self, client_manager: Any) -> Parameters | None:
         return self.initial
@@ -241,16 +351,16 @@ class RecordedSecAggPlus(SecAggPlusWorkflow):
     secret was split into, the reconstruction threshold and the nodes whose shares unmasked it;
     `secagg_halted` naming the stage when a stage stops the protocol."""
 
-    def __init__(self, emit: OnEvent, job_id: str, **kwargs: Any) -> None:
+    def __init__(self, emit: OnEvent, job_id: str, phase: str = "training", **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self._emit, self._job_id, self._masked = emit, job_id, 0
+        self._emit, self._job_id, self._masked, self._phase = emit, job_id, 0, phase
 
     @staticmethod
     def _round(context: LegacyContext) -> int:
         return int(context.state.config_records[MAIN_CONFIGS_RECORD][Key.CURRENT_ROUND])  # type: ignore[arg-type]
 
     def _halted(self, stage: str, context: LegacyContext, state: Any) -> None:
-        self._emit(make_event(self._job_id, "secagg_halted", round=self._round(context), stage=stage,
+        self._emit(make_event(self._job_id, "secagg_halted", round=self._round(context), phase=self._phase, stage=stage,
                               active=len(state.active_node_ids), threshold=state.threshold))  # fmt: skip
 
     def setup_stage(self, grid: Grid, context: LegacyContext, state: Any) -> bool:
@@ -279,6 +389,7 @@ class RecordedSecAggPlus(SecAggPlusWorkflow):
                 self._job_id,
                 "secagg_round",
                 round=self._round(context),
+                phase=self._phase,
                 unmasked=ok,
                 sampled=len(state.sampled_node_ids),
                 masked_vectors=self._masked,
@@ -295,6 +406,10 @@ def run_horizontal(grid: Grid, context: Context, job: JobSpec, job_dir: Path) ->
     max_weight = int(context.run_config.get("max-weight", 1_000_000))
     n_features = int(context.run_config.get("n-features", 0))
     strategy = XgateFedAvg(job, job_dir, emit, max_weight, n_features)
+    stats: Stats = {}
+    if job.standardises():
+        stats = pool_statistics(grid, context, job, emit, max_weight)
+        strategy.shared_config = {pooled_stats.CONFIG_KEY: pooled_stats.stats_to_config(stats)}
     outer: Any = strategy
     noise = 0.0
     if job.dp is not None and job.dp.unit is DPUnit.NODE:
@@ -334,6 +449,8 @@ def run_horizontal(grid: Grid, context: Context, job: JobSpec, job_dir: Path) ->
         "model_sha256": arrays_sha256(weights),
         "data_digests": strategy.data_digests,
     }
+    if stats:  # the model's inputs are (x - mean) / sd: whoever applies it needs these
+        summary["standardisation"] = {k: {"mean": mean, "sd": sd} for k, (mean, sd) in sorted(stats.items())}
     if job.dp is not None and job.dp.unit is DPUnit.RECORD:
         # Each node's accountant (DP-SGD at the node): the job's epsilon bounds every node's dataset.
         eps = max((float(n["dp_epsilon"]) for n in strategy.dp_nodes.values()), default=0.0)

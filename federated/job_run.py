@@ -16,9 +16,11 @@ from typing import Any
 
 import tomli_w
 
+from federated.datasets import ElementInfo
 from federated.deployment import Federation
 from federated.events import JsonlSink, OnEvent, make_event, read_events
 from federated.jobs import JobSpec, Mode
+from federated.pooled_stats import infos_to_config
 from federated.results import write_outputs
 from xgate.errors import NodeUnavailable
 
@@ -33,10 +35,13 @@ def write_app(
     max_weight: int,
     ledger_check: bool,
     n_features: int = 0,
+    feature_infos: Sequence[ElementInfo] = (),
     node_ids: Sequence[int] = (),
 ) -> Path:
     """A Flower App directory (pyproject only: the code is the installed `federated` package).
 
+    `feature_infos`: the features' declared types and ranges (horizontal), which the ServerApp of a
+    job that standardises needs to turn pooled moments into means and spreads (pooled_stats).
     `node_ids`: the only nodes the ServerApp may use (a SuperLink shared by several jobs has others).
     """
     app_dir = job_dir / "app"
@@ -52,6 +57,8 @@ def write_app(
         "n-features": n_features,
         "node-ids": ",".join(str(i) for i in sorted(node_ids)),  # a string: node ids are unsigned 64-bit
     }
+    if job.standardises():
+        config["feature-infos"] = infos_to_config(feature_infos)
     pyproject = {
         "build-system": {"requires": ["hatchling"], "build-backend": "hatchling.build"},
         "project": {
@@ -206,6 +213,7 @@ def finish(
         "bytes_exchanged": result.bytes_exchanged,
         "wall_s": result.wall_s,
         "model_file": "model.npz",
+        **({"standardisation": summary["standardisation"]} if "standardisation" in summary else {}),
         **extra,
     }
     write_outputs(job_dir, metadata, summary)

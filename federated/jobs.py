@@ -57,7 +57,7 @@ class DPSpec(BaseModel):
 class Method(StrEnum):
     """How one feature is encoded (federated/model.py `encode`)."""
 
-    STANDARDISE = "standardise"  # (x - mean) / sd over the node's training rows (vertical only)
+    STANDARDISE = "standardise"  # (x - mean) / sd: vertical over the node's rows, horizontal pooled
     MINMAX = "minmax"  # scaled to [0, 1] by the catalogue's declared range
     LOG = "log"  # log1p of the offset from the declared minimum, scaled to [0, 1]
     ONEHOT = "onehot"  # one column per declared code (categories, flags, small int ranges)
@@ -164,12 +164,16 @@ class JobSpec(BaseModel):
             raise ValueError("label_dp protects the label holder's labels in vertical jobs; use dp here")
         if stray := sorted(set(self.encodings) - set(self.features)):
             raise ValueError(f"encodings name element(s) that are not features: {', '.join(stray)}")
-        if self.mode is Mode.HORIZONTAL and any(e.method is Method.STANDARDISE for e in self.encodings.values()):
+        if self.mode is Mode.HORIZONTAL and self.standardises() and self.dp is not None:
             raise ValueError(
-                "standardise needs the data's mean and spread, which horizontal nodes would have to pool; "
-                "it is available in vertical jobs (each node over its own column): use minmax or log here"
+                "standardise in a horizontal job pools the features' means and spreads before training, a "
+                "release that differential privacy does not account for: with dp, use minmax or log"
             )
         return self
+
+    def standardises(self) -> bool:
+        """Whether a feature is encoded with its data's mean and spread (not declared metadata)."""
+        return any(e.method is Method.STANDARDISE for e in self.encodings.values())
 
     def elements(self) -> tuple[str, ...]:
         """Every data element the job reads: its features, then its label."""

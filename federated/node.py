@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from federated import datasets, model
-from federated.jobs import JobSpec
+from federated import datasets, model, pooled_stats
+from federated.jobs import Encoding, JobSpec
 from xgate.errors import ConfigError
 
 HOLDOUT_FRACTION = 0.2
@@ -89,19 +89,48 @@ class Split:
     y_test: np.ndarray
 
 
-def horizontal_data(job: JobSpec, nc: NodeConfig) -> Split:
-    """Encoded features and labels of this node's subjects that have a label."""
+@dataclass(frozen=True)
+class LabelledRows:
+    """This node's subjects that have a label, before encoding (NaN = missing)."""
+
+    infos: list[datasets.ElementInfo]  # the job's features
+    encodings: list[Encoding]
+    raw: np.ndarray  # rows x features
+    y: np.ndarray
+    test: np.ndarray  # True for the held-out rows
+
+    def train_moments(self) -> np.ndarray:
+        """The moment vector of the training rows, for pooled standardisation (pooled_stats)."""
+        return pooled_stats.moments(self.infos, self.encodings, self.raw[~self.test])
+
+
+def labelled_rows(job: JobSpec, nc: NodeConfig) -> LabelledRows:
     elements = [*job.features, job.label]
     infos = datasets.element_info(nc.store, elements)
     subjects, raw = datasets.read_matrix(nc.store, elements)
     has_label = ~np.isnan(raw[:, -1])
     subjects = [s for s, keep in zip(subjects, has_label, strict=True) if keep]
     raw = raw[has_label]
-    # Horizontal encodings use declared metadata only (standardise is refused for horizontal jobs).
-    x = model.encode(infos[:-1], raw[:, :-1], model.resolve(infos[:-1], job.encodings))
-    y = (raw[:, -1] > 0).astype(np.float64)
-    test = is_holdout(subjects, job, nc.holdout)
-    return Split(x[~test], y[~test], x[test], y[test])
+    features = infos[:-1]
+    return LabelledRows(
+        features,
+        model.resolve(features, job.encodings),
+        raw[:, :-1],
+        (raw[:, -1] > 0).astype(np.float64),
+        is_holdout(subjects, job, nc.holdout),
+    )
+
+
+def horizontal_data(job: JobSpec, nc: NodeConfig, stats: model.Stats | None = None) -> Split:
+    """Encoded features and labels of this node's subjects that have a label.
+
+    Every encoding uses declared metadata only but `standardise`, whose pooled statistics the
+    coordinator sends (`stats`, from the job's statistics round: pooled_stats).
+    """
+    rows = labelled_rows(job, nc)
+    x = model.encode(rows.infos, rows.raw, rows.encodings, stats)
+    test = rows.test
+    return Split(x[~test], rows.y[~test], x[test], rows.y[test])
 
 
 def held_features(job: JobSpec, nc: NodeConfig) -> list[str]:

@@ -73,6 +73,12 @@ def catalogue_width(
     catalogue: Catalogue, features: Sequence[str], encodings: Mapping[str, Encoding] | None = None
 ) -> int:
     """Encoded model width from the catalogue's declared types and ranges (what every node encodes)."""
+    infos = catalogue_infos(catalogue, features)
+    return sum(encoded_width(i, e) for i, e in zip(infos, resolve(infos, encodings), strict=True))
+
+
+def catalogue_infos(catalogue: Catalogue, features: Sequence[str]) -> list[ElementInfo]:
+    """The features' declared types and ranges, as every node declares them."""
     infos = []
     for feature in features:
         try:
@@ -82,7 +88,7 @@ def catalogue_width(
                 f"feature '{feature}' is not in the federation catalogue: the coordinator cannot size the model"
             ) from None
         infos.append(ElementInfo(element.id, element.type.value, element.min, element.max))
-    return sum(encoded_width(i, e) for i, e in zip(infos, resolve(infos, encodings), strict=True))
+    return infos
 
 
 def parse_supernode_list(out: str) -> dict[int, str]:

@@ -29,7 +29,14 @@ from federated.events import OnEvent
 from federated.fleet_gate import DEFAULT_MAX_BODY
 from federated.job_run import JobResult, finish, follow_run, start_job, write_app
 from federated.jobs import JobSpec, Mode
-from federated.remote import RemoteLink, RemoteNode, attested_digests, catalogue_width, select_participants
+from federated.remote import (
+    RemoteLink,
+    RemoteNode,
+    attested_digests,
+    catalogue_infos,
+    catalogue_width,
+    select_participants,
+)
 from policies.catalogue import Catalogue
 from xgate.errors import ConfigError, PolicyDenied
 from xgate.logging import get_logger
@@ -101,6 +108,7 @@ def run_remote_job(
             max_weight=max_weight,
             ledger_check=True,  # every node decides (admit_at_node) and checks its own ledger
             n_features=width,
+            feature_infos=catalogue_infos(remote.catalogue, job.features) if job.mode is Mode.HORIZONTAL else (),
             node_ids=sorted(node_ids),
         )
         if on_started is not None:

@@ -113,7 +113,7 @@ def run_job(
 
     max_weight = job.max_weight or max(len(datasets.pseudonyms(n.store)) for n in participants)
     # Encoded width follows from the catalogue's declared types/ranges (metadata, not data).
-    width = 0
+    width, infos = 0, list[datasets.ElementInfo]()
     if job.mode is Mode.HORIZONTAL:
         infos = datasets.element_info(participants[0].store, job.features)
         width = sum(encoded_width(i, e) for i, e in zip(infos, resolve(infos, job.encodings), strict=True))
@@ -124,6 +124,7 @@ def run_job(
         max_weight=max_weight,
         ledger_check=True,
         n_features=width,
+        feature_infos=infos,
     )
     result = JobResult(job.job_id, None, "failed", job_dir)
     status.update(state="starting", decisions=decisions)  # admitted; Flower processes starting

@@ -1,5 +1,6 @@
 """End to end over real flower-superlink/flower-supernode processes on loopback: horizontal
-FedAvg with SecAgg+, and proof that the secure aggregate equals the plain weighted mean."""
+FedAvg with SecAgg+, and proof that the secure aggregate equals the plain weighted mean; two
+features standardised with statistics pooled by their own SecAgg+ round, equal to one table's."""
 
 from __future__ import annotations
 
@@ -59,6 +60,7 @@ def test_secagg_horizontal_end_to_end(tmp_path: Path) -> None:
             "secagg": True,
             "min_nodes": 2,
             "batch_size": 64,
+            "encodings": {"civil.age": "standardise", "tax.income": "standardise"},
             "round_timeout_s": 120,
             "job_timeout_s": 400,
         }
@@ -69,11 +71,27 @@ def test_secagg_horizontal_end_to_end(tmp_path: Path) -> None:
     assert res.status == "completed" and res.bytes_exchanged > 0
     assert_no_orphans(feds[0])
 
+    # The statistics round: its own SecAgg+ round opened only the pooled moments, and the means and
+    # spreads it gave equal those of one table of every node's training rows.
+    configs = [node.NodeConfig(n.store, n.agency, n.ledger, None) for n in nodes]
+    rows = [node.labelled_rows(job, nc) for nc in configs]
+    whole = model.fit_stats(rows[0].infos, rows[0].encodings, np.vstack([r.raw[~r.test] for r in rows]))
+    meta = json.loads((tmp_path / "job" / "model.json").read_text())
+    pooled = {k: (v["mean"], v["sd"]) for k, v in meta["standardisation"].items()}
+    assert pooled.keys() == whole.keys() == {"civil.age", "tax.income"}
+    for feature, (mean, sd) in whole.items():
+        assert pooled[feature][0] == pytest.approx(mean, rel=1e-4) and pooled[feature][1] == pytest.approx(sd, rel=1e-3)
+    (stats_round,) = [e for e in events if e["event"] == "secagg_round" and e["phase"] == "statistics"]
+    assert stats_round["unmasked"] and stats_round["sampled"] == stats_round["masked_vectors"] == 3
+    (pooled_event,) = [e for e in events if e["event"] == "statistics_pooled"]
+    assert pooled_event["secure_aggregation"] and pooled_event["features"] == ["civil.age", "tax.income"]
+    assert len(pooled_event["participants"]) == 3
+
     # The SecAgg+ aggregate equals the plain weighted mean of the nodes' (xgate-prepared) updates.
     max_weight = 500
     prepared = []
-    for n in nodes:
-        data = node.horizontal_data(job, node.NodeConfig(n.store, n.agency, n.ledger, None))
+    for nc in configs:
+        data = node.horizontal_data(job, nc, pooled)
         w0 = model.lr_init(data.x_train.shape[1])
         w1 = model.lr_train(
             w0,
@@ -111,7 +129,6 @@ def test_secagg_horizontal_end_to_end(tmp_path: Path) -> None:
     # Audit events carry no personal data or values.
     for e in events:
         assert not FORBIDDEN_KEYS & set(e)
-    meta = json.loads((tmp_path / "job" / "model.json").read_text())
     assert meta["model_sha256"] == res.model_sha256 and set(meta["data_digests"]) == {"region0", "region1", "region2"}
     report = json.loads((tmp_path / "job" / "report.json").read_text())
     assert 0.0 <= report["evaluation"]["auc"] <= 1.0 and "confusion_matrix" in report["evaluation"]

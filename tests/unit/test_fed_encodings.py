@@ -52,12 +52,20 @@ def test_job_file_forms_and_digest_of_a_job_without_encodings() -> None:
         ({"civil.age": {"method": "buckets", "edges": []}}, "vertical", "edges"),
         ({"civil.age": {"method": "buckets", "edges": [5, 5]}}, "vertical", "increasing"),
         ({"civil.age": {"method": "minmax", "edges": [5]}}, "vertical", "buckets only"),
-        ({"civil.age": "standardise"}, "horizontal", "standardise"),
     ],
 )
 def test_invalid_encodings_refused(encodings: dict[str, Any], mode: str, message: str) -> None:
     with pytest.raises(InvalidInput, match=message):
         parse_job({**BASE, "mode": mode, "encodings": encodings})
+
+
+def test_horizontal_standardise_is_pooled_and_refused_only_with_dp() -> None:
+    job = parse_job({**BASE, "mode": "horizontal", "encodings": {"civil.age": "standardise"}})
+    assert job.standardises()
+    assert not parse_job({**BASE, "mode": "horizontal"}).standardises()
+    dp = {"epsilon": 1, "delta": 1e-6, "clip": 1.0, "unit": "record"}
+    with pytest.raises(InvalidInput, match="does not account for"):
+        parse_job({**BASE, "mode": "horizontal", "encodings": {"civil.age": "standardise"}, "dp": dp})
 
 
 def test_defaults_follow_the_catalogue_and_misfits_are_refused() -> None:

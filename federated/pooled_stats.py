@@ -1,0 +1,118 @@
+"""Standardisation statistics pooled over horizontal nodes by (secure) aggregation (pure).
+
+`standardise` encodes (x - mean) / sd with the mean and sd of the feature over every node's
+training rows. No node reveals its own: each sends, per standardised feature, three numbers
+within [0, 1] (its moment vector) and the aggregate alone is opened:
+
+    share of its rows where the value is present,  mean of u,  mean of u^2,
+    u = (x - declared min) / (declared max - declared min), and 0 where the value is missing,
+
+weighted by its training rows. The aggregate (SecAgg+'s unmasked weighted mean, or FedAvg's) is
+then the pooled Σpresent/N, Σu/N, Σu²/N, from which `pooled_stats` gives the mean and sd over
+the rows where the value is present, exactly as `model.fit_stats` computes them on one table.
+Scaling by the declared range keeps every entry within SecAgg+'s clipping range of 1.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+
+import numpy as np
+
+from federated.datasets import ElementInfo
+from federated.jobs import Encoding, Method
+from federated.model import Stats
+from xgate.errors import InvalidInput
+
+MOMENTS = 3  # present share, mean of u, mean of u^2
+# Flower config keys: the statistics round's train message says `phase = "statistics"`; every
+# later train and evaluate message carries the pooled statistics.
+PHASE_KEY = "phase"
+STATISTICS_PHASE = "statistics"
+CONFIG_KEY = "standardise-stats"
+# SecAgg+ for the statistics round: values clipped to [-1, 1], quantised to 2^30 levels (Flower's
+# stochastic rounding casts to int32, so 2^30 is the most it takes), summed modulo 2^40 (room for
+# 2^10 nodes). 2^30 levels keep the pooled variance exact to about 1e-6 of the range squared
+# even for a node holding 0.1 % of max_weight rows; 2^22 (the model updates' quantisation) did not.
+STATS_CLIPPING_RANGE = 1.0
+STATS_QUANTIZATION_RANGE = 2**30
+STATS_MODULUS_RANGE = 2**40
+
+
+def standardised(infos: Sequence[ElementInfo], encs: Sequence[Encoding]) -> list[ElementInfo]:
+    return [info for info, enc in zip(infos, encs, strict=True) if enc.method is Method.STANDARDISE]
+
+
+def _unit(info: ElementInfo, col: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    present = ~np.isnan(col)
+    span = max(float(info.max - info.min), 1e-12)
+    u = np.clip((np.where(present, col, info.min) - info.min) / span, 0.0, 1.0)
+    return np.where(present, u, 0.0), present
+
+
+def moments(infos: Sequence[ElementInfo], encs: Sequence[Encoding], raw: np.ndarray) -> np.ndarray:
+    """This node's moment vector over its training rows (raw: rows x features, NaN = missing)."""
+    out: list[float] = []
+    n = max(raw.shape[0], 1)
+    for j, (info, enc) in enumerate(zip(infos, encs, strict=True)):
+        if enc.method is Method.STANDARDISE:
+            u, present = _unit(info, raw[:, j])
+            out += [float(present.sum()) / n, float(u.sum()) / n, float((u * u).sum()) / n]
+    return np.asarray(out, dtype=np.float64)
+
+
+def pooled_stats(infos: Sequence[ElementInfo], encs: Sequence[Encoding], pooled: np.ndarray) -> Stats:
+    """Mean and sd of each standardised feature from the aggregated moment vectors."""
+    features = standardised(infos, encs)
+    values = np.asarray(pooled, dtype=np.float64).ravel()
+    if values.shape != (MOMENTS * len(features),) or not np.all(np.isfinite(values)):
+        raise InvalidInput(
+            f"pooled statistics must be {MOMENTS * len(features)} finite numbers "
+            f"({MOMENTS} per standardised feature), got {values.size}"
+        )
+    stats: Stats = {}
+    for k, info in enumerate(features):
+        share, mean_u, mean_u2 = values[MOMENTS * k : MOMENTS * (k + 1)]
+        span = float(info.max - info.min)
+        if share <= 1e-12:  # no node holds a value: (x - min) / 1, as fit_stats does for an empty column
+            stats[info.id] = (float(info.min), 1.0)
+            continue
+        m = mean_u / share
+        sd = math.sqrt(max(mean_u2 / share - m * m, 0.0)) * span
+        stats[info.id] = (float(info.min) + m * span, sd if sd > 1e-12 else 1.0)
+    return stats
+
+
+def stats_to_config(stats: Stats) -> str:
+    """The pooled statistics as a Flower config value (a JSON object: id -> [mean, sd])."""
+    return json.dumps({k: [mean, sd] for k, (mean, sd) in sorted(stats.items())}, separators=(",", ":"))
+
+
+def stats_from_config(text: str, infos: Sequence[ElementInfo], encs: Sequence[Encoding]) -> Stats:
+    """Parse and check what the coordinator sent: every standardised feature, a finite mean and sd > 0."""
+    try:
+        raw = json.loads(text)
+        stats = {str(k): (float(v[0]), float(v[1])) for k, v in raw.items()}
+    except (ValueError, TypeError, KeyError, IndexError, AttributeError):
+        raise InvalidInput("the coordinator's standardisation statistics are not a JSON object of [mean, sd]") from None
+    for info in standardised(infos, encs):
+        if info.id not in stats:
+            raise InvalidInput(f"the coordinator sent no standardisation statistics for '{info.id}'")
+        mean, sd = stats[info.id]
+        if not (math.isfinite(mean) and math.isfinite(sd) and sd > 0):
+            raise InvalidInput(f"the coordinator's statistics for '{info.id}' are not a finite mean and sd > 0")
+    return stats
+
+
+def infos_to_config(infos: Sequence[ElementInfo]) -> str:
+    """Declared types and ranges of the features as a run-config value, for the ServerApp."""
+    return json.dumps([[i.id, i.type, i.min, i.max] for i in infos], separators=(",", ":"))
+
+
+def infos_from_config(text: str) -> list[ElementInfo]:
+    try:
+        return [ElementInfo(str(i), str(t), int(lo), int(hi)) for i, t, lo, hi in json.loads(text)]
+    except (ValueError, TypeError):
+        raise InvalidInput("run config 'feature-infos' is not a list of [id, type, min, max]") from None
