@@ -21,6 +21,7 @@ BENCHMARKS = [
     "audit",  # durable appends vs plain SQLite, proofs at 1M entries
     "audit_federation",  # two replicas: one log each (built) vs one log sequenced in PostgreSQL
     "federated",  # Census-Income: pooled vs single agency vs vertical/horizontal FL
+    "dp_sweep",  # how record-level DP-SGD's clip and learning rate were chosen (validation split)
     "load",  # 1 to 1,000 concurrent clients: overload control, goodput, gateway memory, county link
 ]
 
