@@ -170,8 +170,8 @@ def record_dp(limit: int | None, keep: bool, out_path: Path = RESULTS, horizonta
         "job_timeout_s": 3600,
     }
     run["vertical"] = _fed(vjob, vnodes, root)
-    # What the code that ran does (older results lack these: they predate PSI and float32 on the wire).
-    run["vertical"].update(nodes=len(vnodes), alignment="psi", wire="float32")
+    # What the code that ran does (older results lack these: they predate PSI and the float16 wire).
+    run["vertical"].update(nodes=len(vnodes), alignment="psi", wire="float16")
     print("vertical", run["vertical"], flush=True)
     run.update(_vertical_dp_runs(vjob, vnodes, root, run["pooled"]["auc"]))
     run["vertical_job"] = {k: vjob[k] for k in ("rounds", "learning_rate")} | {"clip": VERTICAL_DP_CLIP, "delta": 1e-6}

@@ -374,6 +374,10 @@ def _record_dp_intro(r: dict[str, Any]) -> list[str]:
             "; measured with the code before PSI alignment and float32 embeddings/gradients were merged "
             "(this run's bytes are float64 and plain pseudonym lists)"
         )
+    else:
+        vline += f"; PSI alignment, embeddings and gradients as {v.get('wire', 'float32')} on the wire"
+        if "measured" in v:
+            vline += f" ({v['measured']})"
     if "vertical_job" in r:
         vj = r["vertical_job"]
         vline += (

@@ -6,7 +6,9 @@ x([a]P)). Blinded lists travel through every other node, each applying its own s
 [a][b]P = [b][a]P, a pseudonym every node holds ends as the same tag x([a_1]...[a_K] H(p)) in
 every list, and nobody without all K scalars can link a tag to a pseudonym (decisional
 Diffie-Hellman). The coordinator compares fully blinded tags, so it learns each node's set size
-and the intersection's size, never a pseudonym; each node gets its own fully blinded list back
+and the intersection's size, never a pseudonym; since it holds every node's list fully blinded, it
+can also count the overlap of any subset of nodes (how many subjects civil and tax share, say),
+which is more than the intersection's size; each node gets its own fully blinded list back
 (in its own shuffled order) and learns which of its own subjects are aligned. Honest-but-curious
 parties; a coordinator colluding with all K nodes learns what they know anyway.
 

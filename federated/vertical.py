@@ -125,3 +125,35 @@ def unpack_state(prefix: str, data: dict[str, np.ndarray]) -> tuple[np.ndarray, 
     if f"{prefix}m" in data:
         st = {"m": data[f"{prefix}m"], "v": data[f"{prefix}v"], "t": int(data[f"{prefix}t"])}
     return data[f"{prefix}w"], st
+
+
+# -- embeddings and gradients on the wire -------------------------------------------------------
+
+HALF_MAX_EXPONENT = 1024  # float64's range; float16 holds these integer exponents exactly (up to 2048)
+HALF_FLUSH = 2.0**-1000  # a column whose largest magnitude is below this travels as zeros
+
+
+def to_half(x: np.ndarray) -> np.ndarray:
+    """A (rows, h) float matrix as float16 with one power-of-two scale per column: row 0 holds the
+    exponents k_j, rows 1.. hold x[:, j] / 2**k_j, within [-1, 1]. A quarter of float64's bytes;
+    each value within 2**-11 of its column's largest (gradients' columns span many orders of
+    magnitude, which plain float16 would flush to zero; columns below 2**-1000 travel as zeros).
+    Refuses non-finite values."""
+    x = np.asarray(x, dtype=np.float64)
+    if x.ndim != 2 or not np.all(np.isfinite(x)):
+        raise ValueError("only a finite 2-d matrix travels as half precision")
+    peak = np.abs(x).max(axis=0) if len(x) else np.zeros(x.shape[1])
+    live = peak >= HALF_FLUSH
+    k = np.where(live, np.frexp(np.where(live, peak, 1.0))[1], 0)  # peak < 2**k: exact power-of-two scaling
+    return np.vstack([k[None, :], np.where(live, np.ldexp(x, -k), 0.0)]).astype(np.float16)
+
+
+def from_half(a: np.ndarray) -> np.ndarray:
+    """Inverse of `to_half` (float64)."""
+    a = np.asarray(a)
+    if a.dtype != np.float16 or a.ndim != 2 or len(a) < 1:
+        raise ValueError("expected a half-precision matrix with its exponent row")
+    k = a[0].astype(np.float64)
+    if not np.all(np.isfinite(k)) or np.any(k != np.round(k)) or np.any(np.abs(k) > HALF_MAX_EXPONENT):
+        raise ValueError("the exponent row of a half-precision matrix is malformed")
+    return np.asarray(np.ldexp(a[1:].astype(np.float64), k.astype(np.int64)))
