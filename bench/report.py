@@ -382,7 +382,7 @@ def _record_dp_intro(r: dict[str, Any]) -> list[str]:
         vj = r["vertical_job"]
         vline += (
             f"; with record-level DP at the feature nodes (federated/vertical_dp.py: clip {vj['clip']}, "
-            f"δ = {vj['delta']:g}, learning rate {vj['learning_rate']})"
+            f"δ = {vj['delta']:g}, {vj['rounds']} rounds at learning rate {vj['learning_rate']})"
         )
     return [*lines, vline + "."]
 
