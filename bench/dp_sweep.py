@@ -204,8 +204,18 @@ def main() -> None:
         best = max((g for g in grid if g["epsilon"] == eps), key=lambda g: g["validation_auc"])
         w = federated_dp_sgd(s, epsilon=eps, clip=best["clip"], lr=best["learning_rate"], seed=1)  # fresh noise
         chosen[f"eps{eps:g}"] = {**best, "test_auc": _auc(w, s.test)}
+    # One setting for every epsilon (what a job file fixes before its epsilon is known): the pairs by
+    # mean validation AUC over the epsilons.
+    pairs: dict[tuple[float, float], list[float]] = {}
+    for g in grid:
+        pairs.setdefault((g["clip"], g["learning_rate"]), []).append(g["validation_auc"])
+    by_mean = sorted(
+        ({"clip": c, "learning_rate": lr, "mean_validation_auc": float(np.mean(v))} for (c, lr), v in pairs.items()),
+        key=lambda r: -r["mean_validation_auc"],
+    )
     out = {
         "rows": limit,
+        "by_mean_over_epsilons": by_mean,
         "schedule": {k: RECORD_DP[k] for k in ("rounds", "local_epochs", "batch_size", "update_bound")},
         "delta": DELTA,
         "grid": grid,
