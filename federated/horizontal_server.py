@@ -12,6 +12,7 @@ the pooled means and spreads, by the same aggregation, go with every later messa
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +58,29 @@ class BoundedClientManager(SimpleClientManager):
         return bool(super().wait_for(num_clients, timeout=int(min(timeout, self.timeout))))
 
 
+def _checked_updates(
+    results: list[tuple[ClientProxy, FitRes]],
+    shapes: list[tuple[int, ...]],
+    bound: float,
+    max_weight: int,
+    participants: list[int],
+    reject: Callable[[int, str], None],
+) -> list[tuple[list[np.ndarray], int]]:
+    """Plain aggregation: each node's update checked (updates.check_update); a malformed one is
+    reported, its node taken out of `participants`, and left out of the mean."""
+    accepted = []
+    for proxy, fitres in results:
+        arrays = parameters_to_ndarrays(fitres.parameters)
+        try:
+            updates.check_update(arrays, shapes, fitres.num_examples, bound=bound, max_weight=max_weight)
+        except Exception as exc:  # noqa: BLE001  # any malformed update drops that node, never the server
+            reject(int(proxy.node_id), str(exc))
+            participants.remove(int(proxy.node_id))
+            continue
+        accepted.append((arrays, fitres.num_examples))
+    return accepted
+
+
 def _fail(emit: OnEvent, job_id: str, reason: str) -> None:
     emit(make_event(job_id, "job_failed", reason=reason))
     raise JobFailed(reason)
@@ -100,22 +124,11 @@ class StatisticsRound(FedAvg):
         if self.job.secagg:  # SecAgg+ put the unmasked weighted mean into every result
             pooled = parameters_to_ndarrays(results[0][1].parameters)[0] if results else np.zeros(0)
         else:
-            accepted = []
-            for proxy, fitres in results:
-                vector = parameters_to_ndarrays(fitres.parameters)
-                try:
-                    updates.check_update(
-                        vector, [(self.width,)], fitres.num_examples, bound=1.0, max_weight=self.max_weight
-                    )
-                except Exception as exc:  # noqa: BLE001  # a malformed moment vector drops that node
-                    self.emit(
-                        make_event(
-                            self.job.job_id, "update_rejected", round=0, node_id=int(proxy.node_id), reason=str(exc)
-                        )
-                    )
-                    participants.remove(int(proxy.node_id))
-                    continue
-                accepted.append((vector, fitres.num_examples))
+            accepted = _checked_updates(
+                results, [(self.width,)], 1.0, self.max_weight, participants,
+                lambda node_id, why: self.emit(make_event(self.job.job_id, "update_rejected", round=0,
+                                                          node_id=node_id, reason=why)),
+            )  # fmt: skip
             pooled = updates.weighted_mean(accepted)[0] if accepted else np.zeros(0)
         if len(participants) < self.job.min_nodes:
             _fail(self.emit, self.job.job_id, f"statistics round: {len(participants)} usable moment vectors, "
@@ -133,27 +146,15 @@ def pool_statistics(grid: Grid, context: Context, job: JobSpec, emit: OnEvent, m
     """Run the statistics round (one Flower round of its own, before training's) and return its stats."""
     infos = pooled_stats.infos_from_config(str(context.run_config.get("feature-infos", "[]")))
     strategy = StatisticsRound(job, emit, max_weight, infos)
-    legacy = LegacyContext(
-        context,
-        config=ServerConfig(num_rounds=1, round_timeout=job.round_timeout_s),
-        strategy=strategy,
-        client_manager=BoundedClientManager(job.round_timeout_s, allowed_nodes(context.run_config)),
-    )
-    fit_wf = (
-        RecordedSecAggPlus(
-            emit,
-            job.job_id,
-            phase=pooled_stats.STATISTICS_PHASE,
-            num_shares=1.0,
-            reconstruction_threshold=0.66,
-            max_weight=float(max_weight),
-            clipping_range=pooled_stats.STATS_CLIPPING_RANGE,
-            quantization_range=pooled_stats.STATS_QUANTIZATION_RANGE,
-            modulus_range=pooled_stats.STATS_MODULUS_RANGE,
-            timeout=job.round_timeout_s,
-        )
-        if job.secagg
-        else make_fit_workflow(job.round_timeout_s)
+    legacy = _legacy_context(context, job, strategy, rounds=1)
+    fit_wf = _fit_workflow(
+        job,
+        emit,
+        max_weight,
+        phase=pooled_stats.STATISTICS_PHASE,
+        clipping_range=pooled_stats.STATS_CLIPPING_RANGE,
+        quantization_range=pooled_stats.STATS_QUANTIZATION_RANGE,
+        modulus_range=pooled_stats.STATS_MODULUS_RANGE,
     )
     DefaultWorkflow(fit_workflow=fit_wf, evaluate_workflow=lambda grid, context: None)(grid, legacy)
     if not strategy.stats:
@@ -221,18 +222,10 @@ class XgateFedAvg(FedAvg):
             except Exception as exc:  # noqa: BLE001  # any malformed aggregate fails the run, never the server
                 self._fail(f"round {server_round}: secure aggregate rejected: {exc}")
         else:
-            accepted = []
-            for proxy, fitres in results:
-                arrays = parameters_to_ndarrays(fitres.parameters)
-                try:
-                    updates.check_update(
-                        arrays, shapes, fitres.num_examples, bound=self.job.update_bound, max_weight=self.max_weight
-                    )
-                except Exception as exc:  # noqa: BLE001  # any malformed update drops that node
-                    self._event("update_rejected", round=server_round, node_id=int(proxy.node_id), reason=str(exc))
-                    participants.remove(int(proxy.node_id))
-                    continue
-                accepted.append((arrays, fitres.num_examples))
+            accepted = _checked_updates(
+                results, shapes, self.job.update_bound, self.max_weight, participants,
+                lambda node_id, why: self._event("update_rejected", round=server_round, node_id=node_id, reason=why),
+            )  # fmt: skip
             mean = updates.weighted_mean(accepted) if accepted else []
         if len(participants) < self.job.min_nodes:
             self._fail(
@@ -401,6 +394,42 @@ class RecordedSecAggPlus(SecAggPlusWorkflow):
         return ok
 
 
+def _legacy_context(context: Context, job: JobSpec, strategy: Any, *, rounds: int) -> LegacyContext:
+    return LegacyContext(
+        context,
+        config=ServerConfig(num_rounds=rounds, round_timeout=job.round_timeout_s),
+        strategy=strategy,
+        client_manager=BoundedClientManager(job.round_timeout_s, allowed_nodes(context.run_config)),
+    )
+
+
+def _fit_workflow(
+    job: JobSpec,
+    emit: OnEvent,
+    max_weight: int,
+    *,
+    clipping_range: float,
+    quantization_range: int,
+    modulus_range: int,
+    phase: str = "training",
+) -> Any:
+    """SecAgg+ (its rounds recorded) when the job asks for it, else the plain fit workflow with timeouts."""
+    if not job.secagg:
+        return make_fit_workflow(job.round_timeout_s)
+    return RecordedSecAggPlus(
+        emit,
+        job.job_id,
+        phase=phase,
+        num_shares=1.0,
+        reconstruction_threshold=0.66,
+        max_weight=float(max_weight),
+        clipping_range=clipping_range,
+        quantization_range=quantization_range,
+        modulus_range=modulus_range,
+        timeout=job.round_timeout_s,
+    )
+
+
 def run_horizontal(grid: Grid, context: Context, job: JobSpec, job_dir: Path) -> None:
     emit = JsonlSink(job_dir / "server-events.jsonl")
     max_weight = int(context.run_config.get("max-weight", 1_000_000))
@@ -416,26 +445,14 @@ def run_horizontal(grid: Grid, context: Context, job: JobSpec, job_dir: Path) ->
         noise = dp.noise_for_epsilon(job.dp.epsilon, job.rounds, job.dp.delta)
         # Noise std = z*C/min_nodes: conservative when more nodes take part (sensitivity C/k <= C/min_nodes).
         outer = DifferentialPrivacyClientSideFixedClipping(strategy, noise, job.dp.clip, job.min_nodes)
-    legacy = LegacyContext(
-        context,
-        config=ServerConfig(num_rounds=job.rounds, round_timeout=job.round_timeout_s),
-        strategy=outer,
-        client_manager=BoundedClientManager(job.round_timeout_s, allowed_nodes(context.run_config)),
-    )
-    fit_wf = (
-        RecordedSecAggPlus(
-            emit,
-            job.job_id,
-            num_shares=1.0,
-            reconstruction_threshold=0.66,
-            max_weight=float(max_weight),
-            clipping_range=job.update_bound,
-            quantization_range=updates.SECAGG_QUANTIZATION_RANGE,
-            modulus_range=updates.SECAGG_MODULUS_RANGE,
-            timeout=job.round_timeout_s,
-        )
-        if job.secagg
-        else make_fit_workflow(job.round_timeout_s)
+    legacy = _legacy_context(context, job, outer, rounds=job.rounds)
+    fit_wf = _fit_workflow(
+        job,
+        emit,
+        max_weight,
+        clipping_range=job.update_bound,
+        quantization_range=updates.SECAGG_QUANTIZATION_RANGE,
+        modulus_range=updates.SECAGG_MODULUS_RANGE,
     )
     DefaultWorkflow(fit_workflow=fit_wf, evaluate_workflow=make_evaluate_workflow(job.round_timeout_s))(grid, legacy)
     if not strategy.curve:
