@@ -10,7 +10,8 @@ the job's edges). These use declared metadata only, so every horizontal node enc
 without exchanging anything and the width is fixed by the catalogue and the job: the server can
 initialise the model without asking a node. `standardise` ((x - mean) / sd) needs statistics of
 the data: in a vertical job each node computes them over its own training rows (`fit_stats`) and
-they never leave it; horizontal jobs refuse it (jobs.py).
+they never leave it; in a horizontal job they are pooled over every node's training rows by a
+statistics round of (secure) aggregation (federated/pooled_stats.py).
 Missing values encode as the declared minimum (the mean for standardise; all-zero one-hot).
 """
 
