@@ -25,7 +25,11 @@ def test_rendering_the_current_results_reproduces_the_section() -> None:
     assert section.startswith("### Record-level DP, vertical, label inference")
     assert section in doc
     assert report.federated(_results()) in doc  # the table and the subsection, in place
-    assert "0.9304" in section and "region3 σ=4.194" in section  # figures come from the JSON
+    # The figures come from the JSON: the ε = 1 AUC and the last region's noise multiplier, as recorded.
+    r = _results()["record_dp"]
+    eps1 = r["horizontal_secagg_dpsgd_eps1"]
+    assert f"| horizontal SecAgg+ record-level DP ε = 1 | {eps1['auc']:.4f} |" in section
+    assert f"region3 σ={eps1['nodes']['region3']['dp_sigma']:.3f}" in section
 
 
 def test_vertical_dp_runs_render_when_present() -> None:
