@@ -4,6 +4,7 @@ node-attested digests, the ServerApp's node filter, and the coordinator's remote
 
 from __future__ import annotations
 
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -15,11 +16,14 @@ from pydantic import ValidationError
 
 from federated.grid_io import allowed_nodes
 from federated.horizontal_server import BoundedClientManager
+from federated.job_run import write_app
 from federated.jobs import parse_job
 from federated.node import NodeConfig, node_config, node_config_arg
+from federated.pooled_stats import infos_from_config
 from federated.remote import (
     RemoteNode,
     attested_digests,
+    catalogue_infos,
     catalogue_width,
     parse_supernode_list,
     select_participants,
@@ -250,3 +254,17 @@ def test_remote_training_settings() -> None:
 def test_training_settings_refuse_mixed_or_incomplete_modes(settings: dict[str, Any], needle: str) -> None:
     with pytest.raises(ValidationError, match=needle.replace("(", r"\(").replace(")", r"\)")):
         TrainingSettings.model_validate(settings)
+
+
+def test_a_standardising_job_carries_the_catalogues_declared_ranges_to_its_serverapp(tmp_path: Path) -> None:
+    """The remote coordinator has no store: the ServerApp turns pooled moments into means and spreads
+    with the catalogue's declared ranges, which the App's run config carries (only when it standardises)."""
+    infos = catalogue_infos(CATALOGUE, ["tax.age", "tax.region"])
+    standardising = _job(encodings={"tax.age": "standardise"})
+    app = write_app(standardising, tmp_path / "a", n_nodes=2, max_weight=10, ledger_check=True, feature_infos=infos)
+    config = tomllib.loads((app / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
+    assert infos_from_config(config["feature-infos"]) == infos
+    plain = write_app(_job(), tmp_path / "b", n_nodes=2, max_weight=10, ledger_check=True, feature_infos=infos)
+    assert "feature-infos" not in tomllib.loads((plain / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
+    with pytest.raises(ConfigError, match=r"'tax\.missing' is not in the federation catalogue"):
+        catalogue_infos(CATALOGUE, ["tax.missing"])
