@@ -24,7 +24,7 @@ from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
 
 from federated import datasets, dp_sgd, model, node, pooled_stats, updates
 from federated.admission import admit_at_node, record_dp_plan
-from federated.jobs import DPUnit, JobSpec, Method, job_from_run_config
+from federated.jobs import DPUnit, JobSpec, job_from_run_config
 from xgate.errors import InvalidInput
 from xgate.logging import get_logger
 
@@ -43,13 +43,13 @@ class HorizontalClient(NumPyClient):
     def data(self, config: dict[str, Any]) -> node.Split:
         # Flower builds a client per message (SecAgg+ has 4 per round); read the store only when needed.
         if self._data is None:
+            rows = node.labelled_rows(self.job, self.nc)
             stats = None
-            if any(e.method is Method.STANDARDISE for e in self.job.encodings.values()):
-                rows = node.labelled_rows(self.job, self.nc)
+            if self.job.standardises():
                 stats = pooled_stats.stats_from_config(
                     str(config.get(pooled_stats.CONFIG_KEY, "{}")), rows.infos, rows.encodings
                 )
-            data = node.horizontal_data(self.job, self.nc, stats)
+            data = rows.encoded(stats)
             width = data.x_train.shape[1]
             if self.n_features and width != self.n_features:  # the coordinator sized the model from its catalogue
                 raise InvalidInput(

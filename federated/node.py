@@ -99,6 +99,11 @@ class LabelledRows:
     y: np.ndarray
     test: np.ndarray  # True for the held-out rows
 
+    def encoded(self, stats: model.Stats | None = None) -> Split:
+        """Encoded features and labels, split into training and held-out rows."""
+        x = model.encode(self.infos, self.raw, self.encodings, stats)
+        return Split(x[~self.test], self.y[~self.test], x[self.test], self.y[self.test])
+
     def train_moments(self) -> np.ndarray:
         """The moment vector of the training rows, for pooled standardisation (pooled_stats)."""
         return pooled_stats.moments(self.infos, self.encodings, self.raw[~self.test])
@@ -127,10 +132,7 @@ def horizontal_data(job: JobSpec, nc: NodeConfig, stats: model.Stats | None = No
     Every encoding uses declared metadata only but `standardise`, whose pooled statistics the
     coordinator sends (`stats`, from the job's statistics round: pooled_stats).
     """
-    rows = labelled_rows(job, nc)
-    x = model.encode(rows.infos, rows.raw, rows.encodings, stats)
-    test = rows.test
-    return Split(x[~test], rows.y[~test], x[test], rows.y[test])
+    return labelled_rows(job, nc).encoded(stats)
 
 
 def held_features(job: JobSpec, nc: NodeConfig) -> list[str]:
