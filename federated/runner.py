@@ -113,7 +113,7 @@ def run_job(
 
     max_weight = job.max_weight or max(len(datasets.pseudonyms(n.store)) for n in participants)
     # Encoded width follows from the catalogue's declared types/ranges (metadata, not data).
-    width, infos = 0, list[datasets.ElementInfo]()
+    width, infos = 0, []  # vertical: the coordinator sizes nothing
     if job.mode is Mode.HORIZONTAL:
         infos = datasets.element_info(participants[0].store, job.features)
         width = sum(encoded_width(i, e) for i, e in zip(infos, resolve(infos, job.encodings), strict=True))
