@@ -22,6 +22,7 @@ BENCHMARKS = [
     "audit_federation",  # two replicas: one log each (built) vs one log sequenced in PostgreSQL
     "federated",  # Census-Income: pooled vs single agency vs vertical/horizontal FL
     "dp_sweep",  # how record-level DP-SGD's clip and learning rate were chosen (validation split)
+    "training_startup",  # a training job on Flower processes started per job vs the gateway's long-lived link
     "load",  # 1 to 1,000 concurrent clients: overload control, goodput, gateway memory, county link
 ]
 

@@ -6,10 +6,11 @@ A job on remote SuperNodes is handed to federated/remote_runner.py.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from crypto.flower_keys import FlowerSecurity, prepare_flower_security
 from federated import datasets
@@ -21,6 +22,7 @@ from federated.jobs import JobSpec, Mode
 from federated.model import encoded_width, resolve
 
 if TYPE_CHECKING:
+    from federated.local_link import LocalLink
     from federated.remote import RemoteNode
     from federated.remote_runner import RemoteMode
 from xgate.errors import ConfigError, PolicyDenied
@@ -55,6 +57,7 @@ def run_job(
     on_started: Callable[[Federation], None] | None = None,
     on_federation: Callable[[Federation], None] | None = None,
     remote: RemoteMode | None = None,
+    local: LocalLink | None = None,
 ) -> JobResult:
     """Admit, run and report one job; raises PolicyDenied (refused) or NodeUnavailable (failed).
 
@@ -68,26 +71,82 @@ def run_job(
     `remote` (federated/remote_runner.py): the agencies run their own SuperNodes on their own hosts
     (`xgate node supernode`); `nodes` are then `RemoteNode`s (agency + registered public key), the
     job runs on `remote.link`'s SuperLink, and admission happens at each node (no `admission` here).
+
+    `local` (federated/local_link.py): the coordinator's long-lived SuperLink and SuperNodes for these
+    nodes; the job runs on them instead of starting its own (no per-job `security` then).
     """
     if remote is not None:
         from federated.remote_runner import run_remote_job
 
-        if admission is not None or security is not None or insecure or ca_dir is not None:
+        if admission is not None or security is not None or insecure or ca_dir is not None or local is not None:
             raise ConfigError("remote nodes decide admission themselves on the link's own TLS material")
         remote_nodes = cast(Sequence["RemoteNode"], nodes)
         return run_remote_job(
             job, remote_nodes, job_dir=job_dir, remote=remote, on_event=on_event, progress=progress,
             on_started=on_started, on_federation=on_federation,
         )  # fmt: skip
-    for n in cast(Sequence[NodeSpec], nodes):  # the job's encodings fit each node's elements: an invalid
+    local_nodes = cast(Sequence[NodeSpec], nodes)
+    for n in local_nodes:  # the job's encodings fit each node's elements: an invalid
         held = set(datasets.held_elements(n.store)) & set(job.features)  # job, refused before it is recorded
         resolve(datasets.element_info(n.store, [f for f in job.features if f in held]), job.encodings)
     t0 = time.monotonic()
     emit, status = start_job(job, job_dir, on_event)
     say = progress or (lambda _line: None)
-    local = cast(Sequence[NodeSpec], nodes)
-    participants = [n for n in local if store_agency_datasets(n.store, job)]
-    decide = admission or default_admission(local)
+    participants, decisions = _admit(job, local_nodes, admission or default_admission(local_nodes), emit, status)
+    max_weight = job.max_weight or max(len(datasets.pseudonyms(n.store)) for n in participants)
+    # Encoded width follows from the catalogue's declared types/ranges (metadata, not data).
+    width, infos = 0, []  # vertical: the coordinator sizes nothing
+    if job.mode is Mode.HORIZONTAL:
+        infos = datasets.element_info(participants[0].store, job.features)
+        width = sum(encoded_width(i, e) for i, e in zip(infos, resolve(infos, job.encodings), strict=True))
+    make_app = functools.partial(
+        write_app, job, job_dir, n_nodes=len(participants), max_weight=max_weight, ledger_check=True,
+        n_features=width, feature_infos=infos,
+    )  # fmt: skip
+    result = JobResult(job.job_id, None, "failed", job_dir)
+    status.update(state="starting", decisions=decisions)  # admitted; Flower processes starting
+    extra: dict[str, Any] = {}
+    try:
+        if local is not None:  # the coordinator's long-lived SuperLink and SuperNodes
+            if on_federation is not None:
+                on_federation(local.fed)
+            node_ids = {local.node_ids[n.agency]: n.agency for n in participants}
+            app_dir = make_app(node_ids=sorted(node_ids))
+            extra["flower"] = local.take_job()
+            say(f"on the running SuperLink with {len(participants)} SuperNodes")
+            if on_started is not None:
+                on_started(local.fed)
+            _follow_or_stop(local.fed, job, app_dir, node_ids, result, emit, status, say)
+        else:
+            app_dir = make_app()
+            if security is None and not insecure:
+                security = prepare_flower_security(job_dir / "pki", [n.agency for n in participants], ca_dir=ca_dir)
+            with Federation(job_dir, security, insecure=insecure) as fed:
+                if on_federation is not None:
+                    on_federation(fed)
+                say(f"starting SuperLink and {len(participants)} SuperNodes")
+                fed.start_superlink()
+                for n in participants:
+                    fed.start_node(n)
+                started = fed.wait_registered([n.agency for n in participants])
+                fed.write_cli_config()
+                if on_started is not None:
+                    on_started(fed)
+                follow_run(fed, job, app_dir, started, result, emit, status, say)
+            extra["flower"] = {"mode": "per-job"}
+    except Exception as exc:
+        emit.fail(exc)  # once: a failure the ServerApp reported is already recorded
+        status.update(state="failed", reason=str(exc)[:300])
+        raise
+    digests = {n.agency: datasets.store_digest(n.store, [*job.features, job.label]) for n in participants}
+    return finish(job, result, t0, decisions, digests, emit, status, **extra)
+
+
+def _admit(
+    job: JobSpec, nodes: Sequence[NodeSpec], decide: Admission, emit: OnEvent, status: Status
+) -> tuple[list[NodeSpec], dict[str, Any]]:
+    """The nodes holding job data, each asked to admit the job; PolicyDenied when any refuses."""
+    participants = [n for n in nodes if store_agency_datasets(n.store, job)]
     decisions = {}
     for n in participants:
         d = decide(job, n.agency)
@@ -110,45 +169,27 @@ def run_job(
         )
         status.update(state="refused", reason=reason)
         raise PolicyDenied(f"job '{job.job_id}' refused: {reason}")
+    return participants, decisions
 
-    max_weight = job.max_weight or max(len(datasets.pseudonyms(n.store)) for n in participants)
-    # Encoded width follows from the catalogue's declared types/ranges (metadata, not data).
-    width, infos = 0, []  # vertical: the coordinator sizes nothing
-    if job.mode is Mode.HORIZONTAL:
-        infos = datasets.element_info(participants[0].store, job.features)
-        width = sum(encoded_width(i, e) for i, e in zip(infos, resolve(infos, job.encodings), strict=True))
-    app_dir = write_app(
-        job,
-        job_dir,
-        n_nodes=len(participants),
-        max_weight=max_weight,
-        ledger_check=True,
-        n_features=width,
-        feature_infos=infos,
-    )
-    result = JobResult(job.job_id, None, "failed", job_dir)
-    status.update(state="starting", decisions=decisions)  # admitted; Flower processes starting
-    if security is None and not insecure:
-        security = prepare_flower_security(job_dir / "pki", [n.agency for n in participants], ca_dir=ca_dir)
-    with Federation(job_dir, security, insecure=insecure) as fed:
-        try:
-            if on_federation is not None:
-                on_federation(fed)
-            say(f"starting SuperLink and {len(participants)} SuperNodes")
-            fed.start_superlink()
-            for n in participants:
-                fed.start_node(n)
-            node_ids = fed.wait_registered([n.agency for n in participants])
-            fed.write_cli_config()
-            if on_started is not None:
-                on_started(fed)
-            follow_run(fed, job, app_dir, node_ids, result, emit, status, say)
-        except Exception as exc:
-            emit.fail(exc)  # once: a failure the ServerApp reported is already recorded
-            status.update(state="failed", reason=str(exc)[:300])
-            raise
-    digests = {n.agency: datasets.store_digest(n.store, [*job.features, job.label]) for n in participants}
-    return finish(job, result, t0, decisions, digests, emit, status)
+
+def _follow_or_stop(
+    fed: Federation,
+    job: JobSpec,
+    app_dir: Path,
+    node_ids: dict[int, str],
+    result: JobResult,
+    emit: OnEvent,
+    status: Status,
+    say: Callable[[str], None],
+) -> None:
+    """`follow_run` on a SuperLink that outlives the job: a run still going when following fails
+    is stopped, so it cannot hold the link's SuperNodes into the next job."""
+    try:
+        follow_run(fed, job, app_dir, node_ids, result, emit, status, say)
+    except BaseException:
+        if result.run_id is not None:
+            fed.stop_run(result.run_id)
+        raise
 
 
 def default_admission(nodes: Sequence[NodeSpec]) -> Admission:

@@ -40,6 +40,7 @@ from xgate.logging import get_logger
 from xgate.principal import Principal
 
 if TYPE_CHECKING:
+    from federated.local_link import LocalTraining
     from federated.remote_runner import RemoteTraining
 
 log = get_logger("xgate.gateway.training")
@@ -116,6 +117,7 @@ class TrainingService:
         runner: Runner = _default_runner,
         node_admission: Callable[[TrainingNode], Admission] | None = None,
         remote: RemoteTraining | None = None,
+        local: LocalTraining | None = None,
         approvals: TrainingApprovals | None = None,
         jobs: TrainingJobStore | None = None,
     ) -> None:
@@ -138,6 +140,9 @@ class TrainingService:
         self.remote = remote  # agencies' own SuperNodes dial its long-lived SuperLink (no node files here)
         if remote is not None:
             remote.start_in_background()  # up before the first job, so the SuperNodes have joined by then
+        self.local = local  # local mode: its long-lived SuperLink and SuperNodes (federated/local_link.py)
+        if local is not None:
+            local.start_in_background()  # the first job need not wait for Flower's processes either
 
     # -- submission ----------------------------------------------------------------------------
     def submit(self, who: Principal, body: Any) -> dict[str, Any]:
@@ -300,6 +305,8 @@ class TrainingService:
             if self.remote is not None:  # admission at each node's own site, after the gateway's decision
                 nodes: list[Any] = self.remote.participants(job_datasets)
                 extra = {"remote": self.remote.mode()}
+            elif self.local is not None:  # the long-lived local link carries its own TLS material
+                nodes, extra = [n.spec() for n in self.nodes], {"admission": admit, "local": self.local.link()}
             else:
                 nodes, extra["admission"] = [n.spec() for n in self.nodes], admit
             self.runner(job, nodes, job_dir=job_dir, on_event=on_event, on_federation=created, **extra)
@@ -406,6 +413,8 @@ class TrainingService:
             thread.join(timeout_s)
         if self.remote is not None:
             self.remote.close()
+        if self.local is not None:
+            self.local.close()
 
 
 def kill_groups(federation: Any) -> None:

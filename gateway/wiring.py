@@ -169,7 +169,8 @@ def training_for(config: GatewayConfig, policy: CheckAuthorizer, audit_log: Any)
     Training page reads them; each job's record (id, decision, summary) is also in the state store
     (gateway/training_jobs.py), shared by every replica in replicated mode. Without a [training]
     section the endpoint answers 503. With `superlink_port` set (remote mode) the gateway runs a
-    long-lived SuperLink that the agencies' own SuperNodes dial (`xgate node supernode`).
+    long-lived SuperLink that the agencies' own SuperNodes dial (`xgate node supernode`); in local
+    mode it runs a long-lived SuperLink and the configured nodes' SuperNodes itself.
     """
     from gateway.training_jobs import TrainingJobStore
     from gateway.training_remote import remote_training
@@ -185,6 +186,12 @@ def training_for(config: GatewayConfig, policy: CheckAuthorizer, audit_log: Any)
         for n in training.nodes:
             assert n.store is not None and n.ledger is not None  # local nodes, checked by the config loader
             nodes.append(TrainingNode(n.agency, n.store, n.ledger, n.holdout, n.policy_dir))
+    local = None
+    if nodes:  # local mode: one SuperLink and the nodes' SuperNodes for the gateway's lifetime
+        from federated.local_link import LocalTraining
+
+        assert training is not None
+        local = LocalTraining(state_dir=state / "flower-local", nodes=[n.spec() for n in nodes], ca_dir=training.ca_dir)
     return TrainingService(
         policy=policy,
         # Replicas charge one ledger: a dataset's ε cap holds across them, not per replica.
@@ -195,6 +202,7 @@ def training_for(config: GatewayConfig, policy: CheckAuthorizer, audit_log: Any)
         node_policy_dir=config.gateway.policy_dir,
         ca_dir=training.ca_dir if training else None,
         remote=remote,
+        local=local,
         approvals=policy.approvals,
         jobs=TrainingJobStore(
             shared_database(config) or state / "training_jobs.sqlite", replica=config.gateway.replica or "gateway"

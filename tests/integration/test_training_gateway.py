@@ -5,6 +5,7 @@ data) while the refusals are exercised, then the officer API shows the job's aud
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -22,6 +23,7 @@ from client.sdk import GatewayClient, GatewayError
 from tests.unit.training_support import job_body, prepare_gateway_dir, write_region_stores, write_training_policies
 
 # Minutes of Flower processes; on a loaded 2-core CI box a job has taken over 300 s (the default).
+TERMINAL = ("completed", "failed", "refused")
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(900)]
 
 
@@ -110,10 +112,24 @@ def test_job_through_the_gateway_is_audited(gateway: Gateway, tmp_path: Path) ->
         # ε already spent: 1.0 of 3.0; another 2.5 would exceed the cap
         err = refusal(gateway.client("analyst"), job_body("it-gw-3", epsilon=2.5))
         assert err.http_status == 429
+        # A second job runs on the SuperLink and SuperNodes the first one found running: the gateway
+        # started them once (local mode is long-lived, as remote mode is), not per job.
+        with gateway.client("analyst") as analyst:
+            analyst.submit_training_job(job_body("it-gw-4", epsilon=1.0))
+            deadline = time.monotonic() + 400
+            while (second := analyst.training_job_status("it-gw-4"))["state"] not in TERMINAL:
+                assert time.monotonic() < deadline, second
+                time.sleep(1.0)
+        assert second["state"] == "completed", second
     finally:
         if cli.poll() is None:
             cli.kill()
             cli.wait(10)
+
+    jobs = gateway.root / "gateway" / "state" / "jobs"
+    links = [json.loads((jobs / j / "model.json").read_text())["flower"] for j in ("it-gw-1", "it-gw-4")]
+    assert [link["mode"] for link in links] == ["long-lived", "long-lived"]
+    assert links[0]["started_at"] == links[1]["started_at"] and links[1]["job_on_link"] == links[0]["job_on_link"] + 1
 
     officer = {"Authorization": f"Bearer {gateway.keys['officer']}"}
     entries = httpx.get(
@@ -139,7 +155,7 @@ def test_job_through_the_gateway_is_audited(gateway: Gateway, tmp_path: Path) ->
     rounds = httpx.get(
         f"{gateway.url}/v1/audit/entries", params={"kind": "training_round_completed"}, headers=officer
     ).json()["entries"]
-    assert [e["record"]["request_id"] for e in rounds] == ["it-gw-1"]
+    assert [e["record"]["request_id"] for e in rounds] == ["it-gw-1", "it-gw-4"]
     assert sorted(rounds[0]["record"]["metadata"]["agencies"]) == ["region0", "region1"]
     refused = httpx.get(
         f"{gateway.url}/v1/audit/entries", params={"kind": "training_job_refused"}, headers=officer
