@@ -13,9 +13,12 @@ Two parts, kept apart so each can be reasoned about (and rebased) on its own:
 * `AdmissionMiddleware`, the thin ASGI edge: reads request bodies itself with a streaming byte
   limit (413), a read deadline (408: a slow body or a Content-Length larger than what is sent)
   and a process-wide budget of body bytes held at once (503). Supervised routes (POST
-  /v1/checks) then run under a deadline (`request_deadline_s`, or shorter with the caller's
-  `X-Request-Timeout` header) and a disconnect watch: when the client goes away or the deadline
-  passes the handler task is cancelled, which cancels its gRPC calls, so the nodes stop too.
+  /v1/checks) are refused before the body when the queue is full, and just after it, before any
+  other work, when more requests are on their way than could hold a place (`enter`: a burst
+  arrives before any of it has taken a slot); they then run under a deadline
+  (`request_deadline_s`, or shorter with the caller's `X-Request-Timeout` header) and a
+  disconnect watch: when the client goes away or the deadline passes the handler task is
+  cancelled, which cancels its gRPC calls, so the nodes stop too.
 """
 
 from __future__ import annotations
@@ -110,6 +113,7 @@ class AdmissionController:
     _served_in_window: int = 0
     _inflight: int = 0
     _queued: int = 0
+    _entered: int = 0  # supervised requests past the gate after their body (see `enter`)
     _queued_bytes: int = 0
     _per_user: Counter[tuple[str, str]] = field(default_factory=Counter)
     _per_agency: Counter[str] = field(default_factory=Counter)
@@ -173,6 +177,29 @@ class AdmissionController:
         if self._queued >= self.settings.max_queued_checks:
             raise self._refuse(f"{self._inflight} checks running and {self._queued} waiting")
         self._refuse_if_late(deadline_s)
+
+    @property
+    def entered(self) -> int:
+        return self._entered
+
+    def entry_bound(self) -> int:
+        """Supervised requests let past their body at once: twice what can hold a slot or a queue
+        place, so requests on their way to the queue (authentication, validation) or on their way
+        out fit, and fair shares are still decided at `acquire`."""
+        return 2 * (self.settings.max_inflight_checks + self.settings.max_queued_checks)
+
+    def enter(self, deadline_s: float) -> None:
+        """After a body is read, before any other work: refuse at once when more requests are on
+        their way than could ever hold a place (a burst: every request passed `refuse_early` before
+        the first took a slot), then count this one in until `leave`. No await between the two, so
+        a burst is cut here at the bound, before authentication and the route run for each."""
+        if self._entered >= self.entry_bound():
+            raise self._refuse(f"{self._inflight} checks running and {self._queued} waiting, more arriving")
+        self.refuse_early(deadline_s)
+        self._entered += 1
+
+    def leave(self) -> None:
+        self._entered -= 1
 
     def _refuse_if_late(self, left_s: float | None) -> None:
         """Refuse now what would wait past its deadline (`left_s` from now) or past max_queue_wait_s."""
@@ -389,10 +416,20 @@ class AdmissionMiddleware:
             scope.setdefault("state", {})["body_bytes"] = len(body)
             gone = asyncio.Event()
             replay = _replay(body, gone)
-            if supervised:
-                await self._supervise(scope, replay, send, receive, gone, started, headers)
-            else:
+            if not supervised:
                 await self.app(scope, replay, send)
+                return
+            if self.controller is not None:
+                try:
+                    self.controller.enter(self._deadline_s(headers))
+                except XgateError as exc:
+                    await send_error(scope, send, exc)
+                    return
+            try:
+                await self._supervise(scope, replay, send, receive, gone, started, headers)
+            finally:
+                if self.controller is not None:
+                    self.controller.leave()
         finally:
             self.budget.give(reserved)
 

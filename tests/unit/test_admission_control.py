@@ -249,3 +249,21 @@ def test_retry_after_grows_while_refusals_outnumber_completions_and_falls_back_a
     assert ctl.retry_after_s() == 60.0
     fallen = [window(0, 10) for _ in range(5)]
     assert fallen[-1] == 1.0 and fallen == sorted(fallen, reverse=True)
+
+
+def test_a_burst_is_cut_after_the_body_before_any_other_work() -> None:
+    """Attack: 1,000 requests arriving at once all pass the early gate (no slot is taken yet), so
+    each was authenticated and routed before the queue could refuse it: refusals took seconds.
+    Past their bodies, no more than twice the slots and queue places get in; the rest are refused
+    at once, and each one leaving lets another in."""
+    ctl = AdmissionController(_settings(max_inflight_checks=2, max_queued_checks=3))
+    assert ctl.entry_bound() == 10
+    for _ in range(10):
+        ctl.enter(10.0)
+    with pytest.raises(Overloaded) as info:
+        ctl.enter(10.0)
+    assert "more arriving" in info.value.message and info.value.details["retry_after_s"] >= 1
+    assert ctl.entered == 10  # a refused request is not counted in
+    ctl.leave()
+    ctl.enter(10.0)
+    assert ctl.entered == 10
