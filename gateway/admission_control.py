@@ -106,6 +106,7 @@ class AdmissionController:
     clock: Callable[[], float] = time.monotonic
     service_s: float = 1.0  # moving average of one check's service time (Retry-After estimates)
     jitter: Callable[[], float] = field(default=lambda: random.uniform(0.8, 1.2))  # spreads retries
+    spread: Callable[[], float] = random.random  # where in the herd's return window this client falls
     # Retry-After under contention: grows while refusals outnumber twice the completions.
     contention_retry_s: float = 1.0
     _window_started: float | None = None
@@ -131,10 +132,14 @@ class AdmissionController:
     def retry_after_s(self) -> float:
         """Whole seconds until a retry has a fair chance: the queue ahead drained at the recent pace,
         or longer while many more clients are refused than served (`contention_retry_s`), with
-        jitter so that clients refused together do not come back together."""
-        ahead = self._queued + self._inflight + 1
-        drained = ahead * self.service_s / self.settings.max_inflight_checks
-        wait = max(drained, self.contention_retry_s) * self.jitter()
+        jitter; plus a uniform share of the time it takes to serve, once each, the clients refused
+        so far in this window (the herd): 1,000 clients refused at once come back spread over the
+        minute it takes to serve them, not together a second later."""
+        per_s = self.settings.max_inflight_checks / self.service_s
+        drained = (self._queued + self._inflight + 1) / per_s
+        base = max(drained, self.contention_retry_s) * self.jitter()
+        herd = min(self._refused_in_window / per_s, max(0.0, MAX_RETRY_AFTER_S - base))  # spread within the cap
+        wait = base + herd * self.spread()
         return float(min(MAX_RETRY_AFTER_S, max(1, math.ceil(wait))))
 
     def _roll_window(self) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -267,3 +268,25 @@ def test_a_burst_is_cut_after_the_body_before_any_other_work() -> None:
     ctl.leave()
     ctl.enter(10.0)
     assert ctl.entered == 10
+
+
+def test_a_refused_herd_is_told_to_come_back_spread_over_the_time_to_serve_it() -> None:
+    """Attack: 1,000 clients refused at once, each told "retry in a second or two", came back
+    together and were refused together again: the refusals cost more CPU than the checks. Each is
+    now told a uniform share of the time it takes to serve the herd once, so no second sees more
+    returning than a few times what the gateway serves."""
+    import random
+
+    draw = random.Random(3)
+    ctl = AdmissionController(
+        _settings(max_inflight_checks=8, max_queued_checks=0), service_s=1.0, jitter=lambda: 1.0, spread=draw.random
+    )
+    ctl._inflight = 8  # every slot busy
+    told = []
+    for _ in range(960):
+        with pytest.raises(Overloaded) as info:
+            ctl.refuse_early(10.0)
+        told.append(int(info.value.details["retry_after_s"]))
+    per_second = Counter(told)
+    assert max(told) == 60 and min(told) >= 1
+    assert max(per_second.values()) <= 60, sorted(per_second.items())[:5]  # 960 in one second without the spread
