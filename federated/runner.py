@@ -85,6 +85,8 @@ def run_job(
             job, remote_nodes, job_dir=job_dir, remote=remote, on_event=on_event, progress=progress,
             on_started=on_started, on_federation=on_federation,
         )  # fmt: skip
+    if local is not None and (security is not None or insecure or ca_dir is not None):
+        raise ConfigError("a job on the long-lived local link runs on the link's own TLS material")
     local_nodes = cast(Sequence[NodeSpec], nodes)
     for n in local_nodes:  # the job's encodings fit each node's elements: an invalid
         held = set(datasets.held_elements(n.store)) & set(job.features)  # job, refused before it is recorded

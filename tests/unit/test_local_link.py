@@ -118,3 +118,16 @@ def test_closed_training_refuses_and_stops_its_link(tmp_path: Path, started: lis
         training.link()
     with pytest.raises(ConfigError, match="at least one node"):
         LocalTraining(state_dir=tmp_path, nodes=[])
+
+
+def test_a_job_on_the_link_takes_no_tls_material_of_its_own(tmp_path: Path, started: list[FakeFederation]) -> None:
+    from federated.jobs import parse_job
+    from federated.runner import run_job
+    from tests.unit.training_support import job_body
+
+    job = parse_job(job_body("job-1"))
+    link = _training(tmp_path).link()
+    for extra in ({"insecure": True}, {"ca_dir": tmp_path}):
+        with pytest.raises(ConfigError, match="link's own TLS material"):
+            run_job(job, [], job_dir=tmp_path / "job", local=link, **extra)  # type: ignore[arg-type]
+    assert not (tmp_path / "job").exists()  # refused before anything was recorded
