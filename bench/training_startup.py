@@ -24,6 +24,7 @@ from typing import Any
 
 from federated import datasets
 from federated.admission import LedgerAdmission
+from federated.events import read_events
 from federated.jobs import parse_job
 from federated.local_link import LocalTraining
 from federated.runner import NodeSpec, run_job
@@ -81,8 +82,7 @@ def job(job_id: str) -> Any:
 def seconds_to_run(job_dir: Path) -> float:
     """From the job's submission to its Flower run's start, by the job's own event file."""
     at: dict[str, datetime] = {}
-    for line in (job_dir / "events.jsonl").read_text().splitlines():
-        event = json.loads(line)
+    for event in read_events(job_dir / "events.jsonl")[0]:
         at.setdefault(event["event"], datetime.fromisoformat(event["ts"]))
     return (at["run_started"] - at["job_submitted"]).total_seconds()
 
