@@ -1,11 +1,19 @@
-"""What a training job pays before its first round: Flower processes per job against a long-lived link.
+"""What a training job pays for Flower's processes: per job against a long-lived link, and the
+SuperNode's fixed idle poll against xgate's shorter one.
 
 The same small horizontal job (two regional nodes, synthetic rows, one round), run `--jobs` times
-each way in one run, interleaved: on a federation started for the job (SuperLink, two SuperNodes,
-their registration: `run_job` without `local`, what the CLI's local path does) and on the
-coordinator's long-lived `LocalTraining` link (what the gateway in local mode does, started once
-before the first job). Per job: seconds from submission to the Flower run's start (by the job's
-own events) and the job's wall time; the link's own start-up, paid once. Writes
+each way in one run, interleaved, three ways:
+
+* `per_job`: a federation started for the job (SuperLink, two SuperNodes, their registration:
+  `run_job` without `local`, what the CLI's local path does);
+* `long_lived`: the coordinator's long-lived `LocalTraining` link (what the gateway in local mode
+  does, started once before the first job);
+* `long_lived_stock_poll`: the same, with Flower's own `flower-supernode` (a fixed 3 s sleep after
+  every pull that finds no message) instead of `federated.supernode_process` (0.25 s).
+
+Per job: seconds from submission to the Flower run's start (by the job's own events) and the job's
+wall time; each link's own start-up, paid once; and each link's idle cost, the CPU its processes
+(SuperLink, SuperNodes and their SuperExecs) use while no job runs. Writes
 bench/results/training_startup.json.
 """
 
@@ -22,12 +30,13 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from federated import datasets
+from federated import datasets, deployment
 from federated.admission import LedgerAdmission
 from federated.events import read_events
 from federated.jobs import parse_job
 from federated.local_link import LocalTraining
 from federated.runner import NodeSpec, run_job
+from federated.supernode_process import POLL_S
 
 RESULTS = Path(__file__).parent / "results" / "training_startup.json"
 PURPOSE = "fraud_detection"
@@ -87,26 +96,63 @@ def seconds_to_run(job_dir: Path) -> float:
     return (at["run_started"] - at["job_submitted"]).total_seconds()
 
 
-def run(jobs: int, rows: int) -> dict[str, Any]:
+def _stock_supernode() -> list[str]:
+    return [str(deployment.BIN / "flower-supernode")]
+
+
+def idle_cores(link: LocalTraining, seconds: float) -> float:
+    """CPU (in cores) the link's processes and their children use over `seconds` with no job."""
+    groups = {p.popen.pid for p in link.link().fed.procs.values()}  # each started in its own session
+
+    def cpu_s() -> float:
+        ticks = 0
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[2]) in groups:  # pgrp
+                ticks += int(fields[11]) + int(fields[12])  # utime + stime
+        return ticks / os.sysconf("SC_CLK_TCK")
+
+    before = cpu_s()
+    time.sleep(seconds)
+    return (cpu_s() - before) / seconds
+
+
+def run(jobs: int, rows: int, idle_s: float) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="xgate-startup-") as tmp:
         root = Path(tmp)
         nodes = regional_nodes(root / "nodes", rows)
-        local = LocalTraining(state_dir=root / "flower-local", nodes=nodes)
+        short = LocalTraining(state_dir=root / "flower-local", nodes=nodes)
+        stock = LocalTraining(state_dir=root / "flower-local-stock", nodes=nodes)
         try:
-            link = local.link()
-            rows_out: dict[str, list[dict[str, float]]] = {"per_job": [], "long_lived": []}
-            for i in range(jobs):  # interleaved, so both see the same machine
-                for label in ("per_job", "long_lived"):
+            links = {"long_lived": short.link()}
+            default_supernode = deployment.SUPERNODE
+            deployment.SUPERNODE = _stock_supernode()  # only while this link starts its SuperNodes
+            try:
+                links["long_lived_stock_poll"] = stock.link()
+            finally:
+                deployment.SUPERNODE = default_supernode
+            idle = {
+                label: round(idle_cores(lt, idle_s), 3)
+                for label, lt in (("long_lived", short), ("long_lived_stock_poll", stock))
+            }
+            arms = {"per_job": None, "long_lived": short, "long_lived_stock_poll": stock}
+            rows_out: dict[str, list[dict[str, float]]] = {label: [] for label in arms}
+            for i in range(jobs):  # interleaved, so every arm sees the same machine
+                for label, lt in arms.items():
                     job_dir = root / "jobs" / f"{label}-{i}"
                     t0 = time.perf_counter()
-                    extra = {"local": local.link()} if label == "long_lived" else {}
+                    extra = {"local": lt.link()} if lt is not None else {}
                     run_job(job(f"{label}-{i}"), nodes, job_dir=job_dir, **extra)
                     wall = time.perf_counter() - t0
                     rows_out[label].append({"to_run_s": round(seconds_to_run(job_dir), 2), "wall_s": round(wall, 2)})
-                    print(f"{label:>10} job {i}: {rows_out[label][-1]}", flush=True)
-            startup = link.startup_s
+                    print(f"{label:>21} job {i}: {rows_out[label][-1]}", flush=True)
+            startup = {label: round(link.startup_s, 2) for label, link in links.items()}
         finally:
-            local.close()
+            short.close()
+            stock.close()
     med = {
         label: {k: round(statistics.median(r[k] for r in runs), 2) for k in ("to_run_s", "wall_s")}
         for label, runs in rows_out.items()
@@ -114,13 +160,19 @@ def run(jobs: int, rows: int) -> dict[str, Any]:
     return {
         "benchmark": "training_startup",
         "setup": f"horizontal job, 2 regional nodes x {rows} synthetic rows, 1 round, no DP; {jobs} jobs each way, "
-        "interleaved; TLS and SuperNode authentication in both",
+        f"interleaved; TLS and SuperNode authentication in all; idle CPU over {idle_s:g} s per link",
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+        "supernode_poll_s": {"long_lived": POLL_S, "long_lived_stock_poll": 3.0},
         "jobs": rows_out,
         "median": med,
-        "link_startup_s": round(startup, 2),
+        "link_startup_s": startup["long_lived"],
+        "link_startup_s_by_link": startup,
+        "idle_cores_by_link": idle,
         "to_run_ratio_per_job_vs_long_lived": round(med["per_job"]["to_run_s"] / med["long_lived"]["to_run_s"], 1),
         "wall_ratio_per_job_vs_long_lived": round(med["per_job"]["wall_s"] / med["long_lived"]["wall_s"], 2),
+        "wall_ratio_stock_poll_vs_short_poll": round(
+            med["long_lived_stock_poll"]["wall_s"] / med["long_lived"]["wall_s"], 2
+        ),
     }
 
 
@@ -129,12 +181,13 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="one job each way")
     parser.add_argument("--jobs", type=int, default=5)
     parser.add_argument("--rows", type=int, default=500)
+    parser.add_argument("--idle-s", type=float, default=20.0, help="how long each link is watched idle")
     args = parser.parse_args()
-    result = run(1 if args.quick else args.jobs, args.rows)
+    result = run(1 if args.quick else args.jobs, args.rows, 5.0 if args.quick else args.idle_s)
     out = RESULTS.with_name("training_startup-quick.json") if args.quick else RESULTS
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result["median"]), f"link start-up {result['link_startup_s']} s")
+    print(json.dumps(result["median"]), f"link start-up {result['link_startup_s']} s", result["idle_cores_by_link"])
     print(f"wrote {out}")
 
 

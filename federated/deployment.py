@@ -38,6 +38,8 @@ from xgate.logging import get_logger
 
 log = get_logger(__name__)
 BIN = Path(sys.executable).parent
+# Flower's `flower-supernode`, with its fixed 3 s idle poll shortened (federated/supernode_process.py).
+SUPERNODE = [sys.executable, "-m", "federated.supernode_process"]
 _NODE_ID = re.compile(r"SuperNode ID: (\d+)")
 
 
@@ -252,7 +254,7 @@ class Federation:
             key = self.security.supernode_keys.get(node.agency)
         cfg = node_config_arg(NodeConfig(node.store, node.agency, node.ledger, node.holdout, node.policy_dir))
         cmd = [
-            str(BIN / "flower-supernode"),
+            *SUPERNODE,
             *supernode_flags(self.security, key, self.insecure),
             "--superlink",
             self.address,

@@ -29,7 +29,7 @@ from typing import Any
 
 from crypto.flower_keys import FlowerSecurity, SuperNodeKey, load_private_key
 from crypto.peers import load_cert, verify_peer_certificate
-from federated.deployment import BIN, flwr_env, free_port, supernode_flags
+from federated.deployment import SUPERNODE, flwr_env, free_port, supernode_flags
 from federated.node import NodeConfig as ClientNodeConfig
 from federated.node import node_config_arg
 from xgate.errors import ConfigError, CryptoError
@@ -85,7 +85,7 @@ def supernode_command(site: SupernodeSite, runtime_port: int) -> list[str]:
     trust = FlowerSecurity(site.ca_cert, Path(os.devnull), Path(os.devnull))
     key = SuperNodeKey(site.agency, site.supernode_key, Path(os.devnull))
     return [
-        str(BIN / "flower-supernode"),
+        *SUPERNODE,
         *supernode_flags(trust, key),
         "--superlink",
         site.superlink,

@@ -63,6 +63,8 @@ def _running_flower(home: Path) -> list[str]:
         except OSError:
             continue
         exe = Path(argv[1].decode()).name if len(argv) > 1 else ""
+        if argv[1:3] == [b"-m", b"federated.supernode_process"]:
+            exe = "flower-supernode"  # Flower's SuperNode behind xgate's short-poll entry point
         if exe in ("flower-superlink", "flower-supernode") and str(home).encode() in b" ".join(argv):
             names.append(exe)
     return names

@@ -62,7 +62,7 @@ def test_valid_site_and_its_command(tmp_path: Path, ca: Path) -> None:
     )
     assert site.home == tmp_path / "flwr-supernode"  # next to the ledger
     cmd = supernode_command(site, 40001)
-    assert Path(cmd[0]).name == "flower-supernode" and "--insecure" not in cmd
+    assert cmd[1:3] == ["-m", "federated.supernode_process"] and "--insecure" not in cmd
     assert cmd[cmd.index("--superlink") + 1] == "gw.example.org:9092"
     assert cmd[cmd.index("--root-certificates") + 1] == str((ca / pki.CA_CERT).resolve())
     assert cmd[cmd.index("--auth-supernode-private-key") + 1] == str(tmp_path / "keys" / "supernode-region0.ssh.key")

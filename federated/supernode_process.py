@@ -1,0 +1,62 @@
+"""`flower-supernode` with short polls: ``python -m federated.supernode_process [flower-supernode args]``.
+
+Flower 1.41's SuperNode loop (`flwr/supernode/start_client_internal.py`) sleeps a fixed 3 s
+whenever a pull from the SuperLink finds no message, and 0.5 s between looks for its ClientApp's
+reply; neither is a flag or setting. In a training job every message waits for the next pull
+after the SuperNode answered the previous one, so on average about half of 3 s per message went to
+this sleep (measured in `docs/FEDERATED.md`, "Architecture"). This entry point runs Flower's own
+`flower-supernode` command unchanged, except that the sleeps issued from that one module are
+capped at `POLL_S`. Everything else in the process sees the real `time` module.
+
+The cap is not a rate limit on anything a peer controls: it only shortens how long the SuperNode
+waits before asking its own SuperLink again. Idle, a SuperNode then pulls `1 / POLL_S` times a
+second instead of a third of a time; `bench/training_startup.py` measures the CPU this costs.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from types import ModuleType
+from typing import Any
+
+POLL_S = 0.25  # Flower's fixed waits are 3 s (idle pull) and 0.5 s (reply)
+
+
+class _ShortSleeps(ModuleType):
+    """The `time` module as `start_client_internal` sees it: `sleep` capped at POLL_S."""
+
+    def __init__(self, cap: float) -> None:
+        super().__init__("time")
+        self._cap = cap
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(time, name)
+
+    def sleep(self, seconds: float) -> None:
+        time.sleep(min(seconds, self._cap))
+
+
+def shorten_polls(cap: float = POLL_S) -> ModuleType:
+    """Cap the sleeps of Flower's SuperNode loop; returns the patched module (tests read it back).
+
+    Refuses (RuntimeError) when the module no longer looks as this was written for: a Flower
+    upgrade must be checked, not silently unpatched or wrongly patched."""
+    from flwr.supernode import start_client_internal as loop
+
+    if not isinstance(getattr(loop, "time", None), ModuleType) or not hasattr(loop, "start_client_internal"):
+        raise RuntimeError("flwr.supernode.start_client_internal changed: review federated/supernode_process.py")
+    loop.time = _ShortSleeps(cap)  # type: ignore[attr-defined] # module attribute, read at call time
+    return loop
+
+
+def main(argv: list[str]) -> None:
+    shorten_polls()
+    from flwr.supernode.cli.flower_supernode import flower_supernode
+
+    sys.argv = ["flower-supernode", *argv]
+    flower_supernode()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

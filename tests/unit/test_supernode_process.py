@@ -1,0 +1,49 @@
+"""`federated.supernode_process`: Flower's SuperNode loop with its fixed sleeps capped, nothing else."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from types import ModuleType
+
+import pytest
+
+from federated import supernode_process
+
+
+@pytest.fixture
+def loop() -> Iterator[ModuleType]:
+    from flwr.supernode import start_client_internal
+
+    original = start_client_internal.time
+    yield start_client_internal
+    start_client_internal.time = original  # type: ignore[attr-defined]
+
+
+def test_the_loops_sleeps_are_capped_and_nothing_else_changes(loop: ModuleType) -> None:
+    patched = supernode_process.shorten_polls(0.05)
+    assert patched is loop
+    t0 = time.monotonic()
+    loop.time.sleep(3)  # Flower's idle poll
+    assert time.monotonic() - t0 < 1.0
+    t0 = time.monotonic()
+    loop.time.sleep(0.01)  # a shorter sleep is left as asked
+    assert time.monotonic() - t0 >= 0.01
+    assert loop.time.monotonic is time.monotonic and loop.time.time is time.time
+    assert time.sleep is not loop.time.sleep  # the rest of the process keeps the real module
+
+
+def test_a_changed_flower_loop_is_refused_not_silently_left_alone(loop: ModuleType) -> None:
+    loop.time = None  # type: ignore[attr-defined] # as if Flower stopped importing `time` there
+    with pytest.raises(RuntimeError, match="start_client_internal changed"):
+        supernode_process.shorten_polls()
+
+
+def test_the_entry_point_is_flowers_supernode_command() -> None:
+    """The module runs `flower-supernode` itself: its own argument parser answers."""
+    out = subprocess.run(
+        [sys.executable, "-m", "federated.supernode_process", "--help"], capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 0 and "--superlink" in out.stdout and "--node-config" in out.stdout
