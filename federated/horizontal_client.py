@@ -13,6 +13,7 @@ evaluate: per-label score histograms on the node's holdout (no per-subject score
 from __future__ import annotations
 
 import json
+import secrets
 from typing import Any
 
 import numpy as np
@@ -63,18 +64,31 @@ class HorizontalClient(NumPyClient):
     def record_dp(self) -> bool:
         return self.job.dp is not None and self.job.dp.unit is DPUnit.RECORD
 
-    def dp_plan(self, config: dict[str, Any]) -> dp_sgd.Plan:
-        """This node's DP-SGD schedule, calibrated to the job's epsilon for its own dataset size."""
+    def dp_plan(self, train_n: int) -> dp_sgd.Plan:
+        """This node's DP-SGD schedule (and statistics release, when the job standardises),
+        calibrated to the job's epsilon for its own number of training rows."""
         dp = self.job.dp
         assert dp is not None
         return dp_sgd.plan(
             dp.epsilon,
             dp.delta,
             dp.clip,
-            n=len(self.data(config).y_train),
+            n=train_n,
             batch=self.job.batch_size,
             rounds=self.job.rounds,
             local_epochs=self.job.local_epochs,
+            standardises=self.job.standardises(),
+        )
+
+    def record_plan(self, plan: dp_sgd.Plan) -> None:
+        """In the ledger before the first release that touches the rows (refused past the approval)."""
+        record_dp_plan(
+            self.nc.ledger,
+            self.job,
+            epsilon=plan.epsilon,
+            noise_multiplier=plan.sigma,
+            sample_rate=plan.sample_rate,
+            steps=plan.steps,
         )
 
     def get_parameters(self, config: dict[str, Any]) -> list[np.ndarray]:
@@ -86,12 +100,21 @@ class HorizontalClient(NumPyClient):
         (when the job uses it) masks it like a model update, so only the pooled sum is opened."""
         rows = node.labelled_rows(self.job, self.nc)
         train_n = int((~rows.test).sum())
+        moments = rows.train_moments()
+        if self.record_dp:  # a Gaussian mechanism, accounted with the DP-SGD steps that follow
+            plan = self.dp_plan(train_n)
+            assert plan.stats_sigma is not None
+            self.record_plan(plan)
+            moments = pooled_stats.noisy_moments(
+                moments, max(train_n, 1), plan.stats_sigma, np.random.default_rng(secrets.randbits(128))
+            )
         log.info(
             "statistics_pooled",
             agency=self.nc.agency,
             features=len(pooled_stats.standardised(rows.infos, rows.encodings)),
+            dp_noise=self.record_dp,
         )
-        return [rows.train_moments()], max(1, min(train_n, self.max_weight)), {"agency": self.nc.agency}
+        return [moments], max(1, min(train_n, self.max_weight)), {"agency": self.nc.agency}
 
     def fit(self, parameters: list[np.ndarray], config: dict[str, Any]) -> tuple[list[np.ndarray], int, dict[str, Any]]:
         if config.get(pooled_stats.PHASE_KEY) == pooled_stats.STATISTICS_PHASE:
@@ -100,15 +123,8 @@ class HorizontalClient(NumPyClient):
         rnd = int(config.get("server_round", 0))
         data = self.data(config)
         if self.record_dp:
-            plan = self.dp_plan(config)
-            record_dp_plan(
-                self.nc.ledger,
-                self.job,
-                epsilon=plan.epsilon,
-                noise_multiplier=plan.sigma,
-                sample_rate=plan.sample_rate,
-                steps=plan.steps,
-            )
+            plan = self.dp_plan(len(data.y_train))
+            self.record_plan(plan)
             w1 = dp_sgd.train(w0, data.x_train, data.y_train, plan, lr=self.job.learning_rate, l2=self.job.l2)
         else:
             w1 = model.lr_train(
@@ -151,7 +167,7 @@ class HorizontalClient(NumPyClient):
             "train_n": len(data.y_train),
             # The node attests what it trained on (the coordinator may have no access to the store).
             "data_sha256": datasets.store_digest(self.nc.store, self.job.elements()),
-            **(self.dp_plan(config).as_metrics() if self.record_dp else {}),
+            **(self.dp_plan(len(self.data(config).y_train)).as_metrics() if self.record_dp else {}),
         }
         return model.bce(scores, data.y_test), max(len(data.y_test), 1), metrics
 

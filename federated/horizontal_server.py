@@ -134,7 +134,8 @@ class StatisticsRound(FedAvg):
             _fail(self.emit, self.job.job_id, f"statistics round: {len(participants)} usable moment vectors, "
                   f"job needs {self.job.min_nodes} nodes")  # fmt: skip
         try:
-            self.stats = pooled_stats.pooled_stats(self.infos, self.encodings, pooled)
+            noisy = self.job.dp is not None and self.job.dp.unit is DPUnit.RECORD
+            self.stats = pooled_stats.pooled_stats(self.infos, self.encodings, pooled, noisy=noisy)
         except InvalidInput as exc:
             _fail(self.emit, self.job.job_id, f"statistics round: {exc.message}")
         self.emit(make_event(self.job.job_id, "statistics_pooled", participants=participants, features=self.features,
@@ -254,7 +255,9 @@ class XgateFedAvg(FedAvg):
         for proxy, r in results:
             if "dp_epsilon" in r.metrics:  # record-level DP: the node's own accountant
                 self.dp_nodes[str(r.metrics["agency"])] = {
-                    k: r.metrics[k] for k in ("dp_epsilon", "dp_sigma", "dp_sample_rate", "dp_steps")
+                    k: r.metrics[k]
+                    for k in ("dp_epsilon", "dp_sigma", "dp_sample_rate", "dp_steps", "dp_stats_sigma")
+                    if k in r.metrics  # dp_stats_sigma: only in a job that standardises
                 }
             if "data_sha256" in r.metrics:
                 self.data_digests[str(proxy.node_id)] = {

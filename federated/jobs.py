@@ -164,10 +164,11 @@ class JobSpec(BaseModel):
             raise ValueError("label_dp protects the label holder's labels in vertical jobs; use dp here")
         if stray := sorted(set(self.encodings) - set(self.features)):
             raise ValueError(f"encodings name element(s) that are not features: {', '.join(stray)}")
-        if self.mode is Mode.HORIZONTAL and self.standardises() and self.dp is not None:
+        if self.mode is Mode.HORIZONTAL and self.standardises() and self.dp is not None and self.dp.unit is DPUnit.NODE:
             raise ValueError(
                 "standardise in a horizontal job pools the features' means and spreads before training, a "
-                "release that differential privacy does not account for: with dp, use minmax or log"
+                'release node-level DP does not cover: use dp.unit = "record" (which accounts for it), or '
+                "minmax or log"
             )
         return self
 

@@ -11,6 +11,16 @@ weighted by its training rows. The aggregate (SecAgg+'s unmasked weighted mean, 
 then the pooled Σpresent/N, Σu/N, Σu²/N, from which `pooled_stats` gives the mean and sd over
 the rows where the value is present, exactly as `model.fit_stats` computes them on one table.
 Scaling by the declared range keeps every entry within SecAgg+'s clipping range of 1.
+
+With record-level DP (`dp.unit = "record"`) each node's moment vector is a Gaussian mechanism
+(`noisy_moments`): one person's record moves each of the 3 sums per feature by at most 1 (its
+present flag, u and u^2 all lie in [0, 1]), so the sums have L2 sensitivity sqrt(3F) for F
+standardised features, under replacement and under addition or removal alike; the node adds
+N(0, (z sqrt(3F))^2) to each sum, z = `dp_sgd.STATS_NOISE_MULTIPLIER`, before it divides by its row
+count (which it reveals anyway as its aggregation weight). Its accountant composes this release
+with its DP-SGD steps (`dp_sgd.plan(standardises=True)`), so the ledger's epsilon covers both. The
+pooled statistics are post-processing; `pooled_stats` keeps them usable when noise pushes a share
+or a variance to zero or below.
 """
 
 from __future__ import annotations
@@ -63,8 +73,26 @@ def moments(infos: Sequence[ElementInfo], encs: Sequence[Encoding], raw: np.ndar
     return np.asarray(out, dtype=np.float64)
 
 
-def pooled_stats(infos: Sequence[ElementInfo], encs: Sequence[Encoding], pooled: np.ndarray) -> Stats:
-    """Mean and sd of each standardised feature from the aggregated moment vectors."""
+def noisy_moments(moment_vector: np.ndarray, n: int, noise_multiplier: float, rng: np.random.Generator) -> np.ndarray:
+    """`moments` with Gaussian noise for record-level DP: the sums get N(0, (z sqrt(3F))^2) each."""
+    m = np.asarray(moment_vector, dtype=np.float64)
+    if n <= 0 or m.size % MOMENTS:
+        raise ValueError("a moment vector needs rows and 3 entries per standardised feature")
+    sensitivity = math.sqrt(m.size)  # sqrt(3F): each sum moves by at most 1 per record
+    noisy = m + rng.normal(0.0, noise_multiplier * sensitivity, size=m.shape) / n
+    return np.clip(noisy, 0.0, 1.0)  # post-processing: every entry is a share or a mean in [0, 1]
+
+
+# With noisy moments a small spread can come out as zero or below: the sd is then at least this
+# share of the declared range, so no standardised value is blown up by a variance noise produced.
+NOISY_SD_FLOOR = 0.01
+
+
+def pooled_stats(
+    infos: Sequence[ElementInfo], encs: Sequence[Encoding], pooled: np.ndarray, *, noisy: bool = False
+) -> Stats:
+    """Mean and sd of each standardised feature from the aggregated moment vectors (`noisy`: the
+    nodes added DP noise, so the mean is kept within the range and the sd above `NOISY_SD_FLOOR`)."""
     features = standardised(infos, encs)
     values = np.asarray(pooled, dtype=np.float64).ravel()
     if values.shape != (MOMENTS * len(features),) or not np.all(np.isfinite(values)):
@@ -79,8 +107,10 @@ def pooled_stats(infos: Sequence[ElementInfo], encs: Sequence[Encoding], pooled:
         if share <= 1e-12:  # no node holds a value: (x - min) / 1, as fit_stats does for an empty column
             stats[info.id] = (float(info.min), 1.0)
             continue
-        m = mean_u / share
+        m = min(mean_u / share, 1.0)  # exact moments give m <= 1 anyway
         sd = math.sqrt(max(mean_u2 / share - m * m, 0.0)) * span
+        if noisy:
+            sd = max(sd, NOISY_SD_FLOOR * span)
         stats[info.id] = (float(info.min) + m * span, sd if sd > 1e-12 else 1.0)
     return stats
 

@@ -1,6 +1,7 @@
 """Record-level DP (DP-SGD at each node) in a horizontal SecAgg+ job over real Flower processes:
 each node calibrates its noise to its own dataset, records its accountant's epsilon in its own
-ledger before training, and the job's summary carries every node's accounting."""
+ledger before training, and the job's summary carries every node's accounting. The job
+standardises a feature: its statistics round is a noisy release the same accountant covers."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from federated import dp_sgd
 from federated.admission import LedgerAdmission, dp_release
 from federated.jobs import parse_job
 from federated.runner import Federation, run_job
@@ -35,6 +37,7 @@ def test_record_level_dp_horizontal_secagg(tmp_path: Path) -> None:
             "min_nodes": 2,
             "batch_size": 64,
             "learning_rate": 2.0,
+            "encodings": {"civil.age": "standardise"},
             "dp": dp,
             "round_timeout_s": 120,
             "job_timeout_s": 400,
@@ -53,6 +56,7 @@ def test_record_level_dp_horizontal_secagg(tmp_path: Path) -> None:
         reported = summary["nodes"][spec.agency]
         assert reported["dp_epsilon"] == pytest.approx(recorded["epsilon"])
         assert reported["dp_sigma"] == pytest.approx(recorded["noise_multiplier"])
+        assert reported["dp_stats_sigma"] == dp_sgd.STATS_NOISE_MULTIPLIER  # the statistics round, accounted
         assert LedgerAdmission(spec.ledger, spec.store).spent(f"synth_r{spec.agency[-1]}") == pytest.approx(2.0)
     # The smaller node samples a larger share of its rows per step, so it needs more noise.
     assert summary["nodes"]["region0"]["dp_sample_rate"] > summary["nodes"]["region1"]["dp_sample_rate"]
@@ -62,7 +66,13 @@ def test_record_level_dp_horizontal_secagg(tmp_path: Path) -> None:
     assert res.evaluation["auc"] > 0.55
     # Evidence that secure aggregation ran, from SecAgg+'s own state (one round: a Flower round is
     # about a minute of the suite; the accounting over several rounds is unit-tested).
-    secagg = [e for e in events if e["event"] == "secagg_round"]
+    (stats_round,) = [e for e in events if e["event"] == "secagg_round" and e["phase"] == "statistics"]
+    assert stats_round["unmasked"] and stats_round["masked_vectors"] == 2
+    # The pooled statistics came from noisy moments: near one table's, not equal to them.
+    meta = json.loads((tmp_path / "job" / "model.json").read_text())
+    mean, sd = meta["standardisation"]["civil.age"]["mean"], meta["standardisation"]["civil.age"]["sd"]
+    assert 18 <= mean <= 90 and sd > 0
+    secagg = [e for e in events if e["event"] == "secagg_round" and e["phase"] != "statistics"]
     assert [e["round"] for e in secagg] == [1]
     for e in secagg:
         assert e["unmasked"] and e["sampled"] == e["masked_vectors"] == e["share_holders"] == 2

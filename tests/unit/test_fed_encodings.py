@@ -59,13 +59,16 @@ def test_invalid_encodings_refused(encodings: dict[str, Any], mode: str, message
         parse_job({**BASE, "mode": mode, "encodings": encodings})
 
 
-def test_horizontal_standardise_is_pooled_and_refused_only_with_dp() -> None:
+def test_horizontal_standardise_is_pooled_and_refused_only_with_node_level_dp() -> None:
     job = parse_job({**BASE, "mode": "horizontal", "encodings": {"civil.age": "standardise"}})
     assert job.standardises()
     assert not parse_job({**BASE, "mode": "horizontal"}).standardises()
-    dp = {"epsilon": 1, "delta": 1e-6, "clip": 1.0, "unit": "record"}
-    with pytest.raises(InvalidInput, match="does not account for"):
-        parse_job({**BASE, "mode": "horizontal", "encodings": {"civil.age": "standardise"}, "dp": dp})
+    node_level = {"epsilon": 1, "delta": 1e-6, "clip": 1.0}
+    with pytest.raises(InvalidInput, match="node-level DP does not cover"):
+        parse_job({**BASE, "mode": "horizontal", "encodings": {"civil.age": "standardise"}, "dp": node_level})
+    # record-level DP accounts for the statistics round (federated/dp_sgd.py, pooled_stats.noisy_moments)
+    record = {**node_level, "unit": "record"}
+    assert parse_job({**BASE, "mode": "horizontal", "encodings": {"civil.age": "standardise"}, "dp": record}).dp
 
 
 def test_defaults_follow_the_catalogue_and_misfits_are_refused() -> None:

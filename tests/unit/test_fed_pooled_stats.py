@@ -84,6 +84,28 @@ def test_a_feature_nobody_holds_standardises_as_fit_stats_does() -> None:
     ] == (0.0, 1.0)  # fmt: skip
 
 
+def test_noisy_moments_carry_the_stated_noise_and_stay_within_range() -> None:
+    """Record-level DP: each sum gets N(0, (z sqrt(3F))^2), i.e. z sqrt(3F) / n on each mean (measured)."""
+    m = pooled_stats.moments(INFOS, ENCS, _table(np.random.default_rng(4), 800, 0.1))
+    rng = np.random.default_rng(5)
+    draws = np.array([pooled_stats.noisy_moments(m, 800, 20.0, rng) for _ in range(4000)])
+    assert np.all((draws >= 0) & (draws <= 1))  # post-processed into the range SecAgg+ takes
+    age_mean_u = draws[:, 1]  # about 0.4: six noise sds from the clipping at 0 and 1
+    assert age_mean_u.std() == pytest.approx(20.0 * np.sqrt(6) / 800, rel=0.05)
+    assert age_mean_u.mean() == pytest.approx(m[1], abs=4 * 20.0 * np.sqrt(6) / 800 / np.sqrt(4000))
+    with pytest.raises(ValueError, match="3 entries"):
+        pooled_stats.noisy_moments(m[:5], 800, 20.0, rng)
+
+
+def test_noisy_statistics_keep_the_mean_in_range_and_the_spread_above_the_floor() -> None:
+    """Noise can make a variance zero or negative, or a share tiny: the statistics stay usable."""
+    collapsed = np.array([0.5, 0.3, 0.05, 1e-6, 0.5, 0.0])  # age: E[u^2] < E[u]^2; income: share ~0, mean > share
+    stats = pooled_stats.pooled_stats(INFOS, ENCS, collapsed, noisy=True)
+    assert stats["civil.age"][1] == pytest.approx(pooled_stats.NOISY_SD_FLOOR * 130)
+    assert 0 <= stats["tax.income"][0] <= 2_000_000
+    assert stats["tax.income"][1] >= pooled_stats.NOISY_SD_FLOOR * 2_000_000
+
+
 @pytest.mark.parametrize(
     ("pooled", "message"),
     [(np.zeros(5), "6 finite numbers"), (np.array([0.5, np.nan, 0.1, 0.5, 0.2, 0.1]), "finite")],
