@@ -16,6 +16,12 @@ noised embeddings, updates and preconditioner at the feature nodes) over a (roun
 grid at ε = 4, chosen on the same validation split. It steps without the pipelining of the real
 job (whose embeddings are one update stale), which the Flower runs in bench/federated.py measure.
 
+`--standardise` compares, at the Flower benchmark's clip and learning rate, the default encodings
+against `standardise` for every integer feature with the statistics the job's statistics round
+would give: pooled from each region's moment vector with record-level DP's noise
+(`pooled_stats.noisy_moments`, accounted by `dp_sgd.plan(standardises=True)`), and, for reference,
+from exact moments (what a job without DP pools). Writes bench/results/dp_standardise.json.
+
 Tuning on the private data is itself a release DP-SGD does not account for: an agency would choose
 on public or synthetic data of the same shape, as this sweep does on a public dataset, and use the
 chosen values for its private one. Writes bench/results/dp_sweep.json.
@@ -34,11 +40,14 @@ from typing import Any
 
 import numpy as np
 
-from bench.federated import RECORD_DP, _encode
-from federated import census, dp_sgd, model, updates, vertical_dp
+from bench.federated import RECORD_DP, RECORD_DP_CLIP, _encode
+from federated import census, dp_sgd, model, pooled_stats, updates, vertical_dp
+from federated.datasets import ElementInfo
+from federated.jobs import Encoding, Method
 from federated.vertical import RIDGE, Bottom, Top, batch_indices, preconditioner
 
 RESULTS = Path(__file__).parent / "results" / "dp_sweep.json"
+STANDARDISE_RESULTS = RESULTS.with_name("dp_standardise.json")
 CLIPS = (0.5, 1.0, 2.0, 4.0)
 LEARNING_RATES = (2.0, 4.0, 8.0, 16.0)
 EPSILONS = (1.0, 4.0, 8.0)
@@ -59,18 +68,25 @@ def _unit_hash(subjects: list[str], salt: str) -> np.ndarray:
     return np.array([int(hashlib.sha256(f"{salt}{s}".encode()).hexdigest()[:8], 16) / 2**32 for s in subjects])
 
 
-def split(data: census.Census) -> Split:
-    x, y = _encode(data, census.features()), data.label.astype(float)
-    # The same regions as census.horizontal_nodes; a second hash sets 20 % of training rows aside.
+def _regions(data: census.Census) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's region (census.horizontal_nodes' split) and the training rows (20 % set aside)."""
     region = np.searchsorted(np.cumsum(census.REGION_SHARES), _unit_hash(data.subjects, ""), side="right")
-    region = region.clip(0, len(census.REGION_SHARES) - 1)
     held = _unit_hash(data.subjects, "dp-sweep-validation:") < 0.2
-    train = ~data.test & ~held
+    return region.clip(0, len(census.REGION_SHARES) - 1), ~data.test & ~held
+
+
+def split(data: census.Census, x: np.ndarray | None = None) -> Split:
+    x = _encode(data, census.features()) if x is None else x
+    y = data.label.astype(float)
+    region, train = _regions(data)
+    held = ~data.test & ~train
     nodes = [(x[train & (region == r)], y[train & (region == r)]) for r in range(len(census.REGION_SHARES))]
-    return Split(nodes, (x[~data.test & held], y[~data.test & held]), (x[data.test], y[data.test]))
+    return Split(nodes, (x[held], y[held]), (x[data.test], y[data.test]))
 
 
-def federated_dp_sgd(s: Split, *, epsilon: float, clip: float, lr: float, seed: int = 0) -> np.ndarray:
+def federated_dp_sgd(
+    s: Split, *, epsilon: float, clip: float, lr: float, seed: int = 0, standardises: bool = False
+) -> np.ndarray:
     """RECORD_DP's schedule: per round each node runs DP-SGD from the global model; the weighted mean
     of the nodes' (xgate-clipped) updates moves the global model."""
     rounds, epochs, batch = int(RECORD_DP["rounds"]), int(RECORD_DP["local_epochs"]), int(RECORD_DP["batch_size"])
@@ -78,7 +94,10 @@ def federated_dp_sgd(s: Split, *, epsilon: float, clip: float, lr: float, seed: 
     rng = np.random.default_rng(seed)
     w = model.lr_init(s.nodes[0][0].shape[1])
     plans = [
-        dp_sgd.plan(epsilon, DELTA, clip, n=len(y), batch=batch, rounds=rounds, local_epochs=epochs) for _, y in s.nodes
+        dp_sgd.plan(
+            epsilon, DELTA, clip, n=len(y), batch=batch, rounds=rounds, local_epochs=epochs, standardises=standardises
+        )
+        for _, y in s.nodes
     ]
     for _ in range(rounds):
         prepared = []
@@ -169,11 +188,65 @@ def _auc(w: np.ndarray, xy: tuple[np.ndarray, np.ndarray]) -> float:
     return float(model.report(model.lr_predict(w, xy[0]), xy[1], threshold=float(xy[1].mean()))["auc"])
 
 
+def standardised_encoding(data: census.Census, *, noisy: bool, seed: int) -> np.ndarray:
+    """Every integer feature standardised with the statistics round's pooled mean and sd: from each
+    region's moment vector over its training rows, noised as record-level DP does when `noisy`."""
+    elements = census.features()
+    infos = [ElementInfo(e, data.columns[e].type, data.columns[e].min, data.columns[e].max) for e in elements]
+    raw = np.column_stack([data.columns[e].values for e in elements]).astype(float)
+    encs = [Encoding(method=Method.STANDARDISE) if i.type == "int" else model.resolve([i])[0] for i in infos]
+    region, train = _regions(data)
+    rng = np.random.default_rng([seed, 17])
+    vectors = []
+    for r in range(len(census.REGION_SHARES)):
+        rows = raw[train & (region == r)]
+        m = pooled_stats.moments(infos, encs, rows)
+        if noisy:
+            m = pooled_stats.noisy_moments(m, len(rows), dp_sgd.STATS_NOISE_MULTIPLIER, rng)
+        vectors.append(([m], len(rows)))
+    stats = pooled_stats.pooled_stats(infos, encs, updates.weighted_mean(vectors)[0], noisy=noisy)
+    return model.encode(infos, raw, encs, stats)
+
+
+def standardise_comparison(limit: int, seeds: int) -> dict[str, Any]:
+    """Test AUC per epsilon: default encodings against standardise with DP-noised (and exact) statistics."""
+    data = census.load(limit=limit)
+    clip, lr = RECORD_DP_CLIP, float(RECORD_DP["learning_rate"])
+    out: dict[str, Any] = {"rows": limit, "clip": clip, "learning_rate": lr, "seeds": seeds, "delta": DELTA}
+    default = split(data)
+    for eps in EPSILONS:
+        for label in ("default", "standardise_dp_stats", "standardise_exact_stats"):
+            aucs = []
+            for seed in range(seeds):
+                if label == "default":
+                    s, standardises = default, False
+                else:  # fresh statistics noise per seed, as a fresh job would draw
+                    noisy = label == "standardise_dp_stats"
+                    s = split(data, standardised_encoding(data, noisy=noisy, seed=seed))
+                    standardises = noisy  # the exact statistics are not a DP release: reference only
+                w = federated_dp_sgd(s, epsilon=eps, clip=clip, lr=lr, seed=seed, standardises=standardises)
+                aucs.append(_auc(w, s.test))
+            out[f"eps{eps:g}_{label}"] = {"test_auc_mean": float(np.mean(aucs)), "test_auc": aucs}
+            print(f"eps {eps:g} {label}: {np.mean(aucs):.4f} {aucs}", flush=True)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="30k rows, a 2 x 2 grid")
     ap.add_argument("--limit", type=int, default=100_000, help="rows (seeded subsample; bench.federated's size)")
+    ap.add_argument("--standardise", action="store_true", help="only the standardise-under-DP comparison")
+    ap.add_argument("--seeds", type=int, default=3, help="with --standardise: runs per arm and epsilon")
     args = ap.parse_args()
+    if args.standardise:
+        t0 = time.perf_counter()
+        result = standardise_comparison(30_000 if args.quick else args.limit, 1 if args.quick else args.seeds)
+        result["wall_s"] = time.perf_counter() - t0
+        out = STANDARDISE_RESULTS.with_name("dp_standardise-quick.json") if args.quick else STANDARDISE_RESULTS
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=1))
+        print(f"-> {out}")
+        return
     limit, clips, rates = (30_000, (0.5, 2.0), (4.0, 8.0)) if args.quick else (args.limit, CLIPS, LEARNING_RATES)
     t0 = time.perf_counter()
     s = split(census.load(limit=limit))

@@ -22,6 +22,7 @@ BENCHMARKS = [
     "audit_federation",  # two replicas: one log each (built) vs one log sequenced in PostgreSQL
     "federated",  # Census-Income: pooled vs single agency vs vertical/horizontal FL
     "dp_sweep",  # how record-level DP-SGD's clip and learning rate were chosen (validation split)
+    "dp_sweep --standardise",  # standardise under record-level DP (noisy pooled statistics) vs the default encodings
     "training_startup",  # a training job on Flower processes started per job vs the gateway's long-lived link
     "load",  # 1 to 1,000 concurrent clients: overload control, goodput, gateway memory, county link
 ]
@@ -30,13 +31,14 @@ BENCHMARKS = [
 def main() -> int:
     quick = "--quick" in sys.argv[1:]
     failed = []
-    for name in BENCHMARKS:
-        print(f"\n=== bench.{name} ===", flush=True)
+    for entry in BENCHMARKS:
+        module, *options = entry.split()
+        print(f"\n=== bench.{entry} ===", flush=True)
         started = time.perf_counter()
-        args = [sys.executable, "-m", f"bench.{name}", *(["--quick"] if quick else [])]
+        args = [sys.executable, "-m", f"bench.{module}", *options, *(["--quick"] if quick else [])]
         if subprocess.run(args, check=False).returncode != 0:
-            failed.append(name)
-        print(f"=== bench.{name}: {time.perf_counter() - started:.0f} s ===", flush=True)
+            failed.append(entry)
+        print(f"=== bench.{entry}: {time.perf_counter() - started:.0f} s ===", flush=True)
     subprocess.run([sys.executable, "-m", "bench.report"], check=False)  # docs/BENCHMARKS.md
     if failed:
         print(f"\nfailed: {', '.join(failed)}", file=sys.stderr)
