@@ -1,4 +1,5 @@
-"""`flower-supernode` with short polls: ``python -m federated.supernode_process [flower-supernode args]``.
+"""`flower-supernode` with short polls:
+``python -m federated.supernode_process [--idle-poll-s S] [flower-supernode args]``.
 
 Flower 1.41's SuperNode loop (`flwr/supernode/start_client_internal.py`) sleeps a fixed 3 s
 whenever a pull from the SuperLink finds no message, and 0.5 s between looks for its ClientApp's
@@ -6,7 +7,8 @@ reply; neither is a flag or setting. In a training job every message waits for t
 after the SuperNode answered the previous one, so on average about half of 3 s per message went to
 this sleep (measured in `docs/FEDERATED.md`, "Architecture"). This entry point runs Flower's own
 `flower-supernode` command unchanged, except that the sleeps issued from that one module are
-capped at `POLL_S`. Everything else in the process sees the real `time` module.
+capped at `POLL_S` (or `--idle-poll-s`, which an agency sets as `[training] idle_poll_s`).
+Everything else in the process sees the real `time` module.
 
 The cap is not a rate limit on anything a peer controls: it only shortens how long the SuperNode
 waits before asking its own SuperLink again. Idle, a SuperNode then pulls `1 / POLL_S` times a
@@ -21,6 +23,8 @@ from types import ModuleType
 from typing import Any
 
 POLL_S = 0.25  # Flower's fixed waits are 3 s (idle pull) and 0.5 s (reply)
+POLL_RANGE_S = (0.05, 3.0)  # 3 s: Flower's own
+POLL_FLAG = "--idle-poll-s"
 
 
 class _ShortSleeps(ModuleType):
@@ -50,11 +54,26 @@ def shorten_polls(cap: float = POLL_S) -> ModuleType:
     return loop
 
 
+def poll_from_args(argv: list[str]) -> tuple[float, list[str]]:
+    """Our own leading `--idle-poll-s S` (validated), and the arguments left for Flower."""
+    if not argv or argv[0] != POLL_FLAG:
+        return POLL_S, argv
+    try:
+        cap = float(argv[1])
+    except (IndexError, ValueError):
+        raise SystemExit(f"{POLL_FLAG} needs a number of seconds") from None
+    lo, hi = POLL_RANGE_S
+    if not lo <= cap <= hi:
+        raise SystemExit(f"{POLL_FLAG} must be within {lo:g}..{hi:g} s, got {argv[1]}")
+    return cap, argv[2:]
+
+
 def main(argv: list[str]) -> None:
-    shorten_polls()
+    cap, rest = poll_from_args(argv)
+    shorten_polls(cap)
     from flwr.supernode.cli.flower_supernode import flower_supernode
 
-    sys.argv = ["flower-supernode", *argv]
+    sys.argv = ["flower-supernode", *rest]
     flower_supernode()
 
 

@@ -32,6 +32,7 @@ from crypto.peers import load_cert, verify_peer_certificate
 from federated.deployment import SUPERNODE, flwr_env, free_port, supernode_flags
 from federated.node import NodeConfig as ClientNodeConfig
 from federated.node import node_config_arg
+from federated.supernode_process import POLL_FLAG, POLL_S
 from xgate.errors import ConfigError, CryptoError
 from xgate.logging import get_logger
 
@@ -50,6 +51,7 @@ class SupernodeSite:
     supernode_key: Path
     client: ClientNodeConfig  # store, agency, ledger, holdout, policy_dir as the ClientApp reads them
     home: Path
+    idle_poll_s: float = POLL_S  # how long the SuperNode waits before asking the SuperLink again
 
 
 def require_file(path: Path, what: str) -> Path:
@@ -86,6 +88,8 @@ def supernode_command(site: SupernodeSite, runtime_port: int) -> list[str]:
     key = SuperNodeKey(site.agency, site.supernode_key, Path(os.devnull))
     return [
         *SUPERNODE,
+        POLL_FLAG,
+        str(site.idle_poll_s),
         *supernode_flags(trust, key),
         "--superlink",
         site.superlink,

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from federated.supernode_process import POLL_RANGE_S, POLL_S
 from policies.catalogue import DEFAULT_CATALOGUE, AgencyId
 from xgate.tomlfile import load_model, resolve_relative
 
@@ -66,6 +67,8 @@ class NodeTrainingSettings(BaseModel):
     holdout: Path | None = None  # pseudonyms reserved for evaluation
     policy_dir: Path | None = None  # this node's policy set; default [node].policy_dir; one is required
     state_dir: Path | None = None  # Flower's home (FLWR_HOME); default: next to the ledger
+    # seconds the SuperNode waits before asking the SuperLink again when it had nothing (Flower: 3)
+    idle_poll_s: float = Field(default=POLL_S, ge=POLL_RANGE_S[0], le=POLL_RANGE_S[1])
 
 
 class NodeConfig(BaseModel):

@@ -37,4 +37,4 @@ def site_from_config(cfg: NodeConfig) -> SupernodeSite:
     client = ClientNodeConfig(cfg.node.store, cfg.node.agency, t.ledger, t.holdout, policy_dir, policy_ca)
     node_config_arg(client)  # refuses paths Flower's --node-config cannot carry
     home = t.state_dir or t.ledger.parent / "flwr-supernode"
-    return SupernodeSite(cfg.node.agency, f"{host}:{port}", t.ca_cert, t.supernode_key, client, home)
+    return SupernodeSite(cfg.node.agency, f"{host}:{port}", t.ca_cert, t.supernode_key, client, home, t.idle_poll_s)

@@ -47,3 +47,22 @@ def test_the_entry_point_is_flowers_supernode_command() -> None:
         [sys.executable, "-m", "federated.supernode_process", "--help"], capture_output=True, text=True, timeout=60
     )
     assert out.returncode == 0 and "--superlink" in out.stdout and "--node-config" in out.stdout
+
+
+def test_the_idle_poll_flag_is_ours_validated_and_removed_before_flower_parses() -> None:
+    assert supernode_process.poll_from_args(["--superlink", "a:1"]) == (supernode_process.POLL_S, ["--superlink", "a:1"])
+    assert supernode_process.poll_from_args(["--idle-poll-s", "1.5", "--insecure"]) == (1.5, ["--insecure"])
+    for bad, message in ((["--idle-poll-s"], "needs a number"), (["--idle-poll-s", "x"], "needs a number"),
+                         (["--idle-poll-s", "0"], "within 0.05..3"), (["--idle-poll-s", "60"], "within 0.05..3")):  # fmt: skip
+        with pytest.raises(SystemExit, match=message):
+            supernode_process.poll_from_args(bad)
+
+
+def test_an_out_of_range_poll_stops_the_process_with_one_line() -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "federated.supernode_process", "--idle-poll-s", "0.001", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 1 and out.stderr.strip() == "--idle-poll-s must be within 0.05..3 s, got 0.001"

@@ -63,6 +63,7 @@ def test_valid_site_and_its_command(tmp_path: Path, ca: Path) -> None:
     assert site.home == tmp_path / "flwr-supernode"  # next to the ledger
     cmd = supernode_command(site, 40001)
     assert cmd[1:3] == ["-m", "federated.supernode_process"] and "--insecure" not in cmd
+    assert cmd[3:5] == ["--idle-poll-s", "0.25"]  # the default; [training] idle_poll_s sets it
     assert cmd[cmd.index("--superlink") + 1] == "gw.example.org:9092"
     assert cmd[cmd.index("--root-certificates") + 1] == str((ca / pki.CA_CERT).resolve())
     assert cmd[cmd.index("--auth-supernode-private-key") + 1] == str(tmp_path / "keys" / "supernode-region0.ssh.key")
@@ -90,6 +91,15 @@ def test_missing_table_and_files(tmp_path: Path, ca: Path) -> None:
     assert "ca_cert: file not found" in _refusal(write_site(tmp_path, ca, ca_cert="nope.pem"))
     assert "policy_dir: not a directory" in _refusal(write_site(tmp_path, ca, policy_dir="nope"))
     assert "superlink: port 99999 is out of range" in _refusal(write_site(tmp_path, ca, superlink="gw:99999"))
+
+
+def test_idle_poll_is_configurable_within_its_range(tmp_path: Path, ca: Path) -> None:
+    site = site_from_config(load_node_config(write_site(tmp_path, ca, idle_poll_s=1.5)))
+    cmd = supernode_command(site, 40001)
+    assert cmd[cmd.index("--idle-poll-s") + 1] == "1.5"
+    for bad in (0.0, 10.0):
+        with pytest.raises(ConfigError, match="idle_poll_s"):
+            load_node_config(write_site(tmp_path, ca, idle_poll_s=bad))
 
 
 def test_policy_dir_is_required(tmp_path: Path, ca: Path) -> None:
