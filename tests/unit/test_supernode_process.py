@@ -50,12 +50,20 @@ def test_the_entry_point_is_flowers_supernode_command() -> None:
 
 
 def test_the_idle_poll_flag_is_ours_validated_and_removed_before_flower_parses() -> None:
-    assert supernode_process.poll_from_args(["--superlink", "a:1"]) == (supernode_process.POLL_S, ["--superlink", "a:1"])
+    assert supernode_process.poll_from_args(["--superlink", "a:1"]) == (
+        supernode_process.POLL_S,
+        ["--superlink", "a:1"],
+    )
     assert supernode_process.poll_from_args(["--idle-poll-s", "1.5", "--insecure"]) == (1.5, ["--insecure"])
-    for bad, message in ((["--idle-poll-s"], "needs a number"), (["--idle-poll-s", "x"], "needs a number"),
-                         (["--idle-poll-s", "0"], "within 0.05..3"), (["--idle-poll-s", "60"], "within 0.05..3")):  # fmt: skip
+    refused = {
+        ("--idle-poll-s",): "needs a number",
+        ("--idle-poll-s", "x"): "needs a number",
+        ("--idle-poll-s", "0"): "within 0.05..3",
+        ("--idle-poll-s", "60"): "within 0.05..3",
+    }
+    for bad, message in refused.items():
         with pytest.raises(SystemExit, match=message):
-            supernode_process.poll_from_args(bad)
+            supernode_process.poll_from_args(list(bad))
 
 
 def test_an_out_of_range_poll_stops_the_process_with_one_line() -> None:
