@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 
 from crypto.he import MAX_ABS_DIFFERENCE
-from crypto.masks import MIN_MASK_LOG2, derive_masks, mask_bound
+from crypto.masks import MIN_MASK_LOG2, derive_masks, mask_bound, ramp_quantile
 from policies.catalogue import load_catalogue
 from policies.programs import DEFAULT_PROGRAM_DIR, ProgramRegistry
 from policies.types import DEFAULT_COHORT_EPSILON
@@ -124,38 +124,73 @@ def extra_bits(n: int, span: int, flag_span: int, count_span: int) -> dict[str, 
     }
 
 
-def silver_identification(n: int, spans: dict[str, int]) -> dict[str, Any]:
-    """Which of the 低保 criteria failed, guessed from the failing position's |v|."""
+def _silver_differences(per: int) -> dict[str, np.ndarray]:
+    """Failing differences: income above 1,100 CNY by a log-uniform 1..2^15 CNY; not alive/resident
+    (d = -1); 1..3 registered businesses (most failing subjects have one)."""
     rng = np.random.default_rng(19)
-    per = n // 3
-    # failing differences: income above 1,100 CNY by a log-uniform 1..2^15 CNY; not alive/resident
-    # (d = -1); 1..3 registered businesses (most failing subjects have one)
-    diffs = {
+    return {
         "income_within_threshold": -np.floor(np.exp2(rng.uniform(0, 15, per))).astype(np.int64),
         "alive_and_resident": -np.ones(per, dtype=np.int64),
         "no_registered_business": -rng.choice([1, 1, 1, 2, 3], per).astype(np.int64),
     }
-    features, labels = [], []
-    for label, (name, d) in enumerate(diffs.items()):
-        r, s = derive_masks(KEY, f"bench:silver:{name}", 1, _pseudonyms(per, f"s{label}"), spans[name])
-        features.append(_bins(r * d + s))
-        labels.append(np.full(per, label))
-    x, y = np.concatenate(features), np.concatenate(labels)
+
+
+def _bayes_identification(features: list[np.ndarray]) -> tuple[float, float]:
+    """A Bayes classifier on the binned magnitude, fitted on half the samples, scored on the rest:
+    (share of the failing criteria named right, share named with certainty)."""
+    rng = np.random.default_rng(23)
+    x = np.concatenate(features)
+    y = np.concatenate([np.full(len(f), label) for label, f in enumerate(features)])
     order = rng.permutation(len(x))
     x, y = x[order], y[order]
     half = len(x) // 2
-    counts = np.zeros((3, x.max() + 1))
+    counts = np.zeros((len(features), x.max() + 1))
     np.add.at(counts, (y[:half], x[:half]), 1)
     guess = counts.argmax(axis=0)[x[half:]]
-    accuracy = float((guess == y[half:]).mean())
     sure = (counts > 0).sum(axis=0) == 1
+    return float((guess == y[half:]).mean()), float(sure[x[half:]].mean())
+
+
+def silver_identification(n: int, spans: dict[str, int]) -> dict[str, Any]:
+    """Which of the 低保 criteria failed, guessed from the failing position's |v|."""
+    per = n // 3
+    features = []
+    for label, (name, d) in enumerate(_silver_differences(per).items()):
+        r, s = derive_masks(KEY, f"bench:silver:{name}", 1, _pseudonyms(per, f"s{label}"), spans[name])
+        features.append(_bins(r * d + s))
+    accuracy, sure = _bayes_identification(features)
     return {
         "samples": 3 * per,
         "population": "equal thirds failing income (by 1..2^15 CNY, log-uniform), residence, business (1-3)",
         "silver_failed_criterion_identified_rate": round(accuracy, 4),
         "chance_rate": round(1 / 3, 4),
-        "identified_with_certainty_rate": round(float(sure[x[half:]].mean()), 4),
+        "identified_with_certainty_rate": round(sure, 4),
+        "if_register_masks_matched_income": {
+            f"assumed_income_excess_up_to_2^{bits}_cny": silver_identification_if_masks_matched(per, spans, bits)
+            for bits in (10, 15, 21)
+        },
     }
+
+
+def silver_identification_if_masks_matched(per: int, spans: dict[str, int], assumed_bits: int) -> float:
+    """A design tried and not built: the register criteria's log2 r drawn as the income criterion's
+    log2|v| would be distributed if income differences were log-uniform over 1..2^assumed_bits CNY
+    (the income mask's ramp shape plus a uniform shift, capped at each criterion's own bound), so a
+    failing register position's |v| looks like a failing income's. It only helps when the assumed
+    distribution is the real one (15 bits in this population), which the gateway cannot know."""
+    rng = np.random.default_rng(29)
+    income_hi = math.log2(mask_bound(spans["income_within_threshold"]))
+    features = []
+    for label, (name, d) in enumerate(_silver_differences(per).items()):
+        bound = mask_bound(spans[name])
+        if name == "income_within_threshold":
+            r, _ = derive_masks(KEY, f"bench:silver:{name}", 1, _pseudonyms(per, f"s{label}"), spans[name])
+        else:
+            log_r = income_hi * ramp_quantile(rng.random(per)) + rng.uniform(0, assumed_bits, per)
+            r = np.clip(np.floor(np.exp2(np.minimum(log_r, math.log2(bound - 1)))).astype(np.int64), 1, bound - 1)
+        s = rng.integers(0, 2**62, per) % r
+        features.append(_bins(r * d + s))
+    return round(_bayes_identification(features)[0], 4)
 
 
 class _FailingNodes:
@@ -699,10 +734,14 @@ def run_bronze(quick: bool) -> dict[str, Any]:
     }
 
 
-def run(quick: bool) -> dict[str, Any]:
+def _dibao_spans() -> dict[str, int]:
     catalogue = load_catalogue()[0]
     dibao = ProgramRegistry.load(DEFAULT_PROGRAM_DIR, catalogue).get("dibao")
-    spans = {c.id: dibao.span(i) for i, c in enumerate(dibao.criteria)}
+    return {c.id: dibao.span(i) for i, c in enumerate(dibao.criteria)}
+
+
+def run(quick: bool) -> dict[str, Any]:
+    spans = _dibao_spans()
     income = spans["income_within_threshold"]
     n = 100_000 if quick else 1_000_000
     exact = exact_reveals(n, income)
@@ -733,12 +772,23 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="smaller samples; prints, writes nothing")
     parser.add_argument(
+        "--only-silver",
+        action="store_true",
+        help="only the silver (overall view) identification, merged into the existing results file",
+    )
+    parser.add_argument(
         "--only-bronze",
         action="store_true",
         help="only the bronze (cohort view) measurements, merged into the existing results file",
     )
     args = parser.parse_args()
-    if args.only_bronze:
+    if args.only_silver:
+        result = json.loads(RESULTS.read_text()) if RESULTS.exists() else {"benchmark": "privacy", "quick": False}
+        silver = silver_identification((100_000 if args.quick else 1_000_000) // 2, _dibao_spans())
+        result.update(
+            silver=silver, silver_failed_criterion_identified_rate=silver["silver_failed_criterion_identified_rate"]
+        )
+    elif args.only_bronze:
         result = json.loads(RESULTS.read_text()) if RESULTS.exists() else {"benchmark": "privacy", "quick": False}
         result.update(run_bronze(args.quick))
         result["goals"] = {**result.get("goals", {}), **GOALS}

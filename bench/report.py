@@ -156,6 +156,17 @@ def privacy(d: dict[str, Any]) -> str:
             f"chance {silver['chance_rate']}",
         ],
     ]
+    matched = silver.get("if_register_masks_matched_income", {})
+    if matched:  # a design tried and not built
+        rows.append(
+            [
+                "silver, register masks shaped like a failing income's (assumed excess up to 2^10 / 2^15 / 2^21 CNY;"
+                " true: 2^15); not built",
+                " / ".join(f"{v:.4f}" for v in matched.values()),
+                "",
+                f"chance {silver['chance_rate']}",
+            ]
+        )
     rows += _bronze_rows(d)
     if "failed_check_budget_spent" in d:
         rows.append(
