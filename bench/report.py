@@ -654,14 +654,24 @@ def audit_federation(d: dict[str, Any]) -> str:
 
 
 def training_startup(d: dict[str, Any]) -> str:
-    med, idle = d["median"], d.get("idle_cores_by_link", {})
+    med, idle, rss = d["median"], d.get("idle_cores_by_link", {}), d.get("idle_rss_mb_by_link", {})
     arms = [
         ("Flower processes started per job (baseline)", "per_job"),
-        ("the gateway's long-lived link (built)", "long_lived"),
-        ("the same link, Flower's own SuperNode (3 s idle poll; baseline)", "long_lived_stock_poll"),
+        ("the gateway's long-lived link (built: short poll, warm ClientApps)", "long_lived"),
+        (
+            "the same link, Flower's own SuperNode (3 s idle poll, a process per message; baseline)",
+            "long_lived_stock_poll",
+        ),
+        ("the same link, short poll but a process per message (baseline)", "long_lived_cold_clientapps"),
     ]
     rows = [
-        [label, f"{med[key]['to_run_s']}", f"{med[key]['wall_s']}", f"{idle[key]:.3f}" if key in idle else "—"]
+        [
+            label,
+            f"{med[key]['to_run_s']}",
+            f"{med[key]['wall_s']}",
+            f"{idle[key]:.3f}" if key in idle else "—",
+            f"{rss[key]:,.0f}" if key in rss else "—",
+        ]
         for label, key in arms
         if key in med
     ]
@@ -674,14 +684,16 @@ def training_startup(d: dict[str, Any]) -> str:
     if "wall_ratio_stock_poll_vs_short_poll" in d:
         polls = d["supernode_poll_s"]
         text += (
-            f" SuperNodes polling every {polls['long_lived']} s when idle (`federated/supernode_process.py`) "
-            f"instead of Flower's fixed {polls['long_lived_stock_poll']:g} s: job wall time "
-            f"{d['wall_ratio_stock_poll_vs_short_poll']}x shorter, for "
-            f"{idle['long_lived'] - idle['long_lived_stock_poll']:.3f} more cores while the link idles."
+            f" Against Flower's own SuperNode (a fixed {polls['long_lived_stock_poll']:g} s idle poll, a fresh "
+            f"ClientApp process per message): job wall time {d['wall_ratio_stock_poll_vs_short_poll']}x shorter."
         )
-    return "\n\n".join(
-        [text, _table(["federation", "submission to run start, s", "job wall, s", "idle link, cores"], rows)]
-    )
+    if "wall_ratio_cold_vs_warm_clientapps" in d:
+        text += (
+            f" Warm ClientApps alone (`federated/warm_clientapp.py`, against a process per message at the same "
+            f"poll): {d['wall_ratio_cold_vs_warm_clientapps']}x."
+        )
+    headers = ["federation", "submission to run start, s", "job wall, s", "idle link, cores", "idle link RSS, MB"]
+    return "\n\n".join([text, _table(headers, rows)])
 
 
 def sign_comparison(d: dict[str, Any]) -> str:

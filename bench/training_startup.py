@@ -1,5 +1,6 @@
-"""What a training job pays for Flower's processes: per job against a long-lived link, and the
-SuperNode's fixed idle poll against xgate's shorter one.
+"""What a training job pays for Flower's processes: per job against a long-lived link, the
+SuperNode's fixed idle poll against xgate's shorter one, and a fresh ClientApp process per message
+against warm ones.
 
 The same small horizontal job (two regional nodes, synthetic rows, one round), run `--jobs` times
 each way in one run, interleaved, three ways:
@@ -9,7 +10,10 @@ each way in one run, interleaved, three ways:
 * `long_lived`: the coordinator's long-lived `LocalTraining` link (what the gateway in local mode
   does, started once before the first job);
 * `long_lived_stock_poll`: the same, with Flower's own `flower-supernode` (a fixed 3 s sleep after
-  every pull that finds no message) instead of `federated.supernode_process` (0.25 s).
+  every pull that finds no message, and a fresh `flwr-clientapp` process per message) instead of
+  `federated.supernode_process` (0.25 s, warm ClientApps);
+* `long_lived_cold_clientapps`: xgate's short poll, but a fresh `flwr-clientapp` process per message
+  as Flower starts them (`XGATE_WARM_CLIENTAPPS=0`), so the warm ClientApps' share shows alone.
 
 Per job: seconds from submission to the Flower run's start (by the job's own events) and the job's
 wall time; each link's own start-up, paid once; and each link's idle cost, the CPU its processes
@@ -36,7 +40,7 @@ from federated.events import read_events
 from federated.jobs import parse_job
 from federated.local_link import LocalTraining
 from federated.runner import NodeSpec, run_job
-from federated.supernode_process import POLL_S
+from federated.supernode_process import POLL_S, WARM_ENV
 
 RESULTS = Path(__file__).parent / "results" / "training_startup.json"
 PURPOSE = "fraud_detection"
@@ -100,24 +104,30 @@ def _stock_supernode() -> list[str]:
     return [str(deployment.BIN / "flower-supernode")]
 
 
-def idle_cores(link: LocalTraining, seconds: float) -> float:
-    """CPU (in cores) the link's processes and their children use over `seconds` with no job."""
+def idle_cost(link: LocalTraining, seconds: float) -> tuple[float, float]:
+    """CPU (in cores) the link's processes and their children use over `seconds` with no job, and
+    their resident memory (MB) at the end."""
     groups = {p.popen.pid for p in link.link().fed.procs.values()}  # each started in its own session
 
-    def cpu_s() -> float:
-        ticks = 0
+    def members() -> list[list[str]]:
+        out = []
         for stat in Path("/proc").glob("[0-9]*/stat"):
             try:
                 fields = stat.read_text().rsplit(")", 1)[1].split()
             except OSError:
                 continue
             if int(fields[2]) in groups:  # pgrp
-                ticks += int(fields[11]) + int(fields[12])  # utime + stime
-        return ticks / os.sysconf("SC_CLK_TCK")
+                out.append(fields)
+        return out
+
+    def cpu_s() -> float:
+        return sum(int(f[11]) + int(f[12]) for f in members()) / os.sysconf("SC_CLK_TCK")  # utime + stime
 
     before = cpu_s()
     time.sleep(seconds)
-    return (cpu_s() - before) / seconds
+    cores = (cpu_s() - before) / seconds
+    rss_mb = sum(int(f[21]) for f in members()) * os.sysconf("SC_PAGE_SIZE") / 1e6
+    return cores, rss_mb
 
 
 def run(jobs: int, rows: int, idle_s: float) -> dict[str, Any]:
@@ -126,6 +136,7 @@ def run(jobs: int, rows: int, idle_s: float) -> dict[str, Any]:
         nodes = regional_nodes(root / "nodes", rows)
         short = LocalTraining(state_dir=root / "flower-local", nodes=nodes)
         stock = LocalTraining(state_dir=root / "flower-local-stock", nodes=nodes)
+        cold = LocalTraining(state_dir=root / "flower-local-cold", nodes=nodes)
         try:
             links = {"long_lived": short.link()}
             default_supernode = deployment.SUPERNODE
@@ -134,11 +145,26 @@ def run(jobs: int, rows: int, idle_s: float) -> dict[str, Any]:
                 links["long_lived_stock_poll"] = stock.link()
             finally:
                 deployment.SUPERNODE = default_supernode
-            idle = {
-                label: round(idle_cores(lt, idle_s), 3)
-                for label, lt in (("long_lived", short), ("long_lived_stock_poll", stock))
+            os.environ[WARM_ENV] = "0"  # only while this link starts its SuperNodes
+            try:
+                links["long_lived_cold_clientapps"] = cold.link()
+            finally:
+                del os.environ[WARM_ENV]
+            idle: dict[str, float] = {}
+            idle_rss: dict[str, float] = {}
+            for label, lt in (
+                ("long_lived", short),
+                ("long_lived_stock_poll", stock),
+                ("long_lived_cold_clientapps", cold),
+            ):
+                cores, rss = idle_cost(lt, idle_s)
+                idle[label], idle_rss[label] = round(cores, 3), round(rss)
+            arms = {
+                "per_job": None,
+                "long_lived": short,
+                "long_lived_stock_poll": stock,
+                "long_lived_cold_clientapps": cold,
             }
-            arms = {"per_job": None, "long_lived": short, "long_lived_stock_poll": stock}
             rows_out: dict[str, list[dict[str, float]]] = {label: [] for label in arms}
             for i in range(jobs):  # interleaved, so every arm sees the same machine
                 for label, lt in arms.items():
@@ -148,11 +174,11 @@ def run(jobs: int, rows: int, idle_s: float) -> dict[str, Any]:
                     run_job(job(f"{label}-{i}"), nodes, job_dir=job_dir, **extra)
                     wall = time.perf_counter() - t0
                     rows_out[label].append({"to_run_s": round(seconds_to_run(job_dir), 2), "wall_s": round(wall, 2)})
-                    print(f"{label:>21} job {i}: {rows_out[label][-1]}", flush=True)
+                    print(f"{label:>26} job {i}: {rows_out[label][-1]}", flush=True)
             startup = {label: round(link.startup_s, 2) for label, link in links.items()}
         finally:
-            short.close()
-            stock.close()
+            for lt in (short, stock, cold):
+                lt.close()
     med = {
         label: {k: round(statistics.median(r[k] for r in runs), 2) for k in ("to_run_s", "wall_s")}
         for label, runs in rows_out.items()
@@ -162,16 +188,20 @@ def run(jobs: int, rows: int, idle_s: float) -> dict[str, Any]:
         "setup": f"horizontal job, 2 regional nodes x {rows} synthetic rows, 1 round, no DP; {jobs} jobs each way, "
         f"interleaved; TLS and SuperNode authentication in all; idle CPU over {idle_s:g} s per link",
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
-        "supernode_poll_s": {"long_lived": POLL_S, "long_lived_stock_poll": 3.0},
+        "supernode_poll_s": {"long_lived": POLL_S, "long_lived_stock_poll": 3.0, "long_lived_cold_clientapps": POLL_S},
         "jobs": rows_out,
         "median": med,
         "link_startup_s": startup["long_lived"],
         "link_startup_s_by_link": startup,
         "idle_cores_by_link": idle,
+        "idle_rss_mb_by_link": idle_rss,
         "to_run_ratio_per_job_vs_long_lived": round(med["per_job"]["to_run_s"] / med["long_lived"]["to_run_s"], 1),
         "wall_ratio_per_job_vs_long_lived": round(med["per_job"]["wall_s"] / med["long_lived"]["wall_s"], 2),
         "wall_ratio_stock_poll_vs_short_poll": round(
             med["long_lived_stock_poll"]["wall_s"] / med["long_lived"]["wall_s"], 2
+        ),
+        "wall_ratio_cold_vs_warm_clientapps": round(
+            med["long_lived_cold_clientapps"]["wall_s"] / med["long_lived"]["wall_s"], 2
         ),
     }
 

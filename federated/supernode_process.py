@@ -17,14 +17,17 @@ second instead of a third of a time; `bench/training_startup.py` measures the CP
 
 from __future__ import annotations
 
+import os
 import sys
 import time
+from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 POLL_S = 0.25  # Flower's fixed waits are 3 s (idle pull) and 0.5 s (reply)
 POLL_RANGE_S = (0.05, 3.0)  # 3 s: Flower's own
 POLL_FLAG = "--idle-poll-s"
+WARM_ENV = "XGATE_WARM_CLIENTAPPS"  # "0": every message gets a fresh flwr-clientapp process, as in Flower
 
 
 class _ShortSleeps(ModuleType):
@@ -71,6 +74,10 @@ def poll_from_args(argv: list[str]) -> tuple[float, list[str]]:
 def main(argv: list[str]) -> None:
     cap, rest = poll_from_args(argv)
     shorten_polls(cap)
+    if os.environ.get(WARM_ENV, "1") != "0":  # ClientApps forked warm (federated/warm_clientapp.py)
+        from federated import warm_clientapp
+
+        warm_clientapp.start(Path(sys.executable).parent / "flwr-clientapp")
     from flwr.supernode.cli.flower_supernode import flower_supernode
 
     sys.argv = ["flower-supernode", *rest]

@@ -1,0 +1,124 @@
+"""`federated.warm_clientapp`: a forwarder named `flwr-clientapp` hands each run to a warm server,
+which forks a child that sees the caller's argv, environment, directory and streams, shares no
+randomness with its siblings, reports its status, dies when the caller is stopped, and is replaced
+by the real command when no server answers. Real processes, a stand-in for Flower's main."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from federated import warm_clientapp
+
+ENTRY = "tests.unit.warm_entry:main"
+
+
+@pytest.fixture
+def warm(tmp_path: Path) -> Iterator[Path]:
+    """A running warm server with the stand-in entry; yields the forwarder."""
+    sock = tmp_path / "s"
+    real = tmp_path / "real-clientapp"
+    real.write_text('#!/bin/sh\necho real "$@"\n')
+    real.chmod(0o700)
+    forwarder = warm_clientapp.install(tmp_path / "bin", sock, real)
+    server = subprocess.Popen([sys.executable, "-m", "federated.warm_clientapp", "serve", str(sock), ENTRY])
+    deadline = time.monotonic() + 60
+    while not sock.exists():
+        assert server.poll() is None and time.monotonic() < deadline
+        time.sleep(0.05)
+    yield forwarder
+    server.terminate()
+    server.wait(timeout=30)
+
+
+def _run(forwarder: Path, *args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "WARM_TEST_MARKER": "from-the-caller"}
+    return subprocess.run([str(forwarder), *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=60)
+
+
+def test_the_child_is_the_callers_run_and_shares_no_randomness(warm: Path, tmp_path: Path) -> None:
+    first, second = _run(warm, "0", "--token", "t1", cwd=tmp_path), _run(warm, "7", cwd=tmp_path)
+    assert first.returncode == 0 and second.returncode == 7  # the child's status is the caller's
+    a, b = json.loads(first.stdout), json.loads(second.stdout)
+    assert a["argv"] == ["0", "--token", "t1"] and a["cwd"] == str(tmp_path) and a["marker"] == "from-the-caller"
+    for generator in ("secrets", "openssl", "numpy_global", "python_random"):
+        assert a[generator] != b[generator], generator
+
+
+def test_stopping_the_caller_stops_the_child(warm: Path, tmp_path: Path) -> None:
+    caller = subprocess.Popen([str(warm), "99"], stdout=subprocess.PIPE, text=True, cwd=tmp_path)
+    assert caller.stdout is not None
+    child = json.loads(caller.stdout.readline())["pid"]
+    caller.send_signal(signal.SIGTERM)
+    assert caller.wait(timeout=30) != 0
+    deadline = time.monotonic() + 10
+    while Path(f"/proc/{child}").exists() and Path(f"/proc/{child}/stat").read_text().split()[2] != "Z":
+        assert time.monotonic() < deadline, "the child outlived its caller"
+        time.sleep(0.05)
+
+
+def test_without_a_server_the_real_command_runs(tmp_path: Path) -> None:
+    real = tmp_path / "real-clientapp"
+    real.write_text('#!/bin/sh\necho real "$@"\n')
+    real.chmod(0o700)
+    forwarder = warm_clientapp.install(tmp_path / "bin", tmp_path / "nobody-listens", real)
+    out = _run(forwarder, "--token", "t", cwd=tmp_path)
+    assert out.returncode == 0 and out.stdout.strip() == "real --token t"
+
+
+def test_a_killed_servers_directory_is_swept_by_the_next_start(tmp_path: Path) -> None:
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    stale, live = tmp_path / "xgate-warm-stale", tmp_path / "xgate-warm-live"
+    for d, pid in ((stale, dead.stdout.strip()), (live, str(os.getpid()))):
+        (d / "bin").mkdir(parents=True)
+        (d / "pid").write_text(pid)
+    warm_clientapp._sweep_stale(tmp_path)
+    assert not stale.exists() and live.exists()
+
+
+@pytest.mark.skipif(
+    os.getuid() != 0 or not os.access("/usr/bin/python3", os.X_OK), reason="needs root and a system Python"
+)
+def test_another_user_cannot_ask_for_a_run() -> None:
+    """Even with the directory and the socket opened to everyone, the server checks the caller's
+    user id (SO_PEERCRED) and runs nothing for another user."""
+    public = Path(tempfile.mkdtemp(prefix="xgate-warm-test-"))
+    try:
+        public.chmod(0o755)
+        sock = public / "s"
+        # The forwarder needs only the standard library: the system Python, which `nobody` may run.
+        forwarder = warm_clientapp.install(public / "bin", sock, Path("/bin/false"), python="/usr/bin/python3")
+        for path in (public / "bin", forwarder):
+            path.chmod(0o755)
+        server = subprocess.Popen([sys.executable, "-m", "federated.warm_clientapp", "serve", str(sock), ENTRY])
+        try:
+            deadline = time.monotonic() + 60
+            while not sock.exists():
+                assert server.poll() is None and time.monotonic() < deadline
+                time.sleep(0.05)
+            sock.chmod(0o777)
+            out = subprocess.run(
+                [str(forwarder), "0"],
+                capture_output=True,
+                text=True,
+                cwd="/",
+                env={"PATH": os.environ["PATH"]},
+                user=65534,  # nobody
+                timeout=60,
+            )
+        finally:
+            server.terminate()
+            server.wait(timeout=30)
+        assert out.returncode == 1 and out.stdout == ""  # refused: the stand-in never printed, no status
+    finally:
+        shutil.rmtree(public, ignore_errors=True)
