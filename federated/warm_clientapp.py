@@ -36,14 +36,16 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-SOCKET_ENV = "XGATE_WARM_CLIENTAPP"
 _PRELOAD = ("federated.vertical_client", "federated.horizontal_client")  # with the entry point's module
 FLOWER_ENTRY = "flwr.supernode.cli.flwr_clientapp:flwr_clientapp"
 _MAX_REQUEST = 1 << 20  # argv + environment
+_SOCKET_PATH_MAX = 100  # bytes a Unix socket's path may take (107 on Linux), with room to spare
+_WARM_DIR_PREFIX = "xgate-warm-"
+_SOCKET_SUFFIX_LEN = len("/" + _WARM_DIR_PREFIX) + 8 + len("/s")  # mkdtemp adds 8 random characters
 
 # The forwarder: standard library only, started with -IS (one shebang argument) so it imports nothing else.
 FORWARDER = """#!{python} -IS
-import array, json, os, signal, socket, struct, sys
+import json, os, signal, socket, struct, sys
 path, real = {socket!r}, {real!r}
 try:
     conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -91,16 +93,15 @@ def _recv_exactly(conn: socket.socket, n: int) -> bytes:
 
 
 def _read_request(conn: socket.socket) -> tuple[dict[str, object], list[int]]:
-    msg, fds, _flags, _addr = socket.recv_fds(conn, 4, 3)
-    if len(msg) < 4 or len(fds) != 3:
+    header, fds, _flags, _addr = socket.recv_fds(conn, 4, 3)  # the streams come with the length
+    if len(header) < 4 or len(fds) != 3:
         for fd in fds:
             os.close(fd)
         raise ConnectionError("a request carries its length and three standard streams")
-    (length,) = struct.unpack("!I", msg[:4])
+    (length,) = struct.unpack("!I", header)
     if length > _MAX_REQUEST:
         raise ConnectionError("request too large")
-    body = msg[4:] + _recv_exactly(conn, length - len(msg[4:]))
-    return json.loads(body), fds
+    return json.loads(_recv_exactly(conn, length)), fds
 
 
 def _run_child(conn: socket.socket, request: dict[str, object], fds: list[int], entry: Callable[[], object]) -> None:
@@ -164,7 +165,7 @@ def serve(socket_path: Path, entry_point: str = FLOWER_ENTRY) -> None:
         server.listen(64)
         _accept_forever(server, entry)
     finally:
-        if socket_path.parent.name.startswith("xgate-warm-"):  # the directory `start` made
+        if socket_path.parent.name.startswith(_WARM_DIR_PREFIX):  # the directory `start` made
             shutil.rmtree(socket_path.parent, ignore_errors=True)
         else:
             with contextlib.suppress(OSError):
@@ -191,12 +192,9 @@ def _accept_forever(server: socket.socket, entry: Callable[[], object]) -> None:
         conn.close()
 
 
-_SOCKET_PATH_MAX = 100  # bytes a Unix socket's path may take (107 on Linux), with room to spare
-
-
 def _sweep_stale(parent: Path) -> None:
     """Remove the directories of warm servers that were killed before they could (SIGKILL)."""
-    for stale in parent.glob("xgate-warm-*"):
+    for stale in parent.glob(f"{_WARM_DIR_PREFIX}*"):
         try:
             pid = int((stale / "pid").read_text())
         except (OSError, ValueError):
@@ -214,18 +212,17 @@ def start(real_clientapp: Path) -> Path:
     import tempfile
 
     flwr_home = Path(os.environ.get("FLWR_HOME", tempfile.gettempdir()))
-    parent = flwr_home if len(str(flwr_home)) + len("/xgate-warm-XXXXXXXX/s") <= _SOCKET_PATH_MAX else None
+    parent = flwr_home if len(str(flwr_home)) + _SOCKET_SUFFIX_LEN <= _SOCKET_PATH_MAX else None
     parent = parent or Path(tempfile.gettempdir())
     parent.mkdir(parents=True, exist_ok=True)
     _sweep_stale(parent)
-    home = Path(tempfile.mkdtemp(prefix="xgate-warm-", dir=parent))
+    home = Path(tempfile.mkdtemp(prefix=_WARM_DIR_PREFIX, dir=parent))
     sock = home / "s"
     forwarder = install(home / "bin", sock, real_clientapp)
     guard = [sys.executable, "-m", "federated.orphan_guard", str(os.getpid())]
     server = subprocess.Popen([*guard, sys.executable, "-m", "federated.warm_clientapp", "serve", str(sock)])
     (home / "pid").write_text(str(server.pid))
     os.environ["PATH"] = f"{forwarder.parent}{os.pathsep}{os.environ.get('PATH', '')}"
-    os.environ[SOCKET_ENV] = str(sock)
     return home
 
 
