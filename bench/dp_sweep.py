@@ -204,7 +204,11 @@ def standardised_encoding(data: census.Census, *, noisy: bool, seed: int) -> np.
         if noisy:
             m = pooled_stats.noisy_moments(m, len(rows), dp_sgd.STATS_NOISE_MULTIPLIER, rng)
         vectors.append(([m], len(rows)))
-    stats = pooled_stats.pooled_stats(infos, encs, updates.weighted_mean(vectors)[0], noisy=noisy)
+    noise_sd = 0.0
+    if noisy:
+        features = len(pooled_stats.standardised(infos, encs))
+        noise_sd = pooled_stats.pooled_noise_sd(features, [w for _, w in vectors], dp_sgd.STATS_NOISE_MULTIPLIER)
+    stats = pooled_stats.pooled_stats(infos, encs, updates.weighted_mean(vectors)[0], noise_sd=noise_sd)
     return model.encode(infos, raw, encs, stats)
 
 

@@ -27,7 +27,7 @@ from flwr.server.workflow import DefaultWorkflow, SecAggPlusWorkflow
 from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD, MAIN_PARAMS_RECORD, Key
 from flwr.serverapp import Grid
 
-from federated import dp, node, pooled_stats, updates
+from federated import dp, dp_sgd, node, pooled_stats, updates
 from federated.datasets import ElementInfo
 from federated.events import JsonlSink, OnEvent, arrays_sha256, make_event
 from federated.grid_io import allowed_nodes, exchange
@@ -134,8 +134,11 @@ class StatisticsRound(FedAvg):
             _fail(self.emit, self.job.job_id, f"statistics round: {len(participants)} usable moment vectors, "
                   f"job needs {self.job.min_nodes} nodes")  # fmt: skip
         try:
-            noisy = self.job.dp is not None and self.job.dp.unit is DPUnit.RECORD
-            self.stats = pooled_stats.pooled_stats(self.infos, self.encodings, pooled, noisy=noisy)
+            noise_sd = 0.0
+            if self.job.dp is not None and self.job.dp.unit is DPUnit.RECORD:  # the nodes' noisy_moments
+                weights = [max(1, int(fit.num_examples)) for _, fit in results]
+                noise_sd = pooled_stats.pooled_noise_sd(len(self.features), weights, dp_sgd.STATS_NOISE_MULTIPLIER)
+            self.stats = pooled_stats.pooled_stats(self.infos, self.encodings, pooled, noise_sd=noise_sd)
         except InvalidInput as exc:
             _fail(self.emit, self.job.job_id, f"statistics round: {exc.message}")
         self.emit(make_event(self.job.job_id, "statistics_pooled", participants=participants, features=self.features,

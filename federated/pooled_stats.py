@@ -83,16 +83,29 @@ def noisy_moments(moment_vector: np.ndarray, n: int, noise_multiplier: float, rn
     return np.clip(noisy, 0.0, 1.0)  # post-processing: every entry is a share or a mean in [0, 1]
 
 
-# With noisy moments a small spread can come out as zero or below: the sd is then at least this
-# share of the declared range, so no standardised value is blown up by a variance noise produced.
+# With noisy moments a small spread can come out as zero or below, or far too small: the sd is then
+# at least this share of the declared range, and at least what the noise on the pooled variance
+# could fake (`pooled_noise_sd`), so no standardised value is blown up by a variance noise produced.
 NOISY_SD_FLOOR = 0.01
+_NOISE_SDS = 2.0  # a spread the noise reaches within this many standard deviations is not trusted
+
+
+def pooled_noise_sd(standardised_features: int, weights: Sequence[float], noise_multiplier: float) -> float:
+    """Standard deviation of the noise on each pooled mean entry, from public facts only: every
+    node adds N(0, (z sqrt(3F))^2) to sums over n_i >= w_i rows, pooled with weights w_i, so the
+    noise is at most z sqrt(3F) sqrt(k) / sum(w_i) (an upper bound when a weight is capped)."""
+    total = float(sum(weights))
+    if standardised_features <= 0 or total <= 0:
+        return 0.0
+    return noise_multiplier * math.sqrt(MOMENTS * standardised_features) * math.sqrt(len(weights)) / total
 
 
 def pooled_stats(
-    infos: Sequence[ElementInfo], encs: Sequence[Encoding], pooled: np.ndarray, *, noisy: bool = False
+    infos: Sequence[ElementInfo], encs: Sequence[Encoding], pooled: np.ndarray, *, noise_sd: float = 0.0
 ) -> Stats:
-    """Mean and sd of each standardised feature from the aggregated moment vectors (`noisy`: the
-    nodes added DP noise, so the mean is kept within the range and the sd above `NOISY_SD_FLOOR`)."""
+    """Mean and sd of each standardised feature from the aggregated moment vectors. `noise_sd` > 0:
+    the nodes added DP noise of that size to each pooled entry (`pooled_noise_sd`), so the mean is
+    kept within the range and the sd above what that noise could produce."""
     features = standardised(infos, encs)
     values = np.asarray(pooled, dtype=np.float64).ravel()
     if values.shape != (MOMENTS * len(features),) or not np.all(np.isfinite(values)):
@@ -109,8 +122,8 @@ def pooled_stats(
             continue
         m = min(mean_u / share, 1.0)  # exact moments give m <= 1 anyway
         sd = math.sqrt(max(mean_u2 / share - m * m, 0.0)) * span
-        if noisy:
-            sd = max(sd, NOISY_SD_FLOOR * span)
+        if noise_sd > 0:
+            sd = max(sd, max(NOISY_SD_FLOOR, math.sqrt(_NOISE_SDS * noise_sd)) * span)
         stats[info.id] = (float(info.min) + m * span, sd if sd > 1e-12 else 1.0)
     return stats
 

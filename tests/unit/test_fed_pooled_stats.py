@@ -100,10 +100,16 @@ def test_noisy_moments_carry_the_stated_noise_and_stay_within_range() -> None:
 def test_noisy_statistics_keep_the_mean_in_range_and_the_spread_above_the_floor() -> None:
     """Noise can make a variance zero or negative, or a share tiny: the statistics stay usable."""
     collapsed = np.array([0.5, 0.3, 0.05, 1e-6, 0.5, 0.0])  # age: E[u^2] < E[u]^2; income: share ~0, mean > share
-    stats = pooled_stats.pooled_stats(INFOS, ENCS, collapsed, noisy=True)
+    stats = pooled_stats.pooled_stats(INFOS, ENCS, collapsed, noise_sd=1e-9)  # a tiny noise: the fixed floor
     assert stats["civil.age"][1] == pytest.approx(pooled_stats.NOISY_SD_FLOOR * 130)
     assert 0 <= stats["tax.income"][0] <= 2_000_000
     assert stats["tax.income"][1] >= pooled_stats.NOISY_SD_FLOOR * 2_000_000
+    # Small nodes, large noise: the spread is at least what the noise on the variance could fake.
+    noise = pooled_stats.pooled_noise_sd(2, [540, 810], 20.0)
+    assert noise == pytest.approx(20.0 * np.sqrt(6) * np.sqrt(2) / 1350)
+    wide = pooled_stats.pooled_stats(INFOS, ENCS, collapsed, noise_sd=noise)
+    assert wide["civil.age"][1] == pytest.approx(np.sqrt(2 * noise) * 130)
+    assert pooled_stats.pooled_noise_sd(0, [540], 20.0) == 0.0 == pooled_stats.pooled_noise_sd(2, [], 20.0)
 
 
 @pytest.mark.parametrize(
