@@ -1,8 +1,9 @@
 """Vertical ClientApp (Message API): every agency node, the label holder included.
 
-What leaves this node: its pseudonyms hashed and blinded with its secret job key, and other
-nodes' blinded lists blinded once more (private set intersection, federated/psi.py: nobody learns
-another node's pseudonyms; the coordinator learns set and intersection sizes), the dimension of
+What leaves this node: its pseudonyms hashed and blinded with its secret job key, and the label
+holder's blinded list (at the label holder: every other node's) blinded once more, as digests
+(private set intersection, federated/psi.py: nobody learns another node's pseudonyms; the
+coordinator learns set sizes and which nodes hold each of the label holder's rows), the dimension of
 its encoded features, embeddings of aligned batches, and (label holder only) gradients w.r.t.
 other nodes' embeddings, per-step training loss and the final evaluation summary. With
 `label_dp` the label holder trains on randomized-response labels (federated/label_dp.py), so its
@@ -104,41 +105,36 @@ def _write_private(path: Path, data: bytes) -> None:
 
 @app.train("blind")
 def blind(msg: Message, context: Context) -> Message:
-    """PSI: apply this node's job key to another node's blinded list (order kept)."""
+    """PSI: apply this node's job key, last, to other parties' blinded lists (order kept)."""
     _, _, cache = _setup(context)
-    return _reply(msg, {"tags": psi.blind((cache / "psi.key").read_bytes(), bytes(cfg_of(msg)["tags"]))})
+    key = (cache / "psi.key").read_bytes()
+    return _reply(msg, {"matches": [psi.finish(key, bytes(tags)) for tags in cfg_of(msg)["tags"]]})
 
 
-def _pseudonyms_of(cache: Path, own: bytes, tags: bytes) -> list[str]:
-    """Map fully blinded tags to this node's pseudonyms through its own list (same order as sent)."""
+def _pseudonyms_at(cache: Path, rows: bytes) -> tuple[list[int], list[str]]:
+    """Positions in the list this node sent at hello, and its pseudonyms there."""
     order = (cache / "psi-order.txt").read_text().split("\n")
-    mine = dict(zip(psi.split(own), order, strict=True))
-    try:
-        return [mine[t] for t in psi.split(tags)]
-    except KeyError:
-        raise ValueError("an aligned tag is not one of this node's subjects") from None
+    positions = psi.rows_from_bytes(rows, len(order))
+    return positions, [order[r] for r in positions]
 
 
 @app.train("align")
 def align(msg: Message, context: Context) -> Message:
-    """Label holder: split the aligned subjects into train/test (its holdout rule), as tags."""
+    """Label holder: split the aligned subjects into train/test (its holdout rule), as positions."""
     job, nc, cache = _setup(context)
-    cfg = cfg_of(msg)
-    aligned_tags = bytes(cfg["aligned"])
-    aligned = _pseudonyms_of(cache, bytes(cfg["own"]), aligned_tags)
+    positions, aligned = _pseudonyms_at(cache, bytes(cfg_of(msg)["aligned"]))
     test = node.is_holdout(aligned, job, nc.holdout)
-    tags = psi.split(aligned_tags)
-    train = b"".join(t for t, held_out in zip(tags, test, strict=True) if not held_out)
-    held = b"".join(t for t, held_out in zip(tags, test, strict=True) if held_out)
-    return _reply(msg, {"train": train, "test": held})
+    train = [r for r, held_out in zip(positions, test, strict=True) if not held_out]
+    held = [r for r, held_out in zip(positions, test, strict=True) if held_out]
+    return _reply(msg, {"train": psi.rows_to_bytes(train), "test": psi.rows_to_bytes(held)})
 
 
 @app.train("setup")
 def setup(msg: Message, context: Context) -> Message:
     job, nc, path = _setup(context)
     cfg = cfg_of(msg)
-    train = _pseudonyms_of(path, bytes(cfg["own"]), bytes(cfg["train"]))
-    test = _pseudonyms_of(path, bytes(cfg["own"]), bytes(cfg["test"]))
+    _, train = _pseudonyms_at(path, bytes(cfg["train"]))
+    _, test = _pseudonyms_at(path, bytes(cfg["test"]))
     feats = node.held_features(job, nc)
     infos = datasets.element_info(nc.store, feats)
     _, raw_tr = datasets.read_matrix(nc.store, feats, train)

@@ -72,17 +72,60 @@ def _wait_nodes(grid: Grid, n: int, timeout: float, allowed: set[int] | None = N
         time.sleep(0.5)
 
 
-def _blind_everywhere(relay: _Relay, parts: list[int], lists: dict[int, bytes]) -> dict[int, bytes]:
-    """K-1 hops: at hop h, node parts[(j + h) % K] blinds the list of node parts[j]; afterwards every
-    list carries all K keys. One message per node per hop, all nodes in parallel."""
-    k = len(parts)
-    for hop in range(1, k):
-        holder = {parts[(j + hop) % k]: parts[j] for j in range(k)}  # who blinds whose list
-        replies = relay.send("train.blind", {m: ({"tags": lists[owner]}, {}) for m, owner in holder.items()})
-        lists = {owner: bytes(cfg_of(replies[m])["tags"]) for m, owner in holder.items()}
-        if any(len(lists[n]) % psi.TAG_BYTES for n in parts):
-            relay.fail("federation", "a node returned a malformed blinded list")
-    return lists
+def _private_alignment(relay: _Relay, parts: list[int], label_node: int, hello: dict[int, Message]) -> psi.Alignment:
+    """PSI in one exchange round (federated/psi.py): every other node finishes the label holder's
+    blinded list, the label holder finishes each of theirs, all in parallel; the coordinator then
+    intersects the digests by position. Whoever sends a malformed list is named."""
+    first = {n: bytes(cfg_of(hello[n])["tags"]) for n in parts}
+    sizes: dict[int, int] = {}
+    for n in parts:
+        try:
+            sizes[n] = psi.count(first[n])
+        except ValueError:
+            relay.fail(relay.agency[n], "returned a malformed blinded list")
+    others = [n for n in parts if n != label_node]
+    if not others:
+        return psi.Alignment(list(range(sizes[label_node])), {})  # the label holder holds every feature
+    requests: dict[int, tuple[dict[str, Any], dict[str, np.ndarray]]]
+    requests = {n: ({"tags": [first[label_node]]}, {}) for n in others}
+    requests[label_node] = ({"tags": [first[n] for n in others]}, {})
+    replies = relay.send("train.blind", requests)
+
+    def finished(n: int, sizes_expected: list[int]) -> list[bytes]:
+        got = [bytes(t) for t in cfg_of(replies[n]).get("matches", [])]
+        if [len(t) for t in got] != [k * psi.MATCH_BYTES for k in sizes_expected]:
+            relay.fail(relay.agency[n], "returned a malformed blinded list")
+        return got
+
+    label_side = {relay.agency[n]: finished(n, [sizes[label_node]])[0] for n in others}
+    by_label = finished(label_node, [sizes[n] for n in others])
+    node_side = {relay.agency[n]: tags for n, tags in zip(others, by_label, strict=True)}
+    lists = {n: node_side[relay.agency[n]] for n in others} | {label_node: label_side[relay.agency[others[0]]]}
+    for n, tags in lists.items():
+        if len(set(psi.split(tags, psi.MATCH_BYTES))) != sizes[n]:
+            relay.fail(relay.agency[n], "listed a subject twice")
+    alignment = psi.align(sizes[label_node], label_side, node_side)
+    if not alignment.label_rows:
+        relay.fail("federation", "the nodes share no subjects")
+    return alignment
+
+
+def _split(relay: _Relay, label_node: int, aligned: list[int], label_size: int) -> tuple[list[int], list[int]]:
+    """The label holder's train/test split of the aligned rows (its holdout rule), checked to be one."""
+    split = relay.send("train.align", {label_node: ({"aligned": psi.rows_to_bytes(aligned)}, {})})[label_node]
+    train_rows = _rows_from(relay, label_node, bytes(cfg_of(split)["train"]), label_size)
+    test_rows = _rows_from(relay, label_node, bytes(cfg_of(split)["test"]), label_size)
+    if sorted(train_rows + test_rows) != aligned:
+        relay.fail(relay.agency[label_node], "returned a train/test split that is not the aligned subjects")
+    return train_rows, test_rows
+
+
+def _rows_from(relay: _Relay, node: int, data: bytes, size: int) -> list[int]:
+    try:
+        return psi.rows_from_bytes(data, size)
+    except ValueError as e:
+        relay.fail(relay.agency[node], str(e))
+        raise
 
 
 def _dp_summary(job: JobSpec, relay: _Relay, setup: dict[int, Message]) -> dict[str, Any]:
@@ -124,31 +167,36 @@ def run_vertical(grid: Grid, context: Context, job: JobSpec, job_dir: Path) -> N
     parts = sorted(holders)
     order = [relay.agency[n] for n in parts]
 
-    # Alignment by private set intersection (federated/psi.py): every blinded list passes through
-    # every other node; the coordinator compares fully blinded tags only. The label holder then
-    # decides the train/test split, as tags.
-    full = _blind_everywhere(relay, parts, {n: bytes(cfg_of(hello[n])["tags"]) for n in parts})
-    aligned = psi.intersect([full[n] for n in parts])
-    if not aligned:
-        relay.fail("federation", "the nodes share no subjects")
-    aligned_b = b"".join(aligned)
-    split = relay.send("train.align", {label_node: ({"aligned": aligned_b, "own": full[label_node]}, {})})[label_node]
-    train_b, test_b = bytes(cfg_of(split)["train"]), bytes(cfg_of(split)["test"])
+    # Alignment by private set intersection (federated/psi.py); the label holder then decides the
+    # train/test split, as positions in its own (shuffled) list, which the coordinator translates
+    # into each node's positions. No node ever receives another node's positions.
+    alignment = _private_alignment(relay, parts, label_node, hello)
+    aligned = alignment.label_rows
+    train_rows, test_rows = _split(relay, label_node, aligned, psi.count(bytes(cfg_of(hello[label_node])["tags"])))
     emit(
         make_event(
             job.job_id,
             "aligned",
             subjects=len(aligned),
             nodes=order,
-            aligned_sha256=hashlib.sha256(aligned_b).hexdigest(),
+            aligned_sha256=hashlib.sha256(psi.rows_to_bytes(aligned)).hexdigest(),
             psi=True,
         )
     )
+    owner = {n: None if n == label_node else relay.agency[n] for n in parts}
     width = job.embedding_dim * len(parts)
     setup = relay.send(
         "train.setup",
         {
-            n: ({"train": train_b, "test": test_b, "own": full[n], "label_holder": n == label_node, "width": width}, {})
+            n: (
+                {
+                    "train": psi.rows_to_bytes(alignment.positions(owner[n], train_rows)),
+                    "test": psi.rows_to_bytes(alignment.positions(owner[n], test_rows)),
+                    "label_holder": n == label_node,
+                    "width": width,
+                },
+                {},
+            )
             for n in parts
         },
     )
@@ -230,7 +278,7 @@ def run_vertical(grid: Grid, context: Context, job: JobSpec, job_dir: Path) -> N
         "model_sha256": model_sha,
         "model_parts": part_digests,
         "aligned_subjects": len(aligned),
-        "train_subjects": len(train_b) // psi.TAG_BYTES,
+        "train_subjects": len(train_rows),
         "nodes": order,
         **(
             {
