@@ -29,6 +29,7 @@ import os
 import shutil
 import tempfile
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -98,10 +99,11 @@ def _fed(job: dict[str, Any], nodes: list[NodeSpec], root: Path) -> dict[str, An
             **job,
         }
     )
+    started = datetime.now(UTC)
     t0 = time.perf_counter()
     res = run_job(spec, nodes, job_dir=root / spec.job_id, progress=lambda line: print("   ", line, flush=True))
     ev = res.evaluation
-    return {
+    return _phases(root / spec.job_id, started) | {
         "auc_federated_eval": ev.get("auc"),
         "balanced_accuracy": ev.get("balanced_accuracy"),
         "auc": ev.get("auc"),
@@ -110,6 +112,24 @@ def _fed(job: dict[str, Any], nodes: list[NodeSpec], root: Path) -> dict[str, An
         "rounds": spec.rounds,
         "epsilon": res.epsilon,
         "model_sha256": res.model_sha256,
+    }
+
+
+def _phases(job_dir: Path, started: datetime) -> dict[str, Any]:
+    """Where a vertical job's time went, from its server events: submission to the end of
+    alignment (federation start-up, hello, PSI, split), and alignment to the last evaluation."""
+    path = job_dir / "server-events.jsonl"
+    if not path.exists():
+        return {}
+    at: dict[str, datetime] = {}
+    for line in path.read_text().splitlines():
+        event = json.loads(line)
+        at[event["event"]] = datetime.fromisoformat(event["ts"])
+    if "aligned" not in at or "round_evaluated" not in at:
+        return {}
+    return {
+        "to_aligned_s": (at["aligned"] - started).total_seconds(),
+        "training_s": (at["round_evaluated"] - at["aligned"]).total_seconds(),
     }
 
 
@@ -186,7 +206,7 @@ def record_dp(limit: int | None, keep: bool, out_path: Path = RESULTS, horizonta
     }
     run["vertical"] = _fed(vjob, vnodes, root)
     # What the code that ran does (older results lack these: they predate PSI and the float16 wire).
-    run["vertical"].update(nodes=len(vnodes), alignment="psi", wire="float16")
+    run["vertical"].update(nodes=len(vnodes), alignment="psi-star", wire="float16")
     print("vertical", run["vertical"], flush=True)
     run.update(_vertical_dp_runs(vjob, vnodes, root, run["pooled"]["auc"]))
     run["vertical_job"] = {

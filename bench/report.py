@@ -381,13 +381,14 @@ def _record_dp_intro(r: dict[str, Any]) -> list[str]:
     v = r["vertical"]
     nodes = f"{v['nodes']} agency nodes" if "nodes" in v else "one node per agency"
     vline = f"Vertical: {nodes}, {v['rounds']} rounds, AUC on the aligned official test rows"
-    if v.get("alignment") != "psi":
+    if v.get("alignment") not in ("psi", "psi-star"):
         vline += (
             "; measured with the code before PSI alignment and float32 embeddings/gradients were merged "
             "(this run's bytes are float64 and plain pseudonym lists)"
         )
     else:
-        vline += f"; PSI alignment, embeddings and gradients as {v.get('wire', 'float32')} on the wire"
+        psi = "PSI alignment in a star around the label holder" if v["alignment"] == "psi-star" else "PSI alignment"
+        vline += f"; {psi}, embeddings and gradients as {v.get('wire', 'float32')} on the wire"
         if "measured" in v:
             vline += f" ({v['measured']})"
     if "vertical_job" in r:
