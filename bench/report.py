@@ -343,6 +343,10 @@ def federated(d: dict[str, Any]) -> str:
                     ]
                 )
     head = f"Dataset: {d.get('dataset', '')}; model: {d.get('model', '')}; {d.get('rows', '')} training rows."
+    v = d.get("vertical", {})
+    if "measured" in v:
+        psi = " (PSI in a star around the label holder, float16 wire)" if v.get("alignment") == "psi-star" else ""
+        head += f" Vertical row{psi} {v['measured']}."
     parts = [head, _table(["run", "AUC", "balanced accuracy", "wall s", "bytes exchanged"], rows)]
     if "record_dp" in d:
         parts.append(record_dp(d))

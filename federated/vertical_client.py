@@ -113,7 +113,8 @@ def blind(msg: Message, context: Context) -> Message:
 
 def _pseudonyms_at(cache: Path, rows: bytes) -> tuple[list[int], list[str]]:
     """Positions in the list this node sent at hello, and its pseudonyms there."""
-    order = (cache / "psi-order.txt").read_text().split("\n")
+    text = (cache / "psi-order.txt").read_text()
+    order = text.split("\n") if text else []
     positions = psi.rows_from_bytes(rows, len(order))
     return positions, [order[r] for r in positions]
 

@@ -1,8 +1,8 @@
 """Vertical ServerApp (Message API): orchestrates alignment and split learning between nodes.
 
-The server relays, it does not compute on data: it learns pseudonym lists (needed to align;
-the gateway may learn pseudonyms under xgate's threat model), the embeddings and gradients it
-relays, per-step loss and the final evaluation summary; with record-level DP the feature nodes'
+The server relays, it does not compute on data: it aligns the nodes by private set intersection
+(federated/psi.py; it sees blinded tags and digests, never a pseudonym), and learns the embeddings
+and gradients it relays, per-step loss and the final evaluation summary; with record-level DP the feature nodes'
 embeddings arrive clipped and noised (federated/vertical_dp.py) and their setup replies carry
 their accountants' epsilon, which the summary reports. Every send has a timeout; a node
 failing at any point fails the job with a message naming the agency.
@@ -14,7 +14,7 @@ import hashlib
 import json
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordDict
@@ -58,7 +58,7 @@ class _Relay:
         kinds = {n: "train.top" if n == label_node else "train.step" for n in per_node}
         return self.send(kinds, per_node)
 
-    def fail(self, agency: str, reason: str) -> None:
+    def fail(self, agency: str, reason: str) -> NoReturn:
         self.emit(make_event(self.job.job_id, "job_failed", agency=agency, reason=reason))
         raise VerticalFailed(agency, reason)
 
@@ -75,57 +75,65 @@ def _wait_nodes(grid: Grid, n: int, timeout: float, allowed: set[int] | None = N
 def _private_alignment(relay: _Relay, parts: list[int], label_node: int, hello: dict[int, Message]) -> psi.Alignment:
     """PSI in one exchange round (federated/psi.py): every other node finishes the label holder's
     blinded list, the label holder finishes each of theirs, all in parallel; the coordinator then
-    intersects the digests by position. Whoever sends a malformed list is named."""
-    first = {n: bytes(cfg_of(hello[n])["tags"]) for n in parts}
-    sizes: dict[int, int] = {}
-    for n in parts:
-        try:
-            sizes[n] = psi.count(first[n])
-        except ValueError:
-            relay.fail(relay.agency[n], "returned a malformed blinded list")
+    intersects the digests by position. Whoever sends a malformed list is named: blinding is
+    deterministic and injective, so a repeated tag is the fault of whoever produced that list."""
+    first = {n: _tags(relay, n, cfg_of(hello[n]).get("tags"), psi.TAG_BYTES) for n in parts}
+    sizes = {n: psi.count(tags) for n, tags in first.items()}
     others = [n for n in parts if n != label_node]
-    if not others:
-        return psi.Alignment(list(range(sizes[label_node])), {})  # the label holder holds every feature
-    requests: dict[int, tuple[dict[str, Any], dict[str, np.ndarray]]]
-    requests = {n: ({"tags": [first[label_node]]}, {}) for n in others}
-    requests[label_node] = ({"tags": [first[n] for n in others]}, {})
-    replies = relay.send("train.blind", requests)
-
-    def finished(n: int, sizes_expected: list[int]) -> list[bytes]:
-        got = [bytes(t) for t in cfg_of(replies[n]).get("matches", [])]
-        if [len(t) for t in got] != [k * psi.MATCH_BYTES for k in sizes_expected]:
-            relay.fail(relay.agency[n], "returned a malformed blinded list")
-        return got
-
-    label_side = {relay.agency[n]: finished(n, [sizes[label_node]])[0] for n in others}
-    by_label = finished(label_node, [sizes[n] for n in others])
-    node_side = {relay.agency[n]: tags for n, tags in zip(others, by_label, strict=True)}
-    lists = {n: node_side[relay.agency[n]] for n in others} | {label_node: label_side[relay.agency[others[0]]]}
-    for n, tags in lists.items():
-        if len(set(psi.split(tags, psi.MATCH_BYTES))) != sizes[n]:
-            relay.fail(relay.agency[n], "listed a subject twice")
-    alignment = psi.align(sizes[label_node], label_side, node_side)
+    label_side: dict[int, bytes] = {}
+    node_side: dict[int, bytes] = {}
+    if others:
+        requests: dict[int, tuple[dict[str, Any], dict[str, np.ndarray]]]
+        requests = {n: ({"tags": [first[label_node]]}, {}) for n in others}
+        requests[label_node] = ({"tags": [first[n] for n in others]}, {})
+        replies = relay.send("train.blind", requests)
+        by_label = _finished(relay, label_node, replies[label_node], [sizes[n] for n in others])
+        node_side = dict(zip(others, by_label, strict=True))
+        label_side = {n: _finished(relay, n, replies[n], [sizes[label_node]])[0] for n in others}
+    alignment = psi.align(label_node, sizes[label_node], label_side, node_side)
     if not alignment.label_rows:
         relay.fail("federation", "the nodes share no subjects")
     return alignment
 
 
-def _split(relay: _Relay, label_node: int, aligned: list[int], label_size: int) -> tuple[list[int], list[int]]:
+def _tags(relay: _Relay, node: int, tags: object, size: int) -> bytes:
+    """A list of distinct `size`-byte tags from `node`, or the job fails naming it."""
+    if not isinstance(tags, bytes) or len(tags) % size:
+        relay.fail(relay.agency[node], "returned a malformed blinded list")
+    if len(set(psi.split(tags, size))) != len(tags) // size:
+        relay.fail(relay.agency[node], "listed a subject twice")
+    return tags
+
+
+def _finished(relay: _Relay, node: int, reply: Message, sizes: list[int]) -> list[bytes]:
+    """`node`'s finished lists (digests), one per list it was sent, each as long as that list."""
+    got = cfg_of(reply).get("matches")
+    if not isinstance(got, list) or len(got) != len(sizes):
+        relay.fail(relay.agency[node], "returned a malformed blinded list")
+    lists = [_tags(relay, node, tags, psi.MATCH_BYTES) for tags in got]
+    if [psi.count(tags, psi.MATCH_BYTES) for tags in lists] != sizes:
+        relay.fail(relay.agency[node], "returned a malformed blinded list")
+    return lists
+
+
+def _split(relay: _Relay, alignment: psi.Alignment) -> tuple[list[int], list[int]]:
     """The label holder's train/test split of the aligned rows (its holdout rule), checked to be one."""
-    split = relay.send("train.align", {label_node: ({"aligned": psi.rows_to_bytes(aligned)}, {})})[label_node]
-    train_rows = _rows_from(relay, label_node, bytes(cfg_of(split)["train"]), label_size)
-    test_rows = _rows_from(relay, label_node, bytes(cfg_of(split)["test"]), label_size)
+    node = alignment.label_node
+    aligned = alignment.label_rows
+    reply = cfg_of(relay.send("train.align", {node: ({"aligned": psi.rows_to_bytes(aligned)}, {})})[node])
+    train_rows, test_rows = (_rows_from(relay, node, reply.get(k), alignment.label_count) for k in ("train", "test"))
     if sorted(train_rows + test_rows) != aligned:
-        relay.fail(relay.agency[label_node], "returned a train/test split that is not the aligned subjects")
+        relay.fail(relay.agency[node], "returned a train/test split that is not the aligned subjects")
     return train_rows, test_rows
 
 
-def _rows_from(relay: _Relay, node: int, data: bytes, size: int) -> list[int]:
+def _rows_from(relay: _Relay, node: int, data: object, size: int) -> list[int]:
+    if not isinstance(data, bytes):
+        relay.fail(relay.agency[node], "returned no train/test split")
     try:
         return psi.rows_from_bytes(data, size)
     except ValueError as e:
         relay.fail(relay.agency[node], str(e))
-        raise
 
 
 def _dp_summary(job: JobSpec, relay: _Relay, setup: dict[int, Message]) -> dict[str, Any]:
@@ -157,7 +165,6 @@ def run_vertical(grid: Grid, context: Context, job: JobSpec, job_dir: Path) -> N
             label_node = nid
     if label_node is None:
         relay.fail(job.label_holder, "label holder is not connected or does not hold the label")
-    assert label_node is not None
     holders.setdefault(label_node, [])
     missing = set(job.features) - {f for fs in holders.values() for f in fs}
     if missing:
@@ -172,7 +179,7 @@ def run_vertical(grid: Grid, context: Context, job: JobSpec, job_dir: Path) -> N
     # into each node's positions. No node ever receives another node's positions.
     alignment = _private_alignment(relay, parts, label_node, hello)
     aligned = alignment.label_rows
-    train_rows, test_rows = _split(relay, label_node, aligned, psi.count(bytes(cfg_of(hello[label_node])["tags"])))
+    train_rows, test_rows = _split(relay, alignment)
     emit(
         make_event(
             job.job_id,
@@ -183,15 +190,14 @@ def run_vertical(grid: Grid, context: Context, job: JobSpec, job_dir: Path) -> N
             psi=True,
         )
     )
-    owner = {n: None if n == label_node else relay.agency[n] for n in parts}
     width = job.embedding_dim * len(parts)
     setup = relay.send(
         "train.setup",
         {
             n: (
                 {
-                    "train": psi.rows_to_bytes(alignment.positions(owner[n], train_rows)),
-                    "test": psi.rows_to_bytes(alignment.positions(owner[n], test_rows)),
+                    "train": psi.rows_to_bytes(alignment.positions(n, train_rows)),
+                    "test": psi.rows_to_bytes(alignment.positions(n, test_rows)),
                     "label_holder": n == label_node,
                     "width": width,
                 },
