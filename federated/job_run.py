@@ -146,19 +146,24 @@ def follow_run(
     emit(make_event(job.job_id, "run_started", run_id=result.run_id, nodes=sorted(node_ids.values())))
     status.update(state="running", run_id=result.run_id)
     deadline = time.monotonic() + job.job_timeout_s
+
+    def deliver(ev: dict[str, Any]) -> None:
+        """A server event as the job's events carry it: node ids named by agency."""
+        if "participants" in ev:
+            ev["agencies"] = [node_ids.get(p, str(p)) if isinstance(p, int) else p for p in ev["participants"]]
+        if "node_id" in ev and ev["node_id"] is not None:
+            ev["agency"] = node_ids.get(int(ev["node_id"]), "unknown")
+        emit(ev)
+        if ev["event"] in ("round_completed", "round_evaluated"):
+            say(_progress_line(job, ev))
+
     info: dict[str, Any] = {}
     next_status, terminal, state = 0.0, False, ""
     while True:
         events, offset = read_events(job_dir / "server-events.jsonl", offset)
         terminal = terminal or any(ev["event"] in TERMINAL_EVENTS for ev in events)
         for ev in events:
-            if "participants" in ev:
-                ev["agencies"] = [node_ids.get(p, str(p)) if isinstance(p, int) else p for p in ev["participants"]]
-            if "node_id" in ev and ev["node_id"] is not None:
-                ev["agency"] = node_ids.get(int(ev["node_id"]), "unknown")
-            emit(ev)
-            if ev["event"] in ("round_completed", "round_evaluated"):
-                say(_progress_line(job, ev))
+            deliver(ev)
         now = time.monotonic()
         ending = terminal or (job_dir / "server-summary.json").exists()
         if now >= next_status:
@@ -176,8 +181,8 @@ def follow_run(
     result.bytes_exchanged = int(info.get("network-traffic", {}).get("total-bytes", 0))
     (job_dir / "run.log").write_text(fed.logs(result.run_id))
     events, offset = read_events(job_dir / "server-events.jsonl", offset)
-    for ev in events:
-        emit(ev)
+    for ev in events:  # written between the last read and the run's end: named the same way
+        deliver(ev)
     if state != "finished:completed":
         reason, agency = _failure(job_dir, node_ids)
         raise NodeUnavailable(agency, reason or f"run ended as {state}")

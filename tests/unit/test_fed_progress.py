@@ -108,3 +108,37 @@ def test_logs_show_admission_rounds_and_outcome(tmp_path: Path) -> None:
     assert res.exit_code == 0 and res.output.count("\n") == len(lines)
     res = CliRunner().invoke(app, ["logs", "prog-1", "--root", str(tmp_path), "--flower"])
     assert res.exit_code == 1 and "no Flower run log yet" in res.output
+
+
+class _RunEndingWithEvents:
+    """A federation whose ServerApp writes its last events after the follower's last read, just as
+    the SuperLink reports the run finished (the race the job's events must survive)."""
+
+    def __init__(self, job_dir: Path) -> None:
+        self.events = JsonlSink(job_dir / "server-events.jsonl")
+
+    def submit(self, app_dir: Path) -> int:
+        return 7
+
+    def run_info(self, run_id: int) -> dict[str, Any]:
+        self.events(make_event("prog-1", "round_completed", round=1, participants=[11, 12], aggregate_sha256="0" * 64))
+        self.events(make_event("prog-1", "job_failed", reason="node left", node_id=12))
+        return {"status": "finished:completed", "network-traffic": {"total-bytes": 5}}
+
+    def logs(self, run_id: int) -> str:
+        return ""
+
+
+def test_events_written_as_the_run_ends_still_name_their_agencies(tmp_path: Path) -> None:
+    from federated.job_run import JobResult, Status, follow_run
+
+    job = _job()
+    seen: list[dict[str, Any]] = []
+    lines: list[str] = []
+    result = JobResult(job.job_id, None, "running", tmp_path)
+    fed = _RunEndingWithEvents(tmp_path)
+    follow_run(fed, job, tmp_path, {11: "civil", 12: "tax"}, result, seen.append, Status(tmp_path), lines.append)  # type: ignore[arg-type]
+    done = next(e for e in seen if e["event"] == "round_completed")
+    assert done["agencies"] == ["civil", "tax"]
+    assert next(e for e in seen if e["event"] == "job_failed")["agency"] == "tax"
+    assert lines == ["[##########          ] round 1/2 round_completed"]
