@@ -8,22 +8,22 @@ node i ends as the same doubly blinded tag whether L or i blinded last. One exch
 all: every node i blinds L's list once, and L blinds every node's list once; each side shortens
 its doubly blinded tags to `MATCH_BYTES` digests (`finish`), which are only compared.
 
-The coordinator therefore holds, for every node i, L's list and i's list under the same two keys
-{a_L, a_i}, and `align` intersects them by position: it learns each node's set size and, for each
-of L's (shuffled, unlinkable) rows, which nodes hold it, hence the intersection's size; never a
+L returns each node's list in a fresh secret order (`new_order`, `reorder`). The coordinator
+therefore holds, for every node i, L's list and i's list under the same two keys {a_L, a_i}, and
+`align` intersects them by position: it learns each node's set size and, for each of L's
+(shuffled, unlinkable) rows, which nodes hold it, hence the intersection's size; never a
 pseudonym, and of a node's subjects that L does not hold only how many there are. A tag under
 two keys is unlinkable to a pseudonym for whoever lacks either key (decisional Diffie-Hellman):
-nobody can test a guessed pseudonym against a list. A coordinator colluding with node i, which
-knows its own order, learns which of i's subjects L holds, and which other nodes hold those:
-more than the intersection, less than with lists that carry all K keys (every node's membership
-of every one of i's subjects). Each node is then told the positions in its own list of the
-aligned rows.
+nobody can test a guessed pseudonym against a list. L then translates the aligned rows' positions
+in its secret orders into each node's own positions (at the split), so a coordinator colluding
+with node i, which knows i's order, learns how many of i's subjects L holds but not which, beyond
+the aligned ones that i learns anyway.
 
 Bytes per subject with K nodes: 32K at hello, 64(K-1) out to be blinded (L's list to each node,
 each node's list to L), 32(K-1) back as digests: 672 bytes for K = 6, against 2,112 when every
-list had to pass through every node to carry all K keys (K(K-1) round trips of whole lists). The
-split and setup then send 4 bytes per aligned subject to each node (its positions) and 8 to and
-from L for the split (4K + 12 in all).
+list had to pass through every node to carry all K keys (K(K-1) round trips of whole lists). Per
+aligned subject, the split then moves 8K bytes to and from L (its rows, and the other nodes' rows
+to translate) and setup 4 to each node (its positions).
 
 No curve arithmetic here: X25519 from pyca/cryptography does all of it.
 """
@@ -31,8 +31,9 @@ No curve arithmetic here: X25519 from pyca/cryptography does all of it.
 from __future__ import annotations
 
 import hashlib
+import secrets
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
@@ -82,6 +83,19 @@ def finish(key: bytes, tags: bytes) -> bytes:
     )
 
 
+def new_order(n: int) -> np.ndarray:
+    """A secret permutation of n list positions, from OS entropy (never a job's seed)."""
+    return np.random.default_rng(secrets.randbits(128)).permutation(n).astype(np.uint32)
+
+
+def reorder(tags: bytes, order: np.ndarray, size: int = MATCH_BYTES) -> bytes:
+    """The list with entry order[k] at position k."""
+    entries = split(tags, size)
+    if len(entries) != len(order):
+        raise ValueError("a list and its order differ in length")
+    return b"".join(entries[int(i)] for i in order)
+
+
 def split(tags: bytes, size: int = TAG_BYTES) -> list[bytes]:
     return [tags[i : i + size] for i in range(0, len(tags), size)]
 
@@ -97,12 +111,15 @@ def count(tags: bytes, size: int = TAG_BYTES) -> int:
 class Alignment:
     """The subjects every node holds: `label_rows` are positions in the label holder's list
     (ascending; that list's order is a secret shuffle) of its `label_count`, `rows[node]` the same
-    subjects' positions in another node's list, in the same order (nodes by Flower node id)."""
+    subjects' positions in another node's list, in the same order (nodes by Flower node id). As
+    `align` returns it, `rows` are positions in the secret order the label holder gave that list
+    back; `with_positions` puts in the label holder's translation to the list's own positions."""
 
     label_node: int
     label_count: int
     label_rows: list[int]
     rows: dict[int, list[int]]
+    counts: dict[int, int] = field(default_factory=dict)  # each other node's list size
 
     def positions(self, node: int, label_rows: Sequence[int]) -> list[int]:
         """Aligned rows, given as label holder positions, as positions in `node`'s list, in the
@@ -119,8 +136,8 @@ def align(
 ) -> Alignment:
     """Intersect by doubly blinded digests. For each other node i, `label_side[i]` is the label
     holder's list finished by i (the label holder's order) and `node_side[i]` is i's list finished
-    by the label holder (i's order). With no other node, every row of the label holder is aligned.
-    Raises ValueError on lists of the wrong shape or repeated subjects."""
+    by the label holder (in a secret order of the label holder's). With no other node, every row of
+    the label holder is aligned. Raises ValueError on lists of the wrong shape or repeated subjects."""
     if set(label_side) != set(node_side):
         raise ValueError("every node needs both its side and the label holder's side")
     present = np.ones(label_count, dtype=bool)
@@ -139,7 +156,13 @@ def align(
         node: [where[node][label_side[node][r * MATCH_BYTES : (r + 1) * MATCH_BYTES]] for r in label_rows]
         for node in where
     }
-    return Alignment(label_node, label_count, label_rows, rows)
+    return Alignment(label_node, label_count, label_rows, rows, {n: len(where[n]) for n in where})
+
+
+def with_positions(alignment: Alignment, rows: Mapping[int, list[int]]) -> Alignment:
+    """The alignment with other nodes' rows replaced (the label holder's translation of the
+    positions in the order it gave their lists back into the lists' own positions)."""
+    return replace(alignment, rows=dict(rows))
 
 
 def rows_to_bytes(rows: Sequence[int]) -> bytes:

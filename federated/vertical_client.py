@@ -16,6 +16,7 @@ never leave; training state (and the job's PSI key) lives in a node-local cache 
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import secrets
 from pathlib import Path
@@ -82,7 +83,7 @@ def hello(msg: Message, context: Context) -> Message:
     """What this node offers, and its pseudonyms hashed and blinded with a fresh job key (PSI)."""
     job, nc, cache = _setup(context)
     held = node.held_features(job, nc)
-    has_label = job.label in datasets.held_elements(nc.store) and nc.agency == job.label_holder
+    has_label = _holds_label(job, nc)
     tags = b""
     if held or has_label:
         order = datasets.pseudonyms(nc.store)
@@ -103,12 +104,26 @@ def _write_private(path: Path, data: bytes) -> None:
         fh.write(data)
 
 
+def _holds_label(job: JobSpec, nc: node.NodeConfig) -> bool:
+    return job.label in datasets.held_elements(nc.store) and nc.agency == job.label_holder
+
+
 @app.train("blind")
 def blind(msg: Message, context: Context) -> Message:
-    """PSI: apply this node's job key, last, to other parties' blinded lists (order kept)."""
-    _, _, cache = _setup(context)
+    """PSI: apply this node's job key, last, to other parties' blinded lists. Another node keeps
+    the label holder's order (the coordinator aligns by it); the label holder returns each node's
+    list in a fresh secret order, so that the coordinator, even with that node's help, cannot tell
+    which of the node's subjects it holds, until the split names the aligned ones."""
+    job, nc, cache = _setup(context)
     key = (cache / "psi.key").read_bytes()
-    return _reply(msg, {"matches": [psi.finish(key, bytes(tags)) for tags in cfg_of(msg)["tags"]]})
+    finished = [psi.finish(key, bytes(tags)) for tags in cfg_of(msg)["tags"]]
+    if _holds_label(job, nc):
+        orders = [psi.new_order(psi.count(f, psi.MATCH_BYTES)) for f in finished]
+        buffer = io.BytesIO()
+        np.savez(buffer, *orders)
+        _write_private(cache / "psi-orders.npz", buffer.getvalue())
+        finished = [psi.reorder(f, order) for f, order in zip(finished, orders, strict=True)]
+    return _reply(msg, {"matches": finished})
 
 
 def _pseudonyms_at(cache: Path, rows: bytes) -> tuple[list[int], list[str]]:
@@ -119,15 +134,33 @@ def _pseudonyms_at(cache: Path, rows: bytes) -> tuple[list[int], list[str]]:
     return positions, [order[r] for r in positions]
 
 
+def _partner_positions(cache: Path, partners: list[bytes]) -> list[bytes]:
+    """Label holder: for each other node, the aligned subjects' positions in the list that node
+    sent, from their positions in the order this node gave that list at `blind`."""
+    with np.load(cache / "psi-orders.npz", allow_pickle=False) as data:
+        orders = [data[f"arr_{i}"] for i in range(len(data.files))]
+    if len(partners) != len(orders):
+        raise ValueError(f"{len(partners)} nodes' aligned rows for {len(orders)} blinded lists")
+    return [
+        psi.rows_to_bytes([int(order[k]) for k in psi.rows_from_bytes(bytes(rows), len(order))])
+        for rows, order in zip(partners, orders, strict=True)
+    ]
+
+
 @app.train("align")
 def align(msg: Message, context: Context) -> Message:
-    """Label holder: split the aligned subjects into train/test (its holdout rule), as positions."""
+    """Label holder: split the aligned subjects into train/test (its holdout rule), as positions,
+    and translate every other node's aligned rows back into that node's own positions."""
     job, nc, cache = _setup(context)
-    positions, aligned = _pseudonyms_at(cache, bytes(cfg_of(msg)["aligned"]))
+    cfg = cfg_of(msg)
+    positions, aligned = _pseudonyms_at(cache, bytes(cfg["aligned"]))
     test = node.is_holdout(aligned, job, nc.holdout)
     train = [r for r, held_out in zip(positions, test, strict=True) if not held_out]
     held = [r for r, held_out in zip(positions, test, strict=True) if held_out]
-    return _reply(msg, {"train": psi.rows_to_bytes(train), "test": psi.rows_to_bytes(held)})
+    reply: dict[str, Any] = {"train": psi.rows_to_bytes(train), "test": psi.rows_to_bytes(held)}
+    if "partners" in cfg:  # absent when the label holder is the only participant
+        reply["partners"] = _partner_positions(cache, list(cfg["partners"]))
+    return _reply(msg, reply)
 
 
 @app.train("setup")

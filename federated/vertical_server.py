@@ -116,20 +116,34 @@ def _finished(relay: _Relay, node: int, reply: Message, sizes: list[int]) -> lis
     return lists
 
 
-def _split(relay: _Relay, alignment: psi.Alignment) -> tuple[list[int], list[int]]:
-    """The label holder's train/test split of the aligned rows (its holdout rule), checked to be one."""
+def _split(relay: _Relay, alignment: psi.Alignment) -> tuple[psi.Alignment, list[int], list[int]]:
+    """The label holder's train/test split of the aligned rows (its holdout rule), checked to be
+    one, and its translation of the other nodes' aligned rows into their lists' own positions."""
     node = alignment.label_node
     aligned = alignment.label_rows
-    reply = cfg_of(relay.send("train.align", {node: ({"aligned": psi.rows_to_bytes(aligned)}, {})})[node])
+    others = sorted(alignment.rows)
+    request: dict[str, Any] = {"aligned": psi.rows_to_bytes(aligned)}
+    if others:
+        request["partners"] = [psi.rows_to_bytes(alignment.rows[n]) for n in others]
+    reply = cfg_of(relay.send("train.align", {node: (request, {})})[node])
     train_rows, test_rows = (_rows_from(relay, node, reply.get(k), alignment.label_count) for k in ("train", "test"))
     if sorted(train_rows + test_rows) != aligned:
         relay.fail(relay.agency[node], "returned a train/test split that is not the aligned subjects")
-    return train_rows, test_rows
+    partners = reply.get("partners", []) if others else []
+    if not isinstance(partners, list) or len(partners) != len(others):
+        relay.fail(relay.agency[node], "returned no positions for the other nodes' aligned subjects")
+    rows = {
+        n: _rows_from(relay, node, data, alignment.counts[n], "positions for another node")
+        for n, data in zip(others, partners, strict=True)
+    }
+    if any(len(r) != len(aligned) for r in rows.values()):
+        relay.fail(relay.agency[node], "returned positions that are not the aligned subjects")
+    return psi.with_positions(alignment, rows), train_rows, test_rows
 
 
-def _rows_from(relay: _Relay, node: int, data: object, size: int) -> list[int]:
+def _rows_from(relay: _Relay, node: int, data: object, size: int, what: str = "train/test split") -> list[int]:
     if not isinstance(data, bytes):
-        relay.fail(relay.agency[node], "returned no train/test split")
+        relay.fail(relay.agency[node], f"returned no {what}")
     try:
         return psi.rows_from_bytes(data, size)
     except ValueError as e:
@@ -179,7 +193,7 @@ def run_vertical(grid: Grid, context: Context, job: JobSpec, job_dir: Path) -> N
     # into each node's positions. No node ever receives another node's positions.
     alignment = _private_alignment(relay, parts, label_node, hello)
     aligned = alignment.label_rows
-    train_rows, test_rows = _split(relay, alignment)
+    alignment, train_rows, test_rows = _split(relay, alignment)
     emit(
         make_event(
             job.job_id,

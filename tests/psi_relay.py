@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
+import numpy as np
 from flwr.app import ConfigRecord, RecordDict
 
 from federated import psi
@@ -25,8 +26,10 @@ Reply = dict[str, Any]
 class Node:
     agency: str
     members: list[str]
+    label: bool = False
     key: bytes = field(default_factory=psi.new_key)
     order: list[str] = field(init=False)
+    shuffles: list[np.ndarray] = field(default_factory=list)  # the label holder's, from `blind`
 
     def __post_init__(self) -> None:
         self.order = list(self.members)
@@ -60,8 +63,14 @@ def _message(cfg: Reply) -> FakeMessage:
 
 
 class FakeRelay:
-    def __init__(self, nodes: dict[int, Node], tamper: Callable[[str, int, Reply], Reply] | None = None) -> None:
+    def __init__(
+        self,
+        nodes: dict[int, Node],
+        tamper: Callable[[str, int, Reply], Reply] | None = None,
+        label_shuffles: bool = True,
+    ) -> None:
         self.nodes = nodes
+        self.label_shuffles = label_shuffles  # False: the design before the label holder shuffled
         self.agency = {n: node.agency for n, node in nodes.items()}
         self.tamper = tamper
         self.sent: list[Traffic] = []  # coordinator -> node
@@ -84,17 +93,27 @@ class FakeRelay:
         self.received.append(Traffic(kind, n, reply))
         return _message(reply)
 
-    @staticmethod
-    def _answer(kind: str, node: Node, cfg: dict[str, Any]) -> Reply:
+    def _answer(self, kind: str, node: Node, cfg: dict[str, Any]) -> Reply:
         if kind == "train.blind":
-            return {"matches": [psi.finish(node.key, tags) for tags in cfg["tags"]]}
+            finished = [psi.finish(node.key, tags) for tags in cfg["tags"]]
+            if node.label and self.label_shuffles:
+                node.shuffles = [psi.new_order(psi.count(f, psi.MATCH_BYTES)) for f in finished]
+                finished = [psi.reorder(f, order) for f, order in zip(finished, node.shuffles, strict=True)]
+            return {"matches": finished}
         if kind == "train.align":
             rows = psi.rows_from_bytes(cfg["aligned"], len(node.order))
             test = [is_test(node.order[r]) for r in rows]
-            return {
+            reply: Reply = {
                 "train": psi.rows_to_bytes([r for r, t in zip(rows, test, strict=True) if not t]),
                 "test": psi.rows_to_bytes([r for r, t in zip(rows, test, strict=True) if t]),
             }
+            if "partners" in cfg:
+                shuffles = node.shuffles or [np.arange(10**6)] * len(cfg["partners"])
+                reply["partners"] = [
+                    psi.rows_to_bytes([int(order[k]) for k in psi.rows_from_bytes(b, len(order))])
+                    for b, order in zip(cfg["partners"], shuffles, strict=True)
+                ]
+            return reply
         raise AssertionError(f"alignment sent an unexpected '{kind}'")
 
     def fail(self, agency: str, reason: str) -> NoReturn:
@@ -104,19 +123,24 @@ class FakeRelay:
 @dataclass
 class Aligned:
     relay: FakeRelay
-    alignment: psi.Alignment
+    alignment: psi.Alignment  # after the split: every node's own positions
     train: dict[str, list[str]]  # per agency, its training subjects in the order it would use them
     test: dict[str, list[str]]
 
 
-def align(sets: dict[str, list[str]], label: str, tamper: Callable[[str, int, Reply], Reply] | None = None) -> Aligned:
+def align(
+    sets: dict[str, list[str]],
+    label: str,
+    tamper: Callable[[str, int, Reply], Reply] | None = None,
+    label_shuffles: bool = True,
+) -> Aligned:
     """Run the server's alignment and split (vertical_server) over nodes holding `sets`; node ids
     1..K in the order given. Raises VerticalFailed as the job would fail."""
-    nodes = {i + 1: Node(agency, members) for i, (agency, members) in enumerate(sets.items())}
-    relay = FakeRelay(nodes, tamper)
+    nodes = {i + 1: Node(agency, members, label=agency == label) for i, (agency, members) in enumerate(sets.items())}
+    relay = FakeRelay(nodes, tamper, label_shuffles)
     label_node = next(n for n, node in nodes.items() if node.agency == label)
-    alignment = server._private_alignment(relay, sorted(nodes), label_node, relay.hello())  # type: ignore[arg-type]
-    train_rows, test_rows = server._split(relay, alignment)  # type: ignore[arg-type]
+    first = server._private_alignment(relay, sorted(nodes), label_node, relay.hello())  # type: ignore[arg-type]
+    alignment, train_rows, test_rows = server._split(relay, first)  # type: ignore[arg-type]
 
     def subjects(rows: list[int]) -> dict[str, list[str]]:
         return {node.agency: [node.order[p] for p in alignment.positions(n, rows)] for n, node in nodes.items()}

@@ -70,6 +70,24 @@ SETS = {"civil": PEOPLE[:50], "tax": PEOPLE[10:], "hrss": PEOPLE[5:55]}  # node 
         ("train.align", 1, lambda r: {"train": r["train"] + r["train"][:4], "test": r["test"]}, "civil", "repeated"),
         ("train.align", 1, lambda r: {"train": psi.rows_to_bytes([999]), "test": b""}, "civil", "beyond"),
         ("train.align", 1, lambda r: {"train": b"\0\0\0", "test": b""}, "civil", "4-byte"),
+        ("train.align", 1, lambda r: {**r, "partners": r["partners"][:1]}, "civil", "no positions for the other"),
+        ("train.align", 1, lambda r: {"train": r["train"], "test": r["test"]}, "civil", "no positions for the other"),
+        ("train.align", 1, lambda r: {**r, "partners": [r["partners"][0][4:], r["partners"][1]]}, "civil", "not the"),
+        ("train.align", 1, lambda r: {**r, "partners": [b"", r["partners"][1]]}, "civil", "not the aligned subjects"),
+        (
+            "train.align",
+            1,
+            lambda r: {**r, "partners": [psi.rows_to_bytes([10**6]), r["partners"][1]]},
+            "civil",
+            "beyond",
+        ),
+        (
+            "train.align",
+            1,
+            lambda r: {**r, "partners": ["x", "y"]},
+            "civil",
+            "no positions for another node",
+        ),
     ],
 )
 def test_a_wrong_reply_fails_the_job_naming_its_agency(
