@@ -33,7 +33,8 @@ from __future__ import annotations
 import hashlib
 import secrets
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
@@ -113,7 +114,7 @@ class Alignment:
     (ascending; that list's order is a secret shuffle) of its `label_count`, `rows[node]` the same
     subjects' positions in another node's list, in the same order (nodes by Flower node id). As
     `align` returns it, `rows` are positions in the secret order the label holder gave that list
-    back; `with_positions` puts in the label holder's translation to the list's own positions."""
+    back, until the split replaces them with the label holder's translation (`unshuffle`)."""
 
     label_node: int
     label_count: int
@@ -126,9 +127,12 @@ class Alignment:
         same order."""
         if node == self.label_node:
             return list(label_rows)
-        index = {r: i for i, r in enumerate(self.label_rows)}
         theirs = self.rows[node]
-        return [theirs[index[r]] for r in label_rows]
+        return [theirs[self._index[r]] for r in label_rows]
+
+    @cached_property
+    def _index(self) -> dict[int, int]:
+        return {r: i for i, r in enumerate(self.label_rows)}
 
 
 def align(
@@ -159,14 +163,14 @@ def align(
     return Alignment(label_node, label_count, label_rows, rows, {n: len(where[n]) for n in where})
 
 
-def with_positions(alignment: Alignment, rows: Mapping[int, list[int]]) -> Alignment:
-    """The alignment with other nodes' rows replaced (the label holder's translation of the
-    positions in the order it gave their lists back into the lists' own positions)."""
-    return replace(alignment, rows=dict(rows))
-
-
 def rows_to_bytes(rows: Sequence[int]) -> bytes:
     return np.asarray(rows, dtype="<u4").tobytes()
+
+
+def unshuffle(rows: bytes, order: np.ndarray) -> bytes:
+    """Positions in a list returned in `order` (see `reorder`) as positions in the list itself;
+    refuses what `rows_from_bytes` refuses."""
+    return rows_to_bytes([int(order[k]) for k in rows_from_bytes(rows, len(order))])
 
 
 def rows_from_bytes(data: bytes, size: int) -> list[int]:

@@ -141,10 +141,7 @@ def _partner_positions(cache: Path, partners: list[bytes]) -> list[bytes]:
         orders = [data[f"arr_{i}"] for i in range(len(data.files))]
     if len(partners) != len(orders):
         raise ValueError(f"{len(partners)} nodes' aligned rows for {len(orders)} blinded lists")
-    return [
-        psi.rows_to_bytes([int(order[k]) for k in psi.rows_from_bytes(bytes(rows), len(order))])
-        for rows, order in zip(partners, orders, strict=True)
-    ]
+    return [psi.unshuffle(bytes(rows), order) for rows, order in zip(partners, orders, strict=True)]
 
 
 @app.train("align")

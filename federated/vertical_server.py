@@ -10,6 +10,7 @@ failing at any point fails the job with a message naming the agency.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import time
@@ -138,7 +139,7 @@ def _split(relay: _Relay, alignment: psi.Alignment) -> tuple[psi.Alignment, list
     }
     if any(len(r) != len(aligned) for r in rows.values()):
         relay.fail(relay.agency[node], "returned positions that are not the aligned subjects")
-    return psi.with_positions(alignment, rows), train_rows, test_rows
+    return dataclasses.replace(alignment, rows=rows), train_rows, test_rows
 
 
 def _rows_from(relay: _Relay, node: int, data: object, size: int, what: str = "train/test split") -> list[int]:
@@ -189,8 +190,8 @@ def run_vertical(grid: Grid, context: Context, job: JobSpec, job_dir: Path) -> N
     order = [relay.agency[n] for n in parts]
 
     # Alignment by private set intersection (federated/psi.py); the label holder then decides the
-    # train/test split, as positions in its own (shuffled) list, which the coordinator translates
-    # into each node's positions. No node ever receives another node's positions.
+    # train/test split, as positions in its own (shuffled) list, and translates the other nodes'
+    # aligned rows into their own positions. No node ever receives another node's positions.
     alignment = _private_alignment(relay, parts, label_node, hello)
     aligned = alignment.label_rows
     alignment, train_rows, test_rows = _split(relay, alignment)

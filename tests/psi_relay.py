@@ -107,12 +107,12 @@ class FakeRelay:
                 "train": psi.rows_to_bytes([r for r, t in zip(rows, test, strict=True) if not t]),
                 "test": psi.rows_to_bytes([r for r, t in zip(rows, test, strict=True) if t]),
             }
-            if "partners" in cfg:
-                shuffles = node.shuffles or [np.arange(10**6)] * len(cfg["partners"])
-                reply["partners"] = [
-                    psi.rows_to_bytes([int(order[k]) for k in psi.rows_from_bytes(b, len(order))])
-                    for b, order in zip(cfg["partners"], shuffles, strict=True)
-                ]
+            if "partners" in cfg:  # without shuffles (the earlier design) positions are the lists' own
+                reply["partners"] = (
+                    [psi.unshuffle(b, order) for b, order in zip(cfg["partners"], node.shuffles, strict=True)]
+                    if node.shuffles
+                    else list(cfg["partners"])
+                )
             return reply
         raise AssertionError(f"alignment sent an unexpected '{kind}'")
 

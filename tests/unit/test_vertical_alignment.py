@@ -120,3 +120,14 @@ def test_row_lists_refuse_what_no_node_sent() -> None:
         psi.rows_from_bytes(psi.rows_to_bytes([1, 1]), 3)
     with pytest.raises(ValueError, match="4-byte"):
         psi.rows_from_bytes(b"\0\0\0", 3)
+
+
+def test_unshuffle_maps_positions_in_a_reordered_list_back_to_the_list() -> None:
+    digests = [bytes([i]) * psi.MATCH_BYTES for i in range(8)]
+    order = psi.new_order(8)
+    returned = psi.split(psi.reorder(b"".join(digests), order), psi.MATCH_BYTES)
+    picked = [5, 0, 3]
+    own = psi.rows_from_bytes(psi.unshuffle(psi.rows_to_bytes(picked), order), 8)
+    assert [digests[p] for p in own] == [returned[k] for k in picked]
+    with pytest.raises(ValueError, match="beyond"):
+        psi.unshuffle(psi.rows_to_bytes([8]), order)
