@@ -15,6 +15,12 @@ benchmark measures the protocol that would reveal the sign alone, side by side w
   s + t/2). The comparison's output is an encryption of one bit; at bronze the gateway could add
   the bits and a noise term under Paillier, so the requester would decrypt only a noisy count.
 
+It also runs the attack that decides against the sign-only protocol (`threshold_shift_attack`): the
+requester makes the Paillier input from its own BFV decryption, so a modified client can shift it
+and learn the verdict at any threshold it likes, one bisection step per check. Binding its input to
+the decryption would take a zero-knowledge proof across two schemes, or an information-theoretic
+MAC that BFV's ~2^58 plaintext modulus leaves no room for next to a blinded 2^24 span.
+
 Both sides run in this process (no network: bytes are counted from the ciphertexts exchanged,
 round trips from the protocol's message flow). Writes bench/results/sign_comparison.json.
 
@@ -135,6 +141,42 @@ def comparison(samples: int) -> dict[str, Any]:
     }
 
 
+def threshold_shift_attack(subjects: int, span_bits: int) -> dict[str, Any]:
+    """A modified requester against the sign-only protocol: it is the one that turns its BFV
+    decryption `x = v + s` into the Paillier input, and nothing ties the two, so it submits
+    `x - delta` and learns `[v <= delta]`: the verdict at a threshold of its choosing. Bisecting
+    delta over checks (fresh blinding each time, the masked value `v` fixed within an epoch, as
+    xgate's masks are) recovers `v` itself, i.e. everything today's masked value shows, and with
+    r = 1 (the natural sign-only choice) the exact `T - S`. Runs the real comparison steps; the
+    gateway's side is unchanged and honest. Blinding without wrap (`s` in `[2^57, 2^58)`, `|v| <
+    2^span_bits`), the case that needs one comparison per slot."""
+    paillier, dgk, _ = _schemes()
+    clock = {"gateway_s": 0.0, "requester_s": 0.0}
+    recovered, checks = 0, []
+    for _ in range(subjects):
+        v = secrets.randbelow(1 << (span_bits + 1)) - (1 << span_bits)  # the secret masked value
+        lo, hi, used = -(1 << span_bits), (1 << span_bits) - 1, 0  # invariant: lo <= v <= hi
+        while lo < hi:
+            delta = (lo + hi) // 2
+            s = (1 << (BIT_LENGTH - 1)) + secrets.randbelow(1 << (BIT_LENGTH - 2))  # fresh per check
+            x = v + s  # what the requester decrypts from the blinded BFV slot
+            x_enc = paillier.encrypt(x - delta)  # the lie: honest clients encrypt x
+            result, _ = _compare(x_enc, paillier.unsafe_encrypt(s), paillier, dgk, clock)
+            used += 1
+            if int(paillier.decrypt(result)):  # x - delta <= s  <=>  v <= delta
+                hi = delta
+            else:
+                lo = delta + 1
+        recovered += lo == v
+        checks.append(used)
+    return {
+        "subjects": subjects,
+        "span_bits": span_bits,
+        "values_recovered_exactly": recovered,
+        "checks_per_subject": statistics.median(checks),
+    }
+
+
 def masked(subjects: int, repeats: int) -> dict[str, Any]:
     """Today's cost for one 低保 check of `subjects` people: the gateway's masking, the requester's
     decryption, and the result bytes it downloads."""
@@ -200,6 +242,8 @@ def run(quick: bool) -> dict[str, Any]:
     if sign["wrong_results"]:
         raise SystemExit(f"secure comparison gave {sign['wrong_results']} wrong results")
     out: dict[str, Any] = {"comparison": sign, "today": [], "side_by_side": []}
+    # The 低保 income span (2^24 CNY per year is generous) with r = 1: the exact T - S.
+    out["threshold_shift_attack"] = threshold_shift_attack(subjects=2 if quick else 10, span_bits=24)
     for subjects in (1, 1000) if quick else (1, 1000, 4096):
         today = masked(subjects, repeats=2 if quick else 5)
         out["today"].append(today)
@@ -226,6 +270,11 @@ def main() -> None:
     print(
         f"one comparison ({BIT_LENGTH}-bit, Paillier {PAILLIER_BITS}, DGK {DGK_N_BITS}): gateway "
         f"{per['gateway_ms']} ms, requester {per['requester_ms']} ms, {per['bytes'] / 1000:.1f} kB"
+    )
+    shift = result["threshold_shift_attack"]
+    print(
+        f"threshold-shift attack by a modified requester: {shift['values_recovered_exactly']}/{shift['subjects']} "
+        f"values of {shift['span_bits'] + 1} bits recovered exactly, {shift['checks_per_subject']} checks each"
     )
     for row in result["side_by_side"]:
         print(
