@@ -295,11 +295,17 @@ def top(msg: Message, context: Context) -> Message:
     bottom, topm = Bottom(*unpack_state("b_", st)), Top(*unpack_state("t_", st))
     received = arrays_of(msg)
     embs = [bottom.forward(st["x_train"][idx]) if a == nc.agency else _unwire(received[a]) for a in order]
-    loss, grad_e = topm.step(np.hstack(embs), st["y_train"][idx], job.l2, job.embedding_dim)
+    e = np.hstack(embs)
+    loss, grad_e = topm.step(e, st["y_train"][idx], job.l2, job.embedding_dim)
     h = job.embedding_dim
     grads = {a: grad_e[:, i * h : (i + 1) * h] for i, a in enumerate(order)}
     bottom.backward(st["x_train"][idx], grads.pop(nc.agency), job.learning_rate, st["precond"])
-    _save(path, {**pack_state("b_", bottom.w, bottom.opt_state), **pack_state("t_", topm.w, topm.opt_state)})
+    state = {**pack_state("b_", bottom.w, bottom.opt_state), **pack_state("t_", topm.w, topm.opt_state)}
+    if private_releases(job, False):  # the other nodes' embeddings arrive noised
+        sd = vertical_dp.embedding_noise_sd(dp_plan(job, n, 1))  # the same for every feature node
+        noise_sd = np.repeat([0.0 if a == nc.agency else sd for a in order], h)
+        state["reliability"] = vertical_dp.reliability(e, noise_sd)
+    _save(path, state)
     return _reply(msg, {"loss": loss, "batch": len(idx)}, {a: _wire(g) for a, g in grads.items()})
 
 
@@ -312,7 +318,9 @@ def evaluate_top(msg: Message, context: Context) -> Message:
     bottom, topm = Bottom(*unpack_state("b_", st)), Top(*unpack_state("t_", st))
     received = arrays_of(msg)
     embs = [bottom.forward(st["x_test"]) if a == nc.agency else _unwire(received[a]) for a in order]
-    scores = topm.scores(np.hstack(embs))
+    # Held-out embeddings are clean: score them with weights undoing the training noise's dilution.
+    w = vertical_dp.deattenuated(topm.w, st["reliability"]) if "reliability" in st else topm.w
+    scores = Top(w, topm.opt_state).scores(np.hstack(embs))
     prevalence = float(st["y_train"].mean())
     rep = model.report(scores, st["y_test"], threshold=prevalence)
     cm = rep["confusion_matrix"]
@@ -327,6 +335,7 @@ def evaluate_top(msg: Message, context: Context) -> Message:
             "tn": cm["tn"],
             "fn": cm["fn"],
             "threshold": prevalence,
-            "top_sha256": hashlib.sha256(topm.w.tobytes()).hexdigest(),
+            "top_sha256": hashlib.sha256(w.tobytes()).hexdigest(),
+            "top_deattenuated": "reliability" in st,
         },
     )

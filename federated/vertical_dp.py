@@ -20,6 +20,13 @@ one person's record (its feature values), not its presence: alignment reveals wh
 subjects a node holds to the label holder anyway (docs/FEDERATED.md, "Who learns what"). So a
 release's sensitivity is twice its clip bound, and the noise is noise_multiplier x 2 x bound.
 
+The label holder may post-process what it receives at no privacy cost. Its top model, fitted on
+noisy embeddings, underweights them (regression dilution: the noise is of sd 3-20 x the clip at
+epsilon 8-1), while held-out rows arrive clipped but not noised; so the weights it scores with are
+divided, per embedding column, by the column's reliability, the share of its variance that is not
+noise (`reliability`, `deattenuated`), estimated from the last training batch and the noise sd every
+node can compute from the job (`embedding_noise_sd`).
+
 Batches are the job's public, deterministic schedule (`vertical.batch_indices`, shared by every
 node), so there is no amplification by sampling: a row in `occurrences` batches takes part in
 2 x occurrences + 1 Gaussian releases, composed by Google's `dp-accounting` RDP accountant
@@ -88,10 +95,38 @@ def clip_rows(a: np.ndarray, bound: float) -> np.ndarray:
     return np.asarray(a * np.minimum(1.0, bound / np.maximum(norms, 1e-300))[:, None])
 
 
+def embedding_noise_sd(p: Plan) -> float:
+    """The sd of the noise on each coordinate of a released training embedding: z x 2 clip."""
+    return p.noise_multiplier * 2 * p.clip
+
+
 def private_embeddings(e: np.ndarray, p: Plan, rng: np.random.Generator | None = None) -> np.ndarray:
     """Training embeddings as released: rows clipped to `clip`, Gaussian noise sd z x 2 clip."""
-    sd = p.noise_multiplier * 2 * p.clip
+    sd = embedding_noise_sd(p)
     return clip_rows(np.asarray(e, dtype=np.float64), p.clip) + _rng(rng).normal(0.0, sd, size=np.shape(e))
+
+
+# Below this the estimate is mostly its own sampling error (var - sd^2 is a small difference of
+# large numbers at epsilon 1); it caps the correction at x50.
+RELIABILITY_FLOOR = 0.02
+
+
+def reliability(noisy: np.ndarray, noise_sd: np.ndarray) -> np.ndarray:
+    """Per column of a batch of noisy embeddings: (var - noise_sd^2) / var, in [RELIABILITY_FLOOR, 1].
+    Columns without noise (noise_sd 0) get exactly 1."""
+    var = np.asarray(noisy, dtype=np.float64).var(axis=0)
+    noise_var = np.square(np.broadcast_to(np.asarray(noise_sd, dtype=np.float64), var.shape))
+    ratio = (var - noise_var) / np.maximum(var, 1e-300)
+    return np.where(noise_var > 0, np.clip(ratio, RELIABILITY_FLOOR, 1.0), 1.0)
+
+
+def deattenuated(top_w: np.ndarray, column_reliability: np.ndarray) -> np.ndarray:
+    """Top weights (bias last) to score clean embeddings with: each column's weight / its reliability."""
+    w = np.array(top_w, dtype=np.float64)
+    if len(column_reliability) != len(w) - 1:
+        raise ValueError(f"{len(column_reliability)} reliabilities for {len(w) - 1} top weights")
+    w[:-1] = w[:-1] / np.asarray(column_reliability, dtype=np.float64)
+    return w
 
 
 def clipped_update_sum(x: np.ndarray, grad_e: np.ndarray, bound: float) -> np.ndarray:

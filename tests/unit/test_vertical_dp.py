@@ -1,6 +1,7 @@
 """Record-level DP for vertical feature nodes (federated/vertical_dp.py): clipping bounds for all
 inputs (hypothesis), noise calibrated to the maintained accountant's epsilon, unpredictable noise,
-and the job-file rules (record unit only, ledger refuses an overspend)."""
+the job-file rules (record unit only, ledger refuses an overspend), and the label holder's
+de-attenuation of its top weights (post-processing)."""
 
 from __future__ import annotations
 
@@ -16,10 +17,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from federated import datasets, vertical_dp
+from federated import datasets, model, vertical_dp
 from federated.admission import LedgerAdmission, dp_release, record_dp_plan
 from federated.jobs import parse_job
-from federated.vertical import Bottom, batch_indices
+from federated.vertical import Bottom, Top, batch_indices
 from federated.vertical_client import dp_plan, private_releases
 from xgate.errors import InvalidInput, PolicyDenied
 
@@ -163,3 +164,44 @@ def test_feature_node_ledger_records_the_plan_and_refuses_an_overspend(tmp_path:
         record_dp_plan(ledger, job, epsilon=2.5, noise_multiplier=1.0, sample_rate=1.0, steps=3)
     second = _job(job_id="vdp-2")
     assert not adm(second, "civil").approved  # 2 + 2 > the cap of 3
+
+
+def test_reliability_is_the_share_of_variance_that_is_not_noise() -> None:
+    rng = np.random.default_rng(3)
+    clean = rng.normal(0.0, [0.5, 1.0, 2.0], size=(200_000, 3))
+    noisy = clean + rng.normal(0.0, [0.0, 1.0, 4.0], size=clean.shape)
+    rel = vertical_dp.reliability(noisy, np.array([0.0, 1.0, 4.0]))
+    assert rel[0] == 1.0  # a column without noise (the label holder's own) is left alone
+    assert rel[1:] == pytest.approx([1 / 2, 4 / 20], rel=0.05)
+    # Noise larger than the whole observed variance: floored, never negative or infinite.
+    assert vertical_dp.reliability(noisy[:, 1:2], np.array([10.0]))[0] == vertical_dp.RELIABILITY_FLOOR
+
+
+def test_deattenuated_top_scores_clean_rows_better_than_the_diluted_fit() -> None:
+    """A top fitted on one clean and one noisy column underweights the noisy one; held-out rows
+    arrive clean, so dividing by the reliability restores the balance and the held-out AUC."""
+    rng = np.random.default_rng(5)
+
+    def rows(n: int) -> tuple[np.ndarray, np.ndarray]:
+        x = rng.normal(size=(n, 2))
+        y = (rng.random(n) < model.sigmoid(1.5 * x[:, 0] + 1.5 * x[:, 1])).astype(float)
+        return x, y
+
+    (x, y), (x_test, y_test) = rows(50_000), rows(50_000)
+    sd = np.array([0.0, 2.0])
+    noisy = x + rng.normal(0.0, sd, size=x.shape)
+    top = Top.init(2)
+    top.step(noisy, y, 1e-4, 1)
+    fixed = vertical_dp.deattenuated(top.w, vertical_dp.reliability(noisy, sd))
+
+    def auc(w: np.ndarray) -> float:
+        return float(model.report(Top(w, {}).scores(x_test), y_test, threshold=0.5)["auc"])
+
+    assert top.w[1] < 0.5 * top.w[0]  # diluted: the noisy column's weight is well below the clean one's
+    assert fixed[1] == pytest.approx(fixed[0], rel=0.25)  # restored towards the true 1:1
+    assert auc(fixed) > auc(top.w) + 0.01
+
+
+def test_deattenuated_refuses_a_reliability_per_weight_mismatch() -> None:
+    with pytest.raises(ValueError, match="2 reliabilities for 3 top weights"):
+        vertical_dp.deattenuated(np.zeros(4), np.ones(2))
