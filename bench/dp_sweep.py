@@ -16,6 +16,12 @@ noised embeddings, updates and preconditioner at the feature nodes) over a (roun
 grid at ε = 4, chosen on the same validation split. It steps without the pipelining of the real
 job (whose embeddings are one update stale), which the Flower runs in bench/federated.py measure.
 
+`--vertical-options` replays the vertical record-DP job at its chosen settings with alternatives a
+label holder could use on the same noisy embeddings (`VERTICAL_ARMS`: secure summation of the
+feature nodes' embeddings with the noise shared out, regression calibration of the noisy
+embeddings, de-attenuated top weights) and, for reference, without the embedding noise. Writes
+bench/results/dp_vertical_options.json.
+
 `--standardise` compares, at the Flower benchmark's clip and learning rate, the default encodings
 against `standardise` for every integer feature with the statistics the job's statistics round
 would give: pooled from each region's moment vector with record-level DP's noise
@@ -48,6 +54,7 @@ from federated.vertical import RIDGE, Bottom, Top, batch_indices, preconditioner
 
 RESULTS = Path(__file__).parent / "results" / "dp_sweep.json"
 STANDARDISE_RESULTS = RESULTS.with_name("dp_standardise.json")
+VERTICAL_OPTIONS_RESULTS = RESULTS.with_name("dp_vertical_options.json")
 CLIPS = (0.5, 1.0, 2.0, 4.0)
 LEARNING_RATES = (2.0, 4.0, 8.0, 16.0)
 EPSILONS = (1.0, 4.0, 8.0)
@@ -184,6 +191,99 @@ def vertical_dp_replay(
     return VerticalModel(bottoms, top)
 
 
+# Ways the label holder could get more out of the same noisy embeddings, each replayed at the
+# job's chosen settings (`vertical_options`). `per_node_noise` is what the job does.
+VERTICAL_ARMS = (
+    "per_node_noise",  # each feature node adds its own noise to its embedding block (the job)
+    "secure_sum",  # the feature nodes' blocks summed under pairwise masks; each adds sigma/sqrt(K-1)
+    "regression_calibration",  # the top fits on E[clean | noisy] (best linear predictor)
+    "deattenuated_top",  # the fitted top's feature-node weights divided by each block's reliability
+    "no_embedding_noise",  # not private: what the embedding noise alone costs
+)
+
+
+def _blp(e: np.ndarray, noise_var: np.ndarray) -> np.ndarray:
+    """E[clean | noisy] for independent Gaussian noise of known per-column variance: the best linear
+    predictor mu + (E - mu) C^-1 (C - D), with C - D's eigenvalues floored at 1e-6."""
+    mu, c = e.mean(axis=0), np.cov(e, rowvar=False)
+    vals, vecs = np.linalg.eigh(c - np.diag(noise_var))
+    clean = (vecs * np.maximum(vals, 1e-6)) @ vecs.T
+    return np.asarray(mu + (e - mu) @ np.linalg.solve(c, clean))
+
+
+def vertical_arm_replay(
+    s: VerticalSplit, arm: str, *, epsilon: float, rounds: int, lr: float, h: int = 4, seed: int = 0
+) -> tuple[float, float, float]:
+    """`vertical_dp_replay` with one of `VERTICAL_ARMS`; returns (validation AUC, test AUC, noise sd
+    per embedding coordinate in units of the clip). Same bottoms, top, clipping and accountant."""
+    rng = np.random.default_rng(seed)
+    n = len(s.y_train)
+    label = census.LABEL_HOLDER
+    feats = [a for a in s.train if a != label]
+    bottoms = {a: Bottom.init(s.train[a].shape[1], h, 0, a) for a in s.train}
+    plans = {
+        a: vertical_dp.plan(epsilon, DELTA, VERTICAL_CLIP, n=n, batch=n, rounds=rounds, raw_features=s.raw_features[a])
+        for a in feats
+    }
+    precond = {a: vertical_dp.private_preconditioner(s.train[a], plans[a], rng) for a in feats}
+    precond[label] = preconditioner(s.train[label], RIDGE)
+    sd = plans[feats[0]].noise_multiplier * 2 * VERTICAL_CLIP  # the same for every feature node
+    summed = arm == "secure_sum"
+    sd_node = 0.0 if arm == "no_embedding_noise" else sd / np.sqrt(len(feats)) if summed else sd
+    blocks = 2 if summed else 1 + len(feats)
+    block_var = sd_node**2 * (len(feats) if summed else 1)  # a sum carries every node's share
+    noise_var = np.r_[np.zeros(h), np.full((blocks - 1) * h, block_var)]
+    top = Top.init(blocks * h)
+    reliability = np.ones(blocks * h)
+
+    def features(rows: dict[str, np.ndarray], noisy: bool) -> np.ndarray:
+        own = bottoms[label].forward(rows[label])
+        e = [vertical_dp.clip_rows(bottoms[a].forward(rows[a]), VERTICAL_CLIP) for a in feats]
+        if noisy:
+            e = [x + rng.normal(0.0, sd_node, size=x.shape) for x in e]
+        return np.hstack([own, sum(e)] if summed else [own, *e])
+
+    for t in range(rounds):
+        idx = batch_indices(n, n, t, 0)
+        e = features({a: x[idx] for a, x in s.train.items()}, noisy=True)
+        var = e.var(axis=0)
+        reliability = np.clip((var - noise_var) / np.maximum(var, 1e-12), 0.02, 1.0)
+        if arm == "regression_calibration":
+            e = _blp(e, noise_var)
+        _, grad = top.step(e, s.y_train[idx], 1e-4, h)
+        bottoms[label].backward(s.train[label][idx], grad[:, :h], lr, precond[label])
+        for i, a in enumerate(feats):
+            g = grad[:, h : 2 * h] if summed else grad[:, (i + 1) * h : (i + 2) * h]
+            bottoms[a].apply(vertical_dp.private_update(s.train[a][idx], g, plans[a], rng), lr, precond[a])
+    w = top.w.copy()
+    if arm == "deattenuated_top":
+        w[:-1] = w[:-1] / reliability
+
+    def auc(rows: dict[str, np.ndarray], y: np.ndarray) -> float:
+        scores = model.sigmoid(features(rows, noisy=False) @ w[:-1] + w[-1])
+        return float(model.report(scores, y, threshold=float(y.mean()))["auc"])
+
+    return auc(s.validation, s.y_validation), auc(s.test, s.y_test), sd / VERTICAL_CLIP
+
+
+def vertical_options(limit: int, seeds: int, rounds: int, lr: float) -> dict[str, Any]:
+    """Every arm at every epsilon, `seeds` noise draws each (the split and initial weights fixed)."""
+    vs = vertical_split(census.load(limit=limit))
+    arms: dict[str, Any] = {}
+    for arm in VERTICAL_ARMS:
+        for eps in EPSILONS:
+            runs = [vertical_arm_replay(vs, arm, epsilon=eps, rounds=rounds, lr=lr, seed=k) for k in range(seeds)]
+            arms.setdefault(arm, {})[f"eps{eps:g}"] = {
+                "validation_auc": [round(r[0], 4) for r in runs],
+                "test_auc": [round(r[1], 4) for r in runs],
+                "test_auc_mean": round(float(np.mean([r[1] for r in runs])), 4),
+                "test_auc_min": round(float(np.min([r[1] for r in runs])), 4),
+                "noise_sd_per_clip": round(runs[0][2], 2),
+            }
+            print(json.dumps({"arm": arm, "epsilon": eps, **arms[arm][f"eps{eps:g}"]}), flush=True)
+    return {"rows": limit, "rounds": rounds, "learning_rate": lr, "clip": VERTICAL_CLIP, "seeds": seeds, "arms": arms}
+
+
 def _auc(w: np.ndarray, xy: tuple[np.ndarray, np.ndarray]) -> float:
     return float(model.report(model.lr_predict(w, xy[0]), xy[1], threshold=float(xy[1].mean()))["auc"])
 
@@ -240,8 +340,31 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="30k rows, a 2 x 2 grid")
     ap.add_argument("--limit", type=int, default=100_000, help="rows (seeded subsample; bench.federated's size)")
     ap.add_argument("--standardise", action="store_true", help="only the standardise-under-DP comparison")
-    ap.add_argument("--seeds", type=int, default=3, help="with --standardise: runs per arm and epsilon")
+    ap.add_argument(
+        "--seeds", type=int, default=3, help="with --standardise, --vertical-options: runs per arm, epsilon"
+    )
+    ap.add_argument(
+        "--vertical-options", action="store_true", help="only the vertical record-DP alternatives (VERTICAL_ARMS)"
+    )
     args = ap.parse_args()
+    if args.vertical_options:
+        t0 = time.perf_counter()
+        # The settings the sweep chose for the job (bench.federated runs them), else its defaults.
+        job = json.loads(RESULTS.read_text())["vertical"]["chosen"]["eps4"] if RESULTS.exists() else {}
+        options = vertical_options(
+            30_000 if args.quick else args.limit,
+            1 if args.quick else args.seeds,
+            int(job.get("rounds", 2)),
+            float(job.get("learning_rate", 1.5)),
+        )
+        options["wall_s"] = time.perf_counter() - t0
+        target = VERTICAL_OPTIONS_RESULTS
+        if args.quick:
+            target = target.with_name("dp_vertical_options-quick.json")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(json.dumps(options, indent=1))
+        print(f"-> {target}")
+        return
     if args.standardise:
         t0 = time.perf_counter()
         result = standardise_comparison(30_000 if args.quick else args.limit, 1 if args.quick else args.seeds)

@@ -461,7 +461,8 @@ def _record_dp_reading(d: dict[str, Any]) -> list[str]:
             line += (
                 " The noise on every training embedding row is what costs accuracy: the batches are the job's public "
                 "schedule (no sampling amplification), so each row's embedding is released with noise of several "
-                "times its clipped norm."
+                "times its clipped norm. The label holder scores with top weights de-attenuated for that noise "
+                "(post-processing); the replay further down weighs what else it could do with the same embeddings."
             )
         out.append(line)
     li = d.get("label_inference")
@@ -740,8 +741,22 @@ def sign_comparison(d: dict[str, Any]) -> str:
                 ],
                 rows,
             ),
+            *_threshold_shift(d),
         ]
     )
+
+
+def _threshold_shift(d: dict[str, Any]) -> list[str]:
+    a = d.get("threshold_shift_attack")
+    if a is None:
+        return []
+    return [
+        f"And it protects only an honest client: a modified requester that shifts its own Paillier input "
+        f"(it makes that input from its BFV decryption, and nothing binds the two) learns the verdict at "
+        f"a threshold of its choosing. Bisecting over checks with the real comparison steps recovered "
+        f"{a['values_recovered_exactly']} of {a['subjects']} secret {a['span_bits'] + 1}-bit values exactly, "
+        f"{a['checks_per_subject']:g} checks each (`threshold_shift_attack`)."
+    ]
 
 
 def _single_check(d: dict[str, Any]) -> str:
@@ -905,6 +920,39 @@ def dp_standardise(d: dict[str, Any]) -> str:
     )
 
 
+_VERTICAL_ARMS = (
+    ("per-node noise, top as fitted (the job before de-attenuation)", "per_node_noise"),
+    ("secure sum of the feature nodes' blocks, noise shared out", "secure_sum"),
+    ("regression calibration of the noisy embeddings", "regression_calibration"),
+    ("de-attenuated top weights (built: the job now)", "deattenuated_top"),
+    ("no embedding noise (not private; reference)", "no_embedding_noise"),
+)
+
+
+def dp_vertical_options(d: dict[str, Any]) -> str:
+    arms = d["arms"]
+    rows = [
+        [
+            label,
+            *(f"{a['test_auc_mean']:.4f} (min {a['test_auc_min']:.4f})" for a in (arms[key][f"eps{e}"] for e in _EPS)),
+        ]
+        for label, key in _VERTICAL_ARMS
+        if key in arms
+    ]
+    sd = arms["per_node_noise"]
+    return "\n\n".join(
+        [
+            f"In-process replay of the vertical record-DP job ({d['rounds']} rounds, learning rate "
+            f"{d['learning_rate']:g}, clip {d['clip']:g}, {d['rows']:,}-row subsample); "
+            f"test AUC, mean and lowest over {d['seeds']} noise draws. Every training embedding coordinate "
+            f"carries noise of sd {', '.join(str(sd[f'eps{e}']['noise_sd_per_clip']) for e in _EPS)} × the clip at "
+            f"ε = 1 / 4 / 8 (each row released {2 * d['rounds'] + 1} times, replacement sensitivity 2 × clip; "
+            f"{d['wall_s']:.0f} s in all).",
+            _table(["label holder's use of the embeddings", *(f"ε = {e}" for e in _EPS)], rows),
+        ]
+    )
+
+
 SECTIONS: list[tuple[str, str, Callable[[dict[str, Any]], str]]] = [
     ("eligibility", "Encrypted eligibility checks vs plaintext exchange (`bench/eligibility.py`)", eligibility),
     ("masking_leakage", "What a masked value reveals (`bench/masking_leakage.py`)", masking),
@@ -924,6 +972,12 @@ SECTIONS: list[tuple[str, str, Callable[[dict[str, Any]], str]]] = [
         "dp_standardise",
         "Standardise under record-level DP (`bench/dp_sweep.py --standardise`)",
         dp_standardise,
+    ),
+    (
+        "dp_vertical_options",
+        "Vertical record-level DP: what the label holder could do with the noisy embeddings "
+        "(`bench/dp_sweep.py --vertical-options`)",
+        dp_vertical_options,
     ),
     (
         "training_startup",
