@@ -207,7 +207,7 @@ def record_dp(limit: int | None, keep: bool, out_path: Path = RESULTS, horizonta
     }
     run["vertical"] = _fed(vjob, vnodes, root)
     # What the code that ran does (older results lack these: they predate PSI and the float16 wire).
-    run["vertical"].update(nodes=len(vnodes), alignment="psi-star", wire="float16")
+    run["vertical"].update(nodes=len(vnodes), alignment="psi-star-shares", wire="float16")
     print("vertical", run["vertical"], flush=True)
     run.update(_vertical_dp_runs(vjob, vnodes, root, run["pooled"]["auc"]))
     run["vertical_job"] = {
@@ -411,7 +411,7 @@ def main() -> None:
         root,
     )
 
-    out["vertical"].update(nodes=len(vnodes), alignment="psi-star", wire="float16")
+    out["vertical"].update(nodes=len(vnodes), alignment="psi-star-shares", wire="float16")
     print("vertical", out["vertical"], flush=True)
     if args.no_horizontal:
         _merge_full_vertical(out, best_single, t0)

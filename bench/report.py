@@ -297,6 +297,12 @@ def audit(d: dict[str, Any]) -> str:
     )
 
 
+_PSI_LABELS = {
+    "psi-star": "PSI alignment in a star around the label holder",
+    "psi-star-shares": "PSI alignment in a star around the label holder, with masked membership shares",
+}
+
+
 def federated(d: dict[str, Any]) -> str:
     rows = [
         [
@@ -345,7 +351,7 @@ def federated(d: dict[str, Any]) -> str:
     head = f"Dataset: {d.get('dataset', '')}; model: {d.get('model', '')}; {d.get('rows', '')} training rows."
     v = d.get("vertical", {})
     if "measured" in v:
-        psi = " (PSI in a star around the label holder, float16 wire)" if v.get("alignment") == "psi-star" else ""
+        psi = f" ({_PSI_LABELS[v['alignment']]}, float16 wire)" if v.get("alignment") in _PSI_LABELS else ""
         head += f" Vertical row{psi} {v['measured']}."
     parts = [head, _table(["run", "AUC", "balanced accuracy", "wall s", "bytes exchanged"], rows)]
     if "record_dp" in d:
@@ -385,13 +391,13 @@ def _record_dp_intro(r: dict[str, Any]) -> list[str]:
     v = r["vertical"]
     nodes = f"{v['nodes']} agency nodes" if "nodes" in v else "one node per agency"
     vline = f"Vertical: {nodes}, {v['rounds']} rounds, AUC on the aligned official test rows"
-    if v.get("alignment") not in ("psi", "psi-star"):
+    if v.get("alignment") not in ("psi", *_PSI_LABELS):
         vline += (
             "; measured with the code before PSI alignment and float32 embeddings/gradients were merged "
             "(this run's bytes are float64 and plain pseudonym lists)"
         )
     else:
-        psi = "PSI alignment in a star around the label holder" if v["alignment"] == "psi-star" else "PSI alignment"
+        psi = _PSI_LABELS.get(v["alignment"], "PSI alignment")
         vline += f"; {psi}, embeddings and gradients as {v.get('wire', 'float32')} on the wire"
         if "measured" in v:
             vline += f" ({v['measured']})"

@@ -1,31 +1,40 @@
-"""Private set intersection for vertical alignment: commutative blinding with X25519 (ECDH-PSI),
-in a star around the label holder.
+"""Private set intersection for vertical alignment: commutative blinding with X25519 (ECDH-PSI)
+in a star around the label holder, and a masked membership sum so that the coordinator learns the
+intersection and nothing else about who holds what.
 
 Each node hashes its pseudonyms (SHA-256 of a job-bound label: a 32-byte X25519 u-coordinate)
 and blinds them with a secret X25519 scalar drawn for the job (pyca/cryptography's `exchange`:
 x([a]P)). Blinding commutes ([a][b]P = [b][a]P), so a pseudonym held by the label holder L and by
-node i ends as the same doubly blinded tag whether L or i blinded last. One exchange round does it
-all: every node i blinds L's list once, and L blinds every node's list once; each side shortens
-its doubly blinded tags to `MATCH_BYTES` digests (`finish`), which are only compared.
+node i ends as the same doubly blinded tag whether L or i blinded last. One exchange round: every
+node i finishes L's list (`finish`: its key last, then a `MATCH_BYTES` digest) and keeps it; L
+finishes every node's list and returns each in a fresh secret order (`new_order`, `reorder`).
 
-L returns each node's list in a fresh secret order (`new_order`, `reorder`). The coordinator
-therefore holds, for every node i, L's list and i's list under the same two keys {a_L, a_i}, and
-`align` intersects them by position: it learns each node's set size and, for each of L's
-(shuffled, unlinkable) rows, which nodes hold it, hence the intersection's size; never a
-pseudonym, and of a node's subjects that L does not hold only how many there are. A tag under
-two keys is unlinkable to a pseudonym for whoever lacks either key (decisional Diffie-Hellman):
-nobody can test a guessed pseudonym against a list. L then translates the aligned rows' positions
-in its secret orders into each node's own positions (at the split), so a coordinator colluding
-with node i, which knows i's order, learns how many of i's subjects L holds but not which, beyond
-the aligned ones that i learns anyway.
+Membership (`membership`, at each node i): the coordinator hands node i its own list as L
+finished it; i matches it against L's list as i finished it (`matches`) and learns which of L's
+rows (shuffled, unlinkable) it holds, and where they sit in the list L returned. It answers with
+one field element per L row, `share_i = rho * (held_i - 1) + r_i mod p` (`membership_share`):
+rho, fresh and non-zero per row, expands a group seed that L draws and seals to each node
+(X25519 agreement + HKDF + AES-GCM, `seal_seed`), so the coordinator cannot read it; r_i are
+pairwise masks between the nodes (an agreed seed per pair, expanded with SHAKE-256) that cancel in
+the sum. The coordinator adds the shares (`intersect`): the sum is `-rho * (number of nodes
+missing the row)`, zero exactly where every node holds it, a uniform non-zero value elsewhere. So
+it learns the intersection (as positions in L's shuffled list), the list sizes, and nothing of
+which node holds which other row. For the aligned rows, each node then tells where they sit in
+the list L returned (`partner_rows`), and L translates those into the node's own positions
+(`unshuffle`) at the split.
 
-Bytes per subject with K nodes: 32K at hello, 64(K-1) out to be blinded (L's list to each node,
-each node's list to L), 32(K-1) back as digests: 672 bytes for K = 6, against 2,112 when every
-list had to pass through every node to carry all K keys (K(K-1) round trips of whole lists). Per
-aligned subject, the split then moves 8K bytes to and from L (its rows, and the other nodes' rows
-to translate) and setup 4 to each node (its positions).
+Who learns what beyond the intersection: node i learns how many of its subjects L holds (not
+which: L's order is secret), and which of L's anonymous rows it holds. A coordinator colluding
+with node i learns that much; with L, how many nodes hold each of L's rows, not which (with at
+least three other nodes: the pairwise masks hide each share). The coordinator relays the
+agreement keys: honest-but-curious, as everywhere in vertical training.
 
-No curve arithmetic here: X25519 from pyca/cryptography does all of it.
+Bytes per subject with K nodes (all lists of the same size): 32K at hello, 64(K-1) out to be
+blinded, 16(K-1) back from L, 16(K-1) on to each node, 8(K-1) shares: 32K + 104(K-1), 712 for
+K = 6. Per aligned subject: 8(K-1) for the nodes' positions in L's returned lists, then 8K to
+and from L for the split, 4 per node at setup.
+
+No curve, cipher or hash arithmetic here: pyca/cryptography and hashlib do all of it.
 """
 
 from __future__ import annotations
@@ -37,8 +46,12 @@ from dataclasses import dataclass, field
 from functools import cached_property
 
 import numpy as np
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
-from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat, PublicFormat
 
 TAG_BYTES = 32
 # A doubly blinded tag is only compared; 128 bits keep a false match among 10^5 x 10^5 pairs
@@ -47,6 +60,13 @@ MATCH_BYTES = 16
 ROW_BYTES = 4  # positions in a node's list travel as little-endian uint32
 _DOMAIN = b"xgate-psi-v1\x00"
 _MATCH_DOMAIN = b"xgate-psi-match-v1\x00"
+# Membership shares are elements of GF(p), p the Mersenne prime 2^61 - 1, as little-endian uint64.
+FIELD = (1 << 61) - 1
+SHARE_BYTES = 8
+SEED_BYTES = 32
+_PAIR_INFO = b"xgate-psi-pair-v1\x00"
+_SEAL_INFO = b"xgate-psi-seal-v1\x00"
+_NONCE_BYTES = 12
 
 
 def new_key() -> bytes:
@@ -113,8 +133,9 @@ class Alignment:
     """The subjects every node holds: `label_rows` are positions in the label holder's list
     (ascending; that list's order is a secret shuffle) of its `label_count`, `rows[node]` the same
     subjects' positions in another node's list, in the same order (nodes by Flower node id). As
-    `align` returns it, `rows` are positions in the secret order the label holder gave that list
-    back, until the split replaces them with the label holder's translation (`unshuffle`)."""
+    alignment first builds it, `rows` are positions in the secret order the label holder gave that list
+    back (`partner_rows`), until the split replaces them with the label holder's translation
+    (`unshuffle`)."""
 
     label_node: int
     label_count: int
@@ -135,32 +156,138 @@ class Alignment:
         return {r: i for i, r in enumerate(self.label_rows)}
 
 
-def align(
-    label_node: int, label_count: int, label_side: Mapping[int, bytes], node_side: Mapping[int, bytes]
-) -> Alignment:
-    """Intersect by doubly blinded digests. For each other node i, `label_side[i]` is the label
-    holder's list finished by i (the label holder's order) and `node_side[i]` is i's list finished
-    by the label holder (in a secret order of the label holder's). With no other node, every row of
-    the label holder is aligned. Raises ValueError on lists of the wrong shape or repeated subjects."""
-    if set(label_side) != set(node_side):
-        raise ValueError("every node needs both its side and the label holder's side")
-    present = np.ones(label_count, dtype=bool)
-    where: dict[int, dict[bytes, int]] = {}
-    for node in sorted(node_side):
-        if count(label_side[node], MATCH_BYTES) != label_count:
-            raise ValueError(f"node {node} did not return the label holder's whole list")
-        mine = split(node_side[node], MATCH_BYTES)
-        if len(set(mine)) != count(node_side[node], MATCH_BYTES):
-            raise ValueError(f"node {node}'s list repeats a subject")
-        where[node] = {t: j for j, t in enumerate(mine)}
-        theirs = split(label_side[node], MATCH_BYTES)
-        present &= np.fromiter((t in where[node] for t in theirs), dtype=bool, count=label_count)
-    label_rows = [int(r) for r in np.flatnonzero(present)]
-    rows = {
-        node: [where[node][label_side[node][r * MATCH_BYTES : (r + 1) * MATCH_BYTES]] for r in label_rows]
-        for node in where
-    }
-    return Alignment(label_node, label_count, label_rows, rows, {n: len(where[n]) for n in where})
+def agreement_public(key: bytes) -> bytes:
+    """The X25519 public key of a secret from `new_key` (a node's agreement key for the job)."""
+    return X25519PrivateKey.from_private_bytes(key).public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+
+
+def _agreed(key: bytes, peer: bytes, job_id: str, info: bytes) -> bytes:
+    """A 32-byte secret only this node and the holder of `peer` can derive, bound to the job and to
+    both public keys (in a fixed order, so both ends derive the same)."""
+    if len(peer) != TAG_BYTES:
+        raise ValueError("an agreement key must be 32 bytes")
+    shared = X25519PrivateKey.from_private_bytes(key).exchange(X25519PublicKey.from_public_bytes(peer))
+    both = b"".join(sorted((agreement_public(key), peer)))
+    return HKDF(hashes.SHA256(), 32, salt=None, info=info + job_id.encode() + b"\x00" + both).derive(shared)
+
+
+def pair_seed(key: bytes, peer: bytes, job_id: str) -> bytes:
+    """The seed of the pairwise mask between this node and the holder of `peer`."""
+    return _agreed(key, peer, job_id, _PAIR_INFO)
+
+
+def new_seed() -> bytes:
+    """The label holder's group seed for one job (OS entropy)."""
+    return secrets.token_bytes(SEED_BYTES)
+
+
+def seal_seed(key: bytes, peer: bytes, job_id: str, seed: bytes) -> bytes:
+    """The group seed encrypted for the holder of `peer` (AES-GCM under an agreed key): the
+    coordinator relays it and cannot read it."""
+    nonce = secrets.token_bytes(_NONCE_BYTES)
+    return nonce + AESGCM(_agreed(key, peer, job_id, _SEAL_INFO)).encrypt(nonce, seed, job_id.encode())
+
+
+def open_seed(key: bytes, sender: bytes, job_id: str, sealed: bytes) -> bytes:
+    """The group seed sealed by the holder of `sender`; raises ValueError if it does not open."""
+    try:
+        seed = AESGCM(_agreed(key, sender, job_id, _SEAL_INFO)).decrypt(
+            sealed[:_NONCE_BYTES], sealed[_NONCE_BYTES:], job_id.encode()
+        )
+    except (InvalidTag, ValueError):
+        raise ValueError("the label holder's group seed does not open with this node's key") from None
+    if len(seed) != SEED_BYTES:
+        raise ValueError("the label holder's group seed has the wrong length")
+    return seed
+
+
+def _stream(seed: bytes, label: bytes, n: int) -> np.ndarray:
+    """n field elements expanded from a seed with SHAKE-256 (64 bits reduced mod p: bias < 2^-57)."""
+    raw = np.frombuffer(hashlib.shake_256(label + seed).digest(SHARE_BYTES * n), dtype="<u8")
+    return raw % np.uint64(FIELD)
+
+
+def matches(label_side: bytes, returned: bytes) -> np.ndarray:
+    """For each of the label holder's rows (`label_side`: its list as this node finished it), the
+    position of the same subject in `returned` (this node's list as the label holder finished and
+    reordered it), or -1. Refuses lists of the wrong shape or with a repeated subject."""
+    mine = split(returned, MATCH_BYTES)
+    if count(returned, MATCH_BYTES) and len(set(mine)) != len(mine):
+        raise ValueError("the label holder returned this node's list with a subject twice")
+    where = {t: j for j, t in enumerate(mine)}
+    theirs = split(label_side, MATCH_BYTES)
+    count(label_side, MATCH_BYTES)
+    return np.fromiter((where.get(t, -1) for t in theirs), dtype=np.int64, count=len(theirs))
+
+
+def membership_share(held: np.ndarray, group_seed: bytes, me: int, pair_seeds: Mapping[int, bytes]) -> bytes:
+    """This node's share for each of the label holder's rows: rho * (held - 1) + r mod p, r the sum
+    of its pairwise masks, added towards peers after it and subtracted towards peers before it."""
+    n = len(held)
+    p = np.uint64(FIELD)
+    rho = np.uint64(1) + _stream(group_seed, b"rho", n) % np.uint64(FIELD - 1)
+    share = np.where(np.asarray(held, dtype=bool), np.uint64(0), p - rho).astype(np.uint64)
+    for peer, seed in sorted(pair_seeds.items()):
+        if peer == me:
+            raise ValueError("a node has no mask with itself")
+        mask = _stream(seed, b"mask", n)
+        share = (share + (mask if peer > me else (p - mask) % p)) % p
+    return share.astype("<u8").tobytes()
+
+
+def sealed_group_seed(key: bytes, job_id: str, peers: Sequence[bytes]) -> list[bytes]:
+    """The label holder's side: one fresh group seed, sealed to each other node's agreement key."""
+    seed = new_seed()
+    return [seal_seed(key, peer, job_id, seed) for peer in peers]
+
+
+def membership(
+    key: bytes,
+    job_id: str,
+    label_side: bytes,
+    returned: bytes,
+    sealed: bytes,
+    label_agree: bytes,
+    agree: Sequence[bytes],
+    index: int,
+) -> tuple[np.ndarray, bytes]:
+    """A node's side: its matches (see `matches`) and its share, from its agreement secret `key`,
+    the label holder's list as it finished it, its own list as the label holder returned it, the
+    sealed group seed, and every other node's agreement key (`agree`, its own at `index`)."""
+    if not 0 <= index < len(agree) or agree[index] != agreement_public(key):
+        raise ValueError("the coordinator did not list this node's agreement key at its place")
+    matched = matches(label_side, returned)
+    seed = open_seed(key, label_agree, job_id, sealed)
+    pairs = {j: pair_seed(key, peer, job_id) for j, peer in enumerate(agree) if j != index}
+    return matched, membership_share(matched >= 0, seed, index, pairs)
+
+
+def share_values(share: object, label_count: int) -> np.ndarray:
+    """A node's share as field elements; refuses anything but one element per label holder row."""
+    if not isinstance(share, bytes) or len(share) != SHARE_BYTES * label_count:
+        raise ValueError(f"the membership share is not {label_count} field elements")
+    values = np.frombuffer(share, dtype="<u8")
+    if values.size and int(values.max()) >= FIELD:
+        raise ValueError("the membership share holds a value outside the field")
+    return values
+
+
+def intersect(shares: Mapping[int, bytes], label_count: int) -> list[int]:
+    """The label holder's rows every node holds: where the shares sum to zero mod p. With no other
+    node, every row."""
+    total = np.zeros(label_count, dtype=np.uint64)
+    for node in sorted(shares):
+        total = (total + share_values(shares[node], label_count)) % np.uint64(FIELD)
+    return [int(r) for r in np.flatnonzero(total == 0)]
+
+
+def partner_rows(matched: np.ndarray, aligned: bytes) -> bytes:
+    """Positions, in the list the label holder returned to this node, of the aligned rows (given as
+    the label holder's positions); refuses a row this node does not hold."""
+    rows = matched[rows_from_bytes(aligned, len(matched))]
+    if (rows < 0).any():
+        raise ValueError("an aligned subject is not among this node's matches")
+    return rows_to_bytes([int(r) for r in rows])
 
 
 def rows_to_bytes(rows: Sequence[int]) -> bytes:

@@ -3,7 +3,8 @@
 What leaves this node: its pseudonyms hashed and blinded with its secret job key, and the label
 holder's blinded list (at the label holder: every other node's) blinded once more, as digests
 (private set intersection, federated/psi.py: nobody learns another node's pseudonyms; the
-coordinator learns set sizes and which nodes hold each of the label holder's rows), the dimension of
+coordinator learns set sizes and the intersection), a masked membership share per label holder
+row, the positions of the aligned subjects in its own lists, the dimension of
 its encoded features, embeddings of aligned batches, and (label holder only) gradients w.r.t.
 other nodes' embeddings, per-step training loss and the final evaluation summary. With
 `label_dp` the label holder trains on randomized-response labels (federated/label_dp.py), so its
@@ -84,18 +85,19 @@ def hello(msg: Message, context: Context) -> Message:
     job, nc, cache = _setup(context)
     held = node.held_features(job, nc)
     has_label = _holds_label(job, nc)
-    tags = b""
+    tags = agree = b""
     if held or has_label:
         order = datasets.pseudonyms(nc.store)
         secrets.SystemRandom().shuffle(order)  # list positions reveal nothing about the pseudonyms
-        key = psi.new_key()
+        key, agreement = psi.new_key(), psi.new_key()
         _write_private(cache / "psi.key", key)
+        _write_private(cache / "psi-agree.key", agreement)
         (cache / "psi-order.txt").write_text("\n".join(order))
         tags = psi.first_tags(key, job.job_id, order)
+        agree = psi.agreement_public(agreement)
     digest = datasets.store_digest(nc.store, job.elements())  # attested: the coordinator may not see the store
-    return _reply(
-        msg, {"agency": nc.agency, "features": held, "has_label": has_label, "tags": tags, "data_sha256": digest}
-    )
+    reply = {"agency": nc.agency, "features": held, "has_label": has_label, "tags": tags, "agree": agree}
+    return _reply(msg, {**reply, "data_sha256": digest})
 
 
 def _write_private(path: Path, data: bytes) -> None:
@@ -111,19 +113,57 @@ def _holds_label(job: JobSpec, nc: node.NodeConfig) -> bool:
 @app.train("blind")
 def blind(msg: Message, context: Context) -> Message:
     """PSI: apply this node's job key, last, to other parties' blinded lists. Another node keeps
-    the label holder's order (the coordinator aligns by it); the label holder returns each node's
-    list in a fresh secret order, so that the coordinator, even with that node's help, cannot tell
-    which of the node's subjects it holds, until the split names the aligned ones."""
+    the label holder's list so finished (nothing goes back but its length); the label holder
+    returns each node's list in a fresh secret order, so that nobody, that node included, can tell
+    which of the node's subjects it holds until the split names the aligned ones, and seals a
+    fresh group seed to each node for the membership shares (federated/psi.py)."""
     job, nc, cache = _setup(context)
+    cfg = cfg_of(msg)
     key = (cache / "psi.key").read_bytes()
-    finished = [psi.finish(key, bytes(tags)) for tags in cfg_of(msg)["tags"]]
-    if _holds_label(job, nc):
-        orders = [psi.new_order(psi.count(f, psi.MATCH_BYTES)) for f in finished]
-        buffer = io.BytesIO()
-        np.savez(buffer, *orders)
-        _write_private(cache / "psi-orders.npz", buffer.getvalue())
-        finished = [psi.reorder(f, order) for f, order in zip(finished, orders, strict=True)]
-    return _reply(msg, {"matches": finished})
+    finished = [psi.finish(key, bytes(tags)) for tags in cfg["tags"]]
+    if not _holds_label(job, nc):
+        (label_side,) = finished
+        _write_private(cache / "psi-label-side.bin", label_side)
+        return _reply(msg, {"finished": psi.count(label_side, psi.MATCH_BYTES)})
+    orders = [psi.new_order(psi.count(f, psi.MATCH_BYTES)) for f in finished]
+    buffer = io.BytesIO()
+    np.savez(buffer, *orders)
+    _write_private(cache / "psi-orders.npz", buffer.getvalue())
+    finished = [psi.reorder(f, order) for f, order in zip(finished, orders, strict=True)]
+    agreement = (cache / "psi-agree.key").read_bytes()
+    seeds = psi.sealed_group_seed(agreement, job.job_id, [bytes(a) for a in cfg["agree"]])
+    return _reply(msg, {"matches": finished, "seeds": seeds})
+
+
+@app.train("membership")
+def membership(msg: Message, context: Context) -> Message:
+    """PSI, another node: match its own list as the label holder returned it against the label
+    holder's list as it finished it, and answer with its masked membership share; the matches stay
+    here for `partners`."""
+    job, _, cache = _setup(context)
+    cfg = cfg_of(msg)
+    matched, share = psi.membership(
+        (cache / "psi-agree.key").read_bytes(),
+        job.job_id,
+        (cache / "psi-label-side.bin").read_bytes(),
+        bytes(cfg["matches"]),
+        bytes(cfg["seed"]),
+        bytes(cfg["label_agree"]),
+        [bytes(a) for a in cfg["agree"]],
+        int(cfg["index"]),
+    )
+    buffer = io.BytesIO()
+    np.save(buffer, matched)
+    _write_private(cache / "psi-matches.npy", buffer.getvalue())
+    return _reply(msg, {"share": share})
+
+
+@app.train("partners")
+def aligned_positions(msg: Message, context: Context) -> Message:
+    """PSI, another node: where the aligned subjects sit in the list the label holder returned."""
+    _, _, cache = _setup(context)
+    matched = np.load(cache / "psi-matches.npy", allow_pickle=False)
+    return _reply(msg, {"rows": psi.partner_rows(matched, bytes(cfg_of(msg)["aligned"]))})
 
 
 def _pseudonyms_at(cache: Path, rows: bytes) -> tuple[list[int], list[str]]:

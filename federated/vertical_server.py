@@ -1,7 +1,8 @@
 """Vertical ServerApp (Message API): orchestrates alignment and split learning between nodes.
 
 The server relays, it does not compute on data: it aligns the nodes by private set intersection
-(federated/psi.py; it sees blinded tags and digests, never a pseudonym), and learns the embeddings
+(federated/psi.py; it sees blinded tags, digests and masked shares, never a pseudonym, and learns
+of who holds what only the intersection), and learns the embeddings
 and gradients it relays, per-step loss and the final evaluation summary; with record-level DP the feature nodes'
 embeddings arrive clipped and noised (federated/vertical_dp.py) and their setup replies carry
 their accountants' epsilon, which the summary reports. Every send has a timeout; a node
@@ -15,7 +16,7 @@ import hashlib
 import json
 import time
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NoReturn, cast
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordDict
@@ -74,27 +75,74 @@ def _wait_nodes(grid: Grid, n: int, timeout: float, allowed: set[int] | None = N
 
 
 def _private_alignment(relay: _Relay, parts: list[int], label_node: int, hello: dict[int, Message]) -> psi.Alignment:
-    """PSI in one exchange round (federated/psi.py): every other node finishes the label holder's
-    blinded list, the label holder finishes each of theirs, all in parallel; the coordinator then
-    intersects the digests by position. Whoever sends a malformed list is named: blinding is
-    deterministic and injective, so a repeated tag is the fault of whoever produced that list."""
+    """PSI (federated/psi.py) in three rounds: every other node finishes the label holder's blinded
+    list and keeps it, while the label holder finishes each of theirs (returned in secret orders)
+    and seals a group seed to each; each node matches its returned list and sends a masked
+    membership share, and the shares' sum names the intersection and nothing else; each node then
+    says where the aligned subjects sit in the list returned to it. Whoever sends a malformed
+    reply is named: blinding is deterministic and injective, so a repeated tag is the fault of
+    whoever produced that list."""
     first = {n: _tags(relay, n, cfg_of(hello[n]).get("tags"), psi.TAG_BYTES) for n in parts}
+    agree = {n: _agreement_key(relay, n, cfg_of(hello[n]).get("agree")) for n in parts}
     sizes = {n: psi.count(tags) for n, tags in first.items()}
+    label_count = sizes[label_node]
     others = [n for n in parts if n != label_node]
-    label_side: dict[int, bytes] = {}
-    node_side: dict[int, bytes] = {}
-    if others:
-        requests: dict[int, tuple[dict[str, Any], dict[str, np.ndarray]]]
-        requests = {n: ({"tags": [first[label_node]]}, {}) for n in others}
-        requests[label_node] = ({"tags": [first[n] for n in others]}, {})
-        replies = relay.send("train.blind", requests)
-        by_label = _finished(relay, label_node, replies[label_node], [sizes[n] for n in others])
-        node_side = dict(zip(others, by_label, strict=True))
-        label_side = {n: _finished(relay, n, replies[n], [sizes[label_node]])[0] for n in others}
-    alignment = psi.align(label_node, sizes[label_node], label_side, node_side)
-    if not alignment.label_rows:
+    if not others:  # the label holder holds every feature: all its rows are aligned
+        if not label_count:
+            relay.fail("federation", "the nodes share no subjects")
+        return psi.Alignment(label_node, label_count, list(range(label_count)), {}, {})
+    requests: dict[int, tuple[dict[str, Any], dict[str, np.ndarray]]]
+    requests = {n: ({"tags": [first[label_node]]}, {}) for n in others}
+    requests[label_node] = ({"tags": [first[n] for n in others], "agree": [agree[n] for n in others]}, {})
+    replies = relay.send("train.blind", requests)
+    returned = _finished(relay, label_node, replies[label_node], [sizes[n] for n in others])
+    seeds = cfg_of(replies[label_node]).get("seeds")
+    if not isinstance(seeds, list) or len(seeds) != len(others) or not all(isinstance(x, bytes) for x in seeds):
+        relay.fail(relay.agency[label_node], "returned no sealed group seed for every other node")
+    for n in others:
+        if cfg_of(replies[n]).get("finished") != label_count:
+            relay.fail(relay.agency[n], "did not finish the label holder's whole list")
+    replies = relay.send(
+        "train.membership",
+        {
+            n: (
+                {
+                    "matches": returned[i],
+                    "seed": seeds[i],
+                    "label_agree": agree[label_node],
+                    "agree": [agree[m] for m in others],
+                    "index": i,
+                },
+                {},
+            )
+            for i, n in enumerate(others)
+        },
+    )
+    shares: dict[int, bytes] = {}
+    for n in others:
+        share = cfg_of(replies[n]).get("share")
+        try:
+            psi.share_values(share, label_count)
+        except ValueError as e:
+            relay.fail(relay.agency[n], str(e))
+        shares[n] = cast(bytes, share)
+    aligned = psi.intersect(shares, label_count)
+    if not aligned:
         relay.fail("federation", "the nodes share no subjects")
-    return alignment
+    replies = relay.send("train.partners", {n: ({"aligned": psi.rows_to_bytes(aligned)}, {}) for n in others})
+    rows = {n: _rows_from(relay, n, cfg_of(replies[n]).get("rows"), sizes[n], "aligned positions") for n in others}
+    if any(len(r) != len(aligned) for r in rows.values()):
+        relay.fail(
+            next(relay.agency[n] for n, r in rows.items() if len(r) != len(aligned)),
+            "returned positions that are not the aligned subjects",
+        )
+    return psi.Alignment(label_node, label_count, aligned, rows, {n: sizes[n] for n in others})
+
+
+def _agreement_key(relay: _Relay, node: int, key: object) -> bytes:
+    if not isinstance(key, bytes) or len(key) != psi.TAG_BYTES:
+        relay.fail(relay.agency[node], "returned a malformed agreement key")
+    return key
 
 
 def _tags(relay: _Relay, node: int, tags: object, size: int) -> bytes:

@@ -1,5 +1,6 @@
 """A stand-in for the vertical ServerApp's relay (`federated.vertical_server._Relay`) that answers
-alignment messages as the nodes' ClientApps would (`federated.vertical_client.blind`/`align`), and
+alignment messages as the nodes' ClientApps would (`federated.vertical_client.blind`, `membership`,
+`partners`, `align`: the same federated/psi.py calls), and
 records every message it carries. Tests drive the server's own alignment code through it, so an
 attack test sees exactly what the coordinator receives and what each node is sent."""
 
@@ -28,8 +29,11 @@ class Node:
     members: list[str]
     label: bool = False
     key: bytes = field(default_factory=psi.new_key)
+    agreement: bytes = field(default_factory=psi.new_key)
     order: list[str] = field(init=False)
     shuffles: list[np.ndarray] = field(default_factory=list)  # the label holder's, from `blind`
+    label_side: bytes = b""  # another node's: the label holder's list as it finished it
+    matched: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
 
     def __post_init__(self) -> None:
         self.order = list(self.members)
@@ -48,7 +52,11 @@ class Traffic:
     cfg: dict[str, Any]
 
     def size(self) -> int:
-        return sum(len(v) if isinstance(v, bytes) else sum(map(len, v)) for v in self.cfg.values())
+        """Bytes carried (numbers count nothing: a handful per message, not per subject)."""
+        return sum(
+            len(v) if isinstance(v, bytes) else sum(map(len, v)) if isinstance(v, list) else 0
+            for v in self.cfg.values()
+        )
 
 
 @dataclass
@@ -77,7 +85,10 @@ class FakeRelay:
         self.received: list[Traffic] = []  # node -> coordinator
 
     def hello(self) -> dict[int, FakeMessage]:
-        replies = {n: {"tags": psi.first_tags(node.key, JOB, node.order)} for n, node in self.nodes.items()}
+        replies = {
+            n: {"tags": psi.first_tags(node.key, JOB, node.order), "agree": psi.agreement_public(node.agreement)}
+            for n, node in self.nodes.items()
+        }
         return {n: self._deliver("query.hello", n, reply) for n, reply in replies.items()}
 
     def send(self, kind: str, per_node: dict[int, tuple[dict[str, Any], Any]]) -> dict[int, FakeMessage]:
@@ -96,10 +107,19 @@ class FakeRelay:
     def _answer(self, kind: str, node: Node, cfg: dict[str, Any]) -> Reply:
         if kind == "train.blind":
             finished = [psi.finish(node.key, tags) for tags in cfg["tags"]]
-            if node.label and self.label_shuffles:
+            if not node.label:
+                (node.label_side,) = finished
+                return {"finished": psi.count(node.label_side, psi.MATCH_BYTES)}
+            if self.label_shuffles:
                 node.shuffles = [psi.new_order(psi.count(f, psi.MATCH_BYTES)) for f in finished]
                 finished = [psi.reorder(f, order) for f, order in zip(finished, node.shuffles, strict=True)]
-            return {"matches": finished}
+            return {"matches": finished, "seeds": psi.sealed_group_seed(node.agreement, JOB, cfg["agree"])}
+        if kind == "train.membership":
+            args = (cfg["matches"], cfg["seed"], cfg["label_agree"], cfg["agree"], cfg["index"])
+            node.matched, share = psi.membership(node.agreement, JOB, node.label_side, *args)
+            return {"share": share}
+        if kind == "train.partners":
+            return {"rows": psi.partner_rows(node.matched, cfg["aligned"])}
         if kind == "train.align":
             rows = psi.rows_from_bytes(cfg["aligned"], len(node.order))
             test = [is_test(node.order[r]) for r in rows]

@@ -1,12 +1,16 @@
 """The vertical ServerApp's alignment (`vertical_server._private_alignment`, `_split`) over nodes
 that answer as the ClientApps do (tests/psi_relay.py): edge cases, and every refusal names the
-agency whose reply was wrong. The pure core (`federated.psi.align`, row lists) is checked below."""
+agency whose reply was wrong. The pure core (matches, membership shares, sealed seeds, row lists)
+is checked below."""
 
 from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from federated import psi
 from tests.psi_relay import align
@@ -53,18 +57,34 @@ def _tampered(kind: str, agency_node: int, change: Any) -> Any:
 SETS = {"civil": PEOPLE[:50], "tax": PEOPLE[10:], "hrss": PEOPLE[5:55]}  # node ids 1, 2, 3
 
 
+def _outside_field(r: dict[str, Any]) -> dict[str, Any]:
+    return {"share": (psi.FIELD).to_bytes(8, "little") + r["share"][8:]}
+
+
 @pytest.mark.parametrize(
     ("kind", "node", "change", "agency", "reason"),
     [
-        ("query.hello", 2, lambda r: {"tags": r["tags"][:-1]}, "tax", "malformed blinded list"),
+        ("query.hello", 2, lambda r: {**r, "tags": r["tags"][:-1]}, "tax", "malformed blinded list"),
         ("query.hello", 3, lambda r: {}, "hrss", "malformed blinded list"),
-        ("query.hello", 2, lambda r: {"tags": r["tags"] + r["tags"][:32]}, "tax", "listed a subject twice"),
-        ("query.hello", 1, lambda r: {"tags": r["tags"][:32] * 2 + r["tags"][64:]}, "civil", "listed a subject twice"),
-        ("train.blind", 2, lambda r: {"matches": []}, "tax", "malformed blinded list"),
-        ("train.blind", 2, lambda r: {"matches": [r["matches"][0][:-16]]}, "tax", "malformed blinded list"),
-        ("train.blind", 2, lambda r: {"matches": [r["matches"][0][:16] * 50]}, "tax", "listed a subject twice"),
-        ("train.blind", 1, lambda r: {"matches": r["matches"][:1]}, "civil", "malformed blinded list"),
-        ("train.blind", 1, lambda r: {"matches": "not a list"}, "civil", "malformed blinded list"),
+        ("query.hello", 2, lambda r: {**r, "tags": r["tags"] + r["tags"][:32]}, "tax", "listed a subject twice"),
+        ("query.hello", 1, lambda r: {**r, "tags": r["tags"][:32] * 2 + r["tags"][64:]}, "civil", "subject twice"),
+        ("query.hello", 3, lambda r: {**r, "agree": r["agree"][:31]}, "hrss", "malformed agreement key"),
+        ("query.hello", 1, lambda r: {"tags": r["tags"]}, "civil", "malformed agreement key"),
+        ("train.blind", 2, lambda r: {}, "tax", "did not finish the label holder's whole list"),
+        ("train.blind", 2, lambda r: {"finished": 3}, "tax", "did not finish the label holder's whole list"),
+        ("train.blind", 1, lambda r: {**r, "matches": r["matches"][:1]}, "civil", "malformed blinded list"),
+        ("train.blind", 1, lambda r: {**r, "matches": "not a list"}, "civil", "malformed blinded list"),
+        ("train.blind", 1, lambda r: {**r, "matches": [r["matches"][0][:-16], r["matches"][1]]}, "civil", "malformed"),
+        ("train.blind", 1, lambda r: {**r, "matches": [r["matches"][0][:16] * 50, r["matches"][1]]}, "civil", "twice"),
+        ("train.blind", 1, lambda r: {"matches": r["matches"]}, "civil", "no sealed group seed"),
+        ("train.blind", 1, lambda r: {**r, "seeds": r["seeds"][:1]}, "civil", "no sealed group seed"),
+        ("train.membership", 2, lambda r: {}, "tax", "not 50 field elements"),
+        ("train.membership", 3, lambda r: {"share": r["share"][:-8]}, "hrss", "not 50 field elements"),
+        ("train.membership", 2, _outside_field, "tax", "outside the field"),
+        ("train.partners", 3, lambda r: {}, "hrss", "returned no aligned positions"),
+        ("train.partners", 3, lambda r: {"rows": r["rows"][4:]}, "hrss", "not the aligned subjects"),
+        ("train.partners", 2, lambda r: {"rows": r["rows"][:4] + r["rows"][4:-4] + r["rows"][:4]}, "tax", "repeated"),
+        ("train.partners", 2, lambda r: {"rows": psi.rows_to_bytes([999]) + r["rows"][4:]}, "tax", "beyond"),
         ("train.align", 1, lambda r: {"test": r["test"]}, "civil", "returned no train/test split"),
         ("train.align", 1, lambda r: {"train": r["train"], "test": b""}, "civil", "not the aligned subjects"),
         ("train.align", 1, lambda r: {"train": r["train"] + r["train"][:4], "test": r["test"]}, "civil", "repeated"),
@@ -97,19 +117,51 @@ def test_a_wrong_reply_fails_the_job_naming_its_agency(
     assert failure.agency == agency and reason in str(failure)
 
 
-def test_alignment_core_refuses_malformed_lists() -> None:
-    key = psi.new_key()
+def test_membership_core_refuses_what_it_cannot_use() -> None:
+    key, other = psi.new_key(), psi.new_key()
     label = psi.finish(key, psi.first_tags(psi.new_key(), "job", ["p1", "p2"]))
-    with pytest.raises(ValueError, match="whole list"):
-        psi.align(1, 3, {2: label}, {2: label})
     with pytest.raises(ValueError, match="16-byte"):
-        psi.align(1, 2, {2: label}, {2: label[:-1]})
-    with pytest.raises(ValueError, match="repeats a subject"):
-        psi.align(1, 2, {2: label}, {2: label[:16] * 2})
-    with pytest.raises(ValueError, match="both its side"):
-        psi.align(1, 2, {2: label}, {3: label})
+        psi.matches(label, label[:-1])
+    with pytest.raises(ValueError, match="twice"):
+        psi.matches(label, label[:16] * 2)
+    assert list(psi.matches(label, label[16:])) == [-1, 0]
+    with pytest.raises(ValueError, match="not 2 field elements"):
+        psi.share_values(b"\0" * 8, 2)
+    with pytest.raises(ValueError, match="not 1 field elements"):
+        psi.intersect({2: "text"}, 1)  # type: ignore[dict-item]
+    sealed = psi.seal_seed(key, psi.agreement_public(other), "job", psi.new_seed())
+    with pytest.raises(ValueError, match="does not open"):
+        psi.open_seed(other, psi.agreement_public(key), "job-2", sealed)  # another job's seed
+    with pytest.raises(ValueError, match="does not open"):
+        psi.open_seed(psi.new_key(), psi.agreement_public(key), "job", sealed)  # another node's seed
+    assert len(psi.open_seed(other, psi.agreement_public(key), "job", sealed)) == psi.SEED_BYTES
+    with pytest.raises(ValueError, match="at its place"):
+        psi.membership(other, "job", label, label, sealed, psi.agreement_public(key), [psi.agreement_public(key)], 0)
+    with pytest.raises(ValueError, match="with itself"):
+        psi.membership_share(np.ones(2, dtype=bool), psi.new_seed(), 0, {0: psi.new_seed()})
+    with pytest.raises(ValueError, match="not among this node's matches"):
+        psi.partner_rows(np.array([-1, 0]), psi.rows_to_bytes([0]))
     with pytest.raises(ValueError, match="32-byte"):
         psi.blind(key, b"short")
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    held=st.lists(st.lists(st.booleans(), min_size=12, max_size=12), min_size=1, max_size=5),
+)
+def test_shares_sum_to_zero_exactly_where_every_node_holds_the_row(held: list[list[bool]]) -> None:
+    """For any membership pattern: the sum is zero on the rows every node holds and non-zero
+    elsewhere, whatever the pairwise masks (which must cancel)."""
+    keys = [psi.new_key() for _ in held]
+    pubs = [psi.agreement_public(k) for k in keys]
+    group = psi.new_seed()
+    shares = {
+        i: psi.membership_share(
+            np.array(h), group, i, {j: psi.pair_seed(keys[i], pubs[j], "job") for j in range(len(held)) if j != i}
+        )
+        for i, h in enumerate(held)
+    }
+    assert psi.intersect(shares, 12) == [r for r in range(12) if all(h[r] for h in held)]
 
 
 def test_row_lists_refuse_what_no_node_sent() -> None:
