@@ -113,10 +113,10 @@ def _holds_label(job: JobSpec, nc: node.NodeConfig) -> bool:
 @app.train("blind")
 def blind(msg: Message, context: Context) -> Message:
     """PSI: apply this node's job key, last, to other parties' blinded lists. Another node keeps
-    the label holder's list so finished (nothing goes back but its length); the label holder
+    the label holder's list so finished (nothing goes back but its length). The label holder
     returns each node's list in a fresh secret order, so that nobody, that node included, can tell
-    which of the node's subjects it holds until the split names the aligned ones, and seals a
-    fresh group seed to each node for the membership shares (federated/psi.py)."""
+    which of that node's subjects the label holder holds until the split names the aligned ones;
+    and it seals a fresh group seed to each node for the membership shares (federated/psi.py)."""
     job, nc, cache = _setup(context)
     cfg = cfg_of(msg)
     key = (cache / "psi.key").read_bytes()
