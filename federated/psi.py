@@ -211,13 +211,11 @@ def matches(label_side: bytes, returned: bytes) -> np.ndarray:
     """For each of the label holder's rows (`label_side`: its list as this node finished it), the
     position of the same subject in `returned` (this node's list as the label holder finished and
     reordered it), or -1. Refuses lists of the wrong shape or with a repeated subject."""
-    mine = split(returned, MATCH_BYTES)
-    if count(returned, MATCH_BYTES) and len(set(mine)) != len(mine):
+    where = {t: j for j, t in enumerate(split(returned, MATCH_BYTES))}
+    if len(where) != count(returned, MATCH_BYTES):
         raise ValueError("the label holder returned this node's list with a subject twice")
-    where = {t: j for j, t in enumerate(mine)}
-    theirs = split(label_side, MATCH_BYTES)
-    count(label_side, MATCH_BYTES)
-    return np.fromiter((where.get(t, -1) for t in theirs), dtype=np.int64, count=len(theirs))
+    rows = count(label_side, MATCH_BYTES)
+    return np.fromiter((where.get(t, -1) for t in split(label_side, MATCH_BYTES)), dtype=np.int64, count=rows)
 
 
 def membership_share(held: np.ndarray, group_seed: bytes, me: int, pair_seeds: Mapping[int, bytes]) -> bytes:

@@ -91,33 +91,57 @@ def _private_alignment(relay: _Relay, parts: list[int], label_node: int, hello: 
         if not label_count:
             relay.fail("federation", "the nodes share no subjects")
         return psi.Alignment(label_node, label_count, list(range(label_count)), {}, {})
+    returned, seeds = _blind(relay, first, agree, label_node, others)
+    aligned = _membership(relay, returned, seeds, agree, label_node, others, label_count)
+    replies = relay.send("train.partners", {n: ({"aligned": psi.rows_to_bytes(aligned)}, {}) for n in others})
+    rows: dict[int, list[int]] = {}
+    for n in others:
+        rows[n] = _rows_from(relay, n, cfg_of(replies[n]).get("rows"), sizes[n], "aligned positions")
+        if len(rows[n]) != len(aligned):
+            relay.fail(relay.agency[n], "returned positions that are not the aligned subjects")
+    return psi.Alignment(label_node, label_count, aligned, rows, {n: sizes[n] for n in others})
+
+
+def _blind(
+    relay: _Relay, first: dict[int, bytes], agree: dict[int, bytes], label_node: int, others: list[int]
+) -> tuple[list[bytes], list[bytes]]:
+    """`train.blind`: each other node finishes the label holder's list and keeps it; the label
+    holder finishes theirs. Returns the lists it returned (digests, secret orders) and the group
+    seed it sealed to each node, in `others`' order."""
     requests: dict[int, tuple[dict[str, Any], dict[str, np.ndarray]]]
     requests = {n: ({"tags": [first[label_node]]}, {}) for n in others}
     requests[label_node] = ({"tags": [first[n] for n in others], "agree": [agree[n] for n in others]}, {})
     replies = relay.send("train.blind", requests)
-    returned = _finished(relay, label_node, replies[label_node], [sizes[n] for n in others])
+    returned = _finished(relay, label_node, replies[label_node], [psi.count(first[n]) for n in others])
     seeds = cfg_of(replies[label_node]).get("seeds")
     if not isinstance(seeds, list) or len(seeds) != len(others) or not all(isinstance(x, bytes) for x in seeds):
         relay.fail(relay.agency[label_node], "returned no sealed group seed for every other node")
     for n in others:
-        if cfg_of(replies[n]).get("finished") != label_count:
+        if cfg_of(replies[n]).get("finished") != psi.count(first[label_node]):
             relay.fail(relay.agency[n], "did not finish the label holder's whole list")
-    replies = relay.send(
-        "train.membership",
-        {
-            n: (
-                {
-                    "matches": returned[i],
-                    "seed": seeds[i],
-                    "label_agree": agree[label_node],
-                    "agree": [agree[m] for m in others],
-                    "index": i,
-                },
-                {},
-            )
-            for i, n in enumerate(others)
-        },
-    )
+    return returned, seeds
+
+
+def _membership(
+    relay: _Relay,
+    returned: list[bytes],
+    seeds: list[bytes],
+    agree: dict[int, bytes],
+    label_node: int,
+    others: list[int],
+    label_count: int,
+) -> list[int]:
+    """`train.membership`: each node's masked share per label holder row; their sum names the
+    aligned rows (positions in the label holder's list) and nothing else."""
+    everyone = [agree[m] for m in others]
+    requests: dict[int, tuple[dict[str, Any], dict[str, np.ndarray]]] = {
+        n: (
+            {"matches": returned[i], "seed": seeds[i], "label_agree": agree[label_node], "agree": everyone, "index": i},
+            {},
+        )
+        for i, n in enumerate(others)
+    }
+    replies = relay.send("train.membership", requests)
     shares: dict[int, bytes] = {}
     for n in others:
         share = cfg_of(replies[n]).get("share")
@@ -129,14 +153,7 @@ def _private_alignment(relay: _Relay, parts: list[int], label_node: int, hello: 
     aligned = psi.intersect(shares, label_count)
     if not aligned:
         relay.fail("federation", "the nodes share no subjects")
-    replies = relay.send("train.partners", {n: ({"aligned": psi.rows_to_bytes(aligned)}, {}) for n in others})
-    rows = {n: _rows_from(relay, n, cfg_of(replies[n]).get("rows"), sizes[n], "aligned positions") for n in others}
-    if any(len(r) != len(aligned) for r in rows.values()):
-        relay.fail(
-            next(relay.agency[n] for n, r in rows.items() if len(r) != len(aligned)),
-            "returned positions that are not the aligned subjects",
-        )
-    return psi.Alignment(label_node, label_count, aligned, rows, {n: sizes[n] for n in others})
+    return aligned
 
 
 def _agreement_key(relay: _Relay, node: int, key: object) -> bytes:
