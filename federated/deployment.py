@@ -15,6 +15,7 @@ when a caller passes insecure=True explicitly, and is logged as `flower_insecure
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import re
@@ -252,7 +253,17 @@ class Federation:
         """Start a SuperNode; `key` overrides the agency's key in the security material (tests)."""
         if key is None and self.security is not None:
             key = self.security.supernode_keys.get(node.agency)
-        cfg = node_config_arg(NodeConfig(node.store, node.agency, node.ledger, node.holdout, node.policy_dir))
+        client = NodeConfig(node.store, node.agency, node.ledger, node.holdout, node.policy_dir)
+        if key is not None and key.certificate is not None and self.security is not None:
+            # The ClientApp signs its PSI agreement keys with this key and checks its peers' (psi_keys).
+            client = dataclasses.replace(
+                client,
+                identity_key=key.private_key,
+                identity_cert=key.certificate,
+                ca_cert=self.security.ca_cert,
+                crl=self.security.crl if self.security.crl is not None and self.security.crl.is_file() else None,
+            )
+        cfg = node_config_arg(client)
         cmd = [
             *SUPERNODE,
             *supernode_flags(self.security, key, self.insecure),

@@ -2,7 +2,10 @@
 
 All of it comes from the SuperNode's `--node-config` (set by the agency's administrator, never
 by the job): store='<sqlite path>' agency='<name>' ledger='<sqlite path>' [holdout='<file>']
-[policy_dir='<dir>'] (built by `node_config_arg`).
+[policy_dir='<dir>'] [policy_ca='<pem>'] [identity_key='<openssh key>' identity_cert='<pem>']
+[ca_cert='<pem>' [crl='<pem>']] (built by `node_config_arg`). The identity is the SuperNode's own
+CA-certified key, with which the node signs its PSI agreement key; with the CA certificate it
+checks its peers' (federated/psi_keys.py).
 `holdout` names a node-local file of pseudonyms reserved for evaluation; without it a keyed
 hash of the pseudonym reserves ~20 % (the same rule at every node, so vertical splits agree).
 """
@@ -31,6 +34,10 @@ class NodeConfig:
     holdout: Path | None
     policy_dir: Path | None = None  # set: this node decides admission itself (Cedar + ε ledger)
     policy_ca: Path | None = None  # set: policy_dir must hold a bundle signed by this CA (signed_policies)
+    identity_key: Path | None = None  # the SuperNode's OpenSSH key: signs this node's PSI agreement keys
+    identity_cert: Path | None = None  # its `flower-supernode` certificate
+    ca_cert: Path | None = None  # set: every peer's PSI agreement key must verify against this CA
+    crl: Path | None = None  # checked with ca_cert
 
 
 def node_config(cfg: Mapping[str, object]) -> NodeConfig:
@@ -38,10 +45,13 @@ def node_config(cfg: Mapping[str, object]) -> NodeConfig:
         store, agency, ledger = Path(str(cfg["store"])), str(cfg["agency"]), Path(str(cfg["ledger"]))
     except KeyError as exc:
         raise ConfigError(f"SuperNode node-config lacks '{exc.args[0]}'") from None
-    holdout = Path(str(cfg["holdout"])) if cfg.get("holdout") else None
-    policy_dir = Path(str(cfg["policy_dir"])) if cfg.get("policy_dir") else None
-    policy_ca = Path(str(cfg["policy_ca"])) if cfg.get("policy_ca") else None
-    return NodeConfig(store, agency, ledger, holdout, policy_dir, policy_ca)
+    paths = {
+        name: Path(str(cfg[name])) if cfg.get(name) else None
+        for name in ("holdout", "policy_dir", "policy_ca", "identity_key", "identity_cert", "ca_cert", "crl")
+    }
+    if (paths["identity_key"] is None) != (paths["identity_cert"] is None):
+        raise ConfigError("SuperNode node-config needs both identity_key and identity_cert, or neither")
+    return NodeConfig(store, agency, ledger, **paths)
 
 
 def node_config_arg(nc: NodeConfig) -> str:
@@ -57,6 +67,10 @@ def node_config_arg(nc: NodeConfig) -> str:
         ("holdout", nc.holdout),
         ("policy_dir", nc.policy_dir),
         ("policy_ca", nc.policy_ca),
+        ("identity_key", nc.identity_key),
+        ("identity_cert", nc.identity_cert),
+        ("ca_cert", nc.ca_cert),
+        ("crl", nc.crl),
     ]
     parts = []
     for name, value in pairs:

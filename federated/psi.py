@@ -27,7 +27,8 @@ Who learns what beyond the intersection: node i learns how many of its subjects 
 which: L's order is secret), and which of L's anonymous rows it holds. A coordinator colluding
 with node i learns that much; with L, how many nodes hold each of L's rows, not which (with at
 least three other nodes: the pairwise masks hide each share). The coordinator relays the
-agreement keys: honest-but-curious, as everywhere in vertical training.
+agreement keys, each signed by its agency's CA-certified SuperNode key and checked by the nodes
+that use it (federated/psi_keys.py), so it cannot swap in one of its own.
 
 Bytes per subject with K nodes (all lists of the same size): 32K at hello, 64(K-1) out to be
 blinded, 16(K-1) back from L, 16(K-1) on to each node, 8(K-1) shares: 32K + 104(K-1), 712 for

@@ -27,7 +27,7 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from flwr.clientapp import ClientApp
 
-from federated import datasets, label_dp, model, node, psi, vertical_dp
+from federated import datasets, label_dp, model, node, psi, psi_keys, vertical_dp
 from federated.admission import admit_at_node, record_dp_plan
 from federated.grid_io import arrays_of, cfg_of
 from federated.jobs import DPUnit, JobSpec, job_from_run_config
@@ -95,8 +95,9 @@ def hello(msg: Message, context: Context) -> Message:
         (cache / "psi-order.txt").write_text("\n".join(order))
         tags = psi.first_tags(key, job.job_id, order)
         agree = psi.agreement_public(agreement)
+    signed = psi_keys.statement_fields(job.job_id, nc.agency, agree, psi_keys.identity_of(nc)) if agree else {}
     digest = datasets.store_digest(nc.store, job.elements())  # attested: the coordinator may not see the store
-    reply = {"agency": nc.agency, "features": held, "has_label": has_label, "tags": tags, "agree": agree}
+    reply = {"agency": nc.agency, "features": held, "has_label": has_label, "tags": tags, "agree": agree, **signed}
     return _reply(msg, {**reply, "data_sha256": digest})
 
 
@@ -131,7 +132,8 @@ def blind(msg: Message, context: Context) -> Message:
     _write_private(cache / "psi-orders.npz", buffer.getvalue())
     finished = [psi.reorder(f, order) for f, order in zip(finished, orders, strict=True)]
     agreement = (cache / "psi-agree.key").read_bytes()
-    seeds = psi.sealed_group_seed(agreement, job.job_id, [bytes(a) for a in cfg["agree"]])
+    peers = psi_keys.peer_keys(job.job_id, psi_keys.relayed(cfg), job.label_holder, psi_keys.trust_of(nc))
+    seeds = psi.sealed_group_seed(agreement, job.job_id, peers)
     return _reply(msg, {"matches": finished, "seeds": seeds})
 
 
@@ -140,16 +142,18 @@ def membership(msg: Message, context: Context) -> Message:
     """PSI, another node: match its own list as the label holder returned it against the label
     holder's list as it finished it, and answer with its masked membership share; the matches stay
     here for `partners`."""
-    job, _, cache = _setup(context)
+    job, nc, cache = _setup(context)
     cfg = cfg_of(msg)
+    trust = psi_keys.trust_of(nc)
+    label_key = psi_keys.label_key(job.job_id, psi_keys.relayed(cfg, "label_"), job.label_holder, trust)
     matched, share = psi.membership(
         (cache / "psi-agree.key").read_bytes(),
         job.job_id,
         (cache / "psi-label-side.bin").read_bytes(),
         bytes(cfg["matches"]),
         bytes(cfg["seed"]),
-        bytes(cfg["label_agree"]),
-        [bytes(a) for a in cfg["agree"]],
+        label_key,
+        psi_keys.peer_keys(job.job_id, psi_keys.relayed(cfg), job.label_holder, trust),
         int(cfg["index"]),
     )
     buffer = io.BytesIO()

@@ -83,7 +83,7 @@ def _private_alignment(relay: _Relay, parts: list[int], label_node: int, hello: 
     reply is named: blinding is deterministic and injective, so a repeated tag is the fault of
     whoever produced that list."""
     first = {n: _tags(relay, n, cfg_of(hello[n]).get("tags"), psi.TAG_BYTES) for n in parts}
-    agree = {n: _agreement_key(relay, n, cfg_of(hello[n]).get("agree")) for n in parts}
+    agree = {n: _agreement_key(relay, n, cfg_of(hello[n])) for n in parts}
     sizes = {n: psi.count(tags) for n, tags in first.items()}
     label_count = sizes[label_node]
     others = [n for n in parts if n != label_node]
@@ -103,14 +103,14 @@ def _private_alignment(relay: _Relay, parts: list[int], label_node: int, hello: 
 
 
 def _blind(
-    relay: _Relay, first: dict[int, bytes], agree: dict[int, bytes], label_node: int, others: list[int]
+    relay: _Relay, first: dict[int, bytes], agree: dict[int, _Signed], label_node: int, others: list[int]
 ) -> tuple[list[bytes], list[bytes]]:
     """`train.blind`: each other node finishes the label holder's list and keeps it; the label
     holder finishes theirs. Returns the lists it returned (digests, secret orders) and the group
     seed it sealed to each node, in `others`' order."""
     requests: dict[int, tuple[dict[str, Any], dict[str, np.ndarray]]]
     requests = {n: ({"tags": [first[label_node]]}, {}) for n in others}
-    requests[label_node] = ({"tags": [first[n] for n in others], "agree": [agree[n] for n in others]}, {})
+    requests[label_node] = ({"tags": [first[n] for n in others], **_key_list(relay, agree, others)}, {})
     replies = relay.send("train.blind", requests)
     returned = _finished(relay, label_node, replies[label_node], [psi.count(first[n]) for n in others])
     seeds = cfg_of(replies[label_node]).get("seeds")
@@ -126,20 +126,19 @@ def _membership(
     relay: _Relay,
     returned: list[bytes],
     seeds: list[bytes],
-    agree: dict[int, bytes],
+    agree: dict[int, _Signed],
     label_node: int,
     others: list[int],
     label_count: int,
 ) -> list[int]:
     """`train.membership`: each node's masked share per label holder row; their sum names the
     aligned rows (positions in the label holder's list) and nothing else."""
-    everyone = [agree[m] for m in others]
+    keys = {
+        **_key_list(relay, agree, others),
+        **{f"label_{k}": v for k, v in _key_list(relay, agree, [label_node]).items()},
+    }
     requests: dict[int, tuple[dict[str, Any], dict[str, np.ndarray]]] = {
-        n: (
-            {"matches": returned[i], "seed": seeds[i], "label_agree": agree[label_node], "agree": everyone, "index": i},
-            {},
-        )
-        for i, n in enumerate(others)
+        n: ({"matches": returned[i], "seed": seeds[i], "index": i, **keys}, {}) for i, n in enumerate(others)
     }
     replies = relay.send("train.membership", requests)
     shares: dict[int, bytes] = {}
@@ -156,10 +155,23 @@ def _membership(
     return aligned
 
 
-def _agreement_key(relay: _Relay, node: int, key: object) -> bytes:
-    if not isinstance(key, bytes) or len(key) != psi.TAG_BYTES:
+_Signed = dict[str, bytes]  # a node's agreement key and its statement: agree, agree_cert, agree_sig
+
+
+def _agreement_key(relay: _Relay, node: int, hello: dict[str, Any]) -> _Signed:
+    """`node`'s agreement key with its signed statement (checked by the nodes, federated/psi_keys.py)."""
+    signed = {k: hello.get(k) for k in ("agree", "agree_cert", "agree_sig")}
+    if not all(isinstance(v, bytes) for v in signed.values()) or len(cast(bytes, signed["agree"])) != psi.TAG_BYTES:
         relay.fail(relay.agency[node], "returned a malformed agreement key")
-    return key
+    return cast(_Signed, signed)
+
+
+def _key_list(relay: _Relay, agree: dict[int, _Signed], nodes: list[int]) -> dict[str, list[Any]]:
+    """The keys of `nodes`, each with the agency it is listed for and its statement, as columns."""
+    columns: dict[str, list[Any]] = {"agencies": [relay.agency[n] for n in nodes]}
+    for name in ("agree", "agree_cert", "agree_sig"):
+        columns[name] = [agree[n][name] for n in nodes]
+    return columns
 
 
 def _tags(relay: _Relay, node: int, tags: object, size: int) -> bytes:
@@ -268,6 +280,8 @@ def run_vertical(grid: Grid, context: Context, job: JobSpec, job_dir: Path) -> N
             nodes=order,
             aligned_sha256=hashlib.sha256(psi.rows_to_bytes(aligned)).hexdigest(),
             psi=True,
+            # every agreement key came signed by its agency's certified key (the nodes checked them)
+            keys_signed=all(cfg_of(hello[n]).get("agree_sig") for n in parts),
         )
     )
     width = job.embedding_dim * len(parts)

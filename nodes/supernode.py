@@ -34,7 +34,12 @@ def site_from_config(cfg: NodeConfig) -> SupernodeSite:
         raise ConfigError(f"[node] store: file not found: {cfg.node.store}")
     # signed_policies: each job's admission verifies the CA-signed bundle, as the node's start does
     policy_ca = t.ca_cert if cfg.node.signed_policies else None
-    client = ClientNodeConfig(cfg.node.store, cfg.node.agency, t.ledger, t.holdout, policy_dir, policy_ca)
+    # The SuperNode's certified key also signs this node's PSI agreement keys; the CA checks its peers'.
+    client = ClientNodeConfig(
+        cfg.node.store, cfg.node.agency, t.ledger, t.holdout, policy_dir, policy_ca,
+        identity_key=t.supernode_key if t.supernode_cert is not None else None,
+        identity_cert=t.supernode_cert, ca_cert=t.ca_cert, crl=t.crl,
+    )  # fmt: skip
     node_config_arg(client)  # refuses paths Flower's --node-config cannot carry
     home = t.state_dir or t.ledger.parent / "flwr-supernode"
     return SupernodeSite(cfg.node.agency, f"{host}:{port}", t.ca_cert, t.supernode_key, client, home, t.idle_poll_s)

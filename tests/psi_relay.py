@@ -10,14 +10,17 @@ import hashlib
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, NoReturn
 
 import numpy as np
 from flwr.app import ConfigRecord, RecordDict
 
-from federated import psi
+from crypto import pki
+from crypto.flower_keys import certify_supernode_key
+from federated import psi, psi_keys
 from federated import vertical_server as server
-from xgate.errors import VerticalFailed
+from xgate.errors import CryptoError, VerticalFailed
 
 JOB = "job-1"
 Reply = dict[str, Any]
@@ -34,6 +37,7 @@ class Node:
     shuffles: list[np.ndarray] = field(default_factory=list)  # the label holder's, from `blind`
     label_side: bytes = b""  # another node's: the label holder's list as it finished it
     matched: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    identity: psi_keys.Identity | None = None  # its SuperNode key and certificate: signs its agreement key
 
     def __post_init__(self) -> None:
         self.order = list(self.members)
@@ -76,8 +80,11 @@ class FakeRelay:
         nodes: dict[int, Node],
         tamper: Callable[[str, int, Reply], Reply] | None = None,
         label_shuffles: bool = True,
+        trust: psi_keys.Trust | None = None,
     ) -> None:
         self.nodes = nodes
+        self.trust = trust  # every node's: the federation CA its peers' agreement keys must verify against
+        self.label = next(node.agency for node in nodes.values() if node.label)  # the job's label holder
         self.label_shuffles = label_shuffles  # False: the design before the label holder shuffled
         self.agency = {n: node.agency for n, node in nodes.items()}
         self.tamper = tamper
@@ -85,17 +92,22 @@ class FakeRelay:
         self.received: list[Traffic] = []  # node -> coordinator
 
     def hello(self) -> dict[int, FakeMessage]:
-        replies = {
-            n: {"tags": psi.first_tags(node.key, JOB, node.order), "agree": psi.agreement_public(node.agreement)}
-            for n, node in self.nodes.items()
-        }
+        replies = {}
+        for n, node in self.nodes.items():
+            agree = psi.agreement_public(node.agreement)
+            signed = psi_keys.statement_fields(JOB, node.agency, agree, node.identity)
+            replies[n] = {"tags": psi.first_tags(node.key, JOB, node.order), "agree": agree, **signed}
         return {n: self._deliver("query.hello", n, reply) for n, reply in replies.items()}
 
     def send(self, kind: str, per_node: dict[int, tuple[dict[str, Any], Any]]) -> dict[int, FakeMessage]:
         out = {}
         for n, (cfg, _) in per_node.items():
             self.sent.append(Traffic(kind, n, cfg))
-            out[n] = self._deliver(kind, n, self._answer(kind, self.nodes[n], cfg))
+            try:
+                reply = self._answer(kind, self.nodes[n], cfg)
+            except (ValueError, CryptoError) as exc:  # a ClientApp's exception: its reply is an error
+                self.fail(self.agency[n], f"'{kind}' failed: {exc}")
+            out[n] = self._deliver(kind, n, reply)
         return out
 
     def _deliver(self, kind: str, n: int, reply: Reply) -> FakeMessage:
@@ -113,9 +125,12 @@ class FakeRelay:
             if self.label_shuffles:
                 node.shuffles = [psi.new_order(psi.count(f, psi.MATCH_BYTES)) for f in finished]
                 finished = [psi.reorder(f, order) for f, order in zip(finished, node.shuffles, strict=True)]
-            return {"matches": finished, "seeds": psi.sealed_group_seed(node.agreement, JOB, cfg["agree"])}
+            peers = psi_keys.peer_keys(JOB, psi_keys.relayed(cfg), self.label, self.trust)
+            return {"matches": finished, "seeds": psi.sealed_group_seed(node.agreement, JOB, peers)}
         if kind == "train.membership":
-            args = (cfg["matches"], cfg["seed"], cfg["label_agree"], cfg["agree"], cfg["index"])
+            label_key = psi_keys.label_key(JOB, psi_keys.relayed(cfg, "label_"), self.label, self.trust)
+            everyone = psi_keys.peer_keys(JOB, psi_keys.relayed(cfg), self.label, self.trust)
+            args = (cfg["matches"], cfg["seed"], label_key, everyone, cfg["index"])
             node.matched, share = psi.membership(node.agreement, JOB, node.label_side, *args)
             return {"share": share}
         if kind == "train.partners":
@@ -153,11 +168,18 @@ def align(
     label: str,
     tamper: Callable[[str, int, Reply], Reply] | None = None,
     label_shuffles: bool = True,
+    pki_dir: Path | None = None,
 ) -> Aligned:
     """Run the server's alignment and split (vertical_server) over nodes holding `sets`; node ids
-    1..K in the order given. Raises VerticalFailed as the job would fail."""
+    1..K in the order given. With `pki_dir` (see `federation_pki`) every node signs its agreement
+    key and checks its peers'. Raises VerticalFailed as the job would fail."""
     nodes = {i + 1: Node(agency, members, label=agency == label) for i, (agency, members) in enumerate(sets.items())}
-    relay = FakeRelay(nodes, tamper, label_shuffles)
+    trust = None
+    if pki_dir is not None:
+        trust, identities = federation_pki(pki_dir, list(sets))
+        for node in nodes.values():
+            node.identity = identities[node.agency]
+    relay = FakeRelay(nodes, tamper, label_shuffles, trust)
     label_node = next(n for n, node in nodes.items() if node.agency == label)
     first = server._private_alignment(relay, sorted(nodes), label_node, relay.hello())  # type: ignore[arg-type]
     alignment, train_rows, test_rows = server._split(relay, first)  # type: ignore[arg-type]
@@ -166,3 +188,20 @@ def align(
         return {node.agency: [node.order[p] for p in alignment.positions(n, rows)] for n, node in nodes.items()}
 
     return Aligned(relay, alignment, subjects(train_rows), subjects(test_rows))
+
+
+def federation_pki(out: Path, agencies: list[str]) -> tuple[psi_keys.Trust, dict[str, psi_keys.Identity]]:
+    """A federation CA under `out` and a CA-certified SuperNode key per agency (as `xgate pki` issues)."""
+    ca = out / "ca"
+    if not (ca / pki.CA_CERT).is_file():
+        pki.init_ca(ca, "xgate test federation CA", days=2)
+    identities = {}
+    for agency in agencies:
+        home = out / "nodes" / agency
+        key, cert = home / f"supernode-{agency}.ssh.key", home / f"flower-supernode-{agency}.cert.pem"
+        if not cert.is_file():  # issued once: a second call (e.g. after a revocation) sees the same keys
+            home.mkdir(parents=True, exist_ok=True)
+            issued = certify_supernode_key(ca, agency, home)
+            assert (issued.private_key, issued.certificate) == (key, cert)
+        identities[agency] = psi_keys.Identity(key, cert)
+    return psi_keys.Trust(ca / pki.CA_CERT, ca / pki.CRL), identities

@@ -1,0 +1,82 @@
+"""Signed key statements: a node binds a per-job X25519 agreement key to its agency, so that a
+coordinator relaying the keys cannot swap in one of its own.
+
+A statement is an ECDSA P-256 / SHA-256 signature, by the node's CA-certified SuperNode key (a
+`flower-supernode` certificate of its agency, crypto/flower_keys.py), over the versioned,
+length-prefixed triple (job id, agency, agreement key). Whoever holds the federation CA's
+certificate checks it: the certificate is the CA's, valid, unrevoked and of that agency's
+SuperNode, and the signature is over exactly this job, agency and key. `verify_statement` raises
+CryptoError naming what failed; it never returns a key it could not verify.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from crypto.peers import load_cert, verify_peer_certificate
+from xgate.errors import CryptoError
+
+VERSION = b"xgate-agreement-key-v1"
+KIND = "flower-supernode"  # the certificate a node's statement must come with
+
+
+@dataclass(frozen=True)
+class KeyStatement:
+    """`agency` says `key` is its agreement key for one job; `certificate` (PEM) vouches for the signer."""
+
+    agency: str
+    key: bytes
+    certificate: bytes
+    signature: bytes
+
+
+def signed_message(job_id: str, agency: str, key: bytes) -> bytes:
+    """What is signed: version, job id, agency and key, each length-prefixed (no two triples collide)."""
+    fields = (VERSION, job_id.encode(), agency.encode(), key)
+    return b"".join(len(f).to_bytes(4, "big") + f for f in fields)
+
+
+def sign_statement(
+    identity: ec.EllipticCurvePrivateKey, certificate: bytes, job_id: str, agency: str, key: bytes
+) -> KeyStatement:
+    """The statement for `key`, signed with `identity` (the key `certificate` certifies)."""
+    if load_cert(certificate).public_key() != identity.public_key():
+        raise CryptoError("the identity certificate certifies another key than the signing key")
+    signature = identity.sign(signed_message(job_id, agency, key), ec.ECDSA(hashes.SHA256()))
+    return KeyStatement(agency, key, certificate, signature)
+
+
+def verify_statement(
+    statement: KeyStatement,
+    job_id: str,
+    ca: bytes | Path | x509.Certificate,
+    crl: bytes | Path | x509.CertificateRevocationList | None,
+    now: dt.datetime | None = None,
+) -> bytes:
+    """The statement's key, once its certificate is a valid, unrevoked SuperNode certificate of its
+    agency from this CA and its signature covers this job, agency and key; CryptoError otherwise."""
+    who = f"agency '{statement.agency}'"
+    if not statement.certificate or not statement.signature:
+        raise CryptoError(f"{who} sent its agreement key unsigned (its SuperNode needs a CA-certified key)")
+    try:
+        cert = load_cert(statement.certificate)
+        verify_peer_certificate(cert, ca, crl, statement.agency, KIND, now=now)
+    except CryptoError as exc:
+        raise CryptoError(f"{who}'s agreement key comes with a certificate that fails: {exc.message}") from None
+    public = cert.public_key()
+    if not isinstance(public, ec.EllipticCurvePublicKey):
+        raise CryptoError(f"{who}'s certificate does not certify an EC key")
+    try:
+        public.verify(
+            statement.signature, signed_message(job_id, statement.agency, statement.key), ec.ECDSA(hashes.SHA256())
+        )
+    except InvalidSignature:
+        raise CryptoError(f"{who}'s agreement key is not the one its certified key signed for this job") from None
+    return statement.key

@@ -1,0 +1,100 @@
+"""Which PSI agreement keys a node accepts: one per agency of the job, each signed for this job by
+that agency's CA-certified SuperNode key (crypto/key_statements.py).
+
+The coordinator relays every node's agreement key (federated/psi.py). Unchecked, it could hand a
+node a key of its own in place of a peer's and then open the group seed sealed to it, or learn a
+pair's mask seed, and read which nodes hold which rows. So the label holder checks the keys it
+seals to, and every other node the keys it agrees with: with the federation CA at hand every key
+must carry a valid statement of the agency it is listed for, each agency listed once, and the
+label holder's must be the agency the job names. A node without a CA (an insecure federation)
+checks the listing only.
+
+Which agencies take part is the coordinator's to say (an agency's node may hold any element), so
+a coordinator with a certified accomplice agency could list it as one more node. The accomplice
+then opens its own group seed and, with the shares the coordinator sees, learns per label holder
+row how many nodes miss it (as a coordinator colluding with the label holder would), never which.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from crypto.flower_keys import load_private_key
+from crypto.key_statements import KeyStatement, sign_statement, verify_statement
+from federated.node import NodeConfig
+
+
+@dataclass(frozen=True)
+class Identity:
+    """A node's SuperNode key (OpenSSH, as Flower reads it) and its `flower-supernode` certificate."""
+
+    key: Path
+    certificate: Path
+
+
+@dataclass(frozen=True)
+class Trust:
+    """The federation CA's certificate and, when given, its CRL."""
+
+    ca_cert: Path
+    crl: Path | None = None
+
+
+def statement_fields(job_id: str, agency: str, key: bytes, identity: Identity | None) -> dict[str, bytes]:
+    """What `hello` sends beside its agreement key: the signed statement, or nothing to sign with."""
+    if identity is None:
+        return {"agree_cert": b"", "agree_sig": b""}
+    certificate = identity.certificate.read_bytes()
+    signed = sign_statement(load_private_key(identity.key), certificate, job_id, agency, key)
+    return {"agree_cert": signed.certificate, "agree_sig": signed.signature}
+
+
+def relayed(cfg: Mapping[str, Any], prefix: str = "") -> list[KeyStatement]:
+    """The statements a coordinator's message lists (`agencies`, `agree`, `agree_cert`, `agree_sig`)."""
+    columns = [cfg.get(f"{prefix}{name}") for name in ("agencies", "agree", "agree_cert", "agree_sig")]
+    if not all(isinstance(c, list) for c in columns) or len({len(c) for c in columns if isinstance(c, list)}) != 1:
+        raise ValueError("the coordinator sent a malformed list of agreement keys")
+    agencies, keys, certs, sigs = (list(c) for c in columns if isinstance(c, list))
+    if not all(isinstance(a, str) for a in agencies) or not all(isinstance(b, bytes) for b in (*keys, *certs, *sigs)):
+        raise ValueError("the coordinator sent a malformed list of agreement keys")
+    return [
+        KeyStatement(a, bytes(k), bytes(c), bytes(s)) for a, k, c, s in zip(agencies, keys, certs, sigs, strict=True)
+    ]
+
+
+def label_key(job_id: str, statements: Sequence[KeyStatement], label_holder: str, trust: Trust | None) -> bytes:
+    """The label holder's key, listed alone and (with `trust`) verified as the job's label holder's."""
+    if [s.agency for s in statements] != [label_holder]:
+        listed = [s.agency for s in statements]
+        raise ValueError(f"the coordinator listed {listed} as the label holder, the job names '{label_holder}'")
+    return _verified(job_id, statements, trust)[0]
+
+
+def peer_keys(job_id: str, statements: Sequence[KeyStatement], label_holder: str, trust: Trust | None) -> list[bytes]:
+    """The other nodes' keys in their listed order: each agency once, the label holder not among
+    them, and (with `trust`) each verified as the agency it is listed for."""
+    listed = [s.agency for s in statements]
+    if len(set(listed)) != len(listed):
+        raise ValueError(f"the coordinator listed an agency's agreement key twice: {sorted(listed)}")
+    if label_holder in listed:
+        raise ValueError(f"the coordinator listed the label holder '{label_holder}' among the other nodes")
+    return _verified(job_id, statements, trust)
+
+
+def _verified(job_id: str, statements: Sequence[KeyStatement], trust: Trust | None) -> list[bytes]:
+    if trust is None:
+        return [s.key for s in statements]
+    return [verify_statement(s, job_id, trust.ca_cert, trust.crl) for s in statements]
+
+
+def identity_of(nc: NodeConfig) -> Identity | None:
+    if nc.identity_key is None or nc.identity_cert is None:
+        return None
+    return Identity(nc.identity_key, nc.identity_cert)
+
+
+def trust_of(nc: NodeConfig) -> Trust | None:
+    return None if nc.ca_cert is None else Trust(nc.ca_cert, nc.crl)
