@@ -10,7 +10,8 @@ weighted mean SecAgg+ opens, up to its quantisation), for every (clip, learning 
 and picks per ε the pair with the best AUC on a **validation** split carved from the training rows
 (a keyed hash of the pseudonym, 20 %); the official test rows only report the chosen pair's AUC.
 
-The vertical record-DP jobs get the same treatment: `vertical_dp_replay` replays split learning over
+The vertical record-DP jobs get the same treatment: `vertical_arm_replay` (arm `per_node_noise`:
+the job's noise, before the label holder de-attenuates its top weights) replays split learning over
 one node per agency (federated/vertical.py's bottoms and top, federated/vertical_dp.py's clipped and
 noised embeddings, updates and preconditioner at the feature nodes) over a (rounds, learning rate)
 grid at ε = 4, chosen on the same validation split. It steps without the pipelining of the real
@@ -143,58 +144,11 @@ def vertical_split(data: census.Census) -> VerticalSplit:
     )
 
 
-@dataclass(frozen=True)
-class VerticalModel:
-    bottoms: dict[str, Bottom]
-    top: Top
-
-    def auc(self, rows: dict[str, np.ndarray], y: np.ndarray) -> float:
-        # Evaluation embeddings travel clipped, not noised (as the ClientApp sends held-out rows).
-        e = [
-            b.forward(rows[a]) if a == census.LABEL_HOLDER else vertical_dp.clip_rows(b.forward(rows[a]), VERTICAL_CLIP)
-            for a, b in self.bottoms.items()
-        ]
-        return float(model.report(self.top.scores(np.hstack(e)), y, threshold=float(y.mean()))["auc"])
-
-
-def vertical_dp_replay(
-    s: VerticalSplit, *, epsilon: float, rounds: int, lr: float, h: int = 4, seed: int = 0
-) -> VerticalModel:
-    """Split learning with record-level DP at every feature node (full batches, as the job runs)."""
-    rng = np.random.default_rng(seed)
-    n = len(s.y_train)
-    agencies = list(s.train)
-    bottoms = {a: Bottom.init(s.train[a].shape[1], h, 0, a) for a in agencies}
-    plans, precond = {}, {}
-    for a in agencies:
-        if a == census.LABEL_HOLDER:
-            precond[a] = preconditioner(s.train[a], RIDGE)
-            continue
-        plans[a] = vertical_dp.plan(
-            epsilon, DELTA, VERTICAL_CLIP, n=n, batch=n, rounds=rounds, raw_features=s.raw_features[a]
-        )
-        precond[a] = vertical_dp.private_preconditioner(s.train[a], plans[a], rng)
-    top = Top.init(len(agencies) * h)
-    for t in range(rounds):
-        idx = batch_indices(n, n, t, 0)
-        embs = []
-        for a in agencies:
-            e = bottoms[a].forward(s.train[a][idx])
-            embs.append(vertical_dp.private_embeddings(e, plans[a], rng) if a in plans else e)
-        _, grad = top.step(np.hstack(embs), s.y_train[idx], 1e-4, h)
-        for i, a in enumerate(agencies):
-            g = grad[:, i * h : (i + 1) * h]
-            if a in plans:
-                bottoms[a].apply(vertical_dp.private_update(s.train[a][idx], g, plans[a], rng), lr, precond[a])
-            else:
-                bottoms[a].backward(s.train[a][idx], g, lr, precond[a])
-    return VerticalModel(bottoms, top)
-
-
 # Ways the label holder could get more out of the same noisy embeddings, each replayed at the
-# job's chosen settings (`vertical_options`). `per_node_noise` is what the job does.
+# job's chosen settings (`vertical_options`). The (rounds, learning rate) sweep replays
+# `per_node_noise` (chosen before the job de-attenuated; `deattenuated_top` is what it does now).
 VERTICAL_ARMS = (
-    "per_node_noise",  # each feature node adds its own noise to its embedding block (the job)
+    "per_node_noise",  # each feature node adds its own noise to its embedding block (the job's noise)
     "secure_sum",  # the feature nodes' blocks summed under pairwise masks; each adds sigma/sqrt(K-1)
     "regression_calibration",  # the top fits on E[clean | noisy] (best linear predictor)
     "deattenuated_top",  # the fitted top's feature-node weights divided by each block's reliability
@@ -214,8 +168,10 @@ def _blp(e: np.ndarray, noise_var: np.ndarray) -> np.ndarray:
 def vertical_arm_replay(
     s: VerticalSplit, arm: str, *, epsilon: float, rounds: int, lr: float, h: int = 4, seed: int = 0
 ) -> tuple[float, float, float]:
-    """`vertical_dp_replay` with one of `VERTICAL_ARMS`; returns (validation AUC, test AUC, noise sd
-    per embedding coordinate in units of the clip). Same bottoms, top, clipping and accountant."""
+    """Split learning with record-level DP at every feature node (full batches, as the job runs),
+    the label holder using one of `VERTICAL_ARMS`; returns (validation AUC, test AUC, noise sd per
+    embedding coordinate in units of the clip). Evaluation embeddings travel clipped, not noised
+    (as the ClientApp sends held-out rows)."""
     rng = np.random.default_rng(seed)
     n = len(s.y_train)
     label = census.LABEL_HOLDER
@@ -385,19 +341,19 @@ def main() -> None:
     vs = vertical_split(census.load(limit=limit))
     vgrid: list[dict[str, Any]] = []
     for rounds, lr in itertools.product(VERTICAL_ROUNDS if not args.quick else (2, 6), VERTICAL_LEARNING_RATES):
-        fitted = vertical_dp_replay(vs, epsilon=4.0, rounds=rounds, lr=lr)
-        vgrid.append({"epsilon": 4.0, "rounds": rounds, "learning_rate": lr,
-                      "validation_auc": fitted.auc(vs.validation, vs.y_validation)})  # fmt: skip
+        validation, _, _ = vertical_arm_replay(vs, "per_node_noise", epsilon=4.0, rounds=rounds, lr=lr)
+        vgrid.append({"epsilon": 4.0, "rounds": rounds, "learning_rate": lr, "validation_auc": validation})
         print(json.dumps(vgrid[-1]), flush=True)
     vbest = max(vgrid, key=lambda g: g["validation_auc"])
     vchosen = {}
     for eps in EPSILONS:
-        fitted = vertical_dp_replay(vs, epsilon=eps, rounds=vbest["rounds"], lr=vbest["learning_rate"], seed=1)
+        settings = {"rounds": vbest["rounds"], "lr": vbest["learning_rate"]}
+        validation, test, _ = vertical_arm_replay(vs, "per_node_noise", epsilon=eps, **settings, seed=1)
         vchosen[f"eps{eps:g}"] = {
             "rounds": vbest["rounds"],
             "learning_rate": vbest["learning_rate"],
-            "validation_auc": fitted.auc(vs.validation, vs.y_validation),
-            "test_auc": fitted.auc(vs.test, vs.y_test),
+            "validation_auc": validation,
+            "test_auc": test,
         }
     chosen: dict[str, Any] = {}
     for eps in EPSILONS:

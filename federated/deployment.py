@@ -254,15 +254,12 @@ class Federation:
         if key is None and self.security is not None:
             key = self.security.supernode_keys.get(node.agency)
         client = NodeConfig(node.store, node.agency, node.ledger, node.holdout, node.policy_dir)
-        if key is not None and key.certificate is not None and self.security is not None:
-            # The ClientApp signs its PSI agreement keys with this key and checks its peers' (psi_keys).
-            client = dataclasses.replace(
-                client,
-                identity_key=key.private_key,
-                identity_cert=key.certificate,
-                ca_cert=self.security.ca_cert,
-                crl=self.security.crl if self.security.crl is not None and self.security.crl.is_file() else None,
-            )
+        if self.security is not None:
+            # The ClientApp checks its peers' PSI agreement keys against the CA (psi_keys), and signs
+            # its own with this key when the CA certified it.
+            client = dataclasses.replace(client, ca_cert=self.security.ca_cert, crl=self.security.crl)
+            if key is not None and key.certificate is not None:
+                client = dataclasses.replace(client, identity_key=key.private_key, identity_cert=key.certificate)
         cfg = node_config_arg(client)
         cmd = [
             *SUPERNODE,

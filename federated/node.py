@@ -51,6 +51,9 @@ def node_config(cfg: Mapping[str, object]) -> NodeConfig:
     }
     if (paths["identity_key"] is None) != (paths["identity_cert"] is None):
         raise ConfigError("SuperNode node-config needs both identity_key and identity_cert, or neither")
+    if paths["ca_cert"] is None and (paths["identity_key"] is not None or paths["crl"] is not None):
+        # signing without checking peers, or a CRL nothing is checked against: a misconfiguration
+        raise ConfigError("SuperNode node-config sets identity_key or crl without ca_cert")
     return NodeConfig(store, agency, ledger, **paths)
 
 

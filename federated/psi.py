@@ -14,7 +14,8 @@ finished it; i matches it against L's list as i finished it (`matches`) and lear
 rows (shuffled, unlinkable) it holds, and where they sit in the list L returned. It answers with
 one field element per L row, `share_i = rho * (held_i - 1) + r_i mod p` (`membership_share`):
 rho, fresh and non-zero per row, expands a group seed that L draws and seals to each node
-(X25519 agreement + HKDF + AES-GCM, `seal_seed`), so the coordinator cannot read it; r_i are
+(X25519 agreement + HKDF + AES-GCM, `seal_seed`, bound to the roster of nodes), so the
+coordinator cannot read it, nor hand a node a shorter list of peers than L sealed for; r_i are
 pairwise masks between the nodes (an agreed seed per pair, expanded with SHAKE-256) that cancel in
 the sum. The coordinator adds the shares (`intersect`): the sum is `-rho * (number of nodes
 missing the row)`, zero exactly where every node holds it, a uniform non-zero value elsewhere. So
@@ -143,6 +144,7 @@ class Alignment:
     label_rows: list[int]
     rows: dict[int, list[int]]
     counts: dict[int, int] = field(default_factory=dict)  # each other node's list size
+    keys_checked: bool = False  # every node said it verified the agreement keys it used (federated/psi_keys.py)
 
     def positions(self, node: int, label_rows: Sequence[int]) -> list[int]:
         """Aligned rows, given as label holder positions, as positions in `node`'s list, in the
@@ -182,21 +184,35 @@ def new_seed() -> bytes:
     return secrets.token_bytes(SEED_BYTES)
 
 
-def seal_seed(key: bytes, peer: bytes, job_id: str, seed: bytes) -> bytes:
-    """The group seed encrypted for the holder of `peer` (AES-GCM under an agreed key): the
-    coordinator relays it and cannot read it."""
+def roster(job_id: str, label: tuple[str, bytes], peers: Sequence[tuple[str, bytes]]) -> bytes:
+    """What a group seed is sealed for: the job, the label holder and the other nodes in their
+    order, each (agency, agreement key), length-prefixed and hashed. A node opens its seed only
+    under the list it was sent itself, so the coordinator cannot hand one node a shorter list (no
+    peers: no pairwise masks, its share in the clear) than the label holder sealed for."""
+    fields = [b"xgate-psi-roster-v1", job_id.encode()]
+    for agency, key in (label, *peers):
+        fields += [agency.encode(), key]
+    return hashlib.sha256(b"".join(len(f).to_bytes(4, "big") + f for f in fields)).digest()
+
+
+def seal_seed(key: bytes, peer: bytes, job_id: str, seed: bytes, for_roster: bytes) -> bytes:
+    """The group seed encrypted for the holder of `peer` (AES-GCM under an agreed key, the roster
+    as associated data): the coordinator relays it and cannot read it."""
     nonce = secrets.token_bytes(_NONCE_BYTES)
-    return nonce + AESGCM(_agreed(key, peer, job_id, _SEAL_INFO)).encrypt(nonce, seed, job_id.encode())
+    return nonce + AESGCM(_agreed(key, peer, job_id, _SEAL_INFO)).encrypt(nonce, seed, for_roster)
 
 
-def open_seed(key: bytes, sender: bytes, job_id: str, sealed: bytes) -> bytes:
-    """The group seed sealed by the holder of `sender`; raises ValueError if it does not open."""
+def open_seed(key: bytes, sender: bytes, job_id: str, sealed: bytes, for_roster: bytes) -> bytes:
+    """The group seed sealed by the holder of `sender` for `for_roster`; raises ValueError if it
+    does not open (another key, or sealed for another list of nodes)."""
     try:
         seed = AESGCM(_agreed(key, sender, job_id, _SEAL_INFO)).decrypt(
-            sealed[:_NONCE_BYTES], sealed[_NONCE_BYTES:], job_id.encode()
+            sealed[:_NONCE_BYTES], sealed[_NONCE_BYTES:], for_roster
         )
     except (InvalidTag, ValueError):
-        raise ValueError("the label holder's group seed does not open with this node's key") from None
+        raise ValueError(
+            "the label holder's group seed does not open with this node's key and the list of nodes it was sent"
+        ) from None
     if len(seed) != SEED_BYTES:
         raise ValueError("the label holder's group seed has the wrong length")
     return seed
@@ -234,10 +250,11 @@ def membership_share(held: np.ndarray, group_seed: bytes, me: int, pair_seeds: M
     return share.astype("<u8").tobytes()
 
 
-def sealed_group_seed(key: bytes, job_id: str, peers: Sequence[bytes]) -> list[bytes]:
-    """The label holder's side: one fresh group seed, sealed to each other node's agreement key."""
+def sealed_group_seed(key: bytes, job_id: str, peers: Sequence[bytes], for_roster: bytes) -> list[bytes]:
+    """The label holder's side: one fresh group seed, sealed to each other node's agreement key for
+    the roster of this job (`roster`: its own agency and key, then the peers in their order)."""
     seed = new_seed()
-    return [seal_seed(key, peer, job_id, seed) for peer in peers]
+    return [seal_seed(key, peer, job_id, seed, for_roster) for peer in peers]
 
 
 def membership(
@@ -249,14 +266,16 @@ def membership(
     label_agree: bytes,
     agree: Sequence[bytes],
     index: int,
+    for_roster: bytes,
 ) -> tuple[np.ndarray, bytes]:
     """A node's side: its matches (see `matches`) and its share, from its agreement secret `key`,
     the label holder's list as it finished it, its own list as the label holder returned it, the
-    sealed group seed, and every other node's agreement key (`agree`, its own at `index`)."""
+    sealed group seed, every other node's agreement key (`agree`, its own at `index`) and the
+    roster they make with the label holder's (the seed opens only for the roster it was sealed for)."""
     if not 0 <= index < len(agree) or agree[index] != agreement_public(key):
         raise ValueError("the coordinator did not list this node's agreement key at its place")
     matched = matches(label_side, returned)
-    seed = open_seed(key, label_agree, job_id, sealed)
+    seed = open_seed(key, label_agree, job_id, sealed, for_roster)
     pairs = {j: pair_seed(key, peer, job_id) for j, peer in enumerate(agree) if j != index}
     return matched, membership_share(matched >= 0, seed, index, pairs)
 

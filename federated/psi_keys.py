@@ -5,14 +5,16 @@ The coordinator relays every node's agreement key (federated/psi.py). Unchecked,
 node a key of its own in place of a peer's and then open the group seed sealed to it, or learn a
 pair's mask seed, and read which nodes hold which rows. So the label holder checks the keys it
 seals to, and every other node the keys it agrees with: with the federation CA at hand every key
-must carry a valid statement of the agency it is listed for, each agency listed once, and the
-label holder's must be the agency the job names. A node without a CA (an insecure federation)
-checks the listing only.
+must carry a valid statement of the agency it is listed for, each agency listed once, at least
+the job's min_nodes less one peers, and the label holder's must be the agency the job names. The
+seed is sealed for that exact roster (federated/psi.py `roster`), so a node sent another list
+cannot open it. A node without a CA (an insecure federation) checks the listing only.
 
 Which agencies take part is the coordinator's to say (an agency's node may hold any element), so
 a coordinator with a certified accomplice agency could list it as one more node. The accomplice
 then opens its own group seed and, with the shares the coordinator sees, learns per label holder
 row how many nodes miss it (as a coordinator colluding with the label holder would), never which.
+Revocation is checked when the node has the CA's CRL (`crl`); a node's CRL must stay fresh.
 """
 
 from __future__ import annotations
@@ -73,10 +75,15 @@ def label_key(job_id: str, statements: Sequence[KeyStatement], label_holder: str
     return _verified(job_id, statements, trust)[0]
 
 
-def peer_keys(job_id: str, statements: Sequence[KeyStatement], label_holder: str, trust: Trust | None) -> list[bytes]:
-    """The other nodes' keys in their listed order: each agency once, the label holder not among
-    them, and (with `trust`) each verified as the agency it is listed for."""
+def peer_keys(
+    job_id: str, statements: Sequence[KeyStatement], label_holder: str, trust: Trust | None, min_peers: int
+) -> list[bytes]:
+    """The other nodes' keys in their listed order: at least `min_peers` (the job's min_nodes less
+    the label holder), each agency once, the label holder not among them, and (with `trust`) each
+    verified as the agency it is listed for."""
     listed = [s.agency for s in statements]
+    if len(listed) < min_peers:
+        raise ValueError(f"the coordinator listed {len(listed)} other nodes, the job needs at least {min_peers}")
     if len(set(listed)) != len(listed):
         raise ValueError(f"the coordinator listed an agency's agreement key twice: {sorted(listed)}")
     if label_holder in listed:

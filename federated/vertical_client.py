@@ -117,24 +117,41 @@ def blind(msg: Message, context: Context) -> Message:
     the label holder's list so finished (nothing goes back but its length). The label holder
     returns each node's list in a fresh secret order, so that nobody, that node included, can tell
     which of that node's subjects the label holder holds until the split names the aligned ones;
-    and it seals a fresh group seed to each node for the membership shares (federated/psi.py)."""
+    and it seals a fresh group seed to each node for the membership shares (federated/psi.py), once
+    it has checked their agreement keys, and for their roster. Once per job."""
     job, nc, cache = _setup(context)
     cfg = cfg_of(msg)
+    _once(cache / "psi-blinded", "blind")
     key = (cache / "psi.key").read_bytes()
-    finished = [psi.finish(key, bytes(tags)) for tags in cfg["tags"]]
     if not _holds_label(job, nc):
-        (label_side,) = finished
+        (label_side,) = [psi.finish(key, bytes(tags)) for tags in cfg["tags"]]
         _write_private(cache / "psi-label-side.bin", label_side)
         return _reply(msg, {"finished": psi.count(label_side, psi.MATCH_BYTES)})
+    # The keys it will seal to are checked before any work (federated/psi_keys.py).
+    agreement = (cache / "psi-agree.key").read_bytes()
+    statements = psi_keys.relayed(cfg)
+    trust = psi_keys.trust_of(nc)
+    peers = psi_keys.peer_keys(job.job_id, statements, job.label_holder, trust, job.min_nodes - 1)
+    roster = psi.roster(
+        job.job_id, (nc.agency, psi.agreement_public(agreement)), [(s.agency, s.key) for s in statements]
+    )
+    finished = [psi.finish(key, bytes(tags)) for tags in cfg["tags"]]
     orders = [psi.new_order(psi.count(f, psi.MATCH_BYTES)) for f in finished]
     buffer = io.BytesIO()
     np.savez(buffer, *orders)
     _write_private(cache / "psi-orders.npz", buffer.getvalue())
     finished = [psi.reorder(f, order) for f, order in zip(finished, orders, strict=True)]
-    agreement = (cache / "psi-agree.key").read_bytes()
-    peers = psi_keys.peer_keys(job.job_id, psi_keys.relayed(cfg), job.label_holder, psi_keys.trust_of(nc))
-    seeds = psi.sealed_group_seed(agreement, job.job_id, peers)
-    return _reply(msg, {"matches": finished, "seeds": seeds})
+    seeds = psi.sealed_group_seed(agreement, job.job_id, peers, roster)
+    return _reply(msg, {"matches": finished, "seeds": seeds, "keys_checked": trust is not None})
+
+
+def _once(marker: Path, step: str) -> None:
+    """A PSI step runs once per job at a node: asked again (with other lists, or another roster)
+    it would hand the coordinator a second, different answer to combine with the first."""
+    try:
+        os.close(os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except FileExistsError:
+        raise ValueError(f"this node already answered '{step}' for this job") from None
 
 
 @app.train("membership")
@@ -144,8 +161,11 @@ def membership(msg: Message, context: Context) -> Message:
     here for `partners`."""
     job, nc, cache = _setup(context)
     cfg = cfg_of(msg)
+    _once(cache / "psi-membership", "membership")
     trust = psi_keys.trust_of(nc)
     label_key = psi_keys.label_key(job.job_id, psi_keys.relayed(cfg, "label_"), job.label_holder, trust)
+    statements = psi_keys.relayed(cfg)
+    peers = psi_keys.peer_keys(job.job_id, statements, job.label_holder, trust, job.min_nodes - 1)
     matched, share = psi.membership(
         (cache / "psi-agree.key").read_bytes(),
         job.job_id,
@@ -153,13 +173,14 @@ def membership(msg: Message, context: Context) -> Message:
         bytes(cfg["matches"]),
         bytes(cfg["seed"]),
         label_key,
-        psi_keys.peer_keys(job.job_id, psi_keys.relayed(cfg), job.label_holder, trust),
+        peers,
         int(cfg["index"]),
+        psi.roster(job.job_id, (job.label_holder, label_key), [(s.agency, s.key) for s in statements]),
     )
     buffer = io.BytesIO()
     np.save(buffer, matched)
     _write_private(cache / "psi-matches.npy", buffer.getvalue())
-    return _reply(msg, {"share": share})
+    return _reply(msg, {"share": share, "keys_checked": trust is not None})
 
 
 @app.train("partners")
@@ -222,11 +243,14 @@ def setup(msg: Message, context: Context) -> Message:
     data = {
         "x_train": x_tr.astype(np.float32),
         "x_test": x_te.astype(np.float32),
-        "raw_features": np.asarray(len(feats)),
     }
     state = pack_state("b_", bottom.w, bottom.opt_state)
     metrics: dict[str, Any] = {}
-    label_holder = bool(cfg.get("label_holder", False))
+    # Decided here from the job and the store, never from the coordinator's word: a feature node
+    # told it is the label holder would otherwise release its embeddings without noise.
+    label_holder = _holds_label(job, nc)
+    if bool(cfg.get("label_holder", False)) != label_holder:
+        raise ValueError(f"the coordinator's label_holder={cfg.get('label_holder')} is wrong for this node")
     if private_releases(job, label_holder):
         plan = dp_plan(job, len(train), len(feats))
         # The accountant's epsilon goes into the node's ledger before its first release.
@@ -239,6 +263,7 @@ def setup(msg: Message, context: Context) -> Message:
             steps=plan.releases,
         )
         data["precond"] = vertical_dp.private_preconditioner(x_tr, plan)
+        data["dp_plan"] = plan.as_array()  # each step's noise, calibrated once
         metrics = {"agency": nc.agency, **plan.as_metrics()}
     else:
         data["precond"] = preconditioner(x_tr, RIDGE)
@@ -249,6 +274,8 @@ def setup(msg: Message, context: Context) -> Message:
             raise ValueError("aligned subjects without a label")
         width = int(cfg["width"])
         data.update(y_train=training_labels(job, lab_tr[:, 0] > 0), y_test=(lab_te[:, 0] > 0).astype(float))
+        if private_releases(job, False):  # the other nodes' embeddings will arrive noised by this much
+            data["noise_sd"] = np.asarray(vertical_dp.embedding_noise_sd(dp_plan(job, len(train), 1)))
         state.update(pack_state("t_", np.zeros(width + 1), {}))
     _save(path, data, data=True)
     _save(path, state)
@@ -301,13 +328,19 @@ def step(msg: Message, context: Context) -> Message:
     message round trip per step; the embeddings of batch t thus miss one update (staleness 1).
     The last call (`last`) applies the final gradient and returns held-out embeddings instead.
     """
-    job, _, path = _setup(context)
+    job, nc, path = _setup(context)
+    if _holds_label(job, nc):
+        raise ValueError("the label holder trains its bottom in 'top', not in 'step'")
     st = _load(path)
     cfg = cfg_of(msg)
     n = len(st["x_train"])
     bottom = Bottom(*unpack_state("b_", st))
     t = int(cfg["step"])
-    plan = dp_plan(job, n, int(st["raw_features"])) if private_releases(job, False) else None
+    plan = None
+    if private_releases(job, False):  # required, not inferred from what setup left behind
+        if "dp_plan" not in st:
+            raise ValueError("record-level DP job without this node's DP plan: was setup run?")
+        plan = vertical_dp.Plan.from_array(st["dp_plan"])
     if "grad" in (received := arrays_of(msg)):
         grad = _unwire(received["grad"])
         x_prev = st["x_train"][batch_indices(n, job.batch_size, int(cfg["grad_step"]), job.seed)]
@@ -345,8 +378,8 @@ def top(msg: Message, context: Context) -> Message:
     grads = {a: grad_e[:, i * h : (i + 1) * h] for i, a in enumerate(order)}
     bottom.backward(st["x_train"][idx], grads.pop(nc.agency), job.learning_rate, st["precond"])
     state = {**pack_state("b_", bottom.w, bottom.opt_state), **pack_state("t_", topm.w, topm.opt_state)}
-    if private_releases(job, False):  # the other nodes' embeddings arrive noised
-        sd = vertical_dp.embedding_noise_sd(dp_plan(job, n, 1))  # the same for every feature node
+    if "noise_sd" in st:  # the other nodes' embeddings arrive noised, by the same sd at every feature node
+        sd = float(st["noise_sd"])
         noise_sd = np.repeat([0.0 if a == nc.agency else sd for a in order], h)
         state["reliability"] = vertical_dp.reliability(e, noise_sd)
     _save(path, state)

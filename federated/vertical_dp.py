@@ -36,6 +36,7 @@ job's epsilon at its delta. Noise draws from OS entropy (`secrets`), never from 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import secrets
 from dataclasses import dataclass
@@ -57,6 +58,15 @@ class Plan:
     delta: float
     clip: float  # bound of one embedding row and of one example's update term
     feature_clip: float  # bound of one encoded row [x, 1] in the preconditioner's Gram matrix
+
+    def as_array(self) -> np.ndarray:
+        """The plan as a node keeps it with its training data (computed once, at setup)."""
+        return np.asarray(dataclasses.astuple(self), dtype=np.float64)
+
+    @classmethod
+    def from_array(cls, a: np.ndarray) -> Plan:
+        z, occ, releases, eps, delta, clip, feature_clip = (float(v) for v in a)
+        return cls(z, int(occ), int(releases), eps, delta, clip, feature_clip)
 
     def as_metrics(self) -> dict[str, float | int]:
         return {

@@ -91,23 +91,24 @@ def _private_alignment(relay: _Relay, parts: list[int], label_node: int, hello: 
         if not label_count:
             relay.fail("federation", "the nodes share no subjects")
         return psi.Alignment(label_node, label_count, list(range(label_count)), {}, {})
-    returned, seeds = _blind(relay, first, agree, label_node, others)
-    aligned = _membership(relay, returned, seeds, agree, label_node, others, label_count)
+    returned, seeds, label_checked = _blind(relay, first, agree, label_node, others)
+    aligned, nodes_checked = _membership(relay, returned, seeds, agree, label_node, others, label_count)
     replies = relay.send("train.partners", {n: ({"aligned": psi.rows_to_bytes(aligned)}, {}) for n in others})
     rows: dict[int, list[int]] = {}
     for n in others:
         rows[n] = _rows_from(relay, n, cfg_of(replies[n]).get("rows"), sizes[n], "aligned positions")
         if len(rows[n]) != len(aligned):
             relay.fail(relay.agency[n], "returned positions that are not the aligned subjects")
-    return psi.Alignment(label_node, label_count, aligned, rows, {n: sizes[n] for n in others})
+    counts = {n: sizes[n] for n in others}
+    return psi.Alignment(label_node, label_count, aligned, rows, counts, keys_checked=label_checked and nodes_checked)
 
 
 def _blind(
     relay: _Relay, first: dict[int, bytes], agree: dict[int, _Signed], label_node: int, others: list[int]
-) -> tuple[list[bytes], list[bytes]]:
+) -> tuple[list[bytes], list[bytes], bool]:
     """`train.blind`: each other node finishes the label holder's list and keeps it; the label
-    holder finishes theirs. Returns the lists it returned (digests, secret orders) and the group
-    seed it sealed to each node, in `others`' order."""
+    holder finishes theirs. Returns the lists it returned (digests, secret orders), the group
+    seed it sealed to each node, in `others`' order, and whether it says it verified their keys."""
     requests: dict[int, tuple[dict[str, Any], dict[str, np.ndarray]]]
     requests = {n: ({"tags": [first[label_node]]}, {}) for n in others}
     requests[label_node] = ({"tags": [first[n] for n in others], **_key_list(relay, agree, others)}, {})
@@ -119,7 +120,7 @@ def _blind(
     for n in others:
         if cfg_of(replies[n]).get("finished") != psi.count(first[label_node]):
             relay.fail(relay.agency[n], "did not finish the label holder's whole list")
-    return returned, seeds
+    return returned, seeds, cfg_of(replies[label_node]).get("keys_checked") is True
 
 
 def _membership(
@@ -130,9 +131,10 @@ def _membership(
     label_node: int,
     others: list[int],
     label_count: int,
-) -> list[int]:
+) -> tuple[list[int], bool]:
     """`train.membership`: each node's masked share per label holder row; their sum names the
-    aligned rows (positions in the label holder's list) and nothing else."""
+    aligned rows (positions in the label holder's list) and nothing else. Also whether every node
+    says it verified the keys it used."""
     keys = {
         **_key_list(relay, agree, others),
         **{f"label_{k}": v for k, v in _key_list(relay, agree, [label_node]).items()},
@@ -152,7 +154,7 @@ def _membership(
     aligned = psi.intersect(shares, label_count)
     if not aligned:
         relay.fail("federation", "the nodes share no subjects")
-    return aligned
+    return aligned, all(cfg_of(replies[n]).get("keys_checked") is True for n in others)
 
 
 _Signed = dict[str, bytes]  # a node's agreement key and its statement: agree, agree_cert, agree_sig
@@ -280,8 +282,8 @@ def run_vertical(grid: Grid, context: Context, job: JobSpec, job_dir: Path) -> N
             nodes=order,
             aligned_sha256=hashlib.sha256(psi.rows_to_bytes(aligned)).hexdigest(),
             psi=True,
-            # every agreement key came signed by its agency's certified key (the nodes checked them)
-            keys_signed=all(cfg_of(hello[n]).get("agree_sig") for n in parts),
+            # every node said it verified the agreement keys it sealed to or agreed with
+            keys_checked=alignment.keys_checked,
         )
     )
     width = job.embedding_dim * len(parts)

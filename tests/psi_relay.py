@@ -125,14 +125,19 @@ class FakeRelay:
             if self.label_shuffles:
                 node.shuffles = [psi.new_order(psi.count(f, psi.MATCH_BYTES)) for f in finished]
                 finished = [psi.reorder(f, order) for f, order in zip(finished, node.shuffles, strict=True)]
-            peers = psi_keys.peer_keys(JOB, psi_keys.relayed(cfg), self.label, self.trust)
-            return {"matches": finished, "seeds": psi.sealed_group_seed(node.agreement, JOB, peers)}
+            listed = psi_keys.relayed(cfg)
+            peers = psi_keys.peer_keys(JOB, listed, self.label, self.trust, len(self.nodes) - 1)
+            roster = psi.roster(JOB, (node.agency, psi.agreement_public(node.agreement)), _pairs(listed))
+            seeds = psi.sealed_group_seed(node.agreement, JOB, peers, roster)
+            return {"matches": finished, "seeds": seeds, "keys_checked": self.trust is not None}
         if kind == "train.membership":
             label_key = psi_keys.label_key(JOB, psi_keys.relayed(cfg, "label_"), self.label, self.trust)
-            everyone = psi_keys.peer_keys(JOB, psi_keys.relayed(cfg), self.label, self.trust)
-            args = (cfg["matches"], cfg["seed"], label_key, everyone, cfg["index"])
+            listed = psi_keys.relayed(cfg)
+            everyone = psi_keys.peer_keys(JOB, listed, self.label, self.trust, len(self.nodes) - 1)
+            roster = psi.roster(JOB, (self.label, label_key), _pairs(listed))
+            args = (cfg["matches"], cfg["seed"], label_key, everyone, cfg["index"], roster)
             node.matched, share = psi.membership(node.agreement, JOB, node.label_side, *args)
-            return {"share": share}
+            return {"share": share, "keys_checked": self.trust is not None}
         if kind == "train.partners":
             return {"rows": psi.partner_rows(node.matched, cfg["aligned"])}
         if kind == "train.align":
@@ -153,6 +158,10 @@ class FakeRelay:
 
     def fail(self, agency: str, reason: str) -> NoReturn:
         raise VerticalFailed(agency, reason)
+
+
+def _pairs(listed: list[Any]) -> list[tuple[str, bytes]]:
+    return [(s.agency, s.key) for s in listed]
 
 
 @dataclass

@@ -1,153 +1,241 @@
-"""A coordinator that swaps agreement keys in PSI (federated/psi_keys.py, crypto/key_statements.py).
+"""A coordinator that tampers with the PSI keys and rosters it relays, tried against the nodes'
+real ClientApp handlers (tests/clientapp_relay.py: the ServerApp's own alignment code, real Flower
+Messages, each node with its store, CA-certified SuperNode key and the federation CA on disk).
 
 The coordinator relays every node's X25519 agreement key. Listing one of its own in place of a
 node's makes the label holder seal that node's group seed to the coordinator, which then holds ρ
-for every row; in place of the label holder's (towards a node), it would pair with that node. Now
-each key travels with a statement signed by its agency's CA-certified SuperNode key, and the job
-fixes which agencies take part: every swap below is refused by the node it targets before that
-node seals or agrees anything. The positive control runs the same swap against nodes without the
-federation CA (an insecure federation): there the coordinator opens the sealed seed.
+for every row; handing a node a list of peers without the others (a roster of one) strips its
+share of the pairwise masks, so the share is zero exactly on the rows it holds. Each key now
+travels with a statement signed by its agency's certified SuperNode key (crypto/key_statements.py),
+the label holder seals the seed for the roster it checked (federated/psi.py `roster`), a node
+opens it only under the roster it was sent, and each PSI step answers once per job. Every attack
+below is refused by the node it targets before anything is sealed to, or computed for, the
+coordinator. The positive controls run the same swap against nodes without the CA (there the
+coordinator opens the sealed seed) and show what an unmasked share would have told.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pytest
 
 from crypto import pki
 from crypto.flower_keys import certify_supernode_key
 from crypto.peers import load_cert
 from federated import psi, psi_keys
-from tests.psi_relay import JOB, Reply, align, federation_pki
+from tests.clientapp_relay import Federation, federation
+from tests.psi_relay import federation_pki
 from xgate.errors import VerticalFailed
 
 EVERYONE = [f"pseudonym{i:05d}" for i in range(120)]
 SETS = {"civil": EVERYONE[:100], "tax": EVERYONE[20:], "hrss": EVERYONE[10:110]}
-NODE_OF = {agency: i + 1 for i, agency in enumerate(SETS)}  # tests/psi_relay.py numbers nodes in order
+COMMON = set(SETS["civil"]) & set(SETS["tax"]) & set(SETS["hrss"])
+Cfg = dict[str, Any]
 
 
 class Coordinator:
     """Swaps `victim`'s agreement key at hello for one of its own and keeps what is sealed to it."""
 
-    def __init__(self, victim: str, statement: Callable[[bytes], dict[str, bytes]]) -> None:
-        self.victim, self.statement = victim, statement
+    def __init__(self, fed: Federation, victim: str, statement: Callable[[bytes], dict[str, bytes]]) -> None:
+        self.job_id, self.victim, self.statement = fed.job.job_id, victim, statement
         self.key = psi.new_key()
         self.label_agree = b""
+        self.blind_request: Cfg = {}
         self.sealed: bytes | None = None
+        fed.relay.on_request, fed.relay.on_reply = self.request, self.reply
 
-    def __call__(self, kind: str, node: int, reply: Reply) -> Reply:
-        if kind == "query.hello" and node == NODE_OF["civil"]:
-            self.label_agree = reply["agree"]
-        if kind == "query.hello" and node == NODE_OF[self.victim]:
+    def request(self, kind: str, agency: str, cfg: Cfg) -> Cfg:
+        if kind == "train.blind" and agency == "civil":
+            self.blind_request = cfg
+        return cfg
+
+    def reply(self, kind: str, agency: str, cfg: Cfg) -> Cfg:
+        if kind == "query.hello" and agency == "civil":
+            self.label_agree = cfg["agree"]
+        if kind == "query.hello" and agency == self.victim:
             mine = psi.agreement_public(self.key)
-            return {**reply, "agree": mine, **self.statement(mine)}
-        if kind == "train.blind" and node == NODE_OF["civil"]:
-            others = [a for a in SETS if a != "civil"]
-            self.sealed = reply["seeds"][others.index(self.victim)]
-        return reply
+            return {**cfg, "agree": mine, **self.statement(mine)}
+        if kind == "train.blind" and agency == "civil" and self.victim != "civil":
+            self.sealed = cfg["seeds"][self.blind_request["agencies"].index(self.victim)]
+        return cfg
 
     def opened_seed(self) -> bytes:
         assert self.sealed is not None, "the label holder sealed nothing for the coordinator"
-        return psi.open_seed(self.key, self.label_agree, JOB, self.sealed)
+        listed = list(zip(self.blind_request["agencies"], self.blind_request["agree"], strict=True))
+        roster = psi.roster(self.job_id, ("civil", self.label_agree), listed)
+        return psi.open_seed(self.key, self.label_agree, self.job_id, self.sealed, roster)
 
 
 def _unsigned(_key: bytes) -> dict[str, bytes]:
     return {"agree_cert": b"", "agree_sig": b""}
 
 
-def test_positive_control_without_the_ca_the_coordinator_opens_the_victims_group_seed() -> None:
-    coordinator = Coordinator("tax", _unsigned)
-    with pytest.raises(VerticalFailed) as failed:  # tax cannot open a seed sealed to another key
-        align(SETS, label="civil", tamper=coordinator)
-    assert failed.value.agency == "tax"
-    assert len(coordinator.opened_seed()) == 32  # the attack worked: ρ for every row is the coordinator's
-
-
-def _refused(tmp_path: Path, victim: str, statement: Callable[[bytes], dict[str, bytes]]) -> tuple[str, str]:
-    coordinator = Coordinator(victim, statement)
+def _refused(fed: Federation) -> VerticalFailed:
     with pytest.raises(VerticalFailed) as failed:
-        align(SETS, label="civil", tamper=coordinator, pki_dir=tmp_path)
-    assert coordinator.sealed is None  # refused before anything was sealed to the coordinator's key
-    return failed.value.agency, failed.value.message
+        fed.align()
+    return failed.value
+
+
+def test_honest_nodes_align_exactly_and_say_they_checked_every_key(tmp_path: Path) -> None:
+    fed = federation(tmp_path, SETS)
+    alignment, train, test = fed.align()
+    assert len(alignment.label_rows) == len(COMMON) and sorted(train + test) == alignment.label_rows
+    assert alignment.keys_checked
+
+
+def test_positive_control_without_the_ca_the_coordinator_opens_the_victims_group_seed(tmp_path: Path) -> None:
+    fed = federation(tmp_path, SETS, ca=False)
+    coordinator = Coordinator(fed, "tax", _unsigned)
+    failed = _refused(fed)  # tax finds another key in its place and stops...
+    assert failed.agency == "tax" and "agreement key at its place" in failed.message
+    assert len(coordinator.opened_seed()) == psi.SEED_BYTES  # ...the coordinator can: ρ for every row
 
 
 def test_an_unsigned_key_in_a_nodes_place_is_refused_by_the_label_holder(tmp_path: Path) -> None:
-    agency, reason = _refused(tmp_path, "tax", _unsigned)
-    assert agency == "civil" and "agency 'tax' sent its agreement key unsigned" in reason
+    fed = federation(tmp_path, SETS)
+    coordinator = Coordinator(fed, "tax", _unsigned)
+    failed = _refused(fed)
+    assert coordinator.sealed is None  # refused before anything was sealed to the coordinator's key
+    assert failed.agency == "civil" and "agency 'tax' sent its agreement key unsigned" in failed.message
 
 
 def test_the_victims_own_statement_does_not_cover_the_coordinators_key(tmp_path: Path) -> None:
+    fed = federation(tmp_path, SETS)
     honest: dict[str, bytes] = {}
+    coordinator = Coordinator(fed, "tax", lambda _key: honest)  # tax's real statement, over tax's real key
+    swap = coordinator.reply
 
-    def replay(_key: bytes) -> dict[str, bytes]:
-        return honest  # tax's real statement, over tax's real key
+    def keep_then_swap(kind: str, agency: str, cfg: Cfg) -> Cfg:
+        if kind == "query.hello" and agency == "tax":
+            honest.update(agree_cert=cfg["agree_cert"], agree_sig=cfg["agree_sig"])
+        return swap(kind, agency, cfg)
 
-    def keep_and_swap(kind: str, node: int, reply: Reply) -> Reply:
-        if kind == "query.hello" and node == NODE_OF["tax"]:
-            honest.update(agree_cert=reply["agree_cert"], agree_sig=reply["agree_sig"])
-        return coordinator(kind, node, reply)
-
-    coordinator = Coordinator("tax", replay)
-    with pytest.raises(VerticalFailed) as failed:
-        align(SETS, label="civil", tamper=keep_and_swap, pki_dir=tmp_path)
-    assert coordinator.sealed is None and honest
-    assert failed.value.agency == "civil"
-    assert "agency 'tax''s agreement key is not the one its certified key signed for this job" in failed.value.message
+    fed.relay.on_reply = keep_then_swap
+    failed = _refused(fed)
+    assert coordinator.sealed is None and honest["agree_sig"]
+    assert failed.agency == "civil"
+    assert "agency 'tax''s agreement key is not the one its certified key signed for this job" in failed.message
 
 
 def test_a_key_certified_by_another_ca_is_refused(tmp_path: Path) -> None:
+    fed = federation(tmp_path / "federation", SETS)
     _, rogue = federation_pki(tmp_path / "rogue", ["tax"])  # the coordinator's own CA, certifying "tax"
-
-    def signed_by_rogue(key: bytes) -> dict[str, bytes]:
-        return psi_keys.statement_fields(JOB, "tax", key, rogue["tax"])
-
-    agency, reason = _refused(tmp_path / "federation", "tax", signed_by_rogue)
-    assert agency == "civil" and "not issued by the federation CA" in reason
+    coordinator = Coordinator(
+        fed, "tax", lambda key: psi_keys.statement_fields(fed.job.job_id, "tax", key, rogue["tax"])
+    )
+    failed = _refused(fed)
+    assert coordinator.sealed is None
+    assert failed.agency == "civil" and "not issued by the federation CA" in failed.message
 
 
 def test_another_agencys_certified_key_is_refused_for_the_victims_place(tmp_path: Path) -> None:
-    """An agency the coordinator controls (here "health", certified by the federation CA) signs the
-    coordinator's key: its certificate is valid, but for another agency than the place it fills."""
-    trust, _ = federation_pki(tmp_path, [])
-    health = certify_supernode_key(tmp_path / "ca", "health", tmp_path / "health")
-    assert health.certificate is not None and trust.ca_cert.is_file()
+    """An agency the coordinator controls ("health", certified by the federation CA) signs the
+    coordinator's key: its certificate is valid, but of another agency than the place it fills."""
+    fed = federation(tmp_path, SETS)
+    health = certify_supernode_key(tmp_path / "pki" / "ca", "health", tmp_path / "health")
+    assert health.certificate is not None
     accomplice = psi_keys.Identity(health.private_key, health.certificate)
-
-    def signed_by_accomplice(key: bytes) -> dict[str, bytes]:
-        return psi_keys.statement_fields(JOB, "health", key, accomplice)  # signed as health, listed as tax
-
-    agency, reason = _refused(tmp_path, "tax", signed_by_accomplice)
-    assert agency == "civil" and "certificate of another agency: health" in reason
+    coordinator = Coordinator(
+        fed, "tax", lambda key: psi_keys.statement_fields(fed.job.job_id, "health", key, accomplice)
+    )
+    failed = _refused(fed)
+    assert coordinator.sealed is None
+    assert failed.agency == "civil" and "certificate of another agency: health" in failed.message
 
 
 def test_a_swapped_label_holder_key_is_refused_by_the_node_it_was_sent_to(tmp_path: Path) -> None:
-    """The label holder does not check its own key; the node that would agree with it does."""
-    mine = psi.new_key()
-
-    def swap_label(kind: str, node: int, reply: Reply) -> Reply:
-        if kind == "query.hello" and node == NODE_OF["civil"]:
-            return {**reply, "agree": psi.agreement_public(mine), "agree_cert": b"", "agree_sig": b""}
-        if kind == "train.membership":
-            raise AssertionError("a node answered membership with a swapped label holder key")
-        return reply
-
-    with pytest.raises(VerticalFailed) as failed:
-        align(SETS, label="civil", tamper=swap_label, pki_dir=tmp_path)
-    assert failed.value.agency in ("tax", "hrss")
-    assert "agency 'civil' sent its agreement key unsigned" in failed.value.message
+    """The label holder does not check its own key; a node that would open the seed with it does."""
+    fed = federation(tmp_path, SETS)
+    coordinator = Coordinator(fed, "civil", _unsigned)
+    failed = _refused(fed)
+    assert failed.agency in ("tax", "hrss")
+    assert "agency 'civil' sent its agreement key unsigned" in failed.message
+    assert coordinator.label_agree  # the hello it swapped
 
 
 def test_a_revoked_supernode_certificate_is_refused(tmp_path: Path) -> None:
-    _, identities = federation_pki(tmp_path, list(SETS))
-    pki.revoke(tmp_path / "ca", load_cert(identities["hrss"].certificate).serial_number)
-    with pytest.raises(VerticalFailed) as failed:
-        align(SETS, label="civil", pki_dir=tmp_path)
-    assert failed.value.agency == "civil" and "certificate revoked" in failed.value.message
+    fed = federation(tmp_path, SETS)
+    hrss_cert = fed.relay.configs[fed.node_of["hrss"]].identity_cert
+    assert hrss_cert is not None
+    pki.revoke(tmp_path / "pki" / "ca", load_cert(hrss_cert).serial_number)
+    failed = _refused(fed)
+    assert failed.agency == "civil" and "certificate revoked" in failed.message
 
 
-def test_honest_nodes_with_the_ca_align_exactly(tmp_path: Path) -> None:
-    run = align(SETS, label="civil", pki_dir=tmp_path)
-    common = set(SETS["civil"]) & set(SETS["tax"]) & set(SETS["hrss"])
-    assert set(run.train["civil"]) | set(run.test["civil"]) == common
+def test_a_node_whose_supernode_key_has_no_certificate_is_refused_by_its_peers(tmp_path: Path) -> None:
+    """A real node configured without `supernode_cert`: it has nothing to sign with."""
+    fed = federation(tmp_path, SETS, uncertified="hrss")
+    failed = _refused(fed)
+    assert failed.agency == "civil" and "agency 'hrss' sent its agreement key unsigned" in failed.message
+
+
+def _strip_peers(victim: str) -> Callable[[str, str, Cfg], Cfg]:
+    """The coordinator hands `victim` a membership request listing only itself as a peer."""
+
+    def request(kind: str, agency: str, cfg: Cfg) -> Cfg:
+        if kind == "train.membership" and agency == victim:
+            me = cfg["agencies"].index(victim)
+            cfg = {**cfg, **{k: [cfg[k][me]] for k in ("agencies", "agree", "agree_cert", "agree_sig")}, "index": 0}
+        return cfg
+
+    return request
+
+
+def test_a_roster_without_the_other_nodes_is_refused_below_the_jobs_min_nodes(tmp_path: Path) -> None:
+    fed = federation(tmp_path, SETS)  # min_nodes = 3: every node needs two peers
+    fed.relay.on_request = _strip_peers("tax")
+    failed = _refused(fed)
+    assert failed.agency == "tax" and "listed 1 other nodes, the job needs at least 2" in failed.message
+
+
+def test_a_roster_the_seed_was_not_sealed_for_does_not_open_it(tmp_path: Path) -> None:
+    """With min_nodes = 2 a single peer is a legal count, so the roster binding is what refuses."""
+    fed = federation(tmp_path, SETS, min_nodes=2)
+    fed.relay.on_request = _strip_peers("tax")
+    failed = _refused(fed)
+    assert failed.agency == "tax"
+    assert "does not open with this node's key and the list of nodes it was sent" in failed.message
+
+
+def test_positive_control_a_share_without_peers_is_zero_exactly_on_the_rows_the_node_holds() -> None:
+    """What the stripped roster would have bought: no pairwise masks, so the share reads as membership."""
+    held = np.random.default_rng(3).random(500) < 0.6
+    share = np.frombuffer(psi.membership_share(held, psi.new_seed(), 0, {}), dtype="<u8")
+    assert np.array_equal(share == 0, held)
+    masked = np.frombuffer(psi.membership_share(held, psi.new_seed(), 0, {1: psi.new_seed()}), dtype="<u8")
+    assert not np.any(masked == 0)
+
+
+def test_each_psi_step_answers_once_per_job(tmp_path: Path) -> None:
+    fed = federation(tmp_path, SETS)
+    sent: dict[tuple[str, str], Cfg] = {}
+
+    def keep(kind: str, agency: str, cfg: Cfg) -> Cfg:
+        sent[kind, agency] = cfg
+        return cfg
+
+    fed.relay.on_request = keep
+    fed.align()
+    for kind, agency, step in (("train.blind", "civil", "blind"), ("train.membership", "tax", "membership")):
+        with pytest.raises(VerticalFailed, match=f"already answered '{step}' for this job"):
+            fed.relay.send(kind, {fed.node_of[agency]: (sent[kind, agency], {})})
+
+
+def test_a_feature_node_called_the_label_holder_refuses_setup(tmp_path: Path) -> None:
+    """Record-level DP: a feature node decides from the job and its store whether it adds noise,
+    never from the coordinator's `label_holder` flag (which would have it release clean embeddings)."""
+    fed = federation(tmp_path, SETS, dp=True)
+    alignment, train, test = fed.align()
+    tax = fed.node_of["tax"]
+    rows = {
+        "train": psi.rows_to_bytes(alignment.positions(tax, train)),
+        "test": psi.rows_to_bytes(alignment.positions(tax, test)),
+    }
+    with pytest.raises(VerticalFailed, match="label_holder=True is wrong for this node"):
+        fed.relay.send("train.setup", {tax: ({**rows, "label_holder": True, "width": 12}, {})})
+    with pytest.raises(VerticalFailed, match="trains its bottom in 'top', not in 'step'"):
+        fed.relay.send("train.step", {fed.node_of["civil"]: ({"step": 0, "grad_step": -2}, {})})

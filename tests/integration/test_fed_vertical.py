@@ -79,7 +79,7 @@ def test_vertical_end_to_end_with_record_dp(tmp_path: Path) -> None:
     # The protocol: aligned on the 1000 subjects all three hold, two rounds, the model stays split.
     aligned = next(e for e in events if e["event"] == "aligned")
     assert aligned["subjects"] == 1000 and sorted(aligned["nodes"]) == ["civil", "hrss", "tax"]
-    assert aligned["keys_signed"] is True  # every PSI agreement key came signed by a CA-certified SuperNode key
+    assert aligned["keys_checked"] is True  # every node verified the PSI agreement keys it used against the CA
     assert [e["round"] for e in events if e["event"] == "round_completed"] == [1, 2]
     assert res.evaluation["n"] > 100 and res.evaluation["auc"] > 0.55  # learns something under DP (0.73 seen)
     assert res.evaluation["top_deattenuated"] is True  # scored with weights undoing the noise's dilution

@@ -102,11 +102,13 @@ def test_the_signed_message_is_injective_in_its_fields() -> None:
 
 def test_the_listing_names_each_agency_once_and_the_label_holder_as_the_job_does() -> None:
     keys = [KeyStatement(a, bytes([i]) * 32, b"", b"") for i, a in enumerate(["tax", "hrss"])]
-    assert psi_keys.peer_keys(JOB, keys, "civil", None) == [b"\x00" * 32, b"\x01" * 32]
+    assert psi_keys.peer_keys(JOB, keys, "civil", None, 2) == [b"\x00" * 32, b"\x01" * 32]
     with pytest.raises(ValueError, match="listed an agency's agreement key twice"):
-        psi_keys.peer_keys(JOB, [keys[0], keys[0]], "civil", None)
+        psi_keys.peer_keys(JOB, [keys[0], keys[0]], "civil", None, 2)
     with pytest.raises(ValueError, match="listed the label holder 'tax' among the other nodes"):
-        psi_keys.peer_keys(JOB, keys, "tax", None)
+        psi_keys.peer_keys(JOB, keys, "tax", None, 2)
+    with pytest.raises(ValueError, match="listed 1 other nodes, the job needs at least 2"):
+        psi_keys.peer_keys(JOB, keys[:1], "civil", None, 2)
     assert psi_keys.label_key(JOB, keys[:1], "tax", None) == b"\x00" * 32
     with pytest.raises(ValueError, match="listed \\['hrss'\\] as the label holder, the job names 'tax'"):
         psi_keys.label_key(JOB, keys[1:], "tax", None)
@@ -119,7 +121,7 @@ def test_with_the_ca_an_unsigned_roster_is_refused(
 ) -> None:
     trust, _ = federation
     with pytest.raises(CryptoError, match="agency 'tax' sent its agreement key unsigned"):
-        psi_keys.peer_keys(JOB, [KeyStatement("tax", b"\x00" * 32, b"", b"")], "civil", trust)
+        psi_keys.peer_keys(JOB, [KeyStatement("tax", b"\x00" * 32, b"", b"")], "civil", trust, 1)
 
 
 @pytest.mark.parametrize(
@@ -153,6 +155,25 @@ def test_node_config_carries_the_identity_and_the_ca(tmp_path: Path) -> None:
 def test_an_identity_key_without_its_certificate_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="both identity_key and identity_cert"):
         node_config({"store": "s", "agency": "tax", "ledger": "l", "identity_key": str(tmp_path / "k")})
+
+
+@pytest.mark.parametrize("extra", [{"identity_key": "k", "identity_cert": "c"}, {"crl": "crl.pem"}])
+def test_signing_or_a_crl_without_the_ca_is_a_config_error(extra: dict[str, str]) -> None:
+    """A node that signs its key but checks nobody's, or holds a CRL it checks nothing against."""
+    with pytest.raises(ConfigError, match="without ca_cert"):
+        node_config({"store": "s", "agency": "tax", "ledger": "l", **extra})
+
+
+def test_a_certificate_of_another_kind_is_refused(tmp_path: Path) -> None:
+    """The agency's own node (gRPC) certificate is not its SuperNode's: the kind is checked too."""
+    trust, _ = federation_pki(tmp_path, [])
+    issued = pki.issue(tmp_path / "ca", "node", "tax", tmp_path / "node")
+    from cryptography.hazmat.primitives import serialization
+
+    key = serialization.load_pem_private_key(issued.key_path.read_bytes(), password=None)
+    statement = sign_statement(key, issued.cert_path.read_bytes(), JOB, "tax", b"\x07" * 32)  # type: ignore[arg-type]
+    with pytest.raises(CryptoError, match="certificate that fails"):
+        verify_statement(statement, JOB, trust.ca_cert, trust.crl)
 
 
 def test_revocation_is_checked_against_the_ca_s_crl(tmp_path: Path) -> None:

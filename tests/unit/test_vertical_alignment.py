@@ -129,14 +129,23 @@ def test_membership_core_refuses_what_it_cannot_use() -> None:
         psi.share_values(b"\0" * 8, 2)
     with pytest.raises(ValueError, match="not 1 field elements"):
         psi.intersect({2: "text"}, 1)  # type: ignore[dict-item]
-    sealed = psi.seal_seed(key, psi.agreement_public(other), "job", psi.new_seed())
+    peers = [("tax", psi.agreement_public(other)), ("hrss", psi.agreement_public(psi.new_key()))]
+    roster = psi.roster("job", ("civil", psi.agreement_public(key)), peers)
+    sealed = psi.seal_seed(key, psi.agreement_public(other), "job", psi.new_seed(), roster)
     with pytest.raises(ValueError, match="does not open"):
-        psi.open_seed(other, psi.agreement_public(key), "job-2", sealed)  # another job's seed
+        psi.open_seed(other, psi.agreement_public(key), "job-2", sealed, roster)  # another job's seed
     with pytest.raises(ValueError, match="does not open"):
-        psi.open_seed(psi.new_key(), psi.agreement_public(key), "job", sealed)  # another node's seed
-    assert len(psi.open_seed(other, psi.agreement_public(key), "job", sealed)) == psi.SEED_BYTES
+        psi.open_seed(psi.new_key(), psi.agreement_public(key), "job", sealed, roster)  # another node's seed
+    for shorter in ([], peers[:1], peers[::-1], [("health", peers[0][1]), peers[1]]):  # another roster
+        with pytest.raises(ValueError, match="the list of nodes it was sent"):
+            psi.open_seed(
+                other, psi.agreement_public(key), "job", sealed, psi.roster("job", ("civil", peers[0][1]), shorter)
+            )
+    assert len(psi.open_seed(other, psi.agreement_public(key), "job", sealed, roster)) == psi.SEED_BYTES
     with pytest.raises(ValueError, match="at its place"):
-        psi.membership(other, "job", label, label, sealed, psi.agreement_public(key), [psi.agreement_public(key)], 0)
+        psi.membership(
+            other, "job", label, label, sealed, psi.agreement_public(key), [psi.agreement_public(key)], 0, roster
+        )
     with pytest.raises(ValueError, match="with itself"):
         psi.membership_share(np.ones(2, dtype=bool), psi.new_seed(), 0, {0: psi.new_seed()})
     with pytest.raises(ValueError, match="not among this node's matches"):

@@ -205,3 +205,10 @@ def test_deattenuated_top_scores_clean_rows_better_than_the_diluted_fit() -> Non
 def test_deattenuated_refuses_a_reliability_per_weight_mismatch() -> None:
     with pytest.raises(ValueError, match="2 reliabilities for 3 top weights"):
         vertical_dp.deattenuated(np.zeros(4), np.ones(2))
+
+
+def test_a_plan_kept_with_the_training_data_comes_back_unchanged() -> None:
+    """Setup calibrates once and keeps the plan; every step reads it back instead of re-calibrating."""
+    plan = vertical_dp.plan(1.0, 1e-6, 1.0, n=7_000, batch=256, rounds=3, raw_features=4)
+    back = vertical_dp.Plan.from_array(plan.as_array())
+    assert back == plan and isinstance(back.occurrences, int) and isinstance(back.releases, int)

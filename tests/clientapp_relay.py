@@ -1,0 +1,157 @@
+"""The vertical ServerApp's own alignment code (`federated.vertical_server._private_alignment`,
+`_split`) driving the nodes' real ClientApp handlers (`federated.vertical_client.hello`, `blind`,
+`membership`, `aligned_positions`, `align`) in one process: real Flower Messages and Contexts, each
+node with its own store, node config and cache on disk, as its SuperNode would run it.
+
+Where tests/psi_relay.py answers as the ClientApps would (to read what every message carries),
+this relay answers with the ClientApps themselves, so an attack that a node's checks must stop is
+tried against the code a node runs. A coordinator's tampering is a hook on each request before it
+reaches a node (`on_request`) and on each reply before the server code reads it (`on_reply`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, NoReturn
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordDict
+from flwr.supercore.task_identity import TaskIdentity
+
+from crypto.flower_keys import generate_supernode_key
+from federated import datasets, psi
+from federated import vertical_client as client
+from federated import vertical_server as server
+from federated.jobs import JobSpec, parse_job
+from federated.node import NodeConfig
+from tests.psi_relay import federation_pki
+from xgate.errors import CryptoError, VerticalFailed
+
+Cfg = dict[str, Any]
+Hook = Callable[[str, str, Cfg], Cfg]  # (message type, agency, cfg) -> cfg as passed on
+HANDLERS = {
+    "query.hello": client.hello,
+    "train.blind": client.blind,
+    "train.membership": client.membership,
+    "train.partners": client.aligned_positions,
+    "train.align": client.align,
+    "train.setup": client.setup,
+    "train.step": client.step,
+}
+LABEL = "civil"
+FEATURE = {"civil": "civil.age", "tax": "tax.income", "hrss": "hrss.months", "health": "health.visits"}
+
+
+def vertical_job(agencies: list[str], min_nodes: int, dp: bool = False) -> JobSpec:
+    body: Cfg = {
+        "job_id": "psi-real-nodes",
+        "purpose": "fraud-model",
+        "mode": "vertical",
+        "features": [FEATURE[a] for a in agencies if a != LABEL],
+        "label": "civil.label",
+        "label_holder": LABEL,
+        "rounds": 1,
+        "min_nodes": min_nodes,
+    }
+    if dp:
+        body["dp"] = {"epsilon": 4.0, "delta": 1e-6, "clip": 1.0, "unit": "record"}
+    return parse_job(body)
+
+
+def _node_config(nc: NodeConfig) -> dict[str, str]:
+    """What a SuperNode's `--node-config` gives its ClientApps (federated/node.py reads it back)."""
+    return {k: str(v) for k, v in dataclasses.asdict(nc).items() if v is not None}
+
+
+class ClientAppRelay:
+    """Runs `send` as the coordinator's relay does, each message answered by the node's ClientApp."""
+
+    def __init__(self, job: JobSpec, configs: dict[int, NodeConfig], root: Path) -> None:
+        self.job, self.configs, self.root = job, configs, root
+        self.agency = {n: nc.agency for n, nc in configs.items()}
+        self.on_request: Hook | None = None
+        self.on_reply: Hook | None = None
+
+    def hello(self) -> dict[int, Message]:
+        return self.send("query.hello", {n: ({}, {}) for n in self.configs})
+
+    def send(self, kind: str, per_node: dict[int, tuple[Cfg, dict[str, np.ndarray]]]) -> dict[int, Message]:
+        replies = {}
+        run_config = self.job.run_config(self.root / "job", ledger_check=False)
+        for n, (cfg, arrays) in per_node.items():
+            who = self.agency[n]
+            if self.on_request is not None:
+                cfg = self.on_request(kind, who, dict(cfg))
+            TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, n, 1
+            record = RecordDict({"cfg": ConfigRecord(cfg)})
+            if arrays:
+                record["arrays"] = ArrayRecord({k: Array(v) for k, v in arrays.items()})
+            msg = Message(record, dst_node_id=n, message_type=kind)
+            context = Context(1, n, _node_config(self.configs[n]), RecordDict(), run_config)  # type: ignore[arg-type]
+            try:
+                reply = HANDLERS[kind](msg, context)
+            except (ValueError, CryptoError) as exc:  # a ClientApp's exception: its reply is an error
+                self.fail(who, f"'{kind}' failed: {exc}")
+            if self.on_reply is not None:
+                answered = self.on_reply(kind, who, dict(reply.content["cfg"]))
+                reply = Message(RecordDict({"cfg": ConfigRecord(answered)}), reply_to=msg)
+            replies[n] = reply
+        return replies
+
+    def fail(self, agency: str, reason: str) -> NoReturn:
+        raise VerticalFailed(agency, reason)
+
+
+@dataclasses.dataclass
+class Federation:
+    """Nodes with stores holding `sets` (agency -> pseudonyms), certified SuperNode keys (unless
+    `ca` is False) and the federation CA in every node config."""
+
+    relay: ClientAppRelay
+    job: JobSpec
+    node_of: dict[str, int]
+
+    def align(self) -> tuple[psi.Alignment, list[int], list[int]]:
+        """The server's alignment and split: every node's positions, and the train and test rows
+        (as label holder positions)."""
+        parts = sorted(self.relay.configs)
+        hello = self.relay.hello()
+        first = server._private_alignment(self.relay, parts, self.node_of[LABEL], hello)  # type: ignore[arg-type]
+        return server._split(self.relay, first)  # type: ignore[arg-type]
+
+
+def federation(
+    root: Path,
+    sets: dict[str, list[str]],
+    *,
+    ca: bool = True,
+    uncertified: str | None = None,
+    min_nodes: int | None = None,
+    dp: bool = False,
+) -> Federation:
+    """`uncertified`: that agency's SuperNode key has no certificate (it sends its key unsigned);
+    `min_nodes` defaults to every agency; `dp`: a record-level DP job."""
+    agencies = list(sets)
+    job = vertical_job(agencies, min_nodes or len(agencies), dp)
+    trust, identities = federation_pki(root / "pki", agencies)
+    configs: dict[int, NodeConfig] = {}
+    for i, agency in enumerate(agencies, start=1):
+        home = root / agency
+        store = home / "store.sqlite"
+        members = sets[agency]
+        columns = {FEATURE[agency]: datasets.Column(np.arange(len(members)) % 50, "int", 0, 100)}
+        if agency == LABEL:
+            columns["civil.label"] = datasets.Column(np.arange(len(members)) % 2, "flag", 0, 1)
+        datasets.write_store(store, f"psi_{agency}", members, columns)
+        identity = identities[agency]
+        key, cert = identity.key, identity.certificate
+        if agency == uncertified or not ca:  # without the CA (an insecure federation) nobody signs
+            key, cert = generate_supernode_key(home, agency).private_key, None
+        configs[i] = NodeConfig(
+            store, agency, home / "ledger.sqlite", None, None,
+            identity_key=key if cert is not None else None, identity_cert=cert,
+            ca_cert=trust.ca_cert if ca else None, crl=trust.crl if ca else None,
+        )  # fmt: skip
+    return Federation(ClientAppRelay(job, configs, root), job, {a: i for i, a in enumerate(agencies, start=1)})
