@@ -229,6 +229,7 @@ def align(msg: Message, context: Context) -> Message:
 def setup(msg: Message, context: Context) -> Message:
     job, nc, path = _setup(context)
     cfg = cfg_of(msg)
+    _once(path / "setup-done", "setup")  # a second setup would restart the steps (see `_next_step`)
     _, train = _pseudonyms_at(path, bytes(cfg["train"]))
     _, test = _pseudonyms_at(path, bytes(cfg["test"]))
     feats = node.held_features(job, nc)
@@ -336,6 +337,8 @@ def step(msg: Message, context: Context) -> Message:
     n = len(st["x_train"])
     bottom = Bottom(*unpack_state("b_", st))
     t = int(cfg["step"])
+    last = bool(cfg.get("last", False))
+    done = _next_step(st, job.rounds + 1 if last else t, job.rounds + 1)  # the last call comes after step `rounds`
     plan = None
     if private_releases(job, False):  # required, not inferred from what setup left behind
         if "dp_plan" not in st:
@@ -349,15 +352,25 @@ def step(msg: Message, context: Context) -> Message:
         else:
             bottom.apply(vertical_dp.private_update(x_prev, grad, plan), job.learning_rate, st["precond"])
     out: dict[str, np.ndarray] = {}
-    if bool(cfg.get("last", False)):
+    if last:
         # Held-out rows are never trained on: their embeddings are clipped as in training, not noised.
         e_test = bottom.forward(st["x_test"])
         out["emb"] = _wire(e_test if plan is None else vertical_dp.clip_rows(e_test, plan.clip))
     elif t < job.rounds:
         e = bottom.forward(st["x_train"][batch_indices(n, job.batch_size, t, job.seed)])
         out["emb"] = _wire(e if plan is None else vertical_dp.private_embeddings(e, plan))
-    _save(path, pack_state("b_", bottom.w, bottom.opt_state))
+    _save(path, {**pack_state("b_", bottom.w, bottom.opt_state), "steps_done": np.asarray(done)})
     return _reply(msg, {"bottom_sha256": hashlib.sha256(bottom.w.tobytes()).hexdigest()}, out)
+
+
+def _next_step(st: dict[str, np.ndarray], t: int, most: int) -> int:
+    """Steps run once each, in order (0 .. most): asked again for a step it answered, a feature
+    node would release a fresh noisy embedding of the same batch, and averaging the releases takes
+    the DP noise away."""
+    done = int(st["steps_done"]) if "steps_done" in st else -1
+    if not done < t <= most:
+        raise ValueError(f"step {t} is out of order: this node answered up to step {done} of {most}")
+    return t
 
 
 @app.train("top")
@@ -365,7 +378,7 @@ def top(msg: Message, context: Context) -> Message:
     """Label holder: own bottom + top model step; returns dL/dE for each other node's embedding."""
     job, nc, path = _setup(context)
     st = _load(path)
-    t = int(cfg_of(msg)["step"])
+    t = _next_step(st, int(cfg_of(msg)["step"]), job.rounds - 1)
     order = [str(a) for a in cfg_of(msg)["order"]]
     n = len(st["x_train"])
     idx = batch_indices(n, job.batch_size, t, job.seed)
@@ -382,7 +395,7 @@ def top(msg: Message, context: Context) -> Message:
         sd = float(st["noise_sd"])
         noise_sd = np.repeat([0.0 if a == nc.agency else sd for a in order], h)
         state["reliability"] = vertical_dp.reliability(e, noise_sd)
-    _save(path, state)
+    _save(path, {**state, "steps_done": np.asarray(t)})
     return _reply(msg, {"loss": loss, "batch": len(idx)}, {a: _wire(g) for a, g in grads.items()})
 
 

@@ -24,6 +24,7 @@ from crypto.flower_keys import generate_supernode_key
 from federated import datasets, psi
 from federated import vertical_client as client
 from federated import vertical_server as server
+from federated.admission import LedgerAdmission
 from federated.jobs import JobSpec, parse_job
 from federated.node import NodeConfig
 from tests.psi_relay import federation_pki
@@ -39,6 +40,7 @@ HANDLERS = {
     "train.align": client.align,
     "train.setup": client.setup,
     "train.step": client.step,
+    "train.top": client.top,
 }
 LABEL = "civil"
 FEATURE = {"civil": "civil.age", "tax": "tax.income", "hrss": "hrss.months", "health": "health.visits"}
@@ -79,7 +81,7 @@ class ClientAppRelay:
 
     def send(self, kind: str, per_node: dict[int, tuple[Cfg, dict[str, np.ndarray]]]) -> dict[int, Message]:
         replies = {}
-        run_config = self.job.run_config(self.root / "job", ledger_check=False)
+        run_config = self.job.run_config(self.root / "job")  # each ClientApp requires its ledger's approval
         for n, (cfg, arrays) in per_node.items():
             who = self.agency[n]
             if self.on_request is not None:
@@ -145,6 +147,9 @@ def federation(
         if agency == LABEL:
             columns["civil.label"] = datasets.Column(np.arange(len(members)) % 2, "flag", 0, 1)
         datasets.write_store(store, f"psi_{agency}", members, columns)
+        admission = LedgerAdmission(home / "ledger.sqlite", store)  # each node approves the job in its ledger
+        admission.configure(["fraud-model"], {f"psi_{agency}": 10.0})
+        assert admission(job, agency).approved
         identity = identities[agency]
         key, cert = identity.key, identity.certificate
         if agency == uncertified or not ca:  # without the CA (an insecure federation) nobody signs

@@ -1,0 +1,89 @@
+"""A coordinator that asks a vertical record-DP node for the same release twice (tried on the
+nodes' real ClientApp handlers, tests/clientapp_relay.py).
+
+A feature node noises each training embedding it releases (federated/vertical_dp.py). Asked for
+step t again, it would release a fresh noisy copy of the same batch, and the mean of k copies has
+its noise cut by √k: the accountant's ε counts each batch's release once. So setup runs once per
+job and steps run once each, in order; the label holder's `top` steps likewise. The positive
+control measures what averaging buys against the same noise.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from federated import psi, vertical_dp
+from federated.grid_io import arrays_of
+from tests.clientapp_relay import Federation, federation
+from xgate.errors import VerticalFailed
+
+EVERYONE = [f"pseudonym{i:05d}" for i in range(160)]
+SETS = {"civil": EVERYONE[:140], "tax": EVERYONE[10:], "hrss": EVERYONE[5:150]}
+
+
+def _set_up(tmp_path: Path) -> tuple[Federation, dict[int, dict[str, object]]]:
+    """A record-DP job aligned and set up at every node, as the ServerApp does it."""
+    fed = federation(tmp_path, SETS, dp=True)
+    alignment, train, test = fed.align()
+    width = fed.job.embedding_dim * len(fed.node_of)
+    requests: dict[int, dict[str, object]] = {
+        n: {
+            "train": psi.rows_to_bytes(alignment.positions(n, train)),
+            "test": psi.rows_to_bytes(alignment.positions(n, test)),
+            "label_holder": n == fed.node_of["civil"],
+            "width": width,
+        }
+        for n in fed.node_of.values()
+    }
+    fed.relay.send("train.setup", {n: (cfg, {}) for n, cfg in requests.items()})
+    return fed, requests
+
+
+def test_a_feature_node_releases_each_steps_embedding_once(tmp_path: Path) -> None:
+    fed, _ = _set_up(tmp_path)
+    tax = fed.node_of["tax"]
+    first = fed.relay.send("train.step", {tax: ({"step": 0, "grad_step": -2}, {})})[tax]
+    assert arrays_of(first)["emb"].shape[1] == fed.job.embedding_dim
+    with pytest.raises(VerticalFailed, match="step 0 is out of order: this node answered up to step 0"):
+        fed.relay.send("train.step", {tax: ({"step": 0, "grad_step": -2}, {})})
+    with pytest.raises(VerticalFailed, match="out of order"):  # nor may it be asked past the job's steps
+        fed.relay.send("train.step", {tax: ({"step": fed.job.rounds + 5, "grad_step": 0}, {})})
+
+
+def test_setup_runs_once_so_the_steps_cannot_start_over(tmp_path: Path) -> None:
+    fed, requests = _set_up(tmp_path)
+    tax = fed.node_of["tax"]
+    fed.relay.send("train.step", {tax: ({"step": 0, "grad_step": -2}, {})})
+    with pytest.raises(VerticalFailed, match="already answered 'setup' for this job"):
+        fed.relay.send("train.setup", {tax: (requests[tax], {})})
+
+
+def test_the_label_holder_answers_each_top_step_once(tmp_path: Path) -> None:
+    fed, _ = _set_up(tmp_path)
+    feature_nodes = {a: n for a, n in fed.node_of.items() if a != "civil"}
+    embs = {
+        a: arrays_of(fed.relay.send("train.step", {n: ({"step": 0, "grad_step": -2}, {})})[n])["emb"]
+        for a, n in feature_nodes.items()
+    }
+    civil = fed.node_of["civil"]
+    order = list(fed.node_of)
+    top = {"step": 0, "order": order}
+    grads = arrays_of(fed.relay.send("train.top", {civil: (top, embs)})[civil])
+    assert set(grads) == set(feature_nodes)
+    with pytest.raises(VerticalFailed, match="step 0 is out of order"):
+        fed.relay.send("train.top", {civil: (top, embs)})
+
+
+def test_positive_control_averaging_repeated_releases_strips_the_noise() -> None:
+    """Had the node answered step 0 again and again, the coordinator would average the copies."""
+    n = 120
+    plan = vertical_dp.plan(4.0, 1e-6, 1.0, n=n, batch=n, rounds=1, raw_features=1)
+    clean = vertical_dp.clip_rows(np.random.default_rng(0).normal(size=(n, 4)), plan.clip)
+    rng = np.random.default_rng(1)
+    one = vertical_dp.private_embeddings(clean, plan, rng) - clean
+    mean = np.mean([vertical_dp.private_embeddings(clean, plan, rng) for _ in range(64)], axis=0) - clean
+    assert one.std() == pytest.approx(vertical_dp.embedding_noise_sd(plan), rel=0.1)
+    assert mean.std() < one.std() / 6  # 64 copies: the noise shrinks by about 8
