@@ -176,9 +176,9 @@ def client_fn(context: Context) -> Any:
     job = job_from_run_config(dict(context.run_config))
     nc = node.node_config(dict(context.node_config))
     max_weight = int(context.run_config.get("max-weight", 1_000_000))
-    ledger_check = bool(context.run_config.get("ledger-check", True))
     n_features = int(context.run_config.get("n-features", 0))
-    return HorizontalClient(job, nc, max_weight, ledger_check, n_features).to_client()
+    # Always checked: the run config is the coordinator's to write, so it cannot turn admission off.
+    return HorizontalClient(job, nc, max_weight, True, n_features).to_client()
 
 
 # SecAgg+'s mod insists on SecAgg+ stage configs in every train message, so plain jobs use `app`.

@@ -33,7 +33,6 @@ def write_app(
     *,
     n_nodes: int,
     max_weight: int,
-    ledger_check: bool,
     n_features: int = 0,
     feature_infos: Sequence[ElementInfo] = (),
     node_ids: Sequence[int] = (),
@@ -51,7 +50,7 @@ def write_app(
     else:
         client = "federated.vertical_client:app"
     config = {
-        **job.run_config(job_dir, ledger_check),
+        **job.run_config(job_dir),
         "nodes": n_nodes,
         "max-weight": max_weight,
         "n-features": n_features,

@@ -193,12 +193,12 @@ class JobSpec(BaseModel):
         canon = json.dumps(dumped, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canon.encode()).hexdigest()
 
-    def run_config(self, job_dir: Path, ledger_check: bool = True) -> dict[str, Any]:
-        """Flat run config for `flwr run --run-config` (scalars only)."""
+    def run_config(self, job_dir: Path) -> dict[str, Any]:
+        """Flat run config for `flwr run --run-config` (scalars only). Nothing in it can switch off a
+        node's own admission check: the coordinator writes it."""
         return {
             "job-json": json.dumps(self.model_dump(mode="json"), sort_keys=True),
             "job-dir": str(job_dir),
-            "ledger-check": ledger_check,
         }
 
 

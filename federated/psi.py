@@ -195,23 +195,33 @@ def roster(job_id: str, label: tuple[str, bytes], peers: Sequence[tuple[str, byt
     return hashlib.sha256(b"".join(len(f).to_bytes(4, "big") + f for f in fields)).digest()
 
 
-def seal_seed(key: bytes, peer: bytes, job_id: str, seed: bytes, for_roster: bytes) -> bytes:
-    """The group seed encrypted for the holder of `peer` (AES-GCM under an agreed key, the roster
-    as associated data): the coordinator relays it and cannot read it."""
+def seal_context(roster_digest: bytes, label_list: bytes, node_list: bytes, returned_list: bytes) -> bytes:
+    """What one node's seed is sealed for: the roster, and the SHA-256 digests of the label holder's
+    list as it left the label holder (as that node received it at `blind`), of that node's list as
+    it left the node (as the label holder finished it) and of the list the label holder returned.
+    Each end computes it from what it sent or received itself, so a coordinator that hands a node
+    another list as the label holder's (say one row repeated, to test that row against every other
+    row), or swaps the lists, leaves the seed sealed."""
+    return hashlib.sha256(b"xgate-psi-seal-v1" + roster_digest + label_list + node_list + returned_list).digest()
+
+
+def seal_seed(key: bytes, peer: bytes, job_id: str, seed: bytes, sealed_for: bytes) -> bytes:
+    """The group seed encrypted for the holder of `peer` (AES-GCM under an agreed key, its
+    `seal_context` as associated data): the coordinator relays it and cannot read it."""
     nonce = secrets.token_bytes(_NONCE_BYTES)
-    return nonce + AESGCM(_agreed(key, peer, job_id, _SEAL_INFO)).encrypt(nonce, seed, for_roster)
+    return nonce + AESGCM(_agreed(key, peer, job_id, _SEAL_INFO)).encrypt(nonce, seed, sealed_for)
 
 
-def open_seed(key: bytes, sender: bytes, job_id: str, sealed: bytes, for_roster: bytes) -> bytes:
-    """The group seed sealed by the holder of `sender` for `for_roster`; raises ValueError if it
-    does not open (another key, or sealed for another list of nodes)."""
+def open_seed(key: bytes, sender: bytes, job_id: str, sealed: bytes, sealed_for: bytes) -> bytes:
+    """The group seed sealed by the holder of `sender` for `sealed_for`; raises ValueError if it
+    does not open (another key, or sealed for another roster or other lists)."""
     try:
         seed = AESGCM(_agreed(key, sender, job_id, _SEAL_INFO)).decrypt(
-            sealed[:_NONCE_BYTES], sealed[_NONCE_BYTES:], for_roster
+            sealed[:_NONCE_BYTES], sealed[_NONCE_BYTES:], sealed_for
         )
     except (InvalidTag, ValueError):
         raise ValueError(
-            "the label holder's group seed does not open with this node's key and the list of nodes it was sent"
+            "the label holder's group seed does not open with this node's key and the nodes and lists it was sent"
         ) from None
     if len(seed) != SEED_BYTES:
         raise ValueError("the label holder's group seed has the wrong length")
@@ -250,11 +260,13 @@ def membership_share(held: np.ndarray, group_seed: bytes, me: int, pair_seeds: M
     return share.astype("<u8").tobytes()
 
 
-def sealed_group_seed(key: bytes, job_id: str, peers: Sequence[bytes], for_roster: bytes) -> list[bytes]:
+def sealed_group_seed(key: bytes, job_id: str, peers: Sequence[bytes], contexts: Sequence[bytes]) -> list[bytes]:
     """The label holder's side: one fresh group seed, sealed to each other node's agreement key for
-    the roster of this job (`roster`: its own agency and key, then the peers in their order)."""
+    that node's `seal_context` (the roster of this job and the lists exchanged with that node)."""
+    if len(contexts) != len(peers):
+        raise ValueError("one seal context per peer")
     seed = new_seed()
-    return [seal_seed(key, peer, job_id, seed, for_roster) for peer in peers]
+    return [seal_seed(key, peer, job_id, seed, ctx) for peer, ctx in zip(peers, contexts, strict=True)]
 
 
 def membership(
@@ -266,16 +278,16 @@ def membership(
     label_agree: bytes,
     agree: Sequence[bytes],
     index: int,
-    for_roster: bytes,
+    sealed_for: bytes,
 ) -> tuple[np.ndarray, bytes]:
     """A node's side: its matches (see `matches`) and its share, from its agreement secret `key`,
     the label holder's list as it finished it, its own list as the label holder returned it, the
-    sealed group seed, every other node's agreement key (`agree`, its own at `index`) and the
-    roster they make with the label holder's (the seed opens only for the roster it was sealed for)."""
+    sealed group seed, every other node's agreement key (`agree`, its own at `index`) and what the
+    seed must have been sealed for (`seal_context`, from the roster and lists this node saw)."""
     if not 0 <= index < len(agree) or agree[index] != agreement_public(key):
         raise ValueError("the coordinator did not list this node's agreement key at its place")
     matched = matches(label_side, returned)
-    seed = open_seed(key, label_agree, job_id, sealed, for_roster)
+    seed = open_seed(key, label_agree, job_id, sealed, sealed_for)
     pairs = {j: pair_seed(key, peer, job_id) for j, peer in enumerate(agree) if j != index}
     return matched, membership_share(matched >= 0, seed, index, pairs)
 

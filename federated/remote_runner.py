@@ -106,7 +106,6 @@ def run_remote_job(
             job_dir,
             n_nodes=len(nodes),
             max_weight=max_weight,
-            ledger_check=True,  # every node decides (admit_at_node) and checks its own ledger
             n_features=width,
             feature_infos=catalogue_infos(remote.catalogue, job.features) if job.mode is Mode.HORIZONTAL else (),
             node_ids=sorted(node_ids),

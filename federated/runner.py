@@ -102,7 +102,7 @@ def run_job(
         infos = datasets.element_info(participants[0].store, job.features)
         width = sum(encoded_width(i, e) for i, e in zip(infos, resolve(infos, job.encodings), strict=True))
     make_app = functools.partial(
-        write_app, job, job_dir, n_nodes=len(participants), max_weight=max_weight, ledger_check=True,
+        write_app, job, job_dir, n_nodes=len(participants), max_weight=max_weight,
         n_features=width, feature_infos=infos,
     )  # fmt: skip
     result = JobResult(job.job_id, None, "failed", job_dir)

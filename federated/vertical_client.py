@@ -49,8 +49,8 @@ app = ClientApp()
 def _setup(context: Context) -> tuple[JobSpec, node.NodeConfig, Path]:
     job = job_from_run_config(dict(context.run_config))
     nc = node.node_config(dict(context.node_config))
-    if bool(context.run_config.get("ledger-check", True)):
-        admit_at_node(job, nc.agency, nc.ledger, nc.store, nc.policy_dir, nc.policy_ca)
+    # Always: the run config is the coordinator's to write, so nothing in it turns admission off.
+    admit_at_node(job, nc.agency, nc.ledger, nc.store, nc.policy_dir, nc.policy_ca)
     cache = nc.ledger.parent / "fl-cache" / job.job_id
     cache.mkdir(parents=True, exist_ok=True)
     return job, nc, cache
@@ -94,6 +94,7 @@ def hello(msg: Message, context: Context) -> Message:
         _write_private(cache / "psi-agree.key", agreement)
         (cache / "psi-order.txt").write_text("\n".join(order))
         tags = psi.first_tags(key, job.job_id, order)
+        (cache / "psi-hello.sha256").write_bytes(hashlib.sha256(tags).digest())  # bound into the sealed seed
         agree = psi.agreement_public(agreement)
     signed = psi_keys.statement_fields(job.job_id, nc.agency, agree, psi_keys.identity_of(nc)) if agree else {}
     digest = datasets.store_digest(nc.store, job.elements())  # attested: the coordinator may not see the store
@@ -121,10 +122,14 @@ def blind(msg: Message, context: Context) -> Message:
     it has checked their agreement keys, and for their roster. Once per job."""
     job, nc, cache = _setup(context)
     cfg = cfg_of(msg)
-    _once(cache / "psi-blinded", "blind")
+    _once(cache, context, "blind")
     key = (cache / "psi.key").read_bytes()
     if not _holds_label(job, nc):
-        (label_side,) = [psi.finish(key, bytes(tags)) for tags in cfg["tags"]]
+        (label_list,) = [bytes(tags) for tags in cfg["tags"]]
+        if len(set(psi.split(label_list))) != psi.count(label_list):  # one row repeated tests it against all
+            raise ValueError("the label holder's list names a subject twice")
+        (cache / "psi-label-hello.sha256").write_bytes(hashlib.sha256(label_list).digest())
+        label_side = psi.finish(key, label_list)
         _write_private(cache / "psi-label-side.bin", label_side)
         return _reply(msg, {"finished": psi.count(label_side, psi.MATCH_BYTES)})
     # The keys it will seal to are checked before any work (federated/psi_keys.py).
@@ -135,23 +140,35 @@ def blind(msg: Message, context: Context) -> Message:
     roster = psi.roster(
         job.job_id, (nc.agency, psi.agreement_public(agreement)), [(s.agency, s.key) for s in statements]
     )
-    finished = [psi.finish(key, bytes(tags)) for tags in cfg["tags"]]
+    lists = [bytes(tags) for tags in cfg["tags"]]
+    finished = [psi.finish(key, tags) for tags in lists]
     orders = [psi.new_order(psi.count(f, psi.MATCH_BYTES)) for f in finished]
     buffer = io.BytesIO()
     np.savez(buffer, *orders)
     _write_private(cache / "psi-orders.npz", buffer.getvalue())
     finished = [psi.reorder(f, order) for f, order in zip(finished, orders, strict=True)]
-    seeds = psi.sealed_group_seed(agreement, job.job_id, peers, roster)
+    # Each seed is sealed for the roster and for the lists as they left and reached this node: the
+    # coordinator cannot hand a node another list as the label holder's, or another returned list.
+    own = (cache / "psi-hello.sha256").read_bytes()
+    contexts = [
+        psi.seal_context(roster, own, _sha(sent), _sha(back)) for sent, back in zip(lists, finished, strict=True)
+    ]
+    seeds = psi.sealed_group_seed(agreement, job.job_id, peers, contexts)
     return _reply(msg, {"matches": finished, "seeds": seeds, "keys_checked": trust is not None})
 
 
-def _once(marker: Path, step: str) -> None:
-    """A PSI step runs once per job at a node: asked again (with other lists, or another roster)
-    it would hand the coordinator a second, different answer to combine with the first."""
+def _sha(data: bytes) -> bytes:
+    return hashlib.sha256(data).digest()
+
+
+def _once(cache: Path, context: Context, step: str) -> None:
+    """A step runs once per run of a job at a node: asked again (with other lists, another roster,
+    for a release it already made) it would hand the coordinator a second, different answer to
+    combine with the first. A job resubmitted later is a new run and starts over from hello."""
     try:
-        os.close(os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        os.close(os.open(cache / f"done-{step}-{context.run_id}", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
     except FileExistsError:
-        raise ValueError(f"this node already answered '{step}' for this job") from None
+        raise ValueError(f"this node already answered '{step}' in this run") from None
 
 
 @app.train("membership")
@@ -161,7 +178,7 @@ def membership(msg: Message, context: Context) -> Message:
     here for `partners`."""
     job, nc, cache = _setup(context)
     cfg = cfg_of(msg)
-    _once(cache / "psi-membership", "membership")
+    _once(cache, context, "membership")
     trust = psi_keys.trust_of(nc)
     label_key = psi_keys.label_key(job.job_id, psi_keys.relayed(cfg, "label_"), job.label_holder, trust)
     statements = psi_keys.relayed(cfg)
@@ -175,7 +192,12 @@ def membership(msg: Message, context: Context) -> Message:
         label_key,
         peers,
         int(cfg["index"]),
-        psi.roster(job.job_id, (job.label_holder, label_key), [(s.agency, s.key) for s in statements]),
+        psi.seal_context(
+            psi.roster(job.job_id, (job.label_holder, label_key), [(s.agency, s.key) for s in statements]),
+            (cache / "psi-label-hello.sha256").read_bytes(),
+            (cache / "psi-hello.sha256").read_bytes(),
+            _sha(bytes(cfg["matches"])),
+        ),
     )
     buffer = io.BytesIO()
     np.save(buffer, matched)
@@ -187,6 +209,7 @@ def membership(msg: Message, context: Context) -> Message:
 def aligned_positions(msg: Message, context: Context) -> Message:
     """PSI, another node: where the aligned subjects sit in the list the label holder returned."""
     _, _, cache = _setup(context)
+    _once(cache, context, "partners")
     matched = np.load(cache / "psi-matches.npy", allow_pickle=False)
     return _reply(msg, {"rows": psi.partner_rows(matched, bytes(cfg_of(msg)["aligned"]))})
 
@@ -199,13 +222,16 @@ def _pseudonyms_at(cache: Path, rows: bytes) -> tuple[list[int], list[str]]:
     return positions, [order[r] for r in positions]
 
 
-def _partner_positions(cache: Path, partners: list[bytes]) -> list[bytes]:
+def _partner_positions(cache: Path, partners: list[bytes], aligned: int) -> list[bytes]:
     """Label holder: for each other node, the aligned subjects' positions in the list that node
-    sent, from their positions in the order this node gave that list at `blind`."""
+    sent, from their positions in the order this node gave that list at `blind`; exactly `aligned`
+    of them (more would have it undo its secret order for subjects outside the intersection)."""
     with np.load(cache / "psi-orders.npz", allow_pickle=False) as data:
         orders = [data[f"arr_{i}"] for i in range(len(data.files))]
     if len(partners) != len(orders):
         raise ValueError(f"{len(partners)} nodes' aligned rows for {len(orders)} blinded lists")
+    if any(len(bytes(rows)) != psi.ROW_BYTES * aligned for rows in partners):
+        raise ValueError(f"aligned rows of another node that are not {aligned} positions")
     return [psi.unshuffle(bytes(rows), order) for rows, order in zip(partners, orders, strict=True)]
 
 
@@ -215,13 +241,14 @@ def align(msg: Message, context: Context) -> Message:
     and translate every other node's aligned rows back into that node's own positions."""
     job, nc, cache = _setup(context)
     cfg = cfg_of(msg)
+    _once(cache, context, "align")
     positions, aligned = _pseudonyms_at(cache, bytes(cfg["aligned"]))
     test = node.is_holdout(aligned, job, nc.holdout)
     train = [r for r, held_out in zip(positions, test, strict=True) if not held_out]
     held = [r for r, held_out in zip(positions, test, strict=True) if held_out]
     reply: dict[str, Any] = {"train": psi.rows_to_bytes(train), "test": psi.rows_to_bytes(held)}
     if "partners" in cfg:  # absent when the label holder is the only participant
-        reply["partners"] = _partner_positions(cache, list(cfg["partners"]))
+        reply["partners"] = _partner_positions(cache, list(cfg["partners"]), len(positions))
     return _reply(msg, reply)
 
 
@@ -229,9 +256,11 @@ def align(msg: Message, context: Context) -> Message:
 def setup(msg: Message, context: Context) -> Message:
     job, nc, path = _setup(context)
     cfg = cfg_of(msg)
-    _once(path / "setup-done", "setup")  # a second setup would restart the steps (see `_next_step`)
-    _, train = _pseudonyms_at(path, bytes(cfg["train"]))
-    _, test = _pseudonyms_at(path, bytes(cfg["test"]))
+    _once(path, context, "setup")  # a second setup would restart the steps (see `_next_step`)
+    train_rows, train = _pseudonyms_at(path, bytes(cfg["train"]))
+    test_rows, test = _pseudonyms_at(path, bytes(cfg["test"]))
+    if set(train_rows) & set(test_rows):  # a held-out row is released clean: never one it trains on
+        raise ValueError("the coordinator's train and test rows overlap")
     feats = node.held_features(job, nc)
     infos = datasets.element_info(nc.store, feats)
     _, raw_tr = datasets.read_matrix(nc.store, feats, train)
@@ -339,14 +368,22 @@ def step(msg: Message, context: Context) -> Message:
     t = int(cfg["step"])
     last = bool(cfg.get("last", False))
     done = _next_step(st, job.rounds + 1 if last else t, job.rounds + 1)  # the last call comes after step `rounds`
+    # The schedule is fixed by the job: step t applies the gradient of batch t-2, the last call that
+    # of batch rounds-1, and only after every step (its held-out embeddings are released clean).
+    due = job.rounds - 1 if last else t - 2
+    received = arrays_of(msg)
+    if last and _steps_done(st) != _final_step(job.rounds):
+        raise ValueError(f"the last call before step {_final_step(job.rounds)} was answered")
+    if (due >= 0) != ("grad" in received) or ("grad" in received and int(cfg["grad_step"]) != due):
+        raise ValueError(f"step {t}: the gradient of batch {due} is due, not {cfg.get('grad_step')}")
     plan = None
     if private_releases(job, False):  # required, not inferred from what setup left behind
         if "dp_plan" not in st:
             raise ValueError("record-level DP job without this node's DP plan: was setup run?")
         plan = vertical_dp.Plan.from_array(st["dp_plan"])
-    if "grad" in (received := arrays_of(msg)):
+    if "grad" in received:
         grad = _unwire(received["grad"])
-        x_prev = st["x_train"][batch_indices(n, job.batch_size, int(cfg["grad_step"]), job.seed)]
+        x_prev = st["x_train"][batch_indices(n, job.batch_size, due, job.seed)]
         if plan is None:
             bottom.backward(x_prev, grad, job.learning_rate, st["precond"])
         else:
@@ -363,11 +400,21 @@ def step(msg: Message, context: Context) -> Message:
     return _reply(msg, {"bottom_sha256": hashlib.sha256(bottom.w.tobytes()).hexdigest()}, out)
 
 
+def _steps_done(st: dict[str, np.ndarray]) -> int:
+    return int(st["steps_done"]) if "steps_done" in st else -1
+
+
+def _final_step(rounds: int) -> int:
+    """The feature nodes' last step before the final call: `rounds` (which applies the gradient of
+    batch rounds-2), or 0 in a one-round job, which has no such step (vertical_server.run_vertical)."""
+    return rounds if rounds >= 2 else 0
+
+
 def _next_step(st: dict[str, np.ndarray], t: int, most: int) -> int:
     """Steps run once each, in order (0 .. most): asked again for a step it answered, a feature
     node would release a fresh noisy embedding of the same batch, and averaging the releases takes
     the DP noise away."""
-    done = int(st["steps_done"]) if "steps_done" in st else -1
+    done = _steps_done(st)
     if not done < t <= most:
         raise ValueError(f"step {t} is out of order: this node answered up to step {done} of {most}")
     return t
@@ -401,9 +448,14 @@ def top(msg: Message, context: Context) -> Message:
 
 @app.evaluate("top")
 def evaluate_top(msg: Message, context: Context) -> Message:
-    """Label holder: score the held-out aligned rows; only the summary (AUC, counts) leaves."""
-    _, nc, path = _setup(context)
+    """Label holder: score the held-out aligned rows; only the summary (AUC, counts) leaves. Once,
+    after the last training step: each answer counts true held-out labels, so answering again on
+    embeddings of the coordinator's choosing would read them out one by one."""
+    job, nc, path = _setup(context)
+    _once(path, context, "evaluate")
     st = _load(path)
+    if _steps_done(st) != job.rounds - 1:
+        raise ValueError("evaluation before the last training step")
     order = [str(a) for a in cfg_of(msg)["order"]]
     bottom, topm = Bottom(*unpack_state("b_", st)), Top(*unpack_state("t_", st))
     received = arrays_of(msg)

@@ -36,6 +36,7 @@ class Node:
     order: list[str] = field(init=False)
     shuffles: list[np.ndarray] = field(default_factory=list)  # the label holder's, from `blind`
     label_side: bytes = b""  # another node's: the label holder's list as it finished it
+    label_hello: bytes = b""  # another node's: SHA-256 of the label holder's list as it received it
     matched: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     identity: psi_keys.Identity | None = None  # its SuperNode key and certificate: signs its agreement key
 
@@ -120,6 +121,7 @@ class FakeRelay:
         if kind == "train.blind":
             finished = [psi.finish(node.key, tags) for tags in cfg["tags"]]
             if not node.label:
+                node.label_hello = _sha(cfg["tags"][0])
                 (node.label_side,) = finished
                 return {"finished": psi.count(node.label_side, psi.MATCH_BYTES)}
             if self.label_shuffles:
@@ -128,14 +130,20 @@ class FakeRelay:
             listed = psi_keys.relayed(cfg)
             peers = psi_keys.peer_keys(JOB, listed, self.label, self.trust, len(self.nodes) - 1)
             roster = psi.roster(JOB, (node.agency, psi.agreement_public(node.agreement)), _pairs(listed))
-            seeds = psi.sealed_group_seed(node.agreement, JOB, peers, roster)
+            own = _sha(psi.first_tags(node.key, JOB, node.order))
+            contexts = [
+                psi.seal_context(roster, own, _sha(sent), _sha(back)) for sent, back in zip(cfg["tags"], finished)
+            ]
+            seeds = psi.sealed_group_seed(node.agreement, JOB, peers, contexts)
             return {"matches": finished, "seeds": seeds, "keys_checked": self.trust is not None}
         if kind == "train.membership":
             label_key = psi_keys.label_key(JOB, psi_keys.relayed(cfg, "label_"), self.label, self.trust)
             listed = psi_keys.relayed(cfg)
             everyone = psi_keys.peer_keys(JOB, listed, self.label, self.trust, len(self.nodes) - 1)
             roster = psi.roster(JOB, (self.label, label_key), _pairs(listed))
-            args = (cfg["matches"], cfg["seed"], label_key, everyone, cfg["index"], roster)
+            own = _sha(psi.first_tags(node.key, JOB, node.order))
+            sealed_for = psi.seal_context(roster, node.label_hello, own, _sha(cfg["matches"]))
+            args = (cfg["matches"], cfg["seed"], label_key, everyone, cfg["index"], sealed_for)
             node.matched, share = psi.membership(node.agreement, JOB, node.label_side, *args)
             return {"share": share, "keys_checked": self.trust is not None}
         if kind == "train.partners":
@@ -158,6 +166,10 @@ class FakeRelay:
 
     def fail(self, agency: str, reason: str) -> NoReturn:
         raise VerticalFailed(agency, reason)
+
+
+def _sha(data: bytes) -> bytes:
+    return hashlib.sha256(data).digest()
 
 
 def _pairs(listed: list[Any]) -> list[tuple[str, bytes]]:

@@ -16,6 +16,7 @@ coordinator opens the sealed seed) and show what an unmasked share would have to
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -43,7 +44,7 @@ class Coordinator:
     def __init__(self, fed: Federation, victim: str, statement: Callable[[bytes], dict[str, bytes]]) -> None:
         self.job_id, self.victim, self.statement = fed.job.job_id, victim, statement
         self.key = psi.new_key()
-        self.label_agree = b""
+        self.label_agree = self.label_tags = self.returned = b""
         self.blind_request: Cfg = {}
         self.sealed: bytes | None = None
         fed.relay.on_request, fed.relay.on_reply = self.request, self.reply
@@ -55,19 +56,27 @@ class Coordinator:
 
     def reply(self, kind: str, agency: str, cfg: Cfg) -> Cfg:
         if kind == "query.hello" and agency == "civil":
-            self.label_agree = cfg["agree"]
+            self.label_agree, self.label_tags = cfg["agree"], cfg["tags"]
         if kind == "query.hello" and agency == self.victim:
             mine = psi.agreement_public(self.key)
             return {**cfg, "agree": mine, **self.statement(mine)}
         if kind == "train.blind" and agency == "civil" and self.victim != "civil":
-            self.sealed = cfg["seeds"][self.blind_request["agencies"].index(self.victim)]
+            at = self.blind_request["agencies"].index(self.victim)
+            self.sealed, self.returned = cfg["seeds"][at], cfg["matches"][at]
         return cfg
 
     def opened_seed(self) -> bytes:
         assert self.sealed is not None, "the label holder sealed nothing for the coordinator"
+        # It relayed every list the seal binds, so it can compute what the seed was sealed for.
         listed = list(zip(self.blind_request["agencies"], self.blind_request["agree"], strict=True))
         roster = psi.roster(self.job_id, ("civil", self.label_agree), listed)
-        return psi.open_seed(self.key, self.label_agree, self.job_id, self.sealed, roster)
+        victim_tags = self.blind_request["tags"][self.blind_request["agencies"].index(self.victim)]
+        sealed_for = psi.seal_context(roster, _sha(self.label_tags), _sha(victim_tags), _sha(self.returned))
+        return psi.open_seed(self.key, self.label_agree, self.job_id, self.sealed, sealed_for)
+
+
+def _sha(data: bytes) -> bytes:
+    return hashlib.sha256(data).digest()
 
 
 def _unsigned(_key: bytes) -> dict[str, bytes]:
@@ -198,7 +207,7 @@ def test_a_roster_the_seed_was_not_sealed_for_does_not_open_it(tmp_path: Path) -
     fed.relay.on_request = _strip_peers("tax")
     failed = _refused(fed)
     assert failed.agency == "tax"
-    assert "does not open with this node's key and the list of nodes it was sent" in failed.message
+    assert "does not open with this node's key and the nodes and lists it was sent" in failed.message
 
 
 def test_positive_control_a_share_without_peers_is_zero_exactly_on_the_rows_the_node_holds() -> None:
@@ -221,7 +230,7 @@ def test_each_psi_step_answers_once_per_job(tmp_path: Path) -> None:
     fed.relay.on_request = keep
     fed.align()
     for kind, agency, step in (("train.blind", "civil", "blind"), ("train.membership", "tax", "membership")):
-        with pytest.raises(VerticalFailed, match=f"already answered '{step}' for this job"):
+        with pytest.raises(VerticalFailed, match=f"already answered '{step}' in this run"):
             fed.relay.send(kind, {fed.node_of[agency]: (sent[kind, agency], {})})
 
 
@@ -239,3 +248,60 @@ def test_a_feature_node_called_the_label_holder_refuses_setup(tmp_path: Path) ->
         fed.relay.send("train.setup", {tax: ({**rows, "label_holder": True, "width": 12}, {})})
     with pytest.raises(VerticalFailed, match="trains its bottom in 'top', not in 'step'"):
         fed.relay.send("train.step", {fed.node_of["civil"]: ({"step": 0, "grad_step": -2}, {})})
+
+
+def _swap_label_list(victim: str, change: Callable[[list[bytes]], list[bytes]]) -> Callable[[str, str, Cfg], Cfg]:
+    """The coordinator hands `victim` another list as the label holder's (its tags changed)."""
+
+    def request(kind: str, agency: str, cfg: Cfg) -> Cfg:
+        if kind == "train.blind" and agency == victim:
+            tags = psi.split(cfg["tags"][0])
+            cfg = {**cfg, "tags": [b"".join(change(tags))]}
+        return cfg
+
+    return request
+
+
+def test_the_label_holders_list_with_one_row_repeated_is_refused(tmp_path: Path) -> None:
+    """Row k repeated in every place: the node's share would say at every row whether it holds k,
+    and the shares' sum would read another node's whole membership off the label holder's rows."""
+    fed = federation(tmp_path, SETS)
+    fed.relay.on_request = _swap_label_list("hrss", lambda tags: [tags[0]] * len(tags))
+    failed = _refused(fed)
+    assert failed.agency == "hrss" and "the label holder's list names a subject twice" in failed.message
+
+
+def test_the_label_holders_list_reordered_does_not_open_the_seed(tmp_path: Path) -> None:
+    """A permutation has no repeat, but the seed is sealed for the list as the label holder sent it."""
+    fed = federation(tmp_path, SETS)
+    fed.relay.on_request = _swap_label_list("hrss", lambda tags: tags[1:] + tags[:1])
+    failed = _refused(fed)
+    assert failed.agency == "hrss" and "does not open with this node's key and the nodes and lists" in failed.message
+
+
+def test_positive_control_a_repeated_row_makes_every_match_that_rows() -> None:
+    key_l, key_i = psi.new_key(), psi.new_key()
+    label_tags = psi.first_tags(key_l, "job", ["a", "b", "c", "d"])
+    node_tags = psi.first_tags(key_i, "job", ["b", "x"])
+    returned = psi.finish(key_l, node_tags)  # the node's list as the label holder finished it
+    honest = psi.matches(psi.finish(key_i, label_tags), returned)
+    repeated = psi.matches(psi.finish(key_i, psi.split(label_tags)[1] * 4), returned)  # row "b" everywhere
+    assert list(honest >= 0) == [False, True, False, False]
+    assert list(repeated >= 0) == [True, True, True, True]  # "does it hold b?" at every row
+
+
+def test_the_label_holder_undoes_its_secret_order_only_for_the_aligned_rows(tmp_path: Path) -> None:
+    """Asked to translate every position of a node's list, the label holder would hand back its
+    whole secret order for that list, and a colluding node would learn which of its subjects the
+    label holder holds."""
+    fed = federation(tmp_path, SETS)
+
+    def all_positions(kind: str, agency: str, cfg: Cfg) -> Cfg:
+        if kind == "train.align":
+            everyone = psi.rows_to_bytes(range(len(SETS["tax"])))
+            cfg = {**cfg, "partners": [everyone, *cfg["partners"][1:]]}
+        return cfg
+
+    fed.relay.on_request = all_positions
+    failed = _refused(fed)
+    assert failed.agency == "civil" and f"not {len(COMMON)} positions" in failed.message

@@ -57,7 +57,7 @@ def test_setup_runs_once_so_the_steps_cannot_start_over(tmp_path: Path) -> None:
     fed, requests = _set_up(tmp_path)
     tax = fed.node_of["tax"]
     fed.relay.send("train.step", {tax: ({"step": 0, "grad_step": -2}, {})})
-    with pytest.raises(VerticalFailed, match="already answered 'setup' for this job"):
+    with pytest.raises(VerticalFailed, match="already answered 'setup' in this run"):
         fed.relay.send("train.setup", {tax: (requests[tax], {})})
 
 
@@ -87,3 +87,69 @@ def test_positive_control_averaging_repeated_releases_strips_the_noise() -> None
     mean = np.mean([vertical_dp.private_embeddings(clean, plan, rng) for _ in range(64)], axis=0) - clean
     assert one.std() == pytest.approx(vertical_dp.embedding_noise_sd(plan), rel=0.1)
     assert mean.std() < one.std() / 6  # 64 copies: the noise shrinks by about 8
+
+
+def test_the_held_out_release_comes_only_after_every_training_step(tmp_path: Path) -> None:
+    """Right after setup the bottom weights are the job's public initial ones: clean held-out
+    embeddings then would be the features times a known matrix."""
+    fed, _ = _set_up(tmp_path)
+    tax = fed.node_of["tax"]
+    with pytest.raises(VerticalFailed, match="the last call before step"):
+        fed.relay.send("train.step", {tax: ({"step": fed.job.rounds, "grad_step": 0, "last": True}, {})})
+
+
+def test_train_and_test_rows_must_not_overlap(tmp_path: Path) -> None:
+    """A held-out row is released clean: the coordinator may not name a training row held out."""
+    fed = federation(tmp_path, SETS, dp=True)
+    alignment, train, test = fed.align()
+    tax = fed.node_of["tax"]
+    rows = psi.rows_to_bytes(alignment.positions(tax, train))
+    cfg = {"train": rows, "test": rows, "label_holder": False, "width": 12}
+    with pytest.raises(VerticalFailed, match="train and test rows overlap"):
+        fed.relay.send("train.setup", {tax: (cfg, {})})
+    assert test
+
+
+@pytest.mark.parametrize(
+    ("step", "grad_step", "with_grad"),
+    [(0, -2, True), (0, 0, True), (2, 1, True), (2, 0, False)],  # a gradient where none is due / wrong batch / missing
+)
+def test_each_step_applies_exactly_the_gradient_its_schedule_says(
+    tmp_path: Path, step: int, grad_step: int, with_grad: bool
+) -> None:
+    """An update on a batch the schedule does not name is a release the accountant did not count."""
+    fed, _ = _set_up(tmp_path)
+    tax = fed.node_of["tax"]
+    for t in range(step):
+        fed.relay.send("train.step", {tax: ({"step": t, "grad_step": t - 2}, {})})
+    grad = {"grad": np.zeros((8, fed.job.embedding_dim), dtype=np.float16)} if with_grad else {}
+    with pytest.raises(VerticalFailed, match=f"step {step}: the gradient of batch {step - 2} is due"):
+        fed.relay.send("train.step", {tax: ({"step": step, "grad_step": grad_step}, grad)})
+
+
+def test_the_label_holder_evaluates_once_and_only_after_training(tmp_path: Path) -> None:
+    """Each evaluation counts the true held-out labels on embeddings the coordinator sends: asked
+    again and again, with one embedding changed each time, it would read them out one by one."""
+    fed, _ = _set_up(tmp_path)
+    civil = fed.node_of["civil"]
+    order = {"order": list(fed.node_of)}
+    with pytest.raises(VerticalFailed, match="evaluation before the last training step"):
+        fed.relay.send("evaluate.top", {civil: (order, {})})
+    fed2, _ = _set_up(tmp_path / "second")
+    feature_nodes = {a: n for a, n in fed2.node_of.items() if a != "civil"}
+    embs = {
+        a: arrays_of(fed2.relay.send("train.step", {n: ({"step": 0, "grad_step": -2}, {})})[n])["emb"]
+        for a, n in feature_nodes.items()
+    }
+    civil2 = fed2.node_of["civil"]
+    top = fed2.relay.send("train.top", {civil2: ({"step": 0, "order": list(fed2.node_of)}, embs)})[civil2]
+    grads = arrays_of(top)  # rounds = 1: the label holder's training is done
+    last = {"step": fed2.job.rounds, "grad_step": 0, "last": True}
+    test_embs = {
+        a: arrays_of(fed2.relay.send("train.step", {n: (last, {"grad": grads[a]})})[n])["emb"]
+        for a, n in feature_nodes.items()
+    }
+    request = {civil2: ({"order": list(fed2.node_of)}, test_embs)}
+    assert 0.0 <= float(fed2.relay.send("evaluate.top", request)[civil2].content["cfg"]["auc"]) <= 1.0
+    with pytest.raises(VerticalFailed, match="already answered 'evaluate' in this run"):
+        fed2.relay.send("evaluate.top", request)

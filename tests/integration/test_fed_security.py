@@ -23,6 +23,7 @@ import tomli_w
 from crypto import flower_keys as fk
 from crypto import pki
 from federated import datasets
+from federated.admission import LedgerAdmission
 from federated.deployment import BIN, Federation, NodeSpec, flwr_env
 from federated.events import read_events
 from federated.jobs import JobSpec, parse_job
@@ -106,7 +107,8 @@ def test_unregistered_supernode_is_refused_and_never_fed_the_run(link: Link) -> 
 
     job = horizontal_job("it-sec")
     width = sum(encoded_width(i) for i in datasets.element_info(link.node.store, job.features))
-    app_dir = write_app(job, fed.job_dir, n_nodes=1, max_weight=150, ledger_check=False, n_features=width)
+    assert LedgerAdmission(link.node.ledger, link.node.store)(job, link.node.agency).approved  # region0 admits it
+    app_dir = write_app(job, fed.job_dir, n_nodes=1, max_weight=150, n_features=width)
     run_id = fed.submit(app_dir)  # while the rogue is still trying to get in
 
     assert wait_exit(fed, "node-rogue") != 0
@@ -167,9 +169,7 @@ def _cli(home: Path, conn: dict[str, object], *args: str) -> dict[str, object]:
 def test_cli_without_the_ca_cannot_submit(link: Link) -> None:
     fed = link.fed
     runs_before = fed.flwr("ls", "xgate", "--format", "json")
-    app_dir = write_app(
-        horizontal_job("it-sec-cli"), link.root / "cli-job", n_nodes=1, max_weight=150, ledger_check=False
-    )
+    app_dir = write_app(horizontal_job("it-sec-cli"), link.root / "cli-job", n_nodes=1, max_weight=150)
     # No root-certificates: the CLI falls back to the system trust store, which does not know our CA.
     no_ca = _cli(link.root / "cli-no-ca", {"address": fed.address}, "run", str(app_dir))
     assert no_ca["success"] is False and "Connection to the SuperLink is unavailable" in str(no_ca["error-message"])

@@ -261,10 +261,10 @@ def test_a_standardising_job_carries_the_catalogues_declared_ranges_to_its_serve
     with the catalogue's declared ranges, which the App's run config carries (only when it standardises)."""
     infos = catalogue_infos(CATALOGUE, ["tax.age", "tax.region"])
     standardising = _job(encodings={"tax.age": "standardise"})
-    app = write_app(standardising, tmp_path / "a", n_nodes=2, max_weight=10, ledger_check=True, feature_infos=infos)
+    app = write_app(standardising, tmp_path / "a", n_nodes=2, max_weight=10, feature_infos=infos)
     config = tomllib.loads((app / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
     assert infos_from_config(config["feature-infos"]) == infos
-    plain = write_app(_job(), tmp_path / "b", n_nodes=2, max_weight=10, ledger_check=True, feature_infos=infos)
+    plain = write_app(_job(), tmp_path / "b", n_nodes=2, max_weight=10, feature_infos=infos)
     assert "feature-infos" not in tomllib.loads((plain / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
     with pytest.raises(ConfigError, match=r"'tax\.missing' is not in the federation catalogue"):
         catalogue_infos(CATALOGUE, ["tax.missing"])

@@ -119,32 +119,46 @@ def test_a_wrong_reply_fails_the_job_naming_its_agency(
 
 def test_membership_core_refuses_what_it_cannot_use() -> None:
     key, other = psi.new_key(), psi.new_key()
-    label = psi.finish(key, psi.first_tags(psi.new_key(), "job", ["p1", "p2"]))
+    label_list = psi.finish(key, psi.first_tags(psi.new_key(), "job", ["p1", "p2"]))
     with pytest.raises(ValueError, match="16-byte"):
-        psi.matches(label, label[:-1])
+        psi.matches(label_list, label_list[:-1])
     with pytest.raises(ValueError, match="twice"):
-        psi.matches(label, label[:16] * 2)
-    assert list(psi.matches(label, label[16:])) == [-1, 0]
+        psi.matches(label_list, label_list[:16] * 2)
+    assert list(psi.matches(label_list, label_list[16:])) == [-1, 0]
     with pytest.raises(ValueError, match="not 2 field elements"):
         psi.share_values(b"\0" * 8, 2)
     with pytest.raises(ValueError, match="not 1 field elements"):
         psi.intersect({2: "text"}, 1)  # type: ignore[dict-item]
     peers = [("tax", psi.agreement_public(other)), ("hrss", psi.agreement_public(psi.new_key()))]
-    roster = psi.roster("job", ("civil", psi.agreement_public(key)), peers)
-    sealed = psi.seal_seed(key, psi.agreement_public(other), "job", psi.new_seed(), roster)
+    label = ("civil", psi.agreement_public(key))
+    lists = (b"l" * 32, b"n" * 32, b"r" * 32)  # digests of the label holder's, the node's, the returned list
+    sealed_for = psi.seal_context(psi.roster("job", label, peers), *lists)
+    sealed = psi.seal_seed(key, psi.agreement_public(other), "job", psi.new_seed(), sealed_for)
     with pytest.raises(ValueError, match="does not open"):
-        psi.open_seed(other, psi.agreement_public(key), "job-2", sealed, roster)  # another job's seed
+        psi.open_seed(other, psi.agreement_public(key), "job-2", sealed, sealed_for)  # another job's seed
     with pytest.raises(ValueError, match="does not open"):
-        psi.open_seed(psi.new_key(), psi.agreement_public(key), "job", sealed, roster)  # another node's seed
-    for shorter in ([], peers[:1], peers[::-1], [("health", peers[0][1]), peers[1]]):  # another roster
-        with pytest.raises(ValueError, match="the list of nodes it was sent"):
+        psi.open_seed(psi.new_key(), psi.agreement_public(key), "job", sealed, sealed_for)  # another node's seed
+    for roster in ([], peers[:1], peers[::-1], [("health", peers[0][1]), peers[1]]):  # another roster
+        with pytest.raises(ValueError, match="the nodes and lists it was sent"):
+            psi.open_seed(other, label[1], "job", sealed, psi.seal_context(psi.roster("job", label, roster), *lists))
+    for i in range(3):  # another list in any of the three places
+        other_lists = [b"x" * 32 if j == i else d for j, d in enumerate(lists)]
+        with pytest.raises(ValueError, match="the nodes and lists it was sent"):
             psi.open_seed(
-                other, psi.agreement_public(key), "job", sealed, psi.roster("job", ("civil", peers[0][1]), shorter)
+                other, label[1], "job", sealed, psi.seal_context(psi.roster("job", label, peers), *other_lists)
             )
-    assert len(psi.open_seed(other, psi.agreement_public(key), "job", sealed, roster)) == psi.SEED_BYTES
+    assert len(psi.open_seed(other, psi.agreement_public(key), "job", sealed, sealed_for)) == psi.SEED_BYTES
     with pytest.raises(ValueError, match="at its place"):
         psi.membership(
-            other, "job", label, label, sealed, psi.agreement_public(key), [psi.agreement_public(key)], 0, roster
+            other,
+            "job",
+            label_list,
+            label_list,
+            sealed,
+            psi.agreement_public(key),
+            [psi.agreement_public(key)],
+            0,
+            sealed_for,
         )
     with pytest.raises(ValueError, match="with itself"):
         psi.membership_share(np.ones(2, dtype=bool), psi.new_seed(), 0, {0: psi.new_seed()})
