@@ -373,7 +373,7 @@ def step(msg: Message, context: Context) -> Message:
     due = job.rounds - 1 if last else t - 2
     received = arrays_of(msg)
     if last and _steps_done(st) != _final_step(job.rounds):
-        raise ValueError(f"the last call before step {_final_step(job.rounds)} was answered")
+        raise ValueError(f"the last call came before step {_final_step(job.rounds)} was answered")
     if (due >= 0) != ("grad" in received) or ("grad" in received and int(cfg["grad_step"]) != due):
         raise ValueError(f"step {t}: the gradient of batch {due} is due, not {cfg.get('grad_step')}")
     plan = None

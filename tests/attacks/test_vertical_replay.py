@@ -94,7 +94,7 @@ def test_the_held_out_release_comes_only_after_every_training_step(tmp_path: Pat
     embeddings then would be the features times a known matrix."""
     fed, _ = _set_up(tmp_path)
     tax = fed.node_of["tax"]
-    with pytest.raises(VerticalFailed, match="the last call before step"):
+    with pytest.raises(VerticalFailed, match="the last call came before step"):
         fed.relay.send("train.step", {tax: ({"step": fed.job.rounds, "grad_step": 0, "last": True}, {})})
 
 
