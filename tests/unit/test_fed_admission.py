@@ -141,3 +141,18 @@ def test_cli_errors_are_one_line_and_nonzero(tmp_path: Path) -> None:
     assert res.exit_code == 1 and "invalid job" in res.output
     res = runner.invoke(app, ["status", "ghost", "--root", str(tmp_path)])
     assert res.exit_code == 1 and "no job" in res.output
+
+
+@pytest.mark.parametrize("flag", [{}, {"ledger-check": False}])
+def test_the_horizontal_clientapp_admits_whatever_the_coordinators_run_config_says(
+    node: NodeSpec, tmp_path: Path, flag: dict[str, object]
+) -> None:
+    """The run config is the coordinator's to write; it once carried a switch that turned this off."""
+    from flwr.app import Context, RecordDict
+
+    from federated.horizontal_client import client_fn
+
+    node_config = {"store": str(node.store), "agency": node.agency, "ledger": str(node.ledger)}
+    run_config = {**_job("never-approved", 1.0).run_config(tmp_path), "max-weight": 1000, **flag}
+    with pytest.raises(PolicyDenied, match="never-approved"):
+        client_fn(Context(1, 1, node_config, RecordDict(), run_config))  # type: ignore[arg-type]
