@@ -211,7 +211,9 @@ def aligned_positions(msg: Message, context: Context) -> Message:
     _, _, cache = _setup(context)
     _once(cache, context, "partners")
     matched = np.load(cache / "psi-matches.npy", allow_pickle=False)
-    return _reply(msg, {"rows": psi.partner_rows(matched, bytes(cfg_of(msg)["aligned"]))})
+    rows = psi.partner_rows(matched, bytes(cfg_of(msg)["aligned"]))
+    (cache / "psi-aligned.count").write_text(str(psi.count(rows, psi.ROW_BYTES)))  # what setup may train and hold out
+    return _reply(msg, {"rows": rows})
 
 
 def _pseudonyms_at(cache: Path, rows: bytes) -> tuple[list[int], list[str]]:
@@ -247,9 +249,24 @@ def align(msg: Message, context: Context) -> Message:
     train = [r for r, held_out in zip(positions, test, strict=True) if not held_out]
     held = [r for r, held_out in zip(positions, test, strict=True) if held_out]
     reply: dict[str, Any] = {"train": psi.rows_to_bytes(train), "test": psi.rows_to_bytes(held)}
+    (cache / "psi-split.bin").write_bytes(reply["train"] + b"|" + reply["test"])  # setup must get exactly this
     if "partners" in cfg:  # absent when the label holder is the only participant
         reply["partners"] = _partner_positions(cache, list(cfg["partners"]), len(positions))
     return _reply(msg, reply)
+
+
+def _check_split(cache: Path, job: JobSpec, nc: node.NodeConfig, train: bytes, test: bytes) -> None:
+    """The label holder trains on exactly the split it made at `align`; another node on as many rows
+    as were aligned at `partners` (which of its rows they are, only the label holder's translation
+    says), so the coordinator cannot add rows outside the intersection to what it trains or holds out."""
+    if _holds_label(job, nc):
+        if (cache / "psi-split.bin").read_bytes() != train + b"|" + test:
+            raise ValueError("the coordinator's train/test rows are not the split this node made")
+        return
+    aligned = int((cache / "psi-aligned.count").read_text())
+    given = psi.count(train, psi.ROW_BYTES) + psi.count(test, psi.ROW_BYTES)
+    if given != aligned:
+        raise ValueError(f"the coordinator's train/test rows are {given}, the intersection has {aligned}")
 
 
 @app.train("setup")
@@ -261,6 +278,7 @@ def setup(msg: Message, context: Context) -> Message:
     test_rows, test = _pseudonyms_at(path, bytes(cfg["test"]))
     if set(train_rows) & set(test_rows):  # a held-out row is released clean: never one it trains on
         raise ValueError("the coordinator's train and test rows overlap")
+    _check_split(path, job, nc, bytes(cfg["train"]), bytes(cfg["test"]))
     feats = node.held_features(job, nc)
     infos = datasets.element_info(nc.store, feats)
     _, raw_tr = datasets.read_matrix(nc.store, feats, train)

@@ -153,3 +153,22 @@ def test_the_label_holder_evaluates_once_and_only_after_training(tmp_path: Path)
     assert 0.0 <= float(fed2.relay.send("evaluate.top", request)[civil2].content["cfg"]["auc"]) <= 1.0
     with pytest.raises(VerticalFailed, match="already answered 'evaluate' in this run"):
         fed2.relay.send("evaluate.top", request)
+
+
+def test_setup_trains_and_holds_out_only_the_aligned_rows(tmp_path: Path) -> None:
+    """The coordinator may not add rows outside the intersection (their held-out embeddings would
+    be released clean), nor hand the label holder another split than the one it made."""
+    fed = federation(tmp_path, SETS, dp=True)
+    alignment, train, test = fed.align()
+    tax, civil = fed.node_of["tax"], fed.node_of["civil"]
+    mine = set(alignment.positions(tax, train + test))
+    outside = next(r for r in range(len(SETS["tax"])) if r not in mine)  # a tax subject not aligned
+    rows = {
+        "train": psi.rows_to_bytes(alignment.positions(tax, train)),
+        "test": psi.rows_to_bytes([*alignment.positions(tax, test), outside]),
+    }
+    with pytest.raises(VerticalFailed, match=f"rows are {len(mine) + 1}, the intersection has {len(mine)}"):
+        fed.relay.send("train.setup", {tax: ({**rows, "label_holder": False, "width": 12}, {})})
+    swapped = {"train": psi.rows_to_bytes(test), "test": psi.rows_to_bytes(train)}  # the split turned around
+    with pytest.raises(VerticalFailed, match="not the split this node made"):
+        fed.relay.send("train.setup", {civil: ({**swapped, "label_holder": True, "width": 12}, {})})
