@@ -249,7 +249,7 @@ def align(msg: Message, context: Context) -> Message:
     train = [r for r, held_out in zip(positions, test, strict=True) if not held_out]
     held = [r for r, held_out in zip(positions, test, strict=True) if held_out]
     reply: dict[str, Any] = {"train": psi.rows_to_bytes(train), "test": psi.rows_to_bytes(held)}
-    (cache / "psi-split.bin").write_bytes(reply["train"] + b"|" + reply["test"])  # setup must get exactly this
+    (cache / "psi-split.sha256").write_bytes(_split_digest(reply["train"], reply["test"]))  # setup must get this
     if "partners" in cfg:  # absent when the label holder is the only participant
         reply["partners"] = _partner_positions(cache, list(cfg["partners"]), len(positions))
     return _reply(msg, reply)
@@ -260,13 +260,18 @@ def _check_split(cache: Path, job: JobSpec, nc: node.NodeConfig, train: bytes, t
     as were aligned at `partners` (which of its rows they are, only the label holder's translation
     says), so the coordinator cannot add rows outside the intersection to what it trains or holds out."""
     if _holds_label(job, nc):
-        if (cache / "psi-split.bin").read_bytes() != train + b"|" + test:
+        if (cache / "psi-split.sha256").read_bytes() != _split_digest(train, test):
             raise ValueError("the coordinator's train/test rows are not the split this node made")
         return
     aligned = int((cache / "psi-aligned.count").read_text())
     given = psi.count(train, psi.ROW_BYTES) + psi.count(test, psi.ROW_BYTES)
     if given != aligned:
         raise ValueError(f"the coordinator's train/test rows are {given}, the intersection has {aligned}")
+
+
+def _split_digest(train: bytes, test: bytes) -> bytes:
+    """Each half hashed on its own: moving rows across the boundary changes the digest."""
+    return _sha(train) + _sha(test)
 
 
 @app.train("setup")
