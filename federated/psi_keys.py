@@ -26,6 +26,7 @@ from typing import Any
 
 from crypto.flower_keys import load_private_key
 from crypto.key_statements import KeyStatement, sign_statement, verify_statement
+from federated import psi
 from federated.node import NodeConfig
 
 
@@ -89,6 +90,11 @@ def peer_keys(
     if label_holder in listed:
         raise ValueError(f"the coordinator listed the label holder '{label_holder}' among the other nodes")
     return _verified(job_id, statements, trust)
+
+
+def roster(job_id: str, label_holder: str, label_key: bytes, statements: Sequence[KeyStatement]) -> bytes:
+    """`psi.roster` of the label holder and the listed peers, in their listed order."""
+    return psi.roster(job_id, (label_holder, label_key), [(s.agency, s.key) for s in statements])
 
 
 def _verified(job_id: str, statements: Sequence[KeyStatement], trust: Trust | None) -> list[bytes]:

@@ -94,7 +94,7 @@ def hello(msg: Message, context: Context) -> Message:
         _write_private(cache / "psi-agree.key", agreement)
         (cache / "psi-order.txt").write_text("\n".join(order))
         tags = psi.first_tags(key, job.job_id, order)
-        (cache / "psi-hello.sha256").write_bytes(hashlib.sha256(tags).digest())  # bound into the sealed seed
+        (cache / "psi-hello.sha256").write_bytes(_sha(tags))  # bound into the sealed seed
         agree = psi.agreement_public(agreement)
     signed = psi_keys.statement_fields(job.job_id, nc.agency, agree, psi_keys.identity_of(nc)) if agree else {}
     digest = datasets.store_digest(nc.store, job.elements())  # attested: the coordinator may not see the store
@@ -128,7 +128,7 @@ def blind(msg: Message, context: Context) -> Message:
         (label_list,) = [bytes(tags) for tags in cfg["tags"]]
         if len(set(psi.split(label_list))) != psi.count(label_list):  # one row repeated tests it against all
             raise ValueError("the label holder's list names a subject twice")
-        (cache / "psi-label-hello.sha256").write_bytes(hashlib.sha256(label_list).digest())
+        (cache / "psi-label-hello.sha256").write_bytes(_sha(label_list))
         label_side = psi.finish(key, label_list)
         _write_private(cache / "psi-label-side.bin", label_side)
         return _reply(msg, {"finished": psi.count(label_side, psi.MATCH_BYTES)})
@@ -137,9 +137,7 @@ def blind(msg: Message, context: Context) -> Message:
     statements = psi_keys.relayed(cfg)
     trust = psi_keys.trust_of(nc)
     peers = psi_keys.peer_keys(job.job_id, statements, job.label_holder, trust, job.min_nodes - 1)
-    roster = psi.roster(
-        job.job_id, (nc.agency, psi.agreement_public(agreement)), [(s.agency, s.key) for s in statements]
-    )
+    roster = psi_keys.roster(job.job_id, nc.agency, psi.agreement_public(agreement), statements)
     lists = [bytes(tags) for tags in cfg["tags"]]
     finished = [psi.finish(key, tags) for tags in lists]
     orders = [psi.new_order(psi.count(f, psi.MATCH_BYTES)) for f in finished]
@@ -193,7 +191,7 @@ def membership(msg: Message, context: Context) -> Message:
         peers,
         int(cfg["index"]),
         psi.seal_context(
-            psi.roster(job.job_id, (job.label_holder, label_key), [(s.agency, s.key) for s in statements]),
+            psi_keys.roster(job.job_id, job.label_holder, label_key, statements),
             (cache / "psi-label-hello.sha256").read_bytes(),
             (cache / "psi-hello.sha256").read_bytes(),
             _sha(bytes(cfg["matches"])),

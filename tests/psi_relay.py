@@ -129,7 +129,7 @@ class FakeRelay:
                 finished = [psi.reorder(f, order) for f, order in zip(finished, node.shuffles, strict=True)]
             listed = psi_keys.relayed(cfg)
             peers = psi_keys.peer_keys(JOB, listed, self.label, self.trust, len(self.nodes) - 1)
-            roster = psi.roster(JOB, (node.agency, psi.agreement_public(node.agreement)), _pairs(listed))
+            roster = psi_keys.roster(JOB, node.agency, psi.agreement_public(node.agreement), listed)
             own = _sha(psi.first_tags(node.key, JOB, node.order))
             contexts = [
                 psi.seal_context(roster, own, _sha(sent), _sha(back)) for sent, back in zip(cfg["tags"], finished)
@@ -140,7 +140,7 @@ class FakeRelay:
             label_key = psi_keys.label_key(JOB, psi_keys.relayed(cfg, "label_"), self.label, self.trust)
             listed = psi_keys.relayed(cfg)
             everyone = psi_keys.peer_keys(JOB, listed, self.label, self.trust, len(self.nodes) - 1)
-            roster = psi.roster(JOB, (self.label, label_key), _pairs(listed))
+            roster = psi_keys.roster(JOB, self.label, label_key, listed)
             own = _sha(psi.first_tags(node.key, JOB, node.order))
             sealed_for = psi.seal_context(roster, node.label_hello, own, _sha(cfg["matches"]))
             args = (cfg["matches"], cfg["seed"], label_key, everyone, cfg["index"], sealed_for)
@@ -170,10 +170,6 @@ class FakeRelay:
 
 def _sha(data: bytes) -> bytes:
     return hashlib.sha256(data).digest()
-
-
-def _pairs(listed: list[Any]) -> list[tuple[str, bytes]]:
-    return [(s.agency, s.key) for s in listed]
 
 
 @dataclass
