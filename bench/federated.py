@@ -288,6 +288,7 @@ def label_attack(limit: int | None) -> None:
     the feature node. Balanced accuracy of the attack (labels are 6 % positive), against the
     epsilon-label-DP bound e^eps / (1 + e^eps) on (TPR + TNR) / 2. In-process: the same Bottom/Top
     code and `training_labels` the ClientApps run; merged into federated.json (`label_inference`)."""
+    from crypto import keyed_draws
     from federated import label_dp
     from federated.vertical import Bottom, Top, preconditioner
     from federated.vertical_client import training_labels
@@ -304,7 +305,9 @@ def label_attack(limit: int | None) -> None:
             {"job_id": "bench-label", "purpose": PURPOSE, "mode": "vertical", "features": feats + own,
              "label": census.LABEL, "label_holder": census.LABEL_HOLDER, "rounds": 3, "label_dp": eps}
         )  # fmt: skip
-        y_train = training_labels(job, y)
+        subjects = [str(i) for i in range(len(y))]  # the label holder's draws, as its ClientApp makes them
+        draws = keyed_draws.words(keyed_draws.new_key(), label_dp.release_domain(census.LABEL, eps or 1.0), subjects)
+        y_train = training_labels(job, y, draws)
         feat, mine, top = Bottom.init(x_f.shape[1], h, 0, "f"), Bottom.init(x_l.shape[1], h, 0, "t"), Top.init(2 * h)
         pf, pl = preconditioner(x_f, 1e-3), preconditioner(x_l, 1e-3)
         success = []

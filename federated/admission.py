@@ -6,15 +6,21 @@ The provider decides: before a run starts every node holding job data must appro
 * `PolicyAdmission` (what the gateway uses): the node's own Cedar policy set decides action
   `train` on the registered datasets its held elements belong to (federated/training_policy.py),
   and `policies.budgets.PrivacyLedger` in the node's ledger file charges ε, all datasets at once.
-* `LedgerAdmission` (local runs and tests): purposes and ε caps configured in the ledger file.
+* `LedgerAdmission` (local runs and tests): purposes and ε caps configured in the ledger file,
+  charged to the same PrivacyLedger.
 
 Both record each decision in the ledger's `decisions` table (survives restarts). A job id is
 decided once per (job definition, node policy): the same job under the same policy gets the
 recorded decision back, while a resubmission whose definition changed, or whose node policy
 changed since (the ledger's purposes/caps, or the Cedar policy-set hash), is decided again and the
-new decision says why (`Decision.redecided`, in its audit fields). A re-decided job that is
-approved is charged again (its earlier definition may have run). The ClientApp refuses to train
-unless that table holds an approval of exactly this job (`require_approval`).
+new decision says why (`Decision.redecided`, in its audit fields). A changed definition that is
+approved is charged as a new job. The ClientApp refuses to train unless that table holds an
+approval of exactly this job (`require_approval`).
+
+ε is spent per run, not per approval: the approval pays for the first run of a definition, and a
+node charges each further run of a DP job again before its first release (`charge_run`, called by
+`record_dp_plan`), so neither a resubmission nor a coordinator re-running the approved job can
+average the noise away without spending the dataset's budget.
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ from __future__ import annotations
 import hashlib
 import json
 import sqlite3
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -40,6 +46,7 @@ __all__ = [
     "LedgerAdmission",
     "PolicyAdmission",
     "by_agency",
+    "charge_run",
     "job_epsilon",
     "require_approval",
     "store_agency_datasets",
@@ -56,17 +63,23 @@ CREATE TABLE IF NOT EXISTS decision_policies (
     job_id TEXT PRIMARY KEY, policy_ids TEXT NOT NULL, policy_set_hash TEXT NOT NULL, datasets TEXT NOT NULL
 );
 """
+# What an approval charged per dataset (ε and the cap it was checked against): each further run of
+# the job charges the same again (charge_run).
+_APPROVED_CHARGES = """
+CREATE TABLE IF NOT EXISTS approved_charges (
+    job_id TEXT NOT NULL, dataset TEXT NOT NULL, epsilon REAL NOT NULL, cap REAL NOT NULL,
+    PRIMARY KEY (job_id, dataset)
+);
+"""
 _SCHEMA = (
     _DECISIONS
     + """
 CREATE TABLE IF NOT EXISTS purposes (purpose TEXT PRIMARY KEY);
 CREATE TABLE IF NOT EXISTS caps (dataset TEXT PRIMARY KEY, epsilon_cap REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS settings (name TEXT PRIMARY KEY, setting TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS spend (
-    dataset TEXT NOT NULL, job_id TEXT NOT NULL, epsilon REAL NOT NULL, PRIMARY KEY (dataset, job_id)
-);
 CREATE TABLE IF NOT EXISTS decision_basis (job_id TEXT PRIMARY KEY, basis TEXT NOT NULL);
 """
+    + _APPROVED_CHARGES
 )
 JOB_CHANGED = "job definition changed"
 POLICY_CHANGED = "node policy changed"
@@ -102,11 +115,13 @@ class Admission(Protocol):
 
 
 class LedgerAdmission:
-    """Default admission: purposes, epsilon caps and the spend ledger in one SQLite file at the node."""
+    """Default admission: purposes and epsilon caps configured in the node's ledger file; its ε
+    spends go to the same PrivacyLedger `spends` table PolicyAdmission charges."""
 
     def __init__(self, ledger: Path, store: Path) -> None:
         self.ledger = ledger
         self.store = store
+        _adopt_legacy_spends(ledger)
 
     def _connect(self) -> sqlite3.Connection:
         return _open_ledger(self.ledger, _SCHEMA)
@@ -135,11 +150,9 @@ class LedgerAdmission:
 
     def __call__(self, job: JobSpec, agency: str) -> Decision:
         affected = self._datasets_for(job)
-        eps = job_epsilon(job)
         digest = job.digest()
         conn = self._connect()
         try:
-            conn.execute("BEGIN IMMEDIATE")
             basis = self._basis(conn)
             prior = conn.execute(
                 "SELECT d.job_digest, d.approved, d.reason, d.epsilon, b.basis FROM decisions d"
@@ -149,37 +162,35 @@ class LedgerAdmission:
             redecided = ""
             if prior is not None:
                 if prior[0] == digest and prior[4] == basis:
-                    conn.execute("COMMIT")
                     return Decision(bool(prior[1]), str(prior[2]), float(prior[3]))
                 redecided = JOB_CHANGED if prior[0] != digest else POLICY_CHANGED
-            decision = replace(self._decide(conn, job, affected, eps), redecided=redecided)
+            decision, charges = self._decide(conn, job, affected)
+        finally:
+            conn.close()
+        decision = replace(decision, redecided=redecided)
+        label = _label_release(job, agency, self.store, self._budgeted) if decision.approved else None
+        if charges or label:
+            try:
+                _spend(self.ledger, job, redecided, charges, label)
+            except BudgetExhausted as exc:
+                decision, charges = replace(decision, approved=False, reason=exc.message, epsilon=0.0), []
+        conn = self._connect()
+        try:
+            conn.execute("BEGIN IMMEDIATE")
             conn.execute("INSERT OR REPLACE INTO decision_basis VALUES (?, ?)", (job.job_id, basis))
             conn.execute(
                 "INSERT OR REPLACE INTO decisions VALUES (?,?,?,?,?,?,?)",
-                (
-                    job.job_id,
-                    digest,
-                    agency,
-                    int(decision.approved),
-                    decision.reason,
-                    decision.epsilon,
-                    datetime.now(UTC).isoformat(),
-                ),
+                (job.job_id, digest, agency, int(decision.approved), decision.reason, decision.epsilon, _now()),
             )
-            if decision.approved and eps > 0:
-                conn.executemany(  # a re-decided job adds to what its earlier definition was charged
-                    "INSERT INTO spend VALUES (?,?,?) ON CONFLICT (dataset, job_id)"
-                    " DO UPDATE SET epsilon = epsilon + excluded.epsilon",
-                    [(ds, job.job_id, eps) for ds in affected],
-                )
+            _record_approved_charges(conn, job, charges)
             conn.execute("COMMIT")
-            return decision
         except BaseException:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             raise
         finally:
             conn.close()
+        return decision
 
     @staticmethod
     def _basis(conn: sqlite3.Connection) -> str:
@@ -191,36 +202,40 @@ class LedgerAdmission:
         ]
         return hashlib.sha256(json.dumps(policy).encode()).hexdigest()
 
-    def _decide(self, conn: sqlite3.Connection, job: JobSpec, affected: list[str], eps: float) -> Decision:
+    @staticmethod
+    def _decide(
+        conn: sqlite3.Connection, job: JobSpec, affected: list[str]
+    ) -> tuple[Decision, list[tuple[str, float, float]]]:
+        """The decision before charging, and the (dataset, ε, cap) charges an approval costs."""
         if not affected:
-            return Decision(False, "node holds none of the job's data elements", 0.0)
+            return Decision(False, "node holds none of the job's data elements", 0.0), []
         allowed = {r[0] for r in conn.execute("SELECT purpose FROM purposes")}
         if job.purpose not in allowed:
-            return Decision(False, f"purpose '{job.purpose}' is not allowed for this node's data", 0.0)
+            return Decision(False, f"purpose '{job.purpose}' is not allowed for this node's data", 0.0), []
+        eps = job_epsilon(job)
         setting = conn.execute("SELECT setting FROM settings WHERE name = 'allow_non_dp'").fetchone()
         if eps == 0 and setting is not None and setting[0] == "0":
-            return Decision(False, "this node only admits differentially private training", 0.0)
+            return Decision(False, "this node only admits differentially private training", 0.0), []
         caps = dict(conn.execute("SELECT dataset, epsilon_cap FROM caps").fetchall())
-        for ds in affected:
-            if ds not in caps:
-                return Decision(False, f"no privacy budget is configured for dataset '{ds}'", 0.0)
-            spent = conn.execute("SELECT COALESCE(SUM(epsilon), 0) FROM spend WHERE dataset = ?", (ds,)).fetchone()[0]
-            if spent + eps > caps[ds] + 1e-12:
-                return Decision(
-                    False,
-                    f"privacy budget of dataset '{ds}' exhausted: spent {spent:g} + job {eps:g} > cap {caps[ds]:g}",
-                    0.0,
-                )
-        return Decision(True, "approved", eps)
+        missing = [ds for ds in affected if ds not in caps]
+        if missing:
+            return Decision(False, f"no privacy budget is configured for dataset '{missing[0]}'", 0.0), []
+        charges = [(ds, eps, float(caps[ds])) for ds in affected] if eps > 0 else []
+        return Decision(True, "approved", eps), charges
 
-    def spent(self, dataset: str) -> float:
+    def _budgeted(self, element: str) -> tuple[str, float] | None:
+        """The store's dataset holding `element` and its configured cap (None without one)."""
+        with sqlite3.connect(f"file:{self.store}?mode=ro", uri=True) as store:
+            row = store.execute("SELECT dataset FROM elements WHERE id = ?", (element,)).fetchone()
         conn = self._connect()
         try:
-            return float(
-                conn.execute("SELECT COALESCE(SUM(epsilon), 0) FROM spend WHERE dataset = ?", (dataset,)).fetchone()[0]
-            )
+            cap = conn.execute("SELECT epsilon_cap FROM caps WHERE dataset = ?", (row[0],)).fetchone() if row else None
         finally:
             conn.close()
+        return (str(row[0]), float(cap[0])) if row and cap else None
+
+    def spent(self, dataset: str) -> float:
+        return PrivacyLedger(self.ledger).spent(dataset)
 
 
 class PolicyAdmission:
@@ -237,7 +252,7 @@ class PolicyAdmission:
         self.store = store
 
     def _connect(self) -> sqlite3.Connection:
-        return _open_ledger(self.ledger, _DECISIONS + _POLICY_DECISIONS)
+        return _open_ledger(self.ledger, _DECISIONS + _POLICY_DECISIONS + _APPROVED_CHARGES)
 
     def __call__(self, job: JobSpec, agency: str) -> Decision:
         prior = self._prior(job)
@@ -259,16 +274,22 @@ class PolicyAdmission:
             verdict.datasets,
             redecided,
         )
-        if verdict.allowed and (charges := budget_charges(self.engine, job, verdict.datasets)):
-            # Idempotent per charge key: a crash before the decision is recorded charges once; the same
-            # definition re-decided under a changed policy is not charged twice, a changed one is.
-            key = job.job_id if redecided != JOB_CHANGED else f"{job.job_id}~{job.digest()[:16]}"
+        charges = budget_charges(self.engine, job, verdict.datasets) if verdict.allowed else []
+        label = _label_release(job, agency, self.store, self._budgeted) if verdict.allowed else None
+        if charges or label:
             try:
-                PrivacyLedger(self.ledger).spend_all(key, charges)
+                _spend(self.ledger, job, redecided, charges, label)
                 decision = replace(decision, epsilon=job_epsilon(job))
             except BudgetExhausted as exc:
-                decision = replace(decision, approved=False, reason=exc.message)
-        return self._record(job, agency, decision)
+                decision, charges = replace(decision, approved=False, reason=exc.message), []
+        return self._record(job, agency, decision, charges)
+
+    def _budgeted(self, element: str) -> tuple[str, float] | None:
+        """The registered dataset holding `element` and its ε cap (None if none holds it)."""
+        current = unwrap_engine(self.engine)
+        covered, _ = current.training_datasets([element])
+        dataset = next(iter(covered), None)
+        return (dataset, float(current.epsilon_cap(dataset))) if dataset is not None else None
 
     def _prior(self, job: JobSpec) -> tuple[Decision, str] | None:
         """The recorded decision of this job id and the digest of the job it decided."""
@@ -287,20 +308,21 @@ class PolicyAdmission:
         decided = Decision(bool(row[1]), str(row[2]), float(row[3]), tuple(ids), str(digest), tuple(sets))
         return decided, str(row[0])
 
-    def _record(self, job: JobSpec, agency: str, d: Decision) -> Decision:
+    def _record(self, job: JobSpec, agency: str, d: Decision, charges: list[tuple[str, float, float]]) -> Decision:
         conn = self._connect()
         verb = "INSERT OR REPLACE" if d.redecided else "INSERT OR IGNORE"
         try:
             conn.execute("BEGIN IMMEDIATE")
             inserted = conn.execute(
                 f"{verb} INTO decisions VALUES (?,?,?,?,?,?,?)",
-                (job.job_id, job.digest(), agency, int(d.approved), d.reason, d.epsilon, datetime.now(UTC).isoformat()),
+                (job.job_id, job.digest(), agency, int(d.approved), d.reason, d.epsilon, _now()),
             ).rowcount
             if inserted:
                 conn.execute(
                     "INSERT OR REPLACE INTO decision_policies VALUES (?,?,?,?)",
                     (job.job_id, json.dumps(list(d.policy_ids)), d.policy_set_hash, json.dumps(list(d.datasets))),
                 )
+                _record_approved_charges(conn, job, charges)
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:
@@ -312,6 +334,57 @@ class PolicyAdmission:
             return d
         won = self._prior(job)  # a concurrent decision of the same job won
         return d if won is None else won[0]
+
+
+def _charge_key(job: JobSpec, redecided: str) -> str:
+    """The spend key of an approval. Idempotent per key: a crash before the decision is recorded
+    charges once; the same definition re-decided under a changed policy is not charged twice (its
+    further runs are, by charge_run), a changed definition is charged as a new job."""
+    return job.job_id if redecided != JOB_CHANGED else f"{job.job_id}~{job.digest()[:16]}"
+
+
+def _label_release(
+    job: JobSpec, agency: str, store: Path, dataset_of: Callable[[str], tuple[str, float] | None]
+) -> tuple[str, float, float] | None:
+    """At the label holder of a label-DP job: (dataset, ε, cap) of the noisy-label release the job
+    trains on; `dataset_of` maps an element to its budgeted dataset and that dataset's cap."""
+    if job.label_dp is None or agency != job.label_holder or job.label not in datasets.held_elements(store):
+        return None
+    budgeted = dataset_of(job.label)
+    if budgeted is None:
+        raise BudgetExhausted(f"no privacy budget is configured for the dataset of label '{job.label}'")
+    return budgeted[0], float(job.label_dp), budgeted[1]
+
+
+def _spend(
+    ledger: Path,
+    job: JobSpec,
+    redecided: str,
+    charges: Iterable[tuple[str, float, float]],
+    label: tuple[str, float, float] | None,
+) -> None:
+    """Charge an approval, all or nothing: the job's record-DP ε on each dataset (its first run),
+    and a label-DP release the first time these labels are released at this ε. The release is
+    keyed by (element, ε), not by job: its flips repeat (federated/label_dp.py), so every later job
+    or run training on it is post-processing of a release already paid for."""
+    keyed = [(_charge_key(job, redecided), ds, eps, cap) for ds, eps, cap in charges]
+    if label is not None:
+        dataset, eps, cap = label
+        keyed.append((f"label-dp~{job.label}~{eps!r}", dataset, eps, cap))
+    PrivacyLedger(ledger).spend_each(keyed)
+
+
+def _record_approved_charges(
+    conn: sqlite3.Connection, job: JobSpec, charges: Iterable[tuple[str, float, float]]
+) -> None:
+    conn.execute("DELETE FROM approved_charges WHERE job_id = ?", (job.job_id,))
+    conn.executemany(
+        "INSERT INTO approved_charges VALUES (?,?,?,?)", [(job.job_id, ds, eps, cap) for ds, eps, cap in charges]
+    )
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat()
 
 
 def by_agency(admissions: Mapping[str, Admission]) -> Admission:
@@ -376,6 +449,72 @@ def require_approval(ledger: Path, job: JobSpec) -> None:
         raise PolicyDenied(f"node has not approved job '{job.job_id}'")
 
 
+_DP_RUNS = """
+CREATE TABLE IF NOT EXISTS dp_runs (
+    job_id TEXT NOT NULL, job_digest TEXT NOT NULL, run_id TEXT NOT NULL, charge_key TEXT NOT NULL,
+    charged INTEGER NOT NULL, started_at TEXT NOT NULL, PRIMARY KEY (job_id, job_digest, run_id)
+);
+"""
+
+
+def charge_run(ledger: Path, job: JobSpec, run_id: str) -> None:
+    """Every run of an approved DP job spends the job's ε at this node, before its first release.
+
+    The approval paid for the first run of this definition. A further run (a resubmission, or a
+    coordinator starting the approved job again to average its noise away) releases fresh noise,
+    so it is charged the approved amounts again, all datasets at once, or refused (PolicyDenied)
+    when a dataset's cap would be passed. Idempotent within a run: Flower sends many messages.
+    """
+    digest = job.digest()
+    conn = _open_ledger(ledger, _APPROVED_CHARGES + _DP_RUNS)
+    try:
+        conn.execute("BEGIN IMMEDIATE")  # which run is first is decided under the write lock
+        row = conn.execute(
+            "SELECT charge_key, charged FROM dp_runs WHERE job_id = ? AND job_digest = ? AND run_id = ?",
+            (job.job_id, digest, run_id),
+        ).fetchone()
+        if row is None:
+            first = (
+                conn.execute(
+                    "SELECT 1 FROM dp_runs WHERE job_id = ? AND job_digest = ? LIMIT 1", (job.job_id, digest)
+                ).fetchone()
+                is None
+            )
+            row = ("", 1) if first else (f"{job.job_id}~{digest[:16]}#run-{run_id}", 0)
+            conn.execute("INSERT INTO dp_runs VALUES (?,?,?,?,?,?)", (job.job_id, digest, run_id, *row, _now()))
+        charges = [
+            (str(ds), float(eps), float(cap))
+            for ds, eps, cap in conn.execute(
+                "SELECT dataset, epsilon, cap FROM approved_charges WHERE job_id = ? ORDER BY dataset", (job.job_id,)
+            )
+        ]
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    finally:
+        conn.close()
+    key, charged = str(row[0]), bool(row[1])
+    if charged:
+        return
+    refused = f"node refused run {run_id} of job '{job.job_id}', which already ran here"
+    if not charges:
+        raise PolicyDenied(f"{refused}: its approval recorded no ε charge to repeat; resubmit it under a new job id")
+    try:
+        PrivacyLedger(ledger).spend_all(key, charges)  # a concurrent message of this run replays the charge
+    except BudgetExhausted as exc:
+        raise PolicyDenied(f"{refused}: each run spends the job's ε again, and {exc.message}") from None
+    conn = _open_ledger(ledger, _DP_RUNS)
+    try:
+        conn.execute(
+            "UPDATE dp_runs SET charged = 1 WHERE job_id = ? AND job_digest = ? AND run_id = ?",
+            (job.job_id, digest, run_id),
+        )
+    finally:
+        conn.close()
+
+
 _DP_RELEASES = """
 CREATE TABLE IF NOT EXISTS dp_releases (
     job_id TEXT PRIMARY KEY, job_digest TEXT NOT NULL, epsilon REAL NOT NULL, delta REAL NOT NULL,
@@ -385,17 +524,26 @@ CREATE TABLE IF NOT EXISTS dp_releases (
 
 
 def record_dp_plan(
-    ledger: Path, job: JobSpec, *, epsilon: float, noise_multiplier: float, sample_rate: float, steps: int
+    ledger: Path,
+    job: JobSpec,
+    *,
+    run_id: str,
+    epsilon: float,
+    noise_multiplier: float,
+    sample_rate: float,
+    steps: int,
 ) -> None:
-    """Before a node's first DP-SGD step: what its accountant says the job spends, in its ledger.
+    """Before a node's first DP-SGD release in a run: what its accountant says the run spends, in its ledger.
 
-    Refuses (PolicyDenied) unless the ledger approved exactly this job with record-level DP and the
-    accounted epsilon stays within the job's, which admission charged against the dataset's cap.
+    Refuses (PolicyDenied) unless the ledger approved exactly this job with record-level DP, the
+    accounted epsilon stays within the job's, which admission charged against the dataset's cap,
+    and this run's charge fits (charge_run: every run after the first is charged again).
     """
     require_approval(ledger, job)
     if job.dp is None or epsilon > job.dp.epsilon * (1 + 1e-9):
         allowed = job.dp.epsilon if job.dp is not None else 0.0
         raise PolicyDenied(f"accounted epsilon {epsilon:.4g} exceeds the {allowed:g} approved for job '{job.job_id}'")
+    charge_run(ledger, job, run_id)
     conn = _open_ledger(ledger, _DP_RELEASES)
     try:
         conn.execute(
@@ -408,7 +556,7 @@ def record_dp_plan(
                 noise_multiplier,
                 sample_rate,
                 steps,
-                datetime.now(UTC).isoformat(),
+                _now(),
             ),
         )
     finally:
@@ -437,6 +585,36 @@ def store_agency_datasets(store: Path, job: JobSpec) -> list[str]:
     """Which of the job's elements this node holds (used to decide which nodes must approve)."""
     held = set(datasets.held_elements(store))
     return sorted(held & (set(job.features) | {job.label}))
+
+
+def _adopt_legacy_spends(ledger: Path) -> None:
+    """Move a ledger's spends from LedgerAdmission's former `spend` table into PrivacyLedger's
+    `spends`, once and atomically: an upgraded node keeps every ε it has spent."""
+    if not ledger.exists():
+        return
+    with sqlite3.connect(f"file:{ledger}?mode=ro", uri=True) as probe:
+        legacy = probe.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'spend'").fetchone()
+    if legacy is None:
+        return
+    PrivacyLedger(ledger)  # creates `spends` (its migration) if this ledger never had one
+    conn = _open_ledger(ledger, "")
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        if conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'spend'").fetchone():
+            conn.execute(
+                "INSERT INTO spends (dataset, job_id, epsilon, at)"
+                " SELECT dataset, job_id, epsilon, ? FROM spend WHERE true"
+                " ON CONFLICT (dataset, job_id) DO UPDATE SET epsilon = spends.epsilon + excluded.epsilon",
+                (_now(),),
+            )
+            conn.execute("DROP TABLE spend")
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    finally:
+        conn.close()
 
 
 def _open_ledger(path: Path, schema: str) -> sqlite3.Connection:

@@ -34,9 +34,17 @@ log = get_logger(__name__)
 
 class HorizontalClient(NumPyClient):
     def __init__(
-        self, job: JobSpec, nc: node.NodeConfig, max_weight: int, ledger_check: bool, n_features: int = 0
+        self,
+        job: JobSpec,
+        nc: node.NodeConfig,
+        max_weight: int,
+        ledger_check: bool,
+        n_features: int = 0,
+        *,
+        run_id: str,
     ) -> None:
         self.job, self.nc, self.max_weight, self.n_features = job, nc, max_weight, n_features
+        self.run_id = run_id  # each run of a DP job is charged at this node (admission.charge_run)
         if ledger_check:
             admit_at_node(job, nc.agency, nc.ledger, nc.store, nc.policy_dir, nc.policy_ca)
         self._data: node.Split | None = None
@@ -85,6 +93,7 @@ class HorizontalClient(NumPyClient):
         record_dp_plan(
             self.nc.ledger,
             self.job,
+            run_id=self.run_id,
             epsilon=plan.epsilon,
             noise_multiplier=plan.sigma,
             sample_rate=plan.sample_rate,
@@ -178,7 +187,7 @@ def client_fn(context: Context) -> Any:
     max_weight = int(context.run_config.get("max-weight", 1_000_000))
     n_features = int(context.run_config.get("n-features", 0))
     # Always checked: the run config is the coordinator's to write, so it cannot turn admission off.
-    return HorizontalClient(job, nc, max_weight, True, n_features).to_client()
+    return HorizontalClient(job, nc, max_weight, True, n_features, run_id=str(context.run_id)).to_client()
 
 
 # SecAgg+'s mod insists on SecAgg+ stage configs in every train message, so plain jobs use `app`.

@@ -11,7 +11,15 @@ feature nodes and the coordinator, over the whole job: one release per label, no
 Consequence for an attacker who sees everything sent: with a uniform prior on a label, no
 inference rule guesses it right with probability above e^eps / (1 + e^eps) (`attack_bound`).
 Evaluation uses the true held-out labels, which never enter training; only aggregate metrics
-leave. Flip noise comes from OS entropy, never from the job's public seed.
+leave.
+
+The flips repeat. A fresh draw per run would let a coordinator (or an analyst resubmitting) run
+the job k times and take each label's majority: that converges on the true label. So each flip is
+decided by a word the label holder draws with its own secret key over (label element, ε, subject)
+(crypto/keyed_draws.py, never the job's public seed): every run and every job on the same labels
+at the same ε trains on the same noisy labels, one release however often it is used. A job at
+another ε is another release; the label holder's ledger charges each (element, ε) release once
+against the label dataset's cap (federated/admission.py).
 """
 
 from __future__ import annotations
@@ -30,7 +38,16 @@ def attack_bound(epsilon: float) -> float:
     return math.exp(epsilon) / (1.0 + math.exp(epsilon))
 
 
-def randomized_response(y: np.ndarray, epsilon: float, rng: np.random.Generator) -> np.ndarray:
-    """Each 0/1 label flipped independently with probability 1 / (1 + e^epsilon)."""
-    flip = rng.random(len(y)) < flip_probability(epsilon)
+def randomized_response(y: np.ndarray, epsilon: float, words: np.ndarray) -> np.ndarray:
+    """Each 0/1 label flipped with probability 1 / (1 + e^epsilon), decided by its own uniform
+    64-bit word (one per label, drawn independently of the labels)."""
+    if len(words) != len(y):
+        raise ValueError(f"{len(words)} draws for {len(y)} labels")
+    uniform = (np.asarray(words, dtype=np.uint64) >> np.uint64(11)).astype(np.float64) * 2.0**-53
+    flip = uniform < flip_probability(epsilon)
     return np.where(flip, 1.0 - y, y).astype(np.float64)
+
+
+def release_domain(label: str, epsilon: float) -> str:
+    """What names one release of a label element's noisy labels: the element and the ε (exactly)."""
+    return f"label-dp\x00{label}\x00{epsilon!r}"

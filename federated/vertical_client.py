@@ -27,6 +27,7 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from flwr.clientapp import ClientApp
 
+from crypto import keyed_draws
 from federated import datasets, label_dp, model, node, psi, psi_keys, vertical_dp
 from federated.admission import admit_at_node, record_dp_plan
 from federated.grid_io import arrays_of, cfg_of
@@ -308,6 +309,7 @@ def setup(msg: Message, context: Context) -> Message:
         record_dp_plan(
             nc.ledger,
             job,
+            run_id=str(context.run_id),
             epsilon=plan.epsilon,
             noise_multiplier=plan.noise_multiplier,
             sample_rate=1.0,
@@ -324,7 +326,8 @@ def setup(msg: Message, context: Context) -> Message:
         if np.isnan(lab_tr).any() or np.isnan(lab_te).any():
             raise ValueError("aligned subjects without a label")
         width = int(cfg["width"])
-        data.update(y_train=training_labels(job, lab_tr[:, 0] > 0), y_test=(lab_te[:, 0] > 0).astype(float))
+        y_train = training_labels(job, lab_tr[:, 0] > 0, label_words(nc, job, train))
+        data.update(y_train=y_train, y_test=(lab_te[:, 0] > 0).astype(float))
         if private_releases(job, False):  # the other nodes' embeddings will arrive noised by this much
             data["noise_sd"] = np.asarray(vertical_dp.embedding_noise_sd(dp_plan(job, len(train), 1)))
         state.update(pack_state("t_", np.zeros(width + 1), {}))
@@ -362,13 +365,42 @@ def _unwire(x: np.ndarray) -> np.ndarray:
     return from_half(x)
 
 
-def training_labels(job: JobSpec, y: np.ndarray) -> np.ndarray:
-    """The labels the label holder trains on: randomized response under `label_dp`, drawn once per
-    job from OS entropy (everything sent later derives from these), else the true labels."""
+def training_labels(job: JobSpec, y: np.ndarray, words: np.ndarray | None) -> np.ndarray:
+    """The labels the label holder trains on (everything sent later derives from these): under
+    `label_dp`, randomized response decided by `words` (`label_words`), else the true labels."""
     y = np.asarray(y, dtype=np.float64)
     if job.label_dp is None:
         return y
-    return label_dp.randomized_response(y, job.label_dp, np.random.default_rng(secrets.randbits(128)))
+    if words is None:
+        raise ValueError("a label_dp job needs the label holder's draws")
+    return label_dp.randomized_response(y, job.label_dp, words)
+
+
+def label_words(nc: node.NodeConfig, job: JobSpec, pseudonyms: list[str]) -> np.ndarray | None:
+    """The label holder's draws for these subjects' flips: keyed by its own secret and named by
+    (label element, ε), so every run and job on these labels at this ε flips the same ones and a
+    re-run cannot average the flips away (federated/label_dp.py)."""
+    if job.label_dp is None:
+        return None
+    key = _node_key(nc.ledger.parent / "label-dp.key")
+    return keyed_draws.words(key, label_dp.release_domain(job.label, job.label_dp), pseudonyms)
+
+
+def _node_key(path: Path) -> bytes:
+    """A secret of this node, made once (atomically: concurrent ClientApps end up with the same)."""
+    if not path.exists():
+        fresh = path.with_name(f".{path.name}.{secrets.token_hex(8)}")
+        _write_private(fresh, keyed_draws.new_key())
+        try:
+            os.link(fresh, path)
+        except FileExistsError:
+            pass  # another ClientApp made it first: use theirs
+        finally:
+            fresh.unlink()
+    key = path.read_bytes()
+    if len(key) != keyed_draws.KEY_BYTES:
+        raise ValueError(f"this node's {path.name} is damaged (not {keyed_draws.KEY_BYTES} bytes)")
+    return key
 
 
 @app.train("step")

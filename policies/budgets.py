@@ -395,20 +395,30 @@ class PrivacyLedger:
 
         A job touching two datasets must not spend one budget and then be refused on the other.
         """
-        if not job_id or len(job_id) > 128:
-            raise InvalidInput("job_id must be 1..128 characters")
         if not charges or len({c[0] for c in charges}) != len(charges):
             raise InvalidInput("charges must name each dataset once")
-        for _, epsilon, cap in charges:
+        return self.spend_each([(job_id, dataset, epsilon, cap) for dataset, epsilon, cap in charges])
+
+    def spend_each(self, charges: Sequence[tuple[str, str, float, float]]) -> list[LedgerEntry]:
+        """Several charges, each under its own key, all or nothing: (key, dataset, epsilon, cap) each.
+
+        Each key is charged once per dataset (a replayed key is not charged again); charges on one
+        dataset add up against its cap in order.
+        """
+        if not charges or len({(c[0], c[1]) for c in charges}) != len(charges):
+            raise InvalidInput("charges must name each (key, dataset) once")
+        for key, _, epsilon, cap in charges:
+            if not key or len(key) > 128:
+                raise InvalidInput("job_id must be 1..128 characters")
             if not (math.isfinite(epsilon) and epsilon > 0):
                 raise InvalidInput("epsilon must be a positive finite number")
             if not (math.isfinite(cap) and cap > 0):
                 raise InvalidInput("cap must be a positive finite number")
         entries = []
         # Locked per dataset: two replicas charging one dataset serialise; raising rolls back every charge.
-        with self.db.transaction(lock=[f"privacy/{c[0]}" for c in charges]) as tx:
-            for dataset, epsilon, cap in charges:
-                entries.append(self._charge(tx, dataset, job_id, epsilon, cap))
+        with self.db.transaction(lock=sorted({f"privacy/{c[1]}" for c in charges})) as tx:
+            for key, dataset, epsilon, cap in charges:
+                entries.append(self._charge(tx, dataset, key, epsilon, cap))
         return entries
 
     @staticmethod

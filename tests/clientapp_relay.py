@@ -77,6 +77,7 @@ class ClientAppRelay:
         self.on_request: Hook | None = None
         self.on_reply: Hook | None = None
         self.run_config_extra: Cfg = {}  # what a coordinator adds to the run config it writes
+        self.run_id = 1  # a coordinator starting the job again sends under a new run id
 
     def hello(self) -> dict[int, Message]:
         return self.send("query.hello", {n: ({}, {}) for n in self.configs})
@@ -88,12 +89,12 @@ class ClientAppRelay:
             who = self.agency[n]
             if self.on_request is not None:
                 cfg = self.on_request(kind, who, dict(cfg))
-            TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, n, 1
+            TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = self.run_id, n, 1
             record = RecordDict({"cfg": ConfigRecord(cfg)})
             if arrays:
                 record["arrays"] = ArrayRecord({k: Array(v) for k, v in arrays.items()})
             msg = Message(record, dst_node_id=n, message_type=kind)
-            context = Context(1, n, _node_config(self.configs[n]), RecordDict(), run_config)  # type: ignore[arg-type]
+            context = Context(self.run_id, n, _node_config(self.configs[n]), RecordDict(), run_config)  # type: ignore[arg-type]
             try:
                 reply = HANDLERS[kind](msg, context)
             except Exception as exc:  # noqa: BLE001 (as Flower does: a ClientApp's exception is an error reply)

@@ -88,12 +88,12 @@ def test_non_dp_jobs_can_be_forbidden_and_reused_job_ids_decided_again(node: Nod
 def test_clientapp_refuses_unapproved_job(node: NodeSpec) -> None:
     nc = NodeConfig(node.store, node.agency, node.ledger, None)
     with pytest.raises(PolicyDenied):
-        HorizontalClient(_job("never-approved", 1.0), nc, 1000, ledger_check=True)
+        HorizontalClient(_job("never-approved", 1.0), nc, 1000, ledger_check=True, run_id="1")
     with pytest.raises(PolicyDenied):
         require_approval(node.ledger.with_name("missing.sqlite"), _job())
     job = _job("approved", 1.0)
     assert LedgerAdmission(node.ledger, node.store)(job, node.agency).approved
-    HorizontalClient(job, nc, 1000, ledger_check=True)  # does not raise
+    HorizontalClient(job, nc, 1000, ledger_check=True, run_id="1")  # does not raise
 
 
 def test_run_job_refused_before_any_process_starts(node: NodeSpec, tmp_path: Path) -> None:

@@ -133,14 +133,14 @@ def test_node_ledger_records_the_accounted_epsilon_and_refuses_more(tmp_path: Pa
     datasets.write_store(store, "synth", subj, {e: cols[e] for e in ["civil.age", "tax.income", "tax.label"]})
     job = _job()
     with pytest.raises(PolicyDenied, match=r"not approved|no admission ledger"):
-        record_dp_plan(ledger, job, epsilon=1.0, noise_multiplier=2.0, sample_rate=0.1, steps=30)
+        record_dp_plan(ledger, job, run_id="1", epsilon=1.0, noise_multiplier=2.0, sample_rate=0.1, steps=30)
     adm = LedgerAdmission(ledger, store)
     adm.configure(["fraud-model"], {"synth": 3.0})
     assert adm(job, "r0").approved and adm.spent("synth") == 2.0  # charged against the cap
     with pytest.raises(PolicyDenied, match="exceeds"):
-        record_dp_plan(ledger, job, epsilon=2.5, noise_multiplier=0.5, sample_rate=0.1, steps=30)
+        record_dp_plan(ledger, job, run_id="1", epsilon=2.5, noise_multiplier=0.5, sample_rate=0.1, steps=30)
     assert dp_release(ledger, job.job_id) is None
-    record_dp_plan(ledger, job, epsilon=1.99, noise_multiplier=2.0, sample_rate=0.1, steps=30)
+    record_dp_plan(ledger, job, run_id="1", epsilon=1.99, noise_multiplier=2.0, sample_rate=0.1, steps=30)
     assert dp_release(ledger, job.job_id) == {
         "epsilon": 1.99,
         "delta": 1e-6,

@@ -156,12 +156,18 @@ def test_feature_node_ledger_records_the_plan_and_refuses_an_overspend(tmp_path:
     assert adm(job, "civil").approved and adm.spent("synth") == 2.0
     p = dp_plan(job, 40, 1)
     record_dp_plan(
-        ledger, job, epsilon=p.epsilon, noise_multiplier=p.noise_multiplier, sample_rate=1.0, steps=p.releases
+        ledger,
+        job,
+        run_id="1",
+        epsilon=p.epsilon,
+        noise_multiplier=p.noise_multiplier,
+        sample_rate=1.0,
+        steps=p.releases,
     )
     rel = dp_release(ledger, job.job_id)
     assert rel is not None and rel["epsilon"] == p.epsilon and rel["steps"] == p.releases
     with pytest.raises(PolicyDenied, match="exceeds"):
-        record_dp_plan(ledger, job, epsilon=2.5, noise_multiplier=1.0, sample_rate=1.0, steps=3)
+        record_dp_plan(ledger, job, run_id="1", epsilon=2.5, noise_multiplier=1.0, sample_rate=1.0, steps=3)
     second = _job(job_id="vdp-2")
     assert not adm(second, "civil").approved  # 2 + 2 > the cap of 3
 
