@@ -26,6 +26,9 @@ from statistics import NormalDist
 
 import numpy as np
 
+# The reason a register node gives (error details "refusal") for a cohort with a member it does
+# not know. The gateway charges that refusal like an answer (exchange/service.py): it is one.
+COHORT_MEMBER_UNKNOWN = "cohort_member_unknown"
 MAX_EPSILON = 20.0  # beyond this p < 2e-9: no protection worth the name, refused as a setting
 
 

@@ -188,6 +188,20 @@ def _chunk_terms(criterion: Criterion, ciphertexts: Mapping[str, list[Ciphertext
     return [ciphertexts[t.element][chunk] for t in criterion.terms]
 
 
+def _masks(
+    program: Program, mask_key: bytes, epoch: int, pseudonyms: Sequence[str], hide_order: bool
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Each criterion's (r, s') per subject. Keyed to the question, so a second program asking it
+    gets the same values, no fresh sample; except in the overall view (`hide_order`), where the
+    program is keyed in too: there, values equal across two programs would let the requester pair
+    up the criteria they share and so name the one left over, i.e. which criterion failed."""
+    view = f"\x00overall-view\x00{program.id}" if hide_order else ""
+    return [
+        derive_masks(mask_key, c.question + view, epoch, pseudonyms, program.span(i))
+        for i, c in enumerate(program.criteria)
+    ]
+
+
 def combine_he(
     program: Program,
     pseudonyms: Sequence[str],
@@ -202,7 +216,8 @@ def combine_he(
     """Per criterion: Enc(r*d + s') per chunk, masks keyed to (question, epoch, subject).
 
     The question is what the criterion compares (Criterion.question), not the program: two
-    programs asking it in the same epoch get the same masked values, never a fresh sample.
+    programs asking it in the same epoch get the same masked values, never a fresh sample (in the
+    overall view the program is keyed in as well, see `_masks`).
 
     With `hide_order` (the "overall verdict" view) output position i of subject j holds criterion
     order[j][i] instead of criterion i: the requester learns the verdict and how many criteria
@@ -211,9 +226,7 @@ def combine_he(
     criterion-major, chunk-minor order; without them each result is flooded here.
     `flood=False` skips noise flooding: only for measuring what flooding costs (bench/privacy.py).
     """
-    masks = [
-        derive_masks(mask_key, c.question, epoch, pseudonyms, program.span(i)) for i, c in enumerate(program.criteria)
-    ]
+    masks = _masks(program, mask_key, epoch, pseudonyms, hide_order)
     k = len(program.criteria)
     order = derive_permutations(mask_key, program.id, epoch, pseudonyms, k) if hide_order and k > 1 else None
     outcomes = []
@@ -316,9 +329,7 @@ def combine_he_packed(
     n, k = len(pseudonyms), len(program.criteria)
     if packing(program, n) != k:
         raise ValueError("this batch does not pack into one ciphertext")
-    masks = [
-        derive_masks(mask_key, c.question, epoch, pseudonyms, program.span(i)) for i, c in enumerate(program.criteria)
-    ]
+    masks = _masks(program, mask_key, epoch, pseudonyms, hide_order)
     order = derive_permutations(mask_key, program.id, epoch, pseudonyms, k) if hide_order else None
     groups, weights = [], []
     offset = np.zeros(n * k, dtype=object)  # Python integers: r*bound may pass 64 bits

@@ -35,7 +35,7 @@ import numpy as np
 from crypto.he import SLOTS, PublicContext
 from crypto.masks import epoch_of
 from exchange import events
-from exchange.cohort import epsilon_per_query, flip_probability
+from exchange.cohort import COHORT_MEMBER_UNKNOWN, epsilon_per_query, flip_probability
 from exchange.eligibility import (
     CheckScope,
     CriterionOutcome,
@@ -51,7 +51,7 @@ from exchange.types import VIEWS, CheckOutcome, CheckRequest, CohortPrivacy, Cri
 from policies.programs import Program, ProgramRegistry
 from policies.types import DEFAULT_COHORT_EPSILON, CheckContext, PolicyOutcome
 from protos.xgate.v1 import node_pb2
-from xgate.errors import ConfigError, InvalidInput, NodeError, PayloadTooLarge, PolicyDenied
+from xgate.errors import ConfigError, InvalidInput, NodeError, NodeRefused, PayloadTooLarge, PolicyDenied
 from xgate.logging import get_logger
 from xgate.principal import Principal
 
@@ -154,18 +154,30 @@ class CheckService:
             raise
         context = await self._context(request)
         # Policy last among the gateway's own checks: a malformed request must not spend budget.
+        # Off the event loop: a large batch's budget transaction must not stall other requests.
+        deciding = asyncio.ensure_future(
+            asyncio.to_thread((self.policy or AllowAll()).authorize_check, principal, program, request)
+        )
         try:
-            # Off the event loop: a large batch's budget transaction must not stall other requests.
-            outcome = await asyncio.to_thread((self.policy or AllowAll()).authorize_check, principal, program, request)
+            outcome = await asyncio.shield(deciding)
         except PolicyDenied as exc:
             await self._record(events.policy_denied(about, exc))
             raise
+        except asyncio.CancelledError:
+            # Abandoned (client gone, deadline passed) while the decision point works in its
+            # thread: whatever it reserves is released when it finishes, as nobody gets an answer.
+            deciding.add_done_callback(_release_if_reserved)
+            raise
         # Budget and consent uses are reserved now and charged only for an answer: any failure from
-        # here on (node down or refusing, timeout, a gateway error, cancellation) releases them.
+        # here on (node down or refusing, timeout, a gateway error, cancellation) releases them,
+        # except a refusal that answers the request's own question (`_charged_refusal`).
         try:
             result = await self._answer(principal, request, program, request_id, about, context, outcome, timings, t0)
-        except BaseException:
-            await _settle(outcome.charge.release)
+        except BaseException as exc:
+            if _charged_refusal(exc):
+                await asyncio.to_thread(outcome.charge.commit)
+            else:
+                await _settle(outcome.charge.release)
             raise
         await asyncio.to_thread(outcome.charge.commit)
         return result
@@ -338,6 +350,28 @@ class CheckService:
 
     def _ms(self, since: float) -> float:
         return round((self.timer() - since) * 1000, 2)
+
+
+def _charged_refusal(exc: BaseException) -> bool:
+    """A node refusal that is itself an answer about the request's subjects, so it is charged like
+    one: the register node refusing a cohort with a member it does not know tells whether a
+    candidate is registered, and a free refusal would make that a free membership oracle."""
+    return isinstance(exc, NodeRefused) and exc.details.get("refusal") == COHORT_MEMBER_UNKNOWN
+
+
+def _release_if_reserved(decided: asyncio.Future[PolicyOutcome]) -> None:
+    """Done-callback of an abandoned policy step: release what it reserved, in a worker thread."""
+    if decided.cancelled() or decided.exception() is not None:
+        return  # refused or failed: nothing was reserved
+    release = decided.result().charge.release
+
+    def run() -> None:
+        try:
+            release()
+        except Exception:  # nobody awaits this: say so in the log rather than lose it silently
+            log.exception("abandoned_check_release_failed")
+
+    asyncio.get_running_loop().run_in_executor(None, run)
 
 
 async def _settle(release: Callable[[], None]) -> None:

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from crypto.he import HE_PARAMS_ID, SLOTS, PublicContext, chunks, context_fingerprint
+from exchange.cohort import COHORT_MEMBER_UNKNOWN
 from exchange.events import node_served
 from nodes.store import NodeStore
 from protos.xgate.v1 import node_pb2
@@ -159,7 +160,10 @@ class NodeService:
         """Cohort members must be registered people: made-up members would carry predictable defaults."""
         if self.store.known(pseudonyms) != len(pseudonyms):
             log.info("cohort_unknown_member", subjects=len(pseudonyms))
-            raise PolicyDenied("cohort refused: not every member is a person known to the civil register")
+            raise PolicyDenied(
+                "cohort refused: not every member is a person known to the civil register",
+                refusal=COHORT_MEMBER_UNKNOWN,
+            )
 
     def encrypt_values(
         self, request: node_pb2.EncryptRequest, cancelled: Callable[[], bool] | None = None

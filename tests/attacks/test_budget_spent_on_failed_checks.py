@@ -5,7 +5,8 @@ the subject's allowance down for everyone else.
 The budget used to be charged before the fan-out and never refunded: three attempts that failed
 with a node down used up the 30-day budget. Now the decision point reserves, the check service
 commits only when the check is answered and releases on any failure (node down, timeout, node
-refusal, a malformed answer, the requester going away). This runs the real decision point, the
+refusal, a malformed answer, the requester going away, also while the decision point is still
+working in its thread). This runs the real decision point, the
 real SQLite budget and consent registry, and the check service with a fan-out that fails.
 """
 
@@ -15,6 +16,7 @@ import asyncio
 import tempfile
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -148,3 +150,45 @@ def test_charging_up_front_lets_failures_burn_the_budget(programs, tmp_path: Pat
         with pytest.raises(NodeUnavailable):
             asyncio.run(service.run(GOLD, _request()))
     assert all(_used(budgets, s) == 3 for s in SUBJECTS)
+
+
+def test_a_check_abandoned_while_the_policy_step_runs_spends_nothing(programs: Any, tmp_path: Path) -> None:
+    """The client goes away while the decision point is reserving in its worker thread (a large
+    batch makes that window wide): the reservation must be released once the step finishes."""
+    import time
+
+    class SlowConsents(ConsentRegistry):
+        def reserve(self, *args: Any, **kwargs: Any) -> Any:
+            reserved = super().reserve(*args, **kwargs)
+            time.sleep(0.3)  # the rest of a big batch's work in the policy thread
+            return reserved
+
+    consents = SlowConsents(tmp_path / "consents.db", purposes={"income_certificate"})
+    subject = SUBJECTS[0]
+    ref = consents.register(
+        subject, "civil_affairs", "income_certificate", DAYTIME - timedelta(days=1), DAYTIME + timedelta(days=1), 1
+    )
+    budgets = ProbeBudget(tmp_path / "budget.db")
+    policy = CheckAuthorizer(
+        PolicyEngine.load(DEFAULT_POLICY_DIR), budgets=budgets, consents=consents,
+        approvals=standing_registry(tmp_path / "approvals.db"), clock=lambda: DAYTIME,
+    )  # fmt: skip
+    service = CheckService(
+        programs=programs, nodes=FakeNodes(), mask_key=MASK_KEY, policy=policy, auditor=FakeAuditor(),
+        allow_plaintext_mode=True, clock=lambda: DAYTIME.timestamp(),
+    )  # fmt: skip
+    request = _request(
+        program="income_certificate", purpose="income_certificate", legal_basis="PIPL-2021-art-13-1",
+        pseudonyms=(subject,), consent_ref=ref,
+    )  # fmt: skip
+
+    async def abandon() -> None:
+        task = asyncio.create_task(service.run(GOLD, request))
+        await asyncio.sleep(0.15)  # the client disconnects while authorize_check runs
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await asyncio.sleep(0.5)  # the step finishes in its thread, then its release runs
+
+    asyncio.run(abandon())
+    assert consents.lookup(ref).uses == 0 and budgets.pending() == 0

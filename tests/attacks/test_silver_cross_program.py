@@ -1,0 +1,123 @@
+"""Attack: name the failing criterion at silver by running two programs that share criteria.
+
+Masks are keyed to the question a criterion asks, so that a second program asking it gets the
+same masked value and no fresh sample (tests/attacks/test_second_program_fresh_sample.py). The
+overall (silver) view only shuffles each subject's criteria. A silver caseworker who runs dibao
+and then target_discovery for the same subjects in one mask period (each allowed, each charged
+once) would see the shared criteria (income, residence) as equal values in both results, pair
+them up, and read the one left over in each program: dibao's no_registered_business and
+target_discovery's not_enrolled, exactly. In the overall view the program is now keyed into the
+masks too, so no value repeats across programs (exchange/eligibility.py `_masks`).
+
+Real CheckService with the shipped policy set, a silver principal, the real probing budget and
+approval registry; honest in-process nodes encrypting under the requester's key.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from crypto.he import SLOTS, PublicContext, RequesterKeys
+from exchange.service import CheckService
+from exchange.types import CheckRequest
+from policies.budgets import ProbeBudget
+from policies.decision import DEFAULT_POLICY_DIR, CheckAuthorizer, PolicyEngine
+from policies.programs import ProgramRegistry
+from protos.xgate.v1 import node_pb2
+from tests.unit.test_approvals import STANDING_REF, standing_registry
+from tests.unit.test_check_service import MASK_KEY, FakeAuditor, pseudo
+from tests.unit.test_policy_support import DAYTIME
+from xgate.principal import Principal
+
+SILVER = Principal("ca-caseworker-silver", "civil_affairs", "caseworker", "silver")
+GOLD = Principal("ca-caseworker-gold", "civil_affairs", "caseworker", "gold")
+SUBJECTS = tuple(pseudo(i) for i in range(6))
+# 0 fails only business, 1 only income, 2 only residence, 3 nothing, 4 only enrolment, 5 income and business
+VALUES = {
+    "tax.monthly_income": [0, 1500, 0, 300, 0, 2000],
+    "hrss.monthly_pension": [500, 0, 0, 0, 0, 0],
+    "civil_affairs.monthly_benefits": [0, 0, 0, 0, 0, 0],
+    "household.alive_resident": [1, 1, 0, 1, 1, 1],
+    "tax.registered_businesses": [1, 0, 0, 0, 0, 3],
+    "civil_affairs.enrolled_dibao": [0, 0, 0, 0, 1, 0],
+}
+
+
+class HonestNodes:
+    async def encrypt_all(
+        self, requests: dict[str, node_pb2.EncryptRequest], deadline_s: float, public_context: bytes = b""
+    ) -> dict[str, node_pb2.EncryptResponse]:
+        rows = {p: i for i, p in enumerate(SUBJECTS)}
+        out = {}
+        for agency, request in sorted(requests.items()):
+            response = node_pb2.EncryptResponse(agency=agency, request_id=request.context.request_id)
+            context = PublicContext.cached(request.public_context or public_context)
+            for query in request.elements:
+                values = [VALUES[query.element][rows[p]] for p in request.pseudonyms] * max(1, request.replicas)
+                element = response.elements.add(element=query.element)
+                for start in range(0, len(values), SLOTS):
+                    blob = context.encrypt(values[start : start + SLOTS])
+                    element.ciphertexts.append(blob)
+                    element.ciphertext_sha256.append(hashlib.sha256(blob).digest())
+            out[agency] = response
+        return out
+
+
+def _results(who: Principal, programs: ProgramRegistry, keys: RequesterKeys, tmp: Path) -> dict[str, Any]:
+    """Each program's decrypted values per subject, as a modified client reads them."""
+    policy = CheckAuthorizer(
+        PolicyEngine.load(DEFAULT_POLICY_DIR),
+        budgets=ProbeBudget(tmp / "budget.db"),
+        approvals=standing_registry(tmp / "approvals.db"),
+        clock=lambda: DAYTIME,
+    )
+    service = CheckService(
+        programs=programs,
+        nodes=HonestNodes(),
+        mask_key=MASK_KEY,
+        policy=policy,
+        auditor=FakeAuditor(),
+        clock=lambda: DAYTIME.timestamp(),
+    )
+    out = {}
+    for program in ("dibao", "target_discovery"):
+        request = CheckRequest(
+            program=program, purpose=program, legal_basis="SAR-2014-art-12", case_id="C-1",
+            approval_ref=STANDING_REF, mode="he", pseudonyms=SUBJECTS, public_context=keys.public_context,
+        )  # fmt: skip
+        outcome = asyncio.run(service.run(who, request))
+        n, k = len(SUBJECTS), len(outcome.criteria)
+        flat = keys.decrypt_masked(outcome.packed[0], n * k).tolist()
+        out[program] = (outcome.view, [[flat[b * n + j] for b in range(k)] for j in range(n)])
+    return out
+
+
+def _shared_values(results: dict[str, Any]) -> list[int]:
+    """Per subject, how many values the two programs' results have in common."""
+    (_, dibao), (_, target) = results["dibao"], results["target_discovery"]
+    return [sum((Counter(d) & Counter(t)).values()) for d, t in zip(dibao, target, strict=True)]
+
+
+def test_silver_results_of_two_programs_share_no_value_to_pair_up(
+    programs: ProgramRegistry, requester_keys: RequesterKeys, tmp_path: Path
+) -> None:
+    results = _results(SILVER, programs, requester_keys, tmp_path)
+    assert {view for view, _ in results.values()} == {"overall"}
+    assert _shared_values(results) == [0] * len(SUBJECTS)  # nothing to match: the leftover is unknown
+    # The verdict is untouched: how many criteria each subject fails, in each program.
+    _, dibao = results["dibao"]
+    assert [sum(v < 0 for v in row) for row in dibao] == [1, 1, 1, 0, 0, 2]
+
+
+def test_positive_control_per_criterion_masks_repeat_across_programs(
+    programs: ProgramRegistry, requester_keys: RequesterKeys, tmp_path: Path
+) -> None:
+    """At gold the criteria are named anyway; there the shared questions repeat (no fresh sample),
+    and the pairing above would find the two shared criteria for every subject."""
+    results = _results(GOLD, programs, requester_keys, tmp_path)
+    assert {view for view, _ in results.values()} == {"per_criterion"}
+    assert _shared_values(results) == [2] * len(SUBJECTS)
