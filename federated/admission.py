@@ -34,11 +34,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
-from federated import datasets
+from federated import datasets, label_dp
 from federated.jobs import JobSpec
 from federated.training_policy import budget_charges, decide_training, job_epsilon, unwrap_engine
 from policies.budgets import PrivacyLedger
-from xgate.errors import BudgetExhausted, PolicyDenied, XgateError
+from xgate.errors import BudgetExhausted, InvalidInput, PolicyDenied, XgateError
 
 __all__ = [
     "Admission",
@@ -63,12 +63,13 @@ CREATE TABLE IF NOT EXISTS decision_policies (
     job_id TEXT PRIMARY KEY, policy_ids TEXT NOT NULL, policy_set_hash TEXT NOT NULL, datasets TEXT NOT NULL
 );
 """
-# What an approval charged per dataset (ε and the cap it was checked against): each further run of
-# the job charges the same again (charge_run).
+# What an approval of one job definition charged per dataset (ε and the cap it was checked against)
+# and under which spend key: that approval paid for one run, each further run charges the same
+# again (charge_run).
 _APPROVED_CHARGES = """
 CREATE TABLE IF NOT EXISTS approved_charges (
-    job_id TEXT NOT NULL, dataset TEXT NOT NULL, epsilon REAL NOT NULL, cap REAL NOT NULL,
-    PRIMARY KEY (job_id, dataset)
+    job_id TEXT NOT NULL, job_digest TEXT NOT NULL, approval_key TEXT NOT NULL, dataset TEXT NOT NULL,
+    epsilon REAL NOT NULL, cap REAL NOT NULL, PRIMARY KEY (job_id, dataset)
 );
 """
 _SCHEMA = (
@@ -172,7 +173,7 @@ class LedgerAdmission:
         if charges or label:
             try:
                 _spend(self.ledger, job, redecided, charges, label)
-            except BudgetExhausted as exc:
+            except (BudgetExhausted, InvalidInput) as exc:  # refused, never a traceback
                 decision, charges = replace(decision, approved=False, reason=exc.message, epsilon=0.0), []
         conn = self._connect()
         try:
@@ -182,7 +183,7 @@ class LedgerAdmission:
                 "INSERT OR REPLACE INTO decisions VALUES (?,?,?,?,?,?,?)",
                 (job.job_id, digest, agency, int(decision.approved), decision.reason, decision.epsilon, _now()),
             )
-            _record_approved_charges(conn, job, charges)
+            _record_approved_charges(conn, job, _charge_key(job, redecided), charges)
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:
@@ -280,7 +281,7 @@ class PolicyAdmission:
             try:
                 _spend(self.ledger, job, redecided, charges, label)
                 decision = replace(decision, epsilon=job_epsilon(job))
-            except BudgetExhausted as exc:
+            except (BudgetExhausted, InvalidInput) as exc:  # refused, never a traceback
                 decision, charges = replace(decision, approved=False, reason=exc.message), []
         return self._record(job, agency, decision, charges)
 
@@ -322,7 +323,7 @@ class PolicyAdmission:
                     "INSERT OR REPLACE INTO decision_policies VALUES (?,?,?,?)",
                     (job.job_id, json.dumps(list(d.policy_ids)), d.policy_set_hash, json.dumps(list(d.datasets))),
                 )
-                _record_approved_charges(conn, job, charges)
+                _record_approved_charges(conn, job, _charge_key(job, d.redecided), charges)
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:
@@ -370,16 +371,22 @@ def _spend(
     keyed = [(_charge_key(job, redecided), ds, eps, cap) for ds, eps, cap in charges]
     if label is not None:
         dataset, eps, cap = label
-        keyed.append((f"label-dp~{job.label}~{eps!r}", dataset, eps, cap))
+        keyed.append((label_release_key(job.label, eps), dataset, eps, cap))
     PrivacyLedger(ledger).spend_each(keyed)
 
 
+def label_release_key(label: str, epsilon: float) -> str:
+    """The spend key of one label-DP release: (element, ε) hashed, so any element name fits the key."""
+    return "label-dp~" + hashlib.sha256(label_dp.release_domain(label, epsilon).encode()).hexdigest()[:32]
+
+
 def _record_approved_charges(
-    conn: sqlite3.Connection, job: JobSpec, charges: Iterable[tuple[str, float, float]]
+    conn: sqlite3.Connection, job: JobSpec, approval_key: str, charges: Iterable[tuple[str, float, float]]
 ) -> None:
     conn.execute("DELETE FROM approved_charges WHERE job_id = ?", (job.job_id,))
     conn.executemany(
-        "INSERT INTO approved_charges VALUES (?,?,?,?)", [(job.job_id, ds, eps, cap) for ds, eps, cap in charges]
+        "INSERT INTO approved_charges VALUES (?,?,?,?,?,?)",
+        [(job.job_id, job.digest(), approval_key, ds, eps, cap) for ds, eps, cap in charges],
     )
 
 
@@ -451,8 +458,8 @@ def require_approval(ledger: Path, job: JobSpec) -> None:
 
 _DP_RUNS = """
 CREATE TABLE IF NOT EXISTS dp_runs (
-    job_id TEXT NOT NULL, job_digest TEXT NOT NULL, run_id TEXT NOT NULL, charge_key TEXT NOT NULL,
-    charged INTEGER NOT NULL, started_at TEXT NOT NULL, PRIMARY KEY (job_id, job_digest, run_id)
+    job_id TEXT NOT NULL, approval_key TEXT NOT NULL, run_id TEXT NOT NULL, charge_key TEXT NOT NULL,
+    charged INTEGER NOT NULL, started_at TEXT NOT NULL, PRIMARY KEY (job_id, approval_key, run_id)
 );
 """
 
@@ -460,34 +467,41 @@ CREATE TABLE IF NOT EXISTS dp_runs (
 def charge_run(ledger: Path, job: JobSpec, run_id: str) -> None:
     """Every run of an approved DP job spends the job's ε at this node, before its first release.
 
-    The approval paid for the first run of this definition. A further run (a resubmission, or a
-    coordinator starting the approved job again to average its noise away) releases fresh noise,
-    so it is charged the approved amounts again, all datasets at once, or refused (PolicyDenied)
-    when a dataset's cap would be passed. Idempotent within a run: Flower sends many messages.
+    An approval paid for one run of the definition it approved. A further run (a resubmission, or
+    a coordinator starting the approved job again to average its noise away) releases fresh noise,
+    so it is charged that approval's amounts again, all datasets at once, or refused
+    (PolicyDenied) when a dataset's cap would be passed. The approval, its charges and which run is
+    the first are read in one transaction under the ledger's write lock, so a concurrent
+    re-decision cannot slip another definition's charges in. Idempotent within a run: Flower sends
+    many messages.
     """
     digest = job.digest()
-    conn = _open_ledger(ledger, _APPROVED_CHARGES + _DP_RUNS)
+    conn = _open_ledger(ledger, _DECISIONS + _APPROVED_CHARGES + _DP_RUNS)
     try:
-        conn.execute("BEGIN IMMEDIATE")  # which run is first is decided under the write lock
+        conn.execute("BEGIN IMMEDIATE")
+        decided = conn.execute("SELECT job_digest, approved FROM decisions WHERE job_id = ?", (job.job_id,)).fetchone()
+        if decided is None or not decided[1] or decided[0] != digest:
+            raise PolicyDenied(f"node has not approved job '{job.job_id}'")
+        rows = conn.execute(
+            "SELECT approval_key, dataset, epsilon, cap FROM approved_charges"
+            " WHERE job_id = ? AND job_digest = ? ORDER BY dataset",
+            (job.job_id, digest),
+        ).fetchall()
+        approval = str(rows[0][0]) if rows else f"{job.job_id}~{digest[:16]}~uncharged"
+        charges = [(str(ds), float(eps), float(cap)) for _, ds, eps, cap in rows]
         row = conn.execute(
-            "SELECT charge_key, charged FROM dp_runs WHERE job_id = ? AND job_digest = ? AND run_id = ?",
-            (job.job_id, digest, run_id),
+            "SELECT charge_key, charged FROM dp_runs WHERE job_id = ? AND approval_key = ? AND run_id = ?",
+            (job.job_id, approval, run_id),
         ).fetchone()
         if row is None:
             first = (
                 conn.execute(
-                    "SELECT 1 FROM dp_runs WHERE job_id = ? AND job_digest = ? LIMIT 1", (job.job_id, digest)
+                    "SELECT 1 FROM dp_runs WHERE job_id = ? AND approval_key = ? LIMIT 1", (job.job_id, approval)
                 ).fetchone()
                 is None
             )
             row = ("", 1) if first else (f"{job.job_id}~{digest[:16]}#run-{run_id}", 0)
-            conn.execute("INSERT INTO dp_runs VALUES (?,?,?,?,?,?)", (job.job_id, digest, run_id, *row, _now()))
-        charges = [
-            (str(ds), float(eps), float(cap))
-            for ds, eps, cap in conn.execute(
-                "SELECT dataset, epsilon, cap FROM approved_charges WHERE job_id = ? ORDER BY dataset", (job.job_id,)
-            )
-        ]
+            conn.execute("INSERT INTO dp_runs VALUES (?,?,?,?,?,?)", (job.job_id, approval, run_id, *row, _now()))
         conn.execute("COMMIT")
     except BaseException:
         if conn.in_transaction:
@@ -508,8 +522,8 @@ def charge_run(ledger: Path, job: JobSpec, run_id: str) -> None:
     conn = _open_ledger(ledger, _DP_RUNS)
     try:
         conn.execute(
-            "UPDATE dp_runs SET charged = 1 WHERE job_id = ? AND job_digest = ? AND run_id = ?",
-            (job.job_id, digest, run_id),
+            "UPDATE dp_runs SET charged = 1 WHERE job_id = ? AND approval_key = ? AND run_id = ?",
+            (job.job_id, approval, run_id),
         )
     finally:
         conn.close()
@@ -589,7 +603,8 @@ def store_agency_datasets(store: Path, job: JobSpec) -> list[str]:
 
 def _adopt_legacy_spends(ledger: Path) -> None:
     """Move a ledger's spends from LedgerAdmission's former `spend` table into PrivacyLedger's
-    `spends`, once and atomically: an upgraded node keeps every ε it has spent."""
+    `spends`, once and atomically: an upgraded node keeps every ε it has spent (a job it decided
+    before is charged afresh if it is decided again: the conservative side)."""
     if not ledger.exists():
         return
     with sqlite3.connect(f"file:{ledger}?mode=ro", uri=True) as probe:
@@ -601,9 +616,11 @@ def _adopt_legacy_spends(ledger: Path) -> None:
     try:
         conn.execute("BEGIN IMMEDIATE")
         if conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'spend'").fetchone():
+            # Under a key of their own: the old table summed every re-decision under the job id, a
+            # sum no later charge under that key could replay.
             conn.execute(
                 "INSERT INTO spends (dataset, job_id, epsilon, at)"
-                " SELECT dataset, job_id, epsilon, ? FROM spend WHERE true"
+                " SELECT dataset, job_id || '~adopted', epsilon, ? FROM spend WHERE true"
                 " ON CONFLICT (dataset, job_id) DO UPDATE SET epsilon = spends.epsilon + excluded.epsilon",
                 (_now(),),
             )

@@ -1,6 +1,7 @@
 """Horizontal ClientApp (legacy NumPyClient API, the one SecAgg+ supports in flwr 1.41).
 
-fit: refuse unless this node approved the job; in a job that standardises, the first train
+fit: refuse unless this node approved the job, and answer each round once per run, in order
+(federated/run_releases.py); in a job that standardises, the first train
 message is the statistics round (this node's moment vector, federated/pooled_stats.py) and the
 pooled statistics come with every later message; train logistic regression locally from the
 global weights (with DP-SGD for record-level DP, its accounting recorded in the node's ledger
@@ -26,6 +27,7 @@ from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
 from federated import datasets, dp_sgd, model, node, pooled_stats, updates
 from federated.admission import admit_at_node, record_dp_plan
 from federated.jobs import DPUnit, JobSpec, job_from_run_config
+from federated.run_releases import RunReleases
 from xgate.errors import InvalidInput
 from xgate.logging import get_logger
 
@@ -45,6 +47,8 @@ class HorizontalClient(NumPyClient):
     ) -> None:
         self.job, self.nc, self.max_weight, self.n_features = job, nc, max_weight, n_features
         self.run_id = run_id  # each run of a DP job is charged at this node (admission.charge_run)
+        # Each release once per run and in order, whatever the coordinator asks (Flower keeps no state).
+        self.releases = RunReleases(nc.ledger.parent / "fl-cache" / job.job_id / f"run-{run_id}")
         if ledger_check:
             admit_at_node(job, nc.agency, nc.ledger, nc.store, nc.policy_dir, nc.policy_ca)
         self._data: node.Split | None = None
@@ -127,9 +131,11 @@ class HorizontalClient(NumPyClient):
 
     def fit(self, parameters: list[np.ndarray], config: dict[str, Any]) -> tuple[list[np.ndarray], int, dict[str, Any]]:
         if config.get(pooled_stats.PHASE_KEY) == pooled_stats.STATISTICS_PHASE:
+            self.releases.once("statistics", before="fit")
             return self.pool_statistics()
+        rnd = _round_of(config)
+        self.releases.numbered("fit", rnd, self.job.rounds)
         w0 = np.asarray(parameters[0], dtype=np.float64)
-        rnd = int(config.get("server_round", 0))
         data = self.data(config)
         if self.record_dp:
             plan = self.dp_plan(len(data.y_train))
@@ -164,21 +170,32 @@ class HorizontalClient(NumPyClient):
         return prepared.arrays, prepared.weight, {"agency": self.nc.agency}
 
     def evaluate(self, parameters: list[np.ndarray], config: dict[str, Any]) -> tuple[float, int, dict[str, Any]]:
+        # Once per round: each answer describes the holdout under weights of the coordinator's choosing.
+        self.releases.numbered("evaluate", _round_of(config), self.job.rounds)
         w = np.asarray(parameters[0], dtype=np.float64)
         data = self.data(config)
         scores = model.lr_predict(w, data.x_test)
         pos, neg = node.score_histograms(scores, data.y_test)
+        # The training label count is exact: under record-level DP it stays here (the coordinator
+        # then sets the threshold from the holdout's histograms, which it gets anyway).
+        counts = {} if self.record_dp else {"train_pos": int(data.y_train.sum()), "train_n": len(data.y_train)}
         metrics = {
             "agency": self.nc.agency,
             "hist_pos": json.dumps(pos.tolist()),
             "hist_neg": json.dumps(neg.tolist()),
-            "train_pos": int(data.y_train.sum()),
-            "train_n": len(data.y_train),
+            **counts,
             # The node attests what it trained on (the coordinator may have no access to the store).
             "data_sha256": datasets.store_digest(self.nc.store, self.job.elements()),
             **(self.dp_plan(len(self.data(config).y_train)).as_metrics() if self.record_dp else {}),
         }
         return model.bce(scores, data.y_test), max(len(data.y_test), 1), metrics
+
+
+def _round_of(config: dict[str, Any]) -> int:
+    try:
+        return int(config["server_round"])
+    except (KeyError, TypeError, ValueError):
+        raise InvalidInput("a train or evaluate message without its round ('server_round')") from None
 
 
 def client_fn(context: Context) -> Any:

@@ -175,7 +175,7 @@ class XgateFedAvg(FedAvg):
             min_evaluate_clients=job.min_nodes,
             min_available_clients=job.min_nodes,
             on_fit_config_fn=lambda r: {"server_round": r, **self.shared_config},
-            on_evaluate_config_fn=lambda r: dict(self.shared_config),
+            on_evaluate_config_fn=lambda r: {"server_round": r, **self.shared_config},
             accept_failures=True,
         )
         self.job, self.job_dir, self.emit, self.max_weight = job, job_dir, emit, max_weight
@@ -251,9 +251,12 @@ class XgateFedAvg(FedAvg):
             return None, {}
         pos = np.sum([json.loads(str(r.metrics["hist_pos"])) for _, r in results], axis=0)
         neg = np.sum([json.loads(str(r.metrics["hist_neg"])) for _, r in results], axis=0)
-        prevalence = sum(int(r.metrics["train_pos"]) for _, r in results) / max(
-            1, sum(int(r.metrics["train_n"]) for _, r in results)
-        )
+        if all("train_pos" in r.metrics for _, r in results):
+            prevalence = sum(int(r.metrics["train_pos"]) for _, r in results) / max(
+                1, sum(int(r.metrics["train_n"]) for _, r in results)
+            )
+        else:  # record-level DP: nodes keep their exact training label counts; the holdout's instead
+            prevalence = float(pos.sum() / max(1.0, pos.sum() + neg.sum()))
         rep = node.histogram_report(np.asarray(pos), np.asarray(neg), threshold=prevalence)
         for proxy, r in results:
             if "dp_epsilon" in r.metrics:  # record-level DP: the node's own accountant

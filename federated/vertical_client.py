@@ -295,6 +295,9 @@ def setup(msg: Message, context: Context) -> Message:
     data = {
         "x_train": x_tr.astype(np.float32),
         "x_test": x_te.astype(np.float32),
+        # The state belongs to this run and definition: steps, top and evaluate of any other refuse it.
+        "run": np.asarray(str(context.run_id)),
+        "digest": np.asarray(job.digest()),
     }
     state = pack_state("b_", bottom.w, bottom.opt_state)
     metrics: dict[str, Any] = {}
@@ -415,6 +418,7 @@ def step(msg: Message, context: Context) -> Message:
     if _holds_label(job, nc):
         raise ValueError("the label holder trains its bottom in 'top', not in 'step'")
     st = _load(path)
+    _check_run(st, job, context)
     cfg = cfg_of(msg)
     n = len(st["x_train"])
     bottom = Bottom(*unpack_state("b_", st))
@@ -453,6 +457,15 @@ def step(msg: Message, context: Context) -> Message:
     return _reply(msg, {"bottom_sha256": hashlib.sha256(bottom.w.tobytes()).hexdigest()}, out)
 
 
+def _check_run(st: dict[str, np.ndarray], job: JobSpec, context: Context) -> None:
+    """Steps, top and evaluate work only on the state this run's own setup made for this very job
+    definition. Otherwise a new run (or a changed definition under the same job id) could carry on
+    from another run's state without a setup, so without this run's DP charge, and ask again for
+    what that run had already released."""
+    if str(st.get("run", "")) != str(context.run_id) or str(st.get("digest", "")) != job.digest():
+        raise ValueError("this node's training state was set up by another run or job definition: run setup first")
+
+
 def _steps_done(st: dict[str, np.ndarray]) -> int:
     return int(st["steps_done"]) if "steps_done" in st else -1
 
@@ -478,6 +491,7 @@ def top(msg: Message, context: Context) -> Message:
     """Label holder: own bottom + top model step; returns dL/dE for each other node's embedding."""
     job, nc, path = _setup(context)
     st = _load(path)
+    _check_run(st, job, context)
     t = _next_step(st, int(cfg_of(msg)["step"]), job.rounds - 1)
     order = [str(a) for a in cfg_of(msg)["order"]]
     n = len(st["x_train"])
@@ -501,14 +515,22 @@ def top(msg: Message, context: Context) -> Message:
 
 @app.evaluate("top")
 def evaluate_top(msg: Message, context: Context) -> Message:
-    """Label holder: score the held-out aligned rows; only the summary (AUC, counts) leaves. Once,
-    after the last training step: each answer counts true held-out labels, so answering again on
-    embeddings of the coordinator's choosing would read them out one by one."""
+    """Label holder: score the held-out aligned rows; only the summary (AUC, counts) leaves. Once per
+    job definition, after the last training step of the run that set up: each answer counts true
+    held-out labels, so answering again on embeddings of the coordinator's choosing would read
+    them out one by one."""
     job, nc, path = _setup(context)
-    _once(path, context, "evaluate")
     st = _load(path)
+    _check_run(st, job, context)
     if _steps_done(st) != job.rounds - 1:
         raise ValueError("evaluation before the last training step")
+    _once(path, context, "evaluate")
+    # Once per definition, not per run: a re-run would otherwise buy another look at the true
+    # held-out labels through embeddings of the coordinator's choosing.
+    try:
+        os.close(os.open(path / f"evaluated-{job.digest()[:32]}", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except FileExistsError:
+        raise ValueError("this node already evaluated this job definition (in an earlier run)") from None
     order = [str(a) for a in cfg_of(msg)["order"]]
     bottom, topm = Bottom(*unpack_state("b_", st)), Top(*unpack_state("t_", st))
     received = arrays_of(msg)

@@ -19,7 +19,14 @@ import numpy as np
 import pytest
 
 from federated import datasets, psi
-from federated.admission import LedgerAdmission, PolicyAdmission, admit_at_node, record_dp_plan
+from federated.admission import (
+    LedgerAdmission,
+    PolicyAdmission,
+    admit_at_node,
+    charge_run,
+    label_release_key,
+    record_dp_plan,
+)
 from federated.horizontal_client import HorizontalClient
 from federated.jobs import JobSpec, parse_job
 from federated.node import NodeConfig
@@ -245,3 +252,53 @@ def test_a_policy_admission_label_holder_charges_its_label_release_to_the_regist
     assert PrivacyLedger(ledger).spent("medical.claims_2025") == 3.0  # one release, two jobs
     refused = admit(job("vl-3", 2.5), agency)
     assert not refused.approved and "exhausted" in refused.reason
+
+
+def test_a_definition_approved_again_pays_for_its_next_run_once(tmp_path: Path) -> None:
+    """d1, then d2 under the same id, then d1 again: d1's new approval pays for its next run."""
+    store, ledger = _ledger_node(tmp_path, cap=20.0)
+    d1, d2 = _dp_job(epsilon=2.0), _dp_job(epsilon=2.0, rounds=7)
+    admit = LedgerAdmission(ledger, store)
+    assert admit(d1, "r0").approved
+    _release(ledger, d1, "1")
+    assert admit(d2, "r0").approved
+    _release(ledger, d2, "2")
+    assert admit(d1, "r0").approved  # decided again (the definition changed back): charged as new
+    _release(ledger, d1, "3")  # the first run under that approval
+    assert admit.spent("synth") == 6.0  # three approvals, three runs: nothing twice
+
+
+def test_a_run_of_a_definition_the_ledger_no_longer_approves_is_refused(tmp_path: Path) -> None:
+    """The approval and its charges are read with the run, under one lock: a run of d1 after the
+    ledger re-decided the id for d2 cannot be charged d2's amounts."""
+    store, ledger = _ledger_node(tmp_path, cap=20.0)
+    d1, d2 = _dp_job(epsilon=2.0), _dp_job(epsilon=0.1, rounds=7)
+    admit = LedgerAdmission(ledger, store)
+    assert admit(d1, "r0").approved
+    _release(ledger, d1, "1")
+    assert admit(d2, "r0").approved
+    with pytest.raises(PolicyDenied, match="not approved"):
+        charge_run(ledger, d1, "2")
+
+
+def test_a_ledger_from_before_can_still_decide_its_old_jobs_again(tmp_path: Path) -> None:
+    """The old table summed every re-decision under the job id: adopted under a key of its own, a
+    later charge under the job id is a new charge, not a replay with another ε (which would raise)."""
+    store, ledger = _ledger_node(tmp_path, cap=10.0)
+    job = _dp_job(epsilon=2.0)
+    assert LedgerAdmission(ledger, store)(job, "r0").approved
+    with sqlite3.connect(ledger) as conn:  # as an old node left it: the job decided twice, 4.0 under its id
+        conn.execute("DELETE FROM spends")
+        conn.execute("CREATE TABLE spend (dataset TEXT, job_id TEXT, epsilon REAL, PRIMARY KEY (dataset, job_id))")
+        conn.execute("INSERT INTO spend VALUES ('synth', 'rerun-1', 4.0)")
+    admit = LedgerAdmission(ledger, store)
+    admit.configure(["fraud-model"], {"synth": 9.0})  # the node's policy changes: decided again
+    decided = admit(job, "r0")
+    assert decided.approved and decided.redecided == "node policy changed"
+    assert admit.spent("synth") == 6.0  # 4.0 adopted + this decision's 2.0 (conservative)
+
+
+def test_any_label_name_and_epsilon_fit_the_spend_key() -> None:
+    key = label_release_key("a" * 100 + ".label", 1.2345678901234567e-05)
+    assert len(key) <= 128 and key == label_release_key("a" * 100 + ".label", 1.2345678901234567e-05)
+    assert key != label_release_key("a" * 100 + ".label", 1.5e-05)

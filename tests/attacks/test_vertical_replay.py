@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from federated import psi, vertical_dp
+from federated.admission import LedgerAdmission
 from federated.grid_io import arrays_of
 from tests.clientapp_relay import Federation, federation
 from xgate.errors import VerticalFailed
@@ -172,3 +173,77 @@ def test_setup_trains_and_holds_out_only_the_aligned_rows(tmp_path: Path) -> Non
     swapped = {"train": psi.rows_to_bytes(test), "test": psi.rows_to_bytes(train)}  # the split turned around
     with pytest.raises(VerticalFailed, match="not the split this node made"):
         fed.relay.send("train.setup", {civil: ({**swapped, "label_holder": True, "width": 12}, {})})
+
+
+def _full_run(fed: Federation) -> dict[int, tuple[dict[str, object], dict[str, np.ndarray]]]:
+    """Steps and the last call of a one-round job after `_set_up`; the evaluate request it ends with."""
+    feature_nodes = {a: n for a, n in fed.node_of.items() if a != "civil"}
+    embs = {
+        a: arrays_of(fed.relay.send("train.step", {n: ({"step": 0, "grad_step": -2}, {})})[n])["emb"]
+        for a, n in feature_nodes.items()
+    }
+    civil = fed.node_of["civil"]
+    grads = arrays_of(fed.relay.send("train.top", {civil: ({"step": 0, "order": list(fed.node_of)}, embs)})[civil])
+    last = {"step": fed.job.rounds, "grad_step": 0, "last": True}
+    test_embs = {
+        a: arrays_of(fed.relay.send("train.step", {n: (last, {"grad": grads[a]})})[n])["emb"]
+        for a, n in feature_nodes.items()
+    }
+    return {civil: ({"order": list(fed.node_of)}, test_embs)}
+
+
+def test_another_run_cannot_carry_on_from_this_runs_state(tmp_path: Path) -> None:
+    """A coordinator starting a new run and going straight to `step`, `top` or `evaluate` (no setup,
+    so no DP charge for the run) finds the state bound to the run that set it up."""
+    fed, _ = _set_up(tmp_path)
+    request = _full_run(fed)
+    fed.relay.run_id = 2
+    tax, civil = fed.node_of["tax"], fed.node_of["civil"]
+    with pytest.raises(VerticalFailed, match="set up by another run or job definition"):
+        fed.relay.send("train.step", {tax: ({"step": 1, "grad_step": -1}, {})})
+    with pytest.raises(VerticalFailed, match="set up by another run or job definition"):
+        fed.relay.send("train.top", {civil: ({"step": 0, "order": list(fed.node_of)}, {})})
+    with pytest.raises(VerticalFailed, match="set up by another run or job definition"):
+        fed.relay.send("evaluate.top", request)
+
+
+def test_a_changed_definition_cannot_continue_the_old_definitions_state(tmp_path: Path) -> None:
+    """The analyst resubmits the job id with more rounds (approved and charged once); the
+    coordinator sends the extra steps without a setup: each would be a release beyond the old
+    definition's accounting, at its noise scale."""
+    fed, _ = _set_up(tmp_path)
+    _full_run(fed)
+    longer = fed.job.model_copy(update={"rounds": 5})
+    for agency in fed.node_of:  # every node approves the new definition
+        home = tmp_path / agency
+        assert LedgerAdmission(home / "ledger.sqlite", home / "store.sqlite")(longer, agency).approved
+    fed.relay.job = longer
+    tax = fed.node_of["tax"]
+    with pytest.raises(VerticalFailed, match="set up by another run or job definition"):
+        fed.relay.send("train.step", {tax: ({"step": 3, "grad_step": 1}, {})})
+
+
+def test_the_label_holder_evaluates_a_definition_once_whatever_the_run(tmp_path: Path) -> None:
+    fed, _ = _set_up(tmp_path)
+    civil = fed.node_of["civil"]
+    assert "auc" in fed.relay.send("evaluate.top", _full_run(fed))[civil].content["cfg"]
+    fed.relay.run_id = 2  # the whole job again, hello to evaluate
+    alignment, train, test = fed.align()
+    width = fed.job.embedding_dim * len(fed.node_of)
+    fed.relay.send(
+        "train.setup",
+        {
+            n: (
+                {
+                    "train": psi.rows_to_bytes(alignment.positions(n, train)),
+                    "test": psi.rows_to_bytes(alignment.positions(n, test)),
+                    "label_holder": n == civil,
+                    "width": width,
+                },
+                {},
+            )
+            for n in fed.node_of.values()
+        },
+    )
+    with pytest.raises(VerticalFailed, match="already evaluated this job definition"):
+        fed.relay.send("evaluate.top", _full_run(fed))

@@ -1,0 +1,59 @@
+"""What a node has released in one run of a job, on disk beside its ledger.
+
+Flower builds a fresh client for every message, so a node keeps no memory of a run in process.
+A coordinator could then ask it for the same release again (a DP-SGD update of a round it already
+answered, the statistics round twice): each answer draws fresh noise, and averaging k answers cuts
+the noise by √k while the node's ledger counted one. So each release is claimed here first, under
+a file lock: a once-per-run release once, a numbered one once each and in increasing order, never
+past the job's last. Refusals raise InvalidInput naming what was out of turn.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from xgate.errors import InvalidInput
+
+
+class RunReleases:
+    """The releases of one (job, run) at this node, in `directory` (made if missing)."""
+
+    def __init__(self, directory: Path) -> None:
+        self.dir = directory
+        directory.mkdir(parents=True, exist_ok=True)
+
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        fd = os.open(self.dir / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
+    def _numbers(self, kind: str) -> list[int]:
+        return sorted(int(p.name.rsplit("-", 1)[1]) for p in self.dir.glob(f"{kind}-*"))
+
+    def once(self, kind: str, *, before: str | None = None) -> None:
+        """Claim a release made once per run (and, with `before`, ahead of any numbered `before`)."""
+        with self._locked():
+            if (self.dir / kind).exists():
+                raise InvalidInput(f"this node already answered '{kind}' in this run")
+            if before is not None and self._numbers(before):
+                raise InvalidInput(f"'{kind}' comes before any '{before}' in a run")
+            (self.dir / kind).touch()
+
+    def numbered(self, kind: str, number: int, most: int) -> None:
+        """Claim release `number` of `kind` (1..most), once, after every earlier one it answered."""
+        with self._locked():
+            done = self._numbers(kind)
+            last = done[-1] if done else 0
+            if not last < number <= most:
+                raise InvalidInput(
+                    f"{kind} round {number} is out of turn: this node answered up to round {last} of {most}"
+                )
+            (self.dir / f"{kind}-{number}").touch()

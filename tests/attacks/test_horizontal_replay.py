@@ -1,0 +1,100 @@
+"""A coordinator asking a horizontal record-DP node for the same release again within one run.
+
+Flower builds a client per message, and the node's ledger is charged once per run
+(tests/attacks/test_dp_rerun.py). A coordinator that sends the same `fit` (same weights) k times
+gets k updates, each with fresh DP-SGD noise, and their mean has the noise cut by √k (measured
+below as the positive control); the statistics round likewise. Each release is now claimed once
+per run on disk, in order, never past the job's rounds (federated/run_releases.py); evaluate
+once per round too. Real HorizontalClient over a real store and ledger.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from federated import datasets, dp_sgd, pooled_stats
+from federated.admission import LedgerAdmission
+from federated.horizontal_client import HorizontalClient
+from federated.jobs import JobSpec, parse_job
+from federated.node import NodeConfig
+from federated.run_releases import RunReleases
+from xgate.errors import InvalidInput
+
+
+def _node(tmp_path: Path, **job_fields: object) -> tuple[JobSpec, NodeConfig]:
+    store, ledger = tmp_path / "store.sqlite", tmp_path / "ledger.sqlite"
+    rng = np.random.default_rng(0)
+    n = 400
+    age = rng.integers(18, 90, n)
+    cols = {
+        "civil.age": datasets.Column(age, "int", 0, 120),
+        "tax.label": datasets.Column((age + rng.normal(0, 15, n) > 55).astype(int), "flag", 0, 1),
+    }
+    datasets.write_store(store, "synth", [f"p{i}" for i in range(n)], cols)
+    body: dict[str, object] = {
+        "job_id": "h-replay", "purpose": "fraud-model", "mode": "horizontal", "features": ["civil.age"],
+        "label": "tax.label", "label_holder": "tax", "rounds": 3, "secagg": False, "min_nodes": 1,
+        "dp": {"epsilon": 4.0, "delta": 1e-6, "clip": 1.0, "unit": "record"}, **job_fields,
+    }  # fmt: skip
+    job = parse_job(body)
+    LedgerAdmission(ledger, store).configure(["fraud-model"], {"synth": 100.0})
+    assert LedgerAdmission(ledger, store)(job, "r0").approved
+    return job, NodeConfig(store, "r0", ledger, None, None)
+
+
+def _fit(job: JobSpec, nc: NodeConfig, rnd: int, run: str = "1") -> np.ndarray:
+    client = HorizontalClient(job, nc, 1_000_000, ledger_check=True, run_id=run)  # a client per message
+    w0 = client.get_parameters({})
+    return np.asarray(client.fit(w0, {"server_round": rnd})[0][0])
+
+
+def test_each_round_is_answered_once_and_in_order(tmp_path: Path) -> None:
+    job, nc = _node(tmp_path)
+    _fit(job, nc, 1)
+    with pytest.raises(InvalidInput, match="fit round 1 is out of turn: this node answered up to round 1 of 3"):
+        _fit(job, nc, 1)  # the same round again: a fresh noisy copy to average
+    _fit(job, nc, 3)  # a round may be skipped (a node that missed one), never taken again
+    with pytest.raises(InvalidInput, match="out of turn"):
+        _fit(job, nc, 2)
+    with pytest.raises(InvalidInput, match="round 4 is out of turn"):
+        _fit(job, nc, 4, run="2")  # past the job's rounds, in any run
+    with pytest.raises(InvalidInput, match="without its round"):
+        HorizontalClient(job, nc, 1_000_000, ledger_check=True, run_id="3").fit([np.zeros(2)], {})
+
+
+def test_the_statistics_round_is_answered_once_and_before_training(tmp_path: Path) -> None:
+    job, nc = _node(tmp_path, encodings={"civil.age": "standardise"})
+    stats = {pooled_stats.PHASE_KEY: pooled_stats.STATISTICS_PHASE}
+    HorizontalClient(job, nc, 1_000_000, ledger_check=True, run_id="1").fit([np.zeros(1)], stats)
+    with pytest.raises(InvalidInput, match="already answered 'statistics'"):
+        HorizontalClient(job, nc, 1_000_000, ledger_check=True, run_id="1").fit([np.zeros(1)], stats)
+    releases = RunReleases(nc.ledger.parent / "fl-cache" / job.job_id / "run-2")
+    releases.numbered("fit", 1, job.rounds)
+    with pytest.raises(InvalidInput, match="comes before any 'fit'"):
+        releases.once("statistics", before="fit")
+
+
+def test_evaluate_answers_each_round_once_and_keeps_dp_jobs_training_counts(tmp_path: Path) -> None:
+    job, nc = _node(tmp_path)
+    client = HorizontalClient(job, nc, 1_000_000, ledger_check=True, run_id="1")
+    w = client.get_parameters({})
+    _, _, metrics = client.evaluate(w, {"server_round": 1})
+    assert "hist_pos" in metrics and "train_pos" not in metrics and "train_n" not in metrics
+    with pytest.raises(InvalidInput, match="evaluate round 1 is out of turn"):
+        client.evaluate(w, {"server_round": 1})
+
+
+def test_positive_control_averaging_repeated_updates_strips_the_noise(tmp_path: Path) -> None:
+    """What answering the same round k times would have given away (DP-SGD noise, same data)."""
+    job, nc = _node(tmp_path)
+    client = HorizontalClient(job, nc, 1_000_000, ledger_check=True, run_id="p")
+    data = client.data({})
+    plan = client.dp_plan(len(data.y_train))
+    w0 = np.zeros(data.x_train.shape[1] + 1)
+    runs = [dp_sgd.train(w0, data.x_train, data.y_train, plan, lr=job.learning_rate, l2=job.l2)[0] for _ in range(120)]
+    spread_one = np.std(runs)
+    spread_mean = np.std([np.mean(runs[i : i + 10]) for i in range(0, 120, 10)])
+    assert spread_mean < spread_one / 1.8  # ten copies: the noise shrinks by about √10 ≈ 3.2
