@@ -48,7 +48,11 @@ class HorizontalClient(NumPyClient):
         self.job, self.nc, self.max_weight, self.n_features = job, nc, max_weight, n_features
         self.run_id = run_id  # each run of a DP job is charged at this node (admission.charge_run)
         # Each release once per run and in order, whatever the coordinator asks (Flower keeps no state).
-        self.releases = RunReleases(nc.ledger.parent / "fl-cache" / job.job_id / f"run-{run_id}")
+        cache = nc.ledger.parent / "fl-cache" / job.job_id
+        self.releases = RunReleases(cache / f"run-{run_id}")
+        # Evaluation rounds once per job definition, whatever the run: a new run is charged for its
+        # DP releases, but the holdout histograms are not DP, so fresh runs must not buy more of them.
+        self.evaluations = RunReleases(cache / f"definition-{job.digest()[:32]}")
         if ledger_check:
             admit_at_node(job, nc.agency, nc.ledger, nc.store, nc.policy_dir, nc.policy_ca)
         self._data: node.Split | None = None
@@ -170,8 +174,9 @@ class HorizontalClient(NumPyClient):
         return prepared.arrays, prepared.weight, {"agency": self.nc.agency}
 
     def evaluate(self, parameters: list[np.ndarray], config: dict[str, Any]) -> tuple[float, int, dict[str, Any]]:
-        # Once per round: each answer describes the holdout under weights of the coordinator's choosing.
-        self.releases.numbered("evaluate", _round_of(config), self.job.rounds)
+        # Once per round and definition: each answer describes the holdout under weights of the
+        # coordinator's choosing.
+        self.evaluations.numbered("evaluate", _round_of(config), self.job.rounds)
         w = np.asarray(parameters[0], dtype=np.float64)
         data = self.data(config)
         scores = model.lr_predict(w, data.x_test)

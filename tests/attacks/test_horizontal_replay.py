@@ -77,7 +77,7 @@ def test_the_statistics_round_is_answered_once_and_before_training(tmp_path: Pat
         releases.once("statistics", before="fit")
 
 
-def test_evaluate_answers_each_round_once_and_keeps_dp_jobs_training_counts(tmp_path: Path) -> None:
+def test_evaluate_answers_each_round_once_per_definition_and_keeps_dp_jobs_training_counts(tmp_path: Path) -> None:
     job, nc = _node(tmp_path)
     client = HorizontalClient(job, nc, 1_000_000, ledger_check=True, run_id="1")
     w = client.get_parameters({})
@@ -85,6 +85,11 @@ def test_evaluate_answers_each_round_once_and_keeps_dp_jobs_training_counts(tmp_
     assert "hist_pos" in metrics and "train_pos" not in metrics and "train_n" not in metrics
     with pytest.raises(InvalidInput, match="evaluate round 1 is out of turn"):
         client.evaluate(w, {"server_round": 1})
+    # Nor in a fresh run: the holdout histograms are not DP, so new runs buy no more of them.
+    again = HorizontalClient(job, nc, 1_000_000, ledger_check=True, run_id="2")
+    with pytest.raises(InvalidInput, match="evaluate round 1 is out of turn"):
+        again.evaluate(w, {"server_round": 1})
+    again.evaluate(w, {"server_round": 2})  # the rounds this definition has not evaluated yet
 
 
 def test_positive_control_averaging_repeated_updates_strips_the_noise(tmp_path: Path) -> None:
