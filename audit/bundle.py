@@ -72,7 +72,7 @@ def write_bundle(bundle: dict[str, Any], path: Path) -> None:
 def read_bundle(path: Path) -> dict[str, Any]:
     try:
         raw = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise InvalidInput(f"cannot read bundle '{Path(path).name}'") from exc
     if not isinstance(raw, dict):
         raise IntegrityError("bundle is not a JSON object")
@@ -102,7 +102,7 @@ def verify_bundle(
     rule = Quorum.of(witnesses, quorum)
     try:
         return _verify(bundle, public_key, rule, origin)
-    except (KeyError, TypeError, ValueError, binascii.Error) as exc:
+    except (KeyError, TypeError, ValueError, AttributeError, RecursionError, binascii.Error) as exc:
         if isinstance(exc, IntegrityError | InvalidInput):
             raise
         raise IntegrityError("bundle is malformed") from exc

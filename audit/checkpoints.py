@@ -280,7 +280,8 @@ class CosignatureVerifier:
     def __init__(self, name: str, public: EccKey) -> None:
         self.name = _check_name(name)
         self._pub = public.public_key()
-        self.key_id = key_id(name, ALG_COSIGNATURE_V1, raw_public(public))
+        self.public_raw = raw_public(public)
+        self.key_id = key_id(name, ALG_COSIGNATURE_V1, self.public_raw)
 
     def verify(self, note: str | SignedCheckpoint) -> int:
         """Raise IntegrityError unless this witness cosigned the note; return the cosignature time."""

@@ -447,8 +447,9 @@ def report_cmd(
 
     from audit.checkpoints import load_public_key, parse_signed_note
     from audit.query import parse_when
-    from audit.report import build_report, mask_national_id, render_html, report_from_views
+    from audit.report import CHECKPOINT_MOVED, build_report, mask_national_id, render_html, report_from_views
     from audit.store import AuditLog, connect
+    from audit.verify import verify_log
     from xgate.errors import InvalidInput
     from xgate.pseudonym import normalise_national_id
 
@@ -469,14 +470,23 @@ def report_cmd(
         )  # fmt: skip
         try:
             if gateway is not None:
-                decisions, results = _report_views(gateway, ca, subject, start, end)
-                notes = [d["checkpoint"]["note"] for d in decisions if d.get("checkpoint")]
-                if not notes:
-                    raise IntegrityError("no checkpoint covers these entries yet; publish one and ask again")
-                origin = parse_signed_note(notes[0]).checkpoint.origin
-                report = report_from_views(origin, pub, decisions, results, pseudonym=subject, **common)
+                for attempt in range(3):  # a checkpoint published while fetching: fetch again
+                    decisions, results = _report_views(gateway, ca, subject, start, end)
+                    notes = [d["checkpoint"]["note"] for d in decisions if d.get("checkpoint")]
+                    if not notes:
+                        raise IntegrityError("no checkpoint covers these entries yet; publish one and ask again")
+                    origin = parse_signed_note(notes[0]).checkpoint.origin
+                    try:
+                        report = report_from_views(origin, pub, decisions, results, pseudonym=subject, **common)
+                        break
+                    except IntegrityError as exc:
+                        if exc.details.get("reason") != CHECKPOINT_MOVED or attempt == 2:
+                            raise
             else:
                 assert db is not None
+                # The report finds the subject's entries through the lookup index: the whole log,
+                # index included, is verified first, so a deleted index row cannot hide an access.
+                verify_log(db, pub, witnesses=common["witnesses"], quorum=quorum)
                 conn = connect(db, readonly=True)
                 try:
                     origin = conn.execute("SELECT value FROM meta WHERE key='origin'").fetchone()[0]

@@ -24,6 +24,11 @@ class Quorum:
         names = [w.name for w in witnesses]
         if len(set(names)) != len(names):
             raise InvalidInput("a witness is named twice")
+        # The cosigned message does not name the witness: one key under two names would let one
+        # cosignature, copied under the other name, count twice.
+        keys = [w.public_raw for w in witnesses]
+        if len(set(keys)) != len(keys):
+            raise InvalidInput("one witness key is named twice (under different names)")
         if k is None:
             k = len(witnesses)
         if witnesses and not 1 <= k <= len(witnesses):

@@ -191,6 +191,15 @@ def report_from_views(
         )  # fmt: skip
     if not notes:
         raise IntegrityError("no checkpoint covers these entries yet; publish one and ask again")
+    if len(notes) > 1:
+        # Only one checkpoint is checked against the witnesses: an entry proven into another
+        # (smaller) one rests on the log key alone, which can sign a forked tree for it.
+        raise IntegrityError(
+            "the entries are proven against different checkpoints (sizes "
+            f"{', '.join(str(s) for s in sorted(notes))}): the log moved while the report was fetched, "
+            "or the gateway forked it; ask again",
+            reason=CHECKPOINT_MOVED,
+        )
     signed = notes[max(notes)]
     cosigned_by = rule.check(signed, "the latest checkpoint") if witnesses else ()
     return SubjectReport(
@@ -198,6 +207,9 @@ def report_from_views(
         generated=generated, origin=origin, checkpoint=signed, cosigned_by=cosigned_by,
         rows=tuple(sorted(rows, key=lambda r: r.time)), timezone=timezone,
     )  # fmt: skip
+
+
+CHECKPOINT_MOVED = "checkpoint_moved"
 
 
 def _verified(

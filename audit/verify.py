@@ -27,7 +27,12 @@ from audit.checkpoints import CosignatureVerifier, EccKey, NoteVerifier, SignedC
 from audit.quorum import Quorum
 from audit.records import AuditRecord
 from audit.store import connect
-from xgate.errors import IntegrityError, InvalidInput, NotFound
+from xgate.errors import IntegrityError, InvalidInput, NotFound, XgateError
+
+# How far an entry's time may fall behind one appended before it. Records are stamped when made
+# and appended in batches, so honest logs are out of order by at most the writer's queue delay; an
+# entry dated further back was written later with a time chosen to look earlier (back-dated).
+MAX_TIME_REGRESSION_MS = 5 * 60 * 1000
 
 
 @dataclass(frozen=True)
@@ -69,6 +74,11 @@ def verify_log(
         return _verify(conn, public_key, rule, named)
     except sqlite3.DatabaseError as exc:
         raise IntegrityError("audit database is unreadable or structurally damaged") from exc
+    except XgateError:
+        raise
+    except (TypeError, ValueError, AttributeError, OverflowError, RecursionError) as exc:
+        # A value of the wrong type or shape where the schema promises another: damage, not a crash.
+        raise IntegrityError(f"audit database holds a malformed value ({type(exc).__name__})") from exc
     finally:
         conn.close()
 
@@ -106,6 +116,7 @@ def _verify(conn: sqlite3.Connection, public_key: EccKey, rule: Quorum, named_no
         "SELECT idx, leaf_hash, data, kind, time_ms, user, agency, program, purpose, decision, request_id "
         "FROM entries ORDER BY idx"
     )
+    latest_ms = 0
     for idx, leaf, data, *cols in conn.execute(sql):
         if idx != frontier.size:
             raise IntegrityError("audit entries are not contiguous (entry deleted or inserted)", index=frontier.size)
@@ -120,6 +131,13 @@ def _verify(conn: sqlite3.Connection, public_key: EccKey, rule: Quorum, named_no
         expect = [rec.kind, rec.time_ms, a.user, a.agency, rec.program, rec.purpose, rec.decision, rec.request_id]
         if list(cols) != expect:
             raise IntegrityError("audit entry index columns disagree with the record", index=idx)
+        if rec.time_ms < latest_ms - MAX_TIME_REGRESSION_MS:
+            raise IntegrityError(
+                "audit entry is dated before entries appended ahead of it (back-dated)",
+                index=idx,
+                behind_s=(latest_ms - rec.time_ms) // 1000,
+            )
+        latest_ms = max(latest_ms, rec.time_ms)
         subjects.check(idx, rec.subjects)
         requests.check(idx, () if rec.request_id is None else (rec.request_id,))
         for level, i, h in frontier.append(bytes(leaf)):

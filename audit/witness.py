@@ -73,7 +73,7 @@ class Witness:
             prev_size = prev.size if prev else 0
             if old_size is not None and old_size != prev_size:
                 raise WitnessConflict("consistency proof starts from the wrong size", witness_size=prev_size)
-            if prev is not None:
+            if prev is not None and prev.size > 0:  # an empty log commits to nothing: anything extends it
                 if cp.size < prev.size:
                     raise IntegrityError(
                         "checkpoint is smaller than one already cosigned (truncated log)",
