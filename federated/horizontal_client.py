@@ -47,14 +47,11 @@ class HorizontalClient(NumPyClient):
     ) -> None:
         self.job, self.nc, self.max_weight, self.n_features = job, nc, max_weight, n_features
         self.run_id = run_id  # each run of a DP job is charged at this node (admission.charge_run)
-        # Each release once per run and in order, whatever the coordinator asks (Flower keeps no state).
-        cache = nc.ledger.parent / "fl-cache" / job.job_id
-        self.releases = RunReleases(cache / f"run-{run_id}")
-        # Evaluation rounds once per job definition, whatever the run: a new run is charged for its
-        # DP releases, but the holdout histograms are not DP, so fresh runs must not buy more of them.
-        self.evaluations = RunReleases(cache / f"definition-{job.digest()[:32]}")
         if ledger_check:
             admit_at_node(job, nc.agency, nc.ledger, nc.store, nc.policy_dir, nc.policy_ca)
+        # Each release once per run and in order, whatever the coordinator asks (Flower keeps no
+        # state); made after admission, so messages of jobs nobody approved leave nothing on disk.
+        self.releases = RunReleases(nc.ledger.parent / "fl-cache" / job.job_id / f"run-{run_id}")
         self._data: node.Split | None = None
 
     def data(self, config: dict[str, Any]) -> node.Split:
@@ -135,6 +132,8 @@ class HorizontalClient(NumPyClient):
 
     def fit(self, parameters: list[np.ndarray], config: dict[str, Any]) -> tuple[list[np.ndarray], int, dict[str, Any]]:
         if config.get(pooled_stats.PHASE_KEY) == pooled_stats.STATISTICS_PHASE:
+            if not self.job.standardises():  # nothing to pool: the round would release row counts only
+                raise InvalidInput("this job standardises no feature: it has no statistics round")
             self.releases.once("statistics", before="fit")
             return self.pool_statistics()
         rnd = _round_of(config)
@@ -174,9 +173,9 @@ class HorizontalClient(NumPyClient):
         return prepared.arrays, prepared.weight, {"agency": self.nc.agency}
 
     def evaluate(self, parameters: list[np.ndarray], config: dict[str, Any]) -> tuple[float, int, dict[str, Any]]:
-        # Once per round and definition: each answer describes the holdout under weights of the
-        # coordinator's choosing.
-        self.evaluations.numbered("evaluate", _round_of(config), self.job.rounds)
+        # Once per round: each answer describes the holdout under weights of the coordinator's choosing
+        # (not DP, docs/FEDERATED.md); a further run of a DP job is charged for its releases.
+        self.releases.numbered("evaluate", _round_of(config), self.job.rounds)
         w = np.asarray(parameters[0], dtype=np.float64)
         data = self.data(config)
         scores = model.lr_predict(w, data.x_test)

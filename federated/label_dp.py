@@ -10,8 +10,13 @@ and the embeddings, so each training label is epsilon-label-DP (Ghazi et al. 202
 feature nodes and the coordinator, over the whole job: one release per label, no composition.
 Consequence for an attacker who sees everything sent: with a uniform prior on a label, no
 inference rule guesses it right with probability above e^eps / (1 + e^eps) (`attack_bound`).
-Evaluation uses the true held-out labels, which never enter training; only aggregate metrics
-leave.
+The held-out labels are released the same way: the evaluation counts and scores the held-out
+rows against their randomized-response labels (the same keyed flips, so a subject's noisy label is
+one whatever split it falls in) and reports unbiased estimates of the true figures
+(`debiased_counts`, `debiased_auc`). Evaluated against the true labels, one evaluation per job
+would let a coordinator choose the held-out embeddings so that the counts give one label away,
+and a resubmitted job (another id or seed, another holdout) another: label DP would hold for the
+training labels only.
 
 The flips repeat. A fresh draw per run would let a coordinator (or an analyst resubmitting) run
 the job k times and take each label's majority: that converges on the true label. So each flip is
@@ -51,3 +56,47 @@ def randomized_response(y: np.ndarray, epsilon: float, words: np.ndarray) -> np.
 def release_domain(label: str, epsilon: float) -> str:
     """What names one release of a label element's noisy labels: the element and the ε (exactly)."""
     return f"label-dp\x00{label}\x00{epsilon!r}"
+
+
+def true_rate(observed: float, epsilon: float) -> float:
+    """Unbiased estimate of the share of positive labels from their share after randomized
+    response (E[observed] = rate(1 - p) + (1 - rate) p), clipped to [0, 1]."""
+    p = flip_probability(epsilon)
+    return min(1.0, max(0.0, (observed - p) / (1.0 - 2.0 * p)))
+
+
+def debiased_counts(predicted: np.ndarray, noisy: np.ndarray, epsilon: float) -> tuple[int, int, int, int]:
+    """(tp, fp, tn, fn) estimated from randomized-response labels: within each predicted group the
+    true positives are estimated from the noisy positives as in `true_rate` (rounded, within the group)."""
+    p = flip_probability(epsilon)
+    predicted = np.asarray(predicted, dtype=bool)
+    noisy = np.asarray(noisy, dtype=np.float64)
+
+    def positives(group: np.ndarray) -> tuple[int, int]:
+        n = int(group.sum())
+        estimate = (float(noisy[group].sum()) - n * p) / (1.0 - 2.0 * p)
+        return min(n, max(0, round(estimate))), n
+
+    tp, n_predicted = positives(predicted)
+    fn, n_rest = positives(~predicted)
+    return tp, n_predicted - tp, n_rest - fn, fn
+
+
+def debiased_auc(observed_auc: float, observed_rate: float, epsilon: float) -> float:
+    """The AUC against the true labels, estimated from the AUC against randomized-response labels.
+
+    With true prevalence pi, an observed positive is a true positive with probability
+    w1 = pi(1-p) / (pi(1-p) + (1-pi)p) and an observed negative with w0 = pi p / (pi p + (1-pi)(1-p)),
+    so AUC_obs = 1/2 (w1 w0 + (1-w1)(1-w0)) + (1-w1) w0 + (w1 - w0) AUC: solved for AUC, clipped to
+    [0, 1]; NaN when the estimated prevalence leaves no positives or no negatives.
+    """
+    p = flip_probability(epsilon)
+    pi = true_rate(observed_rate, epsilon)
+    positive_is_true = pi * (1 - p) / max(pi * (1 - p) + (1 - pi) * p, 1e-300)
+    negative_is_positive = pi * p / max(pi * p + (1 - pi) * (1 - p), 1e-300)
+    spread = positive_is_true - negative_is_positive
+    if spread <= 1e-9:
+        return float("nan")
+    base = 0.5 * (positive_is_true * negative_is_positive + (1 - positive_is_true) * (1 - negative_is_positive))
+    base += (1 - positive_is_true) * negative_is_positive
+    return min(1.0, max(0.0, (observed_auc - base) / spread))

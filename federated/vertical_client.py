@@ -329,8 +329,11 @@ def setup(msg: Message, context: Context) -> Message:
         if np.isnan(lab_tr).any() or np.isnan(lab_te).any():
             raise ValueError("aligned subjects without a label")
         width = int(cfg["width"])
+        # Under label_dp the held-out labels are released like the training ones (the same keyed
+        # flips): the evaluation counts them, on embeddings the coordinator sends.
         y_train = training_labels(job, lab_tr[:, 0] > 0, label_words(nc, job, train))
-        data.update(y_train=y_train, y_test=(lab_te[:, 0] > 0).astype(float))
+        y_test = training_labels(job, lab_te[:, 0] > 0, label_words(nc, job, test))
+        data.update(y_train=y_train, y_test=y_test)
         if private_releases(job, False):  # the other nodes' embeddings will arrive noised by this much
             data["noise_sd"] = np.asarray(vertical_dp.embedding_noise_sd(dp_plan(job, len(train), 1)))
         state.update(pack_state("t_", np.zeros(width + 1), {}))
@@ -513,33 +516,47 @@ def top(msg: Message, context: Context) -> Message:
     return _reply(msg, {"loss": loss, "batch": len(idx)}, {a: _wire(g) for a, g in grads.items()})
 
 
+def _check_held_out(order: list[str], received: dict[str, np.ndarray], own: str, rows: int, width: int) -> None:
+    """The evaluation's embeddings: every agency once, this node among them, each other one's
+    embeddings present with one row per held-out subject."""
+    if len(set(order)) != len(order) or own not in order:
+        raise ValueError("the evaluation's agency order must list each agency once, this node among them")
+    for agency in order:
+        if agency == own:
+            continue
+        shape = received[agency].shape if agency in received else None
+        if shape != (rows, width):
+            raise ValueError(f"held-out embeddings of '{agency}' are {shape}, not {rows} rows of {width}")
+
+
 @app.evaluate("top")
 def evaluate_top(msg: Message, context: Context) -> Message:
     """Label holder: score the held-out aligned rows; only the summary (AUC, counts) leaves. Once per
-    job definition, after the last training step of the run that set up: each answer counts true
-    held-out labels, so answering again on embeddings of the coordinator's choosing would read
-    them out one by one."""
+    run, after its last training step. The coordinator chooses the held-out embeddings, so the
+    counts can be made to give labels away: under `label_dp` they are counted against the noisy
+    held-out labels (the same release as the training labels: post-processing, whatever the
+    embeddings or the number of jobs) and reported as estimates; without it the gradients give every
+    training label away in any case."""
     job, nc, path = _setup(context)
     st = _load(path)
     _check_run(st, job, context)
     if _steps_done(st) != job.rounds - 1:
         raise ValueError("evaluation before the last training step")
-    _once(path, context, "evaluate")
-    # Once per definition, not per run: a re-run would otherwise buy another look at the true
-    # held-out labels through embeddings of the coordinator's choosing.
-    try:
-        os.close(os.open(path / f"evaluated-{job.digest()[:32]}", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
-    except FileExistsError:
-        raise ValueError("this node already evaluated this job definition (in an earlier run)") from None
     order = [str(a) for a in cfg_of(msg)["order"]]
+    received = {a: _unwire(e) for a, e in arrays_of(msg).items()}
+    _check_held_out(order, received, nc.agency, len(st["x_test"]), job.embedding_dim)
+    _once(path, context, "evaluate")  # claimed only for a well-formed request: a bad one costs nothing
     bottom, topm = Bottom(*unpack_state("b_", st)), Top(*unpack_state("t_", st))
-    received = arrays_of(msg)
-    embs = [bottom.forward(st["x_test"]) if a == nc.agency else _unwire(received[a]) for a in order]
+    embs = [bottom.forward(st["x_test"]) if a == nc.agency else received[a] for a in order]
     # Held-out embeddings are clean: score them with weights undoing the training noise's dilution.
     w = vertical_dp.deattenuated(topm.w, st["reliability"]) if "reliability" in st else topm.w
     scores = Top(w, topm.opt_state).scores(np.hstack(embs))
     prevalence = float(st["y_train"].mean())
     rep = model.report(scores, st["y_test"], threshold=prevalence)
+    if job.label_dp is not None:  # counted against the noisy held-out labels: estimates of the true figures
+        counts = label_dp.debiased_counts(scores >= prevalence, st["y_test"], job.label_dp)
+        estimated_auc = label_dp.debiased_auc(cast(float, rep["auc"]), float(st["y_test"].mean()), job.label_dp)
+        rep = {"auc": estimated_auc, **model.counts_report(*counts)}
     cm = rep["confusion_matrix"]
     assert isinstance(cm, dict)
     return _reply(
@@ -554,5 +571,6 @@ def evaluate_top(msg: Message, context: Context) -> Message:
             "threshold": prevalence,
             "top_sha256": hashlib.sha256(w.tobytes()).hexdigest(),
             "top_deattenuated": "reliability" in st,
+            "estimated_from_noisy_labels": job.label_dp is not None,
         },
     )

@@ -359,6 +359,8 @@ def run_vertical(grid: Grid, context: Context, job: JobSpec, job_dir: Path) -> N
         "n": sum(int(ev[k]) for k in ("tp", "fp", "tn", "fn")),
         # Record-level DP: the label holder scored with weights undoing the noise's dilution.
         "top_deattenuated": bool(ev.get("top_deattenuated", False)),
+        # Label DP: the label holder counted against the noisy held-out labels; these are estimates.
+        "estimated_from_noisy_labels": bool(ev.get("estimated_from_noisy_labels", False)),
     }
     part_digests = {relay.agency[n]: str(cfg_of(bottoms[n])["bottom_sha256"]) for n in bottoms}
     part_digests["top@" + relay.agency[label_node]] = str(ev["top_sha256"])

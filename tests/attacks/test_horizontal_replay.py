@@ -5,7 +5,8 @@ Flower builds a client per message, and the node's ledger is charged once per ru
 gets k updates, each with fresh DP-SGD noise, and their mean has the noise cut by √k (measured
 below as the positive control); the statistics round likewise. Each release is now claimed once
 per run on disk, in order, never past the job's rounds (federated/run_releases.py); evaluate
-once per round too. Real HorizontalClient over a real store and ledger.
+once per round too. A further run is charged again (test_dp_rerun.py). Real HorizontalClient
+over a real store and ledger.
 """
 
 from __future__ import annotations
@@ -77,7 +78,7 @@ def test_the_statistics_round_is_answered_once_and_before_training(tmp_path: Pat
         releases.once("statistics", before="fit")
 
 
-def test_evaluate_answers_each_round_once_per_definition_and_keeps_dp_jobs_training_counts(tmp_path: Path) -> None:
+def test_evaluate_answers_each_round_once_and_keeps_dp_jobs_training_counts(tmp_path: Path) -> None:
     job, nc = _node(tmp_path)
     client = HorizontalClient(job, nc, 1_000_000, ledger_check=True, run_id="1")
     w = client.get_parameters({})
@@ -85,11 +86,9 @@ def test_evaluate_answers_each_round_once_per_definition_and_keeps_dp_jobs_train
     assert "hist_pos" in metrics and "train_pos" not in metrics and "train_n" not in metrics
     with pytest.raises(InvalidInput, match="evaluate round 1 is out of turn"):
         client.evaluate(w, {"server_round": 1})
-    # Nor in a fresh run: the holdout histograms are not DP, so new runs buy no more of them.
-    again = HorizontalClient(job, nc, 1_000_000, ledger_check=True, run_id="2")
-    with pytest.raises(InvalidInput, match="evaluate round 1 is out of turn"):
-        again.evaluate(w, {"server_round": 1})
-    again.evaluate(w, {"server_round": 2})  # the rounds this definition has not evaluated yet
+    # A statistics round in a job that standardises nothing is refused, not a crash.
+    with pytest.raises(InvalidInput, match="no statistics round"):
+        client.fit(w, {pooled_stats.PHASE_KEY: pooled_stats.STATISTICS_PHASE})
 
 
 def test_positive_control_averaging_repeated_updates_strips_the_noise(tmp_path: Path) -> None:

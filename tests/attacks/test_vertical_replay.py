@@ -223,10 +223,16 @@ def test_a_changed_definition_cannot_continue_the_old_definitions_state(tmp_path
         fed.relay.send("train.step", {tax: ({"step": 3, "grad_step": 1}, {})})
 
 
-def test_the_label_holder_evaluates_a_definition_once_whatever_the_run(tmp_path: Path) -> None:
+def test_an_honest_rerun_evaluates_and_a_malformed_evaluation_costs_nothing(tmp_path: Path) -> None:
+    """A re-run of the job (charged again at the feature nodes) gets its evaluation; an evaluation
+    request missing a node's embeddings is refused before the run's one evaluation is taken."""
     fed, _ = _set_up(tmp_path)
     civil = fed.node_of["civil"]
-    assert "auc" in fed.relay.send("evaluate.top", _full_run(fed))[civil].content["cfg"]
+    request = _full_run(fed)
+    (cfg, embs) = request[civil]
+    with pytest.raises(VerticalFailed, match="held-out embeddings of 'hrss' are None"):
+        fed.relay.send("evaluate.top", {civil: (cfg, {a: e for a, e in embs.items() if a != "hrss"})})
+    assert "auc" in fed.relay.send("evaluate.top", request)[civil].content["cfg"]
     fed.relay.run_id = 2  # the whole job again, hello to evaluate
     alignment, train, test = fed.align()
     width = fed.job.embedding_dim * len(fed.node_of)
@@ -245,5 +251,4 @@ def test_the_label_holder_evaluates_a_definition_once_whatever_the_run(tmp_path:
             for n in fed.node_of.values()
         },
     )
-    with pytest.raises(VerticalFailed, match="already evaluated this job definition"):
-        fed.relay.send("evaluate.top", _full_run(fed))
+    assert "auc" in fed.relay.send("evaluate.top", _full_run(fed))[civil].content["cfg"]
