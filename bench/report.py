@@ -401,6 +401,13 @@ def _record_dp_intro(r: dict[str, Any]) -> list[str]:
         vline += f"; {psi}, embeddings and gradients as {v.get('wire', 'float32')} on the wire"
         if "measured" in v:
             vline += f" ({v['measured']})"
+    if "vertical_ab" in r:
+        ab = r["vertical_ab"]
+        vline += (
+            f"; side by side with the code before this round's per-run charges ({ab['baseline_commit']}), the plain "
+            f"vertical job alone, back to back: {ab['baseline_wall_s']:.1f} s before, {ab['this_commit_wall_s']:.1f} s "
+            f"now (ratio {ab['ratio']:.2f}, same AUC): the wall time in the table varies with the machine's load"
+        )
     if "vertical_job" in r:
         vj = r["vertical_job"]
         vline += (
