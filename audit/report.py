@@ -144,6 +144,11 @@ def _evidence(log: AuditLog, entry: Entry, size: int, root: bytes) -> Evidence:
     return Evidence(entry.index, entry.record.kind, entry.leaf_hash.hex(), tuple(h.hex() for h in proof))
 
 
+# Why report_from_views refused: the entries came proven against different checkpoints (the CLI
+# fetches again: an honest log may have published one meanwhile).
+CHECKPOINT_MOVED = "checkpoint_moved"
+
+
 def report_from_views(
     origin: str,
     public_key: EccKey,
@@ -200,16 +205,13 @@ def report_from_views(
             "or the gateway forked it; ask again",
             reason=CHECKPOINT_MOVED,
         )
-    signed = notes[max(notes)]
+    (signed,) = notes.values()
     cosigned_by = rule.check(signed, "the latest checkpoint") if witnesses else ()
     return SubjectReport(
         subject_label=subject_label or pseudonym, pseudonym=pseudonym, since=since, until=until,
         generated=generated, origin=origin, checkpoint=signed, cosigned_by=cosigned_by,
         rows=tuple(sorted(rows, key=lambda r: r.time)), timezone=timezone,
     )  # fmt: skip
-
-
-CHECKPOINT_MOVED = "checkpoint_moved"
 
 
 def _verified(

@@ -306,7 +306,11 @@ def label_attack(limit: int | None) -> None:
              "label": census.LABEL, "label_holder": census.LABEL_HOLDER, "rounds": 3, "label_dp": eps}
         )  # fmt: skip
         subjects = [str(i) for i in range(len(y))]  # the label holder's draws, as its ClientApp makes them
-        draws = keyed_draws.words(keyed_draws.new_key(), label_dp.release_domain(census.LABEL, eps or 1.0), subjects)
+        draws = (
+            keyed_draws.words(keyed_draws.new_key(), label_dp.release_domain(census.LABEL, eps), subjects)
+            if eps is not None
+            else None
+        )
         y_train = training_labels(job, y, draws)
         feat, mine, top = Bottom.init(x_f.shape[1], h, 0, "f"), Bottom.init(x_l.shape[1], h, 0, "t"), Top.init(2 * h)
         pf, pl = preconditioner(x_f, 1e-3), preconditioner(x_l, 1e-3)

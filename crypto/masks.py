@@ -8,7 +8,9 @@ allows about |d|:
   gateway's mask key, RFC 7693) over (question, epoch, pseudonym), where the question is what is
   compared: the terms with their defaults, the direction and the threshold (see
   `policies.programs.Criterion.question`). Two programs asking the same question in the same epoch
-  give the same v, so neither a repeat nor a second program yields a fresh sample.
+  give the same v, so neither a repeat nor a second program yields a fresh sample (except in the
+  overall view, where exchange/eligibility.py keys the program in too: there equal values would
+  let the requester pair up shared criteria and name the failing one).
 * **Range fitted to the criterion.** r < r_max(D) = floor((t/2 - 1) / (D + 1)) where D bounds
   |d| over the declared element ranges, so |v| < t/2 never wraps; registers (D = 1) get up to
   2^MAX_MASK_LOG2, a 2.3-million-CNY income sum about 2^35.8. Every criterion's |v| then reaches

@@ -169,10 +169,9 @@ class LedgerAdmission:
         finally:
             conn.close()
         decision = replace(decision, redecided=redecided)
-        label = _label_release(job, agency, self.store, self._budgeted) if decision.approved else None
-        if charges or label:
+        if decision.approved:
             try:
-                _spend(self.ledger, job, redecided, charges, label)
+                _spend(self.ledger, job, redecided, charges, _label_release(job, agency, self.store, self._budgeted))
             except (BudgetExhausted, InvalidInput) as exc:  # refused, never a traceback
                 decision, charges = replace(decision, approved=False, reason=exc.message, epsilon=0.0), []
         conn = self._connect()
@@ -276,10 +275,9 @@ class PolicyAdmission:
             redecided,
         )
         charges = budget_charges(self.engine, job, verdict.datasets) if verdict.allowed else []
-        label = _label_release(job, agency, self.store, self._budgeted) if verdict.allowed else None
-        if charges or label:
+        if verdict.allowed:
             try:
-                _spend(self.ledger, job, redecided, charges, label)
+                _spend(self.ledger, job, redecided, charges, _label_release(job, agency, self.store, self._budgeted))
                 decision = replace(decision, epsilon=job_epsilon(job))
             except (BudgetExhausted, InvalidInput) as exc:  # refused, never a traceback
                 decision, charges = replace(decision, approved=False, reason=exc.message), []
@@ -352,8 +350,8 @@ def _label_release(
     if job.label_dp is None or agency != job.label_holder or job.label not in datasets.held_elements(store):
         return None
     budgeted = dataset_of(job.label)
-    if budgeted is None:
-        raise BudgetExhausted(f"no privacy budget is configured for the dataset of label '{job.label}'")
+    if budgeted is None:  # admission refuses unbudgeted datasets before: kept as a refusal, not a charge
+        raise InvalidInput(f"no privacy budget is configured for the dataset of label '{job.label}'")
     return budgeted[0], float(job.label_dp), budgeted[1]
 
 
@@ -372,7 +370,8 @@ def _spend(
     if label is not None:
         dataset, eps, cap = label
         keyed.append((label_release_key(job.label, eps), dataset, eps, cap))
-    PrivacyLedger(ledger).spend_each(keyed)
+    if keyed:
+        PrivacyLedger(ledger).spend_each(keyed)
 
 
 def label_release_key(label: str, epsilon: float) -> str:

@@ -174,10 +174,14 @@ class HorizontalClient(NumPyClient):
 
     def evaluate(self, parameters: list[np.ndarray], config: dict[str, Any]) -> tuple[float, int, dict[str, Any]]:
         # Once per round: each answer describes the holdout under weights of the coordinator's choosing
-        # (not DP, docs/FEDERATED.md); a further run of a DP job is charged for its releases.
+        # (not DP, docs/FEDERATED.md). In a record-DP job the run is charged before it answers, as
+        # for a training release: else runs that only evaluate would get such answers for free.
         self.releases.numbered("evaluate", _round_of(config), self.job.rounds)
         w = np.asarray(parameters[0], dtype=np.float64)
         data = self.data(config)
+        plan = self.dp_plan(len(data.y_train)) if self.record_dp else None
+        if plan is not None:
+            self.record_plan(plan)
         scores = model.lr_predict(w, data.x_test)
         pos, neg = node.score_histograms(scores, data.y_test)
         # The training label count is exact: under record-level DP it stays here (the coordinator
@@ -190,7 +194,7 @@ class HorizontalClient(NumPyClient):
             **counts,
             # The node attests what it trained on (the coordinator may have no access to the store).
             "data_sha256": datasets.store_digest(self.nc.store, self.job.elements()),
-            **(self.dp_plan(len(self.data(config).y_train)).as_metrics() if self.record_dp else {}),
+            **(plan.as_metrics() if plan is not None else {}),
         }
         return model.bce(scores, data.y_test), max(len(data.y_test), 1), metrics
 

@@ -120,7 +120,7 @@ def blind(msg: Message, context: Context) -> Message:
     returns each node's list in a fresh secret order, so that nobody, that node included, can tell
     which of that node's subjects the label holder holds until the split names the aligned ones;
     and it seals a fresh group seed to each node for the membership shares (federated/psi.py), once
-    it has checked their agreement keys, and for their roster. Once per job."""
+    it has checked their agreement keys, and for their roster. Once per run."""
     job, nc, cache = _setup(context)
     cfg = cfg_of(msg)
     _once(cache, context, "blind")
@@ -535,8 +535,9 @@ def evaluate_top(msg: Message, context: Context) -> Message:
     run, after its last training step. The coordinator chooses the held-out embeddings, so the
     counts can be made to give labels away: under `label_dp` they are counted against the noisy
     held-out labels (the same release as the training labels: post-processing, whatever the
-    embeddings or the number of jobs) and reported as estimates; without it the gradients give every
-    training label away in any case."""
+    embeddings or the number of jobs) and reported as estimates. Without label DP, the labels are
+    not protected: the gradients give the training labels away and each run's evaluation can be
+    made to read one held-out label (stated in docs/FEDERATED.md)."""
     job, nc, path = _setup(context)
     st = _load(path)
     _check_run(st, job, context)

@@ -409,7 +409,7 @@ class PrivacyLedger:
             raise InvalidInput("charges must name each (key, dataset) once")
         for key, _, epsilon, cap in charges:
             if not key or len(key) > 128:
-                raise InvalidInput("job_id must be 1..128 characters")
+                raise InvalidInput("a spend key (job id) must be 1..128 characters")
             if not (math.isfinite(epsilon) and epsilon > 0):
                 raise InvalidInput("epsilon must be a positive finite number")
             if not (math.isfinite(cap) and cap > 0):

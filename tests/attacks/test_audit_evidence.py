@@ -161,7 +161,7 @@ def test_malformed_database_values_fail_verification_with_a_reason(keys: Any, da
         log.publish_checkpoint()
     with sqlite3.connect(db) as conn:
         conn.execute(damage)
-    with pytest.raises(IntegrityError):
+    with pytest.raises(IntegrityError, match="malformed value"):
         verify_log(db, keys["log"].public_key())
     done = _xgate("audit", "verify-log", "--db", str(db), "--key", str(keys["dir"] / "log.pub.pem"))
     assert done.returncode == 1 and "FAILED" in done.stdout + done.stderr and "Traceback" not in done.stderr

@@ -33,7 +33,7 @@ from protos.xgate.v1 import node_pb2
 from tests.unit.test_approvals import STANDING_REF, standing_registry
 from tests.unit.test_check_service import MASK_KEY, FakeAuditor
 from tests.unit.test_policy_support import DAYTIME
-from xgate.errors import BudgetExhausted, NodeRefused, XgateError
+from xgate.errors import BudgetExhausted, NodeRefused, NodeUnavailable, PolicyDenied, XgateError
 from xgate.principal import Principal
 
 BRONZE = Principal("ca-caseworker-bronze", "civil_affairs", "caseworker", "bronze")
@@ -118,8 +118,6 @@ def test_other_node_failures_still_release_what_was_reserved(
 
     class Down:
         async def encrypt_all(self, *args: object, **kwargs: object) -> dict[str, node_pb2.EncryptResponse]:
-            from xgate.errors import NodeUnavailable
-
             raise NodeUnavailable("household", "unreachable")
 
     register, registered, _ = _register_node(20, True, 7, tmp_path)
@@ -137,8 +135,32 @@ def test_other_node_failures_still_release_what_was_reserved(
         approval_ref=STANDING_REF, mode="he", pseudonyms=tuple(registered[:10]),
         public_context=requester_keys.public_context,
     )  # fmt: skip
-    with pytest.raises(XgateError):
+    with pytest.raises(NodeUnavailable):  # raised by the fan-out: after the policy step reserved
         asyncio.run(service.run(BRONZE, request))
     period = int(DAYTIME.timestamp() // programs.get("target_discovery").epoch_seconds)
     assert privacy.spent("target_discovery", "civil_affairs", period) == 0.0
     register.store.close()
+
+
+def test_the_refusal_reason_survives_the_grpc_edge() -> None:
+    """The node's refusal crosses gRPC as PERMISSION_DENIED with its public body: the gateway's
+    translation must keep the `refusal` detail the check service charges on."""
+    import json
+
+    import grpc
+
+    from exchange.cohort import COHORT_MEMBER_UNKNOWN
+    from xgate.grpc_edge import node_error_from_rpc
+
+    refused = PolicyDenied("cohort refused: not every member is a person known to the civil register",
+                           refusal=COHORT_MEMBER_UNKNOWN)  # fmt: skip
+
+    class Failed(grpc.RpcError):
+        def code(self) -> grpc.StatusCode:
+            return grpc.StatusCode.PERMISSION_DENIED
+
+        def details(self) -> str:
+            return json.dumps(refused.to_public())
+
+    error = node_error_from_rpc("household", Failed())
+    assert isinstance(error, NodeRefused) and error.details["refusal"] == COHORT_MEMBER_UNKNOWN

@@ -155,13 +155,16 @@ def test_charging_up_front_lets_failures_burn_the_budget(programs, tmp_path: Pat
 def test_a_check_abandoned_while_the_policy_step_runs_spends_nothing(programs: Any, tmp_path: Path) -> None:
     """The client goes away while the decision point is reserving in its worker thread (a large
     batch makes that window wide): the reservation must be released once the step finishes."""
-    import time
+    import threading
+
+    reserved, go_on = threading.Event(), threading.Event()
 
     class SlowConsents(ConsentRegistry):
         def reserve(self, *args: Any, **kwargs: Any) -> Any:
-            reserved = super().reserve(*args, **kwargs)
-            time.sleep(0.3)  # the rest of a big batch's work in the policy thread
-            return reserved
+            reservation = super().reserve(*args, **kwargs)
+            reserved.set()
+            go_on.wait(10)  # the rest of a big batch's work in the policy thread
+            return reservation
 
     consents = SlowConsents(tmp_path / "consents.db", purposes={"income_certificate"})
     subject = SUBJECTS[0]
@@ -184,11 +187,15 @@ def test_a_check_abandoned_while_the_policy_step_runs_spends_nothing(programs: A
 
     async def abandon() -> None:
         task = asyncio.create_task(service.run(GOLD, request))
-        await asyncio.sleep(0.15)  # the client disconnects while authorize_check runs
-        task.cancel()
+        await asyncio.to_thread(reserved.wait, 10)  # the consent use and the budget are reserved now
+        task.cancel()  # the client disconnects while authorize_check still runs
         with pytest.raises(asyncio.CancelledError):
             await task
-        await asyncio.sleep(0.5)  # the step finishes in its thread, then its release runs
+        go_on.set()
+        for _ in range(200):  # the step finishes in its thread, then its release runs
+            if consents.lookup(ref).uses == 0 and budgets.pending() == 0:
+                return
+            await asyncio.sleep(0.05)
 
     asyncio.run(abandon())
     assert consents.lookup(ref).uses == 0 and budgets.pending() == 0

@@ -269,8 +269,8 @@ def test_a_definition_approved_again_pays_for_its_next_run_once(tmp_path: Path) 
 
 
 def test_a_run_of_a_definition_the_ledger_no_longer_approves_is_refused(tmp_path: Path) -> None:
-    """The approval and its charges are read with the run, under one lock: a run of d1 after the
-    ledger re-decided the id for d2 cannot be charged d2's amounts."""
+    """The approval and its charges are read with the run: a run of d1 after the ledger re-decided
+    the id for d2 is refused, not charged d2's amounts."""
     store, ledger = _ledger_node(tmp_path, cap=20.0)
     d1, d2 = _dp_job(epsilon=2.0), _dp_job(epsilon=0.1, rounds=7)
     admit = LedgerAdmission(ledger, store)

@@ -102,3 +102,14 @@ def test_positive_control_averaging_repeated_updates_strips_the_noise(tmp_path: 
     spread_one = np.std(runs)
     spread_mean = np.std([np.mean(runs[i : i + 10]) for i in range(0, 120, 10)])
     assert spread_mean < spread_one / 1.8  # ten copies: the noise shrinks by about √10 ≈ 3.2
+
+
+def test_a_run_that_only_evaluates_is_charged_in_a_dp_job(tmp_path: Path) -> None:
+    """New runs of the approved job sending only `evaluate` (holdout histograms under weights of the
+    coordinator's choosing): each is a run, charged before it answers, until the cap refuses."""
+    job, nc = _node(tmp_path)  # ε 4 per run, cap 100: the approval paid for the first run
+    admit = LedgerAdmission(nc.ledger, nc.store)
+    w = HorizontalClient(job, nc, 1_000_000, ledger_check=True, run_id="0").get_parameters({})
+    for run in range(1, 4):
+        HorizontalClient(job, nc, 1_000_000, ledger_check=True, run_id=str(run)).evaluate(w, {"server_round": 1})
+    assert admit.spent("synth") == 4.0 * 3  # the approval's run, then two more charged

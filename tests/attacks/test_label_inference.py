@@ -49,10 +49,11 @@ def _job(eps: float | None) -> Any:
 SUBJECTS = [f"pseudonym{i:05d}" for i in range(N)]
 
 
-def _draws(eps: float | None, n: int, key: bytes | None = None) -> np.ndarray:
-    """A label holder's draws for n subjects (a fresh key: a fresh node)."""
-    domain = label_dp.release_domain("tax.label", eps or 1.0)
-    return keyed_draws.words(key or keyed_draws.new_key(), domain, SUBJECTS[:n])
+def _draws(eps: float | None, n: int, key: bytes | None = None) -> np.ndarray | None:
+    """A label holder's draws for n subjects (a fresh key: a fresh node); none without label DP."""
+    if eps is None:
+        return None
+    return keyed_draws.words(key or keyed_draws.new_key(), label_dp.release_domain("tax.label", eps), SUBJECTS[:n])
 
 
 def _attack(grad: np.ndarray, y: np.ndarray) -> float:

@@ -4,7 +4,7 @@ nodes' real ClientApp handlers, tests/clientapp_relay.py).
 A feature node noises each training embedding it releases (federated/vertical_dp.py). Asked for
 step t again, it would release a fresh noisy copy of the same batch, and the mean of k copies has
 its noise cut by √k: the accountant's ε counts each batch's release once. So setup runs once per
-job and steps run once each, in order; the label holder's `top` steps likewise. The positive
+run and steps run once each, in order; the label holder's `top` steps likewise. The positive
 control measures what averaging buys against the same noise.
 """
 
@@ -129,7 +129,7 @@ def test_each_step_applies_exactly_the_gradient_its_schedule_says(
 
 
 def test_the_label_holder_evaluates_once_and_only_after_training(tmp_path: Path) -> None:
-    """Each evaluation counts the true held-out labels on embeddings the coordinator sends: asked
+    """Each evaluation counts held-out labels on embeddings the coordinator sends: asked
     again and again, with one embedding changed each time, it would read them out one by one."""
     fed, _ = _set_up(tmp_path)
     civil = fed.node_of["civil"]
