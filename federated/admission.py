@@ -28,7 +28,8 @@ from __future__ import annotations
 import hashlib
 import json
 import sqlite3
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -131,17 +132,12 @@ class LedgerAdmission:
         self, purposes: Iterable[str], epsilon_caps: Mapping[str, float], *, allow_non_dp: bool = True
     ) -> None:
         """Set the node's training policy (administrator action)."""
-        conn = self._connect()
-        try:
-            conn.execute("BEGIN IMMEDIATE")
+        with _writing(self.ledger, _SCHEMA) as conn:
             conn.execute("DELETE FROM purposes")
             conn.executemany("INSERT INTO purposes VALUES (?)", [(p,) for p in purposes])
             conn.execute("DELETE FROM caps")
             conn.executemany("INSERT INTO caps VALUES (?, ?)", list(epsilon_caps.items()))
             conn.execute("INSERT OR REPLACE INTO settings VALUES ('allow_non_dp', ?)", (str(int(allow_non_dp)),))
-            conn.execute("COMMIT")
-        finally:
-            conn.close()
 
     def _datasets_for(self, job: JobSpec) -> list[str]:
         with sqlite3.connect(f"file:{self.store}?mode=ro", uri=True) as conn:
@@ -174,22 +170,13 @@ class LedgerAdmission:
                 _spend(self.ledger, job, redecided, charges, _label_release(job, agency, self.store, self._budgeted))
             except (BudgetExhausted, InvalidInput) as exc:  # refused, never a traceback
                 decision, charges = replace(decision, approved=False, reason=exc.message, epsilon=0.0), []
-        conn = self._connect()
-        try:
-            conn.execute("BEGIN IMMEDIATE")
+        with _writing(self.ledger, _SCHEMA) as conn:
             conn.execute("INSERT OR REPLACE INTO decision_basis VALUES (?, ?)", (job.job_id, basis))
             conn.execute(
                 "INSERT OR REPLACE INTO decisions VALUES (?,?,?,?,?,?,?)",
                 (job.job_id, digest, agency, int(decision.approved), decision.reason, decision.epsilon, _now()),
             )
             _record_approved_charges(conn, job, _charge_key(job, redecided), charges)
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
-        finally:
-            conn.close()
         return decision
 
     @staticmethod
@@ -308,10 +295,8 @@ class PolicyAdmission:
         return decided, str(row[0])
 
     def _record(self, job: JobSpec, agency: str, d: Decision, charges: list[tuple[str, float, float]]) -> Decision:
-        conn = self._connect()
         verb = "INSERT OR REPLACE" if d.redecided else "INSERT OR IGNORE"
-        try:
-            conn.execute("BEGIN IMMEDIATE")
+        with _writing(self.ledger, _DECISIONS + _POLICY_DECISIONS + _APPROVED_CHARGES) as conn:
             inserted = conn.execute(
                 f"{verb} INTO decisions VALUES (?,?,?,?,?,?,?)",
                 (job.job_id, job.digest(), agency, int(d.approved), d.reason, d.epsilon, _now()),
@@ -322,13 +307,6 @@ class PolicyAdmission:
                     (job.job_id, json.dumps(list(d.policy_ids)), d.policy_set_hash, json.dumps(list(d.datasets))),
                 )
                 _record_approved_charges(conn, job, _charge_key(job, d.redecided), charges)
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
-        finally:
-            conn.close()
         if inserted:
             return d
         won = self._prior(job)  # a concurrent decision of the same job won
@@ -475,9 +453,7 @@ def charge_run(ledger: Path, job: JobSpec, run_id: str) -> None:
     many messages.
     """
     digest = job.digest()
-    conn = _open_ledger(ledger, _DECISIONS + _APPROVED_CHARGES + _DP_RUNS)
-    try:
-        conn.execute("BEGIN IMMEDIATE")
+    with _writing(ledger, _DECISIONS + _APPROVED_CHARGES + _DP_RUNS) as conn:
         decided = conn.execute("SELECT job_digest, approved FROM decisions WHERE job_id = ?", (job.job_id,)).fetchone()
         if decided is None or not decided[1] or decided[0] != digest:
             raise PolicyDenied(f"node has not approved job '{job.job_id}'")
@@ -501,13 +477,6 @@ def charge_run(ledger: Path, job: JobSpec, run_id: str) -> None:
             )
             row = ("", 1) if first else (f"{job.job_id}~{digest[:16]}#run-{run_id}", 0)
             conn.execute("INSERT INTO dp_runs VALUES (?,?,?,?,?,?)", (job.job_id, approval, run_id, *row, _now()))
-        conn.execute("COMMIT")
-    except BaseException:
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
-        raise
-    finally:
-        conn.close()
     key, charged = str(row[0]), bool(row[1])
     if charged:
         return
@@ -518,14 +487,11 @@ def charge_run(ledger: Path, job: JobSpec, run_id: str) -> None:
         PrivacyLedger(ledger).spend_all(key, charges)  # a concurrent message of this run replays the charge
     except BudgetExhausted as exc:
         raise PolicyDenied(f"{refused}: each run spends the job's ε again, and {exc.message}") from None
-    conn = _open_ledger(ledger, _DP_RUNS)
-    try:
+    with _writing(ledger, _DP_RUNS) as conn:
         conn.execute(
             "UPDATE dp_runs SET charged = 1 WHERE job_id = ? AND approval_key = ? AND run_id = ?",
             (job.job_id, approval, run_id),
         )
-    finally:
-        conn.close()
 
 
 _DP_RELEASES = """
@@ -611,9 +577,7 @@ def _adopt_legacy_spends(ledger: Path) -> None:
     if legacy is None:
         return
     PrivacyLedger(ledger)  # creates `spends` (its migration) if this ledger never had one
-    conn = _open_ledger(ledger, "")
-    try:
-        conn.execute("BEGIN IMMEDIATE")
+    with _writing(ledger, "") as conn:
         if conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'spend'").fetchone():
             # Under a key of their own: the old table summed every re-decision under the job id, a
             # sum no later charge under that key could replay.
@@ -624,6 +588,16 @@ def _adopt_legacy_spends(ledger: Path) -> None:
                 (_now(),),
             )
             conn.execute("DROP TABLE spend")
+
+
+@contextmanager
+def _writing(path: Path, schema: str) -> Iterator[sqlite3.Connection]:
+    """One write transaction on a node's ledger: BEGIN IMMEDIATE takes the file's write lock, so
+    what the block reads is still true when it writes; committed at the end, rolled back on error."""
+    conn = _open_ledger(path, schema)
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        yield conn
         conn.execute("COMMIT")
     except BaseException:
         if conn.in_transaction:

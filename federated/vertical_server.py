@@ -15,6 +15,7 @@ import dataclasses
 import hashlib
 import json
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn, cast
 
@@ -196,6 +197,30 @@ def _finished(relay: _Relay, node: int, reply: Message, sizes: list[int]) -> lis
     return lists
 
 
+def _setup_requests(
+    alignment: psi.Alignment,
+    parts: Sequence[int],
+    label_node: int,
+    train_rows: Sequence[int],
+    test_rows: Sequence[int],
+    width: int,
+) -> dict[int, tuple[dict[str, Any], dict[str, np.ndarray]]]:
+    """Each node's `setup`: its training and held-out rows as positions in its own list, whether it
+    is the label holder (it checks that itself), and the width of the top model."""
+    return {
+        n: (
+            {
+                "train": psi.rows_to_bytes(alignment.positions(n, train_rows)),
+                "test": psi.rows_to_bytes(alignment.positions(n, test_rows)),
+                "label_holder": n == label_node,
+                "width": width,
+            },
+            {},
+        )
+        for n in parts
+    }
+
+
 def _split(relay: _Relay, alignment: psi.Alignment) -> tuple[psi.Alignment, list[int], list[int]]:
     """The label holder's train/test split of the aligned rows (its holdout rule), checked to be
     one, and its translation of the other nodes' aligned rows into their lists' own positions."""
@@ -287,21 +312,7 @@ def run_vertical(grid: Grid, context: Context, job: JobSpec, job_dir: Path) -> N
         )
     )
     width = job.embedding_dim * len(parts)
-    setup = relay.send(
-        "train.setup",
-        {
-            n: (
-                {
-                    "train": psi.rows_to_bytes(alignment.positions(n, train_rows)),
-                    "test": psi.rows_to_bytes(alignment.positions(n, test_rows)),
-                    "label_holder": n == label_node,
-                    "width": width,
-                },
-                {},
-            )
-            for n in parts
-        },
-    )
+    setup = relay.send("train.setup", _setup_requests(alignment, parts, label_node, train_rows, test_rows, width))
 
     # Pipelined split learning: in Flower round i the feature nodes apply G[i-2] and embed batch i
     # while the label holder consumes E[i-1] and returns G[i-1]: one message round trip per step.

@@ -118,6 +118,16 @@ class Federation:
     job: JobSpec
     node_of: dict[str, int]
 
+    def set_up(self) -> tuple[dict[int, Cfg], list[int]]:
+        """One run's alignment, split and setup, as the ServerApp drives them: each node's setup
+        request and the held-out rows (label holder positions)."""
+        alignment, train, test = self.align()
+        parts = sorted(self.relay.configs)
+        width = self.relay.job.embedding_dim * len(parts)  # the job the relay sends now
+        requests = server._setup_requests(alignment, parts, self.node_of[LABEL], train, test, width)
+        self.relay.send("train.setup", requests)
+        return {n: cfg for n, (cfg, _) in requests.items()}, test
+
     def align(self) -> tuple[psi.Alignment, list[int], list[int]]:
         """The server's alignment and split: every node's positions, and the train and test rows
         (as label holder positions)."""

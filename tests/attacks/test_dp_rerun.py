@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from federated import datasets, psi
+from federated import datasets
 from federated.admission import (
     LedgerAdmission,
     PolicyAdmission,
@@ -32,7 +32,7 @@ from federated.jobs import JobSpec, parse_job
 from federated.node import NodeConfig
 from policies.budgets import PrivacyLedger
 from policies.decision import PolicyEngine
-from tests.clientapp_relay import Federation, federation
+from tests.clientapp_relay import federation
 from tests.unit.training_support import job_body, write_region_stores, write_training_policies
 from xgate.errors import PolicyDenied, VerticalFailed
 
@@ -159,39 +159,18 @@ def test_the_horizontal_client_charges_each_run_it_is_built_for(tmp_path: Path) 
         client.record_plan(client.dp_plan(30))
 
 
-def _vertical_run(fed: Federation) -> None:
-    """Alignment and setup of one run, as the ServerApp drives them (feature nodes record their plan)."""
-    alignment, train, test = fed.align()
-    width = fed.job.embedding_dim * len(fed.node_of)
-    fed.relay.send(
-        "train.setup",
-        {
-            n: (
-                {
-                    "train": psi.rows_to_bytes(alignment.positions(n, train)),
-                    "test": psi.rows_to_bytes(alignment.positions(n, test)),
-                    "label_holder": n == fed.node_of["civil"],
-                    "width": width,
-                },
-                {},
-            )
-            for n in fed.node_of.values()
-        },
-    )
-
-
 def test_a_coordinator_rerunning_a_vertical_dp_job_pays_at_every_feature_node(tmp_path: Path) -> None:
     """On the nodes' real ClientApp handlers: cap 10, job ε 4 (tests/clientapp_relay.py)."""
     fed = federation(tmp_path, SETS, dp=True)
     spent = {a: lambda a=a: PrivacyLedger(tmp_path / a / "ledger.sqlite").spent(f"psi_{a}") for a in SETS}
-    _vertical_run(fed)
+    fed.set_up()
     assert {a: f() for a, f in spent.items()} == {"civil": 4.0, "tax": 4.0, "hrss": 4.0}
     fed.relay.run_id = 2
-    _vertical_run(fed)  # every feature node answers the new run, and pays for it
+    fed.set_up()  # every feature node answers the new run, and pays for it
     assert spent["tax"]() == spent["hrss"]() == 8.0
     fed.relay.run_id = 3
     with pytest.raises(VerticalFailed, match=r"'train.setup' failed: node refused run 3 .* already ran here"):
-        _vertical_run(fed)  # 8 + 4 > 10
+        fed.set_up()  # 8 + 4 > 10
     assert spent["tax"]() == 8.0
 
 

@@ -18,7 +18,6 @@ from pathlib import Path
 
 import numpy as np
 
-from federated import psi
 from federated.admission import LedgerAdmission
 from federated.grid_io import arrays_of
 from federated.jobs import JobSpec
@@ -43,23 +42,7 @@ def _read_held_out_label(
     fed.relay.job, fed.relay.run_id = job, run
     civil = fed.node_of["civil"]
     feature = {a: n for a, n in fed.node_of.items() if a != "civil"}
-    alignment, train, test = fed.align()
-    width = job.embedding_dim * len(fed.node_of)
-    fed.relay.send(
-        "train.setup",
-        {
-            n: (
-                {
-                    "train": psi.rows_to_bytes(alignment.positions(n, train)),
-                    "test": psi.rows_to_bytes(alignment.positions(n, test)),
-                    "label_holder": n == civil,
-                    "width": width,
-                },
-                {},
-            )
-            for n in fed.node_of.values()
-        },
-    )
+    _, test = fed.set_up()
     first = {"step": 0, "grad_step": -2}
     embs = {a: arrays_of(fed.relay.send("train.step", {n: (first, {})})[n])["emb"] for a, n in feature.items()}
     grads = arrays_of(fed.relay.send("train.top", {civil: ({"step": 0, "order": list(fed.node_of)}, embs)})[civil])

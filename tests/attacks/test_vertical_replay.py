@@ -28,18 +28,7 @@ SETS = {"civil": EVERYONE[:140], "tax": EVERYONE[10:], "hrss": EVERYONE[5:150]}
 def _set_up(tmp_path: Path) -> tuple[Federation, dict[int, dict[str, object]]]:
     """A record-DP job aligned and set up at every node, as the ServerApp does it."""
     fed = federation(tmp_path, SETS, dp=True)
-    alignment, train, test = fed.align()
-    width = fed.job.embedding_dim * len(fed.node_of)
-    requests: dict[int, dict[str, object]] = {
-        n: {
-            "train": psi.rows_to_bytes(alignment.positions(n, train)),
-            "test": psi.rows_to_bytes(alignment.positions(n, test)),
-            "label_holder": n == fed.node_of["civil"],
-            "width": width,
-        }
-        for n in fed.node_of.values()
-    }
-    fed.relay.send("train.setup", {n: (cfg, {}) for n, cfg in requests.items()})
+    requests, _ = fed.set_up()
     return fed, requests
 
 
@@ -234,21 +223,5 @@ def test_an_honest_rerun_evaluates_and_a_malformed_evaluation_costs_nothing(tmp_
         fed.relay.send("evaluate.top", {civil: (cfg, {a: e for a, e in embs.items() if a != "hrss"})})
     assert "auc" in fed.relay.send("evaluate.top", request)[civil].content["cfg"]
     fed.relay.run_id = 2  # the whole job again, hello to evaluate
-    alignment, train, test = fed.align()
-    width = fed.job.embedding_dim * len(fed.node_of)
-    fed.relay.send(
-        "train.setup",
-        {
-            n: (
-                {
-                    "train": psi.rows_to_bytes(alignment.positions(n, train)),
-                    "test": psi.rows_to_bytes(alignment.positions(n, test)),
-                    "label_holder": n == civil,
-                    "width": width,
-                },
-                {},
-            )
-            for n in fed.node_of.values()
-        },
-    )
+    fed.set_up()
     assert "auc" in fed.relay.send("evaluate.top", _full_run(fed))[civil].content["cfg"]
