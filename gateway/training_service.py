@@ -45,6 +45,15 @@ if TYPE_CHECKING:
 
 log = get_logger("xgate.gateway.training")
 OFFICER_ROLES = ("security_officer", "admin")
+
+
+def _may_see(who: Principal, requester: dict[str, Any]) -> bool:
+    """A job's status is its requester's, any security officer's, and its requesting agency's admins'."""
+    if requester.get("user") == who.user or who.role == "security_officer":
+        return True
+    return who.role == "admin" and requester.get("agency") == who.agency
+
+
 TERMINAL = ("completed", "failed", "refused")
 
 
@@ -376,8 +385,10 @@ class TrainingService:
             if stored is None:
                 raise NotFound("no such training job")
             submission, summary = stored["submission"], summary_of(stored)
-        if who.role not in OFFICER_ROLES and submission.get("requester", {}).get("user") != who.user:
-            raise PolicyDenied("only the job's requester, security officers and administrators see its status")
+        if not _may_see(who, submission.get("requester", {})):
+            # The same answer as for a job that does not exist: whether another agency's job id is
+            # taken is not for this caller to learn.
+            raise NotFound("no such training job")
         summary = summary or job_summary(job_dir)
         return {
             **summary,

@@ -25,9 +25,12 @@ from gateway.console import training as jobs_view
 from gateway.deps import Caller, Engine, Officer, ServicesDep, Training
 from gateway.training_jobs import summary_of
 from gateway.training_service import TrainingRequest
-from xgate.errors import InvalidInput, NotFound
+from xgate.errors import InvalidInput, NotFound, PayloadTooLarge
 
 router = APIRouter(tags=["training"])
+# A job definition is a few kB (features, encodings per feature, DP settings): far below the
+# gateway's general body limit, which is sized for checks carrying ciphertexts.
+MAX_JOB_BODY_BYTES = 256 * 1024
 _BODY_SCHEMA = TrainingRequest.model_json_schema(ref_template="#/components/schemas/{model}")
 _BODY_DOC = {"requestBody": {"required": True, "content": {"application/json": {"schema": _BODY_SCHEMA}}}}
 
@@ -36,9 +39,12 @@ _BODY_DOC = {"requestBody": {"required": True, "content": {"application/json": {
 async def submit(request: Request, who: Caller, service: Training) -> JSONResponse:
     # The body is read only after authentication; Cedar, SQLite and the audit log's durable
     # append run in the thread pool, never on the event loop.
+    raw = await request.body()
+    if len(raw) > MAX_JOB_BODY_BYTES:
+        raise PayloadTooLarge(f"a training job body is at most {MAX_JOB_BODY_BYTES} bytes")
     try:
-        body = json.loads(await request.body() or b"null")
-    except ValueError:
+        body = json.loads(raw or b"null")
+    except (ValueError, RecursionError):  # RecursionError: nesting deeper than the parser's stack
         raise InvalidInput("body: not valid JSON") from None
     accepted = await run_in_threadpool(service.submit, who, body)
     return JSONResponse(accepted, status_code=202, headers={"Location": accepted["status_url"]})

@@ -33,6 +33,8 @@ USERS = {
     "medical": Principal("medical-analyst", "medical", "analyst", "silver"),
     "caseworker": Principal("cw-zhang", "civil_affairs", "caseworker", "gold"),
     "officer": Principal("so-zhao", "civil_affairs", "security_officer", "gold"),
+    "hrss-admin": Principal("hrss-admin", "hrss", "admin", "gold"),
+    "tax-admin": Principal("tax-admin", "tax", "admin", "gold"),
     "impostor": Principal("an-liu", "hrss", "analyst", "bronze"),  # differs from the registry
 }
 ACTOR = actor_of("an-liu", "hrss", "analyst")
@@ -149,6 +151,12 @@ def test_refusals_before_anything_runs(env: Any) -> None:
     assert r.status_code == 400 and r.json()["message"].startswith("legal_basis")
     r = client.post("/v1/training/jobs", content=b"{not json", headers={"x-user": "analyst"})
     assert r.status_code == 400
+    # Nested deeper than the parser's stack, or far larger than any job: refused, never a 500.
+    deep = b"[" * 100_000 + b"]" * 100_000  # 200 kB, within the job body limit
+    r = client.post("/v1/training/jobs", content=deep, headers={"x-user": "analyst"})
+    assert r.status_code == 400 and r.json()["error"] == "invalid_input"
+    r = client.post("/v1/training/jobs", content=b" " * 300_000 + b"{}", headers={"x-user": "analyst"})
+    assert r.status_code == 413 and r.json()["error"] == "payload_too_large"
     assert post(client, "analyst", {**job_body("r-7"), "requester": "medical-analyst"}).status_code == 403
     assert service.active is None and not (service.jobs_dir / "r-1").exists()
     refused = [r for r in log.records if r.kind == "training_job_refused"]
@@ -171,7 +179,11 @@ def test_accepted_job_runs_in_the_background(env: Any) -> None:
 
     busy = post(client, "medical", job_body("ok-2"))  # one job at a time
     assert busy.status_code == 409 and busy.json()["error"] == "training_busy" and busy.headers["retry-after"]
-    assert client.get(accepted["status_url"], headers={"x-user": "medical"}).status_code == 403
+    # Another agency's analyst or admin gets what a job that does not exist gets (no existence
+    # oracle); the requester's own agency's admin and security officers see it.
+    for outsider in ("medical", "tax-admin", "caseworker"):
+        assert client.get(accepted["status_url"], headers={"x-user": outsider}).status_code == 404
+    assert client.get(accepted["status_url"], headers={"x-user": "hrss-admin"}).status_code == 200
     assert client.get(accepted["status_url"], headers={"x-user": "officer"}).status_code == 200
     assert client.get("/v1/training/jobs/ghost-9/status", headers={"x-user": "analyst"}).status_code == 404
 
