@@ -88,7 +88,7 @@ def test_a_job_accepted_by_one_replica_is_visible_through_the_other(two_replicas
     body = status.json()
     assert body["state"] == "completed" and body["replica"] == "a" and body["requester"] == "an-liu"
     assert body["gateway_decision"]["datasets"] == ["medical.claims_2025"] and body["rounds"] == 1
-    assert at_b.get(status_url, headers={"x-user": "medical"}).status_code == 404  # not the requester: as if there were no such job
+    assert at_b.get(status_url, headers={"x-user": "medical"}).status_code == 404  # not the requester: no such job
     listed = at_b.get("/v1/training/jobs", headers={"x-user": "officer"}).json()["jobs"]
     assert [(j["job_id"], j["state"], j["replica"]) for j in listed] == [("shared-1", "completed", "a")]
     detail = at_b.get("/v1/training/jobs/shared-1", headers={"x-user": "officer"}).json()
