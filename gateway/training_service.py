@@ -210,6 +210,24 @@ class TrainingService:
                 self.jobs.claim(job.job_id, who.user, submission)
             try:
                 charge(self.ledger, engine, job, verdict.datasets)
+                self._append(
+                    decision_record(
+                        job, actor, allowed=True, stage="policy", reasons=verdict.reasons,
+                        policy_ids=verdict.policy_ids, policy_set_hash=verdict.policy_set_hash,
+                        datasets=verdict.datasets, epsilon=job_epsilon(job),
+                    )
+                )  # fmt: skip
+                job_dir.mkdir(parents=True)
+                _write_json(job_dir / "submission.json", submission)
+                _write_json(job_dir / "status.json", {"state": "queued", "updated_at": datetime.now(UTC).timestamp()})
+                self._active = job.job_id
+                self._thread = threading.Thread(
+                    target=self._run,
+                    args=(job, actor, job_dir, verdict.datasets),
+                    name=f"training-{job.job_id}",
+                    daemon=True,
+                )
+                self._thread.start()
             except BudgetExhausted as exc:
                 if self.jobs is not None:
                     self.jobs.update(job.job_id, {"job_id": job.job_id, "state": "refused", "reason": exc.message}, [])
@@ -221,24 +239,10 @@ class TrainingService:
                     )
                 )  # fmt: skip
                 raise
-            self._append(
-                decision_record(
-                    job, actor, allowed=True, stage="policy", reasons=verdict.reasons,
-                    policy_ids=verdict.policy_ids, policy_set_hash=verdict.policy_set_hash,
-                    datasets=verdict.datasets, epsilon=job_epsilon(job),
-                )
-            )  # fmt: skip
-            job_dir.mkdir(parents=True)
-            _write_json(job_dir / "submission.json", submission)
-            _write_json(job_dir / "status.json", {"state": "queued", "updated_at": datetime.now(UTC).timestamp()})
-            self._active = job.job_id
-            self._thread = threading.Thread(
-                target=self._run,
-                args=(job, actor, job_dir, verdict.datasets),
-                name=f"training-{job.job_id}",
-                daemon=True,
-            )
-            self._thread.start()
+            except BaseException as exc:
+                self._active = None
+                self._abandon(job.job_id, job_dir, exc)
+                raise
         log.info("training_job_accepted", job_id=job.job_id, user=who.user, datasets=list(verdict.datasets))
         return {
             "job_id": job.job_id,
@@ -246,6 +250,18 @@ class TrainingService:
             "status_url": f"/v1/training/jobs/{job.job_id}/status",
             "decision": submission["decision"],
         }
+
+    def _abandon(self, job_id: str, job_dir: Path, exc: BaseException) -> None:
+        """The job was claimed but could not be started (the ledger, the audit log or the disk
+        failed): its records say so, rather than "queued" for ever at every replica."""
+        reason = f"the gateway could not start the job ({type(exc).__name__}); submit it again under a new id"
+        try:
+            if self.jobs is not None:
+                self.jobs.update(job_id, {"job_id": job_id, "state": "failed", "reason": reason}, [])
+            if (job_dir / "status.json").exists():
+                _write_json(job_dir / "status.json", {"state": "failed", "reason": reason})
+        except Exception:  # the store itself failing: the log says so, the caller gets the first error
+            log.exception("training_job_abandon_failed", job_id=job_id)
 
     def _verify_approval(
         self, job: JobSpec, actor: Actor, who: Principal, datasets: Sequence[str], policy_set_hash: str

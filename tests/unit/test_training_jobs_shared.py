@@ -99,6 +99,25 @@ def test_a_job_accepted_by_one_replica_is_visible_through_the_other(two_replicas
     assert again.status_code == 409 and again.json()["error"] == "job_exists"
 
 
+def test_a_job_the_gateway_could_not_start_is_failed_not_queued_for_ever(two_replicas: Any) -> None:
+    """The id was claimed, then the audit log refused the acceptance: without care the shared record
+    stayed "queued" at every replica and the id was burned with nothing ever running."""
+    at_a, at_b, _, service_a = two_replicas
+    appended = service_a._append
+
+    def audit_down(record: Any) -> None:
+        if record.kind == "training_job_approved":
+            raise OSError("audit log unavailable")
+        appended(record)
+
+    service_a._append = audit_down  # type: ignore[method-assign]
+    refused = post(at_a, "analyst", job_body("broken-1", epsilon=1.0))
+    assert refused.status_code >= 500
+    status = at_b.get("/v1/training/jobs/broken-1/status", headers={"x-user": "analyst"}).json()
+    assert status["state"] == "failed" and "could not start" in status["reason"]
+    assert service_a.active is None
+
+
 def test_two_replicas_claiming_one_job_id_at_once_get_one_winner(pg_url: str) -> None:
     a, b = PostgresDatabase(pg_url, max_size=4), PostgresDatabase(pg_url, max_size=4)
     try:
