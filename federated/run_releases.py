@@ -1,6 +1,7 @@
 """What a node has released in one run of a job, on disk beside its ledger.
 
-Flower builds a fresh client for every message, so a node keeps no memory of a run in process.
+Flower builds a fresh client for every message, so a node keeps no memory of a run in process
+(both ClientApps claim here: the horizontal one its rounds, the vertical one its steps).
 A coordinator could then ask it for the same release again (a DP-SGD update of a round it already
 answered, the statistics round twice): each answer draws fresh noise, and averaging k answers cuts
 the noise by √k while the node's ledger counted one. So each release is claimed here first, under

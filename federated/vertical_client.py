@@ -32,6 +32,7 @@ from federated import datasets, label_dp, model, node, psi, psi_keys, vertical_d
 from federated.admission import admit_at_node, record_dp_plan
 from federated.grid_io import arrays_of, cfg_of
 from federated.jobs import DPUnit, JobSpec, job_from_run_config
+from federated.run_releases import RunReleases
 from federated.vertical import (
     RIDGE,
     Bottom,
@@ -164,10 +165,7 @@ def _once(cache: Path, context: Context, step: str) -> None:
     """A step runs once per run of a job at a node: asked again (with other lists, another roster,
     for a release it already made) it would hand the coordinator a second, different answer to
     combine with the first. A job resubmitted later is a new run and starts over from hello."""
-    try:
-        os.close(os.open(cache / f"done-{step}-{context.run_id}", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
-    except FileExistsError:
-        raise ValueError(f"this node already answered '{step}' in this run") from None
+    RunReleases(cache / f"run-{context.run_id}").once(step)
 
 
 @app.train("membership")
