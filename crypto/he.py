@@ -216,6 +216,15 @@ def _vector_proto() -> type[Message]:
     return message_factory.GetMessageClass(pool.FindMessageTypeByName("xgate_tenseal.BFVVectorProto"))
 
 
+def _relabelled(data: bytes, count: int) -> bytes:
+    """The same BFV vector with its slot count (BFVVectorProto.sizes) set to `count`."""
+    proto = _vector_proto()()
+    proto.ParseFromString(data)
+    del proto.sizes[:]  # type: ignore[attr-defined]
+    proto.sizes.append(count)  # type: ignore[attr-defined]
+    return bytes(proto.SerializeToString())
+
+
 def _save_ciphertext(part: sealapi.Ciphertext) -> bytes:
     """SEAL's own serialisation of one ciphertext (TenSEAL binds `save` to a path only): written to
     an anonymous in-memory file and read back."""
@@ -282,6 +291,14 @@ class PublicContext:
             raise CryptoError(f"can encrypt 1..{SLOTS} values per ciphertext, got {len(values)}")
         return bytes(ts.bfv_vector(self._ctx, [int(v) for v in values]).serialize())
 
+    def _encrypt_exactly(self, values: list[int]) -> ts.BFVVector:
+        """Enc(values) with every slot past them 0. TenSEAL fills a short vector's other slots with
+        copies of it; an offset s' - direction*r*T copied there would hand a client that decrypts
+        all N slots both s' + r*T and r*(T - S) + s', hence r and the sum S (measured:
+        tests/attacks/test_offset_copies.py)."""
+        full = ts.bfv_vector(self._ctx, values + [0] * (SLOTS - len(values)))
+        return ts.bfv_vector_from(self._ctx, _relabelled(full.serialize(), len(values)))
+
     @classmethod
     def cached(cls, data: bytes) -> PublicContext:
         """Validate once per distinct context: requesters reuse key pairs across checks, and
@@ -316,6 +333,15 @@ class PublicContext:
         if any(part.parms_id() != self._top for part in vector.ciphertext()):
             raise CryptoError("ciphertext is not at the top modulus level")
         return Ciphertext(data, expected_count)
+
+    def load_pad(self, data: bytes, count: int) -> Ciphertext:
+        """A node's pad ciphertext Enc(rho) (fresh, top level, all SLOTS slots), re-labelled to the
+        result's first `count` slots: a pad serves many checks, each at its own window, and the
+        combination reads only the slots its weights select (every other slot is multiplied by 0)."""
+        if not 0 < count <= SLOTS:
+            raise CryptoError(f"a pad serves 1..{SLOTS} slots, got {count}")
+        self.load(data, SLOTS)
+        return Ciphertext(_relabelled(data, count), count)
 
     def mask_criterion(
         self,
@@ -378,7 +404,7 @@ class PublicContext:
                 acc.add_(total)
         if acc is None:
             raise CryptoError("every weight is zero")
-        acc.add_(ts.bfv_vector(self._ctx, centered(offset)))
+        acc.add_(self._encrypt_exactly(centered(offset)))
         if isinstance(flood, FloodTerm):
             if flood.count != count:
                 raise CryptoError("flood term and result disagree on the number of subjects")
@@ -441,8 +467,4 @@ class PublicContext:
         terms = sorted(zip(positions.tolist(), coefficients.tolist(), strict=True), reverse=True)
         small = sealapi.Plaintext(" + ".join(f"{c:X}x^{p}" if p else f"{c:X}" for p, c in terms))
         zero.mul_(self._encoder.decode_int64(small))
-        proto = _vector_proto()()
-        proto.ParseFromString(zero.serialize())
-        del proto.sizes[:]  # type: ignore[attr-defined]
-        proto.sizes.append(count)  # type: ignore[attr-defined]
-        return bytes(proto.SerializeToString())
+        return _relabelled(zero.serialize(), count)
