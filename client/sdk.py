@@ -354,8 +354,15 @@ class GatewayClient:
             raw = base64.b64decode(packed[0], validate=True)
         except (binascii.Error, ValueError):
             raise CryptoError("the packed result ciphertext is not base64") from None
-        blocks = sum(1 for item in body["criteria"] if item.get("block") is not None)
-        return self.keys.decrypt_signs(raw, count * blocks)
+        # A padded check's criteria sit in blocks past the first (exchange/pads.py): the result's
+        # slots run up to the end of the last block, and the ones before decrypt to 0.
+        blocks = [int(item["block"]) for item in body["criteria"] if item.get("block") is not None]
+        try:
+            return self.keys.decrypt_signs(raw, count * (max(blocks) + 1 if blocks else 0))
+        except CryptoError as exc:
+            raise CryptoError(
+                f"results name slot block {max(blocks, default=0)}, which the answer does not hold ({exc.message})"
+            ) from None
 
     def _decode(self, body: dict[str, Any], subjects: list[str], size: int) -> CheckResult:
         count = int(body["subjects"])

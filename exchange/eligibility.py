@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from crypto.he import HE_PARAMS_ID, SLOTS, Ciphertext, FloodTerm, PublicContext, chunk_count
+from crypto.he import HE_PARAMS_ID, PLAIN_MODULUS, SLOTS, Ciphertext, FloodTerm, PublicContext, chunk_count
 from crypto.masks import derive_masks, derive_permutations
 from exchange.cohort import flip_masks
 from policies.programs import Criterion, Program, Term
@@ -172,6 +172,49 @@ def validate_he_response(
     return out
 
 
+def attach_pads(requests: Mapping[str, node_pb2.EncryptRequest], batch: bytes, offset: int, opens: bool) -> None:
+    """Point a small packed check's requests at its window of a one-time pad batch (exchange/pads.py)."""
+    for request in requests.values():
+        request.pad_batch = batch
+        request.pad_offset = offset
+        request.pad_open = opens
+
+
+def collect_pads(
+    requests: Mapping[str, node_pb2.EncryptRequest], responses: Mapping[str, node_pb2.EncryptResponse]
+) -> dict[str, bytes]:
+    """The pad ciphertexts the nodes opened a batch with, one per element, digest-checked. (They
+    are loaded and checked as ciphertexts where they are used: PublicContext.load_pad.)"""
+    out: dict[str, bytes] = {}
+    for agency, response in responses.items():
+        _check_envelope(agency, requests[agency], response)
+        for element in response.elements:
+            if not element.pad_ciphertext:
+                raise NodeProtocolError(agency, f"opened the pad batch without a pad for '{element.element}'")
+            if hashlib.sha256(element.pad_ciphertext).digest() != element.pad_ciphertext_sha256:
+                raise NodeProtocolError(agency, f"pad ciphertext digest mismatch for '{element.element}'")
+            out[element.element] = element.pad_ciphertext
+    return out
+
+
+def validate_padded_response(
+    agency: str, request: node_pb2.EncryptRequest, response: node_pb2.EncryptResponse
+) -> dict[str, np.ndarray]:
+    """Each element's x - rho mod t for the request's window: one value per slot, each in (-t/2, t/2]."""
+    _check_envelope(agency, request, response)
+    expected = len(request.pseudonyms) * max(1, request.replicas)
+    half = PLAIN_MODULUS // 2
+    out: dict[str, np.ndarray] = {}
+    for element in response.elements:
+        values = element.padded_values
+        if len(values) != expected:
+            raise NodeProtocolError(agency, f"sent {len(values)} padded values for '{element.element}', not {expected}")
+        if any(not -half <= v <= half for v in values):
+            raise NodeProtocolError(agency, f"sent a padded value for '{element.element}' outside the plaintext ring")
+        out[element.element] = np.asarray(list(values), dtype=object)
+    return out
+
+
 def validate_plain_response(
     agency: str, request: node_pb2.EncryptRequest, response: node_pb2.EncryptResponse
 ) -> dict[str, np.ndarray]:
@@ -317,6 +360,8 @@ def combine_he_packed(
     epoch: int,
     hide_order: bool = False,
     flood: bool | FloodTerm = True,
+    padded: Mapping[str, np.ndarray] | None = None,
+    first_block: int = 0,
 ) -> tuple[list[CriterionOutcome], bytes]:
     """combine_he for a small batch, all criteria in ONE result ciphertext.
 
@@ -325,35 +370,47 @@ def combine_he_packed(
     `hide_order`, subject j's block b holds criterion order[j][b]): the same masks, the same single
     plaintext product (masked_combination), k times fewer result bytes. Returns the outcomes
     (each naming its block, no ciphertexts of its own) and the shared ciphertext.
+
+    With one-time pads (`padded`, exchange/pads.py) `ciphertexts` are the batch's pads Enc(rho),
+    re-labelled to (first_block + k) * n slots, and `padded[element]` the nodes' x - rho for the
+    window from slot first_block * n on: w * x = w * Enc(rho) + w * (x - rho), the second term a
+    plaintext folded into the offset, so the product stays one deep. The criteria then sit in blocks
+    first_block .. first_block + k - 1; the slots before them decrypt to 0 (their weight is 0).
     """
     n, k = len(pseudonyms), len(program.criteria)
     if packing(program, n) != k:
         raise ValueError("this batch does not pack into one ciphertext")
+    if first_block and padded is None:
+        raise ValueError("only a one-time-padded check starts past the first slot block")
     masks = _masks(program, mask_key, epoch, pseudonyms, hide_order)
     order = derive_permutations(mask_key, program.id, epoch, pseudonyms, k) if hide_order else None
+    total = (first_block + k) * n
+    window = slice(first_block * n, total)
     groups, weights = [], []
-    offset = np.zeros(n * k, dtype=object)  # Python integers: r*bound may pass 64 bits
+    offset = np.zeros(total, dtype=object)  # Python integers: r*bound may pass 64 bits
     for m, criterion in enumerate(program.criteria):
         r, s = masks[m]
-        weight = np.zeros(n * k, dtype=np.int64)
+        weight = np.zeros(total, dtype=np.int64)
         for b in range(k):
             chosen = order[:, b] == m if order is not None else np.full(n, b == m)
-            block = slice(b * n, (b + 1) * n)
+            block = slice((first_block + b) * n, (first_block + b + 1) * n)
             weight[block] = np.where(chosen, criterion.direction * r, 0)
             offset[block] += np.where(
                 chosen, s.astype(object) - criterion.direction * r.astype(object) * criterion.bound, 0
             )
+        if padded is not None:
+            offset[window] += weight[window].astype(object) * sum(padded[t.element] for t in criterion.terms)
         weights.append(weight)
         groups.append([ciphertexts[t.element][0] for t in criterion.terms])
     packed = context.masked_combination(groups, weights, offset, flood=flood)
     names = [c.id if order is None else f"position_{b + 1}" for b, c in enumerate(program.criteria)]
-    return [CriterionOutcome(name, block=b) for b, name in enumerate(names)], packed
+    return [CriterionOutcome(name, block=first_block + b) for b, name in enumerate(names)], packed
 
 
-def flood_counts(program: Program, subjects: int, packed: bool = False) -> list[int]:
+def flood_counts(program: Program, subjects: int, packed: bool = False, first_block: int = 0) -> list[int]:
     """Slot counts of a check's result ciphertexts, in the order combine_he consumes flood terms."""
     if packed:
-        return [subjects * len(program.criteria)]
+        return [(first_block + len(program.criteria)) * subjects]
     sizes = [min(SLOTS, subjects - start) for start in range(0, subjects, SLOTS)]
     return [size for _ in program.criteria for size in sizes]
 

@@ -144,7 +144,7 @@ def check_result(
 def node_served(request: node_pb2.EncryptRequest, response: node_pb2.EncryptResponse) -> Event:
     """A node's own entry for an answer it is about to send (nodes/service.py)."""
     ctx = request.context
-    return {
+    event: Event = {
         "kind": "node_response",
         "request_id": ctx.request_id,
         "actor_agency": ctx.requester_agency,
@@ -159,6 +159,16 @@ def node_served(request: node_pb2.EncryptRequest, response: node_pb2.EncryptResp
         "context_sha256": hashlib.sha256(request.public_context).hexdigest(),
         "response_sha256": [d.hex() for e in response.elements for d in e.ciphertext_sha256],
     }
+    if request.pad_batch:
+        # Which slots of which one-time pad batch the answer used (a node answers each slot once),
+        # the pad ciphertexts it opened the batch with, and a digest of the padded values.
+        event.update(pad_batch=request.pad_batch.hex(), pad_offset=request.pad_offset, pad_open=request.pad_open)
+        event["response_sha256"] = [e.pad_ciphertext_sha256.hex() for e in response.elements if e.pad_ciphertext]
+        event["padded_sha256"] = [
+            hashlib.sha256(b"".join(v.to_bytes(8, "little", signed=True) for v in e.padded_values)).hexdigest()
+            for e in response.elements
+        ]
+    return event
 
 
 def receipt_of(response: node_pb2.EncryptResponse) -> NodeReceipt:

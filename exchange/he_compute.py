@@ -20,17 +20,19 @@ from typing import Protocol
 
 import numpy as np
 
-from crypto.he import FloodTerm, PublicContext
+from crypto.he import Ciphertext, FloodTerm, PublicContext
 from exchange.eligibility import (
     CriterionOutcome,
     combine_cohort_he,
     combine_he,
     combine_he_packed,
     validate_he_response,
+    validate_padded_response,
 )
 from exchange.types import View
 from policies.programs import Program
 from protos.xgate.v1 import node_pb2
+from xgate.errors import NodeProtocolError, XgateError
 
 
 @dataclass(frozen=True)
@@ -60,12 +62,54 @@ class CombineJob:
     view: View = "per_criterion"
     cohort: CohortSecrets | None = None
     floods: tuple[FloodTerm, ...] | None = None
+    # A one-time-padded small check (exchange/pads.py): each element's pad ciphertext, and the
+    # first slot of the check's window in the batch.
+    pads: Mapping[str, bytes] | None = None
+    pad_offset: int = 0
+
+
+def _combine_padded(job: CombineJob, context: PublicContext) -> tuple[list[CriterionOutcome], bytes]:
+    """A padded check: Enc(rho) per element plus the nodes' x - rho, combined in one product."""
+    assert job.pads is not None
+    (plan,) = job.plans
+    (responses,) = job.answers
+    n = len(job.pseudonyms)
+    first_block = job.pad_offset // n
+    total = (first_block + len(job.program.criteria)) * n
+    padded: dict[str, np.ndarray] = {}
+    ciphertexts: dict[str, list[Ciphertext]] = {}
+    for agency, response in responses.items():
+        values = validate_padded_response(agency, plan[agency], response)
+        for element in values:
+            try:
+                ciphertexts[element] = [context.load_pad(job.pads[element], total)]
+            except KeyError:
+                raise NodeProtocolError(agency, f"answered for '{element}', which the batch has no pad for") from None
+            except XgateError as exc:
+                reason = f"sent an invalid ciphertext as its pad for '{element}': {exc.message}"
+                raise NodeProtocolError(agency, reason) from exc
+        padded.update(values)
+    floods = list(job.floods) if job.floods is not None else None
+    return combine_he_packed(
+        job.program,
+        list(job.pseudonyms),
+        context,
+        ciphertexts,
+        job.mask_key,
+        job.epoch,
+        job.view == "overall",
+        flood=floods[0] if floods else True,
+        padded=padded,
+        first_block=first_block,
+    )
 
 
 def combine(job: CombineJob) -> tuple[list[CriterionOutcome], bytes]:
     """The criteria's masked outcomes, and the one shared ciphertext when the batch was packed (else b"").
     Every node answer is validated against its request first (sizes, counts, parameters)."""
     context = PublicContext.cached(job.context_data)
+    if job.pads is not None:
+        return _combine_padded(job, context)
     loaded = []
     for plan, responses in zip(job.plans, job.answers, strict=True):
         ciphertexts = {}

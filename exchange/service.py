@@ -10,6 +10,7 @@ exchange/events.py with the ports it is given, and knows nothing of REST, gRPC o
     clock      Clock        wall-clock seconds (the masks' epoch)
     randomness Randomness   request ids, the cohort view's shuffle and fresh epochs
     compute    HeCompute    where the HE arithmetic runs (inline threads, or worker processes)
+    pads       PadPools     one-time pad batches of small packed checks (exchange/pads.py)
 
 Order of refusals: the program's purposes and requesters, the batch size, the exchange mode,
 the HE context, and the policy decision last (a malformed request must not spend budget).
@@ -39,19 +40,30 @@ from exchange.cohort import COHORT_MEMBER_UNKNOWN, epsilon_per_query, flip_proba
 from exchange.eligibility import (
     CheckScope,
     CriterionOutcome,
+    attach_pads,
     build_cohort_requests,
     build_requests,
+    collect_pads,
     combine_plain,
     flood_counts,
     packing,
     validate_plain_response,
 )
 from exchange.he_compute import CohortSecrets, CombineJob, HeCompute, InlineHeCompute
+from exchange.pads import PadLease, PadPools
 from exchange.types import VIEWS, CheckOutcome, CheckRequest, CohortPrivacy, CriterionVerdict, NodeReceipt, View
 from policies.programs import Program, ProgramRegistry
 from policies.types import DEFAULT_COHORT_EPSILON, CheckContext, PolicyOutcome
 from protos.xgate.v1 import node_pb2
-from xgate.errors import ConfigError, InvalidInput, NodeError, NodeRefused, PayloadTooLarge, PolicyDenied
+from xgate.errors import (
+    ConfigError,
+    InvalidInput,
+    NodeError,
+    NodePadLost,
+    NodeRefused,
+    PayloadTooLarge,
+    PolicyDenied,
+)
 from xgate.logging import get_logger
 from xgate.principal import Principal
 
@@ -138,6 +150,8 @@ class CheckService:
     randomness: Randomness | None = None
     timer: Clock = time.perf_counter
     compute: HeCompute = field(default_factory=InlineHeCompute)
+    # One-time pad batches for small packed checks (None: every check gets fresh node ciphertexts).
+    pads: PadPools | None = field(default_factory=PadPools)
 
     async def run(self, principal: Principal, request: CheckRequest, request_id: str | None = None) -> CheckOutcome:
         """``request_id``: the edge's id for this request, so every entry about it carries one id."""
@@ -215,22 +229,40 @@ class CheckService:
             blocks = packing(program, len(pseudonyms)) if context is not None else 0
             plans = [build_requests(program, scope, pseudonyms, mode, ref, replicas=blocks)]
         t1 = self.timer()
-        # Noise-flooding terms depend only on the requester's key: build them while the nodes work.
-        floods = (
-            asyncio.ensure_future(
-                self.compute.floods(context.data, flood_counts(program, len(request.pseudonyms), bool(blocks)))
+        # A small packed check uses a window of a one-time pad batch (exchange/pads.py); a node that
+        # lost its batch (restarted) fails the first attempt, and the second opens a new batch.
+        for attempt in (1, 2):
+            lease = None
+            if blocks and self.pads is not None:
+                n = len(pseudonyms)
+                lease = await self.pads.lease((ref, program.id, program.version), n, n * blocks)
+                attach_pads(plans[0], lease.batch, lease.offset, lease.opens)
+            # Noise-flooding terms depend only on the requester's key: build them while the nodes work.
+            first_block = lease.offset // len(pseudonyms) if lease is not None else 0
+            floods = (
+                asyncio.ensure_future(
+                    self.compute.floods(context.data, flood_counts(program, len(pseudonyms), bool(blocks), first_block))
+                )
+                if context is not None
+                else None
             )
-            if context is not None
-            else None
-        )
-        try:
-            answers = await self._fan_out(plans, context.data if context is not None else b"")
-        except BaseException as exc:
-            if floods is not None:
-                floods.cancel()
-            if isinstance(exc, NodeError):
-                await self._record(events.fanout_failed(about, exc))
-            raise
+            try:
+                answers = await self._fan_out(plans, context.data if context is not None else b"")
+                pads = self._pads_of(lease, plans[0], answers[0])
+            except BaseException as exc:
+                if floods is not None:
+                    floods.cancel()
+                if lease is not None and self.pads is not None and (lease.opens or isinstance(exc, NodePadLost)):
+                    self.pads.discard(lease)
+                if isinstance(exc, NodePadLost) and attempt == 1:
+                    log.info("pad_batch_lost", request_id=request_id, agency=exc.agency)
+                    for sent in plans[0].values():
+                        sent.public_context = b""  # nodes hold the context by now: name it again
+                    continue
+                if isinstance(exc, NodeError):
+                    await self._record(events.fanout_failed(about, exc))
+                raise
+            break
         # Keyed by agency, or in the cohort view (one answer per criterion) by agency/criterion.
         answered = [
             (agency, program.criteria[i].id if cohort is not None else None, events.receipt_of(r))
@@ -264,8 +296,15 @@ class CheckService:
                 view=view,
                 cohort=cohort.secrets if cohort is not None else None,
                 floods=tuple(prepared) if prepared is not None else None,
+                pads=pads,
+                pad_offset=lease.offset if lease is not None else 0,
             )
-            outcomes, packed = await self.compute.combine(job)
+            try:
+                outcomes, packed = await self.compute.combine(job)
+            except NodeError:
+                if lease is not None and self.pads is not None:
+                    self.pads.discard(lease)  # a pad that does not load spoils its batch
+                raise
         else:
             outcomes = _combine_plain(program, plans[0], answers[0], view)
         timings["combine"] = self._ms(t2)
@@ -330,6 +369,22 @@ class CheckService:
             for task in tasks:
                 task.cancel()
             raise
+
+    def _pads_of(
+        self,
+        lease: PadLease | None,
+        plan: Mapping[str, node_pb2.EncryptRequest],
+        responses: Mapping[str, node_pb2.EncryptResponse],
+    ) -> Mapping[str, bytes] | None:
+        """The pad ciphertexts a padded check combines with: the batch's, or, for the check that
+        opened it, those its own answers carry (which then release the checks waiting for them)."""
+        if lease is None or self.pads is None:
+            return None
+        if not lease.opens:
+            return lease.pads
+        opened = collect_pads(plan, responses)
+        self.pads.opened(lease, opened)
+        return opened
 
     async def _context(self, request: CheckRequest) -> PublicContext | None:
         if len(request.pseudonyms) > self.max_subjects:

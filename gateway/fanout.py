@@ -12,8 +12,8 @@ import grpc
 from crypto.envelope import Envelopes
 from protos.xgate.v1 import node_pb2, node_pb2_grpc
 from xgate import metrics
-from xgate.errors import CryptoError, NodeError, NodeProtocolError, NodeUnavailable, XgateError
-from xgate.grpc_edge import is_context_unknown, node_error_from_rpc
+from xgate.errors import CryptoError, NodeError, NodePadLost, NodeProtocolError, NodeUnavailable, XgateError
+from xgate.grpc_edge import is_context_unknown, is_not_found, node_error_from_rpc
 from xgate.logging import get_logger
 
 log = get_logger("xgate.gateway.fanout")
@@ -165,6 +165,8 @@ class NodeDirectory:
                         requests[agency] = request
                         log.info("context_sent", agency=agency, context=request.context_fingerprint)
                         continue
+                    if is_not_found(exc, "pad_unknown"):
+                        raise NodePadLost(agency, "no longer holds the check's pad batch") from None
                     raise node_error_from_rpc(agency, exc) from None
                 break
             if not isinstance(response, node_pb2.EncryptResponse):

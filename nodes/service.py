@@ -16,9 +16,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from crypto.he import HE_PARAMS_ID, SLOTS, PublicContext, chunks, context_fingerprint
+from crypto.he import HE_PARAMS_ID, SLOTS, PublicContext, centered, chunks, context_fingerprint
+from crypto.pads import padded
 from exchange.cohort import COHORT_MEMBER_UNKNOWN
 from exchange.events import node_served
+from nodes.pads import PadBook
 from nodes.store import NodeStore
 from protos.xgate.v1 import node_pb2
 from xgate import __version__
@@ -54,6 +56,7 @@ class NodeService:
     # This store is the federation's register of people (the household/civil register): at the
     # bronze (cohort) tier it refuses a cohort naming anyone it does not know, without saying whom.
     civil_register: bool = False
+    pads: PadBook = field(default_factory=PadBook)
     _offered: dict[str, tuple[int, int]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -138,6 +141,10 @@ class NodeService:
             )
         if not request.elements:
             raise InvalidInput("request names no data elements")
+        if (request.pad_open or request.pad_offset) and not request.pad_batch:
+            raise InvalidInput("pad_offset and pad_open need a pad_batch")
+        if request.pad_batch and request.mode != node_pb2.EXCHANGE_MODE_HE:
+            raise InvalidInput("one-time pads are for the HE exchange mode only")
         names = [q.element for q in request.elements]
         if len(set(names)) != len(names):
             raise InvalidInput("request repeats a data element")
@@ -164,6 +171,34 @@ class NodeService:
                 "cohort refused: not every member is a person known to the civil register",
                 refusal=COHORT_MEMBER_UNKNOWN,
             )
+
+    def _answer_padded(
+        self,
+        request: node_pb2.EncryptRequest,
+        context: PublicContext,
+        pseudonyms: Sequence[str],
+        response: node_pb2.EncryptResponse,
+    ) -> None:
+        """x - rho mod t for the request's window of its pad batch (each slot answered once), and
+        Enc(rho) over every slot when the request opens the batch. No per-check encryption."""
+        copies = max(1, request.replicas)
+        elements = [q.element for q in request.elements]
+        window = self.pads.take(
+            request.pad_batch,
+            context.ref,
+            elements,
+            request.pad_offset,
+            len(pseudonyms) * copies,
+            open_=request.pad_open,
+        )
+        for query in request.elements:
+            values = self._values(query.element, pseudonyms, query.if_missing).tolist() * copies
+            out = response.elements.add(element=query.element)
+            out.padded_values.extend(padded(values, window.window(query.element)))
+            if request.pad_open:
+                blob = context.encrypt(centered(window.full(query.element)))
+                out.pad_ciphertext = blob
+                out.pad_ciphertext_sha256 = hashlib.sha256(blob).digest()
 
     def encrypt_values(
         self, request: node_pb2.EncryptRequest, cancelled: Callable[[], bool] | None = None
@@ -196,6 +231,8 @@ class NodeService:
             for query in request.elements:
                 values = self._values(query.element, pseudonyms, query.if_missing)
                 response.elements.add(element=query.element, plain_values=values.tolist())
+        elif context is not None and request.pad_batch:
+            self._answer_padded(request, context, pseudonyms, response)
         elif context is not None:
             copies = max(1, request.replicas)  # small batches: one slot block per criterion
             for query in request.elements:

@@ -17,7 +17,8 @@ The tree, with (public code, HTTP status, gRPC status):
     │   └── RequestTimeout     request_timeout       408  DEADLINE_EXCEEDED   (body not received in time)
     ├── ConfigError            config_error          500  FAILED_PRECONDITION
     ├── NotFound               not_found             404  NOT_FOUND
-    │   └── ContextUnknown     context_unknown       404  NOT_FOUND    (register the HE context: POST /v1/contexts)
+    │   ├── ContextUnknown     context_unknown       404  NOT_FOUND    (register the HE context: POST /v1/contexts)
+    │   └── PadUnknown         pad_unknown           404  NOT_FOUND    (node: no such pad batch; the gateway opens one)
     ├── Unauthenticated        unauthenticated       401  UNAUTHENTICATED
     ├── PolicyDenied           policy_denied         403  PERMISSION_DENIED
     │   └── BudgetExhausted    budget_exhausted      429  RESOURCE_EXHAUSTED  (+ Retry-After)
@@ -45,6 +46,7 @@ The tree, with (public code, HTTP status, gRPC status):
         │   └── JobFailed      node_unavailable      503  UNAVAILABLE         (agency 'federation')
         ├── NodeTimeout        node_timeout          504  DEADLINE_EXCEEDED
         ├── NodeProtocolError  node_bad_response     502  UNAVAILABLE
+        │   └── NodePadLost    node_pad_lost         502  UNAVAILABLE  (its pad batch is gone: retried once)
         ├── NodeRefused        node_refused          403  PERMISSION_DENIED
         ├── NodePayloadTooLarge node_payload_too_large 413 RESOURCE_EXHAUSTED
         └── NodeRateLimited    node_rate_limited     429  RESOURCE_EXHAUSTED  (+ Retry-After)
@@ -147,6 +149,15 @@ class ContextUnknown(NotFound):
     (POST /v1/contexts) or, between gateway and node, send its bytes."""
 
     code = "context_unknown"
+    http_status = 404
+    grpc_status = "NOT_FOUND"
+
+
+class PadUnknown(NotFound):
+    """A node does not hold the one-time pad batch a check names (restarted, or evicted): the gateway
+    opens a new batch instead."""
+
+    code = "pad_unknown"
     http_status = 404
     grpc_status = "NOT_FOUND"
 
@@ -299,6 +310,13 @@ class NodeProtocolError(NodeError):
 
     code = "node_bad_response"
     http_status = 502
+
+
+class NodePadLost(NodeProtocolError):
+    """The node no longer holds the pad batch the gateway used (it restarted): the check service
+    opens a new batch and asks once more."""
+
+    code = "node_pad_lost"
 
 
 class NodeRefused(NodeError):

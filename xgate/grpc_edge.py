@@ -67,15 +67,20 @@ def is_tls_handshake_failure(code: grpc.StatusCode, details: str) -> bool:
     return any(fragment in text for fragment in _TLS_FAILURE_TEXT)
 
 
-def is_context_unknown(exc: grpc.RpcError) -> bool:
-    """A node answered that it does not hold the check's HE context (NOT_FOUND, `context_unknown`)."""
+def is_not_found(exc: grpc.RpcError, error: str) -> bool:
+    """A node answered NOT_FOUND with this public error code (`context_unknown`: it does not hold
+    the check's HE context; `pad_unknown`: nor the check's one-time pad batch)."""
     code = exc.code() if hasattr(exc, "code") else None
     if code != grpc.StatusCode.NOT_FOUND:
         return False
     try:
-        return bool(json.loads(exc.details() or "").get("error") == "context_unknown")
+        return bool(json.loads(exc.details() or "").get("error") == error)
     except (TypeError, ValueError, AttributeError):
         return False
+
+
+def is_context_unknown(exc: grpc.RpcError) -> bool:
+    return is_not_found(exc, "context_unknown")
 
 
 def node_error_from_rpc(agency: str, exc: grpc.RpcError) -> NodeError:

@@ -16,18 +16,18 @@ approval registry; honest in-process nodes encrypting under the requester's key.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from crypto.he import SLOTS, PublicContext, RequesterKeys
+from crypto.he import RequesterKeys
 from exchange.service import CheckService
 from exchange.types import CheckRequest
 from policies.budgets import ProbeBudget
 from policies.decision import DEFAULT_POLICY_DIR, CheckAuthorizer, PolicyEngine
 from policies.programs import ProgramRegistry
 from protos.xgate.v1 import node_pb2
+from tests.honest_answers import HonestAnswers
 from tests.unit.test_approvals import STANDING_REF, standing_registry
 from tests.unit.test_check_service import MASK_KEY, FakeAuditor, pseudo
 from tests.unit.test_policy_support import DAYTIME
@@ -48,23 +48,19 @@ VALUES = {
 
 
 class HonestNodes:
+    def __init__(self) -> None:
+        self.honest = HonestAnswers()
+
     async def encrypt_all(
         self, requests: dict[str, node_pb2.EncryptRequest], deadline_s: float, public_context: bytes = b""
     ) -> dict[str, node_pb2.EncryptResponse]:
         rows = {p: i for i, p in enumerate(SUBJECTS)}
-        out = {}
-        for agency, request in sorted(requests.items()):
-            response = node_pb2.EncryptResponse(agency=agency, request_id=request.context.request_id)
-            context = PublicContext.cached(request.public_context or public_context)
-            for query in request.elements:
-                values = [VALUES[query.element][rows[p]] for p in request.pseudonyms] * max(1, request.replicas)
-                element = response.elements.add(element=query.element)
-                for start in range(0, len(values), SLOTS):
-                    blob = context.encrypt(values[start : start + SLOTS])
-                    element.ciphertexts.append(blob)
-                    element.ciphertext_sha256.append(hashlib.sha256(blob).digest())
-            out[agency] = response
-        return out
+        return {
+            agency: self.honest.answer(
+                agency, request, lambda e, r=request: [VALUES[e][rows[p]] for p in r.pseudonyms], public_context
+            )
+            for agency, request in sorted(requests.items())
+        }
 
 
 def _results(who: Principal, programs: ProgramRegistry, keys: RequesterKeys, tmp: Path) -> dict[str, Any]:
@@ -90,9 +86,9 @@ def _results(who: Principal, programs: ProgramRegistry, keys: RequesterKeys, tmp
             approval_ref=STANDING_REF, mode="he", pseudonyms=SUBJECTS, public_context=keys.public_context,
         )  # fmt: skip
         outcome = asyncio.run(service.run(who, request))
-        n, k = len(SUBJECTS), len(outcome.criteria)
-        flat = keys.decrypt_masked(outcome.packed[0], n * k).tolist()
-        out[program] = (outcome.view, [[flat[b * n + j] for b in range(k)] for j in range(n)])
+        n, blocks = len(SUBJECTS), [v.block or 0 for v in outcome.criteria]
+        flat = keys.decrypt_masked(outcome.packed[0], n * (max(blocks) + 1)).tolist()
+        out[program] = (outcome.view, [[flat[b * n + j] for b in blocks] for j in range(n)])
     return out
 
 

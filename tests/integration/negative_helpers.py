@@ -278,6 +278,19 @@ def flip_bit(blob: bytes, position: int) -> bytes:
     return bytes(data)
 
 
+def _replace_ciphertext(element: node_pb2.ElementValues, blob: bytes, digest: bool = True) -> None:
+    """Put `blob` where the element's ciphertext was (its pad, or its first chunk), with its digest
+    updated unless `digest` is False (a MITM cannot re-sign the answer)."""
+    if element.pad_ciphertext:
+        element.pad_ciphertext = blob
+        if digest:
+            element.pad_ciphertext_sha256 = hashlib.sha256(blob).digest()
+    else:
+        element.ciphertexts[0] = blob
+        if digest:
+            element.ciphertext_sha256[0] = hashlib.sha256(blob).digest()
+
+
 def _foreign_ciphertext(count: int) -> bytes:
     """A well-formed BFV ciphertext under other parameters (plain modulus 1032193, not ours)."""
     ctx = ts.context(ts.SCHEME_TYPE.BFV, poly_modulus_degree=8192, plain_modulus=1032193)
@@ -346,17 +359,17 @@ class RogueTax:
         response = node_pb2.EncryptResponse()
         response.CopyFrom(real)
         first = response.elements[0]
+        # The ciphertext tampered with: the pad a small check's node opens its batch with, else a chunk.
+        blob = first.pad_ciphertext or first.ciphertexts[0]
         if behaviour == "flip_ciphertext_bit":  # MITM without tax's key: the signed digest no longer matches
-            first.ciphertexts[0] = flip_bit(first.ciphertexts[0], len(first.ciphertexts[0]) // 2)
+            _replace_ciphertext(first, flip_bit(blob, len(blob) // 2), digest=False)
         elif behaviour == "corrupt_ciphertext_resigned":  # tax's key holder sends a broken ciphertext
-            first.ciphertexts[0] = flip_bit(first.ciphertexts[0], 100)
-            first.ciphertext_sha256[0] = hashlib.sha256(first.ciphertexts[0]).digest()
+            _replace_ciphertext(first, flip_bit(blob, 100))
             self._resign(response, request)
         elif behaviour == "foreign_he_params":
             for element in response.elements:
-                for i in range(len(element.ciphertexts)):
-                    element.ciphertexts[i] = _foreign_ciphertext(len(request.pseudonyms))
-                    element.ciphertext_sha256[i] = hashlib.sha256(element.ciphertexts[i]).digest()
+                slots = 8192 if element.pad_ciphertext else len(request.pseudonyms)
+                _replace_ciphertext(element, _foreign_ciphertext(slots))
             self._resign(response, request)
         elif behaviour == "bound_to_other_request":
             assert previous is not None

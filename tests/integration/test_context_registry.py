@@ -91,6 +91,9 @@ def test_context_goes_over_the_wire_once_and_again_after_a_node_restart(federati
     after = {a: _received(federation, a) for a in agencies}
     assert {a: after[a] - before[a] for a in agencies} == dict.fromkeys(agencies, 1)
     assert second.node_bytes < first.node_bytes - len(agencies) * context + context // 2
+    # One-time pads: the first check opened a pad batch (each node sent Enc(rho) per element), the
+    # second got x - rho for its window only: no ciphertext from any node.
+    assert second.node_bytes < 20_000 < first.node_bytes - len(agencies) * context
 
     restarted = agencies[0]
     _restart(federation, restarted)

@@ -179,9 +179,11 @@ def limited(neg: Neg) -> Iterator[str]:
         )
 
 
-def _client(neg: Neg, url: str, label: str = "caseworker") -> GatewayClient:
+def _client(neg: Neg, url: str, label: str = "caseworker", keys: RequesterKeys | None = None) -> GatewayClient:
     pseudonymiser = Pseudonymiser(load_key(neg.fed.pseudonym_key))
-    return GatewayClient(url, neg.fed.api_keys[label], pseudonymiser, keys=neg.keys, verify=str(neg.fed.ca_cert))
+    return GatewayClient(
+        url, neg.fed.api_keys[label], pseudonymiser, keys=keys or neg.keys, verify=str(neg.fed.ca_cert)
+    )
 
 
 def _good_check(neg: Neg, url: str, label: str = "caseworker", program: str = "dibao") -> None:
@@ -191,8 +193,10 @@ def _good_check(neg: Neg, url: str, label: str = "caseworker", program: str = "d
     assert result.subjects == ids and len(result.passes) == len(PROGRAMS.get(program).criteria)
 
 
-def _refused_check(neg: Neg, url: str, label: str = "caseworker", **kwargs: str) -> GatewayError:
-    with _client(neg, url, label) as client, pytest.raises(GatewayError) as info:
+def _refused_check(
+    neg: Neg, url: str, label: str = "caseworker", keys: RequesterKeys | None = None, **kwargs: str
+) -> GatewayError:
+    with _client(neg, url, label, keys) as client, pytest.raises(GatewayError) as info:
         client.check(
             "dibao", fresh_ids(3), "dibao", LEGAL_BASIS["dibao"], "neg-bad", approval_ref=DEV_APPROVAL_REF, **kwargs
         )
@@ -508,29 +512,33 @@ def test_refuses_plaintext_mode_when_disabled(neg: Neg, strict_tax: str) -> None
 # ================================================================================================
 # Gateway, node answers: a rogue tax node (man in the middle, or holding tax's keys)
 # ================================================================================================
-def _rogue_refused(neg: Neg, rogue: RogueSetup, behaviour: str, fragment: str) -> None:
+def _rogue_refused(neg: Neg, rogue: RogueSetup, behaviour: str, fragment: str, fresh_key: bool = False) -> None:
+    """`fresh_key`: the check comes from a key the gateway has no pad batch for, so the nodes open
+    one and send their pad ciphertexts (what the ciphertext tampering below has to work on)."""
     rogue.rogue.behaviour = behaviour
     seen = rogue.rogue.seen
     try:
-        error = _refused_check(neg, rogue.url)
+        error = _refused_check(neg, rogue.url, keys=RequesterKeys.generate() if fresh_key else None)
     finally:
         rogue.rogue.behaviour = "honest"
-    assert rogue.rogue.seen == seen + 1  # the rogue really answered this check
+    # The rogue really answered this check (a fresh key's check reaches it twice: the first call
+    # only learns that the node needs the context's bytes).
+    assert rogue.rogue.seen == seen + (2 if fresh_key else 1)
     assert (error.http_status, error.code) == (502, "node_bad_response"), (error.http_status, error.message)
     assert "agency 'tax'" in error.message and fragment in error.message, error.message
     _good_check(neg, rogue.url)  # the same gateway process serves the next check
 
 
 def test_refuses_tampered_ciphertext_in_transit(neg: Neg, rogue: RogueSetup) -> None:
-    _rogue_refused(neg, rogue, "flip_ciphertext_bit", "body changed after signing")
+    _rogue_refused(neg, rogue, "flip_ciphertext_bit", "body changed after signing", fresh_key=True)
 
 
 def test_refuses_corrupt_ciphertext_even_when_signed(neg: Neg, rogue: RogueSetup) -> None:
-    _rogue_refused(neg, rogue, "corrupt_ciphertext_resigned", "sent an invalid ciphertext")
+    _rogue_refused(neg, rogue, "corrupt_ciphertext_resigned", "sent an invalid ciphertext", fresh_key=True)
 
 
 def test_refuses_ciphertext_with_foreign_he_parameters(neg: Neg, rogue: RogueSetup) -> None:
-    _rogue_refused(neg, rogue, "foreign_he_params", "not under the requester's HE parameters")
+    _rogue_refused(neg, rogue, "foreign_he_params", "not under the requester's HE parameters", fresh_key=True)
 
 
 def test_refuses_response_bound_to_another_request(neg: Neg, rogue: RogueSetup) -> None:

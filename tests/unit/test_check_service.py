@@ -19,21 +19,24 @@ from typing import Any
 import pytest
 
 from audit.records import AuditRecord
-from crypto.he import SLOTS, PublicContext, chunks
+from crypto.he import SLOTS, PublicContext
 from exchange.service import CheckService
 from exchange.types import CheckOutcome, CheckRequest
 from policies.decision import DEFAULT_POLICY_DIR, CheckAuthorizer, PolicyEngine
 from policies.programs import ProgramRegistry
 from policies.types import BudgetRule, CheckContext, PolicyOutcome
 from protos.xgate.v1 import node_pb2
+from tests.honest_answers import HonestAnswers
 from tests.unit.test_approvals import STANDING_REF, standing_registry
 from tests.unit.test_policy_support import DAYTIME
 from xgate.errors import (
     BudgetExhausted,
     InvalidInput,
+    NodePadLost,
     NodeProtocolError,
     NodeTimeout,
     NodeUnavailable,
+    PadUnknown,
     PayloadTooLarge,
     PolicyDenied,
 )
@@ -78,36 +81,45 @@ class FakeNodes:
     garble: Any = None  # callable(agency, response) -> None, edits one answer
     calls: list[tuple[dict[str, node_pb2.EncryptRequest], float]] = field(default_factory=list)
     delay_s: float = 0.0
+    honest: HonestAnswers = field(default_factory=HonestAnswers)
 
     async def encrypt_all(
         self, requests: Mapping[str, node_pb2.EncryptRequest], deadline_s: float, public_context: bytes = b""
     ) -> dict[str, node_pb2.EncryptResponse]:
-        self.calls.append((dict(requests), deadline_s))
+        # Copies: the service re-points the same requests at a new pad batch when it retries.
+        self.calls.append(({a: _copied(r) for a, r in requests.items()}, deadline_s))
         if self.delay_s:
             await asyncio.sleep(self.delay_s)
         if self.fail is not None:
             raise self.fail
         out = {}
+        rows = {p: i for i, p in enumerate(SUBJECTS)}
         for index, (agency, request) in enumerate(sorted(requests.items())):
-            response = node_pb2.EncryptResponse(agency=agency, request_id=request.context.request_id)
-            rows = {p: i for i, p in enumerate(SUBJECTS)}
-            for query in request.elements:
-                values = [VALUES[query.element][rows[p]] for p in request.pseudonyms] * max(1, request.replicas)
-                element = response.elements.add(element=query.element)
-                if request.mode == node_pb2.EXCHANGE_MODE_PLAINTEXT:
-                    element.plain_values.extend(values)
-                    continue
-                context = PublicContext.cached(request.public_context or public_context)
-                for chunk in chunks(values, SLOTS):
-                    blob = context.encrypt(chunk)
-                    element.ciphertexts.append(blob)
-                    element.ciphertext_sha256.append(hashlib.sha256(blob).digest())
+
+            def values_of(element: str, request: node_pb2.EncryptRequest = request) -> list[int]:
+                return [VALUES[element][rows[p]] for p in request.pseudonyms]
+
+            if request.mode == node_pb2.EXCHANGE_MODE_PLAINTEXT:
+                response = node_pb2.EncryptResponse(agency=agency, request_id=request.context.request_id)
+                for query in request.elements:
+                    response.elements.add(element=query.element, plain_values=values_of(query.element))
+            else:
+                try:
+                    response = self.honest.answer(agency, request, values_of, public_context)
+                except PadUnknown as exc:  # what the fan-out makes of the node's NOT_FOUND pad_unknown
+                    raise NodePadLost(agency, exc.message) from None
             response.node_audit_index = 100 + index
             response.node_audit_leaf_hash = bytes([index]) * 32
             if self.garble is not None:
                 self.garble(agency, response)
             out[agency] = response
         return out
+
+
+def _copied(request: node_pb2.EncryptRequest) -> node_pb2.EncryptRequest:
+    copy = node_pb2.EncryptRequest()
+    copy.CopyFrom(request)
+    return copy
 
 
 @dataclass
@@ -222,7 +234,7 @@ def test_plaintext_check_agrees_with_the_oracle_and_logs_every_step(programs: Pr
 def _signs(keys: Any, outcome: Any, n: int) -> dict[str, list[bool]]:
     """Per criterion, the requester's decrypted signs (one packed ciphertext or one per criterion)."""
     if outcome.packed:
-        shared = keys.decrypt_signs(outcome.packed[0], n * len(outcome.criteria))
+        shared = keys.decrypt_signs(outcome.packed[0], n * (max(v.block for v in outcome.criteria) + 1))
         return {v.criterion: list(shared[v.block * n : (v.block + 1) * n]) for v in outcome.criteria}
     return {v.criterion: list(keys.decrypt_signs(v.ciphertexts[0], n)) for v in outcome.criteria}
 
@@ -242,6 +254,55 @@ def test_he_check_masks_and_the_requester_decrypts_the_oracle(programs: ProgramR
     [(requests, _)] = nodes.calls
     ref = PublicContext(requester_keys.public_context).ref
     assert all(r.context_fingerprint == ref and not r.public_context for r in requests.values())
+
+
+def test_small_checks_after_the_first_get_padded_values_from_the_nodes_not_ciphertexts(
+    programs: ProgramRegistry, requester_keys: Any
+) -> None:
+    """One-time pads (exchange/pads.py): the first small check opens a batch (each node sends its
+    pad ciphertexts), the next ones take the following windows and get x - rho only; same verdicts."""
+    service, nodes, _, _ = _service(programs)
+    expected = oracle(programs.get("dibao"), SUBJECTS)
+    n, k = len(SUBJECTS), 3
+    outcomes = [run(service, _request(mode="he", public_context=requester_keys.public_context)) for _ in range(3)]
+    for i, outcome in enumerate(outcomes):
+        assert [v.block for v in outcome.criteria] == [i * k + b for b in range(k)]
+        assert _signs(requester_keys, outcome, n) == expected
+    first, *later = [requests for requests, _ in nodes.calls]
+    assert all(r.pad_open and r.pad_offset == 0 for r in first.values())
+    batch = next(iter(first.values())).pad_batch
+    for i, requests in enumerate(later, start=1):
+        assert all(r.pad_batch == batch and not r.pad_open and r.pad_offset == i * n * k for r in requests.values())
+    assert outcomes[1].node_bytes < outcomes[0].node_bytes / 50  # no ciphertext after the first
+
+
+def test_a_node_that_lost_its_pad_batch_gets_a_new_one_and_the_check_answers(
+    programs: ProgramRegistry, requester_keys: Any
+) -> None:
+    service, nodes, _, _ = _service(programs)
+    run(service, _request(mode="he", public_context=requester_keys.public_context))
+    nodes.honest.books.pop("tax")  # the tax node restarted: its batches are gone
+    outcome = run(service, _request(mode="he", public_context=requester_keys.public_context))
+    assert _signs(requester_keys, outcome, len(SUBJECTS)) == oracle(programs.get("dibao"), SUBJECTS)
+    _, lost, reopened = [requests for requests, _ in nodes.calls]
+    assert not any(r.pad_open for r in lost.values()) and all(r.pad_open for r in reopened.values())
+    assert [v.block for v in outcome.criteria] == [0, 1, 2]
+
+
+def test_checks_arriving_while_a_batch_opens_use_it_once_it_is_open(
+    programs: ProgramRegistry, requester_keys: Any
+) -> None:
+    service, nodes, _, _ = _service(programs, nodes=FakeNodes(delay_s=0.05))
+    request = _request(mode="he", public_context=requester_keys.public_context)
+
+    async def together() -> list[CheckOutcome]:
+        return list(await asyncio.gather(*(service.run(GOLD, request) for _ in range(4))))
+
+    outcomes = asyncio.run(together())
+    expected = oracle(programs.get("dibao"), SUBJECTS)
+    assert all(_signs(requester_keys, o, len(SUBJECTS)) == expected for o in outcomes)
+    assert sorted(o.criteria[0].block for o in outcomes) == [0, 3, 6, 9]
+    assert sum(r.pad_open for requests, _ in nodes.calls for r in requests.values()) == len(nodes.calls[0][0])
 
 
 def test_cohort_view_shuffles_subjects_and_uses_a_fresh_epoch(programs: ProgramRegistry, requester_keys: Any) -> None:
@@ -415,20 +476,29 @@ def test_a_garbled_answer_fails_the_check_without_a_verdict(
 
 
 def _bad_ciphertext(agency: str, response: node_pb2.EncryptResponse) -> None:
+    """A garbled ciphertext: the pad a small batch's node opens its batch with, else a chunk."""
     if agency == "tax":
         blob = b"\x00" * 64
-        response.elements[0].ciphertexts[0] = blob
-        response.elements[0].ciphertext_sha256[0] = hashlib.sha256(blob).digest()
+        element = response.elements[0]
+        if element.pad_ciphertext:
+            element.pad_ciphertext, element.pad_ciphertext_sha256 = blob, hashlib.sha256(blob).digest()
+        else:
+            element.ciphertexts[0] = blob
+            element.ciphertext_sha256[0] = hashlib.sha256(blob).digest()
 
 
 def _bad_digest(agency: str, response: node_pb2.EncryptResponse) -> None:
     if agency == "hrss":
-        response.elements[0].ciphertext_sha256[0] = b"\x00" * 32
+        element = response.elements[0]
+        if element.pad_ciphertext:
+            element.pad_ciphertext_sha256 = b"\x00" * 32
+        else:
+            element.ciphertext_sha256[0] = b"\x00" * 32
 
 
 @pytest.mark.parametrize(
     ("garble", "agency", "match"),
-    [(_bad_ciphertext, "tax", "invalid ciphertext"), (_bad_digest, "hrss", "digest mismatch")],
+    [(_bad_ciphertext, "tax", "invalid (pad )?ciphertext"), (_bad_digest, "hrss", "digest mismatch")],
 )
 def test_a_garbled_ciphertext_fails_the_check(
     programs: ProgramRegistry, requester_keys: Any, garble: Any, agency: str, match: str

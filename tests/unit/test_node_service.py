@@ -146,6 +146,55 @@ def test_he_mode_encrypts_each_chunk_with_a_digest(requester_keys: Any) -> None:
     assert audit.events[0]["response_sha256"] == [d.hex() for d in element.ciphertext_sha256]
 
 
+def test_padded_mode_answers_x_minus_rho_and_sends_the_pads_only_when_opening(requester_keys: Any) -> None:
+    import hashlib
+
+    from crypto.he import PLAIN_MODULUS
+    from crypto.pads import new_batch_id
+
+    node, _, audit = _node()
+    batch = new_batch_id()
+
+    def padded_request(offset: int, open_: bool) -> node_pb2.EncryptRequest:
+        request = _request(
+            SUBJECTS[:2], ((INCOME, 0), (BUSINESSES, 0)), node_pb2.EXCHANGE_MODE_HE, requester_keys.public_context
+        )
+        request.replicas, request.pad_batch, request.pad_offset, request.pad_open = 3, batch, offset, open_
+        return request
+
+    opened = node.encrypt_values(padded_request(0, True))
+    pads = {}
+    for element in opened.elements:
+        assert hashlib.sha256(element.pad_ciphertext).digest() == element.pad_ciphertext_sha256
+        assert not element.ciphertexts and len(element.padded_values) == 2 * 3
+        pads[element.element] = requester_keys.decrypt_masked(element.pad_ciphertext, SLOTS)
+    later = node.encrypt_values(padded_request(6, False))
+    stored = {INCOME: [0, 500] * 3, BUSINESSES: [0, 1] * 3}
+    for response, start in ((opened, 0), (later, 6)):
+        for element in response.elements:
+            rho = pads[element.element][start : start + 6]
+            got = [(int(y) + int(p)) % PLAIN_MODULUS for y, p in zip(element.padded_values, rho, strict=True)]
+            assert got == stored[element.element]
+    assert not any(e.pad_ciphertext for e in later.elements)
+    first, second = audit.events  # both validate as the node's audit records
+    assert first["pad_open"] and first["pad_offset"] == 0 and len(first["response_sha256"]) == 2
+    assert not second["pad_open"] and second["pad_offset"] == 6 and second["response_sha256"] == []
+    assert first["pad_batch"] == second["pad_batch"] == batch.hex() and len(second["padded_sha256"]) == 2
+
+
+def test_pad_fields_are_refused_outside_a_padded_he_request(requester_keys: Any) -> None:
+    node, store, audit = _node()
+    plain = _request()
+    plain.pad_batch = b"\x01" * 16
+    with pytest.raises(InvalidInput, match="HE exchange mode only"):
+        node.encrypt_values(plain)
+    orphan = _request(mode=node_pb2.EXCHANGE_MODE_HE, public_context=requester_keys.public_context)
+    orphan.pad_offset = 3
+    with pytest.raises(InvalidInput, match="need a pad_batch"):
+        node.encrypt_values(orphan)
+    assert not store.reads and not audit.events
+
+
 REFUSALS = [
     ("no request id", _request(request_id=""), InvalidInput, "lacks request_id"),
     ("no legal basis", _request(legal_basis="", case_id=""), InvalidInput, "lacks legal_basis, case_id"),

@@ -133,7 +133,7 @@ class ElementQuery(_message.Message):
     def __init__(self, element: _Optional[str] = ..., if_missing: _Optional[int] = ...) -> None: ...
 
 class EncryptRequest(_message.Message):
-    __slots__ = ("context", "mode", "pseudonyms", "elements", "public_context", "he_params_id", "context_fingerprint", "replicas", "envelope")
+    __slots__ = ("context", "mode", "pseudonyms", "elements", "public_context", "he_params_id", "context_fingerprint", "replicas", "pad_batch", "pad_offset", "pad_open", "envelope")
     CONTEXT_FIELD_NUMBER: _ClassVar[int]
     MODE_FIELD_NUMBER: _ClassVar[int]
     PSEUDONYMS_FIELD_NUMBER: _ClassVar[int]
@@ -142,6 +142,9 @@ class EncryptRequest(_message.Message):
     HE_PARAMS_ID_FIELD_NUMBER: _ClassVar[int]
     CONTEXT_FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
     REPLICAS_FIELD_NUMBER: _ClassVar[int]
+    PAD_BATCH_FIELD_NUMBER: _ClassVar[int]
+    PAD_OFFSET_FIELD_NUMBER: _ClassVar[int]
+    PAD_OPEN_FIELD_NUMBER: _ClassVar[int]
     ENVELOPE_FIELD_NUMBER: _ClassVar[int]
     context: RequestContext
     mode: ExchangeMode
@@ -151,20 +154,29 @@ class EncryptRequest(_message.Message):
     he_params_id: str
     context_fingerprint: str
     replicas: int
+    pad_batch: bytes
+    pad_offset: int
+    pad_open: bool
     envelope: Envelope
-    def __init__(self, context: _Optional[_Union[RequestContext, _Mapping]] = ..., mode: _Optional[_Union[ExchangeMode, str]] = ..., pseudonyms: _Optional[_Iterable[str]] = ..., elements: _Optional[_Iterable[_Union[ElementQuery, _Mapping]]] = ..., public_context: _Optional[bytes] = ..., he_params_id: _Optional[str] = ..., context_fingerprint: _Optional[str] = ..., replicas: _Optional[int] = ..., envelope: _Optional[_Union[Envelope, _Mapping]] = ...) -> None: ...
+    def __init__(self, context: _Optional[_Union[RequestContext, _Mapping]] = ..., mode: _Optional[_Union[ExchangeMode, str]] = ..., pseudonyms: _Optional[_Iterable[str]] = ..., elements: _Optional[_Iterable[_Union[ElementQuery, _Mapping]]] = ..., public_context: _Optional[bytes] = ..., he_params_id: _Optional[str] = ..., context_fingerprint: _Optional[str] = ..., replicas: _Optional[int] = ..., pad_batch: _Optional[bytes] = ..., pad_offset: _Optional[int] = ..., pad_open: _Optional[bool] = ..., envelope: _Optional[_Union[Envelope, _Mapping]] = ...) -> None: ...
 
 class ElementValues(_message.Message):
-    __slots__ = ("element", "ciphertexts", "plain_values", "ciphertext_sha256")
+    __slots__ = ("element", "ciphertexts", "plain_values", "ciphertext_sha256", "padded_values", "pad_ciphertext", "pad_ciphertext_sha256")
     ELEMENT_FIELD_NUMBER: _ClassVar[int]
     CIPHERTEXTS_FIELD_NUMBER: _ClassVar[int]
     PLAIN_VALUES_FIELD_NUMBER: _ClassVar[int]
     CIPHERTEXT_SHA256_FIELD_NUMBER: _ClassVar[int]
+    PADDED_VALUES_FIELD_NUMBER: _ClassVar[int]
+    PAD_CIPHERTEXT_FIELD_NUMBER: _ClassVar[int]
+    PAD_CIPHERTEXT_SHA256_FIELD_NUMBER: _ClassVar[int]
     element: str
     ciphertexts: _containers.RepeatedScalarFieldContainer[bytes]
     plain_values: _containers.RepeatedScalarFieldContainer[int]
     ciphertext_sha256: _containers.RepeatedScalarFieldContainer[bytes]
-    def __init__(self, element: _Optional[str] = ..., ciphertexts: _Optional[_Iterable[bytes]] = ..., plain_values: _Optional[_Iterable[int]] = ..., ciphertext_sha256: _Optional[_Iterable[bytes]] = ...) -> None: ...
+    padded_values: _containers.RepeatedScalarFieldContainer[int]
+    pad_ciphertext: bytes
+    pad_ciphertext_sha256: bytes
+    def __init__(self, element: _Optional[str] = ..., ciphertexts: _Optional[_Iterable[bytes]] = ..., plain_values: _Optional[_Iterable[int]] = ..., ciphertext_sha256: _Optional[_Iterable[bytes]] = ..., padded_values: _Optional[_Iterable[int]] = ..., pad_ciphertext: _Optional[bytes] = ..., pad_ciphertext_sha256: _Optional[bytes] = ...) -> None: ...
 
 class EncryptResponse(_message.Message):
     __slots__ = ("agency", "request_id", "elements", "node_audit_leaf_hash", "node_audit_index", "envelope")
