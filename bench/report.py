@@ -796,15 +796,27 @@ def _single_check(d: dict[str, Any]) -> str:
 
 
 def load_single(d: dict[str, Any]) -> str:
-    return (
+    text = (
         f"{d['federation']}; the requester's context registered once (`POST /v1/contexts`), the result of all "
         f"three criteria packed into one ciphertext switched one modulus level down (docs/PROTOCOL.md, "
         f'"Registered contexts" and "Result ciphertext size"). Load average at the end: '
         f"{d['machine']['load_average_1m_at_end']} on {d['machine']['cpus']} cores shared with other work.\n\n"
         + _single_check(d)
-        + " The client↔gateway bytes are one packed result ciphertext in base64 plus JSON; the gateway↔nodes "
-        "bytes are one fresh ciphertext per data element (five), which must stay at the top modulus level for "
-        "the masking product, so the total stays above 1 MB."
+    )
+    before = d.get("without_pads")
+    if before is None:
+        return text
+    single, old, first = d["single_check_bytes"], before["single_check_bytes"], d["single_check_bytes_first"]
+    ms, old_ms = d.get("single_check_ms_county_link"), before.get("single_check_ms_county_link")
+    timing = f"; over the county link {old_ms:,.0f} ms before, {ms:,.0f} ms now" if ms and old_ms else ""
+    return text + (
+        f' With one-time pads (docs/PROTOCOL.md "Pads") the nodes send each element\'s Enc(ρ) once, when a '
+        f"pad batch is opened (the first check's {first['gateway_nodes']:,} gateway↔nodes bytes include the "
+        f"five pads, which then serve {d['pad_batch_checks']:,} single checks), and afterwards x − ρ per slot. "
+        f"Side by side in the same run with `one_time_pads = false` (a fresh ciphertext per element and check): "
+        f"{old['total']:,} bytes before ({old['gateway_nodes']:,} gateway↔nodes), {single['total']:,} now "
+        f"(ratio {single['total'] / old['total']:.3f}; gateway↔nodes "
+        f"{single['gateway_nodes'] / old['gateway_nodes']:.4f}){timing}."
     )
 
 

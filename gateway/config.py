@@ -72,6 +72,14 @@ class GatewaySettings(BaseModel):
         description="processes for the checks' HE arithmetic; 0: the gateway's own threads (stalls its "
         "event loop under load); default: one per core, at most 4",
     )
+    one_time_pads: bool = Field(
+        default=True,
+        description="small checks reuse a pad batch the nodes opened once (x - rho per slot instead of a "
+        "ciphertext per element: docs/PROTOCOL.md 'Pads'); false: fresh node ciphertexts for every check",
+    )
+    pad_batches: int = Field(
+        default=64, ge=1, le=4096, description="pad batches kept per gateway process (each ~393 kB per element)"
+    )
     checkpoint_interval_s: float = Field(default=60.0, gt=0, le=86400)
     # "process": the audit log commits in a child process, on another core than request handling.
     audit_writer: Literal["process", "thread"] = "process"

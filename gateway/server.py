@@ -15,6 +15,7 @@ import uvicorn
 from fastapi import FastAPI
 
 from exchange.he_compute import HeCompute, InlineHeCompute
+from exchange.pads import PadPools
 from gateway.app import create_app
 from gateway.audit import GatewayAudit
 from gateway.checks import CheckCoordinator
@@ -116,6 +117,7 @@ def build_app(config: GatewayConfig, on_ready: Callable[[], None] | None = None)
         max_subjects=settings.max_subjects,
         allow_plaintext_mode=settings.allow_plaintext_mode,
         compute=compute,
+        pads=PadPools(settings.pad_batches) if settings.one_time_pads else None,
     )
     coordinator = CheckCoordinator(service, nodes)
     from gateway.wiring import authenticator_for, contexts_for, idempotency_for, policy_for, training_for
