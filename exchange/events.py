@@ -118,10 +118,23 @@ def check_result(
     view: str,
     nodes: Iterable[str],
     epsilon: float | None = None,
+    pads: tuple[bytes, int, Mapping[str, bytes]] | None = None,
 ) -> Event:
     """The result binds to the decision entry's subject list by digest (not a second full list).
 
-    `epsilon`: the cohort view's privacy spend for this query (a number, no personal data)."""
+    `epsilon`: the cohort view's privacy spend for this query (a number, no personal data).
+    `pads`: a padded check's (batch id, window offset, element -> pad ciphertext): which batch and
+    which pads the result was computed with, so a result spoilt by a bad pad traces to the node's
+    signed answer that opened the batch (the node's own entry records the same digests)."""
+    padded = (
+        {
+            "pad_batch": pads[0].hex(),
+            "pad_offset": pads[1],
+            "pads_sha256": tuple(hashlib.sha256(pads[2][e]).hexdigest() for e in sorted(pads[2])),
+        }
+        if pads is not None
+        else {}
+    )
     return _clean(
         {
             **{k: v for k, v in about.items() if k != "subjects"},
@@ -137,6 +150,7 @@ def check_result(
             "nodes": tuple(sorted(nodes)),
             # audit metadata holds no floats: the decimal text, e.g. "3" or "0.15"
             "epsilon": f"{epsilon:g}" if epsilon is not None else None,
+            **padded,
         }
     )
 

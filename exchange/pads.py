@@ -1,7 +1,7 @@
 """The gateway's one-time pad batches: which window of which batch the next small check uses.
 
 A small packed check (exchange/eligibility.py `packing`) does not ask its nodes for fresh
-ciphertexts. Per (requester context, program) the gateway keeps one pad batch: the nodes sent
+ciphertexts. Per (requester context, program, user) the gateway keeps one pad batch: the nodes sent
 each element's Enc(rho) over all SLOTS slots once, when the batch was opened, and each later
 check takes the next free window of n*k slots and gets back x - rho mod t for it (a few bytes
 per slot). The combination adds Enc(rho) and x - rho into Enc(x) inside the one masking product.
@@ -12,7 +12,10 @@ Rules kept here:
 * a check that finds no batch, or not enough free slots, opens a new one (window [0, n*k)); checks
   that arrive while a batch is being opened wait for its pads, since a node answers windows of a
   batch only once it has opened it; if the opening fails they try again (one of them opens);
-* the pools are bounded (least recently used forgotten first): they hold the pad ciphertexts.
+* the pools are bounded (least recently used forgotten first): they hold the pad ciphertexts;
+* a batch serves at most `max_windows` checks: a node's well-formed but wrong pad cannot be told
+  from a right one here, so this bounds the results it spoils (each result's audit entry names its
+  batch and pad digests, and the node's signed answer that opened the batch carries the same).
 
 Pools are per gateway process. The nodes, not this bookkeeping, guarantee that no slot is
 answered twice (nodes/pads.py), so two processes or a bug here cannot make a pad repeat.
@@ -29,9 +32,13 @@ from crypto.he import SLOTS
 from crypto.pads import new_batch_id
 
 DEFAULT_MAX_POOLS = 64  # x (elements x 393 kB): ~125 MB for the 低保 program's five elements
+# A batch serves at most this many checks, then a new one is opened: the gateway cannot tell a
+# well-formed but wrong pad from a right one, so this bounds how many results one bad pad spoils
+# (2 MB of pads per 1,024 single 低保 checks: ~2 kB each).
+DEFAULT_MAX_WINDOWS = 1024
 _OPEN_ATTEMPTS = 3
 
-PoolKey = tuple[str, str, str]  # (context fingerprint, program id, program version)
+PoolKey = tuple[str, ...]  # (context fingerprint, program id, program version, requesting user)
 
 
 class PadBatchAbandoned(Exception):
@@ -43,6 +50,7 @@ class _Pool:
     batch: bytes
     next_slot: int
     ready: asyncio.Future[Mapping[str, bytes]] = field(repr=False)
+    windows: int = 1
 
 
 @dataclass(frozen=True)
@@ -59,9 +67,10 @@ class PadLease:
 
 
 class PadPools:
-    def __init__(self, max_pools: int = DEFAULT_MAX_POOLS) -> None:
+    def __init__(self, max_pools: int = DEFAULT_MAX_POOLS, max_windows: int = DEFAULT_MAX_WINDOWS) -> None:
         self._pools: OrderedDict[PoolKey, _Pool] = OrderedDict()
         self._max = max_pools
+        self._max_windows = max_windows
 
     async def lease(self, key: PoolKey, subjects: int, slots: int) -> PadLease:
         """The next window of `slots` slots (a multiple of `subjects`), opening a batch if needed."""
@@ -70,9 +79,10 @@ class PadPools:
         for _ in range(_OPEN_ATTEMPTS):
             pool = self._pools.get(key)
             offset = -(-pool.next_slot // subjects) * subjects if pool is not None else 0
-            if pool is None or offset + slots > SLOTS:
+            if pool is None or offset + slots > SLOTS or pool.windows >= self._max_windows:
                 return self._open(key, slots)
             pool.next_slot = offset + slots
+            pool.windows += 1
             self._pools.move_to_end(key)
             try:
                 pads = await asyncio.shield(pool.ready)
@@ -112,4 +122,4 @@ def _abandon(pool: _Pool) -> None:
         pool.ready.exception()  # retrieved: no "exception was never retrieved" warning without waiters
 
 
-__all__ = ["DEFAULT_MAX_POOLS", "PadBatchAbandoned", "PadLease", "PadPools", "PoolKey"]
+__all__ = ["DEFAULT_MAX_POOLS", "DEFAULT_MAX_WINDOWS", "PadBatchAbandoned", "PadLease", "PadPools", "PoolKey"]

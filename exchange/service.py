@@ -235,7 +235,9 @@ class CheckService:
             lease = None
             if blocks and self.pads is not None:
                 n = len(pseudonyms)
-                lease = await self.pads.lease((ref, program.id, program.version), n, n * blocks)
+                # Per user too: a result's first block tells its reader how many windows came before.
+                key = (ref, program.id, program.version, principal.user)
+                lease = await self.pads.lease(key, n, n * blocks)
                 attach_pads(plans[0], lease.batch, lease.offset, lease.opens)
             # Noise-flooding terms depend only on the requester's key: build them while the nodes work.
             first_block = lease.offset // len(pseudonyms) if lease is not None else 0
@@ -321,6 +323,7 @@ class CheckService:
                 view=view,
                 nodes={agency for responses in answers for agency in responses},
                 epsilon=cohort.privacy.epsilon_per_query if cohort is not None else None,
+                pads=(lease.batch, lease.offset, pads) if lease is not None and pads is not None else None,
             )
         )
         log.info(

@@ -80,6 +80,9 @@ class GatewaySettings(BaseModel):
     pad_batches: int = Field(
         default=64, ge=1, le=4096, description="pad batches kept per gateway process (each ~393 kB per element)"
     )
+    pad_batch_checks: int = Field(
+        default=1024, ge=1, le=8192, description="checks one pad batch serves before a new one is opened"
+    )
     checkpoint_interval_s: float = Field(default=60.0, gt=0, le=86400)
     # "process": the audit log commits in a child process, on another core than request handling.
     audit_writer: Literal["process", "thread"] = "process"

@@ -182,6 +182,8 @@ class NodeDirectory:
         async def observed(agency: str, request: node_pb2.EncryptRequest) -> tuple[str, node_pb2.EncryptResponse]:
             try:
                 answer = await one(agency, request)
+            except NodePadLost:
+                raise  # the node is up (it answered): it only forgot a pad batch, and the check retries
             except NodeError as exc:
                 self._failed(agency, exc)
                 raise

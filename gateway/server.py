@@ -117,7 +117,7 @@ def build_app(config: GatewayConfig, on_ready: Callable[[], None] | None = None)
         max_subjects=settings.max_subjects,
         allow_plaintext_mode=settings.allow_plaintext_mode,
         compute=compute,
-        pads=PadPools(settings.pad_batches) if settings.one_time_pads else None,
+        pads=PadPools(settings.pad_batches, settings.pad_batch_checks) if settings.one_time_pads else None,
     )
     coordinator = CheckCoordinator(service, nodes)
     from gateway.wiring import authenticator_for, contexts_for, idempotency_for, policy_for, training_for

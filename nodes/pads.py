@@ -20,14 +20,14 @@ from crypto.he import SLOTS
 from crypto.pads import BATCH_ID_BYTES, new_seed, pads
 from xgate.errors import InvalidInput, PadUnknown
 
-DEFAULT_MAX_BATCHES = 4096  # ~1 kB of slot marks per element and batch
+DEFAULT_MAX_BATCHES = 4096  # at most 1 kB of slot marks per element and batch (one bit per slot)
 
 
 @dataclass
 class _Batch:
     context_ref: str
     seed: bytes
-    used: dict[str, np.ndarray] = field(default_factory=dict)  # element -> slots answered
+    used: dict[str, int] = field(default_factory=dict)  # element -> slots answered, bit i for slot i
 
 
 @dataclass(frozen=True)
@@ -78,12 +78,11 @@ class PadBook:
             elif batch.context_ref != context_ref:
                 raise InvalidInput("pad batch belongs to another HE context")
             self._batches.move_to_end(batch_id)
-            marks = [batch.used.setdefault(e, np.zeros(SLOTS, dtype=bool)) for e in elements]
-            window = slice(start, start + count)
-            if any(m[window].any() for m in marks):
+            window = ((1 << count) - 1) << start
+            if any(batch.used.get(e, 0) & window for e in elements):
                 raise InvalidInput("pad window overlaps slots already answered: each pad slot is used once")
-            for m in marks:
-                m[window] = True
+            for e in elements:
+                batch.used[e] = batch.used.get(e, 0) | window
             return PadWindow(batch.seed, start, count)
 
     def __len__(self) -> int:

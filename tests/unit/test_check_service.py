@@ -261,7 +261,7 @@ def test_small_checks_after_the_first_get_padded_values_from_the_nodes_not_ciphe
 ) -> None:
     """One-time pads (exchange/pads.py): the first small check opens a batch (each node sends its
     pad ciphertexts), the next ones take the following windows and get x - rho only; same verdicts."""
-    service, nodes, _, _ = _service(programs)
+    service, nodes, _, auditor = _service(programs)
     expected = oracle(programs.get("dibao"), SUBJECTS)
     n, k = len(SUBJECTS), 3
     outcomes = [run(service, _request(mode="he", public_context=requester_keys.public_context)) for _ in range(3)]
@@ -274,6 +274,11 @@ def test_small_checks_after_the_first_get_padded_values_from_the_nodes_not_ciphe
     for i, requests in enumerate(later, start=1):
         assert all(r.pad_batch == batch and not r.pad_open and r.pad_offset == i * n * k for r in requests.values())
     assert outcomes[1].node_bytes < outcomes[0].node_bytes / 50  # no ciphertext after the first
+    # Each result's audit entry names its batch, window and the pads it was computed with.
+    results = [AuditRecord.from_event(e) for e in auditor.events if e["kind"] == "result"]
+    assert [r.metadata["pad_offset"] for r in results] == [0, n * k, 2 * n * k]
+    assert {r.metadata["pad_batch"] for r in results} == {batch.hex()}
+    assert len({r.digests["pads"] for r in results}) == 1 and len(results[0].digests["pads"]) == 5
 
 
 def test_a_node_that_lost_its_pad_batch_gets_a_new_one_and_the_check_answers(

@@ -110,7 +110,7 @@ def test_a_node_refuses_a_malformed_batch_id_and_forgets_the_oldest_batch_first(
 
 # --- the gateway's batches --------------------------------------------------------------------
 
-KEY_A = (CTX, "dibao", "2026.1")
+KEY_A = (CTX, "dibao", "2026.1", "ca-caseworker")
 
 
 def test_windows_of_one_batch_never_overlap_and_start_on_a_block() -> None:
@@ -143,6 +143,26 @@ def test_a_full_batch_is_followed_by_a_new_one() -> None:
     asyncio.run(scenario())
 
 
+def test_a_batch_serves_a_bounded_number_of_checks() -> None:
+    async def scenario() -> None:
+        pools = PadPools(max_windows=3)
+        first = await pools.lease(KEY_A, 1, 3)
+        pools.opened(first, {})
+        offsets = [(await pools.lease(KEY_A, 1, 3)).offset for _ in range(2)]
+        assert offsets == [3, 6]
+        fourth = await pools.lease(KEY_A, 1, 3)
+        assert fourth.opens and fourth.batch != first.batch
+
+    asyncio.run(scenario())
+
+
+def test_the_node_book_keeps_one_bit_per_answered_slot() -> None:
+    book, batch = PadBook(), new_batch_id()
+    book.take(batch, CTX, ["a", "b"], 0, SLOTS, open_=True)
+    marks = book._batches[batch].used
+    assert marks["a"] == marks["b"] == (1 << SLOTS) - 1 and marks["a"].bit_length() <= SLOTS  # 1 kB
+
+
 def test_checks_arriving_while_a_batch_opens_wait_for_its_pads_and_retry_if_it_fails() -> None:
     async def scenario() -> None:
         pools = PadPools()
@@ -167,7 +187,7 @@ def test_the_pools_are_bounded_and_a_forgotten_batch_releases_its_waiters() -> N
         opener = await pools.lease(KEY_A, 1, 3)
         waiter = asyncio.ensure_future(pools.lease(KEY_A, 1, 3))
         await asyncio.sleep(0)
-        await pools.lease((CTX, "pension_survival", "1"), 1, 2)  # evicts KEY_A's batch
+        await pools.lease((CTX, "pension_survival", "1", "ca-caseworker"), 1, 2)  # evicts KEY_A's batch
         assert len(pools) == 1
         assert (await waiter).opens and not opener.pads
         with pytest.raises(ValueError, match="whole slot blocks"):
