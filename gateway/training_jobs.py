@@ -97,4 +97,5 @@ def _view(row: Any) -> dict[str, Any]:
 def summary_of(record: dict[str, Any]) -> dict[str, Any]:
     """A stored job as the console's list shows one (queued until its first mirror)."""
     summary = record["summary"] or {"job_id": record["job_id"], "state": "queued"}
-    return {**summary, "replica": record["replica"]}
+    requester = record.get("submission", {}).get("requester", {})
+    return {**summary, "requester_agency": requester.get("agency"), "replica": record["replica"]}

@@ -47,8 +47,9 @@ log = get_logger("xgate.gateway.training")
 OFFICER_ROLES = ("security_officer", "admin")
 
 
-def _may_see(who: Principal, requester: dict[str, Any]) -> bool:
-    """A job's status is its requester's, any security officer's, and its requesting agency's admins'."""
+def may_see_job(who: Principal, requester: dict[str, Any]) -> bool:
+    """A job is its requester's, any security officer's, and its requesting agency's admins' to see
+    (status, and in the operators' view its summary, curve and events)."""
     if requester.get("user") == who.user or who.role == "security_officer":
         return True
     return who.role == "admin" and requester.get("agency") == who.agency
@@ -401,7 +402,7 @@ class TrainingService:
             if stored is None:
                 raise NotFound("no such training job")
             submission, summary = stored["submission"], summary_of(stored)
-        if not _may_see(who, submission.get("requester", {})):
+        if not may_see_job(who, submission.get("requester", {})):
             # The same answer as for a job that does not exist: whether another agency's job id is
             # taken is not for this caller to learn.
             raise NotFound("no such training job")

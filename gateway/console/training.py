@@ -76,8 +76,11 @@ def job_summary(job_dir: Path) -> dict[str, Any]:
     )
     eps = [float(ev["epsilon"]) for ev in events if ev.get("event") == "dp_spent" and "epsilon" in ev]
     evaluation = status.get("evaluation") or (report or {}).get("evaluation") or model.get("evaluation") or {}
+    submission = _json(job_dir / "submission.json") or {}
+    requester: dict[str, Any] = submission.get("requester") or {} if isinstance(submission, dict) else {}
     return {
         "job_id": job_dir.name,
+        "requester_agency": requester.get("agency"),
         "state": status.get("state", "unknown"),
         "reason": status.get("reason"),
         "run_id": status.get("run_id"),

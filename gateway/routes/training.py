@@ -8,8 +8,9 @@ data-owning node then admits the job under its own policy set and ledger
 (federated.admission.PolicyAdmission). Every step and every runner event is appended to the
 gateway's audit log (gateway/training_audit.py).
 
-GET /v1/training/jobs/{id}/status answers the job's requester, security officers and admins;
-GET /v1/training/jobs[/{id}] is the operators' view (curves, privacy budgets).
+GET /v1/training/jobs/{id}/status answers the job's requester, security officers and the requesting
+agency's admins; GET /v1/training/jobs[/{id}] is the operators' view (curves, privacy budgets):
+security officers see every agency's jobs, an admin its own agency's.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from starlette.concurrency import run_in_threadpool
 from gateway.console import training as jobs_view
 from gateway.deps import Caller, Engine, Officer, ServicesDep, Training
 from gateway.training_jobs import summary_of
-from gateway.training_service import TrainingRequest
+from gateway.training_service import TrainingRequest, may_see_job
 from xgate.errors import InvalidInput, NotFound, PayloadTooLarge
 
 router = APIRouter(tags=["training"])
@@ -57,8 +58,10 @@ async def status(job_id: str, who: Caller, service: Training) -> Any:
 
 @router.get("/v1/training/jobs")
 def jobs(who: Officer, services: ServicesDep, engine: Engine) -> dict[str, Any]:
+    listed = _with_other_replicas(jobs_view.list_jobs(services.jobs_dir), services)
     return {
-        "jobs": _with_other_replicas(jobs_view.list_jobs(services.jobs_dir), services),
+        # An admin sees its own agency's jobs; security officers see every agency's.
+        "jobs": [j for j in listed if may_see_job(who, {"agency": j.get("requester_agency")})],
         "budgets": jobs_view.privacy_budgets(engine.directory, services.privacy_ledger),
         "jobs_dir_configured": services.jobs_dir is not None and services.jobs_dir.is_dir(),
     }
@@ -67,12 +70,16 @@ def jobs(who: Officer, services: ServicesDep, engine: Engine) -> dict[str, Any]:
 @router.get("/v1/training/jobs/{job_id}")
 def job(job_id: str, who: Officer, services: ServicesDep) -> dict[str, Any]:
     try:
-        return jobs_view.job_detail(services.jobs_dir, job_id)
+        detail = jobs_view.job_detail(services.jobs_dir, job_id)
     except NotFound:
         stored = services.training.jobs.get(job_id) if services.training and services.training.jobs else None
         if stored is None:
             raise
-        return summary_of(stored) | {"events": stored["events"]}
+        detail = summary_of(stored) | {"events": stored["events"]}
+    if not may_see_job(who, {"agency": detail.get("requester_agency")}):
+        # The answer a job that does not exist gets: another agency's job ids are not for this caller.
+        raise NotFound("no such training job", job_id=job_id)
+    return detail
 
 
 def _with_other_replicas(local: list[dict[str, Any]], services: Any) -> list[dict[str, Any]]:

@@ -94,6 +94,13 @@ def test_a_job_accepted_by_one_replica_is_visible_through_the_other(two_replicas
     detail = at_b.get("/v1/training/jobs/shared-1", headers={"x-user": "officer"}).json()
     assert detail["job_id"] == "shared-1" and detail["state"] == "completed" and detail["replica"] == "a"
     assert at_b.get("/v1/training/jobs/ghost-1", headers={"x-user": "officer"}).status_code == 404
+    # An admin sees its own agency's jobs only (the job is hrss's), through either replica.
+    for client in (at_a, at_b):
+        assert [
+            j["job_id"] for j in client.get("/v1/training/jobs", headers={"x-user": "hrss-admin"}).json()["jobs"]
+        ] == ["shared-1"]
+        assert client.get("/v1/training/jobs", headers={"x-user": "tax-admin"}).json()["jobs"] == []
+        assert client.get("/v1/training/jobs/shared-1", headers={"x-user": "tax-admin"}).status_code == 404
     # The id is the federation's now: the other replica refuses it though its own directory is empty.
     again = post(at_b, "analyst", job_body("shared-1", epsilon=1.0))
     assert again.status_code == 409 and again.json()["error"] == "job_exists"
