@@ -71,6 +71,7 @@ from app.devfed import (
 from app.launcher import Supervisor
 from client.subjects import read_subjects
 from crypto.he import SLOTS, RequesterKeys
+from exchange.pads import DEFAULT_MAX_WINDOWS
 from xgate.pseudonym import Pseudonymiser, load_key
 
 RESULTS = Path(__file__).resolve().parent / "results" / "load.json"
@@ -793,28 +794,41 @@ def run_single() -> dict[str, Any]:
             "single_check_bytes_first": before["bytes"]["first"],
             "single_check_ms_county_link": before["county"].get("ms"),
         },
-        "pad_batch_checks": SLOTS // 3,  # single 低保 checks one pad batch serves (3 slots each)
+        # single 低保 checks one pad batch serves: 3 slots each, at most the gateway's pad_batch_checks
+        "pad_batch_checks": min(SLOTS // 3, DEFAULT_MAX_WINDOWS),
         "goals": {"single_check_bytes": 1_000_000, "single_check_ms_county_link": 500},
     }  # fmt: skip
 
 
-def run_partial(levels: tuple[int, ...]) -> dict[str, Any]:
-    """Only the given levels, side by side: the gateway as configured (HE in worker processes) and
-    the same gateway with `he_workers = 0` (HE in its own threads, as before), in one run."""
+def run_partial(levels: tuple[int, ...], compare: str = "he_workers") -> dict[str, Any]:
+    """Only the given levels, side by side in one run: the gateway as configured and the same
+    gateway with one setting changed. `compare`: "he_workers" (HE in worker processes against
+    `he_workers = 0`, HE in its own threads) or "pads" (one-time pads against `one_time_pads = false`)."""
     from gateway.he_workers import default_workers
 
+    variants: dict[str, tuple[tuple[str, dict[str, Any]], ...]] = {
+        "he_workers": (
+            ("HE in worker processes", {"he_workers": default_workers()}),
+            ("HE in the gateway's threads", {"he_workers": 0}),
+        ),
+        "pads": (
+            ("one-time pads (as shipped)", {"one_time_pads": True}),
+            ("fresh node ciphertexts for every check", {"one_time_pads": False}),
+        ),
+    }
     duration = {level: LEVEL_DURATION_S.get(level, 30.0) for level in levels}
     runs = []
-    for label, workers in (("HE in worker processes", default_workers()), ("HE in the gateway's threads", 0)):
+    for label, overrides in variants[compare]:
         with (
             tempfile.TemporaryDirectory(prefix="xgate-load-") as tmp,
-            federation(Path(tmp) / "fed", he_workers=workers) as running,
+            federation(Path(tmp) / "fed", **overrides) as running,
         ):
             rows = _levels(running, levels, duration, label)
             settings = json.loads(json.dumps(_admission_settings(running)))
-        runs.append({"gateway": label, "he_workers": workers, "levels": rows})
+        runs.append({"gateway": label, **overrides, "levels": rows})
     return {
-        "benchmark": "load (partial: chosen levels; HE in worker processes against HE in the gateway's threads)",
+        "compare": compare,
+        "benchmark": f"load (partial: chosen levels; {variants[compare][0][0]} against {variants[compare][1][0]})",
         "admission": settings,
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
                     "load_average_1m_at_end": round(os.getloadavg()[0], 2)},
@@ -840,6 +854,12 @@ def main() -> None:
     parser.add_argument("--county-client", help=argparse.SUPPRESS)  # the client inside the namespace
     parser.add_argument("--level-worker", action="store_true", help=argparse.SUPPRESS)  # one load client process
     parser.add_argument("--levels", help="comma-separated concurrency levels of one gateway only (a partial run)")
+    parser.add_argument(
+        "--compare",
+        choices=("he_workers", "pads"),
+        default="he_workers",
+        help="what a partial run compares: HE worker processes, or one-time pads (writes load.pads.json)",
+    )
     args = parser.parse_args()
     if args.level_worker:
         _level_worker()
@@ -857,8 +877,8 @@ def main() -> None:
         print(f"wrote {out}")
         return
     if args.levels:
-        partial = run_partial(tuple(int(x) for x in args.levels.split(",")))
-        out = RESULTS.with_name("load.partial.json")
+        partial = run_partial(tuple(int(x) for x in args.levels.split(",")), args.compare)
+        out = RESULTS.with_name("load.partial.json" if args.compare == "he_workers" else f"load.{args.compare}.json")
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(partial, indent=2, ensure_ascii=False) + "\n")
         print(f"wrote {out}")

@@ -786,7 +786,7 @@ def _single_check(d: dict[str, Any]) -> str:
             f" once the requester's context is registered and the nodes hold it; the first check of a fresh key "
             f"moves {first['total']:,} ({first['client_gateway']:,} client↔gateway with the 404 "
             f"`context_unknown` and the registration, {first['gateway_nodes']:,} gateway↔nodes with each node's "
-            f"copy of the context)"
+            f"copy of the context and the pads that open the key's pad batch)"
         )
     return (
         f"{text}. Over a county office's link ({county.get('rate')}, {county.get('rtt_ms')} ms round trip, from a "
@@ -852,13 +852,26 @@ def load_partial(d: dict[str, Any]) -> str:
         )
 
     compared = [versus(r, other) for other in others for r in built["levels"]]
-    return "\n\n".join(
-        [
+    if d.get("compare") == "pads":
+        ratios = ", ".join(
+            f"{r['concurrency']:,} clients {r['goodput_per_s'] / t['goodput_per_s']:.2f}×"
+            for r, t in zip(built["levels"], others[0]["levels"], strict=True)
+        )
+        intro = (
+            "The same federation twice in one run: the gateway as shipped, small checks on one-time pads "
+            '(docs/PROTOCOL.md "Pads": the nodes send x − ρ per slot, not a ciphertext per element), then '
+            f"with `one_time_pads = false`. Goodput ratio, pads against fresh ciphertexts: {ratios}. "
+        )
+    else:
+        intro = (
             "The same federation twice in one run: the gateway as configured, its checks' HE arithmetic in "
             "worker processes (`[gateway] he_workers`, gateway/he_workers.py), then with `he_workers = 0`, the "
             "arithmetic in the gateway's own threads as before. TenSEAL holds the GIL for each operation, so in "
-            "threads it stalls the event loop that admits and refuses requests. The load clients are aiohttp, "
-            "levels above 250 clients driven from several load processes. "
+            "threads it stalls the event loop that admits and refuses requests. "
+        )
+    return "\n\n".join(
+        [
+            intro + "The load clients are aiohttp, levels above 250 clients driven from several load processes. "
             f"Load average at the end: {d['machine']['load_average_1m_at_end']} on {d['machine']['cpus']} cores.",
             _table(header, rows),
             f"{built['gateway']}: " + "; ".join(compared) + ".",
@@ -1020,6 +1033,11 @@ SECTIONS: list[tuple[str, str, Callable[[dict[str, Any]], str]]] = [
     (
         "load.partial",
         "HE in worker processes against HE in the gateway's threads (`bench/load.py --levels 100,1000`)",
+        load_partial,
+    ),
+    (
+        "load.pads",
+        "One-time pads against fresh node ciphertexts (`bench/load.py --levels 10,100 --compare pads`)",
         load_partial,
     ),
 ]
