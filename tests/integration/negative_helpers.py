@@ -278,6 +278,11 @@ def flip_bit(blob: bytes, position: int) -> bytes:
     return bytes(data)
 
 
+def _ciphertext_of(element: node_pb2.ElementValues) -> bytes:
+    """The ciphertext to tamper with: the pad a small check's node opens its batch with, else a chunk."""
+    return element.pad_ciphertext or element.ciphertexts[0]
+
+
 def _replace_ciphertext(element: node_pb2.ElementValues, blob: bytes, digest: bool = True) -> None:
     """Put `blob` where the element's ciphertext was (its pad, or its first chunk), with its digest
     updated unless `digest` is False (a MITM cannot re-sign the answer)."""
@@ -359,12 +364,11 @@ class RogueTax:
         response = node_pb2.EncryptResponse()
         response.CopyFrom(real)
         first = response.elements[0]
-        # The ciphertext tampered with: the pad a small check's node opens its batch with, else a chunk.
-        blob = first.pad_ciphertext or first.ciphertexts[0]
         if behaviour == "flip_ciphertext_bit":  # MITM without tax's key: the signed digest no longer matches
+            blob = _ciphertext_of(first)
             _replace_ciphertext(first, flip_bit(blob, len(blob) // 2), digest=False)
         elif behaviour == "corrupt_ciphertext_resigned":  # tax's key holder sends a broken ciphertext
-            _replace_ciphertext(first, flip_bit(blob, 100))
+            _replace_ciphertext(first, flip_bit(_ciphertext_of(first), 100))
             self._resign(response, request)
         elif behaviour == "foreign_he_params":
             for element in response.elements:
