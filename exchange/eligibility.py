@@ -180,6 +180,16 @@ def attach_pads(requests: Mapping[str, node_pb2.EncryptRequest], batch: bytes, o
         request.pad_open = opens
 
 
+def _refuse_unpadded(agency: str, element: node_pb2.ElementValues) -> None:
+    """A node not yet upgraded ignores the pad fields and answers with fresh ciphertexts: say so."""
+    if element.ciphertexts and not element.padded_values:
+        raise NodeProtocolError(
+            agency,
+            f"answered '{element.element}' with ciphertexts, not padded values: the node predates one-time "
+            "pads (upgrade it, or set one_time_pads = false at the gateway)",
+        )
+
+
 def collect_pads(
     requests: Mapping[str, node_pb2.EncryptRequest], responses: Mapping[str, node_pb2.EncryptResponse]
 ) -> dict[str, bytes]:
@@ -189,6 +199,7 @@ def collect_pads(
     for agency, response in responses.items():
         _check_envelope(agency, requests[agency], response)
         for element in response.elements:
+            _refuse_unpadded(agency, element)
             if not element.pad_ciphertext:
                 raise NodeProtocolError(agency, f"opened the pad batch without a pad for '{element.element}'")
             if hashlib.sha256(element.pad_ciphertext).digest() != element.pad_ciphertext_sha256:
@@ -207,6 +218,7 @@ def validate_padded_response(
     out: dict[str, np.ndarray] = {}
     for element in response.elements:
         values = element.padded_values
+        _refuse_unpadded(agency, element)
         if len(values) != expected:
             raise NodeProtocolError(agency, f"sent {len(values)} padded values for '{element.element}', not {expected}")
         if any(not -half <= v <= half for v in values):

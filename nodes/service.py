@@ -87,7 +87,7 @@ class NodeService:
         return node_pb2.DescribeResponse(
             agency=self.agency,
             elements=elements,
-            computations=[f"he-encrypt/{HE_PARAMS_ID}", "flower-client/1"],
+            computations=[f"he-encrypt/{HE_PARAMS_ID}", "he-pads/1", "flower-client/1"],
             he_params_id=HE_PARAMS_ID,
         )
 

@@ -281,6 +281,22 @@ def test_small_checks_after_the_first_get_padded_values_from_the_nodes_not_ciphe
     assert len({r.digests["pads"] for r in results}) == 1 and len(results[0].digests["pads"]) == 5
 
 
+def test_a_node_that_predates_pads_is_named_with_what_to_do(programs: ProgramRegistry, requester_keys: Any) -> None:
+    """A node not yet upgraded ignores the pad fields and answers with fresh ciphertexts."""
+
+    def old_node(agency: str, response: node_pb2.EncryptResponse) -> None:
+        if agency == "hrss":
+            for element in response.elements:
+                del element.padded_values[:]
+                element.ClearField("pad_ciphertext")
+                element.ciphertexts.append(b"ciphertext")
+
+    service, _, _, _ = _service(programs, nodes=FakeNodes(garble=old_node))
+    with pytest.raises(NodeProtocolError, match=r"predates one-time pads.*one_time_pads = false") as info:
+        run(service, _request(mode="he", public_context=requester_keys.public_context))
+    assert info.value.agency == "hrss"
+
+
 def test_a_node_that_lost_its_pad_batch_gets_a_new_one_and_the_check_answers(
     programs: ProgramRegistry, requester_keys: Any
 ) -> None:
