@@ -7,7 +7,7 @@ slot of a batch pads one value only (nodes/pads.py enforces it). The pads are de
 batch seed that never leaves the node's memory, so a restarted node cannot be made to reuse one.
 
 SHAKE256 (FIPS 202) is the XOF; 64-bit words are cut to 58 bits and those >= t rejected, so every
-pad is exactly uniform on [0, t) given a uniform XOF stream (t is 835,583 below 2^58: a word is
+pad is exactly uniform on [0, t) given a uniform XOF stream (t = 2^58 - 835,583: a word is
 rejected once in ~3.4e11).
 """
 

@@ -92,7 +92,8 @@ class CriterionResult(BaseModel):
     block: int | None = Field(
         default=None,
         description="small HE batches: this criterion's values are slots [block*subjects, (block+1)*subjects) "
-        "of packed_ciphertexts[0] (ciphertexts is then empty)",
+        "of packed_ciphertexts[0] (ciphertexts is then empty); with one-time pads the blocks may start past 0, "
+        "and the ciphertext holds (largest block + 1) * subjects slots",
     )
 
 

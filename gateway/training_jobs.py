@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -72,14 +73,23 @@ class TrainingJobStore:
             ).fetchone()
         return None if row is None else _view(row)
 
-    def recent(self, limit: int = 200) -> list[dict[str, Any]]:
-        with self.db.read() as tx:
-            rows = tx.execute(
-                "SELECT job_id, replica, requester, submission, summary, events FROM training_jobs "
-                "ORDER BY submitted_at DESC LIMIT ?",
-                (limit,),
-            ).fetchall()
-        return [_view(r) for r in rows]
+    def recent(self, limit: int = 200, keep: Callable[[dict[str, Any]], bool] | None = None) -> list[dict[str, Any]]:
+        """The newest `limit` jobs `keep` accepts (all by default): filtered before the limit, page by
+        page, so a caller who may see few jobs still gets its newest ones."""
+        out: list[dict[str, Any]] = []
+        offset, page = 0, max(limit, 50)
+        while len(out) < limit:
+            with self.db.read() as tx:
+                rows = tx.execute(
+                    "SELECT job_id, replica, requester, submission, summary, events FROM training_jobs "
+                    "ORDER BY submitted_at DESC LIMIT ? OFFSET ?",
+                    (page, offset),
+                ).fetchall()
+            out += [v for v in map(_view, rows) if keep is None or keep(v)]
+            if len(rows) < page:
+                break
+            offset += page
+        return out[:limit]
 
 
 def _view(row: Any) -> dict[str, Any]:
@@ -97,5 +107,11 @@ def _view(row: Any) -> dict[str, Any]:
 def summary_of(record: dict[str, Any]) -> dict[str, Any]:
     """A stored job as the console's list shows one (queued until its first mirror)."""
     summary = record["summary"] or {"job_id": record["job_id"], "state": "queued"}
-    requester = record.get("submission", {}).get("requester", {})
-    return {**summary, "requester_agency": requester.get("agency"), "replica": record["replica"]}
+    return {**summary, "requester_agency": requester_agency(record.get("submission")), "replica": record["replica"]}
+
+
+def requester_agency(submission: Any) -> str | None:
+    """The agency a job's submission names as its requester's, or None (not recorded, or malformed)."""
+    requester = submission.get("requester") if isinstance(submission, dict) else None
+    agency = requester.get("agency") if isinstance(requester, dict) else None
+    return agency if isinstance(agency, str) else None

@@ -10,9 +10,11 @@ from __future__ import annotations
 import json
 import re
 import sqlite3
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from gateway.training_jobs import requester_agency
 from policies.budgets import PrivacyLedger
 from policies.loader import DatasetsFile
 from xgate.errors import ConfigError, NotFound, StoreUnavailable
@@ -76,11 +78,9 @@ def job_summary(job_dir: Path) -> dict[str, Any]:
     )
     eps = [float(ev["epsilon"]) for ev in events if ev.get("event") == "dp_spent" and "epsilon" in ev]
     evaluation = status.get("evaluation") or (report or {}).get("evaluation") or model.get("evaluation") or {}
-    submission = _json(job_dir / "submission.json") or {}
-    requester: dict[str, Any] = submission.get("requester") or {} if isinstance(submission, dict) else {}
     return {
         "job_id": job_dir.name,
-        "requester_agency": requester.get("agency"),
+        "requester_agency": requester_agency(_json(job_dir / "submission.json")),
         "state": status.get("state", "unknown"),
         "reason": status.get("reason"),
         "run_id": status.get("run_id"),
@@ -106,16 +106,21 @@ def job_summary(job_dir: Path) -> dict[str, Any]:
     }
 
 
-def list_jobs(jobs_dir: Path | None) -> list[dict[str, Any]]:
+def list_jobs(jobs_dir: Path | None, keep: Callable[[dict[str, Any]], bool] | None = None) -> list[dict[str, Any]]:
+    """The newest MAX_JOBS job summaries `keep` accepts (all by default), filtered before the limit."""
     if jobs_dir is None or not jobs_dir.is_dir():
         return []
     dirs = [d for d in jobs_dir.iterdir() if d.is_dir() and JOB_ID.match(d.name)]
     dirs.sort(key=lambda d: d.stat().st_mtime, reverse=True)
     out = []
-    for d in dirs[:MAX_JOBS]:
+    for d in dirs:
         summary = job_summary(d)
+        if keep is not None and not keep(summary):
+            continue
         summary.pop("decisions")
         out.append(summary)
+        if len(out) == MAX_JOBS:
+            break
     return out
 
 

@@ -16,6 +16,7 @@ security officers see every agency's jobs, an admin its own agency's.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -58,13 +59,30 @@ async def status(job_id: str, who: Caller, service: Training) -> Any:
 
 @router.get("/v1/training/jobs")
 def jobs(who: Officer, services: ServicesDep, engine: Engine) -> dict[str, Any]:
-    listed = _with_other_replicas(jobs_view.list_jobs(services.jobs_dir), services)
+    # An admin sees its own agency's jobs; security officers see every agency's (filtered before the
+    # list's limit, so an admin still gets its agency's newest jobs).
+    def visible(summary: dict[str, Any]) -> bool:
+        return may_see_job(who, {"agency": summary.get("requester_agency")})
+
+    listed = _with_other_replicas(jobs_view.list_jobs(services.jobs_dir, visible), services, visible)
+    budgets = jobs_view.privacy_budgets(engine.directory, services.privacy_ledger)
+    if who.role != "security_officer":
+        # Per dataset the ε spent stays; which job spent it, only for the dataset's own agency or
+        # for jobs the caller may see: another agency's job ids are not for this caller.
+        shown = {j["job_id"] for j in listed}
+        for budget in budgets:
+            if budget["agency"] != who.agency:
+                budget["jobs"] = [s for s in budget["jobs"] if _job_of(s["job_id"]) in shown]
     return {
-        # An admin sees its own agency's jobs; security officers see every agency's.
-        "jobs": [j for j in listed if may_see_job(who, {"agency": j.get("requester_agency")})],
-        "budgets": jobs_view.privacy_budgets(engine.directory, services.privacy_ledger),
+        "jobs": listed,
+        "budgets": budgets,
         "jobs_dir_configured": services.jobs_dir is not None and services.jobs_dir.is_dir(),
     }
+
+
+def _job_of(ledger_key: str) -> str:
+    """The job id in a privacy-ledger key (`<job>`, `<job>~<digest>`, `<job>~<digest>#run-<id>`)."""
+    return ledger_key.split("~", 1)[0].split("#", 1)[0]
 
 
 @router.get("/v1/training/jobs/{job_id}")
@@ -82,13 +100,16 @@ def job(job_id: str, who: Officer, services: ServicesDep) -> dict[str, Any]:
     return detail
 
 
-def _with_other_replicas(local: list[dict[str, Any]], services: Any) -> list[dict[str, Any]]:
+def _with_other_replicas(
+    local: list[dict[str, Any]], services: Any, visible: Callable[[dict[str, Any]], bool]
+) -> list[dict[str, Any]]:
     """Jobs that ran here (their directories) and those other replicas accepted (gateway/training_jobs.py)."""
     store = services.training.jobs if services.training is not None else None
     if store is None:
         return local
     seen = {j["job_id"] for j in local}
-    others = [summary_of(r) for r in store.recent(jobs_view.MAX_JOBS) if r["job_id"] not in seen]
+    recent = store.recent(jobs_view.MAX_JOBS, keep=lambda r: visible(summary_of(r)))
+    others = [summary_of(r) for r in recent if r["job_id"] not in seen]
     for summary in others:
         summary.pop("decisions", None)
     return local + others

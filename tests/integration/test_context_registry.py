@@ -104,6 +104,8 @@ def test_context_goes_over_the_wire_once_and_again_after_a_node_restart(federati
         )  # fmt: skip
         assert client.context_registrations == 0  # the gateway still holds it; only the node forgot
     assert third.rows()
+    # The restarted node lost the pad batch too: the third check opened a new one (pads again).
+    assert third.node_bytes > 4 * 393_000 > 20_000 > second.node_bytes
     final = {a: _received(federation, a) for a in agencies}
     assert final[restarted] - after[restarted] == 1  # asked for it again after the restart
     assert all(final[a] == after[a] for a in agencies if a != restarted)

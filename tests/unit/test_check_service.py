@@ -281,6 +281,18 @@ def test_small_checks_after_the_first_get_padded_values_from_the_nodes_not_ciphe
     assert len({r.digests["pads"] for r in results}) == 1 and len(results[0].digests["pads"]) == 5
 
 
+def test_without_pads_every_small_check_gets_fresh_node_ciphertexts(
+    programs: ProgramRegistry, requester_keys: Any
+) -> None:
+    """`one_time_pads = false`: packed as before, each check's criteria in blocks 0..k-1."""
+    service, nodes, _, _ = _service(programs, pads=None)
+    for _ in range(2):
+        outcome = run(service, _request(mode="he", public_context=requester_keys.public_context))
+        assert [v.block for v in outcome.criteria] == [0, 1, 2]
+        assert _signs(requester_keys, outcome, len(SUBJECTS)) == oracle(programs.get("dibao"), SUBJECTS)
+    assert all(not r.pad_batch and r.replicas == 3 for requests, _ in nodes.calls for r in requests.values())
+
+
 def test_a_node_that_predates_pads_is_named_with_what_to_do(programs: ProgramRegistry, requester_keys: Any) -> None:
     """A node not yet upgraded ignores the pad fields and answers with fresh ciphertexts."""
 
@@ -521,10 +533,13 @@ def _bad_digest(agency: str, response: node_pb2.EncryptResponse) -> None:
     ("garble", "agency", "match"),
     [(_bad_ciphertext, "tax", "invalid (pad )?ciphertext"), (_bad_digest, "hrss", "digest mismatch")],
 )
+@pytest.mark.parametrize("pads", ["pads", "no pads"])
 def test_a_garbled_ciphertext_fails_the_check(
-    programs: ProgramRegistry, requester_keys: Any, garble: Any, agency: str, match: str
+    programs: ProgramRegistry, requester_keys: Any, garble: Any, agency: str, match: str, pads: str
 ) -> None:
-    service, _, _, auditor = _service(programs, nodes=FakeNodes(garble=garble))
+    """A garbled pad (one-time pads, the default) or a garbled fresh ciphertext (`one_time_pads = false`)."""
+    kw: dict[str, Any] = {} if pads == "pads" else {"pads": None}
+    service, _, _, auditor = _service(programs, nodes=FakeNodes(garble=garble), **kw)
     with pytest.raises(NodeProtocolError, match=match) as info:
         run(service, _request(mode="he", public_context=requester_keys.public_context))
     assert info.value.agency == agency and "result" not in auditor.kinds()

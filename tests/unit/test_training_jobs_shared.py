@@ -57,7 +57,11 @@ def two_replicas(tmp_path: Path) -> Iterator[tuple[TestClient, TestClient, FakeR
             TestClient(
                 create_app(
                     Services(
-                        authenticate=_authenticate, training=service, jobs_dir=service.jobs_dir, policy=service.policy
+                        authenticate=_authenticate,
+                        training=service,
+                        jobs_dir=service.jobs_dir,
+                        policy=service.policy,
+                        privacy_ledger=service.ledger,
                     )
                 )
             )
@@ -101,9 +105,44 @@ def test_a_job_accepted_by_one_replica_is_visible_through_the_other(two_replicas
         ] == ["shared-1"]
         assert client.get("/v1/training/jobs", headers={"x-user": "tax-admin"}).json()["jobs"] == []
         assert client.get("/v1/training/jobs/shared-1", headers={"x-user": "tax-admin"}).status_code == 404
+
+    # The privacy budgets name the jobs that spent ε only to whoever may see them (replica a's ledger).
+    def spenders(user: str) -> list[str]:
+        budgets = at_a.get("/v1/training/jobs", headers={"x-user": user}).json()["budgets"]
+        return sorted({s["job_id"].split("~")[0] for b in budgets for s in b["jobs"]})
+
+    assert spenders("officer") == spenders("hrss-admin") == ["shared-1"] and spenders("tax-admin") == []
     # The id is the federation's now: the other replica refuses it though its own directory is empty.
     again = post(at_b, "analyst", job_body("shared-1", epsilon=1.0))
     assert again.status_code == 409 and again.json()["error"] == "job_exists"
+
+
+def test_an_admin_gets_its_agencys_newest_jobs_however_many_other_agencies_ran(tmp_path: Path) -> None:
+    """The list's limit applies after the agency filter: 205 newer jobs of another agency do not
+    push an admin's own out of its list (job directories, and the shared store of other replicas)."""
+    import json
+    import os
+
+    from gateway.console.training import MAX_JOBS, list_jobs
+
+    jobs_dir = tmp_path / "jobs"
+    store = TrainingJobStore(tmp_path / "shared.sqlite", replica="b")
+    for i in range(MAX_JOBS + 5):
+        agency = "tax" if i < 3 else "hrss"
+        job = jobs_dir / f"job-{i:03d}"
+        job.mkdir(parents=True)
+        submission = {"requester": {"user": f"u-{agency}", "agency": agency}, "job": {}}
+        (job / "submission.json").write_text(json.dumps(submission))
+        os.utime(job, (1_000 + i, 1_000 + i))  # the tax jobs are the oldest
+        store.claim(f"other-{i:03d}", f"u-{agency}", submission)  # claimed in order: the tax jobs first
+
+    def tax(summary: dict[str, Any]) -> bool:
+        return summary.get("requester_agency") == "tax"
+
+    assert [j["job_id"] for j in list_jobs(jobs_dir, tax)] == ["job-002", "job-001", "job-000"]
+    assert len(list_jobs(jobs_dir)) == MAX_JOBS
+    recent = store.recent(MAX_JOBS, keep=lambda r: r["submission"]["requester"]["agency"] == "tax")
+    assert [r["job_id"] for r in recent] == ["other-002", "other-001", "other-000"]
 
 
 def test_a_job_the_gateway_could_not_start_is_failed_not_queued_for_ever(two_replicas: Any) -> None:
