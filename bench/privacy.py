@@ -467,7 +467,12 @@ def differencing_attack_rr(trials: int, epsilon: float | None, cohort: int = 10,
 
 
 def magnitude_attack(
-    samples: int, epsilon: float, seed: int = 37, bits: float = 0.5, clip: bool = False
+    samples: int,
+    epsilon: float,
+    seed: int = 37,
+    bits: float = 0.5,
+    clip: bool = False,
+    failing_sum: int | None = None,
 ) -> dict[str, Any]:
     """A magnitude-aware attacker against the randomized response, given far more than it has: the
     victim's slot itself (a real attacker cannot tell it apart among shuffled slots). It sees the
@@ -475,19 +480,23 @@ def magnitude_attack(
     trained on half the samples (victims drawn half passing, half failing, from the synthetic
     population's income sums), tested on the other half. A count-only attacker is bounded by
     e^eps/(1+e^eps); |v| = r*|d| (+1) carries the order of magnitude of |d|, and failing incomes
-    are far larger than passing ones, so this can do better."""
+    are far larger than passing ones, so this can do better.
+
+    `failing_sum`: one person's two worlds instead of the population's: failing with this income
+    sum, or passing with a passing person's sum (what ε per person must bound whatever the sum)."""
     from exchange.cohort import attack_bound
 
     program, sums = income_population(clip=clip)
     criterion = program.criteria[0]
     passes = (sums <= criterion.bound) if criterion.direction < 0 else (sums >= criterion.bound)
+    if failing_sum is not None:
+        sums = np.append(sums, failing_sum)
+        failing = np.array([len(sums) - 1])
+    else:
+        failing = np.flatnonzero(~passes)
     rng = np.random.default_rng(seed)
     truth = rng.integers(0, 2, samples)
-    pick = np.where(
-        truth == 1,
-        rng.choice(np.flatnonzero(passes), samples),
-        rng.choice(np.flatnonzero(~passes), samples),
-    )
+    pick = np.where(truth == 1, rng.choice(np.flatnonzero(passes), samples), rng.choice(failing, samples))
     # clipped terms bound |d| by (terms - 1) * (T + 1) + 1, and the mask range would be fitted to that
     span = (len(criterion.terms) - 1) * (criterion.bound + 1) + 1 if clip else None
     v = masked_slots(program, 0, sums[pick], epsilon, rng, "m", span)
@@ -561,6 +570,10 @@ def bronze_single_person(trials: int, epsilon: float = DEFAULT_COHORT_EPSILON) -
     magnitude = magnitude_attack(max(trials * 20, 20_000), epsilon)
     clipped = magnitude_attack(max(trials * 20, 20_000), epsilon, clip=True)
     by_epsilon = {f"{eps:g}": magnitude_attack(max(trials * 20, 20_000), eps, seed=47) for eps in (0.5, 1.0, 2.0, 3.0)}
+    by_sum = {
+        str(total): magnitude_attack(max(trials * 12, 12_000), epsilon, seed=53, failing_sum=total)
+        for total in (1_101, 2_000, 20_000, 100_000, 2**20, 2**24 - 1)
+    }
     return {
         "trials": trials,
         "bronze_epsilon_per_criterion": epsilon,
@@ -575,6 +588,10 @@ def bronze_single_person(trials: int, epsilon: float = DEFAULT_COHORT_EPSILON) -
         "magnitude_aware_by_epsilon": {
             eps: {k: m[k] for k in ("magnitude_aware_success_rate", "sign_only_success_rate", "bound")}
             for eps, m in by_epsilon.items()
+        },
+        "magnitude_aware_by_failing_sum": {
+            total: {k: m[k] for k in ("magnitude_aware_success_rate", "sign_only_success_rate", "bound")}
+            for total, m in by_sum.items()
         },
         "magnitude_aware_if_terms_were_clipped_at_the_threshold": {
             **clipped,
@@ -599,10 +616,12 @@ class _InProcessNodes:
         self.nodes = nodes
         self.calls = 0
 
-    async def encrypt_all(self, requests: Any, deadline_s: float) -> dict[str, Any]:
+    async def encrypt_all(self, requests: Any, deadline_s: float, public_context: bytes = b"") -> dict[str, Any]:
         import asyncio
 
         self.calls += len(requests)
+        for request in requests.values():  # in process the context's bytes cost nothing: always attach them
+            request.public_context = request.public_context or public_context
         answers = await asyncio.gather(
             *(asyncio.to_thread(self.nodes[a].encrypt_values, r) for a, r in requests.items())
         )

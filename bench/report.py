@@ -78,6 +78,15 @@ def masking(d: dict[str, Any]) -> str:
     )
 
 
+def _by_failing_sum(by_sum: dict[str, Any] | None, bound: float) -> list[list[Any]]:
+    """The magnitude-aware guess for one person failing at each income sum (bench/privacy.py)."""
+    if not by_sum:
+        return []
+    sums = ", ".join(f"{int(k):,}" for k in by_sum)
+    rates = " / ".join(str(m["magnitude_aware_success_rate"]) for m in by_sum.values())
+    return [[f"bronze magnitude-aware guess, one person failing at income sum {sums}", rates, "", f"<= {bound}"]]
+
+
 def _bronze_rows(d: dict[str, Any]) -> list[list[Any]]:
     """The cohort view: randomized response per slot (eps per criterion), shuffles per criterion."""
     b = d.get("bronze")
@@ -109,6 +118,7 @@ def _bronze_rows(d: dict[str, Any]) -> list[list[Any]]:
             "",
             f"<= {bound} (+ {mag['margin_3_sigma']}); sign only: {mag['sign_only_success_rate']}",
         ],
+        *_by_failing_sum(b.get("magnitude_aware_by_failing_sum"), bound),
         [
             "bronze slot linkage across criteria (same person in slot j)",
             link["same_person_rate"],
