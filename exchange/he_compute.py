@@ -68,9 +68,10 @@ class CombineJob:
     pad_offset: int = 0
 
 
-def _combine_padded(job: CombineJob, context: PublicContext) -> tuple[list[CriterionOutcome], bytes]:
-    """A padded check: Enc(rho) per element plus the nodes' x - rho, combined in one product."""
-    assert job.pads is not None
+def _combine_padded(
+    job: CombineJob, context: PublicContext, pads: Mapping[str, bytes]
+) -> tuple[list[CriterionOutcome], bytes]:
+    """A padded check: Enc(rho) per element (`pads`) plus the nodes' x - rho, in one product."""
     (plan,) = job.plans
     (responses,) = job.answers
     n = len(job.pseudonyms)
@@ -82,7 +83,7 @@ def _combine_padded(job: CombineJob, context: PublicContext) -> tuple[list[Crite
         values = validate_padded_response(agency, plan[agency], response)
         for element in values:
             try:
-                ciphertexts[element] = [context.load_pad(job.pads[element], total)]
+                ciphertexts[element] = [context.load_pad(pads[element], total)]
             except KeyError:
                 raise NodeProtocolError(agency, f"answered for '{element}', which the batch has no pad for") from None
             except XgateError as exc:
@@ -109,7 +110,7 @@ def combine(job: CombineJob) -> tuple[list[CriterionOutcome], bytes]:
     Every node answer is validated against its request first (sizes, counts, parameters)."""
     context = PublicContext.cached(job.context_data)
     if job.pads is not None:
-        return _combine_padded(job, context)
+        return _combine_padded(job, context, job.pads)
     loaded = []
     for plan, responses in zip(job.plans, job.answers, strict=True):
         ciphertexts = {}

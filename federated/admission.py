@@ -49,6 +49,7 @@ __all__ = [
     "by_agency",
     "charge_run",
     "job_epsilon",
+    "job_of_charge_key",
     "require_approval",
     "store_agency_datasets",
 ]
@@ -311,6 +312,12 @@ class PolicyAdmission:
             return d
         won = self._prior(job)  # a concurrent decision of the same job won
         return d if won is None else won[0]
+
+
+def job_of_charge_key(key: str) -> str:
+    """The job id in a privacy-ledger key: `<job>`, `<job>~<digest>` (_charge_key),
+    `<job>~<digest>#run-<id>` (charge_run) or `<job>~adopted` (a legacy ledger's spends)."""
+    return key.split("~", 1)[0].split("#", 1)[0]
 
 
 def _charge_key(job: JobSpec, redecided: str) -> str:

@@ -194,10 +194,9 @@ class NodeService:
         for query in request.elements:
             values = self._values(query.element, pseudonyms, query.if_missing).tolist() * copies
             out = response.elements.add(element=query.element)
-            pad = window.full(query.element)  # derived once per element and request
-            out.padded_values.extend(padded(values, pad[window.start : window.start + window.count]))
+            out.padded_values.extend(padded(values, window.window(query.element)))
             if request.pad_open:
-                blob = context.encrypt(centered(pad))
+                blob = context.encrypt(centered(window.full(query.element)))
                 out.pad_ciphertext = blob
                 out.pad_ciphertext_sha256 = hashlib.sha256(blob).digest()
 

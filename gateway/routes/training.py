@@ -23,6 +23,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
+from federated.admission import job_of_charge_key
 from gateway.console import training as jobs_view
 from gateway.deps import Caller, Engine, Officer, ServicesDep, Training
 from gateway.training_jobs import summary_of
@@ -72,17 +73,12 @@ def jobs(who: Officer, services: ServicesDep, engine: Engine) -> dict[str, Any]:
         shown = {j["job_id"] for j in listed}
         for budget in budgets:
             if budget["agency"] != who.agency:
-                budget["jobs"] = [s for s in budget["jobs"] if _job_of(s["job_id"]) in shown]
+                budget["jobs"] = [s for s in budget["jobs"] if job_of_charge_key(s["job_id"]) in shown]
     return {
         "jobs": listed,
         "budgets": budgets,
         "jobs_dir_configured": services.jobs_dir is not None and services.jobs_dir.is_dir(),
     }
-
-
-def _job_of(ledger_key: str) -> str:
-    """The job id in a privacy-ledger key (`<job>`, `<job>~<digest>`, `<job>~<digest>#run-<id>`)."""
-    return ledger_key.split("~", 1)[0].split("#", 1)[0]
 
 
 @router.get("/v1/training/jobs/{job_id}")

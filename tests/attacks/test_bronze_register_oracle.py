@@ -15,14 +15,13 @@ ProbeBudget, and a real register NodeService (`civil_register`); the other agenc
 from __future__ import annotations
 
 import asyncio
-import hashlib
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from bench.privacy import _random_pseudonym, _register_node
-from crypto.he import PublicContext, RequesterKeys
+from crypto.he import RequesterKeys
 from exchange.service import CheckService
 from exchange.types import CheckRequest
 from nodes.service import NodeService
@@ -30,6 +29,7 @@ from policies.budgets import CohortPrivacyBudget, ProbeBudget
 from policies.decision import DEFAULT_POLICY_DIR, CheckAuthorizer, PolicyEngine
 from policies.programs import ProgramRegistry
 from protos.xgate.v1 import node_pb2
+from tests.honest_answers import HonestAnswers
 from tests.unit.test_approvals import STANDING_REF, standing_registry
 from tests.unit.test_check_service import MASK_KEY, FakeAuditor
 from tests.unit.test_policy_support import DAYTIME
@@ -44,6 +44,7 @@ class Nodes:
 
     def __init__(self, register: NodeService) -> None:
         self.register = register
+        self.honest = HonestAnswers()
 
     async def encrypt_all(
         self, requests: dict[str, node_pb2.EncryptRequest], deadline_s: float, public_context: bytes = b""
@@ -58,14 +59,8 @@ class Nodes:
                 except XgateError as exc:  # what gateway/fanout.py makes of the node's PERMISSION_DENIED
                     raise NodeRefused(agency, f"refused: {exc.message}", **exc.details) from None
                 continue
-            context = PublicContext.cached(request.public_context or public_context)
-            response = node_pb2.EncryptResponse(agency=agency, request_id=request.context.request_id)
-            for query in request.elements:
-                element = response.elements.add(element=query.element)
-                blob = context.encrypt([0] * len(request.pseudonyms))
-                element.ciphertexts.append(blob)
-                element.ciphertext_sha256.append(hashlib.sha256(blob).digest())
-            out[agency] = response
+            zeros = [0] * len(request.pseudonyms)
+            out[agency] = self.honest.answer(agency, request, lambda _, zeros=zeros: zeros, public_context)
         return out
 
 
