@@ -28,7 +28,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordD
 from flwr.clientapp import ClientApp
 
 from crypto import keyed_draws
-from federated import datasets, label_dp, model, node, psi, psi_keys, vertical_dp
+from federated import datasets, label_dp, model, node, psi, psi_keys, psi_pool, vertical_dp
 from federated.admission import admit_at_node, record_dp_plan
 from federated.grid_io import arrays_of, cfg_of
 from federated.jobs import DPUnit, JobSpec, job_from_run_config
@@ -141,7 +141,7 @@ def blind(msg: Message, context: Context) -> Message:
     peers = psi_keys.peer_keys(job.job_id, statements, job.label_holder, trust, job.min_nodes - 1)
     roster = psi_keys.roster(job.job_id, nc.agency, psi.agreement_public(agreement), statements)
     lists = [bytes(tags) for tags in cfg["tags"]]
-    finished = [psi.finish(key, tags) for tags in lists]
+    finished = psi_pool.finish_lists(key, lists)  # K - 1 lists here, one at each other node: over its cores
     orders = [psi.new_order(psi.count(f, psi.MATCH_BYTES)) for f in finished]
     buffer = io.BytesIO()
     np.savez(buffer, *orders)
@@ -283,8 +283,14 @@ def setup(msg: Message, context: Context) -> Message:
     _check_split(path, job, nc, bytes(cfg["train"]), bytes(cfg["test"]))
     feats = node.held_features(job, nc)
     infos = datasets.element_info(nc.store, feats)
-    _, raw_tr = datasets.read_matrix(nc.store, feats, train)
-    _, raw_te = datasets.read_matrix(nc.store, feats, test)
+    # Decided here from the job and the store, never from the coordinator's word: a feature node
+    # told it is the label holder would otherwise release its embeddings without noise.
+    label_holder = _holds_label(job, nc)
+    if bool(cfg.get("label_holder", False)) != label_holder:
+        raise ValueError(f"the coordinator's label_holder={cfg.get('label_holder')} is wrong for this node")
+    # One read of every element for all aligned rows (a read scans an element's whole column).
+    _, raw = datasets.read_matrix(nc.store, [*feats, *([job.label] if label_holder else [])], train + test)
+    raw_tr, raw_te = raw[: len(train), : len(feats)], raw[len(train) :, : len(feats)]
     # Standardisation statistics come from this node's own training rows and never leave it.
     encs = model.resolve(infos, job.encodings)
     stats = model.fit_stats(infos, encs, raw_tr)
@@ -299,11 +305,6 @@ def setup(msg: Message, context: Context) -> Message:
     }
     state = pack_state("b_", bottom.w, bottom.opt_state)
     metrics: dict[str, Any] = {}
-    # Decided here from the job and the store, never from the coordinator's word: a feature node
-    # told it is the label holder would otherwise release its embeddings without noise.
-    label_holder = _holds_label(job, nc)
-    if bool(cfg.get("label_holder", False)) != label_holder:
-        raise ValueError(f"the coordinator's label_holder={cfg.get('label_holder')} is wrong for this node")
     if private_releases(job, label_holder):
         plan = dp_plan(job, len(train), len(feats))
         # The accountant's epsilon goes into the node's ledger before its first release.
@@ -322,8 +323,7 @@ def setup(msg: Message, context: Context) -> Message:
     else:
         data["precond"] = preconditioner(x_tr, RIDGE)
     if label_holder:
-        _, lab_tr = datasets.read_matrix(nc.store, [job.label], train)
-        _, lab_te = datasets.read_matrix(nc.store, [job.label], test)
+        lab_tr, lab_te = raw[: len(train), len(feats) :], raw[len(train) :, len(feats) :]
         if np.isnan(lab_tr).any() or np.isnan(lab_te).any():
             raise ValueError("aligned subjects without a label")
         width = int(cfg["width"])
