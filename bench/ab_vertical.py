@@ -29,7 +29,7 @@ def main() -> None:
     ap.add_argument("label", nargs="?", default="run")
     ap.add_argument("--link", action="store_true", help="run on a long-lived local link")
     ap.add_argument("--limit", type=int, default=100_000, help="seeded subsample of N rows (0: all)")
-    ap.add_argument("--rounds", type=int, default=6)
+    ap.add_argument("--rounds", type=int, default=bench_federated.VERTICAL_ROUNDS)
     args = ap.parse_args()
     root = Path(tempfile.mkdtemp(prefix="xgate-ab-"))
     data = census.load(limit=args.limit or None)

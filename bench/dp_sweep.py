@@ -50,7 +50,7 @@ import numpy as np
 from bench.federated import RECORD_DP, RECORD_DP_CLIP, _encode
 from federated import census, dp_sgd, model, pooled_stats, updates, vertical_dp
 from federated.datasets import ElementInfo
-from federated.jobs import Encoding, Method
+from federated.jobs import VERTICAL_BATCH, Encoding, Method
 from federated.vertical import RIDGE, Bottom, Top, batch_indices, preconditioner
 
 RESULTS = Path(__file__).parent / "results" / "dp_sweep.json"
@@ -60,8 +60,9 @@ CLIPS = (0.5, 1.0, 2.0, 4.0)
 LEARNING_RATES = (2.0, 4.0, 8.0, 16.0)
 EPSILONS = (1.0, 4.0, 8.0)
 DELTA = 1e-6
-VERTICAL_ROUNDS = (2, 3, 6)
+VERTICAL_ROUNDS = (1, 2, 3, 6)
 VERTICAL_LEARNING_RATES = (1.5, 3.0)
+VERTICAL_BATCHES = (VERTICAL_BATCH, 0)  # 0: every training row in every step (full batches)
 VERTICAL_CLIP = 1.0  # bench.federated.VERTICAL_DP_CLIP
 
 
@@ -166,10 +167,18 @@ def _blp(e: np.ndarray, noise_var: np.ndarray) -> np.ndarray:
 
 
 def vertical_arm_replay(
-    s: VerticalSplit, arm: str, *, epsilon: float, rounds: int, lr: float, h: int = 4, seed: int = 0
+    s: VerticalSplit,
+    arm: str,
+    *,
+    epsilon: float,
+    rounds: int,
+    lr: float,
+    batch: int = VERTICAL_BATCH,
+    h: int = 4,
+    seed: int = 0,
 ) -> tuple[float, float, float]:
-    """Split learning with record-level DP at every feature node (full batches, as the job runs),
-    the label holder using one of `VERTICAL_ARMS`; returns (validation AUC, test AUC, noise sd per
+    """Split learning with record-level DP at every feature node (the job's batch schedule), the
+    label holder using one of `VERTICAL_ARMS`; returns (validation AUC, test AUC, noise sd per
     embedding coordinate in units of the clip). Evaluation embeddings travel clipped, not noised
     (as the ClientApp sends held-out rows)."""
     rng = np.random.default_rng(seed)
@@ -178,7 +187,9 @@ def vertical_arm_replay(
     feats = [a for a in s.train if a != label]
     bottoms = {a: Bottom.init(s.train[a].shape[1], h, 0, a) for a in s.train}
     plans = {
-        a: vertical_dp.plan(epsilon, DELTA, VERTICAL_CLIP, n=n, batch=n, rounds=rounds, raw_features=s.raw_features[a])
+        a: vertical_dp.plan(
+            epsilon, DELTA, VERTICAL_CLIP, n=n, batch=batch, rounds=rounds, raw_features=s.raw_features[a]
+        )
         for a in feats
     }
     precond = {a: vertical_dp.private_preconditioner(s.train[a], plans[a], rng) for a in feats}
@@ -200,7 +211,7 @@ def vertical_arm_replay(
         return np.hstack([own, sum(e)] if summed else [own, *e])
 
     for t in range(rounds):
-        idx = batch_indices(n, n, t, 0)
+        idx = batch_indices(n, batch, t, 0)
         e = features({a: x[idx] for a, x in s.train.items()}, noisy=True)
         var = e.var(axis=0)
         reliability = np.clip((var - noise_var) / np.maximum(var, 1e-12), 0.02, 1.0)
@@ -222,13 +233,16 @@ def vertical_arm_replay(
     return auc(s.validation, s.y_validation), auc(s.test, s.y_test), sd / VERTICAL_CLIP
 
 
-def vertical_options(limit: int, seeds: int, rounds: int, lr: float) -> dict[str, Any]:
+def vertical_options(limit: int, seeds: int, rounds: int, lr: float, batch: int = VERTICAL_BATCH) -> dict[str, Any]:
     """Every arm at every epsilon, `seeds` noise draws each (the split and initial weights fixed)."""
     vs = vertical_split(census.load(limit=limit))
     arms: dict[str, Any] = {}
     for arm in VERTICAL_ARMS:
         for eps in EPSILONS:
-            runs = [vertical_arm_replay(vs, arm, epsilon=eps, rounds=rounds, lr=lr, seed=k) for k in range(seeds)]
+            runs = [
+                vertical_arm_replay(vs, arm, epsilon=eps, rounds=rounds, lr=lr, batch=batch, seed=k)
+                for k in range(seeds)
+            ]
             arms.setdefault(arm, {})[f"eps{eps:g}"] = {
                 "validation_auc": [round(r[0], 4) for r in runs],
                 "test_auc": [round(r[1], 4) for r in runs],
@@ -237,7 +251,81 @@ def vertical_options(limit: int, seeds: int, rounds: int, lr: float) -> dict[str
                 "noise_sd_per_clip": round(runs[0][2], 2),
             }
             print(json.dumps({"arm": arm, "epsilon": eps, **arms[arm][f"eps{eps:g}"]}), flush=True)
-    return {"rows": limit, "rounds": rounds, "learning_rate": lr, "clip": VERTICAL_CLIP, "seeds": seeds, "arms": arms}
+    return {
+        "rows": limit,
+        "batch_size": batch,
+        "rounds": rounds,
+        "learning_rate": lr,
+        "clip": VERTICAL_CLIP,
+        "seeds": seeds,
+        "arms": arms,
+    }
+
+
+def vertical_sweep(limit: int, *, quick: bool = False, seeds: int = 2) -> dict[str, Any]:
+    """The vertical record-DP job's (batch, rounds, learning rate), as the job runs it (arm
+    `deattenuated_top`): every setting at every epsilon, `seeds` noise draws each, scored on the
+    validation split; one setting for all epsilons (a job file fixes it before its epsilon is
+    known), the best by mean validation AUC, then its test AUC per epsilon on fresh noise."""
+    vs = vertical_split(census.load(limit=limit))
+    n = len(vs.y_train)
+    grid: list[dict[str, Any]] = []
+    settings = itertools.product(
+        VERTICAL_BATCHES, (1, 2) if quick else VERTICAL_ROUNDS, (1.5,) if quick else VERTICAL_LEARNING_RATES
+    )
+    for batch, rounds, lr in settings:
+        rows = batch or n
+        by_eps = {
+            f"eps{eps:g}": float(
+                np.mean(
+                    [
+                        vertical_arm_replay(
+                            vs, "deattenuated_top", epsilon=eps, rounds=rounds, lr=lr, batch=rows, seed=k
+                        )[0]
+                        for k in range(1 if quick else seeds)
+                    ]
+                )
+            )
+            for eps in EPSILONS
+        }
+        grid.append(
+            {
+                "batch_size": rows,
+                "rounds": rounds,
+                "learning_rate": lr,
+                "validation_auc": by_eps,
+                "mean_validation_auc": float(np.mean(list(by_eps.values()))),
+            }
+        )
+        print(json.dumps(grid[-1]), flush=True)
+    best = max(grid, key=lambda g: g["mean_validation_auc"])
+    chosen = {}
+    for eps in EPSILONS:
+        validation, test, _ = vertical_arm_replay(
+            vs,
+            "deattenuated_top",
+            epsilon=eps,
+            rounds=best["rounds"],
+            lr=best["learning_rate"],
+            batch=best["batch_size"],
+            seed=seeds + 1,
+        )
+        chosen[f"eps{eps:g}"] = {
+            "batch_size": best["batch_size"],
+            "rounds": best["rounds"],
+            "learning_rate": best["learning_rate"],
+            "validation_auc": validation,
+            "test_auc": test,
+        }
+    return {
+        "rows": limit,
+        "training_rows": n,
+        "clip": VERTICAL_CLIP,
+        "embedding_dim": 4,
+        "arm": "deattenuated_top",
+        "grid": grid,
+        "chosen": chosen,
+    }
 
 
 def _auc(w: np.ndarray, xy: tuple[np.ndarray, np.ndarray]) -> float:
@@ -302,7 +390,23 @@ def main() -> None:
     ap.add_argument(
         "--vertical-options", action="store_true", help="only the vertical record-DP alternatives (VERTICAL_ARMS)"
     )
+    ap.add_argument(
+        "--vertical", action="store_true", help="only the vertical record-DP sweep, merged into dp_sweep.json"
+    )
     args = ap.parse_args()
+    if args.vertical:
+        t0 = time.perf_counter()
+        vertical = vertical_sweep(30_000 if args.quick else args.limit, quick=args.quick)
+        vertical["wall_s"] = time.perf_counter() - t0
+        if args.quick:
+            print(json.dumps(vertical["chosen"], indent=1))
+            return
+        out = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+        out["vertical"] = vertical
+        RESULTS.parent.mkdir(parents=True, exist_ok=True)
+        RESULTS.write_text(json.dumps(out, indent=1))
+        print(json.dumps(vertical["chosen"], indent=1), f"-> {RESULTS} (vertical section)")
+        return
     if args.vertical_options:
         t0 = time.perf_counter()
         # The settings the sweep chose for the job (bench.federated runs them), else its defaults.
@@ -312,6 +416,7 @@ def main() -> None:
             1 if args.quick else args.seeds,
             int(job.get("rounds", 2)),
             float(job.get("learning_rate", 1.5)),
+            int(job.get("batch_size", VERTICAL_BATCH)),
         )
         options["wall_s"] = time.perf_counter() - t0
         target = VERTICAL_OPTIONS_RESULTS
@@ -338,23 +443,7 @@ def main() -> None:
         w = federated_dp_sgd(s, epsilon=eps, clip=clip, lr=lr)
         grid.append({"epsilon": eps, "clip": clip, "learning_rate": lr, "validation_auc": _auc(w, s.validation)})
         print(json.dumps(grid[-1]), flush=True)
-    vs = vertical_split(census.load(limit=limit))
-    vgrid: list[dict[str, Any]] = []
-    for rounds, lr in itertools.product(VERTICAL_ROUNDS if not args.quick else (2, 6), VERTICAL_LEARNING_RATES):
-        validation, _, _ = vertical_arm_replay(vs, "per_node_noise", epsilon=4.0, rounds=rounds, lr=lr)
-        vgrid.append({"epsilon": 4.0, "rounds": rounds, "learning_rate": lr, "validation_auc": validation})
-        print(json.dumps(vgrid[-1]), flush=True)
-    vbest = max(vgrid, key=lambda g: g["validation_auc"])
-    vchosen = {}
-    for eps in EPSILONS:
-        settings = {"rounds": vbest["rounds"], "lr": vbest["learning_rate"]}
-        validation, test, _ = vertical_arm_replay(vs, "per_node_noise", epsilon=eps, **settings, seed=1)
-        vchosen[f"eps{eps:g}"] = {
-            "rounds": vbest["rounds"],
-            "learning_rate": vbest["learning_rate"],
-            "validation_auc": validation,
-            "test_auc": test,
-        }
+    vertical = vertical_sweep(limit, quick=args.quick)
     chosen: dict[str, Any] = {}
     for eps in EPSILONS:
         best = max((g for g in grid if g["epsilon"] == eps), key=lambda g: g["validation_auc"])
@@ -376,7 +465,7 @@ def main() -> None:
         "delta": DELTA,
         "grid": grid,
         "chosen": chosen,
-        "vertical": {"clip": VERTICAL_CLIP, "embedding_dim": 4, "grid": vgrid, "chosen": vchosen},
+        "vertical": vertical,
         "wall_s": time.perf_counter() - t0,
     }
     RESULTS.parent.mkdir(parents=True, exist_ok=True)

@@ -926,6 +926,7 @@ def dp_sweep(d: dict[str, Any]) -> str:
         vrows = [
             [
                 k.removeprefix("eps"),
+                f"{c['batch_size']:,}",
                 c["rounds"],
                 c["learning_rate"],
                 f"{c['validation_auc']:.4f}",
@@ -933,14 +934,24 @@ def dp_sweep(d: dict[str, Any]) -> str:
             ]
             for k, c in v["chosen"].items()
         ]
-        grid = "; ".join(
-            f"{g['rounds']} rounds at {g['learning_rate']:g}: {g['validation_auc']:.4f}" for g in v["grid"]
-        )
+        grid_rows = [
+            [
+                f"{g['batch_size']:,}",
+                g["rounds"],
+                g["learning_rate"],
+                *(f"{g['validation_auc'][f'eps{e}']:.4f}" for e in _EPS),
+                f"{g['mean_validation_auc']:.4f}",
+            ]
+            for g in sorted(v["grid"], key=lambda g: -g["mean_validation_auc"])
+        ]
         parts += [
-            f"Vertical record-level DP (replay of split learning, clip {v['clip']:g}, embedding dimension "
-            f"{v['embedding_dim']}): at ε = 4, validation AUC by rounds and learning rate: {grid}. "
-            "The best, at each ε:",
-            _table(["ε", "rounds", "learning rate", "validation AUC", "test AUC"], vrows),
+            f"Vertical record-level DP (replay of split learning as the job runs it, label holder with "
+            f"de-attenuated top weights, clip {v['clip']:g}, embedding dimension {v['embedding_dim']}, "
+            f"{v['training_rows']:,} training rows; `bench/dp_sweep.py --vertical`): validation AUC by batch, "
+            "rounds and learning rate, best first:",
+            _table(["batch_size", "rounds", "learning rate", *(f"ε = {e}" for e in _EPS), "mean"], grid_rows),
+            "The best by mean validation AUC, at each ε on fresh noise:",
+            _table(["ε", "batch_size", "rounds", "learning rate", "validation AUC", "test AUC"], vrows),
         ]
     return "\n\n".join(parts)
 

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from federated import dp, model, node, updates, vertical
 from federated.datasets import ElementInfo
-from federated.jobs import parse_job
+from federated.jobs import VERTICAL_BATCH, parse_job
 from xgate.errors import InvalidInput
 
 BASE = {
@@ -36,7 +36,7 @@ def test_job_defaults_and_digest_stable() -> None:
     assert job.digest() == parse_job(dict(BASE)).digest()
     assert parse_job({**BASE, "rounds": 3}).digest() != job.digest()
     v = parse_job({**BASE, "mode": "vertical"})
-    assert v.learning_rate == 2.0 and v.batch_size >= 1_000_000
+    assert v.learning_rate == 2.0 and v.batch_size == VERTICAL_BATCH == 16_384
 
 
 @pytest.mark.parametrize(
@@ -194,6 +194,17 @@ def test_vertical_split_model_matches_pooled_logistic_regression() -> None:
     pooled = model.lr_train(model.lr_init(5), np.hstack([xa, xb]), y, epochs=20, lr=0.5, batch=256, l2=0, seed=0)
     assert model.auc(scores, y) > model.auc(model.lr_predict(pooled, np.hstack([xa, xb])), y) - 0.01
     assert vertical.align([["p1", "p2", "p3"], ["p3", "p1"], ["p1", "p3", "p9"]]) == ["p1", "p3"]
-    b = vertical.batch_indices(10, 4, 2, seed=0)
-    epoch = set(vertical.batch_indices(10, 4, 0, 0)) | set(vertical.batch_indices(10, 4, 1, 0)) | set(b)
-    assert len(b) == 2 and len(epoch) == 10
+
+
+@given(st.integers(1, 3000), st.integers(1, 5000), st.integers(0, 2), st.integers(0, 10))
+@settings(max_examples=60, deadline=None)
+def test_every_epoch_is_cut_into_batches_of_equal_size_covering_each_row_once(
+    n: int, batch: int, epoch: int, seed: int
+) -> None:
+    """No step runs on a small remainder: an epoch's batches differ by at most one row, none is
+    larger than batch_size, and together they hold every row exactly once."""
+    per_epoch = -(-n // batch)
+    batches = [vertical.batch_indices(n, batch, epoch * per_epoch + k, seed) for k in range(per_epoch)]
+    sizes = [len(b) for b in batches]
+    assert max(sizes) <= batch and max(sizes) - min(sizes) <= 1
+    assert np.array_equal(np.sort(np.concatenate(batches)), np.arange(n))
