@@ -141,7 +141,8 @@ def blind(msg: Message, context: Context) -> Message:
     peers = psi_keys.peer_keys(job.job_id, statements, job.label_holder, trust, job.min_nodes - 1)
     roster = psi_keys.roster(job.job_id, nc.agency, psi.agreement_public(agreement), statements)
     lists = [bytes(tags) for tags in cfg["tags"]]
-    finished = psi_pool.finish_lists(key, lists)  # K - 1 lists here, one at each other node: over its cores
+    # K - 1 lists here, one at each other node: over its cores, within the round the coordinator waits
+    finished = psi_pool.finish_lists(key, lists, timeout_s=job.round_timeout_s)
     orders = [psi.new_order(psi.count(f, psi.MATCH_BYTES)) for f in finished]
     buffer = io.BytesIO()
     np.savez(buffer, *orders)
@@ -525,6 +526,8 @@ def _check_held_out(order: list[str], received: dict[str, np.ndarray], own: str,
         shape = received[agency].shape if agency in received else None
         if shape != (rows, width):
             raise ValueError(f"held-out embeddings of '{agency}' are {shape}, not {rows} rows of {width}")
+        if not np.isfinite(received[agency]).all():  # one NaN would make every recentred score NaN
+            raise ValueError(f"held-out embeddings of '{agency}' hold a value that is not a finite number")
 
 
 @app.evaluate("top")
@@ -547,10 +550,17 @@ def evaluate_top(msg: Message, context: Context) -> Message:
     _once(path, context, "evaluate")  # claimed only for a well-formed request: a bad one costs nothing
     bottom, topm = Bottom(*unpack_state("b_", st)), Top(*unpack_state("t_", st))
     embs = [bottom.forward(st["x_test"]) if a == nc.agency else received[a] for a in order]
-    # Held-out embeddings are clean: score them with weights undoing the training noise's dilution.
-    w = vertical_dp.deattenuated(topm.w, st["reliability"]) if "reliability" in st else topm.w
-    scores = Top(w, topm.opt_state).scores(np.hstack(embs))
+    # Held-out embeddings are clean: score them with weights undoing the training noise's dilution,
+    # the bias recentred on where their scores fall (no label is used: post-processing).
+    e = np.hstack(embs)
     prevalence = float(st["y_train"].mean())
+    w = topm.w
+    recentre = "reliability" in st and len(e) > 0 and 0.0 < prevalence < 1.0
+    if "reliability" in st:
+        w = vertical_dp.deattenuated(topm.w, st["reliability"])
+        if recentre:
+            w = vertical_dp.recentred(w, e, prevalence)
+    scores = Top(w, topm.opt_state).scores(e)
     rep = model.report(scores, st["y_test"], threshold=prevalence)
     if job.label_dp is not None:  # counted against the noisy held-out labels: estimates of the true figures
         counts = label_dp.debiased_counts(scores >= prevalence, st["y_test"], job.label_dp)
@@ -570,6 +580,7 @@ def evaluate_top(msg: Message, context: Context) -> Message:
             "threshold": prevalence,
             "top_sha256": hashlib.sha256(w.tobytes()).hexdigest(),
             "top_deattenuated": "reliability" in st,
+            "top_recentred": recentre,
             "estimated_from_noisy_labels": job.label_dp is not None,
         },
     )

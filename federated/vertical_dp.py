@@ -43,7 +43,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from federated import dp_sgd
+from federated import dp_sgd, model
 from federated.vertical import RIDGE
 
 
@@ -136,6 +136,23 @@ def deattenuated(top_w: np.ndarray, column_reliability: np.ndarray) -> np.ndarra
     if len(column_reliability) != len(w) - 1:
         raise ValueError(f"{len(column_reliability)} reliabilities for {len(w) - 1} top weights")
     w[:-1] = w[:-1] / np.asarray(column_reliability, dtype=np.float64)
+    return w
+
+
+def recentred(top_w: np.ndarray, e: np.ndarray, prevalence: float) -> np.ndarray:
+    """Top weights (bias last) with the bias moved so that the mean score over the rows `e` is
+    `prevalence`. De-attenuated weights rank well but lose their intercept (fitted while the
+    embeddings were noise), so every score can land on one side of the prevalence threshold. Uses
+    no label, only where the scores fall; the ranking, hence the AUC, is unchanged."""
+    if not 0.0 < prevalence < 1.0:
+        raise ValueError(f"a prevalence of {prevalence} leaves nothing to centre on")
+    w = np.array(top_w, dtype=np.float64)
+    logits = np.asarray(e, dtype=np.float64) @ w[:-1]
+    low, high = -60.0 - float(logits.max()), 60.0 - float(logits.min())  # mean score ~0 and ~1
+    for _ in range(100):  # the mean score is increasing in the bias: bisect
+        mid = (low + high) / 2
+        low, high = (mid, high) if float(model.sigmoid(logits + mid).mean()) < prevalence else (low, mid)
+    w[-1] = (low + high) / 2
     return w
 
 

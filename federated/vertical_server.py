@@ -370,6 +370,8 @@ def run_vertical(grid: Grid, context: Context, job: JobSpec, job_dir: Path) -> N
         "n": sum(int(ev[k]) for k in ("tp", "fp", "tn", "fn")),
         # Record-level DP: the label holder scored with weights undoing the noise's dilution.
         "top_deattenuated": bool(ev.get("top_deattenuated", False)),
+        # ... and its bias moved so the mean held-out score is the training prevalence (no label used).
+        "top_recentred": bool(ev.get("top_recentred", False)),
         # Label DP: the label holder counted against the noisy held-out labels; these are estimates.
         "estimated_from_noisy_labels": bool(ev.get("estimated_from_noisy_labels", False)),
     }

@@ -221,6 +221,10 @@ def test_an_honest_rerun_evaluates_and_a_malformed_evaluation_costs_nothing(tmp_
     (cfg, embs) = request[civil]
     with pytest.raises(VerticalFailed, match="held-out embeddings of 'hrss' are None"):
         fed.relay.send("evaluate.top", {civil: (cfg, {a: e for a, e in embs.items() if a != "hrss"})})
+    poisoned = {a: e.copy() for a, e in embs.items()}
+    poisoned["hrss"][1, 0] = np.nan  # one value (row 0 of the wire format holds the column scales)
+    with pytest.raises(VerticalFailed, match="'hrss' hold a value that is not a finite number"):
+        fed.relay.send("evaluate.top", {civil: (cfg, poisoned)})
     assert "auc" in fed.relay.send("evaluate.top", request)[civil].content["cfg"]
     fed.relay.run_id = 2  # the whole job again, hello to evaluate
     fed.set_up()

@@ -83,6 +83,8 @@ def test_vertical_end_to_end_with_record_dp(tmp_path: Path) -> None:
     assert [e["round"] for e in events if e["event"] == "round_completed"] == [1, 2]
     assert res.evaluation["n"] > 100 and res.evaluation["auc"] > 0.55  # learns something under DP (0.73 seen)
     assert res.evaluation["top_deattenuated"] is True  # scored with weights undoing the noise's dilution
+    assert res.evaluation["top_recentred"] is True  # and a bias that puts scores on both sides of the threshold
+    assert res.evaluation["balanced_accuracy"] > 0.55
     summary = json.loads((tmp_path / "job" / "server-summary.json").read_text())
     assert set(summary["model_parts"]) == {"civil", "hrss", "top@tax"}
     # Each node keeps its own part in its local cache; the server has digests only.

@@ -218,3 +218,58 @@ def test_a_plan_kept_with_the_training_data_comes_back_unchanged() -> None:
     plan = vertical_dp.plan(1.0, 1e-6, 1.0, n=7_000, batch=256, rounds=3, raw_features=4)
     back = vertical_dp.Plan.from_array(plan.as_array())
     assert back == plan and isinstance(back.occurrences, int) and isinstance(back.releases, int)
+
+
+@given(
+    st.integers(0, 2**32 - 1),
+    st.floats(0.01, 0.5),
+    st.floats(-30.0, 30.0),
+    st.floats(0.1, 50.0),
+)
+@settings(max_examples=60, deadline=None)
+def test_recentring_puts_the_mean_score_at_the_prevalence_and_moves_only_the_bias(
+    seed: int, prevalence: float, bias: float, scale: float
+) -> None:
+    rng = np.random.default_rng(seed)
+    e = rng.normal(0.0, 1.0, (400, 6))
+    w = np.r_[rng.normal(0.0, scale, 6), bias]
+    centred = vertical_dp.recentred(w, e, prevalence)
+    scores = model.sigmoid(e @ centred[:-1] + centred[-1])
+    assert float(scores.mean()) == pytest.approx(prevalence, abs=1e-6)
+    assert np.array_equal(centred[:-1], w[:-1])  # only the bias moves: every row's logit shifts alike
+
+
+def test_recentring_puts_scores_on_both_sides_of_the_threshold_again() -> None:
+    """De-attenuated weights with the intercept of noise-era embeddings: every held-out score above
+    the prevalence threshold (a classifier saying yes to everyone) until the bias is recentred."""
+    rng = np.random.default_rng(5)
+    e = rng.normal(0.0, 1.0, (2000, 4))
+    y = (rng.random(2000) < model.sigmoid(e @ [2.0, -1.0, 0.5, 1.0] - 3.0)).astype(float)
+    prevalence = float(y.mean())
+    shifted = np.r_[2.0, -1.0, 0.5, 1.0, 40.0]  # ranks as well as the truth; bias far off
+    assert (model.sigmoid(e @ shifted[:-1] + shifted[-1]) >= prevalence).all()
+    before = model.report(model.sigmoid(e @ shifted[:-1] + shifted[-1]), y, threshold=prevalence)
+    centred = vertical_dp.recentred(shifted, e, prevalence)
+    after = model.report(model.sigmoid(e @ centred[:-1] + centred[-1]), y, threshold=prevalence)
+    assert before["balanced_accuracy"] == pytest.approx(0.5)
+    assert float(after["balanced_accuracy"]) > 0.75
+    assert after["auc"] == pytest.approx(model.auc(e @ shifted[:-1], y), abs=1e-9)
+
+
+@pytest.mark.parametrize("prevalence", [0.0, 1.0, -0.1])
+def test_recentring_refuses_a_prevalence_with_nothing_to_centre_on(prevalence: float) -> None:
+    with pytest.raises(ValueError, match="prevalence"):
+        vertical_dp.recentred(np.zeros(3), np.zeros((4, 2)), prevalence)
+
+
+@given(st.integers(1, 2000), st.integers(1, 3000), st.integers(1, 40), st.integers(0, 5))
+@settings(max_examples=80, deadline=None)
+def test_no_row_is_in_more_batches_than_the_accountant_counts(n: int, batch: int, rounds: int, seed: int) -> None:
+    """The DP plan's release count rests on `occurrences`: for any schedule, the most used row is in
+    exactly that many of the job's batches, and no batch exceeds batch_size or repeats a row."""
+    counts = np.zeros(n, dtype=int)
+    for t in range(rounds):
+        rows = batch_indices(n, batch, t, seed)
+        assert len(rows) <= batch and len(np.unique(rows)) == len(rows)
+        counts[rows] += 1
+    assert counts.max() == vertical_dp.occurrences(n, batch, rounds)
