@@ -2,8 +2,12 @@
 checkouts on one machine, back to back (its wall time in the full run varies with load).
 
     git worktree add /tmp/base <commit>
-    PYTHONPATH=/tmp/base .venv/bin/python -m bench.ab_vertical base
-    PYTHONPATH=$PWD      .venv/bin/python -m bench.ab_vertical head [--link] [--limit N] [--rounds R]
+    (cd /tmp/base && PYTHONPATH=$PWD /work/main/.venv/bin/python -m bench.ab_vertical base)
+    (cd /work/main && PYTHONPATH=$PWD .venv/bin/python -m bench.ab_vertical head [--link] [--limit N] [--rounds R])
+
+Each from its own checkout, with PYTHONPATH naming it: `python -m` puts the working directory first
+on the path, ahead of PYTHONPATH, and the Flower processes the job starts find the code by
+PYTHONPATH; from one directory the bench and the ClientApps would run different checkouts.
 
 `--link` runs the job on a long-lived local link (the gateway's local mode), started before the
 job and not counted in its wall time; without it the job starts its own Flower processes, as every

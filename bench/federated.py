@@ -132,6 +132,7 @@ def _fed(job: dict[str, Any], nodes: list[NodeSpec], root: Path, link: LocalLink
         "epsilon": res.epsilon,
         "model_sha256": res.model_sha256,
         "flower": "long-lived link" if link is not None else "started for the job",
+        "top_recentred": bool(ev.get("top_recentred", False)),
     }
 
 
@@ -173,11 +174,13 @@ RECORD_DP = {
 EPSILONS = (1.0, 4.0, 8.0)
 
 
-# Steps of the plain vertical job at the default batch (federated.jobs.VERTICAL_BATCH, 16,384 rows): in
-# the in-process replay 12 such steps reach the AUC of 10 full-batch ones on the full data (0.9418
-# against 0.9415) and of 6 on the 100,000-row subsample (0.9399 against 0.9385) with a tenth and a
-# half of the embeddings on the wire.
-VERTICAL_ROUNDS = 12
+# Steps of the plain vertical job at the default batch (federated.jobs.VERTICAL_BATCH, 16,384 rows).
+# In the replay of the job (bench/vertical_batches.py) 10 such steps reach the AUC of 10 full-batch
+# steps on the full data (0.9415 against 0.9418) with 8 % of the embeddings on the wire, and beat 6
+# full-batch steps on the 100,000-row subsample (0.9400 against 0.9388) with a third. Each step is
+# a Flower message round, about 3-4 s on the benchmark machine whatever its size, so more, smaller
+# steps would cost wall time.
+VERTICAL_ROUNDS = 10
 
 # Vertical record-level DP (federated/vertical_dp.py): bound of one embedding row / update term.
 VERTICAL_DP_CLIP = 1.0
@@ -266,9 +269,10 @@ def record_dp(limit: int | None, keep: bool, out_path: Path = RESULTS, horizonta
     pooled = run["pooled"]["auc"]
     if not horizontal:
         # Vertical runs only: they replace the vertical entries; the horizontal ones (and their job)
-        # stay from the run that made them, which the section says.
+        # stay from the run that made them, which the section says, as does the side-by-side A/B
+        # (bench/ab_vertical.py), which names its own checkouts.
         earlier = previous.get("record_dp", {})
-        kept = {k: v for k, v in earlier.items() if k.startswith("horizontal_") or k == "job"}
+        kept = {k: v for k, v in earlier.items() if k.startswith("horizontal_") or k in ("job", "vertical_ab")}
         if kept:
             run["vertical"]["measured"] = (
                 f"vertical rows re-measured by `--record-dp --no-horizontal` on {time.strftime('%Y-%m-%d')}; "
