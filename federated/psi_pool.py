@@ -54,8 +54,9 @@ def cores() -> int:
 def finish_lists(
     key: bytes, lists: Sequence[bytes], workers: int | None = None, timeout_s: float = 3600.0
 ) -> list[bytes]:
-    """`psi.finish` of every list (same result, same order), over up to `workers` processes; a worker
-    that fails or outlives `timeout_s` fails the call (RuntimeError), the others are stopped."""
+    """`psi.finish` of every list (same result, same order), over up to `workers` processes, none
+    given fewer than PARALLEL_FROM tags; a worker that fails or outlives `timeout_s` fails the call
+    (RuntimeError), the others are stopped."""
     if len(key) != _KEY_BYTES:
         raise ValueError(f"a PSI key is {_KEY_BYTES} bytes")
     sizes = [psi.count(tags) for tags in lists]  # refuses a ragged list before any work
@@ -76,13 +77,14 @@ def finish_lists(
 
 def _in_workers(key: bytes, pieces: Sequence[bytes], timeout_s: float) -> list[bytes]:
     """Each piece finished by its own worker process, in order."""
-    procs = [
-        subprocess.Popen(
-            [sys.executable, *_WORKER], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE
-        )
-        for _ in pieces
-    ]
+    procs: list[subprocess.Popen[bytes]] = []
     try:
+        for _ in pieces:  # inside the try: if one cannot start, those already started are stopped
+            procs.append(
+                subprocess.Popen(
+                    [sys.executable, *_WORKER], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+                )
+            )
         with ThreadPoolExecutor(len(procs)) as threads:  # each thread feeds and drains one worker
             futures = [
                 threads.submit(_finished_by, proc, key, piece, timeout_s)
