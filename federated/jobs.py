@@ -27,7 +27,7 @@ UserRef = Annotated[str, StringConstraints(pattern=r"^([A-Za-z0-9][A-Za-z0-9_.@\
 
 
 # Vertical mini-batch rows when a job names none. On Census-Income (200k training rows) 10 steps of
-# 16,384 rows reach the AUC of 10 full-batch steps with 8 % of the embeddings on the wire, and with
+# 16,384 rows reach the AUC of 10 full-batch steps with a tenth of the embeddings on the wire, and with
 # record-level DP one such step beats two full ones (docs/FEDERATED.md, "Mini-batches").
 VERTICAL_BATCH = 16_384
 
