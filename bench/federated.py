@@ -272,7 +272,11 @@ def record_dp(limit: int | None, keep: bool, out_path: Path = RESULTS, horizonta
         # stay from the run that made them, which the section says, as does the side-by-side A/B
         # (bench/ab_vertical.py), which names its own checkouts.
         earlier = previous.get("record_dp", {})
-        kept = {k: v for k, v in earlier.items() if k.startswith("horizontal_") or k in ("job", "vertical_ab")}
+        kept = {
+            k: v
+            for k, v in earlier.items()
+            if k.startswith("horizontal_") or k in ("job", "vertical_ab", "vertical_issue_scale")
+        }
         if kept:
             run["vertical"]["measured"] = (
                 f"vertical rows re-measured by `--record-dp --no-horizontal` on {time.strftime('%Y-%m-%d')}; "

@@ -426,6 +426,13 @@ def _record_dp_intro(r: dict[str, Any]) -> list[str]:
             f"{link['bytes'] / 1e6:.1f} MB, AUC {link['auc']:.4f}: wall ×{ab['wall_ratio_link']:.2f} "
             f"(×{ab['wall_ratio_per_job']:.2f} without the link), bytes ×{ab['bytes_ratio']:.2f}"
         )
+    if "vertical_issue_scale" in r:
+        small = r["vertical_issue_scale"]
+        vline += (
+            f"; at the size of the dataset the issue was tried on ({small['rows']:,} rows, `bench/ab_vertical.py "
+            f"--link --limit {small['rows']}`): {small['wall_s']:.1f} s, {small['bytes'] / 1e6:.1f} MB, AUC "
+            f"{small['auc']:.4f}"
+        )
     if "vertical_job" in r:
         vj = r["vertical_job"]
         vline += (
