@@ -554,12 +554,10 @@ def evaluate_top(msg: Message, context: Context) -> Message:
     # the bias recentred on where their scores fall (no label is used: post-processing).
     e = np.hstack(embs)
     prevalence = float(st["y_train"].mean())
-    w = topm.w
+    w = vertical_dp.deattenuated(topm.w, st["reliability"]) if "reliability" in st else topm.w
     recentre = "reliability" in st and len(e) > 0 and 0.0 < prevalence < 1.0
-    if "reliability" in st:
-        w = vertical_dp.deattenuated(topm.w, st["reliability"])
-        if recentre:
-            w = vertical_dp.recentred(w, e, prevalence)
+    if recentre:
+        w = vertical_dp.recentred(w, e, prevalence)
     scores = Top(w, topm.opt_state).scores(e)
     rep = model.report(scores, st["y_test"], threshold=prevalence)
     if job.label_dp is not None:  # counted against the noisy held-out labels: estimates of the true figures
