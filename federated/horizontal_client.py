@@ -8,7 +8,8 @@ global weights (with DP-SGD for record-level DP, its accounting recorded in the 
 first: federated/dp_sgd.py); send the update (delta), L2-clipped for node-level DP when the
 server asks, then
 validated/clipped/weight-capped by xgate (federated.updates) before `secaggplus_mod` masks it.
-evaluate: per-label score histograms on the node's holdout (no per-subject scores leave).
+evaluate: per-label score histograms on the node's holdout (no per-subject scores leave); in a
+record-DP job once, after the last round, coarsened and noised (federated/holdout_dp.py).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from flwr.client.mod import secaggplus_mod
 from flwr.clientapp import ClientApp
 from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
 
-from federated import datasets, dp_sgd, model, node, pooled_stats, updates
+from federated import datasets, dp_sgd, holdout_dp, model, node, pooled_stats, updates
 from federated.admission import admit_at_node, record_dp_plan
 from federated.jobs import DPUnit, JobSpec, job_from_run_config
 from federated.run_releases import RunReleases
@@ -173,10 +174,17 @@ class HorizontalClient(NumPyClient):
         return prepared.arrays, prepared.weight, {"agency": self.nc.agency}
 
     def evaluate(self, parameters: list[np.ndarray], config: dict[str, Any]) -> tuple[float, int, dict[str, Any]]:
-        # Once per round: each answer describes the holdout under weights of the coordinator's choosing
-        # (not DP, docs/FEDERATED.md). In a record-DP job the run is charged before it answers, as
-        # for a training release: else runs that only evaluate would get such answers for free.
-        self.releases.numbered("evaluate", _round_of(config), self.job.rounds)
+        # Each answer describes the holdout under weights of the coordinator's choosing. Without DP,
+        # once per round, exact. In a record-DP job, once per run, after the last round, as noisy
+        # histograms (federated/holdout_dp.py); the run is charged before it answers, as for a
+        # training release: else runs that only evaluate would get such answers for free.
+        rnd = _round_of(config)
+        if self.record_dp and rnd != self.job.rounds:
+            raise InvalidInput(
+                f"evaluate round {rnd} refused: a record-level DP job is evaluated once, after its last"
+                f" round ({self.job.rounds})"
+            )
+        self.releases.numbered("evaluate", rnd, self.job.rounds)
         w = np.asarray(parameters[0], dtype=np.float64)
         data = self.data(config)
         plan = self.dp_plan(len(data.y_train)) if self.record_dp else None
@@ -184,6 +192,12 @@ class HorizontalClient(NumPyClient):
             self.record_plan(plan)
         scores = model.lr_predict(w, data.x_test)
         pos, neg = node.score_histograms(scores, data.y_test)
+        holdout: dict[str, float] = {}
+        if self.record_dp:
+            assert self.job.dp is not None
+            multiplier = holdout_dp.noise_multiplier(self.job.dp.epsilon, self.job.dp.delta)
+            pos, neg = holdout_dp.release(pos, neg, multiplier)
+            holdout = {"dp_holdout_sigma": multiplier}
         # The training label count is exact: under record-level DP it stays here (the coordinator
         # then sets the threshold from the holdout's histograms, which it gets anyway).
         counts = {} if self.record_dp else {"train_pos": int(data.y_train.sum()), "train_n": len(data.y_train)}
@@ -195,6 +209,7 @@ class HorizontalClient(NumPyClient):
             # The node attests what it trained on (the coordinator may have no access to the store).
             "data_sha256": datasets.store_digest(self.nc.store, self.job.elements()),
             **(plan.as_metrics() if plan is not None else {}),
+            **holdout,
         }
         return model.bce(scores, data.y_test), max(len(data.y_test), 1), metrics
 

@@ -189,6 +189,7 @@ class XgateFedAvg(FedAvg):
         self.final_eval: dict[str, Any] = {}
         self.data_digests: dict[str, dict[str, str]] = {}  # node id -> what the node attests it trained on
         self.dp_nodes: dict[str, dict[str, Any]] = {}  # agency -> its DP-SGD accounting (record-level DP)
+        self._record_dp = job.dp is not None and job.dp.unit is DPUnit.RECORD
 
     def _event(self, name: str, **fields: Any) -> None:
         self.emit(make_event(self.job.job_id, name, **fields))
@@ -241,6 +242,8 @@ class XgateFedAvg(FedAvg):
         return ndarrays_to_parameters([c + m for c, m in zip(self.current, mean, strict=True)]), {}
 
     def configure_evaluate(self, server_round: int, parameters: Parameters, client_manager: Any) -> list[Any]:
+        if self._record_dp and server_round != self.job.rounds:
+            return []  # record-DP nodes answer one (noisy) evaluation, after the last round
         self.released = parameters_to_ndarrays(parameters)  # after DP noise, if any
         return list(super().configure_evaluate(server_round, parameters, client_manager))
 
@@ -249,8 +252,12 @@ class XgateFedAvg(FedAvg):
     ) -> tuple[float | None, dict[str, Any]]:
         if not results:
             return None, {}
-        pos = np.sum([json.loads(str(r.metrics["hist_pos"])) for _, r in results], axis=0)
-        neg = np.sum([json.loads(str(r.metrics["hist_neg"])) for _, r in results], axis=0)
+        hists = [(json.loads(str(r.metrics["hist_pos"])), json.loads(str(r.metrics["hist_neg"]))) for _, r in results]
+        if len({len(h) for pair in hists for h in pair}) != 1:
+            self._fail(f"round {server_round}: the nodes' evaluation histograms differ in their number of bins")
+        # Summed as they are: record-DP nodes' noisy counts may be negative (federated/holdout_dp.py).
+        pos = np.sum([p for p, _ in hists], axis=0)
+        neg = np.sum([n for _, n in hists], axis=0)
         if all("train_pos" in r.metrics for _, r in results):
             prevalence = sum(int(r.metrics["train_pos"]) for _, r in results) / max(
                 1, sum(int(r.metrics["train_n"]) for _, r in results)
@@ -262,7 +269,14 @@ class XgateFedAvg(FedAvg):
             if "dp_epsilon" in r.metrics:  # record-level DP: the node's own accountant
                 self.dp_nodes[str(r.metrics["agency"])] = {
                     k: r.metrics[k]
-                    for k in ("dp_epsilon", "dp_sigma", "dp_sample_rate", "dp_steps", "dp_stats_sigma")
+                    for k in (
+                        "dp_epsilon",
+                        "dp_sigma",
+                        "dp_sample_rate",
+                        "dp_steps",
+                        "dp_stats_sigma",
+                        "dp_holdout_sigma",
+                    )
                     if k in r.metrics  # dp_stats_sigma: only in a job that standardises
                 }
             if "data_sha256" in r.metrics:

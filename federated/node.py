@@ -174,9 +174,13 @@ def score_histograms(scores: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.
 
 
 def histogram_report(pos: np.ndarray, neg: np.ndarray, threshold: float) -> dict[str, object]:
-    """AUC, balanced accuracy and confusion matrix from summed histograms (threshold on the score)."""
+    """AUC, balanced accuracy and confusion matrix from summed histograms (threshold on the score).
+
+    The bins are the histograms' own (HIST_BINS exact, fewer and noisy from record-DP nodes,
+    federated/holdout_dp.py): noisy counts may be negative, so the four totals are clipped at zero."""
+    bins = len(pos)
     t = np.clip(threshold, 1e-12, 1 - 1e-12)
-    cut = int((np.log(t / (1 - t)) + LOGIT_RANGE) / (2 * LOGIT_RANGE) * HIST_BINS)
-    tp, fn = int(pos[cut:].sum()), int(pos[:cut].sum())
-    fp, tn = int(neg[cut:].sum()), int(neg[:cut].sum())
+    cut = min(bins, max(0, int((np.log(t / (1 - t)) + LOGIT_RANGE) / (2 * LOGIT_RANGE) * bins)))
+    tp, fn = max(0, int(pos[cut:].sum())), max(0, int(pos[:cut].sum()))
+    fp, tn = max(0, int(neg[cut:].sum())), max(0, int(neg[:cut].sum()))
     return {"auc": model.auc_from_histograms(pos, neg), **model.counts_report(tp, fp, tn, fn)}

@@ -5,8 +5,8 @@ Flower builds a client per message, and the node's ledger is charged once per ru
 gets k updates, each with fresh DP-SGD noise, and their mean has the noise cut by √k (measured
 below as the positive control); the statistics round likewise. Each release is now claimed once
 per run on disk, in order, never past the job's rounds (federated/run_releases.py); evaluate
-once per round too. A further run is charged again (test_dp_rerun.py). Real HorizontalClient
-over a real store and ledger.
+once per run, after the last round (tests/attacks/test_holdout_histogram_readout.py). A further
+run is charged again (test_dp_rerun.py). Real HorizontalClient over a real store and ledger.
 """
 
 from __future__ import annotations
@@ -78,14 +78,18 @@ def test_the_statistics_round_is_answered_once_and_before_training(tmp_path: Pat
         releases.once("statistics", before="fit")
 
 
-def test_evaluate_answers_each_round_once_and_keeps_dp_jobs_training_counts(tmp_path: Path) -> None:
+def test_evaluate_answers_once_after_the_last_round_and_keeps_dp_jobs_training_counts(tmp_path: Path) -> None:
     job, nc = _node(tmp_path)
     client = HorizontalClient(job, nc, 1_000_000, ledger_check=True, run_id="1")
     w = client.get_parameters({})
-    _, _, metrics = client.evaluate(w, {"server_round": 1})
-    assert "hist_pos" in metrics and "train_pos" not in metrics and "train_n" not in metrics
-    with pytest.raises(InvalidInput, match="evaluate round 1 is out of turn"):
+    with pytest.raises(
+        InvalidInput, match="evaluate round 1 refused: a record-level DP job is evaluated once, after its last round"
+    ):
         client.evaluate(w, {"server_round": 1})
+    _, _, metrics = client.evaluate(w, {"server_round": 3})
+    assert "hist_pos" in metrics and "train_pos" not in metrics and "train_n" not in metrics
+    with pytest.raises(InvalidInput, match="evaluate round 3 is out of turn"):
+        client.evaluate(w, {"server_round": 3})
     # A statistics round in a job that standardises nothing is refused, not a crash.
     with pytest.raises(InvalidInput, match="no statistics round"):
         client.fit(w, {pooled_stats.PHASE_KEY: pooled_stats.STATISTICS_PHASE})
@@ -111,5 +115,5 @@ def test_a_run_that_only_evaluates_is_charged_in_a_dp_job(tmp_path: Path) -> Non
     admit = LedgerAdmission(nc.ledger, nc.store)
     w = HorizontalClient(job, nc, 1_000_000, ledger_check=True, run_id="0").get_parameters({})
     for run in range(1, 4):
-        HorizontalClient(job, nc, 1_000_000, ledger_check=True, run_id=str(run)).evaluate(w, {"server_round": 1})
+        HorizontalClient(job, nc, 1_000_000, ledger_check=True, run_id=str(run)).evaluate(w, {"server_round": 3})
     assert admit.spent("synth") == 4.0 * 3  # the approval's run, then two more charged

@@ -1,7 +1,8 @@
 """Record-level DP (DP-SGD at each node) in a horizontal SecAgg+ job over real Flower processes:
 each node calibrates its noise to its own dataset, records its accountant's epsilon in its own
 ledger before training, and the job's summary carries every node's accounting. The job
-standardises a feature: its statistics round is a noisy release the same accountant covers."""
+standardises a feature: its statistics round is a noisy release the same accountant covers; its
+holdout evaluation is a noisy release of its own (federated/holdout_dp.py)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from federated import dp_sgd
+from federated import dp_sgd, holdout_dp
 from federated.admission import LedgerAdmission, dp_release
 from federated.jobs import parse_job
 from federated.runner import Federation, run_job
@@ -57,6 +58,8 @@ def test_record_level_dp_horizontal_secagg(tmp_path: Path) -> None:
         assert reported["dp_epsilon"] == pytest.approx(recorded["epsilon"])
         assert reported["dp_sigma"] == pytest.approx(recorded["noise_multiplier"])
         assert reported["dp_stats_sigma"] == dp_sgd.STATS_NOISE_MULTIPLIER  # the statistics round, accounted
+        # The holdout histograms: one noisy release per run, calibrated to the job's ε by the node.
+        assert reported["dp_holdout_sigma"] == pytest.approx(holdout_dp.noise_multiplier(2.0, 1e-6))
         assert LedgerAdmission(spec.ledger, spec.store).spent(f"synth_r{spec.agency[-1]}") == pytest.approx(2.0)
     # The smaller node samples a larger share of its rows per step, so it needs more noise.
     assert summary["nodes"]["region0"]["dp_sample_rate"] > summary["nodes"]["region1"]["dp_sample_rate"]
