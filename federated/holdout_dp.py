@@ -29,8 +29,6 @@ import secrets
 
 import numpy as np
 
-from federated import dp_sgd
-
 # 48 bins of half a logit over [-12, 12] (the exact release uses 2,400). Every bin carries noise,
 # so fewer, wider bins keep the AUC estimate close; too few cost resolution. On Census-Income's
 # 33,168 held-out rows over four nodes (200 draws, bench/federated.py `auc_federated_eval` for a
@@ -47,8 +45,12 @@ def noise_multiplier(epsilon: float, delta: float) -> float:
     if epsilon <= 0 or not 0 < delta < 1:
         raise ValueError("the holdout release needs epsilon > 0 and 0 < delta < 1")
 
+    # Imported here, as in dp_sgd: dp-accounting pulls in scipy.stats (1-2 s per ClientApp process).
+    import dp_accounting
+    from dp_accounting.rdp import RdpAccountant
+
     def spent(z: float) -> float:
-        return dp_sgd.accountant_epsilon(0.0, 1.0, 0, delta, stats_sigma=z)
+        return float(RdpAccountant().compose(dp_accounting.GaussianDpEvent(z)).get_epsilon(delta))
 
     lo, hi = 0.05, 1.0
     while spent(hi) > epsilon:
