@@ -486,8 +486,10 @@ def _record_dp_reading(d: dict[str, Any]) -> list[str]:
             "the model there is the optimisation budget (rounds × local epochs with clipped gradients), not the noise."
         )
     if len(node) == len(rec) == len(_EPS):
+        at_nodes = all(d[f"horizontal_secagg_dp_eps{e}"].get("noise_added_by") == "nodes" for e in _EPS)
+        kind = "node-level DP (noise added at the nodes)" if at_nodes else "node-level (central) DP"
         out.append(
-            f"* Horizontal at ε = 1 / 4 / 8: node-level (central) DP {' / '.join(node)} (table above, full data); "
+            f"* Horizontal at ε = 1 / 4 / 8: {kind} {' / '.join(node)} (table above, full data); "
             f"record-level DP at each node {' / '.join(rec)}."
         )
     vdp = [r[k]["auc"] for e in _EPS if (k := f"vertical_dp_eps{e}") in r]

@@ -5,8 +5,8 @@ fit: refuse unless this node approved the job, and answer each round once per ru
 message is the statistics round (this node's moment vector, federated/pooled_stats.py) and the
 pooled statistics come with every later message; train logistic regression locally from the
 global weights (with DP-SGD for record-level DP, its accounting recorded in the node's ledger
-first: federated/dp_sgd.py); send the update (delta), L2-clipped for node-level DP when the
-server asks, then
+first: federated/dp_sgd.py); send the update (delta), for node-level DP L2-clipped to the job's
+clip with this node's share of the noise added and an equal weight (federated/dp.py), then
 validated/clipped/weight-capped by xgate (federated.updates) before `secaggplus_mod` masks it.
 evaluate: per-label score histograms on the node's holdout (no per-subject scores leave); in a
 record-DP job once, after the last round, coarsened and noised (federated/holdout_dp.py).
@@ -23,10 +23,9 @@ from flwr.app import Context
 from flwr.client import NumPyClient
 from flwr.client.mod import secaggplus_mod
 from flwr.clientapp import ClientApp
-from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
 
-from federated import datasets, dp_sgd, holdout_dp, model, node, pooled_stats, updates
-from federated.admission import admit_at_node, record_dp_plan
+from federated import datasets, dp, dp_sgd, holdout_dp, model, node, pooled_stats, updates
+from federated.admission import admit_at_node, charge_run, record_dp_plan
 from federated.jobs import DPUnit, JobSpec, job_from_run_config
 from federated.run_releases import RunReleases
 from xgate.errors import InvalidInput
@@ -77,6 +76,25 @@ class HorizontalClient(NumPyClient):
     @property
     def record_dp(self) -> bool:
         return self.job.dp is not None and self.job.dp.unit is DPUnit.RECORD
+
+    @property
+    def node_dp(self) -> bool:
+        return self.job.dp is not None and self.job.dp.unit is DPUnit.NODE
+
+    def node_dp_release(self, delta: list[np.ndarray]) -> tuple[list[np.ndarray], bool]:
+        """Node-level DP at the node (federated/dp.py): the update clipped to the job's clip, plus this
+        node's share of the Gaussian noise, from the job definition alone: the coordinator's config can
+        neither loosen the clip nor spare the noise. Each run is charged, as for record-level DP: a
+        coordinator re-running the job to average fresh noise pays for it. Returns the noisy update
+        and whether it was clipped."""
+        dp_spec = self.job.dp
+        assert dp_spec is not None
+        charge_run(self.nc.ledger, self.job, self.run_id)  # a further run's fresh noise spends ε again
+        clipped, was_clipped = updates.l2_clip(delta, dp_spec.clip)
+        z = dp.noise_for_epsilon(dp_spec.epsilon, self.job.rounds, dp_spec.delta)
+        sd = dp.node_noise_sd(z, dp_spec.clip, self.job.min_nodes, self.job.secagg)
+        rng = np.random.default_rng(secrets.randbits(128))
+        return [a + rng.normal(0.0, sd, a.shape) for a in clipped], was_clipped
 
     def dp_plan(self, train_n: int) -> dp_sgd.Plan:
         """This node's DP-SGD schedule (and statistics release, when the job standardises),
@@ -158,10 +176,12 @@ class HorizontalClient(NumPyClient):
             )
         delta = [w1 - w0]
         dp_clipped = False
-        if KEY_CLIPPING_NORM in config:  # central DP: bound this node's contribution (sensitivity)
-            delta, dp_clipped = updates.l2_clip(delta, float(config[KEY_CLIPPING_NORM]))
+        examples = len(data.y_train)
+        if self.node_dp:
+            delta, dp_clipped = self.node_dp_release(delta)
+            examples = self.max_weight  # every node weighs the same: one node moves the mean by <= clip/k
         prepared = updates.prepare_update(
-            delta, [w0.shape], len(data.y_train), bound=self.job.update_bound, max_weight=self.max_weight
+            delta, [w0.shape], examples, bound=self.job.update_bound, max_weight=self.max_weight
         )
         if prepared.clipped_values or prepared.weight_capped or dp_clipped:
             log.info(

@@ -22,7 +22,7 @@ from flwr.app import Context, Message, MessageType
 from flwr.common import Code, EvaluateRes, FitRes, Parameters, ndarrays_to_parameters, parameters_to_ndarrays
 from flwr.server import LegacyContext, ServerConfig, SimpleClientManager
 from flwr.server.client_proxy import ClientProxy
-from flwr.server.strategy import DifferentialPrivacyClientSideFixedClipping, FedAvg
+from flwr.server.strategy import FedAvg
 from flwr.server.workflow import DefaultWorkflow, SecAggPlusWorkflow
 from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD, MAIN_PARAMS_RECORD, Key
 from flwr.serverapp import Grid
@@ -462,13 +462,12 @@ def run_horizontal(grid: Grid, context: Context, job: JobSpec, job_dir: Path) ->
     if job.standardises():
         stats = pool_statistics(grid, context, job, emit, max_weight)
         strategy.shared_config = {pooled_stats.CONFIG_KEY: pooled_stats.stats_to_config(stats)}
-    outer: Any = strategy
     noise = 0.0
     if job.dp is not None and job.dp.unit is DPUnit.NODE:
+        # The nodes clip and add the noise themselves (HorizontalClient.node_dp_release); the
+        # coordinator adds nothing, so the guarantee does not rest on it.
         noise = dp.noise_for_epsilon(job.dp.epsilon, job.rounds, job.dp.delta)
-        # Noise std = z*C/min_nodes: conservative when more nodes take part (sensitivity C/k <= C/min_nodes).
-        outer = DifferentialPrivacyClientSideFixedClipping(strategy, noise, job.dp.clip, job.min_nodes)
-    legacy = _legacy_context(context, job, outer, rounds=job.rounds)
+    legacy = _legacy_context(context, job, strategy, rounds=job.rounds)
     fit_wf = _fit_workflow(
         job,
         emit,
@@ -505,10 +504,13 @@ def run_horizontal(grid: Grid, context: Context, job: JobSpec, job_dir: Path) ->
     elif job.dp is not None:
         eps = dp.epsilon_spent(noise, job.rounds, job.dp.delta)
         summary["dp"] = {
+            "unit": "node",
             "epsilon": eps,
             "delta": job.dp.delta,
             "noise_multiplier": noise,
             "clip": job.dp.clip,
+            "noise_added_by": "nodes",
+            "node_noise_sd": dp.node_noise_sd(noise, job.dp.clip, job.min_nodes, job.secagg),
             "flower_rdp_epsilon": dp.flower_epsilon(noise, job.rounds, job.dp.delta, job.min_nodes),
         }
         emit(

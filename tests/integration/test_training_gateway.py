@@ -136,8 +136,11 @@ def test_job_through_the_gateway_is_audited(gateway: Gateway, tmp_path: Path) ->
     # The job ran on the SuperLink and SuperNodes the gateway started for its lifetime (before the job),
     # and they outlive it, waiting for the next one (reuse across jobs: tests/unit/test_local_link.py,
     # bench/training_startup.py).
-    link = json.loads((gateway.root / "gateway" / "state" / "jobs" / "it-gw-1" / "model.json").read_text())["flower"]
+    model = json.loads((gateway.root / "gateway" / "state" / "jobs" / "it-gw-1" / "model.json").read_text())
+    link = model["flower"]
     assert link["mode"] == "long-lived" and link["job_on_link"] == 1
+    # Node-level DP (the job's default unit): the nodes added the noise, not the gateway.
+    assert model["dp"]["noise_added_by"] == "nodes" and model["dp"]["node_noise_sd"] > 0
     started = datetime.fromisoformat(link["started_at"]).replace(microsecond=0)
     assert started <= datetime.fromisoformat(final["submitted_at"])  # the gateway's, at its start
     home = gateway.root / "gateway" / "state" / "flower-local"
