@@ -1,16 +1,17 @@
 """Node-level DP with fixed clipping: the noise each node adds, and its accounting (pure).
 
-Each round releases the unweighted mean of k >= m node updates (m = the job's min_nodes), each
-clipped to L2 norm C, so one node's whole data moves the sum by at most C. The noise is added by
-the nodes themselves, not the coordinator (`node_noise_sd`): under SecAgg+, which opens only the
-sum, each adds Gaussian noise of sd z*C/sqrt(m), so the sum carries sd z*C*sqrt(k/m) >= z*C
-whatever the coordinator does; without SecAgg+ the coordinator sees each update, so each node
-adds the whole z*C. Every node takes part in every round, so there is no sampling amplification:
-a round is the Gaussian mechanism with noise multiplier z, whose Renyi DP at order a is a/(2 z^2) (Mironov 2017);
+The unit is one node's whole data. Each round, each node clips its update to L2 norm C and adds
+Gaussian noise of sd z*C to it before it leaves (`node_noise_sd`): its update alone is then the
+Gaussian mechanism with noise multiplier z, so whatever happens to it afterwards (SecAgg+ or not,
+an honest or a dishonest coordinator, per-coordinate clipping, weighting, averaging) is
+post-processing. This costs sqrt(k) more noise in the mean of k updates than central DP (z*C/k,
+added by a coordinator the nodes would have to trust; xgate did that before, see docs/FEDERATED.md).
+Every node takes part in every round, so there is no sampling amplification: a round is the
+Gaussian mechanism with noise multiplier z, whose Renyi DP at order a is a/(2 z^2) (Mironov 2017);
 T rounds compose additively, and (a, rho)-RDP implies (rho + log(1/delta)/(a-1), delta)-DP.
 Flower's own RdpAccountant runs on the `dp-accounting` package (a dependency since record-level DP);
-`epsilon_spent` cross-checks against it (`flower_epsilon`). The unit is client-level DP: the
-neighbouring datasets differ by one whole node's data.
+`epsilon_spent` cross-checks against it (`flower_epsilon`). The neighbouring datasets differ by
+one whole node's data.
 """
 
 from __future__ import annotations
@@ -68,11 +69,8 @@ def flower_epsilon(noise_multiplier: float, rounds: int, delta: float, nodes: in
         return None
 
 
-def node_noise_sd(noise_multiplier: float, clip: float, min_nodes: int, secagg: bool) -> float:
-    """The sd of the Gaussian noise one node adds to each coordinate of its clipped update.
-
-    Under SecAgg+ the coordinator opens only the sum of k >= min_nodes updates, whose noise then
-    has sd z*C*sqrt(k/m) >= z*C; without it, each update is seen alone and carries all of z*C."""
-    if noise_multiplier < 0 or clip <= 0 or min_nodes < 1:
-        raise ValueError("node noise needs a noise multiplier >= 0, a clip > 0 and min_nodes >= 1")
-    return noise_multiplier * clip / math.sqrt(min_nodes) if secagg else noise_multiplier * clip
+def node_noise_sd(noise_multiplier: float, clip: float) -> float:
+    """The sd of the Gaussian noise a node adds to each coordinate of its clipped update: z * C."""
+    if noise_multiplier < 0 or clip <= 0:
+        raise ValueError("node noise needs a noise multiplier >= 0 and a clip > 0")
+    return noise_multiplier * clip

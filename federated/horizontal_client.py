@@ -6,7 +6,7 @@ message is the statistics round (this node's moment vector, federated/pooled_sta
 pooled statistics come with every later message; train logistic regression locally from the
 global weights (with DP-SGD for record-level DP, its accounting recorded in the node's ledger
 first: federated/dp_sgd.py); send the update (delta), for node-level DP L2-clipped to the job's
-clip with this node's share of the noise added and an equal weight (federated/dp.py), then
+clip with Gaussian noise added at the node (federated/dp.py), then
 validated/clipped/weight-capped by xgate (federated.updates) before `secaggplus_mod` masks it.
 evaluate: per-label score histograms on the node's holdout (no per-subject scores leave); in a
 record-DP job once, after the last round, coarsened and noised (federated/holdout_dp.py).
@@ -82,9 +82,10 @@ class HorizontalClient(NumPyClient):
         return self.job.dp is not None and self.job.dp.unit is DPUnit.NODE
 
     def node_dp_release(self, delta: list[np.ndarray]) -> tuple[list[np.ndarray], bool]:
-        """Node-level DP at the node (federated/dp.py): the update clipped to the job's clip, plus this
-        node's share of the Gaussian noise, from the job definition alone: the coordinator's config can
-        neither loosen the clip nor spare the noise. Each run is charged, as for record-level DP: a
+        """Node-level DP at the node (federated/dp.py): the update clipped to the job's clip plus
+        Gaussian noise of sd z * clip, from the job definition alone (the coordinator's config can
+        neither loosen the clip nor spare the noise), so this update is DP before it leaves the node,
+        whatever the coordinator or SecAgg+ then do. Each run is charged, as for record-level DP: a
         coordinator re-running the job to average fresh noise pays for it. Returns the noisy update
         and whether it was clipped."""
         dp_spec = self.job.dp
@@ -92,7 +93,7 @@ class HorizontalClient(NumPyClient):
         charge_run(self.nc.ledger, self.job, self.run_id)  # a further run's fresh noise spends ε again
         clipped, was_clipped = updates.l2_clip(delta, dp_spec.clip)
         z = dp.noise_for_epsilon(dp_spec.epsilon, self.job.rounds, dp_spec.delta)
-        sd = dp.node_noise_sd(z, dp_spec.clip, self.job.min_nodes, self.job.secagg)
+        sd = dp.node_noise_sd(z, dp_spec.clip)
         rng = np.random.default_rng(secrets.randbits(128))
         return [a + rng.normal(0.0, sd, a.shape) for a in clipped], was_clipped
 
@@ -176,12 +177,10 @@ class HorizontalClient(NumPyClient):
             )
         delta = [w1 - w0]
         dp_clipped = False
-        examples = len(data.y_train)
         if self.node_dp:
             delta, dp_clipped = self.node_dp_release(delta)
-            examples = self.max_weight  # every node weighs the same: one node moves the mean by <= clip/k
         prepared = updates.prepare_update(
-            delta, [w0.shape], examples, bound=self.job.update_bound, max_weight=self.max_weight
+            delta, [w0.shape], len(data.y_train), bound=self.job.update_bound, max_weight=self.max_weight
         )
         if prepared.clipped_values or prepared.weight_capped or dp_clipped:
             log.info(
@@ -204,13 +203,20 @@ class HorizontalClient(NumPyClient):
                 f"evaluate round {rnd} refused: a record-level DP job is evaluated once, after its last"
                 f" round ({self.job.rounds})"
             )
-        self.releases.numbered("evaluate", rnd, self.job.rounds)
-        w = np.asarray(parameters[0], dtype=np.float64)
         data = self.data(config)
+        width = data.x_test.shape[1] + 1  # from declared metadata: the same whatever the values
+        w = np.asarray(parameters[0], dtype=np.float64) if parameters else np.zeros(0)
+        if w.shape != (width,) or not np.all(np.isfinite(w)):
+            # before any use of the rows: no error may depend on what they hold
+            raise InvalidInput(
+                f"evaluate: the weights must be {width} finite numbers (the job's encoded features and a bias)"
+            )
+        self.releases.numbered("evaluate", rnd, self.job.rounds)
         plan = self.dp_plan(len(data.y_train)) if self.record_dp else None
         if plan is not None:
             self.record_plan(plan)
-        scores = model.lr_predict(w, data.x_test)
+        with np.errstate(all="ignore"):  # huge weights: overflow is binned (score_histograms), never raised
+            scores = model.lr_predict(w, data.x_test)
         pos, neg = node.score_histograms(scores, data.y_test)
         holdout: dict[str, float] = {}
         if self.record_dp:
@@ -231,6 +237,8 @@ class HorizontalClient(NumPyClient):
             **(plan.as_metrics() if plan is not None else {}),
             **holdout,
         }
+        if self.record_dp:  # the exact loss and row count would give the held-out labels away
+            return 0.0, 1, metrics
         return model.bce(scores, data.y_test), max(len(data.y_test), 1), metrics
 
 

@@ -1,4 +1,4 @@
-"""Horizontal ServerApp: FedAvg over model updates, optionally SecAgg+ and central DP.
+"""Horizontal ServerApp: FedAvg over model updates, optionally SecAgg+ and DP (added at the nodes).
 
 The legacy workflow API is used because SecAgg+ only exists there in flwr 1.41. Our own fit
 and evaluate workflows replace Flower's plain ones so that every wait has a timeout (Flower's
@@ -244,7 +244,7 @@ class XgateFedAvg(FedAvg):
     def configure_evaluate(self, server_round: int, parameters: Parameters, client_manager: Any) -> list[Any]:
         if self._record_dp and server_round != self.job.rounds:
             return []  # record-DP nodes answer one (noisy) evaluation, after the last round
-        self.released = parameters_to_ndarrays(parameters)  # after DP noise, if any
+        self.released = parameters_to_ndarrays(parameters)
         return list(super().configure_evaluate(server_round, parameters, client_manager))
 
     def aggregate_evaluate(
@@ -284,7 +284,10 @@ class XgateFedAvg(FedAvg):
                     "agency": str(r.metrics["agency"]),
                     "data_sha256": str(r.metrics["data_sha256"]),
                 }
-        loss = sum(r.loss * r.num_examples for _, r in results) / sum(r.num_examples for _, r in results)
+        if self._record_dp:  # the nodes keep their exact loss: estimated from the noisy histograms
+            loss = node.histogram_loss(np.asarray(pos), np.asarray(neg))
+        else:
+            loss = sum(r.loss * r.num_examples for _, r in results) / sum(r.num_examples for _, r in results)
         row = {
             "round": server_round,
             "loss": loss,
@@ -464,8 +467,8 @@ def run_horizontal(grid: Grid, context: Context, job: JobSpec, job_dir: Path) ->
         strategy.shared_config = {pooled_stats.CONFIG_KEY: pooled_stats.stats_to_config(stats)}
     noise = 0.0
     if job.dp is not None and job.dp.unit is DPUnit.NODE:
-        # The nodes clip and add the noise themselves (HorizontalClient.node_dp_release); the
-        # coordinator adds nothing, so the guarantee does not rest on it.
+        # Each node clips and noises its own update (HorizontalClient.node_dp_release): the
+        # coordinator adds nothing, and the guarantee does not rest on it or on SecAgg+.
         noise = dp.noise_for_epsilon(job.dp.epsilon, job.rounds, job.dp.delta)
     legacy = _legacy_context(context, job, strategy, rounds=job.rounds)
     fit_wf = _fit_workflow(
@@ -510,7 +513,7 @@ def run_horizontal(grid: Grid, context: Context, job: JobSpec, job_dir: Path) ->
             "noise_multiplier": noise,
             "clip": job.dp.clip,
             "noise_added_by": "nodes",
-            "node_noise_sd": dp.node_noise_sd(noise, job.dp.clip, job.min_nodes, job.secagg),
+            "node_noise_sd": dp.node_noise_sd(noise, job.dp.clip),
             "flower_rdp_epsilon": dp.flower_epsilon(noise, job.rounds, job.dp.delta, job.min_nodes),
         }
         emit(

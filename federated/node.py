@@ -165,12 +165,25 @@ LOGIT_RANGE = 12.0
 
 def score_histograms(scores: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per-label counts of scores in equal bins of the logit over [-12, 12] (monotone in the score)."""
-    p = np.clip(scores, 1e-12, 1 - 1e-12)
-    logit = np.clip(np.log(p / (1 - p)), -LOGIT_RANGE, LOGIT_RANGE - 1e-9)
+    with np.errstate(all="ignore"):
+        p = np.clip(np.nan_to_num(scores, nan=0.5), 1e-12, 1 - 1e-12)  # a NaN score lands mid-range
+        logit = np.clip(np.log(p / (1 - p)), -LOGIT_RANGE, LOGIT_RANGE - 1e-9)
     idx = ((logit + LOGIT_RANGE) / (2 * LOGIT_RANGE) * HIST_BINS).astype(np.int64)
     pos = np.bincount(idx[y > 0], minlength=HIST_BINS)
     neg = np.bincount(idx[y <= 0], minlength=HIST_BINS)
     return pos, neg
+
+
+def histogram_loss(pos: np.ndarray, neg: np.ndarray) -> float:
+    """Mean log loss estimated from per-label histograms, each bin scored at its centre logit (what
+    the coordinator reports for a record-DP job, whose nodes keep their exact loss)."""
+    bins = len(pos)
+    centre = -LOGIT_RANGE + (np.arange(bins) + 0.5) * (2 * LOGIT_RANGE / bins)
+    total = float(np.sum(pos) + np.sum(neg))
+    if total <= 0:
+        return float("nan")
+    loss = (np.dot(pos, np.logaddexp(0.0, -centre)) + np.dot(neg, np.logaddexp(0.0, centre))) / total
+    return max(0.0, float(loss))  # noisy (negative) counts can pull the estimate below any real loss
 
 
 def histogram_report(pos: np.ndarray, neg: np.ndarray, threshold: float) -> dict[str, object]:

@@ -25,6 +25,7 @@ from federated.admission import LedgerAdmission
 from federated.horizontal_client import HorizontalClient
 from federated.jobs import JobSpec, parse_job
 from federated.node import NodeConfig
+from xgate.errors import InvalidInput
 
 N = 400
 VICTIM = "p0"
@@ -123,3 +124,49 @@ def test_with_record_dp_the_readout_succeeds_no_more_often_than_epsilon_allows(t
     # (Φ(1 / (2 x multiplier)): 0.544 at ε = 1, 0.654 at ε = 4).
     expected = NormalDist().cdf(1 / (2 * multiplier))
     assert abs(rate - expected) < 4 * math.sqrt(0.25 / (2 * trials)), (rate, expected)
+
+
+@pytest.mark.parametrize("dp", [None, {"epsilon": 1.0, "delta": 1e-6, "clip": 1.0, "unit": "record"}])
+def test_the_loss_and_row_count_leave_a_record_dp_node_only_as_placeholders(
+    tmp_path: Path, dp: dict[str, object] | None
+) -> None:
+    """The evaluation's loss and example count come with the histograms. Exact, the crafted
+    weights' loss differs with the victim's label (positive control, no DP); a record-DP node sends
+    0.0 and 1 (the coordinator estimates the loss from the noisy histograms)."""
+    answers = []
+    for label in (0, 1):
+        job, nc = _node(tmp_path / str(label), label, dp=dp)
+        client = HorizontalClient(job, nc, 1_000_000, ledger_check=True, run_id="1")
+        loss, examples, _ = client.evaluate([CRAFTED], {"server_round": job.rounds})
+        answers.append((loss, examples))
+    if dp is None:
+        assert answers[0][0] != answers[1][0] and answers[0][1] == answers[1][1] == 100
+    else:
+        assert answers == [(0.0, 1), (0.0, 1)]
+
+
+@pytest.mark.parametrize("victim_age", [0, 119])
+def test_weights_that_would_fail_on_some_rows_are_refused_before_any_row_is_used(
+    tmp_path: Path, victim_age: int
+) -> None:
+    """w = [inf, 0] made a row with the feature at exactly 0 score NaN and crash the histogram: an
+    error for a victim aged 0, an answer for one aged 119. Non-finite or mis-sized weights are now
+    refused the same way whatever the rows hold, before the run's one evaluation is claimed."""
+    job, nc = _node(tmp_path, 1, dp={"epsilon": 1.0, "delta": 1e-6, "clip": 1.0, "unit": "record"})
+    if victim_age == 0:
+        store = nc.store
+        rows = datasets.read_matrix(store, ["civil.age", "tax.label"])
+        assert rows[0][0] == VICTIM
+        cols = {
+            "civil.age": datasets.Column(np.concatenate([[0], rows[1][1:, 0]]).astype(int), "int", 0, 120),
+            "tax.label": datasets.Column(rows[1][:, 1].astype(int), "flag", 0, 1),
+        }
+        store.unlink()
+        datasets.write_store(store, "synth", rows[0], cols)
+    client = HorizontalClient(job, nc, 1_000_000, ledger_check=True, run_id="1")
+    for weights in ([np.array([np.inf, 0.0])], [np.array([np.nan, 1.0])], [np.zeros(3)], []):
+        with pytest.raises(InvalidInput, match="the weights must be 2 finite numbers"):
+            client.evaluate(weights, {"server_round": job.rounds})
+    # huge but finite weights overflow on some rows: binned, not raised
+    answer = client.evaluate([np.array([1e308, 1e308])], {"server_round": job.rounds})[2]
+    assert len(json.loads(answer["hist_pos"])) == holdout_dp.BINS

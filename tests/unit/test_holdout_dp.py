@@ -101,6 +101,8 @@ def test_noisy_histograms_are_summed_as_they_are_and_mismatched_bins_fail_the_jo
         float((pos * (np.concatenate([[0], np.cumsum(neg)[:-1]]) + neg / 2)).sum() / (pos.sum() * neg.sum()))
     )
     assert min(row["confusion_matrix"].values()) >= 0
+    # the nodes' placeholder losses (0.0) are not used: the loss is estimated from the histograms
+    assert row["loss"] == pytest.approx(node.histogram_loss(pos, neg)) and row["loss"] >= 0
     with pytest.raises(JobFailed, match="differ in their number of bins"):
         strat.aggregate_evaluate(
             3, [_evaluated(pos_a, neg_a, "a"), _evaluated([0] * node.HIST_BINS, [0] * node.HIST_BINS, "b")], []
@@ -113,3 +115,14 @@ def test_the_report_clips_noisy_confusion_totals_at_zero() -> None:
     pos[40], pos[2], neg[5] = 12, -5, 20
     rep = node.histogram_report(pos, neg, threshold=0.5)
     assert rep["confusion_matrix"] == {"tp": 12, "fp": 0, "tn": 20, "fn": 0}
+
+
+def test_the_histogram_loss_is_the_log_loss_at_the_bin_centres() -> None:
+    pos = np.zeros(holdout_dp.BINS)
+    neg = np.zeros(holdout_dp.BINS)
+    pos[47], neg[0] = 3, 1  # confident and right: logits +11.75 and -11.75
+    assert node.histogram_loss(pos, neg) == pytest.approx(np.log1p(np.exp(-11.75)))
+    pos[:] = 0
+    pos[0] = 1  # confident and wrong
+    assert node.histogram_loss(pos, np.zeros(holdout_dp.BINS)) == pytest.approx(11.75, abs=1e-4)
+    assert np.isnan(node.histogram_loss(np.zeros(4), np.zeros(4)))
