@@ -27,8 +27,10 @@ def register_principal(path: Path, user: str, agency: str, role: str, tier: str)
         current = UsersFile.model_validate(tomllib.loads(text))
     except (OSError, tomllib.TOMLDecodeError, ValueError) as exc:
         raise ConfigError(f"principals file {path}: {exc}") from None
+    known = next((u for u in current.users if u.id == user), None)
+    kept = {"signing_key": known.signing_key} if known is not None and known.signing_key else {}  # not ours to drop
     try:
-        entry = UserEntry.model_validate({"id": user, "agency": agency, "role": role, "tier": tier})
+        entry = UserEntry.model_validate({"id": user, "agency": agency, "role": role, "tier": tier, **kept})
     except ValueError as exc:
         raise ConfigError(f"principal '{user[:40]}': {exc}") from None
     others = [u for u in current.users if u.id != user]
@@ -43,4 +45,4 @@ def register_principal(path: Path, user: str, agency: str, role: str, tier: str)
 
 
 def _table(entry: UserEntry) -> str:
-    return "[[users]]\n" + "".join(tomli_w.dumps({k: v}) for k, v in entry.model_dump().items())
+    return "[[users]]\n" + "".join(tomli_w.dumps({k: v}) for k, v in entry.model_dump(exclude_none=True).items())

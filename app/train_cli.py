@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from crypto.pki import CA_KEY
 from federated.events import read_events
-from federated.jobs import load_job
+from federated.jobs import load_job, parse_job
 from xgate.errors import XgateError
 
 if TYPE_CHECKING:  # imported where used: the runner pulls in Flower and matplotlib (~2 s per `xgate` call)
@@ -196,6 +196,46 @@ def _run_with_progress(spec: Any, specs: list[NodeSpec], job_dir: Path, **transp
                 bar.console.print(f"{ev['event']}: {ev.get('agency', '')} {ev.get('reason', '')}")
 
         return run_job(spec, specs, job_dir=job_dir, on_event=on_event, **transport)
+
+
+@app.command()
+def keygen(
+    user: str = typer.Option(..., "--user", help="the analyst's registered user id (principals.toml)"),
+    out: Path = typer.Option(..., "--out", help="where to write the private key (PEM, mode 0600)"),
+) -> None:
+    """Make an analyst's job-signing key; prints the `signing_key` line for its principals.toml entry."""
+    import base64
+
+    from crypto.envelope import SigningKey
+
+    if out.exists():
+        _fail(f"{out} exists: a signing key is never overwritten")
+    key = SigningKey.generate(user, "job-signing")
+    key.save(out)
+    typer.echo(f'# principals.toml, in the [[users]] entry with id = "{user}":')
+    typer.echo(f'signing_key = "{base64.b64encode(key.public_raw).decode()}"')
+
+
+@app.command()
+def sign(
+    job: Path = typer.Option(..., "--job", help="job TOML file"),
+    key: Path = typer.Option(..., "--key", help="the analyst's signing key (xgate train keygen)"),
+    requester: str = typer.Option(..., "--requester", help="the analyst's registered user id: the job runs for it"),
+    out: Path = typer.Option(..., "--out", help="the signed job TOML to submit"),
+) -> None:
+    """Sign a job in the analyst's name: nodes and the gateway refuse any other definition run for it."""
+    import tomli_w
+
+    from crypto.envelope import SigningKey
+    from federated.signed_jobs import sign_job
+
+    try:
+        spec = parse_job({**load_job(job).model_dump(mode="json"), "requester": requester})
+        signed = sign_job(spec, SigningKey.load(key))
+    except XgateError as exc:
+        _fail(exc.message)
+    out.write_text(tomli_w.dumps(signed.model_dump(mode="json", exclude_none=True)), encoding="utf-8")
+    typer.echo(f"signed job {signed.job_id} for {requester} -> {out}")
 
 
 @app.command()

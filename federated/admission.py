@@ -35,7 +35,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
-from federated import datasets, label_dp
+from federated import datasets, label_dp, signed_jobs
 from federated.jobs import JobSpec
 from federated.training_policy import budget_charges, decide_training, job_epsilon, unwrap_engine
 from policies.budgets import PrivacyLedger
@@ -231,7 +231,9 @@ class PolicyAdmission:
 
     `engine`: the node's PolicyEngine or PolicyReloader; `ledger`: the node's SQLite file holding
     its decisions and its ε spends (PrivacyLedger's `spends` table); `store`: its node store. The
-    requester is the job's `requester` (set by the gateway from the authenticated caller).
+    requester is the job's `requester` (set by the gateway from the authenticated caller). A job
+    whose requester has a registered signing key (or any job, with require_signed_jobs) is refused
+    unless it carries that key's signature over exactly this definition (federated/signed_jobs.py).
     """
 
     def __init__(self, engine: Any, ledger: Path, store: Path) -> None:
@@ -251,6 +253,12 @@ class PolicyAdmission:
             if digest == job.digest() and (decided.policy_set_hash or policy_hash) == policy_hash:
                 return decided
             redecided = JOB_CHANGED if digest != job.digest() else POLICY_CHANGED
+        current = unwrap_engine(self.engine)
+        unsigned = signed_jobs.signature_problem(job, current.principal(job.requester), current.require_signed_jobs)
+        if unsigned is not None:
+            # Not recorded: the digest leaves the signature out, so a recorded refusal would also
+            # refuse the same definition when it comes back signed (a coordinator could poison ids).
+            return Decision(False, unsigned, 0.0, (), policy_hash, (), redecided)
         held = set(datasets.held_elements(self.store)) & set(job.elements())
         verdict = decide_training(self.engine, job, user=job.requester, elements=held)
         decision = Decision(

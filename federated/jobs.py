@@ -38,14 +38,14 @@ class Mode(StrEnum):
 
 
 class DPUnit(StrEnum):
-    NODE = "node"  # central DP on the aggregate: neighbouring datasets differ by one node's data
+    NODE = "node"  # noise on each node's clipped update: neighbouring datasets differ by one node's data
     RECORD = "record"  # DP-SGD at every node: neighbouring datasets differ by one person's record
 
 
 class DPSpec(BaseModel):
     """Differential privacy of a job, at the unit it protects.
 
-    node: central DP with fixed clipping (Gaussian mechanism on the aggregate); `clip` bounds one
+    node: fixed clipping, each node's update noised at the node (federated/dp.py); `clip` bounds one
     node's update (horizontal only). record: DP-SGD at each node (federated/dp_sgd.py); `clip`
     bounds one example's gradient, and each node's accountant keeps its dataset's epsilon within
     `epsilon`. In a vertical job, record DP protects the feature nodes' embeddings and bottom
@@ -141,6 +141,9 @@ class JobSpec(BaseModel):
     # Vertical only: epsilon of randomized response on the training labels at the label holder
     # (federated/label_dp.py): protects each label from the feature nodes and the coordinator.
     label_dp: float | None = Field(default=None, gt=0, le=20)
+    # The requester's signature over everything above (federated/signed_jobs.py, `xgate train sign`):
+    # an xgate-training-job/1 artefact. Not part of the digest: signing does not change the job.
+    signature: str = Field(default="", max_length=16 * 1024)
 
     @model_validator(mode="before")
     @classmethod
@@ -189,9 +192,10 @@ class JobSpec(BaseModel):
     def digest(self) -> str:
         """SHA-256 of the canonical job (what nodes approve and the audit log records).
 
-        A job without encodings or label DP (or with node-level DP) digests as before those fields existed.
+        A job without encodings or label DP (or with node-level DP) digests as before those fields existed;
+        its signature is never part of it.
         """
-        dumped = self.model_dump(mode="json", exclude=set() if self.encodings else {"encodings"})
+        dumped = self.model_dump(mode="json", exclude={"signature"} | (set() if self.encodings else {"encodings"}))
         if self.label_dp is None:
             del dumped["label_dp"]
         if self.dp is not None and self.dp.unit is DPUnit.NODE:

@@ -180,7 +180,8 @@ def decision_record(
     datasets: tuple[str, ...],
     epsilon: float = 0.0,
 ) -> AuditRecord:
-    """The gateway's decision on a job: `stage` is policy | approval | budget | capacity | node_admission | identity."""
+    """The gateway's decision on a job: `stage` is policy | approval | budget | capacity | node_admission | identity
+    | signature."""
     metadata: dict[str, Any] = {
         "stage": stage,
         "datasets": datasets,

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Protocol
 from pydantic import Field, ValidationError
 
 from audit.records import Actor, AuditRecord
+from federated import signed_jobs
 from federated.admission import Admission, Decision, PolicyAdmission, by_agency
 from federated.deployment import NodeSpec
 from federated.jobs import JobSpec, Reference
@@ -184,6 +185,10 @@ class TrainingService:
                 reason = "authenticated identity does not match the principals registry"
                 self._refuse(job, actor, "identity", reason, engine.policy_set_hash)
                 raise PolicyDenied(f"training job refused by policy: {reason}")
+            unsigned = signed_jobs.signature_problem(job, registered, engine.require_signed_jobs)
+            if unsigned is not None:  # checked again by every node with its own registry
+                self._refuse(job, actor, "signature", unsigned, engine.policy_set_hash)
+                raise PolicyDenied(f"training job refused: {unsigned}")
             verdict = decide_training(engine, job, user=who.user, agency=who.agency)
             if not verdict.allowed:
                 self._append(

@@ -240,6 +240,11 @@ class PolicyEngine:
         """Every registered principal (principals.toml plus any added at load)."""
         return tuple(self._d.users.values())
 
+    @property
+    def require_signed_jobs(self) -> bool:
+        """settings.toml [training]: every training job must carry its requester's signature."""
+        return self._d.settings.training.require_signed_jobs
+
     def principal(self, user: str) -> UserEntry | None:
         return self._d.users.get(user)
 

@@ -7,6 +7,8 @@ positions, so we split files into statements ourselves and re-parse prefixes to 
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import json
 import re
@@ -16,7 +18,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import cedarpy
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
 from policies.types import DEFAULT_COHORT_EPSILON, DEFAULT_COHORT_EPSILON_PER_PERIOD
 from xgate.errors import ConfigError
@@ -51,6 +53,21 @@ class UserEntry(_Strict):
     agency: Ident
     role: Literal["caseworker", "analyst", "security_officer", "admin"]
     tier: Literal["gold", "silver", "bronze"]
+    # base64 Ed25519 public key (`xgate train keygen`): every training job run in this user's name
+    # must carry this key's signature over its definition (federated/signed_jobs.py)
+    signing_key: str | None = None
+
+    @field_validator("signing_key")
+    @classmethod
+    def _ed25519(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                raw = base64.b64decode(value, validate=True)
+            except binascii.Error:
+                raise ValueError("signing_key is not base64") from None
+            if len(raw) != 32:
+                raise ValueError("signing_key must be a base64 Ed25519 public key (32 bytes)")
+        return value
 
 
 class UsersFile(_Strict):
@@ -94,9 +111,16 @@ class TierSettings(_Strict):
     bronze_epsilon_per_period: float = Field(default=DEFAULT_COHORT_EPSILON_PER_PERIOD, gt=0, le=1_000_000)
 
 
+class TrainingSettings(_Strict):
+    # Refuse every training job that its requester did not sign (federated/signed_jobs.py). A user
+    # with a registered signing_key needs a signature either way.
+    require_signed_jobs: bool = False
+
+
 class SettingsFile(_Strict):
     engine: EngineSettings = EngineSettings()
     tiers: TierSettings = TierSettings()
+    training: TrainingSettings = TrainingSettings()
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,75 @@
+"""Training jobs signed by the analyst who asks for them (pure: no I/O).
+
+The coordinator (the gateway, or whoever writes the Flower run config) hands each node the job
+definition. Nodes decide every definition under their own policy and record its digest, but a
+coordinator could still run a definition the analyst never asked for: fewer `min_nodes` (so it
+can leave agencies out of an alignment), other features, more rounds. A signed job closes that:
+
+* the analyst signs the whole definition (every field but `signature`, with `requester` = its own
+  user id) with its Ed25519 key: an `xgate-training-job/1` artefact (crypto/artefacts.py), carried
+  in the job's `signature` field, so it travels wherever the job does (REST body, run config);
+* the public key is registered with the user in the policy set's principals.toml
+  (`signing_key`); a job run in the name of a user with a key must carry that key's signature
+  over exactly this definition, and with settings.toml `[training] require_signed_jobs = true`
+  every job must;
+* the gateway checks at submission, and every node with a policy directory checks again when it
+  decides the job (federated/admission.py `PolicyAdmission`), against its own registry.
+
+The signature is not part of the job's digest: a node approves the same definition whether or
+not it arrived signed, and only a definition it has not decided before needs the check.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from crypto.artefacts import Signer, sign_artefact, verify_artefact
+from crypto.envelope import SigningKey
+from federated.jobs import JobSpec
+from policies.loader import UserEntry
+from xgate.errors import CryptoError
+
+JOB_FORMAT = "xgate-training-job/1"
+
+
+def signed_body(job: JobSpec) -> dict[str, Any]:
+    """What the requester signs: the whole definition but the signature itself."""
+    body: dict[str, Any] = job.model_dump(mode="json", exclude={"signature"})
+    return body
+
+
+def sign_job(job: JobSpec, key: SigningKey) -> JobSpec:
+    """The job with its requester's signature (the requester must already be set)."""
+    if not job.requester:
+        raise ValueError("a job is signed in its requester's name: set requester first")
+    return job.model_copy(update={"signature": sign_artefact(signed_body(job), key, JOB_FORMAT)})
+
+
+def signature_problem(job: JobSpec, requester: UserEntry | None, required: bool) -> str | None:
+    """Why this job may not run for its requester, or None. `requester`: the registered principal
+    (None if unregistered); `required`: the policy set's require_signed_jobs."""
+    key = requester.signing_key if requester is not None else None
+    who = f"job '{job.job_id}'"
+    if not job.signature:
+        if key is not None:
+            return (
+                f"{who} is not signed: its requester '{job.requester}' has a registered signing key, so a job"
+                " run in that name must carry its signature (xgate train sign)"
+            )
+        if required:
+            return (
+                f"{who} is not signed: this policy set requires signed training jobs ([training] require_signed_jobs)"
+            )
+        return None
+    if key is None:
+        return f"{who} is signed, but its requester '{job.requester or '(none)'}' has no registered signing key"
+    signer = Signer.of(job.requester, key)
+    try:
+        _, body = verify_artefact(job.signature, {signer.key_id: signer}, JOB_FORMAT)
+    except CryptoError as exc:
+        return f"{who}: its signature is not its requester's: {exc.message}"
+    expected = signed_body(job)
+    if body != expected:
+        changed = sorted(k for k in set(body) | set(expected) if body.get(k) != expected.get(k))
+        return f"{who} differs from what its requester signed: {', '.join(changed)}"
+    return None

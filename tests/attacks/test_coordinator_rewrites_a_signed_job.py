@@ -1,0 +1,139 @@
+"""A coordinator running a job definition its analyst never signed.
+
+Every node decides each job definition under its own policy and records its digest, but the
+coordinator writes the definition the nodes see. It could lower `min_nodes` (and then leave
+agencies out of a vertical alignment, learning per row how many nodes miss it), drop or add
+features, raise the rounds, all within the node's policy: the node approved whatever came. With a
+signing key registered for the analyst (principals.toml `signing_key`), the gateway and every
+node with a policy directory now refuse a definition that is not exactly the one the analyst
+signed (federated/signed_jobs.py), and any unsigned job run in the analyst's name. Positive
+control: without a registered key, the rewritten job is approved.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from crypto.envelope import SigningKey
+from federated.admission import PolicyAdmission, admit_at_node
+from federated.jobs import JobSpec
+from federated.signed_jobs import sign_job
+from policies.decision import PolicyEngine
+from tests.unit.test_training_gateway import post, training_env
+from tests.unit.training_support import job_body, write_region_stores, write_training_policies
+from xgate.errors import PolicyDenied
+
+ANALYST = "an-liu"
+
+
+def _register(policies: Path, key: SigningKey | None = None, *, require: bool = False) -> Path:
+    """The analyst's public key in the policy set's principals.toml (and optionally the setting)."""
+    if key is not None:
+        text = (policies / "principals.toml").read_text()
+        entry = f'id = "{ANALYST}"\n'
+        assert entry in text
+        signing = f'signing_key = "{base64.b64encode(key.public_raw).decode()}"\n'
+        (policies / "principals.toml").write_text(text.replace(entry, entry + signing, 1))
+    if require:
+        with (policies / "settings.toml").open("a", encoding="utf-8") as fh:
+            fh.write("\n[training]\nrequire_signed_jobs = true\n")
+    return policies
+
+
+def _job(job_id: str = "signed-1", **overrides: Any) -> JobSpec:
+    return JobSpec.model_validate({**job_body(job_id, **overrides), "requester": ANALYST})
+
+
+def _node(tmp_path: Path, policies: Path) -> tuple[PolicyAdmission, str, Path, Path]:
+    ((agency, store, ledger),) = write_region_stores(tmp_path / "stores", [60])
+    return PolicyAdmission(PolicyEngine.load(policies), ledger, store), agency, store, ledger
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("min_nodes", 1), ("rounds", 9), ("features", ("medical.annual_claims",)), ("purpose", "fraud_detection_v2")],
+)
+def test_a_node_refuses_a_definition_its_analyst_did_not_sign(tmp_path: Path, field: str, value: Any) -> None:
+    key = SigningKey.generate("hrss", "job-signing")
+    policies = _register(write_training_policies(tmp_path / "policies"), key)
+    admission, agency, _, _ = _node(tmp_path, policies)
+    signed = sign_job(_job(), key)
+    rewritten = signed.model_copy(update={field: value})  # the analyst's signature kept
+    decision = admission(rewritten, agency)
+    assert not decision.approved and f"differs from what its requester signed: {field}" in decision.reason
+    assert admission(signed, agency).approved  # the definition as signed
+
+
+def test_positive_control_without_a_registered_key_the_rewritten_job_is_approved(tmp_path: Path) -> None:
+    policies = write_training_policies(tmp_path / "policies")
+    admission, agency, _, _ = _node(tmp_path, policies)
+    assert admission(_job().model_copy(update={"min_nodes": 1}), agency).approved
+
+
+def test_an_unsigned_job_in_the_analysts_name_is_refused_and_does_not_poison_the_id(tmp_path: Path) -> None:
+    key = SigningKey.generate("hrss", "job-signing")
+    policies = _register(write_training_policies(tmp_path / "policies"), key)
+    admission, agency, _, ledger = _node(tmp_path, policies)
+    decision = admission(_job(), agency)
+    assert not decision.approved and f"its requester '{ANALYST}' has a registered signing key" in decision.reason
+    with sqlite3.connect(ledger) as conn:  # not recorded: the digest leaves the signature out
+        assert conn.execute("SELECT COUNT(*) FROM decisions WHERE job_id = 'signed-1'").fetchone()[0] == 0
+    assert admission(sign_job(_job(), key), agency).approved  # the same definition, signed, later
+
+
+def test_another_key_or_a_forged_signature_is_refused(tmp_path: Path) -> None:
+    key, other = SigningKey.generate("hrss", "job-signing"), SigningKey.generate("hrss", "job-signing")
+    policies = _register(write_training_policies(tmp_path / "policies"), key)
+    admission, agency, _, _ = _node(tmp_path, policies)
+    decision = admission(sign_job(_job(), other), agency)
+    assert not decision.approved and "not signed by a registered signer" in decision.reason
+    artefact = json.loads(sign_job(_job(), key).signature)
+    artefact["body"]["min_nodes"] = 1  # the body edited under the analyst's signature
+    forged = _job().model_copy(update={"min_nodes": 1, "signature": json.dumps(artefact)})
+    decision = admission(forged, agency)
+    assert not decision.approved and "signature does not verify" in decision.reason
+
+
+def test_require_signed_jobs_refuses_any_unsigned_job(tmp_path: Path) -> None:
+    policies = _register(write_training_policies(tmp_path / "policies"), require=True)
+    admission, agency, _, _ = _node(tmp_path, policies)
+    decision = admission(_job(), agency)
+    assert not decision.approved and "requires signed training jobs" in decision.reason
+
+
+def test_the_clientapp_guard_refuses_the_rewritten_job_from_the_run_config(tmp_path: Path) -> None:
+    """What a node on its own machine runs for every message (admit_at_node), with the job as the
+    coordinator's run config carries it."""
+    key = SigningKey.generate("hrss", "job-signing")
+    policies = _register(write_training_policies(tmp_path / "policies"), key)
+    _, agency, store, ledger = _node(tmp_path, policies)
+    rewritten = sign_job(_job(), key).model_copy(update={"min_nodes": 1})
+    carried = JobSpec.model_validate_json(json.loads(json.dumps(rewritten.run_config(tmp_path)))["job-json"])
+    with pytest.raises(PolicyDenied, match="differs from what its requester signed: min_nodes"):
+        admit_at_node(carried, agency, ledger, store, policies, None)
+    admit_at_node(sign_job(_job(), key), agency, ledger, store, policies, None)  # as signed: admitted
+
+
+def test_the_gateway_refuses_an_unsigned_job_for_an_analyst_with_a_key_and_runs_a_signed_one(tmp_path: Path) -> None:
+    key = SigningKey.generate("hrss", "job-signing")
+    with training_env(tmp_path) as (client, service, log, runner):
+        _register(tmp_path / "policies", key)
+        service.policy = PolicyEngine.load(tmp_path / "policies")  # the gateway's; nodes load theirs
+        r = post(client, "analyst", job_body("gw-unsigned"))
+        assert r.status_code == 403 and "is not signed" in r.json()["message"], r.text
+        refused = [rec for rec in log.records if rec.kind == "training_job_refused"][-1]
+        assert refused.metadata["stage"] == "signature"
+        signed = sign_job(_job("gw-signed"), key)
+        body = {**job_body("gw-signed"), "signature": signed.signature}  # requester comes from authentication
+        r = post(client, "analyst", body)
+        assert r.status_code == 202, r.text
+        runner.gate.set()
+        assert runner.done.wait(30)
+        status = client.get("/v1/training/jobs/gw-signed/status", headers={"x-user": "analyst"}).json()
+        assert status["state"] == "completed", status
