@@ -61,11 +61,11 @@ def sign_artefact(body: Mapping[str, Any], key: SigningKey, fmt: str = CONSENT_F
 
 
 def verify_artefact(
-    text: str, signers: Mapping[str, Signer], fmt: str = CONSENT_FORMAT
+    text: str, signers: Mapping[str, Signer], fmt: str = CONSENT_FORMAT, max_bytes: int = MAX_ARTEFACT_BYTES
 ) -> tuple[Signer, dict[str, Any]]:
     """The signer and the body, or CryptoError naming what is wrong."""
-    if len(text.encode()) > MAX_ARTEFACT_BYTES:
-        raise CryptoError(f"artefact exceeds {MAX_ARTEFACT_BYTES} bytes")
+    if len(text.encode()) > max_bytes:
+        raise CryptoError(f"artefact exceeds {max_bytes} bytes")
     try:
         outer = json.loads(text)
     except ValueError:

@@ -143,7 +143,7 @@ class JobSpec(BaseModel):
     label_dp: float | None = Field(default=None, gt=0, le=20)
     # The requester's signature over everything above (federated/signed_jobs.py, `xgate train sign`):
     # an xgate-training-job/1 artefact. Not part of the digest: signing does not change the job.
-    signature: str = Field(default="", max_length=16 * 1024)
+    signature: str = Field(default="", max_length=256 * 1024)
 
     @model_validator(mode="before")
     @classmethod

@@ -30,6 +30,8 @@ from policies.loader import UserEntry
 from xgate.errors import CryptoError
 
 JOB_FORMAT = "xgate-training-job/1"
+# A job's whole definition is in the artefact: as large as a job body the gateway takes (256 kB).
+MAX_SIGNED_JOB_BYTES = 256 * 1024
 
 
 def signed_body(job: JobSpec) -> dict[str, Any]:
@@ -65,7 +67,7 @@ def signature_problem(job: JobSpec, requester: UserEntry | None, required: bool)
         return f"{who} is signed, but its requester '{job.requester or '(none)'}' has no registered signing key"
     signer = Signer.of(job.requester, key)
     try:
-        _, body = verify_artefact(job.signature, {signer.key_id: signer}, JOB_FORMAT)
+        _, body = verify_artefact(job.signature, {signer.key_id: signer}, JOB_FORMAT, MAX_SIGNED_JOB_BYTES)
     except CryptoError as exc:
         return f"{who}: its signature is not its requester's: {exc.message}"
     expected = signed_body(job)

@@ -140,3 +140,10 @@ def test_updating_a_principal_keeps_its_signing_key(tmp_path: Path) -> None:
     assert register_principal(path, "cw-new", "civil_affairs", "caseworker", "gold")  # a new one, no key
     text = path.read_text()
     assert f'signing_key = "{public}"' in text and 'tier = "silver"' in text and text.count("signing_key") == 1
+
+
+def test_a_job_with_the_most_features_signs_and_verifies() -> None:
+    features = [f"medical.feature_{i:03d}_with_a_long_descriptive_name" for i in range(512)]
+    signed = sign_job(_job(features=features), KEY)
+    assert len(signed.signature) > 16 * 1024  # past what a consent artefact may be
+    assert signature_problem(signed, _user(), required=False) is None
