@@ -229,6 +229,8 @@ def sign(
     from crypto.envelope import SigningKey
     from federated.signed_jobs import sign_job
 
+    if not requester:
+        _fail("--requester: the analyst's registered user id is required (the job runs for it)")
     try:
         spec = parse_job({**load_job(job).model_dump(mode="json"), "requester": requester})
         signed = sign_job(spec, SigningKey.load(key))

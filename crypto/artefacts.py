@@ -68,7 +68,7 @@ def verify_artefact(
         raise CryptoError(f"artefact exceeds {max_bytes} bytes")
     try:
         outer = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested deeper than the parser's stack
         raise CryptoError("artefact is not JSON") from None
     if not isinstance(outer, dict) or set(outer) != {"format", "key_id", "body", "signature"}:
         raise CryptoError("artefact must have exactly format, key_id, body and signature")

@@ -246,19 +246,23 @@ class PolicyAdmission:
 
     def __call__(self, job: JobSpec, agency: str) -> Decision:
         prior = self._prior(job)
-        policy_hash = str(unwrap_engine(self.engine).policy_set_hash)
-        redecided = ""
-        if prior is not None:
-            decided, digest = prior
-            if digest == job.digest() and (decided.policy_set_hash or policy_hash) == policy_hash:
-                return decided
-            redecided = JOB_CHANGED if digest != job.digest() else POLICY_CHANGED
         current = unwrap_engine(self.engine)
+        policy_hash = str(current.policy_set_hash)
+        redecided = ""
+        if prior is not None and prior[1] != job.digest():
+            redecided = JOB_CHANGED
+        elif prior is not None and (prior[0].policy_set_hash or policy_hash) != policy_hash:
+            redecided = POLICY_CHANGED
+        # Checked at every admission, before any recorded decision counts: an approval recorded
+        # before the requester registered a key (or before require_signed_jobs) does not let an
+        # unsigned or rewritten copy through. Not recorded either: the digest leaves the signature
+        # out, so a recorded refusal would refuse the signed definition too (a coordinator could
+        # poison ids), and dropping the earlier approval would make the signed one pay again.
         unsigned = signed_jobs.signature_problem(job, current.principal(job.requester), current.require_signed_jobs)
         if unsigned is not None:
-            # Not recorded: the digest leaves the signature out, so a recorded refusal would also
-            # refuse the same definition when it comes back signed (a coordinator could poison ids).
             return Decision(False, unsigned, 0.0, (), policy_hash, (), redecided)
+        if prior is not None and not redecided:
+            return prior[0]
         held = set(datasets.held_elements(self.store)) & set(job.elements())
         verdict = decide_training(self.engine, job, user=job.requester, elements=held)
         decision = Decision(
@@ -401,16 +405,18 @@ def by_agency(admissions: Mapping[str, Admission]) -> Admission:
 def admit_at_node(
     job: JobSpec, agency: str, ledger: Path, store: Path, policy_dir: Path | None, policy_ca: Path | None = None
 ) -> None:
-    """ClientApp guard at the node's own site: decide now if nothing was decided, then require approval.
+    """ClientApp guard at the node's own site: admit under the node's policy, then require approval.
 
     A node with a policy directory runs its own Cedar `train` decision and charges its own ε ledger
     (PolicyAdmission, idempotent per job) the first time it sees the job, so admission holds even
-    when nobody decided for it beforehand (a SuperNode on another machine). Without one, the
-    decision must already be in its ledger. With `policy_ca` (the node's `signed_policies`), the
-    policy directory is verified as the CA-signed bundle first, as at the node's start: a set edited
-    on disk refuses the job rather than decide under it.
+    when nobody decided for it beforehand (a SuperNode on another machine). It goes through
+    PolicyAdmission at every message, not only the first: that is where a job's signature is
+    checked (federated/signed_jobs.py), and where a changed policy set is noticed (~35 ms).
+    Without one, the decision must already be in its ledger. With `policy_ca` (the node's
+    `signed_policies`), the policy directory is verified as the CA-signed bundle first, as at the
+    node's start: a set edited on disk refuses the job rather than decide under it.
     """
-    if policy_dir is not None and not _decided(ledger, job):
+    if policy_dir is not None:
         from policies.decision import PolicyEngine
 
         if policy_ca is not None:
@@ -425,17 +431,6 @@ def admit_at_node(
         if not decision.approved:
             raise PolicyDenied(f"node '{agency}' refused job '{job.job_id}': {decision.reason}")
     require_approval(ledger, job)
-
-
-def _decided(ledger: Path, job: JobSpec) -> bool:
-    if not ledger.exists():
-        return False
-    with sqlite3.connect(f"file:{ledger}?mode=ro", uri=True) as conn:
-        try:
-            row = conn.execute("SELECT job_digest FROM decisions WHERE job_id = ?", (job.job_id,)).fetchone()
-        except sqlite3.OperationalError:  # a ledger without a decisions table has decided nothing
-            return False
-    return row is not None and row[0] == job.digest()  # a changed definition is decided again
 
 
 def require_approval(ledger: Path, job: JobSpec) -> None:

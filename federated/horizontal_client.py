@@ -253,6 +253,9 @@ def client_fn(context: Context) -> Any:
     job = job_from_run_config(dict(context.run_config))
     nc = node.node_config(dict(context.node_config))
     max_weight = int(context.run_config.get("max-weight", 1_000_000))
+    if job.max_weight is not None and max_weight != job.max_weight:
+        # the job's own cap (which its requester may have signed) wins over the coordinator's config
+        raise InvalidInput(f"the run config's max-weight {max_weight} is not the job's max_weight {job.max_weight}")
     n_features = int(context.run_config.get("n-features", 0))
     # Always checked: the run config is the coordinator's to write, so it cannot turn admission off.
     return HorizontalClient(job, nc, max_weight, True, n_features, run_id=str(context.run_id)).to_client()

@@ -137,3 +137,48 @@ def test_the_gateway_refuses_an_unsigned_job_for_an_analyst_with_a_key_and_runs_
         assert runner.done.wait(30)
         status = client.get("/v1/training/jobs/gw-signed/status", headers={"x-user": "analyst"}).json()
         assert status["state"] == "completed", status
+
+
+def test_an_approval_recorded_before_the_key_was_registered_does_not_let_the_rewrite_through(tmp_path: Path) -> None:
+    """The coordinator gets its rewritten job approved while the analyst has no key yet (or under a
+    ledger-only decision, which records no policy hash); once the key is registered, every admission
+    checks the signature again, so neither recorded approval lets it run."""
+    key = SigningKey.generate("hrss", "job-signing")
+    policies = write_training_policies(tmp_path / "policies")
+    _, agency, store, ledger = _node(tmp_path, policies)
+    rewritten = _job().model_copy(update={"min_nodes": 1})
+    admit_at_node(rewritten, agency, ledger, store, policies, None)  # approved: nobody has a key yet
+    _register(policies, key)
+    with pytest.raises(PolicyDenied, match=f"its requester '{ANALYST}' has a registered signing key"):
+        admit_at_node(rewritten, agency, ledger, store, policies, None)
+    admit_at_node(sign_job(_job(), key), agency, ledger, store, policies, None)  # what the analyst signed
+
+
+def test_a_ledger_only_approval_does_not_satisfy_a_node_whose_policy_wants_a_signature(tmp_path: Path) -> None:
+    from federated.admission import LedgerAdmission
+
+    key = SigningKey.generate("hrss", "job-signing")
+    policies = _register(write_training_policies(tmp_path / "policies"), key, require=True)
+    admission, agency, store, ledger = _node(tmp_path, policies)
+    rewritten = _job().model_copy(update={"min_nodes": 1})
+    LedgerAdmission(ledger, store).configure([rewritten.purpose], {"claims_region0": 100.0})
+    assert LedgerAdmission(ledger, store)(rewritten, agency).approved  # no policy hash recorded
+    decision = admission(rewritten, agency)
+    assert not decision.approved and "is not signed" in decision.reason
+
+
+def test_the_coordinators_max_weight_cannot_override_the_jobs(tmp_path: Path) -> None:
+    from flwr.app import Context, RecordDict
+
+    from federated.horizontal_client import client_fn
+    from xgate.errors import InvalidInput
+
+    key = SigningKey.generate("hrss", "job-signing")
+    policies = _register(write_training_policies(tmp_path / "policies"), key)
+    _, agency, store, ledger = _node(tmp_path, policies)
+    signed = sign_job(_job(max_weight=60), key)
+    node_config = {"store": str(store), "agency": agency, "ledger": str(ledger), "policy_dir": str(policies)}
+    run_config = {**signed.run_config(tmp_path), "max-weight": 1_000_000}
+    with pytest.raises(InvalidInput, match="max-weight 1000000 is not the job's max_weight 60"):
+        client_fn(Context(1, 1, node_config, RecordDict(), run_config))  # type: ignore[arg-type]
+    client_fn(Context(1, 1, node_config, RecordDict(), {**run_config, "max-weight": 60}))  # type: ignore[arg-type]

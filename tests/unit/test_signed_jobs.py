@@ -147,3 +147,25 @@ def test_a_job_with_the_most_features_signs_and_verifies() -> None:
     signed = sign_job(_job(features=features), KEY)
     assert len(signed.signature) > 16 * 1024  # past what a consent artefact may be
     assert signature_problem(signed, _user(), required=False) is None
+
+
+def test_a_signature_nested_past_the_parsers_stack_is_refused_not_a_traceback() -> None:
+    problem = signature_problem(_job(signature="[" * 100_000), _user(), required=False)
+    assert problem is not None and "artefact is not JSON" in problem
+
+
+def test_a_field_the_signer_did_not_know_passes_only_at_its_default() -> None:
+    from crypto.artefacts import sign_artefact
+    from federated.signed_jobs import JOB_FORMAT
+
+    job = _job()
+    older = {k: v for k, v in signed_body(job).items() if k != "label_dp"}  # signed before label_dp existed
+    as_older = job.model_copy(update={"signature": sign_artefact(older, KEY, JOB_FORMAT)})
+    assert signature_problem(as_older, _user(), required=False) is None
+    changed = as_older.model_copy(update={"label_dp": 1.0})
+    assert "differs from what its requester signed: label_dp" in str(signature_problem(changed, _user(), False))
+
+
+def test_sign_needs_a_requester() -> None:
+    res = CliRunner().invoke(app, ["sign", "--job", "j.toml", "--key", "k", "--requester", "", "--out", "o.toml"])
+    assert res.exit_code == 1 and "--requester" in res.output and "Traceback" not in res.output
