@@ -418,9 +418,19 @@ def node_dp(keep: bool) -> None:
         res["previous"] = {k: out.get(name, {}).get(k) for k in ("auc", "balanced_accuracy", "wall_s")}
         out[name] = res
         print(name, {k: res[k] for k in ("auc", "balanced_accuracy", "wall_s", "bytes", "epsilon")}, flush=True)
+    out["vertical"]["measured"] = _node_dp_note(str(out["vertical"].get("measured", "")))
     RESULTS.write_text(json.dumps(out, indent=1, default=float))
     if not keep:
         shutil.rmtree(root, ignore_errors=True)
+
+
+def _node_dp_note(measured: str) -> str:
+    """The table's provenance line, with the node-level DP rows' own date."""
+    base = measured.split("; node-level DP rows")[0].replace("; horizontal rows from the earlier full run", "")
+    return (
+        f"{base}; node-level DP rows re-measured by `--node-dp` on {time.strftime('%Y-%m-%d')} (noise added at "
+        "the nodes); the other horizontal rows from the earlier full run"
+    )
 
 
 def _merge_full_vertical(out: dict[str, Any], best_single: float, t0: float) -> None:
