@@ -75,13 +75,11 @@ def signature_problem(job: JobSpec, requester: UserEntry | None, required: bool)
     # A field this node knows and the signer's version did not is fine at its default value.
     newer = {k: v for k, v in expected.items() if k not in body and v == _default(k)}
     if canonical(body) != canonical({k: v for k, v in expected.items() if k not in newer}):
-        changed = sorted(k for k in set(body) | set(expected) - set(newer) if body.get(k) != expected.get(k))
+        changed = sorted(k for k in set(body) | (set(expected) - set(newer)) if body.get(k) != expected.get(k))
         return f"{who} differs from what its requester signed: {', '.join(changed) or 'its encoding'}"
     return None
 
 
 def _default(field: str) -> Any:
-    """A JobSpec field's default as model_dump(mode="json") writes it (None if it has none)."""
-    info = JobSpec.model_fields[field]
-    value = info.get_default(call_default_factory=True)
-    return {} if isinstance(value, dict) and not value else value
+    """A JobSpec field's default (a required field's sentinel equals no value a job can hold)."""
+    return JobSpec.model_fields[field].get_default(call_default_factory=True)
