@@ -762,6 +762,40 @@ def training_startup(d: dict[str, Any]) -> str:
     return "\n\n".join([text, _table(headers, rows)])
 
 
+def sign_binding(d: dict[str, Any]) -> str:
+    rows = [
+        [
+            f"N = {c['poly_modulus_degree']}, {c['coeff_modulus_bits']}-bit modulus, t {c['plain_modulus_bits']} bits",
+            c["fresh_budget_bits"],
+            c["after_ct_ct_product_bits"],
+            c["after_random_plaintext_bits"],
+            c["needed_before_flood_bits"],
+            "yes" if c["fits"] else "no",
+            f"{c['fresh_ciphertext_bytes'] / 1e6:.2f}",
+            f"{c['relin_keys_bytes'] / 1e6:.1f}",
+            f"{c['ct_ct_product_ms']:.0f}",
+        ]
+        for c in d["chains"]
+    ]
+    head = [
+        "parameters", "fresh bits", "after bit check (ct × ct)", "after randomising", "needed for today's flood",
+        "fits", "ciphertext MB", "relinearisation keys MB", "ct × ct ms",
+    ]  # fmt: skip
+    return "\n\n".join(
+        [
+            "Noise budget (bits, measured with the secret key) left by the chain a bound comparison needs: the "
+            "booleanity check on the requester's encrypted bits (one ciphertext product), the randomisation "
+            f"(one product with a random plaintext), then the flood, which leaves {d['flood_term_leaves_bits']} bits "
+            f"itself and must exceed what it hides by 2^{d['flood_margin_bits']}:",
+            _table(head, rows),
+            f"So a bound comparison needs the larger parameters: at least "
+            f"{d['bound_check_extra_bytes_at_least'] / 1e6:.1f} MB more per check (the requester's bits out, the "
+            f"result back) against today's {d['today_check_bytes'] / 1e6:.2f} MB, and a relinearisation key "
+            f"registered per requester key. {d['note'].capitalize()}.",
+        ]
+    )
+
+
 def sign_comparison(d: dict[str, Any]) -> str:
     c = d["comparison"]
     per = c["per_comparison"]
@@ -1086,6 +1120,11 @@ SECTIONS: list[tuple[str, str, Callable[[dict[str, Any]], str]]] = [
         "sign_comparison",
         "What revealing the sign alone would cost (`bench/sign_comparison.py`)",
         sign_comparison,
+    ),
+    (
+        "sign_binding",
+        "What binding a sign-only comparison to the decryption would take (`bench/sign_binding.py`)",
+        sign_binding,
     ),
     ("transport_overhead", "mTLS + signed envelopes vs none (`bench/transport_overhead.py`)", transport),
     ("security", "Envelope and gRPC primitives (`bench/security.py`)", security),

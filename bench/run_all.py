@@ -15,6 +15,7 @@ BENCHMARKS = [
     "masking_leakage",  # what a masked value reveals
     "privacy",  # exact reveals, extra bits, silver identification, bronze attack, failed-check budget
     "sign_comparison",  # what a sign-only result (secure comparison) would cost against today's masks
+    "sign_binding",  # whether a sign-only comparison bound to the decryption fits BFV's noise budget, and its size
     "transport_overhead",  # mTLS + signed envelopes vs none
     "security",  # envelope sign/verify, gRPC RTT
     "policy",  # Cedar decisions per second
