@@ -166,9 +166,10 @@ class LedgerAdmission:
         finally:
             conn.close()
         decision = replace(decision, redecided=redecided)
+        key = _charge_key(job, redecided, self.ledger)
         if decision.approved:
             try:
-                _spend(self.ledger, job, redecided, charges, _label_release(job, agency, self.store, self._budgeted))
+                _spend(self.ledger, job, key, charges, _label_release(job, agency, self.store, self._budgeted))
             except (BudgetExhausted, InvalidInput) as exc:  # refused, never a traceback
                 decision, charges = replace(decision, approved=False, reason=exc.message, epsilon=0.0), []
         with _writing(self.ledger, _SCHEMA) as conn:
@@ -177,7 +178,7 @@ class LedgerAdmission:
                 "INSERT OR REPLACE INTO decisions VALUES (?,?,?,?,?,?,?)",
                 (job.job_id, digest, agency, int(decision.approved), decision.reason, decision.epsilon, _now()),
             )
-            _record_approved_charges(conn, job, _charge_key(job, redecided), charges)
+            _record_approved_charges(conn, job, key, charges)
         return decision
 
     @staticmethod
@@ -275,13 +276,14 @@ class PolicyAdmission:
             redecided,
         )
         charges = budget_charges(self.engine, job, verdict.datasets) if verdict.allowed else []
+        key = _charge_key(job, redecided, self.ledger)
         if verdict.allowed:
             try:
-                _spend(self.ledger, job, redecided, charges, _label_release(job, agency, self.store, self._budgeted))
+                _spend(self.ledger, job, key, charges, _label_release(job, agency, self.store, self._budgeted))
                 decision = replace(decision, epsilon=job_epsilon(job))
             except (BudgetExhausted, InvalidInput) as exc:  # refused, never a traceback
                 decision, charges = replace(decision, approved=False, reason=exc.message), []
-        return self._record(job, agency, decision, charges)
+        return self._record(job, agency, decision, charges, key)
 
     def _budgeted(self, element: str) -> tuple[str, float] | None:
         """The registered dataset holding `element` and its ε cap (None if none holds it)."""
@@ -307,7 +309,9 @@ class PolicyAdmission:
         decided = Decision(bool(row[1]), str(row[2]), float(row[3]), tuple(ids), str(digest), tuple(sets))
         return decided, str(row[0])
 
-    def _record(self, job: JobSpec, agency: str, d: Decision, charges: list[tuple[str, float, float]]) -> Decision:
+    def _record(
+        self, job: JobSpec, agency: str, d: Decision, charges: list[tuple[str, float, float]], key: str
+    ) -> Decision:
         verb = "INSERT OR REPLACE" if d.redecided else "INSERT OR IGNORE"
         with _writing(self.ledger, _DECISIONS + _POLICY_DECISIONS + _APPROVED_CHARGES) as conn:
             inserted = conn.execute(
@@ -319,7 +323,7 @@ class PolicyAdmission:
                     "INSERT OR REPLACE INTO decision_policies VALUES (?,?,?,?)",
                     (job.job_id, json.dumps(list(d.policy_ids)), d.policy_set_hash, json.dumps(list(d.datasets))),
                 )
-                _record_approved_charges(conn, job, _charge_key(job, d.redecided), charges)
+                _record_approved_charges(conn, job, key, charges)
         if inserted:
             return d
         won = self._prior(job)  # a concurrent decision of the same job won
@@ -332,11 +336,26 @@ def job_of_charge_key(key: str) -> str:
     return key.split("~", 1)[0].split("#", 1)[0]
 
 
-def _charge_key(job: JobSpec, redecided: str) -> str:
+def _charge_key(job: JobSpec, redecided: str, ledger: Path | None = None) -> str:
     """The spend key of an approval. Idempotent per key: a crash before the decision is recorded
     charges once; the same definition re-decided under a changed policy is not charged twice (its
-    further runs are, by charge_run), a changed definition is charged as a new job."""
-    return job.job_id if redecided != JOB_CHANGED else f"{job.job_id}~{job.digest()[:16]}"
+    further runs are, by charge_run): it keeps the key it was approved under, which is
+    `<job>~<digest>` if it was itself a changed definition; a changed definition is charged as a
+    new job."""
+    if redecided == JOB_CHANGED:
+        return f"{job.job_id}~{job.digest()[:16]}"
+    if redecided == POLICY_CHANGED and ledger is not None and ledger.exists():
+        with sqlite3.connect(f"file:{ledger}?mode=ro", uri=True) as conn:
+            try:
+                row = conn.execute(
+                    "SELECT approval_key FROM approved_charges WHERE job_id = ? AND job_digest = ? LIMIT 1",
+                    (job.job_id, job.digest()),
+                ).fetchone()
+            except sqlite3.OperationalError:  # a ledger from before approved_charges
+                row = None
+        if row is not None:
+            return str(row[0])
+    return job.job_id
 
 
 def _label_release(
@@ -355,7 +374,7 @@ def _label_release(
 def _spend(
     ledger: Path,
     job: JobSpec,
-    redecided: str,
+    key: str,
     charges: Iterable[tuple[str, float, float]],
     label: tuple[str, float, float] | None,
 ) -> None:
@@ -363,7 +382,7 @@ def _spend(
     and a label-DP release the first time these labels are released at this ε. The release is
     keyed by (element, ε), not by job: its flips repeat (federated/label_dp.py), so every later job
     or run training on it is post-processing of a release already paid for."""
-    keyed = [(_charge_key(job, redecided), ds, eps, cap) for ds, eps, cap in charges]
+    keyed = [(key, ds, eps, cap) for ds, eps, cap in charges]
     if label is not None:
         dataset, eps, cap = label
         keyed.append((label_release_key(job.label, eps), dataset, eps, cap))
@@ -405,16 +424,18 @@ def by_agency(admissions: Mapping[str, Admission]) -> Admission:
 def admit_at_node(
     job: JobSpec, agency: str, ledger: Path, store: Path, policy_dir: Path | None, policy_ca: Path | None = None
 ) -> None:
-    """ClientApp guard at the node's own site: admit under the node's policy, then require approval.
+    """ClientApp guard at the node's own site: decide a definition not decided yet, then require approval.
 
     A node with a policy directory runs its own Cedar `train` decision and charges its own ε ledger
-    (PolicyAdmission, idempotent per job) the first time it sees the job, so admission holds even
-    when nobody decided for it beforehand (a SuperNode on another machine). It goes through
-    PolicyAdmission at every message, not only the first: that is where a job's signature is
-    checked (federated/signed_jobs.py), and where a changed policy set is noticed (~35 ms).
-    Without one, the decision must already be in its ledger. With `policy_ca` (the node's
-    `signed_policies`), the policy directory is verified as the CA-signed bundle first, as at the
-    node's start: a set edited on disk refuses the job rather than decide under it.
+    (PolicyAdmission) the first time it sees a definition, so admission holds even when nobody
+    decided for it beforehand (a SuperNode on another machine); a definition it already decided is
+    not decided again mid-run (a policy edit must not re-charge or refuse a running job), but its
+    signature is checked at every message against the policy set in force
+    (federated/signed_jobs.py): an approval recorded before the requester registered a key does not
+    let an unsigned or rewritten copy through. Without a policy directory, the decision must already
+    be in its ledger. With `policy_ca` (the node's `signed_policies`), the policy directory is
+    verified as the CA-signed bundle first, as at the node's start: a set edited on disk refuses the
+    job rather than decide under it.
     """
     if policy_dir is not None:
         from policies.decision import PolicyEngine
@@ -427,10 +448,27 @@ def admit_at_node(
             except XgateError as exc:
                 why = f"its policy set is not the signed bundle: {exc.message}"
                 raise PolicyDenied(f"node '{agency}' refused job '{job.job_id}': {why}") from None
-        decision = PolicyAdmission(PolicyEngine.load(policy_dir), ledger, store)(job, agency)
-        if not decision.approved:
-            raise PolicyDenied(f"node '{agency}' refused job '{job.job_id}': {decision.reason}")
+        engine = PolicyEngine.load(policy_dir)
+        if _decided(ledger, job):
+            unsigned = signed_jobs.signature_problem(job, engine.principal(job.requester), engine.require_signed_jobs)
+            if unsigned is not None:
+                raise PolicyDenied(f"node '{agency}' refused job '{job.job_id}': {unsigned}")
+        else:
+            decision = PolicyAdmission(engine, ledger, store)(job, agency)
+            if not decision.approved:
+                raise PolicyDenied(f"node '{agency}' refused job '{job.job_id}': {decision.reason}")
     require_approval(ledger, job)
+
+
+def _decided(ledger: Path, job: JobSpec) -> bool:
+    if not ledger.exists():
+        return False
+    with sqlite3.connect(f"file:{ledger}?mode=ro", uri=True) as conn:
+        try:
+            row = conn.execute("SELECT job_digest FROM decisions WHERE job_id = ?", (job.job_id,)).fetchone()
+        except sqlite3.OperationalError:  # a ledger without a decisions table has decided nothing
+            return False
+    return row is not None and row[0] == job.digest()  # a changed definition is decided again
 
 
 def require_approval(ledger: Path, job: JobSpec) -> None:

@@ -157,9 +157,9 @@ class HorizontalClient(NumPyClient):
             self.releases.once("statistics", before="fit")
             return self.pool_statistics()
         rnd = _round_of(config)
-        self.releases.numbered("fit", rnd, self.job.rounds)
-        w0 = np.asarray(parameters[0], dtype=np.float64)
         data = self.data(config)
+        w0 = _weights(parameters, data.x_train.shape[1] + 1, "fit")
+        self.releases.numbered("fit", rnd, self.job.rounds)
         if self.record_dp:
             plan = self.dp_plan(len(data.y_train))
             self.record_plan(plan)
@@ -177,10 +177,12 @@ class HorizontalClient(NumPyClient):
             )
         delta = [w1 - w0]
         dp_clipped = False
+        examples = len(data.y_train)
         if self.node_dp:
             delta, dp_clipped = self.node_dp_release(delta)
+            examples = self.max_weight  # a node's row count is its data too: every node weighs the same
         prepared = updates.prepare_update(
-            delta, [w0.shape], len(data.y_train), bound=self.job.update_bound, max_weight=self.max_weight
+            delta, [w0.shape], examples, bound=self.job.update_bound, max_weight=self.max_weight
         )
         if prepared.clipped_values or prepared.weight_capped or dp_clipped:
             log.info(
@@ -204,13 +206,7 @@ class HorizontalClient(NumPyClient):
                 f" round ({self.job.rounds})"
             )
         data = self.data(config)
-        width = data.x_test.shape[1] + 1  # from declared metadata: the same whatever the values
-        w = np.asarray(parameters[0], dtype=np.float64) if parameters else np.zeros(0)
-        if w.shape != (width,) or not np.all(np.isfinite(w)):
-            # before any use of the rows: no error may depend on what they hold
-            raise InvalidInput(
-                f"evaluate: the weights must be {width} finite numbers (the job's encoded features and a bias)"
-            )
+        w = _weights(parameters, data.x_test.shape[1] + 1, "evaluate")
         self.releases.numbered("evaluate", rnd, self.job.rounds)
         plan = self.dp_plan(len(data.y_train)) if self.record_dp else None
         if plan is not None:
@@ -240,6 +236,22 @@ class HorizontalClient(NumPyClient):
         if self.record_dp:  # the exact loss and row count would give the held-out labels away
             return 0.0, 1, metrics
         return model.bce(scores, data.y_test), max(len(data.y_test), 1), metrics
+
+
+def _weights(parameters: list[np.ndarray], width: int, what: str) -> np.ndarray:
+    """The global weights as `width` finite floats, or InvalidInput: checked before any row is used,
+    so no error depends on what the rows hold (width comes from declared metadata)."""
+    try:
+        w = np.asarray(parameters[0]) if parameters else np.zeros(0)
+        ok = w.dtype.kind in "biuf" and w.shape == (width,)
+        w = w.astype(np.float64) if ok else w
+    except (TypeError, ValueError):
+        ok = False
+    if not ok or not np.all(np.isfinite(w)):
+        raise InvalidInput(
+            f"{what}: the weights must be {width} finite numbers (the job's encoded features and a bias)"
+        )
+    return w
 
 
 def _round_of(config: dict[str, Any]) -> int:

@@ -204,7 +204,7 @@ def auc(scores: np.ndarray, y: np.ndarray) -> float:
 def auc_from_histograms(pos: np.ndarray, neg: np.ndarray) -> float:
     """AUC from per-label score histograms (equal bins, ties within a bin count half)."""
     npos, nneg = pos.sum(), neg.sum()
-    if npos == 0 or nneg == 0:
+    if npos <= 0 or nneg <= 0:  # <: noisy (record-DP) counts can sum below zero
         return float("nan")
     neg_below = np.concatenate([[0], np.cumsum(neg)[:-1]])
     return float((pos * (neg_below + 0.5 * neg)).sum() / (npos * nneg))

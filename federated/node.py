@@ -196,4 +196,5 @@ def histogram_report(pos: np.ndarray, neg: np.ndarray, threshold: float) -> dict
     cut = min(bins, max(0, int((np.log(t / (1 - t)) + LOGIT_RANGE) / (2 * LOGIT_RANGE) * bins)))
     tp, fn = max(0, int(pos[cut:].sum())), max(0, int(pos[:cut].sum()))
     fp, tn = max(0, int(neg[cut:].sum())), max(0, int(neg[:cut].sum()))
-    return {"auc": model.auc_from_histograms(pos, neg), **model.counts_report(tp, fp, tn, fn)}
+    auc = model.auc_from_histograms(pos, neg)  # noisy counts: can leave [0, 1], clamped (post-processing)
+    return {"auc": auc if np.isnan(auc) else min(1.0, max(0.0, auc)), **model.counts_report(tp, fp, tn, fn)}

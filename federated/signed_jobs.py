@@ -12,11 +12,13 @@ can leave agencies out of an alignment), other features, more rounds. A signed j
   (`signing_key`); a job run in the name of a user with a key must carry that key's signature
   over exactly this definition, and with settings.toml `[training] require_signed_jobs = true`
   every job must;
-* the gateway checks at submission, and every node with a policy directory checks again when it
-  decides the job (federated/admission.py `PolicyAdmission`), against its own registry.
+* the gateway checks at submission, and every node with a policy directory checks again, against
+  its own registry: when it decides a definition (federated/admission.py `PolicyAdmission`) and at
+  every later message of a run (`admit_at_node`), before any recorded decision counts.
 
-The signature is not part of the job's digest: a node approves the same definition whether or
-not it arrived signed, and only a definition it has not decided before needs the check.
+The signature is not part of the job's digest: a node decides a definition once whether or not it
+arrived signed, so signing changes no recorded decision, and a refusal for a missing or wrong
+signature is never recorded (it would refuse the signed definition too).
 """
 
 from __future__ import annotations

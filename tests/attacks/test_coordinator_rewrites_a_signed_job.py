@@ -182,3 +182,32 @@ def test_the_coordinators_max_weight_cannot_override_the_jobs(tmp_path: Path) ->
     with pytest.raises(InvalidInput, match="max-weight 1000000 is not the job's max_weight 60"):
         client_fn(Context(1, 1, node_config, RecordDict(), run_config))  # type: ignore[arg-type]
     client_fn(Context(1, 1, node_config, RecordDict(), {**run_config, "max-weight": 60}))  # type: ignore[arg-type]
+
+
+def test_a_policy_edit_mid_run_neither_refuses_nor_recharges_a_decided_job(tmp_path: Path) -> None:
+    """The ClientApp checks the signature at every message, but decides a definition once: an
+    edit to the node's policy set (registering another user's key) during the run changes nothing
+    for the job already approved and charged."""
+    from federated.admission import LedgerAdmission
+
+    key = SigningKey.generate("hrss", "job-signing")
+    policies = _register(write_training_policies(tmp_path / "policies"), key)
+    _, agency, store, ledger = _node(tmp_path, policies)
+    admit_at_node(sign_job(_job(epsilon=1.0), key), agency, ledger, store, policies, None)
+    job = sign_job(_job(epsilon=2.0, rounds=2), key)  # the analyst changed its job: decided (and charged) again
+    admit_at_node(job, agency, ledger, store, policies, None)
+    spent = LedgerAdmission(ledger, store).spent("medical.claims_2025")
+    assert spent == pytest.approx(3.0)
+    text = (policies / "principals.toml").read_text()
+    other = base64.b64encode(SigningKey.generate("medical", "job-signing").public_raw).decode()
+    (policies / "principals.toml").write_text(
+        text.replace('id = "medical-analyst"\n', f'id = "medical-analyst"\nsigning_key = "{other}"\n', 1)
+    )
+    for _ in range(3):  # every later message of the run
+        admit_at_node(job, agency, ledger, store, policies, None)
+    assert LedgerAdmission(ledger, store).spent("medical.claims_2025") == spent > 0
+    # decided again under the edited policy (a resubmission through the gateway): the same approval
+    # key, so neither refused as "a different epsilon" nor charged twice
+    again = PolicyAdmission(PolicyEngine.load(policies), ledger, store)(job, agency)
+    assert again.approved and again.redecided == "node policy changed", again
+    assert LedgerAdmission(ledger, store).spent("medical.claims_2025") == spent

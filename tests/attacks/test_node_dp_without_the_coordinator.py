@@ -65,11 +65,13 @@ def test_a_node_sends_its_update_clipped_and_noised_at_the_calibrated_spread(tmp
     so its spread is measured unclipped). Noise cut by √2 would fail this."""
     job, nc = _node(tmp_path, 8.0, update_bound=8.0)
     sd = dp.noise_for_epsilon(8.0, job.rounds, DELTA) * CLIP  # z·C, the Gaussian mechanism the accountant counts
-    sent = []
-    for run in range(100):  # the coordinator's config names a clip 100 times larger: ignored
+    sent, weights = [], set()
+    for run in range(100):  # "clipping_norm": what Flower's central-DP wrapper sent; nothing reads it now
         client = HorizontalClient(job, nc, 5_000, ledger_check=True, run_id=str(run))
-        arrays, _, _ = client.fit([np.zeros(2)], {"server_round": 1, "clipping_norm": 100.0})
+        arrays, weight, _ = client.fit([np.zeros(2)], {"server_round": 1, "clipping_norm": 100.0})
         sent.append(np.asarray(arrays[0]))
+        weights.add(weight)
+    assert weights == {5_000}  # max_weight, not its 240 training rows: a node's row count is its data too
     clean = _clipped_update(HorizontalClient(job, nc, 5_000, ledger_check=True, run_id="clean"))[0]
     noise = np.array(sent) - clean
     assert np.abs(noise).max() < job.update_bound - np.abs(clean).max()  # nothing clipped by the bound

@@ -97,9 +97,8 @@ def test_noisy_histograms_are_summed_as_they_are_and_mismatched_bins_fail_the_jo
     strat.aggregate_evaluate(3, [_evaluated(pos_a, neg_a, "a"), _evaluated(pos_b, neg_b, "b")], [])
     row = strat.final_eval
     pos, neg = np.add(pos_a, pos_b), np.add(neg_a, neg_b)
-    assert row["auc"] == pytest.approx(
-        float((pos * (np.concatenate([[0], np.cumsum(neg)[:-1]]) + neg / 2)).sum() / (pos.sum() * neg.sum()))
-    )
+    raw = float((pos * (np.concatenate([[0], np.cumsum(neg)[:-1]]) + neg / 2)).sum() / (pos.sum() * neg.sum()))
+    assert raw > 1 and row["auc"] == 1.0  # the unclipped counts' estimate, clamped into [0, 1]
     assert min(row["confusion_matrix"].values()) >= 0
     # the nodes' placeholder losses (0.0) are not used: the loss is estimated from the histograms
     assert row["loss"] == pytest.approx(node.histogram_loss(pos, neg)) and row["loss"] >= 0
@@ -126,3 +125,12 @@ def test_the_histogram_loss_is_the_log_loss_at_the_bin_centres() -> None:
     pos[0] = 1  # confident and wrong
     assert node.histogram_loss(pos, np.zeros(holdout_dp.BINS)) == pytest.approx(11.75, abs=1e-4)
     assert np.isnan(node.histogram_loss(np.zeros(4), np.zeros(4)))
+
+
+def test_a_noisy_auc_stays_within_zero_and_one_or_is_nan() -> None:
+    pos = np.zeros(holdout_dp.BINS, dtype=np.int64)
+    neg = np.zeros(holdout_dp.BINS, dtype=np.int64)
+    pos[40], pos[2], neg[5], neg[44] = 3, -2, 4, -3  # few positives, noise larger than the counts
+    assert 0.0 <= node.histogram_report(pos, neg, 0.5)["auc"] <= 1.0
+    pos[40] = 1  # the noisy positives sum below zero
+    assert np.isnan(node.histogram_report(pos, neg, 0.5)["auc"])
