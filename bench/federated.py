@@ -387,7 +387,7 @@ HORIZONTAL: dict[str, Any] = {
 
 
 def _node_dp_job(base: dict[str, Any], eps: float) -> dict[str, Any]:
-    """Node-level (client-level) DP with SecAgg+: each node clips and adds its noise share."""
+    """Node-level (client-level) DP with SecAgg+: each node clips its update and adds noise z*C to it."""
     return {**base, "job_id": f"bench-h-dp{eps:g}", "secagg": True, "dp": {"epsilon": eps, "delta": 1e-5, "clip": 1.0}}
 
 

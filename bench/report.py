@@ -1112,6 +1112,43 @@ def dp_vertical_options(d: dict[str, Any]) -> str:
     )
 
 
+def holdout_dp(d: dict[str, Any]) -> str:
+    r = d["readout"]
+    attack = [
+        [
+            f"ε = {e}",
+            f"{r[f'eps{e}']['noise_multiplier']:.2f}",
+            f"{r[f'eps{e}']['success']:.3f}",
+            f"{r[f'eps{e}']['gaussian_optimum']:.3f}",
+            f"{r[f'eps{e}']['bound']:.4f}",
+        ]
+        for e in _EPS
+    ]
+    a = d["auc_estimate"]
+    rows = [
+        [
+            b["bins"] if b["bins"] != d["bins_used"] else f"**{b['bins']}** (used)",
+            f"{b['coarseness_error']:+.4f}",
+            *(f"{b[f'eps{e}']['mean_abs_error']:.4f}" for e in _EPS),
+            f"{b['eps1']['mean_error_if_clipped_at_zero']:+.4f}",
+        ]
+        for b in a["by_bins"]
+    ]
+    return "\n\n".join(
+        [
+            "A coordinator's weights put one held-out person alone in the top bin; it knows every other held-out "
+            f"count and guesses the label from the noisy bin ({r['trials_per_world']:,} releases per world; "
+            f"δ = {d['delta']:g}; without the noise: {r['without_dp_success']:.1f}):",
+            _table(["", "noise multiplier", "attack success", "Φ(1/(2z))", "bound e^ε/(1+e^ε)"], attack),
+            f"The AUC the coordinator estimates from the four nodes' noisy histograms, against the exact "
+            f"{a['exact_auc']:.4f} on {a['rows']:,} held-out rows (mean |error| over {a['draws']} draws), by "
+            "bin count; the last column is the bias if negative noisy counts were clipped at zero instead of "
+            "summed as they are:",
+            _table(["bins", "coarseness alone", *(f"ε = {e}" for e in _EPS), "clipped at zero, ε = 1"], rows),
+        ]
+    )
+
+
 SECTIONS: list[tuple[str, str, Callable[[dict[str, Any]], str]]] = [
     ("eligibility", "Encrypted eligibility checks vs plaintext exchange (`bench/eligibility.py`)", eligibility),
     ("masking_leakage", "What a masked value reveals (`bench/masking_leakage.py`)", masking),
@@ -1132,6 +1169,7 @@ SECTIONS: list[tuple[str, str, Callable[[dict[str, Any]], str]]] = [
     ("audit", "Audit log (`bench/audit.py`)", audit),
     ("federated", "Federated training on Census-Income (`bench/federated.py`)", federated),
     ("dp_sweep", "How the record-level DP settings were chosen (`bench/dp_sweep.py`)", dp_sweep),
+    ("holdout_dp", "Record-level DP holdout evaluation (`bench/holdout_dp.py`)", holdout_dp),
     (
         "dp_standardise",
         "Standardise under record-level DP (`bench/dp_sweep.py --standardise`)",

@@ -25,6 +25,7 @@ BENCHMARKS = [
     "dp_sweep",  # how record-level DP-SGD's clip and learning rate were chosen (validation split)
     "dp_sweep --standardise",  # standardise under record-level DP (noisy pooled statistics) vs the default encodings
     "dp_sweep --vertical-options",  # vertical record-DP: what the label holder could do with the same noisy embeddings
+    "holdout_dp",  # the record-DP holdout release: the readout attack against its bound, the AUC estimate by bins
     "vertical_batches",  # the vertical job's default mini-batch against full batches (replay, validation split)
     "training_startup",  # a training job on Flower processes started per job vs the gateway's long-lived link
     "load",  # 1 to 1,000 concurrent clients: overload control, goodput, gateway memory, county link
