@@ -285,6 +285,29 @@ class PolicyAdmission:
                 decision, charges = replace(decision, approved=False, reason=exc.message), []
         return self._record(job, agency, decision, charges, key)
 
+    def admit_decided(self, job: JobSpec, agency: str) -> Decision:
+        """For a definition this node already decided (a later message of a run, or a new run): its
+        signature under the policy set in force, and, if that set changed since the decision, the
+        Cedar decision again. An approval still permitted is not charged or recorded again (a policy
+        edit must not re-charge a running job); one the policy no longer permits is refused (a
+        revocation stops new runs); a refusal the policy now permits is decided again
+        (POLICY_CHANGED, charged once)."""
+        current = unwrap_engine(self.engine)
+        unsigned = signed_jobs.signature_problem(job, current.principal(job.requester), current.require_signed_jobs)
+        if unsigned is not None:
+            return Decision(False, unsigned, 0.0, (), str(current.policy_set_hash))
+        prior = self._prior(job)
+        if prior is None or not prior[0].policy_set_hash or prior[0].policy_set_hash == current.policy_set_hash:
+            return prior[0] if prior is not None else self(job, agency)
+        if not prior[0].approved:
+            return self(job, agency)
+        held = set(datasets.held_elements(self.store)) & set(job.elements())
+        verdict = decide_training(self.engine, job, user=job.requester, elements=held)
+        if not verdict.allowed:
+            reason = f"the node's policy no longer permits it: {verdict.reason}"
+            return Decision(False, reason, 0.0, verdict.policy_ids, verdict.policy_set_hash, verdict.datasets)
+        return prior[0]
+
     def _budgeted(self, element: str) -> tuple[str, float] | None:
         """The registered dataset holding `element` and its ε cap (None if none holds it)."""
         current = unwrap_engine(self.engine)
@@ -345,13 +368,18 @@ def _charge_key(job: JobSpec, redecided: str, ledger: Path | None = None) -> str
     if redecided == JOB_CHANGED:
         return f"{job.job_id}~{job.digest()[:16]}"
     if redecided == POLICY_CHANGED and ledger is not None and ledger.exists():
+        changed_key = f"{job.job_id}~{job.digest()[:16]}"
         with sqlite3.connect(f"file:{ledger}?mode=ro", uri=True) as conn:
             try:
                 row = conn.execute(
                     "SELECT approval_key FROM approved_charges WHERE job_id = ? AND job_digest = ? LIMIT 1",
                     (job.job_id, job.digest()),
                 ).fetchone()
-            except sqlite3.OperationalError:  # a ledger from before approved_charges
+                # a refusal in between deleted that row: the spend itself still says which key it was
+                row = (
+                    row or conn.execute("SELECT job_id FROM spends WHERE job_id = ? LIMIT 1", (changed_key,)).fetchone()
+                )
+            except sqlite3.OperationalError:  # a ledger from before approved_charges (or with no spends yet)
                 row = None
         if row is not None:
             return str(row[0])
@@ -448,15 +476,14 @@ def admit_at_node(
             except XgateError as exc:
                 why = f"its policy set is not the signed bundle: {exc.message}"
                 raise PolicyDenied(f"node '{agency}' refused job '{job.job_id}': {why}") from None
-        engine = PolicyEngine.load(policy_dir)
-        if _decided(ledger, job):
-            unsigned = signed_jobs.signature_problem(job, engine.principal(job.requester), engine.require_signed_jobs)
-            if unsigned is not None:
-                raise PolicyDenied(f"node '{agency}' refused job '{job.job_id}': {unsigned}")
-        else:
-            decision = PolicyAdmission(engine, ledger, store)(job, agency)
-            if not decision.approved:
-                raise PolicyDenied(f"node '{agency}' refused job '{job.job_id}': {decision.reason}")
+        try:
+            engine = PolicyEngine.load(policy_dir)
+        except XgateError as exc:  # a broken or half-written set refuses the job, as a bundle that fails does
+            raise PolicyDenied(f"node '{agency}' refused job '{job.job_id}': its policy set: {exc.message}") from None
+        admission = PolicyAdmission(engine, ledger, store)
+        decision = admission.admit_decided(job, agency) if _decided(ledger, job) else admission(job, agency)
+        if not decision.approved:
+            raise PolicyDenied(f"node '{agency}' refused job '{job.job_id}': {decision.reason}")
     require_approval(ledger, job)
 
 

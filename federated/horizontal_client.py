@@ -222,7 +222,8 @@ class HorizontalClient(NumPyClient):
             holdout = {"dp_holdout_sigma": multiplier}
         # The training label count is exact: under record-level DP it stays here (the coordinator
         # then sets the threshold from the holdout's histograms, which it gets anyway).
-        counts = {} if self.record_dp else {"train_pos": int(data.y_train.sum()), "train_n": len(data.y_train)}
+        exact = not (self.record_dp or self.node_dp)  # node-level DP: the row count fit hides stays hidden here too
+        counts = {"train_pos": int(data.y_train.sum()), "train_n": len(data.y_train)} if exact else {}
         metrics = {
             "agency": self.nc.agency,
             "hist_pos": json.dumps(pos.tolist()),

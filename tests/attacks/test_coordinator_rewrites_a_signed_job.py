@@ -211,3 +211,74 @@ def test_a_policy_edit_mid_run_neither_refuses_nor_recharges_a_decided_job(tmp_p
     again = PolicyAdmission(PolicyEngine.load(policies), ledger, store)(job, agency)
     assert again.approved and again.redecided == "node policy changed", again
     assert LedgerAdmission(ledger, store).spent("medical.claims_2025") == spent
+
+
+FORBID = (
+    '@id("revoke-medical-claims")\n'
+    'forbid (principal, action == Action::"train", resource == Dataset::"medical.claims_2025");\n'
+)
+
+
+def test_a_node_that_revokes_its_permission_refuses_new_runs_of_an_approved_job(tmp_path: Path) -> None:
+    """A definition already approved is not decided again at every message, but when the node's
+    policy set changed since, its Cedar decision is taken again (uncharged): a revocation stops
+    the coordinator starting new runs of the approved job; a permission granted later admits a job
+    once refused, charged once."""
+    from federated.admission import LedgerAdmission
+
+    policies = write_training_policies(tmp_path / "policies")
+    _, agency, store, ledger = _node(tmp_path, policies)
+    job = _job(epsilon=1.0)
+    admit_at_node(job, agency, ledger, store, policies, None)
+    (policies / "agreements" / "zz-revoke.cedar").write_text(FORBID)
+    with pytest.raises(PolicyDenied, match="the node's policy no longer permits it"):
+        admit_at_node(job, agency, ledger, store, policies, None)
+    (policies / "agreements" / "zz-revoke.cedar").unlink()
+    admit_at_node(job, agency, ledger, store, policies, None)  # permitted again: the approval stands
+    assert LedgerAdmission(ledger, store).spent("medical.claims_2025") == pytest.approx(1.0)
+
+
+def test_a_refusal_the_policy_later_permits_is_decided_again_and_charged_once(tmp_path: Path) -> None:
+    from federated.admission import LedgerAdmission
+
+    policies = write_training_policies(tmp_path / "policies")
+    (policies / "agreements" / "zz-revoke.cedar").write_text(FORBID)
+    _, agency, store, ledger = _node(tmp_path, policies)
+    job = _job(epsilon=1.0)
+    with pytest.raises(PolicyDenied):
+        admit_at_node(job, agency, ledger, store, policies, None)
+    (policies / "agreements" / "zz-revoke.cedar").unlink()
+    for _ in range(3):
+        admit_at_node(job, agency, ledger, store, policies, None)
+    assert LedgerAdmission(ledger, store).spent("medical.claims_2025") == pytest.approx(1.0)
+
+
+def test_a_changed_definition_refused_then_permitted_again_keeps_its_own_charge(tmp_path: Path) -> None:
+    """D0 approved (ε 1), then its changed definition D1 (ε 2, charged under its own key); D1 is
+    refused under a revocation (which deletes its recorded charges) and later permitted again: it
+    finds its own spend, so it is neither refused as 'a different epsilon' nor charged twice."""
+    from federated.admission import LedgerAdmission
+
+    policies = write_training_policies(tmp_path / "policies")
+    admission, agency, store, ledger = _node(tmp_path, policies)
+    assert admission(_job(epsilon=1.0), agency).approved
+    changed = _job(epsilon=2.0, rounds=2)
+    assert admission(changed, agency).approved
+    (policies / "agreements" / "zz-revoke.cedar").write_text(FORBID)
+    assert not PolicyAdmission(PolicyEngine.load(policies), ledger, store)(changed, agency).approved
+    (policies / "agreements" / "zz-revoke.cedar").unlink()
+    again = PolicyAdmission(PolicyEngine.load(policies), ledger, store)(changed, agency)
+    assert again.approved, again
+    assert LedgerAdmission(ledger, store).spent("medical.claims_2025") == pytest.approx(3.0)
+    with sqlite3.connect(ledger) as conn:  # its further runs are charged against its own approval
+        keys = {k for (k,) in conn.execute("SELECT approval_key FROM approved_charges WHERE job_id = 'signed-1'")}
+    assert keys == {f"signed-1~{changed.digest()[:16]}"}
+
+
+def test_a_broken_policy_set_refuses_the_job_with_a_reason_not_a_crash(tmp_path: Path) -> None:
+    policies = write_training_policies(tmp_path / "policies")
+    _, agency, store, ledger = _node(tmp_path, policies)
+    admit_at_node(_job(), agency, ledger, store, policies, None)
+    (policies / "principals.toml").write_text("[[users]\nbroken")
+    with pytest.raises(PolicyDenied, match="its policy set"):
+        admit_at_node(_job(), agency, ledger, store, policies, None)
