@@ -124,8 +124,11 @@ def install(bundle: Path, ca_cert: Path, policy_dir: Path) -> Installed:
         if Path(name).is_absolute() or ".." in Path(name).parts:
             raise CryptoError(f"policy bundle file name {name!r} leaves the policy directory")
     current = policy_dir / MANIFEST
+    dropped: list[str] = []
     if current.exists():
         installed = _read_json(current, "installed policy bundle manifest")
+        previous = installed.get("files")
+        dropped = sorted(set(previous) - set(body["files"])) if isinstance(previous, dict) else []
         if int(body["version"]) <= int(installed.get("version", 0)):
             raise ConfigError(
                 f"policy bundle version {body['version']} is not newer than the installed version "
@@ -138,6 +141,9 @@ def install(bundle: Path, ca_cert: Path, policy_dir: Path) -> Installed:
         tmp = target.with_name(target.name + ".tmp")
         tmp.write_bytes(data)
         os.replace(tmp, target)
+    for name in dropped:  # a file the previous bundle had and this one does not: else verification refuses
+        if not (Path(name).is_absolute() or ".." in Path(name).parts):
+            (policy_dir / name).unlink(missing_ok=True)
     manifest = body | {"signature": doc["signature"]}
     (policy_dir / (MANIFEST + ".tmp")).write_text(json.dumps(manifest, indent=1))
     os.replace(policy_dir / (MANIFEST + ".tmp"), current)

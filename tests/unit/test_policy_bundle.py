@@ -91,3 +91,17 @@ def test_an_altered_installed_set_does_not_start(fed: Path) -> None:
     empty = Problems()
     assert not policy_bundle_ok(empty, "node.policy_dir", fed / "set", ca)  # never installed
     assert "holds no signed policy bundle" in empty.lines[0]
+
+
+def test_a_newer_bundle_that_drops_a_file_removes_it_so_the_set_still_verifies(fed: Path) -> None:
+    """A file the previous bundle had and the newer one does not used to stay on disk: every later
+    verification (a node's admission at each ClientApp message) refused 'not in bundle'."""
+    ca = fed / "ca" / pki.CA_CERT
+    extra = fed / "set" / "agreements" / "zz-temporary.cedar"
+    extra.write_text('@id("temporary")\nforbid (principal, action, resource) when { false };\n')
+    install(_publish(fed, 1), ca, fed / "party")
+    assert (fed / "party" / "agreements" / "zz-temporary.cedar").exists()
+    extra.unlink()
+    assert install(_publish(fed, 2), ca, fed / "party").version == 2
+    assert not (fed / "party" / "agreements" / "zz-temporary.cedar").exists()
+    assert verify_installed(fed / "party", ca).version == 2
