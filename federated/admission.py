@@ -286,19 +286,21 @@ class PolicyAdmission:
         return self._record(job, agency, decision, charges, key)
 
     def admit_decided(self, job: JobSpec, agency: str) -> Decision:
-        """For a definition this node already decided (a later message of a run, or a new run): its
-        signature under the policy set in force, and, if that set changed since the decision, the
-        Cedar decision again. An approval still permitted is not charged or recorded again (a policy
-        edit must not re-charge a running job); one the policy no longer permits is refused (a
-        revocation stops new runs); a refusal the policy now permits is decided again
-        (POLICY_CHANGED, charged once)."""
+        """At a ClientApp message: a definition not decided yet is decided (`__call__`). One already
+        decided gets its signature checked under the policy set in force and, if that set changed
+        since the decision, the Cedar decision again. An approval still permitted is not charged or
+        recorded again (a policy edit must not re-charge a running job); one the policy no longer
+        permits is refused (a revocation stops new runs); a refusal the policy now permits is decided
+        again (POLICY_CHANGED, charged once)."""
+        prior = self._prior(job)
+        if prior is None or prior[1] != job.digest():
+            return self(job, agency)
         current = unwrap_engine(self.engine)
         unsigned = signed_jobs.signature_problem(job, current.principal(job.requester), current.require_signed_jobs)
         if unsigned is not None:
             return Decision(False, unsigned, 0.0, (), str(current.policy_set_hash))
-        prior = self._prior(job)
-        if prior is None or not prior[0].policy_set_hash or prior[0].policy_set_hash == current.policy_set_hash:
-            return prior[0] if prior is not None else self(job, agency)
+        if not prior[0].policy_set_hash or prior[0].policy_set_hash == current.policy_set_hash:
+            return prior[0]
         if not prior[0].approved:
             return self(job, agency)
         held = set(datasets.held_elements(self.store)) & set(job.elements())
@@ -480,22 +482,10 @@ def admit_at_node(
             engine = PolicyEngine.load(policy_dir)
         except XgateError as exc:  # a broken or half-written set refuses the job, as a bundle that fails does
             raise PolicyDenied(f"node '{agency}' refused job '{job.job_id}': its policy set: {exc.message}") from None
-        admission = PolicyAdmission(engine, ledger, store)
-        decision = admission.admit_decided(job, agency) if _decided(ledger, job) else admission(job, agency)
+        decision = PolicyAdmission(engine, ledger, store).admit_decided(job, agency)
         if not decision.approved:
             raise PolicyDenied(f"node '{agency}' refused job '{job.job_id}': {decision.reason}")
     require_approval(ledger, job)
-
-
-def _decided(ledger: Path, job: JobSpec) -> bool:
-    if not ledger.exists():
-        return False
-    with sqlite3.connect(f"file:{ledger}?mode=ro", uri=True) as conn:
-        try:
-            row = conn.execute("SELECT job_digest FROM decisions WHERE job_id = ?", (job.job_id,)).fetchone()
-        except sqlite3.OperationalError:  # a ledger without a decisions table has decided nothing
-            return False
-    return row is not None and row[0] == job.digest()  # a changed definition is decided again
 
 
 def require_approval(ledger: Path, job: JobSpec) -> None:
