@@ -129,7 +129,7 @@ def test_with_record_dp_the_readout_succeeds_no_more_often_than_epsilon_allows(t
 
 
 @pytest.mark.parametrize("dp", [None, {"epsilon": 1.0, "delta": 1e-6, "clip": 1.0, "unit": "record"}])
-def test_the_loss_and_row_count_leave_a_record_dp_node_only_as_placeholders(
+def test_the_loss_and_row_count_leave_a_record_dp_node_only_as_fixed_values(
     tmp_path: Path, dp: dict[str, object] | None
 ) -> None:
     """The evaluation's loss and example count come with the histograms. Exact, the crafted

@@ -100,7 +100,7 @@ def test_noisy_histograms_are_summed_as_they_are_and_mismatched_bins_fail_the_jo
     raw = float((pos * (np.concatenate([[0], np.cumsum(neg)[:-1]]) + neg / 2)).sum() / (pos.sum() * neg.sum()))
     assert raw > 1 and row["auc"] == 1.0  # the unclipped counts' estimate, clamped into [0, 1]
     assert min(row["confusion_matrix"].values()) >= 0
-    # the nodes' placeholder losses (0.0) are not used: the loss is estimated from the histograms
+    # the nodes' fixed losses (0.0) are not used: the loss is estimated from the histograms
     assert row["loss"] == pytest.approx(node.histogram_loss(pos, neg)) and row["loss"] >= 0
     with pytest.raises(JobFailed, match="differ in their number of bins"):
         strat.aggregate_evaluate(
