@@ -104,7 +104,14 @@ def federated_dp_sgd(
     w = model.lr_init(s.nodes[0][0].shape[1])
     plans = [
         dp_sgd.plan(
-            epsilon, DELTA, clip, n=len(y), batch=batch, rounds=rounds, local_epochs=epochs, standardises=standardises
+            epsilon,
+            DELTA,
+            clip,
+            rows=len(y),
+            batch=batch,
+            rounds=rounds,
+            local_epochs=epochs,
+            standardises=standardises,
         )
         for _, y in s.nodes
     ]
@@ -346,7 +353,7 @@ def standardised_encoding(data: census.Census, *, noisy: bool, seed: int) -> np.
         rows = raw[train & (region == r)]
         m = pooled_stats.moments(infos, encs, rows)
         if noisy:
-            m = pooled_stats.noisy_moments(m, len(rows), dp_sgd.STATS_NOISE_MULTIPLIER, rng)
+            m = pooled_stats.noisy_moments(m, len(rows), float(len(rows)), dp_sgd.STATS_NOISE_MULTIPLIER, rng)
         vectors.append(([m], len(rows)))
     noise_sd = 0.0
     if noisy:

@@ -10,6 +10,7 @@ refused: training on them needs the node's column key, which is wired in nodes/,
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import sqlite3
 from collections.abc import Mapping, Sequence
@@ -101,15 +102,19 @@ def read_matrix(
     return subj, out
 
 
-def store_digest(path: Path, elements: Sequence[str]) -> str:
-    """SHA-256 over the datasets' source digests that feed these elements (no values hashed here)."""
+def store_digest(path: Path, elements: Sequence[str], key: bytes) -> str:
+    """HMAC-SHA256 (RFC 2104), keyed by the node, over the datasets' source digests and row counts
+    that feed these elements (no values hashed here). Keyed: the sources' plain SHA-256 would let
+    anyone who knows all records but one test a guess of that one offline."""
     with _connect_ro(path) as conn:
         rows = conn.execute(
             "SELECT DISTINCT d.name, d.source_sha256, d.rows FROM datasets d JOIN elements e"
             " ON e.dataset = d.name WHERE e.id IN (SELECT value FROM json_each(?)) ORDER BY 1",
             (json.dumps(list(elements)),),
         ).fetchall()
-    return hashlib.sha256(repr(rows).encode()).hexdigest()
+    if len(key) < 16:
+        raise ValueError("a data digest key must be at least 16 bytes")
+    return hmac.new(key, repr(rows).encode(), hashlib.sha256).hexdigest()
 
 
 def write_store(path: Path, dataset: str, subjects: Sequence[str], columns: Mapping[str, Column]) -> None:

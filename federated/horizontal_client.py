@@ -24,7 +24,7 @@ from flwr.client import NumPyClient
 from flwr.client.mod import secaggplus_mod
 from flwr.clientapp import ClientApp
 
-from federated import datasets, dp, dp_sgd, holdout_dp, model, node, pooled_stats, updates
+from federated import dp, dp_sgd, holdout_dp, model, node, node_keys, pooled_stats, updates
 from federated.admission import admit_at_node, charge_run, record_dp_plan
 from federated.jobs import DPUnit, JobSpec, job_from_run_config
 from federated.run_releases import RunReleases
@@ -99,14 +99,20 @@ class HorizontalClient(NumPyClient):
 
     def dp_plan(self, train_n: int) -> dp_sgd.Plan:
         """This node's DP-SGD schedule (and statistics release, when the job standardises),
-        calibrated to the job's epsilon for its own number of training rows."""
+        calibrated to the job's epsilon for its released row count: drawn once per run
+        (dp_sgd.noisy_rows), so nothing the node sends carries its exact count."""
         dp = self.job.dp
         assert dp is not None
+        if train_n <= 0:
+            raise InvalidInput("this node has no training rows for the job")
+        rows = self.releases.value(
+            "rows", lambda: dp_sgd.noisy_rows(train_n, np.random.default_rng(secrets.randbits(128)))
+        )
         return dp_sgd.plan(
             dp.epsilon,
             dp.delta,
             dp.clip,
-            n=train_n,
+            rows=rows,
             batch=self.job.batch_size,
             rounds=self.job.rounds,
             local_epochs=self.job.local_epochs,
@@ -135,20 +141,22 @@ class HorizontalClient(NumPyClient):
         rows = node.labelled_rows(self.job, self.nc)
         train_n = int((~rows.test).sum())
         moments = rows.train_moments()
+        weight = train_n
         if self.record_dp:  # a Gaussian mechanism, accounted with the DP-SGD steps that follow
             plan = self.dp_plan(train_n)
             assert plan.stats_sigma is not None
             self.record_plan(plan)
             moments = pooled_stats.noisy_moments(
-                moments, max(train_n, 1), plan.stats_sigma, np.random.default_rng(secrets.randbits(128))
+                moments, train_n, plan.rows, plan.stats_sigma, np.random.default_rng(secrets.randbits(128))
             )
+            weight = round(plan.rows)  # the released count weighs the pooled mean, never the exact one
         log.info(
             "statistics_pooled",
             agency=self.nc.agency,
             features=len(pooled_stats.standardised(rows.infos, rows.encodings)),
             dp_noise=self.record_dp,
         )
-        return [moments], max(1, min(train_n, self.max_weight)), {"agency": self.nc.agency}
+        return [moments], max(1, min(weight, self.max_weight)), {"agency": self.nc.agency}
 
     def fit(self, parameters: list[np.ndarray], config: dict[str, Any]) -> tuple[list[np.ndarray], int, dict[str, Any]]:
         if config.get(pooled_stats.PHASE_KEY) == pooled_stats.STATISTICS_PHASE:
@@ -160,10 +168,12 @@ class HorizontalClient(NumPyClient):
         data = self.data(config)
         w0 = _weights(parameters, data.x_train.shape[1] + 1, "fit")
         self.releases.numbered("fit", rnd, self.job.rounds)
+        examples = len(data.y_train)
         if self.record_dp:
             plan = self.dp_plan(len(data.y_train))
             self.record_plan(plan)
             w1 = dp_sgd.train(w0, data.x_train, data.y_train, plan, lr=self.job.learning_rate, l2=self.job.l2)
+            examples = max(1, round(plan.rows))  # FedAvg weighs by the released count
         else:
             w1 = model.lr_train(
                 w0,
@@ -177,7 +187,6 @@ class HorizontalClient(NumPyClient):
             )
         delta = [w1 - w0]
         dp_clipped = False
-        examples = len(data.y_train)
         if self.node_dp:
             delta, dp_clipped = self.node_dp_release(delta)
             examples = self.max_weight  # a node's row count is its data too: every node weighs the same
@@ -230,7 +239,7 @@ class HorizontalClient(NumPyClient):
             "hist_neg": json.dumps(neg.tolist()),
             **counts,
             # The node attests what it trained on (the coordinator may have no access to the store).
-            "data_sha256": datasets.store_digest(self.nc.store, self.job.elements()),
+            "data_sha256": node_keys.data_digest(self.nc.store, self.nc.ledger, self.job.elements()),
             **(plan.as_metrics() if plan is not None else {}),
             **holdout,
         }

@@ -274,6 +274,8 @@ class XgateFedAvg(FedAvg):
                         "dp_sigma",
                         "dp_sample_rate",
                         "dp_steps",
+                        "dp_rows_noisy",
+                        "dp_count_sigma",
                         "dp_stats_sigma",
                         "dp_holdout_sigma",
                     )

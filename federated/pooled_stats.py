@@ -73,13 +73,16 @@ def moments(infos: Sequence[ElementInfo], encs: Sequence[Encoding], raw: np.ndar
     return np.asarray(out, dtype=np.float64)
 
 
-def noisy_moments(moment_vector: np.ndarray, n: int, noise_multiplier: float, rng: np.random.Generator) -> np.ndarray:
-    """`moments` with Gaussian noise for record-level DP: the sums get N(0, (z sqrt(3F))^2) each."""
+def noisy_moments(
+    moment_vector: np.ndarray, n: int, rows: float, noise_multiplier: float, rng: np.random.Generator
+) -> np.ndarray:
+    """`moments` (means over n rows) for record-level DP: the sums get N(0, (z sqrt(3F))^2) each and
+    are divided by the node's released row count `rows` (dp_sgd.noisy_rows), never by n itself."""
     m = np.asarray(moment_vector, dtype=np.float64)
-    if n <= 0 or m.size % MOMENTS:
+    if n <= 0 or not rows > 0 or m.size % MOMENTS:
         raise ValueError("a moment vector needs rows and 3 entries per standardised feature")
     sensitivity = math.sqrt(m.size)  # sqrt(3F): each sum moves by at most 1 per record
-    noisy = m + rng.normal(0.0, noise_multiplier * sensitivity, size=m.shape) / n
+    noisy = (m * n + rng.normal(0.0, noise_multiplier * sensitivity, size=m.shape)) / rows
     return np.clip(noisy, 0.0, 1.0)  # post-processing: every entry is a share or a mean in [0, 1]
 
 

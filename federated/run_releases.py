@@ -12,8 +12,9 @@ past the job's last. Refusals raise InvalidInput naming what was out of turn.
 from __future__ import annotations
 
 import fcntl
+import math
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -58,3 +59,19 @@ class RunReleases:
                     f"{kind} round {number} is out of turn: this node answered up to round {last} of {most}"
                 )
             (self.dir / f"{kind}-{number}").touch()
+
+    def value(self, kind: str, draw: Callable[[], float]) -> float:
+        """A noisy value released once per run: drawn by the first message that needs it, kept, and
+        the same for every later message of the run (a fresh draw per message would average away)."""
+        path = self.dir / f"value-{kind}"
+        with self._locked():
+            if path.exists():
+                kept = float(path.read_text())
+                if not math.isfinite(kept):
+                    raise InvalidInput(f"this run's kept '{kind}' is not a number: remove the run's directory")
+                return kept
+            drawn = float(draw())
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(repr(drawn))
+            os.replace(tmp, path)
+            return drawn

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 from crypto.flower_keys import FlowerSecurity, prepare_flower_security
-from federated import datasets
+from federated import datasets, node_keys
 from federated.admission import Admission, Decision, LedgerAdmission, store_agency_datasets
 from federated.deployment import Federation, NodeSpec, Tls, free_port
 from federated.events import OnEvent, make_event
@@ -140,7 +140,7 @@ def run_job(
         emit.fail(exc)  # once: a failure the ServerApp reported is already recorded
         status.update(state="failed", reason=str(exc)[:300])
         raise
-    digests = {n.agency: datasets.store_digest(n.store, [*job.features, job.label]) for n in participants}
+    digests = {n.agency: node_keys.data_digest(n.store, n.ledger, job.elements()) for n in participants}
     return finish(job, result, t0, decisions, digests, emit, status, **extra)
 
 

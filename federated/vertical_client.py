@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import os
 import secrets
 from pathlib import Path
 from typing import Any, cast
@@ -28,7 +27,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordD
 from flwr.clientapp import ClientApp
 
 from crypto import keyed_draws
-from federated import datasets, label_dp, model, node, psi, psi_keys, psi_pool, vertical_dp
+from federated import datasets, label_dp, model, node, node_keys, psi, psi_keys, psi_pool, vertical_dp
 from federated.admission import admit_at_node, record_dp_plan
 from federated.grid_io import arrays_of, cfg_of
 from federated.jobs import DPUnit, JobSpec, job_from_run_config
@@ -92,22 +91,16 @@ def hello(msg: Message, context: Context) -> Message:
         order = datasets.pseudonyms(nc.store)
         secrets.SystemRandom().shuffle(order)  # list positions reveal nothing about the pseudonyms
         key, agreement = psi.new_key(), psi.new_key()
-        _write_private(cache / "psi.key", key)
-        _write_private(cache / "psi-agree.key", agreement)
+        node_keys.write_private(cache / "psi.key", key)
+        node_keys.write_private(cache / "psi-agree.key", agreement)
         (cache / "psi-order.txt").write_text("\n".join(order))
         tags = psi.first_tags(key, job.job_id, order)
         (cache / "psi-hello.sha256").write_bytes(_sha(tags))  # bound into the sealed seed
         agree = psi.agreement_public(agreement)
     signed = psi_keys.statement_fields(job.job_id, nc.agency, agree, psi_keys.identity_of(nc)) if agree else {}
-    digest = datasets.store_digest(nc.store, job.elements())  # attested: the coordinator may not see the store
+    digest = node_keys.data_digest(nc.store, nc.ledger, job.elements())  # attested, keyed
     reply = {"agency": nc.agency, "features": held, "has_label": has_label, "tags": tags, "agree": agree, **signed}
     return _reply(msg, {**reply, "data_sha256": digest})
-
-
-def _write_private(path: Path, data: bytes) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(data)
 
 
 def _holds_label(job: JobSpec, nc: node.NodeConfig) -> bool:
@@ -132,7 +125,7 @@ def blind(msg: Message, context: Context) -> Message:
             raise ValueError("the label holder's list names a subject twice")
         (cache / "psi-label-hello.sha256").write_bytes(_sha(label_list))
         label_side = psi.finish(key, label_list)
-        _write_private(cache / "psi-label-side.bin", label_side)
+        node_keys.write_private(cache / "psi-label-side.bin", label_side)
         return _reply(msg, {"finished": psi.count(label_side, psi.MATCH_BYTES)})
     # The keys it will seal to are checked before any work (federated/psi_keys.py).
     agreement = (cache / "psi-agree.key").read_bytes()
@@ -146,7 +139,7 @@ def blind(msg: Message, context: Context) -> Message:
     orders = [psi.new_order(psi.count(f, psi.MATCH_BYTES)) for f in finished]
     buffer = io.BytesIO()
     np.savez(buffer, *orders)
-    _write_private(cache / "psi-orders.npz", buffer.getvalue())
+    node_keys.write_private(cache / "psi-orders.npz", buffer.getvalue())
     finished = [psi.reorder(f, order) for f, order in zip(finished, orders, strict=True)]
     # Each seed is sealed for the roster and for the lists as they left and reached this node: the
     # coordinator cannot hand a node another list as the label holder's, or another returned list.
@@ -199,7 +192,7 @@ def membership(msg: Message, context: Context) -> Message:
     )
     buffer = io.BytesIO()
     np.save(buffer, matched)
-    _write_private(cache / "psi-matches.npy", buffer.getvalue())
+    node_keys.write_private(cache / "psi-matches.npy", buffer.getvalue())
     return _reply(msg, {"share": share, "keys_checked": trust is not None})
 
 
@@ -387,25 +380,8 @@ def label_words(nc: node.NodeConfig, job: JobSpec, pseudonyms: list[str]) -> np.
     re-run cannot average the flips away (federated/label_dp.py)."""
     if job.label_dp is None:
         return None
-    key = _node_key(nc.ledger.parent / "label-dp.key")
+    key = node_keys.node_key(nc.ledger, node_keys.LABEL_DP_KEY)
     return keyed_draws.words(key, label_dp.release_domain(job.label, job.label_dp), pseudonyms)
-
-
-def _node_key(path: Path) -> bytes:
-    """A secret of this node, made once (atomically: concurrent ClientApps end up with the same)."""
-    if not path.exists():
-        fresh = path.with_name(f".{path.name}.{secrets.token_hex(8)}")
-        _write_private(fresh, keyed_draws.new_key())
-        try:
-            os.link(fresh, path)
-        except FileExistsError:
-            pass  # another ClientApp made it first: use theirs
-        finally:
-            fresh.unlink()
-    key = path.read_bytes()
-    if len(key) != keyed_draws.KEY_BYTES:
-        raise ValueError(f"this node's {path.name} is damaged (not {keyed_draws.KEY_BYTES} bytes)")
-    return key
 
 
 @app.train("step")

@@ -56,7 +56,7 @@ def test_with_record_level_dp_the_attack_stays_within_the_releases_epsilon() -> 
     z = dp_sgd.STATS_NOISE_MULTIPLIER
     epsilon = dp_sgd.accountant_epsilon(0.0, 1.0, 0, DELTA, stats_sigma=z)  # the statistics release alone
     bound = (math.exp(epsilon) + DELTA) / (1 + math.exp(epsilon))
-    success = _attack(lambda m, rng: pooled_stats.noisy_moments(m, 1000, z, rng), RUNS, seed=2)
+    success = _attack(lambda m, rng: pooled_stats.noisy_moments(m, 1000, 1000.0, z, rng), RUNS, seed=2)
     se = math.sqrt(0.25 / RUNS)
     assert success <= bound + 3 * se, (success, bound)
     # ...and it is as good as the Gaussian's own limit says (the test is the optimal one, so a

@@ -29,7 +29,7 @@ import tomli_w
 
 from crypto import flower_keys as fk
 from crypto import pki
-from federated import datasets
+from federated import datasets, node_keys
 from federated.admission import require_approval
 from federated.deployment import BIN, flwr_env, free_port
 from federated.jobs import JobSpec
@@ -136,8 +136,8 @@ def test_secagg_job_on_agencies_own_supernodes(world: World) -> None:
     meta = json.loads((world.root / "job1" / "model.json").read_text())
     assert meta["data_digests_source"] == "node" and meta["decisions"] == {}
     assert meta["data_digests"] == {
-        a: datasets.store_digest(world.sites[a].store, job.elements()) for a in RUNNING
-    }  # what each node attested equals its store's digest
+        a: node_keys.data_digest(world.sites[a].store, world.sites[a].ledger, job.elements()) for a in RUNNING
+    }  # what each node attested equals its store's digest under its own key
     assert len(set(meta["data_digests"].values())) == len(RUNNING)
     config = json.loads(json.dumps(meta["job"]))
     assert config["job_id"] == "it-remote-1"
@@ -267,7 +267,9 @@ def test_vertical_job_on_agencies_own_supernodes(world: World) -> None:
     summary = json.loads((world.root / "jobv" / "server-summary.json").read_text())
     assert set(summary["model_parts"]) == {"region5", "top@region4"}  # the model stays split
     meta = json.loads((world.root / "jobv" / "model.json").read_text())
-    assert meta["data_digests"] == {a: datasets.store_digest(world.sites[a].store, job.elements()) for a in split}
+    assert meta["data_digests"] == {
+        a: node_keys.data_digest(world.sites[a].store, world.sites[a].ledger, job.elements()) for a in split
+    }
     for agency in split:
         require_approval(world.sites[agency].ledger, job)  # each node admitted the job itself
         proc = world.sites[agency].proc

@@ -50,12 +50,12 @@ def test_calibration_is_tight_and_an_independent_accountant_agrees() -> None:
 
 
 def test_plan_follows_each_node_dataset() -> None:
-    small = dp_sgd.plan(1.0, 1e-6, 1.0, n=1000, batch=100, rounds=5, local_epochs=2)
-    large = dp_sgd.plan(1.0, 1e-6, 1.0, n=100_000, batch=100, rounds=5, local_epochs=2)
+    small = dp_sgd.plan(1.0, 1e-6, 1.0, rows=1000, batch=100, rounds=5, local_epochs=2)
+    large = dp_sgd.plan(1.0, 1e-6, 1.0, rows=100_000, batch=100, rounds=5, local_epochs=2)
     assert small.sample_rate == 0.1 and small.steps_per_round == 20 and small.steps == 100
     assert large.sigma < small.sigma and large.epsilon <= 1.0 and small.epsilon <= 1.0
     with pytest.raises(ValueError, match="no training rows"):
-        dp_sgd.plan(1.0, 1e-6, 1.0, n=0, batch=10, rounds=1, local_epochs=1)
+        dp_sgd.plan(1.0, 1e-6, 1.0, rows=0, batch=10, rounds=1, local_epochs=1)
 
 
 def test_the_statistics_release_is_accounted_with_the_steps() -> None:
@@ -63,8 +63,8 @@ def test_the_statistics_release_is_accounted_with_the_steps() -> None:
     accountant composes it with the DP-SGD steps, and DP-SGD gets what is left of epsilon."""
     for eps, most in ((1.0, 1.03), (4.0, 1.005)):
         # bench.federated's largest region at Census-Income scale: q = 0.0192, 780 steps
-        alone = dp_sgd.plan(eps, 1e-6, 1.0, n=26_000, batch=500, rounds=5, local_epochs=3)
-        both = dp_sgd.plan(eps, 1e-6, 1.0, n=26_000, batch=500, rounds=5, local_epochs=3, standardises=True)
+        alone = dp_sgd.plan(eps, 1e-6, 1.0, rows=26_000, batch=500, rounds=5, local_epochs=3)
+        both = dp_sgd.plan(eps, 1e-6, 1.0, rows=26_000, batch=500, rounds=5, local_epochs=3, standardises=True)
         assert alone.stats_sigma is None and both.stats_sigma == dp_sgd.STATS_NOISE_MULTIPLIER
         assert eps * 0.99 < both.epsilon <= eps
         assert alone.sigma < both.sigma <= alone.sigma * most  # the release's price, as documented
@@ -74,8 +74,29 @@ def test_the_statistics_release_is_accounted_with_the_steps() -> None:
         step = dp_accounting.PoissonSampledDpEvent(both.sample_rate, dp_accounting.GaussianDpEvent(both.sigma))
         pld.compose(step, both.steps)
         pld.compose(dp_accounting.GaussianDpEvent(dp_sgd.STATS_NOISE_MULTIPLIER))
+        pld.compose(dp_accounting.GaussianDpEvent(dp_sgd.COUNT_NOISE_MULTIPLIER))
         assert pld.get_epsilon(1e-6) <= both.epsilon * 1.01
         assert both.as_metrics()["dp_stats_sigma"] == dp_sgd.STATS_NOISE_MULTIPLIER
+
+
+def test_the_row_count_release_is_accounted_and_cheap() -> None:
+    """Every plan is made from the node's noisy row count, and the accountant charges that release:
+    left out, the same noise would account less than the plan says it spends."""
+    q, steps = 500 / 26_000, 5 * 3 * 52  # bench.federated's largest region at Census-Income scale
+    for eps, most in ((1.0, 1.005), (4.0, 1.001)):
+        without = dp_sgd.calibrate(eps, 1e-6, q, steps)
+        p = dp_sgd.plan(eps, 1e-6, 1.0, rows=26_000, batch=500, rounds=5, local_epochs=3)
+        assert p.count_sigma == dp_sgd.COUNT_NOISE_MULTIPLIER and eps * 0.99 < p.epsilon <= eps
+        assert without <= p.sigma <= without * most  # the count's price, as documented in dp_sgd
+        assert dp_sgd.accountant_epsilon(p.sigma, q, steps, 1e-6) < p.epsilon
+    assert p.as_metrics()["dp_rows_noisy"] == 26_000 and p.expected_batch == pytest.approx(500)
+    rng = np.random.default_rng(5)
+    draws = np.array([dp_sgd.noisy_rows(50_000, rng) for _ in range(20_000)])
+    assert draws.std() == pytest.approx(dp_sgd.COUNT_NOISE_MULTIPLIER, rel=0.05)
+    assert abs(draws.mean() - 50_000) < 3 * dp_sgd.COUNT_NOISE_MULTIPLIER / np.sqrt(len(draws))
+    assert min(dp_sgd.noisy_rows(0, rng) for _ in range(100)) >= 1.0  # post-processing keeps it a count
+    with pytest.raises(ValueError, match="negative"):
+        dp_sgd.noisy_rows(-1, rng)
 
 
 def _data(n: int = 400) -> tuple[np.ndarray, np.ndarray]:
@@ -95,17 +116,19 @@ def test_one_record_moves_the_model_by_at_most_lr_clip_over_batch() -> None:
     plain = model.lr_train(w0, xs, ys, epochs=1, lr=0.5, batch=len(ys), l2=0, seed=0)
     plain_without = model.lr_train(w0, x, y, epochs=1, lr=0.5, batch=len(y), l2=0, seed=0)
     assert np.linalg.norm(plain - plain_without) > 100  # the record is plainly visible
-    p = dp_sgd.Plan(sigma=0.0, sample_rate=1.0, steps_per_round=1, steps=1, epsilon=0, delta=1e-6, clip=1.0)
+    p = dp_sgd.Plan(
+        sigma=0.0, sample_rate=1.0, steps_per_round=1, steps=1, epsilon=0, delta=1e-6, clip=1.0, rows=len(ys)
+    )
     with_it = dp_sgd.train(w0, xs, ys, p, lr=0.5, l2=0, rng=np.random.default_rng(1))
     without = dp_sgd.train(w0, x, y, dataclasses.replace(p), lr=0.5, l2=0, rng=np.random.default_rng(1))
-    # All rows sampled (q = 1): |S/n - (S + c)/(n + 1)| <= 2 clip / (n + 1) with |S| <= n clip, |c| <= clip.
+    # All rows sampled (q = 1), divided by the released count R, not by n: |S/R - (S + c)/R| <= clip/R.
     change = np.linalg.norm(with_it - without)
-    assert 0 < change <= 0.5 * 2 * 1.0 / len(ys) + 1e-12
+    assert 0 < change <= 0.5 * 1.0 / len(ys) + 1e-12
 
 
 def test_noise_is_unpredictable_and_calibrated() -> None:
     x, y = _data()
-    p = dp_sgd.plan(1.0, 1e-6, 1.0, n=len(y), batch=50, rounds=1, local_epochs=1)
+    p = dp_sgd.plan(1.0, 1e-6, 1.0, rows=len(y), batch=50, rounds=1, local_epochs=1)
     a = dp_sgd.train(np.zeros(4), x, y, p, lr=0.5, l2=0)
     b = dp_sgd.train(np.zeros(4), x, y, p, lr=0.5, l2=0)
     assert not np.allclose(a, b)  # OS entropy, not the job's public seed

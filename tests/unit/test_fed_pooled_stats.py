@@ -88,13 +88,13 @@ def test_noisy_moments_carry_the_stated_noise_and_stay_within_range() -> None:
     """Record-level DP: each sum gets N(0, (z sqrt(3F))^2), i.e. z sqrt(3F) / n on each mean (measured)."""
     m = pooled_stats.moments(INFOS, ENCS, _table(np.random.default_rng(4), 800, 0.1))
     rng = np.random.default_rng(5)
-    draws = np.array([pooled_stats.noisy_moments(m, 800, 20.0, rng) for _ in range(4000)])
+    draws = np.array([pooled_stats.noisy_moments(m, 800, 800.0, 20.0, rng) for _ in range(4000)])
     assert np.all((draws >= 0) & (draws <= 1))  # post-processed into the range SecAgg+ takes
     age_mean_u = draws[:, 1]  # about 0.4: six noise sds from the clipping at 0 and 1
     assert age_mean_u.std() == pytest.approx(20.0 * np.sqrt(6) / 800, rel=0.05)
     assert age_mean_u.mean() == pytest.approx(m[1], abs=4 * 20.0 * np.sqrt(6) / 800 / np.sqrt(4000))
     with pytest.raises(ValueError, match="3 entries"):
-        pooled_stats.noisy_moments(m[:5], 800, 20.0, rng)
+        pooled_stats.noisy_moments(m[:5], 800, 800.0, 20.0, rng)
 
 
 def test_noisy_statistics_keep_the_mean_in_range_and_the_spread_above_the_floor() -> None:
