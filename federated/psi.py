@@ -68,6 +68,7 @@ SHARE_BYTES = 8
 SEED_BYTES = 32
 _PAIR_INFO = b"xgate-psi-pair-v1\x00"
 _SEAL_INFO = b"xgate-psi-seal-v1\x00"
+_TRANSPORT_INFO = b"xgate-vertical-transport-v1\x00"
 _NONCE_BYTES = 12
 
 
@@ -172,6 +173,12 @@ def _agreed(key: bytes, peer: bytes, job_id: str, info: bytes) -> bytes:
     shared = X25519PrivateKey.from_private_bytes(key).exchange(X25519PublicKey.from_public_bytes(peer))
     both = b"".join(sorted((agreement_public(key), peer)))
     return HKDF(hashes.SHA256(), 32, salt=None, info=info + job_id.encode() + b"\x00" + both).derive(shared)
+
+
+def transport_key(key: bytes, peer: bytes, job_id: str) -> bytes:
+    """The key that seals the embeddings and gradients this node and the holder of `peer` exchange
+    through the coordinator (crypto/sealed_arrays.py)."""
+    return _agreed(key, peer, job_id, _TRANSPORT_INFO)
 
 
 def pair_seed(key: bytes, peer: bytes, job_id: str) -> bytes:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import secrets
 from pathlib import Path
 from typing import Any, cast
@@ -26,7 +27,7 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from flwr.clientapp import ClientApp
 
-from crypto import keyed_draws
+from crypto import keyed_draws, sealed_arrays
 from federated import datasets, label_dp, model, node, node_keys, psi, psi_keys, psi_pool, vertical_dp
 from federated.admission import admit_at_node, record_dp_plan
 from federated.grid_io import arrays_of, cfg_of
@@ -133,6 +134,10 @@ def blind(msg: Message, context: Context) -> Message:
     trust = psi_keys.trust_of(nc)
     peers = psi_keys.peer_keys(job.job_id, statements, job.label_holder, trust, job.min_nodes - 1)
     roster = psi_keys.roster(job.job_id, nc.agency, psi.agreement_public(agreement), statements)
+    transport = {
+        st.agency: psi.transport_key(agreement, k, job.job_id).hex() for st, k in zip(statements, peers, strict=True)
+    }
+    node_keys.write_private(cache / TRANSPORT_KEYS, json.dumps(transport).encode())
     lists = [bytes(tags) for tags in cfg["tags"]]
     # K - 1 lists here, one at each other node: over its cores, within the round the coordinator waits
     finished = psi_pool.finish_lists(key, lists, timeout_s=job.round_timeout_s)
@@ -172,10 +177,13 @@ def membership(msg: Message, context: Context) -> Message:
     _once(cache, context, "membership")
     trust = psi_keys.trust_of(nc)
     label_key = psi_keys.label_key(job.job_id, psi_keys.relayed(cfg, "label_"), job.label_holder, trust)
+    agreement = (cache / "psi-agree.key").read_bytes()
+    transport = {job.label_holder: psi.transport_key(agreement, label_key, job.job_id).hex()}
+    node_keys.write_private(cache / TRANSPORT_KEYS, json.dumps(transport).encode())
     statements = psi_keys.relayed(cfg)
     peers = psi_keys.peer_keys(job.job_id, statements, job.label_holder, trust, job.min_nodes - 1)
     matched, share = psi.membership(
-        (cache / "psi-agree.key").read_bytes(),
+        agreement,
         job.job_id,
         (cache / "psi-label-side.bin").read_bytes(),
         bytes(cfg["matches"]),
@@ -363,6 +371,37 @@ def _unwire(x: np.ndarray) -> np.ndarray:
     return from_half(x)
 
 
+# Embeddings and gradients are sealed end to end between each feature node and the label holder
+# (crypto/sealed_arrays.py), under keys agreed at PSI from their certified job keys: the
+# coordinator relays ciphertext. Each node keeps the keys of this run: {agency: key hex}.
+TRANSPORT_KEYS = "transport-keys.json"
+
+
+def _transport_key(cache: Path, agency: str) -> bytes:
+    """The key this node agreed with `agency` (the label holder, or at the label holder a feature
+    node) in this run's alignment."""
+    path = cache / TRANSPORT_KEYS
+    keys = json.loads(path.read_text()) if path.exists() else {}
+    if agency not in keys:
+        raise ValueError(f"no sealing key agreed with '{agency}' in this run's alignment")
+    return bytes.fromhex(keys[agency])
+
+
+def _seal(key: bytes, x: np.ndarray, job: JobSpec, context: Context, kind: str, step: int, agency: str) -> np.ndarray:
+    """`x` on the wire (`_wire`), sealed for the other end; `agency` is always the feature node's."""
+    run = str(context.run_id)
+    return sealed_arrays.seal(key, _wire(x), job_id=job.job_id, run_id=run, kind=kind, step=step, agency=agency)
+
+
+def _open(
+    key: bytes, sealed: np.ndarray, job: JobSpec, context: Context, kind: str, step: int, agency: str
+) -> np.ndarray:
+    run = str(context.run_id)
+    return _unwire(
+        sealed_arrays.open_sealed(key, sealed, job_id=job.job_id, run_id=run, kind=kind, step=step, agency=agency)
+    )
+
+
 def training_labels(job: JobSpec, y: np.ndarray, words: np.ndarray | None) -> np.ndarray:
     """The labels the label holder trains on (everything sent later derives from these): under
     `label_dp`, randomized response decided by `words` (`label_words`), else the true labels."""
@@ -416,8 +455,9 @@ def step(msg: Message, context: Context) -> Message:
         if "dp_plan" not in st:
             raise ValueError("record-level DP job without this node's DP plan: was setup run?")
         plan = vertical_dp.Plan.from_array(st["dp_plan"])
+    key = _transport_key(path, job.label_holder)
     if "grad" in received:
-        grad = _unwire(received["grad"])
+        grad = _open(key, received["grad"], job, context, "grad", due, nc.agency)
         x_prev = st["x_train"][batch_indices(n, job.batch_size, due, job.seed)]
         if plan is None:
             bottom.backward(x_prev, grad, job.learning_rate, st["precond"])
@@ -427,10 +467,12 @@ def step(msg: Message, context: Context) -> Message:
     if last:
         # Held-out rows are never trained on: their embeddings are clipped as in training, not noised.
         e_test = bottom.forward(st["x_test"])
-        out["emb"] = _wire(e_test if plan is None else vertical_dp.clip_rows(e_test, plan.clip))
+        e_test = e_test if plan is None else vertical_dp.clip_rows(e_test, plan.clip)
+        out["emb"] = _seal(key, e_test, job, context, "heldout", job.rounds, nc.agency)
     elif t < job.rounds:
         e = bottom.forward(st["x_train"][batch_indices(n, job.batch_size, t, job.seed)])
-        out["emb"] = _wire(e if plan is None else vertical_dp.private_embeddings(e, plan))
+        e = e if plan is None else vertical_dp.private_embeddings(e, plan)
+        out["emb"] = _seal(key, e, job, context, "emb", t, nc.agency)
     _save(path, {**pack_state("b_", bottom.w, bottom.opt_state), "steps_done": np.asarray(done)})
     return _reply(msg, {"bottom_sha256": hashlib.sha256(bottom.w.tobytes()).hexdigest()}, out)
 
@@ -476,7 +518,11 @@ def top(msg: Message, context: Context) -> Message:
     idx = batch_indices(n, job.batch_size, t, job.seed)
     bottom, topm = Bottom(*unpack_state("b_", st)), Top(*unpack_state("t_", st))
     received = arrays_of(msg)
-    embs = [bottom.forward(st["x_train"][idx]) if a == nc.agency else _unwire(received[a]) for a in order]
+    keys = {a: _transport_key(path, a) for a in order if a != nc.agency}
+    embs = [
+        bottom.forward(st["x_train"][idx]) if a == nc.agency else _open(keys[a], received[a], job, context, "emb", t, a)
+        for a in order
+    ]
     e = np.hstack(embs)
     loss, grad_e = topm.step(e, st["y_train"][idx], job.l2, job.embedding_dim)
     h = job.embedding_dim
@@ -488,7 +534,8 @@ def top(msg: Message, context: Context) -> Message:
         noise_sd = np.repeat([0.0 if a == nc.agency else sd for a in order], h)
         state["reliability"] = vertical_dp.reliability(e, noise_sd)
     _save(path, {**state, "steps_done": np.asarray(t)})
-    return _reply(msg, {"loss": loss, "batch": len(idx)}, {a: _wire(g) for a, g in grads.items()})
+    sealed = {a: _seal(keys[a], g, job, context, "grad", t, a) for a, g in grads.items()}
+    return _reply(msg, {"loss": loss, "batch": len(idx)}, sealed)
 
 
 def _check_held_out(order: list[str], received: dict[str, np.ndarray], own: str, rows: int, width: int) -> None:
@@ -509,19 +556,25 @@ def _check_held_out(order: list[str], received: dict[str, np.ndarray], own: str,
 @app.evaluate("top")
 def evaluate_top(msg: Message, context: Context) -> Message:
     """Label holder: score the held-out aligned rows; only the summary (AUC, counts) leaves. Once per
-    run, after its last training step. The coordinator chooses the held-out embeddings, so the
-    counts can be made to give labels away: under `label_dp` they are counted against the noisy
-    held-out labels (the same release as the training labels: post-processing, whatever the
-    embeddings or the number of jobs) and reported as estimates. Without label DP, the labels are
-    not protected: the gradients give the training labels away and each run's evaluation can be
-    made to read one held-out label (stated in docs/FEDERATED.md)."""
+    run, after its last training step. A feature node chooses its held-out embeddings (sealed, so
+    the coordinator alone cannot), so the counts can be made to give labels away: under `label_dp`
+    they are counted against the noisy held-out labels (the same release as the training labels:
+    post-processing, whatever the embeddings or the number of jobs) and reported as estimates.
+    Without label DP, the labels are not protected: the gradients give the training labels away to
+    the feature nodes and each run's evaluation can be made to read one held-out label (stated in
+    docs/FEDERATED.md)."""
     job, nc, path = _setup(context)
     st = _load(path)
     _check_run(st, job, context)
     if _steps_done(st) != job.rounds - 1:
         raise ValueError("evaluation before the last training step")
     order = [str(a) for a in cfg_of(msg)["order"]]
-    received = {a: _unwire(e) for a, e in arrays_of(msg).items()}
+    given = arrays_of(msg)
+    received = {
+        a: _open(_transport_key(path, a), given[a], job, context, "heldout", job.rounds, a)
+        for a in order
+        if a != nc.agency and a in given
+    }
     _check_held_out(order, received, nc.agency, len(st["x_test"]), job.embedding_dim)
     _once(path, context, "evaluate")  # claimed only for a well-formed request: a bad one costs nothing
     bottom, topm = Bottom(*unpack_state("b_", st)), Top(*unpack_state("t_", st))

@@ -2,10 +2,11 @@
 
 The server relays, it does not compute on data: it aligns the nodes by private set intersection
 (federated/psi.py; it sees blinded tags, digests and masked shares, never a pseudonym, and learns
-of who holds what only the intersection), and learns the embeddings
-and gradients it relays, per-step loss and the final evaluation summary; with record-level DP the feature nodes'
-embeddings arrive clipped and noised (federated/vertical_dp.py) and their setup replies carry
-their accountants' epsilon, which the summary reports. Every send has a timeout; a node
+of who holds what only the intersection). The embeddings and gradients it relays are sealed end
+to end between each feature node and the label holder (crypto/sealed_arrays.py): it passes
+ciphertext on and learns their sizes, the per-step loss and the final evaluation summary. With
+record-level DP the feature nodes' setup replies carry their accountants' epsilon, which the
+summary reports. Every send has a timeout; a node
 failing at any point fails the job with a message naming the agency.
 """
 

@@ -12,6 +12,7 @@ reaches a node (`on_request`) and on each reply before the server code reads it 
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn
@@ -20,6 +21,7 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
+from crypto import sealed_arrays
 from crypto.flower_keys import generate_supernode_key
 from federated import datasets, psi
 from federated import vertical_client as client
@@ -127,6 +129,23 @@ class Federation:
         requests = server._setup_requests(alignment, parts, self.node_of[LABEL], train, test, width)
         self.relay.send("train.setup", requests)
         return {n: cfg for n, (cfg, _) in requests.items()}, test
+
+    def _sealing(self, agency: str, kind: str, step: int) -> tuple[bytes, dict[str, Any]]:
+        nc = self.relay.configs[self.node_of[agency]]
+        keys = json.loads((nc.ledger.parent / "fl-cache" / self.relay.job.job_id / "transport-keys.json").read_text())
+        where = {"job_id": self.relay.job.job_id, "run_id": str(self.relay.run_id), "kind": kind, "step": step}
+        return bytes.fromhex(keys[LABEL]), {**where, "agency": agency}
+
+    def sealed_by(self, agency: str, wire: np.ndarray, kind: str, step: int) -> np.ndarray:
+        """`wire` (a matrix in the wire format) sealed with the key feature node `agency` agreed with
+        the label holder in this run: what that node, colluding with the coordinator, could send."""
+        key, where = self._sealing(agency, kind, step)
+        return sealed_arrays.seal(key, wire, **where)
+
+    def opened_by(self, agency: str, sealed: np.ndarray, kind: str, step: int) -> np.ndarray:
+        """What feature node `agency` (or the label holder) reads of a sealed array of their pair."""
+        key, where = self._sealing(agency, kind, step)
+        return sealed_arrays.open_sealed(key, sealed, **where)
 
     def align(self) -> tuple[psi.Alignment, list[int], list[int]]:
         """The server's alignment and split: every node's positions, and the train and test rows

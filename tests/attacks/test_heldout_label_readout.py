@@ -1,6 +1,8 @@
 """Reading the label holder's held-out labels through the evaluation, job after job.
 
-The coordinator sends the held-out embeddings the label holder scores, so it can make the counts
+The coordinator relays the held-out embeddings the label holder scores; sealed end to end, it
+cannot make them itself (tests/attacks/test_vertical_sealed_relay.py), but with a feature node
+on its side (which holds the sealing key) it can, and then make the counts
 give one row's label away: +M on that row, −M on every other, and the row is the only predicted
 positive (or, with the top weights' sign the other way, the only predicted negative), so tp (or fn)
 is its label. Each resubmission of the job (another id or seed: another holdout,
@@ -56,7 +58,11 @@ def _read_held_out_label(
     row = held_out.index(target) if target is not None else 0
     sign = np.full((len(test), 1), -1.0)
     sign[row] = 1.0  # the target: the only row predicted positive
-    crafted = {a: to_half(np.repeat(sign * 1e4, job.embedding_dim, axis=1)) for a in feature}
+    # Sealed end to end: the coordinator needs a feature node's help (its key) to send these.
+    crafted = {
+        a: fed.sealed_by(a, to_half(np.repeat(sign * 1e4, job.embedding_dim, axis=1)), "heldout", job.rounds)
+        for a in feature
+    }
     cfg = fed.relay.send("evaluate.top", {civil: ({"order": list(fed.node_of)}, crafted)})[civil].content["cfg"]
     tp, fp, tn, fn = (int(cfg[k]) for k in ("tp", "fp", "tn", "fn"))
     # The target is alone on its side of the threshold (which side depends on the top weights' sign).

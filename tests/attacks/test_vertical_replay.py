@@ -36,7 +36,8 @@ def test_a_feature_node_releases_each_steps_embedding_once(tmp_path: Path) -> No
     fed, _ = _set_up(tmp_path)
     tax = fed.node_of["tax"]
     first = fed.relay.send("train.step", {tax: ({"step": 0, "grad_step": -2}, {})})[tax]
-    assert arrays_of(first)["emb"].shape[1] == fed.job.embedding_dim
+    sealed = arrays_of(first)["emb"]  # for the label holder only (tests/attacks/test_vertical_sealed_relay.py)
+    assert sealed.dtype == np.uint8 and sealed.ndim == 1
     with pytest.raises(VerticalFailed, match="step 0 is out of order: this node answered up to step 0"):
         fed.relay.send("train.step", {tax: ({"step": 0, "grad_step": -2}, {})})
     with pytest.raises(VerticalFailed, match="out of order"):  # nor may it be asked past the job's steps
@@ -221,8 +222,9 @@ def test_an_honest_rerun_evaluates_and_a_malformed_evaluation_costs_nothing(tmp_
     (cfg, embs) = request[civil]
     with pytest.raises(VerticalFailed, match="held-out embeddings of 'hrss' are None"):
         fed.relay.send("evaluate.top", {civil: (cfg, {a: e for a, e in embs.items() if a != "hrss"})})
-    poisoned = {a: e.copy() for a, e in embs.items()}
-    poisoned["hrss"][1, 0] = np.nan  # one value (row 0 of the wire format holds the column scales)
+    wire = fed.opened_by("hrss", embs["hrss"], "heldout", fed.job.rounds).copy()
+    wire[1, 0] = np.nan  # one value (row 0 of the wire format holds the column scales), by a colluding node
+    poisoned = {**embs, "hrss": fed.sealed_by("hrss", wire, "heldout", fed.job.rounds)}
     with pytest.raises(VerticalFailed, match="'hrss' hold a value that is not a finite number"):
         fed.relay.send("evaluate.top", {civil: (cfg, poisoned)})
     assert "auc" in fed.relay.send("evaluate.top", request)[civil].content["cfg"]
