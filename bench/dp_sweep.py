@@ -107,7 +107,7 @@ def federated_dp_sgd(
             epsilon,
             DELTA,
             clip,
-            rows=len(y),
+            rows=dp_sgd.noisy_rows(len(y), rng),  # as the nodes plan: from their noisy count
             batch=batch,
             rounds=rounds,
             local_epochs=epochs,
@@ -119,7 +119,7 @@ def federated_dp_sgd(
         prepared = []
         for (x, y), plan in zip(s.nodes, plans, strict=True):
             w1 = dp_sgd.train(w, x, y, plan, lr=lr, l2=1e-4, rng=rng)
-            p = updates.prepare_update([w1 - w], [w.shape], len(y), bound=bound, max_weight=10**7)
+            p = updates.prepare_update([w1 - w], [w.shape], round(plan.rows), bound=bound, max_weight=10**7)
             prepared.append((p.arrays, p.weight))
         w = w + updates.weighted_mean(prepared)[0]
     return w
@@ -353,7 +353,9 @@ def standardised_encoding(data: census.Census, *, noisy: bool, seed: int) -> np.
         rows = raw[train & (region == r)]
         m = pooled_stats.moments(infos, encs, rows)
         if noisy:
-            m = pooled_stats.noisy_moments(m, len(rows), float(len(rows)), dp_sgd.STATS_NOISE_MULTIPLIER, rng)
+            m = pooled_stats.noisy_moments(
+                m, len(rows), dp_sgd.noisy_rows(len(rows), rng), dp_sgd.STATS_NOISE_MULTIPLIER, rng
+            )
         vectors.append(([m], len(rows)))
     noise_sd = 0.0
     if noisy:

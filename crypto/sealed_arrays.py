@@ -4,8 +4,9 @@ The coordinator relays every embedding and gradient of split learning between th
 and the label holder. Sealed under a key only the two ends hold (agreed from their CA-certified
 X25519 job keys, `federated/psi.py` `transport_key`), it relays ciphertext: gradients whose signs
 would give the labels away, embeddings from which it could regress features. The associated data
-binds each array to its job, run, kind, step and feature node, so a sealed array replayed at
-another step, in another run or to another node does not open. Opening raises CryptoError.
+binds each array to its job and definition (digest), run, kind, step and feature node, so a
+sealed array replayed at another step, in another run, to another node or between two ends that
+run different definitions under one job id does not open. Opening raises CryptoError.
 """
 
 from __future__ import annotations
@@ -25,23 +26,42 @@ _NONCE_BYTES = 12
 _DTYPES = (np.float16, np.float32, np.float64)  # what split learning sends: embeddings and gradients
 
 
-def _context(job_id: str, run_id: str, kind: str, step: int, agency: str) -> bytes:
-    return b"\x00".join((FORMAT, job_id.encode(), run_id.encode(), kind.encode(), str(step).encode(), agency.encode()))
+def _context(job_id: str, definition: str, run_id: str, kind: str, step: int, agency: str) -> bytes:
+    fields = (job_id, definition, run_id, kind, str(step), agency)
+    return b"\x00".join((FORMAT, *(f.encode() for f in fields)))
 
 
-def seal(key: bytes, array: np.ndarray, *, job_id: str, run_id: str, kind: str, step: int, agency: str) -> np.ndarray:
+def seal(
+    key: bytes,
+    array: np.ndarray,
+    *,
+    job_id: str,
+    definition: str,
+    run_id: str,
+    kind: str,
+    step: int,
+    agency: str,
+) -> np.ndarray:
     """`array` (a float matrix) as uint8: nonce, then its .npy bytes encrypted and authenticated."""
     if len(key) != KEY_BYTES:
         raise CryptoError(f"a sealing key must be {KEY_BYTES} bytes")
     buffer = io.BytesIO()
     np.save(buffer, np.ascontiguousarray(array), allow_pickle=False)
     nonce = secrets.token_bytes(_NONCE_BYTES)
-    sealed = AESGCM(key).encrypt(nonce, buffer.getvalue(), _context(job_id, run_id, kind, step, agency))
+    sealed = AESGCM(key).encrypt(nonce, buffer.getvalue(), _context(job_id, definition, run_id, kind, step, agency))
     return np.frombuffer(nonce + sealed, dtype=np.uint8)
 
 
 def open_sealed(
-    key: bytes, sealed: np.ndarray, *, job_id: str, run_id: str, kind: str, step: int, agency: str
+    key: bytes,
+    sealed: np.ndarray,
+    *,
+    job_id: str,
+    definition: str,
+    run_id: str,
+    kind: str,
+    step: int,
+    agency: str,
 ) -> np.ndarray:
     """The array `seal` sealed with this key for exactly this job, run, kind, step and agency."""
     what = f"the {kind} of step {step} for '{agency}'"
@@ -53,7 +73,7 @@ def open_sealed(
     data = raw.tobytes()
     try:
         plain = AESGCM(key).decrypt(
-            data[:_NONCE_BYTES], data[_NONCE_BYTES:], _context(job_id, run_id, kind, step, agency)
+            data[:_NONCE_BYTES], data[_NONCE_BYTES:], _context(job_id, definition, run_id, kind, step, agency)
         )
     except InvalidTag:
         raise CryptoError(f"{what} does not open: not sealed by the other end for this job, run and step") from None

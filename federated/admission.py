@@ -35,7 +35,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
-from federated import datasets, label_dp, signed_jobs
+from federated import datasets, dp_sgd, label_dp, signed_jobs
 from federated.jobs import JobSpec
 from federated.training_policy import budget_charges, decide_training, job_epsilon, unwrap_engine
 from policies.budgets import PrivacyLedger
@@ -198,6 +198,8 @@ class LedgerAdmission:
         """The decision before charging, and the (dataset, ε, cap) charges an approval costs."""
         if not affected:
             return Decision(False, "node holds none of the job's data elements", 0.0), []
+        if (why := dp_sgd.untrainable(job)) is not None:
+            return Decision(False, why, 0.0), []
         allowed = {r[0] for r in conn.execute("SELECT purpose FROM purposes")}
         if job.purpose not in allowed:
             return Decision(False, f"purpose '{job.purpose}' is not allowed for this node's data", 0.0), []
@@ -264,6 +266,8 @@ class PolicyAdmission:
             return Decision(False, unsigned, 0.0, (), policy_hash, (), redecided)
         if prior is not None and not redecided:
             return prior[0]
+        if (why := dp_sgd.untrainable(job)) is not None:
+            return self._record(job, agency, Decision(False, why, 0.0, (), policy_hash, (), redecided), [], "")
         held = set(datasets.held_elements(self.store)) & set(job.elements())
         verdict = decide_training(self.engine, job, user=job.requester, elements=held)
         decision = Decision(

@@ -40,6 +40,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from federated import model
+from federated.jobs import DPUnit, JobSpec, Mode
 
 _SIGMA_MAX = 1e4
 # The statistics round's noise multiplier (sensitivity units). Fixed, not calibrated: at 20 the
@@ -89,6 +90,30 @@ def accountant_epsilon(
     return float(accountant.get_epsilon(delta))
 
 
+def fixed_releases_epsilon(delta: float, standardises: bool) -> float:
+    """epsilon of what a record-DP node releases whatever its noise multiplier: its row count and, in
+    a job that standardises, its moment vector. A job asking no more than this cannot train."""
+    return accountant_epsilon(
+        0.0, 1.0, 0, delta, STATS_NOISE_MULTIPLIER if standardises else None, COUNT_NOISE_MULTIPLIER
+    )
+
+
+def untrainable(job: JobSpec) -> str | None:
+    """Why a horizontal record-DP job cannot train at any node (None if it can): its epsilon does
+    not cover what every node releases before training, whatever its data. Each run would draw and
+    release its count, then fail; so such a job is refused at admission, from public figures."""
+    if job.mode is not Mode.HORIZONTAL or job.dp is None or job.dp.unit is not DPUnit.RECORD:
+        return None
+    floor = fixed_releases_epsilon(job.dp.delta, job.standardises())
+    if job.dp.epsilon > floor:
+        return None
+    what = "its row count and moment vector" if job.standardises() else "its row count"
+    return (
+        f"record-level DP at epsilon {job.dp.epsilon:g} cannot train: what each node releases before"
+        f" training ({what}) spends {floor:.3g} at delta {job.dp.delta:g}"
+    )
+
+
 def calibrate(
     epsilon: float,
     delta: float,
@@ -106,7 +131,8 @@ def calibrate(
     while spent(hi) > epsilon:
         lo, hi = hi, hi * 2
         if hi > _SIGMA_MAX:
-            raise ValueError(f"epsilon {epsilon:g} is out of reach for {steps} steps at sampling rate {q:.4g}")
+            # No figure of the schedule here: it follows from the node's (noisy) row count.
+            raise ValueError(f"epsilon {epsilon:g} is out of reach for this node's DP-SGD schedule")
     while hi / lo > 1.001:
         mid = math.sqrt(lo * hi)
         if spent(mid) > epsilon:

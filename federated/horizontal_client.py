@@ -103,11 +103,21 @@ class HorizontalClient(NumPyClient):
         (dp_sgd.noisy_rows), so nothing the node sends carries its exact count."""
         dp = self.job.dp
         assert dp is not None
+        # Paid for before anything of the run is drawn: the count, and a refusal that follows from it.
+        charge_run(self.nc.ledger, self.job, self.run_id)
         if train_n <= 0:
             raise InvalidInput("this node has no training rows for the job")
         rows = self.releases.value(
             "rows", lambda: dp_sgd.noisy_rows(train_n, np.random.default_rng(secrets.randbits(128)))
         )
+        try:
+            return self._plan_from(rows)
+        except ValueError as exc:
+            raise InvalidInput(str(exc)) from None
+
+    def _plan_from(self, rows: float) -> dp_sgd.Plan:
+        dp = self.job.dp
+        assert dp is not None
         return dp_sgd.plan(
             dp.epsilon,
             dp.delta,

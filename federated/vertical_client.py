@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import secrets
 from pathlib import Path
 from typing import Any, cast
@@ -135,9 +136,9 @@ def blind(msg: Message, context: Context) -> Message:
     peers = psi_keys.peer_keys(job.job_id, statements, job.label_holder, trust, job.min_nodes - 1)
     roster = psi_keys.roster(job.job_id, nc.agency, psi.agreement_public(agreement), statements)
     transport = {
-        st.agency: psi.transport_key(agreement, k, job.job_id).hex() for st, k in zip(statements, peers, strict=True)
+        st.agency: psi.transport_key(agreement, k, job.job_id) for st, k in zip(statements, peers, strict=True)
     }
-    node_keys.write_private(cache / TRANSPORT_KEYS, json.dumps(transport).encode())
+    _keep_transport_keys(cache, context, transport)
     lists = [bytes(tags) for tags in cfg["tags"]]
     # K - 1 lists here, one at each other node: over its cores, within the round the coordinator waits
     finished = psi_pool.finish_lists(key, lists, timeout_s=job.round_timeout_s)
@@ -178,8 +179,7 @@ def membership(msg: Message, context: Context) -> Message:
     trust = psi_keys.trust_of(nc)
     label_key = psi_keys.label_key(job.job_id, psi_keys.relayed(cfg, "label_"), job.label_holder, trust)
     agreement = (cache / "psi-agree.key").read_bytes()
-    transport = {job.label_holder: psi.transport_key(agreement, label_key, job.job_id).hex()}
-    node_keys.write_private(cache / TRANSPORT_KEYS, json.dumps(transport).encode())
+    _keep_transport_keys(cache, context, {job.label_holder: psi.transport_key(agreement, label_key, job.job_id)})
     statements = psi_keys.relayed(cfg)
     peers = psi_keys.peer_keys(job.job_id, statements, job.label_holder, trust, job.min_nodes - 1)
     matched, share = psi.membership(
@@ -377,10 +377,20 @@ def _unwire(x: np.ndarray) -> np.ndarray:
 TRANSPORT_KEYS = "transport-keys.json"
 
 
-def _transport_key(cache: Path, agency: str) -> bytes:
+def _keep_transport_keys(cache: Path, context: Context, keys: dict[str, bytes]) -> None:
+    """This run's keys, in the run's own directory (replaced atomically: concurrent runs of a job
+    never see each other's, nor a half-written file)."""
+    run_dir = cache / f"run-{context.run_id}"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    tmp = run_dir / f".{TRANSPORT_KEYS}.{secrets.token_hex(8)}"
+    node_keys.write_private(tmp, json.dumps({a: k.hex() for a, k in keys.items()}).encode())
+    os.replace(tmp, run_dir / TRANSPORT_KEYS)
+
+
+def _transport_key(cache: Path, context: Context, agency: str) -> bytes:
     """The key this node agreed with `agency` (the label holder, or at the label holder a feature
     node) in this run's alignment."""
-    path = cache / TRANSPORT_KEYS
+    path = cache / f"run-{context.run_id}" / TRANSPORT_KEYS
     keys = json.loads(path.read_text()) if path.exists() else {}
     if agency not in keys:
         raise ValueError(f"no sealing key agreed with '{agency}' in this run's alignment")
@@ -390,16 +400,16 @@ def _transport_key(cache: Path, agency: str) -> bytes:
 def _seal(key: bytes, x: np.ndarray, job: JobSpec, context: Context, kind: str, step: int, agency: str) -> np.ndarray:
     """`x` on the wire (`_wire`), sealed for the other end; `agency` is always the feature node's."""
     run = str(context.run_id)
-    return sealed_arrays.seal(key, _wire(x), job_id=job.job_id, run_id=run, kind=kind, step=step, agency=agency)
+    where = {"job_id": job.job_id, "definition": job.digest(), "run_id": run, "kind": kind, "agency": agency}
+    return sealed_arrays.seal(key, _wire(x), step=step, **where)
 
 
 def _open(
     key: bytes, sealed: np.ndarray, job: JobSpec, context: Context, kind: str, step: int, agency: str
 ) -> np.ndarray:
     run = str(context.run_id)
-    return _unwire(
-        sealed_arrays.open_sealed(key, sealed, job_id=job.job_id, run_id=run, kind=kind, step=step, agency=agency)
-    )
+    where = {"job_id": job.job_id, "definition": job.digest(), "run_id": run, "kind": kind, "agency": agency}
+    return _unwire(sealed_arrays.open_sealed(key, sealed, step=step, **where))
 
 
 def training_labels(job: JobSpec, y: np.ndarray, words: np.ndarray | None) -> np.ndarray:
@@ -455,7 +465,7 @@ def step(msg: Message, context: Context) -> Message:
         if "dp_plan" not in st:
             raise ValueError("record-level DP job without this node's DP plan: was setup run?")
         plan = vertical_dp.Plan.from_array(st["dp_plan"])
-    key = _transport_key(path, job.label_holder)
+    key = _transport_key(path, context, job.label_holder)
     if "grad" in received:
         grad = _open(key, received["grad"], job, context, "grad", due, nc.agency)
         x_prev = st["x_train"][batch_indices(n, job.batch_size, due, job.seed)]
@@ -518,7 +528,7 @@ def top(msg: Message, context: Context) -> Message:
     idx = batch_indices(n, job.batch_size, t, job.seed)
     bottom, topm = Bottom(*unpack_state("b_", st)), Top(*unpack_state("t_", st))
     received = arrays_of(msg)
-    keys = {a: _transport_key(path, a) for a in order if a != nc.agency}
+    keys = {a: _transport_key(path, context, a) for a in order if a != nc.agency}
     embs = [
         bottom.forward(st["x_train"][idx]) if a == nc.agency else _open(keys[a], received[a], job, context, "emb", t, a)
         for a in order
@@ -571,7 +581,7 @@ def evaluate_top(msg: Message, context: Context) -> Message:
     order = [str(a) for a in cfg_of(msg)["order"]]
     given = arrays_of(msg)
     received = {
-        a: _open(_transport_key(path, a), given[a], job, context, "heldout", job.rounds, a)
+        a: _open(_transport_key(path, context, a), given[a], job, context, "heldout", job.rounds, a)
         for a in order
         if a != nc.agency and a in given
     }

@@ -341,6 +341,7 @@ def run_vertical(grid: Grid, context: Context, job: JobSpec, job_dir: Path) -> N
             top = replies[label_node]
             grads[i - 1] = {n: arrays_of(top)[relay.agency[n]] for n in feature_nodes}
             loss = float(cfg_of(top)["loss"])
+            # Of the sealed gradients as relayed: what passed through, not their values.
             digest = hashlib.sha256(b"".join(g.tobytes() for g in grads[i - 1].values())).hexdigest()
             curve.append({"round": i, "loss": loss})
             emit(

@@ -130,21 +130,26 @@ class Federation:
         self.relay.send("train.setup", requests)
         return {n: cfg for n, (cfg, _) in requests.items()}, test
 
-    def _sealing(self, agency: str, kind: str, step: int) -> tuple[bytes, dict[str, Any]]:
+    def sealing(self, agency: str, kind: str, step: int) -> tuple[bytes, dict[str, Any]]:
+        """The key feature node `agency` agreed with the label holder in this run, and the sealing
+        context (`sealed_arrays`' keyword arguments) of its `kind` at `step`."""
         nc = self.relay.configs[self.node_of[agency]]
-        keys = json.loads((nc.ledger.parent / "fl-cache" / self.relay.job.job_id / "transport-keys.json").read_text())
-        where = {"job_id": self.relay.job.job_id, "run_id": str(self.relay.run_id), "kind": kind, "step": step}
+        run_dir = nc.ledger.parent / "fl-cache" / self.relay.job.job_id / f"run-{self.relay.run_id}"
+        keys = json.loads((run_dir / "transport-keys.json").read_text())
+        job = self.relay.job
+        where = {"job_id": job.job_id, "definition": job.digest(), "run_id": str(self.relay.run_id), "kind": kind}
+        where["step"] = step
         return bytes.fromhex(keys[LABEL]), {**where, "agency": agency}
 
     def sealed_by(self, agency: str, wire: np.ndarray, kind: str, step: int) -> np.ndarray:
         """`wire` (a matrix in the wire format) sealed with the key feature node `agency` agreed with
         the label holder in this run: what that node, colluding with the coordinator, could send."""
-        key, where = self._sealing(agency, kind, step)
+        key, where = self.sealing(agency, kind, step)
         return sealed_arrays.seal(key, wire, **where)
 
     def opened_by(self, agency: str, sealed: np.ndarray, kind: str, step: int) -> np.ndarray:
-        """What feature node `agency` (or the label holder) reads of a sealed array of their pair."""
-        key, where = self._sealing(agency, kind, step)
+        """What the label holder reads of an array feature node `agency` sealed for it (or the reverse)."""
+        key, where = self.sealing(agency, kind, step)
         return sealed_arrays.open_sealed(key, sealed, **where)
 
     def align(self) -> tuple[psi.Alignment, list[int], list[int]]:

@@ -23,11 +23,12 @@ from federated.admission import LedgerAdmission
 from federated.horizontal_client import HorizontalClient
 from federated.jobs import JobSpec, parse_job
 from federated.node import NodeConfig
+from xgate.errors import PolicyDenied
 
 RUNS = 20_000
 
 
-def _node(tmp_path: Path, n: int = 400, **job_fields: object) -> tuple[JobSpec, NodeConfig]:
+def _node(tmp_path: Path, n: int = 400, cap: float = 1000.0, **job_fields: object) -> tuple[JobSpec, NodeConfig]:
     store, ledger = tmp_path / "store.sqlite", tmp_path / "ledger.sqlite"
     rng = np.random.default_rng(0)
     age = rng.integers(18, 90, n)
@@ -42,7 +43,7 @@ def _node(tmp_path: Path, n: int = 400, **job_fields: object) -> tuple[JobSpec, 
         "batch_size": 32, "dp": {"epsilon": 4.0, "delta": 1e-6, "clip": 1.0, "unit": "record"}, **job_fields,
     }  # fmt: skip
     job = parse_job(body)
-    LedgerAdmission(ledger, store).configure(["fraud-model"], {"synth": 1000.0})
+    LedgerAdmission(ledger, store).configure(["fraud-model"], {"synth": cap})
     assert LedgerAdmission(ledger, store)(job, "r0").approved
     return job, NodeConfig(store, "r0", ledger, None, None)
 
@@ -80,6 +81,32 @@ def test_the_statistics_round_weighs_by_the_same_noisy_count(tmp_path: Path) -> 
     weight = client.fit([np.zeros(1)], stats)[1]
     n = int((~node.labelled_rows(job, nc).test).sum())
     assert weight == round(client.dp_plan(n).rows) != n  # the run's kept count, not the exact one
+
+
+def test_a_run_is_paid_for_before_its_count_is_drawn(tmp_path: Path) -> None:
+    """A coordinator starting runs that are refused or fail would otherwise collect a fresh noisy
+    count from each, unpaid, and average them back to n. Runs past the cap draw nothing."""
+    job, nc = _node(tmp_path, cap=8.0)  # ε 4: the approval pays for the first run, the cap for one more
+    admit = LedgerAdmission(nc.ledger, nc.store)
+    for run in ("1", "2"):
+        HorizontalClient(job, nc, 1_000_000, ledger_check=True, run_id=run).dp_plan(300)
+    assert admit.spent("synth") == 8.0
+    with pytest.raises(PolicyDenied, match="each run spends the job's ε again"):
+        HorizontalClient(job, nc, 1_000_000, ledger_check=True, run_id="3").dp_plan(300)
+    runs = nc.ledger.parent / "fl-cache" / job.job_id
+    assert (runs / "run-2" / "value-rows").exists() and not (runs / "run-3" / "value-rows").exists()
+
+
+def test_a_job_asking_less_than_the_count_alone_spends_is_refused_at_admission(tmp_path: Path) -> None:
+    """Below the count's own ε (0.08 at δ = 1e-6) no run could train, and each would release a
+    count and then fail: nodes refuse such a job when they decide it, from public figures only."""
+    job, nc = _node(tmp_path)
+    tiny = job.model_copy(update={"job_id": "tiny", "dp": job.dp.model_copy(update={"epsilon": 0.05})})  # type: ignore[union-attr]
+    decision = LedgerAdmission(nc.ledger, nc.store)(tiny, "r0")
+    assert not decision.approved
+    assert decision.reason.startswith("record-level DP at epsilon 0.05 cannot train: what each node releases")
+    assert 0.05 < dp_sgd.fixed_releases_epsilon(1e-6, standardises=False) < 0.1
+    assert dp_sgd.untrainable(job.model_copy(update={"dp": job.dp.model_copy(update={"epsilon": 0.5})})) is None  # type: ignore[union-attr]
 
 
 def test_positive_control_the_exact_plan_gave_the_count_away() -> None:

@@ -91,6 +91,41 @@ def test_embeddings_of_the_coordinators_making_are_refused(tmp_path: Path) -> No
         fed2.relay.send("train.top", {fed2.node_of["civil"]: (top, forged)})
 
 
+def test_arrays_sealed_under_a_key_of_the_coordinators_are_refused_by_the_label_holder(tmp_path: Path) -> None:
+    """Through the label holder's real `top`: well-formed sealed arrays, but under a key the
+    coordinator made (it holds neither end's agreement secret)."""
+    fed = federation(tmp_path, SETS)
+    fed.set_up()
+    job = fed.job
+    where = {"job_id": job.job_id, "definition": job.digest(), "run_id": str(fed.relay.run_id), "kind": "emb"}
+    forged = {
+        a: sealed_arrays.seal(bytes(32), to_half(np.full((64, job.embedding_dim), 9.0)), step=0, agency=a, **where)
+        for a in ("tax", "hrss")
+    }
+    top = {"step": 0, "order": list(fed.node_of)}
+    with pytest.raises(VerticalFailed, match="does not open: not sealed by the other end"):
+        fed.relay.send("train.top", {fed.node_of["civil"]: (top, forged)})
+
+
+def test_a_training_embedding_replayed_as_held_out_is_refused_by_the_label_holder(tmp_path: Path) -> None:
+    """Through the label holder's real `evaluate`: the coordinator passes off tax's step-0
+    training embedding (sealed by tax, for the label holder) as tax's held-out embeddings."""
+    fed, embs, grads = _first_step(tmp_path)
+    last = {"step": fed.job.rounds, "grad_step": 0, "last": True}
+    held_out = {
+        a: arrays_of(fed.relay.send("train.step", {n: (last, {"grad": grads[a]})})[n])["emb"]
+        for a, n in fed.node_of.items()
+        if a != "civil"
+    }
+    civil = fed.node_of["civil"]
+    replayed = {**held_out, "tax": embs["tax"]}
+    with pytest.raises(VerticalFailed, match="the heldout of step 1 for 'tax' does not open"):
+        fed.relay.send("evaluate.top", {civil: ({"order": list(fed.node_of)}, replayed)})
+    assert (
+        "auc" in fed.relay.send("evaluate.top", {civil: ({"order": list(fed.node_of)}, held_out)})[civil].content["cfg"]
+    )
+
+
 def test_a_sealed_array_opens_only_where_and_when_it_was_sealed_for(tmp_path: Path) -> None:
     """Replayed to another node, at another step or in another run, or read with a key the
     coordinator could make itself: none opens."""
@@ -101,14 +136,15 @@ def test_a_sealed_array_opens_only_where_and_when_it_was_sealed_for(tmp_path: Pa
         fed.opened_by("tax", grads["tax"], "grad", 1)  # at another step
     with pytest.raises(CryptoError, match="does not open"):
         fed.opened_by("tax", embs["tax"], "heldout", fed.job.rounds)  # a training embedding as held-out
-    fed.relay.run_id = 7
+    key, where = fed.sealing("tax", "grad", 0)
     with pytest.raises(CryptoError, match="does not open"):
-        fed.opened_by("tax", grads["tax"], "grad", 0)  # in another run
+        sealed_arrays.open_sealed(key, grads["tax"], **{**where, "run_id": "7"})  # in another run
+    changed = fed.job.model_copy(update={"rounds": 5}).digest()
+    with pytest.raises(CryptoError, match="does not open"):
+        sealed_arrays.open_sealed(key, grads["tax"], **{**where, "definition": changed})  # another definition
     own = bytes(32)  # any key of the coordinator's own: it holds neither end's agreement secret
     with pytest.raises(CryptoError, match="does not open"):
-        sealed_arrays.open_sealed(
-            own, grads["tax"], job_id=fed.job.job_id, run_id="1", kind="grad", step=0, agency="tax"
-        )
+        sealed_arrays.open_sealed(own, grads["tax"], **where)
 
 
 def test_a_tampered_or_malformed_sealed_array_is_refused_not_a_crash(tmp_path: Path) -> None:

@@ -97,6 +97,17 @@ def test_noisy_moments_carry_the_stated_noise_and_stay_within_range() -> None:
         pooled_stats.noisy_moments(m[:5], 800, 800.0, 20.0, rng)
 
 
+def test_noisy_moments_divide_by_the_released_count_not_the_exact_one() -> None:
+    """The node's sums over n rows are divided by its released (noisy) row count: a mean it sends
+    must not be a sum over the exact n, which, with the sum, would give n away."""
+    m = pooled_stats.moments(INFOS, ENCS, _table(np.random.default_rng(4), 800, 0.1))
+    rng = np.random.default_rng(6)
+    halved = pooled_stats.noisy_moments(m, 800, 1600.0, 0.0, rng)  # no noise: only the divisor shows
+    assert halved == pytest.approx(np.clip(m / 2, 0.0, 1.0))
+    with pytest.raises(ValueError, match="needs rows"):
+        pooled_stats.noisy_moments(m, 800, 0.0, 20.0, rng)
+
+
 def test_noisy_statistics_keep_the_mean_in_range_and_the_spread_above_the_floor() -> None:
     """Noise can make a variance zero or negative, or a share tiny: the statistics stay usable."""
     collapsed = np.array([0.5, 0.3, 0.05, 1e-6, 0.5, 0.0])  # age: E[u^2] < E[u]^2; income: share ~0, mean > share
