@@ -222,6 +222,9 @@ def sign(
     key: Path = typer.Option(..., "--key", help="the analyst's signing key (xgate train keygen)"),
     requester: str = typer.Option(..., "--requester", help="the analyst's registered user id: the job runs for it"),
     out: Path = typer.Option(..., "--out", help="the signed job TOML to submit"),
+    valid_until: str = typer.Option(
+        "", "--valid-until", help="ISO 8601 time with offset (e.g. 2026-12-13T00:00:00Z): refused after it"
+    ),
 ) -> None:
     """Sign a job in the analyst's name: nodes and the gateway refuse any other definition run for it."""
     import tomli_w
@@ -232,7 +235,8 @@ def sign(
     if not requester:
         _fail("--requester: the analyst's registered user id is required (the job runs for it)")
     try:
-        spec = parse_job({**load_job(job).model_dump(mode="json"), "requester": requester})
+        body = {**load_job(job).model_dump(mode="json"), "requester": requester}
+        spec = parse_job({**body, "valid_until": valid_until} if valid_until else body)
         signed = sign_job(spec, SigningKey.load(key))
     except XgateError as exc:
         _fail(exc.message)

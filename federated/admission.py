@@ -471,6 +471,9 @@ def admit_at_node(
     verified as the CA-signed bundle first, as at the node's start: a set edited on disk refuses the
     job rather than decide under it.
     """
+    expired = signed_jobs.expiry_problem(job, datetime.now(UTC))
+    if expired is not None:  # before anything is decided or charged: an expired job costs nothing
+        raise PolicyDenied(f"node '{agency}' refused job '{job.job_id}': {expired}")
     if policy_dir is not None:
         from policies.decision import PolicyEngine
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import tomllib
+from datetime import datetime
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
@@ -141,6 +142,10 @@ class JobSpec(BaseModel):
     # Vertical only: epsilon of randomized response on the training labels at the label holder
     # (federated/label_dp.py): protects each label from the feature nodes and the coordinator.
     label_dp: float | None = Field(default=None, gt=0, le=20)
+    # When the job stops being runnable (ISO 8601 with a UTC offset, e.g. 2026-12-13T00:00:00Z):
+    # every node refuses it afterwards, the gateway too. Signed, it binds the coordinator: a job its
+    # analyst signed for a week cannot be run again next year (federated/signed_jobs.py).
+    valid_until: str = Field(default="", max_length=40)
     # The requester's signature over everything above (federated/signed_jobs.py, `xgate train sign`):
     # an xgate-training-job/1 artefact. Not part of the digest: signing does not change the job.
     signature: str = Field(default="", max_length=256 * 1024)
@@ -158,6 +163,8 @@ class JobSpec(BaseModel):
 
     @model_validator(mode="after")
     def _consistent(self) -> JobSpec:
+        if self.valid_until:
+            self.valid_until_time()  # a clear error now, not at the first node
         if self.label in self.features:
             raise ValueError("the label element must not also be a feature")
         if len(set(self.features)) != len(self.features):
@@ -181,6 +188,18 @@ class JobSpec(BaseModel):
             )
         return self
 
+    def valid_until_time(self) -> datetime | None:
+        """`valid_until` as an aware datetime (None: no end)."""
+        if not self.valid_until:
+            return None
+        try:
+            when = datetime.fromisoformat(self.valid_until)
+        except ValueError:
+            raise ValueError(f"valid_until '{self.valid_until}' is not an ISO 8601 date and time") from None
+        if when.tzinfo is None:
+            raise ValueError(f"valid_until '{self.valid_until}' needs a UTC offset (e.g. Z or +08:00)")
+        return when
+
     def standardises(self) -> bool:
         """Whether a feature is encoded with its data's mean and spread (not declared metadata)."""
         return any(e.method is Method.STANDARDISE for e in self.encodings.values())
@@ -192,10 +211,16 @@ class JobSpec(BaseModel):
     def digest(self) -> str:
         """SHA-256 of the canonical job (what nodes approve and the audit log records).
 
-        A job without encodings or label DP (or with node-level DP) digests as before those fields existed;
+        A job without encodings, label DP or valid_until (or with node-level DP) digests as before those
+        fields existed;
         its signature is never part of it.
         """
-        dumped = self.model_dump(mode="json", exclude={"signature"} | (set() if self.encodings else {"encodings"}))
+        omitted = (
+            {"signature"}
+            | (set() if self.encodings else {"encodings"})
+            | (set() if self.valid_until else {"valid_until"})
+        )
+        dumped = self.model_dump(mode="json", exclude=omitted)
         if self.label_dp is None:
             del dumped["label_dp"]
         if self.dp is not None and self.dp.unit is DPUnit.NODE:

@@ -16,6 +16,9 @@ can leave agencies out of an alignment), other features, more rounds. A signed j
   its own registry: when it decides a definition (federated/admission.py `PolicyAdmission`) and at
   every later message of a run (`admit_at_node`), before any recorded decision counts.
 
+A job may carry `valid_until`; signed, the coordinator cannot move or drop it, and the gateway and
+every node (`admit_at_node`, at each message) refuse the job after it (`expiry_problem`).
+
 The signature is not part of the job's digest: a node decides a definition once whether or not it
 arrived signed, so signing changes no recorded decision, and a refusal for a missing or wrong
 signature is never recorded (it would refuse the signed definition too).
@@ -23,6 +26,7 @@ signature is never recorded (it would refuse the signed definition too).
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from crypto.artefacts import Signer, canonical, sign_artefact, verify_artefact
@@ -80,6 +84,14 @@ def signature_problem(job: JobSpec, requester: UserEntry | None, required: bool)
         changed = sorted(k for k in set(body) | (set(expected) - set(newer)) if body.get(k) != expected.get(k))
         return f"{who} differs from what its requester signed: {', '.join(changed) or 'its encoding'}"
     return None
+
+
+def expiry_problem(job: JobSpec, now: datetime) -> str | None:
+    """Why this job may no longer run at `now` (its `valid_until` has passed), or None."""
+    until = job.valid_until_time()
+    if until is None or now <= until:
+        return None
+    return f"job '{job.job_id}' expired at {job.valid_until}: its requester set it valid until then"
 
 
 def _default(field: str) -> Any:

@@ -185,7 +185,9 @@ class TrainingService:
                 reason = "authenticated identity does not match the principals registry"
                 self._refuse(job, actor, "identity", reason, engine.policy_set_hash)
                 raise PolicyDenied(f"training job refused by policy: {reason}")
-            unsigned = signed_jobs.signature_problem(job, registered, engine.require_signed_jobs)
+            unsigned = signed_jobs.signature_problem(job, registered, engine.require_signed_jobs) or (
+                signed_jobs.expiry_problem(job, datetime.now(UTC))
+            )
             if unsigned is not None:  # checked again by every node with its own registry
                 self._refuse(job, actor, "signature", unsigned, engine.policy_set_hash)
                 raise PolicyDenied(f"training job refused: {unsigned}")

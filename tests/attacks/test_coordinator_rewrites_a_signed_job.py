@@ -282,3 +282,32 @@ def test_a_broken_policy_set_refuses_the_job_with_a_reason_not_a_crash(tmp_path:
     (policies / "principals.toml").write_text("[[users]\nbroken")
     with pytest.raises(PolicyDenied, match="its policy set"):
         admit_at_node(_job(), agency, ledger, store, policies, None)
+
+
+def test_a_signed_job_past_its_valid_until_is_refused_and_its_end_cannot_be_moved(tmp_path: Path) -> None:
+    """The analyst signed the job for a week; a coordinator running it again later (a replay of an
+    old approval) is refused by every node at its first message, and moving or dropping the end
+    breaks the signature. Positive control: before the end the same job runs."""
+    key = SigningKey.generate("hrss", "job-signing")
+    policies = _register(write_training_policies(tmp_path / "policies"), key)
+    admission, agency, store, ledger = _node(tmp_path, policies)
+    week = sign_job(_job("signed-week", valid_until="2099-01-01T00:00:00Z"), key)
+    admit_at_node(week, agency, ledger, store, policies)  # within its time: decided, approved
+    old = sign_job(_job("signed-old", valid_until="2020-01-01T00:00:00+08:00"), key)
+    with pytest.raises(PolicyDenied, match="expired at 2020-01-01T00:00:00\\+08:00: its requester set it valid"):
+        admit_at_node(old, agency, ledger, store, policies)
+    for moved in ({"valid_until": "2099-01-01T00:00:00Z"}, {"valid_until": ""}):
+        decision = admission(old.model_copy(update=moved), agency)
+        assert not decision.approved and "differs from what its requester signed: valid_until" in decision.reason
+
+
+def test_a_valid_until_without_an_offset_or_not_a_time_is_refused_when_read() -> None:
+    from federated.jobs import parse_job
+    from xgate.errors import InvalidInput
+
+    with pytest.raises(InvalidInput, match="needs a UTC offset"):
+        parse_job({**job_body("tt-1"), "valid_until": "2026-12-13T00:00:00"})
+    with pytest.raises(InvalidInput, match="is not an ISO 8601 date and time"):
+        parse_job({**job_body("tt-2"), "valid_until": "next week"})
+    assert _job("tt-3").digest() == _job("tt-3", valid_until="").digest()  # no end: the digest as before
+    assert _job("tt-4", valid_until="2099-01-01T00:00:00Z").digest() != _job("tt-4").digest()

@@ -126,6 +126,13 @@ def test_keygen_and_sign_from_the_command_line(tmp_path: Path) -> None:
         ],
     )
     assert res.exit_code == 1 and "requester" in res.output
+    base = ["sign", "--job", str(job_file), "--key", str(tmp_path / "an.key"), "--requester", "an-liu"]
+    res = runner.invoke(app, [*base, "--out", str(out), "--valid-until", "2099-01-01T00:00:00Z"])
+    assert res.exit_code == 0, res.output
+    ending = load_job(out)
+    assert ending.valid_until == "2099-01-01T00:00:00Z" and signature_problem(ending, user, required=False) is None
+    res = runner.invoke(app, [*base, "--out", str(out), "--valid-until", "soon"])
+    assert res.exit_code == 1 and "valid_until 'soon' is not an ISO 8601 date and time" in res.output
 
 
 def test_updating_a_principal_keeps_its_signing_key(tmp_path: Path) -> None:
