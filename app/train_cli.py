@@ -345,8 +345,17 @@ def allow(
         None, "--default-cap", min=0.0, help="budget for every dataset in the store without its own --cap"
     ),
     dp_only: bool = typer.Option(False, "--dp-only", help="refuse jobs without differential privacy"),
+    trust_key: list[str] = typer.Option(
+        [],
+        "--trust-key",
+        help="USER=BASE64: an analyst's signing key (xgate train keygen); jobs in USER's name must carry its"
+        " signature (repeatable)",
+    ),
+    require_signed: bool = typer.Option(
+        False, "--require-signed", help="refuse every job not signed by a --trust-key analyst"
+    ),
 ) -> None:
-    """Configure a node's admission for local runs (LedgerAdmission): purposes and ε caps.
+    """Configure a node's admission for local runs (LedgerAdmission): purposes, ε caps, trusted analysts.
 
     Replaces the node's previous purposes and caps (an administrator's action); spends stay. A job id
     decided under the earlier settings is decided again when resubmitted. A node listed with
@@ -362,11 +371,35 @@ def allow(
             _fail(f"--cap names dataset(s) not in {store}: {', '.join(unknown)} (it holds {', '.join(held) or 'none'})")
         if default_cap is not None:
             caps = {**{ds: default_cap for ds in held}, **caps}
-        LedgerAdmission(ledger, store).configure(purpose, caps, allow_non_dp=not dp_only)
+        keys = _parse_trusted_keys(trust_key)
+        LedgerAdmission(ledger, store).configure(
+            purpose, caps, allow_non_dp=not dp_only, signing_keys=keys, require_signed_jobs=require_signed
+        )
     except XgateError as exc:
         _fail(exc.message)
     shown = ", ".join(f"{ds}={eps:g}" for ds, eps in sorted(caps.items())) or "none"
-    typer.echo(f"node ledger {ledger}: purposes {', '.join(purpose)}; epsilon caps {shown}")
+    signed = f"; signing keys of {', '.join(sorted(keys))}" if keys else ""
+    required = "; every job must be signed" if require_signed else ""
+    typer.echo(f"node ledger {ledger}: purposes {', '.join(purpose)}; epsilon caps {shown}{signed}{required}")
+
+
+def _parse_trusted_keys(items: list[str]) -> dict[str, str]:
+    """--trust-key USER=BASE64 items, each key checked as a registered principal's would be."""
+    from pydantic import ValidationError
+
+    from policies.loader import UserEntry
+
+    keys: dict[str, str] = {}
+    for item in items:
+        user, sep, key = item.partition("=")
+        try:
+            if not sep:
+                raise ValueError
+            UserEntry(id=user, agency="node", role="analyst", tier="gold", signing_key=key)
+        except (ValueError, ValidationError):
+            _fail(f"--trust-key '{item[:60]}' must be USER=BASE64 with an Ed25519 public key (xgate train keygen)")
+        keys[user] = key
+    return keys
 
 
 def _parse_caps(items: list[str]) -> dict[str, float]:

@@ -81,6 +81,7 @@ CREATE TABLE IF NOT EXISTS purposes (purpose TEXT PRIMARY KEY);
 CREATE TABLE IF NOT EXISTS caps (dataset TEXT PRIMARY KEY, epsilon_cap REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS settings (name TEXT PRIMARY KEY, setting TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS decision_basis (job_id TEXT PRIMARY KEY, basis TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS signing_keys (user TEXT PRIMARY KEY, signing_key TEXT NOT NULL);
 """
     + _APPROVED_CHARGES
 )
@@ -130,15 +131,29 @@ class LedgerAdmission:
         return _open_ledger(self.ledger, _SCHEMA)
 
     def configure(
-        self, purposes: Iterable[str], epsilon_caps: Mapping[str, float], *, allow_non_dp: bool = True
+        self,
+        purposes: Iterable[str],
+        epsilon_caps: Mapping[str, float],
+        *,
+        allow_non_dp: bool = True,
+        signing_keys: Mapping[str, str] | None = None,
+        require_signed_jobs: bool = False,
     ) -> None:
-        """Set the node's training policy (administrator action)."""
+        """Set the node's training policy (administrator action). `signing_keys`: analysts' Ed25519
+        public keys (base64, `xgate train keygen`) whose jobs must carry their signature, as a policy
+        set's principals.toml does; `require_signed_jobs`: every job must be signed by a listed key."""
         with _writing(self.ledger, _SCHEMA) as conn:
             conn.execute("DELETE FROM purposes")
             conn.executemany("INSERT INTO purposes VALUES (?)", [(p,) for p in purposes])
             conn.execute("DELETE FROM caps")
             conn.executemany("INSERT INTO caps VALUES (?, ?)", list(epsilon_caps.items()))
             conn.execute("INSERT OR REPLACE INTO settings VALUES ('allow_non_dp', ?)", (str(int(allow_non_dp)),))
+            conn.execute("DELETE FROM signing_keys")
+            conn.executemany("INSERT INTO signing_keys VALUES (?, ?)", sorted((signing_keys or {}).items()))
+            if require_signed_jobs:  # only when set: ledgers configured before keep their decisions' basis
+                conn.execute("INSERT OR REPLACE INTO settings VALUES ('require_signed_jobs', '1')")
+            else:
+                conn.execute("DELETE FROM settings WHERE name = 'require_signed_jobs'")
 
     def _datasets_for(self, job: JobSpec) -> list[str]:
         with sqlite3.connect(f"file:{self.store}?mode=ro", uri=True) as conn:
@@ -151,6 +166,10 @@ class LedgerAdmission:
         digest = job.digest()
         conn = self._connect()
         try:
+            # As PolicyAdmission: before any recorded decision counts, and never recorded itself.
+            unsigned = _ledger_signature_problem(conn, job)
+            if unsigned is not None:
+                return Decision(False, unsigned, 0.0)
             basis = self._basis(conn)
             prior = conn.execute(
                 "SELECT d.job_digest, d.approved, d.reason, d.epsilon, b.basis FROM decisions d"
@@ -189,6 +208,9 @@ class LedgerAdmission:
             sorted(conn.execute("SELECT dataset, epsilon_cap FROM caps").fetchall()),
             sorted(conn.execute("SELECT name, setting FROM settings").fetchall()),
         ]
+        keys = sorted(conn.execute("SELECT user, signing_key FROM signing_keys").fetchall())
+        if keys:  # only when some: the basis of ledgers without keys is as before
+            policy.append(keys)
         return hashlib.sha256(json.dumps(policy).encode()).hexdigest()
 
     @staticmethod
@@ -492,7 +514,29 @@ def admit_at_node(
         decision = PolicyAdmission(engine, ledger, store).admit_decided(job, agency)
         if not decision.approved:
             raise PolicyDenied(f"node '{agency}' refused job '{job.job_id}': {decision.reason}")
+    elif (unsigned := ledger_signature_problem(ledger, job)) is not None:  # at every message, as above
+        raise PolicyDenied(f"node '{agency}' refused job '{job.job_id}': {unsigned}")
     require_approval(ledger, job)
+
+
+def _ledger_signature_problem(conn: sqlite3.Connection, job: JobSpec) -> str | None:
+    """federated/signed_jobs.py's check against the analysts' keys a ledger-only node trusts."""
+    required = conn.execute("SELECT 1 FROM settings WHERE name = 'require_signed_jobs'").fetchone() is not None
+    if not required and conn.execute("SELECT 1 FROM signing_keys LIMIT 1").fetchone() is None:
+        return None  # a node that trusts no analyst key checks no signature (as before keys existed)
+    key = conn.execute("SELECT signing_key FROM signing_keys WHERE user = ?", (job.requester,)).fetchone()
+    return signed_jobs.signature_problem_for_key(job, str(key[0]) if key else None, required)
+
+
+def ledger_signature_problem(ledger: Path, job: JobSpec) -> str | None:
+    """Why a ledger-only node refuses this job's signature (None: fine, or the ledger trusts no key)."""
+    if not ledger.exists():
+        return None
+    with sqlite3.connect(f"file:{ledger}?mode=ro", uri=True) as conn:
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if not {"signing_keys", "settings"} <= tables:
+            return None  # a ledger configured before signing keys existed trusts none
+        return _ledger_signature_problem(conn, job)
 
 
 def require_approval(ledger: Path, job: JobSpec) -> None:

@@ -57,7 +57,12 @@ def sign_job(job: JobSpec, key: SigningKey) -> JobSpec:
 def signature_problem(job: JobSpec, requester: UserEntry | None, required: bool) -> str | None:
     """Why this job may not run for its requester, or None. `requester`: the registered principal
     (None if unregistered); `required`: the policy set's require_signed_jobs."""
-    key = requester.signing_key if requester is not None else None
+    return signature_problem_for_key(job, requester.signing_key if requester is not None else None, required)
+
+
+def signature_problem_for_key(job: JobSpec, key: str | None, required: bool) -> str | None:
+    """As `signature_problem`, given the requester's registered key (base64 Ed25519) or None: what a
+    ledger-only node uses, whose trusted keys are in its ledger (`xgate train allow --trust-key`)."""
     who = f"job '{job.job_id}'"
     if not job.signature:
         if key is not None:
@@ -67,7 +72,8 @@ def signature_problem(job: JobSpec, requester: UserEntry | None, required: bool)
             )
         if required:
             return (
-                f"{who} is not signed: this policy set requires signed training jobs ([training] require_signed_jobs)"
+                f"{who} is not signed: this node requires signed training jobs ([training] require_signed_jobs"
+                " in its policy set, or `xgate train allow --require-signed`)"
             )
         return None
     if key is None:

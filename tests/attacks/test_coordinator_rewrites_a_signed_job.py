@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from crypto.envelope import SigningKey
-from federated.admission import PolicyAdmission, admit_at_node
+from federated.admission import LedgerAdmission, PolicyAdmission, admit_at_node
 from federated.jobs import JobSpec
 from federated.signed_jobs import sign_job
 from policies.decision import PolicyEngine
@@ -311,3 +311,44 @@ def test_a_valid_until_without_an_offset_or_not_a_time_is_refused_when_read() ->
         parse_job({**job_body("tt-2"), "valid_until": "next week"})
     assert _job("tt-3").digest() == _job("tt-3", valid_until="").digest()  # no end: the digest as before
     assert _job("tt-4", valid_until="2099-01-01T00:00:00Z").digest() != _job("tt-4").digest()
+
+
+def _ledger_node(tmp_path: Path, **configure: Any) -> tuple[LedgerAdmission, str, Path, Path]:
+    """A node admitting by its ledger alone (`xgate train allow`), no policy directory."""
+    from tests.unit.training_support import PURPOSE
+
+    ((agency, store, ledger),) = write_region_stores(tmp_path / "stores", [60])
+    admission = LedgerAdmission(ledger, store)
+    admission.configure([PURPOSE], {"claims_region0": 10.0}, **configure)
+    return admission, agency, store, ledger
+
+
+def test_a_ledger_only_node_that_trusts_the_analysts_key_refuses_a_rewritten_job(tmp_path: Path) -> None:
+    key = SigningKey.generate("hrss", "job-signing")
+    public = base64.b64encode(key.public_raw).decode()
+    admission, agency, store, ledger = _ledger_node(tmp_path, signing_keys={ANALYST: public})
+    signed = sign_job(_job(), key)
+    assert admission(signed, agency).approved
+    admit_at_node(signed, agency, ledger, store, None)  # every message of its runs
+    rewritten = signed.model_copy(update={"min_nodes": 1})
+    decision = admission(rewritten, agency)
+    assert not decision.approved and "differs from what its requester signed: min_nodes" in decision.reason
+    with pytest.raises(PolicyDenied, match="differs from what its requester signed: min_nodes"):
+        admit_at_node(rewritten, agency, ledger, store, None)  # from the run config, at a ClientApp
+    unsigned = admission(_job("unsigned-1"), agency)
+    assert not unsigned.approved and "has a registered signing key" in unsigned.reason
+    admit_at_node(signed, agency, ledger, store, None)  # the refusals recorded nothing: still runs
+
+
+def test_positive_control_a_ledger_only_node_without_trusted_keys_approves_the_rewrite(tmp_path: Path) -> None:
+    key = SigningKey.generate("hrss", "job-signing")
+    admission, agency, store, ledger = _ledger_node(tmp_path)
+    rewritten = sign_job(_job(), key).model_copy(update={"min_nodes": 1})
+    assert admission(rewritten, agency).approved
+    admit_at_node(rewritten, agency, ledger, store, None)
+
+
+def test_a_ledger_only_node_requiring_signatures_refuses_unsigned_jobs(tmp_path: Path) -> None:
+    admission, agency, _, _ = _ledger_node(tmp_path, require_signed_jobs=True)
+    decision = admission(_job("unsigned-2"), agency)
+    assert not decision.approved and "this node requires signed training jobs" in decision.reason

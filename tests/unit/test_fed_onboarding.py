@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import shutil
 from pathlib import Path
@@ -172,6 +173,30 @@ def test_allow_refusals(fed: Path) -> None:
     assert res.exit_code == 1 and "DATASET=EPSILON" in res.output
     res = _invoke("train", "allow", "--ledger", ledger, "--store", fed / "none.sqlite", "--purpose", "p-1")
     assert res.exit_code == 1 and "does not exist" in res.output
+    res = _invoke(*base, "--trust-key", "an-liu")
+    assert res.exit_code == 1 and "must be USER=BASE64 with an Ed25519 public key" in res.output
+    res = _invoke(*base, "--trust-key", "an-liu=bm90IGEga2V5")  # base64, but not 32 bytes
+    assert res.exit_code == 1 and "must be USER=BASE64" in res.output
+
+
+def test_allow_trusts_analysts_keys_and_can_require_signed_jobs(fed: Path) -> None:
+    from crypto.envelope import SigningKey
+    from federated.admission import ledger_signature_problem
+    from federated.signed_jobs import sign_job
+
+    assert _load(fed, "tax").exit_code == 0
+    store, ledger = fed / "tax" / "store.sqlite", fed / "tax" / "ledger.sqlite"
+    key = SigningKey.generate("tax", "job-signing")
+    public = base64.b64encode(key.public_raw).decode()
+    res = _invoke("train", "allow", "--ledger", ledger, "--store", store, "--purpose", "tax-compliance",
+                  "--default-cap", "3", "--trust-key", f"an-liu={public}", "--require-signed")  # fmt: skip
+    assert res.exit_code == 0 and "signing keys of an-liu; every job must be signed" in res.output, res.output
+    signed = sign_job(_job(requester="an-liu"), key)
+    assert ledger_signature_problem(ledger, signed) is None
+    assert "differs from what its requester signed: rounds" in str(
+        ledger_signature_problem(ledger, signed.model_copy(update={"rounds": 5}))
+    )
+    assert "requires signed training jobs" in str(ledger_signature_problem(ledger, _job(requester="bo-wu")))
 
 
 def test_submit_accepts_a_refused_job_id_again_but_not_a_completed_one(fed: Path) -> None:
