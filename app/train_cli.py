@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 import tomllib
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -230,6 +231,7 @@ def sign(
     import tomli_w
 
     from crypto.envelope import SigningKey
+    from federated import signed_jobs
     from federated.signed_jobs import sign_job
 
     if not requester:
@@ -237,6 +239,8 @@ def sign(
     try:
         body = {**load_job(job).model_dump(mode="json"), "requester": requester}
         spec = parse_job({**body, "valid_until": valid_until} if valid_until else body)
+        if signed_jobs.expiry_problem(spec, datetime.now(UTC)) is not None:
+            _fail(f"the job's valid_until {spec.valid_until} is already past: nodes would refuse it")
         signed = sign_job(spec, SigningKey.load(key))
     except XgateError as exc:
         _fail(exc.message)
@@ -349,10 +353,15 @@ def allow(
         [],
         "--trust-key",
         help="USER=BASE64: an analyst's signing key (xgate train keygen); jobs in USER's name must carry its"
-        " signature (repeatable)",
+        " signature (repeatable; replaces the trusted keys; without it they are kept)",
     ),
-    require_signed: bool = typer.Option(
-        False, "--require-signed", help="refuse every job not signed by a --trust-key analyst"
+    clear_trusted_keys: bool = typer.Option(
+        False, "--clear-trusted-keys", help="trust no analyst key: every signed job is refused from then on"
+    ),
+    require_signed: bool | None = typer.Option(
+        None,
+        "--require-signed/--no-require-signed",
+        help="refuse every job not signed by a trusted analyst (unset: keep the current setting)",
     ),
 ) -> None:
     """Configure a node's admission for local runs (LedgerAdmission): purposes, ε caps, trusted analysts.
@@ -371,16 +380,20 @@ def allow(
             _fail(f"--cap names dataset(s) not in {store}: {', '.join(unknown)} (it holds {', '.join(held) or 'none'})")
         if default_cap is not None:
             caps = {**{ds: default_cap for ds in held}, **caps}
-        keys = _parse_trusted_keys(trust_key)
-        LedgerAdmission(ledger, store).configure(
+        if clear_trusted_keys and trust_key:
+            _fail("--clear-trusted-keys and --trust-key contradict each other: give one")
+        keys = {} if clear_trusted_keys else (_parse_trusted_keys(trust_key) if trust_key else None)
+        admission = LedgerAdmission(ledger, store)
+        admission.configure(
             purpose, caps, allow_non_dp=not dp_only, signing_keys=keys, require_signed_jobs=require_signed
         )
+        trusted, checks, required = admission.signature_settings()
     except XgateError as exc:
         _fail(exc.message)
     shown = ", ".join(f"{ds}={eps:g}" for ds, eps in sorted(caps.items())) or "none"
-    signed = f"; signing keys of {', '.join(sorted(keys))}" if keys else ""
-    required = "; every job must be signed" if require_signed else ""
-    typer.echo(f"node ledger {ledger}: purposes {', '.join(purpose)}; epsilon caps {shown}{signed}{required}")
+    signed = f"; signing keys of {', '.join(trusted)}" if trusted else ("; no signing key trusted" if checks else "")
+    needed = "; every job must be signed" if required else ""
+    typer.echo(f"node ledger {ledger}: purposes {', '.join(purpose)}; epsilon caps {shown}{signed}{needed}")
 
 
 def _parse_trusted_keys(items: list[str]) -> dict[str, str]:

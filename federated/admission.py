@@ -137,23 +137,39 @@ class LedgerAdmission:
         *,
         allow_non_dp: bool = True,
         signing_keys: Mapping[str, str] | None = None,
-        require_signed_jobs: bool = False,
+        require_signed_jobs: bool | None = None,
     ) -> None:
-        """Set the node's training policy (administrator action). `signing_keys`: analysts' Ed25519
-        public keys (base64, `xgate train keygen`) whose jobs must carry their signature, as a policy
-        set's principals.toml does; `require_signed_jobs`: every job must be signed by a listed key."""
+        """Set the node's training policy (administrator action): purposes and caps are replaced.
+        `signing_keys`: the analysts' Ed25519 public keys (base64, `xgate train keygen`) whose jobs
+        must carry their signature, as a policy set's principals.toml does; given (even empty), they
+        replace the trusted keys and the node checks signatures from then on, so removing an
+        analyst's key refuses the jobs it signed; None keeps them. `require_signed_jobs`: every job
+        must be signed by a trusted key; None keeps the setting."""
         with _writing(self.ledger, _SCHEMA) as conn:
             conn.execute("DELETE FROM purposes")
             conn.executemany("INSERT INTO purposes VALUES (?)", [(p,) for p in purposes])
             conn.execute("DELETE FROM caps")
             conn.executemany("INSERT INTO caps VALUES (?, ?)", list(epsilon_caps.items()))
             conn.execute("INSERT OR REPLACE INTO settings VALUES ('allow_non_dp', ?)", (str(int(allow_non_dp)),))
-            conn.execute("DELETE FROM signing_keys")
-            conn.executemany("INSERT INTO signing_keys VALUES (?, ?)", sorted((signing_keys or {}).items()))
-            if require_signed_jobs:  # only when set: ledgers configured before keep their decisions' basis
+            # Rows only when set: ledgers that never trusted a key keep their decisions' basis.
+            if signing_keys is not None:
+                conn.execute("DELETE FROM signing_keys")
+                conn.executemany("INSERT INTO signing_keys VALUES (?, ?)", sorted(signing_keys.items()))
+                conn.execute("INSERT OR REPLACE INTO settings VALUES ('check_signatures', '1')")
+            if require_signed_jobs is True:
                 conn.execute("INSERT OR REPLACE INTO settings VALUES ('require_signed_jobs', '1')")
-            else:
+            elif require_signed_jobs is False:
                 conn.execute("DELETE FROM settings WHERE name = 'require_signed_jobs'")
+
+    def signature_settings(self) -> tuple[list[str], bool, bool]:
+        """(users whose keys this node trusts, whether it checks signatures, whether it requires them)."""
+        conn = self._connect()
+        try:
+            users = [str(r[0]) for r in conn.execute("SELECT user FROM signing_keys ORDER BY user")]
+            settings = {r[0] for r in conn.execute("SELECT name FROM settings WHERE setting = '1'")}
+        finally:
+            conn.close()
+        return users, "check_signatures" in settings, "require_signed_jobs" in settings
 
     def _datasets_for(self, job: JobSpec) -> list[str]:
         with sqlite3.connect(f"file:{self.store}?mode=ro", uri=True) as conn:
@@ -164,6 +180,9 @@ class LedgerAdmission:
     def __call__(self, job: JobSpec, agency: str) -> Decision:
         affected = self._datasets_for(job)
         digest = job.digest()
+        expired = signed_jobs.expiry_problem(job, datetime.now(UTC))
+        if expired is not None:  # nothing decided, recorded or charged for an expired job
+            return Decision(False, expired, 0.0)
         conn = self._connect()
         try:
             # As PolicyAdmission: before any recorded decision counts, and never recorded itself.
@@ -284,6 +303,7 @@ class PolicyAdmission:
         # out, so a recorded refusal would refuse the signed definition too (a coordinator could
         # poison ids), and dropping the earlier approval would make the signed one pay again.
         unsigned = signed_jobs.signature_problem(job, current.principal(job.requester), current.require_signed_jobs)
+        unsigned = unsigned or signed_jobs.expiry_problem(job, datetime.now(UTC))
         if unsigned is not None:
             return Decision(False, unsigned, 0.0, (), policy_hash, (), redecided)
         if prior is not None and not redecided:
@@ -323,6 +343,7 @@ class PolicyAdmission:
             return self(job, agency)
         current = unwrap_engine(self.engine)
         unsigned = signed_jobs.signature_problem(job, current.principal(job.requester), current.require_signed_jobs)
+        unsigned = unsigned or signed_jobs.expiry_problem(job, datetime.now(UTC))
         if unsigned is not None:
             return Decision(False, unsigned, 0.0, (), str(current.policy_set_hash))
         if not prior[0].policy_set_hash or prior[0].policy_set_hash == current.policy_set_hash:
@@ -521,9 +542,10 @@ def admit_at_node(
 
 def _ledger_signature_problem(conn: sqlite3.Connection, job: JobSpec) -> str | None:
     """federated/signed_jobs.py's check against the analysts' keys a ledger-only node trusts."""
-    required = conn.execute("SELECT 1 FROM settings WHERE name = 'require_signed_jobs'").fetchone() is not None
-    if not required and conn.execute("SELECT 1 FROM signing_keys LIMIT 1").fetchone() is None:
-        return None  # a node that trusts no analyst key checks no signature (as before keys existed)
+    settings = {r[0] for r in conn.execute("SELECT name FROM settings WHERE setting = '1'")}
+    required = "require_signed_jobs" in settings
+    if not required and "check_signatures" not in settings:
+        return None  # a node whose administrator never managed analysts' keys checks none, as before
     key = conn.execute("SELECT signing_key FROM signing_keys WHERE user = ?", (job.requester,)).fetchone()
     return signed_jobs.signature_problem_for_key(job, str(key[0]) if key else None, required)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import tomllib
-from datetime import datetime
+from datetime import date, datetime
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
@@ -153,6 +153,8 @@ class JobSpec(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _mode_defaults(cls, data: Any) -> Any:
+        if isinstance(data, dict) and isinstance(data.get("valid_until"), date):  # a TOML date-time, unquoted
+            data = {**data, "valid_until": data["valid_until"].isoformat()}
         if isinstance(data, dict):
             vertical = data.get("mode") == Mode.VERTICAL.value
             if not data.get("learning_rate"):

@@ -49,6 +49,11 @@ class RunReleases:
                 raise InvalidInput(f"'{kind}' comes before any '{before}' in a run")
             (self.dir / kind).touch()
 
+    def refuse_if_claimed(self, kind: str) -> None:
+        """Refuse as `once` would, before the work that precedes the claim (its answer cannot change)."""
+        if (self.dir / kind).exists():
+            raise InvalidInput(f"this node already answered '{kind}' in this run")
+
     def numbered(self, kind: str, number: int, most: int) -> None:
         """Claim release `number` of `kind` (1..most), once, after every earlier one it answered."""
         with self._locked():

@@ -397,6 +397,12 @@ def _transport_key(cache: Path, context: Context, agency: str) -> bytes:
     return bytes.fromhex(keys[agency])
 
 
+def _forget_transport_keys(cache: Path, context: Context) -> None:
+    """After this node's last sealed exchange of the run: a key kept on disk would open the run's
+    recorded ciphertext later."""
+    (cache / f"run-{context.run_id}" / TRANSPORT_KEYS).unlink(missing_ok=True)
+
+
 def _seal(key: bytes, x: np.ndarray, job: JobSpec, context: Context, kind: str, step: int, agency: str) -> np.ndarray:
     """`x` on the wire (`_wire`), sealed for the other end; `agency` is always the feature node's."""
     run = str(context.run_id)
@@ -484,6 +490,8 @@ def step(msg: Message, context: Context) -> Message:
         e = e if plan is None else vertical_dp.private_embeddings(e, plan)
         out["emb"] = _seal(key, e, job, context, "emb", t, nc.agency)
     _save(path, {**pack_state("b_", bottom.w, bottom.opt_state), "steps_done": np.asarray(done)})
+    if last:
+        _forget_transport_keys(path, context)
     return _reply(msg, {"bottom_sha256": hashlib.sha256(bottom.w.tobytes()).hexdigest()}, out)
 
 
@@ -579,6 +587,7 @@ def evaluate_top(msg: Message, context: Context) -> Message:
     if _steps_done(st) != job.rounds - 1:
         raise ValueError("evaluation before the last training step")
     order = [str(a) for a in cfg_of(msg)["order"]]
+    RunReleases(path / f"run-{context.run_id}").refuse_if_claimed("evaluate")  # its sealing keys are gone
     given = arrays_of(msg)
     received = {
         a: _open(_transport_key(path, context, a), given[a], job, context, "heldout", job.rounds, a)
@@ -587,6 +596,7 @@ def evaluate_top(msg: Message, context: Context) -> Message:
     }
     _check_held_out(order, received, nc.agency, len(st["x_test"]), job.embedding_dim)
     _once(path, context, "evaluate")  # claimed only for a well-formed request: a bad one costs nothing
+    _forget_transport_keys(path, context)
     bottom, topm = Bottom(*unpack_state("b_", st)), Top(*unpack_state("t_", st))
     embs = [bottom.forward(st["x_test"]) if a == nc.agency else received[a] for a in order]
     # Held-out embeddings are clean: score them with weights undoing the training noise's dilution,

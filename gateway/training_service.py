@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Protocol
 from pydantic import Field, ValidationError
 
 from audit.records import Actor, AuditRecord
-from federated import signed_jobs
+from federated import dp_sgd, signed_jobs
 from federated.admission import Admission, Decision, PolicyAdmission, by_agency
 from federated.deployment import NodeSpec
 from federated.jobs import JobSpec, Reference
@@ -185,12 +185,18 @@ class TrainingService:
                 reason = "authenticated identity does not match the principals registry"
                 self._refuse(job, actor, "identity", reason, engine.policy_set_hash)
                 raise PolicyDenied(f"training job refused by policy: {reason}")
-            unsigned = signed_jobs.signature_problem(job, registered, engine.require_signed_jobs) or (
-                signed_jobs.expiry_problem(job, datetime.now(UTC))
-            )
+            unsigned = signed_jobs.signature_problem(job, registered, engine.require_signed_jobs)
             if unsigned is not None:  # checked again by every node with its own registry
                 self._refuse(job, actor, "signature", unsigned, engine.policy_set_hash)
                 raise PolicyDenied(f"training job refused: {unsigned}")
+            expired = signed_jobs.expiry_problem(job, datetime.now(UTC))
+            if expired is not None:  # and again by every node, at every message
+                self._refuse(job, actor, "expired", expired, engine.policy_set_hash)
+                raise PolicyDenied(f"training job refused: {expired}")
+            untrainable = dp_sgd.untrainable(job)
+            if untrainable is not None:  # every node would refuse it: nothing charged here either
+                self._refuse(job, actor, "dp", untrainable, engine.policy_set_hash)
+                raise PolicyDenied(f"training job refused: {untrainable}")
             verdict = decide_training(engine, job, user=who.user, agency=who.agency)
             if not verdict.allowed:
                 self._append(

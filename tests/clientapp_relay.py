@@ -133,13 +133,13 @@ class Federation:
     def sealing(self, agency: str, kind: str, step: int) -> tuple[bytes, dict[str, Any]]:
         """The key feature node `agency` agreed with the label holder in this run, and the sealing
         context (`sealed_arrays`' keyword arguments) of its `kind` at `step`."""
-        nc = self.relay.configs[self.node_of[agency]]
+        nc = self.relay.configs[self.node_of[LABEL]]  # the label holder keeps them until its evaluation
         run_dir = nc.ledger.parent / "fl-cache" / self.relay.job.job_id / f"run-{self.relay.run_id}"
         keys = json.loads((run_dir / "transport-keys.json").read_text())
         job = self.relay.job
         where = {"job_id": job.job_id, "definition": job.digest(), "run_id": str(self.relay.run_id), "kind": kind}
         where["step"] = step
-        return bytes.fromhex(keys[LABEL]), {**where, "agency": agency}
+        return bytes.fromhex(keys[agency]), {**where, "agency": agency}
 
     def sealed_by(self, agency: str, wire: np.ndarray, kind: str, step: int) -> np.ndarray:
         """`wire` (a matrix in the wire format) sealed with the key feature node `agency` agreed with

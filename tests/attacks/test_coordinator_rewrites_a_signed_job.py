@@ -13,6 +13,7 @@ control: without a registered key, the rewritten job is approved.
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import sqlite3
 from pathlib import Path
@@ -309,7 +310,10 @@ def test_a_valid_until_without_an_offset_or_not_a_time_is_refused_when_read() ->
         parse_job({**job_body("tt-1"), "valid_until": "2026-12-13T00:00:00"})
     with pytest.raises(InvalidInput, match="is not an ISO 8601 date and time"):
         parse_job({**job_body("tt-2"), "valid_until": "next week"})
-    assert _job("tt-3").digest() == _job("tt-3", valid_until="").digest()  # no end: the digest as before
+    plain = _job("tt-3")
+    before = plain.model_dump(mode="json", exclude={"encodings", "label_dp", "signature", "valid_until"})
+    canon = json.dumps(before, sort_keys=True, separators=(",", ":")).encode()
+    assert plain.digest() == hashlib.sha256(canon).hexdigest()  # no end: the digest as before the field
     assert _job("tt-4", valid_until="2099-01-01T00:00:00Z").digest() != _job("tt-4").digest()
 
 
@@ -352,3 +356,68 @@ def test_a_ledger_only_node_requiring_signatures_refuses_unsigned_jobs(tmp_path:
     admission, agency, _, _ = _ledger_node(tmp_path, require_signed_jobs=True)
     decision = admission(_job("unsigned-2"), agency)
     assert not decision.approved and "this node requires signed training jobs" in decision.reason
+
+
+def test_a_run_under_way_when_the_end_passes_is_refused_at_its_next_message(tmp_path: Path) -> None:
+    """Approved and running at a policy node and at a ledger-only node; once `valid_until` passes,
+    the next message is refused at both, and a fresh admission decides and charges nothing."""
+    import time
+    from datetime import UTC, datetime, timedelta
+
+    from policies.budgets import PrivacyLedger
+
+    key = SigningKey.generate("hrss", "job-signing")
+    policies = _register(write_training_policies(tmp_path / "policies"), key)
+    admission, agency, store, ledger = _node(tmp_path / "policy-node", policies)
+    ledger_admission, lagency, lstore, lledger = _ledger_node(tmp_path / "ledger-node")
+    end = (datetime.now(UTC) + timedelta(seconds=2)).isoformat()
+    job = sign_job(_job("ending-soon", epsilon=1.0, valid_until=end), key)
+    admit_at_node(job, agency, ledger, store, policies)
+    assert ledger_admission(job, lagency).approved
+    admit_at_node(job, lagency, lledger, lstore, None)
+    spent = [PrivacyLedger(lg).spent("claims_region0") for lg in (ledger, lledger)]
+    assert spent[1] == 1.0
+    time.sleep(2.2)
+    for site in ((agency, ledger, store, policies), (lagency, lledger, lstore, None)):
+        with pytest.raises(PolicyDenied, match=r"expired at .*: its requester set it valid until then"):
+            admit_at_node(job, *site)
+    later = sign_job(_job("ended", epsilon=1.0, valid_until=end), key)
+    assert not admission(later, agency).approved and not ledger_admission(later, lagency).approved
+    assert [PrivacyLedger(lg).spent("claims_region0") for lg in (ledger, lledger)] == spent  # nothing charged
+
+
+def test_the_gateway_refuses_an_expired_job_before_charging(tmp_path: Path) -> None:
+    key = SigningKey.generate("hrss", "job-signing")
+    with training_env(tmp_path) as (client, service, log, _):
+        _register(tmp_path / "policies", key)
+        service.policy = PolicyEngine.load(tmp_path / "policies")
+        old = sign_job(_job("gw-expired", valid_until="2020-01-01T00:00:00Z"), key)
+        body = {**job_body("gw-expired"), "valid_until": old.valid_until, "signature": old.signature}
+        r = post(client, "analyst", body)
+        assert r.status_code == 403 and "expired at 2020-01-01T00:00:00Z" in r.json()["message"], r.text
+        refused = [rec for rec in log.records if rec.kind == "training_job_refused"][-1]
+        assert refused.metadata["stage"] == "expired"
+
+
+def test_a_policy_node_refuses_a_record_dp_job_that_cannot_train(tmp_path: Path) -> None:
+    policies = write_training_policies(tmp_path / "policies")
+    admission, agency, _, _ = _node(tmp_path, policies)
+    tiny = _job("tiny-eps", dp={"epsilon": 0.05, "delta": 1e-6, "clip": 1.0, "unit": "record"})
+    decision = admission(tiny, agency)
+    assert not decision.approved and "cannot train: what each node releases before training" in decision.reason
+
+
+def test_trusted_keys_are_kept_when_the_caps_change_and_clearing_them_revokes(tmp_path: Path) -> None:
+    from tests.unit.training_support import PURPOSE
+
+    key = SigningKey.generate("hrss", "job-signing")
+    public = base64.b64encode(key.public_raw).decode()
+    admission, agency, _, _ = _ledger_node(tmp_path, signing_keys={ANALYST: public}, require_signed_jobs=True)
+    admission.configure([PURPOSE], {"claims_region0": 5.0})  # an administrator changing a cap only
+    assert admission.signature_settings() == ([ANALYST], True, True)
+    assert "is not signed" in admission(_job("unsigned-3"), agency).reason
+    signed = sign_job(_job("signed-3"), key)
+    assert admission(signed, agency).approved
+    admission.configure([PURPOSE], {"claims_region0": 5.0}, signing_keys={}, require_signed_jobs=False)
+    assert admission.signature_settings() == ([], True, False)
+    assert "has no registered signing key" in admission(signed, agency).reason  # the removed key's jobs

@@ -197,6 +197,15 @@ def test_allow_trusts_analysts_keys_and_can_require_signed_jobs(fed: Path) -> No
         ledger_signature_problem(ledger, signed.model_copy(update={"rounds": 5}))
     )
     assert "requires signed training jobs" in str(ledger_signature_problem(ledger, _job(requester="bo-wu")))
+    res = _invoke("train", "allow", "--ledger", ledger, "--store", store, "--purpose", "tax-compliance")
+    assert res.exit_code == 0 and "signing keys of an-liu; every job must be signed" in res.output  # kept
+    res = _invoke("train", "allow", "--ledger", ledger, "--store", store, "--purpose", "tax-compliance",
+                  "--clear-trusted-keys", "--no-require-signed")  # fmt: skip
+    assert res.exit_code == 0 and "no signing key trusted" in res.output and "must be signed" not in res.output
+    assert "has no registered signing key" in str(ledger_signature_problem(ledger, signed))  # revoked
+    res = _invoke("train", "allow", "--ledger", ledger, "--store", store, "--purpose", "tax-compliance",
+                  "--clear-trusted-keys", "--trust-key", f"an-liu={public}")  # fmt: skip
+    assert res.exit_code == 1 and "contradict" in res.output
 
 
 def test_submit_accepts_a_refused_job_id_again_but_not_a_completed_one(fed: Path) -> None:

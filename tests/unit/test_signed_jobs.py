@@ -133,6 +133,10 @@ def test_keygen_and_sign_from_the_command_line(tmp_path: Path) -> None:
     assert ending.valid_until == "2099-01-01T00:00:00Z" and signature_problem(ending, user, required=False) is None
     res = runner.invoke(app, [*base, "--out", str(out), "--valid-until", "soon"])
     assert res.exit_code == 1 and "valid_until 'soon' is not an ISO 8601 date and time" in res.output
+    res = runner.invoke(app, [*base, "--out", str(out), "--valid-until", "2020-01-01T00:00:00Z"])
+    assert res.exit_code == 1 and "is already past: nodes would refuse it" in res.output
+    job_file.write_text(tomli_w.dumps(job_body("cli-2")) + "valid_until = 2099-01-01T00:00:00Z\n")  # unquoted
+    assert load_job(job_file).valid_until == "2099-01-01T00:00:00+00:00"
 
 
 def test_updating_a_principal_keeps_its_signing_key(tmp_path: Path) -> None:
