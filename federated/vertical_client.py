@@ -403,19 +403,20 @@ def _forget_transport_keys(cache: Path, context: Context) -> None:
     (cache / f"run-{context.run_id}" / TRANSPORT_KEYS).unlink(missing_ok=True)
 
 
+def _binding(job: JobSpec, context: Context, kind: str, step: int, agency: str) -> sealed_arrays.Binding:
+    """What a sealed array of this run is bound to; `agency` is always the feature node's."""
+    return sealed_arrays.Binding(job.job_id, job.digest(), str(context.run_id), kind, step, agency)
+
+
 def _seal(key: bytes, x: np.ndarray, job: JobSpec, context: Context, kind: str, step: int, agency: str) -> np.ndarray:
-    """`x` on the wire (`_wire`), sealed for the other end; `agency` is always the feature node's."""
-    run = str(context.run_id)
-    where = {"job_id": job.job_id, "definition": job.digest(), "run_id": run, "kind": kind, "agency": agency}
-    return sealed_arrays.seal(key, _wire(x), step=step, **where)
+    """`x` on the wire (`_wire`), sealed for the other end."""
+    return sealed_arrays.seal(key, _wire(x), _binding(job, context, kind, step, agency))
 
 
 def _open(
     key: bytes, sealed: np.ndarray, job: JobSpec, context: Context, kind: str, step: int, agency: str
 ) -> np.ndarray:
-    run = str(context.run_id)
-    where = {"job_id": job.job_id, "definition": job.digest(), "run_id": run, "kind": kind, "agency": agency}
-    return _unwire(sealed_arrays.open_sealed(key, sealed, step=step, **where))
+    return _unwire(sealed_arrays.open_sealed(key, sealed, _binding(job, context, kind, step, agency)))
 
 
 def training_labels(job: JobSpec, y: np.ndarray, words: np.ndarray | None) -> np.ndarray:

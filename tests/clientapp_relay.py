@@ -130,27 +130,30 @@ class Federation:
         self.relay.send("train.setup", requests)
         return {n: cfg for n, (cfg, _) in requests.items()}, test
 
-    def sealing(self, agency: str, kind: str, step: int) -> tuple[bytes, dict[str, Any]]:
-        """The key feature node `agency` agreed with the label holder in this run, and the sealing
-        context (`sealed_arrays`' keyword arguments) of its `kind` at `step`."""
-        nc = self.relay.configs[self.node_of[LABEL]]  # the label holder keeps them until its evaluation
+    def sealing(self, agency: str, kind: str, step: int) -> tuple[bytes, sealed_arrays.Binding]:
+        """The key feature node `agency` agreed with the label holder in this run (as the label
+        holder keeps it until its evaluation), and the binding of its `kind` at `step`."""
+        nc = self.relay.configs[self.node_of[LABEL]]
         run_dir = nc.ledger.parent / "fl-cache" / self.relay.job.job_id / f"run-{self.relay.run_id}"
         keys = json.loads((run_dir / "transport-keys.json").read_text())
         job = self.relay.job
-        where = {"job_id": job.job_id, "definition": job.digest(), "run_id": str(self.relay.run_id), "kind": kind}
-        where["step"] = step
-        return bytes.fromhex(keys[agency]), {**where, "agency": agency}
+        binding = sealed_arrays.Binding(job.job_id, job.digest(), str(self.relay.run_id), kind, step, agency)
+        return bytes.fromhex(keys[agency]), binding
 
     def sealed_by(self, agency: str, wire: np.ndarray, kind: str, step: int) -> np.ndarray:
         """`wire` (a matrix in the wire format) sealed with the key feature node `agency` agreed with
         the label holder in this run: what that node, colluding with the coordinator, could send."""
-        key, where = self.sealing(agency, kind, step)
-        return sealed_arrays.seal(key, wire, **where)
+        return sealed_arrays.seal(*self._with(agency, kind, step, wire))
 
     def opened_by(self, agency: str, sealed: np.ndarray, kind: str, step: int) -> np.ndarray:
         """What the label holder reads of an array feature node `agency` sealed for it (or the reverse)."""
-        key, where = self.sealing(agency, kind, step)
-        return sealed_arrays.open_sealed(key, sealed, **where)
+        return sealed_arrays.open_sealed(*self._with(agency, kind, step, sealed))
+
+    def _with(
+        self, agency: str, kind: str, step: int, array: np.ndarray
+    ) -> tuple[bytes, np.ndarray, sealed_arrays.Binding]:
+        key, binding = self.sealing(agency, kind, step)
+        return key, array, binding
 
     def align(self) -> tuple[psi.Alignment, list[int], list[int]]:
         """The server's alignment and split: every node's positions, and the train and test rows

@@ -16,34 +16,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from federated import datasets, dp_sgd, pooled_stats
+from federated import dp_sgd, pooled_stats
 from federated.admission import LedgerAdmission
 from federated.horizontal_client import HorizontalClient
-from federated.jobs import JobSpec, parse_job
+from federated.jobs import JobSpec
 from federated.node import NodeConfig
 from federated.run_releases import RunReleases
+from tests.record_dp_node import record_dp_node
 from xgate.errors import InvalidInput
 
 
 def _node(tmp_path: Path, **job_fields: object) -> tuple[JobSpec, NodeConfig]:
-    store, ledger = tmp_path / "store.sqlite", tmp_path / "ledger.sqlite"
-    rng = np.random.default_rng(0)
-    n = 400
-    age = rng.integers(18, 90, n)
-    cols = {
-        "civil.age": datasets.Column(age, "int", 0, 120),
-        "tax.label": datasets.Column((age + rng.normal(0, 15, n) > 55).astype(int), "flag", 0, 1),
-    }
-    datasets.write_store(store, "synth", [f"p{i}" for i in range(n)], cols)
-    body: dict[str, object] = {
-        "job_id": "h-replay", "purpose": "fraud-model", "mode": "horizontal", "features": ["civil.age"],
-        "label": "tax.label", "label_holder": "tax", "rounds": 3, "secagg": False, "min_nodes": 1,
-        "dp": {"epsilon": 4.0, "delta": 1e-6, "clip": 1.0, "unit": "record"}, **job_fields,
-    }  # fmt: skip
-    job = parse_job(body)
-    LedgerAdmission(ledger, store).configure(["fraud-model"], {"synth": 100.0})
-    assert LedgerAdmission(ledger, store)(job, "r0").approved
-    return job, NodeConfig(store, "r0", ledger, None, None)
+    return record_dp_node(tmp_path, "h-replay", **job_fields)
 
 
 def _fit(job: JobSpec, nc: NodeConfig, rnd: int, run: str = "1") -> np.ndarray:

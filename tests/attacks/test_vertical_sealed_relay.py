@@ -12,6 +12,7 @@ run, kind, step and feature node. Real ClientApp handlers over tests/clientapp_r
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -97,9 +98,13 @@ def test_arrays_sealed_under_a_key_of_the_coordinators_are_refused_by_the_label_
     fed = federation(tmp_path, SETS)
     fed.set_up()
     job = fed.job
-    where = {"job_id": job.job_id, "definition": job.digest(), "run_id": str(fed.relay.run_id), "kind": "emb"}
+    run = str(fed.relay.run_id)
     forged = {
-        a: sealed_arrays.seal(bytes(32), to_half(np.full((64, job.embedding_dim), 9.0)), step=0, agency=a, **where)
+        a: sealed_arrays.seal(
+            bytes(32),
+            to_half(np.full((64, job.embedding_dim), 9.0)),
+            sealed_arrays.Binding(job.job_id, job.digest(), run, "emb", 0, a),
+        )
         for a in ("tax", "hrss")
     }
     top = {"step": 0, "order": list(fed.node_of)}
@@ -136,15 +141,15 @@ def test_a_sealed_array_opens_only_where_and_when_it_was_sealed_for(tmp_path: Pa
         fed.opened_by("tax", grads["tax"], "grad", 1)  # at another step
     with pytest.raises(CryptoError, match="does not open"):
         fed.opened_by("tax", embs["tax"], "heldout", fed.job.rounds)  # a training embedding as held-out
-    key, where = fed.sealing("tax", "grad", 0)
+    key, binding = fed.sealing("tax", "grad", 0)
     with pytest.raises(CryptoError, match="does not open"):
-        sealed_arrays.open_sealed(key, grads["tax"], **{**where, "run_id": "7"})  # in another run
+        sealed_arrays.open_sealed(key, grads["tax"], replace(binding, run_id="7"))  # in another run
     changed = fed.job.model_copy(update={"rounds": 5}).digest()
     with pytest.raises(CryptoError, match="does not open"):
-        sealed_arrays.open_sealed(key, grads["tax"], **{**where, "definition": changed})  # another definition
+        sealed_arrays.open_sealed(key, grads["tax"], replace(binding, definition=changed))  # another definition
     own = bytes(32)  # any key of the coordinator's own: it holds neither end's agreement secret
     with pytest.raises(CryptoError, match="does not open"):
-        sealed_arrays.open_sealed(own, grads["tax"], **where)
+        sealed_arrays.open_sealed(own, grads["tax"], binding)
 
 
 def test_a_tampered_or_malformed_sealed_array_is_refused_not_a_crash(tmp_path: Path) -> None:
