@@ -421,3 +421,15 @@ def test_trusted_keys_are_kept_when_the_caps_change_and_clearing_them_revokes(tm
     admission.configure([PURPOSE], {"claims_region0": 5.0}, signing_keys={}, require_signed_jobs=False)
     assert admission.signature_settings() == ([], True, False)
     assert "has no registered signing key" in admission(signed, agency).reason  # the removed key's jobs
+
+
+def test_the_gateway_refuses_a_record_dp_job_that_cannot_train_before_charging(tmp_path: Path) -> None:
+    with training_env(tmp_path) as (client, service, log, _):
+        body = job_body("gw-tiny", dp={"epsilon": 0.05, "delta": 1e-6, "clip": 1.0, "unit": "record"})
+        r = post(client, "analyst", body)
+        assert r.status_code == 403 and "cannot train: what each node releases" in r.json()["message"], r.text
+        refused = [rec for rec in log.records if rec.kind == "training_job_refused"][-1]
+        assert refused.metadata["stage"] == "dp"
+        from policies.budgets import PrivacyLedger
+
+        assert PrivacyLedger(service.ledger.path).spent("medical.claims_2025") == 0.0  # nothing charged
