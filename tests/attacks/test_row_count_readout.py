@@ -46,7 +46,7 @@ def _one_run(job: JobSpec, nc: NodeConfig, run: str) -> tuple[int, dict[str, obj
 def test_a_run_releases_one_noisy_count_everywhere_and_never_the_exact_one(tmp_path: Path) -> None:
     job, nc = _node(tmp_path)
     seen = []
-    for run in range(6):
+    for run in range(4):
         fit_weight, metrics, n = _one_run(job, nc, str(run))
         rows = float(metrics["dp_rows_noisy"])  # type: ignore[arg-type]
         # Within a run every message plans from the same released count...
