@@ -154,7 +154,14 @@ def blind(msg: Message, context: Context) -> Message:
         psi.seal_context(roster, own, _sha(sent), _sha(back)) for sent, back in zip(lists, finished, strict=True)
     ]
     seeds = psi.sealed_group_seed(agreement, job.job_id, peers, contexts)
+    _forget_agreement_key(cache)
     return _reply(msg, {"matches": finished, "seeds": seeds, "keys_checked": trust is not None})
+
+
+def _forget_agreement_key(cache: Path) -> None:
+    """After its last use (the label holder's `blind`, another node's `membership`): left on disk, it
+    would re-derive this run's sealing keys (`psi.transport_key`) after they are deleted."""
+    (cache / "psi-agree.key").unlink(missing_ok=True)
 
 
 def _sha(data: bytes) -> bytes:
@@ -201,6 +208,7 @@ def membership(msg: Message, context: Context) -> Message:
     buffer = io.BytesIO()
     np.save(buffer, matched)
     node_keys.write_private(cache / "psi-matches.npy", buffer.getvalue())
+    _forget_agreement_key(cache)
     return _reply(msg, {"share": share, "keys_checked": trust is not None})
 
 

@@ -162,3 +162,22 @@ def test_a_tampered_or_malformed_sealed_array_is_refused_not_a_crash(tmp_path: P
         fed.opened_by("tax", grads["tax"][:5], "grad", 0)
     with pytest.raises(CryptoError, match="not a float matrix"):
         fed.opened_by("tax", fed.sealed_by("tax", np.zeros(3), "grad", 0), "grad", 0)
+
+
+def test_no_key_that_opens_the_runs_ciphertext_is_left_on_disk_after_it(tmp_path: Path) -> None:
+    """Recorded ciphertext stays sealed after the run: every node has deleted its sealing keys and
+    the agreement key that would derive them again."""
+    fed, _, grads = _first_step(tmp_path)
+    last = {"step": fed.job.rounds, "grad_step": 0, "last": True}
+    held_out = {
+        a: arrays_of(fed.relay.send("train.step", {n: (last, {"grad": grads[a]})})[n])["emb"]
+        for a, n in fed.node_of.items()
+        if a != "civil"
+    }
+    civil = fed.node_of["civil"]
+    fed.relay.send("evaluate.top", {civil: ({"order": list(fed.node_of)}, held_out)})
+    for agency in fed.node_of:
+        cache = tmp_path / agency / "fl-cache" / fed.job.job_id
+        assert not (cache / "psi-agree.key").exists()
+        assert not (cache / f"run-{fed.relay.run_id}" / "transport-keys.json").exists()
+        assert (cache / "psi.key").exists()  # the PSI key is another matter (F20): it derives no sealing key
