@@ -42,6 +42,16 @@ def _first_step(tmp_path: Path) -> tuple[Federation, dict[str, np.ndarray], dict
     return fed, embs, grads
 
 
+def _last_steps(fed: Federation, grads: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Every feature node's last call of a one-round job: the sealed held-out embeddings it sends."""
+    last = {"step": fed.job.rounds, "grad_step": 0, "last": True}
+    return {
+        a: arrays_of(fed.relay.send("train.step", {n: (last, {"grad": grads[a]})})[n])["emb"]
+        for a, n in fed.node_of.items()
+        if a != "civil"
+    }
+
+
 def _batch_labels(fed: Federation, tmp_path: Path) -> np.ndarray:
     """The label holder's labels of step 0's batch (to score the attack only)."""
     st = vertical_client._load(tmp_path / "civil" / "fl-cache" / fed.job.job_id)
@@ -116,12 +126,7 @@ def test_a_training_embedding_replayed_as_held_out_is_refused_by_the_label_holde
     """Through the label holder's real `evaluate`: the coordinator passes off tax's step-0
     training embedding (sealed by tax, for the label holder) as tax's held-out embeddings."""
     fed, embs, grads = _first_step(tmp_path)
-    last = {"step": fed.job.rounds, "grad_step": 0, "last": True}
-    held_out = {
-        a: arrays_of(fed.relay.send("train.step", {n: (last, {"grad": grads[a]})})[n])["emb"]
-        for a, n in fed.node_of.items()
-        if a != "civil"
-    }
+    held_out = _last_steps(fed, grads)
     civil = fed.node_of["civil"]
     replayed = {**held_out, "tax": embs["tax"]}
     with pytest.raises(VerticalFailed, match="the heldout of step 1 for 'tax' does not open"):
@@ -168,12 +173,7 @@ def test_no_key_that_opens_the_runs_ciphertext_is_left_on_disk_after_it(tmp_path
     """Recorded ciphertext stays sealed after the run: every node has deleted its sealing keys and
     the agreement key that would derive them again."""
     fed, _, grads = _first_step(tmp_path)
-    last = {"step": fed.job.rounds, "grad_step": 0, "last": True}
-    held_out = {
-        a: arrays_of(fed.relay.send("train.step", {n: (last, {"grad": grads[a]})})[n])["emb"]
-        for a, n in fed.node_of.items()
-        if a != "civil"
-    }
+    held_out = _last_steps(fed, grads)
     civil = fed.node_of["civil"]
     fed.relay.send("evaluate.top", {civil: ({"order": list(fed.node_of)}, held_out)})
     for agency in fed.node_of:
