@@ -343,8 +343,7 @@ class PolicyAdmission:
             return self(job, agency)
         current = unwrap_engine(self.engine)
         unsigned = signed_jobs.signature_problem(job, current.principal(job.requester), current.require_signed_jobs)
-        unsigned = unsigned or signed_jobs.expiry_problem(job, datetime.now(UTC))
-        if unsigned is not None:
+        if unsigned is not None:  # expiry: admit_at_node, its caller, checks it first
             return Decision(False, unsigned, 0.0, (), str(current.policy_set_hash))
         if not prior[0].policy_set_hash or prior[0].policy_set_hash == current.policy_set_hash:
             return prior[0]

@@ -185,18 +185,17 @@ class TrainingService:
                 reason = "authenticated identity does not match the principals registry"
                 self._refuse(job, actor, "identity", reason, engine.policy_set_hash)
                 raise PolicyDenied(f"training job refused by policy: {reason}")
-            unsigned = signed_jobs.signature_problem(job, registered, engine.require_signed_jobs)
-            if unsigned is not None:  # checked again by every node with its own registry
-                self._refuse(job, actor, "signature", unsigned, engine.policy_set_hash)
-                raise PolicyDenied(f"training job refused: {unsigned}")
-            expired = signed_jobs.expiry_problem(job, datetime.now(UTC))
-            if expired is not None:  # and again by every node, at every message
-                self._refuse(job, actor, "expired", expired, engine.policy_set_hash)
-                raise PolicyDenied(f"training job refused: {expired}")
-            untrainable = dp_sgd.untrainable(job)
-            if untrainable is not None:  # every node would refuse it: nothing charged here either
-                self._refuse(job, actor, "dp", untrainable, engine.policy_set_hash)
-                raise PolicyDenied(f"training job refused: {untrainable}")
+            # Each checked again by every node (its own registry; every message; its own admission),
+            # and all before the gateway charges anything.
+            checks = (
+                ("signature", signed_jobs.signature_problem(job, registered, engine.require_signed_jobs)),
+                ("expired", signed_jobs.expiry_problem(job, datetime.now(UTC))),
+                ("dp", dp_sgd.untrainable(job)),
+            )
+            for stage, problem in checks:
+                if problem is not None:
+                    self._refuse(job, actor, stage, problem, engine.policy_set_hash)
+                    raise PolicyDenied(f"training job refused: {problem}")
             verdict = decide_training(engine, job, user=who.user, agency=who.agency)
             if not verdict.allowed:
                 self._append(
