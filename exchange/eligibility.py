@@ -76,13 +76,18 @@ def _requests_for(
     mode: node_pb2.ExchangeMode,
     context_fingerprint: str,
     replicas: int = 0,
+    clamps: Mapping[str, int] | None = None,
 ) -> dict[str, node_pb2.EncryptRequest]:
+    clamps = clamps or {}
     return {
         agency: node_pb2.EncryptRequest(
             context=context,
             mode=mode,
             pseudonyms=list(pseudonyms),
-            elements=[node_pb2.ElementQuery(element=t.element, if_missing=t.if_missing) for t in terms],
+            elements=[
+                node_pb2.ElementQuery(element=t.element, if_missing=t.if_missing, clamp_at=clamps.get(t.element, 0))
+                for t in terms
+            ],
             he_params_id=HE_PARAMS_ID if mode == node_pb2.EXCHANGE_MODE_HE else "",
             context_fingerprint=context_fingerprint if mode == node_pb2.EXCHANGE_MODE_HE else "",
             replicas=replicas if mode == node_pb2.EXCHANGE_MODE_HE else 0,
@@ -98,12 +103,17 @@ def build_requests(
     mode: node_pb2.ExchangeMode,
     context_fingerprint: str,
     replicas: int = 0,
+    clamped: bool = False,
 ) -> dict[str, node_pb2.EncryptRequest]:
     """One EncryptRequest per agency whose data elements the program reads. HE requests name the
     requester's context by fingerprint only; the fan-out attaches its bytes for a node that asks.
-    `replicas`: a small batch's values repeated once per criterion (see combine_he_packed)."""
+    `replicas`: a small batch's values repeated once per criterion (see combine_he_packed).
+    `clamped`: the per-criterion view's clamps go with each element (policies/programs.py); the
+    overall and cohort views keep whole values, whose spread hides which criterion failed and
+    which slot flipped better than clamped ones would (docs/PROTOCOL.md "Masks")."""
     context = _request_context(program, scope)
-    return _requests_for(program.elements_by_agency(), context, pseudonyms, mode, context_fingerprint, replicas)
+    clamps = dict(program.clamps) if clamped else None
+    return _requests_for(program.elements_by_agency(), context, pseudonyms, mode, context_fingerprint, replicas, clamps)
 
 
 def build_cohort_requests(
@@ -141,6 +151,16 @@ def _check_envelope(agency: str, request: node_pb2.EncryptRequest, response: nod
     got = [e.element for e in response.elements]
     if sorted(asked) != sorted(got) or len(set(got)) != len(got):
         raise NodeProtocolError(agency, "answered for other data elements than asked")
+    clamps = {q.element: q.clamp_at for q in request.elements}
+    for element in response.elements:
+        if element.clamped_at != clamps[element.element]:
+            # A node that predates clamping ignores clamp_at and sends whole values, which can pass
+            # the span the masks were fitted to (the masked sign would wrap): refuse the answer.
+            raise NodeProtocolError(
+                agency,
+                f"did not clamp '{element.element}' at {clamps[element.element]} as asked "
+                "(a node that predates clamping: upgrade it)",
+            )
 
 
 def validate_he_response(
@@ -250,9 +270,17 @@ def _masks(
     gets the same values, no fresh sample; except in the overall view (`hide_order`), where the
     program is keyed in too: there, values equal across two programs would let the requester pair
     up the criteria they share and so name the one left over, i.e. which criterion failed."""
-    view = f"\x00overall-view\x00{program.id}" if hide_order else ""
+    if hide_order:
+        view = f"\x00overall-view\x00{program.id}"
+        return [
+            derive_masks(mask_key, c.question + view, epoch, pseudonyms, program.span(i))
+            for i, c in enumerate(program.criteria)
+        ]
+    # The per-criterion view's terms are clamped (build_requests): masks fitted to the clamped span.
     return [
-        derive_masks(mask_key, c.question + view, epoch, pseudonyms, program.span(i))
+        derive_masks(
+            mask_key, f"{c.question}\x00clamped\x00{program.clamp_label(i)}", epoch, pseudonyms, program.span(i, True)
+        )
         for i, c in enumerate(program.criteria)
     ]
 

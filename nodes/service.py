@@ -154,14 +154,17 @@ class NodeService:
             low, high = self._offered[query.element]
             if not low <= query.if_missing <= high:
                 raise InvalidInput(f"if_missing for '{query.element}' is outside its range")
+            if query.clamp_at < 0:
+                raise InvalidInput(f"clamp_at for '{query.element}' must not be negative (0: no clamp)")
 
-    def _values(self, element: str, pseudonyms: Sequence[str], if_missing: int) -> np.ndarray:
-        values = self.store.values_for(element, pseudonyms, if_missing)
-        low, high = self._offered[element]
+    def _values(self, query: node_pb2.ElementQuery, pseudonyms: Sequence[str]) -> np.ndarray:
+        """The element's values in request order, clamped at `clamp_at` when it is set."""
+        values = self.store.values_for(query.element, pseudonyms, query.if_missing)
+        low, high = self._offered[query.element]
         if values.size and (values.min() < low or values.max() > high):
             # Stored data outside the declared range would break the masking bound: refuse.
-            raise InvalidInput(f"stored values of '{element}' fall outside the declared range; fix the data")
-        return values
+            raise InvalidInput(f"stored values of '{query.element}' fall outside the declared range; fix the data")
+        return np.minimum(values, query.clamp_at) if query.clamp_at > 0 else values
 
     def _verify_members(self, pseudonyms: Sequence[str]) -> None:
         """Cohort members must be registered people: made-up members would carry predictable defaults."""
@@ -192,8 +195,8 @@ class NodeService:
             open_=request.pad_open,
         )
         for query in request.elements:
-            values = self._values(query.element, pseudonyms, query.if_missing).tolist() * copies
-            out = response.elements.add(element=query.element)
+            values = self._values(query, pseudonyms).tolist() * copies
+            out = response.elements.add(element=query.element, clamped_at=query.clamp_at)
             out.padded_values.extend(padded(values, window.window(query.element)))
             if request.pad_open:
                 blob = context.encrypt(centered(window.full(query.element)))
@@ -229,15 +232,15 @@ class NodeService:
             if not self.allow_plaintext_mode:
                 raise PolicyDenied("plaintext exchange mode is disabled on this node")
             for query in request.elements:
-                values = self._values(query.element, pseudonyms, query.if_missing)
-                response.elements.add(element=query.element, plain_values=values.tolist())
+                values = self._values(query, pseudonyms)
+                response.elements.add(element=query.element, plain_values=values.tolist(), clamped_at=query.clamp_at)
         elif context is not None and request.pad_batch:
             self._answer_padded(request, context, pseudonyms, response)
         elif context is not None:
             copies = max(1, request.replicas)  # small batches: one slot block per criterion
             for query in request.elements:
-                values = self._values(query.element, pseudonyms, query.if_missing).tolist() * copies
-                out = response.elements.add(element=query.element)
+                values = self._values(query, pseudonyms).tolist() * copies
+                out = response.elements.add(element=query.element, clamped_at=query.clamp_at)
                 for chunk in chunks(values, SLOTS):
                     stop_if_cancelled()
                     blob = context.encrypt(chunk)

@@ -3,12 +3,19 @@
 A program fixes its thresholds; a request names only the program. Loading checks every
 criterion against the federation catalogue, including the HE masking bound: the largest
 possible |threshold - sum| must stay within MAX_ABS_DIFFERENCE, or the masked sign could wrap.
+
+It also works out the **clamps** of the per-criterion view: when every term of a criterion is
+non-negative, a term above the threshold decides the verdict alone, so each node may encode
+min(x, c) for any c >= `Criterion.clamp_floor` without changing it (`clamp_keeps_verdict`). The
+masked value then carries nothing of how far above the threshold a value lies, and the criterion's
+span, hence the range its masks are fitted to (crypto.masks.mask_bound), shrinks from the catalogue
+range to a few times the threshold: 2,298,900 to 2,203 CNY for the 低保 income sum.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -87,6 +94,13 @@ class Criterion(BaseModel):
         terms = ",".join(sorted(f"{t.element}={t.if_missing}" for t in self.terms))
         return f"{'ge' if self.direction > 0 else 'le'}:{self.bound}:{terms}"
 
+    @property
+    def clamp_floor(self) -> int:
+        """The smallest clamp that keeps this criterion's verdict when its terms are non-negative:
+        a sum at most T fails as soon as one term exceeds T (so T + 1 suffices), a sum at least T
+        passes as soon as one term reaches T (so T). Never below 1 (0 on the wire means none)."""
+        return max(1, self.bound + 1 if self.direction < 0 else self.bound)
+
     def passes(self, total: int) -> bool:
         """The plaintext meaning of this criterion (used by the oracle and the baseline)."""
         return total >= self.bound if self.direction > 0 else total <= self.bound
@@ -134,9 +148,25 @@ class Program:
     # Per criterion: the largest |threshold - sum| over the declared element ranges (>= 1); the
     # masks' range is fitted to it (crypto.masks.mask_bound).
     spans: tuple[int, ...] = ()
+    # The per-criterion view's clamps (element -> c: nodes encode min(x, c)) and each criterion's
+    # span over the clamped ranges; elements without a clamp are absent.
+    clamps: tuple[tuple[str, int], ...] = ()
+    clamped_spans: tuple[int, ...] = ()
 
-    def span(self, index: int) -> int:
+    def span(self, index: int, clamped: bool = False) -> int:
+        if clamped and self.clamped_spans:
+            return self.clamped_spans[index]
         return self.spans[index] if self.spans else MAX_ABS_DIFFERENCE
+
+    def clamp(self, element: str) -> int:
+        """The per-criterion view's clamp of `element`, 0 for none."""
+        return dict(self.clamps).get(element, 0)
+
+    def clamp_label(self, index: int) -> str:
+        """The clamps of one criterion's terms, for keying its per-criterion masks: the same
+        question clamped differently (by another program reading one element in two criteria) is
+        another comparison, and must not share masks with it."""
+        return ",".join(sorted(f"{t.element}<={self.clamp(t.element)}" for t in self.criteria[index].terms))
 
     @property
     def id(self) -> str:
@@ -165,6 +195,39 @@ class Program:
         return grouped
 
 
+def clamp_keeps_verdict(criterion: Criterion, values: Iterable[int], clamps: Iterable[int]) -> bool:
+    """Whether clamping each non-negative term at its clamp (0: none) leaves the verdict as it was.
+    True whenever every clamp is at least `criterion.clamp_floor` (tests/unit/test_clamps.py)."""
+    values = list(values)
+    clamped = [min(x, c) if c > 0 else x for x, c in zip(values, clamps, strict=True)]
+    return criterion.passes(sum(values)) == criterion.passes(sum(clamped))
+
+
+def clamps_for(criteria: Iterable[Criterion], catalogue: Catalogue) -> dict[str, int]:
+    """Each element's clamp in the per-criterion view: the largest floor among the criteria that
+    read it, and none if one of those has a term that can be negative (it could offset a large one)."""
+    floors: dict[str, int] = {}
+    unclamped: set[str] = set()
+    for criterion in criteria:
+        clampable = all(catalogue.get(t.element).min >= 0 for t in criterion.terms)
+        for term in criterion.terms:
+            if clampable:
+                floors[term.element] = max(floors.get(term.element, 0), criterion.clamp_floor)
+            else:
+                unclamped.add(term.element)
+    return {element: c for element, c in floors.items() if element not in unclamped}
+
+
+def _worst_difference(criterion: Criterion, catalogue: Catalogue, clamps: Mapping[str, int]) -> int:
+    low = high = 0
+    for term in criterion.terms:
+        element = catalogue.get(term.element)
+        clamp = clamps.get(term.element, 0)
+        low += min(element.min, clamp) if clamp else element.min
+        high += min(element.max, clamp) if clamp else element.max
+    return max(abs(criterion.bound - low), abs(criterion.bound - high))
+
+
 def check_against_catalogue(parsed: ProgramFile, catalogue: Catalogue, source: str) -> tuple[int, ...]:
     """Raise ConfigError unless every criterion fits the catalogue; return each criterion's span."""
     spans: list[int] = []
@@ -173,7 +236,6 @@ def check_against_catalogue(parsed: ProgramFile, catalogue: Catalogue, source: s
         raise ConfigError(f"program {source}: criterion ids must be unique")
     missing_defaults: dict[str, int] = {}
     for criterion in parsed.criteria:
-        low = high = 0
         for term in criterion.terms:
             try:
                 element = catalogue.get(term.element)
@@ -197,9 +259,7 @@ def check_against_catalogue(parsed: ProgramFile, catalogue: Catalogue, source: s
                 raise ConfigError(f"program {source}: criterion '{criterion.id}' needs a non-negative count")
             if element.type is ElementType.CATEGORY:
                 raise ConfigError(f"program {source}: category element '{term.element}' cannot be compared")
-            low += element.min
-            high += element.max
-        worst = max(abs(criterion.bound - low), abs(criterion.bound - high))
+        worst = _worst_difference(criterion, catalogue, {})
         if worst > MAX_ABS_DIFFERENCE:
             raise ConfigError(
                 f"program {source}: criterion '{criterion.id}': |threshold - sum| can reach {worst}, "
@@ -212,7 +272,17 @@ def check_against_catalogue(parsed: ProgramFile, catalogue: Catalogue, source: s
 def load_program(path: Path, catalogue: Catalogue) -> Program:
     parsed, raw = load_model(path, ProgramFile, "program")
     spans = check_against_catalogue(parsed, catalogue, str(path))
-    return Program(parsed.program, parsed.criteria, hashlib.sha256(raw).hexdigest(), str(path), spans)
+    clamps = clamps_for(parsed.criteria, catalogue)
+    clamped_spans = tuple(max(1, _worst_difference(c, catalogue, clamps)) for c in parsed.criteria)
+    return Program(
+        parsed.program,
+        parsed.criteria,
+        hashlib.sha256(raw).hexdigest(),
+        str(path),
+        spans,
+        tuple(sorted(clamps.items())),
+        clamped_spans,
+    )
 
 
 def _check_shared_questions(programs: Iterable[Program]) -> None:

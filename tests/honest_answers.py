@@ -38,8 +38,8 @@ class HonestAnswers:
             count = len(request.pseudonyms) * copies
             window = book.take(request.pad_batch, context.ref, names, request.pad_offset, count, open_=request.pad_open)
         for query in request.elements:
-            values = list(values_of(query.element)) * copies
-            element = response.elements.add(element=query.element)
+            values = [min(x, query.clamp_at) if query.clamp_at else x for x in values_of(query.element)] * copies
+            element = response.elements.add(element=query.element, clamped_at=query.clamp_at)
             if window is not None:
                 element.padded_values.extend(padded(values, window.window(query.element)))
                 if request.pad_open:

@@ -34,7 +34,7 @@ class RogueNode(node_pb2_grpc.AgencyNodeServicer):
                 self.cancelled.append(request.context.request_id)
         response = node_pb2.EncryptResponse(agency=self.agency, request_id=request.context.request_id)
         for query in request.elements:
-            element = response.elements.add(element=query.element)
+            element = response.elements.add(element=query.element, clamped_at=query.clamp_at)
             chunks = -(-len(request.pseudonyms) // 8192)
             for _ in range(chunks):
                 blob = os.urandom(4096) if self.behaviour == "garbage" else b""

@@ -102,7 +102,9 @@ class FakeNodes:
             if request.mode == node_pb2.EXCHANGE_MODE_PLAINTEXT:
                 response = node_pb2.EncryptResponse(agency=agency, request_id=request.context.request_id)
                 for query in request.elements:
-                    response.elements.add(element=query.element, plain_values=values_of(query.element))
+                    clamp = query.clamp_at or None
+                    values = [min(x, clamp) if clamp else x for x in values_of(query.element)]
+                    response.elements.add(element=query.element, plain_values=values, clamped_at=query.clamp_at)
             else:
                 try:
                     response = self.honest.answer(agency, request, values_of, public_context)
@@ -489,9 +491,16 @@ def _other_element(agency: str, response: node_pb2.EncryptResponse) -> None:
         response.elements[0].element = "civil_affairs.other"
 
 
+def _unclamped(agency: str, response: node_pb2.EncryptResponse) -> None:
+    """A node that predates clamping: whole values, nothing echoed (the masks' span could wrap)."""
+    if agency == "tax":
+        response.elements[0].clamped_at = 0
+
+
 @pytest.mark.parametrize(
     ("garble", "agency", "match"),
     [
+        (_unclamped, "tax", r"did not clamp 'tax\.monthly_income' at 1101 as asked.*upgrade it"),
         (_wrong_request_id, "tax", "answered another request"),
         (_impersonates, "hrss", "answered as agency 'tax'"),
         (_short_values, "household", "sent 5 values"),

@@ -115,6 +115,12 @@ def _request(
     )
 
 
+def _clamped(clamp: int, mode: int = node_pb2.EXCHANGE_MODE_PLAINTEXT, public_context: bytes = b"") -> Any:
+    request = _request(mode=mode, public_context=public_context)
+    request.elements[0].clamp_at = clamp
+    return request
+
+
 def test_plaintext_baseline_answers_stored_values_and_logs_its_own_entry() -> None:
     node, _, audit = _node()
     response = node.encrypt_values(_request(elements=[(INCOME, 0), (BUSINESSES, 0)]))
@@ -206,6 +212,7 @@ REFUSALS = [
     ("unknown element", _request(elements=[("tax.other", 0)]), InvalidInput, "offers no data element 'tax.other'"),
     ("if_missing out of range", _request(elements=[(BUSINESSES, 101)]), InvalidInput, "outside its range"),
     ("unknown mode", _request(mode=node_pb2.EXCHANGE_MODE_UNSPECIFIED), InvalidInput, "HE or PLAINTEXT"),
+    ("negative clamp", _clamped(-5), InvalidInput, "clamp_at for 'tax.monthly_income' must not be negative"),
 ]
 
 
@@ -378,3 +385,14 @@ def test_replicas_beyond_the_slots_are_refused_before_any_read(requester_keys: A
     with pytest.raises(InvalidInput, match="replicas"):
         node.encrypt_values(request)
     assert store.reads == [] and audit.events == []
+
+
+def test_a_clamped_element_is_encoded_as_min_of_value_and_clamp_and_says_so(requester_keys: Any) -> None:
+    node, _, _ = _node()
+    [plain] = node.encrypt_values(_clamped(1101)).elements
+    assert list(plain.plain_values) == [0, 500, 1000, 1101, 1101] and plain.clamped_at == 1101
+    [unclamped] = node.encrypt_values(_clamped(0)).elements
+    assert list(unclamped.plain_values) == [0, 500, 1000, 1500, 2000] and unclamped.clamped_at == 0
+    [he] = node.encrypt_values(_clamped(1101, node_pb2.EXCHANGE_MODE_HE, requester_keys.public_context)).elements
+    assert list(requester_keys.decrypt_masked(he.ciphertexts[0], 5)) == [0, 500, 1000, 1101, 1101]
+    assert he.clamped_at == 1101
