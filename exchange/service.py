@@ -153,8 +153,17 @@ class CheckService:
     # One-time pad batches for small packed checks (None: every check gets fresh node ciphertexts).
     pads: PadPools | None = field(default_factory=PadPools)
 
-    async def run(self, principal: Principal, request: CheckRequest, request_id: str | None = None) -> CheckOutcome:
-        """``request_id``: the edge's id for this request, so every entry about it carries one id."""
+    async def run(
+        self,
+        principal: Principal,
+        request: CheckRequest,
+        request_id: str | None = None,
+        answered: Callable[[CheckOutcome], None] | None = None,
+    ) -> CheckOutcome:
+        """``request_id``: the edge's id for this request, so every entry about it carries one id.
+        ``answered`` gets the outcome once it is charged, even when the check is cancelled while
+        being charged (deadline, client gone): the edge then keeps it for a retry to replay, as
+        the requester has paid for it (gateway/routes/checks.py)."""
         t0 = self.timer()
         timings: dict[str, float] = {}
         rng = self.randomness or SystemRandomness()
@@ -189,11 +198,15 @@ class CheckService:
             result = await self._answer(principal, request, program, request_id, about, context, outcome, timings, t0)
         except BaseException as exc:
             if _charged_refusal(exc):
-                await asyncio.to_thread(outcome.charge.commit)
+                await _commit(outcome.charge.commit)
             else:
                 await _settle(outcome.charge.release)
             raise
-        await asyncio.to_thread(outcome.charge.commit)
+        cancelled = await _commit(outcome.charge.commit)
+        if answered is not None:
+            answered(result)
+        if cancelled:
+            raise asyncio.CancelledError
         return result
 
     async def _answer(
@@ -432,6 +445,24 @@ def _release_if_reserved(decided: asyncio.Future[PolicyOutcome]) -> None:
             log.exception("abandoned_check_release_failed")
 
     asyncio.get_running_loop().run_in_executor(None, run)
+
+
+async def _commit(commit: Callable[[], None]) -> bool:
+    """Charge an answered check off the event loop, to the end even when the check is cancelled
+    meanwhile (returns True then): once the answer exists, a cancelled commit must not leave it
+    charged as a pending reservation yet thrown away. A store that fails to commit leaves its
+    reservations pending, which count as spent (policies/budgets.py): the answer stands."""
+    task = asyncio.ensure_future(asyncio.to_thread(commit))
+    cancelled = False
+    while True:
+        try:
+            await asyncio.shield(task)
+            return cancelled
+        except asyncio.CancelledError:
+            cancelled = True  # the thread is committing: wait for it, then report the cancellation
+        except Exception as exc:  # noqa: BLE001 - any store failure: the reservations stay counted
+            log.warning("charge_commit_failed", error=type(exc).__name__)
+            return cancelled
 
 
 async def _settle(release: Callable[[], None]) -> None:

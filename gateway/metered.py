@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 from exchange.service import CheckService
 from exchange.types import CheckOutcome, CheckRequest
@@ -12,7 +13,13 @@ from xgate.principal import Principal
 
 
 class MeteredCheckService(CheckService):
-    async def run(self, principal: Principal, request: CheckRequest, request_id: str | None = None) -> CheckOutcome:
+    async def run(
+        self,
+        principal: Principal,
+        request: CheckRequest,
+        request_id: str | None = None,
+        answered: Callable[[CheckOutcome], None] | None = None,
+    ) -> CheckOutcome:
         t0 = time.perf_counter()
         try:
             self.programs.get(request.program)
@@ -21,7 +28,7 @@ class MeteredCheckService(CheckService):
             program = "unknown"  # never a caller-chosen label value
         outcome = "ok"
         try:
-            return await super().run(principal, request, request_id)
+            return await super().run(principal, request, request_id, answered)
         except XgateError as exc:
             outcome = exc.code
             if isinstance(exc, BudgetExhausted):

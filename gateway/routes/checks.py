@@ -16,6 +16,7 @@ import contextlib
 
 from fastapi import APIRouter, Request, Response
 
+from exchange.types import CheckOutcome
 from gateway.audit import IDEMPOTENCY_KEY_SHA256
 from gateway.deps import Admission, Caller, Coordinator, Idempotency, ServicesDep
 from gateway.idempotency import (
@@ -72,15 +73,22 @@ async def checks(
         claim = found
         request.state.audit_extra = {"idempotency_key_sha256": claim.key_sha256}
     token = IDEMPOTENCY_KEY_SHA256.set(claim.key_sha256 if claim is not None else None)
+    charged: list[CheckOutcome] = []
     try:
         async with slots.slot(caller.agency, caller.user, getattr(request.state, "body_bytes", 0)):
             request_id = getattr(request.state, "request_id", None)  # the id the response carries
             registered = await _registered(services, caller.agency, caller.user, body)
-            outcome = await coordinator.service.run(caller, to_domain(body, registered), request_id)
+            domain = to_domain(body, registered)
+            outcome = await coordinator.service.run(caller, domain, request_id, answered=charged.append)
         answer = from_domain(outcome).model_dump_json().encode()
     except BaseException:
         if claim is not None and idempotency is not None:
-            await _settle(idempotency, claim)  # failed: a retry with this key computes afresh
+            if charged:
+                # Charged, then cancelled before it went out (deadline, client gone): a retry with
+                # this key replays it rather than computing and charging it again.
+                await _keep(idempotency, claim, from_domain(charged[0]).model_dump_json().encode())
+            else:
+                await _settle(idempotency, claim)  # failed: a retry with this key computes afresh
         raise
     finally:
         IDEMPOTENCY_KEY_SHA256.reset(token)
@@ -101,6 +109,13 @@ async def _registered(services: ServicesDep, agency: str, user: str, body: Check
     if services.contexts is None:
         raise ContextUnknown("this gateway keeps no registered HE contexts: send public_context inline")
     return await asyncio.to_thread(services.contexts.get, f"{agency}/{user}", body.context_fingerprint)
+
+
+async def _keep(store: IdempotencyStore, claim: Claim, answer: bytes) -> None:
+    """Store a charged answer under its key off the event loop, even when the request is being cancelled."""
+    task = asyncio.ensure_future(asyncio.to_thread(store.complete, claim, 200, answer))
+    with contextlib.suppress(Exception, asyncio.CancelledError):  # a failed store: the claim goes stale
+        await asyncio.shield(task)
 
 
 async def _settle(store: IdempotencyStore, claim: Claim) -> None:

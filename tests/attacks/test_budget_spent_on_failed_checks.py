@@ -199,3 +199,54 @@ def test_a_check_abandoned_while_the_policy_step_runs_spends_nothing(programs: A
 
     asyncio.run(abandon())
     assert consents.lookup(ref).uses == 0 and budgets.pending() == 0
+
+
+def test_a_check_cancelled_while_its_charge_commits_is_charged_once_and_its_answer_kept(
+    programs: Any, tmp_path: Path
+) -> None:
+    """The deadline (or a disconnect) lands while the answered check's charge is being committed:
+    the commit used to be cancellable there, the answer was thrown away and the route freed the
+    idempotency key, so the retry computed and charged again (or found the one-time consent used).
+    Now the commit finishes, the service hands the answer over (`answered`) and reports the
+    cancellation; the route keeps it for the retry (tests/unit/test_idempotency_route.py)."""
+    import threading
+
+    committing, go_on = threading.Event(), threading.Event()
+
+    class SlowCommit(ProbeBudget):
+        def commit(self, reservation: str) -> bool:
+            committing.set()
+            go_on.wait(10)  # a store slow for a moment: a lock wait, a PostgreSQL round trip
+            return super().commit(reservation)
+
+    budgets = SlowCommit(tmp_path / "b.db")
+    service = _service(programs, budgets, None, FakeNodes())
+    answered: list[Any] = []
+
+    async def cancel_while_committing() -> None:
+        task = asyncio.create_task(service.run(GOLD, _request(), answered=answered.append))
+        await asyncio.to_thread(committing.wait, 10)
+        task.cancel()
+        await asyncio.sleep(0.05)
+        assert not task.done()  # it waits for the commit rather than leave it half made
+        go_on.set()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(cancel_while_committing())
+    assert len(answered) == 1 and answered[0].subjects == len(SUBJECTS)
+    assert all(_used(budgets, s) == 1 for s in SUBJECTS) and budgets.pending() == 0
+
+
+def test_a_store_failing_to_commit_leaves_the_answer_standing_and_charged(programs: Any, tmp_path: Path) -> None:
+    """A commit that raises used to turn an answered, charged check into an error: the reservation
+    stays pending, which counts as spent, so the requester paid and got nothing."""
+
+    class FailingCommit(ProbeBudget):
+        def commit(self, reservation: str) -> bool:
+            raise OSError("database is locked")
+
+    budgets = FailingCommit(tmp_path / "b.db")
+    outcome = asyncio.run(_service(programs, budgets, None, FakeNodes()).run(GOLD, _request()))
+    assert outcome.subjects == len(SUBJECTS)
+    assert all(_used(budgets, s) == 1 for s in SUBJECTS)  # pending: counted, the conservative side

@@ -134,7 +134,7 @@ class Service:
         self.programs = None
         self.runs = 0
 
-    async def run(self, principal: Principal, request: Any, request_id: str | None = None) -> Any:
+    async def run(self, principal: Principal, request: Any, request_id: str | None = None, answered: Any = None) -> Any:
         self.runs += 1
         raise AssertionError("not reached in these tests")
 

@@ -247,7 +247,7 @@ def test_the_rest_edge_answers_with_the_node_status_and_retry_after() -> None:
     raised: list[XgateError] = []
 
     class Failing:
-        async def run(self, principal: Any, request: Any, request_id: str | None = None) -> Any:
+        async def run(self, principal: Any, request: Any, request_id: str | None = None, answered: Any = None) -> Any:
             raise raised[-1]
 
     app: FastAPI = create_app(Services(authenticate=_principal, coordinator=_FakeCoordinator(Failing())))  # type: ignore[arg-type]

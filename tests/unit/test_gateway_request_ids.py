@@ -45,7 +45,7 @@ class Coordinator:
         self.fail: Exception | None = None
         self.seen: list[str | None] = []
 
-    async def run(self, principal: Principal, request: Any, request_id: str | None = None) -> Any:
+    async def run(self, principal: Principal, request: Any, request_id: str | None = None, answered: Any = None) -> Any:
         self.seen.append(request_id)
         assert self.fail is not None
         raise self.fail

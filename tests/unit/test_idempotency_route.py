@@ -7,6 +7,8 @@ tests/integration/test_idempotent_checks.py.
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,6 +18,7 @@ from fastapi import FastAPI, Request
 from fastapi.testclient import TestClient
 
 from audit.checkpoints import generate_key, save_keypair
+from exchange.service import _commit
 from exchange.types import CheckOutcome, CriterionVerdict
 from gateway.app import create_app
 from gateway.audit import GatewayAudit
@@ -55,14 +58,17 @@ class Service:
         self.audit = audit
         self.runs = 0
         self.fail: Exception | None = None
+        self.charge_s = 0.0  # how long charging the answer takes (the real service's commit)
 
-    async def run(self, principal: Principal, request: Any, request_id: str | None = None) -> CheckOutcome:
+    async def run(
+        self, principal: Principal, request: Any, request_id: str | None = None, answered: Any = None
+    ) -> CheckOutcome:
         self.runs += 1
         await self.audit.record({"kind": "result", "request_id": request_id, "actor_user": principal.user,
                                  "actor_agency": principal.agency, "actor_role": principal.role})  # fmt: skip
         if self.fail is not None:
             raise self.fail
-        return CheckOutcome(
+        outcome = CheckOutcome(
             request_id=request_id or "",
             program="dibao",
             program_version="1",
@@ -74,6 +80,13 @@ class Service:
             criteria=(CriterionVerdict("income", "income below the line", passes=(self.runs % 2 == 1, True)),),
             timings_ms={"total": 1.5 * self.runs},
         )
+        if self.charge_s:  # as CheckService.run: the commit finishes, the answer is handed over
+            cancelled = await _commit(lambda: time.sleep(self.charge_s))
+            if answered is not None:
+                answered(outcome)
+            if cancelled:
+                raise asyncio.CancelledError
+        return outcome
 
 
 def authenticate(request: Request) -> Principal:
@@ -144,6 +157,24 @@ def test_a_key_still_running_elsewhere_is_refused_409_with_retry_after(env: Env)
     replay = _post(client)
     assert replay.status_code == 200 and replay.content == b'{"from":"the other replica"}'
     assert service.runs == 0
+
+
+def test_a_check_charged_as_its_deadline_passes_is_kept_for_the_retry(env: Env) -> None:
+    """The deadline lands while the answer is being charged: the caller gets 504, but the answer
+    it paid for is stored under its key, so the retry replays it (neither computed nor charged
+    again; a one-time consent would otherwise be refused as used)."""
+    client, service, store, _ = env
+    service.charge_s = 0.8
+    late = _post(client, **{"X-Request-Timeout": "0.3"})
+    assert late.status_code == 504, late.text
+    service.charge_s = 0.0
+    for _ in range(50):  # the commit finishes in its thread after the 504 went out
+        if store.count() == 1:
+            break
+        time.sleep(0.05)
+    retried = _post(client)
+    assert retried.status_code == 200 and retried.headers["Idempotent-Replayed"] == "true"
+    assert service.runs == 1
 
 
 def test_a_failed_check_frees_the_key_and_the_retry_recomputes(env: Env) -> None:
