@@ -105,9 +105,11 @@ def _check_access(principal: Principal, record: ApprovalRecord, revoke: bool) ->
         if principal.role == APPROVER and principal.user == record.body.approver:
             return
         raise PolicyDenied("revoking an approval is reserved to its approver")
-    if principal.agency in record.body.agencies or principal.role in ("security_officer", APPROVER):
+    if principal.agency in record.body.agencies or principal.role == "security_officer":
         return
-    raise PolicyDenied("reading this approval is reserved to the agencies it approves for")
+    if principal.role == APPROVER and principal.user == record.body.approver:
+        return  # its own approvals, whichever agencies they are for; not another approver's case ids
+    raise PolicyDenied("reading this approval is reserved to its approver and the agencies it approves for")
 
 
 @router.post("", status_code=201)

@@ -283,6 +283,10 @@ def test_routes_register_read_list_revoke(client: TestClient) -> None:
     assert other.status_code == 403
     assert client.get(f"/v1/approvals/{ref}", headers={"x-test-user": "ca"}).status_code == 200
     assert client.get(f"/v1/approvals/{ref}", headers={"x-test-user": "tax"}).status_code == 403
+    # another agency's approver reads neither the case id nor the scope of ap-test's approval
+    foreign = client.get(f"/v1/approvals/{ref}", headers={"x-test-user": "ap_hrss"})
+    assert foreign.status_code == 403 and "reserved to its approver" in foreign.json()["message"]
+    assert client.get(f"/v1/approvals/{ref}", headers=ap).status_code == 200
     assert [v["ref"] for v in client.get("/v1/approvals", headers=ap).json()] == [ref]
     assert client.delete(f"/v1/approvals/{ref}", headers={"x-test-user": "ap_hrss"}).status_code == 403
     assert client.delete(f"/v1/approvals/{ref}", headers={"x-test-user": "ca"}).status_code == 403
