@@ -71,7 +71,9 @@ def eligibility(d: dict[str, Any]) -> str:
 def masking(d: dict[str, Any]) -> str:
     mi = d["mutual_information_bits"]
     return (
-        f"Information a masked value gives the requester about floor(log2 |T−S|), per observation "
+        f"Information a masked value gives the requester about floor(log2 |T−S|), per observation, for a "
+        f"criterion whose span reaches the masking bound (2^24; one that cannot be clamped, none shipped: the "
+        f"shipped criteria's clamped figures are in the privacy table below) "
         f"({d['samples']:,} samples; prior {d['prior_entropy_bits']} bits): **{mi['xgate_ramped_log_r']} bits** "
         f"with xgate's masks, {mi['uniform_r']} bits with a uniform r of the same range, "
         f"{mi['previous_log_uniform_r_from_1']} bits with the earlier log-uniform r from 1. {d['note']}."
