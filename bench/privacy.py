@@ -41,7 +41,7 @@ import numpy as np
 from crypto.he import MAX_ABS_DIFFERENCE
 from crypto.masks import MIN_MASK_LOG2, derive_masks, mask_bound, ramp_quantile
 from policies.catalogue import load_catalogue
-from policies.programs import DEFAULT_PROGRAM_DIR, ProgramRegistry
+from policies.programs import DEFAULT_PROGRAM_DIR, Clamp, ProgramRegistry
 from policies.types import DEFAULT_COHORT_EPSILON
 
 RESULTS = Path(__file__).resolve().parent / "results" / "privacy.json"
@@ -129,14 +129,14 @@ def extra_bits(n: int, span: int, flag_span: int, count_span: int) -> dict[str, 
 
 
 def shipped_criteria_bits(n: int) -> dict[str, Any]:
-    """Gold extra bits of every shipped criterion whose clamped span leaves more than the sign
-    (span > 1), once per question, each over its clamped span."""
+    """Gold extra bits of every shipped criterion whose catalogue span leaves more than the sign,
+    once per question, over its clamped span (a single term's is 1: d in {-1, 0}) and before."""
     registry = ProgramRegistry.load(DEFAULT_PROGRAM_DIR, load_catalogue()[0])
     out: dict[str, Any] = {}
     for program in registry.all():
         for index, criterion in enumerate(program.criteria):
-            span = program.span(index, clamped=True)
-            if span > 1 and criterion.question not in {v["question"] for v in out.values()}:
+            span = program.view_span(index, per_criterion=True)
+            if program.span(index) > 1 and criterion.question not in {v["question"] for v in out.values()}:
                 bits = extra_bits(n, span, 1, 1)
                 out[f"{program.id}.{criterion.id}"] = {
                     "question": criterion.question,
@@ -148,14 +148,24 @@ def shipped_criteria_bits(n: int) -> dict[str, Any]:
     return out
 
 
+def clamped(values: np.ndarray, clamp: Clamp | None) -> np.ndarray:
+    """What the nodes encode (nodes/service.py `_values`), over an array."""
+    if clamp is None:
+        return values
+    if clamp.floor is not None:
+        values = np.maximum(values, clamp.floor)
+    return values if clamp.ceiling is None else np.minimum(values, clamp.ceiling)
+
+
 def _silver_differences(per: int) -> dict[str, np.ndarray]:
-    """Failing differences: income above 1,100 CNY by a log-uniform 1..2^15 CNY; not alive/resident
-    (d = -1); 1..3 registered businesses (most failing subjects have one)."""
+    """Failing differences in the overall view: income above 1,100 CNY by a log-uniform 1..2^15 CNY
+    (a sum: whole); not alive/resident (d = -1); 1..3 registered businesses, a single term the node
+    clamps to [0, 1], so d = -1 whatever the count."""
     rng = np.random.default_rng(19)
     return {
         "income_within_threshold": -np.floor(np.exp2(rng.uniform(0, 15, per))).astype(np.int64),
         "alive_and_resident": -np.ones(per, dtype=np.int64),
-        "no_registered_business": -rng.choice([1, 1, 1, 2, 3], per).astype(np.int64),
+        "no_registered_business": -np.minimum(rng.choice([1, 1, 1, 2, 3], per), 1).astype(np.int64),
     }
 
 
@@ -185,7 +195,8 @@ def silver_identification(n: int, spans: dict[str, int]) -> dict[str, Any]:
     accuracy, sure = _bayes_identification(features)
     return {
         "samples": 3 * per,
-        "population": "equal thirds failing income (by 1..2^15 CNY, log-uniform), residence, business (1-3)",
+        "population": "equal thirds failing income (by 1..2^15 CNY, log-uniform), residence, "
+        "business (1-3, clamped to d = -1)",
         "silver_failed_criterion_identified_rate": round(accuracy, 4),
         "chance_rate": round(1 / 3, 4),
         "identified_with_certainty_rate": round(sure, 4),
@@ -199,10 +210,11 @@ def silver_identification(n: int, spans: dict[str, int]) -> dict[str, Any]:
 def silver_identification_population(people: int) -> dict[str, Any]:
     """The overall (silver) view of 低保 over the synthetic federation's people (app/synth.py), for
     those failing exactly one criterion: each criterion's d from the real values, masked as the
-    gateway masks the overall view (the program keyed in, the catalogue span: its terms are not
-    clamped), positions shuffled. Two attackers (gradient-boosted trees, balanced classes): one sees
-    the failing position's magnitude, one every position's sign and magnitude. The same with the
-    per-criterion view's clamps applied is measured too (why the overall view keeps whole values)."""
+    gateway masks the overall view (the program keyed in, single terms clamped to d in {-1, 0},
+    sums whole), positions shuffled. Two attackers (gradient-boosted trees, balanced classes): one
+    sees the failing position's magnitude, one every position's sign and magnitude. The same with
+    the per-criterion view's clamps (sums clamped too) is measured as well: why the overall view
+    keeps whole sums."""
     from sklearn.ensemble import HistGradientBoostingClassifier
 
     from app.synth import generate
@@ -210,20 +222,20 @@ def silver_identification_population(people: int) -> dict[str, Any]:
     program = ProgramRegistry.load(DEFAULT_PROGRAM_DIR, load_catalogue()[0]).get("dibao")
     population = generate(people, 20261206)
 
-    def differences(clamped: bool) -> list[np.ndarray]:
+    def differences(per_criterion: bool) -> list[np.ndarray]:
+        clamps = program.view_clamps(per_criterion)
         out = []
         for criterion in program.criteria:
             total = np.zeros(people, dtype=np.int64)
             for term in criterion.terms:
                 agency, column = term.element.split(".")
                 values = np.where(population.present[agency], population.columns[agency][column], term.if_missing)
-                clamp = program.clamp(term.element) if clamped else 0
-                total += np.minimum(values, clamp) if clamp else values.astype(np.int64)
+                total += clamped(values.astype(np.int64), clamps.get(term.element))
             out.append(criterion.direction * (total - criterion.bound))
         return out
 
-    def attack(clamped: bool) -> dict[str, float]:
-        d = differences(clamped)
+    def attack(per_criterion: bool) -> dict[str, float]:
+        d = differences(per_criterion)
         failing = np.stack([x < 0 for x in d])
         rows = np.flatnonzero(failing.sum(axis=0) == 1)
         truth = failing[:, rows].argmax(axis=0)
@@ -231,7 +243,8 @@ def silver_identification_population(people: int) -> dict[str, Any]:
         view = "\x00overall-view\x00dibao"
         values = []
         for index, criterion in enumerate(program.criteria):
-            r, s = derive_masks(KEY, criterion.question + view, 1, pseudonyms, program.span(index, clamped))
+            span = program.view_span(index, per_criterion)
+            r, s = derive_masks(KEY, criterion.question + view, 1, pseudonyms, span)
             values.append(r.astype(object) * d[index][rows].astype(object) + s.astype(object))
         v = np.array(values, dtype=object).T.astype(np.float64)
         bins = np.floor(np.log2(np.abs(v) + 1) * 2)
@@ -250,13 +263,13 @@ def silver_identification_population(people: int) -> dict[str, Any]:
             scores[name] = round(float(np.mean([(guess[tested == c] == c).mean() for c in range(len(d))])), 4)
         return {"subjects_failing_one": len(rows), **scores}
 
-    whole = attack(clamped=False)
+    whole = attack(per_criterion=False)
     return {
         "people": people,
         "balanced_accuracy": whole,
         "silver_failed_criterion_identified_rate": max(whole["failing_position"], whole["every_position"]),
         "chance_rate": round(1 / len(program.criteria), 4),
-        "if_the_overall_view_were_clamped": attack(clamped=True),
+        "if_the_overall_view_were_clamped": attack(per_criterion=True),
     }
 
 
@@ -504,7 +517,7 @@ def masked_slots(
 
     criterion = program.criteria[index]
     n = len(sums)
-    span = span or program.span(index)
+    span = span or program.view_span(index, per_criterion=False)
     r, s = derive_masks(KEY, criterion.question, int(rng.integers(1 << 62)), _pseudonyms(n, salt), span)
     flips = rng.random(n) < flip_probability(epsilon) if epsilon is not None else np.zeros(n, dtype=bool)
     weight, offset = flip_masks(criterion.direction, criterion.bound, r, s, flips)
@@ -841,18 +854,19 @@ def run_bronze(quick: bool) -> dict[str, Any]:
     }
 
 
-def _dibao_spans(clamped: bool = False) -> dict[str, int]:
+def _dibao_spans(per_criterion: bool) -> dict[str, int]:
+    """The spans 低保's masks are fitted to in the per-criterion view or in the others."""
     catalogue = load_catalogue()[0]
     dibao = ProgramRegistry.load(DEFAULT_PROGRAM_DIR, catalogue).get("dibao")
-    return {c.id: dibao.span(i, clamped) for i, c in enumerate(dibao.criteria)}
+    return {c.id: dibao.view_span(i, per_criterion) for i, c in enumerate(dibao.criteria)}
 
 
 def run(quick: bool) -> dict[str, Any]:
-    spans = _dibao_spans()
+    spans = _dibao_spans(per_criterion=False)
     income = spans["income_within_threshold"]
     n = 100_000 if quick else 1_000_000
     # The per-criterion view's masks are fitted to the clamped span, the other views' to the whole one.
-    exact_clamped = exact_reveals(n, _dibao_spans(clamped=True)["income_within_threshold"])
+    exact_clamped = exact_reveals(n, _dibao_spans(per_criterion=True)["income_within_threshold"])
     exact_whole = exact_reveals(n, income)
     exact = max(
         exact_clamped, exact_whole, key=lambda e: (e["exact_reveals_per_million"], e["near_exact_reveals_per_million"])
@@ -910,7 +924,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.only_silver:
         result = json.loads(RESULTS.read_text()) if RESULTS.exists() else {"benchmark": "privacy", "quick": False}
-        silver = silver_identification((100_000 if args.quick else 1_000_000) // 2, _dibao_spans())
+        silver = silver_identification((100_000 if args.quick else 1_000_000) // 2, _dibao_spans(per_criterion=False))
         population = silver_identification_population(100_000 if args.quick else 400_000)
         result.update(
             silver=silver,

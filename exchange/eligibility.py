@@ -17,7 +17,7 @@ import numpy as np
 from crypto.he import HE_PARAMS_ID, PLAIN_MODULUS, SLOTS, Ciphertext, FloodTerm, PublicContext, chunk_count
 from crypto.masks import derive_masks, derive_permutations
 from exchange.cohort import flip_masks
-from policies.programs import Criterion, Program, Term
+from policies.programs import NO_CLAMP, Clamp, Criterion, Program, Term
 from protos.xgate.v1 import node_pb2
 from xgate.errors import NodeProtocolError, XgateError
 
@@ -76,7 +76,7 @@ def _requests_for(
     mode: node_pb2.ExchangeMode,
     context_fingerprint: str,
     replicas: int = 0,
-    clamps: Mapping[str, int] | None = None,
+    clamps: Mapping[str, Clamp] | None = None,
 ) -> dict[str, node_pb2.EncryptRequest]:
     clamps = clamps or {}
     return {
@@ -84,16 +84,22 @@ def _requests_for(
             context=context,
             mode=mode,
             pseudonyms=list(pseudonyms),
-            elements=[
-                node_pb2.ElementQuery(element=t.element, if_missing=t.if_missing, clamp_at=clamps.get(t.element, 0))
-                for t in terms
-            ],
+            elements=[_query(t, clamps.get(t.element, NO_CLAMP)) for t in terms],
             he_params_id=HE_PARAMS_ID if mode == node_pb2.EXCHANGE_MODE_HE else "",
             context_fingerprint=context_fingerprint if mode == node_pb2.EXCHANGE_MODE_HE else "",
             replicas=replicas if mode == node_pb2.EXCHANGE_MODE_HE else 0,
         )
         for agency, terms in grouped.items()
     }
+
+
+def _query(term: Term, clamp: Clamp) -> node_pb2.ElementQuery:
+    query = node_pb2.ElementQuery(element=term.element, if_missing=term.if_missing)
+    if clamp.ceiling is not None:
+        query.clamp_at = clamp.ceiling
+    if clamp.floor is not None:
+        query.floor_at = clamp.floor
+    return query
 
 
 def build_requests(
@@ -103,16 +109,16 @@ def build_requests(
     mode: node_pb2.ExchangeMode,
     context_fingerprint: str,
     replicas: int = 0,
-    clamped: bool = False,
+    per_criterion: bool = True,
 ) -> dict[str, node_pb2.EncryptRequest]:
     """One EncryptRequest per agency whose data elements the program reads. HE requests name the
     requester's context by fingerprint only; the fan-out attaches its bytes for a node that asks.
     `replicas`: a small batch's values repeated once per criterion (see combine_he_packed).
-    `clamped`: the per-criterion view's clamps go with each element (policies/programs.py); the
-    overall and cohort views keep whole values, whose spread hides which criterion failed and
-    which slot flipped better than clamped ones would (docs/PROTOCOL.md "Masks")."""
+    Each element goes with its clamp in the view (policies/programs.py): the per-criterion view
+    clamps sums past their thresholds too; the overall view only single terms, as whole sums
+    hide which criterion failed better than clamped ones would (docs/PROTOCOL.md "Masks")."""
     context = _request_context(program, scope)
-    clamps = dict(program.clamps) if clamped else None
+    clamps = program.view_clamps(per_criterion)
     return _requests_for(program.elements_by_agency(), context, pseudonyms, mode, context_fingerprint, replicas, clamps)
 
 
@@ -133,12 +139,13 @@ def build_cohort_requests(
     if len(orders) != len(program.criteria):
         raise ValueError("one subject order per criterion")
     context = _request_context(program, scope)
+    clamps = program.view_clamps(per_criterion=False)  # single terms only, as in the overall view
     plans = []
     for criterion, order in zip(program.criteria, orders, strict=True):
         grouped: dict[str, list[Term]] = {}
         for term in criterion.terms:
             grouped.setdefault(term.element.split(".")[0], []).append(term)
-        plans.append(_requests_for(grouped, context, order, node_pb2.EXCHANGE_MODE_HE, context_fingerprint))
+        plans.append(_requests_for(grouped, context, order, node_pb2.EXCHANGE_MODE_HE, context_fingerprint, 0, clamps))
     return plans
 
 
@@ -151,16 +158,30 @@ def _check_envelope(agency: str, request: node_pb2.EncryptRequest, response: nod
     got = [e.element for e in response.elements]
     if sorted(asked) != sorted(got) or len(set(got)) != len(got):
         raise NodeProtocolError(agency, "answered for other data elements than asked")
-    clamps = {q.element: q.clamp_at for q in request.elements}
+    asked_clamps = {q.element: _asked_clamp(q) for q in request.elements}
     for element in response.elements:
-        if element.clamped_at != clamps[element.element]:
-            # A node that predates clamping ignores clamp_at and sends whole values, which can pass
+        clamp = asked_clamps[element.element]
+        if _answered_clamp(element) != clamp:
+            # A node that predates clamping ignores the clamp and sends whole values, which can pass
             # the span the masks were fitted to (the masked sign would wrap): refuse the answer.
             raise NodeProtocolError(
                 agency,
-                f"did not clamp '{element.element}' at {clamps[element.element]} as asked "
+                f"did not clamp '{element.element}' to {clamp.label} as asked "
                 "(a node that predates clamping: upgrade it)",
             )
+
+
+def _asked_clamp(query: node_pb2.ElementQuery) -> Clamp:
+    return Clamp(
+        query.floor_at if query.HasField("floor_at") else None, query.clamp_at if query.HasField("clamp_at") else None
+    )
+
+
+def _answered_clamp(element: node_pb2.ElementValues) -> Clamp:
+    return Clamp(
+        element.floored_at if element.HasField("floored_at") else None,
+        element.clamped_at if element.HasField("clamped_at") else None,
+    )
 
 
 def validate_he_response(
@@ -270,16 +291,15 @@ def _masks(
     gets the same values, no fresh sample; except in the overall view (`hide_order`), where the
     program is keyed in too: there, values equal across two programs would let the requester pair
     up the criteria they share and so name the one left over, i.e. which criterion failed."""
-    if hide_order:
-        view = f"\x00overall-view\x00{program.id}"
-        return [
-            derive_masks(mask_key, c.question + view, epoch, pseudonyms, program.span(i))
-            for i, c in enumerate(program.criteria)
-        ]
-    # The per-criterion view's terms are clamped (build_requests): masks fitted to the clamped span.
+    view = f"\x00overall-view\x00{program.id}" if hide_order else ""
+    # Fitted to the span the view's clamps leave (build_requests), keyed with those clamps.
     return [
         derive_masks(
-            mask_key, f"{c.question}\x00clamped\x00{program.clamp_label(i)}", epoch, pseudonyms, program.span(i, True)
+            mask_key,
+            f"{c.question}{view}\x00clamped\x00{program.clamp_label(i, not hide_order)}",
+            epoch,
+            pseudonyms,
+            program.view_span(i, not hide_order),
         )
         for i, c in enumerate(program.criteria)
     ]
@@ -371,7 +391,7 @@ def combine_cohort_he(
     prepared = iter(floods) if floods is not None else None
     outcomes = []
     for i, criterion in enumerate(program.criteria):
-        r, s = derive_masks(mask_key, criterion.question, epoch, orders[i], program.span(i))
+        r, s = derive_masks(mask_key, criterion.question, epoch, orders[i], program.view_span(i, per_criterion=False))
         weight, offset = flip_masks(criterion.direction, criterion.bound, r, s, flips[i])
         masked = []
         for chunk, start in enumerate(range(0, n, SLOTS)):

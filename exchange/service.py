@@ -240,9 +240,11 @@ class CheckService:
         else:
             # A small batch packs every criterion's result into one ciphertext (the nodes repeat values).
             blocks = packing(program, len(pseudonyms)) if context is not None else 0
-            # The per-criterion view has its terms clamped at the nodes (docs/PROTOCOL.md "Masks").
-            clamped = view == "per_criterion"
-            plans = [build_requests(program, scope, pseudonyms, mode, ref, replicas=blocks, clamped=clamped)]
+            # The nodes clamp terms as the view allows (docs/PROTOCOL.md "Masks").
+            per_criterion = view == "per_criterion"
+            plans = [
+                build_requests(program, scope, pseudonyms, mode, ref, replicas=blocks, per_criterion=per_criterion)
+            ]
         t1 = self.timer()
         # A small packed check uses a window of a one-time pad batch (exchange/pads.py); a node that
         # lost its batch (restarted) fails the first attempt, and the second opens a new batch.

@@ -154,17 +154,31 @@ class NodeService:
             low, high = self._offered[query.element]
             if not low <= query.if_missing <= high:
                 raise InvalidInput(f"if_missing for '{query.element}' is outside its range")
-            if query.clamp_at < 0:
-                raise InvalidInput(f"clamp_at for '{query.element}' must not be negative (0: no clamp)")
+            if query.HasField("clamp_at") and query.HasField("floor_at") and query.floor_at > query.clamp_at:
+                raise InvalidInput(f"floor_at for '{query.element}' is above its clamp_at")
 
     def _values(self, query: node_pb2.ElementQuery, pseudonyms: Sequence[str]) -> np.ndarray:
-        """The element's values in request order, clamped at `clamp_at` when it is set."""
+        """The element's values in request order, clamped to [floor_at, clamp_at] where set."""
         values = self.store.values_for(query.element, pseudonyms, query.if_missing)
         low, high = self._offered[query.element]
         if values.size and (values.min() < low or values.max() > high):
             # Stored data outside the declared range would break the masking bound: refuse.
             raise InvalidInput(f"stored values of '{query.element}' fall outside the declared range; fix the data")
-        return np.minimum(values, query.clamp_at) if query.clamp_at > 0 else values
+        if query.HasField("floor_at"):
+            values = np.maximum(values, query.floor_at)
+        if query.HasField("clamp_at"):
+            values = np.minimum(values, query.clamp_at)
+        return values
+
+    @staticmethod
+    def _answer_for(response: node_pb2.EncryptResponse, query: node_pb2.ElementQuery) -> node_pb2.ElementValues:
+        """The element's entry in the answer, echoing the clamp it applied."""
+        out = response.elements.add(element=query.element)
+        if query.HasField("clamp_at"):
+            out.clamped_at = query.clamp_at
+        if query.HasField("floor_at"):
+            out.floored_at = query.floor_at
+        return out
 
     def _verify_members(self, pseudonyms: Sequence[str]) -> None:
         """Cohort members must be registered people: made-up members would carry predictable defaults."""
@@ -196,7 +210,7 @@ class NodeService:
         )
         for query in request.elements:
             values = self._values(query, pseudonyms).tolist() * copies
-            out = response.elements.add(element=query.element, clamped_at=query.clamp_at)
+            out = self._answer_for(response, query)
             out.padded_values.extend(padded(values, window.window(query.element)))
             if request.pad_open:
                 blob = context.encrypt(centered(window.full(query.element)))
@@ -233,14 +247,14 @@ class NodeService:
                 raise PolicyDenied("plaintext exchange mode is disabled on this node")
             for query in request.elements:
                 values = self._values(query, pseudonyms)
-                response.elements.add(element=query.element, plain_values=values.tolist(), clamped_at=query.clamp_at)
+                self._answer_for(response, query).plain_values.extend(values.tolist())
         elif context is not None and request.pad_batch:
             self._answer_padded(request, context, pseudonyms, response)
         elif context is not None:
             copies = max(1, request.replicas)  # small batches: one slot block per criterion
             for query in request.elements:
                 values = self._values(query, pseudonyms).tolist() * copies
-                out = response.elements.add(element=query.element, clamped_at=query.clamp_at)
+                out = self._answer_for(response, query)
                 for chunk in chunks(values, SLOTS):
                     stop_if_cancelled()
                     blob = context.encrypt(chunk)

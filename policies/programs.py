@@ -4,18 +4,28 @@ A program fixes its thresholds; a request names only the program. Loading checks
 criterion against the federation catalogue, including the HE masking bound: the largest
 possible |threshold - sum| must stay within MAX_ABS_DIFFERENCE, or the masked sign could wrap.
 
-It also works out the **clamps** of the per-criterion view: when every term of a criterion is
-non-negative, a term above the threshold decides the verdict alone, so each node may encode
-min(x, c) for any c >= `Criterion.clamp_floor` without changing it (`clamp_keeps_verdict`). The
-masked value then carries nothing of how far above the threshold a value lies, and the criterion's
-span, hence the range its masks are fitted to (crypto.masks.mask_bound), shrinks from the catalogue
-range to a few times the threshold: 2,298,900 to 2,203 CNY for the 低保 income sum.
+It also works out the **clamps** the nodes apply before encrypting, each keeping every verdict
+(`clamp_keeps_verdict`, tests/unit/test_clamps.py) while the masked value carries less:
+
+* **Sign-only, every view.** A criterion with one term, whose element no other criterion of the
+  program reads, is decided by that value alone: the node encodes it clamped to [T, T + 1] (at
+  most T) or [T - 1, T] (at least T), so d is 0 or -1 and |v| is distributed alike whatever the
+  verdict (`Criterion.sign_only_clamp`).
+* **Past the threshold, per-criterion view.** When every term of a sum is non-negative, one term
+  past the threshold decides it alone, so each may be encoded min(x, c) for any c >=
+  `Criterion.least_ceiling`: nothing of how far past the threshold a value lies reaches the
+  requester. The overall and cohort views keep whole sums (clamped, they would name the failing
+  criterion and the flipped slots more often: docs/PROTOCOL.md "Masks").
+
+Each criterion's span, hence the range its masks are fitted to (crypto.masks.mask_bound), is taken
+over the clamped ranges: 2,298,900 to 2,203 CNY for the 低保 income sum, 1 for a single term.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Mapping
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -95,15 +105,43 @@ class Criterion(BaseModel):
         return f"{'ge' if self.direction > 0 else 'le'}:{self.bound}:{terms}"
 
     @property
-    def clamp_floor(self) -> int:
-        """The smallest clamp that keeps this criterion's verdict when its terms are non-negative:
+    def least_ceiling(self) -> int:
+        """The smallest ceiling that keeps this criterion's verdict when its terms are non-negative:
         a sum at most T fails as soon as one term exceeds T (so T + 1 suffices), a sum at least T
-        passes as soon as one term reaches T (so T). Never below 1 (0 on the wire means none)."""
-        return max(1, self.bound + 1 if self.direction < 0 else self.bound)
+        passes as soon as one term reaches T (so T)."""
+        return self.bound + 1 if self.direction < 0 else self.bound
+
+    @property
+    def sign_only_clamp(self) -> Clamp:
+        """For a single term: the two values either side of the threshold, so that d = T - x (at
+        most) or x - T (at least) is 0 when it passes and -1 when it fails."""
+        if self.direction < 0:
+            return Clamp(self.bound, self.bound + 1)
+        return Clamp(self.bound - 1, self.bound)
 
     def passes(self, total: int) -> bool:
         """The plaintext meaning of this criterion (used by the oracle and the baseline)."""
         return total >= self.bound if self.direction > 0 else total <= self.bound
+
+
+@dataclass(frozen=True)
+class Clamp:
+    """What a node encodes instead of x: min(max(x, floor), ceiling), either side open when None."""
+
+    floor: int | None = None
+    ceiling: int | None = None
+
+    def apply(self, x: int) -> int:
+        if self.floor is not None:
+            x = max(x, self.floor)
+        return x if self.ceiling is None else min(x, self.ceiling)
+
+    @property
+    def label(self) -> str:
+        return f"[{'' if self.floor is None else self.floor},{'' if self.ceiling is None else self.ceiling}]"
+
+
+NO_CLAMP = Clamp()
 
 
 _THRESHOLD_KINDS = {
@@ -148,25 +186,32 @@ class Program:
     # Per criterion: the largest |threshold - sum| over the declared element ranges (>= 1); the
     # masks' range is fitted to it (crypto.masks.mask_bound).
     spans: tuple[int, ...] = ()
-    # The per-criterion view's clamps (element -> c: nodes encode min(x, c)) and each criterion's
-    # span over the clamped ranges; elements without a clamp are absent.
-    clamps: tuple[tuple[str, int], ...] = ()
+    # The clamps the nodes apply (element -> Clamp; unclamped elements absent): in the
+    # per-criterion view, and in the others (sign-only clamps alone); each criterion's span over
+    # the clamped ranges of each.
+    clamps: tuple[tuple[str, Clamp], ...] = ()
+    sign_only_clamps: tuple[tuple[str, Clamp], ...] = ()
     clamped_spans: tuple[int, ...] = ()
+    sign_only_spans: tuple[int, ...] = ()
 
-    def span(self, index: int, clamped: bool = False) -> int:
-        if clamped and self.clamped_spans:
-            return self.clamped_spans[index]
+    def span(self, index: int) -> int:
+        """Over the catalogue's ranges, no clamp."""
         return self.spans[index] if self.spans else MAX_ABS_DIFFERENCE
 
-    def clamp(self, element: str) -> int:
-        """The per-criterion view's clamp of `element`, 0 for none."""
-        return dict(self.clamps).get(element, 0)
+    def view_span(self, index: int, per_criterion: bool) -> int:
+        """Over the ranges the view's clamps leave: the span its masks are fitted to."""
+        spans = self.clamped_spans if per_criterion else self.sign_only_spans
+        return spans[index] if spans else self.span(index)
 
-    def clamp_label(self, index: int) -> str:
-        """The clamps of one criterion's terms, for keying its per-criterion masks: the same
-        question clamped differently (by another program reading one element in two criteria) is
-        another comparison, and must not share masks with it."""
-        return ",".join(sorted(f"{t.element}<={self.clamp(t.element)}" for t in self.criteria[index].terms))
+    def view_clamps(self, per_criterion: bool) -> dict[str, Clamp]:
+        return dict(self.clamps if per_criterion else self.sign_only_clamps)
+
+    def clamp_label(self, index: int, per_criterion: bool) -> str:
+        """The clamps of one criterion's terms in a view, for keying its masks: the same question
+        clamped otherwise (by another program reading one element in two criteria) is another
+        comparison, and must not share masks with it."""
+        clamps = self.view_clamps(per_criterion)
+        return ",".join(sorted(t.element + clamps.get(t.element, NO_CLAMP).label for t in self.criteria[index].terms))
 
     @property
     def id(self) -> str:
@@ -195,36 +240,52 @@ class Program:
         return grouped
 
 
-def clamp_keeps_verdict(criterion: Criterion, values: Iterable[int], clamps: Iterable[int]) -> bool:
-    """Whether clamping each non-negative term at its clamp (0: none) leaves the verdict as it was.
-    True whenever every clamp is at least `criterion.clamp_floor` (tests/unit/test_clamps.py)."""
+def clamp_keeps_verdict(criterion: Criterion, values: Iterable[int], clamps: Iterable[Clamp]) -> bool:
+    """Whether encoding each term clamped leaves the verdict as it was. True for a sign-only clamp
+    of a single term, and for ceilings of at least `criterion.least_ceiling` on non-negative terms
+    (tests/unit/test_clamps.py)."""
     values = list(values)
-    clamped = [min(x, c) if c > 0 else x for x, c in zip(values, clamps, strict=True)]
+    clamped = [c.apply(x) for x, c in zip(values, clamps, strict=True)]
     return criterion.passes(sum(values)) == criterion.passes(sum(clamped))
 
 
-def clamps_for(criteria: Iterable[Criterion], catalogue: Catalogue) -> dict[str, int]:
-    """Each element's clamp in the per-criterion view: the largest floor among the criteria that
-    read it, and none if one of those has a term that can be negative (it could offset a large one)."""
-    floors: dict[str, int] = {}
-    unclamped: set[str] = set()
+def clamps_for(criteria: Sequence[Criterion], catalogue: Catalogue) -> tuple[dict[str, Clamp], dict[str, Clamp]]:
+    """(per-criterion view, other views): each element's clamp.
+
+    Sign-only for the element of a single-term criterion that no other criterion reads (both
+    views). Otherwise, in the per-criterion view, a ceiling: the largest `least_ceiling` among the
+    criteria that read it, and none if one of those has a term that can be negative (it could
+    offset a large one)."""
+    readers = Counter(t.element for c in criteria for t in {t.element: t for t in c.terms}.values())
+    sign_only = {
+        c.terms[0].element: c.sign_only_clamp
+        for c in criteria
+        if len(c.terms) == 1 and readers[c.terms[0].element] == 1
+    }
+    ceilings: dict[str, int] = {}
+    open_: set[str] = set()
     for criterion in criteria:
         clampable = all(catalogue.get(t.element).min >= 0 for t in criterion.terms)
         for term in criterion.terms:
+            if term.element in sign_only:
+                continue
             if clampable:
-                floors[term.element] = max(floors.get(term.element, 0), criterion.clamp_floor)
+                ceilings[term.element] = max(
+                    ceilings.get(term.element, criterion.least_ceiling), criterion.least_ceiling
+                )
             else:
-                unclamped.add(term.element)
-    return {element: c for element, c in floors.items() if element not in unclamped}
+                open_.add(term.element)
+    per_criterion = {e: Clamp(ceiling=c) for e, c in ceilings.items() if e not in open_}
+    return {**per_criterion, **sign_only}, sign_only
 
 
-def _worst_difference(criterion: Criterion, catalogue: Catalogue, clamps: Mapping[str, int]) -> int:
+def _worst_difference(criterion: Criterion, catalogue: Catalogue, clamps: Mapping[str, Clamp]) -> int:
     low = high = 0
     for term in criterion.terms:
         element = catalogue.get(term.element)
-        clamp = clamps.get(term.element, 0)
-        low += min(element.min, clamp) if clamp else element.min
-        high += min(element.max, clamp) if clamp else element.max
+        clamp = clamps.get(term.element, NO_CLAMP)
+        low += clamp.apply(element.min)  # monotone: the clamped range is [apply(min), apply(max)]
+        high += clamp.apply(element.max)
     return max(abs(criterion.bound - low), abs(criterion.bound - high))
 
 
@@ -272,16 +333,17 @@ def check_against_catalogue(parsed: ProgramFile, catalogue: Catalogue, source: s
 def load_program(path: Path, catalogue: Catalogue) -> Program:
     parsed, raw = load_model(path, ProgramFile, "program")
     spans = check_against_catalogue(parsed, catalogue, str(path))
-    clamps = clamps_for(parsed.criteria, catalogue)
-    clamped_spans = tuple(max(1, _worst_difference(c, catalogue, clamps)) for c in parsed.criteria)
+    clamps, sign_only = clamps_for(parsed.criteria, catalogue)
     return Program(
         parsed.program,
         parsed.criteria,
         hashlib.sha256(raw).hexdigest(),
         str(path),
         spans,
-        tuple(sorted(clamps.items())),
-        clamped_spans,
+        clamps=tuple(sorted(clamps.items())),
+        sign_only_clamps=tuple(sorted(sign_only.items())),
+        clamped_spans=tuple(max(1, _worst_difference(c, catalogue, clamps)) for c in parsed.criteria),
+        sign_only_spans=tuple(max(1, _worst_difference(c, catalogue, sign_only)) for c in parsed.criteria),
     )
 
 

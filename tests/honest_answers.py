@@ -38,8 +38,8 @@ class HonestAnswers:
             count = len(request.pseudonyms) * copies
             window = book.take(request.pad_batch, context.ref, names, request.pad_offset, count, open_=request.pad_open)
         for query in request.elements:
-            values = [min(x, query.clamp_at) if query.clamp_at else x for x in values_of(query.element)] * copies
-            element = response.elements.add(element=query.element, clamped_at=query.clamp_at)
+            values = [clamped(query, x) for x in values_of(query.element)] * copies
+            element = echo_clamp(response.elements.add(element=query.element), query)
             if window is not None:
                 element.padded_values.extend(padded(values, window.window(query.element)))
                 if request.pad_open:
@@ -52,3 +52,19 @@ class HonestAnswers:
                 element.ciphertexts.append(blob)
                 element.ciphertext_sha256.append(hashlib.sha256(blob).digest())
         return response
+
+
+def clamped(query: node_pb2.ElementQuery, x: int) -> int:
+    """What an honest node encodes for x (nodes/service.py `_values`)."""
+    if query.HasField("floor_at"):
+        x = max(x, query.floor_at)
+    return min(x, query.clamp_at) if query.HasField("clamp_at") else x
+
+
+def echo_clamp(element: node_pb2.ElementValues, query: node_pb2.ElementQuery) -> node_pb2.ElementValues:
+    """The clamp echo an honest node's answer carries."""
+    if query.HasField("clamp_at"):
+        element.clamped_at = query.clamp_at
+    if query.HasField("floor_at"):
+        element.floored_at = query.floor_at
+    return element

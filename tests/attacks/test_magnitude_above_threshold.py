@@ -17,8 +17,11 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from bench.privacy import extra_bits
+import numpy as np
+
+from bench.privacy import _bins, _mutual_information, extra_bits
 from crypto.he import PublicContext
+from crypto.masks import derive_masks
 from exchange.eligibility import CheckScope, build_requests, combine_he, validate_he_response
 from policies.catalogue import load_catalogue
 from policies.programs import DEFAULT_PROGRAM_DIR, Program, ProgramRegistry
@@ -40,7 +43,7 @@ def _masked_income(program: Program, income: int, requester_keys: Any, public_co
         "civil_affairs.monthly_benefits": 0,
         "household.alive_resident": 1,
     }
-    requests = build_requests(program, SCOPE, [VICTIM], node_pb2.EXCHANGE_MODE_HE, public_context.ref, clamped=True)
+    requests = build_requests(program, SCOPE, [VICTIM], node_pb2.EXCHANGE_MODE_HE, public_context.ref)
     honest = HonestAnswers()
     ciphertexts = {}
     for agency, request in requests.items():
@@ -58,7 +61,7 @@ def test_how_far_above_the_threshold_a_value_lies_does_not_reach_the_requester(r
 
 def test_without_clamps_the_values_tell_the_two_apart(requester_keys, public_context):
     """Positive control: the same program with its clamps removed (the design before)."""
-    unclamped = dataclasses.replace(DIBAO, clamps=(), clamped_spans=())
+    unclamped = dataclasses.replace(DIBAO, clamps=(), clamped_spans=(), sign_only_clamps=(), sign_only_spans=())
     near, far = (_masked_income(unclamped, x, requester_keys, public_context) for x in (5_000, 500_000))
     assert near < 0 and far < 0
     assert abs(far) > 50 * abs(near)  # |v| grows with |d|: 499,000 against 3,900 above the line
@@ -68,6 +71,83 @@ def test_clamped_masks_leave_a_third_of_the_magnitude_information():
     """The bound, measured as bench/privacy.py does (mutual information between floor(log2|d|) and
     log2|v| at half-bit resolution, log2|d| uniform over the span): the clamped span of the 低保
     income criterion leaves < 0.35 bits per query; the catalogue span it replaced > 0.75."""
-    clamped = extra_bits(100_000, DIBAO.span(0, clamped=True), 1, 1)["gold"]
+    clamped = extra_bits(100_000, DIBAO.view_span(0, per_criterion=True), 1, 1)["gold"]
     whole = extra_bits(100_000, DIBAO.span(0), 1, 1)["gold"]
     assert clamped < 0.35 < 0.75 < whole
+
+
+CERTIFICATE = ProgramRegistry.load(DEFAULT_PROGRAM_DIR, load_catalogue()[0]).get("income_certificate")
+
+
+def _incomes(n: int, rng: np.random.Generator) -> np.ndarray:
+    """Half passing (0..3,000 CNY), half failing (3,001..2,000,000), log-uniform within each."""
+    passing = np.floor(np.exp2(rng.uniform(0, np.log2(3001), n // 2)))
+    failing = np.floor(np.exp2(rng.uniform(np.log2(3001), np.log2(2_000_000), n - n // 2)))
+    return np.concatenate([passing, failing]).astype(np.int64)
+
+
+def _masked(program: Program, incomes: np.ndarray, per_criterion: bool, clamp: bool) -> np.ndarray:
+    """v = r*d + s' for the certificate's one criterion, as the nodes (clamped) and gateway compute it."""
+    criterion = program.criteria[0]
+    clamp_of = program.view_clamps(per_criterion)["tax.monthly_income"]
+    values = np.array([clamp_of.apply(int(x)) for x in incomes]) if clamp else incomes
+    span = program.view_span(0, per_criterion) if clamp else program.span(0)
+    d = criterion.direction * (values - criterion.bound)
+    r, s = derive_masks(KEY, criterion.question, 3, [f"{i:026x}" for i in range(len(d))], span)
+    return r.astype(object) * d.astype(object) + s.astype(object)
+
+
+def test_a_single_term_criterion_tells_the_sign_alone_in_every_view():
+    """The income certificate's one criterion: its node clamps the income to [3000, 3001] in every
+    view, so d is 0 or -1 and |v| says nothing of the income beyond its sign (measured as
+    bench/privacy.py does, at gold and in the overall view, against the same magnitudes paired
+    with incomes shuffled within each verdict); without the clamp the same attack reads 0.4 bits."""
+    rng = np.random.default_rng(11)
+    incomes = _incomes(60_000, rng)
+    classes = np.floor(np.log2(np.abs(CERTIFICATE.criteria[0].bound - incomes) + 1)).astype(int)
+    for per_criterion in (True, False):
+        v = _masked(CERTIFICATE, incomes, per_criterion, clamp=True)
+        assert list(v < 0) == list(incomes > 3000)  # the verdicts, exact
+        # the sign's own bit, and the plug-in estimator's bias: what the same magnitudes give
+        # against classes drawn apart from them but with the same verdict
+        passing = incomes <= 3000
+        null = classes.copy()
+        for side in (passing, ~passing):
+            null[side] = rng.permutation(classes[side])
+        assert _mutual_information(classes, _bins(v)) < _mutual_information(null, _bins(v)) + 0.005
+    assert _mutual_information(classes, _bins(_masked(CERTIFICATE, incomes, True, clamp=False))) > 0.3
+
+
+def _bronze_attack(clamp: bool) -> tuple[float, float]:
+    """A modified client handed the victim's slot reads its noisy sign and |v| and guesses the
+    verdict (a Bayes classifier on the binned magnitude and sign, fitted on half the slots):
+    (success, the ceiling a sign alone allows: e^eps/(1+e^eps) + 3 sigma)."""
+    from exchange.cohort import attack_bound, flip_probability
+
+    rng = np.random.default_rng(13)
+    incomes = _incomes(40_000, rng)
+    v = _masked(CERTIFICATE, incomes, per_criterion=False, clamp=clamp)
+    flips = rng.random(len(v)) < flip_probability(1.0)
+    v = np.where(flips, -v - 1, v)  # exchange/cohort.py flip_masks
+    truth = (incomes <= 3000).astype(int)
+    feature = _bins(v) * 2 + (v >= 0).astype(int)
+    order = rng.permutation(len(v))
+    train, test = order[: len(v) // 2], order[len(v) // 2 :]
+    counts = np.zeros((2, feature.max() + 1))
+    np.add.at(counts, (truth[train], feature[train]), 1)
+    success = float((counts.argmax(axis=0)[feature[test]] == truth[test]).mean())
+    bound = attack_bound(1.0)
+    return success, bound + 3 * float(np.sqrt(bound * (1 - bound) / len(test)))
+
+
+def test_at_bronze_a_single_terms_magnitude_does_not_beat_the_randomized_response():
+    """Bronze flips each slot's sign with p = 1/(1+e^eps) (v' = -v - 1). With the clamp |v| is
+    distributed alike for a pass and a fail, flipped or not: the best guess is the noisy sign."""
+    success, ceiling = _bronze_attack(clamp=True)
+    assert success <= ceiling
+
+
+def test_at_bronze_an_unclamped_magnitude_beats_the_randomized_response():
+    """Positive control: whole incomes, failing ones far above the line, give the flips away."""
+    success, ceiling = _bronze_attack(clamp=False)
+    assert success > ceiling + 0.02  # 0.775 against 0.740

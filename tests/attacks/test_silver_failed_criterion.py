@@ -17,7 +17,7 @@ from policies.catalogue import load_catalogue
 from policies.programs import DEFAULT_PROGRAM_DIR, ProgramRegistry
 
 DIBAO = ProgramRegistry.load(DEFAULT_PROGRAM_DIR, load_catalogue()[0]).get("dibao")
-SPANS = {c.id: DIBAO.span(i) for i, c in enumerate(DIBAO.criteria)}
+SPANS = {c.id: DIBAO.view_span(i, per_criterion=False) for i, c in enumerate(DIBAO.criteria)}
 
 
 def test_silver_magnitudes_identify_the_failing_criterion_at_about_chance():

@@ -13,6 +13,7 @@ import grpc
 from crypto import pki
 from crypto.tls import TlsPaths, server_credentials
 from protos.xgate.v1 import node_pb2, node_pb2_grpc
+from tests.honest_answers import echo_clamp
 
 
 class RogueNode(node_pb2_grpc.AgencyNodeServicer):
@@ -34,7 +35,7 @@ class RogueNode(node_pb2_grpc.AgencyNodeServicer):
                 self.cancelled.append(request.context.request_id)
         response = node_pb2.EncryptResponse(agency=self.agency, request_id=request.context.request_id)
         for query in request.elements:
-            element = response.elements.add(element=query.element, clamped_at=query.clamp_at)
+            element = echo_clamp(response.elements.add(element=query.element), query)
             chunks = -(-len(request.pseudonyms) // 8192)
             for _ in range(chunks):
                 blob = os.urandom(4096) if self.behaviour == "garbage" else b""

@@ -26,7 +26,7 @@ from policies.decision import DEFAULT_POLICY_DIR, CheckAuthorizer, PolicyEngine
 from policies.programs import ProgramRegistry
 from policies.types import BudgetRule, CheckContext, PolicyOutcome
 from protos.xgate.v1 import node_pb2
-from tests.honest_answers import HonestAnswers
+from tests.honest_answers import HonestAnswers, clamped, echo_clamp
 from tests.unit.test_approvals import STANDING_REF, standing_registry
 from tests.unit.test_policy_support import DAYTIME
 from xgate.errors import (
@@ -102,9 +102,8 @@ class FakeNodes:
             if request.mode == node_pb2.EXCHANGE_MODE_PLAINTEXT:
                 response = node_pb2.EncryptResponse(agency=agency, request_id=request.context.request_id)
                 for query in request.elements:
-                    clamp = query.clamp_at or None
-                    values = [min(x, clamp) if clamp else x for x in values_of(query.element)]
-                    response.elements.add(element=query.element, plain_values=values, clamped_at=query.clamp_at)
+                    values = [clamped(query, x) for x in values_of(query.element)]
+                    echo_clamp(response.elements.add(element=query.element), query).plain_values.extend(values)
             else:
                 try:
                     response = self.honest.answer(agency, request, values_of, public_context)
@@ -494,13 +493,13 @@ def _other_element(agency: str, response: node_pb2.EncryptResponse) -> None:
 def _unclamped(agency: str, response: node_pb2.EncryptResponse) -> None:
     """A node that predates clamping: whole values, nothing echoed (the masks' span could wrap)."""
     if agency == "tax":
-        response.elements[0].clamped_at = 0
+        response.elements[0].ClearField("clamped_at")
 
 
 @pytest.mark.parametrize(
     ("garble", "agency", "match"),
     [
-        (_unclamped, "tax", r"did not clamp 'tax\.monthly_income' at 1101 as asked.*upgrade it"),
+        (_unclamped, "tax", r"did not clamp 'tax\.monthly_income' to \[,1101\] as asked.*upgrade it"),
         (_wrong_request_id, "tax", "answered another request"),
         (_impersonates, "hrss", "answered as agency 'tax'"),
         (_short_values, "household", "sent 5 values"),

@@ -1,6 +1,7 @@
-"""The per-criterion view's clamps (policies/programs.py): a clamp at or above a criterion's floor
-keeps every verdict, the loader clamps only where every term is non-negative, and the masks'
-range is fitted to the clamped span."""
+"""The clamps nodes apply before encrypting (policies/programs.py): a sign-only clamp of a single
+term and a ceiling at or above a sum's least ceiling keep every verdict; the loader clamps sums
+only where every term is non-negative, single terms whenever no other criterion reads them; the
+masks' range is fitted to the clamped span."""
 
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ from crypto.masks import mask_bound
 from policies.catalogue import Catalogue, load_catalogue
 from policies.programs import (
     DEFAULT_PROGRAM_DIR,
+    NO_CLAMP,
+    Clamp,
     Criterion,
     CriterionKind,
     ProgramRegistry,
@@ -31,59 +34,77 @@ def _criterion(kind: CriterionKind, threshold: int, terms: int) -> Criterion:
 
 
 @st.composite
-def _cases(draw: st.DrawFn) -> tuple[Criterion, list[int], list[int]]:
+def _ceilings(draw: st.DrawFn) -> tuple[Criterion, list[int], list[Clamp]]:
     terms = draw(st.integers(1, 3))
     criterion = _criterion(draw(st.sampled_from(SUM_KINDS)), draw(st.integers(-5, 5_000)), terms)
     values = draw(st.lists(st.integers(0, 3_000_000), min_size=terms, max_size=terms))
-    # each term's clamp: none (0) or anywhere from the floor up
-    clamps = draw(
-        st.lists(
-            st.one_of(st.just(0), st.integers(criterion.clamp_floor, criterion.clamp_floor + 10_000)),
-            min_size=terms,
-            max_size=terms,
-        )
-    )
-    return criterion, values, clamps
+    # each term's ceiling: none or anywhere from the least one up
+    least = criterion.least_ceiling
+    ceilings = st.one_of(st.just(NO_CLAMP), st.builds(Clamp, st.none(), st.integers(least, least + 10_000)))
+    return criterion, values, draw(st.lists(ceilings, min_size=terms, max_size=terms))
 
 
-@given(_cases())
-def test_a_clamp_at_or_above_the_floor_keeps_every_verdict(case):
+@given(_ceilings())
+def test_a_ceiling_at_or_above_the_least_one_keeps_every_verdict(case):
     criterion, values, clamps = case
     assert clamp_keeps_verdict(criterion, values, clamps)
 
 
-def test_a_clamp_below_the_floor_would_change_verdicts():
-    """The floor is needed: one unit lower, a value just past the threshold comes back inside it."""
+@given(st.sampled_from(SUM_KINDS), st.integers(-10_000, 10_000), st.integers(-3_000_000, 3_000_000))
+def test_a_sign_only_clamp_keeps_a_single_terms_verdict_and_leaves_d_at_0_or_minus_1(kind, threshold, value):
+    criterion = _criterion(kind, threshold, 1)
+    clamp = criterion.sign_only_clamp
+    assert clamp_keeps_verdict(criterion, [value], [clamp])  # whatever the sign of the value
+    d = criterion.direction * (clamp.apply(value) - criterion.bound)
+    assert d == (0 if criterion.passes(value) else -1)
+
+
+def test_a_ceiling_below_the_least_one_would_change_verdicts():
+    """The least ceiling is needed: one unit lower, a value just past the threshold comes back inside it."""
     at_most = _criterion(CriterionKind.SUM_AT_MOST, 1100, 1)
-    assert at_most.clamp_floor == 1101
-    assert not clamp_keeps_verdict(at_most, [5000], [1100])
+    assert at_most.least_ceiling == 1101
+    assert not clamp_keeps_verdict(at_most, [5000], [Clamp(ceiling=1100)])
     at_least = _criterion(CriterionKind.SUM_AT_LEAST, 12, 1)
-    assert at_least.clamp_floor == 12
-    assert not clamp_keeps_verdict(at_least, [12], [11])
+    assert at_least.least_ceiling == 12
+    assert not clamp_keeps_verdict(at_least, [12], [Clamp(ceiling=11)])
 
 
 def test_a_negative_term_would_let_a_clamped_term_change_the_verdict():
-    """Why the loader clamps only criteria whose terms are all non-negative."""
+    """Why the loader clamps sums only where every term is non-negative."""
     at_most = _criterion(CriterionKind.SUM_AT_MOST, 1100, 2)
     # 5000 - 3000 = 2000 fails; clamped, 1101 - 3000 would pass
-    assert not clamp_keeps_verdict(at_most, [5000, -3000], [1101, 0])
+    assert not clamp_keeps_verdict(at_most, [5000, -3000], [Clamp(ceiling=1101), NO_CLAMP])
+
+
+def test_a_floor_on_a_term_of_a_sum_would_change_verdicts():
+    """Why floors are for single terms only: raising one term moves the others' sum past the line."""
+    at_most = _criterion(CriterionKind.SUM_AT_MOST, 1100, 2)
+    assert not clamp_keeps_verdict(at_most, [0, 500], [Clamp(1100, 1101), NO_CLAMP])
 
 
 def test_shipped_programs_are_clamped_just_above_their_thresholds():
     registry = ProgramRegistry.load(DEFAULT_PROGRAM_DIR, CATALOGUE)
     dibao = registry.get("dibao")
     assert dict(dibao.clamps) == {
-        "tax.monthly_income": 1101,
-        "hrss.monthly_pension": 1101,
-        "civil_affairs.monthly_benefits": 1101,
-        "household.alive_resident": 1,
-        "tax.registered_businesses": 1,
+        "tax.monthly_income": Clamp(ceiling=1101),
+        "hrss.monthly_pension": Clamp(ceiling=1101),
+        "civil_affairs.monthly_benefits": Clamp(ceiling=1101),
+        "household.alive_resident": Clamp(0, 1),
+        "tax.registered_businesses": Clamp(0, 1),
+    }
+    assert dict(dibao.sign_only_clamps) == {
+        "household.alive_resident": Clamp(0, 1),
+        "tax.registered_businesses": Clamp(0, 1),
     }
     assert dibao.spans == (2_298_900, 1, 1000)
-    assert dibao.clamped_spans == (2203, 1, 1)
+    assert [dibao.view_span(i, per_criterion=True) for i in range(3)] == [2203, 1, 1]
+    assert [dibao.view_span(i, per_criterion=False) for i in range(3)] == [2_298_900, 1, 1]
     assert mask_bound(2203) > 2**45 > mask_bound(2_298_900)  # ~10 more bits of mask spread
     certificate = registry.get("income_certificate")
-    assert certificate.clamped_spans == (3000,) and certificate.spans == (1_997_000,)
+    assert dict(certificate.sign_only_clamps) == {"tax.monthly_income": Clamp(3000, 3001)}
+    assert certificate.view_span(0, per_criterion=False) == 1 and certificate.spans == (1_997_000,)
+    months = registry.get("unemployment_subsidy")
+    assert dict(months.sign_only_clamps)["hrss.contribution_months"] == Clamp(11, 12)
 
 
 def _catalogue_with_a_signed_element(tmp_path: Path) -> Catalogue:
@@ -130,11 +151,13 @@ def test_the_loader_clamps_only_where_it_keeps_the_verdict(tmp_path):
     path.write_text(PROGRAM)
     program = load_program(path, _catalogue_with_a_signed_element(tmp_path))
     clamps = dict(program.clamps)
-    # read by two criteria: the larger floor serves both
-    assert clamps["hrss.monthly_pension"] == 3000 and clamps["tax.monthly_income"] == 1101
+    # read by two criteria: the larger least ceiling serves both, and the single term gets no floor
+    assert clamps["hrss.monthly_pension"] == Clamp(ceiling=3000) and clamps["tax.monthly_income"] == Clamp(ceiling=1101)
+    assert program.sign_only_clamps == ()
     # a term that can be negative could offset a large one: neither term of that criterion is clamped
     assert "civil_affairs.monthly_benefits" not in clamps and "tax.net_adjustment" not in clamps
-    assert program.clamped_spans[2] == program.spans[2]
-    assert program.clamp_label(0) == "hrss.monthly_pension<=3000,tax.monthly_income<=1101"
+    assert program.view_span(2, per_criterion=True) == program.spans[2]
+    assert program.clamp_label(0, per_criterion=True) == "hrss.monthly_pension[,3000],tax.monthly_income[,1101]"
+    assert program.clamp_label(0, per_criterion=False) == "hrss.monthly_pension[,],tax.monthly_income[,]"
     # 1100 - (1101 + 3000) at the far end, 1100 at the near one
-    assert program.clamped_spans[0] == 3001
+    assert program.view_span(0, per_criterion=True) == 3001

@@ -115,9 +115,17 @@ def _request(
     )
 
 
-def _clamped(clamp: int, mode: int = node_pb2.EXCHANGE_MODE_PLAINTEXT, public_context: bytes = b"") -> Any:
+def _clamped(
+    clamp: int | None,
+    mode: int = node_pb2.EXCHANGE_MODE_PLAINTEXT,
+    public_context: bytes = b"",
+    floor: int | None = None,
+) -> Any:
     request = _request(mode=mode, public_context=public_context)
-    request.elements[0].clamp_at = clamp
+    if clamp is not None:
+        request.elements[0].clamp_at = clamp
+    if floor is not None:
+        request.elements[0].floor_at = floor
     return request
 
 
@@ -212,7 +220,7 @@ REFUSALS = [
     ("unknown element", _request(elements=[("tax.other", 0)]), InvalidInput, "offers no data element 'tax.other'"),
     ("if_missing out of range", _request(elements=[(BUSINESSES, 101)]), InvalidInput, "outside its range"),
     ("unknown mode", _request(mode=node_pb2.EXCHANGE_MODE_UNSPECIFIED), InvalidInput, "HE or PLAINTEXT"),
-    ("negative clamp", _clamped(-5), InvalidInput, "clamp_at for 'tax.monthly_income' must not be negative"),
+    ("floor above clamp", _clamped(1101, floor=1102), InvalidInput, "floor_at for 'tax.monthly_income' is above"),
 ]
 
 
@@ -387,12 +395,17 @@ def test_replicas_beyond_the_slots_are_refused_before_any_read(requester_keys: A
     assert store.reads == [] and audit.events == []
 
 
-def test_a_clamped_element_is_encoded_as_min_of_value_and_clamp_and_says_so(requester_keys: Any) -> None:
+def test_a_clamped_element_is_encoded_within_its_clamp_and_says_so(requester_keys: Any) -> None:
     node, _, _ = _node()
     [plain] = node.encrypt_values(_clamped(1101)).elements
     assert list(plain.plain_values) == [0, 500, 1000, 1101, 1101] and plain.clamped_at == 1101
-    [unclamped] = node.encrypt_values(_clamped(0)).elements
-    assert list(unclamped.plain_values) == [0, 500, 1000, 1500, 2000] and unclamped.clamped_at == 0
+    assert not plain.HasField("floored_at")
+    [sign_only] = node.encrypt_values(_clamped(1001, floor=1000)).elements
+    assert list(sign_only.plain_values) == [1000, 1000, 1000, 1001, 1001]
+    assert (sign_only.floored_at, sign_only.clamped_at) == (1000, 1001)
+    [whole] = node.encrypt_values(_clamped(None)).elements
+    assert list(whole.plain_values) == [0, 500, 1000, 1500, 2000]
+    assert not whole.HasField("clamped_at") and not whole.HasField("floored_at")
     [he] = node.encrypt_values(_clamped(1101, node_pb2.EXCHANGE_MODE_HE, requester_keys.public_context)).elements
     assert list(requester_keys.decrypt_masked(he.ciphertexts[0], 5)) == [0, 500, 1000, 1101, 1101]
     assert he.clamped_at == 1101

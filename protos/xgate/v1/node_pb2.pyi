@@ -125,14 +125,16 @@ class DescribeResponse(_message.Message):
     def __init__(self, agency: _Optional[str] = ..., elements: _Optional[_Iterable[_Union[DataElement, _Mapping]]] = ..., computations: _Optional[_Iterable[str]] = ..., he_params_id: _Optional[str] = ...) -> None: ...
 
 class ElementQuery(_message.Message):
-    __slots__ = ("element", "if_missing", "clamp_at")
+    __slots__ = ("element", "if_missing", "clamp_at", "floor_at")
     ELEMENT_FIELD_NUMBER: _ClassVar[int]
     IF_MISSING_FIELD_NUMBER: _ClassVar[int]
     CLAMP_AT_FIELD_NUMBER: _ClassVar[int]
+    FLOOR_AT_FIELD_NUMBER: _ClassVar[int]
     element: str
     if_missing: int
     clamp_at: int
-    def __init__(self, element: _Optional[str] = ..., if_missing: _Optional[int] = ..., clamp_at: _Optional[int] = ...) -> None: ...
+    floor_at: int
+    def __init__(self, element: _Optional[str] = ..., if_missing: _Optional[int] = ..., clamp_at: _Optional[int] = ..., floor_at: _Optional[int] = ...) -> None: ...
 
 class EncryptRequest(_message.Message):
     __slots__ = ("context", "mode", "pseudonyms", "elements", "public_context", "he_params_id", "context_fingerprint", "replicas", "pad_batch", "pad_offset", "pad_open", "envelope")
@@ -163,7 +165,7 @@ class EncryptRequest(_message.Message):
     def __init__(self, context: _Optional[_Union[RequestContext, _Mapping]] = ..., mode: _Optional[_Union[ExchangeMode, str]] = ..., pseudonyms: _Optional[_Iterable[str]] = ..., elements: _Optional[_Iterable[_Union[ElementQuery, _Mapping]]] = ..., public_context: _Optional[bytes] = ..., he_params_id: _Optional[str] = ..., context_fingerprint: _Optional[str] = ..., replicas: _Optional[int] = ..., pad_batch: _Optional[bytes] = ..., pad_offset: _Optional[int] = ..., pad_open: _Optional[bool] = ..., envelope: _Optional[_Union[Envelope, _Mapping]] = ...) -> None: ...
 
 class ElementValues(_message.Message):
-    __slots__ = ("element", "ciphertexts", "plain_values", "ciphertext_sha256", "padded_values", "pad_ciphertext", "pad_ciphertext_sha256", "clamped_at")
+    __slots__ = ("element", "ciphertexts", "plain_values", "ciphertext_sha256", "padded_values", "pad_ciphertext", "pad_ciphertext_sha256", "clamped_at", "floored_at")
     ELEMENT_FIELD_NUMBER: _ClassVar[int]
     CIPHERTEXTS_FIELD_NUMBER: _ClassVar[int]
     PLAIN_VALUES_FIELD_NUMBER: _ClassVar[int]
@@ -172,6 +174,7 @@ class ElementValues(_message.Message):
     PAD_CIPHERTEXT_FIELD_NUMBER: _ClassVar[int]
     PAD_CIPHERTEXT_SHA256_FIELD_NUMBER: _ClassVar[int]
     CLAMPED_AT_FIELD_NUMBER: _ClassVar[int]
+    FLOORED_AT_FIELD_NUMBER: _ClassVar[int]
     element: str
     ciphertexts: _containers.RepeatedScalarFieldContainer[bytes]
     plain_values: _containers.RepeatedScalarFieldContainer[int]
@@ -180,7 +183,8 @@ class ElementValues(_message.Message):
     pad_ciphertext: bytes
     pad_ciphertext_sha256: bytes
     clamped_at: int
-    def __init__(self, element: _Optional[str] = ..., ciphertexts: _Optional[_Iterable[bytes]] = ..., plain_values: _Optional[_Iterable[int]] = ..., ciphertext_sha256: _Optional[_Iterable[bytes]] = ..., padded_values: _Optional[_Iterable[int]] = ..., pad_ciphertext: _Optional[bytes] = ..., pad_ciphertext_sha256: _Optional[bytes] = ..., clamped_at: _Optional[int] = ...) -> None: ...
+    floored_at: int
+    def __init__(self, element: _Optional[str] = ..., ciphertexts: _Optional[_Iterable[bytes]] = ..., plain_values: _Optional[_Iterable[int]] = ..., ciphertext_sha256: _Optional[_Iterable[bytes]] = ..., padded_values: _Optional[_Iterable[int]] = ..., pad_ciphertext: _Optional[bytes] = ..., pad_ciphertext_sha256: _Optional[bytes] = ..., clamped_at: _Optional[int] = ..., floored_at: _Optional[int] = ...) -> None: ...
 
 class EncryptResponse(_message.Message):
     __slots__ = ("agency", "request_id", "elements", "node_audit_leaf_hash", "node_audit_index", "envelope")
