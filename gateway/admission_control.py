@@ -405,15 +405,12 @@ class AdmissionMiddleware:
         if not has_body and not supervised:
             await self.app(scope, receive, send)
             return
-        reserved = declared or 0
-        try:
-            self.budget.take(reserved)
-        except XgateError as exc:
-            await send_error(scope, send, exc)
-            return
+        # Bytes are reserved as they arrive, never as declared: a Content-Length with no body behind
+        # it (before any authentication) would otherwise hold the budget and lock every POST out.
+        reserved = 0
         try:
             try:
-                body, extra = await self._read_body(receive, declared) if has_body else (b"", 0)
+                body, extra = await self._read_body(receive) if has_body else (b"", 0)
             except _Refused as refused:
                 await send_error(scope, send, refused.error)
                 return
@@ -453,8 +450,9 @@ class AdmissionMiddleware:
             raise PayloadTooLarge(f"request body exceeds {self.max_body_bytes} bytes")
         return declared
 
-    async def _read_body(self, receive: Receive, declared: int | None) -> tuple[bytes, int]:
-        """The whole body within the read deadline; returns it and the bytes reserved beyond `declared`."""
+    async def _read_body(self, receive: Receive) -> tuple[bytes, int]:
+        """The whole body within the read deadline, each chunk reserved from the byte budget as it
+        arrives; returns it and the bytes reserved (given back here if the read fails)."""
         parts: list[bytes] = []
         seen = 0
         extra = 0
@@ -468,12 +466,11 @@ class AdmissionMiddleware:
                     seen += len(chunk)
                     if seen > self.max_body_bytes:
                         raise _Refused(PayloadTooLarge(f"request body exceeds {self.max_body_bytes} bytes"))
-                    if declared is None:  # streamed: reserve as it arrives
-                        try:
-                            self.budget.take(len(chunk))
-                        except XgateError as exc:
-                            raise _Refused(exc) from None
-                        extra += len(chunk)
+                    try:
+                        self.budget.take(len(chunk))
+                    except XgateError as exc:
+                        raise _Refused(exc) from None
+                    extra += len(chunk)
                     parts.append(chunk)
                     if not message.get("more_body", False):
                         break

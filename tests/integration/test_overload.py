@@ -20,6 +20,7 @@ import pytest
 
 from app.devfed import DEV_APPROVAL_REF, LEGAL_BASIS, DevFederation, start_gateway, write_gateway_config
 from crypto.he import RequesterKeys
+from gateway.admission_control import MB
 from tests.integration.negative_helpers import fresh_ids, wait_until_listening
 from tests.integration.rogue import RogueNode, start_rogue
 from xgate.pseudonym import Pseudonymiser, load_key
@@ -294,13 +295,13 @@ def test_slow_or_lying_body_is_cut_by_the_read_deadline(bodies: str, federation:
 
 
 def test_bytes_held_at_once_are_bounded(bodies: str, federation: DevFederation) -> None:
-    """While one caller holds 0.9 MB of declared body, another 0.2 MB body is refused at once."""
+    """While one caller holds 0.9 MB of body received so far, another 0.2 MB body is refused."""
     with _raw(bodies, federation.ca_cert) as sock:
         head = (
-            "POST /v1/checks HTTP/1.1\r\nHost: gw\r\nContent-Type: application/json\r\nContent-Length: 900000\r\n\r\n"
+            "POST /v1/checks HTTP/1.1\r\nHost: gw\r\nContent-Type: application/json\r\nContent-Length: 1000000\r\n\r\n"
         )
-        sock.sendall(head.encode() + b"{")
-        time.sleep(0.2)
+        sock.sendall(head.encode() + b"{" + b" " * 899_999)
+        time.sleep(0.3)
         with httpx.Client(base_url=bodies, verify=_verify(federation), timeout=30) as http:
             t0 = time.monotonic()
             response = http.post(
@@ -312,3 +313,20 @@ def test_bytes_held_at_once_are_bounded(bodies: str, federation: DevFederation) 
         assert response.status_code == 503 and response.json()["error"] == "overloaded", response.text
         assert int(response.headers["Retry-After"]) >= 1
         assert _status_of(sock)[0] == 408  # the slow one is cut by its own deadline
+
+
+def test_a_declared_length_with_no_bytes_behind_it_holds_nothing(bodies: str, federation: DevFederation) -> None:
+    """Attack: an unauthenticated connection declaring the largest body and sending none. Reserving
+    the declared bytes let it (1 MB against the 1 MB budget) lock every POST out for its read
+    deadline, again and again; bytes are now reserved as they arrive."""
+    head = f"POST /v1/anything HTTP/1.1\r\nHost: gw\r\nContent-Type: application/json\r\nContent-Length: {MB}\r\n\r\n"
+    with _raw(bodies, federation.ca_cert) as sock:
+        sock.sendall(head.encode())
+        time.sleep(0.3)
+        with httpx.Client(base_url=bodies, verify=_verify(federation), timeout=30) as http:
+            response = http.post(
+                "/v1/checks",
+                content=b"{}",
+                headers=_auth(federation, "caseworker", **{"Content-Type": "application/json"}),
+            )
+        assert response.status_code == 400, response.text  # judged on its body, not refused as overload
