@@ -99,7 +99,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-        log.exception("request_failed", path=request.url.path)
+        log.exception("request_failed", route=audited_route(request.scope, 500))
         body = error_document(request.scope, "internal_error", "internal error")
         return JSONResponse(body, status_code=500, headers={"X-Request-Id": request_id_of(request.scope)})
 
@@ -345,3 +345,26 @@ def contract_openapi(app: FastAPI) -> Callable[[], dict[str, Any]]:
         return app.openapi_schema
 
     return openapi
+
+
+_PARAM = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)(?::[a-z]+)?\}")
+_SAFE_PARAM = re.compile(r"^[A-Za-z0-9_.:\-]{1,128}$")
+
+
+def audited_route(scope: Scope, status: int) -> str:
+    """What a request entry names: the matched route's template, never the raw path (anyone,
+    unauthenticated, could fill it with a name, an address or an id the append-only log would
+    keep for ever). Its parameters are filled in for an answered request only, whose handler
+    accepted them, and only where they are plain identifiers; an unmatched path is "<unmatched>"."""
+    template = getattr(scope.get("route"), "path", None)
+    if not isinstance(template, str):
+        return "<unmatched>"
+    if status >= 400:
+        return template
+    params = scope.get("path_params", {})
+
+    def fill(match: re.Match[str]) -> str:
+        value = str(params.get(match.group(1), ""))
+        return value if _SAFE_PARAM.match(value) else match.group(0)
+
+    return _PARAM.sub(fill, template)

@@ -14,7 +14,13 @@ from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.admission_control import AdmissionController, AdmissionMiddleware, AdmissionSettings
-from gateway.api_contract import ContractMiddleware, contract_openapi, install_error_handlers, request_id_of
+from gateway.api_contract import (
+    ContractMiddleware,
+    audited_route,
+    contract_openapi,
+    install_error_handlers,
+    request_id_of,
+)
 from gateway.audit import REQUEST_ID, SERVICE_ACTOR, GatewayAudit
 from gateway.routes import ROUTERS
 from gateway.routes.console import mount_static
@@ -120,8 +126,9 @@ def _is_action(method: str, path: str) -> bool:
 
 class AuditEveryRequest:
     """Records every /v1/ request in the audit log before its answer goes out: unrecorded means
-    refused (503). Sees refusals (401, 413, 4xx) and errors (500) too; paths carry at most
-    pseudonyms. Every entry recorded while serving a request carries its id (REQUEST_ID).
+    refused (503). Sees refusals (401, 413, 4xx) and errors (500) too; an entry names the route's
+    template, not the raw path (`audited_route`). Every entry recorded while serving a request
+    carries its id (REQUEST_ID).
 
     Plain ASGI rather than Starlette's BaseHTTPMiddleware: that one runs each request in anyio task
     groups whose cancellation is re-delivered on every turn of the event loop until the request's
@@ -169,7 +176,7 @@ class AuditEveryRequest:
             except Exception:  # what the 500 handler would answer, but recorded like every request
                 if answered:
                     raise
-                log.exception("request_failed", path=path, request_id=request_id)
+                log.exception("request_failed", route=audited_route(scope, 500), request_id=request_id)
                 state["error"] = "internal_error"
                 held.clear()
                 await error_response(Request(scope), XgateError("internal error"))(scope, receive, out)
@@ -180,7 +187,7 @@ class AuditEveryRequest:
         try:
             await audit.record_request(
                 method,
-                path,
+                audited_route(scope, status),
                 status,
                 (time.perf_counter() - started) * 1000,
                 state.get("principal"),

@@ -120,3 +120,40 @@ def test_a_compromised_log_refuses_actions_but_answers_reads(env: tuple[TestClie
     assert r.json()["details"]["reason"] == "truncated" and coordinator.seen == []
     assert _request_entry(audit, r.headers["X-Request-Id"])["error"] == "audit_log_compromised"
     assert client.get("/healthz").status_code == 200
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/v1/subjects/ID110101199003071234/accesses",
+        "/v1/subjects/110101-19900307-1234/accesses",
+        "/v1/张三/北京市朝阳区建国路88号/tel:13800138000x",
+    ],
+)
+def test_an_unauthenticated_path_full_of_personal_data_never_reaches_the_log(
+    env: tuple[TestClient, GatewayAudit, Coordinator], path: str
+) -> None:
+    """Attack: anyone, without a key, writes a name, an address, a phone or a national id into the
+    append-only log through the request path (it recorded the raw path). Now the entry names the
+    matched route's template, or "<unmatched>"."""
+    client, audit, _ = env
+    r = client.get(path)
+    assert r.status_code in (401, 404), r.text
+    (entry,) = audit.log.entries(request_id=r.headers["X-Request-Id"], kind="request", limit=10)
+    route = entry.record.metadata["route"]
+    assert route in ("/v1/subjects/{pseudonym}/accesses", "<unmatched>"), route
+    stored = str(entry.record.metadata)
+    assert not any(token in stored for token in ("110101", "张三", "北京", "13800138000"))
+
+
+def test_an_answered_request_names_its_parameters_when_they_are_plain_identifiers() -> None:
+    from starlette.routing import Route
+
+    from gateway.api_contract import audited_route
+
+    route = Route("/v1/approvals/{ref}", endpoint=lambda request: None)
+    scope = {"route": route, "path_params": {"ref": "apr_k3Jd9QxT0bLm2VwYp7Rz4a"}}
+    assert audited_route(scope, 200) == "/v1/approvals/apr_k3Jd9QxT0bLm2VwYp7Rz4a"
+    assert audited_route(scope, 404) == "/v1/approvals/{ref}"
+    assert audited_route({**scope, "path_params": {"ref": "张三"}}, 200) == "/v1/approvals/{ref}"
+    assert audited_route({}, 404) == "<unmatched>"
