@@ -16,7 +16,7 @@ from client.consent_cli import app as consent_app
 from gateway.cli import app as gateway_app
 from nodes.cli import app as node_app
 from policies.policy_cli import app as policy_app
-from xgate.cli_support import fail_on_error
+from xgate.cli_support import fail_on_error, run
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -72,7 +72,7 @@ def demo(
 
 
 def main() -> None:
-    app()
+    run(app)
 
 
 if __name__ == "__main__":

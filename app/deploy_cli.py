@@ -21,8 +21,8 @@ from typing import Annotated
 
 import typer
 
-from xgate.cli_support import fail_on_error
-from xgate.errors import ConfigError, XgateError
+from xgate.cli_support import fail_on_error, plain_reason
+from xgate.errors import ConfigError, InvalidInput, XgateError
 
 config_app = typer.Typer(
     no_args_is_help=True,
@@ -51,9 +51,13 @@ def check_cmd(
 
     with fail_on_error():
         try:
-            tables = tomllib.loads(file.read_text())
-        except (OSError, tomllib.TOMLDecodeError) as exc:
+            tables = tomllib.loads(file.read_text(encoding="utf-8"))
+        except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{file}: {exc}") from None
+        except OSError as exc:
+            raise InvalidInput(plain_reason(exc) or f"{file}: unreadable") from None
+        except UnicodeDecodeError:
+            raise InvalidInput(f"{file}: not UTF-8 text, so not a config file") from None
         if "node" in tables:
             from nodes.config import load_node_config
             from nodes.preflight import node_problems

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import sqlite3
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -11,10 +13,51 @@ import typer
 from xgate.errors import XgateError
 
 
+def plain_reason(exc: BaseException) -> str | None:
+    """What an operator needs to read for a failure that comes from their input or environment
+    (a path, a file's bytes, a database file), or None for anything else: a bug keeps its traceback."""
+    if isinstance(exc, OSError) and exc.filename is not None:
+        what = {
+            FileNotFoundError: "no such file or directory",
+            IsADirectoryError: "is a directory, a file was expected",
+            NotADirectoryError: "a path component is not a directory",
+            PermissionError: "permission denied",
+            FileExistsError: "already exists",
+        }.get(type(exc), exc.strerror or type(exc).__name__)
+        return f"{exc.filename}: {what}"
+    if isinstance(exc, OSError):
+        return exc.strerror or str(exc)
+    if isinstance(exc, UnicodeDecodeError):
+        return f"a file is not UTF-8 text (byte {exc.object[exc.start : exc.start + 1]!r} at offset {exc.start})"
+    if isinstance(exc, json.JSONDecodeError):
+        return f"malformed JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}"
+    if isinstance(exc, sqlite3.DatabaseError):
+        return f"database: {exc} (is the path an xgate database, and is no other process writing it?)"
+    if isinstance(exc, RecursionError):
+        return "input nested too deeply"
+    return None
+
+
+def _exit_with(message: str, code: int) -> None:
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    sys.exit(code)
+
+
 @contextmanager
 def fail_on_error() -> Iterator[None]:
     try:
         yield
     except XgateError as exc:
-        typer.secho(f"error: {exc.message}", fg=typer.colors.RED, err=True)
-        sys.exit(1 if exc.http_status < 500 else 2)
+        _exit_with(exc.message, 1 if exc.http_status < 500 else 2)
+    except Exception as exc:
+        reason = plain_reason(exc)
+        if reason is None:
+            raise
+        _exit_with(reason, 1)
+
+
+def run(app: typer.Typer) -> None:
+    """The `xgate` entry point: every command, with failures of input or environment that a
+    command did not translate itself shown as one line."""
+    with fail_on_error():
+        app()

@@ -1,0 +1,68 @@
+"""The CLI edge (xgate/cli_support.py): a failure of input or environment that no command
+translated itself is one `error:` line naming the path, never a traceback; a bug keeps its
+traceback (it is not dressed up as bad input)."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+
+import pytest
+import typer
+
+from xgate.cli_support import plain_reason, run
+
+
+@pytest.fixture(autouse=True)
+def _no_arguments(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("sys.argv", ["xgate"])  # not pytest's own
+
+
+def _failing(exc: BaseException) -> typer.Typer:
+    app = typer.Typer(pretty_exceptions_enable=False)
+
+    @app.command()
+    def go() -> None:
+        raise exc
+
+    return app
+
+
+@pytest.mark.parametrize(
+    ("exc", "expected"),
+    [
+        (IsADirectoryError(21, "Is a directory", "data/"), "data/: is a directory, a file was expected"),
+        (FileNotFoundError(2, "No such file or directory", "jobs/x.toml"), "jobs/x.toml: no such file or directory"),
+        (PermissionError(13, "Permission denied", "ca.key"), "ca.key: permission denied"),
+    ],
+)
+def test_a_path_error_names_the_path(exc: OSError, expected: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        run(_failing(exc))
+    assert info.value.code == 1
+    err = capsys.readouterr().err
+    assert err.strip() == f"error: {expected}" and "Traceback" not in err
+
+
+def test_bytes_databases_json_and_nesting_get_one_line_each(tmp_path: Path) -> None:
+    try:
+        b"m\xe4le".decode()
+    except UnicodeDecodeError as exc:
+        assert plain_reason(exc) == "a file is not UTF-8 text (byte b'\\xe4' at offset 1)"
+    not_a_db = tmp_path / "x.sqlite"
+    not_a_db.write_bytes(b"not a database at all" * 100)
+    with pytest.raises(sqlite3.DatabaseError) as db:
+        sqlite3.connect(not_a_db).execute("SELECT 1 FROM sqlite_master")
+    assert (plain_reason(db.value) or "").startswith("database: file is not a database")
+    with pytest.raises(json.JSONDecodeError) as bad_json:
+        json.loads('{"a": ')
+    assert plain_reason(bad_json.value) == "malformed JSON at line 1, column 7: Expecting value"
+    assert plain_reason(RecursionError()) == "input nested too deeply"
+
+
+def test_a_bug_keeps_its_traceback() -> None:
+    """Positive control: an error that is not about input or environment is not swallowed."""
+    with pytest.raises(ZeroDivisionError):
+        run(_failing(ZeroDivisionError("a bug")))
+    assert plain_reason(KeyError("x")) is None
