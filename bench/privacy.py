@@ -137,7 +137,8 @@ def shipped_criteria_bits(n: int) -> dict[str, Any]:
         for index, criterion in enumerate(program.criteria):
             span = program.view_span(index, per_criterion=True)
             if program.span(index) > 1 and criterion.question not in {v["question"] for v in out.values()}:
-                bits = extra_bits(n, span, 1, 1)
+                # a clamped span of 1 leaves d in {-1, 0}: no magnitude to measure beyond the sign
+                bits = extra_bits(n, span, 1, 1) if span > 1 else {"gold": 0.0}
                 out[f"{program.id}.{criterion.id}"] = {
                     "question": criterion.question,
                     "catalogue_span": program.span(index),

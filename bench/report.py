@@ -205,7 +205,7 @@ def privacy(d: dict[str, Any]) -> str:
             "",
         ],
         [
-            "… the same if the overall view's terms were clamped too (not built)",
+            "… the same if the overall view's sums were clamped too (not built)",
             population["if_the_overall_view_were_clamped"]["every_position"],
             "",
             "",
