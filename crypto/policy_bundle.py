@@ -19,6 +19,8 @@ import datetime as dt
 import hashlib
 import json
 import os
+import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -124,30 +126,48 @@ def install(bundle: Path, ca_cert: Path, policy_dir: Path) -> Installed:
         if Path(name).is_absolute() or ".." in Path(name).parts:
             raise CryptoError(f"policy bundle file name {name!r} leaves the policy directory")
     current = policy_dir / MANIFEST
-    dropped: list[str] = []
     if current.exists():
         installed = _read_json(current, "installed policy bundle manifest")
-        previous = installed.get("files")
-        dropped = sorted(set(previous) - set(body["files"])) if isinstance(previous, dict) else []
         if int(body["version"]) <= int(installed.get("version", 0)):
             raise ConfigError(
                 f"policy bundle version {body['version']} is not newer than the installed version "
                 f"{installed.get('version')}: refusing a rollback"
             )
-    policy_dir.mkdir(parents=True, exist_ok=True)
-    for name, data in decoded.items():
-        target = policy_dir / name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(target.name + ".tmp")
-        tmp.write_bytes(data)
-        os.replace(tmp, target)
-    for name in dropped:  # a file the previous bundle had and this one does not: else verification refuses
-        if not (Path(name).is_absolute() or ".." in Path(name).parts):
-            (policy_dir / name).unlink(missing_ok=True)
+    # The new directory holds the bundle's files alone: a file only the old bundle had is gone.
     manifest = body | {"signature": doc["signature"]}
-    (policy_dir / (MANIFEST + ".tmp")).write_text(json.dumps(manifest, indent=1))
-    os.replace(policy_dir / (MANIFEST + ".tmp"), current)
+    _swap_in(policy_dir, {**decoded, MANIFEST: json.dumps(manifest, indent=1).encode()})
     return Installed(int(body["version"]), str(body["issued_at"]), len(decoded))
+
+
+def _swap_in(policy_dir: Path, files: dict[str, bytes]) -> None:
+    """Write the whole new policy directory beside the old one, then swap the two by renames, so
+    a failure while writing (a full disk, a path that is a directory) leaves the installed policies
+    as they were, never half of each version."""
+    policy_dir = policy_dir.absolute()
+    policy_dir.parent.mkdir(parents=True, exist_ok=True)
+    if policy_dir.exists() and not policy_dir.is_dir():
+        raise ConfigError(f"{policy_dir}: not a directory, so not a policy directory")
+    staging = Path(tempfile.mkdtemp(prefix=f".{policy_dir.name}.installing-", dir=policy_dir.parent))
+    try:
+        for name, data in files.items():
+            target = staging / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(data)
+        staging.chmod(0o755)
+    except OSError as exc:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise ConfigError(f"policy bundle not installed, nothing changed: {exc}") from None
+    previous = policy_dir.with_name(f".{policy_dir.name}.previous-{staging.name.rsplit('-', 1)[-1]}")
+    if policy_dir.exists():
+        os.rename(policy_dir, previous)
+    try:
+        os.rename(staging, policy_dir)
+    except OSError as exc:
+        if previous.exists():
+            os.rename(previous, policy_dir)
+        shutil.rmtree(staging, ignore_errors=True)
+        raise ConfigError(f"policy bundle not installed, nothing changed: {exc}") from None
+    shutil.rmtree(previous, ignore_errors=True)
 
 
 def verify_installed(policy_dir: Path, ca_cert: Path) -> Installed:

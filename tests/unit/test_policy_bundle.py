@@ -105,3 +105,44 @@ def test_a_newer_bundle_that_drops_a_file_removes_it_so_the_set_still_verifies(f
     assert install(_publish(fed, 2), ca, fed / "party").version == 2
     assert not (fed / "party" / "agreements" / "zz-temporary.cedar").exists()
     assert verify_installed(fed / "party", ca).version == 2
+
+
+def test_an_install_that_fails_while_writing_leaves_the_installed_version_whole(
+    fed: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Files were replaced one by one before the manifest: a write failing half-way (a full disk,
+    a path that had become a directory) left v2's agreements beside v1's manifest, so every later
+    verification refused and the node would not start. The new version is now written whole
+    beside the old one and swapped in by renames."""
+    ca = fed / "ca" / pki.CA_CERT
+    install(_publish(fed, 1), ca, fed / "party")
+    settings = fed / "set" / "settings.toml"
+    settings.write_text(settings.read_text().replace("Asia/Shanghai", "UTC"))
+    v2 = _publish(fed, 2)
+    real_write = Path.write_bytes
+    written: list[str] = []
+
+    def full_disk(self: Path, data: bytes) -> int:
+        written.append(self.name)
+        if len(written) == 5:
+            raise OSError(28, "No space left on device", str(self))
+        return real_write(self, data)
+
+    monkeypatch.setattr(Path, "write_bytes", full_disk)
+    with pytest.raises(ConfigError, match=r"not installed, nothing changed: .*No space left"):
+        install(v2, ca, fed / "party")
+    monkeypatch.undo()
+    assert verify_installed(fed / "party", ca).version == 1  # v1, whole
+    assert "Asia/Shanghai" in (fed / "party" / "settings.toml").read_text()
+    assert sorted(p.name for p in fed.iterdir() if p.name.startswith(".party")) == []  # no staging left
+    assert install(v2, ca, fed / "party").version == 2
+
+
+def test_an_install_replaces_a_damaged_directory_whole(fed: Path) -> None:
+    """The reviewer's case: a file of the installed set replaced by a directory."""
+    ca = fed / "ca" / pki.CA_CERT
+    install(_publish(fed, 1), ca, fed / "party")
+    (fed / "party" / "settings.toml").unlink()
+    (fed / "party" / "settings.toml").mkdir()
+    assert install(_publish(fed, 2), ca, fed / "party").version == 2
+    assert verify_installed(fed / "party", ca).version == 2
