@@ -76,6 +76,12 @@ class AdmissionSettings(BaseModel):
         default=1.5, gt=0, le=600, description="longest a check waits for a slot; then it is refused (503)"
     )
     body_read_timeout_s: float = Field(default=15.0, gt=0, le=600, description="to receive a whole body")
+    header_read_timeout_s: float = Field(
+        default=10.0, gt=0, le=600, description="to receive a request's head, from the connection or the last answer"
+    )
+    max_connections: int = Field(
+        default=4096, ge=16, le=1_000_000, description="connections and requests at once; beyond, 503 at once"
+    )
     request_deadline_s: float = Field(default=60.0, gt=0, le=3600, description="longest a check may take")
 
     @model_validator(mode="after")

@@ -22,6 +22,7 @@ from gateway.checks import CheckCoordinator
 from gateway.config import GatewayConfig, GatewayTls
 from gateway.fanout import NodeDirectory, NodeEndpoint
 from gateway.he_workers import ProcessHeCompute, default_workers
+from gateway.http_protocol import protocol_with
 from gateway.metered import MeteredCheckService
 from gateway.preflight import gateway_problems, load_mask_key
 from gateway.services import Services, public_key_of
@@ -217,7 +218,14 @@ def serve(config: GatewayConfig) -> None:
         }
     # A kept-alive TLS connection would hold a graceful shutdown for the TLS close timeout (30 s):
     # requests in flight get GRACEFUL_SHUTDOWN_S, then the app shuts down (within 5 s of SIGTERM).
-    config_kwargs: dict[str, Any] = {"timeout_graceful_shutdown": GRACEFUL_SHUTDOWN_S, **ssl_kwargs}
+    admission = settings.admission
+    config_kwargs: dict[str, Any] = {
+        "timeout_graceful_shutdown": GRACEFUL_SHUTDOWN_S,
+        # a request head has a deadline, and connections a ceiling (gateway/http_protocol.py)
+        "http": protocol_with(admission.header_read_timeout_s),
+        "limit_concurrency": admission.max_connections,
+        **ssl_kwargs,
+    }
     uvicorn_config = uvicorn.Config(app, log_level="warning", access_log=False, **config_kwargs)
     uvicorn_config.load()  # the SSL context exists now, so a renewal can replace its certificate later
     server = uvicorn.Server(uvicorn_config)

@@ -69,8 +69,8 @@ def short_wait(federation: DevFederation, hold_node: tuple[RogueNode, int]) -> s
 
 @pytest.fixture(scope="module")
 def bodies(federation: DevFederation) -> str:
-    """1 MB bodies, 1 MB of bodies held at once, 1 s to receive a body."""
-    admission = {"max_buffered_mb": 1, "max_queued_mb": 1, "body_read_timeout_s": 1.0}
+    """1 MB bodies, 1 MB of bodies held at once, 1 s to receive a request head, 1 s for a body."""
+    admission = {"max_buffered_mb": 1, "max_queued_mb": 1, "body_read_timeout_s": 1.0, "header_read_timeout_s": 1.0}
     return _variant(federation, "gw-overload-bodies", max_body_mb=1, admission=admission)
 
 
@@ -330,3 +330,27 @@ def test_a_declared_length_with_no_bytes_behind_it_holds_nothing(bodies: str, fe
                 headers=_auth(federation, "caseworker", **{"Content-Type": "application/json"}),
             )
         assert response.status_code == 400, response.text  # judged on its body, not refused as overload
+
+
+def test_a_request_head_sent_a_byte_at_a_time_is_cut_by_its_deadline(bodies: str, federation: DevFederation) -> None:
+    """Attack: slowloris on the request head. uvicorn gives a head no deadline, so a client sending
+    a header byte every few seconds held its connection, a descriptor and ~60 kB for ever (1,500 of
+    them: +92 MB, none closed). The head now has `header_read_timeout_s` (1 s here)."""
+    with _raw(bodies, federation.ca_cert) as sock:
+        sock.sendall(b"POST /v1/checks HTTP/1.1\r\nHost: gw\r\n")
+        t0 = time.monotonic()
+        closed = False
+        while time.monotonic() - t0 < 6:
+            try:
+                sock.sendall(b"X")  # one more byte of a header that never ends
+                sock.settimeout(0.3)
+                if sock.recv(1024) == b"":
+                    closed = True
+                    break
+            except TimeoutError:
+                continue
+            except (ConnectionError, ssl.SSLError, OSError):
+                closed = True
+                break
+        elapsed = time.monotonic() - t0
+    assert closed and elapsed < 4, f"still open after {elapsed:.1f} s"
