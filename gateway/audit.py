@@ -20,12 +20,13 @@ from typing import Any
 import grpc
 
 from audit import AppendReceipt, AuditLog, CosignatureVerifier, Signer, load_private_key, load_public_key
+from audit.checkpoints import parse_signed_note
 from audit.integrity import WitnessView, check_own_checkpoint, check_witness_view
 from audit.store import WriterKind
 from gateway.audit_registry import AuditLogRegistry
 from gateway.fanout import NodeDirectory
 from xgate import metrics
-from xgate.errors import AuditLogCompromised, IntegrityError, NodeTimeout, NodeUnavailable, XgateError
+from xgate.errors import AuditLogCompromised, ConfigError, IntegrityError, NodeTimeout, NodeUnavailable, XgateError
 from xgate.logging import get_logger
 
 log = get_logger("xgate.gateway.audit")
@@ -84,7 +85,37 @@ class GatewayAudit:
             agency: CosignatureVerifier(f"xgate.node.{agency}/witness", load_public_key(path))
             for agency, path in witness_keys.items()
         }
-        return cls(audit_log, verifiers, registry=registry)
+        audit = cls(audit_log, verifiers, registry=registry)
+        problem = audit.check_against_manifest()
+        if problem is not None:
+            audit_log.close()
+            raise ConfigError(f"{problem.message}; refusing to start")
+        return audit
+
+    def check_against_manifest(self, size: int | None = None) -> AuditLogCompromised | None:
+        """The federation manifest's latest checkpoint of this log must be a prefix of it: one at a
+        larger size, or with another root at its size, means another process writes this log
+        under the same origin and key (a copied config), or this log was cut back or replaced."""
+        if self.registry is None:
+            return None
+        note = self.registry.checkpoint(self.log.origin)
+        if note is None:
+            return None
+        recorded = parse_signed_note(note).checkpoint
+        have = self.log.size if size is None else size
+        if recorded.size > have:
+            return AuditLogCompromised(
+                f"the federation manifest holds a checkpoint of '{self.log.origin}' at {recorded.size} entries, "
+                f"this log has {have}: another gateway process writes this log, or it was cut back",
+                reason="forked",
+            )
+        if recorded.size and self.log.root(recorded.size) != recorded.root:
+            return AuditLogCompromised(
+                f"the federation manifest's checkpoint of '{self.log.origin}' at {recorded.size} entries has "
+                "another root than this log: another gateway process writes this log under the same key",
+                reason="forked",
+            )
+        return None
 
     pending: int = 0  # appends waiting for their commit (xgate_audit_queue_depth)
 
@@ -258,8 +289,13 @@ class GatewayAudit:
         )
         self._idle_size = receipt.index + 1
         if self.registry is not None:  # the manifest's copy: a log cut back below it no longer verifies
-            latest = await asyncio.to_thread(self.log.checkpoint_at, size)
-            await asyncio.to_thread(self.registry.record_checkpoint, self.log.origin, size, latest.text())
+            forked = await asyncio.to_thread(self.check_against_manifest, size)
+            if forked is not None:
+                log.error("audit_log_forked", origin=self.log.origin, size=size)
+                found = found or forked
+            else:
+                latest = await asyncio.to_thread(self.log.checkpoint_at, size)
+                await asyncio.to_thread(self.registry.record_checkpoint, self.log.origin, size, latest.text())
         if found is not None:
             await self._compromise(found)
         return outcome

@@ -8,6 +8,9 @@ logs against (audit/federation.py).
 
 Registration refuses a second log under one origin with another key, and one key for two
 origins: to the witnesses, a log is its key and origin, and two writers of one log would fork it.
+Two processes configured alike (one origin, one key, two audit databases) pass registration; the
+gateway then finds the fork against the checkpoint recorded here (gateway/audit.py
+`check_against_manifest`), at start and before recording each of its own.
 """
 
 from __future__ import annotations
@@ -69,6 +72,12 @@ class AuditLogRegistry:
                 "WHERE origin = ? AND (checkpoint_size IS NULL OR checkpoint_size <= ?)",
                 (size, note, origin, size),
             )
+
+    def checkpoint(self, origin: str) -> str | None:
+        """The latest checkpoint note recorded for a log, if any."""
+        with self.db.read() as tx:
+            row = tx.execute("SELECT checkpoint FROM audit_logs WHERE origin = ?", (origin,)).fetchone()
+        return None if row is None or row[0] is None else str(row[0])
 
     def logs(self) -> list[ManifestLog]:
         with self.db.read() as tx:

@@ -222,3 +222,43 @@ def test_verify_federation_refuses_a_malformed_log_argument(federation: Any, tmp
     (tmp_path / "m.json").write_text(json.dumps(manifest_document(manifest)))
     result = CliRunner().invoke(app, ["verify-federation", "--manifest", str(tmp_path / "m.json"), "--log", "a.sqlite"])
     assert result.exit_code != 0 and "--log must be AUDIT_DB=PUBKEY.pem" in result.output
+
+
+def test_two_processes_writing_one_replicas_log_are_found_out(tmp_path: Path) -> None:
+    """Attack (found by review): a second gateway process configured as replica "a" (a copied
+    config: the same origin and key, its own audit database) passed registration; both signed
+    diverging trees under one origin, the manifest kept whichever published last, and
+    verify-federation said OK over that fork while the other process's accesses were nowhere.
+    Now each process checks its log against the manifest's checkpoint of its origin: at start
+    (refused) and before recording each checkpoint (its log marked compromised, nothing recorded)."""
+    import asyncio
+
+    from audit.checkpoints import save_keypair
+    from gateway.audit import GatewayAudit
+
+    registry = AuditLogRegistry(tmp_path / "audit_logs.sqlite")
+    save_keypair(generate_key(), tmp_path / "a")
+    key = tmp_path / "a.key.pem"
+
+    def open_(db: str) -> GatewayAudit:
+        return GatewayAudit.open(tmp_path / db, key, {}, writer="thread", replica="a", registry=registry)
+
+    class NoWitnesses:
+        pass
+
+    first, second = open_("first.sqlite"), open_("second.sqlite")  # both start before any checkpoint
+    first.log.append_many([record(i, request_id=f"req-first-{i}") for i in range(5)])
+    second.log.append_many([record(i, request_id=f"req-second-{i}") for i in range(7)])
+    asyncio.run(second.publish_and_cosign(NoWitnesses()))  # type: ignore[arg-type]
+    assert second.compromised is None
+    asyncio.run(first.publish_and_cosign(NoWitnesses()))  # type: ignore[arg-type]
+    assert first.compromised is not None and first.compromised.details["reason"] == "forked"
+    recorded = registry.checkpoint("xgate.gateway.a/audit")
+    assert recorded is not None and recorded.startswith("xgate.gateway.a/audit\n7\n")  # second's, untouched
+    first.close()
+    second.close()
+    with pytest.raises(ConfigError, match="another gateway process writes this log"):
+        open_("third.sqlite")  # a third copy, started later, is refused at once
+    reopened = open_("second.sqlite")  # the real writer restarting is fine
+    assert reopened.compromised is None
+    reopened.close()
