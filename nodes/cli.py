@@ -8,7 +8,7 @@ import typer
 
 from nodes.config import load_node_config
 from nodes.loader import parse_file, store_parsed
-from nodes.store import open_node_store
+from nodes.store import node_store_for_load
 from policies.catalogue import load_catalogue
 from xgate.cli_support import fail_on_error
 from xgate.pseudonym import Pseudonymiser, load_key
@@ -26,25 +26,19 @@ def load(
 ) -> None:
     """Validate every row and load the file atomically (any invalid row refuses the whole file).
 
-    The file is validated before the store is opened, and a store this command created is removed
-    again if storing fails: a refused load leaves no store behind.
+    The file is validated before the store is touched. A reload replaces the dataset in one
+    transaction; a first load builds the store beside it and renames it into place once committed,
+    so a refused, failed or killed first load leaves no store (a killed one may leave
+    `<store>.loading` and `<store>.load-lock`, which the next load removes). One load at a time: a
+    second one is refused with "store busy".
     """
     with fail_on_error():
         cfg = load_node_config(config)
         catalogue, _ = load_catalogue(cfg.node.catalogue)
         pseudonymiser = Pseudonymiser(load_key(cfg.node.pseudonym_key_file))
         parsed = parse_file(data, mapping, catalogue, pseudonymiser)
-        created = not cfg.node.store.exists()
-        store = open_node_store(cfg.node)
-        try:
+        with node_store_for_load(cfg.node) as store:
             report = store_parsed(store, parsed)
-        except BaseException:
-            store.close()
-            if created:
-                for suffix in ("", "-wal", "-shm", "-journal"):
-                    cfg.node.store.with_name(cfg.node.store.name + suffix).unlink(missing_ok=True)
-            raise
-        store.close()
         typer.echo(
             f"loaded dataset '{report.dataset}': {report.rows} rows, {report.values} values "
             f"(sha256 {report.source_sha256[:16]}…) into {cfg.node.store}"

@@ -7,14 +7,22 @@ many of its cells are wrong): nothing is silently dropped and a half-loaded data
 check. A `category` column may hold the catalogue's category labels (mapped to their codes, in the
 catalogue's order) or the codes themselves; a label the catalogue does not list is refused.
 
+Row numbers are the file's line numbers (the header is line 1; blank lines count, and a record
+spanning lines is numbered by its first); a Parquet file's header counts as row 1 likewise. A file
+that is not UTF-8 text, a row with another number of cells than the header, or a header naming a
+column twice is refused as a whole, with the line.
+
 `parse_file` validates the whole file without touching any store, so a refused file leaves no
 store behind (`xgate node load` opens the store only after parsing succeeded).
 """
 
 from __future__ import annotations
 
+import codecs
 import csv
 import hashlib
+import io
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -26,10 +34,11 @@ from nodes.store import NodeStore
 from policies.catalogue import AgencyId, Catalogue, Classification, DataElement, ElementId, ElementType
 from xgate.errors import ConfigError, InvalidInput, NotFound
 from xgate.pseudonym import Pseudonymiser
-from xgate.tomlfile import load_model
+from xgate.tomlfile import load_model, locate
 
 MAX_REPORTED_ERRORS = 50
 MAX_UNKNOWN_LABELS = 10
+_INTEGER = re.compile(r"[+-]?[0-9]+")  # ASCII only: int() also takes "2_6" and other scripts' digits
 
 
 class DatasetHeader(BaseModel):
@@ -69,7 +78,21 @@ class LoadReport:
 
 
 def load_mapping(path: Path, catalogue: Catalogue) -> tuple[Mapping, list[DataElement]]:
-    mapping, _ = load_model(path, Mapping, "mapping")
+    mapping, raw = load_model(path, Mapping, "mapping")
+    text = raw.decode("utf-8", errors="replace")
+    columns: set[str] = set()
+    feeds: dict[str, str] = {}
+    for i, col in enumerate(mapping.columns):
+        # Two columns on one element would both be stored under (element, pseudonym).
+        if col.column in columns:
+            raise ConfigError(f"{_at(path, text, i, 'column')}: column '{col.column}' is mapped twice")
+        if col.element in feeds:
+            raise ConfigError(
+                f"{_at(path, text, i, 'element')}: element '{col.element}' is fed by two columns, "
+                f"'{feeds[col.element]}' and '{col.column}'"
+            )
+        columns.add(col.column)
+        feeds[col.element] = col.column
     elements: list[DataElement] = []
     for col in mapping.columns:
         try:
@@ -88,18 +111,88 @@ def load_mapping(path: Path, catalogue: Catalogue) -> tuple[Mapping, list[DataEl
     return mapping, elements
 
 
-def read_rows(path: Path) -> Iterator[tuple[int, dict[str, str]]]:
-    """(row number as a person counts it, with the header as row 1, cells as text)."""
-    if path.suffix.lower() == ".parquet":
-        import pyarrow.parquet as pq
+def _at(path: Path, text: str, index: int, key: str) -> str:
+    line = locate(text, ("columns", index, key))
+    return f"mapping {path}" + (f" line {line}" if line else "")
 
-        table = pq.read_table(path)
-        for i, record in enumerate(table.to_pylist(), start=2):
-            yield i, {k: "" if v is None else str(v) for k, v in record.items()}
-        return
-    with path.open(newline="", encoding="utf-8") as handle:
-        for i, record in enumerate(csv.DictReader(handle), start=2):
-            yield i, {k: (v or "") for k, v in record.items() if k is not None}
+
+def read_rows(path: Path) -> Iterator[tuple[int, dict[str, str]]]:
+    """(row number: the file's line number, with the header as row 1; cells as text)."""
+    return _rows(path, _read_bytes(path))
+
+
+def _read_bytes(path: Path) -> bytes:
+    if path.is_dir():
+        raise InvalidInput(f"data file {path} is a directory, not a CSV or Parquet file")
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise InvalidInput(f"data file {path} does not exist") from None
+    except OSError as exc:
+        raise InvalidInput(f"data file {path}: cannot read it ({exc.strerror})") from None
+
+
+def _rows(path: Path, raw: bytes) -> Iterator[tuple[int, dict[str, str]]]:
+    if path.suffix.lower() == ".parquet":
+        return _parquet_rows(path, raw)
+    return _csv_rows(path, raw)
+
+
+def _duplicate(names: list[str]) -> str | None:
+    """The first name given twice (blank names are unnamed columns, which no mapping can use)."""
+    seen: set[str] = set()
+    for name in names:
+        if name in seen and name.strip():
+            return name
+        seen.add(name)
+    return None
+
+
+def _parquet_rows(path: Path, raw: bytes) -> Iterator[tuple[int, dict[str, str]]]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        parquet = pq.ParquetFile(pa.BufferReader(raw))
+        twice = _duplicate(parquet.schema_arrow.names)
+        if twice is not None:
+            raise InvalidInput(f"{path}: the header names column '{twice}' twice")
+        table = parquet.read()
+    except (pa.ArrowException, OSError, ValueError) as exc:
+        reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        raise InvalidInput(f"{path}: not a readable Parquet file ({reason})") from None
+    for i, record in enumerate(table.to_pylist(), start=2):
+        yield i, {k: "" if v is None else str(v) for k, v in record.items()}
+
+
+def _csv_rows(path: Path, raw: bytes) -> Iterator[tuple[int, dict[str, str]]]:
+    body = raw.removeprefix(codecs.BOM_UTF8)  # spreadsheet exports start with one ("utf-8-sig")
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = body.count(b"\n", 0, exc.start) + 1
+        raise InvalidInput(
+            f"{path} line {line}: not UTF-8 text (byte 0x{body[exc.start]:02x}); save the file as UTF-8"
+        ) from None
+    reader = csv.reader(io.StringIO(text, newline=""))
+    header: list[str] | None = None
+    next_line = 1
+    try:
+        for cells in reader:
+            line, next_line = next_line, reader.line_num + 1  # a record spanning lines: its first
+            if not cells:
+                continue  # a blank line
+            if header is None:
+                twice = _duplicate(cells)
+                if twice is not None:
+                    raise InvalidInput(f"{path} line {line}: the header names column '{twice}' twice")
+                header = cells
+                continue
+            if len(cells) != len(header):
+                raise InvalidInput(f"{path} line {line}: {len(cells)} cells, the header has {len(header)}")
+            yield line, dict(zip(header, cells, strict=True))
+    except csv.Error as exc:
+        raise InvalidInput(f"{path} line {reader.line_num}: {exc}") from None
 
 
 def _category_codes(element: DataElement) -> dict[str, int]:
@@ -127,26 +220,21 @@ def _parse(col: ColumnMapping, cell: str, codes: dict[str, int] | None = None) -
         if col.required:
             raise ValueError(f"column '{col.column}' is required")
         return None
-    if codes is not None and not _is_int(text):
+    is_int = _INTEGER.fullmatch(text) is not None
+    if codes is not None and not is_int:
         code = codes.get(text, codes.get(text.casefold()))
         if code is None:
             raise _UnknownLabel(f"column '{col.column}' holds a label that is not one of the catalogue's categories")
         return code
     try:
-        value = int(text)
+        value = int(text) if is_int else None  # int() fails past Python's digit limit
     except ValueError:
-        raise ValueError(f"column '{col.column}' is not an integer") from None
+        value = None
+    if value is None:
+        raise ValueError(f"column '{col.column}' is not an integer")
     if not col.min <= value <= col.max:
         raise ValueError(f"column '{col.column}' is outside {col.min}..{col.max}")
     return value
-
-
-def _is_int(text: str) -> bool:
-    try:
-        int(text)
-    except ValueError:
-        return False
-    return True
 
 
 @dataclass(frozen=True)
@@ -163,8 +251,7 @@ class ParsedDataset:
 def parse_file(source: Path, mapping_path: Path, catalogue: Catalogue, pseudonymiser: Pseudonymiser) -> ParsedDataset:
     """Validate every row of the file; raise InvalidInput naming the invalid rows (nothing is stored)."""
     mapping, elements = load_mapping(mapping_path, catalogue)
-    if not source.exists():
-        raise InvalidInput(f"data file {source} does not exist")
+    raw = _read_bytes(source)  # read once: the rows and the recorded digest are of the same bytes
     codes = {
         col.column: _category_codes(el) if el.type is ElementType.CATEGORY and el.categories else None
         for col, el in zip(mapping.columns, elements, strict=True)
@@ -175,7 +262,7 @@ def parse_file(source: Path, mapping_path: Path, catalogue: Catalogue, pseudonym
     seen: set[str] = set()
     rows = 0
     first = True
-    for rownum, record in read_rows(source):
+    for rownum, record in _rows(source, raw):
         if first:
             wanted = [mapping.dataset.subject_column] + [c.column for c in mapping.columns]
             absent = [c for c in wanted if c not in record]
@@ -218,7 +305,7 @@ def parse_file(source: Path, mapping_path: Path, catalogue: Catalogue, pseudonym
         )
     if rows == 0:
         raise InvalidInput(f"{source}: no data rows")
-    digest = hashlib.sha256(source.read_bytes()).hexdigest()
+    digest = hashlib.sha256(raw).hexdigest()
     return ParsedDataset(mapping.dataset.name, elements, values, rows, digest)
 
 

@@ -3,14 +3,21 @@
 Values are integers keyed by (data element, pseudonym); national ids are not stored, only the
 federation pseudonym computed at load time. Core-class columns can be sealed at rest with a
 column cipher (AES-256-GCM, see crypto/at_rest.py), whose key never lives beside the store.
+
+Loads go through `store_for_load`: one load at a time per store, and a store that does not exist
+yet is built beside its path and renamed into place only once its load committed.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
+import os
 import sqlite3
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -18,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 
 from policies.catalogue import DataElement
-from xgate.errors import InvalidInput, NotFound
+from xgate.errors import ConfigError, InvalidInput, NotFound, StoreUnavailable, XgateError
 
 if TYPE_CHECKING:
     from nodes.config import NodeSettings
@@ -37,6 +44,29 @@ CREATE TABLE IF NOT EXISTS datasets (
     name TEXT PRIMARY KEY, source_sha256 TEXT NOT NULL, rows INTEGER NOT NULL, loaded_at TEXT NOT NULL
 );
 """
+
+BUSY_TIMEOUT_S = 5.0  # how long a write waits for another writer before "store busy"
+_LOADING = ".loading"  # a first load's database, renamed to the store once committed
+_LOAD_LOCK = ".load-lock"  # flock held by the one load writing the store
+_SQLITE_SIDE_FILES = ("-wal", "-shm", "-journal")
+
+
+def _sibling(path: Path, suffix: str) -> Path:
+    return path.with_name(path.name + suffix)
+
+
+def _store_error(path: Path, exc: sqlite3.Error) -> XgateError:
+    """A clear xgate error for a SQLite failure on the store at `path` (never a sqlite3 traceback)."""
+    name = getattr(exc, "sqlite_errorname", "")
+    if name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")):
+        return StoreUnavailable(f"node store {path}: store busy: another process is writing it; retry")
+    if name == "SQLITE_NOTADB":
+        return ConfigError(f"node store {path} is not a SQLite database (not an xgate node store)")
+    if name.startswith("SQLITE_READONLY"):
+        return ConfigError(f"node store {path}: cannot write it ({exc}); check its permissions")
+    if name.startswith(("SQLITE_CANTOPEN", "SQLITE_PERM")):
+        return ConfigError(f"node store {path}: cannot open it ({exc}); check its path and permissions")
+    return ConfigError(f"node store {path}: {exc}")
 
 
 class ColumnSealer(Protocol):
@@ -78,14 +108,33 @@ class NodeStore:
 
     @classmethod
     def open(cls, path: Path, read_only: bool = False, sealer: ColumnSealer | None = None) -> NodeStore:
-        if read_only:
-            conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)
-        else:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            conn = sqlite3.connect(path, check_same_thread=False)
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=FULL")
-            conn.executescript(_SCHEMA)
+        """Open (writable: create) the store; a path SQLite cannot use raises ConfigError naming it."""
+        if path.is_dir():
+            raise ConfigError(f"node store {path} is a directory, not a store file")
+        if not read_only:
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise ConfigError(f"node store {path}: cannot create its directory ({exc.strerror})") from None
+        try:
+            if read_only:
+                conn = sqlite3.connect(
+                    f"file:{path}?mode=ro", uri=True, check_same_thread=False, timeout=BUSY_TIMEOUT_S
+                )
+            else:
+                conn = sqlite3.connect(path, check_same_thread=False, timeout=BUSY_TIMEOUT_S)
+        except sqlite3.Error as exc:
+            raise _store_error(path, exc) from None
+        try:
+            if not read_only:
+                conn.execute("PRAGMA journal_mode=WAL")
+                conn.execute("PRAGMA synchronous=FULL")
+                conn.executescript(_SCHEMA)
+            # SQLite reads a file only when first asked: ask now, so a foreign file fails here.
+            conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        except sqlite3.Error as exc:
+            conn.close()
+            raise _store_error(path, exc) from None
         return cls(conn, path, sealer)
 
     def close(self) -> None:
@@ -190,7 +239,8 @@ class NodeStore:
         rows: Iterable[tuple[str, str, int]],
         loaded_at: str,
     ) -> int:
-        """Atomically replace every value of the dataset's elements; rows are (element, pseudonym, value)."""
+        """Atomically replace the dataset: every value of its earlier elements and of `elements` goes,
+        then `rows` are stored as (element, pseudonym, value)."""
         sealed = {e.id for e, seal in elements if seal}
         if sealed and self._sealer is None:
             raise InvalidInput("core-class elements must be sealed but no column key is configured")
@@ -203,33 +253,38 @@ class NodeStore:
                 else:
                     yield element, pseudonym, value
 
-        with self._lock, self._conn:
-            for element, _ in elements:
-                self._conn.execute("DELETE FROM element_values WHERE element = ?", (element.id,))
-            self._conn.execute("DELETE FROM elements WHERE dataset = ?", (dataset,))
-            self._conn.executemany(
-                "INSERT OR REPLACE INTO elements VALUES (?,?,?,?,?,?,?,?,?,?)",
-                [
-                    (
-                        e.id,
-                        e.agency,
-                        e.type.value,
-                        e.unit,
-                        e.min,
-                        e.max,
-                        e.classification.value,
-                        e.description,
-                        dataset,
-                        int(seal),
-                    )
-                    for e, seal in elements
-                ],
-            )
-            cursor = self._conn.executemany("INSERT INTO element_values VALUES (?,?,?)", encoded())
-            count = cursor.rowcount
-            self._conn.execute(
-                "INSERT OR REPLACE INTO datasets VALUES (?,?,?,?)", (dataset, source_sha256, count, loaded_at)
-            )
+        try:
+            with self._lock, self._conn:
+                return self._replace(dataset, source_sha256, elements, encoded(), loaded_at)
+        except sqlite3.Error as exc:
+            raise _store_error(self.path, exc) from None
+
+    def _replace(
+        self,
+        dataset: str,
+        source_sha256: str,
+        elements: Sequence[tuple[DataElement, bool]],
+        rows: Iterable[tuple[str, str, object]],
+        loaded_at: str,
+    ) -> int:
+        # Columns the new mapping dropped lose their values too: stale subjects would still count.
+        self._conn.execute(
+            "DELETE FROM element_values WHERE element IN (SELECT id FROM elements WHERE dataset = ?)", (dataset,)
+        )
+        self._conn.executemany("DELETE FROM element_values WHERE element = ?", [(e.id,) for e, _ in elements])
+        self._conn.execute("DELETE FROM elements WHERE dataset = ?", (dataset,))
+        self._conn.executemany(
+            "INSERT OR REPLACE INTO elements VALUES (?,?,?,?,?,?,?,?,?,?)",
+            [
+                (e.id, e.agency, e.type.value, e.unit, e.min, e.max, e.classification.value, e.description,
+                 dataset, int(seal))
+                for e, seal in elements
+            ],
+        )  # fmt: skip
+        count = self._conn.executemany("INSERT INTO element_values VALUES (?,?,?)", rows).rowcount
+        self._conn.execute(
+            "INSERT OR REPLACE INTO datasets VALUES (?,?,?,?)", (dataset, source_sha256, count, loaded_at)
+        )
         return count
 
     def sealed_rows(self) -> list[tuple[str, str, bytes]]:
@@ -248,12 +303,127 @@ class NodeStore:
             )
 
 
+def _column_sealer(settings: NodeSettings) -> ColumnSealer | None:
+    if settings.column_key_file is None:
+        return None
+    from crypto.at_rest import load_key
+
+    # Refuses a key file inside the store's directory: the key never sits beside the data.
+    return load_key(settings.column_key_file, data_dir=settings.store.parent)
+
+
 def open_node_store(settings: NodeSettings, read_only: bool = False) -> NodeStore:
     """Open a node's store with its at-rest column cipher when a column key is configured."""
-    sealer = None
-    if settings.column_key_file is not None:
-        from crypto.at_rest import load_key
+    return NodeStore.open(settings.store, read_only=read_only, sealer=_column_sealer(settings))
 
-        # Refuses a key file inside the store's directory: the key never sits beside the data.
-        sealer = load_key(settings.column_key_file, data_dir=settings.store.parent)
-    return NodeStore.open(settings.store, read_only=read_only, sealer=sealer)
+
+def _take_load_lock(path: Path) -> int:
+    """flock `<store>.load-lock` without waiting; returns its fd. The holder unlinks the file as it
+    releases it, so a load that locked a file no longer at that path takes the new one instead."""
+    lock_path = _sibling(path, _LOAD_LOCK)
+    while True:
+        try:
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            raise ConfigError(f"node store {path}: cannot write in {path.parent} ({exc.strerror})") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise StoreUnavailable(f"node store {path}: store busy: another load is writing it; retry") from None
+        except OSError as exc:
+            os.close(fd)
+            raise ConfigError(f"node store {path}: cannot lock {lock_path} ({exc.strerror})") from None
+        try:
+            if os.path.samestat(os.fstat(fd), os.stat(lock_path)):
+                return fd
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+
+
+def _release_load_lock(path: Path, fd: int) -> None:
+    with contextlib.suppress(OSError):  # a lock file left behind is harmless: the next load takes it
+        _sibling(path, _LOAD_LOCK).unlink(missing_ok=True)  # still held, so still ours
+    os.close(fd)
+
+
+def _remove_side_files(path: Path) -> None:
+    for suffix in _SQLITE_SIDE_FILES:
+        _sibling(path, suffix).unlink(missing_ok=True)
+
+
+def _remove_database(path: Path) -> None:
+    path.unlink(missing_ok=True)
+    _remove_side_files(path)
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@contextmanager
+def store_for_load(path: Path, sealer: ColumnSealer | None = None) -> Iterator[NodeStore]:
+    """The store one load writes, while no other load can (StoreUnavailable "store busy" otherwise).
+
+    An existing store is opened as it is: each `replace_dataset` is one transaction. A store that does
+    not exist yet is built as `<store>.loading` and renamed into place only when the body returns, so
+    a load that fails or is killed leaves no store; the next load removes what a killed one left.
+    """
+    if path.is_dir():
+        raise ConfigError(f"node store {path} is a directory, not a store file")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"node store {path}: cannot create its directory ({exc.strerror})") from None
+    lock = _take_load_lock(path)
+    try:
+        temp = _sibling(path, _LOADING)
+        _disk(path, _remove_database, temp)  # a killed load's: we hold the lock, so no live load's
+        if path.exists():
+            store = NodeStore.open(path, sealer=sealer)
+            try:
+                yield store
+            finally:
+                store.close()
+            return
+        store = NodeStore.open(temp, sealer=sealer)
+        store.path = path  # errors name the store the operator configured
+        try:
+            yield store
+            # Fold the WAL into the file: it must be whole on its own before it is renamed.
+            try:
+                busy = store._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+            except sqlite3.Error as exc:
+                raise _store_error(path, exc) from None
+            if busy:
+                raise StoreUnavailable(f"node store {path}: store busy: {temp} is open elsewhere; retry")
+            store.close()
+            # Journals of a store deleted without them would be replayed into this one.
+            _disk(path, _remove_side_files, path)
+            _disk(path, os.replace, temp, path)
+        except BaseException:
+            store.close()
+            with contextlib.suppress(OSError):  # the load's own error is the one to report
+                _remove_database(temp)
+            raise
+        _disk(path, _remove_database, temp)  # the emptied -wal/-shm beside the old name
+        _disk(path, _fsync_dir, path.parent)
+    finally:
+        _release_load_lock(path, lock)
+
+
+def _disk(path: Path, action: Callable[..., None], *args: Path) -> None:
+    try:
+        action(*args)
+    except OSError as exc:
+        raise ConfigError(f"node store {path}: cannot write it ({exc.strerror})") from None
+
+
+def node_store_for_load(settings: NodeSettings) -> AbstractContextManager[NodeStore]:
+    """`store_for_load` for a node's configured store, with its column cipher."""
+    return store_for_load(settings.store, _column_sealer(settings))

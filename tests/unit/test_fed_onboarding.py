@@ -110,7 +110,8 @@ def test_split_is_reproducible_pseudonymised_and_by_column(fed: Path) -> None:
 def test_split_refusals(fed: Path) -> None:
     args = ["train", "split", "--config", fed / "tax.toml", "--id-column", "national_id", "--out", fed / "h.txt"]
     bad = fed / "bad.csv"
-    bad.write_text("national_id,sector\n12345,public\n" + (fed / "tax.csv").read_text().splitlines()[1] + "\n")
+    header, first = (fed / "tax.csv").read_text().splitlines()[:2]
+    bad.write_text(f"{header}\n12345,100,public,0\n{first}\n")  # every row as many cells as the header
     res = _invoke(*args, "--data", bad)
     assert res.exit_code == 1 and "row 2" in res.output and "1 invalid row(s) of 2" in res.output
     res = _invoke(*args, "--data", fed / "tax.csv", "--column", "sector")

@@ -1,0 +1,134 @@
+"""The loader refuses malformed extracts and mappings by file and line, never with a traceback:
+cell counts, repeated header names, a UTF-8 BOM, non-UTF-8 bytes, directories, corrupt Parquet,
+two columns on one element, non-ASCII or underscored integers, line numbers after blank lines."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from app.synth import write_mapping
+from nodes.loader import parse_file
+from policies.catalogue import load_catalogue
+from xgate.errors import ConfigError, InvalidInput
+from xgate.pseudonym import Pseudonymiser, id_checksum
+
+CATALOGUE, _ = load_catalogue()
+PS = Pseudonymiser(b"\x01" * 32)
+HEADER = "national_id,monthly_income,monthly_wage_income,registered_businesses"
+BYO = Path(__file__).resolve().parents[1] / "data" / "byo"
+
+
+def nid(body17: str) -> str:
+    return body17 + id_checksum(body17)
+
+
+A, B, C = nid("11010119800101001"), nid("11010119900202002"), nid("31010120000303003")
+
+
+@pytest.fixture
+def mapping(tmp_path: Path) -> Path:
+    path = tmp_path / "tax.mapping.toml"
+    write_mapping(path, "tax")
+    return path
+
+
+def _parse(tmp_path: Path, mapping: Path, text: str | bytes, name: str = "data.csv") -> str:
+    """The refusal's message (InvalidInput) for a file with this content."""
+    data = tmp_path / name
+    data.write_bytes(text if isinstance(text, bytes) else text.encode())
+    with pytest.raises(InvalidInput) as info:
+        parse_file(data, mapping, CATALOGUE, PS)
+    return info.value.message
+
+
+def test_rows_with_another_number_of_cells_than_the_header_are_refused_with_their_line(
+    tmp_path: Path, mapping: Path
+) -> None:
+    short = _parse(tmp_path, mapping, f"{HEADER}\n{A},1,2,3\n{B},1,2\n")
+    assert short == f"{tmp_path / 'data.csv'} line 3: 3 cells, the header has 4"
+    long = _parse(tmp_path, mapping, f"{HEADER}\n{A},1,2,3,4\n")
+    assert long.endswith("data.csv line 2: 5 cells, the header has 4")
+
+
+def test_a_header_naming_a_column_twice_is_refused(tmp_path: Path, mapping: Path) -> None:
+    message = _parse(tmp_path, mapping, f"{HEADER},monthly_income\n{A},1,2,3,4\n")
+    assert message.endswith("data.csv line 1: the header names column 'monthly_income' twice")
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.Table.from_arrays([pa.array([A]), pa.array([1]), pa.array([2])], ["national_id", "x", "x"])
+    pq.write_table(table, tmp_path / "data.parquet")
+    with pytest.raises(InvalidInput, match="names column 'x' twice"):
+        parse_file(tmp_path / "data.parquet", mapping, CATALOGUE, PS)
+
+
+def test_a_utf8_bom_does_not_hide_the_first_column(tmp_path: Path, mapping: Path) -> None:
+    data = tmp_path / "data.csv"
+    data.write_bytes(b"\xef\xbb\xbf" + f"{HEADER}\n{A},1,2,3\n".encode())
+    parsed = parse_file(data, mapping, CATALOGUE, PS)
+    assert parsed.rows == 1 and len(parsed.values) == 3
+
+
+def test_bytes_that_are_not_utf8_are_refused_with_their_line(tmp_path: Path, mapping: Path) -> None:
+    message = _parse(tmp_path, mapping, f"{HEADER}\n{A},1,2,3\n".encode() + b"\xff\xfe,1,2,3\n")
+    assert message.endswith("data.csv line 3: not UTF-8 text (byte 0xff); save the file as UTF-8")
+
+
+def test_a_directory_or_a_corrupt_parquet_file_is_refused_by_name(tmp_path: Path, mapping: Path) -> None:
+    (tmp_path / "extract").mkdir()
+    with pytest.raises(InvalidInput, match="extract is a directory"):
+        parse_file(tmp_path / "extract", mapping, CATALOGUE, PS)
+    message = _parse(tmp_path, mapping, b"PAR1 this is not parquet", name="data.parquet")
+    assert message.startswith(f"{tmp_path / 'data.parquet'}: not a readable Parquet file (")
+
+
+def test_a_mapping_feeding_one_element_twice_or_naming_a_column_twice_is_refused(tmp_path: Path, mapping: Path) -> None:
+    data = tmp_path / "data.csv"
+    data.write_text(f"{HEADER},other\n{A},1,2,3,4\n")
+    text = mapping.read_text()
+    two_on_one = tmp_path / "a.mapping.toml"
+    two_on_one.write_text(text.replace('column = "monthly_wage_income"\nelement = "tax.monthly_wage_income"',
+                                       'column = "other"\nelement = "tax.monthly_income"'))  # fmt: skip
+    with pytest.raises(ConfigError) as info:
+        parse_file(data, two_on_one, CATALOGUE, PS)
+    assert info.value.message == (
+        f"mapping {two_on_one} line 17: element 'tax.monthly_income' is fed by two columns, "
+        "'monthly_income' and 'other'"
+    )
+    same_column = tmp_path / "b.mapping.toml"
+    same_column.write_text(text.replace('column = "monthly_wage_income"', 'column = "monthly_income"'))
+    with pytest.raises(ConfigError, match=r"line 16: column 'monthly_income' is mapped twice"):
+        parse_file(data, same_column, CATALOGUE, PS)
+
+
+@pytest.mark.parametrize("cell", ["2_6", "٤٣", "２６", "0x1a", "1e3", "+ 5"])
+def test_only_ascii_integers_are_integers(tmp_path: Path, mapping: Path, cell: str) -> None:
+    message = _parse(tmp_path, mapping, f"{HEADER}\n{A},{cell},2,3\n")
+    assert "row 2: column 'monthly_income' is not an integer" in message
+
+
+def test_signs_and_surrounding_spaces_are_still_accepted(tmp_path: Path, mapping: Path) -> None:
+    data = tmp_path / "data.csv"
+    data.write_text(f"{HEADER}\n{A}, 26 ,+7,-0\n")
+    assert sorted(v for _, _, v in parse_file(data, mapping, CATALOGUE, PS).values) == [0, 7, 26]
+
+
+def test_a_category_cell_in_another_scripts_digits_is_a_label_not_a_code(tmp_path: Path) -> None:
+    catalogue, _ = load_catalogue(BYO / "catalogue.toml")
+    data = tmp_path / "civil.csv"
+    data.write_text(f"national_id,age,sex,marital_status,household_size\n{A},30,١,single,2\n")
+    with pytest.raises(InvalidInput, match="row 2: column 'sex' holds a label that is not one of"):
+        parse_file(data, BYO / "civil.mapping.toml", catalogue, PS)
+
+
+def test_row_numbers_are_the_files_line_numbers(tmp_path: Path, mapping: Path) -> None:
+    text = f'{HEADER}\n\n{A},1,2,3\n\n\n{B},x,2,3\n{C},"1\n2",2,3\n{nid("31010120000303004")},1,2,-1\n'
+    message = _parse(tmp_path, mapping, text)
+    # B is on line 6; C's record starts on line 7 and spans two lines; the last starts on line 9.
+    assert "3 invalid row(s) of 4" in message
+    assert "row 6: column 'monthly_income' is not an integer" in message
+    assert "row 7: column 'monthly_income' is not an integer" in message
+    assert "row 9: column 'registered_businesses' is outside 0..1000" in message
