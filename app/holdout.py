@@ -8,7 +8,10 @@ pseudonym and the seed, so every node holding the same subjects reserves the sam
 
 from __future__ import annotations
 
+import contextlib
+import csv
 import hashlib
+from collections.abc import Iterator
 from pathlib import Path
 
 from nodes.config import load_node_config
@@ -39,11 +42,15 @@ def write_holdout(
     pseudonymiser = Pseudonymiser(load_key(cfg.node.pseudonym_key_file))
     if not data.exists():
         raise InvalidInput(f"data file {data} does not exist")
+    if data.is_dir():
+        raise InvalidInput(f"data file {data} is a directory")
+    if out.is_dir():
+        raise InvalidInput(f"--out {out} is a directory: name the holdout file to write")
     reserved: list[str] = []
     seen: set[str] = set()
     errors: list[str] = []
     total = 0
-    for rownum, record in read_rows(data):
+    for rownum, record in _rows(data):
         if total == 0:
             absent = [c for c in (id_column, column) if c is not None and c not in record]
             if absent:
@@ -68,8 +75,23 @@ def write_holdout(
         raise InvalidInput(f"{data}: no data rows")
     if not reserved or len(reserved) == total:
         raise InvalidInput(f"{data}: the holdout would hold {len(reserved)} of {total} subjects; adjust the split")
-    out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text("".join(f"{p}\n" for p in sorted(reserved)), encoding="utf-8")
-    tmp.replace(out)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text("".join(f"{p}\n" for p in sorted(reserved)), encoding="utf-8")
+        tmp.replace(out)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)  # no half-written holdout left beside the target
+        raise InvalidInput(f"--out {out}: cannot write the holdout ({exc.strerror or exc})") from None
     return len(reserved), total
+
+
+def _rows(data: Path) -> Iterator[tuple[int, dict[str, str]]]:
+    """`read_rows`, with an unreadable or undecodable file refused by name instead of a traceback."""
+    try:
+        yield from read_rows(data)
+    except UnicodeDecodeError as exc:
+        raise InvalidInput(f"{data}: not UTF-8 text ({exc.reason}); save the extract as UTF-8") from None
+    except (OSError, ValueError, csv.Error) as exc:  # pyarrow's errors are OSError/ValueError subclasses
+        raise InvalidInput(f"{data}: cannot be read as CSV or Parquet ({exc})") from None

@@ -2,20 +2,28 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
+import math
+import os
+import re
+import sqlite3
 import sys
+import time
 import tomllib
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import typer
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from crypto.pki import CA_KEY
-from federated.events import read_events
-from federated.jobs import load_job, parse_job
-from xgate.errors import XgateError
+from federated.events import JsonlSink, drop_partial_line, make_event, read_events
+from federated.jobs import PURPOSE_PATTERN, load_job, parse_job
+from xgate.errors import InvalidInput, XgateError
 
 if TYPE_CHECKING:  # imported where used: the runner pulls in Flower and matplotlib (~2 s per `xgate` call)
     from federated.admission import Admission
@@ -42,19 +50,80 @@ class _Nodes(BaseModel):
     nodes: list[_Node]
 
 
-def _fail(message: str) -> None:
+def _fail(message: str) -> NoReturn:
     typer.echo(f"error: {message}", err=True)
     raise typer.Exit(1)
 
 
 def _parse_nodes(path: Path) -> list[_Node]:
     try:
-        parsed = _Nodes.model_validate(tomllib.loads(path.read_text(encoding="utf-8")))
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         _fail(f"nodes file '{path}' not found")
-    except (tomllib.TOMLDecodeError, ValidationError) as exc:
-        _fail(f"nodes file '{path}' is invalid: {str(exc).splitlines()[0]}")
-    return parsed.nodes
+    except IsADirectoryError:
+        _fail(f"nodes file '{path}' is a directory")
+    except UnicodeDecodeError:
+        _fail(f"nodes file '{path}' is not UTF-8 text")
+    except OSError as exc:
+        _fail(f"nodes file '{path}' cannot be read: {exc.strerror or exc}")
+    except tomllib.TOMLDecodeError as exc:
+        _fail(f"nodes file '{path}' is not valid TOML: {exc}")
+    try:
+        return _Nodes.model_validate(data).nodes
+    except ValidationError as exc:
+        problems = "; ".join(_node_problem(data, e["loc"], e["msg"]) for e in exc.errors())
+        _fail(f"nodes file '{path}' is invalid: {problems}")
+
+
+def _node_problem(data: dict[str, Any], loc: tuple[int | str, ...], msg: str) -> str:
+    """One validation problem as `nodes[1].store (agency 'tax'): <problem>`."""
+    where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc).lstrip(".") or "nodes file"
+    agency, entries = "", data.get("nodes")
+    if len(loc) > 1 and isinstance(loc[1], int) and isinstance(entries, list) and loc[1] < len(entries):
+        entry = entries[loc[1]]
+        if isinstance(entry, dict) and isinstance(entry.get("agency"), str):
+            agency = f" (agency '{entry['agency']}')"
+    return f"{where}{agency}: {msg}"
+
+
+def _node_path_problems(nodes: list[_Node]) -> list[str]:
+    """Every node's files, checked before anything starts: a missing holdout or store otherwise
+    fails seconds later inside a Flower process, far from the nodes file that named it."""
+    problems = []
+    for n in nodes:
+        who = f"node '{n.agency}'"
+        if (p := _sqlite_problem(n.store, "elements")) is not None:
+            problems.append(f"{who}: store '{n.store.absolute()}' {p}")
+        if n.ledger.is_dir() or (n.ledger.exists() and _sqlite_problem(n.ledger, None) is not None):
+            problems.append(f"{who}: ledger '{n.ledger.absolute()}' is not an admission ledger (SQLite file)")
+        if n.holdout is not None:
+            try:
+                n.holdout.read_text(encoding="utf-8")  # what the node's ClientApp reads (federated/node.py)
+            except FileNotFoundError:
+                problems.append(f"{who}: holdout '{n.holdout.absolute()}' does not exist")
+            except UnicodeDecodeError:
+                problems.append(f"{who}: holdout '{n.holdout.absolute()}' is not UTF-8 text")
+            except OSError as exc:
+                problems.append(f"{who}: holdout '{n.holdout.absolute()}' cannot be read: {exc.strerror or exc}")
+        if n.policy_dir is not None and not n.policy_dir.is_dir():
+            problems.append(f"{who}: policy_dir '{n.policy_dir.absolute()}' is not a directory")
+    return problems
+
+
+def _sqlite_problem(path: Path, table: str | None) -> str | None:
+    """Why `path` is not a readable SQLite file (holding `table`), or None."""
+    if not path.exists():
+        return "does not exist"
+    if path.is_dir():
+        return "is a directory, not a SQLite file"
+    try:
+        with contextlib.closing(sqlite3.connect(f"{path.absolute().as_uri()}?mode=ro", uri=True)) as conn:
+            tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    except sqlite3.Error as exc:
+        return f"is not a SQLite file ({exc})"
+    if table is not None and table not in tables:
+        return "is not a node store (load data with `xgate node load`)"
+    return None
 
 
 def _admission(nodes: list[_Node]) -> Admission | None:
@@ -125,14 +194,23 @@ def submit(
         parsed = _parse_nodes(nodes)
         specs = [NodeSpec(n.agency, n.store, n.ledger, n.holdout, n.policy_dir) for n in parsed]
         job_dir = root.resolve() / spec.job_id  # Flower's processes run elsewhere: absolute paths only
-        _check_resubmission(job_dir, spec.job_id, root)
-        result = _run_with_progress(spec, specs, job_dir, ca_dir=ca, insecure=insecure, admission=_admission(parsed))
+
+        def preflight() -> None:
+            if problems := _node_path_problems(parsed):
+                _fail(f"nodes file '{nodes}': {'; '.join(problems)}")
+
+        with _runner_lock(job_dir, spec.job_id, root, preflight):
+            result = _run_with_progress(
+                spec, specs, job_dir, ca_dir=ca, insecure=insecure, admission=_admission(parsed)
+            )
     except XgateError as exc:
         _fail(exc.message)
     except typer.Exit:  # click's Exit is a RuntimeError: let _fail's exits through untouched
         raise
     except (RuntimeError, TimeoutError) as exc:  # the Flower deployment failed (details in the job's logs/)
         _fail(f"federation failed: {str(exc)[:300]}")
+    except (OSError, sqlite3.Error) as exc:  # a node's file that changed under the run, a full disk
+        _fail(f"job failed: {str(exc)[:300]}")
     ev = result.evaluation
     typer.echo(
         f"job {result.job_id} completed: AUC {ev.get('auc', float('nan')):.4f}, balanced accuracy "
@@ -142,16 +220,138 @@ def submit(
     typer.echo(f"outputs in {result.job_dir} (model.npz, model.json, report.json, curve.png, events.jsonl)")
 
 
+# A local job's runner (`train submit`) holds an flock on <job>/runner.lock (holding its pid and start
+# time) for as long as it runs. The kernel drops the lock when the process dies, even by SIGKILL, so a
+# job left in an active state whose lock is free lost its runner: `status`, `logs` and `submit` then
+# record it failed. Jobs run by the gateway have no such file and are left alone.
+RUNNER_LOCK = "runner.lock"
+ACTIVE_STATES = ("admission", "starting", "running")
+RUNNER_ENDED = "runner process ended without finishing"
+
+
+@contextlib.contextmanager
+def _runner_lock(job_dir: Path, job_id: str, root: Path, preflight: Callable[[], None]) -> Iterator[None]:
+    """Hold the job's runner lock around a local run, once the job id may run again (`_check_resubmission`)
+    and `preflight` passed. A job refused before it was recorded leaves nothing behind."""
+    created = [d for d in (job_dir, *job_dir.parents) if not d.exists()]  # deepest first
+    had_lock = (job_dir / RUNNER_LOCK).exists()
+    try:
+        job_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        _fail(f"--root '{root}': cannot create the job directory {job_dir} ({exc.strerror or exc})")
+    fd = None
+    for _ in range(20):  # `train status` holds the lock for a moment while it looks
+        fd = _claim_runner_lock(job_dir, create=True)
+        if fd is not None:
+            break
+        time.sleep(0.05)
+    if fd is None:
+        _fail(f"job '{job_id}' is being run by another process{_runner_pid_text(job_dir)}; choose another job id")
+    running = False
+    try:
+        if had_lock:
+            _record_runner_ended(job_dir)  # under the lock: its earlier runner is gone
+        _check_resubmission(job_dir, job_id, root)
+        preflight()
+        os.ftruncate(fd, 0)
+        os.write(fd, json.dumps({"pid": os.getpid(), "started_at": datetime.now(UTC).isoformat()}).encode())
+        running = True
+        yield
+    finally:
+        if not (job_dir / "status.json").exists() or (not running and not had_lock):
+            with contextlib.suppress(OSError):  # before closing: a waiting claimant sees the file gone
+                (job_dir / RUNNER_LOCK).unlink()
+            with contextlib.suppress(OSError):
+                for d in created:
+                    d.rmdir()
+        os.close(fd)
+
+
+def _claim_runner_lock(job_dir: Path, *, create: bool) -> int | None:
+    """The job's runner lock, held (a descriptor), or None: another process holds it, or (without
+    `create`) no runner ever took it."""
+    path = job_dir / RUNNER_LOCK
+    while True:
+        try:
+            fd = os.open(path, os.O_RDWR | (os.O_CREAT if create else 0), 0o600)
+        except OSError:
+            if create:
+                raise
+            return None  # absent, or not ours to lock (a read-only look at someone's jobs)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            same = os.fstat(fd).st_ino == os.stat(path).st_ino
+        except (BlockingIOError, FileNotFoundError) as exc:
+            os.close(fd)
+            if isinstance(exc, BlockingIOError) or not create:
+                return None
+            continue
+        if same:
+            return fd
+        os.close(fd)  # the file was replaced while we waited for it: take the current one
+        if not create:
+            return None
+
+
+def _runner_pid_text(job_dir: Path) -> str:
+    try:
+        pid = json.loads((job_dir / RUNNER_LOCK).read_text(encoding="utf-8")).get("pid")
+    except (OSError, ValueError, AttributeError):
+        return ""
+    return f" (runner pid {pid})" if isinstance(pid, int) else ""
+
+
+def _settle_runner(job_dir: Path) -> None:
+    """Record a job failed whose runner ended without finishing it (see RUNNER_LOCK)."""
+    fd = _claim_runner_lock(job_dir, create=False)
+    if fd is None:
+        return
+    try:
+        _record_runner_ended(job_dir)
+    except OSError:
+        pass  # a job directory we may read but not write: shown as recorded
+    finally:
+        os.close(fd)
+
+
+def _record_runner_ended(job_dir: Path) -> None:
+    """Under the runner lock: a job still in an active state lost its runner; mark it failed."""
+    path = job_dir / "status.json"
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return  # missing or corrupt: its reader reports that
+    if not isinstance(data, dict) or data.get("state") not in ACTIVE_STATES:
+        return
+    events = job_dir / "events.jsonl"
+    drop_partial_line(events)  # a line the killed runner left half-written
+    JsonlSink(events)(make_event(job_dir.name, "job_failed", reason=RUNNER_ENDED))  # before the state: never lost
+    data.update(state="failed", reason=RUNNER_ENDED, updated_at=time.time())
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=1, default=str))
+    tmp.replace(path)
+
+
+def _read_status(job_dir: Path) -> dict[str, Any]:
+    """The job's status.json; InvalidInput naming the job when it cannot be read."""
+    try:
+        data = json.loads((job_dir / "status.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise InvalidInput(f"job '{job_dir.name}': status.json is unreadable ({exc})") from None
+    if not isinstance(data, dict):
+        raise InvalidInput(f"job '{job_dir.name}': status.json is not a JSON object")
+    return data
+
+
 def _check_resubmission(job_dir: Path, job_id: str, root: Path) -> None:
     """A job id that was refused or failed may be submitted again (each node decides it again if the
     job or its policy changed); one that is running or completed may not."""
-    status_file = job_dir / "status.json"
-    if not status_file.exists():
+    if not (job_dir / "status.json").exists():
         return
     try:
-        state = json.loads(status_file.read_text()).get("state")
-    except (OSError, ValueError):
-        state = None
+        state = _read_status(job_dir).get("state")
+    except XgateError as exc:
+        _fail(f"{exc.message}; choose another job id")
     if state not in ("refused", "failed"):
         _fail(f"job '{job_id}' already exists in {root} (state {state}); choose another job id")
 
@@ -244,7 +444,18 @@ def sign(
         signed = sign_job(spec, SigningKey.load(key))
     except XgateError as exc:
         _fail(exc.message)
-    out.write_text(tomli_w.dumps(signed.model_dump(mode="json", exclude_none=True)), encoding="utf-8")
+    if out.is_dir():
+        _fail(f"--out '{out}' is a directory: name the signed job file to write")
+    if not out.parent.is_dir():
+        _fail(f"--out '{out}': directory '{out.parent}' does not exist")
+    tmp = out.with_name(out.name + ".tmp")
+    try:  # whole or not at all: a half-written signed job would be refused at every node
+        tmp.write_text(tomli_w.dumps(signed.model_dump(mode="json", exclude_none=True)), encoding="utf-8")
+        tmp.replace(out)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        _fail(f"--out '{out}': cannot write the signed job ({exc.strerror or exc})")
     typer.echo(f"signed job {signed.job_id} for {requester} -> {out}")
 
 
@@ -253,19 +464,31 @@ def status(
     job_id: str = typer.Argument(None, help="job id (all jobs when omitted)"),
     root: Path = typer.Option(DEFAULT_ROOT, "--root"),
 ) -> None:
-    """State of one job (or all jobs) from its status.json."""
+    """State of one job (or all jobs) from its status.json; a job whose runner died is marked failed."""
     dirs = [root / job_id] if job_id else sorted(p for p in root.glob("*") if (p / "status.json").exists())
     if job_id and not (root / job_id / "status.json").exists():
         _fail(f"no job '{job_id}' in {root}")
+    unreadable = 0
     for d in dirs:
-        data = json.loads((d / "status.json").read_text())
-        auc = (data.get("evaluation") or {}).get("auc")
+        _settle_runner(d)
+        try:
+            data = _read_status(d)
+        except XgateError as exc:  # one damaged job directory must not hide the others
+            typer.echo(f"error: {exc.message}", err=True)
+            unreadable += 1
+            continue
+        evaluation = data.get("evaluation")
+        auc = evaluation.get("auc") if isinstance(evaluation, dict) else None
         line = f"{d.name}: {data.get('state')}"
-        if auc is not None:
+        if isinstance(auc, int | float):
             line += f" auc={auc:.4f}"
+        if data.get("state") in ACTIVE_STATES:
+            line += _runner_pid_text(d)
         if data.get("reason"):
             line += f" ({data['reason']})"
         typer.echo(line)
+    if unreadable:
+        raise typer.Exit(1)
 
 
 @app.command()
@@ -280,7 +503,13 @@ def logs(
     d = root / job_id
     if not d.exists():
         _fail(f"no job '{job_id}' in {root}")
-    recorded = read_events(d / "events.jsonl")[0]
+    _settle_runner(d)
+    try:
+        recorded = read_events(d / "events.jsonl")[0]
+    except XgateError as exc:
+        _fail(exc.message)
+    except OSError as exc:
+        _fail(f"job '{job_id}': events.jsonl cannot be read ({exc.strerror or exc})")
     if events:
         for ev in recorded:
             typer.echo(json.dumps(ev, sort_keys=True))
@@ -299,42 +528,49 @@ def progress_lines(recorded: list[dict[str, Any]]) -> list[str]:
     """One readable line per event that tells the job's progress (no values, no ids of people)."""
     out = []
     for ev in recorded:
-        name, who = ev.get("event"), ev.get("agency", "")
         when = str(ev.get("ts", ""))[11:19]
-        if name == "job_submitted":
-            text = f"submitted ({ev.get('mode')}, purpose {ev.get('purpose')})"
-        elif name in ("job_approved", "job_refused"):
-            again = f", decided again: {ev['redecided']}" if ev.get("redecided") else ""
-            verdict = "approved" if name == "job_approved" else f"refused: {ev.get('reason')}"
-            text = f"admission at {who}: {verdict} (epsilon {ev.get('epsilon', 0):g}{again})"
-        elif name == "run_started":
-            text = f"run {ev.get('run_id')} started on {', '.join(ev.get('nodes', []))}"
-        elif name == "aligned":
-            text = f"aligned {ev.get('subjects')} subjects across {', '.join(ev.get('nodes', []))}"
-        elif name == "round_completed":
-            text = f"round {ev.get('round')} completed ({', '.join(ev.get('agencies', []))})"
-        elif name == "round_evaluated":
-            text = f"round {ev.get('round')} evaluated: AUC {float(ev.get('auc', float('nan'))):.4f}"
-        elif name in ("node_dropped", "update_rejected"):
-            text = f"round {ev.get('round')}: {name.replace('_', ' ')} at {who} {ev.get('reason', '')}".rstrip()
-        elif name == "secagg_round":
-            done = "unmasked" if ev.get("unmasked") else "NOT unmasked"
-            text = (
-                f"round {ev.get('round')}: secure aggregation {done}: {ev.get('masked_vectors')} masked updates, "
-                f"{ev.get('shares')} shares per secret, threshold {ev.get('threshold')}"
-            )
-        elif name == "dp_spent":
-            text = f"differential privacy: epsilon {float(ev.get('epsilon', 0)):.4g} (delta {ev.get('delta')})"
-        elif name == "job_completed":
-            text = (
-                f"completed: AUC {float(ev.get('auc') or float('nan')):.4f}, model {str(ev.get('model_sha256'))[:16]}"
-            )
-        elif name == "job_failed":
-            text = f"failed{' at ' + who if who else ''}: {ev.get('reason')}"
-        else:
-            continue
-        out.append(f"{when} {text}")
+        try:
+            text = _progress_text(ev)
+        except (TypeError, ValueError, KeyError):  # a damaged event: say so, show the rest
+            text = f"(unreadable {str(ev.get('event'))[:40]} event)"
+        if text is not None:
+            out.append(f"{when} {text}")
     return out
+
+
+def _progress_text(ev: dict[str, Any]) -> str | None:
+    name, who = ev.get("event"), ev.get("agency", "")
+    if name == "job_submitted":
+        text = f"submitted ({ev.get('mode')}, purpose {ev.get('purpose')})"
+    elif name in ("job_approved", "job_refused"):
+        again = f", decided again: {ev['redecided']}" if ev.get("redecided") else ""
+        verdict = "approved" if name == "job_approved" else f"refused: {ev.get('reason')}"
+        text = f"admission at {who}: {verdict} (epsilon {ev.get('epsilon', 0):g}{again})"
+    elif name == "run_started":
+        text = f"run {ev.get('run_id')} started on {', '.join(ev.get('nodes', []))}"
+    elif name == "aligned":
+        text = f"aligned {ev.get('subjects')} subjects across {', '.join(ev.get('nodes', []))}"
+    elif name == "round_completed":
+        text = f"round {ev.get('round')} completed ({', '.join(ev.get('agencies', []))})"
+    elif name == "round_evaluated":
+        text = f"round {ev.get('round')} evaluated: AUC {float(ev.get('auc', float('nan'))):.4f}"
+    elif name in ("node_dropped", "update_rejected"):
+        text = f"round {ev.get('round')}: {name.replace('_', ' ')} at {who} {ev.get('reason', '')}".rstrip()
+    elif name == "secagg_round":
+        done = "unmasked" if ev.get("unmasked") else "NOT unmasked"
+        text = (
+            f"round {ev.get('round')}: secure aggregation {done}: {ev.get('masked_vectors')} masked updates, "
+            f"{ev.get('shares')} shares per secret, threshold {ev.get('threshold')}"
+        )
+    elif name == "dp_spent":
+        text = f"differential privacy: epsilon {float(ev.get('epsilon', 0)):.4g} (delta {ev.get('delta')})"
+    elif name == "job_completed":
+        text = f"completed: AUC {float(ev.get('auc') or float('nan')):.4f}, model {str(ev.get('model_sha256'))[:16]}"
+    elif name == "job_failed":
+        text = f"failed{' at ' + who if who else ''}: {ev.get('reason')}"
+    else:
+        return None
+    return text
 
 
 @app.command()
@@ -372,6 +608,15 @@ def allow(
     """
     from federated.admission import LedgerAdmission
 
+    if bad := [p for p in purpose if not re.fullmatch(PURPOSE_PATTERN, p)]:
+        _fail(
+            f"--purpose '{bad[0]}' can match no job: a purpose is 3-64 characters of a-z, 0-9, _ and -,"
+            " starting with a letter (as in the job file)"
+        )
+    if default_cap is not None and not math.isfinite(default_cap):
+        _fail(f"--default-cap {default_cap} must be a finite number >= 0")
+    if ledger.is_dir():
+        _fail(f"--ledger '{ledger}' is a directory, not an admission ledger file")
     try:
         caps = _parse_caps(cap)
         held = _store_datasets(store)
@@ -390,6 +635,10 @@ def allow(
         trusted, checks, required = admission.signature_settings()
     except XgateError as exc:
         _fail(exc.message)
+    except sqlite3.Error as exc:  # admission.py's own sqlite errors, named here at the edge
+        _fail(f"--ledger '{ledger}' is not a usable admission ledger (SQLite): {exc}")
+    except OSError as exc:
+        _fail(f"--ledger '{ledger}': {exc.strerror or exc}")
     shown = ", ".join(f"{ds}={eps:g}" for ds, eps in sorted(caps.items())) or "none"
     signed = f"; signing keys of {', '.join(trusted)}" if trusted else ("; no signing key trusted" if checks else "")
     needed = "; every job must be signed" if required else ""
@@ -430,16 +679,25 @@ def _parse_caps(items: list[str]) -> dict[str, float]:
 
 
 def _store_datasets(store: Path) -> list[str]:
-    import sqlite3
-
     if not store.exists():
         _fail(f"node store '{store}' does not exist (load data with `xgate node load` first)")
-    with sqlite3.connect(f"file:{store}?mode=ro", uri=True) as conn:
-        try:
-            return [r[0] for r in conn.execute("SELECT DISTINCT dataset FROM elements ORDER BY 1")]
-        except sqlite3.DatabaseError:
-            _fail(f"'{store}' is not a node store")
-    return []
+    if store.is_dir():
+        _fail(f"--store '{store}' is a directory, not a node store file")
+    try:
+        with contextlib.closing(sqlite3.connect(f"{store.absolute().as_uri()}?mode=ro", uri=True)) as conn:
+            tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            held = (
+                [str(r[0]) for r in conn.execute("SELECT DISTINCT dataset FROM elements ORDER BY 1")]
+                if "elements" in tables
+                else []
+            )
+    except sqlite3.Error:
+        _fail(f"'{store}' is not a node store")
+    if tables and "elements" not in tables:
+        _fail(f"'{store}' is not a node store")
+    if not held:  # caps and purposes for no data: every job would be refused, or run unbudgeted later
+        _fail(f"--store '{store}': store holds no datasets: load one first (`xgate node load`)")
+    return held
 
 
 @app.command()

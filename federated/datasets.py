@@ -57,9 +57,12 @@ class Column:
 
 
 def _connect_ro(path: Path) -> sqlite3.Connection:
+    # The full path: a bare file name does not say which node's store is missing.
     if not path.exists():
-        raise NotFound(f"node store '{path.name}' does not exist")
-    return sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        raise NotFound(f"node store '{path.absolute()}' does not exist")
+    if path.is_dir():
+        raise InvalidInput(f"node store '{path.absolute()}' is a directory, not a store file")
+    return sqlite3.connect(f"{path.absolute().as_uri()}?mode=ro", uri=True)
 
 
 def element_info(path: Path, elements: Sequence[str]) -> list[ElementInfo]:

@@ -21,6 +21,8 @@ from typing import Any
 
 import numpy as np
 
+from xgate.errors import InvalidInput
+
 OnEvent = Callable[[dict[str, Any]], None]
 
 
@@ -58,5 +60,27 @@ def read_events(path: Path, offset: int = 0) -> tuple[list[dict[str, Any]], int]
         fh.seek(offset)
         data = fh.read()
     end = data.rfind(b"\n") + 1
-    out = [json.loads(line) for line in data[:end].splitlines() if line.strip()]
+    out: list[dict[str, Any]] = []
+    at = offset
+    for line in data[:end].splitlines(keepends=True):
+        if line.strip():
+            try:
+                event = json.loads(line)
+            except ValueError as exc:  # also UnicodeDecodeError: a damaged file, not a crash of its reader
+                raise InvalidInput(f"{path}: the line at byte {at} is not a JSON event ({exc})") from None
+            if not isinstance(event, dict):
+                raise InvalidInput(f"{path}: the line at byte {at} is not a JSON object")
+            out.append(event)
+        at += len(line)
     return out, offset + end
+
+
+def drop_partial_line(path: Path) -> None:
+    """Cut a line its writer left unfinished (killed mid-write), so the next event starts a line."""
+    try:
+        with path.open("r+b") as fh:
+            data = fh.read()
+            if data and not data.endswith(b"\n"):
+                fh.truncate(data.rfind(b"\n") + 1)
+    except FileNotFoundError:
+        pass

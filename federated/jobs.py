@@ -15,7 +15,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, Strict, StringConstraints, ValidationError, model_validator
 
 from xgate.errors import ConfigError, InvalidInput
 
@@ -25,6 +25,13 @@ ElementName = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{1,31}\.
 # References (legal basis, approval) and user ids: identifiers, never free text (they reach the audit log).
 Reference = Annotated[str, StringConstraints(pattern=r"^([A-Za-z0-9][A-Za-z0-9_.:/\-]{0,127})?$")]
 UserRef = Annotated[str, StringConstraints(pattern=r"^([A-Za-z0-9][A-Za-z0-9_.@\-]{0,127})?$")]
+# What a job's purpose looks like; a node admitting purposes (`xgate train allow`) checks the same.
+PURPOSE_PATTERN = r"^[a-z][a-z0-9_\-]{2,63}$"
+
+# Job files are typed TOML (REST bodies typed JSON): a quoted "3" for rounds or "no" for secagg is a
+# mistake, never coerced, and a NaN or infinity in any number is refused. Enums and tuples stay lax
+# (they come in as strings and lists); their items are checked strictly by their own types.
+_STRICT = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
 
 # Vertical mini-batch rows when a job names none. On Census-Income (200k training rows) 10 steps of
@@ -53,12 +60,12 @@ class DPSpec(BaseModel):
     updates (federated/vertical_dp.py); `clip` bounds one embedding row and one update term.
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = _STRICT
 
     epsilon: float = Field(gt=0, le=100)
     delta: float = Field(gt=0, lt=0.1)
     clip: float = Field(gt=0, le=100, description="L2 norm bound of one node's update / one example's gradient")
-    unit: DPUnit = DPUnit.NODE
+    unit: Annotated[DPUnit, Strict(False)] = DPUnit.NODE
 
 
 class Method(StrEnum):
@@ -78,10 +85,10 @@ MAX_BUCKET_EDGES = 64
 class Encoding(BaseModel):
     """One feature's encoding: a method (a plain string in the job file), and edges for buckets."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = _STRICT
 
-    method: Method
-    edges: tuple[float, ...] = ()
+    method: Annotated[Method, Strict(False)]
+    edges: Annotated[tuple[Annotated[float, Strict()], ...], Strict(False)] = ()
 
     @model_validator(mode="before")
     @classmethod
@@ -101,10 +108,10 @@ class Encoding(BaseModel):
 
 
 class JobSpec(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = _STRICT
 
     job_id: JobId
-    purpose: str = Field(pattern=r"^[a-z][a-z0-9_\-]{2,63}$")
+    purpose: str = Field(pattern=PURPOSE_PATTERN)
     # Policy context. Empty is allowed for local runs under a node's own ledger; the Cedar
     # decision points refuse a job without a legal basis (baseline-legal-basis-required).
     legal_basis: Reference = ""
@@ -112,8 +119,8 @@ class JobSpec(BaseModel):
     # The registered user the job runs for. Set by the gateway from the authenticated caller,
     # never taken from a REST body; nodes decide their own policy for this principal.
     requester: UserRef = ""
-    mode: Mode
-    features: tuple[ElementName, ...] = Field(min_length=1, max_length=512)
+    mode: Annotated[Mode, Strict(False)]
+    features: tuple[ElementName, ...] = Field(min_length=1, max_length=512, strict=False)
     label: ElementName
     label_holder: AgencyName
     rounds: int = Field(ge=1, le=1000)
@@ -156,10 +163,11 @@ class JobSpec(BaseModel):
         if isinstance(data, dict) and isinstance(data.get("valid_until"), date):  # a TOML date-time, unquoted
             data = {**data, "valid_until": data["valid_until"].isoformat()}
         if isinstance(data, dict):
+            # Only an absent (or JSON null) value takes the mode's default: 0 is refused by the bounds.
             vertical = data.get("mode") == Mode.VERTICAL.value
-            if not data.get("learning_rate"):
+            if data.get("learning_rate") is None:
                 data = {**data, "learning_rate": 2.0 if vertical else 0.5}
-            if not data.get("batch_size"):
+            if data.get("batch_size") is None:
                 data = {**data, "batch_size": VERTICAL_BATCH if vertical else 256}
         return data
 
@@ -245,7 +253,11 @@ def parse_job(data: dict[str, Any]) -> JobSpec:
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"]) or "job"
-        raise InvalidInput(f"invalid job: {where}: {first['msg']}") from None
+        got = first.get("input")
+        shown = f" (got {got!r:.60})" if first["loc"] and isinstance(got, str | int | float | bool) else ""
+        zero = where in ("learning_rate", "batch_size") and got == 0  # 0 once meant "the default": no longer
+        unset = " (leave it out for the mode's default)" if zero else ""
+        raise InvalidInput(f"invalid job: {where}: {first['msg']}{shown}{unset}") from None
 
 
 def load_job(path: Path) -> JobSpec:
@@ -253,9 +265,18 @@ def load_job(path: Path) -> JobSpec:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ConfigError(f"job file '{path}' not found") from None
+    except IsADirectoryError:
+        raise ConfigError(f"job file '{path}' is a directory") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"job file '{path}' is not UTF-8 text (byte {exc.start})") from None
+    except OSError as exc:
+        raise ConfigError(f"job file '{path}' cannot be read: {exc.strerror or exc}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"job file '{path}' is not valid TOML: {exc}") from None
-    return parse_job(data)
+    try:
+        return parse_job(data)
+    except InvalidInput as exc:
+        raise InvalidInput(f"{exc.message} (job file '{path}')") from None
 
 
 def job_from_run_config(cfg: dict[str, Any]) -> JobSpec:

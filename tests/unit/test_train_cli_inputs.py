@@ -1,0 +1,361 @@
+"""`xgate train ...` on bad input: job files (strict types, finite numbers, no silent defaults),
+`train allow` settings no job could match, unreadable files and directories where files belong,
+node paths checked before anything starts, corrupt status/events files, and a local job whose
+runner process was killed."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import tomli_w
+from typer.testing import CliRunner
+
+from app.holdout import write_holdout
+from app.train_cli import app
+from federated import datasets
+from federated.events import JsonlSink, make_event, read_events
+from federated.jobs import load_job, parse_job
+from nodes.store import NodeStore
+from xgate.errors import InvalidInput, NotFound
+
+FEATS = ["civil.age", "tax.income"]
+BYO = Path(__file__).resolve().parents[1] / "data" / "byo"
+runner = CliRunner()
+RUNNER_LOCK = "runner.lock"  # the lock a local job's runner holds while it runs
+RUNNER_ENDED = "runner process ended without finishing"
+
+
+def _invoke(*args: str | Path) -> Any:
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def _body(**kw: Any) -> dict[str, Any]:
+    return {
+        "job_id": "edge-1",
+        "purpose": "fraud-model",
+        "mode": "horizontal",
+        "features": FEATS,
+        "label": "tax.label",
+        "label_holder": "tax",
+        "rounds": 1,
+        "secagg": False,
+        "min_nodes": 1,
+        **kw,
+    }
+
+
+def _job_file(tmp_path: Path, text: str | None = None, **kw: Any) -> Path:
+    path = tmp_path / "job.toml"
+    path.write_text(tomli_w.dumps(_body(**kw)) if text is None else text, encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Path:
+    subj, cols, _ = datasets.synthetic_population(40, seed=2)
+    path = tmp_path / "node" / "store.sqlite"
+    datasets.write_store(path, "synth", subj, {e: cols[e] for e in [*FEATS, "tax.label"]})
+    return path
+
+
+def _nodes_file(tmp_path: Path, store: Path, **extra: str) -> Path:
+    path = tmp_path / "nodes.toml"
+    node = {"agency": "tax", "store": str(store), "ledger": str(tmp_path / "node" / "ledger.sqlite"), **extra}
+    path.write_text(tomli_w.dumps({"nodes": [node]}), encoding="utf-8")
+    return path
+
+
+# -- 1. job files ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("fields", "where"),
+    [
+        ('[encodings]\n"civil.age" = { method = "buckets", edges = [nan, 4] }\n', "encodings.civil.age.edges.0"),
+        ('[encodings]\n"civil.age" = { method = "buckets", edges = [2, inf] }\n', "encodings.civil.age.edges.1"),
+        ("[dp]\nepsilon = inf\ndelta = 1e-6\nclip = 1.0\n", "dp.epsilon"),
+        ("l2 = nan\n", "l2"),
+    ],
+)
+def test_non_finite_numbers_in_a_job_file_are_refused_by_field(tmp_path: Path, fields: str, where: str) -> None:
+    base = tomli_w.dumps(_body())
+    # Tables last: scalars after a [table] header would belong to it.
+    path = _job_file(tmp_path, fields + base if not fields.startswith("[") else base + fields)
+    with pytest.raises(InvalidInput, match="finite number") as err:
+        load_job(path)
+    assert f"invalid job: {where}:" in err.value.message and str(path) in err.value.message
+    res = _invoke("sign", "--job", path, "--key", tmp_path / "k.pem", "--requester", "an", "--out", tmp_path / "o")
+    assert res.exit_code == 1 and where in res.output and not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("field", ["learning_rate", "batch_size"])
+def test_zero_learning_rate_or_batch_size_is_refused_not_replaced_by_the_default(field: str) -> None:
+    with pytest.raises(InvalidInput, match=f"{field}: .*got 0.*leave it out for the mode's default"):
+        parse_job(_body(**{field: 0}))
+    defaults = parse_job(_body())  # left out (or JSON null): the mode's default, as before
+    assert (defaults.learning_rate, defaults.batch_size) == (0.5, 256)
+    assert parse_job(_body(**{field: None})) == defaults
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("rounds", "3"), ("secagg", "no"), ("rounds", 3.0), ("rounds", True), ("seed", "1"), ("label_dp", "2")],
+)
+def test_job_values_are_not_coerced(field: str, value: Any) -> None:
+    with pytest.raises(InvalidInput, match=f"invalid job: {field}: Input should be a valid"):
+        parse_job(_body(**{field: value}))
+
+
+def test_strict_job_files_still_take_strings_for_enums_lists_and_toml_date_times(tmp_path: Path) -> None:
+    path = _job_file(
+        tmp_path,
+        "valid_until = 2099-01-01T00:00:00Z\n"  # unquoted: a TOML date-time
+        + tomli_w.dumps(_body(mode="vertical", dp={"epsilon": 1, "delta": 1e-6, "clip": 1, "unit": "record"}))
+        + '[encodings]\n"civil.age" = { method = "buckets", edges = [20, 40.5] }\n"tax.income" = "log"\n',
+    )
+    job = load_job(path)
+    assert job.valid_until == "2099-01-01T00:00:00+00:00" and job.dp is not None and job.dp.epsilon == 1.0
+    assert job.encodings["civil.age"].edges == (20.0, 40.5) and job.features == tuple(FEATS)
+    assert parse_job(json.loads(job.model_dump_json())) == job  # the REST body / run config round trip
+
+
+# -- 2. train allow ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--purpose", "fraud-model", "--default-cap", "nan"], "--default-cap nan must be a finite number"),
+        (["--purpose", "fraud-model", "--default-cap", "inf"], "--default-cap inf must be a finite number"),
+        (["--purpose", ""], "--purpose '' can match no job"),
+        (
+            ["--purpose", "fraud-model", "--purpose", "Tax Compliance!!"],
+            "--purpose 'Tax Compliance!!' can match no job",
+        ),
+    ],
+)
+def test_allow_refuses_caps_and_purposes_no_job_can_use(store: Path, args: list[str], message: str) -> None:
+    ledger = store.parent / "ledger.sqlite"
+    res = _invoke("allow", "--ledger", ledger, "--store", store, *args)
+    assert res.exit_code == 1 and message in res.output and "Traceback" not in res.output
+    assert not ledger.exists()  # nothing configured
+
+
+def test_allow_refuses_a_store_holding_no_datasets(tmp_path: Path) -> None:
+    empty = tmp_path / "empty.sqlite"
+    NodeStore.open(empty).close()  # the node schema, nothing loaded
+    blank = tmp_path / "blank.sqlite"
+    blank.write_bytes(b"")  # left empty
+    for path in (empty, blank):
+        res = _invoke("allow", "--ledger", tmp_path / "l.sqlite", "--store", path, "--purpose", "fraud-model")
+        assert res.exit_code == 1 and "store holds no datasets: load one first" in res.output, res.output
+    assert not (tmp_path / "l.sqlite").exists()
+
+
+def test_allow_names_a_store_or_ledger_that_is_no_file_of_its_kind(tmp_path: Path, store: Path) -> None:
+    res = _invoke("allow", "--ledger", tmp_path / "l.sqlite", "--store", tmp_path, "--purpose", "fraud-model")
+    assert res.exit_code == 1 and "is a directory, not a node store" in res.output
+    res = _invoke("allow", "--ledger", tmp_path, "--store", store, "--purpose", "fraud-model")
+    assert res.exit_code == 1 and f"--ledger '{tmp_path}' is a directory" in res.output
+    junk = tmp_path / "junk.sqlite"
+    junk.write_text("not a database at all, but long enough to have a header " * 4)
+    res = _invoke("allow", "--ledger", junk, "--store", store, "--purpose", "fraud-model")
+    assert res.exit_code == 1 and f"--ledger '{junk}' is not a usable admission ledger" in res.output
+    assert "Traceback" not in res.output
+
+
+# -- 3. unreadable files -------------------------------------------------------------------------
+
+
+@pytest.fixture
+def node_config(tmp_path: Path) -> Path:
+    (tmp_path / "pseudonym.key").write_bytes(b"\x07" * 32)
+    text = (BYO / "tax.toml").read_text().replace("pseudonym.key", str(tmp_path / "pseudonym.key"))
+    (tmp_path / "tax.toml").write_text(text)
+    return tmp_path / "tax.toml"
+
+
+def test_split_refuses_unreadable_data_and_a_directory_as_out(tmp_path: Path, node_config: Path) -> None:
+    args: list[str | Path] = ["split", "--config", node_config, "--id-column", "national_id"]
+    latin1 = tmp_path / "latin1.csv"
+    latin1.write_bytes("national_id,name\n1,Jos\u00e9\n".encode("latin-1"))
+    res = _invoke(*args, "--data", latin1, "--out", tmp_path / "h.txt")
+    assert res.exit_code == 1 and "not UTF-8 text" in res.output and str(latin1) in res.output
+    res = _invoke(*args, "--data", tmp_path, "--out", tmp_path / "h.txt")
+    assert res.exit_code == 1 and "is a directory" in res.output
+    out = tmp_path / "outdir"
+    out.mkdir()
+    res = _invoke(*args, "--data", BYO / "tax.csv", "--out", out)
+    assert res.exit_code == 1 and f"--out {out} is a directory" in res.output, res.output
+    assert not (tmp_path / "outdir.tmp").exists() and not (tmp_path / "h.txt").exists()
+
+
+def test_split_removes_its_temporary_file_when_the_write_fails(
+    tmp_path: Path, node_config: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def refuse(self: Path, target: Any) -> Path:
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(Path, "replace", refuse)
+    with pytest.raises(InvalidInput, match="cannot write the holdout"):
+        write_holdout(node_config, BYO / "tax.csv", "national_id", tmp_path / "h.txt", fraction=0.2, seed=0)
+    assert not (tmp_path / "h.txt.tmp").exists() and not (tmp_path / "h.txt").exists()
+
+
+def test_job_and_nodes_files_that_are_directories_or_not_utf8(tmp_path: Path, store: Path) -> None:
+    latin1 = tmp_path / "latin1.toml"
+    latin1.write_bytes('job_id = "caf\u00e9"\n'.encode("latin-1"))
+    nodes = _nodes_file(tmp_path, store)
+    for job, problem in ((tmp_path, "is a directory"), (latin1, "is not UTF-8 text")):
+        res = _invoke("submit", "--job", job, "--nodes", nodes, "--root", tmp_path / "jobs")
+        assert res.exit_code == 1 and f"job file '{job}' {problem}" in res.output, res.output
+        res = _invoke("sign", "--job", job, "--key", tmp_path / "k", "--requester", "an", "--out", tmp_path / "o")
+        assert res.exit_code == 1 and f"job file '{job}' {problem}" in res.output
+    res = _invoke("submit", "--job", _job_file(tmp_path), "--nodes", tmp_path, "--root", tmp_path / "jobs")
+    assert res.exit_code == 1 and f"nodes file '{tmp_path}' is a directory" in res.output
+
+
+def test_sign_out_a_directory_or_under_a_missing_one(tmp_path: Path) -> None:
+    from crypto.envelope import SigningKey
+
+    SigningKey.generate("an-liu", "job-signing").save(tmp_path / "k.pem")
+    base: list[str | Path] = [
+        "sign",
+        "--job",
+        _job_file(tmp_path),
+        "--key",
+        tmp_path / "k.pem",
+        "--requester",
+        "an-liu",
+    ]
+    res = _invoke(*base, "--out", tmp_path)
+    assert res.exit_code == 1 and f"--out '{tmp_path}' is a directory" in res.output
+    res = _invoke(*base, "--out", tmp_path / "nope" / "signed.toml")
+    assert res.exit_code == 1 and f"directory '{tmp_path / 'nope'}' does not exist" in res.output
+    res = _invoke(*base, "--out", tmp_path / "signed.toml")
+    assert res.exit_code == 0 and load_job(tmp_path / "signed.toml").signature
+    assert not (tmp_path / "signed.toml.tmp").exists()
+
+
+def _status(root: Path, job_id: str, state: str, **fields: Any) -> Path:
+    (root / job_id).mkdir(parents=True, exist_ok=True)
+    (root / job_id / "status.json").write_text(json.dumps({"state": state, **fields}))
+    return root / job_id
+
+
+def test_a_corrupt_status_is_reported_and_the_other_jobs_still_list(tmp_path: Path, store: Path) -> None:
+    _status(tmp_path, "good-1", "completed", evaluation={"auc": 0.8})
+    _status(tmp_path, "zzz-bad", "running")
+    (tmp_path / "zzz-bad" / "status.json").write_text('{"state": "runn')
+    _status(tmp_path, "odd-1", "failed", evaluation={"auc": "n/a"})  # valid JSON, odd values
+    res = _invoke("status", "--root", tmp_path)
+    assert res.exit_code == 1 and "Traceback" not in res.output
+    assert "good-1: completed auc=0.8000" in res.output and "odd-1: failed" in res.output
+    assert "error: job 'zzz-bad': status.json is unreadable" in res.output
+    res = _invoke("status", "zzz-bad", "--root", tmp_path)
+    assert res.exit_code == 1 and "status.json is unreadable" in res.output
+    res = _invoke("submit", "--job", _job_file(tmp_path, job_id="zzz-bad"), "--nodes", _nodes_file(tmp_path, store),
+                  "--root", tmp_path)  # fmt: skip
+    assert res.exit_code == 1 and "status.json is unreadable" in res.output, res.output
+
+
+def test_logs_name_a_corrupt_events_line(tmp_path: Path) -> None:
+    d = _status(tmp_path, "job-1", "failed")
+    JsonlSink(d / "events.jsonl")(make_event("job-1", "job_submitted", mode="vertical", purpose="p-1"))
+    with (d / "events.jsonl").open("ab") as fh:
+        fh.write(b'{"event": "round_compl\n')
+    res = _invoke("logs", "job-1", "--root", tmp_path)
+    assert res.exit_code == 1 and "events.jsonl: the line at byte" in res.output and "not a JSON event" in res.output
+    (d / "events.jsonl").write_bytes(b"[1, 2]\n")
+    with pytest.raises(InvalidInput, match="not a JSON object"):
+        read_events(d / "events.jsonl")
+    (d / "events.jsonl").write_bytes(b'{"event": "run_started", "nodes": 5}\n{"event": "job_failed", "reason": "x"}\n')
+    res = _invoke("logs", "job-1", "--root", tmp_path)  # well-formed JSON, ill-typed fields: the rest still shows
+    assert res.exit_code == 0 and res.output.split("\n")[:2] == [" (unreadable run_started event)", " failed: x"]
+
+
+# -- 4. node paths, before anything starts -------------------------------------------------------
+
+
+def test_submit_checks_every_nodes_files_before_starting_anything(tmp_path: Path, store: Path) -> None:
+    root = tmp_path / "jobs"
+    job = _job_file(tmp_path)
+    missing = tmp_path / "node" / "holdout.txt"
+    res = _invoke("submit", "--job", job, "--nodes", _nodes_file(tmp_path, store, holdout=str(missing)), "--root", root)
+    assert res.exit_code == 1 and f"node 'tax': holdout '{missing}' does not exist" in res.output, res.output
+    assert not root.exists()  # nothing recorded, nothing started
+    gone = tmp_path / "elsewhere" / "store.sqlite"
+    res = _invoke("submit", "--job", job, "--nodes", _nodes_file(tmp_path, gone), "--root", root)
+    assert res.exit_code == 1 and f"node 'tax': store '{gone}' does not exist" in res.output
+    res = _invoke("submit", "--job", job, "--nodes", _nodes_file(tmp_path, store, policy_dir=str(job)), "--root", root)
+    assert res.exit_code == 1 and f"policy_dir '{job}' is not a directory" in res.output
+    assert not root.exists()  # not even the jobs directory
+
+
+def test_nodes_file_type_errors_name_each_field(tmp_path: Path) -> None:
+    nodes = tmp_path / "nodes.toml"
+    nodes.write_text('[[nodes]]\nagency = "tax"\nstore = 5\nledger = ["x"]\nholdout = 1\n')
+    res = _invoke("submit", "--job", _job_file(tmp_path), "--nodes", nodes, "--root", tmp_path / "jobs")
+    out = " ".join(res.output.split())
+    assert res.exit_code == 1 and "validation errors" not in out
+    for field in ("store", "ledger", "holdout"):
+        assert f"nodes[0].{field} (agency 'tax'): Input is not a valid path" in out, out
+
+
+def test_a_missing_store_is_named_by_its_full_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(NotFound) as err:
+        datasets.held_elements(Path("store.sqlite"))
+    assert err.value.message == f"node store '{tmp_path / 'store.sqlite'}' does not exist"
+    with pytest.raises(InvalidInput, match="is a directory"):
+        datasets.held_elements(tmp_path)
+
+
+# -- 5. a runner killed while its job ran --------------------------------------------------------
+
+_HOLD_LOCK = "import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT); " \
+    "fcntl.flock(fd, fcntl.LOCK_EX); print('held', flush=True); time.sleep(60)"  # fmt: skip
+
+
+def test_a_killed_runner_leaves_its_job_failed_not_running_for_ever(tmp_path: Path, store: Path) -> None:
+    d = _status(tmp_path, "edge-1", "running", run_id=7)
+    JsonlSink(d / "events.jsonl")(make_event("edge-1", "job_submitted", mode="horizontal", purpose="fraud-model"))
+    with (d / "events.jsonl").open("ab") as fh:
+        fh.write(b'{"event": "round_comp')  # the line the runner was writing when it was killed
+    proc = subprocess.Popen([sys.executable, "-c", _HOLD_LOCK, str(d / RUNNER_LOCK)], stdout=subprocess.PIPE)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline() == b"held\n"
+        res = _invoke("status", "--root", tmp_path)
+        assert res.exit_code == 0 and res.output.strip() == "edge-1: running", res.output  # alive: untouched
+        res = _invoke("submit", "--job", _job_file(tmp_path), "--nodes", _nodes_file(tmp_path, store), "--root",
+                      tmp_path)  # fmt: skip
+        assert res.exit_code == 1 and "is being run by another process" in res.output
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    res = _invoke("status", "edge-1", "--root", tmp_path)
+    assert res.exit_code == 0 and res.output.strip() == f"edge-1: failed ({RUNNER_ENDED})"
+    status = json.loads((d / "status.json").read_text())
+    assert status["state"] == "failed" and status["run_id"] == 7
+    res = _invoke("logs", "edge-1", "--root", tmp_path)
+    assert res.exit_code == 0 and res.output.strip().endswith(f"failed: {RUNNER_ENDED}"), res.output
+    # The id can be submitted again: decided anew (refused here: the node admits no purpose yet).
+    res = _invoke("submit", "--job", _job_file(tmp_path), "--nodes", _nodes_file(tmp_path, store), "--root", tmp_path)
+    assert res.exit_code == 1 and "refused" in res.output and "already exists" not in res.output, res.output
+    assert json.loads((d / "status.json").read_text())["state"] == "refused"
+
+
+def test_a_job_without_a_runner_lock_is_left_as_recorded(tmp_path: Path, store: Path) -> None:
+    """A job the gateway runs has no runner lock: neither status nor submit may call it dead."""
+    d = _status(tmp_path, "edge-1", "running")
+    assert _invoke("status", "--root", tmp_path).output.strip() == "edge-1: running"
+    res = _invoke("submit", "--job", _job_file(tmp_path), "--nodes", _nodes_file(tmp_path, store), "--root", tmp_path)
+    assert res.exit_code == 1 and "already exists" in res.output and "(state running)" in res.output
+    assert not (d / RUNNER_LOCK).exists() and json.loads((d / "status.json").read_text())["state"] == "running"
