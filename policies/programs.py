@@ -265,7 +265,9 @@ def clamps_for(criteria: Sequence[Criterion], catalogue: Catalogue) -> tuple[dic
     ceilings: dict[str, int] = {}
     open_: set[str] = set()
     for criterion in criteria:
-        clampable = all(catalogue.get(t.element).min >= 0 for t in criterion.terms)
+        # Non-negative terms, clamped to non-negative values: a negative ceiling (a threshold below
+        # -1) would turn large terms negative and flip the verdict.
+        clampable = criterion.least_ceiling >= 0 and all(catalogue.get(t.element).min >= 0 for t in criterion.terms)
         for term in criterion.terms:
             if term.element in sign_only:
                 continue
@@ -348,15 +350,26 @@ def load_program(path: Path, catalogue: Catalogue) -> Program:
 
 
 def _check_shared_questions(programs: Iterable[Program]) -> None:
-    """Programs asking the same question must share its masking epoch, or each would draw fresh masks."""
-    seen: dict[str, tuple[int, str]] = {}
+    """Programs asking the same question must share its masking epoch and its clamps in the
+    per-criterion view, or each would draw fresh masks: a second sample of one comparison."""
+    seen: dict[str, tuple[int, str, str]] = {}
     for program in programs:
-        for criterion in program.criteria:
-            days, where = seen.setdefault(criterion.question, (program.header.epoch_days, program.source))
+        for index, criterion in enumerate(program.criteria):
+            label = program.clamp_label(index, per_criterion=True)
+            days, clamps, where = seen.setdefault(
+                criterion.question, (program.header.epoch_days, label, program.source)
+            )
             if days != program.header.epoch_days:
                 raise ConfigError(
                     f"program {program.source}: criterion '{criterion.id}' asks the same question as a criterion of "
                     f"{where} with epoch_days {days}; programs asking one question must use the same epoch_days"
+                )
+            if clamps != label:
+                raise ConfigError(
+                    f"program {program.source}: criterion '{criterion.id}' asks the same question as a criterion of "
+                    f"{where}, but clamped otherwise ({label} against {clamps}: an element of it is read by another "
+                    "criterion too); its answers would be a second sample of that comparison. Ask it the same way "
+                    "(read each of its elements in this criterion only), or in one program"
                 )
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -21,8 +22,10 @@ from policies.programs import (
     ProgramRegistry,
     Term,
     clamp_keeps_verdict,
+    clamps_for,
     load_program,
 )
+from xgate.errors import ConfigError
 
 CATALOGUE, _ = load_catalogue()
 SUM_KINDS = (CriterionKind.SUM_AT_MOST, CriterionKind.SUM_AT_LEAST)
@@ -161,3 +164,65 @@ def test_the_loader_clamps_only_where_it_keeps_the_verdict(tmp_path):
     assert program.clamp_label(0, per_criterion=False) == "hrss.monthly_pension[,],tax.monthly_income[,]"
     # 1100 - (1101 + 3000) at the far end, 1100 at the near one
     assert program.view_span(0, per_criterion=True) == 3001
+
+
+POOL = ("tax.monthly_income", "hrss.monthly_pension", "civil_affairs.monthly_benefits", "tax.registered_businesses")
+KINDS = (
+    CriterionKind.SUM_AT_MOST,
+    CriterionKind.SUM_AT_LEAST,
+    CriterionKind.VALUE_AT_MOST,
+    CriterionKind.VALUE_AT_LEAST,
+)
+
+
+@st.composite
+def _programs(draw: st.DrawFn) -> tuple[list[Criterion], dict[str, int]]:
+    """Up to three criteria over a pool of catalogue elements (some shared), thresholds from below
+    every sum to above it, and one value per element within its declared range."""
+    criteria = []
+    for index in range(draw(st.integers(1, 3))):
+        kind = draw(st.sampled_from(KINDS))
+        single = kind in (CriterionKind.VALUE_AT_MOST, CriterionKind.VALUE_AT_LEAST)
+        elements = draw(st.lists(st.sampled_from(POOL), min_size=1, max_size=1 if single else 3, unique=True))
+        threshold = draw(st.one_of(st.integers(-10, 10), st.integers(-5_000_000, 5_000_000)))
+        criteria.append(
+            Criterion(id=f"c{index}x", kind=kind, threshold=threshold, terms=tuple(Term(element=e) for e in elements))
+        )
+    values = {e: draw(st.integers(CATALOGUE.get(e).min, CATALOGUE.get(e).max)) for e in POOL}
+    return criteria, values
+
+
+@given(_programs())
+def test_what_the_loader_clamps_keeps_every_verdict_in_every_view(case):
+    """The loader's own clamps (both views), over any thresholds: a sum whose threshold lies below
+    -1 is not clamped (its ceiling would be negative and flip the verdict; found by review)."""
+    criteria, values = case
+    for clamps in clamps_for(criteria, CATALOGUE):
+        for criterion in criteria:
+            terms = [values[t.element] for t in criterion.terms]
+            assert clamp_keeps_verdict(criterion, terms, [clamps.get(t.element, NO_CLAMP) for t in criterion.terms])
+
+
+def test_a_sum_below_minus_one_is_not_clamped():
+    """The reviewer's case: at most -2 over income + pension, always failing; clamped at -1 each,
+    -2 would pass."""
+    criterion = _criterion(CriterionKind.SUM_AT_MOST, -2, 2)
+    assert not clamp_keeps_verdict(criterion, [5, 7], [Clamp(ceiling=-1), Clamp(ceiling=-1)])
+    per_criterion, _ = clamps_for([criterion], CATALOGUE)
+    assert per_criterion == {}
+
+
+def test_two_programs_asking_one_question_must_clamp_it_alike(tmp_path: Path) -> None:
+    """A second program reading the question's element in another criterion too would clamp it
+    higher, and its answers would be a second sample of the same comparison (found by review)."""
+    programs = tmp_path / "programs"
+    programs.mkdir()
+    dibao = (DEFAULT_PROGRAM_DIR / "dibao.toml").read_text()
+    (programs / "dibao.toml").write_text(dibao)
+    plus = dibao.replace('id = "dibao"', 'id = "dibao_plus"', 1) + (
+        '\n[[criteria]]\nid = "income_floor"\nkind = "value_at_least"\nthreshold = 2000\n'
+        'terms = [{ element = "tax.monthly_income", if_missing = 0 }]\n'
+    )
+    (programs / "dibao_plus.toml").write_text(plus)
+    with pytest.raises(ConfigError, match=r"clamped otherwise .*second sample"):
+        ProgramRegistry.load(programs, CATALOGUE)
