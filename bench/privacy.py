@@ -481,24 +481,33 @@ def differencing_attack(trials: int, seed: int = 29) -> dict[str, Any]:
 # --- the cohort view's randomized response, with the gateway's own pure functions -----------------
 
 
-def income_population(n: int = 20_000, seed: int = 20261123, clip: bool = False) -> tuple[Any, np.ndarray]:
+def income_population(
+    n: int = 20_000, seed: int = 20261123, ceiling: int | None = None
+) -> tuple[Any, np.ndarray, np.ndarray]:
     """target_discovery's income criterion over the synthetic federation's people (app/synth.py):
-    the criterion and each person's income sum (tax + pension + benefits, 0 where no record).
+    the program, each person's income sum as the cohort view's nodes encode it (each term clamped
+    at the criterion's mirror ceiling, 2T + 1), and the whole sum (tax + pension + benefits, 0
+    where no record), which decides the verdict.
 
-    `clip`: each term clipped at threshold + 1 first, as nodes could do at bronze (every verdict is
-    kept: the terms are non-negative). Not built; measured to see whether it would shrink the
-    magnitude channel."""
+    `ceiling`: each term clamped there instead (0: not at all), for designs measured and not built."""
     from app.synth import generate
 
     program = ProgramRegistry.load(DEFAULT_PROGRAM_DIR, load_catalogue()[0]).get("target_discovery")
     criterion = program.criteria[0]
+    clamps = dict(program.cohort_clamps)
     population = generate(n, seed)
-    total = np.zeros(n, dtype=np.int64)
+    encoded = np.zeros(n, dtype=np.int64)
+    whole = np.zeros(n, dtype=np.int64)
     for term in criterion.terms:
         agency, column = term.element.split(".")
         values = np.where(population.present[agency], population.columns[agency][column], term.if_missing)
-        total += np.minimum(values, criterion.bound + 1) if clip else values.astype(np.int64)
-    return program, total
+        values = values.astype(np.int64)
+        whole += values
+        if ceiling is None:
+            encoded += clamped(values, clamps.get(term.element))
+        else:
+            encoded += np.minimum(values, ceiling) if ceiling else values
+    return program, encoded, whole
 
 
 def masked_slots(
@@ -518,7 +527,7 @@ def masked_slots(
 
     criterion = program.criteria[index]
     n = len(sums)
-    span = span or program.view_span(index, per_criterion=False)
+    span = span or program.cohort_span(index)
     r, s = derive_masks(KEY, criterion.question, int(rng.integers(1 << 62)), _pseudonyms(n, salt), span)
     flips = rng.random(n) < flip_probability(epsilon) if epsilon is not None else np.zeros(n, dtype=bool)
     weight, offset = flip_masks(criterion.direction, criterion.bound, r, s, flips)
@@ -533,9 +542,9 @@ def differencing_attack_rr(trials: int, epsilon: float | None, cohort: int = 10,
     victim passes or fails with probability 1/2 (the prior DP's bound assumes)."""
     from exchange.cohort import attack_bound, flip_probability, noisy_count_pmf
 
-    program, sums = income_population()
+    program, sums, whole = income_population()  # sums as the cohort view's nodes encode them
     criterion = program.criteria[0]
-    passes = (sums <= criterion.bound) if criterion.direction < 0 else (sums >= criterion.bound)
+    passes = (whole <= criterion.bound) if criterion.direction < 0 else (whole >= criterion.bound)
     groups = [np.flatnonzero(~passes), np.flatnonzero(passes)]
     rng = np.random.default_rng(seed)
     p = flip_probability(epsilon) if epsilon is not None else 0.0
@@ -573,7 +582,7 @@ def magnitude_attack(
     epsilon: float,
     seed: int = 37,
     bits: float = 0.5,
-    clip: bool = False,
+    ceiling: int | None = None,
     failing_sum: int | None = None,
 ) -> dict[str, Any]:
     """A magnitude-aware attacker against the randomized response, given far more than it has: the
@@ -585,23 +594,26 @@ def magnitude_attack(
     are far larger than passing ones, so this can do better.
 
     `failing_sum`: one person's two worlds instead of the population's: failing with this income
-    sum, or passing with a passing person's sum (what ε per person must bound whatever the sum)."""
+    sum (carried by one term), or passing with a passing person's sum (what ε per person must
+    bound whatever the sum). `ceiling`: the terms clamped there instead of at the mirror ceiling
+    (0: whole sums, the design before), the masks fitted to what that leaves."""
     from exchange.cohort import attack_bound
 
-    program, sums = income_population(clip=clip)
+    program, encoded, whole = income_population(ceiling=ceiling)
     criterion = program.criteria[0]
-    passes = (sums <= criterion.bound) if criterion.direction < 0 else (sums >= criterion.bound)
+    passes = (whole <= criterion.bound) if criterion.direction < 0 else (whole >= criterion.bound)
     if failing_sum is not None:
-        sums = np.append(sums, failing_sum)
-        failing = np.array([len(sums) - 1])
+        top = criterion.mirror_ceiling if ceiling is None else (ceiling or failing_sum)
+        encoded = np.append(encoded, min(failing_sum, top))
+        failing = np.array([len(encoded) - 1])
     else:
         failing = np.flatnonzero(~passes)
     rng = np.random.default_rng(seed)
     truth = rng.integers(0, 2, samples)
     pick = np.where(truth == 1, rng.choice(np.flatnonzero(passes), samples), rng.choice(failing, samples))
-    # clipped terms bound |d| by (terms - 1) * (T + 1) + 1, and the mask range would be fitted to that
-    span = (len(criterion.terms) - 1) * (criterion.bound + 1) + 1 if clip else None
-    v = masked_slots(program, 0, sums[pick], epsilon, rng, "m", span)
+    terms = len(criterion.terms)
+    span = None if ceiling is None else (terms * ceiling - criterion.bound if ceiling else program.span(0))
+    v = masked_slots(program, 0, encoded[pick], epsilon, rng, "m", span)
     sign = np.array([x >= 0 for x in v], dtype=int)
     magnitude = np.floor(np.log2(np.array([abs(int(x)) + 1 for x in v], dtype=np.float64)) / bits).astype(int)
     feature = magnitude * 2 + sign
@@ -670,7 +682,8 @@ def bronze_single_person(trials: int, epsilon: float = DEFAULT_COHORT_EPSILON) -
     randomized = differencing_attack_rr(max(trials // 2, 500), epsilon)
     exact = differencing_attack_rr(max(trials // 20, 100), None)
     magnitude = magnitude_attack(max(trials * 20, 20_000), epsilon)
-    clipped = magnitude_attack(max(trials * 20, 20_000), epsilon, clip=True)
+    whole = magnitude_attack(max(trials * 20, 20_000), epsilon, ceiling=0)
+    clipped = magnitude_attack(max(trials * 20, 20_000), epsilon, ceiling=1_101)
     by_epsilon = {f"{eps:g}": magnitude_attack(max(trials * 20, 20_000), eps, seed=47) for eps in (0.5, 1.0, 2.0, 3.0)}
     by_sum = {
         str(total): magnitude_attack(max(trials * 12, 12_000), epsilon, seed=53, failing_sum=total)
@@ -695,11 +708,15 @@ def bronze_single_person(trials: int, epsilon: float = DEFAULT_COHORT_EPSILON) -
             total: {k: m[k] for k in ("magnitude_aware_success_rate", "sign_only_success_rate", "bound")}
             for total, m in by_sum.items()
         },
+        "magnitude_aware_with_whole_sums": {
+            **whole,
+            "note": "the design before: the income terms not clamped, the masks fitted to the catalogue span",
+        },
         "magnitude_aware_if_terms_were_clipped_at_the_threshold": {
             **clipped,
-            "note": "not built: simulated (terms clipped at threshold + 1 before summing, the mask range "
-            "fitted to the clipped span); most failing people then sit at d = -1 while passing ones stay "
-            "up to T away, so magnitudes separate them more, not less",
+            "note": "not built: terms clipped at threshold + 1 (the per-criterion view's ceiling); most "
+            "failing people then sit at d = -1 while passing ones stay up to T away, so magnitudes separate "
+            "them more; the mirror ceiling 2T + 1 puts failing |d| in [1, T + 1] as passing |d| is in [0, T]",
         },
         "slot_linkage_across_criteria": slot_linkage(max(trials // 5, 200)),
         "note": (

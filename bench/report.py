@@ -115,9 +115,10 @@ def _bronze_rows(d: dict[str, Any]) -> list[list[Any]]:
             "0",
         ],
         [
-            f"bronze magnitude-aware guess, victim's slot given ({mag['samples']:,} samples)",
+            f"bronze magnitude-aware guess, victim's slot given ({mag['samples']:,} samples; income terms "
+            "clamped at the mirror ceiling 2T + 1; previous design: whole sums)",
             mag["magnitude_aware_success_rate"],
-            "",
+            b.get("magnitude_aware_with_whole_sums", {}).get("magnitude_aware_success_rate", ""),
             f"<= {bound} (+ {mag['margin_3_sigma']}); sign only: {mag['sign_only_success_rate']}",
         ],
         *_by_failing_sum(b.get("magnitude_aware_by_failing_sum"), bound),

@@ -139,7 +139,7 @@ def build_cohort_requests(
     if len(orders) != len(program.criteria):
         raise ValueError("one subject order per criterion")
     context = _request_context(program, scope)
-    clamps = program.view_clamps(per_criterion=False)  # single terms only, as in the overall view
+    clamps = dict(program.cohort_clamps)  # single terms sign-only, sums at their mirror ceilings
     plans = []
     for criterion, order in zip(program.criteria, orders, strict=True):
         grouped: dict[str, list[Term]] = {}
@@ -391,7 +391,7 @@ def combine_cohort_he(
     prepared = iter(floods) if floods is not None else None
     outcomes = []
     for i, criterion in enumerate(program.criteria):
-        r, s = derive_masks(mask_key, criterion.question, epoch, orders[i], program.view_span(i, per_criterion=False))
+        r, s = derive_masks(mask_key, criterion.question, epoch, orders[i], program.cohort_span(i))
         weight, offset = flip_masks(criterion.direction, criterion.bound, r, s, flips[i])
         masked = []
         for chunk, start in enumerate(range(0, n, SLOTS)):

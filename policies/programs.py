@@ -14,8 +14,12 @@ It also works out the **clamps** the nodes apply before encrypting, each keeping
 * **Past the threshold, per-criterion view.** When every term of a sum is non-negative, one term
   past the threshold decides it alone, so each may be encoded min(x, c) for any c >=
   `Criterion.least_ceiling`: nothing of how far past the threshold a value lies reaches the
-  requester. The overall and cohort views keep whole sums (clamped, they would name the failing
-  criterion and the flipped slots more often: docs/PROTOCOL.md "Masks").
+  requester. The overall view keeps whole sums (clamped, they would name the failing criterion
+  more often: docs/PROTOCOL.md "Masks").
+* **Mirrored, cohort view.** There each slot's sign is randomized and |v| must not tell a flipped
+  one: each term of a sum is clamped at `Criterion.mirror_ceiling` (2T + 1 at most, 2T at least),
+  so a failing single term's |d| lies in [1, T + 1] as a passing one's lies in [0, T], however far
+  past the threshold it was.
 
 Each criterion's span, hence the range its masks are fitted to (crypto.masks.mask_bound), is taken
 over the clamped ranges: 2,298,900 to 2,203 CNY for the 低保 income sum, 1 for a single term.
@@ -112,6 +116,12 @@ class Criterion(BaseModel):
         return self.bound + 1 if self.direction < 0 else self.bound
 
     @property
+    def mirror_ceiling(self) -> int:
+        """A ceiling as far past the threshold as 0 is before it: a sum at most T fails by 1..T+1
+        when clamped at 2T + 1, and passes by 0..T; at least T, by 1..T and 0..T at 2T."""
+        return 2 * self.bound + 1 if self.direction < 0 else 2 * self.bound
+
+    @property
     def sign_only_clamp(self) -> Clamp:
         """For a single term: the two values either side of the threshold, so that d = T - x (at
         most) or x - T (at least) is 0 when it passes and -1 when it fails."""
@@ -193,6 +203,9 @@ class Program:
     sign_only_clamps: tuple[tuple[str, Clamp], ...] = ()
     clamped_spans: tuple[int, ...] = ()
     sign_only_spans: tuple[int, ...] = ()
+    # The cohort view's: sign-only clamps, and sums' terms at their mirror ceilings.
+    cohort_clamps: tuple[tuple[str, Clamp], ...] = ()
+    cohort_spans: tuple[int, ...] = ()
 
     def span(self, index: int) -> int:
         """Over the catalogue's ranges, no clamp."""
@@ -202,6 +215,9 @@ class Program:
         """Over the ranges the view's clamps leave: the span its masks are fitted to."""
         spans = self.clamped_spans if per_criterion else self.sign_only_spans
         return spans[index] if spans else self.span(index)
+
+    def cohort_span(self, index: int) -> int:
+        return self.cohort_spans[index] if self.cohort_spans else self.view_span(index, per_criterion=False)
 
     def view_clamps(self, per_criterion: bool) -> dict[str, Clamp]:
         return dict(self.clamps if per_criterion else self.sign_only_clamps)
@@ -249,13 +265,15 @@ def clamp_keeps_verdict(criterion: Criterion, values: Iterable[int], clamps: Ite
     return criterion.passes(sum(values)) == criterion.passes(sum(clamped))
 
 
-def clamps_for(criteria: Sequence[Criterion], catalogue: Catalogue) -> tuple[dict[str, Clamp], dict[str, Clamp]]:
-    """(per-criterion view, other views): each element's clamp.
+def clamps_for(
+    criteria: Sequence[Criterion], catalogue: Catalogue
+) -> tuple[dict[str, Clamp], dict[str, Clamp], dict[str, Clamp]]:
+    """(per-criterion view, overall view, cohort view): each element's clamp.
 
-    Sign-only for the element of a single-term criterion that no other criterion reads (both
-    views). Otherwise, in the per-criterion view, a ceiling: the largest `least_ceiling` among the
-    criteria that read it, and none if one of those has a term that can be negative (it could
-    offset a large one)."""
+    Sign-only for the element of a single-term criterion that no other criterion reads (every
+    view). Otherwise a ceiling, in the per-criterion view the largest `least_ceiling` among the
+    criteria that read it, in the cohort view the largest `mirror_ceiling`; none if one of those
+    has a term that can be negative (it could offset a large one), or its ceiling would be."""
     readers = Counter(t.element for c in criteria for t in {t.element: t for t in c.terms}.values())
     sign_only = {
         c.terms[0].element: c.sign_only_clamp
@@ -263,6 +281,7 @@ def clamps_for(criteria: Sequence[Criterion], catalogue: Catalogue) -> tuple[dic
         if len(c.terms) == 1 and readers[c.terms[0].element] == 1
     }
     ceilings: dict[str, int] = {}
+    mirrors: dict[str, int] = {}
     open_: set[str] = set()
     for criterion in criteria:
         # Non-negative terms, clamped to non-negative values: a negative ceiling (a threshold below
@@ -272,13 +291,14 @@ def clamps_for(criteria: Sequence[Criterion], catalogue: Catalogue) -> tuple[dic
             if term.element in sign_only:
                 continue
             if clampable:
-                ceilings[term.element] = max(
-                    ceilings.get(term.element, criterion.least_ceiling), criterion.least_ceiling
-                )
+                least, mirror = criterion.least_ceiling, criterion.mirror_ceiling
+                ceilings[term.element] = max(ceilings.get(term.element, least), least)
+                mirrors[term.element] = max(mirrors.get(term.element, mirror), mirror)
             else:
                 open_.add(term.element)
     per_criterion = {e: Clamp(ceiling=c) for e, c in ceilings.items() if e not in open_}
-    return {**per_criterion, **sign_only}, sign_only
+    cohort = {e: Clamp(ceiling=c) for e, c in mirrors.items() if e not in open_}
+    return {**per_criterion, **sign_only}, sign_only, {**cohort, **sign_only}
 
 
 def _worst_difference(criterion: Criterion, catalogue: Catalogue, clamps: Mapping[str, Clamp]) -> int:
@@ -335,7 +355,7 @@ def check_against_catalogue(parsed: ProgramFile, catalogue: Catalogue, source: s
 def load_program(path: Path, catalogue: Catalogue) -> Program:
     parsed, raw = load_model(path, ProgramFile, "program")
     spans = check_against_catalogue(parsed, catalogue, str(path))
-    clamps, sign_only = clamps_for(parsed.criteria, catalogue)
+    clamps, sign_only, cohort = clamps_for(parsed.criteria, catalogue)
     return Program(
         parsed.program,
         parsed.criteria,
@@ -346,6 +366,8 @@ def load_program(path: Path, catalogue: Catalogue) -> Program:
         sign_only_clamps=tuple(sorted(sign_only.items())),
         clamped_spans=tuple(max(1, _worst_difference(c, catalogue, clamps)) for c in parsed.criteria),
         sign_only_spans=tuple(max(1, _worst_difference(c, catalogue, sign_only)) for c in parsed.criteria),
+        cohort_clamps=tuple(sorted(cohort.items())),
+        cohort_spans=tuple(max(1, _worst_difference(c, catalogue, cohort)) for c in parsed.criteria),
     )
 
 

@@ -22,7 +22,14 @@ import numpy as np
 from bench.privacy import _bins, _mutual_information, extra_bits
 from crypto.he import PublicContext
 from crypto.masks import derive_masks
-from exchange.eligibility import CheckScope, build_requests, combine_he, validate_he_response
+from exchange.eligibility import (
+    CheckScope,
+    build_cohort_requests,
+    build_requests,
+    combine_cohort_he,
+    combine_he,
+    validate_he_response,
+)
 from policies.catalogue import load_catalogue
 from policies.programs import DEFAULT_PROGRAM_DIR, Program, ProgramRegistry
 from protos.xgate.v1 import node_pb2
@@ -151,3 +158,44 @@ def test_at_bronze_an_unclamped_magnitude_beats_the_randomized_response():
     """Positive control: whole incomes, failing ones far above the line, give the flips away."""
     success, ceiling = _bronze_attack(clamp=False)
     assert success > ceiling + 0.02  # 0.775 against 0.740
+
+
+DISCOVERY = ProgramRegistry.load(DEFAULT_PROGRAM_DIR, load_catalogue()[0]).get("target_discovery")
+
+
+def _cohort_income(program: Program, income: int, requester_keys: Any, public_context: PublicContext) -> int:
+    """What the requester decrypts for the victim's income slot in the cohort (bronze) view: the
+    gateway's cohort requests, an honest node's answer, the cohort combine (no flip)."""
+    values = {
+        "tax.monthly_income": income,
+        "hrss.monthly_pension": 0,
+        "civil_affairs.monthly_benefits": 0,
+        "household.alive_resident": 1,
+        "civil_affairs.enrolled_dibao": 0,
+    }
+    orders = [[VICTIM]] * len(program.criteria)
+    plans = build_cohort_requests(program, SCOPE, orders, public_context.ref)
+    honest = HonestAnswers()
+    ciphertexts = []
+    for plan in plans:
+        got: dict[str, Any] = {}
+        for agency, request in plan.items():
+            response = honest.answer(agency, request, lambda e: [values[e]], requester_keys.public_context)
+            got.update(validate_he_response(agency, request, response, public_context))
+        ciphertexts.append(got)
+    flips = [np.zeros(1, dtype=bool)] * len(program.criteria)
+    income, *_ = combine_cohort_he(program, orders, public_context, ciphertexts, KEY, 9, flips)
+    return int(requester_keys.decrypt_masked(income.ciphertexts[0], 1)[0])
+
+
+def test_at_bronze_a_sum_failing_far_past_the_line_looks_like_one_failing_just_past_its_mirror(
+    requester_keys, public_context
+):
+    """The cohort view's nodes clamp each income term at 2T + 1 = 2,201: an applicant 1,101 CNY
+    above the line and one 498,900 above it decrypt to the same slot value, at the distance from
+    the line of an applicant with no income at all below it (T + 1 against T)."""
+    mirror, far = (_cohort_income(DISCOVERY, x, requester_keys, public_context) for x in (2_201, 500_000))
+    assert mirror < 0 and far < 0 and mirror == far
+    unclamped = dataclasses.replace(DISCOVERY, cohort_clamps=(), cohort_spans=())
+    near, far = (_cohort_income(unclamped, x, requester_keys, public_context) for x in (2_201, 500_000))
+    assert abs(far) > 100 * abs(near)  # positive control: whole sums, |v| grows with |d|

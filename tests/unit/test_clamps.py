@@ -208,8 +208,8 @@ def test_a_sum_below_minus_one_is_not_clamped():
     -2 would pass."""
     criterion = _criterion(CriterionKind.SUM_AT_MOST, -2, 2)
     assert not clamp_keeps_verdict(criterion, [5, 7], [Clamp(ceiling=-1), Clamp(ceiling=-1)])
-    per_criterion, _ = clamps_for([criterion], CATALOGUE)
-    assert per_criterion == {}
+    per_criterion, _, cohort = clamps_for([criterion], CATALOGUE)
+    assert per_criterion == {} and cohort == {}
 
 
 def test_two_programs_asking_one_question_must_clamp_it_alike(tmp_path: Path) -> None:
@@ -226,3 +226,21 @@ def test_two_programs_asking_one_question_must_clamp_it_alike(tmp_path: Path) ->
     (programs / "dibao_plus.toml").write_text(plus)
     with pytest.raises(ConfigError, match=r"clamped otherwise .*second sample"):
         ProgramRegistry.load(programs, CATALOGUE)
+
+
+@given(st.sampled_from(SUM_KINDS), st.integers(0, 100_000), st.integers(0, 3_000_000))
+def test_a_mirror_ceiling_puts_a_failing_terms_distance_where_a_passing_one_lies(kind, threshold, value):
+    """The cohort view's ceiling (2T + 1 at most, 2T at least): a single failing term's |d| is in
+    [1, T + 1], a passing one's in [0, T], however far past the threshold the value lies."""
+    criterion = _criterion(kind, threshold, 1)
+    ceiling = Clamp(ceiling=criterion.mirror_ceiling)
+    assert clamp_keeps_verdict(criterion, [value], [ceiling])
+    d = criterion.direction * (ceiling.apply(value) - criterion.bound)
+    assert (0 <= d <= threshold) if criterion.passes(value) else (1 <= -d <= threshold + 1)
+
+
+def test_the_cohort_view_clamps_sums_at_their_mirror_ceiling():
+    discovery = ProgramRegistry.load(DEFAULT_PROGRAM_DIR, CATALOGUE).get("target_discovery")
+    cohort = dict(discovery.cohort_clamps)
+    assert cohort["tax.monthly_income"] == Clamp(ceiling=2201) and cohort["household.alive_resident"] == Clamp(0, 1)
+    assert discovery.cohort_span(0) == 3 * 2201 - 1100  # all three terms at the ceiling
