@@ -119,7 +119,8 @@ class Criterion(BaseModel):
     def mirror_ceiling(self) -> int:
         """A ceiling as far past the threshold as 0 is before it: a sum at most T fails by 1..T+1
         when clamped at 2T + 1, and passes by 0..T; at least T, by 1..T and 0..T at 2T."""
-        return 2 * self.bound + 1 if self.direction < 0 else 2 * self.bound
+        # Never below the least ceiling (at most -1: 2T + 1 would be -1, a negative ceiling).
+        return max(2 * self.bound, self.bound) + 1 if self.direction < 0 else max(2 * self.bound, self.bound)
 
     @property
     def sign_only_clamp(self) -> Clamp:

@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from crypto.masks import mask_bound
@@ -192,6 +192,7 @@ def _programs(draw: st.DrawFn) -> tuple[list[Criterion], dict[str, int]]:
     return criteria, values
 
 
+@settings(max_examples=400)
 @given(_programs())
 def test_what_the_loader_clamps_keeps_every_verdict_in_every_view(case):
     """The loader's own clamps (both views), over any thresholds: a sum whose threshold lies below
@@ -210,6 +211,11 @@ def test_a_sum_below_minus_one_is_not_clamped():
     assert not clamp_keeps_verdict(criterion, [5, 7], [Clamp(ceiling=-1), Clamp(ceiling=-1)])
     per_criterion, _, cohort = clamps_for([criterion], CATALOGUE)
     assert per_criterion == {} and cohort == {}
+    # at most -1: clamped at 0 in every view, never at the mirror's -1 (found by review)
+    at_minus_one = _criterion(CriterionKind.SUM_AT_MOST, -1, 2)
+    for clamps in clamps_for([at_minus_one], CATALOGUE):
+        assert all(c.ceiling == 0 for c in clamps.values())
+        assert clamp_keeps_verdict(at_minus_one, [5, 7], [clamps.get(t.element, NO_CLAMP) for t in at_minus_one.terms])
 
 
 def test_two_programs_asking_one_question_must_clamp_it_alike(tmp_path: Path) -> None:
