@@ -41,7 +41,7 @@ import numpy as np
 from crypto.he import MAX_ABS_DIFFERENCE
 from crypto.masks import MIN_MASK_LOG2, derive_masks, mask_bound, ramp_quantile
 from policies.catalogue import load_catalogue
-from policies.programs import DEFAULT_PROGRAM_DIR, Clamp, ProgramRegistry
+from policies.programs import DEFAULT_PROGRAM_DIR, NO_CLAMP, ProgramRegistry
 from policies.types import DEFAULT_COHORT_EPSILON
 
 RESULTS = Path(__file__).resolve().parent / "results" / "privacy.json"
@@ -149,15 +149,6 @@ def shipped_criteria_bits(n: int) -> dict[str, Any]:
     return out
 
 
-def clamped(values: np.ndarray, clamp: Clamp | None) -> np.ndarray:
-    """What the nodes encode (nodes/service.py `_values`), over an array."""
-    if clamp is None:
-        return values
-    if clamp.floor is not None:
-        values = np.maximum(values, clamp.floor)
-    return values if clamp.ceiling is None else np.minimum(values, clamp.ceiling)
-
-
 def _silver_differences(per: int) -> dict[str, np.ndarray]:
     """Failing differences in the overall view: income above 1,100 CNY by a log-uniform 1..2^15 CNY
     (a sum: whole); not alive/resident (d = -1); 1..3 registered businesses, a single term the node
@@ -231,7 +222,7 @@ def silver_identification_population(people: int) -> dict[str, Any]:
             for term in criterion.terms:
                 agency, column = term.element.split(".")
                 values = np.where(population.present[agency], population.columns[agency][column], term.if_missing)
-                total += clamped(values.astype(np.int64), clamps.get(term.element))
+                total += clamps.get(term.element, NO_CLAMP).apply_all(values.astype(np.int64))
             out.append(criterion.direction * (total - criterion.bound))
         return out
 
@@ -504,7 +495,7 @@ def income_population(
         values = values.astype(np.int64)
         whole += values
         if ceiling is None:
-            encoded += clamped(values, clamps.get(term.element))
+            encoded += clamps.get(term.element, NO_CLAMP).apply_all(values)
         else:
             encoded += np.minimum(values, ceiling) if ceiling else values
     return program, encoded, whole

@@ -158,7 +158,7 @@ def _check_envelope(agency: str, request: node_pb2.EncryptRequest, response: nod
     got = [e.element for e in response.elements]
     if sorted(asked) != sorted(got) or len(set(got)) != len(got):
         raise NodeProtocolError(agency, "answered for other data elements than asked")
-    asked_clamps = {q.element: _asked_clamp(q) for q in request.elements}
+    asked_clamps = {q.element: query_clamp(q) for q in request.elements}
     for element in response.elements:
         clamp = asked_clamps[element.element]
         if _answered_clamp(element) != clamp:
@@ -171,10 +171,20 @@ def _check_envelope(agency: str, request: node_pb2.EncryptRequest, response: nod
             )
 
 
-def _asked_clamp(query: node_pb2.ElementQuery) -> Clamp:
+def query_clamp(query: node_pb2.ElementQuery) -> Clamp:
+    """The clamp a request asks a node to apply to one element (NO_CLAMP when it names none)."""
     return Clamp(
         query.floor_at if query.HasField("floor_at") else None, query.clamp_at if query.HasField("clamp_at") else None
     )
+
+
+def echo_clamp(element: node_pb2.ElementValues, query: node_pb2.ElementQuery) -> node_pb2.ElementValues:
+    """A node's answer for one element says which clamp it applied (checked by `_check_envelope`)."""
+    if query.HasField("clamp_at"):
+        element.clamped_at = query.clamp_at
+    if query.HasField("floor_at"):
+        element.floored_at = query.floor_at
+    return element
 
 
 def _answered_clamp(element: node_pb2.ElementValues) -> Clamp:

@@ -19,6 +19,7 @@ import numpy as np
 from crypto.he import HE_PARAMS_ID, SLOTS, PublicContext, centered, chunks, context_fingerprint
 from crypto.pads import padded
 from exchange.cohort import COHORT_MEMBER_UNKNOWN
+from exchange.eligibility import echo_clamp, query_clamp
 from exchange.events import node_served
 from nodes.pads import PadBook
 from nodes.store import NodeStore
@@ -164,21 +165,12 @@ class NodeService:
         if values.size and (values.min() < low or values.max() > high):
             # Stored data outside the declared range would break the masking bound: refuse.
             raise InvalidInput(f"stored values of '{query.element}' fall outside the declared range; fix the data")
-        if query.HasField("floor_at"):
-            values = np.maximum(values, query.floor_at)
-        if query.HasField("clamp_at"):
-            values = np.minimum(values, query.clamp_at)
-        return values
+        return query_clamp(query).apply_all(values)
 
     @staticmethod
     def _answer_for(response: node_pb2.EncryptResponse, query: node_pb2.ElementQuery) -> node_pb2.ElementValues:
         """The element's entry in the answer, echoing the clamp it applied."""
-        out = response.elements.add(element=query.element)
-        if query.HasField("clamp_at"):
-            out.clamped_at = query.clamp_at
-        if query.HasField("floor_at"):
-            out.floored_at = query.floor_at
-        return out
+        return echo_clamp(response.elements.add(element=query.element), query)
 
     def _verify_members(self, pseudonyms: Sequence[str]) -> None:
         """Cohort members must be registered people: made-up members would carry predictable defaults."""

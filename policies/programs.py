@@ -35,6 +35,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 from crypto.he import MAX_ABS_DIFFERENCE
@@ -146,6 +147,10 @@ class Clamp:
         if self.floor is not None:
             x = max(x, self.floor)
         return x if self.ceiling is None else min(x, self.ceiling)
+
+    def apply_all(self, values: np.ndarray) -> np.ndarray:
+        """`apply` over an array (what a node encodes for a column)."""
+        return values if self.floor is None and self.ceiling is None else np.clip(values, self.floor, self.ceiling)
 
     @property
     def label(self) -> str:

@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 
 from crypto.he import SLOTS, PublicContext, centered, chunks
 from crypto.pads import padded
+from exchange.eligibility import echo_clamp, query_clamp
 from nodes.pads import PadBook
 from protos.xgate.v1 import node_pb2
 
@@ -38,7 +39,7 @@ class HonestAnswers:
             count = len(request.pseudonyms) * copies
             window = book.take(request.pad_batch, context.ref, names, request.pad_offset, count, open_=request.pad_open)
         for query in request.elements:
-            values = [clamped(query, x) for x in values_of(query.element)] * copies
+            values = [query_clamp(query).apply(x) for x in values_of(query.element)] * copies
             element = echo_clamp(response.elements.add(element=query.element), query)
             if window is not None:
                 element.padded_values.extend(padded(values, window.window(query.element)))
@@ -52,19 +53,3 @@ class HonestAnswers:
                 element.ciphertexts.append(blob)
                 element.ciphertext_sha256.append(hashlib.sha256(blob).digest())
         return response
-
-
-def clamped(query: node_pb2.ElementQuery, x: int) -> int:
-    """What an honest node encodes for x (nodes/service.py `_values`)."""
-    if query.HasField("floor_at"):
-        x = max(x, query.floor_at)
-    return min(x, query.clamp_at) if query.HasField("clamp_at") else x
-
-
-def echo_clamp(element: node_pb2.ElementValues, query: node_pb2.ElementQuery) -> node_pb2.ElementValues:
-    """The clamp echo an honest node's answer carries."""
-    if query.HasField("clamp_at"):
-        element.clamped_at = query.clamp_at
-    if query.HasField("floor_at"):
-        element.floored_at = query.floor_at
-    return element

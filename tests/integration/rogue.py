@@ -12,8 +12,8 @@ import grpc
 
 from crypto import pki
 from crypto.tls import TlsPaths, server_credentials
+from exchange.eligibility import echo_clamp
 from protos.xgate.v1 import node_pb2, node_pb2_grpc
-from tests.honest_answers import echo_clamp
 
 
 class RogueNode(node_pb2_grpc.AgencyNodeServicer):

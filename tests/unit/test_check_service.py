@@ -20,13 +20,14 @@ import pytest
 
 from audit.records import AuditRecord
 from crypto.he import SLOTS, PublicContext
+from exchange.eligibility import echo_clamp, query_clamp
 from exchange.service import CheckService
 from exchange.types import CheckOutcome, CheckRequest
 from policies.decision import DEFAULT_POLICY_DIR, CheckAuthorizer, PolicyEngine
 from policies.programs import ProgramRegistry
 from policies.types import BudgetRule, CheckContext, PolicyOutcome
 from protos.xgate.v1 import node_pb2
-from tests.honest_answers import HonestAnswers, clamped, echo_clamp
+from tests.honest_answers import HonestAnswers
 from tests.unit.test_approvals import STANDING_REF, standing_registry
 from tests.unit.test_policy_support import DAYTIME
 from xgate.errors import (
@@ -102,7 +103,7 @@ class FakeNodes:
             if request.mode == node_pb2.EXCHANGE_MODE_PLAINTEXT:
                 response = node_pb2.EncryptResponse(agency=agency, request_id=request.context.request_id)
                 for query in request.elements:
-                    values = [clamped(query, x) for x in values_of(query.element)]
+                    values = [query_clamp(query).apply(x) for x in values_of(query.element)]
                     echo_clamp(response.elements.add(element=query.element), query).plain_values.extend(values)
             else:
                 try:
