@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable
 
 from fastapi import APIRouter, Request, Response
 
@@ -112,14 +113,18 @@ async def _registered(services: ServicesDep, agency: str, user: str, body: Check
 
 
 async def _keep(store: IdempotencyStore, claim: Claim, answer: bytes) -> None:
-    """Store a charged answer under its key off the event loop, even when the request is being cancelled."""
-    task = asyncio.ensure_future(asyncio.to_thread(store.complete, claim, 200, answer))
-    with contextlib.suppress(Exception, asyncio.CancelledError):  # a failed store: the claim goes stale
-        await asyncio.shield(task)
+    """Store a charged answer under its key, even when the request is being cancelled."""
+    await _to_the_end(lambda: store.complete(claim, 200, answer))
 
 
 async def _settle(store: IdempotencyStore, claim: Claim) -> None:
-    """Drop the claim off the event loop, even when the request is being cancelled."""
-    task = asyncio.ensure_future(asyncio.to_thread(store.release, claim))
-    with contextlib.suppress(Exception, asyncio.CancelledError):  # a failed release: the claim goes stale
+    """Drop the claim, even when the request is being cancelled."""
+    await _to_the_end(lambda: store.release(claim))
+
+
+async def _to_the_end(call: Callable[[], object]) -> None:
+    """Run a store call off the event loop to its end, cancellation or not; a failure leaves the
+    claim to go stale (a retry then computes afresh)."""
+    task = asyncio.ensure_future(asyncio.to_thread(call))
+    with contextlib.suppress(Exception, asyncio.CancelledError):
         await asyncio.shield(task)
