@@ -58,7 +58,9 @@ def test_walkthrough_from_csv_to_model(tmp_path: Path) -> None:
     assert 80 < len(holdout) < 200 and holdout == sorted(holdout)
     assert "110101" not in (work / "tax" / "holdout.txt").read_text()  # pseudonyms, never ids
     report = json.loads((work / "jobs" / "late-filing-1" / "report.json").read_text())
-    assert report["evaluation"]["auc"] > 0.6
+    # Ten runs: 0.79-0.89 (fresh pseudonym key, so a fresh holdout, and fresh label noise each run);
+    # pooled logistic regression 0.88 +- 0.025; chance 0.5.
+    assert report["evaluation"]["auc"] > 0.7
     assert (work / "jobs" / "late-filing-1" / "model.npz").exists()
     summary = json.loads((work / "jobs" / "late-filing-1" / "server-summary.json").read_text())
     assert summary["label_dp"]["epsilon"] == 2.0
