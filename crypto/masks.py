@@ -83,6 +83,18 @@ def masks_from_words(words: np.ndarray, max_abs_difference: int) -> tuple[np.nda
     return r, s
 
 
+def _prf_words(key: bytes, parts: Sequence[bytes], pseudonyms: Sequence[str]) -> np.ndarray:
+    """Two uniform 64-bit words per pseudonym (rows): BLAKE2b keyed with the mask key over the
+    domain, the given label parts and the pseudonym."""
+    if len(key) != MASK_KEY_BYTES:
+        raise ValueError(f"mask key must be {MASK_KEY_BYTES} bytes")
+    prefix = b"\x00".join((_DOMAIN, *parts, b""))
+    raw = bytearray()
+    for pseudonym in pseudonyms:
+        raw += hashlib.blake2b(prefix + pseudonym.encode(), key=key, digest_size=16).digest()
+    return np.frombuffer(bytes(raw), dtype="<u8").reshape(-1, 2) if raw else np.zeros((0, 2), np.uint64)
+
+
 def derive_masks(
     key: bytes,
     question: str,
@@ -91,14 +103,41 @@ def derive_masks(
     max_abs_difference: int = MAX_ABS_DIFFERENCE,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Return (r, s') as int64 arrays, one entry per pseudonym, in the given order."""
-    if len(key) != MASK_KEY_BYTES:
-        raise ValueError(f"mask key must be {MASK_KEY_BYTES} bytes")
-    prefix = b"\x00".join((_DOMAIN, question.encode(), str(max_abs_difference).encode(), str(epoch).encode(), b""))
-    raw = bytearray()
-    for pseudonym in pseudonyms:
-        raw += hashlib.blake2b(prefix + pseudonym.encode(), key=key, digest_size=16).digest()
-    words = np.frombuffer(bytes(raw), dtype="<u8").reshape(-1, 2) if raw else np.zeros((0, 2), np.uint64)
-    return masks_from_words(words, max_abs_difference)
+    parts = (question.encode(), str(max_abs_difference).encode(), str(epoch).encode())
+    return masks_from_words(_prf_words(key, parts, pseudonyms), max_abs_difference)
+
+
+def derive_sign_masks(
+    key: bytes,
+    question: str,
+    epoch: int,
+    pseudonyms: Sequence[str],
+    like_span: int,
+    like_passing_reach: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(r, s') for a criterion whose clamped difference is 0 (pass) or -1 (fail), shaped so that
+    its masked value looks like a sum's (`like_span`, passing d up to `like_passing_reach`).
+
+    With d in {0, -1}, v = r*d + s' is s' on a pass and s' - r on a fail, so the two magnitudes
+    can be drawn apart: a pass shows beta = r_b*U + s_b, as the sum shows a pass at a difference
+    U drawn uniformly from 0..reach (the gateway knows the reach, not the population); a fail shows
+    gamma = r_g - s_g, as the sum shows a fail one unit past its threshold, where its nodes'
+    clamps put most failing sums. (r_b, s_b) and (r_g, s_g) are the sum's own mask distribution,
+    keyed apart. So in the overall view a failing position's |v| no longer tells a register
+    criterion from the income sum (docs/PROTOCOL.md "Masks"). No wrap: beta < r_max(like_span) *
+    (reach + 1) <= t/2 for reach <= like_span, and r = beta + gamma < t.
+    """
+    if not 0 <= like_passing_reach <= like_span:
+        raise ValueError("a sum's passing reach lies within its span")
+    base = (question.encode(), b"sign-only", str(like_span).encode(), str(epoch).encode())
+    r_b, s_b = masks_from_words(_prf_words(key, (*base, b"pass"), pseudonyms), like_span)
+    r_g, s_g = masks_from_words(_prf_words(key, (*base, b"fail"), pseudonyms), like_span)
+    words = _prf_words(key, (*base, b"reach"), pseudonyms)
+    # (64 random bits) mod (reach + 1): biased by at most (reach + 1) / 2^64.
+    reach = (words[:, 0] % np.uint64(like_passing_reach + 1)).astype(np.int64)
+    beta = r_b * reach + s_b
+    gamma = r_g - s_g
+    return beta + gamma, beta
 
 
 def epoch_of(unix_seconds: float, epoch_seconds: int) -> int:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from crypto.he import HE_PARAMS_ID, PLAIN_MODULUS, SLOTS, Ciphertext, FloodTerm, PublicContext, chunk_count
-from crypto.masks import derive_masks, derive_permutations
+from crypto.masks import derive_masks, derive_permutations, derive_sign_masks
 from exchange.cohort import flip_masks
 from policies.programs import NO_CLAMP, Clamp, Criterion, Program, Term
 from protos.xgate.v1 import node_pb2
@@ -109,16 +109,14 @@ def build_requests(
     mode: node_pb2.ExchangeMode,
     context_fingerprint: str,
     replicas: int = 0,
-    per_criterion: bool = True,
 ) -> dict[str, node_pb2.EncryptRequest]:
     """One EncryptRequest per agency whose data elements the program reads. HE requests name the
     requester's context by fingerprint only; the fan-out attaches its bytes for a node that asks.
     `replicas`: a small batch's values repeated once per criterion (see combine_he_packed).
-    Each element goes with its clamp in the view (policies/programs.py): the per-criterion view
-    clamps sums past their thresholds too; the overall view only single terms, as whole sums
-    hide which criterion failed better than clamped ones would (docs/PROTOCOL.md "Masks")."""
+    Each element goes with its clamp (policies/programs.py; the same in the per-criterion and
+    overall views): single terms to the sign alone, sums' terms just past their thresholds."""
     context = _request_context(program, scope)
-    clamps = program.view_clamps(per_criterion)
+    clamps = program.element_clamps()
     return _requests_for(program.elements_by_agency(), context, pseudonyms, mode, context_fingerprint, replicas, clamps)
 
 
@@ -294,25 +292,26 @@ def _chunk_terms(criterion: Criterion, ciphertexts: Mapping[str, list[Ciphertext
     return [ciphertexts[t.element][chunk] for t in criterion.terms]
 
 
-def _masks(
+def criterion_masks(
     program: Program, mask_key: bytes, epoch: int, pseudonyms: Sequence[str], hide_order: bool
 ) -> list[tuple[np.ndarray, np.ndarray]]:
     """Each criterion's (r, s') per subject. Keyed to the question, so a second program asking it
     gets the same values, no fresh sample; except in the overall view (`hide_order`), where the
     program is keyed in too: there, values equal across two programs would let the requester pair
-    up the criteria they share and so name the one left over, i.e. which criterion failed."""
+    up the criteria they share and so name the one left over, i.e. which criterion failed. For the
+    same reason a sign-only criterion's value there is shaped like the program's sum
+    (`Program.overall_look`, crypto.masks.derive_sign_masks)."""
     view = f"\x00overall-view\x00{program.id}" if hide_order else ""
-    # Fitted to the span the view's clamps leave (build_requests), keyed with those clamps.
-    return [
-        derive_masks(
-            mask_key,
-            f"{c.question}{view}\x00clamped\x00{program.clamp_label(i, not hide_order)}",
-            epoch,
-            pseudonyms,
-            program.view_span(i, not hide_order),
-        )
-        for i, c in enumerate(program.criteria)
-    ]
+    masks = []
+    for i, c in enumerate(program.criteria):
+        # Fitted to the span the clamps leave (build_requests), keyed with those clamps.
+        question = f"{c.question}{view}\x00clamped\x00{program.clamp_label(i)}"
+        look = program.overall_look(i) if hide_order else None
+        if look is None:
+            masks.append(derive_masks(mask_key, question, epoch, pseudonyms, program.clamped_span(i)))
+        else:
+            masks.append(derive_sign_masks(mask_key, question, epoch, pseudonyms, *look))
+    return masks
 
 
 def combine_he(
@@ -330,7 +329,7 @@ def combine_he(
 
     The question is what the criterion compares (Criterion.question), not the program: two
     programs asking it in the same epoch get the same masked values, never a fresh sample (in the
-    overall view the program is keyed in as well, see `_masks`).
+    overall view the program is keyed in as well, see `criterion_masks`).
 
     With `hide_order` (the "overall verdict" view) output position i of subject j holds criterion
     order[j][i] instead of criterion i: the requester learns the verdict and how many criteria
@@ -339,7 +338,7 @@ def combine_he(
     criterion-major, chunk-minor order; without them each result is flooded here.
     `flood=False` skips noise flooding: only for measuring what flooding costs (bench/privacy.py).
     """
-    masks = _masks(program, mask_key, epoch, pseudonyms, hide_order)
+    masks = criterion_masks(program, mask_key, epoch, pseudonyms, hide_order)
     k = len(program.criteria)
     order = derive_permutations(mask_key, program.id, epoch, pseudonyms, k) if hide_order and k > 1 else None
     outcomes = []
@@ -452,7 +451,7 @@ def combine_he_packed(
         raise ValueError("this batch does not pack into one ciphertext")
     if first_block and padded is None:
         raise ValueError("only a one-time-padded check starts past the first slot block")
-    masks = _masks(program, mask_key, epoch, pseudonyms, hide_order)
+    masks = criterion_masks(program, mask_key, epoch, pseudonyms, hide_order)
     order = derive_permutations(mask_key, program.id, epoch, pseudonyms, k) if hide_order else None
     total = (first_block + k) * n
     window = slice(first_block * n, total)

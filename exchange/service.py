@@ -240,11 +240,8 @@ class CheckService:
         else:
             # A small batch packs every criterion's result into one ciphertext (the nodes repeat values).
             blocks = packing(program, len(pseudonyms)) if context is not None else 0
-            # The nodes clamp terms as the view allows (docs/PROTOCOL.md "Masks").
-            per_criterion = view == "per_criterion"
-            plans = [
-                build_requests(program, scope, pseudonyms, mode, ref, replicas=blocks, per_criterion=per_criterion)
-            ]
+            # The nodes clamp terms (docs/PROTOCOL.md "Masks").
+            plans = [build_requests(program, scope, pseudonyms, mode, ref, replicas=blocks)]
         t1 = self.timer()
         # A small packed check uses a window of a one-time pad batch (exchange/pads.py); a node that
         # lost its batch (restarted) fails the first attempt, and the second opens a new batch.

@@ -202,13 +202,14 @@ class Program:
     # Per criterion: the largest |threshold - sum| over the declared element ranges (>= 1); the
     # masks' range is fitted to it (crypto.masks.mask_bound).
     spans: tuple[int, ...] = ()
-    # The clamps the nodes apply (element -> Clamp; unclamped elements absent): in the
-    # per-criterion view, and in the others (sign-only clamps alone); each criterion's span over
-    # the clamped ranges of each.
+    # The clamps the nodes apply in the per-criterion and overall views (element -> Clamp;
+    # unclamped elements absent), and each criterion's span over the clamped ranges.
     clamps: tuple[tuple[str, Clamp], ...] = ()
-    sign_only_clamps: tuple[tuple[str, Clamp], ...] = ()
     clamped_spans: tuple[int, ...] = ()
-    sign_only_spans: tuple[int, ...] = ()
+    # Per criterion: whether its one term is clamped to the sign alone (d is 0 or -1), and the
+    # largest passing difference its clamped ranges allow (0 <= reach <= clamped span).
+    sign_only: tuple[bool, ...] = ()
+    passing_reaches: tuple[int, ...] = ()
     # The cohort view's: sign-only clamps, and sums' terms at their mirror ceilings.
     cohort_clamps: tuple[tuple[str, Clamp], ...] = ()
     cohort_spans: tuple[int, ...] = ()
@@ -217,23 +218,35 @@ class Program:
         """Over the catalogue's ranges, no clamp."""
         return self.spans[index] if self.spans else MAX_ABS_DIFFERENCE
 
-    def view_span(self, index: int, per_criterion: bool) -> int:
-        """Over the ranges the view's clamps leave: the span its masks are fitted to."""
-        spans = self.clamped_spans if per_criterion else self.sign_only_spans
-        return spans[index] if spans else self.span(index)
+    def clamped_span(self, index: int) -> int:
+        """Over the ranges the clamps leave: the span the masks are fitted to."""
+        return self.clamped_spans[index] if self.clamped_spans else self.span(index)
 
     def cohort_span(self, index: int) -> int:
-        return self.cohort_spans[index] if self.cohort_spans else self.view_span(index, per_criterion=False)
+        return self.cohort_spans[index] if self.cohort_spans else self.clamped_span(index)
 
-    def view_clamps(self, per_criterion: bool) -> dict[str, Clamp]:
-        return dict(self.clamps if per_criterion else self.sign_only_clamps)
+    def element_clamps(self) -> dict[str, Clamp]:
+        return dict(self.clamps)
 
-    def clamp_label(self, index: int, per_criterion: bool) -> str:
-        """The clamps of one criterion's terms in a view, for keying its masks: the same question
-        clamped otherwise (by another program reading one element in two criteria) is another
-        comparison, and must not share masks with it."""
-        clamps = self.view_clamps(per_criterion)
+    def clamp_label(self, index: int) -> str:
+        """The clamps of one criterion's terms, for keying its masks: the same question clamped
+        otherwise (by another program reading one element in two criteria) is another comparison,
+        and must not share masks with it."""
+        clamps = self.element_clamps()
         return ",".join(sorted(t.element + clamps.get(t.element, NO_CLAMP).label for t in self.criteria[index].terms))
+
+    def overall_look(self, index: int) -> tuple[int, int] | None:
+        """In the overall view, the (span, passing reach) of the sum a sign-only criterion's masked
+        value is shaped like (crypto.masks.derive_sign_masks), so that no position's magnitude
+        tells which criterion it holds: the widest clamped sum of the program. None for a criterion
+        that is not sign-only, or a program with no sum (its sign-only criteria look alike already)."""
+        if not self.sign_only or not self.sign_only[index]:
+            return None
+        sums = [i for i, c in enumerate(self.criteria) if len(c.terms) > 1]
+        if not sums:
+            return None
+        widest = max(sums, key=self.clamped_span)
+        return self.clamped_span(widest), self.passing_reaches[widest]
 
     @property
     def id(self) -> str:
@@ -271,15 +284,13 @@ def clamp_keeps_verdict(criterion: Criterion, values: Iterable[int], clamps: Ite
     return criterion.passes(sum(values)) == criterion.passes(sum(clamped))
 
 
-def clamps_for(
-    criteria: Sequence[Criterion], catalogue: Catalogue
-) -> tuple[dict[str, Clamp], dict[str, Clamp], dict[str, Clamp]]:
-    """(per-criterion view, overall view, cohort view): each element's clamp.
+def clamps_for(criteria: Sequence[Criterion], catalogue: Catalogue) -> tuple[dict[str, Clamp], dict[str, Clamp]]:
+    """(per-criterion and overall views, cohort view): each element's clamp.
 
     Sign-only for the element of a single-term criterion that no other criterion reads (every
-    view). Otherwise a ceiling, in the per-criterion view the largest `least_ceiling` among the
-    criteria that read it, in the cohort view the largest `mirror_ceiling`; none if one of those
-    has a term that can be negative (it could offset a large one), or its ceiling would be."""
+    view). Otherwise a ceiling: in the per-criterion and overall views the largest `least_ceiling`
+    among the criteria that read it, in the cohort view the largest `mirror_ceiling`; none if one
+    of those has a term that can be negative (it could offset a large one), or its ceiling would be."""
     readers = Counter(t.element for c in criteria for t in {t.element: t for t in c.terms}.values())
     sign_only = {
         c.terms[0].element: c.sign_only_clamp
@@ -304,16 +315,28 @@ def clamps_for(
                 open_.add(term.element)
     per_criterion = {e: Clamp(ceiling=c) for e, c in ceilings.items() if e not in open_}
     cohort = {e: Clamp(ceiling=c) for e, c in mirrors.items() if e not in open_}
-    return {**per_criterion, **sign_only}, sign_only, {**cohort, **sign_only}
+    return {**per_criterion, **sign_only}, {**cohort, **sign_only}
 
 
-def _worst_difference(criterion: Criterion, catalogue: Catalogue, clamps: Mapping[str, Clamp]) -> int:
+def _clamped_range(criterion: Criterion, catalogue: Catalogue, clamps: Mapping[str, Clamp]) -> tuple[int, int]:
+    """The smallest and largest sum of the criterion's terms over their clamped ranges."""
     low = high = 0
     for term in criterion.terms:
         element = catalogue.get(term.element)
         clamp = clamps.get(term.element, NO_CLAMP)
         low += clamp.apply(element.min)  # monotone: the clamped range is [apply(min), apply(max)]
         high += clamp.apply(element.max)
+    return low, high
+
+
+def _passing_reach(criterion: Criterion, catalogue: Catalogue, clamps: Mapping[str, Clamp]) -> int:
+    """The largest d = direction * (sum - bound) >= 0 the clamped ranges allow (0 if none)."""
+    low, high = _clamped_range(criterion, catalogue, clamps)
+    return max(0, criterion.bound - low if criterion.direction < 0 else high - criterion.bound)
+
+
+def _worst_difference(criterion: Criterion, catalogue: Catalogue, clamps: Mapping[str, Clamp]) -> int:
+    low, high = _clamped_range(criterion, catalogue, clamps)
     return max(abs(criterion.bound - low), abs(criterion.bound - high))
 
 
@@ -361,7 +384,7 @@ def check_against_catalogue(parsed: ProgramFile, catalogue: Catalogue, source: s
 def load_program(path: Path, catalogue: Catalogue) -> Program:
     parsed, raw = load_model(path, ProgramFile, "program")
     spans = check_against_catalogue(parsed, catalogue, str(path))
-    clamps, sign_only, cohort = clamps_for(parsed.criteria, catalogue)
+    clamps, cohort = clamps_for(parsed.criteria, catalogue)
     return Program(
         parsed.program,
         parsed.criteria,
@@ -369,21 +392,23 @@ def load_program(path: Path, catalogue: Catalogue) -> Program:
         str(path),
         spans,
         clamps=tuple(sorted(clamps.items())),
-        sign_only_clamps=tuple(sorted(sign_only.items())),
         clamped_spans=tuple(max(1, _worst_difference(c, catalogue, clamps)) for c in parsed.criteria),
-        sign_only_spans=tuple(max(1, _worst_difference(c, catalogue, sign_only)) for c in parsed.criteria),
+        sign_only=tuple(
+            len(c.terms) == 1 and clamps.get(c.terms[0].element) == c.sign_only_clamp for c in parsed.criteria
+        ),
+        passing_reaches=tuple(_passing_reach(c, catalogue, clamps) for c in parsed.criteria),
         cohort_clamps=tuple(sorted(cohort.items())),
         cohort_spans=tuple(max(1, _worst_difference(c, catalogue, cohort)) for c in parsed.criteria),
     )
 
 
 def _check_shared_questions(programs: Iterable[Program]) -> None:
-    """Programs asking the same question must share its masking epoch and its clamps in the
-    per-criterion view, or each would draw fresh masks: a second sample of one comparison."""
+    """Programs asking the same question must share its masking epoch and its clamps, or each
+    would draw fresh masks: a second sample of one comparison."""
     seen: dict[str, tuple[int, str, str]] = {}
     for program in programs:
         for index, criterion in enumerate(program.criteria):
-            label = program.clamp_label(index, per_criterion=True)
+            label = program.clamp_label(index)
             days, clamps, where = seen.setdefault(
                 criterion.question, (program.header.epoch_days, label, program.source)
             )

@@ -28,6 +28,7 @@ from exchange.eligibility import (
     build_requests,
     combine_cohort_he,
     combine_he,
+    criterion_masks,
     validate_he_response,
 )
 from policies.catalogue import load_catalogue
@@ -68,7 +69,7 @@ def test_how_far_above_the_threshold_a_value_lies_does_not_reach_the_requester(r
 
 def test_without_clamps_the_values_tell_the_two_apart(requester_keys, public_context):
     """Positive control: the same program with its clamps removed (the design before)."""
-    unclamped = dataclasses.replace(DIBAO, clamps=(), clamped_spans=(), sign_only_clamps=(), sign_only_spans=())
+    unclamped = dataclasses.replace(DIBAO, clamps=(), clamped_spans=(), sign_only=(), passing_reaches=())
     near, far = (_masked_income(unclamped, x, requester_keys, public_context) for x in (5_000, 500_000))
     assert near < 0 and far < 0
     assert abs(far) > 50 * abs(near)  # |v| grows with |d|: 499,000 against 3,900 above the line
@@ -78,7 +79,7 @@ def test_clamped_masks_leave_a_third_of_the_magnitude_information():
     """The bound, measured as bench/privacy.py does (mutual information between floor(log2|d|) and
     log2|v| at half-bit resolution, log2|d| uniform over the span): the clamped span of the 低保
     income criterion leaves < 0.35 bits per query; the catalogue span it replaced > 0.75."""
-    clamped = extra_bits(100_000, DIBAO.view_span(0, per_criterion=True), 1, 1)["gold"]
+    clamped = extra_bits(100_000, DIBAO.clamped_span(0), 1, 1)["gold"]
     whole = extra_bits(100_000, DIBAO.span(0), 1, 1)["gold"]
     assert clamped < 0.35 < 0.75 < whole
 
@@ -93,14 +94,19 @@ def _incomes(n: int, rng: np.random.Generator) -> np.ndarray:
     return np.concatenate([passing, failing]).astype(np.int64)
 
 
-def _masked(program: Program, incomes: np.ndarray, per_criterion: bool, clamp: bool) -> np.ndarray:
-    """v = r*d + s' for the certificate's one criterion, as the nodes (clamped) and gateway compute it."""
+def _masked(program: Program, incomes: np.ndarray, clamp: bool, hide_order: bool = False) -> np.ndarray:
+    """v = r*d + s' for the certificate's one criterion, as the nodes (clamped) and the gateway
+    (`criterion_masks`, in the per-criterion or overall view) compute it; unclamped, the design
+    before: masks over the catalogue's span."""
     criterion = program.criteria[0]
-    clamp_of = program.view_clamps(per_criterion)["tax.monthly_income"]
+    clamp_of = program.element_clamps()["tax.monthly_income"]
     values = np.array([clamp_of.apply(int(x)) for x in incomes]) if clamp else incomes
-    span = program.view_span(0, per_criterion) if clamp else program.span(0)
     d = criterion.direction * (values - criterion.bound)
-    r, s = derive_masks(KEY, criterion.question, 3, [f"{i:026x}" for i in range(len(d))], span)
+    pseudonyms = [f"{i:026x}" for i in range(len(d))]
+    if clamp:
+        r, s = criterion_masks(program, KEY, 3, pseudonyms, hide_order)[0]
+    else:
+        r, s = derive_masks(KEY, criterion.question, 3, pseudonyms, program.span(0))
     return r.astype(object) * d.astype(object) + s.astype(object)
 
 
@@ -112,8 +118,8 @@ def test_a_single_term_criterion_tells_the_sign_alone_in_every_view():
     rng = np.random.default_rng(11)
     incomes = _incomes(60_000, rng)
     classes = np.floor(np.log2(np.abs(CERTIFICATE.criteria[0].bound - incomes) + 1)).astype(int)
-    for per_criterion in (True, False):
-        v = _masked(CERTIFICATE, incomes, per_criterion, clamp=True)
+    for hide_order in (False, True):
+        v = _masked(CERTIFICATE, incomes, clamp=True, hide_order=hide_order)
         assert list(v < 0) == list(incomes > 3000)  # the verdicts, exact
         # the sign's own bit, and the plug-in estimator's bias: what the same magnitudes give
         # against classes drawn apart from them but with the same verdict
@@ -122,7 +128,7 @@ def test_a_single_term_criterion_tells_the_sign_alone_in_every_view():
         for side in (passing, ~passing):
             null[side] = rng.permutation(classes[side])
         assert _mutual_information(classes, _bins(v)) < _mutual_information(null, _bins(v)) + 0.005
-    assert _mutual_information(classes, _bins(_masked(CERTIFICATE, incomes, True, clamp=False))) > 0.3
+    assert _mutual_information(classes, _bins(_masked(CERTIFICATE, incomes, clamp=False))) > 0.3
 
 
 def _bronze_attack(clamp: bool) -> tuple[float, float]:
@@ -133,7 +139,7 @@ def _bronze_attack(clamp: bool) -> tuple[float, float]:
 
     rng = np.random.default_rng(13)
     incomes = _incomes(40_000, rng)
-    v = _masked(CERTIFICATE, incomes, per_criterion=False, clamp=clamp)
+    v = _masked(CERTIFICATE, incomes, clamp=clamp)
     flips = rng.random(len(v)) < flip_probability(1.0)
     v = np.where(flips, -v - 1, v)  # exchange/cohort.py flip_masks
     truth = (incomes <= 3000).astype(int)

@@ -95,19 +95,20 @@ def test_shipped_programs_are_clamped_just_above_their_thresholds():
         "household.alive_resident": Clamp(0, 1),
         "tax.registered_businesses": Clamp(0, 1),
     }
-    assert dict(dibao.sign_only_clamps) == {
-        "household.alive_resident": Clamp(0, 1),
-        "tax.registered_businesses": Clamp(0, 1),
-    }
+    assert dibao.sign_only == (False, True, True)
     assert dibao.spans == (2_298_900, 1, 1000)
-    assert [dibao.view_span(i, per_criterion=True) for i in range(3)] == [2203, 1, 1]
-    assert [dibao.view_span(i, per_criterion=False) for i in range(3)] == [2_298_900, 1, 1]
+    assert [dibao.clamped_span(i) for i in range(3)] == [2203, 1, 1]
     assert mask_bound(2203) > 2**45 > mask_bound(2_298_900)  # ~10 more bits of mask spread
+    # a passing income sum lies 0..1100 below the line; the two register criteria look like it
+    assert dibao.passing_reaches == (1100, 0, 0)
+    assert [dibao.overall_look(i) for i in range(3)] == [None, (2203, 1100), (2203, 1100)]
     certificate = registry.get("income_certificate")
-    assert dict(certificate.sign_only_clamps) == {"tax.monthly_income": Clamp(3000, 3001)}
-    assert certificate.view_span(0, per_criterion=False) == 1 and certificate.spans == (1_997_000,)
+    assert dict(certificate.clamps) == {"tax.monthly_income": Clamp(3000, 3001)}
+    assert certificate.clamped_span(0) == 1 and certificate.spans == (1_997_000,)
+    assert certificate.overall_look(0) is None  # no sum to look like
     months = registry.get("unemployment_subsidy")
-    assert dict(months.sign_only_clamps)["hrss.contribution_months"] == Clamp(11, 12)
+    assert dict(months.clamps)["hrss.contribution_months"] == Clamp(11, 12)
+    assert months.overall_look(0) is None and months.overall_look(1) is None
 
 
 def _catalogue_with_a_signed_element(tmp_path: Path) -> Catalogue:
@@ -156,14 +157,16 @@ def test_the_loader_clamps_only_where_it_keeps_the_verdict(tmp_path):
     clamps = dict(program.clamps)
     # read by two criteria: the larger least ceiling serves both, and the single term gets no floor
     assert clamps["hrss.monthly_pension"] == Clamp(ceiling=3000) and clamps["tax.monthly_income"] == Clamp(ceiling=1101)
-    assert program.sign_only_clamps == ()
+    assert program.sign_only == (False, False, False)
     # a term that can be negative could offset a large one: neither term of that criterion is clamped
     assert "civil_affairs.monthly_benefits" not in clamps and "tax.net_adjustment" not in clamps
-    assert program.view_span(2, per_criterion=True) == program.spans[2]
-    assert program.clamp_label(0, per_criterion=True) == "hrss.monthly_pension[,3000],tax.monthly_income[,1101]"
-    assert program.clamp_label(0, per_criterion=False) == "hrss.monthly_pension[,],tax.monthly_income[,]"
+    assert program.clamped_span(2) == program.spans[2]
+    assert program.clamp_label(0) == "hrss.monthly_pension[,3000],tax.monthly_income[,1101]"
     # 1100 - (1101 + 3000) at the far end, 1100 at the near one
-    assert program.view_span(0, per_criterion=True) == 3001
+    assert program.clamped_span(0) == 3001
+    assert program.passing_reaches[:2] == (1100, 0)  # the pension clamped at 3000 passes at 3000 only
+    # the single term read by another criterion too is not sign-only: shaped by nothing
+    assert program.overall_look(1) is None
 
 
 POOL = ("tax.monthly_income", "hrss.monthly_pension", "civil_affairs.monthly_benefits", "tax.registered_businesses")
@@ -209,7 +212,7 @@ def test_a_sum_below_minus_one_is_not_clamped():
     -2 would pass."""
     criterion = _criterion(CriterionKind.SUM_AT_MOST, -2, 2)
     assert not clamp_keeps_verdict(criterion, [5, 7], [Clamp(ceiling=-1), Clamp(ceiling=-1)])
-    per_criterion, _, cohort = clamps_for([criterion], CATALOGUE)
+    per_criterion, cohort = clamps_for([criterion], CATALOGUE)
     assert per_criterion == {} and cohort == {}
     # at most -1: clamped at 0 in every view, never at the mirror's -1 (found by review)
     at_minus_one = _criterion(CriterionKind.SUM_AT_MOST, -1, 2)
