@@ -83,16 +83,16 @@ def masks_from_words(words: np.ndarray, max_abs_difference: int) -> tuple[np.nda
     return r, s
 
 
-def _prf_words(key: bytes, parts: Sequence[bytes], pseudonyms: Sequence[str]) -> np.ndarray:
-    """Two uniform 64-bit words per pseudonym (rows): BLAKE2b keyed with the mask key over the
-    domain, the given label parts and the pseudonym."""
+def _prf_words(key: bytes, parts: Sequence[bytes], pseudonyms: Sequence[str], pairs: int = 1) -> np.ndarray:
+    """`pairs` pairs of uniform 64-bit words per pseudonym (shape: pseudonyms x pairs x 2), one
+    BLAKE2b call each, keyed with the mask key over the domain, the label parts and the pseudonym."""
     if len(key) != MASK_KEY_BYTES:
         raise ValueError(f"mask key must be {MASK_KEY_BYTES} bytes")
     prefix = b"\x00".join((_DOMAIN, *parts, b""))
     raw = bytearray()
     for pseudonym in pseudonyms:
-        raw += hashlib.blake2b(prefix + pseudonym.encode(), key=key, digest_size=16).digest()
-    return np.frombuffer(bytes(raw), dtype="<u8").reshape(-1, 2) if raw else np.zeros((0, 2), np.uint64)
+        raw += hashlib.blake2b(prefix + pseudonym.encode(), key=key, digest_size=16 * pairs).digest()
+    return np.frombuffer(bytes(raw), dtype="<u8").reshape(-1, pairs, 2) if raw else np.zeros((0, pairs, 2), np.uint64)
 
 
 def derive_masks(
@@ -104,7 +104,7 @@ def derive_masks(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Return (r, s') as int64 arrays, one entry per pseudonym, in the given order."""
     parts = (question.encode(), str(max_abs_difference).encode(), str(epoch).encode())
-    return masks_from_words(_prf_words(key, parts, pseudonyms), max_abs_difference)
+    return masks_from_words(_prf_words(key, parts, pseudonyms)[:, 0], max_abs_difference)
 
 
 def derive_sign_masks(
@@ -129,12 +129,12 @@ def derive_sign_masks(
     """
     if not 0 <= like_passing_reach <= like_span:
         raise ValueError("a sum's passing reach lies within its span")
-    base = (question.encode(), b"sign-only", str(like_span).encode(), str(epoch).encode())
-    r_b, s_b = masks_from_words(_prf_words(key, (*base, b"pass"), pseudonyms), like_span)
-    r_g, s_g = masks_from_words(_prf_words(key, (*base, b"fail"), pseudonyms), like_span)
-    words = _prf_words(key, (*base, b"reach"), pseudonyms)
+    parts = (question.encode(), b"sign-only", str(like_span).encode(), str(epoch).encode())
+    words = _prf_words(key, parts, pseudonyms, pairs=3)
+    r_b, s_b = masks_from_words(words[:, 0], like_span)  # the pass
+    r_g, s_g = masks_from_words(words[:, 1], like_span)  # the fail
     # (64 random bits) mod (reach + 1): biased by at most (reach + 1) / 2^64.
-    reach = (words[:, 0] % np.uint64(like_passing_reach + 1)).astype(np.int64)
+    reach = (words[:, 2, 0] % np.uint64(like_passing_reach + 1)).astype(np.int64)
     beta = r_b * reach + s_b
     gamma = r_g - s_g
     return beta + gamma, beta

@@ -11,11 +11,11 @@ It also works out the **clamps** the nodes apply before encrypting, each keeping
   program reads, is decided by that value alone: the node encodes it clamped to [T, T + 1] (at
   most T) or [T - 1, T] (at least T), so d is 0 or -1 and |v| is distributed alike whatever the
   verdict (`Criterion.sign_only_clamp`).
-* **Past the threshold, per-criterion view.** When every term of a sum is non-negative, one term
-  past the threshold decides it alone, so each may be encoded min(x, c) for any c >=
-  `Criterion.least_ceiling`: nothing of how far past the threshold a value lies reaches the
-  requester. The overall view keeps whole sums (clamped, they would name the failing criterion
-  more often: docs/PROTOCOL.md "Masks").
+* **Past the threshold, per-criterion and overall views.** When every term of a sum is
+  non-negative, one term past the threshold decides it alone, so each may be encoded min(x, c)
+  for any c >= `Criterion.least_ceiling`: nothing of how far past the threshold a value lies
+  reaches the requester. In the overall view a sign-only criterion's masks are then shaped like
+  the sum's (`Program.overall_look`), so no magnitude names the failing criterion.
 * **Mirrored, cohort view.** There each slot's sign is randomized and |v| must not tell a flipped
   one: each term of a sum is clamped at `Criterion.mirror_ceiling` (2T + 1 at most, 2T at least),
   so a failing single term's |d| lies in [1, T + 1] as a passing one's lies in [0, T], however far
