@@ -65,6 +65,16 @@ def policy_allowed(about: Mapping[str, Any], outcome: PolicyOutcome) -> Event:
     )
 
 
+# The audit log's bound on one text value (audit/records.py MAX_TEXT): a longer reason is cut, so
+# that recording a refusal never fails; the requester got the whole message.
+REASON_CHARS = 256
+
+
+def _fit(reason: object) -> str:
+    text = str(reason)
+    return text if len(text) <= REASON_CHARS else text[: REASON_CHARS - 1] + "…"
+
+
 def policy_denied(about: Mapping[str, Any], exc: PolicyDenied) -> Event:
     reasons = exc.details.get("reasons") or [exc.message]
     return _clean(
@@ -73,7 +83,7 @@ def policy_denied(about: Mapping[str, Any], exc: PolicyDenied) -> Event:
             "kind": "policy_decision",
             "decision": "deny",
             "reason": exc.code,
-            "reasons": tuple(str(r) for r in reasons),
+            "reasons": tuple(_fit(r) for r in reasons),
             "policy_set_hash": str(exc.details.get("policy_set_hash", "")) or None,
         }
     )

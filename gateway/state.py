@@ -25,12 +25,14 @@ from gateway.user_store import USER_MIGRATIONS
 from policies.approvals import APPROVAL_MIGRATIONS
 from policies.budgets import BUDGET_MIGRATIONS, COHORT_PRIVACY_MIGRATIONS, PRIVACY_LEDGER_MIGRATIONS
 from policies.consent import CONSENT_MIGRATIONS
+from policies.silver_claims import SILVER_CLAIM_MIGRATIONS
 from xgate.db import Migration, PostgresDatabase, migrate
 
 GATEWAY_MIGRATIONS: tuple[Migration, ...] = (
     *BUDGET_MIGRATIONS,
     *COHORT_PRIVACY_MIGRATIONS,
     *PRIVACY_LEDGER_MIGRATIONS,
+    *SILVER_CLAIM_MIGRATIONS,
     *CONSENT_MIGRATIONS,
     *APPROVAL_MIGRATIONS,
     *RATE_LIMIT_MIGRATIONS,

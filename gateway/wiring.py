@@ -20,6 +20,7 @@ from policies.budgets import CohortPrivacyBudget, ProbeBudget
 from policies.consent import ConsentManagers, ConsentRegistry
 from policies.decision import DEFAULT_POLICY_DIR, CheckAuthorizer
 from policies.reload import PolicyReloader
+from policies.silver_claims import SilverClaims
 from xgate.errors import BudgetExhausted, ConfigError, Unauthenticated
 from xgate.principal import Principal
 
@@ -102,7 +103,8 @@ class RestAuthenticator:
 
 
 def policy_for(config: GatewayConfig) -> tuple[CheckAuthorizer, ConsentRegistry]:
-    """The gateway's policy decision point (hot-reloaded), probing and ε budgets, consent and approval registries."""
+    """The gateway's policy decision point (hot-reloaded), probing and ε budgets, silver claims, consent
+    and approval registries."""
     settings = config.gateway
     state = state_dir_of(config)
     state.mkdir(parents=True, exist_ok=True)
@@ -120,8 +122,9 @@ def policy_for(config: GatewayConfig) -> tuple[CheckAuthorizer, ConsentRegistry]
     budgets = ProbeBudget(shared or state / "budgets.sqlite")
     approvals = ApprovalRegistry(shared or state / "approvals.sqlite", approvers=Approvers(policy_dir, bundle))
     privacy = CohortPrivacyBudget(shared or state / "cohort_epsilon.sqlite")
+    claims = SilverClaims(shared or state / "silver_claims.sqlite")
     authorizer = CheckAuthorizer(
-        engine=reloader, budgets=budgets, consents=consents, approvals=approvals, privacy=privacy
+        engine=reloader, budgets=budgets, consents=consents, approvals=approvals, privacy=privacy, claims=claims
     )
     return authorizer, consents
 

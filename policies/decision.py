@@ -483,12 +483,27 @@ class PrivacyPort(Protocol):
     def release(self, reservation: str) -> bool: ...
 
 
+class ClaimPort(Protocol):
+    """Silver claims (policies/silver_claims.py SilverClaims): refuses with PolicyDenied."""
+
+    def reserve(
+        self, subjects: Sequence[str], *, group: str, program: str, agency: str, epoch: int, epoch_ends: float
+    ) -> str: ...
+
+    def commit(self, reservation: str) -> bool: ...
+
+    def release(self, reservation: str) -> bool: ...
+
+
 @dataclass
 class Reservations:
-    """A check's reserved probing budget, ε, consent use and approval subjects (policies.types.Charge)."""
+    """A check's reserved probing budget, ε, silver claims, consent use and approval subjects
+    (policies.types.Charge)."""
 
     budgets: BudgetPort | None = None
     budget_reservation: str = ""
+    claims: ClaimPort | None = None
+    claim_reservation: str = ""
     privacy: PrivacyPort | None = None
     privacy_reservation: str = ""
     consents: ConsentPort | None = None
@@ -501,6 +516,8 @@ class Reservations:
             self.budgets.commit(self.budget_reservation)
         if self.privacy is not None and self.privacy_reservation:
             self.privacy.commit(self.privacy_reservation)
+        if self.claims is not None and self.claim_reservation:
+            self.claims.commit(self.claim_reservation)
         if self.consents is not None and self.consent_reservation:
             self.consents.commit(self.consent_reservation)
         if self.approvals is not None and self.approval_reservation:
@@ -511,6 +528,8 @@ class Reservations:
             self.approvals.release(self.approval_reservation)
         if self.consents is not None and self.consent_reservation:
             self.consents.release(self.consent_reservation)
+        if self.claims is not None and self.claim_reservation:
+            self.claims.release(self.claim_reservation)
         if self.budgets is not None and self.budget_reservation:
             self.budgets.release(self.budget_reservation)
         if self.privacy is not None and self.privacy_reservation:
@@ -526,6 +545,7 @@ class CheckAuthorizer:
     consents: ConsentPort | None = None
     approvals: ApprovalPort | None = None
     privacy: PrivacyPort | None = None
+    claims: ClaimPort | None = None
     clock: Callable[[], datetime] = lambda: datetime.now(UTC)
 
     def decide_check(
@@ -573,6 +593,12 @@ class CheckAuthorizer:
         if self.budgets is not None and decision.budget is not None:
             receipt = self.budgets.reserve(request.pseudonyms, program.id, principal.agency, decision.budget, now)
             charge.budgets, charge.budget_reservation = self.budgets, str(receipt.reservation)
+        if view is View.OVERALL and program.overlaps and self.claims is not None:
+            try:
+                self._claim(request, program, principal.agency, now, charge)
+            except BaseException:
+                charge.release()  # another program of the group holds a subject: give the budget back
+                raise
         spend = None
         if view is View.COHORT:
             try:
@@ -612,6 +638,20 @@ class CheckAuthorizer:
             consent_artefact=artefact,
             approval_artefact=approval,
             privacy=spend,
+        )
+
+    def _claim(self, request: CheckContext, program: Program, agency: str, now: datetime, charge: Reservations) -> None:
+        """Claim the subjects for this program of its overlap group in the program's epoch (silver)."""
+        assert self.claims is not None
+        epoch = int(now.timestamp() // program.epoch_seconds)  # the program's epoch (crypto.masks.epoch_of)
+        charge.claims = self.claims
+        charge.claim_reservation = self.claims.reserve(
+            request.pseudonyms,
+            group=program.overlap_group,
+            program=program.id,
+            agency=agency,
+            epoch=epoch,
+            epoch_ends=float((epoch + 1) * program.epoch_seconds),
         )
 
     def _epsilon(

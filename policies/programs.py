@@ -27,6 +27,7 @@ over the clamped ranges: 2,298,900 to 2,203 CNY for the 低保 income sum, 1 for
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
@@ -213,6 +214,15 @@ class Program:
     # The cohort view's: sign-only clamps, and sums' terms at their mirror ceilings.
     cohort_clamps: tuple[tuple[str, Clamp], ...] = ()
     cohort_spans: tuple[int, ...] = ()
+    # The other programs of the registry linked to this one by shared questions (directly or
+    # through others; sorted ids, this one excluded): at silver, verdicts of two of them on one
+    # subject would tell which shared criterion failed (ProgramRegistry.load).
+    overlaps: tuple[str, ...] = ()
+
+    @property
+    def overlap_group(self) -> str:
+        """A name for this program's group of overlapping programs (its own id if it has none)."""
+        return ",".join(sorted((self.id, *self.overlaps)))
 
     def span(self, index: int) -> int:
         """Over the catalogue's ranges, no clamp."""
@@ -426,6 +436,21 @@ def _check_shared_questions(programs: Iterable[Program]) -> None:
                 )
 
 
+def overlap_groups(programs: Iterable[Program]) -> dict[str, set[str]]:
+    """Each program's group: the programs connected to it through shared questions (itself included)."""
+    programs = list(programs)
+    group: dict[str, set[str]] = {p.id: {p.id} for p in programs}
+    askers: dict[str, list[str]] = {}
+    for program in programs:
+        for criterion in program.criteria:
+            askers.setdefault(criterion.question, []).append(program.id)
+    for ids in askers.values():
+        merged = set().union(*(group[i] for i in ids))
+        for member in merged:
+            group[member] = merged
+    return group
+
+
 class ProgramRegistry:
     """All programs of a directory, keyed by id (one version in force per id)."""
 
@@ -444,7 +469,13 @@ class ProgramRegistry:
                 raise ConfigError(f"program {path}: id '{program.id}' also defined in {programs[program.id].source}")
             programs[program.id] = program
         _check_shared_questions(programs.values())
-        return cls(programs)
+        groups = overlap_groups(programs.values())
+        return cls(
+            {
+                pid: dataclasses.replace(program, overlaps=tuple(sorted(groups[pid] - {pid})))
+                for pid, program in programs.items()
+            }
+        )
 
     def get(self, program_id: str) -> Program:
         try:

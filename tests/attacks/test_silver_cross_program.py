@@ -7,7 +7,12 @@ and then target_discovery for the same subjects in one mask period (each allowed
 once) would see the shared criteria (income, residence) as equal values in both results, pair
 them up, and read the one left over in each program: dibao's no_registered_business and
 target_discovery's not_enrolled, exactly. In the overall view the program is now keyed into the
-masks too, so no value repeats across programs (exchange/eligibility.py `_masks`).
+masks too, so no value repeats across programs (exchange/eligibility.py `criterion_masks`).
+
+The verdicts alone do it too, masks or not: dibao failing one criterion while target_discovery
+fails none says the failure was the registered business. So at silver a subject gets results from
+one program of an overlap group per epoch (policies/silver_claims.py): the second program is
+refused before anything is charged.
 
 Real CheckService with the shipped policy set, a silver principal, the real probing budget and
 approval registry; honest in-process nodes encrypting under the requester's key.
@@ -26,11 +31,13 @@ from exchange.types import CheckRequest
 from policies.budgets import ProbeBudget
 from policies.decision import DEFAULT_POLICY_DIR, CheckAuthorizer, PolicyEngine
 from policies.programs import ProgramRegistry
+from policies.silver_claims import SilverClaims
 from protos.xgate.v1 import node_pb2
 from tests.honest_answers import HonestAnswers
 from tests.unit.test_approvals import STANDING_REF, standing_registry
 from tests.unit.test_check_service import MASK_KEY, FakeAuditor, pseudo
 from tests.unit.test_policy_support import DAYTIME
+from xgate.errors import PolicyDenied
 from xgate.principal import Principal
 
 SILVER = Principal("ca-caseworker-silver", "civil_affairs", "caseworker", "silver")
@@ -63,12 +70,16 @@ class HonestNodes:
         }
 
 
-def _results(who: Principal, programs: ProgramRegistry, keys: RequesterKeys, tmp: Path) -> dict[str, Any]:
-    """Each program's decrypted values per subject, as a modified client reads them."""
+def _results(
+    who: Principal, programs: ProgramRegistry, keys: RequesterKeys, tmp: Path, claims: SilverClaims | None = None
+) -> dict[str, Any]:
+    """Each program's decrypted values per subject, as a modified client reads them (without the
+    silver claims unless given: the attacks below need both programs answered)."""
     policy = CheckAuthorizer(
         PolicyEngine.load(DEFAULT_POLICY_DIR),
         budgets=ProbeBudget(tmp / "budget.db"),
         approvals=standing_registry(tmp / "approvals.db"),
+        claims=claims,
         clock=lambda: DAYTIME,
     )
     service = CheckService(
@@ -117,3 +128,43 @@ def test_positive_control_per_criterion_masks_repeat_across_programs(
     results = _results(GOLD, programs, requester_keys, tmp_path)
     assert {view for view, _ in results.values()} == {"per_criterion"}
     assert _shared_values(results) == [2] * len(SUBJECTS)
+
+
+def _failures(results: dict[str, Any], program: str) -> list[int]:
+    return [sum(v < 0 for v in row) for row in results[program][1]]
+
+
+def test_positive_control_the_two_programs_verdicts_name_the_failing_criterion(
+    programs: ProgramRegistry, requester_keys: RequesterKeys, tmp_path: Path
+) -> None:
+    """Without the claims, counts alone do it: dibao fails 1 and target_discovery 0 only when the
+    failure is the registered business (subject 0); dibao passes and target_discovery fails 1
+    only when it is the enrolment (subject 4)."""
+    results = _results(SILVER, programs, requester_keys, tmp_path)
+    pairs = list(zip(_failures(results, "dibao"), _failures(results, "target_discovery"), strict=True))
+    assert pairs[0] == (1, 0) and pairs[4] == (0, 1)
+
+
+def test_a_second_program_of_the_group_is_refused_at_silver(
+    programs: ProgramRegistry, requester_keys: RequesterKeys, tmp_path: Path
+) -> None:
+    claims = SilverClaims(tmp_path / "claims.db")
+    try:
+        _results(SILVER, programs, requester_keys, tmp_path, claims=claims)
+    except PolicyDenied as exc:
+        assert "6 of 6 subjects already have a silver result from program 'dibao'" in exc.message
+        assert "target_discovery" in exc.message and exc.details["claimed_by"] == ["dibao"]
+    else:
+        raise AssertionError("target_discovery answered at silver for subjects dibao had answered")
+    # refused before anything was charged: target_discovery's probing budget is untouched
+    budget = ProbeBudget(tmp_path / "budget.db")
+    assert budget.pending() == 0
+    epoch = int(DAYTIME.timestamp() // programs.get("dibao").epoch_seconds)
+    group = programs.get("dibao").overlap_group
+    assert claims.holder(SUBJECTS[0], group=group, agency="civil_affairs", epoch=epoch) == {"dibao"}
+
+
+def test_at_gold_both_programs_answer(programs: ProgramRegistry, requester_keys: RequesterKeys, tmp_path: Path) -> None:
+    """Gold names every criterion anyway: the claims apply to the overall view only."""
+    results = _results(GOLD, programs, requester_keys, tmp_path, claims=SilverClaims(tmp_path / "claims.db"))
+    assert {view for view, _ in results.values()} == {"per_criterion"}

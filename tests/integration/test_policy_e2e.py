@@ -53,6 +53,29 @@ def test_silver_tier_sees_only_the_overall_verdict(federation):
     assert all(name.startswith("position_") for name in result.criteria)  # criteria are anonymous
 
 
+def test_silver_answers_one_program_of_an_overlap_group_per_subject_and_epoch(federation):
+    """dibao and target_discovery share criteria: their two silver verdicts on one person would
+    tell which criterion failed, so the gateway answers the second for no subject the first has
+    answered this epoch (403, naming the program), all or nothing, and charges nothing for it."""
+    ids, fresh = _ids(federation, 200, 6), _ids(federation, 206, 4)
+    with _client(federation, "caseworker_silver") as client:
+        first = client.check("dibao", ids, "dibao", DIBAO, "pol-11", approval_ref=DEV_APPROVAL_REF)
+        assert first.view == "overall"
+        for subjects in (ids, [*fresh, ids[0]]):
+            with pytest.raises(GatewayError) as info:
+                client.check(
+                    "target_discovery", subjects, "target_discovery", DIBAO, "pol-11", approval_ref=DEV_APPROVAL_REF
+                )
+            assert info.value.http_status == 403
+            assert "silver result from program 'dibao'" in info.value.message
+        again = client.check("dibao", ids, "dibao", DIBAO, "pol-11", approval_ref=DEV_APPROVAL_REF)
+        assert np.array_equal(again.overall, first.overall)  # a repeat of the same program is answered
+        other = client.check(
+            "target_discovery", fresh, "target_discovery", DIBAO, "pol-11", approval_ref=DEV_APPROVAL_REF
+        )
+        assert other.view == "overall" and len(other.overall) == len(fresh)
+
+
 def _plausible(count, true_count: int) -> bool:
     """The noisy count is one the randomized response gives the true count with probability >= 1e-6
     (its exact distribution), and the true count lies within 5 standard errors of the estimate."""

@@ -395,6 +395,20 @@ def test_policy_denied_is_logged_and_nothing_is_asked_of_the_nodes(programs: Pro
         "policy_decision", "deny", ("no permit matched",), HASH_2)  # fmt: skip
 
 
+def test_a_refusal_longer_than_the_audit_bound_is_recorded_cut_not_lost(programs: ProgramRegistry) -> None:
+    """The requester gets the whole message; the audit record keeps its first 256 characters and
+    still validates (a longer one failed the record, and the refusal with it)."""
+    long = "silver: " + "x" * 400
+    service, _, _, auditor = _service(programs, policy=FakePolicy(refuse=PolicyDenied(long)))
+    with pytest.raises(PolicyDenied) as refused:
+        run(service, _request())
+    assert refused.value.message == long
+    [denial] = auditor.events
+    [reason] = denial["reasons"]
+    assert len(reason) == 256 and reason.endswith("…") and long.startswith(reason[:-1])
+    AuditRecord.from_event(denial)
+
+
 def test_purpose_and_requester_are_checked_before_the_decision_point(programs: ProgramRegistry) -> None:
     service, nodes, policy, auditor = _service(programs)
     with pytest.raises(PolicyDenied, match="not a purpose of program 'dibao'"):
