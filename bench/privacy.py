@@ -110,7 +110,7 @@ def _bins(v: np.ndarray) -> np.ndarray:
 
 
 def extra_bits(
-    n: int, span: int, flag_span: int, count_span: int, look: tuple[int, int] | None = None
+    n: int, span: int, flag_span: int, count_span: int, look: tuple[int, int, int] | None = None
 ) -> dict[str, Any]:
     """Gold: what |v| tells of floor(log2|d|) for one criterion. Silver: the same through the
     largest of the permuted positions' magnitudes, the two others passing single terms (d = 0),

@@ -208,9 +208,10 @@ class Program:
     clamps: tuple[tuple[str, Clamp], ...] = ()
     clamped_spans: tuple[int, ...] = ()
     # Per criterion: whether its one term is clamped to the sign alone (d is 0 or -1), and the
-    # largest passing difference its clamped ranges allow (0 <= reach <= clamped span).
+    # largest passing and failing |d| its clamped ranges allow (each within the clamped span).
     sign_only: tuple[bool, ...] = ()
     passing_reaches: tuple[int, ...] = ()
+    failing_reaches: tuple[int, ...] = ()
     # The cohort view's: sign-only clamps, and sums' terms at their mirror ceilings.
     cohort_clamps: tuple[tuple[str, Clamp], ...] = ()
     cohort_spans: tuple[int, ...] = ()
@@ -245,18 +246,19 @@ class Program:
         clamps = self.element_clamps()
         return ",".join(sorted(t.element + clamps.get(t.element, NO_CLAMP).label for t in self.criteria[index].terms))
 
-    def overall_look(self, index: int) -> tuple[int, int] | None:
-        """In the overall view, the (span, passing reach) of the sum a sign-only criterion's masked
-        value is shaped like (crypto.masks.derive_sign_masks), so that no position's magnitude
-        tells which criterion it holds: the widest clamped sum of the program. None for a criterion
-        that is not sign-only, or a program with no sum (its sign-only criteria look alike already)."""
+    def overall_look(self, index: int) -> tuple[int, int, int] | None:
+        """In the overall view, the (span, passing reach, failing reach) of the criterion a sign-only
+        criterion's masked value is shaped like (crypto.masks.derive_sign_masks), so that no
+        position's magnitude tells which criterion it holds: the program's widest criterion that is
+        not sign-only (a sum, or a single term another criterion reads too). None for a criterion
+        that is not sign-only, or a program whose criteria are all sign-only (they look alike)."""
         if not self.sign_only or not self.sign_only[index]:
             return None
-        sums = [i for i, c in enumerate(self.criteria) if len(c.terms) > 1]
-        if not sums:
+        others = [i for i in range(len(self.criteria)) if not self.sign_only[i]]
+        if not others:
             return None
-        widest = max(sums, key=self.clamped_span)
-        return self.clamped_span(widest), self.passing_reaches[widest]
+        widest = max(others, key=self.clamped_span)
+        return self.clamped_span(widest), self.passing_reaches[widest], self.failing_reaches[widest]
 
     @property
     def id(self) -> str:
@@ -345,6 +347,12 @@ def _passing_reach(criterion: Criterion, catalogue: Catalogue, clamps: Mapping[s
     return max(0, criterion.bound - low if criterion.direction < 0 else high - criterion.bound)
 
 
+def _failing_reach(criterion: Criterion, catalogue: Catalogue, clamps: Mapping[str, Clamp]) -> int:
+    """The largest -d > 0 the clamped ranges allow (1 if none: a criterion that cannot fail)."""
+    low, high = _clamped_range(criterion, catalogue, clamps)
+    return max(1, high - criterion.bound if criterion.direction < 0 else criterion.bound - low)
+
+
 def _worst_difference(criterion: Criterion, catalogue: Catalogue, clamps: Mapping[str, Clamp]) -> int:
     low, high = _clamped_range(criterion, catalogue, clamps)
     return max(abs(criterion.bound - low), abs(criterion.bound - high))
@@ -407,6 +415,7 @@ def load_program(path: Path, catalogue: Catalogue) -> Program:
             len(c.terms) == 1 and clamps.get(c.terms[0].element) == c.sign_only_clamp for c in parsed.criteria
         ),
         passing_reaches=tuple(_passing_reach(c, catalogue, clamps) for c in parsed.criteria),
+        failing_reaches=tuple(_failing_reach(c, catalogue, clamps) for c in parsed.criteria),
         cohort_clamps=tuple(sorted(cohort.items())),
         cohort_spans=tuple(max(1, _worst_difference(c, catalogue, cohort)) for c in parsed.criteria),
     )

@@ -101,7 +101,7 @@ def test_shipped_programs_are_clamped_just_above_their_thresholds():
     assert mask_bound(2203) > 2**45 > mask_bound(2_298_900)  # ~10 more bits of mask spread
     # a passing income sum lies 0..1100 below the line; the two register criteria look like it
     assert dibao.passing_reaches == (1100, 0, 0)
-    assert [dibao.overall_look(i) for i in range(3)] == [None, (2203, 1100), (2203, 1100)]
+    assert [dibao.overall_look(i) for i in range(3)] == [None, (2203, 1100, 2203), (2203, 1100, 2203)]
     certificate = registry.get("income_certificate")
     assert dict(certificate.clamps) == {"tax.monthly_income": Clamp(3000, 3001)}
     assert certificate.clamped_span(0) == 1 and certificate.spans == (1_997_000,)

@@ -3,27 +3,31 @@ is exact for d in {0, -1}, nothing wraps, and a pass and a fail look like the su
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from crypto.he import PLAIN_MODULUS, centered
-from crypto.masks import MASK_KEY_BYTES, derive_masks, derive_sign_masks, mask_bound
+from crypto.masks import FAR_FAIL_SHARE, MASK_KEY_BYTES, derive_masks, derive_sign_masks, mask_bound
 
 KEY = bytes(range(MASK_KEY_BYTES))
-PSEUDONYMS = [f"{i:026x}" for i in range(4000)]
+PSEUDONYMS = [f"{i:026x}" for i in range(40_000)]
+SPAN, PASSING, FAILING = 2203, 1100, 2203  # 低保's income sum, clamped
 
 
 @settings(max_examples=60, deadline=None)
 @given(
     span=st.integers(1, 2**24),
-    reach_share=st.floats(0, 1),
+    passing_share=st.floats(0, 1),
+    failing_share=st.floats(0, 1),
     epoch=st.integers(0, 10**6),
 )
-def test_the_sign_is_exact_and_nothing_wraps(span, reach_share, epoch):
-    reach = int(span * reach_share)
-    r, s = derive_sign_masks(KEY, "ge:1:household.alive_resident=0", epoch, PSEUDONYMS[:300], span, reach)
+def test_the_sign_is_exact_and_nothing_wraps(span, passing_share, failing_share, epoch):
+    passing, failing = int(span * passing_share), max(1, int(span * failing_share))
+    r, s = derive_sign_masks(KEY, "ge:1:household.alive_resident=0", epoch, PSEUDONYMS[:300], span, passing, failing)
     assert (r >= 1).all() and (s >= 0).all() and (s < r).all()
     for d in (0, -1):
         v = r.astype(object) * d + s.astype(object)
@@ -31,30 +35,59 @@ def test_the_sign_is_exact_and_nothing_wraps(span, reach_share, epoch):
         decrypted = centered([int(x) % PLAIN_MODULUS for x in v])
         assert decrypted == list(v)
         assert all((x >= 0) == (d >= 0) for x in decrypted)
-    # a pass shows at most what the imitated sum shows at its largest passing difference
-    assert (s < mask_bound(span) * (reach + 1)).all()
+    # a pass or a fail shows at most what the imitated sum shows at its reach
+    assert (s < mask_bound(span) * (passing + 1)).all()
+    assert (r - s <= mask_bound(span) * failing).all()
+
+
+def _tv(mine: np.ndarray, theirs: np.ndarray) -> float:
+    """Total variation between two magnitudes' log2 distributions at half-bit resolution."""
+    bins = np.arange(0, 120) / 2
+    a = np.histogram(np.log2(mine.astype(np.float64) + 1), bins)[0] / len(mine)
+    b = np.histogram(np.log2(theirs.astype(np.float64) + 1), bins)[0] / len(theirs)
+    return float(0.5 * np.abs(a - b).sum())
+
+
+def _sum_like(passing_u: np.ndarray, failing_past: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """What the sum shows: a pass at difference u, |v| = r*u + s'; a fail `past` units beyond, r*past - s'."""
+    r, s = derive_masks(KEY, "q-sum", 1, PSEUDONYMS, SPAN)
+    return r * passing_u + s, r * failing_past - s
 
 
 def test_a_pass_and_a_fail_are_drawn_like_the_sums():
-    """A pass: r_b * U + s_b, U uniform on 0..reach; a fail: r_g - s_g, the sum one unit past."""
-    span, reach = 2203, 1100
-    r, s = derive_sign_masks(KEY, "q", 1, PSEUDONYMS, span, reach)
-    sum_r, sum_s = derive_masks(KEY, "q-sum", 1, PSEUDONYMS, span)
-    u = np.random.default_rng(3).integers(0, reach + 1, len(PSEUDONYMS))
-    passing_like_sum = sum_r * u + sum_s
-    failing_like_sum = sum_r - sum_s  # d = -1: |v| = r - s'
-    bins = np.arange(0, 60, 2)
-    for mine, theirs in ((s, passing_like_sum), (r - s, failing_like_sum)):
-        a = np.histogram(np.log2(mine.astype(np.float64) + 1), bins)[0] / len(mine)
-        b = np.histogram(np.log2(theirs.astype(np.float64) + 1), bins)[0] / len(theirs)
-        # total variation between the two at 2-bit resolution; 4,000 samples: sampling alone ~0.05
-        assert 0.5 * np.abs(a - b).sum() < 0.1
+    """40,000 samples at half-bit resolution: sampling alone leaves a total variation near 0.02."""
+    r, s = derive_sign_masks(KEY, "q", 1, PSEUDONYMS, SPAN, PASSING, 1)
+    rng = np.random.default_rng(3)
+    passing_like, failing_like = _sum_like(rng.integers(0, PASSING + 1, len(r)), np.ones(len(r), dtype=np.int64))
+    assert _tv(s, passing_like) < 0.03
+    assert _tv(r - s, failing_like) < 0.03
+    # controls, each a way to get it wrong: a pass spread over half the reach, a fail drawn as a
+    # plain sign-only mask (r up to 2^48: the earlier design)
+    half, _ = _sum_like(rng.integers(0, PASSING // 2 + 1, len(r)), np.ones(len(r), dtype=np.int64))
+    assert _tv(s, half) > 0.05
+    plain_r, plain_s = derive_masks(KEY, "q-plain", 1, PSEUDONYMS, 1)
+    assert _tv(r - s, plain_r - plain_s) > 0.07
+
+
+def test_a_share_of_the_fails_lies_far_past_the_line_as_a_sum_of_several_terms_can():
+    """A fail is drawn as the sum failing one unit past its line, or, for a share of them, 2 up to
+    the failing reach past it (log-uniform): without that, a failing |v| beyond one mask's reach
+    could only be the sum's, and named it with certainty."""
+    r, s = derive_sign_masks(KEY, "q", 1, PSEUDONYMS, SPAN, PASSING, FAILING)
+    rng = np.random.default_rng(5)
+    far = rng.random(len(r)) < FAR_FAIL_SHARE
+    past = np.where(far, np.clip(np.floor(np.exp2(rng.uniform(1, math.log2(FAILING), len(r)))), 2, FAILING), 1)
+    _, failing_like = _sum_like(np.zeros(len(r), dtype=np.int64), past.astype(np.int64))
+    assert _tv(r - s, failing_like) < 0.03
+    beyond = ((r - s) > mask_bound(SPAN)).mean()
+    assert 0.01 < beyond < FAR_FAIL_SHARE  # one mask's reach is passed, by far fails only
+    assert ((r - s) <= mask_bound(SPAN) * FAILING).all()
 
 
 def test_keyed_to_the_question_and_repeatable():
-    one = derive_sign_masks(KEY, "q", 1, PSEUDONYMS[:50], 2203, 1100)
-    again = derive_sign_masks(KEY, "q", 1, PSEUDONYMS[:50], 2203, 1100)
-    other = derive_sign_masks(KEY, "q", 2, PSEUDONYMS[:50], 2203, 1100)
+    one = derive_sign_masks(KEY, "q", 1, PSEUDONYMS[:50], SPAN, PASSING, FAILING)
+    again = derive_sign_masks(KEY, "q", 1, PSEUDONYMS[:50], SPAN, PASSING, FAILING)
+    other = derive_sign_masks(KEY, "q", 2, PSEUDONYMS[:50], SPAN, PASSING, FAILING)
     assert all((x == y).all() for x, y in zip(one, again, strict=True))
     assert not (one[1] == other[1]).all()
 
@@ -62,5 +95,7 @@ def test_keyed_to_the_question_and_repeatable():
 def test_a_reach_outside_the_span_is_refused():
     with pytest.raises(ValueError, match="passing reach"):
         derive_sign_masks(KEY, "q", 1, PSEUDONYMS[:5], 100, 101)
+    with pytest.raises(ValueError, match="failing reach"):
+        derive_sign_masks(KEY, "q", 1, PSEUDONYMS[:5], 100, 50, 0)
     with pytest.raises(ValueError, match="mask key"):
         derive_sign_masks(b"short", "q", 1, PSEUDONYMS[:5], 100, 50)
