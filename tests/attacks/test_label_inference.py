@@ -90,9 +90,12 @@ def test_without_label_dp_the_gradients_give_every_label_away() -> None:
 def test_label_dp_holds_the_attack_to_its_bound(eps: float) -> None:
     bound = label_dp.attack_bound(eps)
     measured = _run(eps, seed=int(eps * 10))
-    slack = 3 * np.sqrt(bound * (1 - bound) / N)  # sampling error of a success rate over N labels
-    assert max(measured) <= bound + slack
-    assert min(measured) >= bound - slack - 0.02  # the attack is still as good as the bound allows
+    se = np.sqrt(bound * (1 - bound) / N)  # sampling error of a success rate over N labels
+    # The flips come from a fresh key: the best of the four rounds lands above the bound by
+    # N(0, 1.04) standard errors (measured), so 3 of them failed about 1 run in 500 per ε; 4.5, 1 in
+    # 100,000. Without label DP the attack reads every label (0.99+ against 0.90 at ε = 2).
+    assert max(measured) <= bound + 4.5 * se
+    assert min(measured) >= bound - 3 * se - 0.02  # the attack is still as good as the bound allows
 
 
 def test_label_dp_flips_repeat_per_key_and_release_at_the_stated_rate() -> None:
@@ -101,7 +104,8 @@ def test_label_dp_flips_repeat_per_key_and_release_at_the_stated_rate() -> None:
     assert np.array_equal(a, b)  # the same node, labels and ε: the same release
     assert not np.array_equal(a, training_labels(_job(1.0), y, _draws(1.0, N)))  # another node's key
     assert not np.array_equal(a, training_labels(_job(1.0), y, _draws(2.0, N, key)))  # another ε
-    assert a.mean() == pytest.approx(label_dp.flip_probability(1.0), abs=0.025)
+    # 5 sd of the flip rate over N labels (0.0070; 0.025 was 3.4 of them: 1 run in 1,600)
+    assert a.mean() == pytest.approx(label_dp.flip_probability(1.0), abs=0.035)
     assert np.array_equal(training_labels(_job(None), y, None), y)
     with pytest.raises(ValueError, match="draws"):
         training_labels(_job(1.0), y, None)
@@ -118,7 +122,9 @@ def test_rerunning_the_job_does_not_average_the_flips_away(tmp_path: Path) -> No
     eps, k = 1.0, 15
     y = (np.random.default_rng(3).random(N) < 0.5).astype(float)
     bound = label_dp.attack_bound(eps)
-    slack = 3 * np.sqrt(bound * (1 - bound) / N)
+    # The k runs repeat one fresh key's flips: their majority is one release, 4.5 of its standard
+    # errors (3 failed 1 run in 700) and far below what fresh flips give away (0.97).
+    slack = 4.5 * np.sqrt(bound * (1 - bound) / N)
     nc = NodeConfig(tmp_path / "store.sqlite", "tax", tmp_path / "ledger.sqlite", None, None)
     runs = [training_labels(_job(eps), y, label_words(nc, _job(eps), SUBJECTS)) for _ in range(k)]
     assert (tmp_path / "label-dp.key").stat().st_mode & 0o777 == 0o600  # the node's key, its own

@@ -62,11 +62,15 @@ def _clipped_update(client: HorizontalClient) -> list[np.ndarray]:
 
 def test_a_node_sends_its_update_clipped_and_noised_at_the_calibrated_spread(tmp_path: Path) -> None:
     """Through the real fit handler, a fresh client per run (ε = 8: the noise stays inside update_bound,
-    so its spread is measured unclipped). Noise cut by √2 would fail this."""
+    so its spread is measured unclipped). Noise cut by √2 would fail this.
+
+    300 runs of a 2-coordinate update: 15 % is 5.2 standard errors of the measured sd (2.9 %); at
+    100 runs it was 3 of them, a false alarm in 1 run of 400."""
     job, nc = _node(tmp_path, 8.0, update_bound=8.0)
     sd = dp.noise_for_epsilon(8.0, job.rounds, DELTA) * CLIP  # z·C, the Gaussian mechanism the accountant counts
+    runs = 300
     sent, weights = [], set()
-    for run in range(100):  # "clipping_norm": what Flower's central-DP wrapper sent; nothing reads it now
+    for run in range(runs):  # "clipping_norm": what Flower's central-DP wrapper sent; nothing reads it now
         client = HorizontalClient(job, nc, 5_000, ledger_check=True, run_id=str(run))
         arrays, weight, _ = client.fit([np.zeros(2)], {"server_round": 1, "clipping_norm": 100.0})
         sent.append(np.asarray(arrays[0]))
@@ -76,9 +80,9 @@ def test_a_node_sends_its_update_clipped_and_noised_at_the_calibrated_spread(tmp
     noise = np.array(sent) - clean
     assert np.abs(noise).max() < job.update_bound - np.abs(clean).max()  # nothing clipped by the bound
     assert np.std(noise) == pytest.approx(sd, rel=0.15)
-    assert np.linalg.norm(np.mean(sent, axis=0) - clean) < 4 * sd / math.sqrt(100) * math.sqrt(2)
-    # every run after the approval's first is charged again: 8 (admission) + 99 further runs x 8
-    assert LedgerAdmission(nc.ledger, nc.store).spent("synth_v") == pytest.approx(800.0)
+    assert np.linalg.norm(np.mean(sent, axis=0) - clean) < 4 * sd / math.sqrt(runs) * math.sqrt(2)
+    # every run after the approval's first is charged again: 8 (admission) + 299 further runs x 8
+    assert LedgerAdmission(nc.ledger, nc.store).spent("synth_v") == pytest.approx(8.0 * runs)
 
 
 @pytest.mark.parametrize("noise_at_the_node", [True, False])
@@ -113,6 +117,8 @@ def test_a_coordinator_reading_one_update_tells_a_round_with_the_victim_from_one
     z = dp.noise_for_epsilon(1.0, job.rounds, DELTA)
     se = math.sqrt(0.25 / (2 * trials))
     gaussian = NormalDist().cdf(float(np.linalg.norm(direction)) / (2 * z * CLIP))
-    assert rate <= gaussian + 3 * se, (rate, gaussian)
+    # 4.5 standard errors: the noise is fresh OS entropy, and the rate sits just under Φ (0.508
+    # against 0.509, sd 0.006 over repeated runs), so 3 of them failed about 1 run in 3,000.
+    assert rate <= gaussian + 4.5 * se, (rate, gaussian)
     assert rate <= math.exp(1.0) / (1 + math.exp(1.0)) + DELTA
     assert 0 < float(np.linalg.norm(direction)) <= CLIP + 1e-9  # the victim moves its update by at most the clip

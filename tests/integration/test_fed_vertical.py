@@ -81,10 +81,14 @@ def test_vertical_end_to_end_with_record_dp(tmp_path: Path) -> None:
     assert aligned["subjects"] == 1000 and sorted(aligned["nodes"]) == ["civil", "hrss", "tax"]
     assert aligned["keys_checked"] is True  # every node verified the PSI agreement keys it used against the CA
     assert [e["round"] for e in events if e["event"] == "round_completed"] == [1, 2]
-    assert res.evaluation["n"] > 100 and res.evaluation["auc"] > 0.55  # learns something under DP (0.73 seen)
+    # Learns something under DP. Over 800 runs of this job (its ServerApp and ClientApp code driven
+    # in one process, fresh DP noise and label-DP keys each time): AUC 0.748 +- 0.039, 5 sd above.
+    assert res.evaluation["n"] > 100 and res.evaluation["auc"] > 0.55
     assert res.evaluation["top_deattenuated"] is True  # scored with weights undoing the noise's dilution
     assert res.evaluation["top_recentred"] is True  # and a bias that puts scores on both sides of the threshold
-    assert res.evaluation["balanced_accuracy"] > 0.55
+    # Better than chance. Estimated from ~200 held-out rows under label DP, it spreads: 0.674 +- 0.038
+    # over those runs, so a bound of 0.55 failed about 1 run in 1,700; 0.5 is 4.6 sd below.
+    assert res.evaluation["balanced_accuracy"] > 0.5
     summary = json.loads((tmp_path / "job" / "server-summary.json").read_text())
     assert set(summary["model_parts"]) == {"civil", "hrss", "top@tax"}
     # Each node keeps its own part in its local cache; the server has digests only.

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import pytest
 
 from app.devfed import DEV_APPROVAL_REF, LEGAL_BASIS, start_gateway, write_gateway_config
@@ -13,12 +17,13 @@ from xgate.pseudonym import Pseudonymiser, load_key
 pytestmark = pytest.mark.integration
 
 
-def _free_port() -> int:
-    import socket
-
+@contextmanager
+def _closed_port() -> Iterator[int]:
+    """A port held bound, never listening, for the block: connecting is refused, and no other
+    process's bind can take it meanwhile (a port probed free and closed again could be)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+        yield int(s.getsockname()[1])
 
 
 def _gateway_with_tax_at(federation, tmp_path, name: str, tax_address: str, **overrides) -> str:
@@ -56,8 +61,9 @@ def _check(federation, url: str, n: int = 5):
 
 
 def test_node_down_is_503_naming_the_agency(federation, tmp_path):
-    url = _gateway_with_tax_at(federation, tmp_path, "gw-down", f"127.0.0.1:{_free_port()}")
-    error = _check(federation, url)
+    with _closed_port() as port:
+        url = _gateway_with_tax_at(federation, tmp_path, "gw-down", f"127.0.0.1:{port}")
+        error = _check(federation, url)
     assert error.http_status == 503 and error.code == "node_unavailable"
     assert "tax" in error.message
 

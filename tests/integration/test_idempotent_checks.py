@@ -20,6 +20,8 @@ import socket
 import sqlite3
 import ssl
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import httpx
@@ -36,10 +38,13 @@ pytestmark = pytest.mark.integration
 NAME = "gw-idem"
 
 
-def _closed_port() -> int:
+@contextmanager
+def _closed_port() -> Iterator[int]:
+    """A port held bound, never listening, for the block: connecting is refused, and no other
+    process's bind can take it meanwhile (a port probed free and closed again could be)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])  # closed again on return: connecting is refused
+        yield int(s.getsockname()[1])
 
 
 def _tls(federation) -> ssl.SSLContext:  # type: ignore[no-untyped-def]
@@ -126,15 +131,18 @@ def test_a_retried_check_is_replayed_computed_once_and_charged_once(federation, 
 
 def test_the_sdk_given_a_dead_gateway_first_completes_on_the_second(federation, gateway: str) -> None:  # type: ignore[no-untyped-def]
     ids = read_subjects(federation.applicants)[104:108]
-    dead = f"https://127.0.0.1:{_closed_port()}"
     pseudo = Pseudonymiser(load_key(federation.pseudonym_key))
     keys = RequesterKeys.generate()
     with GatewayClient(gateway, federation.api_keys["caseworker"], pseudo, keys, verify=str(federation.ca_cert)) as c:
         c.register_context()  # registered beforehand: the check below is one request per gateway tried
     computed = _results(federation, gateway)
-    with GatewayClient(
-        [dead, gateway], federation.api_keys["caseworker"], pseudo, keys, verify=str(federation.ca_cert), backoff_s=0.05
-    ) as client:
+    with (
+        _closed_port() as port,
+        GatewayClient(
+            [f"https://127.0.0.1:{port}", gateway], federation.api_keys["caseworker"], pseudo, keys,
+            verify=str(federation.ca_cert), backoff_s=0.05,
+        ) as client,
+    ):  # fmt: skip
         result = client.check(
             "dibao", ids, "dibao", LEGAL_BASIS["dibao"], "case-failover", approval_ref=DEV_APPROVAL_REF
         )

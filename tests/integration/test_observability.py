@@ -31,10 +31,14 @@ def _free_port() -> int:
 
 
 class Forwarder:
-    """A TCP forwarder on a fixed port (the node's "link"): up() and down() like a cable."""
+    """A TCP forwarder on a fixed port (the node's "link"): up() and down() like a cable. Until the
+    first up() the port is held bound, never listening: connecting is refused, and no other
+    process's bind can take it meanwhile (a port probed free and closed again could be)."""
 
-    def __init__(self, port: int, upstream: int) -> None:
-        self.port, self.upstream = port, upstream
+    def __init__(self, upstream: int) -> None:
+        self._held: socket.socket | None = socket.socket()
+        self._held.bind(("127.0.0.1", 0))
+        self.port, self.upstream = int(self._held.getsockname()[1]), upstream
         self._loop = asyncio.new_event_loop()
         self._server: asyncio.base_events.Server | None = None
         threading.Thread(target=self._loop.run_forever, daemon=True).start()
@@ -54,6 +58,10 @@ class Forwarder:
         await asyncio.gather(self._pipe(reader, up_writer), self._pipe(up_reader, writer))
 
     def up(self) -> None:
+        if self._held is not None:  # handed over to the server at once
+            self._held.close()
+            self._held = None
+
         async def start() -> None:
             self._server = await asyncio.start_server(self._handle, "127.0.0.1", self.port, reuse_address=True)
 
@@ -106,8 +114,8 @@ def test_readiness_metrics_and_node_failure_logs(federation, tmp_path: Path) -> 
     assert health.status_code == 200 and health.json()["agency"] == "tax"
 
     # The gateway reaches tax through a link we can take down and bring up.
-    link_port = _free_port()
-    link = Forwarder(link_port, node.port)
+    link = Forwarder(node.port)
+    link_port = link.port
     addresses = {a: f"127.0.0.1:{p}" for a, p in federation.node_ports.items()} | {"tax": f"127.0.0.1:{link_port}"}
     gw_config = write_gateway_config(federation, addresses, config_path=federation.gateway_dir / "gw-obs.toml")
     url = start_gateway(federation, supervisor, config_path=gw_config, name="gw-obs")

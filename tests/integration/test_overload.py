@@ -122,18 +122,24 @@ def test_queue_full_and_fair_share_are_immediate_503s_with_retry_after(
             before = len(node.started)
             running = post("caseworker", "10")  # takes the only slot; the hold node keeps it busy
             await _until(lambda: len(node.started) > before)
-            queued_own = post("caseworker", "4")  # the user's one queue place
-            await asyncio.sleep(0.3)
+            # Nothing outside the gateway shows that a check has reached the queue: each queued check
+            # gets 1 s to arrive (its 0.5 MB body sent and parsed took 0.04-0.1 s on a loaded 2-core
+            # machine: 0.3 s was too close), and a 6 s deadline, as the queue takes a check only if
+            # its expected wait and service (2 + 1 s for the second) fit in what is left of it.
+            queued_own = post("caseworker", "6")  # the user's one queue place
+            await asyncio.sleep(1.0)
             t0 = time.monotonic()
             over_share = await http.post(
                 "/v1/checks", json=_body(federation, payload), headers=_auth(federation, "caseworker")
             )
-            queued_other = post("caseworker_silver", "4")  # another user still gets a fair place
-            await asyncio.sleep(0.3)
+            refused_in = time.monotonic() - t0
+            queued_other = post("caseworker_silver", "6")  # another user still gets a fair place
+            await asyncio.sleep(1.0)
+            t0 = time.monotonic()
             full = await http.post(
                 "/v1/checks", json=_body(federation, payload), headers=_auth(federation, "caseworker_bronze")
             )
-            refused_in = time.monotonic() - t0
+            refused_in += time.monotonic() - t0
             for response, fragment in ((over_share, "this user has their full share"), (full, "waiting")):
                 assert response.status_code == 503, response.text
                 body = response.json()
@@ -144,7 +150,7 @@ def test_queue_full_and_fair_share_are_immediate_503s_with_retry_after(
             results = await asyncio.gather(running, queued_own, queued_other)
             assert [r.status_code for r in results] == [504, 503, 503], [r.text[:200] for r in results]
             assert results[0].json()["error"] == "deadline_exceeded"
-            # The queued checks got no slot in time for their 4 s deadline: refused before it, not cut at it.
+            # The queued checks got no slot in time for their 6 s deadline: refused before it, not cut at it.
             for queued in results[1:]:
                 assert queued.json()["error"] == "overloaded" and "no slot came free" in queued.json()["message"]
 

@@ -38,10 +38,12 @@ def test_estimates_are_unbiased_over_many_releases(eps: float) -> None:
         tps.append(label_dp.debiased_counts(scores >= threshold, noisy, eps)[0])
         rates.append(label_dp.true_rate(float(noisy.mean()), eps))
     p = label_dp.flip_probability(eps)
+    # 5 standard errors of a mean of 60 fresh releases (Student t, 59 dof: 5e-6 each; 4 of them
+    # failed about 1 run in 2,000 over the nine checks); the uncorrected figures miss by 35 or more.
     sd_auc = np.std(aucs) / np.sqrt(len(aucs))
-    assert abs(np.mean(aucs) - float(true["auc"])) < 4 * sd_auc + 0.003  # type: ignore[arg-type]
-    assert abs(np.mean(tps) - true_cm["tp"]) < 4 * np.std(tps) / np.sqrt(len(tps)) + 1
-    assert abs(np.mean(rates) - y.mean()) < 4 * np.std(rates) / np.sqrt(len(rates)) + 1e-3
+    assert abs(np.mean(aucs) - float(true["auc"])) < 5 * sd_auc + 0.003  # type: ignore[arg-type]
+    assert abs(np.mean(tps) - true_cm["tp"]) < 5 * np.std(tps) / np.sqrt(len(tps)) + 1
+    assert abs(np.mean(rates) - y.mean()) < 5 * np.std(rates) / np.sqrt(len(rates)) + 1e-3
     # The noisy figures alone are biased towards chance: what the estimates correct.
     observed_auc = float(model.report(scores, _noisy(y, eps), threshold)["auc"])  # type: ignore[arg-type]
     assert observed_auc < float(true["auc"]) - 0.5 * p * (float(true["auc"]) - 0.5)  # type: ignore[arg-type]
