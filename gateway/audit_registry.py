@@ -21,7 +21,7 @@ from typing import Any
 
 from audit.checkpoints import EccKey, raw_public
 from audit.federation import ManifestLog, manifest_document
-from xgate.db import Database, Migration, SqliteDatabase, migrate, require_current
+from xgate.db import Database, Migration, open_store
 from xgate.errors import ConfigError
 
 _DDL = """
@@ -34,13 +34,7 @@ AUDIT_REGISTRY_MIGRATIONS = (Migration("audit_federation", 1, sqlite=_DDL.replac
 
 class AuditLogRegistry:
     def __init__(self, store: Path | str | Database) -> None:
-        self.db: Database
-        if isinstance(store, (str, Path)):
-            self.db = SqliteDatabase(store)
-            migrate(self.db, AUDIT_REGISTRY_MIGRATIONS)
-        else:
-            self.db = store
-            require_current(self.db, AUDIT_REGISTRY_MIGRATIONS)
+        self.db: Database = open_store(store, AUDIT_REGISTRY_MIGRATIONS)
 
     def register(self, origin: str, replica: str, key: EccKey) -> None:
         """Record this log, or confirm it is the one registered under its origin (ConfigError if not)."""

@@ -26,7 +26,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from crypto.he import MAX_CONTEXT_BYTES, PublicContext, parse_context_fingerprint
-from xgate.db import Database, Migration, SqliteDatabase, migrate, require_current
+from xgate.db import Database, Migration, SqliteDatabase, open_store
 from xgate.errors import ContextUnknown, PayloadTooLarge
 from xgate.logging import get_logger
 
@@ -73,13 +73,7 @@ class ContextStore:
     ) -> None:
         if ttl_s <= 0 or max_per_owner < 1:
             raise ValueError("ttl_s must be positive and max_per_owner at least 1")
-        self.db: Database
-        if isinstance(store, (str, Path)):
-            self.db = SqliteDatabase(store)
-            migrate(self.db, CONTEXT_MIGRATIONS)
-        else:
-            self.db = store
-            require_current(self.db, CONTEXT_MIGRATIONS)
+        self.db: Database = open_store(store, CONTEXT_MIGRATIONS)
         self.ttl_s = ttl_s
         self.max_per_owner = max_per_owner
         self._clock = clock

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from xgate.db import Database, Migration, SqliteDatabase, migrate, require_current
+from xgate.db import Database, Migration, open_store
 from xgate.errors import IdempotencyInProgress, IdempotencyKeyInvalid, IdempotencyKeyReused
 from xgate.logging import get_logger
 
@@ -126,13 +126,7 @@ class IdempotencyStore:
         deadline plus combining) is considered abandoned by a dead process and may be taken over."""
         if ttl_s <= 0 or stale_after_s <= 0:
             raise ValueError("ttl_s and stale_after_s must be positive")
-        self.db: Database
-        if isinstance(store, (str, Path)):
-            self.db = SqliteDatabase(store)
-            migrate(self.db, IDEMPOTENCY_MIGRATIONS)
-        else:
-            self.db = store
-            require_current(self.db, IDEMPOTENCY_MIGRATIONS)
+        self.db: Database = open_store(store, IDEMPOTENCY_MIGRATIONS)
         self.ttl_s = ttl_s
         self.stale_after_s = stale_after_s
         self.retry_after_s = retry_after_s

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from xgate.db import Database, Migration, SqliteDatabase, migrate, require_current
+from xgate.db import Database, Migration, open_store
 from xgate.errors import JobExists
 
 _DDL = """
@@ -37,13 +37,7 @@ MAX_EVENTS = 300  # what a job's detail shows
 class TrainingJobStore:
     def __init__(self, store: Path | str | Database, replica: str = "gateway") -> None:
         self.replica = replica
-        self.db: Database
-        if isinstance(store, (str, Path)):
-            self.db = SqliteDatabase(store)
-            migrate(self.db, TRAINING_JOB_MIGRATIONS)
-        else:
-            self.db = store
-            require_current(self.db, TRAINING_JOB_MIGRATIONS)
+        self.db: Database = open_store(store, TRAINING_JOB_MIGRATIONS)
 
     def claim(self, job_id: str, requester: str, submission: dict[str, Any]) -> None:
         """Record a new job; JobExists if any replica has one under this id."""

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.auth import UserRecord, new_user
-from xgate.db import Database, Migration, SqliteDatabase, migrate, require_current
+from xgate.db import Database, Migration, open_store
 from xgate.errors import NotFound
 
 _DDL = """
@@ -32,13 +32,7 @@ _COLUMNS = "key_id, user_id, agency, role, tier, key_sha256, disabled, created_a
 
 class UserStore:
     def __init__(self, store: Path | str | Database) -> None:
-        self.db: Database
-        if isinstance(store, (str, Path)):
-            self.db = SqliteDatabase(store)
-            migrate(self.db, USER_MIGRATIONS)
-        else:
-            self.db = store
-            require_current(self.db, USER_MIGRATIONS)
+        self.db: Database = open_store(store, USER_MIGRATIONS)
 
     def add(self, user: str, agency: str, role: str, tier: str) -> str:
         """Register a user; return the new API key (shown once). An existing user's keys are disabled."""

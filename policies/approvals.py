@@ -41,7 +41,7 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstrai
 from crypto.artefacts import Signer, verify_artefact
 from crypto.policy_bundle import Installed
 from policies.watched import WatchedFile
-from xgate.db import Database, Migration, SqliteDatabase, Tx, migrate, require_current
+from xgate.db import Database, Migration, Tx, open_store
 from xgate.errors import ConfigError, CryptoError, InvalidInput, NotFound, PolicyDenied, StoreUnavailable
 from xgate.logging import get_logger
 
@@ -291,13 +291,7 @@ class ApprovalRegistry:
     """Approvals in a SQLite file (embedded default) or the replicas' shared `Database`."""
 
     def __init__(self, store: Path | str | Database, approvers: Approvers | Mapping[str, Approver] | None = None):
-        self.db: Database
-        if isinstance(store, (str, Path)):
-            self.db = SqliteDatabase(store)
-            migrate(self.db, APPROVAL_MIGRATIONS)
-        else:
-            self.db = store
-            require_current(self.db, APPROVAL_MIGRATIONS)
+        self.db: Database = open_store(store, APPROVAL_MIGRATIONS)
         self._approvers = approvers
 
     def approvers(self) -> Mapping[str, Approver]:

@@ -28,7 +28,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from policies.types import BudgetRule, EpsilonReceipt
-from xgate.db import Database, Migration, SqliteDatabase, Tx, migrate, require_current
+from xgate.db import Database, Migration, SqliteDatabase, Tx, migrate, open_store, require_current
 from xgate.errors import BudgetExhausted, InvalidInput, StoreUnavailable
 from xgate.logging import get_logger
 
@@ -154,14 +154,9 @@ class ProbeBudget:
     PRUNE_EVERY_S = 3600.0
 
     def __init__(self, store: Path | str | Database, clock: Callable[[], datetime] | None = None) -> None:
-        self.db: Database
+        self.db: Database = open_store(store, BUDGET_MIGRATIONS)
         if isinstance(store, (str, Path)):
-            self.db = SqliteDatabase(store)
-            migrate(self.db, BUDGET_MIGRATIONS)
             self._fold_legacy_table()
-        else:
-            self.db = store
-            require_current(self.db, BUDGET_MIGRATIONS)
         self._clock = clock or (lambda: datetime.now(UTC))
         self._pruned: dict[tuple[str, str], float] = {}
 
@@ -493,13 +488,7 @@ class CohortPrivacyBudget:
     """
 
     def __init__(self, store: Path | str | Database) -> None:
-        self.db: Database
-        if isinstance(store, (str, Path)):
-            self.db = SqliteDatabase(store)
-            migrate(self.db, COHORT_PRIVACY_MIGRATIONS)
-        else:
-            self.db = store
-            require_current(self.db, COHORT_PRIVACY_MIGRATIONS)
+        self.db: Database = open_store(store, COHORT_PRIVACY_MIGRATIONS)
 
     @staticmethod
     def _lock(program: str, agency: str) -> list[str]:

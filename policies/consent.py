@@ -31,7 +31,7 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstrai
 from crypto.artefacts import Signer, verify_artefact
 from crypto.policy_bundle import Installed
 from policies.watched import WatchedFile
-from xgate.db import Database, Migration, SqliteDatabase, Tx, migrate, require_current
+from xgate.db import Database, Migration, Tx, open_store
 from xgate.errors import ConfigError, CryptoError, InvalidInput, NotFound, PolicyDenied, StoreUnavailable
 from xgate.logging import get_logger
 
@@ -247,14 +247,9 @@ class ConsentRegistry:
         purposes: Collection[str] | None = None,
         managers: ConsentManagers | Mapping[str, Signer] | None = None,
     ) -> None:
-        self.db: Database
+        self.db: Database = open_store(store, CONSENT_MIGRATIONS)
         if isinstance(store, (str, Path)):
-            self.db = SqliteDatabase(store)
-            migrate(self.db, CONSENT_MIGRATIONS)
             self._add_artefact_columns()
-        else:
-            self.db = store
-            require_current(self.db, CONSENT_MIGRATIONS)
         self.purposes = frozenset(purposes) if purposes is not None else None
         self._managers = managers
 

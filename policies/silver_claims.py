@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
-from xgate.db import Database, Migration, SqliteDatabase, migrate, require_current
+from xgate.db import Database, Migration, open_store
 from xgate.errors import InvalidInput, PolicyDenied, StoreUnavailable
 from xgate.logging import get_logger
 
@@ -73,13 +73,7 @@ class SilverClaims:
     """The claims store: a SQLite file (embedded default) or a shared `Database` (replicated mode)."""
 
     def __init__(self, store: Path | str | Database) -> None:
-        self.db: Database
-        if isinstance(store, (str, Path)):
-            self.db = SqliteDatabase(store)
-            migrate(self.db, SILVER_CLAIM_MIGRATIONS)
-        else:
-            self.db = store
-            require_current(self.db, SILVER_CLAIM_MIGRATIONS)
+        self.db: Database = open_store(store, SILVER_CLAIM_MIGRATIONS)
 
     def reserve(
         self, subjects: Sequence[str], *, group: str, program: str, agency: str, epoch: int, epoch_ends: float

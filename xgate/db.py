@@ -301,3 +301,14 @@ def require_current(db: Database, migrations: Sequence[Migration]) -> None:
     if missing:
         steps = ", ".join(f"{m.component} v{m.version}" for m in missing)
         raise ConfigError(f"database schema is behind this version ({steps} pending): run `xgate gateway migrate`")
+
+
+def open_store(store: Path | str | Database, migrations: Sequence[Migration]) -> Database:
+    """A store's database: a SQLite file, migrated at open (the embedded default), or a shared
+    `Database` whose schema must already be current (replicated mode: `xgate gateway migrate`)."""
+    if isinstance(store, (str, Path)):
+        db: Database = SqliteDatabase(store)
+        migrate(db, migrations)
+        return db
+    require_current(store, migrations)
+    return store
