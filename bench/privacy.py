@@ -188,13 +188,17 @@ def silver_identification_population(people: int) -> dict[str, Any]:
         "silver_failed_criterion_identified_rate": max(clamped["failing_position"], clamped["every_position"]),
         "chance_rate": round(1 / len(program.criteria), 4),
         "sign_only_criteria_masked_plainly": silver_attack(plain, population, KEY),
+        # fresh masks each epoch, the same data: evidence accumulates (a year of 30-day epochs)
+        "over_epochs": {str(e): silver_attack(program, population, KEY, epochs=e) for e in (3, 12)},
         "before_whole_sums_and_plain_masks": silver_attack(before, population, KEY),
     }
 
 
-def silver_attack(program: Program, population: Any, key: bytes) -> dict[str, Any]:
+def silver_attack(program: Program, population: Any, key: bytes, epochs: int = 1) -> dict[str, Any]:
     """Balanced accuracy of naming the failing criterion among people failing exactly one, from
-    the overall view's masked values (program's clamps and masks), half to train, half to score."""
+    the overall view's masked values (program's clamps and masks), half to train, half to score.
+    With `epochs` > 1 the attacker holds one result per epoch for each person (fresh masks and
+    order each epoch, the same data) and reads them all."""
     from sklearn.ensemble import HistGradientBoostingClassifier
 
     clamps = program.element_clamps()
@@ -210,18 +214,24 @@ def silver_attack(program: Program, population: Any, key: bytes) -> dict[str, An
     failing = np.stack([x < 0 for x in d])
     rows = np.flatnonzero(failing.sum(axis=0) == 1)
     truth = failing[:, rows].argmax(axis=0)
-    masks = criterion_masks(program, key, 1, _pseudonyms(len(rows), "p"), hide_order=True)
-    values = [r.astype(object) * x[rows].astype(object) + s.astype(object) for (r, s), x in zip(masks, d, strict=True)]
-    v = np.array(values, dtype=object).T.astype(np.float64)
-    bins = np.floor(np.log2(np.abs(v) + 1) * 2)
-    negative = v < 0
-    failing_bin = np.where(negative, bins, -1).max(axis=1)
-    passing_bins = np.sort(np.where(negative, np.inf, bins), axis=1)[:, :2]
+    failing_bins, every = [], []
+    for epoch in range(1, epochs + 1):
+        masks = criterion_masks(program, key, epoch, _pseudonyms(len(rows), "p"), hide_order=True)
+        masked = [
+            r.astype(object) * x[rows].astype(object) + s.astype(object) for (r, s), x in zip(masks, d, strict=True)
+        ]
+        v = np.array(masked, dtype=object).T.astype(np.float64)
+        bins = np.floor(np.log2(np.abs(v) + 1) * 2)
+        negative = v < 0
+        failing_bin = np.where(negative, bins, -1).max(axis=1)
+        passing_bins = np.sort(np.where(negative, np.inf, bins), axis=1)[:, :2]
+        failing_bins.append(failing_bin)
+        every.append(np.column_stack([failing_bin, passing_bins]))
     half = len(rows) // 2
     scores: dict[str, Any] = {"subjects_failing_one": len(rows)}
     for name, x in (
-        ("failing_position", failing_bin[:, None]),
-        ("every_position", np.column_stack([failing_bin, passing_bins])),
+        ("failing_position", np.column_stack(failing_bins)),
+        ("every_position", np.hstack(every)),
     ):
         model = HistGradientBoostingClassifier(max_iter=200, class_weight="balanced", random_state=0)
         guess = model.fit(x[:half], truth[:half]).predict(x[half:])
