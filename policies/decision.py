@@ -220,6 +220,10 @@ class PolicyEngine:
     def min_cohort(self) -> int:
         return self._d.settings.tiers.min_cohort
 
+    @property
+    def silver_claim_days(self) -> int:
+        return self._d.settings.tiers.silver_claim_days
+
     def cohort_epsilon(self, program: Program) -> tuple[float, float]:
         """Bronze: (eps per criterion and query, eps per agency, program and period); the program's own
         values win over policies/settings.toml [tiers]."""
@@ -487,7 +491,15 @@ class ClaimPort(Protocol):
     """Silver claims (policies/silver_claims.py SilverClaims): refuses with PolicyDenied."""
 
     def reserve(
-        self, subjects: Sequence[str], *, group: str, program: str, agency: str, epoch: int, epoch_ends: float
+        self,
+        subjects: Sequence[str],
+        *,
+        program: str,
+        claim: str,
+        overlaps: Sequence[str],
+        agency: str,
+        now: float,
+        window_days: int,
     ) -> str: ...
 
     def commit(self, reservation: str) -> bool: ...
@@ -593,9 +605,9 @@ class CheckAuthorizer:
         if self.budgets is not None and decision.budget is not None:
             receipt = self.budgets.reserve(request.pseudonyms, program.id, principal.agency, decision.budget, now)
             charge.budgets, charge.budget_reservation = self.budgets, str(receipt.reservation)
-        if view is View.OVERALL and program.overlaps and self.claims is not None:
+        if view is View.OVERALL and program.overlaps:
             try:
-                self._claim(request, program, principal.agency, now, charge)
+                self._claim(engine, request, program, principal.agency, now, charge)
             except BaseException:
                 charge.release()  # another program of the group holds a subject: give the budget back
                 raise
@@ -640,18 +652,31 @@ class CheckAuthorizer:
             privacy=spend,
         )
 
-    def _claim(self, request: CheckContext, program: Program, agency: str, now: datetime, charge: Reservations) -> None:
-        """Claim the subjects for this program of its overlap group in the program's epoch (silver)."""
-        assert self.claims is not None
-        epoch = int(now.timestamp() // program.epoch_seconds)  # the program's epoch (crypto.masks.epoch_of)
+    def _claim(
+        self,
+        engine: PolicyEngine,
+        request: CheckContext,
+        program: Program,
+        agency: str,
+        now: datetime,
+        charge: Reservations,
+    ) -> None:
+        """Silver, for a program sharing a question with others: claim its subjects for it, or
+        refuse if one of the others answered for any of them within the claim window."""
+        if self.claims is None:
+            raise PolicyDenied(
+                f"this gateway keeps no silver claims: program '{program.id}' shares criteria with "
+                f"{', '.join(repr(p) for p in program.overlaps)} and is refused at silver"
+            )
         charge.claims = self.claims
         charge.claim_reservation = self.claims.reserve(
             request.pseudonyms,
-            group=program.overlap_group,
             program=program.id,
+            claim=program.claim_identity,
+            overlaps=program.overlaps,
             agency=agency,
-            epoch=epoch,
-            epoch_ends=float((epoch + 1) * program.epoch_seconds),
+            now=now.timestamp(),
+            window_days=engine.silver_claim_days,
         )
 
     def _epsilon(

@@ -109,6 +109,9 @@ class TierSettings(_Strict):
     # eps each requesting agency may spend per program and period (the program's epoch)
     bronze_epsilon_per_criterion: float = Field(default=DEFAULT_COHORT_EPSILON, gt=0, le=20)
     bronze_epsilon_per_period: float = Field(default=DEFAULT_COHORT_EPSILON_PER_PERIOD, gt=0, le=1_000_000)
+    # silver (overall view): how long a person's silver result from one program bars the other
+    # programs sharing a question with it, per requesting agency (policies/silver_claims.py)
+    silver_claim_days: int = Field(default=365, ge=1, le=36_500)
 
 
 class TrainingSettings(_Strict):

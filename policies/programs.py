@@ -221,9 +221,11 @@ class Program:
     overlaps: tuple[str, ...] = ()
 
     @property
-    def overlap_group(self) -> str:
-        """A name for this program's group of overlapping programs (its own id if it has none)."""
-        return ",".join(sorted((self.id, *self.overlaps)))
+    def claim_identity(self) -> str:
+        """The program as a silver claim names it: its id and a digest of the questions it asks, so
+        that a new version asking other questions is another program to the claims."""
+        asked = "\n".join(sorted(c.question for c in self.criteria))
+        return f"{self.id}@{hashlib.sha256(asked.encode()).hexdigest()[:16]}"
 
     def span(self, index: int) -> int:
         """Over the catalogue's ranges, no clamp."""

@@ -1,15 +1,22 @@
-"""Silver claims: at most one program of an overlap group per subject, agency and epoch at silver.
+"""Silver claims: a person's silver result from one program bars the programs that share a
+question with it, per requesting agency, for a window of days.
 
 The silver (overall) view tells a requester a subject's verdict and how many criteria failed, not
 which. Two programs that share a question break that when both answer for one subject: 低保 fails
 one criterion and target discovery (income and residence too, plus enrolment) fails none, so
-the failure was the registered business, whatever the masks hide. Programs linked by shared
-questions form an overlap group (policies/programs.py `overlap_groups`); a silver check claims
-each of its subjects for its program in the group's current epoch, and a check of another program
-of the group on a claimed subject is refused. Repeats of the same program are allowed (they return
-the same masked values). Claims are reserved like the probing budget: committed when the check is
-answered, released when it fails for a reason that is not the requester's, and a claim never
-settled (the gateway died mid-check) stays in force: the conservative side.
+the failure was the registered business, whatever the masks hide. So a silver check claims each
+of its subjects for its program, and a check of a program that overlaps it (policies/programs.py
+`overlap_groups`: linked by shared questions) is refused for a subject claimed within the window
+(`silver_claim_days` in policies/settings.toml [tiers], a year by default). A claim names the
+program and a digest of the questions it asks (`Program.claim_identity`), so a new version of the
+same program asking other questions is refused too; conflicts are found by the overlapping
+programs' ids, not by a group name, so adding a program to a group keeps the old claims in force.
+Repeats of the same program are answered (they return the same masked values in an epoch) and
+renew the claim.
+
+Claims are reserved like the probing budget: committed when the check is answered, released
+when it fails, and a claim never settled (the gateway died mid-check) stays in force: the
+conservative side.
 """
 
 from __future__ import annotations
@@ -18,7 +25,6 @@ import json
 import secrets
 import sqlite3
 from collections.abc import Sequence
-from datetime import UTC, datetime
 from pathlib import Path
 
 from xgate.db import Database, Migration, open_store
@@ -28,6 +34,8 @@ from xgate.logging import get_logger
 log = get_logger("xgate.policies.silver_claims")
 
 SAMPLE = 3  # how many refused pseudonyms a refusal names (counts are always complete)
+PRUNE_EVERY_S = 3600.0
+DAY_S = 86_400.0
 
 SILVER_CLAIM_MIGRATIONS = (
     Migration(
@@ -35,37 +43,45 @@ SILVER_CLAIM_MIGRATIONS = (
         1,
         sqlite="""
             CREATE TABLE IF NOT EXISTS silver_claims (
-                grp TEXT NOT NULL, agency TEXT NOT NULL, subject TEXT NOT NULL, epoch INTEGER NOT NULL,
-                program TEXT NOT NULL, reservation TEXT NOT NULL, settled INTEGER NOT NULL DEFAULT 0,
-                PRIMARY KEY (grp, agency, subject, epoch, reservation)) WITHOUT ROWID;
-            CREATE INDEX IF NOT EXISTS silver_claims_reservation ON silver_claims (reservation)
+                agency TEXT NOT NULL, subject TEXT NOT NULL, reservation TEXT NOT NULL,
+                program TEXT NOT NULL, claim TEXT NOT NULL, at REAL NOT NULL,
+                settled INTEGER NOT NULL DEFAULT 0,
+                PRIMARY KEY (agency, subject, reservation)) WITHOUT ROWID;
+            CREATE INDEX IF NOT EXISTS silver_claims_reservation ON silver_claims (reservation);
+            CREATE INDEX IF NOT EXISTS silver_claims_at ON silver_claims (at)
         """,
         postgresql="""
             CREATE TABLE IF NOT EXISTS silver_claims (
-                grp TEXT NOT NULL, agency TEXT NOT NULL, subject TEXT NOT NULL, epoch BIGINT NOT NULL,
-                program TEXT NOT NULL, reservation TEXT NOT NULL, settled INTEGER NOT NULL DEFAULT 0,
-                PRIMARY KEY (grp, agency, subject, epoch, reservation));
-            CREATE INDEX IF NOT EXISTS silver_claims_reservation ON silver_claims (reservation)
+                agency TEXT NOT NULL, subject TEXT NOT NULL, reservation TEXT NOT NULL,
+                program TEXT NOT NULL, claim TEXT NOT NULL, at DOUBLE PRECISION NOT NULL,
+                settled INTEGER NOT NULL DEFAULT 0,
+                PRIMARY KEY (agency, subject, reservation));
+            CREATE INDEX IF NOT EXISTS silver_claims_reservation ON silver_claims (reservation);
+            CREATE INDEX IF NOT EXISTS silver_claims_at ON silver_claims (at)
         """,
     ),
 )
 
-_SUBJECTS = {
+_ROWS = {
     "sqlite": "SELECT value FROM json_each(?)",
     "postgresql": "SELECT jsonb_array_elements_text(CAST(? AS jsonb))",
 }
-_CLAIMED = {
-    d: "SELECT subject, program FROM silver_claims WHERE grp = ? AND agency = ? AND epoch = ? AND program <> ? "  # noqa: S608  # constant fragments, no input
-    + "AND subject IN ("
+# Claims on these subjects, within the window, by an overlapping program or by this program
+# asking other questions (another version).
+_CONFLICTS = {
+    d: "SELECT subject, program FROM silver_claims WHERE agency = ? AND at > ? AND claim <> ? "  # noqa: S608  # constant fragments, no input
+    + "AND (program = ? OR program IN ("
+    + rows
+    + ")) AND subject IN ("
     + rows
     + ")"
-    for d, rows in _SUBJECTS.items()
+    for d, rows in _ROWS.items()
 }
 _INSERT = {
-    "sqlite": "INSERT INTO silver_claims (grp, agency, subject, epoch, program, reservation) "
-    "SELECT ?, ?, value, ?, ?, ? FROM json_each(?)",
-    "postgresql": "INSERT INTO silver_claims (grp, agency, subject, epoch, program, reservation) "
-    "SELECT ?, ?, value, ?, ?, ? FROM jsonb_array_elements_text(CAST(? AS jsonb)) AS value",
+    "sqlite": "INSERT INTO silver_claims (agency, subject, reservation, program, claim, at) "
+    "SELECT ?, value, ?, ?, ?, ? FROM json_each(?)",
+    "postgresql": "INSERT INTO silver_claims (agency, subject, reservation, program, claim, at) "
+    "SELECT ?, value, ?, ?, ?, ? FROM jsonb_array_elements_text(CAST(? AS jsonb)) AS value",
 }
 
 
@@ -74,45 +90,70 @@ class SilverClaims:
 
     def __init__(self, store: Path | str | Database) -> None:
         self.db: Database = open_store(store, SILVER_CLAIM_MIGRATIONS)
+        self._pruned = float("-inf")
 
     def reserve(
-        self, subjects: Sequence[str], *, group: str, program: str, agency: str, epoch: int, epoch_ends: float
+        self,
+        subjects: Sequence[str],
+        *,
+        program: str,
+        claim: str,
+        overlaps: Sequence[str],
+        agency: str,
+        now: float,
+        window_days: int,
     ) -> str:
-        """Claim every subject for `program` in the group's epoch, or refuse the whole batch with
-        PolicyDenied if another program of the group holds a claim on any of them."""
+        """Claim every subject for `program` (as `claim` names it), or refuse the whole batch with
+        PolicyDenied if an overlapping program, or another version of this one, answered for any of
+        them at silver within the window."""
         unique = list(dict.fromkeys(subjects))
         if not unique:
             raise InvalidInput("no subjects to claim")
+        if window_days < 1:
+            raise InvalidInput("the silver claim window is at least one day")
+        cutoff = now - window_days * DAY_S
         reservation = "slv_" + secrets.token_urlsafe(16)
-        locks = [f"silver/{group}/{agency}/{s}" for s in unique]
-        with self.db.transaction(lock=locks) as tx:
-            taken = tx.execute(_CLAIMED[tx.dialect], (group, agency, epoch, program, json.dumps(unique))).fetchall()
+        with self.db.transaction(lock=[f"silver/{agency}/{s}" for s in unique]) as tx:
+            taken = tx.execute(
+                _CONFLICTS[tx.dialect], (agency, cutoff, claim, program, json.dumps(list(overlaps)), json.dumps(unique))
+            ).fetchall()
             if taken:
-                programs = sorted({str(p) for _, p in taken})
+                holders = sorted({str(p) for _, p in taken})
                 raise PolicyDenied(
-                    f"silver: {len({s for s, _ in taken})} of {len(unique)} subjects already have a silver result "
-                    f"from program {', '.join(repr(p) for p in programs)} this epoch, which shares criteria with "
-                    f"'{program}' (together they would tell which failed); check at gold, or after "
-                    f"{datetime.fromtimestamp(epoch_ends, UTC).isoformat(timespec='seconds')}",
+                    f"silver: {len({s for s, _ in taken})} of {len(unique)} subjects have a silver result from "
+                    f"program {', '.join(repr(p) for p in holders)} within {window_days} days, which shares "
+                    f"criteria with '{program}' (together they would tell which failed); check them at gold",
                     sample_pseudonyms=sorted({str(s) for s, _ in taken})[:SAMPLE],
                     program=program,
-                    claimed_by=programs,
+                    claimed_by=holders,
                 )
-            tx.execute(_INSERT[tx.dialect], (group, agency, epoch, program, reservation, json.dumps(unique)))
-            tx.execute("DELETE FROM silver_claims WHERE grp = ? AND agency = ? AND epoch < ?", (group, agency, epoch))
+            tx.execute(_INSERT[tx.dialect], (agency, reservation, program, claim, now, json.dumps(unique)))
+            if now - self._pruned >= PRUNE_EVERY_S:  # claims past the window in force bar nothing
+                self._pruned = now
+                tx.execute("DELETE FROM silver_claims WHERE at <= ? AND settled = 1", (cutoff,))
         return reservation
 
     def commit(self, reservation: str) -> bool:
-        """The check was answered: its claims stay for the epoch. False if none was pending."""
+        """The check was answered: its claims stand (and replace the same program's older ones for
+        those subjects). False if none was pending."""
         with self.db.transaction() as tx:
-            cursor = tx.execute(
-                "UPDATE silver_claims SET settled = 1 WHERE reservation = ? AND settled = 0", (reservation,)
+            row = tx.execute(
+                "SELECT agency, claim FROM silver_claims WHERE reservation = ? AND settled = 0 LIMIT 1",
+                (reservation,),
+            ).fetchone()
+            if row is None:
+                return False
+            tx.execute(
+                "DELETE FROM silver_claims WHERE settled = 1 AND agency = ? AND claim = ? AND subject IN "
+                "(SELECT subject FROM silver_claims WHERE reservation = ?)",
+                (row[0], row[1], reservation),
             )
-            return bool(cursor.rowcount)
+            tx.execute("UPDATE silver_claims SET settled = 1 WHERE reservation = ?", (reservation,))
+        return True
 
     def release(self, reservation: str) -> bool:
-        """The check failed (not the requester's doing): drop its claims. False if none was pending
-        or the store failed (the claims then stay in force, the conservative side)."""
+        """The check failed: drop its claims. False if none was pending or the store failed (the
+        claims then stay in force, the conservative side)."""
         try:
             with self.db.transaction() as tx:
                 cursor = tx.execute("DELETE FROM silver_claims WHERE reservation = ? AND settled = 0", (reservation,))
@@ -121,11 +162,10 @@ class SilverClaims:
             log.warning("silver_claim_release_failed", error=type(exc).__name__)
             return False
 
-    def holder(self, subject: str, *, group: str, agency: str, epoch: int) -> set[str]:
-        """The programs holding a claim on one subject in an epoch (for tests and operators)."""
+    def holders(self, subject: str, *, agency: str) -> set[str]:
+        """The programs holding a claim on one subject (for tests and operators)."""
         with self.db.read() as tx:
             rows = tx.execute(
-                "SELECT program FROM silver_claims WHERE grp = ? AND agency = ? AND epoch = ? AND subject = ?",
-                (group, agency, epoch, subject),
+                "SELECT program FROM silver_claims WHERE agency = ? AND subject = ?", (agency, subject)
             ).fetchall()
         return {str(r[0]) for r in rows}

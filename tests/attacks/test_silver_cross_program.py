@@ -25,6 +25,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from crypto.he import RequesterKeys
 from exchange.service import CheckService
 from exchange.types import CheckRequest
@@ -37,7 +39,7 @@ from tests.honest_answers import HonestAnswers
 from tests.unit.test_approvals import STANDING_REF, standing_registry
 from tests.unit.test_check_service import MASK_KEY, FakeAuditor, pseudo
 from tests.unit.test_policy_support import DAYTIME
-from xgate.errors import PolicyDenied
+from xgate.errors import NodeUnavailable, PolicyDenied
 from xgate.principal import Principal
 
 SILVER = Principal("ca-caseworker-silver", "civil_affairs", "caseworker", "silver")
@@ -55,12 +57,16 @@ VALUES = {
 
 
 class HonestNodes:
-    def __init__(self) -> None:
+    def __init__(self, down_for: int = 0) -> None:
         self.honest = HonestAnswers()
+        self.down_for = down_for  # the first fan-outs fail: the tax node is down
 
     async def encrypt_all(
         self, requests: dict[str, node_pb2.EncryptRequest], deadline_s: float, public_context: bytes = b""
     ) -> dict[str, node_pb2.EncryptResponse]:
+        if self.down_for:
+            self.down_for -= 1
+            raise NodeUnavailable("tax", "connection refused")
         rows = {p: i for i, p in enumerate(SUBJECTS)}
         return {
             agency: self.honest.answer(
@@ -70,8 +76,27 @@ class HonestNodes:
         }
 
 
+class NoClaims:
+    """The silver claims taken away (what the positive controls need: both programs answered)."""
+
+    def reserve(self, subjects: Any, **_: Any) -> str:
+        return ""
+
+    def commit(self, reservation: str) -> bool:
+        return False
+
+    def release(self, reservation: str) -> bool:
+        return False
+
+
 def _results(
-    who: Principal, programs: ProgramRegistry, keys: RequesterKeys, tmp: Path, claims: SilverClaims | None = None
+    who: Principal,
+    programs: ProgramRegistry,
+    keys: RequesterKeys,
+    tmp: Path,
+    claims: Any = None,
+    nodes: HonestNodes | None = None,
+    asked: tuple[str, ...] = ("dibao", "target_discovery"),
 ) -> dict[str, Any]:
     """Each program's decrypted values per subject, as a modified client reads them (without the
     silver claims unless given: the attacks below need both programs answered)."""
@@ -79,19 +104,19 @@ def _results(
         PolicyEngine.load(DEFAULT_POLICY_DIR),
         budgets=ProbeBudget(tmp / "budget.db"),
         approvals=standing_registry(tmp / "approvals.db"),
-        claims=claims,
+        claims=claims if claims is not None else NoClaims(),
         clock=lambda: DAYTIME,
     )
     service = CheckService(
         programs=programs,
-        nodes=HonestNodes(),
+        nodes=nodes or HonestNodes(),
         mask_key=MASK_KEY,
         policy=policy,
         auditor=FakeAuditor(),
         clock=lambda: DAYTIME.timestamp(),
     )
     out = {}
-    for program in ("dibao", "target_discovery"):
+    for program in asked:
         request = CheckRequest(
             program=program, purpose=program, legal_basis="SAR-2014-art-12", case_id="C-1",
             approval_ref=STANDING_REF, mode="he", pseudonyms=SUBJECTS, public_context=keys.public_context,
@@ -152,16 +177,48 @@ def test_a_second_program_of_the_group_is_refused_at_silver(
     try:
         _results(SILVER, programs, requester_keys, tmp_path, claims=claims)
     except PolicyDenied as exc:
-        assert "6 of 6 subjects already have a silver result from program 'dibao'" in exc.message
+        assert "6 of 6 subjects have a silver result from program 'dibao'" in exc.message
         assert "target_discovery" in exc.message and exc.details["claimed_by"] == ["dibao"]
     else:
         raise AssertionError("target_discovery answered at silver for subjects dibao had answered")
     # refused before anything was charged: target_discovery's probing budget is untouched
     budget = ProbeBudget(tmp_path / "budget.db")
-    assert budget.pending() == 0
-    epoch = int(DAYTIME.timestamp() // programs.get("dibao").epoch_seconds)
-    group = programs.get("dibao").overlap_group
-    assert claims.holder(SUBJECTS[0], group=group, agency="civil_affairs", epoch=epoch) == {"dibao"}
+    with budget.db.read() as tx:
+        charged = tx.execute("SELECT program, COUNT(*) FROM probe_windows GROUP BY program").fetchall()
+    assert dict(charged) == {"dibao": len(SUBJECTS)} and budget.pending() == 0
+    assert claims.holders(SUBJECTS[0], agency="civil_affairs") == {"dibao"}
+
+
+def test_a_failed_check_leaves_no_claim(
+    programs: ProgramRegistry, requester_keys: RequesterKeys, tmp_path: Path
+) -> None:
+    """dibao's check fails (its tax node is down): its claims are released, so target_discovery,
+    asked next, is answered."""
+    claims = SilverClaims(tmp_path / "claims.db")
+    down = HonestNodes(down_for=1)
+    first, second = tmp_path / "first", tmp_path / "second"  # one gateway state each, the claims shared
+    first.mkdir(), second.mkdir()
+    with pytest.raises(NodeUnavailable):
+        _results(SILVER, programs, requester_keys, first, claims=claims, nodes=down, asked=("dibao",))
+    assert claims.holders(SUBJECTS[0], agency="civil_affairs") == set()
+    answered = _results(SILVER, programs, requester_keys, second, claims=claims, asked=("target_discovery",))
+    assert answered["target_discovery"][0] == "overall"
+    assert claims.holders(SUBJECTS[0], agency="civil_affairs") == {"target_discovery"}
+
+
+def test_without_a_claims_store_overlapping_programs_are_refused_at_silver(
+    programs: ProgramRegistry, requester_keys: RequesterKeys, tmp_path: Path
+) -> None:
+    policy = CheckAuthorizer(
+        PolicyEngine.load(DEFAULT_POLICY_DIR), approvals=standing_registry(tmp_path / "a.db"), clock=lambda: DAYTIME
+    )
+    request = CheckRequest(
+        program="dibao", purpose="dibao", legal_basis="SAR-2014-art-12", case_id="C-1",
+        approval_ref=STANDING_REF, mode="he", pseudonyms=SUBJECTS, public_context=requester_keys.public_context,
+    )  # fmt: skip
+    with pytest.raises(PolicyDenied, match="keeps no silver claims"):
+        policy.authorize_check(SILVER, programs.get("dibao"), request)
+    assert policy.authorize_check(GOLD, programs.get("dibao"), request).view == "per_criterion"
 
 
 def test_at_gold_both_programs_answer(programs: ProgramRegistry, requester_keys: RequesterKeys, tmp_path: Path) -> None:

@@ -53,10 +53,11 @@ def test_silver_tier_sees_only_the_overall_verdict(federation):
     assert all(name.startswith("position_") for name in result.criteria)  # criteria are anonymous
 
 
-def test_silver_answers_one_program_of_an_overlap_group_per_subject_and_epoch(federation):
+def test_silver_answers_one_program_of_an_overlap_group_per_person(federation):
     """dibao and target_discovery share criteria: their two silver verdicts on one person would
     tell which criterion failed, so the gateway answers the second for no subject the first has
-    answered this epoch (403, naming the program), all or nothing, and charges nothing for it."""
+    answered within the claim window (403, naming the program), all or nothing, and charges
+    nothing for it."""
     ids, fresh = _ids(federation, 200, 6), _ids(federation, 206, 4)
     with _client(federation, "caseworker_silver") as client:
         first = client.check("dibao", ids, "dibao", DIBAO, "pol-11", approval_ref=DEV_APPROVAL_REF)
