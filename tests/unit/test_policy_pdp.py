@@ -34,6 +34,7 @@ class _Program:
         self.header = SimpleNamespace(bronze_epsilon_per_criterion=None, bronze_epsilon_per_period=None)
         self.criteria = elements
         self.epoch_seconds = 30 * 86400
+        self.overlaps: tuple[str, ...] = ()  # shares no question with another program (no silver claim)
 
     def elements(self) -> list[_Term]:
         return [_Term(e) for e in self._elements]
