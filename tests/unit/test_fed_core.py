@@ -196,7 +196,7 @@ def test_vertical_split_model_matches_pooled_logistic_regression() -> None:
     assert vertical.align([["p1", "p2", "p3"], ["p3", "p1"], ["p1", "p3", "p9"]]) == ["p1", "p3"]
 
 
-@given(st.integers(1, 3000), st.integers(1, 5000), st.integers(0, 2), st.integers(0, 10))
+@given(st.integers(1, 1000), st.integers(1, 2000), st.integers(0, 2), st.integers(0, 10))
 @settings(max_examples=60, deadline=None)
 def test_every_epoch_is_cut_into_batches_of_equal_size_covering_each_row_once(
     n: int, batch: int, epoch: int, seed: int
