@@ -18,6 +18,7 @@ import hashlib
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from audit.records import MAX_TEXT
 from exchange.eligibility import CriterionOutcome
 from exchange.types import CheckRequest, NodeReceipt
 from policies.programs import Program
@@ -65,14 +66,11 @@ def policy_allowed(about: Mapping[str, Any], outcome: PolicyOutcome) -> Event:
     )
 
 
-# The audit log's bound on one text value (audit/records.py MAX_TEXT): a longer reason is cut, so
-# that recording a refusal never fails; the requester got the whole message.
-REASON_CHARS = 256
-
-
 def _fit(reason: object) -> str:
+    """A reason within the audit log's bound on one text value, cut if longer, so that recording a
+    refusal never fails (the requester got the whole message)."""
     text = str(reason)
-    return text if len(text) <= REASON_CHARS else text[: REASON_CHARS - 1] + "…"
+    return text if len(text) <= MAX_TEXT else text[: MAX_TEXT - 1] + "…"
 
 
 def policy_denied(about: Mapping[str, Any], exc: PolicyDenied) -> Event:
