@@ -31,7 +31,7 @@ import secrets
 import sqlite3
 import tomllib
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
@@ -368,6 +368,10 @@ class ApprovalRegistry:
         ('' when nothing is counted) to `commit` for an answer or `release` for a failure."""
         with self.db.transaction(lock=[f"approval/{ref}"]) as tx:
             record = self._get(tx, ref)
+            if record is not None and record.revoked_at is not None and record.revoked_at > now:
+                # Under the lock a revocation on record is final: `now` was read before this check
+                # waited for it, and a revocation made meanwhile is stamped after `now`.
+                record = replace(record, revoked_at=now)
             evaluate(record, ref, agency=agency, program=program, case_id=case_id, subjects=subjects, now=now)
             assert record is not None  # evaluate refuses None
             if record.body.max_subjects is None:

@@ -21,7 +21,7 @@ import secrets
 import sqlite3
 import tomllib
 from collections.abc import Callable, Collection, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated
@@ -83,6 +83,11 @@ class ConsentBody(BaseModel):
 
     @model_validator(mode="after")
     def _period(self) -> ConsentBody:
+        for name, value in (("valid_from", self.valid_from), ("valid_until", self.valid_until)):
+            try:  # stored in UTC: 9999-12-31T23:00-05:00 has no UTC date
+                value.astimezone(UTC)
+            except OverflowError:
+                raise ValueError(f"{name} is out of range once expressed in UTC") from None
         if self.valid_until <= self.valid_from:
             raise ValueError("valid_until must be after valid_from")
         return self
@@ -199,6 +204,15 @@ def evaluate(
             f"consent refused: at most {record.frequency_uses} uses per {record.frequency_days} days",
             consent_ref=record.ref,
         )
+
+
+def _revocation_final(record: ConsentRecord, at: datetime) -> ConsentRecord:
+    """Under the consent's lock a revocation on record is final, whenever it was stamped: `at` was
+    read before this use waited for the lock, and a revocation made meanwhile (or on a replica whose
+    clock runs ahead) is stamped after it."""
+    if record.revoked_at is not None and record.revoked_at > at:
+        return replace(record, revoked_at=at)
+    return record
 
 
 def _aware(value: datetime, name: str) -> datetime:
@@ -452,6 +466,8 @@ class ConsentRegistry:
                 since = (at - timedelta(days=record.frequency_days)).isoformat()
                 counted = tx.execute("SELECT COUNT(*) FROM consent_uses WHERE ref = ? AND at > ?", (ref, since))
                 window = int(counted.fetchone()[0])
+            if record is not None:
+                record = _revocation_final(record, at)
             evaluate(record, subject, agency, purpose, at, window, program=program)
             tx.execute("UPDATE consents SET uses = uses + 1 WHERE ref = ?", (ref,))
             tx.execute("INSERT INTO consent_uses (ref, at) VALUES (?, ?)", (ref, at.isoformat()))

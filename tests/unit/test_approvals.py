@@ -150,6 +150,15 @@ def test_revoked_approval_is_refused(registry: ApprovalRegistry) -> None:
         _use(registry, ref)
 
 
+def test_a_revocation_made_while_a_check_waited_for_the_lock_is_honoured(registry: ApprovalRegistry) -> None:
+    """The check's `now` was read before it waited for the approval's lock; a revocation stamped
+    after it is final all the same (review: before, the waiting check used the revoked approval)."""
+    ref = registry.register_signed(approval()).ref
+    registry.revoke(ref, NOW + timedelta(seconds=2))
+    with pytest.raises(PolicyDenied, match="revoked by its approver"):
+        _use(registry, ref)
+
+
 def test_registration_refuses_forged_unregistered_and_out_of_agency(registry: ApprovalRegistry) -> None:
     rogue = SigningKey.generate("ap-test", "approver")  # same name, unregistered key
     with pytest.raises(PolicyDenied, match="not signed by a registered signer"):

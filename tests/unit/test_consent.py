@@ -100,6 +100,18 @@ def test_revoked_consent_is_refused(registry: ConsentRegistry) -> None:
         registry.revoke("cns_" + "y" * 22)
 
 
+def test_a_revocation_made_while_a_check_waited_for_the_lock_is_honoured(registry: ConsentRegistry) -> None:
+    """A check reads its clock before it waits for the consent's lock; the subject revokes meanwhile,
+    so the revocation is stamped after the check's `now`. It must still refuse (review: before, the
+    revocation counted only from its own time and the waiting check used the consent)."""
+    ref = _register(registry)
+    started = T0 + timedelta(days=1)
+    registry.revoke(ref, started + timedelta(seconds=2))
+    with pytest.raises(PolicyDenied, match="revoked"):
+        registry.reserve(ref, SUBJECT, "civil_affairs", "income_certificate", started)
+    assert registry.lookup(ref).uses == 0
+
+
 def test_one_time_consent_cannot_be_reused_even_concurrently(registry: ConsentRegistry) -> None:
     ref = _register(registry, max_uses=1)
     outcomes: list[bool] = []
@@ -216,6 +228,7 @@ def test_routes_refuse_bad_input(client: TestClient) -> None:
         {"max_uses": 0},
         {"programs": []},
         {"unexpected": 1},
+        {"valid_until": "9999-12-31T23:00:00-05:00"},  # no UTC date: refused, not a 500
     ):
         r = client.post("/v1/consents", json=artefact(**change), headers=headers)
         assert r.status_code == 400 and r.json()["error"] == "invalid_input", (change, r.text)
