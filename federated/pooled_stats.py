@@ -93,6 +93,9 @@ NOISY_SD_FLOOR = 0.01
 _NOISE_SDS = 2.0  # a spread the noise reaches within this many standard deviations is not trusted
 
 
+_CANCELLATION = 1e-13
+
+
 def pooled_noise_sd(standardised_features: int, weights: Sequence[float], noise_multiplier: float) -> float:
     """Standard deviation of the noise on each pooled mean entry, from public facts only: every
     node adds N(0, (z sqrt(3F))^2) to sums over n_i >= w_i rows, pooled with weights w_i, so the
@@ -124,7 +127,12 @@ def pooled_stats(
             stats[info.id] = (float(info.min), 1.0)
             continue
         m = min(mean_u / share, 1.0)  # exact moments give m <= 1 anyway
-        sd = math.sqrt(max(mean_u2 / share - m * m, 0.0)) * span
+        second = mean_u2 / share
+        # E[u^2] - E[u]^2 cancels: a constant column keeps about 1e-16 of E[u^2] (an sd of 1e-4 CNY
+        # on a 2,000,000 range, which would blow its standardised values up), so below a thousand
+        # times that it is constant, as fit_stats's zero sd is.
+        variance = second - m * m
+        sd = math.sqrt(variance) * span if variance > _CANCELLATION * second else 0.0
         if noise_sd > 0:
             sd = max(sd, max(NOISY_SD_FLOOR, math.sqrt(_NOISE_SDS * noise_sd)) * span)
         stats[info.id] = (float(info.min) + m * span, sd if sd > 1e-12 else 1.0)
