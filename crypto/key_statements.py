@@ -3,10 +3,12 @@ coordinator relaying the keys cannot swap in one of its own.
 
 A statement is an ECDSA P-256 / SHA-256 signature, by the node's CA-certified SuperNode key (a
 `flower-supernode` certificate of its agency, crypto/flower_keys.py), over the versioned,
-length-prefixed triple (job id, agency, agreement key). Whoever holds the federation CA's
-certificate checks it: the certificate is the CA's, valid, unrevoked and of that agency's
-SuperNode, and the signature is over exactly this job, agency and key. `verify_statement` raises
-CryptoError naming what failed; it never returns a key it could not verify.
+length-prefixed job id, agency, agreement key and the SHA-256 of the blinded list the node sent
+with the key (so that nobody can make the label holder blind another list in its place). Whoever
+holds the federation CA's certificate checks it: the certificate is the CA's, valid, unrevoked and
+of that agency's SuperNode, and the signature is over exactly this job, agency, key and list.
+`verify_statement` raises CryptoError naming what failed; it never returns a key it could not
+verify.
 """
 
 from __future__ import annotations
@@ -23,34 +25,43 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from crypto.peers import load_cert, verify_peer_certificate
 from xgate.errors import CryptoError
 
-VERSION = b"xgate-agreement-key-v1"
+VERSION = b"xgate-agreement-key-v2"  # v2: the statement covers the node's hello list too
 KIND = "flower-supernode"  # the certificate a node's statement must come with
 
 
 @dataclass(frozen=True)
 class KeyStatement:
-    """`agency` says `key` is its agreement key for one job; `certificate` (PEM) vouches for the signer."""
+    """`agency` says `key` is its agreement key for one job, and `list_sha256` the digest of the
+    blinded list it sent with it; `certificate` (PEM) vouches for the signer."""
 
     agency: str
     key: bytes
     certificate: bytes
     signature: bytes
+    list_sha256: bytes
 
 
-def signed_message(job_id: str, agency: str, key: bytes) -> bytes:
-    """What is signed: version, job id, agency and key, each length-prefixed (no two triples collide)."""
-    fields = (VERSION, job_id.encode(), agency.encode(), key)
+def signed_message(job_id: str, agency: str, key: bytes, list_sha256: bytes) -> bytes:
+    """What is signed: version, job id, agency, key and list digest, each length-prefixed (no two
+    statements collide)."""
+    fields = (VERSION, job_id.encode(), agency.encode(), key, list_sha256)
     return b"".join(len(f).to_bytes(4, "big") + f for f in fields)
 
 
 def sign_statement(
-    identity: ec.EllipticCurvePrivateKey, certificate: bytes, job_id: str, agency: str, key: bytes
+    identity: ec.EllipticCurvePrivateKey,
+    certificate: bytes,
+    job_id: str,
+    agency: str,
+    key: bytes,
+    list_sha256: bytes,
 ) -> KeyStatement:
-    """The statement for `key`, signed with `identity` (the key `certificate` certifies)."""
+    """The statement for `key` and the list sent with it, signed with `identity` (the key
+    `certificate` certifies)."""
     if load_cert(certificate).public_key() != identity.public_key():
         raise CryptoError("the identity certificate certifies another key than the signing key")
-    signature = identity.sign(signed_message(job_id, agency, key), ec.ECDSA(hashes.SHA256()))
-    return KeyStatement(agency, key, certificate, signature)
+    signature = identity.sign(signed_message(job_id, agency, key, list_sha256), ec.ECDSA(hashes.SHA256()))
+    return KeyStatement(agency, key, certificate, signature, list_sha256)
 
 
 def verify_statement(
@@ -61,7 +72,8 @@ def verify_statement(
     now: dt.datetime | None = None,
 ) -> bytes:
     """The statement's key, once its certificate is a valid, unrevoked SuperNode certificate of its
-    agency from this CA and its signature covers this job, agency and key; CryptoError otherwise."""
+    agency from this CA and its signature covers this job, agency, key and list digest; CryptoError
+    otherwise."""
     who = f"agency '{statement.agency}'"
     if not statement.certificate or not statement.signature:
         raise CryptoError(f"{who} sent its agreement key unsigned (its SuperNode needs a CA-certified key)")
@@ -74,9 +86,10 @@ def verify_statement(
     if not isinstance(public, ec.EllipticCurvePublicKey):
         raise CryptoError(f"{who}'s certificate does not certify an EC key")
     try:
-        public.verify(
-            statement.signature, signed_message(job_id, statement.agency, statement.key), ec.ECDSA(hashes.SHA256())
-        )
+        signed = signed_message(job_id, statement.agency, statement.key, statement.list_sha256)
+        public.verify(statement.signature, signed, ec.ECDSA(hashes.SHA256()))
     except InvalidSignature:
-        raise CryptoError(f"{who}'s agreement key is not the one its certified key signed for this job") from None
+        raise CryptoError(
+            f"{who}'s agreement key or list is not the one its certified key signed for this job"
+        ) from None
     return statement.key

@@ -10,6 +10,11 @@ the job's min_nodes less one peers, and the label holder's must be the agency th
 seed is sealed for that exact roster (federated/psi.py `roster`), so a node sent another list
 cannot open it. A node without a CA (an insecure federation) checks the listing only.
 
+Each statement also covers the digest of the blinded list its node sent at hello, and the label
+holder blinds only lists that match their statements (`check_lists`). Otherwise a coordinator could
+put candidates, each blinded with a scalar of its own, in a node's place and read from the finished
+list which of them the label holder holds (tests/attacks/test_psi_candidate_list.py).
+
 Which agencies take part is the coordinator's to say (an agency's node may hold any element), so
 a coordinator with a certified accomplice agency could list it as one more node. The accomplice
 then opens its own group seed and, with the shares the coordinator sees, learns per label holder
@@ -19,6 +24,7 @@ Revocation is checked when the node has the CA's CRL (`crl`); a node's CRL must 
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,26 +52,45 @@ class Trust:
     crl: Path | None = None
 
 
-def statement_fields(job_id: str, agency: str, key: bytes, identity: Identity | None) -> dict[str, bytes]:
-    """What `hello` sends beside its agreement key: the signed statement, or nothing to sign with."""
+def statement_fields(job_id: str, agency: str, key: bytes, tags: bytes, identity: Identity | None) -> dict[str, bytes]:
+    """What `hello` sends beside its agreement key and its blinded list `tags`: the statement
+    signed over both, or nothing to sign with."""
     if identity is None:
         return {"agree_cert": b"", "agree_sig": b""}
     certificate = identity.certificate.read_bytes()
-    signed = sign_statement(load_private_key(identity.key), certificate, job_id, agency, key)
+    signed = sign_statement(load_private_key(identity.key), certificate, job_id, agency, key, list_digest(tags))
     return {"agree_cert": signed.certificate, "agree_sig": signed.signature}
 
 
+def list_digest(tags: bytes) -> bytes:
+    """The digest of a node's hello list, as its statement covers it."""
+    return hashlib.sha256(tags).digest()
+
+
 def relayed(cfg: Mapping[str, Any], prefix: str = "") -> list[KeyStatement]:
-    """The statements a coordinator's message lists (`agencies`, `agree`, `agree_cert`, `agree_sig`)."""
-    columns = [cfg.get(f"{prefix}{name}") for name in ("agencies", "agree", "agree_cert", "agree_sig")]
+    """The statements a coordinator's message lists (`agencies`, `agree`, `agree_cert`, `agree_sig`,
+    `agree_list`: the digests of the nodes' hello lists)."""
+    names = ("agencies", "agree", "agree_cert", "agree_sig", "agree_list")
+    columns = [cfg.get(f"{prefix}{name}") for name in names]
     if not all(isinstance(c, list) for c in columns) or len({len(c) for c in columns if isinstance(c, list)}) != 1:
         raise ValueError("the coordinator sent a malformed list of agreement keys")
-    agencies, keys, certs, sigs = (list(c) for c in columns if isinstance(c, list))
-    if not all(isinstance(a, str) for a in agencies) or not all(isinstance(b, bytes) for b in (*keys, *certs, *sigs)):
+    agencies, keys, certs, sigs, lists = (list(c) for c in columns if isinstance(c, list))
+    if not all(isinstance(a, str) for a in agencies) or not all(
+        isinstance(b, bytes) for b in (*keys, *certs, *sigs, *lists)
+    ):
         raise ValueError("the coordinator sent a malformed list of agreement keys")
-    return [
-        KeyStatement(a, bytes(k), bytes(c), bytes(s)) for a, k, c, s in zip(agencies, keys, certs, sigs, strict=True)
-    ]
+    return [KeyStatement(*row) for row in zip(agencies, keys, certs, sigs, lists, strict=True)]
+
+
+def check_lists(statements: Sequence[KeyStatement], lists: Sequence[bytes]) -> None:
+    """The label holder blinds only the lists the listed nodes sent at hello (each statement, once
+    verified, covers its node's list): a coordinator passing a list of candidates off as a node's
+    would otherwise learn which candidates the label holder holds."""
+    if len(lists) != len(statements):
+        raise ValueError(f"the coordinator sent {len(lists)} lists for {len(statements)} nodes")
+    for statement, tags in zip(statements, lists, strict=True):
+        if list_digest(tags) != statement.list_sha256:
+            raise ValueError(f"the coordinator sent a list as agency '{statement.agency}''s that it did not send")
 
 
 def label_key(job_id: str, statements: Sequence[KeyStatement], label_holder: str, trust: Trust | None) -> bytes:

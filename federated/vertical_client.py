@@ -99,7 +99,7 @@ def hello(msg: Message, context: Context) -> Message:
         tags = psi.first_tags(key, job.job_id, order)
         (cache / "psi-hello.sha256").write_bytes(_sha(tags))  # bound into the sealed seed
         agree = psi.agreement_public(agreement)
-    signed = psi_keys.statement_fields(job.job_id, nc.agency, agree, psi_keys.identity_of(nc)) if agree else {}
+    signed = psi_keys.statement_fields(job.job_id, nc.agency, agree, tags, psi_keys.identity_of(nc)) if agree else {}
     digest = node_keys.data_digest(nc.store, nc.ledger, job.elements())  # attested, keyed
     reply = {"agency": nc.agency, "features": held, "has_label": has_label, "tags": tags, "agree": agree, **signed}
     return _reply(msg, {**reply, "data_sha256": digest})
@@ -134,12 +134,13 @@ def blind(msg: Message, context: Context) -> Message:
     statements = psi_keys.relayed(cfg)
     trust = psi_keys.trust_of(nc)
     peers = psi_keys.peer_keys(job.job_id, statements, job.label_holder, trust, job.min_nodes - 1)
+    lists = [bytes(tags) for tags in cfg["tags"]]
+    psi_keys.check_lists(statements, lists)  # each the list its node signed: no candidates in its place
     roster = psi_keys.roster(job.job_id, nc.agency, psi.agreement_public(agreement), statements)
     transport = {
         st.agency: psi.transport_key(agreement, k, job.job_id) for st, k in zip(statements, peers, strict=True)
     }
     _keep_transport_keys(cache, context, transport)
-    lists = [bytes(tags) for tags in cfg["tags"]]
     # K - 1 lists here, one at each other node: over its cores, within the round the coordinator waits
     finished = psi_pool.finish_lists(key, lists, timeout_s=job.round_timeout_s)
     orders = [psi.new_order(psi.count(f, psi.MATCH_BYTES)) for f in finished]

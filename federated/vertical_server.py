@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -24,7 +25,7 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from flwr.serverapp import Grid
 
-from federated import label_dp, psi
+from federated import label_dp, psi, psi_keys
 from federated.events import JsonlSink, make_event
 from federated.grid_io import allowed_nodes, arrays_of, cfg_of, exchange
 from federated.jobs import JobSpec
@@ -48,7 +49,7 @@ class _Relay:
             msgs.append(Message(rd, dst_node_id=nid, message_type=kinds[nid]))
         replies = exchange(self.grid, msgs, self.job.round_timeout_s)
         for nid in per_node:
-            who = self.agency.get(nid, str(nid))
+            who = self.who(nid)
             if nid not in replies:
                 self.fail(who, f"no reply to '{kinds[nid]}' before the timeout")
             if replies[nid].has_error():
@@ -61,6 +62,34 @@ class _Relay:
         """One Flower round: `train.top` to the label holder, `train.step` to the others."""
         kinds = {n: "train.top" if n == label_node else "train.step" for n in per_node}
         return self.send(kinds, per_node)
+
+    def who(self, node: int) -> str:
+        return self.agency.get(node, str(node))
+
+    def number(self, node: int, reply: Message, name: str) -> float:
+        """A finite number `node` must put in its reply, or the job fails naming its agency."""
+        got = cfg_of(reply).get(name)
+        if isinstance(got, bool) or not isinstance(got, int | float) or not math.isfinite(got):
+            self.fail(self.who(node), f"returned no valid '{name}'")
+        return float(got)
+
+    def count(self, node: int, reply: Message, name: str) -> int:
+        got = cfg_of(reply).get(name)
+        if isinstance(got, bool) or not isinstance(got, int) or got < 0:
+            self.fail(self.who(node), f"returned no valid '{name}'")
+        return got
+
+    def text(self, node: int, reply: Message, name: str) -> str:
+        got = cfg_of(reply).get(name)
+        if not isinstance(got, str):
+            self.fail(self.who(node), f"returned no '{name}'")
+        return got
+
+    def array(self, node: int, reply: Message, name: str) -> np.ndarray:
+        got = arrays_of(reply).get(name)
+        if got is None:
+            self.fail(self.who(node), f"returned no '{name}' array")
+        return got
 
     def fail(self, agency: str, reason: str) -> NoReturn:
         self.emit(make_event(self.job.job_id, "job_failed", agency=agency, reason=reason))
@@ -85,7 +114,7 @@ def _private_alignment(relay: _Relay, parts: list[int], label_node: int, hello: 
     reply is named: blinding is deterministic and injective, so a repeated tag is the fault of
     whoever produced that list."""
     first = {n: _tags(relay, n, cfg_of(hello[n]).get("tags"), psi.TAG_BYTES) for n in parts}
-    agree = {n: _agreement_key(relay, n, cfg_of(hello[n])) for n in parts}
+    agree = {n: _agreement_key(relay, n, cfg_of(hello[n]), first[n]) for n in parts}
     sizes = {n: psi.count(tags) for n, tags in first.items()}
     label_count = sizes[label_node]
     others = [n for n in parts if n != label_node]
@@ -159,21 +188,24 @@ def _membership(
     return aligned, all(cfg_of(replies[n]).get("keys_checked") is True for n in others)
 
 
-_Signed = dict[str, bytes]  # a node's agreement key and its statement: agree, agree_cert, agree_sig
+# A node's agreement key and its statement: agree, agree_cert, agree_sig, and agree_list (the
+# digest of its hello list, which the statement covers).
+_Signed = dict[str, bytes]
+_STATEMENT = ("agree", "agree_cert", "agree_sig", "agree_list")
 
 
-def _agreement_key(relay: _Relay, node: int, hello: dict[str, Any]) -> _Signed:
+def _agreement_key(relay: _Relay, node: int, hello: dict[str, Any], tags: bytes) -> _Signed:
     """`node`'s agreement key with its signed statement (checked by the nodes, federated/psi_keys.py)."""
     signed = {k: hello.get(k) for k in ("agree", "agree_cert", "agree_sig")}
     if not all(isinstance(v, bytes) for v in signed.values()) or len(cast(bytes, signed["agree"])) != psi.TAG_BYTES:
         relay.fail(relay.agency[node], "returned a malformed agreement key")
-    return cast(_Signed, signed)
+    return {**cast(_Signed, signed), "agree_list": psi_keys.list_digest(tags)}
 
 
 def _key_list(relay: _Relay, agree: dict[int, _Signed], nodes: list[int]) -> dict[str, list[Any]]:
     """The keys of `nodes`, each with the agency it is listed for and its statement, as columns."""
     columns: dict[str, list[Any]] = {"agencies": [relay.agency[n] for n in nodes]}
-    for name in ("agree", "agree_cert", "agree_sig"):
+    for name in _STATEMENT:
         columns[name] = [agree[n][name] for n in nodes]
     return columns
 
@@ -262,7 +294,11 @@ def _dp_summary(job: JobSpec, relay: _Relay, setup: dict[int, Message]) -> dict[
     if job.dp is None:
         return {}
     keys = ("dp_epsilon", "dp_sigma", "dp_sample_rate", "dp_steps")
-    nodes = {relay.agency[n]: {k: cfg_of(m)[k] for k in keys} for n, m in setup.items() if "dp_epsilon" in cfg_of(m)}
+    nodes = {
+        relay.agency[n]: {k: cfg_of(m)[k] for k in keys if relay.number(n, m, k) is not None}
+        for n, m in setup.items()
+        if "dp_epsilon" in cfg_of(m)
+    }
     eps = max((float(v["dp_epsilon"]) for v in nodes.values()), default=0.0)
     relay.emit(make_event(job.job_id, "dp_spent", rounds=job.rounds, epsilon=eps, delta=job.dp.delta, unit="record"))
     return {"dp": {"unit": "record", "epsilon": eps, "delta": job.dp.delta, "clip": job.dp.clip, "nodes": nodes}}
@@ -277,11 +313,13 @@ def run_vertical(grid: Grid, context: Context, job: JobSpec, job_dir: Path) -> N
     holders: dict[int, list[str]] = {}
     label_node = None
     for nid, m in hello.items():
-        cfg = cfg_of(m)
-        relay.agency[nid] = str(cfg["agency"])
-        if cfg["features"]:
-            holders[nid] = [str(f) for f in cfg["features"]]
-        if cfg["has_label"]:
+        relay.agency[nid] = relay.text(nid, m, "agency")
+        features = cfg_of(m).get("features")
+        if not isinstance(features, list) or not all(isinstance(f, str) for f in features):
+            relay.fail(relay.who(nid), "returned no list of the features it holds")
+        if features:
+            holders[nid] = list(features)
+        if cfg_of(m).get("has_label") is True:
             label_node = nid
     if label_node is None:
         relay.fail(job.label_holder, "label holder is not connected or does not hold the label")
@@ -336,11 +374,11 @@ def run_vertical(grid: Grid, context: Context, job: JobSpec, job_dir: Path) -> N
             continue
         replies = relay.send_mixed(batch, label_node)
         if i < job.rounds and feature_nodes:
-            embs[i] = {n: arrays_of(replies[n])["emb"] for n in feature_nodes}
+            embs[i] = {n: relay.array(n, replies[n], "emb") for n in feature_nodes}
         if i >= 1:
             top = replies[label_node]
-            grads[i - 1] = {n: arrays_of(top)[relay.agency[n]] for n in feature_nodes}
-            loss = float(cfg_of(top)["loss"])
+            grads[i - 1] = {n: relay.array(label_node, top, relay.agency[n]) for n in feature_nodes}
+            loss = relay.number(label_node, top, "loss")
             # Of the sealed gradients as relayed: what passed through, not their values.
             digest = hashlib.sha256(b"".join(g.tobytes() for g in grads[i - 1].values())).hexdigest()
             curve.append({"round": i, "loss": loss})
@@ -362,14 +400,16 @@ def run_vertical(grid: Grid, context: Context, job: JobSpec, job_dir: Path) -> N
         if feature_nodes
         else {}
     )
-    test_embs = {relay.agency[n]: arrays_of(bottoms[n])["emb"] for n in bottoms}
-    ev = cfg_of(relay.send("evaluate.top", {label_node: ({"order": order}, test_embs)})[label_node])
+    test_embs = {relay.agency[n]: relay.array(n, bottoms[n], "emb") for n in bottoms}
+    scored = relay.send("evaluate.top", {label_node: ({"order": order}, test_embs)})[label_node]
+    ev = cfg_of(scored)
+    confusion = {k: relay.count(label_node, scored, k) for k in ("tp", "fp", "tn", "fn")}
     evaluation = {
-        "auc": float(ev["auc"]),
-        "balanced_accuracy": float(ev["balanced_accuracy"]),
-        "threshold": float(ev["threshold"]),
-        "confusion_matrix": {k: int(ev[k]) for k in ("tp", "fp", "tn", "fn")},
-        "n": sum(int(ev[k]) for k in ("tp", "fp", "tn", "fn")),
+        "auc": relay.number(label_node, scored, "auc"),
+        "balanced_accuracy": relay.number(label_node, scored, "balanced_accuracy"),
+        "threshold": relay.number(label_node, scored, "threshold"),
+        "confusion_matrix": confusion,
+        "n": sum(confusion.values()),
         # Record-level DP: the label holder scored with weights undoing the noise's dilution.
         "top_deattenuated": bool(ev.get("top_deattenuated", False)),
         # ... and its bias moved so the mean held-out score is the training prevalence (no label used).
@@ -377,8 +417,8 @@ def run_vertical(grid: Grid, context: Context, job: JobSpec, job_dir: Path) -> N
         # Label DP: the label holder counted against the noisy held-out labels; these are estimates.
         "estimated_from_noisy_labels": bool(ev.get("estimated_from_noisy_labels", False)),
     }
-    part_digests = {relay.agency[n]: str(cfg_of(bottoms[n])["bottom_sha256"]) for n in bottoms}
-    part_digests["top@" + relay.agency[label_node]] = str(ev["top_sha256"])
+    part_digests = {relay.agency[n]: relay.text(n, bottoms[n], "bottom_sha256") for n in bottoms}
+    part_digests["top@" + relay.agency[label_node]] = relay.text(label_node, scored, "top_sha256")
     model_sha = hashlib.sha256(json.dumps(part_digests, sort_keys=True).encode()).hexdigest()
     curve[-1].update(evaluation)
     emit(

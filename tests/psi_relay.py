@@ -96,8 +96,9 @@ class FakeRelay:
         replies = {}
         for n, node in self.nodes.items():
             agree = psi.agreement_public(node.agreement)
-            signed = psi_keys.statement_fields(JOB, node.agency, agree, node.identity)
-            replies[n] = {"tags": psi.first_tags(node.key, JOB, node.order), "agree": agree, **signed}
+            tags = psi.first_tags(node.key, JOB, node.order)
+            signed = psi_keys.statement_fields(JOB, node.agency, agree, tags, node.identity)
+            replies[n] = {"tags": tags, "agree": agree, **signed}
         return {n: self._deliver("query.hello", n, reply) for n, reply in replies.items()}
 
     def send(self, kind: str, per_node: dict[int, tuple[dict[str, Any], Any]]) -> dict[int, FakeMessage]:
@@ -129,6 +130,7 @@ class FakeRelay:
                 finished = [psi.reorder(f, order) for f, order in zip(finished, node.shuffles, strict=True)]
             listed = psi_keys.relayed(cfg)
             peers = psi_keys.peer_keys(JOB, listed, self.label, self.trust, len(self.nodes) - 1)
+            psi_keys.check_lists(listed, cfg["tags"])
             roster = psi_keys.roster(JOB, node.agency, psi.agreement_public(node.agreement), listed)
             own = _sha(psi.first_tags(node.key, JOB, node.order))
             contexts = [

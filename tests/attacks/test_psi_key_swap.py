@@ -41,7 +41,7 @@ Cfg = dict[str, Any]
 class Coordinator:
     """Swaps `victim`'s agreement key at hello for one of its own and keeps what is sealed to it."""
 
-    def __init__(self, fed: Federation, victim: str, statement: Callable[[bytes], dict[str, bytes]]) -> None:
+    def __init__(self, fed: Federation, victim: str, statement: Callable[[bytes, bytes], dict[str, bytes]]) -> None:
         self.job_id, self.victim, self.statement = fed.job.job_id, victim, statement
         self.key = psi.new_key()
         self.label_agree = self.label_tags = self.returned = b""
@@ -59,7 +59,7 @@ class Coordinator:
             self.label_agree, self.label_tags = cfg["agree"], cfg["tags"]
         if kind == "query.hello" and agency == self.victim:
             mine = psi.agreement_public(self.key)
-            return {**cfg, "agree": mine, **self.statement(mine)}
+            return {**cfg, "agree": mine, **self.statement(mine, cfg["tags"])}
         if kind == "train.blind" and agency == "civil" and self.victim != "civil":
             at = self.blind_request["agencies"].index(self.victim)
             self.sealed, self.returned = cfg["seeds"][at], cfg["matches"][at]
@@ -79,7 +79,7 @@ def _sha(data: bytes) -> bytes:
     return hashlib.sha256(data).digest()
 
 
-def _unsigned(_key: bytes) -> dict[str, bytes]:
+def _unsigned(_key: bytes, _tags: bytes) -> dict[str, bytes]:
     return {"agree_cert": b"", "agree_sig": b""}
 
 
@@ -115,7 +115,7 @@ def test_an_unsigned_key_in_a_nodes_place_is_refused_by_the_label_holder(tmp_pat
 def test_the_victims_own_statement_does_not_cover_the_coordinators_key(tmp_path: Path) -> None:
     fed = federation(tmp_path, SETS)
     honest: dict[str, bytes] = {}
-    coordinator = Coordinator(fed, "tax", lambda _key: honest)  # tax's real statement, over tax's real key
+    coordinator = Coordinator(fed, "tax", lambda _key, _tags: honest)  # tax's real statement, over tax's real key
     swap = coordinator.reply
 
     def keep_then_swap(kind: str, agency: str, cfg: Cfg) -> Cfg:
@@ -127,14 +127,14 @@ def test_the_victims_own_statement_does_not_cover_the_coordinators_key(tmp_path:
     failed = _refused(fed)
     assert coordinator.sealed is None and honest["agree_sig"]
     assert failed.agency == "civil"
-    assert "agency 'tax''s agreement key is not the one its certified key signed for this job" in failed.message
+    assert "agency 'tax''s agreement key or list is not the one its certified key signed for this job" in failed.message
 
 
 def test_a_key_certified_by_another_ca_is_refused(tmp_path: Path) -> None:
     fed = federation(tmp_path / "federation", SETS)
     _, rogue = federation_pki(tmp_path / "rogue", ["tax"])  # the coordinator's own CA, certifying "tax"
     coordinator = Coordinator(
-        fed, "tax", lambda key: psi_keys.statement_fields(fed.job.job_id, "tax", key, rogue["tax"])
+        fed, "tax", lambda key, tags: psi_keys.statement_fields(fed.job.job_id, "tax", key, tags, rogue["tax"])
     )
     failed = _refused(fed)
     assert coordinator.sealed is None
@@ -149,7 +149,7 @@ def test_another_agencys_certified_key_is_refused_for_the_victims_place(tmp_path
     assert health.certificate is not None
     accomplice = psi_keys.Identity(health.private_key, health.certificate)
     coordinator = Coordinator(
-        fed, "tax", lambda key: psi_keys.statement_fields(fed.job.job_id, "health", key, accomplice)
+        fed, "tax", lambda key, tags: psi_keys.statement_fields(fed.job.job_id, "health", key, tags, accomplice)
     )
     failed = _refused(fed)
     assert coordinator.sealed is None
@@ -188,7 +188,11 @@ def _strip_peers(victim: str) -> Callable[[str, str, Cfg], Cfg]:
     def request(kind: str, agency: str, cfg: Cfg) -> Cfg:
         if kind == "train.membership" and agency == victim:
             me = cfg["agencies"].index(victim)
-            cfg = {**cfg, **{k: [cfg[k][me]] for k in ("agencies", "agree", "agree_cert", "agree_sig")}, "index": 0}
+            cfg = {
+                **cfg,
+                **{k: [cfg[k][me]] for k in ("agencies", "agree", "agree_cert", "agree_sig", "agree_list")},
+                "index": 0,
+            }
         return cfg
 
     return request

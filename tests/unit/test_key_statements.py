@@ -25,8 +25,11 @@ def federation(tmp_path_factory: pytest.TempPathFactory) -> tuple[psi_keys.Trust
     return federation_pki(tmp_path_factory.mktemp("pki"), ["tax", "hrss"])
 
 
+LIST = psi_keys.list_digest(b"the node's blinded hello list")
+
+
 def _statement(identity: psi_keys.Identity, agency: str, key: bytes, job: str = JOB) -> KeyStatement:
-    return sign_statement(load_private_key(identity.key), identity.certificate.read_bytes(), job, agency, key)
+    return sign_statement(load_private_key(identity.key), identity.certificate.read_bytes(), job, agency, key, LIST)
 
 
 def test_a_statement_verifies_for_its_job_agency_and_key(
@@ -41,6 +44,7 @@ def test_a_statement_verifies_for_its_job_agency_and_key(
     ("change", "error"),
     [
         ({"key": b"\x01" * 32}, "is not the one its certified key signed for this job"),
+        ({"list_sha256": psi_keys.list_digest(b"a list of candidates")}, "key or list is not the one its certified"),
         ({"signature": b""}, "sent its agreement key unsigned"),
         ({"certificate": b""}, "sent its agreement key unsigned"),
         ({"certificate": b"not a certificate"}, "not a PEM X.509 certificate"),
@@ -72,7 +76,7 @@ def test_another_agencys_signature_under_this_certificate_is_refused(
     trust, ids = federation
     key = psi.agreement_public(psi.new_key())
     forged = KeyStatement(
-        "tax", key, ids["tax"].certificate.read_bytes(), _statement(ids["hrss"], "tax", key).signature
+        "tax", key, ids["tax"].certificate.read_bytes(), _statement(ids["hrss"], "tax", key).signature, LIST
     )
     with pytest.raises(CryptoError, match="not the one its certified key signed"):
         verify_statement(forged, JOB, trust.ca_cert, trust.crl)
@@ -91,17 +95,20 @@ def test_signing_with_a_key_the_certificate_does_not_certify_is_refused(
 ) -> None:
     _, ids = federation
     with pytest.raises(CryptoError, match="certifies another key"):
-        sign_statement(load_private_key(ids["hrss"].key), ids["tax"].certificate.read_bytes(), JOB, "tax", b"k" * 32)
+        sign_statement(
+            load_private_key(ids["hrss"].key), ids["tax"].certificate.read_bytes(), JOB, "tax", b"k" * 32, LIST
+        )
 
 
 def test_the_signed_message_is_injective_in_its_fields() -> None:
     """Length prefixes: moving bytes between job id and agency changes what is signed."""
-    assert signed_message("ab", "c", b"k") != signed_message("a", "bc", b"k")
-    assert signed_message("a", "b", b"kk") != signed_message("a", "bk", b"k")
+    assert signed_message("ab", "c", b"k", LIST) != signed_message("a", "bc", b"k", LIST)
+    assert signed_message("a", "b", b"kk", LIST) != signed_message("a", "bk", b"k", LIST)
+    assert signed_message("a", "b", b"k", b"ll") != signed_message("a", "b", b"kl", b"l")
 
 
 def test_the_listing_names_each_agency_once_and_the_label_holder_as_the_job_does() -> None:
-    keys = [KeyStatement(a, bytes([i]) * 32, b"", b"") for i, a in enumerate(["tax", "hrss"])]
+    keys = [KeyStatement(a, bytes([i]) * 32, b"", b"", LIST) for i, a in enumerate(["tax", "hrss"])]
     assert psi_keys.peer_keys(JOB, keys, "civil", None, 2) == [b"\x00" * 32, b"\x01" * 32]
     with pytest.raises(ValueError, match="listed an agency's agreement key twice"):
         psi_keys.peer_keys(JOB, [keys[0], keys[0]], "civil", None, 2)
@@ -121,17 +128,18 @@ def test_with_the_ca_an_unsigned_roster_is_refused(
 ) -> None:
     trust, _ = federation
     with pytest.raises(CryptoError, match="agency 'tax' sent its agreement key unsigned"):
-        psi_keys.peer_keys(JOB, [KeyStatement("tax", b"\x00" * 32, b"", b"")], "civil", trust, 1)
+        psi_keys.peer_keys(JOB, [KeyStatement("tax", b"\x00" * 32, b"", b"", LIST)], "civil", trust, 1)
 
 
 @pytest.mark.parametrize(
     "cfg",
     [
-        {"agencies": ["tax"], "agree": [b"k"], "agree_cert": [b""]},  # a column missing
-        {"agencies": ["tax"], "agree": [b"k", b"l"], "agree_cert": [b""], "agree_sig": [b""]},  # ragged
-        {"agencies": [1], "agree": [b"k"], "agree_cert": [b""], "agree_sig": [b""]},  # not a name
-        {"agencies": ["tax"], "agree": ["k"], "agree_cert": [b""], "agree_sig": [b""]},  # not bytes
-        {"agencies": "tax", "agree": b"k", "agree_cert": b"", "agree_sig": b""},  # not lists
+        {"agencies": ["tax"], "agree": [b"k"], "agree_cert": [b""], "agree_sig": [b""]},  # a column missing
+        {"agencies": ["tax"], "agree": [b"k", b"l"], "agree_cert": [b""], "agree_sig": [b""], "agree_list": [b""]},
+        {"agencies": [1], "agree": [b"k"], "agree_cert": [b""], "agree_sig": [b""], "agree_list": [b""]},
+        {"agencies": ["tax"], "agree": ["k"], "agree_cert": [b""], "agree_sig": [b""], "agree_list": [b""]},
+        {"agencies": ["tax"], "agree": [b"k"], "agree_cert": [b""], "agree_sig": [b""], "agree_list": ["l"]},
+        {"agencies": "tax", "agree": b"k", "agree_cert": b"", "agree_sig": b"", "agree_list": b""},  # not lists
     ],
 )
 def test_a_malformed_relayed_roster_is_refused(cfg: dict[str, object]) -> None:
@@ -171,7 +179,7 @@ def test_a_certificate_of_another_kind_is_refused(tmp_path: Path) -> None:
     from cryptography.hazmat.primitives import serialization
 
     key = serialization.load_pem_private_key(issued.key_path.read_bytes(), password=None)
-    statement = sign_statement(key, issued.cert_path.read_bytes(), JOB, "tax", b"\x07" * 32)  # type: ignore[arg-type]
+    statement = sign_statement(key, issued.cert_path.read_bytes(), JOB, "tax", b"\x07" * 32, LIST)  # type: ignore[arg-type]
     with pytest.raises(CryptoError, match="certificate that fails"):
         verify_statement(statement, JOB, trust.ca_cert, trust.crl)
 
