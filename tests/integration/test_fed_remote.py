@@ -199,7 +199,8 @@ def test_control_api_is_not_reachable_from_outside(world: World) -> None:
     assert {e["path"] for e in refused} >= {"/v1/control/register-node", "/v1/control/list-runs", "/docs"}
     assert link_log.read_text(errors="replace").count('"POST /v1/control/') == calls_before
     assert "/docs" not in link_log.read_text(errors="replace")
-    assert world.link.statuses() == nodes_before  # the intruder's key was not registered
+    # The intruder's key was not registered: the same nodes (a node may come online meanwhile).
+    assert world.link.statuses().keys() == nodes_before.keys()
 
 
 def test_supernodes_that_never_join_are_named(world: World) -> None:
