@@ -14,6 +14,7 @@ verify.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -93,3 +94,40 @@ def verify_statement(
             f"{who}'s agreement key or list is not the one its certified key signed for this job"
         ) from None
     return statement.key
+
+
+ROWS_VERSION = b"xgate-aligned-rows-v1"
+
+
+def rows_message(job_id: str, run_id: int, agency: str, aligned: bytes, rows: bytes) -> bytes:
+    """What a node signs at PSI `partners`: that in this run of this job it holds the aligned rows
+    `aligned` (label holder positions) at `rows` (positions in the list the label holder returned)."""
+    fields = (
+        ROWS_VERSION,
+        job_id.encode(),
+        str(run_id).encode(),
+        agency.encode(),
+        hashlib.sha256(aligned).digest(),
+        hashlib.sha256(rows).digest(),
+    )
+    return b"".join(len(f).to_bytes(4, "big") + f for f in fields)
+
+
+def sign_rows(
+    identity: ec.EllipticCurvePrivateKey, job_id: str, run_id: int, agency: str, aligned: bytes, rows: bytes
+) -> bytes:
+    return identity.sign(rows_message(job_id, run_id, agency, aligned, rows), ec.ECDSA(hashes.SHA256()))
+
+
+def verify_rows(
+    certificate: bytes, signature: bytes, job_id: str, run_id: int, agency: str, aligned: bytes, rows: bytes
+) -> None:
+    """CryptoError unless `certificate`'s key (already verified as `agency`'s, `verify_statement`)
+    signed these aligned rows and positions for this run."""
+    public = load_cert(certificate).public_key()
+    if not isinstance(public, ec.EllipticCurvePublicKey):
+        raise CryptoError(f"agency '{agency}''s certificate does not certify an EC key")
+    try:
+        public.verify(signature, rows_message(job_id, run_id, agency, aligned, rows), ec.ECDSA(hashes.SHA256()))
+    except InvalidSignature:
+        raise CryptoError(f"agency '{agency}' did not sign these aligned subjects and positions for this run") from None

@@ -72,6 +72,34 @@ _TRANSPORT_INFO = b"xgate-vertical-transport-v1\x00"
 _NONCE_BYTES = 12
 
 
+_P = 2**255 - 19
+# The u-coordinates, below p, of the points of small order on Curve25519 and its twist: X25519 of
+# any of them is the all-zero point, which pyca refuses ("Error computing shared key").
+_LOW_ORDER = frozenset(
+    u.to_bytes(TAG_BYTES, "little")
+    for u in (
+        0,
+        1,
+        325606250916557431795983626356110631294008115727848805560023387167927233504,
+        39382357235489614581723060781553021112529911719440698176882885853963445705823,
+        _P - 1,
+    )
+)
+
+
+def check_tags(tags: bytes) -> None:
+    """Refuse a blinded list holding a tag that X25519 never outputs: a u-coordinate not reduced
+    modulo p (bit 255 set, or p <= u), which names the same point as a reduced one (a repeat the
+    byte comparison misses), or a point of small order. So a bad list fails where it is first seen,
+    naming who sent it, not at whoever blinds it next."""
+    if len(tags) % TAG_BYTES:
+        raise ValueError("a tag list must be a whole number of 32-byte tags")
+    for i in range(0, len(tags), TAG_BYTES):
+        tag = tags[i : i + TAG_BYTES]
+        if tag[-1] & 0x80 or int.from_bytes(tag, "little") >= _P or tag in _LOW_ORDER:
+            raise ValueError("a blinded tag is not a point X25519 outputs (unreduced or of small order)")
+
+
 def new_key() -> bytes:
     """A fresh secret scalar for one job (raw X25519 private key bytes)."""
     return X25519PrivateKey.generate().private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())
@@ -146,6 +174,7 @@ class Alignment:
     rows: dict[int, list[int]]
     counts: dict[int, int] = field(default_factory=dict)  # each other node's list size
     keys_checked: bool = False  # every node said it verified the agreement keys it used (federated/psi_keys.py)
+    signatures: dict[int, bytes] = field(default_factory=dict)  # each other node's over its `partners` answer
 
     def positions(self, node: int, label_rows: Sequence[int]) -> list[int]:
         """Aligned rows, given as label holder positions, as positions in `node`'s list, in the

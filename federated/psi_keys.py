@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from crypto.flower_keys import load_private_key
-from crypto.key_statements import KeyStatement, sign_statement, verify_statement
+from crypto.key_statements import KeyStatement, sign_rows, sign_statement, verify_rows, verify_statement
 from federated import psi
 from federated.node import NodeConfig
 
@@ -91,6 +91,36 @@ def check_lists(statements: Sequence[KeyStatement], lists: Sequence[bytes]) -> N
     for statement, tags in zip(statements, lists, strict=True):
         if list_digest(tags) != statement.list_sha256:
             raise ValueError(f"the coordinator sent a list as agency '{statement.agency}''s that it did not send")
+
+
+def rows_signature(
+    job_id: str, run_id: int, agency: str, aligned: bytes, rows: bytes, identity: Identity | None
+) -> bytes:
+    """A node's signature over the aligned rows it was asked about and its answer (`partners`), or
+    nothing without a certified key."""
+    if identity is None:
+        return b""
+    return sign_rows(load_private_key(identity.key), job_id, run_id, agency, aligned, rows)
+
+
+def check_partners(
+    job_id: str,
+    run_id: int,
+    peers: Sequence[tuple[str, bytes]],
+    aligned: bytes,
+    partners: Sequence[bytes],
+    signatures: object,
+) -> None:
+    """The label holder translates positions only for the aligned rows every other node signed, each
+    with its own answer: `peers` are (agency, certificate) as it verified them at `blind`, in the
+    order of `partners`. Unchecked, a coordinator colluding with one node could name rows outside
+    the intersection as aligned and learn which of that node's subjects the label holder holds."""
+    if not isinstance(signatures, list) or len(signatures) != len(peers) or len(partners) != len(peers):
+        raise ValueError("the coordinator sent no signature of every other node over the aligned rows")
+    for (agency, certificate), rows, signature in zip(peers, partners, signatures, strict=True):
+        if not isinstance(signature, bytes):
+            raise ValueError(f"the coordinator sent no signature of agency '{agency}' over the aligned rows")
+        verify_rows(certificate, signature, job_id, run_id, agency, aligned, rows)
 
 
 def label_key(job_id: str, statements: Sequence[KeyStatement], label_holder: str, trust: Trust | None) -> bytes:

@@ -37,6 +37,13 @@ class RunReleases:
         finally:
             os.close(fd)
 
+    @contextmanager
+    def exclusive(self) -> Iterator[None]:
+        """Hold this run's lock while a handler reads, computes and saves its state: two copies of
+        one message answered at once would otherwise both pass the order check and both release."""
+        with self._locked():
+            yield
+
     def _numbers(self, kind: str) -> list[int]:
         return sorted(int(p.name.rsplit("-", 1)[1]) for p in self.dir.glob(f"{kind}-*"))
 

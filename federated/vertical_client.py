@@ -77,7 +77,7 @@ def _load(cache: Path) -> dict[str, np.ndarray]:
 
 def _save(cache: Path, state: dict[str, np.ndarray], *, data: bool = False) -> None:
     name = "data.npy.npz" if data else "params.npz"
-    tmp = cache / f"tmp-{name}"
+    tmp = cache / f"tmp-{secrets.token_hex(8)}-{name}"  # its own: a concurrent save never shares it
     np.savez(tmp, **state)  # type: ignore[arg-type]
     tmp.replace(cache / name)
 
@@ -123,6 +123,7 @@ def blind(msg: Message, context: Context) -> Message:
     key = (cache / "psi.key").read_bytes()
     if not _holds_label(job, nc):
         (label_list,) = [bytes(tags) for tags in cfg["tags"]]
+        psi.check_tags(label_list)
         if len(set(psi.split(label_list))) != psi.count(label_list):  # one row repeated tests it against all
             raise ValueError("the label holder's list names a subject twice")
         (cache / "psi-label-hello.sha256").write_bytes(_sha(label_list))
@@ -135,12 +136,17 @@ def blind(msg: Message, context: Context) -> Message:
     trust = psi_keys.trust_of(nc)
     peers = psi_keys.peer_keys(job.job_id, statements, job.label_holder, trust, job.min_nodes - 1)
     lists = [bytes(tags) for tags in cfg["tags"]]
-    psi_keys.check_lists(statements, lists)  # each the list its node signed: no candidates in its place
+    psi_keys.check_lists(statements, lists)
+    for tags in lists:
+        psi.check_tags(tags)  # each the list its node signed: no candidates in its place
     roster = psi_keys.roster(job.job_id, nc.agency, psi.agreement_public(agreement), statements)
     transport = {
         st.agency: psi.transport_key(agreement, k, job.job_id) for st, k in zip(statements, peers, strict=True)
     }
     _keep_transport_keys(cache, context, transport)
+    if trust is not None:  # the verified certificates that must sign the aligned rows at `align`
+        peers_file = cache / f"run-{context.run_id}" / PEER_CERTIFICATES
+        peers_file.write_text(json.dumps([[st.agency, st.certificate.decode()] for st in statements]))
     # K - 1 lists here, one at each other node: over its cores, within the round the coordinator waits
     finished = psi_pool.finish_lists(key, lists, timeout_s=job.round_timeout_s)
     orders = [psi.new_order(psi.count(f, psi.MATCH_BYTES)) for f in finished]
@@ -215,13 +221,17 @@ def membership(msg: Message, context: Context) -> Message:
 
 @app.train("partners")
 def aligned_positions(msg: Message, context: Context) -> Message:
-    """PSI, another node: where the aligned subjects sit in the list the label holder returned."""
-    _, _, cache = _setup(context)
+    """PSI, another node: where the aligned subjects sit in the list the label holder returned,
+    signed with the aligned rows asked about (the label holder translates nothing else)."""
+    job, nc, cache = _setup(context)
     _once(cache, context, "partners")
     matched = np.load(cache / "psi-matches.npy", allow_pickle=False)
-    rows = psi.partner_rows(matched, bytes(cfg_of(msg)["aligned"]))
+    aligned = bytes(cfg_of(msg)["aligned"])
+    rows = psi.partner_rows(matched, aligned)
     (cache / "psi-aligned.count").write_text(str(psi.count(rows, psi.ROW_BYTES)))  # what setup may train and hold out
-    return _reply(msg, {"rows": rows})
+    identity = psi_keys.identity_of(nc)
+    signature = psi_keys.rows_signature(job.job_id, context.run_id, nc.agency, aligned, rows, identity)
+    return _reply(msg, {"rows": rows, "rows_sig": signature})
 
 
 def _pseudonyms_at(cache: Path, rows: bytes) -> tuple[list[int], list[str]]:
@@ -235,7 +245,8 @@ def _pseudonyms_at(cache: Path, rows: bytes) -> tuple[list[int], list[str]]:
 def _partner_positions(cache: Path, partners: list[bytes], aligned: int) -> list[bytes]:
     """Label holder: for each other node, the aligned subjects' positions in the list that node
     sent, from their positions in the order this node gave that list at `blind`; exactly `aligned`
-    of them (more would have it undo its secret order for subjects outside the intersection)."""
+    of them (more would have it undo its secret order for subjects outside the intersection), and
+    (checked by the caller) each node's signature over them."""
     with np.load(cache / "psi-orders.npz", allow_pickle=False) as data:
         orders = [data[f"arr_{i}"] for i in range(len(data.files))]
     if len(partners) != len(orders):
@@ -259,7 +270,13 @@ def align(msg: Message, context: Context) -> Message:
     reply: dict[str, Any] = {"train": psi.rows_to_bytes(train), "test": psi.rows_to_bytes(held)}
     (cache / "psi-split.sha256").write_bytes(_split_digest(reply["train"], reply["test"]))  # setup must get this
     if "partners" in cfg:  # absent when the label holder is the only participant
-        reply["partners"] = _partner_positions(cache, list(cfg["partners"]), len(positions))
+        partners = [bytes(rows) for rows in cfg["partners"]]
+        peers_file = cache / f"run-{context.run_id}" / PEER_CERTIFICATES
+        if peers_file.exists():  # with the CA: only rows every other node signed, each its own answer
+            peers = [(str(a), str(c).encode()) for a, c in json.loads(peers_file.read_text())]
+            aligned_rows = bytes(cfg["aligned"])
+            psi_keys.check_partners(job.job_id, context.run_id, peers, aligned_rows, partners, cfg.get("partner_sigs"))
+        reply["partners"] = _partner_positions(cache, partners, len(positions))
     return _reply(msg, reply)
 
 
@@ -384,6 +401,9 @@ def _unwire(x: np.ndarray) -> np.ndarray:
 # (crypto/sealed_arrays.py), under keys agreed at PSI from their certified job keys: the
 # coordinator relays ciphertext. Each node keeps the keys of this run: {agency: key hex}.
 TRANSPORT_KEYS = "transport-keys.json"
+# The label holder's record, per run, of the other nodes' certificates it verified at `blind`:
+# [[agency, PEM], ...] in the order of their lists.
+PEER_CERTIFICATES = "peer-certificates.json"
 
 
 def _keep_transport_keys(cache: Path, context: Context, keys: dict[str, bytes]) -> None:
@@ -451,13 +471,20 @@ def label_words(nc: node.NodeConfig, job: JobSpec, pseudonyms: list[str]) -> np.
 
 @app.train("step")
 def step(msg: Message, context: Context) -> Message:
+    """Feature node: apply the gradient of batch t-2, return embeddings of batch t (one message of a
+    run at a time: `_next_step` and the save that records it under the run's lock)."""
+    job, nc, path = _setup(context)
+    with RunReleases(path / f"run-{context.run_id}").exclusive():
+        return _step(msg, context, job, nc, path)
+
+
+def _step(msg: Message, context: Context, job: JobSpec, nc: node.NodeConfig, path: Path) -> Message:
     """Feature node: apply the gradient of batch t-2, return embeddings of batch t.
 
     Pipelined with the label holder, which works on batch t-1 in the same Flower round, so one
     message round trip per step; the embeddings of batch t thus miss one update (staleness 1).
     The last call (`last`) applies the final gradient and returns held-out embeddings instead.
     """
-    job, nc, path = _setup(context)
     if _holds_label(job, nc):
         raise ValueError("the label holder trains its bottom in 'top', not in 'step'")
     st = _load(path)
@@ -536,8 +563,14 @@ def _next_step(st: dict[str, np.ndarray], t: int, most: int) -> int:
 
 @app.train("top")
 def top(msg: Message, context: Context) -> Message:
-    """Label holder: own bottom + top model step; returns dL/dE for each other node's embedding."""
+    """Label holder: own bottom + top model step; returns dL/dE for each other node's embedding
+    (one message of a run at a time, as `step`)."""
     job, nc, path = _setup(context)
+    with RunReleases(path / f"run-{context.run_id}").exclusive():
+        return _top(msg, context, job, nc, path)
+
+
+def _top(msg: Message, context: Context, job: JobSpec, nc: node.NodeConfig, path: Path) -> Message:
     st = _load(path)
     _check_run(st, job, context)
     t = _next_step(st, int(cfg_of(msg)["step"]), job.rounds - 1)

@@ -126,12 +126,18 @@ def _private_alignment(relay: _Relay, parts: list[int], label_node: int, hello: 
     aligned, nodes_checked = _membership(relay, returned, seeds, agree, label_node, others, label_count)
     replies = relay.send("train.partners", {n: ({"aligned": psi.rows_to_bytes(aligned)}, {}) for n in others})
     rows: dict[int, list[int]] = {}
+    signatures: dict[int, bytes] = {}
     for n in others:
         rows[n] = _rows_from(relay, n, cfg_of(replies[n]).get("rows"), sizes[n], "aligned positions")
         if len(rows[n]) != len(aligned):
             relay.fail(relay.agency[n], "returned positions that are not the aligned subjects")
+        signature = cfg_of(replies[n]).get("rows_sig", b"")
+        if not isinstance(signature, bytes):
+            relay.fail(relay.agency[n], "returned a malformed signature over its aligned positions")
+        signatures[n] = signature
     counts = {n: sizes[n] for n in others}
-    return psi.Alignment(label_node, label_count, aligned, rows, counts, keys_checked=label_checked and nodes_checked)
+    checked = label_checked and nodes_checked
+    return psi.Alignment(label_node, label_count, aligned, rows, counts, keys_checked=checked, signatures=signatures)
 
 
 def _blind(
@@ -214,6 +220,11 @@ def _tags(relay: _Relay, node: int, tags: object, size: int) -> bytes:
     """A list of distinct `size`-byte tags from `node`, or the job fails naming it."""
     if not isinstance(tags, bytes) or len(tags) % size:
         relay.fail(relay.agency[node], "returned a malformed blinded list")
+    if size == psi.TAG_BYTES:
+        try:
+            psi.check_tags(tags)
+        except ValueError as e:
+            relay.fail(relay.agency[node], str(e))
     if len(set(psi.split(tags, size))) != len(tags) // size:
         relay.fail(relay.agency[node], "listed a subject twice")
     return tags
@@ -263,6 +274,7 @@ def _split(relay: _Relay, alignment: psi.Alignment) -> tuple[psi.Alignment, list
     request: dict[str, Any] = {"aligned": psi.rows_to_bytes(aligned)}
     if others:
         request["partners"] = [psi.rows_to_bytes(alignment.rows[n]) for n in others]
+        request["partner_sigs"] = [alignment.signatures.get(n, b"") for n in others]
     reply = cfg_of(relay.send("train.align", {node: (request, {})})[node])
     train_rows, test_rows = (_rows_from(relay, node, reply.get(k), alignment.label_count) for k in ("train", "test"))
     if sorted(train_rows + test_rows) != aligned:

@@ -294,11 +294,12 @@ def test_positive_control_a_repeated_row_makes_every_match_that_rows() -> None:
     assert list(repeated >= 0) == [True, True, True, True]  # "does it hold b?" at every row
 
 
-def test_the_label_holder_undoes_its_secret_order_only_for_the_aligned_rows(tmp_path: Path) -> None:
+@pytest.mark.parametrize("ca", [True, False])
+def test_the_label_holder_undoes_its_secret_order_only_for_the_aligned_rows(tmp_path: Path, ca: bool) -> None:
     """Asked to translate every position of a node's list, the label holder would hand back its
     whole secret order for that list, and a colluding node would learn which of its subjects the
-    label holder holds."""
-    fed = federation(tmp_path, SETS)
+    label holder holds. With the CA, tax never signed those positions; without, the count refuses."""
+    fed = federation(tmp_path, SETS, ca=ca)
 
     def all_positions(kind: str, agency: str, cfg: Cfg) -> Cfg:
         if kind == "train.align":
@@ -308,4 +309,5 @@ def test_the_label_holder_undoes_its_secret_order_only_for_the_aligned_rows(tmp_
 
     fed.relay.on_request = all_positions
     failed = _refused(fed)
-    assert failed.agency == "civil" and f"not {len(COMMON)} positions" in failed.message
+    refusal = "agency 'tax' did not sign these aligned subjects" if ca else f"not {len(COMMON)} positions"
+    assert failed.agency == "civil" and refusal in failed.message

@@ -10,7 +10,7 @@ import pytest
 
 from crypto import pki
 from crypto.flower_keys import load_private_key
-from crypto.key_statements import KeyStatement, sign_statement, signed_message, verify_statement
+from crypto.key_statements import KeyStatement, sign_statement, signed_message, verify_rows, verify_statement
 from crypto.peers import load_cert
 from federated import psi, psi_keys
 from federated.node import NodeConfig, node_config, node_config_arg
@@ -191,3 +191,26 @@ def test_revocation_is_checked_against_the_ca_s_crl(tmp_path: Path) -> None:
     pki.revoke(tmp_path / "ca", load_cert(ids["tax"].certificate).serial_number)
     with pytest.raises(CryptoError, match="certificate revoked"):
         verify_statement(statement, JOB, trust.ca_cert, trust.crl)
+
+
+def test_aligned_rows_verify_only_as_signed_for_this_run(
+    federation: tuple[psi_keys.Trust, dict[str, psi_keys.Identity]],
+) -> None:
+    """A node's `partners` signature covers the aligned rows it was asked about, its answer, the
+    job, the run and its agency; a change to any of them is refused."""
+    _, ids = federation
+    aligned, rows = psi.rows_to_bytes([3, 1, 4]), psi.rows_to_bytes([0, 2, 5])
+    signature = psi_keys.rows_signature(JOB, 7, "tax", aligned, rows, ids["tax"])
+    certificate = ids["tax"].certificate.read_bytes()
+    verify_rows(certificate, signature, JOB, 7, "tax", aligned, rows)
+    for change in (
+        {"aligned": psi.rows_to_bytes([3, 1, 5])},
+        {"rows": psi.rows_to_bytes([0, 2, 6])},
+        {"run_id": 8},
+        {"job_id": "job-8"},
+        {"agency": "hrss"},
+    ):
+        args = {"job_id": JOB, "run_id": 7, "agency": "tax", "aligned": aligned, "rows": rows, **change}
+        with pytest.raises(CryptoError, match="did not sign these aligned subjects"):
+            verify_rows(certificate, signature, **args)  # type: ignore[arg-type]
+    assert psi_keys.rows_signature(JOB, 7, "tax", aligned, rows, None) == b""  # nothing to sign with

@@ -12,6 +12,7 @@ import pytest
 from flwr.app import ConfigRecord, Context, Message, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
+from federated import psi
 from federated import vertical_server as server
 from tests.clientapp_relay import HANDLERS, _node_config, federation
 from xgate.errors import VerticalFailed
@@ -76,3 +77,36 @@ def test_a_reply_without_a_field_fails_the_job_naming_its_agency(
     assert failed.value.agency == agency and field in failed.value.message
     events = [json.loads(line) for line in (job_dir / "server-events.jsonl").read_text().splitlines()]
     assert [e["agency"] for e in events if e["event"] == "job_failed"] == [agency]
+
+
+def _flip_top_bit(tags: bytes) -> bytes:
+    """The first tag twice, the copy with bit 255 set: X25519 ignores that bit, so both name one point."""
+    first = bytearray(tags[: psi.TAG_BYTES])
+    first[-1] |= 0x80
+    return tags + bytes(first)
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        _flip_top_bit,
+        lambda tags: tags + bytes(psi.TAG_BYTES),  # the zero point: X25519 refuses it
+        lambda tags: tags + (2**255 - 19 + 3).to_bytes(psi.TAG_BYTES, "little"),  # u = 3, not reduced
+    ],
+)
+def test_a_hello_list_no_honest_blinding_makes_fails_naming_its_sender(tmp_path: Path, bad: Any) -> None:
+    """Found by review: a repeated point written two ways passed the byte comparison, and the zero
+    point failed at the label holder's blinding, so the job named the label holder."""
+    fed = federation(tmp_path, SETS)
+
+    def reply(kind: str, agency: str, cfg: dict[str, Any]) -> dict[str, Any]:
+        return {**cfg, "tags": bad(cfg["tags"])} if kind == "query.hello" and agency == "tax" else cfg
+
+    fed.relay.on_reply = reply
+    with pytest.raises(VerticalFailed) as failed:
+        fed.align()
+    assert failed.value.agency == "tax" and "not a point X25519 outputs" in failed.value.message
+
+
+def test_every_tag_honest_blinding_makes_passes_the_check() -> None:
+    psi.check_tags(psi.first_tags(psi.new_key(), "job", [f"p{i}" for i in range(2000)]))
