@@ -213,7 +213,8 @@ def write_dev_approver(key_file: Path, policy_dir: Path, approval_file: Path) ->
     public = base64.b64encode(key.public_raw).decode()
     (policy_dir / "approvers.toml").write_text(
         "# approvers whose signed approvals the gateway and the nodes accept (dev federation)\n"
-        f'[[approver]]\nname = "{DEV_APPROVER}"\nagencies = ["civil_affairs", "hrss"]\npublic_key = "{public}"\n'
+        f'[[approver]]\nname = "{DEV_APPROVER}"\nagencies = ["civil_affairs", "hrss"]\n'
+        f'roles = ["data_protection_officer", "case_supervisor"]\npublic_key = "{public}"\n'
     )
     body = approval_body(
         ref=DEV_APPROVAL_REF,

@@ -311,7 +311,7 @@ def _bench_approval(now: Any) -> tuple[Any, str]:
     signer = Signer.of("ap-bench", base64.b64encode(key.public_raw).decode())
     registry = ApprovalRegistry(
         Path(tempfile.mkdtemp(prefix="xgate-bench-")) / "approvals.db",
-        approvers={key.key_id: Approver(signer, ("civil_affairs",))},
+        approvers={key.key_id: Approver(signer, ("civil_affairs",), ("case_supervisor",))},
     )
     ref = new_ref()
     body = {

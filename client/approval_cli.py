@@ -79,6 +79,9 @@ def keygen(
     name: str = typer.Option(..., "--name", help="the approver's user id"),
     agency: list[str] = typer.Option(..., "--agency", help="requesting agency it may approve for (repeatable)"),
     out: Path = typer.Option(..., "--out", help="private key file to write (0600)"),
+    role: list[str] = typer.Option(
+        ["case_supervisor"], "--role", help="official role it approves in (repeatable; `grant --role` names one)"
+    ),
 ) -> None:
     """Create an approver's signing key; prints its approvers.toml entry."""
     from crypto.envelope import SigningKey
@@ -90,7 +93,8 @@ def keygen(
         key = SigningKey.generate(name, "approver")
         key.save(out)
         public = base64.b64encode(key.public_raw).decode()
-        typer.echo(f'[[approver]]\nname = "{name}"\nagencies = {json.dumps(agency)}\npublic_key = "{public}"')
+        entry = f'name = "{name}"\nagencies = {json.dumps(agency)}\nroles = {json.dumps(role)}\npublic_key = "{public}"'
+        typer.echo(f"[[approver]]\n{entry}")
 
 
 @app.command("grant")

@@ -6,7 +6,8 @@ registered in the policy directory's `approvers.toml` (crypto/artefacts.py, form
 `xgate-approval/1`), registered at the gateway by that approver (role `approver`), and named by
 its reference (`apr_` + 22 characters) in a check's `approval_ref`. The body names:
 
-* the approver (its user id, as in approvers.toml) and its official role (e.g. `case_supervisor`);
+* the approver (its user id, as in approvers.toml) and its official role (e.g. `case_supervisor`),
+  one of the roles approvers.toml registers it in;
 * the requesting agencies it approves for (each one the approver is registered for in
   approvers.toml: an agency's own approver, or a federation data office approving for several);
 * the programs and the case: exact `case_ids`, or a `case_id_prefix` (a standing approval for a
@@ -52,6 +53,7 @@ APPROVERS_FILE = "approvers.toml"
 REF_RE = re.compile(r"^apr_[A-Za-z0-9_\-]{22}$")
 MAX_SUBJECTS = 10_000_000
 _Ident = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{1,63}$")]
+_ROLE_RE = re.compile(r"^[a-z][a-z0-9_]{1,63}$")  # an approver_role (`_Ident`)
 _Pseudonym = Annotated[str, StringConstraints(pattern=r"^[a-z2-7]{26}$")]
 _DatasetId = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,63}(\.[a-z0-9_]{1,63})?$")]
 _CaseId = Annotated[str, StringConstraints(min_length=1, max_length=128)]
@@ -107,10 +109,12 @@ class ApprovalBody(BaseModel):
 
 @dataclass(frozen=True)
 class Approver:
-    """A registered approver: its signing key, and the requesting agencies it may approve for."""
+    """A registered approver: its signing key, the requesting agencies it may approve for, and the
+    official roles it holds (an approval names one of them)."""
 
     signer: Signer
     agencies: tuple[str, ...]
+    roles: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -127,7 +131,7 @@ class ApprovalRecord:
 
 
 def load_approvers(policy_dir: Path) -> dict[str, Approver]:
-    """The registered approvers (`approvers.toml`: [[approver]] name, agencies, public_key), by key id."""
+    """The registered approvers (`approvers.toml`: [[approver]] name, agencies, roles, public_key), by key id."""
     path = policy_dir / APPROVERS_FILE
     if not path.exists():
         return {}
@@ -137,16 +141,20 @@ def load_approvers(policy_dir: Path) -> dict[str, Approver]:
         raise ConfigError(f"{path}: {exc}") from None
     out: dict[str, Approver] = {}
     for i, entry in enumerate(data.get("approver", [])):
-        if not isinstance(entry, dict) or set(entry) != {"name", "agencies", "public_key"}:
-            raise ConfigError(f"{path}: approver #{i + 1} needs exactly name, agencies and public_key")
-        agencies = entry["agencies"]
+        if not isinstance(entry, dict) or set(entry) != {"name", "agencies", "roles", "public_key"}:
+            raise ConfigError(f"{path}: approver #{i + 1} needs exactly name, agencies, roles and public_key")
+        agencies, roles = entry["agencies"], entry["roles"]
         if not isinstance(agencies, list) or not agencies or not all(isinstance(a, str) for a in agencies):
             raise ConfigError(f"{path}: approver #{i + 1}: agencies must be a non-empty list of agency ids")
+        if not isinstance(roles, list) or not roles or not all(isinstance(r, str) and _ROLE_RE.match(r) for r in roles):
+            raise ConfigError(
+                f"{path}: approver #{i + 1}: roles must be a non-empty list of role names (e.g. case_supervisor)"
+            )
         try:
             signer = Signer.of(str(entry["name"]), str(entry["public_key"]))
         except CryptoError as exc:
             raise ConfigError(f"{path}: {exc.message}") from None
-        out[signer.key_id] = Approver(signer, tuple(agencies))
+        out[signer.key_id] = Approver(signer, tuple(agencies), tuple(roles))
     return out
 
 
@@ -177,6 +185,8 @@ def parse_approval(text: str, approvers: Mapping[str, Approver]) -> tuple[Approv
         raise PolicyDenied("approval refused: the body names another approver than its signer")
     if not set(body.agencies) <= set(approver.agencies):
         raise PolicyDenied("approval refused: names an agency its approver is not registered to approve for")
+    if body.approver_role not in approver.roles:
+        raise PolicyDenied(f"approval refused: its approver is not registered in the role '{body.approver_role}'")
     return approver, body
 
 
@@ -321,6 +331,13 @@ class ApprovalRegistry:
             raise NotFound("no such approval")
         return record
 
+    def _still_signed(self, record: ApprovalRecord | None) -> None:
+        """The stored artefact against the approvers registered now: a key taken out of
+        approvers.toml, or an approver's agencies or roles narrowed, no longer covers the approvals
+        it signed before (the nodes would refuse them too, after the budgets were reserved)."""
+        if record is not None and self._approvers is not None:
+            parse_approval(record.artefact, self.approvers())
+
     def _find(self, ref: str) -> ApprovalRecord | None:
         try:
             return self.lookup(ref)
@@ -359,7 +376,9 @@ class ApprovalRegistry:
 
     def verify_training(self, ref: str, *, agency: str, datasets: Sequence[str], job_id: str, now: datetime) -> None:
         """Raise PolicyDenied unless the approval covers this training job now."""
-        evaluate_training(self._find(ref), ref, agency=agency, datasets=datasets, job_id=job_id, now=now)
+        record = self._find(ref)
+        evaluate_training(record, ref, agency=agency, datasets=datasets, job_id=job_id, now=now)
+        self._still_signed(record)
 
     def reserve(
         self, ref: str, *, agency: str, program: str, case_id: str, subjects: Sequence[str], now: datetime
@@ -374,6 +393,7 @@ class ApprovalRegistry:
                 record = replace(record, revoked_at=now)
             evaluate(record, ref, agency=agency, program=program, case_id=case_id, subjects=subjects, now=now)
             assert record is not None  # evaluate refuses None
+            self._still_signed(record)
             if record.body.max_subjects is None:
                 return ""
             reservation = "ars_" + secrets.token_urlsafe(16)

@@ -65,7 +65,7 @@ def test_an_approval_signed_by_an_unregistered_key_is_refused_everywhere(setup, 
         pdp.authorize_check(GOLD, DIBAO, _request(approval_ref=ref))
     # a modified gateway forwarding it anyway: the node holding core-class data refuses
     (tmp_path / "approvers.toml").write_text(
-        f'[[approver]]\nname = "ap-test"\nagencies = ["civil_affairs"]\n'
+        f'[[approver]]\nname = "ap-test"\nagencies = ["civil_affairs"]\nroles = ["case_supervisor"]\n'
         f'public_key = "{base64.b64encode(APPROVER_KEY.public_raw).decode()}"\n'
     )
     with pytest.raises(PolicyDenied, match="not signed by a registered signer"):

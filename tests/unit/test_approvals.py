@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import threading
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -37,7 +38,8 @@ HRSS_APPROVER_KEY = SigningKey.generate("ap-hrss", "approver")
 
 
 def _approver(key: SigningKey, *agencies: str) -> tuple[str, Approver]:
-    return key.key_id, Approver(Signer.of(key.agency, base64.b64encode(key.public_raw).decode()), agencies)
+    signer = Signer.of(key.agency, base64.b64encode(key.public_raw).decode())
+    return key.key_id, Approver(signer, agencies, ("case_supervisor",))
 
 
 APPROVERS = dict([_approver(APPROVER_KEY, "civil_affairs", "hrss"), _approver(HRSS_APPROVER_KEY, "hrss")])
@@ -216,7 +218,7 @@ def _node_request(text: str, ref: str, subjects: list[str], **context: str) -> n
 
 def test_node_checks_the_forwarded_artefact(tmp_path: Path) -> None:
     (tmp_path / "approvers.toml").write_text(
-        f'[[approver]]\nname = "ap-test"\nagencies = ["civil_affairs"]\n'
+        f'[[approver]]\nname = "ap-test"\nagencies = ["civil_affairs"]\nroles = ["case_supervisor"]\n'
         f'public_key = "{base64.b64encode(APPROVER_KEY.public_raw).decode()}"\n'
     )
     approvers = Approvers(tmp_path)
@@ -244,12 +246,43 @@ def test_node_checks_the_forwarded_artefact(tmp_path: Path) -> None:
 
 def test_approvers_file_is_validated(tmp_path: Path) -> None:
     assert load_approvers(tmp_path) == {}
-    (tmp_path / "approvers.toml").write_text('[[approver]]\nname = "x"\npublic_key = "AAAA"\n')
-    with pytest.raises(ConfigError, match="needs exactly name, agencies and public_key"):
+    (tmp_path / "approvers.toml").write_text('[[approver]]\nname = "x"\nagencies = ["hrss"]\npublic_key = "AAAA"\n')
+    with pytest.raises(ConfigError, match="needs exactly name, agencies, roles and public_key"):
+        load_approvers(tmp_path)  # an approvers.toml from before roles: named, not half-read
+    (tmp_path / "approvers.toml").write_text(
+        '[[approver]]\nname = "x"\nagencies = []\nroles = ["case_supervisor"]\npublic_key = "AAAA"\n'
+    )
+    with pytest.raises(ConfigError, match="agencies must be a non-empty list"):
         load_approvers(tmp_path)
-    (tmp_path / "approvers.toml").write_text('[[approver]]\nname = "x"\nagencies = []\npublic_key = "AAAA"\n')
-    with pytest.raises(ConfigError, match="non-empty list"):
-        load_approvers(tmp_path)
+    for roles in ("[]", '["Case Supervisor"]', '"case_supervisor"'):
+        (tmp_path / "approvers.toml").write_text(
+            f'[[approver]]\nname = "x"\nagencies = ["hrss"]\nroles = {roles}\npublic_key = "AAAA"\n'
+        )
+        with pytest.raises(ConfigError, match="roles must be a non-empty list of role names"):
+            load_approvers(tmp_path)
+
+
+def test_an_approval_whose_approver_was_deregistered_or_narrowed_is_refused(tmp_path: Path) -> None:
+    """Registered approvals are checked against the approvers registered now (review: the gateway
+    kept honouring a removed key's approvals; only the nodes refused them)."""
+    approvers = dict(APPROVERS)
+    registry = ApprovalRegistry(tmp_path / "approvals.db", approvers=approvers)
+    ref = registry.register_signed(approval()).ref
+    _use(registry, ref)
+    approvers[APPROVER_KEY.key_id] = replace(approvers[APPROVER_KEY.key_id], roles=("data_office",))
+    with pytest.raises(PolicyDenied, match="not registered in the role 'case_supervisor'"):
+        _use(registry, ref)
+    del approvers[APPROVER_KEY.key_id]
+    with pytest.raises(PolicyDenied, match="approval refused"):
+        _use(registry, ref)
+
+
+def test_an_approval_in_a_role_its_approver_is_not_registered_in_is_refused(registry: ApprovalRegistry) -> None:
+    """The role is part of what the approver is registered for, not a word it may sign freely
+    (review: any approver_role passed)."""
+    with pytest.raises(PolicyDenied, match="not registered in the role 'minister'"):
+        registry.register_signed(approval(approver_role="minister"))
+    assert registry.register_signed(approval()).body.approver_role == "case_supervisor"
 
 
 # -- the REST edge ---------------------------------------------------------------------------------
