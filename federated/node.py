@@ -21,7 +21,7 @@ import numpy as np
 
 from federated import datasets, model, pooled_stats
 from federated.jobs import Encoding, JobSpec
-from xgate.errors import ConfigError
+from xgate.errors import ConfigError, InvalidInput
 
 HOLDOUT_FRACTION = 0.2
 
@@ -86,6 +86,27 @@ def node_config_arg(nc: NodeConfig) -> str:
     return " ".join(parts)
 
 
+def check_label(info: datasets.ElementInfo) -> None:
+    """A training label is a flag: 0 or 1 (a flag, or an int or category with exactly those two
+    values). Anything wider would be read as `> 0` and train on a label nobody asked for."""
+    if (info.min, info.max) != (0, 1):
+        raise InvalidInput(
+            f"the label '{info.id}' is a {info.type} of {info.min}..{info.max}; a training label must be "
+            "a flag (0 or 1): choose a flag element, or add one derived from it to the dataset"
+        )
+
+
+def check_split(test: np.ndarray, holdout: Path | None) -> None:
+    """Refuse a train/test split with nothing on one side: an empty held-out set evaluates to NaN,
+    and no training rows train nothing."""
+    source = f"the holdout file {holdout}" if holdout is not None else "the job's holdout rule"
+    hint = " (a holdout file lists pseudonyms, one per line, as `xgate train split` writes them)"
+    if not test.any():
+        raise InvalidInput(f"{source} holds out none of the {len(test)} subjects{hint if holdout else ''}")
+    if test.all():
+        raise InvalidInput(f"{source} holds out all {len(test)} subjects: none is left to train on")
+
+
 def is_holdout(subjects: Sequence[str], job: JobSpec, holdout: Path | None) -> np.ndarray:
     if holdout is not None:
         reserved = set(holdout.read_text(encoding="utf-8").split())
@@ -129,17 +150,17 @@ class LabelledRows:
 def labelled_rows(job: JobSpec, nc: NodeConfig) -> LabelledRows:
     elements = [*job.features, job.label]
     infos = datasets.element_info(nc.store, elements)
+    check_label(infos[-1])
     subjects, raw = datasets.read_matrix(nc.store, elements)
     has_label = ~np.isnan(raw[:, -1])
     subjects = [s for s, keep in zip(subjects, has_label, strict=True) if keep]
     raw = raw[has_label]
     features = infos[:-1]
+    test = is_holdout(subjects, job, nc.holdout)
+    if nc.holdout is not None:  # the hash rule may leave a small node's held-out set empty; a file must not
+        check_split(test, nc.holdout)
     return LabelledRows(
-        features,
-        model.resolve(features, job.encodings),
-        raw[:, :-1],
-        (raw[:, -1] > 0).astype(np.float64),
-        is_holdout(subjects, job, nc.holdout),
+        features, model.resolve(features, job.encodings), raw[:, :-1], (raw[:, -1] > 0).astype(np.float64), test
     )
 
 

@@ -7,8 +7,9 @@ A job on remote SuperNodes is handed to federated/remote_runner.py.
 from __future__ import annotations
 
 import functools
+import json
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
@@ -20,6 +21,8 @@ from federated.events import OnEvent, make_event
 from federated.job_run import JobResult, Status, finish, follow_run, start_job, write_app
 from federated.jobs import JobSpec, Mode
 from federated.model import encoded_width, resolve
+from federated.node import check_label
+from federated.remote import attested_digests
 
 if TYPE_CHECKING:
     from federated.local_link import LocalLink
@@ -88,9 +91,11 @@ def run_job(
     if local is not None and (security is not None or insecure or ca_dir is not None):
         raise ConfigError("a job on the long-lived local link runs on the link's own TLS material")
     local_nodes = cast(Sequence[NodeSpec], nodes)
-    for n in local_nodes:  # the job's encodings fit each node's elements: an invalid
-        held = set(datasets.held_elements(n.store)) & set(job.features)  # job, refused before it is recorded
+    for n in local_nodes:  # the job's encodings fit each node's elements, its label is a flag: an
+        held = set(datasets.held_elements(n.store))  # invalid job, refused before it is recorded
         resolve(datasets.element_info(n.store, [f for f in job.features if f in held]), job.encodings)
+        if job.label in held:
+            check_label(datasets.element_info(n.store, [job.label])[0])
     t0 = time.monotonic()
     emit, status = start_job(job, job_dir, on_event)
     say = progress or (lambda _line: None)
@@ -108,6 +113,7 @@ def run_job(
     result = JobResult(job.job_id, None, "failed", job_dir)
     status.update(state="starting", decisions=decisions)  # admitted; Flower processes starting
     extra: dict[str, Any] = {}
+    node_ids: dict[int, str] = {}
     try:
         if local is not None:  # the coordinator's long-lived SuperLink and SuperNodes
             if on_federation is not None:
@@ -131,6 +137,7 @@ def run_job(
                 for n in participants:
                     fed.start_node(n)
                 started = fed.wait_registered([n.agency for n in participants])
+                node_ids = dict(started)
                 fed.write_cli_config()
                 if on_started is not None:
                     on_started(fed)
@@ -140,8 +147,22 @@ def run_job(
         emit.fail(exc)  # once: a failure the ServerApp reported is already recorded
         status.update(state="failed", reason=str(exc)[:300])
         raise
-    digests = {n.agency: node_keys.data_digest(n.store, n.ledger, job.elements()) for n in participants}
-    return finish(job, result, t0, decisions, digests, emit, status, **extra)
+    return finish(job, result, t0, decisions, _trained_on(job, job_dir, participants, node_ids), emit, status, **extra)
+
+
+def _trained_on(
+    job: JobSpec, job_dir: Path, participants: Sequence[NodeSpec], node_ids: Mapping[int, str]
+) -> dict[str, str]:
+    """Each node's data digest as it attested it during the run (the ServerApp's summary), not as
+    its store reads now: a dataset reloaded after the run started would otherwise be reported as
+    what the model was trained on. A node that attested nothing is digested here."""
+    summary_file = job_dir / "server-summary.json"
+    summary = json.loads(summary_file.read_text()) if summary_file.exists() else {}
+    attested = attested_digests(summary, node_ids) if node_ids else {}
+    return {
+        n.agency: attested.get(n.agency) or node_keys.data_digest(n.store, n.ledger, job.elements())
+        for n in participants
+    }
 
 
 def _admit(

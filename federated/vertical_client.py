@@ -86,6 +86,8 @@ def _save(cache: Path, state: dict[str, np.ndarray], *, data: bool = False) -> N
 def hello(msg: Message, context: Context) -> Message:
     """What this node offers, and its pseudonyms hashed and blinded with a fresh job key (PSI)."""
     job, nc, cache = _setup(context)
+    _once(cache, context, "hello")  # a second hello would re-key and re-order this run's lists
+    run = _run_dir(cache, context)
     held = node.held_features(job, nc)
     has_label = _holds_label(job, nc)
     tags = agree = b""
@@ -93,14 +95,15 @@ def hello(msg: Message, context: Context) -> Message:
         order = datasets.pseudonyms(nc.store)
         secrets.SystemRandom().shuffle(order)  # list positions reveal nothing about the pseudonyms
         key, agreement = psi.new_key(), psi.new_key()
-        node_keys.write_private(cache / "psi.key", key)
-        node_keys.write_private(cache / "psi-agree.key", agreement)
-        (cache / "psi-order.txt").write_text("\n".join(order))
+        node_keys.write_private(run / "psi.key", key)
+        node_keys.write_private(run / "psi-agree.key", agreement)
+        (run / "psi-order.txt").write_text("\n".join(order))
         tags = psi.first_tags(key, job.job_id, order)
-        (cache / "psi-hello.sha256").write_bytes(_sha(tags))  # bound into the sealed seed
+        (run / "psi-hello.sha256").write_bytes(_sha(tags))  # bound into the sealed seed
         agree = psi.agreement_public(agreement)
     signed = psi_keys.statement_fields(job.job_id, nc.agency, agree, tags, psi_keys.identity_of(nc)) if agree else {}
     digest = node_keys.data_digest(nc.store, nc.ledger, job.elements())  # attested, keyed
+    (run / HELLO_DATA).write_text(digest)  # setup trains on this data or refuses
     reply = {"agency": nc.agency, "features": held, "has_label": has_label, "tags": tags, "agree": agree, **signed}
     return _reply(msg, {**reply, "data_sha256": digest})
 
@@ -120,18 +123,19 @@ def blind(msg: Message, context: Context) -> Message:
     job, nc, cache = _setup(context)
     cfg = cfg_of(msg)
     _once(cache, context, "blind")
-    key = (cache / "psi.key").read_bytes()
+    run = _run_dir(cache, context)
+    key = (run / "psi.key").read_bytes()
     if not _holds_label(job, nc):
         (label_list,) = [bytes(tags) for tags in cfg["tags"]]
         psi.check_tags(label_list)
         if len(set(psi.split(label_list))) != psi.count(label_list):  # one row repeated tests it against all
             raise ValueError("the label holder's list names a subject twice")
-        (cache / "psi-label-hello.sha256").write_bytes(_sha(label_list))
+        (run / "psi-label-hello.sha256").write_bytes(_sha(label_list))
         label_side = psi.finish(key, label_list)
-        node_keys.write_private(cache / "psi-label-side.bin", label_side)
+        node_keys.write_private(run / "psi-label-side.bin", label_side)
         return _reply(msg, {"finished": psi.count(label_side, psi.MATCH_BYTES)})
     # The keys it will seal to are checked before any work (federated/psi_keys.py).
-    agreement = (cache / "psi-agree.key").read_bytes()
+    agreement = (run / "psi-agree.key").read_bytes()
     statements = psi_keys.relayed(cfg)
     trust = psi_keys.trust_of(nc)
     peers = psi_keys.peer_keys(job.job_id, statements, job.label_holder, trust, job.min_nodes - 1)
@@ -145,34 +149,42 @@ def blind(msg: Message, context: Context) -> Message:
     }
     _keep_transport_keys(cache, context, transport)
     if trust is not None:  # the verified certificates that must sign the aligned rows at `align`
-        peers_file = cache / f"run-{context.run_id}" / PEER_CERTIFICATES
+        peers_file = run / PEER_CERTIFICATES
         peers_file.write_text(json.dumps([[st.agency, st.certificate.decode()] for st in statements]))
     # K - 1 lists here, one at each other node: over its cores, within the round the coordinator waits
     finished = psi_pool.finish_lists(key, lists, timeout_s=job.round_timeout_s)
     orders = [psi.new_order(psi.count(f, psi.MATCH_BYTES)) for f in finished]
     buffer = io.BytesIO()
     np.savez(buffer, *orders)
-    node_keys.write_private(cache / "psi-orders.npz", buffer.getvalue())
+    node_keys.write_private(run / "psi-orders.npz", buffer.getvalue())
     finished = [psi.reorder(f, order) for f, order in zip(finished, orders, strict=True)]
     # Each seed is sealed for the roster and for the lists as they left and reached this node: the
     # coordinator cannot hand a node another list as the label holder's, or another returned list.
-    own = (cache / "psi-hello.sha256").read_bytes()
+    own = (run / "psi-hello.sha256").read_bytes()
     contexts = [
         psi.seal_context(roster, own, _sha(sent), _sha(back)) for sent, back in zip(lists, finished, strict=True)
     ]
     seeds = psi.sealed_group_seed(agreement, job.job_id, peers, contexts)
-    _forget_agreement_key(cache)
+    _forget_agreement_key(run)
     return _reply(msg, {"matches": finished, "seeds": seeds, "keys_checked": trust is not None})
 
 
-def _forget_agreement_key(cache: Path) -> None:
+def _forget_agreement_key(run: Path) -> None:
     """After its last use (the label holder's `blind`, another node's `membership`): left on disk, it
     would re-derive this run's sealing keys (`psi.transport_key`) after they are deleted."""
-    (cache / "psi-agree.key").unlink(missing_ok=True)
+    (run / "psi-agree.key").unlink(missing_ok=True)
 
 
 def _sha(data: bytes) -> bytes:
     return hashlib.sha256(data).digest()
+
+
+def _run_dir(cache: Path, context: Context) -> Path:
+    """This run's own directory: its PSI keys, lists, orders and split never meet another run's,
+    so two runs of one job (a coordinator may start them at once) cannot mix their alignments."""
+    run = cache / f"run-{context.run_id}"
+    run.mkdir(parents=True, exist_ok=True)
+    return run
 
 
 def _once(cache: Path, context: Context, step: str) -> None:
@@ -190,16 +202,17 @@ def membership(msg: Message, context: Context) -> Message:
     job, nc, cache = _setup(context)
     cfg = cfg_of(msg)
     _once(cache, context, "membership")
+    run = _run_dir(cache, context)
     trust = psi_keys.trust_of(nc)
     label_key = psi_keys.label_key(job.job_id, psi_keys.relayed(cfg, "label_"), job.label_holder, trust)
-    agreement = (cache / "psi-agree.key").read_bytes()
+    agreement = (run / "psi-agree.key").read_bytes()
     _keep_transport_keys(cache, context, {job.label_holder: psi.transport_key(agreement, label_key, job.job_id)})
     statements = psi_keys.relayed(cfg)
     peers = psi_keys.peer_keys(job.job_id, statements, job.label_holder, trust, job.min_nodes - 1)
     matched, share = psi.membership(
         agreement,
         job.job_id,
-        (cache / "psi-label-side.bin").read_bytes(),
+        (run / "psi-label-side.bin").read_bytes(),
         bytes(cfg["matches"]),
         bytes(cfg["seed"]),
         label_key,
@@ -207,15 +220,15 @@ def membership(msg: Message, context: Context) -> Message:
         int(cfg["index"]),
         psi.seal_context(
             psi_keys.roster(job.job_id, job.label_holder, label_key, statements),
-            (cache / "psi-label-hello.sha256").read_bytes(),
-            (cache / "psi-hello.sha256").read_bytes(),
+            (run / "psi-label-hello.sha256").read_bytes(),
+            (run / "psi-hello.sha256").read_bytes(),
             _sha(bytes(cfg["matches"])),
         ),
     )
     buffer = io.BytesIO()
     np.save(buffer, matched)
-    node_keys.write_private(cache / "psi-matches.npy", buffer.getvalue())
-    _forget_agreement_key(cache)
+    node_keys.write_private(run / "psi-matches.npy", buffer.getvalue())
+    _forget_agreement_key(run)
     return _reply(msg, {"share": share, "keys_checked": trust is not None})
 
 
@@ -225,29 +238,30 @@ def aligned_positions(msg: Message, context: Context) -> Message:
     signed with the aligned rows asked about (the label holder translates nothing else)."""
     job, nc, cache = _setup(context)
     _once(cache, context, "partners")
-    matched = np.load(cache / "psi-matches.npy", allow_pickle=False)
+    run = _run_dir(cache, context)
+    matched = np.load(run / "psi-matches.npy", allow_pickle=False)
     aligned = bytes(cfg_of(msg)["aligned"])
     rows = psi.partner_rows(matched, aligned)
-    (cache / "psi-aligned.count").write_text(str(psi.count(rows, psi.ROW_BYTES)))  # what setup may train and hold out
+    (run / "psi-aligned.count").write_text(str(psi.count(rows, psi.ROW_BYTES)))  # what setup may train and hold out
     identity = psi_keys.identity_of(nc)
     signature = psi_keys.rows_signature(job.job_id, context.run_id, nc.agency, aligned, rows, identity)
     return _reply(msg, {"rows": rows, "rows_sig": signature})
 
 
-def _pseudonyms_at(cache: Path, rows: bytes) -> tuple[list[int], list[str]]:
+def _pseudonyms_at(run: Path, rows: bytes) -> tuple[list[int], list[str]]:
     """Positions in the list this node sent at hello, and its pseudonyms there."""
-    text = (cache / "psi-order.txt").read_text()
+    text = (run / "psi-order.txt").read_text()
     order = text.split("\n") if text else []
     positions = psi.rows_from_bytes(rows, len(order))
     return positions, [order[r] for r in positions]
 
 
-def _partner_positions(cache: Path, partners: list[bytes], aligned: int) -> list[bytes]:
+def _partner_positions(run: Path, partners: list[bytes], aligned: int) -> list[bytes]:
     """Label holder: for each other node, the aligned subjects' positions in the list that node
     sent, from their positions in the order this node gave that list at `blind`; exactly `aligned`
     of them (more would have it undo its secret order for subjects outside the intersection), and
     (checked by the caller) each node's signature over them."""
-    with np.load(cache / "psi-orders.npz", allow_pickle=False) as data:
+    with np.load(run / "psi-orders.npz", allow_pickle=False) as data:
         orders = [data[f"arr_{i}"] for i in range(len(data.files))]
     if len(partners) != len(orders):
         raise ValueError(f"{len(partners)} nodes' aligned rows for {len(orders)} blinded lists")
@@ -263,32 +277,44 @@ def align(msg: Message, context: Context) -> Message:
     job, nc, cache = _setup(context)
     cfg = cfg_of(msg)
     _once(cache, context, "align")
-    positions, aligned = _pseudonyms_at(cache, bytes(cfg["aligned"]))
+    run = _run_dir(cache, context)
+    positions, aligned = _pseudonyms_at(run, bytes(cfg["aligned"]))
     test = node.is_holdout(aligned, job, nc.holdout)
+    node.check_split(test, nc.holdout)
     train = [r for r, held_out in zip(positions, test, strict=True) if not held_out]
     held = [r for r, held_out in zip(positions, test, strict=True) if held_out]
     reply: dict[str, Any] = {"train": psi.rows_to_bytes(train), "test": psi.rows_to_bytes(held)}
-    (cache / "psi-split.sha256").write_bytes(_split_digest(reply["train"], reply["test"]))  # setup must get this
+    (run / "psi-split.sha256").write_bytes(_split_digest(reply["train"], reply["test"]))  # setup must get this
     if "partners" in cfg:  # absent when the label holder is the only participant
         partners = [bytes(rows) for rows in cfg["partners"]]
-        peers_file = cache / f"run-{context.run_id}" / PEER_CERTIFICATES
+        peers_file = run / PEER_CERTIFICATES
         if peers_file.exists():  # with the CA: only rows every other node signed, each its own answer
             peers = [(str(a), str(c).encode()) for a, c in json.loads(peers_file.read_text())]
             aligned_rows = bytes(cfg["aligned"])
             psi_keys.check_partners(job.job_id, context.run_id, peers, aligned_rows, partners, cfg.get("partner_sigs"))
-        reply["partners"] = _partner_positions(cache, partners, len(positions))
+        reply["partners"] = _partner_positions(run, partners, len(positions))
     return _reply(msg, reply)
 
 
-def _check_split(cache: Path, job: JobSpec, nc: node.NodeConfig, train: bytes, test: bytes) -> None:
+def _check_unchanged(cache: Path, context: Context, job: JobSpec, nc: node.NodeConfig) -> None:
+    """The data setup reads is the data this node attested and aligned at hello: a dataset reloaded
+    in between would train on other values under the alignment (and digest) of the old ones."""
+    attested = _run_dir(cache, context) / HELLO_DATA
+    if not attested.exists() or attested.read_text() != node_keys.data_digest(nc.store, nc.ledger, job.elements()):
+        raise ValueError(
+            f"agency '{nc.agency}''s data changed since this run's alignment (reloaded?): run the job again"
+        )
+
+
+def _check_split(run: Path, job: JobSpec, nc: node.NodeConfig, train: bytes, test: bytes) -> None:
     """The label holder trains on exactly the split it made at `align`; another node on as many rows
     as were aligned at `partners` (which of its rows they are, only the label holder's translation
     says), so the coordinator cannot add rows outside the intersection to what it trains or holds out."""
     if _holds_label(job, nc):
-        if (cache / "psi-split.sha256").read_bytes() != _split_digest(train, test):
+        if (run / "psi-split.sha256").read_bytes() != _split_digest(train, test):
             raise ValueError("the coordinator's train/test rows are not the split this node made")
         return
-    aligned = int((cache / "psi-aligned.count").read_text())
+    aligned = int((run / "psi-aligned.count").read_text())
     given = psi.count(train, psi.ROW_BYTES) + psi.count(test, psi.ROW_BYTES)
     if given != aligned:
         raise ValueError(f"the coordinator's train/test rows are {given}, the intersection has {aligned}")
@@ -304,11 +330,13 @@ def setup(msg: Message, context: Context) -> Message:
     job, nc, path = _setup(context)
     cfg = cfg_of(msg)
     _once(path, context, "setup")  # a second setup would restart the steps (see `_next_step`)
-    train_rows, train = _pseudonyms_at(path, bytes(cfg["train"]))
-    test_rows, test = _pseudonyms_at(path, bytes(cfg["test"]))
+    run = _run_dir(path, context)
+    train_rows, train = _pseudonyms_at(run, bytes(cfg["train"]))
+    test_rows, test = _pseudonyms_at(run, bytes(cfg["test"]))
     if set(train_rows) & set(test_rows):  # a held-out row is released clean: never one it trains on
         raise ValueError("the coordinator's train and test rows overlap")
-    _check_split(path, job, nc, bytes(cfg["train"]), bytes(cfg["test"]))
+    _check_split(run, job, nc, bytes(cfg["train"]), bytes(cfg["test"]))
+    _check_unchanged(path, context, job, nc)
     feats = node.held_features(job, nc)
     infos = datasets.element_info(nc.store, feats)
     # Decided here from the job and the store, never from the coordinator's word: a feature node
@@ -316,6 +344,8 @@ def setup(msg: Message, context: Context) -> Message:
     label_holder = _holds_label(job, nc)
     if bool(cfg.get("label_holder", False)) != label_holder:
         raise ValueError(f"the coordinator's label_holder={cfg.get('label_holder')} is wrong for this node")
+    if label_holder:
+        node.check_label(datasets.element_info(nc.store, [job.label])[0])
     # One read of every element for all aligned rows (a read scans an element's whole column).
     _, raw = datasets.read_matrix(nc.store, [*feats, *([job.label] if label_holder else [])], train + test)
     raw_tr, raw_te = raw[: len(train), : len(feats)], raw[len(train) :, : len(feats)]
@@ -401,6 +431,7 @@ def _unwire(x: np.ndarray) -> np.ndarray:
 # (crypto/sealed_arrays.py), under keys agreed at PSI from their certified job keys: the
 # coordinator relays ciphertext. Each node keeps the keys of this run: {agency: key hex}.
 TRANSPORT_KEYS = "transport-keys.json"
+HELLO_DATA = "hello-data.sha256"  # per run: the data digest the node attested at hello
 # The label holder's record, per run, of the other nodes' certificates it verified at `blind`:
 # [[agency, PEM], ...] in the order of their lists.
 PEER_CERTIFICATES = "peer-certificates.json"

@@ -51,7 +51,8 @@ def _read_held_out_label(
     last = {"step": job.rounds, "grad_step": 0, "last": True}
     for a, n in feature.items():
         fed.relay.send("train.step", {n: (last, {"grad": grads[a]})})
-    order = (tmp_path / "civil" / "fl-cache" / job.job_id / "psi-order.txt").read_text().split("\n")
+    run = tmp_path / "civil" / "fl-cache" / job.job_id / f"run-{fed.relay.run_id}"
+    order = (run / "psi-order.txt").read_text().split("\n")
     held_out = [order[r] for r in test]  # which subject is which row: for scoring the attack only
     if target is not None and target not in held_out:
         return None

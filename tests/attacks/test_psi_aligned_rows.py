@@ -48,7 +48,7 @@ def _collude(fed: Federation) -> set[str]:
     relay, job_id = fed.relay, fed.job.job_id
     aligned = _through_membership(fed)
     tax = fed.node_of["tax"]
-    cache = fed.relay.configs[tax].ledger.parent / "fl-cache" / job_id
+    cache = fed.relay.configs[tax].ledger.parent / "fl-cache" / job_id / f"run-{relay.run_id}"
     matched = np.load(cache / "psi-matches.npy")
     extra = [int(r) for r in np.flatnonzero(matched >= 0) if int(r) not in set(aligned)]
     asked = psi.rows_to_bytes(extra)

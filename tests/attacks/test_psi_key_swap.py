@@ -28,6 +28,7 @@ from crypto import pki
 from crypto.flower_keys import certify_supernode_key
 from crypto.peers import load_cert
 from federated import psi, psi_keys
+from federated import vertical_server as server
 from tests.clientapp_relay import Federation, federation
 from tests.psi_relay import federation_pki
 from xgate.errors import VerticalFailed
@@ -236,6 +237,22 @@ def test_each_psi_step_answers_once_per_job(tmp_path: Path) -> None:
     for kind, agency, step in (("train.blind", "civil", "blind"), ("train.membership", "tax", "membership")):
         with pytest.raises(VerticalFailed, match=f"already answered '{step}' in this run"):
             fed.relay.send(kind, {fed.node_of[agency]: (sent[kind, agency], {})})
+    # Nor hello: a second one would re-key and re-order the lists this run aligned (review).
+    with pytest.raises(VerticalFailed, match="already answered 'hello' in this run"):
+        fed.relay.send("query.hello", {fed.node_of["tax"]: ({}, {})})
+
+
+def test_two_runs_of_a_job_keep_their_psi_state_apart(tmp_path: Path) -> None:
+    """A run's PSI keys, lists and orders live in its own directory: a second run started while
+    the first is aligning (a coordinator may) does not re-key or re-order the first one's lists."""
+    fed = federation(tmp_path, SETS)
+    parts = sorted(fed.relay.configs)
+    first_hello = fed.relay.hello()
+    fed.relay.run_id = 2
+    fed.relay.hello()  # run 2 says hello in between
+    fed.relay.run_id = 1
+    alignment = server._private_alignment(fed.relay, parts, fed.node_of["civil"], first_hello)  # type: ignore[arg-type]
+    assert len(alignment.label_rows) == len(COMMON)
 
 
 def test_a_feature_node_called_the_label_holder_refuses_setup(tmp_path: Path) -> None:

@@ -178,6 +178,7 @@ def test_no_key_that_opens_the_runs_ciphertext_is_left_on_disk_after_it(tmp_path
     fed.relay.send("evaluate.top", {civil: ({"order": list(fed.node_of)}, held_out)})
     for agency in fed.node_of:
         cache = tmp_path / agency / "fl-cache" / fed.job.job_id
-        assert not (cache / "psi-agree.key").exists()
-        assert not (cache / f"run-{fed.relay.run_id}" / "transport-keys.json").exists()
-        assert (cache / "psi.key").exists()  # the PSI key is another matter (F20): it derives no sealing key
+        run = cache / f"run-{fed.relay.run_id}"
+        assert not (run / "psi-agree.key").exists()
+        assert not (run / "transport-keys.json").exists()
+        assert (run / "psi.key").exists()  # the PSI key is another matter (F20): it derives no sealing key
