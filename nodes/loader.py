@@ -5,12 +5,17 @@ and classification; these must agree with the federation catalogue. Every row is
 a file with any invalid row is refused as a whole, listing row numbers (one count per row, however
 many of its cells are wrong): nothing is silently dropped and a half-loaded dataset never serves a
 check. A `category` column may hold the catalogue's category labels (mapped to their codes, in the
-catalogue's order) or the codes themselves; a label the catalogue does not list is refused.
+catalogue's order) or the codes themselves; a label the catalogue does not list is refused. A label
+is matched exactly, else ignoring case if only one label matches so: with labels "north" and
+"North", "NORTH" is ambiguous and refused. An element with a label that looks like an integer takes
+no codes: with labels "1".."4", "1" is the label "1" (code 0) and "0" is an unknown label.
 
 Row numbers are the file's line numbers (the header is line 1; blank lines count, and a record
 spanning lines is numbered by its first); a Parquet file's header counts as row 1 likewise. A file
-that is not UTF-8 text, a row with another number of cells than the header, or a header naming a
-column twice is refused as a whole, with the line.
+that is not UTF-8 text, a row with another number of cells than the header, a header naming a
+column twice, a quote still open at the end of the file, or a quoted cell holding lines that split
+into as many cells as the header (rows swallowed by an unbalanced quote; other quoted newlines are
+fine) is refused as a whole, with the line and, for a quote, the column.
 
 `parse_file` validates the whole file without touching any store, so a refused file leaves no
 store behind (`xgate node load` opens the store only after parsing succeeded).
@@ -38,6 +43,7 @@ from xgate.tomlfile import load_model, locate
 
 MAX_REPORTED_ERRORS = 50
 MAX_UNKNOWN_LABELS = 10
+MAX_LISTED_LABELS = 20  # of an element, in a message
 _INTEGER = re.compile(r"[+-]?[0-9]+")  # ASCII only: int() also takes "2_6" and other scripts' digits
 
 
@@ -174,12 +180,25 @@ def _csv_rows(path: Path, raw: bytes) -> Iterator[tuple[int, dict[str, str]]]:
         raise InvalidInput(
             f"{path} line {line}: not UTF-8 text (byte 0x{body[exc.start]:02x}); save the file as UTF-8"
         ) from None
-    reader = csv.reader(io.StringIO(text, newline=""))
+    ended = False
+
+    def lines() -> Iterator[str]:
+        # The reader asks for a line past the last only while inside a quoted cell, and then returns
+        # that record as if complete: a record read after the lines ran out is a quote left open.
+        nonlocal ended
+        yield from io.StringIO(text, newline="")
+        ended = True
+
+    reader = csv.reader(lines())
     header: list[str] | None = None
     next_line = 1
     try:
         for cells in reader:
             line, next_line = next_line, reader.line_num + 1  # a record spanning lines: its first
+            if ended:
+                last = len(cells) - 1
+                opens = _opens(line, _line_of(line, cells, last))
+                raise InvalidInput(f"{path} line {line}: {_cell(header, last)} {opens} that is never closed")
             if not cells:
                 continue  # a blank line
             if header is None:
@@ -188,44 +207,106 @@ def _csv_rows(path: Path, raw: bytes) -> Iterator[tuple[int, dict[str, str]]]:
                     raise InvalidInput(f"{path} line {line}: the header names column '{twice}' twice")
                 header = cells
                 continue
+            if reader.line_num > line:
+                _refuse_swallowed_rows(path, line, header, cells)
             if len(cells) != len(header):
                 raise InvalidInput(f"{path} line {line}: {len(cells)} cells, the header has {len(header)}")
             yield line, dict(zip(header, cells, strict=True))
-    except csv.Error as exc:
-        raise InvalidInput(f"{path} line {reader.line_num}: {exc}") from None
+    except csv.Error as exc:  # the cell size limit, which a quote left open reaches in a large file
+        runs = f", running to line {reader.line_num} (an unbalanced quote?)" if reader.line_num > next_line else ""
+        raise InvalidInput(f"{path} line {next_line}: {exc}{runs}") from None
 
 
-def _category_codes(element: DataElement) -> dict[str, int]:
-    """Label -> code, exact and case-folded (a label differing only in case from two is ambiguous)."""
-    codes = {label: i for i, label in enumerate(element.categories)}
-    folded: dict[str, int] = {}
-    clashes: set[str] = set()
-    for label, i in codes.items():
-        key = label.casefold()
-        if key in folded:
-            clashes.add(key)
-        folded[key] = i
-    for key in clashes:
-        del folded[key]
-    return {**{k: v for k, v in folded.items() if k not in codes}, **codes}
+_NEWLINE = re.compile(r"\r\n|\r|\n")  # what ends a line for the reader, and so for line numbers
+
+
+def _refuse_swallowed_rows(path: Path, line: int, header: list[str], cells: list[str]) -> None:
+    """Refuse a record whose quoted cell holds lines that look like whole rows of the file.
+
+    A quoted cell may hold newlines (a multi-line note), but one whose lines after its first split
+    into as many cells as the header has is most likely an unbalanced quote that swallowed rows.
+    """
+    for index, cell in enumerate(cells):
+        inner = _NEWLINE.split(cell)[1:]
+        rows = sum(1 for text in inner if len(text.split(",")) >= len(header))
+        if rows:
+            start = _line_of(line, cells, index)
+            held = "what looks like 1 whole row" if rows == 1 else f"what look like {rows} whole rows"
+            raise InvalidInput(
+                f"{path} line {line}: {_cell(header, index)} {_opens(line, start)} that runs to line "
+                f"{start + len(inner)} and holds {held} (an unbalanced quote?)"
+            )
+
+
+def _line_of(line: int, cells: list[str], index: int) -> int:
+    """The line on which cell `index` of a record starting on `line` starts."""
+    return line + sum(len(_NEWLINE.findall(cell)) for cell in cells[:index])
+
+
+def _opens(line: int, start: int) -> str:
+    return "opens a quote" if start == line else f"opens a quote on line {start}"
+
+
+def _cell(header: list[str] | None, index: int) -> str:
+    if header is None:
+        return "the header"
+    return f"column '{header[index]}'" if index < len(header) else f"cell {index + 1}"
+
+
+@dataclass(frozen=True)
+class _Labels:
+    """A category element's labels, indexed for reading cells (the rules: the module docstring)."""
+
+    labels: tuple[str, ...]
+    exact: dict[str, list[int]]  # label -> its codes (several only if the catalogue repeats it)
+    folded: dict[str, list[int]]  # case-folded label -> the codes of every label folding to it
+    integers: bool  # a label looks like an integer, so integer text is a label, never a code
+
+
+def _labels(element: DataElement) -> _Labels:
+    exact: dict[str, list[int]] = {}
+    folded: dict[str, list[int]] = {}
+    for code, label in enumerate(element.categories):
+        exact.setdefault(label, []).append(code)
+        folded.setdefault(label.casefold(), []).append(code)
+    integers = any(_INTEGER.fullmatch(label.strip()) for label in element.categories)
+    return _Labels(element.categories, exact, folded, integers)
+
+
+def _listed(labels: _Labels, codes: list[int]) -> str:
+    shown = ", ".join(repr(labels.labels[c]) for c in codes[:MAX_LISTED_LABELS])
+    return shown + (", ..." if len(codes) > MAX_LISTED_LABELS else "")
 
 
 class _UnknownLabel(ValueError):
     pass
 
 
-def _parse(col: ColumnMapping, cell: str, codes: dict[str, int] | None = None) -> int | None:
+def _parse(col: ColumnMapping, cell: str, labels: _Labels | None = None) -> int | None:
     text = cell.strip()
     if not text:
         if col.required:
             raise ValueError(f"column '{col.column}' is required")
         return None
     is_int = _INTEGER.fullmatch(text) is not None
-    if codes is not None and not is_int:
-        code = codes.get(text, codes.get(text.casefold()))
-        if code is None:
+    if labels is not None:
+        # An exact label wins; a case-insensitive match only when no other label also matches so.
+        codes = labels.exact.get(text) or labels.folded.get(text.casefold(), [])
+        if len(codes) == 1:
+            return codes[0]
+        if codes:
+            raise ValueError(
+                f"column '{col.column}' holds {text[:40]!r}, which matches several of the catalogue's labels "
+                f"({_listed(labels, codes)}): write one exactly"
+            )
+        if labels.integers:  # with labels "1".."4", reading "1" as code 1 would store the label "2"
+            accepted = _listed(labels, list(range(len(labels.labels))))
+            raise _UnknownLabel(
+                f"column '{col.column}' holds a label that is not one of the catalogue's categories "
+                f"({accepted}; its labels look like integers, so it takes no codes)"
+            )
+        if not is_int:
             raise _UnknownLabel(f"column '{col.column}' holds a label that is not one of the catalogue's categories")
-        return code
     try:
         value = int(text) if is_int else None  # int() fails past Python's digit limit
     except ValueError:
@@ -252,8 +333,8 @@ def parse_file(source: Path, mapping_path: Path, catalogue: Catalogue, pseudonym
     """Validate every row of the file; raise InvalidInput naming the invalid rows (nothing is stored)."""
     mapping, elements = load_mapping(mapping_path, catalogue)
     raw = _read_bytes(source)  # read once: the rows and the recorded digest are of the same bytes
-    codes = {
-        col.column: _category_codes(el) if el.type is ElementType.CATEGORY and el.categories else None
+    categories = {
+        col.column: _labels(el) if el.type is ElementType.CATEGORY and el.categories else None
         for col, el in zip(mapping.columns, elements, strict=True)
     }
     errors: list[str] = []
@@ -283,7 +364,7 @@ def parse_file(source: Path, mapping_path: Path, catalogue: Catalogue, pseudonym
         row_values: list[tuple[str, str, int]] = []
         for col in mapping.columns:
             try:
-                value = _parse(col, record[col.column], codes[col.column])
+                value = _parse(col, record[col.column], categories[col.column])
             except ValueError as exc:
                 problems.append(str(exc))
                 if isinstance(exc, _UnknownLabel) and len(unknown) < MAX_UNKNOWN_LABELS:

@@ -10,7 +10,7 @@ import pytest
 
 from app.synth import write_mapping
 from nodes.loader import parse_file
-from policies.catalogue import load_catalogue
+from policies.catalogue import Catalogue, Classification, DataElement, ElementType, load_catalogue
 from xgate.errors import ConfigError, InvalidInput
 from xgate.pseudonym import Pseudonymiser, id_checksum
 
@@ -132,3 +132,121 @@ def test_row_numbers_are_the_files_line_numbers(tmp_path: Path, mapping: Path) -
     assert "row 6: column 'monthly_income' is not an integer" in message
     assert "row 7: column 'monthly_income' is not an integer" in message
     assert "row 9: column 'registered_businesses' is outside 0..1000" in message
+
+
+def _people(n: int) -> list[str]:
+    return [nid(f"110101198001{i:05d}") for i in range(n)]
+
+
+def test_a_stray_quote_that_swallows_whole_rows_is_refused_with_its_line_and_column(
+    tmp_path: Path, mapping: Path
+) -> None:
+    # Line 11's note opens a quote that line 21's closes: lines 12-21 would vanish into one cell.
+    lines = [f"{HEADER},note"] + [f"{p},1,2,3,ok" for p in _people(30)]
+    lines[10] = lines[10].replace(",ok", ',"see file')
+    lines[20] = lines[20].replace(",ok", ',call back"')
+    message = _parse(tmp_path, mapping, "\n".join(lines) + "\n")
+    assert message == (
+        f"{tmp_path / 'data.csv'} line 11: column 'note' opens a quote that runs to line 21 "
+        "and holds what look like 10 whole rows (an unbalanced quote?)"
+    )
+
+
+def test_quoted_newlines_in_an_unmapped_column_still_load_with_accurate_line_numbers(
+    tmp_path: Path, mapping: Path
+) -> None:
+    a, b, c = _people(3)
+    text = f'{HEADER},note\n{a},1,2,3,"called twice,\nno answer\r\n, again"\n{b},1,2,3,\n{c},x,2,3,"a\nb"\n'
+    data = tmp_path / "data.csv"
+    data.write_text(text[: text.index(f"{c},")])
+    assert parse_file(data, mapping, CATALOGUE, PS).rows == 2
+    message = _parse(tmp_path, mapping, text)
+    assert "1 invalid row(s) of 3" in message and "row 6: column 'monthly_income' is not an integer" in message
+
+
+def test_a_quote_left_open_at_the_end_of_the_file_is_refused_as_such(tmp_path: Path, mapping: Path) -> None:
+    a, b, c = _people(3)
+    # The last column: the record keeps the header's cell count, so only the open quote tells.
+    message = _parse(tmp_path, mapping, f'{HEADER},note\n{a},1,2,3,ok\n{b},1,2,3,"see file\n{c},1,2,3,x\n')
+    assert message == f"{tmp_path / 'data.csv'} line 3: column 'note' opens a quote that is never closed"
+    message = _parse(tmp_path, mapping, f'{HEADER}\n{a},1,2,3\n"{b},1,2,3\n{c},1,2,3')
+    assert message.endswith("data.csv line 3: column 'national_id' opens a quote that is never closed")
+    message = _parse(tmp_path, mapping, f'{HEADER}\n{a},1,"\n2\n",3\n{b},1,2,"3\n')
+    assert message.endswith("data.csv line 5: column 'registered_businesses' opens a quote that is never closed")
+
+
+def _categories(tmp_path: Path) -> tuple[Catalogue, Path]:
+    """A catalogue with integer-looking labels (grade) and labels differing only in case (region)."""
+    elements = {"grade": ("1", "2", "3", "4"), "region": ("north", "North", "south")}
+    catalogue = Catalogue(
+        elements=tuple(
+            DataElement(
+                id=f"civil.{name}",
+                agency="civil",
+                type=ElementType.CATEGORY,
+                unit="label",
+                min=0,
+                max=len(labels) - 1,
+                classification=Classification.GENERAL,
+                categories=labels,
+            )
+            for name, labels in elements.items()
+        )
+    )
+    columns = "".join(
+        f'[[columns]]\ncolumn = "{name}"\nelement = "civil.{name}"\ntype = "category"\nunit = "label"\n'
+        f'min = 0\nmax = {len(labels) - 1}\nclassification = "general"\n\n'
+        for name, labels in elements.items()
+    )
+    path = tmp_path / "civil.mapping.toml"
+    path.write_text(f'[dataset]\nname = "civil_extract"\nagency = "civil"\nsubject_column = "id"\n\n{columns}')
+    return catalogue, path
+
+
+def _codes(tmp_path: Path, catalogue: Catalogue, mapping: Path, rows: list[str]) -> list[dict[str, int]]:
+    """Each row's stored codes by column, in the file's order."""
+    people = _people(len(rows))
+    data = tmp_path / "civil.csv"
+    data.write_text("id,grade,region\n" + "".join(f"{p},{row}\n" for p, row in zip(people, rows, strict=True)))
+    values = {(e, p): v for e, p, v in parse_file(data, mapping, catalogue, PS).values}
+    return [{name: values[f"civil.{name}", PS.pseudonym(p)] for name in ("grade", "region")} for p in people]
+
+
+def test_integer_looking_category_labels_are_read_as_labels_never_as_codes(tmp_path: Path) -> None:
+    catalogue, mapping = _categories(tmp_path)
+    codes = _codes(tmp_path, catalogue, mapping, ["1,north", " 4 ,2", "2,South"])
+    # "1" is the label "1" (code 0), not code 1; the region's labels are words, so "2" is its code.
+    assert codes == [{"grade": 0, "region": 0}, {"grade": 3, "region": 2}, {"grade": 1, "region": 2}]
+    data = tmp_path / "civil.csv"
+    data.write_text(f"id,grade,region\n{_people(1)[0]},0,south\n")
+    with pytest.raises(InvalidInput) as info:
+        parse_file(data, mapping, catalogue, PS)
+    assert (
+        "row 2: column 'grade' holds a label that is not one of the catalogue's categories "
+        "('1', '2', '3', '4'; its labels look like integers, so it takes no codes)"
+    ) in info.value.message
+    assert "unknown labels: grade='0'" in info.value.message
+
+
+def test_labels_differing_only_in_case_are_matched_exactly_or_refused_as_ambiguous(tmp_path: Path) -> None:
+    catalogue, mapping = _categories(tmp_path)
+    codes = _codes(tmp_path, catalogue, mapping, ["1,north", "1,North", "1, SOUTH "])
+    assert [c["region"] for c in codes] == [0, 1, 2]
+    data = tmp_path / "civil.csv"
+    a, b = _people(2)
+    data.write_text(f"id,grade,region\n{a},1,south\n{b},2,NORTH\n")
+    with pytest.raises(InvalidInput) as info:
+        parse_file(data, mapping, catalogue, PS)
+    assert info.value.message.endswith(
+        "1 invalid row(s) of 2, nothing loaded: row 3: column 'region' holds 'NORTH', "
+        "which matches several of the catalogue's labels ('north', 'North'): write one exactly"
+    )
+
+
+def test_a_quote_left_open_in_a_large_file_names_the_line_it_opens_on(tmp_path: Path, mapping: Path) -> None:
+    # The cell outgrows the csv module's size limit long before the file ends.
+    lines = [f"{HEADER},note"] + [f"{p},1,2,3,ok" for p in _people(5000)]
+    lines[10] = lines[10].replace(",ok", ',"see file')
+    message = _parse(tmp_path, mapping, "\n".join(lines) + "\n")
+    assert message.startswith(f"{tmp_path / 'data.csv'} line 11: field larger than field limit (")
+    assert message.endswith("(an unbalanced quote?)") and ", running to line " in message
