@@ -69,10 +69,50 @@ def _parse_nodes(path: Path) -> list[_Node]:
     except tomllib.TOMLDecodeError as exc:
         _fail(f"nodes file '{path}' is not valid TOML: {exc}")
     try:
-        return _Nodes.model_validate(data).nodes
+        nodes = _Nodes.model_validate(data).nodes
     except ValidationError as exc:
         problems = "; ".join(_node_problem(data, e["loc"], e["msg"]) for e in exc.errors())
         _fail(f"nodes file '{path}' is invalid: {problems}")
+    if clashes := _node_clashes(nodes):
+        _fail(f"nodes file '{path}' is invalid: {'; '.join(clashes)}")
+    return nodes
+
+
+def _node_clashes(nodes: list[_Node]) -> list[str]:
+    """Entries naming one node twice, each named once, with the first entry it clashes with.
+
+    Accepted, they fail only mid-run: an agency's two SuperNodes both answer for it (`this node
+    already answered ...`); one store served twice counts its subjects twice; and a node keeps its
+    keys and run state (fl-cache) beside its ledger, so two ledgers in one directory share them.
+    Paths are compared resolved (`a/./s.sqlite` is `a/s.sqlite`)."""
+    seen: dict[tuple[str, str], tuple[int, str]] = {}
+    problems = []
+    for i, n in enumerate(nodes):
+        ledger = os.path.realpath(n.ledger)
+        keys = [
+            ("agency", n.agency, "agency"),
+            ("file", os.path.realpath(n.store), "store"),
+            ("file", ledger, "ledger"),
+            ("ledger directory", os.path.dirname(ledger), "ledger"),
+        ]
+        for kind, value, what in keys:
+            j, other = seen.setdefault((kind, value), (i, what))
+            if (j, other) == (i, what):
+                continue
+            who, first = f"nodes[{i}] (agency '{n.agency}')", f"nodes[{j}] (agency '{nodes[j].agency}')"
+            if kind == "agency":
+                problems.append(
+                    f"nodes[{i}]: agency '{value}' is listed twice (also nodes[{j}]): each agency runs one node"
+                )
+            elif kind == "file":
+                problems.append(f"{who}: {what} '{value}' is also the {other} of {first}")
+            else:
+                problems.append(
+                    f"{who}: ledger '{ledger}' is in the directory of the ledger of {first}, '{value}': a node keeps"
+                    " its keys and run state beside its ledger, so each node's ledger needs a directory of its own"
+                )
+            break  # one clash per entry: an entry copied whole would otherwise be reported three times
+    return problems
 
 
 def _node_problem(data: dict[str, Any], loc: tuple[int | str, ...], msg: str) -> str:
@@ -525,14 +565,20 @@ def logs(
 
 
 def progress_lines(recorded: list[dict[str, Any]]) -> list[str]:
-    """One readable line per event that tells the job's progress (no values, no ids of people)."""
-    out = []
+    """One readable line per event that tells the job's progress (no values, no ids of people).
+
+    A job id that was refused or failed may be submitted again: its later submissions read
+    `resubmitted`, so an earlier run's outcome above one is not read as the new run's."""
+    out, submissions = [], 0
     for ev in recorded:
         when = str(ev.get("ts", ""))[11:19]
         try:
             text = _progress_text(ev)
         except (TypeError, ValueError, KeyError):  # a damaged event: say so, show the rest
             text = f"(unreadable {str(ev.get('event'))[:40]} event)"
+        if ev.get("event") == "job_submitted":
+            submissions += 1
+            text = f"re{text}" if submissions > 1 and text else text
         if text is not None:
             out.append(f"{when} {text}")
     return out
@@ -617,6 +663,12 @@ def allow(
         _fail(f"--default-cap {default_cap} must be a finite number >= 0")
     if ledger.is_dir():
         _fail(f"--ledger '{ledger}' is a directory, not an admission ledger file")
+    above = next((p for p in ledger.absolute().parents if p.exists()), None)
+    if above is not None and not above.is_dir():  # its mkdir would report "File exists"
+        _fail(f"--ledger '{ledger}': '{above}' is a file, not a directory")
+    if os.path.realpath(ledger) == os.path.realpath(store):  # its tables would be written into the store
+        _fail(f"--ledger and --store name the same file ('{store}'): the admission ledger is a file of its own")
+    purpose = list(dict.fromkeys(purpose))  # a purpose given twice allows the same jobs as once
     try:
         caps = _parse_caps(cap)
         held = _store_datasets(store)
@@ -660,7 +712,8 @@ def _parse_trusted_keys(items: list[str]) -> dict[str, str]:
             UserEntry(id=user, agency="node", role="analyst", tier="gold", signing_key=key)
         except (ValueError, ValidationError):
             _fail(f"--trust-key '{item[:60]}' must be USER=BASE64 with an Ed25519 public key (xgate train keygen)")
-        keys[user] = key
+        if keys.setdefault(user, key) != key:  # the ledger trusts one key per analyst: never the last silently
+            _fail(f"--trust-key gives '{user}' two keys: the node trusts one key per analyst, give one")
     return keys
 
 
@@ -674,7 +727,8 @@ def _parse_caps(items: list[str]) -> dict[str, float]:
             eps = -1.0
         if not sep or not name or not eps >= 0 or eps == float("inf"):
             _fail(f"--cap '{item}' must be DATASET=EPSILON with EPSILON >= 0")
-        caps[name] = eps
+        if caps.setdefault(name, eps) != eps:  # which budget was meant is not ours to guess
+            _fail(f"--cap gives dataset '{name}' two budgets: {caps[name]:g} and {eps:g}; give one")
     return caps
 
 

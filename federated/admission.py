@@ -147,7 +147,8 @@ class LedgerAdmission:
         must be signed by a trusted key; None keeps the setting."""
         with _writing(self.ledger, _SCHEMA) as conn:
             conn.execute("DELETE FROM purposes")
-            conn.executemany("INSERT INTO purposes VALUES (?)", [(p,) for p in purposes])
+            # A purpose given twice allows the same jobs as once (not a UNIQUE failure of the ledger).
+            conn.executemany("INSERT INTO purposes VALUES (?)", [(p,) for p in dict.fromkeys(purposes)])
             conn.execute("DELETE FROM caps")
             conn.executemany("INSERT INTO caps VALUES (?, ?)", list(epsilon_caps.items()))
             conn.execute("INSERT OR REPLACE INTO settings VALUES ('allow_non_dp', ?)", (str(int(allow_non_dp)),))

@@ -139,8 +139,10 @@ def follow_run(
     """Submit the App, relay the ServerApp's events (node ids -> agencies) until the run ends.
 
     Raises NodeUnavailable when the run fails or exceeds the job timeout (the run is then stopped).
+    An earlier run's files (a failed job id submitted again) are set aside first (`_set_aside_earlier_run`).
     """
     job_dir, offset = result.job_dir, 0
+    _set_aside_earlier_run(job_dir)
     result.run_id = fed.submit(app_dir)
     emit(make_event(job.job_id, "run_started", run_id=result.run_id, nodes=sorted(node_ids.values())))
     status.update(state="running", run_id=result.run_id)
@@ -247,6 +249,26 @@ def _progress_line(job: JobSpec, ev: dict[str, Any]) -> str:
 STATUS_POLL_S = 30.0
 ENDING_POLL_S = 2.0
 TERMINAL_EVENTS = ("job_failed", "server_error")
+
+
+# What a run leaves in the job directory: the ServerApp's events and summary, Flower's run log.
+RUN_FILES = ("server-events.jsonl", "server-summary.json", "run.log")
+
+
+def _set_aside_earlier_run(job_dir: Path) -> None:
+    """Move an earlier run's RUN_FILES to earlier-runs/<n>/ before a new run starts, so the new run
+    reads only its own: read again, the earlier run's `job_failed` would be relayed as this run's
+    and hide this run's own failure. The earlier run's events stay in events.jsonl, where it relayed
+    them as it ran; the files are kept as it left them."""
+    earlier = [job_dir / name for name in RUN_FILES if (job_dir / name).exists()]
+    if not earlier:
+        return
+    n = 1
+    while (aside := job_dir / "earlier-runs" / str(n)).exists():
+        n += 1
+    aside.mkdir(parents=True)
+    for path in earlier:
+        path.replace(aside / path.name)
 
 
 def _failure(job_dir: Path, node_ids: Mapping[int, str]) -> tuple[str | None, str]:

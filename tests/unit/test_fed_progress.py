@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from app.train_cli import app, progress_lines
 from federated import datasets
 from federated.admission import LedgerAdmission
-from federated.events import JsonlSink, make_event
+from federated.events import JsonlSink, make_event, read_events
 from federated.job_run import JobEvents, _failure
 from federated.jobs import parse_job
 from federated.runner import NodeSpec, run_job
@@ -142,3 +142,99 @@ def test_events_written_as_the_run_ends_still_name_their_agencies(tmp_path: Path
     assert done["agencies"] == ["civil", "tax"]
     assert next(e for e in seen if e["event"] == "job_failed")["agency"] == "tax"
     assert lines == ["[##########          ] round 1/2 round_completed"]
+
+
+class _LinkRun:
+    """A long-lived SuperLink (federated/local_link.py) whose run `run_id` has its ServerApp write
+    `writes` to the job's server events, then is reported as `ends` ("running": it never ends)."""
+
+    def __init__(self, job_dir: Path, run_id: int, writes: list[dict[str, Any]], ends: str) -> None:
+        self.sink, self.run_id, self.writes, self.ends = (
+            JsonlSink(job_dir / "server-events.jsonl"),
+            run_id,
+            writes,
+            ends,
+        )
+        self.stopped: list[int] = []
+
+    def submit(self, app_dir: Path) -> int:
+        return self.run_id
+
+    def run_info(self, run_id: int) -> dict[str, Any]:
+        for ev in self.writes:
+            self.sink(ev)
+        self.writes = []
+        return {"status": self.ends, "network-traffic": {"total-bytes": 0}}
+
+    def logs(self, run_id: int) -> str:
+        return f"flower log of run {run_id}\n"
+
+    def stop_run(self, run_id: int) -> None:
+        self.stopped.append(run_id)
+
+
+def _run_on_link(tmp_path: Path, fed: _LinkRun, **job: Any) -> list[dict[str, Any]]:
+    """run_job of a vertical-free job on a fake long-lived link; the events it emitted."""
+    import datetime as dt
+
+    from federated.local_link import LocalLink
+
+    store = tmp_path / "s.sqlite"
+    if not store.exists():
+        subj, cols, _ = datasets.synthetic_population(60, seed=4)
+        datasets.write_store(store, "synth", subj, {e: cols[e] for e in [*FEATS, "tax.label"]})
+        LedgerAdmission(tmp_path / "l.sqlite", store).configure(["fraud-model"], {"synth": 1.0})
+    node = NodeSpec("civil", store, tmp_path / "l.sqlite")
+    link = LocalLink(fed, {"civil": 11}, dt.datetime.now(dt.UTC), 0.0)  # type: ignore[arg-type]
+    seen: list[dict[str, Any]] = []
+    with pytest.raises(NodeUnavailable) as failed:
+        run_job(_job(**job), [node], job_dir=tmp_path / "prog-1", on_event=seen.append, local=link)
+    seen.append({"event": "raised", "reason": failed.value.message, "agency": failed.value.agency})
+    return seen
+
+
+def test_a_resubmitted_run_reads_only_its_own_server_events(tmp_path: Path) -> None:
+    """A failed job id submitted again: the earlier run's failure is neither replayed into the new
+    run nor stops the new run's own failure from being recorded (and shown by `train logs`)."""
+    old = make_event("prog-1", "job_failed", agency="civil", reason="label holder is not connected")
+    first = _run_on_link(tmp_path, _LinkRun(tmp_path / "prog-1", 7, [old], "finished:failed"))
+    assert first[-1]["reason"] == "agency 'civil': label holder is not connected"
+    fed = _LinkRun(tmp_path / "prog-1", 8, [], "running")
+    second = _run_on_link(tmp_path, fed, job_timeout_s=1, rounds=3)
+    timed_out = "agency 'federation': job timed out after 1 s"
+    assert second[-1]["reason"] == timed_out and set(fed.stopped) == {8}
+    failed = [e for e in second if e["event"] == "job_failed"]
+    assert [(e.get("agency"), e["reason"]) for e in failed] == [("federation", timed_out)]
+    run = CliRunner().invoke(app, ["logs", "prog-1", "--root", str(tmp_path)]).output.splitlines()
+    after = run[next(i for i, line in enumerate(run) if "run 8 started" in line) + 1 :]
+    assert [line[9:] for line in after] == [f"failed at federation: {timed_out}"]
+    assert sum("label holder is not connected" in line for line in run) == 1  # the first run's, kept
+    assert [line[9:].split(" ")[0] for line in run].count("resubmitted") == 1 and "resubmitted (" in run[4]
+    # The earlier run's files are kept aside, not read as the new run's.
+    assert read_events(tmp_path / "prog-1" / "earlier-runs" / "1" / "server-events.jsonl")[0] == [old]
+
+
+def test_a_resubmitted_run_that_fails_reports_its_own_reason(tmp_path: Path) -> None:
+    old = make_event("prog-1", "job_failed", agency="civil", reason="label holder is not connected")
+    _run_on_link(tmp_path, _LinkRun(tmp_path / "prog-1", 7, [old], "finished:failed"))
+    new = make_event("prog-1", "job_failed", round=1, reason="round 1: 0 usable updates, job needs 1 nodes")
+    dropped = make_event("prog-1", "node_dropped", round=1, node_id=11)
+    second = _run_on_link(tmp_path, _LinkRun(tmp_path / "prog-1", 8, [dropped, new], "finished:failed"), rounds=3)
+    assert second[-1] == {"event": "raised", "reason": f"agency 'civil': {new['reason']}", "agency": "civil"}
+    assert [e["reason"] for e in second if e["event"] == "job_failed"] == [new["reason"]]
+
+
+def test_a_resubmitted_run_that_completes_carries_no_earlier_failure(tmp_path: Path) -> None:
+    from federated.job_run import JobResult, Status, follow_run
+
+    job = _job()
+    JsonlSink(tmp_path / "server-events.jsonl")(make_event("prog-1", "job_failed", agency="tax", reason="old"))
+    (tmp_path / "server-summary.json").write_text("{}")  # an earlier run's, if it wrote one
+    done = make_event("prog-1", "round_completed", round=1, participants=[11], aggregate_sha256="0" * 64)
+    seen: list[dict[str, Any]] = []
+    result = JobResult(job.job_id, None, "running", tmp_path)
+    fed = _LinkRun(tmp_path, 8, [done], "finished:completed")
+    follow_run(fed, job, tmp_path, {11: "civil"}, result, seen.append, Status(tmp_path), lambda _: None)  # type: ignore[arg-type]
+    assert [e["event"] for e in seen] == ["run_started", "round_completed"]
+    assert not (tmp_path / "server-summary.json").exists()  # this run wrote none: the earlier one is aside
+    assert (tmp_path / "run.log").read_text() == "flower log of run 8\n"

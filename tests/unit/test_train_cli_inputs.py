@@ -171,6 +171,43 @@ def test_allow_names_a_store_or_ledger_that_is_no_file_of_its_kind(tmp_path: Pat
     assert "Traceback" not in res.output
 
 
+def test_allow_takes_a_repeated_purpose_once(store: Path) -> None:
+    import sqlite3
+
+    ledger = store.parent / "ledger.sqlite"
+    res = _invoke("allow", "--ledger", ledger, "--store", store, "--purpose", "a-one", "--purpose", "a-one",
+                  "--purpose", "fraud-model", "--default-cap", "3")  # fmt: skip
+    assert res.exit_code == 0 and "purposes a-one, fraud-model; epsilon caps synth=3" in res.output, res.output
+    with sqlite3.connect(ledger) as conn:
+        assert sorted(r[0] for r in conn.execute("SELECT purpose FROM purposes")) == ["a-one", "fraud-model"]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--cap", "synth=1", "--cap", "synth=2"], "--cap gives dataset 'synth' two budgets: 1 and 2"),
+        (
+            ["--trust-key", f"an-liu={'A' * 43}=", "--trust-key", f"an-liu={'B' * 43}="],
+            "--trust-key gives 'an-liu' two keys",
+        ),
+    ],
+)
+def test_allow_refuses_one_setting_given_two_values(store: Path, args: list[str], message: str) -> None:
+    ledger = store.parent / "ledger.sqlite"
+    res = _invoke("allow", "--ledger", ledger, "--store", store, "--purpose", "fraud-model", *args)
+    assert res.exit_code == 1 and message in " ".join(res.output.split()), res.output
+    assert not ledger.exists()  # nothing configured, neither of the two
+    res = _invoke("allow", "--ledger", ledger, "--store", store, "--purpose", "fraud-model", *args[:2], *args[:2])
+    assert res.exit_code == 0, res.output  # the same value twice means the same thing
+
+
+def test_allow_refuses_the_store_as_its_own_ledger_or_a_ledger_under_a_file(store: Path) -> None:
+    res = _invoke("allow", "--ledger", store.parent / "." / store.name, "--store", store, "--purpose", "fraud-model")
+    assert res.exit_code == 1 and "--ledger and --store name the same file" in res.output, res.output
+    res = _invoke("allow", "--ledger", store / "ledger.sqlite", "--store", store, "--purpose", "fraud-model")
+    assert res.exit_code == 1 and f"'{store}' is a file, not a directory" in res.output, res.output
+
+
 # -- 3. unreadable files -------------------------------------------------------------------------
 
 
@@ -307,6 +344,68 @@ def test_nodes_file_type_errors_name_each_field(tmp_path: Path) -> None:
     assert res.exit_code == 1 and "validation errors" not in out
     for field in ("store", "ledger", "holdout"):
         assert f"nodes[0].{field} (agency 'tax'): Input is not a valid path" in out, out
+
+
+def _two_nodes(tmp_path: Path, second: dict[str, str]) -> Path:
+    path = tmp_path / "nodes.toml"
+    first = {
+        "agency": "tax",
+        "store": str(tmp_path / "tax" / "store.sqlite"),
+        "ledger": str(tmp_path / "tax" / "l.sqlite"),
+    }
+    path.write_text(tomli_w.dumps({"nodes": [first, {**first, **second}]}), encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize(
+    ("second", "message"),
+    [
+        (  # the reported case: one agency's SuperNode twice, failing 45 s into the run
+            {},
+            "nodes[1]: agency 'tax' is listed twice (also nodes[0]): each agency runs one node",
+        ),
+        (
+            {"store": "{tmp}/civil/store.sqlite", "ledger": "{tmp}/civil/l.sqlite"},
+            "nodes[1]: agency 'tax' is listed twice (also nodes[0]): each agency runs one node",
+        ),
+        (
+            {"agency": "civil", "store": "{tmp}/tax/./store.sqlite", "ledger": "{tmp}/civil/l.sqlite"},
+            "nodes[1] (agency 'civil'): store '{tmp}/tax/store.sqlite' is also the store of nodes[0] (agency 'tax')",
+        ),
+        (
+            {"agency": "civil", "store": "{tmp}/civil/store.sqlite", "ledger": "{tmp}/tax/other.sqlite"},
+            "nodes[1] (agency 'civil'): ledger '{tmp}/tax/other.sqlite' is in the directory of the ledger of nodes[0]"
+            " (agency 'tax'), '{tmp}/tax': a node keeps its keys and run state beside its ledger",
+        ),
+        (
+            {"agency": "civil", "store": "{tmp}/civil/store.sqlite", "ledger": "{tmp}/tax/store.sqlite"},
+            "nodes[1] (agency 'civil'): ledger '{tmp}/tax/store.sqlite' is also the store of nodes[0] (agency 'tax')",
+        ),
+        (
+            {"agency": "civil", "store": "{tmp}/civil/s.sqlite", "ledger": "{tmp}/civil/s.sqlite"},
+            "nodes[1] (agency 'civil'): ledger '{tmp}/civil/s.sqlite' is also the store of nodes[1] (agency 'civil')",
+        ),
+    ],
+)
+def test_a_nodes_file_naming_one_node_twice_is_refused_as_it_is_read(
+    tmp_path: Path, second: dict[str, str], message: str
+) -> None:
+    subj, cols, _ = datasets.synthetic_population(40, seed=2)
+    for store in ("tax/store.sqlite", "civil/store.sqlite", "civil/s.sqlite"):  # every file but the clash is fine
+        datasets.write_store(tmp_path / store, "synth", subj, {e: cols[e] for e in [*FEATS, "tax.label"]})
+    tmp = str(tmp_path.resolve())
+    nodes = _two_nodes(tmp_path, {k: v.format(tmp=tmp) for k, v in second.items()})
+    root = tmp_path / "jobs"
+    res = _invoke("submit", "--job", _job_file(tmp_path), "--nodes", nodes, "--root", root)
+    out = " ".join(res.output.split())
+    assert res.exit_code == 1 and f"nodes file '{nodes}' is invalid: {message.format(tmp=tmp)}" in out, out
+    assert "Traceback" not in out and not root.exists()  # refused before anything is recorded or started
+
+
+def test_the_byo_nodes_file_names_each_node_once() -> None:
+    from app.train_cli import _parse_nodes
+
+    assert [n.agency for n in _parse_nodes(BYO / "nodes.toml")] == ["civil", "tax"]
 
 
 def test_a_missing_store_is_named_by_its_full_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
