@@ -142,13 +142,17 @@ def derive_sign_masks(
     if not 1 <= like_failing_reach <= like_span:
         raise ValueError("a sum's failing reach lies within 1..its span")
     parts = (question.encode(), b"sign-only", str(like_span).encode(), str(epoch).encode())
-    words = _prf_words(key, parts, pseudonyms, pairs=4)
+    words = _prf_words(key, parts, pseudonyms, pairs=2)
     r_b, s_b = masks_from_words(words[:, 0], like_span)  # the pass
     r_g, s_g = masks_from_words(words[:, 1], like_span)  # the fail
+    # The distances it pretends (U, V) are the subject's own in every epoch, as a sum's real distance
+    # is while the values stand: drawn afresh each epoch, their spread over a year of results told a
+    # sign-only criterion from the sum (bench/privacy.py `over_epochs`). Only r and s change.
+    distance = _prf_words(key, (question.encode(), b"sign-only-distance", str(like_span).encode()), pseudonyms, 2)
     # (64 random bits) mod (reach + 1): biased by at most (reach + 1) / 2^64.
-    reach = (words[:, 2, 0] % np.uint64(like_passing_reach + 1)).astype(np.int64)
-    far = (words[:, 3, 0] >> np.uint64(11)).astype(np.float64) / float(1 << 53) < FAR_FAIL_SHARE
-    position = (words[:, 3, 1] >> np.uint64(11)).astype(np.float64) / float(1 << 53)
+    reach = (distance[:, 0, 0] % np.uint64(like_passing_reach + 1)).astype(np.int64)
+    far = (distance[:, 1, 0] >> np.uint64(11)).astype(np.float64) / float(1 << 53) < FAR_FAIL_SHARE
+    position = (distance[:, 1, 1] >> np.uint64(11)).astype(np.float64) / float(1 << 53)
     past = np.floor(np.exp2(1 + position * max(0.0, math.log2(like_failing_reach) - 1))).astype(np.int64)
     past = np.where(far & (like_failing_reach >= 2), np.clip(past, 2, like_failing_reach), 1)
     beta = r_b * reach + s_b
