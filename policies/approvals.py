@@ -221,6 +221,8 @@ def in_training_scope(body: ApprovalBody, *, agency: str, datasets: Sequence[str
     (the approval's case ids or case-id prefix name jobs), the agency, now."""
     ref = body.ref
     _validity(body, agency, now)
+    if not body.datasets:  # an approval of checks (programs only) never stands for a training job
+        raise PolicyDenied(f"approval {ref} approves checks, not training: it names no dataset", approval_ref=ref)
     uncovered = sorted(set(datasets) - set(body.datasets))
     if uncovered:
         raise PolicyDenied(f"approval {ref} does not cover dataset '{uncovered[0]}'", approval_ref=ref)

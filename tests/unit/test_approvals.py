@@ -359,6 +359,10 @@ def test_training_approval_scope_rules() -> None:
         from policies.approvals import in_scope
 
         in_scope(scoped, agency="civil_affairs", program="dibao", case_id="job-1", subjects=[SUBJECT], now=NOW)
+    # ... nor a check approval a training job, even one touching no dataset an approval must name (review)
+    for_checks = body(case_id_prefix="job-", case_ids=None)
+    with pytest.raises(PolicyDenied, match="approves checks, not training"):
+        in_training_scope(for_checks, agency="civil_affairs", datasets=[], job_id="job-1", now=NOW)
 
 
 def test_cli_training_approval_body_validates() -> None:
