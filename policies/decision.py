@@ -605,7 +605,9 @@ class CheckAuthorizer:
         if self.budgets is not None and decision.budget is not None:
             receipt = self.budgets.reserve(request.pseudonyms, program.id, principal.agency, decision.budget, now)
             charge.budgets, charge.budget_reservation = self.budgets, str(receipt.reservation)
-        if view is View.OVERALL and program.overlaps:
+        # Every silver answer claims its subjects, overlapping programs or not: a program that comes
+        # to share a question later (added, or a new version) must still find the claims.
+        if view is View.OVERALL and (program.overlaps or self.claims is not None):
             try:
                 self._claim(engine, request, program, principal.agency, now, charge)
             except BaseException:
@@ -661,8 +663,9 @@ class CheckAuthorizer:
         now: datetime,
         charge: Reservations,
     ) -> None:
-        """Silver, for a program sharing a question with others: claim its subjects for it, or
-        refuse if one of the others answered for any of them within the claim window."""
+        """Silver: claim the subjects for this program, or refuse if a program sharing a question
+        with it answered for any of them within the claim window. Without a claims store, a program
+        that shares a question is refused (fail closed); others answer unclaimed."""
         if self.claims is None:
             raise PolicyDenied(
                 f"this gateway keeps no silver claims: program '{program.id}' shares criteria with "

@@ -21,6 +21,7 @@ approval registry; honest in-process nodes encrypting under the requester's key.
 from __future__ import annotations
 
 import asyncio
+import shutil
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -31,8 +32,9 @@ from crypto.he import RequesterKeys
 from exchange.service import CheckService
 from exchange.types import CheckRequest
 from policies.budgets import ProbeBudget
+from policies.catalogue import load_catalogue
 from policies.decision import DEFAULT_POLICY_DIR, CheckAuthorizer, PolicyEngine
-from policies.programs import ProgramRegistry
+from policies.programs import DEFAULT_PROGRAM_DIR, ProgramRegistry
 from policies.silver_claims import SilverClaims
 from protos.xgate.v1 import node_pb2
 from tests.honest_answers import HonestAnswers
@@ -187,6 +189,29 @@ def test_a_second_program_of_the_group_is_refused_at_silver(
         charged = tx.execute("SELECT program, COUNT(*) FROM probe_windows GROUP BY program").fetchall()
     assert dict(charged) == {"dibao": len(SUBJECTS)} and budget.pending() == 0
     assert claims.holders(SUBJECTS[0], agency="civil_affairs") == {"dibao"}
+
+
+def test_a_program_that_comes_to_share_a_question_later_still_finds_the_claims(
+    programs: ProgramRegistry, requester_keys: RequesterKeys, tmp_path: Path
+) -> None:
+    """dibao answers at silver while it overlaps nothing (target_discovery not yet registered);
+    once target_discovery is added, it is refused for the same subjects. Found by review: a silver
+    answer of a program without overlaps left no claim, and the added program answered, its
+    verdicts and dibao's naming the failing criterion as in the positive control above."""
+    before = tmp_path / "programs-before"
+    before.mkdir()
+    for program in DEFAULT_PROGRAM_DIR.glob("*.toml"):
+        if program.name != "target_discovery.toml":
+            shutil.copy(program, before / program.name)
+    alone = ProgramRegistry.load(before, load_catalogue()[0])
+    assert alone.get("dibao").overlaps == ()
+    claims = SilverClaims(tmp_path / "claims.db")
+    first, second = tmp_path / "first", tmp_path / "second"
+    first.mkdir(), second.mkdir()
+    assert _results(SILVER, alone, requester_keys, first, claims=claims, asked=("dibao",))["dibao"][0] == "overall"
+    assert claims.holders(SUBJECTS[0], agency="civil_affairs") == {"dibao"}
+    with pytest.raises(PolicyDenied, match="have a silver result from program 'dibao'"):
+        _results(SILVER, programs, requester_keys, second, claims=claims, asked=("target_discovery",))
 
 
 def test_a_failed_check_leaves_no_claim(
