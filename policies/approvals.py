@@ -208,12 +208,12 @@ def in_scope(
 
 def _validity(body: ApprovalBody, agency: str, now: datetime) -> None:
     ref = body.ref
+    if agency not in body.agencies:  # first: another agency learns nothing of the approval's state
+        raise PolicyDenied(f"approval {ref} was given to another agency, not '{agency}'", approval_ref=ref)
     if not body.valid_from <= now:
         raise PolicyDenied(f"approval {ref} is not yet valid", approval_ref=ref)
     if now >= body.valid_until:
         raise PolicyDenied(f"approval {ref} has expired", approval_ref=ref)
-    if agency not in body.agencies:
-        raise PolicyDenied(f"approval {ref} was given to another agency, not '{agency}'", approval_ref=ref)
 
 
 def in_training_scope(body: ApprovalBody, *, agency: str, datasets: Sequence[str], job_id: str, now: datetime) -> None:
@@ -230,13 +230,15 @@ def in_training_scope(body: ApprovalBody, *, agency: str, datasets: Sequence[str
         raise PolicyDenied(f"approval {ref} does not cover training job '{job_id}'", approval_ref=ref)
 
 
-def _registered(record: ApprovalRecord | None, ref: str, now: datetime) -> ApprovalRecord:
+def _registered(record: ApprovalRecord | None, ref: str, now: datetime, agency: str) -> ApprovalRecord:
     if record is None:
         shown = ref if len(ref) <= 64 else ref[:61] + "..."
         raise PolicyDenied(
             f"approval_ref '{shown}' names no registered approval: an approval is registered by its approver "
             "(xgate approval grant), never typed by the requester"
         )
+    if agency not in record.body.agencies:  # before its state: another agency learns nothing of it
+        raise PolicyDenied(f"approval {ref} was given to another agency, not '{agency}'", approval_ref=ref)
     if record.revoked_at is not None and record.revoked_at <= now:
         raise PolicyDenied(f"approval {ref} was revoked by its approver", approval_ref=ref)
     return record
@@ -246,7 +248,9 @@ def evaluate_training(
     record: ApprovalRecord | None, ref: str, *, agency: str, datasets: Sequence[str], job_id: str, now: datetime
 ) -> None:
     """Raise PolicyDenied unless the registered approval `ref` covers this training job now (pure)."""
-    in_training_scope(_registered(record, ref, now).body, agency=agency, datasets=datasets, job_id=job_id, now=now)
+    in_training_scope(
+        _registered(record, ref, now, agency).body, agency=agency, datasets=datasets, job_id=job_id, now=now
+    )
 
 
 def evaluate(
@@ -260,7 +264,7 @@ def evaluate(
     now: datetime,
 ) -> None:
     """Raise PolicyDenied unless the registered approval `ref` covers this request now (pure)."""
-    record = _registered(record, ref, now)
+    record = _registered(record, ref, now, agency)
     in_scope(record.body, agency=agency, program=program, case_id=case_id, subjects=subjects, now=now)
     limit = record.body.max_subjects
     if limit is not None and record.uses + len(subjects) > limit:

@@ -182,6 +182,10 @@ def evaluate(
     """Raise PolicyDenied unless the consent covers this use right now (pure)."""
     if record is None:
         raise PolicyDenied("consent refused: unknown consent reference")
+    # The agency first: another agency's caseworker holding a leaked reference learns nothing of
+    # its state (revoked, expired) or of whether a person is its subject.
+    if agency != record.agency:
+        raise PolicyDenied(f"consent refused: given to another agency, not '{agency}'", consent_ref=record.ref)
     if record.revoked_at is not None and record.revoked_at <= now:
         raise PolicyDenied("consent refused: revoked by the data subject", consent_ref=record.ref)
     if now < record.valid_from:
@@ -190,8 +194,6 @@ def evaluate(
         raise PolicyDenied("consent refused: expired", consent_ref=record.ref)
     if subject != record.subject:
         raise PolicyDenied("consent refused: does not cover this subject", consent_ref=record.ref)
-    if agency != record.agency:
-        raise PolicyDenied(f"consent refused: given to another agency, not '{agency}'", consent_ref=record.ref)
     if purpose != record.purpose:
         raise PolicyDenied(f"consent refused: given for another purpose, not '{purpose}'", consent_ref=record.ref)
     if program is not None and record.programs and program not in record.programs:

@@ -161,6 +161,15 @@ def test_a_revocation_made_while_a_check_waited_for_the_lock_is_honoured(registr
         _use(registry, ref)
 
 
+def test_another_agency_learns_nothing_of_an_approvals_state(registry: ApprovalRegistry) -> None:
+    """Refused for the agency before revocation or validity is told (review)."""
+    ref = registry.register_signed(approval(agencies=["civil_affairs"])).ref
+    registry.revoke(ref, NOW - timedelta(minutes=1))
+    for now in (NOW, NOW + timedelta(days=999)):
+        with pytest.raises(PolicyDenied, match="given to another agency, not 'hrss'"):
+            _use(registry, ref, agency="hrss", now=now)
+
+
 def test_registration_refuses_forged_unregistered_and_out_of_agency(registry: ApprovalRegistry) -> None:
     rogue = SigningKey.generate("ap-test", "approver")  # same name, unregistered key
     with pytest.raises(PolicyDenied, match="not signed by a registered signer"):

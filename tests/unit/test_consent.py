@@ -112,6 +112,17 @@ def test_a_revocation_made_while_a_check_waited_for_the_lock_is_honoured(registr
     assert registry.lookup(ref).uses == 0
 
 
+def test_another_agency_learns_nothing_of_a_consents_state_or_subject(registry: ConsentRegistry) -> None:
+    """A caseworker of another agency holding a leaked reference is refused for the agency alone,
+    whatever the consent's state or subject (review: revoked, expired and 'does not cover this
+    subject' came first, so it learned whether a person was the subject and had revoked)."""
+    ref = _register(registry)
+    registry.revoke(ref, T0 + timedelta(days=1))
+    for subject, when in ((SUBJECT, T0 + timedelta(days=2)), ("z" * 26, T0 + timedelta(days=99))):
+        with pytest.raises(PolicyDenied, match="given to another agency, not 'hrss'"):
+            registry.verify(ref, subject, "hrss", "income_certificate", when)
+
+
 def test_one_time_consent_cannot_be_reused_even_concurrently(registry: ConsentRegistry) -> None:
     ref = _register(registry, max_uses=1)
     outcomes: list[bool] = []
