@@ -16,6 +16,7 @@ error with a connection string in it.
 
 from __future__ import annotations
 
+import re
 import sqlite3
 import threading
 import zlib
@@ -250,6 +251,9 @@ SCHEMA_TABLE = """CREATE TABLE IF NOT EXISTS xgate_schema (
 )"""
 
 
+_LIBPQ_DSN = re.compile(r"(^|\s)(dbname|host|user|port)=")  # libpq's key=value connection strings
+
+
 def is_postgres_url(target: str) -> bool:
     return target.startswith(("postgresql://", "postgres://"))
 
@@ -306,6 +310,9 @@ def require_current(db: Database, migrations: Sequence[Migration]) -> None:
 def open_store(store: Path | str | Database, migrations: Sequence[Migration]) -> Database:
     """A store's database: a SQLite file, migrated at open (the embedded default), or a shared
     `Database` whose schema must already be current (replicated mode: `xgate gateway migrate`)."""
+    if isinstance(store, str) and ("://" in store or _LIBPQ_DSN.search(store)):
+        # Text is a SQLite file path here: a database URL or DSN would become a file of that name.
+        raise ConfigError(f"'{store[:60]}' is a database URL or DSN, not a store file: open it with open_database")
     if isinstance(store, (str, Path)):
         db: Database = SqliteDatabase(store)
         migrate(db, migrations)

@@ -18,6 +18,7 @@ from xgate.db import (
     SqliteDatabase,
     migrate,
     open_database,
+    open_store,
     pending,
     require_current,
 )
@@ -149,3 +150,12 @@ def test_open_database_chooses_by_target(tmp_path: Path) -> None:
     assert isinstance(open_database(tmp_path / "x.sqlite"), SqliteDatabase)
     with pytest.raises(ConfigError, match=r"unsupported database URL scheme: mysql://"):
         open_database("mysql://root@localhost/test")
+
+
+def test_a_store_given_a_database_url_or_dsn_refuses_instead_of_making_a_file(tmp_path: Path) -> None:
+    """Text is a SQLite path to a store: a URL or libpq DSN there once made a SQLite file named
+    'user=postgres dbname=...' in the working directory (seen in review)."""
+    for target in ("postgresql://postgres@127.0.0.1/test", "user=postgres dbname=test host=127.0.0.1"):
+        with pytest.raises(ConfigError, match="is a database URL or DSN, not a store file"):
+            open_store(target, [])
+    assert isinstance(open_store(str(tmp_path / "plain.sqlite"), []), SqliteDatabase)
