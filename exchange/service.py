@@ -193,11 +193,11 @@ class CheckService:
             raise
         # Budget and consent uses are reserved now and charged only for an answer: any failure from
         # here on (node down or refusing, timeout, a gateway error, cancellation) releases them,
-        # except a refusal that answers the request's own question (`_charged_refusal`).
+        # except a refusal that answers the request's own question (`charged_refusal`).
         try:
             result = await self._answer(principal, request, program, request_id, about, context, outcome, timings, t0)
         except BaseException as exc:
-            if _charged_refusal(exc):
+            if charged_refusal(exc):
                 await _commit(outcome.charge.commit)
             else:
                 await _settle(outcome.charge.release)
@@ -424,7 +424,7 @@ class CheckService:
         return round((self.timer() - since) * 1000, 2)
 
 
-def _charged_refusal(exc: BaseException) -> bool:
+def charged_refusal(exc: BaseException) -> bool:
     """A node refusal that is itself an answer about the request's subjects, so it is charged like
     one: the register node refusing a cohort with a member it does not know tells whether a
     candidate is registered, and a free refusal would make that a free membership oracle."""

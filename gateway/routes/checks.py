@@ -6,18 +6,22 @@ The route translates the REST body to the domain request, calls the check servic
 With an `Idempotency-Key` header (gateway/idempotency.py) a retried check is answered once: the
 same key and body get the stored answer back (`Idempotent-Replayed: true`) without a new charge or
 computation; while the first attempt runs, 409 with Retry-After; another body, 422. A failed
-check drops its claim, so a retry computes afresh.
+check drops its claim, so a retry computes afresh; a refusal charged as an answer (the register
+node refusing a cohort member it does not know) is kept like one, so a retry replays it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from collections.abc import Callable
 
 from fastapi import APIRouter, Request, Response
 
+from exchange.service import charged_refusal
 from exchange.types import CheckOutcome
+from gateway.api_contract import error_document
 from gateway.audit import IDEMPOTENCY_KEY_SHA256
 from gateway.deps import Admission, Caller, Coordinator, Idempotency, ServicesDep
 from gateway.idempotency import (
@@ -31,7 +35,7 @@ from gateway.idempotency import (
     validate_key,
 )
 from gateway.models import CheckRequest, CheckResponse, from_domain, to_domain
-from xgate.errors import ContextUnknown
+from xgate.errors import ContextUnknown, XgateError
 from xgate.logging import get_logger
 
 log = get_logger("xgate.gateway.routes.checks")
@@ -82,12 +86,16 @@ async def checks(
             domain = to_domain(body, registered)
             outcome = await coordinator.service.run(caller, domain, request_id, answered=charged.append)
         answer = from_domain(outcome).model_dump_json().encode()
-    except BaseException:
+    except BaseException as exc:
         if claim is not None and idempotency is not None:
             if charged:
                 # Charged, then cancelled before it went out (deadline, client gone): a retry with
                 # this key replays it rather than computing and charging it again.
                 await _keep(idempotency, claim, from_domain(charged[0]).model_dump_json().encode())
+            elif isinstance(exc, XgateError) and charged_refusal(exc):
+                # Charged as an answer: a retry with this key gets the same refusal, not a second charge.
+                refusal = error_document(request.scope, exc.code, exc.message, exc.details)
+                await _keep(idempotency, claim, json.dumps(refusal).encode(), exc.http_status)
             else:
                 await _settle(idempotency, claim)  # failed: a retry with this key computes afresh
         raise
@@ -112,9 +120,9 @@ async def _registered(services: ServicesDep, agency: str, user: str, body: Check
     return await asyncio.to_thread(services.contexts.get, f"{agency}/{user}", body.context_fingerprint)
 
 
-async def _keep(store: IdempotencyStore, claim: Claim, answer: bytes) -> None:
+async def _keep(store: IdempotencyStore, claim: Claim, answer: bytes, status: int = 200) -> None:
     """Store a charged answer under its key, even when the request is being cancelled."""
-    await _to_the_end(lambda: store.complete(claim, 200, answer))
+    await _to_the_end(lambda: store.complete(claim, status, answer))
 
 
 async def _settle(store: IdempotencyStore, claim: Claim) -> None:

@@ -18,6 +18,7 @@ from fastapi import FastAPI, Request
 from fastapi.testclient import TestClient
 
 from audit.checkpoints import generate_key, save_keypair
+from exchange.cohort import COHORT_MEMBER_UNKNOWN
 from exchange.service import _commit
 from exchange.types import CheckOutcome, CriterionVerdict
 from gateway.app import create_app
@@ -25,7 +26,7 @@ from gateway.audit import GatewayAudit
 from gateway.idempotency import Claim, IdempotencyStore, key_digest, request_digest
 from gateway.routes.checks import ROUTE
 from gateway.services import Services
-from xgate.errors import NodeUnavailable
+from xgate.errors import NodeRefused, NodeUnavailable
 from xgate.principal import Principal
 
 BODY = {
@@ -186,6 +187,21 @@ def test_a_failed_check_frees_the_key_and_the_retry_recomputes(env: Env) -> None
     retried = _post(client)
     assert retried.status_code == 200 and "Idempotent-Replayed" not in retried.headers
     assert service.runs == 2
+
+
+def test_a_refusal_charged_as_an_answer_is_replayed_not_charged_again(env: Env) -> None:
+    """The register node refusing a cohort member it does not know is charged like an answer
+    (exchange/service.py `charged_refusal`): a retry with the key gets the same refusal back, not
+    a second computation and charge (review: the claim was dropped, as for a failure)."""
+    client, service, _, _ = env
+    service.fail = NodeRefused(
+        "household", "refused: not every member is a person known to the civil register", refusal=COHORT_MEMBER_UNKNOWN
+    )
+    first = _post(client)
+    assert first.status_code == 403 and first.json()["error"] == "node_refused"
+    retried = _post(client)
+    assert retried.status_code == 403 and retried.headers["Idempotent-Replayed"] == "true"
+    assert retried.json()["message"] == first.json()["message"] and service.runs == 1
 
 
 @pytest.mark.parametrize("bad", ["", "x" * 256, "caf\u00e9", "a\tb"], ids=["empty", "too-long", "non-ascii", "tab"])
