@@ -288,8 +288,11 @@ class XgateFedAvg(FedAvg):
                 }
         if self._record_dp:  # the nodes keep their exact loss: estimated from the noisy histograms
             loss = node.histogram_loss(np.asarray(pos), np.asarray(neg))
-        else:
-            loss = sum(r.loss * r.num_examples for _, r in results) / sum(r.num_examples for _, r in results)
+        else:  # weighted by held-out rows; a node without any adds nothing (its bce would be NaN)
+            held_out = sum(r.num_examples for _, r in results)
+            if not held_out:
+                self._fail(f"round {server_round}: no node holds a held-out row: there is nothing to evaluate")
+            loss = sum(r.loss * r.num_examples for _, r in results) / held_out
         row = {
             "round": server_round,
             "loss": loss,
@@ -370,11 +373,16 @@ class RecordedSecAggPlus(SecAggPlusWorkflow):
     `secagg_round` event (evidence, not the configuration echoed) with the round, whether the
     aggregate was unmasked, the nodes sampled, the masked vectors collected, the shares each
     secret was split into, the reconstruction threshold and the nodes whose shares unmasked it;
-    `secagg_halted` naming the stage when a stage stops the protocol."""
+    `secagg_halted` naming the stage when a stage stops the protocol.
+
+    A round whose aggregate could not be unmasked (a stage halted, or too few shares were left)
+    fails the job, naming the nodes that dropped out (`node_dropped`): otherwise the rounds after
+    it would pass as run while the model stayed the last aggregated one."""
 
     def __init__(self, emit: OnEvent, job_id: str, phase: str = "training", **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self._emit, self._job_id, self._masked, self._phase = emit, job_id, 0, phase
+        self._masked_ids: set[int] = set()
 
     @staticmethod
     def _round(context: LegacyContext) -> int:
@@ -383,6 +391,23 @@ class RecordedSecAggPlus(SecAggPlusWorkflow):
     def _halted(self, stage: str, context: LegacyContext, state: Any) -> None:
         self._emit(make_event(self._job_id, "secagg_halted", round=self._round(context), phase=self._phase, stage=stage,
                               active=len(state.active_node_ids), threshold=state.threshold))  # fmt: skip
+        self._not_aggregated(stage, context, state)
+
+    def _not_aggregated(self, stage: str, context: LegacyContext, state: Any) -> None:
+        """Fail the job: this round has no aggregate. The nodes sampled that sent no masked vector
+        (or, before that stage, are no longer active) dropped out, and are named."""
+        server_round = self._round(context)
+        still = self._masked_ids if stage == "unmask" else set(state.active_node_ids)
+        dropped = sorted(set(state.sampled_node_ids) - still)
+        why = f"dropped out during secure aggregation ({self._phase}, {stage})"
+        for node_id in dropped:
+            self._emit(make_event(self._job_id, "node_dropped", round=server_round, node_id=int(node_id), reason=why))
+        _fail(
+            self._emit,
+            self._job_id,
+            f"{self._phase} round {server_round}: secure aggregation could not complete ({stage}): "
+            f"{len(dropped)} of {len(state.sampled_node_ids)} nodes dropped out, too few shares to unmask the rest",
+        )
 
     def setup_stage(self, grid: Grid, context: LegacyContext, state: Any) -> bool:
         ok = bool(super().setup_stage(grid, context, state))
@@ -399,6 +424,7 @@ class RecordedSecAggPlus(SecAggPlusWorkflow):
     def collect_masked_vectors_stage(self, grid: Grid, context: LegacyContext, state: Any) -> bool:
         ok = bool(super().collect_masked_vectors_stage(grid, context, state))
         self._masked = len(state.active_node_ids)
+        self._masked_ids = set(state.active_node_ids)
         if not ok:
             self._halted("collect_masked_vectors", context, state)
         return ok
@@ -419,6 +445,8 @@ class RecordedSecAggPlus(SecAggPlusWorkflow):
                 share_holders=len(state.active_node_ids),
             )
         )
+        if not ok:
+            self._not_aggregated("unmask", context, state)
         return ok
 
 

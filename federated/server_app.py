@@ -9,6 +9,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from federated.events import JsonlSink, make_event
 from federated.jobs import Mode, job_from_run_config
+from xgate.errors import JobFailed, VerticalFailed
 
 app = ServerApp()
 
@@ -26,6 +27,8 @@ def main(grid: Grid, context: Context) -> None:
             from federated.vertical_server import run_vertical
 
             run_vertical(grid, context, job, job_dir)
+    except (JobFailed, VerticalFailed):
+        raise  # its `job_failed` is recorded, naming the agency: once is the whole story
     except Exception as exc:
         JsonlSink(job_dir / "server-events.jsonl")(make_event(job.job_id, "server_error", reason=str(exc)[:300]))
         raise

@@ -134,3 +134,23 @@ def test_a_noisy_auc_stays_within_zero_and_one_or_is_nan() -> None:
     assert 0.0 <= node.histogram_report(pos, neg, 0.5)["auc"] <= 1.0
     pos[40] = 1  # the noisy positives sum below zero
     assert np.isnan(node.histogram_report(pos, neg, 0.5)["auc"])
+
+
+def test_a_node_without_held_out_rows_leaves_the_loss_a_number(tmp_path: Path) -> None:
+    """A small node the hash rule gave no held-out row answers loss 0 over 0 examples: the job's
+    loss is the other nodes' (review: its bce over no rows was NaN, and the whole job's loss with
+    it, written to report.json as a bare NaN); with no held-out row anywhere the job fails."""
+    strat = XgateFedAvg(_job(), tmp_path, lambda e: None, 100)
+    strat.released = [np.zeros(2)]
+    bins = node.HIST_BINS
+    pos, neg = [0] * bins, [0] * bins
+    pos[30], neg[10] = 6, 4
+
+    def answer(agency: str, loss: float, examples: int) -> tuple[Any, EvaluateRes]:
+        metrics = {"agency": agency, "hist_pos": json.dumps(pos), "hist_neg": json.dumps(neg)}
+        return SimpleNamespace(node_id=hash(agency)), EvaluateRes(Status(Code.OK, ""), loss, examples, metrics)
+
+    strat.aggregate_evaluate(3, [answer("a", 0.4, 10), answer("small", 0.0, 0)], [])
+    assert strat.final_eval["loss"] == pytest.approx(0.4)
+    with pytest.raises(JobFailed, match="no node holds a held-out row"):
+        strat.aggregate_evaluate(3, [answer("small", 0.0, 0)], [])
