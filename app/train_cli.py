@@ -591,7 +591,8 @@ def _progress_text(ev: dict[str, Any]) -> str | None:
     elif name in ("job_approved", "job_refused"):
         again = f", decided again: {ev['redecided']}" if ev.get("redecided") else ""
         verdict = "approved" if name == "job_approved" else f"refused: {ev.get('reason')}"
-        text = f"admission at {who}: {verdict} (epsilon {ev.get('epsilon', 0):g}{again})"
+        labels = f", label DP epsilon {ev['label_dp_epsilon']:g}" if ev.get("label_dp_epsilon") is not None else ""
+        text = f"admission at {who}: {verdict} (epsilon {ev.get('epsilon', 0):g}{labels}{again})"
     elif name == "run_started":
         text = f"run {ev.get('run_id')} started on {', '.join(ev.get('nodes', []))}"
     elif name == "aligned":
@@ -612,6 +613,10 @@ def _progress_text(ev: dict[str, Any]) -> str | None:
         text = f"differential privacy: epsilon {float(ev.get('epsilon', 0)):.4g} (delta {ev.get('delta')})"
     elif name == "job_completed":
         text = f"completed: AUC {float(ev.get('auc') or float('nan')):.4f}, model {str(ev.get('model_sha256'))[:16]}"
+        if ev.get("epsilon") is not None:
+            text += f", epsilon {float(ev['epsilon']):.4g}"
+        if ev.get("label_dp_epsilon") is not None:
+            text += f", label DP epsilon {float(ev['label_dp_epsilon']):g}"
     elif name == "job_failed":
         text = f"failed{' at ' + who if who else ''}: {ev.get('reason')}"
     else:

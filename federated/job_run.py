@@ -215,6 +215,7 @@ def finish(
         "model_sha256": result.model_sha256,
         "data_digests": dict(data_digests),
         "dp": summary.get("dp"),
+        **({"label_dp": summary["label_dp"]} if summary.get("label_dp") else {}),
         "evaluation": result.evaluation,
         "bytes_exchanged": result.bytes_exchanged,
         "wall_s": result.wall_s,
@@ -230,6 +231,7 @@ def finish(
             model_sha256=result.model_sha256,
             auc=result.evaluation.get("auc"),
             epsilon=result.epsilon,
+            **({"label_dp_epsilon": summary["label_dp"]["epsilon"]} if summary.get("label_dp") else {}),
         )
     )
     status.update(state="completed", run_id=result.run_id, evaluation=result.evaluation)

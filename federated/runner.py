@@ -173,8 +173,13 @@ def _admit(
     decisions = {}
     for n in participants:
         d = decide(job, n.agency)
+        # The label holder of a label-DP job releases noisy labels at that ε (charged to its label's
+        # dataset once per label and ε, federated/admission.py): shown beside the job's record-DP ε.
+        label = {"label_dp_epsilon": job.label_dp} if job.label_dp is not None and n.agency == job.label_holder else {}
         # Policy-based admission adds the policy ids, policy-set hash and datasets it decided on.
-        decisions[n.agency] = {"approved": d.approved, "reason": d.reason, "epsilon": d.epsilon, **d.audit_fields()}
+        decisions[n.agency] = {
+            "approved": d.approved, "reason": d.reason, "epsilon": d.epsilon, **label, **d.audit_fields()
+        }  # fmt: skip
         emit(
             make_event(
                 job.job_id,
@@ -182,6 +187,7 @@ def _admit(
                 agency=n.agency,
                 reason=d.reason,
                 epsilon=d.epsilon,
+                **(label if d.approved else {}),
                 **d.audit_fields(),
             )
         )

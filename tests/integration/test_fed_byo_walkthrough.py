@@ -70,3 +70,9 @@ def test_walkthrough_from_csv_to_model(tmp_path: Path) -> None:
     assert approved == {"civil", "tax"}
     aligned = next(e for e in events if e["event"] == "aligned")
     assert aligned["subjects"] == 560
+    # The label-DP release is shown where the analyst looks, not only in the server's summary.
+    model = json.loads((work / "jobs" / "late-filing-1" / "model.json").read_text())
+    assert model["label_dp"]["epsilon"] == 2.0
+    label_holder = next(e for e in events if e["event"] == "job_approved" and e["agency"] == "tax")
+    assert label_holder["label_dp_epsilon"] == 2.0
+    assert next(e for e in events if e["event"] == "job_completed")["label_dp_epsilon"] == 2.0
