@@ -20,10 +20,28 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from concurrent.futures import Future
 from typing import Any
 
 PR_SET_PDEATHSIG = 1
+
+
+def exit_with_parent(poll_s: float = 1.0) -> threading.Thread:
+    """Exit this process (code 70) once its parent is gone, checked every `poll_s` from a daemon
+    thread. For a process its parent started and this module cannot wrap: Flower's ServerApp, a
+    child of the SuperLink, whose own parent monitor raises SIGINT into a main thread that may sit
+    in the Grid's retries against the gone SuperLink for minutes (seen in review)."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(poll_s)
+        os._exit(70)  # no cleanup to wait for: the SuperLink that would receive it is gone
+
+    thread = threading.Thread(target=watch, name="exit-with-parent", daemon=True)
+    thread.start()
+    return thread
 
 
 def main(argv: list[str]) -> None:

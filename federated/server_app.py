@@ -9,6 +9,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from federated.events import JsonlSink, make_event
 from federated.jobs import Mode, job_from_run_config
+from federated.orphan_guard import exit_with_parent
 from xgate.errors import JobFailed, VerticalFailed
 
 app = ServerApp()
@@ -16,6 +17,7 @@ app = ServerApp()
 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
+    exit_with_parent()  # a SuperLink killed with its runner takes this ServerApp with it
     job = job_from_run_config(dict(context.run_config))
     job_dir = Path(str(context.run_config["job-dir"]))
     try:
