@@ -140,9 +140,9 @@ def blind(msg: Message, context: Context) -> Message:
     trust = psi_keys.trust_of(nc)
     peers = psi_keys.peer_keys(job.job_id, statements, job.label_holder, trust, job.min_nodes - 1)
     lists = [bytes(tags) for tags in cfg["tags"]]
-    psi_keys.check_lists(statements, lists)
+    psi_keys.check_lists(statements, lists)  # each the list its node signed: no candidates in its place
     for tags in lists:
-        psi.check_tags(tags)  # each the list its node signed: no candidates in its place
+        psi.check_tags(tags)
     roster = psi_keys.roster(job.job_id, nc.agency, psi.agreement_public(agreement), statements)
     transport = {
         st.agency: psi.transport_key(agreement, k, job.job_id) for st, k in zip(statements, peers, strict=True)
