@@ -306,11 +306,12 @@ def _dp_summary(job: JobSpec, relay: _Relay, setup: dict[int, Message]) -> dict[
     if job.dp is None:
         return {}
     keys = ("dp_epsilon", "dp_sigma", "dp_sample_rate", "dp_steps")
-    nodes = {
-        relay.agency[n]: {k: cfg_of(m)[k] for k in keys if relay.number(n, m, k) is not None}
-        for n, m in setup.items()
-        if "dp_epsilon" in cfg_of(m)
-    }
+    nodes: dict[str, dict[str, Any]] = {}
+    for n, m in setup.items():
+        if "dp_epsilon" in cfg_of(m):
+            for k in keys:  # each a finite number, or the job fails naming the node
+                relay.number(n, m, k)
+            nodes[relay.agency[n]] = {k: cfg_of(m)[k] for k in keys}  # as sent: the steps stay a count
     eps = max((float(v["dp_epsilon"]) for v in nodes.values()), default=0.0)
     relay.emit(make_event(job.job_id, "dp_spent", rounds=job.rounds, epsilon=eps, delta=job.dp.delta, unit="record"))
     return {"dp": {"unit": "record", "epsilon": eps, "delta": job.dp.delta, "clip": job.dp.clip, "nodes": nodes}}
