@@ -199,7 +199,7 @@ def _csv_rows(path: Path, raw: bytes) -> Iterator[tuple[int, dict[str, str]]]:
                 last = len(cells) - 1
                 opens = _opens(line, _line_of(line, cells, last))
                 raise InvalidInput(f"{path} line {line}: {_cell(header, last)} {opens} that is never closed")
-            if not cells:
+            if not cells or (len(cells) == 1 and not cells[0].strip()):  # a blank, or blank but for spaces
                 continue  # a blank line
             if header is None:
                 twice = _duplicate(cells)
@@ -215,6 +215,15 @@ def _csv_rows(path: Path, raw: bytes) -> Iterator[tuple[int, dict[str, str]]]:
     except csv.Error as exc:  # the cell size limit, which a quote left open reaches in a large file
         runs = f", running to line {reader.line_num} (an unbalanced quote?)" if reader.line_num > next_line else ""
         raise InvalidInput(f"{path} line {next_line}: {exc}{runs}") from None
+
+
+def _with_near_names(absent: list[str], record: dict[str, str]) -> list[str]:
+    """Each missing column, with the header's name that differs from it only in case or spaces
+    (the usual cause: `Age` or ` age` for `age`), so the message says what to rename."""
+    near = {name.strip().casefold(): name for name in record}
+    return [
+        f"{c} (the header has {near[c.strip().casefold()]!r})" if c.strip().casefold() in near else c for c in absent
+    ]
 
 
 _NEWLINE = re.compile(r"\r\n|\r|\n")  # what ends a line for the reader, and so for line numbers
@@ -348,7 +357,7 @@ def parse_file(source: Path, mapping_path: Path, catalogue: Catalogue, pseudonym
             wanted = [mapping.dataset.subject_column] + [c.column for c in mapping.columns]
             absent = [c for c in wanted if c not in record]
             if absent:
-                raise InvalidInput(f"{source}: missing column(s) {', '.join(absent)}")
+                raise InvalidInput(f"{source}: missing column(s) {', '.join(_with_near_names(absent, record))}")
             first = False
         rows += 1
         try:

@@ -250,3 +250,17 @@ def test_a_quote_left_open_in_a_large_file_names_the_line_it_opens_on(tmp_path: 
     message = _parse(tmp_path, mapping, "\n".join(lines) + "\n")
     assert message.startswith(f"{tmp_path / 'data.csv'} line 11: field larger than field limit (")
     assert message.endswith("(an unbalanced quote?)") and ", running to line " in message
+
+
+def test_a_trailing_line_of_spaces_is_a_blank_line(tmp_path: Path, mapping: Path) -> None:
+    """Review: a last line of spaces was refused as '1 cells, the header has 4', although blank
+    lines are skipped."""
+    data = tmp_path / "data.csv"
+    data.write_text(f"{HEADER}\n{A},1,2,3\n   \n")
+    assert parse_file(data, mapping, CATALOGUE, PS).rows == 1
+
+
+def test_a_missing_column_names_the_header_that_differs_only_in_case_or_spaces(tmp_path: Path, mapping: Path) -> None:
+    header = HEADER.replace("monthly_income", " Monthly_Income")
+    message = _parse(tmp_path, mapping, f"{header}\n{A},1,2,3\n")
+    assert "missing column(s) monthly_income (the header has ' Monthly_Income')" in message
