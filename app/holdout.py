@@ -38,6 +38,8 @@ def write_holdout(
     value: str | None = None,
 ) -> tuple[int, int]:
     """(reserved, total) subjects; refuses the whole file if any id is invalid or repeated."""
+    if column is None and not 0.0 < fraction < 1.0:  # NaN too: typer's range check lets it through
+        raise InvalidInput(f"--fraction must be a share between 0 and 1, not {fraction}")
     cfg = load_node_config(config)
     pseudonymiser = Pseudonymiser(load_key(cfg.node.pseudonym_key_file))
     if not data.exists():

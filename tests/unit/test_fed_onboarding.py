@@ -120,6 +120,8 @@ def test_split_refusals(fed: Path) -> None:
     assert res.exit_code == 1 and "would hold 0" in res.output
     res = _invoke(*args[:-2], "--id-column", "nid", "--data", fed / "tax.csv", "--out", fed / "h.txt")
     assert res.exit_code == 1 and "missing column" in res.output
+    res = _invoke(*args, "--data", fed / "tax.csv", "--fraction", "nan")  # passed typer's range check
+    assert res.exit_code == 1 and "--fraction must be a share between 0 and 1, not nan" in res.output
     assert not (fed / "h.txt").exists()
 
 
