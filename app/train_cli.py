@@ -605,8 +605,10 @@ def _progress_text(ev: dict[str, Any]) -> str | None:
         text = f"round {ev.get('round')}: {name.replace('_', ' ')} at {who} {ev.get('reason', '')}".rstrip()
     elif name == "secagg_round":
         done = "unmasked" if ev.get("unmasked") else "NOT unmasked"
+        # The statistics round (a job that standardises) comes before training round 1: named as such.
+        which = "statistics round" if ev.get("phase") == "statistics" else f"round {ev.get('round')}"
         text = (
-            f"round {ev.get('round')}: secure aggregation {done}: {ev.get('masked_vectors')} masked updates, "
+            f"{which}: secure aggregation {done}: {ev.get('masked_vectors')} masked updates, "
             f"{ev.get('shares')} shares per secret, threshold {ev.get('threshold')}"
         )
     elif name == "dp_spent":

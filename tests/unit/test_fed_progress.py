@@ -97,13 +97,16 @@ def test_logs_show_admission_rounds_and_outcome(tmp_path: Path) -> None:
     sink(make_event("prog-1", "round_completed", round=1, agencies=["civil", "tax"]))
     sink(make_event("prog-1", "round_evaluated", round=1, auc=0.8123))
     sink(make_event("prog-1", "secagg_round", round=1, unmasked=True, masked_vectors=3, shares=3, threshold=2))
+    sink(make_event("prog-1", "secagg_round", round=1, phase="statistics", unmasked=True, masked_vectors=3,
+                    shares=3, threshold=2))  # fmt: skip
     sink(make_event("prog-1", "job_failed", agency="tax", reason="tax did not answer"))
     lines = progress_lines(json.loads(f"[{','.join((d / 'events.jsonl').read_text().splitlines())}]"))
     text = "\n".join(lines)
     assert "admission at civil: approved" in text and "admission at tax: refused: purpose not allowed" in text
     assert "decided again: node policy changed" in text and "round 1 completed (civil, tax)" in text
     assert "AUC 0.8123" in text and "failed at tax: tax did not answer" in text
-    assert "secure aggregation unmasked: 3 masked updates, 3 shares per secret, threshold 2" in text
+    assert "round 1: secure aggregation unmasked: 3 masked updates, 3 shares per secret, threshold 2" in text
+    assert "statistics round: secure aggregation unmasked" in text  # not a second "round 1"
     res = CliRunner().invoke(app, ["logs", "prog-1", "--root", str(tmp_path)])
     assert res.exit_code == 0 and res.output.count("\n") == len(lines)
     res = CliRunner().invoke(app, ["logs", "prog-1", "--root", str(tmp_path), "--flower"])
