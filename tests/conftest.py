@@ -43,9 +43,15 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     """Slow files first (a stable sort, so each file's tests stay together and in order).
 
     xdist's `--dist loadfile` hands out files in collection order; a file of minute-long Flower jobs
-    handed out last would run alone while the other workers idle, so those go out first.
+    handed out last would run alone while the other workers idle, so those go out first, and the
+    longest (`slow(first=True)`: five minutes of the deployment across hosts) before them.
     """
-    items.sort(key=lambda item: 0 if item.get_closest_marker("slow") else 1)
+
+    def rank(item: pytest.Item) -> int:
+        slow = item.get_closest_marker("slow")
+        return 2 if slow is None else 0 if slow.kwargs.get("first") else 1
+
+    items.sort(key=rank)
 
 
 @pytest.fixture(scope="session")

@@ -17,7 +17,7 @@ import pytest
 
 from app.devfed import prepare
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]  # slow: handed out first (tests/conftest.py)
 ROOT = Path(__file__).resolve().parents[2]
 
 LAUNCHER = """
