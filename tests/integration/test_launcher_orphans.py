@@ -17,7 +17,7 @@ import pytest
 
 from app.devfed import prepare
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]  # slow: handed out first (tests/conftest.py)
+pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
 
 LAUNCHER = """
@@ -46,6 +46,14 @@ def _children_of(pid: int) -> set[int]:
             if int(stat[1]) == pid and stat[0] != "Z":
                 out.add(int(entry.name))
     return out
+
+
+def _command(pid: int) -> str:
+    """What a process runs (for the failure message)."""
+    try:
+        return (Path("/proc") / str(pid) / "cmdline").read_bytes().replace(b"\0", b" ").decode()[:200]
+    except OSError:
+        return f"{pid} (gone)"
 
 
 def _descendants(pid: int) -> set[int]:
@@ -86,7 +94,8 @@ def test_a_killed_launcher_leaves_no_node_or_gateway_running(tmp_path: Path) -> 
         deadline = time.monotonic() + 30
         while any(_running(p) for p in everyone) and time.monotonic() < deadline:
             time.sleep(0.1)
-        assert sorted(p for p in everyone if _running(p)) == [], "processes outlived their launcher"
+        left = sorted(p for p in everyone if _running(p))
+        assert left == [], f"processes outlived their launcher: {[_command(p) for p in left]}"
     finally:
         for pid in everyone:
             if _running(pid):
