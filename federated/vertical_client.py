@@ -191,7 +191,7 @@ def _once(cache: Path, context: Context, step: str) -> None:
     """A step runs once per run of a job at a node: asked again (with other lists, another roster,
     for a release it already made) it would hand the coordinator a second, different answer to
     combine with the first. A job resubmitted later is a new run and starts over from hello."""
-    RunReleases(cache / f"run-{context.run_id}").once(step)
+    RunReleases(_run_dir(cache, context)).once(step)
 
 
 @app.train("membership")
@@ -440,8 +440,7 @@ PEER_CERTIFICATES = "peer-certificates.json"
 def _keep_transport_keys(cache: Path, context: Context, keys: dict[str, bytes]) -> None:
     """This run's keys, in the run's own directory (replaced atomically: concurrent runs of a job
     never see each other's, nor a half-written file)."""
-    run_dir = cache / f"run-{context.run_id}"
-    run_dir.mkdir(parents=True, exist_ok=True)
+    run_dir = _run_dir(cache, context)
     tmp = run_dir / f".{TRANSPORT_KEYS}.{secrets.token_hex(8)}"
     node_keys.write_private(tmp, json.dumps({a: k.hex() for a, k in keys.items()}).encode())
     os.replace(tmp, run_dir / TRANSPORT_KEYS)
@@ -450,7 +449,7 @@ def _keep_transport_keys(cache: Path, context: Context, keys: dict[str, bytes]) 
 def _transport_key(cache: Path, context: Context, agency: str) -> bytes:
     """The key this node agreed with `agency` (the label holder, or at the label holder a feature
     node) in this run's alignment."""
-    path = cache / f"run-{context.run_id}" / TRANSPORT_KEYS
+    path = _run_dir(cache, context) / TRANSPORT_KEYS
     keys = json.loads(path.read_text()) if path.exists() else {}
     if agency not in keys:
         raise ValueError(f"no sealing key agreed with '{agency}' in this run's alignment")
@@ -460,7 +459,7 @@ def _transport_key(cache: Path, context: Context, agency: str) -> bytes:
 def _forget_transport_keys(cache: Path, context: Context) -> None:
     """After this node's last sealed exchange of the run: a key kept on disk would open the run's
     recorded ciphertext later."""
-    (cache / f"run-{context.run_id}" / TRANSPORT_KEYS).unlink(missing_ok=True)
+    (_run_dir(cache, context) / TRANSPORT_KEYS).unlink(missing_ok=True)
 
 
 def _binding(job: JobSpec, context: Context, kind: str, step: int, agency: str) -> sealed_arrays.Binding:
@@ -505,7 +504,7 @@ def step(msg: Message, context: Context) -> Message:
     """Feature node: apply the gradient of batch t-2, return embeddings of batch t (one message of a
     run at a time: `_next_step` and the save that records it under the run's lock)."""
     job, nc, path = _setup(context)
-    with RunReleases(path / f"run-{context.run_id}").exclusive():
+    with RunReleases(_run_dir(path, context)).exclusive():
         return _step(msg, context, job, nc, path)
 
 
@@ -597,7 +596,7 @@ def top(msg: Message, context: Context) -> Message:
     """Label holder: own bottom + top model step; returns dL/dE for each other node's embedding
     (one message of a run at a time, as `step`)."""
     job, nc, path = _setup(context)
-    with RunReleases(path / f"run-{context.run_id}").exclusive():
+    with RunReleases(_run_dir(path, context)).exclusive():
         return _top(msg, context, job, nc, path)
 
 
@@ -661,7 +660,7 @@ def evaluate_top(msg: Message, context: Context) -> Message:
     if _steps_done(st) != job.rounds - 1:
         raise ValueError("evaluation before the last training step")
     order = [str(a) for a in cfg_of(msg)["order"]]
-    RunReleases(path / f"run-{context.run_id}").refuse_if_claimed("evaluate")  # its sealing keys are gone
+    RunReleases(_run_dir(path, context)).refuse_if_claimed("evaluate")  # its sealing keys are gone
     given = arrays_of(msg)
     received = {
         a: _open(_transport_key(path, context, a), given[a], job, context, "heldout", job.rounds, a)
