@@ -45,8 +45,7 @@ class KeyStatement:
 def signed_message(job_id: str, agency: str, key: bytes, list_sha256: bytes) -> bytes:
     """What is signed: version, job id, agency, key and list digest, each length-prefixed (no two
     statements collide)."""
-    fields = (VERSION, job_id.encode(), agency.encode(), key, list_sha256)
-    return b"".join(len(f).to_bytes(4, "big") + f for f in fields)
+    return _length_prefixed((VERSION, job_id.encode(), agency.encode(), key, list_sha256))
 
 
 def sign_statement(
@@ -102,14 +101,12 @@ ROWS_VERSION = b"xgate-aligned-rows-v1"
 def rows_message(job_id: str, run_id: int, agency: str, aligned: bytes, rows: bytes) -> bytes:
     """What a node signs at PSI `partners`: that in this run of this job it holds the aligned rows
     `aligned` (label holder positions) at `rows` (positions in the list the label holder returned)."""
-    fields = (
-        ROWS_VERSION,
-        job_id.encode(),
-        str(run_id).encode(),
-        agency.encode(),
-        hashlib.sha256(aligned).digest(),
-        hashlib.sha256(rows).digest(),
-    )
+    digests = (hashlib.sha256(aligned).digest(), hashlib.sha256(rows).digest())
+    return _length_prefixed((ROWS_VERSION, job_id.encode(), str(run_id).encode(), agency.encode(), *digests))
+
+
+def _length_prefixed(fields: tuple[bytes, ...]) -> bytes:
+    """Each field with its 4-byte length: no two field sequences give the same bytes."""
     return b"".join(len(f).to_bytes(4, "big") + f for f in fields)
 
 
