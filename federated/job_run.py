@@ -205,7 +205,10 @@ def finish(
     result.status, result.wall_s = "completed", time.monotonic() - t0
     result.evaluation = summary.get("evaluation", {})
     result.model_sha256 = summary.get("model_sha256")
-    result.epsilon = (summary.get("dp") or {}).get("epsilon")
+    dp_summary = _with_unreported_nodes(job, summary.get("dp"), decisions, data_digests)
+    if dp_summary is not None:
+        summary["dp"] = dp_summary
+    result.epsilon = (dp_summary or {}).get("epsilon")
     metadata = {
         "job_id": job.job_id,
         "job_digest": job.digest(),
@@ -214,7 +217,7 @@ def finish(
         "decisions": decisions,
         "model_sha256": result.model_sha256,
         "data_digests": dict(data_digests),
-        "dp": summary.get("dp"),
+        "dp": dp_summary,
         **({"label_dp": summary["label_dp"]} if summary.get("label_dp") else {}),
         "evaluation": result.evaluation,
         "bytes_exchanged": result.bytes_exchanged,
@@ -236,6 +239,26 @@ def finish(
     )
     status.update(state="completed", run_id=result.run_id, evaluation=result.evaluation)
     return result
+
+
+def _with_unreported_nodes(
+    job: JobSpec, dp: dict[str, Any] | None, decisions: Mapping[str, Any], trained_on: Mapping[str, str]
+) -> dict[str, Any] | None:
+    """A horizontal record-DP summary lists each node's accountant as its last evaluation reported
+    it; a node that took part and dropped before any evaluation reported none, although its ledger
+    charged the job at admission. Such nodes are named (`not_reported`) and the job's ε is at least
+    what each was charged (an upper bound on what it spent), so the summary never understates it."""
+    if not dp or dp.get("unit") != "record" or job.mode is not Mode.HORIZONTAL:
+        return dp
+    missing = sorted(set(trained_on) - set(dp.get("nodes", {})))
+    if not missing:
+        return dp
+    charged = {
+        a: float(decisions[a]["epsilon"]) for a in missing if (decisions.get(a) or {}).get("epsilon") is not None
+    }
+    # Remote admission happens at the nodes (no decisions here): the job's target ε bounds each one.
+    bound = max(charged.values(), default=float(job.dp.epsilon) if job.dp is not None else 0.0)
+    return {**dp, "epsilon": max(float(dp["epsilon"]), bound), "not_reported": missing, "charged_not_reported": charged}
 
 
 def _progress_line(job: JobSpec, ev: dict[str, Any]) -> str:

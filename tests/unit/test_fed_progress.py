@@ -241,3 +241,28 @@ def test_a_resubmitted_run_that_completes_carries_no_earlier_failure(tmp_path: P
     assert [e["event"] for e in seen] == ["run_started", "round_completed"]
     assert not (tmp_path / "server-summary.json").exists()  # this run wrote none: the earlier one is aside
     assert (tmp_path / "run.log").read_text() == "flower log of run 8\n"
+
+
+def test_a_node_that_dropped_before_any_evaluation_is_named_and_bounds_the_jobs_epsilon(tmp_path: Path) -> None:
+    from federated.job_run import JobResult, Status, finish
+
+    job = _job(dp={"epsilon": 2.0, "delta": 1e-6, "clip": 1.0, "unit": "record"})
+    reported = {"region0": {"dp_epsilon": 1.2, "dp_sigma": 3.0, "dp_sample_rate": 0.02, "dp_steps": 40}}
+    summary = {"evaluation": {"auc": 0.8}, "dp": {"unit": "record", "epsilon": 1.2, "delta": 1e-6, "clip": 1.0,
+                                                  "nodes": reported}}  # fmt: skip
+    (tmp_path / "server-summary.json").write_text(json.dumps(summary))
+    decisions = {a: {"approved": True, "reason": "approved", "epsilon": 2.0} for a in ("region0", "region1")}
+    events: list[dict[str, Any]] = []
+    result = finish(job, JobResult("prog-1", 1, "running", tmp_path), 0.0, decisions,
+                    {"region0": "a" * 64, "region1": "b" * 64}, events.append, Status(tmp_path))  # fmt: skip
+    # region1 took part (its data digest) but left before reporting its accountant: charged 2.0 by its ledger.
+    assert result.epsilon == 2.0
+    for name in ("model.json", "report.json"):
+        dp = json.loads((tmp_path / name).read_text())["dp"]
+        assert dp["not_reported"] == ["region1"] and dp["charged_not_reported"] == {"region1": 2.0}
+        assert dp["epsilon"] == 2.0 and set(dp["nodes"]) == {"region0"}
+    assert [e["epsilon"] for e in events if e["event"] == "job_completed"] == [2.0]
+    # Every node reported: the accountants' figure stands.
+    (tmp_path / "server-summary.json").write_text(json.dumps(summary))
+    assert finish(job, JobResult("prog-1", 1, "running", tmp_path), 0.0, decisions, {"region0": "a" * 64},
+                  events.append, Status(tmp_path)).epsilon == 1.2  # fmt: skip
