@@ -42,6 +42,7 @@ import numpy as np
 
 from crypto.he import MAX_ABS_DIFFERENCE
 from crypto.masks import MIN_MASK_LOG2, derive_masks, derive_sign_masks, mask_bound
+from crypto.value_tags import tag_table
 from exchange.eligibility import criterion_masks
 from policies.catalogue import load_catalogue
 from policies.programs import DEFAULT_PROGRAM_DIR, NO_CLAMP, Program, ProgramRegistry
@@ -49,6 +50,7 @@ from policies.types import DEFAULT_COHORT_EPSILON
 
 RESULTS = Path(__file__).resolve().parent / "results" / "privacy.json"
 KEY = bytes(range(32))
+TAG_KEY = bytes(range(32, 64))  # a node's value-tag key
 NEAR_UNITS = 10
 
 
@@ -204,19 +206,24 @@ def silver_attack(program: Program, population: Any, key: bytes, epochs: int = 1
     clamps = program.element_clamps()
     people = len(next(iter(population.present.values())))
     d = []
+    encoded: dict[str, np.ndarray] = {}  # each element as its node encrypts it (default, clamp)
     for criterion in program.criteria:
         total = np.zeros(people, dtype=np.int64)
         for term in criterion.terms:
             agency, column = term.element.split(".")
             values = np.where(population.present[agency], population.columns[agency][column], term.if_missing)
-            total += clamps.get(term.element, NO_CLAMP).apply_all(values.astype(np.int64))
+            encoded[term.element] = clamps.get(term.element, NO_CLAMP).apply_all(values.astype(np.int64))
+            total += encoded[term.element]
         d.append(criterion.direction * (total - criterion.bound))
     failing = np.stack([x < 0 for x in d])
     rows = np.flatnonzero(failing.sum(axis=0) == 1)
     truth = failing[:, rows].argmax(axis=0)
     failing_bins, every = [], []
+    pseudonyms = _pseudonyms(len(rows), "p")
     for epoch in range(1, epochs + 1):
-        masks = criterion_masks(program, key, epoch, _pseudonyms(len(rows), "p"), hide_order=True)
+        # The nodes' value tags for this epoch, over the same data (crypto/value_tags.py).
+        tags = tag_table(TAG_KEY, epoch, {e: v[rows].tolist() for e, v in encoded.items()}, pseudonyms)
+        masks = criterion_masks(program, key, epoch, pseudonyms, hide_order=True, tags=tags)
         masked = [
             r.astype(object) * x[rows].astype(object) + s.astype(object) for (r, s), x in zip(masks, d, strict=True)
         ]
@@ -775,11 +782,12 @@ def flooding_cost(repeats: int) -> dict[str, Any]:
     for n in (1, 4096):
         ps = _pseudonyms(n, "t")
         cts = {t.element: [context.load(context.encrypt([0] * n), n)] for t in dibao.elements()}
+        tags = tag_table(TAG_KEY, 1, {t.element: [0] * n for t in dibao.elements()}, ps)
         times: dict[bool, list[float]] = {True: [], False: []}
         for _ in range(repeats):
             for flood in (False, True):
                 t0 = time.perf_counter()
-                combine_he(dibao, ps, context, cts, KEY, 1, flood=flood)
+                combine_he(dibao, ps, context, cts, KEY, 1, flood=flood, tags=tags)
                 times[flood].append((time.perf_counter() - t0) * 1000)
         off, on = statistics.median(times[False]), statistics.median(times[True])
         out[f"applicants_{n}"] = {

@@ -181,6 +181,7 @@ def masked(subjects: int, repeats: int) -> dict[str, Any]:
     """Today's cost for one 低保 check of `subjects` people: the gateway's masking, the requester's
     decryption, and the result bytes it downloads."""
     from crypto.he import PublicContext, RequesterKeys
+    from crypto.value_tags import tag_table
     from exchange.eligibility import combine_he
     from policies.catalogue import load_catalogue
     from policies.programs import DEFAULT_PROGRAM_DIR, ProgramRegistry
@@ -190,10 +191,11 @@ def masked(subjects: int, repeats: int) -> dict[str, Any]:
     context = PublicContext(keys.public_context)
     pseudonyms = [f"s{i:025x}" for i in range(subjects)]
     cts = {t.element: [context.load(context.encrypt([0] * subjects), subjects)] for t in dibao.elements()}
+    tags = tag_table(bytes(range(32, 64)), 1, {t.element: [0] * subjects for t in dibao.elements()}, pseudonyms)
     gateway, requester, size = [], [], 0
     for _ in range(repeats):
         t0 = time.perf_counter()
-        outcomes = combine_he(dibao, pseudonyms, context, cts, KEY, 1)
+        outcomes = combine_he(dibao, pseudonyms, context, cts, KEY, 1, tags=tags)
         gateway.append(time.perf_counter() - t0)
         t0 = time.perf_counter()
         size = 0

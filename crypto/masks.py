@@ -83,15 +83,22 @@ def masks_from_words(words: np.ndarray, max_abs_difference: int) -> tuple[np.nda
     return r, s
 
 
-def _prf_words(key: bytes, parts: Sequence[bytes], pseudonyms: Sequence[str], pairs: int = 1) -> np.ndarray:
+def _prf_words(
+    key: bytes, parts: Sequence[bytes], pseudonyms: Sequence[str], pairs: int = 1, data: Sequence[bytes] | None = None
+) -> np.ndarray:
     """`pairs` pairs of uniform 64-bit words per pseudonym (shape: pseudonyms x pairs x 2), one
-    BLAKE2b call each, keyed with the mask key over the domain, the label parts and the pseudonym."""
+    BLAKE2b call each, keyed with the mask key over the domain, the label parts, the pseudonym and,
+    where given, that subject's `data` (the value tags of what is compared, crypto/value_tags.py)."""
     if len(key) != MASK_KEY_BYTES:
         raise ValueError(f"mask key must be {MASK_KEY_BYTES} bytes")
+    if data is not None and len(data) != len(pseudonyms):
+        raise ValueError("one data tag per pseudonym")
     prefix = b"\x00".join((_DOMAIN, *parts, b""))
     raw = bytearray()
-    for pseudonym in pseudonyms:
-        raw += hashlib.blake2b(prefix + pseudonym.encode(), key=key, digest_size=16 * pairs).digest()
+    for j, pseudonym in enumerate(pseudonyms):
+        # A pseudonym never holds NUL; the data after it is what the subject's values are now.
+        tail = b"\x00" + data[j] if data is not None else b""
+        raw += hashlib.blake2b(prefix + pseudonym.encode() + tail, key=key, digest_size=16 * pairs).digest()
     return np.frombuffer(bytes(raw), dtype="<u8").reshape(-1, pairs, 2) if raw else np.zeros((0, pairs, 2), np.uint64)
 
 
@@ -101,10 +108,13 @@ def derive_masks(
     epoch: int,
     pseudonyms: Sequence[str],
     max_abs_difference: int = MAX_ABS_DIFFERENCE,
+    data: Sequence[bytes] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Return (r, s') as int64 arrays, one entry per pseudonym, in the given order."""
+    """Return (r, s') as int64 arrays, one entry per pseudonym, in the given order. `data`: per
+    subject, the value tags of the values compared (crypto/value_tags.py): the same values give the
+    same masks, changed values fresh ones (else v1 - v2 = r * (d1 - d2) would give r away)."""
     parts = (question.encode(), str(max_abs_difference).encode(), str(epoch).encode())
-    return masks_from_words(_prf_words(key, parts, pseudonyms)[:, 0], max_abs_difference)
+    return masks_from_words(_prf_words(key, parts, pseudonyms, data=data)[:, 0], max_abs_difference)
 
 
 # Share of a sign-only criterion's failing magnitudes drawn as a sum failing further than one
@@ -122,6 +132,7 @@ def derive_sign_masks(
     like_span: int,
     like_passing_reach: int,
     like_failing_reach: int = 1,
+    data: Sequence[bytes] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """(r, s') for a criterion whose clamped difference is 0 (pass) or -1 (fail), shaped so that
     its masked value looks like a sum's (`like_span`; passing d up to `like_passing_reach`,
@@ -142,7 +153,7 @@ def derive_sign_masks(
     if not 1 <= like_failing_reach <= like_span:
         raise ValueError("a sum's failing reach lies within 1..its span")
     parts = (question.encode(), b"sign-only", str(like_span).encode(), str(epoch).encode())
-    words = _prf_words(key, parts, pseudonyms, pairs=2)
+    words = _prf_words(key, parts, pseudonyms, pairs=2, data=data)  # fresh when the values change, as derive_masks
     r_b, s_b = masks_from_words(words[:, 0], like_span)  # the pass
     r_g, s_g = masks_from_words(words[:, 1], like_span)  # the fail
     # The distances it pretends (U, V) are the subject's own in every epoch, as a sum's real distance
@@ -167,13 +178,20 @@ def epoch_of(unix_seconds: float, epoch_seconds: int) -> int:
     return int(unix_seconds // epoch_seconds)
 
 
-def derive_permutations(key: bytes, program: str, epoch: int, pseudonyms: Sequence[str], k: int) -> np.ndarray:
-    """One permutation of range(k) per subject (rows), keyed like the masks so repeats agree."""
+def derive_permutations(
+    key: bytes, program: str, epoch: int, pseudonyms: Sequence[str], k: int, data: Sequence[bytes] | None = None
+) -> np.ndarray:
+    """One permutation of range(k) per subject (rows), keyed like the masks so repeats agree; with
+    `data` (the subject's value tags) a changed value draws a fresh order too: kept, the position
+    whose value moved with a change the requester knows of would name its criterion."""
     if len(key) != MASK_KEY_BYTES:
         raise ValueError(f"mask key must be {MASK_KEY_BYTES} bytes")
+    if data is not None and len(data) != len(pseudonyms):
+        raise ValueError("one data tag per pseudonym")
     prefix = b"\x00".join((_DOMAIN, b"criteria-order", program.encode(), str(epoch).encode(), b""))
     rows = np.empty((len(pseudonyms), k), dtype=np.int64)
     for j, pseudonym in enumerate(pseudonyms):
-        digest = hashlib.blake2b(prefix + pseudonym.encode(), key=key, digest_size=8 * k).digest()
+        tail = b"\x00" + data[j] if data is not None else b""
+        digest = hashlib.blake2b(prefix + pseudonym.encode() + tail, key=key, digest_size=8 * k).digest()
         rows[j] = np.argsort(np.frombuffer(digest, dtype="<u8"), kind="stable")
     return rows

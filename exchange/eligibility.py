@@ -16,6 +16,7 @@ import numpy as np
 
 from crypto.he import HE_PARAMS_ID, PLAIN_MODULUS, SLOTS, Ciphertext, FloodTerm, PublicContext, chunk_count
 from crypto.masks import derive_masks, derive_permutations, derive_sign_masks
+from crypto.value_tags import split_tags
 from exchange.cohort import flip_masks
 from policies.programs import NO_CLAMP, Clamp, Criterion, Program, Term
 from protos.xgate.v1 import node_pb2
@@ -77,17 +78,20 @@ def _requests_for(
     context_fingerprint: str,
     replicas: int = 0,
     clamps: Mapping[str, Clamp] | None = None,
+    value_tag_epoch: int | None = None,
 ) -> dict[str, node_pb2.EncryptRequest]:
     clamps = clamps or {}
+    he = mode == node_pb2.EXCHANGE_MODE_HE
     return {
         agency: node_pb2.EncryptRequest(
             context=context,
             mode=mode,
             pseudonyms=list(pseudonyms),
             elements=[_query(t, clamps.get(t.element, NO_CLAMP)) for t in terms],
-            he_params_id=HE_PARAMS_ID if mode == node_pb2.EXCHANGE_MODE_HE else "",
-            context_fingerprint=context_fingerprint if mode == node_pb2.EXCHANGE_MODE_HE else "",
-            replicas=replicas if mode == node_pb2.EXCHANGE_MODE_HE else 0,
+            he_params_id=HE_PARAMS_ID if he else "",
+            context_fingerprint=context_fingerprint if he else "",
+            replicas=replicas if he else 0,
+            value_tag_epoch=value_tag_epoch if he else None,
         )
         for agency, terms in grouped.items()
     }
@@ -109,15 +113,20 @@ def build_requests(
     mode: node_pb2.ExchangeMode,
     context_fingerprint: str,
     replicas: int = 0,
+    epoch: int | None = None,
 ) -> dict[str, node_pb2.EncryptRequest]:
     """One EncryptRequest per agency whose data elements the program reads. HE requests name the
     requester's context by fingerprint only; the fan-out attaches its bytes for a node that asks.
     `replicas`: a small batch's values repeated once per criterion (see combine_he_packed).
     Each element goes with its clamp (policies/programs.py; the same in the per-criterion and
-    overall views): single terms to the sign alone, sums' terms just past their thresholds."""
+    overall views): single terms to the sign alone, sums' terms just past their thresholds.
+    HE requests ask for value tags of the masking `epoch` (required there: see `value_tags_of`)."""
+    if mode == node_pb2.EXCHANGE_MODE_HE and epoch is None:
+        raise ValueError("an HE check names its masking epoch: the nodes tag their values for it")
     context = _request_context(program, scope)
     clamps = program.element_clamps()
-    return _requests_for(program.elements_by_agency(), context, pseudonyms, mode, context_fingerprint, replicas, clamps)
+    grouped = program.elements_by_agency()
+    return _requests_for(grouped, context, pseudonyms, mode, context_fingerprint, replicas, clamps, epoch)
 
 
 def build_cohort_requests(
@@ -221,6 +230,39 @@ def validate_he_response(
     return out
 
 
+def value_tags_of(
+    plan: Mapping[str, node_pb2.EncryptRequest], responses: Mapping[str, node_pb2.EncryptResponse]
+) -> dict[str, list[bytes]]:
+    """Each element's value tags, one per subject in request order (crypto/value_tags.py), from
+    answers to requests that asked for them; a node that sent none, or the wrong number, is named."""
+    out: dict[str, list[bytes]] = {}
+    for agency, response in responses.items():
+        request = plan[agency]
+        if not request.HasField("value_tag_epoch"):
+            continue
+        for element in response.elements:
+            if not element.value_tags:
+                raise NodeProtocolError(
+                    agency,
+                    f"sent no value tags for '{element.element}' (a node that predates value tags: upgrade it)",
+                )
+            try:
+                out[element.element] = split_tags(element.value_tags, len(request.pseudonyms))
+            except ValueError as exc:
+                raise NodeProtocolError(agency, f"value tags for '{element.element}': {exc}") from None
+    return out
+
+
+def _subject_data(tags: Mapping[str, Sequence[bytes]], elements: Sequence[str], subjects: int) -> list[bytes]:
+    """Per subject, the tags of `elements` (sorted, so programs listing the same terms in another
+    order agree): what the masks of a comparison over those elements are keyed to."""
+    ordered = sorted(set(elements))
+    missing = [e for e in ordered if e not in tags]
+    if missing:
+        raise ValueError(f"no value tags for {', '.join(missing)}")
+    return [b"".join(tags[e][j] for e in ordered) for j in range(subjects)]
+
+
 def attach_pads(requests: Mapping[str, node_pb2.EncryptRequest], batch: bytes, offset: int, opens: bool) -> None:
     """Point a small packed check's requests at its window of a one-time pad batch (exchange/pads.py)."""
     for request in requests.values():
@@ -293,25 +335,48 @@ def _chunk_terms(criterion: Criterion, ciphertexts: Mapping[str, list[Ciphertext
 
 
 def criterion_masks(
-    program: Program, mask_key: bytes, epoch: int, pseudonyms: Sequence[str], hide_order: bool
+    program: Program,
+    mask_key: bytes,
+    epoch: int,
+    pseudonyms: Sequence[str],
+    hide_order: bool,
+    *,
+    tags: Mapping[str, Sequence[bytes]],
 ) -> list[tuple[np.ndarray, np.ndarray]]:
     """Each criterion's (r, s') per subject. Keyed to the question, so a second program asking it
     gets the same values, no fresh sample; except in the overall view (`hide_order`), where the
     program is keyed in too: there, values equal across two programs would let the requester pair
     up the criteria they share and so name the one left over, i.e. which criterion failed. For the
     same reason a sign-only criterion's value there is shaped like the program's sum
-    (`Program.overall_look`, crypto.masks.derive_sign_masks)."""
+    (`Program.overall_look`, crypto.masks.derive_sign_masks).
+
+    Keyed to the values compared as well (`tags`, the nodes' value tags): a value that changed
+    within the epoch gets fresh masks, or two checks around the change would give r and so the
+    exact difference. Per criterion its own terms' tags; in the overall view every term's, since
+    positions whose values stayed put would otherwise be matched across the two results, naming
+    the one that moved."""
     view = f"\x00overall-view\x00{program.id}" if hide_order else ""
+    n = len(pseudonyms)
+    everything = _subject_data(tags, [t.element for t in program.elements()], n) if hide_order else None
     masks = []
     for i, c in enumerate(program.criteria):
         # Fitted to the span the clamps leave (build_requests), keyed with those clamps.
         question = f"{c.question}{view}\x00clamped\x00{program.clamp_label(i)}"
+        data = everything if everything is not None else _subject_data(tags, [t.element for t in c.terms], n)
         look = program.overall_look(i) if hide_order else None
         if look is None:
-            masks.append(derive_masks(mask_key, question, epoch, pseudonyms, program.clamped_span(i)))
+            masks.append(derive_masks(mask_key, question, epoch, pseudonyms, program.clamped_span(i), data))
         else:
-            masks.append(derive_sign_masks(mask_key, question, epoch, pseudonyms, *look))
+            masks.append(derive_sign_masks(mask_key, question, epoch, pseudonyms, *look, data=data))
     return masks
+
+
+def _order(
+    program: Program, mask_key: bytes, epoch: int, pseudonyms: Sequence[str], tags: Mapping[str, Sequence[bytes]]
+) -> np.ndarray:
+    """The overall view's per-subject order of the criteria, drawn afresh when any value changes."""
+    data = _subject_data(tags, [t.element for t in program.elements()], len(pseudonyms))
+    return derive_permutations(mask_key, program.id, epoch, pseudonyms, len(program.criteria), data)
 
 
 def combine_he(
@@ -324,6 +389,8 @@ def combine_he(
     hide_order: bool = False,
     flood: bool = True,
     floods: Sequence[FloodTerm] | None = None,
+    *,
+    tags: Mapping[str, Sequence[bytes]],
 ) -> list[CriterionOutcome]:
     """Per criterion: Enc(r*d + s') per chunk, masks keyed to (question, epoch, subject).
 
@@ -337,10 +404,11 @@ def combine_he(
     `floods` are flood terms prepared ahead (see flood_counts), one per result ciphertext in
     criterion-major, chunk-minor order; without them each result is flooded here.
     `flood=False` skips noise flooding: only for measuring what flooding costs (bench/privacy.py).
+    `tags`: the nodes' value tags per element (`value_tags_of`), folded into the masks.
     """
-    masks = criterion_masks(program, mask_key, epoch, pseudonyms, hide_order)
+    masks = criterion_masks(program, mask_key, epoch, pseudonyms, hide_order, tags=tags)
     k = len(program.criteria)
-    order = derive_permutations(mask_key, program.id, epoch, pseudonyms, k) if hide_order and k > 1 else None
+    order = _order(program, mask_key, epoch, pseudonyms, tags) if hide_order and k > 1 else None
     outcomes = []
     prepared = iter(floods) if floods is not None else None
     if floods is not None and len(floods) != len(flood_counts(program, len(pseudonyms))):
@@ -431,6 +499,8 @@ def combine_he_packed(
     flood: bool | FloodTerm = True,
     padded: Mapping[str, np.ndarray] | None = None,
     first_block: int = 0,
+    *,
+    tags: Mapping[str, Sequence[bytes]],
 ) -> tuple[list[CriterionOutcome], bytes]:
     """combine_he for a small batch, all criteria in ONE result ciphertext.
 
@@ -451,8 +521,8 @@ def combine_he_packed(
         raise ValueError("this batch does not pack into one ciphertext")
     if first_block and padded is None:
         raise ValueError("only a one-time-padded check starts past the first slot block")
-    masks = criterion_masks(program, mask_key, epoch, pseudonyms, hide_order)
-    order = derive_permutations(mask_key, program.id, epoch, pseudonyms, k) if hide_order else None
+    masks = criterion_masks(program, mask_key, epoch, pseudonyms, hide_order, tags=tags)
+    order = _order(program, mask_key, epoch, pseudonyms, tags) if hide_order else None
     total = (first_block + k) * n
     window = slice(first_block * n, total)
     groups, weights = [], []

@@ -28,6 +28,7 @@ from exchange.eligibility import (
     combine_he_packed,
     validate_he_response,
     validate_padded_response,
+    value_tags_of,
 )
 from exchange.types import View
 from policies.programs import Program
@@ -102,6 +103,7 @@ def _combine_padded(
         flood=floods[0] if floods else True,
         padded=padded,
         first_block=first_block,
+        tags=value_tags_of(plan, responses),
     )
 
 
@@ -124,10 +126,11 @@ def combine(job: CombineJob) -> tuple[list[CriterionOutcome], bytes]:
         )
         return outcomes, b""
     (ciphertexts,) = loaded
+    tags = value_tags_of(job.plans[0], job.answers[0])
     args = (job.program, list(job.pseudonyms), context, ciphertexts, job.mask_key, job.epoch, job.view == "overall")
     if any(r.replicas > 1 for r in job.plans[0].values()):
-        return combine_he_packed(*args, flood=floods[0] if floods else True)
-    return combine_he(*args, floods=floods), b""
+        return combine_he_packed(*args, flood=floods[0] if floods else True, tags=tags)
+    return combine_he(*args, floods=floods, tags=tags), b""
 
 
 def prepare_floods(context_data: bytes, counts: Sequence[int]) -> list[FloodTerm]:

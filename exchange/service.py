@@ -232,6 +232,7 @@ class CheckService:
         pseudonyms = list(request.pseudonyms)
         ref = context.ref if context is not None else ""
         blocks = 0
+        epoch: int | None = None  # the cohort view draws a fresh one per query instead
         if cohort is not None:
             # Cohort view: each criterion's subjects go out in their own order only the gateway
             # knows (and with fresh masks), so slots map to no one, are not linked across criteria
@@ -240,8 +241,10 @@ class CheckService:
         else:
             # A small batch packs every criterion's result into one ciphertext (the nodes repeat values).
             blocks = packing(program, len(pseudonyms)) if context is not None else 0
-            # The nodes clamp terms (docs/PROTOCOL.md "Masks").
-            plans = [build_requests(program, scope, pseudonyms, mode, ref, replicas=blocks)]
+            # The nodes clamp terms (docs/PROTOCOL.md "Masks") and tag their values for this
+            # epoch (exchange/eligibility.py `criterion_masks`).
+            epoch = epoch_of(self.clock(), program.epoch_seconds) if context is not None else None
+            plans = [build_requests(program, scope, pseudonyms, mode, ref, replicas=blocks, epoch=epoch)]
         t1 = self.timer()
         # A small packed check uses a window of a one-time pad batch (exchange/pads.py); a node that
         # lost its batch (restarted) fails the first attempt, and the second opens a new batch.
@@ -300,12 +303,11 @@ class CheckService:
         prepared = await floods if floods is not None else None
         packed = b""
         if context is not None:
-            epoch = rng.epoch() if view == "cohort" else epoch_of(self.clock(), program.epoch_seconds)
             job = CombineJob(
                 program=program,
                 context_data=context.data,
                 mask_key=self.mask_key,
-                epoch=epoch,
+                epoch=rng.epoch() if epoch is None else epoch,
                 plans=tuple(plans),
                 answers=tuple(answers),
                 pseudonyms=tuple(pseudonyms),

@@ -18,6 +18,7 @@ import numpy as np
 
 from crypto.he import HE_PARAMS_ID, SLOTS, PublicContext, centered, chunks, context_fingerprint
 from crypto.pads import padded
+from crypto.value_tags import value_tags
 from exchange.cohort import COHORT_MEMBER_UNKNOWN
 from exchange.eligibility import echo_clamp, query_clamp
 from exchange.events import node_served
@@ -59,6 +60,7 @@ class NodeService:
     civil_register: bool = False
     pads: PadBook = field(default_factory=PadBook)
     _offered: dict[str, tuple[int, int]] = field(default_factory=dict)
+    _tag_key: bytes | None = field(default=None, repr=False)  # the store's value-tag key, read once
 
     def __post_init__(self) -> None:
         self.refresh()
@@ -142,10 +144,7 @@ class NodeService:
             )
         if not request.elements:
             raise InvalidInput("request names no data elements")
-        if (request.pad_open or request.pad_offset) and not request.pad_batch:
-            raise InvalidInput("pad_offset and pad_open need a pad_batch")
-        if request.pad_batch and request.mode != node_pb2.EXCHANGE_MODE_HE:
-            raise InvalidInput("one-time pads are for the HE exchange mode only")
+        self._validate_he_options(request)
         names = [q.element for q in request.elements]
         if len(set(names)) != len(names):
             raise InvalidInput("request repeats a data element")
@@ -158,6 +157,15 @@ class NodeService:
             if query.HasField("clamp_at") and query.HasField("floor_at") and query.floor_at > query.clamp_at:
                 raise InvalidInput(f"floor_at for '{query.element}' is above its clamp_at")
 
+    @staticmethod
+    def _validate_he_options(request: node_pb2.EncryptRequest) -> None:
+        if (request.pad_open or request.pad_offset) and not request.pad_batch:
+            raise InvalidInput("pad_offset and pad_open need a pad_batch")
+        if request.pad_batch and request.mode != node_pb2.EXCHANGE_MODE_HE:
+            raise InvalidInput("one-time pads are for the HE exchange mode only")
+        if request.HasField("value_tag_epoch") and request.mode != node_pb2.EXCHANGE_MODE_HE:
+            raise InvalidInput("value tags are for the HE exchange mode only")
+
     def _values(self, query: node_pb2.ElementQuery, pseudonyms: Sequence[str]) -> np.ndarray:
         """The element's values in request order, clamped to [floor_at, clamp_at] where set."""
         values = self.store.values_for(query.element, pseudonyms, query.if_missing)
@@ -167,10 +175,24 @@ class NodeService:
             raise InvalidInput(f"stored values of '{query.element}' fall outside the declared range; fix the data")
         return query_clamp(query).apply_all(values)
 
-    @staticmethod
-    def _answer_for(response: node_pb2.EncryptResponse, query: node_pb2.ElementQuery) -> node_pb2.ElementValues:
-        """The element's entry in the answer, echoing the clamp it applied."""
-        return echo_clamp(response.elements.add(element=query.element), query)
+    def _answer_for(
+        self,
+        response: node_pb2.EncryptResponse,
+        request: node_pb2.EncryptRequest,
+        query: node_pb2.ElementQuery,
+        values: Sequence[int],
+    ) -> node_pb2.ElementValues:
+        """The element's entry in the answer, echoing the clamp it applied, with the values' tags
+        when the gateway asks (it masks a changed value afresh: crypto/value_tags.py)."""
+        out = echo_clamp(response.elements.add(element=query.element), query)
+        if request.HasField("value_tag_epoch"):
+            if self._tag_key is None:
+                self._tag_key = self.store.value_tag_key()
+            clamp = query_clamp(query).label
+            out.value_tags = value_tags(
+                self._tag_key, request.value_tag_epoch, query.element, clamp, request.pseudonyms, values
+            )
+        return out
 
     def _verify_members(self, pseudonyms: Sequence[str]) -> None:
         """Cohort members must be registered people: made-up members would carry predictable defaults."""
@@ -201,9 +223,9 @@ class NodeService:
             open_=request.pad_open,
         )
         for query in request.elements:
-            values = self._values(query, pseudonyms).tolist() * copies
-            out = self._answer_for(response, query)
-            out.padded_values.extend(padded(values, window.window(query.element)))
+            own = self._values(query, pseudonyms).tolist()
+            out = self._answer_for(response, request, query, own)
+            out.padded_values.extend(padded(own * copies, window.window(query.element)))
             if request.pad_open:
                 blob = context.encrypt(centered(window.full(query.element)))
                 out.pad_ciphertext = blob
@@ -239,15 +261,15 @@ class NodeService:
                 raise PolicyDenied("plaintext exchange mode is disabled on this node")
             for query in request.elements:
                 values = self._values(query, pseudonyms)
-                self._answer_for(response, query).plain_values.extend(values.tolist())
+                self._answer_for(response, request, query, values.tolist()).plain_values.extend(values.tolist())
         elif context is not None and request.pad_batch:
             self._answer_padded(request, context, pseudonyms, response)
         elif context is not None:
             copies = max(1, request.replicas)  # small batches: one slot block per criterion
             for query in request.elements:
-                values = self._values(query, pseudonyms).tolist() * copies
-                out = self._answer_for(response, query)
-                for chunk in chunks(values, SLOTS):
+                own = self._values(query, pseudonyms).tolist()
+                out = self._answer_for(response, request, query, own)
+                for chunk in chunks(own * copies, SLOTS):
                     stop_if_cancelled()
                     blob = context.encrypt(chunk)
                     out.ciphertexts.append(blob)

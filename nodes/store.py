@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
+from crypto.value_tags import TAG_KEY_BYTES, new_tag_key
 from policies.catalogue import DataElement
 from xgate.errors import ConfigError, InvalidInput, NotFound, StoreUnavailable, XgateError
 
@@ -43,7 +44,12 @@ CREATE TABLE IF NOT EXISTS element_values (
 CREATE TABLE IF NOT EXISTS datasets (
     name TEXT PRIMARY KEY, source_sha256 TEXT NOT NULL, rows INTEGER NOT NULL, loaded_at TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS store_secrets (name TEXT PRIMARY KEY, value BLOB NOT NULL);
 """
+# Keys the value tags this node answers with (crypto/value_tags.py). Kept with the data, not the
+# process: it must outlive restarts and reloads (a new key would mask everyone afresh) and be
+# shared by node processes serving one store; the gateway never reads a store.
+_VALUE_TAG_KEY = "value_tag_key"
 
 BUSY_TIMEOUT_S = 5.0  # how long a write waits for another writer before "store busy"
 _LOADING = ".loading"  # a first load's database, renamed to the store once committed
@@ -130,12 +136,33 @@ class NodeStore:
                 conn.execute("PRAGMA journal_mode=WAL")
                 conn.execute("PRAGMA synchronous=FULL")
                 conn.executescript(_SCHEMA)
+                with conn:
+                    conn.execute(
+                        "INSERT OR IGNORE INTO store_secrets (name, value) VALUES (?, ?)",
+                        (_VALUE_TAG_KEY, new_tag_key()),
+                    )
             # SQLite reads a file only when first asked: ask now, so a foreign file fails here.
             conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
         except sqlite3.Error as exc:
             conn.close()
             raise _store_error(path, exc) from None
         return cls(conn, path, sealer)
+
+    def value_tag_key(self) -> bytes:
+        """This store's value-tag key (made when the store was first opened for writing)."""
+        try:
+            with self._lock:
+                row = self._conn.execute("SELECT value FROM store_secrets WHERE name = ?", (_VALUE_TAG_KEY,)).fetchone()
+        except sqlite3.OperationalError:
+            row = None  # a store written before value tags, opened read-only
+        except sqlite3.Error as exc:
+            raise _store_error(self.path, exc) from None
+        if row is None or len(row[0]) != TAG_KEY_BYTES:
+            raise ConfigError(
+                f"node store {self.path} has no value-tag key: start the node on it once (it opens the store "
+                "for writing and adds one)"
+            )
+        return bytes(row[0])
 
     def close(self) -> None:
         self._conn.close()

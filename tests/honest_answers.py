@@ -1,8 +1,9 @@
 """What an honest node answers to an EncryptRequest, for in-process fakes of the fan-out port.
 
 Fresh ciphertexts per element and chunk, or, for a request naming a one-time pad batch, the
-padded values of its window and (when it opens the batch) the pad ciphertexts: the same steps as
-nodes/service.py, with one PadBook per agency as each node keeps one.
+padded values of its window and (when it opens the batch) the pad ciphertexts, and the values'
+tags when asked: the same steps as nodes/service.py, with one PadBook and one value-tag key per
+agency as each node keeps them.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from collections.abc import Callable, Sequence
 
 from crypto.he import SLOTS, PublicContext, centered, chunks
 from crypto.pads import padded
+from crypto.value_tags import value_tags
 from exchange.eligibility import echo_clamp, query_clamp
 from nodes.pads import PadBook
 from protos.xgate.v1 import node_pb2
@@ -20,6 +22,7 @@ from protos.xgate.v1 import node_pb2
 class HonestAnswers:
     def __init__(self) -> None:
         self.books: dict[str, PadBook] = {}
+        self.tag_keys: dict[str, bytes] = {}
 
     def answer(
         self,
@@ -39,8 +42,16 @@ class HonestAnswers:
             count = len(request.pseudonyms) * copies
             window = book.take(request.pad_batch, context.ref, names, request.pad_offset, count, open_=request.pad_open)
         for query in request.elements:
-            values = [query_clamp(query).apply(x) for x in values_of(query.element)] * copies
+            own = [query_clamp(query).apply(x) for x in values_of(query.element)]
+            values = own * copies
             element = echo_clamp(response.elements.add(element=query.element), query)
+            if request.HasField("value_tag_epoch"):
+                # Per agency and fixed, as a node's key lives in its store: unchanged values, same tags.
+                key = self.tag_keys.setdefault(agency, hashlib.sha256(f"tag-key:{agency}".encode()).digest())
+                clamp = query_clamp(query).label
+                element.value_tags = value_tags(
+                    key, request.value_tag_epoch, query.element, clamp, request.pseudonyms, own
+                )
             if window is not None:
                 element.padded_values.extend(padded(values, window.window(query.element)))
                 if request.pad_open:

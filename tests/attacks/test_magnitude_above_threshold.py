@@ -22,6 +22,7 @@ import numpy as np
 from bench.privacy import _bins, _mutual_information, extra_bits
 from crypto.he import PublicContext
 from crypto.masks import derive_masks
+from crypto.value_tags import tag_table
 from exchange.eligibility import (
     CheckScope,
     build_cohort_requests,
@@ -30,6 +31,7 @@ from exchange.eligibility import (
     combine_he,
     criterion_masks,
     validate_he_response,
+    value_tags_of,
 )
 from policies.catalogue import load_catalogue
 from policies.programs import DEFAULT_PROGRAM_DIR, Program, ProgramRegistry
@@ -51,13 +53,14 @@ def _masked_income(program: Program, income: int, requester_keys: Any, public_co
         "civil_affairs.monthly_benefits": 0,
         "household.alive_resident": 1,
     }
-    requests = build_requests(program, SCOPE, [VICTIM], node_pb2.EXCHANGE_MODE_HE, public_context.ref)
+    requests = build_requests(program, SCOPE, [VICTIM], node_pb2.EXCHANGE_MODE_HE, public_context.ref, epoch=7)
     honest = HonestAnswers()
-    ciphertexts = {}
+    ciphertexts, responses = {}, {}
     for agency, request in requests.items():
-        response = honest.answer(agency, request, lambda e: [values[e]], requester_keys.public_context)
-        ciphertexts.update(validate_he_response(agency, request, response, public_context))
-    income, *_ = combine_he(program, [VICTIM], public_context, ciphertexts, KEY, epoch=7)
+        responses[agency] = honest.answer(agency, request, lambda e: [values[e]], requester_keys.public_context)
+        ciphertexts.update(validate_he_response(agency, request, responses[agency], public_context))
+    tags = value_tags_of(requests, responses)
+    income, *_ = combine_he(program, [VICTIM], public_context, ciphertexts, KEY, epoch=7, tags=tags)
     return int(requester_keys.decrypt_masked(income.ciphertexts[0], 1)[0])
 
 
@@ -104,7 +107,8 @@ def _masked(program: Program, incomes: np.ndarray, clamp: bool, hide_order: bool
     d = criterion.direction * (values - criterion.bound)
     pseudonyms = [f"{i:026x}" for i in range(len(d))]
     if clamp:
-        r, s = criterion_masks(program, KEY, 3, pseudonyms, hide_order)[0]
+        tags = tag_table(b"\x06" * 32, 3, {t.element: values for t in program.elements()}, pseudonyms)
+        r, s = criterion_masks(program, KEY, 3, pseudonyms, hide_order, tags=tags)[0]
     else:
         r, s = derive_masks(KEY, criterion.question, 3, pseudonyms, program.span(0))
     return r.astype(object) * d.astype(object) + s.astype(object)

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from crypto.value_tags import tag_table
 from exchange.eligibility import combine_he
 from policies.catalogue import load_catalogue
 from policies.programs import DEFAULT_PROGRAM_DIR, ProgramRegistry
@@ -40,9 +41,10 @@ def test_same_question_through_two_programs_gives_the_same_masked_values(request
     values = _values(dibao, n, rng) | _values(discovery, n, rng)
     cts = {e: [public_context.load(public_context.encrypt(v.tolist()), n)] for e, v in values.items()}
     ps = ["".join("abcdefghij"[int(c)] for c in f"{i:026d}") for i in range(n)]
+    tags = tag_table(b"\x06" * 32, 9, values, ps)  # the nodes' tags: the same values for both programs
 
     def masked(program) -> dict[str, list[int]]:
-        outcomes = combine_he(program, ps, public_context, cts, KEY, epoch=9)
+        outcomes = combine_he(program, ps, public_context, cts, KEY, epoch=9, tags=tags)
         return {o.criterion: requester_keys.decrypt_masked(o.ciphertexts[0], n).tolist() for o in outcomes}
 
     a, b = masked(dibao), masked(discovery)
@@ -52,8 +54,8 @@ def test_same_question_through_two_programs_gives_the_same_masked_values(request
     assert a["no_registered_business"] != b["not_enrolled"]
     # the ciphertexts differ (fresh randomness and flooding), the values do not
     assert (
-        combine_he(dibao, ps, public_context, cts, KEY, 9)[0].ciphertexts
-        != combine_he(discovery, ps, public_context, cts, KEY, 9)[0].ciphertexts
+        combine_he(dibao, ps, public_context, cts, KEY, 9, tags=tags)[0].ciphertexts
+        != combine_he(discovery, ps, public_context, cts, KEY, 9, tags=tags)[0].ciphertexts
     )
 
 

@@ -55,6 +55,9 @@ class FakeStore:
         self.reads.append(element)
         return np.asarray([self.values[element].get(p, if_missing) for p in pseudonyms], dtype=np.int64)
 
+    def value_tag_key(self) -> bytes:
+        return b"\x0b" * 32
+
     def subject_count(self) -> int:
         return len({p for v in self.values.values() for p in v})
 
@@ -409,3 +412,25 @@ def test_a_clamped_element_is_encoded_within_its_clamp_and_says_so(requester_key
     [he] = node.encrypt_values(_clamped(1101, node_pb2.EXCHANGE_MODE_HE, requester_keys.public_context)).elements
     assert list(requester_keys.decrypt_masked(he.ciphertexts[0], 5)) == [0, 500, 1000, 1101, 1101]
     assert he.clamped_at == 1101
+
+
+def test_value_tags_follow_the_values_and_only_come_with_he(requester_keys: Any) -> None:
+    node, store, _ = _node()
+    plain = _request()
+    plain.value_tag_epoch = 3
+    with pytest.raises(InvalidInput, match="value tags are for the HE exchange mode only"):
+        node.encrypt_values(plain)
+
+    def tags() -> bytes:
+        request = _request(mode=node_pb2.EXCHANGE_MODE_HE, public_context=requester_keys.public_context)
+        request.value_tag_epoch = 3
+        (element,) = node.encrypt_values(request).elements
+        return element.value_tags
+
+    first = tags()
+    assert len(first) == 8 * len(SUBJECTS) and tags() == first
+    store.values[INCOME][SUBJECTS[2]] += 1  # one subject's value changes: its tag alone
+    moved = tags()
+    assert [moved[i : i + 8] != first[i : i + 8] for i in range(0, len(first), 8)] == [False, False, True, False, False]
+    request = _request(mode=node_pb2.EXCHANGE_MODE_HE, public_context=requester_keys.public_context)
+    assert not node.encrypt_values(request).elements[0].value_tags  # not asked: none sent

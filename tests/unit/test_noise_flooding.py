@@ -87,6 +87,7 @@ def test_flood_refuses_bad_slot_counts(public_context):
 
 
 def test_overall_view_results_are_flooded_too(requester_keys, public_context):
+    from crypto.value_tags import tag_table
     from exchange.eligibility import combine_he
     from policies.catalogue import load_catalogue
     from policies.programs import DEFAULT_PROGRAM_DIR, ProgramRegistry
@@ -95,6 +96,7 @@ def test_overall_view_results_are_flooded_too(requester_keys, public_context):
     n = 8
     ps = ["".join("abcdefghij"[int(c)] for c in f"{i:026d}") for i in range(n)]
     cts = {t.element: [public_context.load(public_context.encrypt([0] * n), n)] for t in dibao.elements()}
+    tags = tag_table(b"\x02" * 32, 5, {t.element: [0] * n for t in dibao.elements()}, ps)
     for view in (False, True):
-        for outcome in combine_he(dibao, ps, public_context, cts, b"\x01" * 32, 5, hide_order=view):
+        for outcome in combine_he(dibao, ps, public_context, cts, b"\x01" * 32, 5, hide_order=view, tags=tags):
             assert 5 <= _budget(requester_keys, outcome.ciphertexts[0]) <= 12

@@ -12,12 +12,14 @@ import numpy as np
 import pytest
 
 from crypto.he import SLOTS, PublicContext, RequesterKeys
+from crypto.value_tags import tag_table
 from exchange.eligibility import combine_he, combine_he_packed, flood_counts, packing
 from policies.catalogue import load_catalogue
 from policies.programs import DEFAULT_PROGRAM_DIR, ProgramRegistry
 
 DIBAO = ProgramRegistry.load(DEFAULT_PROGRAM_DIR, load_catalogue()[0]).get("dibao")
 KEY = b"\x05" * 32
+TAG_KEY = b"\x06" * 32  # a node's value-tag key
 
 
 def _pseudonyms(n: int) -> list[str]:
@@ -47,9 +49,10 @@ def test_packed_results_equal_the_per_criterion_ones_slot_for_slot(
 ) -> None:
     n, k = 6, len(DIBAO.criteria)
     ps, values = _pseudonyms(n), _values(n)
-    single = combine_he(DIBAO, ps, public_context, _encrypt(public_context, values, 1), KEY, 3, hide_order)
+    tags = tag_table(TAG_KEY, 3, values, ps)
+    single = combine_he(DIBAO, ps, public_context, _encrypt(public_context, values, 1), KEY, 3, hide_order, tags=tags)
     outcomes, packed = combine_he_packed(
-        DIBAO, ps, public_context, _encrypt(public_context, values, k), KEY, 3, hide_order
+        DIBAO, ps, public_context, _encrypt(public_context, values, k), KEY, 3, hide_order, tags=tags
     )
     assert [o.criterion for o in outcomes] == [o.criterion for o in single]
     assert [o.block for o in outcomes] == list(range(k)) and all(not o.ciphertexts for o in outcomes)
@@ -72,7 +75,7 @@ def test_packing_applies_only_while_every_block_fits_one_ciphertext() -> None:
 def test_a_batch_too_large_to_pack_is_refused_by_the_packed_combination(public_context: PublicContext) -> None:
     n = SLOTS // len(DIBAO.criteria) + 1
     with pytest.raises(ValueError, match="does not pack"):
-        combine_he_packed(DIBAO, _pseudonyms(n), public_context, {}, KEY, 1)
+        combine_he_packed(DIBAO, _pseudonyms(n), public_context, {}, KEY, 1, tags={})
 
 
 def _packed_body(packed: bytes, names: list[str], n: int, blocks: list[int]) -> dict[str, object]:
@@ -92,7 +95,8 @@ def test_the_sdk_reads_each_criterion_from_its_block(requester_keys: RequesterKe
 
     n, k = 6, len(DIBAO.criteria)
     ps, values = _pseudonyms(n), _values(n)
-    outcomes, packed = combine_he_packed(DIBAO, ps, public_context, _encrypt(public_context, values, k), KEY, 3)
+    cts, tags = _encrypt(public_context, values, k), tag_table(TAG_KEY, 3, values, ps)
+    outcomes, packed = combine_he_packed(DIBAO, ps, public_context, cts, KEY, 3, tags=tags)
     names = [o.criterion for o in outcomes]
     with GatewayClient("https://gw.test", "key", keys=requester_keys) as client:
         result = client._decode(_packed_body(packed, names, n, list(range(k))), [str(i) for i in range(n)], 0)

@@ -15,10 +15,11 @@ import pytest
 
 from crypto.he import PLAIN_MODULUS, SLOTS, PublicContext, RequesterKeys, centered
 from crypto.pads import SEED_BYTES, new_batch_id, new_seed, padded, pads
+from crypto.value_tags import tag_table
 from exchange.eligibility import combine_he_packed
 from exchange.pads import PadBatchAbandoned, PadPools
 from nodes.pads import PadBook
-from tests.unit.test_packing import DIBAO, KEY, _encrypt, _pseudonyms, _values
+from tests.unit.test_packing import DIBAO, KEY, TAG_KEY, _encrypt, _pseudonyms, _values
 from xgate.errors import CryptoError, InvalidInput, PadUnknown
 
 CTX = "sha256:" + "ab" * 32
@@ -207,7 +208,10 @@ def test_a_padded_check_decrypts_to_the_masked_values_of_fresh_ciphertexts(
 ) -> None:
     n, k = 6, len(DIBAO.criteria)
     ps, values = _pseudonyms(n), _values(n)
-    _, shared = combine_he_packed(DIBAO, ps, public_context, _encrypt(public_context, values, k), KEY, 3, hide_order)
+    tags = tag_table(TAG_KEY, 3, values, ps)
+    _, shared = combine_he_packed(
+        DIBAO, ps, public_context, _encrypt(public_context, values, k), KEY, 3, hide_order, tags=tags
+    )
     seed, start, total = new_seed(), first_block * n, (first_block + k) * n
     pad_ciphertexts = {e: public_context.encrypt(centered(pads(seed, e))) for e in values}
     loaded = {e: [public_context.load_pad(blob, total)] for e, blob in pad_ciphertexts.items()}
@@ -216,7 +220,7 @@ def test_a_padded_check_decrypts_to_the_masked_values_of_fresh_ciphertexts(
         for e, v in values.items()
     }
     outcomes, result = combine_he_packed(
-        DIBAO, ps, public_context, loaded, KEY, 3, hide_order, padded=answers, first_block=first_block
+        DIBAO, ps, public_context, loaded, KEY, 3, hide_order, padded=answers, first_block=first_block, tags=tags
     )
     assert [o.block for o in outcomes] == [first_block + b for b in range(k)]
     expected = requester_keys.decrypt_masked(shared, n * k)
@@ -241,7 +245,10 @@ def test_a_padded_result_holds_nothing_but_its_own_blocks_in_any_slot(
         e: np.asarray(padded(v.tolist() * k, pads(seed, e)[first_block * n : total]), dtype=object)
         for e, v in values.items()
     }
-    _, result = combine_he_packed(DIBAO, ps, public_context, loaded, KEY, 3, padded=answers, first_block=first_block)
+    tags = tag_table(TAG_KEY, 3, values, ps)
+    _, result = combine_he_packed(
+        DIBAO, ps, public_context, loaded, KEY, 3, padded=answers, first_block=first_block, tags=tags
+    )
     every_slot = requester_keys.decrypt_masked(_relabelled(result, SLOTS), SLOTS)
     assert every_slot[first_block * n : total].any()
     assert not every_slot[: first_block * n].any() and not every_slot[total:].any()
@@ -251,7 +258,8 @@ def test_only_a_padded_check_may_start_past_the_first_block(public_context: Publ
     n, k = 2, len(DIBAO.criteria)
     ps, values = _pseudonyms(n), _values(n)
     with pytest.raises(ValueError, match="one-time-padded"):
-        combine_he_packed(DIBAO, ps, public_context, _encrypt(public_context, values, k), KEY, 3, first_block=1)
+        cts = _encrypt(public_context, values, k)
+        combine_he_packed(DIBAO, ps, public_context, cts, KEY, 3, first_block=1, tags=tag_table(TAG_KEY, 3, values, ps))
 
 
 def test_a_pad_must_be_a_fresh_top_level_ciphertext_of_every_slot(public_context: PublicContext) -> None:

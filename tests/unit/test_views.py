@@ -6,6 +6,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from crypto.value_tags import tag_table
 from exchange.eligibility import combine_he, combine_plain
 from policies.catalogue import load_catalogue
 from policies.programs import DEFAULT_PROGRAM_DIR, ProgramRegistry
@@ -27,7 +28,8 @@ def test_overall_view_keeps_verdict_and_fail_count_but_not_positions(requester_k
     values["tax.registered_businesses"] = rng.integers(0, 2, n)
     cts = {e: [public_context.load(public_context.encrypt(v.tolist()), n)] for e, v in values.items()}
     per_criterion = np.array([o.passes for o in combine_plain(DIBAO, values)])
-    hidden = combine_he(DIBAO, _pseudonyms(n), public_context, cts, KEY, epoch, hide_order=True)
+    tags = tag_table(b"\x08" * 32, epoch, values, _pseudonyms(n))
+    hidden = combine_he(DIBAO, _pseudonyms(n), public_context, cts, KEY, epoch, hide_order=True, tags=tags)
     assert [o.criterion for o in hidden] == ["position_1", "position_2", "position_3"]
     signs = np.array([requester_keys.decrypt_signs(o.ciphertexts[0], n) for o in hidden])
     assert np.array_equal(signs.all(axis=0), per_criterion.all(axis=0))

@@ -137,7 +137,7 @@ class ElementQuery(_message.Message):
     def __init__(self, element: _Optional[str] = ..., if_missing: _Optional[int] = ..., clamp_at: _Optional[int] = ..., floor_at: _Optional[int] = ...) -> None: ...
 
 class EncryptRequest(_message.Message):
-    __slots__ = ("context", "mode", "pseudonyms", "elements", "public_context", "he_params_id", "context_fingerprint", "replicas", "pad_batch", "pad_offset", "pad_open", "envelope")
+    __slots__ = ("context", "mode", "pseudonyms", "elements", "public_context", "he_params_id", "context_fingerprint", "replicas", "pad_batch", "pad_offset", "pad_open", "value_tag_epoch", "envelope")
     CONTEXT_FIELD_NUMBER: _ClassVar[int]
     MODE_FIELD_NUMBER: _ClassVar[int]
     PSEUDONYMS_FIELD_NUMBER: _ClassVar[int]
@@ -149,6 +149,7 @@ class EncryptRequest(_message.Message):
     PAD_BATCH_FIELD_NUMBER: _ClassVar[int]
     PAD_OFFSET_FIELD_NUMBER: _ClassVar[int]
     PAD_OPEN_FIELD_NUMBER: _ClassVar[int]
+    VALUE_TAG_EPOCH_FIELD_NUMBER: _ClassVar[int]
     ENVELOPE_FIELD_NUMBER: _ClassVar[int]
     context: RequestContext
     mode: ExchangeMode
@@ -161,11 +162,12 @@ class EncryptRequest(_message.Message):
     pad_batch: bytes
     pad_offset: int
     pad_open: bool
+    value_tag_epoch: int
     envelope: Envelope
-    def __init__(self, context: _Optional[_Union[RequestContext, _Mapping]] = ..., mode: _Optional[_Union[ExchangeMode, str]] = ..., pseudonyms: _Optional[_Iterable[str]] = ..., elements: _Optional[_Iterable[_Union[ElementQuery, _Mapping]]] = ..., public_context: _Optional[bytes] = ..., he_params_id: _Optional[str] = ..., context_fingerprint: _Optional[str] = ..., replicas: _Optional[int] = ..., pad_batch: _Optional[bytes] = ..., pad_offset: _Optional[int] = ..., pad_open: _Optional[bool] = ..., envelope: _Optional[_Union[Envelope, _Mapping]] = ...) -> None: ...
+    def __init__(self, context: _Optional[_Union[RequestContext, _Mapping]] = ..., mode: _Optional[_Union[ExchangeMode, str]] = ..., pseudonyms: _Optional[_Iterable[str]] = ..., elements: _Optional[_Iterable[_Union[ElementQuery, _Mapping]]] = ..., public_context: _Optional[bytes] = ..., he_params_id: _Optional[str] = ..., context_fingerprint: _Optional[str] = ..., replicas: _Optional[int] = ..., pad_batch: _Optional[bytes] = ..., pad_offset: _Optional[int] = ..., pad_open: _Optional[bool] = ..., value_tag_epoch: _Optional[int] = ..., envelope: _Optional[_Union[Envelope, _Mapping]] = ...) -> None: ...
 
 class ElementValues(_message.Message):
-    __slots__ = ("element", "ciphertexts", "plain_values", "ciphertext_sha256", "padded_values", "pad_ciphertext", "pad_ciphertext_sha256", "clamped_at", "floored_at")
+    __slots__ = ("element", "ciphertexts", "plain_values", "ciphertext_sha256", "padded_values", "pad_ciphertext", "pad_ciphertext_sha256", "clamped_at", "floored_at", "value_tags")
     ELEMENT_FIELD_NUMBER: _ClassVar[int]
     CIPHERTEXTS_FIELD_NUMBER: _ClassVar[int]
     PLAIN_VALUES_FIELD_NUMBER: _ClassVar[int]
@@ -175,6 +177,7 @@ class ElementValues(_message.Message):
     PAD_CIPHERTEXT_SHA256_FIELD_NUMBER: _ClassVar[int]
     CLAMPED_AT_FIELD_NUMBER: _ClassVar[int]
     FLOORED_AT_FIELD_NUMBER: _ClassVar[int]
+    VALUE_TAGS_FIELD_NUMBER: _ClassVar[int]
     element: str
     ciphertexts: _containers.RepeatedScalarFieldContainer[bytes]
     plain_values: _containers.RepeatedScalarFieldContainer[int]
@@ -184,7 +187,8 @@ class ElementValues(_message.Message):
     pad_ciphertext_sha256: bytes
     clamped_at: int
     floored_at: int
-    def __init__(self, element: _Optional[str] = ..., ciphertexts: _Optional[_Iterable[bytes]] = ..., plain_values: _Optional[_Iterable[int]] = ..., ciphertext_sha256: _Optional[_Iterable[bytes]] = ..., padded_values: _Optional[_Iterable[int]] = ..., pad_ciphertext: _Optional[bytes] = ..., pad_ciphertext_sha256: _Optional[bytes] = ..., clamped_at: _Optional[int] = ..., floored_at: _Optional[int] = ...) -> None: ...
+    value_tags: bytes
+    def __init__(self, element: _Optional[str] = ..., ciphertexts: _Optional[_Iterable[bytes]] = ..., plain_values: _Optional[_Iterable[int]] = ..., ciphertext_sha256: _Optional[_Iterable[bytes]] = ..., padded_values: _Optional[_Iterable[int]] = ..., pad_ciphertext: _Optional[bytes] = ..., pad_ciphertext_sha256: _Optional[bytes] = ..., clamped_at: _Optional[int] = ..., floored_at: _Optional[int] = ..., value_tags: _Optional[bytes] = ...) -> None: ...
 
 class EncryptResponse(_message.Message):
     __slots__ = ("agency", "request_id", "elements", "node_audit_leaf_hash", "node_audit_index", "envelope")
