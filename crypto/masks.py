@@ -5,7 +5,8 @@ The gateway turns a criterion's difference d into v = r*d + s' with 1 <= r < r_m
 allows about |d|:
 
 * **Keyed to the question, not the program.** r and s' come from a keyed PRF (BLAKE2b with the
-  gateway's mask key, RFC 7693) over (question, epoch, pseudonym), where the question is what is
+  gateway's mask key, RFC 7693) over (question, epoch, pseudonym, and the nodes' tags of the values
+  compared: crypto/value_tags.py, so a changed value is masked afresh), where the question is what is
   compared: the terms with their defaults, the direction and the threshold (see
   `policies.programs.Criterion.question`). Two programs asking the same question in the same epoch
   give the same v, so neither a repeat nor a second program yields a fresh sample (except in the

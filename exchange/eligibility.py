@@ -392,7 +392,7 @@ def combine_he(
     *,
     tags: Mapping[str, Sequence[bytes]],
 ) -> list[CriterionOutcome]:
-    """Per criterion: Enc(r*d + s') per chunk, masks keyed to (question, epoch, subject).
+    """Per criterion: Enc(r*d + s') per chunk, masks keyed to (question, epoch, subject, value tags).
 
     The question is what the criterion compares (Criterion.question), not the program: two
     programs asking it in the same epoch get the same masked values, never a fresh sample (in the
