@@ -277,6 +277,9 @@ class PublicContext:
         if ctx.has_galois_keys():
             raise CryptoError("HE context carries Galois keys, which the protocol does not use")
         _check_params(ctx)
+        if ctx.has_relin_keys():
+            # Unused (the gateway never relinearises); refused so a context is what the protocol says it is.
+            raise CryptoError("HE context carries relinearisation keys, which the protocol does not use")
         self._ctx = ctx
         self.data = data
         self.fingerprint = fingerprint(data)

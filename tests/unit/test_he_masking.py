@@ -129,6 +129,17 @@ def test_public_context_refuses_secret_key_and_garbage(requester_keys):
         PublicContext(b"x" * (3 * 1024 * 1024))
 
 
+def test_public_context_refuses_evaluation_keys_the_protocol_does_not_use(requester_keys):
+    import tenseal as ts
+
+    ctx = ts.context_from(requester_keys._ctx.serialize(save_secret_key=True))
+    ctx.generate_relin_keys()
+    with_relin = ctx.copy()
+    with_relin.make_context_public()
+    with pytest.raises(CryptoError, match="relinearisation keys"):
+        PublicContext(with_relin.serialize(save_relin_keys=True, save_galois_keys=False))
+
+
 def test_public_context_refuses_foreign_parameters():
     import tenseal as ts
 
