@@ -536,6 +536,7 @@ def magnitude_attack(
     bits: float = 0.5,
     ceiling: int | None = None,
     failing_sum: int | None = None,
+    failing_terms: tuple[int, ...] | None = None,
 ) -> dict[str, Any]:
     """A magnitude-aware attacker against the randomized response, given far more than it has: the
     victim's slot itself (a real attacker cannot tell it apart among shuffled slots). It sees the
@@ -547,14 +548,19 @@ def magnitude_attack(
 
     `failing_sum`: one person's two worlds instead of the population's: failing with this income
     sum (carried by one term), or passing with a passing person's sum (what ε per person must
-    bound whatever the sum). `ceiling`: the terms clamped there instead of at the mirror ceiling
-    (0: whole sums, the design before), the masks fitted to what that leaves."""
+    bound whatever the sum). `failing_terms`: the failing sum carried by several terms instead,
+    each clamped at the mirror ceiling (a sum of k clamped terms fails by up to k(2T + 1) - T).
+    `ceiling`: the terms clamped there instead of at the mirror ceiling (0: whole sums, the design
+    before), the masks fitted to what that leaves."""
     from exchange.cohort import attack_bound
 
     program, encoded, whole = income_population(ceiling=ceiling)
     criterion = program.criteria[0]
     passes = (whole <= criterion.bound) if criterion.direction < 0 else (whole >= criterion.bound)
-    if failing_sum is not None:
+    if failing_terms is not None:
+        encoded = np.append(encoded, sum(min(x, criterion.mirror_ceiling) for x in failing_terms))
+        failing = np.array([len(encoded) - 1])
+    elif failing_sum is not None:
         top = criterion.mirror_ceiling if ceiling is None else (ceiling or failing_sum)
         encoded = np.append(encoded, min(failing_sum, top))
         failing = np.array([len(encoded) - 1])
@@ -641,6 +647,14 @@ def bronze_single_person(trials: int, epsilon: float = DEFAULT_COHORT_EPSILON) -
         str(total): magnitude_attack(max(trials * 12, 12_000), epsilon, seed=53, failing_sum=total)
         for total in (1_101, 2_000, 20_000, 100_000, 2**20, 2**24 - 1)
     }
+    # A sum failing through several terms (review of 2026-12-06): each term is clamped at the
+    # mirror ceiling, so the sum's failing distance reaches past what a passing one can.
+    by_terms = {
+        "+".join(str(x) for x in terms): magnitude_attack(
+            max(trials * 12, 12_000), epsilon, seed=53, failing_terms=terms
+        )
+        for terms in ((1_500, 1_500), (2_500, 2_500), (1_400, 1_400, 1_400), (3_000, 3_000, 3_000))
+    }
     return {
         "trials": trials,
         "bronze_epsilon_per_criterion": epsilon,
@@ -659,6 +673,12 @@ def bronze_single_person(trials: int, epsilon: float = DEFAULT_COHORT_EPSILON) -
         "magnitude_aware_by_failing_sum": {
             total: {k: m[k] for k in ("magnitude_aware_success_rate", "sign_only_success_rate", "bound")}
             for total, m in by_sum.items()
+        },
+        "magnitude_aware_by_failing_terms": {
+            terms: {
+                k: m[k] for k in ("magnitude_aware_success_rate", "sign_only_success_rate", "bound", "margin_3_sigma")
+            }
+            for terms, m in by_terms.items()
         },
         "magnitude_aware_with_whole_sums": {
             **whole,

@@ -89,6 +89,18 @@ def _by_failing_sum(by_sum: dict[str, Any] | None, bound: float) -> list[list[An
     return [[f"bronze magnitude-aware guess, one person failing at income sum {sums}", rates, "", f"<= {bound}"]]
 
 
+def _by_failing_terms(by_terms: dict[str, Any] | None, bound: float) -> list[list[Any]]:
+    """The same guess for one person whose failing sum is carried by several terms, each clamped
+    at the mirror ceiling (the sum's failing distance then reaches past a passing one's)."""
+    if not by_terms:
+        return []
+    cases = ", ".join(" + ".join(f"{int(x):,}" for x in k.split("+")) for k in by_terms)
+    rates = " / ".join(str(m["magnitude_aware_success_rate"]) for m in by_terms.values())
+    margin = next(iter(by_terms.values())).get("margin_3_sigma", "")
+    label = f"bronze magnitude-aware guess, one person failing through several income terms ({cases})"
+    return [[label, rates, "", f"<= {bound} (+ {margin})"]]
+
+
 def _bronze_rows(d: dict[str, Any]) -> list[list[Any]]:
     """The cohort view: randomized response per slot (eps per criterion), shuffles per criterion."""
     b = d.get("bronze")
@@ -122,6 +134,7 @@ def _bronze_rows(d: dict[str, Any]) -> list[list[Any]]:
             f"<= {bound} (+ {mag['margin_3_sigma']}); sign only: {mag['sign_only_success_rate']}",
         ],
         *_by_failing_sum(b.get("magnitude_aware_by_failing_sum"), bound),
+        *_by_failing_terms(b.get("magnitude_aware_by_failing_terms"), bound),
         [
             "bronze slot linkage across criteria (same person in slot j)",
             link["same_person_rate"],
