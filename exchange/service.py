@@ -53,7 +53,7 @@ from exchange.he_compute import CohortSecrets, CombineJob, HeCompute, InlineHeCo
 from exchange.pads import PadLease, PadPools
 from exchange.types import VIEWS, CheckOutcome, CheckRequest, CohortPrivacy, CriterionVerdict, NodeReceipt, View
 from policies.programs import Program, ProgramRegistry
-from policies.types import DEFAULT_COHORT_EPSILON, CheckContext, PolicyOutcome
+from policies.types import DEFAULT_COHORT_EPSILON, RESERVATION_OWNER, CheckContext, PolicyOutcome
 from protos.xgate.v1 import node_pb2
 from xgate.errors import (
     ConfigError,
@@ -159,11 +159,18 @@ class CheckService:
         request: CheckRequest,
         request_id: str | None = None,
         answered: Callable[[CheckOutcome], None] | None = None,
+        owner: str = "",
+        fence: Callable[[], None] | None = None,
     ) -> CheckOutcome:
         """``request_id``: the edge's id for this request, so every entry about it carries one id.
         ``answered`` gets the outcome once it is charged, even when the check is cancelled while
         being charged (deadline, client gone): the edge then keeps it for a retry to replay, as
-        the requester has paid for it (gateway/routes/checks.py)."""
+        the requester has paid for it (gateway/routes/checks.py).
+        ``owner``: who holds this check's reservations (the edge's Idempotency-Key claim token),
+        written into every reservation so a replica taking the claim over can release them.
+        ``fence``: called (in a worker thread) right before the charge is committed; it raises
+        when the charge must not be made (the claim was taken over meanwhile): everything is
+        then released and its error raised, and the answer is not delivered."""
         t0 = self.timer()
         timings: dict[str, float] = {}
         rng = self.randomness or SystemRandomness()
@@ -178,9 +185,14 @@ class CheckService:
         context = await self._context(request)
         # Policy last among the gateway's own checks: a malformed request must not spend budget.
         # Off the event loop: a large batch's budget transaction must not stall other requests.
-        deciding = asyncio.ensure_future(
-            asyncio.to_thread((self.policy or AllowAll()).authorize_check, principal, program, request)
-        )
+        # The reservations' owner travels to the stores in the worker thread's copy of the context.
+        owning = RESERVATION_OWNER.set(owner or "chk_" + request_id)
+        try:
+            deciding = asyncio.ensure_future(
+                asyncio.to_thread((self.policy or AllowAll()).authorize_check, principal, program, request)
+            )
+        finally:
+            RESERVATION_OWNER.reset(owning)
         try:
             outcome = await asyncio.shield(deciding)
         except PolicyDenied as exc:
@@ -194,20 +206,27 @@ class CheckService:
         # Budget and consent uses are reserved now and charged only for an answer: any failure from
         # here on (node down or refusing, timeout, a gateway error, cancellation) releases them,
         # except a refusal that answers the request's own question (`charged_refusal`).
+        charge = _fenced(outcome, fence)
         try:
             result = await self._answer(principal, request, program, request_id, about, context, outcome, timings, t0)
         except BaseException as exc:
             if charged_refusal(exc):
-                await _commit(outcome.charge.commit)
+                await _commit(charge)
             else:
                 await _settle(outcome.charge.release)
             raise
-        cancelled = await _commit(outcome.charge.commit)
+        cancelled = await _commit(charge)
         if answered is not None:
             answered(result)
         if cancelled:
             raise asyncio.CancelledError
         return result
+
+    def release_owner(self, owner: str) -> int:
+        """Give back what one owner's reservations still hold (a dead attempt whose Idempotency-Key
+        claim is being taken over). Blocking: call it off the event loop."""
+        release = getattr(self.policy, "release_owner", None)
+        return int(release(owner)) if release is not None else 0
 
     async def _answer(
         self,
@@ -347,7 +366,7 @@ class CheckService:
             request_id=request_id,
             program=program.id,
             mode=request.mode,
-            subjects=len(request.pseudonyms),
+            subject_count=len(request.pseudonyms),
             result_sha256=result_sha256,
             ms=timings["total"],
         )
@@ -448,11 +467,28 @@ def _release_if_reserved(decided: asyncio.Future[PolicyOutcome]) -> None:
     asyncio.get_running_loop().run_in_executor(None, run)
 
 
+def _fenced(outcome: PolicyOutcome, fence: Callable[[], None] | None) -> Callable[[], None]:
+    """The check's charge: the fence first (its refusal releases everything), then the commit."""
+
+    def charge() -> None:
+        if fence is not None:
+            try:
+                fence()
+            except BaseException:
+                outcome.charge.release()
+                raise
+        outcome.charge.commit()
+
+    return charge
+
+
 async def _commit(commit: Callable[[], None]) -> bool:
     """Charge an answered check off the event loop, to the end even when the check is cancelled
     meanwhile (returns True then): once the answer exists, a cancelled commit must not leave it
-    charged as a pending reservation yet thrown away. A store that fails to commit leaves its
-    reservations pending, which count as spent (policies/budgets.py): the answer stands."""
+    charged as a pending reservation yet thrown away. Fails closed: a commit that fails (a
+    reservation whose lease ran out, a revocation on record, a storage error, a lost claim) has
+    released everything, and its error is raised instead of the answer (policies/decision.py
+    `Reservations.commit`): an answer is never delivered uncharged."""
     task = asyncio.ensure_future(asyncio.to_thread(commit))
     cancelled = False
     while True:
@@ -461,9 +497,9 @@ async def _commit(commit: Callable[[], None]) -> bool:
             return cancelled
         except asyncio.CancelledError:
             cancelled = True  # the thread is committing: wait for it, then report the cancellation
-        except Exception as exc:  # noqa: BLE001 - any store failure: the reservations stay counted
+        except Exception as exc:
             log.warning("charge_commit_failed", error=type(exc).__name__)
-            return cancelled
+            raise
 
 
 async def _settle(release: Callable[[], None]) -> None:

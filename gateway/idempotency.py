@@ -11,7 +11,12 @@ httpapi-idempotency-key-header and Stripe's API:
                                             nothing is charged, computed or sent to a node again;
 * same key, same body, still running     -> 409 `idempotency_in_progress` with Retry-After (on any
                                             replica: the claim is a row in the shared database);
-  a claim older than `stale_after_s` (longer than a check may run) is abandoned and taken over;
+  a claim past its `stale_at` is abandoned and taken over. `stale_at` is written by the claimant
+  from its own bound (the longest its check may take, `stale_after_s`) on the database's clock,
+  and compared with the database's clock, so replicas with other deadline settings or skewed
+  clocks agree on it; the replica taking over releases the dead attempt's reservations (owned by
+  the claim's token), and the charge is fenced: a check commits only while its claim is still
+  held (`fence`), otherwise it releases and the winner's answer is replayed;
 * same key, another body                 -> 422 `idempotency_key_reused`;
 * the check failed (node down, refused, budget released) -> the claim is dropped, a retry recomputes.
 
@@ -35,7 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from xgate.db import Database, Migration, open_store
+from xgate.db import Database, Migration, Tx, db_now, open_store
 from xgate.errors import IdempotencyInProgress, IdempotencyKeyInvalid, IdempotencyKeyReused
 from xgate.logging import get_logger
 
@@ -67,7 +72,15 @@ IDEMPOTENCY_MIGRATIONS = (
             CREATE INDEX IF NOT EXISTS idempotency_keys_expiry ON idempotency_keys (expires_at)
         """,
     ),
+    # When the claim may be taken over, on the database's clock, as its claimant bounded it.
+    Migration(
+        "idempotency",
+        2,
+        sqlite="ALTER TABLE idempotency_keys ADD COLUMN stale_at REAL",
+        postgresql="ALTER TABLE idempotency_keys ADD COLUMN IF NOT EXISTS stale_at DOUBLE PRECISION",
+    ),
 )
+FENCE_S = 60.0  # a fenced claim is held this much longer, for the commit and storing the answer
 
 
 def validate_key(key: str) -> str:
@@ -97,6 +110,7 @@ class Claim:
     owner: str
     key_sha256: str
     token: str
+    superseded: str = ""  # the token of a dead attempt this claim took over (its reservations' owner)
 
 
 @dataclass(frozen=True)
@@ -120,10 +134,12 @@ class IdempotencyStore:
         ttl_s: float = DEFAULT_TTL_S,
         stale_after_s: float = 120.0,
         retry_after_s: float = 1.0,
-        clock: Callable[[], float] = time.time,
+        clock: Callable[[], float] | None = None,
     ) -> None:
-        """``stale_after_s``: a claim older than this (longer than any check may run: the check
-        deadline plus combining) is considered abandoned by a dead process and may be taken over."""
+        """``stale_after_s``: this replica's bound on how long its checks may run (the check
+        deadline plus combining): its claims record `stale_at` = now + this, after which they are
+        considered abandoned by a dead process and may be taken over. ``clock``: the database's
+        clock unless given (tests)."""
         if ttl_s <= 0 or stale_after_s <= 0:
             raise ValueError("ttl_s and stale_after_s must be positive")
         self.db: Database = open_store(store, IDEMPOTENCY_MIGRATIONS)
@@ -131,7 +147,10 @@ class IdempotencyStore:
         self.stale_after_s = stale_after_s
         self.retry_after_s = retry_after_s
         self._clock = clock
-        self._pruned_at = 0.0
+        self._pruned_at = float("-inf")
+
+    def _now(self, tx: Tx) -> float:
+        return self._clock() if self._clock is not None else db_now(tx)
 
     def begin(self, owner: str, key: str, request_sha256: str) -> Claim | Replay:
         """Claim the key for this request, or say it was answered (Replay), or refuse.
@@ -139,12 +158,12 @@ class IdempotencyStore:
         Raises IdempotencyKeyReused (another body under this key), IdempotencyInProgress (the
         key's request is still running, here or on another replica), IdempotencyKeyInvalid."""
         digest = key_digest(validate_key(key))
-        now = self._clock()
-        self._maybe_prune(now)
+        self._maybe_prune()
         token = secrets.token_hex(16)
         with self.db.transaction(lock=[f"idempotency/{owner}/{digest}"]) as tx:
+            now = self._now(tx)
             row = tx.execute(
-                "SELECT request_sha256, claimed_at, expires_at, status, response, answered_at"
+                "SELECT request_sha256, claimed_at, expires_at, status, response, answered_at, stale_at, claim"
                 " FROM idempotency_keys WHERE owner = ? AND key_sha256 = ?",
                 (owner, digest),
             ).fetchone()
@@ -153,9 +172,9 @@ class IdempotencyStore:
                 row = None
             if row is None:
                 tx.execute(
-                    "INSERT INTO idempotency_keys (owner, key_sha256, request_sha256, claim, claimed_at, expires_at)"
-                    " VALUES (?, ?, ?, ?, ?, ?)",
-                    (owner, digest, request_sha256, token, now, now + self.ttl_s),
+                    "INSERT INTO idempotency_keys (owner, key_sha256, request_sha256, claim, claimed_at, expires_at,"
+                    " stale_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (owner, digest, request_sha256, token, now, now + self.ttl_s, now + self.stale_after_s),
                 )
                 return Claim(owner, digest, token)
             if str(row[0]) != request_sha256:
@@ -166,25 +185,58 @@ class IdempotencyStore:
             if row[3] is not None:
                 return Replay(int(row[3]), bytes(row[4]), float(row[5]))
             age = now - float(row[1])
-            if age < self.stale_after_s:
+            # As its claimant bounded it (a row of an earlier version: by this replica's bound).
+            stale_at = float(row[6]) if row[6] is not None else float(row[1]) + self.stale_after_s
+            if now < stale_at:
                 raise IdempotencyInProgress(
                     f"a request with this {HEADER} is still being answered: retry later",
-                    retry_after_s=min(self.retry_after_s, self.stale_after_s - age),
+                    retry_after_s=min(self.retry_after_s, stale_at - now),
                     key_sha256=digest,
                 )
-            # Abandoned (its process died mid-check): take it over.
+            # Abandoned (its process died mid-check): take it over; the caller releases what the
+            # dead attempt still holds (`Claim.superseded`).
             tx.execute(
-                "UPDATE idempotency_keys SET claim = ?, claimed_at = ?, expires_at = ?"
+                "UPDATE idempotency_keys SET claim = ?, claimed_at = ?, expires_at = ?, stale_at = ?"
                 " WHERE owner = ? AND key_sha256 = ?",
-                (token, now, now + self.ttl_s, owner, digest),
+                (token, now, now + self.ttl_s, now + self.stale_after_s, owner, digest),
             )
             log.warning("idempotency_claim_taken_over", key_sha256=digest, age_s=round(age, 1))
-            return Claim(owner, digest, token)
+            return Claim(owner, digest, token, superseded=str(row[7]))
+
+    def fence(self, claim: Claim) -> None:
+        """Right before a check is charged: raise IdempotencyInProgress unless this claim is still
+        held (not taken over, not answered), and hold it FENCE_S longer so nobody takes it over
+        while the charge is committed and the answer stored (one lock: a takeover is either
+        before this, and refused here, or after the claim was renewed, and refused there)."""
+        with self.db.transaction(lock=[f"idempotency/{claim.owner}/{claim.key_sha256}"]) as tx:
+            until = self._now(tx) + FENCE_S
+            held: int = tx.execute(
+                "UPDATE idempotency_keys SET stale_at = CASE WHEN stale_at > ? THEN stale_at ELSE ? END"
+                " WHERE owner = ? AND key_sha256 = ? AND claim = ? AND status IS NULL",
+                (until, until, claim.owner, claim.key_sha256, claim.token),
+            ).rowcount
+        if held != 1:
+            log.warning("idempotency_claim_lost", key_sha256=claim.key_sha256)
+            raise IdempotencyInProgress(
+                f"another attempt with this {HEADER} took the check over: retry to get its answer",
+                retry_after_s=self.retry_after_s,
+                key_sha256=claim.key_sha256,
+            )
+
+    def replay(self, owner: str, key_sha256: str, request_sha256: str) -> Replay | None:
+        """The stored answer of a key (the attempt that won it), or None while there is none."""
+        with self.db.read() as tx:
+            row = tx.execute(
+                "SELECT status, response, answered_at FROM idempotency_keys"
+                " WHERE owner = ? AND key_sha256 = ? AND request_sha256 = ? AND status IS NOT NULL",
+                (owner, key_sha256, request_sha256),
+            ).fetchone()
+        return Replay(int(row[0]), bytes(row[1]), float(row[2])) if row is not None else None
 
     def complete(self, claim: Claim, status: int, body: bytes) -> bool:
         """Store the answer under the claim. False if the claim was lost (taken over meanwhile)."""
-        now = self._clock()
         with self.db.transaction(lock=[f"idempotency/{claim.owner}/{claim.key_sha256}"]) as tx:
+            now = self._now(tx)
             done: int = tx.execute(
                 "UPDATE idempotency_keys SET status = ?, response = ?, answered_at = ?, expires_at = ?"
                 " WHERE owner = ? AND key_sha256 = ? AND claim = ? AND status IS NULL",
@@ -205,10 +257,10 @@ class IdempotencyStore:
 
     def prune(self, now: float | None = None) -> int:
         """Delete every expired row (answers older than the TTL, long-abandoned claims)."""
-        at = self._clock() if now is None else now
         with self.db.transaction() as tx:
+            at = self._now(tx) if now is None else now
             removed = int(tx.execute("DELETE FROM idempotency_keys WHERE expires_at <= ?", (at,)).rowcount)
-        self._pruned_at = at
+        self._pruned_at = time.monotonic() if self._clock is None else at
         if removed:
             log.info("idempotency_pruned", rows=removed)
         return removed
@@ -217,9 +269,10 @@ class IdempotencyStore:
         with self.db.read() as tx:
             return int(tx.execute("SELECT COUNT(*) FROM idempotency_keys").fetchone()[0])
 
-    def _maybe_prune(self, now: float) -> None:
-        if now - self._pruned_at >= self.PRUNE_EVERY_S:
-            self.prune(now)
+    def _maybe_prune(self) -> None:
+        since = time.monotonic() if self._clock is None else self._clock()
+        if since - self._pruned_at >= self.PRUNE_EVERY_S:
+            self.prune()
 
     def close(self) -> None:
         """A store opened from a path owns its database; a shared `Database` is closed by its owner."""

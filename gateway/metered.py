@@ -19,6 +19,8 @@ class MeteredCheckService(CheckService):
         request: CheckRequest,
         request_id: str | None = None,
         answered: Callable[[CheckOutcome], None] | None = None,
+        owner: str = "",
+        fence: Callable[[], None] | None = None,
     ) -> CheckOutcome:
         t0 = time.perf_counter()
         try:
@@ -28,7 +30,7 @@ class MeteredCheckService(CheckService):
             program = "unknown"  # never a caller-chosen label value
         outcome = "ok"
         try:
-            return await super().run(principal, request, request_id, answered)
+            return await super().run(principal, request, request_id, answered, owner, fence)
         except XgateError as exc:
             outcome = exc.code
             if isinstance(exc, BudgetExhausted):

@@ -114,15 +114,21 @@ def policy_for(config: GatewayConfig) -> tuple[CheckAuthorizer, ConsentRegistry]
     reloader = PolicyReloader(policy_dir, ca_cert=signed_by).start()
     bundle = (lambda: reloader.bundle) if signed_by is not None else None
     shared = shared_database(config)
+    # Reservations a check holds are leased for longer than this replica's checks may take: one
+    # left behind by a gateway that died is given back once the lease runs out.
+    lease_s = longest_check_s(config) + 60
     consents = ConsentRegistry(
         shared or state / "consents.sqlite",
         purposes=reloader.engine.purposes,
         managers=ConsentManagers(policy_dir, bundle),
+        lease_s=lease_s,
     )
-    budgets = ProbeBudget(shared or state / "budgets.sqlite")
-    approvals = ApprovalRegistry(shared or state / "approvals.sqlite", approvers=Approvers(policy_dir, bundle))
-    privacy = CohortPrivacyBudget(shared or state / "cohort_epsilon.sqlite")
-    claims = SilverClaims(shared or state / "silver_claims.sqlite")
+    budgets = ProbeBudget(shared or state / "budgets.sqlite", lease_s=lease_s)
+    approvals = ApprovalRegistry(
+        shared or state / "approvals.sqlite", approvers=Approvers(policy_dir, bundle), lease_s=lease_s
+    )
+    privacy = CohortPrivacyBudget(shared or state / "cohort_epsilon.sqlite", lease_s=lease_s)
+    claims = SilverClaims(shared or state / "silver_claims.sqlite", lease_s=lease_s)
     authorizer = CheckAuthorizer(
         engine=reloader, budgets=budgets, consents=consents, approvals=approvals, privacy=privacy, claims=claims
     )
@@ -133,17 +139,23 @@ def idempotency_for(config: GatewayConfig) -> IdempotencyStore:
     """POST /v1/checks Idempotency-Key claims and answers: <state_dir>/idempotency.sqlite, or the
     replicas' shared database, where a claim made on one replica is seen by all.
 
-    A claim older than the longest a check may take (the request deadline, or the fan-out
-    deadline if longer, plus a margin) is treated as abandoned by a dead process."""
+    Each claim records when it may be taken over (`stale_at`, on the database's clock): the
+    longest this replica's check may take (the request deadline, or the fan-out deadline if
+    longer) plus a margin, so another replica with other settings or another clock honours it."""
     settings = config.gateway
     state = state_dir_of(config)
     state.mkdir(parents=True, exist_ok=True)
-    longest = max(settings.deadline_seconds, settings.admission.request_deadline_s)
     return IdempotencyStore(
         shared_database(config) or state / "idempotency.sqlite",
         ttl_s=settings.idempotency_ttl_hours * 3600,
-        stale_after_s=longest + 30,
+        stale_after_s=longest_check_s(config) + 30,
     )
+
+
+def longest_check_s(config: GatewayConfig) -> float:
+    """The longest a check may take on this replica: its request deadline, or the fan-out deadline if longer."""
+    settings = config.gateway
+    return max(settings.deadline_seconds, settings.admission.request_deadline_s)
 
 
 def contexts_for(config: GatewayConfig) -> ContextStore:

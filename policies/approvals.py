@@ -21,7 +21,12 @@ its reference (`apr_` + 22 characters) in a check's `approval_ref`. The body nam
 `evaluate` is the pure rule; `check_approval_artefact` is a node's own check of the signed
 artefact it was forwarded (scope and validity: uses and revocation live at the gateway);
 `ApprovalRegistry` stores approvals (SQLite or the replicas' shared database) and charges
-count-scoped ones atomically.
+count-scoped ones atomically. Every check's use is a reservation with a lease by the database's
+clock (count-scoped or not): one never settled (the gateway died) gives its subjects back once
+the lease runs out, under the approval's lock, at the next use or verification of the approval;
+`commit` fails closed on a reaped reservation (False) and on a revocation on record (PolicyDenied:
+the answer is withheld). Any revocation on record is final, whenever it was stamped (a replica
+whose clock runs ahead stamps it in the future).
 """
 
 from __future__ import annotations
@@ -32,17 +37,18 @@ import secrets
 import sqlite3
 import tomllib
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator
 
 from crypto.artefacts import Signer, verify_artefact
 from crypto.policy_bundle import Installed
+from policies.types import DEFAULT_LEASE_S, RESERVATION_OWNER
 from policies.watched import WatchedFile
-from xgate.db import Database, Migration, Tx, open_store
+from xgate.db import Database, Migration, Tx, db_now, lease_migration, open_store
 from xgate.errors import ConfigError, CryptoError, InvalidInput, NotFound, PolicyDenied, StoreUnavailable
 from xgate.logging import get_logger
 
@@ -239,7 +245,9 @@ def _registered(record: ApprovalRecord | None, ref: str, now: datetime, agency: 
         )
     if agency not in record.body.agencies:  # before its state: another agency learns nothing of it
         raise PolicyDenied(f"approval {ref} was given to another agency, not '{agency}'", approval_ref=ref)
-    if record.revoked_at is not None and record.revoked_at <= now:
+    # Any revocation on record is final, whenever it was stamped: a replica whose clock runs ahead
+    # stamps it after `now`, and it must be honoured at once all the same.
+    if record.revoked_at is not None:
         raise PolicyDenied(f"approval {ref} was revoked by its approver", approval_ref=ref)
     return record
 
@@ -300,15 +308,34 @@ _DDL = """
     CREATE TABLE IF NOT EXISTS approval_reservations (
         id TEXT PRIMARY KEY, ref TEXT NOT NULL, subjects INTEGER NOT NULL)
 """
-APPROVAL_MIGRATIONS = (Migration("approval_registry", 1, sqlite=_DDL, postgresql=_DDL),)
+APPROVAL_MIGRATIONS = (
+    Migration("approval_registry", 1, sqlite=_DDL, postgresql=_DDL),
+    lease_migration("approval_registry", 2, "approval_reservations"),
+)
 
 
 class ApprovalRegistry:
     """Approvals in a SQLite file (embedded default) or the replicas' shared `Database`."""
 
-    def __init__(self, store: Path | str | Database, approvers: Approvers | Mapping[str, Approver] | None = None):
+    def __init__(
+        self,
+        store: Path | str | Database,
+        approvers: Approvers | Mapping[str, Approver] | None = None,
+        *,
+        lease_s: float = DEFAULT_LEASE_S,
+        lease_clock: Callable[[], float] | None = None,
+    ):
+        """``lease_s``: how long a reservation may stay pending (longer than any check may take);
+        ``lease_clock``: the database's clock unless given (tests)."""
         self.db: Database = open_store(store, APPROVAL_MIGRATIONS)
         self._approvers = approvers
+        if not lease_s > 0:
+            raise ValueError("lease_s must be positive")
+        self.lease_s = lease_s
+        self._lease_clock = lease_clock
+
+    def _now(self, tx: Tx) -> float:
+        return self._lease_clock() if self._lease_clock is not None else db_now(tx)
 
     def approvers(self) -> Mapping[str, Approver]:
         if isinstance(self._approvers, Approvers):
@@ -377,6 +404,8 @@ class ApprovalRegistry:
         self, ref: str, *, agency: str, program: str, case_id: str, subjects: Sequence[str], now: datetime
     ) -> None:
         """Raise PolicyDenied unless the approval covers this request now; charges nothing."""
+        if REF_RE.match(ref):
+            self.reap(ref)  # a dead gateway's reserved subjects must not refuse this request
         record = self._find(ref)
         evaluate(record, ref, agency=agency, program=program, case_id=case_id, subjects=subjects, now=now)
 
@@ -387,32 +416,103 @@ class ApprovalRegistry:
         self._still_signed(record)
 
     def reserve(
-        self, ref: str, *, agency: str, program: str, case_id: str, subjects: Sequence[str], now: datetime
+        self,
+        ref: str,
+        *,
+        agency: str,
+        program: str,
+        case_id: str,
+        subjects: Sequence[str],
+        now: datetime,
+        owner: str | None = None,
     ) -> str:
-        """Verify and, for a count-scoped approval, take len(subjects) now; returns a reservation id
-        ('' when nothing is counted) to `commit` for an answer or `release` for a failure."""
+        """Verify and take the use: for a count-scoped approval len(subjects), for one scoped by a
+        subject list nothing is counted (0). Returns a reservation id to `commit` for an answer
+        (which refuses if the approval was revoked meanwhile) or `release` for a failure."""
         with self.db.transaction(lock=[f"approval/{ref}"]) as tx:
+            if REF_RE.match(ref):
+                self._reap(tx, ref)
             record = self._get(tx, ref)
-            if record is not None and record.revoked_at is not None and record.revoked_at > now:
-                # Under the lock a revocation on record is final: `now` was read before this check
-                # waited for it, and a revocation made meanwhile is stamped after `now`.
-                record = replace(record, revoked_at=now)
             evaluate(record, ref, agency=agency, program=program, case_id=case_id, subjects=subjects, now=now)
             assert record is not None  # evaluate refuses None
             self._still_signed(record)
-            if record.body.max_subjects is None:
-                return ""
+            counted = len(subjects) if record.body.max_subjects is not None else 0
             reservation = "ars_" + secrets.token_urlsafe(16)
-            tx.execute("UPDATE approvals SET uses = uses + ? WHERE ref = ?", (len(subjects), ref))
+            tx.execute("UPDATE approvals SET uses = uses + ? WHERE ref = ?", (counted, ref))
             tx.execute(
-                "INSERT INTO approval_reservations (id, ref, subjects) VALUES (?, ?, ?)",
-                (reservation, ref, len(subjects)),
+                "INSERT INTO approval_reservations (id, ref, subjects, owner, lease_until) VALUES (?, ?, ?, ?, ?)",
+                (
+                    reservation,
+                    ref,
+                    counted,
+                    RESERVATION_OWNER.get() if owner is None else owner,
+                    self._now(tx) + self.lease_s,
+                ),
             )
         return reservation
 
     def commit(self, reservation: str) -> bool:
-        with self.db.transaction() as tx:
-            return bool(tx.execute("DELETE FROM approval_reservations WHERE id = ?", (reservation,)).rowcount == 1)
+        """Make the reserved use final: the check is about to be answered. False if it was not
+        pending or its lease ran out (reaped, or given back now). Raises PolicyDenied, giving the
+        subjects back, if the approval was revoked meanwhile: the answer must not be delivered."""
+        with self.db.read() as tx:
+            found = tx.execute("SELECT ref FROM approval_reservations WHERE id = ?", (reservation,)).fetchone()
+        if found is None:
+            return False
+        ref = str(found[0])
+        revoked = False
+        with self.db.transaction(lock=[f"approval/{ref}"]) as tx:
+            row = tx.execute(
+                "SELECT ref, subjects, lease_until FROM approval_reservations WHERE id = ?", (reservation,)
+            ).fetchone()
+            if row is None:  # released or reaped meanwhile
+                return False
+            record = self._get(tx, ref)
+            revoked = record is not None and record.revoked_at is not None
+            if revoked or (row[2] is not None and float(row[2]) <= self._now(tx)):
+                self._give_back(tx, reservation, row)
+            else:
+                tx.execute("DELETE FROM approval_reservations WHERE id = ?", (reservation,))
+                return True
+        if revoked:
+            raise PolicyDenied(
+                f"approval {ref} was revoked by its approver while the check ran; its answer is withheld",
+                approval_ref=ref,
+            )
+        return False
+
+    def reap(self, ref: str) -> int:
+        """Give back the reserved subjects of one approval whose lease ran out, under its lock."""
+        with self.db.transaction(lock=[f"approval/{ref}"]) as tx:
+            return self._reap(tx, ref)
+
+    def _reap(self, tx: Tx, ref: str) -> int:
+        rows = tx.execute(
+            "SELECT id, ref, subjects FROM approval_reservations WHERE ref = ? AND lease_until <= ?",
+            (ref, self._now(tx)),
+        ).fetchall()
+        for row in rows:
+            self._give_back(tx, str(row[0]), row[1:])
+        if rows:
+            log.warning("approval_reservations_reaped", reservations=len(rows), approval_ref=ref)
+        return len(rows)
+
+    def release_owner(self, owner: str) -> int:
+        """Give back every pending reservation of one owner (a dead attempt whose claim was taken over)."""
+        if not owner:  # rows of an earlier version have no owner: never released wholesale
+            return 0
+        with self.db.read() as tx:
+            rows = tx.execute("SELECT id FROM approval_reservations WHERE owner = ?", (owner,)).fetchall()
+        return sum(self.release(str(r[0])) for r in rows)
+
+    @staticmethod
+    def _give_back(tx: Tx, reservation: str, row: Any) -> bool:
+        """Within the approval's lock: undo one reservation (its row first, so a racing commit or
+        release finds it gone)."""
+        if tx.execute("DELETE FROM approval_reservations WHERE id = ?", (reservation,)).rowcount != 1:
+            return False
+        tx.execute("UPDATE approvals SET uses = uses - ? WHERE ref = ? AND uses >= ?", (row[1], row[0], row[1]))
+        return True
 
     def release(self, reservation: str) -> bool:
         """Give the reserved subjects back (idempotent; a storage error keeps them taken)."""
@@ -427,9 +527,7 @@ class ApprovalRegistry:
                 ).fetchone()
                 if row is None:
                     return False
-                tx.execute("UPDATE approvals SET uses = uses - ? WHERE ref = ? AND uses >= ?", (row[1], row[0], row[1]))
-                tx.execute("DELETE FROM approval_reservations WHERE id = ?", (reservation,))
-            return True
+                return self._give_back(tx, reservation, row)
         except (sqlite3.Error, StoreUnavailable) as exc:
             log.warning("approval_release_failed", error=type(exc).__name__)
             return False

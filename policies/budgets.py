@@ -10,8 +10,12 @@ Charged only for answers: `reserve` records the batch's evaluations exactly like
 (counted against the cap at once, so concurrent callers can never push anyone over it) and
 returns a reservation id; `commit` makes it final when the check was answered; `release`
 removes those evaluations again when the check failed for a reason that is not the requester's
-(node down, timeout, gateway error, a refusal further on). A reservation never committed nor
-released (the gateway died mid-check) stays counted: the conservative side.
+(node down, timeout, gateway error, a refusal further on). Every reservation carries a lease (an
+expiry by the database's clock, longer than any check may take) and its owner (the check's
+Idempotency-Key claim): one never committed nor released (the gateway died mid-check) is given
+back by the reaper, which runs under the same locks whenever the scope is reserved or read
+(`reap`), and by a replica taking the dead attempt's claim over (`release_owner`). A commit of a
+reservation whose lease ran out fails (returns False): the check then refuses to answer.
 
 Privacy ledger: total ε spent per training dataset, capped; idempotent per job id.
 """
@@ -27,8 +31,18 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from policies.types import BudgetRule, EpsilonReceipt
-from xgate.db import Database, Migration, SqliteDatabase, Tx, migrate, open_store, require_current
+from policies.types import DEFAULT_LEASE_S, RESERVATION_OWNER, BudgetRule, EpsilonReceipt
+from xgate.db import (
+    Database,
+    Migration,
+    SqliteDatabase,
+    Tx,
+    db_now,
+    lease_migration,
+    migrate,
+    open_store,
+    require_current,
+)
 from xgate.errors import BudgetExhausted, InvalidInput, StoreUnavailable
 from xgate.logging import get_logger
 
@@ -109,7 +123,27 @@ BUDGET_MIGRATIONS = (
                 subjects TEXT NOT NULL)
         """,
     ),
+    lease_migration("probe_budget", 2, "probe_reservations"),
 )
+# A reservation is still pending with no lease (written by an earlier version) or one not yet run
+# out; a reap gives back at most 100 expired ones (the rest at the next).
+
+
+class _Leases:
+    """Lease bookkeeping shared by the reservation stores of this module."""
+
+    lease_s: float
+    _lease_clock: Callable[[], float] | None
+
+    def _init_leases(self, lease_s: float, lease_clock: Callable[[], float] | None) -> None:
+        if not (math.isfinite(lease_s) and lease_s > 0):
+            raise ValueError("lease_s must be a positive number of seconds")
+        self.lease_s = lease_s
+        self._lease_clock = lease_clock  # tests: stands in for the database's clock
+
+    def _now(self, tx: Tx) -> float:
+        return self._lease_clock() if self._lease_clock is not None else db_now(tx)
+
 
 # Batches travel as one JSON array parameter; the statements differ only in how each dialect
 # turns it into rows (subjects as text; (subject, times, last_at) triples).
@@ -138,7 +172,7 @@ _UPSERT_WINDOWS = {
 }
 
 
-class ProbeBudget:
+class ProbeBudget(_Leases):
     """Per (subject pseudonym, program, requesting agency) evaluation counts in a sliding window.
 
     One row per subject and scope holds the times of its evaluations still inside the window (never
@@ -153,12 +187,22 @@ class ProbeBudget:
 
     PRUNE_EVERY_S = 3600.0
 
-    def __init__(self, store: Path | str | Database, clock: Callable[[], datetime] | None = None) -> None:
+    def __init__(
+        self,
+        store: Path | str | Database,
+        clock: Callable[[], datetime] | None = None,
+        *,
+        lease_s: float = DEFAULT_LEASE_S,
+        lease_clock: Callable[[], float] | None = None,
+    ) -> None:
+        """``lease_s``: how long a reservation may stay pending (longer than any check may take);
+        ``lease_clock``: the database's clock unless given (tests)."""
         self.db: Database = open_store(store, BUDGET_MIGRATIONS)
         if isinstance(store, (str, Path)):
             self._fold_legacy_table()
         self._clock = clock or (lambda: datetime.now(UTC))
         self._pruned: dict[tuple[str, str], float] = {}
+        self._init_leases(lease_s, lease_clock)
 
     def _fold_legacy_table(self) -> None:
         """Fold the one-row-per-evaluation table of earlier (SQLite-only) versions into windows."""
@@ -193,26 +237,58 @@ class ProbeBudget:
         agency: str,
         rule: BudgetRule,
         now: datetime | None = None,
+        owner: str | None = None,
     ) -> BudgetReceipt:
-        """Like `consume`, but revocable: the receipt names a reservation to commit or release."""
-        return self._charge(subjects, program, agency, rule, now, reserve=True)
+        """Like `consume`, but revocable: the receipt names a reservation to commit or release.
+        ``owner``: who holds it (default: the check's, `RESERVATION_OWNER`)."""
+        return self._charge(subjects, program, agency, rule, now, reserve=True, owner=owner)
 
     def commit(self, reservation: str) -> bool:
-        """Make a reservation final (the check was answered). False if it was not pending."""
+        """Make a reservation final (the check was answered). False if it was not pending, its
+        lease ran out or it was reaped: the caller must then not answer (fail closed)."""
         with self.db.transaction() as tx:
-            return bool(tx.execute("DELETE FROM probe_reservations WHERE id = ?", (reservation,)).rowcount == 1)
+            deleted = tx.execute(
+                "DELETE FROM probe_reservations WHERE id = ? AND (lease_until IS NULL OR lease_until > ?)",
+                (reservation, self._now(tx)),
+            )
+            return bool(deleted.rowcount == 1)
+
+    def reap(self, program: str | None = None, agency: str | None = None) -> int:
+        """Give back reservations whose lease ran out (their gateway died mid-check), of one scope
+        or all; each under its subjects' locks, like `release`. Returns how many."""
+        with self.db.read() as tx:
+            rows = tx.execute(
+                "SELECT id FROM probe_reservations WHERE lease_until <= ?"
+                " AND (CAST(? AS TEXT) IS NULL OR (program = ? AND agency = ?)) LIMIT 100",
+                (self._now(tx), program, program, agency),
+            ).fetchall()
+        reaped = sum(self._settle_release(str(r[0]), expired_only=True) for r in rows)
+        if reaped:
+            log.warning("budget_reservations_reaped", reservations=reaped, program=program, agency=agency)
+        return reaped
+
+    def release_owner(self, owner: str) -> int:
+        """Give back every pending reservation of one owner (a dead attempt whose claim was taken over)."""
+        if not owner:  # rows of an earlier version have no owner: never released wholesale
+            return 0
+        with self.db.read() as tx:
+            rows = tx.execute("SELECT id FROM probe_reservations WHERE owner = ?", (owner,)).fetchall()
+        return sum(self.release(str(r[0])) for r in rows)
 
     def release(self, reservation: str) -> bool:
         """Give a pending reservation's evaluations back. False if it was not pending (idempotent)
         or could not be released (a storage error: the reservation then stays counted, the
         conservative side, and the check's own error is what the caller sees)."""
+        return self._settle_release(reservation)
+
+    def _settle_release(self, reservation: str, expired_only: bool = False) -> bool:
         try:
-            return self._release(reservation)
+            return self._release(reservation, expired_only)
         except (sqlite3.Error, StoreUnavailable) as exc:
             log.warning("budget_release_failed", error=type(exc).__name__)
             return False
 
-    def _release(self, reservation: str) -> bool:
+    def _release(self, reservation: str, expired_only: bool = False) -> bool:
         with self.db.read() as tx:
             row = tx.execute(
                 "SELECT program, agency, subjects FROM probe_reservations WHERE id = ?", (reservation,)
@@ -225,6 +301,17 @@ class ProbeBudget:
             if row is None:  # committed or released meanwhile, by this process or another
                 return False
             at = float(row[0])
+            # The row first: a commit racing this release (PostgreSQL) then finds it gone, or this
+            # release finds it committed, never both.
+            deleted = (
+                tx.execute(
+                    "DELETE FROM probe_reservations WHERE id = ? AND lease_until <= ?", (reservation, self._now(tx))
+                )
+                if expired_only
+                else tx.execute("DELETE FROM probe_reservations WHERE id = ?", (reservation,))
+            )
+            if deleted.rowcount != 1:
+                return False
             windows = release_windows(self._history(tx, subjects, program, agency), subjects, at)
             self._write_windows(tx, program, agency, {s: w for s, w in windows.items() if w})
             emptied = json.dumps([s for s, w in windows.items() if not w])
@@ -232,7 +319,6 @@ class ProbeBudget:
                 _DELETE_WINDOWS[tx.dialect],
                 (program, agency, emptied),
             )
-            tx.execute("DELETE FROM probe_reservations WHERE id = ?", (reservation,))
         return True
 
     def pending(self) -> int:
@@ -248,11 +334,13 @@ class ProbeBudget:
         rule: BudgetRule,
         now: datetime | None,
         reserve: bool,
+        owner: str | None = None,
     ) -> BudgetReceipt:
         unique = list(dict.fromkeys(subjects))
         if not unique:
             raise InvalidInput("no subjects to charge")
         t = (now or self._clock()).timestamp()
+        self.reap(program, agency)  # a dead gateway's reservations must not count against this batch
         with self.db.transaction(lock=self._locks(program, agency, unique)) as tx:
             history = self._history(tx, unique, program, agency)
             windows, over = charge_windows(history, unique, rule, t)
@@ -263,8 +351,17 @@ class ProbeBudget:
             if reserve:
                 reservation = "rsv_" + secrets.token_urlsafe(16)
                 tx.execute(
-                    "INSERT INTO probe_reservations (id, program, agency, at, subjects) VALUES (?, ?, ?, ?, ?)",
-                    (reservation, program, agency, t, json.dumps(unique)),
+                    "INSERT INTO probe_reservations (id, program, agency, at, subjects, owner, lease_until)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        reservation,
+                        program,
+                        agency,
+                        t,
+                        json.dumps(unique),
+                        RESERVATION_OWNER.get() if owner is None else owner,
+                        self._now(tx) + self.lease_s,
+                    ),
                 )
             if t - self._pruned.get((program, agency), -math.inf) >= self.PRUNE_EVERY_S:
                 self._pruned[(program, agency)] = t
@@ -288,6 +385,7 @@ class ProbeBudget:
         )
 
     def used(self, subject: str, program: str, agency: str, rule: BudgetRule, now: datetime | None = None) -> int:
+        self.reap(program, agency)
         cutoff = (now or self._clock()).timestamp() - rule.window_seconds
         with self.db.read() as tx:
             times = self._history(tx, [subject], program, agency).get(subject, [])
@@ -355,6 +453,14 @@ PRIVACY_LEDGER_MIGRATIONS = (
         sqlite=_SPENDS_DDL.format(real="REAL"),
         postgresql=_SPENDS_DDL.format(real="DOUBLE PRECISION"),
     ),
+    # Each charge's delta, summed per dataset against a delta cap as epsilon is against its cap.
+    # Charges recorded before count 0 (they were never bounded): the cap applies from the upgrade on.
+    Migration(
+        "privacy_ledger",
+        2,
+        sqlite="ALTER TABLE spends ADD COLUMN delta REAL NOT NULL DEFAULT 0",
+        postgresql="ALTER TABLE spends ADD COLUMN IF NOT EXISTS delta DOUBLE PRECISION NOT NULL DEFAULT 0",
+    ),
 )
 
 
@@ -369,7 +475,17 @@ class Spend:
 class PrivacyLedger:
     """Total differential-privacy ε spent per dataset across training jobs: a SQLite file (a node's
     ledger, the embedded gateway) or the replicas' shared database, where every replica charges
-    the same totals (a dataset's cap holds across replicas, not per replica)."""
+    the same totals (a dataset's cap holds across replicas, not per replica).
+
+    δ too: a charge may carry its δ and the dataset's δ cap (a 6-tuple in `spend_each`, 5 in
+    `spend_all`); the δs of a dataset's charges add up against that cap like its ε (basic
+    composition), so many jobs each asking a large δ cannot pile up a likely failure of the
+    guarantee. A charge without them spends δ 0 (ε-only releases such as label DP)."""
+
+    # The δ cap of a dataset whose administrator configured none: 100 jobs (or runs) at the
+    # documented δ = 1e-6, 10 at 1e-5. Each job's δ is bounded against the dataset's size besides
+    # (federated/dp_sgd.py `delta_problem`).
+    DEFAULT_DELTA_CAP = 1e-4
 
     def __init__(self, store: Path | str | Database) -> None:
         self.db: Database
@@ -385,42 +501,57 @@ class PrivacyLedger:
     def spend(self, dataset: str, job_id: str, epsilon: float, cap: float) -> LedgerEntry:
         return self.spend_all(job_id, [(dataset, epsilon, cap)])[0]
 
-    def spend_all(self, job_id: str, charges: Sequence[tuple[str, float, float]]) -> list[LedgerEntry]:
-        """Charge one job against several datasets, all or nothing: (dataset, epsilon, cap) each.
+    def spend_all(
+        self, job_id: str, charges: Sequence[tuple[str, float, float] | tuple[str, float, float, float, float]]
+    ) -> list[LedgerEntry]:
+        """Charge one job against several datasets, all or nothing: (dataset, epsilon, cap) each, or
+        (dataset, epsilon, cap, delta, delta_cap).
 
         A job touching two datasets must not spend one budget and then be refused on the other.
         """
         if not charges or len({c[0] for c in charges}) != len(charges):
             raise InvalidInput("charges must name each dataset once")
-        return self.spend_each([(job_id, dataset, epsilon, cap) for dataset, epsilon, cap in charges])
+        return self.spend_each([(job_id, *c) for c in charges])
 
-    def spend_each(self, charges: Sequence[tuple[str, str, float, float]]) -> list[LedgerEntry]:
-        """Several charges, each under its own key, all or nothing: (key, dataset, epsilon, cap) each.
+    def spend_each(
+        self,
+        charges: Sequence[tuple[str, str, float, float] | tuple[str, str, float, float, float, float]],
+    ) -> list[LedgerEntry]:
+        """Several charges, each under its own key, all or nothing: (key, dataset, epsilon, cap) each,
+        or (key, dataset, epsilon, cap, delta, delta_cap).
 
         Each key is charged once per dataset (a replayed key is not charged again); charges on one
-        dataset add up against its cap in order.
+        dataset add up against its caps in order.
         """
         if not charges or len({(c[0], c[1]) for c in charges}) != len(charges):
             raise InvalidInput("charges must name each (key, dataset) once")
-        for key, _, epsilon, cap in charges:
+        full = [(*c, 0.0, self.DEFAULT_DELTA_CAP) if len(c) == 4 else c for c in charges]
+        for key, _, epsilon, cap, delta, delta_cap in full:
             if not key or len(key) > 128:
                 raise InvalidInput("a spend key (job id) must be 1..128 characters")
             if not (math.isfinite(epsilon) and epsilon > 0):
                 raise InvalidInput("epsilon must be a positive finite number")
             if not (math.isfinite(cap) and cap > 0):
                 raise InvalidInput("cap must be a positive finite number")
+            if not (math.isfinite(delta) and 0 <= delta < 1 and math.isfinite(delta_cap) and 0 < delta_cap < 1):
+                raise InvalidInput("delta must be in [0, 1) and its cap in (0, 1)")
         entries = []
         # Locked per dataset: two replicas charging one dataset serialise; raising rolls back every charge.
-        with self.db.transaction(lock=sorted({f"privacy/{c[1]}" for c in charges})) as tx:
-            for key, dataset, epsilon, cap in charges:
-                entries.append(self._charge(tx, dataset, key, epsilon, cap))
+        with self.db.transaction(lock=sorted({f"privacy/{c[1]}" for c in full})) as tx:
+            for key, dataset, epsilon, cap, delta, delta_cap in full:
+                entries.append(self._charge(tx, dataset, key, epsilon, cap, delta, delta_cap))
         return entries
 
     @staticmethod
-    def _charge(tx: Tx, dataset: str, job_id: str, epsilon: float, cap: float) -> LedgerEntry:
+    def _charge(
+        tx: Tx, dataset: str, job_id: str, epsilon: float, cap: float, delta: float = 0.0, delta_cap: float = 1.0
+    ) -> LedgerEntry:
         prior = tx.execute("SELECT epsilon FROM spends WHERE dataset = ? AND job_id = ?", (dataset, job_id)).fetchone()
-        total = float(
-            tx.execute("SELECT COALESCE(SUM(epsilon), 0) FROM spends WHERE dataset = ?", (dataset,)).fetchone()[0]
+        total, total_delta = (
+            float(v)
+            for v in tx.execute(
+                "SELECT COALESCE(SUM(epsilon), 0), COALESCE(SUM(delta), 0) FROM spends WHERE dataset = ?", (dataset,)
+            ).fetchone()
         )
         if prior is not None:
             if abs(float(prior[0]) - epsilon) > _EPS_TOLERANCE:
@@ -435,15 +566,31 @@ class PrivacyLedger:
                 requested=epsilon,
                 resets_at=None,  # a privacy budget never resets
             )
+        if delta > 0 and total_delta + delta > delta_cap * (1 + _EPS_TOLERANCE):
+            raise BudgetExhausted(
+                f"privacy budget of dataset '{dataset}' exhausted for delta: spent {total_delta:g} of its delta"
+                f" cap {delta_cap:g}, job asks {delta:g}",
+                dataset=dataset,
+                spent_delta=total_delta,
+                delta_cap=delta_cap,
+                requested_delta=delta,
+                resets_at=None,
+            )
         tx.execute(
-            "INSERT INTO spends (dataset, job_id, epsilon, at) VALUES (?, ?, ?, ?)",
-            (dataset, job_id, epsilon, datetime.now(UTC).isoformat(timespec="seconds")),
+            "INSERT INTO spends (dataset, job_id, epsilon, at, delta) VALUES (?, ?, ?, ?, ?)",
+            (dataset, job_id, epsilon, datetime.now(UTC).isoformat(timespec="seconds"), delta),
         )
         return LedgerEntry(dataset, job_id, epsilon, total + epsilon, cap, replayed=False)
 
     def spent(self, dataset: str) -> float:
         with self.db.read() as tx:
             row = tx.execute("SELECT COALESCE(SUM(epsilon), 0) FROM spends WHERE dataset = ?", (dataset,)).fetchone()
+        return float(row[0])
+
+    def spent_delta(self, dataset: str) -> float:
+        """The δ of every charge on the dataset, summed."""
+        with self.db.read() as tx:
+            row = tx.execute("SELECT COALESCE(SUM(delta), 0) FROM spends WHERE dataset = ?", (dataset,)).fetchone()
         return float(row[0])
 
     def spends(self) -> list[Spend]:
@@ -474,21 +621,31 @@ COHORT_PRIVACY_MIGRATIONS = (
                 epsilon DOUBLE PRECISION NOT NULL)
         """,
     ),
+    lease_migration("cohort_privacy", 2, "cohort_epsilon_reservations"),
 )
 
 
-class CohortPrivacyBudget:
+class CohortPrivacyBudget(_Leases):
     """The cohort (bronze) view's ε budget per (program, requesting agency) and period (the program's epoch).
 
     Each cohort query spends ε per criterion times its criteria (exchange/cohort.py). Like the
     probing budget it is reserved before the fan-out (refused when the period's cap would be
     passed), committed when the check is answered and released when it fails for a reason that is
-    not the requester's; a reservation never settled stays spent (the conservative side). Atomic
-    under concurrency: SQLite's write lock, or on PostgreSQL an advisory lock on the scope.
+    not the requester's; a reservation never settled (the gateway died mid-check) is given back
+    once its lease runs out, under the scope's lock, by the next reservation or read of the scope;
+    a commit after that fails. Atomic under concurrency: SQLite's write lock, or on PostgreSQL an
+    advisory lock on the scope.
     """
 
-    def __init__(self, store: Path | str | Database) -> None:
+    def __init__(
+        self,
+        store: Path | str | Database,
+        *,
+        lease_s: float = DEFAULT_LEASE_S,
+        lease_clock: Callable[[], float] | None = None,
+    ) -> None:
         self.db: Database = open_store(store, COHORT_PRIVACY_MIGRATIONS)
+        self._init_leases(lease_s, lease_clock)
 
     @staticmethod
     def _lock(program: str, agency: str) -> list[str]:
@@ -502,6 +659,7 @@ class CohortPrivacyBudget:
         epsilon: float,
         cap: float,
         renews: tuple[float, float] | None = None,
+        owner: str | None = None,
     ) -> EpsilonReceipt:
         """Hold `epsilon` of the period's `cap`, or refuse with BudgetExhausted (nothing recorded).
 
@@ -509,6 +667,7 @@ class CohortPrivacyBudget:
         if not (math.isfinite(epsilon) and epsilon > 0 and math.isfinite(cap) and cap > 0):
             raise InvalidInput("epsilon and its cap must be positive finite numbers")
         with self.db.transaction(lock=self._lock(program, agency)) as tx:
+            self._reap(tx, program, agency)
             spent = self._spent(tx, program, agency, period)
             if spent + epsilon > cap + _EPS_TOLERANCE:
                 timing = {}
@@ -537,16 +696,62 @@ class CohortPrivacyBudget:
             )
             reservation = "eps_" + secrets.token_urlsafe(16)
             tx.execute(
-                "INSERT INTO cohort_epsilon_reservations (id, program, agency, period, epsilon) VALUES (?, ?, ?, ?, ?)",
-                (reservation, program, agency, period, epsilon),
+                "INSERT INTO cohort_epsilon_reservations (id, program, agency, period, epsilon, owner, lease_until)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (
+                    reservation,
+                    program,
+                    agency,
+                    period,
+                    epsilon,
+                    RESERVATION_OWNER.get() if owner is None else owner,
+                    self._now(tx) + self.lease_s,
+                ),
             )
         return EpsilonReceipt(epsilon, spent + epsilon, cap, period, reservation)
 
     def commit(self, reservation: str) -> bool:
-        """The query was answered: its ε stays spent. False if it was not pending."""
+        """The query was answered: its ε stays spent. False if it was not pending or its lease ran
+        out (reaped, or about to be): the caller must then not answer."""
         with self.db.transaction() as tx:
-            deleted = tx.execute("DELETE FROM cohort_epsilon_reservations WHERE id = ?", (reservation,))
+            deleted = tx.execute(
+                "DELETE FROM cohort_epsilon_reservations WHERE id = ? AND (lease_until IS NULL OR lease_until > ?)",
+                (reservation, self._now(tx)),
+            )
             return bool(deleted.rowcount == 1)
+
+    def _reap(self, tx: Tx, program: str, agency: str) -> int:
+        """Under the scope's lock: give back the ε of reservations whose lease ran out."""
+        rows = tx.execute(
+            "SELECT id FROM cohort_epsilon_reservations WHERE program = ? AND agency = ? AND lease_until <= ?",
+            (program, agency, self._now(tx)),
+        ).fetchall()
+        for (reservation,) in rows:
+            self._give_back(tx, str(reservation), program, agency)
+        if rows:
+            log.warning("epsilon_reservations_reaped", reservations=len(rows), program=program, agency=agency)
+        return len(rows)
+
+    def reap(self) -> int:
+        """Give back every reservation whose lease ran out (a timer, an operator)."""
+        with self.db.read() as tx:
+            scopes = tx.execute(
+                "SELECT DISTINCT program, agency FROM cohort_epsilon_reservations WHERE lease_until <= ?",
+                (self._now(tx),),
+            ).fetchall()
+        reaped = 0
+        for program, agency in scopes:
+            with self.db.transaction(lock=self._lock(str(program), str(agency))) as tx:
+                reaped += self._reap(tx, str(program), str(agency))
+        return reaped
+
+    def release_owner(self, owner: str) -> int:
+        """Give back every pending reservation of one owner (a dead attempt whose claim was taken over)."""
+        if not owner:  # rows of an earlier version have no owner: never released wholesale
+            return 0
+        with self.db.read() as tx:
+            rows = tx.execute("SELECT id FROM cohort_epsilon_reservations WHERE owner = ?", (owner,)).fetchall()
+        return sum(self.release(str(r[0])) for r in rows)
 
     def release(self, reservation: str) -> bool:
         """The query failed, not by the requester's doing: give its ε back. False if not pending or
@@ -566,23 +771,30 @@ class CohortPrivacyBudget:
             return False
         program, agency = str(row[0]), str(row[1])
         with self.db.transaction(lock=self._lock(program, agency)) as tx:
-            row = tx.execute(
-                "SELECT period, epsilon FROM cohort_epsilon_reservations WHERE id = ?", (reservation,)
-            ).fetchone()
-            if row is None:  # committed or released meanwhile
-                return False
-            tx.execute(
-                "UPDATE cohort_epsilon SET spent = MAX(spent - ?, 0) WHERE program = ? AND agency = ? AND period = ?"
-                if tx.dialect == "sqlite"
-                else "UPDATE cohort_epsilon SET spent = GREATEST(spent - ?, 0) "
-                "WHERE program = ? AND agency = ? AND period = ?",
-                (float(row[1]), program, agency, int(row[0])),
-            )
-            tx.execute("DELETE FROM cohort_epsilon_reservations WHERE id = ?", (reservation,))
+            return self._give_back(tx, reservation, program, agency)
+
+    @staticmethod
+    def _give_back(tx: Tx, reservation: str, program: str, agency: str) -> bool:
+        row = tx.execute(
+            "SELECT period, epsilon FROM cohort_epsilon_reservations WHERE id = ?", (reservation,)
+        ).fetchone()
+        if row is None:  # committed or released meanwhile
+            return False
+        # The row first: a commit racing this release then finds it gone, or this finds it committed.
+        if tx.execute("DELETE FROM cohort_epsilon_reservations WHERE id = ?", (reservation,)).rowcount != 1:
+            return False
+        tx.execute(
+            "UPDATE cohort_epsilon SET spent = MAX(spent - ?, 0) WHERE program = ? AND agency = ? AND period = ?"
+            if tx.dialect == "sqlite"
+            else "UPDATE cohort_epsilon SET spent = GREATEST(spent - ?, 0) "
+            "WHERE program = ? AND agency = ? AND period = ?",
+            (float(row[1]), program, agency, int(row[0])),
+        )
         return True
 
     def spent(self, program: str, agency: str, period: int) -> float:
-        with self.db.read() as tx:
+        with self.db.transaction(lock=self._lock(program, agency)) as tx:
+            self._reap(tx, program, agency)
             return self._spent(tx, program, agency, period)
 
     def pending(self) -> int:

@@ -11,6 +11,13 @@ each node verifies the signed artefact again before it answers (`check_artefact`
 exhausted → PolicyDenied with a clear reason); `ConsentRegistry` stores artefacts in SQLite,
 `verify`s a use without consuming it, and consumes one use per successful `check` inside a write
 transaction, so a one-time consent cannot be used twice even by concurrent callers.
+
+A check reserves its use before the fan-out (`reserve`) and commits it when answered. A
+reservation carries a lease by the database's clock: one never settled (the gateway died) gives
+its use back once the lease runs out, under the consent's lock, at the next use or verification
+of the consent. `commit` fails closed: a reservation reaped meanwhile returns False, and a
+revocation on record (whenever it was stamped) refuses the answer with PolicyDenied and gives the
+use back.
 """
 
 from __future__ import annotations
@@ -24,14 +31,15 @@ from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator
 
 from crypto.artefacts import Signer, verify_artefact
 from crypto.policy_bundle import Installed
+from policies.types import DEFAULT_LEASE_S, RESERVATION_OWNER
 from policies.watched import WatchedFile
-from xgate.db import Database, Migration, Tx, open_store
+from xgate.db import Database, Migration, Tx, db_now, lease_migration, open_store
 from xgate.errors import ConfigError, CryptoError, InvalidInput, NotFound, PolicyDenied, StoreUnavailable
 from xgate.logging import get_logger
 
@@ -239,7 +247,10 @@ _CONSENT_DDL = """
     CREATE TABLE IF NOT EXISTS consent_reservations (
         id TEXT PRIMARY KEY, ref TEXT NOT NULL, at TEXT NOT NULL)
 """
-CONSENT_MIGRATIONS = (Migration("consent_registry", 1, sqlite=_CONSENT_DDL, postgresql=_CONSENT_DDL),)
+CONSENT_MIGRATIONS = (
+    Migration("consent_registry", 1, sqlite=_CONSENT_DDL, postgresql=_CONSENT_DDL),
+    lease_migration("consent_registry", 2, "consent_reservations"),
+)
 
 # Give back exactly one recorded use (uses at one instant are interchangeable): by rowid in SQLite, ctid in PostgreSQL.
 _DELETE_ONE_USE = {
@@ -262,12 +273,24 @@ class ConsentRegistry:
         store: Path | str | Database,
         purposes: Collection[str] | None = None,
         managers: ConsentManagers | Mapping[str, Signer] | None = None,
+        *,
+        lease_s: float = DEFAULT_LEASE_S,
+        lease_clock: Callable[[], float] | None = None,
     ) -> None:
+        """``lease_s``: how long a reserved use may stay pending (longer than any check may take);
+        ``lease_clock``: the database's clock unless given (tests)."""
         self.db: Database = open_store(store, CONSENT_MIGRATIONS)
         if isinstance(store, (str, Path)):
             self._add_artefact_columns()
         self.purposes = frozenset(purposes) if purposes is not None else None
         self._managers = managers
+        if not lease_s > 0:
+            raise ValueError("lease_s must be positive")
+        self.lease_s = lease_s
+        self._lease_clock = lease_clock
+
+    def _now(self, tx: Tx) -> float:
+        return self._lease_clock() if self._lease_clock is not None else db_now(tx)
 
     def _add_artefact_columns(self) -> None:
         """SQLite files of earlier versions gain the artefact columns."""
@@ -396,6 +419,7 @@ class ConsentRegistry:
 
         The gateway calls this before spending the probing budget, so a refused request burns none.
         """
+        self.reap(ref)  # a dead gateway's reserved use must not refuse this one
         try:
             record: ConsentRecord | None = self.lookup(ref)
         except NotFound:
@@ -415,17 +439,78 @@ class ConsentRegistry:
         purpose: str,
         now: datetime | None = None,
         program: str | None = None,
+        owner: str | None = None,
     ) -> str:
         """Take one use now (so concurrent callers cannot share it) and return a reservation id:
         `commit` it when the check was answered, `release` it when the check failed for a reason
         that is not the requester's. A one-time consent is therefore used only by an answer."""
         reservation = "crs_" + secrets.token_urlsafe(16)
-        self._use(ref, subject, agency, purpose, now, reservation=reservation, program=program)
+        held_by = RESERVATION_OWNER.get() if owner is None else owner
+        self._use(ref, subject, agency, purpose, now, reservation=reservation, program=program, owner=held_by)
         return reservation
 
     def commit(self, reservation: str) -> bool:
-        with self.db.transaction() as tx:
-            return bool(tx.execute("DELETE FROM consent_reservations WHERE id = ?", (reservation,)).rowcount == 1)
+        """Make the reserved use final: the check is about to be answered. False if it was not
+        pending or its lease ran out (reaped, or given back now). Raises PolicyDenied, giving the
+        use back, if the consent was revoked meanwhile (any revocation on record is final here,
+        under the consent's lock): the answer must then not be delivered."""
+        with self.db.read() as tx:
+            found = tx.execute("SELECT ref FROM consent_reservations WHERE id = ?", (reservation,)).fetchone()
+        if found is None:
+            return False
+        revoked = False
+        with self.db.transaction(lock=[f"consent/{found[0]}"]) as tx:
+            row = tx.execute(
+                "SELECT ref, at, lease_until FROM consent_reservations WHERE id = ?", (reservation,)
+            ).fetchone()
+            if row is None:  # released or reaped meanwhile
+                return False
+            record = self._get(tx, str(row[0]))
+            revoked = record is not None and record.revoked_at is not None
+            if revoked or (row[2] is not None and float(row[2]) <= self._now(tx)):
+                self._give_back(tx, reservation, row)
+            else:
+                tx.execute("DELETE FROM consent_reservations WHERE id = ?", (reservation,))
+                return True
+        if revoked:
+            raise PolicyDenied(
+                "consent refused: revoked by the data subject while the check ran; its answer is withheld",
+                consent_ref=str(found[0]),
+            )
+        return False
+
+    def reap(self, ref: str) -> int:
+        """Give back the reserved uses of one consent whose lease ran out, under its lock."""
+        with self.db.transaction(lock=[f"consent/{ref}"]) as tx:
+            return self._reap(tx, ref)
+
+    def _reap(self, tx: Tx, ref: str) -> int:
+        rows = tx.execute(
+            "SELECT id, ref, at FROM consent_reservations WHERE ref = ? AND lease_until <= ?", (ref, self._now(tx))
+        ).fetchall()
+        for row in rows:
+            self._give_back(tx, str(row[0]), row[1:])
+        if rows:
+            log.warning("consent_reservations_reaped", reservations=len(rows))
+        return len(rows)
+
+    def release_owner(self, owner: str) -> int:
+        """Give back every pending use reserved by one owner (a dead attempt whose claim was taken over)."""
+        if not owner:  # rows of an earlier version have no owner: never released wholesale
+            return 0
+        with self.db.read() as tx:
+            rows = tx.execute("SELECT id FROM consent_reservations WHERE owner = ?", (owner,)).fetchall()
+        return sum(self.release(str(r[0])) for r in rows)
+
+    @staticmethod
+    def _give_back(tx: Tx, reservation: str, row: Any) -> bool:
+        """Within the consent's lock: undo one reserved use (the reservation row first, so a
+        racing commit or release finds it gone)."""
+        if tx.execute("DELETE FROM consent_reservations WHERE id = ?", (reservation,)).rowcount != 1:
+            return False
+        tx.execute("UPDATE consents SET uses = uses - 1 WHERE ref = ? AND uses > 0", (row[0],))
+        tx.execute(_DELETE_ONE_USE[tx.dialect], (row[0], row[1]))
+        return True
 
     def release(self, reservation: str) -> bool:
         """Give the reserved use back (idempotent: False if it was not pending, or on a storage
@@ -445,10 +530,7 @@ class ConsentRegistry:
             row = tx.execute("SELECT ref, at FROM consent_reservations WHERE id = ?", (reservation,)).fetchone()
             if row is None:  # committed or released meanwhile, here or on another replica
                 return False
-            tx.execute("UPDATE consents SET uses = uses - 1 WHERE ref = ? AND uses > 0", (row[0],))
-            tx.execute(_DELETE_ONE_USE[tx.dialect], (row[0], row[1]))
-            tx.execute("DELETE FROM consent_reservations WHERE id = ?", (reservation,))
-        return True
+            return self._give_back(tx, reservation, row)
 
     def _use(
         self,
@@ -459,9 +541,11 @@ class ConsentRegistry:
         now: datetime | None,
         reservation: str | None,
         program: str | None = None,
+        owner: str = "",
     ) -> None:
         at = _aware(now, "now") if now is not None else datetime.now(UTC)
         with self.db.transaction(lock=[f"consent/{ref}"]) as tx:
+            self._reap(tx, ref)  # a dead gateway's reserved use is given back first
             record = self._get(tx, ref)
             window = 0
             if record is not None and record.frequency_days is not None:
@@ -475,8 +559,8 @@ class ConsentRegistry:
             tx.execute("INSERT INTO consent_uses (ref, at) VALUES (?, ?)", (ref, at.isoformat()))
             if reservation is not None:
                 tx.execute(
-                    "INSERT INTO consent_reservations (id, ref, at) VALUES (?, ?, ?)",
-                    (reservation, ref, at.isoformat()),
+                    "INSERT INTO consent_reservations (id, ref, at, owner, lease_until) VALUES (?, ?, ?, ?, ?)",
+                    (reservation, ref, at.isoformat(), owner, self._now(tx) + self.lease_s),
                 )
 
     @staticmethod

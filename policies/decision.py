@@ -47,7 +47,7 @@ from policies.types import (
     node_requests,
     resource_ref,
 )
-from xgate.errors import ConfigError, InvalidInput, NotFound, PolicyDenied
+from xgate.errors import ConfigError, InvalidInput, NotFound, PolicyDenied, StoreUnavailable, XgateError
 from xgate.logging import get_logger
 from xgate.principal import Principal
 
@@ -524,16 +524,36 @@ class Reservations:
     approval_reservation: str = ""
 
     def commit(self) -> None:
-        if self.budgets is not None and self.budget_reservation:
-            self.budgets.commit(self.budget_reservation)
-        if self.privacy is not None and self.privacy_reservation:
-            self.privacy.commit(self.privacy_reservation)
-        if self.claims is not None and self.claim_reservation:
-            self.claims.commit(self.claim_reservation)
-        if self.consents is not None and self.consent_reservation:
-            self.consents.commit(self.consent_reservation)
-        if self.approvals is not None and self.approval_reservation:
-            self.approvals.commit(self.approval_reservation)
+        """Charge the answer, or fail closed: every reservation must still be pending under its
+        lease (a reaper gives back those of a gateway that died, and a commit after that must not
+        let the answer out uncharged), and the consent and approval must not have been revoked
+        meanwhile. On any failure everything still held is released and the error raised:
+        PolicyDenied for a revocation, StoreUnavailable (retryable) for a lost reservation or a
+        storage error. The consent and approval go first, as they may refuse; a later failure
+        after they committed leaves them charged (the conservative side)."""
+        steps = [
+            (self.consents, self.consent_reservation),
+            (self.approvals, self.approval_reservation),
+            (self.budgets, self.budget_reservation),
+            (self.privacy, self.privacy_reservation),
+            (self.claims, self.claim_reservation),
+        ]
+        try:
+            for port, reservation in steps:
+                if port is not None and reservation and not port.commit(reservation):
+                    raise StoreUnavailable(
+                        "the check's reservations ran out before it was answered (released by the reaper): "
+                        "its answer is withheld; retry",
+                        retry_after_s=1,
+                    )
+        except Exception as exc:  # any store's failure: released, and said as retryable
+            self.release()
+            if isinstance(exc, XgateError):
+                raise
+            raise StoreUnavailable(f"the check could not be charged ({type(exc).__name__}): retry") from None
+        except BaseException:
+            self.release()
+            raise
 
     def release(self) -> None:
         if self.approvals is not None and self.approval_reservation:
@@ -601,49 +621,24 @@ class CheckAuthorizer:
             self._consent(request, principal.agency, now, program.id, consume=False)
         if request.approval_ref:
             self._approval(request, principal.agency, now, program.id, consume=False)
+        # Read what the nodes are sent before reserving anything: a storage error here must find
+        # nothing reserved (review: read after the reservations, it leaked every one of them).
+        artefact = self.consents.artefact(request.consent_ref) if request.consent_ref and self.consents else ""
+        approval = self.approvals.artefact(request.approval_ref) if request.approval_ref and self.approvals else ""
         charge = Reservations()
-        if self.budgets is not None and decision.budget is not None:
-            receipt = self.budgets.reserve(request.pseudonyms, program.id, principal.agency, decision.budget, now)
-            charge.budgets, charge.budget_reservation = self.budgets, str(receipt.reservation)
-        # Every silver answer claims its subjects, overlapping programs or not: a program that comes
-        # to share a question later (added, or a new version) must still find the claims.
-        if view is View.OVERALL and (program.overlaps or self.claims is not None):
-            try:
-                self._claim(engine, request, program, principal.agency, now, charge)
-            except BaseException:
-                charge.release()  # another program of the group holds a subject: give the budget back
-                raise
-        spend = None
-        if view is View.COHORT:
-            try:
-                spend = self._epsilon(engine, program, principal.agency, now, charge)
-            except BaseException:
-                charge.release()  # the ε budget refused: give the probing budget back
-                raise
-        if request.consent_ref:
-            try:
-                charge.consent_reservation = self._consent(request, principal.agency, now, program.id)
-                charge.consents = self.consents
-            except BaseException:
-                charge.release()  # the consent refused after all (a concurrent use): give the budget back
-                raise
-        if request.approval_ref:
-            try:
-                charge.approval_reservation = self._approval(request, principal.agency, now, program.id)
-                charge.approvals = self.approvals
-            except BaseException:
-                charge.release()  # the approval's subjects ran out meanwhile: give everything back
-                raise
+        try:
+            spend = self._reserve(engine, principal, program, request, now, decision, view, charge)
+        except BaseException:
+            charge.release()  # any failure after the first reservation gives everything back
+            raise
         log_pdp.info(
             "check_authorized",
             user=principal.user,
             program=program.id,
-            subjects=len(request.pseudonyms),
+            subject_count=len(request.pseudonyms),
             view=view.value,
             policy_set_hash=decision.policy_set_hash,
         )
-        artefact = self.consents.artefact(request.consent_ref) if request.consent_ref and self.consents else ""
-        approval = self.approvals.artefact(request.approval_ref) if request.approval_ref and self.approvals else ""
         return PolicyOutcome(
             view=view.value,
             policy_ids=decision.policy_ids,
@@ -653,6 +648,47 @@ class CheckAuthorizer:
             approval_artefact=approval,
             privacy=spend,
         )
+
+    def release_owner(self, owner: str) -> int:
+        """Give back whatever one owner (a dead attempt's Idempotency-Key claim) still holds in
+        every store: called by the replica that takes the claim over. Returns how many."""
+        released = 0
+        for store in (self.approvals, self.consents, self.claims, self.budgets, self.privacy):
+            release = getattr(store, "release_owner", None)
+            if release is not None:
+                released += int(release(owner))
+        return released
+
+    def _reserve(
+        self,
+        engine: PolicyEngine,
+        principal: Principal,
+        program: Program,
+        request: CheckContext,
+        now: datetime,
+        decision: Decision,
+        view: View,
+        charge: Reservations,
+    ) -> PrivacySpend | None:
+        """Reserve the probing budget, silver claims, ε, the consent's use and the approval's
+        subjects into `charge`; the caller releases it all if any step raises."""
+        if self.budgets is not None and decision.budget is not None:
+            receipt = self.budgets.reserve(request.pseudonyms, program.id, principal.agency, decision.budget, now)
+            charge.budgets, charge.budget_reservation = self.budgets, str(receipt.reservation)
+        # Every silver answer claims its subjects, overlapping programs or not: a program that comes
+        # to share a question later (added, or a new version) must still find the claims.
+        if view is View.OVERALL and (program.overlaps or self.claims is not None):
+            self._claim(engine, request, program, principal.agency, now, charge)
+        spend = None
+        if view is View.COHORT:
+            spend = self._epsilon(engine, program, principal.agency, now, charge)
+        if request.consent_ref:
+            charge.consent_reservation = self._consent(request, principal.agency, now, program.id)
+            charge.consents = self.consents
+        if request.approval_ref:
+            charge.approval_reservation = self._approval(request, principal.agency, now, program.id)
+            charge.approvals = self.approvals
+        return spend
 
     def _claim(
         self,

@@ -15,8 +15,9 @@ Repeats of the same program are answered (they return the same masked values in 
 renew the claim.
 
 Claims are reserved like the probing budget: committed when the check is answered, released
-when it fails, and a claim never settled (the gateway died mid-check) stays in force: the
-conservative side.
+when it fails. A claim carries a lease by the database's clock (longer than any check may take):
+one never settled (the gateway died mid-check) is dropped once its lease runs out, by the next
+reservation, and its commit then fails (the check refuses to answer).
 """
 
 from __future__ import annotations
@@ -24,10 +25,11 @@ from __future__ import annotations
 import json
 import secrets
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from xgate.db import Database, Migration, open_store
+from policies.types import DEFAULT_LEASE_S, RESERVATION_OWNER
+from xgate.db import Database, Migration, Tx, db_now, lease_migration, open_store
 from xgate.errors import InvalidInput, PolicyDenied, StoreUnavailable
 from xgate.logging import get_logger
 
@@ -60,6 +62,7 @@ SILVER_CLAIM_MIGRATIONS = (
             CREATE INDEX IF NOT EXISTS silver_claims_at ON silver_claims (at)
         """,
     ),
+    lease_migration("silver_claims", 2, "silver_claims"),
 )
 
 _ROWS = {
@@ -78,19 +81,34 @@ _CONFLICTS = {
     for d, rows in _ROWS.items()
 }
 _INSERT = {
-    "sqlite": "INSERT INTO silver_claims (agency, subject, reservation, program, claim, at) "
-    "SELECT ?, value, ?, ?, ?, ? FROM json_each(?)",
-    "postgresql": "INSERT INTO silver_claims (agency, subject, reservation, program, claim, at) "
-    "SELECT ?, value, ?, ?, ?, ? FROM jsonb_array_elements_text(CAST(? AS jsonb)) AS value",
+    "sqlite": "INSERT INTO silver_claims (agency, subject, reservation, program, claim, at, owner, lease_until) "
+    "SELECT ?, value, ?, ?, ?, ?, ?, ? FROM json_each(?)",
+    "postgresql": "INSERT INTO silver_claims (agency, subject, reservation, program, claim, at, owner, lease_until) "
+    "SELECT ?, value, ?, ?, ?, ?, ?, ? FROM jsonb_array_elements_text(CAST(? AS jsonb)) AS value",
 }
 
 
 class SilverClaims:
     """The claims store: a SQLite file (embedded default) or a shared `Database` (replicated mode)."""
 
-    def __init__(self, store: Path | str | Database) -> None:
+    def __init__(
+        self,
+        store: Path | str | Database,
+        *,
+        lease_s: float = DEFAULT_LEASE_S,
+        lease_clock: Callable[[], float] | None = None,
+    ) -> None:
+        """``lease_s``: how long a claim may stay unsettled (longer than any check may take);
+        ``lease_clock``: the database's clock unless given (tests)."""
         self.db: Database = open_store(store, SILVER_CLAIM_MIGRATIONS)
         self._pruned = float("-inf")
+        if not lease_s > 0:
+            raise ValueError("lease_s must be positive")
+        self.lease_s = lease_s
+        self._lease_clock = lease_clock
+
+    def _now(self, tx: Tx) -> float:
+        return self._lease_clock() if self._lease_clock is not None else db_now(tx)
 
     def reserve(
         self,
@@ -102,6 +120,7 @@ class SilverClaims:
         agency: str,
         now: float,
         window_days: int,
+        owner: str | None = None,
     ) -> str:
         """Claim every subject for `program` (as `claim` names it), or refuse the whole batch with
         PolicyDenied if an overlapping program, or another version of this one, answered for any of
@@ -114,6 +133,14 @@ class SilverClaims:
         cutoff = now - window_days * DAY_S
         reservation = "slv_" + secrets.token_urlsafe(16)
         with self.db.transaction(lock=[f"silver/{agency}/{s}" for s in unique]) as tx:
+            lease_now = self._now(tx)
+            # Claims of a dead gateway's check (never settled, lease run out) bar nothing: dropped
+            # first (they count nothing, so no lock of their subjects is needed).
+            reaped = tx.execute(
+                "DELETE FROM silver_claims WHERE settled = 0 AND lease_until <= ?", (lease_now,)
+            ).rowcount
+            if reaped:
+                log.warning("silver_claims_reaped", claims=reaped)
             taken = tx.execute(
                 _CONFLICTS[tx.dialect], (agency, cutoff, claim, program, json.dumps(list(overlaps)), json.dumps(unique))
             ).fetchall()
@@ -127,7 +154,11 @@ class SilverClaims:
                     program=program,
                     claimed_by=holders,
                 )
-            tx.execute(_INSERT[tx.dialect], (agency, reservation, program, claim, now, json.dumps(unique)))
+            held_by = RESERVATION_OWNER.get() if owner is None else owner
+            tx.execute(
+                _INSERT[tx.dialect],
+                (agency, reservation, program, claim, now, held_by, lease_now + self.lease_s, json.dumps(unique)),
+            )
             if now - self._pruned >= PRUNE_EVERY_S:  # claims past the window in force bar nothing
                 self._pruned = now
                 tx.execute("DELETE FROM silver_claims WHERE at <= ? AND settled = 1", (cutoff,))
@@ -135,7 +166,8 @@ class SilverClaims:
 
     def commit(self, reservation: str) -> bool:
         """The check was answered: its claims stand (and replace the same program's older ones for
-        those subjects). False if none was pending."""
+        those subjects). False if none was pending or their lease ran out (the caller must then not
+        answer)."""
         with self.db.transaction() as tx:
             row = tx.execute(
                 "SELECT agency, claim FROM silver_claims WHERE reservation = ? AND settled = 0 LIMIT 1",
@@ -143,13 +175,31 @@ class SilverClaims:
             ).fetchone()
             if row is None:
                 return False
+            settled = tx.execute(
+                "UPDATE silver_claims SET settled = 1 WHERE reservation = ? AND settled = 0"
+                " AND (lease_until IS NULL OR lease_until > ?)",
+                (reservation, self._now(tx)),
+            ).rowcount
+            if not settled:
+                return False
             tx.execute(
-                "DELETE FROM silver_claims WHERE settled = 1 AND agency = ? AND claim = ? AND subject IN "
-                "(SELECT subject FROM silver_claims WHERE reservation = ?)",
-                (row[0], row[1], reservation),
+                "DELETE FROM silver_claims WHERE settled = 1 AND agency = ? AND claim = ? AND reservation <> ?"
+                " AND subject IN (SELECT subject FROM silver_claims WHERE reservation = ?)",
+                (row[0], row[1], reservation, reservation),
             )
-            tx.execute("UPDATE silver_claims SET settled = 1 WHERE reservation = ?", (reservation,))
         return True
+
+    def release_owner(self, owner: str) -> int:
+        """Drop every unsettled claim of one owner (a dead attempt whose Idempotency-Key claim was
+        taken over). Returns how many reservations."""
+        if not owner:  # rows of an earlier version have no owner: never released wholesale
+            return 0
+        with self.db.transaction() as tx:
+            rows = tx.execute(
+                "SELECT DISTINCT reservation FROM silver_claims WHERE owner = ? AND settled = 0", (owner,)
+            ).fetchall()
+            tx.execute("DELETE FROM silver_claims WHERE owner = ? AND settled = 0", (owner,))
+        return len(rows)
 
     def release(self, reservation: str) -> bool:
         """The check failed: drop its claims. False if none was pending or the store failed (the

@@ -10,6 +10,7 @@ reads a `CheckContext` and returns a `PolicyOutcome` (the view the caller may se
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol
@@ -98,12 +99,24 @@ class Decision:
             )
 
 
+# Who holds the reservations a check makes (its Idempotency-Key claim's token, or a token of its
+# own): set by the check service around the decision step, written by the stores into every
+# reservation row, so a takeover of the claim releases what its dead attempt held (`release_owner`).
+RESERVATION_OWNER: ContextVar[str] = ContextVar("xgate_reservation_owner", default="")
+# How long a reservation stays pending before a reaper gives it back (the stores' default; the
+# gateway sets the longest a check may take plus a margin, gateway/wiring.py). A check commits
+# before it answers, and the commit of an expired reservation fails closed.
+DEFAULT_LEASE_S = 300.0
+
+
 class Charge(Protocol):
     """What a check holds of budgets and consent uses until it is answered (or fails).
 
     The decision point reserves before the fan-out; the check service commits when the check is
     answered and releases when it fails for any reason (the requester then learned nothing), so
-    only answers are ever charged. Both are idempotent.
+    only answers are ever charged. Both are idempotent. `commit` fails closed: a reservation whose
+    lease ran out (released by a reaper), or a consent / approval revoked meanwhile, raises, every
+    reservation is released, and the answer is not delivered.
     """
 
     def commit(self) -> None: ...

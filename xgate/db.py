@@ -242,6 +242,42 @@ class PostgresDatabase:
             self._pool.close()
 
 
+# --- The database's clock -----------------------------------------------------------------------
+
+# Unix seconds by the database server's clock: leases and claims stamped and compared by one clock,
+# whichever replica (and whatever its own clock or deadline settings) writes or reads them.
+NOW_SQL: dict[Dialect, str] = {
+    "sqlite": "((julianday('now') - 2440587.5) * 86400.0)",
+    "postgresql": "EXTRACT(EPOCH FROM clock_timestamp())::float8",
+}
+
+
+def db_now(tx: Tx) -> float:
+    """The database's clock, in Unix seconds (SQLite: the host's; PostgreSQL: the server's)."""
+    return float(tx.execute("SELECT " + NOW_SQL[tx.dialect]).fetchone()[0])
+
+
+def lease_migration(component: str, version: int, table: str, *, index: bool = True) -> Migration:
+    """Add `owner` and `lease_until` (the database's clock, Unix seconds) to a reservation table.
+
+    Rows pending from before get an hour from the migration (their checks are long over by then);
+    rows a replica of an earlier version writes later have no lease and are never reaped (the
+    conservative side, as before)."""
+    steps = []
+    dialects: tuple[tuple[Dialect, str], ...] = (("sqlite", "REAL"), ("postgresql", "DOUBLE PRECISION"))
+    for dialect, real in dialects:
+        exists = "" if dialect == "sqlite" else "IF NOT EXISTS "
+        ddl = [
+            f"ALTER TABLE {table} ADD COLUMN {exists}owner TEXT NOT NULL DEFAULT ''",
+            f"ALTER TABLE {table} ADD COLUMN {exists}lease_until {real}",
+            f"UPDATE {table} SET lease_until = {NOW_SQL[dialect]} + 3600",  # noqa: S608  # constant fragments
+        ]
+        if index:
+            ddl.append(f"CREATE INDEX IF NOT EXISTS {table}_owner ON {table} (owner)")
+        steps.append(";\n".join(ddl))
+    return Migration(component, version, sqlite=steps[0], postgresql=steps[1])
+
+
 # --- Opening and migrating ----------------------------------------------------------------------
 
 SCHEMA_TABLE = """CREATE TABLE IF NOT EXISTS xgate_schema (

@@ -8,6 +8,11 @@ same key and body get the stored answer back (`Idempotent-Replayed: true`) witho
 computation; while the first attempt runs, 409 with Retry-After; another body, 422. A failed
 check drops its claim, so a retry computes afresh; a refusal charged as an answer (the register
 node refusing a cohort member it does not know) is kept like one, so a retry replays it.
+
+A claim abandoned by a dead gateway (past the `stale_at` its claimant wrote) is taken over, and
+what the dead attempt still holds (its reservations, owned by its claim's token) is released
+first. The check's reservations are owned by this claim, and its charge is fenced: committed only
+while the claim is still held, otherwise released, and the winner's answer replayed (or 409).
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import asyncio
 import contextlib
 import json
 from collections.abc import Callable
+from typing import Any
 
 from fastapi import APIRouter, Request, Response
 
@@ -35,7 +41,7 @@ from gateway.idempotency import (
     validate_key,
 )
 from gateway.models import CheckRequest, CheckResponse, from_domain, to_domain
-from xgate.errors import ContextUnknown, XgateError
+from xgate.errors import ContextUnknown, IdempotencyInProgress, XgateError
 from xgate.logging import get_logger
 
 log = get_logger("xgate.gateway.routes.checks")
@@ -77,6 +83,11 @@ async def checks(
             )
         claim = found
         request.state.audit_extra = {"idempotency_key_sha256": claim.key_sha256}
+        if claim.superseded:
+            # The dead attempt's reservations go back before this one reserves: its one-time
+            # consent or last budget slot must not refuse its own retry.
+            released = await asyncio.to_thread(coordinator.service.release_owner, claim.superseded)
+            log.warning("idempotency_takeover_released", key_sha256=claim.key_sha256, reservations=released)
     token = IDEMPOTENCY_KEY_SHA256.set(claim.key_sha256 if claim is not None else None)
     charged: list[CheckOutcome] = []
     try:
@@ -84,9 +95,22 @@ async def checks(
             request_id = getattr(request.state, "request_id", None)  # the id the response carries
             registered = await _registered(services, caller.agency, caller.user, body)
             domain = to_domain(body, registered)
-            outcome = await coordinator.service.run(caller, domain, request_id, answered=charged.append)
+            claimed: dict[str, Any] = {}
+            if claim is not None and idempotency is not None:
+                # The claim owns the check's reservations, and its charge is fenced by the claim.
+                held, store = claim, idempotency
+                claimed = {"owner": held.token, "fence": lambda: store.fence(held)}
+            outcome = await coordinator.service.run(caller, domain, request_id, answered=charged.append, **claimed)
         answer = from_domain(outcome).model_dump_json().encode()
     except BaseException as exc:
+        if claim is not None and idempotency is not None and isinstance(exc, IdempotencyInProgress):
+            # Fenced off: another attempt took the key over; its answer, once it has one.
+            won = await asyncio.to_thread(idempotency.replay, claim.owner, claim.key_sha256, digest)
+            if won is not None:
+                return Response(
+                    won.body, status_code=won.status, media_type="application/json", headers={REPLAYED_HEADER: "true"}
+                )
+            raise
         if claim is not None and idempotency is not None:
             if charged:
                 # Charged, then cancelled before it went out (deadline, client gone): a retry with

@@ -37,7 +37,15 @@ from tests.unit.test_check_service import (
     _request,
 )
 from tests.unit.test_policy_support import DAYTIME
-from xgate.errors import BudgetExhausted, NodeError, NodeRefused, NodeTimeout, NodeUnavailable, PolicyDenied
+from xgate.errors import (
+    BudgetExhausted,
+    NodeError,
+    NodeRefused,
+    NodeTimeout,
+    NodeUnavailable,
+    PolicyDenied,
+    StoreUnavailable,
+)
 
 APPROVALS = standing_registry(Path(tempfile.mkdtemp(prefix="xgate-attack-")) / "approvals.db")
 RULE = BudgetRule(max_checks=3, window_days=30, policy_id="")
@@ -238,15 +246,17 @@ def test_a_check_cancelled_while_its_charge_commits_is_charged_once_and_its_answ
     assert all(_used(budgets, s) == 1 for s in SUBJECTS) and budgets.pending() == 0
 
 
-def test_a_store_failing_to_commit_leaves_the_answer_standing_and_charged(programs: Any, tmp_path: Path) -> None:
-    """A commit that raises used to turn an answered, charged check into an error: the reservation
-    stays pending, which counts as spent, so the requester paid and got nothing."""
+def test_a_store_failing_to_commit_withholds_the_answer_and_charges_nothing(programs: Any, tmp_path: Path) -> None:
+    """A commit that raises fails closed: a reservation left pending is given back by the reaper
+    once its lease runs out (policies/budgets.py), so an answer delivered on it would go out
+    uncharged. The check fails with a retryable error and releases what it held (before: the
+    answer stood, charged only as long as the pending reservation stayed counted)."""
 
     class FailingCommit(ProbeBudget):
         def commit(self, reservation: str) -> bool:
             raise OSError("database is locked")
 
     budgets = FailingCommit(tmp_path / "b.db")
-    outcome = asyncio.run(_service(programs, budgets, None, FakeNodes()).run(GOLD, _request()))
-    assert outcome.subjects == len(SUBJECTS)
-    assert all(_used(budgets, s) == 1 for s in SUBJECTS)  # pending: counted, the conservative side
+    with pytest.raises(StoreUnavailable):
+        asyncio.run(_service(programs, budgets, None, FakeNodes()).run(GOLD, _request()))
+    assert all(_used(budgets, s) == 0 for s in SUBJECTS) and budgets.pending() == 0

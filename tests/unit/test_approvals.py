@@ -138,7 +138,9 @@ def test_subject_list_scope_and_case_prefix(registry: ApprovalRegistry) -> None:
     ref = registry.register_signed(
         approval(subjects=[SUBJECT], max_subjects=None, case_ids=None, case_id_prefix="DB-2026-")
     ).ref
-    assert _use(registry, ref, case_id="DB-2026-0042") == ""  # subject lists are not counted
+    held = _use(registry, ref, case_id="DB-2026-0042")
+    assert held and registry.lookup(ref).uses == 0  # subject lists are not counted (the use is still leased)
+    assert registry.commit(held)
     with pytest.raises(PolicyDenied, match="does not cover every subject"):
         _use(registry, ref, case_id="DB-2026-0042", subjects=[SUBJECT, OTHER])
     with pytest.raises(PolicyDenied, match="does not cover case"):

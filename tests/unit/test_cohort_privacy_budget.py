@@ -127,7 +127,7 @@ def test_replicated_mode_refuses_an_unmigrated_epsilon_schema(pg_url: str) -> No
     db = PostgresDatabase(pg_url)
     try:
         reset_component(db, "cohort_privacy", "cohort_epsilon", "cohort_epsilon_reservations")
-        with pytest.raises(ConfigError, match=r"cohort_privacy v1 pending"):
+        with pytest.raises(ConfigError, match=r"cohort_privacy v1, cohort_privacy v2 pending"):
             CohortPrivacyBudget(db)
     finally:
         db.close()

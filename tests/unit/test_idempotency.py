@@ -221,7 +221,7 @@ def test_replicated_mode_refuses_a_schema_that_was_not_migrated(pg_url: str) -> 
     db = PostgresDatabase(pg_url)
     try:
         _reset_pg(db)
-        with pytest.raises(ConfigError, match=r"idempotency v1 pending\): run `xgate gateway migrate`"):
+        with pytest.raises(ConfigError, match=r"idempotency v1, idempotency v2 pending\): run `xgate gateway migrate`"):
             IdempotencyStore(db)
     finally:
         db.close()

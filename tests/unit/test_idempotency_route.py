@@ -60,11 +60,24 @@ class Service:
         self.runs = 0
         self.fail: Exception | None = None
         self.charge_s = 0.0  # how long charging the answer takes (the real service's commit)
+        self.owners: list[str] = []  # whose reservations each run made (the claim's token)
+        self.released_owners: list[str] = []
+
+    def release_owner(self, owner: str) -> int:
+        self.released_owners.append(owner)
+        return 1
 
     async def run(
-        self, principal: Principal, request: Any, request_id: str | None = None, answered: Any = None
+        self,
+        principal: Principal,
+        request: Any,
+        request_id: str | None = None,
+        answered: Any = None,
+        owner: str = "",
+        fence: Any = None,
     ) -> CheckOutcome:
         self.runs += 1
+        self.owners.append(owner)
         await self.audit.record({"kind": "result", "request_id": request_id, "actor_user": principal.user,
                                  "actor_agency": principal.agency, "actor_role": principal.role})  # fmt: skip
         if self.fail is not None:
@@ -81,6 +94,8 @@ class Service:
             criteria=(CriterionVerdict("income", "income below the line", passes=(self.runs % 2 == 1, True)),),
             timings_ms={"total": 1.5 * self.runs},
         )
+        if fence is not None:  # as CheckService.run: the charge is fenced by the claim
+            await asyncio.to_thread(fence)
         if self.charge_s:  # as CheckService.run: the commit finishes, the answer is handed over
             cancelled = await _commit(lambda: time.sleep(self.charge_s))
             if answered is not None:

@@ -43,7 +43,9 @@ def test_replicated_mode_refuses_a_schema_that_was_not_migrated(pg_url: str) -> 
     try:
         with db.transaction() as tx:
             tx.execute("DROP TABLE IF EXISTS probe_windows, probe_reservations, xgate_schema")
-        with pytest.raises(ConfigError, match=r"probe_budget v1 pending\): run `xgate gateway migrate`"):
+        with pytest.raises(
+            ConfigError, match=r"probe_budget v1, probe_budget v2 pending\): run `xgate gateway migrate`"
+        ):
             ProbeBudget(db)
     finally:
         db.close()

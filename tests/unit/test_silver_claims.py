@@ -162,7 +162,9 @@ def replicas(pg_url: str) -> Iterator[list[SilverClaims]]:
         tx.execute(SCHEMA_TABLE)
         tx.execute("DELETE FROM xgate_schema WHERE component = 'silver_claims'")
     try:
-        with pytest.raises(ConfigError, match=r"silver_claims v1 pending\): run `xgate gateway migrate`"):
+        with pytest.raises(
+            ConfigError, match=r"silver_claims v1, silver_claims v2 pending\): run `xgate gateway migrate`"
+        ):
             SilverClaims(a)
         migrate(a, SILVER_CLAIM_MIGRATIONS)
         yield [SilverClaims(a), SilverClaims(b)]
