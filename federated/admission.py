@@ -17,6 +17,12 @@ new decision says why (`Decision.redecided`, in its audit fields). A changed def
 approved is charged as a new job. The ClientApp refuses to train unless that table holds an
 approval of exactly this job (`require_approval`).
 
+δ is budgeted like ε: each charge records the job's δ, and a dataset's δs add up against its δ cap
+(`configure(delta_caps=...)`, else `PrivacyLedger.DEFAULT_DELTA_CAP`; a job whose δ alone passes
+the cap is refused saying so). Each job's δ is also bounded against the dataset's size where the
+node plans it, from its released row count (`dp_sgd.delta_problem`): never from the exact count
+here, whose threshold a job's δ could otherwise be chosen to probe.
+
 ε is spent per run, not per approval: the approval pays for the first run of a definition, and a
 node charges each further run of a DP job again before its first release (`charge_run`, called by
 `record_dp_plan`), so neither a resubmission nor a coordinator re-running the approved job can
@@ -37,7 +43,7 @@ from typing import Any, Protocol
 
 from federated import datasets, dp_sgd, label_dp, signed_jobs
 from federated.jobs import JobSpec
-from federated.training_policy import budget_charges, decide_training, job_epsilon, unwrap_engine
+from federated.training_policy import budget_charges, decide_training, delta_cap, job_delta, job_epsilon, unwrap_engine
 from policies.budgets import PrivacyLedger
 from xgate.errors import BudgetExhausted, InvalidInput, PolicyDenied, XgateError
 
@@ -65,20 +71,26 @@ CREATE TABLE IF NOT EXISTS decision_policies (
     job_id TEXT PRIMARY KEY, policy_ids TEXT NOT NULL, policy_set_hash TEXT NOT NULL, datasets TEXT NOT NULL
 );
 """
-# What an approval of one job definition charged per dataset (ε and the cap it was checked against)
-# and under which spend key: that approval paid for one run, each further run charges the same
-# again (charge_run).
+# What an approval of one job definition charged per dataset (ε and δ, and the caps they were
+# checked against) and under which spend key: that approval paid for one run, each further run
+# charges the same again (charge_run). A ledger from before δ was budgeted gets the two δ columns
+# (`_open_ledger`); its rows' delta_cap 0 means "not recorded": charge_run then charges the job's δ
+# against the default cap.
 _APPROVED_CHARGES = """
 CREATE TABLE IF NOT EXISTS approved_charges (
     job_id TEXT NOT NULL, job_digest TEXT NOT NULL, approval_key TEXT NOT NULL, dataset TEXT NOT NULL,
-    epsilon REAL NOT NULL, cap REAL NOT NULL, PRIMARY KEY (job_id, dataset)
+    epsilon REAL NOT NULL, cap REAL NOT NULL, delta REAL NOT NULL DEFAULT 0, delta_cap REAL NOT NULL DEFAULT 0,
+    PRIMARY KEY (job_id, dataset)
 );
 """
+# (dataset, ε, ε cap, δ, δ cap): one dataset's charge of an approval.
+Charge = tuple[str, float, float, float, float]
 _SCHEMA = (
     _DECISIONS
     + """
 CREATE TABLE IF NOT EXISTS purposes (purpose TEXT PRIMARY KEY);
 CREATE TABLE IF NOT EXISTS caps (dataset TEXT PRIMARY KEY, epsilon_cap REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS delta_caps (dataset TEXT PRIMARY KEY, delta_cap REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS settings (name TEXT PRIMARY KEY, setting TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS decision_basis (job_id TEXT PRIMARY KEY, basis TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS signing_keys (user TEXT PRIMARY KEY, signing_key TEXT NOT NULL);
@@ -138,19 +150,26 @@ class LedgerAdmission:
         allow_non_dp: bool = True,
         signing_keys: Mapping[str, str] | None = None,
         require_signed_jobs: bool | None = None,
+        delta_caps: Mapping[str, float] | None = None,
     ) -> None:
         """Set the node's training policy (administrator action): purposes and caps are replaced.
         `signing_keys`: the analysts' Ed25519 public keys (base64, `xgate train keygen`) whose jobs
         must carry their signature, as a policy set's principals.toml does; given (even empty), they
         replace the trusted keys and the node checks signatures from then on, so removing an
         analyst's key refuses the jobs it signed; None keeps them. `require_signed_jobs`: every job
-        must be signed by a trusted key; None keeps the setting."""
+        must be signed by a trusted key; None keeps the setting. `delta_caps`: the total δ each dataset
+        may spend (replaced like the ε caps; a dataset without one gets PrivacyLedger.DEFAULT_DELTA_CAP)."""
+        bad = [ds for ds, cap in (delta_caps or {}).items() if not 0 < cap < 1]
+        if bad:
+            raise InvalidInput(f"the delta cap of dataset '{bad[0]}' must be between 0 and 1 (exclusive)")
         with _writing(self.ledger, _SCHEMA) as conn:
             conn.execute("DELETE FROM purposes")
             # A purpose given twice allows the same jobs as once (not a UNIQUE failure of the ledger).
             conn.executemany("INSERT INTO purposes VALUES (?)", [(p,) for p in dict.fromkeys(purposes)])
             conn.execute("DELETE FROM caps")
             conn.executemany("INSERT INTO caps VALUES (?, ?)", list(epsilon_caps.items()))
+            conn.execute("DELETE FROM delta_caps")
+            conn.executemany("INSERT INTO delta_caps VALUES (?, ?)", list((delta_caps or {}).items()))
             conn.execute("INSERT OR REPLACE INTO settings VALUES ('allow_non_dp', ?)", (str(int(allow_non_dp)),))
             # Rows only when set: ledgers that never trusted a key keep their decisions' basis.
             if signing_keys is not None:
@@ -231,13 +250,14 @@ class LedgerAdmission:
         keys = sorted(conn.execute("SELECT user, signing_key FROM signing_keys").fetchall())
         if keys:  # only when some: the basis of ledgers without keys is as before
             policy.append(keys)
+        delta_caps = sorted(conn.execute("SELECT dataset, delta_cap FROM delta_caps").fetchall())
+        if delta_caps:  # likewise
+            policy.append([["delta_caps"], *delta_caps])
         return hashlib.sha256(json.dumps(policy).encode()).hexdigest()
 
     @staticmethod
-    def _decide(
-        conn: sqlite3.Connection, job: JobSpec, affected: list[str]
-    ) -> tuple[Decision, list[tuple[str, float, float]]]:
-        """The decision before charging, and the (dataset, ε, cap) charges an approval costs."""
+    def _decide(conn: sqlite3.Connection, job: JobSpec, affected: list[str]) -> tuple[Decision, list[Charge]]:
+        """The decision before charging, and the (dataset, ε, cap, δ, δ cap) charges an approval costs."""
         if not affected:
             return Decision(False, "node holds none of the job's data elements", 0.0), []
         if (why := dp_sgd.untrainable(job)) is not None:
@@ -253,8 +273,14 @@ class LedgerAdmission:
         missing = [ds for ds in affected if ds not in caps]
         if missing:
             return Decision(False, f"no privacy budget is configured for dataset '{missing[0]}'", 0.0), []
-        charges = [(ds, eps, float(caps[ds])) for ds in affected] if eps > 0 else []
-        return Decision(True, "approved", eps), charges
+        deltas = dict(conn.execute("SELECT dataset, delta_cap FROM delta_caps").fetchall())
+        delta = job_delta(job)
+        charges = [
+            (ds, eps, float(caps[ds]), delta, float(deltas.get(ds, PrivacyLedger.DEFAULT_DELTA_CAP))) for ds in affected
+        ]
+        if eps > 0 and (why := _delta_too_large(charges)) is not None:
+            return Decision(False, why, 0.0), []
+        return Decision(True, "approved", eps), charges if eps > 0 else []
 
     def _budgeted(self, element: str) -> tuple[str, float] | None:
         """The store's dataset holding `element` and its configured cap (None without one)."""
@@ -322,9 +348,15 @@ class PolicyAdmission:
             verdict.datasets,
             redecided,
         )
-        charges = budget_charges(self.engine, job, verdict.datasets) if verdict.allowed else []
+        current = unwrap_engine(self.engine)
+        charges: list[Charge] = [
+            (ds, eps, cap, job_delta(job), delta_cap(current, ds))
+            for ds, eps, cap in (budget_charges(self.engine, job, verdict.datasets) if verdict.allowed else [])
+        ]
+        if charges and (why := _delta_too_large(charges)) is not None:
+            decision, charges = replace(decision, approved=False, reason=why), []
         key = _charge_key(job, redecided, self.ledger)
-        if verdict.allowed:
+        if decision.approved:
             try:
                 _spend(self.ledger, job, key, charges, _label_release(job, agency, self.store, self._budgeted))
                 decision = replace(decision, epsilon=job_epsilon(job))
@@ -381,9 +413,7 @@ class PolicyAdmission:
         decided = Decision(bool(row[1]), str(row[2]), float(row[3]), tuple(ids), str(digest), tuple(sets))
         return decided, str(row[0])
 
-    def _record(
-        self, job: JobSpec, agency: str, d: Decision, charges: list[tuple[str, float, float]], key: str
-    ) -> Decision:
+    def _record(self, job: JobSpec, agency: str, d: Decision, charges: list[Charge], key: str) -> Decision:
         verb = "INSERT OR REPLACE" if d.redecided else "INSERT OR IGNORE"
         with _writing(self.ledger, _DECISIONS + _POLICY_DECISIONS + _APPROVED_CHARGES) as conn:
             inserted = conn.execute(
@@ -448,19 +478,32 @@ def _label_release(
     return budgeted[0], float(job.label_dp), budgeted[1]
 
 
+def _delta_too_large(charges: Iterable[Charge]) -> str | None:
+    """Why one charge's δ alone passes its dataset's δ cap (None if none does): a clear refusal, not
+    a budget that merely ran out."""
+    for ds, _, _, delta, cap in charges:
+        if delta > cap:
+            return (
+                f"delta {delta:g} exceeds the delta cap {cap:g} of dataset '{ds}' (the most all jobs on it"
+                " may spend together): ask for a smaller delta"
+            )
+    return None
+
+
 def _spend(
     ledger: Path,
     job: JobSpec,
     key: str,
-    charges: Iterable[tuple[str, float, float]],
+    charges: Iterable[Charge],
     label: tuple[str, float, float] | None,
 ) -> None:
     """Charge an approval, all or nothing: the job's record-DP ε on each dataset (its first run),
     and a label-DP release the first time these labels are released at this ε. The release is
     keyed by (element, ε), not by job: its flips repeat (federated/label_dp.py), so every later job
     or run training on it is post-processing of a release already paid for."""
-    keyed = [(key, ds, eps, cap) for ds, eps, cap in charges]
-    if label is not None:
+    keyed: list[tuple[str, str, float, float] | tuple[str, str, float, float, float, float]]
+    keyed = [(key, *c) for c in charges]
+    if label is not None:  # randomized response is ε-DP: δ 0
         dataset, eps, cap = label
         keyed.append((label_release_key(job.label, eps), dataset, eps, cap))
     if keyed:
@@ -473,12 +516,13 @@ def label_release_key(label: str, epsilon: float) -> str:
 
 
 def _record_approved_charges(
-    conn: sqlite3.Connection, job: JobSpec, approval_key: str, charges: Iterable[tuple[str, float, float]]
+    conn: sqlite3.Connection, job: JobSpec, approval_key: str, charges: Iterable[Charge]
 ) -> None:
     conn.execute("DELETE FROM approved_charges WHERE job_id = ?", (job.job_id,))
     conn.executemany(
-        "INSERT INTO approved_charges VALUES (?,?,?,?,?,?)",
-        [(job.job_id, job.digest(), approval_key, ds, eps, cap) for ds, eps, cap in charges],
+        "INSERT INTO approved_charges (job_id, job_digest, approval_key, dataset, epsilon, cap, delta, delta_cap)"
+        " VALUES (?,?,?,?,?,?,?,?)",
+        [(job.job_id, job.digest(), approval_key, *c) for c in charges],
     )
 
 
@@ -596,12 +640,18 @@ def charge_run(ledger: Path, job: JobSpec, run_id: str) -> None:
         if decided is None or not decided[1] or decided[0] != digest:
             raise PolicyDenied(f"node has not approved job '{job.job_id}'")
         rows = conn.execute(
-            "SELECT approval_key, dataset, epsilon, cap FROM approved_charges"
+            "SELECT approval_key, dataset, epsilon, cap, delta, delta_cap FROM approved_charges"
             " WHERE job_id = ? AND job_digest = ? ORDER BY dataset",
             (job.job_id, digest),
         ).fetchall()
         approval = str(rows[0][0]) if rows else f"{job.job_id}~{digest[:16]}~uncharged"
-        charges = [(str(ds), float(eps), float(cap)) for _, ds, eps, cap in rows]
+        # An approval recorded before δ was budgeted (delta_cap 0): the job's δ against the default cap.
+        charges: list[Charge] = [
+            (str(ds), float(eps), float(cap), float(d), float(dc))
+            if dc
+            else (str(ds), float(eps), float(cap), job_delta(job), PrivacyLedger.DEFAULT_DELTA_CAP)
+            for _, ds, eps, cap, d, dc in rows
+        ]
         row = conn.execute(
             "SELECT charge_key, charged FROM dp_runs WHERE job_id = ? AND approval_key = ? AND run_id = ?",
             (job.job_id, approval, run_id),
@@ -752,4 +802,19 @@ def _open_ledger(path: Path, schema: str) -> sqlite3.Connection:
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=FULL")
     conn.executescript(schema)
+    if "approved_charges" in schema:
+        _add_delta_columns(conn)
     return conn
+
+
+def _add_delta_columns(conn: sqlite3.Connection) -> None:
+    """A ledger's approved_charges from before δ was budgeted gets its δ columns (0: not recorded)."""
+    for column in ("delta", "delta_cap"):
+        present = {str(r[1]) for r in conn.execute("PRAGMA table_info(approved_charges)")}
+        if column in present:
+            continue
+        try:
+            conn.execute(f"ALTER TABLE approved_charges ADD COLUMN {column} REAL NOT NULL DEFAULT 0")
+        except sqlite3.OperationalError as exc:  # another process added it first
+            if "duplicate column" not in str(exc):
+                raise

@@ -52,6 +52,21 @@ STATS_NOISE_MULTIPLIER = 20.0
 # Census-Income schedule (20 would cost 2.5 %), and it moves the sampling rate and step divisor of
 # a 50,000-row node by 0.1 % (tests/unit/test_fed_dp_sgd.py).
 COUNT_NOISE_MULTIPLIER = 50.0
+# delta is the probability that the guarantee fails outright, so it must be far below one person in
+# the dataset: a node plans a job only when delta <= 1 / (DELTA_ROWS_FACTOR x n), n its released
+# (noisy) row count, so the check is post-processing of that release and no refusal depends on the
+# exact count. The ledger also sums delta per dataset against a cap (policies/budgets.py).
+DELTA_ROWS_FACTOR = 10
+
+
+def delta_problem(delta: float, rows: float) -> str | None:
+    """Why a job's delta is too large for a dataset of `rows` (released) rows, or None."""
+    if delta * DELTA_ROWS_FACTOR * rows <= 1.0 + 1e-9:
+        return None
+    return (
+        f"delta {delta:g} is too large for this node's dataset: record-level DP needs delta at most"
+        f" 1/({DELTA_ROWS_FACTOR} n) for its (released) row count n; ask for a smaller delta"
+    )
 
 
 def noisy_rows(n: int, rng: np.random.Generator) -> float:
@@ -189,6 +204,8 @@ def plan(
     statistics round is one more release to account."""
     if not rows > 0:
         raise ValueError("no training rows")
+    if (why := delta_problem(delta, rows)) is not None:
+        raise ValueError(why)
     q = min(1.0, batch / rows)
     per_round = local_epochs * math.ceil(1 / q)
     steps = rounds * per_round
@@ -209,7 +226,12 @@ def train(
     l2: float,
     rng: np.random.Generator | None = None,
 ) -> np.ndarray:
-    """`p.steps_per_round` DP-SGD steps of logistic regression from w; returns new weights."""
+    """`p.steps_per_round` DP-SGD steps of logistic regression from w; returns new weights.
+
+    An example whose gradient is not finite (weights or statistics a coordinator crafted so that one
+    row's logit overflows, inf - inf = NaN) contributes zero, before clipping, like any example
+    clipped to norm 0 (within the clip, so the sensitivity is unchanged): no error, and nothing
+    else, depends on whether such a row is in the batch."""
     rng = rng or np.random.default_rng(secrets.randbits(128))
     w = w.copy()
     n = len(y)
@@ -219,9 +241,11 @@ def train(
         idx = np.flatnonzero(rng.random(n) < p.sample_rate)
         g = np.zeros_like(w)
         if len(idx):
-            err = model.lr_predict(w, x[idx]) - y[idx]
-            per_example = err[:, None] * x1[idx]  # (b, d + 1): bias gradient last
-            norms = np.linalg.norm(per_example, axis=1)
+            with np.errstate(all="ignore"):  # overflow is zeroed below, never raised or propagated
+                err = model.lr_predict(w, x[idx]) - y[idx]
+                per_example = err[:, None] * x1[idx]  # (b, d + 1): bias gradient last
+                per_example[~np.all(np.isfinite(per_example), axis=1)] = 0.0
+                norms = np.linalg.norm(per_example, axis=1)
             per_example *= np.minimum(1.0, p.clip / np.maximum(norms, 1e-12))[:, None]
             g = per_example.sum(axis=0)
         g = (g + rng.normal(0.0, p.sigma * p.clip, size=w.shape)) / expected

@@ -196,6 +196,17 @@ class JobSpec(BaseModel):
                 'release node-level DP does not cover: use dp.unit = "record" (which accounts for it), or '
                 "minmax or log"
             )
+        if self.mode is Mode.VERTICAL and self.standardises() and self.dp is not None:
+            # A feature node would standardise with its own rows' exact mean and sd: one person's value
+            # moves both, so every other row's encoding, and a release's sensitivity is many times
+            # the 2 x clip its noise is calibrated for (16 against 2 on an income column).
+            raise ValueError(
+                "standardise in a vertical record-level DP job scales every row by the node's own mean and"
+                " spread, which one record moves: its embeddings and updates would be DP for a much larger"
+                f" epsilon than {self.dp.epsilon:g}; encode "
+                + ", ".join(sorted(e for e, enc in self.encodings.items() if enc.method is Method.STANDARDISE))
+                + " with minmax or log over its declared range instead"
+            )
         return self
 
     def valid_until_time(self) -> datetime | None:

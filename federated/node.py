@@ -22,6 +22,9 @@ import numpy as np
 from federated import datasets, model, pooled_stats
 from federated.jobs import Encoding, JobSpec
 from xgate.errors import ConfigError, InvalidInput
+from xgate.logging import get_logger
+
+log = get_logger(__name__)
 
 HOLDOUT_FRACTION = 0.2
 
@@ -96,15 +99,29 @@ def check_label(info: datasets.ElementInfo) -> None:
         )
 
 
+def split_problem(test: np.ndarray, holdout: Path | None) -> str | None:
+    """Why a train/test split has nothing on one side (None if both have rows), logged locally with
+    the counts and the holdout file's path: an empty held-out set evaluates to NaN, and no training
+    rows train nothing."""
+    if test.any() and not test.all():
+        return None
+    side = "none" if not test.any() else "all"
+    log.warning("split_one_sided", holds_out=side, subjects=len(test), holdout_file=str(holdout) if holdout else None)
+    return side
+
+
 def check_split(test: np.ndarray, holdout: Path | None) -> None:
-    """Refuse a train/test split with nothing on one side: an empty held-out set evaluates to NaN,
-    and no training rows train nothing."""
-    source = f"the holdout file {holdout}" if holdout is not None else "the job's holdout rule"
+    """Refuse a train/test split with nothing on one side. The refusal reaches the coordinator, so it
+    names neither the node's subject count nor the holdout file's path (both are in the node's own
+    log, `split_one_sided`)."""
+    side = split_problem(test, holdout)
+    if side is None:
+        return
+    source = "the node's holdout file" if holdout is not None else "the job's holdout rule"
     hint = " (a holdout file lists pseudonyms, one per line, as `xgate train split` writes them)"
-    if not test.any():
-        raise InvalidInput(f"{source} holds out none of the {len(test)} subjects{hint if holdout else ''}")
-    if test.all():
-        raise InvalidInput(f"{source} holds out all {len(test)} subjects: none is left to train on")
+    if side == "none":
+        raise InvalidInput(f"{source} holds out none of the node's subjects{hint if holdout else ''}")
+    raise InvalidInput(f"{source} holds out all of the node's subjects: none is left to train on")
 
 
 def is_holdout(subjects: Sequence[str], job: JobSpec, holdout: Path | None) -> np.ndarray:
@@ -137,9 +154,12 @@ class LabelledRows:
     y: np.ndarray
     test: np.ndarray  # True for the held-out rows
 
-    def encoded(self, stats: model.Stats | None = None) -> Split:
-        """Encoded features and labels, split into training and held-out rows."""
+    def encoded(self, stats: model.Stats | None = None, *, bound: float | None = None) -> Split:
+        """Encoded features and labels, split into training and held-out rows; `bound`: every encoded
+        value clipped to [-bound, bound] (a no-op for declared-range encodings, which lie in [0, 1])."""
         x = model.encode(self.infos, self.raw, self.encodings, stats)
+        if bound is not None:
+            x = np.clip(x, -bound, bound)
         return Split(x[~self.test], self.y[~self.test], x[self.test], self.y[self.test])
 
     def train_moments(self) -> np.ndarray:
@@ -157,8 +177,12 @@ def labelled_rows(job: JobSpec, nc: NodeConfig) -> LabelledRows:
     raw = raw[has_label]
     features = infos[:-1]
     test = is_holdout(subjects, job, nc.holdout)
-    if nc.holdout is not None:  # the hash rule may leave a small node's held-out set empty; a file must not
+    if nc.holdout is not None and job.dp is None:  # the hash rule may leave a small node's held-out set empty
         check_split(test, nc.holdout)
+    elif nc.holdout is not None:
+        # A DP job trains (noise alone, from the released count) and evaluates whatever the split:
+        # a refusal would tell the coordinator whether the one record on that side is present.
+        split_problem(test, nc.holdout)
     return LabelledRows(
         features, model.resolve(features, job.encodings), raw[:, :-1], (raw[:, -1] > 0).astype(np.float64), test
     )

@@ -79,8 +79,10 @@ def noisy_moments(
     """`moments` (means over n rows) for record-level DP: the sums get N(0, (z sqrt(3F))^2) each and
     are divided by the node's released row count `rows` (dp_sgd.noisy_rows), never by n itself."""
     m = np.asarray(moment_vector, dtype=np.float64)
-    if n <= 0 or not rows > 0 or m.size % MOMENTS:
-        raise ValueError("a moment vector needs rows and 3 entries per standardised feature")
+    # n = 0 is a node without training rows: its sums are zero and it sends noise alone, in the same
+    # form as any node (a refusal would tell the coordinator that the node's only record is absent).
+    if n < 0 or not rows > 0 or m.size % MOMENTS:
+        raise ValueError("a moment vector needs rows (a released count) and 3 entries per standardised feature")
     sensitivity = math.sqrt(m.size)  # sqrt(3F): each sum moves by at most 1 per record
     noisy = (m * n + rng.normal(0.0, noise_multiplier * sensitivity, size=m.shape)) / rows
     return np.clip(noisy, 0.0, 1.0)  # post-processing: every entry is a share or a mean in [0, 1]
@@ -124,9 +126,10 @@ def pooled_stats(
         share, mean_u, mean_u2 = values[MOMENTS * k : MOMENTS * (k + 1)]
         span = float(info.max - info.min)
         if share <= 1e-12:  # no node holds a value: (x - min) / 1, as fit_stats does for an empty column
-            stats[info.id] = (float(info.min), 1.0)
+            # (with noise, at least the floor every record-DP node checks: `stats_from_config`)
+            stats[info.id] = (float(info.min), max(1.0, NOISY_SD_FLOOR * span) if noise_sd > 0 else 1.0)
             continue
-        m = min(mean_u / share, 1.0)  # exact moments give m <= 1 anyway
+        m = min(max(mean_u / share, 0.0), 1.0)  # exact moments give 0 <= m <= 1 anyway (quantisation aside)
         second = mean_u2 / share
         # E[u^2] - E[u]^2 cancels: a constant column keeps about 1e-16 of E[u^2] (an sd of 1e-4 CNY
         # on a 2,000,000 range, which would blow its standardised values up), so below a thousand
@@ -144,8 +147,29 @@ def stats_to_config(stats: Stats) -> str:
     return json.dumps({k: [mean, sd] for k, (mean, sd) in sorted(stats.items())}, separators=(",", ":"))
 
 
-def stats_from_config(text: str, infos: Sequence[ElementInfo], encs: Sequence[Encoding]) -> Stats:
-    """Parse and check what the coordinator sent: every standardised feature, a finite mean and sd > 0."""
+# What a node accepts as a standardised feature's statistics: the mean within the declared range
+# and the sd at least what an honest coordinator's `pooled_stats` gives. With record-level DP that
+# is NOISY_SD_FLOOR of the declared span, so every standardised value of a declared-range value lies
+# within +-1 / NOISY_SD_FLOOR (`STANDARDISED_BOUND`, which the node clips to as well); without DP an
+# exact sd can be small, but never below 1e-12 (pooled_stats then sends 1.0).
+STANDARDISED_BOUND = 1.0 / NOISY_SD_FLOOR
+_MIN_SD = 1e-12
+_SLACK = 1e-9  # relative: the JSON round trip is exact, this only absorbs the floor's own rounding
+
+
+def sd_floor(info: ElementInfo, record_dp: bool) -> float:
+    """The least sd a node accepts for this feature (see STANDARDISED_BOUND)."""
+    return max(NOISY_SD_FLOOR * float(info.max - info.min), _MIN_SD) if record_dp else _MIN_SD
+
+
+def stats_from_config(
+    text: str, infos: Sequence[ElementInfo], encs: Sequence[Encoding], *, record_dp: bool = False
+) -> Stats:
+    """Parse and check what the coordinator sent: for every standardised feature a finite mean within
+    its declared range and an sd of at least `sd_floor`. Statistics a coordinator crafted to blow one
+    row's standardised value up (an sd of 1e-300: infinities that fail the node exactly when that row
+    is sampled) are refused before any row is read, naming the feature and its declared metadata
+    only, so the refusal is the same whatever the node's data."""
     try:
         raw = json.loads(text)
         stats = {str(k): (float(v[0]), float(v[1])) for k, v in raw.items()}
@@ -157,6 +181,18 @@ def stats_from_config(text: str, infos: Sequence[ElementInfo], encs: Sequence[En
         mean, sd = stats[info.id]
         if not (math.isfinite(mean) and math.isfinite(sd) and sd > 0):
             raise InvalidInput(f"the coordinator's statistics for '{info.id}' are not a finite mean and sd > 0")
+        span, floor = float(info.max - info.min), sd_floor(info, record_dp)
+        if not info.min - _SLACK * span <= mean <= info.max + _SLACK * span:
+            raise InvalidInput(
+                f"the coordinator's standardisation mean for '{info.id}' lies outside its declared range"
+                f" {info.min}..{info.max}: no pooling of this feature's values gives it"
+            )
+        if sd < floor * (1 - _SLACK):
+            dp_note = " (record-level DP: 1 % of its declared range)" if record_dp else ""
+            raise InvalidInput(
+                f"the coordinator's standardisation sd for '{info.id}' is below {floor:g}{dp_note},"
+                " the least the statistics round gives"
+            )
     return stats
 
 

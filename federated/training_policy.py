@@ -54,6 +54,16 @@ def job_epsilon(job: JobSpec) -> float:
     return job.dp.epsilon if job.dp is not None else 0.0
 
 
+def job_delta(job: JobSpec) -> float:
+    return job.dp.delta if job.dp is not None else 0.0
+
+
+def delta_cap(engine: Any, dataset: str) -> float:
+    """The dataset's total δ cap: the policy set's, where it declares one, else the ledger's default."""
+    declared = getattr(unwrap_engine(engine), "delta_cap", None)
+    return float(declared(dataset)) if callable(declared) else PrivacyLedger.DEFAULT_DELTA_CAP
+
+
 def train_requests(
     job: JobSpec, datasets: Iterable[str], *, user: str, agency: str, at: datetime | None = None
 ) -> list[AccessRequest]:
@@ -114,6 +124,6 @@ def budget_charges(engine: Any, job: JobSpec, datasets: Iterable[str]) -> list[t
 
 
 def charge(ledger: PrivacyLedger, engine: Any, job: JobSpec, datasets: Iterable[str]) -> list[LedgerEntry]:
-    """Spend the job's ε on every dataset at once, or raise BudgetExhausted and spend nothing."""
-    charges = budget_charges(engine, job, datasets)
+    """Spend the job's ε and δ on every dataset at once, or raise BudgetExhausted and spend nothing."""
+    charges = [(d, e, c, job_delta(job), delta_cap(engine, d)) for d, e, c in budget_charges(engine, job, datasets)]
     return ledger.spend_all(job.job_id, charges) if charges else []

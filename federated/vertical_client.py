@@ -26,12 +26,12 @@ from typing import Any, cast
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordDict
-from flwr.clientapp import ClientApp
 
 from crypto import keyed_draws, sealed_arrays
 from federated import datasets, label_dp, model, node, node_keys, psi, psi_keys, psi_pool, vertical_dp
 from federated.admission import admit_at_node, record_dp_plan
 from federated.grid_io import arrays_of, cfg_of
+from federated.guarded_app import GuardedClientApp
 from federated.jobs import DPUnit, JobSpec, job_from_run_config
 from federated.run_releases import RunReleases
 from federated.vertical import (
@@ -46,7 +46,8 @@ from federated.vertical import (
     unpack_state,
 )
 
-app = ClientApp()
+# Guarded: a failure reaches the coordinator as an XgateError's public message only (federated/guarded_app.py).
+app = GuardedClientApp()
 
 
 def _setup(context: Context) -> tuple[JobSpec, node.NodeConfig, Path]:
@@ -349,7 +350,8 @@ def setup(msg: Message, context: Context) -> Message:
     # One read of every element for all aligned rows (a read scans an element's whole column).
     _, raw = datasets.read_matrix(nc.store, [*feats, *([job.label] if label_holder else [])], train + test)
     raw_tr, raw_te = raw[: len(train), : len(feats)], raw[len(train) :, : len(feats)]
-    # Standardisation statistics come from this node's own training rows and never leave it.
+    # Standardisation statistics come from this node's own training rows and never leave it (never in
+    # a record-DP job, which jobs.py refuses: one record would move every row's encoding).
     encs = model.resolve(infos, job.encodings)
     stats = model.fit_stats(infos, encs, raw_tr)
     x_tr, x_te = model.encode(infos, raw_tr, encs, stats), model.encode(infos, raw_te, encs, stats)

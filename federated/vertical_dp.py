@@ -7,8 +7,10 @@ mechanism with per-record sensitivity bounded by clipping:
 
 * the preconditioner P = (G/n + ridge I)^-1 (`private_preconditioner`): the Gram matrix G of the
   encoded rows [x, 1], each row clipped to L2 norm sqrt(k + 1) for k raw features (every encoding
-  but `standardise` is within [0, 1] per raw feature, so clipping is a no-op there), released once
-  with symmetric Gaussian noise;
+  a record-DP vertical job may use is within [0, 1] per raw feature, so clipping is a no-op; a job
+  standardising a feature is refused, federated/jobs.py: the node's own mean and sd, which one record
+  moves, would rescale every row and multiply each release's sensitivity), released once with
+  symmetric Gaussian noise;
 * every training embedding row (`private_embeddings`): clipped to L2 norm `clip`, plus Gaussian
   noise per coordinate;
 * every bottom update (`private_update`): the per-example terms x1_i g_i' (Frobenius norm
@@ -88,6 +90,8 @@ def plan(epsilon: float, delta: float, clip: float, *, n: int, batch: int, round
         raise ValueError("no aligned training rows")
     if raw_features <= 0:
         raise ValueError("a feature node without features releases nothing to protect")
+    if (why := dp_sgd.delta_problem(delta, n)) is not None:  # n: aligned rows, which alignment reveals anyway
+        raise ValueError(why)
     occ = occurrences(n, batch, rounds)
     releases = 2 * occ + 1
     z = dp_sgd.calibrate(epsilon, delta, 1.0, releases)

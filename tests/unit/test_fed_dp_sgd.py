@@ -126,6 +126,25 @@ def test_one_record_moves_the_model_by_at_most_lr_clip_over_batch() -> None:
     assert 0 < change <= 0.5 * 1.0 / len(ys) + 1e-12
 
 
+def test_a_non_finite_example_gradient_contributes_nothing() -> None:
+    """A row whose gradient overflows (an infinite encoded value, or inf - inf in its logit under
+    crafted weights) is given zero weight before clipping: the step is finite and the same as with
+    a row whose gradient is exactly zero, so nothing (no error) depends on whether it was sampled."""
+    x, y = _data()
+    w0 = np.array([0.3, -0.2, 0.1, 0.05])
+    one = dp_sgd.Plan(
+        sigma=1.0, sample_rate=1.0, steps_per_round=1, steps=1, epsilon=0, delta=1e-6, clip=1.0, rows=len(y) + 1
+    )
+
+    def step(row: list[float], label: float, p: dp_sgd.Plan = one) -> np.ndarray:
+        return dp_sgd.train(w0, np.vstack([x, [row]]), np.r_[y, label], p, lr=0.5, l2=0, rng=np.random.default_rng(7))
+
+    zero = step([0.0, 0.0, 0.0], float(model.lr_predict(w0, np.zeros((1, 3)))[0]))  # err = 0: gradient 0
+    for bad in ([np.inf, 0.0, 0.0], [np.inf, -np.inf, 1.0], [np.nan, 1.0, 1.0]):
+        np.testing.assert_allclose(step(bad, 1.0), zero, rtol=0, atol=1e-12)
+        assert np.all(np.isfinite(step(bad, 1.0, dataclasses.replace(one, steps_per_round=5))))
+
+
 def test_noise_is_unpredictable_and_calibrated() -> None:
     x, y = _data()
     p = dp_sgd.plan(1.0, 1e-6, 1.0, rows=len(y), batch=50, rounds=1, local_epochs=1)

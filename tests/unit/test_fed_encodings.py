@@ -128,3 +128,17 @@ def test_run_job_refuses_an_encoding_that_does_not_fit_before_recording_anything
     with pytest.raises(InvalidInput, match="only onehot"):
         run_job(job, [NodeSpec("r0", store, tmp_path / "l.sqlite")], job_dir=tmp_path / "j", on_event=events.append)
     assert events == [] and not (tmp_path / "j").exists()
+
+
+def test_vertical_record_dp_refuses_standardise() -> None:
+    """A feature node would standardise with its own rows' mean and sd, which one record moves: every
+    row's encoding, and each DP release's sensitivity (16 against the 2 x clip its noise is for, on an
+    income column; tests/attacks/test_vertical_standardise_sensitivity.py). Without DP, or with
+    minmax/log, the job stands."""
+    record = {"epsilon": 1.0, "delta": 1e-6, "clip": 1.0, "unit": "record"}
+    with pytest.raises(
+        InvalidInput, match=r"standardise in a vertical record-level DP job.*encode civil\.age with minmax"
+    ):
+        parse_job({**BASE, "encodings": {"civil.age": "standardise"}, "dp": record})
+    assert parse_job({**BASE, "encodings": {"civil.age": "minmax", "tax.income": "log"}, "dp": record}).dp
+    assert parse_job({**BASE, "encodings": {"civil.age": "standardise"}}).standardises()  # no DP: stays at the node

@@ -148,3 +148,32 @@ def test_config_round_trip_and_what_a_node_refuses() -> None:
     assert pooled_stats.infos_from_config(pooled_stats.infos_to_config(INFOS)) == INFOS
     with pytest.raises(InvalidInput, match="feature-infos"):
         pooled_stats.infos_from_config('[["a", "int", 0]]')
+
+
+def test_a_node_accepts_only_statistics_an_honest_pooling_gives() -> None:
+    """stats_from_config (finding: crafted statistics). The mean must lie within the declared range,
+    the sd be at least 1 % of it under record-level DP (what `pooled_stats` gives with noise), at
+    least 1e-12 without; refusals name the feature and its declared metadata only."""
+    infos, encs = [AGE, INCOME], [ENCS[0], ENCS[2]]
+    honest = pooled_stats.pooled_stats(infos, encs, np.array([0.0, 0.0, 0.0, 1.0, 0.4, 0.16]), noise_sd=1e-9)
+    # no value at all (noise pushed the share to 0) on the wide range, and a constant column
+    assert honest["civil.age"] == (0.0, 1.3) and honest["tax.income"][1] == pytest.approx(20_000.0)
+    for record_dp in (False, True):
+        assert pooled_stats.stats_from_config(pooled_stats.stats_to_config(honest), infos, encs, record_dp=record_dp)
+    exact = pooled_stats.pooled_stats(infos, encs, np.array([1.0, 0.3, 0.0901, 1.0, 0.02, 0.00041]))
+    assert pooled_stats.stats_from_config(pooled_stats.stats_to_config(exact), infos, encs)  # without DP: small sd
+    crafted = [
+        ({"civil.age": (40.0, 10.0), "tax.income": (0.0, 5e-303)}, False, "sd for 'tax.income' is below 1e-12"),
+        ({"civil.age": (40.0, 10.0), "tax.income": (0.0, 5e-303)}, True, "sd for 'tax.income' is below 20000"),
+        ({"civil.age": (40.0, 1.2), "tax.income": (1e5, 3e4)}, True, "sd for 'civil.age' is below 1.3"),
+        (
+            {"civil.age": (131.0, 10.0), "tax.income": (1e5, 3e4)},
+            False,
+            "'civil.age' lies outside its declared range 0..130",
+        ),
+        ({"civil.age": (40.0, 10.0), "tax.income": (-1e308, 3e4)}, True, "'tax.income' lies outside"),
+    ]
+    for stats, record_dp, why in crafted:
+        with pytest.raises(InvalidInput, match=why):
+            pooled_stats.stats_from_config(pooled_stats.stats_to_config(stats), infos, encs, record_dp=record_dp)
+    assert pooled_stats.STANDARDISED_BOUND == 1 / pooled_stats.NOISY_SD_FLOOR  # |x - mean| / sd within it

@@ -62,9 +62,9 @@ def test_the_label_holder_refuses_to_train_on_a_label_that_is_not_a_flag(tmp_pat
 @pytest.mark.parametrize(
     ("listed", "reason"),
     [
-        ([], "holds out none of the 80 subjects"),
-        (["110101199003077777"], "holds out none of the 80 subjects"),  # a national id, not a pseudonym
-        (EVERYONE, "holds out all 80 subjects: none is left to train on"),
+        ([], "holds out none of the node's subjects"),
+        (["110101199003077777"], "holds out none of the node's subjects"),  # a national id, not a pseudonym
+        (EVERYONE, "holds out all of the node's subjects: none is left to train on"),
     ],
 )
 def test_a_holdout_file_leaving_one_side_of_the_split_empty_is_refused(

@@ -120,7 +120,7 @@ def test_released_noise_has_the_calibrated_scale_and_is_unpredictable() -> None:
 def test_private_preconditioner_is_symmetric_positive_and_near_the_exact_one_for_large_n() -> None:
     rng = np.random.default_rng(1)
     x = rng.random((200_000, 3))
-    p = vertical_dp.plan(8.0, 1e-6, 1.0, n=len(x), batch=len(x), rounds=2, raw_features=3)
+    p = vertical_dp.plan(8.0, 1e-7, 1.0, n=len(x), batch=len(x), rounds=2, raw_features=3)
     pre = vertical_dp.private_preconditioner(x, p)
     assert np.allclose(pre, pre.T) and np.all(np.linalg.eigvalsh(pre) > 0)
     x1 = np.hstack([x, np.ones((len(x), 1))])
