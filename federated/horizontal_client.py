@@ -21,13 +21,13 @@ from typing import Any
 import numpy as np
 from flwr.app import Context
 from flwr.client import NumPyClient
-from flwr.client.mod import secaggplus_mod
-from flwr.clientapp import ClientApp
 
 from federated import dp, dp_sgd, holdout_dp, model, node, node_keys, pooled_stats, updates
 from federated.admission import admit_at_node, charge_run, record_dp_plan
+from federated.guarded_app import GuardedClientApp
 from federated.jobs import DPUnit, JobSpec, job_from_run_config
 from federated.run_releases import RunReleases
+from federated.secagg_guard import require_transport, secaggplus_checked
 from xgate.errors import InvalidInput
 from xgate.logging import get_logger
 
@@ -59,11 +59,12 @@ class HorizontalClient(NumPyClient):
         if self._data is None:
             rows = node.labelled_rows(self.job, self.nc)
             stats = None
-            if self.job.standardises():
+            if self.job.standardises():  # checked before any row is encoded: a refusal never depends on them
                 stats = pooled_stats.stats_from_config(
-                    str(config.get(pooled_stats.CONFIG_KEY, "{}")), rows.infos, rows.encodings
+                    str(config.get(pooled_stats.CONFIG_KEY, "{}")), rows.infos, rows.encodings, record_dp=self.record_dp
                 )
-            data = rows.encoded(stats)
+            # Record-level DP: standardised values within the bound the checked statistics imply.
+            data = rows.encoded(stats, bound=pooled_stats.STANDARDISED_BOUND if self.record_dp else None)
             width = data.x_train.shape[1]
             if self.n_features and width != self.n_features:  # the coordinator sized the model from its catalogue
                 raise InvalidInput(
@@ -100,13 +101,13 @@ class HorizontalClient(NumPyClient):
     def dp_plan(self, train_n: int) -> dp_sgd.Plan:
         """This node's DP-SGD schedule (and statistics release, when the job standardises),
         calibrated to the job's epsilon for its released row count: drawn once per run
-        (dp_sgd.noisy_rows), so nothing the node sends carries its exact count."""
+        (dp_sgd.noisy_rows), so nothing the node sends carries its exact count. A node without
+        training rows plans from its noisy count like any other and sends noise alone: a refusal
+        would tell the coordinator that its one record is absent."""
         dp = self.job.dp
         assert dp is not None
         # Paid for before anything of the run is drawn: the count, and a refusal that follows from it.
         charge_run(self.nc.ledger, self.job, self.run_id)
-        if train_n <= 0:
-            raise InvalidInput("this node has no training rows for the job")
         rows = self.releases.value(
             "rows", lambda: dp_sgd.noisy_rows(train_n, np.random.default_rng(secrets.randbits(128)))
         )
@@ -295,6 +296,20 @@ def client_fn(context: Context) -> Any:
     return HorizontalClient(job, nc, max_weight, True, n_features, run_id=str(context.run_id)).to_client()
 
 
+def plain_client_fn(context: Context) -> Any:
+    """`app`'s: jobs approved with `secagg = false` only (a SecAgg+ job answered here would leave in the clear)."""
+    require_transport(job_from_run_config(dict(context.run_config)), secagg=False)
+    return client_fn(context)
+
+
+def secagg_client_fn(context: Context) -> Any:
+    """`secagg_app`'s: jobs approved with `secagg = true` only."""
+    require_transport(job_from_run_config(dict(context.run_config)), secagg=True)
+    return client_fn(context)
+
+
 # SecAgg+'s mod insists on SecAgg+ stage configs in every train message, so plain jobs use `app`.
-app = ClientApp(client_fn=client_fn)
-secagg_app = ClientApp(client_fn=client_fn, mods=[secaggplus_mod])
+# Guarded: a failure reaches the coordinator as an XgateError's public message only (federated/guarded_app.py);
+# the SecAgg+ configuration is checked against the job and recorded at the node (federated/secagg_guard.py).
+app = GuardedClientApp(client_fn=plain_client_fn)
+secagg_app = GuardedClientApp(client_fn=secagg_client_fn, mods=[secaggplus_checked])

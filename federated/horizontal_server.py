@@ -477,7 +477,7 @@ def _fit_workflow(
         job.job_id,
         phase=phase,
         num_shares=1.0,
-        reconstruction_threshold=0.66,
+        reconstruction_threshold=0.7,  # round(0.7 n) >= ceil(2n/3), the least a node accepts (secagg_guard)
         max_weight=float(max_weight),
         clipping_range=clipping_range,
         quantization_range=quantization_range,

@@ -11,6 +11,7 @@ from federated.events import JsonlSink, make_event
 from federated.jobs import Mode, job_from_run_config
 from federated.orphan_guard import exit_with_parent
 from xgate.errors import JobFailed, VerticalFailed
+from xgate.logging import configure
 
 app = ServerApp()
 
@@ -18,6 +19,7 @@ app = ServerApp()
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     exit_with_parent()  # a SuperLink killed with its runner takes this ServerApp with it
+    configure("serverapp")  # this process's log lines: structured and scrubbed, as every xgate process's
     job = job_from_run_config(dict(context.run_config))
     job_dir = Path(str(context.run_config["job-dir"]))
     try:

@@ -8,7 +8,9 @@ after the SuperNode answered the previous one, so on average about half of 3 s p
 this sleep (measured in `docs/FEDERATED.md`, "Architecture"). This entry point runs Flower's own
 `flower-supernode` command unchanged, except that the sleeps issued from that one module are
 capped at `POLL_S` (or `--idle-poll-s`, which an agency sets as `[training] idle_poll_s`).
-Everything else in the process sees the real `time` module.
+Everything else in the process sees the real `time` module. The `flwr-clientapp` it starts for
+each message is xgate's (`clientapp_on_path`): xgate's installed ClientApps only, never code
+carried by the job's app bundle (federated/clientapp_entry.py).
 
 The cap is not a rate limit on anything a peer controls: it only shortens how long the SuperNode
 waits before asking its own SuperLink again. Idle, a SuperNode then pulls `1 / POLL_S` times a
@@ -17,8 +19,11 @@ second instead of a third of a time; `bench/training_startup.py` measures the CP
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 from types import ModuleType
@@ -71,13 +76,28 @@ def poll_from_args(argv: list[str]) -> tuple[float, list[str]]:
     return cap, argv[2:]
 
 
+def clientapp_on_path() -> Path:
+    """xgate's `flwr-clientapp` (federated/clientapp_entry.py: xgate's installed ClientApps only,
+    never code from a job's app bundle) first on this process's PATH, where Flower's SuperExec
+    finds the command it starts for each message; in a fresh 0700 directory removed at exit.
+    Returns the script."""
+    from federated import warm_clientapp
+
+    home = Path(tempfile.mkdtemp(prefix="xgate-clientapp-"))
+    atexit.register(shutil.rmtree, home, True)
+    entry = warm_clientapp.install_entry(home)
+    os.environ["PATH"] = f"{home}{os.pathsep}{os.environ.get('PATH', '')}"
+    return entry
+
+
 def main(argv: list[str]) -> None:
     cap, rest = poll_from_args(argv)
     shorten_polls(cap)
+    entry = clientapp_on_path()  # never Flower's own `flwr-clientapp`, which loads the bundle's code
     if os.environ.get(WARM_ENV, "1") != "0":  # ClientApps forked warm (federated/warm_clientapp.py)
         from federated import warm_clientapp
 
-        warm_clientapp.start(Path(sys.executable).parent / "flwr-clientapp")
+        warm_clientapp.start(entry)  # its forwarder goes first on PATH and falls back to `entry`
     from flwr.supernode.cli.flower_supernode import flower_supernode
 
     sys.argv = ["flower-supernode", *rest]

@@ -11,12 +11,13 @@ CPU; with six agencies on two cores that was most of a vertical round. A SuperNo
   request. Each child adopts the requesting process's argv, environment, working directory and
   standard streams (passed as file descriptors), reseeds what a fork would share (NumPy's global
   generator; Python's `random` reseeds itself, OpenSSL's generator detects the fork), and runs
-  Flower's own `flwr-clientapp` main. Children share nothing with each other: each starts from the
+  Flower's `flwr-clientapp` main as xgate runs it (federated/clientapp_entry.py: xgate's installed
+  ClientApps only, never code from the job's app bundle). Children share nothing with each other: each starts from the
   server's pristine state, as a fresh process would.
 * a **forwarder** named `flwr-clientapp` first on the SuperNode's PATH (`install`): a few lines of
   standard-library Python that hand their argv, environment and streams to the warm server, relay
   SIGTERM/SIGINT to the child, and exit with its status. If the server cannot be reached it runs
-  the real `flwr-clientapp` instead, so a dead server costs time, never a message.
+  xgate's `flwr-clientapp` (`install_entry`) instead, so a dead server costs time, never a message.
 
 The socket lives in a 0700 directory (in the SuperNode's home when the path is short enough for a
 Unix socket) and the server checks each caller's user id (SO_PEERCRED): only the SuperNode's own
@@ -37,7 +38,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 _PRELOAD = ("federated.vertical_client", "federated.horizontal_client")  # with the entry point's module
-FLOWER_ENTRY = "flwr.supernode.cli.flwr_clientapp:flwr_clientapp"
+# Flower's `flwr-clientapp` main loading xgate's installed ClientApps only (federated/clientapp_entry.py)
+CLIENTAPP_ENTRY = "federated.clientapp_entry:main"
 _MAX_REQUEST = 1 << 20  # argv + environment
 _SOCKET_PATH_MAX = 100  # bytes a Unix socket's path may take (107 on Linux), with room to spare
 _WARM_DIR_PREFIX = "xgate-warm-"
@@ -71,6 +73,24 @@ for sig in (signal.SIGTERM, signal.SIGINT):
 status = recv(4)
 sys.exit(1 if status is None else struct.unpack("!i", status)[0])
 """
+
+
+ENTRY_SCRIPT = """#!{python}
+import sys
+from federated.clientapp_entry import main
+sys.exit(main())
+"""
+
+
+def install_entry(bin_dir: Path, python: str = sys.executable) -> Path:
+    """Write xgate's `flwr-clientapp` (federated.clientapp_entry, in a fresh process) as
+    `bin_dir/flwr-clientapp` (0700): what a SuperNode runs when no warm server answers, or with
+    warm ClientApps off; put bin_dir first on PATH to use it."""
+    bin_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    script = bin_dir / "flwr-clientapp"
+    script.write_text(ENTRY_SCRIPT.format(python=python))
+    script.chmod(0o700)
+    return script
 
 
 def install(bin_dir: Path, socket_path: Path, real_clientapp: Path, python: str = sys.executable) -> Path:
@@ -142,8 +162,8 @@ def _stop(_signum: int, _frame: object) -> None:
     raise SystemExit(0)
 
 
-def serve(socket_path: Path, entry_point: str = FLOWER_ENTRY) -> None:
-    """Preload, then fork one run of `entry_point` (`module:function`, Flower's `flwr-clientapp`
+def serve(socket_path: Path, entry_point: str = CLIENTAPP_ENTRY) -> None:
+    """Preload, then fork one run of `entry_point` (`module:function`, xgate's `flwr-clientapp`
     main unless a test names another) per request until terminated (SIGTERM)."""
     import importlib
 

@@ -197,7 +197,7 @@ class NodeService:
     def _verify_members(self, pseudonyms: Sequence[str]) -> None:
         """Cohort members must be registered people: made-up members would carry predictable defaults."""
         if self.store.known(pseudonyms) != len(pseudonyms):
-            log.info("cohort_unknown_member", subjects=len(pseudonyms))
+            log.info("cohort_unknown_member", subject_count=len(pseudonyms))
             raise PolicyDenied(
                 "cohort refused: not every member is a person known to the civil register",
                 refusal=COHORT_MEMBER_UNKNOWN,
@@ -288,7 +288,7 @@ class NodeService:
             "encrypt_values",
             request_id=request.context.request_id,
             program=request.context.program_id,
-            subjects=len(pseudonyms),
+            subject_count=len(pseudonyms),
             elements=len(request.elements),
             mode=node_pb2.ExchangeMode.Name(request.mode),
             ms=round((time.perf_counter() - started) * 1000, 1),

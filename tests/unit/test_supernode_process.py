@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -74,3 +75,26 @@ def test_an_out_of_range_poll_stops_the_process_with_one_line() -> None:
         timeout=60,
     )
     assert out.returncode == 1 and out.stderr.strip() == "--idle-poll-s must be within 0.05..3 s, got 0.001"
+
+
+def test_the_clientapp_a_supernode_starts_is_xgates(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Flower's SuperExec starts `flwr-clientapp` by name from PATH for every message: a SuperNode started
+    here finds xgate's (federated/clientapp_entry.py, which never loads code from a job's app bundle), and
+    the warm server forks that same entry (tests/attacks/test_foreign_clientapp.py runs it)."""
+    import inspect
+    import shutil
+
+    from federated import warm_clientapp
+
+    monkeypatch.setenv("PATH", os.environ["PATH"])  # restored after the test
+    entry = supernode_process.clientapp_on_path()
+    try:
+        assert shutil.which("flwr-clientapp") == str(entry)
+        assert "from federated.clientapp_entry import main" in entry.read_text()
+        out = subprocess.run([str(entry), "--help"], capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0 and "--runtime-api-address" in out.stdout
+        assert inspect.signature(warm_clientapp.serve).parameters["entry_point"].default == (
+            "federated.clientapp_entry:main"
+        )
+    finally:
+        shutil.rmtree(entry.parent, ignore_errors=True)

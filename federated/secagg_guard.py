@@ -1,0 +1,196 @@
+"""SecAgg+ at a node on the job's terms, not the coordinator's, with the node's own record of it.
+
+A job approved with `secagg = true` was approved because no single update leaves a node in the
+clear. Two things in Flower leave that to the coordinator: which ClientApp its app bundle names
+(xgate's plain `federated.horizontal_client:app` answered any job: exact moments and updates), and
+the SecAgg+ configuration its setup message carries (`secaggplus_mod` takes the share count and
+reconstruction threshold as sent: a threshold of 2 among 6 nodes lets two colluding parties unmask
+one node's update). So, at the node:
+
+* `require_transport`: the plain app serves only jobs approved without SecAgg+, the SecAgg+ app
+  only jobs approved with it (federated/horizontal_client.py);
+* `secaggplus_checked` wraps Flower's `secaggplus_mod` and refuses, before Flower acts on it, a
+  setup whose share count is below the job's `min_nodes` (or above the nodes sampled) or whose
+  threshold is below ceil(2/3 of the shares) (or above them), a key-sharing stage with fewer
+  neighbours than `min_nodes`, and an unmask request listing a node both active and dead (which
+  would hand out both secrets of that node's mask);
+* it records, per SecAgg+ round, what the node ran with (`secagg.jsonl` in the run's directory
+  beside the ledger, the one `federated/run_releases.py` keeps): written once the round's update
+  went out (after admission), then at unmask, so the evidence does not come from the coordinator.
+
+Errors Flower's mod raises on a malformed stage message become InvalidInput (protocol text only:
+node ids and stage names); an error from the node's own training passes through as raised, for
+`federated.guarded_app` to decide what the coordinator sees.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from flwr.app import ConfigRecord, Context, Message, MessageType
+from flwr.client.mod import secaggplus_mod
+from flwr.clientapp.typing import ClientAppCallable
+from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key, Stage
+
+from federated import node
+from federated.jobs import JobSpec, job_from_run_config
+from federated.pooled_stats import PHASE_KEY
+from xgate.errors import InvalidInput, PolicyDenied
+
+__all__ = ["EVIDENCE", "check_setup", "min_threshold", "record", "require_transport", "run_dir", "secaggplus_checked"]
+
+STATE_KEY = "xgate_secagg"  # this node's own record of the round in its Context state (never the coordinator's)
+EVIDENCE = "secagg.jsonl"
+_FIT_CONFIG = "fitins.config"
+_PARAMS = (Key.SAMPLE_NUMBER, Key.SHARE_NUMBER, Key.THRESHOLD, Key.CLIPPING_RANGE, Key.TARGET_RANGE, Key.MOD_RANGE)
+
+
+def require_transport(job: JobSpec, secagg: bool) -> None:
+    """Refuse a job through the ClientApp that does not match how it was approved."""
+    if job.secagg and not secagg:
+        raise PolicyDenied(
+            f"job '{job.job_id}' was approved with secagg = true: this node answers it only through SecAgg+"
+            " (federated.horizontal_client:secagg_app), never in the clear"
+        )
+    if secagg and not job.secagg:
+        raise PolicyDenied(
+            f"job '{job.job_id}' was approved with secagg = false: run it with federated.horizontal_client:app"
+        )
+
+
+def min_threshold(shares: int) -> int:
+    """The least reconstruction threshold a node accepts: ceil(2 * shares / 3)."""
+    return -(-2 * shares // 3)
+
+
+def _int(configs: ConfigRecord, key: str) -> int:
+    value = configs.get(key)
+    if type(value) is not int:  # bool is an int to isinstance
+        raise InvalidInput(f"SecAgg+ setup: '{key}' must be an integer")
+    return value
+
+
+def check_setup(job: JobSpec, configs: ConfigRecord) -> dict[str, Any]:
+    """The setup stage's parameters, refused when weaker than the job allows."""
+    sampled, shares, threshold = (_int(configs, k) for k in (Key.SAMPLE_NUMBER, Key.SHARE_NUMBER, Key.THRESHOLD))
+    if shares < job.min_nodes:
+        raise PolicyDenied(
+            f"SecAgg+ setup refused: secrets split into {shares} shares, job '{job.job_id}' needs at least"
+            f" min_nodes = {job.min_nodes}"
+        )
+    if shares > sampled:
+        raise PolicyDenied(f"SecAgg+ setup refused: {shares} shares among {sampled} sampled nodes")
+    if not min_threshold(shares) <= threshold <= shares:
+        raise PolicyDenied(
+            f"SecAgg+ setup refused: reconstruction threshold {threshold} of {shares} shares; this node"
+            f" requires {min_threshold(shares)}..{shares} (at least two thirds)"
+        )
+    params = {k: configs.get(k) for k in (*_PARAMS, Key.MAX_WEIGHT)}
+    return {k: v for k, v in params.items() if isinstance(v, int | float)}
+
+
+def _check_share_keys(job: JobSpec, configs: ConfigRecord, state: dict[str, Any]) -> None:
+    neighbours = len([k for k in configs if k != Key.STAGE])
+    if neighbours < job.min_nodes:
+        raise PolicyDenied(
+            f"SecAgg+ key sharing refused: {neighbours} nodes to share with, job '{job.job_id}' needs"
+            f" min_nodes = {job.min_nodes}"
+        )
+    state["neighbours"] = neighbours
+
+
+def _check_unmask(configs: ConfigRecord) -> tuple[int, int]:
+    active, dead = configs.get(Key.ACTIVE_NODE_ID_LIST), configs.get(Key.DEAD_NODE_ID_LIST)
+    if not isinstance(active, list) or not isinstance(dead, list):
+        raise InvalidInput("SecAgg+ unmask: the active and dead node lists are missing")
+    if both := set(active) & set(dead):
+        raise PolicyDenied(
+            f"SecAgg+ unmask refused: {len(both)} node(s) listed both active and dead (their mask's two secrets)"
+        )
+    return len(active), len(dead)
+
+
+def run_dir(job: JobSpec, context: Context) -> Path:
+    """The run's directory beside the node's ledger (as federated/run_releases.py's)."""
+    nc = node.node_config(dict(context.node_config))
+    return nc.ledger.parent / "fl-cache" / job.job_id / f"run-{context.run_id}"
+
+
+def record(job: JobSpec, context: Context, entry: dict[str, Any]) -> None:
+    """Append one line of this node's SecAgg+ evidence for the run."""
+    directory = run_dir(job, context)
+    directory.mkdir(parents=True, exist_ok=True)
+    line = json.dumps({"ts": round(time.time(), 3), "job_id": job.job_id, **entry}, sort_keys=True)
+    with (directory / EVIDENCE).open("a") as fh:
+        fh.write(line + "\n")
+
+
+def _state(context: Context) -> dict[str, Any]:
+    kept = context.state.config_records.get(STATE_KEY)
+    return dict(kept) if kept is not None else {}
+
+
+def _round_of(msg: Message) -> dict[str, Any]:
+    """The round the coordinator says this update is for (its fit config), as recorded."""
+    config = msg.content.config_records.get(_FIT_CONFIG)
+    if config is None:
+        return {}
+    out = {"phase": config.get(PHASE_KEY) or "training", "round": config.get("server_round")}
+    return {k: v for k, v in out.items() if isinstance(v, int | str) and not isinstance(v, bool)}
+
+
+class _Inner(Exception):
+    """An exception from the node's own handler, carried through Flower's mod unchanged."""
+
+    def __init__(self, exc: Exception) -> None:
+        super().__init__()
+        self.exc = exc
+
+
+def _flower(msg: Message, ctxt: Context, call_next: ClientAppCallable, stage: str) -> Message:
+    def inner(m: Message, c: Context) -> Message:
+        try:
+            return call_next(m, c)
+        except Exception as exc:
+            raise _Inner(exc) from exc
+
+    try:
+        return secaggplus_mod(msg, ctxt, inner)
+    except _Inner as wrapped:
+        raise wrapped.exc from None
+    except (KeyError, TypeError, ValueError) as exc:  # Flower's checks of the stage messages
+        raise InvalidInput(f"SecAgg+ {stage}: {str(exc)[:200]}") from None
+
+
+def secaggplus_checked(msg: Message, ctxt: Context, call_next: ClientAppCallable) -> Message:
+    """Flower's `secaggplus_mod`, after this node's checks of the job and the stage's configuration."""
+    job = job_from_run_config(dict(ctxt.run_config))
+    require_transport(job, secagg=True)
+    if msg.metadata.message_type != MessageType.TRAIN:
+        return call_next(msg, ctxt)  # as secaggplus_mod does: evaluate and query are not aggregated
+    configs = msg.content.config_records.get(RECORD_KEY_CONFIGS)
+    if configs is None:
+        raise InvalidInput("a train message of a SecAgg+ job without its SecAgg+ stage configuration")
+    stage = str(configs.get(Key.STAGE, ""))
+    state = _state(ctxt)
+    unmask: tuple[int, int] | None = None
+    if stage == Stage.SETUP:
+        state = {**check_setup(job, configs), "setups": int(state.get("setups", 0)) + 1}
+    elif stage == Stage.SHARE_KEYS:
+        _check_share_keys(job, configs, state)
+    elif stage == Stage.UNMASK:
+        unmask = _check_unmask(configs)
+    elif stage == Stage.COLLECT_MASKED_VECTORS:
+        state.update(_round_of(msg))
+    reply = _flower(msg, ctxt, call_next, stage)
+    if stage == Stage.COLLECT_MASKED_VECTORS:  # the update went out (admitted): what it was masked under
+        params = {k: state[k] for k in (*_PARAMS, Key.MAX_WEIGHT, "neighbours", "phase", "round") if k in state}
+        record(job, ctxt, {"stage": stage, "secagg_round": state.get("setups", 0), **params})
+    elif unmask is not None:
+        record(job, ctxt, {"stage": stage, "secagg_round": state.get("setups", 0), "active": unmask[0],
+                           "dead": unmask[1], "threshold": state.get(Key.THRESHOLD)})  # fmt: skip
+    ctxt.state.config_records[STATE_KEY] = ConfigRecord(state)
+    return reply
