@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import typer
@@ -71,7 +72,13 @@ def demo(
         raise typer.Exit(run_demo(workdir, people=people, applicants=applicants, keep=keep))
 
 
+# Owner-only for every file and directory this process and its children (gateway, nodes, SuperNodes,
+# ClientApps, local training) create: stores, holdouts, audit logs, state, the job cache, extracts.
+PRIVATE_UMASK = 0o077
+
+
 def main() -> None:
+    os.umask(os.umask(PRIVATE_UMASK) | PRIVATE_UMASK)  # keeps any stricter bits the caller set
     run(app)
 
 

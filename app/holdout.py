@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import hashlib
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -80,7 +81,10 @@ def write_holdout(
     tmp = out.with_name(out.name + ".tmp")
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_text("".join(f"{p}\n" for p in sorted(reserved)), encoding="utf-8")
+        tmp.unlink(missing_ok=True)  # a killed split's: created afresh below, so with the mode below
+        # Owner-only, whatever the umask: which subjects a node reserves is about people.
+        with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w", encoding="utf-8") as f:
+            f.write("".join(f"{p}\n" for p in sorted(reserved)))
         tmp.replace(out)
     except OSError as exc:
         with contextlib.suppress(OSError):

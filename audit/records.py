@@ -3,8 +3,13 @@
 A record's canonical JSON (sorted keys, no whitespace, UTF-8, schema "xgate-audit/1") is the Merkle
 leaf data, so the same event always hashes the same. Records carry metadata, pseudonyms and SHA-256
 digests only: validation refuses field names that suggest personal data (national_id, value, income,
-...) and strings that look like a national id, so a careless caller cannot write personal data into
-an append-only log it can never be deleted from.
+...), strings that hold a national id (anywhere, separators ignored: `C110101197302232165`) and
+references (`*_ref`) that are not plain ASCII (a name in place of `apr_...`), so a careless caller
+cannot write personal data into an append-only log it can never be deleted from.
+
+Records read back from a log (`parse`, or with the STORED validation context) keep the checks they
+were written under: an entry an older version accepted must stay readable and verifiable; the
+subject report withholds such an entry's case id (audit/report.py).
 """
 
 from __future__ import annotations
@@ -15,11 +20,19 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_serializer, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_serializer,
+    field_validator,
+)
 
 from xgate.errors import InvalidInput
 from xgate.logging import FORBIDDEN_KEYS
-from xgate.pseudonym import PSEUDONYM_RE
+from xgate.pseudonym import PSEUDONYM_RE, contains_national_id
 
 SCHEMA = "xgate-audit/1"
 KINDS = frozenset(
@@ -61,9 +74,17 @@ TRAINING_KINDS = frozenset(
 _TRAINING_KIND = re.compile(r"^training_[a-z][a-z0-9_]{0,39}$")
 _SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
 _NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
-# Mainland resident id (18 chars) and mobile numbers, as whole tokens (uuids stay legal).
+# Mainland resident id (18 chars) and mobile numbers, as whole tokens (uuids stay legal); a valid id
+# inside a longer token or split by separators is found by xgate.pseudonym.contains_national_id.
 _LOOKS_PERSONAL = re.compile(r"(?<![0-9A-Za-z])(\d{17}[\dXx]|1[3-9]\d{9})(?![0-9A-Za-z])")
-PERSONAL_KEYS = FORBIDDEN_KEYS | {
+# A reference (approval_ref, consent_ref, ...) is an opaque printable-ASCII token, never a name.
+_REFERENCE = re.compile(r"^[\x21-\x7e]*$")
+# Validation context for records read back from a log: the checks newer than the entry are skipped.
+STORED: dict[str, bool] = {"stored": True}
+# Who an entry is about is the audit record's purpose: its `subjects` (pseudonyms), `case_id` and
+# `digests.subjects` are schema, though the log processor keeps these names out of operational logs.
+_AUDIT_SCHEMA_KEYS = frozenset({"subject", "subjects", "pseudonym", "pseudonyms", "case_id"})
+PERSONAL_KEYS = (FORBIDDEN_KEYS - _AUDIT_SCHEMA_KEYS) | {
     "name",
     "full_name",
     "address",
@@ -101,10 +122,14 @@ def now_ms() -> datetime:
     return t.replace(microsecond=t.microsecond // 1000 * 1000)
 
 
-def _check_text(field: str, text: str) -> str:
+def _stored(info: ValidationInfo) -> bool:
+    return isinstance(info.context, dict) and info.context.get("stored") is True
+
+
+def _check_text(field: str, text: str, stored: bool = False) -> str:
     if len(text) > MAX_TEXT:
         raise ValueError(f"{field} is longer than {MAX_TEXT} characters")
-    if _LOOKS_PERSONAL.search(text):
+    if _LOOKS_PERSONAL.search(text) or (not stored and contains_national_id(text)):
         raise ValueError(f"{field} looks like it carries an identity number; log pseudonyms or digests only")
     return text
 
@@ -125,8 +150,8 @@ class Actor(BaseModel):
 
     @field_validator("user", "agency", "role")
     @classmethod
-    def _text(cls, v: str) -> str:
-        return _check_text("actor", v)
+    def _text(cls, v: str, info: ValidationInfo) -> str:
+        return _check_text("actor", v, _stored(info))
 
 
 class AuditRecord(BaseModel):
@@ -166,14 +191,14 @@ class AuditRecord(BaseModel):
 
     @field_validator("request_id", "program", "purpose", "legal_basis", "case_id")
     @classmethod
-    def _texts(cls, v: str | None) -> str | None:
-        return None if v is None else _check_text("field", v)
+    def _texts(cls, v: str | None, info: ValidationInfo) -> str | None:
+        return None if v is None else _check_text(info.field_name or "field", v, _stored(info))
 
     @field_validator("policy_ids")
     @classmethod
-    def _policies(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+    def _policies(cls, v: tuple[str, ...], info: ValidationInfo) -> tuple[str, ...]:
         for p in v:
-            _check_text("policy id", p)
+            _check_text("policy id", p, _stored(info))
         return v
 
     @field_validator("policy_set_hash")
@@ -203,14 +228,17 @@ class AuditRecord(BaseModel):
 
     @field_validator("metadata")
     @classmethod
-    def _metadata(cls, v: dict[str, MetaValue]) -> dict[str, MetaValue]:
+    def _metadata(cls, v: dict[str, MetaValue], info: ValidationInfo) -> dict[str, MetaValue]:
         if len(v) > 64:
             raise ValueError("metadata has more than 64 keys")
+        stored = _stored(info)
         for key, item in v.items():
             _check_key("metadata", key)
             for x in item if isinstance(item, tuple) else (item,):
                 if isinstance(x, str):
-                    _check_text(f"metadata '{key}'", x)
+                    _check_text(f"metadata '{key}'", x, stored)
+                    if key.endswith("_ref") and not stored and not _REFERENCE.match(x):
+                        raise ValueError(f"metadata '{key}' must be a printable-ASCII reference, never a name")
         return v
 
     @field_serializer("time")
@@ -254,7 +282,7 @@ class AuditRecord(BaseModel):
     def parse(cls, data: bytes) -> AuditRecord:
         """Parse leaf data; refuses anything that is not exactly canonical."""
         try:
-            record = cls.model_validate_json(data)
+            record = cls.model_validate_json(data, context=STORED)
         except ValidationError as exc:
             raise InvalidInput("audit record does not validate", problems=_problems(exc)) from exc
         if record.canonical() != data:

@@ -23,11 +23,20 @@ from audit import merkle
 from audit.checkpoints import CosignatureVerifier, EccKey, NoteVerifier, SignedCheckpoint
 from audit.query import Filters, find_all, outcome
 from audit.quorum import Quorum
-from audit.records import AuditRecord
+from audit.records import STORED, AuditRecord
 from audit.store import MAX_PAGE, AuditLog, Entry
 from xgate.errors import IntegrityError, InvalidInput
+from xgate.pseudonym import contains_national_id
 
 REPORT_CAP = 10_000  # accesses per report
+# What a row shows in place of a caller's text (case id, legal basis) that holds a resident identity
+# number: entries written before the records refused one stay in the log, but a report shows its
+# rows to the person it is about, never to whoever else the case id named.
+WITHHELD = "(withheld: holds an identity number)"
+
+
+def _shown(text: str) -> str:
+    return WITHHELD if contains_national_id(text) else text
 
 
 @dataclass(frozen=True)
@@ -112,8 +121,8 @@ def build_report(
                 role=rec.actor.role,
                 program=rec.program or "",
                 purpose=rec.purpose or "",
-                legal_basis=rec.legal_basis or "",
-                case_id=rec.case_id or "",
+                legal_basis=_shown(rec.legal_basis or ""),
+                case_id=_shown(rec.case_id or ""),
                 outcome=outcome(log, entry),
                 request_id=rec.request_id or "",
                 evidence=evidence,
@@ -189,8 +198,8 @@ def report_from_views(
         rows.append(
             AccessRow(
                 time=rec.time, user=rec.actor.user, agency=rec.actor.agency, role=rec.actor.role,
-                program=rec.program or "", purpose=rec.purpose or "", legal_basis=rec.legal_basis or "",
-                case_id=rec.case_id or "", outcome=outcome, request_id=rec.request_id or "",
+                program=rec.program or "", purpose=rec.purpose or "", legal_basis=_shown(rec.legal_basis or ""),
+                case_id=_shown(rec.case_id or ""), outcome=outcome, request_id=rec.request_id or "",
                 evidence=tuple(e for _, e in related if e is not None), sealed=all(e is not None for _, e in related),
             )
         )  # fmt: skip
@@ -221,7 +230,7 @@ def _verified(
     yet under a checkpoint)."""
     try:
         index = int(view["index"])  # type: ignore[call-overload]
-        record = AuditRecord.model_validate(view["record"])
+        record = AuditRecord.model_validate(view["record"], context=STORED)
         leaf = merkle.leaf_hash(record.canonical())
         if leaf.hex() != view["leaf_hash"]:
             raise IntegrityError("an entry's record does not hash to its leaf hash (altered)", index=index)

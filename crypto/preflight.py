@@ -3,9 +3,11 @@
 `xgate config check` prints these lines; `xgate node serve` and `xgate gateway serve` refuse to
 start while there is any (nodes/preflight.py, gateway/preflight.py collect them per config).
 Checks: a file exists (and is a regular file or a directory as expected); a secret is readable by
-its owner only (no group/other bits); a certificate chains to the CA, is valid now, is not revoked,
-names the expected agency and kind, and matches its private key; the CRL is signed by the CA and
-fresh; the federation directory verifies; a host:port resolves.
+its owner only (no group/other bits), and so is a file holding personal data (a node store, a
+ledger, an audit database, state, a holdout; with SQLite's journals beside it); a certificate
+chains to the CA, is valid now, is not revoked, names the expected agency and kind, and matches its
+private key; the CRL is signed by the CA and fresh; the federation directory verifies; a host:port
+resolves.
 """
 
 from __future__ import annotations
@@ -59,6 +61,29 @@ def file_ok(problems: Problems, key: str, path: Path | None, *, secret: bool = F
         )
         return False
     return True
+
+
+SQLITE_SIDE_FILES = ("-wal", "-shm", "-journal")
+
+
+def private_file_ok(problems: Problems, key: str, path: Path | None) -> bool:
+    """A file holding personal data, when it exists, and SQLite's journals beside it: no group/other
+    permission bits (refused as a readable secret is). True when none has any."""
+    if path is None:
+        return True
+    ok = True
+    for candidate in (path, *(path.with_name(path.name + s) for s in SQLITE_SIDE_FILES)):
+        try:
+            st = candidate.stat()
+        except OSError:
+            continue  # absent (not created yet), or reported by file_ok
+        if stat.S_ISREG(st.st_mode) and st.st_mode & 0o077:
+            problems.add(
+                f"{key} = {candidate}: holds personal data but group/others may read it "
+                f"(mode {stat.S_IMODE(st.st_mode):04o}); chmod 600 {candidate}"
+            )
+            ok = False
+    return ok
 
 
 def address_ok(problems: Problems, key: str, address: str) -> bool:

@@ -11,12 +11,14 @@ import binascii
 import dataclasses
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from crypto.he import MAX_CONTEXT_BYTES
 from exchange import types as domain
+from policies.approvals import REF_RE as APPROVAL_REF_RE
+from policies.consent import REF_RE as CONSENT_REF_RE
 from xgate.errors import InvalidInput
-from xgate.pseudonym import PSEUDONYM_RE
+from xgate.pseudonym import PSEUDONYM_RE, contains_national_id
 
 Mode = Literal["he", "plaintext"]
 MAX_CONTEXT_B64 = 4 * (-(-MAX_CONTEXT_BYTES // 3))
@@ -55,8 +57,8 @@ class CheckRequest(BaseModel):
     purpose: str = Field(pattern=r"^[a-z][a-z0-9_]{1,63}$")
     legal_basis: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:\-/]+$")
     case_id: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:\-/]+$")
-    consent_ref: str = Field(default="", max_length=128)
-    approval_ref: str = Field(default="", max_length=128)
+    consent_ref: str = Field(default="", max_length=128, description="a registered consent's reference (cns_...)")
+    approval_ref: str = Field(default="", max_length=128, description="a registered approval's reference (apr_...)")
     mode: Mode = "he"
     pseudonyms: list[str] = Field(min_length=1)
     context_fingerprint: str = Field(
@@ -69,6 +71,26 @@ class CheckRequest(BaseModel):
         max_length=MAX_CONTEXT_B64,
         description="deprecated: the base64 public context inline (~0.66 MB per check); use context_fingerprint",
     )
+
+    @field_validator("consent_ref", "approval_ref")
+    @classmethod
+    def _reference(cls, value: str, info: ValidationInfo) -> str:
+        # Opaque references, never a name or an id: the gateway and every node keep them in their logs.
+        pattern, prefix = (APPROVAL_REF_RE, "apr_") if info.field_name == "approval_ref" else (CONSENT_REF_RE, "cns_")
+        if value and not pattern.match(value):
+            raise ValueError(f"{info.field_name} must be empty or a registered reference ({prefix} and 22 characters)")
+        return value
+
+    @field_validator("program", "purpose", "legal_basis", "case_id", "consent_ref", "approval_ref")
+    @classmethod
+    def _no_national_id(cls, value: str, info: ValidationInfo) -> str:
+        # Every caller text lands in the append-only audit logs and in other people's access reports.
+        if contains_national_id(value):
+            raise ValueError(
+                f"{info.field_name} holds what looks like a resident identity number; "
+                "use a reference that carries no personal data"
+            )
+        return value
 
     @field_validator("pseudonyms")
     @classmethod

@@ -12,6 +12,7 @@ from crypto.preflight import (
     directory_ok,
     file_ok,
     policy_bundle_ok,
+    private_file_ok,
     signing_key_ok,
 )
 from gateway.config import GatewayConfig, GatewaySettings
@@ -37,6 +38,23 @@ def _users_ok(p: Problems, s: GatewaySettings) -> None:
         file_ok(p, "gateway.users_file", s.users_file, secret=True)
     elif s.database is None:  # replicated mode: users live in the shared database (gateway/user_store.py)
         p.add("gateway.users_file is not set: no REST user could authenticate (`xgate pki add-user`)")
+
+
+def _state_problems(p: Problems, s: GatewaySettings) -> None:
+    """The state directory and the audit log: there, and (holding personal data) owner-only."""
+    if s.state_dir is not None and not s.state_dir.exists():
+        file_ok(p, "gateway.state_dir (its parent)", s.state_dir.parent, is_dir=True)
+    state = s.state_dir or s.mask_key_file.parent / "state"  # as gateway/wiring.state_dir_of
+    if state.is_dir():
+        for db in sorted(state.glob("*.sqlite")):  # budgets, consents, approvals, ledgers, jobs, contexts
+            private_file_ok(p, "gateway.state_dir", db)
+    if s.audit_db is not None:
+        file_ok(p, "gateway.audit_db (its directory)", s.audit_db.parent, is_dir=True)
+        private_file_ok(p, "gateway.audit_db", s.audit_db)
+        if s.audit_key is None:
+            p.add("gateway.audit_db is set but gateway.audit_key is not (`xgate keys audit --out PREFIX`)")
+        else:
+            file_ok(p, "gateway.audit_key", s.audit_key, secret=True)
 
 
 def gateway_problems(config: GatewayConfig) -> Problems:
@@ -65,14 +83,7 @@ def gateway_problems(config: GatewayConfig) -> Problems:
         file_ok(p, "gateway.policy_dir", s.policy_dir, is_dir=True)
     if s.signed_policies:
         policy_bundle_ok(p, "gateway.policy_dir", s.policy_dir, config.tls.ca if config.tls else None)
-    if s.state_dir is not None and not s.state_dir.exists():
-        file_ok(p, "gateway.state_dir (its parent)", s.state_dir.parent, is_dir=True)
-    if s.audit_db is not None:
-        file_ok(p, "gateway.audit_db (its directory)", s.audit_db.parent, is_dir=True)
-        if s.audit_key is None:
-            p.add("gateway.audit_db is set but gateway.audit_key is not (`xgate keys audit --out PREFIX`)")
-        else:
-            file_ok(p, "gateway.audit_key", s.audit_key, secret=True)
+    _state_problems(p, s)
     tls = config.tls
     if tls is None:
         if not s.insecure:
@@ -118,4 +129,6 @@ def _training_problems(p: Problems, config: GatewayConfig) -> None:
         for key, path in (("public_key", node.public_key), ("certificate", node.certificate), ("store", node.store),
                           ("ledger", node.ledger), ("holdout", node.holdout)):  # fmt: skip
             if path is not None and not (key == "ledger" and not path.exists()):
-                file_ok(p, f"training.nodes[{node.agency}].{key}", path)
+                usable = file_ok(p, f"training.nodes[{node.agency}].{key}", path)
+                if usable and key in ("store", "ledger", "holdout"):
+                    private_file_ok(p, f"training.nodes[{node.agency}].{key}", path)

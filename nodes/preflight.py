@@ -16,6 +16,7 @@ from crypto.preflight import (
     directory_ok,
     file_ok,
     policy_bundle_ok,
+    private_file_ok,
     signing_key_ok,
 )
 from nodes.config import NodeConfig
@@ -49,6 +50,7 @@ def node_problems(config: NodeConfig, *, for_serve: bool = True) -> Problems:
         p.add(f"node.store = {s.store}: does not exist; run `xgate node load --config ...` first")
     elif s.store.exists():
         file_ok(p, "node.store", s.store)
+    private_file_ok(p, "node.store", s.store)
     file_ok(p, "node.catalogue", s.catalogue)
     if s.policy_dir is not None:
         file_ok(p, "node.policy_dir", s.policy_dir, is_dir=True)
@@ -62,6 +64,7 @@ def node_problems(config: NodeConfig, *, for_serve: bool = True) -> Problems:
         file_ok(p, "node.gateway_audit_key", s.gateway_audit_key)
     if s.audit_db is not None:
         file_ok(p, "node.audit_db (its directory)", s.audit_db.parent, is_dir=True)
+        private_file_ok(p, "node.audit_db", s.audit_db)
         if s.audit_key is None:
             p.add("node.audit_db is set but node.audit_key is not: nothing could sign this node's checkpoints")
     _tls_problems(p, config)
@@ -101,9 +104,10 @@ def _training_problems(p: Problems, config: NodeConfig) -> None:
         file_ok(p, "training.ca_cert", t.ca_cert)
         file_ok(p, "training.supernode_key", t.supernode_key, secret=True)
     file_ok(p, "training.ledger (its directory)", t.ledger.parent, is_dir=True)
+    private_file_ok(p, "training.ledger", t.ledger)
     for key, path in (("training.holdout", t.holdout),):
-        if path is not None:
-            file_ok(p, key, path)
+        if path is not None and file_ok(p, key, path):
+            private_file_ok(p, key, path)
     policy_dir: Path | None = t.policy_dir or config.node.policy_dir
     if policy_dir is not None:
         file_ok(p, "training.policy_dir", policy_dir, is_dir=True)

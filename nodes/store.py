@@ -122,6 +122,7 @@ class NodeStore:
                 path.parent.mkdir(parents=True, exist_ok=True)
             except OSError as exc:
                 raise ConfigError(f"node store {path}: cannot create its directory ({exc.strerror})") from None
+            _create_private(path)
         try:
             if read_only:
                 conn = sqlite3.connect(
@@ -337,6 +338,18 @@ def _column_sealer(settings: NodeSettings) -> ColumnSealer | None:
 
     # Refuses a key file inside the store's directory: the key never sits beside the data.
     return load_key(settings.column_key_file, data_dir=settings.store.parent)
+
+
+def _create_private(path: Path) -> None:
+    """Create a missing store file 0600 before SQLite opens it: the store holds personal data, and
+    SQLite gives its -wal/-shm/-journal files the store's mode (an existing file keeps its own mode:
+    `xgate config check` refuses one group/others can read)."""
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except FileExistsError:
+        pass
+    except OSError as exc:
+        raise ConfigError(f"node store {path}: cannot create it ({exc.strerror})") from None
 
 
 def open_node_store(settings: NodeSettings, read_only: bool = False) -> NodeStore:

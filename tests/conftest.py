@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
+
+from app.cli import PRIVATE_UMASK
+
+# As the `xgate` entry point does for itself and every process it starts (app/cli.py): files the
+# suite makes (stores, ledgers, audit logs it hands to real node and gateway processes) are private,
+# which those processes' preflight requires. Tests of a permissive umask set one themselves.
+os.umask(PRIVATE_UMASK)
 
 # Loaded here (not only in tests/browser/conftest.py) so the xdist controller prints the loud
 # "BROWSER TESTS DID NOT RUN" banner when Chromium is missing.

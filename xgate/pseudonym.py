@@ -11,10 +11,12 @@ loading 100k-row extracts). The output is identical; a test checks it against py
 from __future__ import annotations
 
 import base64
+import datetime
 import hashlib
 import hmac
 import os
 import re
+import unicodedata
 from pathlib import Path
 
 from xgate.errors import ConfigError, InvalidInput
@@ -30,6 +32,36 @@ _CHECK = "10X98765432"
 def id_checksum(first17: str) -> str:
     """GB 11643-1999 check character of an 18-character resident identity number."""
     return _CHECK[sum(int(c) * w for c, w in zip(first17, _WEIGHTS, strict=True)) % 11]
+
+
+_NOT_ALNUM = re.compile(r"[^0-9A-Z]")
+_ID_RUN = re.compile(r"[0-9X]{18,}")
+
+
+def contains_national_id(text: str) -> bool:
+    """Whether `text` holds an 18-character resident identity number anywhere, separators ignored.
+
+    Everything but ASCII letters and digits is dropped (after NFKC, so full-width digits count), and
+    every 18-character window of a run of digits/X is tested: 17 digits, the GB 11643 check
+    character, and a calendar date as the birth date (characters 7-14; the date keeps long digit
+    runs such as timestamps from being taken for ids one time in eleven). So `C110101197302232165`,
+    `110101-19730223-2165` and `1101 0119 7302 2321 65` all hold one.
+    """
+    compact = _NOT_ALNUM.sub("", unicodedata.normalize("NFKC", text).upper())
+    for run in _ID_RUN.findall(compact):
+        for i in range(len(run) - 17):
+            window = run[i : i + 18]
+            if "X" not in window[:17] and id_checksum(window[:17]) == window[17] and _is_date(window[6:14]):
+                return True
+    return False
+
+
+def _is_date(yyyymmdd: str) -> bool:
+    try:
+        born = datetime.date(int(yyyymmdd[:4]), int(yyyymmdd[4:6]), int(yyyymmdd[6:]))
+    except ValueError:
+        return False
+    return 1850 <= born.year <= 2100
 
 
 def normalise_national_id(raw: str) -> str:

@@ -121,24 +121,30 @@ def gateway_certificate(cert_path: Path | None) -> dict[str, Any] | None:
     return info.view(datetime.now(UTC))
 
 
-async def _health(nodes: NodeProbe, agency: str, contacts: ContactLog) -> dict[str, Any]:
+async def _health(nodes: NodeProbe, agency: str, contacts: ContactLog, *, subjects: bool) -> dict[str, Any]:
+    """`subjects`: include how many subjects the node holds (officers only: for a record-DP training
+    store that is the row count the node only ever releases with noise)."""
     try:
         h = await nodes.health(agency)
     except XgateError as exc:
         return {"status": "unreachable", "error": exc.message}
     contacts.seen(agency)
-    return {"status": h.status or "unknown", "version": h.version, "subjects": int(h.subjects)}
+    out: dict[str, Any] = {"status": h.status or "unknown", "version": h.version}
+    if subjects:
+        out["subjects"] = int(h.subjects)
+    return out
 
 
 async def node_health(nodes: NodeProbe, contacts: ContactLog) -> list[dict[str, Any]]:
-    """Each node's health only (what any authenticated caller may see), probed concurrently."""
+    """Each node's status and version only (what any authenticated caller may see, without the
+    subject count), probed concurrently."""
     agencies = nodes.agencies()
-    found = await asyncio.gather(*(_health(nodes, a, contacts) for a in agencies))
+    found = await asyncio.gather(*(_health(nodes, a, contacts, subjects=False) for a in agencies))
     return [{"agency": a, "health": h} for a, h in zip(agencies, found, strict=True)]
 
 
 async def _node(nodes: NodeProbe, agency: str, contacts: ContactLog) -> dict[str, Any]:
-    health_t = asyncio.ensure_future(_health(nodes, agency, contacts))
+    health_t = asyncio.ensure_future(_health(nodes, agency, contacts, subjects=True))
     describe_t = asyncio.ensure_future(nodes.describe(agency))
     out: dict[str, Any] = {"agency": agency, "health": await health_t}
     try:

@@ -1,6 +1,8 @@
-"""GET /v1/nodes: the agencies' nodes. Every caller sees each node's health; security officers and
-administrators also see what it describes (elements, computations), its certificate from the
-signed federation directory and when the gateway last reached it."""
+"""GET /v1/nodes: the agencies' nodes. Every caller sees each node's health (status, version);
+security officers and administrators also see how many subjects it holds (a record-DP training
+store's row count is otherwise only released with noise), what it describes (elements,
+computations), its certificate from the signed federation directory and when the gateway last
+reached it."""
 
 from __future__ import annotations
 

@@ -18,6 +18,7 @@ from fastapi.testclient import TestClient
 from crypto.artefacts import sign_artefact
 from crypto.envelope import SigningKey
 from gateway.app import create_app
+from gateway.models import CheckRequest
 from gateway.services import Services
 from nodes.policy import verify_approval
 from policies.approvals import APPROVAL_FORMAT, ApprovalRegistry, new_ref
@@ -36,23 +37,34 @@ def setup(tmp_path: Path) -> tuple[CheckAuthorizer, ApprovalRegistry]:
     return CheckAuthorizer(engine, approvals=registry, clock=lambda: DAYTIME), registry
 
 
+def _unchecked(**kw: object) -> CheckRequest:
+    """A request as a modified gateway would pass it on: past the REST edge's reference check."""
+    valid = _request()
+    return CheckRequest.model_construct(**{**valid.model_dump(), **kw})
+
+
+def test_the_rest_edge_refuses_free_text_naming_the_field() -> None:
+    with pytest.raises(ValueError, match="approval_ref must be empty or a registered reference"):
+        _request(approval_ref="I-APPROVE-MYSELF")
+
+
 def test_positive_control_the_old_rule_accepted_any_non_empty_string(setup) -> None:  # type: ignore[no-untyped-def]
     pdp, _ = setup
     # Cedar alone (the rule that was all there was) lets the self-issued text through ...
     decision = pdp.decide_check(
-        GOLD, "dibao", [t.element for t in DIBAO.elements()], _request(approval_ref="I-APPROVE-MYSELF"), DAYTIME
+        GOLD, "dibao", [t.element for t in DIBAO.elements()], _unchecked(approval_ref="I-APPROVE-MYSELF"), DAYTIME
     )
     assert decision.allowed
     # ... and so would the old gateway with no approval registry to ask; now that refuses too.
     with pytest.raises(PolicyDenied, match="no approval registry"):
         no_registry = CheckAuthorizer(pdp.engine, clock=lambda: DAYTIME)
-        no_registry.authorize_check(GOLD, DIBAO, _request(approval_ref="I-APPROVE-MYSELF"))
+        no_registry.authorize_check(GOLD, DIBAO, _unchecked(approval_ref="I-APPROVE-MYSELF"))
 
 
 def test_free_text_is_refused_with_a_clear_error(setup) -> None:  # type: ignore[no-untyped-def]
     pdp, _ = setup
     with pytest.raises(PolicyDenied, match="approval_ref 'I-APPROVE-MYSELF' names no registered approval"):
-        pdp.authorize_check(GOLD, DIBAO, _request(approval_ref="I-APPROVE-MYSELF"))
+        pdp.authorize_check(GOLD, DIBAO, _unchecked(approval_ref="I-APPROVE-MYSELF"))
 
 
 def test_an_approval_signed_by_an_unregistered_key_is_refused_everywhere(setup, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

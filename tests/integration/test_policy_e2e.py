@@ -347,7 +347,12 @@ def test_approval_cli_and_the_gateway_refuse_self_issued_approvals(federation, t
     ids = _ids(federation, 130, 3)
     with _client(federation, "caseworker") as client, pytest.raises(GatewayError) as info:
         client.check("dibao", ids[:1], "dibao", DIBAO, "apr-e2e", approval_ref="I-APPROVE-MYSELF")
-    assert info.value.http_status == 403 and "'I-APPROVE-MYSELF' names no registered approval" in info.value.message
+    # Free text is not a reference at all (the REST edge); a well-formed one nobody registered is denied.
+    assert info.value.http_status == 400 and info.value.message.startswith("approval_ref:")
+    made_up = "apr_I-APPROVE-MYSELF-000000"[:26]
+    with _client(federation, "caseworker") as client, pytest.raises(GatewayError) as info:
+        client.check("dibao", ids[:1], "dibao", DIBAO, "apr-e2e", approval_ref=made_up)
+    assert info.value.http_status == 403 and f"'{made_up}' names no registered approval" in info.value.message
     rogue = tmp_path / "rogue.key"
     made = runner.invoke(
         app, ["approval", "keygen", "--name", "ap-wu", "--agency", "civil_affairs", "--out", str(rogue)]

@@ -222,3 +222,32 @@ def test_signed_policies_require_an_installed_bundle(federation: Path) -> None:
     from policies.decision import PolicyEngine
 
     assert PolicyEngine.load(federation / "gw/policies") is not None  # the manifest beside the set is ignored
+
+
+def test_check_refuses_stores_ledgers_and_audit_databases_others_can_read(federation: Path) -> None:
+    """Files holding personal data are refused (as a readable key is) when group/others may read
+    them, each named with the fix; owner-only, the same files pass."""
+    tax, gw = federation / "tax", federation / "gw"
+    node_files = {"node.store": tax / "data/store.sqlite", "node.audit_db": tax / "data/audit.sqlite"}
+    wal = tax / "data/audit.sqlite-wal"  # SQLite's journal holds the latest entries
+    gw_files = {"gateway.audit_db": gw / "data/audit.sqlite", "gateway.state_dir": gw / "data/state/consents.sqlite"}
+    for f in (*node_files.values(), wal, *gw_files.values()):
+        f.parent.mkdir(parents=True, exist_ok=True)
+        f.write_bytes(b"")
+        f.chmod(0o644)
+    code, out = xgate("config", "check", str(tax / "node.toml"), "--before-load")
+    assert code == 1
+    lines = [line for line in out.splitlines() if "holds personal data" in line]
+    for key, f in (*node_files.items(), ("node.audit_db", wal)):
+        assert any(f"{key} = {f}:" in ln and f"chmod 600 {f}" in ln and "0644" in ln for ln in lines), out
+    assert len(lines) == 3, out
+    code, out = xgate("config", "check", str(gw / "gateway.toml"))
+    assert code == 1
+    for key, f in gw_files.items():
+        assert f"{key} = {f}: holds personal data" in out and f"chmod 600 {f}" in out, out
+    for f in (*node_files.values(), wal, *gw_files.values()):
+        f.chmod(0o600)
+    code, out = xgate("config", "check", str(tax / "node.toml"), "--before-load")
+    assert code == 0, out
+    code, out = xgate("config", "check", str(gw / "gateway.toml"))
+    assert code == 0, out
