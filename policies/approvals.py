@@ -46,9 +46,10 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstrai
 
 from crypto.artefacts import Signer, verify_artefact
 from crypto.policy_bundle import Installed
+from policies.leases import LeasedReservations
 from policies.types import DEFAULT_LEASE_S, RESERVATION_OWNER
 from policies.watched import WatchedFile
-from xgate.db import Database, Migration, Tx, db_now, lease_migration, open_store
+from xgate.db import Database, Migration, Tx, lease_migration, open_store
 from xgate.errors import ConfigError, CryptoError, InvalidInput, NotFound, PolicyDenied, StoreUnavailable
 from xgate.logging import get_logger
 
@@ -314,7 +315,7 @@ APPROVAL_MIGRATIONS = (
 )
 
 
-class ApprovalRegistry:
+class ApprovalRegistry(LeasedReservations):
     """Approvals in a SQLite file (embedded default) or the replicas' shared `Database`."""
 
     def __init__(
@@ -329,13 +330,7 @@ class ApprovalRegistry:
         ``lease_clock``: the database's clock unless given (tests)."""
         self.db: Database = open_store(store, APPROVAL_MIGRATIONS)
         self._approvers = approvers
-        if not lease_s > 0:
-            raise ValueError("lease_s must be positive")
-        self.lease_s = lease_s
-        self._lease_clock = lease_clock
-
-    def _now(self, tx: Tx) -> float:
-        return self._lease_clock() if self._lease_clock is not None else db_now(tx)
+        self._init_leases(lease_s, lease_clock)
 
     def approvers(self) -> Mapping[str, Approver]:
         if isinstance(self._approvers, Approvers):
@@ -499,11 +494,7 @@ class ApprovalRegistry:
 
     def release_owner(self, owner: str) -> int:
         """Give back every pending reservation of one owner (a dead attempt whose claim was taken over)."""
-        if not owner:  # rows of an earlier version have no owner: never released wholesale
-            return 0
-        with self.db.read() as tx:
-            rows = tx.execute("SELECT id FROM approval_reservations WHERE owner = ?", (owner,)).fetchall()
-        return sum(self.release(str(r[0])) for r in rows)
+        return self._release_owned("approval_reservations", owner, self.release)
 
     @staticmethod
     def _give_back(tx: Tx, reservation: str, row: Any) -> bool:

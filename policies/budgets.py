@@ -31,13 +31,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from policies.leases import LeasedReservations
 from policies.types import DEFAULT_LEASE_S, RESERVATION_OWNER, BudgetRule, EpsilonReceipt
 from xgate.db import (
     Database,
     Migration,
     SqliteDatabase,
     Tx,
-    db_now,
     lease_migration,
     migrate,
     open_store,
@@ -129,22 +129,6 @@ BUDGET_MIGRATIONS = (
 # out; a reap gives back at most 100 expired ones (the rest at the next).
 
 
-class _Leases:
-    """Lease bookkeeping shared by the reservation stores of this module."""
-
-    lease_s: float
-    _lease_clock: Callable[[], float] | None
-
-    def _init_leases(self, lease_s: float, lease_clock: Callable[[], float] | None) -> None:
-        if not (math.isfinite(lease_s) and lease_s > 0):
-            raise ValueError("lease_s must be a positive number of seconds")
-        self.lease_s = lease_s
-        self._lease_clock = lease_clock  # tests: stands in for the database's clock
-
-    def _now(self, tx: Tx) -> float:
-        return self._lease_clock() if self._lease_clock is not None else db_now(tx)
-
-
 # Batches travel as one JSON array parameter; the statements differ only in how each dialect
 # turns it into rows (subjects as text; (subject, times, last_at) triples).
 _SUBJECTS = {
@@ -172,7 +156,7 @@ _UPSERT_WINDOWS = {
 }
 
 
-class ProbeBudget(_Leases):
+class ProbeBudget(LeasedReservations):
     """Per (subject pseudonym, program, requesting agency) evaluation counts in a sliding window.
 
     One row per subject and scope holds the times of its evaluations still inside the window (never
@@ -269,11 +253,7 @@ class ProbeBudget(_Leases):
 
     def release_owner(self, owner: str) -> int:
         """Give back every pending reservation of one owner (a dead attempt whose claim was taken over)."""
-        if not owner:  # rows of an earlier version have no owner: never released wholesale
-            return 0
-        with self.db.read() as tx:
-            rows = tx.execute("SELECT id FROM probe_reservations WHERE owner = ?", (owner,)).fetchall()
-        return sum(self.release(str(r[0])) for r in rows)
+        return self._release_owned("probe_reservations", owner, self.release)
 
     def release(self, reservation: str) -> bool:
         """Give a pending reservation's evaluations back. False if it was not pending (idempotent)
@@ -625,7 +605,7 @@ COHORT_PRIVACY_MIGRATIONS = (
 )
 
 
-class CohortPrivacyBudget(_Leases):
+class CohortPrivacyBudget(LeasedReservations):
     """The cohort (bronze) view's ε budget per (program, requesting agency) and period (the program's epoch).
 
     Each cohort query spends ε per criterion times its criteria (exchange/cohort.py). Like the
@@ -747,11 +727,7 @@ class CohortPrivacyBudget(_Leases):
 
     def release_owner(self, owner: str) -> int:
         """Give back every pending reservation of one owner (a dead attempt whose claim was taken over)."""
-        if not owner:  # rows of an earlier version have no owner: never released wholesale
-            return 0
-        with self.db.read() as tx:
-            rows = tx.execute("SELECT id FROM cohort_epsilon_reservations WHERE owner = ?", (owner,)).fetchall()
-        return sum(self.release(str(r[0])) for r in rows)
+        return self._release_owned("cohort_epsilon_reservations", owner, self.release)
 
     def release(self, reservation: str) -> bool:
         """The query failed, not by the requester's doing: give its ε back. False if not pending or

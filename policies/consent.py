@@ -37,9 +37,10 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstrai
 
 from crypto.artefacts import Signer, verify_artefact
 from crypto.policy_bundle import Installed
+from policies.leases import LeasedReservations
 from policies.types import DEFAULT_LEASE_S, RESERVATION_OWNER
 from policies.watched import WatchedFile
-from xgate.db import Database, Migration, Tx, db_now, lease_migration, open_store
+from xgate.db import Database, Migration, Tx, lease_migration, open_store
 from xgate.errors import ConfigError, CryptoError, InvalidInput, NotFound, PolicyDenied, StoreUnavailable
 from xgate.logging import get_logger
 
@@ -261,7 +262,7 @@ _DELETE_ONE_USE = {
 }
 
 
-class ConsentRegistry:
+class ConsentRegistry(LeasedReservations):
     """Consents in a SQLite file (embedded default) or the replicas' shared `Database` (PostgreSQL).
 
     Every use locks its consent (xgate/db.py lock keys), so a one-time consent raced through several
@@ -284,13 +285,7 @@ class ConsentRegistry:
             self._add_artefact_columns()
         self.purposes = frozenset(purposes) if purposes is not None else None
         self._managers = managers
-        if not lease_s > 0:
-            raise ValueError("lease_s must be positive")
-        self.lease_s = lease_s
-        self._lease_clock = lease_clock
-
-    def _now(self, tx: Tx) -> float:
-        return self._lease_clock() if self._lease_clock is not None else db_now(tx)
+        self._init_leases(lease_s, lease_clock)
 
     def _add_artefact_columns(self) -> None:
         """SQLite files of earlier versions gain the artefact columns."""
@@ -496,11 +491,7 @@ class ConsentRegistry:
 
     def release_owner(self, owner: str) -> int:
         """Give back every pending use reserved by one owner (a dead attempt whose claim was taken over)."""
-        if not owner:  # rows of an earlier version have no owner: never released wholesale
-            return 0
-        with self.db.read() as tx:
-            rows = tx.execute("SELECT id FROM consent_reservations WHERE owner = ?", (owner,)).fetchall()
-        return sum(self.release(str(r[0])) for r in rows)
+        return self._release_owned("consent_reservations", owner, self.release)
 
     @staticmethod
     def _give_back(tx: Tx, reservation: str, row: Any) -> bool:

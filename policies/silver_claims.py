@@ -28,8 +28,9 @@ import sqlite3
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from policies.leases import LeasedReservations
 from policies.types import DEFAULT_LEASE_S, RESERVATION_OWNER
-from xgate.db import Database, Migration, Tx, db_now, lease_migration, open_store
+from xgate.db import Database, Migration, lease_migration, open_store
 from xgate.errors import InvalidInput, PolicyDenied, StoreUnavailable
 from xgate.logging import get_logger
 
@@ -88,7 +89,7 @@ _INSERT = {
 }
 
 
-class SilverClaims:
+class SilverClaims(LeasedReservations):
     """The claims store: a SQLite file (embedded default) or a shared `Database` (replicated mode)."""
 
     def __init__(
@@ -102,13 +103,7 @@ class SilverClaims:
         ``lease_clock``: the database's clock unless given (tests)."""
         self.db: Database = open_store(store, SILVER_CLAIM_MIGRATIONS)
         self._pruned = float("-inf")
-        if not lease_s > 0:
-            raise ValueError("lease_s must be positive")
-        self.lease_s = lease_s
-        self._lease_clock = lease_clock
-
-    def _now(self, tx: Tx) -> float:
-        return self._lease_clock() if self._lease_clock is not None else db_now(tx)
+        self._init_leases(lease_s, lease_clock)
 
     def reserve(
         self,
