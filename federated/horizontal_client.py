@@ -197,6 +197,12 @@ class HorizontalClient(NumPyClient):
                 seed=self.job.seed + rnd,
             )
         delta = [w1 - w0]
+        if not all(np.isfinite(a).all() for a in delta):
+            # Finite weights the coordinator chose can overflow (inf - inf) for one row alone: a
+            # failure here would say whether that row is in this node's data. The node sends no
+            # step instead (plus its noise under DP); the cause stays in its own log.
+            log.warning("update_not_finite", agency=self.nc.agency, round=rnd)
+            delta = [np.zeros_like(a) for a in delta]
         dp_clipped = False
         if self.node_dp:
             delta, dp_clipped = self.node_dp_release(delta)

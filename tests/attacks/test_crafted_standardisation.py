@@ -156,3 +156,50 @@ def test_crafted_weights_do_not_fail_the_node_when_the_victim_is_sampled(tmp_pat
     for world in (False, True):
         job, nc = _node(tmp_path / str(world), world, BOTH)
         assert [_fit(job, nc, str(run), _crafted_weights(), stats) for run in (1, 2)] == ["ok", "ok"], world
+
+
+def _node_dp_node(tmp: Path, victim: bool) -> tuple[JobSpec, NodeConfig]:
+    """Four min-max features declared 0..100; only the victim has all four at 100 (review 2026-12-06)."""
+    rng = np.random.default_rng(7)
+    cols = {f"fx.x{k}": rng.integers(0, 100, 300) for k in range(4)}
+    subjects = [f"p{i}" for i in range(300)]
+    if victim:
+        cols = {k: np.append(v, 100) for k, v in cols.items()}
+        subjects.append("victim")
+    tmp.mkdir(parents=True)
+    store, ledger = tmp / "store.sqlite", tmp / "ledger.sqlite"
+    data = {k: datasets.Column(v, "int", 0, 100) for k, v in cols.items()}
+    data["fx.label"] = datasets.Column(rng.integers(0, 2, len(subjects)), "flag", 0, 1)
+    datasets.write_store(store, "synth", subjects, data)
+    job = parse_job(
+        {
+            "job_id": "crafted-weights-node-dp",
+            "purpose": "fraud-model",
+            "mode": "horizontal",
+            "features": list(cols),
+            "label": "fx.label",
+            "label_holder": "fx",
+            "rounds": 3,
+            "secagg": False,
+            "min_nodes": 1,
+            "encodings": dict.fromkeys(cols, "minmax"),
+            "dp": {"epsilon": 1.0, "delta": 1e-6, "clip": 1.0, "unit": "node"},
+        }
+    )
+    admission = LedgerAdmission(ledger, store)
+    admission.configure(["fraud-model"], {"synth": 10_000.0})
+    assert admission(job, "r0").approved
+    return job, NodeConfig(store, "r0", ledger, None)
+
+
+def test_node_level_dp_answers_alike_when_crafted_finite_weights_overflow_for_the_victim_alone(tmp_path: Path):
+    """Weights of +-DBL_MAX/1.995 on four features: x @ w is inf - inf = NaN only for a row with all
+    four at their maximum. Before, the node-level DP node's fit failed exactly when that row was in
+    its data (5/5 against 0/5); it now sends its noise without a step in both worlds."""
+    big = np.finfo(np.float64).max / 1.995
+    weights = np.array([big, -big, big, -big, 0.0])
+    for victim in (False, True):
+        job, nc = _node_dp_node(tmp_path / str(victim), victim)
+        for run in ("1", "2"):
+            with np.errstate(all="ignore"):
+                assert _fit(job, nc, run, weights, "{}") == "ok"
