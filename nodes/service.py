@@ -17,8 +17,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from crypto.he import HE_PARAMS_ID, SLOTS, PublicContext, centered, chunks, context_fingerprint
+from crypto.masks import epoch_of
 from crypto.pads import padded
-from crypto.value_tags import value_tags
+from crypto.value_tags import NODE_PERIOD_S, value_tags
 from exchange.cohort import COHORT_MEMBER_UNKNOWN
 from exchange.eligibility import echo_clamp, query_clamp
 from exchange.events import node_served
@@ -61,6 +62,7 @@ class NodeService:
     pads: PadBook = field(default_factory=PadBook)
     _offered: dict[str, tuple[int, int]] = field(default_factory=dict)
     _tag_key: bytes | None = field(default=None, repr=False)  # the store's value-tag key, read once
+    clock: Callable[[], float] = time.time  # the node's own period for value tags
 
     def __post_init__(self) -> None:
         self.refresh()
@@ -166,33 +168,35 @@ class NodeService:
         if request.HasField("value_tag_epoch") and request.mode != node_pb2.EXCHANGE_MODE_HE:
             raise InvalidInput("value tags are for the HE exchange mode only")
 
-    def _values(self, query: node_pb2.ElementQuery, pseudonyms: Sequence[str]) -> np.ndarray:
-        """The element's values in request order, clamped to [floor_at, clamp_at] where set."""
+    def _stored(self, query: node_pb2.ElementQuery, pseudonyms: Sequence[str]) -> np.ndarray:
+        """The element's stored values (or its if_missing default) in request order, unclamped."""
         values = self.store.values_for(query.element, pseudonyms, query.if_missing)
         low, high = self._offered[query.element]
         if values.size and (values.min() < low or values.max() > high):
             # Stored data outside the declared range would break the masking bound: refuse.
             raise InvalidInput(f"stored values of '{query.element}' fall outside the declared range; fix the data")
-        return query_clamp(query).apply_all(values)
+        return values
 
     def _answer_for(
         self,
         response: node_pb2.EncryptResponse,
         request: node_pb2.EncryptRequest,
         query: node_pb2.ElementQuery,
-        values: Sequence[int],
-    ) -> node_pb2.ElementValues:
+    ) -> tuple[node_pb2.ElementValues, list[int]]:
         """The element's entry in the answer, echoing the clamp it applied, with the values' tags
-        when the gateway asks (it masks a changed value afresh: crypto/value_tags.py)."""
+        when the gateway asks (it masks a changed value afresh: crypto/value_tags.py), and the
+        clamped values to send. The tags cover the stored values, not the clamped ones: clamps are
+        the gateway's choice, and tags of clamped values would answer its threshold questions."""
+        stored = self._stored(query, request.pseudonyms)
         out = echo_clamp(response.elements.add(element=query.element), query)
         if request.HasField("value_tag_epoch"):
             if self._tag_key is None:
                 self._tag_key = self.store.value_tag_key()
-            clamp = query_clamp(query).label
+            period = epoch_of(self.clock(), NODE_PERIOD_S)  # the node's own: the gateway cannot hold it still
             out.value_tags = value_tags(
-                self._tag_key, request.value_tag_epoch, query.element, clamp, request.pseudonyms, values
+                self._tag_key, request.value_tag_epoch, period, query.element, request.pseudonyms, stored.tolist()
             )
-        return out
+        return out, [int(x) for x in query_clamp(query).apply_all(stored)]
 
     def _verify_members(self, pseudonyms: Sequence[str]) -> None:
         """Cohort members must be registered people: made-up members would carry predictable defaults."""
@@ -223,8 +227,7 @@ class NodeService:
             open_=request.pad_open,
         )
         for query in request.elements:
-            own = self._values(query, pseudonyms).tolist()
-            out = self._answer_for(response, request, query, own)
+            out, own = self._answer_for(response, request, query)
             out.padded_values.extend(padded(own * copies, window.window(query.element)))
             if request.pad_open:
                 blob = context.encrypt(centered(window.full(query.element)))
@@ -260,15 +263,14 @@ class NodeService:
             if not self.allow_plaintext_mode:
                 raise PolicyDenied("plaintext exchange mode is disabled on this node")
             for query in request.elements:
-                values = self._values(query, pseudonyms)
-                self._answer_for(response, request, query, values.tolist()).plain_values.extend(values.tolist())
+                out, values = self._answer_for(response, request, query)
+                out.plain_values.extend(values)
         elif context is not None and request.pad_batch:
             self._answer_padded(request, context, pseudonyms, response)
         elif context is not None:
             copies = max(1, request.replicas)  # small batches: one slot block per criterion
             for query in request.elements:
-                own = self._values(query, pseudonyms).tolist()
-                out = self._answer_for(response, request, query, own)
+                out, own = self._answer_for(response, request, query)
                 for chunk in chunks(own * copies, SLOTS):
                     stop_if_cancelled()
                     blob = context.encrypt(chunk)

@@ -42,16 +42,15 @@ class HonestAnswers:
             count = len(request.pseudonyms) * copies
             window = book.take(request.pad_batch, context.ref, names, request.pad_offset, count, open_=request.pad_open)
         for query in request.elements:
-            own = [query_clamp(query).apply(x) for x in values_of(query.element)]
+            stored = list(values_of(query.element))
+            own = [query_clamp(query).apply(x) for x in stored]
             values = own * copies
             element = echo_clamp(response.elements.add(element=query.element), query)
             if request.HasField("value_tag_epoch"):
                 # Per agency and fixed, as a node's key lives in its store: unchanged values, same tags.
                 key = self.tag_keys.setdefault(agency, hashlib.sha256(f"tag-key:{agency}".encode()).digest())
-                clamp = query_clamp(query).label
-                element.value_tags = value_tags(
-                    key, request.value_tag_epoch, query.element, clamp, request.pseudonyms, own
-                )
+                epoch, pseudonyms = request.value_tag_epoch, request.pseudonyms
+                element.value_tags = value_tags(key, epoch, 0, query.element, pseudonyms, stored)
             if window is not None:
                 element.padded_values.extend(padded(values, window.window(query.element)))
                 if request.pad_open:

@@ -59,7 +59,10 @@ def _masked_income(program: Program, income: int, requester_keys: Any, public_co
     for agency, request in requests.items():
         responses[agency] = honest.answer(agency, request, lambda e: [values[e]], requester_keys.public_context)
         ciphertexts.update(validate_he_response(agency, request, responses[agency], public_context))
-    tags = value_tags_of(requests, responses)
+    assert value_tags_of(requests, responses)  # the nodes tag what they hold: a fresh draw of masks per value
+    # One draw of the masks for both worlds (the tags are a keyed hash: whichever the value, the masks
+    # are a uniform draw), so equal results mean the value reaches the requester only through d.
+    tags = tag_table(b"\x06" * 32, 7, {t.element: [0] for t in program.elements()}, [VICTIM])
     income, *_ = combine_he(program, [VICTIM], public_context, ciphertexts, KEY, epoch=7, tags=tags)
     return int(requester_keys.decrypt_masked(income.ciphertexts[0], 1)[0])
 

@@ -117,7 +117,7 @@ class Federation:
 @pytest.fixture
 def constant_tags(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """The design before: nodes whose tags never change with the value (masks keyed to the question alone)."""
-    monkeypatch.setattr(node_service, "value_tags", lambda key, epoch, element, clamp, ps, values: b"\0" * 8 * len(ps))
+    monkeypatch.setattr(node_service, "value_tags", lambda key, epoch, period, element, ps, values: b"\0" * 8 * len(ps))
     yield
 
 

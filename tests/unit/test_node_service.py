@@ -434,3 +434,23 @@ def test_value_tags_follow_the_values_and_only_come_with_he(requester_keys: Any)
     assert [moved[i : i + 8] != first[i : i + 8] for i in range(0, len(first), 8)] == [False, False, True, False, False]
     request = _request(mode=node_pb2.EXCHANGE_MODE_HE, public_context=requester_keys.public_context)
     assert not node.encrypt_values(request).elements[0].value_tags  # not asked: none sent
+
+
+def test_value_tags_answer_no_threshold_question_and_follow_the_nodes_own_period(requester_keys: Any) -> None:
+    """A curious gateway asked with clamps [t, t + 1] at two times and compared the tags: with tags
+    of the clamped values, a changed tag said the value had crossed t (review 2026-12-06, a grid of
+    51 probes read old and new values to 50 CNY). Tags now cover the stored value, whatever the
+    clamp, and the node's own 30-day period, whatever epoch the gateway names."""
+    now = [1_000.0]
+    node, _, _ = _node(clock=lambda: now[0])
+
+    def tags(clamp: int | None, epoch: int = 3) -> bytes:
+        request = _clamped(clamp, node_pb2.EXCHANGE_MODE_HE, requester_keys.public_context)
+        request.value_tag_epoch = epoch
+        (element,) = node.encrypt_values(request).elements
+        return element.value_tags
+
+    probes = {tags(t) for t in (None, 100, 499, 500, 501, 1_500, 10_000)}
+    assert len(probes) == 1  # the clamps asked for tell nothing: one tag for every probe
+    now[0] += 30 * 86400  # the node's next period: the gateway cannot hold an epoch still
+    assert tags(None) not in probes and tags(None, epoch=3) == tags(None)

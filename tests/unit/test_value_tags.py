@@ -23,30 +23,30 @@ PS = ["a" * 26, "b" * 26]
 
 
 def test_a_tag_changes_with_every_input_and_only_then() -> None:
-    base = value_tags(KEY, 4, "tax.monthly_income", "le:2201", PS, [700, 0])
-    assert len(base) == 2 * TAG_BYTES and base == value_tags(KEY, 4, "tax.monthly_income", "le:2201", PS, [700, 0])
+    base = value_tags(KEY, 4, 7, "tax.monthly_income", PS, [700, 0])
+    assert len(base) == 2 * TAG_BYTES and base == value_tags(KEY, 4, 7, "tax.monthly_income", PS, [700, 0])
     variants = [
-        value_tags(b"\x0a" * 32, 4, "tax.monthly_income", "le:2201", PS, [700, 0]),  # another node's key
-        value_tags(KEY, 5, "tax.monthly_income", "le:2201", PS, [700, 0]),  # another epoch
-        value_tags(KEY, 4, "hrss.monthly_pension", "le:2201", PS, [700, 0]),  # another element
-        value_tags(KEY, 4, "tax.monthly_income", "le:9999", PS, [700, 0]),  # another clamp
+        value_tags(b"\x0a" * 32, 4, 7, "tax.monthly_income", PS, [700, 0]),  # another node's key
+        value_tags(KEY, 5, 7, "tax.monthly_income", PS, [700, 0]),  # another epoch
+        value_tags(KEY, 4, 8, "tax.monthly_income", PS, [700, 0]),  # another node period
+        value_tags(KEY, 4, 7, "hrss.monthly_pension", PS, [700, 0]),  # another element
     ]
     assert all(v[:TAG_BYTES] != base[:TAG_BYTES] for v in variants)
-    moved = value_tags(KEY, 4, "tax.monthly_income", "le:2201", PS, [701, 0])
+    moved = value_tags(KEY, 4, 7, "tax.monthly_income", PS, [701, 0])
     assert moved[:TAG_BYTES] != base[:TAG_BYTES] and moved[TAG_BYTES:] == base[TAG_BYTES:]  # per subject
 
 
 @given(a=st.integers(-(2**40), 2**40), b=st.integers(-(2**40), 2**40))
 def test_different_values_never_share_a_tag_in_practice(a: int, b: int) -> None:
-    same = value_tags(KEY, 1, "e", "", PS[:1], [a]) == value_tags(KEY, 1, "e", "", PS[:1], [b])
+    same = value_tags(KEY, 1, 0, "e", PS[:1], [a]) == value_tags(KEY, 1, 0, "e", PS[:1], [b])
     assert same == (a == b)
 
 
 def test_bad_arguments_are_refused() -> None:
     with pytest.raises(ValueError, match="32 bytes"):
-        value_tags(b"short", 1, "e", "", PS, [1, 2])
+        value_tags(b"short", 1, 0, "e", PS, [1, 2])
     with pytest.raises(ValueError, match="one value per pseudonym"):
-        value_tags(KEY, 1, "e", "", PS, [1])
+        value_tags(KEY, 1, 0, "e", PS, [1])
     with pytest.raises(ValueError, match="expected 16 bytes"):
         split_tags(b"\0" * 15, 2)
 
