@@ -160,6 +160,7 @@ class IdempotencyStore:
         digest = key_digest(validate_key(key))
         self._maybe_prune()
         token = secrets.token_hex(16)
+        busy: IdempotencyInProgress | None = None  # raised once the transaction committed its stamp
         with self.db.transaction(lock=[f"idempotency/{owner}/{digest}"]) as tx:
             now = self._now(tx)
             row = tx.execute(
@@ -185,23 +186,33 @@ class IdempotencyStore:
             if row[3] is not None:
                 return Replay(int(row[3]), bytes(row[4]), float(row[5]))
             age = now - float(row[1])
-            # As its claimant bounded it (a row of an earlier version: by this replica's bound).
-            stale_at = float(row[6]) if row[6] is not None else float(row[1]) + self.stale_after_s
+            stale_at = float(row[6]) if row[6] is not None else None
+            if stale_at is None:
+                # A claim of an earlier version, stamped with its replica's own clock, which the
+                # database's must not be compared with (a replica running behind would lose a live
+                # claim at once): its staleness starts now, on the database's clock.
+                stale_at = now + self.stale_after_s
+                tx.execute(
+                    "UPDATE idempotency_keys SET stale_at = ? WHERE owner = ? AND key_sha256 = ?",
+                    (stale_at, owner, digest),
+                )
             if now < stale_at:
-                raise IdempotencyInProgress(
+                busy = IdempotencyInProgress(
                     f"a request with this {HEADER} is still being answered: retry later",
                     retry_after_s=min(self.retry_after_s, stale_at - now),
                     key_sha256=digest,
                 )
-            # Abandoned (its process died mid-check): take it over; the caller releases what the
-            # dead attempt still holds (`Claim.superseded`).
-            tx.execute(
-                "UPDATE idempotency_keys SET claim = ?, claimed_at = ?, expires_at = ?, stale_at = ?"
-                " WHERE owner = ? AND key_sha256 = ?",
-                (token, now, now + self.ttl_s, now + self.stale_after_s, owner, digest),
-            )
-            log.warning("idempotency_claim_taken_over", key_sha256=digest, age_s=round(age, 1))
-            return Claim(owner, digest, token, superseded=str(row[7]))
+            else:
+                # Abandoned (its process died mid-check): take it over; the caller releases what the
+                # dead attempt still holds (`Claim.superseded`).
+                tx.execute(
+                    "UPDATE idempotency_keys SET claim = ?, claimed_at = ?, expires_at = ?, stale_at = ?"
+                    " WHERE owner = ? AND key_sha256 = ?",
+                    (token, now, now + self.ttl_s, now + self.stale_after_s, owner, digest),
+                )
+                log.warning("idempotency_claim_taken_over", key_sha256=digest, age_s=round(age, 1))
+                return Claim(owner, digest, token, superseded=str(row[7]))
+        raise busy
 
     def fence(self, claim: Claim) -> None:
         """Right before a check is charged: raise IdempotencyInProgress unless this claim is still

@@ -42,7 +42,17 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from crypto.artefacts import Signer, verify_artefact
 from crypto.policy_bundle import Installed
@@ -52,6 +62,7 @@ from policies.watched import WatchedFile
 from xgate.db import Database, Migration, Tx, lease_migration, open_store
 from xgate.errors import ConfigError, CryptoError, InvalidInput, NotFound, PolicyDenied, StoreUnavailable
 from xgate.logging import get_logger
+from xgate.pseudonym import contains_national_id
 
 log = get_logger("xgate.policies.approvals")
 
@@ -91,6 +102,22 @@ class ApprovalBody(BaseModel):
     max_subjects: int | None = Field(default=None, ge=1, le=MAX_SUBJECTS)
     valid_from: AwareDatetime
     valid_until: AwareDatetime
+
+    @field_validator("approver", "case_ids", "case_id_prefix")
+    @classmethod
+    def _no_national_id(cls, value: Any, info: ValidationInfo) -> Any:
+        # Case ids and the approver's id reach every node's and the gateway's append-only logs. An
+        # approval read back from the registry (context {"stored": True}) keeps the checks it was
+        # registered under.
+        if isinstance(info.context, dict) and info.context.get("stored") is True:
+            return value
+        for text in (value,) if isinstance(value, str) else value or ():
+            if contains_national_id(text):
+                raise ValueError(
+                    f"{info.field_name} holds what looks like a resident identity number; "
+                    "name cases by references that carry no personal data"
+                )
+        return value
 
     @model_validator(mode="after")
     def _scope(self) -> ApprovalBody:
@@ -446,6 +473,14 @@ class ApprovalRegistry(LeasedReservations):
             )
         return reservation
 
+    def revoked(self, reservation: str) -> bool:
+        """Whether the approval a pending reservation uses is revoked (a read: `commit` decides
+        again under the approval's lock). Lets a check refuse before it charges anything else."""
+        with self.db.read() as tx:
+            found = tx.execute("SELECT ref FROM approval_reservations WHERE id = ?", (reservation,)).fetchone()
+            record = self._get(tx, str(found[0])) if found is not None else None
+        return record is not None and record.revoked_at is not None
+
     def commit(self, reservation: str) -> bool:
         """Make the reserved use final: the check is about to be answered. False if it was not
         pending or its lease ran out (reaped, or given back now). Raises PolicyDenied, giving the
@@ -534,7 +569,7 @@ class ApprovalRegistry(LeasedReservations):
             return None
         outer = json.loads(str(row[0]))
         return ApprovalRecord(
-            body=ApprovalBody.model_validate(outer["body"]),
+            body=ApprovalBody.model_validate(outer["body"], context={"stored": True}),
             artefact=str(row[0]),
             uses=int(row[1]),
             revoked_at=datetime.fromisoformat(row[2]) if row[2] else None,

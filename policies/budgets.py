@@ -239,14 +239,21 @@ class ProbeBudget(LeasedReservations):
 
     def reap(self, program: str | None = None, agency: str | None = None) -> int:
         """Give back reservations whose lease ran out (their gateway died mid-check), of one scope
-        or all; each under its subjects' locks, like `release`. Returns how many."""
-        with self.db.read() as tx:
-            rows = tx.execute(
-                "SELECT id FROM probe_reservations WHERE lease_until <= ?"
-                " AND (CAST(? AS TEXT) IS NULL OR (program = ? AND agency = ?)) LIMIT 100",
-                (self._now(tx), program, program, agency),
-            ).fetchall()
-        reaped = sum(self._settle_release(str(r[0]), expired_only=True) for r in rows)
+        or all; each under its subjects' locks, like `release`. Returns how many. In batches of 100
+        until none is left (a crash of many gateways can leave more, and one left over would refuse
+        its subject as if its budget were spent), stopping if a batch gives nothing back."""
+        reaped = 0
+        while True:
+            with self.db.read() as tx:
+                rows = tx.execute(
+                    "SELECT id FROM probe_reservations WHERE lease_until <= ?"
+                    " AND (CAST(? AS TEXT) IS NULL OR (program = ? AND agency = ?)) LIMIT 100",
+                    (self._now(tx), program, program, agency),
+                ).fetchall()
+            batch = sum(self._settle_release(str(r[0]), expired_only=True) for r in rows)
+            reaped += batch
+            if len(rows) < 100 or not batch:
+                break
         if reaped:
             log.warning("budget_reservations_reaped", reservations=reaped, program=program, agency=agency)
         return reaped

@@ -444,6 +444,14 @@ class ConsentRegistry(LeasedReservations):
         self._use(ref, subject, agency, purpose, now, reservation=reservation, program=program, owner=held_by)
         return reservation
 
+    def revoked(self, reservation: str) -> bool:
+        """Whether the consent a pending reservation uses is revoked (a read: `commit` decides
+        again under the consent's lock). Lets a check refuse before it charges anything else."""
+        with self.db.read() as tx:
+            found = tx.execute("SELECT ref FROM consent_reservations WHERE id = ?", (reservation,)).fetchone()
+            record = self._get(tx, str(found[0])) if found is not None else None
+        return record is not None and record.revoked_at is not None
+
     def commit(self, reservation: str) -> bool:
         """Make the reserved use final: the check is about to be answered. False if it was not
         pending or its lease ran out (reaped, or given back now). Raises PolicyDenied, giving the

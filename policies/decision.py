@@ -442,6 +442,8 @@ class ConsentPort(Protocol):
 
     def artefact(self, ref: str) -> str: ...
 
+    def revoked(self, reservation: str) -> bool: ...
+
     def commit(self, reservation: str) -> bool: ...
 
     def release(self, reservation: str) -> bool: ...
@@ -463,6 +465,8 @@ class ApprovalPort(Protocol):
     ) -> str: ...
 
     def artefact(self, ref: str) -> str: ...
+
+    def revoked(self, reservation: str) -> bool: ...
 
     def commit(self, reservation: str) -> bool: ...
 
@@ -529,23 +533,30 @@ class Reservations:
         let the answer out uncharged), and the consent and approval must not have been revoked
         meanwhile. On any failure everything still held is released and the error raised:
         PolicyDenied for a revocation, StoreUnavailable (retryable) for a lost reservation or a
-        storage error. The consent and approval go first, as they may refuse; a later failure
-        after they committed leaves them charged (the conservative side)."""
-        steps = [
-            (self.consents, self.consent_reservation),
-            (self.approvals, self.approval_reservation),
+        storage error.
+
+        Order: a revocation is looked for first, before anything is charged; then the stores that
+        can only fail for want of their lease or their database (budget, ε, silver claims); the
+        consent and approval last, which decide on a revocation again under their locks. So a
+        failure of any of the first keeps the subject's one-time consent and the approval's count
+        unused (the retry can still be answered); only a revocation in the milliseconds between the
+        look and the consent's commit leaves the requester's own budget charged for a withheld answer."""
+        first = [
             (self.budgets, self.budget_reservation),
             (self.privacy, self.privacy_reservation),
             (self.claims, self.claim_reservation),
         ]
+        last = [(self.consents, self.consent_reservation), (self.approvals, self.approval_reservation)]
         try:
-            for port, reservation in steps:
-                if port is not None and reservation and not port.commit(reservation):
-                    raise StoreUnavailable(
-                        "the check's reservations ran out before it was answered (released by the reaper): "
-                        "its answer is withheld; retry",
-                        retry_after_s=1,
-                    )
+            self._refuse_if_revoked()
+            for steps in (first, last):
+                for port, reservation in steps:
+                    if port is not None and reservation and not port.commit(reservation):
+                        raise StoreUnavailable(
+                            "the check's reservations ran out before it was answered (released by the reaper): "
+                            "its answer is withheld; retry",
+                            retry_after_s=1,
+                        )
         except Exception as exc:  # any store's failure: released, and said as retryable
             self.release()
             if isinstance(exc, XgateError):
@@ -554,6 +565,18 @@ class Reservations:
         except BaseException:
             self.release()
             raise
+
+    def _refuse_if_revoked(self) -> None:
+        if self.consents is not None and self.consent_reservation and self.consents.revoked(self.consent_reservation):
+            raise PolicyDenied(
+                "consent refused: revoked by the data subject while the check ran; its answer is withheld"
+            )
+        if (
+            self.approvals is not None
+            and self.approval_reservation
+            and self.approvals.revoked(self.approval_reservation)
+        ):
+            raise PolicyDenied("the approval was revoked by its approver while the check ran; its answer is withheld")
 
     def release(self) -> None:
         if self.approvals is not None and self.approval_reservation:

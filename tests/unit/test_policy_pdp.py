@@ -179,6 +179,10 @@ class _Ports:
             raise PolicyDenied("consent refused: one-time consent already used")
         return "crs_1"
 
+    def revoked(self, reservation: str) -> bool:
+        self.calls.append(f"revoked? {reservation}")
+        return False
+
     def commit(self, reservation: str) -> bool:
         self.calls.append(f"commit {reservation}")
         return True
@@ -217,7 +221,8 @@ def test_consent_is_verified_before_the_budget_is_reserved_and_reserved_after(en
     assert ports.calls == ["verify", "reserve budget", "reserve consent"]
     assert outcome.consent_artefact == '{"signed": "artefact"}'  # forwarded to the nodes
     outcome.charge.commit()
-    assert ports.calls[3:] == ["commit crs_1", "commit rsv_1"]  # the consent first: it may refuse (revoked)
+    # A revocation looked for first; the consent committed last, so nothing that fails before it uses it up.
+    assert ports.calls[3:] == ["revoked? crs_1", "commit rsv_1", "commit crs_1"]
     ports.calls.clear()
     outcome.charge.release()
     assert ports.calls == ["release crs_1", "release rsv_1"]

@@ -464,3 +464,79 @@ def _service(programs: ProgramRegistry, policy: CheckAuthorizer, nodes: FakeNode
         clock=lambda: DAYTIME.timestamp(),
         randomness=FixedRandomness(),
     )
+
+
+@pytest.mark.parametrize("trigger", ["approval_revoked", "budget_lease_ran_out", "budget_store_error"])
+def test_a_withheld_answer_leaves_the_one_time_consent_unused(
+    trigger: str, programs: ProgramRegistry, tmp_path: Path
+) -> None:
+    """Second review: the consent committed first, so a later failure (the approval revoked, the
+    budget's lease run out, a storage error on the budget's commit) withheld the answer but left
+    the one-time consent used, and the retry the 503 invites was refused. A revocation is now
+    looked for before anything is charged, and the consent and approval commit last."""
+    now = [time.time()]
+    budgets = ProbeBudget(tmp_path / "budgets.sqlite", lease_s=100, lease_clock=lambda: now[0])
+    consents = ConsentRegistry(tmp_path / "consents.sqlite", lease_s=100)
+    approvals = standing_registry(tmp_path / "approvals.sqlite")
+    ref = _consent(consents, uses=1)  # one-time
+    policy = CheckAuthorizer(
+        PolicyEngine.load(DEFAULT_POLICY_DIR), budgets=budgets, consents=consents, approvals=approvals,
+        clock=lambda: DAYTIME,
+    )  # fmt: skip
+    request = _request(
+        program="income_certificate", purpose="income_certificate", legal_basis="PIPL-2021-art-13-1",
+        pseudonyms=(SUBJECTS[0],), consent_ref=ref,
+    )  # fmt: skip
+    before: Callable[[], Any] | None = None
+    if trigger == "approval_revoked":
+        before = lambda: approvals.revoke(STANDING_REF)  # noqa: E731
+    elif trigger == "budget_lease_ran_out":
+
+        def before() -> None:
+            now[0] += 101  # the budget's lease only: the consent's stands on the database's clock
+
+    else:
+        real, failed = budgets.commit, []
+
+        def flaky(reservation: str) -> bool:
+            if not failed:
+                failed.append(True)
+                raise StoreUnavailable("database is locked")
+            return real(reservation)
+
+        budgets.commit = flaky  # type: ignore[method-assign]
+    nodes = Hooked(before=before)
+    with pytest.raises((PolicyDenied, StoreUnavailable)):
+        asyncio.run(_service(programs, policy, nodes).run(GOLD, request))
+    assert nodes.answered and consents.lookup(ref).uses == 0  # withheld, and the consent still unused
+    if trigger != "approval_revoked":  # the retry the 503 invites is answered
+        asyncio.run(_service(programs, policy, Hooked()).run(GOLD, request))
+        assert consents.lookup(ref).uses == 1
+
+
+def test_more_dead_reservations_than_one_reaping_batch_refuse_no_one(tmp_path: Path) -> None:
+    """Second review: a reap gave back at most 100, so after a crash that left 150 the live check of
+    a subject whose dead reservation was not among them was refused for 30 days."""
+    rule = BudgetRule(1, 30, "one-per-30-days")
+    dead = ProbeBudget(tmp_path / "budgets.sqlite", lease_s=90)
+    subjects = [f"subject-{i:03d}" for i in range(150)]
+    for subject in subjects:  # in flight when their gateways died
+        dead.reserve([subject], "dibao", "civil_affairs", rule, owner="dead-attempt")
+    later = ProbeBudget(tmp_path / "budgets.sqlite", lease_s=90, lease_clock=lambda: time.time() + 3600)
+    for subject in reversed(subjects):
+        later.reserve([subject], "dibao", "civil_affairs", rule)  # none refused
+
+
+def test_a_claim_of_an_earlier_version_is_not_judged_by_its_replicas_clock(target: Target) -> None:
+    """Second review, rolling upgrade: a claim written by an earlier version (no stale_at, claimed_at
+    from its replica's own clock, here two minutes behind the database) was taken over at once by a
+    new replica, and the old one, which has no fence, answered and charged the key too."""
+    clock = Clock()
+    new = _idempotency(target, clock, 90)
+    assert isinstance(new.begin(OWNER, KEY, DIGEST), Claim)
+    with new.db.transaction() as tx:  # as the earlier version left it
+        tx.execute("UPDATE idempotency_keys SET stale_at = NULL, claimed_at = ?", (clock.now - 120,))
+    with pytest.raises(IdempotencyInProgress):  # its staleness counts from when it is first seen
+        new.begin(OWNER, KEY, DIGEST)
+    clock.now += 91
+    assert isinstance(new.begin(OWNER, KEY, DIGEST), Claim)  # abandoned after the bound: taken over
