@@ -173,23 +173,52 @@ def add_user_cmd(
     database: Annotated[
         str | None, typer.Option(help="instead of --users: the replicas' PostgreSQL URL ([gateway] database)")
     ] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="write the API key to this file (mode 0600) instead of printing it")
+    ] = None,
 ) -> None:
     """Register a REST user and print their API key ONCE (only its SHA-256 is stored)."""
-    from gateway.auth import add_user
+    import os
+
+    from gateway.auth import add_user, check_user_id
+    from xgate.errors import InvalidInput
 
     with fail_on_error():
+        check_user_id(user)  # before anything is written, principals.toml included
         store = _user_store(users, database)
-        if principals is not None:
-            from app.principals import register_principal
+        # Opened first (owner-only whatever the umask, an existing file tightened): a key is never
+        # issued that cannot be kept.
+        fd = None
+        if out is not None:
+            try:
+                fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+                os.fchmod(fd, 0o600)
+            except OSError as exc:
+                if fd is not None:
+                    os.close(fd)
+                raise InvalidInput(f"--out {out}: {exc.strerror}") from None
+        try:
+            if principals is not None:
+                from app.principals import register_principal
 
-            register_principal(principals, user, agency, role, tier)
-        if store is not None:
-            key = store.add(user, agency, role, tier)
+                register_principal(principals, user, agency, role, tier)
+            if store is not None:
+                key = store.add(user, agency, role, tier)
+            else:
+                assert users is not None
+                key = add_user(users, user, agency, role, tier)
+        except BaseException:
+            if fd is not None:
+                os.close(fd)
+                out.unlink(missing_ok=True)  # type: ignore[union-attr]
+            raise
+        if fd is None:
+            typer.echo(key)
+            typer.secho("store this key now: it cannot be shown again", err=True, fg=typer.colors.YELLOW)
         else:
-            assert users is not None
-            key = add_user(users, user, agency, role, tier)
-        typer.echo(key)
-        typer.secho("store this key now: it cannot be shown again", err=True, fg=typer.colors.YELLOW)
+            with os.fdopen(fd, "w") as fh:
+                fh.write(key + "\n")
+            typer.secho(f"API key written to {out} (mode 0600): it cannot be shown again", err=True)
 
 
 @app.command("disable-user")

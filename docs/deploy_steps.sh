@@ -15,11 +15,12 @@
 
 # @ ca
 # The federation operator: CA (keep ca/ offline), the policy set, the pseudonym key, users.
+umask 077   # every file from here on owner-only: keys, API keys, the pseudonym key
 xgate pki init --ca ca --name "Example federation CA"
 xgate policy init --out policies --all-day   # trial: office hours widened to 24 h; omit --all-day in production
 xgate keys pseudonym --out pseudonym.key     # the one shared secret: agencies and requester clients, never the gateway
-xgate pki add-user --users users.json --principals policies/principals.toml --user cw-zhou --agency civil_affairs --role caseworker --tier gold > cw-zhou.apikey
-xgate pki add-user --users users.json --user ap-qian --agency civil_affairs --role approver --tier bronze > ap-qian.apikey
+xgate pki add-user --users users.json --principals policies/principals.toml --user cw-zhou --agency civil_affairs --role caseworker --tier gold --out cw-zhou.apikey
+xgate pki add-user --users users.json --user ap-qian --agency civil_affairs --role approver --tier bronze --out ap-qian.apikey
 xgate demo-data --out extracts --people 20000 --applicants 300   # trial: synthetic extracts; agencies bring their own
 mkdir -p requests issued
 
@@ -27,7 +28,7 @@ mkdir -p requests issued
 # Federated training: an hrss analyst trains a risk model on hrss contribution histories (registered
 # for training in the shipped policies/datasets.toml) joined with tax incomes, which the tax agency
 # registers for training here together with the agreement allowing it.
-xgate pki add-user --users users.json --principals policies/principals.toml --user an-hrss --agency hrss --role analyst --tier silver > an-hrss.apikey
+xgate pki add-user --users users.json --principals policies/principals.toml --user an-hrss --agency hrss --role analyst --tier silver --out an-hrss.apikey
 cat >> policies/datasets.toml <<'EOF'
 [[datasets]]
 id = "tax.income_2025"

@@ -15,15 +15,39 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, Strict, StringConstraints, ValidationError, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    Strict,
+    StringConstraints,
+    ValidationError,
+    ValidationInfo,
+    model_validator,
+)
 
 from xgate.errors import ConfigError, InvalidInput
+from xgate.pseudonym import contains_national_id
 
-JobId = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9_\-]{2,63}$")]
+
+def _no_national_id(value: str, info: ValidationInfo) -> str:
+    # Job ids, purposes and references reach every node's and the gateway's append-only audit logs.
+    if contains_national_id(value):
+        raise ValueError(
+            f"{info.field_name or 'value'} holds what looks like a resident identity number; "
+            "use an identifier that carries no personal data"
+        )
+    return value
+
+
+_NoNationalId = AfterValidator(_no_national_id)
+
+JobId = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9_\-]{2,63}$"), _NoNationalId]
 AgencyName = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{1,31}$")]
 ElementName = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{1,31}\.[a-z][a-z0-9_]{1,63}$")]
 # References (legal basis, approval) and user ids: identifiers, never free text (they reach the audit log).
-Reference = Annotated[str, StringConstraints(pattern=r"^([A-Za-z0-9][A-Za-z0-9_.:/\-]{0,127})?$")]
+Reference = Annotated[str, StringConstraints(pattern=r"^([A-Za-z0-9][A-Za-z0-9_.:/\-]{0,127})?$"), _NoNationalId]
 UserRef = Annotated[str, StringConstraints(pattern=r"^([A-Za-z0-9][A-Za-z0-9_.@\-]{0,127})?$")]
 # What a job's purpose looks like; a node admitting purposes (`xgate train allow`) checks the same.
 PURPOSE_PATTERN = r"^[a-z][a-z0-9_\-]{2,63}$"
@@ -111,7 +135,7 @@ class JobSpec(BaseModel):
     model_config = _STRICT
 
     job_id: JobId
-    purpose: str = Field(pattern=PURPOSE_PATTERN)
+    purpose: Annotated[str, Field(pattern=PURPOSE_PATTERN), _NoNationalId]
     # Policy context. Empty is allowed for local runs under a node's own ledger; the Cedar
     # decision points refuse a job without a legal basis (baseline-legal-basis-required).
     legal_basis: Reference = ""

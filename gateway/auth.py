@@ -27,6 +27,7 @@ from typing import Any, Protocol
 from gateway.ratelimit import Limiter
 from xgate.errors import ConfigError, InvalidInput, NotFound, PolicyDenied, Unauthenticated
 from xgate.principal import ROLES, TIERS, Principal
+from xgate.pseudonym import contains_national_id
 
 FORMAT = "xgate-users/1"
 _KEY = re.compile(r"^xgk_([0-9a-f]{12})_([A-Za-z0-9_-]{43})$")
@@ -74,10 +75,20 @@ def _save(path: Path, users: list[dict[str, Any]]) -> None:
     tmp.replace(path)
 
 
-def new_user(user: str, agency: str, role: str, tier: str) -> tuple[str, dict[str, Any]]:
-    """A validated user record with a fresh API key: (the key, shown once; the record, its hash only)."""
+def check_user_id(user: str) -> str:
+    """A user id's shape; never a resident identity number (ids reach every audit log and report)."""
     if not _USER.match(user):
         raise InvalidInput("user id must be 1-64 of letters, digits, _ . @ -")
+    if contains_national_id(user):
+        raise InvalidInput(
+            "user id holds what looks like a resident identity number; use an id that carries no personal data"
+        )
+    return user
+
+
+def new_user(user: str, agency: str, role: str, tier: str) -> tuple[str, dict[str, Any]]:
+    """A validated user record with a fresh API key: (the key, shown once; the record, its hash only)."""
+    check_user_id(user)
     if not _AGENCY.match(agency):
         raise InvalidInput("agency id must match ^[a-z][a-z0-9_]{1,31}$")
     if role not in ROLES:

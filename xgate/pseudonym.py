@@ -34,25 +34,64 @@ def id_checksum(first17: str) -> str:
     return _CHECK[sum(int(c) * w for c, w in zip(first17, _WEIGHTS, strict=True)) % 11]
 
 
-_NOT_ALNUM = re.compile(r"[^0-9A-Z]")
-_ID_RUN = re.compile(r"[0-9X]{18,}")
+# GB/T 2260 province-level codes: the first two digits of every resident id's region.
+_PROVINCES = frozenset(
+    {"11", "12", "13", "14", "15", "21", "22", "23", "31", "32", "33", "34", "35", "36", "37", "41", "42", "43"}
+    | {"44", "45", "46", "50", "51", "52", "53", "54", "61", "62", "63", "64", "65", "71", "81", "82"}
+)
+_DIGIT_RUN = re.compile(r"[0-9]+")
+
+
+def _fold(text: str) -> str:
+    """`text` as digits (of any script: full-width, Arabic-Indic, Devanagari, ...), `X` (an x of any
+    width) and `-` for any other letter; every other character (space, punctuation) dropped."""
+    out = []
+    for ch in unicodedata.normalize("NFKC", text):
+        digit = unicodedata.digit(ch, None)
+        if digit is not None:
+            out.append(str(digit))
+        elif ch in "Xx":
+            out.append("X")
+        elif ch.isalnum():
+            out.append("-")
+    return "".join(out)
 
 
 def contains_national_id(text: str) -> bool:
-    """Whether `text` holds an 18-character resident identity number anywhere, separators ignored.
+    """Whether `text` holds a resident identity number anywhere, however it is split up.
 
-    Everything but ASCII letters and digits is dropped (after NFKC, so full-width digits count), and
-    every 18-character window of a run of digits/X is tested: 17 digits, the GB 11643 check
-    character, and a calendar date as the birth date (characters 7-14; the date keeps long digit
-    runs such as timestamps from being taken for ids one time in eleven). So `C110101197302232165`,
-    `110101-19730223-2165` and `1101 0119 7302 2321 65` all hold one.
+    Digits of every script count (after NFKC). 18-character numbers: every character but a digit
+    or X separates (letters too: `C110101a19730223b2165`), and every 17 digits in a row are tested:
+    a GB/T 2260 province code first, a calendar date as the birth date (digits 7-14) and the GB 11643
+    check character next (a digit, or an X anywhere before the next digit). First-generation 15-digit
+    numbers (province code, YYMMDD, sequence; no check character) are tested in a run of exactly 15
+    digits, joined by punctuation and spaces (`C110101-730223-216 ok`) or, when the whole text holds
+    15 digits, by letters too (`C110101a730223b216`). Without a check character a 15-digit window of
+    a longer run would refuse a third of `<area>-<yyyymmdd>-<serial>` case numbers and a quarter of
+    hex digests (docs/SECURITY.md §5). So `C110101197302232165`, `110101-19730223-2165`,
+    `1101 0119 7302 2321 65` and `C110101730223216` all hold one.
     """
-    compact = _NOT_ALNUM.sub("", unicodedata.normalize("NFKC", text).upper())
-    for run in _ID_RUN.findall(compact):
-        for i in range(len(run) - 17):
-            window = run[i : i + 18]
-            if "X" not in window[:17] and id_checksum(window[:17]) == window[17] and _is_date(window[6:14]):
+    folded = _fold(text)
+    marks = folded.replace("-", "")  # digits and X: the 18-character scan
+    at = [i for i, ch in enumerate(marks) if ch != "X"]
+    digits = "".join(marks[i] for i in at)
+    if len(digits) < 15:
+        return False
+    for i in range(len(digits) - 16):
+        first17 = digits[i : i + 17]
+        if first17[:2] in _PROVINCES and _is_date(first17[6:14]):
+            check = id_checksum(first17)
+            if check == "X":
+                if "X" in marks[at[i + 16] + 1 : at[i + 17] if i + 17 < len(at) else len(marks)]:
+                    return True
+            elif i + 17 < len(digits) and digits[i + 17] == check:
                 return True
+    # 15 digits, no check character: only a whole run of exactly 15 (a window of a longer run, say
+    # a case number's area + date + serial, would hold a region and a date one time in three).
+    runs = [run for run in _DIGIT_RUN.findall(folded) if len(run) == 15]
+    for run in [*runs, digits] if len(digits) == 15 else runs:
+        if run[:2] in _PROVINCES and _is_date("19" + run[6:12]):
+            return True
     return False
 
 

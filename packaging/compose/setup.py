@@ -38,6 +38,9 @@ def blocks(text: str) -> list[tuple[str, str, tuple[str, ...], str]]:
 
 
 def main() -> int:
+    # Docker's default umask (022) would leave the API keys, private keys and the pseudonym key the
+    # steps write world-readable on the shared volume; every service runs as the same user.
+    os.umask(0o077)
     if (FED / ".done").exists():
         print("setup already done")  # noqa: T201
         return 0

@@ -63,3 +63,20 @@ def test_add_user_prints_key_once(tmp_path: Path) -> None:
         app, ["add-user", "--users", str(users), "--user", "bob", "--agency", "tax", "--role", "root", "--tier", "gold"]
     )
     assert result.exit_code == 1 and "role must be one of" in result.output
+
+
+def test_add_user_out_writes_the_key_owner_only(tmp_path: Path) -> None:
+    import os
+
+    users, out = tmp_path / "users.json", tmp_path / "bob.apikey"
+    out.write_text("old key\n")
+    out.chmod(0o644)  # an older, world-readable file is tightened, not trusted
+    old = os.umask(0o022)
+    try:
+        printed = _ok("add-user", "--users", str(users), "--user", "bob", "--agency", "tax", "--role", "analyst",
+                      "--tier", "bronze", "--out", str(out))  # fmt: skip
+    finally:
+        os.umask(old)
+    key = out.read_text().strip()
+    assert key.startswith("xgk_") and key not in printed and out.stat().st_mode & 0o777 == 0o600
+    assert Authenticator(users).authenticate({"X-API-Key": key}).user == "bob"
