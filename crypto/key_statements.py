@@ -128,3 +128,73 @@ def verify_rows(
         public.verify(signature, rows_message(job_id, run_id, agency, aligned, rows), ec.ECDSA(hashes.SHA256()))
     except InvalidSignature:
         raise CryptoError(f"agency '{agency}' did not sign these aligned subjects and positions for this run") from None
+
+
+SECAGG_VERSION = b"xgate-secagg-keys-v1"
+
+
+@dataclass(frozen=True)
+class SecAggBinding:
+    """Where a node's SecAgg+ public keys are used: one setup of one round of one run of one job."""
+
+    job_id: str
+    job_digest: str
+    run_id: int
+    round: str  # the setup message's group id (Flower's SecAgg+ workflow: the server round)
+
+
+def secagg_message(binding: SecAggBinding, agency: str, node_id: int, pk1: bytes, pk2: bytes) -> bytes:
+    """What a node signs at SecAgg+ setup: that in this round of this run of this job its Flower
+    node `node_id` (of `agency`) masks and shares under exactly `pk1` and `pk2`."""
+    fields = (binding.job_id, binding.job_digest, str(binding.run_id), binding.round, agency, str(node_id))
+    return _length_prefixed((SECAGG_VERSION, *(f.encode() for f in fields), pk1, pk2))
+
+
+def sign_secagg_keys(
+    identity: ec.EllipticCurvePrivateKey,
+    certificate: bytes,
+    binding: SecAggBinding,
+    agency: str,
+    node_id: int,
+    pk1: bytes,
+    pk2: bytes,
+) -> bytes:
+    """The signature, by `identity` (the key `certificate` certifies), over `secagg_message`."""
+    if load_cert(certificate).public_key() != identity.public_key():
+        raise CryptoError("the identity certificate certifies another key than the signing key")
+    return identity.sign(secagg_message(binding, agency, node_id, pk1, pk2), ec.ECDSA(hashes.SHA256()))
+
+
+def verify_secagg_keys(
+    certificate: bytes,
+    signature: bytes,
+    binding: SecAggBinding,
+    agency: str,
+    node_id: int,
+    pk1: bytes,
+    pk2: bytes,
+    ca: bytes | Path | x509.Certificate,
+    crl: bytes | Path | x509.CertificateRevocationList | None,
+    now: dt.datetime | None = None,
+) -> str:
+    """The certificate's SHA-256 fingerprint, once it is a valid, unrevoked SuperNode certificate of
+    `agency` from this CA and its key signed exactly these SecAgg+ keys for this node, job, run and
+    round; CryptoError naming what failed otherwise."""
+    who = f"node {node_id} (listed as agency '{agency}')"
+    if not certificate or not signature:
+        raise CryptoError(f"{who} sent its SecAgg+ keys unsigned (its SuperNode needs a CA-certified key)")
+    try:
+        cert = load_cert(certificate)
+        ident = verify_peer_certificate(cert, ca, crl, agency, KIND, now=now)
+    except CryptoError as exc:
+        raise CryptoError(f"{who}: its SecAgg+ keys come with a certificate that fails: {exc.message}") from None
+    public = cert.public_key()
+    if not isinstance(public, ec.EllipticCurvePublicKey):
+        raise CryptoError(f"{who}: its certificate does not certify an EC key")
+    try:
+        public.verify(signature, secagg_message(binding, agency, node_id, pk1, pk2), ec.ECDSA(hashes.SHA256()))
+    except InvalidSignature:
+        raise CryptoError(
+            f"{who}: the SecAgg+ keys relayed are not the ones its certified key signed for this job, run and round"
+        ) from None
+    return ident.fingerprint

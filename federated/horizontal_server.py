@@ -27,7 +27,7 @@ from flwr.server.workflow import DefaultWorkflow, SecAggPlusWorkflow
 from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD, MAIN_PARAMS_RECORD, Key
 from flwr.serverapp import Grid
 
-from federated import dp, dp_sgd, node, pooled_stats, updates
+from federated import dp, dp_sgd, node, pooled_stats, secagg_keys, updates
 from federated.datasets import ElementInfo
 from federated.events import JsonlSink, OnEvent, arrays_sha256, make_event
 from federated.grid_io import allowed_nodes, exchange
@@ -375,6 +375,10 @@ class RecordedSecAggPlus(SecAggPlusWorkflow):
     secret was split into, the reconstruction threshold and the nodes whose shares unmasked it;
     `secagg_halted` naming the stage when a stage stops the protocol.
 
+    Each node's statement over its SecAgg+ keys (signed by its certified SuperNode key) is taken
+    from its setup reply and relayed beside the keys at share-keys (federated/secagg_keys.py): the
+    nodes share their secrets only with keys their agencies signed.
+
     A round whose aggregate could not be unmasked (a stage halted, or too few shares were left)
     fails the job, naming the nodes that dropped out (`node_dropped`): otherwise the rounds after
     it would pass as run while the model stayed the last aggregated one."""
@@ -382,6 +386,7 @@ class RecordedSecAggPlus(SecAggPlusWorkflow):
     def __init__(self, emit: OnEvent, job_id: str, phase: str = "training", **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self._emit, self._job_id, self._masked, self._phase = emit, job_id, 0, phase
+        self._statements = secagg_keys.StatementRelay()  # each node's signed keys, relayed at share-keys
         self._masked_ids: set[int] = set()
 
     @staticmethod
@@ -410,13 +415,13 @@ class RecordedSecAggPlus(SecAggPlusWorkflow):
         )
 
     def setup_stage(self, grid: Grid, context: LegacyContext, state: Any) -> bool:
-        ok = bool(super().setup_stage(grid, context, state))
+        ok = bool(super().setup_stage(self._statements.collecting(grid), context, state))
         if not ok:
             self._halted("setup", context, state)
         return ok
 
     def share_keys_stage(self, grid: Grid, context: LegacyContext, state: Any) -> bool:
-        ok = bool(super().share_keys_stage(grid, context, state))
+        ok = bool(super().share_keys_stage(self._statements.relaying(grid), context, state))
         if not ok:
             self._halted("share_keys", context, state)
         return ok

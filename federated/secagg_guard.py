@@ -14,9 +14,15 @@ one node's update). So, at the node:
   threshold is below ceil(2/3 of the shares) (or above them), a key-sharing stage with fewer
   neighbours than `min_nodes`, and an unmask request listing a node both active and dead (which
   would hand out both secrets of that node's mask);
+* at setup it signs the keys Flower's mod made with the node's certified SuperNode key, and at
+  key sharing, before Flower's mod encrypts a share, it refuses a neighbour whose keys are not
+  signed for this job, run and round by a SuperNode certificate of the federation CA, of a
+  distinct agency (federated/secagg_keys.py: otherwise the coordinator could list key pairs of
+  its own as neighbours and rebuild the node's masks);
 * it records, per SecAgg+ round, what the node ran with (`secagg.jsonl` in the run's directory
   beside the ledger, the one `federated/run_releases.py` keeps): written once the round's update
-  went out (after admission), then at unmask, so the evidence does not come from the coordinator.
+  went out (after admission), then at unmask, so the evidence does not come from the coordinator;
+  it names the neighbours' agencies and fingerprints of their keys and certificates.
 
 Errors Flower's mod raises on a malformed stage message become InvalidInput (protocol text only:
 node ids and stage names); an error from the node's own training passes through as raised, for
@@ -35,7 +41,7 @@ from flwr.client.mod import secaggplus_mod
 from flwr.clientapp.typing import ClientAppCallable
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key, Stage
 
-from federated import node
+from federated import node, secagg_keys
 from federated.jobs import JobSpec, job_from_run_config
 from federated.pooled_stats import PHASE_KEY
 from xgate.errors import InvalidInput, PolicyDenied
@@ -45,6 +51,8 @@ __all__ = ["EVIDENCE", "check_setup", "min_threshold", "record", "require_transp
 STATE_KEY = "xgate_secagg"  # this node's own record of the round in its Context state (never the coordinator's)
 EVIDENCE = "secagg.jsonl"
 _FIT_CONFIG = "fitins.config"
+# what the node checked of its neighbours at share-keys (federated/secagg_keys.py)
+_NEIGHBOURS = ("authenticated", "neighbour_agencies", "neighbour_keys", "neighbour_certificates")
 _PARAMS = (Key.SAMPLE_NUMBER, Key.SHARE_NUMBER, Key.THRESHOLD, Key.CLIPPING_RANGE, Key.TARGET_RANGE, Key.MOD_RANGE)
 
 
@@ -92,14 +100,29 @@ def check_setup(job: JobSpec, configs: ConfigRecord) -> dict[str, Any]:
     return {k: v for k, v in params.items() if isinstance(v, int | float)}
 
 
-def _check_share_keys(job: JobSpec, configs: ConfigRecord, state: dict[str, Any]) -> None:
+def _check_share_keys(job: JobSpec, msg: Message, ctxt: Context, configs: ConfigRecord, state: dict[str, Any]) -> None:
     neighbours = len([k for k in configs if k != Key.STAGE])
     if neighbours < job.min_nodes:
         raise PolicyDenied(
             f"SecAgg+ key sharing refused: {neighbours} nodes to share with, job '{job.job_id}' needs"
             f" min_nodes = {job.min_nodes}"
         )
+    own, group = (state.get("pk1"), state.get("pk2")), state.get("group")
+    if not isinstance(own[0], bytes) or not isinstance(own[1], bytes) or not isinstance(group, str):
+        raise InvalidInput("SecAgg+ share-keys before this node's setup")
+    nc = node.node_config(dict(ctxt.node_config))
+    where = secagg_keys.binding(job, ctxt.run_id, group)
+    relayed = msg.content.config_records.get(secagg_keys.STATEMENTS)
+    state.update(secagg_keys.check_neighbours(nc, ctxt.node_id, where, (own[0], own[1]), configs, relayed))
     state["neighbours"] = neighbours
+
+
+def _sign_setup(job: JobSpec, msg: Message, ctxt: Context, reply: Message, state: dict[str, Any]) -> None:
+    """This node's statement over the keys Flower's mod just made, for this job, run and round."""
+    nc = node.node_config(dict(ctxt.node_config))
+    group = str(msg.metadata.group_id)
+    pk1, pk2 = secagg_keys.sign_setup(reply, nc, secagg_keys.binding(job, ctxt.run_id, group), ctxt.node_id)
+    state.update({"pk1": pk1, "pk2": pk2, "group": group})
 
 
 def _check_unmask(configs: ConfigRecord) -> tuple[int, int]:
@@ -179,15 +202,19 @@ def secaggplus_checked(msg: Message, ctxt: Context, call_next: ClientAppCallable
     unmask: tuple[int, int] | None = None
     if stage == Stage.SETUP:
         state = {**check_setup(job, configs), "setups": int(state.get("setups", 0)) + 1}
-    elif stage == Stage.SHARE_KEYS:
-        _check_share_keys(job, configs, state)
+    elif stage == Stage.SHARE_KEYS:  # before Flower's mod encrypts any share
+        _check_share_keys(job, msg, ctxt, configs, state)
     elif stage == Stage.UNMASK:
         unmask = _check_unmask(configs)
     elif stage == Stage.COLLECT_MASKED_VECTORS:
         state.update(_round_of(msg))
     reply = _flower(msg, ctxt, call_next, stage)
+    if stage == Stage.SETUP:
+        _sign_setup(job, msg, ctxt, reply, state)
     if stage == Stage.COLLECT_MASKED_VECTORS:  # the update went out (admitted): what it was masked under
-        params = {k: state[k] for k in (*_PARAMS, Key.MAX_WEIGHT, "neighbours", "phase", "round") if k in state}
+        params = {
+            k: state[k] for k in (*_PARAMS, Key.MAX_WEIGHT, "neighbours", *_NEIGHBOURS, "phase", "round") if k in state
+        }
         record(job, ctxt, {"stage": stage, "secagg_round": state.get("setups", 0), **params})
     elif unmask is not None:
         record(job, ctxt, {"stage": stage, "secagg_round": state.get("setups", 0), "active": unmask[0],

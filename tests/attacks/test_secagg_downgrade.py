@@ -193,5 +193,6 @@ def test_positive_control_an_honest_round_unmasks_and_each_node_records_what_it_
         assert collect["stage"] == Stage.COLLECT_MASKED_VECTORS and collect["secagg_round"] == 1
         ran = (collect["share_num"], collect["threshold"], collect["sample_num"], collect["neighbours"])
         assert ran == (3, 2, 3, 3)
+        assert collect["authenticated"] is False and len(collect["neighbour_keys"]) == 2  # no CA: listing only
         assert collect["round"] == 1 and collect["phase"] == "training" and collect["job_id"] == job.job_id
         assert (unmask["stage"], unmask["active"], unmask["dead"], unmask["threshold"]) == (Stage.UNMASK, 3, 0, 2)

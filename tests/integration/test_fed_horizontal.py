@@ -71,6 +71,14 @@ def test_secagg_horizontal_end_to_end(tmp_path: Path) -> None:
     assert res.status == "completed" and res.bytes_exchanged > 0
     assert_no_orphans(feds[0])
 
+    # Each node shared its SecAgg+ secrets only with keys the other agencies signed (secagg_keys).
+    for n in nodes:
+        (evidence,) = (n.ledger.parent / "fl-cache" / job.job_id).glob("run-*/secagg.jsonl")
+        shared = [json.loads(line) for line in evidence.read_text().splitlines() if "neighbours" in line]
+        assert len(shared) == 2  # the statistics round and the training round
+        others = sorted(m.agency for m in nodes if m is not n)
+        assert all(e["authenticated"] and sorted(e["neighbour_agencies"]) == others for e in shared)
+
     # The statistics round: its own SecAgg+ round opened only the pooled moments, and the means and
     # spreads it gave equal those of one table of every node's training rows.
     configs = [node.NodeConfig(n.store, n.agency, n.ledger, None) for n in nodes]
