@@ -9,9 +9,10 @@ criterion's masks: unchanged values keep their masks, a changed value gets fresh
 
 A tag is BLAKE2b (RFC 7693) keyed with the node's own secret, which the gateway never holds, over
 the epoch the gateway names, the node's own period (`NODE_PERIOD_S`, from its clock), the element,
-the pseudonym and the value as stored (its if_missing default for a subject it does not hold),
-before any clamp. So the gateway learns whether a subject's stored value changed between two
-checks within one node period, and nothing about the value: it cannot try candidate values without
+the pseudonym and the value as stored, before any clamp (for a subject it holds no record of, a
+mark saying so, not the default the gateway names: two defaults would tell it whom the node holds).
+So the gateway learns whether a subject's stored value changed between two checks within one node
+period, and nothing about the value: it cannot try candidate values without
 the node's key, and the clamps it asks for do not enter the tag (tagging the clamped value let it
 ask with clamps [t, t + 1] and read where a changed value crossed t). A stored value that changed
 while its clamped value stayed put is masked afresh all the same: a fresh sample of the same
@@ -32,9 +33,10 @@ _DOMAIN = b"xgate-value-tag/2"
 
 
 def value_tags(
-    key: bytes, epoch: int, node_period: int, element: str, pseudonyms: Sequence[str], values: Sequence[int]
+    key: bytes, epoch: int, node_period: int, element: str, pseudonyms: Sequence[str], values: Sequence[int | None]
 ) -> bytes:
-    """TAG_BYTES per subject, in the given order, for one element's stored values."""
+    """TAG_BYTES per subject, in the given order, for one element's stored values (None: the node
+    holds no record for that subject, tagged as such whatever default it is encrypted with)."""
     if len(key) != TAG_KEY_BYTES:
         raise ValueError(f"value tag key must be {TAG_KEY_BYTES} bytes")
     if len(pseudonyms) != len(values):
@@ -46,7 +48,7 @@ def value_tags(
     out = bytearray()
     for pseudonym, value in zip(pseudonyms, values, strict=True):
         h = base.copy()
-        h.update(f"{pseudonym}\x00{int(value)}".encode())
+        h.update(f"{pseudonym}\x00{'none' if value is None else int(value)}".encode())
         out += h.digest()
     return bytes(out)
 

@@ -168,14 +168,19 @@ class NodeService:
         if request.HasField("value_tag_epoch") and request.mode != node_pb2.EXCHANGE_MODE_HE:
             raise InvalidInput("value tags are for the HE exchange mode only")
 
-    def _stored(self, query: node_pb2.ElementQuery, pseudonyms: Sequence[str]) -> np.ndarray:
-        """The element's stored values (or its if_missing default) in request order, unclamped."""
-        values = self.store.values_for(query.element, pseudonyms, query.if_missing)
+    def _stored(self, query: node_pb2.ElementQuery, pseudonyms: Sequence[str]) -> tuple[np.ndarray, list[int | None]]:
+        """The element's values in request order, unclamped (its if_missing default for a subject
+        without a record), and what is stored (None where nothing is)."""
+        found = self.store.lookup(query.element, pseudonyms)
+        held = [found.get(p) for p in pseudonyms]
+        values = np.fromiter(
+            (query.if_missing if v is None else v for v in held), dtype=np.int64, count=len(pseudonyms)
+        )
         low, high = self._offered[query.element]
         if values.size and (values.min() < low or values.max() > high):
             # Stored data outside the declared range would break the masking bound: refuse.
             raise InvalidInput(f"stored values of '{query.element}' fall outside the declared range; fix the data")
-        return values
+        return values, held
 
     def _answer_for(
         self,
@@ -186,15 +191,17 @@ class NodeService:
         """The element's entry in the answer, echoing the clamp it applied, with the values' tags
         when the gateway asks (it masks a changed value afresh: crypto/value_tags.py), and the
         clamped values to send. The tags cover the stored values, not the clamped ones: clamps are
-        the gateway's choice, and tags of clamped values would answer its threshold questions."""
-        stored = self._stored(query, request.pseudonyms)
+        the gateway's choice, and tags of clamped values would answer its threshold questions; nor
+        the default a subject without a record is encrypted with, which the gateway names too (two
+        defaults would tell it whom this node holds)."""
+        stored, held = self._stored(query, request.pseudonyms)
         out = echo_clamp(response.elements.add(element=query.element), query)
         if request.HasField("value_tag_epoch"):
             if self._tag_key is None:
                 self._tag_key = self.store.value_tag_key()
             period = epoch_of(self.clock(), NODE_PERIOD_S)  # the node's own: the gateway cannot hold it still
             out.value_tags = value_tags(
-                self._tag_key, request.value_tag_epoch, period, query.element, request.pseudonyms, stored.tolist()
+                self._tag_key, request.value_tag_epoch, period, query.element, request.pseudonyms, held
             )
         return out, [int(x) for x in query_clamp(query).apply_all(stored)]
 

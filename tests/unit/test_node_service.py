@@ -55,6 +55,10 @@ class FakeStore:
         self.reads.append(element)
         return np.asarray([self.values[element].get(p, if_missing) for p in pseudonyms], dtype=np.int64)
 
+    def lookup(self, element: str, pseudonyms: Sequence[str]) -> dict[str, int]:
+        self.reads.append(element)
+        return {p: self.values[element][p] for p in pseudonyms if p in self.values.get(element, {})}
+
     def value_tag_key(self) -> bytes:
         return b"\x0b" * 32
 
@@ -454,3 +458,20 @@ def test_value_tags_answer_no_threshold_question_and_follow_the_nodes_own_period
     assert len(probes) == 1  # the clamps asked for tell nothing: one tag for every probe
     now[0] += 30 * 86400  # the node's next period: the gateway cannot hold an epoch still
     assert tags(None) not in probes and tags(None, epoch=3) == tags(None)
+
+
+def test_value_tags_say_nothing_of_whom_the_node_holds_whatever_default_is_named(requester_keys: Any) -> None:
+    """Third review: a tag of the default a missing subject is encrypted with let a gateway asking
+    with two defaults read whom the node holds (the tags of held subjects stayed, the others moved)."""
+    node, _, _ = _node()
+
+    def tags(if_missing: int) -> list[bytes]:
+        request = _request(
+            elements=((BUSINESSES, if_missing),), mode=node_pb2.EXCHANGE_MODE_HE,
+            public_context=requester_keys.public_context,
+        )  # fmt: skip
+        request.value_tag_epoch = 3
+        (element,) = node.encrypt_values(request).elements
+        return [element.value_tags[i : i + 8] for i in range(0, len(element.value_tags), 8)]
+
+    assert tags(0) == tags(1)  # held or not, one tag whatever default the gateway names
