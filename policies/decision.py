@@ -540,13 +540,15 @@ class Reservations:
         consent and approval last, which decide on a revocation again under their locks. So a
         failure of any of the first keeps the subject's one-time consent and the approval's count
         unused (the retry can still be answered); only a revocation in the milliseconds between the
-        look and the consent's commit leaves the requester's own budget charged for a withheld answer."""
+        look and the commits leaves the requester's own budget (and, if the consent's commit is what
+        fails, the approval's count) charged for a withheld answer; the one-time consent commits last."""
         first = [
             (self.budgets, self.budget_reservation),
             (self.privacy, self.privacy_reservation),
             (self.claims, self.claim_reservation),
         ]
-        last = [(self.consents, self.consent_reservation), (self.approvals, self.approval_reservation)]
+        # The approval before the consent: a consent's use is the one a withheld answer must not take.
+        last = [(self.approvals, self.approval_reservation), (self.consents, self.consent_reservation)]
         try:
             self._refuse_if_revoked()
             for steps in (first, last):

@@ -222,7 +222,7 @@ def test_consent_is_verified_before_the_budget_is_reserved_and_reserved_after(en
     assert outcome.consent_artefact == '{"signed": "artefact"}'  # forwarded to the nodes
     outcome.charge.commit()
     # A revocation looked for first; the consent committed last, so nothing that fails before it uses it up.
-    assert ports.calls[3:] == ["revoked? crs_1", "commit rsv_1", "commit crs_1"]
+    assert ports.calls[3:] == ["revoked? crs_1", "commit rsv_1", "commit crs_1"]  # (the approval is a registry)
     ports.calls.clear()
     outcome.charge.release()
     assert ports.calls == ["release crs_1", "release rsv_1"]

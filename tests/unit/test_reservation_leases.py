@@ -540,3 +540,34 @@ def test_a_claim_of_an_earlier_version_is_not_judged_by_its_replicas_clock(targe
         new.begin(OWNER, KEY, DIGEST)
     clock.now += 91
     assert isinstance(new.begin(OWNER, KEY, DIGEST), Claim)  # abandoned after the bound: taken over
+
+
+@pytest.mark.parametrize("failure", ["revoked_after_the_look", "storage_error"])
+def test_an_approval_failing_at_commit_leaves_the_one_time_consent_unused(failure: str, tmp_path: Path) -> None:
+    """Third review: the consent committed before the approval, so an approval revoked just after
+    the look (or its database failing) withheld the answer with the one-time consent used up."""
+    from policies.decision import Reservations
+
+    consents = ConsentRegistry(tmp_path / "consents.sqlite")
+    ref = _consent(consents, uses=1)
+    reservation = consents.reserve(ref, SUBJECTS[0], "civil_affairs", "income_certificate", DAYTIME)
+
+    class FailingApprovals:
+        def revoked(self, reservation: str) -> bool:
+            return False  # not yet, at the look
+
+        def commit(self, reservation: str) -> bool:
+            if failure == "storage_error":
+                raise StoreUnavailable("database is locked")
+            raise PolicyDenied("the approval was revoked by its approver while the check ran")
+
+        def release(self, reservation: str) -> bool:
+            return True
+
+    charge = Reservations(
+        consents=consents, consent_reservation=reservation,
+        approvals=FailingApprovals(), approval_reservation="ars_x",  # type: ignore[arg-type]
+    )  # fmt: skip
+    with pytest.raises((PolicyDenied, StoreUnavailable)):
+        charge.commit()
+    assert consents.lookup(ref).uses == 0  # the consent's use given back: the retry can be answered
