@@ -42,17 +42,31 @@ _PROVINCES = frozenset(
 _DIGIT_RUN = re.compile(r"[0-9]+")
 
 
-def _fold(text: str) -> str:
-    """`text` as digits (of any script: full-width, Arabic-Indic, Devanagari, ...), `X` (an x of any
-    width) and `-` for any other letter; every other character (space, punctuation) dropped."""
+# Letters that look like the check character X in other scripts (Greek chi, Cyrillic kha).
+_X_LOOKALIKES = frozenset("XxΧχХх")
+
+
+def _digit(ch: str) -> int | None:
+    """The digit a character writes, in any script: full-width, Arabic-Indic, Devanagari, ...,
+    and the Chinese numerals 〇 and 一 to 九, written digit by digit."""
+    digit = unicodedata.digit(ch, None)
+    if digit is not None:
+        return digit
+    value = unicodedata.numeric(ch, None)
+    return int(value) if value is not None and value == int(value) and 0 <= value <= 9 else None
+
+
+def _fold(text: str, keep_punctuation: bool = False) -> str:
+    """`text` as digits, `X` (an X of any width or script) and `-` for any other letter; every other
+    character (space, punctuation) dropped, or with `keep_punctuation` a `-` as well."""
     out = []
     for ch in unicodedata.normalize("NFKC", text):
-        digit = unicodedata.digit(ch, None)
+        digit = _digit(ch)
         if digit is not None:
             out.append(str(digit))
-        elif ch in "Xx":
+        elif ch in _X_LOOKALIKES:
             out.append("X")
-        elif ch.isalnum():
+        elif ch.isalnum() or keep_punctuation:
             out.append("-")
     return "".join(out)
 
@@ -60,12 +74,14 @@ def _fold(text: str) -> str:
 def contains_national_id(text: str) -> bool:
     """Whether `text` holds a resident identity number anywhere, however it is split up.
 
-    Digits of every script count (after NFKC). 18-character numbers: every character but a digit
+    Digits of every script count (after NFKC; Chinese numerals written digit by digit too), and an
+    X of any script (Greek chi, Cyrillic kha). 18-character numbers: every character but a digit
     or X separates (letters too: `C110101a19730223b2165`), and every 17 digits in a row are tested:
     a GB/T 2260 province code first, a calendar date as the birth date (digits 7-14) and the GB 11643
     check character next (a digit, or an X anywhere before the next digit). First-generation 15-digit
     numbers (province code, YYMMDD, sequence; no check character) are tested in a run of exactly 15
-    digits, joined by punctuation and spaces (`C110101-730223-216 ok`) or, when the whole text holds
+    digits, joined by punctuation and spaces (`C110101-730223-216 ok`), cut at them
+    (`2024-110101730223216`), or, when the whole text holds
     15 digits, by letters too (`C110101a730223b216`). Without a check character a 15-digit window of
     a longer run would refuse a third of `<area>-<yyyymmdd>-<serial>` case numbers and a quarter of
     hex digests (docs/SECURITY.md §5). So `C110101197302232165`, `110101-19730223-2165`,
@@ -88,7 +104,9 @@ def contains_national_id(text: str) -> bool:
                 return True
     # 15 digits, no check character: only a whole run of exactly 15 (a window of a longer run, say
     # a case number's area + date + serial, would hold a region and a date one time in three).
-    runs = [run for run in _DIGIT_RUN.findall(folded) if len(run) == 15]
+    # Runs joined across punctuation and spaces, and runs cut at them (`2024-110101730223216`).
+    split = _fold(text, keep_punctuation=True)
+    runs = [run for run in [*_DIGIT_RUN.findall(folded), *_DIGIT_RUN.findall(split)] if len(run) == 15]
     for run in [*runs, digits] if len(digits) == 15 else runs:
         if run[:2] in _PROVINCES and _is_date("19" + run[6:12]):
             return True

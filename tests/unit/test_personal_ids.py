@@ -207,6 +207,21 @@ def test_digits_of_any_script_are_read_as_digits(zero: int) -> None:
     assert contains_national_id("".join(chr(zero + int(c)) for c in NID15))
 
 
+def test_chinese_numerals_x_lookalikes_and_15_digit_runs_beside_other_numbers_are_read() -> None:
+    """Third review: each of these passed (Chinese numerals have no `digit` value, a Greek or
+    Cyrillic X separated, and punctuation joined a 15-digit id to a neighbouring number)."""
+    numerals = "〇一二三四五六七八九"
+    assert contains_national_id("".join(numerals[int(c)] for c in NID))
+    assert contains_national_id(" ".join(numerals[int(c)] for c in NID15))
+    first17 = next(f"11010119730223{n:03d}" for n in range(1000) if id_checksum(f"11010119730223{n:03d}") == "X")
+    for x in "XxΧχХх":
+        assert contains_national_id("C" + first17 + x), x
+    for text in (f"2024-{NID15}", f"CASE/2024/{NID15}", f"{NID15}-01", f"case 7: {NID15}", f"{NID15}, 2"):
+        assert contains_national_id(text), text
+    for fine in ("PIPL-2021-art-13-1", "case-2024-000123", "CASE-310115-20240315-00042", "job-20240501-0001"):
+        assert not contains_national_id(fine), fine
+
+
 def test_a_15_digit_run_needs_a_province_and_a_date() -> None:
     assert contains_national_id("C" + NID15)
     assert not contains_national_id("C990101730223216")  # 99: no province
