@@ -198,3 +198,47 @@ def verify_secagg_keys(
             f"{who}: the SecAgg+ keys relayed are not the ones its certified key signed for this job, run and round"
         ) from None
     return ident.fingerprint
+
+
+CONSISTENCY_VERSION = b"xgate-secagg-consistency-v1"
+
+
+def consistency_message(binding: SecAggBinding, node_id: int, keys: str, active: list[int], dead: list[int]) -> bytes:
+    """What a node signs before SecAgg+ unmask (Bonawitz et al. 2017, ConsistencyCheck): that in this
+    round of this run of this job its Flower node `node_id`, masking under the keys whose
+    fingerprint is `keys` (secagg_keys.key_fingerprint), unmasks for exactly these active and dead
+    node lists (sorted)."""
+    fields = (binding.job_id, binding.job_digest, str(binding.run_id), binding.round, str(node_id), keys)
+    lists = (",".join(str(n) for n in sorted(active)), ",".join(str(n) for n in sorted(dead)))
+    return _length_prefixed((CONSISTENCY_VERSION, *(f.encode() for f in (*fields, *lists))))
+
+
+def sign_consistency(
+    identity: ec.EllipticCurvePrivateKey,
+    binding: SecAggBinding,
+    node_id: int,
+    keys: str,
+    active: list[int],
+    dead: list[int],
+) -> bytes:
+    return identity.sign(consistency_message(binding, node_id, keys, active, dead), ec.ECDSA(hashes.SHA256()))
+
+
+def verify_consistency(
+    certificate: bytes,
+    signature: bytes,
+    binding: SecAggBinding,
+    node_id: int,
+    keys: str,
+    active: list[int],
+    dead: list[int],
+) -> None:
+    """CryptoError unless `certificate`'s key (already verified as the node's, at share-keys) signed
+    exactly these lists for this node, keys, job, run and round."""
+    public = load_cert(certificate).public_key()
+    if not isinstance(public, ec.EllipticCurvePublicKey):
+        raise CryptoError(f"node {node_id}'s certificate does not certify an EC key")
+    try:
+        public.verify(signature, consistency_message(binding, node_id, keys, active, dead), ec.ECDSA(hashes.SHA256()))
+    except InvalidSignature:
+        raise CryptoError(f"node {node_id} did not sign these unmask lists for this job, run and round") from None

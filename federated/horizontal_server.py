@@ -377,7 +377,10 @@ class RecordedSecAggPlus(SecAggPlusWorkflow):
 
     Each node's statement over its SecAgg+ keys (signed by its certified SuperNode key) is taken
     from its setup reply and relayed beside the keys at share-keys (federated/secagg_keys.py): the
-    nodes share their secrets only with keys their agencies signed.
+    nodes share their secrets only with keys their agencies signed. Before the unmask messages go
+    out, each of their nodes signs the lists it will be sent (xgate's consistency stage) and every
+    unmask message carries all the signatures: a node unmasks only lists that threshold-many
+    agencies signed (Bonawitz et al. 2017's ConsistencyCheck; federated/secagg_keys.py).
 
     A round whose aggregate could not be unmasked (a stage halted, or too few shares were left)
     fails the job, naming the nodes that dropped out (`node_dropped`): otherwise the rounds after
@@ -435,7 +438,7 @@ class RecordedSecAggPlus(SecAggPlusWorkflow):
         return ok
 
     def unmask_stage(self, grid: Grid, context: LegacyContext, state: Any) -> bool:
-        ok = bool(super().unmask_stage(grid, context, state))
+        ok = bool(super().unmask_stage(self._statements.consistent(grid), context, state))
         self._emit(
             make_event(
                 self._job_id,

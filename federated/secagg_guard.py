@@ -19,6 +19,12 @@ one node's update). So, at the node:
   signed for this job, run and round by a SuperNode certificate of the federation CA, of a
   distinct agency (federated/secagg_keys.py: otherwise the coordinator could list key pairs of
   its own as neighbours and rebuild the node's masks);
+* before unmask it answers xgate's own stage `xgate-consistency` (Flower's mod never sees it):
+  refusing lists that call the node dead or not active, or call active a node whose shares it
+  never received, it signs once per round the active and dead lists it will be sent; at unmask it
+  refuses lists other than those, or that fewer than `threshold` distinct agencies verified at
+  share-keys signed (Bonawitz et al. 2017's ConsistencyCheck, federated/secagg_keys.py: otherwise
+  different lists to different nodes hand out both secrets of one node's mask);
 * it records, per SecAgg+ round, what the node ran with (`secagg.jsonl` in the run's directory
   beside the ledger, the one `federated/run_releases.py` keeps): written once the round's update
   went out (after admission), then at unmask, so the evidence does not come from the coordinator;
@@ -34,9 +40,9 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
-from flwr.app import ConfigRecord, Context, Message, MessageType
+from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
 from flwr.client.mod import secaggplus_mod
 from flwr.clientapp.typing import ClientAppCallable
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key, Stage
@@ -125,15 +131,83 @@ def _sign_setup(job: JobSpec, msg: Message, ctxt: Context, reply: Message, state
     state.update({"pk1": pk1, "pk2": pk2, "group": group})
 
 
-def _check_unmask(configs: ConfigRecord) -> tuple[int, int]:
+def _check_unmask(configs: ConfigRecord) -> tuple[list[int], list[int]]:
+    """The active and dead lists, sorted; refused when a node is listed both."""
     active, dead = configs.get(Key.ACTIVE_NODE_ID_LIST), configs.get(Key.DEAD_NODE_ID_LIST)
     if not isinstance(active, list) or not isinstance(dead, list):
         raise InvalidInput("SecAgg+ unmask: the active and dead node lists are missing")
+    if not all(type(n) is int for n in (*active, *dead)):
+        raise InvalidInput("SecAgg+ unmask: the active and dead node lists must list node ids")
     if both := set(active) & set(dead):
         raise PolicyDenied(
             f"SecAgg+ unmask refused: {len(both)} node(s) listed both active and dead (their mask's two secrets)"
         )
-    return len(active), len(dead)
+    return sorted(cast(list[int], active)), sorted(cast(list[int], dead))
+
+
+def _check_view(state: dict[str, Any], node_id: int, active: list[int], dead: list[int]) -> None:
+    """What this node knows of the round itself (Bonawitz et al.'s U3 within U2): it sent its masked
+    vector, so it is active, and every other node listed active sent it a share at collect-masked-
+    vectors (whose mask it added): a node it never masked with cannot be active."""
+    if "sources" not in state:
+        raise PolicyDenied("SecAgg+ unmask refused: this node sent no masked vector this round")
+    if node_id not in active or node_id in dead:
+        raise PolicyDenied("SecAgg+ unmask refused: this node sent its masked vector but is not listed active")
+    if unknown := sorted(set(active) - {node_id} - set(cast(list[int], state["sources"]))):
+        raise PolicyDenied(
+            f"SecAgg+ unmask refused: node(s) {unknown} listed active never sent this node their shares (it did"
+            " not mask with them)"
+        )
+
+
+def _sign_consistency(
+    job: JobSpec, msg: Message, ctxt: Context, configs: ConfigRecord, state: dict[str, Any]
+) -> Message:
+    """xgate's consistency stage (handled here, not by Flower's mod): sign, once per SecAgg+ round,
+    the active and dead lists this node will be sent at unmask; the same lists again get the same
+    signature, other lists are refused."""
+    active, dead = _check_unmask(configs)
+    _check_view(state, ctxt.node_id, active, dead)
+    if "signed_active" in state:
+        if (list(state["signed_active"]), list(state["signed_dead"])) != (active, dead):
+            raise PolicyDenied(
+                "SecAgg+ consistency refused: this node already signed other unmask lists this round (one signature"
+                " per round)"
+            )
+    else:
+        signature = b""
+        if state.get("authenticated") is True:
+            nc = node.node_config(dict(ctxt.node_config))
+            pk1, pk2 = cast(bytes, state["pk1"]), cast(bytes, state["pk2"])
+            where = secagg_keys.binding(job, ctxt.run_id, str(state["group"]))
+            signature = secagg_keys.sign_lists(
+                nc, where, ctxt.node_id, secagg_keys.key_fingerprint(pk1, pk2), active, dead
+            )
+        state.update({"signed_active": active, "signed_dead": dead, "consistency_signature": signature})
+    content = RecordDict()
+    if state["consistency_signature"]:
+        content.config_records[secagg_keys.SIGNATURE] = ConfigRecord({"signature": state["consistency_signature"]})
+    return Message(content, reply_to=msg)
+
+
+def _consistent(
+    job: JobSpec, msg: Message, ctxt: Context, state: dict[str, Any], active: list[int], dead: list[int]
+) -> tuple[bool, list[str]]:
+    """At unmask: the lists are those this node signed and `threshold` distinct agencies verified at
+    share-keys signed them too (secagg_keys.check_consistency). A node without a CA cannot tell:
+    (False, [])."""
+    _check_view(state, ctxt.node_id, active, dead)
+    if state.get("authenticated") is not True:
+        return False, []
+    if "signed_active" not in state:
+        raise PolicyDenied("SecAgg+ unmask refused: this node was not asked to sign the unmask lists (consistency)")
+    if (list(state["signed_active"]), list(state["signed_dead"])) != (active, dead):
+        raise PolicyDenied("SecAgg+ unmask refused: these active and dead lists are not the ones this node signed")
+    nc = node.node_config(dict(ctxt.node_config))
+    where = secagg_keys.binding(job, ctxt.run_id, str(state["group"]))
+    relayed = msg.content.config_records.get(secagg_keys.SIGNATURES)
+    threshold = int(state[Key.THRESHOLD])
+    return True, secagg_keys.check_consistency(where, ctxt.node_id, nc.agency, threshold, state, active, dead, relayed)
 
 
 def run_dir(job: JobSpec, context: Context) -> Path:
@@ -199,25 +273,34 @@ def secaggplus_checked(msg: Message, ctxt: Context, call_next: ClientAppCallable
         raise InvalidInput("a train message of a SecAgg+ job without its SecAgg+ stage configuration")
     stage = str(configs.get(Key.STAGE, ""))
     state = _state(ctxt)
-    unmask: tuple[int, int] | None = None
+    if stage == secagg_keys.CONSISTENCY:  # xgate's stage: Flower's mod never sees it
+        reply = _sign_consistency(job, msg, ctxt, configs, state)
+        ctxt.state.config_records[STATE_KEY] = ConfigRecord(state)
+        return reply
+    unmask: tuple[list[int], list[int]] | None = None
+    consistent: tuple[bool, list[str]] = (False, [])
     if stage == Stage.SETUP:
         state = {**check_setup(job, configs), "setups": int(state.get("setups", 0)) + 1}
     elif stage == Stage.SHARE_KEYS:  # before Flower's mod encrypts any share
         _check_share_keys(job, msg, ctxt, configs, state)
     elif stage == Stage.UNMASK:
         unmask = _check_unmask(configs)
+        consistent = _consistent(job, msg, ctxt, state, *unmask)
     elif stage == Stage.COLLECT_MASKED_VECTORS:
         state.update(_round_of(msg))
     reply = _flower(msg, ctxt, call_next, stage)
     if stage == Stage.SETUP:
         _sign_setup(job, msg, ctxt, reply, state)
     if stage == Stage.COLLECT_MASKED_VECTORS:  # the update went out (admitted): what it was masked under
+        sources = configs.get(Key.SOURCE_LIST)
+        state["sources"] = [n for n in sources if type(n) is int] if isinstance(sources, list) else []
         params = {
             k: state[k] for k in (*_PARAMS, Key.MAX_WEIGHT, "neighbours", *_NEIGHBOURS, "phase", "round") if k in state
         }
         record(job, ctxt, {"stage": stage, "secagg_round": state.get("setups", 0), **params})
     elif unmask is not None:
-        record(job, ctxt, {"stage": stage, "secagg_round": state.get("setups", 0), "active": unmask[0],
-                           "dead": unmask[1], "threshold": state.get(Key.THRESHOLD)})  # fmt: skip
+        record(job, ctxt, {"stage": stage, "secagg_round": state.get("setups", 0), "active": len(unmask[0]),
+                           "dead": len(unmask[1]), "threshold": state.get(Key.THRESHOLD),
+                           "consistent": consistent[0], "consistency_signers": consistent[1]})  # fmt: skip
     ctxt.state.config_records[STATE_KEY] = ConfigRecord(state)
     return reply

@@ -20,6 +20,13 @@ So, as for PSI agreement keys (federated/psi_keys.py):
   listed as, no agency twice and none the node's own, and the signature covers exactly the keys
   listed for that node id, in this job, run and round. One failure refuses the stage.
 
+Before unmask, the same tap (`StatementRelay.consistent`) asks every node the workflow is about to
+send an unmask message to for its signature over exactly the active and dead lists it will be sent
+(stage `CONSISTENCY`, answered by secagg_guard, once per round), and attaches all signatures, each
+with its signer's certificate, to every unmask message; the node unmasks only lists it signed and
+that threshold-many distinct agencies it verified at share-keys signed too (`check_consistency`).
+With threshold > n/2, two list pairs cannot both gather threshold signatures from honest nodes.
+
 The job does not name the agencies of a horizontal run (the coordinator says which nodes take
 part), so a coordinator colluding with certified agencies can still list them: as many as the
 reconstruction threshold (at least two thirds of the shares, secagg_guard) must collude to unmask
@@ -34,21 +41,44 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, cast
 
-from flwr.app import ConfigRecord, Message
+from flwr.app import ConfigRecord, Message, MessageType, RecordDict
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key, Stage
 from flwr.server import Grid
 
 from crypto.flower_keys import load_private_key
-from crypto.key_statements import SecAggBinding, sign_secagg_keys, verify_secagg_keys
+from crypto.key_statements import (
+    SecAggBinding,
+    sign_consistency,
+    sign_secagg_keys,
+    verify_consistency,
+    verify_secagg_keys,
+)
+from crypto.peers import fingerprint, load_cert
 from federated import psi_keys
 from federated.jobs import JobSpec
 from federated.node import NodeConfig
 from xgate.errors import CryptoError, InvalidInput, PolicyDenied
 
-__all__ = ["STATEMENT", "STATEMENTS", "StatementRelay", "binding", "check_neighbours", "key_fingerprint", "sign_setup"]
+__all__ = [
+    "CONSISTENCY",
+    "SIGNATURE",
+    "SIGNATURES",
+    "STATEMENT",
+    "STATEMENTS",
+    "StatementRelay",
+    "binding",
+    "check_consistency",
+    "check_neighbours",
+    "key_fingerprint",
+    "sign_lists",
+    "sign_setup",
+]
 
 STATEMENT = "xgate_secagg_statement"  # a node's setup reply: {agency, certificate, signature}
 STATEMENTS = "xgate_secagg_statements"  # the share-keys message: {node id: [agency, certificate, signature]}
+CONSISTENCY = "xgate-consistency"  # the SecAgg+ stage (xgate's, not Flower's) before unmask: sign the lists
+SIGNATURE = "xgate_secagg_consistency"  # a node's reply to it: {signature}
+SIGNATURES = "xgate_secagg_consistency_signatures"  # the unmask message: {node id: [certificate, signature]}
 
 
 def binding(job: JobSpec, run_id: int, group_id: str) -> SecAggBinding:
@@ -126,6 +156,7 @@ def check_neighbours(
         )
     agencies: list[str] = []
     certificates: list[str] = []
+    full: list[str] = []
     for nid in sorted(listed):
         agency, certificate, signature = _statement(relayed, nid)
         if (nid == node_id) != (agency == nc.agency):
@@ -140,6 +171,7 @@ def check_neighbours(
         if nid != node_id:
             agencies.append(agency)
             certificates.append(fp[:32])
+            full.append(fp)
     if len(set(agencies)) != len(agencies):
         raise PolicyDenied(f"SecAgg+ key sharing refused: an agency is listed for two nodes: {sorted(agencies)}")
     return {
@@ -147,7 +179,84 @@ def check_neighbours(
         "neighbour_agencies": agencies,
         "neighbour_keys": keys,
         "neighbour_certificates": certificates,
+        # the verified neighbour map the consistency check relies on (node id -> agency, certificate)
+        "neighbour_ids": others,
+        "neighbour_cert_sha256": full,
     }
+
+
+def sign_lists(
+    nc: NodeConfig, where: SecAggBinding, node_id: int, keys: str, active: list[int], dead: list[int]
+) -> bytes:
+    """This node's signature, with its certified SuperNode key, over the unmask lists it was asked to sign."""
+    identity = psi_keys.identity_of(nc)
+    if identity is None:
+        raise PolicyDenied("SecAgg+ consistency refused: this node has no certified SuperNode key to sign with")
+    return sign_consistency(load_private_key(identity.key), where, node_id, keys, active, dead)
+
+
+def check_consistency(
+    where: SecAggBinding,
+    node_id: int,
+    agency: str,
+    threshold: int,
+    verified: dict[str, Any],
+    active: list[int],
+    dead: list[int],
+    relayed: ConfigRecord | None,
+) -> list[str]:
+    """Refuse the unmask stage unless at least `threshold` distinct agencies (this node's own, which
+    signed these lists, and neighbours verified at share-keys: `verified` is what `check_neighbours`
+    returned) signed exactly these active and dead lists for this job, run, round and their keys;
+    the signers' agencies otherwise. Signatures over other lists are not counted."""
+    ids = cast(list[int], verified.get("neighbour_ids") or [])
+    agencies = cast(list[str], verified.get("neighbour_agencies") or [])
+    certs = cast(list[str], verified.get("neighbour_cert_sha256") or [])
+    keys = cast(list[str], verified.get("neighbour_keys") or [])
+    if relayed is None:
+        raise PolicyDenied("SecAgg+ unmask refused: no consistency signatures were relayed with the unmask lists")
+    signers, other = [agency], 0
+    for name, row in relayed.items():
+        if (
+            not name.isdigit()
+            or not isinstance(row, list)
+            or len(row) != 2
+            or not all(isinstance(b, bytes) for b in row)
+        ):
+            raise InvalidInput("SecAgg+ unmask: a malformed consistency signature")
+        nid = int(name)
+        if nid == node_id:
+            continue
+        if nid not in ids:
+            raise PolicyDenied(
+                f"SecAgg+ unmask refused: node {nid} signed but is not a neighbour verified at share-keys"
+            )
+        i = ids.index(nid)
+        certificate, signature = cast(list[bytes], row)
+        try:
+            same = fingerprint(load_cert(certificate)) == certs[i]
+        except CryptoError:
+            same = False
+        if not same:
+            raise PolicyDenied(
+                f"SecAgg+ unmask refused: node {nid}'s consistency signature comes with another certificate than"
+                f" the one of agency '{agencies[i]}' verified at share-keys"
+            )
+        try:
+            verify_consistency(certificate, signature, where, nid, keys[i], active, dead)
+        except CryptoError:
+            other += 1  # signed other lists (or nothing valid): not counted
+            continue
+        if agencies[i] in signers:
+            raise PolicyDenied(f"SecAgg+ unmask refused: agency '{agencies[i]}' signed twice")
+        signers.append(agencies[i])
+    if len(signers) < threshold:
+        raise PolicyDenied(
+            f"SecAgg+ unmask refused: {len(signers)} distinct agencies (this node's included) signed these unmask"
+            f" lists, the threshold is {threshold} ({other} signature(s) over other lists or invalid): the"
+            " coordinator may be sending different nodes different lists"
+        )
+    return sorted(signers)
 
 
 @dataclass
@@ -163,6 +272,12 @@ class StatementRelay:
 
     def relaying(self, grid: Grid) -> Grid:
         return cast(Grid, _Tap(grid, before=self._relay))
+
+    def consistent(self, grid: Grid) -> Grid:
+        """The grid for the unmask stage: before the unmask messages go out, each of their nodes is
+        asked to sign the lists it will be sent (stage `CONSISTENCY`), and every unmask message
+        carries all the signatures collected, each with its signer's certificate."""
+        return cast(Grid, _Consistency(grid, self.statements))
 
     def _collect(self, replies: Iterable[Message]) -> None:
         for reply in replies:
@@ -205,3 +320,48 @@ class _Tap:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._grid, name)
+
+
+class _Consistency:
+    """A Grid whose `send_and_receive` runs the consistency round before sending unmask messages."""
+
+    def __init__(self, grid: Grid, statements: dict[int, list[bytes]]) -> None:
+        self._grid, self._statements = grid, statements
+
+    def send_and_receive(self, messages: Iterable[Message], *args: Any, **kwargs: Any) -> Iterable[Message]:
+        out = list(messages)
+        unmask = [m for m in out if _stage_of(m) == Stage.UNMASK]
+        if unmask:
+            asks = [_ask(m) for m in unmask]
+            signatures: dict[str, list[bytes]] = {}
+            for reply in self._grid.send_and_receive(asks, *args, **kwargs):
+                nid = reply.metadata.src_node_id
+                if reply.has_error() or SIGNATURE not in reply.content.config_records or nid not in self._statements:
+                    continue
+                signature = reply.content.config_records[SIGNATURE].get("signature")
+                if isinstance(signature, bytes):
+                    signatures[str(nid)] = [self._statements[nid][1], signature]
+            for msg in unmask:
+                msg.content.config_records[SIGNATURES] = ConfigRecord(signatures)  # type: ignore[arg-type]
+        return self._grid.send_and_receive(out, *args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._grid, name)
+
+
+def _stage_of(msg: Message) -> Any:
+    configs = msg.content.config_records.get(RECORD_KEY_CONFIGS)
+    return None if configs is None else configs.get(Key.STAGE)
+
+
+def _ask(unmask: Message) -> Message:
+    """The consistency request for one unmask message: the exact lists that node will be sent."""
+    configs = unmask.content.config_records[RECORD_KEY_CONFIGS]
+    lists = {k: list(cast(list[int], configs[k])) for k in (Key.ACTIVE_NODE_ID_LIST, Key.DEAD_NODE_ID_LIST)}
+    content = RecordDict({RECORD_KEY_CONFIGS: ConfigRecord({Key.STAGE: CONSISTENCY, **lists})})
+    return Message(
+        content=content,
+        dst_node_id=unmask.metadata.dst_node_id,
+        message_type=MessageType.TRAIN,
+        group_id=unmask.metadata.group_id,
+    )

@@ -350,10 +350,19 @@ def test_an_honest_round_of_certified_nodes_unmasks_and_records_its_neighbours(
         )
         masked = n.ask(secagg_app, fit)
         assert not masked.has_error(), masked.error.reason
+    lists = {Key.ACTIVE_NODE_ID_LIST: list(NIDS), Key.DEAD_NODE_ID_LIST: []}
+    signatures = {}  # the consistency round (tests/attacks/test_secagg_split_unmask.py)
     for n in nodes:
-        unmask = n.ask(
-            secagg_app, _stage(Stage.UNMASK, **{Key.ACTIVE_NODE_ID_LIST: list(NIDS), Key.DEAD_NODE_ID_LIST: []})
-        )
+        signed = n.ask(secagg_app, _stage(secagg_keys.CONSISTENCY, **lists))
+        assert not signed.has_error(), signed.error.reason
+        signatures[str(n.nid)] = [
+            relay.statements[n.nid][1],
+            signed.content.config_records[secagg_keys.SIGNATURE]["signature"],
+        ]
+    for n in nodes:
+        content = _stage(Stage.UNMASK, **lists)
+        content.config_records[secagg_keys.SIGNATURES] = ConfigRecord(signatures)  # type: ignore[arg-type]
+        unmask = n.ask(secagg_app, content)
         assert not unmask.has_error(), unmask.error.reason
         assert sorted(cast(list[int], unmask.content.config_records[RECORD_KEY_CONFIGS][Key.NODE_ID_LIST])) == list(
             NIDS

@@ -78,6 +78,10 @@ def test_secagg_horizontal_end_to_end(tmp_path: Path) -> None:
         assert len(shared) == 2  # the statistics round and the training round
         others = sorted(m.agency for m in nodes if m is not n)
         assert all(e["authenticated"] and sorted(e["neighbour_agencies"]) == others for e in shared)
+        # ... and unmasked only lists every agency signed (the consistency round, secagg_keys)
+        unmasked = [json.loads(line) for line in evidence.read_text().splitlines() if '"unmask"' in line]
+        everyone = sorted(m.agency for m in nodes)
+        assert len(unmasked) == 2 and all(e["consistent"] and e["consistency_signers"] == everyone for e in unmasked)
 
     # The statistics round: its own SecAgg+ round opened only the pooled moments, and the means and
     # spreads it gave equal those of one table of every node's training rows.
