@@ -79,6 +79,15 @@ def _fit(config: dict[str, Any], width: int = 2) -> RecordDict:
     return compat.fitins_to_recorddict(FitIns(ndarrays_to_parameters([np.zeros(width)]), config), True)
 
 
+def _collect(sources: list[int], ciphertexts: list[bytes]) -> RecordDict:
+    """A collect-masked-vectors message: the node's fit round with the shares forwarded to it."""
+    content = _fit({"server_round": 1})
+    content.config_records[RECORD_KEY_CONFIGS] = ConfigRecord(
+        {Key.STAGE: Stage.COLLECT_MASKED_VECTORS, Key.CIPHERTEXT_LIST: ciphertexts, Key.SOURCE_LIST: sources}
+    )
+    return content
+
+
 def _stage(stage: str, **cfg: Any) -> RecordDict:
     return RecordDict({RECORD_KEY_CONFIGS: ConfigRecord({Key.STAGE: stage, **cfg})})
 
@@ -158,15 +167,7 @@ def _round(nodes: list[Node], dead_and_active: int | None = None) -> dict[int, M
             fwd[dst][0].append(n.nid)
             fwd[dst][1].append(ciphertext)
     for n in nodes:
-        content = _fit({"server_round": 1})
-        content.config_records[RECORD_KEY_CONFIGS] = ConfigRecord(
-            {
-                Key.STAGE: Stage.COLLECT_MASKED_VECTORS,
-                Key.CIPHERTEXT_LIST: fwd[n.nid][1],
-                Key.SOURCE_LIST: fwd[n.nid][0],
-            }
-        )
-        masked = n.ask(secagg_app, content)
+        masked = n.ask(secagg_app, _collect(*fwd[n.nid]))
         assert not masked.has_error(), masked.error.reason
     dead = [dead_and_active] if dead_and_active is not None else []
     unmask = {Key.ACTIVE_NODE_ID_LIST: list(NIDS), Key.DEAD_NODE_ID_LIST: dead}

@@ -46,7 +46,7 @@ from crypto.flower_keys import FlowerSecurity, prepare_flower_security
 from federated import secagg_guard, secagg_keys
 from federated.horizontal_client import secagg_app
 from federated.jobs import JobSpec
-from tests.attacks.test_secagg_downgrade import NIDS, Node, _error, _fit, _job, _setup, _stage
+from tests.attacks.test_secagg_downgrade import NIDS, Node, _collect, _error, _job, _setup, _stage
 from tests.attacks.test_secagg_sybils import MOD, MODULUS, TARGET, _certified
 
 VICTIM, MASKED_WITH, OTHER = 11, 12, 13
@@ -110,14 +110,7 @@ def _masked_round(
             fwd[dst][1].append(ct)
     out: dict[str, Any] = {"pk": public}
     for n in nodes:
-        fit = _fit({"server_round": 1})
-        fit.config_records[RECORD_KEY_CONFIGS] = ConfigRecord(
-            {
-                Key.STAGE: Stage.COLLECT_MASKED_VECTORS,
-                Key.CIPHERTEXT_LIST: fwd[n.nid][1],
-                Key.SOURCE_LIST: fwd[n.nid][0],
-            }
-        )
+        fit = _collect(*fwd[n.nid])
         truth.clear()
         masked = n.ask(secagg_app, fit)
         assert not masked.has_error(), masked.error.reason

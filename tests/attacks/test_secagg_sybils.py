@@ -54,7 +54,7 @@ from crypto.key_statements import SecAggBinding, sign_secagg_keys
 from federated import secagg_keys
 from federated.horizontal_client import secagg_app
 from federated.jobs import JobSpec
-from tests.attacks.test_secagg_downgrade import NIDS, RUN_ID, Node, _error, _fit, _job, _setup, _stage
+from tests.attacks.test_secagg_downgrade import NIDS, RUN_ID, Node, _collect, _error, _fit, _job, _setup, _stage
 
 import flwr.client.mod.secure_aggregation.secaggplus_mod  # noqa: F401  # isort: skip
 
@@ -340,15 +340,7 @@ def test_an_honest_round_of_certified_nodes_unmasks_and_records_its_neighbours(
             fwd[dst][0].append(n.nid)
             fwd[dst][1].append(ciphertext)
     for n in nodes:
-        fit = _fit({"server_round": 1})
-        fit.config_records[RECORD_KEY_CONFIGS] = ConfigRecord(
-            {
-                Key.STAGE: Stage.COLLECT_MASKED_VECTORS,
-                Key.CIPHERTEXT_LIST: fwd[n.nid][1],
-                Key.SOURCE_LIST: fwd[n.nid][0],
-            }
-        )
-        masked = n.ask(secagg_app, fit)
+        masked = n.ask(secagg_app, _collect(*fwd[n.nid]))
         assert not masked.has_error(), masked.error.reason
     lists = {Key.ACTIVE_NODE_ID_LIST: list(NIDS), Key.DEAD_NODE_ID_LIST: []}
     signatures = {}  # the consistency round (tests/attacks/test_secagg_split_unmask.py)
