@@ -48,18 +48,34 @@ def pg_url():  # type: ignore[no-untyped-def]
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Slow files first (a stable sort, so each file's tests stay together and in order).
+    """Slow files first, the longest first (`slow(seconds=...)`: the file's time on a loaded 2-core
+    machine); a stable sort, so each file's tests stay together and in order.
 
-    xdist's `--dist loadfile` hands out files in collection order; a file of minute-long Flower jobs
-    handed out last would run alone while the other workers idle, so those go out first, and the
-    longest (`slow(first=True)`: five minutes of the deployment across hosts) before them.
+    xdist's `--dist loadfile` hands out files in collection order when run with
+    `--no-loadscope-reorder` (scripts/check; by default it sorts files by their number of tests,
+    which sent the one-test, seven-minute deployment across hosts out last). A file of minute-long
+    Flower jobs handed out last would run alone while the other workers idle. xdist gives a worker
+    its next file as soon as two or fewer of its tests are pending, so the worker running the
+    one-test deployment already holds the file after the first round (one file per worker): that
+    one is a quick file, not another slow one waiting seven minutes behind it.
     """
 
-    def rank(item: pytest.Item) -> int:
+    def seconds(item: pytest.Item) -> float:
         slow = item.get_closest_marker("slow")
-        return 2 if slow is None else 0 if slow.kwargs.get("first") else 1
+        return 0.0 if slow is None else float(slow.kwargs.get("seconds", 60))
 
-    items.sort(key=rank)
+    items.sort(key=lambda item: -seconds(item))
+    workers = config.getoption("numprocesses", default=None)
+    if not isinstance(workers, int) or workers < 2:
+        return
+    files: dict[str, list[pytest.Item]] = {}
+    for item in items:
+        files.setdefault(item.nodeid.split("::", 1)[0], []).append(item)
+    groups = list(files.values())
+    quick = next((i for i, g in enumerate(groups) if seconds(g[0]) == 0.0), None)
+    if quick is not None and quick > workers and len(groups[0]) <= 2:
+        groups.insert(workers, groups.pop(quick))
+    items[:] = [item for group in groups for item in group]
 
 
 @pytest.fixture(scope="session")

@@ -26,7 +26,7 @@ from federated.node import NodeConfig
 from tests.record_dp_node import record_dp_node
 from xgate.errors import PolicyDenied
 
-pytestmark = pytest.mark.slow  # many noisy releases per test: handed out first
+pytestmark = pytest.mark.slow(seconds=35)  # many noisy releases per test: handed out first
 
 RUNS = 20_000
 

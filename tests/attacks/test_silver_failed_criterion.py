@@ -27,7 +27,7 @@ from bench.privacy import KEY, _bins, silver_attack
 from policies.catalogue import load_catalogue
 from policies.programs import DEFAULT_PROGRAM_DIR, ProgramRegistry
 
-pytestmark = pytest.mark.slow  # gradient-boosted trees on 60,000 people: handed out first
+pytestmark = pytest.mark.slow(seconds=20)  # gradient-boosted trees on 60,000 people: handed out first
 DIBAO = ProgramRegistry.load(DEFAULT_PROGRAM_DIR, load_catalogue()[0]).get("dibao")
 # 60,000 people: 36,382 fail exactly one criterion, 18,191 scored.
 POPULATION = generate(60_000, 20261206)

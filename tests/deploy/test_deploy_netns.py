@@ -39,7 +39,7 @@ from tests.deploy.summary import BANNER
 
 # 11 min on the shared 2-core box at load ~14 (a training job and the policy attacks came on top of
 # the check and the renewal), 7 before them: far above the suite's 300 s default.
-pytestmark = [pytest.mark.deploy, pytest.mark.slow(first=True), pytest.mark.timeout(1500)]  # the longest: first
+pytestmark = [pytest.mark.deploy, pytest.mark.slow(seconds=420), pytest.mark.timeout(1500)]  # the longest: first
 REASON = netns.available()
 READY_S = 120.0
 NAMES = {"ca": "ca", "gateway": "gw.xgate.test", **AGENCIES, "client": "client.xgate.test"}

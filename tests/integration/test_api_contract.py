@@ -20,7 +20,7 @@ from app.devfed import DevFederation, start_gateway, write_gateway_config
 from gateway.api_contract import dangling_refs
 from tests.integration.negative_helpers import wait_until_listening
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]  # slow: handed out first (tests/conftest.py)
+pytestmark = [pytest.mark.integration, pytest.mark.slow(seconds=170)]  # slow: handed out first (tests/conftest.py)
 
 ROLES = ("caseworker", "analyst", "officer", "admin", None)  # None: no API key at all
 CHECKS = (

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 # Minutes of Flower processes; on a loaded 2-core CI box a job has taken over 300 s (the default).
-pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(900)]
+pytestmark = [pytest.mark.integration, pytest.mark.slow(seconds=45), pytest.mark.timeout(900)]
 ROOT = Path(__file__).resolve().parents[2]
 MARKER = "<!-- byo-walkthrough"
 

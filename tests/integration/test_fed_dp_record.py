@@ -19,7 +19,7 @@ from federated.runner import Federation, run_job
 from tests.integration.test_fed_horizontal import FEATS, assert_no_orphans, make_nodes
 
 # Minutes of Flower processes; on a loaded 2-core CI box a job has taken over 300 s (the default).
-pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(900)]
+pytestmark = [pytest.mark.integration, pytest.mark.slow(seconds=55), pytest.mark.timeout(900)]
 
 
 def test_record_level_dp_horizontal_secagg(tmp_path: Path) -> None:

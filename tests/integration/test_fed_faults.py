@@ -16,7 +16,7 @@ from tests.integration.test_fed_horizontal import FEATS, assert_no_orphans, make
 from xgate.errors import NodeUnavailable
 
 # Minutes of Flower processes; on a loaded 2-core CI box a job has taken over 300 s (the default).
-pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(900)]
+pytestmark = [pytest.mark.integration, pytest.mark.slow(seconds=150), pytest.mark.timeout(900)]
 
 
 def test_node_drop_continues_with_min_nodes(tmp_path: Path) -> None:

@@ -18,7 +18,7 @@ from federated.runner import Federation, NodeSpec, run_job
 from xgate.logging import FORBIDDEN_KEYS
 
 # Minutes of Flower processes; on a loaded 2-core CI box a job has taken over 300 s (the default).
-pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(900)]
+pytestmark = [pytest.mark.integration, pytest.mark.slow(seconds=200), pytest.mark.timeout(900)]
 FEATS = ["civil.age", "tax.income", "hrss.months", "civil.disabled", "civil.region", "health.visits"]
 
 

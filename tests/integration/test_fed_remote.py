@@ -41,7 +41,7 @@ from tests.unit.training_support import RENAME, job_body, write_region_stores, w
 from xgate.errors import NodeUnavailable
 
 # Minutes of Flower processes; on a loaded 2-core CI box a job has taken over 300 s (the default).
-pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(900)]
+pytestmark = [pytest.mark.integration, pytest.mark.slow(seconds=330), pytest.mark.timeout(900)]
 RUNNING = ["region0", "region1"]  # their SuperNodes run from the start
 SILENT = "region2"  # registered at the coordinator, its SuperNode never starts
 IMPOSTOR = "region3"  # its SuperNode runs with a key the coordinator never registered

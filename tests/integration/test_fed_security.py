@@ -31,7 +31,7 @@ from federated.model import encoded_width
 from federated.runner import write_app
 from tests.integration.test_fed_horizontal import FEATS, assert_no_orphans, make_nodes
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]  # slow: handed out first (tests/conftest.py)
+pytestmark = [pytest.mark.integration, pytest.mark.slow(seconds=70)]  # slow: handed out first (tests/conftest.py)
 
 
 @dataclasses.dataclass

@@ -23,7 +23,7 @@ from tests.integration.test_fed_horizontal import assert_no_orphans
 from xgate.logging import FORBIDDEN_KEYS
 
 # Minutes of Flower processes; on a loaded 2-core CI box a job has taken over 300 s (the default).
-pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(900)]
+pytestmark = [pytest.mark.integration, pytest.mark.slow(seconds=120), pytest.mark.timeout(900)]
 SPLIT = {
     "civil": ["civil.age", "civil.disabled", "civil.region"],
     "tax": ["tax.income", "tax.label"],

@@ -25,7 +25,7 @@ from tests.integration.negative_helpers import fresh_ids, wait_until_listening
 from tests.integration.rogue import RogueNode, start_rogue
 from xgate.pseudonym import Pseudonymiser, load_key
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]  # slow: handed out first (tests/conftest.py)
+pytestmark = [pytest.mark.integration, pytest.mark.slow(seconds=45)]  # slow: handed out first (tests/conftest.py)
 
 
 def _variant(fed: DevFederation, name: str, tax_address: str | None = None, **overrides: object) -> str:

@@ -39,7 +39,7 @@ from client.subjects import read_subjects
 from tests.postgres import PG_BANNER, ThrowawayServer, own_server
 from xgate.pseudonym import Pseudonymiser, load_key
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+pytestmark = [pytest.mark.integration, pytest.mark.slow(seconds=130)]
 DIBAO = LEGAL_BASIS["dibao"]
 MAX_CHECKS = 3  # the shipped dibao agreement: 3 evaluations per applicant per 30 days
 

@@ -29,7 +29,7 @@ from tests.integration.remote_support import Site, flower_processes, start_site,
 from tests.unit.training_support import job_body, prepare_gateway_dir, write_region_stores, write_training_policies
 
 # Minutes of Flower processes; on a loaded 2-core CI box a job has taken over 300 s (the default).
-pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(900)]
+pytestmark = [pytest.mark.integration, pytest.mark.slow(seconds=110), pytest.mark.timeout(900)]
 AGENCIES = ["region0", "region1"]
 
 
