@@ -208,3 +208,20 @@ def test_at_silver_a_change_redraws_every_position_and_the_order(tmp_path: Path)
     after = fed.check(keys, 6, SILVER)
     kept = {v for position in before.values() for v in position} & {v for position in after.values() for v in position}
     assert not kept
+
+
+def test_what_a_change_tells_the_requester_is_that_it_happened(tmp_path: Path) -> None:
+    """The stated cost of re-masking (docs/PROTOCOL.md, requester row): a gold requester sees
+    whether a criterion's stored terms changed between two checks of one epoch, also for a failing
+    value clamped alike before and after (5,000 and 499,000 CNY against a 1,100 line), and nothing
+    of by how much: the verdict and the clamped magnitude stay the same (thirteenth session's review)."""
+    values, _ = _population(3)
+    people = list(values["tax.monthly_income"])
+    values["tax.monthly_income"] = dict.fromkeys(people, 5_000)
+    fed, keys = Federation(tmp_path, values), RequesterKeys.generate()
+    first = fed.check(keys, 0)["income_within_threshold"]
+    movers = set(people[: N // 2])
+    fed.change("tax.monthly_income", {p: 499_000 if p in movers else 5_000 for p in people})
+    second = fed.check(keys, 6)["income_within_threshold"]
+    assert all(v < 0 for v in first + second)  # fail both times
+    assert {p for j, p in enumerate(people) if first[j] != second[j]} == movers  # the change bit, exactly
