@@ -25,7 +25,7 @@ from flwr.client import NumPyClient
 from federated import dp, dp_sgd, holdout_dp, model, node, node_keys, pooled_stats, updates
 from federated.admission import admit_at_node, charge_run, record_dp_plan
 from federated.guarded_app import GuardedClientApp
-from federated.jobs import DPUnit, JobSpec, job_from_run_config
+from federated.jobs import DPUnit, JobSpec, Mode, job_from_run_config, require_mode
 from federated.run_releases import RunReleases
 from federated.secagg_guard import require_transport, secaggplus_checked
 from xgate.errors import InvalidInput
@@ -292,6 +292,7 @@ def _round_of(config: dict[str, Any]) -> int:
 
 def client_fn(context: Context) -> Any:
     job = job_from_run_config(dict(context.run_config))
+    require_mode(job, Mode.HORIZONTAL)  # before anything is read or charged
     nc = node.node_config(dict(context.node_config))
     max_weight = int(context.run_config.get("max-weight", 1_000_000))
     if job.max_weight is not None and max_weight != job.max_weight:

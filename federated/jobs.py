@@ -27,7 +27,7 @@ from pydantic import (
     model_validator,
 )
 
-from xgate.errors import ConfigError, InvalidInput
+from xgate.errors import ConfigError, InvalidInput, PolicyDenied
 from xgate.pseudonym import contains_national_id
 
 
@@ -316,3 +316,14 @@ def load_job(path: Path) -> JobSpec:
 
 def job_from_run_config(cfg: dict[str, Any]) -> JobSpec:
     return JobSpec.model_validate_json(str(cfg["job-json"]))
+
+
+def require_mode(job: JobSpec, mode: Mode) -> None:
+    """Refuse a job through the other mode's ClientApp. The coordinator names the app in the bundle
+    it writes, and the other mode's protocol releases what this job's approval never covered: a
+    horizontal job's exact row count through the vertical alignment, its labels undisturbed through
+    the vertical label holder's path, a vertical label-DP job's true labels through the horizontal one."""
+    if job.mode is not mode:
+        raise PolicyDenied(
+            f"job '{job.job_id}' is a {job.mode.value} job: this node runs it only with the {job.mode.value} ClientApp"
+        )

@@ -32,7 +32,7 @@ from federated import datasets, label_dp, model, node, node_keys, psi, psi_keys,
 from federated.admission import admit_at_node, record_dp_plan
 from federated.grid_io import arrays_of, cfg_of
 from federated.guarded_app import GuardedClientApp
-from federated.jobs import DPUnit, JobSpec, job_from_run_config
+from federated.jobs import DPUnit, JobSpec, Mode, job_from_run_config, require_mode
 from federated.run_releases import RunReleases
 from federated.vertical import (
     RIDGE,
@@ -52,6 +52,7 @@ app = GuardedClientApp()
 
 def _setup(context: Context) -> tuple[JobSpec, node.NodeConfig, Path]:
     job = job_from_run_config(dict(context.run_config))
+    require_mode(job, Mode.VERTICAL)  # before anything is read or charged
     nc = node.node_config(dict(context.node_config))
     # Always: the run config is the coordinator's to write, so nothing in it turns admission off.
     admit_at_node(job, nc.agency, nc.ledger, nc.store, nc.policy_dir, nc.policy_ca)
