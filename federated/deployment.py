@@ -144,6 +144,13 @@ class _Proc:
     popen: subprocess.Popen[bytes]
     log_path: Path
     log_fh: IO[bytes]
+    log_start: int = 0  # where this process's lines begin: a job id run again appends to its logs
+
+    def output(self) -> str:
+        """What this process has logged (not what an earlier run of the job logged before it)."""
+        with self.log_path.open("rb") as fh:
+            fh.seek(self.log_start)
+            return fh.read().decode(errors="replace")
 
 
 @dataclass
@@ -181,11 +188,12 @@ class Federation:
         log_path = self.job_dir / "logs" / f"{name}.log"
         log_path.parent.mkdir(parents=True, exist_ok=True)
         fh = log_path.open("ab")
+        start = fh.tell()
         # Own session: stopped as a group with its children. orphan_guard: dies with us, even on SIGKILL.
         popen = popen_guarded(
             cmd, stdout=fh, stderr=subprocess.STDOUT, env=flwr_env(home), cwd=self.job_dir, start_new_session=True
         )
-        self.procs[name] = _Proc(name, popen, log_path, fh)
+        self.procs[name] = _Proc(name, popen, log_path, fh, start)
 
     def start_superlink(self, timeout: float = 60.0) -> None:
         """Start the SuperLink, write the CLI config and register every SuperNode key it should accept."""
@@ -286,7 +294,7 @@ class Federation:
         while pending and time.monotonic() < deadline:
             for agency in list(pending):
                 self._check_alive(f"node-{agency}")
-                m = _NODE_ID.search(self.procs[f"node-{agency}"].log_path.read_text(errors="replace"))
+                m = _NODE_ID.search(self.procs[f"node-{agency}"].output())
                 if m:
                     node_id = int(m.group(1))
                     if agency in self.registered and self.registered[agency] != node_id:
