@@ -45,6 +45,7 @@ from federated.vertical import (
     to_half,
     unpack_state,
 )
+from xgate.errors import InvalidInput
 
 # Guarded: a failure reaches the coordinator as an XgateError's public message only (federated/guarded_app.py).
 app = GuardedClientApp()
@@ -386,7 +387,10 @@ def setup(msg: Message, context: Context) -> Message:
     if label_holder:
         lab_tr, lab_te = raw[: len(train), len(feats) :], raw[len(train) :, len(feats) :]
         if np.isnan(lab_tr).any() or np.isnan(lab_te).any():
-            raise ValueError("aligned subjects without a label")
+            raise InvalidInput(
+                f"the label '{job.label}' is empty for some of the subjects this job aligned: mark it"
+                " required in the dataset's mapping (rows without it are then refused at load) or fill it in"
+            )
         width = int(cfg["width"])
         # Under label_dp the held-out labels are released like the training ones (the same keyed
         # flips): the evaluation counts them, on embeddings the coordinator sends.
