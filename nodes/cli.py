@@ -36,7 +36,7 @@ def load(
         cfg = load_node_config(config)
         catalogue, _ = load_catalogue(cfg.node.catalogue)
         pseudonymiser = Pseudonymiser(load_key(cfg.node.pseudonym_key_file))
-        parsed = parse_file(data, mapping, catalogue, pseudonymiser)
+        parsed = parse_file(data, mapping, catalogue, pseudonymiser, agency=cfg.node.agency)
         with node_store_for_load(cfg.node) as store:
             report = store_parsed(store, parsed)
         typer.echo(

@@ -338,9 +338,17 @@ class ParsedDataset:
     source_sha256: str
 
 
-def parse_file(source: Path, mapping_path: Path, catalogue: Catalogue, pseudonymiser: Pseudonymiser) -> ParsedDataset:
-    """Validate every row of the file; raise InvalidInput naming the invalid rows (nothing is stored)."""
+def parse_file(
+    source: Path, mapping_path: Path, catalogue: Catalogue, pseudonymiser: Pseudonymiser, agency: str | None = None
+) -> ParsedDataset:
+    """Validate every row of the file; raise InvalidInput naming the invalid rows (nothing is stored).
+    `agency`: the loading node's; a mapping of another agency's dataset is refused."""
     mapping, elements = load_mapping(mapping_path, catalogue)
+    if agency is not None and mapping.dataset.agency != agency:
+        raise ConfigError(
+            f"mapping {mapping_path} describes a dataset of agency '{mapping.dataset.agency}';"
+            f" this node is agency '{agency}': load it at that agency's node"
+        )
     raw = _read_bytes(source)  # read once: the rows and the recorded digest are of the same bytes
     categories = {
         col.column: _labels(el) if el.type is ElementType.CATEGORY and el.categories else None

@@ -192,3 +192,18 @@ def test_the_cli_names_a_store_path_that_is_a_directory(tmp_path: Path) -> None:
     res = CliRunner().invoke(xgate, [str(a) for a in args])
     assert res.exit_code == 2 and "store.sqlite is a directory, not a store file" in res.output
     assert res.exception is None or isinstance(res.exception, SystemExit)
+
+
+def test_the_cli_refuses_a_mapping_of_another_agencys_dataset(tmp_path: Path) -> None:
+    """Loaded anyway, the civil node's store held the tax bureau's incomes and trained with them
+    (thirteenth session's review)."""
+    data, mapping = _files(tmp_path)  # the tax bureau's extract and mapping
+    (tmp_path / "key").write_bytes(b"\x01" * 32)
+    (tmp_path / "node.toml").write_text(
+        '[node]\nagency = "civil_affairs"\nstore = "store.sqlite"\npseudonym_key_file = "key"\n'
+    )
+    args = ["node", "load", "--config", tmp_path / "node.toml", "--data", data, "--mapping", mapping]
+    res = CliRunner().invoke(xgate, [str(a) for a in args])
+    assert res.exit_code == 2, res.output
+    assert "describes a dataset of agency 'tax'; this node is agency 'civil_affairs'" in " ".join(res.output.split())
+    assert not (tmp_path / "store.sqlite").exists()
