@@ -12,6 +12,7 @@ import contextlib
 import csv
 import hashlib
 import os
+import unicodedata
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,6 +26,13 @@ def drawn(pseudonym: str, fraction: float, seed: int) -> bool:
     """Whether a subject falls in the holdout: SHA-256(seed, pseudonym) as a number in [0, 1)."""
     digest = hashlib.sha256(f"xgate-split-{seed}:{pseudonym}".encode()).digest()
     return int.from_bytes(digest[:8], "big") / 2**64 < fraction
+
+
+def _folded(text: str) -> str:
+    """A --column cell or --value as compared, the way `xgate node load` reads labels: spaces
+    around, case and Unicode form aside ("Test", "TEST" and " test" are "test"; compared exactly
+    before, they were left out of the holdout without a word)."""
+    return unicodedata.normalize("NFC", text.strip()).casefold()
 
 
 def write_holdout(
@@ -68,7 +76,9 @@ def write_holdout(
             errors.append(f"row {rownum}: duplicate subject")
             continue
         seen.add(pseudonym)
-        chosen = record[column].strip() == value if column is not None else drawn(pseudonym, fraction, seed)
+        chosen = (
+            _folded(record[column]) == _folded(value or "") if column is not None else drawn(pseudonym, fraction, seed)
+        )
         if chosen:
             reserved.append(pseudonym)
     if errors:

@@ -28,6 +28,7 @@ import csv
 import hashlib
 import io
 import re
+import unicodedata
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -272,12 +273,18 @@ class _Labels:
     integers: bool  # a label looks like an integer, so integer text is a label, never a code
 
 
+def _folded(label: str) -> str:
+    """A label as matched when not written exactly: one Unicode form (NFC: a decomposed "ü", as some
+    exports write it, is the catalogue's composed one), case-folded."""
+    return unicodedata.normalize("NFC", label).casefold()
+
+
 def _labels(element: DataElement) -> _Labels:
     exact: dict[str, list[int]] = {}
     folded: dict[str, list[int]] = {}
     for code, label in enumerate(element.categories):
         exact.setdefault(label, []).append(code)
-        folded.setdefault(label.casefold(), []).append(code)
+        folded.setdefault(_folded(label), []).append(code)
     integers = any(_INTEGER.fullmatch(label.strip()) for label in element.categories)
     return _Labels(element.categories, exact, folded, integers)
 
@@ -300,7 +307,7 @@ def _parse(col: ColumnMapping, cell: str, labels: _Labels | None = None) -> int 
     is_int = _INTEGER.fullmatch(text) is not None
     if labels is not None:
         # An exact label wins; a case-insensitive match only when no other label also matches so.
-        codes = labels.exact.get(text) or labels.folded.get(text.casefold(), [])
+        codes = labels.exact.get(text) or labels.folded.get(_folded(text), [])
         if len(codes) == 1:
             return codes[0]
         if codes:
