@@ -253,8 +253,8 @@ def submit(
         _fail(f"job failed: {str(exc)[:300]}")
     ev = result.evaluation
     typer.echo(
-        f"job {result.job_id} completed: AUC {ev.get('auc', float('nan')):.4f}, balanced accuracy "
-        f"{ev.get('balanced_accuracy', float('nan')):.4f}"
+        f"job {result.job_id} completed: AUC {_auc_text(ev.get('auc'), ev.get('estimated_from_noisy_labels'))},"
+        f" balanced accuracy {ev.get('balanced_accuracy', float('nan')):.4f}"
         + (f", epsilon {result.epsilon:.3g}" if result.epsilon is not None else "")
     )
     typer.echo(f"outputs in {result.job_dir} (model.npz, model.json, report.json, curve.png, events.jsonl)")
@@ -410,13 +410,16 @@ def _submit_through_gateway(
     except XgateError as exc:
         _fail(exc.message)
     if wait:
-        typer.echo(f"job {final.get('job_id')} completed: AUC {_auc_text((final.get('evaluation') or {}).get('auc'))}")
+        ev = final.get("evaluation") or {}
+        auc = _auc_text(ev.get("auc"), ev.get("estimated_from_noisy_labels"))
+        typer.echo(f"job {final.get('job_id')} completed: AUC {auc}")
 
 
-def _auc_text(auc: object) -> str:
-    """The AUC as reported; the REST answer carries null when it is undefined (NaN at the gateway)."""
+def _auc_text(auc: object, estimated: object = False) -> str:
+    """The AUC as reported; the REST answer carries null when it is undefined (NaN at the gateway).
+    Under label DP it is counted against the noisy held-out labels: an estimate, and said so."""
     if isinstance(auc, int | float) and auc == auc:  # not NaN
-        return f"{auc:.4f}"
+        return f"{auc:.4f}" + (" (estimated from the label-DP held-out labels)" if estimated else "")
     return "n/a (the held-out rows hold one class only)"
 
 
@@ -508,6 +511,8 @@ def status(
     dirs = [root / job_id] if job_id else sorted(p for p in root.glob("*") if (p / "status.json").exists())
     if job_id and not (root / job_id / "status.json").exists():
         _fail(f"no job '{job_id}' in {root}")
+    if not dirs:
+        typer.echo(f"no jobs in {root}")
     unreadable = 0
     for d in dirs:
         _settle_runner(d)

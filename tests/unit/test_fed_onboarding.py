@@ -263,3 +263,14 @@ def test_submit_through_a_gateway_reports_an_undefined_auc_without_a_traceback()
 
     assert _auc_text(0.85436) == "0.8544"
     assert _auc_text(None) == _auc_text(float("nan")) == "n/a (the held-out rows hold one class only)"
+
+
+def test_an_auc_counted_against_label_dp_labels_is_called_an_estimate(tmp_path: Path) -> None:
+    """It printed as a plain figure while report.json said `estimated_from_noisy_labels`; and
+    `train status` on a root without jobs printed nothing (thirteenth session's review)."""
+    from app.train_cli import _auc_text
+
+    assert _auc_text(0.756, True) == "0.7560 (estimated from the label-DP held-out labels)"
+    assert _auc_text(0.756, False) == "0.7560"
+    res = _invoke("train", "status", "--root", tmp_path / "jobs")
+    assert res.exit_code == 0 and f"no jobs in {tmp_path / 'jobs'}" in " ".join(res.output.split())
