@@ -29,6 +29,7 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import httpx
 import numpy as np
@@ -142,6 +143,10 @@ class GatewayClient:
         if max_attempts < 1:
             raise InvalidInput("max_attempts must be at least 1")
         self.urls = [u.strip().rstrip("/") for u in urls]
+        for url in self.urls:
+            parts = urlsplit(url)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise InvalidInput(f"gateway URL {url!r} is not an http(s) address (e.g. https://gw.example:8443)")
         self.max_attempts = max_attempts
         self.backoff_s = backoff_s
         self.retry_after_cap_s = retry_after_cap_s
@@ -150,7 +155,11 @@ class GatewayClient:
         self._current = 0  # the gateway that answered last
         tls: ssl.SSLContext | bool = verify if isinstance(verify, bool) else True
         if isinstance(verify, str):
-            tls = ssl.create_default_context(cafile=verify)  # the federation CA, not the system store
+            try:
+                tls = ssl.create_default_context(cafile=verify)  # the federation CA, not the system store
+            except (OSError, ssl.SSLError) as exc:
+                why = "no PEM certificate in it" if isinstance(exc, ssl.SSLError) else exc.strerror or str(exc)
+                raise InvalidInput(f"--ca {verify}: cannot use it as the federation CA certificate ({why})") from None
             if cert is not None:
                 tls.load_cert_chain(*cert)
         self._http = httpx.Client(

@@ -173,7 +173,15 @@ def test_a_training_job_moves_on_only_when_no_gateway_received_it() -> None:
 
 @pytest.mark.parametrize(
     ("urls", "problem"),
-    [([], "at least one"), ([A, A], "twice"), ([A, " "], "at least one")],
+    [
+        ([], "at least one"),
+        ([A, A], "twice"),
+        ([A, " "], "at least one"),
+        # Refused at once, not after four attempts ending in "UnsupportedProtocol" (thirteenth session's review).
+        (["not-a-url"], "'not-a-url' is not an http"),
+        ([A, "ftp://gw.example"], "is not an http"),
+        (["https://"], "is not an http"),
+    ],
 )
 def test_bad_gateway_lists_are_refused(urls: list[str], problem: str) -> None:
     with pytest.raises(InvalidInput, match=problem):
@@ -268,3 +276,15 @@ def test_a_context_registered_under_another_fingerprint_is_refused(requester_key
     gw = Gateways(a=[wrong])
     with gw.client(A, keys=requester_keys) as client, pytest.raises(CryptoError, match="another fingerprint"):
         client.register_context()
+
+
+def test_a_ca_file_that_is_not_a_certificate_is_named(tmp_path: Path) -> None:
+    """It printed "[X509: NO_CERTIFICATE_OR_CRL_FOUND] ... (_ssl.c:4154)", naming neither the flag nor the file."""
+    not_a_cert = tmp_path / "applicants.csv"
+    not_a_cert.write_text("national_id\n")
+    with pytest.raises(
+        InvalidInput, match=r"--ca .*applicants\.csv: cannot use it as the federation CA certificate \(no PEM"
+    ):
+        GatewayClient(A, "key", verify=str(not_a_cert))
+    with pytest.raises(InvalidInput, match=r"--ca .*absent\.pem: cannot use it .*No such file"):
+        GatewayClient(A, "key", verify=str(tmp_path / "absent.pem"))
