@@ -57,7 +57,7 @@ def _fail(message: str) -> NoReturn:
 
 def _parse_nodes(path: Path) -> list[_Node]:
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        data = tomllib.loads(path.read_text(encoding="utf-8-sig"))  # a BOM is not TOML: dropped
     except FileNotFoundError:
         _fail(f"nodes file '{path}' not found")
     except IsADirectoryError:

@@ -30,7 +30,7 @@ def submit_remote(
 
     Several gateways: the job goes to the first that can be reached and is followed there."""
     load_job(job_file)  # local validation first: a clear message before any request
-    body = tomllib.loads(job_file.read_text(encoding="utf-8"))
+    body = tomllib.loads(job_file.read_text(encoding="utf-8-sig"))
     with GatewayClient(gateway, api_key, verify=str(ca_cert) if ca_cert else True) as client:
         accepted = client.submit_training_job(body)
         decision = accepted.get("decision", {})

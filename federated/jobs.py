@@ -292,18 +292,22 @@ def parse_job(data: dict[str, Any]) -> JobSpec:
         shown = f" (got {got!r:.60})" if first["loc"] and isinstance(got, str | int | float | bool) else ""
         zero = where in ("learning_rate", "batch_size") and got == 0  # 0 once meant "the default": no longer
         unset = " (leave it out for the mode's default)" if zero else ""
-        raise InvalidInput(f"invalid job: {where}: {first['msg']}{shown}{unset}") from None
+        # A misspelt key ("rouds") shows up as the real one missing: name the unknown keys with it.
+        unknown = [".".join(map(str, e["loc"])) for e in exc.errors() if e["type"] == "extra_forbidden"]
+        also = f"; unknown key(s): {', '.join(unknown)}" if unknown and first["type"] != "extra_forbidden" else ""
+        raise InvalidInput(f"invalid job: {where}: {first['msg']}{shown}{unset}{also}") from None
 
 
 def load_job(path: Path) -> JobSpec:
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        data = tomllib.loads(path.read_text(encoding="utf-8-sig"))  # a BOM is not TOML: dropped
     except FileNotFoundError:
         raise ConfigError(f"job file '{path}' not found") from None
     except IsADirectoryError:
         raise ConfigError(f"job file '{path}' is a directory") from None
     except UnicodeDecodeError as exc:
-        raise ConfigError(f"job file '{path}' is not UTF-8 text (byte {exc.start})") from None
+        bad = exc.object[exc.start]
+        raise ConfigError(f"job file '{path}' is not UTF-8 text (byte 0x{bad:02x} at offset {exc.start})") from None
     except OSError as exc:
         raise ConfigError(f"job file '{path}' cannot be read: {exc.strerror or exc}") from None
     except tomllib.TOMLDecodeError as exc:

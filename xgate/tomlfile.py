@@ -53,7 +53,7 @@ def load_model(path: Path, model: type[M], what: str) -> tuple[M, bytes]:
         raw = path.read_bytes()
     except OSError as exc:
         raise ConfigError(f"{what} {path}: cannot read ({exc.strerror})") from exc
-    text = raw.decode("utf-8", errors="replace")
+    text = raw.decode("utf-8-sig", errors="replace")  # a BOM (Windows Notepad) is not a TOML statement
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:

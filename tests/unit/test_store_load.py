@@ -207,3 +207,12 @@ def test_the_cli_refuses_a_mapping_of_another_agencys_dataset(tmp_path: Path) ->
     assert res.exit_code == 2, res.output
     assert "describes a dataset of agency 'tax'; this node is agency 'civil_affairs'" in " ".join(res.output.split())
     assert not (tmp_path / "store.sqlite").exists()
+
+
+def test_a_mapping_saved_with_a_bom_loads(tmp_path: Path) -> None:
+    """Windows Notepad's BOM made the mapping "TOML syntax error ... (at line 1, column 1)" (thirteenth session's review)."""
+    data, mapping = _files(tmp_path)
+    mapping.write_bytes(b"\xef\xbb\xbf" + mapping.read_bytes())
+    store = NodeStore.open(tmp_path / "tax.sqlite")
+    load_file(store, data, mapping, CATALOGUE, PS)
+    assert store.subject_count() == 3

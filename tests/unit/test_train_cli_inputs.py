@@ -23,7 +23,7 @@ from federated import datasets
 from federated.events import JsonlSink, make_event, read_events
 from federated.jobs import load_job, parse_job
 from nodes.store import NodeStore
-from xgate.errors import InvalidInput, NotFound
+from xgate.errors import ConfigError, InvalidInput, NotFound
 
 FEATS = ["civil.age", "tax.income"]
 BYO = Path(__file__).resolve().parents[1] / "data" / "byo"
@@ -458,3 +458,19 @@ def test_a_job_without_a_runner_lock_is_left_as_recorded(tmp_path: Path, store: 
     res = _invoke("submit", "--job", _job_file(tmp_path), "--nodes", _nodes_file(tmp_path, store), "--root", tmp_path)
     assert res.exit_code == 1 and "already exists" in res.output and "(state running)" in res.output
     assert not (d / RUNNER_LOCK).exists() and json.loads((d / "status.json").read_text())["state"] == "running"
+
+
+def test_job_and_nodes_files_saved_with_a_bom_load_and_errors_say_what_is_wrong(tmp_path: Path) -> None:
+    """Windows Notepad's BOM made every TOML file "not valid TOML ... (at line 1, column 1)"; a
+    misspelt key reported only the real one missing; a non-UTF-8 byte read like a value, "(byte 0)"
+    (thirteenth session's review)."""
+    text = tomli_w.dumps(_body())
+    path = tmp_path / "job.toml"
+    path.write_bytes(b"\xef\xbb\xbf" + text.replace("\n", "\r\n").encode())
+    assert load_job(path).features == tuple(FEATS)
+    path.write_text(text.replace("rounds =", "rouds ="))
+    with pytest.raises(InvalidInput, match=r"invalid job: rounds: Field required; unknown key\(s\): rouds"):
+        load_job(path)
+    path.write_bytes(b"\xfc" + text.encode())
+    with pytest.raises(ConfigError, match=r"is not UTF-8 text \(byte 0xfc at offset 0\)"):
+        load_job(path)
