@@ -210,7 +210,8 @@ def test_the_cli_refuses_a_mapping_of_another_agencys_dataset(tmp_path: Path) ->
 
 
 def test_a_mapping_saved_with_a_bom_loads(tmp_path: Path) -> None:
-    """Windows Notepad's BOM made the mapping "TOML syntax error ... (at line 1, column 1)" (thirteenth session's review)."""
+    """Windows Notepad's BOM made the mapping "TOML syntax error ... (at line 1, column 1)"
+    (thirteenth session's review)."""
     data, mapping = _files(tmp_path)
     mapping.write_bytes(b"\xef\xbb\xbf" + mapping.read_bytes())
     store = NodeStore.open(tmp_path / "tax.sqlite")
