@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from federated.local_link import LocalLink
     from federated.remote import RemoteNode
     from federated.remote_runner import RemoteMode
-from xgate.errors import ConfigError, PolicyDenied
+from xgate.errors import ConfigError, InvalidInput, PolicyDenied
 
 __all__ = [
     "Federation",
@@ -44,6 +44,21 @@ __all__ = [
 
 
 # -- one job, end to end -------------------------------------------------------------------------
+
+
+def check_holdings(job: JobSpec, holdings: Mapping[str, set[str]]) -> None:
+    """Refuse, before anything starts, a job its nodes cannot run: a feature no node holds, a
+    vertical label holder that is not among the nodes or does not hold the label (found only after
+    Flower had started before, each failure using up the job id)."""
+    agencies = ", ".join(sorted(holdings)) or "none"
+    missing = sorted(set(job.features) - set().union(*holdings.values()))
+    if missing:
+        raise InvalidInput(f"no node of this job holds {missing} (its nodes: {agencies}): check the names")
+    if job.mode is Mode.VERTICAL:
+        if job.label_holder not in holdings:
+            raise InvalidInput(f"label holder '{job.label_holder}' is not among this job's nodes ({agencies})")
+        if job.label not in holdings[job.label_holder]:
+            raise InvalidInput(f"label holder '{job.label_holder}' holds no '{job.label}'")
 
 
 def run_job(
@@ -91,11 +106,13 @@ def run_job(
     if local is not None and (security is not None or insecure or ca_dir is not None):
         raise ConfigError("a job on the long-lived local link runs on the link's own TLS material")
     local_nodes = cast(Sequence[NodeSpec], nodes)
+    holdings: dict[str, set[str]] = {}
     for n in local_nodes:  # the job's encodings fit each node's elements, its label is a flag: an
-        held = set(datasets.held_elements(n.store))  # invalid job, refused before it is recorded
-        resolve(datasets.element_info(n.store, [f for f in job.features if f in held]), job.encodings)
+        held = holdings[n.agency] = set(datasets.held_elements(n.store))  # invalid job, refused before
+        resolve(datasets.element_info(n.store, [f for f in job.features if f in held]), job.encodings)  # it is recorded
         if job.label in held:
             check_label(datasets.element_info(n.store, [job.label])[0])
+    check_holdings(job, holdings)
     t0 = time.monotonic()
     emit, status = start_job(job, job_dir, on_event)
     say = progress or (lambda _line: None)

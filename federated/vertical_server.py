@@ -31,6 +31,9 @@ from federated.grid_io import allowed_nodes, arrays_of, cfg_of, exchange
 from federated.jobs import JobSpec
 from xgate.errors import VerticalFailed as VerticalFailed  # re-exported: raised here
 
+# Nobody in common is most often a setup slip: the agencies' stores were loaded under different keys.
+NO_OVERLAP = "the nodes share no subjects (did every agency load its data with the same federation pseudonym key?)"
+
 
 class _Relay:
     def __init__(self, grid: Grid, job: JobSpec, emit: JsonlSink) -> None:
@@ -120,7 +123,7 @@ def _private_alignment(relay: _Relay, parts: list[int], label_node: int, hello: 
     others = [n for n in parts if n != label_node]
     if not others:  # the label holder holds every feature: all its rows are aligned
         if not label_count:
-            relay.fail("federation", "the nodes share no subjects")
+            relay.fail("federation", NO_OVERLAP)
         return psi.Alignment(label_node, label_count, list(range(label_count)), {}, {})
     returned, seeds, label_checked = _blind(relay, first, agree, label_node, others)
     aligned, nodes_checked = _membership(relay, returned, seeds, agree, label_node, others, label_count)
@@ -190,7 +193,7 @@ def _membership(
         shares[n] = cast(bytes, share)
     aligned = psi.intersect(shares, label_count)
     if not aligned:
-        relay.fail("federation", "the nodes share no subjects")
+        relay.fail("federation", NO_OVERLAP)
     return aligned, all(cfg_of(replies[n]).get("keys_checked") is True for n in others)
 
 

@@ -13,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from federated import psi
+from federated.vertical_server import NO_OVERLAP
 from tests.psi_relay import align
 from xgate.errors import VerticalFailed
 
@@ -44,7 +45,7 @@ def test_two_nodes_and_a_label_holder_alone() -> None:
 )
 def test_no_common_subject_fails_the_job_plainly(sets: dict[str, list[str]]) -> None:
     failure = _failure(sets)
-    assert (failure.agency, str(failure)) == ("federation", "agency 'federation': the nodes share no subjects")
+    assert (failure.agency, str(failure)) == ("federation", f"agency 'federation': {NO_OVERLAP}")
 
 
 def _tampered(kind: str, agency_node: int, change: Any) -> Any:
