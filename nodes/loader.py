@@ -227,6 +227,15 @@ def _with_near_names(absent: list[str], record: dict[str, str]) -> list[str]:
     ]
 
 
+def _separator_hint(record: dict[str, str]) -> str:
+    """Why every column is missing when the file is separated by something other than commas."""
+    if len(record) != 1:
+        return ""
+    (header,) = record
+    found = next((name for sep, name in ((";", "semicolons"), ("\t", "tabs"), ("|", "bars")) if sep in header), None)
+    return f" (the header is one column holding {found}: the file must be separated by commas)" if found else ""
+
+
 _NEWLINE = re.compile(r"\r\n|\r|\n")  # what ends a line for the reader, and so for line numbers
 
 
@@ -372,7 +381,8 @@ def parse_file(
             wanted = [mapping.dataset.subject_column] + [c.column for c in mapping.columns]
             absent = [c for c in wanted if c not in record]
             if absent:
-                raise InvalidInput(f"{source}: missing column(s) {', '.join(_with_near_names(absent, record))}")
+                named = ", ".join(_with_near_names(absent, record))
+                raise InvalidInput(f"{source}: missing column(s) {named}{_separator_hint(record)}")
             first = False
         rows += 1
         try:
