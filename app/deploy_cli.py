@@ -16,6 +16,7 @@ A party's home directory has one conventional layout, which `init` writes into i
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
 from typing import Annotated
 
@@ -388,7 +389,17 @@ def policy_init(
 
             shutil.copytree(DEFAULT_POLICY_DIR, out, ignore=shutil.ignore_patterns("*.py", "__pycache__"))
             note = "office hours as shipped"
+        _honour_umask(out)
         typer.echo(f"{out}: policy set ({note}; hours are local time in {_timezone(out)})")
+
+
+def _honour_umask(root: Path) -> None:
+    """Copies keep the installed package's modes (0644/0755), whatever the umask: under the deploy
+    steps' `umask 077` the policy set (principals.toml names every user) is owner-only like the rest."""
+    mask = os.umask(0)
+    os.umask(mask)
+    for path in (root, *root.rglob("*")):
+        path.chmod(stat.S_IMODE(path.stat().st_mode) & ~mask)
 
 
 def policy_publish(

@@ -91,3 +91,19 @@ def test_the_holdout_file_is_owner_only(tmp_path: Path, permissive_umask: None) 
     out = tmp_path / "holdout" / "h.txt"
     write_holdout(config, BYO / "tax.csv", "national_id", out, fraction=0.2, seed=0)
     assert _mode(out) == 0o600
+
+
+@pytest.mark.parametrize("widen", [[], ["--all-day"]])
+def test_xgate_policy_init_writes_the_policy_set_owner_only(tmp_path: Path, widen: list[str]) -> None:
+    """The copy kept the installed package's 0644/0755 whatever the umask, principals.toml (every
+    user's name, agency and role) included (thirteenth session's review)."""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    script = "import os, sys; os.umask(0o022); from app.cli import main; sys.argv[0] = 'xgate'; main()"
+    args = ["policy", "init", "--out", str(tmp_path / "policies"), *widen]
+    proc = subprocess.run([sys.executable, "-c", script, *args], env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    files = [p for p in (tmp_path / "policies").rglob("*") if p.is_file()]
+    dirs = [tmp_path / "policies", *(p for p in (tmp_path / "policies").rglob("*") if p.is_dir())]
+    assert any(p.name == "principals.toml" for p in files)
+    assert {str(p): _mode(p) for p in files} == {str(p): 0o600 for p in files}
+    assert {str(p): _mode(p) for p in dirs} == {str(p): 0o700 for p in dirs}
