@@ -293,7 +293,10 @@ def gateway_config_text(home: Path, listen: str, agencies: list[tuple[str, str]]
         "# One table per agency node, from the addresses the CA published in ca/federation.json.",
     ]
     for agency, address in agencies:
-        lines += [f"[nodes.{agency}]", f'address = "{address}"', ""]
+        lines += [f"[nodes.{agency}]", f'address = "{address}"']
+        # A node's cosigning key, once it has come (the node's `keys/audit.pub.pem`): it witnesses our log.
+        witness = f'witness_key = "ca/witness-{agency}.pub.pem"'
+        lines += [witness if (home / "ca" / f"witness-{agency}.pub.pem").is_file() else f"# {witness}", ""]
     if superlink:
         host, _, port = superlink.rpartition(":")
         lines += [

@@ -65,16 +65,19 @@ mkdir -p ca keys data training
 xgate pki request --kind gateway --agency gateway --out tls --dns gw.xgate.test
 # Its Flower SuperLink (training): agencies dial gw.xgate.test, the gateway's own flwr CLI localhost.
 xgate pki request --kind flower-superlink --agency gateway --out tls --dns gw.xgate.test --dns localhost --ip 127.0.0.1
+xgate keys audit --out keys/audit   # signs the log's checkpoints; its public half goes to every node (witnesses)
 scp tls/gateway-gateway.csr.pem tls/flower-superlink-gateway.csr.pem ca:requests/
+scp keys/audit.pub.pem ca:requests/gateway-audit.pub.pem
 
 # @ agency
 # Each agency's node host: its own keys, a commented config, a request for the CA.
 xgate pki request --kind node --agency $AGENCY --out tls --dns $NODE
 xgate pki request --kind flower-supernode --agency $AGENCY --out tls   # its SuperNode key (training)
-xgate node init --home . --agency $AGENCY --column-key --superlink gw.xgate.test:9092
+xgate node init --home . --agency $AGENCY --column-key --witness --superlink gw.xgate.test:9092
 xgate keys column --out keys/column.key --data-dir data
-xgate keys audit --out keys/audit
+xgate keys audit --out keys/audit   # signs its own log and its cosignatures of the gateway's
 scp tls/node-$AGENCY.csr.pem tls/flower-supernode-$AGENCY.csr.pem tls/supernode-$AGENCY.ssh.pub ca:requests/
+scp keys/audit.pub.pem ca:requests/audit-$AGENCY.pub.pem
 
 # @ ca
 xgate pki sign --ca ca --request requests/gateway-gateway.csr.pem --kind gateway --agency gateway --out issued
@@ -89,6 +92,9 @@ xgate pki sign --ca ca --request requests/flower-supernode-$AGENCY.csr.pem --kin
 scp ca/ca.cert.pem ca/crl.pem ca/federation.json $NODE:ca/
 scp issued/node-$AGENCY.cert.pem issued/flower-supernode-$AGENCY.cert.pem policies-v1.json extracts/$AGENCY.csv extracts/$AGENCY.mapping.toml $NODE:
 scp pseudonym.key $NODE:keys/
+# Witnessing: the node checks the gateway log's checkpoints with this key, the gateway the node's cosignatures.
+scp requests/gateway-audit.pub.pem $NODE:ca/gateway-audit.pub.pem
+scp requests/audit-$AGENCY.pub.pem gw.xgate.test:ca/witness-$AGENCY.pub.pem
 # The gateway knows each agency's SuperNode by its public key and certificate only.
 scp requests/supernode-$AGENCY.ssh.pub issued/flower-supernode-$AGENCY.cert.pem gw.xgate.test:training/
 
@@ -115,9 +121,8 @@ xgate pki install --cert flower-superlink-gateway.cert.pem --out tls --ca-cert c
 xgate policy install --bundle policies-v1.json --ca-cert ca/ca.cert.pem --into policies
 # One [nodes.<agency>] per node in federation.json; [training]: the SuperLink's Fleet gate on port 9092
 # and one [[training.nodes]] per agency serving a dataset registered for training (tax, hrss).
-xgate gateway init --home . --listen 0.0.0.0:8443 --superlink 0.0.0.0:9092
+xgate gateway init --home . --listen 0.0.0.0:8443 --superlink 0.0.0.0:9092   # witness_key: ca/witness-<agency>.pub.pem
 xgate keys mask --out keys/mask.key
-xgate keys audit --out keys/audit
 xgate config check gateway.toml
 
 # @ gateway service

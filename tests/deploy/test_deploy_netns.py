@@ -193,6 +193,7 @@ def test_deployment_across_hosts_from_the_readme(network: netns.Network) -> None
     assert recovered, gw_log.read_text()[-3000:]
     t_policy = time.monotonic()
     _policy_attacks_while_running(network)
+    _assert_witnessed(network)
     timings = {"first_check_s": round(first_check_s, 1), "train_job_s": round(train_s, 1),
                "link_down_s": round(down_s, 1), "policy_attacks_s": round(time.monotonic() - t_policy, 1),
                "total_s": round(time.monotonic() - t0, 1)}  # fmt: skip
@@ -200,6 +201,34 @@ def test_deployment_across_hosts_from_the_readme(network: netns.Network) -> None
 
 
 JOB = "risk-2026-01"  # the job the README's client submits
+
+
+def _assert_witnessed(net: netns.Network) -> None:
+    """The gateway's log is witnessed as the README deploys it (before, the steps handed out no audit
+    keys and nobody witnessed): a checkpoint cosigned by every agency comes within two of the
+    gateway's 60 s checkpoint rounds (one may have fallen while the tax link was down), and an
+    officer's verification with the agencies' keys passes, every cosignature from a known witness."""
+    db = net.hosts["gateway"].home / "data" / "audit.sqlite"
+    everyone = {f"xgate.node.{a}/witness" for a in AGENCIES}
+    deadline, witnesses = time.monotonic() + 150, set()
+    while time.monotonic() < deadline:
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
+            rows = conn.execute("SELECT checkpoint_id, witness FROM cosignatures").fetchall()
+        by_checkpoint: dict[int, set[str]] = {}
+        for checkpoint, witness in rows:
+            by_checkpoint.setdefault(int(checkpoint), set()).add(str(witness))
+        witnesses = max(by_checkpoint.values(), key=len, default=set())
+        if witnesses == everyone:
+            break
+        time.sleep(2)
+    assert witnesses == everyone, witnesses
+    named = " ".join(f"--witness xgate.node.{a}/witness=ca/witness-{a}.pub.pem" for a in AGENCIES)
+    verified = net.run(
+        "gateway", f"xgate audit verify-log --db data/audit.sqlite --key keys/audit.pub.pem {named} --quorum 1"
+    )
+    assert verified.returncode == 0 and " 0 from unknown witnesses" in verified.stdout, (
+        verified.stdout + verified.stderr
+    )
 
 
 def _assert_trained_across_hosts(net: netns.Network, out: str) -> None:
