@@ -211,6 +211,19 @@ def test_init_writes_the_training_side(federation: Path) -> None:
     assert node.training is not None and node.training.superlink == "gw.example.test:9092"
 
 
+def test_gateway_init_names_each_witness_whose_key_has_come(federation: Path) -> None:
+    """The nodes witness the gateway's log once their audit keys reached it (README's deployment)."""
+    from gateway.config import load_gateway_config
+
+    gw = federation / "gw"
+    gw.joinpath("ca").mkdir(parents=True, exist_ok=True)
+    assert xgate("keys", "audit", "--out", str(gw / "ca" / "witness-tax"))[0] == 0  # stands for tax's audit.pub.pem
+    code, out = xgate("gateway", "init", "--home", str(gw), "--listen", "127.0.0.1:0", "--force")
+    assert code == 0, out
+    nodes = load_gateway_config(gw / "gateway.toml").nodes
+    assert len(nodes) > 1 and {a: n.witness_key is not None for a, n in nodes.items()} == {a: a == "tax" for a in nodes}
+
+
 def test_signed_policies_require_an_installed_bundle(federation: Path) -> None:
     """init writes signed_policies = true: a policy set edited after install does not start."""
     node = federation / "tax/node.toml"
