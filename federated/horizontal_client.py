@@ -305,13 +305,17 @@ def client_fn(context: Context) -> Any:
 
 def plain_client_fn(context: Context) -> Any:
     """`app`'s: jobs approved with `secagg = false` only (a SecAgg+ job answered here would leave in the clear)."""
-    require_transport(job_from_run_config(dict(context.run_config)), secagg=False)
+    job = job_from_run_config(dict(context.run_config))
+    require_mode(job, Mode.HORIZONTAL)  # the mode first: a vertical job is told it is vertical
+    require_transport(job, secagg=False)
     return client_fn(context)
 
 
 def secagg_client_fn(context: Context) -> Any:
     """`secagg_app`'s: jobs approved with `secagg = true` only."""
-    require_transport(job_from_run_config(dict(context.run_config)), secagg=True)
+    job = job_from_run_config(dict(context.run_config))
+    require_mode(job, Mode.HORIZONTAL)
+    require_transport(job, secagg=True)
     return client_fn(context)
 
 

@@ -48,7 +48,7 @@ from flwr.clientapp.typing import ClientAppCallable
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key, Stage
 
 from federated import node, secagg_keys
-from federated.jobs import JobSpec, job_from_run_config
+from federated.jobs import JobSpec, Mode, job_from_run_config, require_mode
 from federated.pooled_stats import PHASE_KEY
 from xgate.errors import InvalidInput, PolicyDenied
 
@@ -265,6 +265,7 @@ def _flower(msg: Message, ctxt: Context, call_next: ClientAppCallable, stage: st
 def secaggplus_checked(msg: Message, ctxt: Context, call_next: ClientAppCallable) -> Message:
     """Flower's `secaggplus_mod`, after this node's checks of the job and the stage's configuration."""
     job = job_from_run_config(dict(ctxt.run_config))
+    require_mode(job, Mode.HORIZONTAL)  # before any SecAgg+ stage is answered (a vertical job is secagg by default)
     require_transport(job, secagg=True)
     if msg.metadata.message_type != MessageType.TRAIN:
         return call_next(msg, ctxt)  # as secaggplus_mod does: evaluate and query are not aggregated

@@ -140,3 +140,28 @@ def test_positive_control_without_the_check_it_trains_on_the_true_labels(
     _, _, metrics = direct.evaluate([np.zeros(2)], {"server_round": 1})
     held = hc.node.is_holdout([f"p{i}" for i in range(len(label))], job, None)
     assert metrics["train_pos"] == int(label[~held].sum())  # the exact count of the true labels
+
+
+def test_a_vertical_job_gets_no_secagg_stage_answered_by_the_horizontal_secagg_app(tmp_path: Path) -> None:
+    """A vertical job is `secagg = true` by default, so the transport check let it into the SecAgg+
+    app, whose mods answered the setup stage (signed keys) before `client_fn` was reached (this
+    session's review of its own fix)."""
+    from tests.attacks.test_secagg_downgrade import Node, _setup
+
+    job = parse_job(
+        {
+            "job_id": "v-sa",
+            "purpose": "fraud-model",
+            "mode": "vertical",
+            "features": ["civil.age"],
+            "label": "tax.label",
+            "label_holder": "tax",
+            "rounds": 2,
+            "min_nodes": 3,
+        }
+    )
+    assert job.secagg
+    reply = Node(tmp_path, 11, job).ask(hc.secagg_app, _setup(6, 4))
+    assert reply.has_error() and "is a vertical job" in reply.error.reason
+    plain = Node(tmp_path / "plain", 12, job).ask(hc.app, _setup(6, 4))
+    assert plain.has_error() and "is a vertical job" in plain.error.reason  # not "approved with secagg = true"
