@@ -65,7 +65,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         return 0.0 if slow is None else float(slow.kwargs.get("seconds", 60))
 
     items.sort(key=lambda item: -seconds(item))
-    workers = config.getoption("numprocesses", default=None)
+    # On an xdist worker (where collection happens) numprocesses is None: the worker count is in workerinput.
+    workerinput = getattr(config, "workerinput", None)
+    workers = workerinput["workercount"] if workerinput else config.getoption("numprocesses", default=None)
     if not isinstance(workers, int) or workers < 2:
         return
     files: dict[str, list[pytest.Item]] = {}
