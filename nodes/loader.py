@@ -29,7 +29,7 @@ import hashlib
 import io
 import re
 import unicodedata
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -211,7 +211,9 @@ def _csv_rows(path: Path, raw: bytes) -> Iterator[tuple[int, dict[str, str]]]:
             if reader.line_num > line:
                 _refuse_swallowed_rows(path, line, header, cells)
             if len(cells) != len(header):
-                raise InvalidInput(f"{path} line {line}: {len(cells)} cells, the header has {len(header)}")
+                raise InvalidInput(
+                    f"{path} line {line}: {len(cells)} cells, the header has {len(header)}{_separator_hint(header)}"
+                )
             yield line, dict(zip(header, cells, strict=True))
     except csv.Error as exc:  # the cell size limit, which a quote left open reaches in a large file
         runs = f", running to line {reader.line_num} (an unbalanced quote?)" if reader.line_num > next_line else ""
@@ -227,12 +229,11 @@ def _with_near_names(absent: list[str], record: dict[str, str]) -> list[str]:
     ]
 
 
-def _separator_hint(record: dict[str, str]) -> str:
-    """Why every column is missing when the file is separated by something other than commas."""
-    if len(record) != 1:
+def _separator_hint(header: Sequence[str]) -> str:
+    """Why the columns do not line up when the file is separated by something other than commas."""
+    if len(header) != 1:
         return ""
-    (header,) = record
-    found = next((name for sep, name in ((";", "semicolons"), ("\t", "tabs"), ("|", "bars")) if sep in header), None)
+    found = next((name for sep, name in ((";", "semicolons"), ("\t", "tabs"), ("|", "bars")) if sep in header[0]), None)
     return f" (the header is one column holding {found}: the file must be separated by commas)" if found else ""
 
 
@@ -293,6 +294,8 @@ def _labels(element: DataElement) -> _Labels:
     folded: dict[str, list[int]] = {}
     for code, label in enumerate(element.categories):
         exact.setdefault(label, []).append(code)
+        if (composed := unicodedata.normalize("NFC", label)) != label:
+            exact.setdefault(composed, []).append(code)
         folded.setdefault(_folded(label), []).append(code)
     integers = any(_INTEGER.fullmatch(label.strip()) for label in element.categories)
     return _Labels(element.categories, exact, folded, integers)
@@ -316,7 +319,8 @@ def _parse(col: ColumnMapping, cell: str, labels: _Labels | None = None) -> int 
     is_int = _INTEGER.fullmatch(text) is not None
     if labels is not None:
         # An exact label wins; a case-insensitive match only when no other label also matches so.
-        codes = labels.exact.get(text) or labels.folded.get(_folded(text), [])
+        nfc = unicodedata.normalize("NFC", text)
+        codes = labels.exact.get(text) or labels.exact.get(nfc) or labels.folded.get(_folded(text), [])
         if len(codes) == 1:
             return codes[0]
         if codes:
@@ -382,7 +386,7 @@ def parse_file(
             absent = [c for c in wanted if c not in record]
             if absent:
                 named = ", ".join(_with_near_names(absent, record))
-                raise InvalidInput(f"{source}: missing column(s) {named}{_separator_hint(record)}")
+                raise InvalidInput(f"{source}: missing column(s) {named}{_separator_hint(list(record))}")
             first = False
         rows += 1
         try:

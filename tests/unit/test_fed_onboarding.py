@@ -139,6 +139,28 @@ def test_a_label_in_another_unicode_form_is_the_catalogues_label(fed: Path) -> N
     assert NodeStore.open(fed / "civil" / "store.sqlite").lookup("civil.marital_status", [ps]) == {ps: 3}
 
 
+def test_a_label_in_another_unicode_form_matches_exactly_before_case_is_folded(fed: Path) -> None:
+    """With labels "Émigré" and "émigré", a decomposed "émigré" is exactly one of them once
+    composed; it was refused as matching both (folded case), as the review of this fix found."""
+    upper, lower = "Émigré", "émigré"
+    catalogue = (fed / "catalogue.toml").read_text()
+    (fed / "catalogue.toml").write_text(
+        catalogue.replace('"divorced"', f'"{upper}"').replace('"widowed"', f'"{lower}"')
+    )
+    lines = [
+        ln.replace(",divorced,", f",{upper},").replace(",widowed,", f",{lower},")
+        for ln in (fed / "civil.csv").read_text().splitlines()
+    ]
+    cells = lines[1].split(",")
+    cells[3] = unicodedata.normalize("NFD", lower)
+    lines[1] = ",".join(cells)
+    (fed / "civil.csv").write_text("\n".join(lines) + "\n")
+    res = _load(fed, "civil")
+    assert res.exit_code == 0, res.output
+    ps = Pseudonymiser(KEY).pseudonym(cells[0])
+    assert NodeStore.open(fed / "civil" / "store.sqlite").lookup("civil.marital_status", [ps]) == {ps: 3}
+
+
 def test_split_refusals(fed: Path) -> None:
     args = ["train", "split", "--config", fed / "tax.toml", "--id-column", "national_id", "--out", fed / "h.txt"]
     bad = fed / "bad.csv"

@@ -269,5 +269,7 @@ def test_a_missing_column_names_the_header_that_differs_only_in_case_or_spaces(t
 @pytest.mark.parametrize(("sep", "name"), [(";", "semicolons"), ("\t", "tabs")])
 def test_a_file_separated_by_something_else_says_so(tmp_path: Path, mapping: Path, sep: str, name: str) -> None:
     """It listed every column as missing, with no hint (thirteenth session's review)."""
-    message = _parse(tmp_path, mapping, f"{HEADER.replace(',', sep)}\n{A}{sep}1{sep}2{sep}3\n")
-    assert f"(the header is one column holding {name}: the file must be separated by commas)" in message
+    hint = f"(the header is one column holding {name}: the file must be separated by commas)"
+    assert hint in _parse(tmp_path, mapping, f"{HEADER.replace(',', sep)}\n{A}{sep}1{sep}2{sep}3\n")
+    # A cell holding a comma (a decimal comma) splits the row: the row's cell count is refused, with the hint.
+    assert hint in _parse(tmp_path, mapping, f"{HEADER.replace(',', sep)}\n{A}{sep}1,5{sep}2{sep}3\n")
