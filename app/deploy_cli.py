@@ -52,7 +52,7 @@ def check_cmd(
 
     with fail_on_error():
         try:
-            tables = tomllib.loads(file.read_text(encoding="utf-8"))
+            tables = tomllib.loads(file.read_text(encoding="utf-8-sig"))
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{file}: {exc}") from None
         except OSError as exc:
@@ -146,7 +146,7 @@ def _timezone(policy_dir: Path | None) -> str:
 
     settings = (policy_dir or DEFAULT_POLICY_DIR) / "settings.toml"
     try:
-        return str(tomllib.loads(settings.read_text())["engine"]["timezone"])
+        return str(tomllib.loads(settings.read_text(encoding="utf-8-sig"))["engine"]["timezone"])
     except (OSError, KeyError, tomllib.TOMLDecodeError):
         return "Asia/Shanghai (the default)"
 
@@ -158,7 +158,7 @@ def _training_datasets(policy_dir: Path | None) -> dict[str, list[str]] | None:
     if policy_dir is None:
         return None
     try:
-        entries = tomllib.loads((policy_dir / "datasets.toml").read_text()).get("datasets", [])
+        entries = tomllib.loads((policy_dir / "datasets.toml").read_text(encoding="utf-8-sig")).get("datasets", [])
     except (OSError, tomllib.TOMLDecodeError):
         return None
     out: dict[str, list[str]] = {}

@@ -144,8 +144,13 @@ class GatewayClient:
             raise InvalidInput("max_attempts must be at least 1")
         self.urls = [u.strip().rstrip("/") for u in urls]
         for url in self.urls:
-            parts = urlsplit(url)
-            if parts.scheme not in ("http", "https") or not parts.hostname:
+            try:
+                parts = urlsplit(url)
+                _ = parts.port  # a port that is not a number raises here, not at the first request
+                usable = parts.scheme in ("http", "https") and bool(parts.hostname)
+            except ValueError:  # an unclosed IPv6 bracket, a port out of range
+                usable = False
+            if not usable:
                 raise InvalidInput(f"gateway URL {url!r} is not an http(s) address (e.g. https://gw.example:8443)")
         self.max_attempts = max_attempts
         self.backoff_s = backoff_s

@@ -7,6 +7,7 @@ need travels as the Flower run config produced by `JobSpec.run_config()`.
 
 from __future__ import annotations
 
+import codecs
 import hashlib
 import json
 import tomllib
@@ -300,14 +301,16 @@ def parse_job(data: dict[str, Any]) -> JobSpec:
 
 def load_job(path: Path) -> JobSpec:
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8-sig"))  # a BOM is not TOML: dropped
+        raw = path.read_bytes()
+        bom = len(codecs.BOM_UTF8) if raw.startswith(codecs.BOM_UTF8) else 0  # a BOM is not TOML: dropped
+        data = tomllib.loads(raw[bom:].decode("utf-8"))
     except FileNotFoundError:
         raise ConfigError(f"job file '{path}' not found") from None
     except IsADirectoryError:
         raise ConfigError(f"job file '{path}' is a directory") from None
     except UnicodeDecodeError as exc:
-        bad = exc.object[exc.start]
-        raise ConfigError(f"job file '{path}' is not UTF-8 text (byte 0x{bad:02x} at offset {exc.start})") from None
+        bad, at = exc.object[exc.start], bom + exc.start
+        raise ConfigError(f"job file '{path}' is not UTF-8 text (byte 0x{bad:02x} at offset {at})") from None
     except OSError as exc:
         raise ConfigError(f"job file '{path}' cannot be read: {exc.strerror or exc}") from None
     except tomllib.TOMLDecodeError as exc:

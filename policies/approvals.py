@@ -170,7 +170,7 @@ def load_approvers(policy_dir: Path) -> dict[str, Approver]:
     if not path.exists():
         return {}
     try:
-        data = tomllib.loads(path.read_text())
+        data = tomllib.loads(path.read_text(encoding="utf-8-sig"))
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise ConfigError(f"{path}: {exc}") from None
     out: dict[str, Approver] = {}

@@ -164,7 +164,7 @@ def load_consent_managers(policy_dir: Path) -> dict[str, Signer]:
     if not path.exists():
         return {}
     try:
-        data = tomllib.loads(path.read_text())
+        data = tomllib.loads(path.read_text(encoding="utf-8-sig"))
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise ConfigError(f"{path}: {exc}") from None
     out: dict[str, Signer] = {}

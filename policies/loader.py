@@ -312,7 +312,7 @@ def _load_programs(directory: Path) -> tuple[dict[str, ProgramEntry], list[Path]
     paths = sorted(directory.glob("*.toml")) if directory.is_dir() else []
     for path in paths:
         try:
-            header = tomllib.loads(path.read_text(encoding="utf-8"))["program"]
+            header = tomllib.loads(path.read_text(encoding="utf-8-sig"))["program"]
             entry = ProgramEntry(str(header["id"]), tuple(header["requester_agencies"]), tuple(header["purposes"]))
         except (OSError, tomllib.TOMLDecodeError, KeyError, TypeError) as exc:
             raise ConfigError(f"program file {path}: cannot read its [program] header ({exc})", file=str(path)) from exc

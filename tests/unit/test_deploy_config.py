@@ -265,3 +265,15 @@ def test_check_refuses_stores_ledgers_and_audit_databases_others_can_read(federa
     assert code == 0, out
     code, out = xgate("config", "check", str(gw / "gateway.toml"))
     assert code == 0, out
+
+
+def test_config_check_reads_a_config_saved_with_a_bom(tmp_path: Path) -> None:
+    """The config loaded with a BOM but `xgate config check` refused it as "Invalid statement (at
+    line 1, column 1)" (this session's review of its own BOM fix): it now checks what it says."""
+    key = tmp_path / "key"
+    key.write_bytes(b"\x01" * 32)
+    key.chmod(0o600)
+    config = tmp_path / "node.toml"
+    config.write_bytes(b'\xef\xbb\xbf[node]\nagency = "tax"\nstore = "store.sqlite"\npseudonym_key_file = "key"\n')
+    code, out = xgate("config", "check", str(config), "--before-load")
+    assert code == 1 and "Invalid statement" not in out and "no [tls] table" in out, out

@@ -181,6 +181,8 @@ def test_a_training_job_moves_on_only_when_no_gateway_received_it() -> None:
         (["not-a-url"], "'not-a-url' is not an http"),
         ([A, "ftp://gw.example"], "is not an http"),
         (["https://"], "is not an http"),
+        (["https://[::1"], "is not an http"),
+        (["https://gw:abc"], "is not an http"),
     ],
 )
 def test_bad_gateway_lists_are_refused(urls: list[str], problem: str) -> None:
@@ -276,6 +278,13 @@ def test_a_context_registered_under_another_fingerprint_is_refused(requester_key
     gw = Gateways(a=[wrong])
     with gw.client(A, keys=requester_keys) as client, pytest.raises(CryptoError, match="another fingerprint"):
         client.register_context()
+
+
+@pytest.mark.parametrize(
+    "url", ["https://[::1]:8443", "http://localhost:8443", "https://gw.example/xgate", "HTTPS://GW.EXAMPLE"]
+)
+def test_gateway_urls_of_every_usual_form_are_taken(url: str) -> None:
+    GatewayClient(url, "key")
 
 
 def test_a_ca_file_that_is_not_a_certificate_is_named(tmp_path: Path) -> None:

@@ -474,3 +474,6 @@ def test_job_and_nodes_files_saved_with_a_bom_load_and_errors_say_what_is_wrong(
     path.write_bytes(b"\xfc" + text.encode())
     with pytest.raises(ConfigError, match=r"is not UTF-8 text \(byte 0xfc at offset 0\)"):
         load_job(path)
+    path.write_bytes(b"\xef\xbb\xbf\xfc" + text.encode())  # counted in the file, the BOM included
+    with pytest.raises(ConfigError, match=r"is not UTF-8 text \(byte 0xfc at offset 3\)"):
+        load_job(path)
