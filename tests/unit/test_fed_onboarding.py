@@ -122,43 +122,36 @@ def test_split_by_column_matches_values_as_the_loader_reads_labels(fed: Path) ->
     assert sorted((fed / "h.txt").read_text().split()) == sorted(ps.pseudonym(lines[i].split(",")[0]) for i in public)
 
 
-def test_a_label_in_another_unicode_form_is_the_catalogues_label(fed: Path) -> None:
-    """A decomposed "ü" (as some exports write it) against the catalogue's composed one: refused
-    before as an unknown label that printed exactly like the catalogue's (thirteenth session's review)."""
-    composed = "verwitwet-Zürich"
-    catalogue = (fed / "catalogue.toml").read_text().replace('"widowed"', f'"{composed}"')
+def _marital_code_of_a_decomposed_cell(fed: Path, labels: dict[str, str], cell: str) -> int | None:
+    """Load civil.csv with marital-status labels renamed (`labels`: old -> new, in the catalogue and
+    in the file) and the first row's cell written as `cell` in decomposed form (NFD, as some exports
+    write it); the code stored for that row."""
+    catalogue = (fed / "catalogue.toml").read_text()
+    lines = (fed / "civil.csv").read_text().splitlines()
+    for old, new in labels.items():
+        catalogue = catalogue.replace(f'"{old}"', f'"{new}"')
+        lines = [ln.replace(f",{old},", f",{new},") for ln in lines]
     (fed / "catalogue.toml").write_text(catalogue)
-    lines = [ln.replace(",widowed,", f",{composed},") for ln in (fed / "civil.csv").read_text().splitlines()]
     cells = lines[1].split(",")
-    cells[3] = unicodedata.normalize("NFD", composed).lower()
+    cells[3] = unicodedata.normalize("NFD", cell)
     lines[1] = ",".join(cells)
     (fed / "civil.csv").write_text("\n".join(lines) + "\n")
     res = _load(fed, "civil")
     assert res.exit_code == 0, res.output
     ps = Pseudonymiser(KEY).pseudonym(cells[0])
-    assert NodeStore.open(fed / "civil" / "store.sqlite").lookup("civil.marital_status", [ps]) == {ps: 3}
+    return NodeStore.open(fed / "civil" / "store.sqlite").lookup("civil.marital_status", [ps]).get(ps)
+
+
+def test_a_label_in_another_unicode_form_is_the_catalogues_label(fed: Path) -> None:
+    """A decomposed "ü" against the catalogue's composed one: refused before as an unknown label
+    that printed exactly like the catalogue's (thirteenth session's review)."""
+    assert _marital_code_of_a_decomposed_cell(fed, {"widowed": "verwitwet-Zürich"}, "verwitwet-zürich") == 3
 
 
 def test_a_label_in_another_unicode_form_matches_exactly_before_case_is_folded(fed: Path) -> None:
     """With labels "Émigré" and "émigré", a decomposed "émigré" is exactly one of them once
     composed; it was refused as matching both (folded case), as the review of this fix found."""
-    upper, lower = "Émigré", "émigré"
-    catalogue = (fed / "catalogue.toml").read_text()
-    (fed / "catalogue.toml").write_text(
-        catalogue.replace('"divorced"', f'"{upper}"').replace('"widowed"', f'"{lower}"')
-    )
-    lines = [
-        ln.replace(",divorced,", f",{upper},").replace(",widowed,", f",{lower},")
-        for ln in (fed / "civil.csv").read_text().splitlines()
-    ]
-    cells = lines[1].split(",")
-    cells[3] = unicodedata.normalize("NFD", lower)
-    lines[1] = ",".join(cells)
-    (fed / "civil.csv").write_text("\n".join(lines) + "\n")
-    res = _load(fed, "civil")
-    assert res.exit_code == 0, res.output
-    ps = Pseudonymiser(KEY).pseudonym(cells[0])
-    assert NodeStore.open(fed / "civil" / "store.sqlite").lookup("civil.marital_status", [ps]) == {ps: 3}
+    assert _marital_code_of_a_decomposed_cell(fed, {"divorced": "Émigré", "widowed": "émigré"}, "émigré") == 3
 
 
 def test_split_refusals(fed: Path) -> None:
