@@ -106,10 +106,12 @@ def run_job(
     if local is not None and (security is not None or insecure or ca_dir is not None):
         raise ConfigError("a job on the long-lived local link runs on the link's own TLS material")
     local_nodes = cast(Sequence[NodeSpec], nodes)
+    # An invalid job is refused before it is recorded: its encodings fit each node's elements, its
+    # label is a flag, and its nodes hold what it names.
     holdings: dict[str, set[str]] = {}
-    for n in local_nodes:  # the job's encodings fit each node's elements, its label is a flag: an
-        held = holdings[n.agency] = set(datasets.held_elements(n.store))  # invalid job, refused before
-        resolve(datasets.element_info(n.store, [f for f in job.features if f in held]), job.encodings)  # it is recorded
+    for n in local_nodes:
+        held = holdings[n.agency] = set(datasets.held_elements(n.store))
+        resolve(datasets.element_info(n.store, [f for f in job.features if f in held]), job.encodings)
         if job.label in held:
             check_label(datasets.element_info(n.store, [job.label])[0])
     check_holdings(job, holdings)
