@@ -390,7 +390,9 @@ def policy_init(
 
             from policies.loader import DEFAULT_POLICY_DIR
 
-            shutil.copytree(DEFAULT_POLICY_DIR, out, ignore=shutil.ignore_patterns("*.py", "__pycache__"))
+            # Into an empty directory made beforehand too, as --all-day does (refused with "exists" before).
+            ignore = shutil.ignore_patterns("*.py", "__pycache__")
+            shutil.copytree(DEFAULT_POLICY_DIR, out, ignore=ignore, dirs_exist_ok=True)
             note = "office hours as shipped"
         _honour_umask(out)
         typer.echo(f"{out}: policy set ({note}; hours are local time in {_timezone(out)})")

@@ -94,9 +94,15 @@ def test_the_holdout_file_is_owner_only(tmp_path: Path, permissive_umask: None) 
 
 
 @pytest.mark.parametrize("widen", [[], ["--all-day"]])
-def test_xgate_policy_init_writes_the_policy_set_owner_only(tmp_path: Path, widen: list[str]) -> None:
+@pytest.mark.parametrize("made_before", [False, True])
+def test_xgate_policy_init_writes_the_policy_set_owner_only(
+    tmp_path: Path, widen: list[str], made_before: bool
+) -> None:
     """The copy kept the installed package's 0644/0755 whatever the umask, principals.toml (every
-    user's name, agency and role) included (thirteenth session's review)."""
+    user's name, agency and role) included; into an empty directory made beforehand, the copy
+    without --all-day failed with "exists" (thirteenth session's reviews)."""
+    if made_before:
+        (tmp_path / "policies").mkdir()
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     script = "import os, sys; os.umask(0o022); from app.cli import main; sys.argv[0] = 'xgate'; main()"
     args = ["policy", "init", "--out", str(tmp_path / "policies"), *widen]
