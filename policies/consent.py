@@ -445,12 +445,8 @@ class ConsentRegistry(LeasedReservations):
         return reservation
 
     def revoked(self, reservation: str) -> bool:
-        """Whether the consent a pending reservation uses is revoked (a read: `commit` decides
-        again under the consent's lock). Lets a check refuse before it charges anything else."""
-        with self.db.read() as tx:
-            found = tx.execute("SELECT ref FROM consent_reservations WHERE id = ?", (reservation,)).fetchone()
-            record = self._get(tx, str(found[0])) if found is not None else None
-        return record is not None and record.revoked_at is not None
+        """Whether the consent a pending reservation uses is revoked (a read, before anything is charged)."""
+        return self._reserved_record_revoked("consent_reservations", reservation, self._get)
 
     def commit(self, reservation: str) -> bool:
         """Make the reserved use final: the check is about to be answered. False if it was not

@@ -10,8 +10,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import Protocol
 
 from xgate.db import Database, Tx, db_now
+
+
+class _Revocable(Protocol):
+    @property
+    def revoked_at(self) -> object: ...
 
 
 class LeasedReservations:
@@ -40,6 +46,17 @@ class LeasedReservations:
         with self.db.read() as tx:
             rows = tx.execute(f"SELECT id FROM {table} WHERE owner = ?", (owner,)).fetchall()  # noqa: S608
         return sum(release(str(r[0])) for r in rows)
+
+    def _reserved_record_revoked(
+        self, table: str, reservation: str, get: Callable[[Tx, str], _Revocable | None]
+    ) -> bool:
+        """Whether the record (looked up by `get`) a pending reservation in `table` (a fixed name,
+        with the record's ref) uses is revoked: a read; the store's `commit` decides again under
+        the record's lock. Lets a check refuse before it charges anything else."""
+        with self.db.read() as tx:
+            found = tx.execute(f"SELECT ref FROM {table} WHERE id = ?", (reservation,)).fetchone()  # noqa: S608
+            record = get(tx, str(found[0])) if found is not None else None
+        return record is not None and record.revoked_at is not None
 
 
 __all__ = ["LeasedReservations"]
