@@ -14,6 +14,7 @@ from audit.cli import app as audit_app
 from client.approval_cli import app as approval_app
 from client.cli import check
 from client.consent_cli import app as consent_app
+from client.requester_cli import app as requester_app
 from gateway.cli import app as gateway_app
 from nodes.cli import app as node_app
 from policies.policy_cli import app as policy_app
@@ -29,6 +30,7 @@ app.add_typer(gateway_app, name="gateway")
 app.command("check")(check)
 app.add_typer(consent_app, name="consent")
 app.add_typer(approval_app, name="approval")
+app.add_typer(requester_app, name="requester")
 app.add_typer(audit_app, name="audit")
 app.add_typer(pki_app, name="pki")
 app.add_typer(train_app, name="train")

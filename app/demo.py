@@ -94,6 +94,8 @@ def run_demo(root: Path, people: int = 100_000, applicants: int = 1000, keep: bo
             fed.api_keys["caseworker"],
             Pseudonymiser(load_key(fed.pseudonym_key)),
             verify=str(fed.ca_cert),
+            signer=fed.signer("caseworker"),  # registered in the policy set: every check is signed
+            identity=fed.identity("caseworker"),
         )
         with client:
             client.keys  # noqa: B018 - generate the BFV key pair before timing the check

@@ -7,20 +7,24 @@ hold (pseudonym key, column keys) never go into the gateway's directory.
 
 from __future__ import annotations
 
+import base64
 import os
 import re
 import shutil
 import subprocess
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import tomli_w
 
 from app.launcher import Supervisor
 from app.synth import AGENCIES, generate, write_federation
+from crypto.envelope import SigningKey
+from gateway.wiring import DEV_USERS
 from xgate.errors import ConfigError
 from xgate.pseudonym import write_key
 
@@ -81,6 +85,46 @@ class DevFederation:
     def dev_approval(self) -> Path:
         """The dev approval artefact (xgate-approval/1), registered at each dev gateway's start."""
         return self.root / "approver" / "dev_approval.json"
+
+    def signing_key(self, label: str) -> Path:
+        """The dev user `label`'s requester signing key (registered in the policy set's requesters.toml)."""
+        return self.root / "client" / f"{label}.sign.key"
+
+    def signer(self, label: str) -> SigningKey:
+        """The dev user `label`'s requester signing key, loaded: every check of theirs is signed with it."""
+        return SigningKey.load(self.signing_key(label))
+
+    @staticmethod
+    def identity(label: str) -> tuple[str, str]:
+        """The dev user `label`'s (user id, agency), as the gateway's users file registers it."""
+        user, agency, _, _ = DEV_USERS[label]
+        return user, agency
+
+    def signed_check(self, label: str, body: Mapping[str, Any]) -> dict[str, Any]:
+        """A POST /v1/checks body with the dev user `label`'s requester statement added, as the SDK
+        signs it (for callers that post raw bodies: load generators, HTTP-level tests)."""
+        from datetime import UTC, datetime
+
+        from crypto.he import context_fingerprint
+        from policies.check_statements import Question, sign_check
+
+        fingerprint = str(body.get("context_fingerprint", ""))
+        if not fingerprint and body.get("public_context"):
+            fingerprint = context_fingerprint(base64.b64decode(str(body["public_context"])))
+        user, agency = self.identity(label)
+        question = Question(
+            user=user,
+            agency=agency,
+            program=str(body["program"]),
+            purpose=str(body["purpose"]),
+            legal_basis=str(body["legal_basis"]),
+            case_id=str(body["case_id"]),
+            consent_ref=str(body.get("consent_ref", "")),
+            approval_ref=str(body.get("approval_ref", "")),
+            context_fingerprint="" if body.get("mode") == "plaintext" else fingerprint,
+            pseudonyms=list(body["pseudonyms"]),
+        )
+        return {**body, "requester_statement": sign_check(self.signer(label), question, datetime.now(UTC))}
 
     @property
     def pki_dir(self) -> Path:
@@ -172,6 +216,7 @@ def prepare(
     write_dev_policies(fed.policy_dir, budget_max_checks)
     write_dev_consent_manager(fed.consent_manager_key, fed.policy_dir)
     write_dev_approver(fed.approver_key, fed.policy_dir, fed.dev_approval)
+    write_dev_requesters(fed)
     from audit import generate_key, save_keypair
 
     fed.gateway_dir.mkdir(parents=True, exist_ok=True)
@@ -196,6 +241,17 @@ def write_dev_consent_manager(key_file: Path, policy_dir: Path) -> None:
         "# consent managers acting for data subjects (dev federation)\n"
         f'[[consent_manager]]\nname = "mydata"\npublic_key = "{public}"\n'
     )
+
+
+def write_dev_requesters(fed: DevFederation) -> None:
+    """A requester signing key for every dev user, each registered in the policy set's requesters.toml."""
+    entries = ["# requesting users whose signed checks the gateway and the nodes accept (dev federation)"]
+    for label, (user, agency, _, _) in DEV_USERS.items():
+        key = SigningKey.generate(agency, "requester")
+        key.save(fed.signing_key(label))
+        public = base64.b64encode(key.public_raw).decode()
+        entries.append(f'[[requester]]\nuser = "{user}"\nagency = "{agency}"\npublic_key = "{public}"')
+    (fed.policy_dir / "requesters.toml").write_text("\n\n".join(entries) + "\n")
 
 
 def write_dev_approver(key_file: Path, policy_dir: Path, approval_file: Path) -> None:

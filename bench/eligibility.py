@@ -79,7 +79,10 @@ def run(quick: bool) -> dict[str, object]:
             write_gateway_config(fed, rate_per_s=1000.0, rate_burst=1000.0)
             url = start_gateway(fed, supervisor)
             pseudonymiser = Pseudonymiser(load_key(fed.pseudonym_key))
-            with GatewayClient(url, fed.api_keys["caseworker"], pseudonymiser, keys, verify=str(fed.ca_cert)) as client:
+            with GatewayClient(
+                url, fed.api_keys["caseworker"], pseudonymiser, keys, verify=str(fed.ca_cert),
+                signer=fed.signer("caseworker"), identity=fed.identity("caseworker"),
+            ) as client:  # fmt: skip
                 for batch in batches:
                     ids = ids_all[:batch]
                     he = _measure(client, ids, "he", repeats[batch])

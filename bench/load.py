@@ -70,6 +70,7 @@ from app.devfed import (
 )
 from app.launcher import Supervisor
 from client.subjects import read_subjects
+from crypto.envelope import SigningKey
 from crypto.he import SLOTS, RequesterKeys
 from exchange.pads import DEFAULT_MAX_WINDOWS
 from xgate.pseudonym import Pseudonymiser, load_key
@@ -102,6 +103,10 @@ class Running:
     urls: list[str] = field(default_factory=list)  # replicas: the clients spread over them
     gateway_pids: list[int] = field(default_factory=list)
 
+    def fresh_body(self) -> bytes:
+        """`body` with its requester statement signed now (a statement is valid for 15 minutes)."""
+        return json.dumps(self.fed.signed_check("caseworker", json.loads(self.body))).encode()
+
 
 @contextlib.contextmanager
 def federation(
@@ -120,17 +125,17 @@ def federation(
         fingerprint = register_context(fed, keys)
         pseudonymiser = Pseudonymiser(load_key(fed.pseudonym_key))
         subject = read_subjects(fed.applicants)[0]
-        body = json.dumps(
-            {
-                "program": "dibao",
-                "purpose": "dibao",
-                "legal_basis": LEGAL_BASIS["dibao"],
-                "case_id": "LOAD",
-                "approval_ref": DEV_APPROVAL_REF,
-                "pseudonyms": [pseudonymiser.pseudonym(subject)],
-                "context_fingerprint": fingerprint,
-            }
-        ).encode()
+        question = {
+            "program": "dibao",
+            "purpose": "dibao",
+            "legal_basis": LEGAL_BASIS["dibao"],
+            "case_id": "LOAD",
+            "approval_ref": DEV_APPROVAL_REF,
+            "pseudonyms": [pseudonymiser.pseudonym(subject)],
+            "context_fingerprint": fingerprint,
+        }
+        # Signed as a client that resends one check would; each level signs it afresh (`fresh_body`).
+        body = json.dumps(fed.signed_check("caseworker", question)).encode()
         yield Running(
             fed, fed.gateway_url, child.process.pid, keys, body, supervisor, [fed.gateway_url], [child.process.pid]
         )
@@ -330,9 +335,7 @@ def _level_worker() -> None:
                       "errors": tally.errors}))  # fmt: skip
 
 
-def run_level(
-    running: Running, concurrency: int, duration_s: float, key_label: str = "caseworker", processes: int | None = None
-) -> dict[str, Any]:
+def run_level(running: Running, concurrency: int, duration_s: float, processes: int | None = None) -> dict[str, Any]:
     """`concurrency` clients for `duration_s` against the running gateway; the level's figures.
     `processes`: load client processes (default `client_processes(concurrency)`)."""
     procs = processes or client_processes(concurrency)
@@ -345,7 +348,13 @@ def run_level(
     with contextlib.ExitStack() as stack:
         samplers = [stack.enter_context(RssSampler(pid)) for pid in pids]
         tally = _run_clients(
-            urls, running.fed.ca_cert, running.fed.api_keys[key_label], running.body, concurrency, duration_s, procs
+            urls,
+            running.fed.ca_cert,
+            running.fed.api_keys["caseworker"],
+            running.fresh_body(),
+            concurrency,
+            duration_s,
+            procs,
         )
     wall = time.monotonic() - started
     # Processes started during the level (the gateway's HE workers start on demand) count from birth.
@@ -513,7 +522,8 @@ def single_check_bytes(running: Running) -> dict[str, dict[str, int]]:
     out: dict[str, dict[str, int]] = {}
     with GatewayClient(
         running.url, running.fed.api_keys["caseworker"], pseudonymiser, RequesterKeys.generate(),
-        verify=str(running.fed.ca_cert),
+        verify=str(running.fed.ca_cert), signer=running.fed.signer("caseworker"),
+        identity=running.fed.identity("caseworker"),
     ) as client:  # fmt: skip
         for label in ("first", "after_registration"):
             result = client.check(
@@ -621,6 +631,9 @@ def county_check_ms(running: Running, workdir: Path, repeats: int = 5) -> dict[s
         "key": running.fed.api_keys["caseworker"],
         "pseudonym_key": str(running.fed.pseudonym_key),
         "requester": str(keys_file),
+        "signing_key": str(running.fed.signing_key("caseworker")),
+        "user": running.fed.identity("caseworker")[0],
+        "agency": running.fed.identity("caseworker")[1],
         "ca": str(running.fed.ca_cert),
         "subject": read_subjects(running.fed.applicants)[1],
         "repeats": repeats,
@@ -656,7 +669,16 @@ def _county_client(raw: str) -> None:
     pseudonymiser = Pseudonymiser(load_key(Path(args["pseudonym_key"])))
     keys = RequesterKeys.load(Path(args["requester"]))
     times = []
-    with GatewayClient(f"https://127.0.0.1:{port}", args["key"], pseudonymiser, keys, verify=args["ca"]) as client:
+    signer, identity = SigningKey.load(Path(args["signing_key"])), (args["user"], args["agency"])
+    with GatewayClient(
+        f"https://127.0.0.1:{port}",
+        args["key"],
+        pseudonymiser,
+        keys,
+        verify=args["ca"],
+        signer=signer,
+        identity=identity,
+    ) as client:
         for i in range(int(args["repeats"]) + 1):
             t0 = time.perf_counter()
             client.check(

@@ -75,8 +75,9 @@ class Side:
         url = start_gateway(fed, supervisor)
         verify: str | bool = str(fed.ca_cert) if fed.tls else False
         self.client = GatewayClient(
-            url, fed.api_keys["caseworker"], Pseudonymiser(load_key(fed.pseudonym_key)), keys, verify=verify
-        )
+            url, fed.api_keys["caseworker"], Pseudonymiser(load_key(fed.pseudonym_key)), keys, verify=verify,
+            signer=fed.signer("caseworker"), identity=fed.identity("caseworker"),
+        )  # fmt: skip
         self.times: dict[str, list[float]] = {}
         self.fanout: dict[str, list[float]] = {}
         self.edge: dict[str, list[float]] = {}  # requester wall time minus the gateway's own total

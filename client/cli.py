@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from client.sdk import CheckResult
 
 DEFAULT_KEY_FILE = Path(os.path.expanduser("~/.local/share/xgate/requester.key"))
+DEFAULT_SIGNING_KEY = Path(os.path.expanduser("~/.local/share/xgate/requester.sign.key"))
 
 
 def result_json(result: CheckResult) -> dict[str, Any]:
@@ -67,6 +68,11 @@ def check(
         "--key-file",
         help="BFV key pair (created if absent)",
     ),
+    signing_key: Path = typer.Option(
+        DEFAULT_SIGNING_KEY,
+        "--signing-key",
+        help="your registered signing key (xgate requester keygen): signs each check",
+    ),
     ca: Path | None = typer.Option(None, "--ca", help="federation CA certificate to verify the gateway"),
     consent_ref: str = typer.Option("", "--consent-ref"),
     approval_ref: str = typer.Option("", "--approval-ref"),
@@ -75,6 +81,7 @@ def check(
     """Run an eligibility check; ids are pseudonymised and values stay encrypted end to end."""
     from client.sdk import GatewayClient
     from client.subjects import read_subjects
+    from crypto.envelope import SigningKey
     from crypto.he import RequesterKeys
     from xgate.errors import InvalidInput
     from xgate.pseudonym import Pseudonymiser, load_key
@@ -83,13 +90,24 @@ def check(
         if not subjects.exists():
             raise InvalidInput(f"subjects file {subjects} does not exist")
         ids = read_subjects(subjects)
+        if not signing_key.exists():
+            raise InvalidInput(
+                f"signing key {signing_key} does not exist: make one with `xgate requester keygen` and have"
+                " the federation operator register its entry in requesters.toml"
+            )
+        signer = SigningKey.load(signing_key)
         if key_file.exists():
             keys = RequesterKeys.load(key_file)
         else:
             keys = RequesterKeys.generate()
             keys.save(key_file)
         client = GatewayClient(
-            gateway, api_key, Pseudonymiser(load_key(pseudonym_key)), keys, verify=str(ca) if ca else True
+            gateway,
+            api_key,
+            Pseudonymiser(load_key(pseudonym_key)),
+            keys,
+            verify=str(ca) if ca else True,
+            signer=signer,
         )
         with client:
             result = client.check(program, ids, purpose, legal_basis, case_id, consent_ref, approval_ref)

@@ -28,14 +28,17 @@ import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import httpx
 import numpy as np
 
+from crypto.envelope import SigningKey
 from crypto.he import RequesterKeys, context_fingerprint
 from exchange.cohort import CohortCount, debias
+from policies.check_statements import Question, sign_check
 from xgate.errors import CryptoError, InvalidInput
 from xgate.errors import GatewayError as GatewayError  # re-exported: the SDK's callers catch it
 from xgate.logging import get_logger
@@ -131,10 +134,15 @@ class GatewayClient:
         retry_after_cap_s: float = 10.0,
         sleep: Callable[[float], None] = time.sleep,
         jitter: Callable[[], float] = random.random,
+        signer: SigningKey | None = None,
+        identity: tuple[str, str] | None = None,
     ) -> None:
         """``base_url``: one gateway or several replicas of one federation (tried in order, then
         sticking to the one that answered). ``max_attempts`` bounds the requests per call;
-        a Retry-After beyond ``retry_after_cap_s`` is not waited for (the error is raised)."""
+        a Retry-After beyond ``retry_after_cap_s`` is not waited for (the error is raised).
+        ``signer``: the requesting user's registered signing key (requesters.toml), which signs
+        every check (policies/check_statements.py); ``identity``: its (user, agency), asked of
+        the gateway (GET /v1/whoami) when not given."""
         urls = [base_url] if isinstance(base_url, str) else list(base_url)
         if not urls or not all(isinstance(u, str) and u.strip() for u in urls):
             raise InvalidInput("at least one gateway URL is needed")
@@ -174,6 +182,8 @@ class GatewayClient:
         )
         self._pseudonymiser = pseudonymiser
         self._keys = keys
+        self._signer = signer
+        self._identity = identity
         self.last_attempts = 0  # requests the last call sent
         self.last_replayed = False
         self.context_registrations = 0  # POST /v1/contexts this client sent
@@ -308,6 +318,7 @@ class GatewayClient:
         extra = 0
         if mode == "he":
             payload["context_fingerprint"] = context_fingerprint(self.keys.public_context)
+        payload["requester_statement"] = self._statement(payload)
         # One key for this check and all its retries: the gateways answer it once.
         key = {"Idempotency-Key": str(uuid.uuid4())}
         earlier = 0  # check requests sent before the context was registered
@@ -324,6 +335,31 @@ class GatewayClient:
         result.gateway, result.replayed = self.url, self.last_replayed
         result.attempts = earlier + self.last_attempts
         return result
+
+    def _statement(self, payload: Mapping[str, Any]) -> str:
+        """This check signed by the requesting user: the question, the HE context and the subjects."""
+        if self._signer is None:
+            raise InvalidInput(
+                "this client has no requester signing key: every check is signed by its requester"
+                " (xgate requester keygen, then the federation operator registers it in requesters.toml)"
+            )
+        if self._identity is None:
+            body, _ = self._call("GET", "/v1/whoami")
+            self._identity = (str(body["user"]), str(body["agency"]))
+        user, agency = self._identity
+        question = Question(
+            user=user,
+            agency=agency,
+            program=payload["program"],
+            purpose=payload["purpose"],
+            legal_basis=payload["legal_basis"],
+            case_id=payload["case_id"],
+            consent_ref=payload["consent_ref"],
+            approval_ref=payload["approval_ref"],
+            context_fingerprint=payload.get("context_fingerprint", ""),
+            pseudonyms=payload["pseudonyms"],
+        )
+        return sign_check(self._signer, question, datetime.now(UTC))
 
     # -- federated training --------------------------------------------------------------------
     def submit_training_job(self, job: Mapping[str, Any]) -> dict[str, Any]:

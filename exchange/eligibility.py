@@ -40,6 +40,7 @@ class CheckScope:
     policy_set_hash: str = ""
     consent_artefact: str = ""
     approval_artefact: str = ""
+    requester_statement: str = ""  # the requesting user's signed statement (policies/check_statements.py)
 
 
 @dataclass(frozen=True)
@@ -67,6 +68,7 @@ def _request_context(program: Program, scope: CheckScope) -> node_pb2.RequestCon
         policy_set_hash=scope.policy_set_hash,
         consent_artefact=scope.consent_artefact,
         approval_artefact=scope.approval_artefact,
+        requester_statement=scope.requester_statement,
     )
 
 

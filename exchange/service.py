@@ -29,6 +29,7 @@ import time
 import uuid
 from collections.abc import Callable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 import numpy as np
@@ -52,6 +53,7 @@ from exchange.eligibility import (
 from exchange.he_compute import CohortSecrets, CombineJob, HeCompute, InlineHeCompute
 from exchange.pads import PadLease, PadPools
 from exchange.types import VIEWS, CheckOutcome, CheckRequest, CohortPrivacy, CriterionVerdict, NodeReceipt, View
+from policies.check_statements import Question, RequesterKey, verify_statement
 from policies.programs import Program, ProgramRegistry
 from policies.types import DEFAULT_COHORT_EPSILON, RESERVATION_OWNER, CheckContext, PolicyOutcome
 from protos.xgate.v1 import node_pb2
@@ -152,6 +154,9 @@ class CheckService:
     compute: HeCompute = field(default_factory=InlineHeCompute)
     # One-time pad batches for small packed checks (None: every check gets fresh node ciphertexts).
     pads: PadPools | None = field(default_factory=PadPools)
+    # The registered requesters' signing keys (policies/requesters.py): each check's statement is
+    # verified before the policy decision. None only where no node checks it either (core tests).
+    requesters: Callable[[], Mapping[str, RequesterKey]] | None = None
 
     async def run(
         self,
@@ -183,6 +188,11 @@ class CheckService:
             await self._record(events.policy_denied(about, exc))
             raise
         context = await self._context(request)
+        try:
+            self._verify_requester(principal, request, context)
+        except PolicyDenied as exc:
+            await self._record(events.policy_denied(about, exc))
+            raise
         # Policy last among the gateway's own checks: a malformed request must not spend budget.
         # Off the event loop: a large batch's budget transaction must not stall other requests.
         # The reservations' owner travels to the stores in the worker thread's copy of the context.
@@ -221,6 +231,27 @@ class CheckService:
         if cancelled:
             raise asyncio.CancelledError
         return result
+
+    def _verify_requester(self, principal: Principal, request: CheckRequest, context: PublicContext | None) -> None:
+        """The requesting user signed this very question, context and subjects (every node checks
+        it again): refused here first, so an unsigned check never reaches the decision point."""
+        if self.requesters is None:
+            return
+        question = Question(
+            user=principal.user,
+            agency=principal.agency,
+            program=request.program,
+            purpose=request.purpose,
+            legal_basis=request.legal_basis,
+            case_id=request.case_id,
+            consent_ref=request.consent_ref,
+            approval_ref=request.approval_ref,
+            context_fingerprint=context.ref if context is not None else "",
+            pseudonyms=request.pseudonyms,
+        )
+        verify_statement(
+            request.requester_statement, self.requesters(), question, datetime.fromtimestamp(self.clock(), UTC)
+        )
 
     def release_owner(self, owner: str) -> int:
         """Give back what one owner's reservations still hold (a dead attempt whose Idempotency-Key
@@ -537,6 +568,7 @@ def _scope(request_id: str, principal: Principal, request: CheckRequest, outcome
         policy_set_hash=outcome.policy_set_hash,
         consent_artefact=outcome.consent_artefact,
         approval_artefact=outcome.approval_artefact,
+        requester_statement=request.requester_statement,
     )
 
 

@@ -30,6 +30,7 @@ class CheckRequest:
     context_fingerprint: str = ""  # "sha256:<hex>" when the caller named a registered context
     consent_ref: str = ""
     approval_ref: str = ""
+    requester_statement: str = ""  # the requesting user's signature over this check (xgate-check/1)
 
 
 @dataclass(frozen=True)

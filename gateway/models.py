@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 from crypto.he import MAX_CONTEXT_BYTES
 from exchange import types as domain
 from policies.approvals import REF_RE as APPROVAL_REF_RE
+from policies.check_statements import MAX_STATEMENT_BYTES
 from policies.consent import REF_RE as CONSENT_REF_RE
 from xgate.errors import InvalidInput
 from xgate.pseudonym import PSEUDONYM_RE, contains_national_id
@@ -70,6 +71,12 @@ class CheckRequest(BaseModel):
         default="",
         max_length=MAX_CONTEXT_B64,
         description="deprecated: the base64 public context inline (~0.66 MB per check); use context_fingerprint",
+    )
+    requester_statement: str = Field(
+        default="",
+        max_length=MAX_STATEMENT_BYTES,
+        description="the requesting user's signature over this check (xgate-check/1, policies/check_statements.py):"
+        " its question, HE context fingerprint and subjects; the gateway and every node verify it",
     )
 
     @field_validator("consent_ref", "approval_ref")
@@ -166,6 +173,7 @@ def to_domain(body: CheckRequest, registered: bytes = b"") -> domain.CheckReques
         context_fingerprint=body.context_fingerprint if body.mode == "he" else "",
         consent_ref=body.consent_ref,
         approval_ref=body.approval_ref,
+        requester_statement=body.requester_statement,
     )
 
 

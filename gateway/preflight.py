@@ -16,6 +16,7 @@ from crypto.preflight import (
     signing_key_ok,
 )
 from gateway.config import GatewayConfig, GatewaySettings
+from policies.requesters import requesters_problem
 from xgate.errors import ConfigError, XgateError
 
 
@@ -79,8 +80,10 @@ def gateway_problems(config: GatewayConfig) -> Problems:
         except XgateError as exc:
             p.add(f"gateway.mask_key_file = {s.mask_key_file}: {exc.message}")
     _users_ok(p, s)
-    if s.policy_dir is not None:
-        file_ok(p, "gateway.policy_dir", s.policy_dir, is_dir=True)
+    if s.policy_dir is not None and file_ok(p, "gateway.policy_dir", s.policy_dir, is_dir=True):
+        why = requesters_problem(s.policy_dir)
+        if why is not None:
+            p.add(f"gateway.policy_dir: {why}")
     if s.signed_policies:
         policy_bundle_ok(p, "gateway.policy_dir", s.policy_dir, config.tls.ca if config.tls else None)
     _state_problems(p, s)

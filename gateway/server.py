@@ -125,8 +125,9 @@ def build_app(config: GatewayConfig, on_ready: Callable[[], None] | None = None)
     from policies.approvals import ApprovalRegistry
 
     authenticate = authenticator_for(config)
-    policy, consents = policy_for(config)
+    policy, consents, requesters = policy_for(config)
     service.policy = policy
+    service.requesters = requesters.current  # every check is signed by its requester (THREAT_MODEL I1b)
     audit = None
     if settings.audit_db is not None:
         if settings.audit_key is None:

@@ -20,6 +20,7 @@ from policies.budgets import CohortPrivacyBudget, ProbeBudget
 from policies.consent import ConsentManagers, ConsentRegistry
 from policies.decision import DEFAULT_POLICY_DIR, CheckAuthorizer
 from policies.reload import PolicyReloader
+from policies.requesters import Requesters
 from policies.silver_claims import SilverClaims
 from xgate.errors import BudgetExhausted, ConfigError, Unauthenticated
 from xgate.principal import Principal
@@ -102,9 +103,9 @@ class RestAuthenticator:
             ) from None
 
 
-def policy_for(config: GatewayConfig) -> tuple[CheckAuthorizer, ConsentRegistry]:
+def policy_for(config: GatewayConfig) -> tuple[CheckAuthorizer, ConsentRegistry, Requesters]:
     """The gateway's policy decision point (hot-reloaded), probing and ε budgets, silver claims, consent
-    and approval registries."""
+    and approval registries, and the requesters' signing keys (checked before the decision point)."""
     settings = config.gateway
     state = state_dir_of(config)
     state.mkdir(parents=True, exist_ok=True)
@@ -132,7 +133,7 @@ def policy_for(config: GatewayConfig) -> tuple[CheckAuthorizer, ConsentRegistry]
     authorizer = CheckAuthorizer(
         engine=reloader, budgets=budgets, consents=consents, approvals=approvals, privacy=privacy, claims=claims
     )
-    return authorizer, consents
+    return authorizer, consents, Requesters(policy_dir, bundle)
 
 
 def idempotency_for(config: GatewayConfig) -> IdempotencyStore:

@@ -6,11 +6,14 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
+from crypto.he import context_fingerprint
 from nodes.service import Authorizer
 from policies.approvals import Approvers, check_approval_artefact
+from policies.check_statements import Question, verify_statement
 from policies.consent import ConsentManagers, check_artefact
 from policies.decision import DEFAULT_POLICY_DIR, node_decision
 from policies.reload import PolicyReloader
+from policies.requesters import Requesters
 from protos.xgate.v1 import node_pb2
 from xgate.errors import PolicyDenied
 
@@ -55,6 +58,28 @@ def verify_approval(request: node_pb2.EncryptRequest, approvers: Approvers, cloc
     )
 
 
+def verify_requester(request: node_pb2.EncryptRequest, requesters: Requesters, clock: Callable[[], datetime]) -> None:
+    """The requesting user signed this very question, for the HE context this node is about to
+    encrypt under and for exactly these subjects (THREAT_MODEL I1b): the gateway cannot name a
+    context of its own, nor widen the question."""
+    ctx = request.context
+    # NodeService checked public_context against context_fingerprint when both are set.
+    context = context_fingerprint(request.public_context) if request.public_context else request.context_fingerprint
+    question = Question(
+        user=ctx.requester_user,
+        agency=ctx.requester_agency,
+        program=ctx.program_id,
+        purpose=ctx.purpose,
+        legal_basis=ctx.legal_basis,
+        case_id=ctx.case_id,
+        consent_ref=ctx.consent_ref,
+        approval_ref=ctx.approval_ref,
+        context_fingerprint=context if request.mode == node_pb2.EXCHANGE_MODE_HE else "",
+        pseudonyms=request.pseudonyms,
+    )
+    verify_statement(ctx.requester_statement, requesters.current(), question, clock())
+
+
 def node_authorizer(
     agency: str,
     policy_dir: Path | None,
@@ -70,9 +95,11 @@ def node_authorizer(
     bundle = (lambda: reloader.bundle) if signed_by is not None else None
     managers = ConsentManagers(directory, bundle)
     approvers = Approvers(directory, bundle)
+    requesters = Requesters(directory, bundle)
 
     def authorize(request: node_pb2.EncryptRequest) -> None:
         ctx = request.context
+        verify_requester(request, requesters, clock)
         verify_consent(request, managers, clock)
         verify_approval(request, approvers, clock)
         node_decision(

@@ -20,6 +20,7 @@ from crypto.preflight import (
     signing_key_ok,
 )
 from nodes.config import NodeConfig
+from policies.requesters import requesters_problem
 from xgate.errors import XgateError
 
 DEV_LISTEN = "127.0.0.1:0"
@@ -52,8 +53,10 @@ def node_problems(config: NodeConfig, *, for_serve: bool = True) -> Problems:
         file_ok(p, "node.store", s.store)
     private_file_ok(p, "node.store", s.store)
     file_ok(p, "node.catalogue", s.catalogue)
-    if s.policy_dir is not None:
-        file_ok(p, "node.policy_dir", s.policy_dir, is_dir=True)
+    if s.policy_dir is not None and file_ok(p, "node.policy_dir", s.policy_dir, is_dir=True):
+        why = requesters_problem(s.policy_dir)
+        if why is not None:
+            p.add(f"node.policy_dir: {why}")
     if s.signed_policies:
         policy_bundle_ok(p, "node.policy_dir", s.policy_dir, config.tls.ca if config.tls else None)
     for key, path in (("node.pseudonym_key_file", s.pseudonym_key_file), ("node.column_key_file", s.column_key_file),

@@ -1,93 +1,173 @@
-"""Attack (open, THREAT_MODEL I1b): a gateway operator names an HE context whose secret key it holds.
+"""Attack (THREAT_MODEL I1b): a gateway operator names an HE context whose secret key it holds.
 
-A node authenticates the gateway (mTLS, signed envelopes) and checks the requester's consent and
-approval artefacts, but the requester's identity and its HE context come on the gateway's word:
-no requester signature binds a context to a certified user. So a gateway that makes its own
-`RequesterKeys`, names their public context in an `EncryptValues` call under a real caseworker's
-identity, purpose and legal basis (which the node's own shipped policy allows), decrypts the
-answer with its own secret key: every stored value, exactly, also through the one-time pads of
-small checks (the pads travel as Enc(rho) under the named context beside x - rho).
+A node authenticates the gateway (mTLS, signed envelopes), and before requester-signed checks it
+took the requester's identity and HE context on the gateway's word. So a gateway that made its own
+`RequesterKeys` and named their public context in an `EncryptValues` call under a real
+caseworker's identity, purpose and legal basis (which the node's own shipped policy allows)
+decrypted the answer with its own secret key: every stored value, exactly, also through the
+one-time pads of small checks (the pads travel as Enc(rho) under the named context beside x - rho).
 
-Found by the thirteenth session's review; not fixed yet. Closing it takes requester-signed checks:
-a signing key per requesting user in the CA-signed policy set, a signed statement over the
-context fingerprint, the question and a digest of the subjects, forwarded by the gateway and
-verified by every node before it reads anything. These tests assert the protection and are
-expected to fail until then (strict: they start failing the suite once the protection holds, so
-the marker and the threat model's status are updated with the fix).
+Now every check carries the requesting user's statement (policies/check_statements.py), signed
+with a key registered in the policy set's requesters.toml, over the question, the context
+fingerprint and the subjects; the node verifies it against the context it is about to encrypt
+under before it reads anything. The attacks below run with and without a genuine statement the
+gateway relays (it sees every one the caseworker sends), and each would read every income if the
+node skipped the check; the positive control shows the caseworker's own check is still answered.
 """
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
+
 import pytest
 
-from crypto.envelope import Envelopes
+from crypto.envelope import Envelopes, SigningKey
 from crypto.he import PLAIN_MODULUS, RequesterKeys, context_fingerprint
 from crypto.pads import new_batch_id
 from nodes.policy import node_authorizer
 from nodes.service import NodeService
+from policies.check_statements import Question, sign_check
+from policies.decision import DEFAULT_POLICY_DIR
 from protos.xgate.v1 import node_pb2
 from tests.unit.test_node_service import GATEWAY, INCOME, RING, SUBJECTS, TAX, Audit, _request, _store
 from tests.unit.test_policy_support import DAYTIME
-from xgate.errors import XgateError
+from xgate.errors import PolicyDenied
 
 STORED_INCOMES = [500 * i for i in range(len(SUBJECTS))]  # tests/unit/test_node_service.py's store
-OPEN = pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="open (THREAT_MODEL I1b): nodes take the requester's HE context on the gateway's word",
-)
+CASEWORKER, AGENCY = "ca-caseworker-gold", "civil_affairs"
+# Why the node refuses: no statement at all, or the caseworker's statement names another context.
+REFUSED = {False: "carries no requester statement", True: "HE context named is not the one the requester signed"}
 
 
-def _node() -> NodeService:
+@pytest.fixture(scope="module")
+def caseworker_key() -> SigningKey:
+    return SigningKey.generate(AGENCY, "requester")
+
+
+@pytest.fixture(scope="module")
+def caseworker_keys() -> RequesterKeys:
+    return RequesterKeys.generate()
+
+
+@pytest.fixture
+def node(tmp_path: Path, caseworker_key: SigningKey) -> NodeService:
+    """The tax node on the shipped policy set, with the caseworker's signing key registered."""
+    import base64
+
+    policies = tmp_path / "policies"
+    shutil.copytree(DEFAULT_POLICY_DIR, policies, ignore=shutil.ignore_patterns("__pycache__"))
+    public = base64.b64encode(caseworker_key.public_raw).decode()
+    (policies / "requesters.toml").write_text(
+        f'[[requester]]\nuser = "{CASEWORKER}"\nagency = "{AGENCY}"\npublic_key = "{public}"\n'
+    )
     return NodeService(
         agency="tax",
         store=_store(),  # type: ignore[arg-type]
         audit=Audit(),  # type: ignore[arg-type]
         envelopes=Envelopes(TAX, RING),
-        authorize=node_authorizer("tax", None, clock=lambda: DAYTIME),  # the shipped policy set
+        authorize=node_authorizer("tax", policies, clock=lambda: DAYTIME),
     )
 
 
-def _request_under_own_key(keys: RequesterKeys) -> node_pb2.EncryptRequest:
-    """A check as the gateway could make it up: a real caseworker, purpose and legal basis; its own context."""
+def _check(public_context: bytes) -> node_pb2.EncryptRequest:
+    """A check under the real caseworker, purpose and legal basis, naming `public_context`."""
     req = _request(
         SUBJECTS,
         ((INCOME, 0),),
         mode=node_pb2.EXCHANGE_MODE_HE,
-        public_context=keys.public_context,
-        requester_user="ca-caseworker-gold",
+        public_context=public_context,
+        requester_user=CASEWORKER,
         legal_basis="SAR-2014-art-12",
     )
-    req.context_fingerprint = context_fingerprint(keys.public_context)
+    req.context_fingerprint = context_fingerprint(public_context)
     req.value_tag_epoch = 1
     return req
 
 
-@OPEN
-def test_a_gateway_naming_its_own_context_reads_no_value() -> None:
-    keys = RequesterKeys.generate()  # made by the gateway operator
-    req = _request_under_own_key(keys)
+def _statement(key: SigningKey, req: node_pb2.EncryptRequest, fingerprint: str) -> str:
+    """What the caseworker signs for its own check (the gateway relays it and so holds it)."""
+    ctx = req.context
+    question = Question(
+        user=ctx.requester_user,
+        agency=ctx.requester_agency,
+        program=ctx.program_id,
+        purpose=ctx.purpose,
+        legal_basis=ctx.legal_basis,
+        case_id=ctx.case_id,
+        consent_ref=ctx.consent_ref,
+        approval_ref=ctx.approval_ref,
+        context_fingerprint=fingerprint,
+        pseudonyms=list(req.pseudonyms),
+    )
+    return sign_check(key, question, DAYTIME)
+
+
+def _sent(node: NodeService, req: node_pb2.EncryptRequest) -> node_pb2.EncryptResponse:
     Envelopes(GATEWAY, RING).sign_request(req, "EncryptValues")
-    try:
-        resp = _node().encrypt_values(req)
-    except XgateError:
-        return  # refused before reading: the protection holds
-    (element,) = resp.elements
-    read = [int(v) for v in keys.decrypt_masked(element.ciphertexts[0], len(SUBJECTS))]
-    assert read != STORED_INCOMES, "the gateway decrypted every stored income"
+    return node.encrypt_values(req)
 
 
-@OPEN
-def test_a_gateway_naming_its_own_context_reads_no_value_through_the_pads() -> None:
-    keys = RequesterKeys.generate()
-    req = _request_under_own_key(keys)
+@pytest.mark.parametrize("relayed", [False, True], ids=["unsigned", "relays-the-caseworkers-statement"])
+def test_a_gateway_naming_its_own_context_reads_no_value(
+    node: NodeService, caseworker_key: SigningKey, caseworker_keys: RequesterKeys, relayed: bool
+) -> None:
+    own = RequesterKeys.generate()  # made by the gateway operator
+    req = _check(own.public_context)
+    if relayed:
+        genuine = context_fingerprint(caseworker_keys.public_context)
+        req.context.requester_statement = _statement(caseworker_key, req, genuine)
+    with pytest.raises(PolicyDenied, match=REFUSED[relayed]):
+        _sent(node, req)
+
+
+@pytest.mark.parametrize("relayed", [False, True], ids=["unsigned", "relays-the-caseworkers-statement"])
+def test_a_gateway_naming_its_own_context_reads_no_value_through_the_pads(
+    node: NodeService, caseworker_key: SigningKey, caseworker_keys: RequesterKeys, relayed: bool
+) -> None:
+    own = RequesterKeys.generate()
+    req = _check(own.public_context)
     req.pad_batch, req.pad_offset, req.pad_open = new_batch_id(), 0, True
-    Envelopes(GATEWAY, RING).sign_request(req, "EncryptValues")
-    try:
-        resp = _node().encrypt_values(req)
-    except XgateError:
-        return
-    (element,) = resp.elements
-    rho = keys.decrypt_masked(element.pad_ciphertext, 8192)
+    if relayed:
+        genuine = context_fingerprint(caseworker_keys.public_context)
+        req.context.requester_statement = _statement(caseworker_key, req, genuine)
+    with pytest.raises(PolicyDenied, match=REFUSED[relayed]):
+        _sent(node, req)
+    assert len(node.pads) == 0, "the node drew pads for a check it refused"
+
+
+def test_a_statement_signed_by_a_key_the_gateway_made_is_refused(node: NodeService) -> None:
+    """The gateway signs for the caseworker with a key of its own: not the one requesters.toml registers."""
+    own = RequesterKeys.generate()
+    req = _check(own.public_context)
+    forged = SigningKey.generate(AGENCY, "requester")
+    req.context.requester_statement = _statement(forged, req, context_fingerprint(own.public_context))
+    with pytest.raises(PolicyDenied, match="not signed by a registered signer"):
+        _sent(node, req)
+
+
+def test_positive_control_the_caseworkers_own_check_is_answered(
+    node: NodeService, caseworker_key: SigningKey, caseworker_keys: RequesterKeys
+) -> None:
+    """Without the protection the attacks above read this; with it, only the caseworker reads it."""
+    req = _check(caseworker_keys.public_context)
+    req.context.requester_statement = _statement(
+        caseworker_key, req, context_fingerprint(caseworker_keys.public_context)
+    )
+    (element,) = _sent(node, req).elements
+    read = [int(v) for v in caseworker_keys.decrypt_masked(element.ciphertexts[0], len(SUBJECTS))]
+    assert read == STORED_INCOMES
+
+
+def test_positive_control_pads_are_read_by_the_caseworker_alone(
+    node: NodeService, caseworker_key: SigningKey, caseworker_keys: RequesterKeys
+) -> None:
+    req = _check(caseworker_keys.public_context)
+    req.pad_batch, req.pad_offset, req.pad_open = new_batch_id(), 0, True
+    req.context.requester_statement = _statement(
+        caseworker_key, req, context_fingerprint(caseworker_keys.public_context)
+    )
+    (element,) = _sent(node, req).elements
+    rho = caseworker_keys.decrypt_masked(element.pad_ciphertext, 8192)
     read = [(int(p) + int(r)) % PLAIN_MODULUS for p, r in zip(element.padded_values, rho, strict=False)]
-    assert read != STORED_INCOMES, "the gateway read every stored income as (x - rho) + rho"
+    assert read == STORED_INCOMES

@@ -96,7 +96,8 @@ class ConsoleFederation:
         from xgate.pseudonym import Pseudonymiser, load_key
 
         return GatewayClient(self.url, self.fed.api_keys[label], Pseudonymiser(load_key(self.fed.pseudonym_key)),
-                             verify=str(self.fed.ca_cert))  # fmt: skip
+                             verify=str(self.fed.ca_cert), signer=self.fed.signer(label),
+                             identity=self.fed.identity(label))  # fmt: skip
 
     def pseudonym(self, national_id: str) -> str:
         from xgate.pseudonym import Pseudonymiser, load_key

@@ -46,5 +46,7 @@ def client(federation: DevFederation):  # type: ignore[no-untyped-def]
         federation.api_keys["caseworker"],
         Pseudonymiser(load_key(federation.pseudonym_key)),
         verify=str(federation.ca_cert),
+        signer=federation.signer("caseworker"),
+        identity=federation.identity("caseworker"),
     ) as c:
         yield c

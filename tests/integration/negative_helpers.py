@@ -189,7 +189,7 @@ def build_request(
     mode: int = node_pb2.EXCHANGE_MODE_HE,
     request_id: str = "neg-1",
 ) -> node_pb2.EncryptRequest:
-    from crypto.he import HE_PARAMS_ID
+    from crypto.he import HE_PARAMS_ID, context_fingerprint
 
     pseudonymiser = Pseudonymiser(load_key(fed.pseudonym_key))
     context = node_pb2.RequestContext(
@@ -206,10 +206,24 @@ def build_request(
         approval_ref=DEV_APPROVAL_REF,
         approval_artefact=fed.dev_approval.read_text(),  # forwarded as the gateway forwards it
     )
+    pseudonyms = [pseudonymiser.pseudonym(i) for i in national_ids]
+    he = mode == node_pb2.EXCHANGE_MODE_HE
+    question = {
+        "program": "dibao",
+        "purpose": context.purpose,
+        "legal_basis": context.legal_basis,
+        "case_id": context.case_id,
+        "approval_ref": context.approval_ref,
+        "pseudonyms": pseudonyms,
+        "context_fingerprint": context_fingerprint(public_context) if he else "",
+        "mode": "he" if he else "plaintext",
+    }
+    # cw-zhang's own statement, as the gateway forwards it (policies/check_statements.py)
+    context.requester_statement = fed.signed_check("caseworker", question)["requester_statement"]
     return node_pb2.EncryptRequest(
         context=context,
         mode=mode,
-        pseudonyms=[pseudonymiser.pseudonym(i) for i in national_ids],
+        pseudonyms=pseudonyms,
         elements=[node_pb2.ElementQuery(element=e, if_missing=0) for e in elements],
         public_context=public_context if mode == node_pb2.EXCHANGE_MODE_HE else b"",
         he_params_id=HE_PARAMS_ID if mode == node_pb2.EXCHANGE_MODE_HE else "",

@@ -74,6 +74,7 @@ def test_check_is_logged_on_both_sides_and_cosigned(federation, tmp_path):
         federation.api_keys["caseworker"],
         Pseudonymiser(load_key(federation.pseudonym_key)),
         verify=str(federation.ca_cert),
+        signer=federation.signer("caseworker"),
     ) as client:
         result = client.check("dibao", ids, "dibao", LEGAL_BASIS["dibao"], "audit-1", approval_ref=DEV_APPROVAL_REF)
         pseudonym = client._pseudonymiser.pseudonym(ids[0])

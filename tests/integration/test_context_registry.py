@@ -46,6 +46,8 @@ def _client(federation: DevFederation, keys: RequesterKeys) -> GatewayClient:
         Pseudonymiser(load_key(federation.pseudonym_key)),
         keys,
         verify=str(federation.ca_cert),
+        signer=federation.signer("caseworker"),
+        identity=federation.identity("caseworker"),
     )
 
 

@@ -44,6 +44,8 @@ def test_he_verdicts_match_plaintext_oracle(federation, program):
         federation.api_keys[label],
         Pseudonymiser(load_key(federation.pseudonym_key)),
         verify=str(federation.ca_cert),
+        signer=federation.signer(label),
+        identity=federation.identity(label),
     ) as client:
         approval = DEV_APPROVAL_REF if program != "unemployment_subsidy" else ""
         result = client.check(
@@ -92,8 +94,8 @@ def _payload(client, ids, **change):
 def test_repeating_a_check_returns_identical_masked_values(client, federation):
     """Masks are keyed to (program, criterion, epoch, subject): a repeat reveals nothing new."""
     ids = read_subjects(federation.applicants)[225:230]
-    first, _ = client._call("POST", "/v1/checks", json=_payload(client, ids))
-    second, _ = client._call("POST", "/v1/checks", json=_payload(client, ids))
+    first, _ = client._call("POST", "/v1/checks", json=federation.signed_check("caseworker", _payload(client, ids)))
+    second, _ = client._call("POST", "/v1/checks", json=federation.signed_check("caseworker", _payload(client, ids)))
     # A small batch: every criterion in one packed ciphertext (one slot block each); the second
     # check takes the next window of the one-time pad batch, so its blocks follow the first's.
     assert len(first["packed_ciphertexts"]) == len(second["packed_ciphertexts"]) == 1
@@ -155,6 +157,8 @@ def test_wrong_agency_may_not_request_program(federation):
             federation.api_keys["hrss_caseworker"],
             Pseudonymiser(load_key(federation.pseudonym_key)),
             verify=str(federation.ca_cert),
+            signer=federation.signer("hrss_caseworker"),
+            identity=federation.identity("hrss_caseworker"),
         ) as client,
         pytest.raises(GatewayError) as info,
     ):

@@ -46,6 +46,8 @@ def _check(federation, url: str, n: int = 5):
             federation.api_keys["caseworker"],
             Pseudonymiser(load_key(federation.pseudonym_key)),
             verify=str(federation.ca_cert),
+            signer=federation.signer("caseworker"),
+            identity=federation.identity("caseworker"),
         ) as client,
         pytest.raises(GatewayError) as info,
     ):

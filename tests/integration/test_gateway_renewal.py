@@ -43,7 +43,8 @@ def _served_serial(url: str, ca: Path) -> int:
 
 def _check(federation, url: str, ids: list[str]) -> None:  # type: ignore[no-untyped-def]
     with GatewayClient(url, federation.api_keys["caseworker"], Pseudonymiser(load_key(federation.pseudonym_key)),
-                       verify=str(federation.ca_cert)) as client:  # fmt: skip
+                       verify=str(federation.ca_cert), signer=federation.signer("caseworker"),
+                       identity=federation.identity("caseworker")) as client:  # fmt: skip
         result = client.check("dibao", ids, "dibao", LEGAL_BASIS["dibao"], "case-renew", approval_ref=DEV_APPROVAL_REF)
     assert len(result.subjects) == len(ids)
 

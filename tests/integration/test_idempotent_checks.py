@@ -79,7 +79,7 @@ def _results(federation, url: str) -> int:  # type: ignore[no-untyped-def]
 
 def _payload(federation, ids: list[str], case_id: str = "case-idem") -> dict[str, Any]:  # type: ignore[no-untyped-def]
     pseudo = Pseudonymiser(load_key(federation.pseudonym_key))
-    return {
+    body = {
         "program": "dibao",
         "purpose": "dibao",
         "legal_basis": LEGAL_BASIS["dibao"],
@@ -89,6 +89,7 @@ def _payload(federation, ids: list[str], case_id: str = "case-idem") -> dict[str
         "pseudonyms": [pseudo.pseudonym(i) for i in ids],
         "public_context": base64.b64encode(RequesterKeys.generate().public_context).decode("ascii"),
     }
+    return federation.signed_check("caseworker", body)  # type: ignore[no-any-return]
 
 
 def test_a_retried_check_is_replayed_computed_once_and_charged_once(federation, gateway: str) -> None:  # type: ignore[no-untyped-def]
@@ -141,6 +142,7 @@ def test_the_sdk_given_a_dead_gateway_first_completes_on_the_second(federation, 
         GatewayClient(
             [f"https://127.0.0.1:{port}", gateway], federation.api_keys["caseworker"], pseudo, keys,
             verify=str(federation.ca_cert), backoff_s=0.05,
+            signer=federation.signer("caseworker"), identity=federation.identity("caseworker"),
         ) as client,
     ):  # fmt: skip
         result = client.check(

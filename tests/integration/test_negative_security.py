@@ -182,7 +182,13 @@ def limited(neg: Neg) -> Iterator[str]:
 def _client(neg: Neg, url: str, label: str = "caseworker", keys: RequesterKeys | None = None) -> GatewayClient:
     pseudonymiser = Pseudonymiser(load_key(neg.fed.pseudonym_key))
     return GatewayClient(
-        url, neg.fed.api_keys[label], pseudonymiser, keys=keys or neg.keys, verify=str(neg.fed.ca_cert)
+        url,
+        neg.fed.api_keys[label],
+        pseudonymiser,
+        keys=keys or neg.keys,
+        verify=str(neg.fed.ca_cert),
+        signer=neg.fed.signer(label),
+        identity=neg.fed.identity(label),
     )
 
 
@@ -642,9 +648,41 @@ def test_refuses_agency_not_entitled_to_program(neg: Neg) -> None:
 def test_refuses_wrong_role_running_eligibility_check(neg: Neg) -> None:
     """A security officer of the right agency audits exchanges; they may not run checks on people."""
     with _http(neg, neg.fed.gateway_url) as http:
-        response = http.post("/v1/checks", json=_check_payload(neg), headers=_bearer(neg, "officer"))
+        # signed by the officer's own registered key: the refusal is the policy's, not the signature's
+        payload = neg.fed.signed_check("officer", _check_payload(neg))
+        response = http.post("/v1/checks", json=payload, headers=_bearer(neg, "officer"))
     assert response.status_code == 403, f"security_officer ran a check: HTTP {response.status_code}"
     _assert_http_error(response, 403, "policy_denied", "deny by default")
+    _good_check(neg, neg.fed.gateway_url)
+
+
+def test_unsigned_check_is_refused_at_the_gateway_and_at_the_nodes(neg: Neg) -> None:
+    """THREAT_MODEL I1b: a check its requesting user did not sign, for exactly this question, HE
+    context and subjects, is answered by nobody: the gateway refuses it before its policy decision
+    (nothing charged), and a node refuses it even from the gateway, before reading anything."""
+    signed = neg.fed.signed_check("caseworker", _check_payload(neg))
+    other_subjects = {**signed, "pseudonyms": _check_payload(neg)["pseudonyms"]}
+    as_someone_else = neg.fed.signed_check("hrss_caseworker", _check_payload(neg))
+    with _http(neg, neg.fed.gateway_url) as http:
+        for payload, why in (
+            (_check_payload(neg), "carries no requester statement"),
+            (other_subjects, "the subjects are not the ones the requester signed"),
+            (as_someone_else, "signed for another user"),
+            ({**signed, "requester_statement": signed["requester_statement"][:-8] + '"}'}, "signature"),
+        ):
+            response = http.post("/v1/checks", json=payload, headers=_bearer(neg, "caseworker"))
+            _assert_http_error(response, 403, "policy_denied", why)
+    # At the node: the gateway's own HE context under cw-zhang's statement for the real one, and no statement.
+    own = RequesterKeys.generate()
+    swapped = neg.request()
+    swapped.public_context = own.public_context
+    unsigned = neg.request()
+    unsigned.context.requester_statement = ""
+    for request, why in ((swapped, "HE context named is not the one"), (unsigned, "carries no requester statement")):
+        neg.gateway.sign_request(request, RPC)
+        r = refusal(lambda request=request: encrypt(neg.tax, "tax", neg.gateway_tls, request))
+        assert (r.code, r.error) == (Code.PERMISSION_DENIED, "policy_denied") and why in r.message, r.raw
+    neg.assert_node_serves()
     _good_check(neg, neg.fed.gateway_url)
 
 

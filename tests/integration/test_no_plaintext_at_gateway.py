@@ -105,7 +105,10 @@ def _run(fed, mode: str) -> bytes:
     before = [len(p.snapshot()) for p in fed.proxies]
     ids = read_subjects(fed.applicants)
     assert ids[-len(CANARY_IDS) :] == CANARY_IDS
-    with GatewayClient(fed.front_url, fed.api_keys["caseworker"], Pseudonymiser(load_key(fed.pseudonym_key))) as client:
+    with GatewayClient(
+        fed.front_url, fed.api_keys["caseworker"], Pseudonymiser(load_key(fed.pseudonym_key)),
+        signer=fed.signer("caseworker"), identity=fed.identity("caseworker"),
+    ) as client:  # fmt: skip
         result = client.check(
             "dibao", ids, "dibao", LEGAL_BASIS["dibao"], f"canary-{mode}", approval_ref=DEV_APPROVAL_REF, mode=mode
         )

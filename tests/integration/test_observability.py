@@ -82,7 +82,8 @@ def _metric(text: str, metric: str, **labels: str) -> float:
 
 def _check(federation, url: str, ids: list[str]):  # type: ignore[no-untyped-def]
     with GatewayClient(url, federation.api_keys["caseworker"], Pseudonymiser(load_key(federation.pseudonym_key)),
-                       verify=str(federation.ca_cert)) as client:  # fmt: skip
+                       verify=str(federation.ca_cert), signer=federation.signer("caseworker"),
+                       identity=federation.identity("caseworker")) as client:  # fmt: skip
         return client.check("dibao", ids, "dibao", LEGAL_BASIS["dibao"], "case-obs", approval_ref=DEV_APPROVAL_REF)
 
 

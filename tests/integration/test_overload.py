@@ -87,9 +87,9 @@ def payload(federation: DevFederation, requester_keys: RequesterKeys) -> dict[st
     }
 
 
-def _body(fed: DevFederation, payload: dict[str, object]) -> dict[str, object]:
+def _body(fed: DevFederation, payload: dict[str, object], label: str = "caseworker") -> dict[str, object]:
     pseudonymiser = Pseudonymiser(load_key(fed.pseudonym_key))
-    return {**payload, "pseudonyms": [pseudonymiser.pseudonym(i) for i in fresh_ids(2)]}
+    return fed.signed_check(label, {**payload, "pseudonyms": [pseudonymiser.pseudonym(i) for i in fresh_ids(2)]})
 
 
 def _verify(fed: DevFederation) -> ssl.SSLContext:
@@ -117,7 +117,8 @@ def test_queue_full_and_fair_share_are_immediate_503s_with_retry_after(
 
             def post(label: str, timeout: str = "6") -> asyncio.Task[httpx.Response]:
                 headers = _auth(federation, label, **{"X-Request-Timeout": timeout})
-                return asyncio.ensure_future(http.post("/v1/checks", json=_body(federation, payload), headers=headers))
+                body = _body(federation, payload, label)
+                return asyncio.ensure_future(http.post("/v1/checks", json=body, headers=headers))
 
             before = len(node.started)
             running = post("caseworker", "10")  # takes the only slot; the hold node keeps it busy
@@ -137,7 +138,9 @@ def test_queue_full_and_fair_share_are_immediate_503s_with_retry_after(
             await asyncio.sleep(1.0)
             t0 = time.monotonic()
             full = await http.post(
-                "/v1/checks", json=_body(federation, payload), headers=_auth(federation, "caseworker_bronze")
+                "/v1/checks",
+                json=_body(federation, payload, "caseworker_bronze"),
+                headers=_auth(federation, "caseworker_bronze"),
             )
             refused_in += time.monotonic() - t0
             for response, fragment in ((over_share, "this user has their full share"), (full, "waiting")):
@@ -176,7 +179,9 @@ def test_a_check_that_waits_too_long_for_a_slot_is_refused_then_not_at_its_deadl
             await _until(lambda: len(node.started) > before)  # the hold node keeps the only slot busy
             t0 = time.monotonic()
             waited = await http.post(
-                "/v1/checks", json=_body(federation, payload), headers=_auth(federation, "caseworker_silver")
+                "/v1/checks",
+                json=_body(federation, payload, "caseworker_silver"),
+                headers=_auth(federation, "caseworker_silver"),
             )
             elapsed = time.monotonic() - t0
             assert waited.status_code == 503, waited.text

@@ -28,6 +28,8 @@ def _client(federation, label: str, url: str | None = None) -> GatewayClient:
         federation.api_keys[label],
         Pseudonymiser(load_key(federation.pseudonym_key)),
         verify=str(federation.ca_cert),
+        signer=federation.signer(label),
+        identity=federation.identity(label),
     )
 
 

@@ -97,6 +97,8 @@ def _client(
         timeout_s=timeout_s,
         verify=str(federation.ca_cert),
         max_attempts=max_attempts,
+        signer=federation.signer("caseworker"),
+        identity=federation.identity("caseworker"),
     )
 
 
@@ -270,7 +272,7 @@ def test_a_context_registered_through_one_replica_serves_checks_through_the_othe
                       verify=str(federation.ca_cert), timeout=10)  # fmt: skip
     assert found.status_code == 200 and found.json()["fingerprint"] == fingerprint, found.text
     with GatewayClient(replicas["b"], federation.api_keys["caseworker"], pseudo, keys,
-                       verify=str(federation.ca_cert)) as second:  # fmt: skip
+                       verify=str(federation.ca_cert), signer=federation.signer("caseworker")) as second:  # fmt: skip
         result = second.check("dibao", read_subjects(federation.applicants)[288:289], "dibao", DIBAO,
                               "case-ctx-replica", approval_ref=DEV_APPROVAL_REF)  # fmt: skip
         assert second.context_registrations == 0 and len(result.rows()) == 1

@@ -9,20 +9,24 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from audit.records import AuditRecord
+from crypto.artefacts import Signer
+from crypto.envelope import SigningKey
 from crypto.he import SLOTS, PublicContext
 from exchange.eligibility import echo_clamp, query_clamp
 from exchange.service import CheckService
 from exchange.types import CheckOutcome, CheckRequest
+from policies.check_statements import Question, RequesterKey, sign_check
 from policies.decision import DEFAULT_POLICY_DIR, CheckAuthorizer, PolicyEngine
 from policies.programs import ProgramRegistry
 from policies.types import BudgetRule, CheckContext, PolicyOutcome
@@ -417,6 +421,45 @@ def test_purpose_and_requester_are_checked_before_the_decision_point(programs: P
         run(service, _request(), Principal("tax-clerk", "tax", "caseworker", "gold"))
     assert policy.asked == [] and nodes.calls == []
     assert [e["decision"] for e in auditor.events] == ["deny", "deny"]
+
+
+def _requesters(key: Any) -> dict[str, RequesterKey]:
+    signer = Signer.of(GOLD.user, base64.b64encode(key.public_raw).decode())
+    return {signer.key_id: RequesterKey(signer, GOLD.user, GOLD.agency)}
+
+
+def _signed(key: Any, request: CheckRequest, now: float) -> CheckRequest:
+    question = Question(
+        user=GOLD.user,
+        agency=GOLD.agency,
+        program=request.program,
+        purpose=request.purpose,
+        legal_basis=request.legal_basis,
+        case_id=request.case_id,
+        consent_ref=request.consent_ref,
+        approval_ref=request.approval_ref,
+        context_fingerprint="",
+        pseudonyms=request.pseudonyms,
+    )
+    statement = sign_check(key, question, datetime.fromtimestamp(now, UTC))
+    return dataclasses.replace(request, requester_statement=statement)
+
+
+def test_requester_statements_are_verified_before_the_decision_point_and_forwarded(programs: ProgramRegistry) -> None:
+    """An unsigned or mis-signed check never reaches the decision point (nothing reserved, nothing
+    asked of the nodes, the refusal audited); a signed one goes to every node with its statement."""
+    key = SigningKey.generate("civil_affairs", "requester")
+    service, nodes, policy, auditor = _service(programs, requesters=lambda: _requesters(key))
+    with pytest.raises(PolicyDenied, match="carries no requester statement"):
+        run(service, _request())
+    signed = _signed(key, _request(), 1_780_000_000.0)
+    with pytest.raises(PolicyDenied, match="signed for another case id"):
+        run(service, dataclasses.replace(signed, case_id="C-2"))
+    assert policy.asked == [] and nodes.calls == []
+    assert [e["decision"] for e in auditor.events] == ["deny", "deny"]
+    run(service, signed)
+    [(sent, _)] = nodes.calls
+    assert {r.context.requester_statement for r in sent.values()} == {signed.requester_statement}
 
 
 class RefusingBudget:

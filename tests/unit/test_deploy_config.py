@@ -277,3 +277,16 @@ def test_config_check_reads_a_config_saved_with_a_bom(tmp_path: Path) -> None:
     config.write_bytes(b'\xef\xbb\xbf[node]\nagency = "tax"\nstore = "store.sqlite"\npseudonym_key_file = "key"\n')
     code, out = xgate("config", "check", str(config), "--before-load")
     assert code == 1 and "Invalid statement" not in out and "no [tls] table" in out, out
+
+
+def test_check_names_a_requesters_file_that_cannot_be_used(federation: Path, tmp_path: Path) -> None:
+    """A malformed requesters.toml would refuse every check at run time: `config check` names it first."""
+    ca = federation / "ca"
+    (federation / "set/requesters.toml").write_text('[[requester]]\nuser = "cw-new"\nagency = "civil_affairs"\n')
+    bundle = tmp_path / "policies-v2.json"
+    publish(pki.load_ca(ca).key, federation / "set", 2, bundle)
+    for home in ("tax", "gw"):
+        install(bundle, ca / pki.CA_CERT, federation / home / "policies")
+    for config in ("tax/node.toml", "gw/gateway.toml"):
+        code, out = xgate("config", "check", str(federation / config), "--before-load")
+        assert code == 1 and "requester #1 needs exactly user, agency and public_key" in out, out

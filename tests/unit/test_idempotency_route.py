@@ -161,7 +161,15 @@ def test_a_key_still_running_elsewhere_is_refused_409_with_retry_after(env: Env)
     client, service, store, _ = env
     # Another replica (same shared store) claimed this key and is still computing.
     digest = request_digest(
-        ROUTE, {**BODY, "consent_ref": "", "approval_ref": "", "context_fingerprint": "", "public_context": ""}
+        ROUTE,
+        {
+            **BODY,
+            "consent_ref": "",
+            "approval_ref": "",
+            "context_fingerprint": "",
+            "public_context": "",
+            "requester_statement": "",
+        },
     )
     claim = store.begin("civil_affairs/cw-001", KEY, digest)
     assert isinstance(claim, Claim)

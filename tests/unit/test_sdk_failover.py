@@ -16,11 +16,13 @@ import httpx
 import pytest
 
 from client.sdk import GatewayClient, _retry_after
+from crypto.envelope import SigningKey
 from xgate.errors import GatewayError, InvalidInput
 from xgate.pseudonym import Pseudonymiser
 
 A, B = "https://gw-a.test:8443", "https://gw-b.test:8443"
 ALICE = "110101199003071233"  # a valid GB 11643 id (synthetic)
+SIGNER, WHO = SigningKey.generate("civil_affairs", "requester"), ("cw-test", "civil_affairs")
 
 Script = Callable[[httpx.Request], httpx.Response]
 
@@ -56,7 +58,9 @@ class Gateways:
         return result
 
     def client(self, urls: str | tuple[str, ...] = (A, B), **kwargs: Any) -> GatewayClient:
-        client = GatewayClient(urls, "key", Pseudonymiser(b"\x01" * 32), sleep=self.sleeps.append, **kwargs)
+        client = GatewayClient(
+            urls, "key", Pseudonymiser(b"\x01" * 32), sleep=self.sleeps.append, signer=SIGNER, identity=WHO, **kwargs
+        )
         client._http = httpx.Client(transport=httpx.MockTransport(self.handle))
         return client
 
@@ -212,13 +216,15 @@ def test_xgate_check_takes_several_gateways_and_tries_each(tmp_path: Path, monke
     subjects, key = tmp_path / "subjects.csv", tmp_path / "pseudonym.key"
     subjects.write_text(f"national_id\n{ALICE}\n")
     key.write_text("ab" * 32)
+    SIGNER.save(tmp_path / "sign.key")
     dead = [f"http://127.0.0.1:{_closed_port()}", f"http://127.0.0.1:{_closed_port()}"]
-    res = CliRunner().invoke(
-        app,
-        ["check", "--program", "dibao", "--subjects", str(subjects), "--purpose", "dibao", "--legal-basis", "L-1",
-         "--case-id", "C-1", "--pseudonym-key", str(key), "--key-file", str(tmp_path / "requester.key"),
-         "--api-key", "k", "--gateway", dead[0], "--gateway", dead[1]],
-    )  # fmt: skip
+    args = ["check", "--program", "dibao", "--subjects", str(subjects), "--purpose", "dibao", "--legal-basis", "L-1",
+            "--case-id", "C-1", "--pseudonym-key", str(key), "--key-file", str(tmp_path / "requester.key"),
+            "--api-key", "k", "--gateway", dead[0], "--gateway", dead[1]]  # fmt: skip
+    unsigned = CliRunner().invoke(app, [*args, "--signing-key", str(tmp_path / "absent.key")])
+    assert unsigned.exit_code == 1 and "absent.key does not exist" in unsigned.output, unsigned.output
+    assert "xgate requester keygen" in unsigned.output and seen == []
+    res = CliRunner().invoke(app, [*args, "--signing-key", str(tmp_path / "sign.key")])
     assert seen == [dead]
     assert res.exit_code == 2, res.output
     assert "no answer from the gateway" in res.output and "Traceback" not in res.output

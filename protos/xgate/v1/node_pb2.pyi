@@ -39,7 +39,7 @@ class Envelope(_message.Message):
     def __init__(self, version: _Optional[str] = ..., alg: _Optional[str] = ..., key_id: _Optional[str] = ..., method: _Optional[str] = ..., body_sha256: _Optional[bytes] = ..., nonce: _Optional[bytes] = ..., timestamp_ms: _Optional[int] = ..., request_sha256: _Optional[bytes] = ..., signature: _Optional[bytes] = ...) -> None: ...
 
 class RequestContext(_message.Message):
-    __slots__ = ("request_id", "requester_agency", "requester_user", "requester_role", "requester_tier", "purpose", "legal_basis", "case_id", "program_id", "program_version", "consent_ref", "approval_ref", "policy_set_hash", "consent_artefact", "approval_artefact")
+    __slots__ = ("request_id", "requester_agency", "requester_user", "requester_role", "requester_tier", "purpose", "legal_basis", "case_id", "program_id", "program_version", "consent_ref", "approval_ref", "policy_set_hash", "consent_artefact", "approval_artefact", "requester_statement")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     REQUESTER_AGENCY_FIELD_NUMBER: _ClassVar[int]
     REQUESTER_USER_FIELD_NUMBER: _ClassVar[int]
@@ -55,6 +55,7 @@ class RequestContext(_message.Message):
     POLICY_SET_HASH_FIELD_NUMBER: _ClassVar[int]
     CONSENT_ARTEFACT_FIELD_NUMBER: _ClassVar[int]
     APPROVAL_ARTEFACT_FIELD_NUMBER: _ClassVar[int]
+    REQUESTER_STATEMENT_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     requester_agency: str
     requester_user: str
@@ -70,7 +71,8 @@ class RequestContext(_message.Message):
     policy_set_hash: str
     consent_artefact: str
     approval_artefact: str
-    def __init__(self, request_id: _Optional[str] = ..., requester_agency: _Optional[str] = ..., requester_user: _Optional[str] = ..., requester_role: _Optional[str] = ..., requester_tier: _Optional[str] = ..., purpose: _Optional[str] = ..., legal_basis: _Optional[str] = ..., case_id: _Optional[str] = ..., program_id: _Optional[str] = ..., program_version: _Optional[str] = ..., consent_ref: _Optional[str] = ..., approval_ref: _Optional[str] = ..., policy_set_hash: _Optional[str] = ..., consent_artefact: _Optional[str] = ..., approval_artefact: _Optional[str] = ...) -> None: ...
+    requester_statement: str
+    def __init__(self, request_id: _Optional[str] = ..., requester_agency: _Optional[str] = ..., requester_user: _Optional[str] = ..., requester_role: _Optional[str] = ..., requester_tier: _Optional[str] = ..., purpose: _Optional[str] = ..., legal_basis: _Optional[str] = ..., case_id: _Optional[str] = ..., program_id: _Optional[str] = ..., program_version: _Optional[str] = ..., consent_ref: _Optional[str] = ..., approval_ref: _Optional[str] = ..., policy_set_hash: _Optional[str] = ..., consent_artefact: _Optional[str] = ..., approval_artefact: _Optional[str] = ..., requester_statement: _Optional[str] = ...) -> None: ...
 
 class HealthRequest(_message.Message):
     __slots__ = ()

@@ -1,0 +1,75 @@
+"""The registered requesters' signing keys: `requesters.toml` in the policy set.
+
+    [[requester]]
+    user = "cw-zhou"                 # the user id the gateway authenticates (its users file)
+    agency = "civil_affairs"
+    public_key = "<base64 Ed25519>"   # `xgate requester keygen` prints this entry
+
+The requesting user makes the key pair (only the public half travels); the federation operator
+adds the entry and publishes the CA-signed policy bundle, so a gateway operator cannot register a
+key of its own. The gateway and every node re-read the file when it changes (policies/watched.py;
+signed mode: only the version the bundle in force signed). An absent file registers nobody, and
+then every check is refused (policies/check_statements.py).
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Callable
+from pathlib import Path
+
+from crypto.artefacts import Signer
+from crypto.policy_bundle import Installed
+from policies.check_statements import RequesterKey
+from policies.watched import WatchedFile
+from xgate.errors import ConfigError, CryptoError
+
+REQUESTERS_FILE = "requesters.toml"
+_FIELDS = {"user", "agency", "public_key"}
+
+
+def load_requesters(policy_dir: Path) -> dict[str, RequesterKey]:
+    """The registered requesters' keys, by key id; ConfigError naming the entry that is wrong."""
+    path = policy_dir / REQUESTERS_FILE
+    if not path.exists():
+        return {}
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8-sig"))
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    entries = data.get("requester", [])
+    if not isinstance(entries, list):
+        raise ConfigError(f"{path}: requester must be an array of tables ([[requester]])")
+    out: dict[str, RequesterKey] = {}
+    for i, entry in enumerate(entries):
+        if not isinstance(entry, dict) or set(entry) != _FIELDS:
+            raise ConfigError(f"{path}: requester #{i + 1} needs exactly user, agency and public_key")
+        user, agency = entry["user"], entry["agency"]
+        if not (isinstance(user, str) and user.strip() and isinstance(agency, str) and agency.strip()):
+            raise ConfigError(f"{path}: requester #{i + 1}: user and agency must be non-empty strings")
+        try:
+            signer = Signer.of(user, str(entry["public_key"]))
+        except CryptoError as exc:
+            raise ConfigError(f"{path}: requester #{i + 1}: {exc.message}") from None
+        if signer.key_id in out:
+            raise ConfigError(f"{path}: requester #{i + 1}: its public key is registered twice")
+        out[signer.key_id] = RequesterKey(signer, user, agency)
+    return out
+
+
+def requesters_problem(policy_dir: Path) -> str | None:
+    """`xgate config check`: why the policy set's requesters.toml cannot be used (None: it can, or
+    it is absent, which registers nobody and refuses every check but training works)."""
+    try:
+        load_requesters(policy_dir)
+    except ConfigError as exc:
+        return exc.message
+    return None
+
+
+class Requesters(WatchedFile[dict[str, RequesterKey]]):
+    """The registered requesters of a policy directory, re-read when the file changes."""
+
+    def __init__(self, policy_dir: Path, bundle: Callable[[], Installed | None] | None = None) -> None:
+        # bundle: the signed policy bundle in force (signed mode): only the file it signed is loaded
+        super().__init__(policy_dir / REQUESTERS_FILE, lambda path: load_requesters(path.parent), bundle)
