@@ -53,10 +53,14 @@ EOF
 # @ client
 # The approver at civil affairs makes its signing key; only the public half travels, into the policy set.
 xgate approval keygen --name ap-qian --agency civil_affairs --out ap-qian.key > approver.toml
-scp approver.toml ca:requests/
+# The caseworker's own signing key: it signs every check (question, HE context, subjects), so the
+# gateway cannot ask the nodes anything in its name; only the public half travels.
+xgate requester keygen --user cw-zhou --agency civil_affairs --out cw-zhou.sign.key > requester.toml
+scp approver.toml requester.toml ca:requests/
 
 # @ ca
 cat requests/approver.toml >> policies/approvers.toml   # approvals signed by ap-qian's key are accepted
+cat requests/requester.toml >> policies/requesters.toml # checks signed by cw-zhou's key are answered
 xgate policy publish --ca ca --policies policies --version 1 --out policies-v1.json   # CA-signed, versioned
 
 # @ gateway
@@ -132,7 +136,7 @@ xgate gateway serve --config gateway.toml
 # The approver approves the 2026 低保 cases (household data is core-class: a check needs a registered approval).
 XGATE_API_KEY=$(cat ap-qian.apikey) xgate approval grant --key ap-qian.key --agency civil_affairs --program dibao --case-id-prefix C-2026- --max-subjects 5000 --days 30 --ref-only --gateway https://gw.xgate.test:8443 --ca ca.cert.pem > approval.ref
 # A caseworker: the 低保 check for every applicant (ids are pseudonymised here, values stay encrypted).
-XGATE_API_KEY=$(cat cw-zhou.apikey) xgate check --program dibao --subjects applicants.csv --purpose dibao --legal-basis SAR-2014-art-12 --case-id C-2026-001 --approval-ref $(cat approval.ref) --gateway https://gw.xgate.test:8443 --ca ca.cert.pem --pseudonym-key pseudonym.key --key-file requester.key
+XGATE_API_KEY=$(cat cw-zhou.apikey) xgate check --program dibao --subjects applicants.csv --purpose dibao --legal-basis SAR-2014-art-12 --case-id C-2026-001 --approval-ref $(cat approval.ref) --gateway https://gw.xgate.test:8443 --ca ca.cert.pem --pseudonym-key pseudonym.key --key-file requester.key --signing-key cw-zhou.sign.key
 
 # @ agency service (only tax, hrss)
 # The SuperNodes of the agencies serving training datasets dial the gateway's SuperLink (outbound
@@ -173,4 +177,4 @@ scp ca/federation.json gw.xgate.test:ca/
 xgate pki install --cert node-$AGENCY.cert.pem --out tls --ca-cert ca/ca.cert.pem --directory ca/federation.json
 
 # @ client
-XGATE_API_KEY=$(cat cw-zhou.apikey) xgate check --program dibao --subjects applicants.csv --purpose dibao --legal-basis SAR-2014-art-12 --case-id C-2026-001 --approval-ref $(cat approval.ref) --gateway https://gw.xgate.test:8443 --ca ca.cert.pem --pseudonym-key pseudonym.key --key-file requester.key
+XGATE_API_KEY=$(cat cw-zhou.apikey) xgate check --program dibao --subjects applicants.csv --purpose dibao --legal-basis SAR-2014-art-12 --case-id C-2026-001 --approval-ref $(cat approval.ref) --gateway https://gw.xgate.test:8443 --ca ca.cert.pem --pseudonym-key pseudonym.key --key-file requester.key --signing-key cw-zhou.sign.key
