@@ -46,7 +46,8 @@ NAMES = {"ca": "ca", "gateway": "gw.xgate.test", **AGENCIES, "client": "client.x
 CHECK = (
     "XGATE_API_KEY=$(cat cw-zhou.apikey) xgate check --program dibao --subjects {subjects} --purpose dibao "
     "--legal-basis SAR-2014-art-12 --case-id {case} --approval-ref $(cat approval.ref) "
-    "--gateway https://gw.xgate.test:8443 --ca ca.cert.pem --pseudonym-key pseudonym.key --key-file requester.key"
+    "--gateway https://gw.xgate.test:8443 --ca ca.cert.pem --pseudonym-key pseudonym.key --key-file requester.key "
+    "--signing-key cw-zhou.sign.key"
 )
 
 
