@@ -104,6 +104,10 @@ def run_demo(root: Path, people: int = 100_000, applicants: int = 1000, keep: bo
                 f"caseworker at civil_affairs checks {len(national_ids):,} applicants "
                 f"(program dibao v{program.version}, BFV N=8192; only pseudonyms and ciphertexts leave the client)",
             )
+            print(
+                "        the check is signed with the caseworker's registered key: every node verifies it names"
+                " this question,\n        these applicants and the caseworker's own HE key before reading anything"
+            )
             t1 = time.perf_counter()
             result = client.check(
                 "dibao",

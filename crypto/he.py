@@ -303,9 +303,11 @@ class PublicContext:
         return ts.bfv_vector_from(self._ctx, _relabelled(full.serialize(), len(values)))
 
     @classmethod
-    def cached(cls, data: bytes) -> PublicContext:
+    def cached(cls, data: bytes, *, remember: bool = True) -> PublicContext:
         """Validate once per distinct context: requesters reuse key pairs across checks, and
-        deserialising a context costs ~11 ms while hashing it costs ~0.3 ms."""
+        deserialising a context costs ~11 ms while hashing it costs ~0.3 ms. `remember=False`:
+        validated but not kept (a node keeps a context only once its requester's statement
+        verified, `remember`, so unsigned requests cannot push real requesters' contexts out)."""
         digest = hashlib.sha256(data).digest()
         with _CACHE_LOCK:
             hit = _CONTEXT_CACHE.get(digest)
@@ -313,11 +315,18 @@ class PublicContext:
                 _CONTEXT_CACHE.move_to_end(digest)
                 return hit
         context = cls(data)
+        if remember:
+            cls.remember(context)
+        return context
+
+    @classmethod
+    def remember(cls, context: PublicContext) -> None:
+        """Keep `context` in the process's bounded LRU (found again by `known` and `cached`)."""
         with _CACHE_LOCK:
-            _CONTEXT_CACHE[digest] = context
+            _CONTEXT_CACHE[bytes.fromhex(context.fingerprint)] = context
+            _CONTEXT_CACHE.move_to_end(bytes.fromhex(context.fingerprint))
             while len(_CONTEXT_CACHE) > _CONTEXT_CACHE_SIZE:
                 _CONTEXT_CACHE.popitem(last=False)
-        return context
 
     @classmethod
     def known(cls, ref: str) -> PublicContext | None:

@@ -11,7 +11,8 @@ from nodes.service import Authorizer
 from policies.approvals import Approvers, check_approval_artefact
 from policies.check_statements import Question, verify_statement
 from policies.consent import ConsentManagers, check_artefact
-from policies.decision import DEFAULT_POLICY_DIR, node_decision
+from policies.decision import DEFAULT_POLICY_DIR, current, node_decision
+from policies.loader import UserEntry
 from policies.reload import PolicyReloader
 from policies.requesters import Requesters
 from protos.xgate.v1 import node_pb2
@@ -80,6 +81,16 @@ def verify_requester(request: node_pb2.EncryptRequest, requesters: Requesters, c
     verify_statement(ctx.requester_statement, requesters.current(), question, clock())
 
 
+def verify_registered_tier(request: node_pb2.EncryptRequest, registered: UserEntry | None) -> None:
+    """The role and tier the gateway states are the user's own in the CA-signed principals registry:
+    the tier decides, for one, whether the civil register checks a cohort's members, and that
+    refusal is a bit about the subjects the gateway could otherwise ask for at will. An unregistered
+    user is refused by the policy decision that follows."""
+    ctx = request.context
+    if registered is not None and (registered.role, registered.tier) != (ctx.requester_role, ctx.requester_tier):
+        raise PolicyDenied("the request states another role or tier than the principals registry gives its user")
+
+
 def node_authorizer(
     agency: str,
     policy_dir: Path | None,
@@ -96,10 +107,12 @@ def node_authorizer(
     managers = ConsentManagers(directory, bundle)
     approvers = Approvers(directory, bundle)
     requesters = Requesters(directory, bundle)
+    requesters.warn_if_none()
 
     def authorize(request: node_pb2.EncryptRequest) -> None:
         ctx = request.context
         verify_requester(request, requesters, clock)
+        verify_registered_tier(request, current(reloader).principal(ctx.requester_user))
         verify_consent(request, managers, clock)
         verify_approval(request, approvers, clock)
         node_decision(

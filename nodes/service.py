@@ -117,7 +117,8 @@ class NodeService:
         if request.public_context:
             if ref and context_fingerprint(request.public_context) != ref:
                 raise CryptoError("public_context does not match its context_fingerprint")
-            context = PublicContext.cached(request.public_context)
+            # Kept in the process's cache only once the request is authorized (encrypt_values).
+            context = PublicContext.cached(request.public_context, remember=False)
             log.info("context_received", context=context.ref, bytes=len(request.public_context))
             return context
         if not ref:
@@ -241,6 +242,14 @@ class NodeService:
                 out.pad_ciphertext = blob
                 out.pad_ciphertext_sha256 = hashlib.sha256(blob).digest()
 
+    def _authorize(self, request: node_pb2.EncryptRequest, context: PublicContext | None) -> None:
+        """The node's own decision (the requester's statement first); a context that came with its
+        bytes is kept for later checks naming it only once the request it came with is authorized."""
+        if self.authorize is not None:
+            self.authorize(request)
+        if context is not None and request.public_context:
+            PublicContext.remember(context)
+
     def encrypt_values(
         self, request: node_pb2.EncryptRequest, cancelled: Callable[[], bool] | None = None
     ) -> node_pb2.EncryptResponse:
@@ -260,8 +269,7 @@ class NodeService:
         # Before the policy: a context this node does not hold is asked for, not decided on.
         context = self._context(request) if request.mode == node_pb2.EXCHANGE_MODE_HE else None
         stop_if_cancelled()
-        if self.authorize is not None:
-            self.authorize(request)
+        self._authorize(request, context)
         pseudonyms = list(request.pseudonyms)
         if self.civil_register and request.context.requester_tier == "bronze":
             self._verify_members(pseudonyms)

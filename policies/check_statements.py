@@ -151,7 +151,10 @@ def verify_statement(
         raise PolicyDenied("requester statement refused: the subjects are not the ones the requester signed")
     age = now - body.issued_at
     if age > timedelta(seconds=MAX_AGE_S):
-        raise PolicyDenied(f"requester statement refused: issued more than {MAX_AGE_S / 60:g} minutes ago")
+        raise PolicyDenied(
+            f"requester statement refused: issued more than {MAX_AGE_S / 60:g} minutes ago"
+            " (sign the check afresh; or the requester's clock is behind)"
+        )
     if age < -timedelta(seconds=MAX_SKEW_S):
         raise PolicyDenied("requester statement refused: issued in the future (check the requester's clock)")
     return key

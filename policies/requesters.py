@@ -23,6 +23,9 @@ from crypto.policy_bundle import Installed
 from policies.check_statements import RequesterKey
 from policies.watched import WatchedFile
 from xgate.errors import ConfigError, CryptoError
+from xgate.logging import get_logger
+
+log = get_logger("xgate.policies.requesters")
 
 REQUESTERS_FILE = "requesters.toml"
 _FIELDS = {"user", "agency", "public_key"}
@@ -73,3 +76,14 @@ class Requesters(WatchedFile[dict[str, RequesterKey]]):
     def __init__(self, policy_dir: Path, bundle: Callable[[], Installed | None] | None = None) -> None:
         # bundle: the signed policy bundle in force (signed mode): only the file it signed is loaded
         super().__init__(policy_dir / REQUESTERS_FILE, lambda path: load_requesters(path.parent), bundle)
+
+    def warn_if_none(self) -> None:
+        """At a service's start: say in its log that no check can be answered yet (a training-only
+        deployment registers nobody; anyone else has forgotten requesters.toml)."""
+        try:
+            registered = len(self.current())
+        except ConfigError as exc:
+            log.warning("requesters_unusable", file=str(self.path), error=exc.message)
+            return
+        if registered == 0:
+            log.warning("no_requesters_registered", file=str(self.path), effect="every eligibility check is refused")

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from crypto.envelope import Envelopes, SigningKey
-from crypto.he import PLAIN_MODULUS, RequesterKeys, context_fingerprint
+from crypto.he import PLAIN_MODULUS, PublicContext, RequesterKeys, context_fingerprint
 from crypto.pads import new_batch_id
 from nodes.policy import node_authorizer
 from nodes.service import NodeService
@@ -119,6 +119,8 @@ def test_a_gateway_naming_its_own_context_reads_no_value(
         req.context.requester_statement = _statement(caseworker_key, req, genuine)
     with pytest.raises(PolicyDenied, match=REFUSED[relayed]):
         _sent(node, req)
+    # Nor does the refused context stay in the node's cache, pushing real requesters' contexts out.
+    assert PublicContext.known(context_fingerprint(own.public_context)) is None
 
 
 @pytest.mark.parametrize("relayed", [False, True], ids=["unsigned", "relays-the-caseworkers-statement"])
@@ -157,6 +159,9 @@ def test_positive_control_the_caseworkers_own_check_is_answered(
     (element,) = _sent(node, req).elements
     read = [int(v) for v in caseworker_keys.decrypt_masked(element.ciphertexts[0], len(SUBJECTS))]
     assert read == STORED_INCOMES
+    assert (
+        PublicContext.known(context_fingerprint(caseworker_keys.public_context)) is not None
+    )  # named by fingerprint next
 
 
 def test_positive_control_pads_are_read_by_the_caseworker_alone(
@@ -171,3 +176,23 @@ def test_positive_control_pads_are_read_by_the_caseworker_alone(
     rho = caseworker_keys.decrypt_masked(element.pad_ciphertext, 8192)
     read = [(int(p) + int(r)) % PLAIN_MODULUS for p, r in zip(element.padded_values, rho, strict=False)]
     assert read == STORED_INCOMES
+
+
+def test_a_gateway_stating_another_tier_than_the_users_is_refused(
+    node: NodeService, caseworker_key: SigningKey, caseworker_keys: RequesterKeys
+) -> None:
+    """The tier is not in the statement (the requester need not know it), so the node takes it from
+    the CA-signed principals registry: a gateway calling a gold caseworker's signed check "bronze"
+    would make the civil register check the members and answer, by refusing or not, whether every
+    signed subject is a registered person (second review of 2026-12-07)."""
+    node.civil_register = True
+    req = _check(caseworker_keys.public_context)
+    req.context.requester_tier = "bronze"
+    req.context.requester_statement = _statement(
+        caseworker_key, req, context_fingerprint(caseworker_keys.public_context)
+    )
+    with pytest.raises(PolicyDenied, match="another role or tier than the principals registry"):
+        _sent(node, req)
+    req.context.requester_tier = "gold"  # positive control: the registered tier is served
+    (element,) = _sent(node, req).elements
+    assert len(element.ciphertexts) == 1
