@@ -112,18 +112,7 @@ class DevFederation:
         if not fingerprint and body.get("public_context"):
             fingerprint = context_fingerprint(base64.b64decode(str(body["public_context"])))
         user, agency = self.identity(label)
-        question = Question(
-            user=user,
-            agency=agency,
-            program=str(body["program"]),
-            purpose=str(body["purpose"]),
-            legal_basis=str(body["legal_basis"]),
-            case_id=str(body["case_id"]),
-            consent_ref=str(body.get("consent_ref", "")),
-            approval_ref=str(body.get("approval_ref", "")),
-            context_fingerprint="" if body.get("mode") == "plaintext" else fingerprint,
-            pseudonyms=list(body["pseudonyms"]),
-        )
+        question = Question.of(user, agency, body, "" if body.get("mode") == "plaintext" else fingerprint)
         return {**body, "requester_statement": sign_check(self.signer(label), question, datetime.now(UTC))}
 
     @property

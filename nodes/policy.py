@@ -66,19 +66,8 @@ def verify_requester(request: node_pb2.EncryptRequest, requesters: Requesters, c
     ctx = request.context
     # NodeService checked public_context against context_fingerprint when both are set.
     context = context_fingerprint(request.public_context) if request.public_context else request.context_fingerprint
-    question = Question(
-        user=ctx.requester_user,
-        agency=ctx.requester_agency,
-        program=ctx.program_id,
-        purpose=ctx.purpose,
-        legal_basis=ctx.legal_basis,
-        case_id=ctx.case_id,
-        consent_ref=ctx.consent_ref,
-        approval_ref=ctx.approval_ref,
-        context_fingerprint=context if request.mode == node_pb2.EXCHANGE_MODE_HE else "",
-        pseudonyms=request.pseudonyms,
-    )
-    verify_statement(ctx.requester_statement, requesters.current(), question, clock())
+    fingerprint = context if request.mode == node_pb2.EXCHANGE_MODE_HE else ""
+    verify_statement(ctx.requester_statement, requesters.current(), Question.of_request(request, fingerprint), clock())
 
 
 def verify_registered_tier(request: node_pb2.EncryptRequest, registered: UserEntry | None) -> None:

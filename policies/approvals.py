@@ -35,7 +35,6 @@ import json
 import re
 import secrets
 import sqlite3
-import tomllib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -58,7 +57,7 @@ from crypto.artefacts import Signer, verify_artefact
 from crypto.policy_bundle import Installed
 from policies.leases import LeasedReservations
 from policies.types import DEFAULT_LEASE_S, RESERVATION_OWNER
-from policies.watched import WatchedFile
+from policies.watched import WatchedFile, registry_entries
 from xgate.db import Database, Migration, Tx, lease_migration, open_store
 from xgate.errors import ConfigError, CryptoError, InvalidInput, NotFound, PolicyDenied, StoreUnavailable
 from xgate.logging import get_logger
@@ -167,16 +166,8 @@ class ApprovalRecord:
 def load_approvers(policy_dir: Path) -> dict[str, Approver]:
     """The registered approvers (`approvers.toml`: [[approver]] name, agencies, roles, public_key), by key id."""
     path = policy_dir / APPROVERS_FILE
-    if not path.exists():
-        return {}
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8-sig"))
-    except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise ConfigError(f"{path}: {exc}") from None
     out: dict[str, Approver] = {}
-    for i, entry in enumerate(data.get("approver", [])):
-        if not isinstance(entry, dict) or set(entry) != {"name", "agencies", "roles", "public_key"}:
-            raise ConfigError(f"{path}: approver #{i + 1} needs exactly name, agencies, roles and public_key")
+    for i, entry in enumerate(registry_entries(path, "approver", ("name", "agencies", "roles", "public_key"))):
         agencies, roles = entry["agencies"], entry["roles"]
         if not isinstance(agencies, list) or not agencies or not all(isinstance(a, str) for a in agencies):
             raise ConfigError(f"{path}: approver #{i + 1}: agencies must be a non-empty list of agency ids")

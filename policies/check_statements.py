@@ -30,11 +30,13 @@ import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
 
 from crypto.artefacts import Signer, sign_artefact, verify_artefact
 from crypto.envelope import SigningKey
+from protos.xgate.v1 import node_pb2
 from xgate.errors import CryptoError, PolicyDenied
 
 CHECK_FORMAT = "xgate-check/1"
@@ -86,6 +88,41 @@ class Question:
     context_fingerprint: str
     pseudonyms: Sequence[str]
 
+    @classmethod
+    def of(cls, user: str, agency: str, check: Mapping[str, Any], context_fingerprint: str) -> Question:
+        """`user` of `agency` asks the check whose fields (program, purpose, legal_basis, case_id,
+        pseudonyms; consent_ref and approval_ref, empty when absent) `check` holds: a REST body, or
+        the attributes of a request (`vars`), under the context `context_fingerprint` names."""
+        return cls(
+            user=user,
+            agency=agency,
+            program=str(check["program"]),
+            purpose=str(check["purpose"]),
+            legal_basis=str(check["legal_basis"]),
+            case_id=str(check["case_id"]),
+            consent_ref=str(check.get("consent_ref") or ""),
+            approval_ref=str(check.get("approval_ref") or ""),
+            context_fingerprint=context_fingerprint,
+            pseudonyms=list(check["pseudonyms"]),
+        )
+
+    @classmethod
+    def of_request(cls, request: node_pb2.EncryptRequest, context_fingerprint: str) -> Question:
+        """The check a node is asked to answer, under the context `context_fingerprint` names."""
+        ctx = request.context
+        return cls(
+            user=ctx.requester_user,
+            agency=ctx.requester_agency,
+            program=ctx.program_id,
+            purpose=ctx.purpose,
+            legal_basis=ctx.legal_basis,
+            case_id=ctx.case_id,
+            consent_ref=ctx.consent_ref,
+            approval_ref=ctx.approval_ref,
+            context_fingerprint=context_fingerprint,
+            pseudonyms=list(request.pseudonyms),
+        )
+
 
 def subjects_digest(pseudonyms: Sequence[str]) -> str:
     """SHA-256 of the sorted pseudonyms, one per line: the same for any order of the same subjects."""
@@ -95,14 +132,7 @@ def subjects_digest(pseudonyms: Sequence[str]) -> str:
 def sign_check(key: SigningKey, question: Question, issued_at: datetime) -> str:
     """The requester's statement for `question` (the client side)."""
     body = CheckStatement(
-        user=question.user,
-        agency=question.agency,
-        program=question.program,
-        purpose=question.purpose,
-        legal_basis=question.legal_basis,
-        case_id=question.case_id,
-        consent_ref=question.consent_ref,
-        approval_ref=question.approval_ref,
+        **{name: getattr(question, name) for name in _SAME},
         context_fingerprint=question.context_fingerprint,
         subjects=len(question.pseudonyms),
         subjects_sha256=subjects_digest(question.pseudonyms),

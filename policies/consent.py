@@ -26,7 +26,6 @@ import json
 import re
 import secrets
 import sqlite3
-import tomllib
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
@@ -39,7 +38,7 @@ from crypto.artefacts import Signer, verify_artefact
 from crypto.policy_bundle import Installed
 from policies.leases import LeasedReservations
 from policies.types import DEFAULT_LEASE_S, RESERVATION_OWNER
-from policies.watched import WatchedFile
+from policies.watched import WatchedFile, registry_entries
 from xgate.db import Database, Migration, Tx, lease_migration, open_store
 from xgate.errors import ConfigError, CryptoError, InvalidInput, NotFound, PolicyDenied, StoreUnavailable
 from xgate.logging import get_logger
@@ -161,16 +160,8 @@ class ConsentManagers(WatchedFile[dict[str, Signer]]):
 def load_consent_managers(policy_dir: Path) -> dict[str, Signer]:
     """The registered consent managers (`consent_managers.toml`: [[consent_manager]] name, public_key)."""
     path = policy_dir / CONSENT_MANAGERS_FILE
-    if not path.exists():
-        return {}
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8-sig"))
-    except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise ConfigError(f"{path}: {exc}") from None
     out: dict[str, Signer] = {}
-    for i, entry in enumerate(data.get("consent_manager", [])):
-        if not isinstance(entry, dict) or set(entry) != {"name", "public_key"}:
-            raise ConfigError(f"{path}: consent_manager #{i + 1} needs exactly name and public_key")
+    for entry in registry_entries(path, "consent_manager", ("name", "public_key")):
         try:
             signer = Signer.of(str(entry["name"]), str(entry["public_key"]))
         except CryptoError as exc:

@@ -14,39 +14,26 @@ then every check is refused (policies/check_statements.py).
 
 from __future__ import annotations
 
-import tomllib
 from collections.abc import Callable
 from pathlib import Path
 
 from crypto.artefacts import Signer
 from crypto.policy_bundle import Installed
 from policies.check_statements import RequesterKey
-from policies.watched import WatchedFile
+from policies.watched import WatchedFile, registry_entries
 from xgate.errors import ConfigError, CryptoError
 from xgate.logging import get_logger
 
 log = get_logger("xgate.policies.requesters")
 
 REQUESTERS_FILE = "requesters.toml"
-_FIELDS = {"user", "agency", "public_key"}
 
 
 def load_requesters(policy_dir: Path) -> dict[str, RequesterKey]:
     """The registered requesters' keys, by key id; ConfigError naming the entry that is wrong."""
     path = policy_dir / REQUESTERS_FILE
-    if not path.exists():
-        return {}
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8-sig"))
-    except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise ConfigError(f"{path}: {exc}") from None
-    entries = data.get("requester", [])
-    if not isinstance(entries, list):
-        raise ConfigError(f"{path}: requester must be an array of tables ([[requester]])")
     out: dict[str, RequesterKey] = {}
-    for i, entry in enumerate(entries):
-        if not isinstance(entry, dict) or set(entry) != _FIELDS:
-            raise ConfigError(f"{path}: requester #{i + 1} needs exactly user, agency and public_key")
+    for i, entry in enumerate(registry_entries(path, "requester", ("user", "agency", "public_key"))):
         user, agency = entry["user"], entry["agency"]
         if not (isinstance(user, str) and user.strip() and isinstance(agency, str) and agency.strip()):
             raise ConfigError(f"{path}: requester #{i + 1}: user and agency must be non-empty strings")

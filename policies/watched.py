@@ -14,9 +14,10 @@ fails (ConfigError) rather than trust an unsigned file.
 from __future__ import annotations
 
 import hashlib
+import tomllib
 from collections.abc import Callable
 from pathlib import Path
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from crypto.policy_bundle import Installed
 from xgate.errors import ConfigError
@@ -73,3 +74,23 @@ class WatchedFile(Generic[T]):
             if self._value is None:  # nothing trusted loaded yet: every read looks again
                 raise ConfigError(f"{why}: refusing to use it")
         return self._value
+
+
+def registry_entries(path: Path, table: str, fields: tuple[str, ...]) -> list[dict[str, Any]]:
+    """The `[[table]]` entries of a signer registry file (consent managers, approvers, requesters),
+    each with exactly `fields`; none when the file is absent (nobody registered); ConfigError naming
+    the file and the entry otherwise. A BOM a Windows editor writes is accepted."""
+    if not path.exists():
+        return []
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8-sig"))
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    entries = data.get(table, [])
+    if not isinstance(entries, list):
+        raise ConfigError(f"{path}: {table} must be an array of tables ([[{table}]])")
+    named = ", ".join(fields[:-1]) + f" and {fields[-1]}" if len(fields) > 1 else fields[0]
+    for i, entry in enumerate(entries):
+        if not isinstance(entry, dict) or set(entry) != set(fields):
+            raise ConfigError(f"{path}: {table} #{i + 1} needs exactly {named}")
+    return entries

@@ -87,20 +87,7 @@ def _check(public_context: bytes) -> node_pb2.EncryptRequest:
 
 def _statement(key: SigningKey, req: node_pb2.EncryptRequest, fingerprint: str) -> str:
     """What the caseworker signs for its own check (the gateway relays it and so holds it)."""
-    ctx = req.context
-    question = Question(
-        user=ctx.requester_user,
-        agency=ctx.requester_agency,
-        program=ctx.program_id,
-        purpose=ctx.purpose,
-        legal_basis=ctx.legal_basis,
-        case_id=ctx.case_id,
-        consent_ref=ctx.consent_ref,
-        approval_ref=ctx.approval_ref,
-        context_fingerprint=fingerprint,
-        pseudonyms=list(req.pseudonyms),
-    )
-    return sign_check(key, question, DAYTIME)
+    return sign_check(key, Question.of_request(req, fingerprint), DAYTIME)
 
 
 def _sent(node: NodeService, req: node_pb2.EncryptRequest) -> node_pb2.EncryptResponse:

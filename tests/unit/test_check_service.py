@@ -429,18 +429,7 @@ def _requesters(key: Any) -> dict[str, RequesterKey]:
 
 
 def _signed(key: Any, request: CheckRequest, now: float) -> CheckRequest:
-    question = Question(
-        user=GOLD.user,
-        agency=GOLD.agency,
-        program=request.program,
-        purpose=request.purpose,
-        legal_basis=request.legal_basis,
-        case_id=request.case_id,
-        consent_ref=request.consent_ref,
-        approval_ref=request.approval_ref,
-        context_fingerprint="",
-        pseudonyms=request.pseudonyms,
-    )
+    question = Question.of(GOLD.user, GOLD.agency, vars(request), "")
     statement = sign_check(key, question, datetime.fromtimestamp(now, UTC))
     return dataclasses.replace(request, requester_statement=statement)
 

@@ -51,16 +51,7 @@ def test_the_statement_sent_verifies_for_the_body_sent_and_the_stated_identity()
     body = json.loads(sent[1].content)
     signer = Signer.of("cw-zhang", base64.b64encode(KEY.public_raw).decode())
     registry = {signer.key_id: RequesterKey(signer, "cw-zhang", "civil_affairs")}
-    question = Question(
-        user="cw-zhang",
-        agency="civil_affairs",
-        program="dibao",
-        purpose="dibao",
-        legal_basis="SAR-2014-art-12",
-        case_id="C-1",
-        consent_ref="",
-        approval_ref="",
-        context_fingerprint=body["context_fingerprint"],
-        pseudonyms=list(reversed(body["pseudonyms"])),
-    )
+    # the subjects in another order: the digest is over the sorted list
+    reordered = {**body, "pseudonyms": list(reversed(body["pseudonyms"]))}
+    question = Question.of("cw-zhang", "civil_affairs", reordered, body["context_fingerprint"])
     assert verify_statement(body["requester_statement"], registry, question, datetime.now(UTC)).user == "cw-zhang"
