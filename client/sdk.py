@@ -347,18 +347,7 @@ class GatewayClient:
             body, _ = self._call("GET", "/v1/whoami")
             self._identity = (str(body["user"]), str(body["agency"]))
         user, agency = self._identity
-        question = Question(
-            user=user,
-            agency=agency,
-            program=payload["program"],
-            purpose=payload["purpose"],
-            legal_basis=payload["legal_basis"],
-            case_id=payload["case_id"],
-            consent_ref=payload["consent_ref"],
-            approval_ref=payload["approval_ref"],
-            context_fingerprint=payload.get("context_fingerprint", ""),
-            pseudonyms=payload["pseudonyms"],
-        )
+        question = Question.of(user, agency, payload, str(payload.get("context_fingerprint", "")))
         return sign_check(self._signer, question, datetime.now(UTC))
 
     # -- federated training --------------------------------------------------------------------

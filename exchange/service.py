@@ -237,18 +237,8 @@ class CheckService:
         it again): refused here first, so an unsigned check never reaches the decision point."""
         if self.requesters is None:
             return
-        question = Question(
-            user=principal.user,
-            agency=principal.agency,
-            program=request.program,
-            purpose=request.purpose,
-            legal_basis=request.legal_basis,
-            case_id=request.case_id,
-            consent_ref=request.consent_ref,
-            approval_ref=request.approval_ref,
-            context_fingerprint=context.ref if context is not None else "",
-            pseudonyms=request.pseudonyms,
-        )
+        fingerprint = context.ref if context is not None else ""
+        question = Question.of(principal.user, principal.agency, vars(request), fingerprint)
         verify_statement(
             request.requester_statement, self.requesters(), question, datetime.fromtimestamp(self.clock(), UTC)
         )
