@@ -50,7 +50,14 @@ def about_check(request_id: str, program: Program, request: CheckRequest, princi
         "consent_ref": request.consent_ref or None,
         "subjects": list(request.pseudonyms),
         **actor(principal),
+        **_statement_digest(request.requester_statement),
     }
+
+
+def _statement_digest(statement: str) -> Event:
+    """Which signed statement asked (policies/check_statements.py): the gateway's entries and every
+    node's name the same digest. Nothing for an unsigned request (refused, or a core test's)."""
+    return {"requester_statement_sha256": hashlib.sha256(statement.encode()).hexdigest()} if statement else {}
 
 
 def policy_allowed(about: Mapping[str, Any], outcome: PolicyOutcome) -> Event:
@@ -178,7 +185,14 @@ def node_served(request: node_pb2.EncryptRequest, response: node_pb2.EncryptResp
         "case_id": ctx.case_id,
         "subjects": list(request.pseudonyms),
         "elements": [q.element for q in request.elements],
-        "context_sha256": hashlib.sha256(request.public_context).hexdigest(),
+        # The context the answer is encrypted under: its bytes' digest, which its fingerprint names
+        # when only the fingerprint came (the node encrypted under the context it holds for it).
+        "context_sha256": (
+            hashlib.sha256(request.public_context).hexdigest()
+            if request.public_context or not request.context_fingerprint
+            else request.context_fingerprint.removeprefix("sha256:")
+        ),
+        **_statement_digest(request.context.requester_statement),
         "response_sha256": [d.hex() for e in response.elements for d in e.ciphertext_sha256],
     }
     if request.pad_batch:

@@ -17,6 +17,7 @@ node skipped the check; the positive control shows the caseworker's own check is
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 from pathlib import Path
 
@@ -149,6 +150,24 @@ def test_positive_control_the_caseworkers_own_check_is_answered(
     assert (
         PublicContext.known(context_fingerprint(caseworker_keys.public_context)) is not None
     )  # named by fingerprint next
+
+
+def test_the_nodes_log_names_the_context_and_the_statement_it_answered(
+    node: NodeService, caseworker_key: SigningKey, caseworker_keys: RequesterKeys
+) -> None:
+    """A security officer can tell from the node's own entry which context an answer was encrypted
+    under and which signed statement asked, also when the gateway named the context by fingerprint
+    only (the entry recorded the digest of the empty bytes before)."""
+    fingerprint = context_fingerprint(caseworker_keys.public_context)
+    for attached in (True, False):
+        req = _check(caseworker_keys.public_context if attached else b"")
+        req.context_fingerprint = fingerprint
+        req.context.requester_statement = _statement(caseworker_key, req, fingerprint)
+        _sent(node, req)
+        event = node.audit.events[-1]  # type: ignore[union-attr]
+        assert event["context_sha256"] == fingerprint.removeprefix("sha256:"), attached
+        statement = req.context.requester_statement.encode()
+        assert event["requester_statement_sha256"] == hashlib.sha256(statement).hexdigest()
 
 
 def test_positive_control_pads_are_read_by_the_caseworker_alone(
