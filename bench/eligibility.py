@@ -16,13 +16,24 @@ import platform
 import statistics
 import tempfile
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
-from app.devfed import DEV_APPROVAL_REF, LEGAL_BASIS, prepare, start_gateway, start_nodes, write_gateway_config
+from app.devfed import (
+    DEV_APPROVAL_REF,
+    LEGAL_BASIS,
+    DevFederation,
+    prepare,
+    start_gateway,
+    start_nodes,
+    write_gateway_config,
+)
 from app.launcher import Supervisor
 from client.sdk import GatewayClient
 from client.subjects import read_subjects
 from crypto.he import RequesterKeys
+from policies.check_statements import Question, sign_check, verify_statement
+from policies.requesters import load_requesters
 from xgate.pseudonym import Pseudonymiser, load_key
 
 RESULTS = Path(__file__).resolve().parent / "results" / "eligibility.json"
@@ -48,6 +59,34 @@ def _measure(client: GatewayClient, ids: list[str], mode: str, repeats: int) -> 
         "client_gateway_bytes_per_applicant": round(wire / len(ids)),
         "gateway_node_bytes_per_applicant": round(node_bytes / len(ids)),
         "repeats": repeats,
+    }
+
+
+def statement_cost(fed: DevFederation, ids: list[str], he_median_ms: float, repeats: int = 7) -> dict[str, float]:
+    """What requester signatures cost at this batch size: the client signs once, the gateway and
+    every node verify (policies/check_statements.py), measured in this process with the dev
+    caseworker's registered key; the HE medians above already include it (the federation checks
+    signatures), so `share_of_he_check` is (sign + 2 verifies: gateway, then the nodes in parallel)
+    over the HE median."""
+    pseudonyms = [Pseudonymiser(load_key(fed.pseudonym_key)).pseudonym(i) for i in ids]
+    user, agency = fed.identity("caseworker")
+    question = Question(user, agency, "dibao", "dibao", LEGAL_BASIS["dibao"], "BENCH", "", DEV_APPROVAL_REF,
+                        "sha256:" + "0" * 64, pseudonyms)  # fmt: skip
+    signer, registry = fed.signer("caseworker"), load_requesters(fed.policy_dir)
+    sign, verify = [], []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        statement = sign_check(signer, question, datetime.now(UTC))
+        t1 = time.perf_counter()
+        verify_statement(statement, registry, question, datetime.now(UTC))
+        verify.append((time.perf_counter() - t1) * 1000)
+        sign.append((t1 - t0) * 1000)
+    sign_ms, verify_ms = statistics.median(sign), statistics.median(verify)
+    return {
+        "sign_ms": round(sign_ms, 3),
+        "verify_ms": round(verify_ms, 3),
+        "statement_bytes": len(statement),
+        "share_of_he_check": round((sign_ms + 2 * verify_ms) / he_median_ms, 4),
     }
 
 
@@ -92,6 +131,7 @@ def run(quick: bool) -> dict[str, object]:
                             "applicants": batch,
                             "he": he,
                             "plaintext": plain,
+                            "requester_statement": statement_cost(fed, ids, he["median_ms"]),
                             "he_over_plaintext_latency": round(he["median_ms"] / plain["median_ms"], 2),
                             "he_over_plaintext_bytes": round(
                                 (he["client_gateway_bytes_per_applicant"] + he["gateway_node_bytes_per_applicant"])

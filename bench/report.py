@@ -42,6 +42,20 @@ def eligibility(d: dict[str, Any]) -> str:
             ]
         )
     met = d.get("target_met", {})
+    signed = [b for b in d["batches"] if "requester_statement" in b]
+    statements = (
+        "Requester-signed checks (docs/PROTOCOL.md), included in the HE figures above: "
+        + "; ".join(
+            f"{b['applicants']:,} applicant(s): sign {b['requester_statement']['sign_ms']:g} ms, verify "
+            f"{b['requester_statement']['verify_ms']:g} ms (gateway, then each node), "
+            f"{b['requester_statement']['share_of_he_check']:.1%} of the check"
+            for b in signed
+        )
+        + f"; the statement is {signed[0]['requester_statement']['statement_bytes']} bytes, sent by the client and"
+        " forwarded to each node (in the bytes per applicant above)."
+        if signed
+        else ""
+    )
     return "\n\n".join(
         [
             f"Program {d['program']}; {d['transport']}; {d['he_params']}. {d.get('policy', '')}. "
@@ -64,6 +78,7 @@ def eligibility(d: dict[str, Any]) -> str:
             f"{'met' if met.get('single_applicant_ms') else 'NOT met'}; ≥ "
             f"{d['targets']['applicant_checks_per_s_at_10000']:,.0f} applicant-checks/s at 10,000 → "
             f"{'met' if met.get('applicant_checks_per_s_at_10000') else 'NOT met'}.",
+            *([statements] if statements else []),
         ]
     )
 
