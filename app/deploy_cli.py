@@ -416,8 +416,15 @@ def policy_publish(
     """Sign the policy set as a versioned bundle for every party (`xgate policy install`)."""
     from crypto import pki
     from crypto.policy_bundle import publish
+    from policies.approvals import load_approvers
+    from policies.consent import load_consent_managers
+    from policies.requesters import load_requesters
 
     with fail_on_error():
+        # The signer registries are read at every check: a malformed one is refused here, before
+        # every party installs it (ConfigError names the file and the entry).
+        for load in (load_requesters, load_approvers, load_consent_managers):
+            load(policies)
         body = publish(pki.load_ca(ca).key, policies, version, out)
         typer.echo(f"{out}: policy bundle version {version}, {len(body['files'])} files, signed by the CA")
 

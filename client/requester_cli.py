@@ -11,13 +11,15 @@ refuse a check its requester did not sign for exactly that question, HE context 
 from __future__ import annotations
 
 import base64
-import json
+import re
 from pathlib import Path
 
 import typer
 
 from xgate.cli_support import fail_on_error
 
+_USER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$")  # as the gateway's users file takes them
+_AGENCY = re.compile(r"^[a-z][a-z0-9_]{1,63}$")
 app = typer.Typer(no_args_is_help=True, pretty_exceptions_show_locals=False, help=__doc__)
 
 
@@ -28,15 +30,22 @@ def keygen(
     out: Path = typer.Option(..., "--out", help="private key file to write (0600)"),
 ) -> None:
     """Create a requester's signing key; prints its requesters.toml entry."""
+    import tomli_w
+
     from crypto.envelope import SigningKey
     from xgate.errors import InvalidInput
+    from xgate.pseudonym import contains_national_id
 
     with fail_on_error():
-        if not user.strip() or not agency.strip():
-            raise InvalidInput("--user and --agency must not be empty")
+        if not _USER.match(user) or contains_national_id(user):
+            raise InvalidInput("--user must be the user id the gateway knows you by (1-64 of letters, digits, _ . @ -)")
+        if not _AGENCY.match(agency):
+            raise InvalidInput("--agency must be an agency id (lowercase letters, digits, '_')")
         if out.exists():
             raise InvalidInput(f"{out} exists; refusing to overwrite a key")
+        if not out.parent.is_dir():
+            raise InvalidInput(f"--out {out}: directory {out.parent} does not exist")
         key = SigningKey.generate(agency, "requester")
         key.save(out)
         public = base64.b64encode(key.public_raw).decode()
-        typer.echo(f'[[requester]]\nuser = {json.dumps(user)}\nagency = {json.dumps(agency)}\npublic_key = "{public}"')
+        typer.echo(tomli_w.dumps({"requester": [{"user": user, "agency": agency, "public_key": public}]}), nl=False)

@@ -188,9 +188,9 @@ def node_served(request: node_pb2.EncryptRequest, response: node_pb2.EncryptResp
         # The context the answer is encrypted under: its bytes' digest, which its fingerprint names
         # when only the fingerprint came (the node encrypted under the context it holds for it).
         "context_sha256": (
-            hashlib.sha256(request.public_context).hexdigest()
-            if request.public_context or not request.context_fingerprint
-            else request.context_fingerprint.removeprefix("sha256:")
+            request.context_fingerprint.removeprefix("sha256:")
+            if request.mode == node_pb2.EXCHANGE_MODE_HE and request.context_fingerprint and not request.public_context
+            else hashlib.sha256(request.public_context).hexdigest()
         ),
         **_statement_digest(request.context.requester_statement),
         "response_sha256": [d.hex() for e in response.elements for d in e.ciphertext_sha256],

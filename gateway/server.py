@@ -127,7 +127,7 @@ def build_app(config: GatewayConfig, on_ready: Callable[[], None] | None = None)
     authenticate = authenticator_for(config)
     policy, consents, requesters = policy_for(config)
     service.policy = policy
-    service.requesters = requesters.current  # every check is signed by its requester (THREAT_MODEL I1b)
+    service.requesters = requesters.usable  # every check is signed by its requester (THREAT_MODEL I1b)
     requesters.warn_if_none()
     audit = None
     if settings.audit_db is not None:

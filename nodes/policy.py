@@ -67,7 +67,7 @@ def verify_requester(request: node_pb2.EncryptRequest, requesters: Requesters, c
     # NodeService checked public_context against context_fingerprint when both are set.
     context = context_fingerprint(request.public_context) if request.public_context else request.context_fingerprint
     fingerprint = context if request.mode == node_pb2.EXCHANGE_MODE_HE else ""
-    verify_statement(ctx.requester_statement, requesters.current(), Question.of_request(request, fingerprint), clock())
+    verify_statement(ctx.requester_statement, requesters.usable(), Question.of_request(request, fingerprint), clock())
 
 
 def verify_registered_tier(request: node_pb2.EncryptRequest, registered: UserEntry | None) -> None:

@@ -163,7 +163,8 @@ def verify_statement(
             text, {k: r.signer for k, r in requesters.items()}, fmt=CHECK_FORMAT, max_bytes=MAX_STATEMENT_BYTES
         )
     except CryptoError as exc:
-        raise PolicyDenied(f"requester statement refused: {exc.message}") from None
+        hint = " (a key the policy set's requesters.toml registers)" if "registered signer" in exc.message else ""
+        raise PolicyDenied(f"requester statement refused: {exc.message}{hint}") from None
     key = requesters[signer.key_id]
     try:
         body = CheckStatement.model_validate(raw)

@@ -21,7 +21,7 @@ from crypto.artefacts import Signer
 from crypto.policy_bundle import Installed
 from policies.check_statements import RequesterKey
 from policies.watched import WatchedFile, registry_entries
-from xgate.errors import ConfigError, CryptoError
+from xgate.errors import ConfigError, CryptoError, PolicyDenied
 from xgate.logging import get_logger
 
 log = get_logger("xgate.policies.requesters")
@@ -41,9 +41,10 @@ def load_requesters(policy_dir: Path) -> dict[str, RequesterKey]:
             signer = Signer.of(user, str(entry["public_key"]))
         except CryptoError as exc:
             raise ConfigError(f"{path}: requester #{i + 1}: {exc.message}") from None
-        if signer.key_id in out:
-            raise ConfigError(f"{path}: requester #{i + 1}: its public key is registered twice")
-        out[signer.key_id] = RequesterKey(signer, user, agency)
+        registered = RequesterKey(signer, user, agency)
+        if out.get(signer.key_id, registered) != registered:
+            raise ConfigError(f"{path}: requester #{i + 1}: its public key is registered for another user or agency")
+        out[signer.key_id] = registered  # the same entry appended twice is one registration
     return out
 
 
@@ -63,6 +64,16 @@ class Requesters(WatchedFile[dict[str, RequesterKey]]):
     def __init__(self, policy_dir: Path, bundle: Callable[[], Installed | None] | None = None) -> None:
         # bundle: the signed policy bundle in force (signed mode): only the file it signed is loaded
         super().__init__(policy_dir / REQUESTERS_FILE, lambda path: load_requesters(path.parent), bundle)
+
+    def usable(self) -> dict[str, RequesterKey]:
+        """The registry for a check; PolicyDenied (audited as a refusal, never a 500) while no
+        version of the file could be used. The reason is in the service log, not the answer."""
+        try:
+            return self.current()
+        except ConfigError:
+            raise PolicyDenied(
+                "check refused: the registry of requesters' signing keys cannot be used (see the service log)"
+            ) from None
 
     def warn_if_none(self) -> None:
         """At a service's start: say in its log that no check can be answered yet (a training-only

@@ -65,13 +65,18 @@ class WatchedFile(Generic[T]):
             self._seen = mark
             why = self._signed_digest_differs()
             if why is None:
-                value = self._load(self.path)
-                why = self._signed_digest_differs()  # the file did not change while it was read
-                if why is None:
-                    self._value = value
-                    return value
+                try:
+                    value = self._load(self.path)
+                except ConfigError as exc:  # a malformed edit: said once, the previous version kept
+                    why = exc.message
+                else:
+                    why = self._signed_digest_differs()  # the file did not change while it was read
+                    if why is None:
+                        self._value = value
+                        return value
             log.warning("policy_file_rejected", file=str(self.path), error=why, kept_previous=self._value is not None)
             if self._value is None:  # nothing trusted loaded yet: every read looks again
+                self._seen = None
                 raise ConfigError(f"{why}: refusing to use it")
         return self._value
 

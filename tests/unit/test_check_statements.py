@@ -182,10 +182,32 @@ def test_the_registry_loads_and_is_reread_when_it_changes(tmp_path: Path) -> Non
         ("[[requester]]\nuser = 'a'\nagency = 'b'\npublic_key = 'not base64!'\n", "not a base64 Ed25519"),
         ("requester = 3\n", r"array of tables"),
         ("[[requester]\n", "requesters.toml"),
-        (_entry(KEY) + _entry(KEY, "cw-other"), "registered twice"),
+        (_entry(KEY) + _entry(KEY, "cw-other"), "registered for another user or agency"),
     ],
 )
 def test_a_bad_registry_entry_is_named(tmp_path: Path, text: str, why: str) -> None:
     (tmp_path / "requesters.toml").write_text(text)
     with pytest.raises(ConfigError, match=why):
         load_requesters(tmp_path)
+
+
+def test_the_same_entry_appended_twice_is_one_registration(tmp_path: Path) -> None:
+    """`cat requests/requester.toml >> requesters.toml` run twice by the operator."""
+    (tmp_path / "requesters.toml").write_text(_entry(KEY) + _entry(KEY))
+    assert [k.user for k in load_requesters(tmp_path).values()] == ["cw-zhang"]
+
+
+def test_a_malformed_edit_keeps_the_registry_in_force_and_a_fresh_start_refuses_checks(tmp_path: Path) -> None:
+    """A broken edit is logged and the previous registry stays (it was kept silently after one
+    failed read before); with nothing loaded yet, checks are refused as policy, never a 500."""
+    registry = tmp_path / "requesters.toml"
+    registry.write_text(_entry(KEY))
+    watched = Requesters(tmp_path)
+    assert len(watched.usable()) == 1
+    registry.write_text(_entry(KEY) + "[[requester]]\nuser = 'half an entry'\n")
+    for _ in range(3):
+        assert len(watched.usable()) == 1
+    with pytest.raises(PolicyDenied, match="registry of requesters' signing keys cannot be used"):
+        Requesters(tmp_path).usable()  # a restart on the broken file
+    registry.write_text(_entry(KEY) + _entry(OTHER, "cw-li"))  # mended: taken at the next read
+    assert len(watched.usable()) == 2

@@ -34,5 +34,25 @@ def test_keygen_never_overwrites_a_key_and_names_empty_fields(tmp_path: Path) ->
     empty = CliRunner().invoke(
         app, ["requester", "keygen", "--user", " ", "--agency", "tax", "--out", str(tmp_path / "k")]
     )
-    assert empty.exit_code == 1 and "--user and --agency must not be empty" in empty.output
+    assert empty.exit_code == 1 and "--user must be the user id the gateway knows you by" in empty.output
     assert not (tmp_path / "k").exists()
+
+
+def test_keygen_refuses_an_id_or_agency_the_registry_would_not_take(tmp_path: Path) -> None:
+    """A user id with characters the users file refuses (or a resident id), an agency that is not an
+    id, and an --out in a directory that does not exist: named, nothing written."""
+    runner = CliRunner()
+    for user, agency, why in (
+        ("cw-\U0001f600", "civil_affairs", "--user must be"),
+        ("110101199003071233", "civil_affairs", "--user must be"),
+        ("cw-zhou", "Civil Affairs", "--agency must be an agency id"),
+    ):
+        res = runner.invoke(
+            app, ["requester", "keygen", "--user", user, "--agency", agency, "--out", str(tmp_path / "k")]
+        )
+        assert res.exit_code == 1 and why in res.output, (user, agency, res.output)
+    res = runner.invoke(
+        app, ["requester", "keygen", "--user", "cw", "--agency", "tax", "--out", str(tmp_path / "no" / "k")]
+    )
+    assert res.exit_code == 1 and "does not exist" in res.output
+    assert list(tmp_path.iterdir()) == []
