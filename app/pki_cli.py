@@ -176,6 +176,13 @@ def add_user_cmd(
     out: Annotated[
         Path | None, typer.Option(help="write the API key to this file (mode 0600) instead of printing it")
     ] = None,
+    job_signing_key: Annotated[
+        Path | None,
+        typer.Option(
+            help="with --principals: the file `xgate train keygen` printed for this analyst; every training"
+            " job run in its name must then carry its signature"
+        ),
+    ] = None,
 ) -> None:
     """Register a REST user and print their API key ONCE (only its SHA-256 is stored)."""
     import os
@@ -185,6 +192,7 @@ def add_user_cmd(
 
     with fail_on_error():
         check_user_id(user)  # before anything is written, principals.toml included
+        signing_key = _job_signing_key(job_signing_key, principals) if job_signing_key is not None else None
         store = _user_store(users, database)
         # Opened first (owner-only whatever the umask, an existing file tightened): a key is never
         # issued that cannot be kept.
@@ -201,7 +209,7 @@ def add_user_cmd(
             if principals is not None:
                 from app.principals import register_principal
 
-                register_principal(principals, user, agency, role, tier)
+                register_principal(principals, user, agency, role, tier, signing_key)
             if store is not None:
                 key = store.add(user, agency, role, tier)
             else:
@@ -219,6 +227,28 @@ def add_user_cmd(
             with os.fdopen(fd, "w") as fh:
                 fh.write(key + "\n")
             typer.secho(f"API key written to {out} (mode 0600): it cannot be shown again", err=True)
+
+
+def _job_signing_key(path: Path, principals: Path | None) -> str:
+    """The public key in the file `xgate train keygen` printed (`signing_key = "<base64>"`)."""
+    import tomllib
+
+    from crypto.artefacts import Signer
+    from xgate.errors import CryptoError, InvalidInput
+
+    if principals is None:
+        raise InvalidInput("--job-signing-key needs --principals: the key is registered in principals.toml")
+    try:
+        value = tomllib.loads(path.read_text(encoding="utf-8-sig")).get("signing_key")
+    except (OSError, ValueError) as exc:
+        raise InvalidInput(f"--job-signing-key {path}: {getattr(exc, 'strerror', None) or exc}") from None
+    if not isinstance(value, str):
+        raise InvalidInput(f"--job-signing-key {path}: no signing_key line (the file `xgate train keygen` printed)")
+    try:
+        Signer.of("job-signing", value)
+    except CryptoError as exc:
+        raise InvalidInput(f"--job-signing-key {path}: {exc.message}") from None
+    return value
 
 
 @app.command("disable-user")

@@ -20,8 +20,12 @@ HEADER = """# Registered principals. The gateway authenticates a caller (certifi
 """
 
 
-def register_principal(path: Path, user: str, agency: str, role: str, tier: str) -> bool:
-    """Add (or update) the user's entry; True when the file changed. Validates like the policy loader."""
+def register_principal(
+    path: Path, user: str, agency: str, role: str, tier: str, signing_key: str | None = None
+) -> bool:
+    """Add (or update) the user's entry; True when the file changed. Validates like the policy loader.
+    `signing_key`: the analyst's job-signing public key (base64 Ed25519, `xgate train keygen`); an
+    entry's key is otherwise kept as it is."""
     try:
         text = path.read_text()
         current = UsersFile.model_validate(tomllib.loads(text))
@@ -29,6 +33,8 @@ def register_principal(path: Path, user: str, agency: str, role: str, tier: str)
         raise ConfigError(f"principals file {path}: {exc}") from None
     known = next((u for u in current.users if u.id == user), None)
     kept = {"signing_key": known.signing_key} if known is not None and known.signing_key else {}  # not ours to drop
+    if signing_key is not None:
+        kept = {"signing_key": signing_key}
     try:
         entry = UserEntry.model_validate({"id": user, "agency": agency, "role": role, "tier": tier, **kept})
     except ValueError as exc:

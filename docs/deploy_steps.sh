@@ -27,8 +27,8 @@ mkdir -p requests issued
 # @ ca
 # Federated training: an hrss analyst trains a risk model on hrss contribution histories (registered
 # for training in the shipped policies/datasets.toml) joined with tax incomes, which the tax agency
-# registers for training here together with the agreement allowing it.
-xgate pki add-user --users users.json --principals policies/principals.toml --user an-hrss --agency hrss --role analyst --tier silver --out an-hrss.apikey
+# registers for training here together with the agreement allowing it (the analyst is registered
+# below, with the key that signs its jobs).
 cat >> policies/datasets.toml <<'EOF'
 [[datasets]]
 id = "tax.income_2025"
@@ -56,11 +56,16 @@ xgate approval keygen --name ap-qian --agency civil_affairs --out ap-qian.key > 
 # The caseworker's own signing key: it signs every check (question, HE context, subjects), so the
 # gateway cannot ask the nodes anything in its name; only the public half travels.
 xgate requester keygen --user cw-zhou --agency civil_affairs --out cw-zhou.sign.key > requester.toml
-scp approver.toml requester.toml ca:requests/
+# The hrss analyst's job-signing key: nodes and the gateway run only job definitions it signed.
+xgate train keygen --user an-hrss --out an-hrss.train.key > an-hrss.train.pub
+scp approver.toml requester.toml an-hrss.train.pub ca:requests/
 
 # @ ca
 cat requests/approver.toml >> policies/approvers.toml   # approvals signed by ap-qian's key are accepted
 cat requests/requester.toml >> policies/requesters.toml # checks signed by cw-zhou's key are answered
+xgate pki add-user --users users.json --principals policies/principals.toml --user an-hrss --agency hrss --role analyst --tier silver --job-signing-key requests/an-hrss.train.pub --out an-hrss.apikey
+# Every training job must carry its analyst's signature, so a coordinator cannot run another definition in its name.
+printf '\n[training]\nrequire_signed_jobs = true\n' >> policies/settings.toml
 xgate policy publish --ca ca --policies policies --version 1 --out policies-v1.json   # CA-signed, versioned
 
 # @ gateway
@@ -156,7 +161,8 @@ label = "hrss.pension_elsewhere"
 label_holder = "hrss"
 rounds = 2
 EOF
-XGATE_API_KEY=$(cat an-hrss.apikey) xgate train submit --job risk-job.toml --gateway https://gw.xgate.test:8443 --gateway-ca ca.cert.pem
+xgate train sign --job risk-job.toml --key an-hrss.train.key --requester an-hrss --out risk-job.signed.toml
+XGATE_API_KEY=$(cat an-hrss.apikey) xgate train submit --job risk-job.signed.toml --gateway https://gw.xgate.test:8443 --gateway-ca ca.cert.pem
 
 # @ agency
 # Renewal (certificates live 30 days), while everything keeps running: new keys wait as *.next.

@@ -137,6 +137,18 @@ def _readyz(net: netns.Network) -> tuple[int, object]:
     return int(status), body
 
 
+def _unsigned_job_is_refused(net: netns.Network) -> None:
+    """The deployment requires signed training jobs (THREAT_MODEL F22): the analyst's job without
+    its signature, under a new id, is refused at submission; the signed one above ran."""
+    unsigned = net.run(
+        "client",
+        "sed 's/risk-2026-01/risk-2026-unsigned/' risk-job.toml > unsigned-job.toml && "
+        "XGATE_API_KEY=$(cat an-hrss.apikey) xgate train submit --job unsigned-job.toml "
+        "--gateway https://gw.xgate.test:8443 --gateway-ca ca.cert.pem",
+    )
+    assert unsigned.returncode != 0 and "not signed" in unsigned.stderr + unsigned.stdout, unsigned
+
+
 def test_deployment_across_hosts_from_the_readme(network: netns.Network) -> None:
     t0 = time.monotonic()
     outputs: dict[str, str] = {}
@@ -193,6 +205,7 @@ def test_deployment_across_hosts_from_the_readme(network: netns.Network) -> None
     recovered = [e for e in _events(gw_log, "node_recovered") if e.get("agency") == "tax"]
     assert recovered, gw_log.read_text()[-3000:]
     t_policy = time.monotonic()
+    _unsigned_job_is_refused(network)
     _policy_attacks_while_running(network)
     _assert_witnessed(network)
     timings = {"first_check_s": round(first_check_s, 1), "train_job_s": round(train_s, 1),

@@ -160,6 +160,30 @@ def test_add_user_registers_the_principal_in_one_step(federation: Path) -> None:
     assert code == 2 and "agency" in out
 
 
+def test_add_user_registers_the_analysts_job_signing_key(federation: Path) -> None:
+    """`--job-signing-key` takes the file `xgate train keygen` printed; a wrong file is named and
+    nothing is written."""
+    from policies.loader import UsersFile, load_model
+
+    printed = federation / "an.train.pub"
+    code, out = xgate("train", "keygen", "--user", "an-new", "--out", str(federation / "an.train.key"))
+    assert code == 0, out
+    printed.write_text(out)
+    base = ["pki", "add-user", "--users", str(federation / "users.json"), "--user", "an-new", "--agency", "hrss",
+            "--role", "analyst", "--tier", "silver", "--out", str(federation / "an.apikey")]  # fmt: skip
+    principals = federation / "set/principals.toml"
+    before = principals.read_text()
+    code, out = xgate(*base, "--principals", str(principals), "--job-signing-key", str(federation / "an.train.key"))
+    assert code != 0 and "an.train.key" in out and principals.read_text() == before, out
+    code, out = xgate(*base, "--job-signing-key", str(printed))
+    assert code != 0 and "--job-signing-key needs --principals" in out, out
+    code, out = xgate(*base, "--principals", str(principals), "--job-signing-key", str(printed))
+    assert code == 0, out
+    users, _ = load_model(principals, UsersFile, "principals")
+    (entry,) = [u for u in users.users if u.id == "an-new"]
+    assert entry.signing_key is not None and entry.signing_key in printed.read_text()
+
+
 def _commands(group: click.Group, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
     found = []
     for name, command in group.commands.items():
@@ -290,3 +314,14 @@ def test_check_names_a_requesters_file_that_cannot_be_used(federation: Path, tmp
     for config in ("tax/node.toml", "gw/gateway.toml"):
         code, out = xgate("config", "check", str(federation / config), "--before-load")
         assert code == 1 and "requester #1 needs exactly user, agency and public_key" in out, out
+
+
+def test_publish_refuses_a_signer_registry_every_party_would_refuse(federation: Path) -> None:
+    """A malformed requesters.toml (or approvers, consent managers) is named at publish, not
+    discovered by every gateway and node after installing it."""
+    (federation / "set/requesters.toml").write_text("[[requester]]\nuser = 'cw-new'\n")
+    out = federation / "v9.json"
+    code, text = xgate("policy", "publish", "--ca", str(federation / "ca"), "--policies", str(federation / "set"),
+                       "--version", "9", "--out", str(out))  # fmt: skip
+    assert code != 0 and "requesters.toml: requester #1 needs exactly user, agency and public_key" in text, text
+    assert not out.exists()
