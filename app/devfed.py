@@ -234,13 +234,14 @@ def write_dev_consent_manager(key_file: Path, policy_dir: Path) -> None:
 
 def write_dev_requesters(fed: DevFederation) -> None:
     """A requester signing key for every dev user, each registered in the policy set's requesters.toml."""
-    entries = ["# requesting users whose signed checks the gateway and the nodes accept (dev federation)"]
+    from policies.requesters import requester_entry
+
+    entries = ["# requesting users whose signed checks the gateway and the nodes accept (dev federation)\n"]
     for label, (user, agency, _, _) in DEV_USERS.items():
         key = SigningKey.generate(agency, "requester")
         key.save(fed.signing_key(label))
-        public = base64.b64encode(key.public_raw).decode()
-        entries.append(f'[[requester]]\nuser = "{user}"\nagency = "{agency}"\npublic_key = "{public}"')
-    (fed.policy_dir / "requesters.toml").write_text("\n\n".join(entries) + "\n")
+        entries.append(requester_entry(user, agency, key.public_raw))
+    (fed.policy_dir / "requesters.toml").write_text("\n".join(entries))
 
 
 def write_dev_approver(key_file: Path, policy_dir: Path, approval_file: Path) -> None:

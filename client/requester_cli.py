@@ -10,7 +10,6 @@ refuse a check its requester did not sign for exactly that question, HE context 
 
 from __future__ import annotations
 
-import base64
 import re
 from pathlib import Path
 
@@ -30,9 +29,8 @@ def keygen(
     out: Path = typer.Option(..., "--out", help="private key file to write (0600)"),
 ) -> None:
     """Create a requester's signing key; prints its requesters.toml entry."""
-    import tomli_w
-
     from crypto.envelope import SigningKey
+    from policies.requesters import requester_entry
     from xgate.errors import InvalidInput
     from xgate.pseudonym import contains_national_id
 
@@ -47,5 +45,4 @@ def keygen(
             raise InvalidInput(f"--out {out}: directory {out.parent} does not exist")
         key = SigningKey.generate(agency, "requester")
         key.save(out)
-        public = base64.b64encode(key.public_raw).decode()
-        typer.echo(tomli_w.dumps({"requester": [{"user": user, "agency": agency, "public_key": public}]}), nl=False)
+        typer.echo(requester_entry(user, agency, key.public_raw), nl=False)

@@ -14,8 +14,11 @@ then every check is refused (policies/check_statements.py).
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Callable
 from pathlib import Path
+
+import tomli_w
 
 from crypto.artefacts import Signer
 from crypto.policy_bundle import Installed
@@ -27,6 +30,12 @@ from xgate.logging import get_logger
 log = get_logger("xgate.policies.requesters")
 
 REQUESTERS_FILE = "requesters.toml"
+
+
+def requester_entry(user: str, agency: str, public_raw: bytes) -> str:
+    """The `[[requester]]` entry registering a public key (what `xgate requester keygen` prints)."""
+    public = base64.b64encode(public_raw).decode()
+    return tomli_w.dumps({"requester": [{"user": user, "agency": agency, "public_key": public}]})
 
 
 def load_requesters(policy_dir: Path) -> dict[str, RequesterKey]:
