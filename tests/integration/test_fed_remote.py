@@ -224,6 +224,12 @@ def test_supernodes_that_never_join_are_named(world: World) -> None:
         assert time.monotonic() < deadline, "the SuperLink never saw the impostor's key"
         time.sleep(0.5)
     assert world.link.statuses()[world.link.fed.registered[IMPOSTOR]] == "registered"  # never activated
+    # The SuperLink logs the refusal before the impostor's SuperNode process exits on it; wait for
+    # the wrapper to see that exit (and restart) rather than racing it with the SIGTERM.
+    deadline = time.monotonic() + 90
+    while "supernode_exited" not in impostor.log.read_text(errors="replace"):
+        assert time.monotonic() < deadline, "the impostor's SuperNode never exited on the refusal"
+        time.sleep(0.5)
     assert impostor.proc is not None and impostor.proc.poll() is None
     impostor.proc.send_signal(signal.SIGTERM)  # forwarded to its SuperNode's process group
     assert impostor.proc.wait(timeout=30) == 0
