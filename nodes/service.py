@@ -27,7 +27,15 @@ from nodes.pads import PadBook
 from nodes.store import NodeStore
 from protos.xgate.v1 import node_pb2
 from xgate import __version__
-from xgate.errors import ContextUnknown, CryptoError, InvalidInput, PayloadTooLarge, PolicyDenied, RequestCancelled
+from xgate.errors import (
+    ContextUnknown,
+    CryptoError,
+    IntegrityError,
+    InvalidInput,
+    PayloadTooLarge,
+    PolicyDenied,
+    RequestCancelled,
+)
 from xgate.logging import get_logger
 from xgate.pseudonym import validate_pseudonym
 
@@ -179,8 +187,12 @@ class NodeService:
         )
         low, high = self._offered[query.element]
         if values.size and (values.min() < low or values.max() > high):
-            # Stored data outside the declared range would break the masking bound: refuse.
-            raise InvalidInput(f"stored values of '{query.element}' fall outside the declared range; fix the data")
+            # Stored data outside the declared range would break the masking bound: refuse. The
+            # fault is this node's data, not the request (IntegrityError: the requester is not charged).
+            raise IntegrityError(
+                f"stored values of '{query.element}' fall outside the declared range;"
+                " the node's operator must fix the data"
+            )
         return values, held
 
     def _answer_for(

@@ -26,7 +26,7 @@ import numpy as np
 
 from crypto.value_tags import TAG_KEY_BYTES, new_tag_key
 from policies.catalogue import DataElement
-from xgate.errors import ConfigError, InvalidInput, NotFound, StoreUnavailable, XgateError
+from xgate.errors import ConfigError, CryptoError, IntegrityError, InvalidInput, NotFound, StoreUnavailable, XgateError
 
 if TYPE_CHECKING:
     from nodes.config import NodeSettings
@@ -227,7 +227,10 @@ class NodeStore:
             if self._sealer is None:
                 raise InvalidInput(f"element '{element}' is sealed at rest and no column key is configured")
             assert isinstance(raw, bytes)
-            return self._sealer.decrypt_int(raw, _aad(element, pseudonym))
+            try:
+                return self._sealer.decrypt_int(raw, _aad(element, pseudonym))
+            except CryptoError as exc:  # the node's own data is damaged: not the request's fault
+                raise IntegrityError(f"a stored value of '{element}' does not open: {exc.message}") from None
         assert isinstance(raw, int)
         return raw
 

@@ -201,7 +201,8 @@ class EnvelopeRejected(CryptoError):
 
 
 class IntegrityError(XgateError):
-    """Stored or received evidence (audit log, proof, checkpoint) does not verify."""
+    """Stored or received evidence (audit log, proof, checkpoint) does not verify, or a node's own
+    stored data fails a check (a value outside its declared range, a sealed value that does not open)."""
 
     code = "integrity_error"
     http_status = 409

@@ -111,6 +111,8 @@ def node_error_from_rpc(agency: str, exc: grpc.RpcError) -> NodeError:
             return NodeRateLimited(agency, f"busy, retry later: {message}", **extra)
         # payload_too_large from the node, or gRPC's own message-size limit on either side.
         return NodePayloadTooLarge(agency, f"refused the size: {message}", **extra)
+    if code == grpc.StatusCode.DATA_LOSS:  # the node's own stored data failed a check (IntegrityError)
+        return NodeProtocolError(agency, f"its stored data failed a check: {message}", **extra)
     if code == grpc.StatusCode.INVALID_ARGUMENT:
         return NodeProtocolError(agency, f"rejected the request: {message}", **extra)
     return NodeProtocolError(agency, f"failed ({code.name.lower()}): {message}", **extra)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -107,3 +108,52 @@ def test_gateway_keeps_serving_after_failures(client, federation):
     ids = read_subjects(federation.applicants)[start : start + 5]
     result = client.check("dibao", ids, "dibao", LEGAL_BASIS["dibao"], "case-ok", approval_ref=DEV_APPROVAL_REF)
     assert len(result.subjects) == 5
+
+
+def test_a_node_holding_an_out_of_range_value_refuses_and_the_check_costs_nothing(federation):
+    """THREAT_MODEL T11 at a running node: a stored value outside the element's declared range
+    (planted in the store under the running process, past the loader) would break the masking
+    bound. The hrss node refuses before encrypting anything; the gateway answers 502 naming hrss,
+    never the value; and the failure is not the requester's, so the probing budget (3 checks per
+    applicant and period) is untouched: four refused checks, then the answer once the data is fixed."""
+    label = "hrss_caseworker"
+    applicant = read_subjects(federation.applicants)[299]  # no other test checks this applicant's subsidy
+    pseudonym = Pseudonymiser(load_key(federation.pseudonym_key)).pseudonym(applicant)
+    element = "hrss.contribution_months"  # declared 0..720 months, stored unsealed ("general")
+    store = sqlite3.connect(federation.node_dir("hrss") / "store.sqlite", timeout=30)
+    where = "WHERE element = ? AND pseudonym = ?"
+    (kept,) = store.execute(f"SELECT value FROM element_values {where}", (element, pseudonym)).fetchone()
+    with (
+        GatewayClient(
+            federation.gateway_url,
+            federation.api_keys[label],
+            Pseudonymiser(load_key(federation.pseudonym_key)),
+            verify=str(federation.ca_cert),
+            signer=federation.signer(label),
+            identity=federation.identity(label),
+        ) as client,
+        store,
+    ):
+
+        def check():
+            return client.check(
+                "unemployment_subsidy", [applicant], "unemployment_subsidy",
+                LEGAL_BASIS["unemployment_subsidy"], "case-range",
+            )  # fmt: skip
+
+        try:
+            with store:
+                store.execute(f"UPDATE element_values SET value = ? {where}", (987_654, element, pseudonym))
+            for _ in range(4):  # one more than the probing budget allows
+                with pytest.raises(GatewayError) as info:
+                    check()
+                error = info.value
+                assert error.http_status == 502 and error.code == "node_bad_response", error.message
+                assert "agency 'hrss': its stored data failed a check" in error.message
+                assert "outside the declared range" in error.message
+                assert "987654" not in error.message and "987,654" not in error.message
+        finally:
+            with store:
+                store.execute(f"UPDATE element_values SET value = ? {where}", (kept, element, pseudonym))
+        result = check()  # positive control: the same applicant, budget intact, answered
+    assert result.subjects == [applicant] and set(result.passes) == {"contributed_12_months", "no_wage_income"}

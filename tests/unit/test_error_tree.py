@@ -182,6 +182,8 @@ def _node_abort(exc: XgateError) -> FakeRpcError:
         (_node_abort(errors.EnvelopeRejected("stale envelope")), errors.NodeRefused, 403),
         (_node_abort(errors.InvalidInput("request names no subjects")), errors.NodeProtocolError, 502),
         (_node_abort(errors.ConfigError("store unreadable")), errors.NodeProtocolError, 502),
+        (_node_abort(errors.IntegrityError("stored values of 'hrss.months' fall outside the declared range")),
+         errors.NodeProtocolError, 502),
         (FakeRpcError(grpc.StatusCode.INTERNAL, '{"error": "internal_error", "message": "internal error"}'),
          errors.NodeProtocolError, 502),
         (FakeRpcError(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded"), errors.NodeTimeout, 504),

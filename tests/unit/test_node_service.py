@@ -19,7 +19,7 @@ from nodes.service import NodeService
 from nodes.store import StoredElement
 from policies.catalogue import DataElement
 from protos.xgate.v1 import node_pb2
-from xgate.errors import CryptoError, InvalidInput, PayloadTooLarge, PolicyDenied, XgateError
+from xgate.errors import CryptoError, IntegrityError, InvalidInput, PayloadTooLarge, PolicyDenied, XgateError
 
 INCOME, BUSINESSES = "tax.monthly_income", "tax.registered_businesses"
 
@@ -282,7 +282,7 @@ def test_stored_values_outside_the_declared_range_are_refused_not_encrypted() ->
     store = _store()
     store.values[BUSINESSES][SUBJECTS[2]] = 101  # over the declared max 100: would break the masking bound
     node, _, audit = _node(store)
-    with pytest.raises(InvalidInput, match="fall outside the declared range"):
+    with pytest.raises(IntegrityError, match="fall outside the declared range"):
         node.encrypt_values(_request(elements=[(BUSINESSES, 0)]))
     assert audit.events == []
 

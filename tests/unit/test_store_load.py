@@ -16,10 +16,11 @@ from typer.testing import CliRunner
 import nodes.store
 from app.cli import app as xgate
 from app.synth import write_mapping
+from crypto.at_rest import ColumnCipher
 from nodes.loader import load_file, parse_file, store_parsed
 from nodes.store import NodeStore, store_for_load
 from policies.catalogue import load_catalogue
-from xgate.errors import ConfigError, NotFound, StoreUnavailable
+from xgate.errors import ConfigError, IntegrityError, NotFound, StoreUnavailable
 from xgate.pseudonym import Pseudonymiser, id_checksum
 
 CATALOGUE, _ = load_catalogue()
@@ -217,3 +218,28 @@ def test_a_mapping_saved_with_a_bom_loads(tmp_path: Path) -> None:
     store = NodeStore.open(tmp_path / "tax.sqlite")
     load_file(store, data, mapping, CATALOGUE, PS)
     assert store.subject_count() == 3
+
+
+def test_a_sealed_value_moved_to_another_persons_row_is_an_integrity_error(tmp_path: Path) -> None:
+    """Someone with write access to the store file copies one person's sealed 'deceased' flag onto
+    another's row (no key needed). The blob is bound to its row, so reading it is refused as the
+    node's own damaged data, naming the element and neither person nor value."""
+    mapping, data = tmp_path / "household.mapping.toml", tmp_path / "household.csv"
+    write_mapping(mapping, "household")
+    data.write_text(f"national_id,alive_resident,deceased\n{A},0,1\n{B},1,0\n")
+    store = NodeStore.open(tmp_path / "household.sqlite", sealer=ColumnCipher(b"\x07" * 32))
+    load_file(store, data, mapping, CATALOGUE, PS)
+    assert store.lookup("household.deceased", [PS.pseudonym(B)]) == {PS.pseudonym(B): 0}
+    with sqlite3.connect(tmp_path / "household.sqlite") as raw:
+        (dead,) = raw.execute(
+            "SELECT value FROM element_values WHERE element = 'household.deceased' AND pseudonym = ?",
+            (PS.pseudonym(A),),
+        ).fetchone()
+        raw.execute(
+            "UPDATE element_values SET value = ? WHERE element = 'household.deceased' AND pseudonym = ?",
+            (dead, PS.pseudonym(B)),
+        )
+    with pytest.raises(IntegrityError, match=r"a stored value of 'household\.deceased' does not open") as info:
+        store.lookup("household.deceased", [PS.pseudonym(B)])
+    assert PS.pseudonym(A) not in info.value.message and PS.pseudonym(B) not in info.value.message
+    assert info.value.grpc_status == "DATA_LOSS"  # the node's data, not the request: nobody is charged
