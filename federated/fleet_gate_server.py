@@ -101,10 +101,16 @@ class FleetGate:
             bytes_in=int(lengths[0]),
         )
         out = StreamingResponse(
-            response.aiter_raw(), status_code=response.status_code, background=BackgroundTask(response.aclose)
+            self._relay(decision.route, response),
+            status_code=response.status_code,
+            background=BackgroundTask(response.aclose),
         )
         out.raw_headers = end_to_end(response.headers.raw)  # as the SuperLink sent them, minus hop-by-hop
         await out(scope, receive, send)
+
+    def _relay(self, route: str, response: httpx.Response) -> AsyncIterator[bytes]:
+        """The SuperLink's answer, streamed back as it arrives."""
+        return response.aiter_raw()
 
     async def _body(self, request: Request) -> AsyncIterator[bytes]:
         seen = 0

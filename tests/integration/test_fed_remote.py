@@ -24,8 +24,10 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 import pytest
 import tomli_w
+from flwr.common import Array, ConfigRecord
 
 from crypto import flower_keys as fk
 from crypto import pki
@@ -36,6 +38,14 @@ from federated.jobs import JobSpec
 from federated.remote import GATE, RemoteLink, RemoteNode
 from federated.remote_runner import RemoteMode
 from federated.runner import run_job
+from tests.integration.fleet_capture import (
+    CapturingGate,
+    capturing_gate,
+    findings,
+    run_needles,
+    text_needles,
+    value_needles,
+)
 from tests.integration.remote_support import Site, flower_processes, start_site, synthetic_catalogue, write_node_toml
 from tests.unit.training_support import RENAME, job_body, write_region_stores, write_training_policies
 from xgate.errors import NodeUnavailable
@@ -45,6 +55,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow(seconds=330), pytest.mar
 RUNNING = ["region0", "region1"]  # their SuperNodes run from the start
 SILENT = "region2"  # registered at the coordinator, its SuperNode never starts
 IMPOSTOR = "region3"  # its SuperNode runs with a key the coordinator never registered
+REGION_SIZES = [250, 300, 60, 60]  # write_region_stores' disjoint slices of one population (seed 11)
 
 
 @dataclass
@@ -53,6 +64,8 @@ class World:
     security: fk.FlowerSecurity
     port: int
     link: RemoteLink
+    capture: CapturingGate  # what crossed the Fleet API, both ways
+    capture_port: int  # where every agency's SuperNode dials (the capture forwards to `port`)
     sites: dict[str, Site] = field(default_factory=dict)
 
     def nodes(self, *agencies: str) -> list[RemoteNode]:
@@ -64,6 +77,8 @@ class World:
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    """The coordinator's SuperLink behind its Fleet gate on `port`; every agency's SuperNode dials a
+    capturing gate in front of it (tests/integration/fleet_capture.py), which keeps what crosses."""
     root = tmp_path_factory.mktemp("fedremote")
     ca = root / "ca"
     pki.init_ca(ca, "test federation CA")
@@ -71,8 +86,14 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     security = fk.FlowerSecurity(ca / pki.CA_CERT, link_pki.cert_path, link_pki.key_path, crl=ca / pki.CRL)
     policies = write_training_policies(root / "policies")
     port = free_port()
-    w = World(root, security, port, RemoteLink(root / "link", security, "127.0.0.1", port))
-    stores = write_region_stores(root / "sites", [250, 300, 60, 60])
+    with capturing_gate(port, security) as (capture_port, capture):
+        w = World(root, security, port, RemoteLink(root / "link", security, "127.0.0.1", port), capture, capture_port)
+        yield from _run_world(w, write_region_stores(root / "sites", REGION_SIZES), policies)
+    assert flower_processes(root) == [], "a Flower process outlived its wrapper or the SuperLink"
+
+
+def _run_world(w: World, stores: list[tuple[str, Path, Path]], policies: Path) -> Iterator[World]:
+    ca, root, security = w.security.ca_cert.parent, w.root, w.security
     for agency, store, ledger in stores:
         key = fk.certify_supernode_key(ca, agency, store.parent / "keys", days=1)
         run_key, run_cert = key.private_key, key.certificate
@@ -80,7 +101,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
             other = fk.certify_supernode_key(ca, agency, store.parent / "other-keys", days=1)
             run_key, run_cert = other.private_key, other.certificate
         config = write_node_toml(
-            store.parent, agency, store, ledger, port,
+            store.parent, agency, store, ledger, w.capture_port,
             ca_cert=str(security.ca_cert), supernode_key=str(run_key), supernode_cert=str(run_cert),
             crl=str(security.crl), policy_dir=str(policies),
         )  # fmt: skip
@@ -106,7 +127,6 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     deadline = time.monotonic() + 10
     while flower_processes(root) and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert flower_processes(root) == [], "a Flower process outlived its wrapper or the SuperLink"
     # Wrappers exit cleanly on SIGTERM (forwarded to the SuperNode's process group).
     assert all(s.proc.returncode == 0 for s in w.sites.values() if s.proc is not None)
 
@@ -119,7 +139,9 @@ def remote_job(job_id: str, **overrides: Any) -> JobSpec:
 def test_secagg_job_on_agencies_own_supernodes(world: World) -> None:
     job = remote_job("it-remote-1", secagg=True, min_nodes=2, round_timeout_s=60, job_timeout_s=240)
     events: list[dict[str, Any]] = []
+    before = len(world.capture.bodies)
     res = run_job(job, world.nodes(*RUNNING), job_dir=world.root / "job1", remote=world.mode(), on_event=events.append)
+    crossed = world.capture.bodies[before:]
     assert res.status == "completed" and res.model_sha256 and 0.0 <= res.evaluation["auc"] <= 1.0
 
     registered = world.link.fed.registered
@@ -147,6 +169,15 @@ def test_secagg_job_on_agencies_own_supernodes(world: World) -> None:
     gate = [json.loads(line) for line in gate_log(world).splitlines() if line.startswith("{")]
     arrivals = {e["node"] for e in gate if e["event"] == "fleet_gate_forwarded" and e["status"] == 200}
     assert len(arrivals) == len(RUNNING) and "-" not in arrivals  # activate-node, one key digest per node
+
+    # What crossed the Fleet API (THREAT_MODEL F4): each node's attested digest, readable, so the
+    # capture saw what the nodes sent; and none of their rows, raw or encoded, nor a pseudonym.
+    for agency in RUNNING:
+        assert any(meta["data_digests"][agency].encode() in b.data for b in crossed if b.direction == "up")
+    subjects, cols, _ = datasets.synthetic_population(sum(REGION_SIZES), seed=11)
+    starts = np.cumsum([0, *REGION_SIZES])
+    holds = {a: (list(RENAME), int(starts[k]), int(starts[k + 1])) for k, a in enumerate(RUNNING)}
+    assert findings(crossed, _row_needles(subjects, cols, holds)) == []
 
 
 def gate_log(world: World) -> str:
@@ -240,15 +271,21 @@ def test_supernodes_that_never_join_are_named(world: World) -> None:
 
 def test_vertical_job_on_agencies_own_supernodes(world: World) -> None:
     """Vertical split learning across two more agencies' own SuperNodes: same people, different
-    columns; the label stays at region4. Aligned by pseudonym at the nodes, digests node-attested."""
+    columns; the label stays at region4. Aligned by pseudonym at the nodes, digests node-attested.
+    Their SuperNodes dial a capturing gate in front of the real one, which keeps every body that
+    crosses the Fleet API both ways: no raw or encoded value, no label column and no pseudonym is
+    in any of them (THREAT_MODEL F4), though region5 holds planted values that stand out."""
     subjects, cols, _ = datasets.synthetic_population(500, seed=5)
     split = {
         "region4": ["civil.age", "civil.disabled", "civil.region", "tax.label"],
         "region5": ["tax.income", "hrss.months", "health.visits"],
     }
     windows = {"region4": (0, 450), "region5": (50, 500)}  # 400 people in common
+    canaries = np.array([1_234_567 + 1_111 * i for i in range(8)], dtype=np.float64)
+    cols["tax.income"].values[50:58] = canaries  # region5's first rows, all in the intersection
     security = world.security
     ca = security.ca_cert.parent
+    before = len(world.capture.bodies)
     for agency, elements in split.items():
         lo, hi = windows[agency]
         store = world.root / "sites" / agency / "store.sqlite"
@@ -258,7 +295,7 @@ def test_vertical_job_on_agencies_own_supernodes(world: World) -> None:
         key = fk.certify_supernode_key(ca, agency, store.parent / "keys", days=1)
         ledger = store.parent / "ledger.sqlite"
         config = write_node_toml(
-            store.parent, agency, store, ledger, world.port,
+            store.parent, agency, store, ledger, world.capture_port,
             ca_cert=str(security.ca_cert), supernode_key=str(key.private_key), supernode_cert=str(key.certificate),
             crl=str(security.crl), policy_dir=str(world.root / "policies"),
         )  # fmt: skip
@@ -267,6 +304,12 @@ def test_vertical_job_on_agencies_own_supernodes(world: World) -> None:
     job = remote_job("it-remote-v", mode="vertical", label_holder="region4", rounds=1, min_nodes=2)
     events: list[dict[str, Any]] = []
     res = run_job(job, world.nodes(*split), job_dir=world.root / "jobv", remote=world.mode(), on_event=events.append)
+    for agency in split:
+        proc = world.sites[agency].proc
+        assert proc is not None
+        proc.send_signal(signal.SIGTERM)  # spare the shared CPUs for the tests that follow
+        assert proc.wait(timeout=30) == 0
+    crossed = world.capture.bodies[before:]
     assert res.status == "completed" and res.model_sha256
     aligned = next(e for e in events if e["event"] == "aligned")
     assert aligned["subjects"] == 400 and sorted(aligned["nodes"]) == sorted(split)
@@ -279,10 +322,65 @@ def test_vertical_job_on_agencies_own_supernodes(world: World) -> None:
     }
     for agency in split:
         require_approval(world.sites[agency].ledger, job)  # each node admitted the job itself
-        proc = world.sites[agency].proc
-        assert proc is not None
-        proc.send_signal(signal.SIGTERM)  # spare the shared CPUs for the tests that follow
-        assert proc.wait(timeout=30) == 0
+
+    # The whole job went through the capture, arrays and all (else the search below proves nothing).
+    routes = {(b.direction, b.route) for b in crossed}
+    assert {("up", "/v1/fleet/push-object"), ("down", "/v1/fleet/pull-object")} <= routes
+    assert any(b"ArrayChunk" in b.data for b in crossed if b.direction == "up")
+    assert sum(len(b.data) for b in crossed) > 100_000
+    # ... and what region5 sent is readable in it: the digest of its model part, as it reported it.
+    assert any(summary["model_parts"]["region5"].encode() in b.data for b in crossed if b.direction == "up")
+    holds = {agency: (elements, *windows[agency]) for agency, elements in split.items()}
+    needles = _canary_needles(canaries) | _row_needles(subjects, cols, holds)
+    assert findings(crossed, needles) == []
+    # Positive control: what a node would send if it shipped its rows, in Flower's own encoding.
+    shipped = _flower_bytes(cols["tax.income"].values[50:500], subjects[50:500], canaries)
+    found = set(findings(shipped, needles))
+    assert {"claims canary[0] int64", "claims canary[0] encoded float32", f"pseudonym {subjects[50]}"} <= found
+    assert {"region5 tax.income run <i8", "region5 tax.income run sint list"} <= found
+
+
+def _canary_needles(canaries: np.ndarray) -> dict[str, bytes]:
+    """The planted claims values raw, and as the job encodes them (log-scaled: a wide int)."""
+    claims = {e.id: e for e in synthetic_catalogue().elements}[RENAME["tax.income"]]
+    encoded = np.log1p(canaries - claims.min) / np.log1p(claims.max - claims.min)
+    needles = value_needles("claims canary", canaries)
+    needles |= {f"claims canary[{i}] encoded {name}": np.asarray(v, dt).tobytes() for i, v in enumerate(encoded)
+                for name, dt in (("float64", "<f8"), ("float32", "<f4"))}  # fmt: skip
+    return needles
+
+
+def _row_needles(
+    subjects: list[str], cols: dict[str, datasets.Column], holds: dict[str, tuple[list[str], int, int]]
+) -> dict[str, bytes]:
+    """Each site's columns in row order, raw and encoded (`holds`: agency -> elements, first and
+    past-last row of the population), and every pseudonym it holds, as text and as bytes."""
+    catalogue = {e.id: e for e in synthetic_catalogue().elements}
+    needles: dict[str, bytes] = {}
+    for agency, (elements, lo, hi) in holds.items():
+        for element in elements:
+            raw = np.asarray(cols[element].values[lo:hi], dtype=np.float64)
+            values, counts = np.unique(raw, return_counts=True)
+            if len(values) <= 2 and counts.min() < 5:
+                continue  # a run of nearly one value could match any padding
+            needles |= run_needles(f"{agency} {element}", raw)
+            info = catalogue[RENAME[element]]
+            if info.type != "category":  # one-hot columns are runs of 0/1 that any sparse array holds
+                span = info.max - info.min
+                scaled = np.log1p(raw - info.min) / np.log1p(span) if span > 1000 else (raw - info.min) / span
+                needles |= {
+                    f"{agency} {element} encoded run {dt}": scaled.astype(dt).tobytes() for dt in ("<f8", "<f4")
+                }
+        needles |= text_needles("pseudonym", subjects[lo:hi])
+        needles |= {f"pseudonym bytes {s}": bytes.fromhex(s) for s in subjects[lo:hi]}
+    return needles
+
+
+def _flower_bytes(claims: np.ndarray, subjects: list[str], canaries: np.ndarray) -> list[bytes]:
+    """A node's claims column, its planted values encoded, and its pseudonyms, as Flower objects."""
+    arrays = [Array(claims.astype(np.int64)), Array((np.log1p(canaries) / np.log1p(2_000_000)).astype(np.float32))]
+    out = [chunk.deflate() for a in arrays for chunk in (a.children or {}).values()]
+    return [*out, ConfigRecord({"subjects": subjects, "claims": [int(v) for v in claims]}).deflate()]
 
 
 def test_supernode_rejoins_a_restarted_superlink(world: World) -> None:
