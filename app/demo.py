@@ -18,7 +18,7 @@ from app.devfed import (
     write_gateway_config,
 )
 from app.launcher import Supervisor
-from client.sdk import CheckResult, GatewayClient
+from client.sdk import CheckResult
 from client.subjects import read_subjects
 from exchange.eligibility import evaluate_plain
 from nodes.config import load_node_config
@@ -89,14 +89,7 @@ def run_demo(root: Path, people: int = 100_000, applicants: int = 1000, keep: bo
             "        policies: shipped Cedar agreements, decided at the gateway and again at every node;\n"
             "        dev federation only: office-hour windows widened to 24 h so the demo runs at any time"
         )
-        client = GatewayClient(
-            url,
-            fed.api_keys["caseworker"],
-            Pseudonymiser(load_key(fed.pseudonym_key)),
-            verify=str(fed.ca_cert),
-            signer=fed.signer("caseworker"),  # registered in the policy set: every check is signed
-            identity=fed.identity("caseworker"),
-        )
+        client = fed.client("caseworker", url)  # signed with the key registered in the policy set
         with client:
             client.keys  # noqa: B018 - generate the BFV key pair before timing the check
             _say(

@@ -23,10 +23,11 @@ import tomli_w
 
 from app.launcher import Supervisor
 from app.synth import AGENCIES, generate, write_federation
+from client.sdk import GatewayClient
 from crypto.envelope import SigningKey
 from gateway.wiring import DEV_USERS
 from xgate.errors import ConfigError
-from xgate.pseudonym import write_key
+from xgate.pseudonym import Pseudonymiser, load_key, write_key
 
 CORE_AGENCIES = ("household",)
 # The register of people (every registered person has a record there): checks bronze cohort members.
@@ -99,6 +100,19 @@ class DevFederation:
         """The dev user `label`'s (user id, agency), as the gateway's users file registers it."""
         user, agency, _, _ = DEV_USERS[label]
         return user, agency
+
+    def client(self, label: str, url: str | None = None, **options: Any) -> GatewayClient:
+        """A gateway client as the dev user `label`: their API key, the federation's pseudonym key
+        and CA, and their registered signing key (every check of theirs is signed)."""
+        return GatewayClient(
+            url or self.gateway_url,
+            self.api_keys[label],
+            Pseudonymiser(load_key(self.pseudonym_key)),
+            verify=str(self.ca_cert),
+            signer=self.signer(label),
+            identity=self.identity(label),
+            **options,
+        )
 
     def signed_check(self, label: str, body: Mapping[str, Any]) -> dict[str, Any]:
         """A POST /v1/checks body with the dev user `label`'s requester statement added, as the SDK

@@ -38,15 +38,5 @@ def federation(prepared: DevFederation) -> Iterator[DevFederation]:
 
 @pytest.fixture()
 def client(federation: DevFederation):  # type: ignore[no-untyped-def]
-    from client.sdk import GatewayClient
-    from xgate.pseudonym import Pseudonymiser, load_key
-
-    with GatewayClient(
-        federation.gateway_url,
-        federation.api_keys["caseworker"],
-        Pseudonymiser(load_key(federation.pseudonym_key)),
-        verify=str(federation.ca_cert),
-        signer=federation.signer("caseworker"),
-        identity=federation.identity("caseworker"),
-    ) as c:
+    with federation.client("caseworker") as c:
         yield c

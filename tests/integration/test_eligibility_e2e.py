@@ -34,19 +34,9 @@ def _random_ids(n: int, seed: int) -> list[str]:
 
 @pytest.mark.parametrize("program", ["dibao", "pension_survival", "unemployment_subsidy"])
 def test_he_verdicts_match_plaintext_oracle(federation, program):
-    from client.sdk import GatewayClient
-    from xgate.pseudonym import Pseudonymiser, load_key
-
     label = "caseworker" if program == "dibao" else "hrss_caseworker"
     ids = read_subjects(federation.applicants)[:150]
-    with GatewayClient(
-        federation.gateway_url,
-        federation.api_keys[label],
-        Pseudonymiser(load_key(federation.pseudonym_key)),
-        verify=str(federation.ca_cert),
-        signer=federation.signer(label),
-        identity=federation.identity(label),
-    ) as client:
+    with federation.client(label) as client:
         approval = DEV_APPROVAL_REF if program != "unemployment_subsidy" else ""
         result = client.check(
             program, ids, purpose=program, legal_basis=LEGAL_BASIS[program], case_id="case-1", approval_ref=approval
@@ -148,18 +138,9 @@ def test_unauthenticated_and_malformed_bodies(federation):
 
 
 def test_wrong_agency_may_not_request_program(federation):
-    from client.sdk import GatewayClient
-    from xgate.pseudonym import Pseudonymiser, load_key
 
     with (
-        GatewayClient(
-            federation.gateway_url,
-            federation.api_keys["hrss_caseworker"],
-            Pseudonymiser(load_key(federation.pseudonym_key)),
-            verify=str(federation.ca_cert),
-            signer=federation.signer("hrss_caseworker"),
-            identity=federation.identity("hrss_caseworker"),
-        ) as client,
+        federation.client("hrss_caseworker") as client,
         pytest.raises(GatewayError) as info,
     ):
         client.check("dibao", read_subjects(federation.applicants)[230:233], "dibao", DIBAO, "case-6")

@@ -10,7 +10,7 @@ from contextlib import contextmanager
 import pytest
 
 from app.devfed import DEV_APPROVAL_REF, LEGAL_BASIS, start_gateway, write_gateway_config
-from client.sdk import GatewayClient, GatewayError
+from client.sdk import GatewayError
 from client.subjects import read_subjects
 from tests.integration.rogue import start_rogue
 from xgate.pseudonym import Pseudonymiser, load_key
@@ -42,14 +42,7 @@ _SLICES = iter(range(240, 300, 8))  # disjoint applicants per test: probing budg
 def _check(federation, url: str, n: int = 5):
     start = next(_SLICES)
     with (
-        GatewayClient(
-            url,
-            federation.api_keys["caseworker"],
-            Pseudonymiser(load_key(federation.pseudonym_key)),
-            verify=str(federation.ca_cert),
-            signer=federation.signer("caseworker"),
-            identity=federation.identity("caseworker"),
-        ) as client,
+        federation.client("caseworker", url) as client,
         pytest.raises(GatewayError) as info,
     ):
         client.check(
@@ -124,14 +117,7 @@ def test_a_node_holding_an_out_of_range_value_refuses_and_the_check_costs_nothin
     where = "WHERE element = ? AND pseudonym = ?"
     (kept,) = store.execute(f"SELECT value FROM element_values {where}", (element, pseudonym)).fetchone()
     with (
-        GatewayClient(
-            federation.gateway_url,
-            federation.api_keys[label],
-            Pseudonymiser(load_key(federation.pseudonym_key)),
-            verify=str(federation.ca_cert),
-            signer=federation.signer(label),
-            identity=federation.identity(label),
-        ) as client,
+        federation.client(label) as client,
         store,
     ):
 

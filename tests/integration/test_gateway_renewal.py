@@ -21,10 +21,8 @@ import tomli_w
 from cryptography import x509
 
 from app.devfed import DEV_APPROVAL_REF, LEGAL_BASIS, start_gateway, write_gateway_config
-from client.sdk import GatewayClient
 from client.subjects import read_subjects
 from crypto import csr, pki
-from xgate.pseudonym import Pseudonymiser, load_key
 
 pytestmark = pytest.mark.integration
 
@@ -42,9 +40,7 @@ def _served_serial(url: str, ca: Path) -> int:
 
 
 def _check(federation, url: str, ids: list[str]) -> None:  # type: ignore[no-untyped-def]
-    with GatewayClient(url, federation.api_keys["caseworker"], Pseudonymiser(load_key(federation.pseudonym_key)),
-                       verify=str(federation.ca_cert), signer=federation.signer("caseworker"),
-                       identity=federation.identity("caseworker")) as client:  # fmt: skip
+    with federation.client("caseworker", url) as client:
         result = client.check("dibao", ids, "dibao", LEGAL_BASIS["dibao"], "case-renew", approval_ref=DEV_APPROVAL_REF)
     assert len(result.subjects) == len(ids)
 

@@ -16,10 +16,9 @@ import pytest
 import tomli_w
 
 from app.devfed import DEV_APPROVAL_REF, LEGAL_BASIS, start_gateway, write_gateway_config
-from client.sdk import GatewayClient, GatewayError
+from client.sdk import GatewayError
 from client.subjects import read_subjects
 from nodes.config import load_node_config
-from xgate.pseudonym import Pseudonymiser, load_key
 
 pytestmark = pytest.mark.integration
 
@@ -81,9 +80,7 @@ def _metric(text: str, metric: str, **labels: str) -> float:
 
 
 def _check(federation, url: str, ids: list[str]):  # type: ignore[no-untyped-def]
-    with GatewayClient(url, federation.api_keys["caseworker"], Pseudonymiser(load_key(federation.pseudonym_key)),
-                       verify=str(federation.ca_cert), signer=federation.signer("caseworker"),
-                       identity=federation.identity("caseworker")) as client:  # fmt: skip
+    with federation.client("caseworker", url) as client:
         return client.check("dibao", ids, "dibao", LEGAL_BASIS["dibao"], "case-obs", approval_ref=DEV_APPROVAL_REF)
 
 

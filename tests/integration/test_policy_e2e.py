@@ -15,7 +15,6 @@ from client.sdk import GatewayClient, GatewayError
 from policies.catalogue import load_catalogue
 from policies.programs import DEFAULT_PROGRAM_DIR, ProgramRegistry
 from xgate.errors import InvalidInput
-from xgate.pseudonym import Pseudonymiser, load_key
 
 pytestmark = pytest.mark.integration
 DIBAO = LEGAL_BASIS["dibao"]
@@ -23,14 +22,7 @@ PROGRAMS = ProgramRegistry.load(DEFAULT_PROGRAM_DIR, load_catalogue()[0])
 
 
 def _client(federation, label: str, url: str | None = None) -> GatewayClient:
-    return GatewayClient(
-        url or federation.gateway_url,
-        federation.api_keys[label],
-        Pseudonymiser(load_key(federation.pseudonym_key)),
-        verify=str(federation.ca_cert),
-        signer=federation.signer(label),
-        identity=federation.identity(label),
-    )
+    return federation.client(label, url)
 
 
 def _ids(federation, start: int, n: int) -> list[str]:
