@@ -6,14 +6,19 @@ It serves TLS with the SuperLink's own certificate and key, so SuperNodes keep v
 certificate against the federation CA; it dials the SuperLink at https://127.0.0.1:Q verifying
 that certificate against the CA too. What passes is decided by `federated.fleet_gate.decide`
 (everything else is answered here, logged, and never reaches the SuperLink). Bodies are streamed
-both ways; a request body must declare its length and stay under `--max-body-bytes`.
+both ways; a request body must declare its length, stay under `--max-body-bytes` and arrive by a
+deadline (`--body-grace-s` plus its length at `--body-min-bytes-per-s`, else 408). Connections per
+client address and the time to send a request's headers are bounded by the gate's HTTP protocol
+(`federated.fleet_gate_connections`).
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import ssl
+import time
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
@@ -25,22 +30,43 @@ from starlette.responses import PlainTextResponse, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from federated.fleet_gate import DEFAULT_MAX_BODY, body_refusal, decide, end_to_end, node_fingerprint
+from federated.fleet_gate_connections import (
+    DEFAULT_HEADER_TIMEOUT_S,
+    DEFAULT_PER_ADDRESS,
+    ConnectionGuard,
+    guarded_h11,
+)
 from xgate.logging import configure, get_logger
 
 log = get_logger(__name__)
 UPSTREAM_HOST = "127.0.0.1"
 CONNECTION_EVENTS = frozenset({"/v1/fleet/activate-node", "/v1/fleet/deactivate-node"})
+DEFAULT_BODY_GRACE_S = 10.0
+DEFAULT_BODY_MIN_RATE = 64 * 1024  # bytes/s: a 5 MiB array chunk in under 90 s on the slowest link
+DEFAULT_MAX_CONNECTIONS = 200  # beyond this, 503 (retried by SuperNodes)
 
 
 class _BodyTooLarge(Exception):
     pass
 
 
+class _BodyTooSlow(Exception):
+    pass
+
+
 class FleetGate:
     """ASGI app: refuse what `decide` refuses, stream the rest to `upstream` (no trailing slash)."""
 
-    def __init__(self, upstream: str, client: httpx.AsyncClient, max_body: int = DEFAULT_MAX_BODY) -> None:
+    def __init__(
+        self,
+        upstream: str,
+        client: httpx.AsyncClient,
+        max_body: int = DEFAULT_MAX_BODY,
+        body_grace_s: float = DEFAULT_BODY_GRACE_S,
+        body_min_rate: float = DEFAULT_BODY_MIN_RATE,
+    ) -> None:
         self.upstream, self.client, self.max_body = upstream, client, max_body
+        self.body_grace_s, self.body_min_rate = body_grace_s, body_min_rate
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -75,12 +101,15 @@ class FleetGate:
             "POST",
             self.upstream + decision.route,
             headers=end_to_end(scope["headers"], drop=("host",)),
-            content=self._body(request),
+            content=self._body(request, int(lengths[0])),
         )
         try:
             response = await self.client.send(upstream, stream=True)
         except _BodyTooLarge:
             await self._refuse(scope, receive, send, target, peer, 413, f"request body over {self.max_body} bytes")
+            return
+        except _BodyTooSlow:
+            await self._refuse(scope, receive, send, target, peer, 408, "request body not received in time")
             return
         except ClientDisconnect:
             log.info("fleet_gate_client_gone", route=decision.route, client=peer)
@@ -112,9 +141,18 @@ class FleetGate:
         """The SuperLink's answer, streamed back as it arrives."""
         return response.aiter_raw()
 
-    async def _body(self, request: Request) -> AsyncIterator[bytes]:
+    async def _body(self, request: Request, length: int) -> AsyncIterator[bytes]:
+        """The request body as it arrives, whole by the deadline its declared length sets."""
         seen = 0
-        async for chunk in request.stream():
+        deadline = time.monotonic() + self.body_grace_s + length / self.body_min_rate
+        chunks = aiter(request.stream())
+        while True:
+            try:
+                chunk = await asyncio.wait_for(anext(chunks), timeout=max(deadline - time.monotonic(), 0.0))
+            except StopAsyncIteration:
+                return
+            except TimeoutError:
+                raise _BodyTooSlow from None
             seen += len(chunk)
             if seen > self.max_body:  # the server enforces Content-Length; this bounds it regardless
                 raise _BodyTooLarge
@@ -148,14 +186,17 @@ def upstream_client(ca_cert: Path, timeout_s: float = 60.0) -> httpx.AsyncClient
 
 def gate_config(args: argparse.Namespace) -> uvicorn.Config:
     upstream = f"https://{UPSTREAM_HOST}:{args.upstream_port}"
-    app = FleetGate(upstream, upstream_client(args.ca, args.timeout_s), args.max_body_bytes)
+    app = FleetGate(
+        upstream, upstream_client(args.ca, args.timeout_s), args.max_body_bytes, args.body_grace_s, args.body_min_rate
+    )
+    guard = ConnectionGuard(args.max_connections_per_address, args.header_timeout_s)
     return uvicorn.Config(
         app,
         host=args.host,
         port=args.port,
         ssl_certfile=str(args.cert),
         ssl_keyfile=str(args.key),
-        http="h11",
+        http=guarded_h11(guard),
         ws="none",
         lifespan="on",
         proxy_headers=False,  # the peer address is the TCP peer's, whatever a header claims
@@ -163,7 +204,7 @@ def gate_config(args: argparse.Namespace) -> uvicorn.Config:
         date_header=False,  # the SuperLink's own Date passes through; two would be invalid
         access_log=False,  # the gate logs each decision itself
         log_config=None,
-        limit_concurrency=200,  # beyond this, 503 (retried by SuperNodes)
+        limit_concurrency=args.max_connections,  # beyond this, 503 (retried by SuperNodes)
         timeout_keep_alive=15,
         timeout_graceful_shutdown=2,  # stopping must stay well inside Federation's 10 s before SIGKILL
     )
@@ -179,6 +220,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--key", type=Path, required=True)
     p.add_argument("--max-body-bytes", type=int, default=DEFAULT_MAX_BODY)
     p.add_argument("--timeout-s", type=float, default=60.0)
+    p.add_argument("--max-connections", type=int, default=DEFAULT_MAX_CONNECTIONS)
+    p.add_argument("--max-connections-per-address", type=int, default=DEFAULT_PER_ADDRESS, help="0: no limit")
+    p.add_argument("--header-timeout-s", type=float, default=DEFAULT_HEADER_TIMEOUT_S, help="0: no deadline")
+    p.add_argument("--body-grace-s", type=float, default=DEFAULT_BODY_GRACE_S)
+    p.add_argument("--body-min-bytes-per-s", dest="body_min_rate", type=float, default=DEFAULT_BODY_MIN_RATE)
     return p.parse_args(argv)
 
 
@@ -191,6 +237,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         listen=f"{args.host}:{args.port}",
         upstream=f"{UPSTREAM_HOST}:{args.upstream_port}",
         max_body_bytes=args.max_body_bytes,
+        max_connections=args.max_connections,
+        per_address=args.max_connections_per_address,
+        header_timeout_s=args.header_timeout_s,
+        body_min_bytes_per_s=args.body_min_rate,
     )
     uvicorn.Server(gate_config(args)).run()
     log.info("fleet_gate_stopped", listen=f"{args.host}:{args.port}")

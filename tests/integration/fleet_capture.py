@@ -53,9 +53,9 @@ class CapturingGate(FleetGate):
         with self._lock:
             self._bodies.append(Body(direction, route, b"".join(chunks)))
 
-    async def _body(self, request: Request) -> AsyncIterator[bytes]:
+    async def _body(self, request: Request, length: int) -> AsyncIterator[bytes]:
         chunks: list[bytes] = []
-        async for chunk in super()._body(request):
+        async for chunk in super()._body(request, length):
             chunks.append(chunk)
             yield chunk
         self._keep("up", request.url.path, chunks)
