@@ -64,8 +64,7 @@ scp approver.toml requester.toml an-hrss.train.pub ca:requests/
 cat requests/approver.toml >> policies/approvers.toml   # approvals signed by ap-qian's key are accepted
 cat requests/requester.toml >> policies/requesters.toml # checks signed by cw-zhou's key are answered
 xgate pki add-user --users users.json --principals policies/principals.toml --user an-hrss --agency hrss --role analyst --tier silver --job-signing-key requests/an-hrss.train.pub --out an-hrss.apikey
-# Every training job must carry its analyst's signature, so a coordinator cannot run another definition in its name.
-printf '\n[training]\nrequire_signed_jobs = true\n' >> policies/settings.toml
+# The shipped settings.toml requires every training job to carry its analyst's signature (require_signed_jobs).
 xgate policy publish --ca ca --policies policies --version 1 --out policies-v1.json   # CA-signed, versioned
 
 # @ gateway

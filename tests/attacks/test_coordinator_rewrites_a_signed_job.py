@@ -42,8 +42,11 @@ def _register(policies: Path, key: SigningKey | None = None, *, require: bool = 
         signing = f'signing_key = "{base64.b64encode(key.public_raw).decode()}"\n'
         (policies / "principals.toml").write_text(text.replace(entry, entry + signing, 1))
     if require:
-        with (policies / "settings.toml").open("a", encoding="utf-8") as fh:
-            fh.write("\n[training]\nrequire_signed_jobs = true\n")
+        (policies / "settings.toml").write_text(
+            (policies / "settings.toml")
+            .read_text()
+            .replace("require_signed_jobs = false", "require_signed_jobs = true")
+        )
     return policies
 
 

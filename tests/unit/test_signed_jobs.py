@@ -180,3 +180,14 @@ def test_a_field_the_signer_did_not_know_passes_only_at_its_default() -> None:
 def test_sign_needs_a_requester() -> None:
     res = CliRunner().invoke(app, ["sign", "--job", "j.toml", "--key", "k", "--requester", "", "--out", "o.toml"])
     assert res.exit_code == 1 and "--requester" in res.output and "Traceback" not in res.output
+
+
+def test_the_shipped_policy_set_requires_every_job_signed() -> None:
+    """Secure by default (THREAT_MODEL F22): a federation that starts from the shipped policy set
+    (`xgate policy init`) refuses an unsigned job even in the name of an analyst without a key."""
+    from policies.decision import DEFAULT_POLICY_DIR, PolicyEngine
+
+    engine = PolicyEngine.load(DEFAULT_POLICY_DIR)
+    assert engine.require_signed_jobs is True
+    problem = signature_problem(_job(), _user(key=None), engine.require_signed_jobs)
+    assert problem is not None and "requires signed training jobs" in problem

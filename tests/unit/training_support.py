@@ -26,9 +26,14 @@ LEGAL_BASIS = "SIL-2010-art-87"  # what policies/agreements/train-medical-claims
 PURPOSE = "fraud_detection"
 
 
-def write_training_policies(target: Path, cap: float = 3.0) -> Path:
-    """The shipped policy set, plus the synthetic elements in medical.claims_2025 with ε cap `cap`."""
+def write_training_policies(target: Path, cap: float = 3.0, signed_jobs: bool = False) -> Path:
+    """The shipped policy set, plus the synthetic elements in medical.claims_2025 with ε cap `cap`.
+
+    The shipped set requires every job signed (THREAT_MODEL F22); these tests are about admission,
+    budgets and runs, so unsigned jobs are allowed unless `signed_jobs`. Signatures are tested on
+    their own (tests/attacks/test_coordinator_rewrites_a_signed_job.py, tests/deploy/)."""
     write_dev_policies(target)
+    require_signed_jobs(target, signed_jobs)
     with (target / "data_elements.toml").open("a", encoding="utf-8") as fh:
         for element in RENAME.values():
             fh.write(f'\n[[elements]]\nid = "{element}"\nagency = "medical"\nclassification = "important"\n')
@@ -40,6 +45,14 @@ def write_training_policies(target: Path, cap: float = 3.0) -> Path:
         'epsilon_cap = 8.0\nelements = ["hrss.contribution_months"]\n'
     )
     return target
+
+
+def require_signed_jobs(policies: Path, required: bool) -> None:
+    """Set the policy set's `[training] require_signed_jobs`."""
+    settings = policies / "settings.toml"
+    text = settings.read_text()
+    assert text.count("require_signed_jobs = true") == 1, "the shipped settings.toml states the setting once"
+    settings.write_text(text.replace("require_signed_jobs = true", f"require_signed_jobs = {str(required).lower()}"))
 
 
 def write_region_stores(root: Path, sizes: list[int], seed: int = 11) -> list[tuple[str, Path, Path]]:
