@@ -13,6 +13,7 @@ import socket
 import ssl
 import time
 from collections.abc import Iterator
+from contextlib import ExitStack
 from pathlib import Path
 
 import httpx
@@ -72,6 +73,12 @@ def bodies(federation: DevFederation) -> str:
     """1 MB bodies, 1 MB of bodies held at once, 1 s to receive a request head, 1 s for a body."""
     admission = {"max_buffered_mb": 1, "max_queued_mb": 1, "body_read_timeout_s": 1.0, "header_read_timeout_s": 1.0}
     return _variant(federation, "gw-overload-bodies", max_body_mb=1, admission=admission)
+
+
+@pytest.fixture(scope="module")
+def few_connections(federation: DevFederation) -> str:
+    """16 connections at once (the least allowed), 1 s to receive a request head."""
+    return _variant(federation, "gw-overload-conns", admission={"max_connections": 16, "header_read_timeout_s": 1.0})
 
 
 @pytest.fixture(scope="module")
@@ -341,6 +348,26 @@ def test_a_declared_length_with_no_bytes_behind_it_holds_nothing(bodies: str, fe
                 headers=_auth(federation, "caseworker", **{"Content-Type": "application/json"}),
             )
         assert response.status_code == 400, response.text  # judged on its body, not refused as overload
+
+
+def test_slow_heads_give_their_connection_slots_back_at_the_deadline(
+    few_connections: str, federation: DevFederation
+) -> None:
+    """Attack: fill every connection slot with request heads that never end, from clients that never
+    close. Cut at the head deadline, the connections must also leave the count at once: closed
+    gracefully, a TLS connection waited up to 30 s for the peer's close_notify and kept its slot,
+    so everyone else got 503 for half a minute after each deadline."""
+    with ExitStack() as held:
+        for _ in range(16):
+            sock = held.enter_context(_raw(few_connections, federation.ca_cert))
+            sock.sendall(b"GET /v1/programs HTTP/1.1\r\nHost: gw\r\n")
+        time.sleep(0.3)
+        with httpx.Client(base_url=few_connections, verify=_verify(federation), timeout=10) as http:
+            assert http.get("/healthz").status_code == 503  # every slot taken (positive control)
+        time.sleep(2.5)  # the 1 s deadline, and then some; the attackers still hold their sockets
+        with httpx.Client(base_url=few_connections, verify=_verify(federation), timeout=10) as http:
+            response = http.get("/v1/programs", headers=_auth(federation, "caseworker"))
+    assert response.status_code == 200, response.text
 
 
 def test_a_request_head_sent_a_byte_at_a_time_is_cut_by_its_deadline(bodies: str, federation: DevFederation) -> None:
