@@ -5,7 +5,8 @@ body, but nothing bounds a request head: a client that sends one header byte eve
 holds a connection, a file descriptor and ~60 kB of the process for ever (1,500 such connections:
 +92 MB, none closed; found by review). Each connection here gets `header_read_timeout_s` from
 its start, or from the end of its previous response, until its request head is complete; then
-it is dropped (aborted, so it frees its place under `max_connections` at once).
+it is dropped, as is an idle kept-alive connection when uvicorn's keep-alive time runs out:
+aborted rather than closed, so it frees its place under `max_connections` at once.
 """
 
 from __future__ import annotations
@@ -55,10 +56,18 @@ class HeadDeadlineProtocol(HttpToolsProtocol):
         self._head_timer = None
         if not self.transport.is_closing():
             log.info("request_head_timeout", timeout_s=self.header_read_timeout_s)
-            # abort, not close: a TLS close waits up to 30 s for the peer's close_notify, and the
-            # connection would keep its place under `max_connections` all that time.
-            self.connections.discard(self)
-            self.transport.abort()
+            self._drop()
+
+    def timeout_keep_alive_handler(self) -> None:
+        """An idle kept-alive connection ends as a late head does (uvicorn closes it gracefully)."""
+        if not self.transport.is_closing():
+            self._drop()
+
+    def _drop(self) -> None:
+        # abort, not close: a TLS close waits up to 30 s for the peer's close_notify, and the
+        # connection would keep its place under `max_connections` all that time.
+        self.connections.discard(self)
+        self.transport.abort()
 
 
 def protocol_with(header_read_timeout_s: float) -> type[HeadDeadlineProtocol]:

@@ -77,8 +77,9 @@ def bodies(federation: DevFederation) -> str:
 
 @pytest.fixture(scope="module")
 def few_connections(federation: DevFederation) -> str:
-    """16 connections at once (the least allowed), 1 s to receive a request head."""
-    return _variant(federation, "gw-overload-conns", admission={"max_connections": 16, "header_read_timeout_s": 1.0})
+    """16 connections at once (the least allowed; a request finding 16 open is refused), 6 s to receive
+    a request head (longer than uvicorn's 5 s keep-alive, which then ends an idle connection first)."""
+    return _variant(federation, "gw-overload-conns", admission={"max_connections": 16, "header_read_timeout_s": 6.0})
 
 
 @pytest.fixture(scope="module")
@@ -364,7 +365,27 @@ def test_slow_heads_give_their_connection_slots_back_at_the_deadline(
         time.sleep(0.3)
         with httpx.Client(base_url=few_connections, verify=_verify(federation), timeout=10) as http:
             assert http.get("/healthz").status_code == 503  # every slot taken (positive control)
-        time.sleep(2.5)  # the 1 s deadline, and then some; the attackers still hold their sockets
+        time.sleep(7.0)  # the 6 s deadline, and then some; the attackers still hold their sockets
+        with httpx.Client(base_url=few_connections, verify=_verify(federation), timeout=10) as http:
+            response = http.get("/v1/programs", headers=_auth(federation, "caseworker"))
+    assert response.status_code == 200, response.text
+
+
+def test_idle_kept_alive_connections_give_their_slots_back_when_they_time_out(
+    few_connections: str, federation: DevFederation
+) -> None:
+    """Attack: one cheap request per connection, then silence, never closing: uvicorn ends an idle
+    kept-alive connection after 5 s, and a graceful TLS close then waited up to 30 s for the peer,
+    keeping the slot: 15 such connections left everyone 503 for half a minute at a time."""
+    with ExitStack() as held:
+        for _ in range(15):  # and the next request finds 16 open: refused, unless these are gone
+            sock = held.enter_context(_raw(few_connections, federation.ca_cert))
+            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: gw\r\n\r\n")
+            status, _ = _status_of(sock)
+            assert status == 200
+        with httpx.Client(base_url=few_connections, verify=_verify(federation), timeout=10) as http:
+            assert http.get("/healthz").status_code == 503  # every slot taken (positive control)
+        time.sleep(5.8)  # uvicorn's 5 s keep-alive, and then some (not the 6 s head deadline)
         with httpx.Client(base_url=few_connections, verify=_verify(federation), timeout=10) as http:
             response = http.get("/v1/programs", headers=_auth(federation, "caseworker"))
     assert response.status_code == 200, response.text
