@@ -225,7 +225,18 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--header-timeout-s", type=float, default=DEFAULT_HEADER_TIMEOUT_S, help="0: no deadline")
     p.add_argument("--body-grace-s", type=float, default=DEFAULT_BODY_GRACE_S)
     p.add_argument("--body-min-bytes-per-s", dest="body_min_rate", type=float, default=DEFAULT_BODY_MIN_RATE)
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    for name, value, least in (
+        ("--max-connections", args.max_connections, 1),
+        ("--max-connections-per-address", args.max_connections_per_address, 0),
+        ("--header-timeout-s", args.header_timeout_s, 0),
+        ("--body-grace-s", args.body_grace_s, 0),
+    ):
+        if value < least:
+            p.error(f"{name} must be at least {least}, not {value}")
+    if not args.body_min_rate > 0:
+        p.error(f"--body-min-bytes-per-s must be above 0, not {args.body_min_rate}")
+    return args
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -3,10 +3,12 @@ process in tests/integration/test_fleet_gate_slow_clients.py)."""
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from federated.fleet_gate_connections import ConnectionGuard
+from federated.fleet_gate_server import parse_args
 
 
 def test_an_address_gets_its_slots_back_as_its_connections_close() -> None:
@@ -38,3 +40,22 @@ def test_no_address_ever_holds_more_than_its_limit(steps: list[tuple[str, bool]]
             guard.release(address)
             held[address] -= 1
         assert guard.open_from(address) == held.get(address, 0) <= 3
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "says"),
+    [
+        ("--max-connections", "0", "--max-connections must be at least 1"),
+        ("--max-connections-per-address", "-1", "--max-connections-per-address must be at least 0"),
+        ("--header-timeout-s", "-2", "--header-timeout-s must be at least 0"),
+        ("--body-grace-s", "-1", "--body-grace-s must be at least 0"),
+        ("--body-min-bytes-per-s", "0", "--body-min-bytes-per-s must be above 0"),
+    ],
+)
+def test_the_gates_limits_refuse_values_that_mean_nothing(
+    option: str, value: str, says: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    required = ["--host", "h", "--port", "1", "--upstream-port", "2", "--ca", "c", "--cert", "c", "--key", "k"]
+    with pytest.raises(SystemExit) as exit_info:
+        parse_args([*required, option, value])
+    assert exit_info.value.code == 2 and says in capsys.readouterr().err
