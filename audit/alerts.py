@@ -1,5 +1,6 @@
 """Alert rules over audit records (pure): bursts, off-hours access, repeated denials, wide probing,
-and the alerts a service recorded itself (kind "alert", e.g. the gateway's log-integrity alarm).
+one signed check answered under several requests, and the alerts a service recorded itself (kind
+"alert", e.g. the gateway's log-integrity alarm).
 
 Each rule groups records per user, slides a time window over them and reports one alert per
 contiguous stretch in which the threshold was met, with the entry indices behind it, so an officer
@@ -46,7 +47,7 @@ class AlertConfig(BaseModel):
 
 @dataclass(frozen=True)
 class Alert:
-    rule: str  # burst | off_hours | repeated_denials | many_subjects
+    rule: str  # burst | off_hours | repeated_denials | many_subjects | statement_reused | recorded ones
     user: str
     agency: str
     start: datetime
@@ -145,6 +146,40 @@ def many_subjects(entries: Iterable[Indexed], cfg: AlertConfig) -> list[Alert]:
     ]
 
 
+ANSWER_KINDS = frozenset({"node_response", "result"})  # a node's answer; the gateway's answered check
+
+
+def statement_reused(entries: Iterable[Indexed], cfg: AlertConfig) -> list[Alert]:
+    """A requester's signed statement (policies/check_statements.py) answered under more than one
+    request id. A node answers a statement for as long as it is fresh (15 minutes), so whoever relays
+    it, the gateway, could have it answered again (THREAT_MODEL I1b); an SDK's retry after a failed
+    attempt sends it again too, which the gateway's own entries of that attempt show."""
+    by_statement: dict[str, list[Indexed]] = defaultdict(list)
+    for index, record in entries:
+        digest = record.digests.get("requester_statement")
+        if isinstance(digest, str) and record.request_id and record.kind in ANSWER_KINDS:
+            by_statement[digest].append((index, record))
+    alerts = []
+    for items in by_statement.values():
+        requests = {record.request_id for _, record in items}
+        if len(requests) > 1:
+            first = items[0][1]
+            alerts.append(
+                Alert(
+                    "statement_reused",
+                    first.actor.user,
+                    first.actor.agency,
+                    first.time,
+                    items[-1][1].time,
+                    len(requests),
+                    tuple(i for i, _ in items),
+                    summary=f"one signed check answered under {len(requests)} request ids: a retry after a"
+                    " failed attempt, or a replay",
+                )
+            )
+    return alerts
+
+
 def is_off_hours(when: datetime, cfg: AlertConfig) -> bool:
     local = when.astimezone(ZoneInfo(cfg.timezone))
     if cfg.weekends_off_hours and local.weekday() >= 5:
@@ -185,7 +220,7 @@ def recorded(entries: Iterable[Indexed], cfg: AlertConfig) -> list[Alert]:
     return out
 
 
-RULES = (burst, off_hours, repeated_denials, many_subjects, recorded)
+RULES = (burst, off_hours, repeated_denials, many_subjects, statement_reused, recorded)
 
 
 def evaluate(entries: Iterable[Indexed], cfg: AlertConfig | None = None) -> list[Alert]:

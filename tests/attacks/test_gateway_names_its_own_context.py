@@ -23,6 +23,8 @@ from pathlib import Path
 
 import pytest
 
+from audit.alerts import AlertConfig, statement_reused
+from audit.records import AuditRecord
 from crypto.envelope import Envelopes, SigningKey
 from crypto.he import PLAIN_MODULUS, PublicContext, RequesterKeys, context_fingerprint
 from crypto.pads import new_batch_id
@@ -202,3 +204,30 @@ def test_a_gateway_stating_another_tier_than_the_users_is_refused(
     req.context.requester_tier = "gold"  # positive control: the registered tier is served
     (element,) = _sent(node, req).elements
     assert len(element.ciphertexts) == 1
+
+
+def test_a_replayed_statement_is_answered_but_the_nodes_log_raises_an_alert(
+    node: NodeService, caseworker_key: SigningKey, caseworker_keys: RequesterKeys
+) -> None:
+    """What is left of I1b: within its 15 minutes a statement is answered again under a request id
+    the gateway makes up (for the caseworker's key alone: the gateway still reads nothing). The
+    node's own log shows one statement answered under two request ids, and the officer's alert rule
+    over it (`audit.alerts.statement_reused`) names the user and both entries."""
+    fingerprint = context_fingerprint(caseworker_keys.public_context)
+    first = _check(caseworker_keys.public_context)
+    first.context.requester_statement = _statement(caseworker_key, first, fingerprint)
+    replay = node_pb2.EncryptRequest()
+    replay.CopyFrom(first)
+    replay.context.request_id = "replayed-by-the-gateway"
+    _sent(node, first)
+    _sent(node, replay)
+    log = [(i, AuditRecord.from_event(e)) for i, e in enumerate(node.audit.events[-2:])]  # type: ignore[union-attr]
+    (alert,) = statement_reused(log, AlertConfig())
+    assert (alert.user, alert.count, alert.entry_indices) == (CASEWORKER, 2, (0, 1))
+    # Positive control: the caseworker's next check is a statement of its own, and no alert.
+    again = _check(caseworker_keys.public_context)
+    again.context.request_id, again.context.case_id = "the-caseworkers-next-check", "C-next"
+    again.context.requester_statement = _statement(caseworker_key, again, fingerprint)
+    _sent(node, again)
+    log = [(i, AuditRecord.from_event(e)) for i, e in enumerate([node.audit.events[-3], node.audit.events[-1]])]  # type: ignore[union-attr]
+    assert statement_reused(log, AlertConfig()) == []

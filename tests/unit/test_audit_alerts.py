@@ -7,7 +7,16 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from pydantic import ValidationError
 
-from audit.alerts import AlertConfig, burst, evaluate, is_off_hours, many_subjects, off_hours, repeated_denials
+from audit.alerts import (
+    AlertConfig,
+    burst,
+    evaluate,
+    is_off_hours,
+    many_subjects,
+    off_hours,
+    repeated_denials,
+    statement_reused,
+)
 from audit.testing import pseudonym, record
 
 # 10:00 Beijing time on a Wednesday.
@@ -77,3 +86,31 @@ def test_config_validation() -> None:
         AlertConfig(timezone="Mars/Olympus")
     with pytest.raises(ValidationError):
         AlertConfig(unknown=1)  # type: ignore[call-arg]
+
+
+def _answer(i: int, kind: str, request_id: str, statement: str) -> tuple[int, object]:
+    entry = record(i, kind=kind, request_id=request_id, time=T0 + timedelta(seconds=i), user="cw-zhang")
+    return i, entry.model_copy(update={"digests": {**entry.digests, "requester_statement": statement}})
+
+
+def test_a_signed_check_answered_under_two_requests_is_an_alert() -> None:
+    """THREAT_MODEL I1b: a node answers a statement while it is fresh, so a relaying gateway could
+    have it answered again under a request id of its own; the node's log shows it."""
+    entries = [_answer(0, "node_response", "req-a", "s1" * 32), _answer(1, "node_response", "req-b", "s1" * 32)]
+    (alert,) = statement_reused(entries, CFG)  # type: ignore[arg-type]
+    assert (alert.rule, alert.user, alert.count, alert.entry_indices) == ("statement_reused", "cw-zhang", 2, (0, 1))
+    assert "2 request ids" in alert.summary and {a.rule for a in evaluate(entries, CFG)} >= {"statement_reused"}  # type: ignore[arg-type]
+
+
+def test_one_request_answering_a_statement_several_times_is_quiet() -> None:
+    """The cohort view asks a node once per criterion, and the gateway logs its decision and its
+    result, all under one request id; a refused attempt answered nothing."""
+    same_request = [_answer(i, kind, "req-a", "s1" * 32) for i, kind in enumerate(["node_response"] * 3 + ["result"])]
+    assert statement_reused(same_request, CFG) == []  # type: ignore[arg-type]
+    refused_then_answered = [
+        _answer(0, "policy_decision", "req-a", "s1" * 32),
+        _answer(1, "result", "req-b", "s1" * 32),
+    ]
+    assert statement_reused(refused_then_answered, CFG) == []  # type: ignore[arg-type]
+    two_statements = [_answer(0, "node_response", "req-a", "s1" * 32), _answer(1, "node_response", "req-b", "s2" * 32)]
+    assert statement_reused(two_statements, CFG) == []  # type: ignore[arg-type]
