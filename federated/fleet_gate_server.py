@@ -18,7 +18,6 @@ import argparse
 import asyncio
 import logging
 import ssl
-import time
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
@@ -144,11 +143,12 @@ class FleetGate:
     async def _body(self, request: Request, length: int) -> AsyncIterator[bytes]:
         """The request body as it arrives, whole by the deadline its declared length sets."""
         seen = 0
-        deadline = time.monotonic() + self.body_grace_s + length / self.body_min_rate
+        deadline = asyncio.get_running_loop().time() + self.body_grace_s + length / self.body_min_rate
         chunks = aiter(request.stream())
         while True:
             try:
-                chunk = await asyncio.wait_for(anext(chunks), timeout=max(deadline - time.monotonic(), 0.0))
+                async with asyncio.timeout_at(deadline):  # around the read only, never across a yield
+                    chunk = await anext(chunks)
             except StopAsyncIteration:
                 return
             except TimeoutError:
