@@ -79,6 +79,12 @@ class AdmissionSettings(BaseModel):
     header_read_timeout_s: float = Field(
         default=10.0, gt=0, le=600, description="to receive a request's head, from the connection or the last answer"
     )
+    max_head_kb: int = Field(
+        default=64,
+        ge=4,
+        le=1024,
+        description="a request's line and headers at most; beyond, 431 and the connection ends",
+    )
     max_connections: int = Field(
         default=4096, ge=16, le=1_000_000, description="connections and requests at once; beyond, 503 at once"
     )
@@ -420,7 +426,9 @@ class AdmissionMiddleware:
             except _Refused as refused:
                 await send_error(scope, send, refused.error)
                 return
-            except _Gone:
+            except _Gone:  # recorded as what it is (499), not as the 500 of a request never answered
+                log.info("request_abandoned", reason="client_gone_during_body", path=scope["path"])
+                await send_error(scope, send, RequestCancelled("the client disconnected before its body arrived"))
                 return
             reserved += extra
             scope.setdefault("state", {})["body_bytes"] = len(body)

@@ -224,7 +224,7 @@ def serve(config: GatewayConfig) -> None:
     config_kwargs: dict[str, Any] = {
         "timeout_graceful_shutdown": GRACEFUL_SHUTDOWN_S,
         # a request head has a deadline, and connections a ceiling (gateway/http_protocol.py)
-        "http": protocol_with(admission.header_read_timeout_s),
+        "http": protocol_with(admission.header_read_timeout_s, admission.max_head_kb * 1024),
         "limit_concurrency": admission.max_connections,
         **ssl_kwargs,
     }

@@ -11,6 +11,7 @@ The tree, with (public code, HTTP status, gRPC status):
     XgateError                 internal_error        500  INTERNAL
     ├── InvalidInput           invalid_input         400  INVALID_ARGUMENT
     │   ├── PayloadTooLarge    payload_too_large     413  RESOURCE_EXHAUSTED
+    │   ├── RequestHeadTooLarge request_head_too_large 431 RESOURCE_EXHAUSTED  (request line and headers)
     │   ├── WitnessConflict    witness_conflict      409  FAILED_PRECONDITION
     │   ├── IdempotencyKeyInvalid invalid_idempotency_key 400 INVALID_ARGUMENT
     │   ├── IdempotencyKeyReused idempotency_key_reused 422 INVALID_ARGUMENT  (same key, another body)
@@ -103,6 +104,14 @@ class InvalidInput(XgateError):
 class PayloadTooLarge(InvalidInput):
     code = "payload_too_large"
     http_status = 413
+    grpc_status = "RESOURCE_EXHAUSTED"
+
+
+class RequestHeadTooLarge(InvalidInput):
+    """A request's line and headers exceed the gateway's limit (answered by its HTTP protocol)."""
+
+    code = "request_head_too_large"
+    http_status = 431
     grpc_status = "RESOURCE_EXHAUSTED"
 
 

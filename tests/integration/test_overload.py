@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import socket
 import ssl
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack
@@ -288,14 +290,13 @@ def _raw(url: str, ca: Path) -> ssl.SSLSocket:
     return context.wrap_socket(socket.create_connection((host, int(port)), timeout=10), server_hostname=host)
 
 
-def _status_of(sock: ssl.SSLSocket) -> tuple[int, bytes]:
-    data = b""
+def _status_of(sock: ssl.SSLSocket, data: bytes = b"") -> tuple[int, bytes]:
     while b"\r\n\r\n" not in data or not data.rstrip().endswith((b"}", b"0")):  # headers, then the body
         chunk = sock.recv(4096)
         if not chunk:
             break
         data += chunk
-    return int(data.split(b" ", 2)[1]), data
+    return (int(data.split(b" ", 2)[1]) if data.startswith(b"HTTP/") else 0), data
 
 
 @pytest.mark.parametrize("sent", [10, 0], ids=["slow-body", "lying-content-length"])
@@ -311,6 +312,35 @@ def test_slow_or_lying_body_is_cut_by_the_read_deadline(bodies: str, federation:
     assert status == 408, data[:300]
     assert b"request_timeout" in data
     assert 0.8 < elapsed < 5
+
+
+def test_a_client_leaving_mid_body_is_recorded_as_gone_not_as_a_server_error(
+    bodies: str, federation: DevFederation
+) -> None:
+    """Attack on the log's meaning: without an API key, declare a body, send 5 bytes and leave. The
+    request was recorded as a 500 (no answer had been sent), so anyone could fill the append-only
+    log with server errors that never happened; it is recorded as the 499 it is."""
+    params = {"kind": "request", "user": "anonymous", "order": "desc", "limit": "20"}
+    with httpx.Client(
+        base_url=bodies, verify=_verify(federation), timeout=10, headers=_auth(federation, "officer")
+    ) as officer:
+
+        def anonymous_posts() -> dict[int, dict[str, object]]:
+            entries = officer.get("/v1/audit/entries", params=params).json()["entries"]
+            return {e["index"]: e["record"]["metadata"] for e in entries if e["record"]["metadata"]["method"] == "POST"}
+
+        before = max(anonymous_posts(), default=-1)
+        with _raw(bodies, federation.ca_cert) as sock:
+            head = (
+                "POST /v1/checks HTTP/1.1\r\nHost: gw\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n"
+            )
+            sock.sendall(head.encode() + b'{"pro')
+            time.sleep(0.2)
+        deadline, new = time.monotonic() + 10, {}
+        while not new and time.monotonic() < deadline:
+            time.sleep(0.2)
+            new = {i: m for i, m in anonymous_posts().items() if i > before}
+    assert [(m["status"], m.get("error")) for m in new.values()] == [(499, "cancelled")], new
 
 
 def test_bytes_held_at_once_are_bounded(bodies: str, federation: DevFederation) -> None:
@@ -389,6 +419,93 @@ def test_idle_kept_alive_connections_give_their_slots_back_when_they_time_out(
         with httpx.Client(base_url=few_connections, verify=_verify(federation), timeout=10) as http:
             response = http.get("/v1/programs", headers=_auth(federation, "caseworker"))
     assert response.status_code == 200, response.text
+
+
+def _rss_mb(pid: int) -> float:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS:"))) / 1024
+
+
+def _answer_so_far(sock: ssl.SSLSocket) -> bytes | None:
+    """What the gateway has answered so far without waiting (b"" once it closed; None: nothing yet).
+    The raw socket's readability is no sign: TLS 1.3 session tickets arrive after the handshake."""
+    sock.setblocking(False)
+    try:
+        return sock.recv(65536)
+    except (ssl.SSLWantReadError, BlockingIOError):
+        return None
+    finally:
+        sock.settimeout(10)
+
+
+def _send_head_until_answered(url: str, ca: Path, head: bytes, junk_bytes: int) -> tuple[int, bytes, int]:
+    """Send `head`, then `junk_bytes` of one header's value and the head's end, stopping once the
+    gateway answers: (status, answer, bytes of junk sent before it did)."""
+    sent, early = 0, None
+    with _raw(url, ca) as sock:
+        sock.sendall(head)
+        try:
+            while sent < junk_bytes and (early := _answer_so_far(sock)) is None:
+                sock.sendall(b"a" * 16384)
+                sent += 16384
+            if early is None:
+                sock.sendall(b"\r\n\r\n")
+            return (*_status_of(sock, early or b""), sent)
+        except OSError as exc:  # cut before its answer could be read
+            return 0, repr(exc).encode(), sent
+
+
+def test_a_request_head_past_its_size_limit_is_431_in_the_error_shape_and_holds_no_memory(
+    few_connections: str, federation: DevFederation
+) -> None:
+    """Attack: headers of any size, without an API key. uvicorn's httptools protocol sets no limit:
+    a 64 MiB header was answered 200, and twelve connections sending 40 MiB each took the gateway
+    from 201 to 762 MB (review). A head is now cut at `max_head_kb` (64), counted as it arrives,
+    with 431 in the API's error shape; eight attackers at once leave the gateway's memory as it was."""
+    head = b"GET /healthz HTTP/1.1\r\nHost: gw\r\nX-Junk: "
+    status, answer, _ = _send_head_until_answered(few_connections, federation.ca_cert, head, 48 * 1024)
+    assert status == 200, answer[:300]  # positive control: a large head within the limit is served
+    status, answer, _ = _send_head_until_answered(few_connections, federation.ca_cert, head, 200 * 1024)
+    assert status == 431, answer[:300]  # the whole 200 kB head was sent and answered 200 before
+    body = json.loads(answer.split(b"\r\n\r\n", 1)[1])
+    assert body["error"] == "request_head_too_large" and "65536 bytes" in body["message"], body
+    assert body["request_id"].encode() in answer.split(b"\r\n\r\n", 1)[0]  # X-Request-Id
+
+    gateway = next(c for c in federation.supervisor.children if c.name == "gw-overload-conns")  # type: ignore[attr-defined]
+    before = _rss_mb(gateway.process.pid)
+    outcomes: list[tuple[int, int]] = []
+
+    def attacker() -> None:
+        status, _, sent = _send_head_until_answered(few_connections, federation.ca_cert, head, 40 * MB)
+        outcomes.append((status, sent))
+
+    threads = [threading.Thread(target=attacker) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    grown = _rss_mb(gateway.process.pid) - before
+    # Answered 431 once past the limit; what a client has sent by then is what the socket buffers took.
+    assert len(outcomes) == 8 and all(status == 431 and sent < 16 * MB for status, sent in outcomes), outcomes
+    assert grown < 32, f"the gateway grew by {grown:.0f} MB under eight 40 MB heads"
+    with httpx.Client(base_url=few_connections, verify=_verify(federation), timeout=10) as http:
+        assert http.get("/v1/programs", headers=_auth(federation, "caseworker")).status_code == 200
+
+
+def test_a_malformed_request_is_refused_in_the_error_shape(bodies: str, federation: DevFederation) -> None:
+    """uvicorn answers what it cannot parse (two Content-Lengths, a chunk size `zz`) in plain text,
+    without a request id; the gateway answers it as any other refusal."""
+    for head in (
+        b"POST /v1/checks HTTP/1.1\r\nHost: gw\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\n{}",
+        b"POST /v1/checks HTTP/1.1\r\nHost: gw\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n{}\r\n0\r\n\r\n",
+    ):
+        with _raw(bodies, federation.ca_cert) as sock:
+            sock.sendall(head)
+            status, answer = _status_of(sock)
+        assert status == 400, answer[:300]
+        body = json.loads(answer.split(b"\r\n\r\n", 1)[1])
+        assert body["error"] == "invalid_input" and "not valid HTTP/1.1" in body["message"], body
+        assert f"x-request-id: {body['request_id']}".encode() in answer.lower()
 
 
 def test_a_request_head_sent_a_byte_at_a_time_is_cut_by_its_deadline(bodies: str, federation: DevFederation) -> None:
