@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import re
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import parse_qsl, unquote
 
@@ -70,6 +70,24 @@ _HTTP_CODES = {
 }
 
 
+# FastAPI's answer when the body cannot be decoded at all (json.loads raised something else than a
+# JSONDecodeError: not UTF-8, nested past the recursion limit, an integer of thousands of digits).
+_FASTAPI_UNPARSED_BODY = "There was an error parsing the body"
+_UNPARSED_BODY = (
+    "body: not a JSON document the gateway can read (UTF-8, nested under 1,000 deep, numbers of at most 4,300 digits)"
+)
+
+
+def _problem(error: Mapping[str, Any]) -> dict[str, str]:
+    """One validation problem as the API states it: the field's dotted path and what is wrong."""
+    if error.get("type") == "json_invalid":  # its loc holds the character offset, not a field
+        position = next((p for p in error.get("loc", ()) if isinstance(p, int)), None)
+        reason = str(error.get("ctx", {}).get("error", "")) or "malformed"
+        where = f" at character {position}" if position is not None else ""
+        return {"field": "body", "problem": f"not valid JSON ({reason}{where})"}
+    return {"field": ".".join(str(p) for p in error["loc"] if p != "body"), "problem": error["msg"]}
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(XgateError)
     async def _xgate_error(request: Request, exc: XgateError) -> JSONResponse:
@@ -78,9 +96,7 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         request.state.error = "invalid_input"
-        problems = [
-            {"field": ".".join(str(p) for p in e["loc"] if p != "body"), "problem": e["msg"]} for e in exc.errors()
-        ]
+        problems = [_problem(e) for e in exc.errors()]
         first = problems[0] if problems else {"field": "body", "problem": "invalid"}
         body = error_document(
             request.scope,
@@ -93,6 +109,8 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         code, message = _HTTP_CODES.get(exc.status_code, ("http_error", str(exc.detail)))
+        if exc.status_code == 400 and exc.detail == _FASTAPI_UNPARSED_BODY:  # not UTF-8, too deep, a huge number
+            code, message = "invalid_input", _UNPARSED_BODY
         request.state.error = code
         headers = dict(exc.headers or {})
         return JSONResponse(error_document(request.scope, code, message), status_code=exc.status_code, headers=headers)

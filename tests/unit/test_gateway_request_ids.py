@@ -157,3 +157,27 @@ def test_an_answered_request_names_its_parameters_when_they_are_plain_identifier
     assert audited_route(scope, 404) == "/v1/approvals/{ref}"
     assert audited_route({**scope, "path_params": {"ref": "张三"}}, 200) == "/v1/approvals/{ref}"
     assert audited_route({}, 404) == "<unmatched>"
+
+
+@pytest.mark.parametrize(
+    ("body", "problem"),
+    [
+        (b'{"program":', "body: not valid JSON (Expecting value at character 11)"),  # was "11: JSON decode error"
+        (b'{"case_id": "\xff"}', "body: not a JSON document the gateway can read"),  # was error "http_error"
+        (b"[" * 50_000 + b"]" * 50_000, "body: not a JSON document the gateway can read"),
+        (b'{"case_id": ' + b"9" * 5000 + b"}", "body: not a JSON document the gateway can read"),
+    ],
+    ids=["truncated", "not-utf8", "nested-50000-deep", "5000-digit-number"],
+)
+def test_a_body_that_is_not_json_is_invalid_input_saying_so(tmp_path: Path, body: bytes, problem: str) -> None:
+    """FastAPI answered these with `http_error` "There was an error parsing the body", or named the
+    character offset as a field; the API's contract is `invalid_input` naming the body."""
+    save_keypair(generate_key(), tmp_path / "gw")
+    audit = GatewayAudit.open(tmp_path / "audit.sqlite", tmp_path / "gw.key.pem", {}, writer="thread")
+    services = Services(authenticate=authenticate, coordinator=Coordinator(), audit=audit)  # type: ignore[arg-type]
+    with TestClient(create_app(services, max_body_bytes=200_000), raise_server_exceptions=False) as client:
+        headers = {"Authorization": "Bearer good", "Content-Type": "application/json"}
+        r = client.post("/v1/checks", content=body, headers=headers)
+        assert _request_entry(audit, r.headers["X-Request-Id"])["error"] == "invalid_input"
+    assert r.status_code == 400, r.text
+    assert r.json()["error"] == "invalid_input" and r.json()["message"].startswith(problem), r.json()
