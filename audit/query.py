@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, fields
 from datetime import datetime
 from typing import Any, Literal
 
+from audit.records import is_record_kind
 from audit.store import MAX_PAGE, AuditLog, Entry
 from xgate.errors import InvalidInput
 from xgate.pseudonym import PSEUDONYM_RE
@@ -42,6 +43,8 @@ class Filters:
     def __post_init__(self) -> None:
         if self.subject is not None and not PSEUDONYM_RE.match(self.subject):
             raise InvalidInput("subject must be a pseudonym (26 base32 characters)")
+        if self.kind is not None and not is_record_kind(self.kind):
+            raise InvalidInput("kind must be a record kind (request, result, node_response, audit_read, training_…)")
         if self.decision is not None and self.decision not in ("allow", "deny"):
             raise InvalidInput("decision must be allow or deny")
         if self.status is not None and not 100 <= self.status <= 599:

@@ -151,6 +151,11 @@ def _check_key(field: str, key: str) -> None:
         raise ValueError(f"{field} key '{key}' suggests personal data; log digests or pseudonyms instead")
 
 
+def is_record_kind(kind: str) -> bool:
+    """A kind a record may have: one of KINDS, or a federated training job's `training_*`."""
+    return kind in KINDS or bool(_TRAINING_KIND.match(kind))
+
+
 class Actor(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -188,7 +193,7 @@ class AuditRecord(BaseModel):
     @field_validator("kind")
     @classmethod
     def _kind(cls, v: str) -> str:
-        if v not in KINDS and not _TRAINING_KIND.match(v):
+        if not is_record_kind(v):
             raise ValueError(f"unknown record kind '{v[:40]}'")
         return v
 

@@ -159,8 +159,10 @@ def extract_key(headers: Mapping[str, str]) -> str:
     auth = lower.get("authorization", "")
     if auth:
         scheme, _, token = auth.strip().partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
+        if scheme.lower() != "bearer":
             raise Unauthenticated("unsupported Authorization scheme (use Bearer)")
+        if not token.strip():
+            raise Unauthenticated("missing API key after 'Bearer'")
         return token.strip()
     key = lower.get("x-api-key", "").strip()
     if not key:

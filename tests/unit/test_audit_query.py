@@ -141,6 +141,19 @@ def test_parse_when() -> None:
         Filters(since=datetime(2026, 1, 1))  # naive
 
 
+@pytest.mark.parametrize("kind", ["nope", "Request", "training-job", ""])
+def test_an_unknown_kind_is_refused_not_answered_with_nothing(kind: str) -> None:
+    """`kind=nope` answered 200 with no entries, as if nothing had happened (review)."""
+    with pytest.raises(InvalidInput, match="kind must be a record kind"):
+        Filters(kind=kind)
+    assert Filters(kind="request").kind == "request" and Filters(kind="training_job_refused").kind
+
+
+def test_an_unknown_kind_is_refused_by_the_cli(setup: dict[str, Any]) -> None:
+    r = runner.invoke(app, ["audit", "query", "--db", str(setup["db"]), "--kind", "nope"])
+    assert r.exit_code != 0 and "kind must be a record kind" in r.output, r.output
+
+
 def test_report_for_a_person(setup: dict[str, Any]) -> None:
     out = setup["tmp"] / "report.html"
     r = runner.invoke(
