@@ -194,13 +194,15 @@ def add_user_cmd(
         check_user_id(user)  # before anything is written, principals.toml included
         signing_key = _job_signing_key(job_signing_key, principals) if job_signing_key is not None else None
         store = _user_store(users, database)
-        # Opened first (owner-only whatever the umask, an existing file tightened): a key is never
-        # issued that cannot be kept.
+        # Created first (owner-only whatever the umask): a key is never issued that cannot be kept.
         fd = None
         if out is not None:
             try:
-                fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+                # O_EXCL: an existing file may hold another user's key, shown once and never again.
+                fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
                 os.fchmod(fd, 0o600)
+            except FileExistsError:
+                raise InvalidInput(f"--out {out}: already exists; an API key file is never overwritten") from None
             except OSError as exc:
                 if fd is not None:
                     os.close(fd)

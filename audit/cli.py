@@ -5,13 +5,17 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 
 from audit.checkpoints import CosignatureVerifier
 from xgate.cli_support import fail_on_error
-from xgate.errors import CryptoError, IntegrityError
+from xgate.errors import CryptoError, IntegrityError, InvalidInput
+
+if TYPE_CHECKING:
+    from audit.checkpoints import Signer
+    from audit.store import AuditLog
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -182,9 +186,26 @@ def bundle_cmd(
         signer = Signer(origin, load_private_key(sign_key)) if sign_key else None
         # Without a signing key only read: a running gateway may be writing this log.
         with AuditLog.open(db, signer=signer, origin=origin, writer="thread" if signer else "none") as log:
+            if signer is not None:  # another party's key would append a checkpoint no verifier accepts
+                log.before_signing = lambda: _own_key(log, signer, sign_key)
             bundle = build_bundle(log, request_id, publish=signer is not None)
         write_bundle(bundle, out)
         typer.echo(f"wrote {len(bundle['entries'])} entries proven to checkpoint {bundle['origin']} to {out}")
+
+
+def _own_key(log: AuditLog, signer: Signer, path: Path | None) -> None:
+    """Refuse to sign with a key that did not sign the log's latest checkpoint (nothing is written)."""
+    from audit.integrity import check_own_checkpoint
+    from xgate.errors import AuditLogCompromised
+
+    try:
+        check_own_checkpoint(log, signer.verifier())
+    except AuditLogCompromised as exc:
+        if exc.details.get("reason") == "resigned":
+            raise InvalidInput(
+                f"--sign-key {path}: not this log's key (its checkpoints are signed by another)"
+            ) from None
+        raise
 
 
 @app.command("verify-bundle")

@@ -128,6 +128,8 @@ class ApprovalBody(BaseModel):
         # training-only approval names no subject scope.
         if self.programs and (self.subjects is None) == (self.max_subjects is None):
             raise ValueError("name exactly one of subjects and max_subjects")
+        if self.subjects is not None and len(set(self.subjects)) != len(self.subjects):
+            raise ValueError("subjects name the same pseudonym twice")
         if not self.programs and (self.subjects is not None or self.max_subjects is not None):
             raise ValueError("a training-only approval (no program) takes no subjects or max_subjects")
         if self.valid_until <= self.valid_from:

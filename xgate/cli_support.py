@@ -1,8 +1,15 @@
-"""Shared CLI behaviour: one-line errors and exit codes instead of tracebacks."""
+"""Shared CLI behaviour: one-line errors and exit codes instead of tracebacks.
+
+An input or environment failure no command translated itself is one `error:` line naming the path
+or the bytes (exit 1). Anything else is a bug, or an input xgate does not check yet: it is one
+`internal error` line with the exception's type and first words (exit 3), never dressed up as bad
+input, and `XGATE_DEBUG=1` shows its traceback. An operator never reads a traceback by default.
+"""
 
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import sys
 from collections.abc import Iterator
@@ -51,9 +58,16 @@ def fail_on_error() -> Iterator[None]:
         _exit_with(exc.message, 1 if exc.http_status < 500 else 2)
     except Exception as exc:
         reason = plain_reason(exc)
-        if reason is None:
+        if reason is not None:
+            _exit_with(reason, 1)
+        if os.environ.get("XGATE_DEBUG"):
             raise
-        _exit_with(reason, 1)
+        first = " ".join(str(exc).split())[:200]
+        _exit_with(
+            f"internal error ({type(exc).__name__}{': ' + first if first else ''}); this is a bug in xgate or an"
+            " input it does not check yet: please report it (XGATE_DEBUG=1 shows the traceback)",
+            3,
+        )
 
 
 def run(app: typer.Typer) -> None:

@@ -189,6 +189,8 @@ def test_registration_refuses_forged_unregistered_and_out_of_agency(registry: Ap
         registry.register_signed(approval(subjects=[SUBJECT]))
     with pytest.raises(InvalidInput, match="exactly one of case_ids and case_id_prefix"):
         registry.register_signed(approval(case_id_prefix="C-"))
+    with pytest.raises(InvalidInput, match="the same pseudonym twice"):  # was registered as 10 subjects
+        registry.register_signed(approval(subjects=[SUBJECT] * 10, max_subjects=None))
     with pytest.raises(PolicyDenied, match="format must be xgate-approval/1"):  # a consent is not an approval
         registry.register_signed(approval().replace(APPROVAL_FORMAT, "xgate-consent/1"))
     registry.register_signed(good)

@@ -9,7 +9,7 @@ from pathlib import Path
 from typer.testing import CliRunner
 
 from app.cli import app
-from audit.checkpoints import Signer, load_private_key
+from audit.checkpoints import Signer, generate_key, load_private_key, save_keypair
 from audit.store import AuditLog
 from audit.testing import ORIGIN, record
 
@@ -72,6 +72,15 @@ def test_bundle_and_verify_bundle(tmp_path: Path) -> None:
     # The late entry is not under any checkpoint: without the signing key the bundle is refused...
     r = runner.invoke(app, ["audit", "bundle", "r-late", "--db", str(db), "--out", str(out)])
     assert r.exit_code != 0 and "checkpoint" in r.output
+    # Another party's key is refused before anything is written: it appended a checkpoint that no
+    # verification of the log accepted ever after (review).
+    other = tmp_path / "other"
+    save_keypair(generate_key(), other)
+    r = runner.invoke(app, ["audit", "bundle", "r-late", "--db", str(db), "--out", str(out),
+                            "--sign-key", f"{other}.key.pem"])  # fmt: skip
+    assert r.exit_code == 1 and "not this log's key" in r.output, r.output
+    r = runner.invoke(app, ["audit", "verify-log", "--db", str(db), "--key", str(pub)])
+    assert r.exit_code == 0 and "OK" in r.output, r.output
     # ...with it, a fresh checkpoint is published first.
     r = runner.invoke(app, ["audit", "bundle", "r-late", "--db", str(db), "--out", str(out), "--sign-key", str(priv)])
     assert r.exit_code == 0, r.output

@@ -61,8 +61,17 @@ def test_bytes_databases_json_and_nesting_get_one_line_each(tmp_path: Path) -> N
     assert plain_reason(RecursionError()) == "input nested too deeply"
 
 
-def test_a_bug_keeps_its_traceback() -> None:
-    """Positive control: an error that is not about input or environment is not swallowed."""
+def test_a_bug_is_an_internal_error_line_never_bad_input_nor_a_traceback(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An error that is not about input or environment is not dressed up as bad input (exit 3, its
+    type named); a reviewer found a dozen inputs that still ended in tracebacks, so none does."""
+    assert plain_reason(KeyError("x")) is None
+    with pytest.raises(SystemExit) as info:
+        run(_failing(ValueError("invalid literal for int() with base 10: 'x'")))
+    err = capsys.readouterr().err
+    assert info.value.code == 3 and "Traceback" not in err, err
+    assert err.startswith("error: internal error (ValueError: invalid literal for int()") and "XGATE_DEBUG=1" in err
+    monkeypatch.setenv("XGATE_DEBUG", "1")  # the developer's view: the traceback
     with pytest.raises(ZeroDivisionError):
         run(_failing(ZeroDivisionError("a bug")))
-    assert plain_reason(KeyError("x")) is None

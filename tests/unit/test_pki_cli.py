@@ -65,12 +65,10 @@ def test_add_user_prints_key_once(tmp_path: Path) -> None:
     assert result.exit_code == 1 and "role must be one of" in result.output
 
 
-def test_add_user_out_writes_the_key_owner_only(tmp_path: Path) -> None:
+def test_add_user_out_writes_the_key_owner_only_and_never_over_another_key(tmp_path: Path) -> None:
     import os
 
     users, out = tmp_path / "users.json", tmp_path / "bob.apikey"
-    out.write_text("old key\n")
-    out.chmod(0o644)  # an older, world-readable file is tightened, not trusted
     old = os.umask(0o022)
     try:
         printed = _ok("add-user", "--users", str(users), "--user", "bob", "--agency", "tax", "--role", "analyst",
@@ -79,4 +77,10 @@ def test_add_user_out_writes_the_key_owner_only(tmp_path: Path) -> None:
         os.umask(old)
     key = out.read_text().strip()
     assert key.startswith("xgk_") and key not in printed and out.stat().st_mode & 0o777 == 0o600
+    # Another user's key file named by mistake: it was truncated and replaced (bob's key, shown
+    # once, gone for good); now refused before anything is registered.
+    again = runner.invoke(app, ["add-user", "--users", str(users), "--user", "eve", "--agency", "tax", "--role",
+                                "analyst", "--tier", "bronze", "--out", str(out)])  # fmt: skip
+    assert again.exit_code == 1 and "already exists; an API key file is never overwritten" in again.output
+    assert out.read_text().strip() == key and "eve" not in users.read_text()
     assert Authenticator(users).authenticate({"X-API-Key": key}).user == "bob"
