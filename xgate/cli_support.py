@@ -42,6 +42,16 @@ def plain_reason(exc: BaseException) -> str | None:
         return f"database: {exc} (is the path an xgate database, and is no other process writing it?)"
     if isinstance(exc, RecursionError):
         return "input nested too deeply"
+    if "httpx" in sys.modules:  # a command talking to a gateway; never imported here for the others
+        import httpx
+
+        if isinstance(exc, httpx.RequestError):
+            try:
+                url = exc.request.url
+                where = f"{url.scheme}://{url.netloc.decode()}" if url.scheme and url.netloc else "the gateway"
+            except RuntimeError:  # raised before a request existed
+                where = "the gateway"
+            return f"could not reach {where}: {exc} ({type(exc).__name__}; check --gateway and that it is running)"
     return None
 
 

@@ -159,15 +159,26 @@ def load_key(path: Path | None = None, env: str = "XGATE_PSEUDONYM_KEY") -> byte
         except OSError as exc:
             raise ConfigError(f"pseudonym key file {path}: {exc.strerror}") from exc
         text = data.strip()
-        key = bytes.fromhex(text.decode()) if len(text) == 2 * PSEUDONYM_KEY_BYTES else data
+        key = _from_hex(text, f"pseudonym key file {path}") if len(text) == 2 * PSEUDONYM_KEY_BYTES else data
+        where = f"pseudonym key file {path}"
     else:
         hex_key = os.environ.get(env)
         if not hex_key:
             raise ConfigError(f"no pseudonym key: pass a key file or set {env}")
-        key = bytes.fromhex(hex_key)
+        key, where = _from_hex(hex_key.strip().encode("utf-8", "replace"), env), env
     if len(key) != PSEUDONYM_KEY_BYTES:
-        raise ConfigError(f"pseudonym key must be {PSEUDONYM_KEY_BYTES} bytes")
+        raise ConfigError(
+            f"{where}: a pseudonym key is {PSEUDONYM_KEY_BYTES} raw bytes or {2 * PSEUDONYM_KEY_BYTES} hex digits"
+        )
     return key
+
+
+def _from_hex(text: bytes, where: str) -> bytes:
+    """Hex digits as bytes; the error names where they came from, never what they were."""
+    try:
+        return bytes.fromhex(text.decode("ascii"))
+    except (UnicodeDecodeError, ValueError):
+        raise ConfigError(f"{where}: not hex digits (a pseudonym key is 32 raw bytes or 64 hex digits)") from None
 
 
 def write_key(path: Path, key: bytes | None = None) -> bytes:

@@ -75,3 +75,29 @@ def test_a_bug_is_an_internal_error_line_never_bad_input_nor_a_traceback(
     monkeypatch.setenv("XGATE_DEBUG", "1")  # the developer's view: the traceback
     with pytest.raises(ZeroDivisionError):
         run(_failing(ZeroDivisionError("a bug")))
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("https://127.0.0.1:1", "could not reach https://127.0.0.1:1: "),  # nobody listening
+        ("notaurl", "could not reach the gateway: Request URL is missing an 'http://' or 'https://' protocol"),
+    ],
+)
+def test_a_gateway_that_cannot_be_reached_is_one_line(
+    url: str, expected: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`consent list` or `approval grant` with the gateway down or a malformed URL ended in httpx's traceback."""
+    import httpx
+
+    app = typer.Typer(pretty_exceptions_enable=False)
+
+    @app.command()
+    def go() -> None:
+        with httpx.Client(timeout=5) as http:
+            http.get(url)
+
+    with pytest.raises(SystemExit) as info:
+        run(app)
+    err = capsys.readouterr().err
+    assert info.value.code == 1 and err.startswith(f"error: {expected}") and "Traceback" not in err, err

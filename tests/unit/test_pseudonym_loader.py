@@ -110,3 +110,31 @@ def test_core_elements_need_a_column_key(tmp_path):
     store = NodeStore.open(tmp_path / "h.sqlite")
     with pytest.raises(InvalidInput, match="no column key"):
         load_file(store, data, mapping, CATALOGUE, PS)
+
+
+@pytest.mark.parametrize(
+    "content", [b"z" * 64, b"\xf4" * 64, b"ab" * 20], ids=["64-non-hex", "64-binary", "40-hex-digits"]
+)
+def test_a_malformed_pseudonym_key_file_is_a_config_error_naming_it(tmp_path: Path, content: bytes) -> None:
+    """`bytes.fromhex` raised ValueError (a traceback in `node load`, `check`, `audit query`, ...)."""
+    from xgate.pseudonym import load_key
+
+    path = tmp_path / "pseudonym.key"
+    path.write_bytes(content)
+    with pytest.raises(ConfigError, match=f"pseudonym key file {path}: .*64 hex digits") as info:
+        load_key(path)
+    assert content.decode("latin-1")[:8] not in info.value.message  # what the key file holds is never echoed
+    assert len(load_key(_written(tmp_path / "good.key", b"ab" * 32))) == 32
+
+
+def test_a_malformed_pseudonym_key_in_the_environment_names_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    from xgate.pseudonym import load_key
+
+    monkeypatch.setenv("XGATE_PSEUDONYM_KEY", "zzzz")
+    with pytest.raises(ConfigError, match="XGATE_PSEUDONYM_KEY: not hex digits"):
+        load_key()
+
+
+def _written(path: Path, content: bytes) -> Path:
+    path.write_bytes(content)
+    return path
