@@ -330,12 +330,13 @@ def query_cmd(
     With --subject-id/--pseudonym it answers "who accessed this person in this period and why":
     one row per access with user, agency, program, purpose, legal basis and outcome.
     """
-    from audit.query import ACCESS_COLUMNS, ROW_COLUMNS, Filters, parse_when, render
+    from audit.query import ACCESS_COLUMNS, ROW_COLUMNS, Filters, parse_when, render, time_zone
     from xgate.errors import InvalidInput
 
     with fail_on_error():
         if fmt not in ("table", "json", "csv"):
             raise InvalidInput("--format must be table, json or csv")
+        time_zone(tz)  # refused even when no time is given, rather than ignored
         if (db is None) == (gateway is None):
             raise InvalidInput("give exactly one of --db (a database file) or --gateway (the REST API)")
         if db is not None and not db.is_file():
@@ -467,7 +468,7 @@ def report_cmd(
     from datetime import UTC, datetime
 
     from audit.checkpoints import load_public_key, parse_signed_note
-    from audit.query import parse_when
+    from audit.query import parse_when, time_zone
     from audit.report import CHECKPOINT_MOVED, build_report, mask_national_id, render_html, report_from_views
     from audit.store import AuditLog, connect
     from audit.verify import verify_log
@@ -475,6 +476,7 @@ def report_cmd(
     from xgate.pseudonym import normalise_national_id
 
     with fail_on_error():
+        time_zone(tz)  # the report's times are shown in it
         subject = _subject(subject_id, pseudonym, pseudonym_key)
         if subject is None:
             raise InvalidInput("give --subject-id (national id) or --pseudonym")

@@ -13,11 +13,14 @@ import json
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, fields
 from datetime import datetime
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from audit.records import is_record_kind
 from audit.store import MAX_PAGE, AuditLog, Entry
 from xgate.errors import InvalidInput
+
+if TYPE_CHECKING:
+    from zoneinfo import ZoneInfo
 from xgate.pseudonym import PSEUDONYM_RE
 
 OutputFormat = Literal["table", "json", "csv"]
@@ -205,13 +208,22 @@ def render(rows: Sequence[dict[str, Any]], columns: Sequence[str], fmt: OutputFo
     return "\n".join(lines) + "\n"
 
 
+def time_zone(name: str) -> ZoneInfo:
+    """An IANA time zone by name; InvalidInput names it when there is none such (or it is a path)."""
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise InvalidInput(f"--tz: no time zone '{name[:64]}' (an IANA name, such as Asia/Shanghai or UTC)") from None
+
+
 def parse_when(text: str, timezone: str = "Asia/Shanghai", *, now: datetime | None = None) -> datetime:
     """An officer's time: ISO 8601 (a date alone means its midnight), or ``today`` / ``yesterday``;
     without a zone, local time in ``timezone``."""
     from datetime import timedelta
-    from zoneinfo import ZoneInfo
 
-    tz = ZoneInfo(timezone)
+    tz = time_zone(timezone)
     word = text.strip().lower()
     if word in ("today", "yesterday"):
         local = (now or datetime.now(tz)).astimezone(tz)

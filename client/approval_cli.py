@@ -118,6 +118,8 @@ def grant(
     """Sign an approval and register it; prints the reference the caseworker names as approval_ref."""
     from crypto.artefacts import sign_artefact
     from crypto.envelope import SigningKey
+    from pydantic import ValidationError
+
     from policies.approvals import APPROVAL_FORMAT, ApprovalBody, new_ref
     from xgate.errors import InvalidInput
     from xgate.pseudonym import Pseudonymiser, load_key
@@ -146,8 +148,11 @@ def grant(
         )
         try:
             ApprovalBody.model_validate(body)
-        except ValueError as exc:
-            raise InvalidInput(f"approval: {str(exc).splitlines()[-1].strip()}") from None
+        except ValidationError as exc:  # its last line is pydantic's "For further information visit ..."
+            first = exc.errors()[0]
+            where = ".".join(str(x) for x in first["loc"])
+            problem = str(first["msg"]).removeprefix("Value error, ")
+            raise InvalidInput(f"approval: {where + ': ' if where else ''}{problem}") from None
         with _client(gateway, api_key, ca) as http:
             artefact = sign_artefact(body, signer, fmt=APPROVAL_FORMAT)
             view = _answer(http.post("/v1/approvals", json={"artefact": artefact}))

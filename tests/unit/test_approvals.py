@@ -393,3 +393,27 @@ def test_cli_training_approval_body_validates() -> None:
         valid_from=T0, days=1, case_ids=["C-1"], max_subjects=1,
     )  # fmt: skip
     assert "datasets" not in check  # a check approval's body is unchanged
+
+
+def test_the_grant_command_names_what_is_wrong_before_anything_is_sent(tmp_path: Path) -> None:
+    """It printed pydantic's last line, "For further information visit https://errors.pydantic.dev/..."."""
+    from typer.testing import CliRunner
+
+    from app.cli import app
+
+    runner = CliRunner()
+    key = tmp_path / "ap.key"
+    assert (
+        runner.invoke(
+            app, ["approval", "keygen", "--name", "ap-test", "--agency", "civil_affairs", "--out", str(key)]
+        ).exit_code
+        == 0
+    )
+    grant = ["approval", "grant", "--key", str(key), "--agency", "civil_affairs", "--api-key", "x",
+             "--gateway", "https://127.0.0.1:1"]  # fmt: skip
+    both = runner.invoke(app, [*grant, "--program", "dibao", "--case-id", "C-1", "--case-id-prefix", "C-",
+                               "--max-subjects", "3"])  # fmt: skip
+    assert both.exit_code == 1 and "approval: name exactly one of case_ids and case_id_prefix" in both.output
+    assert "pydantic" not in both.output and "could not reach" not in both.output  # refused before any call
+    nothing = runner.invoke(app, [*grant, "--case-id", "C-1"])
+    assert nothing.exit_code == 1 and "name at least one program (checks) or dataset (training)" in nothing.output

@@ -283,3 +283,11 @@ def test_report_from_the_rest_api_trusts_nothing_it_is_told(rest: Any, setup: di
     other[0]["record"]["subjects"] = [setup["pb"]]  # an entry about someone else, passed off as this one
     with pytest.raises(IntegrityError):
         report_from_views(ORIGIN, pub, other, results, **kw)
+
+
+@pytest.mark.parametrize("tz", ["Mars/Base", "", "../../etc/passwd"])
+def test_an_unknown_time_zone_is_refused_naming_it(setup: dict[str, Any], tz: str) -> None:
+    """ZoneInfoNotFoundError / ValueError tracebacks with --since, silently ignored without."""
+    for extra in (["--since", "today"], []):
+        r = runner.invoke(app, ["audit", "query", "--db", str(setup["db"]), "--tz", tz, *extra])
+        assert r.exit_code == 1 and f"--tz: no time zone '{tz}'" in r.output, r.output
