@@ -116,10 +116,10 @@ def grant(
     ca: Path | None = CA,
 ) -> None:
     """Sign an approval and register it; prints the reference the caseworker names as approval_ref."""
-    from crypto.artefacts import sign_artefact
-    from crypto.envelope import SigningKey
     from pydantic import ValidationError
 
+    from crypto.artefacts import sign_artefact
+    from crypto.envelope import SigningKey
     from policies.approvals import APPROVAL_FORMAT, ApprovalBody, new_ref
     from xgate.errors import InvalidInput
     from xgate.pseudonym import Pseudonymiser, load_key
