@@ -16,6 +16,7 @@ A party's home directory has one conventional layout, which `init` writes into i
 from __future__ import annotations
 
 import os
+import re
 import stat
 from pathlib import Path
 from typing import Annotated
@@ -203,6 +204,9 @@ def _published(home: Path, agency: str, kind: str) -> str:
 def node_config_text(home: Path, agency: str, *, column_key: bool, gateway_audit_key: bool,
                      superlink: str | None) -> str:  # fmt: skip
     """A complete, commented node config for `agency` in the conventional layout of `home`."""
+    agency_id(agency)
+    if superlink:
+        host_port("--superlink", superlink)
     published = _published(home, agency, "node")
     policy_dir = home / "policies"
     tz = _timezone(policy_dir if policy_dir.is_dir() else None)
@@ -262,17 +266,37 @@ def node_config_text(home: Path, agency: str, *, column_key: bool, gateway_audit
     return "\n".join(lines) + "\n"
 
 
+_ADDRESS = re.compile(r"^(?P<host>[A-Za-z0-9][A-Za-z0-9.-]{0,252}|\[[0-9A-Fa-f:.]+\]):(?P<port>[0-9]{1,5})$")
+_AGENCY_ID = re.compile(r"^[a-z][a-z0-9_]{1,31}$")  # as crypto.pki: agency ids name files and certificates
+
+
+def host_port(option: str, value: str, *, any_port: bool = False) -> tuple[str, int]:
+    """`host:port` as a config needs it (`any_port`: port 0, a free one, allowed); InvalidInput names
+    the option: the value is written into TOML, so nothing but a host name or IP and a port passes."""
+    match = _ADDRESS.match(value)
+    port = int(match["port"]) if match else -1
+    if match is None or not (0 if any_port else 1) <= port <= 65535:
+        raise InvalidInput(f"{option}: '{value[:80]}' is not host:port (a host name or IP, a port 1-65535)")
+    return match["host"], port
+
+
+def agency_id(value: str) -> str:
+    if not _AGENCY_ID.match(value):
+        raise InvalidInput(f"--agency: '{value[:40]}' is not an agency id (^[a-z][a-z0-9_]{{1,31}}$, e.g. tax)")
+    return value
+
+
 def gateway_config_text(home: Path, listen: str, agencies: list[tuple[str, str]], superlink: str | None = None) -> str:
     policy_dir = home / "policies"
     tz = _timezone(policy_dir if policy_dir.is_dir() else None)
-    host, _, port = listen.rpartition(":")
+    host, port = host_port("--listen", listen, any_port=True)
     lines = [
         "# xgate gateway (written by `xgate gateway init`; check with `xgate config check`).",
         "# Relative paths are relative to this file.",
         "",
         "[gateway]",
         f'host = "{host}"',
-        f"port = {int(port)}",
+        f"port = {port}",
         'mask_key_file = "keys/mask.key"    # `xgate keys mask`; never leaves this host',
         'users_file = "keys/users.json"     # `xgate pki add-user --users keys/users.json --principals policies/...`',
         'audit_db = "data/audit.sqlite"',
@@ -298,14 +322,14 @@ def gateway_config_text(home: Path, listen: str, agencies: list[tuple[str, str]]
         witness = f'witness_key = "ca/witness-{agency}.pub.pem"'
         lines += [witness if (home / "ca" / f"witness-{agency}.pub.pem").is_file() else f"# {witness}", ""]
     if superlink:
-        host, _, port = superlink.rpartition(":")
+        host, port = host_port("--superlink", superlink)
         lines += [
             "# Training across machines: one SuperLink behind the Fleet gate; each agency runs",
             "# `xgate node supernode` and is known here only by its SuperNode public key and certificate",
             "# (tls/ of the agency: supernode-<agency>.ssh.pub, flower-supernode-<agency>.cert.pem).",
             "[training]",
             f'superlink_host = "{host}"',
-            f"superlink_port = {int(port)}",
+            f"superlink_port = {port}",
             'superlink_cert = "tls/flower-superlink-gateway.cert.pem"  # `pki request --kind flower-superlink`',
             'superlink_key = "tls/flower-superlink-gateway.key.pem"',
             'ca_cert = "ca/ca.cert.pem"',
@@ -356,6 +380,9 @@ def gateway_init(
     from crypto.pki import load_directory
 
     with fail_on_error():
+        host_port("--listen", listen, any_port=True)  # what the user typed, before what the CA published
+        if superlink:
+            host_port("--superlink", superlink)
         directory = load_directory(home / "ca" / "federation.json", home / "ca" / "ca.cert.pem")
         agencies = sorted((e.agency, e.address) for e in directory.entries if e.kind == "node" and not e.revoked)
         missing = [a for a, address in agencies if not address]

@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
+import re
 import secrets
 import struct
 import time
@@ -34,7 +35,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from crypto.replay import DEFAULT_SKEW_MS, ReplayGuard
-from xgate.errors import ConfigError, CryptoError, EnvelopeRejected
+from xgate.errors import ConfigError, CryptoError, EnvelopeRejected, InvalidInput
 
 VERSION = "xgate-envelope/1"
 ALG = "ed25519"
@@ -62,6 +63,9 @@ class SignedMessage(Protocol):
     def SerializeToString(self, *, deterministic: bool = ...) -> bytes: ...
 
 
+_KEY_OWNER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$")  # as gateway.auth's user ids
+
+
 def key_id_for(public_raw: bytes) -> str:
     """Key id = first 16 hex digits of SHA-256 of the raw 32-byte Ed25519 public key."""
     return hashlib.sha256(public_raw).hexdigest()[:16]
@@ -83,6 +87,11 @@ class SigningKey:
 
     @classmethod
     def generate(cls, agency: str, kind: str) -> SigningKey:
+        """A new key for `agency` (a party, a user or a manager's id). The name goes into the key
+        file's header line and into the TOML entry the keygen commands print, so it is an id, never
+        text that could end a line or a string there."""
+        if not _KEY_OWNER.match(agency):
+            raise InvalidInput(f"a key's owner must be 1-64 of letters, digits, _ . @ - (got {agency[:64]!r})")
         return cls(Ed25519PrivateKey.generate(), agency, kind)
 
     def sign(self, data: bytes) -> bytes:

@@ -15,6 +15,7 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import click
 import typer
 
 from xgate.errors import XgateError
@@ -66,6 +67,8 @@ def fail_on_error() -> Iterator[None]:
         yield
     except XgateError as exc:
         _exit_with(exc.message, 1 if exc.http_status < 500 else 2)
+    except (click.exceptions.Exit, click.exceptions.Abort, click.exceptions.ClickException):
+        raise  # a command's own exit code (typer.Exit), Ctrl-C, a usage error: click reports them
     except Exception as exc:
         reason = plain_reason(exc)
         if reason is not None:

@@ -101,3 +101,10 @@ def test_a_gateway_that_cannot_be_reached_is_one_line(
         run(app)
     err = capsys.readouterr().err
     assert info.value.code == 1 and err.startswith(f"error: {expected}") and "Traceback" not in err, err
+
+
+def test_a_commands_own_exit_code_passes_through(capsys: pytest.CaptureFixture[str]) -> None:
+    """`typer.Exit(1)` (a DENY from `policy explain`) is the command's answer, not an internal error."""
+    with pytest.raises(SystemExit) as info:
+        run(_failing(typer.Exit(1)))
+    assert info.value.code == 1 and "internal error" not in capsys.readouterr().err

@@ -325,3 +325,22 @@ def test_publish_refuses_a_signer_registry_every_party_would_refuse(federation: 
                        "--version", "9", "--out", str(out))  # fmt: skip
     assert code != 0 and "requesters.toml: requester #1 needs exactly user, agency and public_key" in text, text
     assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["gateway", "init", "--listen", "x"], "--listen: 'x' is not host:port"),  # was int()'s ValueError
+        (["gateway", "init", "--listen", "0.0.0.0:"], "--listen: '0.0.0.0:' is not host:port"),
+        (["gateway", "init", "--listen", "0.0.0.0:99999"], "is not host:port"),  # was written, exit 0
+        (["gateway", "init", "--listen", '0.0.0.0"\nevil = "1:8443'], "is not host:port"),
+        (["gateway", "init", "--superlink", "zz"], "--superlink: 'zz' is not host:port"),
+        (["node", "init", "--agency", "BAD"], "--agency: 'BAD' is not an agency id"),  # was written, exit 0
+        (["node", "init", "--agency", 'tax"\nevil = "1'], "is not an agency id"),
+        (["node", "init", "--agency", "tax", "--superlink", "nonsense"], "--superlink: 'nonsense' is not host:port"),
+    ],
+)
+def test_init_refuses_what_it_would_write_into_toml(tmp_path: Path, args: list[str], message: str) -> None:
+    code, out = xgate(*args[:2], "--home", str(tmp_path / "home"), *args[2:])
+    assert code == 1 and message in out, out
+    assert not (tmp_path / "home" / "gateway.toml").exists() and not (tmp_path / "home" / "node.toml").exists()

@@ -20,7 +20,7 @@ from crypto.envelope import (
 )
 from crypto.replay import ReplayGuard
 from protos.xgate.v1 import node_pb2
-from xgate.errors import ConfigError, CryptoError
+from xgate.errors import ConfigError, CryptoError, InvalidInput
 
 M = method_name("EncryptValues")
 T0 = 1_700_000_000_000
@@ -260,3 +260,12 @@ def test_envelopes_facade_round_trip_and_cross_agency_refusal() -> None:
     node.sign_response(resp2, "EncryptValues", req)
     with pytest.raises(CryptoError, match="another agency"):
         gateway.verify_response(resp2, "EncryptValues", digest, agency="hrss")
+
+
+@pytest.mark.parametrize("owner", ['x"]\nevil = "1', 'x"', "", "../x", "a\nb", "x" * 65])
+def test_a_key_owner_that_could_break_a_toml_entry_or_the_key_file_is_refused(owner: str) -> None:
+    """`approval keygen --name 'x"]\\nevil = "1'` printed that into the approvers.toml entry an
+    operator appends (and `train keygen --user ../x` was accepted)."""
+    with pytest.raises(InvalidInput, match="a key's owner must be 1-64 of letters"):
+        SigningKey.generate(owner, "approver")
+    assert SigningKey.generate("an-liu@tax.gov", "job-signing").agency == "an-liu@tax.gov"
