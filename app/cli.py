@@ -49,7 +49,7 @@ def demo_data(
     out: Path = typer.Option(Path("var/demo/data"), "--out", help="directory for CSV extracts and mappings"),
     people: int = typer.Option(100_000, "--people", min=100, max=2_000_000),
     applicants: int = typer.Option(1000, "--applicants", min=1),
-    seed: int = typer.Option(20261123, "--seed"),
+    seed: int = typer.Option(20261123, "--seed", min=0, max=2**32 - 1),
 ) -> None:
     """Write a seeded synthetic federation: one CSV + mapping per agency, and applicants.csv."""
     from app.synth import generate, write_federation

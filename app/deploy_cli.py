@@ -23,6 +23,7 @@ from typing import Annotated
 
 import typer
 
+from xgate.addresses import host_port
 from xgate.cli_support import fail_on_error, plain_reason
 from xgate.errors import ConfigError, InvalidInput, XgateError
 
@@ -266,18 +267,7 @@ def node_config_text(home: Path, agency: str, *, column_key: bool, gateway_audit
     return "\n".join(lines) + "\n"
 
 
-_ADDRESS = re.compile(r"^(?P<host>[A-Za-z0-9][A-Za-z0-9.-]{0,252}|\[[0-9A-Fa-f:.]+\]):(?P<port>[0-9]{1,5})$")
 _AGENCY_ID = re.compile(r"^[a-z][a-z0-9_]{1,31}$")  # as crypto.pki: agency ids name files and certificates
-
-
-def host_port(option: str, value: str, *, any_port: bool = False) -> tuple[str, int]:
-    """`host:port` as a config needs it (`any_port`: port 0, a free one, allowed); InvalidInput names
-    the option: the value is written into TOML, so nothing but a host name or IP and a port passes."""
-    match = _ADDRESS.match(value)
-    port = int(match["port"]) if match else -1
-    if match is None or not (0 if any_port else 1) <= port <= 65535:
-        raise InvalidInput(f"{option}: '{value[:80]}' is not host:port (a host name or IP, a port 1-65535)")
-    return match["host"], port
 
 
 def agency_id(value: str) -> str:

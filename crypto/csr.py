@@ -133,6 +133,7 @@ def sign_request(
     """The CA's side: check the CSR is for the agency and kind the operator expects, that its
     signatures hold (TLS key, and the Ed25519 key's proof), then issue and publish."""
     pki._check_ids(agency, kind)
+    pki.check_address(address)
     pki._check_days(days)
     try:
         csr = x509.load_pem_x509_csr(csr_path.read_bytes())

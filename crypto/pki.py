@@ -51,6 +51,7 @@ from crypto.peers import (
     utcnow,
     verify_peer_certificate,
 )
+from xgate.addresses import host_port
 from xgate.errors import ConfigError, CryptoError, InvalidInput, NotFound
 
 __all__ = [
@@ -142,6 +143,10 @@ def init_ca(ca_dir: Path, name: str, days: int = 3650, now: dt.datetime | None =
     """Create the federation CA (P-256, path length 0), an empty CRL and an empty directory."""
     if (ca_dir / CA_KEY).exists():
         raise ConfigError(f"a CA already exists in {ca_dir}")
+    if not 1 <= days <= 36_500:
+        raise InvalidInput("--days: a CA is valid for 1 to 36500 days")
+    if not 1 <= len(name) <= 64:  # X.509's upper bound for a common name
+        raise InvalidInput("--name: a CA's name is 1 to 64 characters")
     now = now or utcnow()
     key = ec.generate_private_key(ec.SECP256R1())
     subject = x509.Name(
@@ -242,6 +247,7 @@ def issue(
     """
     _check_ids(agency, kind)
     _check_days(days)
+    check_address(address)
     ca = load_ca(ca_dir)
     now = now or utcnow()
     key = ec.generate_private_key(ec.SECP256R1())
@@ -262,6 +268,12 @@ def issue(
     return Issued(
         cert_path, key_path, sign_path, cert.serial_number, fingerprint(cert), signer.key_id if signer else None
     )
+
+
+def check_address(address: str) -> None:
+    """An address the signed directory may publish: empty (keep the last one) or host:port."""
+    if address:
+        host_port("--address", address)
 
 
 def _check_days(days: int) -> None:
@@ -377,6 +389,7 @@ def revoke(ca_dir: Path, serial: int | str, now: dt.datetime | None = None, crl_
 
 def set_address(ca_dir: Path, agency: str, kind: str, address: str) -> None:
     """Record where a party listens (host:port) in the signed directory."""
+    check_address(address)
     ca = load_ca(ca_dir)
     entries = _index(ca)
     hits = [e for e in entries if e["agency"] == agency and e["kind"] == kind and not e["revoked_at"]]
@@ -389,6 +402,8 @@ def set_address(ca_dir: Path, agency: str, kind: str, address: str) -> None:
 
 def write_crl(ca: CA, days: int = 7, now: dt.datetime | None = None) -> Path:
     """(Re)sign crl.pem; relying parties accept it until next_update + their grace period."""
+    if not 1 <= days <= 366:
+        raise InvalidInput("--days: a CRL is valid for 1 to 366 days (re-issue it before then)")
     now = now or utcnow()
     builder = (
         x509.CertificateRevocationListBuilder()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from app.pki_cli import app
@@ -84,3 +85,56 @@ def test_add_user_out_writes_the_key_owner_only_and_never_over_another_key(tmp_p
     assert again.exit_code == 1 and "already exists; an API key file is never overwritten" in again.output
     assert out.read_text().strip() == key and "eve" not in users.read_text()
     assert Authenticator(users).authenticate({"X-API-Key": key}).user == "bob"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["init", "--days", "-5"], "--days: a CA is valid for 1 to 36500 days"),  # a ValueError traceback
+        (["init", "--days", "10000000"], "--days: a CA is valid for 1 to 36500 days"),  # an OverflowError
+        (["init", "--days", "0"], "--days: a CA is valid for 1 to 36500 days"),  # expired at once, exit 0
+        (["init", "--name", ""], "--name: a CA's name is 1 to 64 characters"),
+        (["init", "--name", "n" * 65], "--name: a CA's name is 1 to 64 characters"),
+    ],
+)
+def test_init_refuses_a_ca_it_could_not_make_or_that_would_be_stale(
+    tmp_path: Path, args: list[str], message: str
+) -> None:
+    r = runner.invoke(
+        app, [args[0], "--ca", str(tmp_path / "ca"), *args[1:]] + (["--name", "T"] if "--name" not in args else [])
+    )
+    assert r.exit_code == 1 and message in r.output, r.output
+    assert not (tmp_path / "ca" / "ca.key.pem").exists()
+
+
+@pytest.mark.parametrize("days", ["-1", "0", "99999999999"])
+def test_crl_refuses_a_validity_it_could_not_sign_or_that_is_stale_at_once(tmp_path: Path, days: str) -> None:
+    _ok("init", "--ca", str(tmp_path / "ca"), "--name", "T")
+    r = runner.invoke(app, ["crl", "--ca", str(tmp_path / "ca"), "--days", days])
+    assert r.exit_code == 1 and "--days: a CRL is valid for 1 to 366 days" in r.output, r.output
+
+
+@pytest.mark.parametrize("address", ["x", "h:99999", 'h"\n:1'])
+def test_the_ca_never_publishes_an_address_that_is_not_host_port(tmp_path: Path, address: str) -> None:
+    """`pki set-address --address x` and `pki issue --address h:99999` published them in the signed directory."""
+    ca = str(tmp_path / "ca")
+    _ok("init", "--ca", ca, "--name", "T")
+    r = runner.invoke(app, ["issue", "--ca", ca, "--kind", "node", "--agency", "tax", "--out", str(tmp_path / "t"),
+                            "--address", address])  # fmt: skip
+    assert r.exit_code == 1 and "--address: " in r.output and "is not host:port" in r.output, r.output
+    _ok(
+        "issue",
+        "--ca",
+        ca,
+        "--kind",
+        "node",
+        "--agency",
+        "tax",
+        "--out",
+        str(tmp_path / "t"),
+        "--address",
+        "tax.gov:7443",
+    )
+    r = runner.invoke(app, ["set-address", "--ca", ca, "--kind", "node", "--agency", "tax", "--address", address])
+    assert r.exit_code == 1 and "is not host:port" in r.output, r.output
+    assert "tax.gov:7443" in (tmp_path / "ca" / "federation.json").read_text()
