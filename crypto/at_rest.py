@@ -149,6 +149,8 @@ def load_key(path: Path | None = None, env: str | None = ENV_VAR, data_dir: Path
             text = resolved.read_text()
         except OSError as exc:
             raise ConfigError(f"cannot read column key file {path}: {exc.strerror}") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"column key file {path}: not text (`xgate keys column` writes one)") from None
         if mode & (stat.S_IRWXG | stat.S_IRWXO):
             raise ConfigError(f"column key file {path} is accessible by group/others; chmod 600 it")
         key, key_id = _parse_key_text(text, str(path))

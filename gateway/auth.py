@@ -54,6 +54,9 @@ class UserRecord:
         return Principal(user=self.user, agency=self.agency, role=self.role, tier=self.tier)
 
 
+_USER_FIELDS = ("user", "agency", "role", "tier", "key_id", "key_sha256")
+
+
 def _load(path: Path) -> list[dict[str, Any]]:
     if not path.exists():
         return []
@@ -61,9 +64,17 @@ def _load(path: Path) -> list[dict[str, Any]]:
         doc = json.loads(path.read_text())
     except (OSError, ValueError):
         raise ConfigError(f"users file {path} is unreadable or not JSON") from None
-    if doc.get("format") != FORMAT or not isinstance(doc.get("users"), list):
+    if not isinstance(doc, dict) or doc.get("format") != FORMAT or not isinstance(doc.get("users"), list):
         raise ConfigError(f"users file {path} is not in {FORMAT} format")
+    for n, user in enumerate(doc["users"]):  # a bad entry would fail every authentication with a 500
+        if not isinstance(user, dict) or not all(isinstance(user.get(k), str) for k in _USER_FIELDS):
+            raise ConfigError(f"users file {path}: entry {n} lacks one of {', '.join(_USER_FIELDS)}")
     return list(doc["users"])
+
+
+def check_users_file(path: Path) -> int:
+    """How many users `path` holds (`xgate config check`); ConfigError names what is wrong with it."""
+    return len(_load(path))
 
 
 def _save(path: Path, users: list[dict[str, Any]]) -> None:

@@ -15,6 +15,7 @@ from crypto.preflight import (
     private_file_ok,
     signing_key_ok,
 )
+from gateway.auth import check_users_file
 from gateway.config import GatewayConfig, GatewaySettings
 from policies.requesters import requesters_problem
 from xgate.errors import ConfigError, XgateError
@@ -34,9 +35,23 @@ def load_mask_key(path: Path) -> bytes:
     return key
 
 
+def _key_ok(p: Problems, key: str, path: Path, *, private: bool) -> None:
+    """An audit log key that loads (serve refused a garbage one that the check had called ok)."""
+    from audit.checkpoints import load_private_key, load_public_key
+
+    try:
+        (load_private_key if private else load_public_key)(path)
+    except XgateError as exc:
+        p.add(f"{key} = {path}: {exc.message}")
+
+
 def _users_ok(p: Problems, s: GatewaySettings) -> None:
     if s.users_file is not None:
-        file_ok(p, "gateway.users_file", s.users_file, secret=True)
+        if file_ok(p, "gateway.users_file", s.users_file, secret=True):
+            try:
+                check_users_file(s.users_file)
+            except XgateError as exc:
+                p.add(f"gateway.users_file = {s.users_file}: {exc.message}")
     elif s.database is None:  # replicated mode: users live in the shared database (gateway/user_store.py)
         p.add("gateway.users_file is not set: no REST user could authenticate (`xgate pki add-user`)")
 
@@ -54,8 +69,8 @@ def _state_problems(p: Problems, s: GatewaySettings) -> None:
         private_file_ok(p, "gateway.audit_db", s.audit_db)
         if s.audit_key is None:
             p.add("gateway.audit_db is set but gateway.audit_key is not (`xgate keys audit --out PREFIX`)")
-        else:
-            file_ok(p, "gateway.audit_key", s.audit_key, secret=True)
+        elif file_ok(p, "gateway.audit_key", s.audit_key, secret=True):
+            _key_ok(p, "gateway.audit_key", s.audit_key, private=True)
 
 
 def gateway_problems(config: GatewayConfig) -> Problems:
@@ -69,8 +84,8 @@ def gateway_problems(config: GatewayConfig) -> Problems:
         )
     for agency, ref in config.nodes.items():
         address_ok(p, f"nodes.{agency}.address", ref.address)
-        if ref.witness_key is not None:
-            file_ok(p, f"nodes.{agency}.witness_key", ref.witness_key)
+        if ref.witness_key is not None and file_ok(p, f"nodes.{agency}.witness_key", ref.witness_key):
+            _key_ok(p, f"nodes.{agency}.witness_key", ref.witness_key, private=False)
     address_ok(p, "gateway.host/port", f"{s.host}:{s.port}")
     file_ok(p, "gateway.catalogue", s.catalogue)
     file_ok(p, "gateway.program_dir", s.program_dir, is_dir=True)

@@ -7,6 +7,7 @@ for this agency's node in the federation directory (`xgate pki issue|sign --addr
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from crypto.preflight import (
@@ -43,6 +44,24 @@ def listen_address(config: NodeConfig) -> tuple[str, str]:
     return DEV_LISTEN, "default (no [node].listen and no address published in the federation directory)"
 
 
+def _key_loads(p: Problems, key: str, path: Path) -> None:
+    """A key file that is there is also a key (serve refused garbage the check had called ok)."""
+    from audit.checkpoints import load_private_key, load_public_key
+    from crypto import at_rest
+    from xgate import pseudonym
+
+    loaders: dict[str, Callable[[Path], object]] = {
+        "node.pseudonym_key_file": pseudonym.load_key,
+        "node.column_key_file": at_rest.load_key,
+        "node.audit_key": load_private_key,
+        "node.gateway_audit_key": load_public_key,
+    }
+    try:
+        loaders[key](path)
+    except XgateError as exc:
+        p.add(f"{key} = {path}: {exc.message}")
+
+
 def node_problems(config: NodeConfig, *, for_serve: bool = True) -> Problems:
     """Every problem with the config and the files it names (`for_serve`: the store must exist)."""
     p = Problems()
@@ -61,10 +80,12 @@ def node_problems(config: NodeConfig, *, for_serve: bool = True) -> Problems:
         policy_bundle_ok(p, "node.policy_dir", s.policy_dir, config.tls.ca if config.tls else None)
     for key, path in (("node.pseudonym_key_file", s.pseudonym_key_file), ("node.column_key_file", s.column_key_file),
                       ("node.audit_key", s.audit_key)):  # fmt: skip
-        if path is not None:
-            file_ok(p, key, path, secret=True)
-    if s.gateway_audit_key is not None:
-        file_ok(p, "node.gateway_audit_key", s.gateway_audit_key)
+        if path is not None and file_ok(p, key, path, secret=True):
+            _key_loads(p, key, path)
+    if s.gateway_audit_key is not None and file_ok(p, "node.gateway_audit_key", s.gateway_audit_key):
+        _key_loads(p, "node.gateway_audit_key", s.gateway_audit_key)
+    if s.audit_db is not None and s.audit_db.resolve() == s.store.resolve():
+        p.add(f"node.audit_db = {s.audit_db}: is the store itself; the audit log needs a file of its own")
     if s.audit_db is not None:
         file_ok(p, "node.audit_db (its directory)", s.audit_db.parent, is_dir=True)
         private_file_ok(p, "node.audit_db", s.audit_db)

@@ -344,3 +344,24 @@ def test_init_refuses_what_it_would_write_into_toml(tmp_path: Path, args: list[s
     code, out = xgate(*args[:2], "--home", str(tmp_path / "home"), *args[2:])
     assert code == 1 and message in out, out
     assert not (tmp_path / "home" / "gateway.toml").exists() and not (tmp_path / "home" / "node.toml").exists()
+
+
+def test_check_loads_each_key_and_file_it_calls_ok(federation: Path) -> None:
+    """`config check` said ok for a users file of `[1]` (serve then answered every request 500), for
+    garbage audit and witness keys (serve refused them), and for a node whose audit log was its store."""
+    gw, node = federation / "gw", federation / "tax"
+    (gw / "keys/users.json").write_text("[1]")
+    (gw / "keys/audit.key.pem").write_bytes(b"\xf4garbage")
+    code, out = xgate("config", "check", str(gw / "gateway.toml"))
+    assert code == 1, out
+    assert "gateway.users_file" in out and "not in" in out, out
+    assert "gateway.audit_key" in out and "cannot load Ed25519 key" in out, out
+
+    text = (node / "node.toml").read_text()
+    store = next(line.split("=", 1)[1].split("#")[0].strip() for line in text.splitlines() if line.startswith("store"))
+    (node / "node.toml").write_text(text.replace('audit_db = "data/audit.sqlite"', f"audit_db = {store}"))
+    (node / "keys/pseudonym.key").write_bytes(b"z" * 64)
+    code, out = xgate("config", "check", str(node / "node.toml"), "--before-load")
+    assert code == 1, out
+    assert "node.audit_db" in out and "is the store itself" in out, out
+    assert "node.pseudonym_key_file" in out and "not hex digits" in out, out
