@@ -45,6 +45,7 @@ from xgate.errors import (
     PayloadTooLarge,
     RequestCancelled,
     RequestTimeout,
+    UnsupportedMediaType,
     XgateError,
     http_headers,
 )
@@ -368,6 +369,23 @@ async def send_error(scope: Scope, send: Send, exc: XgateError) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
+def media_type_problem(headers: dict[bytes, bytes]) -> UnsupportedMediaType | None:
+    """Every body the API takes is uncompressed UTF-8 JSON. A body declared as anything else was
+    parsed as JSON all the same (gzip and br were ignored, a form was read as an empty object), so a
+    proxy that decodes what the gateway ignores would see another request than the gateway did."""
+    encoding = headers.get(b"content-encoding", b"").decode("latin-1").strip().lower()
+    if encoding not in ("", "identity"):
+        return UnsupportedMediaType(f"Content-Encoding '{encoding[:32]}' is not accepted: send the body uncompressed")
+    media, _, parameters = headers.get(b"content-type", b"").decode("latin-1").partition(";")
+    if media.strip().lower() != "application/json":
+        return UnsupportedMediaType("send the body as Content-Type: application/json")
+    for parameter in parameters.split(";"):
+        name, _, value = parameter.partition("=")
+        if name.strip().lower() == "charset" and value.strip().strip('"').lower() not in ("utf-8", "utf8"):
+            return UnsupportedMediaType("a JSON body is UTF-8: send charset=utf-8 or no charset")
+    return None
+
+
 class _Refused(Exception):
     def __init__(self, error: XgateError) -> None:
         self.error = error
@@ -414,6 +432,10 @@ class AdmissionMiddleware:
                 await send_error(scope, send, exc)
                 return
         has_body = declared is None or declared > 0  # None: chunked, length unknown
+        unsupported = media_type_problem(headers) if has_body else None
+        if unsupported is not None:
+            await send_error(scope, send, unsupported)
+            return
         if not has_body and not supervised:
             await self.app(scope, receive, send)
             return

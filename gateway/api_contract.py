@@ -237,6 +237,7 @@ _DESCRIPTIONS = {
     408: "Request body not received within the read deadline",
     409: "Conflict (integrity, a job that exists, a busy runner, an Idempotency-Key still running)",
     413: "Request body or batch too large",
+    415: "Request body not sent as uncompressed application/json (UTF-8)",
     422: "Idempotency-Key reused with another request body",
     429: "Rate limit, failed-authentication limit or probing budget exhausted (Retry-After)",
     500: "Internal error",
@@ -258,7 +259,7 @@ def _statuses(path: str, method: str, operation: dict[str, Any]) -> set[int]:
     if "{" in path:
         out.add(404)
     if "requestBody" in operation or method in {"post", "put", "patch"}:
-        out |= {408, 413, 503}
+        out |= {408, 413, 415, 503}
     if path.startswith(("/v1/checks", "/v1/nodes", "/v1/audit/checkpoints", "/v1/console/checkpoints")):
         out |= {502, 503, 504, 404}
     if path.startswith("/v1/checks"):

@@ -12,6 +12,7 @@ The tree, with (public code, HTTP status, gRPC status):
     ├── InvalidInput           invalid_input         400  INVALID_ARGUMENT
     │   ├── PayloadTooLarge    payload_too_large     413  RESOURCE_EXHAUSTED
     │   ├── RequestHeadTooLarge request_head_too_large 431 RESOURCE_EXHAUSTED  (request line and headers)
+    │   ├── UnsupportedMediaType unsupported_media_type 415 INVALID_ARGUMENT  (a body not sent as plain JSON)
     │   ├── WitnessConflict    witness_conflict      409  FAILED_PRECONDITION
     │   ├── IdempotencyKeyInvalid invalid_idempotency_key 400 INVALID_ARGUMENT
     │   ├── IdempotencyKeyReused idempotency_key_reused 422 INVALID_ARGUMENT  (same key, another body)
@@ -113,6 +114,14 @@ class RequestHeadTooLarge(InvalidInput):
     code = "request_head_too_large"
     http_status = 431
     grpc_status = "RESOURCE_EXHAUSTED"
+
+
+class UnsupportedMediaType(InvalidInput):
+    """A request body sent as something else than uncompressed `application/json`."""
+
+    code = "unsupported_media_type"
+    http_status = 415
+    grpc_status = "INVALID_ARGUMENT"
 
 
 class WitnessConflict(InvalidInput):

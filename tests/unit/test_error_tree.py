@@ -30,6 +30,7 @@ TABLE: dict[str, tuple[str, int, str]] = {
     "InvalidInput": ("invalid_input", 400, "INVALID_ARGUMENT"),
     "PayloadTooLarge": ("payload_too_large", 413, "RESOURCE_EXHAUSTED"),
     "RequestHeadTooLarge": ("request_head_too_large", 431, "RESOURCE_EXHAUSTED"),
+    "UnsupportedMediaType": ("unsupported_media_type", 415, "INVALID_ARGUMENT"),
     "WitnessConflict": ("witness_conflict", 409, "FAILED_PRECONDITION"),
     "ConfigError": ("config_error", 500, "FAILED_PRECONDITION"),
     "NotFound": ("not_found", 404, "NOT_FOUND"),

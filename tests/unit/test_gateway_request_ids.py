@@ -4,6 +4,7 @@ it; a gateway whose log is compromised refuses actions with 503 but still answer
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -181,3 +182,34 @@ def test_a_body_that_is_not_json_is_invalid_input_saying_so(tmp_path: Path, body
         assert _request_entry(audit, r.headers["X-Request-Id"])["error"] == "invalid_input"
     assert r.status_code == 400, r.text
     assert r.json()["error"] == "invalid_input" and r.json()["message"].startswith(problem), r.json()
+
+
+@pytest.mark.parametrize(
+    ("headers", "problem"),
+    [
+        ({"Content-Encoding": "gzip", "Content-Type": "application/json"}, "Content-Encoding 'gzip' is not accepted"),
+        ({"Content-Encoding": "br", "Content-Type": "application/json"}, "Content-Encoding 'br' is not accepted"),
+        ({"Content-Type": "text/plain"}, "send the body as Content-Type: application/json"),
+        ({"Content-Type": "application/x-www-form-urlencoded"}, "send the body as Content-Type: application/json"),
+        ({}, "send the body as Content-Type: application/json"),
+        ({"Content-Type": "application/json; charset=utf-16"}, "a JSON body is UTF-8"),
+    ],
+    ids=["gzip", "br", "text", "form", "none", "utf-16"],
+)
+def test_a_body_not_sent_as_plain_json_is_415(
+    env: tuple[TestClient, GatewayAudit, Coordinator], headers: dict[str, str], problem: str
+) -> None:
+    """A body declared gzip (or br, or a form) was parsed as plain JSON all the same and answered 200,
+    so a proxy that decodes what the gateway ignores would see another request than the gateway."""
+    client, audit, coordinator = env
+    coordinator.fail = AssertionError("must not run")
+    r = client.post(
+        "/v1/checks", content=json.dumps(BODY).encode(), headers={"Authorization": "Bearer good", **headers}
+    )
+    assert r.status_code == 415 and r.json()["error"] == "unsupported_media_type", r.text
+    assert problem in r.json()["message"] and coordinator.seen == []
+    assert _request_entry(audit, r.headers["X-Request-Id"])["status"] == 415
+    # Positive control: the same body as plain JSON (with the charset spelled out) reaches the check.
+    coordinator.fail = PolicyDenied("no permit for this purpose")
+    ok = {"Authorization": "Bearer good", "Content-Type": "application/json; charset=utf-8"}
+    assert client.post("/v1/checks", content=json.dumps(BODY).encode(), headers=ok).status_code == 403

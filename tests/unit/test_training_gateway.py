@@ -127,7 +127,7 @@ def env(tmp_path: Path) -> Iterator[tuple[TestClient, TrainingService, Log, Fake
 
 
 def post(client: TestClient, user: str | None, body: Any) -> Any:
-    headers = {"x-user": user} if user else {}
+    headers = {"x-user": user, "Content-Type": "application/json"} if user else {"Content-Type": "application/json"}
     return client.post("/v1/training/jobs", content=json.dumps(body), headers=headers)
 
 
@@ -149,13 +149,21 @@ def test_refusals_before_anything_runs(env: Any) -> None:
     del body["legal_basis"]
     r = post(client, "analyst", body)
     assert r.status_code == 400 and r.json()["message"].startswith("legal_basis")
-    r = client.post("/v1/training/jobs", content=b"{not json", headers={"x-user": "analyst"})
+    r = client.post(
+        "/v1/training/jobs", content=b"{not json", headers={"x-user": "analyst", "Content-Type": "application/json"}
+    )
     assert r.status_code == 400
     # Nested deeper than the parser's stack, or far larger than any job: refused, never a 500.
     deep = b"[" * 100_000 + b"]" * 100_000  # 200 kB, within the job body limit
-    r = client.post("/v1/training/jobs", content=deep, headers={"x-user": "analyst"})
+    r = client.post(
+        "/v1/training/jobs", content=deep, headers={"x-user": "analyst", "Content-Type": "application/json"}
+    )
     assert r.status_code == 400 and r.json()["error"] == "invalid_input"
-    r = client.post("/v1/training/jobs", content=b" " * 300_000 + b"{}", headers={"x-user": "analyst"})
+    r = client.post(
+        "/v1/training/jobs",
+        content=b" " * 300_000 + b"{}",
+        headers={"x-user": "analyst", "Content-Type": "application/json"},
+    )
     assert r.status_code == 413 and r.json()["error"] == "payload_too_large"
     assert post(client, "analyst", {**job_body("r-7"), "requester": "medical-analyst"}).status_code == 403
     assert service.active is None and not (service.jobs_dir / "r-1").exists()
@@ -185,12 +193,19 @@ def test_accepted_job_runs_in_the_background(env: Any) -> None:
         assert client.get(accepted["status_url"], headers={"x-user": outsider}).status_code == 404
     assert client.get(accepted["status_url"], headers={"x-user": "hrss-admin"}).status_code == 200
     assert client.get(accepted["status_url"], headers={"x-user": "officer"}).status_code == 200
-    assert client.get("/v1/training/jobs/ghost-9/status", headers={"x-user": "analyst"}).status_code == 404
+    assert (
+        client.get(
+            "/v1/training/jobs/ghost-9/status", headers={"x-user": "analyst", "Content-Type": "application/json"}
+        ).status_code
+        == 404
+    )
 
     runner.gate.set()
     assert runner.done.wait(20)
     service._thread.join(10)
-    status = client.get(accepted["status_url"], headers={"x-user": "analyst"}).json()
+    status = client.get(
+        accepted["status_url"], headers={"x-user": "analyst", "Content-Type": "application/json"}
+    ).json()
     assert status["state"] == "completed" and status["requester"] == "an-liu" and status["rounds"] == 1
     assert status["gateway_decision"]["datasets"] == ["medical.claims_2025"]
     assert service.active is None
@@ -221,7 +236,9 @@ def test_node_refusal_is_recorded_and_ends_the_job(env: Any, tmp_path: Path) -> 
     assert post(client, "analyst", job_body("nr-1", epsilon=1.0)).status_code == 202
     assert runner.done.wait(20)
     service._thread.join(10)
-    status = client.get("/v1/training/jobs/nr-1/status", headers={"x-user": "analyst"}).json()
+    status = client.get(
+        "/v1/training/jobs/nr-1/status", headers={"x-user": "analyst", "Content-Type": "application/json"}
+    ).json()
     assert status["state"] == "refused" and "region1" in status["reason"]
     kinds = log.kinds("nr-1")
     assert kinds[-2:] == ["training_node_refused", "training_job_refused"]
@@ -238,7 +255,9 @@ def test_shutdown_stops_the_running_job_and_records_it(env: Any) -> None:
         threading.Event().wait(0.05)
     service.close(timeout_s=10)
     assert runner.federation.closed == 1 and runner.done.is_set() and service.active is None
-    status = client.get("/v1/training/jobs/sd-1/status", headers={"x-user": "analyst"}).json()
+    status = client.get(
+        "/v1/training/jobs/sd-1/status", headers={"x-user": "analyst", "Content-Type": "application/json"}
+    ).json()
     assert status["state"] == "failed" and "processes stopped" in status["reason"]
     assert log.kinds("sd-1")[-1] == "training_job_failed"
     busy = post(client, "analyst", job_body("sd-2"))  # a closing gateway takes no new job
