@@ -84,7 +84,7 @@ def check_cmd(
 
 
 def _refuse_existing(path: Path) -> None:
-    if path.exists():
+    if path.exists() or path.is_symlink():  # a dangling link was written through
         raise ConfigError(f"{path} already exists: refusing to overwrite a key (move it away first)")
 
 
@@ -134,6 +134,7 @@ def audit_key_cmd(
 
     with fail_on_error():
         _refuse_existing(Path(f"{out}.key.pem"))
+        _refuse_existing(Path(f"{out}.pub.pem"))  # the half others verify with was replaced alone
         priv, pub = save_keypair(generate_key(), out)
         typer.echo(f"{priv}: private (0600)\n{pub}: public (give the gateway's to every node, a node's to the gateway)")
 

@@ -24,7 +24,7 @@ from Crypto.PublicKey import ECC
 from Crypto.Signature import eddsa
 
 from audit.merkle import HASH_SIZE
-from xgate.errors import CryptoError, IntegrityError
+from xgate.errors import CryptoError, IntegrityError, InvalidInput
 
 SIG_PREFIX = "\u2014 "  # em dash + space starts every signature line
 ALG_ED25519 = 0x01
@@ -43,12 +43,18 @@ def generate_key() -> EccKey:
 
 def save_keypair(key: EccKey, prefix: Path) -> tuple[Path, Path]:
     """Write ``<prefix>.key.pem`` (private, mode 0600) and ``<prefix>.pub.pem``."""
+    if not Path(prefix).name or Path(prefix).is_dir():  # `--out .` wrote "..key.pem"
+        raise InvalidInput(f"{prefix}: a path prefix is needed (e.g. keys/audit), not a directory")
     priv, pub = Path(f"{prefix}.key.pem"), Path(f"{prefix}.pub.pem")
+    if pub.exists() or pub.is_symlink():  # the public half others verify with is never replaced alone
+        raise FileExistsError(17, "File exists", str(pub))
     priv.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(priv, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as fh:
         fh.write(key.export_key(format="PEM"))
-    pub.write_text(key.public_key().export_key(format="PEM"))
+    fd = os.open(pub, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(key.public_key().export_key(format="PEM"))
     return priv, pub
 
 

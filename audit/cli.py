@@ -243,7 +243,7 @@ def keygen_cmd(
         try:
             priv, pub = save_keypair(generate_key(), out)
         except FileExistsError as exc:
-            raise CryptoError("refusing to overwrite an existing private key") from exc
+            raise CryptoError(f"{exc.filename or out} exists: refusing to overwrite a key") from None
         typer.echo(f"private key: {priv} (keep secret)\npublic key:  {pub}")
 
 

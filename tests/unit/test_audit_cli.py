@@ -32,6 +32,23 @@ def test_keygen_refuses_to_overwrite(tmp_path: Path) -> None:
     assert runner.invoke(app, ["audit", "keygen", "--out", str(tmp_path / "k")]).exit_code == 0
     r = runner.invoke(app, ["audit", "keygen", "--out", str(tmp_path / "k")])
     assert r.exit_code == 1 and "overwrite" in r.output
+    # The private half gone, the public half stays: it replaced the key every witness verified with.
+    (tmp_path / "k.key.pem").unlink()
+    public = (tmp_path / "k.pub.pem").read_text()
+    for command in (["audit", "keygen"], ["keys", "audit"]):
+        r = runner.invoke(app, [*command, "--out", str(tmp_path / "k")])
+        assert r.exit_code != 0 and "k.pub.pem" in r.output, r.output
+    assert (tmp_path / "k.pub.pem").read_text() == public and not (tmp_path / "k.key.pem").exists()
+    # A directory is no prefix: `--out .` wrote "..key.pem".
+    r = runner.invoke(app, ["audit", "keygen", "--out", str(tmp_path)])
+    assert r.exit_code == 1 and "a path prefix is needed" in r.output, r.output
+
+
+def test_keys_are_never_written_through_a_dangling_link(tmp_path: Path) -> None:
+    (tmp_path / "pseudonym.key").symlink_to(tmp_path / "elsewhere" / "taken.key")
+    r = runner.invoke(app, ["keys", "pseudonym", "--out", str(tmp_path / "pseudonym.key")])
+    assert r.exit_code != 0 and "already exists" in r.output, r.output
+    assert not (tmp_path / "elsewhere").exists()
 
 
 def test_verify_log_ok_then_tampered(tmp_path: Path) -> None:
