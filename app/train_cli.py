@@ -502,12 +502,22 @@ def sign(
     typer.echo(f"signed job {signed.job_id} for {requester} -> {out}")
 
 
+def _job_id_shape(job_id: str) -> None:
+    """A job id names a directory under --root: `../..` read another directory's files."""
+    if not re.fullmatch(r"[a-z0-9][a-z0-9_\-]{2,63}", job_id):
+        _fail(f"'{job_id[:64]}' is not a job id (3-64 of a-z, 0-9, _ and -)")
+
+
 @app.command()
 def status(
     job_id: str = typer.Argument(None, help="job id (all jobs when omitted)"),
     root: Path = typer.Option(DEFAULT_ROOT, "--root"),
 ) -> None:
     """State of one job (or all jobs) from its status.json; a job whose runner died is marked failed."""
+    if job_id:
+        _job_id_shape(job_id)
+    if not root.is_dir():
+        _fail(f"--root {root}: no such directory (where `xgate train submit` keeps its jobs)")
     dirs = [root / job_id] if job_id else sorted(p for p in root.glob("*") if (p / "status.json").exists())
     if job_id and not (root / job_id / "status.json").exists():
         _fail(f"no job '{job_id}' in {root}")
@@ -545,6 +555,7 @@ def logs(
 ) -> None:
     """The job's progress so far (each node's admission, rounds, outcome), its audit events, or
     Flower's run log."""
+    _job_id_shape(job_id)
     d = root / job_id
     if not d.exists():
         _fail(f"no job '{job_id}' in {root}")

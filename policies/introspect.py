@@ -28,6 +28,8 @@ def _ref(resource: str) -> tuple[str, str]:
 def who_can(engine: PolicyEngine, data_element: str, action: str = "check") -> list[analysis.Grant]:
     """Every permit that can release `data_element`, its principal constraints, purposes and
     the registered users who satisfy them. Forbids still apply: see restrictions()."""
+    if action not in ACTIONS:  # "nobody may fly" was answered as if it were a finding
+        raise InvalidInput(f"action must be one of {', '.join(ACTIONS)}, not '{action[:32]}'")
     kind, ident = _ref(data_element)
     if not engine.resource_exists(kind, ident):
         raise NotFound(f"{kind} '{ident}' is not registered")

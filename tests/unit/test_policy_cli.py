@@ -42,3 +42,5 @@ def test_who_can() -> None:
     assert "baseline-core-needs-approval" in result.output
     missing = runner.invoke(app, ["who-can", "--data-element", "tax.nothing"])
     assert missing.exit_code != 0
+    fly = runner.invoke(app, ["who-can", "--data-element", "household.deceased", "--action", "fly"])
+    assert fly.exit_code == 1 and "action must be one of check, train" in fly.output  # was "nobody: ...", exit 0

@@ -477,3 +477,14 @@ def test_job_and_nodes_files_saved_with_a_bom_load_and_errors_say_what_is_wrong(
     path.write_bytes(b"\xef\xbb\xbf\xfc" + text.encode())  # counted in the file, the BOM included
     with pytest.raises(ConfigError, match=r"is not UTF-8 text \(byte 0xfc at offset 3\)"):
         load_job(path)
+
+
+def test_a_job_id_is_a_job_id_and_the_root_a_directory(tmp_path: Path) -> None:
+    """`train logs ../..` read another directory's events; `status --root /nonexistent` said "no jobs"."""
+    (tmp_path / "jobs").mkdir()
+    (tmp_path / "events.jsonl").write_text('{"event": "elsewhere"}\n')
+    for command in ("logs", "status"):
+        res = _invoke(command, "..", "--root", tmp_path / "jobs")
+        assert res.exit_code == 1 and "'..' is not a job id" in res.output, res.output
+    res = _invoke("status", "--root", tmp_path / "nonexistent")
+    assert res.exit_code == 1 and "no such directory" in res.output, res.output
