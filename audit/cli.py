@@ -87,6 +87,13 @@ def verify_log_cmd(
             if report.quorum
             else "; no witnesses named: a history re-signed with the log key would pass (name them with --witness)"
         )
+        if report.checkpoints == 0 and report.size > 0:  # "OK" with any key at all, before
+            typer.echo(
+                f"OK, HASHES ONLY: {report.origin}: {report.size} entries, root {report.root.hex()}; no signed "
+                "checkpoint yet, so --key was not used and nothing shows who wrote them (publish one: "
+                "the gateway does every minute, `xgate audit bundle --sign-key` for a node's log)"
+            )
+            return
         typer.echo(
             f"OK: {report.origin}: {report.size} entries, root {report.root.hex()}; "
             f"{report.checkpoints} checkpoints verified (latest at size {report.latest_checkpoint_size}, "

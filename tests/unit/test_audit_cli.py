@@ -112,3 +112,13 @@ def test_unknown_request_is_a_clear_error(tmp_path: Path) -> None:
     db, _, _ = _setup(tmp_path)
     r = runner.invoke(app, ["audit", "bundle", "nope", "--db", str(db), "--out", str(tmp_path / "b.json")])
     assert r.exit_code == 1 and "no audit entries" in r.output
+
+
+def test_a_log_with_no_checkpoint_says_the_key_was_not_used(tmp_path: Path) -> None:
+    """It printed a plain "OK" for any key at all, another party's included."""
+    db = tmp_path / "a.db"
+    with AuditLog.open(db, origin=ORIGIN) as log:
+        log.append(record(1))
+    assert runner.invoke(app, ["audit", "keygen", "--out", str(tmp_path / "other")]).exit_code == 0
+    r = runner.invoke(app, ["audit", "verify-log", "--db", str(db), "--key", str(tmp_path / "other.pub.pem")])
+    assert r.exit_code == 0 and r.output.startswith("OK, HASHES ONLY:") and "--key was not used" in r.output
