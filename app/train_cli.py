@@ -516,13 +516,11 @@ def status(
     """State of one job (or all jobs) from its status.json; a job whose runner died is marked failed."""
     if job_id:
         _job_id_shape(job_id)
-    if not root.is_dir():
-        _fail(f"--root {root}: no such directory (where `xgate train submit` keeps its jobs)")
     dirs = [root / job_id] if job_id else sorted(p for p in root.glob("*") if (p / "status.json").exists())
     if job_id and not (root / job_id / "status.json").exists():
         _fail(f"no job '{job_id}' in {root}")
-    if not dirs:
-        typer.echo(f"no jobs in {root}")
+    if not dirs:  # before the first job, the default root does not exist yet: nothing is wrong
+        typer.echo(f"no jobs in {root}" + ("" if root.is_dir() else " (no such directory yet)"))
     unreadable = 0
     for d in dirs:
         _settle_runner(d)

@@ -133,6 +133,11 @@ class NodeStore:
         except sqlite3.Error as exc:
             raise _store_error(path, exc) from None
         try:
+            tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            if tables and not tables & {"elements", "element_values", "datasets"}:  # e.g. an audit log: left alone
+                conn.close()
+                shown = ", ".join(sorted(tables)[:4])
+                raise ConfigError(f"node store {path} is another database (tables {shown}), not an xgate node store")
             if not read_only:
                 conn.execute("PRAGMA journal_mode=WAL")
                 conn.execute("PRAGMA synchronous=FULL")

@@ -175,6 +175,21 @@ def test_a_store_path_sqlite_cannot_use_is_a_config_error(tmp_path: Path) -> Non
     assert (tmp_path / "text.sqlite").read_text() == "national_id,monthly_income\n" * 100
 
 
+def test_another_database_named_as_the_store_is_left_alone(tmp_path: Path) -> None:
+    """An audit log named as the store got the store's tables and rows written into it (review)."""
+    from audit.store import AuditLog
+    from audit.testing import ORIGIN, record
+
+    audit = tmp_path / "audit.sqlite"
+    with AuditLog.open(audit, origin=ORIGIN) as log:
+        log.append(record(1))
+    before = sqlite3.connect(audit).execute("SELECT name FROM sqlite_master ORDER BY name").fetchall()
+    for read_only in (False, True):
+        with pytest.raises(ConfigError, match=r"is another database .* not an xgate node store"):
+            NodeStore.open(audit, read_only=read_only)
+    assert sqlite3.connect(audit).execute("SELECT name FROM sqlite_master ORDER BY name").fetchall() == before
+
+
 def test_a_store_sqlite_cannot_write_or_open_is_a_config_error(tmp_path: Path) -> None:
     path = tmp_path / "store.sqlite"
     NodeStore.open(path).close()
