@@ -20,24 +20,14 @@ def _ok(*args: str) -> str:
     return result.stdout
 
 
+def _issue_tax(ca: str, out: Path, address: str) -> list[str]:
+    return ["issue", "--ca", ca, "--kind", "node", "--agency", "tax", "--out", str(out), "--address", address]
+
+
 def test_init_issue_revoke_show(tmp_path: Path) -> None:
     ca = str(tmp_path / "ca")
     _ok("init", "--ca", ca, "--name", "T")
-    issued = json.loads(
-        _ok(
-            "issue",
-            "--ca",
-            ca,
-            "--kind",
-            "node",
-            "--agency",
-            "tax",
-            "--out",
-            str(tmp_path / "tax"),
-            "--address",
-            "127.0.0.1:7001",
-        )
-    )
+    issued = json.loads(_ok(*_issue_tax(ca, tmp_path / "tax", "127.0.0.1:7001")))
     shown = json.loads(_ok("show", issued["cert"]))
     assert (shown["agency"], shown["kind"], shown["serial"]) == ("tax", "node", issued["serial"])
     _ok("revoke", "--ca", ca, "--serial", issued["serial"])
@@ -119,22 +109,9 @@ def test_the_ca_never_publishes_an_address_that_is_not_host_port(tmp_path: Path,
     """`pki set-address --address x` and `pki issue --address h:99999` published them in the signed directory."""
     ca = str(tmp_path / "ca")
     _ok("init", "--ca", ca, "--name", "T")
-    r = runner.invoke(app, ["issue", "--ca", ca, "--kind", "node", "--agency", "tax", "--out", str(tmp_path / "t"),
-                            "--address", address])  # fmt: skip
+    r = runner.invoke(app, _issue_tax(ca, tmp_path / "t", address))
     assert r.exit_code == 1 and "--address: " in r.output and "is not host:port" in r.output, r.output
-    _ok(
-        "issue",
-        "--ca",
-        ca,
-        "--kind",
-        "node",
-        "--agency",
-        "tax",
-        "--out",
-        str(tmp_path / "t"),
-        "--address",
-        "tax.gov:7443",
-    )
+    _ok(*_issue_tax(ca, tmp_path / "t", "tax.gov:7443"))
     r = runner.invoke(app, ["set-address", "--ca", ca, "--kind", "node", "--agency", "tax", "--address", address])
     assert r.exit_code == 1 and "is not host:port" in r.output, r.output
     assert "tax.gov:7443" in (tmp_path / "ca" / "federation.json").read_text()
