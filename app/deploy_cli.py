@@ -272,7 +272,7 @@ _AGENCY_ID = re.compile(r"^[a-z][a-z0-9_]{1,31}$")  # as crypto.pki: agency ids 
 
 
 def agency_id(value: str) -> str:
-    if not _AGENCY_ID.match(value):
+    if not _AGENCY_ID.fullmatch(value):
         raise InvalidInput(f"--agency: '{value[:40]}' is not an agency id (^[a-z][a-z0-9_]{{1,31}}$, e.g. tax)")
     return value
 

@@ -214,7 +214,7 @@ def time_zone(name: str) -> ZoneInfo:
 
     try:
         return ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError):
+    except (ZoneInfoNotFoundError, ValueError, OSError):  # OSError: a directory such as "Asia"
         raise InvalidInput(f"--tz: no time zone '{name[:64]}' (an IANA name, such as Asia/Shanghai or UTC)") from None
 
 

@@ -90,7 +90,7 @@ class SigningKey:
         """A new key for `agency` (a party, a user or a manager's id). The name goes into the key
         file's header line and into the TOML entry the keygen commands print, so it is an id, never
         text that could end a line or a string there."""
-        if not _KEY_OWNER.match(agency):
+        if not _KEY_OWNER.fullmatch(agency):
             raise InvalidInput(f"a key's owner must be 1-64 of letters, digits, _ . @ - (got {agency[:64]!r})")
         return cls(Ed25519PrivateKey.generate(), agency, kind)
 

@@ -96,7 +96,7 @@ def _save_pair(key: ec.EllipticCurvePrivateKey, out_dir: Path, agency: str) -> t
 
 def generate_supernode_key(out_dir: Path, agency: str) -> SuperNodeKey:
     """A fresh P-256 key pair without a certificate (tests; agencies generating their own key)."""
-    if not _AGENCY.match(agency):
+    if not _AGENCY.fullmatch(agency):
         raise CryptoError("agency id must match ^[a-z][a-z0-9_]{1,31}$")
     priv, pub = _save_pair(ec.generate_private_key(ec.SECP256R1()), out_dir, agency)
     return SuperNodeKey(agency, priv, pub)

@@ -108,7 +108,7 @@ def target_name(agency: str, kind: str = "node") -> str:
 
 
 def _check_ids(agency: str, kind: str) -> None:
-    if not _AGENCY.match(agency):
+    if not _AGENCY.fullmatch(agency):
         raise InvalidInput("agency id must match ^[a-z][a-z0-9_]{1,31}$", agency=agency[:40])
     if kind not in KINDS:
         raise InvalidInput(f"kind must be one of {', '.join(KINDS)}", kind=kind[:40])

@@ -369,19 +369,28 @@ async def send_error(scope: Scope, send: Send, exc: XgateError) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-def media_type_problem(headers: dict[bytes, bytes]) -> UnsupportedMediaType | None:
+def media_type_problem(raw_headers: Iterable[tuple[bytes, bytes]]) -> UnsupportedMediaType | None:
     """Every body the API takes is uncompressed UTF-8 JSON. A body declared as anything else was
     parsed as JSON all the same (gzip and br were ignored, a form was read as an empty object), so a
-    proxy that decodes what the gateway ignores would see another request than the gateway did."""
-    encoding = headers.get(b"content-encoding", b"").decode("latin-1").strip().lower()
-    if encoding not in ("", "identity"):
-        return UnsupportedMediaType(f"Content-Encoding '{encoding[:32]}' is not accepted: send the body uncompressed")
-    media, _, parameters = headers.get(b"content-type", b"").decode("latin-1").partition(";")
-    if media.strip().lower() != "application/json":
-        return UnsupportedMediaType("send the body as Content-Type: application/json")
-    for parameter in parameters.split(";"):
-        name, _, value = parameter.partition("=")
-        if name.strip().lower() == "charset" and value.strip().strip('"').lower() not in ("utf-8", "utf8"):
+    proxy that decodes what the gateway ignores would see another request than the gateway did.
+    Every header line counts: a repeated one (gzip, then identity) is not read as its last."""
+    encodings: list[str] = []
+    types: list[str] = []
+    for name, value in raw_headers:
+        if name.lower() == b"content-encoding":
+            encodings += [e.strip().lower() for e in value.decode("latin-1").split(",")]
+        elif name.lower() == b"content-type":
+            types.append(value.decode("latin-1"))
+    unaccepted = [e for e in encodings if e not in ("", "identity")]
+    if unaccepted:
+        return UnsupportedMediaType(
+            f"Content-Encoding '{unaccepted[0][:32]}' is not accepted: send the body uncompressed"
+        )
+    if len(types) != 1 or types[0].partition(";")[0].strip().lower() != "application/json":
+        return UnsupportedMediaType("send the body as Content-Type: application/json (once)")
+    for parameter in types[0].partition(";")[2].split(";"):
+        key, _, setting = parameter.partition("=")
+        if key.strip().lower() == "charset" and setting.strip().strip('"').lower() not in ("utf-8", "utf8"):
             return UnsupportedMediaType("a JSON body is UTF-8: send charset=utf-8 or no charset")
     return None
 
@@ -432,7 +441,7 @@ class AdmissionMiddleware:
                 await send_error(scope, send, exc)
                 return
         has_body = declared is None or declared > 0  # None: chunked, length unknown
-        unsupported = media_type_problem(headers) if has_body else None
+        unsupported = media_type_problem(scope.get("headers", [])) if has_body else None
         if unsupported is not None:
             await send_error(scope, send, unsupported)
             return

@@ -88,7 +88,7 @@ def _save(path: Path, users: list[dict[str, Any]]) -> None:
 
 def check_user_id(user: str) -> str:
     """A user id's shape; never a resident identity number (ids reach every audit log and report)."""
-    if not _USER.match(user):
+    if not _USER.fullmatch(user):
         raise InvalidInput("user id must be 1-64 of letters, digits, _ . @ -")
     if contains_national_id(user):
         raise InvalidInput(
@@ -100,7 +100,7 @@ def check_user_id(user: str) -> str:
 def new_user(user: str, agency: str, role: str, tier: str) -> tuple[str, dict[str, Any]]:
     """A validated user record with a fresh API key: (the key, shown once; the record, its hash only)."""
     check_user_id(user)
-    if not _AGENCY.match(agency):
+    if not _AGENCY.fullmatch(agency):
         raise InvalidInput("agency id must match ^[a-z][a-z0-9_]{1,31}$")
     if role not in ROLES:
         raise InvalidInput(f"role must be one of {', '.join(ROLES)}")

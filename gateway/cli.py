@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from xgate.cli_support import fail_on_error
+from xgate.cli_support import fail_on_error, keep_tracebacks
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -21,6 +21,7 @@ def serve(
     insecure: bool = typer.Option(False, "--insecure", help="no TLS anywhere (development only)"),
 ) -> None:
     """Serve the REST API until SIGTERM/SIGINT."""
+    keep_tracebacks()  # a crash of a service is a bug: its traceback goes to the service's log
     from gateway.config import load_gateway_config
     from gateway.server import serve as run
     from xgate.logging import configure

@@ -41,7 +41,9 @@ class HeadDeadlineProtocol(HttpToolsProtocol):
     max_head_bytes: int = MAX_HEAD_BYTES
     _head_timer: asyncio.TimerHandle | None = None
     _awaiting_head = True  # from the connection's start, or the end of the previous request's body
-    _head_bytes = 0
+    _head_bytes = 0  # bytes of the head being received, counted as they arrive
+    _feed_head_done = False  # within one data_received: a head ended
+    _feed_body = 0  # within one data_received: body bytes the parser handed on
     _refused = False
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -51,20 +53,32 @@ class HeadDeadlineProtocol(HttpToolsProtocol):
     def data_received(self, data: bytes) -> None:
         if self._refused:
             return
-        counting = self._awaiting_head
+        self._feed_head_done, self._feed_body = False, 0
         super().data_received(data)
-        # Counted per chunk (asyncio reads at most 256 kB at once): a chunk that completed the head
-        # is not counted, so a head may pass the limit by one chunk, never by more.
-        if counting and self._awaiting_head and not self._refused:
-            self._head_bytes += len(data)
-            if self._head_bytes > self.max_head_bytes:
-                log.info("request_head_too_large", limit_bytes=self.max_head_bytes)
-                self._refuse(RequestHeadTooLarge(f"the request line and headers exceed {self.max_head_bytes} bytes"))
+        if self._refused or not self._awaiting_head:
+            return
+        if self._feed_head_done:  # a head ended in this chunk: what follows a body's end is not known
+            self._head_bytes = 0  # to the byte, so the next head may pass the limit by one chunk
+            return
+        # Bytes of this chunk that were not body: the head being received (and a body's chunk framing).
+        self._head_bytes += len(data) - self._feed_body
+        if self._head_bytes > self.max_head_bytes:
+            log.info("request_head_too_large", limit_bytes=self.max_head_bytes)
+            error = RequestHeadTooLarge(f"the request line and headers exceed {self.max_head_bytes} bytes")
+            if self.cycle is None or self.cycle.response_complete:
+                self._refuse(error)
+            else:  # a pipelined head while an answer is being written: no room for a second answer
+                self._refused = True
+                self._drop()
 
     def on_headers_complete(self) -> None:
-        self._awaiting_head = False
+        self._awaiting_head, self._feed_head_done, self._head_bytes = False, True, 0
         self._disarm()
         super().on_headers_complete()
+
+    def on_body(self, body: bytes) -> None:
+        self._feed_body += len(body)
+        super().on_body(body)
 
     def on_message_complete(self) -> None:
         super().on_message_complete()
@@ -76,7 +90,8 @@ class HeadDeadlineProtocol(HttpToolsProtocol):
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
-        self._arm()  # the next request's head, on a kept-alive connection
+        if self.cycle is None or self.cycle.response_complete:  # not a pipelined request already started
+            self._arm()  # the next request's head, on a kept-alive connection
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()

@@ -10,7 +10,7 @@ from nodes.config import load_node_config
 from nodes.loader import parse_file, store_parsed
 from nodes.store import node_store_for_load
 from policies.catalogue import load_catalogue
-from xgate.cli_support import fail_on_error
+from xgate.cli_support import fail_on_error, keep_tracebacks
 from xgate.pseudonym import Pseudonymiser, load_key
 
 app = typer.Typer(
@@ -51,6 +51,7 @@ def serve(
     insecure: bool = typer.Option(False, "--insecure", help="serve without TLS (development only)"),
 ) -> None:
     """Serve the node's gRPC API until SIGTERM/SIGINT."""
+    keep_tracebacks()  # a crash of a service is a bug: its traceback goes to the service's log
     from nodes.server import serve as run
     from xgate.logging import configure
 
@@ -65,6 +66,7 @@ def serve(
 @app.command("supernode")
 def supernode(config: Path = typer.Option(..., "--config", help="node config TOML with a training table")) -> None:
     """Run this agency's Flower SuperNode against the gateway's SuperLink until SIGTERM/SIGINT."""
+    keep_tracebacks()  # a crash of a service is a bug: its traceback goes to the service's log
     from federated.supernode_site import run_supernode
     from nodes.supernode import site_from_config
     from xgate.logging import configure

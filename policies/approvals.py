@@ -118,6 +118,15 @@ class ApprovalBody(BaseModel):
                 )
         return value
 
+    @field_validator("subjects")
+    @classmethod
+    def _each_subject_once(cls, value: Any, info: ValidationInfo) -> Any:
+        # An approval registered before this rule keeps loading (context {"stored": True}).
+        stored = isinstance(info.context, dict) and info.context.get("stored") is True
+        if value is not None and not stored and len(set(value)) != len(value):
+            raise ValueError("subjects name the same pseudonym twice")
+        return value
+
     @model_validator(mode="after")
     def _scope(self) -> ApprovalBody:
         if not self.programs and not self.datasets:
@@ -128,8 +137,6 @@ class ApprovalBody(BaseModel):
         # training-only approval names no subject scope.
         if self.programs and (self.subjects is None) == (self.max_subjects is None):
             raise ValueError("name exactly one of subjects and max_subjects")
-        if self.subjects is not None and len(set(self.subjects)) != len(self.subjects):
-            raise ValueError("subjects name the same pseudonym twice")
         if not self.programs and (self.subjects is not None or self.max_subjects is not None):
             raise ValueError("a training-only approval (no program) takes no subjects or max_subjects")
         if self.valid_until <= self.valid_from:

@@ -2,8 +2,9 @@
 
 An input or environment failure no command translated itself is one `error:` line naming the path
 or the bytes (exit 1). Anything else is a bug, or an input xgate does not check yet: it is one
-`internal error` line with the exception's type and first words (exit 3), never dressed up as bad
-input, and `XGATE_DEBUG=1` shows its traceback. An operator never reads a traceback by default.
+`internal error` line with the exception's type and where xgate raised it (exit 3; never its
+message, which may quote input), never dressed up as bad input, and `XGATE_DEBUG=1` shows its
+traceback. Long-running services keep their tracebacks for their logs (`keep_tracebacks`).
 """
 
 from __future__ import annotations
@@ -12,8 +13,10 @@ import json
 import os
 import sqlite3
 import sys
+import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import click
 import typer
@@ -23,7 +26,8 @@ from xgate.errors import XgateError
 
 def plain_reason(exc: BaseException) -> str | None:
     """What an operator needs to read for a failure that comes from their input or environment
-    (a path, a file's bytes, a database file), or None for anything else: a bug keeps its traceback."""
+    (a path, a file's bytes, a database file, a gateway out of reach), or None for anything else
+    (fail_on_error then reports an internal error)."""
     if isinstance(exc, OSError) and exc.filename is not None:
         what = {
             FileNotFoundError: "no such file or directory",
@@ -73,14 +77,38 @@ def fail_on_error() -> Iterator[None]:
         reason = plain_reason(exc)
         if reason is not None:
             _exit_with(reason, 1)
-        if os.environ.get("XGATE_DEBUG"):
+        if os.environ.get("XGATE_DEBUG") or _SERVICE.keep_tracebacks:
             raise
-        first = " ".join(str(exc).split())[:200]
         _exit_with(
-            f"internal error ({type(exc).__name__}{': ' + first if first else ''}); this is a bug in xgate or an"
-            " input it does not check yet: please report it (XGATE_DEBUG=1 shows the traceback)",
+            f"internal error ({type(exc).__name__}{_where(exc)}); this is a bug in xgate or an input it does not"
+            " check yet: please report it (XGATE_DEBUG=1 shows the traceback)",
             3,
         )
+
+
+def _where(exc: BaseException) -> str:
+    """Where in xgate's own code it was raised: the message itself may quote input, even a secret."""
+    ours = [f for f in traceback.extract_tb(exc.__traceback__) if Path(f.filename).is_relative_to(_ROOT)]
+    if not ours:
+        return ""
+    frame = ours[-1]
+    return f" at {Path(frame.filename).relative_to(_ROOT)}:{frame.lineno} in {frame.name}"
+
+
+class _Service:
+    """Whether this process is a long-running service (see keep_tracebacks)."""
+
+    keep_tracebacks = False
+
+
+_SERVICE = _Service()
+_ROOT = Path(__file__).resolve().parents[1]
+
+
+def keep_tracebacks() -> None:
+    """For `serve` and other long-running commands: a crash is a bug whose traceback belongs in the
+    service's log, not one line on a terminal nobody watches."""
+    _SERVICE.keep_tracebacks = True
 
 
 def run(app: typer.Typer) -> None:

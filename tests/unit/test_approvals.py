@@ -20,6 +20,7 @@ from gateway.services import Services
 from nodes.policy import verify_approval
 from policies.approvals import (
     APPROVAL_FORMAT,
+    ApprovalBody,
     ApprovalRegistry,
     Approver,
     Approvers,
@@ -191,6 +192,11 @@ def test_registration_refuses_forged_unregistered_and_out_of_agency(registry: Ap
         registry.register_signed(approval(case_id_prefix="C-"))
     with pytest.raises(InvalidInput, match="the same pseudonym twice"):  # was registered as 10 subjects
         registry.register_signed(approval(subjects=[SUBJECT] * 10, max_subjects=None))
+    # One registered before the rule still loads from the registry (else every lookup failed on it).
+    stored = {"ref": new_ref(), "approver": "ap-test", "approver_role": "case_supervisor",
+              "agencies": ["civil_affairs"], "programs": ["dibao"], "case_ids": ["C-1"], "subjects": [SUBJECT, SUBJECT],
+              "valid_from": T0.isoformat(), "valid_until": (T0 + timedelta(days=1)).isoformat()}  # fmt: skip
+    assert ApprovalBody.model_validate(stored, context={"stored": True}).subjects == (SUBJECT, SUBJECT)
     with pytest.raises(PolicyDenied, match="format must be xgate-approval/1"):  # a consent is not an approval
         registry.register_signed(approval().replace(APPROVAL_FORMAT, "xgate-consent/1"))
     registry.register_signed(good)
@@ -351,7 +357,7 @@ def test_routes_register_read_list_revoke(client: TestClient) -> None:
 
 
 def test_training_approval_scope_rules() -> None:
-    from policies.approvals import ApprovalBody, evaluate_training, parse_approval
+    from policies.approvals import evaluate_training, parse_approval
 
     def body(**change: Any) -> ApprovalBody:
         return parse_approval(approval(**change), APPROVERS)[1]

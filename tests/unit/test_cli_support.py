@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import typer
 
-from xgate.cli_support import plain_reason, run
+from xgate.cli_support import fail_on_error, plain_reason, run
 
 
 @pytest.fixture(autouse=True)
@@ -65,16 +65,27 @@ def test_a_bug_is_an_internal_error_line_never_bad_input_nor_a_traceback(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """An error that is not about input or environment is not dressed up as bad input (exit 3, its
-    type named); a reviewer found a dozen inputs that still ended in tracebacks, so none does."""
+    type and where xgate raised it named); a reviewer found a dozen inputs that still ended in
+    tracebacks, so none does. Its message is not shown: it may quote input, a secret included."""
     assert plain_reason(KeyError("x")) is None
     with pytest.raises(SystemExit) as info:
-        run(_failing(ValueError("invalid literal for int() with base 10: 'x'")))
+        run(_failing(ValueError("invalid literal for int(): 'xgk_secret'")))
     err = capsys.readouterr().err
-    assert info.value.code == 3 and "Traceback" not in err, err
-    assert err.startswith("error: internal error (ValueError: invalid literal for int()") and "XGATE_DEBUG=1" in err
+    assert info.value.code == 3 and "Traceback" not in err and "xgk_secret" not in err, err
+    assert err.startswith("error: internal error (ValueError at tests/unit/test_cli_support.py:") and " in go)" in err
+    assert "XGATE_DEBUG=1" in err
     monkeypatch.setenv("XGATE_DEBUG", "1")  # the developer's view: the traceback
     with pytest.raises(ZeroDivisionError):
         run(_failing(ZeroDivisionError("a bug")))
+
+
+def test_a_service_keeps_its_traceback_for_its_log(monkeypatch: pytest.MonkeyPatch) -> None:
+    from xgate import cli_support
+
+    monkeypatch.setattr(cli_support._SERVICE, "keep_tracebacks", False)
+    cli_support.keep_tracebacks()  # what `gateway serve`, `node serve` and `node supernode` call first
+    with pytest.raises(ZeroDivisionError):
+        run(_failing(ZeroDivisionError("a crash while serving")))
 
 
 @pytest.mark.parametrize(
@@ -104,7 +115,15 @@ def test_a_gateway_that_cannot_be_reached_is_one_line(
 
 
 def test_a_commands_own_exit_code_passes_through(capsys: pytest.CaptureFixture[str]) -> None:
-    """`typer.Exit(1)` (a DENY from `policy explain`) is the command's answer, not an internal error."""
+    """`typer.Exit(1)` raised inside `fail_on_error` (a DENY from `policy explain`) is the command's
+    answer, not an internal error (exit 3)."""
+    app = typer.Typer(pretty_exceptions_enable=False)
+
+    @app.command()
+    def go() -> None:
+        with fail_on_error():
+            raise typer.Exit(1)
+
     with pytest.raises(SystemExit) as info:
-        run(_failing(typer.Exit(1)))
+        run(app)
     assert info.value.code == 1 and "internal error" not in capsys.readouterr().err

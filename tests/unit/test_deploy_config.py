@@ -336,6 +336,8 @@ def test_publish_refuses_a_signer_registry_every_party_would_refuse(federation: 
         (["gateway", "init", "--listen", '0.0.0.0"\nevil = "1:8443'], "is not host:port"),
         (["gateway", "init", "--superlink", "zz"], "--superlink: 'zz' is not host:port"),
         (["node", "init", "--agency", "BAD"], "--agency: 'BAD' is not an agency id"),  # was written, exit 0
+        (["node", "init", "--agency", "tax\n"], "is not an agency id"),  # `$` let a final newline through
+        (["gateway", "init", "--listen", "gw:8443\n"], "is not host:port"),
         (["node", "init", "--agency", 'tax"\nevil = "1'], "is not an agency id"),
         (["node", "init", "--agency", "tax", "--superlink", "nonsense"], "--superlink: 'nonsense' is not host:port"),
     ],

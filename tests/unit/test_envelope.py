@@ -262,7 +262,7 @@ def test_envelopes_facade_round_trip_and_cross_agency_refusal() -> None:
         gateway.verify_response(resp2, "EncryptValues", digest, agency="hrss")
 
 
-@pytest.mark.parametrize("owner", ['x"]\nevil = "1', 'x"', "", "../x", "a\nb", "x" * 65])
+@pytest.mark.parametrize("owner", ['x"]\nevil = "1', 'x"', "", "../x", "a\nb", "x" * 65, "alice\n"])
 def test_a_key_owner_that_could_break_a_toml_entry_or_the_key_file_is_refused(owner: str) -> None:
     """`approval keygen --name 'x"]\\nevil = "1'` printed that into the approvers.toml entry an
     operator appends (and `train keygen --user ../x` was accepted)."""

@@ -193,19 +193,23 @@ def test_a_body_that_is_not_json_is_invalid_input_saying_so(tmp_path: Path, body
         ({"Content-Type": "application/x-www-form-urlencoded"}, "send the body as Content-Type: application/json"),
         ({}, "send the body as Content-Type: application/json"),
         ({"Content-Type": "application/json; charset=utf-16"}, "a JSON body is UTF-8"),
+        (
+            [("Content-Encoding", "gzip"), ("Content-Encoding", "identity"), ("Content-Type", "application/json")],
+            "Content-Encoding 'gzip' is not accepted",
+        ),  # the last line alone was read
+        ([("Content-Type", "text/plain"), ("Content-Type", "application/json")], "application/json (once)"),
     ],
-    ids=["gzip", "br", "text", "form", "none", "utf-16"],
+    ids=["gzip", "br", "text", "form", "none", "utf-16", "gzip-then-identity", "two-types"],
 )
 def test_a_body_not_sent_as_plain_json_is_415(
-    env: tuple[TestClient, GatewayAudit, Coordinator], headers: dict[str, str], problem: str
+    env: tuple[TestClient, GatewayAudit, Coordinator], headers: dict[str, str] | list[tuple[str, str]], problem: str
 ) -> None:
     """A body declared gzip (or br, or a form) was parsed as plain JSON all the same and answered 200,
     so a proxy that decodes what the gateway ignores would see another request than the gateway."""
     client, audit, coordinator = env
     coordinator.fail = AssertionError("must not run")
-    r = client.post(
-        "/v1/checks", content=json.dumps(BODY).encode(), headers={"Authorization": "Bearer good", **headers}
-    )
+    lines = list(headers.items()) if isinstance(headers, dict) else headers
+    r = client.post("/v1/checks", content=json.dumps(BODY).encode(), headers=[("Authorization", "Bearer good"), *lines])
     assert r.status_code == 415 and r.json()["error"] == "unsupported_media_type", r.text
     assert problem in r.json()["message"] and coordinator.seen == []
     assert _request_entry(audit, r.headers["X-Request-Id"])["status"] == 415
