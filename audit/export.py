@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -16,13 +17,28 @@ from audit.db import with_cosignatures
 from audit.store import connect
 from xgate.errors import NotFound
 
+EXPORT_FILES = ("entries.jsonl", "checkpoints.jsonl", "checkpoint", "manifest.json")
+
 
 def export_log(db: Path, out: Path) -> dict[str, Any]:
     """Write entries.jsonl (index, leaf hash, canonical data), checkpoints.jsonl (one full signed
     note per checkpoint), ``checkpoint`` (the newest note alone) and manifest.json."""
     if not db.exists():
         raise NotFound(f"audit database '{db.name}' does not exist")
+    made = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
+    try:
+        return _export(db, out)
+    except BaseException:  # a failed export leaves nothing that looks like one behind
+        if made:
+            shutil.rmtree(out, ignore_errors=True)
+        else:
+            for name in EXPORT_FILES:
+                (out / name).unlink(missing_ok=True)
+        raise
+
+
+def _export(db: Path, out: Path) -> dict[str, Any]:
     conn = connect(db, readonly=True)
     try:
         origin = conn.execute("SELECT value FROM meta WHERE key='origin'").fetchone()[0]

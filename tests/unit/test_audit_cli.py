@@ -122,3 +122,16 @@ def test_a_log_with_no_checkpoint_says_the_key_was_not_used(tmp_path: Path) -> N
     assert runner.invoke(app, ["audit", "keygen", "--out", str(tmp_path / "other")]).exit_code == 0
     r = runner.invoke(app, ["audit", "verify-log", "--db", str(db), "--key", str(tmp_path / "other.pub.pem")])
     assert r.exit_code == 0 and r.output.startswith("OK, HASHES ONLY:") and "--key was not used" in r.output
+
+
+def test_a_failed_export_leaves_nothing_behind(tmp_path: Path) -> None:
+    """An export of a file that is no audit log left an empty directory (or half its files) behind."""
+    not_a_log = tmp_path / "x.db"
+    sqlite3.connect(not_a_log).execute("CREATE TABLE t (a)").connection.commit()
+    r = runner.invoke(app, ["audit", "export", "--db", str(not_a_log), "--out", str(tmp_path / "exp")])
+    assert r.exit_code != 0 and "Traceback" not in r.output, r.output
+    assert not (tmp_path / "exp").exists()
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("kept")
+    r = runner.invoke(app, ["audit", "export", "--db", str(not_a_log), "--out", str(tmp_path / "mine")])
+    assert r.exit_code != 0 and sorted(p.name for p in (tmp_path / "mine").iterdir()) == ["notes.txt"]
