@@ -16,7 +16,6 @@ A party's home directory has one conventional layout, which `init` writes into i
 from __future__ import annotations
 
 import os
-import re
 import stat
 from pathlib import Path
 from typing import Annotated
@@ -268,11 +267,10 @@ def node_config_text(home: Path, agency: str, *, column_key: bool, gateway_audit
     return "\n".join(lines) + "\n"
 
 
-_AGENCY_ID = re.compile(r"^[a-z][a-z0-9_]{1,31}$")  # as crypto.pki: agency ids name files and certificates
-
-
 def agency_id(value: str) -> str:
-    if not _AGENCY_ID.fullmatch(value):
+    from crypto.pki import AGENCY_ID
+
+    if not AGENCY_ID.fullmatch(value):
         raise InvalidInput(f"--agency: '{value[:40]}' is not an agency id (^[a-z][a-z0-9_]{{1,31}}$, e.g. tax)")
     return value
 

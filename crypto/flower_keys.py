@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
-import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,8 +29,6 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from crypto import pki
 from crypto.peers import PeerIdentity, load_cert, verify_peer_certificate
 from xgate.errors import CryptoError
-
-_AGENCY = re.compile(r"^[a-z][a-z0-9_]{1,31}$")  # as crypto.pki: agency ids also name files here
 
 
 @dataclass(frozen=True)
@@ -96,7 +93,7 @@ def _save_pair(key: ec.EllipticCurvePrivateKey, out_dir: Path, agency: str) -> t
 
 def generate_supernode_key(out_dir: Path, agency: str) -> SuperNodeKey:
     """A fresh P-256 key pair without a certificate (tests; agencies generating their own key)."""
-    if not _AGENCY.fullmatch(agency):
+    if not pki.AGENCY_ID.fullmatch(agency):
         raise CryptoError("agency id must match ^[a-z][a-z0-9_]{1,31}$")
     priv, pub = _save_pair(ec.generate_private_key(ec.SECP256R1()), out_dir, agency)
     return SuperNodeKey(agency, priv, pub)

@@ -93,7 +93,7 @@ __all__ = [
 Kind = Literal["gateway", "node", "flower-superlink", "flower-supernode", "user"]
 KINDS: tuple[str, ...] = get_args(Kind)
 SIGNING_KINDS = frozenset({"gateway", "node"})
-_AGENCY = re.compile(r"^[a-z][a-z0-9_]{1,31}$")
+AGENCY_ID = re.compile(r"^[a-z][a-z0-9_]{1,31}$")  # agency ids name files, certificates and TOML tables
 CA_KEY, CA_CERT, CRL, INDEX, DIRECTORY = "ca.key.pem", "ca.cert.pem", "crl.pem", "index.json", "federation.json"
 
 
@@ -108,7 +108,7 @@ def target_name(agency: str, kind: str = "node") -> str:
 
 
 def _check_ids(agency: str, kind: str) -> None:
-    if not _AGENCY.fullmatch(agency):
+    if not AGENCY_ID.fullmatch(agency):
         raise InvalidInput("agency id must match ^[a-z][a-z0-9_]{1,31}$", agency=agency[:40])
     if kind not in KINDS:
         raise InvalidInput(f"kind must be one of {', '.join(KINDS)}", kind=kind[:40])

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import socket
 import stat
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -59,6 +60,16 @@ def file_ok(problems: Problems, key: str, path: Path | None, *, secret: bool = F
         problems.add(
             f"{key} = {path}: a secret readable by group/others (mode {stat.S_IMODE(st.st_mode):04o}); chmod 600 it"
         )
+        return False
+    return True
+
+
+def loads_ok(problems: Problems, key: str, path: Path, load: Callable[[Path], object]) -> bool:
+    """A file that is there is also what it should be: `load` (the loader serve uses) accepts it."""
+    try:
+        load(path)
+    except XgateError as exc:
+        problems.add(f"{key} = {path}: {exc.message}")
         return False
     return True
 

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from crypto.pki import AGENCY_ID
 from gateway.ratelimit import Limiter
 from xgate.errors import ConfigError, InvalidInput, NotFound, PolicyDenied, Unauthenticated
 from xgate.principal import ROLES, TIERS, Principal
@@ -32,7 +33,6 @@ from xgate.pseudonym import contains_national_id
 FORMAT = "xgate-users/1"
 _KEY = re.compile(r"^xgk_([0-9a-f]{12})_([A-Za-z0-9_-]{43})$")
 _USER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$")
-_AGENCY = re.compile(r"^[a-z][a-z0-9_]{1,31}$")
 _KEY_HEADERS = frozenset({"authorization", "x-api-key"})
 
 
@@ -100,7 +100,7 @@ def check_user_id(user: str) -> str:
 def new_user(user: str, agency: str, role: str, tier: str) -> tuple[str, dict[str, Any]]:
     """A validated user record with a fresh API key: (the key, shown once; the record, its hash only)."""
     check_user_id(user)
-    if not _AGENCY.fullmatch(agency):
+    if not AGENCY_ID.fullmatch(agency):
         raise InvalidInput("agency id must match ^[a-z][a-z0-9_]{1,31}$")
     if role not in ROLES:
         raise InvalidInput(f"role must be one of {', '.join(ROLES)}")

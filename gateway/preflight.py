@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from audit.checkpoints import load_private_key, load_public_key
 from crypto.masks import MASK_KEY_BYTES
 from crypto.preflight import (
     Problems,
@@ -11,6 +12,7 @@ from crypto.preflight import (
     certificate_ok,
     directory_ok,
     file_ok,
+    loads_ok,
     policy_bundle_ok,
     private_file_ok,
     signing_key_ok,
@@ -35,23 +37,10 @@ def load_mask_key(path: Path) -> bytes:
     return key
 
 
-def _key_ok(p: Problems, key: str, path: Path, *, private: bool) -> None:
-    """An audit log key that loads (serve refused a garbage one that the check had called ok)."""
-    from audit.checkpoints import load_private_key, load_public_key
-
-    try:
-        (load_private_key if private else load_public_key)(path)
-    except XgateError as exc:
-        p.add(f"{key} = {path}: {exc.message}")
-
-
 def _users_ok(p: Problems, s: GatewaySettings) -> None:
     if s.users_file is not None:
         if file_ok(p, "gateway.users_file", s.users_file, secret=True):
-            try:
-                check_users_file(s.users_file)
-            except XgateError as exc:
-                p.add(f"gateway.users_file = {s.users_file}: {exc.message}")
+            loads_ok(p, "gateway.users_file", s.users_file, check_users_file)
     elif s.database is None:  # replicated mode: users live in the shared database (gateway/user_store.py)
         p.add("gateway.users_file is not set: no REST user could authenticate (`xgate pki add-user`)")
 
@@ -70,7 +59,7 @@ def _state_problems(p: Problems, s: GatewaySettings) -> None:
         if s.audit_key is None:
             p.add("gateway.audit_db is set but gateway.audit_key is not (`xgate keys audit --out PREFIX`)")
         elif file_ok(p, "gateway.audit_key", s.audit_key, secret=True):
-            _key_ok(p, "gateway.audit_key", s.audit_key, private=True)
+            loads_ok(p, "gateway.audit_key", s.audit_key, load_private_key)
 
 
 def gateway_problems(config: GatewayConfig) -> Problems:
@@ -85,7 +74,7 @@ def gateway_problems(config: GatewayConfig) -> Problems:
     for agency, ref in config.nodes.items():
         address_ok(p, f"nodes.{agency}.address", ref.address)
         if ref.witness_key is not None and file_ok(p, f"nodes.{agency}.witness_key", ref.witness_key):
-            _key_ok(p, f"nodes.{agency}.witness_key", ref.witness_key, private=False)
+            loads_ok(p, f"nodes.{agency}.witness_key", ref.witness_key, load_public_key)
     address_ok(p, "gateway.host/port", f"{s.host}:{s.port}")
     file_ok(p, "gateway.catalogue", s.catalogue)
     file_ok(p, "gateway.program_dir", s.program_dir, is_dir=True)

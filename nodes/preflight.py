@@ -10,12 +10,15 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+from audit.checkpoints import load_private_key, load_public_key
+from crypto.at_rest import load_key as load_column_key
 from crypto.preflight import (
     Problems,
     address_ok,
     certificate_ok,
     directory_ok,
     file_ok,
+    loads_ok,
     policy_bundle_ok,
     private_file_ok,
     signing_key_ok,
@@ -23,6 +26,7 @@ from crypto.preflight import (
 from nodes.config import NodeConfig
 from policies.requesters import requesters_problem
 from xgate.errors import XgateError
+from xgate.pseudonym import load_key as load_pseudonym_key
 
 DEV_LISTEN = "127.0.0.1:0"
 
@@ -44,24 +48,6 @@ def listen_address(config: NodeConfig) -> tuple[str, str]:
     return DEV_LISTEN, "default (no [node].listen and no address published in the federation directory)"
 
 
-def _key_loads(p: Problems, key: str, path: Path) -> None:
-    """A key file that is there is also a key (serve refused garbage the check had called ok)."""
-    from audit.checkpoints import load_private_key, load_public_key
-    from crypto import at_rest
-    from xgate import pseudonym
-
-    loaders: dict[str, Callable[[Path], object]] = {
-        "node.pseudonym_key_file": pseudonym.load_key,
-        "node.column_key_file": at_rest.load_key,
-        "node.audit_key": load_private_key,
-        "node.gateway_audit_key": load_public_key,
-    }
-    try:
-        loaders[key](path)
-    except XgateError as exc:
-        p.add(f"{key} = {path}: {exc.message}")
-
-
 def node_problems(config: NodeConfig, *, for_serve: bool = True) -> Problems:
     """Every problem with the config and the files it names (`for_serve`: the store must exist)."""
     p = Problems()
@@ -78,12 +64,17 @@ def node_problems(config: NodeConfig, *, for_serve: bool = True) -> Problems:
             p.add(f"node.policy_dir: {why}")
     if s.signed_policies:
         policy_bundle_ok(p, "node.policy_dir", s.policy_dir, config.tls.ca if config.tls else None)
-    for key, path in (("node.pseudonym_key_file", s.pseudonym_key_file), ("node.column_key_file", s.column_key_file),
-                      ("node.audit_key", s.audit_key)):  # fmt: skip
+    # Each key file is also a key (serve refused garbage the check had called ok).
+    keys: tuple[tuple[str, Path | None, Callable[[Path], object]], ...] = (
+        ("node.pseudonym_key_file", s.pseudonym_key_file, load_pseudonym_key),
+        ("node.column_key_file", s.column_key_file, load_column_key),
+        ("node.audit_key", s.audit_key, load_private_key),
+    )
+    for key, path, load in keys:
         if path is not None and file_ok(p, key, path, secret=True):
-            _key_loads(p, key, path)
+            loads_ok(p, key, path, load)
     if s.gateway_audit_key is not None and file_ok(p, "node.gateway_audit_key", s.gateway_audit_key):
-        _key_loads(p, "node.gateway_audit_key", s.gateway_audit_key)
+        loads_ok(p, "node.gateway_audit_key", s.gateway_audit_key, load_public_key)
     if s.audit_db is not None and s.audit_db.resolve() == s.store.resolve():
         p.add(f"node.audit_db = {s.audit_db}: is the store itself; the audit log needs a file of its own")
     if s.audit_db is not None:
