@@ -18,10 +18,10 @@ from typing import TYPE_CHECKING, Any, Literal
 from audit.records import is_record_kind
 from audit.store import MAX_PAGE, AuditLog, Entry
 from xgate.errors import InvalidInput
+from xgate.pseudonym import PSEUDONYM_RE
 
 if TYPE_CHECKING:
     from zoneinfo import ZoneInfo
-from xgate.pseudonym import PSEUDONYM_RE
 
 OutputFormat = Literal["table", "json", "csv"]
 

@@ -153,7 +153,7 @@ def _check_key(field: str, key: str) -> None:
 
 def is_record_kind(kind: str) -> bool:
     """A kind a record may have: one of KINDS, or a federated training job's `training_*`."""
-    return kind in KINDS or bool(_TRAINING_KIND.match(kind))
+    return kind in KINDS or bool(_TRAINING_KIND.fullmatch(kind))
 
 
 class Actor(BaseModel):
