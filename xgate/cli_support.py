@@ -88,11 +88,21 @@ def fail_on_error() -> Iterator[None]:
 
 def _where(exc: BaseException) -> str:
     """Where in xgate's own code it was raised: the message itself may quote input, even a secret."""
-    ours = [f for f in traceback.extract_tb(exc.__traceback__) if Path(f.filename).is_relative_to(_ROOT)]
+    ours = [(f, _ours(f.filename)) for f in traceback.extract_tb(exc.__traceback__)]
+    ours = [(f, path) for f, path in ours if path is not None]
     if not ours:
         return ""
-    frame = ours[-1]
-    return f" at {Path(frame.filename).relative_to(_ROOT)}:{frame.lineno} in {frame.name}"
+    frame, path = ours[-1]
+    return f" at {path}:{frame.lineno} in {frame.name}"
+
+
+def _ours(filename: str) -> Path | None:
+    """`filename` relative to the checkout when it is xgate's own code (a venv inside it is not)."""
+    path = Path(filename)
+    if not path.is_relative_to(_ROOT):
+        return None
+    relative = path.relative_to(_ROOT)
+    return relative if relative.parts[0] in _OWN_CODE else None
 
 
 class _Service:
@@ -103,6 +113,19 @@ class _Service:
 
 _SERVICE = _Service()
 _ROOT = Path(__file__).resolve().parents[1]
+_OWN_CODE = {
+    "app",
+    "audit",
+    "client",
+    "crypto",
+    "exchange",
+    "federated",
+    "gateway",
+    "nodes",
+    "policies",
+    "xgate",
+    "tests",
+}
 
 
 def keep_tracebacks() -> None:
