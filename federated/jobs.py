@@ -174,6 +174,9 @@ class JobSpec(BaseModel):
     # Vertical only: epsilon of randomized response on the training labels at the label holder
     # (federated/label_dp.py): protects each label from the feature nodes and the coordinator.
     label_dp: float | None = Field(default=None, gt=0, le=20)
+    # Vertical record-level DP only: the share of the held-out rows the label holder fits its top
+    # model on, from their clean embeddings; it scores the rest (federated/top_calibration.py).
+    top_calibration: float | None = Field(default=None, ge=0.05, le=0.9)
     # When the job stops being runnable (ISO 8601 with a UTC offset, e.g. 2026-12-13T00:00:00Z):
     # every node refuses it afterwards, the gateway too. Signed, it binds the coordinator: a job its
     # analyst signed for a week cannot be run again next year (federated/signed_jobs.py).
@@ -213,6 +216,13 @@ class JobSpec(BaseModel):
             raise ValueError("SecAgg+ needs min_nodes >= 2")
         if self.label_dp is not None and self.mode is not Mode.VERTICAL:
             raise ValueError("label_dp protects the label holder's labels in vertical jobs; use dp here")
+        if self.top_calibration is not None and not (
+            self.mode is Mode.VERTICAL and self.dp is not None and self.dp.unit is DPUnit.RECORD
+        ):
+            raise ValueError(
+                "top_calibration fits a vertical record-level DP job's top model on held-out rows; this job's"
+                ' top is trained on clean embeddings already (it needs mode = "vertical" and dp.unit = "record")'
+            )
         if stray := sorted(set(self.encodings) - set(self.features)):
             raise ValueError(f"encodings name element(s) that are not features: {', '.join(stray)}")
         if self.mode is Mode.HORIZONTAL and self.standardises() and self.dp is not None and self.dp.unit is DPUnit.NODE:
@@ -257,8 +267,8 @@ class JobSpec(BaseModel):
     def digest(self) -> str:
         """SHA-256 of the canonical job (what nodes approve and the audit log records).
 
-        A job without encodings, label DP or valid_until (or with node-level DP) digests as before those
-        fields existed;
+        A job without encodings, label DP, top calibration or valid_until (or with node-level DP) digests
+        as before those fields existed;
         its signature is never part of it.
         """
         omitted = (
@@ -267,8 +277,9 @@ class JobSpec(BaseModel):
             | (set() if self.valid_until else {"valid_until"})
         )
         dumped = self.model_dump(mode="json", exclude=omitted)
-        if self.label_dp is None:
-            del dumped["label_dp"]
+        for optional in ("label_dp", "top_calibration"):
+            if dumped[optional] is None:
+                del dumped[optional]
         if self.dp is not None and self.dp.unit is DPUnit.NODE:
             del dumped["dp"]["unit"]  # as before the unit existed: recorded decisions stay valid
         canon = json.dumps(dumped, sort_keys=True, separators=(",", ":"))

@@ -28,7 +28,7 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordDict
 
 from crypto import keyed_draws, sealed_arrays
-from federated import datasets, label_dp, model, node, node_keys, psi, psi_keys, psi_pool, vertical_dp
+from federated import datasets, label_dp, model, node, node_keys, psi, psi_keys, psi_pool, top_calibration, vertical_dp
 from federated.admission import admit_at_node, record_dp_plan
 from federated.grid_io import arrays_of, cfg_of
 from federated.guarded_app import GuardedClientApp
@@ -397,6 +397,8 @@ def setup(msg: Message, context: Context) -> Message:
         y_train = training_labels(job, lab_tr[:, 0] > 0, label_words(nc, job, train))
         y_test = training_labels(job, lab_te[:, 0] > 0, label_words(nc, job, test))
         data.update(y_train=y_train, y_test=y_test)
+        if job.top_calibration is not None:  # which held-out rows the top is fitted on, by pseudonym
+            data["calibration"] = top_calibration.calibration_rows(test, job.top_calibration, job.seed)
         if private_releases(job, False):  # the other nodes' embeddings will arrive noised by this much
             data["noise_sd"] = np.asarray(vertical_dp.embedding_noise_sd(dp_plan(job, len(train), 1)))
         state.update(pack_state("t_", np.zeros(width + 1), {}))
@@ -679,19 +681,27 @@ def evaluate_top(msg: Message, context: Context) -> Message:
     _forget_transport_keys(path, context)
     bottom, topm = Bottom(*unpack_state("b_", st)), Top(*unpack_state("t_", st))
     embs = [bottom.forward(st["x_test"]) if a == nc.agency else received[a] for a in order]
-    # Held-out embeddings are clean: score them with weights undoing the training noise's dilution,
-    # the bias recentred on where their scores fall (no label is used: post-processing).
-    e = np.hstack(embs)
+    e, y = np.hstack(embs), st["y_test"]
     prevalence = float(st["y_train"].mean())
-    w = vertical_dp.deattenuated(topm.w, st["reliability"]) if "reliability" in st else topm.w
-    recentre = "reliability" in st and len(e) > 0 and 0.0 < prevalence < 1.0
+    calibration = st["calibration"].astype(bool) if "calibration" in st else None
+    calibrated = calibration is not None and top_calibration.enough(y, calibration)
+    if calibrated:
+        assert calibration is not None
+        # The top refitted on clean held-out rows; the evaluation counts only the others.
+        w = top_calibration.calibrated_top(e[calibration], y[calibration], job.l2, job.embedding_dim)
+        e, y = e[~calibration], y[~calibration]
+    else:
+        # Held-out embeddings are clean: score them with weights undoing the training noise's
+        # dilution, the bias recentred on where their scores fall (no label is used: post-processing).
+        w = vertical_dp.deattenuated(topm.w, st["reliability"]) if "reliability" in st else topm.w
+    recentre = not calibrated and "reliability" in st and len(e) > 0 and 0.0 < prevalence < 1.0
     if recentre:
         w = vertical_dp.recentred(w, e, prevalence)
     scores = Top(w, topm.opt_state).scores(e)
-    rep = model.report(scores, st["y_test"], threshold=prevalence)
+    rep = model.report(scores, y, threshold=prevalence)
     if job.label_dp is not None:  # counted against the noisy held-out labels: estimates of the true figures
-        counts = label_dp.debiased_counts(scores >= prevalence, st["y_test"], job.label_dp)
-        estimated_auc = label_dp.debiased_auc(cast(float, rep["auc"]), float(st["y_test"].mean()), job.label_dp)
+        counts = label_dp.debiased_counts(scores >= prevalence, y, job.label_dp)
+        estimated_auc = label_dp.debiased_auc(cast(float, rep["auc"]), float(y.mean()), job.label_dp)
         rep = {"auc": estimated_auc, **model.counts_report(*counts)}
     cm = rep["confusion_matrix"]
     assert isinstance(cm, dict)
@@ -706,8 +716,10 @@ def evaluate_top(msg: Message, context: Context) -> Message:
             "fn": cm["fn"],
             "threshold": prevalence,
             "top_sha256": hashlib.sha256(w.tobytes()).hexdigest(),
-            "top_deattenuated": "reliability" in st,
+            "top_deattenuated": not calibrated and "reliability" in st,
             "top_recentred": recentre,
+            "top_calibrated": calibrated,
+            "calibration_rows": int(calibration.sum()) if calibrated and calibration is not None else 0,
             "estimated_from_noisy_labels": job.label_dp is not None,
         },
     )

@@ -320,6 +320,33 @@ def _dp_summary(job: JobSpec, relay: _Relay, setup: dict[int, Message]) -> dict[
     return {"dp": {"unit": "record", "epsilon": eps, "delta": job.dp.delta, "clip": job.dp.clip, "nodes": nodes}}
 
 
+def _evaluation(relay: _Relay, label_node: int, scored: Message, held_out: int) -> dict[str, Any]:
+    """The label holder's evaluation reply, checked: its counts and calibration rows are the held-out rows."""
+    ev = cfg_of(scored)
+    confusion = {k: relay.count(label_node, scored, k) for k in ("tp", "fp", "tn", "fn")}
+    counted, calibration_rows = sum(confusion.values()), relay.count(label_node, scored, "calibration_rows")
+    if counted + calibration_rows != held_out:  # no row both fitted on and counted, none left out
+        relay.fail(relay.who(label_node), f"counted {counted} + {calibration_rows} of {held_out} held-out rows")
+    evaluation: dict[str, Any] = {
+        "auc": relay.number(label_node, scored, "auc"),
+        "balanced_accuracy": relay.number(label_node, scored, "balanced_accuracy"),
+        "threshold": relay.number(label_node, scored, "threshold"),
+        "confusion_matrix": confusion,
+        "n": counted,
+        # Record-level DP: the label holder scored with weights undoing the noise's dilution.
+        "top_deattenuated": bool(ev.get("top_deattenuated", False)),
+        # ... and its bias moved so the mean held-out score is the training prevalence (no label used).
+        "top_recentred": bool(ev.get("top_recentred", False)),
+        # Or (`top_calibration`) its top fitted on this many held-out rows, which `n` does not count.
+        "top_calibrated": bool(ev.get("top_calibrated", False)),
+        "calibration_rows": calibration_rows,
+        "held_out_rows": held_out,
+        # Label DP: the label holder counted against the noisy held-out labels; these are estimates.
+        "estimated_from_noisy_labels": bool(ev.get("estimated_from_noisy_labels", False)),
+    }
+    return evaluation
+
+
 def run_vertical(grid: Grid, context: Context, job: JobSpec, job_dir: Path) -> None:
     emit = JsonlSink(job_dir / "server-events.jsonl")
     relay = _Relay(grid, job, emit)
@@ -418,21 +445,7 @@ def run_vertical(grid: Grid, context: Context, job: JobSpec, job_dir: Path) -> N
     )
     test_embs = {relay.agency[n]: relay.array(n, bottoms[n], "emb") for n in bottoms}
     scored = relay.send("evaluate.top", {label_node: ({"order": order}, test_embs)})[label_node]
-    ev = cfg_of(scored)
-    confusion = {k: relay.count(label_node, scored, k) for k in ("tp", "fp", "tn", "fn")}
-    evaluation = {
-        "auc": relay.number(label_node, scored, "auc"),
-        "balanced_accuracy": relay.number(label_node, scored, "balanced_accuracy"),
-        "threshold": relay.number(label_node, scored, "threshold"),
-        "confusion_matrix": confusion,
-        "n": sum(confusion.values()),
-        # Record-level DP: the label holder scored with weights undoing the noise's dilution.
-        "top_deattenuated": bool(ev.get("top_deattenuated", False)),
-        # ... and its bias moved so the mean held-out score is the training prevalence (no label used).
-        "top_recentred": bool(ev.get("top_recentred", False)),
-        # Label DP: the label holder counted against the noisy held-out labels; these are estimates.
-        "estimated_from_noisy_labels": bool(ev.get("estimated_from_noisy_labels", False)),
-    }
+    evaluation = _evaluation(relay, label_node, scored, len(test_rows))
     part_digests = {relay.agency[n]: relay.text(n, bottoms[n], "bottom_sha256") for n in bottoms}
     part_digests["top@" + relay.agency[label_node]] = relay.text(label_node, scored, "top_sha256")
     model_sha = hashlib.sha256(json.dumps(part_digests, sort_keys=True).encode()).hexdigest()

@@ -120,3 +120,41 @@ def test_vertical_end_to_end_with_record_dp(tmp_path: Path) -> None:
     assert spent["unit"] == "record" and spent["epsilon"] <= 4.0
     assert res.epsilon is not None and res.epsilon <= 4.0
     assert summary["label_dp"]["epsilon"] == 2.0
+
+
+def test_vertical_record_dp_with_a_calibrated_top(tmp_path: Path) -> None:
+    """`top_calibration`: the label holder fits its top on about half of the held-out rows' clean
+    embeddings and counts only the others; the feature nodes' DP releases and their accounting are
+    those of any record-DP job."""
+    nodes = make_vertical_nodes(tmp_path, cap=5.0)
+    job = parse_job(
+        {
+            "job_id": "vjob-calibrated",
+            "purpose": "fraud-model",
+            "mode": "vertical",
+            "features": ["civil.age", "civil.disabled", "civil.region", "tax.income", "hrss.months"],
+            "label": "tax.label",
+            "label_holder": "tax",
+            "rounds": 1,
+            "min_nodes": 3,
+            "dp": {"epsilon": 4.0, "delta": 1e-6, "clip": 1.0, "unit": "record"},
+            "top_calibration": 0.5,
+            "round_timeout_s": 120,
+            "job_timeout_s": 600,
+        }
+    )
+    res = run_job(job, nodes, job_dir=tmp_path / "job")
+    assert res.status == "completed"
+    ev = res.evaluation
+    assert ev["top_calibrated"] is True
+    assert ev["top_deattenuated"] is False and ev["top_recentred"] is False
+    # The evaluation never counts a row the top was fitted on, and every held-out row is one or the other.
+    assert ev["n"] + ev["calibration_rows"] == ev["held_out_rows"] > 100
+    assert 0.35 < ev["calibration_rows"] / ev["held_out_rows"] < 0.65
+    assert ev["auc"] > 0.55  # better than chance under DP
+    for spec in nodes:
+        recorded = dp_release(spec.ledger, job.job_id)
+        if spec.agency == "tax":
+            assert recorded is None  # the label holder adds no noise and releases no embeddings
+        else:  # one step: the embedding, the update and the preconditioner
+            assert recorded is not None and recorded["steps"] == 3 and 3.9 < recorded["epsilon"] <= 4.0
