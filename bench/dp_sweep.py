@@ -48,7 +48,7 @@ from typing import Any
 import numpy as np
 
 from bench.federated import RECORD_DP, RECORD_DP_CLIP, _encode
-from federated import census, dp_sgd, model, pooled_stats, updates, vertical_dp
+from federated import census, dp_sgd, model, pooled_stats, top_calibration, updates, vertical_dp
 from federated.datasets import ElementInfo
 from federated.jobs import VERTICAL_BATCH, Encoding, Method
 from federated.vertical import RIDGE, Bottom, Top, batch_indices, preconditioner
@@ -64,6 +64,11 @@ VERTICAL_ROUNDS = (1, 2, 3, 6)
 VERTICAL_LEARNING_RATES = (1.5, 3.0)
 VERTICAL_BATCHES = (VERTICAL_BATCH, 0)  # 0: every training row in every step (full batches)
 VERTICAL_CLIP = 1.0  # bench.federated.VERTICAL_DP_CLIP
+# The calibrated top (federated/top_calibration.py) changes what the bottoms' scale costs (the
+# held-out embeddings are clipped, the top is refitted): its own sweep, at the default batch.
+CALIBRATED_ROUNDS = (1, 2, 3)
+CALIBRATED_LEARNING_RATES = (1.5, 2.0, 2.5, 3.0)
+CALIBRATION_SHARE = 0.5
 
 
 @dataclass(frozen=True)
@@ -160,6 +165,7 @@ VERTICAL_ARMS = (
     "secure_sum",  # the feature nodes' blocks summed under pairwise masks; each adds sigma/sqrt(K-1)
     "regression_calibration",  # the top fits on E[clean | noisy] (best linear predictor)
     "deattenuated_top",  # the fitted top's feature-node weights divided by each block's reliability
+    "calibrated_top",  # `top_calibration`: the top refitted on half the held-out rows' clean embeddings
     "no_embedding_noise",  # not private: what the embedding noise alone costs
 )
 
@@ -234,7 +240,14 @@ def vertical_arm_replay(
         w[:-1] = w[:-1] / reliability
 
     def auc(rows: dict[str, np.ndarray], y: np.ndarray) -> float:
-        scores = model.sigmoid(features(rows, noisy=False) @ w[:-1] + w[-1])
+        e = features(rows, noisy=False)
+        if arm == "calibrated_top":  # fitted on a fixed half of these rows, scored on the other
+            part = np.random.default_rng(len(y)).random(len(y)) < CALIBRATION_SHARE
+            top_w = top_calibration.calibrated_top(e[part], y[part], 1e-4, h)
+            e, y = e[~part], y[~part]
+        else:
+            top_w = w
+        scores = model.sigmoid(e @ top_w[:-1] + top_w[-1])
         return float(model.report(scores, y, threshold=float(y.mean()))["auc"])
 
     return auc(s.validation, s.y_validation), auc(s.test, s.y_test), sd / VERTICAL_CLIP
@@ -269,16 +282,20 @@ def vertical_options(limit: int, seeds: int, rounds: int, lr: float, batch: int 
     }
 
 
-def vertical_sweep(limit: int, *, quick: bool = False, seeds: int = 2) -> dict[str, Any]:
+def vertical_sweep(limit: int, *, quick: bool = False, seeds: int = 2, arm: str = "deattenuated_top") -> dict[str, Any]:
     """The vertical record-DP job's (batch, rounds, learning rate), as the job runs it (arm
-    `deattenuated_top`): every setting at every epsilon, `seeds` noise draws each, scored on the
-    validation split; one setting for all epsilons (a job file fixes it before its epsilon is
-    known), the best by mean validation AUC, then its test AUC per epsilon on fresh noise."""
+    `deattenuated_top`, or `calibrated_top` for a job with `top_calibration`): every setting at
+    every epsilon, `seeds` noise draws each, scored on the validation split; one setting for all
+    epsilons (a job file fixes it before its epsilon is known), the best by mean validation AUC,
+    then its test AUC per epsilon on fresh noise."""
     vs = vertical_split(census.load(limit=limit))
     n = len(vs.y_train)
     grid: list[dict[str, Any]] = []
+    calibrated = arm == "calibrated_top"
     settings = itertools.product(
-        VERTICAL_BATCHES, (1, 2) if quick else VERTICAL_ROUNDS, (1.5,) if quick else VERTICAL_LEARNING_RATES
+        (VERTICAL_BATCH,) if calibrated else VERTICAL_BATCHES,
+        (1, 2) if quick else CALIBRATED_ROUNDS if calibrated else VERTICAL_ROUNDS,
+        (1.5,) if quick else CALIBRATED_LEARNING_RATES if calibrated else VERTICAL_LEARNING_RATES,
     )
     for batch, rounds, lr in settings:
         rows = batch or n
@@ -286,9 +303,7 @@ def vertical_sweep(limit: int, *, quick: bool = False, seeds: int = 2) -> dict[s
             f"eps{eps:g}": float(
                 np.mean(
                     [
-                        vertical_arm_replay(
-                            vs, "deattenuated_top", epsilon=eps, rounds=rounds, lr=lr, batch=rows, seed=k
-                        )[0]
+                        vertical_arm_replay(vs, arm, epsilon=eps, rounds=rounds, lr=lr, batch=rows, seed=k)[0]
                         for k in range(1 if quick else seeds)
                     ]
                 )
@@ -310,7 +325,7 @@ def vertical_sweep(limit: int, *, quick: bool = False, seeds: int = 2) -> dict[s
     for eps in EPSILONS:
         validation, test, _ = vertical_arm_replay(
             vs,
-            "deattenuated_top",
+            arm,
             epsilon=eps,
             rounds=best["rounds"],
             lr=best["learning_rate"],
@@ -329,7 +344,7 @@ def vertical_sweep(limit: int, *, quick: bool = False, seeds: int = 2) -> dict[s
         "training_rows": n,
         "clip": VERTICAL_CLIP,
         "embedding_dim": 4,
-        "arm": "deattenuated_top",
+        "arm": arm,
         "grid": grid,
         "chosen": chosen,
     }
@@ -402,19 +417,26 @@ def main() -> None:
     ap.add_argument(
         "--vertical", action="store_true", help="only the vertical record-DP sweep, merged into dp_sweep.json"
     )
+    ap.add_argument(
+        "--calibrated",
+        action="store_true",
+        help="with --vertical: sweep for jobs with top_calibration (section vertical_calibrated)",
+    )
     args = ap.parse_args()
     if args.vertical:
         t0 = time.perf_counter()
-        vertical = vertical_sweep(30_000 if args.quick else args.limit, quick=args.quick)
+        arm = "calibrated_top" if args.calibrated else "deattenuated_top"
+        vertical = vertical_sweep(30_000 if args.quick else args.limit, quick=args.quick, arm=arm)
         vertical["wall_s"] = time.perf_counter() - t0
         if args.quick:
             print(json.dumps(vertical["chosen"], indent=1))
             return
         out = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
-        out["vertical"] = vertical
+        section = "vertical_calibrated" if args.calibrated else "vertical"
+        out[section] = vertical
         RESULTS.parent.mkdir(parents=True, exist_ok=True)
         RESULTS.write_text(json.dumps(out, indent=1))
-        print(json.dumps(vertical["chosen"], indent=1), f"-> {RESULTS} (vertical section)")
+        print(json.dumps(vertical["chosen"], indent=1), f"-> {RESULTS} ({section} section)")
         return
     if args.vertical_options:
         t0 = time.perf_counter()
