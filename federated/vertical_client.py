@@ -662,7 +662,8 @@ def evaluate_top(msg: Message, context: Context) -> Message:
     post-processing, whatever the embeddings or the number of jobs) and reported as estimates.
     Without label DP, the labels are not protected: the gradients give the training labels away to
     the feature nodes and each run's evaluation can be made to read one held-out label (stated in
-    docs/FEDERATED.md)."""
+    docs/FEDERATED.md). With `top_calibration`, the top is refitted on the held-out rows setup
+    marked (federated/top_calibration.py) and only the others are counted."""
     job, nc, path = _setup(context)
     st = _load(path)
     _check_run(st, job, context)
