@@ -512,7 +512,14 @@ def _record_dp_intro(r: dict[str, Any]) -> list[str]:
         vline += (
             f"; with record-level DP at the feature nodes (federated/vertical_dp.py: clip {vj['clip']}, "
             f"δ = {vj['delta']:g}, {vj['rounds']} round{'s' if vj['rounds'] != 1 else ''} of the default batch at "
-            f"learning rate {vj['learning_rate']})"
+            f"learning rate {vj['learning_rate']}"
+            + (
+                f", the label holder's top fitted on a share {vj['top_calibration']:g} of the held-out rows"
+                " (federated/top_calibration.py)"
+                if vj.get("top_calibration")
+                else ""
+            )
+            + ")"
         )
     return [*lines, vline + "."]
 
@@ -568,37 +575,11 @@ def _record_dp_reading(d: dict[str, Any]) -> list[str]:
         )
     vdp = [r[k]["auc"] for e in _EPS if (k := f"vertical_dp_eps{e}") in r]
     if len(vdp) == len(_EPS):
-        line = (
-            f"* Vertical at ε = 1 / 4 / 8: {' / '.join(f'{a:.4f}' for a in vdp)} with record-level DP at the feature "
-            f"nodes, against {r['vertical']['auc']:.4f} without."
-        )
-        if r["vertical"]["auc"] - max(vdp) > 0.005:
-            one_step = r.get("vertical_job", {}).get("rounds") == 1
-            line += (
-                (
-                    " The job takes one step (chosen by `bench/dp_sweep.py --vertical`): each feature node's model "
-                    "is its one noisy update, so that update's noise, at three releases per row with no sampling "
-                    "amplification (the batches are the job's public schedule), is what costs accuracy. "
-                )
-                if one_step
-                else " The noise on every training embedding row is what costs accuracy (no sampling amplification). "
-            )
-            balanced = [r[f"vertical_dp_eps{e}"].get("balanced_accuracy") for e in _EPS]
-            line += (
-                "The label holder scores with top weights de-attenuated for the noise"
-                + (
-                    " and its bias recentred on the held-out scores"
-                    if all(r[f"vertical_dp_eps{e}"].get("top_recentred") for e in _EPS)
-                    else ""
-                )
-                + " (post-processing, no label)"
-                + (
-                    f"; balanced accuracy {' / '.join(f'{b:.4f}' for b in balanced)}."
-                    if all(b is not None for b in balanced)
-                    else "."
-                )
-            )
-        out.append(line)
+        same = r.get("vertical_dp_pooled_same_rows")
+        if same and all(r[f"vertical_dp_eps{e}"].get("top_calibrated") for e in _EPS):
+            out.append(_calibrated_vertical_reading(r, vdp, same))
+        else:
+            out.append(_deattenuated_vertical_reading(r, vdp))
     li = d.get("label_inference")
     if li:
         gaps = [abs(v["attack_balanced_accuracy"] - v["bound"]) for k, v in li.items() if k.startswith("label_dp_eps")]
@@ -613,6 +594,58 @@ def _record_dp_reading(d: dict[str, Any]) -> list[str]:
         f"`vertical_wall_s`, `vertical_bytes` (`headline_run`: {d.get('headline_run', '—')})."
     )
     return out
+
+
+def _calibrated_vertical_reading(r: dict[str, Any], vdp: list[float], same: dict[str, Any]) -> str:
+    diffs = [a - same["auc"] for a in vdp]
+    verdicts = [
+        f"ε = {e} {'is within' if -d <= goal else 'misses'} {goal:g} ({d:.4f})"
+        for e, d, goal in zip(_EPS, diffs, (0.02, 0.01, None), strict=True)
+        if goal is not None
+    ]
+    balanced = [r[f"vertical_dp_eps{e}"].get("balanced_accuracy") for e in _EPS]
+    return (
+        f"* Vertical at ε = 1 / 4 / 8: {' / '.join(f'{a:.4f}' for a in vdp)} with record-level DP at the feature "
+        f"nodes, the label holder's top fitted on {same['calibration_rows']:,} held-out rows' clean embeddings and "
+        f"the AUC counted on the other {same['rows']:,}; pooled training scores {same['auc']:.4f} on those same "
+        f"rows ({' / '.join(f'{d:+.4f}' for d in diffs)}): {'; '.join(verdicts)}"
+        + (f"; balanced accuracy {' / '.join(f'{b:.4f}' for b in balanced)}." if None not in balanced else ".")
+        + f" Without DP the vertical job reaches {r['vertical']['auc']:.4f} on all held-out rows."
+    )
+
+
+def _deattenuated_vertical_reading(r: dict[str, Any], vdp: list[float]) -> str:
+    line = (
+        f"* Vertical at ε = 1 / 4 / 8: {' / '.join(f'{a:.4f}' for a in vdp)} with record-level DP at the feature "
+        f"nodes, against {r['vertical']['auc']:.4f} without."
+    )
+    if r["vertical"]["auc"] - max(vdp) > 0.005:
+        one_step = r.get("vertical_job", {}).get("rounds") == 1
+        line += (
+            (
+                " The job takes one step (chosen by `bench/dp_sweep.py --vertical`): each feature node's model "
+                "is its one noisy update, so that update's noise, at three releases per row with no sampling "
+                "amplification (the batches are the job's public schedule), is what costs accuracy. "
+            )
+            if one_step
+            else " The noise on every training embedding row is what costs accuracy (no sampling amplification). "
+        )
+        balanced = [r[f"vertical_dp_eps{e}"].get("balanced_accuracy") for e in _EPS]
+        line += (
+            "The label holder scores with top weights de-attenuated for the noise"
+            + (
+                " and its bias recentred on the held-out scores"
+                if all(r[f"vertical_dp_eps{e}"].get("top_recentred") for e in _EPS)
+                else ""
+            )
+            + " (post-processing, no label)"
+            + (
+                f"; balanced accuracy {' / '.join(f'{b:.4f}' for b in balanced)}."
+                if all(b is not None for b in balanced)
+                else "."
+            )
+        )
+    return line
 
 
 def record_dp(d: dict[str, Any]) -> str:
@@ -1065,39 +1098,82 @@ def dp_sweep(d: dict[str, Any]) -> str:
             )
             + "."
         )
-    v = d.get("vertical")
-    if v:
-        vrows = [
-            [
-                k.removeprefix("eps"),
-                f"{c['batch_size']:,}",
-                c["rounds"],
-                c["learning_rate"],
-                f"{c['validation_auc']:.4f}",
-                f"{c['test_auc']:.4f}",
-            ]
-            for k, c in v["chosen"].items()
-        ]
-        grid_rows = [
-            [
-                f"{g['batch_size']:,}",
-                g["rounds"],
-                g["learning_rate"],
-                *(f"{g['validation_auc'][f'eps{e}']:.4f}" for e in _EPS),
-                f"{g['mean_validation_auc']:.4f}",
-            ]
-            for g in sorted(v["grid"], key=lambda g: -g["mean_validation_auc"])
-        ]
-        parts += [
-            f"Vertical record-level DP (replay of split learning as the job runs it, label holder with "
-            f"de-attenuated top weights, clip {v['clip']:g}, embedding dimension {v['embedding_dim']}, "
-            f"{v['training_rows']:,} training rows; `bench/dp_sweep.py --vertical`): validation AUC by batch, "
-            "rounds and learning rate, best first:",
-            _table(["batch_size", "rounds", "learning rate", *(f"ε = {e}" for e in _EPS), "mean"], grid_rows),
-            "The best by mean validation AUC, at each ε on fresh noise:",
-            _table(["ε", "batch_size", "rounds", "learning rate", "validation AUC", "test AUC"], vrows),
-        ]
+    for section, arm, command in (
+        ("vertical", "de-attenuated top weights", "--vertical"),
+        (
+            "vertical_calibrated",
+            "its top fitted on half the held-out rows (`top_calibration`)",
+            "--vertical --calibrated",
+        ),
+    ):
+        if v := d.get(section):
+            parts += _vertical_sweep(v, arm, command)
     return "\n\n".join(parts)
+
+
+def _vertical_sweep(v: dict[str, Any], arm: str, command: str) -> list[str]:
+    vrows = [
+        [
+            k.removeprefix("eps"),
+            f"{c['batch_size']:,}",
+            c["rounds"],
+            c["learning_rate"],
+            f"{c['validation_auc']:.4f}",
+            f"{c['test_auc']:.4f}",
+        ]
+        for k, c in v["chosen"].items()
+    ]
+    grid_rows = [
+        [
+            f"{g['batch_size']:,}",
+            g["rounds"],
+            g["learning_rate"],
+            *(f"{g['validation_auc'][f'eps{e}']:.4f}" for e in _EPS),
+            f"{g['mean_validation_auc']:.4f}",
+        ]
+        for g in sorted(v["grid"], key=lambda g: -g["mean_validation_auc"])
+    ]
+    return [
+        f"Vertical record-level DP (replay of split learning as the job runs it, label holder with {arm}, clip "
+        f"{v['clip']:g}, embedding dimension {v['embedding_dim']}, {v['training_rows']:,} training rows; "
+        f"`bench/dp_sweep.py {command}`): validation AUC by batch, rounds and learning rate, best first:",
+        _table(["batch_size", "rounds", "learning rate", *(f"ε = {e}" for e in _EPS), "mean"], grid_rows),
+        "The best by mean validation AUC, at each ε on fresh noise:",
+        _table(["ε", "batch_size", "rounds", "learning rate", "validation AUC", "test AUC"], vrows),
+    ]
+
+
+def vertical_he_bound(d: dict[str, Any]) -> str:
+    rows = [["pooled logistic regression", f"{d['pooled_lr_auc']:.4f}", "—"]]
+    rows.append(["the Taylor loss's exact minimiser, pooled (least squares)", f"{d['least_squares_auc']:.4f}", "—"])
+    nn = d["no_noise"]
+    rows.append(
+        [
+            f"the protocol without noise ({nn['steps']} steps, U = {nn['score_bound']:g}, rate {nn['lr']:g})",
+            f"{nn['test_auc']:.4f}",
+            "—",
+        ]
+    )
+    for e in _EPS:
+        c = d[f"eps{e}"]
+        rows.append(
+            [
+                f"ε = {e} ({c['steps']} steps, U = {c['score_bound']:g}, rate {c['lr']:g}, ridge ×{c['ridge']:g})",
+                f"{c['test_auc']:.4f}",
+                f"{-c['below_pooled']:+.4f}",
+            ]
+        )
+    return "\n\n".join(
+        [
+            "What vertical logistic regression under homomorphic encryption (nobody sees a per-row value; the "
+            "per-node gradients are decrypted only with Gaussian noise) could reach under record-level DP, replayed "
+            f"without the encryption on {d['rows']:,} rows ({d['training_rows']:,} training, δ = {d['delta']:g}). "
+            "Per-example clipping is impossible there, so the sensitivity is the worst case, 2 · (0.25·U + 0.5) · "
+            f"{d['row_bound']:.2f}; settings chosen per ε on the validation split, test AUC the mean of the noise "
+            f"draws ({d['wall_s']:.0f} s).",
+            _table(["run", "test AUC", "− pooled"], rows),
+        ]
+    )
 
 
 def dp_standardise(d: dict[str, Any]) -> str:
@@ -1244,6 +1320,11 @@ SECTIONS: list[tuple[str, str, Callable[[dict[str, Any]], str]]] = [
     ("federated", "Federated training on Census-Income (`bench/federated.py`)", federated),
     ("dp_sweep", "How the record-level DP settings were chosen (`bench/dp_sweep.py`)", dp_sweep),
     ("holdout_dp", "Record-level DP holdout evaluation (`bench/holdout_dp.py`)", holdout_dp),
+    (
+        "vertical_he_bound",
+        "Vertical record-level DP under homomorphic encryption, replayed (`bench/vertical_he_bound.py`)",
+        vertical_he_bound,
+    ),
     (
         "dp_standardise",
         "Standardise under record-level DP (`bench/dp_sweep.py --standardise`)",
