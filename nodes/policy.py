@@ -100,10 +100,11 @@ def node_authorizer(
 
     def authorize(request: node_pb2.EncryptRequest) -> None:
         ctx = request.context
-        verify_requester(request, requesters, clock)
+        now = clock()  # one time for every part of the decision (the policies' office hours too)
+        verify_requester(request, requesters, lambda: now)
         verify_registered_tier(request, current(reloader).principal(ctx.requester_user))
-        verify_consent(request, managers, clock)
-        verify_approval(request, approvers, clock)
+        verify_consent(request, managers, lambda: now)
+        verify_approval(request, approvers, lambda: now)
         node_decision(
             reloader,
             node_agency=agency,
@@ -116,6 +117,7 @@ def node_authorizer(
             case_id=ctx.case_id,
             consent_ref=ctx.consent_ref,
             approval_ref=ctx.approval_ref,
+            at=now,
         ).raise_if_denied()
 
     return authorize

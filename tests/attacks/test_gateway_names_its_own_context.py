@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import shutil
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -34,7 +35,7 @@ from policies.check_statements import Question, sign_check
 from policies.decision import DEFAULT_POLICY_DIR
 from protos.xgate.v1 import node_pb2
 from tests.unit.test_node_service import GATEWAY, INCOME, RING, SUBJECTS, TAX, Audit, _request, _store
-from tests.unit.test_policy_support import DAYTIME
+from tests.unit.test_policy_support import DAYTIME, NIGHT
 from xgate.errors import PolicyDenied
 
 STORED_INCOMES = [500 * i for i in range(len(SUBJECTS))]  # tests/unit/test_node_service.py's store
@@ -56,6 +57,10 @@ def caseworker_keys() -> RequesterKeys:
 @pytest.fixture
 def node(tmp_path: Path, caseworker_key: SigningKey) -> NodeService:
     """The tax node on the shipped policy set, with the caseworker's signing key registered."""
+    return _node(tmp_path, caseworker_key, DAYTIME)
+
+
+def _node(tmp_path: Path, caseworker_key: SigningKey, now: datetime) -> NodeService:
     import base64
 
     policies = tmp_path / "policies"
@@ -69,7 +74,7 @@ def node(tmp_path: Path, caseworker_key: SigningKey) -> NodeService:
         store=_store(),  # type: ignore[arg-type]
         audit=Audit(),  # type: ignore[arg-type]
         envelopes=Envelopes(TAX, RING),
-        authorize=node_authorizer("tax", policies, clock=lambda: DAYTIME),
+        authorize=node_authorizer("tax", policies, clock=lambda: now),
     )
 
 
@@ -152,6 +157,20 @@ def test_positive_control_the_caseworkers_own_check_is_answered(
     assert (
         PublicContext.known(context_fingerprint(caseworker_keys.public_context)) is not None
     )  # named by fingerprint next
+
+
+def test_the_node_decides_by_its_own_clock_office_hours_included(
+    tmp_path: Path, caseworker_key: SigningKey, caseworker_keys: RequesterKeys
+) -> None:
+    """Every part of the node's decision takes one time from its clock: the shipped policies allow
+    this check in office hours only, so at 22:30 local it is refused, whatever the real time (the
+    Cedar decision once read the real clock, so the positive control above failed in the evening)."""
+    night = _node(tmp_path, caseworker_key, NIGHT)
+    req = _check(caseworker_keys.public_context)
+    fingerprint = context_fingerprint(caseworker_keys.public_context)
+    req.context.requester_statement = sign_check(caseworker_key, Question.of_request(req, fingerprint), NIGHT)
+    with pytest.raises(PolicyDenied, match="no permit matched"):
+        _sent(night, req)
 
 
 def test_the_nodes_log_names_the_context_and_the_statement_it_answered(
