@@ -6,13 +6,15 @@ sd 3-20 × the clip (federated/vertical_dp.py), so a top model fitted on them un
 nodes; de-attenuating and recentring it (`vertical_dp.deattenuated`, `recentred`) recovers part of
 that. The held-out rows' embeddings, though, arrive clipped and not noised: they are outside the DP
 guarantee by design (they are what the job is evaluated on). With `top_calibration = s`, the label
-holder splits its held-out rows by a keyed hash of each pseudonym (`calibration_rows`: a share `s`,
-reproducible from the job's seed, whatever the rows' order), fits the top (K·h + 1 weights) on the
-clean embeddings of that part by Newton steps (`calibrated_top`), and scores only the other part.
+holder splits its held-out rows by a hash of each pseudonym seeded with the job's public seed
+(`calibration_rows`: a share `s`, reproducible from the job, whatever the rows' order), fits the
+top (K·h + 1 weights) on the clean embeddings of that part by Newton steps (`calibrated_top`), and
+scores only the other part.
 
 What it changes: the top now depends on the calibration rows, which were already outside the
 guarantee (their embeddings and labels are at the label holder); no feature node releases anything
-more, and the top stays at the label holder (only its digest and the evaluation's counts leave).
+more, and the top stays at the label holder (kept as `scored_top`; only its digest and the
+evaluation's counts leave).
 The training rows' guarantee is unchanged: their releases are the same. The evaluation is on fewer
 rows (1 − s of the held-out set), never on a row the top was fitted on.
 """

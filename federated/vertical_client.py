@@ -85,6 +85,13 @@ def _save(cache: Path, state: dict[str, np.ndarray], *, data: bool = False) -> N
     tmp.replace(cache / name)
 
 
+def _add_params(cache: Path, **arrays: np.ndarray) -> None:
+    """These arrays beside the parameters already saved."""
+    with np.load(cache / "params.npz", allow_pickle=False) as saved:
+        params = {k: saved[k] for k in saved.files}
+    _save(cache, {**params, **arrays})
+
+
 @app.query("hello")
 def hello(msg: Message, context: Context) -> Message:
     """What this node offers, and its pseudonyms hashed and blinded with a fresh job key (PSI)."""
@@ -698,6 +705,7 @@ def evaluate_top(msg: Message, context: Context) -> Message:
     recentre = not calibrated and "reliability" in st and len(e) > 0 and 0.0 < prevalence < 1.0
     if recentre:
         w = vertical_dp.recentred(w, e, prevalence)
+    _add_params(path, scored_top=w)  # the top the evaluation scored with, and its digest, stay here
     scores = Top(w, topm.opt_state).scores(e)
     rep = model.report(scores, y, threshold=prevalence)
     if job.label_dp is not None:  # counted against the noisy held-out labels: estimates of the true figures

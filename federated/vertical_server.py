@@ -321,13 +321,25 @@ def _dp_summary(job: JobSpec, relay: _Relay, setup: dict[int, Message]) -> dict[
 
 
 def _evaluation(relay: _Relay, label_node: int, scored: Message, held_out: int) -> dict[str, Any]:
-    """The label holder's evaluation reply, checked: its counts and calibration rows are the held-out rows."""
+    """The label holder's evaluation reply, checked: the rows it counted and the rows it fitted a
+    calibrated top on are the held-out rows, and it calibrated exactly when the job asks it to.
+    Which rows it fitted on is the label holder's to say (it holds the labels): the coordinator
+    checks the counts, not the split."""
     ev = cfg_of(scored)
+    who = relay.who(label_node)
     confusion = {k: relay.count(label_node, scored, k) for k in ("tp", "fp", "tn", "fn")}
-    counted, calibration_rows = sum(confusion.values()), relay.count(label_node, scored, "calibration_rows")
-    if counted + calibration_rows != held_out:  # no row both fitted on and counted, none left out
-        relay.fail(relay.who(label_node), f"counted {counted} + {calibration_rows} of {held_out} held-out rows")
-    evaluation: dict[str, Any] = {
+    counted = sum(confusion.values())
+    asked = relay.job.top_calibration is not None
+    # A job without the option needs no such field (a label holder of an earlier version sends none).
+    calibration_rows = relay.count(label_node, scored, "calibration_rows") if asked or "calibration_rows" in ev else 0
+    calibrated = ev.get("top_calibrated", False)
+    if not isinstance(calibrated, bool):
+        relay.fail(who, "returned no valid 'top_calibrated'")
+    if calibrated != (calibration_rows > 0) or (calibrated and not asked):
+        relay.fail(who, f"reported top_calibrated={calibrated} with {calibration_rows} calibration rows")
+    if counted + calibration_rows != held_out:  # every held-out row counted or fitted on, none both
+        relay.fail(who, f"counted {counted} + {calibration_rows} of {held_out} held-out rows")
+    return {
         "auc": relay.number(label_node, scored, "auc"),
         "balanced_accuracy": relay.number(label_node, scored, "balanced_accuracy"),
         "threshold": relay.number(label_node, scored, "threshold"),
@@ -338,13 +350,12 @@ def _evaluation(relay: _Relay, label_node: int, scored: Message, held_out: int) 
         # ... and its bias moved so the mean held-out score is the training prevalence (no label used).
         "top_recentred": bool(ev.get("top_recentred", False)),
         # Or (`top_calibration`) its top fitted on this many held-out rows, which `n` does not count.
-        "top_calibrated": bool(ev.get("top_calibrated", False)),
+        "top_calibrated": calibrated,
         "calibration_rows": calibration_rows,
         "held_out_rows": held_out,
         # Label DP: the label holder counted against the noisy held-out labels; these are estimates.
         "estimated_from_noisy_labels": bool(ev.get("estimated_from_noisy_labels", False)),
     }
-    return evaluation
 
 
 def run_vertical(grid: Grid, context: Context, job: JobSpec, job_dir: Path) -> None:

@@ -49,7 +49,9 @@ LABEL = "civil"
 FEATURE = {"civil": "civil.age", "tax": "tax.income", "hrss": "hrss.months", "health": "health.visits"}
 
 
-def vertical_job(agencies: list[str], min_nodes: int, dp: bool = False) -> JobSpec:
+def vertical_job(
+    agencies: list[str], min_nodes: int, dp: bool = False, top_calibration: float | None = None
+) -> JobSpec:
     body: Cfg = {
         "job_id": "psi-real-nodes",
         "purpose": "fraud-model",
@@ -62,6 +64,8 @@ def vertical_job(agencies: list[str], min_nodes: int, dp: bool = False) -> JobSp
     }
     if dp:
         body["dp"] = {"epsilon": 4.0, "delta": 1e-6, "clip": 1.0, "unit": "record"}
+    if top_calibration is not None:
+        body["top_calibration"] = top_calibration
     return parse_job(body)
 
 
@@ -172,11 +176,12 @@ def federation(
     uncertified: str | None = None,
     min_nodes: int | None = None,
     dp: bool = False,
+    top_calibration: float | None = None,
 ) -> Federation:
     """`uncertified`: that agency's SuperNode key has no certificate (it sends its key unsigned);
-    `min_nodes` defaults to every agency; `dp`: a record-level DP job."""
+    `min_nodes` defaults to every agency; `dp`: a record-level DP job (with `top_calibration`)."""
     agencies = list(sets)
-    job = vertical_job(agencies, min_nodes or len(agencies), dp)
+    job = vertical_job(agencies, min_nodes or len(agencies), dp, top_calibration)
     trust, identities = federation_pki(root / "pki", agencies)
     configs: dict[int, NodeConfig] = {}
     for i, agency in enumerate(agencies, start=1):
