@@ -16,6 +16,7 @@ need (pooled, vertical, vertical and horizontal record-DP at 1, 4, 8; `--limit` 
 all) and merges them into bench/results/federated.json (or `--out`) as the `record_dp` section and
 the top-level keys pooled_auc, dp_eps1_auc, dp_eps4_auc, dp_eps8_auc, vertical_dp_eps{1,4,8}_auc,
 vertical_auc, vertical_wall_s, vertical_bytes (with `headline_run` saying which run made them);
+`--refresh-vertical-reference` recomputes only the vertical record-DP runs' pooled reference.
 `--no-horizontal` runs only the vertical jobs and merges them beside the horizontal DP runs already in
 the file (the section says which rows came from which run); without `--record-dp` it does the same
 for the full-data table (pooled, single agencies and vertical re-run, horizontal rows kept).
@@ -74,18 +75,41 @@ def _centralised(data: census.Census, elements: list[str]) -> dict[str, Any]:
 
 def _pooled_on_evaluated_rows(data: census.Census, share: float, seed: int) -> dict[str, Any]:
     """Pooled logistic regression scored on the held-out rows a job with `top_calibration` evaluates
-    (those its label holder did not fit the top on: the split is keyed by pseudonym, so the bench
-    can draw it too); the fair reference for that job's AUC."""
+    (those its label holder did not fit the top on: the split is seeded by pseudonym, so the bench
+    can draw it too); the fair reference for that job's AUC. Fitted on the training rows and the
+    calibration rows, as the job's top also learns from the latter (`auc`), and, for comparison,
+    on the training rows alone (`auc_training_rows_only`)."""
     x, y, tr = _encode(data, census.features()), data.label.astype(float), ~data.test
-    clf = LogisticRegression(max_iter=500).fit(x[tr], y[tr])
     held_out = np.flatnonzero(data.test)
     fitted_on = top_calibration.calibration_rows([data.subjects[i] for i in held_out], share, seed)
-    rows = held_out[~fitted_on]
+    rows, calibration = held_out[~fitted_on], held_out[fitted_on]
+    both = np.r_[np.flatnonzero(tr), calibration]
+    with_calibration = LogisticRegression(max_iter=500).fit(x[both], y[both])
+    training_only = LogisticRegression(max_iter=500).fit(x[tr], y[tr])
     return {
-        "auc": float(model.auc(clf.predict_proba(x[rows])[:, 1], y[rows])),
+        "auc": float(model.auc(with_calibration.predict_proba(x[rows])[:, 1], y[rows])),
+        "auc_training_rows_only": float(model.auc(training_only.predict_proba(x[rows])[:, 1], y[rows])),
         "rows": len(rows),
         "calibration_rows": int(fitted_on.sum()),
     }
+
+
+def refresh_vertical_reference(limit: int | None, out_path: Path = RESULTS) -> None:
+    """Recompute the pooled reference of the vertical record-DP runs already in `out_path` (and the
+    targets that compare with it), without running the jobs again."""
+    out = json.loads(out_path.read_text())
+    run = out["record_dp"]
+    data = census.load(limit=limit)
+    if len(data.subjects) != run["rows"]:
+        raise SystemExit(f"the record_dp section has {run['rows']} rows; pass its --limit")
+    pooled = _pooled_on_evaluated_rows(data, run["vertical_job"]["top_calibration"], 0)
+    run["vertical_dp_pooled_same_rows"] = pooled
+    for e in EPSILONS:
+        res = run[f"vertical_dp_eps{e:g}"]
+        res["auc_minus_pooled_same_rows"] = res["auc"] - pooled["auc"]
+    out.setdefault("targets", {}).update(_vertical_dp_targets(run))
+    out_path.write_text(json.dumps(out, indent=1, default=float))
+    print(json.dumps(pooled), f"-> {out_path} (vertical record-DP reference)")
 
 
 def _horizontal_exact(data: census.Census, job_dir: Path) -> dict[str, Any]:
@@ -514,8 +538,16 @@ def main() -> None:
         action="store_true",
         help="vertical runs only, merged beside the horizontal ones already in the results file",
     )
+    ap.add_argument(
+        "--refresh-vertical-reference",
+        action="store_true",
+        help="with --limit: recompute the vertical record-DP runs' pooled reference only (no job runs)",
+    )
     args = ap.parse_args()
     os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+    if args.refresh_vertical_reference:
+        refresh_vertical_reference(args.limit, args.out)
+        return
     if args.label_attack:
         label_attack(args.limit)
         return

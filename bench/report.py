@@ -607,8 +607,14 @@ def _calibrated_vertical_reading(r: dict[str, Any], vdp: list[float], same: dict
     return (
         f"* Vertical at ε = 1 / 4 / 8: {' / '.join(f'{a:.4f}' for a in vdp)} with record-level DP at the feature "
         f"nodes, the label holder's top fitted on {same['calibration_rows']:,} held-out rows' clean embeddings and "
-        f"the AUC counted on the other {same['rows']:,}; pooled training scores {same['auc']:.4f} on those same "
-        f"rows ({' / '.join(f'{d:+.4f}' for d in diffs)}): {'; '.join(verdicts)}"
+        f"the AUC counted on the other {same['rows']:,}; pooled training on the training and calibration rows "
+        f"scores {same['auc']:.4f} on those same rows"
+        + (
+            f" ({same['auc_training_rows_only']:.4f} on the training rows alone)"
+            if "auc_training_rows_only" in same
+            else ""
+        )
+        + f" ({' / '.join(f'{d:+.4f}' for d in diffs)}): {'; '.join(verdicts)}"
         + (f"; balanced accuracy {' / '.join(f'{b:.4f}' for b in balanced)}." if None not in balanced else ".")
         + f" Without DP the vertical job reaches {r['vertical']['auc']:.4f} on all held-out rows."
     )
