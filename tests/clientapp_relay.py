@@ -205,3 +205,35 @@ def federation(
             ca_cert=trust.ca_cert if ca else None, crl=trust.crl if ca else None,
         )  # fmt: skip
     return Federation(ClientAppRelay(job, configs, root), job, {a: i for i, a in enumerate(agencies, start=1)})
+
+
+ReplyEdit = Callable[[str, str, Message, Message], Message]  # (type, agency, request, reply) -> reply
+
+
+class NodeIds:
+    """The Grid's node listing, for `server.run_vertical` driven over `handler_exchange`."""
+
+    def __init__(self, ids: list[int]) -> None:
+        self.ids = ids
+
+    def get_node_ids(self) -> list[int]:
+        return self.ids
+
+
+def handler_exchange(relay: ClientAppRelay, edit: ReplyEdit | None = None) -> Callable[..., dict[int, Message]]:
+    """A stand-in for `federated.vertical_server.exchange` (monkeypatch it in): each message answered
+    by its node's real ClientApp handler, each reply passed through `edit` (a coordinator's view of
+    a node that answers otherwise) before the ServerApp reads it."""
+
+    def exchange(_grid: Any, msgs: list[Message], _timeout: float) -> dict[int, Message]:
+        out = {}
+        run_config = relay.job.run_config(relay.root / "job")
+        for m in msgs:
+            n = m.metadata.dst_node_id
+            TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = relay.run_id, n, 1
+            context = Context(relay.run_id, n, _node_config(relay.configs[n]), RecordDict(), run_config)  # type: ignore[arg-type]
+            reply = HANDLERS[m.metadata.message_type](m, context)
+            out[n] = reply if edit is None else edit(m.metadata.message_type, relay.agency[n], m, reply)
+        return out
+
+    return exchange

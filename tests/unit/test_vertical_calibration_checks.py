@@ -18,20 +18,12 @@ from flwr.supercore.task_identity import TaskIdentity
 
 from federated import top_calibration
 from federated import vertical_server as server
-from tests.clientapp_relay import HANDLERS, LABEL, _node_config, federation
+from tests.clientapp_relay import LABEL, NodeIds, federation, handler_exchange
 from xgate.errors import VerticalFailed
 
 EVERYONE = [f"pseudonym{i:05d}" for i in range(1500)]
 SETS = {"civil": EVERYONE[:1300], "tax": EVERYONE[200:], "hrss": EVERYONE[100:1400]}
 Tamper = Callable[[dict[str, Any]], dict[str, Any]]
-
-
-class _Grid:
-    def __init__(self, ids: list[int]) -> None:
-        self.ids = ids
-
-    def get_node_ids(self) -> list[int]:
-        return self.ids
 
 
 def _with_cfg(reply: Message, request: Message, cfg: dict[str, Any]) -> Message:
@@ -48,25 +40,18 @@ def _run(
     fed = federation(tmp_path, SETS, dp=True, top_calibration=calibration)
     relay = fed.relay
 
-    def exchange(_grid: Any, msgs: list[Message], _timeout: float) -> dict[int, Message]:
-        out = {}
-        for m in msgs:
-            n = m.metadata.dst_node_id
-            TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = relay.run_id, n, 1
-            run_config = relay.job.run_config(relay.root / "job")
-            context = Context(relay.run_id, n, _node_config(relay.configs[n]), RecordDict(), run_config)  # type: ignore[arg-type]
-            reply = HANDLERS[m.metadata.message_type](m, context)
-            if m.metadata.message_type == "evaluate.top" and tamper is not None:
-                reply = _with_cfg(reply, m, tamper(dict(reply.content["cfg"])))
-            out[n] = reply
-        return out
+    def edit(message_type: str, _agency: str, request: Message, reply: Message) -> Message:
+        if message_type == "evaluate.top" and tamper is not None:
+            return _with_cfg(reply, request, tamper(dict(reply.content["cfg"])))
+        return reply
 
+    exchange = handler_exchange(relay, edit)
     monkeypatch.setattr(server, "exchange", exchange)
     job_dir = tmp_path / "server"
     job_dir.mkdir()
     TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = relay.run_id, 0, 1
     context = Context(1, 0, {}, RecordDict(), {"nodes": 3})
-    server.run_vertical(_Grid(sorted(relay.configs)), context, relay.job, job_dir)  # type: ignore[arg-type]
+    server.run_vertical(NodeIds(sorted(relay.configs)), context, relay.job, job_dir)  # type: ignore[arg-type]
     evaluation = json.loads((job_dir / "server-summary.json").read_text())["evaluation"]
     label_node = next(n for n, nc in relay.configs.items() if nc.agency == LABEL)
     cache = relay.configs[label_node].ledger.parent / "fl-cache" / relay.job.job_id

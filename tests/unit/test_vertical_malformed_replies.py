@@ -14,19 +14,11 @@ from flwr.supercore.task_identity import TaskIdentity
 
 from federated import psi
 from federated import vertical_server as server
-from tests.clientapp_relay import HANDLERS, _node_config, federation
+from tests.clientapp_relay import NodeIds, federation, handler_exchange
 from xgate.errors import VerticalFailed
 
 EVERYONE = [f"pseudonym{i:05d}" for i in range(120)]
 SETS = {"civil": EVERYONE[:100], "tax": EVERYONE[20:], "hrss": EVERYONE[10:110]}
-
-
-class _Grid:
-    def __init__(self, ids: list[int]) -> None:
-        self.ids = ids
-
-    def get_node_ids(self) -> list[int]:
-        return self.ids
 
 
 def _strip(reply: Message, request: Message, is_array: bool, field: str) -> Message:
@@ -54,26 +46,17 @@ def test_a_reply_without_a_field_fails_the_job_naming_its_agency(
     fed = federation(tmp_path, SETS)
     relay = fed.relay
 
-    def exchange(_grid: Any, msgs: list[Message], _timeout: float) -> dict[int, Message]:
-        out = {}
-        for m in msgs:
-            n = m.metadata.dst_node_id
-            TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = relay.run_id, n, 1
-            run_config = relay.job.run_config(relay.root / "job")
-            context = Context(relay.run_id, n, _node_config(relay.configs[n]), RecordDict(), run_config)  # type: ignore[arg-type]
-            reply = HANDLERS[m.metadata.message_type](m, context)
-            if m.metadata.message_type == kind and relay.agency[n] == agency:
-                reply = _strip(reply, m, is_array, field)
-            out[n] = reply
-        return out
+    def edit(message_type: str, replier: str, request: Message, reply: Message) -> Message:
+        return _strip(reply, request, is_array, field) if (message_type, replier) == (kind, agency) else reply
 
+    exchange = handler_exchange(relay, edit)
     monkeypatch.setattr(server, "exchange", exchange)
     job_dir = tmp_path / "server"
     job_dir.mkdir()
     TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = relay.run_id, 0, 1
     with pytest.raises(VerticalFailed) as failed:
         context = Context(1, 0, {}, RecordDict(), {"nodes": 3})
-        server.run_vertical(_Grid(sorted(relay.configs)), context, relay.job, job_dir)  # type: ignore[arg-type]
+        server.run_vertical(NodeIds(sorted(relay.configs)), context, relay.job, job_dir)  # type: ignore[arg-type]
     assert failed.value.agency == agency and field in failed.value.message
     events = [json.loads(line) for line in (job_dir / "server-events.jsonl").read_text().splitlines()]
     assert [e["agency"] for e in events if e["event"] == "job_failed"] == [agency]
