@@ -691,10 +691,10 @@ def evaluate_top(msg: Message, context: Context) -> Message:
     embs = [bottom.forward(st["x_test"]) if a == nc.agency else received[a] for a in order]
     e, y = np.hstack(embs), st["y_test"]
     prevalence = float(st["y_train"].mean())
-    calibration = st["calibration"].astype(bool) if "calibration" in st else None
-    calibrated = calibration is not None and top_calibration.enough(y, calibration)
-    if calibrated:
-        assert calibration is not None
+    marked = st["calibration"].astype(bool) if "calibration" in st else None
+    calibration = marked if marked is not None and top_calibration.enough(y, marked) else None
+    calibrated = calibration is not None
+    if calibration is not None:
         # The top refitted on clean held-out rows; the evaluation counts only the others.
         w = top_calibration.calibrated_top(e[calibration], y[calibration], job.l2, job.embedding_dim)
         e, y = e[~calibration], y[~calibration]
@@ -728,7 +728,7 @@ def evaluate_top(msg: Message, context: Context) -> Message:
             "top_deattenuated": not calibrated and "reliability" in st,
             "top_recentred": recentre,
             "top_calibrated": calibrated,
-            "calibration_rows": int(calibration.sum()) if calibrated and calibration is not None else 0,
+            "calibration_rows": 0 if calibration is None else int(calibration.sum()),
             "estimated_from_noisy_labels": job.label_dp is not None,
         },
     )

@@ -30,6 +30,19 @@ SPLIT = {
     "hrss": ["hrss.months"],
 }
 
+# A record-level DP job over the three agencies below, ε = 4 at each feature node.
+DP_JOB: dict[str, Any] = {
+    "purpose": "fraud-model",
+    "mode": "vertical",
+    "features": ["civil.age", "civil.disabled", "civil.region", "tax.income", "hrss.months"],
+    "label": "tax.label",
+    "label_holder": "tax",
+    "min_nodes": 3,
+    "dp": {"epsilon": 4.0, "delta": 1e-6, "clip": 1.0, "unit": "record"},
+    "round_timeout_s": 120,
+    "job_timeout_s": 600,
+}
+
 
 def make_vertical_nodes(tmp_path: Path, cap: float = 1.0) -> list[NodeSpec]:
     """Three agencies over 1200 synthetic subjects, 1000 of them held by all three; ε cap `cap` each."""
@@ -54,22 +67,7 @@ def make_vertical_nodes(tmp_path: Path, cap: float = 1.0) -> list[NodeSpec]:
 
 def test_vertical_end_to_end_with_record_dp(tmp_path: Path) -> None:
     nodes = make_vertical_nodes(tmp_path, cap=7.0)
-    job = parse_job(
-        {
-            "job_id": "it-vertical-dp",
-            "purpose": "fraud-model",
-            "mode": "vertical",
-            "features": ["civil.age", "civil.disabled", "civil.region", "tax.income", "hrss.months"],
-            "label": "tax.label",
-            "label_holder": "tax",
-            "rounds": 2,
-            "min_nodes": 3,
-            "dp": {"epsilon": 4.0, "delta": 1e-6, "clip": 1.0, "unit": "record"},
-            "label_dp": 2.0,
-            "round_timeout_s": 120,
-            "job_timeout_s": 600,
-        }
-    )
+    job = parse_job({**DP_JOB, "job_id": "it-vertical-dp", "rounds": 2, "label_dp": 2.0})
     events: list[dict[str, Any]] = []
     feds: list[Federation] = []
     res = run_job(job, nodes, job_dir=tmp_path / "job", on_event=events.append, on_started=feds.append)
@@ -127,22 +125,7 @@ def test_vertical_record_dp_with_a_calibrated_top(tmp_path: Path) -> None:
     embeddings and counts only the others; the feature nodes' DP releases and their accounting are
     those of any record-DP job."""
     nodes = make_vertical_nodes(tmp_path, cap=5.0)
-    job = parse_job(
-        {
-            "job_id": "vjob-calibrated",
-            "purpose": "fraud-model",
-            "mode": "vertical",
-            "features": ["civil.age", "civil.disabled", "civil.region", "tax.income", "hrss.months"],
-            "label": "tax.label",
-            "label_holder": "tax",
-            "rounds": 1,
-            "min_nodes": 3,
-            "dp": {"epsilon": 4.0, "delta": 1e-6, "clip": 1.0, "unit": "record"},
-            "top_calibration": 0.5,
-            "round_timeout_s": 120,
-            "job_timeout_s": 600,
-        }
-    )
+    job = parse_job({**DP_JOB, "job_id": "vjob-calibrated", "rounds": 1, "top_calibration": 0.5})
     res = run_job(job, nodes, job_dir=tmp_path / "job")
     assert res.status == "completed"
     ev = res.evaluation
