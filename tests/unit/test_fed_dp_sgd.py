@@ -13,6 +13,8 @@ import dp_accounting
 import numpy as np
 import pytest
 from dp_accounting.pld import PLDAccountant
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from federated import datasets, dp_sgd, model
 from federated.admission import LedgerAdmission, dp_release, record_dp_plan
@@ -47,6 +49,38 @@ def test_calibration_is_tight_and_an_independent_accountant_agrees() -> None:
         pld = PLDAccountant()  # privacy loss distributions: a tighter, independent analysis
         pld.compose(dp_accounting.PoissonSampledDpEvent(q, dp_accounting.GaussianDpEvent(sigma)), steps)
         assert pld.get_epsilon(1e-6) <= spent * 1.01
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    target=st.floats(0.05, 20.0),
+    scale=st.floats(1e-3, 1e3),
+    power=st.floats(0.3, 4.0),
+    bend=st.floats(0.0, 3.0),
+)
+def test_calibration_brackets_the_smallest_sigma_for_any_decreasing_accountant(
+    target: float, scale: float, power: float, bend: float
+) -> None:
+    """For any accountant whose epsilon falls as sigma grows (curved in log-log, not a line), the
+    interpolating search returns sigma within budget, and 0.1 % less would overspend; or refuses."""
+    asked: list[float] = []
+
+    def accountant(sigma: float, *_: object) -> float:
+        asked.append(sigma)
+        return float(scale * sigma**-power * np.exp(bend / sigma))
+
+    try:
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(dp_sgd, "accountant_epsilon", accountant)
+            sigma = dp_sgd.calibrate(target, 1e-6, 0.01, 100)
+    except ValueError as exc:
+        assert "out of reach" in str(exc)
+        assert accountant(dp_sgd._SIGMA_MAX / 2) > target  # only when sigma in the thousands overspends
+        return
+    assert accountant(sigma) <= target
+    # 0.1 % less overspends, unless sigma is at the search's floor (0.05, taken to overspend)
+    assert sigma <= 0.05 * 1.001 or accountant(sigma / 1.001) > target
+    assert len(asked) < 60  # closes far faster than the margin's worst case (770 questions)
 
 
 def test_plan_follows_each_node_dataset() -> None:
