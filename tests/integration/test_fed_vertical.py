@@ -4,11 +4,14 @@ the label holder.
 
 One job checks the protocol (alignment, rounds, the split model) and the DP accounting together:
 the DP path runs every step of the plain one, with noise added at the nodes (federated/vertical_dp.py
-is unit-tested for the plain/noisy difference), and a Flower job costs about a minute of the suite."""
+is unit-tested for the plain/noisy difference), and a Flower job costs about a minute of the suite.
+Both jobs run on one long-lived local link (federated/local_link.py, as the gateway runs them), so
+the file starts Flower's processes once; each test reads its own job's charges."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +21,8 @@ import pytest
 from federated import datasets
 from federated.admission import LedgerAdmission, dp_release
 from federated.jobs import parse_job
-from federated.runner import Federation, NodeSpec, run_job
+from federated.local_link import LocalLink, LocalTraining
+from federated.runner import NodeSpec, run_job
 from tests.integration.test_fed_horizontal import assert_no_orphans
 from xgate.logging import FORBIDDEN_KEYS
 
@@ -65,14 +69,32 @@ def make_vertical_nodes(tmp_path: Path, cap: float = 1.0) -> list[NodeSpec]:
     return nodes
 
 
-def test_vertical_end_to_end_with_record_dp(tmp_path: Path) -> None:
-    nodes = make_vertical_nodes(tmp_path, cap=7.0)
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[list[NodeSpec], LocalLink]]:
+    """The three agencies (ε cap 12 each: both jobs fit) and one link to their SuperNodes; when the
+    module ends every process it started is gone."""
+    root = tmp_path_factory.mktemp("vertical")
+    nodes = make_vertical_nodes(root, cap=12.0)
+    training = LocalTraining(state_dir=root / "link", nodes=nodes)
+    link = training.link()
+    try:
+        yield nodes, link
+    finally:
+        training.close()
+        assert_no_orphans(link.fed)
+
+
+def _spent(nodes: list[NodeSpec]) -> dict[str, float]:
+    return {n.agency: LedgerAdmission(n.ledger, n.store).spent(f"synth_{n.agency}") for n in nodes}
+
+
+def test_vertical_end_to_end_with_record_dp(tmp_path: Path, shared: tuple[list[NodeSpec], LocalLink]) -> None:
+    nodes, link = shared
     job = parse_job({**DP_JOB, "job_id": "it-vertical-dp", "rounds": 2, "label_dp": 2.0})
     events: list[dict[str, Any]] = []
-    feds: list[Federation] = []
-    res = run_job(job, nodes, job_dir=tmp_path / "job", on_event=events.append, on_started=feds.append)
+    before = _spent(nodes)
+    res = run_job(job, nodes, job_dir=tmp_path / "job", on_event=events.append, local=link)
     assert res.status == "completed"
-    assert_no_orphans(feds[0])
 
     # The protocol: aligned on the 1000 subjects all three hold, two rounds, the model stays split.
     aligned = next(e for e in events if e["event"] == "aligned")
@@ -101,9 +123,10 @@ def test_vertical_end_to_end_with_record_dp(tmp_path: Path) -> None:
     # before its first release; the job's summary carries what the nodes recorded.
     dp = summary["dp"]
     assert dp["unit"] == "record" and set(dp["nodes"]) == {"civil", "hrss"}  # the feature nodes
+    after = _spent(nodes)
     for spec in nodes:
         recorded = dp_release(spec.ledger, job.job_id)
-        spent = LedgerAdmission(spec.ledger, spec.store).spent(f"synth_{spec.agency}")
+        spent = after[spec.agency] - before[spec.agency]
         # The label holder also pays for its noisy-label release (label_dp = 2), once per (label, ε).
         assert spent == pytest.approx(6.0 if spec.agency == "tax" else 4.0)
         if spec.agency == "tax":
@@ -120,13 +143,13 @@ def test_vertical_end_to_end_with_record_dp(tmp_path: Path) -> None:
     assert summary["label_dp"]["epsilon"] == 2.0
 
 
-def test_vertical_record_dp_with_a_calibrated_top(tmp_path: Path) -> None:
+def test_vertical_record_dp_with_a_calibrated_top(tmp_path: Path, shared: tuple[list[NodeSpec], LocalLink]) -> None:
     """`top_calibration`: the label holder fits its top on about half of the held-out rows' clean
     embeddings and counts only the others; the feature nodes' DP releases and their accounting are
     those of any record-DP job."""
-    nodes = make_vertical_nodes(tmp_path, cap=5.0)
+    nodes, link = shared
     job = parse_job({**DP_JOB, "job_id": "vjob-calibrated", "rounds": 1, "top_calibration": 0.5})
-    res = run_job(job, nodes, job_dir=tmp_path / "job")
+    res = run_job(job, nodes, job_dir=tmp_path / "job", local=link)
     assert res.status == "completed"
     ev = res.evaluation
     assert ev["top_calibrated"] is True
