@@ -56,9 +56,28 @@ def _digit(ch: str) -> int | None:
     return int(value) if value is not None and value == int(value) and 0 <= value <= 9 else None
 
 
+def _ascii_table(keep_punctuation: bool) -> dict[int, str | None]:
+    table: dict[int, str | None] = {}
+    for code in range(128):
+        ch = chr(code)
+        table[code] = ch if ch.isdigit() else "X" if ch in "Xx" else "-" if ch.isalnum() or keep_punctuation else None
+    return table
+
+
+# `_fold` of ASCII text in one `str.translate` (NFKC leaves ASCII as it is): request ids, digests and
+# most typed fields are ASCII, and the per-character Unicode lookups took about 1 ms per 64 characters.
+_ASCII_FOLD = {False: _ascii_table(False), True: _ascii_table(True)}
+
+
 def _fold(text: str, keep_punctuation: bool = False) -> str:
     """`text` as digits, `X` (an X of any width or script) and `-` for any other letter; every other
     character (space, punctuation) dropped, or with `keep_punctuation` a `-` as well."""
+    if text.isascii():
+        return text.translate(_ASCII_FOLD[keep_punctuation])
+    return _fold_unicode(text, keep_punctuation)
+
+
+def _fold_unicode(text: str, keep_punctuation: bool) -> str:
     out = []
     for ch in unicodedata.normalize("NFKC", text):
         digit = _digit(ch)
