@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
+import structlog
 
 from app.cli import PRIVATE_UMASK
 
@@ -13,6 +14,16 @@ from app.cli import PRIVATE_UMASK
 # suite makes (stores, ledgers, audit logs it hands to real node and gateway processes) are private,
 # which those processes' preflight requires. Tests of a permissive umask set one themselves.
 os.umask(PRIVATE_UMASK)
+
+# In-process code logs through structlog's default chain (the servers' processes configure JSON,
+# xgate/logging.py). Its console renderer drew each logged exception with Rich, locals and all: one
+# test logging a few failures spent 40 s of CPU there. Plain tracebacks; the rest of the chain as is.
+structlog.configure(
+    processors=[
+        *structlog.get_config()["processors"][:-1],
+        structlog.dev.ConsoleRenderer(exception_formatter=structlog.dev.plain_traceback),
+    ]
+)
 
 # Loaded here (not only in tests/browser/conftest.py) so the xdist controller prints the loud
 # "BROWSER TESTS DID NOT RUN" banner when Chromium is missing.
