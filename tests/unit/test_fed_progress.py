@@ -113,6 +113,14 @@ def test_logs_show_admission_rounds_and_outcome(tmp_path: Path) -> None:
     assert res.exit_code == 1 and "no Flower run log yet" in res.output
 
 
+@pytest.fixture(autouse=True)
+def _status_asked_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fakes below end their run when asked for its status: ask at once, not after 30 s."""
+    from federated import job_run
+
+    monkeypatch.setattr(job_run, "FIRST_STATUS_S", 0.0)
+
+
 class _RunEndingWithEvents:
     """A federation whose ServerApp writes its last events after the follower's last read, just as
     the SuperLink reports the run finished (the race the job's events must survive)."""
