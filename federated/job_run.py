@@ -24,7 +24,17 @@ from federated.pooled_stats import infos_to_config
 from federated.results import write_outputs
 from xgate.errors import NodeUnavailable
 
-__all__ = ["FIRST_STATUS_S", "STATUS_POLL_S", "TERMINAL_EVENTS", "JobResult", "Status", "finish", "follow_run", "start_job", "write_app"]
+__all__ = [
+    "FIRST_STATUS_S",
+    "STATUS_POLL_S",
+    "TERMINAL_EVENTS",
+    "JobResult",
+    "Status",
+    "finish",
+    "follow_run",
+    "start_job",
+    "write_app",
+]
 
 
 def write_app(
