@@ -57,16 +57,8 @@ def _digit(ch: str) -> int | None:
 
 
 def _ascii_table(keep_punctuation: bool) -> dict[int, str | None]:
-    table: dict[int, str | None] = {}
-    for code in range(128):
-        ch = chr(code)
-        table[code] = ch if ch.isdigit() else "X" if ch in "Xx" else "-" if ch.isalnum() or keep_punctuation else None
-    return table
-
-
-# `_fold` of ASCII text in one `str.translate` (NFKC leaves ASCII as it is): request ids, digests and
-# most typed fields are ASCII, and the per-character Unicode lookups took about 1 ms per 64 characters.
-_ASCII_FOLD = {False: _ascii_table(False), True: _ascii_table(True)}
+    """`_fold_unicode` of each ASCII character, as a `str.translate` table (one rule, not two)."""
+    return {code: _fold_unicode(chr(code), keep_punctuation) or None for code in range(128)}
 
 
 def _fold(text: str, keep_punctuation: bool = False) -> str:
@@ -88,6 +80,11 @@ def _fold_unicode(text: str, keep_punctuation: bool) -> str:
         elif ch.isalnum() or keep_punctuation:
             out.append("-")
     return "".join(out)
+
+
+# `_fold` of ASCII text in one `str.translate` (NFKC leaves ASCII as it is): request ids, digests and
+# most typed fields are ASCII, and the per-character Unicode lookups took about 1 ms per 64 characters.
+_ASCII_FOLD = {False: _ascii_table(False), True: _ascii_table(True)}
 
 
 def contains_national_id(text: str) -> bool:
