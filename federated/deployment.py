@@ -1,5 +1,6 @@
 """A real Flower deployment on loopback: one `flower-superlink`, one `flower-supernode` per agency
-node, submission with `flwr run`, status via `flwr ls`, logs via `flwr log`.
+node; registration, submission, status, logs and stop through the SuperLink's Control API, called
+in-process with Flower's own client (federated/control_api.py) as the `flwr` CLI calls it.
 
 The SuperLink binds `host` (127.0.0.1 by default) on a free port. Every process is started in its
 own session (process group) and the whole group is terminated on exit, error or timeout, so the
@@ -7,8 +8,8 @@ SuperExec/ClientApp/ServerApp children Flower spawns never outlive the job.
 
 Transport (crypto/flower_keys.py): the SuperLink serves its Fleet, Control and Runtime APIs over
 HTTPS with a CA-issued certificate and `--enable-supernode-auth`; each SuperNode's CA-certified
-public key is registered (`flwr supernode register`) before the SuperNode starts, and SuperNodes
-and the `flwr` CLI verify the SuperLink against the CA. Plain HTTP (`--insecure`) happens only
+public key is registered (as `flwr supernode register` does) before the SuperNode starts, and
+SuperNodes and Control API calls verify the SuperLink against the CA. Plain HTTP (`--insecure`) happens only
 when a caller passes insecure=True explicitly, and is logged as `flower_insecure`.
 """
 
@@ -32,6 +33,7 @@ from typing import IO, Any
 import tomli_w
 
 from crypto.flower_keys import FlowerSecurity, SuperNodeKey, verify_flower_security
+from federated.control_api import ControlApi, RunInfo
 from federated.node import NodeConfig, node_config_arg
 from federated.orphan_guard import popen_guarded
 from xgate.errors import ConfigError
@@ -227,31 +229,14 @@ class Federation:
         if self.security is not None and self.security.supernode_keys:
             self.register_nodes(self.security.supernode_keys)
 
-    def register_nodes(self, keys: Mapping[str, SuperNodeKey], timeout: float = 60.0) -> dict[str, int]:
-        """`flwr supernode register` each public key (in parallel); the SuperLink activates only these."""
-        running = {
-            agency: subprocess.Popen(
-                [str(BIN / "flwr"), "supernode", "register", str(k.public_key.resolve()), "xgate", "--format", "json"],
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                text=True,
-                env=flwr_env(self.job_dir / "flwr-home"),
-                cwd=self.job_dir,
-            )
-            for agency, k in keys.items()
-        }
+    def register_nodes(self, keys: Mapping[str, SuperNodeKey]) -> dict[str, int]:
+        """Register each public key on the SuperLink (Control API); it activates only these."""
         failed = []
-        for agency, proc in running.items():
+        for agency, k in keys.items():
             try:
-                out, err = proc.communicate(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                out, err = proc.communicate()
-            payload = _json_payload(out) if "{" in out else {}
-            if proc.returncode != 0 or not payload.get("success"):
-                failed.append(f"{agency}: {(payload.get('error-message') or err or out).strip()[-200:]}")
-            else:
-                self.registered[agency] = int(payload["node-id"])
+                self.registered[agency] = self.control.register_node(k.public_key.resolve())
+            except RuntimeError as exc:
+                failed.append(f"{agency}: {str(exc)[-200:]}")
         if failed:
             raise RuntimeError("SuperNode registration failed: " + "; ".join(failed))
         log.info("flower_supernodes_registered", agencies=sorted(keys), job_dir=str(self.job_dir))
@@ -339,31 +324,43 @@ class Federation:
             raise RuntimeError(f"flwr {args[0]} failed: {reason[-400:]}")
         return out.stdout
 
-    def submit(self, app_dir: Path) -> int:
-        payload = _json_payload(self.flwr("run", str(app_dir), "xgate", "--format", "json", timeout=120))
-        return int(payload["run-id"])
+    @property
+    def control(self) -> ControlApi:
+        """The SuperLink's Control API, called in-process (federated/control_api.py)."""
+        ca = None if self.security is None else self.security.ca_cert.resolve()
+        return ControlApi(self.address, ca, insecure=self.insecure)
 
-    def run_info(self, run_id: int) -> dict[str, Any]:
-        data = _json_payload(self.flwr("ls", "xgate", "--run-id", str(run_id), "--format", "json"))
-        runs = data.get("runs", [])
-        return dict(runs[0]) if runs else {}
+    def submit(self, app_dir: Path) -> int:
+        return self.control.start_run(app_dir)
+
+    def run_info(self, run_id: int) -> RunInfo | None:
+        return self.control.run_info(run_id)
 
     def logs(self, run_id: int) -> str:
         try:
-            return self.flwr("log", str(run_id), "xgate", "--show", timeout=30)
-        except (RuntimeError, subprocess.TimeoutExpired) as exc:
+            return self.control.logs(run_id)
+        except RuntimeError as exc:
             return f"(logs unavailable: {exc})"
 
     def stop_run(self, run_id: int) -> None:
-        with contextlib.suppress(RuntimeError, subprocess.TimeoutExpired):
-            self.flwr("stop", str(run_id), "xgate", timeout=30)
+        with contextlib.suppress(RuntimeError):
+            self.control.stop_run(run_id)
 
     # -- shutdown -----------------------------------------------------------------------------
 
     def _stop(self, proc: _Proc, sig: int = signal.SIGTERM) -> None:
-        # Signal the whole group we created (SuperExec, ServerApp/ClientApp children), then make sure.
+        self._signal(proc, sig)
+        self._reap(proc)
+
+    @staticmethod
+    def _signal(proc: _Proc, sig: int = signal.SIGTERM) -> None:
+        # The whole group we created: SuperExec, ServerApp/ClientApp children.
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(proc.popen.pid, sig)
+
+    @staticmethod
+    def _reap(proc: _Proc) -> None:
+        """Wait for a signalled process, then make sure (SIGKILL to its group)."""
         with contextlib.suppress(subprocess.TimeoutExpired):
             proc.popen.wait(timeout=10)
         with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -374,9 +371,15 @@ class Federation:
             proc.log_fh.close()
 
     def close(self) -> None:
-        for name in [n for n in self.procs if n != "superlink"] + ["superlink"]:
-            if name in self.procs:
-                self._stop(self.procs[name])
+        # Every SuperNode is signalled at once (each takes most of a second to deactivate and stop),
+        # then the SuperLink they deactivate with.
+        nodes = [p for name, p in self.procs.items() if name != "superlink"]
+        for proc in nodes:
+            self._signal(proc)
+        for proc in nodes:
+            self._reap(proc)
+        if "superlink" in self.procs:
+            self._stop(self.procs["superlink"])
         deadline = time.monotonic() + 10
         while (left := self.leftover_processes()) and time.monotonic() < deadline:
             for pgid in {g for _, g in left}:

@@ -16,6 +16,7 @@ from typing import Any
 
 import tomli_w
 
+from federated.control_api import RunInfo
 from federated.datasets import ElementInfo
 from federated.deployment import Federation
 from federated.events import JsonlSink, OnEvent, make_event, read_events
@@ -168,7 +169,7 @@ def follow_run(
         if ev["event"] in ("round_completed", "round_evaluated"):
             say(_progress_line(job, ev))
 
-    info: dict[str, Any] = {}
+    info: RunInfo | None = None
     next_status, terminal, state = time.monotonic() + FIRST_STATUS_S, False, ""
     while True:
         events, offset = read_events(job_dir / "server-events.jsonl", offset)
@@ -179,7 +180,7 @@ def follow_run(
         ending = terminal or (job_dir / "server-summary.json").exists()
         if now >= next_status:
             info = fed.run_info(result.run_id)
-            state = str(info.get("status", ""))
+            state = "" if info is None else info.status
             if state.startswith("finished"):
                 break
             next_status = now + (ENDING_POLL_S if ending else STATUS_POLL_S)
@@ -189,7 +190,7 @@ def follow_run(
             fed.stop_run(result.run_id)
             raise NodeUnavailable("federation", f"job timed out after {job.job_timeout_s:.0f} s")
         time.sleep(0.5)
-    result.bytes_exchanged = int(info.get("network-traffic", {}).get("total-bytes", 0))
+    result.bytes_exchanged = 0 if info is None else info.total_bytes
     (job_dir / "run.log").write_text(fed.logs(result.run_id))
     events, offset = read_events(job_dir / "server-events.jsonl", offset)
     for ev in events:  # written between the last read and the run's end: named the same way
@@ -278,13 +279,11 @@ def _progress_line(job: JobSpec, ev: dict[str, Any]) -> str:
     return f"[{bar:<20}] round {rnd}/{job.rounds} {ev['event']}{extra}"
 
 
-# `flwr ls` is a fresh Python process (1.5 s of CPU, Flower's imports): the ServerApp's own event file
-# says when the run ends, so the SuperLink is asked every ENDING_POLL_S only then, and otherwise every
-# STATUS_POLL_S in case the ServerApp died silently (at 10 s, a 150 s job made 15 status calls: 20 s of CPU).
-STATUS_POLL_S = 30.0
-ENDING_POLL_S = 2.0
-# Not at once either: a run just submitted is running, and the call competed with the run's own start
-# (5.3 s of wall for it while a vertical job aligned; tests/unit/test_fed_progress.py asks at once).
+# The ServerApp's own event file says when the run ends; the SuperLink is asked for the run's status
+# (a Control API call in-process, a few ms) every ENDING_POLL_S from then, and otherwise every
+# STATUS_POLL_S in case the ServerApp died silently. tests/unit/test_fed_progress.py asks at once.
+STATUS_POLL_S = 5.0
+ENDING_POLL_S = 0.5
 FIRST_STATUS_S = STATUS_POLL_S
 TERMINAL_EVENTS = ("job_failed", "server_error")
 

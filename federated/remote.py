@@ -21,7 +21,6 @@ address with the SuperLink's certificate and forwards Fleet API calls only.
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 import sys
@@ -89,20 +88,6 @@ def catalogue_infos(catalogue: Catalogue, features: Sequence[str]) -> list[Eleme
             ) from None
         infos.append(ElementInfo(element.id, element.type.value, element.min, element.max))
     return infos
-
-
-def parse_supernode_list(out: str) -> dict[int, str]:
-    """node id -> status ("registered", "online", "offline", "unregistered") from
-    `flwr supernode list <federation> --format json`: {"success": true, "nodes": [{"node-id": "<uint64 as
-    string>", "status": ..., "owner-name", "created-at", "online-at", "online-elapsed", "offline-at",
-    "deleted-at"}]}."""
-    try:
-        payload = json.loads(out[out.index("{") :])
-        if payload.get("success") is False:
-            raise NodeProtocolError("federation", f"flwr supernode list failed: {payload.get('error-message', '')}")
-        return {int(n["node-id"]): str(n["status"]) for n in payload["nodes"]}
-    except (ValueError, KeyError, TypeError, AttributeError):
-        raise NodeProtocolError("federation", "flwr supernode list printed no node list") from None
 
 
 def attested_digests(summary: Mapping[str, Any], node_ids: Mapping[int, str]) -> dict[str, str]:
@@ -241,12 +226,13 @@ class RemoteLink:
         return {n.agency: self.fed.registered[n.agency] for n in nodes}
 
     def statuses(self) -> dict[int, str]:
-        return parse_supernode_list(self.fed.flwr("supernode", "list", "xgate", "--format", "json"))
+        try:
+            return self.fed.control.supernodes()
+        except RuntimeError as exc:
+            raise NodeProtocolError("federation", str(exc)[:300]) from None
 
-    def wait_online(self, node_ids: Mapping[int, str], timeout: float, poll_s: float = 2.0) -> None:
-        """Return once every node id is online; NodeUnavailable naming the agencies that are not.
-
-        Each look is a `flwr` CLI process (~1 s of CPU), hence the 2 s poll."""
+    def wait_online(self, node_ids: Mapping[int, str], timeout: float, poll_s: float = 0.5) -> None:
+        """Return once every node id is online; NodeUnavailable naming the agencies that are not."""
         deadline = time.monotonic() + timeout
         while True:
             statuses = self.statuses()

@@ -24,6 +24,7 @@ from crypto import flower_keys as fk
 from crypto import pki
 from federated import datasets
 from federated.admission import LedgerAdmission
+from federated.control_api import ControlApi
 from federated.deployment import BIN, Federation, NodeSpec, flwr_env
 from federated.events import read_events
 from federated.jobs import JobSpec, parse_job
@@ -125,9 +126,10 @@ def test_unregistered_supernode_is_refused_and_never_fed_the_run(link: Link) -> 
 
     while not (rounds := completed_rounds()):
         assert time.monotonic() < deadline, "round 1 did not complete"
-        # Asking the SuperLink takes a `flwr` process (a second or more): a fast run may finish
-        # meanwhile, so its events are read again before the run counts as ended without a round.
-        finished = str(fed.run_info(run_id).get("status", "")).startswith("finished")
+        # A fast run may finish between the two looks, so its events are read again before the run
+        # counts as ended without a round.
+        info = fed.run_info(run_id)
+        finished = info is not None and info.status.startswith("finished")
         assert not finished or completed_rounds(), "run ended before round 1"
         time.sleep(0.5)
     fed.stop_run(run_id)  # a no-op when the run already finished
@@ -191,13 +193,29 @@ def test_cli_without_the_ca_cannot_submit(link: Link) -> None:
     assert fk_json(fed.flwr("ls", "xgate", "--format", "json"))["runs"] == fk_json(runs_before)["runs"]
 
 
+def test_control_client_without_the_ca_cannot_submit(link: Link) -> None:
+    """The coordinator's own Control API client (federated/control_api.py) verifies as the CLI does."""
+    fed = link.fed
+    runs_before = fed.flwr("ls", "xgate", "--format", "json")
+    app_dir = write_app(horizontal_job("it-sec-client"), link.root / "client-job", n_nodes=1, max_weight=150)
+    other_ca = link.root / "client-other-ca"
+    pki.init_ca(other_ca, "another CA")
+    with pytest.raises(RuntimeError, match=r"run failed: .*CERTIFICATE_VERIFY_FAILED.*unable to get local issuer"):
+        ControlApi(fed.address, other_ca / pki.CA_CERT).start_run(app_dir)
+    with pytest.raises(RuntimeError, match="run failed: "):  # plain HTTP against the HTTPS port
+        ControlApi(fed.address, None, insecure=True).start_run(app_dir)
+    # Control: with the federation's CA the same client is answered, and no run was created above.
+    assert ControlApi(fed.address, link.security.ca_cert).supernodes()[fed.registered["region0"]] == "online"
+    assert fk_json(fed.flwr("ls", "xgate", "--format", "json"))["runs"] == fk_json(runs_before)["runs"]
+
+
 def test_superlink_certificate_for_another_host_is_refused(tmp_path: Path, link: Link) -> None:
     sec = fk.prepare_flower_security(tmp_path / "pki", ["region0"], hosts=["link.example.org"], loopback=False)
     fed = Federation(tmp_path / "fed", dataclasses.replace(sec, supernode_keys={}))  # dialled as 127.0.0.1
     try:
         fed.start_superlink()
-        # The flwr CLI refuses it (registering region0's key is the first Control API call).
-        with pytest.raises(RuntimeError, match="Connection to the SuperLink is unavailable"):
+        # The Control API client refuses it (registering region0's key is the first call), by name.
+        with pytest.raises(RuntimeError, match=r"CERTIFICATE_VERIFY_FAILED.*IP address mismatch"):
             fed.register_nodes(sec.supernode_keys)
         # A SuperNode with the right CA and a valid key refuses it by name.
         fed.start_node(link.node, key=sec.supernode_keys["region0"])

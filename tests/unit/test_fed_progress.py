@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 from app.train_cli import app, progress_lines
 from federated import datasets
 from federated.admission import LedgerAdmission
+from federated.control_api import RunInfo
 from federated.events import JsonlSink, make_event, read_events
 from federated.job_run import JobEvents, _failure
 from federated.jobs import parse_job
@@ -131,10 +132,10 @@ class _RunEndingWithEvents:
     def submit(self, app_dir: Path) -> int:
         return 7
 
-    def run_info(self, run_id: int) -> dict[str, Any]:
+    def run_info(self, run_id: int) -> RunInfo:
         self.events(make_event("prog-1", "round_completed", round=1, participants=[11, 12], aggregate_sha256="0" * 64))
         self.events(make_event("prog-1", "job_failed", reason="node left", node_id=12))
-        return {"status": "finished:completed", "network-traffic": {"total-bytes": 5}}
+        return RunInfo("finished:completed", 5)
 
     def logs(self, run_id: int) -> str:
         return ""
@@ -171,11 +172,11 @@ class _LinkRun:
     def submit(self, app_dir: Path) -> int:
         return self.run_id
 
-    def run_info(self, run_id: int) -> dict[str, Any]:
+    def run_info(self, run_id: int) -> RunInfo:
         for ev in self.writes:
             self.sink(ev)
         self.writes = []
-        return {"status": self.ends, "network-traffic": {"total-bytes": 0}}
+        return RunInfo(self.ends, 0)
 
     def logs(self, run_id: int) -> str:
         return f"flower log of run {run_id}\n"

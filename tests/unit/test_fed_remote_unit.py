@@ -25,14 +25,13 @@ from federated.remote import (
     attested_digests,
     catalogue_infos,
     catalogue_width,
-    parse_supernode_list,
     select_participants,
 )
 from federated.remote_runner import RemoteMode, job_shape
 from federated.runner import run_job
 from gateway.config import TrainingSettings
 from policies.catalogue import Catalogue, DataElement
-from xgate.errors import ConfigError, IntegrityError, NodeProtocolError
+from xgate.errors import ConfigError, IntegrityError
 
 # -- --node-config -------------------------------------------------------------------------------
 
@@ -63,41 +62,6 @@ def test_any_quote_free_path_survives(name: str) -> None:
 def test_node_config_arg_refuses_what_flower_cannot_carry(bad: str) -> None:
     with pytest.raises(ConfigError, match="'store' must not contain quotes or control characters"):
         node_config_arg(NodeConfig(Path("/srv") / bad, "tax", Path("/srv/l"), None, None))
-
-
-# -- flwr supernode list -------------------------------------------------------------------------
-
-LIST = """Loading project configuration...
-{
-  "success": true,
-  "nodes": [
-    {"node-id": "11533490865760392853", "owner-name": "none", "status": "online", "created-at": "x",
-     "online-at": "y", "online-elapsed": 2.4, "offline-at": "N/A", "deleted-at": "N/A"},
-    {"node-id": "42", "owner-name": "none", "status": "registered", "created-at": "x",
-     "online-at": "N/A", "online-elapsed": 0.0, "offline-at": "N/A", "deleted-at": "N/A"}
-  ]
-}"""
-
-
-def test_parse_supernode_list() -> None:
-    assert parse_supernode_list(LIST) == {11533490865760392853: "online", 42: "registered"}
-    assert parse_supernode_list('{"success": true, "nodes": []}') == {}
-
-
-@pytest.mark.parametrize(
-    "out",
-    [
-        "",
-        "Connection refused",
-        '{"success": false, "error-message": "unavailable"}',
-        '{"success": true}',
-        '{"success": true, "nodes": [{"status": "online"}]}',
-        '{"success": true, "nodes": [{"node-id": "x1", "status": "online"}]}',
-    ],
-)
-def test_parse_supernode_list_refuses_anything_else(out: str) -> None:
-    with pytest.raises(NodeProtocolError):
-        parse_supernode_list(out)
 
 
 # -- what the coordinator decides without the stores ---------------------------------------------
