@@ -36,6 +36,41 @@ def test_the_loops_sleeps_are_capped_and_nothing_else_changes(loop: ModuleType) 
     assert time.sleep is not loop.time.sleep  # the rest of the process keeps the real module
 
 
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_idle_pulls_slow_down_after_a_pause_and_speed_up_with_the_next_message() -> None:
+    clock = _Clock()
+    backoff = supernode_process.IdleBackoff(0.25, clock)
+    idle, reply = supernode_process.FLOWER_IDLE_S, 0.5  # what Flower's loop asks for
+    assert backoff.wait(idle) == 0.25  # idle, but only just
+    clock.now += supernode_process.IDLE_AFTER_S - 0.01
+    assert backoff.wait(idle) == 0.25
+    clock.now += 0.02  # idle for IDLE_AFTER_S: one pull a second, never Flower's 3 s
+    assert backoff.wait(idle) == supernode_process.IDLE_POLL_S == 1.0
+    clock.now += 60
+    assert backoff.wait(idle) == 1.0
+    assert backoff.wait(reply) == 0.25  # a message is being answered: short waits at once
+    assert backoff.wait(idle) == 0.25
+    clock.now += supernode_process.IDLE_AFTER_S
+    assert backoff.wait(idle) == 1.0
+    assert backoff.wait(0.01) == 0.01  # a shorter wait stays as asked
+
+
+def test_an_agency_poll_longer_than_the_idle_poll_is_kept() -> None:
+    clock = _Clock()
+    backoff = supernode_process.IdleBackoff(2.0, clock)
+    assert backoff.wait(supernode_process.FLOWER_IDLE_S) == 2.0
+    clock.now += 3600
+    assert backoff.wait(supernode_process.FLOWER_IDLE_S) == 2.0
+    assert backoff.wait(0.5) == 0.5
+
+
 def test_a_changed_flower_loop_is_refused_not_silently_left_alone(loop: ModuleType) -> None:
     loop.time = None  # type: ignore[attr-defined] # as if Flower stopped importing `time` there
     with pytest.raises(RuntimeError, match="start_client_internal changed"):
