@@ -118,7 +118,10 @@ def _schemathesis(url: str, ca: Path, key: str | None, report: Path, config: Pat
     exe = Path(sys.executable).parent / "schemathesis"
     args = [str(exe), "--config-file", str(config), "run", f"{url}/openapi.json", "--tls-verify", str(ca)]
     args += ["--checks", CHECKS + (",ignored_auth" if key else ""), "--max-examples", "3", "--seed", "20261202"]
-    args += ["--phases", "examples,coverage,fuzzing", "--workers", "1", "--no-shrink", "--request-timeout", "20"]
+    # Without a key every operation answers 401 before reading its input: the coverage phase's ~1,400
+    # boundary inputs per run (a fifth of the file's time) would test that one answer again and again.
+    phases = "examples,coverage,fuzzing" if key else "examples,fuzzing"
+    args += ["--phases", phases, "--workers", "1", "--no-shrink", "--request-timeout", "20"]
     args += ["--report", "json", "--report-json-path", str(report)]
     if key is not None:
         args += ["-H", f"Authorization: Bearer {key}"]
