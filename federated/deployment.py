@@ -28,16 +28,18 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import tomli_w
 
 from crypto.flower_keys import FlowerSecurity, SuperNodeKey, verify_flower_security
-from federated.control_api import ControlApi, RunInfo
 from federated.node import NodeConfig, node_config_arg
 from federated.orphan_guard import popen_guarded
 from xgate.errors import ConfigError
 from xgate.logging import get_logger
+
+if TYPE_CHECKING:  # Flower's client and CLI modules: imported when a Control API call is made
+    from federated.control_api import ControlApi, RunInfo
 
 log = get_logger(__name__)
 BIN = Path(sys.executable).parent
@@ -327,6 +329,8 @@ class Federation:
     @property
     def control(self) -> ControlApi:
         """The SuperLink's Control API, called in-process (federated/control_api.py)."""
+        from federated.control_api import ControlApi
+
         ca = None if self.security is None else self.security.ca_cert.resolve()
         return ControlApi(self.address, ca, insecure=self.insecure)
 

@@ -12,11 +12,10 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import tomli_w
 
-from federated.control_api import RunInfo
 from federated.datasets import ElementInfo
 from federated.deployment import Federation
 from federated.events import JsonlSink, OnEvent, make_event, read_events
@@ -24,6 +23,9 @@ from federated.jobs import JobSpec, Mode
 from federated.pooled_stats import infos_to_config
 from federated.results import write_outputs
 from xgate.errors import NodeUnavailable
+
+if TYPE_CHECKING:
+    from federated.control_api import RunInfo
 
 __all__ = [
     "FIRST_STATUS_S",
