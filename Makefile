@@ -20,7 +20,10 @@ $(STAMP): pyproject.toml requirements.lock
 proto: setup
 	$(BIN)/python -m grpc_tools.protoc -I. --python_out=. --pyi_out=. --grpc_python_out=. protos/xgate/v1/*.proto
 
+# Bytecode first: the demo starts a dozen Python processes, which would each compile xgate's
+# modules again where PYTHONDONTWRITEBYTECODE is set.
 demo: setup
+	$(BIN)/python -m compileall -q -j 0 xgate app client exchange gateway nodes federated policies audit crypto protos
 	FLWR_TELEMETRY_ENABLED=0 $(BIN)/xgate demo
 
 lint: setup
