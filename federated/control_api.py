@@ -62,7 +62,6 @@ class ControlApi:
     address: str
     ca_cert: Path | None
     insecure: bool = False
-    timeout_s: float = 60.0
 
     @contextmanager
     def _client(self) -> Iterator[ControlHttpClient]:
