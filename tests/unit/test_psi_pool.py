@@ -54,20 +54,26 @@ def test_a_key_of_the_wrong_length_is_refused() -> None:
 def test_the_key_reaches_a_worker_by_no_argument_environment_or_command_line(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    report = tmp_path / "what-the-worker-saw"
+    # Each worker writes what it saw to a file of its own, whole or not at all: the pool stops the
+    # other worker when the first fails, which could catch it between opening a shared file
+    # (truncating the first worker's report) and writing it.
     snoop = (
-        "import os, sys; sys.stdin.buffer.read();"
-        f" open({str(report)!r}, 'w').write(repr((sys.argv, dict(os.environ),"
-        " open('/proc/self/cmdline', 'rb').read(), open('/proc/self/environ', 'rb').read())));"
-        " sys.exit('snooped')"
+        "import os, sys\n"
+        "sys.stdin.buffer.read()\n"
+        f"report = os.path.join({str(tmp_path)!r}, 'seen-%d' % os.getpid())\n"
+        "with open(report + '.part', 'w') as out:\n"
+        "    out.write(repr((sys.argv, dict(os.environ), open('/proc/self/cmdline', 'rb').read(),"
+        " open('/proc/self/environ', 'rb').read())))\n"
+        "os.replace(report + '.part', report)\n"
+        "sys.exit('snooped')\n"
     )
     monkeypatch.setattr(psi_pool, "PARALLEL_FROM", 1)
     monkeypatch.setattr(psi_pool, "_WORKER", ("-c", snoop))
     key = psi.new_key()
     with pytest.raises(RuntimeError, match="a PSI worker failed: snooped") as failure:
         psi_pool.finish_lists(key, _lists([40]), workers=2)
-    seen = report.read_text()
-    assert "PATH" in seen  # it did look
+    seen = "".join(report.read_text() for report in tmp_path.glob("seen-*") if report.suffix != ".part")
+    assert "PATH" in seen  # it did look (the worker whose failure ended the call wrote its report first)
     for form in (key.hex(), repr(key), key.decode("latin-1")):
         assert form not in seen and form not in str(failure.value)
 
