@@ -836,7 +836,10 @@ def training_startup(d: dict[str, Any]) -> str:
     med, idle, rss = d["median"], d.get("idle_cores_by_link", {}), d.get("idle_rss_mb_by_link", {})
     arms = [
         ("Flower processes started per job (baseline)", "per_job"),
-        ("the gateway's long-lived link (built: short poll, warm ClientApps)", "long_lived"),
+        (
+            "the gateway's long-lived link (built: short poll while busy, 1 s after 5 s idle, warm ClientApps)",
+            "long_lived",
+        ),
         (
             "the same link, Flower's own SuperNode (3 s idle poll, a process per message; baseline)",
             "long_lived_stock_poll",
