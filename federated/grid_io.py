@@ -28,15 +28,19 @@ def exchange(grid: Grid, messages: Sequence[Message], timeout: float) -> dict[in
         return {}
     ids = list(grid.push_messages(messages))
     dst = {mid: m.metadata.dst_node_id for mid, m in zip(ids, messages, strict=True)}
+    replies = _pull_replies(grid, ids, time.monotonic() + timeout)
+    return {dst[r.metadata.reply_to_message_id]: r for r in replies}
+
+
+def _pull_replies(grid: Grid, ids: Iterable[str], deadline: float | None) -> list[Message]:
+    """One reply to each message id, pulled every POLL_S until all are in or `deadline` (None: none)."""
     pending = set(ids)
-    deadline = time.monotonic() + timeout
-    replies: dict[int, Message] = {}
-    while pending and time.monotonic() < deadline:
+    replies: list[Message] = []
+    while pending and (deadline is None or time.monotonic() < deadline):
         for reply in grid.pull_messages(pending):
-            mid = reply.metadata.reply_to_message_id
-            if mid in pending:
-                replies[dst[mid]] = reply
-                pending.discard(mid)
+            if reply.metadata.reply_to_message_id in pending:
+                replies.append(reply)
+                pending.discard(reply.metadata.reply_to_message_id)
         if pending:
             time.sleep(POLL_S)
     return replies
@@ -51,16 +55,8 @@ class QuickPollGrid:
         self._grid = grid
 
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> list[Message]:
-        pending = set(self._grid.push_messages(messages))
-        deadline = None if timeout is None else time.monotonic() + timeout
-        replies: list[Message] = []
-        while pending and (deadline is None or time.monotonic() < deadline):
-            got = list(self._grid.pull_messages(pending))
-            replies.extend(got)
-            pending.difference_update(m.metadata.reply_to_message_id for m in got)
-            if pending:
-                time.sleep(POLL_S)
-        return replies
+        ids = list(self._grid.push_messages(messages))
+        return _pull_replies(self._grid, ids, None if timeout is None else time.monotonic() + timeout)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._grid, name)
