@@ -12,12 +12,11 @@ import contextlib
 import csv
 import hashlib
 import os
-import unicodedata
 from collections.abc import Iterator
 from pathlib import Path
 
 from nodes.config import load_node_config
-from nodes.loader import MAX_REPORTED_ERRORS, read_rows
+from nodes.loader import MAX_REPORTED_ERRORS, cell_key, read_rows
 from xgate.errors import InvalidInput
 from xgate.pseudonym import Pseudonymiser, load_key
 
@@ -26,13 +25,6 @@ def drawn(pseudonym: str, fraction: float, seed: int) -> bool:
     """Whether a subject falls in the holdout: SHA-256(seed, pseudonym) as a number in [0, 1)."""
     digest = hashlib.sha256(f"xgate-split-{seed}:{pseudonym}".encode()).digest()
     return int.from_bytes(digest[:8], "big") / 2**64 < fraction
-
-
-def _folded(text: str) -> str:
-    """A --column cell or --value as compared, the way `xgate node load` reads labels: spaces
-    around, case and Unicode form aside ("Test", "TEST" and " test" are "test"; compared exactly
-    before, they were left out of the holdout without a word)."""
-    return unicodedata.normalize("NFC", text.strip()).casefold()
 
 
 def write_holdout(
@@ -77,7 +69,9 @@ def write_holdout(
             continue
         seen.add(pseudonym)
         chosen = (
-            _folded(record[column]) == _folded(value or "") if column is not None else drawn(pseudonym, fraction, seed)
+            cell_key(record[column]) == cell_key(value or "")
+            if column is not None
+            else drawn(pseudonym, fraction, seed)
         )
         if chosen:
             reserved.append(pseudonym)

@@ -10,6 +10,13 @@ is matched exactly, else ignoring case if only one label matches so: with labels
 "North", "NORTH" is ambiguous and refused. An element with a label that looks like an integer takes
 no codes: with labels "1".."4", "1" is the label "1" (code 0) and "0" is an unknown label.
 
+Numbers are ASCII decimals. A column whose mapping sets `decimals = d` is written in units 10^d
+times the element's (yuan with `decimals = 2` for an element in fen): the stored value is the cell
+times 10^d, exactly (decimal arithmetic, never a float), and a cell with more places than that is
+refused, never rounded. Without `decimals`, "43.0" is 43 (spreadsheets and pandas write integer
+columns with gaps so) and "43.5" is refused, saying so. A `flag` column also takes "true" and
+"false" in any case (Parquet booleans arrive so).
+
 Row numbers are the file's line numbers (the header is line 1; blank lines count, and a record
 spanning lines is numbered by its first); a Parquet file's header counts as row 1 likewise. A file
 that is not UTF-8 text, a row with another number of cells than the header, a header naming a
@@ -25,6 +32,7 @@ from __future__ import annotations
 
 import codecs
 import csv
+import decimal
 import hashlib
 import io
 import re
@@ -45,7 +53,12 @@ from xgate.tomlfile import load_model, locate
 MAX_REPORTED_ERRORS = 50
 MAX_UNKNOWN_LABELS = 10
 MAX_LISTED_LABELS = 20  # of an element, in a message
-_INTEGER = re.compile(r"[+-]?[0-9]+")  # ASCII only: int() also takes "2_6" and other scripts' digits
+# ASCII only: int() and Decimal() also take "2_6", other scripts' digits, exponents and "NaN".
+_INTEGER = re.compile(r"[+-]?[0-9]+")
+_DECIMAL = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)")
+MAX_DECIMALS = 9
+_FLAG_WORDS = {"false": 0, "true": 1}
+_EXACT = decimal.Context(prec=100, traps=[decimal.Inexact])  # cells are at most 64 characters
 
 
 class DatasetHeader(BaseModel):
@@ -67,6 +80,8 @@ class ColumnMapping(BaseModel):
     max: int
     classification: Classification
     required: bool = False
+    # The file writes this column in units 10^decimals times the element's: cells are scaled by it.
+    decimals: int = Field(0, ge=0, le=MAX_DECIMALS)
 
 
 class Mapping(BaseModel):
@@ -97,6 +112,11 @@ def load_mapping(path: Path, catalogue: Catalogue) -> tuple[Mapping, list[DataEl
             raise ConfigError(
                 f"{_at(path, text, i, 'element')}: element '{col.element}' is fed by two columns, "
                 f"'{feeds[col.element]}' and '{col.column}'"
+            )
+        if col.decimals and col.type is not ElementType.INT:
+            raise ConfigError(
+                f"{_at(path, text, i, 'decimals')}: column '{col.column}' is a {col.type.value}; "
+                "only an int column takes decimals"
             )
         columns.add(col.column)
         feeds[col.element] = col.column
@@ -289,6 +309,17 @@ def _folded(label: str) -> str:
     return unicodedata.normalize("NFC", label).casefold()
 
 
+def cell_key(cell: str) -> str:
+    """What a cell means, for comparing cells as the loader reads them: a number by its value
+    ("1", "1.0" and "+1.00" are one), any other text as a label (spaces around, Unicode form and
+    case aside)."""
+    text = _folded(cell.strip())
+    if len(text) <= 64 and _DECIMAL.fullmatch(text) is not None:
+        number = decimal.Decimal(text)
+        return format(number.normalize(), "f") if number else "0"
+    return text
+
+
 def _labels(element: DataElement) -> _Labels:
     exact: dict[str, list[int]] = {}
     folded: dict[str, list[int]] = {}
@@ -336,15 +367,38 @@ def _parse(col: ColumnMapping, cell: str, labels: _Labels | None = None) -> int 
             )
         if not is_int:
             raise _UnknownLabel(f"column '{col.column}' holds a label that is not one of the catalogue's categories")
-    try:
-        value = int(text) if is_int else None  # int() fails past Python's digit limit
-    except ValueError:
-        value = None
-    if value is None:
-        raise ValueError(f"column '{col.column}' is not an integer")
+    if col.type is ElementType.FLAG:
+        if text.lower() in _FLAG_WORDS:
+            return _FLAG_WORDS[text.lower()]
+        if _DECIMAL.fullmatch(text) is None:
+            raise ValueError(f"column '{col.column}' is not a flag (0, 1, true or false)")
+    value = _number(col, text, is_int)
     if not col.min <= value <= col.max:
         raise ValueError(f"column '{col.column}' is outside {col.min}..{col.max}")
     return value
+
+
+def _number(col: ColumnMapping, text: str, is_int: bool) -> int:
+    """The cell as a whole number of the element's unit: an integer, or a decimal scaled by
+    10^decimals with nothing left over (refused, not rounded, when something is)."""
+    if is_int and not col.decimals:
+        try:
+            return int(text)
+        except ValueError:  # past Python's digit limit
+            raise ValueError(f"column '{col.column}' is not an integer") from None
+    if len(text) > 64 or _DECIMAL.fullmatch(text) is None:
+        raise ValueError(f"column '{col.column}' is not {'a number' if col.decimals else 'an integer'}")
+    scaled = decimal.Decimal(text).scaleb(col.decimals, context=_EXACT)  # the cell's digits, shifted
+    if scaled != scaled.to_integral_value():
+        if col.decimals:
+            raise ValueError(
+                f"column '{col.column}' has more decimal places than its mapping's decimals = {col.decimals}"
+            )
+        raise ValueError(
+            f"column '{col.column}' is not an integer "
+            "(it has a fractional part; a mapping's decimals scales such a column)"
+        )
+    return int(scaled)
 
 
 @dataclass(frozen=True)

@@ -122,6 +122,24 @@ def test_split_by_column_matches_values_as_the_loader_reads_labels(fed: Path) ->
     assert sorted((fed / "h.txt").read_text().split()) == sorted(ps.pseudonym(lines[i].split(",")[0]) for i in public)
 
 
+def test_split_by_column_matches_numbers_by_value(fed: Path) -> None:
+    """ "1", "1.0" and "+1.00" all name --value 1 (an exported train/test flag is often written
+    "1.0"); "10" and "0.1" do not."""
+    lines = (fed / "tax.csv").read_text().splitlines()
+    header = lines[0] + ",is_test"
+    cells = ["1", "1.0", " +1.00 ", "10", "0.1", "0", "1.", "-0"]
+    rows = [f"{line},{cells[k % len(cells)]}" for k, line in enumerate(lines[1:])]
+    (fed / "flagged.csv").write_text("\n".join([header, *rows]) + "\n")
+    args = ["train", "split", "--config", fed / "tax.toml", "--data", fed / "flagged.csv", "--id-column", "national_id"]
+    assert _invoke(*args, "--out", fed / "h.txt", "--column", "is_test", "--value", "1").exit_code == 0
+    ps = Pseudonymiser(KEY)
+    ones = [r.split(",")[0] for k, r in enumerate(rows) if k % len(cells) in (0, 1, 2, 6)]
+    assert sorted((fed / "h.txt").read_text().split()) == sorted(ps.pseudonym(i) for i in ones)
+    assert _invoke(*args, "--out", fed / "z.txt", "--column", "is_test", "--value", "0.0").exit_code == 0
+    zeros = [r.split(",")[0] for k, r in enumerate(rows) if k % len(cells) in (5, 7)]
+    assert sorted((fed / "z.txt").read_text().split()) == sorted(ps.pseudonym(i) for i in zeros)
+
+
 def _marital_code_of_a_decomposed_cell(fed: Path, labels: dict[str, str], cell: str) -> int | None:
     """Load civil.csv with marital-status labels renamed (`labels`: old -> new, in the catalogue and
     in the file) and the first row's cell written as `cell` in decomposed form (NFD, as some exports
