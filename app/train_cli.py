@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from crypto.pki import CA_KEY
 from federated.events import JsonlSink, drop_partial_line, make_event, read_events
-from federated.jobs import PURPOSE_PATTERN, load_job, parse_job
+from federated.jobs import PURPOSE_PATTERN, AgencyName, load_job, parse_job
 from xgate.errors import InvalidInput, XgateError
 
 if TYPE_CHECKING:  # imported where used: the runner pulls in Flower and matplotlib (~2 s per `xgate` call)
@@ -36,7 +36,7 @@ DEFAULT_ROOT = Path("var/federated")
 
 class _Node(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    agency: str
+    agency: AgencyName  # checked here, by file and entry: it names the node's Flower certificate
     store: Path
     ledger: Path
     holdout: Path | None = None

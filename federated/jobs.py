@@ -46,6 +46,7 @@ _NoNationalId = AfterValidator(_no_national_id)
 
 JobId = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9_\-]{2,63}$"), _NoNationalId]
 AgencyName = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{1,31}$")]
+OptionalAgencyName = Annotated[str, StringConstraints(pattern=r"^([a-z][a-z0-9_]{1,31})?$")]
 ElementName = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{1,31}\.[a-z][a-z0-9_]{1,63}$")]
 # References (legal basis, approval) and user ids: identifiers, never free text (they reach the audit log).
 Reference = Annotated[str, StringConstraints(pattern=r"^([A-Za-z0-9][A-Za-z0-9_.:/\-]{0,127})?$"), _NoNationalId]
@@ -147,7 +148,8 @@ class JobSpec(BaseModel):
     mode: Annotated[Mode, Strict(False)]
     features: tuple[ElementName, ...] = Field(min_length=1, max_length=512, strict=False)
     label: ElementName
-    label_holder: AgencyName
+    # Vertical: the agency holding the label (required). Horizontal: every node holds its own.
+    label_holder: OptionalAgencyName = ""
     rounds: int = Field(ge=1, le=1000)
     secagg: bool = True
     dp: DPSpec | None = None
@@ -205,6 +207,8 @@ class JobSpec(BaseModel):
             self.valid_until_time()  # a clear error now, not at the first node
         if self.label in self.features:
             raise ValueError("the label element must not also be a feature")
+        if self.mode is Mode.VERTICAL and not self.label_holder:
+            raise ValueError("a vertical job names its label_holder: the agency that holds the label")
         if len(set(self.features)) != len(self.features):
             raise ValueError("features must be unique")
         if self.mode is Mode.VERTICAL and self.dp is not None and self.dp.unit is not DPUnit.RECORD:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import json
+import shutil
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -48,8 +49,9 @@ __all__ = [
 
 def check_holdings(job: JobSpec, holdings: Mapping[str, set[str]]) -> None:
     """Refuse, before anything starts, a job its nodes cannot run: a feature no node holds, a
-    vertical label holder that is not among the nodes or does not hold the label (found only after
-    Flower had started before, each failure using up the job id)."""
+    vertical label holder that is not among the nodes or does not hold the label, a horizontal node
+    without one of the features or the label (found only after Flower had started before, each
+    failure using up the job id)."""
     agencies = ", ".join(sorted(holdings)) or "none"
     missing = sorted(set(job.features) - set().union(*holdings.values()))
     if missing:
@@ -59,6 +61,13 @@ def check_holdings(job: JobSpec, holdings: Mapping[str, set[str]]) -> None:
             raise InvalidInput(f"label holder '{job.label_holder}' is not among this job's nodes ({agencies})")
         if job.label not in holdings[job.label_holder]:
             raise InvalidInput(f"label holder '{job.label_holder}' holds no '{job.label}'")
+        return
+    for agency, held in sorted(holdings.items()):  # horizontal: each node trains on all of it
+        if lacking := sorted({*job.features, job.label} - held):
+            raise InvalidInput(
+                f"node '{agency}' holds no {lacking}: every node of a horizontal job holds all its features"
+                " and its own labels"
+            )
 
 
 def run_job(
@@ -147,6 +156,9 @@ def run_job(
         else:
             app_dir = make_app()
             if security is None and not insecure:
+                # A run's own TLS material: what an earlier run of this job id (failed, submitted
+                # again) issued is replaced whole by a fresh job CA's.
+                shutil.rmtree(job_dir / "pki", ignore_errors=True)
                 security = prepare_flower_security(job_dir / "pki", [n.agency for n in participants], ca_dir=ca_dir)
             with Federation(job_dir, security, insecure=insecure) as fed:
                 if on_federation is not None:

@@ -346,6 +346,17 @@ def test_nodes_file_type_errors_name_each_field(tmp_path: Path) -> None:
         assert f"nodes[0].{field} (agency 'tax'): Input is not a valid path" in out, out
 
 
+def test_an_agency_name_a_certificate_cannot_carry_is_refused_by_entry(tmp_path: Path) -> None:
+    """ "tax-north" failed after the job was read, as "agency id must match ...", naming neither
+    the file nor the entry."""
+    nodes = tmp_path / "nodes.toml"
+    nodes.write_text('[[nodes]]\nagency = "tax-north"\nstore = "n.sqlite"\nledger = "n/l.sqlite"\n')
+    res = _invoke("submit", "--job", _job_file(tmp_path), "--nodes", nodes, "--root", tmp_path / "jobs")
+    out = " ".join(res.output.split())
+    assert res.exit_code == 1 and f"nodes file '{nodes}' is invalid: nodes[0].agency (agency 'tax-north'):" in out
+    assert "should match pattern '^[a-z][a-z0-9_]{1,31}$'" in out and not (tmp_path / "jobs").exists()
+
+
 def _two_nodes(tmp_path: Path, second: dict[str, str]) -> Path:
     path = tmp_path / "nodes.toml"
     first = {
