@@ -159,21 +159,31 @@ def prepare_flower_security(
 
     With ca_dir (the federation CA, e.g. the dev federation's pki/ca) certificates are issued and
     recorded there and its CRL is checked. Without, an ephemeral job CA is created in out_dir/ca and
-    its private key deleted once the job's certificates exist: nothing else can ever be issued by it.
+    its private key deleted once the job's certificates exist, or issuing them failed: nothing else
+    can ever be issued by it. out_dir must not hold an earlier job CA (the runner clears it).
     """
     ephemeral = ca_dir is None
     if ca_dir is None:
         ca_dir = out_dir / "ca"
         pki.init_ca(ca_dir, "xgate ephemeral Flower job CA", days=days + 1)
-    dns, ips = host_sans(hosts)
-    link = pki.issue(
-        ca_dir, "flower-superlink", coordinator, out_dir / "superlink", dns=dns, ips=ips, days=days, loopback=loopback
-    )
-    keys = {a: certify_supernode_key(ca_dir, a, out_dir / "nodes" / a, days=days) for a in agencies}
-    ca_cert = out_dir / "ca.cert.pem"
-    ca_cert.write_bytes((ca_dir / pki.CA_CERT).read_bytes())
-    if ephemeral:
-        (ca_dir / pki.CA_KEY).unlink()
+    try:
+        dns, ips = host_sans(hosts)
+        link = pki.issue(
+            ca_dir,
+            "flower-superlink",
+            coordinator,
+            out_dir / "superlink",
+            dns=dns,
+            ips=ips,
+            days=days,
+            loopback=loopback,
+        )
+        keys = {a: certify_supernode_key(ca_dir, a, out_dir / "nodes" / a, days=days) for a in agencies}
+        ca_cert = out_dir / "ca.cert.pem"
+        ca_cert.write_bytes((ca_dir / pki.CA_CERT).read_bytes())
+    finally:
+        if ephemeral:  # also when issuing failed: a job CA's key never outlives its one issuance
+            (ca_dir / pki.CA_KEY).unlink(missing_ok=True)
     return FlowerSecurity(ca_cert, link.cert_path, link.key_path, keys, ca_dir / pki.CRL)
 
 
