@@ -43,7 +43,7 @@ from sklearn.linear_model import LogisticRegression
 from federated import census, model, top_calibration
 from federated.admission import LedgerAdmission
 from federated.datasets import ElementInfo
-from federated.jobs import parse_job
+from federated.jobs import DEFAULT_RECORD_CLIP, parse_job
 from federated.local_link import LocalLink, LocalTraining
 from federated.runner import NodeSpec, run_job
 
@@ -201,7 +201,8 @@ def _phases(job_dir: Path, started: datetime) -> dict[str, Any]:
 # in-process replay scored on the official test rows (0.9326 -> 0.9403 at eps 4); bench/dp_sweep.py,
 # which scores on a validation split of the training rows only, puts this pair within 0.0001 of the
 # best mean validation AUC over eps 1, 4, 8 (docs/BENCHMARKS.md), so the choice does not rest on the test rows.
-RECORD_DP_CLIP = 2.0
+# A job that leaves its clip out takes it (federated/jobs.py).
+RECORD_DP_CLIP = DEFAULT_RECORD_CLIP["horizontal"]
 RECORD_DP = {
     "mode": "horizontal",
     "secagg": True,
@@ -225,8 +226,9 @@ EPSILONS = (1.0, 4.0, 8.0)
 # its size, so more, smaller steps would cost wall time.
 VERTICAL_ROUNDS = 10
 
-# Vertical record-level DP (federated/vertical_dp.py): bound of one embedding row / update term.
-VERTICAL_DP_CLIP = 1.0
+# Vertical record-level DP (federated/vertical_dp.py): bound of one embedding row / update term; a
+# job that leaves its clip out takes it.
+VERTICAL_DP_CLIP = DEFAULT_RECORD_CLIP["vertical"]
 # Rounds and learning rate of the vertical DP jobs (at the default batch, federated.jobs.VERTICAL_BATCH),
 # chosen by `bench/dp_sweep.py --vertical` on a validation split: one step of 16,384 rows beats two
 # full-batch steps (mean validation AUC over eps 1, 4, 8: 0.911 against 0.891). With one step, each

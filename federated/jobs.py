@@ -83,7 +83,8 @@ class DPSpec(BaseModel):
     node's update (horizontal only). record: DP-SGD at each node (federated/dp_sgd.py); `clip`
     bounds one example's gradient, and each node's accountant keeps its dataset's epsilon within
     `epsilon`. In a vertical job, record DP protects the feature nodes' embeddings and bottom
-    updates (federated/vertical_dp.py); `clip` bounds one embedding row and one update term.
+    updates (federated/vertical_dp.py); `clip` bounds one embedding row and one update term. A
+    record-level job may leave out `delta` and `clip` (DEFAULT_DELTA, DEFAULT_RECORD_CLIP).
     """
 
     model_config = _STRICT
@@ -92,6 +93,26 @@ class DPSpec(BaseModel):
     delta: float = Field(gt=0, lt=0.1)
     clip: float = Field(gt=0, le=100, description="L2 norm bound of one node's update / one example's gradient")
     unit: Annotated[DPUnit, Strict(False)] = DPUnit.NODE
+
+
+# What a record-level DP job leaves out takes these (resolved into the job before it is digested,
+# so every node decides on the values it will run with). The clips are the benchmark's, each chosen
+# by bench/dp_sweep.py on a validation split of Census-Income: 2.0 for DP-SGD's per-example
+# gradients (horizontal), 1.0 for a vertical node's embedding rows and update terms. 1e-6 is below
+# 1/n for any dataset of up to a million rows (a node refuses a delta of 1/n or more).
+DEFAULT_DELTA = 1e-6
+DEFAULT_RECORD_CLIP = {"horizontal": 2.0, "vertical": 1.0}
+
+
+def _dp_defaults(dp: Any, mode: Any) -> Any:
+    """A record-level `dp` table with its delta and clip filled in where left out (node-level DP
+    needs its clip: the bound of one node's whole update depends on the model, not on the data)."""
+    if not isinstance(dp, dict) or dp.get("unit") != DPUnit.RECORD.value:
+        return dp
+    filled = {**dp, "delta": DEFAULT_DELTA} if dp.get("delta") is None else dp
+    if dp.get("clip") is None and mode in DEFAULT_RECORD_CLIP:
+        filled = {**filled, "clip": DEFAULT_RECORD_CLIP[mode]}
+    return filled
 
 
 class Method(StrEnum):
@@ -199,6 +220,8 @@ class JobSpec(BaseModel):
                 data = {**data, "learning_rate": 2.0 if vertical else 0.5}
             if data.get("batch_size") is None:
                 data = {**data, "batch_size": VERTICAL_BATCH if vertical else 256}
+            if "dp" in data:
+                data = {**data, "dp": _dp_defaults(data["dp"], data.get("mode"))}
         return data
 
     @model_validator(mode="after")

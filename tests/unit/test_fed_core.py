@@ -39,6 +39,23 @@ def test_job_defaults_and_digest_stable() -> None:
     assert v.learning_rate == 2.0 and v.batch_size == VERTICAL_BATCH == 16_384
 
 
+@pytest.mark.parametrize(("mode", "clip"), [("horizontal", 2.0), ("vertical", 1.0)])
+def test_record_dp_left_without_delta_or_clip_takes_the_benchmarks_and_digests_them(mode: str, clip: float) -> None:
+    """An analyst's `dp = { epsilon = 4, unit = "record" }` was refused for a missing clip, a
+    number only the benchmark's sweep could tell them."""
+    short = parse_job({**BASE, "mode": mode, "dp": {"epsilon": 4, "unit": "record"}})
+    assert short.dp is not None and (short.dp.delta, short.dp.clip) == (1e-6, clip)
+    spelt = parse_job({**BASE, "mode": mode, "dp": {"epsilon": 4, "delta": 1e-6, "clip": clip, "unit": "record"}})
+    assert short.digest() == spelt.digest()  # nodes decide on, and the ledger records, the values run
+    own = parse_job({**BASE, "mode": mode, "dp": {"epsilon": 4, "delta": 1e-7, "clip": 0.5, "unit": "record"}})
+    assert own.dp is not None and (own.dp.delta, own.dp.clip) == (1e-7, 0.5)
+
+
+def test_node_level_dp_still_needs_its_clip() -> None:
+    with pytest.raises(InvalidInput, match="invalid job: dp.clip: Field required"):
+        parse_job({**BASE, "dp": {"epsilon": 4, "delta": 1e-6}})
+
+
 @pytest.mark.parametrize(
     "patch",
     [
