@@ -52,7 +52,7 @@ def test_record_dp_left_without_delta_or_clip_takes_the_benchmarks_and_digests_t
 
 
 def test_node_level_dp_still_needs_its_clip() -> None:
-    with pytest.raises(InvalidInput, match="invalid job: dp.clip: Field required"):
+    with pytest.raises(InvalidInput, match=r"invalid job: dp\.clip: Field required"):
         parse_job({**BASE, "dp": {"epsilon": 4, "delta": 1e-6}})
 
 
