@@ -23,6 +23,10 @@ feature nodes' embeddings with the noise shared out, regression calibration of t
 embeddings, de-attenuated top weights) and, for reference, without the embedding noise. Writes
 bench/results/dp_vertical_options.json.
 
+`--vertical-ceiling` replays split learning with neither clipping nor noise (arm `no_dp`) for 1, 2,
+3 and 10 steps against pooled logistic regression on the same rows: what the protocol's structure
+allows before any privacy is spent. Writes bench/results/dp_vertical_ceiling.json.
+
 `--standardise` compares, at the Flower benchmark's clip and learning rate, the default encodings
 against `standardise` for every integer feature with the statistics the job's statistics round
 would give: pooled from each region's moment vector with record-level DP's noise
@@ -46,8 +50,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from sklearn.linear_model import LogisticRegression
 
-from bench.federated import RECORD_DP, RECORD_DP_CLIP, _encode
+from bench.federated import RECORD_DP, RECORD_DP_CLIP, VERTICAL_DP_LEARNING_RATE, VERTICAL_DP_ROUNDS, _encode
 from federated import census, dp_sgd, model, pooled_stats, top_calibration, updates, vertical_dp
 from federated.datasets import ElementInfo
 from federated.jobs import VERTICAL_BATCH, Encoding, Method
@@ -56,6 +61,7 @@ from federated.vertical import RIDGE, Bottom, Top, batch_indices, preconditioner
 RESULTS = Path(__file__).parent / "results" / "dp_sweep.json"
 STANDARDISE_RESULTS = RESULTS.with_name("dp_standardise.json")
 VERTICAL_OPTIONS_RESULTS = RESULTS.with_name("dp_vertical_options.json")
+CEILING_RESULTS = RESULTS.with_name("dp_vertical_ceiling.json")
 CLIPS = (0.5, 1.0, 2.0, 4.0)
 LEARNING_RATES = (2.0, 4.0, 8.0, 16.0)
 EPSILONS = (1.0, 4.0, 8.0)
@@ -167,6 +173,7 @@ VERTICAL_ARMS = (
     "deattenuated_top",  # the fitted top's feature-node weights divided by each block's reliability
     "calibrated_top",  # `top_calibration`: the top refitted on half the held-out rows' clean embeddings
     "no_embedding_noise",  # not private: what the embedding noise alone costs
+    "no_dp",  # not private: split learning with neither clipping nor noise, the top as calibrated_top's
 )
 
 
@@ -205,11 +212,15 @@ def vertical_arm_replay(
         )
         for a in feats
     }
-    precond = {a: vertical_dp.private_preconditioner(s.train[a], plans[a], rng) for a in feats}
+    clean = arm == "no_dp"  # the protocol's structure alone: exact preconditioners, no clip, no noise
+    precond = {
+        a: preconditioner(s.train[a], RIDGE) if clean else vertical_dp.private_preconditioner(s.train[a], plans[a], rng)
+        for a in feats
+    }
     precond[label] = preconditioner(s.train[label], RIDGE)
     sd = plans[feats[0]].noise_multiplier * 2 * VERTICAL_CLIP  # the same for every feature node
     summed = arm == "secure_sum"
-    sd_node = 0.0 if arm == "no_embedding_noise" else sd / np.sqrt(len(feats)) if summed else sd
+    sd_node = 0.0 if arm in ("no_embedding_noise", "no_dp") else sd / np.sqrt(len(feats)) if summed else sd
     blocks = 2 if summed else 1 + len(feats)
     block_var = sd_node**2 * (len(feats) if summed else 1)  # a sum carries every node's share
     noise_var = np.r_[np.zeros(h), np.full((blocks - 1) * h, block_var)]
@@ -218,7 +229,9 @@ def vertical_arm_replay(
 
     def features(rows: dict[str, np.ndarray], noisy: bool) -> np.ndarray:
         own = bottoms[label].forward(rows[label])
-        e = [vertical_dp.clip_rows(bottoms[a].forward(rows[a]), VERTICAL_CLIP) for a in feats]
+        e = [bottoms[a].forward(rows[a]) for a in feats]
+        if not clean:
+            e = [vertical_dp.clip_rows(x, VERTICAL_CLIP) for x in e]
         if noisy:
             e = [x + rng.normal(0.0, sd_node, size=x.shape) for x in e]
         return np.hstack([own, sum(e)] if summed else [own, *e])
@@ -234,14 +247,17 @@ def vertical_arm_replay(
         bottoms[label].backward(s.train[label][idx], grad[:, :h], lr, precond[label])
         for i, a in enumerate(feats):
             g = grad[:, h : 2 * h] if summed else grad[:, (i + 1) * h : (i + 2) * h]
-            bottoms[a].apply(vertical_dp.private_update(s.train[a][idx], g, plans[a], rng), lr, precond[a])
+            if clean:
+                bottoms[a].backward(s.train[a][idx], g, lr, precond[a])
+            else:
+                bottoms[a].apply(vertical_dp.private_update(s.train[a][idx], g, plans[a], rng), lr, precond[a])
     w = top.w.copy()
     if arm == "deattenuated_top":
         w[:-1] = w[:-1] / reliability
 
     def auc(rows: dict[str, np.ndarray], y: np.ndarray) -> float:
         e = features(rows, noisy=False)
-        if arm == "calibrated_top":  # fitted on a fixed half of these rows, scored on the other
+        if arm in ("calibrated_top", "no_dp"):  # fitted on a fixed half of these rows, scored on the other
             part = np.random.default_rng(len(y)).random(len(y)) < CALIBRATION_SHARE
             top_w = top_calibration.calibrated_top(e[part], y[part], 1e-4, h)
             e, y = e[~part], y[~part]
@@ -279,6 +295,54 @@ def vertical_options(limit: int, seeds: int, rounds: int, lr: float, batch: int 
         "clip": VERTICAL_CLIP,
         "seeds": seeds,
         "arms": arms,
+    }
+
+
+CEILING_ROUNDS = (1, 2, 3, 10)
+CEILING_LEARNING_RATES = (1.5, 2.0, 2.5)
+
+
+def _counted_half(y: np.ndarray) -> np.ndarray:
+    """The held-out rows the calibrated top is not fitted on (`vertical_arm_replay`'s split)."""
+    return np.asarray(np.random.default_rng(len(y)).random(len(y)) >= CALIBRATION_SHARE)
+
+
+def vertical_ceiling(limit: int, seeds: int) -> dict[str, Any]:
+    """What split learning's structure allows, before any privacy: per number of steps, the best
+    learning rate on the validation split with neither clipping nor noise (arm `no_dp`, the top
+    calibrated as a `top_calibration` job's), its test AUC on the rows the top is not fitted on,
+    against pooled logistic regression on the same training rows and counted test rows; and the
+    record-DP job as bench.federated runs it (`calibrated_top`) at epsilon 4 over `seeds` noise draws."""
+    vs = vertical_split(census.load(limit=limit))
+    x = np.hstack([vs.train[a] for a in vs.train])
+    pooled = LogisticRegression(max_iter=1000).fit(x, vs.y_train)
+    counted = _counted_half(vs.y_test)
+    test_x = np.hstack([vs.test[a] for a in vs.test])[counted]
+    pooled_auc = float(model.auc(pooled.predict_proba(test_x)[:, 1], vs.y_test[counted]))
+    steps: dict[str, Any] = {}
+    for rounds in CEILING_ROUNDS:
+        runs = {
+            lr: vertical_arm_replay(vs, "no_dp", epsilon=1.0, rounds=rounds, lr=lr) for lr in CEILING_LEARNING_RATES
+        }
+        lr = max(runs, key=lambda r: runs[r][0])
+        steps[str(rounds)] = {
+            "learning_rate": lr,
+            "validation_auc": round(runs[lr][0], 4),
+            "test_auc": round(runs[lr][1], 4),
+        }
+        print(json.dumps({"rounds": rounds, **steps[str(rounds)]}), flush=True)
+    job = {"rounds": VERTICAL_DP_ROUNDS, "learning_rate": VERTICAL_DP_LEARNING_RATE}  # bench.federated's DP job
+    eps4 = [
+        vertical_arm_replay(vs, "calibrated_top", epsilon=4.0, rounds=job["rounds"], lr=job["learning_rate"], seed=k)[1]
+        for k in range(seeds)
+    ]
+    return {
+        "rows": limit,
+        "pooled_test_auc": round(pooled_auc, 4),
+        "no_dp_by_steps": steps,
+        "record_dp_job": job,
+        "record_dp_eps4_test_auc": [round(a, 4) for a in eps4],
+        "goal_eps4": round(pooled_auc - 0.01, 4),
     }
 
 
@@ -418,6 +482,11 @@ def main() -> None:
         "--vertical", action="store_true", help="only the vertical record-DP sweep, merged into dp_sweep.json"
     )
     ap.add_argument(
+        "--vertical-ceiling",
+        action="store_true",
+        help="only split learning without clipping or noise, by steps, against pooled (dp_vertical_ceiling.json)",
+    )
+    ap.add_argument(
         "--calibrated",
         action="store_true",
         help="with --vertical: sweep for jobs with top_calibration (section vertical_calibrated)",
@@ -437,6 +506,15 @@ def main() -> None:
         RESULTS.parent.mkdir(parents=True, exist_ok=True)
         RESULTS.write_text(json.dumps(out, indent=1))
         print(json.dumps(vertical["chosen"], indent=1), f"-> {RESULTS} ({section} section)")
+        return
+    if args.vertical_ceiling:
+        t0 = time.perf_counter()
+        ceiling = vertical_ceiling(30_000 if args.quick else args.limit, 1 if args.quick else args.seeds)
+        ceiling["wall_s"] = time.perf_counter() - t0
+        target = CEILING_RESULTS.with_name("dp_vertical_ceiling-quick.json") if args.quick else CEILING_RESULTS
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(json.dumps(ceiling, indent=1))
+        print(f"-> {target}")
         return
     if args.vertical_options:
         t0 = time.perf_counter()
