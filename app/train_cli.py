@@ -257,6 +257,8 @@ def submit(
         f" balanced accuracy {ev.get('balanced_accuracy', float('nan')):.4f}"
         + (f", epsilon {result.epsilon:.3g}" if result.epsilon is not None else "")
     )
+    if note := _one_sided_note(ev):
+        typer.echo(note)
     typer.echo(f"outputs in {result.job_dir} (model.npz, model.json, report.json, curve.png, events.jsonl)")
 
 
@@ -413,6 +415,8 @@ def _submit_through_gateway(
         ev = final.get("evaluation") or {}
         auc = _auc_text(ev.get("auc"), ev.get("estimated_from_noisy_labels"))
         typer.echo(f"job {final.get('job_id')} completed: AUC {auc}")
+        if note := _one_sided_note(ev):
+            typer.echo(note)
 
 
 def _auc_text(auc: object, estimated: object = False) -> str:
@@ -421,6 +425,26 @@ def _auc_text(auc: object, estimated: object = False) -> str:
     if isinstance(auc, int | float) and auc == auc:  # not NaN
         return f"{auc:.4f}" + (" (estimated from the label-DP held-out labels)" if estimated else "")
     return "n/a (the held-out rows hold one class only)"
+
+
+def _one_sided_note(evaluation: dict[str, Any]) -> str | None:
+    """Why a balanced accuracy of 0.5 can sit beside a useful AUC: every held-out row was scored on
+    one side of the threshold (the training prevalence). Seen on a short horizontal job, whose
+    scores had not yet moved down from 0.5 to the prevalence; the AUC ranks whatever the threshold."""
+    counts = evaluation.get("confusion_matrix")
+    if not isinstance(counts, dict) or not all(isinstance(counts.get(k), int) for k in ("tp", "fp", "tn", "fn")):
+        return None
+    flagged, passed = counts["tp"] + counts["fp"], counts["tn"] + counts["fn"]
+    if (flagged and passed) or not flagged + passed:
+        return None
+    side = "positive" if flagged else "negative"
+    threshold = evaluation.get("threshold")
+    at = f" ({threshold:.3g})" if isinstance(threshold, int | float) else ""
+    return (
+        f"note: every held-out row was scored {side} at the threshold, the training prevalence{at}: the"
+        " model's scores are not calibrated yet (more rounds, local_epochs or a larger learning_rate);"
+        " its AUC ranks regardless of the threshold"
+    )
 
 
 def _run_with_progress(spec: Any, specs: list[NodeSpec], job_dir: Path, **transport: Any) -> Any:

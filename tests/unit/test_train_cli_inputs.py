@@ -499,3 +499,18 @@ def test_a_job_id_is_a_job_id_and_the_root_a_directory(tmp_path: Path) -> None:
         assert res.exit_code == 1 and "'..' is not a job id" in res.output, res.output
     res = _invoke("status", "--root", tmp_path / "nonexistent")  # before the first job: nothing wrong
     assert res.exit_code == 0 and "(no such directory yet)" in res.output, res.output
+
+
+def test_a_model_scoring_every_held_out_row_on_one_side_is_explained_not_left_at_balanced_accuracy_half() -> None:
+    """A short horizontal job printed "AUC 0.6071, balanced accuracy 0.5000" and nothing else: all
+    122 held-out rows were scored above the prevalence threshold, its scores not yet calibrated."""
+    from app.train_cli import _one_sided_note
+
+    one_sided = {"confusion_matrix": {"tp": 42, "fp": 80, "tn": 0, "fn": 0}, "threshold": 0.2968}
+    note = _one_sided_note(one_sided)
+    assert note is not None and "every held-out row was scored positive" in note and "(0.297)" in note
+    none_flagged = _one_sided_note({"confusion_matrix": {"tp": 0, "fp": 0, "tn": 70, "fn": 30}})
+    assert none_flagged is not None and "scored negative" in none_flagged
+    assert _one_sided_note({"confusion_matrix": {"tp": 30, "fp": 10, "tn": 60, "fn": 20}}) is None
+    assert _one_sided_note({"confusion_matrix": {"tp": 0, "fp": 0, "tn": 0, "fn": 0}}) is None
+    assert _one_sided_note({}) is None and _one_sided_note({"confusion_matrix": {"tp": 1.5}}) is None
