@@ -316,7 +316,7 @@ def cell_key(cell: str) -> str:
     text = _folded(cell.strip())
     if len(text) <= 64 and _DECIMAL.fullmatch(text) is not None:
         number = decimal.Decimal(text)
-        return format(number.normalize(), "f") if number else "0"
+        return format(number.normalize(_EXACT), "f") if number else "0"  # all its digits: no rounding
     return text
 
 

@@ -153,3 +153,23 @@ def test_parquet_floats_with_gaps_and_booleans_load(tmp_path: Path) -> None:
     income = [values.get(("tax.annual_income", PS.pseudonym(p))) for p in people]
     assert income == [23_500, None, 0]
     assert [values.get(("tax.late_filing", PS.pseudonym(p))) for p in people] == [1, 0, 1]
+
+
+_DIGITS = st.text("0123456789", min_size=1, max_size=30)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    a=st.tuples(st.sampled_from(["", "+", "-"]), _DIGITS, _DIGITS),
+    b=st.tuples(st.sampled_from(["", "+", "-"]), _DIGITS, _DIGITS),
+)
+def test_cells_compare_as_numbers_by_their_exact_value(a: tuple[str, str, str], b: tuple[str, str, str]) -> None:
+    """`train split --column` matches "1", "1.0" and "+1.00" alike, and never two numbers that
+    differ, however far down (28 significant digits, decimal's default, would merge some)."""
+    import decimal
+
+    from nodes.loader import cell_key
+
+    left, right = f"{a[0]}{a[1]}.{a[2]}", f"{b[0]}{b[1]}.{b[2]}"
+    assert (cell_key(left) == cell_key(right)) == (decimal.Decimal(left) == decimal.Decimal(right))
+    assert cell_key(f" {left}0 ") == cell_key(left)
