@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from nodes.loader import parse_file
@@ -159,6 +159,7 @@ _DIGITS = st.text("0123456789", min_size=1, max_size=30)
 
 
 @settings(max_examples=200, deadline=None)
+@example(a=("", "1" + "0" * 29, "0"), b=("", "1" + "0" * 28 + "1", "0"))  # equal to 28 digits
 @given(
     a=st.tuples(st.sampled_from(["", "+", "-"]), _DIGITS, _DIGITS),
     b=st.tuples(st.sampled_from(["", "+", "-"]), _DIGITS, _DIGITS),
