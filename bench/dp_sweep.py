@@ -23,7 +23,7 @@ feature nodes' embeddings with the noise shared out, regression calibration of t
 embeddings, de-attenuated top weights) and, for reference, without the embedding noise. Writes
 bench/results/dp_vertical_options.json.
 
-`--vertical-ceiling` replays split learning with neither clipping nor noise (arm `no_dp`) for 1, 2,
+`--vertical-ceiling` replays split learning with neither clipping nor noise (arm `NO_DP`) for 1, 2,
 3 and 10 steps against pooled logistic regression on the same rows: what the protocol's structure
 allows before any privacy is spent. Writes bench/results/dp_vertical_ceiling.json.
 
@@ -173,8 +173,15 @@ VERTICAL_ARMS = (
     "deattenuated_top",  # the fitted top's feature-node weights divided by each block's reliability
     "calibrated_top",  # `top_calibration`: the top refitted on half the held-out rows' clean embeddings
     "no_embedding_noise",  # not private: what the embedding noise alone costs
-    "no_dp",  # not private: split learning with neither clipping nor noise, the top as calibrated_top's
 )
+# Not one of the options above but their reference (`--vertical-ceiling`): split learning with neither
+# clipping nor noise, the top as calibrated_top's.
+NO_DP = "no_dp"
+
+
+def _counted_half(y: np.ndarray) -> np.ndarray:
+    """The held-out rows a calibrated top is scored on; it is fitted on the others (a fixed draw)."""
+    return np.asarray(np.random.default_rng(len(y)).random(len(y)) >= CALIBRATION_SHARE)
 
 
 def _blp(e: np.ndarray, noise_var: np.ndarray) -> np.ndarray:
@@ -198,7 +205,7 @@ def vertical_arm_replay(
     seed: int = 0,
 ) -> tuple[float, float, float]:
     """Split learning with record-level DP at every feature node (the job's batch schedule), the
-    label holder using one of `VERTICAL_ARMS`; returns (validation AUC, test AUC, noise sd per
+    label holder using one of `VERTICAL_ARMS` (or `NO_DP`); returns (validation AUC, test AUC, noise sd per
     embedding coordinate in units of the clip). Evaluation embeddings travel clipped, not noised
     (as the ClientApp sends held-out rows)."""
     rng = np.random.default_rng(seed)
@@ -212,7 +219,7 @@ def vertical_arm_replay(
         )
         for a in feats
     }
-    clean = arm == "no_dp"  # the protocol's structure alone: exact preconditioners, no clip, no noise
+    clean = arm == NO_DP  # the protocol's structure alone: exact preconditioners, no clip, no noise
     precond = {
         a: preconditioner(s.train[a], RIDGE) if clean else vertical_dp.private_preconditioner(s.train[a], plans[a], rng)
         for a in feats
@@ -220,7 +227,7 @@ def vertical_arm_replay(
     precond[label] = preconditioner(s.train[label], RIDGE)
     sd = plans[feats[0]].noise_multiplier * 2 * VERTICAL_CLIP  # the same for every feature node
     summed = arm == "secure_sum"
-    sd_node = 0.0 if arm in ("no_embedding_noise", "no_dp") else sd / np.sqrt(len(feats)) if summed else sd
+    sd_node = 0.0 if arm in ("no_embedding_noise", NO_DP) else sd / np.sqrt(len(feats)) if summed else sd
     blocks = 2 if summed else 1 + len(feats)
     block_var = sd_node**2 * (len(feats) if summed else 1)  # a sum carries every node's share
     noise_var = np.r_[np.zeros(h), np.full((blocks - 1) * h, block_var)]
@@ -257,10 +264,10 @@ def vertical_arm_replay(
 
     def auc(rows: dict[str, np.ndarray], y: np.ndarray) -> float:
         e = features(rows, noisy=False)
-        if arm in ("calibrated_top", "no_dp"):  # fitted on a fixed half of these rows, scored on the other
-            part = np.random.default_rng(len(y)).random(len(y)) < CALIBRATION_SHARE
-            top_w = top_calibration.calibrated_top(e[part], y[part], 1e-4, h)
-            e, y = e[~part], y[~part]
+        if arm in ("calibrated_top", NO_DP):  # fitted on a fixed half of these rows, scored on the other
+            counted = _counted_half(y)
+            top_w = top_calibration.calibrated_top(e[~counted], y[~counted], 1e-4, h)
+            e, y = e[counted], y[counted]
         else:
             top_w = w
         scores = model.sigmoid(e @ top_w[:-1] + top_w[-1])
@@ -302,14 +309,9 @@ CEILING_ROUNDS = (1, 2, 3, 10)
 CEILING_LEARNING_RATES = (1.5, 2.0, 2.5)
 
 
-def _counted_half(y: np.ndarray) -> np.ndarray:
-    """The held-out rows the calibrated top is not fitted on (`vertical_arm_replay`'s split)."""
-    return np.asarray(np.random.default_rng(len(y)).random(len(y)) >= CALIBRATION_SHARE)
-
-
 def vertical_ceiling(limit: int, seeds: int) -> dict[str, Any]:
     """What split learning's structure allows, before any privacy: per number of steps, the best
-    learning rate on the validation split with neither clipping nor noise (arm `no_dp`, the top
+    learning rate on the validation split with neither clipping nor noise (arm `NO_DP`, the top
     calibrated as a `top_calibration` job's), its test AUC on the rows the top is not fitted on,
     against pooled logistic regression on the same training rows and counted test rows; and the
     record-DP job as bench.federated runs it (`calibrated_top`) at epsilon 4 over `seeds` noise draws."""
@@ -321,9 +323,7 @@ def vertical_ceiling(limit: int, seeds: int) -> dict[str, Any]:
     pooled_auc = float(model.auc(pooled.predict_proba(test_x)[:, 1], vs.y_test[counted]))
     steps: dict[str, Any] = {}
     for rounds in CEILING_ROUNDS:
-        runs = {
-            lr: vertical_arm_replay(vs, "no_dp", epsilon=1.0, rounds=rounds, lr=lr) for lr in CEILING_LEARNING_RATES
-        }
+        runs = {lr: vertical_arm_replay(vs, NO_DP, epsilon=1.0, rounds=rounds, lr=lr) for lr in CEILING_LEARNING_RATES}
         lr = max(runs, key=lambda r: runs[r][0])
         steps[str(rounds)] = {
             "learning_rate": lr,
