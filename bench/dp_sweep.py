@@ -45,6 +45,7 @@ import hashlib
 import itertools
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -467,6 +468,18 @@ def standardise_comparison(limit: int, seeds: int) -> dict[str, Any]:
     return out
 
 
+def _timed_to(target: Path, quick: bool, compute: Callable[[], dict[str, Any]]) -> None:
+    """Run `compute`, add its wall time, write it as JSON to `target` (a -quick twin with --quick)."""
+    t0 = time.perf_counter()
+    result = compute()
+    result["wall_s"] = time.perf_counter() - t0
+    if quick:
+        target = target.with_name(f"{target.stem}-quick.json")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(json.dumps(result, indent=1))
+    print(f"-> {target}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="30k rows, a 2 x 2 grid")
@@ -507,42 +520,19 @@ def main() -> None:
         RESULTS.write_text(json.dumps(out, indent=1))
         print(json.dumps(vertical["chosen"], indent=1), f"-> {RESULTS} ({section} section)")
         return
+    rows, seeds = (30_000, 1) if args.quick else (args.limit, args.seeds)
     if args.vertical_ceiling:
-        t0 = time.perf_counter()
-        ceiling = vertical_ceiling(30_000 if args.quick else args.limit, 1 if args.quick else args.seeds)
-        ceiling["wall_s"] = time.perf_counter() - t0
-        target = CEILING_RESULTS.with_name("dp_vertical_ceiling-quick.json") if args.quick else CEILING_RESULTS
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(json.dumps(ceiling, indent=1))
-        print(f"-> {target}")
+        _timed_to(CEILING_RESULTS, args.quick, lambda: vertical_ceiling(rows, seeds))
         return
     if args.vertical_options:
-        t0 = time.perf_counter()
         # The settings the sweep chose for the job (bench.federated runs them), else its defaults.
         job = json.loads(RESULTS.read_text())["vertical"]["chosen"]["eps4"] if RESULTS.exists() else {}
-        options = vertical_options(
-            30_000 if args.quick else args.limit,
-            1 if args.quick else args.seeds,
-            int(job.get("rounds", 2)),
-            float(job.get("learning_rate", 1.5)),
-            int(job.get("batch_size", VERTICAL_BATCH)),
-        )
-        options["wall_s"] = time.perf_counter() - t0
-        target = VERTICAL_OPTIONS_RESULTS
-        if args.quick:
-            target = target.with_name("dp_vertical_options-quick.json")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(json.dumps(options, indent=1))
-        print(f"-> {target}")
+        rounds, lr = int(job.get("rounds", 2)), float(job.get("learning_rate", 1.5))
+        batch = int(job.get("batch_size", VERTICAL_BATCH))
+        _timed_to(VERTICAL_OPTIONS_RESULTS, args.quick, lambda: vertical_options(rows, seeds, rounds, lr, batch))
         return
     if args.standardise:
-        t0 = time.perf_counter()
-        result = standardise_comparison(30_000 if args.quick else args.limit, 1 if args.quick else args.seeds)
-        result["wall_s"] = time.perf_counter() - t0
-        out = STANDARDISE_RESULTS.with_name("dp_standardise-quick.json") if args.quick else STANDARDISE_RESULTS
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(result, indent=1))
-        print(f"-> {out}")
+        _timed_to(STANDARDISE_RESULTS, args.quick, lambda: standardise_comparison(rows, seeds))
         return
     limit, clips, rates = (30_000, (0.5, 2.0), (4.0, 8.0)) if args.quick else (args.limit, CLIPS, LEARNING_RATES)
     t0 = time.perf_counter()
