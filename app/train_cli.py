@@ -427,6 +427,22 @@ def _auc_text(auc: object, estimated: object = False) -> str:
     return "n/a (the held-out rows hold one class only)"
 
 
+def _spent_text(decisions: object) -> str:
+    """The privacy budget each admitting node charged the job, as its decision recorded it (record or
+    node DP, label DP): what an analyst tracks against the nodes' caps. Empty when none was."""
+    if not isinstance(decisions, dict):
+        return ""
+    spent = []
+    for agency, d in sorted(decisions.items()):
+        if not isinstance(d, dict) or not d.get("approved"):
+            continue
+        for key, kind in (("epsilon", ""), ("label_dp_epsilon", " label DP")):
+            value = d.get(key)
+            if isinstance(value, int | float) and value > 0:
+                spent.append(f"{agency} {value:g}{kind}")
+    return f" epsilon: {', '.join(spent)}" if spent else ""
+
+
 def _one_sided_note(evaluation: dict[str, Any]) -> str | None:
     """Why a balanced accuracy of 0.5 can sit beside a useful AUC: every held-out row was scored on
     one side of the threshold (the training prevalence). Seen on a short horizontal job, whose
@@ -559,6 +575,7 @@ def status(
         line = f"{d.name}: {data.get('state')}"
         if isinstance(auc, int | float):
             line += f" auc={auc:.4f}"
+        line += _spent_text(data.get("decisions"))
         if data.get("state") in ACTIVE_STATES:
             line += _runner_pid_text(d)
         if data.get("reason"):

@@ -287,6 +287,23 @@ def _status(root: Path, job_id: str, state: str, **fields: Any) -> Path:
     return root / job_id
 
 
+def test_status_shows_what_each_admitting_node_charged(tmp_path: Path) -> None:
+    """An analyst tracks the nodes' budgets; status said only "completed auc=..."."""
+    approved = {"approved": True, "reason": "approved"}
+    _status(
+        tmp_path, "dp-1", "completed", evaluation={"auc": 0.71},
+        decisions={"civil": {**approved, "epsilon": 4.0}, "tax": {**approved, "epsilon": 0.0, "label_dp_epsilon": 2.0}},
+    )  # fmt: skip
+    _status(tmp_path, "plain-1", "completed", decisions={"civil": {**approved, "epsilon": 0.0}})
+    _status(tmp_path, "refused-1", "refused", decisions={"civil": {"approved": False, "reason": "no", "epsilon": 4.0}})
+    lines = _invoke("status", "--root", tmp_path).output.splitlines()
+    assert lines == [
+        "dp-1: completed auc=0.7100 epsilon: civil 4, tax 2 label DP",
+        "plain-1: completed",
+        "refused-1: refused",
+    ]
+
+
 def test_a_corrupt_status_is_reported_and_the_other_jobs_still_list(tmp_path: Path, store: Path) -> None:
     _status(tmp_path, "good-1", "completed", evaluation={"auc": 0.8})
     _status(tmp_path, "zzz-bad", "running")
