@@ -76,6 +76,12 @@ class DPUnit(StrEnum):
     RECORD = "record"  # DP-SGD at every node: neighbouring datasets differ by one person's record
 
 
+def _record_defaults_documented(schema: dict[str, Any]) -> None:
+    """The API document says what the job accepts: `delta` and `clip` may be left out (a record-level
+    job takes DEFAULT_DELTA and DEFAULT_RECORD_CLIP; node-level DP is refused without its clip)."""
+    schema["required"] = [k for k in schema.get("required", []) if k not in ("delta", "clip")]
+
+
 class DPSpec(BaseModel):
     """Differential privacy of a job, at the unit it protects.
 
@@ -87,11 +93,16 @@ class DPSpec(BaseModel):
     record-level job may leave out `delta` and `clip` (DEFAULT_DELTA, DEFAULT_RECORD_CLIP).
     """
 
-    model_config = _STRICT
+    model_config = ConfigDict(**_STRICT, json_schema_extra=_record_defaults_documented)
 
     epsilon: float = Field(gt=0, le=100)
-    delta: float = Field(gt=0, lt=0.1)
-    clip: float = Field(gt=0, le=100, description="L2 norm bound of one node's update / one example's gradient")
+    delta: float = Field(gt=0, lt=0.1, description="a record-level job may leave it out: 1e-6")
+    clip: float = Field(
+        gt=0,
+        le=100,
+        description="L2 norm bound of one node's update / one example's gradient; a record-level job may"
+        " leave it out: 2.0 horizontal, 1.0 vertical",
+    )
     unit: Annotated[DPUnit, Strict(False)] = DPUnit.NODE
 
 

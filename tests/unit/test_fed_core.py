@@ -51,6 +51,17 @@ def test_record_dp_left_without_delta_or_clip_takes_the_benchmarks_and_digests_t
     assert own.dp is not None and (own.dp.delta, own.dp.clip) == (1e-7, 0.5)
 
 
+def test_the_api_document_says_delta_and_clip_may_be_left_out() -> None:
+    """The REST body's schema (POST /v1/training/jobs) must not call required what the job accepts
+    without: a client generated from the document would send what it did not need to."""
+    from gateway.training_service import TrainingRequest
+
+    dp = TrainingRequest.model_json_schema()["$defs"]["DPSpec"]
+    assert dp["required"] == ["epsilon"]
+    assert "leave it out" in dp["properties"]["clip"]["description"]
+    assert "label_holder" not in TrainingRequest.model_json_schema()["required"]  # horizontal jobs need none
+
+
 def test_node_level_dp_still_needs_its_clip() -> None:
     with pytest.raises(InvalidInput, match=r"invalid job: dp\.clip: Field required"):
         parse_job({**BASE, "dp": {"epsilon": 4, "delta": 1e-6}})
