@@ -51,8 +51,21 @@ def resolve(infos: Sequence[ElementInfo], chosen: Mapping[str, Encoding] | None 
                 f"feature '{info.id}' spans {info.max - info.min + 1} codes: onehot takes at most "
                 f"{MAX_ONEHOT_CODES} (use buckets)"
             )
+        # An edge e splits x < e from x >= e: outside min < e <= max one side holds no value, and the
+        # job would train on a column that is always 0 (an analyst's typo, accepted silently before).
+        if outside := [e for e in enc.edges if not info.min < e <= info.max]:
+            raise InvalidInput(
+                f"feature '{info.id}': bucket edge(s) {', '.join(map(_number_text, outside))} outside its declared"
+                f" range {info.min}..{info.max} leave a bucket no value can fall in (each edge e must have"
+                f" {info.min} < e <= {info.max})"
+            )
         out.append(enc)
     return out
+
+
+def _number_text(x: float) -> str:
+    """An edge as the analyst wrote it: 60000000, not 6e+07."""
+    return str(int(x)) if float(x).is_integer() and abs(x) < 1e15 else f"{x:g}"
 
 
 def encoded_width(info: ElementInfo, enc: Encoding | None = None) -> int:

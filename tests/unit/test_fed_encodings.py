@@ -90,6 +90,25 @@ def test_defaults_follow_the_catalogue_and_misfits_are_refused() -> None:
         model.resolve([INCOME], {"tax.income": Encoding(method=Method.ONEHOT)})
 
 
+@pytest.mark.parametrize(
+    ("edges", "outside"),
+    [
+        ((-5, 10), "-5"),
+        ((0, 10), "0"),
+        ((50, 2_000_001), "2000001"),
+        ((3e6, 4.5e6), "3000000, 4500000"),
+        ((-0.5,), "-0.5"),
+    ],
+)
+def test_a_bucket_edge_no_value_can_reach_is_refused(edges: tuple[float, ...], outside: str) -> None:
+    """Edges [60000000, 70000000] on an income declared 0..50000000 trained on a column of zeros."""
+    assert INCOME.min == 0 and INCOME.max == 2_000_000
+    with pytest.raises(InvalidInput, match=rf"bucket edge\(s\) {outside} outside its declared range 0\.\.2000000"):
+        model.resolve([INCOME], {"tax.income": Encoding(method=Method.BUCKETS, edges=edges)})
+    # the bounds themselves: an edge at max splits off the top value; one just above min, the bottom one
+    model.resolve([INCOME], {"tax.income": Encoding(method=Method.BUCKETS, edges=(0.5, 2_000_000))})
+
+
 def test_each_method_encodes_as_documented() -> None:
     raw = np.array([[20, 100], [40, 0], [60, np.nan], [np.nan, 1_000_000]], dtype=float)
     infos = [AGE, INCOME]
