@@ -48,6 +48,7 @@ from typing import Any, NamedTuple
 from flwr.clientapp import ClientApp
 
 from federated.guarded_app import GuardedClientApp, RefusedClientApp
+from federated.orphan_guard import exit_with_parent
 from xgate.errors import PolicyDenied, XgateError
 from xgate.logging import configure
 
@@ -238,9 +239,24 @@ def install() -> Any:
     return runtime
 
 
+def parent_pid(argv: list[str]) -> int | None:
+    """The SuperExec's pid Flower's command line names (`--parent-pid N` or `--parent-pid=N`)."""
+    for i, arg in enumerate(argv):
+        if arg == "--parent-pid":
+            value = argv[i + 1] if i + 1 < len(argv) else ""
+        elif arg.startswith("--parent-pid="):
+            value = arg.removeprefix("--parent-pid=")
+        else:
+            continue
+        return int(value) if value.isdigit() else None
+    return None
+
+
 def main() -> None:
     """`flwr-clientapp`, as an xgate SuperNode runs it."""
     configure("clientapp")
+    if (superexec := parent_pid(sys.argv)) is not None:
+        exit_with_parent(parent=superexec)  # a run whose SuperExec is gone ends, warm or not
     install()
     sys.argv = [a for a in sys.argv if a != _DEPENDENCY_FLAG]
     from flwr.supernode.cli.flwr_clientapp import flwr_clientapp

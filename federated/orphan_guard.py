@@ -27,17 +27,33 @@ from typing import Any
 PR_SET_PDEATHSIG = 1
 
 
-def exit_with_parent(poll_s: float = 1.0) -> threading.Thread:
+def exit_with_parent(poll_s: float = 1.0, parent: int | None = None) -> threading.Thread:
     """Exit this process (code 70) once its parent is gone, checked every `poll_s` from a daemon
     thread. For a process its parent started and this module cannot wrap: Flower's ServerApp, a
     child of the SuperLink, whose own parent monitor raises SIGINT into a main thread that may sit
-    in the Grid's retries against the gone SuperLink for minutes (seen in review)."""
-    parent = os.getppid()
+    in the Grid's retries against the gone SuperLink for minutes (seen in review).
+
+    `parent`: the pid to watch instead of this process's own parent. A ClientApp run is the
+    SuperExec's (Flower passes it as `--parent-pid`), but a warm one is forked from the warm server
+    (federated/warm_clientapp.py), which outlives the SuperExec: with a job's runner killed mid-round,
+    such runs sat blocked for minutes, deaf to the SIGINT Flower's monitor raised."""
+    own = os.getppid()
+
+    def gone() -> bool:
+        if parent is None:
+            return os.getppid() != own
+        try:
+            os.kill(parent, 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:  # it exists, as another user
+            return False
+        return False
 
     def watch() -> None:
-        while os.getppid() == parent:
+        while not gone():
             time.sleep(poll_s)
-        os._exit(70)  # no cleanup to wait for: the SuperLink that would receive it is gone
+        os._exit(70)  # no cleanup to wait for: whoever would receive it is gone
 
     thread = threading.Thread(target=watch, name="exit-with-parent", daemon=True)
     thread.start()

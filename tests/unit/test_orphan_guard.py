@@ -83,3 +83,35 @@ def _alive(pid: int) -> bool:
             return stat.read().split(")")[-1].split()[0] != "Z"
     except FileNotFoundError:
         return False
+
+
+def test_exit_with_parent_can_watch_a_named_process_and_parent_pid_reads_flowers_flag() -> None:
+    """A warm ClientApp run watches the SuperExec Flower names (`--parent-pid`), not its own parent."""
+    from federated.clientapp_entry import parent_pid
+
+    assert parent_pid(["flwr-clientapp", "--token", "t", "--parent-pid", "123"]) == 123
+    assert parent_pid(["flwr-clientapp", "--parent-pid=45"]) == 45
+    assert parent_pid(["flwr-clientapp", "--parent-pid"]) is None and parent_pid(["flwr-clientapp"]) is None
+    assert parent_pid(["flwr-clientapp", "--parent-pid", "x1"]) is None
+    named = subprocess.Popen(["/bin/sleep", "60"])
+    child = (
+        "import signal, sys, time\n"
+        "from federated.orphan_guard import exit_with_parent\n"
+        "signal.signal(signal.SIGINT, signal.SIG_IGN)  # deaf, as a run blocked in gRPC is\n"
+        "exit_with_parent(poll_s=0.1, parent=int(sys.argv[1]))\n"
+        "time.sleep(60)\n"
+    )
+    watcher = subprocess.Popen(
+        [sys.executable, "-c", child, str(named.pid)], env={**os.environ, "PYTHONPATH": os.getcwd()}
+    )
+    try:
+        time.sleep(1.0)
+        assert watcher.poll() is None  # its own parent (this test) lives; only the named process matters
+        named.kill()
+        named.wait(10)
+        assert watcher.wait(timeout=10) == 70
+    finally:
+        for proc in (named, watcher):
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(10)

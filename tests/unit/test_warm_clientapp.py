@@ -146,3 +146,39 @@ def test_a_forked_child_imports_nothing_the_server_did_not_preload() -> None:
         [sys.executable, "-c", _IMPORTED_BY_A_CHILD], capture_output=True, text=True, timeout=120, check=True
     )
     assert out.stdout.strip() == "[]"
+
+
+def test_a_run_whose_superexec_is_gone_ends_within_seconds(tmp_path: Path) -> None:
+    """The real `flwr-clientapp` main, warm, against a Runtime API nobody serves: its SuperExec (a
+    stand-in process named by `--parent-pid`) is killed, and the run ends within seconds. A warm run
+    is the warm server's child, not the SuperExec's: with a job's runner killed mid-round such runs
+    sat blocked for minutes, and Flower's own monitor took 10 s here (xgate's watch: 0.1 s)."""
+    sock = tmp_path / "s"
+    real = tmp_path / "real-clientapp"
+    real.write_text("#!/bin/sh\nexit 3\n")
+    real.chmod(0o700)
+    forwarder = warm_clientapp.install(tmp_path / "bin", sock, real)
+    server = subprocess.Popen([sys.executable, "-m", "federated.warm_clientapp", "serve", str(sock)])
+    superexec = subprocess.Popen(["/bin/sleep", "600"])
+    try:
+        deadline = time.monotonic() + 60
+        while not sock.exists():
+            assert server.poll() is None and time.monotonic() < deadline
+            time.sleep(0.05)
+        run = subprocess.Popen(
+            [str(forwarder), "--runtime-api-address", "127.0.0.1:9", "--token", "t", "--insecure",
+             "--parent-pid", str(superexec.pid)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        time.sleep(3)
+        assert run.poll() is None, "the run ended before its SuperExec did: the test shows nothing"
+        superexec.kill()
+        superexec.wait(10)
+        ended = time.monotonic()
+        assert run.wait(timeout=30) != 0
+        assert time.monotonic() - ended < 3, "the run outlived its SuperExec"
+    finally:
+        for proc in (superexec, server):
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(10)
