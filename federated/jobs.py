@@ -45,8 +45,9 @@ def _no_national_id(value: str, info: ValidationInfo) -> str:
 _NoNationalId = AfterValidator(_no_national_id)
 
 JobId = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9_\-]{2,63}$"), _NoNationalId]
-AgencyName = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{1,31}$")]
-OptionalAgencyName = Annotated[str, StringConstraints(pattern=r"^([a-z][a-z0-9_]{1,31})?$")]
+_AGENCY = r"[a-z][a-z0-9_]{1,31}"
+AgencyName = Annotated[str, StringConstraints(pattern=rf"^{_AGENCY}$")]
+OptionalAgencyName = Annotated[str, StringConstraints(pattern=rf"^({_AGENCY})?$")]
 ElementName = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{1,31}\.[a-z][a-z0-9_]{1,63}$")]
 # References (legal basis, approval) and user ids: identifiers, never free text (they reach the audit log).
 Reference = Annotated[str, StringConstraints(pattern=r"^([A-Za-z0-9][A-Za-z0-9_.:/\-]{0,127})?$"), _NoNationalId]

@@ -156,8 +156,9 @@ def run_job(
         else:
             app_dir = make_app()
             if security is None and not insecure:
-                # A run's own TLS material: what an earlier run of this job id (failed, submitted
-                # again) issued is replaced whole by a fresh job CA's.
+                # A run's own TLS material, replacing an earlier run's of this job id whole: that
+                # includes a job CA key a run failing mid-issuance left behind before
+                # prepare_flower_security deleted it in all cases (the job id was stuck on it).
                 shutil.rmtree(job_dir / "pki", ignore_errors=True)
                 security = prepare_flower_security(job_dir / "pki", [n.agency for n in participants], ca_dir=ca_dir)
             with Federation(job_dir, security, insecure=insecure) as fed:
