@@ -63,9 +63,12 @@ def delta_problem(delta: float, rows: float) -> str | None:
     """Why a job's delta is too large for a dataset of `rows` (released) rows, or None."""
     if delta * DELTA_ROWS_FACTOR * rows <= 1.0 + 1e-9:
         return None
+    most = 1.0 / (DELTA_ROWS_FACTOR * rows)
+    exponent = math.floor(math.log10(most))
+    allowed = math.floor(most / 10.0**exponent) * 10.0**exponent  # one significant digit, rounded down
     return (
         f"delta {delta:g} is too large for this node's dataset: record-level DP needs delta at most"
-        f" 1/({DELTA_ROWS_FACTOR} n) for its (released) row count n; ask for a smaller delta"
+        f" 1/({DELTA_ROWS_FACTOR} n) for its (released) row count n; ask for a delta of at most {allowed:.0e}"
     )
 
 

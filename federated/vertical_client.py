@@ -422,15 +422,18 @@ def private_releases(job: JobSpec, label_holder: bool) -> bool:
 def dp_plan(job: JobSpec, n_train: int, raw_features: int) -> vertical_dp.Plan:
     """This feature node's noise for the job, calibrated to the job's epsilon over its releases."""
     assert job.dp is not None
-    return vertical_dp.plan(
-        job.dp.epsilon,
-        job.dp.delta,
-        job.dp.clip,
-        n=n_train,
-        batch=job.batch_size,
-        rounds=job.rounds,
-        raw_features=raw_features,
-    )
+    try:
+        return vertical_dp.plan(
+            job.dp.epsilon,
+            job.dp.delta,
+            job.dp.clip,
+            n=n_train,
+            batch=job.batch_size,
+            rounds=job.rounds,
+            raw_features=raw_features,
+        )
+    except ValueError as exc:  # a delta too large for the aligned rows: the analyst's to change, so say why
+        raise InvalidInput(str(exc)) from None
 
 
 def _wire(x: np.ndarray) -> np.ndarray:

@@ -17,9 +17,11 @@ import pytest
 
 from federated import datasets, dp_sgd, vertical_dp
 from federated.admission import LedgerAdmission, charge_run
+from federated.guarded_app import public_reason
 from federated.horizontal_client import HorizontalClient
 from federated.jobs import JobSpec, parse_job
 from federated.node import NodeConfig
+from federated.vertical_client import dp_plan
 from policies.budgets import PrivacyLedger
 from xgate.errors import BudgetExhausted, InvalidInput, PolicyDenied
 
@@ -94,6 +96,30 @@ def test_where_a_node_plans_a_job_delta_is_bounded_by_its_released_row_count(tmp
     client = HorizontalClient(job, NodeConfig(store, "r0", ledger, None), 1_000_000, ledger_check=True, run_id="1")
     with pytest.raises(InvalidInput, match="too large for this node's dataset"):
         client.fit([np.zeros(2)], {"server_round": 1})
+
+
+def test_a_vertical_feature_node_refuses_a_delta_too_large_for_its_aligned_rows_saying_what_to_ask_for() -> None:
+    """Found at Census-Income's size: a vertical record-DP job at delta 1e-6 over 199,523 aligned
+    training rows failed as `internal_error: internal error at immigration`. The refusal is the
+    analyst's to act on, and the aligned count is public after alignment, so the reply says it all."""
+    job = parse_job(
+        {
+            "job_id": "v-delta", "purpose": "fraud-model", "mode": "vertical", "features": ["civil.age", "tax.income"],
+            "label": "tax.label", "label_holder": "tax", "rounds": 1,
+            "dp": {"epsilon": 4.0, "delta": 1e-6, "clip": 1.0, "unit": "record"},
+        }
+    )  # fmt: skip
+    with pytest.raises(InvalidInput) as refused:
+        dp_plan(job, 199_523, 3)
+    assert str(refused.value.message) == (
+        "delta 1e-06 is too large for this node's dataset: record-level DP needs delta at most 1/(10 n) for its"
+        " (released) row count n; ask for a delta of at most 5e-07"
+    )
+    assert public_reason(refused.value, "immigration").startswith("invalid_input: delta 1e-06 is too large")
+    assert dp_plan(job, 100_000, 3).epsilon <= 4.0  # 1/(10 n) exactly: allowed
+    assert dp_plan(
+        parse_job({**job.model_dump(mode="json"), "dp": {**job.dp.model_dump(mode="json"), "delta": 5e-7}}), 199_523, 3
+    )
 
 
 def test_every_further_run_charges_delta_again(tmp_path: Path) -> None:
