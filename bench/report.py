@@ -458,6 +458,11 @@ def _node_sigmas(nodes: dict[str, Any], steps: str) -> str:
     return ", ".join(out)
 
 
+# What the section's last run ran (older runs recorded no `scope`: "vertical" when their vertical
+# row says it was re-measured).
+_RECORD_DP_SCOPE = {"all": "", "vertical": " (vertical runs only)", "horizontal": " (horizontal runs only)"}
+
+
 def _record_dp_intro(r: dict[str, Any]) -> list[str]:
     job, limit = r["job"], r.get("limit")
     scope = (
@@ -469,7 +474,7 @@ def _record_dp_intro(r: dict[str, Any]) -> list[str]:
     timing = f"; horizontal jobs {min(h_walls):.0f}–{max(h_walls):.0f} s each" if h_walls else ""
     lines = [
         f"{scope}{timing}; the last run took {r['total_wall_s'] / 60:.0f} min in all on this shared 2-core machine"
-        f"{' (vertical runs only)' if 'measured' in r.get('vertical', {}) else ''}.",
+        f"{_RECORD_DP_SCOPE[r.get('scope', 'vertical' if 'measured' in r['vertical'] else 'all')]}.",
         f"Horizontal: {job['min_nodes']} regional nodes, SecAgg+, record-level DP-SGD at every node "
         f"({job['rounds']} rounds × {job['local_epochs']} local epochs, batch {job['batch_size']}, "
         f"learning rate {job['learning_rate']}, clip {job['clip']}, δ = {job['delta']:g}); "
