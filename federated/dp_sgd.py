@@ -234,9 +234,11 @@ def plan(
     rounds: int,
     local_epochs: int,
     standardises: bool = False,
+    count_sigma: float | None = COUNT_NOISE_MULTIPLIER,
 ) -> Plan:
     """The node's schedule from its released row count (`noisy_rows`); `standardises`: the job's
-    statistics round is one more release to account."""
+    statistics round is one more release to account; `count_sigma` None: the count is public
+    already (a vertical node's aligned rows), so no count release is accounted."""
     if not rows > 0:
         raise ValueError("no training rows")
     if (why := delta_problem(delta, rows)) is not None:
@@ -245,10 +247,9 @@ def plan(
     per_round = local_epochs * math.ceil(1 / q)
     steps = rounds * per_round
     stats = STATS_NOISE_MULTIPLIER if standardises else None
-    count = COUNT_NOISE_MULTIPLIER
-    sigma = calibrate(epsilon, delta, q, steps, stats, count)
-    spent = accountant_epsilon(sigma, q, steps, delta, stats, count)
-    return Plan(sigma, q, per_round, steps, spent, delta, clip, rows, stats, count)
+    sigma = calibrate(epsilon, delta, q, steps, stats, count_sigma)
+    spent = accountant_epsilon(sigma, q, steps, delta, stats, count_sigma)
+    return Plan(sigma, q, per_round, steps, spent, delta, clip, rows, stats, count_sigma)
 
 
 def train(

@@ -10,12 +10,17 @@ other nodes' embeddings, per-step training loss and the final evaluation summary
 `label_dp` the label holder trains on randomized-response labels (federated/label_dp.py), so its
 gradients and losses are label-DP. With record-level `dp`, a feature node's training embeddings
 and bottom updates are clipped per record and noised (federated/vertical_dp.py), its accountant's
-epsilon recorded in its ledger before its first release. Raw features, labels and model weights
-never leave; training state (and the job's PSI key) lives in a node-local cache next to the ledger.
+epsilon recorded in its ledger before its first release. A stacked job (`vertical_scheme`)
+exchanges instead, once, the training labels (label holder to each feature node, sealed; under
+`label_dp` the randomized-response ones) and each feature node's held-out scores from its own
+part, trained on them (DP-SGD under record-level `dp`, federated/dp_sgd.py). Raw features and
+model weights never leave, nor labels outside a stacked job; training state (and the job's PSI
+key) lives in a node-local cache next to the ledger.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import json
@@ -28,11 +33,23 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordDict
 
 from crypto import keyed_draws, sealed_arrays
-from federated import datasets, label_dp, model, node, node_keys, psi, psi_keys, psi_pool, top_calibration, vertical_dp
+from federated import (
+    datasets,
+    dp_sgd,
+    label_dp,
+    model,
+    node,
+    node_keys,
+    psi,
+    psi_keys,
+    psi_pool,
+    top_calibration,
+    vertical_dp,
+)
 from federated.admission import admit_at_node, record_dp_plan
 from federated.grid_io import arrays_of, cfg_of
 from federated.guarded_app import GuardedClientApp
-from federated.jobs import DPUnit, JobSpec, Mode, job_from_run_config, require_mode
+from federated.jobs import DPUnit, JobSpec, Mode, VerticalScheme, job_from_run_config, require_mode
 from federated.run_releases import RunReleases
 from federated.vertical import (
     RIDGE,
@@ -374,7 +391,21 @@ def setup(msg: Message, context: Context) -> Message:
     }
     state = pack_state("b_", bottom.w, bottom.opt_state)
     metrics: dict[str, Any] = {}
-    if private_releases(job, label_holder):
+    if stacked(job):
+        if private_releases(job, label_holder):  # the part's DP-SGD schedule, charged before anything is released
+            part_plan = stacked_plan(job, len(train))
+            record_dp_plan(
+                nc.ledger,
+                job,
+                run_id=str(context.run_id),
+                epsilon=part_plan.epsilon,
+                noise_multiplier=part_plan.sigma,
+                sample_rate=part_plan.sample_rate,
+                steps=part_plan.steps,
+            )
+            data["part_plan"] = np.asarray(json.dumps(dataclasses.asdict(part_plan)))
+            metrics = {"agency": nc.agency, **part_plan.as_metrics()}
+    elif private_releases(job, label_holder):
         plan = dp_plan(job, len(train), len(feats))
         # The accountant's epsilon goes into the node's ledger before its first release.
         record_dp_plan(
@@ -406,12 +437,35 @@ def setup(msg: Message, context: Context) -> Message:
         data.update(y_train=y_train, y_test=y_test)
         if job.top_calibration is not None:  # which held-out rows the top is fitted on, by pseudonym
             data["calibration"] = top_calibration.calibration_rows(test, job.top_calibration, job.seed)
-        if private_releases(job, False):  # the other nodes' embeddings will arrive noised by this much
+        if private_releases(job, False) and not stacked(job):  # the others' embeddings will arrive noised by this much
             data["noise_sd"] = np.asarray(vertical_dp.embedding_noise_sd(dp_plan(job, len(train), 1)))
         state.update(pack_state("t_", np.zeros(width + 1), {}))
     _save(path, data, data=True)
     _save(path, state)
     return _reply(msg, {"dim": int(x_tr.shape[1]), **metrics})
+
+
+def stacked(job: JobSpec) -> bool:
+    return job.vertical_scheme is VerticalScheme.STACKED
+
+
+def stacked_plan(job: JobSpec, n_train: int) -> dp_sgd.Plan:
+    """A stacked feature node's DP-SGD schedule for its part: `local_epochs` epochs over its aligned
+    training rows, whose count alignment made public (so no noisy count is released or accounted)."""
+    assert job.dp is not None
+    try:
+        return dp_sgd.plan(
+            job.dp.epsilon,
+            job.dp.delta,
+            job.dp.clip,
+            rows=float(n_train),
+            batch=job.batch_size,
+            rounds=1,
+            local_epochs=job.local_epochs,
+            count_sigma=None,
+        )
+    except ValueError as exc:  # a delta too large for the aligned rows, an epsilon out of reach
+        raise InvalidInput(str(exc)) from None
 
 
 def private_releases(job: JobSpec, label_holder: bool) -> bool:
@@ -648,6 +702,90 @@ def _top(msg: Message, context: Context, job: JobSpec, nc: node.NodeConfig, path
     return _reply(msg, {"loss": loss, "batch": len(idx)}, sealed)
 
 
+@app.train("labels")
+def labels(msg: Message, context: Context) -> Message:
+    """Label holder of a stacked job: trains its own part, then sends each feature node the
+    training labels it trained on (sealed to that node; randomized response under `label_dp`)."""
+    job, nc, path = _setup(context)
+    return _labels(msg, context, job, nc, path)  # `_once` claims the release under the run's lock
+
+
+def _labels(msg: Message, context: Context, job: JobSpec, nc: node.NodeConfig, path: Path) -> Message:
+    if not stacked(job):
+        raise ValueError("only a stacked job sends its training labels to the feature nodes")
+    if not _holds_label(job, nc):
+        raise ValueError("only the label holder sends the training labels")
+    st = _load(path)
+    _check_run(st, job, context)
+    RunReleases(_run_dir(path, context)).refuse_if_claimed("labels")  # before the keys, gone after evaluate
+    order = [str(a) for a in cfg_of(msg)["order"]]
+    if len(set(order)) != len(order) or nc.agency not in order:
+        raise ValueError("the agency order must list each agency once, this node among them")
+    keys = {a: _transport_key(path, context, a) for a in order if a != nc.agency}
+    _once(path, context, "labels")
+    x, y = st["x_train"].astype(np.float64), st["y_train"]
+    part = _fit_part(job, x, y, None)
+    _add_params(path, part=part, steps_done=np.asarray(job.rounds - 1))
+    sealed = {a: _seal(k, y[:, None], job, context, "labels", 0, a) for a, k in keys.items()}
+    return _reply(msg, {"loss": _log_loss(part, x, y), "batch": len(y)}, sealed)
+
+
+@app.train("fit")
+def fit(msg: Message, context: Context) -> Message:
+    """Feature node of a stacked job: trains its part on the label holder's training labels (DP-SGD
+    under record-level `dp`), returns its held-out rows' scores, sealed to the label holder."""
+    job, nc, path = _setup(context)
+    return _fit(msg, context, job, nc, path)  # `_once` claims the release under the run's lock
+
+
+def _fit(msg: Message, context: Context, job: JobSpec, nc: node.NodeConfig, path: Path) -> Message:
+    if not stacked(job):
+        raise ValueError("only a stacked job fits its parts in one exchange")
+    if _holds_label(job, nc):
+        raise ValueError("the label holder trains its part in 'labels', not in 'fit'")
+    st = _load(path)
+    _check_run(st, job, context)
+    RunReleases(_run_dir(path, context)).refuse_if_claimed("fit")  # its sealing key is gone after the first
+    received = arrays_of(msg)
+    if "labels" not in received:
+        raise ValueError("a stacked part is fitted on the label holder's training labels, and none came")
+    key = _transport_key(path, context, job.label_holder)
+    y = _open(key, received["labels"], job, context, "labels", 0, nc.agency)
+    n = len(st["x_train"])
+    if y.shape != (n, 1) or not np.isin(y, (0.0, 1.0)).all():
+        raise ValueError(f"the training labels must be {n} values of 0 or 1, one per aligned training row")
+    _once(path, context, "fit")  # claimed only for well-formed labels: a bad request costs nothing
+    plan = dp_sgd.Plan(**json.loads(str(st["part_plan"]))) if private_releases(job, False) else None
+    part = _fit_part(job, st["x_train"].astype(np.float64), y[:, 0], plan)
+    # Held-out rows are never trained on: their scores leave clean, as split learning's embeddings do.
+    scores = _part_scores(part, st["x_test"])
+    _add_params(path, part=part, steps_done=np.asarray(job.rounds))
+    sealed = _seal(key, scores, job, context, "heldout", job.rounds, nc.agency)
+    _forget_transport_keys(path, context)
+    return _reply(msg, {"bottom_sha256": hashlib.sha256(part.tobytes()).hexdigest()}, {"emb": sealed})
+
+
+def _fit_part(job: JobSpec, x: np.ndarray, y: np.ndarray, plan: dp_sgd.Plan | None) -> np.ndarray:
+    """A stacked part: logistic regression on this node's features, bias last."""
+    w = model.lr_init(x.shape[1])
+    if plan is not None:
+        return dp_sgd.train(w, x, y, plan, lr=job.learning_rate, l2=job.l2)
+    return model.lr_train(
+        w, x, y, epochs=job.local_epochs, lr=job.learning_rate, batch=job.batch_size, l2=job.l2, seed=job.seed
+    )
+
+
+def _part_scores(part: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """A part's logits, as the one column its node sends per row."""
+    logits: np.ndarray = x.astype(np.float64) @ part[:-1] + part[-1]
+    return logits[:, None]
+
+
+def _log_loss(w: np.ndarray, x: np.ndarray, y: np.ndarray) -> float:
+    p = np.clip(model.lr_predict(w, x), 1e-12, 1 - 1e-12)
+    return float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
+
+
 def _check_held_out(order: list[str], received: dict[str, np.ndarray], own: str, rows: int, width: int) -> None:
     """The evaluation's embeddings: every agency once, this node among them, each other one's
     embeddings present with one row per held-out subject."""
@@ -687,11 +825,13 @@ def evaluate_top(msg: Message, context: Context) -> Message:
         for a in order
         if a != nc.agency and a in given
     }
-    _check_held_out(order, received, nc.agency, len(st["x_test"]), job.embedding_dim)
+    width = job.part_width()
+    _check_held_out(order, received, nc.agency, len(st["x_test"]), width)
     _once(path, context, "evaluate")  # claimed only for a well-formed request: a bad one costs nothing
     _forget_transport_keys(path, context)
     bottom, topm = Bottom(*unpack_state("b_", st)), Top(*unpack_state("t_", st))
-    embs = [bottom.forward(st["x_test"]) if a == nc.agency else received[a] for a in order]
+    own = _part_scores(st["part"], st["x_test"]) if stacked(job) else bottom.forward(st["x_test"])
+    embs = [own if a == nc.agency else received[a] for a in order]
     e, y = np.hstack(embs), st["y_test"]
     prevalence = float(st["y_train"].mean())
     marked = st["calibration"].astype(bool) if "calibration" in st else None
@@ -699,13 +839,17 @@ def evaluate_top(msg: Message, context: Context) -> Message:
     calibrated = calibration is not None
     if calibration is not None:
         # The top refitted on clean held-out rows; the evaluation counts only the others.
-        w = top_calibration.calibrated_top(e[calibration], y[calibration], job.l2, job.embedding_dim)
+        w = top_calibration.calibrated_top(e[calibration], y[calibration], job.l2, width)
         e, y = e[~calibration], y[~calibration]
+    elif stacked(job):
+        # Too few held-out rows of an outcome to fit a top on: the parts' logits summed, recentred.
+        w = np.r_[np.ones(len(order)), 0.0]
     else:
         # Held-out embeddings are clean: score them with weights undoing the training noise's
         # dilution, the bias recentred on where their scores fall (no label is used: post-processing).
         w = vertical_dp.deattenuated(topm.w, st["reliability"]) if "reliability" in st else topm.w
-    recentre = not calibrated and "reliability" in st and len(e) > 0 and 0.0 < prevalence < 1.0
+    uncalibrated_fallback = "reliability" in st or stacked(job)
+    recentre = not calibrated and uncalibrated_fallback and len(e) > 0 and 0.0 < prevalence < 1.0
     if recentre:
         w = vertical_dp.recentred(w, e, prevalence)
     _add_params(path, scored_top=w)  # the top the evaluation scored with, and its digest, stay here

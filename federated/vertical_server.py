@@ -1,9 +1,11 @@
-"""Vertical ServerApp (Message API): orchestrates alignment and split learning between nodes.
+"""Vertical ServerApp (Message API): orchestrates alignment, then split learning or stacked parts
+(`vertical_scheme`), between nodes.
 
 The server relays, it does not compute on data: it aligns the nodes by private set intersection
 (federated/psi.py; it sees blinded tags, digests and masked shares, never a pseudonym, and learns
-of who holds what only the intersection). The embeddings and gradients it relays are sealed end
-to end between each feature node and the label holder (crypto/sealed_arrays.py): it passes
+of who holds what only the intersection). The embeddings and gradients (a stacked job: the
+training labels and held-out scores) it relays are sealed end to end between each feature node
+and the label holder (crypto/sealed_arrays.py): it passes
 ciphertext on and learns their sizes, the per-step loss and the final evaluation summary. With
 record-level DP the feature nodes' setup replies carry their accountants' epsilon, which the
 summary reports. Every send has a timeout; a node
@@ -28,7 +30,7 @@ from flwr.serverapp import Grid
 from federated import label_dp, psi, psi_keys
 from federated.events import JsonlSink, make_event
 from federated.grid_io import allowed_nodes, arrays_of, cfg_of, exchange
-from federated.jobs import JobSpec
+from federated.jobs import JobSpec, VerticalScheme
 from xgate.errors import VerticalFailed as VerticalFailed  # re-exported: raised here
 
 # Nobody in common is most often a setup slip: the agencies' stores were loaded under different keys.
@@ -358,6 +360,81 @@ def _evaluation(relay: _Relay, label_node: int, scored: Message, held_out: int) 
     }
 
 
+def _split_learning(
+    relay: _Relay, label_node: int, feature_nodes: list[int], order: list[str]
+) -> tuple[dict[int, Message], list[dict[str, Any]]]:
+    """Pipelined split learning: in Flower round i the feature nodes apply G[i-2] and embed batch i
+    while the label holder consumes E[i-1] and returns G[i-1]: one message round trip per step.
+    Returns the feature nodes' last replies (their held-out embeddings) and the loss curve."""
+    job = relay.job
+    grads: dict[int, dict[int, np.ndarray]] = {}
+    embs: dict[int, dict[int, np.ndarray]] = {}
+    curve: list[dict[str, Any]] = []
+    for i in range(job.rounds + 1):
+        batch: dict[int, tuple[dict[str, Any], dict[str, np.ndarray]]] = {}
+        if i < job.rounds or (i - 2) in grads:
+            for n in feature_nodes:
+                g = grads.get(i - 2, {})
+                batch[n] = ({"step": i, "grad_step": i - 2}, {"grad": g[n]} if n in g else {})
+        if i >= 1:
+            batch[label_node] = (
+                {"step": i - 1, "order": order},
+                {relay.agency[n]: e for n, e in embs.pop(i - 1, {}).items()},
+            )
+        if not batch:
+            continue
+        replies = relay.send_mixed(batch, label_node)
+        if i < job.rounds and feature_nodes:
+            embs[i] = {n: relay.array(n, replies[n], "emb") for n in feature_nodes}
+        if i >= 1:
+            top = replies[label_node]
+            grads[i - 1] = {n: relay.array(label_node, top, relay.agency[n]) for n in feature_nodes}
+            loss = relay.number(label_node, top, "loss")
+            # Of the sealed gradients as relayed: what passed through, not their values.
+            digest = hashlib.sha256(b"".join(g.tobytes() for g in grads[i - 1].values())).hexdigest()
+            curve.append({"round": i, "loss": loss})
+            relay.emit(
+                make_event(
+                    job.job_id, "round_completed", round=i, participants=order, train_loss=loss, gradients_sha256=digest
+                )
+            )
+        grads.pop(i - 2, None)
+    last = job.rounds - 1
+    bottoms = (
+        relay.send(
+            "train.step",
+            {
+                n: ({"step": job.rounds, "grad_step": last, "last": True}, {"grad": grads[last][n]})
+                for n in feature_nodes
+            },
+        )
+        if feature_nodes
+        else {}
+    )
+    return bottoms, curve
+
+
+def _stacked(
+    relay: _Relay, label_node: int, feature_nodes: list[int], order: list[str]
+) -> tuple[dict[int, Message], list[dict[str, Any]]]:
+    """Stacked parts in one exchange: the label holder trains its own part and seals the training
+    labels to each feature node (`train.labels`); each feature node trains its part and returns
+    its held-out rows' scores (`train.fit`). Returns those replies and the one-point loss curve
+    (the label holder's own part's training loss)."""
+    labels = relay.send("train.labels", {label_node: ({"order": order}, {})})[label_node]
+    sealed = {n: relay.array(label_node, labels, relay.agency[n]) for n in feature_nodes}
+    loss = relay.number(label_node, labels, "loss")
+    # Of the sealed labels as relayed: what passed through, not their values.
+    digest = hashlib.sha256(b"".join(a.tobytes() for a in sealed.values())).hexdigest()
+    bottoms = relay.send("train.fit", {n: ({}, {"labels": sealed[n]}) for n in feature_nodes}) if feature_nodes else {}
+    relay.emit(
+        make_event(
+            relay.job.job_id, "round_completed", round=1, participants=order, train_loss=loss, labels_sha256=digest
+        )
+    )
+    return bottoms, [{"round": 1, "loss": loss}]
+
+
 def run_vertical(grid: Grid, context: Context, job: JobSpec, job_dir: Path) -> None:
     emit = JsonlSink(job_dir / "server-events.jsonl")
     relay = _Relay(grid, job, emit)
@@ -404,56 +481,13 @@ def run_vertical(grid: Grid, context: Context, job: JobSpec, job_dir: Path) -> N
             keys_checked=alignment.keys_checked,
         )
     )
-    width = job.embedding_dim * len(parts)
+    width = job.part_width() * len(parts)
     setup = relay.send("train.setup", _setup_requests(alignment, parts, label_node, train_rows, test_rows, width))
-
-    # Pipelined split learning: in Flower round i the feature nodes apply G[i-2] and embed batch i
-    # while the label holder consumes E[i-1] and returns G[i-1]: one message round trip per step.
     feature_nodes = [n for n in parts if n != label_node]
-    grads: dict[int, dict[int, np.ndarray]] = {}
-    embs: dict[int, dict[int, np.ndarray]] = {}
-    curve: list[dict[str, Any]] = []
-    for i in range(job.rounds + 1):
-        batch: dict[int, tuple[dict[str, Any], dict[str, np.ndarray]]] = {}
-        if i < job.rounds or (i - 2) in grads:
-            for n in feature_nodes:
-                g = grads.get(i - 2, {})
-                batch[n] = ({"step": i, "grad_step": i - 2}, {"grad": g[n]} if n in g else {})
-        if i >= 1:
-            batch[label_node] = (
-                {"step": i - 1, "order": order},
-                {relay.agency[n]: e for n, e in embs.pop(i - 1, {}).items()},
-            )
-        if not batch:
-            continue
-        replies = relay.send_mixed(batch, label_node)
-        if i < job.rounds and feature_nodes:
-            embs[i] = {n: relay.array(n, replies[n], "emb") for n in feature_nodes}
-        if i >= 1:
-            top = replies[label_node]
-            grads[i - 1] = {n: relay.array(label_node, top, relay.agency[n]) for n in feature_nodes}
-            loss = relay.number(label_node, top, "loss")
-            # Of the sealed gradients as relayed: what passed through, not their values.
-            digest = hashlib.sha256(b"".join(g.tobytes() for g in grads[i - 1].values())).hexdigest()
-            curve.append({"round": i, "loss": loss})
-            emit(
-                make_event(
-                    job.job_id, "round_completed", round=i, participants=order, train_loss=loss, gradients_sha256=digest
-                )
-            )
-        grads.pop(i - 2, None)
-    last = job.rounds - 1
-    bottoms = (
-        relay.send(
-            "train.step",
-            {
-                n: ({"step": job.rounds, "grad_step": last, "last": True}, {"grad": grads[last][n]})
-                for n in feature_nodes
-            },
-        )
-        if feature_nodes
-        else {}
-    )
+    if job.vertical_scheme is VerticalScheme.STACKED:
+        bottoms, curve = _stacked(relay, label_node, feature_nodes, order)
+    else:
+        bottoms, curve = _split_learning(relay, label_node, feature_nodes, order)
     test_embs = {relay.agency[n]: relay.array(n, bottoms[n], "emb") for n in bottoms}
     scored = relay.send("evaluate.top", {label_node: ({"order": order}, test_embs)})[label_node]
     evaluation = _evaluation(relay, label_node, scored, len(test_rows))

@@ -43,6 +43,8 @@ HANDLERS = {
     "train.setup": client.setup,
     "train.step": client.step,
     "train.top": client.top,
+    "train.labels": client.labels,
+    "train.fit": client.fit,
     "evaluate.top": client.evaluate_top,
 }
 LABEL = "civil"
@@ -50,7 +52,11 @@ FEATURE = {"civil": "civil.age", "tax": "tax.income", "hrss": "hrss.months", "he
 
 
 def vertical_job(
-    agencies: list[str], min_nodes: int, dp: bool = False, top_calibration: float | None = None
+    agencies: list[str],
+    min_nodes: int,
+    dp: bool = False,
+    top_calibration: float | None = None,
+    scheme: str = "split",
 ) -> JobSpec:
     body: Cfg = {
         "job_id": "psi-real-nodes",
@@ -66,6 +72,11 @@ def vertical_job(
         body["dp"] = {"epsilon": 4.0, "delta": 1e-6, "clip": 1.0, "unit": "record"}
     if top_calibration is not None:
         body["top_calibration"] = top_calibration
+    if scheme != "split":
+        body["vertical_scheme"] = scheme
+        body["batch_size"] = 64  # q = 0.07 on these ~900 rows: the accountant's quick regime
+        if dp:
+            del body["dp"]["clip"]  # a stacked part's DP-SGD takes its own default clip
     return parse_job(body)
 
 
@@ -177,11 +188,13 @@ def federation(
     min_nodes: int | None = None,
     dp: bool = False,
     top_calibration: float | None = None,
+    scheme: str = "split",
 ) -> Federation:
     """`uncertified`: that agency's SuperNode key has no certificate (it sends its key unsigned);
-    `min_nodes` defaults to every agency; `dp`: a record-level DP job (with `top_calibration`)."""
+    `min_nodes` defaults to every agency; `dp`: a record-level DP job (with `top_calibration`);
+    `scheme`: the job's vertical_scheme."""
     agencies = list(sets)
-    job = vertical_job(agencies, min_nodes or len(agencies), dp, top_calibration)
+    job = vertical_job(agencies, min_nodes or len(agencies), dp, top_calibration, scheme)
     trust, identities = federation_pki(root / "pki", agencies)
     configs: dict[int, NodeConfig] = {}
     for i, agency in enumerate(agencies, start=1):

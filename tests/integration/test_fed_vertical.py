@@ -71,10 +71,10 @@ def make_vertical_nodes(tmp_path: Path, cap: float = 1.0) -> list[NodeSpec]:
 
 @pytest.fixture(scope="module")
 def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[list[NodeSpec], LocalLink]]:
-    """The three agencies (ε cap 12 each: both jobs fit) and one link to their SuperNodes; when the
-    module ends every process it started is gone."""
+    """The three agencies (ε cap 16 each: the three jobs fit) and one link to their SuperNodes; when
+    the module ends every process it started is gone."""
     root = tmp_path_factory.mktemp("vertical")
-    nodes = make_vertical_nodes(root, cap=12.0)
+    nodes = make_vertical_nodes(root, cap=16.0)
     training = LocalTraining(state_dir=root / "link", nodes=nodes)
     link = training.link()
     try:
@@ -164,3 +164,30 @@ def test_vertical_record_dp_with_a_calibrated_top(tmp_path: Path, shared: tuple[
             assert recorded is None  # the label holder adds no noise and releases no embeddings
         else:  # one step: the embedding, the update and the preconditioner
             assert recorded is not None and recorded["steps"] == 3 and 3.9 < recorded["epsilon"] <= 4.0
+
+
+def test_a_stacked_record_dp_job_over_flower(tmp_path: Path, shared: tuple[list[NodeSpec], LocalLink]) -> None:
+    """`vertical_scheme = "stacked"`: one exchange of sealed labels and held-out scores; each feature
+    node's part trained by DP-SGD and accounted in its ledger, the top fitted on half the held-out rows."""
+    nodes, link = shared
+    body = {k: v for k, v in DP_JOB.items() if k != "dp"}
+    job = parse_job(
+        {**body, "job_id": "vjob-stacked", "rounds": 1, "vertical_scheme": "stacked", "top_calibration": 0.5,
+         "batch_size": 64, "dp": {"epsilon": 4.0, "delta": 1e-6, "unit": "record"}}
+    )  # fmt: skip
+    res = run_job(job, nodes, job_dir=tmp_path / "job", local=link)
+    assert res.status == "completed"
+    ev = res.evaluation
+    assert ev["top_calibrated"] is True and ev["n"] + ev["calibration_rows"] == ev["held_out_rows"] > 100
+    assert ev["auc"] > 0.55
+    events = [json.loads(line)["event"] for line in (tmp_path / "job" / "events.jsonl").read_text().splitlines()]
+    assert events.count("round_completed") == 1
+    summary = json.loads((tmp_path / "job" / "server-summary.json").read_text())
+    assert set(summary["dp"]["nodes"]) == {"civil", "hrss"}
+    for spec in nodes:
+        recorded = dp_release(spec.ledger, job.job_id)
+        if spec.agency == "tax":
+            assert recorded is None  # the label holder's part never leaves it
+        else:  # DP-SGD: 5 epochs of Poisson-sampled batches of 64
+            assert recorded is not None and recorded["sample_rate"] < 0.1 and recorded["steps"] > 50
+            assert 3.9 < recorded["epsilon"] <= 4.0

@@ -41,7 +41,7 @@ def test_job_file_forms_and_digest_of_a_job_without_encodings() -> None:
     dumped = {
         k: v
         for k, v in plain.model_dump(mode="json").items()
-        if k not in ("encodings", "label_dp", "signature", "top_calibration", "valid_until")
+        if k not in ("encodings", "label_dp", "signature", "top_calibration", "valid_until", "vertical_scheme")
     }
     canon = json.dumps(dumped, sort_keys=True, separators=(",", ":")).encode()
     assert plain.digest() == hashlib.sha256(canon).hexdigest()  # decisions recorded before encodings stay valid
