@@ -27,6 +27,11 @@ bench/results/dp_vertical_options.json.
 3 and 10 steps against pooled logistic regression on the same rows: what the protocol's structure
 allows before any privacy is spent. Writes bench/results/dp_vertical_ceiling.json.
 
+`--stacked` replays a stacked vertical job (`vertical_scheme = "stacked"`: each feature node's
+logistic regression trained by DP-SGD on the labels, the top fitted over the parts' scores on half
+the rows) for each part-training setting in `STACKED_SETTINGS` at ε = 1, 4, 8, chosen by mean
+validation AUC. Writes bench/results/dp_stacked.json.
+
 `--standardise` compares, at the Flower benchmark's clip and learning rate, the default encodings
 against `standardise` for every integer feature with the statistics the job's statistics round
 would give: pooled from each region's moment vector with record-level DP's noise
@@ -63,6 +68,7 @@ RESULTS = Path(__file__).parent / "results" / "dp_sweep.json"
 STANDARDISE_RESULTS = RESULTS.with_name("dp_standardise.json")
 VERTICAL_OPTIONS_RESULTS = RESULTS.with_name("dp_vertical_options.json")
 CEILING_RESULTS = RESULTS.with_name("dp_vertical_ceiling.json")
+STACKED_RESULTS = RESULTS.with_name("dp_stacked.json")
 CLIPS = (0.5, 1.0, 2.0, 4.0)
 LEARNING_RATES = (2.0, 4.0, 8.0, 16.0)
 EPSILONS = (1.0, 4.0, 8.0)
@@ -347,6 +353,91 @@ def vertical_ceiling(limit: int, seeds: int) -> dict[str, Any]:
     }
 
 
+# A stacked job's part training (federated/jobs.py STACKED_DEFAULTS first), each a DP-SGD schedule.
+STACKED_SETTINGS = (
+    {"local_epochs": 5, "learning_rate": 4.0, "clip": 2.0, "batch_size": 512},
+    {"local_epochs": 15, "learning_rate": 4.0, "clip": 2.0, "batch_size": 512},
+    {"local_epochs": 15, "learning_rate": 4.0, "clip": 1.0, "batch_size": 512},
+    {"local_epochs": 15, "learning_rate": 2.0, "clip": 1.0, "batch_size": 512},
+    {"local_epochs": 15, "learning_rate": 4.0, "clip": 2.0, "batch_size": 1024},
+)
+
+
+def _stacked_scores(
+    vs: VerticalSplit, setting: dict[str, Any], epsilon: float, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Validation and test scores of every part as a stacked job trains them: the label holder's by
+    plain SGD on its own features, each feature node's by DP-SGD over the training rows (the
+    aligned count public: no count release), the labels the label holder's true ones."""
+    rng = np.random.default_rng(seed)
+    n = len(vs.y_train)
+    val, test = [], []
+    for agency, x in vs.train.items():
+        w = model.lr_init(x.shape[1])
+        epochs, lr, batch = setting["local_epochs"], setting["learning_rate"], setting["batch_size"]
+        if agency == census.LABEL_HOLDER:
+            w = model.lr_train(w, x, vs.y_train, epochs=epochs, lr=lr, batch=batch, l2=1e-4, seed=0)
+        else:
+            plan = dp_sgd.plan(
+                epsilon,
+                DELTA,
+                setting["clip"],
+                rows=float(n),
+                batch=batch,
+                rounds=1,
+                local_epochs=epochs,
+                count_sigma=None,
+            )
+            w = dp_sgd.train(w, x, vs.y_train, plan, lr=lr, l2=1e-4, rng=rng)
+        val.append(vs.validation[agency] @ w[:-1] + w[-1])
+        test.append(vs.test[agency] @ w[:-1] + w[-1])
+    return np.column_stack(val), np.column_stack(test)
+
+
+def _stacked_auc(scores: np.ndarray, y: np.ndarray) -> float:
+    """The top (a weight per part and a bias) fitted on half the rows, the AUC on the other half."""
+    counted = _counted_half(y)
+    top = top_calibration.calibrated_top(scores[~counted], y[~counted], 1e-4, 1)
+    return float(model.auc(Top(top, {}).scores(scores[counted]), y[counted]))
+
+
+def stacked_sweep(limit: int, seeds: int) -> dict[str, Any]:
+    """A stacked job's part training: every setting at every epsilon, `seeds` noise draws each,
+    scored on the validation split (the top fitted on half of it); the best by mean validation AUC
+    over the epsilons (a job file fixes it before its epsilon is known), then its test AUC on fresh
+    noise against pooled logistic regression on the same counted test rows."""
+    vs = vertical_split(census.load(limit=limit))
+    grid = []
+    for k, setting in enumerate(STACKED_SETTINGS):
+        for eps in EPSILONS:
+            aucs = [_stacked_auc(_stacked_scores(vs, setting, eps, seed)[0], vs.y_validation) for seed in range(seeds)]
+            grid.append({"setting": k, **setting, "epsilon": eps, "validation_auc": round(float(np.mean(aucs)), 4)})
+            print(json.dumps(grid[-1]), flush=True)
+    mean = {
+        k: float(np.mean([g["validation_auc"] for g in grid if g["setting"] == k]))
+        for k in range(len(STACKED_SETTINGS))
+    }
+    best = max(mean, key=lambda k: mean[k])
+    x = np.hstack([vs.train[a] for a in vs.train])
+    pooled = LogisticRegression(max_iter=1000).fit(x, vs.y_train)
+    counted = _counted_half(vs.y_test)
+    test_x = np.hstack([vs.test[a] for a in vs.test])[counted]
+    pooled_auc = float(model.auc(pooled.predict_proba(test_x)[:, 1], vs.y_test[counted]))
+    chosen = {
+        f"eps{eps:g}": round(_stacked_auc(_stacked_scores(vs, STACKED_SETTINGS[best], eps, 1000)[1], vs.y_test), 4)
+        for eps in EPSILONS
+    }
+    return {
+        "rows": limit,
+        "delta": DELTA,
+        "grid": grid,
+        "mean_validation_auc": {str(k): round(v, 4) for k, v in mean.items()},
+        "chosen": {**STACKED_SETTINGS[best], "index": best},
+        "test_auc": chosen,
+        "pooled_test_auc": round(pooled_auc, 4),
+    }
+
+
 def vertical_sweep(limit: int, *, quick: bool = False, seeds: int = 2, arm: str = "deattenuated_top") -> dict[str, Any]:
     """The vertical record-DP job's (batch, rounds, learning rate), as the job runs it (arm
     `deattenuated_top`, or `calibrated_top` for a job with `top_calibration`): every setting at
@@ -500,6 +591,11 @@ def main() -> None:
         help="only split learning without clipping or noise, by steps, against pooled (dp_vertical_ceiling.json)",
     )
     ap.add_argument(
+        "--stacked",
+        action="store_true",
+        help="only the stacked vertical job's part training, by setting and epsilon (dp_stacked.json)",
+    )
+    ap.add_argument(
         "--calibrated",
         action="store_true",
         help="with --vertical: sweep for jobs with top_calibration (section vertical_calibrated)",
@@ -523,6 +619,9 @@ def main() -> None:
     rows, seeds = (30_000, 1) if args.quick else (args.limit, args.seeds)
     if args.vertical_ceiling:
         _timed_to(CEILING_RESULTS, args.quick, lambda: vertical_ceiling(rows, seeds))
+        return
+    if args.stacked:
+        _timed_to(STACKED_RESULTS, args.quick, lambda: stacked_sweep(rows, 1 if args.quick else 2))
         return
     if args.vertical_options:
         # The settings the sweep chose for the job (bench.federated runs them), else its defaults.

@@ -27,6 +27,7 @@ BENCHMARKS = [
     "dp_sweep --vertical-options",  # vertical record-DP: what the label holder could do with the same noisy embeddings
     "dp_sweep --vertical --calibrated",  # vertical record-DP with the top fitted on held-out rows: rounds, rate
     "dp_sweep --vertical-ceiling",  # vertical split learning without clip or noise, by steps: the structure's ceiling
+    "dp_sweep --stacked",  # a stacked vertical job's part training under record-level DP, by setting
     "vertical_he_bound",  # what HE-based vertical logistic regression could reach under record-level DP
     "holdout_dp",  # the record-DP holdout release: the readout attack against its bound, the AUC estimate by bins
     "vertical_batches",  # the vertical job's default mini-batch against full batches (replay, validation split)
