@@ -36,6 +36,7 @@ from __future__ import annotations
 import math
 import secrets
 from dataclasses import dataclass
+from typing import TypedDict
 
 import numpy as np
 
@@ -192,6 +193,15 @@ def _next_sigma(lo: float, over: float, hi: float, under: float) -> float:
     return math.exp(min(max(x, a + margin), b - margin))
 
 
+class LedgerEntry(TypedDict):
+    """What a node's ledger records of a DP plan before its first release (`admission.record_dp_plan`)."""
+
+    epsilon: float
+    noise_multiplier: float
+    sample_rate: float
+    steps: int
+
+
 @dataclass(frozen=True)
 class Plan:
     """One node's DP-SGD schedule for a whole job, and what its accountant says it spends."""
@@ -211,6 +221,12 @@ class Plan:
     def expected_batch(self) -> float:
         """Each step's divisor: from the released count, never the exact one."""
         return self.sample_rate * self.rows
+
+    def ledger_entry(self) -> LedgerEntry:
+        """What `admission.record_dp_plan` records of this plan."""
+        return LedgerEntry(
+            epsilon=self.epsilon, noise_multiplier=self.sigma, sample_rate=self.sample_rate, steps=self.steps
+        )
 
     def as_metrics(self) -> dict[str, float | int]:
         return {

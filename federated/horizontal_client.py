@@ -132,15 +132,7 @@ class HorizontalClient(NumPyClient):
 
     def record_plan(self, plan: dp_sgd.Plan) -> None:
         """In the ledger before the first release that touches the rows (refused past the approval)."""
-        record_dp_plan(
-            self.nc.ledger,
-            self.job,
-            run_id=self.run_id,
-            epsilon=plan.epsilon,
-            noise_multiplier=plan.sigma,
-            sample_rate=plan.sample_rate,
-            steps=plan.steps,
-        )
+        record_dp_plan(self.nc.ledger, self.job, run_id=self.run_id, **plan.ledger_entry())
 
     def get_parameters(self, config: dict[str, Any]) -> list[np.ndarray]:
         rows = node.labelled_rows(self.job, self.nc)

@@ -391,36 +391,17 @@ def setup(msg: Message, context: Context) -> Message:
     }
     state = pack_state("b_", bottom.w, bottom.opt_state)
     metrics: dict[str, Any] = {}
-    if stacked(job):
-        if private_releases(job, label_holder):  # the part's DP-SGD schedule, charged before anything is released
-            part_plan = stacked_plan(job, len(train))
-            record_dp_plan(
-                nc.ledger,
-                job,
-                run_id=str(context.run_id),
-                epsilon=part_plan.epsilon,
-                noise_multiplier=part_plan.sigma,
-                sample_rate=part_plan.sample_rate,
-                steps=part_plan.steps,
-            )
-            data["part_plan"] = np.asarray(json.dumps(dataclasses.asdict(part_plan)))
-            metrics = {"agency": nc.agency, **part_plan.as_metrics()}
-    elif private_releases(job, label_holder):
-        plan = dp_plan(job, len(train), len(feats))
+    if private_releases(job, label_holder):
+        plan = stacked_plan(job, len(train)) if stacked(job) else dp_plan(job, len(train), len(feats))
         # The accountant's epsilon goes into the node's ledger before its first release.
-        record_dp_plan(
-            nc.ledger,
-            job,
-            run_id=str(context.run_id),
-            epsilon=plan.epsilon,
-            noise_multiplier=plan.noise_multiplier,
-            sample_rate=1.0,
-            steps=plan.releases,
-        )
-        data["precond"] = vertical_dp.private_preconditioner(x_tr, plan)
-        data["dp_plan"] = plan.as_array()  # each step's noise, calibrated once
+        record_dp_plan(nc.ledger, job, run_id=str(context.run_id), **plan.ledger_entry())
         metrics = {"agency": nc.agency, **plan.as_metrics()}
-    else:
+        if isinstance(plan, dp_sgd.Plan):  # a stacked part's DP-SGD schedule
+            data["part_plan"] = np.asarray(json.dumps(dataclasses.asdict(plan)))
+        else:
+            data["precond"] = vertical_dp.private_preconditioner(x_tr, plan)
+            data["dp_plan"] = plan.as_array()  # each step's noise, calibrated once
+    elif not stacked(job):
         data["precond"] = preconditioner(x_tr, RIDGE)
     if label_holder:
         lab_tr, lab_te = raw[: len(train), len(feats) :], raw[len(train) :, len(feats) :]

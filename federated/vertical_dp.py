@@ -70,6 +70,12 @@ class Plan:
         z, occ, releases, eps, delta, clip, feature_clip = (float(v) for v in a)
         return cls(z, int(occ), int(releases), eps, delta, clip, feature_clip)
 
+    def ledger_entry(self) -> dp_sgd.LedgerEntry:
+        """What `admission.record_dp_plan` records of this plan: every release at rate 1."""
+        return dp_sgd.LedgerEntry(
+            epsilon=self.epsilon, noise_multiplier=self.noise_multiplier, sample_rate=1.0, steps=self.releases
+        )
+
     def as_metrics(self) -> dict[str, float | int]:
         return {
             "dp_epsilon": self.epsilon,
