@@ -52,3 +52,26 @@ def test_vertical_dp_runs_render_when_present() -> None:
     assert "Vertical ε = 8: per-feature-node noise multipliers civil σ=7.000 (13 releases, ε=7.9920)" in section
     assert "Vertical at ε = 1 / 4 / 8: 0.8000 / 0.8100 / 0.8200" in section
     assert "before PSI alignment" not in section and "6 agency nodes" in section
+
+
+def test_the_stacked_runs_verdicts_follow_the_figures() -> None:
+    """The goal sentence reads the AUCs: moved below the goals, it says they are missed."""
+    d = copy.deepcopy(_results())
+    r = d["record_dp"]
+    same = r["vertical_dp_pooled_same_rows"]["auc"]
+    assert "ε = 1 is within 0.02" in report.record_dp(d) and "ε = 4 is within 0.01" in report.record_dp(d)
+    r["vertical_stacked_dp_eps1"]["auc"] = same - 0.021
+    r["vertical_stacked_dp_eps4"]["auc"] = same - 0.011
+    section = report.record_dp(d)
+    assert "| vertical stacked, record-level DP ε = 1 |" in section
+    stacked = next(line for line in section.splitlines() if line.startswith("* Vertical stacked"))
+    assert "ε = 1 misses 0.02 (-0.0210)" in stacked and "ε = 4 misses 0.01 (-0.0110)" in stacked
+
+
+def test_the_full_data_vertical_section_renders_from_its_own_results() -> None:
+    d = json.loads((ROOT / "bench" / "results" / "federated_full_vertical_dp.json").read_text())
+    section = report.federated_full_vertical_dp(d)
+    assert section in (ROOT / "docs" / "BENCHMARKS.md").read_text()
+    assert f"δ = {d['record_dp']['vertical_job']['delta']:g}" in section
+    stacked4 = d["record_dp"]["vertical_stacked_dp_eps4"]["auc"]
+    assert f"| vertical stacked, record-level DP ε = 4 | {stacked4:.4f} |" in section
