@@ -144,7 +144,9 @@ def _dp_defaults(dp: Any, mode: Any, scheme: Any = None) -> Any:
     if not isinstance(dp, dict) or dp.get("unit") != DPUnit.RECORD.value:
         return dp
     filled = {**dp, "delta": DEFAULT_DELTA} if dp.get("delta") is None else dp
-    trains = VerticalScheme.STACKED.value if mode == Mode.VERTICAL.value and scheme == "stacked" else mode
+    trains = (
+        VerticalScheme.STACKED.value if mode == Mode.VERTICAL.value and scheme == VerticalScheme.STACKED.value else mode
+    )
     if dp.get("clip") is None and trains in DEFAULT_RECORD_CLIP:
         filled = {**filled, "clip": DEFAULT_RECORD_CLIP[trains]}
     return filled
